@@ -1,0 +1,1 @@
+//! crypto (see lib.rs module map).

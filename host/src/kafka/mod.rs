@@ -1,0 +1,5 @@
+//! Kafka wire handling: request/response framing and header parsing ([`frame`]) and the project's
+//! own record-batch codec ([`records`], [`compression`]).
+
+pub mod compression;
+pub mod records;

@@ -1,0 +1,1 @@
+//! kms (see lib.rs module map).

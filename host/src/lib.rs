@@ -1,0 +1,21 @@
+//! Kapsule: a Kafka-aware proxy that encrypts records at rest, per topic, with keys from a KMS.
+//!
+//! Module map (one concern each):
+//! - [`config`]: YAML configuration, validation that reports every problem at start-up.
+//! - [`proxy`]: listeners, per-connection relay, address rewriting, request/response stages.
+//! - [`kafka`]: Kafka framing, header parsing and the project's own record-batch codec.
+//! - [`plan`]: the per-record encryption plan, the single input of the encryption stage.
+//! - [`crypto`]: AEAD/SIV primitives and the encrypted-record wire format.
+//! - [`kms`]: key management (Vault/OpenBao transit, local KMS) and the DEK cache.
+//! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
+//! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod kafka;
+pub mod kms;
+pub mod plan;
+pub mod policy;
+pub mod proxy;

@@ -1,0 +1,5 @@
+//! `kapsule` binary: parses the command line and hands over to the library.
+
+fn main() -> std::process::ExitCode {
+    kapsule::cli::main()
+}

@@ -1,0 +1,64 @@
+//! The per-record encryption plan: the single input of the encryption stage.
+//!
+//! Plans are data, not code paths. Built-in config rules ([`crate::policy::rules`]) and Wasm policy
+//! components ([`crate::policy`]) both produce these types; the encryption stage
+//! ([`crate::crypto`]) consumes them and never asks where they came from.
+
+/// Which part of a record value to encrypt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValuePart {
+    /// Leave the value in clear.
+    None,
+    /// Encrypt the whole value (null values, i.e. tombstones, stay null).
+    Whole,
+    /// Encrypt the JSON fields at these RFC 6901 pointers; the value stays valid JSON.
+    JsonFields(Vec<String>),
+}
+
+/// How to encrypt one record: under which key and which parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionPlan {
+    /// KEK id in the KMS (already expanded: no `${topic}` left).
+    pub key_id: String,
+    /// Which part of the value to encrypt.
+    pub value: ValuePart,
+    /// Encrypt the record key deterministically (equal keys give equal ciphertext).
+    pub record_key: bool,
+    /// Names of headers whose values are encrypted (every header with that name).
+    pub headers: Vec<String>,
+}
+
+/// What to do with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordDecision {
+    /// Forward the record as it is.
+    Pass,
+    /// Encrypt the record as the plan says.
+    Encrypt(EncryptionPlan),
+    /// Refuse the record (and so its whole partition batch) with this message.
+    Reject(String),
+}
+
+/// Which parts of a record a per-record policy needs to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// The record key.
+    pub key: bool,
+    /// The record value.
+    pub value: bool,
+    /// The record headers.
+    pub headers: bool,
+}
+
+/// What a policy decided for a whole topic; computed once per topic and cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPlan {
+    /// Every record passes in clear.
+    PassAll,
+    /// Every record is encrypted with the same plan; no per-record call.
+    EncryptAll(EncryptionPlan),
+    /// Each batch must be shown to the policy, with these parts of each record.
+    PerRecord(Needs),
+    /// Every record is refused with this message.
+    RejectAll(String),
+}

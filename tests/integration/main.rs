@@ -1,0 +1,1 @@
+//! Integration tests: real clients talk only to Kapsule, which talks to a real tansu broker.

@@ -1,0 +1,1 @@
+//! Test rig: starts real services (tansu, OpenBao, Kapsule) on free ports and stops them.
