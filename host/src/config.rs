@@ -275,9 +275,9 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> (Strin
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(escaped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped;
         } else if let Some(body) = after.strip_prefix("${") {
             match body.find('}') {
                 Some(end) => {
