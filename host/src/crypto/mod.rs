@@ -1,1 +1,3 @@
 //! crypto (see lib.rs module map).
+pub mod metrics;
+pub mod primitives;
