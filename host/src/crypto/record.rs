@@ -15,7 +15,8 @@ use crate::crypto::json::{find_spans, parse_pointer, JsonError};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, siv_open, siv_seal, Dek, RecordKeyCipher, NONCE_LEN};
 use crate::crypto::wire::{
-    key_aad, part_aad, Descriptor, PartKind, ValueEncryption, HEADER_KEY, JSON_PREFIX,
+    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption,
+    HEADER_KEY, JSON_PREFIX,
 };
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::{DekConfig, DekManager, Kms, KmsError};
@@ -237,8 +238,9 @@ struct Prepared {
 }
 
 impl Prepared {
+    /// AES-GCM invocations: value parts, header parts, and the record tag.
     fn parts(&self) -> u64 {
-        (u64::from(self.value_whole) + self.fields.len() as u64) + self.headers.len() as u64
+        u64::from(self.value_whole) + self.fields.len() as u64 + self.headers.len() as u64 + 1
     }
 }
 
@@ -370,9 +372,18 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
         let ct = seal(PartKind::Header, base + j as u32, &h.key, pt)?;
         h.value = Some(Bytes::from(ct));
     }
+    let tag_index = base + prep.headers.len() as u32;
+    let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or("nonce counter overflow")?;
+    let tag = p.dek.seal(
+        &tag_nonce,
+        &record_aad(p.topic, wk, new_value.as_deref(), &desc_bytes),
+        b"",
+    );
+    let mut header_value = desc_bytes;
+    header_value.extend_from_slice(&tag);
     headers.push(RecordHeader {
         key: Bytes::from_static(HEADER_KEY.as_bytes()),
-        value: Some(Bytes::from(desc_bytes)),
+        value: Some(Bytes::from(header_value)),
     });
     Ok(Record {
         attributes: rec.attributes,
@@ -414,11 +425,29 @@ fn open_record(
     dek: &Dek,
     key_cipher: Option<&mut Aes256Siv>,
 ) -> Result<(Record, u64), OpenFail> {
-    let desc_bytes = rec.headers[desc_idx]
+    let header_value = rec.headers[desc_idx]
         .value
         .as_deref()
         .ok_or_else(|| OpenFail::Malformed("null kapsule.enc header".into()))?;
+    let (desc_bytes, tag) =
+        split_header(header_value).map_err(|e| OpenFail::Malformed(e.to_string()))?;
     let wk = rec.key.as_deref();
+    // The record tag first: it covers the whole record body and the descriptor.
+    let tag_index = desc
+        .value_parts()
+        .checked_add(desc.headers.len() as u32)
+        .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
+    let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
+        .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
+    if dek
+        .open(&tag_nonce, &record_aad(topic, wk, rec.value.as_deref(), desc_bytes), tag)
+        .is_none()
+    {
+        return Err(OpenFail::Integrity(
+            "record tag does not authenticate (record body or descriptor altered, moved or forged)"
+                .into(),
+        ));
+    }
     let mut bytes = 0u64;
     let open = |kind: PartKind, index: u32, name: &[u8], ct: &[u8]| -> Result<Vec<u8>, OpenFail> {
         let nonce = nonce_at(&desc.nonce_base, index)
@@ -539,7 +568,8 @@ fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> 
                 return Err(format!("more than one '{HEADER_KEY}' header"));
             }
             let v = h.value.as_deref().ok_or("null kapsule.enc header")?;
-            found = Some((i, Descriptor::decode(v).map_err(|e| e.to_string())?));
+            let (d, _) = split_header(v).map_err(|e| e.to_string())?;
+            found = Some((i, Descriptor::decode(d).map_err(|e| e.to_string())?));
         }
     }
     Ok(found)

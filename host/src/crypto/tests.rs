@@ -330,13 +330,41 @@ async fn json_field_ciphertext_moved_to_another_field_fails() {
     let mut t = bt.clone();
     t.records[0].value = Some(Bytes::from(serde_json::to_vec(&doc).unwrap()));
     expect_integrity(&enc, "orders", t, "JSON field from other record").await;
-    // Field replaced by a plaintext value: malformed, never passed through.
-    let mut doc: serde_json::Value = serde_json::from_slice(&v).unwrap();
-    doc["name"] = serde_json::json!("Mallory");
-    let mut t = bt;
-    t.records[0].value = Some(Bytes::from(serde_json::to_vec(&doc).unwrap()));
-    let e = enc.decrypt_batch("orders", &mut t, &STRICT).await.unwrap_err();
-    assert!(matches!(e, DecryptError::Malformed { .. }), "{e}");
+    // Field replaced by a plaintext value, or a clear field edited: never passed through.
+    for (ptr, val) in [("/name", "Mallory"), ("/id", "8")] {
+        let mut doc: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        *doc.pointer_mut(ptr).unwrap() = serde_json::json!(val);
+        let mut t = bt.clone();
+        t.records[0].value = Some(Bytes::from(serde_json::to_vec(&doc).unwrap()));
+        expect_integrity(&enc, "orders", t, ptr).await;
+    }
+}
+
+#[tokio::test]
+async fn descriptor_copied_onto_a_forged_record_fails() {
+    // Only the key is encrypted: the value is in clear, yet covered by the record tag.
+    let (_, enc) = setup();
+    let mut bt = batch(vec![rec(Some("k"), Some("genuine"), vec![])]);
+    enc.encrypt_batch(
+        "orders",
+        &mut bt,
+        &[RecordDecision::Encrypt(plan(ValuePart::None, true, &[]))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(bt.records[0].value, Some(b("genuine")));
+    let mut forged = bt.clone();
+    forged.records[0].value = Some(b("forged"));
+    expect_integrity(&enc, "orders", forged, "clear value replaced").await;
+    let mut forged = bt.clone();
+    forged.records[0].value = None;
+    expect_integrity(&enc, "orders", forged, "clear value nulled").await;
+    // A tombstone's descriptor cannot be moved onto a record with a value.
+    let mut t = batch(vec![rec(Some("k"), None, vec![])]);
+    enc.encrypt_batch("orders", &mut t, &[whole()]).await.unwrap();
+    let mut forged = t.clone();
+    forged.records[0].value = Some(b("injected"));
+    expect_integrity(&enc, "orders", forged, "value added to tombstone").await;
 }
 
 #[tokio::test]
@@ -505,7 +533,8 @@ async fn kek_rotation_new_deks_use_new_version_and_old_records_decrypt() {
     let mut new = batch(vec![rec(None, Some("new"), vec![])]);
     enc.encrypt_batch("t", &mut new, &[whole()]).await.unwrap();
     let desc = |bt: &RecordBatch| {
-        super::wire::Descriptor::decode(bt.records[0].headers[0].value.as_ref().unwrap()).unwrap()
+        let v = bt.records[0].headers[0].value.as_ref().unwrap();
+        super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0).unwrap()
     };
     assert_eq!(desc(&old).edek[..4], 1u32.to_be_bytes());
     assert_eq!(desc(&new).edek[..4], 2u32.to_be_bytes());
@@ -539,7 +568,8 @@ async fn prefetch_resolves_each_key_once() {
         .iter()
         .flat_map(|bt| bt.records.iter())
         .map(|r| {
-            super::wire::Descriptor::decode(r.headers.last().unwrap().value.as_ref().unwrap())
+            let v = r.headers.last().unwrap().value.as_ref().unwrap();
+            super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0)
                 .unwrap()
                 .edek
         })
@@ -834,7 +864,23 @@ fn golden_case_matches_the_documented_layout() {
             },
         )
         .unwrap();
-    assert_eq!(hex::encode(ct), *c.output.value.as_ref().unwrap());
-    assert_eq!(c.output.headers, vec![("kapsule.enc".to_owned(), Some(hex::encode(&desc)))]);
+    assert_eq!(hex::encode(&ct), *c.output.value.as_ref().unwrap());
+    // Record tag: empty plaintext, nonce index 1 (after the one value part).
+    let mut raad = b"kapsule/v1/record".to_vec();
+    lp(&mut raad, g.topic.as_bytes());
+    raad.push(1);
+    lp(&mut raad, key);
+    raad.push(1);
+    lp(&mut raad, &ct);
+    lp(&mut raad, &desc);
+    let mut nonce1 = nonce.clone();
+    nonce1[11] += 1;
+    let tag = cipher
+        .encrypt(aes_gcm::Nonce::from_slice(&nonce1), Payload { msg: b"", aad: &raad })
+        .unwrap();
+    assert_eq!(tag.len(), 16);
+    let mut header = desc.clone();
+    header.extend(tag);
+    assert_eq!(c.output.headers, vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]);
     assert_eq!(c.output.key.as_deref(), Some(hex::encode(key).as_str()));
 }

@@ -294,6 +294,45 @@ pub fn part_aad(
     a
 }
 
+/// Length of the record tag that follows the descriptor in the `kapsule.enc` header value.
+pub const RECORD_TAG_LEN: usize = 16;
+
+/// Splits a `kapsule.enc` header value into (descriptor bytes, record tag).
+pub fn split_header(value: &[u8]) -> Result<(&[u8], &[u8; RECORD_TAG_LEN]), WireError> {
+    if value.len() < RECORD_TAG_LEN + 2 {
+        return Err(WireError::Malformed("truncated"));
+    }
+    let (d, t) = value.split_at(value.len() - RECORD_TAG_LEN);
+    Ok((d, t.try_into().expect("16 bytes")))
+}
+
+/// AAD of the record tag (an AES-GCM tag over an empty plaintext, nonce index = number of
+/// parts): `"kapsule/v1/record" | lp(topic) | key-present u8 | lp(key) | value-present u8 |
+/// lp(value) | lp(descriptor)`, key and value exactly as sent to the broker. It authenticates the
+/// whole record body, including parts left in clear, so a descriptor cannot be copied onto a
+/// forged record.
+pub fn record_aad(
+    topic: &str,
+    wire_key: Option<&[u8]>,
+    wire_value: Option<&[u8]>,
+    descriptor: &[u8],
+) -> Vec<u8> {
+    let mut a = Vec::with_capacity(
+        40 + topic.len()
+            + wire_key.map_or(0, <[u8]>::len)
+            + wire_value.map_or(0, <[u8]>::len)
+            + descriptor.len(),
+    );
+    a.extend_from_slice(b"kapsule/v1/record");
+    put32(&mut a, topic.as_bytes());
+    for part in [wire_key, wire_value] {
+        a.push(u8::from(part.is_some()));
+        put32(&mut a, part.unwrap_or_default());
+    }
+    put32(&mut a, descriptor);
+    a
+}
+
 /// AAD of the deterministic record-key ciphertext:
 /// `"kapsule/v1/key" | lp(topic) | lp(kek_id) | kek_version u32`.
 pub fn key_aad(topic: &str, kek_id: &str, kek_version: u32) -> Vec<u8> {
