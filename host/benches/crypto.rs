@@ -46,7 +46,10 @@ fn json_record(i: usize) -> Bytes {
         if f > 0 {
             s.push(',');
         }
-        s.push_str(&format!("\"field{f}\":\"value-{i}-{f}-{}\"", "x".repeat(60)));
+        s.push_str(&format!(
+            "\"field{f}\":\"value-{i}-{f}-{}\"",
+            "x".repeat(60)
+        ));
     }
     s.push('}');
     Bytes::from(s)
@@ -87,7 +90,11 @@ fn benches(c: &mut Criterion) {
         record_key: false,
         headers: vec![],
     });
-    let values = batch((0..RECORDS).map(|_| Bytes::from(vec![0x42u8; 1024])).collect());
+    let values = batch(
+        (0..RECORDS)
+            .map(|_| Bytes::from(vec![0x42u8; 1024]))
+            .collect(),
+    );
     let jsons = batch((0..RECORDS).map(json_record).collect());
     let d_whole = vec![whole; RECORDS];
     let d_keyed = vec![whole_keyed; RECORDS];

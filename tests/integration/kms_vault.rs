@@ -10,7 +10,12 @@ use kapsule::kms::{DekConfig, DekManager, Kms, KmsErrorKind};
 use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
 use kapsule_integration::openbao::OpenBao;
 
-fn kms_for(bao: &OpenBao, token: &str, timeout_ms: u64, retries: u32) -> (VaultKms, tempfile::NamedTempFile) {
+fn kms_for(
+    bao: &OpenBao,
+    token: &str,
+    timeout_ms: u64,
+    retries: u32,
+) -> (VaultKms, tempfile::NamedTempFile) {
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), token).unwrap();
     let cfg = VaultKmsConfig {
@@ -30,7 +35,12 @@ fn kms_for(bao: &OpenBao, token: &str, timeout_ms: u64, retries: u32) -> (VaultK
 }
 
 fn edek_version(edek: &[u8]) -> String {
-    std::str::from_utf8(edek).unwrap().split(':').nth(1).unwrap().to_owned()
+    std::str::from_utf8(edek)
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }
 
 /// The least-privilege policy documented in docs/kms.md (first ```hcl block).
@@ -46,7 +56,9 @@ async fn vault_datakey_round_trip_and_kek_rotation() {
     let bao = OpenBao::start().unwrap();
     bao.create_key("orders").unwrap();
     // Everything below runs with the documented least-privilege token, not root.
-    let token = bao.token_with_policy("kapsule", &documented_policy()).unwrap();
+    let token = bao
+        .token_with_policy("kapsule", &documented_policy())
+        .unwrap();
     let (kms, _tf) = kms_for(&bao, &token, 5000, 2);
     let kms: Arc<dyn Kms> = Arc::new(kms);
 
@@ -144,7 +156,10 @@ async fn vault_deleted_unknown_and_forbidden_keys_are_not_retried() {
     assert_eq!(e.kind, KmsErrorKind::UnknownKey, "{e}");
     let e = kms.key_info("never-created").await.unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::UnknownKey, "{e}");
-    assert!(t.elapsed() < Duration::from_secs(2), "unknown keys must not be retried");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "unknown keys must not be retried"
+    );
 
     // A token limited to one key cannot use another.
     bao.create_key("allowed").unwrap();
@@ -162,7 +177,10 @@ async fn vault_deleted_unknown_and_forbidden_keys_are_not_retried() {
     bad[n - 2] = if bad[n - 2] == b'A' { b'B' } else { b'A' };
     let e = limited.decrypt_data_key("allowed", &bad).await.unwrap_err();
     assert!(
-        matches!(e.kind, KmsErrorKind::InvalidCiphertext | KmsErrorKind::Other),
+        matches!(
+            e.kind,
+            KmsErrorKind::InvalidCiphertext | KmsErrorKind::Other
+        ),
         "{e}"
     );
     assert!(!e.is_retriable());
@@ -182,7 +200,11 @@ async fn vault_outage_is_transient_and_recovers() {
     bao.resume().unwrap();
     assert_eq!(e.kind, KmsErrorKind::Transient, "{e}");
     assert!(e.message.contains("after 2 attempts"), "{e}");
-    assert!(t.elapsed() >= Duration::from_millis(600), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
     // Works again once the server answers, same keys.
     assert_eq!(
         *kms.decrypt_data_key("k", &dk.edek).await.unwrap(),

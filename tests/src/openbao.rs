@@ -33,7 +33,9 @@ pub fn bao_binary() -> Option<PathBuf> {
         dirs.push(PathBuf::from(&home).join(".pyenv/shims"));
         dirs.push(PathBuf::from(&home).join(".local/bin"));
     }
-    dirs.into_iter().map(|d| d.join("bao")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("bao"))
+        .find(|p| p.is_file())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -78,8 +80,7 @@ impl OpenBao {
                     bail!("bao server exited early ({status}): {}", self.log_text());
                 }
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self.cli(&["status"]).is_ok()
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.cli(&["status"]).is_ok()
             {
                 break;
             }
@@ -147,7 +148,10 @@ impl OpenBao {
             .write_all(stdin.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("bao {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "bao {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -179,7 +183,12 @@ impl OpenBao {
     pub fn token_with_policy(&self, name: &str, policy_hcl: &str) -> anyhow::Result<String> {
         self.cli_stdin(&["policy", "write", name, "-"], policy_hcl)?;
         Ok(self
-            .cli(&["token", "create", &format!("-policy={name}"), "-field=token"])?
+            .cli(&[
+                "token",
+                "create",
+                &format!("-policy={name}"),
+                "-field=token",
+            ])?
             .trim()
             .to_owned())
     }

@@ -233,9 +233,7 @@ impl<'a> Scanner<'a> {
                     escaped = true;
                     self.i += 1;
                     match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                            self.i += 1
-                        }
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
                         Some(b'u') => {
                             let hex = self.b.get(self.i + 1..self.i + 5);
                             if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
@@ -327,8 +325,13 @@ mod tests {
     #[test]
     fn finds_values_at_pointers() {
         let doc = r#" { "a" : {"b": [1, {"c": "x"}, 3.5e-2]}, "d~/e": null, "f": true , "esc\u0067": -0 } "#;
-        let r = spans(doc, &["/a/b/1/c", "/d~0~1e", "/f", "/escg", "/a/b/2", "/missing", "/a/b/9"])
-            .unwrap();
+        let r = spans(
+            doc,
+            &[
+                "/a/b/1/c", "/d~0~1e", "/f", "/escg", "/a/b/2", "/missing", "/a/b/9",
+            ],
+        )
+        .unwrap();
         assert_eq!(
             r,
             vec![
@@ -350,8 +353,18 @@ mod tests {
     #[test]
     fn rejects_invalid_documents_and_duplicates() {
         for bad in [
-            "", "{", "{\"a\":}", "[1,]", "{\"a\" 1}", "01", "1.", "\"\u{1}\"", "tru", "{} x",
-            "\"\\x\"", "[1 2]",
+            "",
+            "{",
+            "{\"a\":}",
+            "[1,]",
+            "{\"a\" 1}",
+            "01",
+            "1.",
+            "\"\u{1}\"",
+            "tru",
+            "{} x",
+            "\"\\x\"",
+            "[1 2]",
         ] {
             assert!(spans(bad, &["/a"]).is_err(), "accepted {bad:?}");
         }

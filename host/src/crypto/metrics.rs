@@ -125,18 +125,26 @@ impl CryptoMetrics {
             .collect();
         type Getter = fn(&TopicCounters) -> &AtomicU64;
         let per_topic: [(&str, &str, Getter); 4] = [
-            ("kapsule_records_encrypted_total", "Records encrypted.", |c| {
-                &c.records_encrypted
-            }),
-            ("kapsule_bytes_encrypted_total", "Plaintext bytes encrypted.", |c| {
-                &c.bytes_encrypted
-            }),
-            ("kapsule_records_decrypted_total", "Records decrypted.", |c| {
-                &c.records_decrypted
-            }),
-            ("kapsule_bytes_decrypted_total", "Plaintext bytes decrypted.", |c| {
-                &c.bytes_decrypted
-            }),
+            (
+                "kapsule_records_encrypted_total",
+                "Records encrypted.",
+                |c| &c.records_encrypted,
+            ),
+            (
+                "kapsule_bytes_encrypted_total",
+                "Plaintext bytes encrypted.",
+                |c| &c.bytes_encrypted,
+            ),
+            (
+                "kapsule_records_decrypted_total",
+                "Records decrypted.",
+                |c| &c.records_decrypted,
+            ),
+            (
+                "kapsule_bytes_decrypted_total",
+                "Plaintext bytes decrypted.",
+                |c| &c.bytes_decrypted,
+            ),
         ];
         for (name, help, get) in per_topic {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -214,14 +222,21 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = CryptoMetrics::default();
-        m.topic("orders").records_encrypted.fetch_add(3, Ordering::Relaxed);
+        m.topic("orders")
+            .records_encrypted
+            .fetch_add(3, Ordering::Relaxed);
         m.kms_call("generate", "ok", Duration::from_millis(5));
         m.encrypt_failure("o\"x", "rejected");
         let mut s = String::new();
         m.render_prometheus(&mut s);
-        assert!(s.contains("kapsule_records_encrypted_total{topic=\"orders\"} 3"), "{s}");
+        assert!(
+            s.contains("kapsule_records_encrypted_total{topic=\"orders\"} 3"),
+            "{s}"
+        );
         assert!(s.contains("kapsule_kms_calls_total{op=\"generate\",outcome=\"ok\"} 1"));
-        assert!(s.contains("kapsule_encrypt_failures_total{topic=\"o\\\"x\",reason=\"rejected\"} 1"));
+        assert!(
+            s.contains("kapsule_encrypt_failures_total{topic=\"o\\\"x\",reason=\"rejected\"} 1")
+        );
         assert!(s.contains("kapsule_kms_call_duration_seconds_count{op=\"generate\"} 1"));
         assert_eq!(m.kms_call_count("generate", "ok"), 1);
     }

@@ -25,7 +25,7 @@ mod tests;
 
 pub use metrics::CryptoMetrics;
 pub use record::{
-    batch_has_encrypted_records, may_contain_encrypted, DecryptError, DecryptOptions,
-    DecryptStats, EncryptError, EncryptStats, FailureMode, RecordEncryptor,
+    batch_has_encrypted_records, may_contain_encrypted, DecryptError, DecryptOptions, DecryptStats,
+    EncryptError, EncryptStats, FailureMode, RecordEncryptor,
 };
 pub use wire::HEADER_KEY;

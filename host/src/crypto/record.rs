@@ -15,8 +15,8 @@ use crate::crypto::json::{find_spans, parse_pointer, JsonError};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, siv_open, siv_seal, Dek, RecordKeyCipher, NONCE_LEN};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption,
-    HEADER_KEY, JSON_PREFIX,
+    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, HEADER_KEY,
+    JSON_PREFIX,
 };
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::{DekConfig, DekManager, Kms, KmsError};
@@ -313,7 +313,11 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
     let kek_id: &str = &p.dek.kek_id;
     let (new_key, key_version) = match (prep.key, p.key_cipher, &rec.key) {
         (true, Some((siv, ver)), Some(k)) => (
-            Some(Bytes::from(siv_seal(siv, &key_aad(p.topic, kek_id, ver), k))),
+            Some(Bytes::from(siv_seal(
+                siv,
+                &key_aad(p.topic, kek_id, ver),
+                k,
+            ))),
             ver,
         ),
         (true, _, _) => return Err("record-key cipher missing".into()),
@@ -343,16 +347,23 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
     let wk = new_key.as_deref();
     let seal = |kind: PartKind, index: u32, name: &[u8], pt: &[u8]| -> Result<Vec<u8>, String> {
         let nonce = nonce_at(&p.nonce_base, index).ok_or("nonce counter overflow")?;
-        Ok(p
-            .dek
-            .seal(&nonce, &part_aad(p.topic, kind, index, name, wk, &desc_bytes), pt))
+        Ok(p.dek.seal(
+            &nonce,
+            &part_aad(p.topic, kind, index, name, wk, &desc_bytes),
+            pt,
+        ))
     };
     let new_value = match &rec.value {
         Some(v) if prep.value_whole => Some(Bytes::from(seal(PartKind::Value, 0, b"", v)?)),
         Some(v) if !prep.fields.is_empty() => {
             let mut repl: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(prep.fields.len());
             for (i, (name, span)) in prep.fields.iter().enumerate() {
-                let ct = seal(PartKind::JsonField, i as u32, name.as_bytes(), &v[span.clone()])?;
+                let ct = seal(
+                    PartKind::JsonField,
+                    i as u32,
+                    name.as_bytes(),
+                    &v[span.clone()],
+                )?;
                 let mut s = Vec::with_capacity(JSON_PREFIX.len() + ct.len() * 4 / 3 + 6);
                 s.push(b'"');
                 s.extend_from_slice(JSON_PREFIX.as_bytes());
@@ -440,7 +451,11 @@ fn open_record(
     let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
         .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
     if dek
-        .open(&tag_nonce, &record_aad(topic, wk, rec.value.as_deref(), desc_bytes), tag)
+        .open(
+            &tag_nonce,
+            &record_aad(topic, wk, rec.value.as_deref(), desc_bytes),
+            tag,
+        )
         .is_none()
     {
         return Err(OpenFail::Integrity(
@@ -468,7 +483,9 @@ fn open_record(
     };
     let new_key = if desc.key_encrypted {
         let (Some(k), Some(siv)) = (&rec.key, key_cipher) else {
-            return Err(OpenFail::Malformed("descriptor says the key is encrypted but it is null".into()));
+            return Err(OpenFail::Malformed(
+                "descriptor says the key is encrypted but it is null".into(),
+            ));
         };
         let pt = siv_open(siv, &key_aad(topic, &desc.kek_id, desc.key_kek_version), k)
             .ok_or_else(|| OpenFail::Integrity("record key does not authenticate".into()))?;
@@ -480,7 +497,9 @@ fn open_record(
     let new_value = match (&desc.value, &rec.value) {
         (ValueEncryption::None, v) => v.clone(),
         (_, None) => {
-            return Err(OpenFail::Integrity("encrypted value was replaced by null".into()));
+            return Err(OpenFail::Integrity(
+                "encrypted value was replaced by null".into(),
+            ));
         }
         (ValueEncryption::Whole, Some(v)) => {
             let pt = open(PartKind::Value, 0, b"", v)?;
@@ -493,7 +512,8 @@ fn open_record(
                 .map(|p| parse_pointer(p))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| OpenFail::Malformed(e.to_string()))?;
-            let spans = find_spans(v, &targets, ptrs).map_err(|e| OpenFail::Malformed(e.to_string()))?;
+            let spans =
+                find_spans(v, &targets, ptrs).map_err(|e| OpenFail::Malformed(e.to_string()))?;
             let mut repl = Vec::with_capacity(ptrs.len());
             for (i, (name, span)) in ptrs.iter().zip(spans).enumerate() {
                 let span = span.ok_or_else(|| {
@@ -620,7 +640,8 @@ impl RecordEncryptor {
                 let t = self.metrics.topic(topic);
                 t.records_encrypted
                     .fetch_add(s.records_encrypted, Ordering::Relaxed);
-                t.bytes_encrypted.fetch_add(s.plaintext_bytes, Ordering::Relaxed);
+                t.bytes_encrypted
+                    .fetch_add(s.plaintext_bytes, Ordering::Relaxed);
             }
             Err(e) => self.metrics.encrypt_failure(topic, e.reason()),
         }
@@ -748,7 +769,8 @@ impl RecordEncryptor {
                 let t = self.metrics.topic(topic);
                 t.records_decrypted
                     .fetch_add(s.records_decrypted, Ordering::Relaxed);
-                t.bytes_decrypted.fetch_add(s.plaintext_bytes, Ordering::Relaxed);
+                t.bytes_decrypted
+                    .fetch_add(s.plaintext_bytes, Ordering::Relaxed);
             }
             Err(e) => self.metrics.decrypt_failure(topic, e.reason(), 1),
         }

@@ -88,7 +88,8 @@ const STRICT: DecryptOptions = DecryptOptions {
     require_encrypted: false,
 };
 
-const JSON: &str = r#"{"id": 7, "name":"Ada", "card": {"number": "4111", "cvv": 123}, "tags":["x","y"]}"#;
+const JSON: &str =
+    r#"{"id": 7, "name":"Ada", "card": {"number": "4111", "cvv": 123}, "tags":["x","y"]}"#;
 
 #[tokio::test]
 async fn round_trip_of_every_part_kind() {
@@ -97,7 +98,12 @@ async fn round_trip_of_every_part_kind() {
         rec(
             Some("user-1"),
             Some("hello world"),
-            vec![hdr("h", Some("one")), hdr("c", Some("clear")), hdr("h", None), hdr("h", Some("two"))],
+            vec![
+                hdr("h", Some("one")),
+                hdr("c", Some("clear")),
+                hdr("h", None),
+                hdr("h", Some("two")),
+            ],
         ),
         rec(None, Some(JSON), vec![]),
         rec(Some("user-2"), None, vec![]),
@@ -112,7 +118,10 @@ async fn round_trip_of_every_part_kind() {
         whole(),
     ];
     let mut enc_batch = original.clone();
-    let stats = enc.encrypt_batch("orders", &mut enc_batch, &decisions).await.unwrap();
+    let stats = enc
+        .encrypt_batch("orders", &mut enc_batch, &decisions)
+        .await
+        .unwrap();
     assert_eq!(stats.records_encrypted, 4);
     assert_eq!(stats.records_passed, 1);
     assert!(batch_has_encrypted_records(&enc_batch));
@@ -134,7 +143,9 @@ async fn round_trip_of_every_part_kind() {
     assert!(doc["card"].as_str().unwrap().starts_with("kapsule:v1:"));
     assert_eq!(doc["tags"][0], "x");
     assert!(doc["tags"][1].as_str().unwrap().starts_with("kapsule:v1:"));
-    assert!(std::str::from_utf8(&v1).unwrap().starts_with(r#"{"id": 7, "name":"kapsule:v1:"#));
+    assert!(std::str::from_utf8(&v1)
+        .unwrap()
+        .starts_with(r#"{"id": 7, "name":"kapsule:v1:"#));
 
     // Tombstone stays null but its key is encrypted (compaction still works).
     assert_eq!(enc_batch.records[2].value, None);
@@ -142,7 +153,10 @@ async fn round_trip_of_every_part_kind() {
     assert_eq!(enc_batch.records[3], original.records[3]);
 
     let mut dec = enc_batch.clone();
-    let st = enc.decrypt_batch("orders", &mut dec, &STRICT).await.unwrap();
+    let st = enc
+        .decrypt_batch("orders", &mut dec, &STRICT)
+        .await
+        .unwrap();
     assert_eq!(dec, original);
     assert_eq!(st.records_decrypted, 4);
     assert_eq!(st.records_plain, 1);
@@ -150,8 +164,14 @@ async fn round_trip_of_every_part_kind() {
 
     let mut text = String::new();
     enc.metrics().render_prometheus(&mut text);
-    assert!(text.contains("kapsule_records_encrypted_total{topic=\"orders\"} 4"), "{text}");
-    assert!(text.contains("kapsule_records_decrypted_total{topic=\"orders\"} 4"), "{text}");
+    assert!(
+        text.contains("kapsule_records_encrypted_total{topic=\"orders\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kapsule_records_decrypted_total{topic=\"orders\"} 4"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +184,13 @@ async fn record_keys_are_deterministic_per_topic_across_dek_rotation() {
             ..Default::default()
         },
     );
-    let mk = || batch(vec![rec(Some("same"), Some("v1"), vec![]), rec(Some("same"), Some("v2"), vec![]), rec(Some("other"), Some("v3"), vec![])]);
+    let mk = || {
+        batch(vec![
+            rec(Some("same"), Some("v1"), vec![]),
+            rec(Some("same"), Some("v2"), vec![]),
+            rec(Some("other"), Some("v3"), vec![]),
+        ])
+    };
     let d = vec![whole(), whole(), whole()];
     let mut a = mk();
     enc.encrypt_batch("t", &mut a, &d).await.unwrap();
@@ -190,8 +216,16 @@ async fn record_keys_are_deterministic_per_topic_across_dek_rotation() {
 async fn two_records(decision: RecordDecision) -> (RecordEncryptor, RecordBatch) {
     let (_, enc) = setup();
     let mut bt = batch(vec![
-        rec(Some("k-a"), Some(JSON), vec![hdr("a", Some("alpha")), hdr("b", Some("beta"))]),
-        rec(Some("k-b"), Some(JSON), vec![hdr("a", Some("gamma")), hdr("b", Some("delta"))]),
+        rec(
+            Some("k-a"),
+            Some(JSON),
+            vec![hdr("a", Some("alpha")), hdr("b", Some("beta"))],
+        ),
+        rec(
+            Some("k-b"),
+            Some(JSON),
+            vec![hdr("a", Some("gamma")), hdr("b", Some("delta"))],
+        ),
     ]);
     enc.encrypt_batch("orders", &mut bt, &[decision.clone(), decision])
         .await
@@ -201,7 +235,10 @@ async fn two_records(decision: RecordDecision) -> (RecordEncryptor, RecordBatch)
 
 async fn expect_integrity(enc: &RecordEncryptor, topic: &str, mut bt: RecordBatch, what: &str) {
     let before = bt.clone();
-    let e = enc.decrypt_batch(topic, &mut bt, &STRICT).await.unwrap_err();
+    let e = enc
+        .decrypt_batch(topic, &mut bt, &STRICT)
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, DecryptError::Integrity { .. }),
         "{what}: expected integrity failure, got {e}"
@@ -235,8 +272,13 @@ async fn values_swapped_between_records_fail() {
     expect_integrity(&enc, "orders", swapped, "values swapped").await;
     // Same with equal record keys: the per-record id still binds the value.
     let (_, enc2) = setup();
-    let mut same = batch(vec![rec(Some("k"), Some("v0"), vec![]), rec(Some("k"), Some("v1"), vec![])]);
-    enc2.encrypt_batch("orders", &mut same, &[whole(), whole()]).await.unwrap();
+    let mut same = batch(vec![
+        rec(Some("k"), Some("v0"), vec![]),
+        rec(Some("k"), Some("v1"), vec![]),
+    ]);
+    enc2.encrypt_batch("orders", &mut same, &[whole(), whole()])
+        .await
+        .unwrap();
     assert_eq!(same.records[0].key, same.records[1].key);
     let mut s2 = same.clone();
     s2.records[0].value = same.records[1].value.clone();
@@ -265,7 +307,10 @@ async fn edited_descriptor_fails() {
     let mut d = desc.to_vec();
     d[33] ^= 1;
     t.records[0].headers[di].value = Some(Bytes::from(d));
-    let e = enc.decrypt_batch("orders", &mut t, &STRICT).await.unwrap_err();
+    let e = enc
+        .decrypt_batch("orders", &mut t, &STRICT)
+        .await
+        .unwrap_err();
     assert!(!e.is_retriable(), "{e}");
     // Remove the whole-value flag: the value would be delivered as ciphertext-as-plaintext.
     let mut t = bt.clone();
@@ -282,7 +327,10 @@ async fn edited_descriptor_fails() {
     let mut d = desc.to_vec();
     d[0] = 9;
     t.records[0].headers[di].value = Some(Bytes::from(d));
-    let e = enc.decrypt_batch("orders", &mut t, &STRICT).await.unwrap_err();
+    let e = enc
+        .decrypt_batch("orders", &mut t, &STRICT)
+        .await
+        .unwrap_err();
     assert!(matches!(e, DecryptError::Malformed { .. }), "{e}");
 }
 
@@ -291,7 +339,10 @@ async fn header_ciphertext_moved_to_another_header_fails() {
     let (enc, bt) = two_records(whole()).await;
     // Swap the values of headers a and b.
     let mut t = bt.clone();
-    let (va, vb) = (t.records[0].headers[0].value.clone(), t.records[0].headers[1].value.clone());
+    let (va, vb) = (
+        t.records[0].headers[0].value.clone(),
+        t.records[0].headers[1].value.clone(),
+    );
     t.records[0].headers[0].value = vb;
     t.records[0].headers[1].value = va;
     expect_integrity(&enc, "orders", t, "header values swapped").await;
@@ -324,7 +375,8 @@ async fn json_field_ciphertext_moved_to_another_field_fails() {
     t.records[0].value = Some(Bytes::from(serde_json::to_vec(&doc).unwrap()));
     expect_integrity(&enc, "orders", t, "JSON fields swapped").await;
     // Field from the other record.
-    let other: serde_json::Value = serde_json::from_slice(bt.records[1].value.as_ref().unwrap()).unwrap();
+    let other: serde_json::Value =
+        serde_json::from_slice(bt.records[1].value.as_ref().unwrap()).unwrap();
     let mut doc: serde_json::Value = serde_json::from_slice(&v).unwrap();
     doc["name"] = other["name"].clone();
     let mut t = bt.clone();
@@ -361,7 +413,9 @@ async fn descriptor_copied_onto_a_forged_record_fails() {
     expect_integrity(&enc, "orders", forged, "clear value nulled").await;
     // A tombstone's descriptor cannot be moved onto a record with a value.
     let mut t = batch(vec![rec(Some("k"), None, vec![])]);
-    enc.encrypt_batch("orders", &mut t, &[whole()]).await.unwrap();
+    enc.encrypt_batch("orders", &mut t, &[whole()])
+        .await
+        .unwrap();
     let mut forged = t.clone();
     forged.records[0].value = Some(b("injected"));
     expect_integrity(&enc, "orders", forged, "value added to tombstone").await;
@@ -387,8 +441,18 @@ async fn failure_modes_and_injection() {
         )
         .await
         .unwrap();
-    assert_eq!((st.records_decrypted, st.records_left_encrypted, st.records_plain), (1, 1, 1));
-    assert_eq!(t.records[0], tampered.records[0], "left encrypted, with its descriptor");
+    assert_eq!(
+        (
+            st.records_decrypted,
+            st.records_left_encrypted,
+            st.records_plain
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        t.records[0], tampered.records[0],
+        "left encrypted, with its descriptor"
+    );
     assert_eq!(t.records[1].value, Some(b(JSON)));
 
     let mut t = tampered.clone();
@@ -441,11 +505,17 @@ async fn failure_modes_and_injection() {
 async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
     let (kms, enc) = setup();
     let mut bt = batch(vec![rec(Some("k"), Some("v"), vec![])]);
-    enc.encrypt_batch("orders", &mut bt, &[whole()]).await.unwrap();
+    enc.encrypt_batch("orders", &mut bt, &[whole()])
+        .await
+        .unwrap();
     // Reader with a cold cache.
     let reader = RecordEncryptor::new(kms.clone(), DekConfig::default());
     kms.fail_with(Some(KmsErrorKind::Transient));
-    for mode in [FailureMode::Error, FailureMode::Ciphertext, FailureMode::Skip] {
+    for mode in [
+        FailureMode::Error,
+        FailureMode::Ciphertext,
+        FailureMode::Skip,
+    ] {
         let mut t = bt.clone();
         let e = reader
             .decrypt_batch(
@@ -465,13 +535,19 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
     // Produce on a topic without cached DEK fails retriably and leaves the batch untouched.
     let mut p = batch(vec![rec(Some("k"), Some("secret"), vec![])]);
     let before = p.clone();
-    let e = reader.encrypt_batch("new-topic", &mut p, &[whole()]).await.unwrap_err();
+    let e = reader
+        .encrypt_batch("new-topic", &mut p, &[whole()])
+        .await
+        .unwrap_err();
     assert!(e.is_retriable());
     assert_eq!(e.kafka_error_code(), 7);
     assert_eq!(p, before);
     kms.fail_with(None);
     let mut t = bt.clone();
-    reader.decrypt_batch("orders", &mut t, &STRICT).await.unwrap();
+    reader
+        .decrypt_batch("orders", &mut t, &STRICT)
+        .await
+        .unwrap();
     assert_eq!(t.records[0].value, Some(b("v")));
     // Unknown KEK: permanent, not retriable.
     let mut p = batch(vec![rec(None, Some("secret"), vec![])]);
@@ -489,17 +565,28 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
 #[tokio::test]
 async fn rejections_and_invalid_records_refuse_the_whole_batch() {
     let (kms, enc) = setup();
-    let mut bt = batch(vec![rec(None, Some("a"), vec![]), rec(None, Some("b"), vec![])]);
+    let mut bt = batch(vec![
+        rec(None, Some("a"), vec![]),
+        rec(None, Some("b"), vec![]),
+    ]);
     let before = bt.clone();
     let e = enc
-        .encrypt_batch("t", &mut bt, &[whole(), RecordDecision::Reject("no PII".into())])
+        .encrypt_batch(
+            "t",
+            &mut bt,
+            &[whole(), RecordDecision::Reject("no PII".into())],
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kafka_error_code(), 44);
     assert!(!e.is_retriable());
     assert!(e.to_string().contains("no PII"));
     assert_eq!(bt, before);
-    assert_eq!(kms.generate_calls.load(Ordering::SeqCst), 0, "no KMS call before rejecting");
+    assert_eq!(
+        kms.generate_calls.load(Ordering::SeqCst),
+        0,
+        "no KMS call before rejecting"
+    );
 
     let e = enc
         .encrypt_batch("t", &mut bt, &[whole(), fields(&["/x"])])
@@ -510,10 +597,16 @@ async fn rejections_and_invalid_records_refuse_the_whole_batch() {
     assert_eq!(bt, before);
 
     let mut forged = batch(vec![rec(None, Some("a"), vec![hdr(HEADER_KEY, Some("x"))])]);
-    let e = enc.encrypt_batch("t", &mut forged, &[whole()]).await.unwrap_err();
+    let e = enc
+        .encrypt_batch("t", &mut forged, &[whole()])
+        .await
+        .unwrap_err();
     assert_eq!(e.kafka_error_code(), 87);
 
-    let e = enc.encrypt_batch("t", &mut bt, &[whole()]).await.unwrap_err();
+    let e = enc
+        .encrypt_batch("t", &mut bt, &[whole()])
+        .await
+        .unwrap_err();
     assert!(matches!(e, EncryptError::DecisionCount { .. }));
 }
 
@@ -557,10 +650,19 @@ async fn prefetch_resolves_each_key_once() {
     );
     let mut batches = Vec::new();
     for _ in 0..3 {
-        let mut bt = batch((0..4).map(|i| rec(Some("k"), Some(&format!("v{i}")), vec![])).collect());
+        let mut bt = batch(
+            (0..4)
+                .map(|i| rec(Some("k"), Some(&format!("v{i}")), vec![]))
+                .collect(),
+        );
         let mut p2 = plan(ValuePart::Whole, true, &[]);
         p2.key_id = "k2".into();
-        let ds = vec![whole(), whole(), RecordDecision::Encrypt(p2.clone()), RecordDecision::Encrypt(p2)];
+        let ds = vec![
+            whole(),
+            whole(),
+            RecordDecision::Encrypt(p2.clone()),
+            RecordDecision::Encrypt(p2),
+        ];
         enc.encrypt_batch("t", &mut bt, &ds).await.unwrap();
         batches.push(bt);
     }
@@ -579,11 +681,17 @@ async fn prefetch_resolves_each_key_once() {
     let before = kms.decrypt_calls.load(Ordering::SeqCst);
     let n = reader.prefetch("t", &refs).await;
     assert_eq!(n, distinct_deks.len() + 2);
-    assert_eq!(kms.decrypt_calls.load(Ordering::SeqCst) - before, distinct_deks.len() as u64);
+    assert_eq!(
+        kms.decrypt_calls.load(Ordering::SeqCst) - before,
+        distinct_deks.len() as u64
+    );
     for mut bt in batches {
         reader.decrypt_batch("t", &mut bt, &STRICT).await.unwrap();
     }
-    assert_eq!(kms.decrypt_calls.load(Ordering::SeqCst) - before, distinct_deks.len() as u64);
+    assert_eq!(
+        kms.decrypt_calls.load(Ordering::SeqCst) - before,
+        distinct_deks.len() as u64
+    );
 }
 
 #[tokio::test]
@@ -591,21 +699,31 @@ async fn local_kms_round_trip_across_fresh_instances() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.json");
     let master = || zeroize::Zeroizing::new([5u8; 32]);
-    let original = batch(vec![rec(Some("id-1"), Some(JSON), vec![hdr("h", Some("x"))])]);
+    let original = batch(vec![rec(
+        Some("id-1"),
+        Some(JSON),
+        vec![hdr("h", Some("x"))],
+    )]);
     let mut bt = original.clone();
     {
         let kms = Arc::new(LocalKms::open_with_master_key(&path, master(), true).unwrap());
         let enc = RecordEncryptor::new(kms, DekConfig::default());
-        enc.encrypt_batch("orders", &mut bt, &[whole()]).await.unwrap();
+        enc.encrypt_batch("orders", &mut bt, &[whole()])
+            .await
+            .unwrap();
     }
     let kms = Arc::new(LocalKms::open_with_master_key(&path, master(), false).unwrap());
     let enc = RecordEncryptor::new(kms, DekConfig::default());
     let mut dec = bt.clone();
-    enc.decrypt_batch("orders", &mut dec, &STRICT).await.unwrap();
+    enc.decrypt_batch("orders", &mut dec, &STRICT)
+        .await
+        .unwrap();
     assert_eq!(dec, original);
     // Same record key ciphertext from the fresh instance.
     let mut again = original.clone();
-    enc.encrypt_batch("orders", &mut again, &[whole()]).await.unwrap();
+    enc.encrypt_batch("orders", &mut again, &[whole()])
+        .await
+        .unwrap();
     assert_eq!(again.records[0].key, bt.records[0].key);
 }
 
@@ -662,11 +780,17 @@ struct GoldenFile {
     cases: Vec<GoldenCase>,
 }
 
-const GOLDEN_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/crypto/testdata/golden_v1.json");
+const GOLDEN_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/crypto/testdata/golden_v1.json"
+);
 
 fn golden_keys(g: &GoldenFile) -> (Dek, RecordKeyCipher) {
     let dek: [u8; 32] = hex::decode(&g.dek).unwrap().try_into().unwrap();
-    let mat: [u8; 32] = hex::decode(&g.record_key_material).unwrap().try_into().unwrap();
+    let mat: [u8; 32] = hex::decode(&g.record_key_material)
+        .unwrap()
+        .try_into()
+        .unwrap();
     (
         Dek::new(&dek, &g.kek_id, &hex::decode(&g.edek).unwrap()),
         RecordKeyCipher::from_material(&mat, &g.topic, g.record_key_kek_version),
@@ -726,7 +850,12 @@ fn seal_case(g: &GoldenFile, c: &GoldenCase) -> Record {
 }
 
 fn golden_cases() -> Vec<GoldenCase> {
-    let mk = |name: &str, value: &str, fields: &[&str], key: bool, headers: &[&str], input: GoldenRecord| GoldenCase {
+    let mk = |name: &str,
+              value: &str,
+              fields: &[&str],
+              key: bool,
+              headers: &[&str],
+              input: GoldenRecord| GoldenCase {
         name: name.into(),
         nonce_base: "a1a2a3a40000000000000010".into(),
         record_id: "000102030405060708090a0b0c0d0e0f".into(),
@@ -798,9 +927,14 @@ fn golden_vectors_decrypt_and_reencode_exactly() {
             };
         }
         std::fs::create_dir_all(std::path::Path::new(GOLDEN_PATH).parent().unwrap()).unwrap();
-        std::fs::write(GOLDEN_PATH, serde_json::to_string_pretty(&g).unwrap() + "\n").unwrap();
+        std::fs::write(
+            GOLDEN_PATH,
+            serde_json::to_string_pretty(&g).unwrap() + "\n",
+        )
+        .unwrap();
     }
-    let g: GoldenFile = serde_json::from_str(&std::fs::read_to_string(GOLDEN_PATH).unwrap()).unwrap();
+    let g: GoldenFile =
+        serde_json::from_str(&std::fs::read_to_string(GOLDEN_PATH).unwrap()).unwrap();
     assert_eq!(g.cases.len(), 4);
     let (dek, kc) = golden_keys(&g);
     for c in &g.cases {
@@ -817,7 +951,11 @@ fn golden_vectors_decrypt_and_reencode_exactly() {
             let last = vb.len() - 1;
             vb[last] ^= 1;
             t.value = Some(Bytes::from(vb));
-            assert!(testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(), "case {}", c.name);
+            assert!(
+                testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
+                "case {}",
+                c.name
+            );
         }
     }
 }
@@ -827,7 +965,8 @@ fn golden_vectors_decrypt_and_reencode_exactly() {
 #[test]
 fn golden_case_matches_the_documented_layout() {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
-    let g: GoldenFile = serde_json::from_str(&std::fs::read_to_string(GOLDEN_PATH).unwrap()).unwrap();
+    let g: GoldenFile =
+        serde_json::from_str(&std::fs::read_to_string(GOLDEN_PATH).unwrap()).unwrap();
     let c = &g.cases[0];
     let edek = hex::decode(&g.edek).unwrap();
     let mut desc = vec![1u8, 0x01];
@@ -876,11 +1015,20 @@ fn golden_case_matches_the_documented_layout() {
     let mut nonce1 = nonce.clone();
     nonce1[11] += 1;
     let tag = cipher
-        .encrypt(aes_gcm::Nonce::from_slice(&nonce1), Payload { msg: b"", aad: &raad })
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&nonce1),
+            Payload {
+                msg: b"",
+                aad: &raad,
+            },
+        )
         .unwrap();
     assert_eq!(tag.len(), 16);
     let mut header = desc.clone();
     header.extend(tag);
-    assert_eq!(c.output.headers, vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]);
+    assert_eq!(
+        c.output.headers,
+        vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
+    );
     assert_eq!(c.output.key.as_deref(), Some(hex::encode(key).as_str()));
 }

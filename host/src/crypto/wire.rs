@@ -224,7 +224,9 @@ impl Descriptor {
             return Err(WireError::Malformed("JSON flag and pointer list disagree"));
         }
         if (flags & FLAG_HEADERS != 0) == headers.is_empty() {
-            return Err(WireError::Malformed("headers flag and header list disagree"));
+            return Err(WireError::Malformed(
+                "headers flag and header list disagree",
+            ));
         }
         let key_encrypted = flags & FLAG_KEY != 0;
         if !key_encrypted && key_kek_version != 0 {
@@ -375,7 +377,10 @@ mod tests {
         assert!(Descriptor::decode(&t).is_err());
         let mut v = b.clone();
         v[0] = 2;
-        assert_eq!(Descriptor::decode(&v), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(
+            Descriptor::decode(&v),
+            Err(WireError::UnsupportedVersion(2))
+        );
         let mut f = b.clone();
         f[1] |= 0x80;
         assert!(Descriptor::decode(&f).is_err());

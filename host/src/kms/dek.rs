@@ -64,8 +64,8 @@ pub struct DekConfig {
     /// Retire an encryption DEK after this many seconds (default 3600).
     #[serde(default = "d_max_age")]
     pub max_age_secs: u64,
-    /// Retire after this many AES-GCM encryptions, one per encrypted part (default 1e8, at most
-    /// 2^32).
+    /// Retire after this many AES-GCM encryptions, one per encrypted part plus one record tag per
+    /// record (default 1e8, at most 2^32).
     #[serde(default = "d_max_enc")]
     pub max_encryptions: u64,
     /// Retire after this many plaintext bytes (default 64 GiB).
@@ -126,7 +126,9 @@ impl DekConfig {
             problems.push(format!("{path}.decrypted_cache_size: must be at least 1"));
         }
         if self.decrypted_cache_ttl_secs == 0 {
-            problems.push(format!("{path}.decrypted_cache_ttl_secs: must be at least 1"));
+            problems.push(format!(
+                "{path}.decrypted_cache_ttl_secs: must be at least 1"
+            ));
         }
         if self.record_key_kek_version == Some(0) {
             problems.push(format!(
@@ -372,10 +374,10 @@ impl DekManager {
             match r {
                 Ok(dk) => {
                     let dek = Arc::new(Dek::new(&dk.plaintext, kek, &dk.edek));
-                    decrypted
-                        .lock()
-                        .lru
-                        .put((key2.0.clone(), dk.edek.clone()), (dek.clone(), Instant::now() + ttl));
+                    decrypted.lock().lru.put(
+                        (key2.0.clone(), dk.edek.clone()),
+                        (dek.clone(), Instant::now() + ttl),
+                    );
                     slot.next = Some(Arc::new(ActiveDek::new(dek)));
                     slot.retry_refresh_after = None;
                     Ok(())
@@ -440,9 +442,7 @@ impl DekManager {
                     let mut nonce_base = [0u8; NONCE_LEN];
                     nonce_base[..4].copy_from_slice(&cur.nonce_prefix);
                     nonce_base[4..].copy_from_slice(&first.to_be_bytes());
-                    let may_refresh = slot
-                        .retry_refresh_after
-                        .is_none_or(|t| Instant::now() >= t);
+                    let may_refresh = slot.retry_refresh_after.is_none_or(|t| Instant::now() >= t);
                     if slot.next.is_none()
                         && slot.inflight.is_none()
                         && may_refresh
@@ -477,7 +477,9 @@ impl DekManager {
             })
             .await;
         if hit {
-            self.metrics.decrypt_cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .decrypt_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics
                 .decrypt_cache_misses
@@ -506,18 +508,23 @@ impl DekManager {
         let (kek, t) = (kek_id.to_owned(), topic.to_owned());
         let (r, hit) = self
             .derived
-            .get((kek_id.to_owned(), topic.to_owned(), version), ttl, move || {
-                async move {
-                    let ctx = record_key_context(&t);
-                    let d = timed(&metrics, "derive", kms.derive_key(&kek, &ctx, version)).await?;
-                    Ok(Arc::new(RecordKeyCipher::from_material(
-                        &d.material,
-                        &t,
-                        d.kek_version,
-                    )))
-                }
-                .boxed()
-            })
+            .get(
+                (kek_id.to_owned(), topic.to_owned(), version),
+                ttl,
+                move || {
+                    async move {
+                        let ctx = record_key_context(&t);
+                        let d =
+                            timed(&metrics, "derive", kms.derive_key(&kek, &ctx, version)).await?;
+                        Ok(Arc::new(RecordKeyCipher::from_material(
+                            &d.material,
+                            &t,
+                            d.kek_version,
+                        )))
+                    }
+                    .boxed()
+                },
+            )
             .await;
         let counter = if hit {
             &self.metrics.derive_cache_hits
@@ -693,19 +700,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn decrypted_cache_lru_and_ttl() {
         let kms = Arc::new(MemoryKms::with_keys(&["k"]));
-        let producer = mgr(kms.clone(), DekConfig {
-            max_encryptions: 1,
-            ..Default::default()
-        });
+        let producer = mgr(
+            kms.clone(),
+            DekConfig {
+                max_encryptions: 1,
+                ..Default::default()
+            },
+        );
         let mut edeks = Vec::new();
         for _ in 0..3 {
-            edeks.push(producer.reserve("k", "t", 1, 1).await.unwrap().dek.edek.to_vec());
+            edeks.push(
+                producer
+                    .reserve("k", "t", 1, 1)
+                    .await
+                    .unwrap()
+                    .dek
+                    .edek
+                    .to_vec(),
+            );
         }
-        let m = mgr(kms.clone(), DekConfig {
-            decrypted_cache_size: 2,
-            decrypted_cache_ttl_secs: 10,
-            ..Default::default()
-        });
+        let m = mgr(
+            kms.clone(),
+            DekConfig {
+                decrypted_cache_size: 2,
+                decrypted_cache_ttl_secs: 10,
+                ..Default::default()
+            },
+        );
         let calls = || kms.decrypt_calls.load(Ordering::SeqCst);
         m.decrypt("k", &edeks[0]).await.unwrap();
         m.decrypt("k", &edeks[1]).await.unwrap();

@@ -99,12 +99,14 @@ impl LocalKmsConfig {
 
 /// Parses a 32-byte key written as base64 (standard alphabet) or 64 hex digits.
 pub fn parse_master_key(text: &str) -> anyhow::Result<SecretKey> {
-    let bytes = Zeroizing::new(if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(text).context("master key: invalid hex")?
-    } else {
-        B64.decode(text)
-            .context("master key: neither 64 hex digits nor valid base64")?
-    });
+    let bytes = Zeroizing::new(
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).context("master key: invalid hex")?
+        } else {
+            B64.decode(text)
+                .context("master key: neither 64 hex digits nor valid base64")?
+        },
+    );
     if bytes.len() != DEK_LEN {
         bail!(
             "master key must be 32 bytes, got {} (generate one with `openssl rand -base64 32`)",
@@ -174,7 +176,11 @@ fn hkdf32(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> SecretKey {
 }
 
 fn master_check(master: &SecretKey) -> String {
-    let k = hkdf32(master.as_ref(), b"kapsule local kms", &[b"master key check v1"]);
+    let k = hkdf32(
+        master.as_ref(),
+        b"kapsule local kms",
+        &[b"master key check v1"],
+    );
     B64.encode(&k[..16])
 }
 
@@ -292,7 +298,10 @@ impl LocalKms {
                             },
                         )
                         .map_err(|_| {
-                            anyhow::anyhow!("key '{id}' v{}: cannot be unwrapped (file edited?)", v.version)
+                            anyhow::anyhow!(
+                                "key '{id}' v{}: cannot be unwrapped (file edited?)",
+                                v.version
+                            )
                         })?,
                 );
                 versions.push((
@@ -610,7 +619,10 @@ mod tests {
 
         // EDEK bound to its key id.
         fresh.create_key("other").unwrap();
-        let err = fresh.decrypt_data_key("other", &dk1.edek).await.unwrap_err();
+        let err = fresh
+            .decrypt_data_key("other", &dk1.edek)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, KmsErrorKind::InvalidCiphertext);
         let err = fresh.decrypt_data_key("nope", &dk1.edek).await.unwrap_err();
         assert_eq!(err.kind, KmsErrorKind::UnknownKey);
@@ -631,7 +643,10 @@ mod tests {
         let b = LocalKms::open_with_master_key(&path, master(), false).unwrap();
         b.create_key("t3").unwrap();
         let dk3 = a.generate_data_key("t3").await.unwrap();
-        assert_eq!(*b.decrypt_data_key("t3", &dk3.edek).await.unwrap(), *dk3.plaintext);
+        assert_eq!(
+            *b.decrypt_data_key("t3", &dk3.edek).await.unwrap(),
+            *dk3.plaintext
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -646,9 +661,12 @@ mod tests {
         let path = dir.path().join("keys.json");
         let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
         kms.create_key("k").unwrap();
-        let err = LocalKms::open_with_master_key(&path, Zeroizing::new([8u8; 32]), false)
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("master key does not match"), "{err:#}");
+        let err =
+            LocalKms::open_with_master_key(&path, Zeroizing::new([8u8; 32]), false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("master key does not match"),
+            "{err:#}"
+        );
         assert!(parse_master_key("c2hvcnQ=").is_err());
         assert!(parse_master_key("not base64!!").is_err());
         assert_eq!(*parse_master_key(&"ab".repeat(32)).unwrap(), [0xab; 32]);

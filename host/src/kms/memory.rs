@@ -93,7 +93,11 @@ impl MemoryKms {
             .checked_sub(1)
             .and_then(|i| versions.get(i as usize))
             .ok_or_else(|| {
-                KmsError::new(KmsErrorKind::InvalidCiphertext, key_id, "no such key version")
+                KmsError::new(
+                    KmsErrorKind::InvalidCiphertext,
+                    key_id,
+                    "no such key version",
+                )
             })?;
         Ok((n, k.clone()))
     }

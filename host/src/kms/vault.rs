@@ -202,7 +202,10 @@ fn classify(e: &ClientError) -> (KmsErrorKind, String) {
                 }
                 R::RequestError { .. } | R::ResponseError { .. } => (
                     KmsErrorKind::Transient,
-                    format!("cannot reach Vault: {:#}", anyhow::Error::from(clone_msg(source))),
+                    format!(
+                        "cannot reach Vault: {:#}",
+                        anyhow::Error::from(clone_msg(source))
+                    ),
                 ),
                 other => (KmsErrorKind::Other, format!("{other}")),
             }
@@ -391,9 +394,8 @@ impl Kms for VaultKms {
         };
         Ok(KeyInfo {
             key_id: key_id.to_owned(),
-            latest_version: latest.ok_or_else(|| {
-                KmsError::new(KmsErrorKind::Other, key_id, "key has no versions")
-            })?,
+            latest_version: latest
+                .ok_or_else(|| KmsError::new(KmsErrorKind::Other, key_id, "key has no versions"))?,
         })
     }
 
@@ -417,7 +419,11 @@ impl Kms for VaultKms {
             })
             .await?;
         let kek_version = vault_version(&resp.hmac).ok_or_else(|| {
-            KmsError::new(KmsErrorKind::Other, key_id, "hmac is not of the form vault:vN:...")
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                "hmac is not of the form vault:vN:...",
+            )
         })?;
         let b64 = resp.hmac.rsplit(':').next().unwrap_or_default();
         let material = decode_key(key_id, b64, "hmac")?;
@@ -459,9 +465,15 @@ mod tests {
             code,
             errors: vec![msg.to_owned()],
         };
-        assert_eq!(classify(&e(503, "Vault is sealed")).0, KmsErrorKind::Transient);
+        assert_eq!(
+            classify(&e(503, "Vault is sealed")).0,
+            KmsErrorKind::Transient
+        );
         assert_eq!(classify(&e(429, "rate")).0, KmsErrorKind::Transient);
-        assert_eq!(classify(&e(403, "permission denied")).0, KmsErrorKind::PermissionDenied);
+        assert_eq!(
+            classify(&e(403, "permission denied")).0,
+            KmsErrorKind::PermissionDenied
+        );
         assert_eq!(
             classify(&e(400, "encryption key not found")).0,
             KmsErrorKind::UnknownKey
