@@ -1,1 +1,3 @@
 //! Test rig: starts real services (tansu, OpenBao, Kapsule) on free ports and stops them.
+
+pub mod openbao;
