@@ -366,7 +366,10 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<PolicyConfig, String> {
         serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(yaml))
-            .map_err(|e| format!("{}: {}", e.path(), e.into_inner()))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                format!("{path}: {}", e.into_inner())
+            })
     }
 
     #[test]

@@ -299,7 +299,7 @@ fn panic_traps_and_stack_overflow_traps() {
     let e = reg.decide("bad", 0, &records(1)).unwrap_err();
     match e {
         PolicyError::Trap { message, .. } => {
-            assert!(message.contains("stack overflow"), "{message}")
+            assert!(message.contains("call stack exhausted"), "{message}")
         }
         other => panic!("{other:?}"),
     }
@@ -408,7 +408,9 @@ fn concurrent_calls_use_several_instances() {
     });
     let s = &reg.status().bindings[0];
     assert!(s.instances >= 1 && s.instances <= 4, "{s:?}");
-    assert_eq!(s.calls, 8 * 20 + 1);
+    // 160 decide calls plus the plan call(s): threads racing on the cold plan cache may each
+    // ask once.
+    assert!((161..=168).contains(&s.calls), "{s:?}");
     assert!(s.p99_call_us.is_some());
 }
 

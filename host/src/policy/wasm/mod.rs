@@ -503,7 +503,13 @@ fn classify(
     if store.data().limiter.hit {
         return CallError::Memory(mem);
     }
-    CallError::Trap(truncate(&format!("{e:#}"), 2048))
+    // The trap itself ("wasm trap: call stack exhausted"); the wasm backtrace wasmtime attaches
+    // is only logged at debug level.
+    tracing::debug!(error = %format!("{e:?}"), "policy trap details");
+    match e.downcast_ref::<Trap>() {
+        Some(t) => CallError::Trap(t.to_string()),
+        None => CallError::Trap(truncate(&format!("{e:#}"), 2048)),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

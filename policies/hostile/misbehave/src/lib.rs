@@ -18,10 +18,13 @@ fn spin() -> ! {
     }
 }
 
-#[allow(unconditional_recursion)]
-fn recurse(depth: u64, buf: [u8; 256]) -> u64 {
-    let b = std::hint::black_box(buf);
-    recurse(depth + 1, b) + u64::from(b[0])
+/// Deep, non-tail recursion with small frames: exhausts the wasm call stack (not the shadow
+/// stack in linear memory). Terminates only after ~10^9 levels, so never in practice.
+fn recurse(n: u64) -> u64 {
+    if n % 1_000_000_007 == 1_000_000_006 {
+        return n;
+    }
+    recurse(n + 1).wrapping_mul(3).wrapping_add(n)
 }
 
 impl Policy for Misbehave {
@@ -55,7 +58,7 @@ impl Policy for Misbehave {
             }
             "trap-decide" => panic!("hostile policy panics in decide"),
             "stack-overflow" => {
-                let n = recurse(0, [1; 256]);
+                let n = recurse(std::hint::black_box(records.len() as u64));
                 vec![Decision::Reject(n.to_string()); records.len()]
             }
             "log-spam" => {
