@@ -726,7 +726,15 @@ impl RecordBatch {
                 })?;
         }
         let start = out.len();
-        out.reserve(V2_HEADER_LEN + records_len);
+        // Compressed output is reserved by the codec; only the uncompressed size is exact.
+        out.reserve(
+            V2_HEADER_LEN
+                + if compression == Compression::None {
+                    records_len
+                } else {
+                    0
+                },
+        );
         out.put_i64(self.base_offset);
         out.put_i32(0); // batch length, patched below
         out.put_i32(self.partition_leader_epoch);
