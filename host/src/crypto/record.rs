@@ -613,6 +613,9 @@ fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> 
     Ok(found)
 }
 
+/// (KEK id, EDEK): identifies a DEK.
+type DekRef = (String, Vec<u8>);
+
 /// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
 #[derive(Debug)]
 pub struct RecordEncryptor {
@@ -824,7 +827,7 @@ impl RecordEncryptor {
             ),
         )
         .await;
-        let deks: HashMap<&(String, Vec<u8>), Result<Arc<Dek>, KmsError>> =
+        let deks: HashMap<&DekRef, Result<Arc<Dek>, KmsError>> =
             dek_keys.iter().zip(dek_res).collect();
         let mut sivs: HashMap<&(String, u32), Result<Aes256Siv, KmsError>> = siv_keys
             .iter()
