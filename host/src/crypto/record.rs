@@ -15,8 +15,8 @@ use crate::crypto::json::{find_spans, parse_pointer, JsonError};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, siv_open, siv_seal, Dek, RecordKeyCipher, NONCE_LEN};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, HEADER_KEY,
-    JSON_PREFIX,
+    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, TagValue, ValueEncryption,
+    HEADER_KEY, JSON_PREFIX,
 };
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::{DekConfig, DekManager, Kms, KmsError};
@@ -387,7 +387,12 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
     let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or("nonce counter overflow")?;
     let tag = p.dek.seal(
         &tag_nonce,
-        &record_aad(p.topic, wk, new_value.as_deref(), &desc_bytes),
+        &record_aad(
+            p.topic,
+            wk,
+            tag_value(&desc.value, new_value.as_deref()),
+            &desc_bytes,
+        ),
         b"",
     );
     let mut header_value = desc_bytes;
@@ -404,6 +409,14 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
         value: new_value,
         headers,
     })
+}
+
+fn tag_value<'a>(mode: &ValueEncryption, wire_value: Option<&'a [u8]>) -> TagValue<'a> {
+    match (mode, wire_value) {
+        (ValueEncryption::Whole, _) => TagValue::Encrypted,
+        (_, None) => TagValue::Null,
+        (_, Some(v)) => TagValue::Bytes(v),
+    }
 }
 
 /// Replaces non-overlapping `spans` of `doc`.
@@ -453,7 +466,12 @@ fn open_record(
     if dek
         .open(
             &tag_nonce,
-            &record_aad(topic, wk, rec.value.as_deref(), desc_bytes),
+            &record_aad(
+                topic,
+                wk,
+                tag_value(&desc.value, rec.value.as_deref()),
+                desc_bytes,
+            ),
             tag,
         )
         .is_none()
@@ -594,6 +612,9 @@ fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> 
     }
     Ok(found)
 }
+
+/// (KEK id, EDEK): identifies a DEK.
+type DekRef = (String, Vec<u8>);
 
 /// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
 #[derive(Debug)]
@@ -806,7 +827,7 @@ impl RecordEncryptor {
             ),
         )
         .await;
-        let deks: HashMap<&(String, Vec<u8>), Result<Arc<Dek>, KmsError>> =
+        let deks: HashMap<&DekRef, Result<Arc<Dek>, KmsError>> =
             dek_keys.iter().zip(dek_res).collect();
         let mut sivs: HashMap<&(String, u32), Result<Aes256Siv, KmsError>> = siv_keys
             .iter()

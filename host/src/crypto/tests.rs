@@ -1009,8 +1009,8 @@ fn golden_case_matches_the_documented_layout() {
     lp(&mut raad, g.topic.as_bytes());
     raad.push(1);
     lp(&mut raad, key);
-    raad.push(1);
-    lp(&mut raad, &ct);
+    raad.push(2); // whole value encrypted: marker 2, empty bytes
+    lp(&mut raad, b"");
     lp(&mut raad, &desc);
     let mut nonce1 = nonce.clone();
     nonce1[11] += 1;

@@ -308,29 +308,42 @@ pub fn split_header(value: &[u8]) -> Result<(&[u8], &[u8; RECORD_TAG_LEN]), Wire
     Ok((d, t.try_into().expect("16 bytes")))
 }
 
+/// How the record value enters the record tag's AAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagValue<'a> {
+    /// Null value: marker 0.
+    Null,
+    /// The value as sent to the broker (clear, or JSON with encrypted fields): marker 1 + bytes.
+    Bytes(&'a [u8]),
+    /// Whole value encrypted, hence already authenticated by part 0: marker 2, no bytes.
+    Encrypted,
+}
+
 /// AAD of the record tag (an AES-GCM tag over an empty plaintext, nonce index = number of
-/// parts): `"kapsule/v1/record" | lp(topic) | key-present u8 | lp(key) | value-present u8 |
-/// lp(value) | lp(descriptor)`, key and value exactly as sent to the broker. It authenticates the
-/// whole record body, including parts left in clear, so a descriptor cannot be copied onto a
-/// forged record.
+/// parts): `"kapsule/v1/record" | lp(topic) | key-present u8 | lp(key) | value marker u8 |
+/// lp(value) | lp(descriptor)`, key and value exactly as sent to the broker (value bytes empty
+/// for markers 0 and 2). It authenticates the whole record body, including parts left in
+/// clear, so a descriptor cannot be copied onto a forged record.
 pub fn record_aad(
     topic: &str,
     wire_key: Option<&[u8]>,
-    wire_value: Option<&[u8]>,
+    value: TagValue<'_>,
     descriptor: &[u8],
 ) -> Vec<u8> {
+    let (marker, vb): (u8, &[u8]) = match value {
+        TagValue::Null => (0, b""),
+        TagValue::Bytes(b) => (1, b),
+        TagValue::Encrypted => (2, b""),
+    };
     let mut a = Vec::with_capacity(
-        40 + topic.len()
-            + wire_key.map_or(0, <[u8]>::len)
-            + wire_value.map_or(0, <[u8]>::len)
-            + descriptor.len(),
+        40 + topic.len() + wire_key.map_or(0, <[u8]>::len) + vb.len() + descriptor.len(),
     );
     a.extend_from_slice(b"kapsule/v1/record");
     put32(&mut a, topic.as_bytes());
-    for part in [wire_key, wire_value] {
-        a.push(u8::from(part.is_some()));
-        put32(&mut a, part.unwrap_or_default());
-    }
+    a.push(u8::from(wire_key.is_some()));
+    put32(&mut a, wire_key.unwrap_or_default());
+    a.push(marker);
+    put32(&mut a, vb);
     put32(&mut a, descriptor);
     a
 }

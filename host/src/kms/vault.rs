@@ -202,10 +202,7 @@ fn classify(e: &ClientError) -> (KmsErrorKind, String) {
                 }
                 R::RequestError { .. } | R::ResponseError { .. } => (
                     KmsErrorKind::Transient,
-                    format!(
-                        "cannot reach Vault: {:#}",
-                        anyhow::Error::from(clone_msg(source))
-                    ),
+                    format!("cannot reach Vault: {:#}", clone_msg(source)),
                 ),
                 other => (KmsErrorKind::Other, format!("{other}")),
             }
