@@ -1,1 +1,367 @@
-//! Configuration.
+//! Configuration: a YAML file (`kapsule.yaml`), overridable by command-line flags.
+//!
+//! Loading never stops at the first problem: [`Config::load`] expands `${ENV}` references, parses
+//! with unknown fields rejected, then validates and returns *every* problem found, each with its
+//! YAML path, so an operator fixes a config in one round.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
+
+/// What the proxy does with record batches it does not need to encrypt or decrypt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordsMode {
+    /// Forward record batches byte-for-byte (default).
+    #[default]
+    Passthrough,
+    /// Decode and re-encode every record batch (exercises the codec end to end).
+    Reencode,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Proxy listeners and upstream.
+    pub proxy: ProxyConfig,
+    /// Admin HTTP endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Record handling when no encryption applies.
+    #[serde(default)]
+    pub records: RecordsMode,
+}
+
+/// Listeners, upstream broker and connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Bootstrap listener, e.g. `0.0.0.0:9192`.
+    pub listen: String,
+    /// Bootstrap broker address, `host:port`.
+    pub upstream: String,
+    /// Host name advertised to clients for every broker (default: the listen host, or 127.0.0.1
+    /// when listening on a wildcard address).
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+    /// First port of the per-broker listeners: broker `n` is served on `node_port_base + n`.
+    /// When unset, each broker gets a free port chosen by the OS when it first appears.
+    #[serde(default)]
+    pub node_port_base: Option<u16>,
+    /// Highest broker node id served when `node_port_base` is set (default 999).
+    #[serde(default = "default_max_node_id")]
+    pub max_node_id: i32,
+    /// Largest request or response frame accepted, in bytes (default 100 MiB, as Kafka).
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Requests a client may have in flight on one connection before the proxy stops reading
+    /// from it (default 64).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Timeout for connecting to a broker, in milliseconds (default 10000).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub upstream_connect_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests, in seconds (default 30).
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Admin endpoint settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP endpoint (default `127.0.0.1:9190`).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9190".into()
+}
+fn default_max_node_id() -> i32 {
+    999
+}
+fn default_max_frame_bytes() -> usize {
+    DEFAULT_MAX_FRAME_BYTES
+}
+fn default_max_in_flight() -> usize {
+    64
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+
+/// Every problem found in a configuration, each prefixed with its YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// A passthrough configuration from command-line flags alone.
+    pub fn from_flags(listen: String, upstream: String) -> Self {
+        Self {
+            proxy: ProxyConfig {
+                listen,
+                upstream,
+                advertised_host: None,
+                node_port_base: None,
+                max_node_id: default_max_node_id(),
+                max_frame_bytes: default_max_frame_bytes(),
+                max_in_flight: default_max_in_flight(),
+                upstream_connect_timeout_ms: default_connect_timeout_ms(),
+                shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            },
+            admin: AdminConfig::default(),
+            records: RecordsMode::default(),
+        }
+    }
+
+    /// Reads, expands, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            )])
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Expands `${ENV}` references, parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        let (expanded, mut problems) = expand_env(text, |name| std::env::var(name).ok());
+        let parsed: Result<Config, _> =
+            serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(&expanded));
+        let config = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                problems.push(if path == "." || path.is_empty() {
+                    format!("{inner}")
+                } else {
+                    format!("{path}: {inner}")
+                });
+                return Err(ConfigErrors(problems));
+            }
+        };
+        config.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Applies command-line overrides, then re-validates.
+    pub fn apply_overrides(
+        &mut self,
+        listen: Option<String>,
+        upstream: Option<String>,
+        admin: Option<String>,
+    ) -> Result<(), ConfigErrors> {
+        if let Some(l) = listen {
+            self.proxy.listen = l;
+        }
+        if let Some(u) = upstream {
+            self.proxy.upstream = u;
+        }
+        if let Some(a) = admin {
+            self.admin.listen = a;
+        }
+        let mut problems = Vec::new();
+        self.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Pushes every semantic problem into `problems`.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        let p = &self.proxy;
+        if p.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "proxy.listen: `{}` is not an IP:port socket address (e.g. 0.0.0.0:9192)",
+                p.listen
+            ));
+        }
+        if split_host_port(&p.upstream).is_none() {
+            problems.push(format!(
+                "proxy.upstream: `{}` is not host:port (e.g. broker-1:9092)",
+                p.upstream
+            ));
+        }
+        if let Some(h) = &p.advertised_host {
+            if h.is_empty() || h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err() {
+                problems.push(format!(
+                    "proxy.advertised_host: `{h}` is not a host name or IP"
+                ));
+            }
+        }
+        if let Some(base) = p.node_port_base {
+            if p.max_node_id < 0 {
+                problems.push("proxy.max_node_id: must be >= 0".into());
+            } else if u32::from(base) + p.max_node_id as u32 > 65535 {
+                problems.push(format!(
+                    "proxy.node_port_base: {base} + max_node_id {} exceeds port 65535",
+                    p.max_node_id
+                ));
+            }
+        }
+        if p.max_frame_bytes < 1024 || p.max_frame_bytes > i32::MAX as usize {
+            problems.push(format!(
+                "proxy.max_frame_bytes: {} is outside 1024..=2147483647",
+                p.max_frame_bytes
+            ));
+        }
+        if p.max_in_flight == 0 {
+            problems.push("proxy.max_in_flight: must be at least 1".into());
+        }
+        if self.admin.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "admin.listen: `{}` is not an IP:port socket address (e.g. 127.0.0.1:9190)",
+                self.admin.listen
+            ));
+        }
+    }
+}
+
+/// Splits `host:port` (IPv6 in brackets allowed). `None` when malformed.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+/// Replaces `${NAME}` with the value of `lookup(NAME)`; `$${` escapes a literal `${`.
+/// Returns the text and one problem per unset variable.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut problems = Vec::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if after.starts_with("$${") {
+            out.push_str("${");
+            rest = &after[3..];
+        } else if let Some(body) = after.strip_prefix("${") {
+            match body.find('}') {
+                Some(end) => {
+                    let name = &body[..end];
+                    let line = text[..text.len() - after.len()].lines().count().max(1);
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
+                        None => problems.push(format!(
+                            "line {line}: environment variable `{name}` is referenced but not set"
+                        )),
+                    }
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    out.push_str(after);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    (out, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("proxy:\n  listen: 127.0.0.1:9192\n  upstream: localhost:9092\n")
+            .unwrap();
+        assert_eq!(c.records, RecordsMode::Passthrough);
+        assert_eq!(c.proxy.max_frame_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.admin.listen, "127.0.0.1:9190");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_path() {
+        let err = Config::parse("proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n  lisen: x\n")
+            .unwrap_err();
+        assert!(
+            err.0[0].contains("proxy") && err.0[0].contains("lisen"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported() {
+        let err = Config::parse(
+            "proxy:\n  listen: nowhere\n  upstream: no-port\n  max_in_flight: 0\nadmin:\n  listen: bad\n",
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.0.len(), 4, "{all}");
+        for path in [
+            "proxy.listen",
+            "proxy.upstream",
+            "proxy.max_in_flight",
+            "admin.listen",
+        ] {
+            assert!(all.contains(path), "missing {path} in {all}");
+        }
+    }
+
+    #[test]
+    fn env_references_expand_and_missing_ones_are_reported() {
+        let (out, problems) = expand_env("a: ${A}\nb: ${MISSING}\nc: $${LITERAL}\nd: $5", |n| {
+            (n == "A").then(|| "one".to_string())
+        });
+        assert_eq!(out, "a: one\nb: \nc: ${LITERAL}\nd: $5");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("MISSING") && problems[0].contains("line 2"));
+    }
+
+    #[test]
+    fn node_port_range_must_fit() {
+        let err = Config::parse(
+            "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n  node_port_base: 65000\n  max_node_id: 1000\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("node_port_base"));
+    }
+}

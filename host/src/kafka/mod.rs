@@ -2,4 +2,5 @@
 //! own record-batch codec ([`records`], [`compression`]).
 
 pub mod compression;
+pub mod frame;
 pub mod records;

@@ -1,0 +1,350 @@
+//! Kafka framing: size-prefixed frames, the request/response header fields the proxy needs, and
+//! helpers to decode/encode whole messages with kafka-protocol when a stage must change them.
+//!
+//! The relay path only reads the first 8 bytes of a request (api key, version, correlation id) and
+//! the first 4 bytes of a response (correlation id); everything else stays untouched bytes.
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Default maximum frame size, as Kafka's `socket.request.max.bytes` (100 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+/// Why reading a frame stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame larger than the configured maximum; the connection must close.
+    #[error("frame of {size} bytes exceeds the maximum of {max} bytes (raise max_frame_bytes if this is legitimate)")]
+    TooLarge {
+        /// Announced size.
+        size: i64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The peer announced a negative frame size: the stream is not Kafka protocol.
+    #[error("negative frame size {0}: peer is not speaking the Kafka protocol")]
+    Negative(i32),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame after {read} of {size} bytes")]
+    Truncated {
+        /// Bytes received.
+        read: usize,
+        /// Bytes announced.
+        size: usize,
+    },
+    /// I/O error on the socket.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one size-prefixed frame. Returns `Ok(None)` on a clean end of stream between frames.
+///
+/// Memory grows with the bytes actually received (in chunks of at most 64 KiB beyond what has
+/// arrived), never with the announced size alone, so a lying length prefix cannot make the proxy
+/// allocate `max` bytes up front.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut len_buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = reader.read(&mut len_buf[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(FrameError::Truncated { read: got, size: 4 });
+        }
+        got += n;
+    }
+    let size = i32::from_be_bytes(len_buf);
+    if size < 0 {
+        return Err(FrameError::Negative(size));
+    }
+    let size = size as usize;
+    if size > max {
+        return Err(FrameError::TooLarge {
+            size: size as i64,
+            max,
+        });
+    }
+    const CHUNK: usize = 64 * 1024;
+    let mut body = BytesMut::with_capacity(size.min(CHUNK));
+    while body.len() < size {
+        if body.capacity() == body.len() {
+            body.reserve((size - body.len()).min(CHUNK));
+        }
+        let want = size - body.len();
+        let n = (&mut *reader).take(want as u64).read_buf(&mut body).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                read: body.len(),
+                size,
+            });
+        }
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// Writes one frame (size prefix + body). The caller flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(&(body.len() as i32).to_be_bytes()).await?;
+    writer.write_all(body).await
+}
+
+/// The fixed prefix of every request header: enough to route and correlate without decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// Raw API key (may be unknown to kafka-protocol; such requests are relayed untouched).
+    pub api_key: i16,
+    /// API version the client chose.
+    pub api_version: i16,
+    /// Correlation id echoed by the response.
+    pub correlation_id: i32,
+}
+
+impl RequestMeta {
+    /// Parses the first 8 bytes of a request frame body.
+    pub fn parse(frame: &[u8]) -> anyhow::Result<Self> {
+        if frame.len() < 8 {
+            bail!(
+                "request frame of {} bytes is shorter than a request header (8 bytes)",
+                frame.len()
+            );
+        }
+        let mut b = frame;
+        Ok(Self {
+            api_key: b.get_i16(),
+            api_version: b.get_i16(),
+            correlation_id: b.get_i32(),
+        })
+    }
+
+    /// The API key, if kafka-protocol knows it.
+    pub fn known_api(&self) -> Option<ApiKey> {
+        ApiKey::try_from(self.api_key).ok()
+    }
+}
+
+/// Correlation id of a response frame (its first 4 bytes).
+pub fn response_correlation_id(frame: &[u8]) -> anyhow::Result<i32> {
+    if frame.len() < 4 {
+        bail!(
+            "response frame of {} bytes is shorter than a response header",
+            frame.len()
+        );
+    }
+    Ok(i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]))
+}
+
+/// Decodes a request whose API kafka-protocol knows: header and body.
+pub fn decode_request<T: Decodable>(
+    api: ApiKey,
+    frame: Bytes,
+) -> anyhow::Result<(RequestHeader, T)> {
+    let mut buf = frame;
+    let version = i16::from_be_bytes([buf[2], buf[3]]);
+    let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
+        .with_context(|| format!("decoding {api:?} v{version} request header"))?;
+    let body = T::decode(&mut buf, version)
+        .with_context(|| format!("decoding {api:?} v{version} request body"))?;
+    Ok((header, body))
+}
+
+/// Encodes a request (header + body) into a frame body.
+pub fn encode_request<T: Encodable>(
+    api: ApiKey,
+    header: &RequestHeader,
+    body: &T,
+) -> anyhow::Result<Bytes> {
+    let version = header.request_api_version;
+    let mut out = BytesMut::new();
+    header
+        .encode(&mut out, api.request_header_version(version))
+        .with_context(|| format!("encoding {api:?} v{version} request header"))?;
+    body.encode(&mut out, version)
+        .with_context(|| format!("encoding {api:?} v{version} request body"))?;
+    Ok(out.freeze())
+}
+
+/// Decodes a response body of a known API at the version of its request.
+pub fn decode_response<T: Decodable>(
+    api: ApiKey,
+    version: i16,
+    frame: Bytes,
+) -> anyhow::Result<(ResponseHeader, T)> {
+    let mut buf = frame;
+    let header = ResponseHeader::decode(&mut buf, api.response_header_version(version))
+        .with_context(|| format!("decoding {api:?} v{version} response header"))?;
+    let body = T::decode(&mut buf, version)
+        .with_context(|| format!("decoding {api:?} v{version} response body"))?;
+    Ok((header, body))
+}
+
+/// Encodes a response (header + body) into a frame body.
+pub fn encode_response<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    header: &ResponseHeader,
+    body: &T,
+) -> anyhow::Result<Bytes> {
+    let mut out = BytesMut::new();
+    header
+        .encode(&mut out, api.response_header_version(version))
+        .with_context(|| format!("encoding {api:?} v{version} response header"))?;
+    body.encode(&mut out, version)
+        .with_context(|| format!("encoding {api:?} v{version} response body"))?;
+    Ok(out.freeze())
+}
+
+/// Reads `acks` from a Produce request without decoding the records, so the relay path knows
+/// whether a response will come (`acks = 0` means none).
+pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
+    let meta = RequestMeta::parse(frame)?;
+    let flexible = meta.api_version >= 9;
+    let mut b = &frame[8..];
+    // client_id: nullable string with an i16 length, in both header v1 and v2.
+    let client_id_len = take_i16(&mut b)?;
+    if client_id_len > 0 {
+        skip(&mut b, client_id_len as usize)?;
+    }
+    if flexible {
+        skip_tagged_fields(&mut b)?;
+    }
+    if meta.api_version >= 3 {
+        // transactional_id
+        if flexible {
+            let n = take_uvarint(&mut b)?;
+            if n > 1 {
+                skip(&mut b, (n - 1) as usize)?;
+            }
+        } else {
+            let n = take_i16(&mut b)?;
+            if n > 0 {
+                skip(&mut b, n as usize)?;
+            }
+        }
+    }
+    take_i16(&mut b)
+}
+
+fn take_i16(b: &mut &[u8]) -> anyhow::Result<i16> {
+    if b.len() < 2 {
+        bail!("truncated Produce request header");
+    }
+    Ok(b.get_i16())
+}
+
+fn skip(b: &mut &[u8], n: usize) -> anyhow::Result<()> {
+    if b.len() < n {
+        bail!("truncated Produce request header");
+    }
+    b.advance(n);
+    Ok(())
+}
+
+fn take_uvarint(b: &mut &[u8]) -> anyhow::Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        if b.is_empty() {
+            bail!("truncated varint in request header");
+        }
+        let byte = b.get_u8();
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    bail!("varint longer than 10 bytes in request header")
+}
+
+fn skip_tagged_fields(b: &mut &[u8]) -> anyhow::Result<()> {
+    let count = take_uvarint(b)?;
+    for _ in 0..count {
+        take_uvarint(b)?;
+        let len = take_uvarint(b)?;
+        skip(b, len as usize)?;
+    }
+    Ok(())
+}
+
+/// Appends a big-endian i32 size prefix and body to `out` (for building frames in memory).
+pub fn put_frame(out: &mut BytesMut, body: &[u8]) {
+    out.put_i32(body.len() as i32);
+    out.put_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ProduceRequest, TransactionalId};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn produce_frame(version: i16, acks: i16, txn: Option<&str>) -> Bytes {
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("client-1")));
+        let body = ProduceRequest::default()
+            .with_acks(acks)
+            .with_transactional_id(txn.map(|t| TransactionalId(StrBytes::from_string(t.into()))));
+        encode_request(ApiKey::Produce, &header, &body).unwrap()
+    }
+
+    #[test]
+    fn acks_is_read_for_every_produce_version() {
+        for version in 3..=12 {
+            for acks in [-1, 0, 1] {
+                let frame = produce_frame(version, acks, Some("txn-a"));
+                assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version}");
+                let frame = produce_frame(version, acks, None);
+                assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version} no txn");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_produce_header_is_an_error() {
+        let frame = produce_frame(9, 1, Some("t"));
+        assert!(produce_acks(&frame[..12]).is_err());
+    }
+
+    #[tokio::test]
+    async fn frame_over_max_is_refused_before_allocating() {
+        let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3];
+        let err = read_frame(&mut input, 1024).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_eof_is_clean() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"hello").await.unwrap();
+        write_frame(&mut wire, b"").await.unwrap();
+        let mut r = wire.as_slice();
+        assert_eq!(
+            read_frame(&mut r, 100).await.unwrap().unwrap(),
+            Bytes::from_static(b"hello")
+        );
+        assert_eq!(read_frame(&mut r, 100).await.unwrap().unwrap().len(), 0);
+        assert!(read_frame(&mut r, 100).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_reported() {
+        let mut input: &[u8] = &[0, 0, 0, 10, 1, 2];
+        let err = read_frame(&mut input, 100).await.unwrap_err();
+        assert!(
+            matches!(err, FrameError::Truncated { read: 2, size: 10 }),
+            "{err}"
+        );
+    }
+}
