@@ -12,8 +12,9 @@ use kapsule_integration::{InteractiveClient, RecordsMode, TestRecord};
 
 use crate::common::{args, assert_records_match, ck_consume, ck_produce, Rig};
 
-/// Clients only ever learn Kapsule's address: Metadata through Kapsule advertises Kapsule, never the
-/// broker behind it (otherwise clients would bypass the proxy after bootstrap).
+/// Clients only ever learn Kapsule's addresses: Metadata through Kapsule advertises listeners of
+/// Kapsule (which answer Kafka requests themselves), never the broker behind it, otherwise clients
+/// would bypass the proxy after bootstrap.
 #[rstest]
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_advertises_only_kapsule(
@@ -26,11 +27,21 @@ async fn metadata_advertises_only_kapsule(
         .unwrap();
     assert!(!md.brokers.is_empty());
     for b in &md.brokers {
-        assert_eq!(
-            format!("{}:{}", b.host, b.port),
-            rig.bootstrap(),
-            "advertised {b:?}"
-        );
+        let advertised = format!("{}:{}", b.host, b.port);
+        if rig.kapsule.is_direct() {
+            assert_eq!(advertised, rig.tansu.bootstrap());
+        } else {
+            assert_ne!(
+                advertised,
+                rig.tansu.bootstrap(),
+                "the broker leaked to clients: {b:?}"
+            );
+        }
+        // Whatever is advertised serves Kafka and advertises itself consistently.
+        let again = probe::metadata(&advertised, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("advertised {advertised} does not serve Metadata: {e:#}"));
+        assert_eq!(again.brokers, md.brokers);
     }
     let t = md
         .topics
