@@ -4,9 +4,10 @@
 //! Two halves run concurrently. The request half reads a frame from the client, decides what the
 //! response will need (a [`Pending`] entry), forwards the (possibly rewritten) request upstream and
 //! queues the entry; the response half takes entries in order, reads the matching broker response,
-//! applies the entry's stage and writes it to the client. The queue is bounded
-//! (`max_in_flight`), so a client that stops reading responses stops the proxy reading its
-//! requests: memory per connection is bounded by `max_in_flight × max_frame_bytes`.
+//! applies the entry's stage and writes it to the client. Each outstanding request holds one of
+//! `max_in_flight` permits until its response is written, so a client that stops reading
+//! responses stops the proxy reading its requests: memory per connection is bounded by about
+//! `max_in_flight × max_frame_bytes`.
 //!
 //! A response the proxy makes itself (an ApiVersions fallback, a Produce refused before any
 //! partition reached the broker) is queued as [`Pending::Local`] so ordering still holds.
@@ -24,7 +25,7 @@ use kafka_protocol::messages::{
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
@@ -107,9 +108,10 @@ async fn serve_inner(
 
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
-    let (tx, rx) = mpsc::channel(shared.config.max_in_flight);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
 
-    let requests = request_half(shared, client_read, upstream_write, tx, peer);
+    let requests = request_half(shared, client_read, upstream_write, tx, in_flight, peer);
     let responses = response_half(shared, upstream_read, client_write, rx, peer);
     tokio::pin!(requests, responses);
     tokio::select! {
@@ -172,7 +174,8 @@ async fn request_half(
     shared: &Arc<ProxyShared>,
     mut client: OwnedReadHalf,
     upstream: OwnedWriteHalf,
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::UnboundedSender<(Pending, OwnedSemaphorePermit)>,
+    in_flight: Arc<Semaphore>,
     peer: SocketAddr,
 ) -> anyhow::Result<()> {
     let mut upstream = BufWriter::with_capacity(64 * 1024, upstream);
@@ -184,6 +187,9 @@ async fn request_half(
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
+        // Wait for a free in-flight slot before forwarding: a client that does not read its
+        // responses stops being read from once `max_in_flight` requests are outstanding.
+        let permit = in_flight.clone().acquire_owned().await?;
         let meta = RequestMeta::parse(&frame)?;
         shared
             .metrics
@@ -203,7 +209,7 @@ async fn request_half(
             upstream.flush().await?;
         }
         if let Some(p) = pending {
-            if tx.send(p).await.is_err() {
+            if tx.send((p, permit)).is_err() {
                 return Ok(());
             }
         }
@@ -287,12 +293,12 @@ async fn response_half(
     shared: &Arc<ProxyShared>,
     mut upstream: OwnedReadHalf,
     client: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
     peer: SocketAddr,
 ) -> anyhow::Result<()> {
     let mut client = BufWriter::with_capacity(64 * 1024, client);
     let max = shared.config.max_frame_bytes;
-    while let Some(pending) = rx.recv().await {
+    while let Some((pending, _permit)) = rx.recv().await {
         let (api_key, out) = match pending {
             Pending::Local { api_key, frame } => (api_key, frame),
             Pending::Upstream {

@@ -229,3 +229,6 @@ impl Proxy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::warn;
 
 use crate::config::RecordsMode;
+use crate::kafka::records::{split_record_set, CodecError, RecordSetEntry};
 
 /// Kafka error code CORRUPT_MESSAGE: a batch failed to decode or its CRC did not match.
 pub const CORRUPT_MESSAGE: i16 = 2;
@@ -106,7 +107,7 @@ impl RecordStage {
             let name = topic.name.clone();
             topic.partition_data.retain_mut(|p| {
                 let Some(records) = &p.records else { return true };
-                match reencode_record_set(records) {
+                match reencode_record_set(records, RecordSetOrigin::Produce) {
                     Ok(out) => {
                         p.records = Some(out);
                         true
@@ -135,7 +136,7 @@ impl RecordStage {
         for topic in &mut response.responses {
             for p in &mut topic.partitions {
                 let Some(records) = &p.records else { continue };
-                match reencode_record_set(records) {
+                match reencode_record_set(records, RecordSetOrigin::Fetch) {
                     Ok(out) => p.records = Some(out),
                     Err(e) => {
                         // The broker's own bytes: forward them as stored, the client will judge.
@@ -148,11 +149,114 @@ impl RecordStage {
     }
 }
 
-/// Decodes and re-encodes every magic v2 data batch (codec lands with the codec branch).
-pub fn reencode_record_set(records: &Bytes) -> Result<Bytes, String> {
-    let _ = BytesMut::new();
-    Err(format!(
-        "record codec not merged yet ({} bytes)",
-        records.len()
-    ))
+/// Where a record set comes from: a partial trailing batch is legal only in a Fetch response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordSetOrigin {
+    /// A Produce request from a client.
+    Produce,
+    /// A Fetch response from a broker.
+    Fetch,
+}
+
+/// Decodes and re-encodes every magic v2 data batch; other entries (v0/v1 messages, control
+/// batches, and in Fetch responses a trailing partial batch) are copied byte-for-byte.
+pub fn reencode_record_set(records: &Bytes, origin: RecordSetOrigin) -> Result<Bytes, CodecError> {
+    let mut out = BytesMut::with_capacity(records.len() + 64);
+    for entry in split_record_set(records) {
+        match entry? {
+            RecordSetEntry::Partial(bytes) => {
+                if origin == RecordSetOrigin::Produce {
+                    return Err(CodecError::Truncated {
+                        what: "record batch in Produce request",
+                        needed: 0,
+                        available: bytes.len(),
+                    });
+                }
+                out.extend_from_slice(&bytes);
+            }
+            RecordSetEntry::Batch(raw) => {
+                if raw.is_legacy() || raw.is_control() {
+                    out.extend_from_slice(raw.bytes());
+                } else {
+                    raw.decode()?.encode(&mut out)?;
+                }
+            }
+        }
+    }
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::records::{Record, RecordBatch, RecordHeader};
+
+    fn batch() -> RecordBatch {
+        RecordBatch {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            attributes: 0,
+            last_offset_delta: 1,
+            base_timestamp: 1_700_000_000_000,
+            max_timestamp: 1_700_000_000_005,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records: (0..2)
+                .map(|i| Record {
+                    attributes: 0,
+                    timestamp_delta: i * 5,
+                    offset_delta: i as i32,
+                    key: None,
+                    value: Some(Bytes::from(format!("value-{i}"))),
+                    headers: vec![
+                        RecordHeader {
+                            key: Bytes::from_static(b"h"),
+                            value: None,
+                        },
+                        RecordHeader {
+                            key: Bytes::from_static(b"h"),
+                            value: Some(Bytes::from_static(b"2")),
+                        },
+                    ],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reencode_is_byte_identical_for_uncompressed_batches() {
+        let mut set = BytesMut::new();
+        batch().encode(&mut set).unwrap();
+        batch().encode(&mut set).unwrap();
+        let set = set.freeze();
+        assert_eq!(
+            reencode_record_set(&set, RecordSetOrigin::Produce).unwrap(),
+            set
+        );
+    }
+
+    #[test]
+    fn trailing_partial_batch_is_kept_in_fetch_and_refused_in_produce() {
+        let mut set = BytesMut::new();
+        batch().encode(&mut set).unwrap();
+        let full = set.len();
+        batch().encode(&mut set).unwrap();
+        let truncated = set.freeze().slice(..full + 20);
+        assert_eq!(
+            reencode_record_set(&truncated, RecordSetOrigin::Fetch).unwrap(),
+            truncated
+        );
+        assert!(reencode_record_set(&truncated, RecordSetOrigin::Produce).is_err());
+    }
+
+    #[test]
+    fn corrupted_batch_is_refused() {
+        let mut set = BytesMut::new();
+        batch().encode(&mut set).unwrap();
+        let mut bytes = set.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        assert!(reencode_record_set(&Bytes::from(bytes), RecordSetOrigin::Produce).is_err());
+    }
 }
