@@ -225,3 +225,88 @@ pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16,
     .await
     .with_context(|| format!("GET http://{addr}{path} took longer than {timeout:?}"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Serves one connection: reads one request frame, answers `body` with the request's
+    /// correlation id.
+    async fn serve_once(body: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut req = vec![0u8; i32::from_be_bytes(len) as usize];
+            s.read_exact(&mut req).await.unwrap();
+            let mut resp = Vec::new();
+            resp.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
+            resp.extend_from_slice(&req[4..8]);
+            resp.extend_from_slice(&body);
+            s.write_all(&resp).await.unwrap();
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn parses_metadata_v1() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&1i32.to_be_bytes()); // brokers
+        b.extend_from_slice(&111i32.to_be_bytes());
+        b.extend_from_slice(&9i16.to_be_bytes());
+        b.extend_from_slice(b"127.0.0.1");
+        b.extend_from_slice(&9092i32.to_be_bytes());
+        b.extend_from_slice(&(-1i16).to_be_bytes()); // rack
+        b.extend_from_slice(&111i32.to_be_bytes()); // controller
+        b.extend_from_slice(&1i32.to_be_bytes()); // topics
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(b"t");
+        b.push(0);
+        b.extend_from_slice(&2i32.to_be_bytes()); // partitions
+        for p in 0..2i32 {
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&p.to_be_bytes());
+            b.extend_from_slice(&111i32.to_be_bytes());
+            b.extend_from_slice(&1i32.to_be_bytes());
+            b.extend_from_slice(&111i32.to_be_bytes());
+            b.extend_from_slice(&1i32.to_be_bytes());
+            b.extend_from_slice(&111i32.to_be_bytes());
+        }
+        let addr = serve_once(b).await;
+        let md = metadata(&addr, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            md.brokers,
+            vec![BrokerInfo {
+                node_id: 111,
+                host: "127.0.0.1".into(),
+                port: 9092
+            }]
+        );
+        assert_eq!(
+            md.topics,
+            vec![TopicInfo {
+                error_code: 0,
+                name: "t".into(),
+                partitions: 2
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_and_failing_responses_are_errors() {
+        // ApiVersions with error code 35 (unsupported version).
+        let addr = serve_once(35i16.to_be_bytes().to_vec()).await;
+        let e = api_versions(&addr, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("35"), "{e:#}");
+        // Metadata cut off inside the broker list.
+        let addr = serve_once(5i32.to_be_bytes().to_vec()).await;
+        let e = metadata(&addr, Duration::from_secs(5)).await.unwrap_err();
+        assert!(format!("{e:#}").contains("truncated"), "{e:#}");
+    }
+}
