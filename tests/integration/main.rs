@@ -1,3 +1,15 @@
 //! Integration tests: real clients talk only to Kapsule, which talks to a real tansu broker.
+//!
+//! Every test starts its own broker and Kapsule on free ports (so tests run in parallel) and takes
+//! the bootstrap address its clients use from [`kapsule_integration::Kapsule::bootstrap`]. With
+//! `KAPSULE_RIG_DIRECT=1` the same tests run against tansu alone, which tells proxy bugs from broker
+//! or client limits. Each record-path test runs once per `records:` mode (passthrough, reencode).
 
+mod common;
+mod concurrency;
+mod confluent;
+mod groups;
+mod kafkajs;
+mod kcat;
 mod kms_vault;
+mod resilience;

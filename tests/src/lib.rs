@@ -1,3 +1,42 @@
-//! Test rig: starts real services (tansu, OpenBao, Kapsule) on free ports and stops them.
+//! Test rig: starts real services (tansu, OpenBao, Kapsule) on free ports, runs real Kafka clients against
+//! them, and stops every process it started, also when a test fails.
+//!
+//! Integration tests take the bootstrap address their clients use from [`Kapsule::bootstrap`], so
+//! every client talks only to Kapsule, which talks to a real tansu broker. Setting
+//! `KAPSULE_RIG_DIRECT=1` makes [`Kapsule::start`] hand out the broker's own address instead; that
+//! validates the tests and client scripts against tansu alone (useful before the proxy exists, and to
+//! tell a proxy bug from a broker or client limit).
+//!
+//! Environment:
+//! - `KAPSULE_BIN`: the `kapsule` binary to run; otherwise the rig builds it once with
+//!   `cargo build -p kapsule --bin kapsule` and uses the artifact cargo reports.
+//! - `TANSU_BIN`: the `tansu` binary; otherwise `tansu` on `PATH`, then `~/.cargo/bin/tansu`.
+//! - `KAPSULE_RIG_DIRECT=1`: bypass Kapsule (see above).
+//! - `KAPSULE_RIG_SHOW_LOGS=1`: print every service's log when its guard drops, not only on panic.
 
+pub mod clients;
+pub mod kapsule;
 pub mod openbao;
+pub mod ports;
+pub mod probe;
+pub mod process;
+pub mod records;
+pub mod tansu;
+pub mod wait;
+
+pub use clients::{run_node, run_python, ClientOutput, InteractiveClient};
+pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};
+pub use ports::free_port;
+pub use process::ProcessGuard;
+pub use records::TestRecord;
+pub use tansu::Tansu;
+
+/// Names unique within this test process and across concurrent runs: `prefix-<pid>-<counter>`.
+///
+/// Use for topics and consumer groups so tests running in parallel never share state.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}

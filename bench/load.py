@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Load generator for Kapsule's benchmark (confluent-kafka / librdkafka).
+
+Modes:
+  produce  --count N --size S : N records of S random bytes (keys "k<i>"), acks=all, linger 5 ms,
+                                 no compression; reports MB/s and records/s (payload bytes = N*S).
+  consume  --count N          : reads N records from the beginning of every partition (assigned,
+                                 no group); reports MB/s and records/s of value bytes.
+  latency  --count N --size S : N sequential produce+flush round trips (one record each, linger 0);
+                                 reports p50/p99 in ms.
+Prints one JSON object on stdout.
+"""
+import argparse
+import json
+import os
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+ap = argparse.ArgumentParser()
+ap.add_argument("mode", choices=["produce", "consume", "latency"])
+ap.add_argument("--bootstrap", required=True)
+ap.add_argument("--topic", required=True)
+ap.add_argument("--count", type=int, required=True)
+ap.add_argument("--size", type=int, default=1024)
+ap.add_argument("--timeout", type=float, default=300)
+args = ap.parse_args()
+
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    i = min(len(sorted_vals) - 1, int(round(p / 100.0 * (len(sorted_vals) - 1))))
+    return sorted_vals[i]
+
+
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+payloads = [os.urandom(args.size) for _ in range(64)]
+
+if args.mode == "produce":
+    p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 5,
+                  "batch.size": 1000000, "queue.buffering.max.messages": 200000,
+                  "compression.type": "none", "enable.idempotence": False})
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(str(err))
+
+    start = time.perf_counter()
+    for i in range(args.count):
+        while True:
+            try:
+                p.produce(args.topic, key=b"k%d" % i, value=payloads[i & 63], on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i & 1023 == 0:
+            p.poll(0)
+    left = p.flush(args.timeout)
+    elapsed = time.perf_counter() - start
+    if left or errors:
+        raise SystemExit(f"{left} undelivered, errors: {errors[:5]}")
+    mb = args.count * args.size / 1e6
+    out(mode="produce", records=args.count, bytes=args.count * args.size, seconds=elapsed,
+        mb_s=mb / elapsed, rec_s=args.count / elapsed)
+
+elif args.mode == "consume":
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "kapsule-bench-unused",
+                  "enable.auto.commit": False, "fetch.max.bytes": 52428800,
+                  "queued.max.messages.kbytes": 262144})
+    md = c.list_topics(args.topic, timeout=30)
+    parts = md.topics[args.topic].partitions
+    c.assign([TopicPartition(args.topic, q, OFFSET_BEGINNING) for q in parts])
+    n = 0
+    nbytes = 0
+    start = time.perf_counter()
+    deadline = time.time() + args.timeout
+    while n < args.count and time.time() < deadline:
+        for m in c.consume(num_messages=10000, timeout=0.5):
+            if m.error():
+                continue
+            n += 1
+            nbytes += len(m.value() or b"")
+    elapsed = time.perf_counter() - start
+    c.close()
+    if n < args.count:
+        raise SystemExit(f"consumed only {n} of {args.count} records")
+    out(mode="consume", records=n, bytes=nbytes, seconds=elapsed, mb_s=nbytes / 1e6 / elapsed,
+        rec_s=n / elapsed)
+
+else:
+    p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 0,
+                  "enable.idempotence": False})
+    # Warm up connections and metadata.
+    p.produce(args.topic, value=payloads[0])
+    p.flush(30)
+    lat = []
+    for i in range(args.count):
+        t = time.perf_counter()
+        p.produce(args.topic, key=b"l%d" % i, value=payloads[i & 63])
+        if p.flush(30) != 0:
+            raise SystemExit("latency probe record not delivered")
+        lat.append((time.perf_counter() - t) * 1000.0)
+    lat.sort()
+    out(mode="latency", records=args.count, p50_ms=pct(lat, 50), p99_ms=pct(lat, 99))

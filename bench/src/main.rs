@@ -1,0 +1,397 @@
+//! `kapsule-bench`: one run, same machine, same load, several paths to the same kind of broker:
+//! direct to tansu, through `tansu proxy` (the peer), and through Kapsule with each config.
+//!
+//! For every run and path it starts a fresh in-memory tansu broker (so memory use and offsets are
+//! identical), the path's proxy if any, then runs `bench/load.py` (confluent-kafka):
+//! produce N records of S bytes, consume them back, and a sequential produce-latency probe. The
+//! proxy's CPU time (utime+stime from /proc/<pid>/stat) is sampled around produce+consume. Runs are
+//! interleaved across paths and medians are reported as a markdown table.
+//!
+//! `cargo run -p kapsule-bench --release -- --runs 5` (see `--help`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::Value;
+
+use kapsule_integration::kapsule::kapsule_bin;
+use kapsule_integration::process::{find_executable, ProcessGuard};
+use kapsule_integration::{free_port, probe, wait, Kapsule, KapsuleConfig, RecordsMode, Tansu};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark Kapsule against direct tansu and tansu proxy")]
+struct Args {
+    /// Runs per path; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Records produced and consumed per run.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Record value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Sequential round trips in the latency probe.
+    #[arg(long, default_value_t = 500)]
+    latency_records: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Extra Kapsule configs as NAME=FILE.yaml (repeatable). `passthrough` and `reencode` are
+    /// always included unless --no-kapsule.
+    #[arg(long = "kapsule-config")]
+    kapsule_configs: Vec<String>,
+    /// Skip the Kapsule paths (e.g. before the proxy exists).
+    #[arg(long)]
+    no_kapsule: bool,
+    /// Skip the `tansu proxy` path.
+    #[arg(long)]
+    no_tansu_proxy: bool,
+    /// Also write the markdown report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+enum Path {
+    Direct,
+    TansuProxy,
+    Kapsule { name: String, config: KapsuleConfig },
+}
+
+impl Path {
+    fn label(&self) -> String {
+        match self {
+            Path::Direct => "direct (tansu)".into(),
+            Path::TansuProxy => "tansu proxy".into(),
+            Path::Kapsule { name, .. } => format!("kapsule {name}"),
+        }
+    }
+}
+
+/// One run's measurements for one path.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    produce_mb_s: f64,
+    produce_rec_s: f64,
+    consume_mb_s: f64,
+    consume_rec_s: f64,
+    /// Proxy CPU seconds per GB moved (produce + consume bytes); `None` for direct.
+    proxy_cpu_s_per_gb: Option<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// A proxy process in front of the broker, if the path has one.
+enum Front {
+    None,
+    TansuProxy(ProcessGuard, String),
+    Kapsule(Kapsule),
+}
+
+impl Front {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Front::None => None,
+            Front::TansuProxy(p, _) => p.pid(),
+            Front::Kapsule(k) => k.pid(),
+        }
+    }
+}
+
+fn load_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("load.py")
+}
+
+async fn load(
+    mode: &str,
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    size: usize,
+) -> Result<Value> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new("python3")
+            .arg(load_script())
+            .args([mode, "--bootstrap", bootstrap, "--topic", topic])
+            .args(["--count", &count.to_string(), "--size", &size.to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("load.py {mode} took over 600 s"))??;
+    if !out.status.success() {
+        bail!(
+            "load.py {mode} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    kapsule_integration::clients::parse_last_json_line(&stdout)
+}
+
+/// utime + stime of `pid` in seconds, from /proc/<pid>/stat (fields 14 and 15).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; fields after the closing paren are clean.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    Ok((utime + stime) as f64 / ticks)
+}
+
+async fn start_tansu_proxy(origin: &str) -> Result<(ProcessGuard, String)> {
+    let bin = find_executable("TANSU_BIN", "tansu")?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("tcp://{addr}");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "proxy",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--origin-url", &format!("tcp://{origin}")])
+    .env("RUST_LOG", "warn");
+    let mut guard = ProcessGuard::spawn("tansu-proxy", cmd)?;
+    let probe_addr = addr.clone();
+    wait::until(
+        "tansu proxy to answer ApiVersions",
+        Duration::from_secs(30),
+        || {
+            let running = guard.ensure_running();
+            let a = probe_addr.clone();
+            async move {
+                running?;
+                probe::api_versions(&a, Duration::from_secs(2)).await?;
+                Ok(Some(()))
+            }
+        },
+    )
+    .await?;
+    Ok((guard, addr))
+}
+
+async fn run_once(path: &Path, args: &Args) -> Result<Sample> {
+    let tansu = Tansu::start().await?;
+    let topic = format!("bench-{}", free_port());
+    tansu.create_topic(&topic, args.partitions).await?;
+    let front = match path {
+        Path::Direct => Front::None,
+        Path::TansuProxy => {
+            let (g, a) = start_tansu_proxy(&tansu.bootstrap()).await?;
+            Front::TansuProxy(g, a)
+        }
+        Path::Kapsule { config, .. } => {
+            let k = Kapsule::start(&tansu.bootstrap(), config.clone()).await?;
+            if k.is_direct() {
+                bail!("KAPSULE_RIG_DIRECT=1 is set: unset it to benchmark Kapsule");
+            }
+            Front::Kapsule(k)
+        }
+    };
+    let bootstrap = match &front {
+        Front::None => tansu.bootstrap(),
+        Front::TansuProxy(_, a) => a.clone(),
+        Front::Kapsule(k) => k.bootstrap(),
+    };
+    // Warm up connections, metadata and allocator on a separate topic.
+    let warm = format!("{topic}-warm");
+    tansu.create_topic(&warm, 1).await?;
+    load("produce", &bootstrap, &warm, 2000, args.size).await?;
+
+    let cpu0 = front.pid().map(cpu_seconds).transpose()?;
+    let p = load("produce", &bootstrap, &topic, args.records, args.size).await?;
+    let c = load("consume", &bootstrap, &topic, args.records, args.size).await?;
+    let cpu1 = front.pid().map(cpu_seconds).transpose()?;
+    let l = load(
+        "latency",
+        &bootstrap,
+        &topic,
+        args.latency_records,
+        args.size,
+    )
+    .await?;
+    if let Front::Kapsule(k) = &front {
+        // A dead proxy must not produce numbers.
+        let (status, body) = k.admin_get("/livez").await?;
+        anyhow::ensure!(status == 200, "kapsule /livez {status}: {body}");
+    }
+    let f = |v: &Value, k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("load.py output lacks {k}: {v}"))
+    };
+    let gb = (p["bytes"].as_f64().unwrap_or(0.0) + c["bytes"].as_f64().unwrap_or(0.0)) / 1e9;
+    Ok(Sample {
+        produce_mb_s: f(&p, "mb_s")?,
+        produce_rec_s: f(&p, "rec_s")?,
+        consume_mb_s: f(&c, "mb_s")?,
+        consume_rec_s: f(&c, "rec_s")?,
+        proxy_cpu_s_per_gb: cpu0.zip(cpu1).map(|(a, b)| (b - a) / gb),
+        p50_ms: f(&l, "p50_ms")?,
+        p99_ms: f(&l, "p99_ms")?,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn tool_version(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut paths = vec![Path::Direct];
+    if !args.no_tansu_proxy {
+        paths.push(Path::TansuProxy);
+    }
+    if !args.no_kapsule {
+        let bin = kapsule_bin().context("locating or building kapsule (or pass --no-kapsule)")?;
+        eprintln!("kapsule binary: {}", bin.display());
+        for mode in RecordsMode::ALL {
+            paths.push(Path::Kapsule {
+                name: mode.as_str().into(),
+                config: KapsuleConfig::new(mode),
+            });
+        }
+        for spec in &args.kapsule_configs {
+            let (name, file) = spec
+                .split_once('=')
+                .with_context(|| format!("--kapsule-config expects NAME=FILE, got {spec}"))?;
+            let yaml = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+            paths.push(Path::Kapsule {
+                name: name.into(),
+                config: KapsuleConfig::from_raw(RecordsMode::Reencode, yaml),
+            });
+        }
+    }
+
+    let mut samples: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
+    let mut failures: BTreeMap<usize, String> = BTreeMap::new();
+    for run in 1..=args.runs {
+        for (i, path) in paths.iter().enumerate() {
+            if failures.contains_key(&i) {
+                continue;
+            }
+            eprintln!("run {run}/{}: {}", args.runs, path.label());
+            match run_once(path, &args).await {
+                Ok(s) => {
+                    eprintln!("  {s:?}");
+                    samples.entry(i).or_default().push(s);
+                }
+                Err(e) => {
+                    eprintln!("  FAILED: {e:#}");
+                    failures.insert(i, format!("{e:#}"));
+                }
+            }
+        }
+    }
+
+    let report = render(&args, &paths, &samples, &failures);
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn render(
+    args: &Args,
+    paths: &[Path],
+    samples: &BTreeMap<usize, Vec<Sample>>,
+    failures: &BTreeMap<usize, String>,
+) -> String {
+    let med = |i: usize, f: &dyn Fn(&Sample) -> Option<f64>| -> Option<f64> {
+        let v: Vec<f64> = samples.get(&i)?.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let direct = (
+        med(0, &|s| Some(s.produce_mb_s)),
+        med(0, &|s| Some(s.consume_mb_s)),
+        med(0, &|s| Some(s.p50_ms)),
+        med(0, &|s| Some(s.p99_ms)),
+    );
+    let fmt = |v: Option<f64>, prec: usize| v.map_or("n/a".to_string(), |v| format!("{v:.prec$}"));
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Benchmark: {} runs (medians), {} records of {} B, {} partition(s), latency probe {} sequential produces.",
+        args.runs, args.records, args.size, args.partitions, args.latency_records
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {} CPUs, {}; tansu {}; load generator confluent-kafka {}.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        tool_version("uname", &["-sr"]),
+        tool_version("tansu", &["--version"]),
+        tool_version(
+            "python3",
+            &["-c", "import confluent_kafka as c; print(c.version()[0], 'librdkafka', c.libversion()[0])"]
+        ),
+    );
+    md.push_str("| path | produce MB/s | produce rec/s | consume MB/s | consume rec/s | produce vs direct | consume vs direct | proxy CPU s/GB (= millicores per MB/s) | p50 produce ms | p99 produce ms | p50 added ms | p99 added ms |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (i, path) in paths.iter().enumerate() {
+        if let Some(err) = failures.get(&i) {
+            let short: String = err.lines().next().unwrap_or("").chars().take(160).collect();
+            let _ = writeln!(
+                md,
+                "| {} | failed: {short} | | | | | | | | | | |",
+                path.label()
+            );
+            continue;
+        }
+        let pm = med(i, &|s| Some(s.produce_mb_s));
+        let cm = med(i, &|s| Some(s.consume_mb_s));
+        let p50 = med(i, &|s| Some(s.p50_ms));
+        let p99 = med(i, &|s| Some(s.p99_ms));
+        let ratio = |a: Option<f64>, d: Option<f64>| a.zip(d).map(|(a, d)| a / d);
+        let added = |a: Option<f64>, d: Option<f64>| a.zip(d).map(|(a, d)| a - d);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            path.label(),
+            fmt(pm, 1),
+            fmt(med(i, &|s| Some(s.produce_rec_s)), 0),
+            fmt(cm, 1),
+            fmt(med(i, &|s| Some(s.consume_rec_s)), 0),
+            fmt(ratio(pm, direct.0), 2),
+            fmt(ratio(cm, direct.1), 2),
+            fmt(med(i, &|s| s.proxy_cpu_s_per_gb), 1),
+            fmt(p50, 2),
+            fmt(p99, 2),
+            fmt(if i == 0 { None } else { added(p50, direct.2) }, 2),
+            fmt(if i == 0 { None } else { added(p99, direct.3) }, 2),
+        );
+    }
+    md
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md: builds release binaries, then runs kapsule-bench (direct tansu vs
+# tansu proxy vs Kapsule passthrough/reencode [+ --kapsule-config NAME=FILE ...]).
+#   scripts/bench.sh [--runs 5] [--records 100000] [--out bench/results.md] [--no-kapsule] ...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/install-deps.sh
+if [[ " $* " != *" --no-kapsule "* ]]; then
+  cargo build --release -p kapsule --bin kapsule
+  export KAPSULE_BIN="${KAPSULE_BIN:-$PWD/target/release/kapsule}"
+fi
+exec cargo run -p kapsule-bench --release -- "$@"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The one test command: installs missing tools, then runs every check the CI runs.
+#   scripts/test.sh            full run
+# Environment passed through to the tests:
+#   KAPSULE_RIG_DIRECT=1       run the integration tests against tansu alone (no proxy)
+#   KAPSULE_BIN=path           use this kapsule binary instead of building it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing dependencies (idempotent)"
+scripts/install-deps.sh
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -f policies/Cargo.toml ]; then
+  step "building policies/ for wasm32-wasip2"
+  (cd policies && cargo build --release --target wasm32-wasip2)
+fi
+
+step "building kapsule"
+cargo build -p kapsule --bin kapsule
+
+step "cargo test --workspace"
+cargo test --workspace
+
+if [ -f scripts/fuzz.sh ]; then
+  step "bounded fuzz run"
+  bash scripts/fuzz.sh
+fi
+
+step "all checks passed"

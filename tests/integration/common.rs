@@ -1,0 +1,94 @@
+//! Shared setup for the integration tests.
+
+use std::time::Duration;
+
+use kapsule_integration::records::{write_records_file, ConsumedRecord};
+use kapsule_integration::{
+    run_python, unique_name, Kapsule, KapsuleConfig, RecordsMode, Tansu, TestRecord,
+};
+
+/// Default time a client script may take.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A broker and a Kapsule in front of it, both stopped on drop.
+pub struct Rig {
+    pub kapsule: Kapsule,
+    pub tansu: Tansu,
+}
+
+impl Rig {
+    /// Starts tansu, then Kapsule with `records: <mode>` in front of it.
+    pub async fn start(mode: RecordsMode) -> Rig {
+        let tansu = Tansu::start().await.expect("start tansu");
+        let kapsule = Kapsule::start(&tansu.bootstrap(), KapsuleConfig::new(mode))
+            .await
+            .expect("start kapsule");
+        Rig { kapsule, tansu }
+    }
+
+    /// Address clients use: Kapsule's listener (the broker with `KAPSULE_RIG_DIRECT=1`).
+    pub fn bootstrap(&self) -> String {
+        self.kapsule.bootstrap()
+    }
+
+    /// Creates a uniquely named topic on the broker.
+    pub async fn topic(&self, prefix: &str, partitions: u32) -> String {
+        let name = unique_name(prefix);
+        self.tansu
+            .create_topic(&name, partitions)
+            .await
+            .expect("create topic");
+        name
+    }
+}
+
+/// `["a", "b"]` as owned strings, for script arguments.
+pub fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// Produces `records` with confluent-kafka (`ck_produce.py`) plus `extra` arguments.
+pub async fn ck_produce(
+    bootstrap: &str,
+    topic: &str,
+    records: &[TestRecord],
+    extra: &[&str],
+) -> serde_json::Value {
+    let file = write_records_file(records).expect("write records");
+    let mut a = args(&["--bootstrap", bootstrap, "--topic", topic, "--input"]);
+    a.push(file.path().display().to_string());
+    a.extend(args(extra));
+    let out = run_python("ck_produce.py", &a, CLIENT_TIMEOUT)
+        .await
+        .expect("confluent-kafka produce");
+    assert_eq!(out.json["produced"], records.len(), "{}", out.json);
+    out.json
+}
+
+/// Consumes `count` records with confluent-kafka (`ck_consume.py`, new unique group) plus `extra`.
+pub async fn ck_consume(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    extra: &[&str],
+) -> Vec<ConsumedRecord> {
+    let group = unique_name("ck-group");
+    let mut a = args(&[
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        &group,
+        "--timeout",
+        "60",
+    ]);
+    a.extend(["--count".to_string(), count.to_string()]);
+    a.extend(args(extra));
+    let out = run_python("ck_consume.py", &a, CLIENT_TIMEOUT)
+        .await
+        .expect("confluent-kafka consume");
+    ConsumedRecord::list_from_output(&out.json).expect("parse consumed records")
+}
+
+pub use kapsule_integration::records::assert_records_match;

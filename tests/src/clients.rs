@@ -1,0 +1,224 @@
+//! Runs the real Kafka client scripts in `tests/clients/` and parses their JSON output.
+//!
+//! Every script prints exactly one JSON object as its last stdout line; diagnostics go to stderr.
+//! A non-zero exit, a timeout, or output that is not JSON is an error that includes stderr.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Directory holding `python/` and `node/` client scripts.
+pub fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients")
+}
+
+/// Result of one client script run.
+#[derive(Debug, Clone)]
+pub struct ClientOutput {
+    /// The JSON object printed on the last stdout line.
+    pub json: Value,
+    /// Everything the script wrote to stderr.
+    pub stderr: String,
+    /// Wall-clock run time.
+    pub elapsed: Duration,
+}
+
+/// Runs `python3 tests/clients/python/<script> <args>` with a timeout (the process group is killed
+/// when it expires).
+pub async fn run_python(script: &str, args: &[String], timeout: Duration) -> Result<ClientOutput> {
+    let path = clients_dir().join("python").join(script);
+    let mut cmd = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    cmd.arg(&path).args(args);
+    run(cmd, &format!("python {script}"), timeout).await
+}
+
+/// Runs `node tests/clients/node/<script> <args>` with a timeout.
+pub async fn run_node(script: &str, args: &[String], timeout: Duration) -> Result<ClientOutput> {
+    let path = clients_dir().join("node").join(script);
+    let mut cmd = Command::new("node");
+    cmd.arg(&path)
+        .args(args)
+        .current_dir(clients_dir().join("node"));
+    run(cmd, &format!("node {script}"), timeout).await
+}
+
+async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<ClientOutput> {
+    let started = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let pid = child.id();
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(out) => out.with_context(|| format!("waiting for {what}"))?,
+        Err(_) => {
+            kill_group(pid);
+            bail!("{what} did not finish within {timeout:?} (killed)");
+        }
+    };
+    kill_group(pid);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{what} failed with {}\nstdout (tail): {}\nstderr (tail): {}",
+            out.status,
+            tail(&stdout, 4000),
+            tail(&stderr, 8000)
+        );
+    }
+    let json = parse_last_json_line(&stdout).with_context(|| {
+        format!(
+            "{what} printed no JSON result\nstderr (tail): {}",
+            tail(&stderr, 8000)
+        )
+    })?;
+    Ok(ClientOutput {
+        json,
+        stderr,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn kill_group(pid: Option<u32>) {
+    let pgid = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pgid) = pgid {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Parses the last non-empty line of `stdout` as JSON.
+pub fn parse_last_json_line(stdout: &str) -> Result<Value> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("empty stdout")?;
+    serde_json::from_str(line)
+        .with_context(|| format!("last line is not JSON: {}", tail(line, 500)))
+}
+
+/// A client script that runs in phases: it prints one JSON line per phase and waits for a line on
+/// stdin before the next. Killed (with its process group) when dropped.
+pub struct InteractiveClient {
+    what: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr_file: tempfile::NamedTempFile,
+}
+
+impl std::fmt::Debug for InteractiveClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "InteractiveClient({}, pid {:?})",
+            self.what,
+            self.child.id()
+        )
+    }
+}
+
+impl InteractiveClient {
+    /// Starts `python3 tests/clients/python/<script> <args>`.
+    pub fn python(script: &str, args: &[String]) -> Result<Self> {
+        let what = format!("python {script}");
+        let stderr_file = tempfile::NamedTempFile::new()?;
+        let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .arg(clients_dir().join("python").join(script))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr_file.reopen()?))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("piped stdout")?).lines();
+        Ok(Self {
+            what,
+            child,
+            stdin,
+            stdout,
+            stderr_file,
+        })
+    }
+
+    /// The script's stderr so far.
+    pub fn stderr(&self) -> String {
+        crate::process::read_tail(self.stderr_file.path(), 16 * 1024)
+    }
+
+    /// Waits up to `timeout` for the next JSON line on stdout (non-JSON lines are skipped).
+    pub async fn next_json(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.stdout.next_line())
+                .await
+                .with_context(|| {
+                    format!(
+                        "{} printed no result within {timeout:?}; stderr:\n{}",
+                        self.what,
+                        self.stderr()
+                    )
+                })?
+                .context("reading stdout")?;
+            match line {
+                None => bail!("{} exited early; stderr:\n{}", self.what, self.stderr()),
+                Some(l) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                        return Ok(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one line to the script's stdin (the "go on" signal between phases).
+    pub async fn send_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the script to exit successfully.
+    pub async fn finish(mut self, timeout: Duration) -> Result<()> {
+        self.stdin.take();
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {timeout:?}", self.what))??;
+        if !status.success() {
+            bail!(
+                "{} failed with {status}; stderr:\n{}",
+                self.what,
+                self.stderr()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InteractiveClient {
+    fn drop(&mut self) {
+        kill_group(self.child.id());
+    }
+}
