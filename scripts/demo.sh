@@ -25,6 +25,11 @@ KAPSULE="$PWD/target/debug/kapsule"
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "demo failed (exit $status); last lines of the logs:" >&2
+    for f in "$work"/*.log; do echo "--- $f" >&2; tail -n 25 "$f" >&2; done
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"

@@ -169,7 +169,10 @@ fn run_keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Create { config, key_id } => {
             let created = local_kms_from(&config)?.create_key(&key_id)?;
-            println!("{key_id}: {}", if created { "created" } else { "already exists" });
+            println!(
+                "{key_id}: {}",
+                if created { "created" } else { "already exists" }
+            );
         }
         KeysCommand::Rotate { config, key_id } => {
             let version = local_kms_from(&config)?.rotate_key(&key_id)?;
@@ -261,7 +264,9 @@ fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<O
     metrics.register(Arc::new(CryptoMetricsSource(encryptor.metrics().clone())));
     let policy = PolicyRegistry::new(policy_config).context("loading policies")?;
     if policy_config.watch {
-        policy.watch().context("watching policy modules for changes")?;
+        policy
+            .watch()
+            .context("watching policy modules for changes")?;
     }
     Ok(Some(Encryption { encryptor, policy }))
 }
@@ -279,13 +284,17 @@ struct PolicyAdminHandle(PolicyRegistry);
 
 impl PolicyAdmin for PolicyAdminHandle {
     fn status_json(&self) -> String {
-        serde_json::to_string_pretty(&self.0.status()).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        serde_json::to_string_pretty(&self.0.status())
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
     fn reload(&self) -> Result<String, String> {
         let outcomes = self.0.reload();
         let text = serde_json::to_string_pretty(&outcomes).unwrap_or_default();
-        if outcomes.iter().any(|(_, o)| matches!(o, ReloadOutcome::Refused { .. })) {
+        if outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, ReloadOutcome::Refused { .. }))
+        {
             Err(text)
         } else {
             Ok(text)

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use crate::config::RecordsMode;
 use crate::crypto::record::{
-    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RecordEncryptor,
-    POLICY_VIOLATION,
+    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode,
+    RecordEncryptor, POLICY_VIOLATION,
 };
 use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, CodecError, RecordBatch, RecordSetEntry};
@@ -139,7 +139,12 @@ impl RecordStage {
                     Err(e) => {
                         warn!(%peer, topic = %name.as_str(), error = %e, "policy failed; refusing the topic's batches");
                         for p in &topic.partition_data {
-                            patch.refuse(name.clone(), p.index, POLICY_VIOLATION, format!("kapsule: {e}"));
+                            patch.refuse(
+                                name.clone(),
+                                p.index,
+                                POLICY_VIOLATION,
+                                format!("kapsule: {e}"),
+                            );
                         }
                         topic.partition_data.clear();
                         continue;
@@ -159,7 +164,12 @@ impl RecordStage {
                     }
                     Err(refusal) => {
                         warn!(%peer, topic = %name.as_str(), partition = p.index, code = refusal.code, reason = %refusal.message, "refusing produce batch");
-                        patch.refuse(name.clone(), p.index, refusal.code, format!("kapsule: {}", refusal.message));
+                        patch.refuse(
+                            name.clone(),
+                            p.index,
+                            refusal.code,
+                            format!("kapsule: {}", refusal.message),
+                        );
                     }
                 }
             }
@@ -169,10 +179,18 @@ impl RecordStage {
         patch
     }
 
-    async fn produce_partition(&self, topic: &str, plan: &TopicPlan, records: &Bytes) -> Result<Bytes, Refusal> {
+    async fn produce_partition(
+        &self,
+        topic: &str,
+        plan: &TopicPlan,
+        records: &Bytes,
+    ) -> Result<Bytes, Refusal> {
         let encryption = match (plan, &self.encryption) {
             (TopicPlan::RejectAll(message), _) => {
-                return Err(Refusal { code: POLICY_VIOLATION, message: message.clone() })
+                return Err(Refusal {
+                    code: POLICY_VIOLATION,
+                    message: message.clone(),
+                })
             }
             (TopicPlan::PassAll, _) | (_, None) => {
                 return match self.mode {
@@ -187,7 +205,10 @@ impl RecordStage {
         for entry in split_record_set(records) {
             let raw = match entry.map_err(Refusal::corrupt)? {
                 RecordSetEntry::Partial(_) => {
-                    return Err(Refusal { code: CORRUPT_MESSAGE, message: "truncated record batch".into() })
+                    return Err(Refusal {
+                        code: CORRUPT_MESSAGE,
+                        message: "truncated record batch".into(),
+                    })
                 }
                 RecordSetEntry::Batch(raw) => raw,
             };
@@ -203,18 +224,26 @@ impl RecordStage {
             }
             let mut batch = raw.decode().map_err(Refusal::corrupt)?;
             let decisions = match plan {
-                TopicPlan::EncryptAll(p) => vec![RecordDecision::Encrypt(p.clone()); batch.records.len()],
+                TopicPlan::EncryptAll(p) => {
+                    vec![RecordDecision::Encrypt(p.clone()); batch.records.len()]
+                }
                 _ => encryption
                     .policy
                     .decide_async(topic, batch.base_timestamp, &batch.records)
                     .await
-                    .map_err(|e| Refusal { code: POLICY_VIOLATION, message: e.to_string() })?,
+                    .map_err(|e| Refusal {
+                        code: POLICY_VIOLATION,
+                        message: e.to_string(),
+                    })?,
             };
             encryption
                 .encryptor
                 .encrypt_batch(topic, &mut batch, &decisions)
                 .await
-                .map_err(|e| Refusal { code: e.kafka_error_code(), message: e.to_string() })?;
+                .map_err(|e| Refusal {
+                    code: e.kafka_error_code(),
+                    message: e.to_string(),
+                })?;
             batch.encode(&mut out).map_err(Refusal::corrupt)?;
         }
         Ok(out.freeze())
@@ -223,7 +252,11 @@ impl RecordStage {
     /// Transforms every partition's records in a Fetch response: decrypts encrypted records and,
     /// with `records: reencode`, re-encodes the rest. Batches with no encrypted record are
     /// forwarded byte for byte.
-    pub async fn on_fetch(&self, response: &mut FetchResponse, peer: SocketAddr) -> anyhow::Result<()> {
+    pub async fn on_fetch(
+        &self,
+        response: &mut FetchResponse,
+        peer: SocketAddr,
+    ) -> anyhow::Result<()> {
         for topic in &mut response.responses {
             let name = topic.topic.clone();
             for p in &mut topic.partitions {
@@ -263,7 +296,10 @@ struct Refusal {
 
 impl Refusal {
     fn corrupt(e: CodecError) -> Self {
-        Self { code: CORRUPT_MESSAGE, message: e.to_string() }
+        Self {
+            code: CORRUPT_MESSAGE,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -289,7 +325,12 @@ async fn decrypt_record_set(
     for entry in split_record_set(records) {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => return Err(Some((CORRUPT_MESSAGE, format!("stored batch does not decode: {e}")))),
+            Err(e) => {
+                return Err(Some((
+                    CORRUPT_MESSAGE,
+                    format!("stored batch does not decode: {e}"),
+                )))
+            }
         };
         let decoded = match &entry {
             RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => {
@@ -298,11 +339,16 @@ async fn decrypt_record_set(
                     || !matches!(raw.compression(), Ok(Compression::None))
                     || may_contain_encrypted(raw.bytes());
                 if needs_look {
-                    let batch = raw
-                        .decode()
-                        .map_err(|e| Some((CORRUPT_MESSAGE, format!("stored batch does not decode: {e}"))))?;
-                    (options.require_encrypted || mode == RecordsMode::Reencode || batch_has_encrypted_records(&batch))
-                        .then_some(batch)
+                    let batch = raw.decode().map_err(|e| {
+                        Some((
+                            CORRUPT_MESSAGE,
+                            format!("stored batch does not decode: {e}"),
+                        ))
+                    })?;
+                    (options.require_encrypted
+                        || mode == RecordsMode::Reencode
+                        || batch_has_encrypted_records(&batch))
+                    .then_some(batch)
                 } else {
                     None
                 }
@@ -326,9 +372,9 @@ async fn decrypt_record_set(
                     .decrypt_batch(topic, &mut batch, &options)
                     .await
                     .map_err(|e| Some((e.kafka_error_code(), e.to_string())))?;
-                batch
-                    .encode(&mut out)
-                    .map_err(|e| Some((CORRUPT_MESSAGE, format!("re-encoding decrypted batch: {e}"))))?;
+                batch.encode(&mut out).map_err(|e| {
+                    Some((CORRUPT_MESSAGE, format!("re-encoding decrypted batch: {e}")))
+                })?;
             }
         }
     }

@@ -14,17 +14,35 @@ pub trait Advertiser {
     fn advertise(&self, node_id: i32, host: &str, port: i32) -> anyhow::Result<(StrBytes, i32)>;
 }
 
+/// Highest Produce version offered to clients (see [`supported_range`]).
+pub const MAX_PRODUCE_VERSION: i16 = 8;
+/// Highest Fetch version offered to clients (see [`supported_range`]).
+pub const MAX_FETCH_VERSION: i16 = 11;
+
 /// The version range Kapsule can handle for an API, or `None` if kafka-protocol does not know it.
 ///
-/// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes; Produce and Fetch
-/// are further capped at v12, the last versions that name topics (v13+ use topic ids only).
+/// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes. Produce and Fetch
+/// are further capped: v13+ carry topic ids only (encryption binds ciphertext to topic names),
+/// and the flexible versions (Produce v9+, Fetch v12+) are not offered because brokers such as
+/// tansu 0.6.0 put tagged fields into responses of versions whose schema does not define them
+/// (e.g. `node_endpoints`, tag 0, in Fetch v12), which kafka-protocol refuses to decode. Produce
+/// v8 and Fetch v11 carry everything clients need (idempotence, transactions, KIP-392 rack-aware
+/// fetch) and every current client supports them.
 pub fn supported_range(api_key: i16) -> Option<VersionRange> {
     let api = ApiKey::try_from(api_key).ok()?;
     let range = match api {
-        ApiKey::Produce => kafka_protocol::messages::ProduceRequest::VERSIONS
-            .intersect(&VersionRange { min: 0, max: 12 }),
-        ApiKey::Fetch => kafka_protocol::messages::FetchRequest::VERSIONS
-            .intersect(&VersionRange { min: 0, max: 12 }),
+        ApiKey::Produce => {
+            kafka_protocol::messages::ProduceRequest::VERSIONS.intersect(&VersionRange {
+                min: 0,
+                max: MAX_PRODUCE_VERSION,
+            })
+        }
+        ApiKey::Fetch => {
+            kafka_protocol::messages::FetchRequest::VERSIONS.intersect(&VersionRange {
+                min: 0,
+                max: MAX_FETCH_VERSION,
+            })
+        }
         ApiKey::Metadata => MetadataResponse::VERSIONS,
         ApiKey::FindCoordinator => FindCoordinatorResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
@@ -241,7 +259,7 @@ mod tests {
             .iter()
             .map(|v| (v.api_key, v.min_version, v.max_version))
             .collect();
-        assert_eq!(got, vec![(0, 3, 12), (1, 4, 12), (3, 0, 12)]);
+        assert_eq!(got, vec![(0, 3, 8), (1, 4, 11), (3, 0, 12)]);
     }
 
     #[test]
