@@ -9,9 +9,13 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::admin::{self, AdminState, Metrics};
+use crate::admin::{self, AdminState, Metrics, PolicyAdmin};
 use crate::config::Config;
-use crate::proxy::records::RecordStage;
+use crate::crypto::record::RecordEncryptor;
+use crate::kms::local::LocalKms;
+use crate::kms::KmsConfig;
+use crate::policy::{PolicyRegistry, ReloadOutcome};
+use crate::proxy::records::{Encryption, RecordStage};
 use crate::proxy::Proxy;
 
 /// Kapsule: a Kafka proxy that encrypts records at rest, per topic, with keys from a KMS.
@@ -28,6 +32,44 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy. With no --config, --listen and --upstream alone run a passthrough proxy.
     Run(RunArgs),
+    /// Check a config file and print every problem found (exit 2 if any).
+    CheckConfig {
+        /// YAML config file.
+        config: PathBuf,
+    },
+    /// Write and check Wasm policies: `policy new NAME`, `policy check FILE --topic T`.
+    #[command(subcommand)]
+    Policy(crate::policy::cli::PolicyCommand),
+    /// Manage KEKs of the local KMS (`kms: { type: local }`) named in a config file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `kapsule keys` subcommands (local KMS only; Vault keys are managed with Vault's own tools).
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a KEK (no-op if it exists).
+    Create {
+        /// Config file whose `kms:` section is a local KMS.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// KEK id.
+        key_id: String,
+    },
+    /// Add a new version to a KEK: new DEKs use it, old records stay readable.
+    Rotate {
+        /// Config file whose `kms:` section is a local KMS.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// KEK id.
+        key_id: String,
+    },
+    /// List KEKs and their latest versions.
+    List {
+        /// Config file whose `kms:` section is a local KMS.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
 }
 
 /// Flags of `kapsule run`.
@@ -82,7 +124,64 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Policy(cmd) => {
+            init_logging("warn");
+            match crate::policy::cli::run_policy_command(cmd) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("kapsule policy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Keys(cmd) => match run_keys_command(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kapsule keys: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+fn local_kms_from(config: &std::path::Path) -> anyhow::Result<LocalKms> {
+    let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match config.kms {
+        Some(KmsConfig::Local(local)) => LocalKms::open(&local),
+        Some(KmsConfig::Vault(_)) => anyhow::bail!(
+            "the config's KMS is Vault: manage its keys with `bao`/`vault write -f transit/keys/NAME`"
+        ),
+        None => anyhow::bail!("the config has no `kms:` section"),
+    }
+}
+
+fn run_keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create { config, key_id } => {
+            let created = local_kms_from(&config)?.create_key(&key_id)?;
+            println!("{key_id}: {}", if created { "created" } else { "already exists" });
+        }
+        KeysCommand::Rotate { config, key_id } => {
+            let version = local_kms_from(&config)?.rotate_key(&key_id)?;
+            println!("{key_id}: now at version {version}");
+        }
+        KeysCommand::List { config } => {
+            for k in local_kms_from(&config)?.list_keys() {
+                println!("{}\tv{}", k.key_id, k.latest_version);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(filter: &str) {
@@ -120,7 +219,14 @@ fn load_config(args: &RunArgs) -> Result<Config, String> {
 /// Runs the proxy and admin endpoint until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let records = RecordStage::new(config.records);
+    let encryption = build_encryption(&config, &metrics)?;
+    let policies: Option<Arc<dyn PolicyAdmin>> = encryption
+        .as_ref()
+        .map(|e| Arc::new(PolicyAdminHandle(e.policy.clone())) as Arc<dyn PolicyAdmin>);
+    if let Some(enc) = &encryption {
+        spawn_sighup_reload(enc.policy.clone());
+    }
+    let records = RecordStage::new(config.records, encryption);
     let proxy = Proxy::bind(&config, metrics.clone(), records).await?;
     let admin_listener = TcpListener::bind(&config.admin.listen)
         .await
@@ -129,7 +235,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_state = AdminState {
         metrics,
         upstream: config.proxy.upstream.clone(),
-        policies: None,
+        policies,
     };
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, admin_stop_rx));
     proxy.run(shutdown_signal()).await?;
@@ -137,6 +243,74 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = admin_task.await;
     info!("kapsule stopped");
     Ok(())
+}
+
+/// Builds the KMS client, DEK manager and policy registry when the config has a `policy:`
+/// section. Policy modules are compiled here, before the proxy accepts connections.
+fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Encryption>> {
+    let Some(policy_config) = &config.policy else {
+        return Ok(None);
+    };
+    let kms = match &config.kms {
+        Some(k) => k.build().context("starting the KMS client")?,
+        // Validation guarantees a KMS when anything can encrypt; a policy section that only
+        // passes or rejects still needs a KMS to decrypt what is already stored.
+        None => anyhow::bail!("a `policy:` section needs a `kms:` section"),
+    };
+    let encryptor = Arc::new(RecordEncryptor::new(kms, config.deks.clone()));
+    metrics.register(Arc::new(CryptoMetricsSource(encryptor.metrics().clone())));
+    let policy = PolicyRegistry::new(policy_config).context("loading policies")?;
+    if policy_config.watch {
+        policy.watch().context("watching policy modules for changes")?;
+    }
+    Ok(Some(Encryption { encryptor, policy }))
+}
+
+struct CryptoMetricsSource(Arc<crate::crypto::CryptoMetrics>);
+
+impl crate::admin::metrics::MetricsSource for CryptoMetricsSource {
+    fn render(&self, out: &mut String) {
+        self.0.render_prometheus(out);
+    }
+}
+
+/// Adapts the policy registry to the admin endpoint.
+struct PolicyAdminHandle(PolicyRegistry);
+
+impl PolicyAdmin for PolicyAdminHandle {
+    fn status_json(&self) -> String {
+        serde_json::to_string_pretty(&self.0.status()).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        let outcomes = self.0.reload();
+        let text = serde_json::to_string_pretty(&outcomes).unwrap_or_default();
+        if outcomes.iter().any(|(_, o)| matches!(o, ReloadOutcome::Refused { .. })) {
+            Err(text)
+        } else {
+            Ok(text)
+        }
+    }
+}
+
+/// SIGHUP reloads every policy module (compiled off the hot path, on a blocking thread).
+fn spawn_sighup_reload(policy: PolicyRegistry) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received: reloading policies");
+            let p = policy.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for (binding, outcome) in p.reload() {
+                    info!(%binding, ?outcome, "policy reload");
+                }
+            })
+            .await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

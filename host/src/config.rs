@@ -11,6 +11,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::kms::{DekConfig, KmsConfig};
+use crate::policy::config::PolicyConfig;
 
 /// What the proxy does with record batches it does not need to encrypt or decrypt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -35,6 +37,17 @@ pub struct Config {
     /// Record handling when no encryption applies.
     #[serde(default)]
     pub records: RecordsMode,
+    /// Key management: where KEKs live (`type: local` or `type: vault`). Required when any rule
+    /// or policy binding may encrypt.
+    #[serde(default)]
+    pub kms: Option<KmsConfig>,
+    /// Data-key lifecycle: rotation limits and caches.
+    #[serde(default)]
+    pub deks: DekConfig,
+    /// Which topics are encrypted, how, and under which key: built-in rules and Wasm bindings.
+    /// Without this section Kapsule encrypts nothing.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
 }
 
 /// Listeners, upstream broker and connection limits.
@@ -140,6 +153,9 @@ impl Config {
             },
             admin: AdminConfig::default(),
             records: RecordsMode::default(),
+            kms: None,
+            deks: DekConfig::default(),
+            policy: None,
         }
     }
 
@@ -246,6 +262,20 @@ impl Config {
         if p.max_in_flight == 0 {
             problems.push("proxy.max_in_flight: must be at least 1".into());
         }
+        if let Some(kms) = &self.kms {
+            kms.validate("kms", problems);
+        }
+        self.deks.validate("deks", problems);
+        if let Some(policy) = &self.policy {
+            policy.validate("policy", problems);
+            let may_encrypt = !policy.rules.is_empty() || !policy.bindings.is_empty();
+            if may_encrypt && self.kms.is_none() {
+                problems.push(
+                    "kms: missing; policy rules or bindings can encrypt, so a KMS is needed (e.g. `kms: { type: local, key_file: keys.json, auto_create_keys: true }`)"
+                        .into(),
+                );
+            }
+        }
         if self.admin.listen.parse::<SocketAddr>().is_err() {
             problems.push(format!(
                 "admin.listen: `{}` is not an IP:port socket address (e.g. 127.0.0.1:9190)",
@@ -266,7 +296,11 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port))
 }
 
+/// Template placeholders the config keeps for later expansion (not environment variables).
+const TEMPLATE_PLACEHOLDERS: &[&str] = &["topic"];
+
 /// Replaces `${NAME}` with the value of `lookup(NAME)`; `$${` escapes a literal `${`.
+/// `${topic}` is a key-id template placeholder and is left as it is.
 /// Returns the text and one problem per unset variable.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> (String, Vec<String>) {
     let mut out = String::with_capacity(text.len());
@@ -275,13 +309,18 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> (Strin
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(escaped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped;
         } else if let Some(body) = after.strip_prefix("${") {
             match body.find('}') {
                 Some(end) => {
                     let name = &body[..end];
+                    if TEMPLATE_PLACEHOLDERS.contains(&name) {
+                        out.push_str(&after[..end + 3]);
+                        rest = &body[end + 1..];
+                        continue;
+                    }
                     let line = text[..text.len() - after.len()].lines().count().max(1);
                     match lookup(name) {
                         Some(v) => out.push_str(&v),
@@ -354,6 +393,17 @@ mod tests {
         assert_eq!(out, "a: one\nb: \nc: ${LITERAL}\nd: $5");
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("MISSING") && problems[0].contains("line 2"));
+    }
+
+    #[test]
+    fn encryption_sections_are_validated_together() {
+        let err = Config::parse(
+            "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\npolicy:\n  rules:\n    - topics: orders\n      key_id: kek-${topic}\n      value: whole\ndeks:\n  refresh_ahead_fraction: 7\n",
+        );
+        // `${topic}` is not an environment variable: it must survive expansion for the template.
+        let all = err.unwrap_err().to_string();
+        assert!(all.contains("kms: missing"), "{all}");
+        assert!(all.contains("deks.refresh_ahead_fraction"), "{all}");
     }
 
     #[test]

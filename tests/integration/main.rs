@@ -11,4 +11,5 @@ mod confluent;
 mod groups;
 mod kafkajs;
 mod kcat;
+mod kms_vault;
 mod resilience;

@@ -1,4 +1,4 @@
-//! Test rig: starts real services (tansu, Kapsule) on free ports, runs real Kafka clients against
+//! Test rig: starts real services (tansu, OpenBao, Kapsule) on free ports, runs real Kafka clients against
 //! them, and stops every process it started, also when a test fails.
 //!
 //! Integration tests take the bootstrap address their clients use from [`Kapsule::bootstrap`], so
@@ -16,6 +16,7 @@
 
 pub mod clients;
 pub mod kapsule;
+pub mod openbao;
 pub mod ports;
 pub mod probe;
 pub mod process;

@@ -1,1 +1,31 @@
-//! crypto (see lib.rs module map).
+//! Encryption of Kafka records: primitives, the `kapsule.enc` wire format and the batch API.
+//!
+//! The proxy uses one [`RecordEncryptor`] per process:
+//! - Produce: [`RecordEncryptor::encrypt_batch`] with one [`crate::plan::RecordDecision`] per
+//!   record. All or nothing; on error refuse the partition with
+//!   [`EncryptError::kafka_error_code`] and never forward the batch.
+//! - Fetch: optionally [`may_contain_encrypted`] on the raw uncompressed records or
+//!   [`batch_has_encrypted_records`] to forward untouched batches as they are, then
+//!   [`RecordEncryptor::prefetch`] over all batches of the response, then
+//!   [`RecordEncryptor::decrypt_batch`] per batch with [`DecryptOptions`].
+//! - Metrics: [`metrics::CryptoMetrics::render_prometheus`] via [`RecordEncryptor::metrics`].
+//!
+//! Scheme (details in docs/wire-format.md): values, header values and JSON fields use
+//! AES-256-GCM under a per-(KEK, topic) DEK with counter nonces; record keys use deterministic
+//! AES-SIV under a key derived by the KMS from the KEK per topic, so equal keys stay equal.
+
+pub mod json;
+pub mod metrics;
+pub mod primitives;
+pub mod record;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use metrics::CryptoMetrics;
+pub use record::{
+    batch_has_encrypted_records, may_contain_encrypted, DecryptError, DecryptOptions, DecryptStats,
+    EncryptError, EncryptStats, FailureMode, RecordEncryptor,
+};
+pub use wire::HEADER_KEY;

@@ -162,11 +162,14 @@ impl Compression {
                 }
                 src.to_vec()
             }
-            Compression::Gzip => read_bounded(flate2::read::MultiGzDecoder::new(src), limit, hint)
-                .map_err(|e| match e {
-                    Bounded::TooLarge => CodecError::DecompressedTooLarge { limit },
-                    Bounded::Io(e) => err(e),
-                })?,
+            Compression::Gzip => {
+                read_bounded(flate2::bufread::MultiGzDecoder::new(src), limit, hint).map_err(
+                    |e| match e {
+                        Bounded::TooLarge => CodecError::DecompressedTooLarge { limit },
+                        Bounded::Io(e) => err(e),
+                    },
+                )?
+            }
             Compression::Snappy => snappy_decompress(src, limit)?,
             Compression::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(src), limit, hint)
                 .map_err(|e| match e {

@@ -1,1 +1,255 @@
-//! kms (see lib.rs module map).
+//! Key management: the [`Kms`] trait, its two back ends and the DEK cache.
+//!
+//! Envelope encryption: records are encrypted under data encryption keys (DEKs, AES-256), each DEK
+//! is wrapped ("encrypted DEK", EDEK) by a key encryption key (KEK) that never leaves the KMS.
+//!
+//! - [`vault::VaultKms`]: HashiCorp Vault / OpenBao transit engine (production).
+//! - [`local::LocalKms`]: KEKs in a local file, each encrypted by a master key (demo, no Vault).
+//! - [`memory::MemoryKms`]: in-process fake with failure injection, for tests.
+//! - [`dek::DekManager`]: per-(KEK, topic) DEK rotation and refresh-ahead, bounded decrypted-DEK
+//!   cache, coalescing of concurrent KMS calls. The record encryptor only talks to this.
+//!
+//! Errors are classified by [`KmsErrorKind`] so callers can tell "retry later" from "fix the
+//! configuration". See docs/kms.md.
+
+pub mod dek;
+pub mod local;
+pub mod memory;
+pub mod vault;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+pub use dek::{DekConfig, DekManager};
+
+/// Length in bytes of a data encryption key (AES-256).
+pub const DEK_LEN: usize = 32;
+
+/// Plaintext key material, wiped from memory on drop.
+pub type SecretKey = Zeroizing<[u8; DEK_LEN]>;
+
+/// A freshly generated data key: the plaintext DEK and its wrapped form.
+pub struct DataKey {
+    /// The plaintext DEK; use it, never log or persist it.
+    pub plaintext: SecretKey,
+    /// The wrapped DEK, opaque to Kapsule; stored with every record it encrypts.
+    pub edek: Vec<u8>,
+    /// KEK version that wrapped this DEK (informational, for metrics and logs).
+    pub kek_version: u32,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("edek_len", &self.edek.len())
+            .field("kek_version", &self.kek_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key derived deterministically from a KEK version and a context (same inputs, same key).
+pub struct DerivedKey {
+    /// 32 bytes of pseudo-random key material (a PRF of the KEK version over the context).
+    pub material: SecretKey,
+    /// KEK version used; pass it back to [`Kms::derive_key`] to get the same material again.
+    pub kek_version: u32,
+}
+
+impl fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DerivedKey")
+            .field("kek_version", &self.kek_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the KMS knows about a KEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// KEK id as given.
+    pub key_id: String,
+    /// Latest version (new DEKs are wrapped with it).
+    pub latest_version: u32,
+}
+
+/// How a KMS failure should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KmsErrorKind {
+    /// The KMS is unreachable, slow, sealed or overloaded: retry later (clients get a retriable
+    /// Kafka error).
+    Transient,
+    /// The KEK does not exist (never created, or deleted): not retried.
+    UnknownKey,
+    /// The credentials may not use this KEK: not retried.
+    PermissionDenied,
+    /// The EDEK is malformed, was wrapped by another key, or its KEK version was trimmed.
+    InvalidCiphertext,
+    /// Configuration or unexpected KMS behaviour (bad response, bad master key...).
+    Other,
+}
+
+impl KmsErrorKind {
+    /// Stable lower-case label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::UnknownKey => "unknown_key",
+            Self::PermissionDenied => "permission_denied",
+            Self::InvalidCiphertext => "invalid_ciphertext",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A KMS failure: its class plus a message that says what failed and what to do.
+///
+/// `Clone` so one failed call can be handed to every caller that waited on it (coalescing).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("KMS {kind_label} error for key '{key_id}': {message}", kind_label = kind.label())]
+pub struct KmsError {
+    /// Failure class.
+    pub kind: KmsErrorKind,
+    /// KEK id involved (may be empty when not key-specific).
+    pub key_id: String,
+    /// Human-readable detail (never key material).
+    pub message: String,
+}
+
+impl KmsError {
+    /// Builds an error of `kind` for `key_id`.
+    pub fn new(kind: KmsErrorKind, key_id: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            key_id: key_id.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// True when retrying later may succeed (only [`KmsErrorKind::Transient`]).
+    pub fn is_retriable(&self) -> bool {
+        self.kind == KmsErrorKind::Transient
+    }
+}
+
+/// A key management service holding KEKs. Usable as `Arc<dyn Kms>`; all methods are safe to call
+/// concurrently. Implementations do their own retries of transient failures (the returned error
+/// is final for this call) and never log key material.
+#[async_trait]
+pub trait Kms: Send + Sync + fmt::Debug {
+    /// Short back-end name for metrics and logs ("vault", "local", "memory").
+    fn backend(&self) -> &'static str;
+
+    /// Generates a fresh random DEK wrapped by the latest version of KEK `key_id`.
+    async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError>;
+
+    /// Unwraps an EDEK produced by [`Kms::generate_data_key`] for the same `key_id` (any version
+    /// still available).
+    async fn decrypt_data_key(&self, key_id: &str, edek: &[u8]) -> Result<SecretKey, KmsError>;
+
+    /// Looks up a KEK: [`KmsErrorKind::UnknownKey`] if it does not exist.
+    async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError>;
+
+    /// Derives 32 bytes deterministically from KEK `key_id` at `version` (latest when `None`)
+    /// and `context`. Used for the deterministic record-key encryption key.
+    async fn derive_key(
+        &self,
+        key_id: &str,
+        context: &[u8],
+        version: Option<u32>,
+    ) -> Result<DerivedKey, KmsError>;
+}
+
+/// The `kms:` section of the configuration.
+///
+/// ```yaml
+/// kms: { type: local, key_file: /var/lib/kapsule/keys.json, master_key_env: KAPSULE_MASTER_KEY, auto_create_keys: true }
+/// kms: { type: vault, address: "https://vault:8200", token_env: VAULT_TOKEN, mount: transit, timeout_ms: 5000, retries: 3 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum KmsConfig {
+    /// File-based KMS ([`local::LocalKms`]).
+    Local(local::LocalKmsConfig),
+    /// Vault / OpenBao transit ([`vault::VaultKms`]).
+    Vault(vault::VaultKmsConfig),
+}
+
+impl KmsConfig {
+    /// Appends one message per problem to `problems`; `path` prefixes each (e.g. `"kms"`).
+    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        match self {
+            Self::Local(c) => c.validate(path, problems),
+            Self::Vault(c) => c.validate(path, problems),
+        }
+    }
+
+    /// Builds the configured KMS (reads tokens and master keys; makes no network call).
+    pub fn build(&self) -> anyhow::Result<Arc<dyn Kms>> {
+        Ok(match self {
+            Self::Local(c) => Arc::new(local::LocalKms::open(c)?),
+            Self::Vault(c) => Arc::new(vault::VaultKms::new(c)?),
+        })
+    }
+}
+
+/// Jittered exponential backoff delay for retry `attempt` (0-based): `base * 2^attempt`, capped,
+/// then a uniformly random fraction in [50%, 100%] of it.
+pub(crate) fn backoff_delay(
+    attempt: u32,
+    base: std::time::Duration,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    use rand::Rng;
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let d = exp.min(cap);
+    let frac: f64 = rand::thread_rng().gen_range(0.5..=1.0);
+    d.mul_f64(frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_both_types_and_rejects_unknown_fields() {
+        let c: KmsConfig = serde_norway::from_str(
+            "type: local\nkey_file: /tmp/k.json\nmaster_key_env: MK\nauto_create_keys: true\n",
+        )
+        .unwrap();
+        assert!(matches!(c, KmsConfig::Local(_)));
+        let c: KmsConfig = serde_norway::from_str(
+            "type: vault\naddress: http://127.0.0.1:8200\ntoken_env: VAULT_TOKEN\n",
+        )
+        .unwrap();
+        match &c {
+            KmsConfig::Vault(v) => {
+                assert_eq!(v.mount, "transit");
+                assert_eq!(v.retries, 3);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = serde_norway::from_str::<KmsConfig>(
+            "type: vault\naddress: http://x:1\ntoken_env: T\nmount_point: x\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mount_point"), "{err}");
+        let err = serde_norway::from_str::<KmsConfig>("type: aws\n").unwrap_err();
+        assert!(err.to_string().contains("aws"), "{err}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = std::time::Duration::from_millis(100);
+        let cap = std::time::Duration::from_secs(2);
+        for attempt in 0..20 {
+            let d = backoff_delay(attempt, base, cap);
+            assert!(d <= cap);
+            let full = base.saturating_mul(1 << attempt.min(16)).min(cap);
+            assert!(d >= full / 2, "attempt {attempt}: {d:?} < half of {full:?}");
+        }
+    }
+}

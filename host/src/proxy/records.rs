@@ -12,11 +12,23 @@ use kafka_protocol::messages::{FetchResponse, ProduceRequest, ProduceResponse, T
 use kafka_protocol::protocol::StrBytes;
 use tracing::warn;
 
+use std::sync::Arc;
+
 use crate::config::RecordsMode;
-use crate::kafka::records::{split_record_set, CodecError, RecordSetEntry};
+use crate::crypto::record::{
+    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RecordEncryptor,
+    POLICY_VIOLATION,
+};
+use crate::kafka::compression::Compression;
+use crate::kafka::records::{split_record_set, CodecError, RecordBatch, RecordSetEntry};
+use crate::plan::{RecordDecision, TopicPlan};
+use crate::policy::config::DecryptFailure;
+use crate::policy::PolicyRegistry;
 
 /// Kafka error code CORRUPT_MESSAGE: a batch failed to decode or its CRC did not match.
 pub const CORRUPT_MESSAGE: i16 = 2;
+/// Kafka error code UNSUPPORTED_FOR_MESSAGE_FORMAT: magic v0/v1 records on an encrypted topic.
+pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
 
 /// Partitions of a Produce request the proxy refused, answered with these errors.
 #[derive(Debug, Default)]
@@ -77,25 +89,40 @@ impl ProducePatch {
     }
 }
 
+/// The encryption stage: where plans come from and who applies them.
+#[derive(Clone)]
+pub struct Encryption {
+    /// Encrypts and decrypts batches (owns the DEK cache and KMS client).
+    pub encryptor: Arc<RecordEncryptor>,
+    /// Built-in rules and Wasm policy bindings.
+    pub policy: PolicyRegistry,
+}
+
 /// What the proxy does to record batches.
 pub struct RecordStage {
     mode: RecordsMode,
+    encryption: Option<Encryption>,
 }
 
 impl RecordStage {
-    /// A stage for the given records mode (no encryption).
-    pub fn new(mode: RecordsMode) -> Self {
-        Self { mode }
+    /// A stage for the given records mode, with encryption when configured.
+    pub fn new(mode: RecordsMode, encryption: Option<Encryption>) -> Self {
+        Self { mode, encryption }
+    }
+
+    /// The encryption stage, when configured.
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.as_ref()
     }
 
     /// Whether Produce requests must be decoded.
     pub fn transforms_produce(&self) -> bool {
-        self.mode == RecordsMode::Reencode
+        self.mode == RecordsMode::Reencode || self.encryption.is_some()
     }
 
     /// Whether Fetch responses must be decoded.
     pub fn transforms_fetch(&self) -> bool {
-        self.mode == RecordsMode::Reencode
+        self.mode == RecordsMode::Reencode || self.encryption.is_some()
     }
 
     /// Transforms every partition's records; partitions that cannot be processed are removed from
@@ -105,48 +132,207 @@ impl RecordStage {
         let mut patch = ProducePatch::default();
         for topic in &mut request.topic_data {
             let name = topic.name.clone();
-            topic.partition_data.retain_mut(|p| {
-                let Some(records) = &p.records else { return true };
-                match reencode_record_set(records, RecordSetOrigin::Produce) {
+            let plan = match &self.encryption {
+                None => TopicPlan::PassAll,
+                Some(enc) => match enc.policy.topic_plan_async(name.as_str()).await {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        warn!(%peer, topic = %name.as_str(), error = %e, "policy failed; refusing the topic's batches");
+                        for p in &topic.partition_data {
+                            patch.refuse(name.clone(), p.index, POLICY_VIOLATION, format!("kapsule: {e}"));
+                        }
+                        topic.partition_data.clear();
+                        continue;
+                    }
+                },
+            };
+            let mut kept = Vec::with_capacity(topic.partition_data.len());
+            for mut p in std::mem::take(&mut topic.partition_data) {
+                let Some(records) = p.records.take() else {
+                    kept.push(p);
+                    continue;
+                };
+                match self.produce_partition(name.as_str(), &plan, &records).await {
                     Ok(out) => {
                         p.records = Some(out);
-                        true
+                        kept.push(p);
                     }
-                    Err(e) => {
-                        warn!(%peer, topic = %name.as_str(), partition = p.index, error = %e, "refusing malformed record batch");
-                        patch.refuse(name.clone(), p.index, CORRUPT_MESSAGE, format!("kapsule: {e}"));
-                        false
+                    Err(refusal) => {
+                        warn!(%peer, topic = %name.as_str(), partition = p.index, code = refusal.code, reason = %refusal.message, "refusing produce batch");
+                        patch.refuse(name.clone(), p.index, refusal.code, format!("kapsule: {}", refusal.message));
                     }
                 }
-            });
+            }
+            topic.partition_data = kept;
         }
         request.topic_data.retain(|t| !t.partition_data.is_empty());
         patch
     }
 
-    /// Transforms every partition's records in a Fetch response.
-    pub async fn on_fetch(
-        &self,
-        response: &mut FetchResponse,
-        peer: SocketAddr,
-    ) -> anyhow::Result<()> {
-        if self.mode != RecordsMode::Reencode {
-            return Ok(());
+    async fn produce_partition(&self, topic: &str, plan: &TopicPlan, records: &Bytes) -> Result<Bytes, Refusal> {
+        let encryption = match (plan, &self.encryption) {
+            (TopicPlan::RejectAll(message), _) => {
+                return Err(Refusal { code: POLICY_VIOLATION, message: message.clone() })
+            }
+            (TopicPlan::PassAll, _) | (_, None) => {
+                return match self.mode {
+                    RecordsMode::Passthrough => Ok(records.clone()),
+                    RecordsMode::Reencode => reencode_record_set(records, RecordSetOrigin::Produce)
+                        .map_err(Refusal::corrupt),
+                };
+            }
+            (TopicPlan::EncryptAll(_) | TopicPlan::PerRecord(_), Some(e)) => e,
+        };
+        let mut out = BytesMut::with_capacity(records.len() + records.len() / 4 + 256);
+        for entry in split_record_set(records) {
+            let raw = match entry.map_err(Refusal::corrupt)? {
+                RecordSetEntry::Partial(_) => {
+                    return Err(Refusal { code: CORRUPT_MESSAGE, message: "truncated record batch".into() })
+                }
+                RecordSetEntry::Batch(raw) => raw,
+            };
+            if raw.is_legacy() {
+                return Err(Refusal {
+                    code: UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                    message: format!("topic `{topic}` is encrypted and needs record batches of magic v2; this producer sent magic {}", raw.magic()),
+                });
+            }
+            if raw.is_control() {
+                out.extend_from_slice(raw.bytes());
+                continue;
+            }
+            let mut batch = raw.decode().map_err(Refusal::corrupt)?;
+            let decisions = match plan {
+                TopicPlan::EncryptAll(p) => vec![RecordDecision::Encrypt(p.clone()); batch.records.len()],
+                _ => encryption
+                    .policy
+                    .decide_async(topic, batch.base_timestamp, &batch.records)
+                    .await
+                    .map_err(|e| Refusal { code: POLICY_VIOLATION, message: e.to_string() })?,
+            };
+            encryption
+                .encryptor
+                .encrypt_batch(topic, &mut batch, &decisions)
+                .await
+                .map_err(|e| Refusal { code: e.kafka_error_code(), message: e.to_string() })?;
+            batch.encode(&mut out).map_err(Refusal::corrupt)?;
         }
+        Ok(out.freeze())
+    }
+
+    /// Transforms every partition's records in a Fetch response: decrypts encrypted records and,
+    /// with `records: reencode`, re-encodes the rest. Batches with no encrypted record are
+    /// forwarded byte for byte.
+    pub async fn on_fetch(&self, response: &mut FetchResponse, peer: SocketAddr) -> anyhow::Result<()> {
         for topic in &mut response.responses {
+            let name = topic.topic.clone();
             for p in &mut topic.partitions {
                 let Some(records) = &p.records else { continue };
-                match reencode_record_set(records, RecordSetOrigin::Fetch) {
-                    Ok(out) => p.records = Some(out),
-                    Err(e) => {
+                if records.is_empty() {
+                    continue;
+                }
+                let result = match &self.encryption {
+                    Some(enc) => decrypt_record_set(enc, self.mode, name.as_str(), records).await,
+                    None => reencode_record_set(records, RecordSetOrigin::Fetch).map_err(|e| {
                         // The broker's own bytes: forward them as stored, the client will judge.
-                        warn!(%peer, topic = %topic.topic.as_str(), partition = p.partition_index, error = %e, "fetched batch does not decode; forwarding as stored");
+                        warn!(%peer, topic = %name.as_str(), partition = p.partition_index, error = %e, "fetched batch does not decode; forwarding as stored");
+                        None
+                    }),
+                };
+                match result {
+                    Ok(out) => p.records = Some(out),
+                    Err(None) => {}
+                    Err(Some((code, message))) => {
+                        warn!(%peer, topic = %name.as_str(), partition = p.partition_index, code, reason = %message, "fetch partition failed decryption");
+                        p.error_code = code;
+                        p.records = Some(Bytes::new());
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Why a produce partition was refused: the Kafka error code and a message for the client.
+#[derive(Debug)]
+struct Refusal {
+    code: i16,
+    message: String,
+}
+
+impl Refusal {
+    fn corrupt(e: CodecError) -> Self {
+        Self { code: CORRUPT_MESSAGE, message: e.to_string() }
+    }
+}
+
+/// Decrypts one partition's record set. `Err(None)`: forward as stored; `Err(Some(..))`: fail the
+/// partition with that code.
+async fn decrypt_record_set(
+    enc: &Encryption,
+    mode: RecordsMode,
+    topic: &str,
+    records: &Bytes,
+) -> Result<Bytes, Option<(i16, String)>> {
+    let settings = enc.policy.decrypt_settings(topic);
+    let options = DecryptOptions {
+        on_failure: match settings.on_decrypt_failure {
+            DecryptFailure::Error => FailureMode::Error,
+            DecryptFailure::Ciphertext => FailureMode::Ciphertext,
+            DecryptFailure::Skip => FailureMode::Skip,
+        },
+        require_encrypted: settings.require_encrypted,
+    };
+    // First pass: find the batches that need decrypting, without touching the others.
+    let mut entries: Vec<(RecordSetEntry, Option<RecordBatch>)> = Vec::new();
+    for entry in split_record_set(records) {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => return Err(Some((CORRUPT_MESSAGE, format!("stored batch does not decode: {e}")))),
+        };
+        let decoded = match &entry {
+            RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => {
+                let needs_look = options.require_encrypted
+                    || mode == RecordsMode::Reencode
+                    || !matches!(raw.compression(), Ok(Compression::None))
+                    || may_contain_encrypted(raw.bytes());
+                if needs_look {
+                    let batch = raw
+                        .decode()
+                        .map_err(|e| Some((CORRUPT_MESSAGE, format!("stored batch does not decode: {e}"))))?;
+                    (options.require_encrypted || mode == RecordsMode::Reencode || batch_has_encrypted_records(&batch))
+                        .then_some(batch)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        entries.push((entry, decoded));
+    }
+    if entries.iter().all(|(_, d)| d.is_none()) {
+        return Err(None);
+    }
+    // Resolve every EDEK this partition needs at once.
+    let batches: Vec<&RecordBatch> = entries.iter().filter_map(|(_, d)| d.as_ref()).collect();
+    enc.encryptor.prefetch(topic, &batches).await;
+    let mut out = BytesMut::with_capacity(records.len());
+    for (entry, decoded) in entries {
+        match decoded {
+            None => out.extend_from_slice(entry.bytes()),
+            Some(mut batch) => {
+                enc.encryptor
+                    .decrypt_batch(topic, &mut batch, &options)
+                    .await
+                    .map_err(|e| Some((e.kafka_error_code(), e.to_string())))?;
+                batch
+                    .encode(&mut out)
+                    .map_err(|e| Some((CORRUPT_MESSAGE, format!("re-encoding decrypted batch: {e}"))))?;
+            }
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Where a record set comes from: a partial trailing batch is legal only in a Fetch response.

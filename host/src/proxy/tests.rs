@@ -79,7 +79,7 @@ async fn start_proxy(
     let proxy = Proxy::bind(
         &config,
         Arc::new(Metrics::default()),
-        RecordStage::new(config.records),
+        RecordStage::new(config.records, None),
     )
     .await
     .unwrap();
@@ -323,7 +323,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let proxy = Proxy::bind(
         &config,
         Arc::new(Metrics::default()),
-        RecordStage::new(config.records),
+        RecordStage::new(config.records, None),
     )
     .await
     .unwrap();

@@ -1,0 +1,144 @@
+//! Encryption throughput: raw AES-256-GCM, whole-value record encryption, per-field JSON
+//! encryption, and decryption. Run: `cargo bench -p kapsule --bench crypto`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use kapsule::crypto::primitives::Dek;
+use kapsule::crypto::{DecryptOptions, RecordEncryptor};
+use kapsule::kafka::records::{Record, RecordBatch};
+use kapsule::kms::memory::MemoryKms;
+use kapsule::kms::DekConfig;
+use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
+
+const RECORDS: usize = 100;
+
+fn batch(values: Vec<Bytes>) -> RecordBatch {
+    RecordBatch {
+        base_offset: 0,
+        partition_leader_epoch: 0,
+        attributes: 0,
+        last_offset_delta: values.len() as i32 - 1,
+        base_timestamp: 0,
+        max_timestamp: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        records: values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                attributes: 0,
+                timestamp_delta: 0,
+                offset_delta: i as i32,
+                key: Some(Bytes::from(format!("key-{i}"))),
+                value: Some(v),
+                headers: vec![],
+            })
+            .collect(),
+    }
+}
+
+fn json_record(i: usize) -> Bytes {
+    let mut s = String::from("{");
+    for f in 0..10 {
+        if f > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "\"field{f}\":\"value-{i}-{f}-{}\"",
+            "x".repeat(60)
+        ));
+    }
+    s.push('}');
+    Bytes::from(s)
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let dek = Dek::new(&[7u8; 32], "k", b"edek");
+    let pt = vec![0x5au8; 1024];
+    let mut g = c.benchmark_group("aes256gcm");
+    g.throughput(Throughput::Bytes(1024));
+    g.bench_function("seal_1KiB", |b| {
+        b.iter(|| dek.seal(&[1u8; 12], b"associated data of ~100 bytes", &pt))
+    });
+    g.finish();
+
+    let kms = Arc::new(MemoryKms::with_keys(&["k"]));
+    let enc = RecordEncryptor::new(kms, DekConfig::default());
+    let whole = RecordDecision::Encrypt(EncryptionPlan {
+        key_id: "k".into(),
+        value: ValuePart::Whole,
+        record_key: false,
+        headers: vec![],
+    });
+    let whole_keyed = RecordDecision::Encrypt(EncryptionPlan {
+        key_id: "k".into(),
+        value: ValuePart::Whole,
+        record_key: true,
+        headers: vec![],
+    });
+    let fields = RecordDecision::Encrypt(EncryptionPlan {
+        key_id: "k".into(),
+        value: ValuePart::JsonFields((0..10).map(|f| format!("/field{f}")).collect()),
+        record_key: false,
+        headers: vec![],
+    });
+    let values = batch(
+        (0..RECORDS)
+            .map(|_| Bytes::from(vec![0x42u8; 1024]))
+            .collect(),
+    );
+    let jsons = batch((0..RECORDS).map(json_record).collect());
+    let d_whole = vec![whole; RECORDS];
+    let d_keyed = vec![whole_keyed; RECORDS];
+    let d_fields = vec![fields; RECORDS];
+
+    let mut g = c.benchmark_group("record");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    for (name, b0, d) in [
+        ("encrypt_whole_1KiB", &values, &d_whole),
+        ("encrypt_whole_1KiB_and_key", &values, &d_keyed),
+        ("encrypt_json_10_fields", &jsons, &d_fields),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || b0.clone(),
+                |mut bt| rt.block_on(enc.encrypt_batch("bench", &mut bt, d)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    for (name, b0, d) in [
+        ("decrypt_whole_1KiB", &values, &d_whole),
+        ("decrypt_json_10_fields", &jsons, &d_fields),
+    ] {
+        let mut encrypted = b0.clone();
+        rt.block_on(enc.encrypt_batch("bench", &mut encrypted, d))
+            .unwrap();
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || encrypted.clone(),
+                |mut bt| {
+                    rt.block_on(enc.decrypt_batch("bench", &mut bt, &DecryptOptions::default()))
+                        .unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = crypto;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(crypto);

@@ -1,0 +1,407 @@
+//! The encrypted-record wire format, version 1 (documented byte by byte in docs/wire-format.md).
+//!
+//! An encrypted record carries one header [`HEADER_KEY`] whose value is an encoded
+//! [`Descriptor`]: format version, what is encrypted, a random record id, the nonce base, the
+//! KEK id, the EDEK, the encrypted JSON pointers and header names. Every AES-GCM ciphertext is
+//! authenticated together with the topic, its part (kind, index, name), the record key as it is
+//! on the wire and the whole descriptor ([`part_aad`]); the deterministic record-key ciphertext
+//! with the topic, KEK id and KEK version ([`key_aad`]).
+
+use crate::crypto::primitives::NONCE_LEN;
+
+/// Name of the record header carrying the descriptor.
+pub const HEADER_KEY: &str = "kapsule.enc";
+/// Descriptor format version written by this code.
+pub const FORMAT_V1: u8 = 1;
+/// Prefix of an encrypted JSON field's string value (followed by standard base64 with padding).
+pub const JSON_PREFIX: &str = "kapsule:v1:";
+
+/// Descriptor flag: the whole value is encrypted (part 0).
+pub const FLAG_VALUE_WHOLE: u8 = 0x01;
+/// Descriptor flag: JSON fields of the value are encrypted.
+pub const FLAG_VALUE_JSON: u8 = 0x02;
+/// Descriptor flag: the record key is encrypted (AES-SIV).
+pub const FLAG_KEY: u8 = 0x04;
+/// Descriptor flag: some header values are encrypted.
+pub const FLAG_HEADERS: u8 = 0x08;
+const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS;
+
+/// What of the value is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueEncryption {
+    /// Value in clear (or null).
+    None,
+    /// The whole value is part 0.
+    Whole,
+    /// Values at these JSON pointers are parts 0..n, in this order.
+    Json(Vec<String>),
+}
+
+/// The content of the `kapsule.enc` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Which part of the value is encrypted.
+    pub value: ValueEncryption,
+    /// The record key is encrypted deterministically.
+    pub key_encrypted: bool,
+    /// Random per-record id: binds value and headers to this record.
+    pub record_id: [u8; 16],
+    /// Nonce of part 0; part i uses the counter in bytes 4..12 plus i.
+    pub nonce_base: [u8; NONCE_LEN],
+    /// KEK version of the record-key encryption key (0 when the key is not encrypted).
+    pub key_kek_version: u32,
+    /// KEK id (1..=255 bytes of UTF-8).
+    pub kek_id: String,
+    /// The wrapped DEK (opaque KMS ciphertext, at most 65535 bytes).
+    pub edek: Vec<u8>,
+    /// Names of encrypted headers, one entry per encrypted occurrence, in wire order.
+    pub headers: Vec<Vec<u8>>,
+}
+
+/// Why a descriptor could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A version this build does not understand (written by a newer Kapsule?).
+    #[error("unsupported kapsule.enc format version {0} (this build reads version 1)")]
+    UnsupportedVersion(u8),
+    /// Structurally invalid.
+    #[error("malformed kapsule.enc header: {0}")]
+    Malformed(&'static str),
+    /// A field is too long to encode.
+    #[error("cannot encode kapsule.enc header: {0}")]
+    TooLong(&'static str),
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.b.len() < n {
+            return Err(WireError::Malformed("truncated"));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn list(&mut self) -> Result<Vec<&'a [u8]>, WireError> {
+        let n = self.u16()?;
+        (0..n)
+            .map(|_| {
+                let l = self.u16()? as usize;
+                self.take(l)
+            })
+            .collect()
+    }
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[&[u8]], what: &'static str) -> Result<(), WireError> {
+    let n = u16::try_from(items.len()).map_err(|_| WireError::TooLong(what))?;
+    out.extend_from_slice(&n.to_be_bytes());
+    for i in items {
+        let l = u16::try_from(i.len()).map_err(|_| WireError::TooLong(what))?;
+        out.extend_from_slice(&l.to_be_bytes());
+        out.extend_from_slice(i);
+    }
+    Ok(())
+}
+
+impl Descriptor {
+    /// Flags byte derived from the content.
+    pub fn flags(&self) -> u8 {
+        let mut f = 0;
+        match self.value {
+            ValueEncryption::None => {}
+            ValueEncryption::Whole => f |= FLAG_VALUE_WHOLE,
+            ValueEncryption::Json(_) => f |= FLAG_VALUE_JSON,
+        }
+        if self.key_encrypted {
+            f |= FLAG_KEY;
+        }
+        if !self.headers.is_empty() {
+            f |= FLAG_HEADERS;
+        }
+        f
+    }
+
+    /// Number of value parts (AES-GCM encryptions of the value).
+    pub fn value_parts(&self) -> u32 {
+        match &self.value {
+            ValueEncryption::None => 0,
+            ValueEncryption::Whole => 1,
+            ValueEncryption::Json(p) => p.len() as u32,
+        }
+    }
+
+    /// Encodes to the header value.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let kek = self.kek_id.as_bytes();
+        if kek.is_empty() || kek.len() > 255 {
+            return Err(WireError::TooLong("KEK id must be 1..=255 bytes"));
+        }
+        if matches!(&self.value, ValueEncryption::Json(p) if p.is_empty()) {
+            return Err(WireError::TooLong("JSON mode needs at least one pointer"));
+        }
+        let mut out = Vec::with_capacity(64 + kek.len() + self.edek.len());
+        out.push(FORMAT_V1);
+        out.push(self.flags());
+        out.extend_from_slice(&self.record_id);
+        out.extend_from_slice(&self.nonce_base);
+        out.extend_from_slice(&self.key_kek_version.to_be_bytes());
+        out.push(kek.len() as u8);
+        out.extend_from_slice(kek);
+        let el = u16::try_from(self.edek.len()).map_err(|_| WireError::TooLong("EDEK"))?;
+        out.extend_from_slice(&el.to_be_bytes());
+        out.extend_from_slice(&self.edek);
+        let ptrs: Vec<&[u8]> = match &self.value {
+            ValueEncryption::Json(p) => p.iter().map(|s| s.as_bytes()).collect(),
+            _ => Vec::new(),
+        };
+        put_list(&mut out, &ptrs, "JSON pointers")?;
+        let hs: Vec<&[u8]> = self.headers.iter().map(Vec::as_slice).collect();
+        put_list(&mut out, &hs, "header names")?;
+        Ok(out)
+    }
+
+    /// Decodes a header value; rejects unknown versions and flags, inconsistent flags and
+    /// trailing bytes.
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader { b };
+        let version = r.u8()?;
+        if version != FORMAT_V1 {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let flags = r.u8()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(WireError::Malformed("unknown flag bits"));
+        }
+        if flags & FLAG_VALUE_WHOLE != 0 && flags & FLAG_VALUE_JSON != 0 {
+            return Err(WireError::Malformed("both whole-value and JSON flags set"));
+        }
+        let record_id: [u8; 16] = r.take(16)?.try_into().expect("16");
+        let nonce_base: [u8; NONCE_LEN] = r.take(NONCE_LEN)?.try_into().expect("12");
+        let key_kek_version = r.u32()?;
+        let kl = r.u8()? as usize;
+        if kl == 0 {
+            return Err(WireError::Malformed("empty KEK id"));
+        }
+        let kek_id = std::str::from_utf8(r.take(kl)?)
+            .map_err(|_| WireError::Malformed("KEK id is not UTF-8"))?
+            .to_owned();
+        let el = r.u16()? as usize;
+        let edek = r.take(el)?.to_vec();
+        let ptrs = r
+            .list()?
+            .into_iter()
+            .map(|p| {
+                std::str::from_utf8(p)
+                    .map(str::to_owned)
+                    .map_err(|_| WireError::Malformed("JSON pointer is not UTF-8"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let headers: Vec<Vec<u8>> = r.list()?.into_iter().map(<[u8]>::to_vec).collect();
+        if !r.b.is_empty() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        let value = if flags & FLAG_VALUE_WHOLE != 0 {
+            ValueEncryption::Whole
+        } else if flags & FLAG_VALUE_JSON != 0 {
+            ValueEncryption::Json(ptrs.clone())
+        } else {
+            ValueEncryption::None
+        };
+        if (flags & FLAG_VALUE_JSON != 0) == ptrs.is_empty() {
+            return Err(WireError::Malformed("JSON flag and pointer list disagree"));
+        }
+        if (flags & FLAG_HEADERS != 0) == headers.is_empty() {
+            return Err(WireError::Malformed(
+                "headers flag and header list disagree",
+            ));
+        }
+        let key_encrypted = flags & FLAG_KEY != 0;
+        if !key_encrypted && key_kek_version != 0 {
+            return Err(WireError::Malformed("key version set for a clear key"));
+        }
+        Ok(Self {
+            value,
+            key_encrypted,
+            record_id,
+            nonce_base,
+            key_kek_version,
+            kek_id,
+            edek,
+            headers,
+        })
+    }
+}
+
+/// Kind of an AES-GCM part, as bound in its AAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PartKind {
+    /// The whole value.
+    Value = 1,
+    /// A JSON field of the value.
+    JsonField = 2,
+    /// A header value.
+    Header = 3,
+}
+
+fn put32(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// AAD of AES-GCM part `index`:
+/// `"kapsule/v1/part" | kind u8 | index u32 | lp(topic) | lp(name) | key-present u8 | lp(key) |
+/// lp(descriptor)`, where lp = u32 big-endian length then bytes, `name` is empty (value), the
+/// JSON pointer or the header name, and `key` the record key exactly as sent to the broker.
+pub fn part_aad(
+    topic: &str,
+    kind: PartKind,
+    index: u32,
+    name: &[u8],
+    wire_key: Option<&[u8]>,
+    descriptor: &[u8],
+) -> Vec<u8> {
+    let mut a = Vec::with_capacity(
+        40 + topic.len() + name.len() + wire_key.map_or(0, <[u8]>::len) + descriptor.len(),
+    );
+    a.extend_from_slice(b"kapsule/v1/part");
+    a.push(kind as u8);
+    a.extend_from_slice(&index.to_be_bytes());
+    put32(&mut a, topic.as_bytes());
+    put32(&mut a, name);
+    match wire_key {
+        Some(k) => {
+            a.push(1);
+            put32(&mut a, k);
+        }
+        None => {
+            a.push(0);
+            put32(&mut a, b"");
+        }
+    }
+    put32(&mut a, descriptor);
+    a
+}
+
+/// Length of the record tag that follows the descriptor in the `kapsule.enc` header value.
+pub const RECORD_TAG_LEN: usize = 16;
+
+/// Splits a `kapsule.enc` header value into (descriptor bytes, record tag).
+pub fn split_header(value: &[u8]) -> Result<(&[u8], &[u8; RECORD_TAG_LEN]), WireError> {
+    if value.len() < RECORD_TAG_LEN + 2 {
+        return Err(WireError::Malformed("truncated"));
+    }
+    let (d, t) = value.split_at(value.len() - RECORD_TAG_LEN);
+    Ok((d, t.try_into().expect("16 bytes")))
+}
+
+/// How the record value enters the record tag's AAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagValue<'a> {
+    /// Null value: marker 0.
+    Null,
+    /// The value as sent to the broker (clear, or JSON with encrypted fields): marker 1 + bytes.
+    Bytes(&'a [u8]),
+    /// Whole value encrypted, hence already authenticated by part 0: marker 2, no bytes.
+    Encrypted,
+}
+
+/// AAD of the record tag (an AES-GCM tag over an empty plaintext, nonce index = number of
+/// parts): `"kapsule/v1/record" | lp(topic) | key-present u8 | lp(key) | value marker u8 |
+/// lp(value) | lp(descriptor)`, key and value exactly as sent to the broker (value bytes empty
+/// for markers 0 and 2). It authenticates the whole record body, including parts left in
+/// clear, so a descriptor cannot be copied onto a forged record.
+pub fn record_aad(
+    topic: &str,
+    wire_key: Option<&[u8]>,
+    value: TagValue<'_>,
+    descriptor: &[u8],
+) -> Vec<u8> {
+    let (marker, vb): (u8, &[u8]) = match value {
+        TagValue::Null => (0, b""),
+        TagValue::Bytes(b) => (1, b),
+        TagValue::Encrypted => (2, b""),
+    };
+    let mut a = Vec::with_capacity(
+        40 + topic.len() + wire_key.map_or(0, <[u8]>::len) + vb.len() + descriptor.len(),
+    );
+    a.extend_from_slice(b"kapsule/v1/record");
+    put32(&mut a, topic.as_bytes());
+    a.push(u8::from(wire_key.is_some()));
+    put32(&mut a, wire_key.unwrap_or_default());
+    a.push(marker);
+    put32(&mut a, vb);
+    put32(&mut a, descriptor);
+    a
+}
+
+/// AAD of the deterministic record-key ciphertext:
+/// `"kapsule/v1/key" | lp(topic) | lp(kek_id) | kek_version u32`.
+pub fn key_aad(topic: &str, kek_id: &str, kek_version: u32) -> Vec<u8> {
+    let mut a = Vec::with_capacity(26 + topic.len() + kek_id.len());
+    a.extend_from_slice(b"kapsule/v1/key");
+    put32(&mut a, topic.as_bytes());
+    put32(&mut a, kek_id.as_bytes());
+    a.extend_from_slice(&kek_version.to_be_bytes());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Descriptor {
+        Descriptor {
+            value: ValueEncryption::Json(vec!["/a".into(), "/b/0".into()]),
+            key_encrypted: true,
+            record_id: [1; 16],
+            nonce_base: [2; 12],
+            key_kek_version: 3,
+            kek_id: "orders".into(),
+            edek: b"vault:v1:abc".to_vec(),
+            headers: vec![b"h1".to_vec(), b"h1".to_vec()],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_strict_decoding() {
+        let d = sample();
+        let b = d.encode().unwrap();
+        assert_eq!(Descriptor::decode(&b).unwrap(), d);
+        // Every truncation fails, as do trailing bytes.
+        for n in 0..b.len() {
+            assert!(Descriptor::decode(&b[..n]).is_err(), "prefix {n} accepted");
+        }
+        let mut t = b.clone();
+        t.push(0);
+        assert!(Descriptor::decode(&t).is_err());
+        let mut v = b.clone();
+        v[0] = 2;
+        assert_eq!(
+            Descriptor::decode(&v),
+            Err(WireError::UnsupportedVersion(2))
+        );
+        let mut f = b.clone();
+        f[1] |= 0x80;
+        assert!(Descriptor::decode(&f).is_err());
+        let mut f = b;
+        f[1] |= FLAG_VALUE_WHOLE;
+        assert!(Descriptor::decode(&f).is_err());
+        let mut d2 = sample();
+        d2.kek_id = String::new();
+        assert!(d2.encode().is_err());
+    }
+}

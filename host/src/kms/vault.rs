@@ -1,0 +1,499 @@
+//! HashiCorp Vault / OpenBao transit back end (via `vaultrs`).
+//!
+//! Operations and the transit endpoints they use (see docs/kms.md for the least-privilege policy):
+//! - [`Kms::generate_data_key`]: `POST {mount}/datakey/plaintext/{key}` (EDEK = the
+//!   `vault:vN:...` ciphertext string, as UTF-8 bytes).
+//! - [`Kms::decrypt_data_key`]: `POST {mount}/decrypt/{key}`.
+//! - [`Kms::key_info`]: `GET {mount}/keys/{key}`.
+//! - [`Kms::derive_key`]: `POST {mount}/hmac/{key}` (HMAC-SHA256 of the context with the KEK
+//!   version's HMAC key).
+//!
+//! Every call has a timeout (`timeout_ms`) and is retried up to `retries` times with jittered
+//! exponential backoff (100 ms doubling, capped at 2 s) when the failure is transient (connection
+//! error, timeout, HTTP 429/5xx, sealed). Unknown keys, permission errors and bad ciphertexts are
+//! not retried. When the token comes from a file and Vault answers 403, the file is re-read once
+//! (a Vault agent may have renewed it).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+use super::{
+    backoff_delay, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+};
+
+fn default_mount() -> String {
+    "transit".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// `kms: { type: vault, ... }` configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultKmsConfig {
+    /// Vault / OpenBao address, e.g. `https://vault.example:8200`.
+    pub address: String,
+    /// Environment variable holding the token (default `VAULT_TOKEN` when `token_file` is unset).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding the token (e.g. a Vault agent sink); re-read after a 403.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Transit mount path (default `transit`).
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// Vault Enterprise / OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// PEM CA certificate to trust for TLS.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Timeout of one HTTP call in milliseconds (default 5000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of transient failures after the first attempt (default 3).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+impl VaultKmsConfig {
+    /// Appends one message per problem to `problems`.
+    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        match url::Url::parse(&self.address) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => problems.push(format!(
+                "{path}.address: scheme '{}' is not http or https",
+                u.scheme()
+            )),
+            Err(e) => problems.push(format!(
+                "{path}.address: '{}' is not a valid URL ({e})",
+                self.address
+            )),
+        }
+        if self.token_env.is_some() && self.token_file.is_some() {
+            problems.push(format!("{path}: set only one of token_env and token_file"));
+        }
+        if self.mount.is_empty() || self.mount.starts_with('/') || self.mount.ends_with('/') {
+            problems.push(format!(
+                "{path}.mount: '{}' must be a non-empty path without leading or trailing '/'",
+                self.mount
+            ));
+        }
+        if !(100..=300_000).contains(&self.timeout_ms) {
+            problems.push(format!(
+                "{path}.timeout_ms: {} is outside 100..=300000",
+                self.timeout_ms
+            ));
+        }
+        if self.retries > 10 {
+            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
+        }
+    }
+
+    fn read_token(&self) -> anyhow::Result<Zeroizing<String>> {
+        let token = match &self.token_file {
+            Some(f) => Zeroizing::new(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading Vault token file {}", f.display()))?,
+            ),
+            None => {
+                let var = self.token_env.as_deref().unwrap_or("VAULT_TOKEN");
+                Zeroizing::new(std::env::var(var).with_context(|| {
+                    format!("Vault token environment variable {var} is not set")
+                })?)
+            }
+        };
+        let t = Zeroizing::new(token.trim().to_owned());
+        if t.is_empty() {
+            bail!("the Vault token is empty");
+        }
+        Ok(t)
+    }
+}
+
+/// Vault / OpenBao transit KMS (see the module docs).
+pub struct VaultKms {
+    config: VaultKmsConfig,
+    client: RwLock<Arc<VaultClient>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for VaultKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultKms")
+            .field("address", &self.config.address)
+            .field("mount", &self.config.mount)
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_client(config: &VaultKmsConfig, token: &str) -> anyhow::Result<VaultClient> {
+    let mut problems = Vec::new();
+    config.validate("kms", &mut problems);
+    if !problems.is_empty() {
+        bail!("invalid Vault configuration: {}", problems.join("; "));
+    }
+    let mut b = VaultClientSettingsBuilder::default();
+    b.address(&config.address)
+        .token(token)
+        .timeout(Some(Duration::from_millis(config.timeout_ms)))
+        .verify(true);
+    if let Some(ca) = &config.ca_cert {
+        b.ca_certs(vec![ca.to_string_lossy().into_owned()]);
+    }
+    if let Some(ns) = &config.namespace {
+        b.set_namespace(ns.clone());
+    }
+    let settings = b.build().context("building Vault client settings")?;
+    VaultClient::new(settings).context("building Vault HTTP client")
+}
+
+/// Classifies a `vaultrs` error.
+fn classify(e: &ClientError) -> (KmsErrorKind, String) {
+    match e {
+        ClientError::APIError { code, errors } => {
+            let text = errors.join("; ");
+            let lower = text.to_lowercase();
+            let kind = match code {
+                429 | 412 | 500..=599 => KmsErrorKind::Transient,
+                403 => KmsErrorKind::PermissionDenied,
+                404 => KmsErrorKind::UnknownKey,
+                _ if lower.contains("permission denied") => KmsErrorKind::PermissionDenied,
+                _ if lower.contains("not found") => KmsErrorKind::UnknownKey,
+                _ if lower.contains("authentication failed")
+                    || lower.contains("ciphertext")
+                    || lower.contains("too old")
+                    || lower.contains("decrypt")
+                    || lower.contains("version") =>
+                {
+                    KmsErrorKind::InvalidCiphertext
+                }
+                _ => KmsErrorKind::Other,
+            };
+            (kind, format!("HTTP {code}: {text}"))
+        }
+        ClientError::RestClientError { source } => {
+            use rustify::errors::ClientError as R;
+            match source {
+                R::ServerResponseError { code, .. } => {
+                    let kind = match code {
+                        429 | 412 | 500..=599 => KmsErrorKind::Transient,
+                        403 => KmsErrorKind::PermissionDenied,
+                        404 => KmsErrorKind::UnknownKey,
+                        _ => KmsErrorKind::Other,
+                    };
+                    (kind, format!("HTTP {code}"))
+                }
+                R::RequestError { .. } | R::ResponseError { .. } => (
+                    KmsErrorKind::Transient,
+                    format!("cannot reach Vault: {:#}", clone_msg(source)),
+                ),
+                other => (KmsErrorKind::Other, format!("{other}")),
+            }
+        }
+        other => (KmsErrorKind::Other, other.to_string()),
+    }
+}
+
+/// Flattens an error chain into one message.
+fn clone_msg(e: &dyn std::error::Error) -> anyhow::Error {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    anyhow::anyhow!(msg)
+}
+
+/// Parses the version out of a `vault:vN:...` string.
+fn vault_version(s: &str) -> Option<u32> {
+    s.strip_prefix("vault:v")?.split_once(':')?.0.parse().ok()
+}
+
+fn decode_key(key_id: &str, b64: &str, what: &str) -> Result<SecretKey, KmsError> {
+    let raw = Zeroizing::new(B64.decode(b64.trim()).map_err(|_| {
+        KmsError::new(KmsErrorKind::Other, key_id, format!("{what} is not base64"))
+    })?);
+    if raw.len() != DEK_LEN {
+        return Err(KmsError::new(
+            KmsErrorKind::Other,
+            key_id,
+            format!(
+                "{what} has {} bytes, expected {DEK_LEN} (is the transit key aes256-gcm96?)",
+                raw.len()
+            ),
+        ));
+    }
+    let mut out = Zeroizing::new([0u8; DEK_LEN]);
+    out.copy_from_slice(&raw);
+    Ok(out)
+}
+
+impl VaultKms {
+    /// Builds the client (reads the token; makes no network call).
+    pub fn new(config: &VaultKmsConfig) -> anyhow::Result<Self> {
+        let token = config.read_token()?;
+        let client = build_client(config, &token)?;
+        Ok(Self {
+            config: config.clone(),
+            client: RwLock::new(Arc::new(client)),
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
+    }
+
+    /// Runs `f` with timeout and retries (see the module docs).
+    async fn call<T, F, Fut>(&self, op: &str, key_id: &str, f: F) -> Result<T, KmsError>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let mut reloaded_token = false;
+        let mut attempt = 0u32;
+        loop {
+            let client = self.client.read().clone();
+            let (kind, msg) = match tokio::time::timeout(self.timeout, f(client)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => classify(&e),
+                Err(_) => (
+                    KmsErrorKind::Transient,
+                    format!("no answer within {} ms", self.config.timeout_ms),
+                ),
+            };
+            if kind == KmsErrorKind::PermissionDenied
+                && self.config.token_file.is_some()
+                && !reloaded_token
+            {
+                reloaded_token = true;
+                if let Ok(token) = self.config.read_token() {
+                    if let Ok(c) = build_client(&self.config, &token) {
+                        *self.client.write() = Arc::new(c);
+                        continue;
+                    }
+                }
+            }
+            if kind == KmsErrorKind::Transient && attempt < self.config.retries {
+                let delay =
+                    backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(2));
+                tracing::debug!(op, key_id, attempt, ?delay, error = %msg, "Vault call failed, retrying");
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let hint = match kind {
+                KmsErrorKind::Transient => format!(
+                    " (after {} attempts; check that Vault at {} is up and unsealed)",
+                    attempt + 1,
+                    self.config.address
+                ),
+                KmsErrorKind::UnknownKey => format!(
+                    " (create it: `vault write -f {}/keys/{key_id}`)",
+                    self.config.mount
+                ),
+                KmsErrorKind::PermissionDenied => {
+                    " (the token's policy must allow the transit paths in docs/kms.md)".to_owned()
+                }
+                _ => String::new(),
+            };
+            return Err(KmsError::new(kind, key_id, format!("{op}: {msg}{hint}")));
+        }
+    }
+}
+
+#[async_trait]
+impl Kms for VaultKms {
+    fn backend(&self) -> &'static str {
+        "vault"
+    }
+
+    async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
+        let mount = &self.config.mount;
+        let resp = self
+            .call("transit datakey", key_id, |c| async move {
+                vaultrs::transit::generate::data_key(
+                    c.as_ref(),
+                    mount,
+                    key_id,
+                    vaultrs::api::transit::requests::DataKeyType::Plaintext,
+                    None,
+                )
+                .await
+            })
+            .await?;
+        let plaintext = Zeroizing::new(resp.plaintext.unwrap_or_default());
+        let dek = decode_key(key_id, &plaintext, "datakey plaintext")?;
+        let kek_version = vault_version(&resp.ciphertext).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                "datakey ciphertext is not of the form vault:vN:...",
+            )
+        })?;
+        Ok(DataKey {
+            plaintext: dek,
+            edek: resp.ciphertext.into_bytes(),
+            kek_version,
+        })
+    }
+
+    async fn decrypt_data_key(&self, key_id: &str, edek: &[u8]) -> Result<SecretKey, KmsError> {
+        let ct = std::str::from_utf8(edek)
+            .ok()
+            .filter(|s| vault_version(s).is_some())
+            .ok_or_else(|| {
+                KmsError::new(
+                    KmsErrorKind::InvalidCiphertext,
+                    key_id,
+                    "EDEK is not a Vault transit ciphertext (vault:vN:...)",
+                )
+            })?;
+        let mount = &self.config.mount;
+        let resp = self
+            .call("transit decrypt", key_id, |c| async move {
+                vaultrs::transit::data::decrypt(c.as_ref(), mount, key_id, ct, None).await
+            })
+            .await?;
+        let plaintext = Zeroizing::new(resp.plaintext);
+        decode_key(key_id, &plaintext, "decrypted DEK")
+    }
+
+    async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
+        let mount = &self.config.mount;
+        let resp = self
+            .call("transit read key", key_id, |c| async move {
+                vaultrs::transit::key::read(c.as_ref(), mount, key_id).await
+            })
+            .await?;
+        let latest = match &resp.keys {
+            vaultrs::api::transit::responses::ReadKeyData::Symmetric(m) => {
+                m.keys().filter_map(|k| k.parse::<u32>().ok()).max()
+            }
+            vaultrs::api::transit::responses::ReadKeyData::Asymmetric(m) => {
+                m.keys().filter_map(|k| k.parse::<u32>().ok()).max()
+            }
+        };
+        Ok(KeyInfo {
+            key_id: key_id.to_owned(),
+            latest_version: latest
+                .ok_or_else(|| KmsError::new(KmsErrorKind::Other, key_id, "key has no versions"))?,
+        })
+    }
+
+    async fn derive_key(
+        &self,
+        key_id: &str,
+        context: &[u8],
+        version: Option<u32>,
+    ) -> Result<DerivedKey, KmsError> {
+        let mount = &self.config.mount;
+        let input = B64.encode(context);
+        let input = &input;
+        let resp = self
+            .call("transit hmac", key_id, |c| async move {
+                let mut opts = vaultrs::api::transit::requests::GenerateHmacRequest::builder();
+                if let Some(v) = version {
+                    opts.key_version(u64::from(v));
+                }
+                vaultrs::transit::generate::hmac(c.as_ref(), mount, key_id, input, Some(&mut opts))
+                    .await
+            })
+            .await?;
+        let kek_version = vault_version(&resp.hmac).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                "hmac is not of the form vault:vN:...",
+            )
+        })?;
+        let b64 = resp.hmac.rsplit(':').next().unwrap_or_default();
+        let material = decode_key(key_id, b64, "hmac")?;
+        Ok(DerivedKey {
+            material,
+            kek_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VaultKmsConfig {
+        serde_norway::from_str("address: http://127.0.0.1:1\ntoken_env: KAPSULE_TEST_UNSET_TOKEN\n")
+            .unwrap()
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut c = cfg();
+        c.address = "not a url".into();
+        c.token_file = Some("/t".into());
+        c.mount = "/transit".into();
+        c.timeout_ms = 1;
+        c.retries = 99;
+        let mut p = Vec::new();
+        c.validate("kms", &mut p);
+        assert_eq!(p.len(), 5, "{p:?}");
+        let mut p = Vec::new();
+        cfg().validate("kms", &mut p);
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn classification_of_api_errors() {
+        let e = |code, msg: &str| ClientError::APIError {
+            code,
+            errors: vec![msg.to_owned()],
+        };
+        assert_eq!(
+            classify(&e(503, "Vault is sealed")).0,
+            KmsErrorKind::Transient
+        );
+        assert_eq!(classify(&e(429, "rate")).0, KmsErrorKind::Transient);
+        assert_eq!(
+            classify(&e(403, "permission denied")).0,
+            KmsErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            classify(&e(400, "encryption key not found")).0,
+            KmsErrorKind::UnknownKey
+        );
+        assert_eq!(
+            classify(&e(400, "cipher: message authentication failed")).0,
+            KmsErrorKind::InvalidCiphertext
+        );
+        assert_eq!(vault_version("vault:v12:abc"), Some(12));
+        assert_eq!(vault_version("vault:x:abc"), None);
+    }
+
+    #[tokio::test]
+    async fn unreachable_vault_is_transient_after_retries() {
+        std::env::set_var("KAPSULE_TEST_VAULT_TOKEN_X", "root");
+        let mut c = cfg();
+        c.token_env = Some("KAPSULE_TEST_VAULT_TOKEN_X".into());
+        c.retries = 1;
+        c.timeout_ms = 500;
+        let kms = VaultKms::new(&c).unwrap();
+        let err = kms.generate_data_key("k").await.unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::Transient, "{err}");
+        assert!(err.message.contains("after 2 attempts"), "{err}");
+        assert!(VaultKms::new(&cfg()).is_err());
+    }
+}

@@ -1,0 +1,455 @@
+//! The `policy:` section of the configuration: built-in rules, Wasm bindings, cache and limits.
+//!
+//! Parsing rejects unknown fields; [`PolicyConfig::validate`] then reports every remaining problem
+//! with its YAML path (for example `policy.rules[2].key_id: ...`) so an operator fixes a config in
+//! one round.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::rules::TopicSelector;
+
+/// The whole `policy:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// What happens to topics that no binding and no rule matches (default `pass`).
+    #[serde(default)]
+    pub unmatched_topics: UnmatchedTopics,
+    /// Built-in rules, tried in order after the bindings; the first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Wasm policy bindings, tried in order before the rules; the first match wins.
+    #[serde(default)]
+    pub bindings: Vec<BindingConfig>,
+    /// Directory for compiled policy modules, keyed by content hash (default: a `kapsule-policy-cache`
+    /// directory under the system temporary directory). It must be writable only by Kapsule:
+    /// compiled code found there is loaded as native code.
+    #[serde(default)]
+    pub module_cache_dir: Option<PathBuf>,
+    /// Sandbox limits applied to every Wasm policy instance.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Watch module files and reload them when they change (default `true`).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+/// What happens to records of a topic that nothing matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmatchedTopics {
+    /// Forward records in clear (default).
+    #[default]
+    Pass,
+    /// Refuse produce requests to such topics with a policy violation.
+    Reject,
+}
+
+/// A built-in rule: encrypt matching topics with one fixed plan.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Which topics the rule applies to.
+    pub topics: TopicSelector,
+    /// KEK id; `${topic}` is replaced by the topic name. Write `$${topic}` in the YAML file, since
+    /// the config loader expands `${NAME}` from the environment.
+    pub key_id: String,
+    /// Which part of the value to encrypt (default `whole`).
+    #[serde(default)]
+    pub value: ValuePartConfig,
+    /// Encrypt the record key deterministically (default `false`).
+    #[serde(default)]
+    pub record_key: bool,
+    /// Header names whose values are encrypted (default none).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// What consumers get when a record of these topics cannot be decrypted.
+    #[serde(default)]
+    pub on_decrypt_failure: DecryptFailure,
+    /// Refuse to deliver records of these topics that are not encrypted (default `false`).
+    #[serde(default)]
+    pub require_encrypted: bool,
+}
+
+/// The value part of a built-in rule: `whole`, `none`, or `{json_fields: [pointers]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ValuePartConfig {
+    /// Encrypt the whole value (default).
+    #[default]
+    Whole,
+    /// Leave the value in clear.
+    None,
+    /// Encrypt these RFC 6901 JSON pointers.
+    JsonFields(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for ValuePartConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValuePartConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`whole`, `none`, or a map `{json_fields: [\"/pointer\", ...]}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "whole" => Ok(ValuePartConfig::Whole),
+                    "none" => Ok(ValuePartConfig::None),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let key: Option<String> = map.next_key()?;
+                match key.as_deref() {
+                    Some("json_fields") => {
+                        let fields: Vec<String> = map.next_value()?;
+                        if let Some(extra) = map.next_key::<String>()? {
+                            return Err(de::Error::unknown_field(&extra, &["json_fields"]));
+                        }
+                        Ok(ValuePartConfig::JsonFields(fields))
+                    }
+                    Some(other) => Err(de::Error::unknown_field(other, &["json_fields"])),
+                    None => Err(de::Error::missing_field("json_fields")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a consumer receives for a record that cannot be decrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DecryptFailure {
+    /// Fail the fetch for the partition with an error (default).
+    #[default]
+    Error,
+    /// Deliver the record as stored (ciphertext).
+    Ciphertext,
+    /// Drop the record from the response.
+    Skip,
+}
+
+/// Decrypt-side settings of a topic, consumed by the crypto stage on Fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecryptSettings {
+    /// What a consumer gets for a record that cannot be decrypted.
+    pub on_decrypt_failure: DecryptFailure,
+    /// Refuse to deliver records that are not encrypted.
+    pub require_encrypted: bool,
+}
+
+/// A Wasm policy binding: topics decided by a policy component.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// Which topics the binding applies to.
+    pub topics: TopicSelector,
+    /// Path of the policy component (`.wasm`), relative to the working directory.
+    pub module: PathBuf,
+    /// Config string passed to the policy's `init` (default empty).
+    #[serde(default)]
+    pub config: String,
+    /// Glob patterns of KEK ids the policy may name; `${topic}` is replaced by the topic name. A
+    /// decision naming any other key is a policy violation. Empty means the policy may only pass or
+    /// reject.
+    #[serde(default)]
+    pub allowed_key_ids: Vec<String>,
+    /// What consumers get when a record of these topics cannot be decrypted.
+    #[serde(default)]
+    pub on_decrypt_failure: DecryptFailure,
+    /// Refuse to deliver records of these topics that are not encrypted (default `false`).
+    #[serde(default)]
+    pub require_encrypted: bool,
+}
+
+/// Sandbox limits for Wasm policy instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Linear memory cap per instance, in MiB (default 64).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Deadline of one `plan` or `decide` call, in milliseconds (default 10).
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Deadline of instantiating a module and running its `init`, in milliseconds (default 1000).
+    #[serde(default = "default_init_timeout_ms")]
+    pub init_timeout_ms: u64,
+    /// Wasm stack limit, in KiB (default 512).
+    #[serde(default = "default_stack_kib")]
+    pub stack_kib: u64,
+    /// Most instances of one module alive at once; further calls wait (default 8).
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    /// Log messages a policy may emit per second; the rest are dropped and counted (default 20).
+    #[serde(default = "default_log_per_second")]
+    pub log_messages_per_second: u32,
+    /// Longest log message kept, in bytes; longer ones are truncated (default 1024).
+    #[serde(default = "default_log_max_bytes")]
+    pub log_message_max_bytes: usize,
+    /// Largest module file accepted, in MiB (default 64).
+    #[serde(default = "default_module_max_mib")]
+    pub module_max_mib: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: default_memory_mib(),
+            call_timeout_ms: default_call_timeout_ms(),
+            init_timeout_ms: default_init_timeout_ms(),
+            stack_kib: default_stack_kib(),
+            max_instances: default_max_instances(),
+            log_messages_per_second: default_log_per_second(),
+            log_message_max_bytes: default_log_max_bytes(),
+            module_max_mib: default_module_max_mib(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+fn default_call_timeout_ms() -> u64 {
+    10
+}
+fn default_init_timeout_ms() -> u64 {
+    1000
+}
+fn default_stack_kib() -> u64 {
+    512
+}
+fn default_max_instances() -> usize {
+    8
+}
+fn default_log_per_second() -> u32 {
+    20
+}
+fn default_log_max_bytes() -> usize {
+    1024
+}
+fn default_module_max_mib() -> u64 {
+    64
+}
+
+impl PolicyConfig {
+    /// Pushes every problem of this section into `problems`, each prefixed with its YAML path
+    /// under `prefix` (normally `"policy"`). Does not touch the filesystem except to check that
+    /// module files exist.
+    pub fn validate(&self, prefix: &str, problems: &mut Vec<String>) {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let p = format!("{prefix}.rules[{i}]");
+            rule.topics.validate(&format!("{p}.topics"), problems);
+            validate_key_template(&rule.key_id, &format!("{p}.key_id"), problems);
+            if let ValuePartConfig::JsonFields(fields) = &rule.value {
+                if fields.is_empty() {
+                    problems.push(format!(
+                        "{p}.value.json_fields: empty list; use `value: none` to leave values in clear"
+                    ));
+                }
+                for (j, f) in fields.iter().enumerate() {
+                    if let Err(e) = super::validate_json_pointer(f) {
+                        problems.push(format!("{p}.value.json_fields[{j}]: {e}"));
+                    }
+                }
+            }
+            for (j, h) in rule.headers.iter().enumerate() {
+                if h.is_empty() {
+                    problems.push(format!("{p}.headers[{j}]: header name is empty"));
+                }
+            }
+        }
+        for (i, b) in self.bindings.iter().enumerate() {
+            let p = format!("{prefix}.bindings[{i}]");
+            b.topics.validate(&format!("{p}.topics"), problems);
+            if b.module.as_os_str().is_empty() {
+                problems.push(format!("{p}.module: path is empty"));
+            } else if !b.module.is_file() {
+                problems.push(format!(
+                    "{p}.module: {} does not exist or is not a file; build the policy with \
+                     `cargo build --release --target wasm32-wasip2` and point here to the .wasm",
+                    b.module.display()
+                ));
+            }
+            for (j, pat) in b.allowed_key_ids.iter().enumerate() {
+                let q = format!("{p}.allowed_key_ids[{j}]");
+                validate_key_template(pat, &q, problems);
+                let probe = pat.replace("${topic}", "topic");
+                if let Err(e) = globset::Glob::new(&probe) {
+                    problems.push(format!("{q}: invalid glob pattern: {e}"));
+                }
+            }
+        }
+        let l = &self.limits;
+        let lp = format!("{prefix}.limits");
+        if !(1..=4096).contains(&l.memory_mib) {
+            problems.push(format!("{lp}.memory_mib: {} is outside 1..=4096", l.memory_mib));
+        }
+        if !(1..=60_000).contains(&l.call_timeout_ms) {
+            problems.push(format!(
+                "{lp}.call_timeout_ms: {} is outside 1..=60000",
+                l.call_timeout_ms
+            ));
+        }
+        if !(1..=600_000).contains(&l.init_timeout_ms) {
+            problems.push(format!(
+                "{lp}.init_timeout_ms: {} is outside 1..=600000",
+                l.init_timeout_ms
+            ));
+        }
+        if !(64..=16_384).contains(&l.stack_kib) {
+            problems.push(format!("{lp}.stack_kib: {} is outside 64..=16384", l.stack_kib));
+        }
+        if !(1..=1024).contains(&l.max_instances) {
+            problems.push(format!(
+                "{lp}.max_instances: {} is outside 1..=1024",
+                l.max_instances
+            ));
+        }
+        if l.log_message_max_bytes == 0 || l.log_message_max_bytes > 1 << 20 {
+            problems.push(format!(
+                "{lp}.log_message_max_bytes: {} is outside 1..=1048576",
+                l.log_message_max_bytes
+            ));
+        }
+        if !(1..=1024).contains(&l.module_max_mib) {
+            problems.push(format!(
+                "{lp}.module_max_mib: {} is outside 1..=1024",
+                l.module_max_mib
+            ));
+        }
+    }
+}
+
+/// Checks a key-id template: non-empty and only the `${topic}` placeholder.
+fn validate_key_template(t: &str, path: &str, problems: &mut Vec<String>) {
+    if t.trim().is_empty() {
+        problems.push(format!("{path}: key id is empty"));
+        return;
+    }
+    let mut rest = t;
+    while let Some(pos) = rest.find("${") {
+        let after = &rest[pos + 2..];
+        match after.find('}') {
+            Some(end) if &after[..end] == "topic" => rest = &after[end + 1..],
+            Some(end) => {
+                problems.push(format!(
+                    "{path}: unknown placeholder `${{{}}}`; only `${{topic}}` is supported",
+                    &after[..end]
+                ));
+                return;
+            }
+            None => {
+                problems.push(format!("{path}: unterminated `${{` in `{t}`"));
+                return;
+            }
+        }
+    }
+}
+
+/// Expands `${topic}` in a key-id template.
+pub fn expand_key_template(template: &str, topic: &str) -> String {
+    template.replace("${topic}", topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<PolicyConfig, String> {
+        serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(yaml))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                format!("{path}: {}", e.into_inner())
+            })
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = parse(
+            r#"
+unmatched_topics: reject
+rules:
+  - topics: "orders*"
+    key_id: "kek-${topic}"
+    value: whole
+    record_key: true
+    headers: [pii]
+  - topics: {prefix: "pay."}
+    key_id: "kek-pay"
+    value: {json_fields: ["/card/number", "/email"]}
+    on_decrypt_failure: ciphertext
+    require_encrypted: true
+limits: {memory_mib: 32, call_timeout_ms: 20}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.unmatched_topics, UnmatchedTopics::Reject);
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(
+            c.rules[1].value,
+            ValuePartConfig::JsonFields(vec!["/card/number".into(), "/email".into()])
+        );
+        assert_eq!(c.rules[1].on_decrypt_failure, DecryptFailure::Ciphertext);
+        assert_eq!(c.limits.memory_mib, 32);
+        assert_eq!(c.limits.stack_kib, 512);
+        let mut problems = Vec::new();
+        c.validate("policy", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let e = parse("rules: [{topics: a, key_id: k, colour: red}]").unwrap_err();
+        assert!(e.contains("rules[0]") && e.contains("colour"), "{e}");
+        let e = parse("rules: [{topics: a, key_id: k, value: {json_field: []}}]").unwrap_err();
+        assert!(e.contains("json_field"), "{e}");
+        let e = parse("rules: [{topics: {regex: a}, key_id: k}]").unwrap_err();
+        assert!(e.contains("regex"), "{e}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let c = parse(
+            r#"
+rules:
+  - topics: "orders["
+    key_id: "kek-${tenant}"
+    value: {json_fields: ["email", "/ok", "/bad~2"]}
+    headers: [""]
+bindings:
+  - topics: "x.*"
+    module: /nonexistent/policy.wasm
+    allowed_key_ids: ["a[", ""]
+limits: {memory_mib: 0, max_instances: 0}
+"#,
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        c.validate("policy", &mut problems);
+        let all = problems.join("\n");
+        for needle in [
+            "policy.rules[0].topics",
+            "policy.rules[0].key_id: unknown placeholder `${tenant}`",
+            "policy.rules[0].value.json_fields[0]",
+            "policy.rules[0].value.json_fields[2]",
+            "policy.rules[0].headers[0]",
+            "policy.bindings[0].module",
+            "policy.bindings[0].allowed_key_ids[0]: invalid glob",
+            "policy.bindings[0].allowed_key_ids[1]: key id is empty",
+            "policy.limits.memory_mib",
+            "policy.limits.max_instances",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("json_fields[1]"), "{all}");
+    }
+}

@@ -1,0 +1,230 @@
+//! Built-in rules: the no-Wasm way to say which topics are encrypted, with which key and parts.
+//!
+//! A rule is a topic selector, a key-id template and the parts to encrypt. Matching topics get a
+//! [`TopicPlan::EncryptAll`] (or [`TopicPlan::PassAll`] when the rule encrypts nothing); rules are
+//! evaluated in order and the first match wins.
+
+use std::fmt;
+
+use globset::{Glob, GlobMatcher};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::config::{expand_key_template, DecryptSettings, RuleConfig, ValuePartConfig};
+use crate::plan::{EncryptionPlan, TopicPlan, ValuePart};
+
+/// Which topics a rule or binding applies to.
+///
+/// In YAML: a plain string is an exact name unless it contains a glob character (`*`, `?`, `[`,
+/// `{`), then it is a glob; or a one-key map `{exact: ..}`, `{prefix: ..}`, `{glob: ..}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicSelector {
+    /// Exactly this topic.
+    Exact(String),
+    /// Every topic starting with this prefix.
+    Prefix(String),
+    /// Every topic matching this glob (`*` also matches `.`).
+    Glob(String),
+}
+
+impl TopicSelector {
+    /// Builds a selector from a plain string, as the YAML form does.
+    pub fn from_plain(s: &str) -> Self {
+        if s.contains(['*', '?', '[', '{']) {
+            Self::Glob(s.to_string())
+        } else {
+            Self::Exact(s.to_string())
+        }
+    }
+
+    /// Pushes problems (empty selector, invalid glob) into `problems` under `path`.
+    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        match self {
+            Self::Exact(s) | Self::Prefix(s) if s.is_empty() => {
+                problems.push(format!("{path}: empty topic selector"))
+            }
+            Self::Glob(g) => {
+                if let Err(e) = Glob::new(g) {
+                    problems.push(format!("{path}: invalid glob `{g}`: {e}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Compiles the selector for matching; fails only for an invalid glob (see
+    /// [`TopicSelector::validate`]).
+    pub fn compile(&self) -> Result<TopicMatcher, globset::Error> {
+        Ok(match self {
+            Self::Exact(s) => TopicMatcher::Exact(s.clone()),
+            Self::Prefix(s) => TopicMatcher::Prefix(s.clone()),
+            Self::Glob(g) => TopicMatcher::Glob(Glob::new(g)?.compile_matcher()),
+        })
+    }
+}
+
+impl fmt::Display for TopicSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(s) => write!(f, "{s}"),
+            Self::Prefix(s) => write!(f, "{s}*"),
+            Self::Glob(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicSelector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const FIELDS: &[&str] = &["exact", "prefix", "glob"];
+        impl<'de> Visitor<'de> for V {
+            type Value = TopicSelector;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a topic name or glob, or a map `{exact|prefix|glob: \"...\"}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TopicSelector::from_plain(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("empty topic selector map"))?;
+                let value: String = map.next_value()?;
+                let sel = match key.as_str() {
+                    "exact" => TopicSelector::Exact(value),
+                    "prefix" => TopicSelector::Prefix(value),
+                    "glob" => TopicSelector::Glob(value),
+                    other => return Err(de::Error::unknown_field(other, FIELDS)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "topic selector has more than one kind (`{key}` and `{extra}`)"
+                    )));
+                }
+                Ok(sel)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A compiled [`TopicSelector`].
+#[derive(Debug, Clone)]
+pub enum TopicMatcher {
+    /// Exact name.
+    Exact(String),
+    /// Name prefix.
+    Prefix(String),
+    /// Compiled glob.
+    Glob(GlobMatcher),
+}
+
+impl TopicMatcher {
+    /// Whether `topic` is selected.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Self::Exact(s) => s == topic,
+            Self::Prefix(p) => topic.starts_with(p.as_str()),
+            Self::Glob(g) => g.is_match(topic),
+        }
+    }
+}
+
+/// One compiled built-in rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    matcher: TopicMatcher,
+    key_template: String,
+    value: ValuePart,
+    record_key: bool,
+    headers: Vec<String>,
+    decrypt: DecryptSettings,
+}
+
+impl Rule {
+    /// Compiles a validated rule config.
+    pub fn compile(c: &RuleConfig) -> Result<Self, globset::Error> {
+        Ok(Self {
+            matcher: c.topics.compile()?,
+            key_template: c.key_id.clone(),
+            value: match &c.value {
+                ValuePartConfig::Whole => ValuePart::Whole,
+                ValuePartConfig::None => ValuePart::None,
+                ValuePartConfig::JsonFields(f) => ValuePart::JsonFields(f.clone()),
+            },
+            record_key: c.record_key,
+            headers: c.headers.clone(),
+            decrypt: DecryptSettings {
+                on_decrypt_failure: c.on_decrypt_failure,
+                require_encrypted: c.require_encrypted,
+            },
+        })
+    }
+
+    /// Whether the rule applies to `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.matcher.matches(topic)
+    }
+
+    /// The rule's plan for `topic`: encrypt-all with the expanded key id, or pass-all when the rule
+    /// encrypts no part at all.
+    pub fn plan(&self, topic: &str) -> TopicPlan {
+        if self.value == ValuePart::None && !self.record_key && self.headers.is_empty() {
+            return TopicPlan::PassAll;
+        }
+        TopicPlan::EncryptAll(EncryptionPlan {
+            key_id: expand_key_template(&self.key_template, topic),
+            value: self.value.clone(),
+            record_key: self.record_key,
+            headers: self.headers.clone(),
+        })
+    }
+
+    /// Decrypt-side settings of the rule's topics.
+    pub fn decrypt_settings(&self) -> DecryptSettings {
+        self.decrypt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> Rule {
+        let c: RuleConfig = serde_norway::from_str(yaml).unwrap();
+        Rule::compile(&c).unwrap()
+    }
+
+    #[test]
+    fn selectors_match_as_documented() {
+        let exact = TopicSelector::from_plain("orders").compile().unwrap();
+        assert!(exact.matches("orders") && !exact.matches("orders2"));
+        let glob = TopicSelector::from_plain("orders*").compile().unwrap();
+        assert!(glob.matches("orders") && glob.matches("orders.eu") && !glob.matches("xorders"));
+        let glob = TopicSelector::from_plain("tenant-?.*").compile().unwrap();
+        assert!(glob.matches("tenant-a.x") && !glob.matches("tenant-ab.x"));
+        let prefix: TopicSelector = serde_norway::from_str("{prefix: 'a[b'}").unwrap();
+        let prefix = prefix.compile().unwrap();
+        assert!(prefix.matches("a[b-1") && !prefix.matches("ab"));
+        let e = serde_norway::from_str::<TopicSelector>("{exact: a, glob: b}").unwrap_err();
+        assert!(e.to_string().contains("more than one"), "{e}");
+    }
+
+    #[test]
+    fn rule_plans_expand_the_topic() {
+        let r = rule("{topics: 'orders*', key_id: 'kek-${topic}', record_key: true, headers: [pii]}");
+        assert_eq!(
+            r.plan("orders.eu"),
+            TopicPlan::EncryptAll(EncryptionPlan {
+                key_id: "kek-orders.eu".into(),
+                value: ValuePart::Whole,
+                record_key: true,
+                headers: vec!["pii".into()],
+            })
+        );
+        let r = rule("{topics: logs, key_id: k, value: none}");
+        assert_eq!(r.plan("logs"), TopicPlan::PassAll);
+        let r = rule("{topics: logs, key_id: k, value: none, headers: [h]}");
+        assert!(matches!(r.plan("logs"), TopicPlan::EncryptAll(p) if p.value == ValuePart::None));
+    }
+}

@@ -1,0 +1,558 @@
+//! In-process tests of the policy registry and the Wasm runtime, with every policy built from
+//! source (see [`super::fixtures`]). No broker needed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
+use super::fixtures::{build_policies, PolicyArtifacts};
+use super::rules::TopicSelector;
+use super::*;
+use crate::kafka::records::RecordHeader;
+
+fn artifacts() -> PolicyArtifacts {
+    build_policies().expect("policies build from source")
+}
+
+/// Shared across test runs so each module is compiled by wasmtime once.
+fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join("kapsule-policy-test-cache")
+}
+
+fn binding(module: PathBuf, topics: &str, config: &str, allowed: &[&str]) -> BindingConfig {
+    BindingConfig {
+        topics: TopicSelector::from_plain(topics),
+        module,
+        config: config.into(),
+        allowed_key_ids: allowed.iter().map(|s| s.to_string()).collect(),
+        on_decrypt_failure: DecryptFailure::Error,
+        require_encrypted: false,
+    }
+}
+
+/// Limits generous enough for a loaded 2-core CI machine, except where a test says otherwise.
+fn relaxed_limits() -> LimitsConfig {
+    LimitsConfig {
+        call_timeout_ms: 2000,
+        ..LimitsConfig::default()
+    }
+}
+
+fn config(bindings: Vec<BindingConfig>, limits: LimitsConfig) -> PolicyConfig {
+    PolicyConfig {
+        bindings,
+        limits,
+        module_cache_dir: Some(cache_dir()),
+        ..PolicyConfig::default()
+    }
+}
+
+fn record(value: &str, headers: &[(&str, &str)]) -> Record {
+    Record {
+        attributes: 0,
+        timestamp_delta: 5,
+        offset_delta: 0,
+        key: Some(Bytes::from_static(b"k")),
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: headers
+            .iter()
+            .map(|(k, v)| RecordHeader {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            })
+            .collect(),
+    }
+}
+
+fn records(n: usize) -> Vec<Record> {
+    (0..n).map(|i| record(&format!("{{\"n\":{i}}}"), &[])).collect()
+}
+
+fn whole(key: &str) -> RecordDecision {
+    RecordDecision::Encrypt(EncryptionPlan {
+        key_id: key.into(),
+        value: ValuePart::Whole,
+        record_key: false,
+        headers: vec![],
+    })
+}
+
+#[test]
+fn rules_only_registry_needs_no_wasm() {
+    let c: PolicyConfig = serde_norway::from_str(
+        r#"
+unmatched_topics: reject
+rules:
+  - {topics: "orders*", key_id: "kek-${topic}", record_key: true, on_decrypt_failure: skip}
+  - {topics: {prefix: "logs."}, key_id: unused, value: none}
+"#,
+    )
+    .unwrap();
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert!(reg.inner.runtime.is_none());
+    match reg.topic_plan("orders.eu").unwrap() {
+        TopicPlan::EncryptAll(p) => {
+            assert_eq!(p.key_id, "kek-orders.eu");
+            assert!(p.record_key);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reg.topic_plan("logs.app").unwrap(), TopicPlan::PassAll);
+    assert!(matches!(reg.topic_plan("other").unwrap(), TopicPlan::RejectAll(m) if m.contains("other")));
+    let d = reg.decide("orders", 0, &records(3)).unwrap();
+    assert_eq!(d.len(), 3);
+    assert!(matches!(&d[0], RecordDecision::Encrypt(p) if p.key_id == "kek-orders"));
+    assert_eq!(
+        reg.decrypt_settings("orders").on_decrypt_failure,
+        DecryptFailure::Skip
+    );
+    assert_eq!(reg.decrypt_settings("nothing"), DecryptSettings::default());
+    assert!(reg.status().bindings.is_empty());
+}
+
+#[test]
+fn bindings_come_before_rules_and_plans_are_cached() {
+    let a = artifacts();
+    let mut c = config(
+        vec![binding(
+            a.path("encrypt-all"),
+            "tenant-*",
+            "kek-${topic}+key",
+            &["kek-${topic}"],
+        )],
+        relaxed_limits(),
+    );
+    c.rules = serde_norway::from_str(r#"[{topics: "*", key_id: "rule-key"}]"#).unwrap();
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert_eq!(reg.cached_topic_plan("tenant-a"), None);
+    let p = reg.topic_plan("tenant-a").unwrap();
+    assert_eq!(
+        p,
+        TopicPlan::EncryptAll(EncryptionPlan {
+            key_id: "kek-tenant-a".into(),
+            value: ValuePart::Whole,
+            record_key: true,
+            headers: vec![],
+        })
+    );
+    assert_eq!(reg.cached_topic_plan("tenant-a"), Some(p.clone()));
+    // Cached: the guest is not called again.
+    reg.topic_plan("tenant-a").unwrap();
+    let d = reg.decide("tenant-a", 0, &records(4)).unwrap();
+    assert_eq!(d, vec![RecordDecision::Encrypt(match p { TopicPlan::EncryptAll(e) => e, _ => unreachable!() }); 4]);
+    assert_eq!(reg.status().bindings[0].calls, 1);
+    // The rule catches the rest.
+    assert!(matches!(reg.topic_plan("other").unwrap(), TopicPlan::EncryptAll(e) if e.key_id == "rule-key"));
+}
+
+#[test]
+fn tenant_keys_decides_per_record_from_headers() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert_eq!(
+        reg.topic_plan("events").unwrap(),
+        TopicPlan::PerRecord(Needs {
+            key: false,
+            value: false,
+            headers: true
+        })
+    );
+    let recs = vec![
+        record("a", &[("tenant", "acme")]),
+        record("b", &[]),
+        record("c", &[("x", "y"), ("tenant", "bad tenant!")]),
+        record("d", &[("tenant", "globex")]),
+    ];
+    let d = reg.decide("events", 1000, &recs).unwrap();
+    assert_eq!(d[0], whole("tenant-acme"));
+    assert!(matches!(&d[1], RecordDecision::Reject(m) if m.contains("no `tenant` header")));
+    assert!(matches!(&d[2], RecordDecision::Reject(m) if m.contains("not a valid tenant")));
+    assert_eq!(d[3], whole("tenant-globex"));
+    assert_eq!(reg.decide("events", 0, &[]).unwrap(), vec![]);
+}
+
+#[test]
+fn pii_fields_finds_nested_fields_and_fails_closed_on_non_json() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(
+            a.path("pii-fields"),
+            "users",
+            r#"{"key_id": "pii-${topic}", "fields": ["email", "ssn", "a/b"]}"#,
+            &["pii-*"],
+        )],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    let recs = vec![
+        record(
+            r#"{"name":"x","Email":"e@x","kids":[{"ssn":"1"}],"a/b":1}"#,
+            &[],
+        ),
+        record(r#"{"name":"x"}"#, &[]),
+        record("not json", &[]),
+    ];
+    let d = reg.decide("users", 0, &recs).unwrap();
+    match &d[0] {
+        RecordDecision::Encrypt(p) => {
+            assert_eq!(p.key_id, "pii-users");
+            let ValuePart::JsonFields(f) = &p.value else {
+                panic!("{p:?}")
+            };
+            let mut f = f.clone();
+            f.sort();
+            assert_eq!(f, vec!["/Email", "/a~1b", "/kids/0/ssn"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d[1], RecordDecision::Pass);
+    assert_eq!(d[2], whole("pii-users"));
+}
+
+/// A registry with one healthy binding (`good`) and one hostile binding (`bad`).
+fn with_hostile(mode: &str, limits: LimitsConfig) -> PolicyRegistry {
+    let a = artifacts();
+    let c = config(
+        vec![
+            binding(a.path("hostile-misbehave"), "bad", mode, &["kek-ok"]),
+            binding(a.path("tenant-keys"), "good", "", &["tenant-*"]),
+        ],
+        limits,
+    );
+    PolicyRegistry::new(&c).unwrap()
+}
+
+fn good_still_serves(reg: &PolicyRegistry) {
+    let d = reg
+        .decide("good", 0, &[record("v", &[("tenant", "acme")])])
+        .unwrap();
+    assert_eq!(d, vec![whole("tenant-acme")]);
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_and_the_instance_is_rebuilt() {
+    let reg = with_hostile("loop-decide", LimitsConfig::default());
+    // plan is fine in this mode.
+    reg.topic_plan("bad").unwrap();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let e = reg.decide("bad", 0, &records(2)).unwrap_err();
+        assert!(
+            matches!(e, PolicyError::Deadline { timeout_ms: 10, .. }),
+            "{e:?}"
+        );
+        assert!(!e.is_retriable());
+        // Deadline plus scheduling slack on a busy machine; far from "forever".
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    good_still_serves(&reg);
+    let s = &reg.status().bindings[0];
+    assert_eq!(s.deadlines, 2);
+    assert_eq!(s.instances_discarded, 2);
+    assert!(s.last_error.as_deref().unwrap().contains("deadline"));
+}
+
+#[test]
+fn infinite_loop_in_plan_is_contained_too() {
+    let reg = with_hostile("loop-plan", LimitsConfig::default());
+    let e = reg.topic_plan("bad").unwrap_err();
+    assert!(matches!(e, PolicyError::Deadline { .. }), "{e:?}");
+    assert_eq!(reg.cached_topic_plan("bad"), None, "failures are not cached");
+    good_still_serves(&reg);
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_cap() {
+    let reg = with_hostile(
+        "oom-decide",
+        LimitsConfig {
+            memory_mib: 16,
+            ..relaxed_limits()
+        },
+    );
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    assert!(
+        matches!(e, PolicyError::MemoryExhausted { limit_mib: 16, .. }),
+        "{e:?}"
+    );
+    good_still_serves(&reg);
+    // A fresh instance is built and fails the same way (not "unavailable").
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    assert!(matches!(e, PolicyError::MemoryExhausted { .. }), "{e:?}");
+    assert_eq!(reg.status().bindings[0].memory_exhausted, 2);
+}
+
+#[test]
+fn panic_traps_and_stack_overflow_traps() {
+    let reg = with_hostile("trap-decide", relaxed_limits());
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
+    good_still_serves(&reg);
+
+    let reg = with_hostile("stack-overflow", relaxed_limits());
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    match e {
+        PolicyError::Trap { message, .. } => {
+            assert!(message.contains("call stack exhausted"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    good_still_serves(&reg);
+}
+
+#[test]
+fn wrong_decision_count_bad_pointer_and_foreign_key_are_violations() {
+    let reg = with_hostile("wrong-count", relaxed_limits());
+    let e = reg.decide("bad", 0, &records(3)).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("2 decisions for 3 records")),
+        "{e:?}"
+    );
+    let reg = with_hostile("bad-pointer", relaxed_limits());
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("must start with `/`")),
+        "{e:?}"
+    );
+    let reg = with_hostile("bad-key", relaxed_limits());
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::KeyNotAllowed { key_id, topic, .. } if key_id == "kek-someone-else" && topic == "bad"),
+        "{e:?}"
+    );
+    good_still_serves(&reg);
+    let s = &reg.status().bindings[0];
+    assert_eq!((s.violations, s.instances_discarded), (1, 0));
+}
+
+#[test]
+fn log_spam_is_rate_limited_and_truncated() {
+    let reg = with_hostile(
+        "log-spam",
+        LimitsConfig {
+            call_timeout_ms: 20_000,
+            log_messages_per_second: 10,
+            ..LimitsConfig::default()
+        },
+    );
+    let d = reg.decide("bad", 0, &records(2)).unwrap();
+    assert_eq!(d, vec![whole("kek-ok"); 2]);
+    let s = &reg.status().bindings[0];
+    assert!(s.log_emitted <= 12, "{s:?}");
+    assert!(s.log_dropped >= 1988, "{s:?}");
+}
+
+#[test]
+fn wasi_gives_no_files_env_clock_or_network() {
+    let reg = with_hostile("snoop", relaxed_limits());
+    match reg.topic_plan("bad").unwrap() {
+        TopicPlan::RejectAll(report) => assert_eq!(
+            report,
+            "file=denied dir=denied env=0 home=unset time=0 net=denied"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn modules_failing_init_or_linking_are_refused_at_start() {
+    let a = artifacts();
+    for (module, cfg, needle) in [
+        (a.path("hostile-misbehave"), "init-error", "init refused its config: hostile policy refuses its config"),
+        (a.path("hostile-misbehave"), "trap-init", "trapped"),
+        (a.path("hostile-bad-import"), "", "imports something the sandbox does not provide"),
+    ] {
+        let c = config(vec![binding(module, "t", cfg, &[])], relaxed_limits());
+        let e = format!("{:#}", PolicyRegistry::new(&c).unwrap_err());
+        assert!(e.contains(needle), "{cfg}: {e}");
+        assert!(e.contains("policy.bindings[0].module"), "{e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let c = config(vec![binding(junk, "t", "", &[])], relaxed_limits());
+    let e = format!("{:#}", PolicyRegistry::new(&c).unwrap_err());
+    assert!(e.contains("not a valid WebAssembly component"), "{e}");
+}
+
+#[test]
+fn concurrent_calls_use_several_instances() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
+        LimitsConfig {
+            max_instances: 4,
+            ..relaxed_limits()
+        },
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    let recs: Vec<Record> = (0..100)
+        .map(|i| record("v", &[("tenant", &format!("t{}", i % 7))]))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    let d = reg.decide("events", 0, &recs).unwrap();
+                    assert_eq!(d.len(), 100);
+                    assert_eq!(d[3], whole("tenant-t3"));
+                }
+            });
+        }
+    });
+    let s = &reg.status().bindings[0];
+    assert!(s.instances >= 1 && s.instances <= 4, "{s:?}");
+    // 160 decide calls plus the plan call(s): threads racing on the cold plan cache may each
+    // ask once.
+    assert!((161..=168).contains(&s.calls), "{s:?}");
+    assert!(s.p99_call_us.is_some());
+}
+
+fn copy(src: &Path, dst: &Path) {
+    // Write then rename, as deploy tools do, so readers never see a half-written file.
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+#[test]
+fn reload_swaps_good_versions_and_refuses_bad_ones() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    copy(&a.path("encrypt-all"), &module);
+    let c = config(
+        vec![binding(module.clone(), "t", "", &["kek-*"])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert!(matches!(reg.topic_plan("t").unwrap(), TopicPlan::EncryptAll(_)));
+    assert_eq!(reg.reload()[0].1, ReloadOutcome::Unchanged);
+
+    copy(&a.path("passthrough"), &module);
+    let out = reg.reload();
+    assert!(matches!(out[0].1, ReloadOutcome::Reloaded { .. }), "{out:?}");
+    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll, "plan cache is per version");
+
+    // A module that is not a component is refused; the previous version keeps serving.
+    std::fs::write(dir.path().join("junk"), b"garbage").unwrap();
+    copy(&dir.path().join("junk"), &module);
+    let out = reg.reload();
+    assert!(matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("not a valid WebAssembly component")), "{out:?}");
+    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    let s = &reg.status().bindings[0];
+    assert_eq!((s.loads, s.refusals), (2, 1));
+    assert!(s.last_refusal.is_some());
+    let json = serde_json::to_value(reg.status()).unwrap();
+    assert_eq!(json["bindings"][0]["refusals"], 1);
+}
+
+#[test]
+fn init_failure_on_reload_keeps_the_old_version() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    // passthrough ignores its config; encrypt-all refuses this one in `init`.
+    copy(&a.path("passthrough"), &module);
+    let c = config(
+        vec![binding(module.clone(), "t", "kek with space", &["kek-*"])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    copy(&a.path("encrypt-all"), &module);
+    let out = reg.reload();
+    assert!(
+        matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("contains whitespace")),
+        "{out:?}"
+    );
+    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+}
+
+#[test]
+fn watcher_reloads_changed_modules() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    copy(&a.path("passthrough"), &module);
+    let c = config(
+        vec![binding(module.clone(), "t", "", &["kek-*"])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    reg.watch().unwrap();
+    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    let started = Instant::now();
+    copy(&a.path("encrypt-all"), &module);
+    loop {
+        if matches!(reg.topic_plan("t").unwrap(), TopicPlan::EncryptAll(_)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "watcher did not reload within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn compiled_modules_are_cached_on_disk_by_content_hash() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let c = PolicyConfig {
+        module_cache_dir: Some(dir.path().join("cache")),
+        ..config(
+            vec![binding(a.path("passthrough"), "t", "", &[])],
+            relaxed_limits(),
+        )
+    };
+    let reg = PolicyRegistry::new(&c).unwrap();
+    let hash = reg.status().bindings[0].content_hash.clone();
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].starts_with(&hash) && entries[0].ends_with(".cwasm"));
+    // A corrupted entry is discarded and rebuilt, not trusted.
+    let entry = dir.path().join("cache").join(&entries[0]);
+    std::fs::write(&entry, b"corrupt").unwrap();
+    let reg2 = PolicyRegistry::new(&c).unwrap();
+    assert_eq!(reg2.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert!(std::fs::metadata(&entry).unwrap().len() > 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_api_runs_guest_calls_off_the_runtime() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
+        relaxed_limits(),
+    );
+    let reg = tokio::task::spawn_blocking(move || PolicyRegistry::new(&c).unwrap())
+        .await
+        .unwrap();
+    let recs = vec![record("v", &[("tenant", "acme")])];
+    let d = reg.decide_async("events", 0, &recs).await.unwrap();
+    assert_eq!(d, vec![whole("tenant-acme")]);
+    assert!(matches!(
+        reg.topic_plan_async("events").await.unwrap(),
+        TopicPlan::PerRecord(_)
+    ));
+}
+
+#[test]
+fn json_pointer_validation() {
+    assert!(validate_json_pointer("/a/b~0~1").is_ok());
+    assert!(validate_json_pointer("/").is_ok());
+    assert!(validate_json_pointer("").is_err());
+    assert!(validate_json_pointer("a").is_err());
+    assert!(validate_json_pointer("/a~").is_err());
+    assert!(validate_json_pointer("/a~2").is_err());
+}

@@ -1,0 +1,250 @@
+//! Per-instance host state: the empty WASI context, the memory limiter and the `log` import.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::kapsule::policy::types::Level;
+use super::bindings::PolicyImports;
+
+/// Store data of one policy instance.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    log: Arc<LogSink>,
+}
+
+impl HostState {
+    pub(crate) fn new(max_memory_bytes: usize, log: Arc<LogSink>) -> Self {
+        Self {
+            wasi: deny_all_wasi(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_memory_bytes,
+                hit: false,
+            },
+            log,
+        }
+    }
+}
+
+/// A WASI context that grants nothing: no preopened directories, no environment variables, no
+/// arguments, no network, closed stdin, discarded stdout/stderr, and clocks frozen at zero.
+///
+/// Rust's `wasm32-wasip2` standard library imports WASI interfaces even when a policy never uses
+/// them; linking them against this context lets such components instantiate while every attempt to
+/// reach the outside world fails (files: "no such file", env: empty, sockets: denied).
+/// Randomness stays available (Rust's `HashMap` seeds itself from it); it reveals nothing.
+fn deny_all_wasi() -> WasiCtx {
+    let mut b = WasiCtx::builder();
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock);
+    b.build()
+}
+
+/// A clock that always reads zero, so policies cannot measure time.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory per instance and remembers whether the cap was hit, so a trap that follows
+/// a refused `memory.grow` is reported as memory exhaustion rather than a generic trap.
+pub(crate) struct MemoryLimiter {
+    max_memory_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 1M entries is far beyond any sane policy.
+        Ok(desired <= 1 << 20)
+    }
+
+    fn instances(&self) -> usize {
+        // A component instantiates a handful of core modules (the adapter, shims, the policy).
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// Rate- and size-limited sink for the `log` import of one binding (shared by its instances).
+pub(crate) struct LogSink {
+    label: Arc<str>,
+    per_second: f64,
+    max_bytes: usize,
+    bucket: Mutex<(f64, Instant)>,
+    /// Messages emitted.
+    pub(crate) emitted: AtomicU64,
+    /// Messages dropped by the rate limit.
+    pub(crate) dropped: AtomicU64,
+    /// Whether a "messages dropped" notice is due once the bucket refills.
+    dropped_since_notice: AtomicU64,
+}
+
+impl LogSink {
+    pub(crate) fn new(label: Arc<str>, per_second: u32, max_bytes: usize) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            label,
+            per_second,
+            max_bytes,
+            // Burst: one second's worth of messages.
+            bucket: Mutex::new((per_second, Instant::now())),
+            emitted: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            dropped_since_notice: AtomicU64::new(0),
+        }
+    }
+
+    fn take_token(&self) -> bool {
+        let mut b = self.bucket.lock();
+        let now = Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * self.per_second;
+        b.0 = (b.0 + refill).min(self.per_second);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Emits one guest message through `tracing`, or drops it when over the rate.
+    pub(crate) fn log(&self, level: Level, message: &str) {
+        if !self.take_token() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_since_notice.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dropped = self.dropped_since_notice.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                target: "kapsule::policy::guest",
+                policy = %self.label,
+                dropped,
+                "policy log messages dropped by the rate limit"
+            );
+        }
+        self.emitted.fetch_add(1, Ordering::Relaxed);
+        let msg = sanitize(message, self.max_bytes);
+        let label = &*self.label;
+        match level {
+            Level::Trace => tracing::trace!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
+            Level::Debug => tracing::debug!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
+            Level::Info => tracing::info!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
+            Level::Warn => tracing::warn!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
+            Level::Error => tracing::error!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
+        }
+    }
+}
+
+/// Truncates to `max_bytes` (on a char boundary, marking the cut) and escapes control characters
+/// so a policy cannot forge log lines.
+fn sanitize(message: &str, max_bytes: usize) -> String {
+    let mut cut = message.len().min(max_bytes);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(cut + 16);
+    for c in message[..cut].chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut < message.len() {
+        out.push_str(&format!("… [{} bytes truncated]", message.len() - cut));
+    }
+    out
+}
+
+impl super::bindings::kapsule::policy::types::Host for HostState {}
+
+impl PolicyImports for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log.log(level, &message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_truncates_on_char_boundaries_and_escapes_controls() {
+        assert_eq!(sanitize("a\nb", 10), "a\\nb");
+        let s = sanitize("ééé", 3);
+        assert!(s.starts_with('é') && s.contains("4 bytes truncated"), "{s}");
+    }
+
+    #[test]
+    fn log_sink_drops_over_the_rate() {
+        let sink = LogSink::new("t".into(), 5, 100);
+        for _ in 0..100 {
+            sink.log(Level::Info, "x");
+        }
+        assert!(sink.emitted.load(Ordering::Relaxed) <= 6);
+        assert!(sink.dropped.load(Ordering::Relaxed) >= 94);
+    }
+}

@@ -1,0 +1,27 @@
+//! TEST ONLY: implements the policy world but also imports `steal-secrets`, which the Kapsule
+//! sandbox does not provide; loading it must be refused at link time.
+
+wit_bindgen::generate!({
+    path: ["../../../wit", "wit"],
+    world: "hostile:bad-import/bad",
+    generate_all,
+});
+
+
+struct BadImport;
+
+impl Guest for BadImport {
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn plan(_topic: String) -> TopicPlan {
+        TopicPlan::RejectAll(steal_secrets())
+    }
+
+    fn decide(_topic: String, records: Vec<RecordView>) -> Vec<Decision> {
+        records.iter().map(|_| Decision::Pass).collect()
+    }
+}
+
+export!(BadImport);

@@ -1,0 +1,108 @@
+//! TEST ONLY: a policy that misbehaves in the way its config names, to prove the sandbox
+//! contains it. Never bind it to real topics.
+//!
+//! Config: one of `loop-plan`, `loop-decide`, `oom-decide`, `trap-decide`, `trap-init`,
+//! `init-error`, `log-spam`, `wrong-count`, `bad-pointer`, `bad-key`, `snoop`, `stack-overflow`,
+//! or `ok` (behaves: per-record, encrypts the whole value under `kek-ok`).
+
+use kapsule_policy::{export_policy, log, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+
+struct Misbehave {
+    mode: String,
+}
+
+fn spin() -> ! {
+    let mut i: u64 = 0;
+    loop {
+        i = std::hint::black_box(i.wrapping_add(1));
+    }
+}
+
+/// Deep, non-tail recursion with small frames: exhausts the wasm call stack (not the shadow
+/// stack in linear memory). Terminates only after ~10^9 levels, so never in practice.
+fn recurse(n: u64) -> u64 {
+    if n % 1_000_000_007 == 1_000_000_006 {
+        return n;
+    }
+    recurse(n + 1).wrapping_mul(3).wrapping_add(n)
+}
+
+impl Policy for Misbehave {
+    fn init(config: &str) -> Result<Self, String> {
+        match config {
+            "trap-init" => panic!("hostile policy panics in init"),
+            "init-error" => Err("hostile policy refuses its config".into()),
+            _ => Ok(Self { mode: config.to_string() }),
+        }
+    }
+
+    fn plan(&self, _topic: &str) -> TopicPlan {
+        match self.mode.as_str() {
+            "loop-plan" => spin(),
+            "snoop" => TopicPlan::RejectAll(snoop()),
+            _ => TopicPlan::PerRecord(Needs::none().with_value()),
+        }
+    }
+
+    fn decide(&self, _topic: &str, records: &[RecordView]) -> Vec<Decision> {
+        let ok = || Decision::Encrypt(Encrypt::new("kek-ok").whole_value());
+        match self.mode.as_str() {
+            "loop-decide" => spin(),
+            "oom-decide" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    chunk[0] = 1;
+                    hoard.push(std::hint::black_box(chunk));
+                }
+            }
+            "trap-decide" => panic!("hostile policy panics in decide"),
+            "stack-overflow" => {
+                let n = recurse(std::hint::black_box(records.len() as u64));
+                vec![Decision::Reject(n.to_string()); records.len()]
+            }
+            "log-spam" => {
+                let big = "x".repeat(64 * 1024);
+                for _ in 0..2000 {
+                    log::error(&big);
+                }
+                records.iter().map(|_| ok()).collect()
+            }
+            "wrong-count" => records.iter().skip(1).map(|_| ok()).collect(),
+            "bad-pointer" => records
+                .iter()
+                .map(|_| Decision::Encrypt(Encrypt::new("kek-ok").json_fields(["email~"])))
+                .collect(),
+            "bad-key" => records
+                .iter()
+                .map(|_| Decision::Encrypt(Encrypt::new("kek-someone-else").whole_value()))
+                .collect(),
+            _ => records.iter().map(|_| ok()).collect(),
+        }
+    }
+}
+
+/// Tries to reach the outside world through WASI and reports what it saw.
+fn snoop() -> String {
+    let file = match std::fs::read("/etc/passwd") {
+        Ok(b) => format!("read {} bytes", b.len()),
+        Err(_) => "denied".to_string(),
+    };
+    let cwd_listing = match std::fs::read_dir(".") {
+        Ok(d) => format!("{} entries", d.count()),
+        Err(_) => "denied".to_string(),
+    };
+    let env = std::env::vars().count();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "unset".into());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX);
+    let net = match std::net::TcpStream::connect("127.0.0.1:9") {
+        Ok(_) => "connected".to_string(),
+        Err(_) => "denied".to_string(),
+    };
+    format!("file={file} dir={cwd_listing} env={env} home={home} time={secs} net={net}")
+}
+
+export_policy!(Misbehave);

@@ -1,0 +1,17 @@
+//! Passes every record of every bound topic in clear. Useful to exempt topics explicitly.
+
+use kapsule_policy::{export_policy, Policy, TopicPlan};
+
+struct Passthrough;
+
+impl Policy for Passthrough {
+    fn init(_config: &str) -> Result<Self, String> {
+        Ok(Passthrough)
+    }
+
+    fn plan(&self, _topic: &str) -> TopicPlan {
+        TopicPlan::PassAll
+    }
+}
+
+export_policy!(Passthrough);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent installer for the toolchains that build Kapsule policies:
+#   - Rust target wasm32-wasip2 (Rust policies; cargo emits components directly)
+#   - clang + lld + wasi-libc + compiler-rt for wasm32 (C policies, Debian/Ubuntu packages)
+#   - wit-bindgen CLI 0.60.0 (C bindings; the same generation as the wit-bindgen crate the SDK uses)
+# The C policy is linked into a component by `wasm-component-ld`, which ships with the Rust
+# toolchain (it embeds the wasi_snapshot_preview1 reactor adapter), so no adapter download is needed.
+# Each step is skipped when already present. Usage: scripts/install-policy-toolchains.sh
+set -euo pipefail
+
+log() { printf '[install-policy-toolchains] %s\n' "$*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  log "adding rust target wasm32-wasip2"
+  rustup target add wasm32-wasip2
+fi
+
+need_apt=()
+have clang || need_apt+=(clang)
+have wasm-ld || need_apt+=(lld)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || need_apt+=(wasi-libc)
+ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 || {
+  clang_major="$( (clang --version 2>/dev/null || echo 'version 14') | sed -n 's/.*version \([0-9]*\).*/\1/p' | head -1)"
+  need_apt+=("libclang-rt-${clang_major:-14}-dev-wasm32")
+}
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if have apt-get; then
+    log "apt installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null 2>&1 || {
+      apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    }
+  else
+    log "please install: ${need_apt[*]} (no apt-get here); C policies will not build"
+  fi
+fi
+
+if ! (have wit-bindgen && wit-bindgen --version 2>/dev/null | grep -q '0\.60\.0'); then
+  log "installing wit-bindgen-cli 0.60.0 (a few minutes)"
+  cargo install wit-bindgen-cli --version 0.60.0 --locked
+fi
+
+log "policy toolchains present"
