@@ -79,12 +79,16 @@ elif args.mode == "consume":
     nbytes = 0
     start = time.perf_counter()
     deadline = time.time() + args.timeout
+    last_progress = time.time()
     while n < args.count and time.time() < deadline:
+        if time.time() - last_progress > 20:
+            raise SystemExit(f"no records for 20 s after {n} of {args.count}: consumer stalled")
         for m in c.consume(num_messages=10000, timeout=0.5):
             if m.error():
                 continue
             n += 1
             nbytes += len(m.value() or b"")
+            last_progress = time.time()
     elapsed = time.perf_counter() - start
     c.close()
     if n < args.count:

@@ -349,7 +349,7 @@ fn render(
     );
     let _ = writeln!(
         md,
-        "Machine: {} CPUs, {}; tansu {}; load generator confluent-kafka {}.\n",
+        "Machine: {} CPUs, {}; {}; load generator confluent-kafka {}.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         tool_version("uname", &["-sr"]),
         tool_version("tansu", &["--version"]),

@@ -3,6 +3,11 @@
 //!
 //! Known limit (tansu 0.6.0, not Kapsule): kafka-python 3.x's default idempotent producer hangs
 //! against tansu, so `kp_group.py produce` sets `enable_idempotence=False`.
+//!
+//! Observed limit (kafka-python 3.0.12 against tansu 0.6.0 directly, no proxy): a consumer resuming
+//! from a committed offset that lies inside a multi-record batch received nothing more from that
+//! partition. The producer therefore flushes after each record (`--flush-each`), so every committed
+//! offset falls on a batch boundary.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +62,7 @@ async fn committed_offsets_survive_consumer_restart(
     let file = write_records_file(&records).unwrap();
     let mut a = args(&[
         "produce",
+        "--flush-each",
         "--bootstrap",
         &rig.bootstrap(),
         "--topic",

@@ -16,7 +16,12 @@ async fn kafkajs_produce_and_consume(
     let rig = Rig::start(mode).await;
     let topic = rig.topic("kafkajs", 1).await;
     // kafkajs takes headers as an object: repeated keys must be adjacent (they are in `varied`).
-    let records = TestRecord::varied(&format!("js-{compression}"), 25);
+    // Known kafkajs 2.2.4 limit: it cannot encode a null header value (TypeError in
+    // sizeOfHeaders), so null header values are left out here (librdkafka covers them).
+    let mut records = TestRecord::varied(&format!("js-{compression}"), 25);
+    for r in &mut records {
+        r.headers.retain(|(_, v)| v.is_some());
+    }
     let file = write_records_file(&records).unwrap();
     let mut a = args(&[
         "--bootstrap",

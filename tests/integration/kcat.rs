@@ -1,7 +1,9 @@
 //! kcat (Debian's build, librdkafka 2.0.2).
 //!
-//! Known limit: against tansu 0.6.0 directly, this kcat fails the ApiVersions handshake. The test
-//! checks kcat works through Kapsule; it is skipped (with a message) when kcat is not installed.
+//! Known limit: against tansu 0.6.0 directly, this kcat fails the ApiVersions handshake ("ApiVersionRequest
+//! failed: Local: Read underflow"). Through Kapsule it works (Kapsule answers ApiVersions with the
+//! intersection it supports). The test is therefore skipped with `KAPSULE_RIG_DIRECT=1`, and when
+//! kcat is not installed.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -58,6 +60,10 @@ async fn kcat_produces_and_consumes(
         return;
     };
     let rig = Rig::start(mode).await;
+    if rig.kapsule.is_direct() {
+        eprintln!("SKIPPED: Debian's kcat (librdkafka 2.0.2) fails ApiVersions against tansu 0.6.0 directly");
+        return;
+    }
     let topic = rig.topic("kcat", 1).await;
     let bootstrap = rig.bootstrap();
     let lines = b"k1\tone\nk2\ttwo\nk3\tthree\n";

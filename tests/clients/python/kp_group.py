@@ -28,6 +28,7 @@ ap.add_argument("--input")
 ap.add_argument("--group")
 ap.add_argument("--max", type=int, default=0)
 ap.add_argument("--timeout", type=float, default=60.0)
+ap.add_argument("--flush-each", action="store_true", help="one record per batch (flush after each send)")
 args = ap.parse_args()
 
 
@@ -46,6 +47,8 @@ if args.mode == "produce":
     for r in records:
         futures.append(producer.send(args.topic, value=r["value"], key=r["key"], headers=r["headers"],
                                      partition=r["partition"], timestamp_ms=r["timestamp"]))
+        if args.flush_each:
+            producer.flush(timeout=args.timeout)
     producer.flush(timeout=args.timeout)
     deliveries = []
     for f in futures:

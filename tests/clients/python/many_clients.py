@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
+# (Not named concurrent.py: that would shadow the stdlib package confluent_kafka imports.)
 """N concurrent confluent-kafka clients, each with its own producer and consumer connections.
 
 Every client produces --per-client records keyed "<tag>-c<i>-r<j>" with a value derived from the
 key, then reads the whole topic from the beginning (assigned partitions, no group) until it has seen
 all of its own records, and checks each value byte for byte.
 
-Usage: concurrent.py --bootstrap B --topic T --clients N --per-client M --tag TAG [--timeout S]
+Usage: many_clients.py --bootstrap B --topic T --clients N --per-client M --tag TAG [--timeout S]
 Output: {"clients": N, "ok": k, "failures": [{"client": i, "error": "..."}]}
 """
 import argparse
