@@ -43,7 +43,9 @@ pub fn validate(pointer: &str) -> Result<(), String> {
     let mut chars = pointer.chars();
     while let Some(c) = chars.next() {
         if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-            return Err(format!("JSON pointer `{pointer}` has `~` not followed by 0 or 1"));
+            return Err(format!(
+                "JSON pointer `{pointer}` has `~` not followed by 0 or 1"
+            ));
         }
     }
     Ok(())

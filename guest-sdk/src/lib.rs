@@ -155,7 +155,9 @@ pub mod __private {
     use std::sync::Mutex;
 
     use crate::__bindings::kapsule::policy::types as wit;
-    pub use wit::{Decision as WitDecision, RecordView as WitRecordView, TopicPlan as WitTopicPlan};
+    pub use wit::{
+        Decision as WitDecision, RecordView as WitRecordView, TopicPlan as WitTopicPlan,
+    };
 
     use crate::{Policy, RecordView};
 
@@ -193,7 +195,11 @@ pub mod __private {
         pub fn decide(&self, topic: &str, records: Vec<WitRecordView>) -> Vec<WitDecision> {
             let records: Vec<RecordView> = records.into_iter().map(Into::into).collect();
             match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-                Some(p) => p.decide(topic, &records).into_iter().map(Into::into).collect(),
+                Some(p) => p
+                    .decide(topic, &records)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
                 None => records
                     .iter()
                     .map(|_| WitDecision::Reject("policy used before init".into()))

@@ -149,7 +149,11 @@ fn hot_swap(c: &mut Criterion) {
     let mut samples = Vec::new();
     for i in 0..6 {
         let want_encrypt = i % 2 == 0;
-        let src = if want_encrypt { &versions[0] } else { &versions[1] };
+        let src = if want_encrypt {
+            &versions[0]
+        } else {
+            &versions[1]
+        };
         copy(src, &module);
         let t = Instant::now();
         loop {
@@ -157,7 +161,10 @@ fn hot_swap(c: &mut Criterion) {
             if matches!(p, TopicPlan::EncryptAll(_)) == want_encrypt {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "watcher did not reload");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "watcher did not reload"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         samples.push(t.elapsed());

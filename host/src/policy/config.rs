@@ -291,7 +291,10 @@ impl PolicyConfig {
         let l = &self.limits;
         let lp = format!("{prefix}.limits");
         if !(1..=4096).contains(&l.memory_mib) {
-            problems.push(format!("{lp}.memory_mib: {} is outside 1..=4096", l.memory_mib));
+            problems.push(format!(
+                "{lp}.memory_mib: {} is outside 1..=4096",
+                l.memory_mib
+            ));
         }
         if !(1..=60_000).contains(&l.call_timeout_ms) {
             problems.push(format!(
@@ -306,7 +309,10 @@ impl PolicyConfig {
             ));
         }
         if !(64..=16_384).contains(&l.stack_kib) {
-            problems.push(format!("{lp}.stack_kib: {} is outside 64..=16384", l.stack_kib));
+            problems.push(format!(
+                "{lp}.stack_kib: {} is outside 64..=16384",
+                l.stack_kib
+            ));
         }
         if !(1..=1024).contains(&l.max_instances) {
             problems.push(format!(
@@ -365,11 +371,10 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<PolicyConfig, String> {
-        serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(yaml))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                format!("{path}: {}", e.into_inner())
-            })
+        serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(yaml)).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner())
+        })
     }
 
     #[test]

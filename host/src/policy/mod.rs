@@ -347,7 +347,9 @@ impl PolicyRegistry {
             match rt.load(&b.module, &b.config, log.clone()) {
                 Ok(m) => {
                     let stats = BindingStats::default();
-                    stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stats
+                        .loads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(policy = %label, hash = %m.hash(), "policy module loaded");
                     bindings.push(Binding {
                         label,
@@ -620,7 +622,9 @@ impl PolicyRegistry {
         })();
         match outcome {
             Ok(o @ ReloadOutcome::Reloaded { .. }) => {
-                b.stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                b.stats
+                    .loads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let ReloadOutcome::Reloaded { content_hash } = &o {
                     tracing::info!(policy = %b.label, hash = %content_hash, "policy module reloaded");
                 }

@@ -212,7 +212,8 @@ mod tests {
 
     #[test]
     fn rule_plans_expand_the_topic() {
-        let r = rule("{topics: 'orders*', key_id: 'kek-${topic}', record_key: true, headers: [pii]}");
+        let r =
+            rule("{topics: 'orders*', key_id: 'kek-${topic}', record_key: true, headers: [pii]}");
         assert_eq!(
             r.plan("orders.eu"),
             TopicPlan::EncryptAll(EncryptionPlan {

@@ -8,7 +8,11 @@ use anyhow::Context as _;
 /// `wasm32-wasip2`) and `README.md`, and returns the files written. The crate depends on the
 /// `kapsule-policy` SDK at `sdk_path`, or at the SDK of the source tree this binary was built
 /// from. Refuses an invalid name or an existing directory; writes nothing then.
-pub fn new_policy(parent: &Path, name: &str, sdk_path: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
+pub fn new_policy(
+    parent: &Path,
+    name: &str,
+    sdk_path: Option<&Path>,
+) -> anyhow::Result<Vec<PathBuf>> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -23,7 +27,10 @@ pub fn new_policy(parent: &Path, name: &str, sdk_path: Option<&Path>) -> anyhow:
     }
     let root = parent.join(name);
     if root.exists() {
-        anyhow::bail!("{} already exists; choose another name or --dir", root.display());
+        anyhow::bail!(
+            "{} already exists; choose another name or --dir",
+            root.display()
+        );
     }
     let sdk = match sdk_path {
         Some(p) => p.to_path_buf(),
@@ -182,7 +189,11 @@ mod tests {
             .current_dir(&root)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let wasm = target.join("wasm32-wasip2/release/my_policy.wasm");
         let report = super::super::cli::check_policy(
             wasm,

@@ -116,10 +116,27 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_bound_their_values() {
         let mut prev = 0;
-        for ns in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 12_345, 1 << 40, (1 << 63) + 1] {
+        for ns in [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            100,
+            1000,
+            12_345,
+            1 << 40,
+            (1 << 63) + 1,
+        ] {
             let b = bucket(ns);
             assert!(b >= prev, "{ns}");
-            assert!(bucket_upper(b) > ns as f64, "{ns} -> {b} -> {}", bucket_upper(b));
+            assert!(
+                bucket_upper(b) > ns as f64,
+                "{ns} -> {b} -> {}",
+                bucket_upper(b)
+            );
             prev = b;
         }
         assert_eq!(bucket(u64::MAX), 255);

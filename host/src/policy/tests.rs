@@ -67,7 +67,9 @@ fn record(value: &str, headers: &[(&str, &str)]) -> Record {
 }
 
 fn records(n: usize) -> Vec<Record> {
-    (0..n).map(|i| record(&format!("{{\"n\":{i}}}"), &[])).collect()
+    (0..n)
+        .map(|i| record(&format!("{{\"n\":{i}}}"), &[]))
+        .collect()
 }
 
 fn whole(key: &str) -> RecordDecision {
@@ -100,7 +102,9 @@ rules:
         other => panic!("{other:?}"),
     }
     assert_eq!(reg.topic_plan("logs.app").unwrap(), TopicPlan::PassAll);
-    assert!(matches!(reg.topic_plan("other").unwrap(), TopicPlan::RejectAll(m) if m.contains("other")));
+    assert!(
+        matches!(reg.topic_plan("other").unwrap(), TopicPlan::RejectAll(m) if m.contains("other"))
+    );
     let d = reg.decide("orders", 0, &records(3)).unwrap();
     assert_eq!(d.len(), 3);
     assert!(matches!(&d[0], RecordDecision::Encrypt(p) if p.key_id == "kek-orders"));
@@ -141,10 +145,21 @@ fn bindings_come_before_rules_and_plans_are_cached() {
     // Cached: the guest is not called again.
     reg.topic_plan("tenant-a").unwrap();
     let d = reg.decide("tenant-a", 0, &records(4)).unwrap();
-    assert_eq!(d, vec![RecordDecision::Encrypt(match p { TopicPlan::EncryptAll(e) => e, _ => unreachable!() }); 4]);
+    assert_eq!(
+        d,
+        vec![
+            RecordDecision::Encrypt(match p {
+                TopicPlan::EncryptAll(e) => e,
+                _ => unreachable!(),
+            });
+            4
+        ]
+    );
     assert_eq!(reg.status().bindings[0].calls, 1);
     // The rule catches the rest.
-    assert!(matches!(reg.topic_plan("other").unwrap(), TopicPlan::EncryptAll(e) if e.key_id == "rule-key"));
+    assert!(
+        matches!(reg.topic_plan("other").unwrap(), TopicPlan::EncryptAll(e) if e.key_id == "rule-key")
+    );
 }
 
 #[test]
@@ -249,7 +264,11 @@ fn infinite_loop_hits_the_deadline_and_the_instance_is_rebuilt() {
         );
         assert!(!e.is_retriable());
         // Deadline plus scheduling slack on a busy machine; far from "forever".
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
     good_still_serves(&reg);
     let s = &reg.status().bindings[0];
@@ -263,7 +282,11 @@ fn infinite_loop_in_plan_is_contained_too() {
     let reg = with_hostile("loop-plan", LimitsConfig::default());
     let e = reg.topic_plan("bad").unwrap_err();
     assert!(matches!(e, PolicyError::Deadline { .. }), "{e:?}");
-    assert_eq!(reg.cached_topic_plan("bad"), None, "failures are not cached");
+    assert_eq!(
+        reg.cached_topic_plan("bad"),
+        None,
+        "failures are not cached"
+    );
     good_still_serves(&reg);
 }
 
@@ -364,9 +387,17 @@ fn wasi_gives_no_files_env_clock_or_network() {
 fn modules_failing_init_or_linking_are_refused_at_start() {
     let a = artifacts();
     for (module, cfg, needle) in [
-        (a.path("hostile-misbehave"), "init-error", "init refused its config: hostile policy refuses its config"),
+        (
+            a.path("hostile-misbehave"),
+            "init-error",
+            "init refused its config: hostile policy refuses its config",
+        ),
         (a.path("hostile-misbehave"), "trap-init", "trapped"),
-        (a.path("hostile-bad-import"), "", "imports something the sandbox does not provide"),
+        (
+            a.path("hostile-bad-import"),
+            "",
+            "imports something the sandbox does not provide",
+        ),
     ] {
         let c = config(vec![binding(module, "t", cfg, &[])], relaxed_limits());
         let e = format!("{:#}", PolicyRegistry::new(&c).unwrap_err());
@@ -432,19 +463,32 @@ fn reload_swaps_good_versions_and_refuses_bad_ones() {
         relaxed_limits(),
     );
     let reg = PolicyRegistry::new(&c).unwrap();
-    assert!(matches!(reg.topic_plan("t").unwrap(), TopicPlan::EncryptAll(_)));
+    assert!(matches!(
+        reg.topic_plan("t").unwrap(),
+        TopicPlan::EncryptAll(_)
+    ));
     assert_eq!(reg.reload()[0].1, ReloadOutcome::Unchanged);
 
     copy(&a.path("passthrough"), &module);
     let out = reg.reload();
-    assert!(matches!(out[0].1, ReloadOutcome::Reloaded { .. }), "{out:?}");
-    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll, "plan cache is per version");
+    assert!(
+        matches!(out[0].1, ReloadOutcome::Reloaded { .. }),
+        "{out:?}"
+    );
+    assert_eq!(
+        reg.topic_plan("t").unwrap(),
+        TopicPlan::PassAll,
+        "plan cache is per version"
+    );
 
     // A module that is not a component is refused; the previous version keeps serving.
     std::fs::write(dir.path().join("junk"), b"garbage").unwrap();
     copy(&dir.path().join("junk"), &module);
     let out = reg.reload();
-    assert!(matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("not a valid WebAssembly component")), "{out:?}");
+    assert!(
+        matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("not a valid WebAssembly component")),
+        "{out:?}"
+    );
     assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
     let s = &reg.status().bindings[0];
     assert_eq!((s.loads, s.refusals), (2, 1));

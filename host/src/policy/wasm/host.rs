@@ -189,11 +189,21 @@ impl LogSink {
         let msg = sanitize(message, self.max_bytes);
         let label = &*self.label;
         match level {
-            Level::Trace => tracing::trace!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
-            Level::Debug => tracing::debug!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
-            Level::Info => tracing::info!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
-            Level::Warn => tracing::warn!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
-            Level::Error => tracing::error!(target: "kapsule::policy::guest", policy = %label, "{msg}"),
+            Level::Trace => {
+                tracing::trace!(target: "kapsule::policy::guest", policy = %label, "{msg}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "kapsule::policy::guest", policy = %label, "{msg}")
+            }
+            Level::Info => {
+                tracing::info!(target: "kapsule::policy::guest", policy = %label, "{msg}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "kapsule::policy::guest", policy = %label, "{msg}")
+            }
+            Level::Error => {
+                tracing::error!(target: "kapsule::policy::guest", policy = %label, "{msg}")
+            }
         }
     }
 }

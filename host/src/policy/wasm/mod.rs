@@ -396,7 +396,12 @@ impl LoadedModule {
                 "init refused its config: {}",
                 truncate(&msg, 1024)
             ))),
-            Err(e) => Err(classify(&store, e, limits.init_timeout, limits.memory_bytes)),
+            Err(e) => Err(classify(
+                &store,
+                e,
+                limits.init_timeout,
+                limits.memory_bytes,
+            )),
         }
     }
 
