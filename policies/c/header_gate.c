@@ -71,8 +71,8 @@ static bool header_is(const kapsule_policy_types_record_view_t *r, const char *n
   return false;
 }
 
-void exports_policy_decide(policy_string_t *topic, kapsule_policy_types_list_record_view_t *records,
-                           kapsule_policy_types_list_decision_t *ret) {
+void exports_policy_decide(policy_string_t *topic, policy_list_record_view_t *records,
+                           policy_list_decision_t *ret) {
   size_t n = records->len;
   ret->len = n;
   ret->ptr = n ? calloc(n, sizeof(kapsule_policy_types_decision_t)) : NULL;
@@ -104,6 +104,6 @@ void exports_policy_decide(policy_string_t *topic, kapsule_policy_types_list_rec
       set_string(&e->headers.ptr[0], "pii", 3);
     }
   }
-  kapsule_policy_types_list_record_view_free(records);
+  policy_list_record_view_free(records);
   policy_string_free(topic);
 }
