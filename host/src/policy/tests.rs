@@ -600,3 +600,47 @@ fn json_pointer_validation() {
     assert!(validate_json_pointer("/a~").is_err());
     assert!(validate_json_pointer("/a~2").is_err());
 }
+
+/// The C policy (policies/c, built with wit-bindgen c + clang + wasm-component-ld) runs under
+/// the same sandbox. Needs the toolchains from scripts/install-policy-toolchains.sh.
+#[test]
+fn c_policy_header_gate() {
+    let module = super::fixtures::build_c_policy()
+        .expect("C policy builds (run scripts/install-policy-toolchains.sh)");
+    let c = config(
+        vec![binding(module, "gated.*", "kek-", &["kek-${topic}"])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert_eq!(
+        reg.topic_plan("gated.a").unwrap(),
+        TopicPlan::PerRecord(Needs {
+            key: false,
+            value: false,
+            headers: true
+        })
+    );
+    let recs = vec![
+        record("a", &[("classification", "public")]),
+        record("b", &[("classification", "restricted")]),
+        record("c", &[("pii", "x")]),
+    ];
+    let d = reg.decide("gated.a", 0, &recs).unwrap();
+    assert_eq!(d[0], RecordDecision::Pass);
+    assert!(matches!(&d[1], RecordDecision::Reject(m) if m.contains("restricted")));
+    assert_eq!(
+        d[2],
+        RecordDecision::Encrypt(EncryptionPlan {
+            key_id: "kek-gated.a".into(),
+            value: ValuePart::Whole,
+            record_key: false,
+            headers: vec!["pii".into()],
+        })
+    );
+    // Many batches: the C allocator frees what it is given (no growth to the memory cap).
+    let big: Vec<Record> = (0..500).map(|_| record("v", &[("pii", "x")])).collect();
+    for _ in 0..200 {
+        assert_eq!(reg.decide("gated.a", 0, &big).unwrap().len(), 500);
+    }
+    assert_eq!(reg.status().bindings[0].errors, 0);
+}

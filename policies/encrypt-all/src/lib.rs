@@ -18,11 +18,18 @@ impl Policy for EncryptAll {
             Some(t) => (t, true),
             None => (config, false),
         };
-        let template = if template.is_empty() { "kek-${topic}" } else { template };
+        let template = if template.is_empty() {
+            "kek-${topic}"
+        } else {
+            template
+        };
         if template.contains(char::is_whitespace) {
             return Err(format!("key-id template `{template}` contains whitespace"));
         }
-        Ok(Self { template: template.to_string(), record_key })
+        Ok(Self {
+            template: template.to_string(),
+            record_key,
+        })
     }
 
     fn plan(&self, topic: &str) -> TopicPlan {

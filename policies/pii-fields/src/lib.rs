@@ -30,10 +30,17 @@ fn default_key() -> String {
     "pii-${topic}".into()
 }
 fn default_fields() -> Vec<String> {
-    ["email", "ssn", "phone", "iban", "card_number", "date_of_birth"]
-        .into_iter()
-        .map(String::from)
-        .collect()
+    [
+        "email",
+        "ssn",
+        "phone",
+        "iban",
+        "card_number",
+        "date_of_birth",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 fn default_non_json() -> String {
     "whole".into()
@@ -58,11 +65,19 @@ impl Policy for PiiFields {
         let reject_non_json = match c.non_json.as_str() {
             "whole" => false,
             "reject" => true,
-            other => return Err(format!("pii-fields config: non_json `{other}` is not whole|reject")),
+            other => {
+                return Err(format!(
+                    "pii-fields config: non_json `{other}` is not whole|reject"
+                ))
+            }
         };
         Ok(Self {
             key_id: c.key_id,
-            fields: c.fields.into_iter().map(|f| f.to_ascii_lowercase()).collect(),
+            fields: c
+                .fields
+                .into_iter()
+                .map(|f| f.to_ascii_lowercase())
+                .collect(),
             reject_non_json,
         })
     }

@@ -42,19 +42,26 @@ struct TenantKeys {
 
 fn valid_tenant(t: &str) -> bool {
     (1..=64).contains(&t.len())
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl Policy for TenantKeys {
     fn init(config: &str) -> Result<Self, String> {
-        let text = if config.trim().is_empty() { "{}" } else { config };
+        let text = if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        };
         let c: Config =
             serde_json::from_str(text).map_err(|e| format!("tenant-keys config: {e}"))?;
         let pass_missing = match c.on_missing.as_str() {
             "reject" => false,
             "pass" => true,
             other => {
-                return Err(format!("tenant-keys config: on_missing `{other}` is not reject|pass"))
+                return Err(format!(
+                    "tenant-keys config: on_missing `{other}` is not reject|pass"
+                ))
             }
         };
         if c.header.is_empty() {

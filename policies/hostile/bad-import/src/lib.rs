@@ -7,7 +7,6 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-
 struct BadImport;
 
 impl Guest for BadImport {

@@ -32,7 +32,9 @@ impl Policy for Misbehave {
         match config {
             "trap-init" => panic!("hostile policy panics in init"),
             "init-error" => Err("hostile policy refuses its config".into()),
-            _ => Ok(Self { mode: config.to_string() }),
+            _ => Ok(Self {
+                mode: config.to_string(),
+            }),
         }
     }
 
