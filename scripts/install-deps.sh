@@ -52,4 +52,7 @@ if ! have kcat; then
   fi
 fi
 
+# --- Policy toolchains: clang/wasi-libc and wit-bindgen for the C example policy -----------------
+"$here/scripts/install-policy-toolchains.sh"
+
 log "all dependencies present"
