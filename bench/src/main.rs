@@ -290,7 +290,8 @@ async fn main() -> Result<()> {
             let yaml = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
             paths.push(Path::Kapsule {
                 name: name.into(),
-                config: KapsuleConfig::from_raw(RecordsMode::Reencode, yaml),
+                // The file adds top-level sections (kms, policy, deks); proxy/admin are the rig's.
+                config: KapsuleConfig::new(RecordsMode::Passthrough).with_yaml(&yaml),
             });
         }
     }
