@@ -101,7 +101,11 @@ policy:\n  unmatched_topics: pass\n  rules:\n    - topics: {{exact: \"{src}\"}}\
     })
     .await
     .unwrap();
-    eprintln!("reencrypt of {} records took {:?}", records.len(), t0.elapsed());
+    eprintln!(
+        "reencrypt of {} records took {:?}",
+        records.len(),
+        t0.elapsed()
+    );
     let summary = &out.last().expect("summary line")["summary"];
     assert_eq!(summary["copied"], 45, "{summary}");
     assert_eq!(summary["resumed"], false);
@@ -143,7 +147,17 @@ policy:\n  unmatched_topics: pass\n  rules:\n    - topics: {{exact: \"{src}\"}}\
     let tb = tansu.bootstrap();
     let dst_desc = tokio::task::spawn_blocking({
         let (tb, dst) = (tb.clone(), dst.clone());
-        move || kapsule_tool(&["inspect", "--bootstrap", &tb, "--topic", &dst, "--limit", "100"])
+        move || {
+            kapsule_tool(&[
+                "inspect",
+                "--bootstrap",
+                &tb,
+                "--topic",
+                &dst,
+                "--limit",
+                "100",
+            ])
+        }
     })
     .await
     .unwrap();
@@ -151,13 +165,32 @@ policy:\n  unmatched_topics: pass\n  rules:\n    - topics: {{exact: \"{src}\"}}\
     for r in &dst_desc {
         assert_eq!(r["status"], "encrypted", "{r}");
         assert_eq!(r["descriptor"]["kek_id"], "kek-dst", "{r}");
-        assert_eq!(r["descriptor"]["encrypted_headers"], serde_json::json!(["dup", "dup"]), "{r}");
+        assert_eq!(
+            r["descriptor"]["encrypted_headers"],
+            serde_json::json!(["dup", "dup"]),
+            "{r}"
+        );
         let text = r.to_string();
-        assert!(!text.contains("second-"), "plaintext in inspect output: {text}");
+        assert!(
+            !text.contains("second-"),
+            "plaintext in inspect output: {text}"
+        );
     }
-    assert!(dst_desc.iter().any(|r| r["descriptor"]["key_encrypted"] == true));
+    assert!(dst_desc
+        .iter()
+        .any(|r| r["descriptor"]["key_encrypted"] == true));
     let src_desc = tokio::task::spawn_blocking(move || {
-        kapsule_tool(&["inspect", "--bootstrap", &tb, "--topic", &src, "--partition", "0", "--limit", "3"])
+        kapsule_tool(&[
+            "inspect",
+            "--bootstrap",
+            &tb,
+            "--topic",
+            &src,
+            "--partition",
+            "0",
+            "--limit",
+            "3",
+        ])
     })
     .await
     .unwrap();

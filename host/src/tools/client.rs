@@ -211,8 +211,9 @@ impl KafkaClient {
     async fn metadata(&mut self, topic: &str) -> anyhow::Result<&TopicMeta> {
         if !self.topics.contains_key(topic) {
             let req = MetadataRequest::default()
-                .with_topics(Some(vec![MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(topic.to_owned()))))]))
+                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                    TopicName(StrBytes::from_string(topic.to_owned())),
+                ))]))
                 .with_allow_auto_topic_creation(false);
             let timeout = self.timeout;
             let bootstrap = self.bootstrap.clone();
@@ -229,7 +230,9 @@ impl KafkaClient {
                 .topics
                 .iter()
                 .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some(topic))
-                .ok_or_else(|| anyhow!("metadata for topic {topic:?} is missing from the answer"))?;
+                .ok_or_else(|| {
+                    anyhow!("metadata for topic {topic:?} is missing from the answer")
+                })?;
             if let Some(e) = t.error_code.err() {
                 bail!("topic {topic:?}: {e} (does it exist? the tools never create topics)");
             }

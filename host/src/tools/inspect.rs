@@ -204,7 +204,10 @@ pub async fn inspect<C: Cluster>(
             if reached == next {
                 empty += 1;
                 if empty >= 20 {
-                    anyhow::bail!("{}/{p}: no records returned at offset {next} (end {end})", opts.topic);
+                    anyhow::bail!(
+                        "{}/{p}: no records returned at offset {next} (end {end})",
+                        opts.topic
+                    );
                 }
             } else {
                 empty = 0;

@@ -115,7 +115,11 @@ pub fn run_reencrypt(args: ReencryptArgs) -> anyhow::Result<ExitCode> {
         report.copied,
         report.from,
         report.to,
-        if report.resumed { " (resumed from checkpoint)" } else { "" }
+        if report.resumed {
+            " (resumed from checkpoint)"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -103,8 +103,8 @@ impl Checkpoint {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let body = serde_json::to_vec_pretty(self).context("serialising the checkpoint")?;
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(&body)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
@@ -166,7 +166,10 @@ pub async fn reencrypt<C: Cluster>(
     mapping: &mut dyn Write,
 ) -> anyhow::Result<ReencryptReport> {
     if opts.from == opts.to {
-        bail!("--from and --to are both {:?}: reencrypt copies into a different topic", opts.from);
+        bail!(
+            "--from and --to are both {:?}: reencrypt copies into a different topic",
+            opts.from
+        );
     }
     if opts.batch_records == 0 {
         bail!("--batch-records must be at least 1");
@@ -286,7 +289,10 @@ async fn copy_partition<C: Cluster>(
                 if offset < next || offset >= end {
                     continue;
                 }
-                if r.headers.iter().any(|h| h.key.as_ref() == HEADER_KEY.as_bytes()) {
+                if r.headers
+                    .iter()
+                    .any(|h| h.key.as_ref() == HEADER_KEY.as_bytes())
+                {
                     bail!(
                         "{from}/{p}@{offset} still carries a {HEADER_KEY} header: records are read encrypted. --bootstrap must be Kapsule's listener (with a key for {from:?}), not the broker"
                     );
@@ -324,7 +330,9 @@ async fn copy_partition<C: Cluster>(
                     to_offset: base + i as i64,
                 };
                 serde_json::to_writer(&mut *mapping, &m).context("writing the offset mapping")?;
-                mapping.write_all(b"\n").context("writing the offset mapping")?;
+                mapping
+                    .write_all(b"\n")
+                    .context("writing the offset mapping")?;
             }
             mapping.flush().context("flushing the offset mapping")?;
             let last = chunk.last().expect("chunks are non-empty").0;

@@ -9,9 +9,7 @@ use crate::crypto::wire::{Descriptor, ValueEncryption, HEADER_KEY};
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::tools::client::{decode_batches, Cluster};
 use crate::tools::inspect::{self, decode_header_base64, inspect_record, InspectOptions};
-use crate::tools::reencrypt::{
-    reencrypt, Checkpoint, OffsetMapping, ReencryptOptions, StartAt,
-};
+use crate::tools::reencrypt::{reencrypt, Checkpoint, OffsetMapping, ReencryptOptions, StartAt};
 
 /// In-memory broker: each partition is a list of batches with assigned offsets.
 #[derive(Default)]
@@ -32,7 +30,8 @@ impl FakeCluster {
     }
 
     fn create(&mut self, topic: &str, partitions: usize) {
-        self.topics.insert(topic.into(), vec![Vec::new(); partitions]);
+        self.topics
+            .insert(topic.into(), vec![Vec::new(); partitions]);
     }
 
     fn end(&self, topic: &str, p: i32) -> i64 {
@@ -187,7 +186,11 @@ fn parse_mapping(text: &[u8]) -> Vec<OffsetMapping> {
 /// timestamp, and exactly once.
 fn assert_copied(c: &FakeCluster, mapping: &[OffsetMapping], from: i64) {
     for p in 0..2 {
-        let src: Vec<_> = c.records("src", p).into_iter().filter(|r| r.0 >= from).collect();
+        let src: Vec<_> = c
+            .records("src", p)
+            .into_iter()
+            .filter(|r| r.0 >= from)
+            .collect();
         let dst = c.records("dst", p);
         assert_eq!(src.len(), dst.len(), "partition {p} count");
         let by_to: HashMap<i64, &(i64, i64, Record)> = dst.iter().map(|r| (r.0, r)).collect();
@@ -220,8 +223,12 @@ async fn copies_every_record_with_exact_mapping() {
     assert_eq!(report.partitions[0].skipped_offsets, 1, "the control batch");
     assert_copied(&c, &mapping, 0);
     // The control record's offset (8) is not mapped; offsets after it are.
-    assert!(!mapping.iter().any(|m| m.partition == 0 && m.from_offset == 8));
-    assert!(mapping.iter().any(|m| m.partition == 0 && m.from_offset == 12));
+    assert!(!mapping
+        .iter()
+        .any(|m| m.partition == 0 && m.from_offset == 8));
+    assert!(mapping
+        .iter()
+        .any(|m| m.partition == 0 && m.from_offset == 12));
     // LogAppendTime batch: records take the batch's max timestamp.
     let ts4 = c.records("dst", 0)[4].1;
     assert_eq!(ts4, 2_000 + 28);
@@ -279,7 +286,10 @@ async fn refuses_bad_setups() {
     let e = reencrypt(&mut c, &ReencryptOptions::new("src", "small"), &mut out)
         .await
         .unwrap_err();
-    assert!(format!("{e:#}").contains("at least as many partitions"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("at least as many partitions"),
+        "{e:#}"
+    );
     let e = reencrypt(&mut c, &ReencryptOptions::new("src", "src"), &mut out)
         .await
         .unwrap_err();
@@ -300,7 +310,10 @@ async fn refuses_bad_setups() {
     assert!(format!("{e:#}").contains("belongs to a copy"), "{e:#}");
     std::fs::write(&cp_path, "garbage").unwrap();
     assert!(reencrypt(&mut c, &opts, &mut out).await.is_err());
-    assert!(c.records("dst", 0).is_empty(), "nothing produced on refusal");
+    assert!(
+        c.records("dst", 0).is_empty(),
+        "nothing produced on refusal"
+    );
 }
 
 #[tokio::test]
@@ -364,7 +377,10 @@ fn descriptor_summary_shows_parts_never_key_material() {
     };
     let bare = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.encode().unwrap());
     let s = decode_header_base64(&bare).unwrap();
-    assert_eq!((s.value, s.key_kek_version, s.has_record_tag), ("whole", None, false));
+    assert_eq!(
+        (s.value, s.key_kek_version, s.has_record_tag),
+        ("whole", None, false)
+    );
     assert!(decode_header_base64("%%%").is_err());
     let junk = base64::engine::general_purpose::STANDARD.encode([2u8; 40]);
     assert!(decode_header_base64(&junk).is_err());
@@ -417,7 +433,9 @@ async fn inspect_reads_from_offset_with_limit() {
         partition: Some(7),
         ..opts
     };
-    assert!(inspect::inspect(&mut c, &bad, &mut |_| Ok(())).await.is_err());
+    assert!(inspect::inspect(&mut c, &bad, &mut |_| Ok(()))
+        .await
+        .is_err());
 }
 
 #[test]
