@@ -1,6 +1,6 @@
 //! A minimal Kafka client for the operator tools: bootstrap, ApiVersions, Metadata, ListOffsets,
-//! Fetch (v12, by topic name) and Produce (v9, `acks = -1`), one request in flight per
-//! connection.
+//! Fetch (up to v12, by topic name) and Produce (up to v9, `acks = -1`), one request in flight
+//! per connection; each API at the highest version both sides support.
 //!
 //! Requests go to the partition leader named by Metadata; connections are opened lazily per
 //! broker and reused. Against a single-node broker (or a Kapsule in front of one) everything runs
@@ -35,12 +35,16 @@ use tokio::net::TcpStream;
 use crate::kafka::frame::{decode_response, encode_request, read_frame, write_frame};
 use crate::kafka::records::{split_record_set, RecordBatch, RecordSetEntry};
 
-/// Versions this client speaks; the broker must support each (checked once per connection).
+/// ApiVersions request version (every Kafka 2.4+ broker answers it).
 const API_VERSIONS_V: i16 = 3;
-const METADATA_V: i16 = 9;
-const LIST_OFFSETS_V: i16 = 6;
-const FETCH_V: i16 = 12;
-const PRODUCE_V: i16 = 9;
+/// Version ranges this client can speak: the highest version the broker also supports is used.
+/// Fetch and Produce stop at 12 (v13+ address topics by id only).
+const RANGES: [(ApiKey, i16, i16); 4] = [
+    (ApiKey::Metadata, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Produce, 3, 9),
+];
 
 /// Largest response frame accepted (matches Kafka's default `socket.request.max.bytes`).
 const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
@@ -79,6 +83,8 @@ struct Conn {
     addr: String,
     stream: BufReader<TcpStream>,
     next_correlation: i32,
+    /// Negotiated version per API key.
+    versions: HashMap<i16, i16>,
 }
 
 impl Conn {
@@ -92,9 +98,24 @@ impl Conn {
             addr: addr.to_owned(),
             stream: BufReader::new(stream),
             next_correlation: 1,
+            versions: HashMap::new(),
         };
         conn.check_versions(timeout).await?;
         Ok(conn)
+    }
+
+    /// Sends `body` at the negotiated version of `api` and decodes the answer.
+    async fn request<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        body: &Req,
+        timeout: Duration,
+    ) -> anyhow::Result<Resp> {
+        let version = *self
+            .versions
+            .get(&(api as i16))
+            .ok_or_else(|| anyhow!("no negotiated version for {api:?}"))?;
+        self.call(api, version, body, timeout).await
     }
 
     async fn call<Req: Encodable, Resp: Decodable>(
@@ -145,23 +166,23 @@ impl Conn {
         if let Some(e) = resp.error_code.err() {
             bail!("{} refused ApiVersions v{API_VERSIONS_V}: {e}", self.addr);
         }
-        for (api, v) in [
-            (ApiKey::Metadata, METADATA_V),
-            (ApiKey::ListOffsets, LIST_OFFSETS_V),
-            (ApiKey::Fetch, FETCH_V),
-            (ApiKey::Produce, PRODUCE_V),
-        ] {
-            let supported = resp
-                .api_keys
-                .iter()
-                .find(|k| k.api_key == api as i16)
-                .is_some_and(|k| k.min_version <= v && v <= k.max_version);
-            if !supported {
+        for (api, lo, hi) in RANGES {
+            let Some(k) = resp.api_keys.iter().find(|k| k.api_key == api as i16) else {
                 bail!(
-                    "{} does not support {api:?} v{v}, which kapsule tools need (Kafka 2.8+ brokers do)",
+                    "{} does not offer {api:?}, which kapsule tools need",
                     self.addr
                 );
+            };
+            let v = hi.min(k.max_version);
+            if v < lo || v < k.min_version {
+                bail!(
+                    "{} supports {api:?} v{}..=v{}, kapsule tools need a version in v{lo}..=v{hi}",
+                    self.addr,
+                    k.min_version,
+                    k.max_version
+                );
             }
+            self.versions.insert(api as i16, v);
         }
         Ok(())
     }
@@ -220,7 +241,7 @@ impl KafkaClient {
             let resp: MetadataResponse = self
                 .conn(&bootstrap)
                 .await?
-                .call(ApiKey::Metadata, METADATA_V, &req, timeout)
+                .request(ApiKey::Metadata, &req, timeout)
                 .await?;
             for b in &resp.brokers {
                 self.brokers
@@ -270,7 +291,7 @@ impl KafkaClient {
         let resp: ListOffsetsResponse = self
             .leader(topic, partition)
             .await?
-            .call(ApiKey::ListOffsets, LIST_OFFSETS_V, &req, timeout)
+            .request(ApiKey::ListOffsets, &req, timeout)
             .await?;
         let p = resp
             .topics
@@ -325,7 +346,7 @@ impl Cluster for KafkaClient {
         let resp: FetchResponse = self
             .leader(topic, partition)
             .await?
-            .call(ApiKey::Fetch, FETCH_V, &req, timeout)
+            .request(ApiKey::Fetch, &req, timeout)
             .await?;
         if let Some(e) = resp.error_code.err() {
             bail!("Fetch {topic}/{partition}@{offset}: {e}");
@@ -364,7 +385,7 @@ impl Cluster for KafkaClient {
         let resp: ProduceResponse = self
             .leader(topic, partition)
             .await?
-            .call(ApiKey::Produce, PRODUCE_V, &req, timeout)
+            .request(ApiKey::Produce, &req, timeout)
             .await?;
         let p = resp
             .responses
