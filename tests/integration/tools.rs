@@ -54,13 +54,26 @@ async fn reencrypt_copies_under_the_new_key_and_inspect_shows_it() {
     std::fs::write(&master, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
     let src = unique_name("reenc-src");
     let dst = unique_name("reenc-dst");
-    let yaml = format!(
-        "kms:\n  type: local\n  key_file: \"{keys}\"\n  master_key_file: \"{master}\"\n  auto_create_keys: true\n\
-policy:\n  unmatched_topics: pass\n  rules:\n    - topics: {{exact: \"{src}\"}}\n      key_id: kek-src\n      value: whole\n\
-    - topics: {{exact: \"{dst}\"}}\n      key_id: kek-dst\n      value: whole\n      record_key: true\n      headers: [dup]\n",
-        keys = dir.path().join("keys.json").display(),
-        master = master.display(),
-    );
+    let keys = dir.path().join("keys.json");
+    let yaml = [
+        "kms:".to_string(),
+        "  type: local".into(),
+        format!("  key_file: \"{}\"", keys.display()),
+        format!("  master_key_file: \"{}\"", master.display()),
+        "  auto_create_keys: true".into(),
+        "policy:".into(),
+        "  unmatched_topics: pass".into(),
+        "  rules:".into(),
+        format!("    - topics: {{exact: \"{src}\"}}"),
+        "      key_id: kek-src".into(),
+        "      value: whole".into(),
+        format!("    - topics: {{exact: \"{dst}\"}}"),
+        "      key_id: kek-dst".into(),
+        "      value: whole".into(),
+        "      record_key: true".into(),
+        "      headers: [dup]".into(),
+    ]
+    .join("\n");
     let tansu = Tansu::start().await.expect("start tansu");
     let kapsule = Kapsule::start(
         &tansu.bootstrap(),
