@@ -43,6 +43,10 @@ pub enum Command {
     /// Manage KEKs of the local KMS (`kms: { type: local }`) named in a config file.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy a topic into another through Kapsule (re-encrypting under the destination's key).
+    Reencrypt(crate::tools::ReencryptArgs),
+    /// Decode the `kapsule.enc` descriptors of stored records, read directly from a broker.
+    Inspect(crate::tools::InspectArgs),
 }
 
 /// `kapsule keys` subcommands (local KMS only; Vault keys are managed with Vault's own tools).
@@ -151,6 +155,14 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Reencrypt(args) => crate::tools::run_reencrypt(args).unwrap_or_else(|e| {
+            eprintln!("kapsule reencrypt: {e:#}");
+            ExitCode::FAILURE
+        }),
+        Command::Inspect(args) => crate::tools::run_inspect(args).unwrap_or_else(|e| {
+            eprintln!("kapsule inspect: {e:#}");
+            ExitCode::FAILURE
+        }),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`kms`]: key management (Vault/OpenBao transit, local KMS) and the DEK cache.
 //! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
 //! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
+//! - [`tools`]: operator tools speaking Kafka themselves: `reencrypt`, `inspect`.
 
 pub mod admin;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod kms;
 pub mod plan;
 pub mod policy;
 pub mod proxy;
+pub mod tools;

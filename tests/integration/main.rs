@@ -13,3 +13,4 @@ mod kafkajs;
 mod kcat;
 mod kms_vault;
 mod resilience;
+mod tools;
