@@ -8,8 +8,10 @@
 mod common;
 mod concurrency;
 mod confluent;
+mod encryption;
 mod groups;
 mod kafkajs;
 mod kcat;
 mod kms_vault;
+mod policies;
 mod resilience;
