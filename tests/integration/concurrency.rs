@@ -28,7 +28,7 @@ async fn fifty_concurrent_clients_each_read_back_their_records(
         "--timeout",
         "150",
     ]);
-    let out = run_python("concurrent.py", &a, std::time::Duration::from_secs(240))
+    let out = run_python("ck_concurrent.py", &a, std::time::Duration::from_secs(240))
         .await
         .expect("concurrent clients");
     assert_eq!(out.json["failures"], serde_json::json!([]), "{}", out.json);

@@ -563,7 +563,13 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
         )
         .await;
         assert!(errors.iter().all(|e| e["retriable"] == true), "{errors:?}");
-        let got: Vec<TestRecord> = back.into_iter().map(|c| c.record).collect();
+        let got: Vec<TestRecord> = back
+            .into_iter()
+            .map(|c| TestRecord {
+                partition: None,
+                ..c.record
+            })
+            .collect();
         let direct_back = consume_report(
             &tansu.bootstrap(),
             &direct_topic,

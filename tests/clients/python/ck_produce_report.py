@@ -41,6 +41,7 @@ conf = {
 }
 if args.transactional_id:
     conf["transactional.id"] = args.transactional_id
+    conf["enable.idempotence"] = True
 conf.update(parse_config(args.config))
 producer = Producer(conf)
 

@@ -5,7 +5,7 @@ Every client produces --per-client records keyed "<tag>-c<i>-r<j>" with a value 
 key, then reads the whole topic from the beginning (assigned partitions, no group) until it has seen
 all of its own records, and checks each value byte for byte.
 
-Usage: concurrent.py --bootstrap B --topic T --clients N --per-client M --tag TAG [--timeout S]
+Usage: ck_concurrent.py --bootstrap B --topic T --clients N --per-client M --tag TAG [--timeout S]
 Output: {"clients": N, "ok": k, "failures": [{"client": i, "error": "..."}]}
 """
 import argparse
