@@ -182,21 +182,13 @@ async fn example_policies_and_hostile_module_through_kapsule() {
     // hostile: the looping module is cut off; its topic gets POLICY_VIOLATION, others keep working.
     let hostile = topic(&tansu, "phostile-").await;
     let other = topic(&tansu, "pall-after-").await;
+    let hostile_records = vec![TestRecord::kv("h", "HOSTILE")];
+    let other_records: Vec<TestRecord> = (0..10)
+        .map(|i| TestRecord::kv(format!("k{i}"), format!("v{i}")))
+        .collect();
     let (hostile_out, other_out) = tokio::join!(
-        produce_report(
-            &b,
-            &hostile,
-            &[TestRecord::kv("h", "HOSTILE")],
-            &["--timeout", "15"]
-        ),
-        produce_report(
-            &b,
-            &other,
-            &(0..10)
-                .map(|i| TestRecord::kv(format!("k{i}"), format!("v{i}")))
-                .collect::<Vec<_>>(),
-            &[]
-        )
+        produce_report(&b, &hostile, &hostile_records, &["--timeout", "15"]),
+        produce_report(&b, &other, &other_records, &[])
     );
     let errs = errors_of(&hostile_out);
     assert_eq!(errs.len(), 1, "{hostile_out}");
