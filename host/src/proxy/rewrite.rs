@@ -17,14 +17,17 @@ pub trait Advertiser {
 /// The version range Kapsule can handle for an API, or `None` if kafka-protocol does not know it.
 ///
 /// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes; Produce and Fetch
-/// are further capped at v12, the last versions that name topics (v13+ use topic ids only).
+/// are further capped at the last versions that name topics (v13+ use topic ids only): Produce
+/// v12, Fetch v11. Fetch v12 is the first flexible version, and tansu 0.6 puts a top-level tagged
+/// field 0 (NodeEndpoints, defined only from v16) into its v12 responses, which kafka-protocol
+/// refuses to decode ("Tag 0 is not valid for version 12"); v11 carries everything clients need.
 pub fn supported_range(api_key: i16) -> Option<VersionRange> {
     let api = ApiKey::try_from(api_key).ok()?;
     let range = match api {
         ApiKey::Produce => kafka_protocol::messages::ProduceRequest::VERSIONS
             .intersect(&VersionRange { min: 0, max: 12 }),
         ApiKey::Fetch => kafka_protocol::messages::FetchRequest::VERSIONS
-            .intersect(&VersionRange { min: 0, max: 12 }),
+            .intersect(&VersionRange { min: 0, max: 11 }),
         ApiKey::Metadata => MetadataResponse::VERSIONS,
         ApiKey::FindCoordinator => FindCoordinatorResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
@@ -241,7 +244,7 @@ mod tests {
             .iter()
             .map(|v| (v.api_key, v.min_version, v.max_version))
             .collect();
-        assert_eq!(got, vec![(0, 3, 12), (1, 4, 12), (3, 0, 12)]);
+        assert_eq!(got, vec![(0, 3, 12), (1, 4, 11), (3, 0, 12)]);
     }
 
     #[test]

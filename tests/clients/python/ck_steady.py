@@ -4,10 +4,12 @@
 For hot-swap tests: the test changes something in Kapsule while this runs and then checks that
 no produce failed. Records are `<prefix>-<i>` values, keyed `k<i>`.
 
-Usage: ck_steady.py --bootstrap B --topic T --seconds S [--rate PER_SECOND] [--prefix P]
+Usage: ck_steady.py --bootstrap B --topic T --seconds S [--rate PER_SECOND] [--prefix P] [--stop-file F]
+--seconds is the longest run; with --stop-file the run ends as soon as that file exists.
 Output: {"sent": n, "delivered": n, "failed": n, "errors": [first 20 errors]}
 """
 import argparse
+import os
 import time
 
 from confluent_kafka import Producer
@@ -20,6 +22,7 @@ ap.add_argument("--topic", required=True)
 ap.add_argument("--seconds", type=float, required=True)
 ap.add_argument("--rate", type=float, default=200.0)
 ap.add_argument("--prefix", default="steady")
+ap.add_argument("--stop-file", default=None)
 args = ap.parse_args()
 
 # No retries: a refused or failed produce request is reported, not hidden by a retry.
@@ -38,6 +41,8 @@ def cb(err, msg):
 sent = 0
 start = time.time()
 while time.time() - start < args.seconds:
+    if args.stop_file and os.path.exists(args.stop_file):
+        break
     target = int((time.time() - start) * args.rate)
     while sent < target:
         producer.produce(args.topic, key=f"k{sent}".encode(), value=f"{args.prefix}-{sent}".encode(),
