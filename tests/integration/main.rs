@@ -8,9 +8,11 @@
 mod common;
 mod concurrency;
 mod confluent;
+mod encryption;
 mod groups;
 mod kafkajs;
 mod kcat;
 mod kms_vault;
+mod policies;
 mod resilience;
 mod tools;

@@ -15,6 +15,7 @@
 //! - `KAPSULE_RIG_SHOW_LOGS=1`: print every service's log when its guard drops, not only on panic.
 
 pub mod clients;
+pub mod encryption;
 pub mod kapsule;
 pub mod openbao;
 pub mod ports;

@@ -1,0 +1,310 @@
+//! Wasm policies end to end: the example policies in `policies/` (built from source) bound in the
+//! Kapsule config decide what real clients' records become on a real tansu broker.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kapsule::policy::fixtures::{build_policies, PolicyArtifacts};
+use kapsule_integration::encryption::{assert_no_plaintext, http_post, replace_file, LocalKms};
+use kapsule_integration::{run_python, Kapsule, Tansu, TestRecord};
+use serde_json::Value;
+
+use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
+use crate::encryption::{produce_report, read_direct, start_kapsule, topic};
+
+/// Kafka error code POLICY_VIOLATION.
+const POLICY_VIOLATION: i64 = 44;
+
+async fn artifacts() -> PolicyArtifacts {
+    tokio::task::spawn_blocking(build_policies)
+        .await
+        .unwrap()
+        .expect("build the example policies (needs `rustup target add wasm32-wasip2`)")
+}
+
+/// Copies the built component `name` into `dir` (so a test can replace it) and returns the copy.
+fn copy_module(art: &PolicyArtifacts, name: &str, dir: &Path) -> PathBuf {
+    let dst = dir.join(format!("{name}.wasm"));
+    std::fs::copy(art.path(name), &dst).unwrap_or_else(|e| panic!("copy {name}: {e}"));
+    dst
+}
+
+fn binding(prefix: &str, module: &Path, config: &str, allowed: &[&str]) -> String {
+    let allowed: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "    - topics: {{prefix: \"{prefix}\"}}\n      module: \"{}\"\n      config: '{config}'\n      allowed_key_ids: [{}]\n",
+        module.display(),
+        allowed.join(", ")
+    )
+}
+
+fn header<'a>(r: &'a TestRecord, name: &str) -> Option<&'a [u8]> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+fn errors_of(out: &Value) -> Vec<Value> {
+    out["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .cloned()
+        .collect()
+}
+
+/// encrypt-all, pii-fields, tenant-keys and passthrough bound in one Kapsule, plus a hostile
+/// module (infinite loop in `decide`) on one topic that must not disturb the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn example_policies_and_hostile_module_through_kapsule() {
+    let art = artifacts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let mut policy = String::from("policy:\n  watch: false\n  bindings:\n");
+    policy += &binding(
+        "pall-",
+        &copy_module(&art, "encrypt-all", dir.path()),
+        "kek-$${topic}+key",
+        &["kek-$${topic}"],
+    );
+    policy += &binding(
+        "ppii-",
+        &copy_module(&art, "pii-fields", dir.path()),
+        "",
+        &["pii-$${topic}"],
+    );
+    policy += &binding(
+        "ptenant-",
+        &copy_module(&art, "tenant-keys", dir.path()),
+        "",
+        &["tenant-*"],
+    );
+    policy += &binding(
+        "ppass-",
+        &copy_module(&art, "passthrough", dir.path()),
+        "",
+        &[],
+    );
+    policy += &binding(
+        "phostile-",
+        &copy_module(&art, "hostile-misbehave", dir.path()),
+        "loop-decide",
+        &["kek-ok"],
+    );
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let b = kapsule.bootstrap();
+
+    // encrypt-all: value and key encrypted.
+    let t = topic(&tansu, "pall-").await;
+    let records: Vec<TestRecord> = (0..20)
+        .map(|i| TestRecord::kv(format!("ALLKEY-{i}"), format!("ALLVALUE-{i}")))
+        .collect();
+    ck_produce(&b, &t, &records, &["--compression", "lz4"]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 20, &[]).await);
+    let stored = read_direct(&tansu, &t, 20).await;
+    assert_no_plaintext(&stored, &[b"ALLKEY-".to_vec(), b"ALLVALUE-".to_vec()]);
+
+    // pii-fields: only PII members encrypted, the value stays JSON with the rest readable.
+    let t = topic(&tansu, "ppii-").await;
+    let records: Vec<TestRecord> = (0..20)
+        .map(|i| {
+            let v = serde_json::json!({"order": i, "customer": {"email": format!("PIIMAIL-{i}@x.io"), "city": "Lyon"},
+                                       "items": [{"sku": "A1", "phone": format!("PIIPHONE-{i}")}]});
+            TestRecord::kv(format!("o{i}"), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 20, &[]).await);
+    let stored = read_direct(&tansu, &t, 20).await;
+    assert_no_plaintext(&stored, &[b"PIIMAIL-".to_vec(), b"PIIPHONE-".to_vec()]);
+    for (i, s) in stored.iter().enumerate() {
+        let v: Value =
+            serde_json::from_slice(s.value.as_deref().unwrap()).expect("stored value is JSON");
+        assert_eq!(v["order"], i);
+        assert_eq!(v["customer"]["city"], "Lyon");
+        assert_eq!(v["items"][0]["sku"], "A1");
+    }
+
+    // tenant-keys: records with a tenant header are encrypted under their tenant's key; a record
+    // without one is refused with a non-retriable error.
+    let t = topic(&tansu, "ptenant-").await;
+    let records: Vec<TestRecord> = (0..10)
+        .map(|i| {
+            let mut r = TestRecord::kv(format!("t{i}"), format!("TENANTDATA-{i}"));
+            r.headers = vec![(
+                "tenant".into(),
+                Some(if i % 2 == 0 {
+                    b"acme".to_vec()
+                } else {
+                    b"globex".to_vec()
+                }),
+            )];
+            r
+        })
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 10, &[]).await);
+    let stored = read_direct(&tansu, &t, 10).await;
+    assert_no_plaintext(&stored, &[b"TENANTDATA-".to_vec()]);
+    for (i, s) in stored.iter().enumerate() {
+        let enc =
+            String::from_utf8_lossy(header(s, "kapsule.enc").expect("encrypted")).into_owned();
+        let want = if i % 2 == 0 {
+            "tenant-acme"
+        } else {
+            "tenant-globex"
+        };
+        assert!(enc.contains(want), "record {i} not under {want}");
+    }
+    let orphan = vec![TestRecord::kv("no-tenant", "ORPHAN-DATA")];
+    let out = produce_report(&b, &t, &orphan, &["--timeout", "15"]).await;
+    let errs = errors_of(&out);
+    assert_eq!(errs.len(), 1, "{out}");
+    assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{out}");
+    assert_eq!(errs[0]["retriable"], false, "{out}");
+    assert_eq!(read_direct(&tansu, &t, 10).await.len(), 10);
+
+    // passthrough: stored as sent.
+    let t = topic(&tansu, "ppass-").await;
+    let records: Vec<TestRecord> = (0..5)
+        .map(|i| TestRecord::kv(format!("p{i}"), format!("CLEAR-{i}")))
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    let stored = read_direct(&tansu, &t, 5).await;
+    assert_eq!(
+        stored.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        records.iter().map(|r| r.value.clone()).collect::<Vec<_>>()
+    );
+
+    // hostile: the looping module is cut off; its topic gets POLICY_VIOLATION, others keep working.
+    let hostile = topic(&tansu, "phostile-").await;
+    let other = topic(&tansu, "pall-after-").await;
+    let hostile_records = vec![TestRecord::kv("h", "HOSTILE")];
+    let other_records: Vec<TestRecord> = (0..10)
+        .map(|i| TestRecord::kv(format!("k{i}"), format!("v{i}")))
+        .collect();
+    let (hostile_out, other_out) = tokio::join!(
+        produce_report(&b, &hostile, &hostile_records, &["--timeout", "15"]),
+        produce_report(&b, &other, &other_records, &[])
+    );
+    let errs = errors_of(&hostile_out);
+    assert_eq!(errs.len(), 1, "{hostile_out}");
+    assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{hostile_out}");
+    assert_eq!(other_out["failed"], 0, "{other_out}");
+    let (_, status) = kapsule.admin_get("/policies").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let hostile_status = status["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["topics"].as_str().unwrap().contains("phostile-"))
+        .unwrap()
+        .clone();
+    assert!(
+        hostile_status["deadlines"].as_u64().unwrap() >= 1,
+        "{hostile_status}"
+    );
+    assert_eq!(read_direct(&tansu, &other, 10).await.len(), 10);
+    drop(kapsule);
+}
+
+/// Swapping a module under steady produce load loses no produce request, and a garbage module
+/// is refused while the previous version keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_swap_under_load_and_bad_module_refused() {
+    let art = artifacts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let module = copy_module(&art, "encrypt-all", dir.path());
+    let module = module.with_file_name("swap.wasm");
+    std::fs::rename(dir.path().join("encrypt-all.wasm"), &module).unwrap();
+    let policy = format!(
+        "policy:\n  watch: false\n  bindings:\n{}",
+        binding("pswap-", &module, "kek-$${topic}", &["kek-$${topic}"])
+    );
+    let kapsule: Kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let admin = kapsule.admin().expect("admin endpoint").to_owned();
+    let t = topic(&tansu, "pswap-").await;
+
+    let stop = dir.path().join("stop");
+    let a = args(&[
+        "--bootstrap",
+        &kapsule.bootstrap(),
+        "--topic",
+        &t,
+        "--seconds",
+        "90",
+        "--rate",
+        "150",
+        "--prefix",
+        "SWAPVAL",
+        "--stop-file",
+        &stop.display().to_string(),
+    ]);
+    let steady = tokio::spawn(async move { run_python("ck_steady.py", &a, CLIENT_TIMEOUT).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    replace_file(&art.path("passthrough"), &module).unwrap();
+    let (code, body) = http_post(&admin, "/policies/reload", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "reload of a valid module: {body}");
+    // Keep producing on the new version for a while, then stop the producer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::write(&stop, b"").unwrap();
+    let out = steady.await.unwrap().expect("ck_steady.py").json;
+    assert_eq!(
+        out["failed"], 0,
+        "produce failed during the hot swap: {out}"
+    );
+    let sent = out["sent"].as_u64().unwrap() as usize;
+    assert!(sent > 400, "{out}");
+
+    // Encrypted before the swap, clear after, never encrypted again after the first clear record.
+    let stored = read_direct(&tansu, &t, sent).await;
+    let encrypted: Vec<bool> = stored
+        .iter()
+        .map(|r| header(r, "kapsule.enc").is_some())
+        .collect();
+    let first_clear = encrypted
+        .iter()
+        .position(|e| !e)
+        .expect("the swap to passthrough never took effect");
+    assert!(first_clear > 0, "nothing was encrypted before the swap");
+    assert!(
+        encrypted[first_clear..].iter().all(|e| !e),
+        "encrypted records after the swap"
+    );
+    let back = ck_consume(&kapsule.bootstrap(), &t, sent, &[]).await;
+    for (i, c) in back.iter().enumerate() {
+        assert_eq!(
+            c.record.value.as_deref(),
+            Some(format!("SWAPVAL-{i}").as_bytes())
+        );
+    }
+
+    // Garbage bytes: refused, the passthrough version keeps serving.
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, b"\0asm this is not a component at all").unwrap();
+    replace_file(&garbage, &module).unwrap();
+    let (code, body) = http_post(&admin, "/policies/reload", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(code, 409, "garbage module must be refused: {body}");
+    let (_, status) = kapsule.admin_get("/policies").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let b = &status["bindings"][0];
+    assert!(b["refusals"].as_u64().unwrap() >= 1, "{status}");
+    assert!(b["last_refusal"].is_string(), "{status}");
+    let more = vec![TestRecord::kv("after-garbage", "STILL-SERVED")];
+    ck_produce(&kapsule.bootstrap(), &t, &more, &[]).await;
+    let stored = read_direct(&tansu, &t, sent + 1).await;
+    assert_eq!(
+        stored.last().unwrap().value.as_deref(),
+        Some(&b"STILL-SERVED"[..]),
+        "passthrough version still serving"
+    );
+}
