@@ -38,11 +38,13 @@ use crate::kafka::records::{split_record_set, RecordBatch, RecordSetEntry};
 /// ApiVersions request version (every Kafka 2.4+ broker answers it).
 const API_VERSIONS_V: i16 = 3;
 /// Version ranges this client can speak: the highest version the broker also supports is used.
-/// Fetch and Produce stop at 12 (v13+ address topics by id only).
+/// Fetch stops at 11: v12+ responses are flexible, and tansu 0.6 sends a tagged field (tag 0)
+/// in Fetch v12 responses that kafka-protocol refuses; v11 has no tagged fields and still
+/// addresses topics by name. Produce stops at 9.
 const RANGES: [(ApiKey, i16, i16); 4] = [
     (ApiKey::Metadata, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 11),
     (ApiKey::Produce, 3, 9),
 ];
 
