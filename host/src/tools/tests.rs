@@ -122,7 +122,7 @@ fn record(i: usize, delta: i32, ts_delta: i64) -> Record {
         attributes: 0,
         timestamp_delta: ts_delta,
         offset_delta: delta,
-        key: (i % 3 != 0).then(|| Bytes::from(format!("k{i}"))),
+        key: (!i.is_multiple_of(3)).then(|| Bytes::from(format!("k{i}"))),
         value: (i % 5 != 4).then(|| Bytes::from(format!("v{i}-{}", "x".repeat(i)))),
         headers: vec![
             RecordHeader {
