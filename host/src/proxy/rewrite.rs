@@ -84,12 +84,23 @@ pub fn unsupported_api_versions_response() -> ApiVersionsResponse {
             .with_max_version(range.max)])
 }
 
+/// Replaces one broker address (`host`, `port` of `node_id`) with the Kapsule listener for it.
+fn point_at_kapsule(
+    adv: &dyn Advertiser,
+    node_id: i32,
+    host: &mut StrBytes,
+    port: &mut i32,
+) -> anyhow::Result<()> {
+    let (h, p) = adv.advertise(node_id, host.as_str(), *port)?;
+    *host = h;
+    *port = p;
+    Ok(())
+}
+
 /// Rewrites every broker in a Metadata response.
 pub fn rewrite_metadata(resp: &mut MetadataResponse, adv: &dyn Advertiser) -> anyhow::Result<()> {
     for b in &mut resp.brokers {
-        let (host, port) = adv.advertise(b.node_id.0, b.host.as_str(), b.port)?;
-        b.host = host;
-        b.port = port;
+        point_at_kapsule(adv, b.node_id.0, &mut b.host, &mut b.port)?;
     }
     Ok(())
 }
@@ -100,15 +111,11 @@ pub fn rewrite_find_coordinator(
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
     if resp.node_id.0 >= 0 && !resp.host.is_empty() {
-        let (host, port) = adv.advertise(resp.node_id.0, resp.host.as_str(), resp.port)?;
-        resp.host = host;
-        resp.port = port;
+        point_at_kapsule(adv, resp.node_id.0, &mut resp.host, &mut resp.port)?;
     }
     for c in &mut resp.coordinators {
         if c.node_id.0 >= 0 && !c.host.is_empty() {
-            let (host, port) = adv.advertise(c.node_id.0, c.host.as_str(), c.port)?;
-            c.host = host;
-            c.port = port;
+            point_at_kapsule(adv, c.node_id.0, &mut c.host, &mut c.port)?;
         }
     }
     Ok(())
@@ -120,9 +127,7 @@ pub fn rewrite_describe_cluster(
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
     for b in &mut resp.brokers {
-        let (host, port) = adv.advertise(b.broker_id.0, b.host.as_str(), b.port)?;
-        b.host = host;
-        b.port = port;
+        point_at_kapsule(adv, b.broker_id.0, &mut b.host, &mut b.port)?;
     }
     Ok(())
 }
@@ -133,9 +138,7 @@ pub fn rewrite_produce_endpoints(
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
     for e in &mut resp.node_endpoints {
-        let (host, port) = adv.advertise(e.node_id.0, e.host.as_str(), e.port)?;
-        e.host = host;
-        e.port = port;
+        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
     }
     Ok(())
 }
@@ -146,9 +149,7 @@ pub fn rewrite_fetch_endpoints(
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
     for e in &mut resp.node_endpoints {
-        let (host, port) = adv.advertise(e.node_id.0, e.host.as_str(), e.port)?;
-        e.host = host;
-        e.port = port;
+        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
     }
     Ok(())
 }
