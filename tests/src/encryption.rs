@@ -2,11 +2,8 @@
 //! master key file, or a real OpenBao), raw byte searches, and the admin POST endpoint.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::openbao::{OpenBao, ROOT_TOKEN};
 use crate::records::TestRecord;
@@ -109,34 +106,7 @@ pub fn assert_no_plaintext(stored: &[TestRecord], markers: &[Vec<u8>]) {
     }
 }
 
-/// Minimal HTTP/1.0 POST with an empty body: returns status code and body (admin endpoint).
-pub async fn http_post(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let req = format!(
-            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        (&mut stream)
-            .take(1 << 20)
-            .read_to_end(&mut buf)
-            .await
-            .context("reading the HTTP response")?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("malformed HTTP status line from {addr}{path}: {head:?}"))?;
-        Ok((status, body.to_owned()))
-    })
-    .await
-    .with_context(|| format!("POST http://{addr}{path} took longer than {timeout:?}"))?
-}
+pub use crate::probe::http_post;
 
 /// Copies `src` over `dst` by writing a temporary sibling and renaming it (what deploy tools do),
 /// so a watcher sees one complete new file.

@@ -201,11 +201,34 @@ impl Reader<'_> {
 
 /// Minimal HTTP/1.0 GET: returns status code and body. Used for Kapsule's admin endpoints.
 pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    http_request("GET", addr, path, timeout).await
+}
+
+/// Minimal HTTP/1.0 POST with an empty body: returns status code and body (admin endpoint).
+pub async fn http_post(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    http_request("POST", addr, path, timeout).await
+}
+
+/// One HTTP/1.0 request without a body; the response is read to the end (at most
+/// `MAX_RESPONSE` bytes).
+async fn http_request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let body_len = if method == "GET" {
+            ""
+        } else {
+            "Content-Length: 0\r\n"
+        };
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{body_len}Connection: close\r\n\r\n"
+        );
         stream.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         (&mut stream)
@@ -223,7 +246,7 @@ pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16,
         Ok((status, body.to_owned()))
     })
     .await
-    .with_context(|| format!("GET http://{addr}{path} took longer than {timeout:?}"))?
+    .with_context(|| format!("{method} http://{addr}{path} took longer than {timeout:?}"))?
 }
 
 #[cfg(test)]
