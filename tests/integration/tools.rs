@@ -44,10 +44,6 @@ fn read_mapping(path: &std::path::Path) -> Vec<(i64, i64, i64)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "tansu 0.6 bug: ListOffsets(latest) answers 1 after 23 records produced in one batch \
-            (confluent-kafka get_watermark_offsets shows the same against tansu alone), so reencrypt \
-            stops early (2 of 45 records); fix: take the end offset from the Fetch high watermark. \
-            Run with --ignored to reproduce"]
 async fn reencrypt_copies_under_the_new_key_and_inspect_shows_it() {
     if kapsule_integration::kapsule::direct_mode() {
         eprintln!("skipped: KAPSULE_RIG_DIRECT=1 has no proxy to re-encrypt through");

@@ -316,8 +316,12 @@ impl Cluster for KafkaClient {
 
     async fn offsets(&mut self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
         let earliest = self.list_offset(topic, partition, -2).await?;
-        let latest = self.list_offset(topic, partition, -1).await?;
-        Ok((earliest, latest))
+        let listed = self.list_offset(topic, partition, -1).await?;
+        // Some brokers answer ListOffsets(latest) wrongly: tansu 0.6 reports 1 after a single
+        // 23-record batch. The high watermark of a Fetch is what consumers go by, so take the
+        // larger of the two; a bounded 1-byte fetch costs one round trip.
+        let (high_watermark, _) = self.fetch_partition(topic, partition, earliest, 1).await?;
+        Ok((earliest, listed.max(high_watermark)))
     }
 
     async fn fetch(
@@ -327,42 +331,10 @@ impl Cluster for KafkaClient {
         offset: i64,
         max_bytes: i32,
     ) -> anyhow::Result<Vec<RecordBatch>> {
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(200)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(-1)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(max_bytes)])]);
-        let timeout = self.timeout;
-        let resp: FetchResponse = self
-            .leader(topic, partition)
-            .await?
-            .request(ApiKey::Fetch, &req, timeout)
+        let (_, records) = self
+            .fetch_partition(topic, partition, offset, max_bytes)
             .await?;
-        if let Some(e) = resp.error_code.err() {
-            bail!("Fetch {topic}/{partition}@{offset}: {e}");
-        }
-        let p = resp
-            .responses
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| anyhow!("Fetch answer lacks {topic}/{partition}"))?;
-        if let Some(e) = p.error_code.err() {
-            bail!("Fetch {topic}/{partition}@{offset}: {e}");
-        }
-        decode_batches(p.records.clone().unwrap_or_default())
+        decode_batches(records)
             .with_context(|| format!("decoding records of {topic}/{partition}@{offset}"))
     }
 
@@ -400,6 +372,54 @@ impl Cluster for KafkaClient {
             bail!("Produce to {topic}/{partition} failed: {e} {msg}");
         }
         Ok(p.base_offset)
+    }
+}
+
+impl KafkaClient {
+    /// One Fetch of a partition from `offset`: `(high watermark, raw record set)`.
+    async fn fetch_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> anyhow::Result<(i64, Bytes)> {
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(200)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(max_bytes)])]);
+        let timeout = self.timeout;
+        let resp: FetchResponse = self
+            .leader(topic, partition)
+            .await?
+            .request(ApiKey::Fetch, &req, timeout)
+            .await?;
+        if let Some(e) = resp.error_code.err() {
+            bail!("Fetch {topic}/{partition}@{offset}: {e}");
+        }
+        let p = resp
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| anyhow!("Fetch answer lacks {topic}/{partition}"))?;
+        if let Some(e) = p.error_code.err() {
+            bail!("Fetch {topic}/{partition}@{offset}: {e}");
+        }
+        Ok((p.high_watermark, p.records.clone().unwrap_or_default()))
     }
 }
 
