@@ -13,6 +13,7 @@ mod groups;
 mod kafkajs;
 mod kcat;
 mod kms_vault;
+mod lifecycle;
 mod policies;
 mod resilience;
 mod tools;

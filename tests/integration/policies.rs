@@ -308,3 +308,182 @@ async fn hot_swap_under_load_and_bad_module_refused() {
         "passthrough version still serving"
     );
 }
+
+/// Every way a hostile module misbehaves in `decide`, through Kapsule with real clients: each
+/// is contained to its own topic with POLICY_VIOLATION (nothing stored), counted per binding,
+/// while a well-behaved binding keeps serving in the same process; the log spammer is
+/// rate-limited; a module importing a function the sandbox does not give is refused on reload
+/// and the previous version keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_modules_are_contained_through_kapsule() {
+    let art = artifacts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let hostile = copy_module(&art, "hostile-misbehave", dir.path());
+    // (mode, counter in /policies that must move)
+    let failing = [
+        ("oom-decide", "memory_exhausted"),
+        ("trap-decide", "traps"),
+        ("stack-overflow", "traps"),
+        ("wrong-count", "violations"),
+        ("bad-pointer", "violations"),
+        ("bad-key", "violations"),
+    ];
+    let mut policy = String::from(
+        "policy:\n  watch: false\n  limits:\n    memory_mib: 32\n    call_timeout_ms: 2000\n    log_messages_per_second: 20\n  bindings:\n",
+    );
+    for (mode, _) in &failing {
+        policy += &binding(&format!("h-{mode}-"), &hostile, mode, &["kek-ok"]);
+    }
+    policy += &binding("h-log-spam-", &hostile, "log-spam", &["kek-ok"]);
+    let good = copy_module(&art, "encrypt-all", dir.path());
+    policy += &binding("good-", &good, "kek-good", &["kek-good"]);
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let b = kapsule.bootstrap();
+
+    let mut topics = Vec::new();
+    for (mode, _) in &failing {
+        topics.push(topic(&tansu, &format!("h-{mode}-")).await);
+    }
+    let good_topic = topic(&tansu, "good-").await;
+    let good_records: Vec<TestRecord> = (0..30)
+        .map(|i| TestRecord::kv(format!("g{i}"), format!("GOODVAL-{i}")))
+        .collect();
+    let hostile_records = vec![TestRecord::kv("h", r#"{"email":"HOSTILE@x.io"}"#)];
+    // The hostile topics one after another, all while the good topic is being produced.
+    let hostile_runs = async {
+        let mut outs = Vec::new();
+        for t in &topics {
+            outs.push(produce_report(&b, t, &hostile_records, &["--timeout", "20"]).await);
+        }
+        outs
+    };
+    let (hostile_outs, good_out) = tokio::join!(
+        hostile_runs,
+        produce_report(&b, &good_topic, &good_records, &[])
+    );
+    assert_eq!(good_out["failed"], 0, "good binding disturbed: {good_out}");
+
+    for (((mode, counter), t), out) in failing.iter().zip(&topics).zip(&hostile_outs) {
+        let errs = errors_of(out);
+        assert_eq!(errs.len(), 1, "{mode}: {out}");
+        assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{mode}: {out}");
+        assert_eq!(errs[0]["retriable"], false, "{mode}: {out}");
+        let s = binding_status(&kapsule, &format!("h-{mode}-")).await;
+        assert!(
+            s[*counter].as_u64().unwrap() >= 1,
+            "{mode}: {counter} not counted: {s}"
+        );
+        assert!(s["last_error"].is_string(), "{mode}: {s}");
+        // Nothing reached the broker for the refused record.
+        let (stored, _) = crate::encryption::consume_report(
+            &tansu.bootstrap(),
+            t,
+            &["--timeout", "4", "--idle", "2"],
+        )
+        .await;
+        assert!(
+            stored.is_empty(),
+            "{mode}: refused record stored: {stored:?}"
+        );
+    }
+
+    // The log spammer's records are served (encrypted), its 2000 × 64 KiB messages are not.
+    let spam_topic = topic(&tansu, "h-log-spam-").await;
+    let spam_out = produce_report(&b, &spam_topic, &hostile_records, &[]).await;
+    assert_eq!(spam_out["failed"], 0, "{spam_out}");
+    let s = binding_status(&kapsule, "h-log-spam-").await;
+    assert!(s["log_dropped"].as_u64().unwrap() >= 1000, "{s}");
+    assert!(
+        kapsule.logs().len() < 4 << 20,
+        "Kapsule's log grew to {} bytes",
+        kapsule.logs().len()
+    );
+
+    // The good topic is encrypted and reads back.
+    let stored = read_direct(&tansu, &good_topic, good_records.len()).await;
+    assert_no_plaintext(&stored, &[b"GOODVAL-".to_vec()]);
+    assert_records_match(&good_records, &ck_consume(&b, &good_topic, 30, &[]).await);
+
+    // A module importing an unknown host function: refused, the old version keeps serving.
+    replace_file(&art.path("hostile-bad-import"), &good).unwrap();
+    let admin = kapsule.admin().expect("admin endpoint").to_owned();
+    let (code, body) = http_post(&admin, "/policies/reload", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(code, 409, "bad-import module must be refused: {body}");
+    let s = binding_status(&kapsule, "good-").await;
+    assert!(s["refusals"].as_u64().unwrap() >= 1, "{s}");
+    let more = vec![TestRecord::kv("after", "GOODVAL-after-refusal")];
+    ck_produce(&b, &good_topic, &more, &[]).await;
+    let stored = read_direct(&tansu, &good_topic, 31).await;
+    assert!(
+        header(&stored[30], "kapsule.enc").is_some(),
+        "the previous module still encrypts"
+    );
+}
+
+/// The `/policies` entry of the binding whose topic selector contains `prefix`, read now.
+async fn binding_status(kapsule: &Kapsule, prefix: &str) -> Value {
+    let (_, status) = kapsule.admin_get("/policies").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    status["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["topics"].as_str().unwrap().contains(prefix))
+        .unwrap_or_else(|| panic!("no binding for {prefix}: {status}"))
+        .clone()
+}
+
+/// With `watch: true`, replacing the module file is enough: the new version serves within
+/// seconds, without SIGHUP or a reload call.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_watch_swaps_the_module_without_a_reload_call() {
+    let art = artifacts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let module = copy_module(&art, "encrypt-all", dir.path());
+    let policy = format!(
+        "policy:\n  watch: true\n  bindings:\n{}",
+        binding("pwatch-", &module, "kek-$${topic}", &["kek-$${topic}"])
+    );
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let t = topic(&tansu, "pwatch-").await;
+    let b = kapsule.bootstrap();
+    ck_produce(&b, &t, &[TestRecord::kv("k", "WATCHED-before")], &[]).await;
+    let before = read_direct(&tansu, &t, 1).await;
+    assert!(header(&before[0], "kapsule.enc").is_some());
+
+    replace_file(&art.path("passthrough"), &module).unwrap();
+    let swapped = std::time::Instant::now();
+    let mut produced = 1;
+    let clear_at = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ck_produce(
+            &b,
+            &t,
+            &[TestRecord::kv("k", format!("WATCHED-{produced}"))],
+            &[],
+        )
+        .await;
+        produced += 1;
+        let stored = read_direct(&tansu, &t, produced).await;
+        if header(stored.last().unwrap(), "kapsule.enc").is_none() {
+            break swapped.elapsed();
+        }
+        assert!(
+            swapped.elapsed() < Duration::from_secs(30),
+            "the watcher never swapped the module in"
+        );
+    };
+    eprintln!("file change → serving clear: {clear_at:?} (includes client round trips)");
+    let (_, status) = kapsule.admin_get("/policies").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        status["bindings"][0]["loads"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+}
