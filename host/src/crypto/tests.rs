@@ -470,6 +470,28 @@ async fn failure_modes_and_injection() {
     assert_eq!((st.records_decrypted, st.records_dropped), (1, 2));
     assert_eq!(t.records.len(), 1);
 
+    // A batch whose every record is skipped still spans its offsets, so consumers move past
+    // it (as after compaction) instead of fetching the same offset again.
+    let mut t = tampered.clone();
+    t.records.remove(1);
+    let span = (t.base_offset, t.last_offset_delta);
+    let st = enc
+        .decrypt_batch(
+            "orders",
+            &mut t,
+            &DecryptOptions {
+                on_failure: FailureMode::Skip,
+                require_encrypted: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.records_dropped, 2);
+    assert!(t.records.is_empty());
+    let reread = crate::kafka::records::RecordBatch::decode(&t.to_bytes().unwrap()).unwrap();
+    assert_eq!((reread.base_offset, reread.last_offset_delta), span);
+    assert!(reread.records.is_empty());
+
     // Injection in ciphertext mode is dropped, never delivered as if decrypted.
     let mut t = batch(vec![injected.clone()]);
     let st = enc
