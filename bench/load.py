@@ -18,6 +18,10 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 ap = argparse.ArgumentParser()
+# Every produced record carries a `tenant` header (t0..t4), as multi-tenant producers do; the
+# per-record policy benchmark (tenant-keys) keys on it, every other path just carries it.
+TENANT_HEADERS = [[("tenant", b"t%d" % t)] for t in range(5)]
+
 ap.add_argument("mode", choices=["produce", "consume", "latency"])
 ap.add_argument("--bootstrap", required=True)
 ap.add_argument("--topic", required=True)
@@ -54,7 +58,7 @@ if args.mode == "produce":
     for i in range(args.count):
         while True:
             try:
-                p.produce(args.topic, key=b"k%d" % i, value=payloads[i & 63], on_delivery=cb)
+                p.produce(args.topic, key=b"k%d" % i, value=payloads[i & 63], headers=TENANT_HEADERS[i % 5], on_delivery=cb)
                 break
             except BufferError:
                 p.poll(0.01)

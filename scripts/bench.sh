@@ -8,6 +8,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 if [[ " $* " != *" --no-kapsule "* ]]; then
   cargo build --release -p kapsule --bin kapsule
+  # Policy modules for bench/configs/wasm-*.yaml.
+  (cd policies && cargo build --release --target wasm32-wasip2 --quiet)
   export KAPSULE_BIN="${KAPSULE_BIN:-$PWD/target/release/kapsule}"
 fi
 # Master key for the local KMS of bench/configs/*.yaml (fresh per run unless given).
