@@ -14,6 +14,7 @@
 //! AES-256-GCM under a per-(KEK, topic) DEK with counter nonces; record keys use deterministic
 //! AES-SIV under a key derived by the KMS from the KEK per topic, so equal keys stay equal.
 
+pub mod gcm;
 pub mod json;
 pub mod metrics;
 pub mod primitives;

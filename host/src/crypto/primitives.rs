@@ -1,16 +1,17 @@
 //! Cryptographic primitives: AES-256-GCM under a DEK, AES-SIV for record keys, nonce arithmetic.
 //!
-//! Key material is held only inside cipher objects whose key schedules are wiped on drop (the
-//! `zeroize` features of `aes`/`aes-gcm`) or in [`zeroize::Zeroizing`] buffers.
+//! Key material is held only inside cipher objects whose key schedules are wiped on drop
+//! ([`super::gcm::GcmKey`], the `zeroize` feature of `aes`) or in [`zeroize::Zeroizing`] buffers.
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use aes_siv::siv::Aes256Siv;
+use aes_siv::KeyInit;
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use super::gcm::GcmKey;
 
 /// GCM nonce length in bytes.
 pub const NONCE_LEN: usize = 12;
@@ -19,7 +20,7 @@ pub const TAG_LEN: usize = 16;
 
 /// A data encryption key ready for AES-256-GCM, with the wrapped form it travels with.
 pub struct Dek {
-    cipher: Aes256Gcm,
+    cipher: GcmKey,
     /// KEK id that wrapped it.
     pub kek_id: Arc<str>,
     /// The wrapped DEK (opaque KMS ciphertext) stored in every record encrypted with it.
@@ -39,7 +40,7 @@ impl Dek {
     /// Builds a DEK from 32 bytes of key material.
     pub fn new(key: &[u8; 32], kek_id: &str, edek: &[u8]) -> Self {
         Self {
-            cipher: Aes256Gcm::new_from_slice(key).expect("32-byte key"),
+            cipher: GcmKey::new(key),
             kek_id: Arc::from(kek_id),
             edek: Arc::from(edek),
         }
@@ -47,28 +48,25 @@ impl Dek {
 
     /// AES-256-GCM encryption: returns `ciphertext || tag`.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        self.cipher
-            .encrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .expect("AES-GCM encryption only fails for inputs beyond 64 GiB")
+        let mut out = Vec::new();
+        self.cipher.seal_into(nonce, aad, plaintext, &mut out);
+        out
+    }
+
+    /// AES-256-GCM encryption appending `ciphertext || tag` to `out` (no intermediate buffer).
+    pub fn seal_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        self.cipher.seal_into(nonce, aad, plaintext, out);
     }
 
     /// AES-256-GCM decryption of `ciphertext || tag`; `None` when authentication fails.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
-            .ok()
+        self.cipher.open(nonce, aad, ciphertext)
     }
 }
 
