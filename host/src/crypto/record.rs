@@ -556,7 +556,6 @@ fn open_record(
         }
     };
     let base = desc.value_parts();
-    let names: HashSet<&[u8]> = desc.headers.iter().map(Vec::as_slice).collect();
     let mut headers = Vec::with_capacity(rec.headers.len().saturating_sub(1));
     let mut j = 0usize;
     for (i, h) in rec.headers.iter().enumerate() {
@@ -565,7 +564,8 @@ fn open_record(
         }
         let mut h = h.clone();
         if let Some(v) = &h.value {
-            if names.contains(h.key.as_ref()) {
+            // Encrypted header names are few (usually none): a scan beats hashing.
+            if desc.headers.iter().any(|n| n.as_slice() == h.key.as_ref()) {
                 if desc.headers.get(j).map(Vec::as_slice) != Some(h.key.as_ref()) {
                     return Err(OpenFail::Integrity(
                         "encrypted headers were added, removed or reordered".into(),
@@ -612,9 +612,6 @@ fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> 
     }
     Ok(found)
 }
-
-/// (KEK id, EDEK): identifies a DEK.
-type DekRef = (String, Vec<u8>);
 
 /// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
 #[derive(Debug)]
@@ -807,18 +804,42 @@ impl RecordEncryptor {
         let mut stats = DecryptStats::default();
         let descs: Vec<Result<Option<(usize, Descriptor)>, String>> =
             batch.records.iter().map(find_descriptor).collect();
-        // Resolve every key once, concurrently.
-        let mut dek_keys = HashSet::new();
-        let mut siv_keys = HashSet::new();
-        for (_, d) in descs.iter().flatten().flatten() {
-            dek_keys.insert((d.kek_id.clone(), d.edek.clone()));
-            if d.key_encrypted {
-                siv_keys.insert((d.kek_id.clone(), d.key_kek_version));
-            }
+        // Resolve every key once, concurrently. Records of a batch nearly always share one DEK,
+        // so each record is compared with the previous one before anything is hashed.
+        let mut dek_keys: Vec<(&str, &[u8])> = Vec::new();
+        let mut siv_keys: Vec<(&str, u32)> = Vec::new();
+        let mut dek_seen: HashMap<(&str, &[u8]), usize> = HashMap::new();
+        let mut siv_seen: HashMap<(&str, u32), usize> = HashMap::new();
+        // Per record: (index into dek_keys, index into siv_keys when the key is encrypted).
+        let mut slots: Vec<Option<(usize, Option<usize>)>> = Vec::with_capacity(descs.len());
+        let mut last: Option<(usize, Option<usize>)> = None;
+        for desc in &descs {
+            let Ok(Some((_, d))) = desc else {
+                slots.push(None);
+                continue;
+            };
+            let dk = (d.kek_id.as_str(), d.edek.as_slice());
+            let di = match last {
+                Some((i, _)) if dek_keys[i] == dk => i,
+                _ => *dek_seen.entry(dk).or_insert_with(|| {
+                    dek_keys.push(dk);
+                    dek_keys.len() - 1
+                }),
+            };
+            let si = d.key_encrypted.then(|| {
+                let sk = (d.kek_id.as_str(), d.key_kek_version);
+                match last {
+                    Some((_, Some(i))) if siv_keys[i] == sk => i,
+                    _ => *siv_seen.entry(sk).or_insert_with(|| {
+                        siv_keys.push(sk);
+                        siv_keys.len() - 1
+                    }),
+                }
+            });
+            last = Some((di, si));
+            slots.push(last);
         }
-        let dek_keys: Vec<_> = dek_keys.into_iter().collect();
-        let siv_keys: Vec<_> = siv_keys.into_iter().collect();
-        let (dek_res, siv_res) = futures::future::join(
+        let (deks, siv_res) = futures::future::join(
             futures::future::join_all(dek_keys.iter().map(|(k, e)| self.deks.decrypt(k, e))),
             futures::future::join_all(
                 siv_keys
@@ -827,17 +848,13 @@ impl RecordEncryptor {
             ),
         )
         .await;
-        let deks: HashMap<&DekRef, Result<Arc<Dek>, KmsError>> =
-            dek_keys.iter().zip(dek_res).collect();
-        let mut sivs: HashMap<&(String, u32), Result<Aes256Siv, KmsError>> = siv_keys
-            .iter()
-            .zip(siv_res)
-            .map(|(k, r)| (k, r.map(|c| c.siv())))
-            .collect();
+        let mut sivs: Vec<Result<Aes256Siv, KmsError>> =
+            siv_res.into_iter().map(|r| r.map(|c| c.siv())).collect();
 
         let mut out = Vec::with_capacity(batch.records.len());
         let mut failures = 0u64;
-        for (index, (rec, desc)) in batch.records.iter().zip(descs).enumerate() {
+        for (index, ((rec, desc), slot)) in batch.records.iter().zip(&descs).zip(slots).enumerate()
+        {
             let result: Result<(Record, u64), DecryptError> = match desc {
                 Ok(None) if options.require_encrypted => Err(DecryptError::NotEncrypted { index }),
                 Ok(None) => {
@@ -845,22 +862,20 @@ impl RecordEncryptor {
                     out.push(rec.clone());
                     continue;
                 }
-                Err(message) => Err(DecryptError::Malformed { index, message }),
+                Err(message) => Err(DecryptError::Malformed {
+                    index,
+                    message: message.clone(),
+                }),
                 Ok(Some((di, d))) => {
-                    let dek = deks
-                        .get(&(d.kek_id.clone(), d.edek.clone()))
-                        .expect("resolved above");
-                    match dek {
+                    let (dek_slot, siv_slot) = slot.expect("every descriptor has a slot");
+                    match &deks[dek_slot] {
                         Err(e) => Err(DecryptError::Kms {
                             index,
                             source: e.clone(),
                         }),
                         Ok(dek) => {
                             let siv = if d.key_encrypted {
-                                match sivs
-                                    .get_mut(&(d.kek_id.clone(), d.key_kek_version))
-                                    .expect("resolved above")
-                                {
+                                match &mut sivs[siv_slot.expect("encrypted key has a slot")] {
                                     Ok(s) => Ok(Some(s)),
                                     Err(e) => Err(DecryptError::Kms {
                                         index,
@@ -871,7 +886,7 @@ impl RecordEncryptor {
                                 Ok(None)
                             };
                             siv.and_then(|siv| {
-                                open_record(topic, rec, di, &d, dek, siv).map_err(|f| match f {
+                                open_record(topic, rec, *di, d, dek, siv).map_err(|f| match f {
                                     OpenFail::Integrity(message) => {
                                         DecryptError::Integrity { index, message }
                                     }

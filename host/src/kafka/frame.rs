@@ -42,9 +42,9 @@ pub enum FrameError {
 
 /// Reads one size-prefixed frame. Returns `Ok(None)` on a clean end of stream between frames.
 ///
-/// Memory grows with the bytes actually received (in chunks of at most 64 KiB beyond what has
-/// arrived), never with the announced size alone, so a lying length prefix cannot make the proxy
-/// allocate `max` bytes up front.
+/// Memory grows with the bytes actually received (at most 1 MiB, or as much again as has
+/// arrived, beyond it), never with the announced size alone, so a lying length prefix cannot
+/// make the proxy allocate `max` bytes up front.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
@@ -72,11 +72,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max,
         });
     }
-    const CHUNK: usize = 64 * 1024;
-    let mut body = BytesMut::with_capacity(size.min(CHUNK));
+    // Start with up to 1 MiB and at least double after that, so a large frame is copied O(1)
+    // times while a lying prefix still cannot reserve more than 1 MiB beyond what arrived.
+    const FIRST: usize = 1024 * 1024;
+    let mut body = BytesMut::with_capacity(size.min(FIRST));
     while body.len() < size {
         if body.capacity() == body.len() {
-            body.reserve((size - body.len()).min(CHUNK));
+            body.reserve((size - body.len()).min(body.len().max(FIRST)));
         }
         let want = size - body.len();
         let n = (&mut *reader).take(want as u64).read_buf(&mut body).await?;
@@ -165,7 +167,12 @@ pub fn encode_request<T: Encodable>(
     body: &T,
 ) -> anyhow::Result<Bytes> {
     let version = header.request_api_version;
-    let mut out = BytesMut::new();
+    // Sized up front: growing a multi-megabyte Produce request by doubling copied it repeatedly.
+    let size = header
+        .compute_size(api.request_header_version(version))
+        .and_then(|h| Ok(h + body.compute_size(version)?))
+        .with_context(|| format!("sizing {api:?} v{version} request"))?;
+    let mut out = BytesMut::with_capacity(size);
     header
         .encode(&mut out, api.request_header_version(version))
         .with_context(|| format!("encoding {api:?} v{version} request header"))?;
@@ -195,7 +202,12 @@ pub fn encode_response<T: Encodable>(
     header: &ResponseHeader,
     body: &T,
 ) -> anyhow::Result<Bytes> {
-    let mut out = BytesMut::new();
+    // Sized up front: growing a multi-megabyte Fetch response by doubling copied it repeatedly.
+    let size = header
+        .compute_size(api.response_header_version(version))
+        .and_then(|h| Ok(h + body.compute_size(version)?))
+        .with_context(|| format!("sizing {api:?} v{version} response"))?;
+    let mut out = BytesMut::with_capacity(size);
     header
         .encode(&mut out, api.response_header_version(version))
         .with_context(|| format!("encoding {api:?} v{version} response header"))?;
