@@ -140,9 +140,9 @@ macro_rules! export_policy {
                 }
                 fn decide(
                     topic: ::std::string::String,
-                    records: ::std::vec::Vec<$crate::__private::WitRecordView>,
-                ) -> ::std::vec::Vec<$crate::__private::WitDecision> {
-                    __KAPSULE_STATE.decide(&topic, records)
+                    batch: $crate::__private::WitBatchView,
+                ) -> $crate::__private::WitDecisions {
+                    __KAPSULE_STATE.decide(&topic, batch)
                 }
             }
             $crate::__bindings::__export_policy_world!(__KapsulePolicyExport with_types_in $crate::__bindings);
@@ -156,10 +156,15 @@ pub mod __private {
 
     use crate::__bindings::kapsule::policy::types as wit;
     pub use wit::{
-        Decision as WitDecision, RecordView as WitRecordView, TopicPlan as WitTopicPlan,
+        BatchView as WitBatchView, Decision as WitDecision, Decisions as WitDecisions,
+        TopicPlan as WitTopicPlan,
     };
 
-    use crate::{Policy, RecordView};
+    use std::collections::hash_map::DefaultHasher;
+    use std::collections::HashMap;
+    use std::hash::BuildHasherDefault;
+
+    use crate::{Decision, Header, Policy, RecordView};
 
     /// Holds the instance's policy between calls.
     pub struct State<P>(Mutex<Option<P>>);
@@ -191,20 +196,85 @@ pub mod __private {
             }
         }
 
-        /// Runs `P::decide` on the converted records.
-        pub fn decide(&self, topic: &str, records: Vec<WitRecordView>) -> Vec<WitDecision> {
-            let records: Vec<RecordView> = records.into_iter().map(Into::into).collect();
-            match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-                Some(p) => p
-                    .decide(topic, &records)
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
-                None => records
-                    .iter()
-                    .map(|_| WitDecision::Reject("policy used before init".into()))
-                    .collect(),
-            }
+        /// Runs `P::decide` on views borrowed from `batch` and packs the answer as distinct
+        /// decisions plus one index per record.
+        pub fn decide(&self, topic: &str, batch: WitBatchView) -> WitDecisions {
+            let data = batch.data.as_slice();
+            let bytes = |s: wit::Span| -> &[u8] {
+                let start = s.offset as usize;
+                data.get(start..start.saturating_add(s.len as usize))
+                    .unwrap_or(&[])
+            };
+            let headers: Vec<Header<'_>> = batch
+                .headers
+                .iter()
+                .map(|h| Header {
+                    key: bytes(h.key),
+                    value: h.value.map(bytes),
+                })
+                .collect();
+            let records: Vec<RecordView<'_>> = batch
+                .records
+                .iter()
+                .map(|r| {
+                    let start = r.headers_start as usize;
+                    RecordView {
+                        key: r.key.map(bytes),
+                        value: r.value.map(bytes),
+                        headers: headers
+                            .get(start..start.saturating_add(r.headers_len as usize))
+                            .unwrap_or(&[]),
+                        timestamp: r.timestamp,
+                    }
+                })
+                .collect();
+            let decided = match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(p) => p.decide(topic, &records),
+                None => vec![Decision::Reject("policy used before init".into()); records.len()],
+            };
+            pack(decided)
         }
+    }
+
+    /// Distinct decisions in first-seen order and one index per record. Consecutive records
+    /// usually decide alike, so each is compared with the previous one before hashing.
+    pub fn pack(decided: Vec<Decision>) -> WitDecisions {
+        let mut distinct: Vec<Decision> = Vec::new();
+        // A fixed-key hasher: `RandomState` would ask WASI for randomness on every call.
+        let mut index: HashMap<Decision, u32, BuildHasherDefault<DefaultHasher>> =
+            HashMap::default();
+        let mut choices = Vec::with_capacity(decided.len());
+        let mut last: Option<u32> = None;
+        for d in decided {
+            let i = match last {
+                Some(i) if distinct[i as usize] == d => i,
+                _ => *index.entry(d).or_insert_with_key(|d| {
+                    distinct.push(d.clone());
+                    (distinct.len() - 1) as u32
+                }),
+            };
+            choices.push(i);
+            last = Some(i);
+        }
+        WitDecisions {
+            distinct: distinct.into_iter().map(Into::into).collect(),
+            choices,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::__private::pack;
+    use super::{Decision, Encrypt};
+
+    #[test]
+    fn pack_keeps_one_copy_of_each_decision_and_the_record_order() {
+        let a = || Decision::Encrypt(Encrypt::new("tenant-a").whole_value());
+        let b = || Decision::Encrypt(Encrypt::new("tenant-b").whole_value());
+        let packed = pack(vec![a(), a(), b(), Decision::Pass, a(), b()]);
+        assert_eq!(packed.distinct.len(), 3);
+        assert_eq!(packed.choices, vec![0, 0, 1, 2, 0, 1]);
+        assert!(pack(Vec::new()).choices.is_empty());
     }
 }

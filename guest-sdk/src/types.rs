@@ -4,75 +4,79 @@
 use crate::__bindings::kapsule::policy::types as wit;
 
 /// One Kafka record header. Kafka allows duplicate keys; order is preserved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// Header key (non-UTF-8 bytes were replaced by U+FFFD).
-    pub key: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// Header key bytes (Kafka clients write UTF-8).
+    pub key: &'a [u8],
     /// Header value; `None` is a null value.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<&'a [u8]>,
 }
 
-/// The parts of one record the topic plan asked for (see [`Needs`]). Parts not asked for are
-/// `None` / empty whatever the record holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordView {
+impl Header<'_> {
+    /// The key as UTF-8 text, if valid.
+    pub fn key_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.key).ok()
+    }
+}
+
+/// The parts of one record the topic plan asked for (see [`Needs`]), borrowed from the batch
+/// Kapsule passed in (no copies). Parts not asked for are `None` / empty whatever the record
+/// holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
     /// Record key; `None` is a null key or not asked for.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<&'a [u8]>,
     /// Record value; `None` is a tombstone or not asked for.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<&'a [u8]>,
     /// Headers in wire order; empty when not asked for.
-    pub headers: Vec<Header>,
+    pub headers: &'a [Header<'a>],
     /// Timestamp in milliseconds since the Unix epoch.
     pub timestamp: i64,
 }
 
-impl RecordView {
+impl<'a> RecordView<'a> {
     /// Value of the first header named `name`, if present and not null.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value.as_deref())
+            .find(|h| h.key == name.as_bytes())
+            .and_then(|h| h.value)
     }
 
     /// As [`RecordView::header`], when the value is valid UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
+    pub fn header_str(&self, name: &str) -> Option<&'a str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// Values of every header named `name`, in order (`None` for null values).
-    pub fn headers_named<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> impl Iterator<Item = Option<&'a [u8]>> + 'a {
+    pub fn headers_named<'n>(&self, name: &'n str) -> impl Iterator<Item = Option<&'a [u8]>> + 'n
+    where
+        'a: 'n,
+    {
         self.headers
             .iter()
-            .filter(move |h| h.key == name)
-            .map(|h| h.value.as_deref())
+            .filter(move |h| h.key == name.as_bytes())
+            .map(|h| h.value)
     }
 
     /// Whether a header named `name` is present (even with a null value).
     pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|h| h.key == name)
+        self.headers.iter().any(|h| h.key == name.as_bytes())
     }
 
     /// The value as UTF-8 text, if present and valid.
-    pub fn value_str(&self) -> Option<&str> {
-        self.value
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
+    pub fn value_str(&self) -> Option<&'a str> {
+        self.value.and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The key as UTF-8 text, if present and valid.
-    pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
+    pub fn key_str(&self) -> Option<&'a str> {
+        self.key.and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
 /// Which part of a record value to encrypt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ValuePart {
     /// Leave the value in clear.
     None,
@@ -83,7 +87,7 @@ pub enum ValuePart {
 }
 
 /// How to encrypt a record. Build with [`Encrypt::new`] and the chained setters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Encrypt {
     /// KEK id; must match the binding's `allowed_key_ids`.
     pub key_id: String,
@@ -142,7 +146,7 @@ impl Encrypt {
 }
 
 /// What to do with one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Forward unchanged.
     Pass,
@@ -196,26 +200,6 @@ pub enum TopicPlan {
     PerRecord(Needs),
     /// Every record is refused with this message.
     RejectAll(String),
-}
-
-impl From<wit::Header> for Header {
-    fn from(h: wit::Header) -> Self {
-        Self {
-            key: h.key,
-            value: h.value,
-        }
-    }
-}
-
-impl From<wit::RecordView> for RecordView {
-    fn from(r: wit::RecordView) -> Self {
-        Self {
-            key: r.key,
-            value: r.value,
-            headers: r.headers.into_iter().map(Into::into).collect(),
-            timestamp: r.timestamp,
-        }
-    }
 }
 
 impl From<ValuePart> for wit::ValuePart {

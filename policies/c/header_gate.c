@@ -58,52 +58,66 @@ void exports_policy_plan(policy_string_t *topic, kapsule_policy_types_topic_plan
   policy_string_free(topic);
 }
 
-static bool header_is(const kapsule_policy_types_record_view_t *r, const char *name,
-                      const char *value) {
+// True if the record's first `name` header has exactly `value`.
+static bool header_is(const policy_batch_view_t *b, const kapsule_policy_types_record_view_t *r,
+                      const char *name, const char *value) {
   size_t nlen = strlen(name), vlen = strlen(value);
-  for (size_t i = 0; i < r->headers.len; i++) {
-    const kapsule_policy_types_header_t *h = &r->headers.ptr[i];
-    if (h->key.len == nlen && memcmp(h->key.ptr, name, nlen) == 0) {
+  const uint8_t *data = b->data.ptr;
+  for (uint32_t i = 0; i < r->headers_len; i++) {
+    size_t at = (size_t)r->headers_start + i;
+    if (at >= b->headers.len) return false;
+    const kapsule_policy_types_header_view_t *h = &b->headers.ptr[at];
+    if (h->key.len == nlen && memcmp(data + h->key.offset, name, nlen) == 0) {
       return h->value.is_some && h->value.val.len == vlen &&
-             memcmp(h->value.val.ptr, value, vlen) == 0;
+             memcmp(data + h->value.val.offset, value, vlen) == 0;
     }
   }
   return false;
 }
 
-void exports_policy_decide(policy_string_t *topic, policy_list_record_view_t *records,
-                           policy_list_decision_t *ret) {
-  size_t n = records->len;
-  ret->len = n;
-  ret->ptr = n ? calloc(n, sizeof(kapsule_policy_types_decision_t)) : NULL;
-  if (n && ret->ptr == NULL) abort();
+// The answer is a table of three distinct decisions and one index per record.
+enum { CHOICE_PASS = 0, CHOICE_REJECT = 1, CHOICE_ENCRYPT = 2 };
+
+void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
+                           policy_decisions_t *ret) {
+  kapsule_policy_types_decision_t *d = calloc(3, sizeof(kapsule_policy_types_decision_t));
+  if (d == NULL) abort();
+  d[CHOICE_PASS].tag = KAPSULE_POLICY_TYPES_DECISION_PASS;
+  const char *m = "restricted records may not be produced to this topic";
+  d[CHOICE_REJECT].tag = KAPSULE_POLICY_TYPES_DECISION_REJECT;
+  set_string(&d[CHOICE_REJECT].val.reject, m, strlen(m));
+  d[CHOICE_ENCRYPT].tag = KAPSULE_POLICY_TYPES_DECISION_ENCRYPT;
+  kapsule_policy_types_encrypt_t *e = &d[CHOICE_ENCRYPT].val.encrypt;
+  size_t klen = g_prefix_len + topic->len;
+  char *key = malloc(klen ? klen : 1);
+  if (key == NULL) abort();
+  memcpy(key, g_prefix, g_prefix_len);
+  memcpy(key + g_prefix_len, topic->ptr, topic->len);
+  e->key_id.ptr = (uint8_t *)key;
+  e->key_id.len = klen;
+  e->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_WHOLE;
+  e->record_key = false;
+  e->headers.len = 1;
+  e->headers.ptr = malloc(sizeof(policy_string_t));
+  if (e->headers.ptr == NULL) abort();
+  set_string(&e->headers.ptr[0], "pii", 3);
+  ret->distinct.ptr = d;
+  ret->distinct.len = 3;
+
+  size_t n = batch->records.len;
+  ret->choices.len = n;
+  ret->choices.ptr = n ? calloc(n, sizeof(uint32_t)) : NULL;
+  if (n && ret->choices.ptr == NULL) abort();
   for (size_t i = 0; i < n; i++) {
-    const kapsule_policy_types_record_view_t *r = &records->ptr[i];
-    kapsule_policy_types_decision_t *d = &ret->ptr[i];
-    if (header_is(r, "classification", "public")) {
-      d->tag = KAPSULE_POLICY_TYPES_DECISION_PASS;
-    } else if (header_is(r, "classification", "restricted")) {
-      const char *m = "restricted records may not be produced to this topic";
-      d->tag = KAPSULE_POLICY_TYPES_DECISION_REJECT;
-      set_string(&d->val.reject, m, strlen(m));
+    const kapsule_policy_types_record_view_t *r = &batch->records.ptr[i];
+    if (header_is(batch, r, "classification", "public")) {
+      ret->choices.ptr[i] = CHOICE_PASS;
+    } else if (header_is(batch, r, "classification", "restricted")) {
+      ret->choices.ptr[i] = CHOICE_REJECT;
     } else {
-      d->tag = KAPSULE_POLICY_TYPES_DECISION_ENCRYPT;
-      kapsule_policy_types_encrypt_t *e = &d->val.encrypt;
-      size_t klen = g_prefix_len + topic->len;
-      char *key = malloc(klen ? klen : 1);
-      if (key == NULL) abort();
-      memcpy(key, g_prefix, g_prefix_len);
-      memcpy(key + g_prefix_len, topic->ptr, topic->len);
-      e->key_id.ptr = (uint8_t *)key;
-      e->key_id.len = klen;
-      e->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_WHOLE;
-      e->record_key = false;
-      e->headers.len = 1;
-      e->headers.ptr = malloc(sizeof(policy_string_t));
-      if (e->headers.ptr == NULL) abort();
-      set_string(&e->headers.ptr[0], "pii", 3);
+      ret->choices.ptr[i] = CHOICE_ENCRYPT;
     }
   }
-  policy_list_record_view_free(records);
+  policy_batch_view_free(batch);
   policy_string_free(topic);
 }

@@ -472,8 +472,14 @@ impl PolicyRegistry {
                 let entry = b.topic_entry(&m, topic)?;
                 match entry.plan {
                     TopicPlan::PerRecord(needs) => {
-                        let views = record_views(records, base_timestamp, needs);
-                        b.decide(&m, &entry, topic, &views)
+                        let batch =
+                            batch_view(records, base_timestamp, needs).map_err(|reason| {
+                                PolicyError::Unavailable {
+                                    binding: b.label.to_string(),
+                                    reason,
+                                }
+                            })?;
+                        b.decide(&m, &entry, topic, &batch)
                     }
                     ref other => Ok(repeat(other, records.len())),
                 }
@@ -514,11 +520,16 @@ impl PolicyRegistry {
             TopicPlan::PerRecord(needs) => needs,
             other => return Ok(repeat(&other, records.len())),
         };
-        let views = record_views(records, base_timestamp, needs);
+        let label = self.label_for(topic);
+        let batch = batch_view(records, base_timestamp, needs).map_err(|reason| {
+            PolicyError::Unavailable {
+                binding: label.clone(),
+                reason,
+            }
+        })?;
         let this = self.clone();
         let t = topic.to_string();
-        let label = self.label_for(topic);
-        tokio::task::spawn_blocking(move || this.decide_views(&t, &views))
+        tokio::task::spawn_blocking(move || this.decide_views(&t, &batch))
             .await
             .unwrap_or_else(|e| {
                 Err(PolicyError::Unavailable {
@@ -531,8 +542,9 @@ impl PolicyRegistry {
     fn decide_views(
         &self,
         topic: &str,
-        views: &[wit::RecordView],
+        batch: &wit::BatchView,
     ) -> Result<Vec<RecordDecision>, PolicyError> {
+        let n = batch.records.len();
         match self.resolve(topic) {
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
@@ -540,12 +552,12 @@ impl PolicyRegistry {
                 let entry = b.topic_entry(&m, topic)?;
                 match entry.plan {
                     // The module may have been swapped since the plan was read; re-check.
-                    TopicPlan::PerRecord(_) => b.decide(&m, &entry, topic, views),
-                    ref other => Ok(repeat(other, views.len())),
+                    TopicPlan::PerRecord(_) => b.decide(&m, &entry, topic, batch),
+                    ref other => Ok(repeat(other, n)),
                 }
             }
-            Target::Rule(i) => Ok(repeat(&self.inner.rules[i].plan(topic), views.len())),
-            Target::Unmatched => Ok(repeat(&self.unmatched_plan(topic), views.len())),
+            Target::Rule(i) => Ok(repeat(&self.inner.rules[i].plan(topic), n)),
+            Target::Unmatched => Ok(repeat(&self.unmatched_plan(topic), n)),
         }
     }
 
@@ -721,35 +733,79 @@ fn repeat(plan: &TopicPlan, n: usize) -> Vec<RecordDecision> {
     vec![d; n]
 }
 
-/// Copies the parts `needs` asks for into guest record views.
-fn record_views(records: &[Record], base_timestamp: i64, needs: Needs) -> Vec<wit::RecordView> {
-    records
-        .iter()
-        .map(|r| wit::RecordView {
-            key: if needs.key {
-                r.key.as_ref().map(|k| k.to_vec())
-            } else {
-                None
-            },
-            value: if needs.value {
-                r.value.as_ref().map(|v| v.to_vec())
-            } else {
-                None
-            },
-            headers: if needs.headers {
-                r.headers
-                    .iter()
-                    .map(|h| wit::Header {
-                        key: String::from_utf8_lossy(&h.key).into_owned(),
-                        value: h.value.as_ref().map(|v| v.to_vec()),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
+/// Lays out the parts `needs` asks for as one flat batch view: the bytes in one buffer, records
+/// and headers as spans into it. Errors (a batch over 4 GiB of needed bytes) are not expected
+/// from Kafka's frame limits but are reported rather than truncated.
+fn batch_view(
+    records: &[Record],
+    base_timestamp: i64,
+    needs: Needs,
+) -> Result<wit::BatchView, String> {
+    let mut size = 0usize;
+    let mut header_count = 0usize;
+    for r in records {
+        if needs.key {
+            size += r.key.as_ref().map_or(0, |k| k.len());
+        }
+        if needs.value {
+            size += r.value.as_ref().map_or(0, |v| v.len());
+        }
+        if needs.headers {
+            header_count += r.headers.len();
+            for h in &r.headers {
+                size += h.key.len() + h.value.as_ref().map_or(0, |v| v.len());
+            }
+        }
+    }
+    if u32::try_from(size).is_err() || u32::try_from(header_count).is_err() {
+        return Err(format!(
+            "batch too large to show the policy ({size} bytes, {header_count} headers; limit 4 GiB)"
+        ));
+    }
+    let mut data = Vec::with_capacity(size);
+    let mut push = |bytes: &[u8]| -> wit::Span {
+        let span = wit::Span {
+            offset: data.len() as u32,
+            len: bytes.len() as u32,
+        };
+        data.extend_from_slice(bytes);
+        span
+    };
+    let mut headers = Vec::with_capacity(header_count);
+    let mut views = Vec::with_capacity(records.len());
+    for r in records {
+        let key = if needs.key {
+            r.key.as_deref().map(&mut push)
+        } else {
+            None
+        };
+        let value = if needs.value {
+            r.value.as_deref().map(&mut push)
+        } else {
+            None
+        };
+        let headers_start = headers.len() as u32;
+        if needs.headers {
+            for h in &r.headers {
+                headers.push(wit::HeaderView {
+                    key: push(&h.key),
+                    value: h.value.as_deref().map(&mut push),
+                });
+            }
+        }
+        views.push(wit::RecordView {
+            key,
+            value,
+            headers_start,
+            headers_len: headers.len() as u32 - headers_start,
             timestamp: base_timestamp.wrapping_add(r.timestamp_delta),
-        })
-        .collect()
+        });
+    }
+    Ok(wit::BatchView {
+        data,
+        records: views,
+        headers,
+    })
 }
 
 fn truncate_msg(s: String) -> String {
@@ -880,53 +936,62 @@ impl Binding {
         m: &LoadedModule,
         entry: &TopicEntry,
         topic: &str,
-        views: &[wit::RecordView],
+        batch: &wit::BatchView,
     ) -> Result<Vec<RecordDecision>, PolicyError> {
-        if views.is_empty() {
+        let n = batch.records.len();
+        if n == 0 {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let raw = m.call_decide(topic, views);
+        let raw = m.call_decide(topic, batch);
         self.stats.record_call(started.elapsed());
         let raw = raw.map_err(|e| self.call_failed(e))?;
-        if raw.len() != views.len() {
+        if raw.choices.len() != n {
             return Err(self.fail(
                 self.malformed(format!(
                     "decide returned {} decisions for {} records",
-                    raw.len(),
-                    views.len()
+                    raw.choices.len(),
+                    n
                 )),
                 false,
             ));
         }
-        let mut out = Vec::with_capacity(raw.len());
-        // Plans are often identical across a batch: validate each distinct one once.
-        let mut last: Option<(wit::Encrypt, EncryptionPlan)> = None;
-        for (i, d) in raw.into_iter().enumerate() {
-            out.push(match d {
+        if let Some((i, c)) = raw
+            .choices
+            .iter()
+            .enumerate()
+            .find(|(_, c)| **c as usize >= raw.distinct.len())
+        {
+            return Err(self.fail(
+                self.malformed(format!(
+                    "decision of record {i} points at distinct decision {c}, but only {} were returned",
+                    raw.distinct.len()
+                )),
+                false,
+            ));
+        }
+        // Each distinct decision is validated once, however many records share it.
+        let mut distinct = Vec::with_capacity(raw.distinct.len());
+        for (i, d) in raw.distinct.into_iter().enumerate() {
+            distinct.push(match d {
                 wit::Decision::Pass => RecordDecision::Pass,
                 wit::Decision::Reject(m) => RecordDecision::Reject(truncate_msg(m)),
-                wit::Decision::Encrypt(e) => {
-                    let plan = match &last {
-                        Some((raw, plan)) if *raw == e => plan.clone(),
-                        _ => {
-                            let plan = self
-                                .convert_encrypt(
-                                    e.clone(),
-                                    &entry.allowed,
-                                    topic,
-                                    &format!("decision {i}"),
-                                )
-                                .map_err(|e| self.fail(e, false))?;
-                            last = Some((e, plan.clone()));
-                            plan
-                        }
-                    };
-                    RecordDecision::Encrypt(plan)
-                }
+                wit::Decision::Encrypt(e) => RecordDecision::Encrypt(
+                    self.convert_encrypt(
+                        e,
+                        &entry.allowed,
+                        topic,
+                        &format!("distinct decision {i}"),
+                    )
+                    .map_err(|e| self.fail(e, false))?,
+                ),
             });
         }
-        Ok(out)
+        Ok(raw
+            .choices
+            .iter()
+            .map(|&c| distinct[c as usize].clone())
+            .collect())
     }
 }
 

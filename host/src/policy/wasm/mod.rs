@@ -482,9 +482,9 @@ impl LoadedModule {
     pub(crate) fn call_decide(
         &self,
         topic: &str,
-        records: &[wit::RecordView],
-    ) -> Result<Vec<wit::Decision>, CallError> {
-        self.with_instance(|store, p| p.call_decide(store, topic, records))
+        batch: &wit::BatchView,
+    ) -> Result<wit::Decisions, CallError> {
+        self.with_instance(|store, p| p.call_decide(store, topic, batch))
     }
 }
 

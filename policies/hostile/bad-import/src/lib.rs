@@ -18,8 +18,11 @@ impl Guest for BadImport {
         TopicPlan::RejectAll(steal_secrets())
     }
 
-    fn decide(_topic: String, records: Vec<RecordView>) -> Vec<Decision> {
-        records.iter().map(|_| Decision::Pass).collect()
+    fn decide(_topic: String, batch: BatchView) -> Decisions {
+        Decisions {
+            distinct: vec![kapsule::policy::types::Decision::Pass],
+            choices: vec![0; batch.records.len()],
+        }
     }
 }
 
