@@ -487,3 +487,56 @@ async fn file_watch_swaps_the_module_without_a_reload_call() {
         "{status}"
     );
 }
+
+/// The C policy (`policies/c/header_gate.c`, built from source by wit-bindgen c + clang) bound
+/// in Kapsule, with real clients: `classification: public` passes in clear, `restricted` is
+/// refused, anything else is encrypted with its `pii` header — the contract is language-neutral.
+#[tokio::test(flavor = "multi_thread")]
+async fn c_policy_through_kapsule() {
+    let module = tokio::task::spawn_blocking(kapsule::policy::fixtures::build_c_policy)
+        .await
+        .unwrap()
+        .expect("build the C policy (scripts/install-policy-toolchains.sh installs the tools)");
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let policy = format!(
+        "policy:\n  watch: false\n  bindings:\n{}",
+        binding("cgate-", &module, "kek-", &["kek-$${topic}"])
+    );
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let b = kapsule.bootstrap();
+    let t = topic(&tansu, "cgate-").await;
+    let with = |class: &str, i: usize| {
+        let mut r = TestRecord::kv(format!("k{i}"), format!("CGATE-{class}-{i}"));
+        r.headers = vec![
+            ("classification".into(), Some(class.as_bytes().to_vec())),
+            ("pii".into(), Some(format!("CGATEPII-{i}").into_bytes())),
+        ];
+        r
+    };
+    let records: Vec<TestRecord> = (0..10)
+        .map(|i| with(if i % 2 == 0 { "public" } else { "internal" }, i))
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 10, &[]).await);
+    let stored = read_direct(&tansu, &t, 10).await;
+    for (i, s) in stored.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(
+                (&s.key, &s.value, &s.headers),
+                (&records[i].key, &records[i].value, &records[i].headers),
+                "public record {i} stored as sent"
+            );
+        } else {
+            assert!(header(s, "kapsule.enc").is_some(), "record {i} encrypted");
+            assert_no_plaintext(
+                std::slice::from_ref(s),
+                &[b"CGATE-internal".to_vec(), b"CGATEPII-".to_vec()],
+            );
+        }
+    }
+    let out = produce_report(&b, &t, &[with("restricted", 99)], &["--timeout", "15"]).await;
+    let errs = errors_of(&out);
+    assert_eq!(errs.len(), 1, "{out}");
+    assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{out}");
+}
