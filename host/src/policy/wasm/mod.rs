@@ -19,7 +19,7 @@ pub(crate) mod host;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -99,15 +99,41 @@ pub struct WasmRuntime {
     ticker: Option<Ticker>,
 }
 
+/// The epoch ticker: advances the engine's epoch every [`TICK`] while guest code runs, and parks
+/// while none does, so an idle proxy does not wake up a thousand times a second.
 struct Ticker {
     stop: Arc<AtomicBool>,
+    /// Guest calls in progress.
+    active: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    /// Marks a guest call as running until the guard drops; wakes the ticker if it was idle.
+    fn busy(&self) -> BusyGuard {
+        if self.active.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
+        BusyGuard(self.active.clone())
+    }
+}
+
+/// See [`Ticker::busy`].
+struct BusyGuard(Arc<AtomicUsize>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -145,13 +171,21 @@ impl WasmRuntime {
         cache::ensure_dir(cache_dir)?;
 
         let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
         let thread = {
             let engine = engine.clone();
             let stop = stop.clone();
+            let active = active.clone();
             std::thread::Builder::new()
                 .name("kapsule-policy-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        if active.load(Ordering::SeqCst) == 0 {
+                            // Deadlines count from the epoch at call start, so pausing the
+                            // epoch while no call runs changes no deadline.
+                            std::thread::park_timeout(Duration::from_millis(200));
+                            continue;
+                        }
                         std::thread::sleep(TICK);
                         engine.increment_epoch();
                     }
@@ -165,9 +199,15 @@ impl WasmRuntime {
             limits,
             ticker: Some(Ticker {
                 stop,
+                active,
                 thread: Some(thread),
             }),
         })
+    }
+
+    /// Keeps the epoch advancing (deadlines enforced) until the guard drops.
+    fn busy(&self) -> Option<BusyGuard> {
+        self.ticker.as_ref().map(Ticker::busy)
     }
 
     /// The sandbox limits every instance gets.
@@ -383,6 +423,7 @@ impl LoadedModule {
 
     /// Instantiates and runs `init` under the init deadline.
     fn new_instance(&self) -> Result<Instance, CallError> {
+        let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut store = self.new_store();
         store.set_epoch_deadline(ticks(limits.init_timeout));
@@ -453,6 +494,7 @@ impl LoadedModule {
         &self,
         f: impl FnOnce(&mut Store<HostState>, &bindings::Policy) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut inst = self.checkout()?;
         inst.store.set_epoch_deadline(ticks(limits.call_timeout));
