@@ -55,7 +55,7 @@ extern crate self as kapsule_policy;
 
 #[doc(hidden)]
 pub mod __bindings {
-    #![allow(missing_docs)]
+    #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         path: "../wit",
         world: "kapsule:policy/policy",

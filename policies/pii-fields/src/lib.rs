@@ -91,7 +91,7 @@ impl Policy for PiiFields {
         records
             .iter()
             .map(|r| {
-                let Some(value) = r.value.as_deref() else {
+                let Some(value) = r.value else {
                     return Decision::Pass;
                 };
                 match serde_json::from_slice::<Value>(value) {
