@@ -72,19 +72,19 @@ fn benches(c: &mut Criterion) {
 
     let kms = Arc::new(MemoryKms::with_keys(&["k"]));
     let enc = RecordEncryptor::new(kms, DekConfig::default());
-    let whole = RecordDecision::Encrypt(EncryptionPlan {
+    let whole = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::Whole,
         record_key: false,
         headers: vec![],
     });
-    let whole_keyed = RecordDecision::Encrypt(EncryptionPlan {
+    let whole_keyed = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::Whole,
         record_key: true,
         headers: vec![],
     });
-    let fields = RecordDecision::Encrypt(EncryptionPlan {
+    let fields = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::JsonFields((0..10).map(|f| format!("/field{f}")).collect()),
         record_key: false,

@@ -4,6 +4,8 @@
 //! components ([`crate::policy`]) both produce these types; the encryption stage
 //! ([`crate::crypto`]) consumes them and never asks where they came from.
 
+use std::sync::Arc;
+
 /// Which part of a record value to encrypt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValuePart {
@@ -33,10 +35,18 @@ pub struct EncryptionPlan {
 pub enum RecordDecision {
     /// Forward the record as it is.
     Pass,
-    /// Encrypt the record as the plan says.
-    Encrypt(EncryptionPlan),
+    /// Encrypt the record as the plan says (shared: a batch's records usually share one plan,
+    /// so deciding costs a reference count per record, not a copy).
+    Encrypt(Arc<EncryptionPlan>),
     /// Refuse the record (and so its whole partition batch) with this message.
     Reject(String),
+}
+
+impl RecordDecision {
+    /// Encrypt with `plan` (wraps it in the shared form).
+    pub fn encrypt(plan: EncryptionPlan) -> Self {
+        Self::Encrypt(Arc::new(plan))
+    }
 }
 
 /// Which parts of a record a per-record policy needs to see.
@@ -50,13 +60,20 @@ pub struct Needs {
     pub headers: bool,
 }
 
+impl TopicPlan {
+    /// Encrypt every record with `plan` (wraps it in the shared form).
+    pub fn encrypt_all(plan: EncryptionPlan) -> Self {
+        Self::EncryptAll(Arc::new(plan))
+    }
+}
+
 /// What a policy decided for a whole topic; computed once per topic and cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicPlan {
     /// Every record passes in clear.
     PassAll,
     /// Every record is encrypted with the same plan; no per-record call.
-    EncryptAll(EncryptionPlan),
+    EncryptAll(Arc<EncryptionPlan>),
     /// Each batch must be shown to the policy, with these parts of each record.
     PerRecord(Needs),
     /// Every record is refused with this message.

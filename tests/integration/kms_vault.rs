@@ -80,7 +80,7 @@ async fn vault_datakey_round_trip_and_kek_rotation() {
             ..Default::default()
         },
     );
-    let plan = RecordDecision::Encrypt(EncryptionPlan {
+    let plan = RecordDecision::encrypt(EncryptionPlan {
         key_id: "orders".into(),
         value: ValuePart::Whole,
         record_key: true,

@@ -66,11 +66,11 @@ fn plan(value: ValuePart, key: bool, headers: &[&str]) -> EncryptionPlan {
 }
 
 fn whole() -> RecordDecision {
-    RecordDecision::Encrypt(plan(ValuePart::Whole, true, &["h", "a", "b"]))
+    RecordDecision::encrypt(plan(ValuePart::Whole, true, &["h", "a", "b"]))
 }
 
 fn fields(ptrs: &[&str]) -> RecordDecision {
-    RecordDecision::Encrypt(plan(
+    RecordDecision::encrypt(plan(
         ValuePart::JsonFields(ptrs.iter().map(|s| s.to_string()).collect()),
         false,
         &[],
@@ -400,7 +400,7 @@ async fn descriptor_copied_onto_a_forged_record_fails() {
     enc.encrypt_batch(
         "orders",
         &mut bt,
-        &[RecordDecision::Encrypt(plan(ValuePart::None, true, &[]))],
+        &[RecordDecision::encrypt(plan(ValuePart::None, true, &[]))],
     )
     .await
     .unwrap();
@@ -576,7 +576,7 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
     let mut pl = plan(ValuePart::Whole, false, &[]);
     pl.key_id = "nope".into();
     let e = reader
-        .encrypt_batch("orders", &mut p, &[RecordDecision::Encrypt(pl)])
+        .encrypt_batch("orders", &mut p, &[RecordDecision::encrypt(pl)])
         .await
         .unwrap_err();
     assert!(!e.is_retriable());
@@ -682,8 +682,8 @@ async fn prefetch_resolves_each_key_once() {
         let ds = vec![
             whole(),
             whole(),
-            RecordDecision::Encrypt(p2.clone()),
-            RecordDecision::Encrypt(p2),
+            RecordDecision::encrypt(p2.clone()),
+            RecordDecision::encrypt(p2),
         ];
         enc.encrypt_batch("t", &mut bt, &ds).await.unwrap();
         batches.push(bt);

@@ -859,6 +859,7 @@ impl Binding {
             }),
             wit::TopicPlan::EncryptAll(e) => TopicPlan::EncryptAll(
                 self.convert_encrypt(e, &allowed, topic, "plan")
+                    .map(Arc::new)
                     .map_err(|e| self.fail(e, false))?,
             ),
         };
@@ -983,6 +984,7 @@ impl Binding {
                         topic,
                         &format!("distinct decision {i}"),
                     )
+                    .map(Arc::new)
                     .map_err(|e| self.fail(e, false))?,
                 ),
             });

@@ -5,6 +5,7 @@
 //! evaluated in order and the first match wins.
 
 use std::fmt;
+use std::sync::Arc;
 
 use globset::{Glob, GlobMatcher};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -172,12 +173,12 @@ impl Rule {
         if self.value == ValuePart::None && !self.record_key && self.headers.is_empty() {
             return TopicPlan::PassAll;
         }
-        TopicPlan::EncryptAll(EncryptionPlan {
+        TopicPlan::EncryptAll(Arc::new(EncryptionPlan {
             key_id: expand_key_template(&self.key_template, topic),
             value: self.value.clone(),
             record_key: self.record_key,
             headers: self.headers.clone(),
-        })
+        }))
     }
 
     /// Decrypt-side settings of the rule's topics.
@@ -216,7 +217,7 @@ mod tests {
             rule("{topics: 'orders*', key_id: 'kek-${topic}', record_key: true, headers: [pii]}");
         assert_eq!(
             r.plan("orders.eu"),
-            TopicPlan::EncryptAll(EncryptionPlan {
+            TopicPlan::encrypt_all(EncryptionPlan {
                 key_id: "kek-orders.eu".into(),
                 value: ValuePart::Whole,
                 record_key: true,

@@ -73,7 +73,7 @@ fn records(n: usize) -> Vec<Record> {
 }
 
 fn whole(key: &str) -> RecordDecision {
-    RecordDecision::Encrypt(EncryptionPlan {
+    RecordDecision::encrypt(EncryptionPlan {
         key_id: key.into(),
         value: ValuePart::Whole,
         record_key: false,
@@ -134,7 +134,7 @@ fn bindings_come_before_rules_and_plans_are_cached() {
     let p = reg.topic_plan("tenant-a").unwrap();
     assert_eq!(
         p,
-        TopicPlan::EncryptAll(EncryptionPlan {
+        TopicPlan::encrypt_all(EncryptionPlan {
             key_id: "kek-tenant-a".into(),
             value: ValuePart::Whole,
             record_key: true,
@@ -630,7 +630,7 @@ fn c_policy_header_gate() {
     assert!(matches!(&d[1], RecordDecision::Reject(m) if m.contains("restricted")));
     assert_eq!(
         d[2],
-        RecordDecision::Encrypt(EncryptionPlan {
+        RecordDecision::encrypt(EncryptionPlan {
             key_id: "kek-gated.a".into(),
             value: ValuePart::Whole,
             record_key: false,
