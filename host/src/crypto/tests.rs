@@ -421,6 +421,24 @@ async fn descriptor_copied_onto_a_forged_record_fails() {
     expect_integrity(&enc, "orders", forged, "value added to tombstone").await;
 }
 
+/// Decrypts a batch of topic `orders` with the given failure mode and require-encrypted flag.
+async fn decrypt_orders(
+    enc: &RecordEncryptor,
+    batch: &mut RecordBatch,
+    on_failure: FailureMode,
+    require_encrypted: bool,
+) -> Result<DecryptStats, DecryptError> {
+    enc.decrypt_batch(
+        "orders",
+        batch,
+        &DecryptOptions {
+            on_failure,
+            require_encrypted,
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn failure_modes_and_injection() {
     let (enc, bt) = two_records(whole()).await;
@@ -430,15 +448,7 @@ async fn failure_modes_and_injection() {
     tampered.records.push(injected.clone());
 
     let mut t = tampered.clone();
-    let st = enc
-        .decrypt_batch(
-            "orders",
-            &mut t,
-            &DecryptOptions {
-                on_failure: FailureMode::Ciphertext,
-                require_encrypted: false,
-            },
-        )
+    let st = decrypt_orders(&enc, &mut t, FailureMode::Ciphertext, false)
         .await
         .unwrap();
     assert_eq!(
@@ -456,15 +466,7 @@ async fn failure_modes_and_injection() {
     assert_eq!(t.records[1].value, Some(b(JSON)));
 
     let mut t = tampered.clone();
-    let st = enc
-        .decrypt_batch(
-            "orders",
-            &mut t,
-            &DecryptOptions {
-                on_failure: FailureMode::Skip,
-                require_encrypted: true,
-            },
-        )
+    let st = decrypt_orders(&enc, &mut t, FailureMode::Skip, true)
         .await
         .unwrap();
     assert_eq!((st.records_decrypted, st.records_dropped), (1, 2));
@@ -475,15 +477,7 @@ async fn failure_modes_and_injection() {
     let mut t = tampered.clone();
     t.records.remove(1);
     let span = (t.base_offset, t.last_offset_delta);
-    let st = enc
-        .decrypt_batch(
-            "orders",
-            &mut t,
-            &DecryptOptions {
-                on_failure: FailureMode::Skip,
-                require_encrypted: true,
-            },
-        )
+    let st = decrypt_orders(&enc, &mut t, FailureMode::Skip, true)
         .await
         .unwrap();
     assert_eq!(st.records_dropped, 2);
@@ -494,30 +488,14 @@ async fn failure_modes_and_injection() {
 
     // Injection in ciphertext mode is dropped, never delivered as if decrypted.
     let mut t = batch(vec![injected.clone()]);
-    let st = enc
-        .decrypt_batch(
-            "orders",
-            &mut t,
-            &DecryptOptions {
-                on_failure: FailureMode::Ciphertext,
-                require_encrypted: true,
-            },
-        )
+    let st = decrypt_orders(&enc, &mut t, FailureMode::Ciphertext, true)
         .await
         .unwrap();
     assert_eq!(st.records_dropped, 1);
     assert!(t.records.is_empty());
 
     let mut t = batch(vec![injected]);
-    let e = enc
-        .decrypt_batch(
-            "orders",
-            &mut t,
-            &DecryptOptions {
-                on_failure: FailureMode::Error,
-                require_encrypted: true,
-            },
-        )
+    let e = decrypt_orders(&enc, &mut t, FailureMode::Error, true)
         .await
         .unwrap_err();
     assert!(matches!(e, DecryptError::NotEncrypted { index: 0 }));
