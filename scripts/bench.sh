@@ -10,7 +10,7 @@ if [[ " $* " != *" --no-kapsule "* ]]; then
   cargo build --release -p kapsule --bin kapsule
   # Policy modules for bench/configs/wasm-*.yaml.
   (cd policies && cargo build --release --target wasm32-wasip2 --quiet)
-  export KAPSULE_BIN="${KAPSULE_BIN:-$PWD/target/release/kapsule}"
+  export KAPSULE_BIN="${KAPSULE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/kapsule}"
 fi
 # Master key for the local KMS of bench/configs/*.yaml (fresh per run unless given).
 export KAPSULE_BENCH_MASTER_KEY="${KAPSULE_BENCH_MASTER_KEY:-$(python3 -c 'import os,base64; print(base64.b64encode(os.urandom(32)).decode())')}"

@@ -20,7 +20,7 @@ scripts/install-deps.sh
 
 say "building kapsule"
 cargo build -q -p kapsule --bin kapsule
-KAPSULE="$PWD/target/debug/kapsule"
+KAPSULE="${CARGO_TARGET_DIR:-$PWD/target}/debug/kapsule"
 
 work=$(mktemp -d)
 pids=()
