@@ -100,13 +100,6 @@ pub async fn read_direct(tansu: &Tansu, topic: &str, count: usize) -> Vec<TestRe
         .collect()
 }
 
-fn header<'a>(r: &'a TestRecord, name: &str) -> Option<&'a [u8]> {
-    r.headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.as_deref())
-}
-
 /// Records with distinctive plaintext markers in the key, value and `secret` header, and a clear
 /// `visible` header.
 fn marked_records(tag: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
@@ -176,11 +169,11 @@ async fn encrypted_round_trip_per_compression(
     assert_no_plaintext(&stored, &markers);
     for (i, s) in stored.iter().enumerate() {
         assert!(
-            header(s, "kapsule.enc").is_some(),
+            s.header("kapsule.enc").is_some(),
             "stored record {i} lacks the kapsule.enc header"
         );
         assert_eq!(
-            header(s, "visible"),
+            s.header("visible"),
             Some(format!("clear-{i}").as_bytes()),
             "unlisted header stays clear"
         );
@@ -238,7 +231,7 @@ fn edek_versions(stored: &[TestRecord]) -> Vec<String> {
     stored
         .iter()
         .map(|s| {
-            let enc = header(s, "kapsule.enc").expect("kapsule.enc header");
+            let enc = s.header("kapsule.enc").expect("kapsule.enc header");
             let text = String::from_utf8_lossy(enc);
             let at = text.find("vault:v").expect("vault EDEK in the descriptor");
             text[at..].split(':').nth(1).unwrap().to_owned()

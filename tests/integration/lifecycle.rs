@@ -20,12 +20,9 @@ const SMALL_BATCHES: [&str; 2] = ["--config", "batch.num.messages=7"];
 
 /// The wrapped DEK of a stored record, from its `kapsule.enc` header.
 fn stored_edek(r: &TestRecord) -> Vec<u8> {
-    let (_, value) = r
-        .headers
-        .iter()
-        .find(|(k, _)| k == "kapsule.enc")
-        .expect("stored record carries kapsule.enc");
-    let value = value.as_deref().expect("kapsule.enc has a value");
+    let value = r
+        .header("kapsule.enc")
+        .expect("stored record carries a non-null kapsule.enc");
     let (desc, _tag) = split_header(value).expect("descriptor + record tag");
     Descriptor::decode(desc).expect("valid descriptor").edek
 }

@@ -38,13 +38,6 @@ fn binding(prefix: &str, module: &Path, config: &str, allowed: &[&str]) -> Strin
     )
 }
 
-fn header<'a>(r: &'a TestRecord, name: &str) -> Option<&'a [u8]> {
-    r.headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.as_deref())
-}
-
 fn errors_of(out: &Value) -> Vec<Value> {
     out["results"]
         .as_array()
@@ -150,8 +143,7 @@ async fn example_policies_and_hostile_module_through_kapsule() {
     let stored = read_direct(&tansu, &t, 10).await;
     assert_no_plaintext(&stored, &[b"TENANTDATA-".to_vec()]);
     for (i, s) in stored.iter().enumerate() {
-        let enc =
-            String::from_utf8_lossy(header(s, "kapsule.enc").expect("encrypted")).into_owned();
+        let enc = String::from_utf8_lossy(s.header("kapsule.enc").expect("encrypted")).into_owned();
         let want = if i % 2 == 0 {
             "tenant-acme"
         } else {
@@ -267,7 +259,7 @@ async fn hot_swap_under_load_and_bad_module_refused() {
     let stored = read_direct(&tansu, &t, sent).await;
     let encrypted: Vec<bool> = stored
         .iter()
-        .map(|r| header(r, "kapsule.enc").is_some())
+        .map(|r| r.header("kapsule.enc").is_some())
         .collect();
     let first_clear = encrypted
         .iter()
@@ -419,7 +411,7 @@ async fn hostile_modules_are_contained_through_kapsule() {
     ck_produce(&b, &good_topic, &more, &[]).await;
     let stored = read_direct(&tansu, &good_topic, 31).await;
     assert!(
-        header(&stored[30], "kapsule.enc").is_some(),
+        stored[30].header("kapsule.enc").is_some(),
         "the previous module still encrypts"
     );
 }
@@ -455,7 +447,7 @@ async fn file_watch_swaps_the_module_without_a_reload_call() {
     let b = kapsule.bootstrap();
     ck_produce(&b, &t, &[TestRecord::kv("k", "WATCHED-before")], &[]).await;
     let before = read_direct(&tansu, &t, 1).await;
-    assert!(header(&before[0], "kapsule.enc").is_some());
+    assert!(before[0].header("kapsule.enc").is_some());
 
     replace_file(&art.path("passthrough"), &module).unwrap();
     let swapped = std::time::Instant::now();
@@ -471,7 +463,7 @@ async fn file_watch_swaps_the_module_without_a_reload_call() {
         .await;
         produced += 1;
         let stored = read_direct(&tansu, &t, produced).await;
-        if header(stored.last().unwrap(), "kapsule.enc").is_none() {
+        if stored.last().unwrap().header("kapsule.enc").is_none() {
             break swapped.elapsed();
         }
         assert!(
@@ -528,7 +520,7 @@ async fn c_policy_through_kapsule() {
                 "public record {i} stored as sent"
             );
         } else {
-            assert!(header(s, "kapsule.enc").is_some(), "record {i} encrypted");
+            assert!(s.header("kapsule.enc").is_some(), "record {i} encrypted");
             assert_no_plaintext(
                 std::slice::from_ref(s),
                 &[b"CGATE-internal".to_vec(), b"CGATEPII-".to_vec()],

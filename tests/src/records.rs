@@ -47,6 +47,14 @@ fn unhex_opt(v: &Value, what: &str) -> Result<Option<Vec<u8>>> {
 }
 
 impl TestRecord {
+    /// Value of the first header named `name`, when present and not null.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
     /// A record with a key and value and nothing else.
     pub fn kv(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         Self {
