@@ -10,11 +10,15 @@
 //! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
 //! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
 //! - [`tools`]: operator tools speaking Kafka themselves: `reencrypt`, `inspect`.
+//!
+//! With the `fuzzing` feature (and in the crate's own tests) `fuzzing` holds the fuzz oracles.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod kafka;
 pub mod kms;
 pub mod plan;

@@ -10,6 +10,8 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::reader::{ByteReader, ReadError};
+
 /// Default maximum frame size, as Kafka's `socket.request.max.bytes` (100 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
@@ -220,69 +222,38 @@ pub fn encode_response<T: Encodable>(
 /// whether a response will come (`acks = 0` means none).
 pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
     let meta = RequestMeta::parse(frame)?;
-    let flexible = meta.api_version >= 9;
-    let mut b = &frame[8..];
+    read_acks(&frame[8..], meta.api_version).context("reading acks from a Produce request header")
+}
+
+/// `acks` of a Produce request of `version`, from the header bytes after the fixed prefix.
+fn read_acks(header: &[u8], version: i16) -> Result<i16, ReadError> {
+    let flexible = version >= 9;
+    let mut r = ByteReader::new(header);
     // client_id: nullable string with an i16 length, in both header v1 and v2.
-    let client_id_len = take_i16(&mut b)?;
-    if client_id_len > 0 {
-        skip(&mut b, client_id_len as usize)?;
-    }
+    let client_id_len = r.i16("client id length")?;
+    r.skip(client_id_len.max(0) as usize, "client id")?;
     if flexible {
-        skip_tagged_fields(&mut b)?;
+        skip_tagged_fields(&mut r)?;
     }
-    if meta.api_version >= 3 {
-        // transactional_id
-        if flexible {
-            let n = take_uvarint(&mut b)?;
-            if n > 1 {
-                skip(&mut b, (n - 1) as usize)?;
-            }
+    if version >= 3 {
+        // transactional_id: compact (length + 1, 0 is null) or i16-prefixed nullable string.
+        let len = if flexible {
+            r.unsigned_varint("transactional id length")?
+                .saturating_sub(1) as usize
         } else {
-            let n = take_i16(&mut b)?;
-            if n > 0 {
-                skip(&mut b, n as usize)?;
-            }
-        }
+            r.i16("transactional id length")?.max(0) as usize
+        };
+        r.skip(len, "transactional id")?;
     }
-    take_i16(&mut b)
+    r.i16("acks")
 }
 
-fn take_i16(b: &mut &[u8]) -> anyhow::Result<i16> {
-    if b.len() < 2 {
-        bail!("truncated Produce request header");
-    }
-    Ok(b.get_i16())
-}
-
-fn skip(b: &mut &[u8], n: usize) -> anyhow::Result<()> {
-    if b.len() < n {
-        bail!("truncated Produce request header");
-    }
-    b.advance(n);
-    Ok(())
-}
-
-fn take_uvarint(b: &mut &[u8]) -> anyhow::Result<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        if b.is_empty() {
-            bail!("truncated varint in request header");
-        }
-        let byte = b.get_u8();
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    bail!("varint longer than 10 bytes in request header")
-}
-
-fn skip_tagged_fields(b: &mut &[u8]) -> anyhow::Result<()> {
-    let count = take_uvarint(b)?;
+fn skip_tagged_fields(r: &mut ByteReader<'_>) -> Result<(), ReadError> {
+    let count = r.unsigned_varint("tagged field count")?;
     for _ in 0..count {
-        take_uvarint(b)?;
-        let len = take_uvarint(b)?;
-        skip(b, len as usize)?;
+        r.unsigned_varint("tag")?;
+        let len = r.unsigned_varint("tagged field length")?;
+        r.skip(len as usize, "tagged field")?;
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
-//! Kafka wire handling: request/response framing and header parsing ([`frame`]) and the project's
-//! own record-batch codec ([`records`], [`compression`]).
+//! Kafka wire handling: request/response framing and header parsing ([`frame`]), the project's
+//! own record-batch codec ([`records`], [`compression`]) and the bounds-checked byte reader they
+//! and the descriptor parser share ([`reader`]).
 
 pub mod compression;
 pub mod frame;
+pub mod reader;
 pub mod records;

@@ -1,0 +1,199 @@
+//! Encoding one magic v2 batch: header, records (compressed per the attributes), length and
+//! CRC-32C; and the varint writers the records section uses.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::types::{ATTRIBUTES_OFFSET, CRC_OFFSET, LOG_OVERHEAD, V2_HEADER_LEN};
+use super::{CodecError, Compression, Record, RecordBatch};
+
+impl RecordBatch {
+    /// Appends this batch, complete, to `out`: header, batch length, records compressed with the
+    /// codec in the attributes' bits 0-2, and the CRC-32C.
+    ///
+    /// Field values are written as they are (no recomputation of `last_offset_delta` or
+    /// timestamps), so a decoded batch re-encodes to the same batch. Errors if the attributes
+    /// name an unknown codec or a length exceeds Kafka's i32 limits; on error `out` may hold a
+    /// partial batch past its original length (truncate it if reusing the buffer).
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), CodecError> {
+        let compression = self.compression()?;
+        let count = i32::try_from(self.records.len()).map_err(|_| CodecError::TooLarge {
+            what: "record count",
+            size: self.records.len(),
+        })?;
+        let mut records_len = 0usize;
+        for r in &self.records {
+            let body = checked_record_body_len(r)?;
+            records_len = records_len
+                .checked_add(varint_len(body as i32) + body)
+                .ok_or(CodecError::TooLarge {
+                    what: "records",
+                    size: usize::MAX,
+                })?;
+        }
+        let start = out.len();
+        // Compressed output is reserved by the codec; only the uncompressed size is exact.
+        out.reserve(
+            V2_HEADER_LEN
+                + if compression == Compression::None {
+                    records_len
+                } else {
+                    0
+                },
+        );
+        out.put_i64(self.base_offset);
+        out.put_i32(0); // batch length, patched below
+        out.put_i32(self.partition_leader_epoch);
+        out.put_i8(2);
+        out.put_u32(0); // CRC, patched below
+        out.put_i16(self.attributes);
+        out.put_i32(self.last_offset_delta);
+        out.put_i64(self.base_timestamp);
+        out.put_i64(self.max_timestamp);
+        out.put_i64(self.producer_id);
+        out.put_i16(self.producer_epoch);
+        out.put_i32(self.base_sequence);
+        out.put_i32(count);
+        match compression {
+            Compression::None => self.write_records(out),
+            c => {
+                let mut plain = BytesMut::with_capacity(records_len);
+                self.write_records(&mut plain);
+                c.compress(&plain, out)?;
+            }
+        }
+        let length = out.len() - start - LOG_OVERHEAD;
+        let length = i32::try_from(length).map_err(|_| CodecError::TooLarge {
+            what: "batch",
+            size: length,
+        })?;
+        out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[start + ATTRIBUTES_OFFSET..]);
+        out[start + CRC_OFFSET..start + ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
+        Ok(())
+    }
+
+    /// Encodes into a fresh buffer; see [`RecordBatch::encode`].
+    pub fn to_bytes(&self) -> Result<Bytes, CodecError> {
+        let mut out = BytesMut::new();
+        self.encode(&mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Writes all records (lengths already validated by `checked_record_body_len`).
+    fn write_records(&self, out: &mut BytesMut) {
+        for r in &self.records {
+            put_varint(out, record_body_len(r) as i32);
+            out.put_i8(r.attributes);
+            put_varlong(out, r.timestamp_delta);
+            put_varint(out, r.offset_delta);
+            put_nullable(out, r.key.as_deref());
+            put_nullable(out, r.value.as_deref());
+            put_varint(out, r.headers.len() as i32);
+            for h in &r.headers {
+                put_varint(out, h.key.len() as i32);
+                out.extend_from_slice(&h.key);
+                put_nullable(out, h.value.as_deref());
+            }
+        }
+    }
+}
+
+fn zigzag32(v: i32) -> u64 {
+    u64::from(((v << 1) ^ (v >> 31)) as u32)
+}
+
+fn zigzag64(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn uvarint_len(mut u: u64) -> usize {
+    let mut n = 1;
+    while u >= 0x80 {
+        u >>= 7;
+        n += 1;
+    }
+    n
+}
+
+pub(super) fn varint_len(v: i32) -> usize {
+    uvarint_len(zigzag32(v))
+}
+
+pub(super) fn varlong_len(v: i64) -> usize {
+    uvarint_len(zigzag64(v))
+}
+
+#[inline]
+fn put_uvarint(out: &mut BytesMut, mut u: u64) {
+    if u < 0x80 {
+        out.put_u8(u as u8);
+        return;
+    }
+    let mut buf = [0u8; 10];
+    let mut i = 0;
+    while u >= 0x80 {
+        buf[i] = (u as u8) | 0x80;
+        u >>= 7;
+        i += 1;
+    }
+    buf[i] = u as u8;
+    out.extend_from_slice(&buf[..=i]);
+}
+
+pub(super) fn put_varint(out: &mut BytesMut, v: i32) {
+    put_uvarint(out, zigzag32(v));
+}
+
+pub(super) fn put_varlong(out: &mut BytesMut, v: i64) {
+    put_uvarint(out, zigzag64(v));
+}
+
+fn put_nullable(out: &mut BytesMut, b: Option<&[u8]>) {
+    match b {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i32);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+fn nullable_len(b: Option<&[u8]>) -> usize {
+    b.map_or(1, |b| varint_len(b.len() as i32) + b.len())
+}
+
+/// Encoded size of a record after its length varint (lengths assumed to fit i32).
+fn record_body_len(r: &Record) -> usize {
+    let mut n = 1
+        + varlong_len(r.timestamp_delta)
+        + varint_len(r.offset_delta)
+        + nullable_len(r.key.as_deref())
+        + nullable_len(r.value.as_deref())
+        + varint_len(r.headers.len() as i32);
+    for h in &r.headers {
+        n += varint_len(h.key.len() as i32) + h.key.len() + nullable_len(h.value.as_deref());
+    }
+    n
+}
+
+/// [`record_body_len`] after checking every length fits Kafka's i32 fields.
+fn checked_record_body_len(r: &Record) -> Result<usize, CodecError> {
+    let check = |what: &'static str, size: usize| {
+        if size > i32::MAX as usize {
+            Err(CodecError::TooLarge { what, size })
+        } else {
+            Ok(())
+        }
+    };
+    check("record key", r.key.as_ref().map_or(0, Bytes::len))?;
+    check("record value", r.value.as_ref().map_or(0, Bytes::len))?;
+    check("header count", r.headers.len())?;
+    for h in &r.headers {
+        check("header key", h.key.len())?;
+        check("header value", h.value.as_ref().map_or(0, Bytes::len))?;
+    }
+    // Sum in u64 terms is safe on 64-bit; the total must fit an i32 record length too.
+    let n = record_body_len(r);
+    check("record", n)?;
+    Ok(n)
+}
