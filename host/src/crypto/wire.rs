@@ -8,6 +8,7 @@
 //! with the topic, KEK id and KEK version ([`key_aad`]).
 
 use crate::crypto::primitives::NONCE_LEN;
+use crate::kafka::reader::{ByteReader, ReadError};
 
 /// Name of the record header carrying the descriptor.
 pub const HEADER_KEY: &str = "kapsule.enc";
@@ -72,37 +73,21 @@ pub enum WireError {
     TooLong(&'static str),
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
+impl From<ReadError> for WireError {
+    fn from(_: ReadError) -> Self {
+        WireError::Malformed("truncated")
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.b.len() < n {
-            return Err(WireError::Malformed("truncated"));
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
-    }
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn list(&mut self) -> Result<Vec<&'a [u8]>, WireError> {
-        let n = self.u16()?;
-        (0..n)
-            .map(|_| {
-                let l = self.u16()? as usize;
-                self.take(l)
-            })
-            .collect()
-    }
+/// A u16 count, then that many u16-length-prefixed items.
+fn read_list<'a>(r: &mut ByteReader<'a>, what: &'static str) -> Result<Vec<&'a [u8]>, WireError> {
+    let n = r.u16(what)?;
+    (0..n)
+        .map(|_| {
+            let l = r.u16(what)? as usize;
+            Ok(r.take(l, what)?)
+        })
+        .collect()
 }
 
 fn put_list(out: &mut Vec<u8>, items: &[&[u8]], what: &'static str) -> Result<(), WireError> {
@@ -176,32 +161,31 @@ impl Descriptor {
     /// Decodes a header value; rejects unknown versions and flags, inconsistent flags and
     /// trailing bytes.
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader { b };
-        let version = r.u8()?;
+        let mut r = ByteReader::new(b);
+        let version = r.u8("version")?;
         if version != FORMAT_V1 {
             return Err(WireError::UnsupportedVersion(version));
         }
-        let flags = r.u8()?;
+        let flags = r.u8("flags")?;
         if flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::Malformed("unknown flag bits"));
         }
         if flags & FLAG_VALUE_WHOLE != 0 && flags & FLAG_VALUE_JSON != 0 {
             return Err(WireError::Malformed("both whole-value and JSON flags set"));
         }
-        let record_id: [u8; 16] = r.take(16)?.try_into().expect("16");
-        let nonce_base: [u8; NONCE_LEN] = r.take(NONCE_LEN)?.try_into().expect("12");
-        let key_kek_version = r.u32()?;
-        let kl = r.u8()? as usize;
+        let record_id: [u8; 16] = r.take(16, "record id")?.try_into().expect("16");
+        let nonce_base: [u8; NONCE_LEN] = r.take(NONCE_LEN, "nonce base")?.try_into().expect("12");
+        let key_kek_version = r.u32("key KEK version")?;
+        let kl = r.u8("KEK id length")? as usize;
         if kl == 0 {
             return Err(WireError::Malformed("empty KEK id"));
         }
-        let kek_id = std::str::from_utf8(r.take(kl)?)
+        let kek_id = std::str::from_utf8(r.take(kl, "KEK id")?)
             .map_err(|_| WireError::Malformed("KEK id is not UTF-8"))?
             .to_owned();
-        let el = r.u16()? as usize;
-        let edek = r.take(el)?.to_vec();
-        let ptrs = r
-            .list()?
+        let el = r.u16("EDEK length")? as usize;
+        let edek = r.take(el, "EDEK")?.to_vec();
+        let ptrs = read_list(&mut r, "JSON pointers")?
             .into_iter()
             .map(|p| {
                 std::str::from_utf8(p)
@@ -209,8 +193,11 @@ impl Descriptor {
                     .map_err(|_| WireError::Malformed("JSON pointer is not UTF-8"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let headers: Vec<Vec<u8>> = r.list()?.into_iter().map(<[u8]>::to_vec).collect();
-        if !r.b.is_empty() {
+        let headers: Vec<Vec<u8>> = read_list(&mut r, "header names")?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        if !r.is_empty() {
             return Err(WireError::Malformed("trailing bytes"));
         }
         let value = if flags & FLAG_VALUE_WHOLE != 0 {
