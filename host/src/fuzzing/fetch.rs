@@ -1,18 +1,15 @@
 //! Oracle of the `fetch` target: a Fetch partition's record set through the decryption path,
 //! as the proxy runs it (split, decode under a cap, prefetch keys, decrypt), with a real
-//! [`RecordEncryptor`] over the fixed-key [`FixedKms`].
-
-use std::sync::Arc;
+//! [`RecordEncryptor`] over the fixed-key [`super::kms::FixedKms`].
 
 use bytes::{Bytes, BytesMut};
 
-use super::kms::{block_on, FixedKms};
+use super::kms::{block_on, encryptor};
 use crate::crypto::record::{DecryptOptions, FailureMode, RecordEncryptor};
 use crate::crypto::wire::HEADER_KEY;
 use crate::kafka::records::{
     split_record_set, Record, RecordBatch, RecordSetEntry, ATTRIBUTES_OFFSET, CRC_OFFSET,
 };
-use crate::kms::DekConfig;
 
 /// Topic every fuzzed record set belongs to (the AAD binds records to it).
 pub const TOPIC: &str = "orders";
@@ -44,7 +41,7 @@ pub fn check(data: &[u8]) {
         return;
     };
     let options = options(opt);
-    let encryptor = RecordEncryptor::new(Arc::new(FixedKms), DekConfig::default());
+    let encryptor = encryptor();
     let set = Bytes::copy_from_slice(set);
     for entry in split_record_set(&set) {
         let Ok(RecordSetEntry::Batch(raw)) = entry else {

@@ -1,7 +1,8 @@
-//! A KMS with fixed keys, so encrypted seeds written once decrypt in every fuzzing run, and the
-//! runtime the async encryptor is driven on.
+//! A KMS with fixed keys, so encrypted seeds written once decrypt in every fuzzing run; the
+//! encryptor over it and the runtime it is driven on.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -11,7 +12,10 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::kms::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use crate::crypto::record::RecordEncryptor;
+use crate::kms::{
+    DataKey, DekConfig, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+};
 
 /// Fixed master secret every KEK is derived from (test material, never a real key).
 const MASTER: [u8; 32] = *b"kapsule fuzzing master key 00000";
@@ -142,4 +146,14 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
             .expect("a current-thread tokio runtime");
     }
     RUNTIME.with(|rt| rt.block_on(f))
+}
+
+/// A fresh encryptor over [`FixedKms`] with empty caches (small ones: a fuzz input needs few
+/// keys, and one encryptor is built per input).
+pub fn encryptor() -> RecordEncryptor {
+    let cfg = DekConfig {
+        decrypted_cache_size: 64,
+        ..DekConfig::default()
+    };
+    RecordEncryptor::new(Arc::new(FixedKms), cfg)
 }

@@ -2,16 +2,14 @@
 //! through encrypt → encode → split → decode → decrypt (fresh encryptor, empty caches), which
 //! must give back the input batch exactly.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use super::fetch::TOPIC;
-use super::kms::{block_on, FixedKms, MISSING_KEY_PREFIX};
-use crate::crypto::record::{DecryptOptions, EncryptError, FailureMode, RecordEncryptor};
+use super::kms::{block_on, encryptor, MISSING_KEY_PREFIX};
+use crate::crypto::record::{DecryptOptions, EncryptError, FailureMode};
 use crate::crypto::wire::HEADER_KEY;
 use crate::kafka::records::{split_record_set, Record, RecordBatch, RecordSetEntry};
-use crate::kms::{DekConfig, KmsErrorKind};
+use crate::kms::KmsErrorKind;
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
 
 /// JSON pointers of the JSON-fields plan (present in the values [`prepare`] writes).
@@ -88,8 +86,8 @@ pub fn check(input: &RecordBatch, selectors: &[u8]) {
         .collect();
     let forged = input.records.iter().any(has_descriptor);
     let mut wire = input.clone();
-    let encryptor = RecordEncryptor::new(Arc::new(FixedKms), DekConfig::default());
-    if let Err(e) = block_on(encryptor.encrypt_batch(TOPIC, &mut wire, &decisions)) {
+    let sealer = encryptor();
+    if let Err(e) = block_on(sealer.encrypt_batch(TOPIC, &mut wire, &decisions)) {
         assert_eq!(&wire, input, "a refused batch was changed: {e}");
         let explained = match &e {
             EncryptError::Rejected { index, .. } => {
@@ -127,7 +125,7 @@ pub fn check(input: &RecordBatch, selectors: &[u8]) {
     if forged {
         return;
     }
-    let decryptor = RecordEncryptor::new(Arc::new(FixedKms), DekConfig::default());
+    let decryptor = encryptor();
     let strict = DecryptOptions {
         on_failure: FailureMode::Error,
         require_encrypted: false,

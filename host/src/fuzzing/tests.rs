@@ -3,20 +3,17 @@
 //! scripts/fuzz.sh) each repeats rounds until N seconds have passed. A failure is shrunk and
 //! the minimal input printed. The `write_*_seeds` tests (ignored) refresh `fuzz/seeds/`.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use super::fetch::TOPIC;
-use super::kms::{block_on, FixedKms};
-use crate::crypto::record::{DecryptError, RecordEncryptor};
+use super::kms::{block_on, encryptor};
+use crate::crypto::record::DecryptError;
 use crate::crypto::wire::{Descriptor, ValueEncryption};
 use crate::kafka::records::tests::props::arb_batch;
 use crate::kafka::records::tests::{edge_batch, encode, mixed_record_set};
 use crate::kafka::records::{split_record_set, Compression, RecordBatch};
-use crate::kms::DekConfig;
 
 /// Runs `check` on inputs from `strategy`: one round of `cases` under `cargo test`, or rounds
 /// until `FUZZ_FALLBACK_SECONDS` have passed. Returns the number of inputs run.
@@ -224,7 +221,7 @@ fn encrypted_batch_bytes(mut batch: RecordBatch, selectors: &[u8]) -> Option<Vec
         .enumerate()
         .map(|(i, r)| super::produce::decision(selectors.get(i).copied().unwrap_or(0x31), r))
         .collect();
-    let enc = RecordEncryptor::new(Arc::new(FixedKms), DekConfig::default());
+    let enc = encryptor();
     block_on(enc.encrypt_batch(TOPIC, &mut batch, &decisions)).ok()?;
     Some(batch.to_bytes().unwrap().to_vec())
 }
@@ -304,7 +301,7 @@ fn committed_fetch_seeds_still_decrypt() {
         let set = Bytes::copy_from_slice(&data[1..]);
         for e in split_record_set(&set) {
             let mut batch = e.unwrap().as_batch().unwrap().decode().unwrap();
-            let enc = RecordEncryptor::new(Arc::new(FixedKms), DekConfig::default());
+            let enc = encryptor();
             let opts = super::fetch::options(0);
             let stats = block_on(enc.decrypt_batch(TOPIC, &mut batch, &opts)).unwrap();
             decrypted += stats.records_decrypted;
@@ -323,7 +320,7 @@ fn fetch_oracle_catches_a_tampered_ciphertext_without_panicking() {
     let batch = edge_batch(Compression::None);
     let bytes = encrypted_batch_bytes(batch, &[0x31, 0x31, 0x31]).unwrap();
     let raw = RecordBatch::decode(&Bytes::from(bytes.clone())).unwrap();
-    let enc = RecordEncryptor::new(Arc::new(FixedKms), DekConfig::default());
+    let enc = encryptor();
     let mut ok = raw.clone();
     let stats = block_on(enc.decrypt_batch(TOPIC, &mut ok, &super::fetch::options(0))).unwrap();
     assert_eq!(
