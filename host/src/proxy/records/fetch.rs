@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::FetchResponse;
 
-use super::log::Direction;
+use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
 use crate::config::RecordsMode;
 use crate::crypto::record::{
@@ -105,8 +105,8 @@ impl RecordStage {
                     Err(e) => {
                         // The broker's own bytes on a topic Kapsule does not protect: forward
                         // them as stored, the client will judge.
-                        let e = e.message().escape_debug().to_string();
-                        tracing::debug!(%peer, topic = %topic.escape_debug(), error = %e, "fetched batch does not decode; forwarding as stored");
+                        let (topic, e) = (escape(topic), escape(e.message()));
+                        tracing::debug!(%peer, %topic, error = %e, "fetched batch does not decode; forwarding as stored");
                         Ok(None)
                     }
                 }

@@ -4,8 +4,8 @@
 //! [`WINDOW`]; the next line written after a window with suppressed lines carries
 //! `suppressed=K`. At most [`MAX_KEYS`] keys are tracked: beyond that every topic shares one
 //! key, so client-chosen topic names cannot grow this state. Client-controlled strings (topic
-//! names, messages holding header names or key ids) are escaped (`escape_debug`), so they cannot
-//! forge log lines.
+//! names, messages holding header names or key ids) have their control characters escaped
+//! ([`escape`]), so they cannot forge log lines.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -100,8 +100,8 @@ impl RefusalLog {
         let Admit::Write(suppressed) = self.admit(direction, topic, reason, Instant::now()) else {
             return;
         };
-        let topic = topic.escape_debug();
-        let message = error.message().escape_debug();
+        let topic = escape(topic);
+        let message = escape(error.message());
         let source = error.origin().label();
         let reason = reason.label();
         let code = error.code();
@@ -116,6 +116,23 @@ impl RefusalLog {
             ),
         }
     }
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`), so a client-chosen string cannot
+/// break or forge a log line; everything else is kept as it is.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -140,6 +157,13 @@ mod tests {
         let t1 = t0 + WINDOW;
         assert_eq!(log.admit(d, "a", Reason::Corrupt, t1), Admit::Write(100));
         assert_eq!(log.admit(d, "a", Reason::Corrupt, t1), Admit::Write(0));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("orders"), "orders");
+        assert_eq!(escape("a\nWARN forged"), "a\\nWARN forged");
+        assert_eq!(escape("k'\u{1b}[31m"), "k'\\u{1b}[31m");
     }
 
     #[test]
