@@ -50,6 +50,7 @@ fn binding(module: &Path, topics: &str, config: &str, allowed: &str) -> BindingC
         allowed_key_ids: vec![allowed.into()],
         on_decrypt_failure: DecryptFailure::Error,
         require_encrypted: false,
+        accept_pre_encrypted: false,
     }
 }
 

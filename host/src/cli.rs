@@ -241,7 +241,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(enc) = &encryption {
         spawn_sighup_reload(enc.policy.clone());
     }
-    let records = RecordStage::new(config.records, encryption);
+    let records = RecordStage::new(config.records, encryption)
+        .with_decompression_budget(config.proxy.decompression_budget());
     let proxy = Proxy::bind(&config, metrics.clone(), records).await?;
     let admin_listener = TcpListener::bind(&config.admin.listen)
         .await

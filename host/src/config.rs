@@ -72,6 +72,11 @@ pub struct ProxyConfig {
     /// Largest request or response frame accepted, in bytes (default 100 MiB, as Kafka).
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
+    /// Most bytes the record stage decompresses for one Produce request or one Fetch response,
+    /// summed over its batches (default twice `max_frame_bytes`). A Produce request over it is
+    /// refused with RECORD_LIST_TOO_LARGE; a Fetch response is cut at the last batch that fits.
+    #[serde(default)]
+    pub max_decompressed_bytes_per_request: Option<usize>,
     /// Requests a client may have in flight on one connection before the proxy stops reading
     /// from it (default 64).
     #[serde(default = "default_max_in_flight")]
@@ -104,6 +109,14 @@ impl Default for AdminConfig {
 fn default_admin_listen() -> String {
     "127.0.0.1:9190".into()
 }
+impl ProxyConfig {
+    /// The per-request decompression budget: the configured value, or twice `max_frame_bytes`.
+    pub fn decompression_budget(&self) -> usize {
+        self.max_decompressed_bytes_per_request
+            .unwrap_or(self.max_frame_bytes.saturating_mul(2))
+    }
+}
+
 fn default_max_node_id() -> i32 {
     999
 }
@@ -147,6 +160,7 @@ impl Config {
                 node_port_base: None,
                 max_node_id: default_max_node_id(),
                 max_frame_bytes: default_max_frame_bytes(),
+                max_decompressed_bytes_per_request: None,
                 max_in_flight: default_max_in_flight(),
                 upstream_connect_timeout_ms: default_connect_timeout_ms(),
                 shutdown_timeout_secs: default_shutdown_timeout_secs(),
@@ -258,6 +272,9 @@ impl Config {
                 "proxy.max_frame_bytes: {} is outside 1024..=2147483647",
                 p.max_frame_bytes
             ));
+        }
+        if p.max_decompressed_bytes_per_request == Some(0) {
+            problems.push("proxy.max_decompressed_bytes_per_request: must be at least 1".into());
         }
         if p.max_in_flight == 0 {
             problems.push("proxy.max_in_flight: must be at least 1".into());

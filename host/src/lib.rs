@@ -6,6 +6,7 @@
 //! - [`kafka`]: Kafka framing, header parsing and the project's own record-batch codec.
 //! - [`plan`]: the per-record encryption plan, the single input of the encryption stage.
 //! - [`crypto`]: AEAD/SIV primitives and the encrypted-record wire format.
+//! - [`error`]: one error vocabulary (source, Kafka error code, retriability) for refusals.
 //! - [`kms`]: key management (Vault/OpenBao transit, local KMS) and the DEK cache.
 //! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
 //! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod kafka;

@@ -9,6 +9,7 @@ mod common;
 mod concurrency;
 mod confluent;
 mod encryption;
+mod fail_closed;
 mod groups;
 mod kafkajs;
 mod kcat;

@@ -15,25 +15,12 @@ use crate::crypto::json::{find_spans, parse_pointer, JsonError};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, siv_open, siv_seal, Dek, RecordKeyCipher, NONCE_LEN};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, TagValue, ValueEncryption,
-    HEADER_KEY, JSON_PREFIX,
+    key_aad, part_aad, record_aad, split_header, validate_key_id, Descriptor, KeyIdError, PartKind,
+    TagValue, ValueEncryption, WireError, HEADER_KEY, JSON_PREFIX,
 };
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::{DekConfig, DekManager, Kms, KmsError};
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
-
-/// Kafka error code REQUEST_TIMED_OUT: retriable, used when the KMS is unavailable on Produce.
-pub const REQUEST_TIMED_OUT: i16 = 7;
-/// Kafka error code POLICY_VIOLATION: a policy rejected a record.
-pub const POLICY_VIOLATION: i16 = 44;
-/// Kafka error code INVALID_RECORD: a record cannot be encrypted as planned (e.g. not JSON).
-pub const INVALID_RECORD: i16 = 87;
-/// Kafka error code UNKNOWN_SERVER_ERROR: non-retriable KMS or internal failure.
-pub const UNKNOWN_SERVER_ERROR: i16 = -1;
-/// Kafka error code KAFKA_STORAGE_ERROR: retriable, used when the KMS is unavailable on Fetch.
-pub const KAFKA_STORAGE_ERROR: i16 = 56;
-/// Kafka error code CORRUPT_MESSAGE: a fetched record failed authentication or is malformed.
-pub const CORRUPT_MESSAGE: i16 = 2;
 
 /// Why a produce batch was refused. The batch must then not be forwarded at all.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +41,26 @@ pub enum EncryptError {
         /// What is wrong.
         message: String,
     },
+    /// A record already carries a `kapsule.enc` header (encrypted elsewhere, or forged) on a
+    /// topic that does not accept pre-encrypted records.
+    #[error(
+        "record {index} already carries a '{HEADER_KEY}' header; this topic does not accept \
+         pre-encrypted records (set accept_pre_encrypted on its rule or binding if it should)"
+    )]
+    PreEncrypted {
+        /// Index of the record in the batch.
+        index: usize,
+    },
+    /// The plan names a key id Kapsule never passes to a KMS (checked before any KMS call).
+    #[error("record {index}: policy named key id {key_id:?}: {source}")]
+    InvalidKeyId {
+        /// Index of the record in the batch.
+        index: usize,
+        /// The refused id.
+        key_id: String,
+        /// What is wrong with it.
+        source: KeyIdError,
+    },
     /// The KMS failed (see [`KmsError::kind`]).
     #[error("{0}")]
     Kms(KmsError),
@@ -73,22 +80,12 @@ impl EncryptError {
         matches!(self, Self::Kms(e) if e.is_retriable())
     }
 
-    /// Kafka error code for the partition's Produce response: 7 REQUEST_TIMED_OUT (retriable)
-    /// for an unavailable KMS, 44 POLICY_VIOLATION for a rejection, 87 INVALID_RECORD for an
-    /// unencryptable record, -1 UNKNOWN_SERVER_ERROR for permanent KMS and internal failures.
-    pub fn kafka_error_code(&self) -> i16 {
-        match self {
-            Self::Rejected { .. } => POLICY_VIOLATION,
-            Self::InvalidRecord { .. } => INVALID_RECORD,
-            Self::Kms(e) if e.is_retriable() => REQUEST_TIMED_OUT,
-            Self::Kms(_) | Self::DecisionCount { .. } => UNKNOWN_SERVER_ERROR,
-        }
-    }
-
     fn reason(&self) -> &'static str {
         match self {
             Self::Rejected { .. } => "rejected",
             Self::InvalidRecord { .. } => "invalid_record",
+            Self::PreEncrypted { .. } => "pre_encrypted",
+            Self::InvalidKeyId { .. } => "invalid_key_id",
             Self::Kms(e) if e.is_retriable() => "kms_transient",
             Self::Kms(_) => "kms_permanent",
             Self::DecisionCount { .. } => "internal",
@@ -124,6 +121,15 @@ pub enum DecryptError {
         /// What is wrong.
         message: String,
     },
+    /// The descriptor names a KEK the topic does not allow (`require_encrypted` with the rule's
+    /// key or the binding's `allowed_key_ids`): written by someone else, never sent to the KMS.
+    #[error("record {index} names KEK {kek_id:?}, which this topic does not allow")]
+    KeyNotAllowed {
+        /// Index of the record in the batch.
+        index: usize,
+        /// The KEK id in the descriptor.
+        kek_id: String,
+    },
     /// A record without `kapsule.enc` on a topic that requires encryption (an injection).
     #[error("record {index} is not encrypted but the topic requires encryption")]
     NotEncrypted {
@@ -138,22 +144,13 @@ impl DecryptError {
         matches!(self, Self::Kms { source, .. } if source.is_retriable())
     }
 
-    /// Kafka error code for the partition's Fetch response: 56 KAFKA_STORAGE_ERROR (consumers
-    /// retry) for an unavailable KMS, 2 CORRUPT_MESSAGE (consumers stop with an error) otherwise.
-    pub fn kafka_error_code(&self) -> i16 {
-        if self.is_retriable() {
-            KAFKA_STORAGE_ERROR
-        } else {
-            CORRUPT_MESSAGE
-        }
-    }
-
     fn reason(&self) -> &'static str {
         match self {
             Self::Kms { source, .. } if source.is_retriable() => "kms_transient",
             Self::Kms { .. } => "kms_permanent",
             Self::Integrity { .. } => "integrity",
             Self::Malformed { .. } => "malformed",
+            Self::KeyNotAllowed { .. } => "key_not_allowed",
             Self::NotEncrypted { .. } => "missing_header",
         }
     }
@@ -171,9 +168,12 @@ pub enum FailureMode {
     Skip,
 }
 
+/// Which KEK ids a topic's stored descriptors may name (see [`DecryptOptions::allowed_kek`]).
+pub type KekFilter<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
 /// Options of [`RecordEncryptor::decrypt_batch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DecryptOptions {
+#[derive(Clone, Copy, Default)]
+pub struct DecryptOptions<'a> {
     /// Handling of records that fail to decrypt (integrity, malformed, unknown or forbidden key).
     /// An unavailable KMS always fails the batch with a retriable error, whatever the mode, so
     /// consumers never skip records because of a KMS outage.
@@ -182,6 +182,26 @@ pub struct DecryptOptions {
     /// injection. It fails the batch in [`FailureMode::Error`] and is dropped otherwise (never
     /// delivered as if it had been encrypted).
     pub require_encrypted: bool,
+    /// When set, a descriptor naming a KEK id for which this returns `false` is a decrypt
+    /// failure ([`DecryptError::KeyNotAllowed`], handled per `on_failure`) and its keys are never
+    /// requested from the KMS.
+    pub allowed_kek: Option<KekFilter<'a>>,
+}
+
+impl std::fmt::Debug for DecryptOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptOptions")
+            .field("on_failure", &self.on_failure)
+            .field("require_encrypted", &self.require_encrypted)
+            .field("allowed_kek", &self.allowed_kek.map(|_| "filter"))
+            .finish()
+    }
+}
+
+impl DecryptOptions<'_> {
+    fn kek_allowed(&self, kek_id: &str) -> bool {
+        self.allowed_kek.is_none_or(|f| f(kek_id))
+    }
 }
 
 /// Counters of one [`RecordEncryptor::encrypt_batch`] call.
@@ -244,11 +264,29 @@ impl Prepared {
     }
 }
 
-fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, String> {
+/// Why one record cannot be sealed as planned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SealFail {
+    /// The record already carries a descriptor.
+    #[error("it already carries a '{HEADER_KEY}' header (already encrypted, or forged)")]
+    PreEncrypted,
+    /// The value is not JSON, or a pointer is invalid.
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// The descriptor cannot be encoded (a field too long).
+    #[error(transparent)]
+    Descriptor(#[from] WireError),
+    /// More parts than the nonce counter allows.
+    #[error("nonce counter overflow")]
+    NonceOverflow,
+    /// The plan encrypts the key but no record-key cipher was given (a bug in the caller).
+    #[error("record-key cipher missing")]
+    KeyCipherMissing,
+}
+
+fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, SealFail> {
     if rec.headers.iter().any(|h| h.key == HEADER_KEY.as_bytes()) {
-        return Err(format!(
-            "it already carries a '{HEADER_KEY}' header (already encrypted, or forged)"
-        ));
+        return Err(SealFail::PreEncrypted);
     }
     let mut bytes = 0u64;
     let key = plan.record_key && rec.key.is_some();
@@ -269,9 +307,8 @@ fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, String> {
             let targets = names
                 .iter()
                 .map(|p| parse_pointer(p))
-                .collect::<Result<Vec<_>, JsonError>>()
-                .map_err(|e| e.to_string())?;
-            let spans = find_spans(v, &targets, &names).map_err(|e| e.to_string())?;
+                .collect::<Result<Vec<_>, JsonError>>()?;
+            let spans = find_spans(v, &targets, &names)?;
             for (name, span) in names.into_iter().zip(spans) {
                 if let Some(s) = span {
                     bytes += s.len() as u64;
@@ -309,7 +346,7 @@ pub(crate) struct SealParams<'a> {
 }
 
 /// Encrypts `rec` as `prep` says; pure given `p`.
-fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Record, String> {
+fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Record, SealFail> {
     let kek_id: &str = &p.dek.kek_id;
     let (new_key, key_version) = match (prep.key, p.key_cipher, &rec.key) {
         (true, Some((siv, ver)), Some(k)) => (
@@ -320,7 +357,7 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
             ))),
             ver,
         ),
-        (true, _, _) => return Err("record-key cipher missing".into()),
+        (true, _, _) => return Err(SealFail::KeyCipherMissing),
         (false, _, k) => (k.clone(), 0),
     };
     let desc = Descriptor {
@@ -343,10 +380,10 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
             .map(|&i| rec.headers[i].key.to_vec())
             .collect(),
     };
-    let desc_bytes = desc.encode().map_err(|e| e.to_string())?;
+    let desc_bytes = desc.encode()?;
     let wk = new_key.as_deref();
-    let seal = |kind: PartKind, index: u32, name: &[u8], pt: &[u8]| -> Result<Vec<u8>, String> {
-        let nonce = nonce_at(&p.nonce_base, index).ok_or("nonce counter overflow")?;
+    let seal = |kind: PartKind, index: u32, name: &[u8], pt: &[u8]| -> Result<Vec<u8>, SealFail> {
+        let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
         Ok(p.dek.seal(
             &nonce,
             &part_aad(p.topic, kind, index, name, wk, &desc_bytes),
@@ -384,7 +421,7 @@ fn seal_record(rec: &Record, prep: &Prepared, p: SealParams<'_>) -> Result<Recor
         h.value = Some(Bytes::from(ct));
     }
     let tag_index = base + prep.headers.len() as u32;
-    let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or("nonce counter overflow")?;
+    let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
     let tag = p.dek.seal(
         &tag_nonce,
         &record_aad(
@@ -613,6 +650,16 @@ fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> 
     Ok(found)
 }
 
+fn seal_error(index: usize, f: SealFail) -> EncryptError {
+    match f {
+        SealFail::PreEncrypted => EncryptError::PreEncrypted { index },
+        other => EncryptError::InvalidRecord {
+            index,
+            message: other.to_string(),
+        },
+    }
+}
+
 /// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
 #[derive(Debug)]
 pub struct RecordEncryptor {
@@ -699,8 +746,12 @@ impl RecordEncryptor {
                     continue;
                 }
             };
-            let prep = prepare(rec, plan)
-                .map_err(|message| EncryptError::InvalidRecord { index, message })?;
+            validate_key_id(&plan.key_id).map_err(|source| EncryptError::InvalidKeyId {
+                index,
+                key_id: plan.key_id.clone(),
+                source,
+            })?;
+            let prep = prepare(rec, plan).map_err(|f| seal_error(index, f))?;
             if prep.key && !sivs.contains_key(&plan.key_id) {
                 let c = self
                     .deks
@@ -734,7 +785,7 @@ impl RecordEncryptor {
                     key_cipher,
                 },
             )
-            .map_err(|message| EncryptError::InvalidRecord { index, message })?;
+            .map_err(|f| seal_error(index, f))?;
             stats.records_encrypted += 1;
             stats.plaintext_bytes += prep.bytes;
             out.push(sealed);
@@ -779,7 +830,7 @@ impl RecordEncryptor {
         &self,
         topic: &str,
         batch: &mut RecordBatch,
-        options: &DecryptOptions,
+        options: &DecryptOptions<'_>,
     ) -> Result<DecryptStats, DecryptError> {
         let r = self.decrypt_inner(topic, batch, options).await;
         match &r {
@@ -799,7 +850,7 @@ impl RecordEncryptor {
         &self,
         topic: &str,
         batch: &mut RecordBatch,
-        options: &DecryptOptions,
+        options: &DecryptOptions<'_>,
     ) -> Result<DecryptStats, DecryptError> {
         let mut stats = DecryptStats::default();
         let descs: Vec<Result<Option<(usize, Descriptor)>, String>> =
@@ -818,6 +869,11 @@ impl RecordEncryptor {
                 slots.push(None);
                 continue;
             };
+            if !options.kek_allowed(&d.kek_id) {
+                // Never ask the KMS about a key this topic does not allow.
+                slots.push(None);
+                continue;
+            }
             let dk = (d.kek_id.as_str(), d.edek.as_slice());
             let di = match last {
                 Some((i, _)) if dek_keys[i] == dk => i,
@@ -866,8 +922,14 @@ impl RecordEncryptor {
                     index,
                     message: message.clone(),
                 }),
+                Ok(Some((_, d))) if !options.kek_allowed(&d.kek_id) => {
+                    Err(DecryptError::KeyNotAllowed {
+                        index,
+                        kek_id: d.kek_id.clone(),
+                    })
+                }
                 Ok(Some((di, d))) => {
-                    let (dek_slot, siv_slot) = slot.expect("every descriptor has a slot");
+                    let (dek_slot, siv_slot) = slot.expect("every allowed descriptor has a slot");
                     match &deks[dek_slot] {
                         Err(e) => Err(DecryptError::Kms {
                             index,
@@ -946,7 +1008,7 @@ pub(crate) mod testing {
         record_id: [u8; 16],
         key_cipher: Option<&RecordKeyCipher>,
     ) -> Result<Record, String> {
-        let prep = prepare(rec, plan)?;
+        let prep = prepare(rec, plan).map_err(|e| e.to_string())?;
         let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
         seal_record(
             rec,
@@ -959,6 +1021,7 @@ pub(crate) mod testing {
                 key_cipher: siv.as_mut().map(|(s, v)| (s, *v)),
             },
         )
+        .map_err(|e| e.to_string())
     }
 
     /// Decrypts one record with fixed keys.

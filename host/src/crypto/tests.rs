@@ -83,9 +83,10 @@ fn setup() -> (Arc<MemoryKms>, RecordEncryptor) {
     (kms, enc)
 }
 
-const STRICT: DecryptOptions = DecryptOptions {
+const STRICT: DecryptOptions<'static> = DecryptOptions {
     on_failure: FailureMode::Error,
     require_encrypted: false,
+    allowed_kek: None,
 };
 
 const JSON: &str =
@@ -243,7 +244,7 @@ async fn expect_integrity(enc: &RecordEncryptor, topic: &str, mut bt: RecordBatc
         matches!(e, DecryptError::Integrity { .. }),
         "{what}: expected integrity failure, got {e}"
     );
-    assert_eq!(e.kafka_error_code(), 2);
+    assert_eq!(crate::error::ProxyError::from(e.clone()).code(), 2);
     assert_eq!(bt, before, "{what}: batch modified on error");
 }
 
@@ -434,6 +435,7 @@ async fn decrypt_orders(
         &DecryptOptions {
             on_failure,
             require_encrypted,
+            allowed_kek: None,
         },
     )
     .await
@@ -524,12 +526,13 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
                 &DecryptOptions {
                     on_failure: mode,
                     require_encrypted: false,
+                    allowed_kek: None,
                 },
             )
             .await
             .unwrap_err();
         assert!(e.is_retriable());
-        assert_eq!(e.kafka_error_code(), 56);
+        assert_eq!(crate::error::ProxyError::from(e.clone()).code(), 56);
         assert_eq!(t, bt);
     }
     // Produce on a topic without cached DEK fails retriably and leaves the batch untouched.
@@ -540,7 +543,7 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
         .await
         .unwrap_err();
     assert!(e.is_retriable());
-    assert_eq!(e.kafka_error_code(), 7);
+    assert_eq!(crate::error::ProxyError::from(e.clone()).code(), 7);
     assert_eq!(p, before);
     kms.fail_with(None);
     let mut t = bt.clone();
@@ -558,7 +561,7 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
         .await
         .unwrap_err();
     assert!(!e.is_retriable());
-    assert_eq!(e.kafka_error_code(), -1);
+    assert_eq!(crate::error::ProxyError::from(e.clone()).code(), -1);
     assert!(e.to_string().contains("unknown_key"), "{e}");
 }
 
@@ -578,7 +581,7 @@ async fn rejections_and_invalid_records_refuse_the_whole_batch() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.kafka_error_code(), 44);
+    assert_eq!(crate::error::ProxyError::from(e.clone()).code(), 44);
     assert!(!e.is_retriable());
     assert!(e.to_string().contains("no PII"));
     assert_eq!(bt, before);
@@ -592,7 +595,7 @@ async fn rejections_and_invalid_records_refuse_the_whole_batch() {
         .encrypt_batch("t", &mut bt, &[whole(), fields(&["/x"])])
         .await
         .unwrap_err();
-    assert_eq!(e.kafka_error_code(), 87);
+    assert_eq!(crate::error::ProxyError::from(e.clone()).code(), 87);
     assert!(e.to_string().contains("not valid JSON"), "{e}");
     assert_eq!(bt, before);
 
@@ -601,7 +604,7 @@ async fn rejections_and_invalid_records_refuse_the_whole_batch() {
         .encrypt_batch("t", &mut forged, &[whole()])
         .await
         .unwrap_err();
-    assert_eq!(e.kafka_error_code(), 87);
+    assert_eq!(crate::error::ProxyError::from(e.clone()).code(), 87);
 
     let e = enc
         .encrypt_batch("t", &mut bt, &[whole()])

@@ -71,6 +71,55 @@ pub enum WireError {
     /// A field is too long to encode.
     #[error("cannot encode kapsule.enc header: {0}")]
     TooLong(&'static str),
+    /// The KEK id is not one Kapsule would ever pass to a KMS (see [`validate_key_id`]).
+    #[error("invalid KEK id: {0}")]
+    InvalidKeyId(KeyIdError),
+}
+
+/// Longest KEK id accepted, in bytes (the descriptor's length field is one byte).
+pub const MAX_KEY_ID_LEN: usize = 255;
+
+/// Why a KEK id was refused before any KMS call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyIdError {
+    /// Empty id.
+    #[error("key id is empty")]
+    Empty,
+    /// Longer than [`MAX_KEY_ID_LEN`] bytes.
+    #[error("key id is {0} bytes long (at most {MAX_KEY_ID_LEN})")]
+    TooLong(usize),
+    /// Contains `/` or `\\`: it would address another KMS path (`a/../b`, `transit/keys/x`).
+    #[error("key id contains a path separator ('/' or '\\')")]
+    PathSeparator,
+    /// Contains `..`.
+    #[error("key id contains '..'")]
+    DotDot,
+    /// Contains a control character (newlines would forge log lines, NUL truncates paths).
+    #[error("key id contains a control character")]
+    Control,
+}
+
+/// Checks a KEK id on the host before it reaches any KMS: 1..=255 bytes, no `/` or `\\`, no
+/// `..`, no control characters. A policy answer (Produce) or a stored descriptor (Fetch) naming
+/// such an id is refused without a KMS call, so the KMS permission boundary is never the only
+/// line of defence against path tricks like `tenant-b-x/../tenant-a-secret`.
+pub fn validate_key_id(id: &str) -> Result<(), KeyIdError> {
+    if id.is_empty() {
+        return Err(KeyIdError::Empty);
+    }
+    if id.len() > MAX_KEY_ID_LEN {
+        return Err(KeyIdError::TooLong(id.len()));
+    }
+    if id.contains(['/', '\\']) {
+        return Err(KeyIdError::PathSeparator);
+    }
+    if id.contains("..") {
+        return Err(KeyIdError::DotDot);
+    }
+    if id.chars().any(char::is_control) {
+        return Err(KeyIdError::Control);
+    }
+    Ok(())
 }
 
 impl From<ReadError> for WireError {
@@ -183,6 +232,7 @@ impl Descriptor {
         let kek_id = std::str::from_utf8(r.take(kl, "KEK id")?)
             .map_err(|_| WireError::Malformed("KEK id is not UTF-8"))?
             .to_owned();
+        validate_key_id(&kek_id).map_err(WireError::InvalidKeyId)?;
         let el = r.u16("EDEK length")? as usize;
         let edek = r.take(el, "EDEK")?.to_vec();
         let ptrs = read_list(&mut r, "JSON pointers")?
@@ -390,5 +440,35 @@ mod tests {
         let mut d2 = sample();
         d2.kek_id = String::new();
         assert!(d2.encode().is_err());
+    }
+
+    #[test]
+    fn key_ids_with_path_tricks_are_refused_before_any_kms_call() {
+        for ok in ["orders", "tenant-a.orders_v2", "kek-${x}", "a.b"] {
+            assert_eq!(validate_key_id(ok), Ok(()), "{ok}");
+        }
+        for (bad, want) in [
+            ("", KeyIdError::Empty),
+            ("tenant-b-x/../tenant-a-secret", KeyIdError::PathSeparator),
+            ("a\\b", KeyIdError::PathSeparator),
+            ("..", KeyIdError::DotDot),
+            ("a..b", KeyIdError::DotDot),
+            ("a\nb", KeyIdError::Control),
+            ("a\u{0}", KeyIdError::Control),
+        ] {
+            assert_eq!(validate_key_id(bad), Err(want), "{bad:?}");
+        }
+        assert_eq!(
+            validate_key_id(&"k".repeat(256)),
+            Err(KeyIdError::TooLong(256))
+        );
+        // A stored descriptor naming such a key does not decode (so it never reaches the KMS).
+        let mut d = sample();
+        d.kek_id = "tenant-b-x/../tenant-a-secret".into();
+        let b = d.encode().unwrap();
+        assert_eq!(
+            Descriptor::decode(&b),
+            Err(WireError::InvalidKeyId(KeyIdError::PathSeparator))
+        );
     }
 }

@@ -108,6 +108,7 @@ pub fn check_policy(
             allowed_key_ids: allowed,
             on_decrypt_failure: DecryptFailure::Error,
             require_encrypted: false,
+            accept_pre_encrypted: false,
         }],
         limits: LimitsConfig {
             // A one-off check on a possibly cold machine: be generous, report the time.

@@ -70,9 +70,15 @@ pub struct RuleConfig {
     /// What consumers get when a record of these topics cannot be decrypted.
     #[serde(default)]
     pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records of these topics that are not encrypted (default `false`).
+    /// Refuse to deliver records of these topics that are not encrypted, or encrypted under a KEK
+    /// other than the rule's key / one `allowed_key_ids` matches (default `false`).
     #[serde(default)]
     pub require_encrypted: bool,
+    /// Accept produced records that already carry a `kapsule.enc` header and forward them as
+    /// they are (default `false`: such records are refused with INVALID_RECORD). Only for
+    /// producers that write Kapsule's format themselves (e.g. records copied between clusters).
+    #[serde(default)]
+    pub accept_pre_encrypted: bool,
 }
 
 /// The value part of a built-in rule: `whole`, `none`, or `{json_fields: [pointers]}`.
@@ -134,13 +140,39 @@ pub enum DecryptFailure {
     Skip,
 }
 
-/// Decrypt-side settings of a topic, consumed by the crypto stage on Fetch.
+/// Per-topic settings of the record stage beyond the encryption plan (defaults when no rule or
+/// binding matches the topic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DecryptSettings {
     /// What a consumer gets for a record that cannot be decrypted.
     pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records that are not encrypted.
+    /// Refuse to deliver records that are not encrypted, or encrypted under a KEK the topic's
+    /// rule or binding does not name.
     pub require_encrypted: bool,
+    /// Produced records with a `kapsule.enc` header are forwarded as they are (else refused).
+    pub accept_pre_encrypted: bool,
+    /// A rule or binding matches the topic. Fetched records of topics nothing covers are
+    /// forwarded as stored: no decryption, no KMS call.
+    pub covered: bool,
+}
+
+/// Which KEK ids the stored descriptors of a topic may name (checked with `require_encrypted`).
+#[derive(Debug, Clone)]
+pub enum KekAllowance {
+    /// Exactly this id (a rule's key, `${topic}` expanded).
+    Exact(String),
+    /// Ids matching these globs (a binding's `allowed_key_ids`, `${topic}` expanded).
+    Globs(globset::GlobSet),
+}
+
+impl KekAllowance {
+    /// Whether a descriptor naming `kek_id` may be decrypted.
+    pub fn allows(&self, kek_id: &str) -> bool {
+        match self {
+            Self::Exact(id) => id == kek_id,
+            Self::Globs(g) => g.is_match(kek_id),
+        }
+    }
 }
 
 /// A Wasm policy binding: topics decided by a policy component.
@@ -162,9 +194,14 @@ pub struct BindingConfig {
     /// What consumers get when a record of these topics cannot be decrypted.
     #[serde(default)]
     pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records of these topics that are not encrypted (default `false`).
+    /// Refuse to deliver records of these topics that are not encrypted, or encrypted under a KEK
+    /// other than the rule's key / one `allowed_key_ids` matches (default `false`).
     #[serde(default)]
     pub require_encrypted: bool,
+    /// Accept produced records that already carry a `kapsule.enc` header and forward them as
+    /// they are (default `false`: such records are refused with INVALID_RECORD).
+    #[serde(default)]
+    pub accept_pre_encrypted: bool,
 }
 
 /// Sandbox limits for Wasm policy instances.

@@ -38,7 +38,7 @@ use globset::{GlobSet, GlobSetBuilder};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-use self::config::{DecryptSettings, PolicyConfig, UnmatchedTopics};
+use self::config::{DecryptSettings, KekAllowance, PolicyConfig, UnmatchedTopics};
 use self::rules::{Rule, TopicMatcher};
 use self::stats::BindingStats;
 use self::wasm::bindings::kapsule::policy::types as wit;
@@ -46,9 +46,6 @@ use self::wasm::host::LogSink;
 use self::wasm::{CallError, Limits, LoadedModule, WasmRuntime};
 use crate::kafka::records::Record;
 use crate::plan::{EncryptionPlan, Needs, RecordDecision, TopicPlan, ValuePart};
-
-/// Kafka error code the proxy should answer for a [`PolicyError`] or a reject decision.
-pub const POLICY_VIOLATION_ERROR_CODE: i16 = 44;
 
 /// Longest key id a policy may name.
 const MAX_KEY_ID_LEN: usize = 256;
@@ -361,6 +358,8 @@ impl PolicyRegistry {
                         decrypt: DecryptSettings {
                             on_decrypt_failure: b.on_decrypt_failure,
                             require_encrypted: b.require_encrypted,
+                            accept_pre_encrypted: b.accept_pre_encrypted,
+                            covered: true,
                         },
                         current: ArcSwap::from_pointee(m),
                         stats,
@@ -575,6 +574,21 @@ impl PolicyRegistry {
             Target::Binding(i) => self.inner.bindings[i].decrypt,
             Target::Rule(i) => self.inner.rules[i].decrypt_settings(),
             Target::Unmatched => DecryptSettings::default(),
+        }
+    }
+
+    /// Which KEK ids stored descriptors of `topic` may name: the rule's key, or what the
+    /// binding's `allowed_key_ids` match (an invalid pattern matches nothing). `None` when no rule
+    /// or binding covers the topic.
+    pub fn allowed_keks(&self, topic: &str) -> Option<KekAllowance> {
+        match self.resolve(topic) {
+            Target::Rule(i) => Some(KekAllowance::Exact(self.inner.rules[i].key_id(topic))),
+            Target::Binding(i) => Some(KekAllowance::Globs(
+                self.inner.bindings[i]
+                    .allowance(topic)
+                    .unwrap_or_else(|_| GlobSet::empty()),
+            )),
+            Target::Unmatched => None,
         }
     }
 

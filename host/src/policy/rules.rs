@@ -158,6 +158,8 @@ impl Rule {
             decrypt: DecryptSettings {
                 on_decrypt_failure: c.on_decrypt_failure,
                 require_encrypted: c.require_encrypted,
+                accept_pre_encrypted: c.accept_pre_encrypted,
+                covered: true,
             },
         })
     }
@@ -179,6 +181,11 @@ impl Rule {
             record_key: self.record_key,
             headers: self.headers.clone(),
         }))
+    }
+
+    /// The rule's KEK id for `topic` (`${topic}` expanded).
+    pub fn key_id(&self, topic: &str) -> String {
+        expand_key_template(&self.key_template, topic)
     }
 
     /// Decrypt-side settings of the rule's topics.

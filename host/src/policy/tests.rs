@@ -29,6 +29,7 @@ fn binding(module: PathBuf, topics: &str, config: &str, allowed: &[&str]) -> Bin
         allowed_key_ids: allowed.iter().map(|s| s.to_string()).collect(),
         on_decrypt_failure: DecryptFailure::Error,
         require_encrypted: false,
+        accept_pre_encrypted: false,
     }
 }
 

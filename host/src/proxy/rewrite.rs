@@ -1,6 +1,7 @@
 //! Responses that carry broker addresses or API versions, rewritten so clients only ever learn
 //! Kapsule's own listeners and only the versions Kapsule can decode.
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
@@ -77,7 +78,7 @@ pub fn rewrite_api_versions(resp: &mut ApiVersionsResponse) {
 pub fn unsupported_api_versions_response() -> ApiVersionsResponse {
     let range = ApiVersionsResponse::VERSIONS;
     ApiVersionsResponse::default()
-        .with_error_code(35)
+        .with_error_code(ResponseError::UnsupportedVersion.code())
         .with_api_keys(vec![ApiVersion::default()
             .with_api_key(ApiKey::ApiVersions as i16)
             .with_min_version(range.min)

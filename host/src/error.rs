@@ -1,0 +1,365 @@
+//! One error vocabulary for everything the proxy answers a client with.
+//!
+//! A [`ProxyError`] says who is to blame ([`ErrorSource`]: the downstream client, the upstream
+//! broker, the KMS, a policy, or Kapsule itself), which Kafka error the client gets (a
+//! [`ResponseError`] from kafka-protocol: no numeric error codes are declared anywhere else in the
+//! proxy), whether retrying may succeed, a short [`Reason`] for metrics labels and log
+//! rate-limiting, and a message for the client and the operator.
+//!
+//! Component errors convert with `From`: [`CodecError`] (client input by default; re-tag broker
+//! bytes with [`ProxyError::from_broker`]), [`EncryptError`], [`DecryptError`], [`KmsError`] and
+//! [`PolicyError`]. The record stage's per-partition outcome carries a `ProxyError` when it
+//! refuses a partition.
+
+use std::fmt;
+
+use kafka_protocol::error::ResponseError;
+
+use crate::crypto::wire::KeyIdError;
+use crate::crypto::{DecryptError, EncryptError};
+use crate::kafka::records::CodecError;
+use crate::kms::KmsError;
+use crate::policy::PolicyError;
+
+/// Where an error came from: whom to blame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorSource {
+    /// The downstream Kafka client sent something Kapsule refuses (malformed, forged, too large).
+    Client,
+    /// The upstream broker sent something Kapsule cannot process (stored batches that do not
+    /// decode or decrypt).
+    Broker,
+    /// The key management service failed or refused.
+    Kms,
+    /// A policy rejected records or failed to answer.
+    Policy,
+    /// A bug or resource limit inside Kapsule.
+    Internal,
+}
+
+impl ErrorSource {
+    /// Stable lower-case label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Broker => "broker",
+            Self::Kms => "kms",
+            Self::Policy => "policy",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Why a partition was refused, as a bounded set of labels (metrics, log rate-limiting keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A policy rejected a record (or the whole topic).
+    PolicyRejected,
+    /// A policy failed to give a usable answer.
+    PolicyFailed,
+    /// A record cannot be encrypted as planned.
+    InvalidRecord,
+    /// A produced record already carries a `kapsule.enc` header on a topic that does not accept
+    /// pre-encrypted records.
+    PreEncrypted,
+    /// A key id that Kapsule refuses to pass to the KMS, or one the topic does not allow.
+    KeyNotAllowed,
+    /// The KMS was unavailable (retriable).
+    KmsUnavailable,
+    /// The KMS refused or failed permanently.
+    KmsFailed,
+    /// A batch does not decode (CRC, truncation, bad lengths).
+    Corrupt,
+    /// Magic v0/v1 batches on an encrypted topic.
+    LegacyFormat,
+    /// The request's decompression budget was exhausted.
+    TooLarge,
+    /// A stored record failed authentication or is malformed.
+    Undecryptable,
+    /// A stored record is not encrypted on a topic that requires encryption.
+    NotEncrypted,
+    /// A bug in Kapsule.
+    Internal,
+}
+
+impl Reason {
+    /// Stable lower-case label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PolicyRejected => "policy_rejected",
+            Self::PolicyFailed => "policy_failed",
+            Self::InvalidRecord => "invalid_record",
+            Self::PreEncrypted => "pre_encrypted",
+            Self::KeyNotAllowed => "key_not_allowed",
+            Self::KmsUnavailable => "kms_unavailable",
+            Self::KmsFailed => "kms_failed",
+            Self::Corrupt => "corrupt",
+            Self::LegacyFormat => "legacy_format",
+            Self::TooLarge => "too_large",
+            Self::Undecryptable => "undecryptable",
+            Self::NotEncrypted => "not_encrypted",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// An error the proxy answers a client with: source, Kafka error, retriability, reason, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    origin: ErrorSource,
+    code: ResponseError,
+    retriable: bool,
+    reason: Reason,
+    message: String,
+}
+
+impl ProxyError {
+    /// An error from `origin` answered with `code`; retriable when `code` is (per Kafka's
+    /// definition) except for [`ResponseError::CorruptMessage`], which Kapsule never expects to
+    /// heal by itself.
+    pub fn new(
+        origin: ErrorSource,
+        code: ResponseError,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            origin,
+            code,
+            retriable: code.is_retriable() && code != ResponseError::CorruptMessage,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The client sent something Kapsule refuses.
+    pub fn client(code: ResponseError, reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(ErrorSource::Client, code, reason, message)
+    }
+
+    /// A bug in Kapsule (UNKNOWN_SERVER_ERROR).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorSource::Internal,
+            ResponseError::UnknownServerError,
+            Reason::Internal,
+            message,
+        )
+    }
+
+    /// A codec error in bytes that came from the broker (a Fetch response).
+    pub fn from_broker(e: CodecError) -> Self {
+        let mut err = Self::from(e);
+        err.origin = ErrorSource::Broker;
+        err.message = format!("stored batch does not decode: {}", err.message);
+        err
+    }
+
+    /// Whom to blame.
+    pub fn origin(&self) -> ErrorSource {
+        self.origin
+    }
+
+    /// The Kafka error the client gets.
+    pub fn kafka_error(&self) -> ResponseError {
+        self.code
+    }
+
+    /// The Kafka error code the client gets.
+    pub fn code(&self) -> i16 {
+        self.code.code()
+    }
+
+    /// True when the client should retry the same request later.
+    pub fn is_retriable(&self) -> bool {
+        self.retriable
+    }
+
+    /// Short bounded label of the failure.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// What failed and what to do, for the client's error message and the log.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+impl From<CodecError> for ProxyError {
+    /// A batch the client sent does not decode: CORRUPT_MESSAGE, or RECORD_LIST_TOO_LARGE when it
+    /// decompresses past the limit.
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::DecompressedTooLarge { .. } => Self::client(
+                ResponseError::RecordListTooLarge,
+                Reason::TooLarge,
+                e.to_string(),
+            ),
+            _ => Self::client(
+                ResponseError::CorruptMessage,
+                Reason::Corrupt,
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<KmsError> for ProxyError {
+    /// An unavailable KMS is retriable (REQUEST_TIMED_OUT); anything else is permanent
+    /// (UNKNOWN_SERVER_ERROR).
+    fn from(e: KmsError) -> Self {
+        if e.is_retriable() {
+            Self::new(
+                ErrorSource::Kms,
+                ResponseError::RequestTimedOut,
+                Reason::KmsUnavailable,
+                e.to_string(),
+            )
+        } else {
+            Self::new(
+                ErrorSource::Kms,
+                ResponseError::UnknownServerError,
+                Reason::KmsFailed,
+                e.to_string(),
+            )
+        }
+    }
+}
+
+impl From<PolicyError> for ProxyError {
+    /// A policy that fails to answer: POLICY_VIOLATION, never retriable.
+    fn from(e: PolicyError) -> Self {
+        Self::new(
+            ErrorSource::Policy,
+            ResponseError::PolicyViolation,
+            Reason::PolicyFailed,
+            e.to_string(),
+        )
+    }
+}
+
+impl From<KeyIdError> for ProxyError {
+    /// A policy named a key id Kapsule never passes to a KMS.
+    fn from(e: KeyIdError) -> Self {
+        Self::new(
+            ErrorSource::Policy,
+            ResponseError::PolicyViolation,
+            Reason::KeyNotAllowed,
+            e.to_string(),
+        )
+    }
+}
+
+impl From<EncryptError> for ProxyError {
+    /// Produce side: a rejection is POLICY_VIOLATION, an unencryptable or pre-encrypted record
+    /// INVALID_RECORD, an unavailable KMS REQUEST_TIMED_OUT (retriable), the rest
+    /// UNKNOWN_SERVER_ERROR.
+    fn from(e: EncryptError) -> Self {
+        let message = e.to_string();
+        match e {
+            EncryptError::Rejected { .. } => Self::new(
+                ErrorSource::Policy,
+                ResponseError::PolicyViolation,
+                Reason::PolicyRejected,
+                message,
+            ),
+            EncryptError::InvalidKeyId { .. } => Self::new(
+                ErrorSource::Policy,
+                ResponseError::PolicyViolation,
+                Reason::KeyNotAllowed,
+                message,
+            ),
+            EncryptError::InvalidRecord { .. } => {
+                Self::client(ResponseError::InvalidRecord, Reason::InvalidRecord, message)
+            }
+            EncryptError::PreEncrypted { .. } => {
+                Self::client(ResponseError::InvalidRecord, Reason::PreEncrypted, message)
+            }
+            EncryptError::Kms(k) => {
+                let mut err = Self::from(k);
+                err.message = message;
+                err
+            }
+            EncryptError::DecisionCount { .. } => Self::internal(message),
+        }
+    }
+}
+
+impl From<DecryptError> for ProxyError {
+    /// Fetch side: an unavailable KMS is KAFKA_STORAGE_ERROR (consumers retry); everything else
+    /// CORRUPT_MESSAGE (consumers stop with an error).
+    fn from(e: DecryptError) -> Self {
+        let message = e.to_string();
+        let (origin, reason) = match &e {
+            DecryptError::Kms { source, .. } if source.is_retriable() => {
+                return Self::new(
+                    ErrorSource::Kms,
+                    ResponseError::KafkaStorageError,
+                    Reason::KmsUnavailable,
+                    message,
+                )
+            }
+            DecryptError::Kms { .. } => (ErrorSource::Kms, Reason::KmsFailed),
+            DecryptError::KeyNotAllowed { .. } => (ErrorSource::Broker, Reason::KeyNotAllowed),
+            DecryptError::Integrity { .. } | DecryptError::Malformed { .. } => {
+                (ErrorSource::Broker, Reason::Undecryptable)
+            }
+            DecryptError::NotEncrypted { .. } => (ErrorSource::Broker, Reason::NotEncrypted),
+        };
+        Self::new(origin, ResponseError::CorruptMessage, reason, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::KmsErrorKind;
+
+    #[test]
+    fn kms_errors_are_retriable_only_when_transient() {
+        let t: ProxyError = KmsError::new(KmsErrorKind::Transient, "k", "sealed").into();
+        assert_eq!(t.kafka_error(), ResponseError::RequestTimedOut);
+        assert!(t.is_retriable());
+        assert_eq!(t.origin(), ErrorSource::Kms);
+        let p: ProxyError = KmsError::new(KmsErrorKind::PermissionDenied, "k", "no").into();
+        assert_eq!(p.kafka_error(), ResponseError::UnknownServerError);
+        assert!(!p.is_retriable());
+    }
+
+    #[test]
+    fn corrupt_batches_are_not_retriable_and_blame_the_sender() {
+        let e: ProxyError = CodecError::UnknownCompression(6).into();
+        assert_eq!(e.code(), 2);
+        assert!(!e.is_retriable());
+        assert_eq!(e.origin(), ErrorSource::Client);
+        let b = ProxyError::from_broker(CodecError::UnknownCompression(6));
+        assert_eq!(b.origin(), ErrorSource::Broker);
+        assert!(b.message().starts_with("stored batch does not decode"));
+        let big: ProxyError = CodecError::DecompressedTooLarge { limit: 1 }.into();
+        assert_eq!(big.kafka_error(), ResponseError::RecordListTooLarge);
+    }
+
+    #[test]
+    fn decrypt_failures_map_to_storage_error_or_corrupt_message() {
+        let t: ProxyError = DecryptError::Kms {
+            index: 0,
+            source: KmsError::new(KmsErrorKind::Transient, "k", "down"),
+        }
+        .into();
+        assert_eq!(t.kafka_error(), ResponseError::KafkaStorageError);
+        assert!(t.is_retriable());
+        let n: ProxyError = DecryptError::NotEncrypted { index: 3 }.into();
+        assert_eq!(n.kafka_error(), ResponseError::CorruptMessage);
+        assert_eq!(n.reason(), Reason::NotEncrypted);
+        assert!(!n.is_retriable());
+    }
+}

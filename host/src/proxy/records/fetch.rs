@@ -1,0 +1,254 @@
+//! Fetch: one [`Outcome`] per partition, applied in `apply_fetch_outcome`, the only
+//! place a partition's records are put back into the response that goes to the client.
+//!
+//! How outcomes are made (`fetch_records`):
+//! - Topics no rule or binding covers: forwarded as stored (re-encoded in reencode mode), even
+//!   when records carry `kapsule.enc` headers: no decryption and no KMS call, so a forged
+//!   descriptor can never make such a partition unreadable.
+//! - Covered topics: batch by batch, batches that may hold encrypted records (or all, with
+//!   `require_encrypted` or in reencode mode) are decoded, decrypted per `on_decrypt_failure`,
+//!   and re-encoded; the others are copied byte for byte. With `require_encrypted` a descriptor
+//!   naming a KEK other than the rule's key / the binding's `allowed_key_ids` is a decrypt
+//!   failure and never reaches the KMS.
+//! - A batch whose records were all dropped (`skip`) is sent as an uncompressed zero-record batch
+//!   with the same base offset and offset span: every client accepts it and moves past it,
+//!   whereas an empty *compressed* batch aborts librdkafka.
+//! - The decompression budget: once exhausted, the partition's record set ends at the last batch
+//!   processed (the client fetches the rest next time); a partition whose first batch alone does
+//!   not fit a fresh budget is failed with CORRUPT_MESSAGE and a message saying so.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::FetchResponse;
+
+use super::log::{escape, Direction};
+use super::{Budget, Encryption, Outcome, RecordStage};
+use crate::config::RecordsMode;
+use crate::crypto::record::{
+    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode,
+};
+use crate::error::{ErrorSource, ProxyError, Reason};
+use crate::kafka::compression::Compression;
+use crate::kafka::records::{split_record_set, RecordSetEntry};
+use crate::policy::config::{DecryptFailure, DecryptSettings};
+
+impl RecordStage {
+    /// Transforms every partition's records in a Fetch response: decrypts encrypted records and,
+    /// with `records: reencode`, re-encodes the rest. Batches with no encrypted record are
+    /// forwarded byte for byte. A partition that cannot be delivered gets an error code and no
+    /// records; the others are unaffected.
+    pub async fn on_fetch(
+        &self,
+        response: &mut FetchResponse,
+        peer: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let mut budget = Budget::new(self.budget);
+        for topic in &mut response.responses {
+            let name = topic.topic.clone();
+            for p in &mut topic.partitions {
+                let outcome = match &p.records {
+                    Some(records) if !records.is_empty() => {
+                        self.fetch_records(name.as_str(), records, &mut budget, peer)
+                            .await
+                    }
+                    _ => Outcome::Unchanged,
+                };
+                self.apply_fetch_outcome(outcome, p, name.as_str(), peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// The one exit of a fetch partition: delivered as stored, delivered with the stage's bytes,
+    /// or failed with an error code and no records.
+    fn apply_fetch_outcome(
+        &self,
+        outcome: Outcome,
+        p: &mut PartitionData,
+        topic: &str,
+        peer: SocketAddr,
+    ) {
+        match outcome {
+            Outcome::Unchanged => {}
+            Outcome::Rewritten(records) => p.records = Some(records),
+            Outcome::Refused(error) => {
+                self.log
+                    .refused(Direction::Fetch, peer, topic, p.partition_index, &error);
+                p.error_code = error.code();
+                p.records = Some(Bytes::new());
+            }
+        }
+    }
+
+    async fn fetch_records(
+        &self,
+        topic: &str,
+        records: &Bytes,
+        budget: &mut Budget,
+        peer: SocketAddr,
+    ) -> Outcome {
+        let covered = self
+            .encryption
+            .as_ref()
+            .map(|enc| (enc, enc.policy.decrypt_settings(topic)))
+            .filter(|(_, s)| s.covered);
+        let result = match covered {
+            Some((enc, settings)) => {
+                decrypt_record_set(enc, settings, self.mode, topic, records, budget).await
+            }
+            None if self.mode == RecordsMode::Reencode => {
+                match reencode_fetched(records, budget) {
+                    Ok(out) => Ok(Some(out)),
+                    Err(e) if e.reason() == Reason::TooLarge => Err(e),
+                    Err(e) => {
+                        // The broker's own bytes on a topic Kapsule does not protect: forward
+                        // them as stored, the client will judge.
+                        let (topic, e) = (escape(topic), escape(e.message()));
+                        tracing::debug!(%peer, %topic, error = %e, "fetched batch does not decode; forwarding as stored");
+                        Ok(None)
+                    }
+                }
+            }
+            None => Ok(None),
+        };
+        match result {
+            Ok(Some(out)) => Outcome::Rewritten(out),
+            Ok(None) => Outcome::Unchanged,
+            Err(e) => Outcome::Refused(e),
+        }
+    }
+}
+
+/// Re-encodes a record set of an uncovered topic, batch by batch under the budget.
+fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes, ProxyError> {
+    let mut out = BytesMut::with_capacity(records.len() + 64);
+    let fresh = budget.used() == 0;
+    let mut first = true;
+    for entry in split_record_set(records) {
+        let entry = entry.map_err(ProxyError::from_broker)?;
+        match &entry {
+            RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => {
+                match budget.decode(raw) {
+                    Ok(batch) => batch.encode(&mut out)?,
+                    Err(e) if e.reason() == Reason::TooLarge => {
+                        return truncate_or_fail(out, first && fresh, e)
+                    }
+                    Err(e) => return Err(retag_broker(e)),
+                }
+            }
+            other => out.extend_from_slice(other.bytes()),
+        }
+        first = false;
+    }
+    Ok(out.freeze())
+}
+
+/// The budget ran out: deliver the batches done so far (the client fetches the rest next time);
+/// fail the partition only when not even its first batch fits a fresh budget.
+fn truncate_or_fail(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, ProxyError> {
+    if alone {
+        Err(ProxyError::new(
+            ErrorSource::Broker,
+            kafka_protocol::error::ResponseError::CorruptMessage,
+            Reason::TooLarge,
+            format!(
+                "{} (a single stored batch exceeds the proxy's per-response decompression \
+                 budget; raise it or lower the consumer's fetch size)",
+                e.message()
+            ),
+        ))
+    } else {
+        Ok(out.freeze())
+    }
+}
+
+fn retag_broker(e: ProxyError) -> ProxyError {
+    ProxyError::new(
+        ErrorSource::Broker,
+        e.kafka_error(),
+        e.reason(),
+        format!("stored batch does not decode: {}", e.message()),
+    )
+}
+
+/// Decrypts one partition's record set of a covered topic. `Ok(None)`: forward as stored.
+async fn decrypt_record_set(
+    enc: &Encryption,
+    settings: DecryptSettings,
+    mode: RecordsMode,
+    topic: &str,
+    records: &Bytes,
+    budget: &mut Budget,
+) -> Result<Option<Bytes>, ProxyError> {
+    let allowance = settings
+        .require_encrypted
+        .then(|| enc.policy.allowed_keks(topic))
+        .flatten();
+    let filter = allowance.as_ref().map(|a| move |id: &str| a.allows(id));
+    let options = DecryptOptions {
+        on_failure: match settings.on_decrypt_failure {
+            DecryptFailure::Error => FailureMode::Error,
+            DecryptFailure::Ciphertext => FailureMode::Ciphertext,
+            DecryptFailure::Skip => FailureMode::Skip,
+        },
+        require_encrypted: settings.require_encrypted,
+        allowed_kek: filter
+            .as_ref()
+            .map(|f| f as &(dyn Fn(&str) -> bool + Send + Sync)),
+    };
+    let fresh = budget.used() == 0;
+    let mut out = BytesMut::with_capacity(records.len());
+    let mut changed = false;
+    let mut first = true;
+    for entry in split_record_set(records) {
+        let entry = entry.map_err(ProxyError::from_broker)?;
+        let raw = match &entry {
+            RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => raw,
+            other => {
+                out.extend_from_slice(other.bytes());
+                first = false;
+                continue;
+            }
+        };
+        let compressed = !matches!(raw.compression(), Ok(Compression::None));
+        let needs_look = options.require_encrypted
+            || mode == RecordsMode::Reencode
+            || compressed
+            || may_contain_encrypted(raw.bytes());
+        if !needs_look {
+            out.extend_from_slice(raw.bytes());
+            first = false;
+            continue;
+        }
+        let mut batch = match budget.decode(raw) {
+            Ok(b) => b,
+            Err(e) if e.reason() == Reason::TooLarge => {
+                return truncate_or_fail(out, first && fresh, e).map(Some)
+            }
+            Err(e) => return Err(retag_broker(e)),
+        };
+        first = false;
+        if !(options.require_encrypted
+            || mode == RecordsMode::Reencode
+            || batch_has_encrypted_records(&batch))
+        {
+            out.extend_from_slice(raw.bytes());
+            continue;
+        }
+        enc.encryptor
+            .decrypt_batch(topic, &mut batch, &options)
+            .await?;
+        if batch.records.is_empty() && compressed {
+            // An empty compressed batch aborts librdkafka: send it uncompressed, keeping the base
+            // offset and last_offset_delta so consumers move past the skipped offsets.
+            batch.attributes = Compression::None.apply_to_attributes(batch.attributes);
+        }
+        batch.encode(&mut out).map_err(|e| {
+            ProxyError::internal(format!("re-encoding a decrypted batch failed: {e}"))
+        })?;
+        changed = true;
+    }
+    Ok(changed.then(|| out.freeze()))
+}

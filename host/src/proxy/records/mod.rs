@@ -1,0 +1,275 @@
+//! The record stage: what happens to record batches in Produce requests and Fetch responses.
+//!
+//! Every partition of both directions gets exactly one [`Outcome`]: [`Outcome::Unchanged`] (the
+//! bytes go on as they came), [`Outcome::Rewritten`] (encrypted, decrypted or re-encoded bytes
+//! replace them) or [`Outcome::Refused`] (a [`ProxyError`] with its Kafka error code and message).
+//! Each direction applies outcomes in one function — `apply_produce_outcome` (produce.rs) is the
+//! only place a produce partition is put back into the request for the broker,
+//! `apply_fetch_outcome` (fetch.rs) the only place a fetch partition is put back for the client —
+//! so "no path forwards plaintext that was meant to be encrypted" is checked by reading how
+//! outcomes are made in `produce_records`.
+//!
+//! - With `records: passthrough` and no encryption, batches are never decoded.
+//! - With `records: reencode` every magic v2 batch goes through decode → encode.
+//! - With encryption, produce batches of encrypted topics are encrypted, every produced record
+//!   carrying a client-supplied `kapsule.enc` header is refused unless its topic accepts
+//!   pre-encrypted records, and fetched batches of topics a rule or binding covers are decrypted.
+//!
+//! Work is batch by batch (decode, transform, encode, drop) and the bytes decompressed for one
+//! Produce request or Fetch response are capped by a [`Budget`].
+
+mod fetch;
+mod log;
+mod produce;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::config::RecordsMode;
+use crate::crypto::record::RecordEncryptor;
+use crate::error::{ProxyError, Reason};
+use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::kafka::records::{
+    split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry,
+    DEFAULT_MAX_DECOMPRESSED_SIZE,
+};
+use crate::policy::PolicyRegistry;
+
+pub use log::RefusalLog;
+
+/// Default cap on the bytes decompressed for one Produce request or Fetch response: twice the
+/// default largest frame.
+pub const DEFAULT_DECOMPRESSION_BUDGET: usize = 2 * DEFAULT_MAX_FRAME_BYTES;
+
+/// What the stage decided for one partition's record set, in either direction.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Forward the record set exactly as it came.
+    Unchanged,
+    /// Forward these bytes instead (encrypted, decrypted or re-encoded).
+    Rewritten(Bytes),
+    /// Forward nothing of this partition; answer it with this error.
+    Refused(ProxyError),
+}
+
+/// Partitions of a Produce request the proxy refused, answered with these errors.
+#[derive(Debug, Default)]
+pub struct ProducePatch {
+    refused: Vec<RefusedPartition>,
+}
+
+#[derive(Debug)]
+struct RefusedPartition {
+    topic: TopicName,
+    partition: i32,
+    error: ProxyError,
+}
+
+impl ProducePatch {
+    /// Records that `topic`/`partition` was refused with `error`.
+    pub fn refuse(&mut self, topic: TopicName, partition: i32, error: ProxyError) {
+        self.refused.push(RefusedPartition {
+            topic,
+            partition,
+            error,
+        });
+    }
+
+    /// True when nothing was refused.
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// Adds the refused partitions to a broker response.
+    pub fn merge_into(self, response: &mut ProduceResponse) {
+        for r in self.refused {
+            let partition = PartitionProduceResponse::default()
+                .with_index(r.partition)
+                .with_error_code(r.error.code())
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1)
+                .with_error_message(Some(StrBytes::from_string(format!(
+                    "kapsule: {}",
+                    r.error.message()
+                ))));
+            match response.responses.iter_mut().find(|t| t.name == r.topic) {
+                Some(t) => t.partition_responses.push(partition),
+                None => response.responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(r.topic)
+                        .with_partition_responses(vec![partition]),
+                ),
+            }
+        }
+    }
+
+    /// A complete response made of the refused partitions only.
+    pub fn into_response(self) -> ProduceResponse {
+        let mut response = ProduceResponse::default();
+        self.merge_into(&mut response);
+        response
+    }
+}
+
+/// The encryption stage: where plans come from and who applies them.
+#[derive(Clone)]
+pub struct Encryption {
+    /// Encrypts and decrypts batches (owns the DEK cache and KMS client).
+    pub encryptor: Arc<RecordEncryptor>,
+    /// Built-in rules and Wasm policy bindings.
+    pub policy: PolicyRegistry,
+}
+
+/// What the proxy does to record batches.
+pub struct RecordStage {
+    mode: RecordsMode,
+    encryption: Option<Encryption>,
+    budget: usize,
+    log: RefusalLog,
+}
+
+impl RecordStage {
+    /// A stage for the given records mode, with encryption when configured, and the default
+    /// decompression budget ([`DEFAULT_DECOMPRESSION_BUDGET`]).
+    pub fn new(mode: RecordsMode, encryption: Option<Encryption>) -> Self {
+        Self {
+            mode,
+            encryption,
+            budget: DEFAULT_DECOMPRESSION_BUDGET,
+            log: RefusalLog::default(),
+        }
+    }
+
+    /// Caps the bytes decompressed for one Produce request or one Fetch response (summed over
+    /// all its batches) at `bytes`.
+    pub fn with_decompression_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The encryption stage, when configured.
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.as_ref()
+    }
+
+    /// Whether Produce requests must be decoded.
+    pub fn transforms_produce(&self) -> bool {
+        self.mode == RecordsMode::Reencode || self.encryption.is_some()
+    }
+
+    /// Whether Fetch responses must be decoded.
+    pub fn transforms_fetch(&self) -> bool {
+        self.mode == RecordsMode::Reencode || self.encryption.is_some()
+    }
+}
+
+/// The bytes one Produce request or Fetch response may still decompress.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    used: usize,
+}
+
+impl Budget {
+    /// A fresh budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { limit, used: 0 }
+    }
+
+    /// Bytes decompressed so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Decodes `raw`, charging its decompressed records section to the budget. Fails with
+    /// RECORD_LIST_TOO_LARGE (a [`ProxyError`] from the client) once the request as a whole
+    /// would pass the limit; the decompressor stops at the remaining budget, so memory never
+    /// grows past it.
+    pub fn decode(&mut self, raw: &RawBatch) -> Result<RecordBatch, ProxyError> {
+        let remaining = self.limit.saturating_sub(self.used);
+        let cap = remaining.min(DEFAULT_MAX_DECOMPRESSED_SIZE);
+        match raw.decode_with_limit(cap) {
+            Ok(batch) => {
+                if batch.compression().is_ok_and(|c| c.id() != 0) {
+                    self.used += decoded_size(&batch);
+                }
+                Ok(batch)
+            }
+            Err(CodecError::DecompressedTooLarge { .. }) if cap == remaining => {
+                self.used = self.limit;
+                Err(ProxyError::client(
+                    ResponseError::RecordListTooLarge,
+                    Reason::TooLarge,
+                    format!(
+                        "the batches of this request decompress to more than {} bytes in total \
+                         (the per-request decompression budget); send smaller requests",
+                        self.limit
+                    ),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Size of a decoded batch's records section as it was on the wire (a close lower bound: record
+/// fields plus the smallest per-record and per-header overhead).
+fn decoded_size(batch: &RecordBatch) -> usize {
+    batch
+        .records
+        .iter()
+        .map(|r| {
+            7 + r.key.as_ref().map_or(0, Bytes::len)
+                + r.value.as_ref().map_or(0, Bytes::len)
+                + r.headers
+                    .iter()
+                    .map(|h| 2 + h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Where a record set comes from: a partial trailing batch is legal only in a Fetch response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordSetOrigin {
+    /// A Produce request from a client.
+    Produce,
+    /// A Fetch response from a broker.
+    Fetch,
+}
+
+/// Decodes and re-encodes every magic v2 data batch; other entries (v0/v1 messages, control
+/// batches, and in Fetch responses a trailing partial batch) are copied byte-for-byte.
+pub fn reencode_record_set(records: &Bytes, origin: RecordSetOrigin) -> Result<Bytes, CodecError> {
+    let mut out = BytesMut::with_capacity(records.len() + 64);
+    for entry in split_record_set(records) {
+        match entry? {
+            RecordSetEntry::Partial(bytes) => {
+                if origin == RecordSetOrigin::Produce {
+                    return Err(CodecError::Truncated {
+                        what: "record batch in Produce request",
+                        needed: 0,
+                        available: bytes.len(),
+                    });
+                }
+                out.extend_from_slice(&bytes);
+            }
+            RecordSetEntry::Batch(raw) => {
+                if raw.is_legacy() || raw.is_control() {
+                    out.extend_from_slice(raw.bytes());
+                } else {
+                    raw.decode()?.encode(&mut out)?;
+                }
+            }
+        }
+    }
+    Ok(out.freeze())
+}

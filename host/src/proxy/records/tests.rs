@@ -1,0 +1,332 @@
+//! Stage tests: real codec, real crypto, in-memory KMS, rules from YAML.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{FetchResponse, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::*;
+use crate::crypto::HEADER_KEY;
+use crate::kafka::compression::Compression;
+use crate::kafka::records::{Record, RecordBatch, RecordHeader};
+use crate::kms::memory::MemoryKms;
+use crate::kms::DekConfig;
+use crate::policy::config::PolicyConfig;
+
+fn peer() -> SocketAddr {
+    "127.0.0.1:1".parse().unwrap()
+}
+
+fn record(i: i64, value: Bytes) -> Record {
+    Record {
+        attributes: 0,
+        timestamp_delta: i * 5,
+        offset_delta: i as i32,
+        key: None,
+        value: Some(value),
+        headers: vec![
+            RecordHeader {
+                key: Bytes::from_static(b"h"),
+                value: None,
+            },
+            RecordHeader {
+                key: Bytes::from_static(b"h"),
+                value: Some(Bytes::from_static(b"2")),
+            },
+        ],
+    }
+}
+
+fn batch_of(n: i64, compression: Compression) -> RecordBatch {
+    RecordBatch {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        attributes: compression.apply_to_attributes(0),
+        last_offset_delta: (n - 1) as i32,
+        base_timestamp: 1_700_000_000_000,
+        max_timestamp: 1_700_000_000_005,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        records: (0..n)
+            .map(|i| record(i, Bytes::from(format!("value-{i}"))))
+            .collect(),
+    }
+}
+
+fn batch() -> RecordBatch {
+    batch_of(2, Compression::None)
+}
+
+fn forged(compression: Compression) -> RecordBatch {
+    let mut b = batch_of(2, compression);
+    b.records[1].headers.push(RecordHeader {
+        key: Bytes::from_static(HEADER_KEY.as_bytes()),
+        value: Some(Bytes::from_static(b"\x01forged")),
+    });
+    b
+}
+
+fn set(batches: &[RecordBatch]) -> Bytes {
+    let mut out = BytesMut::new();
+    for b in batches {
+        b.encode(&mut out).unwrap();
+    }
+    out.freeze()
+}
+
+fn stage(yaml: &str, kms: Arc<MemoryKms>, mode: RecordsMode) -> RecordStage {
+    let config: PolicyConfig = serde_norway::from_str(yaml).unwrap();
+    let policy = PolicyRegistry::new(&config).unwrap();
+    let encryptor = Arc::new(RecordEncryptor::new(kms, DekConfig::default()));
+    RecordStage::new(mode, Some(Encryption { encryptor, policy }))
+}
+
+const RULES: &str = r#"
+rules:
+  - topics: {glob: "enc-*"}
+    key_id: k1
+  - topics: {glob: "pre-*"}
+    key_id: k1
+    accept_pre_encrypted: true
+  - topics: {glob: "skip-*"}
+    key_id: k1
+    on_decrypt_failure: skip
+  - topics: {glob: "strict-*"}
+    key_id: k1
+    require_encrypted: true
+  - topics: {glob: "tenant-*"}
+    key_id: "kek-${topic}"
+"#;
+
+fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default().with_topic_data(vec![TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partition_data(vec![PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(records))])])
+}
+
+/// The records forwarded to the broker, or the refusal (code, message).
+async fn produce(stage: &RecordStage, topic: &str, records: Bytes) -> Result<Bytes, (i16, String)> {
+    let mut req = produce_request(topic, records);
+    let patch = stage.on_produce(&mut req, peer()).await;
+    if patch.is_empty() {
+        return Ok(req.topic_data[0].partition_data[0].records.clone().unwrap());
+    }
+    assert!(
+        req.topic_data.is_empty(),
+        "a refused partition was forwarded"
+    );
+    let resp = patch.into_response();
+    let p = &resp.responses[0].partition_responses[0];
+    Err((p.error_code, p.error_message.as_ref().unwrap().to_string()))
+}
+
+/// The partition as the client gets it: (error code, records).
+async fn fetch(stage: &RecordStage, topic: &str, records: Bytes) -> (i16, Bytes) {
+    let mut resp = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+        .with_topic(TopicName(StrBytes::from_string(topic.into())))
+        .with_partitions(vec![PartitionData::default()
+            .with_partition_index(0)
+            .with_records(Some(records))])]);
+    stage.on_fetch(&mut resp, peer()).await.unwrap();
+    let p = &resp.responses[0].partitions[0];
+    (p.error_code, p.records.clone().unwrap())
+}
+
+fn decode_all(records: &Bytes) -> Vec<RecordBatch> {
+    split_record_set(records)
+        .map(|e| match e.unwrap() {
+            RecordSetEntry::Batch(raw) => raw.decode().unwrap(),
+            RecordSetEntry::Partial(_) => panic!("partial batch"),
+        })
+        .collect()
+}
+
+#[test]
+fn reencode_is_byte_identical_for_uncompressed_batches() {
+    let set = set(&[batch(), batch()]);
+    assert_eq!(
+        reencode_record_set(&set, RecordSetOrigin::Produce).unwrap(),
+        set
+    );
+}
+
+#[test]
+fn trailing_partial_batch_is_kept_in_fetch_and_refused_in_produce() {
+    let full = set(&[batch()]).len();
+    let truncated = set(&[batch(), batch()]).slice(..full + 20);
+    assert_eq!(
+        reencode_record_set(&truncated, RecordSetOrigin::Fetch).unwrap(),
+        truncated
+    );
+    assert!(reencode_record_set(&truncated, RecordSetOrigin::Produce).is_err());
+}
+
+#[test]
+fn corrupted_batch_is_refused() {
+    let mut bytes = set(&[batch()]).to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    assert!(reencode_record_set(&Bytes::from(bytes), RecordSetOrigin::Produce).is_err());
+}
+
+#[tokio::test]
+async fn client_supplied_descriptors_are_refused_on_every_produce_path() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    for mode in [RecordsMode::Passthrough, RecordsMode::Reencode] {
+        let s = stage(RULES, kms.clone(), mode);
+        for c in [Compression::None, Compression::Zstd] {
+            // A topic no rule covers, and an encrypted one.
+            for topic in ["plain", "enc-a"] {
+                let (code, message) = produce(&s, topic, set(&[batch(), forged(c)]))
+                    .await
+                    .expect_err("forged descriptor forwarded");
+                assert_eq!(
+                    code,
+                    ResponseError::InvalidRecord.code(),
+                    "{topic} {mode:?}"
+                );
+                assert!(message.contains("accept_pre_encrypted"), "{message}");
+            }
+        }
+        // Clean records still pass on both.
+        let clean = set(&[batch()]);
+        assert_eq!(produce(&s, "plain", clean.clone()).await.unwrap(), clean);
+        assert!(produce(&s, "enc-a", clean).await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn accept_pre_encrypted_forwards_descriptors_without_encrypting_them_again() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let s = stage(RULES, kms, RecordsMode::Passthrough);
+    let out = produce(&s, "pre-a", set(&[forged(Compression::None)]))
+        .await
+        .unwrap();
+    let b = &decode_all(&out)[0];
+    // Record 0 was encrypted by Kapsule; record 1 went on with its own descriptor only.
+    assert_eq!(b.records[1], forged(Compression::None).records[1]);
+    assert_ne!(b.records[0].value, batch().records[0].value);
+}
+
+#[tokio::test]
+async fn key_ids_with_path_tricks_are_refused_before_the_kms() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let s = stage(RULES, kms, RecordsMode::Passthrough);
+    // The rule expands `kek-${topic}`: a topic name smuggles a path into the key id.
+    let (code, message) = produce(&s, "tenant-b/../tenant-a-secret", set(&[batch()]))
+        .await
+        .unwrap_err();
+    assert_eq!(code, ResponseError::PolicyViolation.code());
+    assert!(message.contains("path separator"), "{message}");
+}
+
+#[tokio::test]
+async fn fetch_forwards_descriptors_on_uncovered_topics_as_stored() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let s = stage(RULES, kms, RecordsMode::Passthrough);
+    let stored = set(&[forged(Compression::None), forged(Compression::Gzip)]);
+    assert_eq!(fetch(&s, "plain", stored.clone()).await, (0, stored));
+}
+
+#[tokio::test]
+async fn skip_mode_turns_an_emptied_compressed_batch_into_an_uncompressed_one() {
+    let writer = stage(
+        RULES,
+        Arc::new(MemoryKms::with_keys(&["k1"])),
+        RecordsMode::Passthrough,
+    );
+    // Another KMS with the same key id but another key: nothing it fetches decrypts.
+    let reader = stage(
+        RULES,
+        Arc::new(MemoryKms::with_keys(&["k1"])),
+        RecordsMode::Passthrough,
+    );
+    for c in Compression::ALL {
+        let mut b = batch_of(3, c);
+        b.base_offset = 40;
+        let stored = produce(&writer, "skip-a", set(&[b.clone()])).await.unwrap();
+        let mut ok = batch_of(1, Compression::None);
+        ok.base_offset = 43;
+        let stored = [stored, set(&[ok.clone()])].concat();
+        let (code, out) = fetch(&reader, "skip-a", Bytes::from(stored)).await;
+        assert_eq!(code, 0, "{c:?}");
+        let batches = decode_all(&out);
+        assert_eq!(batches.len(), 2, "{c:?}");
+        let empty = &batches[0];
+        assert!(empty.records.is_empty(), "{c:?}");
+        assert_eq!(empty.compression().unwrap(), Compression::None, "{c:?}");
+        assert_eq!(
+            (empty.base_offset, empty.last_offset_delta),
+            (40, 2),
+            "{c:?}"
+        );
+        assert_eq!(batches[1], ok, "{c:?}");
+    }
+}
+
+#[tokio::test]
+async fn require_encrypted_refuses_descriptors_under_another_kek() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1", "k2"]));
+    let s = stage(RULES, kms.clone(), RecordsMode::Passthrough);
+    // Encrypted by Kapsule under k2 (another rule's key), then stored on the strict topic.
+    let other = stage(
+        "rules: [{topics: {glob: '*'}, key_id: k2}]",
+        kms,
+        RecordsMode::Passthrough,
+    );
+    let under_k2 = produce(&other, "strict-a", set(&[batch()])).await.unwrap();
+    let (code, out) = fetch(&s, "strict-a", under_k2.clone()).await;
+    assert_eq!(code, ResponseError::CorruptMessage.code());
+    assert!(out.is_empty());
+    // The same records under k1 are delivered.
+    let under_k1 = produce(&s, "strict-a", set(&[batch()])).await.unwrap();
+    let (code, out) = fetch(&s, "strict-a", under_k1).await;
+    assert_eq!(code, 0);
+    assert_eq!(decode_all(&out)[0], batch());
+}
+
+/// Many small zstd batches that each expand to 1 MiB: together far over the budget.
+fn bomb(batches: usize) -> Bytes {
+    let mut b = batch_of(1, Compression::Zstd);
+    b.records[0].value = Some(Bytes::from(vec![0u8; 1 << 20]));
+    let one = set(&[b]);
+    assert!(one.len() < 1024, "{} bytes", one.len());
+    Bytes::from(one.repeat(batches))
+}
+
+#[tokio::test]
+async fn produce_requests_have_a_decompression_budget() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    for topic in ["plain", "enc-a"] {
+        let s = stage(RULES, kms.clone(), RecordsMode::Reencode).with_decompression_budget(8 << 20);
+        let (code, message) = produce(&s, topic, bomb(64)).await.unwrap_err();
+        assert_eq!(code, ResponseError::RecordListTooLarge.code(), "{topic}");
+        assert!(message.contains("decompression budget"), "{message}");
+        // Within the budget the same batches pass.
+        assert!(produce(&s, topic, bomb(4)).await.is_ok(), "{topic}");
+    }
+}
+
+#[tokio::test]
+async fn fetch_responses_have_a_decompression_budget() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let s = stage(RULES, kms, RecordsMode::Reencode).with_decompression_budget(8 << 20);
+    // The record set ends where the budget ran out; the client fetches the rest later.
+    let (code, out) = fetch(&s, "enc-a", bomb(64)).await;
+    assert_eq!(code, 0);
+    let n = decode_all(&out).len();
+    assert!((1..=8).contains(&n), "{n} batches delivered");
+    // A single batch larger than the whole budget fails its partition.
+    let s = s.with_decompression_budget(512 << 10);
+    let (code, out) = fetch(&s, "enc-a", bomb(1)).await;
+    assert_eq!(code, ResponseError::CorruptMessage.code());
+    assert!(out.is_empty());
+}
