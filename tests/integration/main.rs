@@ -14,6 +14,7 @@ mod kafkajs;
 mod kcat;
 mod kms_vault;
 mod lifecycle;
+mod pipeline;
 mod policies;
 mod resilience;
 mod tools;

@@ -216,9 +216,18 @@ pub fn encode_response<T: Encodable>(
     Ok(out.freeze())
 }
 
-/// Reads `acks` from a Produce request without decoding the records, so the relay path knows
-/// whether a response will come (`acks = 0` means none).
-pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
+/// The two Produce request fields the relay needs without decoding the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceHeader {
+    /// `acks`: 0 means the broker sends no response.
+    pub acks: i16,
+    /// `timeout_ms`: how long the client waits for the answer (≤ 0: no bound given).
+    pub timeout_ms: i32,
+}
+
+/// Reads `acks` and `timeout_ms` from a Produce request (v3+) without decoding the records, so
+/// the relay knows whether a response will come and by when it is due.
+pub fn produce_header(frame: &[u8]) -> anyhow::Result<ProduceHeader> {
     let meta = RequestMeta::parse(frame)?;
     let flexible = meta.api_version >= 9;
     let mut b = &frame[8..];
@@ -244,7 +253,19 @@ pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
             }
         }
     }
-    take_i16(&mut b)
+    let acks = take_i16(&mut b)?;
+    if b.len() < 4 {
+        bail!("truncated Produce request header");
+    }
+    Ok(ProduceHeader {
+        acks,
+        timeout_ms: b.get_i32(),
+    })
+}
+
+/// Reads `acks` from a Produce request without decoding the records (see [`produce_header`]).
+pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
+    Ok(produce_header(frame)?.acks)
 }
 
 fn take_i16(b: &mut &[u8]) -> anyhow::Result<i16> {
@@ -300,6 +321,15 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     fn produce_frame(version: i16, acks: i16, txn: Option<&str>) -> Bytes {
+        produce_frame_with_timeout(version, acks, txn, 1500)
+    }
+
+    fn produce_frame_with_timeout(
+        version: i16,
+        acks: i16,
+        txn: Option<&str>,
+        timeout_ms: i32,
+    ) -> Bytes {
         let header = RequestHeader::default()
             .with_request_api_key(ApiKey::Produce as i16)
             .with_request_api_version(version)
@@ -307,6 +337,7 @@ mod tests {
             .with_client_id(Some(StrBytes::from_static_str("client-1")));
         let body = ProduceRequest::default()
             .with_acks(acks)
+            .with_timeout_ms(timeout_ms)
             .with_transactional_id(txn.map(|t| TransactionalId(StrBytes::from_string(t.into()))));
         encode_request(ApiKey::Produce, &header, &body).unwrap()
     }
@@ -319,6 +350,17 @@ mod tests {
                 assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version}");
                 let frame = produce_frame(version, acks, None);
                 assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version} no txn");
+            }
+        }
+    }
+
+    #[test]
+    fn timeout_is_read_for_every_produce_version() {
+        for version in 3..=13 {
+            for timeout_ms in [0, 1, 30_000, i32::MAX] {
+                let frame = produce_frame_with_timeout(version, -1, Some("txn-a"), timeout_ms);
+                let h = produce_header(&frame).unwrap();
+                assert_eq!((h.acks, h.timeout_ms), (-1, timeout_ms), "v{version}");
             }
         }
     }
