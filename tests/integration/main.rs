@@ -15,6 +15,7 @@ mod kafkajs;
 mod kcat;
 mod kms_vault;
 mod lifecycle;
+mod pipeline;
 mod policies;
 mod resilience;
 mod tools;

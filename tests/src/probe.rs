@@ -2,12 +2,23 @@
 //!
 //! These speak just enough of the wire protocol (ApiVersions v0, Metadata v1) to prove a port is a
 //! working Kafka endpoint and to read what it advertises, with no Kafka client library involved.
+//! [`RawConnection`] sends arbitrary requests encoded with kafka-protocol, for protocol-level
+//! assertions (versions, ordering, timing).
 
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, RequestHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use uuid::Uuid;
+
+pub use kafka_protocol;
 
 /// Largest response a probe accepts; anything bigger is treated as a broken peer.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -152,6 +163,213 @@ pub async fn metadata(addr: &str, timeout: Duration) -> Result<MetadataInfo> {
         });
     }
     Ok(MetadataInfo { brokers, topics })
+}
+
+/// A raw Kafka connection for protocol-level tests: requests are encoded with kafka-protocol at
+/// exactly the version given (nothing is negotiated), may be pipelined, and responses are read one
+/// at a time. Used to send what a well-behaved client never would (versions Kapsule does not
+/// advertise, APIs it does not offer) and to observe ordering and timing on one connection.
+pub struct RawConnection {
+    stream: TcpStream,
+    addr: String,
+}
+
+impl RawConnection {
+    /// Connects to `addr`.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            addr: addr.to_owned(),
+        })
+    }
+
+    /// Writes one request of `api` at `version` with `correlation_id` (client id `kapsule-rig`).
+    pub async fn send<T: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        body: &T,
+    ) -> Result<()> {
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("kapsule-rig")));
+        let frame = kapsule::kafka::frame::encode_request(api, &header, body)
+            .with_context(|| format!("encoding {api:?} v{version}"))?;
+        self.stream
+            .write_all(&(frame.len() as i32).to_be_bytes())
+            .await?;
+        self.stream
+            .write_all(&frame)
+            .await
+            .with_context(|| format!("sending {api:?} v{version} to {}", self.addr))
+    }
+
+    /// Reads the next response frame (starting with its correlation id); `None` when the peer
+    /// closed the connection instead of answering.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Option<Bytes>> {
+        tokio::time::timeout(timeout, async {
+            let mut len = [0u8; 4];
+            match self.stream.read_exact(&mut len).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e).context("reading a response size"),
+            }
+            let len = i32::from_be_bytes(len);
+            ensure!(
+                (4..=MAX_RESPONSE as i32).contains(&len),
+                "response size {len} out of range"
+            );
+            let mut body = vec![0u8; len as usize];
+            self.stream
+                .read_exact(&mut body)
+                .await
+                .context("reading a response")?;
+            Ok(Some(Bytes::from(body)))
+        })
+        .await
+        .with_context(|| format!("no response from {} within {timeout:?}", self.addr))?
+    }
+
+    /// Reads the next response and decodes it as `api` at `version`; fails if the peer closed.
+    /// Returns (correlation id, body).
+    pub async fn recv_as<T: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<(i32, T)> {
+        let frame = self.recv(timeout).await?.with_context(|| {
+            format!(
+                "{} closed the connection instead of answering {api:?} v{version}",
+                self.addr
+            )
+        })?;
+        let (header, body) = kapsule::kafka::frame::decode_response::<T>(api, version, frame)?;
+        Ok((header.correlation_id, body))
+    }
+}
+
+/// A magic v2 batch (uncompressed, no producer id) holding `records` as (key, value) pairs.
+pub fn record_batch(records: &[(&[u8], &[u8])]) -> Bytes {
+    use kapsule::kafka::records::{Record, RecordBatch};
+    let batch = RecordBatch {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        attributes: 0,
+        last_offset_delta: records.len().saturating_sub(1) as i32,
+        base_timestamp: 1_700_000_000_000,
+        max_timestamp: 1_700_000_000_000,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        records: records
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| Record {
+                attributes: 0,
+                timestamp_delta: 0,
+                offset_delta: i as i32,
+                key: Some(Bytes::copy_from_slice(k)),
+                value: Some(Bytes::copy_from_slice(v)),
+                headers: vec![],
+            })
+            .collect(),
+    };
+    batch.to_bytes().expect("encode record batch")
+}
+
+/// A Produce request (`acks = -1`) of one batch to partition 0 of `topic`, named by `topic` or,
+/// when `topic_id` is given (v13+), by id with an empty name.
+pub fn produce_request(
+    topic: &str,
+    topic_id: Option<Uuid>,
+    timeout_ms: i32,
+    batch: Bytes,
+) -> ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut t =
+        TopicProduceData::default().with_partition_data(vec![PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(batch))]);
+    match topic_id {
+        Some(id) => t.topic_id = id,
+        None => t.name = TopicName(StrBytes::from_string(topic.to_owned())),
+    }
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![t])
+}
+
+/// A Fetch request for partition 0 of `topic` from offset 0, by name or (v13+) by id.
+pub fn fetch_request(topic: &str, topic_id: Option<Uuid>) -> FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let mut t = FetchTopic::default().with_partitions(vec![FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(1024 * 1024)]);
+    match topic_id {
+        Some(id) => t.topic_id = id,
+        None => t.topic = TopicName(StrBytes::from_string(topic.to_owned())),
+    }
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(1024 * 1024)
+        .with_topics(vec![t])
+}
+
+/// Topic ids by name, from a Metadata v12 request for all topics sent to `addr`.
+pub async fn topic_ids(addr: &str, timeout: Duration) -> Result<Vec<(String, Uuid)>> {
+    let mut c = RawConnection::connect(addr).await?;
+    c.send(ApiKey::Metadata, 12, 1, &MetadataRequest::default())
+        .await?;
+    let (_, md) = c
+        .recv_as::<MetadataResponse>(ApiKey::Metadata, 12, timeout)
+        .await?;
+    Ok(md
+        .topics
+        .into_iter()
+        .filter_map(|t| Some((t.name?.0.to_string(), t.topic_id)))
+        .collect())
+}
+
+/// The log end offset of partition 0 of `topic` at `addr` (ListOffsets v1, latest): the number
+/// of records the partition ever stored, when it started at 0.
+pub async fn end_offset(addr: &str, topic: &str, timeout: Duration) -> Result<i64> {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let mut c = RawConnection::connect(addr).await?;
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    c.send(ApiKey::ListOffsets, 1, 1, &req).await?;
+    let (_, resp) = c
+        .recv_as::<ListOffsetsResponse>(ApiKey::ListOffsets, 1, timeout)
+        .await?;
+    let p = resp
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .context("ListOffsets answer without a partition")?;
+    ensure!(
+        p.error_code == 0,
+        "ListOffsets for {topic} failed with error code {}",
+        p.error_code
+    );
+    Ok(p.offset)
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -218,15 +218,26 @@ pub fn encode_response<T: Encodable>(
     Ok(out.freeze())
 }
 
-/// Reads `acks` from a Produce request without decoding the records, so the relay path knows
-/// whether a response will come (`acks = 0` means none).
-pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
-    let meta = RequestMeta::parse(frame)?;
-    read_acks(&frame[8..], meta.api_version).context("reading acks from a Produce request header")
+/// The two Produce request fields the relay needs without decoding the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceHeader {
+    /// `acks`: 0 means the broker sends no response.
+    pub acks: i16,
+    /// `timeout_ms`: how long the client waits for the answer (≤ 0: no bound given).
+    pub timeout_ms: i32,
 }
 
-/// `acks` of a Produce request of `version`, from the header bytes after the fixed prefix.
-fn read_acks(header: &[u8], version: i16) -> Result<i16, ReadError> {
+/// Reads `acks` and `timeout_ms` from a Produce request (v3+) without decoding the records, so
+/// the relay knows whether a response will come and by when it is due.
+pub fn produce_header(frame: &[u8]) -> anyhow::Result<ProduceHeader> {
+    let meta = RequestMeta::parse(frame)?;
+    read_produce_header(&frame[8..], meta.api_version)
+        .context("reading acks and timeout_ms from a Produce request header")
+}
+
+/// `acks` and `timeout_ms` of a Produce request of `version`, from the header bytes after the
+/// fixed prefix.
+fn read_produce_header(header: &[u8], version: i16) -> Result<ProduceHeader, ReadError> {
     let flexible = version >= 9;
     let mut r = ByteReader::new(header);
     // client_id: nullable string with an i16 length, in both header v1 and v2.
@@ -245,7 +256,15 @@ fn read_acks(header: &[u8], version: i16) -> Result<i16, ReadError> {
         };
         r.skip(len, "transactional id")?;
     }
-    r.i16("acks")
+    Ok(ProduceHeader {
+        acks: r.i16("acks")?,
+        timeout_ms: r.i32("timeout_ms")?,
+    })
+}
+
+/// Reads `acks` from a Produce request without decoding the records (see [`produce_header`]).
+pub fn produce_acks(frame: &[u8]) -> anyhow::Result<i16> {
+    Ok(produce_header(frame)?.acks)
 }
 
 fn skip_tagged_fields(r: &mut ByteReader<'_>) -> Result<(), ReadError> {
@@ -271,6 +290,15 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     fn produce_frame(version: i16, acks: i16, txn: Option<&str>) -> Bytes {
+        produce_frame_with_timeout(version, acks, txn, 1500)
+    }
+
+    fn produce_frame_with_timeout(
+        version: i16,
+        acks: i16,
+        txn: Option<&str>,
+        timeout_ms: i32,
+    ) -> Bytes {
         let header = RequestHeader::default()
             .with_request_api_key(ApiKey::Produce as i16)
             .with_request_api_version(version)
@@ -278,6 +306,7 @@ mod tests {
             .with_client_id(Some(StrBytes::from_static_str("client-1")));
         let body = ProduceRequest::default()
             .with_acks(acks)
+            .with_timeout_ms(timeout_ms)
             .with_transactional_id(txn.map(|t| TransactionalId(StrBytes::from_string(t.into()))));
         encode_request(ApiKey::Produce, &header, &body).unwrap()
     }
@@ -290,6 +319,17 @@ mod tests {
                 assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version}");
                 let frame = produce_frame(version, acks, None);
                 assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version} no txn");
+            }
+        }
+    }
+
+    #[test]
+    fn timeout_is_read_for_every_produce_version() {
+        for version in 3..=13 {
+            for timeout_ms in [0, 1, 30_000, i32::MAX] {
+                let frame = produce_frame_with_timeout(version, -1, Some("txn-a"), timeout_ms);
+                let h = produce_header(&frame).unwrap();
+                assert_eq!((h.acks, h.timeout_ms), (-1, timeout_ms), "v{version}");
             }
         }
     }

@@ -259,11 +259,12 @@ where
             if let Some(f) = inner.inflight.get(&key) {
                 f.clone()
             } else {
+                // The fetch runs under the deadline of the request that started it.
                 let task = tokio::spawn({
                     let inner_arc = self.inner.clone();
                     let key = key.clone();
                     let fetch = fetch();
-                    async move {
+                    super::deadline::inherit(async move {
                         let r = fetch.await;
                         let mut inner = inner_arc.lock();
                         inner.inflight.remove(&key);
@@ -271,7 +272,7 @@ where
                             inner.lru.put(key, (v.clone(), Instant::now() + ttl));
                         }
                         r
-                    }
+                    })
                 });
                 let f = async move {
                     task.await.unwrap_or_else(|e| {
@@ -365,7 +366,8 @@ impl DekManager {
         let decrypted = self.decrypted.inner.clone();
         let ttl = self.ttl();
         let key2 = key.clone();
-        let task = tokio::spawn(async move {
+        // Bounded by the deadline of the request that needed the DEK (see kms::deadline).
+        let task = tokio::spawn(super::deadline::inherit(async move {
             let kek = key2.0.as_str();
             let r = timed(&metrics, "generate", kms.generate_data_key(kek)).await;
             let mut slots = slots.lock();
@@ -387,7 +389,7 @@ impl DekManager {
                     Err(e)
                 }
             }
-        });
+        }));
         let f = async move {
             task.await.unwrap_or_else(|e| {
                 Err(KmsError::new(

@@ -12,6 +12,7 @@
 //! Errors are classified by [`KmsErrorKind`] so callers can tell "retry later" from "fix the
 //! configuration". See docs/kms.md.
 
+pub mod deadline;
 pub mod dek;
 pub mod local;
 pub mod memory;

@@ -11,7 +11,8 @@
 //! Every call has a timeout (`timeout_ms`) and is retried up to `retries` times with jittered
 //! exponential backoff (100 ms doubling, capped at 2 s) when the failure is transient (connection
 //! error, timeout, HTTP 429/5xx, sealed). Unknown keys, permission errors and bad ciphertexts are
-//! not retried. When the token comes from a file and Vault answers 403, the file is re-read once
+//! not retried. Inside a request deadline ([`super::deadline`]) every wait is cut to the time
+//! left and no retry is started that could not finish before it. When the token comes from a file and Vault answers 403, the file is re-read once
 //! (a Vault agent may have renewed it).
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use parking_lot::RwLock;
 use serde::Deserialize;
+use tokio::time::Instant;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
@@ -267,14 +269,29 @@ impl VaultKms {
     {
         let mut reloaded_token = false;
         let mut attempt = 0u32;
+        let deadline = super::deadline::current();
         loop {
+            // Never wait past the deadline of the Kafka request this call works for.
+            let timeout = match deadline {
+                Some(d) => self
+                    .timeout
+                    .min(d.saturating_duration_since(Instant::now())),
+                None => self.timeout,
+            };
+            if timeout.is_zero() {
+                return Err(KmsError::new(
+                    KmsErrorKind::Transient,
+                    key_id,
+                    format!("{op}: the Kafka request's timeout passed before Vault answered ({} attempts)", attempt),
+                ));
+            }
             let client = self.client.read().clone();
-            let (kind, msg) = match tokio::time::timeout(self.timeout, f(client)).await {
+            let (kind, msg) = match tokio::time::timeout(timeout, f(client)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => classify(&e),
                 Err(_) => (
                     KmsErrorKind::Transient,
-                    format!("no answer within {} ms", self.config.timeout_ms),
+                    format!("no answer within {} ms", timeout.as_millis()),
                 ),
             };
             if kind == KmsErrorKind::PermissionDenied
@@ -292,6 +309,16 @@ impl VaultKms {
             if kind == KmsErrorKind::Transient && attempt < self.config.retries {
                 let delay =
                     backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(2));
+                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                    return Err(KmsError::new(
+                        kind,
+                        key_id,
+                        format!(
+                            "{op}: {msg} (after {} attempts; no time left for another before the Kafka request's timeout)",
+                            attempt + 1
+                        ),
+                    ));
+                }
                 tracing::debug!(op, key_id, attempt, ?delay, error = %msg, "Vault call failed, retrying");
                 attempt += 1;
                 tokio::time::sleep(delay).await;
@@ -481,6 +508,43 @@ mod tests {
         );
         assert_eq!(vault_version("vault:v12:abc"), Some(12));
         assert_eq!(vault_version("vault:x:abc"), None);
+    }
+
+    /// A Vault that accepts connections and never answers, as a paused server does.
+    async fn silent_vault() -> (String, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_request_deadline() {
+        std::env::set_var("KAPSULE_TEST_VAULT_TOKEN_D", "root");
+        let (addr, server) = silent_vault().await;
+        let mut c = cfg();
+        c.address = addr;
+        c.token_env = Some("KAPSULE_TEST_VAULT_TOKEN_D".into());
+        c.retries = 5;
+        c.timeout_ms = 2_000;
+        let kms = VaultKms::new(&c).unwrap();
+        let start = Instant::now();
+        let d = start + Duration::from_millis(700);
+        let err = super::super::deadline::scope(Some(d), kms.generate_data_key("k"))
+            .await
+            .unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(err.kind, KmsErrorKind::Transient, "{err}");
+        assert!(
+            took < Duration::from_millis(1_200),
+            "6 attempts of 2 s were not cut to the 700 ms deadline: {took:?} ({err})"
+        );
+        server.abort();
     }
 
     #[tokio::test]

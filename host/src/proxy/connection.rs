@@ -1,20 +1,36 @@
-//! One client connection: requests relayed to the matching broker in order, responses relayed
-//! back in the same order.
+//! One client connection: pipelined requests prepared concurrently, forwarded to the matching
+//! broker in the client's order, responses relayed back in the same order.
 //!
-//! Two halves run concurrently. The request half reads a frame from the client, decides what the
-//! response will need (a [`Pending`] entry), forwards the (possibly rewritten) request upstream and
-//! queues the entry; the response half takes entries in order, reads the matching broker response,
-//! applies the entry's stage and writes it to the client. Each outstanding request holds one of
-//! `max_in_flight` permits until its response is written, so a client that stops reading
-//! responses stops the proxy reading its requests: memory per connection is bounded by about
+//! Four stages run concurrently, linked by queues that keep request order:
+//!
+//! 1. **read requests**: read a frame, take one of `max_in_flight` permits, check the API and
+//!    version against what Kapsule advertises ([`rewrite::check_request`]) and start preparing
+//!    it. Only a Produce that goes through the record stage (policy, KMS, encryption) gets its own
+//!    task; everything else is prepared inline, as it costs a header parse.
+//! 2. **forward**: take preparations in request order, wait for each, refuse a Produce whose
+//!    deadline passed (answered REQUEST_TIMED_OUT, never forwarded), write the rest upstream and
+//!    queue what the response needs (a [`Pending`] entry).
+//! 3. **read responses**: take entries in order, read the matching broker response and start its
+//!    stage (a task for a Fetch whose records are decrypted, inline otherwise).
+//! 4. **write responses**: take stages in order, wait for each and write it to the client.
+//!
+//! So a slow policy or KMS call delays only the requests queued behind it until it finishes,
+//! while later requests are prepared in the meantime; Kafka's per-connection ordering (of the
+//! requests the broker sees and of the responses the client sees) holds throughout.
+//!
+//! Each outstanding request holds its permit until its response is written (or, without a
+//! response, until it is forwarded), so a client that stops reading responses stops the proxy
+//! reading its requests: memory per connection is bounded by about
 //! `max_in_flight × max_frame_bytes`.
 //!
-//! A response the proxy makes itself (an ApiVersions fallback, a Produce refused before any
-//! partition reached the broker) is queued as [`Pending::Local`] so ordering still holds.
+//! A response the proxy makes itself (an ApiVersions fallback, a refused version, a Produce
+//! refused or timed out before reaching the broker) is queued as [`Pending::Local`] so ordering
+//! still holds.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -22,20 +38,30 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
     MetadataResponse, ProduceRequest, ProduceResponse, ResponseHeader,
 };
+use kafka_protocol::protocol::Message;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
-use super::rewrite;
+use super::rewrite::{self, UnsupportedRequest, REQUEST_TIMED_OUT, UNSUPPORTED_VERSION};
 use super::{ProxyShared, Route};
-use crate::admin::metrics::Direction;
+use crate::admin::metrics::{api_name, Direction};
 use crate::kafka::frame::{
-    decode_request, decode_response, encode_request, encode_response, produce_acks, read_frame,
+    decode_request, decode_response, encode_request, encode_response, produce_header, read_frame,
     response_correlation_id, write_frame, FrameError, RequestMeta,
 };
+use crate::kms::deadline;
+
+/// Share of a Produce request's `timeout_ms` kept back for the trip to the broker and back: the
+/// proxy stops working on (and never forwards) a request after the rest has passed.
+const DEADLINE_HEADROOM_PERCENT: u32 = 10;
+/// Upper bound of that headroom.
+const DEADLINE_HEADROOM_MAX: Duration = Duration::from_millis(500);
 
 /// What the response half must do for one request.
 enum Pending {
@@ -65,6 +91,67 @@ enum ResponseStage {
     Produce(ProducePatch),
     /// Rewrite node endpoints; decrypt / re-encode records.
     Fetch,
+}
+
+/// What answers a request once it is prepared.
+enum Expect {
+    /// Nothing (Produce with `acks = 0`).
+    Nothing,
+    /// The proxy's own response frame.
+    Local(Bytes),
+    /// The broker's response, through this stage.
+    Upstream(ResponseStage),
+}
+
+/// A request ready to leave for the broker (or to be answered locally).
+struct Prepared {
+    /// Frame to forward, if any.
+    forward: Option<Bytes>,
+    /// What answers it.
+    expect: Expect,
+    /// Produce only: past this instant the request is answered REQUEST_TIMED_OUT, not forwarded.
+    deadline: Option<Instant>,
+}
+
+/// Work that is done, or running on its own task (aborted when the connection closes).
+enum Step<T> {
+    Ready(anyhow::Result<T>),
+    Running(AbortOnDropHandle<anyhow::Result<T>>),
+}
+
+impl<T: Send + 'static> Step<T> {
+    fn spawn(f: impl Future<Output = anyhow::Result<T>> + Send + 'static) -> Self {
+        Step::Running(AbortOnDropHandle::new(tokio::spawn(f)))
+    }
+
+    /// True when [`Step::get`] will not wait.
+    fn is_ready(&self) -> bool {
+        match self {
+            Step::Ready(_) => true,
+            Step::Running(h) => h.is_finished(),
+        }
+    }
+
+    async fn get(self) -> anyhow::Result<T> {
+        match self {
+            Step::Ready(r) => r,
+            Step::Running(h) => h.await.map_err(|e| anyhow!("request task failed: {e}"))?,
+        }
+    }
+}
+
+/// A request between the read and forward stages.
+struct Queued {
+    meta: RequestMeta,
+    step: Step<Prepared>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A response between the read-responses and write stages.
+struct Outgoing {
+    api_key: i16,
+    step: Step<Bytes>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Serves one accepted client connection until either side closes.
@@ -108,12 +195,37 @@ async fn serve_inner(
 
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (queued_tx, queued_rx) = mpsc::unbounded_channel();
+    let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
 
-    let requests = request_half(shared, client_read, upstream_write, tx, in_flight, peer);
-    let responses = response_half(shared, upstream_read, client_write, rx, peer);
-    tokio::pin!(requests, responses);
+    let requests = read_requests(shared, client_read, queued_tx, in_flight, peer);
+    let forward = async {
+        if let Err(e) = forward_requests(shared, queued_rx, upstream_write, pending_tx, peer).await
+        {
+            log_request_error(shared, peer, &e);
+        }
+    };
+    let respond = async {
+        let r = tokio::try_join!(
+            read_responses(shared, upstream_read, pending_rx, out_tx, peer),
+            write_responses(shared, client_write, out_rx),
+        );
+        if let Err(e) = r {
+            log_response_error(shared, peer, &e);
+        }
+    };
+    // Once forwarding ends (client EOF, shutdown, a refused or broken request), the responses
+    // already queued are still delivered; when the response side ends, everything does.
+    let rest = async {
+        tokio::pin!(forward, respond);
+        tokio::select! {
+            _ = &mut forward => respond.await,
+            _ = &mut respond => {}
+        }
+    };
+    tokio::pin!(requests, rest);
     tokio::select! {
         r = &mut requests => {
             // The client closed, misbehaved or shutdown began: deliver what is in flight, then close.
@@ -121,23 +233,21 @@ async fn serve_inner(
                 log_request_error(shared, peer, &e);
             }
             let drain = Duration::from_secs(shared.config.shutdown_timeout_secs);
-            match tokio::time::timeout(drain, &mut responses).await {
-                Ok(Err(e)) => debug!(%peer, error = %format!("{e:#}"), "response half ended with error"),
-                Err(_) => warn!(%peer, "in-flight responses not delivered before timeout"),
-                Ok(Ok(())) => {}
+            if tokio::time::timeout(drain, &mut rest).await.is_err() {
+                warn!(%peer, "in-flight responses not delivered before timeout");
             }
         }
-        r = &mut responses => {
-            if let Err(e) = r {
-                log_response_error(shared, peer, &e);
-            }
-        }
+        _ = &mut rest => {}
     }
     debug!(%peer, "connection closed");
     Ok(())
 }
 
 fn log_request_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) {
+    if e.downcast_ref::<UnsupportedRequest>().is_some() {
+        // Already logged where it was refused.
+        return;
+    }
     match e.downcast_ref::<FrameError>() {
         Some(FrameError::TooLarge { size, max }) => {
             shared.metrics.error("frame_too_large");
@@ -170,15 +280,14 @@ fn log_response_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error)
     }
 }
 
-async fn request_half(
+/// Stage 1: reads requests and starts preparing each (see the module docs).
+async fn read_requests(
     shared: &Arc<ProxyShared>,
     mut client: OwnedReadHalf,
-    upstream: OwnedWriteHalf,
-    tx: mpsc::UnboundedSender<(Pending, OwnedSemaphorePermit)>,
+    queue: mpsc::UnboundedSender<Queued>,
     in_flight: Arc<Semaphore>,
     peer: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut upstream = BufWriter::with_capacity(64 * 1024, upstream);
     let mut shutdown = shared.shutdown_signal();
     let max = shared.config.max_frame_bytes;
     loop {
@@ -187,120 +296,98 @@ async fn request_half(
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
-        // Wait for a free in-flight slot before forwarding: a client that does not read its
-        // responses stops being read from once `max_in_flight` requests are outstanding.
+        let received = Instant::now();
+        // Wait for a free in-flight slot: a client that does not read its responses stops being
+        // read from once `max_in_flight` requests are outstanding.
         let permit = in_flight.clone().acquire_owned().await?;
         let meta = RequestMeta::parse(&frame)?;
         shared
             .metrics
             .frame(Direction::Request, meta.api_key, frame.len());
-        let (forward, pending) = handle_request(shared, meta, frame, peer)
-            .await
-            .with_context(|| {
-                format!(
-                    "request {} v{} (correlation id {})",
-                    crate::admin::metrics::api_name(meta.api_key),
-                    meta.api_version,
-                    meta.correlation_id
-                )
-            })?;
-        if let Some(body) = forward {
-            write_frame(&mut upstream, &body).await?;
-            upstream.flush().await?;
-        }
-        if let Some(p) = pending {
-            if tx.send((p, permit)).is_err() {
-                return Ok(());
-            }
+        let step = if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
+            Step::Ready(refuse_request(shared, meta, frame, refused, peer))
+        } else if meta.known_api() == Some(ApiKey::Produce) && shared.records.transforms_produce() {
+            Step::spawn(prepare_produce(shared.clone(), meta, frame, peer, received))
+        } else {
+            Step::Ready(prepare_relay(meta, frame, received))
+        };
+        if queue.send(Queued { meta, step, permit }).is_err() {
+            return Ok(());
         }
     }
 }
 
-/// Decides what to forward and what the response needs. Returns (frame to forward, pending entry).
-async fn handle_request(
+/// Stage 2: forwards prepared requests in the client's order (see the module docs).
+async fn forward_requests(
     shared: &Arc<ProxyShared>,
-    meta: RequestMeta,
-    frame: Bytes,
-    peer: SocketAddr,
-) -> anyhow::Result<(Option<Bytes>, Option<Pending>)> {
-    let upstream = |stage| Pending::Upstream {
-        meta,
-        sent_at: Instant::now(),
-        stage,
-    };
-    let Some(api) = meta.known_api() else {
-        return Ok((Some(frame), Some(upstream(ResponseStage::Relay))));
-    };
-    match api {
-        ApiKey::ApiVersions => {
-            if meta.api_version > ApiVersionsResponse::VERSIONS_MAX {
-                let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-                let body = rewrite::unsupported_api_versions_response();
-                let frame = encode_response(api, 0, &header, &body)?;
-                return Ok((
-                    None,
-                    Some(Pending::Local {
-                        api_key: meta.api_key,
-                        frame,
-                    }),
-                ));
-            }
-            Ok((Some(frame), Some(upstream(ResponseStage::ApiVersions))))
-        }
-        ApiKey::Metadata => Ok((Some(frame), Some(upstream(ResponseStage::Metadata)))),
-        ApiKey::FindCoordinator => {
-            Ok((Some(frame), Some(upstream(ResponseStage::FindCoordinator))))
-        }
-        ApiKey::DescribeCluster => {
-            Ok((Some(frame), Some(upstream(ResponseStage::DescribeCluster))))
-        }
-        ApiKey::Fetch => Ok((Some(frame), Some(upstream(ResponseStage::Fetch)))),
-        ApiKey::Produce => {
-            if !shared.records.transforms_produce() {
-                let acks = produce_acks(&frame)?;
-                let pending =
-                    (acks != 0).then(|| upstream(ResponseStage::Produce(ProducePatch::default())));
-                return Ok((Some(frame), pending));
-            }
-            let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
-            let acks = request.acks;
-            let patch = shared.records.on_produce(&mut request, peer).await;
-            if request.topic_data.is_empty() {
-                // Every partition was refused: answer without involving the broker.
-                if acks == 0 {
-                    return Ok((None, None));
-                }
-                let response = patch.into_response();
-                let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-                let frame = encode_response(api, meta.api_version, &header, &response)?;
-                return Ok((
-                    None,
-                    Some(Pending::Local {
-                        api_key: meta.api_key,
-                        frame,
-                    }),
-                ));
-            }
-            let body = encode_request(api, &header, &request)?;
-            let pending = (acks != 0).then(|| upstream(ResponseStage::Produce(patch)));
-            Ok((Some(body), pending))
-        }
-        _ => Ok((Some(frame), Some(upstream(ResponseStage::Relay)))),
-    }
-}
-
-async fn response_half(
-    shared: &Arc<ProxyShared>,
-    mut upstream: OwnedReadHalf,
-    client: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    upstream: OwnedWriteHalf,
+    pending: mpsc::UnboundedSender<(Pending, OwnedSemaphorePermit)>,
     peer: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut client = BufWriter::with_capacity(64 * 1024, client);
+    let mut upstream = BufWriter::with_capacity(64 * 1024, upstream);
+    while let Some(Queued { meta, step, permit }) = queue.recv().await {
+        if !step.is_ready() {
+            // Do not hold written requests back while waiting for a slow one.
+            upstream.flush().await?;
+        }
+        let prepared = step.get().await.with_context(|| {
+            format!(
+                "request {} v{} (correlation id {})",
+                api_name(meta.api_key),
+                meta.api_version,
+                meta.correlation_id
+            )
+        })?;
+        let Prepared {
+            mut forward,
+            mut expect,
+            deadline,
+        } = prepared;
+        if let (Some(body), Some(d)) = (&forward, deadline) {
+            if Instant::now() >= d {
+                expect = answer_late(shared, meta, body, expect, peer)?;
+                forward = None;
+            }
+        }
+        if let Some(body) = forward {
+            write_frame(&mut upstream, &body).await?;
+            if queue.is_empty() {
+                upstream.flush().await?;
+            }
+        }
+        let entry = match expect {
+            Expect::Nothing => continue,
+            Expect::Local(frame) => Pending::Local {
+                api_key: meta.api_key,
+                frame,
+            },
+            Expect::Upstream(stage) => Pending::Upstream {
+                meta,
+                sent_at: Instant::now(),
+                stage,
+            },
+        };
+        if pending.send((entry, permit)).is_err() {
+            return Ok(());
+        }
+    }
+    upstream.flush().await?;
+    Ok(())
+}
+
+/// Stage 3: reads broker responses in order and starts their stages (see the module docs).
+async fn read_responses(
+    shared: &Arc<ProxyShared>,
+    mut upstream: OwnedReadHalf,
+    mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    peer: SocketAddr,
+) -> anyhow::Result<()> {
     let max = shared.config.max_frame_bytes;
-    while let Some((pending, _permit)) = rx.recv().await {
-        let (api_key, out) = match pending {
-            Pending::Local { api_key, frame } => (api_key, frame),
+    while let Some((entry, permit)) = pending.recv().await {
+        let (api_key, step) = match entry {
+            Pending::Local { api_key, frame } => (api_key, Step::Ready(Ok(frame))),
             Pending::Upstream {
                 meta,
                 sent_at,
@@ -319,23 +406,59 @@ async fn response_half(
                         meta.correlation_id
                     );
                 }
-                let out = handle_response(shared, meta, stage, frame, peer)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "response to {} v{}",
-                            crate::admin::metrics::api_name(meta.api_key),
-                            meta.api_version
-                        )
-                    })?;
-                (meta.api_key, out)
+                let context = move || {
+                    format!(
+                        "response to {} v{}",
+                        api_name(meta.api_key),
+                        meta.api_version
+                    )
+                };
+                let step = match stage {
+                    ResponseStage::Fetch if fetch_needs_decode(shared, meta) => {
+                        let shared = shared.clone();
+                        Step::spawn(async move {
+                            fetch_response(&shared, meta, frame, peer)
+                                .await
+                                .with_context(context)
+                        })
+                    }
+                    ResponseStage::Fetch => Step::Ready(Ok(frame)),
+                    stage => Step::Ready(
+                        rewrite_response(shared, meta, stage, frame).with_context(context),
+                    ),
+                };
+                (meta.api_key, step)
             }
         };
+        let item = Outgoing {
+            api_key,
+            step,
+            _permit: permit,
+        };
+        if out.send(item).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Stage 4: writes responses to the client in order (see the module docs).
+async fn write_responses(
+    shared: &Arc<ProxyShared>,
+    client: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+) -> anyhow::Result<()> {
+    let mut client = BufWriter::with_capacity(64 * 1024, client);
+    while let Some(Outgoing { api_key, step, .. }) = queue.recv().await {
+        if !step.is_ready() {
+            client.flush().await?;
+        }
+        let frame = step.get().await?;
         shared
             .metrics
-            .frame(Direction::Response, api_key, out.len());
-        write_frame(&mut client, &out).await?;
-        if rx.is_empty() {
+            .frame(Direction::Response, api_key, frame.len());
+        write_frame(&mut client, &frame).await?;
+        if queue.is_empty() {
             client.flush().await?;
         }
     }
@@ -343,17 +466,265 @@ async fn response_half(
     Ok(())
 }
 
-async fn handle_response(
+/// The instant after which a Produce with this `timeout_ms` is answered REQUEST_TIMED_OUT instead
+/// of forwarded; `None` when the client gave no positive timeout.
+fn produce_deadline(received: Instant, timeout_ms: i32) -> Option<Instant> {
+    let timeout = Duration::from_millis(u64::try_from(timeout_ms).ok().filter(|t| *t > 0)?);
+    let headroom = (timeout * DEADLINE_HEADROOM_PERCENT / 100).min(DEADLINE_HEADROOM_MAX);
+    Some(received + (timeout - headroom))
+}
+
+/// Answers a request Kapsule does not offer: an error response where the API has one the client
+/// can read at its version, otherwise an error that closes the connection. Never forwards.
+fn refuse_request(
+    shared: &ProxyShared,
+    meta: RequestMeta,
+    frame: Bytes,
+    refused: UnsupportedRequest,
+    peer: SocketAddr,
+) -> anyhow::Result<Prepared> {
+    shared.metrics.error("unsupported_request");
+    let v = meta.api_version;
+    let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+    let expect = match meta.known_api() {
+        Some(api @ ApiKey::Produce) if in_range(ProduceResponse::VERSIONS, v) => {
+            let (_, request) = decode_request::<ProduceRequest>(api, frame)?;
+            let message = format!(
+                "kapsule: {refused}; use Produce v{} or lower",
+                rewrite::MAX_PRODUCE_VERSION
+            );
+            let response = rewrite::produce_error_response(&request, UNSUPPORTED_VERSION, &message);
+            if request.acks == 0 {
+                Some(Expect::Nothing)
+            } else {
+                Some(Expect::Local(encode_response(api, v, &header, &response)?))
+            }
+        }
+        // Fetch has a top-level error code from v7.
+        Some(api @ ApiKey::Fetch) if v >= 7 && in_range(FetchResponse::VERSIONS, v) => {
+            let response = rewrite::fetch_unsupported_response();
+            Some(Expect::Local(encode_response(api, v, &header, &response)?))
+        }
+        _ => None,
+    };
+    let api = api_name(meta.api_key);
+    match expect {
+        Some(expect) => {
+            warn!(%peer, api, version = v, reason = %refused, "refused a request version Kapsule does not offer; answered UNSUPPORTED_VERSION, nothing forwarded");
+            Ok(Prepared {
+                forward: None,
+                expect,
+                deadline: None,
+            })
+        }
+        None => {
+            warn!(%peer, api, version = v, reason = %refused, "refused a request Kapsule does not offer; closing the connection, nothing forwarded");
+            Err(refused.into())
+        }
+    }
+}
+
+fn in_range(range: kafka_protocol::protocol::VersionRange, v: i16) -> bool {
+    (range.min..=range.max).contains(&v)
+}
+
+/// Prepares a request that is relayed as bytes (everything but a Produce through the record
+/// stage).
+fn prepare_relay(meta: RequestMeta, frame: Bytes, received: Instant) -> anyhow::Result<Prepared> {
+    let relay = |frame, stage| Prepared {
+        forward: Some(frame),
+        expect: Expect::Upstream(stage),
+        deadline: None,
+    };
+    let Some(api) = meta.known_api() else {
+        // Unreachable after check_request; relayed like any API Kapsule does not decode.
+        return Ok(relay(frame, ResponseStage::Relay));
+    };
+    Ok(match api {
+        ApiKey::ApiVersions => {
+            if meta.api_version > ApiVersionsResponse::VERSIONS.max {
+                let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+                let body = rewrite::unsupported_api_versions_response();
+                return Ok(Prepared {
+                    forward: None,
+                    expect: Expect::Local(encode_response(api, 0, &header, &body)?),
+                    deadline: None,
+                });
+            }
+            relay(frame, ResponseStage::ApiVersions)
+        }
+        ApiKey::Metadata => relay(frame, ResponseStage::Metadata),
+        ApiKey::FindCoordinator => relay(frame, ResponseStage::FindCoordinator),
+        ApiKey::DescribeCluster => relay(frame, ResponseStage::DescribeCluster),
+        ApiKey::Fetch => relay(frame, ResponseStage::Fetch),
+        ApiKey::Produce => {
+            let h = produce_header(&frame)?;
+            Prepared {
+                forward: Some(frame),
+                expect: if h.acks == 0 {
+                    Expect::Nothing
+                } else {
+                    Expect::Upstream(ResponseStage::Produce(ProducePatch::default()))
+                },
+                deadline: produce_deadline(received, h.timeout_ms),
+            }
+        }
+        _ => relay(frame, ResponseStage::Relay),
+    })
+}
+
+/// Prepares a Produce through the record stage, bounded by the request's deadline: KMS calls
+/// made for it see the deadline ([`deadline`]) and, when it passes first, every partition is
+/// answered REQUEST_TIMED_OUT and nothing is forwarded.
+async fn prepare_produce(
+    shared: Arc<ProxyShared>,
+    meta: RequestMeta,
+    frame: Bytes,
+    peer: SocketAddr,
+    received: Instant,
+) -> anyhow::Result<Prepared> {
+    let api = ApiKey::Produce;
+    let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
+    let acks = request.acks;
+    let due = produce_deadline(received, request.timeout_ms);
+    let response_header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+    let patch = match due {
+        None => shared.records.on_produce(&mut request, peer).await,
+        Some(d) => {
+            // Cheap: records are reference-counted bytes. Kept to answer every partition if the
+            // stage is cut short (it may have moved partitions around when it is dropped).
+            let original = request.clone();
+            let stage = deadline::scope(due, shared.records.on_produce(&mut request, peer));
+            // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
+            match tokio::time::timeout_at(d, stage).await {
+                Ok(patch) if Instant::now() < d => patch,
+                _ => {
+                    shared.metrics.error("produce_deadline");
+                    warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = original.timeout_ms, "produce request not ready before its timeout (slow policy or KMS); answered REQUEST_TIMED_OUT, nothing forwarded");
+                    let expect = if acks == 0 {
+                        Expect::Nothing
+                    } else {
+                        let response = rewrite::produce_error_response(
+                            &original,
+                            REQUEST_TIMED_OUT,
+                            &late_message(&original),
+                        );
+                        Expect::Local(encode_response(
+                            api,
+                            meta.api_version,
+                            &response_header,
+                            &response,
+                        )?)
+                    };
+                    return Ok(Prepared {
+                        forward: None,
+                        expect,
+                        deadline: None,
+                    });
+                }
+            }
+        }
+    };
+    if request.topic_data.is_empty() {
+        // Every partition was refused: answer without involving the broker.
+        let expect = if acks == 0 {
+            Expect::Nothing
+        } else {
+            let response = patch.into_response();
+            Expect::Local(encode_response(
+                api,
+                meta.api_version,
+                &response_header,
+                &response,
+            )?)
+        };
+        return Ok(Prepared {
+            forward: None,
+            expect,
+            deadline: None,
+        });
+    }
+    let body = encode_request(api, &header, &request)?;
+    Ok(Prepared {
+        forward: Some(body),
+        expect: if acks == 0 {
+            Expect::Nothing
+        } else {
+            Expect::Upstream(ResponseStage::Produce(patch))
+        },
+        deadline: due,
+    })
+}
+
+fn late_message(request: &ProduceRequest) -> String {
+    format!(
+        "kapsule: not written: the request was not ready within its timeout of {} ms (slow policy or KMS); safe to retry",
+        request.timeout_ms
+    )
+}
+
+/// A Produce whose deadline passed while it waited for the requests before it: answered
+/// REQUEST_TIMED_OUT for every partition (keeping the proxy's own refusals), never forwarded.
+fn answer_late(
+    shared: &ProxyShared,
+    meta: RequestMeta,
+    body: &Bytes,
+    expect: Expect,
+    peer: SocketAddr,
+) -> anyhow::Result<Expect> {
+    shared.metrics.error("produce_deadline");
+    let api = ApiKey::Produce;
+    let (_, request) = decode_request::<ProduceRequest>(api, body.clone())?;
+    warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = request.timeout_ms, "produce request reached its timeout before it could be forwarded; answered REQUEST_TIMED_OUT, nothing forwarded");
+    let patch = match expect {
+        Expect::Upstream(ResponseStage::Produce(patch)) => patch,
+        Expect::Nothing => return Ok(Expect::Nothing),
+        other => return Ok(other),
+    };
+    let mut response =
+        rewrite::produce_error_response(&request, REQUEST_TIMED_OUT, &late_message(&request));
+    patch.merge_into(&mut response);
+    let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+    Ok(Expect::Local(encode_response(
+        api,
+        meta.api_version,
+        &header,
+        &response,
+    )?))
+}
+
+/// Whether a Fetch response must be decoded (records to transform, or endpoints to rewrite).
+fn fetch_needs_decode(shared: &ProxyShared, meta: RequestMeta) -> bool {
+    meta.api_version >= 16 || shared.records.transforms_fetch()
+}
+
+/// Decodes a Fetch response, rewrites its endpoints and runs the record stage over it.
+async fn fetch_response(
     shared: &Arc<ProxyShared>,
     meta: RequestMeta,
-    stage: ResponseStage,
     frame: Bytes,
     peer: SocketAddr,
 ) -> anyhow::Result<Bytes> {
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
+    let api = ApiKey::Fetch;
+    let (header, mut body) = decode_response::<FetchResponse>(api, v, frame)?;
+    rewrite::rewrite_fetch_endpoints(&mut body, adv)?;
+    shared.records.on_fetch(&mut body, peer).await?;
+    encode_response(api, v, &header, &body)
+}
+
+/// Applies a response stage that needs no record work.
+fn rewrite_response(
+    shared: &Arc<ProxyShared>,
+    meta: RequestMeta,
+    stage: ResponseStage,
+    frame: Bytes,
+) -> anyhow::Result<Bytes> {
+    let v = meta.api_version;
+    let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay => frame,
+        ResponseStage::Relay | ResponseStage::Fetch => frame,
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;
@@ -389,24 +760,25 @@ async fn handle_response(
             patch.merge_into(&mut body);
             encode_response(api, v, &header, &body)?
         }
-        ResponseStage::Fetch => {
-            if v < 16 && !shared.records.transforms_fetch() {
-                return Ok(frame);
-            }
-            let api = ApiKey::Fetch;
-            let (header, mut body) = decode_response::<FetchResponse>(api, v, frame)?;
-            rewrite::rewrite_fetch_endpoints(&mut body, adv)?;
-            shared.records.on_fetch(&mut body, peer).await?;
-            encode_response(api, v, &header, &body)?
-        }
     })
 }
 
-/// ApiVersions' highest version, as a constant usable in patterns.
-trait VersionsMax {
-    const VERSIONS_MAX: i16;
-}
-impl VersionsMax for ApiVersionsResponse {
-    const VERSIONS_MAX: i16 =
-        <ApiVersionsResponse as kafka_protocol::protocol::Message>::VERSIONS.max;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_deadline_keeps_headroom_and_ignores_non_positive_timeouts() {
+        let t0 = Instant::now();
+        assert_eq!(produce_deadline(t0, 0), None);
+        assert_eq!(produce_deadline(t0, -1), None);
+        assert_eq!(
+            produce_deadline(t0, 1_000),
+            Some(t0 + Duration::from_millis(900))
+        );
+        assert_eq!(
+            produce_deadline(t0, 30_000),
+            Some(t0 + Duration::from_millis(29_500))
+        );
+    }
 }

@@ -3,9 +3,10 @@
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
-    MetadataResponse, ProduceResponse,
+    MetadataResponse, ProduceRequest, ProduceResponse,
 };
 use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
 
@@ -15,12 +16,38 @@ pub trait Advertiser {
     fn advertise(&self, node_id: i32, host: &str, port: i32) -> anyhow::Result<(StrBytes, i32)>;
 }
 
+/// First Produce version that names topics by id only (KIP-516): encryption binds ciphertext to
+/// topic names, so Kapsule never accepts it.
+pub const PRODUCE_TOPIC_ID_VERSION: i16 = 13;
+/// First Fetch version that names topics by id only (KIP-516); never accepted (see
+/// [`PRODUCE_TOPIC_ID_VERSION`]).
+pub const FETCH_TOPIC_ID_VERSION: i16 = 13;
+/// First flexible Produce version (withheld, see [`supported_range`]).
+pub const PRODUCE_FLEXIBLE_VERSION: i16 = 9;
+/// First flexible Fetch version (withheld, see [`supported_range`]).
+pub const FETCH_FLEXIBLE_VERSION: i16 = 12;
 /// Highest Produce version offered to clients (see [`supported_range`]).
-pub const MAX_PRODUCE_VERSION: i16 = 8;
+pub const MAX_PRODUCE_VERSION: i16 = PRODUCE_FLEXIBLE_VERSION - 1;
 /// Highest Fetch version offered to clients (see [`supported_range`]).
-pub const MAX_FETCH_VERSION: i16 = 11;
+pub const MAX_FETCH_VERSION: i16 = FETCH_FLEXIBLE_VERSION - 1;
 
-/// The version range Kapsule can handle for an API, or `None` if kafka-protocol does not know it.
+const _: () = assert!(MAX_PRODUCE_VERSION < PRODUCE_TOPIC_ID_VERSION);
+const _: () = assert!(MAX_FETCH_VERSION < FETCH_TOPIC_ID_VERSION);
+
+/// APIs that carry records (or whole other requests) past the record stage: never offered in
+/// ApiVersions and refused when a client sends them anyway.
+///
+/// ShareFetch returns records and ShareAcknowledge belongs to the same share-group read path;
+/// FetchSnapshot returns raw log bytes; Envelope wraps any request (a Produce included).
+pub const UNTRANSFORMED_APIS: [ApiKey; 4] = [
+    ApiKey::ShareFetch,
+    ApiKey::ShareAcknowledge,
+    ApiKey::FetchSnapshot,
+    ApiKey::Envelope,
+];
+
+/// The version range Kapsule can handle for an API, or `None` if Kapsule does not offer it
+/// (unknown to kafka-protocol, or one of [`UNTRANSFORMED_APIS`]).
 ///
 /// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes. Produce and Fetch
 /// are further capped: v13+ carry topic ids only (encryption binds ciphertext to topic names),
@@ -31,6 +58,9 @@ pub const MAX_FETCH_VERSION: i16 = 11;
 /// fetch) and every current client supports them.
 pub fn supported_range(api_key: i16) -> Option<VersionRange> {
     let api = ApiKey::try_from(api_key).ok()?;
+    if UNTRANSFORMED_APIS.contains(&api) {
+        return None;
+    }
     let range = match api {
         ApiKey::Produce => {
             kafka_protocol::messages::ProduceRequest::VERSIONS.intersect(&VersionRange {
@@ -53,6 +83,94 @@ pub fn supported_range(api_key: i16) -> Option<VersionRange> {
         other => other.valid_versions(),
     };
     Some(range)
+}
+
+/// A request Kapsule refuses because it never advertised that API at that version.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("{} v{version} is not offered by Kapsule ({})", api_label(*api_key), offered(*advertised))]
+pub struct UnsupportedRequest {
+    /// Raw API key of the request.
+    pub api_key: i16,
+    /// Version the client chose.
+    pub version: i16,
+    /// What Kapsule advertises for this API (`None`: the API is not offered at all).
+    pub advertised: Option<VersionRange>,
+}
+
+fn api_label(api_key: i16) -> String {
+    match ApiKey::try_from(api_key) {
+        Ok(api) => format!("{api:?}"),
+        Err(_) => format!("API key {api_key}"),
+    }
+}
+
+fn offered(range: Option<VersionRange>) -> String {
+    match range {
+        Some(r) => format!("it offers v{}-v{}", r.min, r.max),
+        None => "the API is not offered".to_owned(),
+    }
+}
+
+/// Checks a request's API and version against what Kapsule advertises ([`supported_range`]).
+///
+/// Called for every request before anything is forwarded; a refused request must never reach the
+/// broker. ApiVersions is the exception KIP-511 makes: a newer version is answered by
+/// [`unsupported_api_versions_response`], so it passes here.
+pub fn check_request(api_key: i16, version: i16) -> Result<(), UnsupportedRequest> {
+    let advertised = supported_range(api_key);
+    match advertised {
+        Some(_) if api_key == ApiKey::ApiVersions as i16 => Ok(()),
+        Some(r) if (r.min..=r.max).contains(&version) => Ok(()),
+        _ => Err(UnsupportedRequest {
+            api_key,
+            version,
+            advertised,
+        }),
+    }
+}
+
+/// Kafka error code UNSUPPORTED_VERSION.
+pub const UNSUPPORTED_VERSION: i16 = 35;
+/// Kafka error code REQUEST_TIMED_OUT.
+pub const REQUEST_TIMED_OUT: i16 = 7;
+
+/// A Produce response giving every partition of `request` the same error and message (topics are
+/// echoed by name and, from v13, by id). Used for requests refused or timed out in the proxy.
+pub fn produce_error_response(
+    request: &ProduceRequest,
+    error_code: i16,
+    message: &str,
+) -> ProduceResponse {
+    let message = StrBytes::from_string(message.to_owned());
+    let responses = request
+        .topic_data
+        .iter()
+        .map(|t| {
+            TopicProduceResponse::default()
+                .with_name(t.name.clone())
+                .with_topic_id(t.topic_id)
+                .with_partition_responses(
+                    t.partition_data
+                        .iter()
+                        .map(|p| {
+                            PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_error_code(error_code)
+                                .with_base_offset(-1)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(-1)
+                                .with_error_message(Some(message.clone()))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}
+
+/// A Fetch response (v7+) refusing the whole request with UNSUPPORTED_VERSION and no records.
+pub fn fetch_unsupported_response() -> FetchResponse {
+    FetchResponse::default().with_error_code(UNSUPPORTED_VERSION)
 }
 
 /// Intersects the broker's advertised ranges with [`supported_range`]; drops unknown API keys
@@ -262,6 +380,84 @@ mod tests {
             .map(|v| (v.api_key, v.min_version, v.max_version))
             .collect();
         assert_eq!(got, vec![(0, 3, 8), (1, 4, 11), (3, 0, 12)]);
+    }
+
+    #[test]
+    fn untransformed_record_apis_are_dropped_from_api_versions() {
+        let mut resp = ApiVersionsResponse::default().with_api_keys(
+            [0i16, 1, 58, 59, 76, 78, 79]
+                .into_iter()
+                .map(|k| {
+                    ApiVersion::default()
+                        .with_api_key(k)
+                        .with_min_version(0)
+                        .with_max_version(20)
+                })
+                .collect(),
+        );
+        rewrite_api_versions(&mut resp);
+        let keys: Vec<i16> = resp.api_keys.iter().map(|v| v.api_key).collect();
+        assert_eq!(keys, vec![0, 1, 76], "ShareFetch & co. must not be offered");
+    }
+
+    #[test]
+    fn requests_above_the_advertised_range_are_refused() {
+        assert!(check_request(0, MAX_PRODUCE_VERSION).is_ok());
+        assert!(check_request(1, MAX_FETCH_VERSION).is_ok());
+        for (api, v) in [
+            (0, PRODUCE_FLEXIBLE_VERSION),
+            (0, PRODUCE_TOPIC_ID_VERSION),
+            (1, FETCH_FLEXIBLE_VERSION),
+            (1, FETCH_TOPIC_ID_VERSION),
+            (1, 17),
+            (3, 99),
+            (78, 0),
+            (58, 0),
+            (9999, 0),
+        ] {
+            let e = check_request(api, v).unwrap_err();
+            assert_eq!((e.api_key, e.version), (api, v));
+        }
+        let e = check_request(0, 13).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Produce v13 is not offered by Kapsule (it offers v3-v8)"
+        );
+        assert_eq!(
+            check_request(78, 1).unwrap_err().to_string(),
+            "ShareFetch v1 is not offered by Kapsule (the API is not offered)"
+        );
+        // KIP-511: a newer ApiVersions is answered, not refused.
+        assert!(check_request(18, 99).is_ok());
+    }
+
+    #[test]
+    fn produce_error_response_covers_every_partition_by_name_and_id() {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::protocol::Encodable;
+        let req = ProduceRequest::default().with_topic_data(vec![TopicProduceData::default()
+            .with_name(kafka_protocol::messages::TopicName(
+                StrBytes::from_static_str("t"),
+            ))
+            .with_partition_data(vec![
+                PartitionProduceData::default().with_index(0),
+                PartitionProduceData::default().with_index(3),
+            ])]);
+        let resp = produce_error_response(&req, UNSUPPORTED_VERSION, "no");
+        let t = &resp.responses[0];
+        assert_eq!(
+            (t.name.as_str(), t.topic_id),
+            ("t", req.topic_data[0].topic_id)
+        );
+        let got: Vec<_> = t
+            .partition_responses
+            .iter()
+            .map(|p| (p.index, p.error_code))
+            .collect();
+        assert_eq!(got, vec![(0, 35), (3, 35)]);
+        // Encodable at the refused version itself, so the client can read the error.
+        let mut buf = bytes::BytesMut::new();
+        resp.encode(&mut buf, PRODUCE_TOPIC_ID_VERSION).unwrap();
     }
 
     #[test]

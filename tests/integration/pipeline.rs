@@ -1,0 +1,362 @@
+//! One client connection through Kapsule, at the protocol level: what may reach the broker (only
+//! versions Kapsule advertises), how pipelined requests share the connection (a slow KMS on one
+//! topic does not queue the others behind it) and when a Produce is too late to be written.
+//!
+//! Requests are hand-built with [`RawConnection`] so each test controls versions, pipelining and
+//! `timeout_ms` exactly; the broker is a real tansu, the KMS the local one or a real OpenBao.
+
+use std::time::{Duration, Instant};
+
+use kapsule_integration::encryption::{vault_kms_yaml, LocalKms};
+use kapsule_integration::openbao::OpenBao;
+use kapsule_integration::probe::kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ProduceRequest,
+    ProduceResponse, ShareFetchRequest,
+};
+use kapsule_integration::probe::{
+    end_offset, fetch_request, produce_request, record_batch, topic_ids, RawConnection,
+};
+use kapsule_integration::{unique_name, Kapsule, KapsuleConfig, RecordsMode, Tansu};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Kafka error codes the tests expect.
+const REQUEST_TIMED_OUT: i16 = 7;
+const UNSUPPORTED_VERSION: i16 = 35;
+
+async fn start_kapsule(tansu: &Tansu, kms_yaml: &str, policy: &str) -> Kapsule {
+    let config = KapsuleConfig::new(RecordsMode::Passthrough)
+        .with_yaml(kms_yaml)
+        .with_yaml(policy);
+    Kapsule::start(&tansu.bootstrap(), config)
+        .await
+        .expect("start kapsule")
+}
+
+async fn topic(tansu: &Tansu, prefix: &str) -> String {
+    let name = unique_name(prefix);
+    tansu.create_topic(&name, 1).await.expect("create topic");
+    name
+}
+
+fn partition_errors(resp: &ProduceResponse) -> Vec<(i16, String)> {
+    resp.responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .map(|p| {
+            (
+                p.error_code,
+                p.error_message
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Produce and Fetch above the versions Kapsule advertises (v13 names topics by id only, v9–v12
+/// are withheld) and APIs it does not transform (ShareFetch) are refused in Kapsule: the client
+/// gets UNSUPPORTED_VERSION (or a closed connection and a log line), the broker never sees them,
+/// and Fetch by topic id cannot read plaintext a `require_encrypted` topic refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_above_the_advertised_versions_never_reach_the_broker() {
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let policy = "policy:\n  rules:\n    - topics: {prefix: \"ver-\"}\n      key_id: kek-ver\n      require_encrypted: true\n      on_decrypt_failure: error\n";
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), policy).await;
+    let t = topic(&tansu, "ver-").await;
+    let id = topic_ids(&tansu.bootstrap(), WAIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| *name == t)
+        .map(|(_, id)| id)
+        .expect("tansu lists the topic with its id");
+
+    // Plaintext written straight to the broker: only a bypass could hand it to a consumer.
+    let mut direct = RawConnection::connect(&tansu.bootstrap()).await.unwrap();
+    let plain = record_batch(&[(b"k", b"PLAINTEXT-DIRECT")]);
+    direct
+        .send(
+            ApiKey::Produce,
+            3,
+            1,
+            &produce_request(&t, None, 5000, plain),
+        )
+        .await
+        .unwrap();
+    let (_, r) = direct
+        .recv_as::<ProduceResponse>(ApiKey::Produce, 3, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(partition_errors(&r)[0].0, 0, "direct write failed: {r:?}");
+    assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 1);
+
+    let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
+    c.send(ApiKey::ApiVersions, 2, 1, &ApiVersionsRequest::default())
+        .await
+        .unwrap();
+    let (_, versions) = c
+        .recv_as::<ApiVersionsResponse>(ApiKey::ApiVersions, 2, WAIT)
+        .await
+        .unwrap();
+    let max_of = |k: ApiKey| {
+        versions
+            .api_keys
+            .iter()
+            .find(|v| v.api_key == k as i16)
+            .map(|v| v.max_version)
+    };
+    assert_eq!(max_of(ApiKey::Produce), Some(8));
+    assert_eq!(max_of(ApiKey::Fetch), Some(11));
+    for k in [
+        ApiKey::ShareFetch,
+        ApiKey::ShareAcknowledge,
+        ApiKey::Envelope,
+    ] {
+        assert_eq!(max_of(k), None, "{k:?} is advertised: {versions:?}");
+    }
+
+    // Produce v13: topic by id, empty name. Refused per partition, never forwarded.
+    let secret = record_batch(&[(b"k", b"SECRET-V13")]);
+    let v13 = produce_request("", Some(id), 5000, secret.clone());
+    c.send(ApiKey::Produce, 13, 2, &v13).await.unwrap();
+    let (corr, r) = c
+        .recv_as::<ProduceResponse>(ApiKey::Produce, 13, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(corr, 2);
+    let errors = partition_errors(&r);
+    assert_eq!(errors.len(), 1, "{r:?}");
+    assert_eq!(errors[0].0, UNSUPPORTED_VERSION, "{r:?}");
+    assert!(errors[0].1.contains("Produce v13"), "{}", errors[0].1);
+    assert_eq!(
+        r.responses[0].topic_id, id,
+        "the answer names the topic by id"
+    );
+
+    // Produce v9 (flexible, by name): above the advertised v8, refused too.
+    let v9: ProduceRequest = produce_request(&t, None, 5000, secret);
+    c.send(ApiKey::Produce, 9, 3, &v9).await.unwrap();
+    let (_, r) = c
+        .recv_as::<ProduceResponse>(ApiKey::Produce, 9, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(partition_errors(&r)[0].0, UNSUPPORTED_VERSION, "{r:?}");
+
+    // Fetch v13 by topic id: refused as a whole, the plaintext stays on the broker.
+    c.send(ApiKey::Fetch, 13, 4, &fetch_request("", Some(id)))
+        .await
+        .unwrap();
+    let (_, f) = c
+        .recv_as::<FetchResponse>(ApiKey::Fetch, 13, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(f.error_code, UNSUPPORTED_VERSION, "{f:?}");
+    assert!(f.responses.is_empty(), "records returned: {f:?}");
+
+    assert_eq!(
+        end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
+        1,
+        "a refused Produce reached the broker"
+    );
+
+    // ShareFetch carries records Kapsule does not transform: the connection is closed.
+    c.send(ApiKey::ShareFetch, 1, 5, &ShareFetchRequest::default())
+        .await
+        .unwrap();
+    let closed = c.recv(WAIT).await.unwrap();
+    assert!(closed.is_none(), "ShareFetch was answered: {closed:?}");
+    let log = kapsule.logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ShareFetch") && l.contains("closing the connection")),
+        "no log line names the refused ShareFetch:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Produce") && l.contains("13") && l.contains("refused")),
+        "no log line names the refused Produce v13:\n{log}"
+    );
+}
+
+/// A TCP relay to `target` that delivers every byte coming back from it `delay` late: a slow
+/// link to the KMS, for fault injection. Runs until the test's runtime ends.
+async fn slow_relay(target: String, delay: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let up = async {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                };
+                let read_down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0
+                            || tx
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                };
+                let write_down = async {
+                    while let Some((due, chunk)) = rx.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if cw.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, read_down, write_down);
+            });
+        }
+    });
+    addr
+}
+
+/// Four encrypted topics whose first DEK comes from an OpenBao behind a slow link (1.5 s per
+/// answer) and one plain topic, produced to on one pipelined connection: the requests are
+/// prepared concurrently, so the plain topic's answer (which Kafka ordering puts after the four)
+/// comes after about one KMS delay, not four; responses stay in request order.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_kms_on_some_topics_does_not_queue_the_connection_behind_it() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let bao = OpenBao::start().unwrap();
+    bao.create_key("slow-kek").unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let relay = slow_relay(bao.address().replace("http://", ""), DELAY).await;
+    let (kms, _token) = vault_kms_yaml(&bao, 10_000, 1).unwrap();
+    let kms = kms.replace(&bao.address(), &format!("http://{relay}"));
+    let policy = "policy:\n  rules:\n    - topics: {prefix: \"slow-\"}\n      key_id: slow-kek\n";
+    let kapsule = start_kapsule(&tansu, &kms, policy).await;
+    let mut topics = Vec::new();
+    for _ in 0..4 {
+        topics.push(topic(&tansu, "slow-").await);
+    }
+    topics.push(topic(&tansu, "plain-").await);
+
+    let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
+    let start = Instant::now();
+    for (i, t) in topics.iter().enumerate() {
+        let batch = record_batch(&[(b"k", format!("value-{i}").as_bytes())]);
+        c.send(
+            ApiKey::Produce,
+            8,
+            i as i32 + 1,
+            &produce_request(t, None, 30_000, batch),
+        )
+        .await
+        .unwrap();
+    }
+    let mut answered = Vec::new();
+    for _ in &topics {
+        let (corr, r) = c
+            .recv_as::<ProduceResponse>(ApiKey::Produce, 8, Duration::from_secs(60))
+            .await
+            .unwrap();
+        answered.push((corr, start.elapsed()));
+        assert_eq!(partition_errors(&r)[0].0, 0, "request {corr}: {r:?}");
+    }
+    let order: Vec<i32> = answered.iter().map(|(c, _)| *c).collect();
+    assert_eq!(order, vec![1, 2, 3, 4, 5], "responses out of request order");
+    let plain_after = answered[4].1;
+    eprintln!("answers after {answered:?}");
+    assert!(
+        plain_after >= DELAY,
+        "the plain topic was answered before the slow ones ({plain_after:?}): is the KMS really slow?"
+    );
+    assert!(
+        plain_after < DELAY * 2 + Duration::from_millis(500),
+        "the plain topic waited {plain_after:?} behind 4 slow KMS calls of {DELAY:?}: requests were prepared one after another"
+    );
+    for t in &topics {
+        assert_eq!(end_offset(&tansu.bootstrap(), t, WAIT).await.unwrap(), 1);
+    }
+}
+
+/// While OpenBao is frozen, Produce requests to a topic that needs a new DEK are answered
+/// REQUEST_TIMED_OUT within their own `timeout_ms` (the KMS retries are cut to it), and when
+/// OpenBao comes back none of them is written late; a request sent afterwards is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_past_its_timeout_during_a_kms_outage_is_never_written() {
+    const TIMEOUT_MS: i32 = 2_000;
+    let bao = OpenBao::start().unwrap();
+    bao.create_key("late-kek").unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    // Four attempts of 2 s each: far longer than the client waits.
+    let (kms, _token) = vault_kms_yaml(&bao, 2_000, 3).unwrap();
+    let policy = "policy:\n  rules:\n    - topics: {prefix: \"late-\"}\n      key_id: late-kek\n";
+    let kapsule = start_kapsule(&tansu, &kms, policy).await;
+    let t = topic(&tansu, "late-").await;
+
+    bao.pause().unwrap();
+    let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
+    let start = Instant::now();
+    for i in 1..=3 {
+        let batch = record_batch(&[(b"k", format!("late-{i}").as_bytes())]);
+        c.send(
+            ApiKey::Produce,
+            8,
+            i,
+            &produce_request(&t, None, TIMEOUT_MS, batch),
+        )
+        .await
+        .unwrap();
+    }
+    for i in 1..=3 {
+        let (corr, r) = c
+            .recv_as::<ProduceResponse>(ApiKey::Produce, 8, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(corr, i);
+        let errors = partition_errors(&r);
+        assert_eq!(errors[0].0, REQUEST_TIMED_OUT, "request {i}: {r:?}");
+        assert!(errors[0].1.contains("not written"), "{}", errors[0].1);
+        assert!(
+            took < Duration::from_millis(TIMEOUT_MS as u64),
+            "request {i} answered after {took:?}, past its timeout of {TIMEOUT_MS} ms"
+        );
+    }
+    // OpenBao answers again; whatever Kapsule still had queued must not be written now.
+    bao.resume().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
+        0,
+        "records the client was told had failed were written after their timeout"
+    );
+
+    // Recovery: the same connection writes again.
+    let batch = record_batch(&[(b"k", b"after")]);
+    c.send(
+        ApiKey::Produce,
+        8,
+        4,
+        &produce_request(&t, None, 20_000, batch),
+    )
+    .await
+    .unwrap();
+    let (_, r) = c
+        .recv_as::<ProduceResponse>(ApiKey::Produce, 8, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(partition_errors(&r)[0].0, 0, "{r:?}");
+    assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 1);
+}
