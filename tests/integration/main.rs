@@ -10,6 +10,7 @@ mod concurrency;
 mod confluent;
 mod encryption;
 mod groups;
+mod hardening;
 mod kafkajs;
 mod kcat;
 mod kms_vault;

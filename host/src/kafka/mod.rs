@@ -3,4 +3,5 @@
 
 pub mod compression;
 pub mod frame;
+pub mod names;
 pub mod records;
