@@ -248,11 +248,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding admin endpoint on {}", config.admin.listen))?;
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
-    let admin_state = AdminState {
+    let admin_state = AdminState::new(
         metrics,
-        upstream: config.proxy.upstream.clone(),
+        config.proxy.upstream.clone(),
         policies,
-    };
+        &config.admin,
+    )?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, admin_stop_rx));
     proxy.run(shutdown_signal()).await?;
     let _ = admin_stop_tx.send(true);

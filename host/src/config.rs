@@ -96,12 +96,81 @@ pub struct AdminConfig {
     /// Address of the admin HTTP endpoint (default `127.0.0.1:9190`).
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Environment variable holding the bearer token that mutating endpoints
+    /// (`POST /policies/reload`) require. A token (this or `token_file`) is mandatory when
+    /// `listen` is not a loopback address; when set, it is required on loopback too.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding that bearer token (read at start-up). Exclusive with `token_env`.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Admin connections served at once (default 16); more are answered 503 and closed.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            token_env: None,
+            token_file: None,
+            max_connections: default_admin_max_connections(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// True when `listen` parses as a loopback socket address (127.0.0.0/8 or ::1).
+    pub fn is_loopback(&self) -> bool {
+        self.listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
+
+    /// The configured bearer token, trimmed (`None` when neither source is set).
+    pub fn read_token(&self) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+        let raw = match (&self.token_env, &self.token_file) {
+            (Some(var), _) => std::env::var(var)
+                .map_err(|_| format!("admin.token_env: environment variable `{var}` is not set"))?,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("admin.token_file: cannot read {}: {e}", file.display()))?,
+            (None, None) => return Ok(None),
+        };
+        let token = zeroize::Zeroizing::new(raw.trim().to_owned());
+        drop(zeroize::Zeroizing::new(raw));
+        if token.len() < 16 {
+            return Err(
+                "admin token: must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+            );
+        }
+        Ok(Some(token))
+    }
+
+    /// Pushes every problem of the `admin:` section into `problems`.
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "admin.listen: `{}` is not an IP:port socket address (e.g. 127.0.0.1:9190)",
+                self.listen
+            ));
+        }
+        if self.token_env.is_some() && self.token_file.is_some() {
+            problems.push("admin: set only one of token_env and token_file".into());
+        }
+        if self.max_connections == 0 {
+            problems.push("admin.max_connections: must be at least 1".into());
+        }
+        match self.read_token() {
+            Err(e) => problems.push(e),
+            Ok(None) if self.listen.parse::<SocketAddr>().is_ok() && !self.is_loopback() => {
+                problems.push(format!(
+                    "admin.listen: `{}` is not a loopback address, so POST /policies/reload must be \
+                     protected: set admin.token_env or admin.token_file to a bearer token",
+                    self.listen
+                ))
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -117,6 +186,9 @@ impl ProxyConfig {
     }
 }
 
+fn default_admin_max_connections() -> usize {
+    16
+}
 fn default_max_node_id() -> i32 {
     999
 }
@@ -293,12 +365,7 @@ impl Config {
                 );
             }
         }
-        if self.admin.listen.parse::<SocketAddr>().is_err() {
-            problems.push(format!(
-                "admin.listen: `{}` is not an IP:port socket address (e.g. 127.0.0.1:9190)",
-                self.admin.listen
-            ));
-        }
+        self.admin.validate(problems);
     }
 }
 
@@ -421,6 +488,49 @@ mod tests {
         let all = err.unwrap_err().to_string();
         assert!(all.contains("kms: missing"), "{all}");
         assert!(all.contains("deks.refresh_ahead_fraction"), "{all}");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token_and_every_problem_is_reported() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+        let err = Config::parse(&format!(
+            "{base}admin:\n  listen: 0.0.0.0:9190\n  max_connections: 0\n"
+        ))
+        .unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.0.len(), 2, "{all}");
+        assert!(
+            all.contains("not a loopback address") && all.contains("token_env"),
+            "{all}"
+        );
+        assert!(all.contains("admin.max_connections"), "{all}");
+
+        let err = Config::parse(&format!(
+            "{base}admin:\n  listen: 0.0.0.0:9190\n  token_env: KAPSULE_TEST_UNSET_ADMIN_TOKEN\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("KAPSULE_TEST_UNSET_ADMIN_TOKEN"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let c = Config::parse(&format!(
+            "{base}admin:\n  listen: 0.0.0.0:9190\n  token_file: {}\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.admin.read_token().unwrap().unwrap().as_str(),
+            "0123456789abcdef0123"
+        );
+        std::fs::write(&file, "short").unwrap();
+        assert!(c.admin.read_token().unwrap_err().contains("16 characters"));
+        // Loopback without a token is fine.
+        let c = Config::parse(base).unwrap();
+        assert!(c.admin.is_loopback() && c.admin.read_token().unwrap().is_none());
     }
 
     #[test]

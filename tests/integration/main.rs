@@ -11,6 +11,7 @@ mod confluent;
 mod encryption;
 mod fail_closed;
 mod groups;
+mod hardening;
 mod kafkajs;
 mod kcat;
 mod kms_vault;

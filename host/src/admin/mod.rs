@@ -1,20 +1,41 @@
 //! Admin HTTP endpoint: `/livez`, `/readyz`, `/metrics`, and policy status/reload.
 //!
-//! A deliberately small HTTP/1.1 server (one request per connection, `Connection: close`): the
-//! admin port serves probes and scrapes, not browsers, and a tiny parser keeps its attack
-//! surface and dependencies small. Requests larger than 16 KiB are refused.
+//! Served with hyper (HTTP/1.1, no keep-alive: probes and scrapes open one connection per
+//! request). Bounds: at most `admin.max_connections` connections are served at once (more are
+//! answered `503` and closed), request heads must arrive within 5 s, and a connection lives at most
+//! 120 s (a policy reload may compile modules).
+//!
+//! Access: read-only endpoints are open to whoever can reach the listener. Mutating endpoints
+//! (`POST /policies/reload`) require `Authorization: Bearer <admin token>` whenever a token is
+//! configured; configuration validation refuses a non-loopback listener without one
+//! (see [`crate::config::AdminConfig`]). A missing or wrong token gets `401`.
 
 pub mod metrics;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
+use crate::config::AdminConfig;
 pub use metrics::Metrics;
+
+/// Time a client has to send a complete request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an admin connection may live (covers a policy reload).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Policy operations the admin endpoint exposes (implemented by the policy runtime).
 pub trait PolicyAdmin: Send + Sync {
@@ -33,20 +54,57 @@ pub struct AdminState {
     pub upstream: String,
     /// Policy runtime, when policies are configured.
     pub policies: Option<Arc<dyn PolicyAdmin>>,
+    /// Bearer token required by mutating endpoints (`None`: only allowed on loopback, which
+    /// config validation enforces).
+    pub token: Option<Arc<Zeroizing<String>>>,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl AdminState {
+    /// State for `config` (reads the admin token from its environment variable or file).
+    pub fn new(
+        metrics: Arc<Metrics>,
+        upstream: String,
+        policies: Option<Arc<dyn PolicyAdmin>>,
+        config: &AdminConfig,
+    ) -> anyhow::Result<Self> {
+        let token = config.read_token().map_err(anyhow::Error::msg)?;
+        if token.is_none() && !config.is_loopback() {
+            anyhow::bail!(
+                "admin.listen {} is not loopback: set admin.token_env or admin.token_file",
+                config.listen
+            );
+        }
+        Ok(Self {
+            metrics,
+            upstream,
+            policies,
+            token: token.map(Arc::new),
+            max_connections: config.max_connections.max(1),
+        })
+    }
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` flips to true.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint listening");
+    let permits = Arc::new(Semaphore::new(state.max_connections.max(1)));
+    let state = Arc::new(state);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        state.metrics.error("admin_connections_exhausted");
+                        debug!(%peer, "admin connection refused: too many connections");
+                        tokio::spawn(refuse_busy(stream));
+                        continue;
+                    };
                     let state = state.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &state).await {
-                            debug!(error = %e, "admin request failed");
-                        }
+                        let _permit = permit;
+                        serve_connection(stream, state).await;
                     });
                 }
                 Err(e) => {
@@ -59,31 +117,71 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::other("admin request timed out"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > 16 * 1024 {
-            return respond(&mut stream, 431, "text/plain", "request header too large\n").await;
-        }
+/// Answers `503` to a connection over the limit, without reading its request.
+async fn refuse_busy(mut stream: TcpStream) {
+    const BODY: &str = "too many admin connections, retry later\n";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<AdminState>) {
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(req, &state).await) }
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "admin connection failed"),
+        Err(_) => debug!("admin connection timed out"),
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Constant-time comparison of the request's bearer token with `expected`.
+fn authorized(req: &Request<hyper::body::Incoming>, expected: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/livez") => respond(&mut stream, 200, "text/plain", "ok\n").await,
-        ("GET", "/readyz") => {
+    let (a, b) = (given.trim().as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain";
+    const JSON: &str = "application/json";
+    let method = req.method().clone();
+    match (&method, req.uri().path()) {
+        (&Method::GET, "/livez") => text(StatusCode::OK, PLAIN, "ok\n"),
+        (&Method::GET, "/readyz") => {
             let reachable = tokio::time::timeout(
                 Duration::from_secs(2),
                 TcpStream::connect(state.upstream.as_str()),
@@ -92,60 +190,54 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
             .map(|r| r.is_ok())
             .unwrap_or(false);
             if reachable {
-                respond(&mut stream, 200, "text/plain", "ready\n").await
+                text(StatusCode::OK, PLAIN, "ready\n")
             } else {
                 let body = format!("upstream {} unreachable\n", state.upstream);
-                respond(&mut stream, 503, "text/plain", &body).await
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, body)
             }
         }
-        ("GET", "/metrics") => {
-            let body = state.metrics.render();
-            respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
-        }
-        ("GET", "/policies") => match &state.policies {
-            Some(p) => respond(&mut stream, 200, "application/json", &p.status_json()).await,
-            None => respond(&mut stream, 200, "application/json", "[]\n").await,
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
+        (&Method::GET, "/policies") => match &state.policies {
+            Some(p) => text(StatusCode::OK, JSON, p.status_json()),
+            None => text(StatusCode::OK, JSON, "[]\n"),
         },
-        ("POST", "/policies/reload") => match &state.policies {
-            Some(p) => {
-                let policies = p.clone();
-                let result = tokio::task::spawn_blocking(move || policies.reload())
-                    .await
-                    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
-                match result {
-                    Ok(msg) => respond(&mut stream, 200, "text/plain", &msg).await,
-                    Err(msg) => respond(&mut stream, 409, "text/plain", &msg).await,
+        (&Method::POST, "/policies/reload") => {
+            if let Some(token) = &state.token {
+                if !authorized(&req, token) {
+                    state.metrics.error("admin_unauthorized");
+                    let mut r = text(
+                        StatusCode::UNAUTHORIZED,
+                        PLAIN,
+                        "missing or wrong bearer token (send `Authorization: Bearer <admin token>`)\n",
+                    );
+                    r.headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return r;
                 }
             }
-            None => respond(&mut stream, 404, "text/plain", "no policies configured\n").await,
-        },
-        (_, "/livez" | "/readyz" | "/metrics" | "/policies" | "/policies/reload") => {
-            respond(&mut stream, 405, "text/plain", "method not allowed\n").await
+            match &state.policies {
+                Some(p) => {
+                    let policies = p.clone();
+                    let result = tokio::task::spawn_blocking(move || policies.reload())
+                        .await
+                        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+                    match result {
+                        Ok(msg) => text(StatusCode::OK, PLAIN, msg),
+                        Err(msg) => text(StatusCode::CONFLICT, PLAIN, msg),
+                    }
+                }
+                None => text(StatusCode::NOT_FOUND, PLAIN, "no policies configured\n"),
+            }
         }
-        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
+        (_, "/livez" | "/readyz" | "/metrics" | "/policies" | "/policies/reload") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
     }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }

@@ -15,14 +15,28 @@
 //! | `kapsule_kms_call_duration_seconds_sum` / `_count` | op | total latency and count of KMS calls |
 //! | `kapsule_dek_cache_hits_total` / `_misses_total` | cache | `decrypt` (EDEK to DEK) and `derive` (record-key keys) caches |
 //! | `kapsule_dek_rotations_total` | reason | encryption DEKs retired by `age`, `count` or `bytes` |
+//!
+//! Label sets are bounded: at most `deks.max_topics` distinct `topic` values (default 10000; the
+//! first topics seen keep their own label, later ones count under `topic="~other"`), names Kafka
+//! would refuse count under `topic="~invalid"` (`~` is not legal in a topic name, so neither
+//! collides with a real topic), and `reason`, `op`, `outcome` and `cache` are fixed sets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+use crate::kafka::names::is_valid_topic_name;
+
+/// `topic` label of topics beyond the label cap.
+pub const OTHER_TOPIC_LABEL: &str = "~other";
+/// `topic` label of names Kafka does not allow.
+pub const INVALID_TOPIC_LABEL: &str = "~invalid";
+/// Default cap on distinct `topic` labels.
+pub const DEFAULT_TOPIC_LABEL_CAP: usize = 10_000;
 
 /// Per-topic counters.
 #[derive(Debug, Default)]
@@ -41,6 +55,8 @@ pub struct TopicCounters {
 #[derive(Debug, Default)]
 pub struct CryptoMetrics {
     topics: Mutex<BTreeMap<String, Arc<TopicCounters>>>,
+    /// Most distinct real topic labels (0: [`DEFAULT_TOPIC_LABEL_CAP`]).
+    topic_cap: AtomicUsize,
     encrypt_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     decrypt_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     kms_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
@@ -62,32 +78,66 @@ pub struct CryptoMetrics {
 }
 
 impl CryptoMetrics {
-    /// Counters of `topic` (created on first use).
-    pub fn topic(&self, topic: &str) -> Arc<TopicCounters> {
+    /// Sets the most distinct `topic` labels (see the module docs); topics already labelled keep
+    /// their label.
+    pub fn set_topic_cap(&self, cap: usize) {
+        self.topic_cap.store(cap.max(1), Ordering::Relaxed);
+    }
+
+    /// The label `topic` is counted under, and its counters (created on first use while the cap
+    /// allows).
+    fn admit(&self, topic: &str) -> (String, Arc<TopicCounters>) {
+        let label = if is_valid_topic_name(topic) {
+            topic
+        } else {
+            INVALID_TOPIC_LABEL
+        };
         let mut t = self.topics.lock();
-        if let Some(c) = t.get(topic) {
-            return c.clone();
+        if let Some(c) = t.get(label) {
+            return (label.to_owned(), c.clone());
         }
-        let c = Arc::new(TopicCounters::default());
-        t.insert(topic.to_owned(), c.clone());
-        c
+        let cap = match self.topic_cap.load(Ordering::Relaxed) {
+            0 => DEFAULT_TOPIC_LABEL_CAP,
+            n => n,
+        };
+        let real = t.keys().filter(|k| !k.starts_with('~')).count();
+        let label = if label.starts_with('~') || real < cap {
+            label
+        } else {
+            OTHER_TOPIC_LABEL
+        };
+        let c = t.entry(label.to_owned()).or_default().clone();
+        (label.to_owned(), c)
+    }
+
+    /// Counters of `topic` (created on first use; shared `~other`/`~invalid` counters beyond
+    /// the cap or for illegal names).
+    pub fn topic(&self, topic: &str) -> Arc<TopicCounters> {
+        self.admit(topic).1
+    }
+
+    /// Number of distinct `topic` labels (bounded by the cap plus the two shared labels).
+    pub fn topic_label_count(&self) -> usize {
+        self.topics.lock().len()
     }
 
     /// Counts one refused produce batch.
     pub fn encrypt_failure(&self, topic: &str, reason: &'static str) {
+        let (label, _) = self.admit(topic);
         *self
             .encrypt_failures
             .lock()
-            .entry((topic.to_owned(), reason))
+            .entry((label, reason))
             .or_default() += 1;
     }
 
     /// Counts `n` records that failed to decrypt.
     pub fn decrypt_failure(&self, topic: &str, reason: &'static str, n: u64) {
+        let (label, _) = self.admit(topic);
         *self
             .decrypt_failures
             .lock()
-            .entry((topic.to_owned(), reason))
+            .entry((label, reason))
             .or_default() += n;
     }
 
@@ -227,6 +277,7 @@ mod tests {
             .fetch_add(3, Ordering::Relaxed);
         m.kms_call("generate", "ok", Duration::from_millis(5));
         m.encrypt_failure("o\"x", "rejected");
+        m.encrypt_failure("orders", "rejected");
         let mut s = String::new();
         m.render_prometheus(&mut s);
         assert!(
@@ -235,9 +286,45 @@ mod tests {
         );
         assert!(s.contains("kapsule_kms_calls_total{op=\"generate\",outcome=\"ok\"} 1"));
         assert!(
-            s.contains("kapsule_encrypt_failures_total{topic=\"o\\\"x\",reason=\"rejected\"} 1")
+            s.contains("kapsule_encrypt_failures_total{topic=\"~invalid\",reason=\"rejected\"} 1")
+        );
+        assert!(
+            s.contains("kapsule_encrypt_failures_total{topic=\"orders\",reason=\"rejected\"} 1")
         );
         assert!(s.contains("kapsule_kms_call_duration_seconds_count{op=\"generate\"} 1"));
         assert_eq!(m.kms_call_count("generate", "ok"), 1);
+    }
+
+    #[test]
+    fn topic_labels_are_bounded() {
+        let m = CryptoMetrics::default();
+        m.set_topic_cap(3);
+        for i in 0..100 {
+            m.topic(&format!("t{i}"))
+                .records_encrypted
+                .fetch_add(1, Ordering::Relaxed);
+            m.encrypt_failure(&format!("t{i}"), "rejected");
+            m.decrypt_failure(&format!("bad/{i}"), "integrity", 1);
+        }
+        // t0..t2, ~other, ~invalid.
+        assert_eq!(m.topic_label_count(), 5);
+        let mut s = String::new();
+        m.render_prometheus(&mut s);
+        assert!(
+            s.contains("kapsule_records_encrypted_total{topic=\"t2\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("kapsule_records_encrypted_total{topic=\"~other\"} 97"),
+            "{s}"
+        );
+        assert!(s.contains(
+            "kapsule_decrypt_failures_total{topic=\"~invalid\",reason=\"integrity\"} 100"
+        ));
+        assert_eq!(
+            s.matches("kapsule_encrypt_failures_total{").count(),
+            4,
+            "{s}"
+        );
     }
 }

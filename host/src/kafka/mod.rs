@@ -4,5 +4,6 @@
 
 pub mod compression;
 pub mod frame;
+pub mod names;
 pub mod reader;
 pub mod records;

@@ -16,6 +16,10 @@
 //! - **Coalescing.** Concurrent misses for the same EDEK, derived key or (KEK, topic) generation
 //!   share one KMS call. KMS calls run as spawned tasks, so a cancelled request does not waste
 //!   the call for the others.
+//! - **Bounded state from client-chosen names.** Encryption DEK slots live in an LRU of at most
+//!   `max_topics` (KEK, topic) pairs; an evicted pair gets a fresh DEK on its next record (never a
+//!   reused nonce). Topic names that Kafka would refuse create no slot. Every KMS call goes through
+//!   [`super::gate`]: bounded concurrency and a short negative cache for unknown keys.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -31,9 +35,11 @@ use rand::RngCore;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::gate::KmsGate;
 use super::{Kms, KmsError, KmsErrorKind};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
+use crate::kafka::names::validate_topic_name;
 
 /// Hard cap on GCM encryptions per DEK, whatever the configuration says.
 pub const MAX_ENCRYPTIONS_HARD_LIMIT: u64 = 1 << 32;
@@ -55,6 +61,15 @@ fn d_cache_size() -> usize {
 }
 fn d_cache_ttl() -> u64 {
     3600
+}
+fn d_max_topics() -> usize {
+    10_000
+}
+fn d_negative_ttl() -> u64 {
+    10
+}
+fn d_max_kms_calls() -> usize {
+    64
 }
 
 /// The `deks:` section of the configuration. Every field has a default.
@@ -85,6 +100,18 @@ pub struct DekConfig {
     /// across KEK rotations.
     #[serde(default)]
     pub record_key_kek_version: Option<u32>,
+    /// Most (KEK, topic) pairs whose encryption DEK is kept (default 10000): the least recently
+    /// used pair beyond it is dropped and gets a fresh DEK on its next record. Also caps the
+    /// distinct `topic` labels of the crypto metrics (further topics count under `~other`).
+    #[serde(default = "d_max_topics")]
+    pub max_topics: usize,
+    /// Seconds a key id the KMS reported unknown (or forbidden) is answered from cache without a
+    /// KMS call (default 10; 0 disables).
+    #[serde(default = "d_negative_ttl")]
+    pub negative_cache_ttl_secs: u64,
+    /// Most KMS calls in flight at once (default 64); further calls wait.
+    #[serde(default = "d_max_kms_calls")]
+    pub max_concurrent_kms_calls: usize,
 }
 
 impl Default for DekConfig {
@@ -97,6 +124,9 @@ impl Default for DekConfig {
             decrypted_cache_size: d_cache_size(),
             decrypted_cache_ttl_secs: d_cache_ttl(),
             record_key_kek_version: None,
+            max_topics: d_max_topics(),
+            negative_cache_ttl_secs: d_negative_ttl(),
+            max_concurrent_kms_calls: d_max_kms_calls(),
         }
     }
 }
@@ -133,6 +163,14 @@ impl DekConfig {
         if self.record_key_kek_version == Some(0) {
             problems.push(format!(
                 "{path}.record_key_kek_version: versions start at 1"
+            ));
+        }
+        if self.max_topics == 0 {
+            problems.push(format!("{path}.max_topics: must be at least 1"));
+        }
+        if self.max_concurrent_kms_calls == 0 {
+            problems.push(format!(
+                "{path}.max_concurrent_kms_calls: must be at least 1"
             ));
         }
     }
@@ -298,7 +336,8 @@ pub struct DekManager {
     kms: Arc<dyn Kms>,
     cfg: DekConfig,
     metrics: Arc<CryptoMetrics>,
-    slots: Arc<Mutex<HashMap<(String, String), Slot>>>,
+    gate: Arc<KmsGate>,
+    slots: Arc<Mutex<LruCache<(String, String), Slot>>>,
     decrypted: CoalescingCache<(String, Vec<u8>), Arc<Dek>>,
     derived: CoalescingCache<(String, String, Option<u32>), Arc<RecordKeyCipher>>,
 }
@@ -312,33 +351,31 @@ impl std::fmt::Debug for DekManager {
     }
 }
 
-/// Runs one KMS call and records its outcome and latency.
-async fn timed<T>(
-    metrics: &CryptoMetrics,
-    op: &'static str,
-    f: impl std::future::Future<Output = Result<T, KmsError>>,
-) -> Result<T, KmsError> {
-    let start = std::time::Instant::now();
-    let r = f.await;
-    let outcome = match &r {
-        Ok(_) => "ok",
-        Err(e) => e.kind.label(),
-    };
-    metrics.kms_call(op, outcome, start.elapsed());
-    r
-}
-
 impl DekManager {
     /// A manager over `kms` (no KMS call until the first use).
     pub fn new(kms: Arc<dyn Kms>, cfg: DekConfig, metrics: Arc<CryptoMetrics>) -> Self {
+        metrics.set_topic_cap(cfg.max_topics);
+        let gate = Arc::new(KmsGate::new(
+            metrics.clone(),
+            cfg.max_concurrent_kms_calls,
+            Duration::from_secs(cfg.negative_cache_ttl_secs),
+            cfg.max_topics,
+        ));
+        let slot_cap = NonZeroUsize::new(cfg.max_topics.max(1)).expect("non-zero");
         Self {
             decrypted: CoalescingCache::new(cfg.decrypted_cache_size),
             derived: CoalescingCache::new(cfg.decrypted_cache_size),
             kms,
             cfg,
             metrics,
-            slots: Arc::new(Mutex::new(HashMap::new())),
+            gate,
+            slots: Arc::new(Mutex::new(LruCache::new(slot_cap))),
         }
+    }
+
+    /// Number of (KEK, topic) DEK slots held (for tests and diagnostics).
+    pub fn slot_count(&self) -> usize {
+        self.slots.lock().len()
     }
 
     /// The configuration in force.
@@ -361,7 +398,7 @@ impl DekManager {
             return f.clone();
         }
         let kms = self.kms.clone();
-        let metrics = self.metrics.clone();
+        let gate = self.gate.clone();
         let slots = self.slots.clone();
         let decrypted = self.decrypted.inner.clone();
         let ttl = self.ttl();
@@ -369,9 +406,9 @@ impl DekManager {
         // Bounded by the deadline of the request that needed the DEK (see kms::deadline).
         let task = tokio::spawn(super::deadline::inherit(async move {
             let kek = key2.0.as_str();
-            let r = timed(&metrics, "generate", kms.generate_data_key(kek)).await;
+            let r = gate.call("generate", kek, kms.generate_data_key(kek)).await;
             let mut slots = slots.lock();
-            let slot = slots.entry(key2.clone()).or_default();
+            let slot = slots.get_or_insert_mut(key2.clone(), Slot::default);
             slot.inflight = None;
             match r {
                 Ok(dk) => {
@@ -415,11 +452,13 @@ impl DekManager {
         parts: u64,
         bytes: u64,
     ) -> Result<Reservation, KmsError> {
+        validate_topic_name(topic)
+            .map_err(|e| KmsError::new(KmsErrorKind::Other, kek_id, format!("{e}")))?;
         let key = (kek_id.to_owned(), topic.to_owned());
         loop {
             let wait = {
                 let mut slots = self.slots.lock();
-                let slot = slots.entry(key.clone()).or_default();
+                let slot = slots.get_or_insert_mut(key.clone(), Slot::default);
                 if let Some(cur) = &slot.current {
                     if let Some(reason) = cur.exhausted_by(&self.cfg, parts, bytes) {
                         match reason {
@@ -466,13 +505,15 @@ impl DekManager {
     /// Unwraps `edek` (wrapped by `kek_id`), from cache when possible.
     pub async fn decrypt(&self, kek_id: &str, edek: &[u8]) -> Result<Arc<Dek>, KmsError> {
         let kms = self.kms.clone();
-        let metrics = self.metrics.clone();
+        let gate = self.gate.clone();
         let (kek, ed) = (kek_id.to_owned(), edek.to_vec());
         let (r, hit) = self
             .decrypted
             .get((kek_id.to_owned(), edek.to_vec()), self.ttl(), move || {
                 async move {
-                    let key = timed(&metrics, "decrypt", kms.decrypt_data_key(&kek, &ed)).await?;
+                    let key = gate
+                        .call("decrypt", &kek, kms.decrypt_data_key(&kek, &ed))
+                        .await?;
                     Ok(Arc::new(Dek::new(&key, &kek, &ed)))
                 }
                 .boxed()
@@ -498,6 +539,8 @@ impl DekManager {
         topic: &str,
         version: Option<u32>,
     ) -> Result<Arc<RecordKeyCipher>, KmsError> {
+        validate_topic_name(topic)
+            .map_err(|e| KmsError::new(KmsErrorKind::Other, kek_id, format!("{e}")))?;
         let version = version.or(self.cfg.record_key_kek_version);
         // "Latest" must be re-resolved now and then to pick up KEK rotations.
         let ttl = if version.is_none() {
@@ -506,7 +549,7 @@ impl DekManager {
             self.ttl()
         };
         let kms = self.kms.clone();
-        let metrics = self.metrics.clone();
+        let gate = self.gate.clone();
         let (kek, t) = (kek_id.to_owned(), topic.to_owned());
         let (r, hit) = self
             .derived
@@ -516,8 +559,9 @@ impl DekManager {
                 move || {
                     async move {
                         let ctx = record_key_context(&t);
-                        let d =
-                            timed(&metrics, "derive", kms.derive_key(&kek, &ctx, version)).await?;
+                        let d = gate
+                            .call("derive", &kek, kms.derive_key(&kek, &ctx, version))
+                            .await?;
                         Ok(Arc::new(RecordKeyCipher::from_material(
                             &d.material,
                             &t,
@@ -763,8 +807,143 @@ mod tests {
             decrypted_cache_size: 0,
             decrypted_cache_ttl_secs: 0,
             record_key_kek_version: Some(0),
+            max_topics: 0,
+            negative_cache_ttl_secs: 0,
+            max_concurrent_kms_calls: 0,
         };
         bad.validate("deks", &mut p);
-        assert_eq!(p.len(), 7, "{p:?}");
+        assert_eq!(p.len(), 9, "{p:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_keys_are_cached_briefly() {
+        let kms = Arc::new(MemoryKms::with_keys(&["k"]));
+        let m = mgr(
+            kms.clone(),
+            DekConfig {
+                negative_cache_ttl_secs: 10,
+                ..Default::default()
+            },
+        );
+        for topic in ["a", "b", "c"] {
+            let e = m.reserve("missing", topic, 1, 1).await.unwrap_err();
+            assert_eq!(e.kind, KmsErrorKind::UnknownKey);
+        }
+        let e = m.record_key_cipher("missing", "a", None).await.unwrap_err();
+        assert_eq!(e.kind, KmsErrorKind::UnknownKey);
+        assert_eq!(kms.generate_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(kms.derive_calls.load(Ordering::SeqCst), 0);
+        // Known keys are unaffected, and the refusal expires.
+        m.reserve("k", "a", 1, 1).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        m.reserve("missing", "a", 1, 1).await.unwrap_err();
+        assert_eq!(kms.generate_calls.load(Ordering::SeqCst), 3);
+        // Transient failures are never cached.
+        kms.fail_with(Some(KmsErrorKind::Transient));
+        m.reserve("k", "t1", 1, 1).await.unwrap_err();
+        kms.fail_with(None);
+        m.reserve("k", "t1", 1, 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn dek_slots_are_bounded_and_invalid_topics_create_none() {
+        let kms = Arc::new(MemoryKms::with_keys(&["k"]));
+        let m = mgr(
+            kms.clone(),
+            DekConfig {
+                max_topics: 8,
+                ..Default::default()
+            },
+        );
+        for i in 0..100 {
+            m.reserve("k", &format!("topic-{i}"), 1, 1).await.unwrap();
+        }
+        assert_eq!(m.slot_count(), 8);
+        assert_eq!(
+            m.metrics.topic_label_count(),
+            0,
+            "reserve itself adds no label"
+        );
+        // An evicted topic gets a fresh DEK (and so never reuses a nonce).
+        let a = m.reserve("k", "topic-0", 1, 1).await.unwrap();
+        let b = m.reserve("k", "topic-99", 1, 1).await.unwrap();
+        assert!(!Arc::ptr_eq(&a.dek, &b.dek));
+        for bad in ["", "..", "a/b", "x\u{1b}[2J", &"y".repeat(250)] {
+            let e = m.reserve("k", bad, 1, 1).await.unwrap_err();
+            assert!(e.message.contains("topic name"), "{e:?}");
+            m.record_key_cipher("k", bad, None).await.unwrap_err();
+        }
+        assert_eq!(m.slot_count(), 8);
+        assert_eq!(kms.generate_calls.load(Ordering::SeqCst), 101);
+    }
+
+    /// Counts the most calls in flight at once.
+    #[derive(Debug)]
+    struct Peak {
+        inner: Arc<MemoryKms>,
+        now: AtomicU64,
+        peak: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Kms for Peak {
+        fn backend(&self) -> &'static str {
+            "peak"
+        }
+        async fn generate_data_key(&self, key_id: &str) -> Result<super::super::DataKey, KmsError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(n, Ordering::SeqCst);
+            let r = self.inner.generate_data_key(key_id).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            r
+        }
+        async fn decrypt_data_key(
+            &self,
+            key_id: &str,
+            edek: &[u8],
+        ) -> Result<super::super::SecretKey, KmsError> {
+            self.inner.decrypt_data_key(key_id, edek).await
+        }
+        async fn key_info(&self, key_id: &str) -> Result<super::super::KeyInfo, KmsError> {
+            self.inner.key_info(key_id).await
+        }
+        async fn derive_key(
+            &self,
+            key_id: &str,
+            context: &[u8],
+            version: Option<u32>,
+        ) -> Result<super::super::DerivedKey, KmsError> {
+            self.inner.derive_key(key_id, context, version).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_kms_calls_are_bounded() {
+        let inner = Arc::new(MemoryKms::with_keys(&["k"]));
+        inner.set_delay(Duration::from_millis(20));
+        let kms = Arc::new(Peak {
+            inner: inner.clone(),
+            now: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        });
+        let m = Arc::new(DekManager::new(
+            kms.clone(),
+            DekConfig {
+                max_concurrent_kms_calls: 3,
+                ..Default::default()
+            },
+            Arc::new(CryptoMetrics::default()),
+        ));
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let m = m.clone();
+                tokio::spawn(async move { m.reserve("k", &format!("t{i}"), 1, 1).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(inner.generate_calls.load(Ordering::SeqCst), 24);
+        assert_eq!(kms.peak.load(Ordering::SeqCst), 3);
     }
 }

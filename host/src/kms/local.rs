@@ -8,11 +8,23 @@
 //! From each KEK version two independent subkeys are derived with HKDF-SHA256: one wraps DEKs
 //! (AES-256-GCM, random 96-bit nonce, AAD = key id), one is the PRF behind [`Kms::derive_key`].
 //!
-//! The file is rewritten atomically (temporary file + rename, mode 0600). Instances reload it when
-//! they meet a key id or version they do not know, so keys created by the CLI
-//! ([`LocalKms::create_key`], [`LocalKms::rotate_key`]) are picked up by a running proxy. Writers
-//! in different processes are not locked against each other: create keys with one process at a
-//! time.
+//! File safety (format `kapsule-local-kms/v2`):
+//! - **Integrity.** An HMAC-SHA256 under a key derived from the master key covers the whole file
+//!   (every key, every version, and a `generation` counter bumped on each write). A file with a
+//!   dropped, added or edited entry fails to load with an "integrity check failed" error. A
+//!   running instance also refuses a file whose generation went backwards or that lost a version
+//!   it had loaded (a restored old copy). A v1 file (no MAC) is upgraded in place on open.
+//! - **Atomic, exclusive writes.** The file is rewritten as a temporary file with a random name
+//!   opened with `O_CREAT|O_EXCL|O_NOFOLLOW` (mode 0600), fsynced, renamed over the key file, and
+//!   the directory is fsynced so the rename survives a crash.
+//! - **No symlinks.** The key file, its temporary file and its lock file are opened with
+//!   `O_NOFOLLOW`: a symbolic link in their place is an error, never followed.
+//! - **Cross-process lock.** Create and rotate hold an exclusive `flock` on `.<key_file>.lock`
+//!   for the whole read-modify-write, so the CLI and a running proxy never lose each other's keys.
+//!
+//! Instances reload the file when they meet a key id or version they do not know, so keys created
+//! by the CLI ([`LocalKms::create_key`], [`LocalKms::rotate_key`]) are picked up by a running
+//! proxy.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,11 +42,14 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::keyfile::{read_no_follow, write_atomic, FileLock};
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
 
 /// Default environment variable holding the master key.
 pub const DEFAULT_MASTER_KEY_ENV: &str = "KAPSULE_MASTER_KEY";
-const FILE_FORMAT: &str = "kapsule-local-kms/v1";
+const FILE_FORMAT: &str = "kapsule-local-kms/v2";
+/// The pre-MAC format: still read, upgraded to [`FILE_FORMAT`] on open.
+const LEGACY_FORMAT: &str = "kapsule-local-kms/v1";
 const EDEK_PREFIX: &str = "local:v";
 
 /// `kms: { type: local, ... }` configuration.
@@ -54,6 +69,15 @@ pub struct LocalKmsConfig {
     /// must be created with `kapsule keys create`).
     #[serde(default)]
     pub auto_create_keys: bool,
+    /// With `auto_create_keys`, the most KEKs the file may hold before auto-creation stops and
+    /// unknown key ids fail as `unknown_key` (default 1000). Bounds what clients that pick topic
+    /// names can make the proxy create; `kapsule keys create` is not limited.
+    #[serde(default = "default_max_auto_created_keys")]
+    pub max_auto_created_keys: usize,
+}
+
+fn default_max_auto_created_keys() -> usize {
+    1000
 }
 
 impl LocalKmsConfig {
@@ -66,6 +90,9 @@ impl LocalKmsConfig {
             problems.push(format!(
                 "{path}: set only one of master_key_env and master_key_file"
             ));
+        }
+        if self.max_auto_created_keys == 0 {
+            problems.push(format!("{path}.max_auto_created_keys: must be at least 1"));
         }
         if let Some(e) = &self.master_key_env {
             if e.is_empty() || e.contains('=') || e.contains('\0') {
@@ -124,7 +151,13 @@ struct KeyFile {
     format: String,
     /// base64 of a 16-byte value derived from the master key, to detect a wrong master key.
     master_key_check: String,
+    /// Bumped on every write (v2); a running instance refuses a file whose generation went back.
+    #[serde(default)]
+    generation: u64,
     keys: std::collections::BTreeMap<String, KeyEntry>,
+    /// base64 HMAC-SHA256 (key derived from the master key) over the file with `mac` unset (v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -153,8 +186,11 @@ pub struct LocalKms {
     key_file: PathBuf,
     master: SecretKey,
     auto_create: bool,
+    max_auto_created: usize,
     keys: Mutex<HashMap<String, Vec<(u32, KekVersion)>>>,
-    /// Serialises read-modify-write of the file within this process.
+    /// Generation of the file last loaded (rollback detection).
+    generation: Mutex<u64>,
+    /// Serialises read-modify-write of the file within this process (the flock covers others).
     write_lock: Mutex<()>,
 }
 
@@ -184,6 +220,23 @@ fn master_check(master: &SecretKey) -> String {
     B64.encode(&k[..16])
 }
 
+fn file_mac(master: &SecretKey, file: &KeyFile) -> anyhow::Result<ring::hmac::Tag> {
+    let key = hkdf32(master.as_ref(), b"kapsule local kms", &[b"file mac v2"]);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_ref());
+    let unsigned = KeyFile {
+        format: file.format.clone(),
+        master_key_check: file.master_key_check.clone(),
+        generation: file.generation,
+        keys: Default::default(),
+        mac: None,
+    };
+    // Canonical input: the header, then every key and version in sorted (BTreeMap) order.
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(&serde_json::to_vec(&unsigned)?);
+    ctx.update(&serde_json::to_vec(&file.keys)?);
+    Ok(ctx.sign())
+}
+
 fn kek_aad(key_id: &str, version: u32) -> Vec<u8> {
     let mut aad = b"kapsule-local-kek/v1\0".to_vec();
     aad.extend_from_slice(key_id.as_bytes());
@@ -203,6 +256,10 @@ fn valid_key_id(key_id: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -217,15 +274,49 @@ impl LocalKms {
     /// the master key does not match the file.
     pub fn open(config: &LocalKmsConfig) -> anyhow::Result<Self> {
         let master = config.load_master_key()?;
-        let kms = Self {
-            key_file: config.key_file.clone(),
+        let kms = Self::new(&config.key_file, master, config.auto_create_keys);
+        Self {
+            max_auto_created: config.max_auto_created_keys,
+            ..kms
+        }
+        .loaded()
+    }
+
+    fn new(key_file: &Path, master: SecretKey, auto_create: bool) -> Self {
+        Self {
+            key_file: key_file.to_owned(),
             master,
-            auto_create: config.auto_create_keys,
+            auto_create,
+            max_auto_created: default_max_auto_created_keys(),
             keys: Mutex::new(HashMap::new()),
+            generation: Mutex::new(0),
             write_lock: Mutex::new(()),
-        };
-        kms.reload()?;
-        Ok(kms)
+        }
+    }
+
+    /// Loads the file, upgrading a v1 file (no MAC) to v2 in place.
+    fn loaded(self) -> anyhow::Result<Self> {
+        if self.reload()? {
+            let _guard = self.write_lock.lock();
+            let _lock = FileLock::acquire(&self.key_file)?;
+            if let Some(mut file) = self.read_file()? {
+                if file.format == LEGACY_FORMAT {
+                    file.format = FILE_FORMAT.to_owned();
+                    match self.write_file(&mut file) {
+                        Ok(()) => tracing::info!(
+                            key_file = %self.key_file.display(),
+                            "upgraded the local key file to {FILE_FORMAT} (integrity MAC added)"
+                        ),
+                        Err(e) => tracing::warn!(
+                            key_file = %self.key_file.display(), error = %format!("{e:#}"),
+                            "cannot upgrade the local key file to {FILE_FORMAT}: it stays without an integrity MAC"
+                        ),
+                    }
+                }
+            }
+        }
+        self.reload()?;
+        Ok(self)
     }
 
     /// Opens with an explicit master key (tests, CLI).
@@ -234,48 +325,66 @@ impl LocalKms {
         master: SecretKey,
         auto_create: bool,
     ) -> anyhow::Result<Self> {
-        let kms = Self {
-            key_file: key_file.to_owned(),
-            master,
-            auto_create,
-            keys: Mutex::new(HashMap::new()),
-            write_lock: Mutex::new(()),
-        };
-        kms.reload()?;
-        Ok(kms)
+        Self::new(key_file, master, auto_create).loaded()
     }
 
+    /// Reads, parses and authenticates the key file. `Ok(None)` when it does not exist yet.
     fn read_file(&self) -> anyhow::Result<Option<KeyFile>> {
-        let text = match std::fs::read_to_string(&self.key_file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", self.key_file.display()))
-            }
+        let path = self.key_file.display();
+        let Some(text) = read_no_follow(&self.key_file)? else {
+            return Ok(None);
         };
-        let file: KeyFile = serde_json::from_str(&text)
-            .with_context(|| format!("parsing key file {}", self.key_file.display()))?;
-        if file.format != FILE_FORMAT {
+        let file: KeyFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing key file {path}"))?;
+        if file.format != FILE_FORMAT && file.format != LEGACY_FORMAT {
             bail!(
-                "key file {}: unsupported format '{}' (expected {FILE_FORMAT})",
-                self.key_file.display(),
+                "key file {path}: unsupported format {:?} (expected {FILE_FORMAT})",
                 file.format
             );
         }
         if file.master_key_check != master_check(&self.master) {
             bail!(
-                "key file {}: the master key does not match this file (wrong KAPSULE_MASTER_KEY?)",
-                self.key_file.display()
+                "key file {path}: the master key does not match this file (wrong KAPSULE_MASTER_KEY?)"
+            );
+        }
+        if file.format == FILE_FORMAT {
+            let tag = file
+                .mac
+                .as_deref()
+                .and_then(|m| B64.decode(m).ok())
+                .unwrap_or_default();
+            let expected = file_mac(&self.master, &file)?;
+            if tag.len() != expected.as_ref().len() || !constant_time_eq(&tag, expected.as_ref()) {
+                bail!(
+                    "key file {path}: integrity check failed (a key or version was added, removed \
+                     or edited outside Kapsule); restore the file from a backup"
+                );
+            }
+        } else if *self.generation.lock() > 0 {
+            bail!(
+                "key file {path}: was replaced by an older {LEGACY_FORMAT} file without integrity \
+                 MAC; restore the latest key file"
             );
         }
         Ok(Some(file))
     }
 
-    /// Re-reads the key file and replaces the in-memory KEKs.
-    pub fn reload(&self) -> anyhow::Result<()> {
+    /// Re-reads the key file and replaces the in-memory KEKs. Returns true when the file is in
+    /// the legacy v1 format.
+    ///
+    /// Fails, keeping the keys already loaded, when the file does not authenticate, or when it
+    /// went back in time: a lower generation than the one loaded, or a KEK version missing that
+    /// this instance had loaded (a rolled-back or truncated file).
+    pub fn reload(&self) -> anyhow::Result<bool> {
+        let path = self.key_file.display();
         let Some(file) = self.read_file()? else {
-            self.keys.lock().clear();
-            return Ok(());
+            if !self.keys.lock().is_empty() {
+                bail!(
+                    "key file {path} disappeared after keys were loaded from it; restore it \
+                     (records under its keys are unreadable without it)"
+                );
+            }
+            return Ok(false);
         };
         let cipher = Aes256Gcm::new_from_slice(self.master.as_ref()).expect("32-byte key");
         let mut keys = HashMap::new();
@@ -284,9 +393,9 @@ impl LocalKms {
             for v in &entry.versions {
                 let raw = B64
                     .decode(&v.wrapped)
-                    .with_context(|| format!("key '{id}' v{}: wrapped is not base64", v.version))?;
+                    .with_context(|| format!("key {id:?} v{}: wrapped is not base64", v.version))?;
                 if raw.len() != 12 + DEK_LEN + 16 {
-                    bail!("key '{id}' v{}: wrapped has wrong length", v.version);
+                    bail!("key {id:?} v{}: wrapped has wrong length", v.version);
                 }
                 let material = Zeroizing::new(
                     cipher
@@ -299,7 +408,7 @@ impl LocalKms {
                         )
                         .map_err(|_| {
                             anyhow::anyhow!(
-                                "key '{id}' v{}: cannot be unwrapped (file edited?)",
+                                "key {id:?} v{}: cannot be unwrapped (file edited?)",
                                 v.version
                             )
                         })?,
@@ -315,23 +424,67 @@ impl LocalKms {
             versions.sort_by_key(|(v, _)| *v);
             keys.insert(id.clone(), versions);
         }
-        *self.keys.lock() = keys;
-        Ok(())
+        let mut loaded = self.keys.lock();
+        let mut generation = self.generation.lock();
+        if file.generation < *generation {
+            bail!(
+                "key file {path} was rolled back: generation {} is older than the loaded {}; \
+                 restore the latest key file",
+                file.generation,
+                *generation
+            );
+        }
+        for (id, versions) in loaded.iter() {
+            for (v, _) in versions {
+                let present = keys
+                    .get(id)
+                    .is_some_and(|vs: &Vec<(u32, KekVersion)>| vs.iter().any(|(n, _)| n == v));
+                if !present {
+                    bail!(
+                        "key file {path} lost key {id:?} version {v} that was loaded before (file \
+                         rolled back or edited); restore the latest key file"
+                    );
+                }
+            }
+        }
+        *generation = file.generation;
+        *loaded = keys;
+        Ok(file.format == LEGACY_FORMAT)
     }
 
     /// Adds a new KEK version to `key_id` (version 1 when `create_only` and the key is new).
-    /// Returns the key's latest version after the call.
-    fn add_version(&self, key_id: &str, create_only: bool) -> anyhow::Result<(u32, bool)> {
+    /// Returns the key's latest version after the call and whether a version was added.
+    ///
+    /// Holds the in-process write lock and the cross-process file lock for the whole
+    /// read-modify-write. `auto` applies the `max_auto_created_keys` limit to new keys.
+    fn add_version(
+        &self,
+        key_id: &str,
+        create_only: bool,
+        auto: bool,
+    ) -> anyhow::Result<(u32, bool)> {
         valid_key_id(key_id).map_err(|e| anyhow::anyhow!(e))?;
         let _guard = self.write_lock.lock();
+        let _lock = FileLock::acquire(&self.key_file)?;
         let mut file = self.read_file()?.unwrap_or_else(|| KeyFile {
             format: FILE_FORMAT.to_owned(),
             master_key_check: master_check(&self.master),
+            generation: 0,
             keys: Default::default(),
+            mac: None,
         });
+        if auto && !file.keys.contains_key(key_id) && file.keys.len() >= self.max_auto_created {
+            bail!(
+                "not auto-creating key {key_id:?}: the key file already holds {} keys \
+                 (kms.max_auto_created_keys); create it with `kapsule keys create`",
+                file.keys.len()
+            );
+        }
         let entry = file.keys.entry(key_id.to_owned()).or_default();
         let latest = entry.versions.iter().map(|v| v.version).max().unwrap_or(0);
         if create_only && latest > 0 {
+            drop(_lock);
+            self.reload()?;
             return Ok((latest, false));
         }
         let version = latest + 1;
@@ -356,50 +509,25 @@ impl LocalKms {
             created_at: now_secs(),
             wrapped: B64.encode(&wrapped),
         });
-        self.write_file(&file)?;
+        file.format = FILE_FORMAT.to_owned();
+        self.write_file(&mut file)?;
+        drop(_lock);
         self.reload()?;
         Ok((version, true))
     }
 
-    fn write_file(&self, file: &KeyFile) -> anyhow::Result<()> {
+    /// Bumps the generation, signs and writes `file` (caller holds the locks).
+    fn write_file(&self, file: &mut KeyFile) -> anyhow::Result<()> {
+        file.generation += 1;
+        file.mac = None;
+        file.mac = Some(B64.encode(file_mac(&self.master, file)?.as_ref()));
         let text = serde_json::to_string_pretty(file)?;
-        let dir = self
-            .key_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp{}",
-            self.key_file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        {
-            use std::io::Write;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.key_file)
-            .with_context(|| format!("replacing {}", self.key_file.display()))?;
-        Ok(())
+        write_atomic(&self.key_file, text.as_bytes())
     }
 
     /// Creates KEK `key_id` (version 1) unless it exists. Returns true when it was created.
     pub fn create_key(&self, key_id: &str) -> anyhow::Result<bool> {
-        Ok(self.add_version(key_id, true)?.1)
+        Ok(self.add_version(key_id, true, false)?.1)
     }
 
     /// Adds a new version to existing KEK `key_id`; new DEKs use it, old EDEKs stay readable.
@@ -407,9 +535,9 @@ impl LocalKms {
     pub fn rotate_key(&self, key_id: &str) -> anyhow::Result<u32> {
         self.reload()?;
         if !self.keys.lock().contains_key(key_id) {
-            bail!("key '{key_id}' does not exist; create it first");
+            bail!("key {key_id:?} does not exist; create it first");
         }
-        Ok(self.add_version(key_id, false)?.0)
+        Ok(self.add_version(key_id, false, false)?.0)
     }
 
     /// Ids of all KEKs with their latest version, sorted.
@@ -453,8 +581,20 @@ impl LocalKms {
             return Ok(r);
         }
         let exists = self.keys.lock().contains_key(key_id);
+        let full = self.keys.lock().len() >= self.max_auto_created;
+        if create && self.auto_create && !exists && full {
+            return Err(KmsError::new(
+                KmsErrorKind::UnknownKey,
+                key_id,
+                format!(
+                    "key not found and not auto-created: the key file already holds \
+                     {} keys (kms.max_auto_created_keys); create it with `kapsule keys create`",
+                    self.max_auto_created
+                ),
+            ));
+        }
         if create && self.auto_create && !exists {
-            self.add_version(key_id, true).map_err(other)?;
+            self.add_version(key_id, true, true).map_err(other)?;
             if let Some(r) = lookup(&self.keys.lock()) {
                 return Ok(r);
             }
@@ -469,9 +609,10 @@ impl LocalKms {
                 KmsErrorKind::UnknownKey,
                 key_id,
                 format!(
-                    "key not found in {} (create it with `kapsule keys create {key_id}` or set \
+                    "key not found in {} (create it with `kapsule keys create {}` or set \
                      kms.auto_create_keys: true)",
-                    self.key_file.display()
+                    self.key_file.display(),
+                    key_id.escape_debug()
                 ),
             ),
         })
@@ -680,9 +821,165 @@ mod tests {
             master_key_env: Some("A=B".into()),
             master_key_file: Some("/x".into()),
             auto_create_keys: false,
+            max_auto_created_keys: 0,
         };
         let mut p = Vec::new();
         c.validate("kms", &mut p);
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
+    }
+
+    fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn dropped_or_added_versions_fail_the_integrity_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+        kms.create_key("a").unwrap();
+        kms.create_key("b").unwrap();
+        kms.rotate_key("a").unwrap();
+        let good = std::fs::read_to_string(&path).unwrap();
+        // Drop version 2 of `a` (e.g. to force records back onto an older KEK version).
+        edit_json(&path, |v| {
+            v["keys"]["a"]["versions"].as_array_mut().unwrap().pop();
+        });
+        let err = LocalKms::open_with_master_key(&path, master(), false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("integrity check failed"),
+            "{err:#}"
+        );
+        // Drop a whole key.
+        std::fs::write(&path, &good).unwrap();
+        edit_json(&path, |v| {
+            v["keys"].as_object_mut().unwrap().remove("b");
+        });
+        let err = LocalKms::open_with_master_key(&path, master(), false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("integrity check failed"),
+            "{err:#}"
+        );
+        // Stripping the MAC does not help either.
+        std::fs::write(&path, &good).unwrap();
+        edit_json(&path, |v| {
+            v.as_object_mut().unwrap().remove("mac");
+        });
+        assert!(LocalKms::open_with_master_key(&path, master(), false).is_err());
+        std::fs::write(&path, &good).unwrap();
+        LocalKms::open_with_master_key(&path, master(), false).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_file_is_refused_by_a_running_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+        kms.create_key("a").unwrap();
+        let old = std::fs::read(&path).unwrap();
+        kms.rotate_key("a").unwrap();
+        // An old, validly signed copy is put back: the running instance notices.
+        std::fs::write(&path, &old).unwrap();
+        let err = kms.reload().unwrap_err();
+        assert!(format!("{err:#}").contains("rolled back"), "{err:#}");
+        // The keys loaded before stay usable.
+        assert_eq!(kms.key_info("a").await.unwrap().latest_version, 2);
+    }
+
+    #[test]
+    fn legacy_v1_files_are_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+        kms.create_key("a").unwrap();
+        edit_json(&path, |v| {
+            let o = v.as_object_mut().unwrap();
+            o.remove("mac");
+            o.remove("generation");
+            o.insert("format".into(), LEGACY_FORMAT.into());
+        });
+        let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+        assert_eq!(kms.list_keys().len(), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(FILE_FORMAT) && text.contains("\"mac\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // A link planted where the old code put its predictable temporary file.
+        let old_tmp = dir
+            .path()
+            .join(format!(".keys.json.tmp{}", std::process::id()));
+        symlink(&victim, &old_tmp).unwrap();
+        let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+        kms.create_key("a").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A key file that is a link is refused with a clear error.
+        let linked = dir.path().join("linked.json");
+        symlink(&path, &linked).unwrap();
+        let err = LocalKms::open_with_master_key(&linked, master(), false).unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_with_separate_handles_lose_no_key() {
+        // Two instances open the file independently (as the CLI and a proxy do): only the file
+        // lock serialises them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+                    for i in 0..15 {
+                        kms.create_key(&format!("w{w}-k{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let kms = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+        assert_eq!(kms.list_keys().len(), 60);
+    }
+
+    #[tokio::test]
+    async fn auto_creation_stops_at_the_configured_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let mut kms = LocalKms::open_with_master_key(&path, master(), true).unwrap();
+        kms.max_auto_created = 3;
+        for i in 0..3 {
+            kms.generate_data_key(&format!("t{i}")).await.unwrap();
+        }
+        let err = kms.generate_data_key("t3").await.unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::UnknownKey);
+        assert!(err.message.contains("max_auto_created_keys"), "{err:?}");
+        // The CLI path is not limited.
+        assert!(kms.create_key("t3").unwrap());
     }
 }

@@ -14,6 +14,8 @@
 
 pub mod deadline;
 pub mod dek;
+mod gate;
+mod keyfile;
 pub mod local;
 pub mod memory;
 pub mod vault;
@@ -104,13 +106,29 @@ impl KmsErrorKind {
             Self::Other => "other",
         }
     }
+
+    /// What a Kafka client is told for this class (no back-end detail).
+    pub fn client_hint(self) -> &'static str {
+        match self {
+            Self::Transient => "the key management service is unavailable; retry later",
+            Self::UnknownKey => "the key does not exist in the key management service",
+            Self::PermissionDenied => "the proxy may not use this key",
+            Self::InvalidCiphertext => "the wrapped data key does not decrypt under this key",
+            Self::Other => "the key management service failed; see the proxy log",
+        }
+    }
 }
 
 /// A KMS failure: its class plus a message that says what failed and what to do.
 ///
 /// `Clone` so one failed call can be handed to every caller that waited on it (coalescing).
+///
+/// Display is the **client-safe** form — class, key id (escaped) and a generic hint, never
+/// `message` — because it ends up in Kafka error messages sent to clients: back-end detail such
+/// as a Vault address, HTTP bodies or file paths stays in `message`, which the KMS gate logs for
+/// operators ([`KmsError::detail`]).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("KMS {kind_label} error for key '{key_id}': {message}", kind_label = kind.label())]
+#[error("KMS {kind_label} error for key {key_id:?}: {hint}", kind_label = kind.label(), hint = kind.client_hint())]
 pub struct KmsError {
     /// Failure class.
     pub kind: KmsErrorKind,
@@ -121,6 +139,11 @@ pub struct KmsError {
 }
 
 impl KmsError {
+    /// Operator-facing text with the back end's detail (for logs and the CLI, not for clients).
+    pub fn detail(&self) -> String {
+        format!("{self} ({})", self.message.escape_debug())
+    }
+
     /// Builds an error of `kind` for `key_id`.
     pub fn new(kind: KmsErrorKind, key_id: &str, message: impl Into<String>) -> Self {
         Self {
@@ -189,11 +212,29 @@ impl KmsConfig {
     }
 
     /// Builds the configured KMS (reads tokens and master keys; makes no network call).
+    /// Warns when a Vault address is plain `http://` (tokens and data keys in clear on the wire).
     pub fn build(&self) -> anyhow::Result<Arc<dyn Kms>> {
+        if let Some(warning) = self.insecure_transport_warning() {
+            tracing::warn!("{warning}");
+        }
         Ok(match self {
             Self::Local(c) => Arc::new(local::LocalKms::open(c)?),
             Self::Vault(c) => Arc::new(vault::VaultKms::new(c)?),
         })
+    }
+}
+
+impl KmsConfig {
+    /// The start-up warning for a Vault address without TLS, if any.
+    pub fn insecure_transport_warning(&self) -> Option<String> {
+        match self {
+            Self::Vault(c) if c.address.trim().to_ascii_lowercase().starts_with("http://") => Some(
+                "kms.address uses http://: the Vault token and every plaintext data key cross the \
+                 network unencrypted; use https:// outside a test setup"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -240,6 +281,41 @@ mod tests {
         assert!(err.to_string().contains("mount_point"), "{err}");
         let err = serde_norway::from_str::<KmsConfig>("type: aws\n").unwrap_err();
         assert!(err.to_string().contains("aws"), "{err}");
+    }
+
+    #[test]
+    fn client_facing_errors_carry_no_backend_detail() {
+        let e = KmsError::new(
+            KmsErrorKind::Transient,
+            "k\u{1b}[2J\n",
+            "encrypt: cannot reach Vault: error sending request for url (http://10.0.0.7:8200/v1/transit/datakey)",
+        );
+        let shown = e.to_string();
+        assert!(
+            !shown.contains("10.0.0.7") && !shown.contains("8200"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\n'),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("transient") && shown.contains("retry later"),
+            "{shown}"
+        );
+        assert!(e.detail().contains("10.0.0.7"), "{}", e.detail());
+    }
+
+    #[test]
+    fn plain_http_vault_addresses_are_warned_about() {
+        let c: KmsConfig =
+            serde_norway::from_str("type: vault\naddress: http://vault:8200\ntoken_env: T\n")
+                .unwrap();
+        assert!(c.insecure_transport_warning().unwrap().contains("http://"));
+        let c: KmsConfig =
+            serde_norway::from_str("type: vault\naddress: https://vault:8200\ntoken_env: T\n")
+                .unwrap();
+        assert!(c.insecure_transport_warning().is_none());
     }
 
     #[test]
