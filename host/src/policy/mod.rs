@@ -319,24 +319,34 @@ impl PolicyRegistry {
             let dir = config
                 .module_cache_dir
                 .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("kapsule-policy-cache"));
+                .unwrap_or_else(wasm::default_cache_dir);
             Some(Arc::new(WasmRuntime::new(&dir, limits.clone())?))
+        };
+        // Compile and initialize every module at once, each on its own thread outside any async
+        // runtime (guest stdout/stderr and WASI calls must not run on a runtime worker).
+        let loaded: Vec<anyhow::Result<LoadedModule>> = match &runtime {
+            None => Vec::new(),
+            Some(rt) => std::thread::scope(|scope| {
+                let handles = config
+                    .bindings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let log = Arc::new(LogSink::new(
+                            binding_label(i, &b.module),
+                            limits.log_per_second,
+                            limits.log_max_bytes,
+                        ));
+                        wasm::spawn_loader(scope, move || rt.load(&b.module, &b.config, log))
+                    })
+                    .collect::<Vec<_>>();
+                handles.into_iter().map(wasm::join_loader).collect()
+            }),
         };
         let mut bindings = Vec::new();
         let mut failures = Vec::new();
-        for (i, b) in config.bindings.iter().enumerate() {
-            let rt = runtime.as_ref().expect("runtime exists when bindings do");
-            let file = b
-                .module
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let label: Arc<str> = format!("bindings[{i}] ({file})").into();
-            let log = Arc::new(LogSink::new(
-                label.clone(),
-                limits.log_per_second,
-                limits.log_max_bytes,
-            ));
+        for ((i, b), loaded) in config.bindings.iter().enumerate().zip(loaded) {
+            let label = binding_label(i, &b.module);
             let matcher = match b.topics.compile() {
                 Ok(m) => m,
                 Err(e) => {
@@ -344,8 +354,9 @@ impl PolicyRegistry {
                     continue;
                 }
             };
-            match rt.load(&b.module, &b.config, log.clone()) {
+            match loaded {
                 Ok(m) => {
+                    let log = m.log().clone();
                     let stats = BindingStats::default();
                     stats
                         .loads
@@ -627,7 +638,11 @@ impl PolicyRegistry {
             if hash == b.current.load().hash() {
                 return Ok(ReloadOutcome::Unchanged);
             }
-            let m = rt.load_bytes(&bytes, &b.module_path, &b.config, b.log.clone())?;
+            let m = std::thread::scope(|scope| {
+                wasm::join_loader(wasm::spawn_loader(scope, || {
+                    rt.load_bytes(&bytes, &b.module_path, &b.config, b.log.clone())
+                }))
+            })?;
             let content_hash = m.hash().to_string();
             b.current.store(Arc::new(m));
             Ok(ReloadOutcome::Reloaded { content_hash })
@@ -716,6 +731,15 @@ impl PolicyRegistry {
                 .collect(),
         }
     }
+}
+
+/// `bindings[i] (file)`: how logs, errors and `/policies` name a binding.
+fn binding_label(i: usize, module: &std::path::Path) -> Arc<str> {
+    let file = module
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("bindings[{i}] ({file})").into()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
