@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod fixtures;
+mod loading;
 pub mod rules;
 pub mod scaffold;
 mod stats;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use globset::{GlobSet, GlobSetBuilder};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -49,6 +50,8 @@ use crate::plan::{EncryptionPlan, Needs, RecordDecision, TopicPlan, ValuePart};
 
 /// Kafka error code the proxy should answer for a [`PolicyError`] or a reject decision.
 pub const POLICY_VIOLATION_ERROR_CODE: i16 = 44;
+/// Kafka error code (REQUEST_TIMED_OUT, retriable) for [`PolicyError::Loading`]: producers retry.
+pub const POLICY_LOADING_ERROR_CODE: i16 = 7;
 
 /// Longest key id a policy may name.
 const MAX_KEY_ID_LEN: usize = 256;
@@ -111,6 +114,15 @@ pub enum PolicyError {
         /// The refused key id.
         key_id: String,
     },
+    /// The binding's module is still being compiled at start-up; retriable. Its records are
+    /// not forwarded.
+    #[error(
+        "policy {binding} is still compiling its module; retry shortly (nothing was forwarded)"
+    )]
+    Loading {
+        /// Which binding.
+        binding: String,
+    },
     /// The policy could not be run at all (instance creation failed, pool stuck, task lost).
     #[error("policy {binding} is unavailable: {reason}")]
     Unavailable {
@@ -130,13 +142,25 @@ impl PolicyError {
             | Self::MemoryExhausted { binding, .. }
             | Self::Malformed { binding, .. }
             | Self::KeyNotAllowed { binding, .. }
+            | Self::Loading { binding }
             | Self::Unavailable { binding, .. } => binding,
         }
     }
 
-    /// Always `false`: retrying the same records against the same policy gives the same answer.
+    /// `true` only for [`PolicyError::Loading`]: otherwise retrying the same records against
+    /// the same policy gives the same answer.
     pub fn is_retriable(&self) -> bool {
-        false
+        matches!(self, Self::Loading { .. })
+    }
+
+    /// The Kafka error code to answer: [`POLICY_LOADING_ERROR_CODE`] (retriable) while the
+    /// module compiles, [`POLICY_VIOLATION_ERROR_CODE`] otherwise.
+    pub fn kafka_error_code(&self) -> i16 {
+        if self.is_retriable() {
+            POLICY_LOADING_ERROR_CODE
+        } else {
+            POLICY_VIOLATION_ERROR_CODE
+        }
     }
 
     /// Short machine-readable kind, for metrics labels.
@@ -147,6 +171,7 @@ impl PolicyError {
             Self::MemoryExhausted { .. } => "memory",
             Self::Malformed { .. } => "malformed",
             Self::KeyNotAllowed { .. } => "key_not_allowed",
+            Self::Loading { .. } => "loading",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -189,7 +214,10 @@ struct Binding {
     config: String,
     allowed: Vec<String>,
     decrypt: DecryptSettings,
-    current: ArcSwap<LoadedModule>,
+    /// `None` until the first version has loaded (see [`loading`]).
+    current: ArcSwapOption<LoadedModule>,
+    /// Why the first version failed to load at start-up (`None` while loading or once loaded).
+    load_error: Mutex<Option<String>>,
     stats: BindingStats,
     log: Arc<LogSink>,
     reload_lock: Mutex<()>,
@@ -204,6 +232,9 @@ enum Target {
 
 struct Inner {
     runtime: Option<Arc<WasmRuntime>>,
+    /// Bindings whose first load has not finished, and its condition variable.
+    pending: Mutex<usize>,
+    ready: parking_lot::Condvar,
     bindings: Vec<Binding>,
     rules: Vec<Rule>,
     unmatched: UnmatchedTopics,
@@ -264,7 +295,10 @@ pub struct BindingStatus {
     pub topics: String,
     /// Module file.
     pub module: String,
-    /// SHA-256 of the version serving now.
+    /// `loading` (first version still compiling), `ready`, or `failed` (first version refused;
+    /// its topics are refused until a reload succeeds).
+    pub state: &'static str,
+    /// SHA-256 of the version serving now (empty before the first load).
     pub content_hash: String,
     /// When that version was loaded (Unix ms).
     pub loaded_at_unix_ms: u64,
@@ -301,11 +335,9 @@ pub struct BindingStatus {
 }
 
 impl PolicyRegistry {
-    /// Compiles the rules, starts the Wasm runtime (only if there are bindings) and loads every
-    /// binding's module. Fails closed: any module that cannot be loaded fails start-up, with
-    /// every failure listed. Expects a config that passed [`PolicyConfig::validate`]. Slow (module
-    /// compilation): call before serving, or from a blocking thread.
-    pub fn new(config: &PolicyConfig) -> anyhow::Result<Self> {
+    /// Compiles the rules and topic selectors and starts the Wasm runtime (only if there are
+    /// bindings); every binding starts without a module. Fast: no module is compiled here.
+    fn build(config: &PolicyConfig) -> anyhow::Result<Self> {
         let rules = config
             .rules
             .iter()
@@ -322,30 +354,9 @@ impl PolicyRegistry {
                 .unwrap_or_else(wasm::default_cache_dir);
             Some(Arc::new(WasmRuntime::new(&dir, limits.clone())?))
         };
-        // Compile and initialize every module at once, each on its own thread outside any async
-        // runtime (guest stdout/stderr and WASI calls must not run on a runtime worker).
-        let loaded: Vec<anyhow::Result<LoadedModule>> = match &runtime {
-            None => Vec::new(),
-            Some(rt) => std::thread::scope(|scope| {
-                let handles = config
-                    .bindings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        let log = Arc::new(LogSink::new(
-                            binding_label(i, &b.module),
-                            limits.log_per_second,
-                            limits.log_max_bytes,
-                        ));
-                        wasm::spawn_loader(scope, move || rt.load(&b.module, &b.config, log))
-                    })
-                    .collect::<Vec<_>>();
-                handles.into_iter().map(wasm::join_loader).collect()
-            }),
-        };
         let mut bindings = Vec::new();
         let mut failures = Vec::new();
-        for ((i, b), loaded) in config.bindings.iter().enumerate().zip(loaded) {
+        for (i, b) in config.bindings.iter().enumerate() {
             let label = binding_label(i, &b.module);
             let matcher = match b.topics.compile() {
                 Ok(m) => m,
@@ -354,44 +365,37 @@ impl PolicyRegistry {
                     continue;
                 }
             };
-            match loaded {
-                Ok(m) => {
-                    let log = m.log().clone();
-                    let stats = BindingStats::default();
-                    stats
-                        .loads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(policy = %label, hash = %m.hash(), "policy module loaded");
-                    bindings.push(Binding {
-                        label,
-                        selector: b.topics.to_string(),
-                        matcher,
-                        module_path: b.module.clone(),
-                        config: b.config.clone(),
-                        allowed: b.allowed_key_ids.clone(),
-                        decrypt: DecryptSettings {
-                            on_decrypt_failure: b.on_decrypt_failure,
-                            require_encrypted: b.require_encrypted,
-                        },
-                        current: ArcSwap::from_pointee(m),
-                        stats,
-                        log,
-                        reload_lock: Mutex::new(()),
-                    })
-                }
-                Err(e) => failures.push(format!("policy.bindings[{i}].module: {e:#}")),
-            }
+            let log = Arc::new(LogSink::new(
+                label.clone(),
+                limits.log_per_second,
+                limits.log_max_bytes,
+            ));
+            bindings.push(Binding {
+                label,
+                selector: b.topics.to_string(),
+                matcher,
+                module_path: b.module.clone(),
+                config: b.config.clone(),
+                allowed: b.allowed_key_ids.clone(),
+                decrypt: DecryptSettings {
+                    on_decrypt_failure: b.on_decrypt_failure,
+                    require_encrypted: b.require_encrypted,
+                },
+                current: ArcSwapOption::empty(),
+                load_error: Mutex::new(None),
+                stats: BindingStats::default(),
+                log,
+                reload_lock: Mutex::new(()),
+            });
         }
         if !failures.is_empty() {
-            anyhow::bail!(
-                "cannot load {} policy module(s):\n  - {}",
-                failures.len(),
-                failures.join("\n  - ")
-            );
+            anyhow::bail!("invalid policy bindings:\n  - {}", failures.join("\n  - "));
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 runtime,
+                pending: Mutex::new(bindings.len()),
+                ready: parking_lot::Condvar::new(),
                 bindings,
                 rules,
                 unmatched: config.unmatched_topics,
@@ -444,7 +448,7 @@ impl PolicyRegistry {
             Target::Unmatched => Some(self.unmatched_plan(topic)),
             Target::Binding(i) => {
                 let m = self.inner.bindings[i].current.load();
-                let plans = m.plans.lock();
+                let plans = m.as_ref()?.plans.lock();
                 plans.get(topic).map(|e| e.plan.clone())
             }
         }
@@ -458,7 +462,7 @@ impl PolicyRegistry {
             Target::Unmatched => Ok(self.unmatched_plan(topic)),
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
-                let m = b.current.load_full();
+                let m = b.module()?;
                 Ok(b.topic_entry(&m, topic)?.plan.clone())
             }
         }
@@ -479,7 +483,7 @@ impl PolicyRegistry {
             Target::Unmatched => Ok(repeat(&self.unmatched_plan(topic), records.len())),
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
-                let m = b.current.load_full();
+                let m = b.module()?;
                 let entry = b.topic_entry(&m, topic)?;
                 match entry.plan {
                     TopicPlan::PerRecord(needs) => {
@@ -559,7 +563,7 @@ impl PolicyRegistry {
         match self.resolve(topic) {
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
-                let m = b.current.load_full();
+                let m = b.module()?;
                 let entry = b.topic_entry(&m, topic)?;
                 match entry.plan {
                     // The module may have been swapped since the plan was read; re-check.
@@ -635,7 +639,7 @@ impl PolicyRegistry {
                 );
             }
             let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-            if hash == b.current.load().hash() {
+            if b.current.load().as_ref().is_some_and(|m| m.hash() == hash) {
                 return Ok(ReloadOutcome::Unchanged);
             }
             let m = std::thread::scope(|scope| {
@@ -644,7 +648,8 @@ impl PolicyRegistry {
                 }))
             })?;
             let content_hash = m.hash().to_string();
-            b.current.store(Arc::new(m));
+            b.current.store(Some(Arc::new(m)));
+            b.load_error.lock().take();
             Ok(ReloadOutcome::Reloaded { content_hash })
         })();
         match outcome {
@@ -704,14 +709,20 @@ impl PolicyRegistry {
                 .iter()
                 .map(|b| {
                     let m = b.current.load();
+                    let m = m.as_ref();
                     let s = &b.stats;
                     BindingStatus {
                         binding: b.label.to_string(),
                         topics: b.selector.clone(),
                         module: b.module_path.display().to_string(),
-                        content_hash: m.hash().to_string(),
-                        loaded_at_unix_ms: unix_ms(m.loaded_at()),
-                        instances: m.live_instances(),
+                        state: match (m, b.load_error.lock().is_some()) {
+                            (Some(_), _) => "ready",
+                            (None, true) => "failed",
+                            (None, false) => "loading",
+                        },
+                        content_hash: m.map(|m| m.hash().to_string()).unwrap_or_default(),
+                        loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
+                        instances: m.map_or(0, |m| m.live_instances()),
                         calls: s.calls.load(Relaxed),
                         errors: s.errors.load(Relaxed),
                         deadlines: s.deadlines.load(Relaxed),
@@ -844,6 +855,22 @@ fn truncate_msg(s: String) -> String {
 }
 
 impl Binding {
+    /// The version serving now, or why there is none: still compiling (retriable) or failed.
+    fn module(&self) -> Result<Arc<LoadedModule>, PolicyError> {
+        if let Some(m) = self.current.load_full() {
+            return Ok(m);
+        }
+        match self.load_error.lock().as_ref() {
+            Some(e) => Err(PolicyError::Unavailable {
+                binding: self.label.to_string(),
+                reason: format!("its module failed to load ({e}); fix it and reload"),
+            }),
+            None => Err(PolicyError::Loading {
+                binding: self.label.to_string(),
+            }),
+        }
+    }
+
     fn malformed(&self, reason: String) -> PolicyError {
         PolicyError::Malformed {
             binding: self.label.to_string(),

@@ -1029,3 +1029,66 @@ fn tampered_or_foreign_cache_entries_are_recompiled_never_loaded() {
         "the planted passthrough code must not run"
     );
 }
+
+#[test]
+fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
+    let a = artifacts();
+    // An empty cache: the module really compiles, which takes far longer than the first call.
+    let tmp = tempfile::tempdir().unwrap();
+    let c = PolicyConfig {
+        module_cache_dir: Some(tmp.path().join("cache")),
+        ..config(
+            vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
+            relaxed_limits(),
+        )
+    };
+    let started = Instant::now();
+    let reg = PolicyRegistry::start(&c).unwrap();
+    let returned_after = started.elapsed();
+    let recs = vec![record("v", &[("tenant", "acme")])];
+    let e = reg.decide("events", 0, &recs).unwrap_err();
+    assert!(matches!(e, PolicyError::Loading { .. }), "{e:?}");
+    assert!(e.is_retriable());
+    assert_eq!(e.kafka_error_code(), POLICY_LOADING_ERROR_CODE);
+    assert!(matches!(
+        reg.topic_plan("events"),
+        Err(PolicyError::Loading { .. })
+    ));
+    assert_eq!(reg.cached_topic_plan("events"), None);
+    assert_eq!(reg.status().bindings[0].state, "loading");
+    assert!(reg.wait_ready(Some(Duration::from_secs(120))));
+    assert!(
+        returned_after * 2 < started.elapsed(),
+        "start returned after {returned_after:?}, ready after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        reg.decide("events", 0, &recs).unwrap(),
+        vec![whole("tenant-acme")]
+    );
+    assert_eq!(reg.status().bindings[0].state, "ready");
+}
+
+#[test]
+fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("p.wasm");
+    copy(&a.path("hostile-misbehave"), &module);
+    let c = config(
+        vec![binding(module.clone(), "t", "trap-init", &[])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::start(&c).unwrap();
+    assert!(reg.wait_ready(Some(Duration::from_secs(120))));
+    let e = reg.topic_plan("t").unwrap_err();
+    assert!(matches!(e, PolicyError::Unavailable { .. }), "{e:?}");
+    assert!(!e.is_retriable());
+    assert_eq!(reg.status().bindings[0].state, "failed");
+    assert_eq!(reg.load_failures().len(), 1);
+    // A valid module put in place is loaded by a reload and serves.
+    copy(&a.path("passthrough"), &module);
+    assert!(matches!(reg.reload()[0].1, ReloadOutcome::Reloaded { .. }));
+    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg.status().bindings[0].state, "ready");
+}

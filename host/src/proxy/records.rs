@@ -142,7 +142,7 @@ impl RecordStage {
                             patch.refuse(
                                 name.clone(),
                                 p.index,
-                                POLICY_VIOLATION,
+                                e.kafka_error_code(),
                                 format!("kapsule: {e}"),
                             );
                         }
@@ -232,7 +232,7 @@ impl RecordStage {
                     .decide_async(topic, batch.base_timestamp, &batch.records)
                     .await
                     .map_err(|e| Refusal {
-                        code: POLICY_VIOLATION,
+                        code: e.kafka_error_code(),
                         message: e.to_string(),
                     })?,
             };

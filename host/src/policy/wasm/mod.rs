@@ -487,11 +487,6 @@ impl LoadedModule {
         self.loaded_at
     }
 
-    /// The binding's log sink (guest `log` calls, stdout and stderr).
-    pub(crate) fn log(&self) -> &Arc<LogSink> {
-        &self.log
-    }
-
     /// Live instances (idle plus in use).
     pub fn live_instances(&self) -> usize {
         self.pool.state.lock().live
