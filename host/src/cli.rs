@@ -263,7 +263,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Builds the KMS client, DEK manager and policy registry when the config has a `policy:`
-/// section. Policy modules are compiled here, before the proxy accepts connections.
+/// section. Policy modules compile in the background (see `PolicyRegistry::start`).
 fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Encryption>> {
     let Some(policy_config) = &config.policy else {
         return Ok(None);
@@ -276,7 +276,8 @@ fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<O
     };
     let encryptor = Arc::new(RecordEncryptor::new(kms, config.deks.clone()));
     metrics.register(Arc::new(CryptoMetricsSource(encryptor.metrics().clone())));
-    let policy = PolicyRegistry::new(policy_config).context("loading policies")?;
+    // Modules compile in the background; their topics get a retriable error until ready.
+    let policy = PolicyRegistry::start(policy_config).context("loading policies")?;
     if policy_config.watch {
         policy
             .watch()

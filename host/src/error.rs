@@ -236,11 +236,12 @@ impl From<KmsError> for ProxyError {
 }
 
 impl From<PolicyError> for ProxyError {
-    /// A policy that fails to answer: POLICY_VIOLATION, never retriable.
+    /// A policy that fails to answer: POLICY_VIOLATION, never retriable; a module still
+    /// compiling at start-up: REQUEST_TIMED_OUT, retriable.
     fn from(e: PolicyError) -> Self {
         Self::new(
             ErrorSource::Policy,
-            ResponseError::PolicyViolation,
+            e.kafka_error(),
             Reason::PolicyFailed,
             e.to_string(),
         )

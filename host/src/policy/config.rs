@@ -25,9 +25,10 @@ pub struct PolicyConfig {
     /// Wasm policy bindings, tried in order before the rules; the first match wins.
     #[serde(default)]
     pub bindings: Vec<BindingConfig>,
-    /// Directory for compiled policy modules, keyed by content hash (default: a `kapsule-policy-cache`
-    /// directory under the system temporary directory). It must be writable only by Kapsule:
-    /// compiled code found there is loaded as native code.
+    /// Directory for compiled policy modules, keyed by content hash (default:
+    /// `$XDG_CACHE_HOME/kapsule/policy-modules`, else `~/.cache/kapsule/policy-modules`). It must
+    /// be owned by Kapsule's user and not writable by group or others (start-up fails
+    /// otherwise); entries are authenticated with a per-install secret kept there.
     #[serde(default)]
     pub module_cache_dir: Option<PathBuf>,
     /// Sandbox limits applied to every Wasm policy instance.
@@ -211,13 +212,27 @@ pub struct LimitsConfig {
     /// Linear memory cap per instance, in MiB (default 64).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
-    /// Deadline of one `plan` or `decide` call, in milliseconds (default 10).
+    /// Deadline of one `plan` call and base deadline of one `decide` call, in milliseconds
+    /// (default 10).
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// Extra deadline of a `decide` call per record of its batch, in microseconds (default 50:
+    /// a batch of 1,000 records gets 10 ms + 50 ms).
+    #[serde(default = "default_call_timeout_per_record_us")]
+    pub call_timeout_per_record_us: u64,
+    /// Largest deadline of one call however large the batch, in milliseconds (default 1000;
+    /// never less than `call_timeout_ms`).
+    #[serde(default = "default_call_timeout_max_ms")]
+    pub call_timeout_max_ms: u64,
+    /// Most host memory one `plan` or `decide` answer may take once copied out of the guest, in
+    /// KiB (default 4096). A larger answer fails the call as malformed.
+    #[serde(default = "default_answer_max_kib")]
+    pub answer_max_kib: u64,
     /// Deadline of instantiating a module and running its `init`, in milliseconds (default 1000).
     #[serde(default = "default_init_timeout_ms")]
     pub init_timeout_ms: u64,
-    /// Wasm stack limit, in KiB (default 512).
+    /// Wasm stack limit, in KiB (default 512, at most 1024). Guest code runs on host threads
+    /// with 2 MiB stacks (Tokio's blocking pool), which also hold the host's own frames.
     #[serde(default = "default_stack_kib")]
     pub stack_kib: u64,
     /// Most instances of one module alive at once; further calls wait (default 8).
@@ -239,6 +254,9 @@ impl Default for LimitsConfig {
         Self {
             memory_mib: default_memory_mib(),
             call_timeout_ms: default_call_timeout_ms(),
+            call_timeout_per_record_us: default_call_timeout_per_record_us(),
+            call_timeout_max_ms: default_call_timeout_max_ms(),
+            answer_max_kib: default_answer_max_kib(),
             init_timeout_ms: default_init_timeout_ms(),
             stack_kib: default_stack_kib(),
             max_instances: default_max_instances(),
@@ -257,6 +275,15 @@ fn default_memory_mib() -> u64 {
 }
 fn default_call_timeout_ms() -> u64 {
     10
+}
+fn default_call_timeout_per_record_us() -> u64 {
+    50
+}
+fn default_call_timeout_max_ms() -> u64 {
+    1000
+}
+fn default_answer_max_kib() -> u64 {
+    4096
 }
 fn default_init_timeout_ms() -> u64 {
     1000
@@ -345,10 +372,29 @@ impl PolicyConfig {
                 l.init_timeout_ms
             ));
         }
-        if !(64..=16_384).contains(&l.stack_kib) {
+        if !(64..=MAX_STACK_KIB).contains(&l.stack_kib) {
             problems.push(format!(
-                "{lp}.stack_kib: {} is outside 64..=16384",
+                "{lp}.stack_kib: {} is outside 64..={MAX_STACK_KIB} (guest code shares 2 MiB host \
+                 thread stacks with the host's own frames)",
                 l.stack_kib
+            ));
+        }
+        if l.call_timeout_per_record_us > 10_000 {
+            problems.push(format!(
+                "{lp}.call_timeout_per_record_us: {} is outside 0..=10000",
+                l.call_timeout_per_record_us
+            ));
+        }
+        if !(1..=60_000).contains(&l.call_timeout_max_ms) {
+            problems.push(format!(
+                "{lp}.call_timeout_max_ms: {} is outside 1..=60000",
+                l.call_timeout_max_ms
+            ));
+        }
+        if !(1..=1 << 20).contains(&l.answer_max_kib) {
+            problems.push(format!(
+                "{lp}.answer_max_kib: {} is outside 1..=1048576",
+                l.answer_max_kib
             ));
         }
         if !(1..=1024).contains(&l.max_instances) {
@@ -371,6 +417,10 @@ impl PolicyConfig {
         }
     }
 }
+
+/// Largest accepted `limits.stack_kib`: guest calls run on threads with 2 MiB stacks, and a Wasm
+/// stack close to that overflows the host thread (the process aborts) instead of trapping.
+pub const MAX_STACK_KIB: u64 = 1024;
 
 /// Checks a key-id template: non-empty and only the `${topic}` placeholder.
 fn validate_key_template(t: &str, path: &str, problems: &mut Vec<String>) {

@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod fixtures;
+mod loading;
 pub mod rules;
 pub mod scaffold;
 mod stats;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use globset::{GlobSet, GlobSetBuilder};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -108,6 +109,15 @@ pub enum PolicyError {
         /// The refused key id.
         key_id: String,
     },
+    /// The binding's module is still being compiled at start-up; retriable. Its records are
+    /// not forwarded.
+    #[error(
+        "policy {binding} is still compiling its module; retry shortly (nothing was forwarded)"
+    )]
+    Loading {
+        /// Which binding.
+        binding: String,
+    },
     /// The policy could not be run at all (instance creation failed, pool stuck, task lost).
     #[error("policy {binding} is unavailable: {reason}")]
     Unavailable {
@@ -127,13 +137,31 @@ impl PolicyError {
             | Self::MemoryExhausted { binding, .. }
             | Self::Malformed { binding, .. }
             | Self::KeyNotAllowed { binding, .. }
+            | Self::Loading { binding }
             | Self::Unavailable { binding, .. } => binding,
         }
     }
 
-    /// Always `false`: retrying the same records against the same policy gives the same answer.
+    /// `true` only for [`PolicyError::Loading`]: otherwise retrying the same records against
+    /// the same policy gives the same answer.
     pub fn is_retriable(&self) -> bool {
-        false
+        matches!(self, Self::Loading { .. })
+    }
+
+    /// The Kafka error to answer: REQUEST_TIMED_OUT (retriable) while the module compiles,
+    /// POLICY_VIOLATION otherwise.
+    pub fn kafka_error(&self) -> kafka_protocol::error::ResponseError {
+        use kafka_protocol::error::ResponseError;
+        if self.is_retriable() {
+            ResponseError::RequestTimedOut
+        } else {
+            ResponseError::PolicyViolation
+        }
+    }
+
+    /// The numeric Kafka error code of [`PolicyError::kafka_error`].
+    pub fn kafka_error_code(&self) -> i16 {
+        self.kafka_error().code()
     }
 
     /// Short machine-readable kind, for metrics labels.
@@ -144,6 +172,7 @@ impl PolicyError {
             Self::MemoryExhausted { .. } => "memory",
             Self::Malformed { .. } => "malformed",
             Self::KeyNotAllowed { .. } => "key_not_allowed",
+            Self::Loading { .. } => "loading",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -186,7 +215,10 @@ struct Binding {
     config: String,
     allowed: Vec<String>,
     decrypt: DecryptSettings,
-    current: ArcSwap<LoadedModule>,
+    /// `None` until the first version has loaded (see [`loading`]).
+    current: ArcSwapOption<LoadedModule>,
+    /// Why the first version failed to load at start-up (`None` while loading or once loaded).
+    load_error: Mutex<Option<String>>,
     stats: BindingStats,
     log: Arc<LogSink>,
     reload_lock: Mutex<()>,
@@ -201,6 +233,9 @@ enum Target {
 
 struct Inner {
     runtime: Option<Arc<WasmRuntime>>,
+    /// Bindings whose first load has not finished, and its condition variable.
+    pending: Mutex<usize>,
+    ready: parking_lot::Condvar,
     bindings: Vec<Binding>,
     rules: Vec<Rule>,
     unmatched: UnmatchedTopics,
@@ -261,7 +296,10 @@ pub struct BindingStatus {
     pub topics: String,
     /// Module file.
     pub module: String,
-    /// SHA-256 of the version serving now.
+    /// `loading` (first version still compiling), `ready`, or `failed` (first version refused;
+    /// its topics are refused until a reload succeeds).
+    pub state: &'static str,
+    /// SHA-256 of the version serving now (empty before the first load).
     pub content_hash: String,
     /// When that version was loaded (Unix ms).
     pub loaded_at_unix_ms: u64,
@@ -298,11 +336,9 @@ pub struct BindingStatus {
 }
 
 impl PolicyRegistry {
-    /// Compiles the rules, starts the Wasm runtime (only if there are bindings) and loads every
-    /// binding's module. Fails closed: any module that cannot be loaded fails start-up, with
-    /// every failure listed. Expects a config that passed [`PolicyConfig::validate`]. Slow (module
-    /// compilation): call before serving, or from a blocking thread.
-    pub fn new(config: &PolicyConfig) -> anyhow::Result<Self> {
+    /// Compiles the rules and topic selectors and starts the Wasm runtime (only if there are
+    /// bindings); every binding starts without a module. Fast: no module is compiled here.
+    fn build(config: &PolicyConfig) -> anyhow::Result<Self> {
         let rules = config
             .rules
             .iter()
@@ -316,24 +352,13 @@ impl PolicyRegistry {
             let dir = config
                 .module_cache_dir
                 .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("kapsule-policy-cache"));
+                .unwrap_or_else(wasm::default_cache_dir);
             Some(Arc::new(WasmRuntime::new(&dir, limits.clone())?))
         };
         let mut bindings = Vec::new();
         let mut failures = Vec::new();
         for (i, b) in config.bindings.iter().enumerate() {
-            let rt = runtime.as_ref().expect("runtime exists when bindings do");
-            let file = b
-                .module
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let label: Arc<str> = format!("bindings[{i}] ({file})").into();
-            let log = Arc::new(LogSink::new(
-                label.clone(),
-                limits.log_per_second,
-                limits.log_max_bytes,
-            ));
+            let label = binding_label(i, &b.module);
             let matcher = match b.topics.compile() {
                 Ok(m) => m,
                 Err(e) => {
@@ -341,45 +366,15 @@ impl PolicyRegistry {
                     continue;
                 }
             };
-            match rt.load(&b.module, &b.config, log.clone()) {
-                Ok(m) => {
-                    let stats = BindingStats::default();
-                    stats
-                        .loads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(policy = %label, hash = %m.hash(), "policy module loaded");
-                    bindings.push(Binding {
-                        label,
-                        selector: b.topics.to_string(),
-                        matcher,
-                        module_path: b.module.clone(),
-                        config: b.config.clone(),
-                        allowed: b.allowed_key_ids.clone(),
-                        decrypt: DecryptSettings {
-                            on_decrypt_failure: b.on_decrypt_failure,
-                            require_encrypted: b.require_encrypted,
-                            accept_pre_encrypted: b.accept_pre_encrypted,
-                            covered: true,
-                        },
-                        current: ArcSwap::from_pointee(m),
-                        stats,
-                        log,
-                        reload_lock: Mutex::new(()),
-                    })
-                }
-                Err(e) => failures.push(format!("policy.bindings[{i}].module: {e:#}")),
-            }
         }
         if !failures.is_empty() {
-            anyhow::bail!(
-                "cannot load {} policy module(s):\n  - {}",
-                failures.len(),
-                failures.join("\n  - ")
-            );
+            anyhow::bail!("invalid policy bindings:\n  - {}", failures.join("\n  - "));
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 runtime,
+                pending: Mutex::new(bindings.len()),
+                ready: parking_lot::Condvar::new(),
                 bindings,
                 rules,
                 unmatched: config.unmatched_topics,
@@ -432,7 +427,7 @@ impl PolicyRegistry {
             Target::Unmatched => Some(self.unmatched_plan(topic)),
             Target::Binding(i) => {
                 let m = self.inner.bindings[i].current.load();
-                let plans = m.plans.lock();
+                let plans = m.as_ref()?.plans.lock();
                 plans.get(topic).map(|e| e.plan.clone())
             }
         }
@@ -446,7 +441,7 @@ impl PolicyRegistry {
             Target::Unmatched => Ok(self.unmatched_plan(topic)),
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
-                let m = b.current.load_full();
+                let m = b.module()?;
                 Ok(b.topic_entry(&m, topic)?.plan.clone())
             }
         }
@@ -467,7 +462,7 @@ impl PolicyRegistry {
             Target::Unmatched => Ok(repeat(&self.unmatched_plan(topic), records.len())),
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
-                let m = b.current.load_full();
+                let m = b.module()?;
                 let entry = b.topic_entry(&m, topic)?;
                 match entry.plan {
                     TopicPlan::PerRecord(needs) => {
@@ -547,7 +542,7 @@ impl PolicyRegistry {
         match self.resolve(topic) {
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
-                let m = b.current.load_full();
+                let m = b.module()?;
                 let entry = b.topic_entry(&m, topic)?;
                 match entry.plan {
                     // The module may have been swapped since the plan was read; re-check.
@@ -638,12 +633,17 @@ impl PolicyRegistry {
                 );
             }
             let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-            if hash == b.current.load().hash() {
+            if b.current.load().as_ref().is_some_and(|m| m.hash() == hash) {
                 return Ok(ReloadOutcome::Unchanged);
             }
-            let m = rt.load_bytes(&bytes, &b.module_path, &b.config, b.log.clone())?;
+            let m = std::thread::scope(|scope| {
+                wasm::join_loader(wasm::spawn_loader(scope, || {
+                    rt.load_bytes(&bytes, &b.module_path, &b.config, b.log.clone())
+                }))
+            })?;
             let content_hash = m.hash().to_string();
-            b.current.store(Arc::new(m));
+            b.current.store(Some(Arc::new(m)));
+            b.load_error.lock().take();
             Ok(ReloadOutcome::Reloaded { content_hash })
         })();
         match outcome {
@@ -703,14 +703,20 @@ impl PolicyRegistry {
                 .iter()
                 .map(|b| {
                     let m = b.current.load();
+                    let m = m.as_ref();
                     let s = &b.stats;
                     BindingStatus {
                         binding: b.label.to_string(),
                         topics: b.selector.clone(),
                         module: b.module_path.display().to_string(),
-                        content_hash: m.hash().to_string(),
-                        loaded_at_unix_ms: unix_ms(m.loaded_at()),
-                        instances: m.live_instances(),
+                        state: match (m, b.load_error.lock().is_some()) {
+                            (Some(_), _) => "ready",
+                            (None, true) => "failed",
+                            (None, false) => "loading",
+                        },
+                        content_hash: m.map(|m| m.hash().to_string()).unwrap_or_default(),
+                        loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
+                        instances: m.map_or(0, |m| m.live_instances()),
                         calls: s.calls.load(Relaxed),
                         errors: s.errors.load(Relaxed),
                         deadlines: s.deadlines.load(Relaxed),
@@ -730,6 +736,15 @@ impl PolicyRegistry {
                 .collect(),
         }
     }
+}
+
+/// `bindings[i] (file)`: how logs, errors and `/policies` name a binding.
+fn binding_label(i: usize, module: &std::path::Path) -> Arc<str> {
+    let file = module
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("bindings[{i}] ({file})").into()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -834,6 +849,22 @@ fn truncate_msg(s: String) -> String {
 }
 
 impl Binding {
+    /// The version serving now, or why there is none: still compiling (retriable) or failed.
+    fn module(&self) -> Result<Arc<LoadedModule>, PolicyError> {
+        if let Some(m) = self.current.load_full() {
+            return Ok(m);
+        }
+        match self.load_error.lock().as_ref() {
+            Some(e) => Err(PolicyError::Unavailable {
+                binding: self.label.to_string(),
+                reason: format!("its module failed to load ({e}); fix it and reload"),
+            }),
+            None => Err(PolicyError::Loading {
+                binding: self.label.to_string(),
+            }),
+        }
+    }
+
     fn malformed(&self, reason: String) -> PolicyError {
         PolicyError::Malformed {
             binding: self.label.to_string(),

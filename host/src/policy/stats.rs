@@ -35,7 +35,9 @@ impl BindingStats {
         match e {
             PolicyError::Deadline { .. } => &self.deadlines,
             PolicyError::MemoryExhausted { .. } => &self.memory,
-            PolicyError::Trap { .. } | PolicyError::Unavailable { .. } => &self.traps,
+            PolicyError::Trap { .. }
+            | PolicyError::Unavailable { .. }
+            | PolicyError::Loading { .. } => &self.traps,
             PolicyError::Malformed { .. } | PolicyError::KeyNotAllowed { .. } => &self.violations,
         }
         .fetch_add(1, Relaxed);

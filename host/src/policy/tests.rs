@@ -378,7 +378,7 @@ fn wasi_gives_no_files_env_clock_or_network() {
     match reg.topic_plan("bad").unwrap() {
         TopicPlan::RejectAll(report) => assert_eq!(
             report,
-            "file=denied dir=denied env=0 home=unset time=0 net=denied"
+            "file=denied dir=denied env=0 home=unset time=0 elapsed=0"
         ),
         other => panic!("{other:?}"),
     }
@@ -559,10 +559,7 @@ fn compiled_modules_are_cached_on_disk_by_content_hash() {
     };
     let reg = PolicyRegistry::new(&c).unwrap();
     let hash = reg.status().bindings[0].content_hash.clone();
-    let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let entries = cache_entries(&dir.path().join("cache"));
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].starts_with(&hash) && entries[0].ends_with(".cwasm"));
     // A corrupted entry is discarded and rebuilt, not trusted.
@@ -644,4 +641,455 @@ fn c_policy_header_gate() {
         assert_eq!(reg.decide("gated.a", 0, &big).unwrap().len(), 500);
     }
     assert_eq!(reg.status().bindings[0].errors, 0);
+}
+
+/// Names of the compiled-module entries in a cache directory.
+fn cache_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    v.sort();
+    v
+}
+
+// ---- Sandbox hardening (issue 8 items 10-14, issue 11 items 2 and 6) ----
+
+#[test]
+fn sleeping_guest_is_stopped_at_once_not_after_the_sleep() {
+    // Default 10 ms deadline; the guest sleeps 5 s.
+    let reg = with_hostile("sleep-decide", LimitsConfig::default());
+    reg.topic_plan("bad").unwrap();
+    let started = Instant::now();
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "call held for {took:?}");
+    match &e {
+        PolicyError::Trap { message, .. } => {
+            assert!(message.contains("may not wait"), "{message}")
+        }
+        other => panic!("expected a trap naming the wait, got {other:?}"),
+    }
+    good_still_serves(&reg);
+}
+
+#[test]
+fn sleeping_forever_neither_hangs_nor_exhausts_the_pool() {
+    let reg = with_hostile(
+        "sleep-forever-decide",
+        LimitsConfig {
+            max_instances: 1,
+            ..LimitsConfig::default()
+        },
+    );
+    reg.topic_plan("bad").unwrap();
+    let started = Instant::now();
+    // With one instance, a call that never returned would make every later call wait 30 s.
+    for _ in 0..3 {
+        let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+        assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    good_still_serves(&reg);
+}
+
+#[test]
+fn sleeping_in_init_is_refused_at_once() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(a.path("hostile-misbehave"), "t", "sleep-init", &[])],
+        relaxed_limits(),
+    );
+    let started = Instant::now();
+    let e = format!("{:#}", PolicyRegistry::new(&c).unwrap_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("may not wait"), "{e}");
+}
+
+#[test]
+fn reload_to_a_module_that_sleeps_in_init_is_refused_at_once() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("p.wasm");
+    copy(&a.path("passthrough"), &module);
+    let c = config(
+        vec![binding(module.clone(), "t", "sleep-init", &[])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    copy(&a.path("hostile-misbehave"), &module);
+    let started = Instant::now();
+    let out = reg.reload();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("may not wait")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn sockets_and_other_io_imports_trap_instead_of_reaching_out() {
+    let reg = with_hostile("net", relaxed_limits());
+    let e = reg.topic_plan("bad").unwrap_err();
+    match &e {
+        PolicyError::Trap { message, .. } => {
+            assert!(message.contains("wasi:sockets"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    good_still_serves(&reg);
+}
+
+/// Printing from `init` on an async runtime's worker thread crashed start-up ("Cannot start a
+/// runtime from within a runtime"); now output goes to the policy log wherever `new` runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printing_in_init_goes_to_the_policy_log_even_on_a_runtime_thread() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(
+            a.path("hostile-misbehave"),
+            "bad",
+            "print-init",
+            &["kek-ok"],
+        )],
+        relaxed_limits(),
+    );
+    // Deliberately on the runtime's worker thread, as the proxy's start-up was.
+    let reg = PolicyRegistry::new(&c).unwrap();
+    let d = reg.decide_async("bad", 0, &records(2)).await.unwrap();
+    assert_eq!(d, vec![whole("kek-ok"), whole("kek-ok")]);
+    // Reload (also from the runtime thread) initializes a new version that prints too.
+    let s = &reg.status().bindings[0];
+    // init: 2 lines (stdout, stderr); plan: 1; decide: 1.
+    assert!(s.log_emitted >= 4, "{s:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn printing_in_init_works_on_a_current_thread_runtime_too() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(
+            a.path("hostile-misbehave"),
+            "bad",
+            "print-init",
+            &["kek-ok"],
+        )],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert!(reg.status().bindings[0].log_emitted >= 2);
+}
+
+#[test]
+fn a_panic_message_in_init_is_logged_and_the_module_refused() {
+    let a = artifacts();
+    let c = config(
+        vec![binding(a.path("hostile-misbehave"), "t", "trap-init", &[])],
+        relaxed_limits(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let e = format!("{:#}", PolicyRegistry::new(&c).unwrap_err());
+    assert!(e.contains("trapped"), "{e}");
+}
+
+#[test]
+fn answers_over_the_lift_budget_are_refused_as_malformed() {
+    let limits = LimitsConfig {
+        answer_max_kib: 1024,
+        ..relaxed_limits()
+    };
+    // plan: one 8 MiB reject message.
+    let reg = with_hostile("big-plan", limits.clone());
+    let e = reg.topic_plan("bad").unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("answer_max_kib")),
+        "{e:?}"
+    );
+    good_still_serves(&reg);
+    // decide: 1 MiB per record, three records.
+    let reg = with_hostile("big-answer", limits);
+    let e = reg.decide("bad", 0, &records(3)).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("answer_max_kib")),
+        "{e:?}"
+    );
+    // Within the budget the same policy is served.
+    let reg = with_hostile("big-answer", relaxed_limits());
+    let d = reg.decide("bad", 0, &records(2)).unwrap();
+    assert!(matches!(&d[0], RecordDecision::Reject(m) if m.len() <= 1100));
+}
+
+#[test]
+fn a_handled_refused_allocation_does_not_turn_a_later_trap_into_memory_exhaustion() {
+    let reg = with_hostile("grow-then-trap", relaxed_limits());
+    // First call: the guest's allocation is refused, it copes and answers.
+    assert_eq!(
+        reg.decide("bad", 0, &records(1)).unwrap(),
+        vec![whole("kek-ok")]
+    );
+    // Second call on the same instance: a plain panic.
+    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
+}
+
+#[test]
+fn stack_kib_that_the_engine_cannot_honour_is_refused_by_validation() {
+    for (kib, ok) in [
+        (64, true),
+        (1024, true),
+        (1025, false),
+        (2040, false),
+        (2048, false),
+    ] {
+        let c = PolicyConfig {
+            limits: LimitsConfig {
+                stack_kib: kib,
+                ..LimitsConfig::default()
+            },
+            ..PolicyConfig::default()
+        };
+        let mut problems = Vec::new();
+        c.validate("policy", &mut problems);
+        assert_eq!(problems.is_empty(), ok, "{kib}: {problems:?}");
+    }
+}
+
+#[test]
+fn deep_recursion_at_the_largest_stack_traps_on_a_2_mib_thread() {
+    // Guest calls run on Tokio blocking threads (2 MiB stacks); the largest accepted Wasm stack
+    // must trap there, not overflow the host thread (which aborts the process).
+    let limits = LimitsConfig {
+        stack_kib: config::MAX_STACK_KIB,
+        ..relaxed_limits()
+    };
+    let reg = with_hostile("stack-overflow", limits);
+    let e = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || reg.decide("bad", 0, &records(1)))
+        .unwrap()
+        .join()
+        .expect("the host thread survives")
+        .unwrap_err();
+    assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
+}
+
+#[test]
+fn call_budget_grows_with_the_batch_and_still_stops_a_loop() {
+    let limits = LimitsConfig {
+        call_timeout_ms: 10,
+        call_timeout_per_record_us: 1000,
+        call_timeout_max_ms: 5000,
+        ..LimitsConfig::default()
+    };
+    let l = wasm::Limits::from(&limits);
+    assert_eq!(l.decide_budget(0), Duration::from_millis(10));
+    assert_eq!(l.decide_budget(200), Duration::from_millis(210));
+    assert_eq!(l.decide_budget(1_000_000), Duration::from_millis(5000));
+    let reg = with_hostile("loop-decide", limits);
+    reg.topic_plan("bad").unwrap();
+    let started = Instant::now();
+    let e = reg.decide("bad", 0, &records(200)).unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            e,
+            PolicyError::Deadline {
+                timeout_ms: 210,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+/// Plants `from`'s cache entry (or bytes) under the entry name of `victim` in `dir`.
+fn plant(dir: &Path, victim_hash: &str, bytes: &[u8]) -> PathBuf {
+    let name = cache_entries(dir)
+        .into_iter()
+        .find(|n| n.starts_with(victim_hash))
+        .expect("victim entry exists");
+    let path = dir.join(name);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn tampered_or_foreign_cache_entries_are_recompiled_never_loaded() {
+    let a = artifacts();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let pass_bytes = std::fs::read(a.path("passthrough")).unwrap();
+    let enc_bytes = std::fs::read(a.path("encrypt-all")).unwrap();
+    let rt = WasmRuntime::new(&dir, wasm::Limits::default()).unwrap();
+    let (_, pass_hash, o) = rt.compile_traced(&pass_bytes).unwrap();
+    assert_eq!(o, wasm::CacheOutcome::Compiled);
+    let (_, enc_hash, _) = rt.compile_traced(&enc_bytes).unwrap();
+    assert_eq!(
+        rt.compile_traced(&enc_bytes).unwrap().2,
+        wasm::CacheOutcome::Hit
+    );
+
+    // 1. An authentic entry of another module renamed to encrypt-all's name: its tag binds the
+    //    name, so it is refused, and encrypt-all is compiled from its own bytes.
+    let pass_entry = dir.join(
+        cache_entries(&dir)
+            .into_iter()
+            .find(|n| n.starts_with(&pass_hash))
+            .unwrap(),
+    );
+    let foreign = std::fs::read(&pass_entry).unwrap();
+    let victim = plant(&dir, &enc_hash, &foreign);
+    let (_, _, o) = rt.compile_traced(&enc_bytes).unwrap();
+    assert!(
+        matches!(&o, wasm::CacheOutcome::Refused(r) if r.contains("does not verify")),
+        "{o:?}"
+    );
+    assert_ne!(std::fs::read(&victim).unwrap(), foreign, "entry rewritten");
+
+    // 2. A flipped byte in the artifact.
+    let mut tampered = std::fs::read(&victim).unwrap();
+    let last = tampered.len() - 100;
+    tampered[last] ^= 0xff;
+    plant(&dir, &enc_hash, &tampered);
+    let (_, _, o) = rt.compile_traced(&enc_bytes).unwrap();
+    assert!(matches!(o, wasm::CacheOutcome::Refused(_)), "{o:?}");
+
+    // 3. A raw wasmtime artifact (what the old cache wrote, or an attacker's native code).
+    let raw = wasmtime::component::Component::new(rt.engine(), &pass_bytes)
+        .unwrap()
+        .serialize()
+        .unwrap();
+    plant(&dir, &enc_hash, &raw);
+    let (_, _, o) = rt.compile_traced(&enc_bytes).unwrap();
+    assert!(
+        matches!(&o, wasm::CacheOutcome::Refused(r) if r.contains("bad header")),
+        "{o:?}"
+    );
+
+    // 4. An entry written by another install (different secret).
+    let other_dir = tmp.path().join("other");
+    let other = WasmRuntime::new(&other_dir, wasm::Limits::default()).unwrap();
+    other.compile_traced(&pass_bytes).unwrap();
+    let other_entry = std::fs::read(other_dir.join(&cache_entries(&other_dir)[0])).unwrap();
+    plant(&dir, &pass_hash, &other_entry);
+    let (_, _, o) = rt.compile_traced(&pass_bytes).unwrap();
+    assert!(matches!(o, wasm::CacheOutcome::Refused(_)), "{o:?}");
+
+    // 5. A symlink under an entry's name is removed, not followed.
+    let target = tmp.path().join("elsewhere.cwasm");
+    std::fs::write(&target, &foreign).unwrap();
+    let name = cache_entries(&dir)
+        .into_iter()
+        .find(|n| n.starts_with(&enc_hash))
+        .unwrap();
+    std::fs::remove_file(dir.join(&name)).unwrap();
+    std::os::unix::fs::symlink(&target, dir.join(&name)).unwrap();
+    let (_, _, o) = rt.compile_traced(&enc_bytes).unwrap();
+    assert!(matches!(o, wasm::CacheOutcome::Refused(_)), "{o:?}");
+    assert!(!std::fs::symlink_metadata(dir.join(&name))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        foreign,
+        "symlink target untouched"
+    );
+
+    // End to end: a registry over the poisoned directory serves encrypt-all's own plan.
+    plant(&dir, &enc_hash, &foreign);
+    let c = PolicyConfig {
+        module_cache_dir: Some(dir.clone()),
+        ..config(
+            vec![binding(a.path("encrypt-all"), "t", "", &["*"])],
+            relaxed_limits(),
+        )
+    };
+    let reg = PolicyRegistry::new(&c).unwrap();
+    assert!(
+        matches!(reg.topic_plan("t").unwrap(), TopicPlan::EncryptAll(_)),
+        "the planted passthrough code must not run"
+    );
+}
+
+#[test]
+fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
+    let a = artifacts();
+    // An empty cache: the module really compiles, which takes far longer than the first call.
+    let tmp = tempfile::tempdir().unwrap();
+    let c = PolicyConfig {
+        module_cache_dir: Some(tmp.path().join("cache")),
+        ..config(
+            vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
+            relaxed_limits(),
+        )
+    };
+    let started = Instant::now();
+    let reg = PolicyRegistry::start(&c).unwrap();
+    let returned_after = started.elapsed();
+    let recs = vec![record("v", &[("tenant", "acme")])];
+    let e = reg.decide("events", 0, &recs).unwrap_err();
+    assert!(matches!(e, PolicyError::Loading { .. }), "{e:?}");
+    assert!(e.is_retriable());
+    assert_eq!(e.kafka_error(), kafka_protocol::error::ResponseError::RequestTimedOut);
+    assert!(matches!(
+        reg.topic_plan("events"),
+        Err(PolicyError::Loading { .. })
+    ));
+    assert_eq!(reg.cached_topic_plan("events"), None);
+    assert_eq!(reg.status().bindings[0].state, "loading");
+    assert!(reg.wait_ready(Some(Duration::from_secs(120))));
+    assert!(
+        returned_after * 2 < started.elapsed(),
+        "start returned after {returned_after:?}, ready after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        reg.decide("events", 0, &recs).unwrap(),
+        vec![whole("tenant-acme")]
+    );
+    assert_eq!(reg.status().bindings[0].state, "ready");
+}
+
+#[test]
+fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("p.wasm");
+    copy(&a.path("hostile-misbehave"), &module);
+    let c = config(
+        vec![binding(module.clone(), "t", "trap-init", &[])],
+        relaxed_limits(),
+    );
+    let reg = PolicyRegistry::start(&c).unwrap();
+    assert!(reg.wait_ready(Some(Duration::from_secs(120))));
+    let e = reg.topic_plan("t").unwrap_err();
+    assert!(matches!(e, PolicyError::Unavailable { .. }), "{e:?}");
+    assert!(!e.is_retriable());
+    assert_eq!(reg.status().bindings[0].state, "failed");
+    assert_eq!(reg.load_failures().len(), 1);
+    // A valid module put in place is loaded by a reload and serves.
+    copy(&a.path("passthrough"), &module);
+    assert!(matches!(reg.reload()[0].1, ReloadOutcome::Reloaded { .. }));
+    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg.status().bindings[0].state, "ready");
 }

@@ -1,104 +1,337 @@
 //! On-disk cache of compiled policy components, keyed by the module's content hash.
 //!
-//! Entries are written only by this process (`<sha256>-<engine>.cwasm`, mode 0600, in a directory
-//! created with mode 0700) from components it compiled itself. The engine part of the name is a
-//! hash of wasmtime's compatibility fingerprint (version, target, settings), so an upgraded or
-//! reconfigured Kapsule never picks up a stale artifact; wasmtime checks the fingerprint again on
-//! load. The cache directory must not be writable by anyone else: its files are loaded as native
-//! code.
+//! A cache entry is native code, so nothing found in the cache directory is trusted:
+//! - The directory must be owned by the user running Kapsule and not writable by group or
+//!   others (the default, under the user's cache directory, is created with mode 0700); any
+//!   other directory is refused at start-up with an error saying how to fix it.
+//! - Every entry is authenticated: `MAGIC`, then HMAC-SHA256 over the entry's name and
+//!   artifact under a per-install secret (`cache.key`, 32 random bytes, mode 0600, in the same
+//!   directory), then the artifact. An entry whose tag does not verify (tampered, written by
+//!   another install, truncated) is deleted and the module recompiled; it is never
+//!   deserialized.
+//! - Files are opened with `O_NOFOLLOW`: a symlink planted under an entry's name is removed,
+//!   not followed.
+//!
+//! Entry names are `<sha256>-<engine>.cwasm`; the engine part hashes wasmtime's compatibility
+//! fingerprint (version, target, settings) and Kapsule's version, so an upgraded or reconfigured
+//! Kapsule never picks up a stale artifact; wasmtime checks the fingerprint again on load.
 
+use std::fs::{File, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
+use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-/// Creates the cache directory (mode 0700 on Unix) if needed.
-pub(super) fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
+/// First bytes of every entry (format version 1).
+const MAGIC: &[u8; 16] = b"KAPSULE-CWASM-1\n";
+/// Length of the HMAC-SHA256 tag after the magic.
+const TAG_LEN: usize = 32;
+/// Name of the per-install secret in the cache directory.
+const KEY_FILE: &str = "cache.key";
+/// Largest entry read back (compiled modules are a few times their 1 GiB-capped source at most).
+const MAX_ENTRY_BYTES: u64 = 4 << 30;
+
+/// What [`CompileCache::compile`] did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CacheOutcome {
+    /// A verified entry was loaded.
+    Hit,
+    /// No entry existed; the module was compiled (and cached when possible).
+    Compiled,
+    /// An entry existed but was refused (named reason) and the module was recompiled.
+    Refused(String),
+}
+
+/// The compile cache of one runtime: a checked directory and its secret.
+pub(super) struct CompileCache {
+    dir: PathBuf,
+    key: [u8; 32],
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/kapsule/policy-modules`, else
+/// `$HOME/.cache/kapsule/policy-modules`, else `kapsule-policy-cache-<uid>` under the system
+/// temporary directory.
+pub fn default_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        });
+    match base {
+        Some(b) if b.is_absolute() => b.join("kapsule").join("policy-modules"),
+        _ => std::env::temp_dir().join(format!("kapsule-policy-cache-{}", current_uid())),
     }
-    b.create(dir)
-        .with_context(|| format!("creating policy module cache directory {}", dir.display()))
 }
 
-fn entry_path(engine: &Engine, dir: &Path, hash: &str) -> PathBuf {
-    let mut h = DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut h);
-    env!("CARGO_PKG_VERSION").hash(&mut h);
-    dir.join(format!("{hash}-{:016x}.cwasm", h.finish()))
+/// The effective uid of this process (owner of `/proc/self`).
+fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
-/// Loads the cached artifact for `hash`, or compiles `bytes` and caches the result. A cache
-/// entry that fails to load is deleted and recompiled. Failure to write the cache is logged and
-/// otherwise ignored (the module still loads).
-pub(super) fn compile_cached(
-    engine: &Engine,
-    dir: &Path,
-    hash: &str,
-    bytes: &[u8],
-) -> anyhow::Result<Component> {
-    let path = entry_path(engine, dir, hash);
-    if path.is_file() {
-        match load_entry(engine, &path) {
-            Ok(c) => {
+impl CompileCache {
+    /// Creates `dir` (mode 0700) if missing, checks that it is a real directory owned by this
+    /// user and not writable by group or others, and loads or creates the secret.
+    pub(super) fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating policy module cache directory {}", dir.display()))?;
+        check_private_dir(dir)?;
+        let key = load_or_create_key(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            key,
+        })
+    }
+
+    fn entry_path(&self, engine: &Engine, hash: &str) -> PathBuf {
+        let mut h = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        self.dir.join(format!("{hash}-{:016x}.cwasm", h.finish()))
+    }
+
+    fn tag(&self, name: &str, artifact: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.key, &[name.as_bytes(), &[0], artifact])
+    }
+
+    /// Loads the verified cached artifact for `hash`, or compiles `bytes` and caches the
+    /// result. Failure to write the cache is logged and otherwise ignored.
+    pub(super) fn compile(
+        &self,
+        engine: &Engine,
+        hash: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CacheOutcome)> {
+        let path = self.entry_path(engine, hash);
+        let mut outcome = CacheOutcome::Compiled;
+        match self.load_entry(engine, &path) {
+            Ok(Some(c)) => {
                 tracing::debug!(entry = %path.display(), "policy module loaded from compile cache");
-                return Ok(c);
+                return Ok((c, CacheOutcome::Hit));
             }
+            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(entry = %path.display(), error = %e, "discarding unusable compile cache entry");
+                let reason = format!("{e:#}");
+                tracing::warn!(entry = %path.display(), error = %reason, "refusing compile cache entry; recompiling");
                 let _ = std::fs::remove_file(&path);
+                outcome = CacheOutcome::Refused(reason);
             }
         }
-    }
-    let component = Component::new(engine, bytes)
-        .map_err(|e| anyhow!("{e:#}"))
-        .context("not a valid WebAssembly component (build with --target wasm32-wasip2)")?;
-    match component.serialize() {
-        Ok(art) => {
-            if let Err(e) = write_entry(dir, &path, &art) {
-                tracing::warn!(entry = %path.display(), error = %format!("{e:#}"), "cannot write compile cache entry");
+        let component = Component::new(engine, bytes)
+            .map_err(|e| anyhow!("{e:#}"))
+            .context("not a valid WebAssembly component (build with --target wasm32-wasip2)")?;
+        match component.serialize() {
+            Ok(art) => {
+                if let Err(e) = self.write_entry(&path, &art) {
+                    tracing::warn!(entry = %path.display(), error = %format!("{e:#}"), "cannot write compile cache entry");
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot serialize compiled policy module"),
         }
-        Err(e) => tracing::warn!(error = %e, "cannot serialize compiled policy module"),
+        Ok((component, outcome))
     }
-    Ok(component)
+
+    /// `Ok(None)` when there is no entry; an error when there is one that must not be used.
+    #[allow(unsafe_code)]
+    fn load_entry(&self, engine: &Engine, path: &Path) -> anyhow::Result<Option<Component>> {
+        let mut f = match open_nofollow(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("opening (symlinks are not followed)"),
+        };
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            anyhow::bail!("not a regular file");
+        }
+        if meta.len() > MAX_ENTRY_BYTES {
+            anyhow::bail!("{} bytes, larger than any compiled module", meta.len());
+        }
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut data)?;
+        let body = data
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| anyhow!("not a Kapsule cache entry (bad header)"))?;
+        if body.len() < TAG_LEN {
+            anyhow::bail!("truncated entry");
+        }
+        let (tag, artifact) = body.split_at(TAG_LEN);
+        let name = file_name(path);
+        if !constant_time_eq(tag, &self.tag(&name, artifact)) {
+            anyhow::bail!(
+                "authentication tag does not verify (tampered, truncated or written by another \
+                 install)"
+            );
+        }
+        // SAFETY: `Component::deserialize` trusts its input to be an artifact produced by
+        // `Component::serialize` with a compatible engine. The HMAC above proves this entry was
+        // written by `write_entry` of an install holding this directory's secret, from a
+        // component it compiled itself; wasmtime still checks the header and engine fingerprint.
+        let c =
+            unsafe { Component::deserialize(engine, artifact) }.map_err(|e| anyhow!("{e:#}"))?;
+        Ok(Some(c))
+    }
+
+    fn write_entry(&self, path: &Path, art: &[u8]) -> anyhow::Result<()> {
+        let (tmp, mut f) = tempfile_in(&self.dir)?;
+        let result = (|| -> anyhow::Result<()> {
+            f.write_all(MAGIC)?;
+            f.write_all(&self.tag(&file_name(path), art))?;
+            f.write_all(art)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
 }
 
-#[allow(unsafe_code)]
-fn load_entry(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
-    // SAFETY: `deserialize_file` trusts the file to be an artifact produced by
-    // `Component::serialize` with a compatible engine. Entries are written only by
-    // `write_entry` below, from components this process compiled, into a directory created with
-    // mode 0700 (see the module docs for the operator's part of this contract); wasmtime still
-    // verifies the header and engine compatibility fingerprint before use.
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| anyhow!("{e:#}"))
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
-fn write_entry(dir: &Path, path: &Path, art: &[u8]) -> anyhow::Result<()> {
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(art)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
-        .with_context(|| format!("renaming {} to {}", tmp.0.display(), path.display()))?;
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)
+}
+
+/// `O_NOFOLLOW` on Linux (all architectures Kapsule builds for use the generic value).
+const O_NOFOLLOW: i32 = 0o400000;
+
+/// Refuses a directory that is a symlink, not owned by this user, or writable by group/others.
+fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("inspecting policy module cache directory {}", dir.display()))?;
+    let fix = "set policy.module_cache_dir to a directory only Kapsule's user can write \
+               (mkdir -m 700)";
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        anyhow::bail!(
+            "policy module cache directory {} is not a directory (symlinks are refused); {fix}",
+            dir.display()
+        );
+    }
+    let uid = current_uid();
+    if meta.uid() != uid {
+        anyhow::bail!(
+            "policy module cache directory {} is owned by uid {}, not by Kapsule's uid {uid}; \
+             its files would be loaded as native code; {fix}",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "policy module cache directory {} is writable by other users (mode {mode:03o}); \
+             its files would be loaded as native code; {fix}",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
-/// Creates a uniquely named file (mode 0600) in `dir`.
-fn tempfile_in(dir: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+/// Reads the 32-byte secret (mode 0600, owned by this user), creating it if missing. An
+/// unusable secret is replaced, which only invalidates existing entries.
+fn load_or_create_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join(KEY_FILE);
+    match read_key(&path) {
+        Ok(Some(k)) => return Ok(k),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %format!("{e:#}"), "replacing unusable compile cache secret; cached modules will be recompiled");
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing unusable {}", path.display()))?;
+        }
     }
+    let key: [u8; 32] = rand::random();
+    let (tmp, mut f) = tempfile_in(dir)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    // A hard link fails if another process created the secret first; then use theirs.
+    match std::fs::hard_link(&tmp, &path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&tmp);
+            read_key(&path)?.ok_or_else(|| anyhow!("{} vanished", path.display()))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e).with_context(|| format!("creating {}", path.display()))
+        }
+    }
+}
+
+fn read_key(path: &Path) -> anyhow::Result<Option<[u8; 32]>> {
+    let mut f = match open_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("opening (symlinks are not followed)"),
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.uid() != current_uid() || meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!("not a regular file of this user with mode 0600");
+    }
+    let mut key = [0u8; 32];
+    let mut rest = Vec::new();
+    f.read_exact(&mut key).context("shorter than 32 bytes")?;
+    f.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        anyhow::bail!("longer than 32 bytes");
+    }
+    Ok(Some(key))
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under a 32-byte key.
+fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let mut inner = Sha256::new();
+    inner.update(ipad);
+    for p in parts {
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(opad);
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Creates a uniquely named file (mode 0600, `O_EXCL`) in `dir`.
+fn tempfile_in(dir: &Path) -> anyhow::Result<(PathBuf, File)> {
+    let mut opts = OpenOptions::new();
+    opts.write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(O_NOFOLLOW);
     for _ in 0..16 {
         let name = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         match opts.open(&name) {
@@ -108,4 +341,59 @@ fn tempfile_in(dir: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
         }
     }
     anyhow::bail!("cannot create a temporary file in {}", dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_an_independent_implementation() {
+        // python3: hmac.new(b"\x0b" * 32, b"Hi There", hashlib.sha256).hexdigest()
+        let tag = hmac_sha256(&[0x0b; 32], &[b"Hi ", b"There"]);
+        assert_eq!(
+            hex::encode(tag),
+            "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7"
+        );
+    }
+
+    #[test]
+    fn refuses_directories_writable_by_others_and_symlinks() {
+        let base = tempfile::tempdir().unwrap();
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = CompileCache::open(&open)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("writable by other users"), "{e}");
+        let link = base.path().join("link");
+        let private = base.path().join("private");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        std::fs::create_dir(&private).unwrap();
+        let e = CompileCache::open(&link)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        let c = CompileCache::open(&private).unwrap();
+        let mode = std::fs::metadata(private.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The same secret is read back by the next start.
+        assert_eq!(CompileCache::open(&private).unwrap().key, c.key);
+    }
+
+    #[test]
+    fn default_dir_is_per_user() {
+        let d = default_dir();
+        assert!(
+            !d.starts_with(std::env::temp_dir().join("kapsule-policy-cache")) || {
+                d.to_string_lossy().contains(&current_uid().to_string())
+            }
+        );
+    }
 }

@@ -23,27 +23,24 @@ pub(crate) struct HostState {
 impl HostState {
     pub(crate) fn new(max_memory_bytes: usize, log: Arc<LogSink>) -> Self {
         Self {
-            wasi: deny_all_wasi(),
+            wasi: deny_all_wasi(&log),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                max_memory_bytes,
-                hit: false,
-            },
+            limiter: MemoryLimiter::new(max_memory_bytes),
             log,
         }
     }
 }
 
 /// A WASI context that grants nothing: no preopened directories, no environment variables, no
-/// arguments, no network, closed stdin, discarded stdout/stderr, and clocks frozen at zero.
+/// arguments, no network, empty stdin, stdout/stderr to the policy log, and clocks frozen at
+/// zero. Which interfaces are linked at all is decided in [`super::wasi`].
 ///
-/// Rust's `wasm32-wasip2` standard library imports WASI interfaces even when a policy never uses
-/// them; linking them against this context lets such components instantiate while every attempt to
-/// reach the outside world fails (files: "no such file", env: empty, sockets: denied).
 /// Randomness stays available (Rust's `HashMap` seeds itself from it); it reveals nothing.
-fn deny_all_wasi() -> WasiCtx {
+fn deny_all_wasi(log: &Arc<LogSink>) -> WasiCtx {
     let mut b = WasiCtx::builder();
-    b.allow_tcp(false)
+    b.stdout(super::wasi::GuestOutput::stdout(log.clone()))
+        .stderr(super::wasi::GuestOutput::stderr(log.clone()))
+        .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .wall_clock(FrozenClock)
@@ -81,35 +78,71 @@ impl WasiView for HostState {
     }
 }
 
-/// Caps linear memory per instance and remembers whether the cap was hit, so a trap that follows
-/// a refused `memory.grow` is reported as memory exhaustion rather than a generic trap.
+/// Bytes a table element is charged against the memory cap (a function reference on the host).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Caps the memory of one instance: all its linear memories and tables together (a component
+/// instantiates several core modules, each with its own memory and tables). Remembers whether
+/// the cap refused a growth during the current call, so a trap that follows is reported as
+/// memory exhaustion rather than a generic trap; [`MemoryLimiter::start_call`] resets that.
 pub(crate) struct MemoryLimiter {
-    max_memory_bytes: usize,
+    max_bytes: usize,
+    /// Bytes currently granted to all memories and tables of the instance.
+    used: usize,
     pub(crate) hit: bool,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            used: 0,
+            hit: false,
+        }
+    }
+
+    /// Forgets a refusal of an earlier call (the guest handled it and the call succeeded).
+    pub(crate) fn start_call(&mut self) {
+        self.hit = false;
+    }
+
+    /// Bytes currently granted to the instance's memories and tables.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
+            self.hit = true;
+            return false;
+        }
+        self.used = total;
+        true
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory_bytes {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; 1M entries is far beyond any sane policy.
-        Ok(desired <= 1 << 20)
+        Ok(self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
     }
 
     fn instances(&self) -> usize {
@@ -246,6 +279,24 @@ mod tests {
         assert_eq!(sanitize("a\nb", 10), "a\\nb");
         let s = sanitize("ééé", 3);
         assert!(s.starts_with('é') && s.contains("4 bytes truncated"), "{s}");
+    }
+
+    #[test]
+    fn memory_limiter_caps_all_memories_and_tables_together() {
+        let mut l = MemoryLimiter::new(10 << 20);
+        // Two memories of 4 MiB each fit; a third does not, although each alone would.
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(!l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(l.hit);
+        // Growing one memory counts only the difference.
+        assert!(l.memory_growing(4 << 20, 5 << 20, None).unwrap());
+        assert_eq!(l.used(), 9 << 20);
+        // Tables count against the same budget.
+        assert!(!l.table_growing(0, 1 << 20, None).unwrap());
+        assert!(l.table_growing(0, 1024, None).unwrap());
+        l.start_call();
+        assert!(!l.hit);
     }
 
     #[test]

@@ -15,7 +15,12 @@
 //! [`crate::policy::PolicyRegistry::decide_async`]).
 
 mod cache;
+pub use cache::default_dir as default_cache_dir;
+#[cfg(test)]
+pub(crate) use cache::CacheOutcome;
 pub(crate) mod host;
+mod lift;
+mod wasi;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Context as _};
 use parking_lot::{Condvar, Mutex};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Func, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
 use self::host::{HostState, LogSink};
@@ -53,8 +58,14 @@ const TICK: Duration = Duration::from_millis(1);
 pub struct Limits {
     /// Linear memory cap per instance, bytes.
     pub memory_bytes: usize,
-    /// Deadline of one `plan`/`decide` call.
+    /// Deadline of one `plan` call, and the base deadline of a `decide` call.
     pub call_timeout: Duration,
+    /// Extra deadline of a `decide` call per record of the batch.
+    pub call_per_record: Duration,
+    /// Largest deadline of one call, whatever the batch size.
+    pub call_max: Duration,
+    /// Most host bytes one guest answer may lift.
+    pub answer_max_bytes: usize,
     /// Deadline of instantiation plus `init`.
     pub init_timeout: Duration,
     /// Wasm stack limit, bytes.
@@ -74,6 +85,9 @@ impl From<&LimitsConfig> for Limits {
         Self {
             memory_bytes: usize::try_from(c.memory_mib << 20).unwrap_or(usize::MAX),
             call_timeout: Duration::from_millis(c.call_timeout_ms),
+            call_per_record: Duration::from_micros(c.call_timeout_per_record_us),
+            call_max: Duration::from_millis(c.call_timeout_max_ms.max(c.call_timeout_ms)),
+            answer_max_bytes: usize::try_from(c.answer_max_kib << 10).unwrap_or(usize::MAX),
             init_timeout: Duration::from_millis(c.init_timeout_ms),
             stack_bytes: usize::try_from(c.stack_kib << 10).unwrap_or(usize::MAX),
             max_instances: c.max_instances,
@@ -81,6 +95,17 @@ impl From<&LimitsConfig> for Limits {
             log_max_bytes: c.log_message_max_bytes,
             module_max_bytes: c.module_max_mib << 20,
         }
+    }
+}
+
+impl Limits {
+    /// The deadline of a `decide` call over `records` records: the base deadline plus the
+    /// per-record allowance, capped at `call_max`. An infinite loop is stopped within it.
+    pub fn decide_budget(&self, records: usize) -> Duration {
+        let per = self
+            .call_per_record
+            .saturating_mul(u32::try_from(records).unwrap_or(u32::MAX));
+        self.call_timeout.saturating_add(per).min(self.call_max)
     }
 }
 
@@ -95,6 +120,7 @@ pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: PathBuf,
+    cache: cache::CompileCache,
     limits: Limits,
     ticker: Option<Ticker>,
 }
@@ -150,7 +176,7 @@ impl std::fmt::Debug for WasmRuntime {
 
 impl WasmRuntime {
     /// Creates the engine, the linker and the epoch ticker thread; `cache_dir` is created (mode
-    /// 0700) if missing.
+    /// 0700) if missing and refused if another user could write it (see [`cache`]).
     pub fn new(cache_dir: &Path, limits: Limits) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config
@@ -162,13 +188,13 @@ impl WasmRuntime {
             .map_err(|e| anyhow!("{e:#}"))
             .context("creating the Wasm engine")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasi::add_to_linker(&mut linker)
             .map_err(|e| anyhow!("{e:#}"))
-            .context("linking the (empty) WASI context")?;
+            .context("linking the (deny-all) WASI interfaces")?;
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the policy imports")?;
-        cache::ensure_dir(cache_dir)?;
+        let cache = cache::CompileCache::open(cache_dir)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
@@ -196,6 +222,7 @@ impl WasmRuntime {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
+            cache,
             limits,
             ticker: Some(Ticker {
                 stop,
@@ -215,12 +242,27 @@ impl WasmRuntime {
         &self.limits
     }
 
-    /// Compiles `bytes` into a component, reusing the artifact cached on disk under the bytes'
-    /// SHA-256 when this engine produced it earlier. Returns the component and the hex hash.
+    /// Compiles `bytes` into a component, reusing the authenticated artifact cached on disk
+    /// under the bytes' SHA-256 when this engine produced it earlier. Returns the component and
+    /// the hex hash.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, String)> {
+        self.compile_traced(bytes).map(|(c, h, _)| (c, h))
+    }
+
+    /// The engine (tests build raw artifacts with it).
+    #[cfg(test)]
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// As [`WasmRuntime::compile`], also saying whether the cache was used.
+    pub(crate) fn compile_traced(
+        &self,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, String, cache::CacheOutcome)> {
         let hash = hex::encode(Sha256::digest(bytes));
-        let component = cache::compile_cached(&self.engine, &self.cache_dir, &hash, bytes)?;
-        Ok((component, hash))
+        let (component, outcome) = self.cache.compile(&self.engine, &hash, bytes)?;
+        Ok((component, hash, outcome))
     }
 
     /// Reads, compiles, links, instantiates and initializes a module; the result serves calls.
@@ -258,8 +300,10 @@ impl WasmRuntime {
         let (component, hash) = self
             .compile(bytes)
             .with_context(|| format!("compiling policy module {}", path.display()))?;
-        let pre = self
-            .linker
+        let linker = wasi::with_denying_stubs(&self.linker, &self.engine, &component)
+            .map_err(|e| anyhow!("{e:#}"))
+            .with_context(|| format!("linking policy module {}", path.display()))?;
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow!("{e:#}"))
             .with_context(|| {
@@ -310,10 +354,45 @@ impl WasmRuntime {
     }
 }
 
-/// One initialized policy instance with its own store.
+/// Stack of a loader thread: compilation and `init` (which runs under `limits.stack_kib` of Wasm
+/// stack, at most 1 MiB) with room to spare.
+const LOADER_STACK: usize = 8 << 20;
+
+/// Runs `f` (compiling, instantiating, initializing modules) on a new thread of `scope`: outside
+/// any async runtime, whatever thread the caller is on, so guest output and WASI calls never try
+/// to block on a runtime worker ("Cannot start a runtime from within a runtime").
+pub(crate) fn spawn_loader<'scope, 'env, R: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    f: impl FnOnce() -> anyhow::Result<R> + Send + 'scope,
+) -> std::io::Result<std::thread::ScopedJoinHandle<'scope, anyhow::Result<R>>> {
+    std::thread::Builder::new()
+        .name("kapsule-policy-load".into())
+        .stack_size(LOADER_STACK)
+        .spawn_scoped(scope, f)
+}
+
+/// Waits for a loader started by [`spawn_loader`]; a thread that could not start or panicked
+/// is an error.
+pub(crate) fn join_loader<R>(
+    h: std::io::Result<std::thread::ScopedJoinHandle<'_, anyhow::Result<R>>>,
+) -> anyhow::Result<R> {
+    h.context("starting a policy loader thread")?
+        .join()
+        .unwrap_or_else(|_| Err(anyhow!("the policy loader thread panicked")))
+}
+
+/// One initialized policy instance with its own store. `plan` and `decide` are called through
+/// typed views whose answers are lifted lazily (see [`lift`]).
 struct Instance {
     store: Store<HostState>,
-    policy: bindings::Policy,
+    exports: Exports,
+}
+
+/// The guest functions Kapsule calls after `init`.
+#[derive(Clone, Copy)]
+struct Exports {
+    plan: Func,
+    decide: Func,
 }
 
 struct PoolState {
@@ -357,6 +436,7 @@ pub(crate) enum CallError {
     Deadline(Duration),
     Memory(usize),
     Trap(String),
+    Malformed(String),
     Unavailable(String),
 }
 
@@ -373,6 +453,7 @@ impl CallError {
                 limit_mib: (b >> 20) as u64,
             },
             CallError::Trap(message) => PolicyError::Trap { binding, message },
+            CallError::Malformed(reason) => PolicyError::Malformed { binding, reason },
             CallError::Unavailable(reason) => PolicyError::Unavailable { binding, reason },
         }
     }
@@ -384,6 +465,7 @@ impl std::fmt::Display for CallError {
             CallError::Deadline(t) => write!(f, "exceeded its {} ms deadline", t.as_millis()),
             CallError::Memory(b) => write!(f, "exceeded its {} MiB memory limit", b >> 20),
             CallError::Trap(m) => write!(f, "trapped: {m}"),
+            CallError::Malformed(m) => write!(f, "returned a malformed answer: {m}"),
             CallError::Unavailable(m) => write!(f, "unavailable: {m}"),
         }
     }
@@ -427,12 +509,28 @@ impl LoadedModule {
         let limits = &self.runtime.limits;
         let mut store = self.new_store();
         store.set_epoch_deadline(ticks(limits.init_timeout));
-        let policy = self
+        let init_failed = |store: &Store<HostState>, e| {
+            classify(store, e, limits.init_timeout, limits.memory_bytes)
+        };
+        let instance = self
             .pre
+            .instance_pre()
             .instantiate(&mut store)
-            .map_err(|e| classify(&store, e, limits.init_timeout, limits.memory_bytes))?;
+            .map_err(|e| init_failed(&store, e))?;
+        let policy =
+            bindings::Policy::new(&mut store, &instance).map_err(|e| init_failed(&store, e))?;
+        let export = |store: &mut Store<HostState>, name: &str| {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| CallError::Unavailable(format!("the module exports no `{name}`")))
+        };
+        let plan = export(&mut store, "plan")?;
+        let decide = export(&mut store, "decide")?;
         match policy.call_init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok(Instance { store, policy }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                exports: Exports { plan, decide },
+            }),
             Ok(Err(msg)) => Err(CallError::Unavailable(format!(
                 "init refused its config: {}",
                 truncate(&msg, 1024)
@@ -488,45 +586,67 @@ impl LoadedModule {
         self.pool.cv.notify_one();
     }
 
-    /// Runs `f` on a pooled instance under the call deadline. On failure the instance is
-    /// discarded; the next call builds a fresh one.
+    /// Runs `f` on a pooled instance under the deadline `budget`, lifting at most
+    /// `limits.answer_max_bytes` of answer. On failure the instance is discarded; the next
+    /// call builds a fresh one.
     fn with_instance<R>(
         &self,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::Policy) -> wasmtime::Result<R>,
+        budget: Duration,
+        f: impl FnOnce(&mut Store<HostState>, Exports) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut inst = self.checkout()?;
-        inst.store.set_epoch_deadline(ticks(limits.call_timeout));
-        let result = {
-            let Instance { store, policy } = &mut inst;
-            f(store, policy)
-        };
+        inst.store.set_epoch_deadline(ticks(budget));
+        // A refused growth in an earlier, successful call must not colour this call's trap.
+        inst.store.data_mut().limiter.start_call();
+        let (result, too_large) =
+            lift::with_budget(limits.answer_max_bytes, || f(&mut inst.store, inst.exports));
         match result {
             Ok(r) => {
                 self.checkin(inst, true);
                 Ok(r)
             }
+            Err(_) if too_large => {
+                self.checkin(inst, false);
+                Err(CallError::Malformed(format!(
+                    "the answer needs more than {} KiB of host memory \
+                     (raise policy.limits.answer_max_kib if that is legitimate)",
+                    limits.answer_max_bytes >> 10
+                )))
+            }
             Err(e) => {
-                let err = classify(&inst.store, e, limits.call_timeout, limits.memory_bytes);
+                let err = classify(&inst.store, e, budget, limits.memory_bytes);
                 self.checkin(inst, false);
                 Err(err)
             }
         }
     }
 
-    /// Calls the guest's `plan`.
+    /// Calls the guest's `plan` under the call deadline.
     pub(crate) fn call_plan(&self, topic: &str) -> Result<wit::TopicPlan, CallError> {
-        self.with_instance(|store, p| p.call_plan(store, topic))
+        self.with_instance(self.runtime.limits.call_timeout, |store, ex| {
+            let f = ex.plan.typed::<(&str,), (lift::RawTopicPlan,)>(&*store)?;
+            let (raw,) = f.call(&mut *store, (topic,))?;
+            Ok(raw.into())
+        })
     }
 
-    /// Calls the guest's `decide`.
+    /// Calls the guest's `decide` under the deadline for a batch of this size
+    /// ([`Limits::decide_budget`]).
     pub(crate) fn call_decide(
         &self,
         topic: &str,
         batch: &wit::BatchView,
     ) -> Result<wit::Decisions, CallError> {
-        self.with_instance(|store, p| p.call_decide(store, topic, batch))
+        let budget = self.runtime.limits.decide_budget(batch.records.len());
+        self.with_instance(budget, |store, ex| {
+            let f = ex
+                .decide
+                .typed::<(&str, &wit::BatchView), (lift::RawDecisions,)>(&*store)?;
+            let (raw,) = f.call(&mut *store, (topic, batch))?;
+            Ok(raw.into())
+        })
     }
 }
 

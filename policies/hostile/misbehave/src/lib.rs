@@ -3,12 +3,21 @@
 //!
 //! Config: one of `loop-plan`, `loop-decide`, `oom-decide`, `trap-decide`, `trap-init`,
 //! `init-error`, `log-spam`, `wrong-count`, `bad-pointer`, `bad-key`, `snoop`, `stack-overflow`,
-//! or `ok` (behaves: per-record, encrypts the whole value under `kek-ok`).
+//! `sleep-decide` (sleeps 5 s), `sleep-forever-decide` (sleeps `Duration::MAX`: a huge
+//! `subscribe-duration` then `pollable.block`), `sleep-init`, `print-init` (`println!` and
+//! `eprintln!` in `init`, `plan` and `decide`), `net` (opens a TCP connection), `big-plan` and
+//! `big-answer` (answers of several MiB), `grow-then-trap` (a refused allocation handled in the
+//! first `decide`, a panic in the second), or `ok` (behaves: per-record, encrypts the whole value
+//! under `kek-ok`).
+
+use std::cell::Cell;
+use std::time::Duration;
 
 use kapsule_policy::{export_policy, log, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
 
 struct Misbehave {
     mode: String,
+    calls: Cell<u32>,
 }
 
 fn spin() -> ! {
@@ -32,9 +41,20 @@ impl Policy for Misbehave {
         match config {
             "trap-init" => panic!("hostile policy panics in init"),
             "init-error" => Err("hostile policy refuses its config".into()),
-            _ => Ok(Self {
-                mode: config.to_string(),
-            }),
+            "sleep-init" => {
+                std::thread::sleep(Duration::from_secs(5));
+                Err("slept through init".into())
+            }
+            _ => {
+                if config == "print-init" {
+                    println!("hello from init on stdout");
+                    eprintln!("hello from init on stderr");
+                }
+                Ok(Self {
+                    mode: config.to_string(),
+                    calls: Cell::new(0),
+                })
+            }
         }
     }
 
@@ -42,6 +62,12 @@ impl Policy for Misbehave {
         match self.mode.as_str() {
             "loop-plan" => spin(),
             "snoop" => TopicPlan::RejectAll(snoop()),
+            "net" => TopicPlan::RejectAll(net()),
+            "big-plan" => TopicPlan::RejectAll("p".repeat(8 << 20)),
+            "print-init" => {
+                println!("planning a topic");
+                TopicPlan::PerRecord(Needs::none().with_value())
+            }
             _ => TopicPlan::PerRecord(Needs::none().with_value()),
         }
     }
@@ -50,6 +76,34 @@ impl Policy for Misbehave {
         let ok = || Decision::Encrypt(Encrypt::new("kek-ok").whole_value());
         match self.mode.as_str() {
             "loop-decide" => spin(),
+            "sleep-decide" => {
+                std::thread::sleep(Duration::from_secs(5));
+                records.iter().map(|_| ok()).collect()
+            }
+            "sleep-forever-decide" => {
+                std::thread::sleep(Duration::MAX);
+                records.iter().map(|_| ok()).collect()
+            }
+            "print-init" => {
+                println!("deciding {} records", records.len());
+                records.iter().map(|_| ok()).collect()
+            }
+            "big-answer" => records
+                .iter()
+                .enumerate()
+                .map(|(i, _)| Decision::Reject(format!("{i}{}", "r".repeat(1 << 20))))
+                .collect(),
+            "grow-then-trap" => {
+                let n = self.calls.get();
+                self.calls.set(n + 1);
+                if n > 0 {
+                    panic!("hostile policy panics after a refused allocation");
+                }
+                let mut v: Vec<u8> = Vec::new();
+                // Far over any memory cap: memory.grow is refused and try_reserve reports it.
+                assert!(v.try_reserve(1 << 30).is_err());
+                records.iter().map(|_| ok()).collect()
+            }
             "oom-decide" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -100,11 +154,17 @@ fn snoop() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(u64::MAX);
-    let net = match std::net::TcpStream::connect("127.0.0.1:9") {
+    let mono = std::time::Instant::now();
+    let frozen = mono.elapsed().as_nanos();
+    format!("file={file} dir={cwd_listing} env={env} home={home} time={secs} elapsed={frozen}")
+}
+
+/// Tries to open a TCP connection (the sandbox stops the call).
+fn net() -> String {
+    match std::net::TcpStream::connect("127.0.0.1:9") {
         Ok(_) => "connected".to_string(),
         Err(_) => "denied".to_string(),
-    };
-    format!("file={file} dir={cwd_listing} env={env} home={home} time={secs} net={net}")
+    }
 }
 
 export_policy!(Misbehave);

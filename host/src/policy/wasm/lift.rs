@@ -1,0 +1,262 @@
+//! Bounded lifting of guest answers.
+//!
+//! The generated bindings copy a guest's answer into host memory in full, and a component answer
+//! may name the same guest bytes many times: a list of a million decisions, each pointing at the
+//! same 1 MiB string, would become a terabyte on the host. So `plan` and `decide` answers are
+//! lifted into mirror types whose strings ([`BString`]) and lists ([`BList`]) charge their size
+//! against a per-call byte budget ([`super::Limits::answer_max_bytes`]) *before* wasmtime copies
+//! them; going over the budget stops the lift and fails the call as a malformed answer.
+//!
+//! The wrappers forward to wasmtime's own `String`/`Vec` lifting, through the
+//! `component::__internal` items its derive macros use (stable within the pinned wasmtime).
+
+use std::cell::Cell;
+
+use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
+use wasmtime::component::{ComponentType, Lift};
+
+use super::bindings::kapsule::policy::types as wit;
+
+/// Host bytes charged per list element on top of its strings (the owned enum/struct).
+const ELEMENT_COST: usize = 32;
+/// Tag bit of a string length in the latin1+utf16 encoding.
+const UTF16_TAG: u32 = 1 << 31;
+
+thread_local! {
+    /// Bytes the answer being lifted on this thread may still take; `None` outside a call.
+    static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Whether the budget stopped the last lift on this thread.
+    static EXCEEDED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn charge(bytes: usize) -> wasmtime::Result<()> {
+    BUDGET.with(|b| match b.get() {
+        None => Ok(()),
+        Some(left) if bytes <= left => {
+            b.set(Some(left - bytes));
+            Ok(())
+        }
+        Some(_) => {
+            EXCEEDED.with(|e| e.set(true));
+            Err(wasmtime::Error::msg(
+                "the answer is larger than policy.limits.answer_max_kib",
+            ))
+        }
+    })
+}
+
+/// Runs `f` (a guest call) with a lift budget of `max` bytes. Returns `f`'s result and whether
+/// the budget stopped the lift.
+pub(super) fn with_budget<R>(max: usize, f: impl FnOnce() -> R) -> (R, bool) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BUDGET.with(|b| b.set(None));
+        }
+    }
+    BUDGET.with(|b| b.set(Some(max)));
+    EXCEEDED.with(|e| e.set(false));
+    let _reset = Reset;
+    let r = f();
+    (r, EXCEEDED.with(|e| e.replace(false)))
+}
+
+fn flat_len(src: &[wasmtime::ValRaw; 2]) -> u32 {
+    src[1].get_u32()
+}
+
+fn memory_len(bytes: &[u8]) -> u32 {
+    bytes
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(u32::MAX)
+}
+
+fn string_cost(len: u32) -> usize {
+    let units = (len & !UTF16_TAG) as usize;
+    // UTF-16 input may expand to up to 3 UTF-8 bytes per unit.
+    let bytes = if len & UTF16_TAG != 0 {
+        units * 3
+    } else {
+        units
+    };
+    bytes.saturating_add(ELEMENT_COST)
+}
+
+/// A `string` whose length is charged against the lift budget before it is copied.
+pub(super) struct BString(pub(super) String);
+
+// SAFETY: forwards every item to `String`'s implementation, whose representation it shares.
+#[allow(unsafe_code)]
+unsafe impl ComponentType for BString {
+    type Lower = <String as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = <String as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <String as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: forwards to `String`'s implementation after charging the budget.
+#[allow(unsafe_code)]
+unsafe impl Lift for BString {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        charge(string_cost(flat_len(src)))?;
+        <String as Lift>::linear_lift_from_flat(cx, ty, src).map(BString)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        charge(string_cost(memory_len(bytes)))?;
+        <String as Lift>::linear_lift_from_memory(cx, ty, bytes).map(BString)
+    }
+}
+
+/// A `list<E>` whose element count is charged against the lift budget before it is copied.
+pub(super) struct BList<E>(pub(super) Vec<E>);
+
+fn list_cost<E>(len: u32) -> usize {
+    (len as usize).saturating_mul(std::mem::size_of::<E>().max(4) + ELEMENT_COST)
+}
+
+// SAFETY: forwards every item to `Vec<E>`'s implementation, whose representation it shares.
+#[allow(unsafe_code)]
+unsafe impl<E: ComponentType> ComponentType for BList<E> {
+    type Lower = <Vec<E> as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = <Vec<E> as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <Vec<E> as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: forwards to `Vec<E>`'s implementation after charging the budget.
+#[allow(unsafe_code)]
+unsafe impl<E: Lift> Lift for BList<E> {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        charge(list_cost::<E>(flat_len(src)))?;
+        <Vec<E> as Lift>::linear_lift_from_flat(cx, ty, src).map(BList)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        charge(list_cost::<E>(memory_len(bytes)))?;
+        <Vec<E> as Lift>::linear_lift_from_memory(cx, ty, bytes).map(BList)
+    }
+}
+
+/// `decisions` as a view into guest memory.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawDecisions {
+    distinct: BList<RawDecision>,
+    choices: BList<u32>,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawDecision {
+    #[component(name = "pass")]
+    Pass,
+    #[component(name = "encrypt")]
+    Encrypt(RawEncrypt),
+    #[component(name = "reject")]
+    Reject(BString),
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawEncrypt {
+    #[component(name = "key-id")]
+    key_id: BString,
+    value: RawValuePart,
+    #[component(name = "record-key")]
+    record_key: bool,
+    headers: BList<BString>,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawValuePart {
+    #[component(name = "none")]
+    None,
+    #[component(name = "whole")]
+    Whole,
+    #[component(name = "json-fields")]
+    JsonFields(BList<BString>),
+}
+
+/// `topic-plan` as a view into guest memory.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawTopicPlan {
+    #[component(name = "pass-all")]
+    PassAll,
+    #[component(name = "encrypt-all")]
+    EncryptAll(RawEncrypt),
+    #[component(name = "per-record")]
+    PerRecord(wit::Needs),
+    #[component(name = "reject-all")]
+    RejectAll(BString),
+}
+
+fn strings(l: BList<BString>) -> Vec<String> {
+    l.0.into_iter().map(|s| s.0).collect()
+}
+
+fn encrypt(e: RawEncrypt) -> wit::Encrypt {
+    wit::Encrypt {
+        key_id: e.key_id.0,
+        value: match e.value {
+            RawValuePart::None => wit::ValuePart::None,
+            RawValuePart::Whole => wit::ValuePart::Whole,
+            RawValuePart::JsonFields(f) => wit::ValuePart::JsonFields(strings(f)),
+        },
+        record_key: e.record_key,
+        headers: strings(e.headers),
+    }
+}
+
+impl From<RawDecisions> for wit::Decisions {
+    fn from(raw: RawDecisions) -> Self {
+        wit::Decisions {
+            distinct: raw
+                .distinct
+                .0
+                .into_iter()
+                .map(|d| match d {
+                    RawDecision::Pass => wit::Decision::Pass,
+                    RawDecision::Reject(m) => wit::Decision::Reject(m.0),
+                    RawDecision::Encrypt(e) => wit::Decision::Encrypt(encrypt(e)),
+                })
+                .collect(),
+            choices: raw.choices.0,
+        }
+    }
+}
+
+impl From<RawTopicPlan> for wit::TopicPlan {
+    fn from(raw: RawTopicPlan) -> Self {
+        match raw {
+            RawTopicPlan::PassAll => wit::TopicPlan::PassAll,
+            RawTopicPlan::PerRecord(n) => wit::TopicPlan::PerRecord(n),
+            RawTopicPlan::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
+            RawTopicPlan::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt(e)),
+        }
+    }
+}
