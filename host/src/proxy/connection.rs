@@ -23,19 +23,22 @@ use kafka_protocol::messages::{
     MetadataResponse, ProduceRequest, ProduceResponse, ResponseHeader,
 };
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
 use super::rewrite;
+use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::admin::metrics::Direction;
 use crate::kafka::frame::{
     decode_request, decode_response, encode_request, encode_response, produce_acks, read_frame,
     response_correlation_id, write_frame, FrameError, RequestMeta,
 };
+
+type OwnedReadHalf = ReadHalf<BoxStream>;
+type OwnedWriteHalf = WriteHalf<BoxStream>;
 
 /// What the response half must do for one request.
 enum Pending {
@@ -67,8 +70,9 @@ enum ResponseStage {
     Fetch,
 }
 
-/// Serves one accepted client connection until either side closes.
-pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, peer: SocketAddr, route: Route) {
+/// Serves one accepted client connection until either side closes. `client` is the accepted
+/// stream after any PROXY header and TLS handshake; `peer` the client's (real) address.
+pub async fn serve(shared: Arc<ProxyShared>, client: BoxStream, peer: SocketAddr, route: Route) {
     shared.metrics.connection_opened();
     if let Err(e) = serve_inner(&shared, client, peer, &route).await {
         debug!(%peer, error = %format!("{e:#}"), "connection ended with error");
@@ -78,12 +82,12 @@ pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, peer: SocketAddr
 
 async fn serve_inner(
     shared: &Arc<ProxyShared>,
-    client: TcpStream,
+    client: BoxStream,
     peer: SocketAddr,
     route: &Route,
 ) -> anyhow::Result<()> {
     let upstream_addr = shared.upstream_for(route)?;
-    let connect = TcpStream::connect(upstream_addr.as_str());
+    let connect = shared.upstream.connect(upstream_addr.as_str());
     let upstream = match tokio::time::timeout(
         Duration::from_millis(shared.config.upstream_connect_timeout_ms),
         connect,
@@ -93,7 +97,7 @@ async fn serve_inner(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.error("upstream_connect");
-            warn!(%peer, upstream = %upstream_addr, error = %e, "cannot reach broker; closing client connection so it retries");
+            warn!(%peer, upstream = %upstream_addr, error = %format!("{e:#}"), "cannot reach broker; closing client connection so it retries");
             return Ok(());
         }
         Err(_) => {
@@ -102,12 +106,10 @@ async fn serve_inner(
             return Ok(());
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     debug!(%peer, upstream = %upstream_addr, "connection opened");
 
-    let (client_read, client_write) = client.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let (tx, rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
 
