@@ -487,9 +487,9 @@ impl RawKapsule {
         Ok(k)
     }
 
-    /// Kapsule's log so far.
+    /// Kapsule's log so far, without terminal colour codes (`field=value` stays searchable).
     pub fn logs(&self) -> String {
-        self.process.logs()
+        strip_ansi(&self.process.logs())
     }
 
     /// Waits until Kapsule's log contains `needle`.
@@ -547,4 +547,22 @@ impl Haproxy {
     pub fn logs(&self) -> String {
         self.process.logs()
     }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... m`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
