@@ -52,6 +52,21 @@ if ! have kcat; then
   fi
 fi
 
+# --- Debian: stunnel4 (TLS in front of tansu) and haproxy (PROXY protocol load balancer) ------------
+apt_missing=()
+have stunnel4 || have stunnel || apt_missing+=(stunnel4)
+have haproxy || [ -x /usr/sbin/haproxy ] || apt_missing+=(haproxy)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  log "apt installing ${apt_missing[*]}"
+  if have apt-get; then
+    (apt-get install -y -qq "${apt_missing[@]}" >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get install -y -qq "${apt_missing[@]}" >/dev/null)) \
+      || { log "could not install ${apt_missing[*]} (needed by the TLS and PROXY protocol tests)"; exit 1; }
+  else
+    log "apt-get not found: install ${apt_missing[*]} with your package manager"; exit 1
+  fi
+fi
+
 # --- Policy toolchains: clang/wasi-libc and wit-bindgen for the C example policy -----------------
 "$here/scripts/install-policy-toolchains.sh"
 

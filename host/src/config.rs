@@ -13,6 +13,8 @@ use serde::Deserialize;
 use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::kms::{DekConfig, KmsConfig};
 use crate::policy::config::PolicyConfig;
+use crate::proxy::proxy_protocol::ProxyProtocol;
+use crate::proxy::tls::{ServerTlsConfig, UpstreamTlsConfig};
 
 /// What the proxy does with record batches it does not need to encrypt or decrypt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -87,6 +89,16 @@ pub struct ProxyConfig {
     /// How long shutdown waits for in-flight requests, in seconds (default 30).
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// TLS for client connections on every listener (plaintext when unset).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// TLS to the brokers (plaintext when unset).
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
+    /// `v2`: every connection starts with a PROXY protocol v2 header from a load balancer
+    /// (default `none`).
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Admin endpoint settings.
@@ -236,6 +248,9 @@ impl Config {
                 max_in_flight: default_max_in_flight(),
                 upstream_connect_timeout_ms: default_connect_timeout_ms(),
                 shutdown_timeout_secs: default_shutdown_timeout_secs(),
+                tls: None,
+                upstream_tls: None,
+                proxy_protocol: ProxyProtocol::None,
             },
             admin: AdminConfig::default(),
             records: RecordsMode::default(),
@@ -350,6 +365,12 @@ impl Config {
         }
         if p.max_in_flight == 0 {
             problems.push("proxy.max_in_flight: must be at least 1".into());
+        }
+        if let Some(tls) = &p.tls {
+            tls.validate("proxy.tls", problems);
+        }
+        if let Some(tls) = &p.upstream_tls {
+            tls.validate("proxy.upstream_tls", problems);
         }
         if let Some(kms) = &self.kms {
             kms.validate("kms", problems);

@@ -27,6 +27,7 @@ fn kms_for(
         ca_cert: None,
         timeout_ms,
         retries,
+        auth: None,
     };
     let mut problems = Vec::new();
     cfg.validate("kms", &mut problems);

@@ -23,6 +23,7 @@ pub mod probe;
 pub mod process;
 pub mod records;
 pub mod tansu;
+pub mod tls;
 pub mod wait;
 
 pub use clients::{run_node, run_python, ClientOutput, InteractiveClient};

@@ -12,8 +12,10 @@
 //! exponential backoff (100 ms doubling, capped at 2 s) when the failure is transient (connection
 //! error, timeout, HTTP 429/5xx, sealed). Unknown keys, permission errors and bad ciphertexts are
 //! not retried. Inside a request deadline ([`super::deadline`]) every wait is cut to the time
-//! left and no retry is started that could not finish before it. When the token comes from a file and Vault answers 403, the file is re-read once
-//! (a Vault agent may have renewed it).
+//! left and no retry is started that could not finish before it. When the token comes from a
+//! file and Vault answers 403, the file is re-read once (a Vault agent may have renewed it). With
+//! `auth: { method: approle, ... }` Kapsule logs in itself and keeps its token renewed (see
+//! [`auth`]).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,6 +32,9 @@ use tokio::time::Instant;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
+
+mod auth;
+pub use auth::{VaultAuthConfig, VaultAuthMethod};
 
 use super::{
     backoff_delay, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
@@ -72,6 +77,9 @@ pub struct VaultKmsConfig {
     /// Retries of transient failures after the first attempt (default 3).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Log in instead of using a static token (AppRole); excludes `token_env`/`token_file`.
+    #[serde(default)]
+    pub auth: Option<VaultAuthConfig>,
 }
 
 impl VaultKmsConfig {
@@ -90,6 +98,14 @@ impl VaultKmsConfig {
         }
         if self.token_env.is_some() && self.token_file.is_some() {
             problems.push(format!("{path}: set only one of token_env and token_file"));
+        }
+        if let Some(auth) = &self.auth {
+            if self.token_env.is_some() || self.token_file.is_some() {
+                problems.push(format!(
+                    "{path}.auth: remove token_env/token_file; the token comes from the AppRole login"
+                ));
+            }
+            auth.validate(&format!("{path}.auth"), problems);
         }
         if self.mount.is_empty() || self.mount.starts_with('/') || self.mount.ends_with('/') {
             problems.push(format!(
@@ -132,8 +148,10 @@ impl VaultKmsConfig {
 /// Vault / OpenBao transit KMS (see the module docs).
 pub struct VaultKms {
     config: VaultKmsConfig,
-    client: RwLock<Arc<VaultClient>>,
+    client: Arc<RwLock<Arc<VaultClient>>>,
     timeout: Duration,
+    /// Token keeper when `auth` is configured (AppRole).
+    approle: Option<Arc<auth::AppRole>>,
 }
 
 impl std::fmt::Debug for VaultKms {
@@ -250,14 +268,40 @@ fn decode_key(key_id: &str, b64: &str, what: &str) -> Result<SecretKey, KmsError
 }
 
 impl VaultKms {
-    /// Builds the client (reads the token; makes no network call).
+    /// Builds the client (reads the token; makes no network call). With `auth`, the first KMS
+    /// call logs in and a background task keeps the token renewed (needs a Tokio runtime).
     pub fn new(config: &VaultKmsConfig) -> anyhow::Result<Self> {
-        let token = config.read_token()?;
-        let client = build_client(config, &token)?;
+        let (client, approle) = match &config.auth {
+            Some(auth) => {
+                let client = Arc::new(RwLock::new(Arc::new(build_client(config, "")?)));
+                let approle = auth::AppRole::new(auth.clone(), config.clone(), client.clone());
+                (client, Some(approle))
+            }
+            None => {
+                let token = config.read_token()?;
+                let client = build_client(config, &token)?;
+                (Arc::new(RwLock::new(Arc::new(client))), None)
+            }
+        };
         Ok(Self {
             config: config.clone(),
-            client: RwLock::new(Arc::new(client)),
+            client,
             timeout: Duration::from_millis(config.timeout_ms),
+            approle,
+        })
+    }
+
+    /// With AppRole: a token is in force before the call (logs in when there is none).
+    async fn ensure_token(&self, op: &str, key_id: &str) -> Result<(), KmsError> {
+        let Some(approle) = &self.approle else {
+            return Ok(());
+        };
+        approle.ensure().await.map_err(|e| {
+            KmsError::new(
+                KmsErrorKind::PermissionDenied,
+                key_id,
+                format!("{op}: cannot obtain a Vault token: {e:#}"),
+            )
         })
     }
 
@@ -267,6 +311,7 @@ impl VaultKms {
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
+        self.ensure_token(op, key_id).await?;
         let mut reloaded_token = false;
         let mut attempt = 0u32;
         let deadline = super::deadline::current();
@@ -294,6 +339,17 @@ impl VaultKms {
                     format!("no answer within {} ms", timeout.as_millis()),
                 ),
             };
+            if kind == KmsErrorKind::PermissionDenied && !reloaded_token {
+                if let Some(approle) = &self.approle {
+                    reloaded_token = true;
+                    match approle.relogin().await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "Vault refused the token and the AppRole re-login failed")
+                        }
+                    }
+                }
+            }
             if kind == KmsErrorKind::PermissionDenied
                 && self.config.token_file.is_some()
                 && !reloaded_token

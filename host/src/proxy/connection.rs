@@ -40,8 +40,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::Message;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -49,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest, REQUEST_TIMED_OUT, UNSUPPORTED_VERSION};
+use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
 use crate::kafka::frame::{
@@ -62,6 +62,9 @@ use crate::kms::deadline;
 const DEADLINE_HEADROOM_PERCENT: u32 = 10;
 /// Upper bound of that headroom.
 const DEADLINE_HEADROOM_MAX: Duration = Duration::from_millis(500);
+
+type OwnedReadHalf = ReadHalf<BoxStream>;
+type OwnedWriteHalf = WriteHalf<BoxStream>;
 
 /// What the response half must do for one request.
 enum Pending {
@@ -154,8 +157,9 @@ struct Outgoing {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Serves one accepted client connection until either side closes.
-pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, peer: SocketAddr, route: Route) {
+/// Serves one accepted client connection until either side closes. `client` is the accepted
+/// stream after any PROXY header and TLS handshake; `peer` the client's (real) address.
+pub async fn serve(shared: Arc<ProxyShared>, client: BoxStream, peer: SocketAddr, route: Route) {
     shared.metrics.connection_opened();
     if let Err(e) = serve_inner(&shared, client, peer, &route).await {
         debug!(%peer, error = %format!("{e:#}"), "connection ended with error");
@@ -165,12 +169,12 @@ pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, peer: SocketAddr
 
 async fn serve_inner(
     shared: &Arc<ProxyShared>,
-    client: TcpStream,
+    client: BoxStream,
     peer: SocketAddr,
     route: &Route,
 ) -> anyhow::Result<()> {
     let upstream_addr = shared.upstream_for(route)?;
-    let connect = TcpStream::connect(upstream_addr.as_str());
+    let connect = shared.upstream.connect(upstream_addr.as_str());
     let upstream = match tokio::time::timeout(
         Duration::from_millis(shared.config.upstream_connect_timeout_ms),
         connect,
@@ -180,7 +184,7 @@ async fn serve_inner(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.error("upstream_connect");
-            warn!(%peer, upstream = %upstream_addr, error = %e, "cannot reach broker; closing client connection so it retries");
+            warn!(%peer, upstream = %upstream_addr, error = %format!("{e:#}"), "cannot reach broker; closing client connection so it retries");
             return Ok(());
         }
         Err(_) => {
@@ -189,12 +193,10 @@ async fn serve_inner(
             return Ok(());
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     debug!(%peer, upstream = %upstream_addr, "connection opened");
 
-    let (client_read, client_write) = client.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let (queued_tx, queued_rx) = mpsc::unbounded_channel();
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();

@@ -5,8 +5,10 @@
 //! clients never learn an address that does not point at Kapsule.
 
 pub mod connection;
+pub mod proxy_protocol;
 pub mod records;
 pub mod rewrite;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +51,10 @@ pub struct ProxyShared {
     pub metrics: Arc<Metrics>,
     /// What happens to record batches (passthrough, re-encode, encrypt/decrypt).
     pub records: RecordStage,
+    /// Client-side TLS (`proxy.tls`), reloaded in place.
+    pub tls: Option<Arc<tls::TlsAcceptorHandle>>,
+    /// Opens broker connections (TLS when `proxy.upstream_tls` is set).
+    pub upstream: tls::UpstreamConnector,
     advertised_host: StrBytes,
     listen_ip: IpAddr,
     nodes: Mutex<HashMap<i32, NodeEntry>>,
@@ -138,7 +144,9 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         let shared = shared.clone();
                         let route = route.clone();
                         shared.tasks.clone().spawn(async move {
-                            connection::serve(shared, stream, peer, route).await;
+                            if let Some((stream, peer)) = tls::accept_client(&shared, stream, peer).await {
+                                connection::serve(shared, stream, peer, route).await;
+                            }
                         });
                     }
                     Err(e) => {
@@ -181,11 +189,22 @@ impl Proxy {
             None if listen.ip().is_unspecified() => "127.0.0.1".to_string(),
             None => listen.ip().to_string(),
         };
+        // Certificate and key problems stop start-up here, with the file named.
+        let tls = match &config.proxy.tls {
+            Some(t) => Some(Arc::new(tls::TlsAcceptorHandle::new(t)?)),
+            None => None,
+        };
+        let upstream = tls::UpstreamConnector::new(config.proxy.upstream_tls.as_ref())?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        if let Some(t) = &tls {
+            t.spawn_reloader(shutdown_rx.clone());
+        }
         let shared = Arc::new(ProxyShared {
             config: config.proxy.clone(),
             metrics,
             records,
+            tls,
+            upstream,
             advertised_host: StrBytes::from_string(advertised_host),
             listen_ip: listen.ip(),
             nodes: Mutex::new(HashMap::new()),
