@@ -58,7 +58,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 js_sdk="$here/guest-sdk/js"
 js_ok() {
   node -e '
-    const v = (p) => require(p + "/package.json").version;
+    const v = (p) => JSON.parse(require("fs").readFileSync("node_modules/" + p + "/package.json", "utf8")).version;
     const ok = v("@bytecodealliance/jco").startsWith("1.35.") &&
                v("@bytecodealliance/componentize-js").startsWith("0.23.");
     process.exit(ok ? 0 : 1);' 2>/dev/null

@@ -12,7 +12,6 @@
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { dirname, resolve, join, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createRequire } from 'node:module';
 
 const sdk = dirname(fileURLToPath(import.meta.url));
 
@@ -55,14 +54,16 @@ async function main() {
     else die(`unexpected argument ${args[i]}`);
   }
   if (!src || !out) die('usage: node build.mjs POLICY.js -o OUT.wasm');
-  const require = createRequire(join(sdk, 'package.json'));
-  let componentizePath;
+  let componentize;
   try {
-    componentizePath = require.resolve('@bytecodealliance/componentize-js');
-  } catch {
-    die('componentize-js not found in guest-sdk/js/node_modules (run scripts/install-policy-toolchains.sh)');
+    // Resolved from this file's directory: guest-sdk/js/node_modules.
+    ({ componentize } = await import('@bytecodealliance/componentize-js'));
+  } catch (e) {
+    if (e && e.code === 'ERR_MODULE_NOT_FOUND') {
+      die('componentize-js not found in guest-sdk/js/node_modules (run scripts/install-policy-toolchains.sh)');
+    }
+    throw e;
   }
-  const { componentize } = await import(componentizePath);
   const app = await readFile(src, 'utf8').catch((e) => die(`${src}: ${e.message}`));
   const source = inlineSdk(await readFile(join(sdk, 'kapsule-policy.js'), 'utf8'), app);
   const started = Date.now();

@@ -15,5 +15,6 @@ mod kcat;
 mod kms_vault;
 mod lifecycle;
 mod policies;
+mod polyglot;
 mod resilience;
 mod tools;

@@ -17,7 +17,7 @@ def _value_part(v: ValuePart) -> Any:
         return wit.ValuePart_Whole()
     if v.kind == "json-fields":
         return wit.ValuePart_JsonFields(list(v.pointers))
-    return wit.ValuePart_None()
+    return wit.ValuePart_None_()
 
 
 def _encrypt(e: Encrypt) -> Any:
