@@ -29,7 +29,7 @@ bool kp_str_eq(kp_str s, const char *text) {
   return s.len == n && memcmp(s.ptr, text, n) == 0;
 }
 
-bool kp_header(const kp_record *r, const char *name, kp_bytes *value) {
+bool kp_find_header(const kp_record *r, const char *name, kp_bytes *value) {
   size_t n = strlen(name);
   for (size_t i = 0; i < r->headers_len; i++) {
     const kp_header *h = &r->headers[i];
@@ -44,7 +44,7 @@ bool kp_header(const kp_record *r, const char *name, kp_bytes *value) {
 bool kp_header_is(const kp_record *r, const char *name, const char *value) {
   kp_bytes v;
   size_t n = strlen(value);
-  return kp_header(r, name, &v) && v.ptr != NULL && v.len == n && memcmp(v.ptr, value, n) == 0;
+  return kp_find_header(r, name, &v) && v.ptr != NULL && v.len == n && memcmp(v.ptr, value, n) == 0;
 }
 
 kp_encrypt kp_encrypt_whole(const char *key_id) {

@@ -116,7 +116,7 @@ void kp_policy_decide(kp_str topic, const kp_record *records, size_t n, kp_decis
 
 /// The first header named `name`; returns false if there is none. `*value` may be absent (NULL ptr)
 /// for a null header value.
-bool kp_header(const kp_record *r, const char *name, kp_bytes *value);
+bool kp_find_header(const kp_record *r, const char *name, kp_bytes *value);
 /// True if the first header named `name` has exactly the text `value`.
 bool kp_header_is(const kp_record *r, const char *name, const char *value);
 /// True if `s` has exactly the text `text`.

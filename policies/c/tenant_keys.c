@@ -42,7 +42,7 @@ void kp_policy_decide(kp_str topic, const kp_record *records, size_t n, kp_decis
   size_t plen = strlen(g_prefix);
   for (size_t i = 0; i < n; i++) {
     kp_bytes t;
-    if (!kp_header(&records[i], "tenant", &t)) {
+    if (!kp_find_header(&records[i], "tenant", &t)) {
       out[i] = kp_decide_reject("record has no `tenant` header");
     } else if (!valid_tenant(t)) {
       out[i] = kp_decide_reject("header `tenant` is not a valid tenant name ([A-Za-z0-9_-], 1 to 64)");

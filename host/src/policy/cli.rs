@@ -144,8 +144,9 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 lang.build_command()
             );
             println!(
-                "then check it:  kapsule policy check {}",
-                root.join(lang.artifact(&name)).display()
+                "then check it:  kapsule policy check {} --topic {}",
+                root.join(lang.artifact(&name)).display(),
+                super::scaffold::TEMPLATE_CHECK_TOPICS.join(" --topic ")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -250,6 +251,12 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
         load.as_millis(),
         if opts.cold { "cold " } else { "cached or cold " },
     );
+    if DEBUG_BUILD {
+        out.push_str(
+            "note: this kapsule is a debug build; compile times and costs are several times a \
+             release build's\n",
+        );
+    }
     let mut failures = Vec::new();
     let default_topic = ["orders".to_string()];
     let topics = if opts.topics.is_empty() {
@@ -350,7 +357,10 @@ fn check_topic(
     }
     let took = median(&mut times);
     let share = took.as_secs_f64() / deadline.as_secs_f64().max(1e-9) * 100.0;
-    let verdict = if took > deadline {
+    let verdict = if took > deadline && DEBUG_BUILD {
+        "does NOT fit (advisory: this kapsule is a debug build, several times slower than a \
+         release build; check with a release build)"
+    } else if took > deadline {
         failures.push(format!(
             "topic {topic}: a full 1 MiB batch ({} records) takes {:.1} ms, over the {} ms call \
              deadline: production would refuse such batches",
@@ -397,6 +407,10 @@ impl Drop for ColdCache {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Debug builds of Kapsule marshal batches several times slower than release builds, so their
+/// full-batch timing is reported but does not fail the check.
+const DEBUG_BUILD: bool = cfg!(debug_assertions);
 
 const BASE_TIMESTAMP: i64 = 1_767_225_600_000;
 const MAX_PRINTED: usize = 20;
