@@ -3,6 +3,9 @@
 #   - Rust target wasm32-wasip2 (Rust policies; cargo emits components directly)
 #   - clang + lld + wasi-libc + compiler-rt for wasm32 (C policies, Debian/Ubuntu packages)
 #   - wit-bindgen CLI 0.60.0 (C bindings; the same generation as the wit-bindgen crate the SDK uses)
+#   - componentize-py 0.25.1 (Python policies; pip, into the current Python environment)
+#   - @bytecodealliance/componentize-js 0.23 + @bytecodealliance/jco 1.35 (JavaScript policies; npm,
+#     project-local in guest-sdk/js/node_modules, which guest-sdk/js/build.mjs uses)
 # The C policy is linked into a component by `wasm-component-ld`, which ships with the Rust
 # toolchain (it embeds the wasi_snapshot_preview1 reactor adapter), so no adapter download is needed.
 # Each step is skipped when already present. Usage: scripts/install-policy-toolchains.sh
@@ -40,6 +43,33 @@ fi
 if ! (have wit-bindgen && wit-bindgen --version 2>/dev/null | grep -q '0\.60\.0'); then
   log "installing wit-bindgen-cli 0.60.0 (a few minutes)"
   cargo install wit-bindgen-cli --version 0.60.0 --locked
+fi
+
+# --- Python policies: componentize-py ------------------------------------------------------------
+if ! (have componentize-py && componentize-py --version 2>/dev/null | grep -q '0\.25\.1'); then
+  log "pip installing componentize-py 0.25.1"
+  python3 -m pip install --quiet 'componentize-py==0.25.1'
+  hash -r
+  if have pyenv; then pyenv rehash || true; fi
+fi
+
+# --- JavaScript policies: componentize-js + jco, project-local ----------------------------------
+here="$(cd "$(dirname "$0")/.." && pwd)"
+js_sdk="$here/guest-sdk/js"
+js_ok() {
+  node -e '
+    const v = (p) => JSON.parse(require("fs").readFileSync("node_modules/" + p + "/package.json", "utf8")).version;
+    const ok = v("@bytecodealliance/jco").startsWith("1.35.") &&
+               v("@bytecodealliance/componentize-js").startsWith("0.23.");
+    process.exit(ok ? 0 : 1);' 2>/dev/null
+}
+if ! (cd "$js_sdk" && js_ok); then
+  if have npm; then
+    log "npm installing @bytecodealliance/jco 1.35 and @bytecodealliance/componentize-js 0.23 into $js_sdk"
+    (cd "$js_sdk" && npm install --no-audit --no-fund --silent)
+  else
+    log "npm not found: JavaScript policies will not build (install Node.js 20+)"
+  fi
 fi
 
 log "policy toolchains present"

@@ -19,6 +19,7 @@ mod kms_vault;
 mod lifecycle;
 mod pipeline;
 mod policies;
+mod polyglot;
 mod proxy_protocol;
 mod resilience;
 mod tls;

@@ -13,7 +13,7 @@ use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_T
 use crate::encryption::{produce_report, read_direct, start_kapsule, topic};
 
 /// Kafka error code POLICY_VIOLATION.
-const POLICY_VIOLATION: i64 = 44;
+pub(crate) const POLICY_VIOLATION: i64 = 44;
 
 async fn artifacts() -> PolicyArtifacts {
     tokio::task::spawn_blocking(build_policies)
@@ -29,7 +29,7 @@ fn copy_module(art: &PolicyArtifacts, name: &str, dir: &Path) -> PathBuf {
     dst
 }
 
-fn binding(prefix: &str, module: &Path, config: &str, allowed: &[&str]) -> String {
+pub(crate) fn binding(prefix: &str, module: &Path, config: &str, allowed: &[&str]) -> String {
     let allowed: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "    - topics: {{prefix: \"{prefix}\"}}\n      module: \"{}\"\n      config: '{config}'\n      allowed_key_ids: [{}]\n",
@@ -38,7 +38,7 @@ fn binding(prefix: &str, module: &Path, config: &str, allowed: &[&str]) -> Strin
     )
 }
 
-fn errors_of(out: &Value) -> Vec<Value> {
+pub(crate) fn errors_of(out: &Value) -> Vec<Value> {
     out["results"]
         .as_array()
         .unwrap()

@@ -1,48 +1,122 @@
-//! `kapsule policy ...` subcommands: scaffold a policy crate, check a built policy.
+//! `kapsule policy ...` subcommands: scaffold a policy (Rust, Python, JavaScript or C), check a
+//! built policy by running it.
 //!
-//! The lead wires [`PolicyCommand`] into the top-level clap parser (e.g. as
-//! `Policy { #[command(subcommand)] cmd: PolicyCommand }`) and calls [`run_policy_command`].
+//! `policy check` loads the module exactly as a binding would (compile, link against the sandbox,
+//! check the exports, run `init` under the production init deadline), plans each topic, decides
+//! sample records (built-in or `--records FILE`), measures the per-record cost and whether a full
+//! 1 MiB batch fits the call deadline. Anything that would fail in production fails the check.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 
 use super::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
 use super::rules::TopicSelector;
+use super::scaffold::Lang;
 use super::{PolicyRegistry, TopicPlan};
-use crate::plan::ValuePart;
+use crate::kafka::records::{Record, RecordHeader};
+use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
+
+/// Size of the "full batch" `policy check` times against the call deadline: the default
+/// `message.max.bytes` of a Kafka broker.
+pub const FULL_BATCH_BYTES: usize = 1 << 20;
 
 /// `kapsule policy` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum PolicyCommand {
-    /// Create a new Rust policy crate NAME (in the current directory, or --dir).
+    /// Create a new policy NAME from a template (in the current directory, or --dir) that
+    /// builds with one command and passes `kapsule policy check` as generated.
     New {
-        /// Crate name: lowercase letters, digits, `-` and `_`.
+        /// Policy name: lowercase letters, digits, `-` and `_`, starting with a letter.
         name: String,
-        /// Parent directory of the new crate (default: current directory).
+        /// Language of the template.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Parent directory of the new policy (default: current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Path of the `kapsule-policy` SDK crate to depend on (default: the SDK of the
-        /// Kapsule source tree this binary was built from, if it still exists).
+        /// Path of the `guest-sdk` directory to build against (default: the one of the Kapsule
+        /// source tree this binary was built from, if it still exists).
         #[arg(long)]
         sdk_path: Option<PathBuf>,
     },
-    /// Compile a policy component, check it against the policy world, run its init and print
-    /// its plan for each --topic.
+    /// Run a policy component as Kapsule would: load it, plan each --topic, decide sample
+    /// records, report per-record cost and whether a full 1 MiB batch fits the call deadline.
+    /// Exits non-zero if anything would fail in production.
     Check {
         /// The policy component (.wasm).
         file: PathBuf,
         /// Config string passed to the policy's init.
         #[arg(long, default_value = "")]
         config: String,
-        /// Topic to plan (repeatable).
+        /// Topic to plan and decide (repeatable; default `orders`).
         #[arg(long = "topic")]
         topics: Vec<String>,
         /// Key-id glob the policy may use (repeatable; default `*`, anything).
         #[arg(long = "allowed-key-id")]
         allowed_key_ids: Vec<String>,
+        /// Sample records, one JSON object per line: {"key": "k", "value": "text" or any
+        /// JSON, "headers": {"name": "value"}}; null key/value/header values are nulls.
+        /// Default: built-in samples (tenant, classification and PII headers, JSON values of
+        /// about 1 KiB, a tombstone).
+        #[arg(long)]
+        records: Option<PathBuf>,
+        /// Call deadline to check against, in ms (default: Kapsule's default).
+        #[arg(long, default_value_t = LimitsConfig::default().call_timeout_ms)]
+        call_timeout_ms: u64,
+        /// Compile into a fresh, empty module cache: the load time is a cold compile.
+        #[arg(long)]
+        cold: bool,
     },
+}
+
+/// Options of [`check_policy`] (the `policy check` flags).
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Config string passed to `init`.
+    pub config: String,
+    /// Topics to plan and decide; empty means `orders`.
+    pub topics: Vec<String>,
+    /// Key-id globs the policy may use; empty means `*`.
+    pub allowed_key_ids: Vec<String>,
+    /// Sample records as JSON lines; `None` uses [`builtin_samples`].
+    pub records: Option<PathBuf>,
+    /// The production call deadline to compare against.
+    pub call_timeout: Duration,
+    /// Compile into a fresh module cache (cold compile).
+    pub cold: bool,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            config: String::new(),
+            topics: Vec::new(),
+            allowed_key_ids: Vec::new(),
+            records: None,
+            call_timeout: Duration::from_millis(LimitsConfig::default().call_timeout_ms),
+            cold: false,
+        }
+    }
+}
+
+/// What `policy check` found: the printed report and the problems that fail the check.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// Human-readable report (plans, decisions, cost, deadline fit).
+    pub text: String,
+    /// Problems that would make the module fail in production; empty when the check passes.
+    pub failures: Vec<String>,
+}
+
+impl CheckReport {
+    /// True when nothing would fail in production.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
 }
 
 /// Runs a `kapsule policy` subcommand, printing its report to stdout.
@@ -50,6 +124,7 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::New {
             name,
+            lang,
             dir,
             sdk_path,
         } => {
@@ -57,14 +132,21 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 Some(d) => d,
                 None => std::env::current_dir().context("reading the current directory")?,
             };
-            let files = super::scaffold::new_policy(&parent, &name, sdk_path.as_deref())?;
-            println!("created policy crate {name}:");
+            let files = super::scaffold::new_policy(&parent, &name, lang, sdk_path.as_deref())?;
+            println!("created {lang} policy {name}:");
             for f in files {
                 println!("  {}", f.display());
             }
+            let root = parent.join(&name);
             println!(
-                "build it with: cd {} && cargo build --release --target wasm32-wasip2",
-                parent.join(&name).display()
+                "build it with: cd {} && {}",
+                root.display(),
+                lang.build_command()
+            );
+            println!(
+                "then check it:  kapsule policy check {} --topic {}",
+                root.join(lang.artifact(&name)).display(),
+                super::scaffold::TEMPLATE_CHECK_TOPICS.join(" --topic ")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -73,46 +155,80 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             config,
             topics,
             allowed_key_ids,
-        } => match check_policy(file, &config, &topics, &allowed_key_ids) {
-            Ok(report) => {
-                print!("{report}");
-                Ok(ExitCode::SUCCESS)
+            records,
+            call_timeout_ms,
+            cold,
+        } => {
+            let opts = CheckOptions {
+                config,
+                topics,
+                allowed_key_ids,
+                records,
+                call_timeout: Duration::from_millis(call_timeout_ms),
+                cold,
+            };
+            match check_policy(&file, &opts) {
+                Ok(report) => {
+                    print!("{}", report.text);
+                    if report.passed() {
+                        println!("check passed");
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        eprintln!("policy check failed:");
+                        for f in &report.failures {
+                            eprintln!("  - {f}");
+                        }
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("policy check failed: {e:#}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(e) => {
-                eprintln!("policy check failed: {e:#}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
     }
 }
 
 /// Loads `file` exactly as a binding would (compile, link against the sandbox, check the
-/// exports, run `init` with `config`), then plans each topic. Returns a human-readable report;
-/// fails with the reason the module would be refused.
-pub fn check_policy(
-    file: PathBuf,
-    config: &str,
-    topics: &[String],
-    allowed_key_ids: &[String],
-) -> anyhow::Result<String> {
-    let allowed = if allowed_key_ids.is_empty() {
+/// exports, run `init` with `opts.config` under the production init deadline), then plans each
+/// topic and, for per-record topics, decides the sample records, measures the cost per record
+/// and times a full 1 MiB batch against `opts.call_timeout`.
+///
+/// Returns `Err` when the module cannot be loaded (the reason a binding would refuse it) or the
+/// records file is invalid; otherwise a report whose `failures` list what would fail in
+/// production (plan or decide errors, disallowed key ids, a full batch over the deadline).
+pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckReport> {
+    let samples = match &opts.records {
+        Some(p) => read_records(p)?,
+        None => builtin_samples(),
+    };
+    let allowed = if opts.allowed_key_ids.is_empty() {
         vec!["*".to_string()]
     } else {
-        allowed_key_ids.to_vec()
+        opts.allowed_key_ids.clone()
     };
+    let cold_dir = if opts.cold {
+        Some(ColdCache::new()?)
+    } else {
+        None
+    };
+    let deadline_ms = u64::try_from(opts.call_timeout.as_millis()).unwrap_or(u64::MAX);
     let c = PolicyConfig {
         bindings: vec![BindingConfig {
             topics: TopicSelector::Glob("*".into()),
-            module: file.clone(),
-            config: config.to_string(),
+            module: file.to_path_buf(),
+            config: opts.config.clone(),
             allowed_key_ids: allowed,
             on_decrypt_failure: DecryptFailure::Error,
             require_encrypted: false,
             accept_pre_encrypted: false,
         }],
+        module_cache_dir: cold_dir.as_ref().map(|d| d.0.clone()),
         limits: LimitsConfig {
-            // A one-off check on a possibly cold machine: be generous, report the time.
-            call_timeout_ms: 1000,
+            // Calls get room to be measured; the production deadline is compared afterwards, so
+            // a slow policy is reported with its real cost instead of a bare "deadline".
+            call_timeout_ms: deadline_ms.saturating_mul(20).max(2000),
             ..LimitsConfig::default()
         },
         ..PolicyConfig::default()
@@ -122,21 +238,268 @@ pub fn check_policy(
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("; "));
     }
+    let started = Instant::now();
     let reg = PolicyRegistry::new(&c)?;
+    let load = started.elapsed();
     let st = reg.status();
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let mut out = format!(
-        "{}: OK (sha256 {}, implements kapsule:policy/policy@0.1.0, init accepted the config)\n",
+        "{}: OK (sha256 {}, {:.1} MiB, implements kapsule:policy/policy@0.1, init accepted the config)\n\
+         loaded in {} ms ({}compile + instantiate + init)\n",
         file.display(),
-        st.bindings[0].content_hash
+        st.bindings[0].content_hash,
+        size as f64 / 1_048_576.0,
+        load.as_millis(),
+        if opts.cold { "cold " } else { "cached or cold " },
     );
-    for t in topics {
-        let line = match reg.topic_plan(t) {
-            Ok(p) => describe(&p),
-            Err(e) => format!("ERROR {e}"),
-        };
-        out.push_str(&format!("  topic {t}: {line}\n"));
+    if DEBUG_BUILD {
+        out.push_str(
+            "note: this kapsule is a debug build; compile times and costs are several times a \
+             release build's\n",
+        );
     }
-    Ok(out)
+    let mut failures = Vec::new();
+    let default_topic = ["orders".to_string()];
+    let topics = if opts.topics.is_empty() {
+        &default_topic[..]
+    } else {
+        &opts.topics[..]
+    };
+    for t in topics {
+        check_topic(
+            &reg,
+            t,
+            &samples,
+            opts.call_timeout,
+            &mut out,
+            &mut failures,
+        );
+    }
+    Ok(CheckReport {
+        text: out,
+        failures,
+    })
+}
+
+fn check_topic(
+    reg: &PolicyRegistry,
+    topic: &str,
+    samples: &[Record],
+    deadline: Duration,
+    out: &mut String,
+    failures: &mut Vec<String>,
+) {
+    let plan = match reg.topic_plan(topic) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push_str(&format!("topic {topic}: ERROR {e}\n"));
+            failures.push(format!("topic {topic}: plan failed: {e}"));
+            return;
+        }
+    };
+    out.push_str(&format!("topic {topic}: {}\n", describe(&plan)));
+    if !matches!(plan, TopicPlan::PerRecord(_)) {
+        return;
+    }
+    let decided = match reg.decide(topic, BASE_TIMESTAMP, samples) {
+        Ok(d) => d,
+        Err(e) => {
+            out.push_str(&format!("  decide: ERROR {e}\n"));
+            failures.push(format!("topic {topic}: decide failed: {e}"));
+            return;
+        }
+    };
+    for (i, (r, d)) in samples.iter().zip(&decided).enumerate().take(MAX_PRINTED) {
+        out.push_str(&format!(
+            "  record {i} {}: {}\n",
+            summarize(r),
+            describe_decision(d)
+        ));
+    }
+    if samples.len() > MAX_PRINTED {
+        out.push_str(&format!(
+            "  ... {} more records\n",
+            samples.len() - MAX_PRINTED
+        ));
+    }
+    // Cost per record on the samples: repeat until about 200 ms have run, keep the median.
+    let mut times = Vec::new();
+    let measuring = Instant::now();
+    while times.len() < 3 || (measuring.elapsed() < Duration::from_millis(200) && times.len() < 50)
+    {
+        let t = Instant::now();
+        if let Err(e) = reg.decide(topic, BASE_TIMESTAMP, samples) {
+            failures.push(format!("topic {topic}: decide failed when repeated: {e}"));
+            return;
+        }
+        times.push(t.elapsed());
+    }
+    let per_record = median(&mut times).as_nanos() as f64 / samples.len().max(1) as f64;
+    out.push_str(&format!(
+        "  cost: {:.1} µs per record (median of {} calls on {} sample records)\n",
+        per_record / 1000.0,
+        times.len(),
+        samples.len()
+    ));
+    // A full batch: the samples repeated to 1 MiB, timed against the production deadline.
+    let full = full_batch(samples);
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        if let Err(e) = reg.decide(topic, BASE_TIMESTAMP, &full) {
+            out.push_str(&format!("  full batch: ERROR {e}\n"));
+            failures.push(format!(
+                "topic {topic}: a full 1 MiB batch ({} records) failed: {e}",
+                full.len()
+            ));
+            return;
+        }
+        times.push(t.elapsed());
+    }
+    let took = median(&mut times);
+    let share = took.as_secs_f64() / deadline.as_secs_f64().max(1e-9) * 100.0;
+    let verdict = if took > deadline && DEBUG_BUILD {
+        "does NOT fit (advisory: this kapsule is a debug build, several times slower than a \
+         release build; check with a release build)"
+    } else if took > deadline {
+        failures.push(format!(
+            "topic {topic}: a full 1 MiB batch ({} records) takes {:.1} ms, over the {} ms call \
+             deadline: production would refuse such batches",
+            full.len(),
+            took.as_secs_f64() * 1000.0,
+            deadline.as_millis()
+        ));
+        "does NOT fit"
+    } else if share > 50.0 {
+        "fits, with little margin (over half the deadline; a loaded machine may exceed it)"
+    } else {
+        "fits with margin"
+    };
+    out.push_str(&format!(
+        "  full 1 MiB batch ({} records): {:.2} ms = {share:.0}% of the {} ms call deadline: {verdict}\n",
+        full.len(),
+        took.as_secs_f64() * 1000.0,
+        deadline.as_millis()
+    ));
+}
+
+/// A fresh module cache directory for `--cold` (created by the runtime, mode 0700), removed on
+/// drop.
+struct ColdCache(PathBuf);
+
+impl ColdCache {
+    fn new() -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "kapsule-policy-check-{}-{nanos}",
+            std::process::id()
+        ));
+        if dir.exists() {
+            anyhow::bail!("temporary module cache {} already exists", dir.display());
+        }
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for ColdCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Debug builds of Kapsule marshal batches several times slower than release builds, so their
+/// full-batch timing is reported but does not fail the check.
+const DEBUG_BUILD: bool = cfg!(debug_assertions);
+
+const BASE_TIMESTAMP: i64 = 1_767_225_600_000;
+const MAX_PRINTED: usize = 20;
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn record_size(r: &Record) -> usize {
+    let h: usize = r
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + h + 8
+}
+
+/// The samples repeated (in order) until they hold [`FULL_BATCH_BYTES`].
+fn full_batch(samples: &[Record]) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    if samples.is_empty() {
+        return out;
+    }
+    while bytes < FULL_BATCH_BYTES {
+        let mut r = samples[out.len() % samples.len()].clone();
+        r.offset_delta = out.len() as i32;
+        r.timestamp_delta = out.len() as i64;
+        bytes += record_size(&r);
+        out.push(r);
+    }
+    out
+}
+
+fn summarize(r: &Record) -> String {
+    let text = |b: &Option<Bytes>, max: usize| match b {
+        None => "null".to_string(),
+        Some(b) => {
+            let s = String::from_utf8_lossy(b);
+            if s.chars().count() > max {
+                format!("{:?}…", s.chars().take(max).collect::<String>())
+            } else {
+                format!("{s:?}")
+            }
+        }
+    };
+    let headers: Vec<String> = r
+        .headers
+        .iter()
+        .map(|h| format!("{}={}", String::from_utf8_lossy(&h.key), text(&h.value, 16)))
+        .collect();
+    format!(
+        "(key {}, value {}{})",
+        text(&r.key, 16),
+        text(&r.value, 24),
+        if headers.is_empty() {
+            String::new()
+        } else {
+            format!(", headers {}", headers.join(" "))
+        }
+    )
+}
+
+fn describe_encrypt(e: &EncryptionPlan) -> String {
+    let value = match &e.value {
+        ValuePart::None => "no value".to_string(),
+        ValuePart::Whole => "whole value".to_string(),
+        ValuePart::JsonFields(f) => format!("JSON fields {}", f.join(", ")),
+    };
+    format!(
+        "key `{}`: {value}{}{}",
+        e.key_id,
+        if e.record_key { ", record key" } else { "" },
+        if e.headers.is_empty() {
+            String::new()
+        } else {
+            format!(", headers {}", e.headers.join(", "))
+        }
+    )
+}
+
+fn describe_decision(d: &RecordDecision) -> String {
+    match d {
+        RecordDecision::Pass => "pass".into(),
+        RecordDecision::Reject(m) => format!("reject: {m}"),
+        RecordDecision::Encrypt(e) => format!("encrypt with {}", describe_encrypt(e)),
+    }
 }
 
 fn describe(p: &TopicPlan) -> String {
@@ -159,54 +522,261 @@ fn describe(p: &TopicPlan) -> String {
                 parts.join(", ")
             )
         }
-        TopicPlan::EncryptAll(e) => {
-            let value = match &e.value {
-                ValuePart::None => "no value".to_string(),
-                ValuePart::Whole => "whole value".to_string(),
-                ValuePart::JsonFields(f) => format!("JSON fields {}", f.join(", ")),
-            };
-            format!(
-                "encrypt all records with key `{}`: {value}{}{}",
-                e.key_id,
-                if e.record_key { ", record key" } else { "" },
-                if e.headers.is_empty() {
-                    String::new()
-                } else {
-                    format!(", headers {}", e.headers.join(", "))
-                }
-            )
-        }
+        TopicPlan::EncryptAll(e) => format!("encrypt all records with {}", describe_encrypt(e)),
     }
+}
+
+/// One line of a `--records` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordLine {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    value: serde_json::Value,
+    #[serde(default)]
+    headers: Option<HeadersLine>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum HeadersLine {
+    Map(indexmap::IndexMap<String, Option<String>>),
+    List(Vec<(String, Option<String>)>),
+}
+
+fn record(key: Option<&str>, value: Option<Vec<u8>>, headers: &[(&str, Option<&str>)]) -> Record {
+    Record {
+        attributes: 0,
+        timestamp_delta: 0,
+        offset_delta: 0,
+        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        value: value.map(Bytes::from),
+        headers: headers
+            .iter()
+            .map(|(k, v)| RecordHeader {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            })
+            .collect(),
+    }
+}
+
+/// Reads sample records from JSON lines: `{"key": .., "value": .., "headers": ..}` per line.
+/// A string value is taken as its UTF-8 bytes, `null` (or absent) is a tombstone, any other
+/// JSON is serialized. Headers are an object or a list of `[name, value]` pairs. Fails naming
+/// the line of the first malformed record.
+pub fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading records file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: RecordLine = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {}: expected {{\"key\": .., \"value\": .., \"headers\": {{..}}}}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        let value = match l.value {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.into_bytes()),
+            other => Some(serde_json::to_vec(&other)?),
+        };
+        let headers: Vec<(String, Option<String>)> = match l.headers {
+            None => Vec::new(),
+            Some(HeadersLine::Map(m)) => m.into_iter().collect(),
+            Some(HeadersLine::List(l)) => l,
+        };
+        let hs: Vec<(&str, Option<&str>)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        out.push(record(l.key.as_deref(), value, &hs));
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: no records", path.display());
+    }
+    Ok(out)
+}
+
+/// Built-in sample records: JSON order values of about 1 KiB (some with PII members), `tenant`,
+/// `classification` and `pii` headers, one record without headers and one tombstone.
+pub fn builtin_samples() -> Vec<Record> {
+    let pad = "x".repeat(820);
+    let order = |i: usize, email: bool| {
+        let mut v = serde_json::json!({
+            "order": i, "sku": format!("SKU-{i:04}"), "amount": 10 * i, "notes": pad,
+            "customer": {"city": "Lyon"}
+        });
+        if email {
+            v["customer"]["email"] = format!("user{i}@example.com").into();
+            v["customer"]["phone"] = "+33 1 23 45 67 89".into();
+        }
+        Some(serde_json::to_vec(&v).expect("JSON"))
+    };
+    vec![
+        record(
+            Some("o-1"),
+            order(1, true),
+            &[
+                ("tenant", Some("acme")),
+                ("classification", Some("internal")),
+            ],
+        ),
+        record(
+            Some("o-2"),
+            order(2, false),
+            &[("tenant", Some("acme")), ("classification", Some("public"))],
+        ),
+        record(
+            Some("o-3"),
+            order(3, true),
+            &[
+                ("tenant", Some("globex")),
+                ("classification", Some("internal")),
+                ("pii", Some("passport 12AB34567")),
+            ],
+        ),
+        record(
+            Some("o-4"),
+            order(4, false),
+            &[
+                ("tenant", Some("globex")),
+                ("classification", Some("public")),
+            ],
+        ),
+        record(
+            Some("o-5"),
+            order(5, true),
+            &[
+                ("tenant", Some("initech")),
+                ("classification", Some("internal")),
+            ],
+        ),
+        record(
+            Some("o-6"),
+            order(6, false),
+            &[
+                ("tenant", Some("acme")),
+                ("classification", Some("internal")),
+            ],
+        ),
+        record(
+            Some("o-7"),
+            order(7, true),
+            &[
+                ("tenant", Some("globex")),
+                ("classification", Some("public")),
+            ],
+        ),
+        record(
+            Some("o-8"),
+            order(8, false),
+            &[
+                ("tenant", Some("acme")),
+                ("classification", Some("internal")),
+            ],
+        ),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn opts(config: &str, topics: &[&str], allowed: &[&str]) -> CheckOptions {
+        CheckOptions {
+            config: config.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            allowed_key_ids: allowed.iter().map(|t| t.to_string()).collect(),
+            ..CheckOptions::default()
+        }
+    }
+
     #[test]
     fn check_reports_plans_and_refusals() {
         let a = super::super::fixtures::build_policies().unwrap();
         let r = check_policy(
-            a.path("encrypt-all"),
-            "kek-${topic}",
-            &["orders".into()],
-            &[],
+            &a.path("encrypt-all"),
+            &opts("kek-${topic}", &["orders"], &[]),
         )
         .unwrap();
-        assert!(r.contains("OK (sha256"), "{r}");
+        assert!(r.passed(), "{:?}", r.failures);
+        assert!(r.text.contains("OK (sha256"), "{}", r.text);
         assert!(
-            r.contains("topic orders: encrypt all records with key `kek-orders`: whole value"),
-            "{r}"
+            r.text
+                .contains("topic orders: encrypt all records with key `kek-orders`: whole value"),
+            "{}",
+            r.text
         );
+        // A key id outside allowed_key_ids fails the check (production would refuse it).
+        let r = check_policy(&a.path("encrypt-all"), &opts("", &["orders"], &["other-*"])).unwrap();
+        assert!(!r.passed());
+        assert!(
+            r.text.contains("ERROR") && r.text.contains("allowed_key_ids"),
+            "{}",
+            r.text
+        );
+        let e =
+            check_policy(&a.path("hostile-misbehave"), &opts("init-error", &[], &[])).unwrap_err();
+        assert!(format!("{e:#}").contains("refuses its config"), "{e:#}");
+    }
+
+    #[test]
+    fn check_decides_samples_and_times_a_full_batch() {
+        let a = super::super::fixtures::build_policies().unwrap();
+        let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
+        assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
+        assert!(
+            r.text.contains("record 2 (key \"o-3\"")
+                && r.text
+                    .contains("encrypt with key `tenant-globex`: whole value"),
+            "{}",
+            r.text
+        );
+        assert!(r.text.contains("µs per record"), "{}", r.text);
+        assert!(r.text.contains("full 1 MiB batch (1"), "{}", r.text);
+        // A policy that loops in decide fails its check instead of failing in production.
         let r = check_policy(
-            a.path("encrypt-all"),
-            "",
-            &["orders".into()],
-            &["other-*".into()],
+            &a.path("hostile-misbehave"),
+            &opts("loop-decide", &["events"], &[]),
         )
         .unwrap();
-        assert!(r.contains("ERROR") && r.contains("allowed_key_ids"), "{r}");
-        let e = check_policy(a.path("hostile-misbehave"), "init-error", &[], &[]).unwrap_err();
-        assert!(format!("{e:#}").contains("refuses its config"), "{e:#}");
+        assert!(!r.passed(), "{}", r.text);
+        assert!(r.failures[0].contains("decide failed"), "{:?}", r.failures);
+    }
+
+    #[test]
+    fn records_file_is_parsed_and_bad_lines_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.jsonl");
+        std::fs::write(
+            &p,
+            "{\"key\": \"k\", \"value\": {\"email\": \"a@b\"}, \"headers\": {\"tenant\": \"acme\", \"n\": null}}\n\n\
+             {\"value\": null, \"headers\": [[\"tenant\", \"x\"]]}\n",
+        )
+        .unwrap();
+        let r = read_records(&p).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].value.as_deref(), Some(&b"{\"email\":\"a@b\"}"[..]));
+        assert_eq!(r[0].headers.len(), 2);
+        assert_eq!(r[0].headers[1].value, None);
+        assert_eq!((r[1].key.clone(), r[1].value.clone()), (None, None));
+        std::fs::write(&p, "{\"key\": \"k\"}\n{\"kee\": 1}\n").unwrap();
+        let e = format!("{:#}", read_records(&p).unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn full_batch_holds_one_mebibyte_of_samples() {
+        let s = builtin_samples();
+        let full = full_batch(&s);
+        let bytes: usize = full.iter().map(record_size).sum();
+        assert!((FULL_BATCH_BYTES..FULL_BATCH_BYTES + 2048).contains(&bytes));
+        assert!((900..1200).contains(&full.len()), "{}", full.len());
     }
 }

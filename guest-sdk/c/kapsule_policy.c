@@ -1,0 +1,260 @@
+// The C SDK: implements the component exports over wit-bindgen's generated `policy.h` and calls
+// the kp_policy_* functions of the policy (see kapsule_policy.h).
+#include "kapsule_policy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+typedef kapsule_policy_types_decision_t wit_decision;
+typedef kapsule_policy_types_encrypt_t wit_encrypt;
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (p == NULL) abort();
+  return p;
+}
+
+static void set_str(policy_string_t *s, const char *text) {
+  size_t len = text ? strlen(text) : 0;
+  uint8_t *p = xmalloc(len);
+  if (len) memcpy(p, text, len);
+  s->ptr = p;
+  s->len = len;
+}
+
+bool kp_str_eq(kp_str s, const char *text) {
+  size_t n = strlen(text);
+  return s.len == n && memcmp(s.ptr, text, n) == 0;
+}
+
+bool kp_find_header(const kp_record *r, const char *name, kp_bytes *value) {
+  size_t n = strlen(name);
+  for (size_t i = 0; i < r->headers_len; i++) {
+    const kp_header *h = &r->headers[i];
+    if (h->key.len == n && memcmp(h->key.ptr, name, n) == 0) {
+      if (value) *value = h->value;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool kp_header_is(const kp_record *r, const char *name, const char *value) {
+  kp_bytes v;
+  size_t n = strlen(value);
+  return kp_find_header(r, name, &v) && v.ptr != NULL && v.len == n && memcmp(v.ptr, value, n) == 0;
+}
+
+kp_encrypt kp_encrypt_whole(const char *key_id) {
+  kp_encrypt e;
+  memset(&e, 0, sizeof e);
+  e.key_id = key_id;
+  e.value = KP_VALUE_WHOLE;
+  return e;
+}
+
+kp_decision kp_decide_encrypt(kp_encrypt e) {
+  kp_decision d;
+  memset(&d, 0, sizeof d);
+  d.kind = KP_ENCRYPT;
+  d.encrypt = e;
+  return d;
+}
+
+kp_decision kp_decide_reject(const char *message) {
+  kp_decision d;
+  memset(&d, 0, sizeof d);
+  d.kind = KP_REJECT;
+  d.message = message;
+  return d;
+}
+
+void kp_log(int level, const char *message) {
+  policy_string_t m;
+  policy_string_set(&m, message);
+  if (level < 0) level = 0;
+  if (level > 4) level = 4;
+  policy_log((kapsule_policy_types_level_t)level, &m);
+}
+
+static bool cstr_eq(const char *a, const char *b) {
+  if (a == b) return true;
+  if (a == NULL || b == NULL) return false;
+  return strcmp(a, b) == 0;
+}
+
+static bool list_eq(const char *const *a, size_t an, const char *const *b, size_t bn) {
+  if (an != bn) return false;
+  for (size_t i = 0; i < an; i++)
+    if (!cstr_eq(a[i], b[i])) return false;
+  return true;
+}
+
+static bool encrypt_eq(const kp_encrypt *a, const kp_encrypt *b) {
+  return cstr_eq(a->key_id, b->key_id) && a->value == b->value && a->record_key == b->record_key &&
+         (a->value != KP_VALUE_JSON_FIELDS ||
+          list_eq(a->json_fields, a->json_fields_len, b->json_fields, b->json_fields_len)) &&
+         list_eq(a->headers, a->headers_len, b->headers, b->headers_len);
+}
+
+static bool decision_eq(const kp_decision *a, const kp_decision *b) {
+  if (a->kind != b->kind) return false;
+  if (a->kind == KP_ENCRYPT) return encrypt_eq(&a->encrypt, &b->encrypt);
+  if (a->kind == KP_REJECT) return cstr_eq(a->message, b->message);
+  return true;
+}
+
+static void strings_to_wit(policy_list_string_t *out, const char *const *items, size_t n) {
+  out->len = n;
+  out->ptr = xmalloc(n * sizeof(policy_string_t));
+  for (size_t i = 0; i < n; i++) set_str(&out->ptr[i], items[i]);
+}
+
+static void encrypt_to_wit(wit_encrypt *w, const kp_encrypt *e) {
+  set_str(&w->key_id, e->key_id);
+  switch (e->value) {
+    case KP_VALUE_WHOLE:
+      w->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_WHOLE;
+      break;
+    case KP_VALUE_JSON_FIELDS:
+      w->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_JSON_FIELDS;
+      strings_to_wit(&w->value.val.json_fields, e->json_fields, e->json_fields_len);
+      break;
+    default:
+      w->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_NONE;
+  }
+  w->record_key = e->record_key;
+  strings_to_wit(&w->headers, e->headers, e->headers_len);
+}
+
+static void decision_to_wit(wit_decision *w, const kp_decision *d) {
+  memset(w, 0, sizeof *w);
+  if (d->kind == KP_ENCRYPT) {
+    w->tag = KAPSULE_POLICY_TYPES_DECISION_ENCRYPT;
+    encrypt_to_wit(&w->val.encrypt, &d->encrypt);
+  } else if (d->kind == KP_REJECT) {
+    w->tag = KAPSULE_POLICY_TYPES_DECISION_REJECT;
+    set_str(&w->val.reject, d->message ? d->message : "rejected by policy");
+  } else {
+    w->tag = KAPSULE_POLICY_TYPES_DECISION_PASS;
+  }
+}
+
+static bool g_ready = false;
+
+bool exports_policy_init(policy_string_t *config, policy_string_t *err) {
+  char *c = xmalloc(config->len + 1);
+  memcpy(c, config->ptr, config->len);
+  c[config->len] = 0;
+  const char *e = kp_policy_init(c, config->len);
+  free(c);
+  policy_string_free(config);
+  if (e != NULL) {
+    set_str(err, e);
+    return false;
+  }
+  g_ready = true;
+  return true;
+}
+
+void exports_policy_plan(policy_string_t *topic, kapsule_policy_types_topic_plan_t *ret) {
+  memset(ret, 0, sizeof *ret);
+  if (!g_ready) {
+    ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL;
+    set_str(&ret->val.reject_all, "policy used before init");
+    policy_string_free(topic);
+    return;
+  }
+  kp_str t = {(const char *)topic->ptr, topic->len};
+  kp_plan p = kp_policy_plan(t);
+  switch (p.kind) {
+    case KP_PLAN_ENCRYPT_ALL:
+      ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_ENCRYPT_ALL;
+      encrypt_to_wit(&ret->val.encrypt_all, &p.encrypt);
+      break;
+    case KP_PLAN_PER_RECORD:
+      ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_PER_RECORD;
+      ret->val.per_record = (p.needs & KP_NEEDS_KEY ? KAPSULE_POLICY_TYPES_NEEDS_KEY : 0) |
+                            (p.needs & KP_NEEDS_VALUE ? KAPSULE_POLICY_TYPES_NEEDS_VALUE : 0) |
+                            (p.needs & KP_NEEDS_HEADERS ? KAPSULE_POLICY_TYPES_NEEDS_HEADERS : 0);
+      break;
+    case KP_PLAN_REJECT_ALL:
+      ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL;
+      set_str(&ret->val.reject_all, p.message ? p.message : "rejected by policy");
+      break;
+    default:
+      ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_PASS_ALL;
+  }
+  policy_string_free(topic);
+}
+
+// Resolves a span of the batch; an out-of-range span reads as absent.
+static kp_bytes span(const policy_batch_view_t *b, uint32_t offset, uint32_t len) {
+  kp_bytes out = {NULL, 0};
+  if ((uint64_t)offset + len <= b->data.len) {
+    out.ptr = b->data.len ? b->data.ptr + offset : (const uint8_t *)"";
+    out.len = len;
+  }
+  return out;
+}
+
+void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
+                           policy_decisions_t *ret) {
+  size_t n = batch->records.len;
+  size_t nh = batch->headers.len;
+  kp_header *headers = xmalloc(nh * sizeof(kp_header));
+  for (size_t i = 0; i < nh; i++) {
+    const kapsule_policy_types_header_view_t *h = &batch->headers.ptr[i];
+    headers[i].key = span(batch, h->key.offset, h->key.len);
+    headers[i].value = h->value.is_some ? span(batch, h->value.val.offset, h->value.val.len)
+                                        : (kp_bytes){NULL, 0};
+  }
+  kp_record *records = xmalloc(n * sizeof(kp_record));
+  for (size_t i = 0; i < n; i++) {
+    const kapsule_policy_types_record_view_t *r = &batch->records.ptr[i];
+    records[i].key = r->key.is_some ? span(batch, r->key.val.offset, r->key.val.len) : (kp_bytes){NULL, 0};
+    records[i].value =
+        r->value.is_some ? span(batch, r->value.val.offset, r->value.val.len) : (kp_bytes){NULL, 0};
+    bool ok = (uint64_t)r->headers_start + r->headers_len <= nh;
+    records[i].headers = ok ? headers + r->headers_start : NULL;
+    records[i].headers_len = ok ? r->headers_len : 0;
+    records[i].timestamp = r->timestamp;
+  }
+  kp_decision *out = calloc(n ? n : 1, sizeof(kp_decision));
+  if (out == NULL) abort();
+  kp_str t = {(const char *)topic->ptr, topic->len};
+  if (g_ready) {
+    kp_policy_decide(t, records, n, out);
+  } else {
+    for (size_t i = 0; i < n; i++) out[i] = kp_decide_reject("policy used before init");
+  }
+
+  // Pack: distinct decisions (compared with the previous record first, then the table) + indices.
+  size_t *first = xmalloc(n * sizeof(size_t));  // record index of each distinct decision
+  size_t nd = 0;
+  ret->choices.len = n;
+  ret->choices.ptr = xmalloc(n * sizeof(uint32_t));
+  for (size_t i = 0; i < n; i++) {
+    size_t j;
+    if (i > 0 && decision_eq(&out[i], &out[first[ret->choices.ptr[i - 1]]])) {
+      j = ret->choices.ptr[i - 1];
+    } else {
+      for (j = 0; j < nd; j++)
+        if (decision_eq(&out[i], &out[first[j]])) break;
+      if (j == nd) first[nd++] = i;
+    }
+    ret->choices.ptr[i] = (uint32_t)j;
+  }
+  ret->distinct.len = nd;
+  ret->distinct.ptr = xmalloc(nd * sizeof(wit_decision));
+  for (size_t j = 0; j < nd; j++) decision_to_wit(&ret->distinct.ptr[j], &out[first[j]]);
+
+  free(first);
+  free(out);
+  free(records);
+  free(headers);
+  policy_batch_view_free(batch);
+  policy_string_free(topic);
+}

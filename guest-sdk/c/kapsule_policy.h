@@ -1,0 +1,136 @@
+// Write Kapsule encryption policies in C.
+//
+// A policy is a WebAssembly component implementing the `kapsule:policy/policy` world
+// (wit/policy.wit). This SDK implements the component's exports over the bindings `wit-bindgen c`
+// generates, and calls three functions you write:
+//
+//   const char *kp_policy_init(const char *config, size_t len);     // NULL = accepted
+//   kp_plan     kp_policy_plan(kp_str topic);                        // once per topic, cached
+//   void        kp_policy_decide(kp_str topic, const kp_record *records, size_t n,
+//                                kp_decision *out);                  // one decision per record
+//
+// `decide` sees one kp_record per record (spans of the flat batch resolved to pointers) and writes
+// one kp_decision per record into `out`; the SDK packs equal decisions into one entry and copies
+// what it sends, so decisions may point at static strings or at buffers that live until
+// kp_policy_decide returns.
+//
+// Build: guest-sdk/c/build.sh policy.c policy.wasm (wit-bindgen c 0.60 + clang for wasm32-wasi +
+// wasm-component-ld; scripts/install-policy-toolchains.sh installs them).
+// The sandbox grants no files, network, environment or clocks; printf output is discarded.
+#ifndef KAPSULE_POLICY_H
+#define KAPSULE_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Bytes borrowed from Kapsule's batch. `ptr == NULL` means absent (null key, tombstone, null
+/// header value, or a part the plan did not ask for).
+typedef struct {
+  const uint8_t *ptr;
+  size_t len;
+} kp_bytes;
+
+/// A string that is not NUL-terminated.
+typedef struct {
+  const char *ptr;
+  size_t len;
+} kp_str;
+
+/// One Kafka header.
+typedef struct {
+  kp_bytes key;
+  kp_bytes value;
+} kp_header;
+
+/// One record: only the parts the topic plan's needs asked for (others are absent / empty).
+typedef struct {
+  kp_bytes key;
+  kp_bytes value;
+  const kp_header *headers;
+  size_t headers_len;
+  /// Milliseconds since the Unix epoch, as the producer set it.
+  int64_t timestamp;
+} kp_record;
+
+/// Which part of the value to encrypt.
+typedef enum { KP_VALUE_NONE = 0, KP_VALUE_WHOLE, KP_VALUE_JSON_FIELDS } kp_value_kind;
+
+/// How to encrypt a record. Strings are NUL-terminated and borrowed.
+typedef struct {
+  /// KEK id; must match the binding's `allowed_key_ids`.
+  const char *key_id;
+  kp_value_kind value;
+  /// RFC 6901 pointers, for KP_VALUE_JSON_FIELDS.
+  const char *const *json_fields;
+  size_t json_fields_len;
+  /// Encrypt the record key deterministically.
+  bool record_key;
+  /// Names of headers whose values are encrypted.
+  const char *const *headers;
+  size_t headers_len;
+} kp_encrypt;
+
+typedef enum { KP_PASS = 0, KP_ENCRYPT, KP_REJECT } kp_decision_kind;
+
+/// What to do with one record. A zeroed kp_decision is KP_PASS.
+typedef struct {
+  kp_decision_kind kind;
+  /// For KP_ENCRYPT.
+  kp_encrypt encrypt;
+  /// For KP_REJECT: the message for the producer.
+  const char *message;
+} kp_decision;
+
+/// Parts of each record `decide` needs (bit flags; asking for less is faster).
+enum { KP_NEEDS_KEY = 1, KP_NEEDS_VALUE = 2, KP_NEEDS_HEADERS = 4 };
+
+typedef enum { KP_PLAN_PASS_ALL = 0, KP_PLAN_ENCRYPT_ALL, KP_PLAN_PER_RECORD, KP_PLAN_REJECT_ALL } kp_plan_kind;
+
+/// The answer for a whole topic.
+typedef struct {
+  kp_plan_kind kind;
+  /// For KP_PLAN_ENCRYPT_ALL.
+  kp_encrypt encrypt;
+  /// For KP_PLAN_PER_RECORD: KP_NEEDS_* bits.
+  unsigned needs;
+  /// For KP_PLAN_REJECT_ALL.
+  const char *message;
+} kp_plan;
+
+// ---- written by the policy author -------------------------------------------------------------
+
+/// Builds the policy from the binding's config (NUL-terminated copy, `len` bytes). Returns NULL to
+/// accept, or a message refusing the module (shown to the operator; static or malloc'd).
+const char *kp_policy_init(const char *config, size_t len);
+/// Decides a whole topic. Called once per topic and module version.
+kp_plan kp_policy_plan(kp_str topic);
+/// Writes one decision per record into `out` (`n` entries, zeroed = pass) for per-record topics.
+void kp_policy_decide(kp_str topic, const kp_record *records, size_t n, kp_decision *out);
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+/// The first header named `name`; returns false if there is none. `*value` may be absent (NULL ptr)
+/// for a null header value.
+bool kp_find_header(const kp_record *r, const char *name, kp_bytes *value);
+/// True if the first header named `name` has exactly the text `value`.
+bool kp_header_is(const kp_record *r, const char *name, const char *value);
+/// True if `s` has exactly the text `text`.
+bool kp_str_eq(kp_str s, const char *text);
+/// Encrypt the whole value under `key_id`.
+kp_encrypt kp_encrypt_whole(const char *key_id);
+/// A decision to encrypt as `e` says.
+kp_decision kp_decide_encrypt(kp_encrypt e);
+/// A decision to refuse the record with `message`.
+kp_decision kp_decide_reject(const char *message);
+/// Sends a message to Kapsule's log (levels 0 trace .. 4 error; rate-limited, truncated).
+void kp_log(int level, const char *message);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,287 @@
+// Write Kapsule encryption policies in JavaScript (or TypeScript compiled to JavaScript).
+//
+// A policy is a WebAssembly component implementing the `kapsule:policy/policy` world
+// (wit/policy.wit), built with componentize-js by `build.mjs` (one command:
+// `node guest-sdk/js/build.mjs policy.js -o policy.wasm`). It tells Kapsule, per topic and when
+// needed per record, which records to encrypt, under which key id and which parts.
+//
+// Write a class with `constructor(config)`, `plan(topic)` and `decide(topic, records)` and export
+// it:   export const { init, plan, decide } = exportPolicy(MyPolicy);
+// `decide` gets one RecordView per record, read lazily from the flat batch Kapsule passes, and
+// returns one Decision per record; the SDK packs them into distinct decisions plus indices.
+// Types: kapsule-policy.d.ts. The generated bindings ({tag, val} variants, flags objects, spans)
+// stay underneath.
+import __kapsuleHostLog from 'log';
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const utf8Encoder = new TextEncoder();
+
+/** Expands `${topic}` in a key-id template, as Kapsule's built-in rules do. */
+function expandTopic(template, topic) {
+  return template.split('${topic}').join(topic);
+}
+
+/** An RFC 6901 pointer from path tokens: jsonPointer(['a/b', 0]) === '/a~1b/0'. */
+function jsonPointer(tokens) {
+  let out = '';
+  for (const t of tokens) out += '/' + String(t).replaceAll('~', '~0').replaceAll('/', '~1');
+  return out;
+}
+
+/** Which parts of each record `decide` needs to see. Asking for less is faster. */
+class Needs {
+  constructor({ key = false, value = false, headers = false } = {}) {
+    this.key = !!key;
+    this.value = !!value;
+    this.headers = !!headers;
+    Object.freeze(this);
+  }
+}
+
+const VALUE_NONE = Object.freeze({ tag: 'none' });
+const VALUE_WHOLE = Object.freeze({ tag: 'whole' });
+
+/**
+ * How to encrypt a record. Immutable; setters return a new value:
+ *   new Encrypt('kek-orders').wholeValue().withRecordKey().withHeader('pii')
+ */
+class Encrypt {
+  constructor(keyId, value = VALUE_NONE, recordKey = false, headers = []) {
+    if (typeof keyId !== 'string') throw new TypeError('Encrypt: keyId must be a string');
+    this.keyId = keyId;
+    this.value = value;
+    this.recordKey = !!recordKey;
+    this.headers = Object.freeze([...headers]);
+    this._key = JSON.stringify([keyId, value.tag, value.val ?? null, this.recordKey, this.headers]);
+    Object.freeze(this);
+  }
+  /** Also encrypt the whole value (tombstones stay null). */
+  wholeValue() {
+    return new Encrypt(this.keyId, VALUE_WHOLE, this.recordKey, this.headers);
+  }
+  /** Encrypt these RFC 6901 JSON pointers of the value (the value stays JSON). */
+  jsonFields(pointers) {
+    const val = Object.freeze([...pointers].map(String));
+    return new Encrypt(this.keyId, Object.freeze({ tag: 'json-fields', val }), this.recordKey, this.headers);
+  }
+  /** Also encrypt the record key, deterministically. */
+  withRecordKey() {
+    return new Encrypt(this.keyId, this.value, true, this.headers);
+  }
+  /** Also encrypt every header named `name`. */
+  withHeader(name) {
+    return new Encrypt(this.keyId, this.value, this.recordKey, [...this.headers, String(name)]);
+  }
+}
+
+/** What to do with one record: Decision.PASS, Decision.encrypt(e), Decision.reject(message). */
+class Decision {
+  constructor(kind, encryption, message) {
+    this.kind = kind;
+    this.encryption = encryption;
+    this.message = message;
+    this._key = kind === 'encrypt' ? 'e' + encryption._key : kind === 'reject' ? 'r' + message : 'p';
+    Object.freeze(this);
+  }
+  static encrypt(e) {
+    if (!(e instanceof Encrypt)) throw new TypeError('Decision.encrypt needs an Encrypt');
+    return new Decision('encrypt', e, undefined);
+  }
+  static reject(message) {
+    return new Decision('reject', undefined, String(message));
+  }
+}
+Decision.PASS = new Decision('pass', undefined, undefined);
+
+/** The answer for a whole topic, computed once and cached by Kapsule. */
+class TopicPlan {
+  constructor(kind, encryption, needs, message) {
+    this.kind = kind;
+    this.encryption = encryption;
+    this.needs = needs;
+    this.message = message;
+    Object.freeze(this);
+  }
+  /** Every record is encrypted the same way; decide is never called. */
+  static encryptAll(e) {
+    if (!(e instanceof Encrypt)) throw new TypeError('TopicPlan.encryptAll needs an Encrypt');
+    return new TopicPlan('encrypt-all', e, undefined, undefined);
+  }
+  /** Every batch goes to decide, showing these parts of each record. */
+  static perRecord(needs) {
+    if (!(needs instanceof Needs)) needs = new Needs(needs);
+    return new TopicPlan('per-record', undefined, needs, undefined);
+  }
+  /** Every record is refused with this message. */
+  static rejectAll(message) {
+    return new TopicPlan('reject-all', undefined, undefined, String(message));
+  }
+}
+TopicPlan.PASS_ALL = new TopicPlan('pass-all');
+
+/** The parts of one record the plan asked for, read lazily from the batch (no copies). */
+class RecordView {
+  constructor(data, rec, headers) {
+    this._data = data;
+    this._rec = rec;
+    this._headers = headers;
+  }
+  _bytes(span) {
+    return span === undefined || span === null ? null : this._data.subarray(span.offset, span.offset + span.len);
+  }
+  /** Record key (Uint8Array); null for a null key or when not asked for. */
+  get key() { return this._bytes(this._rec.key); }
+  /** Record value (Uint8Array); null for a tombstone or when not asked for. */
+  get value() { return this._bytes(this._rec.value); }
+  /** Timestamp in milliseconds since the Unix epoch (a Number). */
+  get timestamp() { return Number(this._rec.timestamp); }
+  /** Headers in wire order as {key: string, value: Uint8Array|null}; empty when not asked for. */
+  get headers() {
+    const out = [];
+    const end = this._rec.headersStart + this._rec.headersLen;
+    for (let i = this._rec.headersStart; i < end; i++) {
+      const h = this._headers[i];
+      out.push({ key: decodeLossy(this._bytes(h.key)), value: this._bytes(h.value) });
+    }
+    return out;
+  }
+  _find(name) {
+    const want = utf8Encoder.encode(name);
+    const data = this._data;
+    const end = this._rec.headersStart + this._rec.headersLen;
+    outer: for (let i = this._rec.headersStart; i < end; i++) {
+      const h = this._headers[i];
+      if (h.key.len !== want.length) continue;
+      for (let j = 0; j < want.length; j++) if (data[h.key.offset + j] !== want[j]) continue outer;
+      return h;
+    }
+    return undefined;
+  }
+  /** Value of the first header named `name` (Uint8Array), or null if absent or null. */
+  header(name) {
+    const h = this._find(name);
+    return h === undefined ? null : this._bytes(h.value);
+  }
+  /** As header(), decoded as UTF-8; null if absent, null or not UTF-8. */
+  headerStr(name) {
+    return decodeOrNull(this.header(name));
+  }
+  /** Whether a header named `name` is present (even with a null value). */
+  hasHeader(name) {
+    return this._find(name) !== undefined;
+  }
+  /** The key as UTF-8 text, or null. */
+  keyStr() { return decodeOrNull(this.key); }
+  /** The value as UTF-8 text, or null. */
+  valueStr() { return decodeOrNull(this.value); }
+  /** The value parsed as JSON; throws if absent or not JSON. */
+  valueJson() {
+    const s = this.valueStr();
+    if (s === null) throw new Error('record value is absent or not UTF-8');
+    return JSON.parse(s);
+  }
+}
+
+function decodeOrNull(bytes) {
+  if (bytes === null) return null;
+  try { return utf8.decode(bytes); } catch { return null; }
+}
+function decodeLossy(bytes) {
+  return new TextDecoder().decode(bytes);
+}
+
+function host(level, message) {
+  __kapsuleHostLog(level, String(message));
+}
+/** Logging to Kapsule's log (rate-limited, truncated). console.log output is discarded. */
+const log = Object.freeze({
+  trace: (m) => host('trace', m),
+  debug: (m) => host('debug', m),
+  info: (m) => host('info', m),
+  warn: (m) => host('warn', m),
+  error: (m) => host('error', m),
+});
+
+function encryptToWit(e) {
+  return { keyId: e.keyId, value: e.value, recordKey: e.recordKey, headers: [...e.headers] };
+}
+function decisionToWit(d) {
+  if (d.kind === 'encrypt') return { tag: 'encrypt', val: encryptToWit(d.encryption) };
+  if (d.kind === 'reject') return { tag: 'reject', val: d.message };
+  return { tag: 'pass' };
+}
+function planToWit(p) {
+  if (!(p instanceof TopicPlan)) {
+    return { tag: 'reject-all', val: `policy plan() returned ${typeof p}, not TopicPlan` };
+  }
+  switch (p.kind) {
+    case 'encrypt-all': return { tag: 'encrypt-all', val: encryptToWit(p.encryption) };
+    case 'per-record': return { tag: 'per-record', val: { key: p.needs.key, value: p.needs.value, headers: p.needs.headers } };
+    case 'reject-all': return { tag: 'reject-all', val: p.message };
+    default: return { tag: 'pass-all' };
+  }
+}
+
+/** Distinct decisions in first-seen order and one index per record (fail closed on mistakes). */
+function pack(decided, n) {
+  if (!Array.isArray(decided) || decided.length !== n) {
+    const got = Array.isArray(decided) ? `${decided.length} decisions` : 'a non-array';
+    const d = Decision.reject(`policy decide() returned ${got} for ${n} records`);
+    return { distinct: [decisionToWit(d)], choices: new Uint32Array(n) };
+  }
+  const index = new Map();
+  const distinct = [];
+  const choices = new Uint32Array(n);
+  let last;
+  let lastI = 0;
+  for (let i = 0; i < n; i++) {
+    let d = decided[i];
+    if (d === last) { choices[i] = lastI; continue; }
+    if (!(d instanceof Decision)) d = Decision.reject(`policy decide() returned ${typeof d}, not a Decision`);
+    let j = index.get(d._key);
+    if (j === undefined) {
+      j = distinct.length;
+      index.set(d._key, j);
+      distinct.push(decisionToWit(d));
+    }
+    choices[i] = j;
+    last = decided[i];
+    lastI = j;
+  }
+  return { distinct, choices };
+}
+
+/**
+ * The component's exports for `PolicyClass` (constructor(config), plan(topic),
+ * decide(topic, records)): `export const { init, plan, decide } = exportPolicy(MyPolicy);`
+ * A constructor that throws refuses the module with the error's message.
+ */
+function exportPolicy(PolicyClass) {
+  let policy = null;
+  return {
+    init(config) {
+      try {
+        policy = new PolicyClass(config);
+      } catch (e) {
+        // A thrown string is the `err` of init's result; an Error would trap instead.
+        throw String(e && e.message !== undefined ? e.message : e);
+      }
+    },
+    plan(topic) {
+      if (policy === null) return planToWit(TopicPlan.rejectAll('policy used before init'));
+      return planToWit(policy.plan(topic));
+    },
+    decide(topic, batch) {
+      const data = batch.data;
+      const headers = batch.headers;
+      const records = batch.records.map((r) => new RecordView(data, r, headers));
+      if (policy === null) return pack(records.map(() => Decision.reject('policy used before init')), records.length);
+      if (typeof policy.decide !== 'function') {
+        return pack(records.map(() => Decision.reject('policy does not implement per-record decisions')), records.length);
+      }
+      return pack(policy.decide(topic, records), records.length);
+    },
+  };
+}
+
+export { Decision, Encrypt, Needs, RecordView, TopicPlan, exportPolicy, expandTopic, jsonPointer, log };

@@ -1,0 +1,91 @@
+"""Conversions between the hand-written types and componentize-py's generated bindings.
+
+Imported only inside the component (``wit_world`` exists only at build time and in Wasm).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+from wit_world.imports import types as wit
+
+from ._types import Decision, Encrypt, Needs, TopicPlan, ValuePart
+
+
+def _value_part(v: ValuePart) -> Any:
+    if v.kind == "whole":
+        return wit.ValuePart_Whole()
+    if v.kind == "json-fields":
+        return wit.ValuePart_JsonFields(list(v.pointers))
+    return wit.ValuePart_None_()
+
+
+def _encrypt(e: Encrypt) -> Any:
+    return wit.Encrypt(key_id=e.key_id, value=_value_part(e.value), record_key=e.record_key,
+                       headers=list(e.headers))
+
+
+def _needs(n: Needs) -> Any:
+    f = wit.Needs(0)
+    if n.key:
+        f |= wit.Needs.KEY
+    if n.value:
+        f |= wit.Needs.VALUE
+    if n.headers:
+        f |= wit.Needs.HEADERS
+    return f
+
+
+def _decision(d: Decision) -> Any:
+    if d.kind == "encrypt":
+        return wit.Decision_Encrypt(_encrypt(d.encryption))
+    if d.kind == "reject":
+        return wit.Decision_Reject(d.message)
+    return wit.Decision_Pass()
+
+
+def plan_to_wit(p: Any) -> Any:
+    """The generated ``TopicPlan`` for ``p``; anything that is not a ``TopicPlan`` refuses the
+    topic with a message naming the mistake (fail closed)."""
+    if not isinstance(p, TopicPlan):
+        return wit.TopicPlan_RejectAll(f"policy plan() returned {type(p).__name__}, not TopicPlan")
+    if p.kind == "encrypt-all":
+        return wit.TopicPlan_EncryptAll(_encrypt(p.encryption))
+    if p.kind == "per-record":
+        return wit.TopicPlan_PerRecord(_needs(p.needs))
+    if p.kind == "reject-all":
+        return wit.TopicPlan_RejectAll(p.message)
+    return wit.TopicPlan_PassAll()
+
+
+def pack(decided: Any, n: int) -> Any:
+    """Distinct decisions in first-seen order and one index per record. A wrong count or a value
+    that is not a ``Decision`` rejects the whole batch with a message saying so (fail closed)."""
+    try:
+        decided = list(decided)
+    except TypeError:
+        decided = None
+    if decided is None or len(decided) != n:
+        got = "a non-list" if decided is None else f"{len(decided)} decisions"
+        d = Decision.reject(f"policy decide() returned {got} for {n} records")
+        return wit.Decisions(distinct=[_decision(d)], choices=[0] * n)
+    index: Dict[Any, int] = {}
+    distinct: List[Any] = []
+    choices = [0] * n
+    last = None
+    last_i = 0
+    for i, d in enumerate(decided):
+        if d is last:
+            choices[i] = last_i
+            continue
+        if not isinstance(d, Decision):
+            d = Decision.reject(f"policy decide() returned {type(d).__name__}, not Decision")
+        j = index.get(d._k)
+        if j is None:
+            j = len(distinct)
+            index[d._k] = j
+            distinct.append(_decision(d))
+        choices[i] = j
+        last = d
+        last_i = j
+    return wit.Decisions(distinct=distinct, choices=choices)

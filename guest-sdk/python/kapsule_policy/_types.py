@@ -1,0 +1,303 @@
+"""Hand-written policy types. Pure Python: no generated bindings are imported here."""
+
+from __future__ import annotations
+
+import json as _json
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
+
+
+def expand_topic(template: str, topic: str) -> str:
+    """Expands ``${topic}`` in a key-id template, as Kapsule's built-in rules do."""
+    return template.replace("${topic}", topic)
+
+
+def json_pointer(tokens: Iterable[Any]) -> str:
+    """Builds an RFC 6901 pointer from path tokens: ``json_pointer(["a/b", 0]) == "/a~1b/0"``."""
+    return "".join("/" + str(t).replace("~", "~0").replace("/", "~1") for t in tokens)
+
+
+class Needs:
+    """Which parts of each record ``decide`` needs to see. Asking for less is faster."""
+
+    __slots__ = ("key", "value", "headers")
+
+    def __init__(self, key: bool = False, value: bool = False, headers: bool = False) -> None:
+        self.key = bool(key)
+        self.value = bool(value)
+        self.headers = bool(headers)
+
+    def __repr__(self) -> str:
+        return f"Needs(key={self.key}, value={self.value}, headers={self.headers})"
+
+
+class ValuePart:
+    """Which part of a record value to encrypt: ``ValuePart.NONE``, ``ValuePart.WHOLE`` or
+    ``ValuePart.json_fields([...RFC 6901 pointers...])``."""
+
+    __slots__ = ("kind", "pointers")
+    NONE: "ValuePart"
+    WHOLE: "ValuePart"
+
+    def __init__(self, kind: str, pointers: Tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.pointers = tuple(pointers)
+
+    @staticmethod
+    def json_fields(pointers: Iterable[str]) -> "ValuePart":
+        """Encrypt the JSON members at these pointers (each starts with ``/``)."""
+        return ValuePart("json-fields", tuple(pointers))
+
+    def _key(self) -> tuple:
+        return (self.kind, self.pointers)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ValuePart) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"ValuePart({self.kind!r}, {list(self.pointers)!r})"
+
+
+ValuePart.NONE = ValuePart("none")
+ValuePart.WHOLE = ValuePart("whole")
+
+
+class Encrypt:
+    """How to encrypt a record. Immutable; the setters return a new value::
+
+        Encrypt("kek-orders").whole_value().with_record_key().with_header("pii")
+
+    ``key_id`` must match the binding's ``allowed_key_ids`` or Kapsule refuses the decision.
+    """
+
+    __slots__ = ("key_id", "value", "record_key", "headers", "_k")
+
+    def __init__(
+        self,
+        key_id: str,
+        value: ValuePart = ValuePart.NONE,
+        record_key: bool = False,
+        headers: Iterable[str] = (),
+    ) -> None:
+        if not isinstance(key_id, str):
+            raise TypeError(f"key_id must be a str, not {type(key_id).__name__}")
+        self.key_id = key_id
+        self.value = value
+        self.record_key = bool(record_key)
+        self.headers = tuple(headers)
+        self._k = (key_id, value._key(), self.record_key, self.headers)
+
+    def whole_value(self) -> "Encrypt":
+        """Also encrypt the whole value (tombstones stay null)."""
+        return Encrypt(self.key_id, ValuePart.WHOLE, self.record_key, self.headers)
+
+    def json_fields(self, pointers: Iterable[str]) -> "Encrypt":
+        """Encrypt these JSON pointers of the value (the value stays JSON)."""
+        return Encrypt(self.key_id, ValuePart.json_fields(pointers), self.record_key, self.headers)
+
+    def with_record_key(self) -> "Encrypt":
+        """Also encrypt the record key, deterministically (partitioning keeps working)."""
+        return Encrypt(self.key_id, self.value, True, self.headers)
+
+    def with_header(self, name: str) -> "Encrypt":
+        """Also encrypt every header named ``name``."""
+        return Encrypt(self.key_id, self.value, self.record_key, self.headers + (name,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Encrypt) and self._k == other._k
+
+    def __hash__(self) -> int:
+        return hash(self._k)
+
+    def __repr__(self) -> str:
+        return (f"Encrypt({self.key_id!r}, value={self.value!r}, record_key={self.record_key}, "
+                f"headers={list(self.headers)!r})")
+
+
+class Decision:
+    """What to do with one record: ``Decision.PASS``, ``Decision.encrypt(Encrypt(...))`` or
+    ``Decision.reject(message)``. Equal decisions are sent to Kapsule once per batch."""
+
+    __slots__ = ("kind", "encryption", "message", "_k")
+    PASS: "Decision"
+
+    def __init__(self, kind: str, encryption: Optional[Encrypt] = None, message: str = "") -> None:
+        self.kind = kind
+        self.encryption = encryption
+        self.message = message
+        self._k = (kind, encryption._k if encryption is not None else None, message)
+
+    @staticmethod
+    def encrypt(e: Encrypt) -> "Decision":
+        """Encrypt the record as ``e`` describes."""
+        if not isinstance(e, Encrypt):
+            raise TypeError(f"Decision.encrypt needs an Encrypt, not {type(e).__name__}")
+        return Decision("encrypt", e)
+
+    @staticmethod
+    def reject(message: str) -> "Decision":
+        """Refuse the record, and with it its whole partition batch, with this message."""
+        return Decision("reject", None, str(message))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._k == other._k
+
+    def __hash__(self) -> int:
+        return hash(self._k)
+
+    def __repr__(self) -> str:
+        if self.kind == "encrypt":
+            return f"Decision.encrypt({self.encryption!r})"
+        if self.kind == "reject":
+            return f"Decision.reject({self.message!r})"
+        return "Decision.PASS"
+
+
+Decision.PASS = Decision("pass")
+
+
+class TopicPlan:
+    """The answer for a whole topic, computed once and cached by Kapsule:
+    ``TopicPlan.PASS_ALL``, ``TopicPlan.encrypt_all(Encrypt(...))``,
+    ``TopicPlan.per_record(Needs(...))`` or ``TopicPlan.reject_all(message)``."""
+
+    __slots__ = ("kind", "encryption", "needs", "message")
+    PASS_ALL: "TopicPlan"
+
+    def __init__(self, kind: str, encryption: Optional[Encrypt] = None,
+                 needs: Optional[Needs] = None, message: str = "") -> None:
+        self.kind = kind
+        self.encryption = encryption
+        self.needs = needs
+        self.message = message
+
+    @staticmethod
+    def encrypt_all(e: Encrypt) -> "TopicPlan":
+        """Every record is encrypted the same way; ``decide`` is never called."""
+        if not isinstance(e, Encrypt):
+            raise TypeError(f"TopicPlan.encrypt_all needs an Encrypt, not {type(e).__name__}")
+        return TopicPlan("encrypt-all", encryption=e)
+
+    @staticmethod
+    def per_record(needs: Needs) -> "TopicPlan":
+        """Every batch goes to ``decide``, showing these parts of each record."""
+        if not isinstance(needs, Needs):
+            raise TypeError(f"TopicPlan.per_record needs a Needs, not {type(needs).__name__}")
+        return TopicPlan("per-record", needs=needs)
+
+    @staticmethod
+    def reject_all(message: str) -> "TopicPlan":
+        """Every record is refused with this message; ``decide`` is never called."""
+        return TopicPlan("reject-all", message=str(message))
+
+    def __repr__(self) -> str:
+        return f"TopicPlan({self.kind!r})"
+
+
+TopicPlan.PASS_ALL = TopicPlan("pass-all")
+
+Header = Tuple[bytes, Optional[bytes]]
+"""One Kafka header: ``(key, value)``; ``value`` is ``None`` for a null value."""
+
+
+class RecordView:
+    """The parts of one record the topic plan asked for, read lazily from the batch.
+
+    Parts not asked for are ``None`` / empty whatever the record holds.
+    """
+
+    __slots__ = ("_data", "_rec", "_hdrs")
+
+    def __init__(self, data: bytes, rec: Any, hdrs: Any) -> None:
+        self._data = data
+        self._rec = rec
+        self._hdrs = hdrs
+
+    @staticmethod
+    def _views(batch: Any) -> List["RecordView"]:
+        data = batch.data
+        hdrs = batch.headers
+        return [RecordView(data, r, hdrs) for r in batch.records]
+
+    def _bytes(self, span: Any) -> Optional[bytes]:
+        if span is None:
+            return None
+        return self._data[span.offset:span.offset + span.len]
+
+    @property
+    def key(self) -> Optional[bytes]:
+        """Record key; ``None`` for a null key or when not asked for."""
+        return self._bytes(self._rec.key)
+
+    @property
+    def value(self) -> Optional[bytes]:
+        """Record value; ``None`` for a tombstone or when not asked for."""
+        return self._bytes(self._rec.value)
+
+    @property
+    def timestamp(self) -> int:
+        """Timestamp in milliseconds since the Unix epoch, as the producer set it."""
+        return self._rec.timestamp
+
+    @property
+    def headers(self) -> List[Header]:
+        """Headers in wire order, as ``(key, value)`` pairs; empty when not asked for."""
+        start = self._rec.headers_start
+        return [(self._data[h.key.offset:h.key.offset + h.key.len], self._bytes(h.value))
+                for h in self._hdrs[start:start + self._rec.headers_len]]
+
+    def _find(self, name: bytes) -> Iterator[Any]:
+        data = self._data
+        n = len(name)
+        start = self._rec.headers_start
+        for h in self._hdrs[start:start + self._rec.headers_len]:
+            k = h.key
+            if k.len == n and data[k.offset:k.offset + n] == name:
+                yield h
+
+    def header(self, name: str) -> Optional[bytes]:
+        """Value of the first header named ``name``, if present and not null."""
+        for h in self._find(name.encode()):
+            return self._bytes(h.value)
+        return None
+
+    def header_str(self, name: str) -> Optional[str]:
+        """As :meth:`header`, decoded as UTF-8 (``None`` if absent, null or not UTF-8)."""
+        v = self.header(name)
+        if v is None:
+            return None
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def has_header(self, name: str) -> bool:
+        """Whether a header named ``name`` is present (even with a null value)."""
+        for _ in self._find(name.encode()):
+            return True
+        return False
+
+    def key_str(self) -> Optional[str]:
+        """The key as UTF-8 text, if present and valid."""
+        k = self.key
+        try:
+            return None if k is None else k.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def value_str(self) -> Optional[str]:
+        """The value as UTF-8 text, if present and valid."""
+        v = self.value
+        try:
+            return None if v is None else v.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def value_json(self) -> Any:
+        """The value parsed as JSON; raises ``ValueError`` if it is absent or not JSON."""
+        v = self.value
+        if v is None:
+            raise ValueError("record has no value")
+        return _json.loads(v)

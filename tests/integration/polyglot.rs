@@ -1,0 +1,389 @@
+//! Policies in Python and JavaScript end to end, and the templates of every language.
+//!
+//! The example policies of `policies/python/` and `policies/js/` (tenant keys, PII fields, header
+//! gate, written on `guest-sdk/python` and `guest-sdk/js`) are built with the real toolchains
+//! (componentize-py, componentize-js), checked with `kapsule policy check`, bound in Kapsule, and
+//! driven by a real client (confluent-kafka) on a real tansu broker: records are ciphertext at rest
+//! and clear text on consume. Each component is built once per test process, and not at all when it
+//! is newer than its sources, the SDK and the WIT (CI builds each example once).
+//! `kapsule policy new --lang rust|python|js|c` templates are built with their one command and must
+//! pass `kapsule policy check` as generated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use kapsule::policy::fixtures::repo_root;
+use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
+use kapsule_integration::{kapsule::kapsule_bin, Tansu, TestRecord};
+use serde_json::Value;
+
+use crate::common::{assert_records_match, ck_consume, ck_produce};
+use crate::encryption::{produce_report, read_direct, start_kapsule, topic};
+use crate::policies::{binding, errors_of, POLICY_VIOLATION};
+
+/// Generous limits while guest calls of interpreted languages share 2 cores with the whole test
+/// suite (the production defaults are checked by `policy check`, not here).
+const LIMITS: &str =
+    "  limits:\n    call_timeout_ms: 5000\n    init_timeout_ms: 20000\n    memory_mib: 256\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lang {
+    Python,
+    Js,
+}
+
+impl Lang {
+    fn dir(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::Js => "js",
+        }
+    }
+
+    /// Source directory of example `name` (Python packages use `_`, JS directories `-`).
+    fn example_dir(self, name: &str) -> PathBuf {
+        let n = match self {
+            Lang::Python => name.replace('-', "_"),
+            Lang::Js => name.to_string(),
+        };
+        repo_root().join("policies").join(self.dir()).join(n)
+    }
+}
+
+/// Newest modification time of the files under `dir` (skipping dependencies and build output).
+fn newest(dir: &Path) -> SystemTime {
+    let mut t = SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .unwrap_or(t);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if ["node_modules", "target", "__pycache__", "wit"]
+            .contains(&name.to_string_lossy().as_ref())
+        {
+            continue;
+        }
+        let p = e.path();
+        let m = if p.is_dir() {
+            newest(&p)
+        } else {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        t = t.max(m);
+    }
+    t
+}
+
+/// Builds example `name` of `lang` into `policies/<lang>/target/<name>.wasm`, unless that file is
+/// newer than the example, the SDK and `wit/policy.wit`. Builds are serialized (two cores).
+fn build_example(lang: Lang, name: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = repo_root();
+    let src = lang.example_dir(name);
+    let out = root
+        .join("policies")
+        .join(lang.dir())
+        .join("target")
+        .join(format!("{name}.wasm"));
+    let sources = newest(&src)
+        .max(newest(&root.join("guest-sdk").join(lang.dir())))
+        .max(newest(&root.join("wit")));
+    if std::fs::metadata(&out)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m > sources)
+    {
+        return out;
+    }
+    let mut cmd = match lang {
+        Lang::Python => {
+            let mut c = Command::new(root.join("guest-sdk/python/build.sh"));
+            c.arg(src.join("app.py")).arg(&out);
+            c
+        }
+        Lang::Js => {
+            let mut c = Command::new("node");
+            c.arg(root.join("guest-sdk/js/build.mjs"))
+                .arg(src.join("policy.js"))
+                .arg("-o")
+                .arg(&out);
+            c
+        }
+    };
+    let res = cmd.output().expect("run the policy build");
+    assert!(
+        res.status.success(),
+        "building {} failed (scripts/install-policy-toolchains.sh installs the toolchains):\n{}{}",
+        src.display(),
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    out
+}
+
+async fn built(lang: Lang, name: &'static str) -> PathBuf {
+    tokio::task::spawn_blocking(move || build_example(lang, name))
+        .await
+        .unwrap()
+}
+
+/// Runs `kapsule policy check` with `args`; returns (success, stdout + stderr).
+async fn policy_check(module: &Path, args: &[&str]) -> (bool, String) {
+    let mut c = tokio::process::Command::new(kapsule_bin().expect("kapsule binary"));
+    c.arg("policy").arg("check").arg(module).args(args);
+    let out = tokio::time::timeout(Duration::from_secs(300), c.output())
+        .await
+        .expect("policy check finishes")
+        .expect("run kapsule policy check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn with_headers(key: String, value: impl Into<Vec<u8>>, headers: &[(&str, String)]) -> TestRecord {
+    let mut r = TestRecord::kv(key, value);
+    r.headers = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), Some(v.clone().into_bytes())))
+        .collect();
+    r
+}
+
+/// The three examples of `lang` checked, bound in one Kapsule and driven by confluent-kafka.
+async fn examples_through_kapsule(lang: Lang) {
+    let tenant = built(lang, "tenant-keys").await;
+    let pii = built(lang, "pii-fields").await;
+    let gate = built(lang, "header-gate").await;
+    // Each example passes `policy check` (which also compiles it into the module cache that the
+    // Kapsule started below loads from).
+    for (m, config, allowed) in [
+        (&tenant, "", "tenant-*"),
+        (&pii, "", "pii-*"),
+        (&gate, "kek-", "kek-*"),
+    ] {
+        let (ok, out) = policy_check(
+            m,
+            &[
+                "--config",
+                config,
+                "--allowed-key-id",
+                allowed,
+                "--call-timeout-ms",
+                "5000",
+            ],
+        )
+        .await;
+        assert!(ok, "{out}");
+        assert!(out.contains("decide per record batch"), "{out}");
+    }
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let mut policy = format!("policy:\n  watch: false\n{LIMITS}  bindings:\n");
+    policy += &binding("xtenant-", &tenant, "", &["tenant-*"]);
+    policy += &binding("xpii-", &pii, "", &["pii-$${topic}"]);
+    policy += &binding("xgate-", &gate, "kek-", &["kek-$${topic}"]);
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let b = kapsule.bootstrap();
+
+    // Tenant keys: each record under its tenant's key; ciphertext at rest, clear on consume.
+    let t = topic(&tansu, "xtenant-").await;
+    let records: Vec<TestRecord> = (0..12)
+        .map(|i| {
+            let tenant = ["acme", "globex", "initech"][i % 3];
+            with_headers(
+                format!("k{i}"),
+                format!("TENANTVAL-{i}"),
+                &[("tenant", tenant.into())],
+            )
+        })
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 12, &[]).await);
+    let stored = read_direct(&tansu, &t, 12).await;
+    assert_no_plaintext(&stored, &[b"TENANTVAL-".to_vec()]);
+    assert!(stored.iter().all(|s| s.header("kapsule.enc").is_some()));
+    let out = produce_report(
+        &b,
+        &t,
+        &[TestRecord::kv("k", "NOTENANT")],
+        &["--timeout", "15"],
+    )
+    .await;
+    let errs = errors_of(&out);
+    assert_eq!(errs.len(), 1, "a record without tenant is refused: {out}");
+    assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{out}");
+
+    // PII fields: only the PII members are ciphertext; the value stays JSON.
+    let t = topic(&tansu, "xpii-").await;
+    let records: Vec<TestRecord> = (0..10)
+        .map(|i| {
+            let v = serde_json::json!({"order": i, "customer": {"email": format!("PIIMAIL-{i}@x.io"), "city": "Lyon"},
+                                       "items": [{"sku": "A1", "phone": format!("PIIPHONE-{i}")}]});
+            TestRecord::kv(format!("o{i}"), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 10, &[]).await);
+    let stored = read_direct(&tansu, &t, 10).await;
+    assert_no_plaintext(&stored, &[b"PIIMAIL-".to_vec(), b"PIIPHONE-".to_vec()]);
+    for (i, s) in stored.iter().enumerate() {
+        let v: Value =
+            serde_json::from_slice(s.value.as_deref().unwrap()).expect("stored value is JSON");
+        assert_eq!(v["order"], i);
+        assert_eq!(v["customer"]["city"], "Lyon");
+        assert_eq!(v["items"][0]["sku"], "A1");
+    }
+
+    // Header gate: public in clear, internal encrypted with its pii header, restricted refused.
+    let t = topic(&tansu, "xgate-").await;
+    let records: Vec<TestRecord> = (0..10)
+        .map(|i| {
+            let class = if i % 2 == 0 { "public" } else { "internal" };
+            with_headers(
+                format!("k{i}"),
+                format!("GATE-{class}-{i}"),
+                &[
+                    ("classification", class.into()),
+                    ("pii", format!("GATEPII-{i}")),
+                ],
+            )
+        })
+        .collect();
+    ck_produce(&b, &t, &records, &[]).await;
+    assert_records_match(&records, &ck_consume(&b, &t, 10, &[]).await);
+    let stored = read_direct(&tansu, &t, 10).await;
+    for (i, s) in stored.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(
+                (&s.key, &s.value, &s.headers),
+                (&records[i].key, &records[i].value, &records[i].headers),
+                "public record {i} stored as sent"
+            );
+        } else {
+            assert!(s.header("kapsule.enc").is_some(), "record {i} encrypted");
+            assert_no_plaintext(
+                std::slice::from_ref(s),
+                &[b"GATE-internal".to_vec(), b"GATEPII-".to_vec()],
+            );
+        }
+    }
+    let restricted = with_headers(
+        "r".into(),
+        "RESTRICTED",
+        &[("classification", "restricted".into())],
+    );
+    let out = produce_report(&b, &t, &[restricted], &["--timeout", "15"]).await;
+    let errs = errors_of(&out);
+    assert_eq!(errs.len(), 1, "{out}");
+    assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_example_policies_through_kapsule() {
+    examples_through_kapsule(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn js_example_policies_through_kapsule() {
+    examples_through_kapsule(Lang::Js).await;
+}
+
+/// `kapsule policy new NAME --lang LANG`, its one build command, then `kapsule policy check`
+/// with the production call deadline: must pass as generated.
+async fn template_builds_and_passes_check(lang: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("tpl-{lang}");
+    let out = tokio::process::Command::new(kapsule_bin().expect("kapsule binary"))
+        .args(["policy", "new", &name, "--lang", lang, "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join(&name);
+    let (mut build, wasm) = if lang == "rust" {
+        // Reuse the policies workspace's target dir: the SDK's dependencies are built there.
+        let target = repo_root().join("policies/target");
+        let mut c = tokio::process::Command::new("cargo");
+        c.args(["build", "--release", "--quiet"])
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS");
+        (c, target.join("wasm32-wasip2/release/tpl_rust.wasm"))
+    } else {
+        (
+            tokio::process::Command::new("./build.sh"),
+            root.join(format!("{name}.wasm")),
+        )
+    };
+    let out = build.current_dir(&root).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "building the {lang} template failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, report) = policy_check(
+        &wasm,
+        &[
+            "--topic",
+            "orders",
+            "--topic",
+            "public.news",
+            "--topic",
+            "mixed.events",
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    for want in [
+        "topic orders: encrypt all records with key `kek-orders`: whole value",
+        "topic public.news: pass all records",
+        "record 1 (key \"o-2\"",
+        "encrypt with key `kek-mixed.events`: whole value",
+        "check passed",
+    ] {
+        assert!(report.contains(want), "missing `{want}` in:\n{report}");
+    }
+    // Record 1 of the built-in samples is `classification: public`.
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("record 1 (key \"o-2\"") && l.ends_with(": pass")),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_rust_builds_and_passes_check() {
+    template_builds_and_passes_check("rust").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_python_builds_and_passes_check() {
+    template_builds_and_passes_check("python").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_js_builds_and_passes_check() {
+    template_builds_and_passes_check("js").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_c_builds_and_passes_check() {
+    template_builds_and_passes_check("c").await;
+}
