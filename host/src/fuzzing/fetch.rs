@@ -17,8 +17,10 @@ pub const TOPIC: &str = "orders";
 const MAX_DECOMPRESSED: usize = 1 << 20;
 
 /// Decrypt options from the first input byte: bits 0-1 the failure mode (0 and 3: error,
-/// 1: ciphertext, 2: skip), bit 2 `require_encrypted`.
-pub fn options(byte: u8) -> DecryptOptions {
+/// 1: ciphertext, 2: skip), bit 2 `require_encrypted`, bit 3 a KEK allow-list that refuses
+/// every id starting with `k` (so forbidden-key descriptors are exercised too).
+pub fn options(byte: u8) -> DecryptOptions<'static> {
+    static REFUSE_K: fn(&str) -> bool = |id| !id.starts_with('k');
     DecryptOptions {
         on_failure: match byte & 3 {
             1 => FailureMode::Ciphertext,
@@ -26,6 +28,7 @@ pub fn options(byte: u8) -> DecryptOptions {
             _ => FailureMode::Error,
         },
         require_encrypted: byte & 4 != 0,
+        allowed_kek: (byte & 8 != 0).then_some(&REFUSE_K as _),
     }
 }
 

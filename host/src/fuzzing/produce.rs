@@ -98,6 +98,10 @@ pub fn check(input: &RecordBatch, selectors: &[u8]) {
                     || matches!(&decisions[*index], RecordDecision::Encrypt(p)
                         if matches!(p.value, ValuePart::JsonFields(_)))
             }
+            EncryptError::PreEncrypted { index } => has_descriptor(&input.records[*index]),
+            EncryptError::InvalidKeyId { key_id, .. } => {
+                crate::crypto::wire::validate_key_id(key_id).is_err()
+            }
             EncryptError::Kms(k) => {
                 k.kind == KmsErrorKind::UnknownKey && k.key_id.starts_with(MISSING_KEY_PREFIX)
             }
@@ -129,6 +133,7 @@ pub fn check(input: &RecordBatch, selectors: &[u8]) {
     let strict = DecryptOptions {
         on_failure: FailureMode::Error,
         require_encrypted: false,
+        allowed_kek: None,
     };
     if let Err(e) = block_on(decryptor.decrypt_batch(TOPIC, &mut fetched, &strict)) {
         panic!("a batch this proxy encrypted failed to decrypt: {e}");
