@@ -2,12 +2,12 @@
 //!
 //! The proxy uses one [`RecordEncryptor`] per process:
 //! - Produce: [`RecordEncryptor::encrypt_batch`] with one [`crate::plan::RecordDecision`] per
-//!   record. All or nothing; on error refuse the partition with
-//!   [`EncryptError::kafka_error_code`] and never forward the batch.
+//!   record. All or nothing; on error refuse the partition with the Kafka error of
+//!   [`crate::error::ProxyError`] (`From<EncryptError>`) and never forward the batch.
 //! - Fetch: optionally [`may_contain_encrypted`] on the raw uncompressed records or
 //!   [`batch_has_encrypted_records`] to forward untouched batches as they are, then
-//!   [`RecordEncryptor::prefetch`] over all batches of the response, then
-//!   [`RecordEncryptor::decrypt_batch`] per batch with [`DecryptOptions`].
+//!   [`RecordEncryptor::decrypt_batch`] per batch with [`DecryptOptions`] (the proxy works batch
+//!   by batch; [`RecordEncryptor::prefetch`] resolves the keys of many batches at once).
 //! - Metrics: [`metrics::CryptoMetrics::render_prometheus`] via [`RecordEncryptor::metrics`].
 //!
 //! Scheme (details in docs/wire-format.md): values, header values and JSON fields use
