@@ -360,3 +360,64 @@ async fn produce_past_its_timeout_during_a_kms_outage_is_never_written() {
     assert_eq!(partition_errors(&r)[0].0, 0, "{r:?}");
     assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 1);
 }
+
+/// The same outage seen by a real client: confluent-kafka (librdkafka) with a 3 s delivery and
+/// request timeout and no retries, one record per request. Every record it reports failed is
+/// missing from the broker after OpenBao is back, and none is reported delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn confluent_producer_records_reported_failed_are_not_written_late() {
+    use kapsule_integration::records::write_records_file;
+    use kapsule_integration::{run_python, TestRecord};
+
+    let bao = OpenBao::start().unwrap();
+    bao.create_key("late-ck-kek").unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let (kms, _token) = vault_kms_yaml(&bao, 2_000, 3).unwrap();
+    let policy =
+        "policy:\n  rules:\n    - topics: {prefix: \"lateck-\"}\n      key_id: late-ck-kek\n";
+    let kapsule = start_kapsule(&tansu, &kms, policy).await;
+    let t = topic(&tansu, "lateck-").await;
+    let records = TestRecord::varied("late-ck", 10);
+    let file = write_records_file(&records).unwrap();
+
+    bao.pause().unwrap();
+    let start = Instant::now();
+    let args: Vec<String> = [
+        "--bootstrap",
+        &kapsule.bootstrap(),
+        "--topic",
+        &t,
+        "--input",
+        &file.path().display().to_string(),
+        "--timeout",
+        "3",
+        "--config",
+        "request.timeout.ms=3000",
+        "--config",
+        "retries=0",
+        "--config",
+        "batch.num.messages=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run_python("ck_produce_report.py", &args, Duration::from_secs(120))
+        .await
+        .expect("ck_produce_report.py")
+        .json;
+    let took = start.elapsed();
+    bao.resume().unwrap();
+    assert_eq!(out["delivered"], 0, "delivered during the outage: {out}");
+    assert_eq!(out["failed"], records.len(), "{out}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the client waited {took:?} for its failures"
+    );
+    // Whatever Kapsule still had queued when OpenBao came back must not be written now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
+        0,
+        "records confluent-kafka reported failed were written after their timeout: {out}"
+    );
+}
