@@ -275,23 +275,18 @@ fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<O
         None => anyhow::bail!("a `policy:` section needs a `kms:` section"),
     };
     let encryptor = Arc::new(RecordEncryptor::new(kms, config.deks.clone()));
-    metrics.register(Arc::new(CryptoMetricsSource(encryptor.metrics().clone())));
+    metrics.register(encryptor.metrics().clone());
     // Modules compile in the background; their topics get a retriable error until ready.
     let policy = PolicyRegistry::start(policy_config).context("loading policies")?;
+    metrics.register(Arc::new(crate::admin::metrics::PolicyMetrics(
+        policy.clone(),
+    )));
     if policy_config.watch {
         policy
             .watch()
             .context("watching policy modules for changes")?;
     }
     Ok(Some(Encryption { encryptor, policy }))
-}
-
-struct CryptoMetricsSource(Arc<crate::crypto::CryptoMetrics>);
-
-impl crate::admin::metrics::MetricsSource for CryptoMetricsSource {
-    fn render(&self, out: &mut String) {
-        self.0.render_prometheus(out);
-    }
 }
 
 /// Adapts the policy registry to the admin endpoint.

@@ -117,6 +117,16 @@ async fn many_topic_names_do_not_grow_state_or_metric_labels() {
 
     let (status, page) = kapsule.admin_get("/metrics").await.unwrap();
     assert_eq!(status, 200);
+    // One registry: proxy, crypto/KMS and policy families in one OpenMetrics page.
+    for family in [
+        "# TYPE kapsule_frames counter",
+        "# TYPE kapsule_records_encrypted counter",
+        "# TYPE kapsule_kms_call_duration_seconds histogram",
+        "# TYPE kapsule_policy_calls counter",
+    ] {
+        assert!(page.contains(family), "missing {family}:\n{page}");
+    }
+    assert!(page.ends_with("# EOF\n"), "{page}");
     let labels = topic_labels(&page, "kapsule_records_encrypted_total");
     assert!(
         labels.len() <= 5 && labels.contains(&"~other".to_string()),

@@ -1,15 +1,23 @@
-//! Proxy metrics, rendered in the Prometheus text exposition format.
+//! Proxy metrics and the one `/metrics` registry (prometheus-client, OpenMetrics text).
 //!
-//! Counters are plain atomics indexed by API key so the hot path never takes a lock. Other
-//! modules (crypto, KMS, policy) plug their own series in through [`MetricsSource`].
+//! Counters are plain atomics indexed by API key so the hot path never takes a lock; they are
+//! encoded at scrape time by a prometheus-client [`Collector`]. Other modules (crypto and KMS:
+//! [`crate::crypto::CryptoMetrics`]; policies: [`PolicyMetrics`]) join the same registry through
+//! [`Metrics::register`]. Sample names and labels are those of the former hand-written renderer;
+//! the exposition is OpenMetrics (`# EOF` at the end, `# TYPE` lines name counters without
+//! `_total`, histogram `le` values like `1.0`, and `le` comes first in bucket labels).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 const API_KEYS: usize = 128;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
@@ -17,10 +25,167 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 
-/// A module that contributes series to `/metrics`.
+/// A module that contributes metric families to `/metrics` (encoded on each scrape).
 pub trait MetricsSource: Send + Sync {
-    /// Appends complete `# HELP`/`# TYPE`/sample lines to `out`.
-    fn render(&self, out: &mut String);
+    /// Encodes this module's families into `encoder` (see [`counter_family`] and friends).
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result;
+}
+
+/// Labels of one sample: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Escapes a label value for the text exposition (`\`, `"` and newlines).
+pub fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Encodes counter family `name` (without `_total`; the encoder appends it).
+pub fn counter_family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        } else {
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes gauge family `name`.
+pub fn gauge_family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, i64)>,
+) -> fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            m.encode_gauge(&v)?;
+        } else {
+            m.encode_family(&labels)?.encode_gauge(&v)?;
+        }
+    }
+    Ok(())
+}
+
+/// One histogram sample: labels, sum, count and per-bucket (not cumulative) counts by upper
+/// bound (`f64::MAX` is `+Inf`).
+pub type HistogramSample = (Labels, f64, u64, Vec<(f64, u64)>);
+
+/// Encodes histogram family `name`.
+pub fn histogram_family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = HistogramSample>,
+) -> fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, sum, count, buckets) in samples {
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// Adapts a [`MetricsSource`] to prometheus-client.
+struct SourceCollector(Arc<dyn MetricsSource>);
+
+impl fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SourceCollector")
+    }
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.0.encode(&mut encoder)
+    }
+}
+
+/// Encodes `source` alone as OpenMetrics text (without `# EOF`), for tests and tools.
+pub fn encode_source(source: Arc<dyn MetricsSource>, out: &mut String) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SourceCollector(source)));
+    let _ = prometheus_client::encoding::text::encode_registry(out, &registry);
+}
+
+/// Policy metrics, bridged from the policy registry's status (owned by `policy/stats.rs`), one
+/// label set per configured binding: `kapsule_policy_calls_total{binding}`,
+/// `kapsule_policy_errors_total{binding,kind}` (kind: `deadline`, `memory`, `trap`,
+/// `violation`), `kapsule_policy_instances_discarded_total{binding}`,
+/// `kapsule_policy_reload_refusals_total{binding}`, `kapsule_policy_loads_total{binding}`,
+/// `kapsule_policy_instances{binding}`.
+pub struct PolicyMetrics(pub crate::policy::PolicyRegistry);
+
+impl MetricsSource for PolicyMetrics {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let status = self.0.status();
+        let b = |s: &crate::policy::BindingStatus| vec![("binding", label_value(&s.binding))];
+        let per = |f: fn(&crate::policy::BindingStatus) -> u64| {
+            status.bindings.iter().map(move |s| (b(s), f(s)))
+        };
+        counter_family(
+            e,
+            "kapsule_policy_calls",
+            "Guest calls (plan and decide).",
+            per(|s| s.calls),
+        )?;
+        counter_family(
+            e,
+            "kapsule_policy_errors",
+            "Failed guest calls by kind.",
+            status.bindings.iter().flat_map(|s| {
+                [
+                    ("deadline", s.deadlines),
+                    ("memory", s.memory_exhausted),
+                    ("trap", s.traps),
+                    ("violation", s.violations),
+                ]
+                .map(|(k, v)| {
+                    let mut l = b(s);
+                    l.push(("kind", k.to_owned()));
+                    (l, v)
+                })
+            }),
+        )?;
+        counter_family(
+            e,
+            "kapsule_policy_instances_discarded",
+            "Instances discarded after a failure.",
+            per(|s| s.instances_discarded),
+        )?;
+        counter_family(
+            e,
+            "kapsule_policy_reload_refusals",
+            "Module versions refused on reload.",
+            per(|s| s.refusals),
+        )?;
+        counter_family(
+            e,
+            "kapsule_policy_loads",
+            "Module versions loaded.",
+            per(|s| s.loads),
+        )?;
+        gauge_family(
+            e,
+            "kapsule_policy_instances",
+            "Live guest instances.",
+            status
+                .bindings
+                .iter()
+                .map(|s| (b(s), i64::try_from(s.instances).unwrap_or(i64::MAX))),
+        )
+    }
 }
 
 /// Traffic direction of a counted frame.
@@ -32,8 +197,13 @@ pub enum Direction {
     Response,
 }
 
-/// All proxy-level metrics. Cheap to share (`Arc`).
+/// All proxy-level metrics and the `/metrics` registry. Cheap to share (`Arc`).
 pub struct Metrics {
+    inner: Arc<ProxyCounters>,
+    registry: RwLock<Registry>,
+}
+
+struct ProxyCounters {
     connections_total: AtomicU64,
     connections_active: AtomicU64,
     frames: [[AtomicU64; API_KEYS]; 2],
@@ -41,10 +211,21 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [[AtomicU64; LATENCY_BUCKETS.len() + 1]; API_KEYS],
     latency_sum_micros: [AtomicU64; API_KEYS],
-    sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
 }
 
 impl Default for Metrics {
+    fn default() -> Self {
+        let inner = Arc::new(ProxyCounters::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SourceCollector(inner.clone())));
+        Self {
+            inner,
+            registry: RwLock::new(registry),
+        }
+    }
+}
+
+impl Default for ProxyCounters {
     fn default() -> Self {
         Self {
             connections_total: AtomicU64::new(0),
@@ -54,7 +235,6 @@ impl Default for Metrics {
             errors: Mutex::new(BTreeMap::new()),
             latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_micros: std::array::from_fn(|_| AtomicU64::new(0)),
-            sources: Mutex::new(Vec::new()),
         }
     }
 }
@@ -66,25 +246,25 @@ fn slot(api_key: i16) -> usize {
 impl Metrics {
     /// A client connection was accepted.
     pub fn connection_opened(&self) {
-        self.connections_total.fetch_add(1, Relaxed);
-        self.connections_active.fetch_add(1, Relaxed);
+        self.inner.connections_total.fetch_add(1, Relaxed);
+        self.inner.connections_active.fetch_add(1, Relaxed);
     }
 
     /// A client connection ended.
     pub fn connection_closed(&self) {
-        self.connections_active.fetch_sub(1, Relaxed);
+        self.inner.connections_active.fetch_sub(1, Relaxed);
     }
 
     /// Counts one frame of `len` bytes for `api_key` in `direction`.
     pub fn frame(&self, direction: Direction, api_key: i16, len: usize) {
         let d = direction as usize;
-        self.frames[d][slot(api_key)].fetch_add(1, Relaxed);
-        self.bytes[d][slot(api_key)].fetch_add(len as u64, Relaxed);
+        self.inner.frames[d][slot(api_key)].fetch_add(1, Relaxed);
+        self.inner.bytes[d][slot(api_key)].fetch_add(len as u64, Relaxed);
     }
 
     /// Counts one error of a fixed kind (e.g. `frame_too_large`, `upstream_connect`).
     pub fn error(&self, kind: &'static str) {
-        *self.errors.lock().entry(kind).or_default() += 1;
+        *self.inner.errors.lock().entry(kind).or_default() += 1;
     }
 
     /// Records the time between forwarding a request and receiving its response.
@@ -94,110 +274,111 @@ impl Metrics {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_buckets[slot(api_key)][i].fetch_add(1, Relaxed);
-        self.latency_sum_micros[slot(api_key)].fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.inner.latency_buckets[slot(api_key)][i].fetch_add(1, Relaxed);
+        self.inner.latency_sum_micros[slot(api_key)].fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
     /// Number of currently open client connections.
     pub fn active_connections(&self) -> u64 {
-        self.connections_active.load(Relaxed)
+        self.inner.connections_active.load(Relaxed)
     }
 
     /// Count of errors of `kind` so far.
     pub fn error_count(&self, kind: &str) -> u64 {
-        self.errors.lock().get(kind).copied().unwrap_or(0)
+        self.inner.errors.lock().get(kind).copied().unwrap_or(0)
     }
 
-    /// Adds a module's series to the `/metrics` output.
+    /// Adds a module's families to the `/metrics` registry.
     pub fn register(&self, source: Arc<dyn MetricsSource>) {
-        self.sources.lock().push(source);
+        self.registry
+            .write()
+            .register_collector(Box::new(SourceCollector(source)));
     }
 
-    /// Renders every series in Prometheus text format.
+    /// Renders every registered family as OpenMetrics text (ends with `# EOF`).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let _ = writeln!(
-            out,
-            "# HELP kapsule_connections_total Client connections accepted."
-        );
-        let _ = writeln!(out, "# TYPE kapsule_connections_total counter");
-        let _ = writeln!(
-            out,
-            "kapsule_connections_total {}",
-            self.connections_total.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP kapsule_connections_active Client connections open now."
-        );
-        let _ = writeln!(out, "# TYPE kapsule_connections_active gauge");
-        let _ = writeln!(
-            out,
-            "kapsule_connections_active {}",
-            self.connections_active.load(Relaxed)
-        );
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.read());
+        out
+    }
+}
+
+impl MetricsSource for ProxyCounters {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        counter_family(
+            e,
+            "kapsule_connections",
+            "Client connections accepted.",
+            [(Vec::new(), self.connections_total.load(Relaxed))],
+        )?;
+        gauge_family(
+            e,
+            "kapsule_connections_active",
+            "Client connections open now.",
+            [(
+                Vec::new(),
+                i64::try_from(self.connections_active.load(Relaxed)).unwrap_or(i64::MAX),
+            )],
+        )?;
         for (name, help, table) in [
             (
-                "kapsule_frames_total",
+                "kapsule_frames",
                 "Kafka frames relayed, by API and direction.",
                 &self.frames,
             ),
             (
-                "kapsule_bytes_total",
+                "kapsule_bytes",
                 "Kafka frame bytes relayed, by API and direction.",
                 &self.bytes,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (d, dir) in ["request", "response"].iter().enumerate() {
-                for (k, v) in table[d].iter().enumerate() {
-                    let v = v.load(Relaxed);
-                    if v > 0 {
-                        let _ = writeln!(
-                            out,
-                            "{name}{{api=\"{}\",direction=\"{dir}\"}} {v}",
-                            api_name(k as i16)
-                        );
-                    }
-                }
-            }
+            let samples = ["request", "response"]
+                .iter()
+                .enumerate()
+                .flat_map(|(d, dir)| {
+                    table[d].iter().enumerate().filter_map(move |(k, v)| {
+                        let v = v.load(Relaxed);
+                        (v > 0).then(|| {
+                            (
+                                vec![("api", api_name(k as i16)), ("direction", dir.to_string())],
+                                v,
+                            )
+                        })
+                    })
+                });
+            counter_family(e, name, help, samples)?;
         }
-        let _ = writeln!(out, "# HELP kapsule_errors_total Errors by kind.");
-        let _ = writeln!(out, "# TYPE kapsule_errors_total counter");
-        for (kind, n) in self.errors.lock().iter() {
-            let _ = writeln!(out, "kapsule_errors_total{{kind=\"{kind}\"}} {n}");
-        }
-        let name = "kapsule_upstream_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from forwarding a request to its broker response."
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (k, buckets) in self.latency_buckets.iter().enumerate() {
-            let counts: Vec<u64> = buckets.iter().map(|b| b.load(Relaxed)).collect();
-            let total: u64 = counts.iter().sum();
-            if total == 0 {
-                continue;
-            }
-            let api = api_name(k as i16);
-            let mut cumulative = 0;
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += counts[i];
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{api=\"{api}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(out, "{name}_bucket{{api=\"{api}\",le=\"+Inf\"}} {total}");
-            let sum = self.latency_sum_micros[k].load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{api=\"{api}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{api=\"{api}\"}} {total}");
-        }
-        for source in self.sources.lock().iter() {
-            source.render(&mut out);
-        }
-        out
+        let errors: Vec<(Labels, u64)> = self
+            .errors
+            .lock()
+            .iter()
+            .map(|(k, n)| (vec![("kind", k.to_string())], *n))
+            .collect();
+        counter_family(e, "kapsule_errors", "Errors by kind.", errors)?;
+        let latency = self
+            .latency_buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(k, b)| {
+                let counts: Vec<u64> = b.iter().map(|c| c.load(Relaxed)).collect();
+                let total: u64 = counts.iter().sum();
+                (total > 0).then(|| {
+                    let buckets = LATENCY_BUCKETS
+                        .iter()
+                        .copied()
+                        .chain([f64::MAX])
+                        .zip(counts)
+                        .collect();
+                    let sum = self.latency_sum_micros[k].load(Relaxed) as f64 / 1e6;
+                    (vec![("api", api_name(k as i16))], sum, total, buckets)
+                })
+            });
+        histogram_family(
+            e,
+            "kapsule_upstream_latency_seconds",
+            "Time from forwarding a request to its broker response.",
+            latency,
+        )
     }
 }
 
@@ -225,9 +406,15 @@ mod tests {
         assert!(text.contains("kapsule_connections_active 1"));
         assert!(text.contains("kapsule_bytes_total{api=\"Produce\",direction=\"request\"} 100"));
         assert!(text
-            .contains("kapsule_upstream_latency_seconds_bucket{api=\"Produce\",le=\"0.005\"} 1"));
+            .contains("kapsule_upstream_latency_seconds_bucket{le=\"0.005\",api=\"Produce\"} 1"));
         assert!(text
-            .contains("kapsule_upstream_latency_seconds_bucket{api=\"Produce\",le=\"0.002\"} 0"));
+            .contains("kapsule_upstream_latency_seconds_bucket{le=\"0.002\",api=\"Produce\"} 0"));
+        assert!(
+            text.contains("kapsule_upstream_latency_seconds_bucket{le=\"+Inf\",api=\"Produce\"} 1")
+        );
+        assert!(text.contains("kapsule_upstream_latency_seconds_count{api=\"Produce\"} 1"));
         assert!(text.contains("kapsule_errors_total{kind=\"frame_too_large\"} 1"));
+        assert!(text.contains("kapsule_connections_total 1"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

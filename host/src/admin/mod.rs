@@ -198,7 +198,7 @@ async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Respo
         }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.render(),
         ),
         (&Method::GET, "/policies") => match &state.policies {

@@ -1,7 +1,8 @@
 //! Counters of the encryption stage and the KMS, rendered as Prometheus text.
 //!
 //! One [`CryptoMetrics`] is shared (`Arc`) by the [`crate::crypto::RecordEncryptor`] and its
-//! [`crate::kms::DekManager`]; the admin endpoint calls [`CryptoMetrics::render_prometheus`].
+//! [`crate::kms::DekManager`]; it is a [`MetricsSource`] of the admin registry
+//! ([`crate::admin::Metrics::register`]), encoded with prometheus-client on each scrape.
 //!
 //! | metric | labels | meaning |
 //! |---|---|---|
@@ -12,7 +13,7 @@
 //! | `kapsule_encrypt_failures_total` | topic, reason | batches refused (`rejected`, `invalid_record`, `kms_*`) |
 //! | `kapsule_decrypt_failures_total` | topic, reason | records that failed (`integrity`, `malformed`, `missing_header`, `kms_*`) |
 //! | `kapsule_kms_calls_total` | op, outcome | KMS calls by operation (`generate`, `decrypt`, `derive`) and outcome (`ok` or error class) |
-//! | `kapsule_kms_call_duration_seconds_sum` / `_count` | op | total latency and count of KMS calls |
+//! | `kapsule_kms_call_duration_seconds` | op | KMS call latency histogram (`_sum`, `_count` as before, plus `_bucket`) |
 //! | `kapsule_dek_cache_hits_total` / `_misses_total` | cache | `decrypt` (EDEK to DEK) and `derive` (record-key keys) caches |
 //! | `kapsule_dek_rotations_total` | reason | encryption DEKs retired by `age`, `count` or `bytes` |
 //!
@@ -22,14 +23,20 @@
 //! collides with a real topic), and `reason`, `op`, `outcome` and `cache` are fixed sets.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus_client::encoding::DescriptorEncoder;
 
+use crate::admin::metrics::{
+    counter_family, encode_source, histogram_family, label_value, Labels, MetricsSource,
+};
 use crate::kafka::names::is_valid_topic_name;
+
+/// Upper bounds (seconds) of the KMS latency histogram buckets.
+const KMS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// `topic` label of topics beyond the label cap.
 pub const OTHER_TOPIC_LABEL: &str = "~other";
@@ -60,7 +67,7 @@ pub struct CryptoMetrics {
     encrypt_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     decrypt_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     kms_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    kms_latency: Mutex<BTreeMap<&'static str, (u64, f64)>>,
+    kms_latency: Mutex<BTreeMap<&'static str, KmsLatency>>,
     /// EDEK→DEK cache hits.
     pub decrypt_cache_hits: AtomicU64,
     /// EDEK→DEK cache misses.
@@ -75,6 +82,14 @@ pub struct CryptoMetrics {
     pub rotations_count: AtomicU64,
     /// DEKs retired because of the byte limit.
     pub rotations_bytes: AtomicU64,
+}
+
+/// Latency histogram of one KMS operation.
+#[derive(Debug, Default, Clone)]
+struct KmsLatency {
+    count: u64,
+    sum: f64,
+    buckets: [u64; KMS_BUCKETS.len() + 1],
 }
 
 impl CryptoMetrics {
@@ -144,10 +159,16 @@ impl CryptoMetrics {
     /// Records one KMS call.
     pub fn kms_call(&self, op: &'static str, outcome: &'static str, latency: Duration) {
         *self.kms_calls.lock().entry((op, outcome)).or_default() += 1;
+        let secs = latency.as_secs_f64();
         let mut l = self.kms_latency.lock();
         let e = l.entry(op).or_default();
-        e.0 += 1;
-        e.1 += latency.as_secs_f64();
+        e.count += 1;
+        e.sum += secs;
+        let i = KMS_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(KMS_BUCKETS.len());
+        e.buckets[i] += 1;
     }
 
     /// Number of KMS calls for `op` with `outcome` so far.
@@ -160,108 +181,155 @@ impl CryptoMetrics {
             .sum()
     }
 
-    /// Appends all metrics in Prometheus text exposition format to `out`.
+    /// Appends all metrics as OpenMetrics text (no `# EOF`) to `out` (tests and tools; the
+    /// proxy registers the metrics with the admin registry instead).
     pub fn render_prometheus(&self, out: &mut String) {
-        fn esc(s: &str) -> String {
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
+        encode_source(Arc::new(self.snapshot()), out);
+    }
+
+    /// A point-in-time copy of every value, encodable on its own.
+    fn snapshot(&self) -> Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            topics: self
+                .topics
+                .lock()
+                .iter()
+                .map(|(t, c)| {
+                    (
+                        t.clone(),
+                        [
+                            load(&c.records_encrypted),
+                            load(&c.bytes_encrypted),
+                            load(&c.records_decrypted),
+                            load(&c.bytes_decrypted),
+                        ],
+                    )
+                })
+                .collect(),
+            encrypt_failures: self.encrypt_failures.lock().clone(),
+            decrypt_failures: self.decrypt_failures.lock().clone(),
+            kms_calls: self.kms_calls.lock().clone(),
+            kms_latency: self.kms_latency.lock().clone(),
+            caches: [
+                load(&self.decrypt_cache_hits),
+                load(&self.derive_cache_hits),
+                load(&self.decrypt_cache_misses),
+                load(&self.derive_cache_misses),
+            ],
+            rotations: [
+                load(&self.rotations_age),
+                load(&self.rotations_count),
+                load(&self.rotations_bytes),
+            ],
         }
-        let topics: Vec<(String, Arc<TopicCounters>)> = self
-            .topics
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        type Getter = fn(&TopicCounters) -> &AtomicU64;
-        let per_topic: [(&str, &str, Getter); 4] = [
-            (
-                "kapsule_records_encrypted_total",
-                "Records encrypted.",
-                |c| &c.records_encrypted,
-            ),
-            (
-                "kapsule_bytes_encrypted_total",
-                "Plaintext bytes encrypted.",
-                |c| &c.bytes_encrypted,
-            ),
-            (
-                "kapsule_records_decrypted_total",
-                "Records decrypted.",
-                |c| &c.records_decrypted,
-            ),
-            (
-                "kapsule_bytes_decrypted_total",
-                "Plaintext bytes decrypted.",
-                |c| &c.bytes_decrypted,
-            ),
-        ];
-        for (name, help, get) in per_topic {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (t, c) in &topics {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topic=\"{}\"}} {}",
-                    esc(t),
-                    get(c).load(Ordering::Relaxed)
-                );
-            }
+    }
+}
+
+impl MetricsSource for CryptoMetrics {
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.snapshot().encode(encoder)
+    }
+}
+
+/// Values copied out of [`CryptoMetrics`] at scrape time.
+struct Snapshot {
+    topics: Vec<(String, [u64; 4])>,
+    encrypt_failures: BTreeMap<(String, &'static str), u64>,
+    decrypt_failures: BTreeMap<(String, &'static str), u64>,
+    kms_calls: BTreeMap<(&'static str, &'static str), u64>,
+    kms_latency: BTreeMap<&'static str, KmsLatency>,
+    caches: [u64; 4],
+    rotations: [u64; 3],
+}
+
+impl MetricsSource for Snapshot {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let topic = |t: &str| vec![("topic", label_value(t))];
+        for (i, (name, help)) in [
+            ("kapsule_records_encrypted", "Records encrypted."),
+            ("kapsule_bytes_encrypted", "Plaintext bytes encrypted."),
+            ("kapsule_records_decrypted", "Records decrypted."),
+            ("kapsule_bytes_decrypted", "Plaintext bytes decrypted."),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let samples = self.topics.iter().map(|(t, v)| (topic(t), v[i]));
+            counter_family(e, name, help, samples)?;
         }
         for (name, help, map) in [
             (
-                "kapsule_encrypt_failures_total",
+                "kapsule_encrypt_failures",
                 "Produce batches refused by the encryption stage.",
                 &self.encrypt_failures,
             ),
             (
-                "kapsule_decrypt_failures_total",
+                "kapsule_decrypt_failures",
                 "Fetched records that could not be decrypted.",
                 &self.decrypt_failures,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((t, r), n) in map.lock().iter() {
-                let _ = writeln!(out, "{name}{{topic=\"{}\",reason=\"{r}\"}} {n}", esc(t));
-            }
+            let samples = map.iter().map(|((t, r), n)| {
+                let mut l = topic(t);
+                l.push(("reason", r.to_string()));
+                (l, *n)
+            });
+            counter_family(e, name, help, samples)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP kapsule_kms_calls_total KMS calls by operation and outcome.\n# TYPE kapsule_kms_calls_total counter"
-        );
-        for ((op, outcome), n) in self.kms_calls.lock().iter() {
-            let _ = writeln!(
-                out,
-                "kapsule_kms_calls_total{{op=\"{op}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP kapsule_kms_call_duration_seconds KMS call latency.\n# TYPE kapsule_kms_call_duration_seconds summary"
-        );
-        for (op, (n, sum)) in self.kms_latency.lock().iter() {
-            let _ = writeln!(
-                out,
-                "kapsule_kms_call_duration_seconds_sum{{op=\"{op}\"}} {sum}\nkapsule_kms_call_duration_seconds_count{{op=\"{op}\"}} {n}"
-            );
-        }
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP kapsule_dek_cache_hits_total Key cache hits.\n# TYPE kapsule_dek_cache_hits_total counter\n\
-             kapsule_dek_cache_hits_total{{cache=\"decrypt\"}} {}\nkapsule_dek_cache_hits_total{{cache=\"derive\"}} {}\n\
-             # HELP kapsule_dek_cache_misses_total Key cache misses.\n# TYPE kapsule_dek_cache_misses_total counter\n\
-             kapsule_dek_cache_misses_total{{cache=\"decrypt\"}} {}\nkapsule_dek_cache_misses_total{{cache=\"derive\"}} {}\n\
-             # HELP kapsule_dek_rotations_total Encryption DEKs retired.\n# TYPE kapsule_dek_rotations_total counter\n\
-             kapsule_dek_rotations_total{{reason=\"age\"}} {}\nkapsule_dek_rotations_total{{reason=\"count\"}} {}\n\
-             kapsule_dek_rotations_total{{reason=\"bytes\"}} {}",
-            load(&self.decrypt_cache_hits),
-            load(&self.derive_cache_hits),
-            load(&self.decrypt_cache_misses),
-            load(&self.derive_cache_misses),
-            load(&self.rotations_age),
-            load(&self.rotations_count),
-            load(&self.rotations_bytes),
-        );
+        counter_family(
+            e,
+            "kapsule_kms_calls",
+            "KMS calls by operation and outcome.",
+            self.kms_calls.iter().map(|((op, outcome), n)| {
+                let l: Labels = vec![("op", op.to_string()), ("outcome", outcome.to_string())];
+                (l, *n)
+            }),
+        )?;
+        histogram_family(
+            e,
+            "kapsule_kms_call_duration_seconds",
+            "KMS call latency.",
+            self.kms_latency.iter().map(|(op, l)| {
+                let buckets = KMS_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::MAX])
+                    .zip(l.buckets)
+                    .collect();
+                (vec![("op", op.to_string())], l.sum, l.count, buckets)
+            }),
+        )?;
+        let cache = |c: &str| vec![("cache", c.to_owned())];
+        counter_family(
+            e,
+            "kapsule_dek_cache_hits",
+            "Key cache hits.",
+            [
+                (cache("decrypt"), self.caches[0]),
+                (cache("derive"), self.caches[1]),
+            ],
+        )?;
+        counter_family(
+            e,
+            "kapsule_dek_cache_misses",
+            "Key cache misses.",
+            [
+                (cache("decrypt"), self.caches[2]),
+                (cache("derive"), self.caches[3]),
+            ],
+        )?;
+        let reason = |r: &str| vec![("reason", r.to_owned())];
+        counter_family(
+            e,
+            "kapsule_dek_rotations",
+            "Encryption DEKs retired.",
+            [
+                (reason("age"), self.rotations[0]),
+                (reason("count"), self.rotations[1]),
+                (reason("bytes"), self.rotations[2]),
+            ],
+        )
     }
 }
 
