@@ -97,6 +97,15 @@ policy:\n  rules:\n    - topics: {{prefix: \"whole-\"}}\n      key_id: kek-appro
         logins >= 3,
         "30 s with token_max_ttl=12s needs at least 3 logins, saw {logins}:\n{logs}"
     );
+    let renewals = logs.matches("Vault token renewed").count();
+    assert!(
+        renewals >= 3,
+        "tokens must be renewed ahead of expiry, saw {renewals} renewals:\n{logs}"
+    );
+    assert!(
+        !logs.contains("Vault refused the AppRole token"),
+        "tokens must be replaced before they expire, not after a 403:\n{logs}"
+    );
     assert!(
         !logs.contains(secret_id.trim()),
         "the secret id must never be logged"

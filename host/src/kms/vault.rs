@@ -342,6 +342,11 @@ impl VaultKms {
             if kind == KmsErrorKind::PermissionDenied && !reloaded_token {
                 if let Some(approle) = &self.approle {
                     reloaded_token = true;
+                    tracing::warn!(
+                        op,
+                        key_id,
+                        "Vault refused the AppRole token (403); logging in again"
+                    );
                     match approle.relogin().await {
                         Ok(()) => continue,
                         Err(e) => {

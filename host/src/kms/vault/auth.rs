@@ -282,7 +282,7 @@ async fn renew_loop(weak: Weak<AppRole>) {
         };
         match renewed {
             Some(r) => {
-                tracing::debug!(ttl_secs = r.ttl.as_secs(), "Vault token renewed");
+                info!(ttl_secs = r.ttl.as_secs(), "Vault token renewed");
                 *lease = Some(r);
                 failures = 0;
             }
