@@ -16,4 +16,5 @@ mod kms_vault;
 mod lifecycle;
 mod policies;
 mod resilience;
+mod sandbox;
 mod tools;

@@ -22,6 +22,10 @@ pub trait PolicyAdmin: Send + Sync {
     fn status_json(&self) -> String;
     /// Reloads every policy module now (`POST /policies/reload`); `Err` carries the refusals.
     fn reload(&self) -> Result<String, String>;
+    /// `Err(why)` while policy modules are still compiling at start-up (`/readyz` answers 503).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What the admin endpoint serves.
@@ -91,7 +95,10 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
-            if reachable {
+            let policies = state.policies.as_ref().map_or(Ok(()), |p| p.ready());
+            if let Err(why) = policies {
+                respond(&mut stream, 503, "text/plain", &format!("{why}\n")).await
+            } else if reachable {
                 respond(&mut stream, 200, "text/plain", "ready\n").await
             } else {
                 let body = format!("upstream {} unreachable\n", state.upstream);
