@@ -298,6 +298,14 @@ impl PolicyAdmin for PolicyAdminHandle {
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
+    fn ready(&self) -> Result<(), String> {
+        if self.0.wait_ready(Some(std::time::Duration::ZERO)) {
+            Ok(())
+        } else {
+            Err("policy modules are still compiling".into())
+        }
+    }
+
     fn reload(&self) -> Result<String, String> {
         let outcomes = self.0.reload();
         let text = serde_json::to_string_pretty(&outcomes).unwrap_or_default();

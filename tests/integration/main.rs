@@ -22,5 +22,6 @@ mod policies;
 mod polyglot;
 mod proxy_protocol;
 mod resilience;
+mod sandbox;
 mod tls;
 mod tools;

@@ -43,6 +43,10 @@ pub trait PolicyAdmin: Send + Sync {
     fn status_json(&self) -> String;
     /// Reloads every policy module now (`POST /policies/reload`); `Err` carries the refusals.
     fn reload(&self) -> Result<String, String>;
+    /// `Err(why)` while policy modules are still compiling at start-up (`/readyz` answers 503).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What the admin endpoint serves.
@@ -189,7 +193,10 @@ async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Respo
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
-            if reachable {
+            let policies = state.policies.as_ref().map_or(Ok(()), |p| p.ready());
+            if let Err(why) = policies {
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n"))
+            } else if reachable {
                 text(StatusCode::OK, PLAIN, "ready\n")
             } else {
                 let body = format!("upstream {} unreachable\n", state.upstream);
