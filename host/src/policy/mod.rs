@@ -366,6 +366,30 @@ impl PolicyRegistry {
                     continue;
                 }
             };
+            let log = Arc::new(LogSink::new(
+                label.clone(),
+                limits.log_per_second,
+                limits.log_max_bytes,
+            ));
+            bindings.push(Binding {
+                label,
+                selector: b.topics.to_string(),
+                matcher,
+                module_path: b.module.clone(),
+                config: b.config.clone(),
+                allowed: b.allowed_key_ids.clone(),
+                decrypt: DecryptSettings {
+                    on_decrypt_failure: b.on_decrypt_failure,
+                    require_encrypted: b.require_encrypted,
+                    accept_pre_encrypted: b.accept_pre_encrypted,
+                    covered: true,
+                },
+                current: ArcSwapOption::empty(),
+                load_error: Mutex::new(None),
+                stats: BindingStats::default(),
+                log,
+                reload_lock: Mutex::new(()),
+            });
         }
         if !failures.is_empty() {
             anyhow::bail!("invalid policy bindings:\n  - {}", failures.join("\n  - "));
