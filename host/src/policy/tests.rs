@@ -1050,7 +1050,10 @@ fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
     let e = reg.decide("events", 0, &recs).unwrap_err();
     assert!(matches!(e, PolicyError::Loading { .. }), "{e:?}");
     assert!(e.is_retriable());
-    assert_eq!(e.kafka_error(), kafka_protocol::error::ResponseError::RequestTimedOut);
+    assert_eq!(
+        e.kafka_error(),
+        kafka_protocol::error::ResponseError::RequestTimedOut
+    );
     assert!(matches!(
         reg.topic_plan("events"),
         Err(PolicyError::Loading { .. })
