@@ -1,4 +1,4 @@
-//! The one door every KMS call of the DEK manager (`crate::crypto::keys`) goes through: a bound
+//! The one door every KMS call of the DEK manager (`crypto::keys`) goes through: a bound
 //! on concurrent calls, a short negative cache, metrics and the operator log line of a failure.
 //!
 //! - **Concurrency.** At most `deks.max_concurrent_kms_calls` calls are in flight; the others wait

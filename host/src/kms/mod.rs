@@ -10,7 +10,7 @@
 //!   [`KmsCallObserver`] for metrics, the log line of a failure).
 //!
 //! The DEK lifecycle built on top (rotation, refresh-ahead, caches) lives with crypto, in
-//! `crate::crypto::keys`; this module never depends on crypto.
+//! `crypto::keys`; this module never depends on crypto.
 //!
 //! Errors are classified by [`KmsErrorKind`] so callers can tell "retry later" from "fix the
 //! configuration". See docs/kms.md.
