@@ -6,7 +6,7 @@
 //! - [`vault::VaultKms`]: HashiCorp Vault / OpenBao transit engine (production).
 //! - [`local::LocalKms`]: KEKs in a local file, each encrypted by a master key (demo, no Vault).
 //! - [`memory::MemoryKms`]: in-process fake with failure injection, for tests.
-//! - [`KmsGate`]: the one door of every KMS call (bounded concurrency, negative cache, a
+//! - `KmsGate`: the one door of every KMS call (bounded concurrency, negative cache, a
 //!   [`KmsCallObserver`] for metrics, the log line of a failure).
 //!
 //! The DEK lifecycle built on top (rotation, refresh-ahead, caches) lives with crypto, in

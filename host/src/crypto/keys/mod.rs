@@ -1,7 +1,7 @@
 //! DEK lifecycle: one encryption DEK per (KEK, topic), rotation, refresh-ahead, caches.
 //!
 //! It lives with crypto because it deals in crypto's keys ([`Dek`], [`RecordKeyCipher`]) and
-//! reaches the KMS only through the [`Kms`] trait and the [`KmsGate`]. Rotation state is in
+//! reaches the KMS only through the [`Kms`] trait and the `KmsGate`. Rotation state is in
 //! [`rotation`], the coalescing LRU caches in `cache`.
 //!
 //! - **Encryption DEKs.** [`DekManager::reserve`] hands out the current DEK of a (KEK, topic) pair
@@ -23,7 +23,7 @@
 //! - **Bounded state from client-chosen names.** Encryption DEK slots live in an LRU of at most
 //!   `max_topics` (KEK, topic) pairs; an evicted pair gets a fresh DEK on its next record (never a
 //!   reused nonce). Topic names that Kafka would refuse create no slot. Every KMS call goes through
-//!   [`KmsGate`]: bounded concurrency and a short negative cache for unknown keys.
+//!   `KmsGate`: bounded concurrency and a short negative cache for unknown keys.
 
 mod cache;
 pub mod rotation;
