@@ -6,10 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kapsule::crypto::primitives::Dek;
-use kapsule::crypto::{DecryptOptions, RecordEncryptor};
+use kapsule::crypto::{DecryptOptions, DekConfig, RecordEncryptor};
 use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::memory::MemoryKms;
-use kapsule::kms::DekConfig;
 use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
 
 const RECORDS: usize = 100;

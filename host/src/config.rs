@@ -10,8 +10,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::crypto::keys::DekConfig;
 use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
-use crate::kms::{DekConfig, KmsConfig};
+use crate::kms::KmsConfig;
 use crate::policy::config::PolicyConfig;
 use crate::proxy::proxy_protocol::ProxyProtocol;
 use crate::proxy::tls::{ServerTlsConfig, UpstreamTlsConfig};

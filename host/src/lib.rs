@@ -5,9 +5,11 @@
 //! - [`proxy`]: listeners, per-connection relay, address rewriting, request/response stages.
 //! - [`kafka`]: Kafka framing, header parsing and the project's own record-batch codec.
 //! - [`plan`]: the per-record encryption plan, the single input of the encryption stage.
-//! - [`crypto`]: AEAD/SIV primitives and the encrypted-record wire format.
+//! - [`crypto`]: AEAD/SIV primitives, the encrypted-record wire format and the DEK lifecycle
+//!   (`crypto::keys`: rotation, refresh-ahead, caches).
 //! - [`error`]: one error vocabulary (source, Kafka error code, retriability) for refusals.
-//! - [`kms`]: key management (Vault/OpenBao transit, local KMS) and the DEK cache.
+//! - [`kms`]: the `Kms` trait and its back ends (Vault/OpenBao transit, local KMS, in-memory fake)
+//!   behind one gate; it never depends on `crypto`.
 //! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
 //! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
 //! - [`tools`]: operator tools speaking Kafka themselves: `reencrypt`, `inspect`.

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kapsule::crypto::keys::{DekConfig, DekManager};
 use kapsule::crypto::{DecryptOptions, RecordEncryptor};
 use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::vault::{VaultKms, VaultKmsConfig};
-use kapsule::kms::{DekConfig, DekManager, Kms, KmsErrorKind};
+use kapsule::kms::{Kms, KmsErrorKind};
 use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
 use kapsule_integration::openbao::OpenBao;
 

@@ -1,7 +1,7 @@
 //! Counters of the encryption stage and the KMS, rendered as Prometheus text.
 //!
 //! One [`CryptoMetrics`] is shared (`Arc`) by the [`crate::crypto::RecordEncryptor`] and its
-//! [`crate::kms::DekManager`]; it is a [`MetricsSource`] of the admin registry
+//! [`crate::crypto::keys::DekManager`]; it is a [`MetricsSource`] of the admin registry
 //! ([`crate::admin::Metrics::register`]), encoded with prometheus-client on each scrape.
 //!
 //! | metric | labels | meaning |
@@ -33,7 +33,9 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::admin::metrics::{
     counter_family, encode_source, histogram_family, label_value, Labels, MetricsSource,
 };
+use crate::crypto::keys::RotationReason;
 use crate::kafka::names::is_valid_topic_name;
+use crate::kms::KmsCallObserver;
 
 /// Upper bounds (seconds) of the KMS latency histogram buckets.
 const KMS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -171,6 +173,16 @@ impl CryptoMetrics {
         e.buckets[i] += 1;
     }
 
+    /// Records one encryption DEK retired for `reason`.
+    pub fn rotation(&self, reason: RotationReason) {
+        match reason {
+            RotationReason::Age => &self.rotations_age,
+            RotationReason::Count => &self.rotations_count,
+            RotationReason::Bytes => &self.rotations_bytes,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Number of KMS calls for `op` with `outcome` so far.
     pub fn kms_call_count(&self, op: &str, outcome: &str) -> u64 {
         self.kms_calls
@@ -223,6 +235,12 @@ impl CryptoMetrics {
                 load(&self.rotations_bytes),
             ],
         }
+    }
+}
+
+impl KmsCallObserver for CryptoMetrics {
+    fn kms_call(&self, op: &'static str, outcome: &'static str, latency: Duration) {
+        CryptoMetrics::kms_call(self, op, outcome, latency);
     }
 }
 
@@ -325,9 +343,9 @@ impl MetricsSource for Snapshot {
             "kapsule_dek_rotations",
             "Encryption DEKs retired.",
             [
-                (reason("age"), self.rotations[0]),
-                (reason("count"), self.rotations[1]),
-                (reason("bytes"), self.rotations[2]),
+                (reason(RotationReason::Age.label()), self.rotations[0]),
+                (reason(RotationReason::Count.label()), self.rotations[1]),
+                (reason(RotationReason::Bytes.label()), self.rotations[2]),
             ],
         )
     }

@@ -1,4 +1,5 @@
-//! Encryption of Kafka records: primitives, the `kapsule.enc` wire format and the batch API.
+//! Encryption of Kafka records: primitives, the `kapsule.enc` wire format, the DEK lifecycle
+//! ([`keys`]) and the batch API.
 //!
 //! The proxy uses one [`RecordEncryptor`] per process:
 //! - Produce: [`RecordEncryptor::encrypt_batch`] with one [`crate::plan::RecordDecision`] per
@@ -16,6 +17,7 @@
 
 pub mod gcm;
 pub mod json;
+pub mod keys;
 pub mod metrics;
 pub mod primitives;
 pub mod record;
@@ -24,6 +26,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use keys::{DekConfig, DekManager, RotationReason};
 pub use metrics::CryptoMetrics;
 pub use record::{
     batch_has_encrypted_records, may_contain_encrypted, DecryptError, DecryptOptions, DecryptStats,

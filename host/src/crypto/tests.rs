@@ -9,10 +9,11 @@ use bytes::Bytes;
 use super::primitives::{Dek, RecordKeyCipher};
 use super::record::testing;
 use super::*;
+use crate::crypto::keys::DekConfig;
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::local::LocalKms;
 use crate::kms::memory::MemoryKms;
-use crate::kms::{DekConfig, KmsErrorKind};
+use crate::kms::KmsErrorKind;
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
 
 fn b(s: &str) -> Bytes {

@@ -12,10 +12,9 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::crypto::keys::DekConfig;
 use crate::crypto::record::RecordEncryptor;
-use crate::kms::{
-    DataKey, DekConfig, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
-};
+use crate::kms::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
 
 /// Fixed master secret every KEK is derived from (test material, never a real key).
 const MASTER: [u8; 32] = *b"kapsule fuzzing master key 00000";

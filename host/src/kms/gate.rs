@@ -1,5 +1,5 @@
-//! The one door every KMS call of the [`super::DekManager`] goes through: a bound on concurrent
-//! calls, a short negative cache, metrics and the operator log line of a failure.
+//! The one door every KMS call of the DEK manager (`crypto::keys`) goes through: a bound
+//! on concurrent calls, a short negative cache, metrics and the operator log line of a failure.
 //!
 //! - **Concurrency.** At most `deks.max_concurrent_kms_calls` calls are in flight; the others wait
 //!   their turn (coalescing in the DEK manager already merges calls for the same key).
@@ -8,6 +8,8 @@
 //!   error is returned at once. Clients choosing many topic names under a `${topic}` key template
 //!   therefore cost at most one KMS call per name and period. The cache is an LRU bounded by
 //!   `deks.max_topics`.
+//! - **Metrics.** Outcome and latency of every call go to a [`KmsCallObserver`], which the
+//!   owner of the gate supplies (the crypto metrics), so `kms/` needs no metrics type of its own.
 //! - **Logging.** A failed call is logged once here with the KMS's full detail (which may name
 //!   the KMS address); the error handed back up, and on to Kafka clients, prints only its class
 //!   and key id (see [`super::KmsError`]).
@@ -23,21 +25,27 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{KmsError, KmsErrorKind};
-use crate::crypto::metrics::CryptoMetrics;
+
+/// Receives the outcome of every KMS call made through a [`KmsGate`].
+pub trait KmsCallObserver: Send + Sync {
+    /// Called once per call that reached the KMS: operation `op` (`generate`, `decrypt`,
+    /// `derive`), `outcome` (`ok` or the [`KmsErrorKind::label`] of the error) and its latency.
+    fn kms_call(&self, op: &'static str, outcome: &'static str, latency: Duration);
+}
 
 /// Bounds, caches and records KMS calls (see the module docs).
 pub(crate) struct KmsGate {
-    metrics: Arc<CryptoMetrics>,
+    metrics: Arc<dyn KmsCallObserver>,
     permits: Semaphore,
     negative: Mutex<LruCache<String, (KmsError, Instant)>>,
     negative_ttl: Duration,
 }
 
 impl KmsGate {
-    /// A gate allowing `max_concurrent` calls at once, caching refusals for `negative_ttl` in an
+    /// A gate reporting to `metrics` and allowing `max_concurrent` calls at once, caching refusals for `negative_ttl` in an
     /// LRU of `negative_cap` key ids.
     pub(crate) fn new(
-        metrics: Arc<CryptoMetrics>,
+        metrics: Arc<dyn KmsCallObserver>,
         max_concurrent: usize,
         negative_ttl: Duration,
         negative_cap: usize,

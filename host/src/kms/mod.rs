@@ -1,4 +1,4 @@
-//! Key management: the [`Kms`] trait, its two back ends and the DEK cache.
+//! Key management: the [`Kms`] trait and its back ends.
 //!
 //! Envelope encryption: records are encrypted under data encryption keys (DEKs, AES-256), each DEK
 //! is wrapped ("encrypted DEK", EDEK) by a key encryption key (KEK) that never leaves the KMS.
@@ -6,14 +6,16 @@
 //! - [`vault::VaultKms`]: HashiCorp Vault / OpenBao transit engine (production).
 //! - [`local::LocalKms`]: KEKs in a local file, each encrypted by a master key (demo, no Vault).
 //! - [`memory::MemoryKms`]: in-process fake with failure injection, for tests.
-//! - [`dek::DekManager`]: per-(KEK, topic) DEK rotation and refresh-ahead, bounded decrypted-DEK
-//!   cache, coalescing of concurrent KMS calls. The record encryptor only talks to this.
+//! - `KmsGate`: the one door of every KMS call (bounded concurrency, negative cache, a
+//!   [`KmsCallObserver`] for metrics, the log line of a failure).
+//!
+//! The DEK lifecycle built on top (rotation, refresh-ahead, caches) lives with crypto, in
+//! `crypto::keys`; this module never depends on crypto.
 //!
 //! Errors are classified by [`KmsErrorKind`] so callers can tell "retry later" from "fix the
 //! configuration". See docs/kms.md.
 
 pub mod deadline;
-pub mod dek;
 mod gate;
 mod keyfile;
 pub mod local;
@@ -27,7 +29,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-pub use dek::{DekConfig, DekManager};
+pub use gate::KmsCallObserver;
+pub(crate) use gate::KmsGate;
 
 /// Length in bytes of a data encryption key (AES-256).
 pub const DEK_LEN: usize = 32;

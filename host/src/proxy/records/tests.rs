@@ -11,11 +11,11 @@ use kafka_protocol::messages::{FetchResponse, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::*;
+use crate::crypto::keys::DekConfig;
 use crate::crypto::HEADER_KEY;
 use crate::kafka::compression::Compression;
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::memory::MemoryKms;
-use crate::kms::DekConfig;
 use crate::policy::config::PolicyConfig;
 
 fn peer() -> SocketAddr {

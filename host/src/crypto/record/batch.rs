@@ -1,0 +1,372 @@
+//! The batch API: [`RecordEncryptor`] encrypts and decrypts whole record batches, fetching
+//! the keys they need through the [`DekManager`] once each and concurrently.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use aes_siv::siv::Aes256Siv;
+use rand::RngCore;
+
+use crate::crypto::keys::{DekConfig, DekManager};
+use crate::crypto::metrics::CryptoMetrics;
+use crate::crypto::primitives::{Dek, RecordKeyCipher};
+use crate::crypto::wire::{validate_key_id, Descriptor};
+use crate::kafka::records::{Record, RecordBatch};
+use crate::kms::{Kms, KmsError};
+use crate::plan::RecordDecision;
+
+use super::open::{find_descriptor, open_record, OpenFail};
+use super::seal::{prepare, seal_error, seal_record, SealParams};
+use super::*;
+
+/// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
+#[derive(Debug)]
+pub struct RecordEncryptor {
+    deks: Arc<DekManager>,
+    metrics: Arc<CryptoMetrics>,
+}
+
+impl RecordEncryptor {
+    /// An encryptor over `kms` with DEK policy `cfg` (no KMS call until first use).
+    pub fn new(kms: Arc<dyn Kms>, cfg: DekConfig) -> Self {
+        let metrics = Arc::new(CryptoMetrics::default());
+        Self {
+            deks: Arc::new(DekManager::new(kms, cfg, metrics.clone())),
+            metrics,
+        }
+    }
+
+    /// The metrics (render with [`CryptoMetrics::render_prometheus`]).
+    pub fn metrics(&self) -> &Arc<CryptoMetrics> {
+        &self.metrics
+    }
+
+    /// The DEK manager (diagnostics).
+    pub fn deks(&self) -> &Arc<DekManager> {
+        &self.deks
+    }
+
+    /// Encrypts `batch` in place as `decisions` say (one per record, in order).
+    ///
+    /// All or nothing: on any error (a [`RecordDecision::Reject`], an unencryptable record, a
+    /// KMS failure) `batch` is left untouched and the caller must refuse the whole partition
+    /// batch with [`EncryptError::kafka_error_code`]; it must never be forwarded. Waits for the
+    /// KMS only when no DEK is cached for a (KEK, topic) pair.
+    pub async fn encrypt_batch(
+        &self,
+        topic: &str,
+        batch: &mut RecordBatch,
+        decisions: &[RecordDecision],
+    ) -> Result<EncryptStats, EncryptError> {
+        let r = self.encrypt_inner(topic, batch, decisions).await;
+        match &r {
+            Ok(s) => {
+                let t = self.metrics.topic(topic);
+                t.records_encrypted
+                    .fetch_add(s.records_encrypted, Ordering::Relaxed);
+                t.bytes_encrypted
+                    .fetch_add(s.plaintext_bytes, Ordering::Relaxed);
+            }
+            Err(e) => self.metrics.encrypt_failure(topic, e.reason()),
+        }
+        r
+    }
+
+    async fn encrypt_inner(
+        &self,
+        topic: &str,
+        batch: &mut RecordBatch,
+        decisions: &[RecordDecision],
+    ) -> Result<EncryptStats, EncryptError> {
+        if decisions.len() != batch.records.len() {
+            return Err(EncryptError::DecisionCount {
+                decisions: decisions.len(),
+                records: batch.records.len(),
+            });
+        }
+        // Reject before any KMS call.
+        for (index, d) in decisions.iter().enumerate() {
+            if let RecordDecision::Reject(message) = d {
+                return Err(EncryptError::Rejected {
+                    index,
+                    message: message.clone(),
+                });
+            }
+        }
+        let mut stats = EncryptStats::default();
+        let mut sivs: HashMap<String, (Arc<RecordKeyCipher>, Aes256Siv)> = HashMap::new();
+        let mut out = Vec::with_capacity(batch.records.len());
+        for (index, (rec, d)) in batch.records.iter().zip(decisions).enumerate() {
+            let plan = match d {
+                RecordDecision::Encrypt(plan) => plan,
+                _ => {
+                    stats.records_passed += 1;
+                    out.push(rec.clone());
+                    continue;
+                }
+            };
+            validate_key_id(&plan.key_id).map_err(|source| EncryptError::InvalidKeyId {
+                index,
+                key_id: plan.key_id.clone(),
+                source,
+            })?;
+            let prep = prepare(rec, plan).map_err(|f| seal_error(index, f))?;
+            if prep.key && !sivs.contains_key(&plan.key_id) {
+                let c = self
+                    .deks
+                    .record_key_cipher(&plan.key_id, topic, None)
+                    .await
+                    .map_err(EncryptError::Kms)?;
+                let siv = c.siv();
+                sivs.insert(plan.key_id.clone(), (c, siv));
+            }
+            let res = self
+                .deks
+                .reserve(&plan.key_id, topic, prep.parts(), prep.bytes)
+                .await
+                .map_err(EncryptError::Kms)?;
+            let mut record_id = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut record_id);
+            let key_cipher = if prep.key {
+                sivs.get_mut(&plan.key_id)
+                    .map(|(c, siv)| (siv, c.kek_version))
+            } else {
+                None
+            };
+            let sealed = seal_record(
+                rec,
+                &prep,
+                SealParams {
+                    topic,
+                    dek: &res.dek,
+                    nonce_base: res.nonce_base,
+                    record_id,
+                    key_cipher,
+                },
+            )
+            .map_err(|f| seal_error(index, f))?;
+            stats.records_encrypted += 1;
+            stats.plaintext_bytes += prep.bytes;
+            out.push(sealed);
+        }
+        batch.records = out;
+        Ok(stats)
+    }
+
+    /// Resolves, concurrently and once each, every DEK and record-key key the encrypted records
+    /// of `batches` need, so that the following [`Self::decrypt_batch`] calls hit the cache.
+    /// Returns the number of distinct keys resolved; failures are reported by `decrypt_batch`.
+    pub async fn prefetch(&self, topic: &str, batches: &[&RecordBatch]) -> usize {
+        let descs: Vec<Descriptor> = batches
+            .iter()
+            .flat_map(|b| &b.records)
+            .filter_map(|r| find_descriptor(r).ok().flatten().map(|(_, d)| d))
+            .collect();
+        let mut needs = KeyNeeds::default();
+        for d in &descs {
+            needs.add(d);
+        }
+        let (deks, sivs) = needs.resolve(&self.deks, topic).await;
+        deks.iter().filter(|r| r.is_ok()).count() + sivs.iter().filter(|r| r.is_ok()).count()
+    }
+
+    /// Decrypts `batch` in place.
+    ///
+    /// Records without `kapsule.enc` pass unchanged (dropped, or an error, with
+    /// `require_encrypted`). A record that fails follows `options.on_failure`; an unavailable
+    /// KMS fails the batch with a retriable error in every mode. On error `batch` is untouched.
+    /// Never returns ciphertext as if it were plaintext: a record is either decrypted and
+    /// stripped of its descriptor, or left as it was (with its descriptor), or dropped.
+    pub async fn decrypt_batch(
+        &self,
+        topic: &str,
+        batch: &mut RecordBatch,
+        options: &DecryptOptions<'_>,
+    ) -> Result<DecryptStats, DecryptError> {
+        let r = self.decrypt_inner(topic, batch, options).await;
+        match &r {
+            Ok(s) => {
+                let t = self.metrics.topic(topic);
+                t.records_decrypted
+                    .fetch_add(s.records_decrypted, Ordering::Relaxed);
+                t.bytes_decrypted
+                    .fetch_add(s.plaintext_bytes, Ordering::Relaxed);
+            }
+            Err(e) => self.metrics.decrypt_failure(topic, e.reason(), 1),
+        }
+        r
+    }
+
+    async fn decrypt_inner(
+        &self,
+        topic: &str,
+        batch: &mut RecordBatch,
+        options: &DecryptOptions<'_>,
+    ) -> Result<DecryptStats, DecryptError> {
+        let mut stats = DecryptStats::default();
+        let descs: Vec<Result<Option<(usize, Descriptor)>, String>> =
+            batch.records.iter().map(find_descriptor).collect();
+        // Resolve every key once, concurrently.
+        let mut needs = KeyNeeds::default();
+        // Per record: (index into the DEKs, index into the record-key ciphers when the key is
+        // encrypted).
+        let slots: Vec<Option<(usize, Option<usize>)>> = descs
+            .iter()
+            .map(|desc| match desc {
+                // Never ask the KMS about a key this topic does not allow.
+                Ok(Some((_, d))) if options.kek_allowed(&d.kek_id) => Some(needs.add(d)),
+                _ => None,
+            })
+            .collect();
+        let (deks, siv_res) = needs.resolve(&self.deks, topic).await;
+        let mut sivs: Vec<Result<Aes256Siv, KmsError>> =
+            siv_res.into_iter().map(|r| r.map(|c| c.siv())).collect();
+
+        let mut out = Vec::with_capacity(batch.records.len());
+        let mut failures = 0u64;
+        for (index, ((rec, desc), slot)) in batch.records.iter().zip(&descs).zip(slots).enumerate()
+        {
+            let result: Result<(Record, u64), DecryptError> = match desc {
+                Ok(None) if options.require_encrypted => Err(DecryptError::NotEncrypted { index }),
+                Ok(None) => {
+                    stats.records_plain += 1;
+                    out.push(rec.clone());
+                    continue;
+                }
+                Err(message) => Err(DecryptError::Malformed {
+                    index,
+                    message: message.clone(),
+                }),
+                Ok(Some((_, d))) if !options.kek_allowed(&d.kek_id) => {
+                    Err(DecryptError::KeyNotAllowed {
+                        index,
+                        kek_id: d.kek_id.clone(),
+                    })
+                }
+                Ok(Some((di, d))) => {
+                    let (dek_slot, siv_slot) = slot.expect("every allowed descriptor has a slot");
+                    match &deks[dek_slot] {
+                        Err(e) => Err(DecryptError::Kms {
+                            index,
+                            source: e.clone(),
+                        }),
+                        Ok(dek) => {
+                            let siv = if d.key_encrypted {
+                                match &mut sivs[siv_slot.expect("encrypted key has a slot")] {
+                                    Ok(s) => Ok(Some(s)),
+                                    Err(e) => Err(DecryptError::Kms {
+                                        index,
+                                        source: e.clone(),
+                                    }),
+                                }
+                            } else {
+                                Ok(None)
+                            };
+                            siv.and_then(|siv| {
+                                open_record(topic, rec, *di, d, dek, siv).map_err(|f| match f {
+                                    OpenFail::Integrity(message) => {
+                                        DecryptError::Integrity { index, message }
+                                    }
+                                    OpenFail::Malformed(message) => {
+                                        DecryptError::Malformed { index, message }
+                                    }
+                                })
+                            })
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok((r, bytes)) => {
+                    stats.records_decrypted += 1;
+                    stats.plaintext_bytes += bytes;
+                    out.push(r);
+                }
+                Err(e) => {
+                    if e.is_retriable() || options.on_failure == FailureMode::Error {
+                        if failures > 0 {
+                            self.metrics.decrypt_failure(topic, e.reason(), failures);
+                        }
+                        return Err(e);
+                    }
+                    failures += 1;
+                    self.metrics.decrypt_failure(topic, e.reason(), 1);
+                    match (&e, options.on_failure) {
+                        (DecryptError::NotEncrypted { .. }, _) | (_, FailureMode::Skip) => {
+                            stats.records_dropped += 1
+                        }
+                        _ => {
+                            stats.records_left_encrypted += 1;
+                            out.push(rec.clone());
+                        }
+                    }
+                }
+            }
+        }
+        batch.records = out;
+        Ok(stats)
+    }
+}
+
+/// The distinct keys a set of descriptors needs: the one key-collection step of
+/// [`RecordEncryptor::prefetch`] and [`RecordEncryptor::decrypt_batch`].
+#[derive(Default)]
+struct KeyNeeds<'a> {
+    /// (KEK id, EDEK) of each DEK, in first-seen order.
+    deks: Vec<(&'a str, &'a [u8])>,
+    /// (KEK id, KEK version) of each record-key cipher, in first-seen order.
+    sivs: Vec<(&'a str, u32)>,
+    dek_seen: HashMap<(&'a str, &'a [u8]), usize>,
+    siv_seen: HashMap<(&'a str, u32), usize>,
+    /// What the previous descriptor needed.
+    last: Option<(usize, Option<usize>)>,
+}
+
+impl<'a> KeyNeeds<'a> {
+    /// Adds the keys of `d`; returns its index into the DEKs and, when its record key is
+    /// encrypted, into the record-key ciphers. Records of a batch nearly always share one DEK,
+    /// so each descriptor is compared with the previous one before anything is hashed.
+    fn add(&mut self, d: &'a Descriptor) -> (usize, Option<usize>) {
+        let dk = (d.kek_id.as_str(), d.edek.as_slice());
+        let di = match self.last {
+            Some((i, _)) if self.deks[i] == dk => i,
+            _ => *self.dek_seen.entry(dk).or_insert_with(|| {
+                self.deks.push(dk);
+                self.deks.len() - 1
+            }),
+        };
+        let si = d.key_encrypted.then(|| {
+            let sk = (d.kek_id.as_str(), d.key_kek_version);
+            match self.last {
+                Some((_, Some(i))) if self.sivs[i] == sk => i,
+                _ => *self.siv_seen.entry(sk).or_insert_with(|| {
+                    self.sivs.push(sk);
+                    self.sivs.len() - 1
+                }),
+            }
+        });
+        self.last = Some((di, si));
+        (di, si)
+    }
+
+    /// Fetches every collected key once, concurrently, in the order of the indices `add` gave.
+    async fn resolve(
+        &self,
+        deks: &DekManager,
+        topic: &str,
+    ) -> (
+        Vec<Result<Arc<Dek>, KmsError>>,
+        Vec<Result<Arc<RecordKeyCipher>, KmsError>>,
+    ) {
+        futures::future::join(
+            futures::future::join_all(self.deks.iter().map(|(k, e)| deks.decrypt(k, e))),
+            futures::future::join_all(
+                self.sivs
+                    .iter()
+                    .map(|(k, v)| deks.record_key_cipher(k, topic, Some(*v))),
+            ),
+        )
+        .await
+    }
+}

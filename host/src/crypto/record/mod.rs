@@ -1,0 +1,319 @@
+//! Record-level encryption and decryption of whole batches: the API the proxy calls.
+//!
+//! - [`batch`]: [`RecordEncryptor`], the batch API (`encrypt_batch`, `prefetch`,
+//!   `decrypt_batch`) with its key collection and metrics.
+//! - `seal`: the encrypt side of one record (what to encrypt, then the sealed record).
+//! - `open`: the decrypt side of one record (find the descriptor, verify and open).
+//!
+//! This file holds the vocabulary the three share: errors, options, statistics.
+
+pub mod batch;
+mod open;
+mod seal;
+
+use std::ops::Range;
+
+use crate::crypto::wire::{KeyIdError, TagValue, ValueEncryption, HEADER_KEY};
+use crate::kafka::records::RecordBatch;
+use crate::kms::KmsError;
+
+pub use batch::RecordEncryptor;
+
+/// Why a produce batch was refused. The batch must then not be forwarded at all.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EncryptError {
+    /// A record's decision was [`crate::plan::RecordDecision::Reject`].
+    #[error("record {index} rejected by policy: {message}")]
+    Rejected {
+        /// Index of the record in the batch.
+        index: usize,
+        /// The policy's message.
+        message: String,
+    },
+    /// A record cannot be encrypted as planned.
+    #[error("record {index} cannot be encrypted: {message}")]
+    InvalidRecord {
+        /// Index of the record in the batch.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A record already carries a `kapsule.enc` header (encrypted elsewhere, or forged) on a
+    /// topic that does not accept pre-encrypted records.
+    #[error(
+        "record {index} already carries a '{HEADER_KEY}' header; this topic does not accept \
+         pre-encrypted records (set accept_pre_encrypted on its rule or binding if it should)"
+    )]
+    PreEncrypted {
+        /// Index of the record in the batch.
+        index: usize,
+    },
+    /// The plan names a key id Kapsule never passes to a KMS (checked before any KMS call).
+    #[error("record {index}: policy named key id {key_id:?}: {source}")]
+    InvalidKeyId {
+        /// Index of the record in the batch.
+        index: usize,
+        /// The refused id.
+        key_id: String,
+        /// What is wrong with it.
+        source: KeyIdError,
+    },
+    /// The KMS failed (see [`KmsError::kind`]).
+    #[error("{0}")]
+    Kms(KmsError),
+    /// The caller passed a decision list of the wrong length (a bug in the caller).
+    #[error("internal error: {decisions} decisions for {records} records")]
+    DecisionCount {
+        /// Decisions passed.
+        decisions: usize,
+        /// Records in the batch.
+        records: usize,
+    },
+}
+
+impl EncryptError {
+    /// True when the producer should retry (the KMS was unavailable).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Kms(e) if e.is_retriable())
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "rejected",
+            Self::InvalidRecord { .. } => "invalid_record",
+            Self::PreEncrypted { .. } => "pre_encrypted",
+            Self::InvalidKeyId { .. } => "invalid_key_id",
+            Self::Kms(e) if e.is_retriable() => "kms_transient",
+            Self::Kms(_) => "kms_permanent",
+            Self::DecisionCount { .. } => "internal",
+        }
+    }
+}
+
+/// Why a fetched batch could not be decrypted (only returned in [`FailureMode::Error`], or for
+/// an unavailable KMS in any mode).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecryptError {
+    /// The KMS failed for this record's DEK or record-key key.
+    #[error("record {index}: {source}")]
+    Kms {
+        /// Index of the record in the batch.
+        index: usize,
+        /// The KMS failure.
+        source: KmsError,
+    },
+    /// Authentication failed: the ciphertext, descriptor or binding was altered or moved.
+    #[error("record {index} failed authentication: {message}")]
+    Integrity {
+        /// Index of the record in the batch.
+        index: usize,
+        /// Which part failed.
+        message: String,
+    },
+    /// The descriptor or an encrypted part is structurally invalid.
+    #[error("record {index} is malformed: {message}")]
+    Malformed {
+        /// Index of the record in the batch.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The descriptor names a KEK the topic does not allow (`require_encrypted` with the rule's
+    /// key or the binding's `allowed_key_ids`): written by someone else, never sent to the KMS.
+    #[error("record {index} names KEK {kek_id:?}, which this topic does not allow")]
+    KeyNotAllowed {
+        /// Index of the record in the batch.
+        index: usize,
+        /// The KEK id in the descriptor.
+        kek_id: String,
+    },
+    /// A record without `kapsule.enc` on a topic that requires encryption (an injection).
+    #[error("record {index} is not encrypted but the topic requires encryption")]
+    NotEncrypted {
+        /// Index of the record in the batch.
+        index: usize,
+    },
+}
+
+impl DecryptError {
+    /// True when the consumer should retry (the KMS was unavailable).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Kms { source, .. } if source.is_retriable())
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Kms { source, .. } if source.is_retriable() => "kms_transient",
+            Self::Kms { .. } => "kms_permanent",
+            Self::Integrity { .. } => "integrity",
+            Self::Malformed { .. } => "malformed",
+            Self::KeyNotAllowed { .. } => "key_not_allowed",
+            Self::NotEncrypted { .. } => "missing_header",
+        }
+    }
+}
+
+/// What to do with a fetched record that cannot be decrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Fail the whole partition batch with [`DecryptError`] (default).
+    #[default]
+    Error,
+    /// Deliver the record still encrypted (with its `kapsule.enc` header).
+    Ciphertext,
+    /// Drop the record from the batch.
+    Skip,
+}
+
+/// Which KEK ids a topic's stored descriptors may name (see [`DecryptOptions::allowed_kek`]).
+pub type KekFilter<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
+/// Options of [`RecordEncryptor::decrypt_batch`].
+#[derive(Clone, Copy, Default)]
+pub struct DecryptOptions<'a> {
+    /// Handling of records that fail to decrypt (integrity, malformed, unknown or forbidden key).
+    /// An unavailable KMS always fails the batch with a retriable error, whatever the mode, so
+    /// consumers never skip records because of a KMS outage.
+    pub on_failure: FailureMode,
+    /// The topic should only hold encrypted records: a record without `kapsule.enc` is an
+    /// injection. It fails the batch in [`FailureMode::Error`] and is dropped otherwise (never
+    /// delivered as if it had been encrypted).
+    pub require_encrypted: bool,
+    /// When set, a descriptor naming a KEK id for which this returns `false` is a decrypt
+    /// failure ([`DecryptError::KeyNotAllowed`], handled per `on_failure`) and its keys are never
+    /// requested from the KMS.
+    pub allowed_kek: Option<KekFilter<'a>>,
+}
+
+impl std::fmt::Debug for DecryptOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptOptions")
+            .field("on_failure", &self.on_failure)
+            .field("require_encrypted", &self.require_encrypted)
+            .field("allowed_kek", &self.allowed_kek.map(|_| "filter"))
+            .finish()
+    }
+}
+
+impl DecryptOptions<'_> {
+    fn kek_allowed(&self, kek_id: &str) -> bool {
+        self.allowed_kek.is_none_or(|f| f(kek_id))
+    }
+}
+
+/// Counters of one [`RecordEncryptor::encrypt_batch`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncryptStats {
+    /// Records that got a descriptor.
+    pub records_encrypted: u64,
+    /// Records passed in clear.
+    pub records_passed: u64,
+    /// Plaintext bytes encrypted.
+    pub plaintext_bytes: u64,
+}
+
+/// Counters of one [`RecordEncryptor::decrypt_batch`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecryptStats {
+    /// Records decrypted.
+    pub records_decrypted: u64,
+    /// Records without descriptor delivered as they are.
+    pub records_plain: u64,
+    /// Records that failed and were delivered still encrypted ([`FailureMode::Ciphertext`]).
+    pub records_left_encrypted: u64,
+    /// Records dropped ([`FailureMode::Skip`] or injections).
+    pub records_dropped: u64,
+    /// Plaintext bytes recovered.
+    pub plaintext_bytes: u64,
+}
+
+/// True when some record of `batch` carries a `kapsule.enc` header.
+pub fn batch_has_encrypted_records(batch: &RecordBatch) -> bool {
+    batch
+        .records
+        .iter()
+        .any(|r| r.headers.iter().any(|h| h.key == HEADER_KEY.as_bytes()))
+}
+
+/// Cheap pre-check on the raw, uncompressed records section of a batch: `false` guarantees that
+/// no record carries a `kapsule.enc` header, so the batch can be forwarded byte for byte (when the
+/// topic does not require encryption). `true` means "decode and look". Meaningless on compressed
+/// bytes.
+pub fn may_contain_encrypted(raw_records: &[u8]) -> bool {
+    memchr::memmem::find(raw_records, HEADER_KEY.as_bytes()).is_some()
+}
+
+fn tag_value<'a>(mode: &ValueEncryption, wire_value: Option<&'a [u8]>) -> TagValue<'a> {
+    match (mode, wire_value) {
+        (ValueEncryption::Whole, _) => TagValue::Encrypted,
+        (_, None) => TagValue::Null,
+        (_, Some(v)) => TagValue::Bytes(v),
+    }
+}
+
+/// Replaces non-overlapping `spans` of `doc`.
+fn splice(doc: &[u8], mut repl: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
+    repl.sort_by_key(|(r, _)| r.start);
+    let extra: usize = repl.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(doc.len() + extra);
+    let mut pos = 0;
+    for (r, b) in repl {
+        out.extend_from_slice(&doc[pos..r.start]);
+        out.extend_from_slice(&b);
+        pos = r.end;
+    }
+    out.extend_from_slice(&doc[pos..]);
+    out
+}
+
+/// Test-only access to the deterministic core (golden vectors).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::open::{find_descriptor, open_record, OpenFail};
+    use super::seal::{prepare, seal_record, SealParams};
+    use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
+    use crate::kafka::records::Record;
+    use crate::plan::EncryptionPlan;
+
+    /// Encrypts one record with fixed keys, nonce base and record id.
+    pub fn seal(
+        topic: &str,
+        rec: &Record,
+        plan: &EncryptionPlan,
+        dek: &Dek,
+        nonce_base: [u8; NONCE_LEN],
+        record_id: [u8; 16],
+        key_cipher: Option<&RecordKeyCipher>,
+    ) -> Result<Record, String> {
+        let prep = prepare(rec, plan).map_err(|e| e.to_string())?;
+        let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
+        seal_record(
+            rec,
+            &prep,
+            SealParams {
+                topic,
+                dek,
+                nonce_base,
+                record_id,
+                key_cipher: siv.as_mut().map(|(s, v)| (s, *v)),
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Decrypts one record with fixed keys.
+    pub fn open(
+        topic: &str,
+        rec: &Record,
+        dek: &Dek,
+        key_cipher: Option<&RecordKeyCipher>,
+    ) -> Result<Record, String> {
+        let (i, d) = find_descriptor(rec)?.ok_or("no descriptor")?;
+        let mut siv = key_cipher.map(|c| c.siv());
+        open_record(topic, rec, i, &d, dek, siv.as_mut())
+            .map(|(r, _)| r)
+            .map_err(|f| match f {
+                OpenFail::Integrity(m) | OpenFail::Malformed(m) => m,
+            })
+    }
+}

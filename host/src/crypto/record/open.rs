@@ -1,0 +1,196 @@
+//! The decrypt side of one record: find its descriptor ([`find_descriptor`]), verify and open
+//! it ([`open_record`]); pure given the keys.
+
+use aes_siv::siv::Aes256Siv;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+
+use crate::crypto::json::{find_spans, parse_pointer};
+use crate::crypto::primitives::{nonce_at, siv_open, Dek};
+use crate::crypto::wire::{
+    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, HEADER_KEY,
+    JSON_PREFIX,
+};
+use crate::kafka::records::Record;
+
+use super::*;
+
+/// A failure to open one record, before it is given its index.
+pub(super) enum OpenFail {
+    Integrity(String),
+    Malformed(String),
+}
+
+/// Decrypts `rec` whose descriptor (header at `desc_idx`) is `desc`; pure given the keys.
+pub(super) fn open_record(
+    topic: &str,
+    rec: &Record,
+    desc_idx: usize,
+    desc: &Descriptor,
+    dek: &Dek,
+    key_cipher: Option<&mut Aes256Siv>,
+) -> Result<(Record, u64), OpenFail> {
+    let header_value = rec.headers[desc_idx]
+        .value
+        .as_deref()
+        .ok_or_else(|| OpenFail::Malformed("null kapsule.enc header".into()))?;
+    let (desc_bytes, tag) =
+        split_header(header_value).map_err(|e| OpenFail::Malformed(e.to_string()))?;
+    let wk = rec.key.as_deref();
+    // The record tag first: it covers the whole record body and the descriptor.
+    let tag_index = desc
+        .value_parts()
+        .checked_add(desc.headers.len() as u32)
+        .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
+    let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
+        .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
+    if dek
+        .open(
+            &tag_nonce,
+            &record_aad(
+                topic,
+                wk,
+                tag_value(&desc.value, rec.value.as_deref()),
+                desc_bytes,
+            ),
+            tag,
+        )
+        .is_none()
+    {
+        return Err(OpenFail::Integrity(
+            "record tag does not authenticate (record body or descriptor altered, moved or forged)"
+                .into(),
+        ));
+    }
+    let mut bytes = 0u64;
+    let open = |kind: PartKind, index: u32, name: &[u8], ct: &[u8]| -> Result<Vec<u8>, OpenFail> {
+        let nonce = nonce_at(&desc.nonce_base, index)
+            .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
+        dek.open(&nonce, &part_aad(topic, kind, index, name, wk, desc_bytes), ct)
+            .ok_or_else(|| {
+                let what = match kind {
+                    PartKind::Value => "value".to_owned(),
+                    PartKind::JsonField => {
+                        format!("JSON field {}", String::from_utf8_lossy(name))
+                    }
+                    PartKind::Header => format!("header {}", String::from_utf8_lossy(name)),
+                };
+                OpenFail::Integrity(format!(
+                    "{what} does not authenticate (moved from another topic, record or part, or altered)"
+                ))
+            })
+    };
+    let new_key = if desc.key_encrypted {
+        let (Some(k), Some(siv)) = (&rec.key, key_cipher) else {
+            return Err(OpenFail::Malformed(
+                "descriptor says the key is encrypted but it is null".into(),
+            ));
+        };
+        let pt = siv_open(siv, &key_aad(topic, &desc.kek_id, desc.key_kek_version), k)
+            .ok_or_else(|| OpenFail::Integrity("record key does not authenticate".into()))?;
+        bytes += pt.len() as u64;
+        Some(Bytes::from(pt))
+    } else {
+        rec.key.clone()
+    };
+    let new_value = match (&desc.value, &rec.value) {
+        (ValueEncryption::None, v) => v.clone(),
+        (_, None) => {
+            return Err(OpenFail::Integrity(
+                "encrypted value was replaced by null".into(),
+            ));
+        }
+        (ValueEncryption::Whole, Some(v)) => {
+            let pt = open(PartKind::Value, 0, b"", v)?;
+            bytes += pt.len() as u64;
+            Some(Bytes::from(pt))
+        }
+        (ValueEncryption::Json(ptrs), Some(v)) => {
+            let targets = ptrs
+                .iter()
+                .map(|p| parse_pointer(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| OpenFail::Malformed(e.to_string()))?;
+            let spans =
+                find_spans(v, &targets, ptrs).map_err(|e| OpenFail::Malformed(e.to_string()))?;
+            let mut repl = Vec::with_capacity(ptrs.len());
+            for (i, (name, span)) in ptrs.iter().zip(spans).enumerate() {
+                let span = span.ok_or_else(|| {
+                    OpenFail::Integrity(format!("encrypted JSON field {name} was removed"))
+                })?;
+                let raw = &v[span.clone()];
+                let inner = raw
+                    .strip_prefix(b"\"")
+                    .and_then(|r| r.strip_suffix(b"\""))
+                    .and_then(|r| r.strip_prefix(JSON_PREFIX.as_bytes()))
+                    .ok_or_else(|| {
+                        OpenFail::Malformed(format!("JSON field {name} is not a kapsule:v1 string"))
+                    })?;
+                let ct = B64.decode(inner).map_err(|_| {
+                    OpenFail::Malformed(format!("JSON field {name}: invalid base64"))
+                })?;
+                let pt = open(PartKind::JsonField, i as u32, name.as_bytes(), &ct)?;
+                bytes += pt.len() as u64;
+                repl.push((span, pt));
+            }
+            Some(Bytes::from(splice(v, repl)))
+        }
+    };
+    let base = desc.value_parts();
+    let mut headers = Vec::with_capacity(rec.headers.len().saturating_sub(1));
+    let mut j = 0usize;
+    for (i, h) in rec.headers.iter().enumerate() {
+        if i == desc_idx {
+            continue;
+        }
+        let mut h = h.clone();
+        if let Some(v) = &h.value {
+            // Encrypted header names are few (usually none): a scan beats hashing.
+            if desc.headers.iter().any(|n| n.as_slice() == h.key.as_ref()) {
+                if desc.headers.get(j).map(Vec::as_slice) != Some(h.key.as_ref()) {
+                    return Err(OpenFail::Integrity(
+                        "encrypted headers were added, removed or reordered".into(),
+                    ));
+                }
+                let pt = open(PartKind::Header, base + j as u32, &h.key, v)?;
+                bytes += pt.len() as u64;
+                h.value = Some(Bytes::from(pt));
+                j += 1;
+            }
+        }
+        headers.push(h);
+    }
+    if j != desc.headers.len() {
+        return Err(OpenFail::Integrity(
+            "encrypted headers were removed or nulled".into(),
+        ));
+    }
+    Ok((
+        Record {
+            attributes: rec.attributes,
+            timestamp_delta: rec.timestamp_delta,
+            offset_delta: rec.offset_delta,
+            key: new_key,
+            value: new_value,
+            headers,
+        },
+        bytes,
+    ))
+}
+
+/// Finds the one descriptor header of `rec`: `Ok(None)` when absent.
+pub(super) fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> {
+    let mut found = None;
+    for (i, h) in rec.headers.iter().enumerate() {
+        if h.key == HEADER_KEY.as_bytes() {
+            if found.is_some() {
+                return Err(format!("more than one '{HEADER_KEY}' header"));
+            }
+            let v = h.value.as_deref().ok_or("null kapsule.enc header")?;
+            let (d, _) = split_header(v).map_err(|e| e.to_string())?;
+            found = Some((i, Descriptor::decode(d).map_err(|e| e.to_string())?));
+        }
+    }
+    Ok(found)
+}

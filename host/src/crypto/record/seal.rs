@@ -1,0 +1,237 @@
+//! The encrypt side of one record: what to encrypt ([`prepare`]), then the sealed record
+//! ([`seal_record`]); pure given the keys.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use aes_siv::siv::Aes256Siv;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+
+use crate::crypto::json::{find_spans, parse_pointer, JsonError};
+use crate::crypto::primitives::{nonce_at, siv_seal, Dek, NONCE_LEN};
+use crate::crypto::wire::{
+    key_aad, part_aad, record_aad, Descriptor, PartKind, ValueEncryption, WireError, HEADER_KEY,
+    JSON_PREFIX,
+};
+use crate::kafka::records::{Record, RecordHeader};
+use crate::plan::{EncryptionPlan, ValuePart};
+
+use super::*;
+
+/// What of one record will be encrypted, found before any key is fetched.
+pub(super) struct Prepared {
+    pub(super) key: bool,
+    value_whole: bool,
+    /// (pointer, span in the value), in plan order.
+    fields: Vec<(String, Range<usize>)>,
+    /// Indices of headers whose values are encrypted.
+    headers: Vec<usize>,
+    pub(super) bytes: u64,
+}
+
+impl Prepared {
+    /// AES-GCM invocations: value parts, header parts, and the record tag.
+    pub(super) fn parts(&self) -> u64 {
+        u64::from(self.value_whole) + self.fields.len() as u64 + self.headers.len() as u64 + 1
+    }
+}
+
+/// Why one record cannot be sealed as planned.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SealFail {
+    /// The record already carries a descriptor.
+    #[error("it already carries a '{HEADER_KEY}' header (already encrypted, or forged)")]
+    PreEncrypted,
+    /// The value is not JSON, or a pointer is invalid.
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// The descriptor cannot be encoded (a field too long).
+    #[error(transparent)]
+    Descriptor(#[from] WireError),
+    /// More parts than the nonce counter allows.
+    #[error("nonce counter overflow")]
+    NonceOverflow,
+    /// The plan encrypts the key but no record-key cipher was given (a bug in the caller).
+    #[error("record-key cipher missing")]
+    KeyCipherMissing,
+}
+
+pub(super) fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, SealFail> {
+    if rec.headers.iter().any(|h| h.key == HEADER_KEY.as_bytes()) {
+        return Err(SealFail::PreEncrypted);
+    }
+    let mut bytes = 0u64;
+    let key = plan.record_key && rec.key.is_some();
+    if key {
+        bytes += rec.key.as_ref().map_or(0, |k| k.len() as u64);
+    }
+    let mut value_whole = false;
+    let mut fields = Vec::new();
+    match (&plan.value, &rec.value) {
+        (_, None) | (ValuePart::None, _) => {}
+        (ValuePart::Whole, Some(v)) => {
+            value_whole = true;
+            bytes += v.len() as u64;
+        }
+        (ValuePart::JsonFields(ptrs), Some(v)) => {
+            let mut seen = HashSet::new();
+            let names: Vec<String> = ptrs.iter().filter(|p| seen.insert(*p)).cloned().collect();
+            let targets = names
+                .iter()
+                .map(|p| parse_pointer(p))
+                .collect::<Result<Vec<_>, JsonError>>()?;
+            let spans = find_spans(v, &targets, &names)?;
+            for (name, span) in names.into_iter().zip(spans) {
+                if let Some(s) = span {
+                    bytes += s.len() as u64;
+                    fields.push((name, s));
+                }
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in rec.headers.iter().enumerate() {
+        if let Some(v) = &h.value {
+            if plan.headers.iter().any(|n| n.as_bytes() == h.key.as_ref()) {
+                bytes += v.len() as u64;
+                headers.push(i);
+            }
+        }
+    }
+    Ok(Prepared {
+        key,
+        value_whole,
+        fields,
+        headers,
+        bytes,
+    })
+}
+
+/// Everything that makes encryption of one record deterministic (fixed in golden tests).
+pub(super) struct SealParams<'a> {
+    pub topic: &'a str,
+    pub dek: &'a Dek,
+    pub nonce_base: [u8; NONCE_LEN],
+    pub record_id: [u8; 16],
+    /// AES-SIV cipher and KEK version for the record key, when the plan encrypts it.
+    pub key_cipher: Option<(&'a mut Aes256Siv, u32)>,
+}
+
+/// Encrypts `rec` as `prep` says; pure given `p`.
+pub(super) fn seal_record(
+    rec: &Record,
+    prep: &Prepared,
+    p: SealParams<'_>,
+) -> Result<Record, SealFail> {
+    let kek_id: &str = &p.dek.kek_id;
+    let (new_key, key_version) = match (prep.key, p.key_cipher, &rec.key) {
+        (true, Some((siv, ver)), Some(k)) => (
+            Some(Bytes::from(siv_seal(
+                siv,
+                &key_aad(p.topic, kek_id, ver),
+                k,
+            ))),
+            ver,
+        ),
+        (true, _, _) => return Err(SealFail::KeyCipherMissing),
+        (false, _, k) => (k.clone(), 0),
+    };
+    let desc = Descriptor {
+        value: if prep.value_whole {
+            ValueEncryption::Whole
+        } else if !prep.fields.is_empty() {
+            ValueEncryption::Json(prep.fields.iter().map(|(n, _)| n.clone()).collect())
+        } else {
+            ValueEncryption::None
+        },
+        key_encrypted: prep.key,
+        record_id: p.record_id,
+        nonce_base: p.nonce_base,
+        key_kek_version: key_version,
+        kek_id: kek_id.to_owned(),
+        edek: p.dek.edek.to_vec(),
+        headers: prep
+            .headers
+            .iter()
+            .map(|&i| rec.headers[i].key.to_vec())
+            .collect(),
+    };
+    let desc_bytes = desc.encode()?;
+    let wk = new_key.as_deref();
+    let seal = |kind: PartKind, index: u32, name: &[u8], pt: &[u8]| -> Result<Vec<u8>, SealFail> {
+        let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
+        Ok(p.dek.seal(
+            &nonce,
+            &part_aad(p.topic, kind, index, name, wk, &desc_bytes),
+            pt,
+        ))
+    };
+    let new_value = match &rec.value {
+        Some(v) if prep.value_whole => Some(Bytes::from(seal(PartKind::Value, 0, b"", v)?)),
+        Some(v) if !prep.fields.is_empty() => {
+            let mut repl: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(prep.fields.len());
+            for (i, (name, span)) in prep.fields.iter().enumerate() {
+                let ct = seal(
+                    PartKind::JsonField,
+                    i as u32,
+                    name.as_bytes(),
+                    &v[span.clone()],
+                )?;
+                let mut s = Vec::with_capacity(JSON_PREFIX.len() + ct.len() * 4 / 3 + 6);
+                s.push(b'"');
+                s.extend_from_slice(JSON_PREFIX.as_bytes());
+                s.extend_from_slice(B64.encode(&ct).as_bytes());
+                s.push(b'"');
+                repl.push((span.clone(), s));
+            }
+            Some(Bytes::from(splice(v, repl)))
+        }
+        other => other.clone(),
+    };
+    let base = desc.value_parts();
+    let mut headers = rec.headers.clone();
+    for (j, &i) in prep.headers.iter().enumerate() {
+        let h = &mut headers[i];
+        let pt = h.value.as_ref().expect("prepared headers are non-null");
+        let ct = seal(PartKind::Header, base + j as u32, &h.key, pt)?;
+        h.value = Some(Bytes::from(ct));
+    }
+    let tag_index = base + prep.headers.len() as u32;
+    let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
+    let tag = p.dek.seal(
+        &tag_nonce,
+        &record_aad(
+            p.topic,
+            wk,
+            tag_value(&desc.value, new_value.as_deref()),
+            &desc_bytes,
+        ),
+        b"",
+    );
+    let mut header_value = desc_bytes;
+    header_value.extend_from_slice(&tag);
+    headers.push(RecordHeader {
+        key: Bytes::from_static(HEADER_KEY.as_bytes()),
+        value: Some(Bytes::from(header_value)),
+    });
+    Ok(Record {
+        attributes: rec.attributes,
+        timestamp_delta: rec.timestamp_delta,
+        offset_delta: rec.offset_delta,
+        key: new_key,
+        value: new_value,
+        headers,
+    })
+}
+
+pub(super) fn seal_error(index: usize, f: SealFail) -> EncryptError {
+    match f {
+        SealFail::PreEncrypted => EncryptError::PreEncrypted { index },
+        other => EncryptError::InvalidRecord {
+            index,
+            message: other.to_string(),
+        },
+    }
+}
