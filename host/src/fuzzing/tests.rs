@@ -133,7 +133,8 @@ fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
         any::<bool>(),
         any::<[u8; 16]>(),
         any::<[u8; 12]>(),
-        "[a-z0-9/._-]{1,20}",
+        // Valid KEK ids only (no `/`, no `..`: `wire::validate_key_id`); mutations cover the rest.
+        "[a-z0-9_-]{1,10}(\\.[a-z0-9_-]{1,9})?",
         proptest::collection::vec(any::<u8>(), 0..64),
         proptest::collection::vec(name, 0..4),
         1u32..5,
