@@ -385,7 +385,7 @@ async fn openbao_outage_makes_produce_retry_without_loss() {
     );
     let log = kapsule.logs();
     assert!(
-        log.contains("refusing produce batch"),
+        log.contains("refusing produce partition"),
         "no produce was refused during the outage:\n{log}"
     );
 

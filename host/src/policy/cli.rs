@@ -228,7 +228,8 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
         limits: LimitsConfig {
             // Calls get room to be measured; the production deadline is compared afterwards, so
             // a slow policy is reported with its real cost instead of a bare "deadline".
-            call_timeout_ms: deadline_ms.saturating_mul(20).max(2000),
+            call_timeout_ms: deadline_ms.saturating_mul(20).clamp(2000, 60_000),
+            call_timeout_max_ms: 60_000,
             ..LimitsConfig::default()
         },
         ..PolicyConfig::default()
