@@ -47,7 +47,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
-use super::rewrite::{self, UnsupportedRequest, REQUEST_TIMED_OUT, UNSUPPORTED_VERSION};
+use super::rewrite::{self, UnsupportedRequest};
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
@@ -56,6 +56,7 @@ use crate::kafka::frame::{
     response_correlation_id, write_frame, FrameError, RequestMeta,
 };
 use crate::kms::deadline;
+use kafka_protocol::error::ResponseError;
 
 /// Share of a Produce request's `timeout_ms` kept back for the trip to the broker and back: the
 /// proxy stops working on (and never forwards) a request after the rest has passed.
@@ -495,7 +496,11 @@ fn refuse_request(
                 "kapsule: {refused}; use Produce v{} or lower",
                 rewrite::MAX_PRODUCE_VERSION
             );
-            let response = rewrite::produce_error_response(&request, UNSUPPORTED_VERSION, &message);
+            let response = rewrite::produce_error_response(
+                &request,
+                ResponseError::UnsupportedVersion,
+                &message,
+            );
             if request.acks == 0 {
                 Some(Expect::Nothing)
             } else {
@@ -608,7 +613,7 @@ async fn prepare_produce(
                     } else {
                         let response = rewrite::produce_error_response(
                             &original,
-                            REQUEST_TIMED_OUT,
+                            ResponseError::RequestTimedOut,
                             &late_message(&original),
                         );
                         Expect::Local(encode_response(
@@ -683,8 +688,11 @@ fn answer_late(
         Expect::Nothing => return Ok(Expect::Nothing),
         other => return Ok(other),
     };
-    let mut response =
-        rewrite::produce_error_response(&request, REQUEST_TIMED_OUT, &late_message(&request));
+    let mut response = rewrite::produce_error_response(
+        &request,
+        ResponseError::RequestTimedOut,
+        &late_message(&request),
+    );
     patch.merge_into(&mut response);
     let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
     Ok(Expect::Local(encode_response(

@@ -129,16 +129,11 @@ pub fn check_request(api_key: i16, version: i16) -> Result<(), UnsupportedReques
     }
 }
 
-/// Kafka error code UNSUPPORTED_VERSION.
-pub const UNSUPPORTED_VERSION: i16 = 35;
-/// Kafka error code REQUEST_TIMED_OUT.
-pub const REQUEST_TIMED_OUT: i16 = 7;
-
 /// A Produce response giving every partition of `request` the same error and message (topics are
 /// echoed by name and, from v13, by id). Used for requests refused or timed out in the proxy.
 pub fn produce_error_response(
     request: &ProduceRequest,
-    error_code: i16,
+    error: ResponseError,
     message: &str,
 ) -> ProduceResponse {
     let message = StrBytes::from_string(message.to_owned());
@@ -155,7 +150,7 @@ pub fn produce_error_response(
                         .map(|p| {
                             PartitionProduceResponse::default()
                                 .with_index(p.index)
-                                .with_error_code(error_code)
+                                .with_error_code(error.code())
                                 .with_base_offset(-1)
                                 .with_log_append_time_ms(-1)
                                 .with_log_start_offset(-1)
@@ -170,7 +165,7 @@ pub fn produce_error_response(
 
 /// A Fetch response (v7+) refusing the whole request with UNSUPPORTED_VERSION and no records.
 pub fn fetch_unsupported_response() -> FetchResponse {
-    FetchResponse::default().with_error_code(UNSUPPORTED_VERSION)
+    FetchResponse::default().with_error_code(ResponseError::UnsupportedVersion.code())
 }
 
 /// Intersects the broker's advertised ranges with [`supported_range`]; drops unknown API keys
@@ -443,7 +438,7 @@ mod tests {
                 PartitionProduceData::default().with_index(0),
                 PartitionProduceData::default().with_index(3),
             ])]);
-        let resp = produce_error_response(&req, UNSUPPORTED_VERSION, "no");
+        let resp = produce_error_response(&req, ResponseError::UnsupportedVersion, "no");
         let t = &resp.responses[0];
         assert_eq!(
             (t.name.as_str(), t.topic_id),
