@@ -78,6 +78,10 @@ pub enum Reason {
     Undecryptable,
     /// A stored record is not encrypted on a topic that requires encryption.
     NotEncrypted,
+    /// A request version or API Kapsule does not offer (connection-level refusal).
+    UnsupportedVersion,
+    /// A Produce request answered REQUEST_TIMED_OUT before it could be forwarded.
+    TimedOut,
     /// A bug in Kapsule.
     Internal,
 }
@@ -98,6 +102,8 @@ impl Reason {
             Self::TooLarge => "too_large",
             Self::Undecryptable => "undecryptable",
             Self::NotEncrypted => "not_encrypted",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::TimedOut => "timed_out",
             Self::Internal => "internal",
         }
     }

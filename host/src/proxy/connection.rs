@@ -51,6 +51,7 @@ use super::rewrite::{self, UnsupportedRequest};
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
+use crate::error::Reason;
 use crate::kafka::frame::{
     decode_request, decode_response, encode_request, encode_response, produce_header, read_frame,
     response_correlation_id, write_frame, FrameError, RequestMeta,
@@ -517,7 +518,13 @@ fn refuse_request(
     let api = api_name(meta.api_key);
     match expect {
         Some(expect) => {
-            warn!(%peer, api, version = v, reason = %refused, "refused a request version Kapsule does not offer; answered UNSUPPORTED_VERSION, nothing forwarded");
+            if let Some(suppressed) = shared
+                .records
+                .refusal_log()
+                .admit_connection_line(Reason::UnsupportedVersion)
+            {
+                warn!(%peer, api, version = v, reason = %refused, suppressed, "refused a request version Kapsule does not offer; answered UNSUPPORTED_VERSION, nothing forwarded");
+            }
             Ok(Prepared {
                 forward: None,
                 expect,
@@ -525,7 +532,13 @@ fn refuse_request(
             })
         }
         None => {
-            warn!(%peer, api, version = v, reason = %refused, "refused a request Kapsule does not offer; closing the connection, nothing forwarded");
+            if let Some(suppressed) = shared
+                .records
+                .refusal_log()
+                .admit_connection_line(Reason::UnsupportedVersion)
+            {
+                warn!(%peer, api, version = v, reason = %refused, suppressed, "refused a request Kapsule does not offer; closing the connection, nothing forwarded");
+            }
             Err(refused.into())
         }
     }
@@ -607,7 +620,13 @@ async fn prepare_produce(
                 Ok(patch) if Instant::now() < d => patch,
                 _ => {
                     shared.metrics.error("produce_deadline");
-                    warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = original.timeout_ms, "produce request not ready before its timeout (slow policy or KMS); answered REQUEST_TIMED_OUT, nothing forwarded");
+                    if let Some(suppressed) = shared
+                        .records
+                        .refusal_log()
+                        .admit_connection_line(Reason::TimedOut)
+                    {
+                        warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = original.timeout_ms, suppressed, "produce request not ready before its timeout (slow policy or KMS); answered REQUEST_TIMED_OUT, nothing forwarded");
+                    }
                     let expect = if acks == 0 {
                         Expect::Nothing
                     } else {
@@ -682,7 +701,13 @@ fn answer_late(
     shared.metrics.error("produce_deadline");
     let api = ApiKey::Produce;
     let (_, request) = decode_request::<ProduceRequest>(api, body.clone())?;
-    warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = request.timeout_ms, "produce request reached its timeout before it could be forwarded; answered REQUEST_TIMED_OUT, nothing forwarded");
+    if let Some(suppressed) = shared
+        .records
+        .refusal_log()
+        .admit_connection_line(Reason::TimedOut)
+    {
+        warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = request.timeout_ms, suppressed, "produce request reached its timeout before it could be forwarded; answered REQUEST_TIMED_OUT, nothing forwarded");
+    }
     let patch = match expect {
         Expect::Upstream(ResponseStage::Produce(patch)) => patch,
         Expect::Nothing => return Ok(Expect::Nothing),

@@ -87,6 +87,17 @@ impl RefusalLog {
         }
     }
 
+    /// Decides whether a connection-level line for `reason` (a refused request version, a
+    /// Produce answered REQUEST_TIMED_OUT) is written now: same window and limit as partition
+    /// refusals, one key per reason. `Some(k)`: write it, mentioning `k` suppressed lines.
+    pub fn admit_connection_line(&self, reason: Reason) -> Option<u64> {
+        // `~` cannot appear in a Kafka topic name, so this key never collides with a topic's.
+        match self.admit(Direction::Produce, "~connection", reason, Instant::now()) {
+            Admit::Write(suppressed) => Some(suppressed),
+            Admit::Suppress => None,
+        }
+    }
+
     /// Writes one WARN line for a refused partition, unless rate-limited.
     pub fn refused(
         &self,
@@ -157,6 +168,33 @@ mod tests {
         let t1 = t0 + WINDOW;
         assert_eq!(log.admit(d, "a", Reason::Corrupt, t1), Admit::Write(100));
         assert_eq!(log.admit(d, "a", Reason::Corrupt, t1), Admit::Write(0));
+    }
+
+    #[test]
+    fn connection_lines_are_limited_per_reason_and_apart_from_topics() {
+        let log = RefusalLog::default();
+        for _ in 0..LINES_PER_WINDOW {
+            assert_eq!(
+                log.admit_connection_line(Reason::UnsupportedVersion),
+                Some(0)
+            );
+        }
+        // A client hammering unsupported versions gets no more lines in this window...
+        for _ in 0..1000 {
+            assert_eq!(log.admit_connection_line(Reason::UnsupportedVersion), None);
+        }
+        // ...while timeouts and partition refusals keep their own allowance.
+        assert_eq!(log.admit_connection_line(Reason::TimedOut), Some(0));
+        let now = Instant::now();
+        assert_eq!(
+            log.admit(
+                Direction::Produce,
+                "orders",
+                Reason::UnsupportedVersion,
+                now
+            ),
+            Admit::Write(0)
+        );
     }
 
     #[test]

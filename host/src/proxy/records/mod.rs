@@ -155,6 +155,11 @@ impl RecordStage {
         self
     }
 
+    /// The rate-limited refusal log, shared with connection-level refusals.
+    pub fn refusal_log(&self) -> &RefusalLog {
+        &self.log
+    }
+
     /// The encryption stage, when configured.
     pub fn encryption(&self) -> Option<&Encryption> {
         self.encryption.as_ref()
