@@ -1,22 +1,15 @@
-//! Command line: `kapsule run` starts the proxy; other subcommands are operator and author tools.
+//! Command line: parses and dispatches. `kapsule run` hands a validated config to
+//! [`crate::app::run`]; the other subcommands are operator and author tools.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::error;
 
-use crate::admin::{self, AdminState, Metrics, PolicyAdmin};
 use crate::config::Config;
-use crate::crypto::record::RecordEncryptor;
 use crate::kms::local::LocalKms;
 use crate::kms::KmsConfig;
-use crate::policy::{PolicyRegistry, ReloadOutcome};
-use crate::proxy::records::{Encryption, RecordStage};
-use crate::proxy::Proxy;
 
 /// Kapsule: a Kafka proxy that encrypts records at rest, per topic, with keys from a KMS.
 #[derive(Debug, Parser)]
@@ -119,7 +112,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(crate::app::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "kapsule stopped");
@@ -229,128 +222,4 @@ fn load_config(args: &RunArgs) -> Result<Config, String> {
         )
         .map_err(|e| e.to_string())?;
     Ok(config)
-}
-
-/// Runs the proxy and admin endpoint until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let encryption = build_encryption(&config, &metrics)?;
-    let policies: Option<Arc<dyn PolicyAdmin>> = encryption
-        .as_ref()
-        .map(|e| Arc::new(PolicyAdminHandle(e.policy.clone())) as Arc<dyn PolicyAdmin>);
-    if let Some(enc) = &encryption {
-        spawn_sighup_reload(enc.policy.clone());
-    }
-    let records = RecordStage::new(config.records, encryption)
-        .with_decompression_budget(config.proxy.decompression_budget());
-    let proxy = Proxy::bind(&config, metrics.clone(), records).await?;
-    let admin_listener = TcpListener::bind(&config.admin.listen)
-        .await
-        .with_context(|| format!("binding admin endpoint on {}", config.admin.listen))?;
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
-    let admin_state = AdminState::new(
-        metrics,
-        config.proxy.upstream.clone(),
-        policies,
-        &config.admin,
-    )?;
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, admin_stop_rx));
-    proxy.run(shutdown_signal()).await?;
-    let _ = admin_stop_tx.send(true);
-    let _ = admin_task.await;
-    info!("kapsule stopped");
-    Ok(())
-}
-
-/// Builds the KMS client, DEK manager and policy registry when the config has a `policy:`
-/// section. Policy modules compile in the background (see `PolicyRegistry::start`).
-fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Encryption>> {
-    let Some(policy_config) = &config.policy else {
-        return Ok(None);
-    };
-    let kms = match &config.kms {
-        Some(k) => k.build().context("starting the KMS client")?,
-        // Validation guarantees a KMS when anything can encrypt; a policy section that only
-        // passes or rejects still needs a KMS to decrypt what is already stored.
-        None => anyhow::bail!("a `policy:` section needs a `kms:` section"),
-    };
-    let encryptor = Arc::new(RecordEncryptor::new(kms, config.deks.clone()));
-    metrics.register(encryptor.metrics().clone());
-    // Modules compile in the background; their topics get a retriable error until ready.
-    let policy = PolicyRegistry::start(policy_config).context("loading policies")?;
-    metrics.register(Arc::new(crate::admin::metrics::PolicyMetrics(
-        policy.clone(),
-    )));
-    if policy_config.watch {
-        policy
-            .watch()
-            .context("watching policy modules for changes")?;
-    }
-    Ok(Some(Encryption { encryptor, policy }))
-}
-
-/// Adapts the policy registry to the admin endpoint.
-struct PolicyAdminHandle(PolicyRegistry);
-
-impl PolicyAdmin for PolicyAdminHandle {
-    fn status_json(&self) -> String {
-        serde_json::to_string_pretty(&self.0.status())
-            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        if self.0.wait_ready(Some(std::time::Duration::ZERO)) {
-            Ok(())
-        } else {
-            Err("policy modules are still compiling".into())
-        }
-    }
-
-    fn reload(&self) -> Result<String, String> {
-        let outcomes = self.0.reload();
-        let text = serde_json::to_string_pretty(&outcomes).unwrap_or_default();
-        if outcomes
-            .iter()
-            .any(|(_, o)| matches!(o, ReloadOutcome::Refused { .. }))
-        {
-            Err(text)
-        } else {
-            Ok(text)
-        }
-    }
-}
-
-/// SIGHUP reloads every policy module (compiled off the hot path, on a blocking thread).
-fn spawn_sighup_reload(policy: PolicyRegistry) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            info!("SIGHUP received: reloading policies");
-            let p = policy.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for (binding, outcome) in p.reload() {
-                    info!(%binding, ?outcome, "policy reload");
-                }
-            })
-            .await;
-        }
-    });
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
 }
