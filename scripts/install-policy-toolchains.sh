@@ -60,7 +60,8 @@ js_ok() {
   node -e '
     const v = (p) => JSON.parse(require("fs").readFileSync("node_modules/" + p + "/package.json", "utf8")).version;
     const ok = v("@bytecodealliance/jco").startsWith("1.35.") &&
-               v("@bytecodealliance/componentize-js").startsWith("0.23.");
+               v("@bytecodealliance/componentize-js").startsWith("0.23.") &&
+               v("@bytecodealliance/preview2-shim").startsWith("0.25.");
     process.exit(ok ? 0 : 1);' 2>/dev/null
 }
 if ! (cd "$js_sdk" && js_ok); then
