@@ -593,6 +593,31 @@ fn prepare_relay(meta: RequestMeta, frame: Bytes, received: Instant) -> anyhow::
     })
 }
 
+/// A Produce that Kapsule answers itself and never forwards: no answer for `acks = 0`,
+/// otherwise the response `response` builds.
+fn answer_produce_locally(
+    meta: RequestMeta,
+    acks: i16,
+    response: impl FnOnce() -> ProduceResponse,
+) -> anyhow::Result<Prepared> {
+    let expect = if acks == 0 {
+        Expect::Nothing
+    } else {
+        let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+        Expect::Local(encode_response(
+            ApiKey::Produce,
+            meta.api_version,
+            &header,
+            &response(),
+        )?)
+    };
+    Ok(Prepared {
+        forward: None,
+        expect,
+        deadline: None,
+    })
+}
+
 /// Prepares a Produce through the record stage, bounded by the request's deadline: KMS calls
 /// made for it see the deadline ([`deadline`]) and, when it passes first, every partition is
 /// answered REQUEST_TIMED_OUT and nothing is forwarded.
@@ -607,7 +632,6 @@ async fn prepare_produce(
     let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
     let acks = request.acks;
     let due = produce_deadline(received, request.timeout_ms);
-    let response_header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
     let patch = match due {
         None => shared.records.on_produce(&mut request, peer).await,
         Some(d) => {
@@ -627,25 +651,12 @@ async fn prepare_produce(
                     {
                         warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = original.timeout_ms, suppressed, "produce request not ready before its timeout (slow policy or KMS); answered REQUEST_TIMED_OUT, nothing forwarded");
                     }
-                    let expect = if acks == 0 {
-                        Expect::Nothing
-                    } else {
-                        let response = rewrite::produce_error_response(
+                    return answer_produce_locally(meta, acks, || {
+                        rewrite::produce_error_response(
                             &original,
                             ResponseError::RequestTimedOut,
                             &late_message(&original),
-                        );
-                        Expect::Local(encode_response(
-                            api,
-                            meta.api_version,
-                            &response_header,
-                            &response,
-                        )?)
-                    };
-                    return Ok(Prepared {
-                        forward: None,
-                        expect,
-                        deadline: None,
+                        )
                     });
                 }
             }
@@ -653,22 +664,7 @@ async fn prepare_produce(
     };
     if request.topic_data.is_empty() {
         // Every partition was refused: answer without involving the broker.
-        let expect = if acks == 0 {
-            Expect::Nothing
-        } else {
-            let response = patch.into_response();
-            Expect::Local(encode_response(
-                api,
-                meta.api_version,
-                &response_header,
-                &response,
-            )?)
-        };
-        return Ok(Prepared {
-            forward: None,
-            expect,
-            deadline: None,
-        });
+        return answer_produce_locally(meta, acks, || patch.into_response());
     }
     let body = encode_request(api, &header, &request)?;
     Ok(Prepared {
