@@ -15,6 +15,7 @@ use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::kms::KmsConfig;
 use crate::policy::config::PolicyConfig;
 use crate::proxy::proxy_protocol::ProxyProtocol;
+use crate::proxy::sni::SniConfig;
 use crate::proxy::tls::{ServerTlsConfig, UpstreamTlsConfig};
 
 /// What the proxy does with record batches it does not need to encrypt or decrypt.
@@ -69,6 +70,12 @@ pub struct ProxyConfig {
     /// When unset, each broker gets a free port chosen by the OS when it first appears.
     #[serde(default)]
     pub node_port_base: Option<u16>,
+    /// Port advertised to clients for broker `n` is `advertised_port_base + n` instead of the
+    /// port Kapsule listens on (needs `node_port_base`). For a fleet behind a load balancer whose
+    /// per-broker ports differ from the instances' own: every instance then advertises the load
+    /// balancer's ports (with `advertised_host` naming the load balancer).
+    #[serde(default)]
+    pub advertised_port_base: Option<u16>,
     /// Highest broker node id served when `node_port_base` is set (default 999).
     #[serde(default = "default_max_node_id")]
     pub max_node_id: i32,
@@ -100,6 +107,10 @@ pub struct ProxyConfig {
     /// (default `none`).
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    /// SNI routing: the whole cluster on the one TLS port `listen`, the TLS server name choosing
+    /// the broker (needs `tls`). Port-per-broker when unset (the default).
+    #[serde(default)]
+    pub sni: Option<SniConfig>,
 }
 
 /// Admin endpoint settings.
@@ -191,6 +202,57 @@ impl AdminConfig {
 fn default_admin_listen() -> String {
     "127.0.0.1:9190".into()
 }
+impl Config {
+    /// Settings that are valid alone but break, or risk data, when Kapsule runs behind a load
+    /// balancer as one of several instances (signalled by `proxy_protocol: v2`,
+    /// `advertised_port_base` or `sni`). Logged as warnings at start-up; each says what to do.
+    pub fn fleet_warnings(&self) -> Vec<String> {
+        let p = &self.proxy;
+        let behind_lb = p.proxy_protocol == ProxyProtocol::V2
+            || p.advertised_port_base.is_some()
+            || p.sni.is_some();
+        let mut out = Vec::new();
+        if !behind_lb {
+            return out;
+        }
+        if let Some(crate::kms::KmsConfig::Local(local)) = &self.kms {
+            out.push(format!(
+                "kms.type local behind a load balancer: KEKs live in this instance's file {}; \
+                 instances that do not share that exact file hold different KEKs under the same \
+                 key id{} and cannot decrypt each other's records. Use kms.type vault (one \
+                 transit engine shared by every instance) for more than one instance",
+                local.key_file.display(),
+                if local.auto_create_keys {
+                    " (auto_create_keys makes one per instance)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if p.sni.is_none() && p.proxy_protocol == ProxyProtocol::V2 {
+            if p.node_port_base.is_none() {
+                out.push(
+                    "proxy.proxy_protocol is v2 but proxy.node_port_base is unset: per-broker \
+                     ports are chosen by the OS and differ per instance, so a load balancer \
+                     cannot forward to them. Set proxy.node_port_base (and \
+                     proxy.advertised_port_base if the load balancer's ports differ)"
+                        .into(),
+                );
+            }
+            if p.advertised_host.is_none() {
+                out.push(
+                    "proxy.proxy_protocol is v2 but proxy.advertised_host is unset: clients are \
+                     told this instance's own address, bypass the load balancer and are refused \
+                     for sending no PROXY header. Set proxy.advertised_host to the load \
+                     balancer's name"
+                        .into(),
+                );
+            }
+        }
+        out
+    }
+}
+
 impl ProxyConfig {
     /// The per-request decompression budget: the configured value, or twice `max_frame_bytes`.
     pub fn decompression_budget(&self) -> usize {
@@ -243,6 +305,7 @@ impl Config {
                 upstream,
                 advertised_host: None,
                 node_port_base: None,
+                advertised_port_base: None,
                 max_node_id: default_max_node_id(),
                 max_frame_bytes: default_max_frame_bytes(),
                 max_decompressed_bytes_per_request: None,
@@ -252,6 +315,7 @@ impl Config {
                 tls: None,
                 upstream_tls: None,
                 proxy_protocol: ProxyProtocol::None,
+                sni: None,
             },
             admin: AdminConfig::default(),
             records: RecordsMode::default(),
@@ -353,6 +417,38 @@ impl Config {
                     "proxy.node_port_base: {base} + max_node_id {} exceeds port 65535",
                     p.max_node_id
                 ));
+            }
+        }
+        if let Some(adv) = p.advertised_port_base {
+            match p.node_port_base {
+                None => problems.push(
+                    "proxy.advertised_port_base: needs proxy.node_port_base (the ports a load \
+                     balancer forwards to must be fixed)"
+                        .into(),
+                ),
+                Some(_) if p.max_node_id >= 0 && u32::from(adv) + p.max_node_id as u32 > 65535 => {
+                    problems.push(format!(
+                        "proxy.advertised_port_base: {adv} + max_node_id {} exceeds port 65535",
+                        p.max_node_id
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(sni) = &p.sni {
+            sni.validate("proxy.sni", problems);
+            if p.tls.is_none() {
+                problems.push(
+                    "proxy.sni: needs proxy.tls (the broker is chosen by the TLS server name)"
+                        .into(),
+                );
+            }
+            if p.node_port_base.is_some() || p.advertised_port_base.is_some() {
+                problems.push(
+                    "proxy.sni: every broker is served on proxy.listen; remove \
+                     proxy.node_port_base and proxy.advertised_port_base"
+                        .into(),
+                );
             }
         }
         if p.max_frame_bytes < 1024 || p.max_frame_bytes > i32::MAX as usize {
@@ -553,6 +649,45 @@ mod tests {
         // Loopback without a token is fine.
         let c = Config::parse(base).unwrap();
         assert!(c.admin.is_loopback() && c.admin.read_token().unwrap().is_none());
+    }
+
+    #[test]
+    fn fleet_settings_are_validated_and_foot_guns_warned() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+        let err = Config::parse(&format!("{base}  advertised_port_base: 19000\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("needs proxy.node_port_base"),
+            "{err}"
+        );
+        let err = Config::parse(&format!(
+            "{base}  node_port_base: 1000\n  advertised_port_base: 65000\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("exceeds port 65535"), "{err}");
+
+        // Alone, nothing to warn about.
+        assert!(Config::parse(base).unwrap().fleet_warnings().is_empty());
+        // Behind a load balancer with OS-chosen ports, no advertised host and a local KMS.
+        let c = Config::parse(&format!(
+            "{base}  proxy_protocol: v2\nkms:\n  type: local\n  key_file: keys.json\n  auto_create_keys: true\n"
+        ))
+        .unwrap();
+        let w = c.fleet_warnings().join("\n");
+        for needle in [
+            "kms.type local behind a load balancer",
+            "auto_create_keys",
+            "node_port_base is unset",
+            "advertised_host is unset",
+        ] {
+            assert!(w.contains(needle), "missing {needle} in {w}");
+        }
+        // A correct fleet member: fixed ports, the load balancer's name, a shared KMS.
+        let c = Config::parse(&format!(
+            "{base}  proxy_protocol: v2\n  advertised_host: lb.example\n  node_port_base: 9300\n  advertised_port_base: 19300\nkms:\n  type: vault\n  address: https://vault:8200\n  token_env: VAULT_TOKEN\n"
+        ))
+        .unwrap();
+        assert!(c.fleet_warnings().is_empty(), "{:?}", c.fleet_warnings());
+        assert_eq!(c.proxy.advertised_port_base, Some(19300));
     }
 
     #[test]

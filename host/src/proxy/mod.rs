@@ -2,12 +2,14 @@
 //! client connection relayed to the matching broker by [`connection`].
 //!
 //! Per-broker listeners are bound lazily, the first time a broker appears in a response, so
-//! clients never learn an address that does not point at Kapsule.
+//! clients never learn an address that does not point at Kapsule. With `proxy.sni` there is only
+//! the one TLS listener and the handshake's server name picks the broker ([`sni`]).
 
 pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
 pub mod rewrite;
+pub mod sni;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -57,6 +59,8 @@ pub struct ProxyShared {
     pub upstream: tls::UpstreamConnector,
     advertised_host: StrBytes,
     listen_ip: IpAddr,
+    /// With `proxy.sni`: the routing config and the port advertised for every broker.
+    sni: Option<(sni::SniConfig, u16)>,
     nodes: Mutex<HashMap<i32, NodeEntry>>,
     shutdown: watch::Receiver<bool>,
     tasks: TaskTracker,
@@ -77,6 +81,16 @@ impl ProxyShared {
     /// A receiver that flips to `true` when shutdown starts.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
+    }
+
+    /// The port clients are told for `node_id` served on `listening`: `advertised_port_base + n`
+    /// when set (a load balancer's port), else the port Kapsule listens on.
+    fn advertised_port(&self, node_id: i32, listening: u16) -> u16 {
+        match self.config.advertised_port_base {
+            // Validation keeps base + max_node_id within u16 and node_port checked the id.
+            Some(base) => base + node_id as u16,
+            None => listening,
+        }
     }
 
     fn node_port(&self, node_id: i32) -> anyhow::Result<u16> {
@@ -103,6 +117,30 @@ impl Advertiser for Arc<ProxyShared> {
             format!("{host}:{port}")
         };
         let mut nodes = self.nodes.lock();
+        if let Some((sni, port)) = &self.sni {
+            // One shared listener: remember where the broker is, advertise its name.
+            match nodes.get_mut(&node_id) {
+                Some(entry) if entry.upstream != upstream => {
+                    info!(node_id, old = %entry.upstream, new = %upstream, "broker address changed");
+                    entry.upstream = upstream;
+                }
+                Some(_) => {}
+                None => {
+                    info!(node_id, upstream = %upstream, name = %sni.broker_name(node_id), port, "serving broker by TLS server name");
+                    nodes.insert(
+                        node_id,
+                        NodeEntry {
+                            upstream,
+                            advertised_port: *port,
+                        },
+                    );
+                }
+            }
+            return Ok((
+                StrBytes::from_string(sni.broker_name(node_id)),
+                i32::from(*port),
+            ));
+        }
         if let Some(entry) = nodes.get_mut(&node_id) {
             if entry.upstream != upstream {
                 info!(node_id, old = %entry.upstream, new = %upstream, "broker address changed");
@@ -118,8 +156,9 @@ impl Advertiser for Arc<ProxyShared> {
             .with_context(|| format!("binding listener for broker node {node_id} on {addr}"))?;
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
-        let advertised_port = listener.local_addr()?.port();
-        info!(node_id, upstream = %upstream, port = advertised_port, "serving broker on its own port");
+        let port = listener.local_addr()?.port();
+        let advertised_port = self.advertised_port(node_id, port);
+        info!(node_id, upstream = %upstream, port, advertised_port, "serving broker on its own port");
         nodes.insert(
             node_id,
             NodeEntry {
@@ -144,9 +183,21 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         let shared = shared.clone();
                         let route = route.clone();
                         shared.tasks.clone().spawn(async move {
-                            if let Some((stream, peer)) = tls::accept_client(&shared, stream, peer).await {
-                                connection::serve(shared, stream, peer, route).await;
-                            }
+                            let Some((stream, peer, server_name)) = tls::accept_client(&shared, stream, peer).await else {
+                                return;
+                            };
+                            let route = match &shared.sni {
+                                Some((sni, _)) => match sni.route_for(server_name.as_deref()) {
+                                    Ok(r) => r,
+                                    Err(e) => {
+                                        shared.metrics.error("sni_unknown_name");
+                                        warn!(%peer, "closing connection: {e}; connect to a name Kapsule advertises");
+                                        return;
+                                    }
+                                },
+                                None => route,
+                            };
+                            connection::serve(shared, stream, peer, route).await;
                         });
                     }
                     Err(e) => {
@@ -195,6 +246,22 @@ impl Proxy {
             None => None,
         };
         let upstream = tls::UpstreamConnector::new(config.proxy.upstream_tls.as_ref())?;
+        for warning in config.fleet_warnings() {
+            warn!("{warning}");
+        }
+        let sni = match (&config.proxy.sni, &config.proxy.tls) {
+            (Some(sni), Some(tls)) => {
+                for warning in sni.certificate_warnings(&tls.cert_file) {
+                    warn!("{warning}");
+                }
+                let port = sni
+                    .advertised_port
+                    .unwrap_or(bootstrap.local_addr()?.port());
+                info!(bootstrap = %sni.bootstrap_host, brokers = %sni.broker_host, port, "SNI routing: every broker on the one TLS listener");
+                Some((sni.clone(), port))
+            }
+            _ => None,
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         if let Some(t) = &tls {
             t.spawn_reloader(shutdown_rx.clone());
@@ -207,6 +274,7 @@ impl Proxy {
             upstream,
             advertised_host: StrBytes::from_string(advertised_host),
             listen_ip: listen.ip(),
+            sni,
             nodes: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
             tasks: TaskTracker::new(),

@@ -534,11 +534,15 @@ fn describe_tls_error(e: &std::io::Error, side: Side) -> String {
 ///
 /// Returns `None` after logging one line when the connection must be closed (no or bad PROXY
 /// header, plaintext on a TLS port, certificate rejected, timeout).
+///
+/// Returns the stream, the client's address (from the PROXY header when enabled) and the TLS
+/// server name the client sent (SNI; `None` without TLS or when the client sent none), which
+/// [`super::sni`] routing uses.
 pub async fn accept_client(
     shared: &ProxyShared,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<(BoxStream, SocketAddr)> {
+) -> Option<(BoxStream, SocketAddr, Option<String>)> {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
     let peer = match shared.config.proxy_protocol {
@@ -562,7 +566,7 @@ pub async fn accept_client(
         }
     };
     let Some(tls) = &shared.tls else {
-        return Some((Box::new(tcp), peer));
+        return Some((Box::new(tcp), peer, None));
     };
     let timeout = Duration::from_millis(tls.config.handshake_timeout_ms);
     // A TLS connection starts with a handshake record (0x16); a Kafka request starts with the
@@ -583,7 +587,10 @@ pub async fn accept_client(
         Ok(Ok(_)) => {}
     }
     match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
-        Ok(Ok(stream)) => Some((Box::new(stream), peer)),
+        Ok(Ok(stream)) => {
+            let server_name = stream.get_ref().1.server_name().map(str::to_owned);
+            Some((Box::new(stream), peer, server_name))
+        }
         Ok(Err(e)) => {
             shared.metrics.error("tls_handshake");
             warn!(%peer, "closing connection: TLS handshake failed: {}", describe_tls_error(&e, Side::Client));
