@@ -11,6 +11,7 @@ mod concurrency;
 mod confluent;
 mod encryption;
 mod fail_closed;
+mod fleet;
 mod groups;
 mod hardening;
 mod kafkajs;

@@ -16,6 +16,7 @@
 
 pub mod clients;
 pub mod encryption;
+pub mod fleet;
 pub mod kapsule;
 pub mod openbao;
 pub mod ports;
