@@ -24,5 +24,6 @@ mod polyglot;
 mod proxy_protocol;
 mod resilience;
 mod sandbox;
+mod sni;
 mod tls;
 mod tools;

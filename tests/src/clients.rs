@@ -37,6 +37,23 @@ pub async fn run_python(script: &str, args: &[String], timeout: Duration) -> Res
     run(cmd, &format!("python {script}"), timeout).await
 }
 
+/// [`run_python`] inside the network namespace `netns` (`ip netns exec NETNS python3 ...`), so
+/// the script sees `/etc/netns/NETNS/hosts` as its `/etc/hosts`.
+pub async fn run_python_in_netns(
+    netns: &str,
+    script: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<ClientOutput> {
+    let path = clients_dir().join("python").join(script);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(&path)
+        .args(args);
+    run(cmd, &format!("python {script} in netns {netns}"), timeout).await
+}
+
 /// Runs `node tests/clients/node/<script> <args>` with a timeout.
 pub async fn run_node(script: &str, args: &[String], timeout: Duration) -> Result<ClientOutput> {
     let path = clients_dir().join("node").join(script);

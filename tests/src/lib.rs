@@ -18,6 +18,7 @@ pub mod clients;
 pub mod encryption;
 pub mod fleet;
 pub mod kapsule;
+pub mod netns;
 pub mod openbao;
 pub mod ports;
 pub mod probe;

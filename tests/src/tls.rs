@@ -116,6 +116,19 @@ impl Pki {
     /// client certificate. `chain`: signed by an intermediate, which is appended to the cert file.
     /// `expired`: valid only during 2020-01-01.
     pub fn issue(&self, cn: &str, key: KeyKind, chain: bool, expired: bool) -> Result<Issued> {
+        self.issue_with_sans(cn, key, chain, expired, "DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// [`Pki::issue`] with the given `subjectAltName` list, e.g.
+    /// `DNS:kafka.example,DNS:*.kafka.example`.
+    pub fn issue_with_sans(
+        &self,
+        cn: &str,
+        key: KeyKind,
+        chain: bool,
+        expired: bool,
+        sans: &str,
+    ) -> Result<Issued> {
         let d = self.dir.path();
         let key_file = format!("{cn}.key");
         match key {
@@ -172,7 +185,7 @@ impl Pki {
         let ext = format!("{cn}.ext");
         std::fs::write(
             d.join(&ext),
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={sans}\n"),
         )?;
         let leaf = format!("{cn}.leaf.pem");
         let (start, end) = if expired {

@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""Print the brokers a confluent-kafka client learns from the cluster metadata.
+
+Usage: ck_metadata.py --bootstrap B [--config key=value ...]
+Output: {"brokers": [{"id": n, "host": h, "port": p}, ...]}
+"""
+import argparse
+
+from confluent_kafka.admin import AdminClient
+
+from common import emit, parse_config
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--bootstrap", required=True)
+ap.add_argument("--config", action="append")
+args = ap.parse_args()
+
+admin = AdminClient({"bootstrap.servers": args.bootstrap, **parse_config(args.config)})
+md = admin.list_topics(timeout=30)
+emit({"brokers": [{"id": b.id, "host": b.host, "port": b.port} for b in md.brokers.values()]})
