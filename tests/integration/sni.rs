@@ -268,3 +268,36 @@ async fn sni_certificate_and_config_mistakes_are_reported_at_start_up() {
         assert!(logs.contains(needle), "missing {needle} in:\n{logs}");
     }
 }
+
+/// A client may reach an instance that never relayed the metadata naming its broker (another
+/// fleet member advertised it, or this one just restarted): Kapsule asks the bootstrap broker and
+/// serves the connection. A broker name for a node the cluster does not have is logged and closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_instance_serves_broker_names_it_never_advertised() {
+    let pki = Pki::new("sni-fresh").unwrap();
+    let cert = pki
+        .issue_with_sans(
+            "kafka.example",
+            KeyKind::EcPkcs8,
+            false,
+            false,
+            "DNS:kafka.example,DNS:*.kafka.example",
+        )
+        .unwrap();
+    let tansu = Tansu::start().await.expect("tansu");
+    let kapsule = RawKapsule::start(&sni_yaml("{listen}", &tansu.bootstrap(), &cert))
+        .await
+        .expect("kapsule");
+    let got = handshake_and_ask(&kapsule.listen, &pki.ca_cert(), &broker_host())
+        .await
+        .unwrap();
+    assert!(got > 0, "broker 111 answered through a fresh instance");
+    let got = handshake_and_ask(&kapsule.listen, &pki.ca_cert(), "broker-5.kafka.example")
+        .await
+        .unwrap();
+    assert_eq!(got, 0, "no broker 5 in this cluster");
+    kapsule
+        .wait_log("names no broker 5", Duration::from_secs(10))
+        .await
+        .unwrap();
+}

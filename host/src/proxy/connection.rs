@@ -175,7 +175,7 @@ async fn serve_inner(
     peer: SocketAddr,
     route: &Route,
 ) -> anyhow::Result<()> {
-    let upstream_addr = shared.upstream_for(route)?;
+    let upstream_addr = shared.resolve_upstream(route).await?;
     let connect = shared.upstream.connect(upstream_addr.as_str());
     let upstream = match tokio::time::timeout(
         Duration::from_millis(shared.config.upstream_connect_timeout_ms),

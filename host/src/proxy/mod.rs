@@ -78,6 +78,71 @@ impl ProxyShared {
         }
     }
 
+    /// Address of the broker behind `route`, asking the bootstrap broker for the cluster's
+    /// brokers first when this instance has not seen `route`'s node yet.
+    ///
+    /// That happens in a fleet: with `proxy.sni` (or a load balancer in front of per-broker
+    /// ports) a client may reach an instance that never relayed the metadata naming the broker,
+    /// e.g. one that just restarted. One Metadata request (no topics) to `proxy.upstream` fills
+    /// the table through the same [`Advertiser`] path as relayed responses.
+    pub async fn resolve_upstream(self: &Arc<Self>, route: &Route) -> anyhow::Result<String> {
+        if let Ok(addr) = self.upstream_for(route) {
+            return Ok(addr);
+        }
+        let Route::Node(id) = route else {
+            return self.upstream_for(route);
+        };
+        info!(node_id = id, upstream = %self.config.upstream, "broker not seen yet on this instance; asking the bootstrap broker for the cluster's brokers");
+        let timeout = Duration::from_millis(self.config.upstream_connect_timeout_ms);
+        tokio::time::timeout(timeout, self.discover_brokers())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no Metadata answer from {} within {timeout:?}",
+                    self.config.upstream
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "learning broker {id}'s address from {}",
+                    self.config.upstream
+                )
+            })?;
+        self.upstream_for(route).inspect_err(|_| {
+            warn!(
+                node_id = id,
+                "closing connection: the cluster's metadata names no broker {id}"
+            );
+        })
+    }
+
+    /// Sends one Metadata request for no topics to the bootstrap broker and records every broker
+    /// it names.
+    async fn discover_brokers(self: &Arc<Self>) -> anyhow::Result<()> {
+        use crate::kafka::frame::{decode_response, encode_request, read_frame, write_frame};
+        use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, RequestHeader};
+        use tokio::io::AsyncWriteExt;
+        const VERSION: i16 = 4;
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Metadata as i16)
+            .with_request_api_version(VERSION)
+            .with_correlation_id(1)
+            .with_client_id(Some(StrBytes::from_static_str("kapsule-discovery")));
+        let body = MetadataRequest::default().with_topics(Some(Vec::new()));
+        let frame = encode_request(ApiKey::Metadata, &header, &body)?;
+        let mut stream = self.upstream.connect(&self.config.upstream).await?;
+        write_frame(&mut stream, &frame).await?;
+        stream.flush().await?;
+        let resp = read_frame(&mut stream, self.config.max_frame_bytes)
+            .await?
+            .context("the broker closed the connection before answering Metadata")?;
+        let (_, resp) = decode_response::<MetadataResponse>(ApiKey::Metadata, VERSION, resp)?;
+        for b in &resp.brokers {
+            self.advertise(b.node_id.0, b.host.as_str(), b.port)?;
+        }
+        Ok(())
+    }
+
     /// A receiver that flips to `true` when shutdown starts.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
