@@ -90,11 +90,13 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
             name: "boot".into(),
             bind: lb_boot.clone(),
             servers: servers(&|i| members[i].listen.clone()),
+            sni_suffix: None,
         },
         Frontend {
             name: "node".into(),
             bind: format!("{LB_HOST}:{}", lb_node_base + TANSU_NODE_ID),
             servers: servers(&|i| node_addrs[i].clone()),
+            sni_suffix: None,
         },
     ];
     let lb = LoadBalancer::start(&frontends, LB_SOURCE)

@@ -301,3 +301,108 @@ async fn a_fresh_instance_serves_broker_names_it_never_advertised() {
         .await
         .unwrap();
 }
+
+/// SNI mode as a fleet: two instances behind haproxy, which passes TLS through and routes on
+/// `req.ssl_sni` (PROXY v2 to Kapsule, `/readyz` checks); clients in the namespace know only
+/// `kafka.example:LB_PORT`. Records produced through k0 only are read back decrypted through k1
+/// only (its DEK cache empty; the shared OpenBao unwraps k0's DEKs).
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_fleet_behind_haproxy_routes_on_server_name() {
+    use kapsule_integration::encryption::vault_kms_yaml;
+    use kapsule_integration::fleet::{Frontend, LoadBalancer};
+    use kapsule_integration::openbao::OpenBao;
+
+    let ns = Netns::create(&[BOOTSTRAP_HOST, &broker_host()]).expect("network namespace");
+    let pki = Pki::new("sni-fleet").unwrap();
+    let cert = pki
+        .issue_with_sans(
+            "kafka.example",
+            KeyKind::EcPkcs8,
+            false,
+            false,
+            "DNS:kafka.example,DNS:*.kafka.example",
+        )
+        .unwrap();
+    let ca = pki.ca_cert().display().to_string();
+    let bao = OpenBao::start().expect("openbao");
+    bao.create_key("kek-sni").unwrap();
+    let (kms, _token) = vault_kms_yaml(&bao, 2000, 3).unwrap();
+    let tansu = Tansu::start().await.expect("tansu");
+    let lb_port = free_port();
+    let mut members = Vec::new();
+    for i in 0..2 {
+        let yaml = format!(
+            "{}{kms}policy:\n  rules:\n    - topics: {{prefix: \"sni-\"}}\n      key_id: kek-sni\n      value: whole\n",
+            sni_yaml("{listen}", &tansu.bootstrap(), &cert).replace(
+                "  sni:\n",
+                &format!("  proxy_protocol: v2\n  sni:\n    advertised_port: {lb_port}\n")
+            ),
+        );
+        let m = Member::start(&format!("k{i}"), &yaml, "info,kapsule::proxy=debug")
+            .await
+            .expect("kapsule");
+        assert!(!m.logs().contains("behind a load balancer"), "{}", m.logs());
+        members.push(m);
+    }
+    let lb = LoadBalancer::start(
+        &[Frontend {
+            name: "kafka".into(),
+            bind: format!("{}:{lb_port}", ns.host_ip),
+            servers: members
+                .iter()
+                .map(|m| (m.name.clone(), m.listen.clone(), m.admin.clone()))
+                .collect(),
+            sni_suffix: Some("kafka.example".into()),
+        }],
+        "127.0.0.5",
+    )
+    .await
+    .expect("haproxy");
+    let bootstrap = format!("{BOOTSTRAP_HOST}:{lb_port}");
+    let ssl = [
+        "--config",
+        "security.protocol=SSL",
+        "--config",
+        &format!("ssl.ca.location={ca}"),
+    ];
+    let topic = unique_name("sni-fleet");
+    tansu.create_topic(&topic, 1).await.unwrap();
+    let records = TestRecord::varied("sni-fleet", 10);
+
+    lb.set_server("kafka", "k1", false).await.unwrap();
+    let file = write_records_file(&records).unwrap();
+    let mut a = args(&["--bootstrap", &bootstrap, "--topic", &topic, "--input"]);
+    a.push(file.path().display().to_string());
+    a.extend(args(&ssl));
+    let out = run_python_in_netns(&ns.name, "ck_produce.py", &a, CLIENT_TIMEOUT)
+        .await
+        .expect("produce through haproxy and k0")
+        .json;
+    assert_eq!(out["produced"], records.len(), "{out}");
+    assert!(!members[1].logs().contains("connection opened"));
+
+    lb.set_server("kafka", "k1", true).await.unwrap();
+    lb.set_server("kafka", "k0", false).await.unwrap();
+    let mut a = args(&[
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        &topic,
+        "--count",
+        &records.len().to_string(),
+        "--group",
+        &unique_name("sni-fleet-group"),
+    ]);
+    a.extend(args(&ssl));
+    let out = run_python_in_netns(&ns.name, "ck_consume.py", &a, CLIENT_TIMEOUT)
+        .await
+        .expect("consume through haproxy and k1")
+        .json;
+    assert_records_match(&records, &ConsumedRecord::list_from_output(&out).unwrap());
+    let k1 = members[1].logs();
+    assert!(k1.contains("connection opened"), "{k1}");
+    assert!(
+        k1.contains(&format!("peer={}:", ns.ns_ip)),
+        "k1 logs the client's own address (from the PROXY header):\n{k1}"
+    );
+}

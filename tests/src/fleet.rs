@@ -125,6 +125,9 @@ pub struct Frontend {
     pub bind: String,
     /// Servers: name, address Kapsule listens on, Kapsule's admin address.
     pub servers: Vec<(String, String, String)>,
+    /// TLS passthrough routed on the ClientHello's server name: only connections whose SNI ends
+    /// with this suffix reach the backend (`req.ssl_sni -m end`); others are closed by haproxy.
+    pub sni_suffix: Option<String>,
 }
 
 /// haproxy in TCP mode in front of a fleet.
@@ -157,8 +160,15 @@ defaults\n  mode tcp\n  retries 3\n  option redispatch 1\n  timeout connect 2s\n
             socket.display()
         );
         for f in frontends {
+            let route = match &f.sni_suffix {
+                None => format!("  default_backend {}\n", f.name),
+                Some(suffix) => format!(
+                    "  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n  use_backend {} if {{ req.ssl_sni -i -m end {suffix} }}\n",
+                    f.name
+                ),
+            };
             text.push_str(&format!(
-                "frontend {0}\n  bind {1}\n  default_backend {0}\nbackend {0}\n  balance roundrobin\n  option httpchk GET /readyz\n  default-server send-proxy-v2 source {source} check inter 300ms fall 2 rise 2\n",
+                "frontend {0}\n  bind {1}\n{route}backend {0}\n  balance roundrobin\n  option httpchk GET /readyz\n  default-server send-proxy-v2 source {source} check inter 300ms fall 2 rise 2\n",
                 f.name, f.bind
             ));
             for (name, addr, admin) in &f.servers {
