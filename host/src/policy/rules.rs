@@ -12,7 +12,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::config::{expand_key_template, DecryptSettings, RuleConfig, ValuePartConfig};
-use crate::plan::{EncryptionPlan, TopicPlan, ValuePart};
+use crate::plan::{EncryptionPlan, Reveal, TopicPlan, ValuePart};
+use crate::principal::Principal;
 
 /// Which topics a rule or binding applies to.
 ///
@@ -191,6 +192,12 @@ impl Rule {
     /// Decrypt-side settings of the rule's topics.
     pub fn decrypt_settings(&self) -> DecryptSettings {
         self.decrypt
+    }
+
+    /// What `principal` may read of the rule's topics on Fetch.
+    // Seam: `reveal_to` in rule config is being added; until then every principal reads all.
+    pub fn reveal(&self, _principal: Option<&Principal>) -> Reveal {
+        Reveal::All
     }
 }
 

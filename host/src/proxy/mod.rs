@@ -8,6 +8,7 @@ pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
 pub mod rewrite;
+pub mod session;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -145,7 +146,8 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         let route = route.clone();
                         shared.tasks.clone().spawn(async move {
                             if let Some((stream, peer)) = tls::accept_client(&shared, stream, peer).await {
-                                connection::serve(shared, stream, peer, route).await;
+                                let session = Arc::new(session::ClientSession::new(peer));
+                                connection::serve(shared, stream, session, route).await;
                             }
                         });
                     }

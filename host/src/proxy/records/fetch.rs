@@ -33,6 +33,7 @@ use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::policy::config::{DecryptFailure, DecryptSettings};
+use crate::proxy::session::ClientSession;
 
 impl RecordStage {
     /// Transforms every partition's records in a Fetch response: decrypts encrypted records and,
@@ -42,8 +43,9 @@ impl RecordStage {
     pub async fn on_fetch(
         &self,
         response: &mut FetchResponse,
-        peer: SocketAddr,
+        session: &ClientSession,
     ) -> anyhow::Result<()> {
+        let peer = session.peer();
         let mut budget = Budget::new(self.budget);
         for topic in &mut response.responses {
             let name = topic.topic.clone();
