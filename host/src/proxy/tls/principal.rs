@@ -210,7 +210,7 @@ fn text(tag: u8, v: &[u8]) -> Option<String> {
         // TeletexString: in practice Latin-1
         0x14 => Some(v.iter().map(|&c| c as char).collect()),
         // BMPString: UTF-16BE
-        0x1e if v.len() % 2 == 0 => {
+        0x1e if v.len().is_multiple_of(2) => {
             let units: Vec<u16> = v
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
