@@ -298,3 +298,6 @@ async fn decrypt_record_set(
     }
     Ok(changed.then(|| out.freeze()))
 }
+
+#[cfg(test)]
+mod reveal_tests;
