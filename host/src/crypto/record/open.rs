@@ -82,6 +82,14 @@ struct Withheld {
 }
 
 impl Withheld {
+    /// Names the encrypted header `name` as withheld (once per name).
+    fn add_header(&mut self, name: &[u8]) {
+        let name = String::from_utf8_lossy(name);
+        if !self.headers.iter().any(|h| *h == name) {
+            self.headers.push(name.into_owned());
+        }
+    }
+
     fn is_empty(&self) -> bool {
         !self.key && !self.value && self.json_fields.is_empty() && self.headers.is_empty()
     }
@@ -108,19 +116,18 @@ impl Withheld {
 /// Delivers `rec` with every encrypted part withheld, for a scope that reveals none of them:
 /// no key is needed and nothing is opened. The descriptor is replaced by [`WITHHELD_HEADER`].
 pub(super) fn withhold_all(rec: &Record, desc_idx: usize, desc: &Descriptor) -> Record {
-    let withheld = Withheld {
+    let mut withheld = Withheld {
         key: desc.key_encrypted,
         value: desc.value == ValueEncryption::Whole,
         json_fields: match &desc.value {
             ValueEncryption::Json(p) => p.clone(),
             _ => Vec::new(),
         },
-        headers: desc
-            .headers
-            .iter()
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .collect(),
+        headers: Vec::new(),
     };
+    for h in &desc.headers {
+        withheld.add_header(h);
+    }
     let mut headers: Vec<_> = rec
         .headers
         .iter()
@@ -303,9 +310,7 @@ pub(super) fn open_record(
                     bytes += pt.len() as u64;
                     h.value = Some(Bytes::from(pt));
                 } else {
-                    withheld
-                        .headers
-                        .push(String::from_utf8_lossy(&h.key).into_owned());
+                    withheld.add_header(&h.key);
                 }
                 j += 1;
             }
@@ -317,7 +322,6 @@ pub(super) fn open_record(
             "encrypted headers were removed or nulled".into(),
         ));
     }
-    withheld.headers.dedup();
     push_withheld(&mut headers, &withheld);
     Ok((
         Record {

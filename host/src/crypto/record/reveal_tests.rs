@@ -45,7 +45,12 @@ fn plain() -> RecordBatch {
         offset_delta: i,
         key: Some(b(key)),
         value: Some(b(value)),
-        headers: vec![hdr("trace", "t-1"), hdr("pii", "Ada L."), hdr("clear", "c")],
+        headers: vec![
+            hdr("trace", "t-1"),
+            hdr("pii", "Ada L."),
+            hdr("clear", "c"),
+            hdr("pii", "second"),
+        ],
     };
     RecordBatch {
         base_offset: 0,
