@@ -22,6 +22,7 @@ mod policies;
 mod polyglot;
 mod proxy_protocol;
 mod resilience;
+mod reveal;
 mod sandbox;
 mod tls;
 mod tools;

@@ -145,8 +145,11 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         let shared = shared.clone();
                         let route = route.clone();
                         shared.tasks.clone().spawn(async move {
-                            if let Some((stream, peer)) = tls::accept_client(&shared, stream, peer).await {
-                                let session = Arc::new(session::ClientSession::new(peer));
+                            if let Some((stream, peer, principal)) = tls::accept_client(&shared, stream, peer).await {
+                                let session = Arc::new(match principal {
+                                    Some(p) => session::ClientSession::authenticated(peer, p),
+                                    None => session::ClientSession::new(peer),
+                                });
                                 connection::serve(shared, stream, session, route).await;
                             }
                         });
