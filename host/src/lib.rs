@@ -29,5 +29,6 @@ pub mod kafka;
 pub mod kms;
 pub mod plan;
 pub mod policy;
+pub mod principal;
 pub mod proxy;
 pub mod tools;

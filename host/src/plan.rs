@@ -79,3 +79,33 @@ pub enum TopicPlan {
     /// Every record is refused with this message.
     RejectAll(String),
 }
+
+/// What one principal may read of a topic's encrypted records on Fetch: decided per (topic,
+/// principal) by the topic's rule (`reveal_to`) or policy module (`reveal`), and cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reveal {
+    /// Decrypt every encrypted part (the default).
+    All,
+    /// Decrypt only these parts; every other encrypted part reaches the client as stored
+    /// (ciphertext).
+    Parts(RevealParts),
+    /// Deliver records exactly as stored on the broker: ciphertext with their `kapsule.enc`
+    /// descriptor.
+    Ciphertext,
+    /// Refuse the fetch of this topic's partitions (TOPIC_AUTHORIZATION_FAILED) with this message.
+    Deny(String),
+}
+
+/// The encrypted parts one principal may see in clear under [`Reveal::Parts`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevealParts {
+    /// Decrypt the value: a wholly encrypted value, or every encrypted JSON field.
+    pub value: bool,
+    /// When `value` is false: decrypt only the encrypted JSON fields at these RFC 6901
+    /// pointers; the other encrypted fields stay ciphertext.
+    pub json_fields: Vec<String>,
+    /// Decrypt the record key.
+    pub record_key: bool,
+    /// Decrypt the values of the encrypted headers with these names.
+    pub headers: Vec<String>,
+}

@@ -23,6 +23,7 @@ mod policies;
 mod polyglot;
 mod proxy_protocol;
 mod resilience;
+mod reveal;
 mod sandbox;
 mod sni;
 mod tls;

@@ -328,7 +328,16 @@ async fn produce_past_its_timeout_during_a_kms_outage_is_never_written() {
         assert_eq!(corr, i);
         let errors = partition_errors(&r);
         assert_eq!(errors[0].0, REQUEST_TIMED_OUT, "request {i}: {r:?}");
-        assert!(errors[0].1.contains("not written"), "{}", errors[0].1);
+        // Cut by its own deadline ("... not written"), or — when it shared the DEK call started by
+        // an earlier request whose deadline came first (seen when the requests reach Kapsule a
+        // few hundred ms apart on a loaded machine) — refused with that call's transient KMS error.
+        // Either way nothing was forwarded; the broker check below proves it.
+        let message = &errors[0].1;
+        assert!(
+            message.contains("not written")
+                || (message.contains("KMS transient error") && message.contains("retry later")),
+            "request {i}: {message}"
+        );
         assert!(
             took < Duration::from_millis(TIMEOUT_MS as u64),
             "request {i} answered after {took:?}, past its timeout of {TIMEOUT_MS} ms"

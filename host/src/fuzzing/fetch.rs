@@ -1,6 +1,6 @@
 //! Oracle of the `fetch` target: a Fetch partition's record set through the decryption path,
 //! as the proxy runs it (split, decode under a cap, prefetch keys, decrypt), with a real
-//! [`RecordEncryptor`] over the fixed-key [`super::kms::FixedKms`].
+//! [`RecordEncryptor`] over the fixed-seed KMS of [`super::kms`].
 
 use bytes::{Bytes, BytesMut};
 

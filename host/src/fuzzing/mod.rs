@@ -6,7 +6,8 @@
 //! - [`fetch`]: a Fetch partition's record set through decryption with a real encryptor.
 //! - [`produce`]: structure-aware batches through encrypt → wire → decrypt, which must round-trip.
 //!
-//! The encryptor runs over [`kms::FixedKms`], whose keys are fixed, so the encrypted seeds in
+//! The encryptor runs over a [`crate::kms::memory::MemoryKms`] with keys derived from a fixed
+//! seed ([`kms`]), so the encrypted seeds in
 //! `fuzz/seeds/` decrypt in every run. Compiled only for the crate's own tests and with the
 //! `fuzzing` feature (which the `fuzz/` crate enables); never part of the shipped library. The
 //! stable fallbacks in `tests` run the same oracles on proptest-generated inputs

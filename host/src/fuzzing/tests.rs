@@ -51,7 +51,8 @@ fn run_fallback<S: Strategy>(name: &str, cases: u32, strategy: S, check: impl Fn
     total
 }
 
-/// Writes one file per seed into `$FUZZ_SEED_DIR/<target>/`.
+/// Writes one file per seed into `$FUZZ_SEED_DIR/<target>/` (relative paths are taken from
+/// `host/`, where cargo runs the crate's tests: pass an absolute path).
 fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
     let dir = std::path::PathBuf::from(std::env::var("FUZZ_SEED_DIR").unwrap()).join(target);
     std::fs::create_dir_all(&dir).unwrap();
@@ -64,7 +65,7 @@ fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
 
 /// Writes the `decode` seed corpus (one record set per codec, plus a mixed v0/v1/v2/control set
 /// and a truncated one). Run by hand when the format of seeds changes:
-/// `FUZZ_SEED_DIR=fuzz/seeds cargo test -p kapsule --lib write_decode_seeds -- --ignored`
+/// `FUZZ_SEED_DIR=$PWD/fuzz/seeds cargo test -p kapsule --lib write_decode_seeds -- --ignored`
 #[test]
 #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
 fn write_decode_seeds() {
@@ -263,7 +264,7 @@ fn fuzz_fallback_fetch() {
 
 /// Writes the `fetch` seed corpus: batches encrypted under the fixed keys (every plan kind,
 /// uncompressed and zstd), each once per decrypt-option byte, and a plain batch.
-/// `FUZZ_SEED_DIR=fuzz/seeds cargo test -p kapsule --lib write_fetch_seeds -- --ignored`
+/// `FUZZ_SEED_DIR=$PWD/fuzz/seeds cargo test -p kapsule --lib write_fetch_seeds -- --ignored`
 #[test]
 #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
 fn write_fetch_seeds() {
@@ -384,7 +385,7 @@ fn produce_oracle_round_trips_every_plan_kind() {
 
 /// Writes the `descriptor` seed corpus: one descriptor per value mode, with and without an
 /// encrypted key and header names, and one full header value (descriptor + record tag).
-/// `FUZZ_SEED_DIR=fuzz/seeds cargo test -p kapsule --lib write_descriptor_seeds -- --ignored`
+/// `FUZZ_SEED_DIR=$PWD/fuzz/seeds cargo test -p kapsule --lib write_descriptor_seeds -- --ignored`
 #[test]
 #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
 fn write_descriptor_seeds() {

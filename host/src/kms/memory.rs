@@ -46,6 +46,23 @@ impl MemoryKms {
         kms
     }
 
+    /// A KMS holding version 1 of each of `key_ids`, each KEK derived from `seed` and the key id
+    /// (HKDF-SHA256): ciphertext written through one such KMS decrypts through any other built
+    /// from the same seed (e.g. committed fuzzing seeds). Test material only.
+    pub fn with_derived_keys(seed: &[u8; 32], key_ids: &[&str]) -> Self {
+        let kms = Self::default();
+        let hkdf = Hkdf::<Sha256>::new(Some(b"memory kms derived keks"), seed);
+        let mut keys = kms.keys.lock();
+        for k in key_ids {
+            let mut kek = Zeroizing::new([0u8; DEK_LEN]);
+            hkdf.expand(k.as_bytes(), kek.as_mut())
+                .expect("32-byte output");
+            keys.insert((*k).to_owned(), vec![kek]);
+        }
+        drop(keys);
+        kms
+    }
+
     /// Adds a version to `key_id` (creating it at version 1); returns the new version.
     pub fn rotate_key(&self, key_id: &str) -> u32 {
         let mut k = Zeroizing::new([0u8; DEK_LEN]);

@@ -46,7 +46,8 @@ use self::wasm::bindings::kapsule::policy::types as wit;
 use self::wasm::host::LogSink;
 use self::wasm::{CallError, Limits, LoadedModule, WasmRuntime};
 use crate::kafka::records::Record;
-use crate::plan::{EncryptionPlan, Needs, RecordDecision, TopicPlan, ValuePart};
+use crate::plan::{EncryptionPlan, Needs, RecordDecision, Reveal, TopicPlan, ValuePart};
+use crate::principal::Principal;
 
 /// Longest key id a policy may name.
 const MAX_KEY_ID_LEN: usize = 256;
@@ -596,6 +597,20 @@ impl PolicyRegistry {
         }
     }
 
+    /// What `principal` (`None`: an unauthenticated connection) may read of `topic`'s encrypted
+    /// records on Fetch. Topics no rule or binding covers reveal everything Kapsule can decrypt.
+    pub fn reveal(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Reveal, PolicyError> {
+        match self.resolve(topic) {
+            Target::Rule(i) => Ok(self.inner.rules[i].reveal(principal)),
+            Target::Binding(i) => self.inner.bindings[i].reveal(topic, principal),
+            Target::Unmatched => Ok(Reveal::All),
+        }
+    }
+
     /// Which KEK ids stored descriptors of `topic` may name: the rule's key, or what the
     /// binding's `allowed_key_ids` match (an invalid pattern matches nothing). `None` when no rule
     /// or binding covers the topic.
@@ -873,6 +888,13 @@ fn truncate_msg(s: String) -> String {
 }
 
 impl Binding {
+    /// What `principal` may read of `topic`.
+    // Seam: modules of `kapsule:policy@0.2.0` export `reveal`; until that is wired every
+    // principal reads all.
+    fn reveal(&self, _topic: &str, _principal: Option<&Principal>) -> Result<Reveal, PolicyError> {
+        Ok(Reveal::All)
+    }
+
     /// The version serving now, or why there is none: still compiling (retriable) or failed.
     fn module(&self) -> Result<Arc<LoadedModule>, PolicyError> {
         if let Some(m) = self.current.load_full() {

@@ -3,7 +3,14 @@
 //! A rule is a topic selector, a key-id template and the parts to encrypt. Matching topics get a
 //! [`TopicPlan::EncryptAll`] (or [`TopicPlan::PassAll`] when the rule encrypts nothing); rules are
 //! evaluated in order and the first match wins.
+//!
+//! On Fetch, a rule's `reveal_to` list says what each principal may read of its topics
+//! ([`Rule::reveal`]): the first entry whose principal pattern (and mechanism, if given) matches
+//! wins; principals no entry matches, and unauthenticated connections, get `reveal_default`
+//! (`all` when the rule has neither). Answers are cached per principal (rules do not change
+//! while Kapsule runs). docs/reveal.md.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,8 +18,17 @@ use globset::{Glob, GlobMatcher};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::config::{expand_key_template, DecryptSettings, RuleConfig, ValuePartConfig};
-use crate::plan::{EncryptionPlan, TopicPlan, ValuePart};
+use parking_lot::RwLock;
+
+use super::config::{
+    expand_key_template, DecryptSettings, RevealConfig, RevealGrantConfig, RuleConfig,
+    ValuePartConfig,
+};
+use crate::plan::{EncryptionPlan, Reveal, RevealParts, TopicPlan, ValuePart};
+use crate::principal::Principal;
+
+/// Principals whose reveal answer one rule remembers before the cache is cleared.
+const MAX_CACHED_PRINCIPALS: usize = 4096;
 
 /// Which topics a rule or binding applies to.
 ///
@@ -140,6 +156,72 @@ pub struct Rule {
     record_key: bool,
     headers: Vec<String>,
     decrypt: DecryptSettings,
+    reveal_to: Vec<Grant>,
+    /// `None`: the rule has no `reveal_default` (and so no `reveal_to`): everyone reads all.
+    reveal_default: Option<RevealConfig>,
+    reveals: Arc<RwLock<HashMap<Option<Principal>, Reveal>>>,
+}
+
+/// A compiled `reveal_to` entry.
+#[derive(Debug, Clone)]
+struct Grant {
+    principal: PrincipalMatcher,
+    mechanism: Option<String>,
+    reveal: RevealConfig,
+}
+
+#[derive(Debug, Clone)]
+enum PrincipalMatcher {
+    Exact(String),
+    Glob(GlobMatcher),
+}
+
+impl Grant {
+    fn compile(c: &RevealGrantConfig) -> Result<Self, globset::Error> {
+        let principal = if c.principal.contains(['*', '?', '[', '{']) {
+            PrincipalMatcher::Glob(Glob::new(&c.principal)?.compile_matcher())
+        } else {
+            PrincipalMatcher::Exact(c.principal.clone())
+        };
+        Ok(Self {
+            principal,
+            mechanism: c.mechanism.clone(),
+            reveal: c.reveal.clone(),
+        })
+    }
+
+    fn matches(&self, p: &Principal) -> bool {
+        let name = match &self.principal {
+            PrincipalMatcher::Exact(n) => n == p.name(),
+            PrincipalMatcher::Glob(g) => g.is_match(p.name()),
+        };
+        name && self
+            .mechanism
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(p.mechanism().label()))
+    }
+}
+
+fn to_reveal(c: &RevealConfig, principal: Option<&Principal>) -> Reveal {
+    match c {
+        RevealConfig::All => Reveal::All,
+        RevealConfig::Ciphertext => Reveal::Ciphertext,
+        RevealConfig::Parts(p) => Reveal::Parts(RevealParts {
+            value: p.value,
+            json_fields: p.json_fields.clone(),
+            record_key: p.record_key,
+            headers: p.headers.clone(),
+        }),
+        RevealConfig::Deny => Reveal::Deny(match principal {
+            Some(p) => format!(
+                "principal {p} may not read this topic (denied by the reveal_to rules of its \
+                 policy rule)"
+            ),
+            None => "unauthenticated connections may not read this topic (its policy rule's \
+                     reveal_default is deny); authenticate with a client certificate or SASL"
+                .to_string(),
+        }),
+    }
 }
 
 impl Rule {
@@ -161,6 +243,13 @@ impl Rule {
                 accept_pre_encrypted: c.accept_pre_encrypted,
                 covered: true,
             },
+            reveal_to: c
+                .reveal_to
+                .iter()
+                .map(Grant::compile)
+                .collect::<Result<_, _>>()?,
+            reveal_default: c.reveal_default.clone(),
+            reveals: Arc::default(),
         })
     }
 
@@ -191,6 +280,31 @@ impl Rule {
     /// Decrypt-side settings of the rule's topics.
     pub fn decrypt_settings(&self) -> DecryptSettings {
         self.decrypt
+    }
+
+    /// What `principal` (`None`: an unauthenticated connection) may read of the rule's topics on
+    /// Fetch: the first `reveal_to` entry matching it, else `reveal_default`, else
+    /// [`Reveal::All`]. Cached per principal (bounded).
+    pub fn reveal(&self, principal: Option<&Principal>) -> Reveal {
+        if self.reveal_default.is_none() {
+            return Reveal::All;
+        }
+        let key = principal.cloned();
+        if let Some(r) = self.reveals.read().get(&key) {
+            return r.clone();
+        }
+        let config = principal
+            .and_then(|p| self.reveal_to.iter().find(|g| g.matches(p)))
+            .map(|g| &g.reveal)
+            .or(self.reveal_default.as_ref())
+            .unwrap_or(&RevealConfig::All);
+        let r = to_reveal(config, principal);
+        let mut cache = self.reveals.write();
+        if cache.len() >= MAX_CACHED_PRINCIPALS {
+            cache.clear();
+        }
+        cache.insert(key, r.clone());
+        r
     }
 }
 
@@ -235,5 +349,57 @@ mod tests {
         assert_eq!(r.plan("logs"), TopicPlan::PassAll);
         let r = rule("{topics: logs, key_id: k, value: none, headers: [h]}");
         assert!(matches!(r.plan("logs"), TopicPlan::EncryptAll(p) if p.value == ValuePart::None));
+    }
+
+    #[test]
+    fn reveal_to_first_match_wins_and_others_get_the_default() {
+        use crate::principal::AuthMechanism::{SaslScramSha256, TlsClientCertificate};
+        let r = rule(
+            r#"
+topics: customers
+key_id: k
+value: {json_fields: [/email, /ssn]}
+reveal_to:
+  - {principal: app, mechanism: mtls, reveal: all}
+  - {principal: "analytics-*", reveal: {json_fields: [/email], headers: [trace]}}
+  - {principal: "CN=backup,O=Example", reveal: ciphertext}
+  - {principal: "*", mechanism: SCRAM-SHA-256, reveal: deny}
+reveal_default: {record_key: true}
+"#,
+        );
+        let p = |n: &str, m| Principal::new(n, m);
+        assert_eq!(r.reveal(Some(&p("app", TlsClientCertificate))), Reveal::All);
+        // Same name, other mechanism: not the app entry; the SCRAM catch-all denies.
+        let denied = r.reveal(Some(&p("app", SaslScramSha256)));
+        assert!(
+            matches!(&denied, Reveal::Deny(m) if m.contains("app (SCRAM-SHA-256)")),
+            "{denied:?}"
+        );
+        assert_eq!(
+            r.reveal(Some(&p("analytics-eu", SaslScramSha256))),
+            Reveal::Parts(RevealParts {
+                json_fields: vec!["/email".into()],
+                headers: vec!["trace".into()],
+                ..RevealParts::default()
+            })
+        );
+        assert_eq!(
+            r.reveal(Some(&p("CN=backup,O=Example", TlsClientCertificate))),
+            Reveal::Ciphertext
+        );
+        let default = Reveal::Parts(RevealParts {
+            record_key: true,
+            ..RevealParts::default()
+        });
+        assert_eq!(r.reveal(Some(&p("bob", TlsClientCertificate))), default);
+        // Unauthenticated connections never match an entry, not even `*`.
+        assert_eq!(r.reveal(None), default);
+        // Cached answers are the same answers.
+        assert_eq!(r.reveal(Some(&p("app", TlsClientCertificate))), Reveal::All);
+        // Without reveal_to / reveal_default everyone reads all.
+        let open = rule("{topics: t, key_id: k}");
+        assert_eq!(open.reveal(None), Reveal::All);
+        let deny_anon = rule("{topics: t, key_id: k, reveal_default: deny}");
+        assert!(matches!(deny_anon.reveal(None), Reveal::Deny(m) if m.contains("unauthenticated")));
     }
 }

@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest};
+use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
@@ -160,10 +161,17 @@ struct Outgoing {
 }
 
 /// Serves one accepted client connection until either side closes. `client` is the accepted
-/// stream after any PROXY header and TLS handshake; `peer` the client's (real) address.
-pub async fn serve(shared: Arc<ProxyShared>, client: BoxStream, peer: SocketAddr, route: Route) {
+/// stream after any PROXY header and TLS handshake; `session` holds the client's (real) address
+/// and, once known, its principal.
+pub async fn serve(
+    shared: Arc<ProxyShared>,
+    client: BoxStream,
+    session: Arc<ClientSession>,
+    route: Route,
+) {
     shared.metrics.connection_opened();
-    if let Err(e) = serve_inner(&shared, client, peer, &route).await {
+    let peer = session.peer();
+    if let Err(e) = serve_inner(&shared, client, session, &route).await {
         debug!(%peer, error = %format!("{e:#}"), "connection ended with error");
     }
     shared.metrics.connection_closed();
@@ -172,9 +180,10 @@ pub async fn serve(shared: Arc<ProxyShared>, client: BoxStream, peer: SocketAddr
 async fn serve_inner(
     shared: &Arc<ProxyShared>,
     client: BoxStream,
-    peer: SocketAddr,
+    session: Arc<ClientSession>,
     route: &Route,
 ) -> anyhow::Result<()> {
+    let peer = session.peer();
     let upstream_addr = shared.resolve_upstream(route).await?;
     let connect = shared.upstream.connect(upstream_addr.as_str());
     let upstream = match tokio::time::timeout(
@@ -204,7 +213,7 @@ async fn serve_inner(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
 
-    let requests = read_requests(shared, client_read, queued_tx, in_flight, peer);
+    let requests = read_requests(shared, client_read, queued_tx, in_flight, session.clone());
     let forward = async {
         if let Err(e) = forward_requests(shared, queued_rx, upstream_write, pending_tx, peer).await
         {
@@ -213,7 +222,7 @@ async fn serve_inner(
     };
     let respond = async {
         let r = tokio::try_join!(
-            read_responses(shared, upstream_read, pending_rx, out_tx, peer),
+            read_responses(shared, upstream_read, pending_rx, out_tx, session.clone()),
             write_responses(shared, client_write, out_rx),
         );
         if let Err(e) = r {
@@ -290,8 +299,9 @@ async fn read_requests(
     mut client: OwnedReadHalf,
     queue: mpsc::UnboundedSender<Queued>,
     in_flight: Arc<Semaphore>,
-    peer: SocketAddr,
+    session: Arc<ClientSession>,
 ) -> anyhow::Result<()> {
+    let peer = session.peer();
     let mut shutdown = shared.shutdown_signal();
     let max = shared.config.max_frame_bytes;
     loop {
@@ -311,7 +321,13 @@ async fn read_requests(
         let step = if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
             Step::Ready(refuse_request(shared, meta, frame, refused, peer))
         } else if meta.known_api() == Some(ApiKey::Produce) && shared.records.transforms_produce() {
-            Step::spawn(prepare_produce(shared.clone(), meta, frame, peer, received))
+            Step::spawn(prepare_produce(
+                shared.clone(),
+                meta,
+                frame,
+                session.clone(),
+                received,
+            ))
         } else {
             Step::Ready(prepare_relay(meta, frame, received))
         };
@@ -386,7 +402,7 @@ async fn read_responses(
     mut upstream: OwnedReadHalf,
     mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
     out: mpsc::UnboundedSender<Outgoing>,
-    peer: SocketAddr,
+    session: Arc<ClientSession>,
 ) -> anyhow::Result<()> {
     let max = shared.config.max_frame_bytes;
     while let Some((entry, permit)) = pending.recv().await {
@@ -420,8 +436,9 @@ async fn read_responses(
                 let step = match stage {
                     ResponseStage::Fetch if fetch_needs_decode(shared, meta) => {
                         let shared = shared.clone();
+                        let session = session.clone();
                         Step::spawn(async move {
-                            fetch_response(&shared, meta, frame, peer)
+                            fetch_response(&shared, meta, frame, &session)
                                 .await
                                 .with_context(context)
                         })
@@ -625,20 +642,21 @@ async fn prepare_produce(
     shared: Arc<ProxyShared>,
     meta: RequestMeta,
     frame: Bytes,
-    peer: SocketAddr,
+    session: Arc<ClientSession>,
     received: Instant,
 ) -> anyhow::Result<Prepared> {
+    let peer = session.peer();
     let api = ApiKey::Produce;
     let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
     let acks = request.acks;
     let due = produce_deadline(received, request.timeout_ms);
     let patch = match due {
-        None => shared.records.on_produce(&mut request, peer).await,
+        None => shared.records.on_produce(&mut request, &session).await,
         Some(d) => {
             // Cheap: records are reference-counted bytes. Kept to answer every partition if the
             // stage is cut short (it may have moved partitions around when it is dropped).
             let original = request.clone();
-            let stage = deadline::scope(due, shared.records.on_produce(&mut request, peer));
+            let stage = deadline::scope(due, shared.records.on_produce(&mut request, &session));
             // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
             match tokio::time::timeout_at(d, stage).await {
                 Ok(patch) if Instant::now() < d => patch,
@@ -734,14 +752,14 @@ async fn fetch_response(
     shared: &Arc<ProxyShared>,
     meta: RequestMeta,
     frame: Bytes,
-    peer: SocketAddr,
+    session: &ClientSession,
 ) -> anyhow::Result<Bytes> {
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     let api = ApiKey::Fetch;
     let (header, mut body) = decode_response::<FetchResponse>(api, v, frame)?;
     rewrite::rewrite_fetch_endpoints(&mut body, adv)?;
-    shared.records.on_fetch(&mut body, peer).await?;
+    shared.records.on_fetch(&mut body, session).await?;
     encode_response(api, v, &header, &body)
 }
 

@@ -9,6 +9,7 @@ pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
 pub mod rewrite;
+pub mod session;
 pub mod sni;
 pub mod tls;
 
@@ -248,11 +249,12 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         let shared = shared.clone();
                         let route = route.clone();
                         shared.tasks.clone().spawn(async move {
-                            let Some((stream, peer, server_name)) = tls::accept_client(&shared, stream, peer).await else {
+                            let Some(accepted) = tls::accept_client(&shared, stream, peer).await else {
                                 return;
                             };
+                            let peer = accepted.peer;
                             let route = match &shared.sni {
-                                Some((sni, _)) => match sni.route_for(server_name.as_deref()) {
+                                Some((sni, _)) => match sni.route_for(accepted.server_name.as_deref()) {
                                     Ok(r) => r,
                                     Err(e) => {
                                         shared.metrics.error("sni_unknown_name");
@@ -262,7 +264,11 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                                 },
                                 None => route,
                             };
-                            connection::serve(shared, stream, peer, route).await;
+                            let session = Arc::new(match accepted.principal {
+                                Some(p) => session::ClientSession::authenticated(peer, p),
+                                None => session::ClientSession::new(peer),
+                            });
+                            connection::serve(shared, accepted.stream, session, route).await;
                         });
                     }
                     Err(e) => {

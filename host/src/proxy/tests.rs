@@ -76,17 +76,22 @@ async fn start_proxy(
     let mut config = Config::from_flags("127.0.0.1:0".into(), upstream.to_string());
     config.records = RecordsMode::Passthrough;
     tweak(&mut config);
-    let proxy = Proxy::bind(
-        &config,
-        Arc::new(Metrics::default()),
-        RecordStage::new(config.records, None),
-    )
-    .await
-    .unwrap();
+    let proxy = bind_proxy(&config).await;
     let addr = proxy.local_addr().unwrap();
     let shared = proxy.shared();
     tokio::spawn(proxy.run(std::future::pending()));
     (addr, shared)
+}
+
+/// A proxy for `config` with no encryption, bound but not yet running.
+async fn bind_proxy(config: &Config) -> Proxy {
+    Proxy::bind(
+        config,
+        Arc::new(Metrics::default()),
+        RecordStage::new(config.records, None),
+    )
+    .await
+    .unwrap()
 }
 
 fn raw_request(api: i16, version: i16, correlation_id: i32) -> Vec<u8> {
@@ -320,13 +325,7 @@ async fn in_flight_limit_stops_reading_from_the_client() {
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let (broker, _) = slow_broker(Duration::from_millis(300)).await;
     let config = Config::from_flags("127.0.0.1:0".into(), broker.to_string());
-    let proxy = Proxy::bind(
-        &config,
-        Arc::new(Metrics::default()),
-        RecordStage::new(config.records, None),
-    )
-    .await
-    .unwrap();
+    let proxy = bind_proxy(&config).await;
     let addr = proxy.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(proxy.run(async move {

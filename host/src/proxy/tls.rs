@@ -16,7 +16,11 @@
 //!
 //! [`accept_client`] is what a listener runs for each accepted socket: the PROXY protocol header
 //! when enabled, then the TLS handshake when enabled. Every failure there is one log line and a
-//! closed connection; nothing else is affected.
+//! closed connection; nothing else is affected. A client certificate verified against
+//! `client_ca_file` makes the connection's principal (`proxy.tls.principal_from`, see
+//! [`principal`]), mechanism `mTLS`.
+
+pub mod principal;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,7 @@ use tracing::{error, info, warn};
 
 use super::proxy_protocol::{self, ProxyProtocol};
 use super::ProxyShared;
+use crate::principal::{AuthMechanism, Principal};
 
 /// A byte stream a connection is relayed over: plain TCP or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -75,6 +80,11 @@ pub struct ServerTlsConfig {
     /// Time a client has to complete the handshake, in milliseconds (default 10000).
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Which part of a verified client certificate names the connection's principal: `subject`
+    /// (default; RFC 4514 DN such as `CN=app,O=Example`, Kafka's form), `cn` or `san_dns`. A
+    /// verified certificate without that part is refused (connection closed, logged).
+    #[serde(default)]
+    pub principal_from: principal::PrincipalFrom,
 }
 
 impl ServerTlsConfig {
@@ -528,21 +538,34 @@ fn describe_tls_error(e: &std::io::Error, side: Side) -> String {
     }
 }
 
+/// A client connection ready to be served: what [`accept_client`] returns.
+pub struct Accepted {
+    /// The byte stream (TLS when `proxy.tls` is set).
+    pub stream: BoxStream,
+    /// The client's address (from the PROXY header when enabled).
+    pub peer: SocketAddr,
+    /// The principal of a verified client certificate, if any.
+    pub principal: Option<Principal>,
+    /// The TLS server name the client sent (SNI); `None` without TLS or when it sent none.
+    pub server_name: Option<String>,
+}
+
 /// Prepares an accepted socket for [`super::connection::serve`]: reads the PROXY protocol header
 /// when `proxy.proxy_protocol` is set (the returned address is then the client's, not the load
 /// balancer's), then completes the TLS handshake when `proxy.tls` is set.
 ///
-/// Returns `None` after logging one line when the connection must be closed (no or bad PROXY
-/// header, plaintext on a TLS port, certificate rejected, timeout).
+/// Returns the stream, the client's address and, when the client presented a certificate that
+/// chains to `client_ca_file`, its principal (mechanism `mTLS`, name per
+/// `proxy.tls.principal_from`; logged once per connection), plus the TLS server name (SNI) the
+/// client sent, which [`super::sni`] routing uses (see [`Accepted`]).
 ///
-/// Returns the stream, the client's address (from the PROXY header when enabled) and the TLS
-/// server name the client sent (SNI; `None` without TLS or when the client sent none), which
-/// [`super::sni`] routing uses.
+/// Returns `None` after logging one line when the connection must be closed (no or bad PROXY
+/// header, plaintext on a TLS port, certificate rejected or naming no principal, timeout).
 pub async fn accept_client(
     shared: &ProxyShared,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<(BoxStream, SocketAddr, Option<String>)> {
+) -> Option<Accepted> {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
     let peer = match shared.config.proxy_protocol {
@@ -566,7 +589,12 @@ pub async fn accept_client(
         }
     };
     let Some(tls) = &shared.tls else {
-        return Some((Box::new(tcp), peer, None));
+        return Some(Accepted {
+            stream: Box::new(tcp),
+            peer,
+            principal: None,
+            server_name: None,
+        });
     };
     let timeout = Duration::from_millis(tls.config.handshake_timeout_ms);
     // A TLS connection starts with a handshake record (0x16); a Kafka request starts with the
@@ -588,8 +616,37 @@ pub async fn accept_client(
     }
     match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
         Ok(Ok(stream)) => {
+            // rustls only hands out peer certificates it verified against client_ca_file.
+            let principal = match stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            {
+                None => None,
+                Some(leaf) => {
+                    let from = tls.config.principal_from;
+                    match principal::principal_name(leaf.as_ref(), from) {
+                        Ok(name) => {
+                            let p = Principal::new(name, AuthMechanism::TlsClientCertificate);
+                            info!(%peer, principal = %p, "client authenticated by its TLS certificate");
+                            Some(p)
+                        }
+                        Err(e) => {
+                            shared.metrics.error("tls_principal");
+                            warn!(%peer, "closing connection: the verified client certificate names no principal: {e} (proxy.tls.principal_from is {}; issue certificates with it or change the setting)", from.label());
+                            return None;
+                        }
+                    }
+                }
+            };
             let server_name = stream.get_ref().1.server_name().map(str::to_owned);
-            Some((Box::new(stream), peer, server_name))
+            Some(Accepted {
+                stream: Box::new(stream),
+                peer,
+                principal,
+                server_name,
+            })
         }
         Ok(Err(e)) => {
             shared.metrics.error("tls_handshake");
@@ -651,6 +708,7 @@ mod tests {
             require_client_cert: false,
             reload_interval_secs: 10,
             handshake_timeout_ms: 10_000,
+            principal_from: principal::PrincipalFrom::Subject,
         };
         let e = format!(
             "{:#}",

@@ -280,6 +280,21 @@ impl KafkaClient {
         self.conn(&addr).await
     }
 
+    /// Sends `req` to the leader of `topic`/`partition` and decodes the answer.
+    async fn leader_request<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        api: ApiKey,
+        req: &Req,
+    ) -> anyhow::Result<Resp> {
+        let timeout = self.timeout;
+        self.leader(topic, partition)
+            .await?
+            .request(api, req, timeout)
+            .await
+    }
+
     async fn list_offset(&mut self, topic: &str, partition: i32, ts: i64) -> anyhow::Result<i64> {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -289,11 +304,8 @@ impl KafkaClient {
                     .with_partition_index(partition)
                     .with_current_leader_epoch(-1)
                     .with_timestamp(ts)])]);
-        let timeout = self.timeout;
         let resp: ListOffsetsResponse = self
-            .leader(topic, partition)
-            .await?
-            .request(ApiKey::ListOffsets, &req, timeout)
+            .leader_request(topic, partition, ApiKey::ListOffsets, &req)
             .await?;
         let p = resp
             .topics
@@ -355,11 +367,8 @@ impl Cluster for KafkaClient {
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
                     .with_records(Some(records))])]);
-        let timeout = self.timeout;
         let resp: ProduceResponse = self
-            .leader(topic, partition)
-            .await?
-            .request(ApiKey::Produce, &req, timeout)
+            .leader_request(topic, partition, ApiKey::Produce, &req)
             .await?;
         let p = resp
             .responses
@@ -401,11 +410,8 @@ impl KafkaClient {
                     .with_last_fetched_epoch(-1)
                     .with_log_start_offset(-1)
                     .with_partition_max_bytes(max_bytes)])]);
-        let timeout = self.timeout;
         let resp: FetchResponse = self
-            .leader(topic, partition)
-            .await?
-            .request(ApiKey::Fetch, &req, timeout)
+            .leader_request(topic, partition, ApiKey::Fetch, &req)
             .await?;
         if let Some(e) = resp.error_code.err() {
             bail!("Fetch {topic}/{partition}@{offset}: {e}");

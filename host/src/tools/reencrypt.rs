@@ -192,30 +192,24 @@ pub async fn reencrypt<C: Cluster>(
             opts.to
         );
     }
-    let (mut checkpoint, resumed) = match &opts.checkpoint {
-        Some(path) => match Checkpoint::load(path)? {
-            Some(cp) => {
-                if cp.from != opts.from || cp.to != opts.to {
-                    bail!(
-                        "checkpoint {} belongs to a copy {:?} -> {:?}, not {:?} -> {:?}: use another --checkpoint file",
-                        path.display(),
-                        cp.from,
-                        cp.to,
-                        opts.from,
-                        opts.to
-                    );
-                }
-                (cp, true)
+    let saved = match &opts.checkpoint {
+        Some(path) => Checkpoint::load(path)?.map(|cp| (path, cp)),
+        None => None,
+    };
+    let (mut checkpoint, resumed) = match saved {
+        Some((path, cp)) => {
+            if cp.from != opts.from || cp.to != opts.to {
+                bail!(
+                    "checkpoint {} belongs to a copy {:?} -> {:?}, not {:?} -> {:?}: use another --checkpoint file",
+                    path.display(),
+                    cp.from,
+                    cp.to,
+                    opts.from,
+                    opts.to
+                );
             }
-            None => (
-                Checkpoint {
-                    from: opts.from.clone(),
-                    to: opts.to.clone(),
-                    next: BTreeMap::new(),
-                },
-                false,
-            ),
-        },
+            (cp, true)
+        }
         None => (
             Checkpoint {
                 from: opts.from.clone(),

@@ -62,36 +62,46 @@ where
             if let Some(f) = inner.inflight.get(&key) {
                 f.clone()
             } else {
-                // The fetch runs under the deadline of the request that started it.
-                let task = tokio::spawn({
-                    let inner_arc = self.inner.clone();
-                    let key = key.clone();
-                    let fetch = fetch();
-                    crate::kms::deadline::inherit(async move {
-                        let r = fetch.await;
-                        let mut inner = inner_arc.lock();
-                        inner.inflight.remove(&key);
-                        if let Ok(v) = &r {
-                            inner.lru.put(key, (v.clone(), Instant::now() + ttl));
-                        }
-                        r
-                    })
+                let inner_arc = self.inner.clone();
+                let key2 = key.clone();
+                let fetch = fetch();
+                let f = spawn_shared(async move {
+                    let r = fetch.await;
+                    let mut inner = inner_arc.lock();
+                    inner.inflight.remove(&key2);
+                    if let Ok(v) = &r {
+                        inner.lru.put(key2, (v.clone(), Instant::now() + ttl));
+                    }
+                    r
                 });
-                let f = async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(KmsError::new(
-                            KmsErrorKind::Other,
-                            "",
-                            format!("KMS task failed: {e}"),
-                        ))
-                    })
-                }
-                .boxed()
-                .shared();
                 inner.inflight.insert(key, f.clone());
                 f
             }
         };
         (fut.await, false)
     }
+}
+
+/// Runs KMS work `work` as its own task, under the deadline of the request that starts it (see
+/// [`crate::kms::deadline`]), and returns a future every waiter can share. A waiter that is
+/// cancelled does not cancel the call the others wait for; a task that panics is reported as a
+/// KMS failure of kind `Other`.
+pub(super) fn spawn_shared<V>(
+    work: impl std::future::Future<Output = Result<V, KmsError>> + Send + 'static,
+) -> SharedResult<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    let task = tokio::spawn(crate::kms::deadline::inherit(work));
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(KmsError::new(
+                KmsErrorKind::Other,
+                "",
+                format!("KMS task failed: {e}"),
+            ))
+        })
+    }
+    .boxed()
+    .shared()
 }

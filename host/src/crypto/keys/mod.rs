@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use self::cache::{CoalescingCache, SharedResult};
+use self::cache::{spawn_shared, CoalescingCache, SharedResult};
 use self::rotation::{ActiveDek, Slot};
 pub use self::rotation::{Reservation, RotationReason};
 use crate::crypto::metrics::CryptoMetrics;
@@ -258,7 +258,7 @@ impl DekManager {
         let ttl = self.ttl();
         let key2 = key.clone();
         // Bounded by the deadline of the request that needed the DEK (see kms::deadline).
-        let task = tokio::spawn(crate::kms::deadline::inherit(async move {
+        let f = spawn_shared(async move {
             let kek = key2.0.as_str();
             let r = gate.call("generate", kek, kms.generate_data_key(kek)).await;
             let mut slots = slots.lock();
@@ -280,18 +280,7 @@ impl DekManager {
                     Err(e)
                 }
             }
-        }));
-        let f = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(KmsError::new(
-                    KmsErrorKind::Other,
-                    "",
-                    format!("KMS task failed: {e}"),
-                ))
-            })
-        }
-        .boxed()
-        .shared();
+        });
         slot.inflight = Some(f.clone());
         f
     }

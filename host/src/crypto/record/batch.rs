@@ -16,7 +16,7 @@ use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
 use crate::plan::RecordDecision;
 
-use super::open::{find_descriptor, open_record, OpenFail};
+use super::open::{find_descriptor, open_record, withhold_all, OpenFail};
 use super::seal::{prepare, seal_error, seal_record, SealParams};
 use super::*;
 
@@ -184,7 +184,20 @@ impl RecordEncryptor {
         batch: &mut RecordBatch,
         options: &DecryptOptions<'_>,
     ) -> Result<DecryptStats, DecryptError> {
-        let r = self.decrypt_inner(topic, batch, options).await;
+        self.decrypt_batch_revealing(topic, batch, options, RevealScope::All)
+            .await
+    }
+
+    /// [`Self::decrypt_batch`] for a client that may see only what `scope` reveals (see
+    /// [`RevealScope`]). Keys are requested only for records of which something is revealed.
+    pub async fn decrypt_batch_revealing(
+        &self,
+        topic: &str,
+        batch: &mut RecordBatch,
+        options: &DecryptOptions<'_>,
+        scope: RevealScope<'_>,
+    ) -> Result<DecryptStats, DecryptError> {
+        let r = self.decrypt_inner(topic, batch, options, scope).await;
         match &r {
             Ok(s) => {
                 let t = self.metrics.topic(topic);
@@ -203,7 +216,14 @@ impl RecordEncryptor {
         topic: &str,
         batch: &mut RecordBatch,
         options: &DecryptOptions<'_>,
+        scope: RevealScope<'_>,
     ) -> Result<DecryptStats, DecryptError> {
+        // Under `All` every descriptor is opened (its tag verified) even if it lists no part.
+        let needs_keys = |d: &Descriptor| match scope {
+            RevealScope::All => true,
+            RevealScope::Parts(_) => scope.reveals_any(d),
+            RevealScope::Ciphertext => false,
+        };
         let mut stats = DecryptStats::default();
         let descs: Vec<Result<Option<(usize, Descriptor)>, String>> =
             batch.records.iter().map(find_descriptor).collect();
@@ -215,7 +235,9 @@ impl RecordEncryptor {
             .iter()
             .map(|desc| match desc {
                 // Never ask the KMS about a key this topic does not allow.
-                Ok(Some((_, d))) if options.kek_allowed(&d.kek_id) => Some(needs.add(d)),
+                Ok(Some((_, d))) if options.kek_allowed(&d.kek_id) && needs_keys(d) => {
+                    Some(needs.add(d))
+                }
                 _ => None,
             })
             .collect();
@@ -244,6 +266,14 @@ impl RecordEncryptor {
                         kek_id: d.kek_id.clone(),
                     })
                 }
+                Ok(Some((di, d))) if !needs_keys(d) => {
+                    stats.records_withheld += 1;
+                    out.push(match scope {
+                        RevealScope::Ciphertext => rec.clone(),
+                        _ => withhold_all(rec, *di, d),
+                    });
+                    continue;
+                }
                 Ok(Some((di, d))) => {
                     let (dek_slot, siv_slot) = slot.expect("every allowed descriptor has a slot");
                     match &deks[dek_slot] {
@@ -264,14 +294,16 @@ impl RecordEncryptor {
                                 Ok(None)
                             };
                             siv.and_then(|siv| {
-                                open_record(topic, rec, *di, d, dek, siv).map_err(|f| match f {
-                                    OpenFail::Integrity(message) => {
-                                        DecryptError::Integrity { index, message }
-                                    }
-                                    OpenFail::Malformed(message) => {
-                                        DecryptError::Malformed { index, message }
-                                    }
-                                })
+                                open_record(topic, rec, *di, d, dek, siv, scope).map_err(
+                                    |f| match f {
+                                        OpenFail::Integrity(message) => {
+                                            DecryptError::Integrity { index, message }
+                                        }
+                                        OpenFail::Malformed(message) => {
+                                            DecryptError::Malformed { index, message }
+                                        }
+                                    },
+                                )
                             })
                         }
                     }

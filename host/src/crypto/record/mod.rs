@@ -16,6 +16,7 @@ use std::ops::Range;
 use crate::crypto::wire::{KeyIdError, TagValue, ValueEncryption, HEADER_KEY};
 use crate::kafka::records::RecordBatch;
 use crate::kms::KmsError;
+use crate::plan::RevealParts;
 
 pub use batch::RecordEncryptor;
 
@@ -201,6 +202,33 @@ impl DecryptOptions<'_> {
     }
 }
 
+/// Name of the header Kapsule adds to a record delivered with some encrypted parts withheld
+/// ([`RevealScope::Parts`]): a JSON object naming the parts that are still ciphertext, e.g.
+/// `{"json_fields":["/ssn"],"headers":["pii"]}` (members `key`, `value`, `json_fields`,
+/// `headers`, each present only when something of that kind is withheld). Only Kapsule writes it:
+/// a stored header of this name is dropped from every record Kapsule opens.
+pub const WITHHELD_HEADER: &str = "kapsule.withheld";
+
+/// Which encrypted parts of fetched records the client may see in clear: the record-level form
+/// of a principal's [`crate::plan::Reveal`] (a `Deny` never reaches the batch API).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum RevealScope<'a> {
+    /// Decrypt every encrypted part and drop the descriptor (the default).
+    #[default]
+    All,
+    /// Decrypt only these parts, each authenticated (and the record tag always) before it is
+    /// delivered. A record with at least one part withheld loses its `kapsule.enc` header (its
+    /// descriptor and tag bind the stored bytes, so it could never describe the delivered
+    /// record) and gets a [`WITHHELD_HEADER`] instead; withheld parts are delivered exactly as
+    /// stored and are not opened. A record whose every encrypted part is revealed is delivered
+    /// as under [`RevealScope::All`].
+    Parts(&'a RevealParts),
+    /// Deliver encrypted records as stored, descriptor included, without any KMS call.
+    /// Descriptors are still parsed, so malformed ones, KEKs the topic does not allow and (with
+    /// `require_encrypted`) records without descriptor are handled per `on_failure` as usual.
+    Ciphertext,
+}
+
 /// Counters of one [`RecordEncryptor::encrypt_batch`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EncryptStats {
@@ -223,6 +251,9 @@ pub struct DecryptStats {
     pub records_left_encrypted: u64,
     /// Records dropped ([`FailureMode::Skip`] or injections).
     pub records_dropped: u64,
+    /// Encrypted records delivered without opening any part because the [`RevealScope`]
+    /// reveals none of their parts (records with only some parts withheld count as decrypted).
+    pub records_withheld: u64,
     /// Plaintext bytes recovered.
     pub plaintext_bytes: u64,
 }
@@ -271,6 +302,7 @@ fn splice(doc: &[u8], mut repl: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
 pub(crate) mod testing {
     use super::open::{find_descriptor, open_record, OpenFail};
     use super::seal::{prepare, seal_record, SealParams};
+    use super::RevealScope;
     use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
     use crate::kafka::records::Record;
     use crate::plan::EncryptionPlan;
@@ -308,12 +340,26 @@ pub(crate) mod testing {
         dek: &Dek,
         key_cipher: Option<&RecordKeyCipher>,
     ) -> Result<Record, String> {
+        open_revealing(topic, rec, dek, key_cipher, RevealScope::All)
+    }
+
+    /// Decrypts the parts of one record that `scope` reveals, with fixed keys.
+    pub fn open_revealing(
+        topic: &str,
+        rec: &Record,
+        dek: &Dek,
+        key_cipher: Option<&RecordKeyCipher>,
+        scope: RevealScope<'_>,
+    ) -> Result<Record, String> {
         let (i, d) = find_descriptor(rec)?.ok_or("no descriptor")?;
         let mut siv = key_cipher.map(|c| c.siv());
-        open_record(topic, rec, i, &d, dek, siv.as_mut())
+        open_record(topic, rec, i, &d, dek, siv.as_mut(), scope)
             .map(|(r, _)| r)
             .map_err(|f| match f {
                 OpenFail::Integrity(m) | OpenFail::Malformed(m) => m,
             })
     }
 }
+
+#[cfg(test)]
+mod reveal_tests;

@@ -1,5 +1,6 @@
 //! The decrypt side of one record: find its descriptor ([`find_descriptor`]), verify and open
-//! it ([`open_record`]); pure given the keys.
+//! the parts a [`RevealScope`] reveals ([`open_record`], or [`withhold_all`] when it reveals
+//! none); pure given the keys.
 
 use aes_siv::siv::Aes256Siv;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,7 +13,7 @@ use crate::crypto::wire::{
     key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, HEADER_KEY,
     JSON_PREFIX,
 };
-use crate::kafka::records::Record;
+use crate::kafka::records::{Record, RecordHeader};
 
 use super::*;
 
@@ -22,7 +23,142 @@ pub(super) enum OpenFail {
     Malformed(String),
 }
 
-/// Decrypts `rec` whose descriptor (header at `desc_idx`) is `desc`; pure given the keys.
+impl RevealScope<'_> {
+    /// Whether an encrypted record key is decrypted.
+    pub(super) fn reveals_key(&self) -> bool {
+        match self {
+            RevealScope::All => true,
+            RevealScope::Parts(p) => p.record_key,
+            RevealScope::Ciphertext => false,
+        }
+    }
+
+    /// Whether a wholly encrypted value is decrypted.
+    pub(super) fn reveals_value(&self) -> bool {
+        match self {
+            RevealScope::All => true,
+            RevealScope::Parts(p) => p.value,
+            RevealScope::Ciphertext => false,
+        }
+    }
+
+    /// Whether the encrypted JSON field at `pointer` (as written in the descriptor) is decrypted.
+    pub(super) fn reveals_json_field(&self, pointer: &str) -> bool {
+        match self {
+            RevealScope::All => true,
+            RevealScope::Parts(p) => p.value || p.json_fields.iter().any(|f| f == pointer),
+            RevealScope::Ciphertext => false,
+        }
+    }
+
+    /// Whether the encrypted headers called `name` are decrypted.
+    pub(super) fn reveals_header(&self, name: &[u8]) -> bool {
+        match self {
+            RevealScope::All => true,
+            RevealScope::Parts(p) => p.headers.iter().any(|h| h.as_bytes() == name),
+            RevealScope::Ciphertext => false,
+        }
+    }
+
+    /// Whether any encrypted part `desc` lists is decrypted (else the record needs no key).
+    pub(super) fn reveals_any(&self, desc: &Descriptor) -> bool {
+        (desc.key_encrypted && self.reveals_key())
+            || match &desc.value {
+                ValueEncryption::None => false,
+                ValueEncryption::Whole => self.reveals_value(),
+                ValueEncryption::Json(ptrs) => ptrs.iter().any(|p| self.reveals_json_field(p)),
+            }
+            || desc.headers.iter().any(|h| self.reveals_header(h))
+    }
+}
+
+/// The encrypted parts of one record delivered still as ciphertext.
+#[derive(Default)]
+struct Withheld {
+    key: bool,
+    value: bool,
+    json_fields: Vec<String>,
+    headers: Vec<String>,
+}
+
+impl Withheld {
+    /// Names the encrypted header `name` as withheld (once per name).
+    fn add_header(&mut self, name: &[u8]) {
+        let name = String::from_utf8_lossy(name);
+        if !self.headers.iter().any(|h| *h == name) {
+            self.headers.push(name.into_owned());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.key && !self.value && self.json_fields.is_empty() && self.headers.is_empty()
+    }
+
+    /// The [`WITHHELD_HEADER`] value: a JSON object with only the kinds that are withheld.
+    fn header_value(&self) -> Bytes {
+        let mut m = serde_json::Map::new();
+        if self.key {
+            m.insert("key".into(), true.into());
+        }
+        if self.value {
+            m.insert("value".into(), true.into());
+        }
+        if !self.json_fields.is_empty() {
+            m.insert("json_fields".into(), self.json_fields.clone().into());
+        }
+        if !self.headers.is_empty() {
+            m.insert("headers".into(), self.headers.clone().into());
+        }
+        Bytes::from(serde_json::Value::Object(m).to_string())
+    }
+}
+
+/// Delivers `rec` with every encrypted part withheld, for a scope that reveals none of them:
+/// no key is needed and nothing is opened. The descriptor is replaced by [`WITHHELD_HEADER`].
+pub(super) fn withhold_all(rec: &Record, desc_idx: usize, desc: &Descriptor) -> Record {
+    let mut withheld = Withheld {
+        key: desc.key_encrypted,
+        value: desc.value == ValueEncryption::Whole,
+        json_fields: match &desc.value {
+            ValueEncryption::Json(p) => p.clone(),
+            _ => Vec::new(),
+        },
+        headers: Vec::new(),
+    };
+    for h in &desc.headers {
+        withheld.add_header(h);
+    }
+    let mut headers: Vec<_> = rec
+        .headers
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| *i != desc_idx && h.key != WITHHELD_HEADER.as_bytes())
+        .map(|(_, h)| h.clone())
+        .collect();
+    push_withheld(&mut headers, &withheld);
+    Record {
+        headers,
+        ..rec.clone()
+    }
+}
+
+fn push_withheld(headers: &mut Vec<RecordHeader>, withheld: &Withheld) {
+    if !withheld.is_empty() {
+        headers.push(RecordHeader {
+            key: Bytes::from_static(WITHHELD_HEADER.as_bytes()),
+            value: Some(withheld.header_value()),
+        });
+    }
+}
+
+/// Decrypts the parts of `rec` that `scope` reveals; `rec`'s descriptor (header at `desc_idx`)
+/// is `desc`. Pure given the keys.
+///
+/// The record tag is verified first, whatever the scope: it authenticates the descriptor, the
+/// record key and a value that is not wholly encrypted (JSON ciphertext fields included). Every
+/// revealed part is then authenticated as it is opened; withheld parts are left as stored. The
+/// descriptor header and any stored [`WITHHELD_HEADER`] are dropped; a record with parts
+/// withheld gets a fresh [`WITHHELD_HEADER`].
 pub(super) fn open_record(
     topic: &str,
     rec: &Record,
@@ -30,6 +166,7 @@ pub(super) fn open_record(
     desc: &Descriptor,
     dek: &Dek,
     key_cipher: Option<&mut Aes256Siv>,
+    scope: RevealScope<'_>,
 ) -> Result<(Record, u64), OpenFail> {
     let header_value = rec.headers[desc_idx]
         .value
@@ -64,6 +201,7 @@ pub(super) fn open_record(
         ));
     }
     let mut bytes = 0u64;
+    let mut withheld = Withheld::default();
     let open = |kind: PartKind, index: u32, name: &[u8], ct: &[u8]| -> Result<Vec<u8>, OpenFail> {
         let nonce = nonce_at(&desc.nonce_base, index)
             .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
@@ -81,7 +219,7 @@ pub(super) fn open_record(
                 ))
             })
     };
-    let new_key = if desc.key_encrypted {
+    let new_key = if desc.key_encrypted && scope.reveals_key() {
         let (Some(k), Some(siv)) = (&rec.key, key_cipher) else {
             return Err(OpenFail::Malformed(
                 "descriptor says the key is encrypted but it is null".into(),
@@ -92,6 +230,7 @@ pub(super) fn open_record(
         bytes += pt.len() as u64;
         Some(Bytes::from(pt))
     } else {
+        withheld.key = desc.key_encrypted;
         rec.key.clone()
     };
     let new_value = match (&desc.value, &rec.value) {
@@ -101,10 +240,14 @@ pub(super) fn open_record(
                 "encrypted value was replaced by null".into(),
             ));
         }
-        (ValueEncryption::Whole, Some(v)) => {
+        (ValueEncryption::Whole, Some(v)) if scope.reveals_value() => {
             let pt = open(PartKind::Value, 0, b"", v)?;
             bytes += pt.len() as u64;
             Some(Bytes::from(pt))
+        }
+        (ValueEncryption::Whole, Some(v)) => {
+            withheld.value = true;
+            Some(v.clone())
         }
         (ValueEncryption::Json(ptrs), Some(v)) => {
             let targets = ptrs
@@ -119,6 +262,11 @@ pub(super) fn open_record(
                 let span = span.ok_or_else(|| {
                     OpenFail::Integrity(format!("encrypted JSON field {name} was removed"))
                 })?;
+                if !scope.reveals_json_field(name) {
+                    // Left as its stored `"kapsule:v1:..."` string (authenticated by the tag).
+                    withheld.json_fields.push(name.clone());
+                    continue;
+                }
                 let raw = &v[span.clone()];
                 let inner = raw
                     .strip_prefix(b"\"")
@@ -134,14 +282,18 @@ pub(super) fn open_record(
                 bytes += pt.len() as u64;
                 repl.push((span, pt));
             }
-            Some(Bytes::from(splice(v, repl)))
+            if repl.is_empty() {
+                Some(v.clone())
+            } else {
+                Some(Bytes::from(splice(v, repl)))
+            }
         }
     };
     let base = desc.value_parts();
-    let mut headers = Vec::with_capacity(rec.headers.len().saturating_sub(1));
+    let mut headers = Vec::with_capacity(rec.headers.len());
     let mut j = 0usize;
     for (i, h) in rec.headers.iter().enumerate() {
-        if i == desc_idx {
+        if i == desc_idx || h.key == WITHHELD_HEADER.as_bytes() {
             continue;
         }
         let mut h = h.clone();
@@ -153,9 +305,13 @@ pub(super) fn open_record(
                         "encrypted headers were added, removed or reordered".into(),
                     ));
                 }
-                let pt = open(PartKind::Header, base + j as u32, &h.key, v)?;
-                bytes += pt.len() as u64;
-                h.value = Some(Bytes::from(pt));
+                if scope.reveals_header(&h.key) {
+                    let pt = open(PartKind::Header, base + j as u32, &h.key, v)?;
+                    bytes += pt.len() as u64;
+                    h.value = Some(Bytes::from(pt));
+                } else {
+                    withheld.add_header(&h.key);
+                }
                 j += 1;
             }
         }
@@ -166,6 +322,7 @@ pub(super) fn open_record(
             "encrypted headers were removed or nulled".into(),
         ));
     }
+    push_withheld(&mut headers, &withheld);
     Ok((
         Record {
             attributes: rec.attributes,

@@ -129,25 +129,25 @@ fn dropped_or_added_versions_fail_the_integrity_check() {
     kms.create_key("b").unwrap();
     kms.rotate_key("a").unwrap();
     let good = std::fs::read_to_string(&path).unwrap();
-    // Drop version 2 of `a` (e.g. to force records back onto an older KEK version).
-    edit_json(&path, |v| {
-        v["keys"]["a"]["versions"].as_array_mut().unwrap().pop();
-    });
-    let err = LocalKms::open_with_master_key(&path, master(), false).unwrap_err();
-    assert!(
-        format!("{err:#}").contains("integrity check failed"),
-        "{err:#}"
-    );
-    // Drop a whole key.
-    std::fs::write(&path, &good).unwrap();
-    edit_json(&path, |v| {
-        v["keys"].as_object_mut().unwrap().remove("b");
-    });
-    let err = LocalKms::open_with_master_key(&path, master(), false).unwrap_err();
-    assert!(
-        format!("{err:#}").contains("integrity check failed"),
-        "{err:#}"
-    );
+    type Tamper = fn(&mut serde_json::Value);
+    let tamperings: [(&str, Tamper); 2] = [
+        // e.g. to force records back onto an older KEK version
+        ("drop version 2 of `a`", |v| {
+            v["keys"]["a"]["versions"].as_array_mut().unwrap().pop();
+        }),
+        ("drop key `b`", |v| {
+            v["keys"].as_object_mut().unwrap().remove("b");
+        }),
+    ];
+    for (what, tamper) in tamperings {
+        std::fs::write(&path, &good).unwrap();
+        edit_json(&path, tamper);
+        let err = LocalKms::open_with_master_key(&path, master(), false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("integrity check failed"),
+            "{what}: {err:#}"
+        );
+    }
     // Stripping the MAC does not help either.
     std::fs::write(&path, &good).unwrap();
     edit_json(&path, |v| {

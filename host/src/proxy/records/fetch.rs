@@ -13,6 +13,11 @@
 //! - A batch whose records were all dropped (`skip`) is sent as an uncompressed zero-record batch
 //!   with the same base offset and offset span: every client accepts it and moves past it,
 //!   whereas an empty *compressed* batch aborts librdkafka.
+//! - Who may read (per topic, once per response): the connection's principal gets the topic's
+//!   [`Reveal`] (rule `reveal_to` or module `reveal`). `Deny` fails every partition of the topic
+//!   with TOPIC_AUTHORIZATION_FAILED, records or not; `Ciphertext` forwards stored batches as
+//!   they are (decoded only to enforce `require_encrypted` or to re-encode); `Parts` decrypts
+//!   only the revealed parts (see [`RevealScope`]); `All` decrypts everything. docs/reveal.md.
 //! - The decompression budget: once exhausted, the partition's record set ends at the last batch
 //!   processed (the client fetches the rest next time); a partition whose first batch alone does
 //!   not fit a fresh budget is failed with CORRUPT_MESSAGE and a message saying so.
@@ -20,6 +25,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::FetchResponse;
 
@@ -27,12 +33,14 @@ use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
 use crate::config::RecordsMode;
 use crate::crypto::record::{
-    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode,
+    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RevealScope,
 };
 use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
+use crate::plan::Reveal;
 use crate::policy::config::{DecryptFailure, DecryptSettings};
+use crate::proxy::session::ClientSession;
 
 impl RecordStage {
     /// Transforms every partition's records in a Fetch response: decrypts encrypted records and,
@@ -42,15 +50,24 @@ impl RecordStage {
     pub async fn on_fetch(
         &self,
         response: &mut FetchResponse,
-        peer: SocketAddr,
+        session: &ClientSession,
     ) -> anyhow::Result<()> {
+        let peer = session.peer();
         let mut budget = Budget::new(self.budget);
         for topic in &mut response.responses {
             let name = topic.topic.clone();
+            let reveal = self.reveal_for(name.as_str(), session);
             for p in &mut topic.partitions {
-                let outcome = match &p.records {
-                    Some(records) if !records.is_empty() => {
-                        self.fetch_records(name.as_str(), records, &mut budget, peer)
+                let outcome = match (&reveal, &p.records) {
+                    (Err(e), _) => Outcome::Refused(e.clone()),
+                    (Ok(Reveal::Deny(message)), _) => Outcome::Refused(ProxyError::new(
+                        ErrorSource::Policy,
+                        ResponseError::TopicAuthorizationFailed,
+                        Reason::PolicyRejected,
+                        message.clone(),
+                    )),
+                    (Ok(reveal), Some(records)) if !records.is_empty() => {
+                        self.fetch_records(name.as_str(), records, &mut budget, peer, reveal)
                             .await
                     }
                     _ => Outcome::Unchanged,
@@ -59,6 +76,20 @@ impl RecordStage {
             }
         }
         Ok(())
+    }
+
+    /// What the connection's principal may read of `topic`: [`Reveal::All`] without encryption
+    /// or for topics no rule or binding covers, else the rule's `reveal_to` or the module's
+    /// `reveal` answer (cached per topic and principal by the policy layer). A policy that fails
+    /// to answer fails the topic's partitions (nothing is revealed).
+    fn reveal_for(&self, topic: &str, session: &ClientSession) -> Result<Reveal, ProxyError> {
+        match &self.encryption {
+            Some(enc) if enc.policy.decrypt_settings(topic).covered => enc
+                .policy
+                .reveal(topic, session.principal())
+                .map_err(ProxyError::from),
+            _ => Ok(Reveal::All),
+        }
     }
 
     /// The one exit of a fetch partition: delivered as stored, delivered with the stage's bytes,
@@ -88,15 +119,29 @@ impl RecordStage {
         records: &Bytes,
         budget: &mut Budget,
         peer: SocketAddr,
+        reveal: &Reveal,
     ) -> Outcome {
         let covered = self
             .encryption
             .as_ref()
             .map(|enc| (enc, enc.policy.decrypt_settings(topic)))
             .filter(|(_, s)| s.covered);
+        let scope = match reveal {
+            Reveal::Parts(parts) => RevealScope::Parts(parts),
+            Reveal::Ciphertext => RevealScope::Ciphertext,
+            Reveal::All | Reveal::Deny(_) => RevealScope::All,
+        };
         let result = match covered {
+            // Stored bytes as they are: nothing to check without `require_encrypted`.
+            Some((_, settings))
+                if matches!(reveal, Reveal::Ciphertext)
+                    && !settings.require_encrypted
+                    && self.mode != RecordsMode::Reencode =>
+            {
+                Ok(None)
+            }
             Some((enc, settings)) => {
-                decrypt_record_set(enc, settings, self.mode, topic, records, budget).await
+                decrypt_record_set(enc, settings, self.mode, topic, records, budget, scope).await
             }
             None if self.mode == RecordsMode::Reencode => {
                 match reencode_fetched(records, budget) {
@@ -181,6 +226,7 @@ async fn decrypt_record_set(
     topic: &str,
     records: &Bytes,
     budget: &mut Budget,
+    scope: RevealScope<'_>,
 ) -> Result<Option<Bytes>, ProxyError> {
     let allowance = settings
         .require_encrypted
@@ -238,7 +284,7 @@ async fn decrypt_record_set(
             continue;
         }
         enc.encryptor
-            .decrypt_batch(topic, &mut batch, &options)
+            .decrypt_batch_revealing(topic, &mut batch, &options, scope)
             .await?;
         if batch.records.is_empty() && compressed {
             // An empty compressed batch aborts librdkafka: send it uncompressed, keeping the base
@@ -252,3 +298,6 @@ async fn decrypt_record_set(
     }
     Ok(changed.then(|| out.freeze()))
 }
+
+#[cfg(test)]
+mod reveal_tests;

@@ -29,12 +29,18 @@ use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::config::DecryptSettings;
+use crate::proxy::session::ClientSession;
 
 impl RecordStage {
     /// Transforms every partition's records; partitions that cannot be processed are removed from
     /// the request and returned in the patch, so they are answered with an error and never
     /// forwarded.
-    pub async fn on_produce(&self, request: &mut ProduceRequest, peer: SocketAddr) -> ProducePatch {
+    pub async fn on_produce(
+        &self,
+        request: &mut ProduceRequest,
+        session: &ClientSession,
+    ) -> ProducePatch {
+        let peer = session.peer();
         let mut patch = ProducePatch::default();
         let mut budget = Budget::new(self.budget);
         for topic in &mut request.topic_data {

@@ -18,6 +18,10 @@ use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::memory::MemoryKms;
 use crate::policy::config::PolicyConfig;
 
+fn session() -> crate::proxy::session::ClientSession {
+    crate::proxy::session::ClientSession::new(peer())
+}
+
 fn peer() -> SocketAddr {
     "127.0.0.1:1".parse().unwrap()
 }
@@ -115,7 +119,7 @@ fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
 /// The records forwarded to the broker, or the refusal (code, message).
 async fn produce(stage: &RecordStage, topic: &str, records: Bytes) -> Result<Bytes, (i16, String)> {
     let mut req = produce_request(topic, records);
-    let patch = stage.on_produce(&mut req, peer()).await;
+    let patch = stage.on_produce(&mut req, &session()).await;
     if patch.is_empty() {
         return Ok(req.topic_data[0].partition_data[0].records.clone().unwrap());
     }
@@ -135,7 +139,7 @@ async fn fetch(stage: &RecordStage, topic: &str, records: Bytes) -> (i16, Bytes)
         .with_partitions(vec![PartitionData::default()
             .with_partition_index(0)
             .with_records(Some(records))])]);
-    stage.on_fetch(&mut resp, peer()).await.unwrap();
+    stage.on_fetch(&mut resp, &session()).await.unwrap();
     let p = &resp.responses[0].partitions[0];
     (p.error_code, p.records.clone().unwrap())
 }
