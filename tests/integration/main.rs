@@ -13,6 +13,7 @@ mod encryption;
 mod fail_closed;
 mod groups;
 mod hardening;
+mod hostile_guests;
 mod kafkajs;
 mod kcat;
 mod kms_vault;

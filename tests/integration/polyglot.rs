@@ -1,8 +1,10 @@
 //! Policies in Python and JavaScript end to end, and the templates of every language.
 //!
-//! The example policies of `policies/python/` and `policies/js/` (tenant keys, PII fields, header
-//! gate, written on `guest-sdk/python` and `guest-sdk/js`) are built with the real toolchains
-//! (componentize-py, componentize-js), checked with `kapsule policy check`, bound in Kapsule, and
+//! The example policies of `policies/python/`, `policies/js/` and `policies/c/` (tenant keys, PII
+//! fields, header gate, written on `guest-sdk/python`, `guest-sdk/js` and `guest-sdk/c`; the C
+//! header gate directly on the generated bindings) are built with the real toolchains
+//! (componentize-py, componentize-js, wit-bindgen c + clang), checked with `kapsule policy check`,
+//! bound in Kapsule, and
 //! driven by a real client (confluent-kafka) on a real tansu broker: records are ciphertext at rest
 //! and clear text on consume. Each component is built once per test process, and not at all when it
 //! is newer than its sources, the SDK and the WIT (CI builds each example once).
@@ -28,10 +30,12 @@ use crate::policies::{binding, errors_of, POLICY_VIOLATION};
 const LIMITS: &str =
     "  limits:\n    call_timeout_ms: 5000\n    init_timeout_ms: 20000\n    memory_mib: 256\n";
 
+/// Language of a guest built by [`built`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lang {
+pub(crate) enum Lang {
     Python,
     Js,
+    C,
 }
 
 impl Lang {
@@ -39,14 +43,17 @@ impl Lang {
         match self {
             Lang::Python => "python",
             Lang::Js => "js",
+            Lang::C => "c",
         }
     }
 
-    /// Source directory of example `name` (Python packages use `_`, JS directories `-`).
+    /// Source directory of example `name` (Python packages use `_`, JS directories `-`), or the
+    /// source file of a C example (`policies/c/<name with _>.c`).
     fn example_dir(self, name: &str) -> PathBuf {
         let n = match self {
             Lang::Python => name.replace('-', "_"),
             Lang::Js => name.to_string(),
+            Lang::C => format!("{}.c", name.replace('-', "_")),
         };
         repo_root().join("policies").join(self.dir()).join(n)
     }
@@ -115,6 +122,21 @@ fn build_example(lang: Lang, name: &str) -> PathBuf {
                 .arg(&out);
             c
         }
+        // The C header gate is written on the generated bindings, without the SDK.
+        Lang::C if name == "header-gate" => {
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg("\"$0\" >/dev/null && cp target/header_gate.wasm \"$1\"")
+                .arg(root.join("policies/c/build.sh"))
+                .arg(&out)
+                .current_dir(root.join("policies/c"));
+            c
+        }
+        Lang::C => {
+            let mut c = Command::new(root.join("guest-sdk/c/build.sh"));
+            c.arg(&src).arg(&out);
+            c
+        }
     };
     let res = cmd.output().expect("run the policy build");
     assert!(
@@ -127,7 +149,9 @@ fn build_example(lang: Lang, name: &str) -> PathBuf {
     out
 }
 
-async fn built(lang: Lang, name: &'static str) -> PathBuf {
+/// `policies/<lang>/<name>` built into a component (once per test run; reused while newer than
+/// its sources, the SDK and the WIT).
+pub(crate) async fn built(lang: Lang, name: &'static str) -> PathBuf {
     tokio::task::spawn_blocking(move || build_example(lang, name))
         .await
         .unwrap()
@@ -165,11 +189,17 @@ async fn examples_through_kapsule(lang: Lang) {
     let tenant = built(lang, "tenant-keys").await;
     let pii = built(lang, "pii-fields").await;
     let gate = built(lang, "header-gate").await;
+    // The C example encrypts configured JSON pointers; the others find PII names at any depth.
+    let pii_config = if lang == Lang::C {
+        "fields=/customer/email,/items/0/phone"
+    } else {
+        ""
+    };
     // Each example passes `policy check` (which also compiles it into the module cache that the
     // Kapsule started below loads from).
     for (m, config, allowed) in [
         (&tenant, "", "tenant-*"),
-        (&pii, "", "pii-*"),
+        (&pii, pii_config, "pii-*"),
         (&gate, "kek-", "kek-*"),
     ] {
         let (ok, out) = policy_check(
@@ -191,7 +221,7 @@ async fn examples_through_kapsule(lang: Lang) {
     let kms = LocalKms::new().unwrap();
     let mut policy = format!("policy:\n  watch: false\n{LIMITS}  bindings:\n");
     policy += &binding("xtenant-", &tenant, "", &["tenant-*"]);
-    policy += &binding("xpii-", &pii, "", &["pii-$${topic}"]);
+    policy += &binding("xpii-", &pii, pii_config, &["pii-$${topic}"]);
     policy += &binding("xgate-", &gate, "kek-", &["kek-$${topic}"]);
     let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
     let b = kapsule.bootstrap();
@@ -297,6 +327,11 @@ async fn python_example_policies_through_kapsule() {
 #[tokio::test(flavor = "multi_thread")]
 async fn js_example_policies_through_kapsule() {
     examples_through_kapsule(Lang::Js).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn c_example_policies_through_kapsule() {
+    examples_through_kapsule(Lang::C).await;
 }
 
 /// `kapsule policy new NAME --lang LANG`, its one build command, then `kapsule policy check`
