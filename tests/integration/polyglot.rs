@@ -422,3 +422,52 @@ async fn template_js_builds_and_passes_check() {
 async fn template_c_builds_and_passes_check() {
     template_builds_and_passes_check("c").await;
 }
+
+/// Runs `program args` in the repository root; asserts success, showing its output otherwise.
+async fn run_in_repo(program: &str, args: &[&str]) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(program)
+            .args(args)
+            .current_dir(repo_root())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} {args:?} finishes"))
+    .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Python SDK and examples driven in CPython over the generated bindings (client, memo,
+/// reveal, exceptions failing closed, 0.1 signatures).
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_unit_tests_pass() {
+    run_in_repo("python3", &["guest-sdk/python/tests/test_sdk.py"]).await;
+}
+
+/// The JavaScript SDK and examples driven in Node, inlined as `build.mjs` does, and a TypeScript
+/// policy type-checked against `kapsule-policy.d.ts`.
+#[tokio::test(flavor = "multi_thread")]
+async fn js_sdk_unit_tests_and_types_pass() {
+    run_in_repo("node", &["--test", "guest-sdk/js/test/"]).await;
+    run_in_repo(
+        "guest-sdk/js/node_modules/.bin/tsc",
+        &[
+            "--noEmit",
+            "--strict",
+            "--target",
+            "es2022",
+            "--module",
+            "es2022",
+            "--moduleResolution",
+            "bundler",
+            "guest-sdk/js/test/types.ts",
+        ],
+    )
+    .await;
+}
