@@ -16,9 +16,15 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
+// Memory for `n` bytes of a result Kapsule frees after the call, or NULL for none: the generated
+// *_free functions free nothing of length 0, so a 1-byte placeholder would leak on every call.
+static void *result_alloc(size_t n) {
+  return n ? xmalloc(n) : NULL;
+}
+
 static void set_str(policy_string_t *s, const char *text) {
   size_t len = text ? strlen(text) : 0;
-  uint8_t *p = xmalloc(len);
+  uint8_t *p = result_alloc(len);
   if (len) memcpy(p, text, len);
   s->ptr = p;
   s->len = len;
@@ -135,7 +141,7 @@ static bool decision_eq(const kp_decision *a, const kp_decision *b) {
 
 static void strings_to_wit(policy_list_string_t *out, const char *const *items, size_t n) {
   out->len = n;
-  out->ptr = xmalloc(n * sizeof(policy_string_t));
+  out->ptr = result_alloc(n * sizeof(policy_string_t));
   for (size_t i = 0; i < n; i++) set_str(&out->ptr[i], items[i]);
 }
 
@@ -346,7 +352,7 @@ void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
   size_t *first = xmalloc(n * sizeof(size_t));  // record index of each distinct decision
   size_t nd = 0;
   ret->choices.len = n;
-  ret->choices.ptr = xmalloc(n * sizeof(uint32_t));
+  ret->choices.ptr = result_alloc(n * sizeof(uint32_t));
   for (size_t i = 0; i < n; i++) {
     size_t j;
     if (i > 0 && decision_eq(&out[i], &out[first[ret->choices.ptr[i - 1]]])) {
@@ -359,7 +365,7 @@ void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
     ret->choices.ptr[i] = (uint32_t)j;
   }
   ret->distinct.len = nd;
-  ret->distinct.ptr = xmalloc(nd * sizeof(wit_decision));
+  ret->distinct.ptr = result_alloc(nd * sizeof(wit_decision));
   for (size_t j = 0; j < nd; j++) decision_to_wit(&ret->distinct.ptr[j], &out[first[j]]);
 
   free(first);
