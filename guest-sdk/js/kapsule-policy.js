@@ -183,7 +183,7 @@ class RecordView {
     return out;
   }
   _find(name) {
-    const want = utf8Encoder.encode(name);
+    const want = encoded(name);
     const data = this._data;
     const end = this._rec.headersStart + this._rec.headersLen;
     outer: for (let i = this._rec.headersStart; i < end; i++) {
@@ -269,6 +269,17 @@ class Reveal {
 }
 Reveal.ALL = new Reveal('all');
 Reveal.CIPHERTEXT = new Reveal('ciphertext');
+
+// Header names as UTF-8, cached: policies ask for the same few names on every record.
+const ENCODED = new Map();
+function encoded(name) {
+  let b = ENCODED.get(name);
+  if (b === undefined) {
+    b = utf8Encoder.encode(name);
+    if (ENCODED.size < 256) ENCODED.set(name, b);
+  }
+  return b;
+}
 
 function decodeOrNull(bytes) {
   if (bytes === null) return null;

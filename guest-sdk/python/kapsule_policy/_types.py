@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json as _json
-from typing import Any, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 
 def expand_topic(template: str, topic: str) -> str:
@@ -373,6 +373,19 @@ Header = Tuple[bytes, Optional[bytes]]
 """One Kafka header: ``(key, value)``; ``value`` is ``None`` for a null value."""
 
 
+_ENCODED: dict = {}
+
+
+def _encoded(name: str) -> bytes:
+    """``name`` as UTF-8, cached: policies ask for the same few header names on every record."""
+    b = _ENCODED.get(name)
+    if b is None:
+        b = name.encode()
+        if len(_ENCODED) < 256:
+            _ENCODED[name] = b
+    return b
+
+
 class RecordView:
     """The parts of one record the topic plan asked for, read lazily from the batch.
 
@@ -419,20 +432,27 @@ class RecordView:
         return [(self._data[h.key.offset:h.key.offset + h.key.len], self._bytes(h.value))
                 for h in self._hdrs[start:start + self._rec.headers_len]]
 
-    def _find(self, name: bytes) -> Iterator[Any]:
+    def _find(self, name: str) -> Any:
+        """The first header named ``name`` (its generated ``HeaderView``), or ``None``."""
+        want = _encoded(name)
+        n = len(want)
         data = self._data
-        n = len(name)
-        start = self._rec.headers_start
-        for h in self._hdrs[start:start + self._rec.headers_len]:
+        rec = self._rec
+        hdrs = self._hdrs
+        for i in range(rec.headers_start, rec.headers_start + rec.headers_len):
+            h = hdrs[i]
             k = h.key
-            if k.len == n and data[k.offset:k.offset + n] == name:
-                yield h
+            if k.len == n and data.startswith(want, k.offset):
+                return h
+        return None
 
     def header(self, name: str) -> Optional[bytes]:
         """Value of the first header named ``name``, if present and not null."""
-        for h in self._find(name.encode()):
-            return self._bytes(h.value)
-        return None
+        h = self._find(name)
+        if h is None:
+            return None
+        v = h.value
+        return None if v is None else self._data[v.offset:v.offset + v.len]
 
     def header_str(self, name: str) -> Optional[str]:
         """As :meth:`header`, decoded as UTF-8 (``None`` if absent, null or not UTF-8)."""
@@ -446,9 +466,7 @@ class RecordView:
 
     def has_header(self, name: str) -> bool:
         """Whether a header named ``name`` is present (even with a null value)."""
-        for _ in self._find(name.encode()):
-            return True
-        return False
+        return self._find(name) is not None
 
     def key_str(self) -> Optional[str]:
         """The key as UTF-8 text, if present and valid."""
