@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::common::{assert_records_match, ck_consume, ck_produce};
 use crate::encryption::{consume_report, produce_report, read_direct, start_kapsule, topic};
 use crate::policies::{binding, errors_of, POLICY_VIOLATION};
-use crate::polyglot::{built, Lang};
+use crate::polyglot::{built, policy_check, Lang};
 
 /// Modes that must fail the produce, with the `/policies` counter that must move (if the host
 /// sees the failure at all: an exception the SDK turns into a refusal is an ordinary answer).
@@ -57,6 +57,21 @@ async fn hostile_guests_are_contained(lang: Lang) {
         .into_iter()
         .filter(|(mode, _)| lang != Lang::C || !matches!(*mode, "wrong-count" | "bad-index"))
         .collect();
+    // Well-behaved, the module passes `policy check`, which also compiles it into the module
+    // cache: the bindings below then load it without compiling it once each.
+    let (ok, report) = policy_check(
+        &module,
+        &[
+            "--config",
+            "ok",
+            "--allowed-key-id",
+            "kek-ok",
+            "--call-timeout-ms",
+            "5000",
+        ],
+    )
+    .await;
+    assert!(ok, "{lang:?}: {report}");
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
     // Generous call time for interpreted guests on a shared 2-core machine; the loop is still cut

@@ -158,7 +158,7 @@ pub(crate) async fn built(lang: Lang, name: &'static str) -> PathBuf {
 }
 
 /// Runs `kapsule policy check` with `args`; returns (success, stdout + stderr).
-async fn policy_check(module: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) async fn policy_check(module: &Path, args: &[&str]) -> (bool, String) {
     let mut c = tokio::process::Command::new(kapsule_bin().expect("kapsule binary"));
     c.arg("policy").arg("check").arg(module).args(args);
     let out = tokio::time::timeout(Duration::from_secs(300), c.output())
