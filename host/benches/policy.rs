@@ -3,6 +3,10 @@
 //!
 //! Run: `cargo bench -p kapsule --bench policy`. Policies are built from source first.
 
+#[path = "../test-support/policy_fixtures.rs"]
+mod fixtures;
+use fixtures::build_policies;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +15,6 @@ use criterion::{criterion_group, Criterion, Throughput};
 use kapsule::kafka::records::{Record, RecordHeader};
 use kapsule::plan::TopicPlan;
 use kapsule::policy::config::{BindingConfig, DecryptFailure, PolicyConfig};
-use kapsule::policy::fixtures::build_policies;
 use kapsule::policy::rules::TopicSelector;
 use kapsule::policy::PolicyRegistry;
 

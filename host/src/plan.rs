@@ -65,6 +65,17 @@ impl TopicPlan {
     pub fn encrypt_all(plan: EncryptionPlan) -> Self {
         Self::EncryptAll(Arc::new(plan))
     }
+
+    /// The plan's decision repeated for `n` records. A `per-record` plan, whose records are
+    /// decided one by one elsewhere, gives `pass` here.
+    pub fn repeated(&self, n: usize) -> Vec<RecordDecision> {
+        let d = match self {
+            TopicPlan::PassAll | TopicPlan::PerRecord(_) => RecordDecision::Pass,
+            TopicPlan::EncryptAll(p) => RecordDecision::Encrypt(p.clone()),
+            TopicPlan::RejectAll(m) => RecordDecision::Reject(m.clone()),
+        };
+        vec![d; n]
+    }
 }
 
 /// What a policy decided for a whole topic; computed once per topic and cached.

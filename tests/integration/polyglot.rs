@@ -16,8 +16,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use kapsule::policy::fixtures::repo_root;
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
+use kapsule_integration::policy_fixtures::repo_root;
 use kapsule_integration::{kapsule::kapsule_bin, Tansu, TestRecord};
 use serde_json::Value;
 

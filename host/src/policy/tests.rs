@@ -11,6 +11,7 @@ use super::fixtures::{build_policies, PolicyArtifacts};
 use super::rules::TopicSelector;
 use super::*;
 use crate::kafka::records::RecordHeader;
+use crate::plan::{EncryptionPlan, Needs, ValuePart};
 
 fn artifacts() -> PolicyArtifacts {
     build_policies().expect("policies build from source")
