@@ -425,7 +425,7 @@ impl PolicyRegistry {
                 let c = b.caller();
                 let m = b.module()?;
                 let plan = m.plan(&c, topic, principal)?;
-                match m.prepare_decide(&c, &plan, topic, base_timestamp, records)? {
+                match m.prepare_decide(&c, &plan, topic, principal, base_timestamp, records)? {
                     Decide::Done(d) => Ok(d),
                     Decide::Call(call) => call.run(&c),
                 }
@@ -481,7 +481,14 @@ impl PolicyRegistry {
         };
         // The module may be swapped meanwhile: this batch finishes under the version that
         // planned it.
-        match m.prepare_decide(&b.caller(), &plan, topic, base_timestamp, records)? {
+        match m.prepare_decide(
+            &b.caller(),
+            &plan,
+            topic,
+            principal,
+            base_timestamp,
+            records,
+        )? {
             Decide::Done(d) => Ok(d),
             Decide::Call(call) => self.blocking(i, move |b| call.run(&b.caller())).await,
         }

@@ -1097,3 +1097,56 @@ fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded(
     assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
     assert_eq!(reg.status().bindings[0].state, "ready");
 }
+
+#[test]
+fn v0_2_module_loads_and_reports_its_contract_version() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(a.path("encrypt-all"), "t", "{}", &["*"])],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    assert!(matches!(
+        reg.topic_plan("t").unwrap(),
+        TopicPlan::EncryptAll(_)
+    ));
+    assert_eq!(reg.status().bindings[0].wit_version, "0.2.0");
+}
+
+#[test]
+fn v0_1_module_still_loads_and_encrypts() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(
+            a.path("legacy-v0_1"),
+            "*",
+            "",
+            &["kek-legacy", "legacy-*"],
+        )],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    assert_eq!(reg.status().bindings[0].wit_version, "0.1.0");
+    match reg.topic_plan("orders").unwrap() {
+        TopicPlan::EncryptAll(p) => assert_eq!(p.key_id, "kek-legacy"),
+        other => panic!("{other:?}"),
+    }
+    let recs = vec![
+        record("a", &[("tenant", "acme")]),
+        record("b", &[]),
+        record("c", &[("tenant", "globex")]),
+    ];
+    let d = reg.decide("per-record.events", 0, &recs).unwrap();
+    assert_eq!(
+        d,
+        vec![
+            whole("legacy-acme"),
+            RecordDecision::Pass,
+            whole("legacy-globex")
+        ]
+    );
+    // A 0.1 module has no `reveal`: every principal reads all.
+    let alice = Principal::new("alice", crate::principal::AuthMechanism::SaslPlain);
+    assert_eq!(reg.reveal("orders", Some(&alice)).unwrap(), Reveal::All);
+    assert_eq!(reg.reveal("orders", None).unwrap(), Reveal::All);
+}

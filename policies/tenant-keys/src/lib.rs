@@ -7,7 +7,9 @@
 //! Tenant names must be 1..=64 characters of `[A-Za-z0-9_-]`; others are refused. Records
 //! without the header are refused (`on_missing: "reject"`, default) or passed (`"pass"`).
 
-use kapsule_policy::{export_policy, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+use kapsule_policy::{
+    export_policy, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, TopicPlan,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -75,11 +77,12 @@ impl Policy for TenantKeys {
         })
     }
 
-    fn plan(&self, _topic: &str) -> TopicPlan {
-        TopicPlan::PerRecord(Needs::none().with_headers())
+    fn plan(&self, _topic: &str, _client: &Client) -> TopicPlan {
+        // The decision depends only on the tenant header: Kapsule asks once per tenant.
+        TopicPlan::per_record(Needs::none().with_headers()).memo(MemoKey::header(&self.header))
     }
 
-    fn decide(&self, _topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, _topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         records
             .iter()
             .map(|r| match r.header_str(&self.header) {

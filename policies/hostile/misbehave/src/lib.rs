@@ -13,7 +13,9 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use kapsule_policy::{export_policy, log, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+use kapsule_policy::{
+    export_policy, log, Client, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan,
+};
 
 struct Misbehave {
     mode: String,
@@ -58,7 +60,7 @@ impl Policy for Misbehave {
         }
     }
 
-    fn plan(&self, _topic: &str) -> TopicPlan {
+    fn plan(&self, _topic: &str, _client: &Client) -> TopicPlan {
         match self.mode.as_str() {
             "loop-plan" => spin(),
             "snoop" => TopicPlan::RejectAll(snoop()),
@@ -66,13 +68,13 @@ impl Policy for Misbehave {
             "big-plan" => TopicPlan::RejectAll("p".repeat(8 << 20)),
             "print-init" => {
                 println!("planning a topic");
-                TopicPlan::PerRecord(Needs::none().with_value())
+                TopicPlan::per_record(Needs::none().with_value())
             }
-            _ => TopicPlan::PerRecord(Needs::none().with_value()),
+            _ => TopicPlan::per_record(Needs::none().with_value()),
         }
     }
 
-    fn decide(&self, _topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, _topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         let ok = || Decision::Encrypt(Encrypt::new("kek-ok").whole_value());
         match self.mode.as_str() {
             "loop-decide" => spin(),
