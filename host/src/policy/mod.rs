@@ -1,11 +1,13 @@
 //! Where encryption plans come from: built-in config rules and sandboxed Wasm policy components.
 //!
 //! The proxy talks to one type, [`PolicyRegistry`]:
-//! - [`PolicyRegistry::topic_plan`] once per produce batch (cached per topic and module version;
-//!   only a cache miss on a Wasm binding runs guest code);
-//! - [`PolicyRegistry::decide`] for topics whose plan is [`TopicPlan::PerRecord`]: one guest call
-//!   per record batch, showing only the parts the plan's [`Needs`] asked for;
-//! - [`PolicyRegistry::decrypt_settings`] on Fetch.
+//! - [`PolicyRegistry::topic_plan`] once per produce batch (cached per topic, client principal
+//!   and module version; only a cache miss on a Wasm binding runs guest code);
+//! - [`PolicyRegistry::decide`] for topics whose plan is [`TopicPlan::PerRecord`]: at most one
+//!   guest call per record batch, showing only the parts the plan's
+//!   [`Needs`](crate::plan::Needs) asked for (with a memo key, only records whose value has no
+//!   cached decision yet);
+//! - [`PolicyRegistry::decrypt_settings`] and [`PolicyRegistry::reveal`] on Fetch.
 //!
 //! Resolution order for a topic: the bindings in config order, then the rules in config order;
 //! the first match wins; a topic nothing matches is passed or rejected as `unmatched_topics` says.
@@ -378,8 +380,11 @@ impl PolicyRegistry {
 
     /// The plan for `topic` if it can be given without running guest code (rules, unmatched
     /// topics, or a plan cached for the current module version).
-    pub fn cached_topic_plan(&self, topic: &str) -> Option<TopicPlan> {
-        let principal = None;
+    pub fn cached_topic_plan(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Option<TopicPlan> {
         match self.resolve(topic) {
             Target::Rule(i) => Some(self.inner.rules[i].plan(topic)),
             Target::Unmatched => Some(self.unmatched_plan(topic)),
@@ -391,10 +396,14 @@ impl PolicyRegistry {
         }
     }
 
-    /// The plan for `topic`. Runs the guest's `plan` on the first call per topic and module
-    /// version (blocking, bounded by the call deadline); cached afterwards.
-    pub fn topic_plan(&self, topic: &str) -> Result<TopicPlan, PolicyError> {
-        let principal = None;
+    /// The plan for `topic` when `principal` (`None`: an unauthenticated connection) produces
+    /// to it. Runs the guest's `plan` on the first call per (topic, principal) and module version
+    /// (blocking, bounded by the call deadline); cached afterwards (bounded).
+    pub fn topic_plan(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<TopicPlan, PolicyError> {
         match self.resolve(topic) {
             Target::Rule(i) => Ok(self.inner.rules[i].plan(topic)),
             Target::Unmatched => Ok(self.unmatched_plan(topic)),
@@ -406,17 +415,17 @@ impl PolicyRegistry {
         }
     }
 
-    /// One decision per record, in order. For plans other than `per-record` the topic plan is
-    /// repeated; for `per-record` the guest's `decide` runs once for the whole slice (blocking,
-    /// bounded by the call deadline). `base_timestamp` is the batch's base timestamp; each
+    /// One decision per record produced by `principal`, in order. For plans other than
+    /// `per-record` the topic plan is repeated; for `per-record` the guest's `decide` runs at
+    /// most once for the whole slice (blocking, bounded by the call deadline). `base_timestamp` is the batch's base timestamp; each
     /// record's timestamp is `base_timestamp + timestamp_delta`.
     pub fn decide(
         &self,
         topic: &str,
+        principal: Option<&Principal>,
         base_timestamp: i64,
         records: &[Record],
     ) -> Result<Vec<RecordDecision>, PolicyError> {
-        let principal = None;
         match self.resolve(topic) {
             Target::Rule(i) => Ok(self.inner.rules[i].plan(topic).repeated(records.len())),
             Target::Unmatched => Ok(self.unmatched_plan(topic).repeated(records.len())),
@@ -425,7 +434,7 @@ impl PolicyRegistry {
                 let c = b.caller();
                 let m = b.module()?;
                 let plan = m.plan(&c, topic, principal)?;
-                match m.prepare_decide(&c, &plan, topic, base_timestamp, records)? {
+                match m.prepare_decide(&c, &plan, topic, principal, base_timestamp, records)? {
                     Decide::Done(d) => Ok(d),
                     Decide::Call(call) => call.run(&c),
                 }
@@ -435,8 +444,11 @@ impl PolicyRegistry {
 
     /// Async form of [`PolicyRegistry::topic_plan`]: answers inline when no guest code must run,
     /// otherwise on `spawn_blocking`.
-    pub async fn topic_plan_async(&self, topic: &str) -> Result<TopicPlan, PolicyError> {
-        let principal: Option<&Principal> = None;
+    pub async fn topic_plan_async(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<TopicPlan, PolicyError> {
         match self.resolve(topic) {
             Target::Binding(i) => {
                 let m = self.inner.bindings[i].module()?;
@@ -460,10 +472,10 @@ impl PolicyRegistry {
     pub async fn decide_async(
         &self,
         topic: &str,
+        principal: Option<&Principal>,
         base_timestamp: i64,
         records: &[Record],
     ) -> Result<Vec<RecordDecision>, PolicyError> {
-        let principal: Option<&Principal> = None;
         let i = match self.resolve(topic) {
             Target::Binding(i) => i,
             Target::Rule(i) => return Ok(self.inner.rules[i].plan(topic).repeated(records.len())),
@@ -481,7 +493,14 @@ impl PolicyRegistry {
         };
         // The module may be swapped meanwhile: this batch finishes under the version that
         // planned it.
-        match m.prepare_decide(&b.caller(), &plan, topic, base_timestamp, records)? {
+        match m.prepare_decide(
+            &b.caller(),
+            &plan,
+            topic,
+            principal,
+            base_timestamp,
+            records,
+        )? {
             Decide::Done(d) => Ok(d),
             Decide::Call(call) => self.blocking(i, move |b| call.run(&b.caller())).await,
         }

@@ -220,12 +220,16 @@ panic = "abort"
 [workspace]
 "#;
 
-const RUST_LIB: &str = r#"//! Kapsule policy `{name}`.
+const RUST_LIB: &str = r#"//! Kapsule policy `{name}` (contract `kapsule:policy@0.2.0`).
 //!
-//! Topics planned `PerRecord` are shown to `decide` once per record batch; everything else is
-//! decided once per topic in `plan` and cached by Kapsule.
+//! `plan` runs once per (topic, client principal) and is cached by Kapsule. Topics planned
+//! per-record are shown to `decide`; this one declares that its decision depends only on the
+//! `classification` header, so Kapsule asks once per distinct value and reuses the answer.
+//! `reveal` says what each principal may read in clear on Fetch.
 
-use kapsule_policy::{export_policy, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+use kapsule_policy::{
+    export_policy, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, Reveal, TopicPlan,
+};
 
 struct MyPolicy {
     /// Key-id prefix, from the binding's `config:` string.
@@ -238,17 +242,18 @@ impl Policy for MyPolicy {
         Ok(Self { key_prefix: key_prefix.to_string() })
     }
 
-    fn plan(&self, topic: &str) -> TopicPlan {
+    fn plan(&self, topic: &str, _client: &Client) -> TopicPlan {
         if topic.starts_with("public.") {
             TopicPlan::PassAll
         } else if topic.starts_with("mixed.") {
-            TopicPlan::PerRecord(Needs::none().with_headers())
+            TopicPlan::per_record(Needs::none().with_headers())
+                .memo(MemoKey::header("classification"))
         } else {
             TopicPlan::EncryptAll(Encrypt::new(format!("{}{topic}", self.key_prefix)).whole_value())
         }
     }
 
-    fn decide(&self, topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         let encrypt = Decision::Encrypt(Encrypt::new(format!("{}{topic}", self.key_prefix)).whole_value());
         records
             .iter()
@@ -257,6 +262,14 @@ impl Policy for MyPolicy {
                 _ => encrypt.clone(),
             })
             .collect()
+    }
+
+    fn reveal(&self, _topic: &str, client: &Client) -> Reveal {
+        match client.principal_name() {
+            // An unauthenticated client reads ciphertext only.
+            None => Reveal::Ciphertext,
+            Some(_) => Reveal::All,
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub struct BindingStatus {
     pub state: &'static str,
     /// SHA-256 of the version serving now (empty before the first load).
     pub content_hash: String,
+    /// The `kapsule:policy` contract the serving version implements (`0.1.0`, `0.2.0`; empty
+    /// before the first load).
+    pub wit_version: &'static str,
     /// When that version was loaded (Unix ms).
     pub loaded_at_unix_ms: u64,
     /// Live instances.
@@ -94,6 +97,7 @@ impl PolicyRegistry {
                             (None, false) => "loading",
                         },
                         content_hash: m.map(|m| m.hash().to_string()).unwrap_or_default(),
+                        wit_version: m.map_or("", |m| m.version().as_str()),
                         loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
                         instances: m.map_or(0, |m| m.live_instances()),
                         calls: s.calls.load(Relaxed),

@@ -13,7 +13,7 @@ use globset::GlobSet;
 use super::bindings::kapsule::policy::types as wit;
 use super::Caller;
 use crate::kafka::records::Record;
-use crate::plan::{EncryptionPlan, Needs, RecordDecision, TopicPlan, ValuePart};
+use crate::plan::{EncryptionPlan, MemoKey, Needs, RecordDecision, TopicPlan, ValuePart};
 use crate::policy::{validate_json_pointer, PolicyError};
 
 /// Longest key id a policy may name.
@@ -26,6 +26,9 @@ const MAX_REJECT_LEN: usize = 1024;
 #[derive(Debug)]
 pub(super) struct TopicEntry {
     pub(super) plan: TopicPlan,
+    /// What `decide` depends on (`none` unless the plan is `per-record`).
+    #[allow(dead_code)] // read by the memoizing decide, next
+    pub(super) memo: MemoKey,
     pub(super) allowed: GlobSet,
 }
 
@@ -36,17 +39,30 @@ pub(super) fn topic_entry(
     topic: &str,
 ) -> Result<TopicEntry, PolicyError> {
     let allowed = c.allowance(topic)?;
+    let mut memo = MemoKey::None;
     let plan = match raw {
         wit::TopicPlan::PassAll => TopicPlan::PassAll,
         wit::TopicPlan::RejectAll(m) => TopicPlan::RejectAll(truncate_msg(m)),
-        wit::TopicPlan::PerRecord(n) => TopicPlan::PerRecord(needs(n)),
+        wit::TopicPlan::PerRecord(p) => {
+            memo = match p.memo {
+                wit::MemoKey::None => MemoKey::None,
+                wit::MemoKey::Header(h) => MemoKey::Header(h),
+                wit::MemoKey::RecordKey => MemoKey::RecordKey,
+                wit::MemoKey::KeyPrefix(n) => MemoKey::KeyPrefix(n),
+            };
+            TopicPlan::PerRecord(needs(p.needs))
+        }
         wit::TopicPlan::EncryptAll(e) => TopicPlan::EncryptAll(
             encrypt(c, e, &allowed, topic, "plan")
                 .map(Arc::new)
                 .map_err(|e| c.fail(e, false))?,
         ),
     };
-    Ok(TopicEntry { plan, allowed })
+    Ok(TopicEntry {
+        plan,
+        memo,
+        allowed,
+    })
 }
 
 fn needs(n: wit::Needs) -> Needs {

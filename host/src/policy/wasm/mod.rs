@@ -44,13 +44,43 @@ use super::config::LimitsConfig;
 use super::stats::BindingStats;
 use super::PolicyError;
 
-/// Bindings generated from `wit/policy.wit`.
+/// Bindings generated from `wit/policy.wit` (`kapsule:policy@0.2.0`): the host's own vocabulary
+/// for talking to guests of every version.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "kapsule:policy/policy",
+        world: "kapsule:policy/policy@0.2.0",
         additional_derives: [PartialEq, Eq],
     });
+}
+
+/// Bindings generated from `wit/v0.1/policy.wit` (`kapsule:policy@0.1.0`): only to link and
+/// recognize 0.1 components; their answers are lifted into the 0.2 types (see [`lift`]).
+pub(crate) mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1",
+        world: "kapsule:policy/policy@0.1.0",
+    });
+}
+
+/// The contract version a component implements, recognized at load time by its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WitVersion {
+    /// `kapsule:policy@0.1.0`: `plan(topic)`, `decide(topic, batch)`, no `reveal`. Such a module
+    /// sees no client, declares no memo key, and lets every principal read all.
+    V0_1,
+    /// `kapsule:policy@0.2.0`.
+    V0_2,
+}
+
+impl WitVersion {
+    /// `0.1.0` or `0.2.0`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "0.1.0",
+            WitVersion::V0_2 => "0.2.0",
+        }
+    }
 }
 
 /// The binding a guest call is made for: how errors name it, which key ids its answers may use,
@@ -258,9 +288,16 @@ impl WasmRuntime {
         wasi::add_to_linker(&mut linker)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the (deny-all) WASI interfaces")?;
+        // Both worlds import a root `log` with structurally equal types; the 0.2 definition,
+        // added last, serves both. The 0.1 one only contributes its (empty) types instance.
+        linker.allow_shadowing(true);
+        bindings_v0_1::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("{e:#}"))
+            .context("linking the kapsule:policy@0.1.0 imports")?;
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("{e:#}"))
-            .context("linking the policy imports")?;
+            .context("linking the kapsule:policy@0.2.0 imports")?;
+        linker.allow_shadowing(false);
         let cache = cache::CompileCache::open(cache_dir)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -384,18 +421,29 @@ impl WasmRuntime {
                     path.display()
                 )
             })?;
-        bindings::PolicyPre::new(pre.clone())
-            .map_err(|e| anyhow!("{e:#}"))
-            .with_context(|| {
-                format!(
-                    "policy module {} does not implement the kapsule:policy/policy world \
-                     (exports init, plan, decide)",
+        let version = match bindings::PolicyPre::new(pre.clone()) {
+            Ok(_) => WitVersion::V0_2,
+            Err(v2) => match bindings_v0_1::PolicyPre::new(pre.clone()) {
+                Ok(_) => WitVersion::V0_1,
+                Err(v1) => anyhow::bail!(
+                    "policy module {} implements neither kapsule:policy@0.2.0 (exports init, \
+                     plan, decide, reveal: {v2:#}) nor kapsule:policy@0.1.0 (exports init, plan, \
+                     decide: {v1:#})",
                     path.display()
-                )
-            })?;
-        LoadedModule::new(self.clone(), pre, file.hash.clone(), path, config, log)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("initializing policy module {}", path.display()))
+                ),
+            },
+        };
+        LoadedModule::new(
+            self.clone(),
+            pre,
+            version,
+            file.hash.clone(),
+            path,
+            config,
+            log,
+        )
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("initializing policy module {}", path.display()))
     }
 }
 

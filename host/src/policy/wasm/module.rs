@@ -14,7 +14,7 @@ use super::answer::{self, TopicEntry};
 use super::bindings::kapsule::policy::types as wit;
 use super::host::{HostState, LogSink};
 use super::keyed::TopicPrincipalMap;
-use super::{lift, Caller, WasmRuntime, TICK};
+use super::{lift, Caller, WasmRuntime, WitVersion, TICK};
 use crate::kafka::records::Record;
 use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::PolicyError;
@@ -35,6 +35,9 @@ struct Instance {
 struct Exports {
     plan: Func,
     decide: Func,
+    /// `None` for 0.1 modules.
+    #[allow(dead_code)] // called by `reveal`, next
+    reveal: Option<Func>,
 }
 
 struct PoolState {
@@ -53,6 +56,7 @@ struct Pool {
 pub struct LoadedModule {
     runtime: Arc<WasmRuntime>,
     pre: InstancePre<HostState>,
+    version: WitVersion,
     hash: String,
     path: PathBuf,
     config: String,
@@ -87,6 +91,7 @@ pub(crate) struct DecideCall {
     module: Arc<LoadedModule>,
     plan: Plan,
     topic: String,
+    principal: Option<Principal>,
     batch: wit::BatchView,
 }
 
@@ -146,6 +151,7 @@ impl LoadedModule {
     pub(super) fn new(
         runtime: Arc<WasmRuntime>,
         pre: InstancePre<HostState>,
+        version: WitVersion,
         hash: String,
         path: &Path,
         config: &str,
@@ -155,6 +161,7 @@ impl LoadedModule {
         let module = LoadedModule {
             runtime,
             pre,
+            version,
             hash,
             path: path.to_path_buf(),
             config: config.to_string(),
@@ -181,7 +188,20 @@ impl LoadedModule {
 
     /// The validated plan of `topic` for `principal` if this version has computed it.
     pub(crate) fn cached_plan(&self, topic: &str, principal: Option<&Principal>) -> Option<Plan> {
-        self.plans.get(topic, principal)
+        self.plans.get(topic, self.client_key(principal))
+    }
+
+    /// The principal answers are cached under: none for 0.1 modules, which never see it.
+    fn client_key<'p>(&self, principal: Option<&'p Principal>) -> Option<&'p Principal> {
+        match self.version {
+            WitVersion::V0_1 => None,
+            WitVersion::V0_2 => principal,
+        }
+    }
+
+    /// The contract version the module implements.
+    pub(crate) fn version(&self) -> WitVersion {
+        self.version
     }
 
     /// The validated plan of `topic` for `principal`: cached, or computed by the guest's `plan`
@@ -192,11 +212,13 @@ impl LoadedModule {
         topic: &str,
         principal: Option<&Principal>,
     ) -> Result<Plan, PolicyError> {
+        // A 0.1 plan cannot depend on the client: one entry serves every principal.
+        let principal = self.client_key(principal);
         if let Some(p) = self.plans.get(topic, principal) {
             return Ok(p);
         }
         let started = Instant::now();
-        let raw = self.call_plan(topic);
+        let raw = self.call_plan(topic, principal);
         c.stats.record_call(started.elapsed());
         let raw = raw.map_err(|e| c.call_failed(e))?;
         let plan = Plan(Arc::new(answer::topic_entry(c, raw, topic)?));
@@ -213,6 +235,7 @@ impl LoadedModule {
         c: &Caller<'_>,
         plan: &Plan,
         topic: &str,
+        principal: Option<&Principal>,
         base_timestamp: i64,
         records: &[Record],
     ) -> Result<Decide, PolicyError> {
@@ -226,6 +249,7 @@ impl LoadedModule {
             module: self.clone(),
             plan: plan.clone(),
             topic: topic.to_string(),
+            principal: self.client_key(principal).cloned(),
             batch,
         }))
     }
@@ -277,13 +301,21 @@ impl LoadedModule {
         let init = export(&mut store, "init")?;
         let plan = export(&mut store, "plan")?;
         let decide = export(&mut store, "decide")?;
+        let reveal = match self.version {
+            WitVersion::V0_1 => None,
+            WitVersion::V0_2 => Some(export(&mut store, "reveal")?),
+        };
         let answer = init
             .typed::<(&str,), (Result<(), String>,)>(&store)
             .and_then(|f| f.call(&mut store, (self.config.as_str(),)));
         match answer {
             Ok((Ok(()),)) => Ok(Instance {
                 store,
-                exports: Exports { plan, decide },
+                exports: Exports {
+                    plan,
+                    decide,
+                    reveal,
+                },
             }),
             Ok((Err(msg),)) => Err(CallError::Unavailable(format!(
                 "init refused its config: {}",
@@ -378,29 +410,85 @@ impl LoadedModule {
     }
 
     /// Calls the guest's `plan` under the call deadline.
-    fn call_plan(&self, topic: &str) -> Result<wit::TopicPlan, CallError> {
+    fn call_plan(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<wit::TopicPlan, CallError> {
         self.with_instance(self.runtime.limits.call_timeout, |store, ex| {
-            let f = ex.plan.typed::<(&str,), (lift::RawTopicPlan,)>(&*store)?;
-            let (raw,) = f.call(&mut *store, (topic,))?;
-            Ok(raw.into())
+            Ok(match self.version {
+                WitVersion::V0_1 => {
+                    let f = ex
+                        .plan
+                        .typed::<(&str,), (lift::RawTopicPlanV0_1,)>(&*store)?;
+                    f.call(&mut *store, (topic,))?.0.into()
+                }
+                WitVersion::V0_2 => {
+                    let f = ex
+                        .plan
+                        .typed::<(&str, &wit::Client), (lift::RawTopicPlan,)>(&*store)?;
+                    f.call(&mut *store, (topic, &client(principal)))?.0.into()
+                }
+            })
         })
     }
 
     /// Calls the guest's `decide` under the deadline for a batch of this size
-    /// ([`Limits::decide_budget`]).
+    /// ([`super::Limits::decide_budget`]).
     fn call_decide(
         &self,
         topic: &str,
+        principal: Option<&Principal>,
         batch: &wit::BatchView,
     ) -> Result<wit::Decisions, CallError> {
         let budget = self.runtime.limits.decide_budget(batch.records.len());
         self.with_instance(budget, |store, ex| {
-            let f = ex
-                .decide
-                .typed::<(&str, &wit::BatchView), (lift::RawDecisions,)>(&*store)?;
-            let (raw,) = f.call(&mut *store, (topic, batch))?;
+            let (raw,) = match self.version {
+                WitVersion::V0_1 => ex
+                    .decide
+                    .typed::<(&str, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
+                    .call(&mut *store, (topic, batch))?,
+                WitVersion::V0_2 => ex
+                    .decide
+                    .typed::<(&str, &wit::Client, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
+                    .call(&mut *store, (topic, &client(principal), batch))?,
+            };
             Ok(raw.into())
         })
+    }
+
+    /// Calls the guest's `reveal` under the call deadline; a 0.1 module (no `reveal`) reveals
+    /// all.
+    #[allow(dead_code)] // wired to `Binding::reveal` next
+    fn call_reveal(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<wit::Reveal, CallError> {
+        self.with_instance(self.runtime.limits.call_timeout, |store, ex| {
+            let Some(reveal) = ex.reveal else {
+                return Ok(wit::Reveal::All);
+            };
+            let f = reveal.typed::<(&str, &wit::Client), (lift::RawReveal,)>(&*store)?;
+            Ok(f.call(&mut *store, (topic, &client(principal)))?.0.into())
+        })
+    }
+}
+
+/// The `client` argument of a guest call.
+fn client(principal: Option<&Principal>) -> wit::Client {
+    use crate::principal::AuthMechanism as M;
+    wit::Client {
+        principal: principal.map(|p| wit::Principal {
+            name: p.name().to_string(),
+            mechanism: match p.mechanism() {
+                M::SaslPlain => wit::AuthMechanism::SaslPlain,
+                M::SaslScramSha256 => wit::AuthMechanism::SaslScramSha256,
+                M::SaslScramSha512 => wit::AuthMechanism::SaslScramSha512,
+                M::SaslOauthBearer => wit::AuthMechanism::SaslOauthbearer,
+                M::TlsClientCertificate => wit::AuthMechanism::Mtls,
+            },
+        }),
     }
 }
 
@@ -410,7 +498,9 @@ impl DecideCall {
     pub(crate) fn run(self, c: &Caller<'_>) -> Result<Vec<RecordDecision>, PolicyError> {
         let n = self.batch.records.len();
         let started = Instant::now();
-        let raw = self.module.call_decide(&self.topic, &self.batch);
+        let raw = self
+            .module
+            .call_decide(&self.topic, self.principal.as_ref(), &self.batch);
         c.stats.record_call(started.elapsed());
         let raw = raw.map_err(|e| c.call_failed(e))?;
         let (distinct, choices) = answer::decisions(c, raw, n, &self.plan.0, &self.topic)?;
