@@ -26,7 +26,7 @@ wcl="$sysroot_rustc/lib/rustlib/$(rustc -vV | sed -n 's/host: //p')/bin/wasm-com
 out="$here/target"
 gen="$out/gen"
 mkdir -p "$gen"
-wit-bindgen c ../../wit/v0.1 --world kapsule:policy/policy@0.1.0 --out-dir "$gen" >/dev/null
+wit-bindgen c ../../wit --world kapsule:policy/policy --out-dir "$gen" >/dev/null
 cflags=(--target=wasm32-wasi -O2 -Wall -Wextra -Werror -Wno-unused-parameter -I "$gen")
 clang "${cflags[@]}" -c "$gen/policy.c" -o "$out/policy.o"
 clang "${cflags[@]}" -c header_gate.c -o "$out/header_gate.o"
