@@ -16,9 +16,15 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
+// Memory for `n` bytes of a result Kapsule frees after the call, or NULL for none: the generated
+// *_free functions free nothing of length 0, so a 1-byte placeholder would leak on every call.
+static void *result_alloc(size_t n) {
+  return n ? xmalloc(n) : NULL;
+}
+
 static void set_str(policy_string_t *s, const char *text) {
   size_t len = text ? strlen(text) : 0;
-  uint8_t *p = xmalloc(len);
+  uint8_t *p = result_alloc(len);
   if (len) memcpy(p, text, len);
   s->ptr = p;
   s->len = len;
@@ -71,6 +77,33 @@ kp_decision kp_decide_reject(const char *message) {
   return d;
 }
 
+bool kp_client_is(const kp_client *client, const char *name) {
+  return client != NULL && client->authenticated && kp_str_eq(client->name, name);
+}
+
+kp_memo kp_memo_header(const char *name) {
+  kp_memo m = {.kind = KP_MEMO_HEADER, .header = name};
+  return m;
+}
+
+kp_memo kp_memo_record_key(void) {
+  kp_memo m = {.kind = KP_MEMO_RECORD_KEY};
+  return m;
+}
+
+kp_memo kp_memo_key_prefix(uint32_t n) {
+  kp_memo m = {.kind = KP_MEMO_KEY_PREFIX, .prefix_len = n};
+  return m;
+}
+
+// The default reveal: everything. A policy that defines kp_policy_reveal overrides it.
+__attribute__((weak)) kp_reveal kp_policy_reveal(kp_str topic, const kp_client *client) {
+  kp_reveal r;
+  memset(&r, 0, sizeof r);
+  r.kind = KP_REVEAL_ALL;
+  return r;
+}
+
 void kp_log(int level, const char *message) {
   policy_string_t m;
   policy_string_set(&m, message);
@@ -108,7 +141,7 @@ static bool decision_eq(const kp_decision *a, const kp_decision *b) {
 
 static void strings_to_wit(policy_list_string_t *out, const char *const *items, size_t n) {
   out->len = n;
-  out->ptr = xmalloc(n * sizeof(policy_string_t));
+  out->ptr = result_alloc(n * sizeof(policy_string_t));
   for (size_t i = 0; i < n; i++) set_str(&out->ptr[i], items[i]);
 }
 
@@ -142,6 +175,20 @@ static void decision_to_wit(wit_decision *w, const kp_decision *d) {
   }
 }
 
+static kp_client client_from_wit(const policy_client_t *c) {
+  kp_client out;
+  memset(&out, 0, sizeof out);
+  if (c->principal.is_some) {
+    out.authenticated = true;
+    out.name.ptr = (const char *)c->principal.val.name.ptr;
+    out.name.len = c->principal.val.name.len;
+    out.mechanism = (kp_auth_mechanism)c->principal.val.mechanism;
+  } else {
+    out.name.ptr = "";
+  }
+  return out;
+}
+
 static bool g_ready = false;
 
 bool exports_policy_init(policy_string_t *config, policy_string_t *err) {
@@ -159,27 +206,59 @@ bool exports_policy_init(policy_string_t *config, policy_string_t *err) {
   return true;
 }
 
-void exports_policy_plan(policy_string_t *topic, kapsule_policy_types_topic_plan_t *ret) {
+void exports_policy_plan(policy_string_t *topic, policy_client_t *client,
+                         kapsule_policy_types_topic_plan_t *ret) {
   memset(ret, 0, sizeof *ret);
   if (!g_ready) {
     ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL;
     set_str(&ret->val.reject_all, "policy used before init");
+    policy_client_free(client);
     policy_string_free(topic);
     return;
   }
   kp_str t = {(const char *)topic->ptr, topic->len};
-  kp_plan p = kp_policy_plan(t);
+  kp_client c = client_from_wit(client);
+  kp_plan p = kp_policy_plan(t, &c);
   switch (p.kind) {
     case KP_PLAN_ENCRYPT_ALL:
       ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_ENCRYPT_ALL;
       encrypt_to_wit(&ret->val.encrypt_all, &p.encrypt);
       break;
-    case KP_PLAN_PER_RECORD:
+    case KP_PLAN_PER_RECORD: {
       ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_PER_RECORD;
-      ret->val.per_record = (p.needs & KP_NEEDS_KEY ? KAPSULE_POLICY_TYPES_NEEDS_KEY : 0) |
-                            (p.needs & KP_NEEDS_VALUE ? KAPSULE_POLICY_TYPES_NEEDS_VALUE : 0) |
-                            (p.needs & KP_NEEDS_HEADERS ? KAPSULE_POLICY_TYPES_NEEDS_HEADERS : 0);
+      kapsule_policy_types_per_record_plan_t *pr = &ret->val.per_record;
+      unsigned needs = p.needs;
+      switch (p.memo.kind) {
+        case KP_MEMO_HEADER:
+          if (p.memo.header == NULL || p.memo.header[0] == 0) {
+            // A memo on no header cannot be honoured: refuse the topic (fail closed).
+            ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL;
+            set_str(&ret->val.reject_all, "policy plan: kp_memo_header needs a header name");
+            policy_client_free(client);
+            policy_string_free(topic);
+            return;
+          }
+          pr->memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_HEADER;
+          set_str(&pr->memo.val.header, p.memo.header);
+          needs |= KP_NEEDS_HEADERS;
+          break;
+        case KP_MEMO_RECORD_KEY:
+          pr->memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_RECORD_KEY;
+          needs |= KP_NEEDS_KEY;
+          break;
+        case KP_MEMO_KEY_PREFIX:
+          pr->memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_KEY_PREFIX;
+          pr->memo.val.key_prefix = p.memo.prefix_len;
+          needs |= KP_NEEDS_KEY;
+          break;
+        default:
+          pr->memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_NONE;
+      }
+      pr->needs = (needs & KP_NEEDS_KEY ? KAPSULE_POLICY_TYPES_NEEDS_KEY : 0) |
+                  (needs & KP_NEEDS_VALUE ? KAPSULE_POLICY_TYPES_NEEDS_VALUE : 0) |
+                  (needs & KP_NEEDS_HEADERS ? KAPSULE_POLICY_TYPES_NEEDS_HEADERS : 0);
       break;
+    }
     case KP_PLAN_REJECT_ALL:
       ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL;
       set_str(&ret->val.reject_all, p.message ? p.message : "rejected by policy");
@@ -187,6 +266,43 @@ void exports_policy_plan(policy_string_t *topic, kapsule_policy_types_topic_plan
     default:
       ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_PASS_ALL;
   }
+  policy_client_free(client);
+  policy_string_free(topic);
+}
+
+void exports_policy_reveal(policy_string_t *topic, policy_client_t *client, policy_reveal_t *ret) {
+  memset(ret, 0, sizeof *ret);
+  kp_reveal r;
+  if (g_ready) {
+    kp_str t = {(const char *)topic->ptr, topic->len};
+    kp_client c = client_from_wit(client);
+    r = kp_policy_reveal(t, &c);
+  } else {
+    memset(&r, 0, sizeof r);
+    r.kind = KP_REVEAL_DENY;
+    r.message = "policy used before init";
+  }
+  switch (r.kind) {
+    case KP_REVEAL_ALL:
+      ret->tag = KAPSULE_POLICY_TYPES_REVEAL_ALL;
+      break;
+    case KP_REVEAL_PARTS:
+      ret->tag = KAPSULE_POLICY_TYPES_REVEAL_PARTS;
+      ret->val.parts.value = r.value;
+      strings_to_wit(&ret->val.parts.json_fields, r.json_fields, r.json_fields_len);
+      ret->val.parts.record_key = r.record_key;
+      strings_to_wit(&ret->val.parts.headers, r.headers, r.headers_len);
+      break;
+    case KP_REVEAL_CIPHERTEXT:
+      ret->tag = KAPSULE_POLICY_TYPES_REVEAL_CIPHERTEXT;
+      break;
+    default:
+      // KP_REVEAL_DENY, or a value outside the enum: deny (fail closed).
+      ret->tag = KAPSULE_POLICY_TYPES_REVEAL_DENY;
+      set_str(&ret->val.deny, r.kind == KP_REVEAL_DENY && r.message ? r.message
+                                                                      : "policy denies this reader");
+  }
+  policy_client_free(client);
   policy_string_free(topic);
 }
 
@@ -200,8 +316,8 @@ static kp_bytes span(const policy_batch_view_t *b, uint32_t offset, uint32_t len
   return out;
 }
 
-void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
-                           policy_decisions_t *ret) {
+void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
+                           policy_batch_view_t *batch, policy_decisions_t *ret) {
   size_t n = batch->records.len;
   size_t nh = batch->headers.len;
   kp_header *headers = xmalloc(nh * sizeof(kp_header));
@@ -226,7 +342,8 @@ void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
   if (out == NULL) abort();
   kp_str t = {(const char *)topic->ptr, topic->len};
   if (g_ready) {
-    kp_policy_decide(t, records, n, out);
+    kp_client c = client_from_wit(client);
+    kp_policy_decide(t, &c, records, n, out);
   } else {
     for (size_t i = 0; i < n; i++) out[i] = kp_decide_reject("policy used before init");
   }
@@ -235,7 +352,7 @@ void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
   size_t *first = xmalloc(n * sizeof(size_t));  // record index of each distinct decision
   size_t nd = 0;
   ret->choices.len = n;
-  ret->choices.ptr = xmalloc(n * sizeof(uint32_t));
+  ret->choices.ptr = result_alloc(n * sizeof(uint32_t));
   for (size_t i = 0; i < n; i++) {
     size_t j;
     if (i > 0 && decision_eq(&out[i], &out[first[ret->choices.ptr[i - 1]]])) {
@@ -248,7 +365,7 @@ void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
     ret->choices.ptr[i] = (uint32_t)j;
   }
   ret->distinct.len = nd;
-  ret->distinct.ptr = xmalloc(nd * sizeof(wit_decision));
+  ret->distinct.ptr = result_alloc(nd * sizeof(wit_decision));
   for (size_t j = 0; j < nd; j++) decision_to_wit(&ret->distinct.ptr[j], &out[first[j]]);
 
   free(first);
@@ -256,5 +373,6 @@ void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
   free(records);
   free(headers);
   policy_batch_view_free(batch);
+  policy_client_free(client);
   policy_string_free(topic);
 }

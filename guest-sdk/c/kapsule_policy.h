@@ -2,12 +2,19 @@
 //
 // A policy is a WebAssembly component implementing the `kapsule:policy/policy` world
 // (wit/policy.wit). This SDK implements the component's exports over the bindings `wit-bindgen c`
-// generates, and calls three functions you write:
+// generates, and calls the functions you write:
 //
 //   const char *kp_policy_init(const char *config, size_t len);     // NULL = accepted
-//   kp_plan     kp_policy_plan(kp_str topic);                        // once per topic, cached
-//   void        kp_policy_decide(kp_str topic, const kp_record *records, size_t n,
-//                                kp_decision *out);                  // one decision per record
+//   kp_plan     kp_policy_plan(kp_str topic, const kp_client *client);  // once per (topic,
+//                                                                        // principal), cached
+//   void        kp_policy_decide(kp_str topic, const kp_client *client, const kp_record *records,
+//                                size_t n, kp_decision *out);     // one decision per record
+//   kp_reveal   kp_policy_reveal(kp_str topic, const kp_client *client);  // optional: the SDK's
+//                                                                // default reveals everything
+//
+// `client` is who produced or fetches (`authenticated` false on a connection without
+// authentication). A per-record plan may declare what its decision depends on
+// (`.memo = kp_memo_header("tenant")`): Kapsule then asks once per distinct value and caches.
 //
 // `decide` sees one kp_record per record (spans of the flat batch resolved to pointers) and writes
 // one kp_decision per record into `out`; the SDK packs equal decisions into one entry and copies
@@ -16,7 +23,8 @@
 //
 // Build: guest-sdk/c/build.sh policy.c policy.wasm (wit-bindgen c 0.60 + clang for wasm32-wasi +
 // wasm-component-ld; scripts/install-policy-toolchains.sh installs them).
-// The sandbox grants no files, network, environment or clocks; printf output is discarded.
+// The sandbox grants no files, network, environment or clocks; printf/fprintf(stderr) output goes
+// to Kapsule's rate-limited policy log (line by line), as kp_log does. Never log record contents.
 #ifndef KAPSULE_POLICY_H
 #define KAPSULE_POLICY_H
 
@@ -86,6 +94,38 @@ typedef struct {
   const char *message;
 } kp_decision;
 
+/// How a client authenticated (the WIT `auth-mechanism`, same order).
+typedef enum {
+  KP_AUTH_SASL_PLAIN = 0,
+  KP_AUTH_SASL_SCRAM_SHA256,
+  KP_AUTH_SASL_SCRAM_SHA512,
+  KP_AUTH_SASL_OAUTHBEARER,
+  KP_AUTH_MTLS
+} kp_auth_mechanism;
+
+/// The client connection a call is made for. Valid only during the call.
+typedef struct {
+  /// False on a connection without authentication (`name` is then empty).
+  bool authenticated;
+  /// SASL user name, OAuth subject or certificate subject (not NUL-terminated).
+  kp_str name;
+  /// How `name` was established (meaningful only when `authenticated`).
+  kp_auth_mechanism mechanism;
+} kp_client;
+
+/// What a per-record decision depends on. A promise: two records with the same value get the same
+/// decision, so Kapsule calls decide once per distinct value and caches the answer. A zeroed
+/// kp_memo is KP_MEMO_NONE (every record is decided).
+typedef enum { KP_MEMO_NONE = 0, KP_MEMO_HEADER, KP_MEMO_RECORD_KEY, KP_MEMO_KEY_PREFIX } kp_memo_kind;
+
+typedef struct {
+  kp_memo_kind kind;
+  /// For KP_MEMO_HEADER: the header name (first header with it; absent and null are values too).
+  const char *header;
+  /// For KP_MEMO_KEY_PREFIX: number of leading key bytes.
+  uint32_t prefix_len;
+} kp_memo;
+
 /// Parts of each record `decide` needs (bit flags; asking for less is faster).
 enum { KP_NEEDS_KEY = 1, KP_NEEDS_VALUE = 2, KP_NEEDS_HEADERS = 4 };
 
@@ -96,21 +136,49 @@ typedef struct {
   kp_plan_kind kind;
   /// For KP_PLAN_ENCRYPT_ALL.
   kp_encrypt encrypt;
-  /// For KP_PLAN_PER_RECORD: KP_NEEDS_* bits.
+  /// For KP_PLAN_PER_RECORD: KP_NEEDS_* bits. The part `memo` names is added by the SDK.
   unsigned needs;
+  /// For KP_PLAN_PER_RECORD: what the decision depends on (zeroed: every record decided).
+  kp_memo memo;
   /// For KP_PLAN_REJECT_ALL.
   const char *message;
 } kp_plan;
+
+typedef enum { KP_REVEAL_ALL = 0, KP_REVEAL_PARTS, KP_REVEAL_CIPHERTEXT, KP_REVEAL_DENY } kp_reveal_kind;
+
+/// What a client may read in clear of a topic's encrypted records on Fetch. A zeroed kp_reveal is
+/// KP_REVEAL_ALL. Strings are NUL-terminated and borrowed (copied by the SDK).
+typedef struct {
+  kp_reveal_kind kind;
+  /// KP_REVEAL_PARTS: decrypt the whole value, or every encrypted JSON field.
+  bool value;
+  /// KP_REVEAL_PARTS with `value` false: decrypt only the encrypted JSON fields at these pointers.
+  const char *const *json_fields;
+  size_t json_fields_len;
+  /// KP_REVEAL_PARTS: decrypt the record key.
+  bool record_key;
+  /// KP_REVEAL_PARTS: decrypt the encrypted headers with these names.
+  const char *const *headers;
+  size_t headers_len;
+  /// KP_REVEAL_DENY: the message (the fetch fails with TOPIC_AUTHORIZATION_FAILED).
+  const char *message;
+} kp_reveal;
 
 // ---- written by the policy author -------------------------------------------------------------
 
 /// Builds the policy from the binding's config (NUL-terminated copy, `len` bytes). Returns NULL to
 /// accept, or a message refusing the module (shown to the operator; static or malloc'd).
 const char *kp_policy_init(const char *config, size_t len);
-/// Decides a whole topic. Called once per topic and module version.
-kp_plan kp_policy_plan(kp_str topic);
+/// Decides a whole topic for records produced by `client`. Called once per (topic, client
+/// principal) and module version; cached.
+kp_plan kp_policy_plan(kp_str topic, const kp_client *client);
 /// Writes one decision per record into `out` (`n` entries, zeroed = pass) for per-record topics.
-void kp_policy_decide(kp_str topic, const kp_record *records, size_t n, kp_decision *out);
+/// With a memo, `records` holds one record per value not cached yet.
+void kp_policy_decide(kp_str topic, const kp_client *client, const kp_record *records, size_t n,
+                      kp_decision *out);
+/// What `client` may read in clear of `topic` on Fetch. Optional: the SDK defines a weak default
+/// that reveals everything; define this function to override it. Cached per (topic, principal).
+kp_reveal kp_policy_reveal(kp_str topic, const kp_client *client);
 
 // ---- helpers ------------------------------------------------------------------------------------
 
@@ -127,6 +195,14 @@ kp_encrypt kp_encrypt_whole(const char *key_id);
 kp_decision kp_decide_encrypt(kp_encrypt e);
 /// A decision to refuse the record with `message`.
 kp_decision kp_decide_reject(const char *message);
+/// True if `client` authenticated with exactly the name `name`.
+bool kp_client_is(const kp_client *client, const char *name);
+/// Memo on the first header named `name` (a static or long-lived string).
+kp_memo kp_memo_header(const char *name);
+/// Memo on the whole record key.
+kp_memo kp_memo_record_key(void);
+/// Memo on the first `n` bytes of the record key.
+kp_memo kp_memo_key_prefix(uint32_t n);
 /// Sends a message to Kapsule's log (levels 0 trace .. 4 error; rate-limited, truncated).
 void kp_log(int level, const char *message);
 

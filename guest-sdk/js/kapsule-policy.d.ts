@@ -45,7 +45,25 @@ export class Decision {
   static reject(message: string): Decision;
 }
 
-/** The answer for a whole topic, computed once and cached by Kapsule. */
+/**
+ * What a per-record decision depends on. A promise: two records with the same value get the same
+ * decision, so Kapsule asks `decide` once per distinct value and caches the answer (per topic and
+ * client principal, dropped when the module is replaced).
+ */
+export class Memo {
+  private constructor();
+  readonly tag: 'none' | 'header' | 'record-key' | 'key-prefix';
+  /** Every record is decided. */
+  static readonly NONE: Memo;
+  /** Only the whole record key (a null key is a value too). */
+  static readonly RECORD_KEY: Memo;
+  /** Only the first header named `name` (absent and null are values too). */
+  static header(name: string): Memo;
+  /** Only the first `n` bytes of the record key (shorter keys: the whole key). */
+  static keyPrefix(n: number): Memo;
+}
+
+/** The answer for a whole topic, computed once per (topic, client principal) and cached. */
 export class TopicPlan {
   private constructor();
   readonly kind: 'pass-all' | 'encrypt-all' | 'per-record' | 'reject-all';
@@ -53,10 +71,64 @@ export class TopicPlan {
   static readonly PASS_ALL: TopicPlan;
   /** Every record is encrypted the same way; decide is never called. */
   static encryptAll(e: Encrypt): TopicPlan;
-  /** Every batch goes to decide, showing these parts of each record. */
-  static perRecord(needs: Needs | { key?: boolean; value?: boolean; headers?: boolean }): TopicPlan;
+  /**
+   * Batches go to decide, showing these parts of each record. `memo` (default Memo.NONE) declares
+   * what the decision depends on; the part it names is shown even if `needs` leaves it out.
+   */
+  static perRecord(needs: Needs | { key?: boolean; value?: boolean; headers?: boolean }, memo?: Memo): TopicPlan;
   /** Every record is refused with this message. */
   static rejectAll(message: string): TopicPlan;
+}
+
+/** How a client authenticated. */
+export type AuthMechanism = 'sasl-plain' | 'sasl-scram-sha256' | 'sasl-scram-sha512' | 'sasl-oauthbearer' | 'mtls';
+/** The values of AuthMechanism, in WIT order. */
+export const MECHANISMS: readonly AuthMechanism[];
+
+/** An authenticated client. */
+export interface Principal {
+  /** SASL user name, OAuth subject or certificate subject (e.g. `alice`, `CN=alice,O=Example`). */
+  readonly name: string;
+  readonly mechanism: AuthMechanism;
+}
+
+/** The client connection a call is made for. */
+export class Client {
+  private constructor();
+  /** Who the client authenticated as; null without authentication. */
+  readonly principal: Principal | null;
+  /** The principal's name, or null. */
+  readonly name: string | null;
+  /** The principal's mechanism, or null. */
+  readonly mechanism: AuthMechanism | null;
+  /** A client without authentication. */
+  static readonly ANONYMOUS: Client;
+}
+
+/** The encrypted parts a principal may read in clear. */
+export interface RevealParts {
+  /** Decrypt the value: a wholly encrypted value, or every encrypted JSON field. */
+  value?: boolean;
+  /** When `value` is false: decrypt only the encrypted JSON fields at these RFC 6901 pointers. */
+  jsonFields?: Iterable<string>;
+  /** Decrypt the record key. */
+  recordKey?: boolean;
+  /** Decrypt the values of the encrypted headers with these names. */
+  headers?: Iterable<string>;
+}
+
+/** What a client may read in clear of a topic's encrypted records on Fetch (cached per principal). */
+export class Reveal {
+  private constructor();
+  readonly kind: 'all' | 'parts' | 'ciphertext' | 'deny';
+  /** Decrypt every encrypted part (the default). */
+  static readonly ALL: Reveal;
+  /** Deliver records as stored: ciphertext with their `kapsule.enc` descriptor. */
+  static readonly CIPHERTEXT: Reveal;
+  /** Decrypt only these parts; the rest reaches the client as stored. `parts()` decrypts nothing. */
+  static parts(parts?: RevealParts): Reveal;
+  /** Refuse the fetch (TOPIC_AUTHORIZATION_FAILED) with this message. */
+  static deny(message: string): Reveal;
 }
 
 /** One record of a batch: only the parts the plan asked for (others are null / empty). */
@@ -76,28 +148,40 @@ export class RecordView {
   valueJson(): unknown;
 }
 
-/** A policy class: built once per instance from the binding's config string. */
+/**
+ * A policy class: built once per instance from the binding's config string (throwing refuses the
+ * module). An exception in plan, decide or reveal fails closed: the topic's records or the batch
+ * are refused, or the fetch denied, with a message naming only the error's type.
+ */
 export interface PolicyClass {
   new (config: string): {
-    plan(topic: string): TopicPlan;
-    decide?(topic: string, records: RecordView[]): Decision[];
+    /** Called once per (topic, client principal) and module version; cached. */
+    plan(topic: string, client: Client): TopicPlan;
+    /** One decision per record, in order; with a memo, one record per value not cached yet. */
+    decide?(topic: string, client: Client, records: RecordView[]): Decision[];
+    /** What `client` may read in clear on Fetch; default Reveal.ALL. Cached per principal. */
+    reveal?(topic: string, client: Client): Reveal;
   };
 }
 
 /** The component exports for a policy class. */
 export interface PolicyExports {
   init(config: string): void;
-  plan(topic: string): unknown;
-  decide(topic: string, batch: unknown): unknown;
+  plan(topic: string, client: unknown): unknown;
+  decide(topic: string, client: unknown, batch: unknown): unknown;
+  reveal(topic: string, client: unknown): unknown;
 }
 
-/** `export const { init, plan, decide } = exportPolicy(MyPolicy);` */
+/** `export const { init, plan, decide, reveal } = exportPolicy(MyPolicy);` */
 export function exportPolicy(policy: PolicyClass): PolicyExports;
 /** Expands `${topic}` in a key-id template. */
 export function expandTopic(template: string, topic: string): string;
 /** An RFC 6901 pointer from path tokens. */
 export function jsonPointer(tokens: Iterable<string | number>): string;
-/** Logging to Kapsule's log (rate-limited, truncated). Never log record contents. */
+/**
+ * Logging to Kapsule's log (rate-limited, truncated); console.log/console.error reach the same
+ * log. Never log record contents.
+ */
 export const log: {
   trace(message: string): void;
   debug(message: string): void;

@@ -5,10 +5,14 @@
 // `node guest-sdk/js/build.mjs policy.js -o policy.wasm`). It tells Kapsule, per topic and when
 // needed per record, which records to encrypt, under which key id and which parts.
 //
-// Write a class with `constructor(config)`, `plan(topic)` and `decide(topic, records)` and export
-// it:   export const { init, plan, decide } = exportPolicy(MyPolicy);
-// `decide` gets one RecordView per record, read lazily from the flat batch Kapsule passes, and
-// returns one Decision per record; the SDK packs them into distinct decisions plus indices.
+// Write a class with `constructor(config)`, `plan(topic, client)`, `decide(topic, client, records)`
+// and optionally `reveal(topic, client)` (default Reveal.ALL), and export it:
+//   export const { init, plan, decide, reveal } = exportPolicy(MyPolicy);
+// `client.name` is the authenticated principal (or null). `decide` gets one RecordView per record,
+// read lazily from the flat batch Kapsule passes, and returns one Decision per record; the SDK
+// packs them into distinct decisions plus indices. A plan may declare what its decision depends on
+// (`memo: Memo.header('tenant')`) so Kapsule asks once per distinct value. An exception in plan,
+// decide or reveal fails closed (records refused, fetch denied) naming only the error's type.
 // Types: kapsule-policy.d.ts. The generated bindings ({tag, val} variants, flags objects, spans)
 // stay underneath.
 import __kapsuleHostLog from 'log';
@@ -93,13 +97,39 @@ class Decision {
 }
 Decision.PASS = new Decision('pass', undefined, undefined);
 
-/** The answer for a whole topic, computed once and cached by Kapsule. */
+/**
+ * What a per-record decision depends on: Memo.NONE, Memo.header(name), Memo.RECORD_KEY or
+ * Memo.keyPrefix(n). A promise: two records with the same value get the same decision, so Kapsule
+ * asks `decide` once per distinct value and caches the answer (per topic and client principal).
+ */
+class Memo {
+  constructor(tag, val) {
+    this.tag = tag;
+    if (val !== undefined) this.val = val;
+    Object.freeze(this);
+  }
+  /** Only the first header named `name` (absent and null are values too). */
+  static header(name) {
+    if (typeof name !== 'string' || name === '') throw new TypeError('Memo.header needs a non-empty header name');
+    return new Memo('header', name);
+  }
+  /** Only the first `n` bytes of the record key. */
+  static keyPrefix(n) {
+    if (!Number.isInteger(n) || n < 1 || n > 0xffffffff) throw new RangeError('Memo.keyPrefix needs a byte count between 1 and 2^32-1');
+    return new Memo('key-prefix', n);
+  }
+}
+Memo.NONE = new Memo('none');
+Memo.RECORD_KEY = new Memo('record-key');
+
+/** The answer for a whole topic, computed once per (topic, client principal) and cached. */
 class TopicPlan {
-  constructor(kind, encryption, needs, message) {
+  constructor(kind, encryption, needs, message, memo) {
     this.kind = kind;
     this.encryption = encryption;
     this.needs = needs;
     this.message = message;
+    this.memo = memo ?? Memo.NONE;
     Object.freeze(this);
   }
   /** Every record is encrypted the same way; decide is never called. */
@@ -107,10 +137,17 @@ class TopicPlan {
     if (!(e instanceof Encrypt)) throw new TypeError('TopicPlan.encryptAll needs an Encrypt');
     return new TopicPlan('encrypt-all', e, undefined, undefined);
   }
-  /** Every batch goes to decide, showing these parts of each record. */
-  static perRecord(needs) {
+  /**
+   * Batches go to decide, showing these parts of each record. `memo` (default Memo.NONE) declares
+   * what the decision depends on; the part it names is shown even if `needs` leaves it out.
+   */
+  static perRecord(needs, memo = Memo.NONE) {
     if (!(needs instanceof Needs)) needs = new Needs(needs);
-    return new TopicPlan('per-record', undefined, needs, undefined);
+    if (memo === undefined || memo === null) memo = Memo.NONE;
+    if (!(memo instanceof Memo)) throw new TypeError('TopicPlan.perRecord: memo must be a Memo (Memo.header(name), ...)');
+    if (memo.tag === 'header' && !needs.headers) needs = new Needs({ ...needs, headers: true });
+    if ((memo.tag === 'record-key' || memo.tag === 'key-prefix') && !needs.key) needs = new Needs({ ...needs, key: true });
+    return new TopicPlan('per-record', undefined, needs, undefined, memo);
   }
   /** Every record is refused with this message. */
   static rejectAll(message) {
@@ -146,7 +183,7 @@ class RecordView {
     return out;
   }
   _find(name) {
-    const want = utf8Encoder.encode(name);
+    const want = encoded(name);
     const data = this._data;
     const end = this._rec.headersStart + this._rec.headersLen;
     outer: for (let i = this._rec.headersStart; i < end; i++) {
@@ -182,6 +219,68 @@ class RecordView {
   }
 }
 
+/** How a client authenticated, in WIT order. */
+const MECHANISMS = Object.freeze(['sasl-plain', 'sasl-scram-sha256', 'sasl-scram-sha512', 'sasl-oauthbearer', 'mtls']);
+
+/**
+ * The client connection a call is made for: `principal` is {name, mechanism} or null without
+ * authentication; `name` and `mechanism` are the principal's, or null.
+ */
+class Client {
+  constructor(principal) {
+    this.principal = principal ? Object.freeze({ name: principal.name, mechanism: principal.mechanism }) : null;
+    this.name = this.principal ? this.principal.name : null;
+    this.mechanism = this.principal ? this.principal.mechanism : null;
+    Object.freeze(this);
+  }
+}
+Client.ANONYMOUS = new Client(null);
+
+/**
+ * What a client may read in clear of a topic's encrypted records on Fetch: Reveal.ALL (the
+ * default), Reveal.parts({...}), Reveal.CIPHERTEXT or Reveal.deny(message). Cached per (topic,
+ * client principal).
+ */
+class Reveal {
+  constructor(kind, parts, message) {
+    this.kind = kind;
+    this.parts = parts;
+    this.message = message;
+    Object.freeze(this);
+  }
+  /**
+   * Decrypt only these parts; the rest reaches the client as stored (ciphertext). `value: true`
+   * decrypts the whole value or every encrypted JSON field; otherwise only the encrypted JSON
+   * fields at `jsonFields` (RFC 6901 pointers). Reveal.parts() decrypts nothing.
+   */
+  static parts({ value = false, jsonFields = [], recordKey = false, headers = [] } = {}) {
+    if (typeof jsonFields === 'string' || typeof headers === 'string') {
+      throw new TypeError('Reveal.parts: jsonFields and headers are arrays of strings');
+    }
+    return new Reveal('parts', Object.freeze({
+      value: !!value, jsonFields: Object.freeze([...jsonFields].map(String)),
+      recordKey: !!recordKey, headers: Object.freeze([...headers].map(String)),
+    }), undefined);
+  }
+  /** Refuse the fetch (TOPIC_AUTHORIZATION_FAILED) with this message. */
+  static deny(message) {
+    return new Reveal('deny', undefined, String(message));
+  }
+}
+Reveal.ALL = new Reveal('all');
+Reveal.CIPHERTEXT = new Reveal('ciphertext');
+
+// Header names as UTF-8, cached: policies ask for the same few names on every record.
+const ENCODED = new Map();
+function encoded(name) {
+  let b = ENCODED.get(name);
+  if (b === undefined) {
+    b = utf8Encoder.encode(name);
+    if (ENCODED.size < 256) ENCODED.set(name, b);
+  }
+  return b;
+}
+
 function decodeOrNull(bytes) {
   if (bytes === null) return null;
   try { return utf8.decode(bytes); } catch { return null; }
@@ -193,7 +292,10 @@ function decodeLossy(bytes) {
 function host(level, message) {
   __kapsuleHostLog(level, String(message));
 }
-/** Logging to Kapsule's log (rate-limited, truncated). console.log output is discarded. */
+/**
+ * Logging to Kapsule's log (rate-limited, truncated). console.log/console.error output reaches the
+ * same policy log under the same limits. Never log record contents.
+ */
 const log = Object.freeze({
   trace: (m) => host('trace', m),
   debug: (m) => host('debug', m),
@@ -216,10 +318,40 @@ function planToWit(p) {
   }
   switch (p.kind) {
     case 'encrypt-all': return { tag: 'encrypt-all', val: encryptToWit(p.encryption) };
-    case 'per-record': return { tag: 'per-record', val: { key: p.needs.key, value: p.needs.value, headers: p.needs.headers } };
+    case 'per-record': return {
+      tag: 'per-record',
+      val: {
+        needs: { key: p.needs.key, value: p.needs.value, headers: p.needs.headers },
+        memo: p.memo.val === undefined ? { tag: p.memo.tag } : { tag: p.memo.tag, val: p.memo.val },
+      },
+    };
     case 'reject-all': return { tag: 'reject-all', val: p.message };
     default: return { tag: 'pass-all' };
   }
+}
+
+function revealToWit(r) {
+  if (!(r instanceof Reveal)) return { tag: 'deny', val: `policy reveal() returned ${typeof r}, not a Reveal` };
+  switch (r.kind) {
+    case 'all': return { tag: 'all' };
+    case 'parts': return {
+      tag: 'parts',
+      val: { value: r.parts.value, jsonFields: [...r.parts.jsonFields], recordKey: r.parts.recordKey, headers: [...r.parts.headers] },
+    };
+    case 'ciphertext': return { tag: 'ciphertext' };
+    default: return { tag: 'deny', val: r.message };
+  }
+}
+
+function clientFromWit(c) {
+  const p = c && c.principal;
+  return p ? new Client(p) : Client.ANONYMOUS;
+}
+
+/** Only the error's type: its message may quote record contents and reaches producers and logs. */
+function failed(what, e) {
+  const type = e instanceof Error ? e.name : typeof e;
+  return `policy ${what} threw ${type}`;
 }
 
 /** Distinct decisions in first-seen order and one index per record (fail closed on mistakes). */
@@ -252,12 +384,17 @@ function pack(decided, n) {
 }
 
 /**
- * The component's exports for `PolicyClass` (constructor(config), plan(topic),
- * decide(topic, records)): `export const { init, plan, decide } = exportPolicy(MyPolicy);`
- * A constructor that throws refuses the module with the error's message.
+ * The component's exports for `PolicyClass` (constructor(config), plan(topic, client),
+ * decide(topic, client, records), optional reveal(topic, client)):
+ *   export const { init, plan, decide, reveal } = exportPolicy(MyPolicy);
+ * A constructor that throws refuses the module with the error's message. Methods written for the
+ * 0.1 SDK (plan(topic), decide(topic, records)) keep working: the client is left out for them.
  */
 function exportPolicy(PolicyClass) {
   let policy = null;
+  const proto = PolicyClass.prototype || {};
+  const planWithClient = typeof proto.plan !== 'function' || proto.plan.length !== 1;
+  const decideWithClient = typeof proto.decide !== 'function' || proto.decide.length !== 2;
   return {
     init(config) {
       try {
@@ -267,21 +404,47 @@ function exportPolicy(PolicyClass) {
         throw String(e && e.message !== undefined ? e.message : e);
       }
     },
-    plan(topic) {
+    plan(topic, client) {
       if (policy === null) return planToWit(TopicPlan.rejectAll('policy used before init'));
-      return planToWit(policy.plan(topic));
+      let p;
+      try {
+        p = planWithClient ? policy.plan(topic, clientFromWit(client)) : policy.plan(topic);
+      } catch (e) {
+        p = TopicPlan.rejectAll(failed('plan()', e));
+      }
+      return planToWit(p);
     },
-    decide(topic, batch) {
+    decide(topic, client, batch) {
       const data = batch.data;
       const headers = batch.headers;
       const records = batch.records.map((r) => new RecordView(data, r, headers));
-      if (policy === null) return pack(records.map(() => Decision.reject('policy used before init')), records.length);
-      if (typeof policy.decide !== 'function') {
-        return pack(records.map(() => Decision.reject('policy does not implement per-record decisions')), records.length);
+      const n = records.length;
+      const all = (d) => pack(new Array(n).fill(d), n);
+      if (policy === null) return all(Decision.reject('policy used before init'));
+      if (typeof policy.decide !== 'function') return all(Decision.reject('policy does not implement per-record decisions'));
+      let decided;
+      try {
+        decided = decideWithClient ? policy.decide(topic, clientFromWit(client), records) : policy.decide(topic, records);
+      } catch (e) {
+        return all(Decision.reject(failed('decide()', e)));
       }
-      return pack(policy.decide(topic, records), records.length);
+      return pack(decided, n);
+    },
+    reveal(topic, client) {
+      if (policy === null) return revealToWit(Reveal.deny('policy used before init'));
+      if (typeof policy.reveal !== 'function') return revealToWit(Reveal.ALL);
+      let r;
+      try {
+        r = policy.reveal(topic, clientFromWit(client));
+      } catch (e) {
+        r = Reveal.deny(failed('reveal()', e));
+      }
+      return revealToWit(r);
     },
   };
 }
 
-export { Decision, Encrypt, Needs, RecordView, TopicPlan, exportPolicy, expandTopic, jsonPointer, log };
+export {
+  Client, Decision, Encrypt, MECHANISMS, Memo, Needs, RecordView, Reveal, TopicPlan, exportPolicy, expandTopic,
+  jsonPointer, log,
+};

@@ -1,16 +1,21 @@
 //! Write Kapsule encryption policies in Rust.
 //!
-//! A policy is a WebAssembly component implementing the `kapsule:policy/policy` world (see
-//! `wit/policy.wit`). It tells Kapsule, per topic and when needed per record, which records to
-//! encrypt, under which key id and which parts. It never sees keys and never encrypts anything.
+//! A policy is a WebAssembly component implementing the `kapsule:policy/policy@0.2.0` world (see
+//! `wit/policy.wit`). It tells Kapsule, per topic and client and when needed per record, which
+//! records to encrypt, under which key id and which parts, and what each client may read in
+//! clear. It never sees keys and never encrypts anything.
 //!
 //! Implement [`Policy`] for a type and export it with [`export_policy!`]:
 //!
 //! ```no_run
-//! use kapsule_policy::{export_policy, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+//! use kapsule_policy::{
+//!     export_policy, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, Reveal,
+//!     RevealParts, TopicPlan,
+//! };
 //!
 //! /// Encrypts `orders.*` with one key; for `events.*` encrypts records whose `tenant` header
-//! /// is set, under that tenant's key.
+//! /// is set, under that tenant's key. The `analytics` principal reads orders without their
+//! /// `/customer/email` field.
 //! struct Example;
 //!
 //! impl Policy for Example {
@@ -18,17 +23,18 @@
 //!         Ok(Example)
 //!     }
 //!
-//!     fn plan(&self, topic: &str) -> TopicPlan {
+//!     fn plan(&self, topic: &str, _client: &Client) -> TopicPlan {
 //!         if topic.starts_with("orders.") {
-//!             TopicPlan::EncryptAll(Encrypt::new("kek-orders").whole_value())
+//!             TopicPlan::EncryptAll(Encrypt::new("kek-orders").json_fields(["/customer/email"]))
 //!         } else if topic.starts_with("events.") {
-//!             TopicPlan::PerRecord(Needs::none().with_headers())
+//!             // The decision depends only on the `tenant` header: Kapsule asks once per tenant.
+//!             TopicPlan::per_record(Needs::none().with_headers()).memo(MemoKey::header("tenant"))
 //!         } else {
 //!             TopicPlan::PassAll
 //!         }
 //!     }
 //!
-//!     fn decide(&self, _topic: &str, records: &[RecordView]) -> Vec<Decision> {
+//!     fn decide(&self, _topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
 //!         records
 //!             .iter()
 //!             .map(|r| match r.header_str("tenant") {
@@ -36,6 +42,13 @@
 //!                 None => Decision::Pass,
 //!             })
 //!             .collect()
+//!     }
+//!
+//!     fn reveal(&self, topic: &str, client: &Client) -> Reveal {
+//!         match client.principal_name() {
+//!             Some("analytics") if topic.starts_with("orders.") => Reveal::Parts(RevealParts::none()),
+//!             _ => Reveal::All,
+//!         }
 //!     }
 //! }
 //!
@@ -58,7 +71,7 @@ pub mod __bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         path: "../wit",
-        world: "kapsule:policy/policy",
+        world: "kapsule:policy/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_policy_world",
         default_bindings_module: "kapsule_policy::__bindings",
@@ -71,35 +84,51 @@ pub use wit_bindgen as __wit_bindgen;
 
 mod types;
 
-pub use types::{Decision, Encrypt, Header, Needs, RecordView, TopicPlan, ValuePart};
+pub use types::{
+    AuthMechanism, Client, Decision, Encrypt, Header, MemoKey, Needs, Principal, RecordView,
+    Reveal, RevealParts, TopicPlan, ValuePart,
+};
 
 pub mod json_pointer;
 pub mod log;
 
-/// A policy: created once per instance by `init`, then asked for topic plans and decisions.
+/// A policy: created once per instance by `init`, then asked for topic plans, decisions and
+/// reveals.
 ///
-/// Kapsule calls [`Policy::plan`] once per topic and caches the answer; [`Policy::decide`] runs
-/// once per record batch, only for topics planned as [`TopicPlan::PerRecord`].
+/// Kapsule calls [`Policy::plan`] once per (topic, client principal) and caches the answer;
+/// [`Policy::decide`] runs once per record batch, only for topics planned as
+/// [`TopicPlan::PerRecord`] (with a [`MemoKey`], only for values not decided yet);
+/// [`Policy::reveal`] once per (topic, client principal) on Fetch, cached.
 pub trait Policy: Sized + Send + 'static {
     /// Builds the policy from the binding's config string (`config:` in Kapsule's YAML; any
     /// format the policy chooses). An error refuses the module, and the message is shown to the
     /// operator.
     fn init(config: &str) -> Result<Self, String>;
 
-    /// Decides how to treat a whole topic. Called once per topic and module version.
-    fn plan(&self, topic: &str) -> TopicPlan;
+    /// Decides how to treat a whole topic for records produced by `client`. Called once per
+    /// (topic, client principal) and module version.
+    fn plan(&self, topic: &str, client: &Client) -> TopicPlan;
 
     /// One decision per record, in order, for a topic planned as [`TopicPlan::PerRecord`].
-    /// Records only carry the parts the plan's [`Needs`] asked for.
+    /// Records only carry the parts the plan's [`Needs`] asked for. With a [`MemoKey`], `records`
+    /// holds one record per value not decided yet, and the answer is reused for every record
+    /// with that value.
     ///
     /// The default refuses every record, so a policy that plans `PerRecord` without implementing
     /// this fails closed.
-    fn decide(&self, topic: &str, records: &[RecordView]) -> Vec<Decision> {
-        let _ = topic;
+    fn decide(&self, topic: &str, client: &Client, records: &[RecordView]) -> Vec<Decision> {
+        let _ = (topic, client);
         records
             .iter()
             .map(|_| Decision::Reject("policy does not implement per-record decisions".into()))
             .collect()
+    }
+
+    /// What `client` may read in clear of `topic` on Fetch. Called once per (topic, client
+    /// principal) and module version. The default reveals everything ([`Reveal::All`]).
+    fn reveal(&self, topic: &str, client: &Client) -> Reveal {
+        let _ = (topic, client);
+        Reveal::All
     }
 }
 
@@ -112,16 +141,16 @@ pub fn expand_topic(template: &str, topic: &str) -> String {
     template.replace("${topic}", topic)
 }
 
-/// Exports a [`Policy`] implementation as the component's `init`, `plan` and `decide`.
+/// Exports a [`Policy`] implementation as the component's `init`, `plan`, `decide` and `reveal`.
 ///
 /// Use exactly once per policy crate (crate type `cdylib`):
 ///
 /// ```no_run
-/// # use kapsule_policy::{Policy, TopicPlan};
+/// # use kapsule_policy::{Client, Policy, TopicPlan};
 /// struct PassEverything;
 /// impl Policy for PassEverything {
 ///     fn init(_: &str) -> Result<Self, String> { Ok(PassEverything) }
-///     fn plan(&self, _: &str) -> TopicPlan { TopicPlan::PassAll }
+///     fn plan(&self, _: &str, _: &Client) -> TopicPlan { TopicPlan::PassAll }
 /// }
 /// kapsule_policy::export_policy!(PassEverything);
 /// ```
@@ -135,14 +164,24 @@ macro_rules! export_policy {
                 fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
                     __KAPSULE_STATE.init(&config)
                 }
-                fn plan(topic: ::std::string::String) -> $crate::__private::WitTopicPlan {
-                    __KAPSULE_STATE.plan(&topic)
+                fn plan(
+                    topic: ::std::string::String,
+                    client: $crate::__private::WitClient,
+                ) -> $crate::__private::WitTopicPlan {
+                    __KAPSULE_STATE.plan(&topic, client)
                 }
                 fn decide(
                     topic: ::std::string::String,
+                    client: $crate::__private::WitClient,
                     batch: $crate::__private::WitBatchView,
                 ) -> $crate::__private::WitDecisions {
-                    __KAPSULE_STATE.decide(&topic, batch)
+                    __KAPSULE_STATE.decide(&topic, client, batch)
+                }
+                fn reveal(
+                    topic: ::std::string::String,
+                    client: $crate::__private::WitClient,
+                ) -> $crate::__private::WitReveal {
+                    __KAPSULE_STATE.reveal(&topic, client)
                 }
             }
             $crate::__bindings::__export_policy_world!(__KapsulePolicyExport with_types_in $crate::__bindings);
@@ -156,15 +195,15 @@ pub mod __private {
 
     use crate::__bindings::kapsule::policy::types as wit;
     pub use wit::{
-        BatchView as WitBatchView, Decision as WitDecision, Decisions as WitDecisions,
-        TopicPlan as WitTopicPlan,
+        BatchView as WitBatchView, Client as WitClient, Decision as WitDecision,
+        Decisions as WitDecisions, Reveal as WitReveal, TopicPlan as WitTopicPlan,
     };
 
     use std::collections::hash_map::DefaultHasher;
     use std::collections::HashMap;
     use std::hash::BuildHasherDefault;
 
-    use crate::{Decision, Header, Policy, RecordView};
+    use crate::{Client, Decision, Header, Policy, RecordView, Reveal};
 
     /// Holds the instance's policy between calls.
     pub struct State<P>(Mutex<Option<P>>);
@@ -189,16 +228,25 @@ pub mod __private {
         }
 
         /// Runs `P::plan`; refuses the topic when `init` has not run.
-        pub fn plan(&self, topic: &str) -> WitTopicPlan {
+        pub fn plan(&self, topic: &str, client: WitClient) -> WitTopicPlan {
             match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-                Some(p) => p.plan(topic).into(),
+                Some(p) => p.plan(topic, &Client::from(client)).into(),
                 None => WitTopicPlan::RejectAll("policy used before init".into()),
+            }
+        }
+
+        /// Runs `P::reveal`; denies the read when `init` has not run.
+        pub fn reveal(&self, topic: &str, client: WitClient) -> WitReveal {
+            match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(p) => p.reveal(topic, &Client::from(client)).into(),
+                None => Reveal::Deny("policy used before init".into()).into(),
             }
         }
 
         /// Runs `P::decide` on views borrowed from `batch` and packs the answer as distinct
         /// decisions plus one index per record.
-        pub fn decide(&self, topic: &str, batch: WitBatchView) -> WitDecisions {
+        pub fn decide(&self, topic: &str, client: WitClient, batch: WitBatchView) -> WitDecisions {
+            let client = Client::from(client);
             let data = batch.data.as_slice();
             let bytes = |s: wit::Span| -> &[u8] {
                 let start = s.offset as usize;
@@ -229,7 +277,7 @@ pub mod __private {
                 })
                 .collect();
             let decided = match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-                Some(p) => p.decide(topic, &records),
+                Some(p) => p.decide(topic, &client, &records),
                 None => vec![Decision::Reject("policy used before init".into()); records.len()],
             };
             pack(decided)

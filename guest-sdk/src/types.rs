@@ -189,17 +189,174 @@ impl Needs {
     }
 }
 
-/// The answer for a whole topic, computed once and cached by Kapsule.
+/// What a per-record decision depends on. Declaring it lets Kapsule call
+/// [`crate::Policy::decide`] once per distinct value instead of once per record, and reuse the
+/// answers (per topic and client principal, until the module is replaced).
+///
+/// It is a promise: two records with the same value must get the same decision. Kapsule relies
+/// on it and shows `decide` only one record per value it has not seen yet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MemoKey {
+    /// The decision may depend on anything [`Needs`] shows: every record is decided.
+    #[default]
+    None,
+    /// Only on the value of the first header with this name (absent and null are values too).
+    Header(String),
+    /// Only on the whole record key (a null key is a value too).
+    RecordKey,
+    /// Only on the first `n` bytes of the record key (shorter keys: the whole key).
+    KeyPrefix(u32),
+}
+
+impl MemoKey {
+    /// Only on the value of the first header called `name`.
+    pub fn header(name: impl Into<String>) -> Self {
+        MemoKey::Header(name.into())
+    }
+}
+
+/// The answer for a whole topic and client, computed once and cached by Kapsule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicPlan {
     /// Every record passes in clear.
     PassAll,
     /// Every record is encrypted the same way.
     EncryptAll(Encrypt),
-    /// Each batch goes to [`crate::Policy::decide`] with these parts.
-    PerRecord(Needs),
+    /// Each batch goes to [`crate::Policy::decide`] with the parts `needs` asks for; `memo`
+    /// says what the decision depends on (see [`MemoKey`]).
+    PerRecord {
+        /// Which parts of each record `decide` sees.
+        needs: Needs,
+        /// What the decision depends on.
+        memo: MemoKey,
+    },
     /// Every record is refused with this message.
     RejectAll(String),
+}
+
+impl TopicPlan {
+    /// Every batch goes to [`crate::Policy::decide`], showing the parts in `needs`; every record
+    /// is decided.
+    pub fn per_record(needs: Needs) -> Self {
+        TopicPlan::PerRecord {
+            needs,
+            memo: MemoKey::None,
+        }
+    }
+
+    /// Declares what the decisions of a [`TopicPlan::PerRecord`] plan depend on (other plans are
+    /// returned unchanged):
+    ///
+    /// ```no_run
+    /// use kapsule_policy::{MemoKey, Needs, TopicPlan};
+    /// // The tenant pattern: one `decide` call per tenant, not per record.
+    /// let plan = TopicPlan::per_record(Needs::none().with_headers()).memo(MemoKey::header("tenant"));
+    /// ```
+    pub fn memo(self, key: MemoKey) -> Self {
+        match self {
+            TopicPlan::PerRecord { needs, .. } => TopicPlan::PerRecord { needs, memo: key },
+            other => other,
+        }
+    }
+}
+
+/// The client a call is made for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Client {
+    /// Who the client authenticated as; `None` on a connection without authentication.
+    pub principal: Option<Principal>,
+}
+
+impl Client {
+    /// The principal's name, if the client authenticated.
+    pub fn principal_name(&self) -> Option<&str> {
+        self.principal.as_ref().map(|p| p.name.as_str())
+    }
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The SASL user name, OAuth subject or certificate subject (e.g. `alice`,
+    /// `CN=alice,O=Example`).
+    pub name: String,
+    /// How `name` was established.
+    pub mechanism: AuthMechanism,
+}
+
+/// How a client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMechanism {
+    /// SASL/PLAIN, accepted by the broker.
+    SaslPlain,
+    /// SASL/SCRAM-SHA-256, accepted by the broker.
+    SaslScramSha256,
+    /// SASL/SCRAM-SHA-512, accepted by the broker.
+    SaslScramSha512,
+    /// SASL/OAUTHBEARER, accepted by the broker.
+    SaslOauthBearer,
+    /// A TLS client certificate verified by Kapsule.
+    Mtls,
+}
+
+/// What a client may read of a topic's encrypted records on Fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Reveal {
+    /// Decrypt every encrypted part (the default).
+    #[default]
+    All,
+    /// Decrypt only these parts; the rest reaches the client as stored (ciphertext).
+    Parts(RevealParts),
+    /// Deliver records as stored on the broker: ciphertext with their `kapsule.enc` descriptor.
+    Ciphertext,
+    /// Refuse the fetch (TOPIC_AUTHORIZATION_FAILED) with this message.
+    Deny(String),
+}
+
+/// The encrypted parts a client may read in clear under [`Reveal::Parts`]. Starts empty (nothing
+/// decrypted); add parts with the builder methods.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevealParts {
+    /// Decrypt the value: a wholly encrypted value, or every encrypted JSON field.
+    pub value: bool,
+    /// When `value` is false: decrypt only the encrypted JSON fields at these RFC 6901 pointers.
+    pub json_fields: Vec<String>,
+    /// Decrypt the record key.
+    pub record_key: bool,
+    /// Decrypt the values of the encrypted headers with these names.
+    pub headers: Vec<String>,
+}
+
+impl RevealParts {
+    /// Nothing decrypted.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Also the whole value (or every encrypted JSON field).
+    pub fn with_value(mut self) -> Self {
+        self.value = true;
+        self
+    }
+    /// Also the encrypted JSON fields at these pointers (e.g. `/customer/email`).
+    pub fn with_json_fields<I, S>(mut self, pointers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.json_fields
+            .extend(pointers.into_iter().map(Into::into));
+        self
+    }
+    /// Also the record key.
+    pub fn with_record_key(mut self) -> Self {
+        self.record_key = true;
+        self
+    }
+    /// Also the values of the encrypted headers called `name`.
+    pub fn with_header(mut self, name: impl Into<String>) -> Self {
+        self.headers.push(name.into());
+        self
+    }
 }
 
 impl From<ValuePart> for wit::ValuePart {
@@ -249,13 +406,60 @@ impl From<Needs> for wit::Needs {
     }
 }
 
+impl From<MemoKey> for wit::MemoKey {
+    fn from(m: MemoKey) -> Self {
+        match m {
+            MemoKey::None => wit::MemoKey::None,
+            MemoKey::Header(h) => wit::MemoKey::Header(h),
+            MemoKey::RecordKey => wit::MemoKey::RecordKey,
+            MemoKey::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
+        }
+    }
+}
+
 impl From<TopicPlan> for wit::TopicPlan {
     fn from(p: TopicPlan) -> Self {
         match p {
             TopicPlan::PassAll => wit::TopicPlan::PassAll,
             TopicPlan::EncryptAll(e) => wit::TopicPlan::EncryptAll(e.into()),
-            TopicPlan::PerRecord(n) => wit::TopicPlan::PerRecord(n.into()),
+            TopicPlan::PerRecord { needs, memo } => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
+                needs: needs.into(),
+                memo: memo.into(),
+            }),
             TopicPlan::RejectAll(m) => wit::TopicPlan::RejectAll(m),
+        }
+    }
+}
+
+impl From<wit::Client> for Client {
+    fn from(c: wit::Client) -> Self {
+        Client {
+            principal: c.principal.map(|p| Principal {
+                name: p.name,
+                mechanism: match p.mechanism {
+                    wit::AuthMechanism::SaslPlain => AuthMechanism::SaslPlain,
+                    wit::AuthMechanism::SaslScramSha256 => AuthMechanism::SaslScramSha256,
+                    wit::AuthMechanism::SaslScramSha512 => AuthMechanism::SaslScramSha512,
+                    wit::AuthMechanism::SaslOauthbearer => AuthMechanism::SaslOauthBearer,
+                    wit::AuthMechanism::Mtls => AuthMechanism::Mtls,
+                },
+            }),
+        }
+    }
+}
+
+impl From<Reveal> for wit::Reveal {
+    fn from(r: Reveal) -> Self {
+        match r {
+            Reveal::All => wit::Reveal::All,
+            Reveal::Ciphertext => wit::Reveal::Ciphertext,
+            Reveal::Deny(m) => wit::Reveal::Deny(m),
+            Reveal::Parts(p) => wit::Reveal::Parts(wit::RevealParts {
+                value: p.value,
+                json_fields: p.json_fields,
+                record_key: p.record_key,
+                headers: p.headers,
+            }),
         }
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! Run: `cargo bench -p kapsule --bench policy`. Policies are built from source first.
 
+#[path = "../test-support/policy_fixtures.rs"]
+mod fixtures;
+use fixtures::build_policies;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +15,6 @@ use criterion::{criterion_group, Criterion, Throughput};
 use kapsule::kafka::records::{Record, RecordHeader};
 use kapsule::plan::TopicPlan;
 use kapsule::policy::config::{BindingConfig, DecryptFailure, PolicyConfig};
-use kapsule::policy::fixtures::build_policies;
 use kapsule::policy::rules::TopicSelector;
 use kapsule::policy::PolicyRegistry;
 
@@ -82,9 +85,11 @@ fn decide(c: &mut Criterion) {
         ("wasm_tenant_keys_headers_per_record", "tenants"),
     ] {
         // Warm the plan cache and the instance pool.
-        let d = reg.decide(topic, 0, &recs).expect("decide");
+        let d = reg.decide(topic, None, 0, &recs).expect("decide");
         assert_eq!(d.len(), BATCH);
-        g.bench_function(name, |b| b.iter(|| reg.decide(topic, 0, &recs).unwrap()));
+        g.bench_function(name, |b| {
+            b.iter(|| reg.decide(topic, None, 0, &recs).unwrap())
+        });
     }
     g.finish();
 }
@@ -121,7 +126,7 @@ fn hot_swap(c: &mut Criterion) {
                 copy(&versions[i % 2], &module);
                 let t = Instant::now();
                 reg.reload();
-                let _ = reg.topic_plan("t").unwrap();
+                let _ = reg.topic_plan("t", None).unwrap();
                 total += t.elapsed();
             }
             total
@@ -137,7 +142,7 @@ fn hot_swap(c: &mut Criterion) {
                 copy(&versions[i % 2], &module);
                 let t = Instant::now();
                 let r = PolicyRegistry::new(&mk(&cold)).unwrap();
-                let _ = r.topic_plan("t").unwrap();
+                let _ = r.topic_plan("t", None).unwrap();
                 total += t.elapsed();
             }
             total
@@ -158,7 +163,7 @@ fn hot_swap(c: &mut Criterion) {
         copy(src, &module);
         let t = Instant::now();
         loop {
-            let p = reg.topic_plan("t").unwrap();
+            let p = reg.topic_plan("t", None).unwrap();
             if matches!(p, TopicPlan::EncryptAll(_)) == want_encrypt {
                 break;
             }

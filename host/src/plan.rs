@@ -60,10 +60,48 @@ pub struct Needs {
     pub headers: bool,
 }
 
+/// What a `per-record` policy's decision depends on, as its plan declares. With anything but
+/// [`MemoKey::None`] the host asks the policy once per distinct value and reuses the answer for
+/// every other record with that value (per topic and principal, until the module is replaced).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MemoKey {
+    /// The decision may depend on anything the policy sees: every record is decided.
+    #[default]
+    None,
+    /// Only on the value of the first header with this name (absent and null are values too).
+    Header(String),
+    /// Only on the whole record key (a null key is a value too).
+    RecordKey,
+    /// Only on the first `n` bytes of the record key (shorter keys: the whole key).
+    KeyPrefix(u32),
+}
+
+impl std::fmt::Display for MemoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoKey::None => f.write_str("none (every record is decided)"),
+            MemoKey::Header(h) => write!(f, "header `{h}`"),
+            MemoKey::RecordKey => f.write_str("record key"),
+            MemoKey::KeyPrefix(n) => write!(f, "first {n} bytes of the record key"),
+        }
+    }
+}
+
 impl TopicPlan {
     /// Encrypt every record with `plan` (wraps it in the shared form).
     pub fn encrypt_all(plan: EncryptionPlan) -> Self {
         Self::EncryptAll(Arc::new(plan))
+    }
+
+    /// The plan's decision repeated for `n` records. A `per-record` plan, whose records are
+    /// decided one by one elsewhere, gives `pass` here.
+    pub fn repeated(&self, n: usize) -> Vec<RecordDecision> {
+        let d = match self {
+            TopicPlan::PassAll | TopicPlan::PerRecord(_) => RecordDecision::Pass,
+            TopicPlan::EncryptAll(p) => RecordDecision::Encrypt(p.clone()),
+            TopicPlan::RejectAll(m) => RecordDecision::Reject(m.clone()),
+        };
+        vec![d; n]
     }
 }
 

@@ -5,6 +5,11 @@
 //   "public"     -> pass in clear
 //   "restricted" -> reject the record
 //   anything else, or no header -> encrypt the whole value and every `pii` header (fail closed).
+// The decision depends only on that header, which the plan declares (memo) so Kapsule decides once
+// per distinct value. Every reader may read everything (reveal: all).
+//
+// Written directly on the bindings `wit-bindgen c` generates (kapsule:policy@0.2.0), without the
+// C SDK: every export frees its arguments and fills its result as the canonical ABI requires.
 //
 // Built by build.sh: wit-bindgen c + clang (wasm32-wasi, wasi-libc) + wasm-component-ld.
 #include <stdlib.h>
@@ -52,9 +57,19 @@ bool exports_policy_init(policy_string_t *config, policy_string_t *err) {
   return true;
 }
 
-void exports_policy_plan(policy_string_t *topic, kapsule_policy_types_topic_plan_t *ret) {
+void exports_policy_plan(policy_string_t *topic, policy_client_t *client,
+                         kapsule_policy_types_topic_plan_t *ret) {
   ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_PER_RECORD;
-  ret->val.per_record = KAPSULE_POLICY_TYPES_NEEDS_HEADERS;
+  ret->val.per_record.needs = KAPSULE_POLICY_TYPES_NEEDS_HEADERS;
+  ret->val.per_record.memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_HEADER;
+  set_string(&ret->val.per_record.memo.val.header, "classification", strlen("classification"));
+  policy_client_free(client);
+  policy_string_free(topic);
+}
+
+void exports_policy_reveal(policy_string_t *topic, policy_client_t *client, policy_reveal_t *ret) {
+  ret->tag = KAPSULE_POLICY_TYPES_REVEAL_ALL;
+  policy_client_free(client);
   policy_string_free(topic);
 }
 
@@ -78,8 +93,8 @@ static bool header_is(const policy_batch_view_t *b, const kapsule_policy_types_r
 // The answer is a table of three distinct decisions and one index per record.
 enum { CHOICE_PASS = 0, CHOICE_REJECT = 1, CHOICE_ENCRYPT = 2 };
 
-void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
-                           policy_decisions_t *ret) {
+void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
+                           policy_batch_view_t *batch, policy_decisions_t *ret) {
   kapsule_policy_types_decision_t *d = calloc(3, sizeof(kapsule_policy_types_decision_t));
   if (d == NULL) abort();
   d[CHOICE_PASS].tag = KAPSULE_POLICY_TYPES_DECISION_PASS;
@@ -119,5 +134,6 @@ void exports_policy_decide(policy_string_t *topic, policy_batch_view_t *batch,
     }
   }
   policy_batch_view_free(batch);
+  policy_client_free(client);
   policy_string_free(topic);
 }

@@ -1,6 +1,8 @@
 // tenant-keys (C, on the C SDK guest-sdk/c/kapsule_policy.h): encrypts each record's whole value
 // under key <prefix><tenant>, the tenant from the `tenant` header. Config: the key prefix (default
 // "tenant-"). Records without the header, or with a tenant outside [A-Za-z0-9_-]{1,64}, are refused.
+// The plan declares memo = header "tenant": Kapsule asks once per tenant it has not seen yet and
+// reuses the answer for every other record of that tenant.
 // Build: guest-sdk/c/build.sh tenant_keys.c target/tenant_keys.wasm
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +21,8 @@ const char *kp_policy_init(const char *config, size_t len) {
   return NULL;
 }
 
-kp_plan kp_policy_plan(kp_str topic) {
-  kp_plan p = {.kind = KP_PLAN_PER_RECORD, .needs = KP_NEEDS_HEADERS};
+kp_plan kp_policy_plan(kp_str topic, const kp_client *client) {
+  kp_plan p = {.kind = KP_PLAN_PER_RECORD, .needs = KP_NEEDS_HEADERS, .memo = kp_memo_header("tenant")};
   return p;
 }
 
@@ -34,7 +36,8 @@ static int valid_tenant(kp_bytes t) {
   return 1;
 }
 
-void kp_policy_decide(kp_str topic, const kp_record *records, size_t n, kp_decision *out) {
+void kp_policy_decide(kp_str topic, const kp_client *client, const kp_record *records, size_t n,
+                      kp_decision *out) {
   // Key ids must live until this function returns: one 128-byte slot per record.
   free(g_keys);
   g_keys = malloc(n * 128 + 1);

@@ -14,6 +14,7 @@ mod fail_closed;
 mod fleet;
 mod groups;
 mod hardening;
+mod hostile_guests;
 mod kafkajs;
 mod kcat;
 mod kms_vault;

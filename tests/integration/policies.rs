@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kapsule::policy::fixtures::{build_policies, PolicyArtifacts};
 use kapsule_integration::encryption::{assert_no_plaintext, http_post, replace_file, LocalKms};
+use kapsule_integration::policy_fixtures::{build_policies, PolicyArtifacts};
 use kapsule_integration::{run_python, Kapsule, Tansu, TestRecord};
 use serde_json::Value;
 
@@ -485,7 +485,7 @@ async fn file_watch_swaps_the_module_without_a_reload_call() {
 /// refused, anything else is encrypted with its `pii` header — the contract is language-neutral.
 #[tokio::test(flavor = "multi_thread")]
 async fn c_policy_through_kapsule() {
-    let module = tokio::task::spawn_blocking(kapsule::policy::fixtures::build_c_policy)
+    let module = tokio::task::spawn_blocking(kapsule_integration::policy_fixtures::build_c_policy)
         .await
         .unwrap()
         .expect("build the C policy (scripts/install-policy-toolchains.sh installs the tools)");

@@ -1,8 +1,10 @@
 //! Policies in Python and JavaScript end to end, and the templates of every language.
 //!
-//! The example policies of `policies/python/` and `policies/js/` (tenant keys, PII fields, header
-//! gate, written on `guest-sdk/python` and `guest-sdk/js`) are built with the real toolchains
-//! (componentize-py, componentize-js), checked with `kapsule policy check`, bound in Kapsule, and
+//! The example policies of `policies/python/`, `policies/js/` and `policies/c/` (tenant keys, PII
+//! fields, header gate, written on `guest-sdk/python`, `guest-sdk/js` and `guest-sdk/c`; the C
+//! header gate directly on the generated bindings) are built with the real toolchains
+//! (componentize-py, componentize-js, wit-bindgen c + clang), checked with `kapsule policy check`,
+//! bound in Kapsule, and
 //! driven by a real client (confluent-kafka) on a real tansu broker: records are ciphertext at rest
 //! and clear text on consume. Each component is built once per test process, and not at all when it
 //! is newer than its sources, the SDK and the WIT (CI builds each example once).
@@ -14,8 +16,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use kapsule::policy::fixtures::repo_root;
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
+use kapsule_integration::policy_fixtures::repo_root;
 use kapsule_integration::{kapsule::kapsule_bin, Tansu, TestRecord};
 use serde_json::Value;
 
@@ -28,10 +30,12 @@ use crate::policies::{binding, errors_of, POLICY_VIOLATION};
 const LIMITS: &str =
     "  limits:\n    call_timeout_ms: 5000\n    init_timeout_ms: 20000\n    memory_mib: 256\n";
 
+/// Language of a guest built by [`built`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lang {
+pub(crate) enum Lang {
     Python,
     Js,
+    C,
 }
 
 impl Lang {
@@ -39,14 +43,17 @@ impl Lang {
         match self {
             Lang::Python => "python",
             Lang::Js => "js",
+            Lang::C => "c",
         }
     }
 
-    /// Source directory of example `name` (Python packages use `_`, JS directories `-`).
+    /// Source directory of example `name` (Python packages use `_`, JS directories `-`), or the
+    /// source file of a C example (`policies/c/<name with _>.c`).
     fn example_dir(self, name: &str) -> PathBuf {
         let n = match self {
             Lang::Python => name.replace('-', "_"),
             Lang::Js => name.to_string(),
+            Lang::C => format!("{}.c", name.replace('-', "_")),
         };
         repo_root().join("policies").join(self.dir()).join(n)
     }
@@ -115,6 +122,21 @@ fn build_example(lang: Lang, name: &str) -> PathBuf {
                 .arg(&out);
             c
         }
+        // The C header gate is written on the generated bindings, without the SDK.
+        Lang::C if name == "header-gate" => {
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg("\"$0\" >/dev/null && cp target/header_gate.wasm \"$1\"")
+                .arg(root.join("policies/c/build.sh"))
+                .arg(&out)
+                .current_dir(root.join("policies/c"));
+            c
+        }
+        Lang::C => {
+            let mut c = Command::new(root.join("guest-sdk/c/build.sh"));
+            c.arg(&src).arg(&out);
+            c
+        }
     };
     let res = cmd.output().expect("run the policy build");
     assert!(
@@ -127,14 +149,16 @@ fn build_example(lang: Lang, name: &str) -> PathBuf {
     out
 }
 
-async fn built(lang: Lang, name: &'static str) -> PathBuf {
+/// `policies/<lang>/<name>` built into a component (once per test run; reused while newer than
+/// its sources, the SDK and the WIT).
+pub(crate) async fn built(lang: Lang, name: &'static str) -> PathBuf {
     tokio::task::spawn_blocking(move || build_example(lang, name))
         .await
         .unwrap()
 }
 
 /// Runs `kapsule policy check` with `args`; returns (success, stdout + stderr).
-async fn policy_check(module: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) async fn policy_check(module: &Path, args: &[&str]) -> (bool, String) {
     let mut c = tokio::process::Command::new(kapsule_bin().expect("kapsule binary"));
     c.arg("policy").arg("check").arg(module).args(args);
     let out = tokio::time::timeout(Duration::from_secs(300), c.output())
@@ -165,11 +189,17 @@ async fn examples_through_kapsule(lang: Lang) {
     let tenant = built(lang, "tenant-keys").await;
     let pii = built(lang, "pii-fields").await;
     let gate = built(lang, "header-gate").await;
+    // The C example encrypts configured JSON pointers; the others find PII names at any depth.
+    let pii_config = if lang == Lang::C {
+        "fields=/customer/email,/items/0/phone"
+    } else {
+        ""
+    };
     // Each example passes `policy check` (which also compiles it into the module cache that the
     // Kapsule started below loads from).
     for (m, config, allowed) in [
         (&tenant, "", "tenant-*"),
-        (&pii, "", "pii-*"),
+        (&pii, pii_config, "pii-*"),
         (&gate, "kek-", "kek-*"),
     ] {
         let (ok, out) = policy_check(
@@ -191,7 +221,7 @@ async fn examples_through_kapsule(lang: Lang) {
     let kms = LocalKms::new().unwrap();
     let mut policy = format!("policy:\n  watch: false\n{LIMITS}  bindings:\n");
     policy += &binding("xtenant-", &tenant, "", &["tenant-*"]);
-    policy += &binding("xpii-", &pii, "", &["pii-$${topic}"]);
+    policy += &binding("xpii-", &pii, pii_config, &["pii-$${topic}"]);
     policy += &binding("xgate-", &gate, "kek-", &["kek-$${topic}"]);
     let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
     let b = kapsule.bootstrap();
@@ -299,6 +329,11 @@ async fn js_example_policies_through_kapsule() {
     examples_through_kapsule(Lang::Js).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn c_example_policies_through_kapsule() {
+    examples_through_kapsule(Lang::C).await;
+}
+
 /// `kapsule policy new NAME --lang LANG`, its one build command, then `kapsule policy check`
 /// with the production call deadline: must pass as generated.
 async fn template_builds_and_passes_check(lang: &str) {
@@ -386,4 +421,61 @@ async fn template_js_builds_and_passes_check() {
 #[tokio::test(flavor = "multi_thread")]
 async fn template_c_builds_and_passes_check() {
     template_builds_and_passes_check("c").await;
+}
+
+/// Runs `program args` in the repository root; asserts success, showing its output otherwise.
+async fn run_in_repo(program: &str, args: &[&str]) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(program)
+            .args(args)
+            .current_dir(repo_root())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} {args:?} finishes"))
+    .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Python SDK and examples driven in CPython over the generated bindings (client, memo,
+/// reveal, exceptions failing closed, 0.1 signatures).
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_unit_tests_pass() {
+    run_in_repo("python3", &["guest-sdk/python/tests/test_sdk.py"]).await;
+}
+
+/// The JavaScript SDK and examples driven in Node, inlined as `build.mjs` does, and a TypeScript
+/// policy type-checked against `kapsule-policy.d.ts`.
+#[tokio::test(flavor = "multi_thread")]
+async fn js_sdk_unit_tests_and_types_pass() {
+    run_in_repo("node", &["--test", "guest-sdk/js/test/"]).await;
+    run_in_repo(
+        "guest-sdk/js/node_modules/.bin/tsc",
+        &[
+            "--noEmit",
+            "--strict",
+            "--target",
+            "es2022",
+            "--module",
+            "es2022",
+            "--moduleResolution",
+            "bundler",
+            "guest-sdk/js/test/types.ts",
+        ],
+    )
+    .await;
+}
+
+/// The C SDK with the C examples, compiled natively over the generated bindings and run under
+/// AddressSanitizer: client, memo, reveal (the weak default and an override), and no leak of the
+/// results Kapsule frees after each call.
+#[tokio::test(flavor = "multi_thread")]
+async fn c_sdk_unit_tests_pass() {
+    run_in_repo("guest-sdk/c/tests/run.sh", &[]).await;
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kapsule::policy::fixtures::build_policies;
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
+use kapsule_integration::policy_fixtures::build_policies;
 use kapsule_integration::{Tansu, TestRecord};
 use serde_json::Value;
 

@@ -7,37 +7,43 @@ keys and never encrypts anything itself.
 
 Subclass :class:`Policy` and export it as the component's ``WitWorld``::
 
-    from kapsule_policy import Policy, TopicPlan, Needs, Encrypt, Decision, export
+    from kapsule_policy import Decision, Encrypt, Memo, Needs, Policy, Reveal, TopicPlan, export
 
     class Example(Policy):
         def __init__(self, config: str):
             self.prefix = config or "tenant-"
 
-        def plan(self, topic: str) -> TopicPlan:
-            return TopicPlan.per_record(Needs(headers=True))
+        def plan(self, topic, client):
+            # The decision depends only on the `tenant` header: Kapsule asks once per tenant.
+            return TopicPlan.per_record(Needs(headers=True), memo=Memo.header("tenant"))
 
-        def decide(self, topic, records):
+        def decide(self, topic, client, records):
             out = []
             for r in records:
                 t = r.header_str("tenant")
                 out.append(Decision.encrypt(Encrypt(self.prefix + t).whole_value())
-                           if t else Decision.PASS)
+                           if t else Decision.reject("no tenant header"))
             return out
+
+        def reveal(self, topic, client):          # optional; the default is Reveal.ALL
+            return Reveal.CIPHERTEXT if client.name == "backup" else Reveal.ALL
 
     WitWorld = export(Example)
 
 Build with one command (``guest-sdk/python/build.sh app.py policy.wasm``), which runs
 ``componentize-py -d <wit> -w kapsule:policy/policy componentize ...``.
 
-The generated bindings (``wit_world``) stay underneath: ``decide`` receives one
-:class:`RecordView` per record, built lazily over the flat batch Kapsule passes, and returns one
-:class:`Decision` per record, which the SDK packs into distinct decisions plus one index per
-record.
+The generated bindings (``wit_world``) stay underneath: ``plan``, ``decide`` and ``reveal`` get a
+:class:`Client` (``client.name`` is the authenticated principal, or ``None``); ``decide``
+receives one :class:`RecordView` per record, built lazily over the flat batch Kapsule passes, and
+returns one :class:`Decision` per record, which the SDK packs into distinct decisions plus one
+index per record. An exception in ``plan``, ``decide`` or ``reveal`` fails closed: the topic's
+records or the batch are refused (or the fetch denied) with a message naming the exception type.
 
 What works in the sandbox: pure computation, the standard library's parsing modules (``json``,
 ``re``, ``base64``...). What does not: files, sockets, environment variables, clocks (time is
-frozen at 0), randomness seeded from the host, printing (output is discarded). Never print or
-log record contents.
+frozen at 0), randomness seeded from the host. ``print`` output goes to Kapsule's rate-limited
+policy log, like :mod:`kapsule_policy.log`. Never print or log record contents.
 """
 
 from __future__ import annotations
@@ -46,11 +52,16 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Ty
 
 from . import log
 from ._types import (
+    MECHANISMS,
+    Client,
     Decision,
     Encrypt,
     Header,
+    Memo,
     Needs,
+    Principal,
     RecordView,
+    Reveal,
     TopicPlan,
     ValuePart,
     expand_topic,
@@ -59,11 +70,16 @@ from ._types import (
 
 __all__ = [
     "Policy",
+    "MECHANISMS",
+    "Client",
     "Decision",
     "Encrypt",
     "Header",
+    "Memo",
     "Needs",
+    "Principal",
     "RecordView",
+    "Reveal",
     "TopicPlan",
     "ValuePart",
     "export",
@@ -71,6 +87,18 @@ __all__ = [
     "json_pointer",
     "log",
 ]
+
+
+def _arity(fn: Callable) -> int:
+    """Positional parameters of a method, ``self`` included (0.1 methods lack ``client``)."""
+    code = getattr(fn, "__code__", None)
+    return code.co_argcount if code is not None else -1
+
+
+def _failed(what: str, e: BaseException) -> str:
+    # Only the exception type: its message may quote record contents, and this text reaches the
+    # producer and Kapsule's log.
+    return f"policy {what} raised {type(e).__name__}"
 
 
 class Policy:
@@ -83,31 +111,46 @@ class Policy:
     def __init__(self, config: str) -> None:  # pragma: no cover - documentation only
         pass
 
-    def plan(self, topic: str) -> TopicPlan:
-        """Decides how to treat a whole topic. Called once per topic and module version; cached."""
-        raise NotImplementedError("a policy must implement plan(topic)")
+    def plan(self, topic: str, client: Client) -> TopicPlan:
+        """Decides how to treat a whole topic for records produced by ``client``.
 
-    def decide(self, topic: str, records: Sequence[RecordView]) -> List[Decision]:
+        Called once per (topic, client principal) and module version; the answer is cached.
+        An exception refuses the topic's records (``reject_all``) naming the exception type.
+        """
+        raise NotImplementedError("a policy must implement plan(topic, client)")
+
+    def decide(self, topic: str, client: Client, records: Sequence[RecordView]) -> List[Decision]:
         """One :class:`Decision` per record, in order, for a topic planned ``per_record``.
 
-        Records carry only the parts the plan's :class:`Needs` asked for. The default refuses
-        every record, so a policy that plans ``per_record`` without implementing this fails
-        closed.
+        Records carry only the parts the plan's :class:`Needs` asked for; with a :class:`Memo`
+        other than ``Memo.NONE``, ``records`` holds one record per value not cached yet. The
+        default refuses every record, so a policy that plans ``per_record`` without implementing
+        this fails closed, as does an exception (every record of the batch is refused).
         """
         return [Decision.reject("policy does not implement per-record decisions")] * len(records)
+
+    def reveal(self, topic: str, client: Client) -> Reveal:
+        """What ``client`` may read in clear of ``topic`` on Fetch. Called once per (topic,
+        client principal) and module version; cached. The default reveals everything
+        (``Reveal.ALL``); an exception denies the fetch."""
+        return Reveal.ALL
 
 
 def export(policy_class: Type[Policy]) -> type:
     """Returns the ``WitWorld`` class componentize-py exports for ``policy_class``.
 
-    Use exactly once, at module level: ``WitWorld = export(MyPolicy)``.
+    Use exactly once, at module level: ``WitWorld = export(MyPolicy)``. Methods written for the
+    0.1 SDK (``plan(self, topic)``, ``decide(self, topic, records)``) keep working: the SDK
+    leaves the client out for them.
     """
     import wit_world  # generated by componentize-py at build time
     from componentize_py_types import Err
 
-    from ._bindings import pack, plan_to_wit
+    from ._bindings import client_from_wit, pack, plan_to_wit, reveal_to_wit
 
     state: Dict[str, Optional[Policy]] = {"policy": None}
+    plan_with_client = _arity(getattr(policy_class, "plan", Policy.plan)) != 2
+    decide_with_client = _arity(getattr(policy_class, "decide", Policy.decide)) != 3
 
     class WitWorld(wit_world.WitWorld):
         def init(self, config: str) -> None:
@@ -117,18 +160,43 @@ def export(policy_class: Type[Policy]) -> type:
                 msg = str(e) or type(e).__name__
                 raise Err(msg)
 
-        def plan(self, topic: str):
+        def plan(self, topic: str, client):
             p = state["policy"]
             if p is None:
                 return plan_to_wit(TopicPlan.reject_all("policy used before init"))
-            return plan_to_wit(p.plan(topic))
+            try:
+                if plan_with_client:
+                    answer = p.plan(topic, client_from_wit(client))
+                else:
+                    answer = p.plan(topic)  # type: ignore[call-arg]
+            except Exception as e:
+                answer = TopicPlan.reject_all(_failed("plan()", e))
+            return plan_to_wit(answer)
 
-        def decide(self, topic: str, batch):
+        def decide(self, topic: str, client, batch):
             p = state["policy"]
             views = RecordView._views(batch)
+            n = len(views)
             if p is None:
-                return pack([Decision.reject("policy used before init")] * len(views), len(views))
-            return pack(p.decide(topic, views), len(views))
+                return pack([Decision.reject("policy used before init")] * n, n)
+            try:
+                if decide_with_client:
+                    decided = p.decide(topic, client_from_wit(client), views)
+                else:
+                    decided = p.decide(topic, views)  # type: ignore[call-arg]
+            except Exception as e:
+                decided = [Decision.reject(_failed("decide()", e))] * n
+            return pack(decided, n)
+
+        def reveal(self, topic: str, client):
+            p = state["policy"]
+            if p is None:
+                return reveal_to_wit(Reveal.deny("policy used before init"))
+            try:
+                answer = p.reveal(topic, client_from_wit(client))
+            except Exception as e:
+                answer = Reveal.deny(_failed("reveal()", e))
+            return reveal_to_wit(answer)
 
     WitWorld.__name__ = "WitWorld"
     WitWorld.__qualname__ = "WitWorld"

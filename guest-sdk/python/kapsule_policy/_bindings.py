@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Sequence
 
 from wit_world.imports import types as wit
 
-from ._types import Decision, Encrypt, Needs, TopicPlan, ValuePart
+from ._types import (MECHANISMS, Client, Decision, Encrypt, Memo, Needs, Principal, Reveal,
+                     TopicPlan, ValuePart)
 
 
 def _value_part(v: ValuePart) -> Any:
@@ -36,6 +37,40 @@ def _needs(n: Needs) -> Any:
     return f
 
 
+def _memo(m: Memo) -> Any:
+    if m.kind == "header":
+        return wit.MemoKey_Header(m.header_name)
+    if m.kind == "record-key":
+        return wit.MemoKey_RecordKey()
+    if m.kind == "key-prefix":
+        return wit.MemoKey_KeyPrefix(m.prefix_len)
+    return wit.MemoKey_None_()
+
+
+def client_from_wit(c: Any) -> Client:
+    """The hand-written :class:`Client` for the generated one."""
+    p = c.principal
+    if p is None:
+        return Client.ANONYMOUS
+    m = p.mechanism.value
+    return Client(Principal(p.name, MECHANISMS[m] if 0 <= m < len(MECHANISMS) else "unknown"))
+
+
+def reveal_to_wit(r: Any) -> Any:
+    """The generated ``Reveal`` for ``r``; anything that is not a ``Reveal`` denies the fetch
+    with a message naming the mistake (fail closed)."""
+    if not isinstance(r, Reveal):
+        return wit.Reveal_Deny(f"policy reveal() returned {type(r).__name__}, not Reveal")
+    if r.kind == "all":
+        return wit.Reveal_All()
+    if r.kind == "parts":
+        return wit.Reveal_Parts(wit.RevealParts(value=r.value, json_fields=list(r.json_fields),
+                                                record_key=r.record_key, headers=list(r.headers)))
+    if r.kind == "ciphertext":
+        return wit.Reveal_Ciphertext()
+    return wit.Reveal_Deny(r.message)
+
+
 def _decision(d: Decision) -> Any:
     if d.kind == "encrypt":
         return wit.Decision_Encrypt(_encrypt(d.encryption))
@@ -52,7 +87,7 @@ def plan_to_wit(p: Any) -> Any:
     if p.kind == "encrypt-all":
         return wit.TopicPlan_EncryptAll(_encrypt(p.encryption))
     if p.kind == "per-record":
-        return wit.TopicPlan_PerRecord(_needs(p.needs))
+        return wit.TopicPlan_PerRecord(wit.PerRecordPlan(needs=_needs(p.needs), memo=_memo(p.memo)))
     if p.kind == "reject-all":
         return wit.TopicPlan_RejectAll(p.message)
     return wit.TopicPlan_PassAll()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json as _json
-from typing import Any, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 
 def expand_topic(template: str, topic: str) -> str:
@@ -158,19 +158,74 @@ class Decision:
 Decision.PASS = Decision("pass")
 
 
-class TopicPlan:
-    """The answer for a whole topic, computed once and cached by Kapsule:
-    ``TopicPlan.PASS_ALL``, ``TopicPlan.encrypt_all(Encrypt(...))``,
-    ``TopicPlan.per_record(Needs(...))`` or ``TopicPlan.reject_all(message)``."""
+class Memo:
+    """What a per-record decision depends on (the plan's ``memo``): ``Memo.NONE``,
+    ``Memo.header("tenant")``, ``Memo.RECORD_KEY`` or ``Memo.key_prefix(n)``.
 
-    __slots__ = ("kind", "encryption", "needs", "message")
+    Declaring it lets Kapsule call ``decide`` once per distinct value instead of once per record
+    and cache the answers (per topic and client principal, bounded, dropped when the module is
+    replaced). It is a promise: two records with the same value must get the same decision, since
+    Kapsule reuses one answer for both. ``decide`` then sees one record per value not cached yet.
+    """
+
+    __slots__ = ("kind", "header_name", "prefix_len")
+    NONE: "Memo"
+    RECORD_KEY: "Memo"
+
+    def __init__(self, kind: str, header_name: str = "", prefix_len: int = 0) -> None:
+        self.kind = kind
+        self.header_name = header_name
+        self.prefix_len = prefix_len
+
+    @staticmethod
+    def header(name: str) -> "Memo":
+        """The decision depends only on the first header named ``name`` (absent and null are
+        values too)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("Memo.header needs a non-empty header name")
+        return Memo("header", header_name=name)
+
+    @staticmethod
+    def key_prefix(n: int) -> "Memo":
+        """The decision depends only on the first ``n`` bytes of the record key."""
+        if not isinstance(n, int) or not 0 < n < 2**32:
+            raise ValueError("Memo.key_prefix needs a byte count between 1 and 2^32-1")
+        return Memo("key-prefix", prefix_len=n)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Memo) and (self.kind, self.header_name, self.prefix_len)
+                == (other.kind, other.header_name, other.prefix_len))
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.header_name, self.prefix_len))
+
+    def __repr__(self) -> str:
+        if self.kind == "header":
+            return f"Memo.header({self.header_name!r})"
+        if self.kind == "key-prefix":
+            return f"Memo.key_prefix({self.prefix_len})"
+        return "Memo.RECORD_KEY" if self.kind == "record-key" else "Memo.NONE"
+
+
+Memo.NONE = Memo("none")
+Memo.RECORD_KEY = Memo("record-key")
+
+
+class TopicPlan:
+    """The answer for a whole topic, computed once per (topic, client principal) and cached by
+    Kapsule: ``TopicPlan.PASS_ALL``, ``TopicPlan.encrypt_all(Encrypt(...))``,
+    ``TopicPlan.per_record(Needs(...), memo=Memo...)`` or ``TopicPlan.reject_all(message)``."""
+
+    __slots__ = ("kind", "encryption", "needs", "memo", "message")
     PASS_ALL: "TopicPlan"
 
     def __init__(self, kind: str, encryption: Optional[Encrypt] = None,
-                 needs: Optional[Needs] = None, message: str = "") -> None:
+                 needs: Optional[Needs] = None, message: str = "",
+                 memo: Optional[Memo] = None) -> None:
         self.kind = kind
         self.encryption = encryption
         self.needs = needs
+        self.memo = memo if memo is not None else Memo.NONE
         self.message = message
 
     @staticmethod
@@ -181,11 +236,24 @@ class TopicPlan:
         return TopicPlan("encrypt-all", encryption=e)
 
     @staticmethod
-    def per_record(needs: Needs) -> "TopicPlan":
-        """Every batch goes to ``decide``, showing these parts of each record."""
+    def per_record(needs: Needs, memo: Memo = None) -> "TopicPlan":  # type: ignore[assignment]
+        """Batches go to ``decide``, showing these parts of each record.
+
+        ``memo`` (default ``Memo.NONE``: every record is decided) declares what the decision
+        depends on. The part it names is shown to ``decide`` even if ``needs`` leaves it out
+        (``Memo.header`` adds headers, ``Memo.RECORD_KEY`` and ``Memo.key_prefix`` add the key).
+        """
         if not isinstance(needs, Needs):
             raise TypeError(f"TopicPlan.per_record needs a Needs, not {type(needs).__name__}")
-        return TopicPlan("per-record", needs=needs)
+        if memo is None:
+            memo = Memo.NONE
+        if not isinstance(memo, Memo):
+            raise TypeError(f"TopicPlan.per_record memo must be a Memo, not {type(memo).__name__}")
+        if memo.kind == "header" and not needs.headers:
+            needs = Needs(key=needs.key, value=needs.value, headers=True)
+        if memo.kind in ("record-key", "key-prefix") and not needs.key:
+            needs = Needs(key=True, value=needs.value, headers=needs.headers)
+        return TopicPlan("per-record", needs=needs, memo=memo)
 
     @staticmethod
     def reject_all(message: str) -> "TopicPlan":
@@ -193,13 +261,129 @@ class TopicPlan:
         return TopicPlan("reject-all", message=str(message))
 
     def __repr__(self) -> str:
+        if self.kind == "per-record":
+            return f"TopicPlan.per_record({self.needs!r}, memo={self.memo!r})"
         return f"TopicPlan({self.kind!r})"
 
 
 TopicPlan.PASS_ALL = TopicPlan("pass-all")
 
+MECHANISMS = ("sasl-plain", "sasl-scram-sha256", "sasl-scram-sha512", "sasl-oauthbearer", "mtls")
+"""The values of :attr:`Principal.mechanism`, in WIT order."""
+
+
+class Principal:
+    """An authenticated client: ``name`` (SASL user, OAuth subject or certificate subject) and
+    ``mechanism`` (one of :data:`MECHANISMS`, e.g. ``"sasl-scram-sha512"`` or ``"mtls"``)."""
+
+    __slots__ = ("name", "mechanism")
+
+    def __init__(self, name: str, mechanism: str) -> None:
+        self.name = name
+        self.mechanism = mechanism
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Principal)
+                and (self.name, self.mechanism) == (other.name, other.mechanism))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.mechanism))
+
+    def __repr__(self) -> str:
+        return f"Principal({self.name!r}, {self.mechanism!r})"
+
+
+class Client:
+    """The client connection a call is made for. ``principal`` is ``None`` on a connection
+    without authentication; :attr:`name` is the principal's name or ``None``."""
+
+    __slots__ = ("principal",)
+    ANONYMOUS: "Client"
+
+    def __init__(self, principal: Optional[Principal] = None) -> None:
+        self.principal = principal
+
+    @property
+    def name(self) -> Optional[str]:
+        """The authenticated name, or ``None`` without authentication."""
+        return None if self.principal is None else self.principal.name
+
+    @property
+    def mechanism(self) -> Optional[str]:
+        """How the client authenticated (see :data:`MECHANISMS`), or ``None``."""
+        return None if self.principal is None else self.principal.mechanism
+
+    def __repr__(self) -> str:
+        return f"Client({self.principal!r})"
+
+
+Client.ANONYMOUS = Client(None)
+
+
+class Reveal:
+    """What a client may read in clear of a topic's encrypted records on Fetch:
+    ``Reveal.ALL`` (the default), ``Reveal.parts(...)``, ``Reveal.CIPHERTEXT`` or
+    ``Reveal.deny(message)``. Kapsule asks once per (topic, client principal) and caches it."""
+
+    __slots__ = ("kind", "value", "json_fields", "record_key", "headers", "message")
+    ALL: "Reveal"
+    CIPHERTEXT: "Reveal"
+
+    def __init__(self, kind: str, value: bool = False, json_fields: Iterable[str] = (),
+                 record_key: bool = False, headers: Iterable[str] = (), message: str = "") -> None:
+        self.kind = kind
+        self.value = bool(value)
+        self.json_fields = tuple(json_fields)
+        self.record_key = bool(record_key)
+        self.headers = tuple(headers)
+        self.message = message
+
+    @staticmethod
+    def parts(value: bool = False, json_fields: Iterable[str] = (), record_key: bool = False,
+              headers: Iterable[str] = ()) -> "Reveal":
+        """Decrypt only these parts; the rest reaches the client as stored (ciphertext).
+
+        ``value=True`` decrypts the whole value or every encrypted JSON field; otherwise only the
+        encrypted JSON fields at ``json_fields`` (RFC 6901 pointers) are decrypted.
+        ``Reveal.parts()`` decrypts nothing but keeps the records' clear parts readable.
+        """
+        if isinstance(json_fields, str) or isinstance(headers, str):
+            raise TypeError("Reveal.parts: json_fields and headers are lists of strings")
+        return Reveal("parts", value, json_fields, record_key, headers)
+
+    @staticmethod
+    def deny(message: str) -> "Reveal":
+        """Refuse the fetch (TOPIC_AUTHORIZATION_FAILED) with this message."""
+        return Reveal("deny", message=str(message))
+
+    def __repr__(self) -> str:
+        if self.kind == "parts":
+            return (f"Reveal.parts(value={self.value}, json_fields={list(self.json_fields)!r}, "
+                    f"record_key={self.record_key}, headers={list(self.headers)!r})")
+        if self.kind == "deny":
+            return f"Reveal.deny({self.message!r})"
+        return "Reveal.ALL" if self.kind == "all" else "Reveal.CIPHERTEXT"
+
+
+Reveal.ALL = Reveal("all")
+Reveal.CIPHERTEXT = Reveal("ciphertext")
+
+
 Header = Tuple[bytes, Optional[bytes]]
 """One Kafka header: ``(key, value)``; ``value`` is ``None`` for a null value."""
+
+
+_ENCODED: dict = {}
+
+
+def _encoded(name: str) -> bytes:
+    """``name`` as UTF-8, cached: policies ask for the same few header names on every record."""
+    b = _ENCODED.get(name)
+    if b is None:
+        b = name.encode()
+        if len(_ENCODED) < 256:
+            _ENCODED[name] = b
+    return b
 
 
 class RecordView:
@@ -248,20 +432,27 @@ class RecordView:
         return [(self._data[h.key.offset:h.key.offset + h.key.len], self._bytes(h.value))
                 for h in self._hdrs[start:start + self._rec.headers_len]]
 
-    def _find(self, name: bytes) -> Iterator[Any]:
+    def _find(self, name: str) -> Any:
+        """The first header named ``name`` (its generated ``HeaderView``), or ``None``."""
+        want = _encoded(name)
+        n = len(want)
         data = self._data
-        n = len(name)
-        start = self._rec.headers_start
-        for h in self._hdrs[start:start + self._rec.headers_len]:
+        rec = self._rec
+        hdrs = self._hdrs
+        for i in range(rec.headers_start, rec.headers_start + rec.headers_len):
+            h = hdrs[i]
             k = h.key
-            if k.len == n and data[k.offset:k.offset + n] == name:
-                yield h
+            if k.len == n and data.startswith(want, k.offset):
+                return h
+        return None
 
     def header(self, name: str) -> Optional[bytes]:
         """Value of the first header named ``name``, if present and not null."""
-        for h in self._find(name.encode()):
-            return self._bytes(h.value)
-        return None
+        h = self._find(name)
+        if h is None:
+            return None
+        v = h.value
+        return None if v is None else self._data[v.offset:v.offset + v.len]
 
     def header_str(self, name: str) -> Optional[str]:
         """As :meth:`header`, decoded as UTF-8 (``None`` if absent, null or not UTF-8)."""
@@ -275,9 +466,7 @@ class RecordView:
 
     def has_header(self, name: str) -> bool:
         """Whether a header named ``name`` is present (even with a null value)."""
-        for _ in self._find(name.encode()):
-            return True
-        return False
+        return self._find(name) is not None
 
     def key_str(self) -> Optional[str]:
         """The key as UTF-8 text, if present and valid."""

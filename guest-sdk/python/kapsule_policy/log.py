@@ -1,8 +1,8 @@
 """Logging to Kapsule's log through the ``log`` import.
 
 Messages are rate-limited (default 20 per second per binding; the rest are dropped and counted)
-and truncated (default 1 KiB). Never log record contents: they are plaintext. ``print`` output is
-not a log: it is discarded.
+and truncated (default 1 KiB). Never log record contents: they are plaintext. ``print`` output (stdout
+and stderr) also reaches the policy log, at info and warn level, under the same limits.
 """
 
 

@@ -19,6 +19,7 @@ use super::scaffold::Lang;
 use super::{PolicyRegistry, TopicPlan};
 use crate::kafka::records::{Record, RecordHeader};
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
+use crate::principal::{AuthMechanism, Principal};
 
 /// Size of the "full batch" `policy check` times against the call deadline: the default
 /// `message.max.bytes` of a Kafka broker.
@@ -70,6 +71,10 @@ pub enum PolicyCommand {
         /// Compile into a fresh, empty module cache: the load time is a cold compile.
         #[arg(long)]
         cold: bool,
+        /// Call `plan`, `decide` and `reveal` as this SASL/PLAIN principal (default: an
+        /// unauthenticated client).
+        #[arg(long)]
+        principal: Option<String>,
     },
 }
 
@@ -88,6 +93,8 @@ pub struct CheckOptions {
     pub call_timeout: Duration,
     /// Compile into a fresh module cache (cold compile).
     pub cold: bool,
+    /// The client principal calls are made for; `None`: an unauthenticated client.
+    pub principal: Option<Principal>,
 }
 
 impl Default for CheckOptions {
@@ -99,6 +106,7 @@ impl Default for CheckOptions {
             records: None,
             call_timeout: Duration::from_millis(LimitsConfig::default().call_timeout_ms),
             cold: false,
+            principal: None,
         }
     }
 }
@@ -158,6 +166,7 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             records,
             call_timeout_ms,
             cold,
+            principal,
         } => {
             let opts = CheckOptions {
                 config,
@@ -166,6 +175,7 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 records,
                 call_timeout: Duration::from_millis(call_timeout_ms),
                 cold,
+                principal: principal.map(|p| Principal::new(p, AuthMechanism::SaslPlain)),
             };
             match check_policy(&file, &opts) {
                 Ok(report) => {
@@ -270,6 +280,7 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
         check_topic(
             &reg,
             t,
+            opts.principal.as_ref(),
             &samples,
             opts.call_timeout,
             &mut out,
@@ -285,12 +296,13 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
 fn check_topic(
     reg: &PolicyRegistry,
     topic: &str,
+    principal: Option<&Principal>,
     samples: &[Record],
     deadline: Duration,
     out: &mut String,
     failures: &mut Vec<String>,
 ) {
-    let plan = match reg.topic_plan(topic) {
+    let plan = match reg.topic_plan(topic, principal) {
         Ok(p) => p,
         Err(e) => {
             out.push_str(&format!("topic {topic}: ERROR {e}\n"));
@@ -302,7 +314,7 @@ fn check_topic(
     if !matches!(plan, TopicPlan::PerRecord(_)) {
         return;
     }
-    let decided = match reg.decide(topic, BASE_TIMESTAMP, samples) {
+    let decided = match reg.decide(topic, principal, BASE_TIMESTAMP, samples) {
         Ok(d) => d,
         Err(e) => {
             out.push_str(&format!("  decide: ERROR {e}\n"));
@@ -329,7 +341,7 @@ fn check_topic(
     while times.len() < 3 || (measuring.elapsed() < Duration::from_millis(200) && times.len() < 50)
     {
         let t = Instant::now();
-        if let Err(e) = reg.decide(topic, BASE_TIMESTAMP, samples) {
+        if let Err(e) = reg.decide(topic, principal, BASE_TIMESTAMP, samples) {
             failures.push(format!("topic {topic}: decide failed when repeated: {e}"));
             return;
         }
@@ -347,7 +359,7 @@ fn check_topic(
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        if let Err(e) = reg.decide(topic, BASE_TIMESTAMP, &full) {
+        if let Err(e) = reg.decide(topic, principal, BASE_TIMESTAMP, &full) {
             out.push_str(&format!("  full batch: ERROR {e}\n"));
             failures.push(format!(
                 "topic {topic}: a full 1 MiB batch ({} records) failed: {e}",

@@ -110,7 +110,8 @@ fn load_all(inner: &Arc<Inner>) {
                 if b.current.load().is_some() {
                     return Ok(());
                 }
-                let m = rt.load(&b.module_path, &b.config, b.log.clone())?;
+                let file = rt.read_module(&b.module_path)?;
+                let m = rt.load(&file, &b.config, b.log.clone())?;
                 b.stats
                     .loads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,11 +1,13 @@
 //! Where encryption plans come from: built-in config rules and sandboxed Wasm policy components.
 //!
 //! The proxy talks to one type, [`PolicyRegistry`]:
-//! - [`PolicyRegistry::topic_plan`] once per produce batch (cached per topic and module version;
-//!   only a cache miss on a Wasm binding runs guest code);
-//! - [`PolicyRegistry::decide`] for topics whose plan is [`TopicPlan::PerRecord`]: one guest call
-//!   per record batch, showing only the parts the plan's [`Needs`] asked for;
-//! - [`PolicyRegistry::decrypt_settings`] on Fetch.
+//! - [`PolicyRegistry::topic_plan`] once per produce batch (cached per topic, client principal
+//!   and module version; only a cache miss on a Wasm binding runs guest code);
+//! - [`PolicyRegistry::decide`] for topics whose plan is [`TopicPlan::PerRecord`]: at most one
+//!   guest call per record batch, showing only the parts the plan's
+//!   [`Needs`](crate::plan::Needs) asked for (with a memo key, only records whose value has no
+//!   cached decision yet);
+//! - [`PolicyRegistry::decrypt_settings`] and [`PolicyRegistry::reveal`] on Fetch.
 //!
 //! Resolution order for a topic: the bindings in config order, then the rules in config order;
 //! the first match wins; a topic nothing matches is passed or rejected as `unmatched_topics` says.
@@ -20,18 +22,22 @@
 
 pub mod cli;
 pub mod config;
-pub mod fixtures;
+#[cfg(test)]
+#[path = "../../test-support/policy_fixtures.rs"]
+pub(crate) mod fixtures;
 mod loading;
 pub mod rules;
 pub mod scaffold;
 mod stats;
+mod status;
 pub mod wasm;
 mod watch;
+
+pub use self::status::{BindingStatus, PolicyStatus};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
@@ -42,17 +48,12 @@ use serde::Serialize;
 use self::config::{DecryptSettings, KekAllowance, PolicyConfig, UnmatchedTopics};
 use self::rules::{Rule, TopicMatcher};
 use self::stats::BindingStats;
-use self::wasm::bindings::kapsule::policy::types as wit;
 use self::wasm::host::LogSink;
-use self::wasm::{CallError, Limits, LoadedModule, WasmRuntime};
+use self::wasm::{Caller, Decide, Limits, LoadedModule, WasmRuntime};
 use crate::kafka::records::Record;
-use crate::plan::{EncryptionPlan, Needs, RecordDecision, Reveal, TopicPlan, ValuePart};
+use crate::plan::{RecordDecision, Reveal, TopicPlan};
 use crate::principal::Principal;
 
-/// Longest key id a policy may name.
-const MAX_KEY_ID_LEN: usize = 256;
-/// Longest reject message kept (longer ones are truncated).
-const MAX_REJECT_LEN: usize = 1024;
 /// Topics remembered in the resolution cache before it is cleared.
 const MAX_CACHED_TOPICS: usize = 65_536;
 
@@ -199,14 +200,6 @@ pub fn validate_json_pointer(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A validated plan of one topic under one module version, with the key allowance expanded for
-/// the topic.
-#[derive(Debug)]
-pub(crate) struct TopicEntry {
-    plan: TopicPlan,
-    allowed: GlobSet,
-}
-
 /// One `bindings[i]` entry with its current module version.
 struct Binding {
     label: Arc<str>,
@@ -275,65 +268,6 @@ pub enum ReloadOutcome {
         /// Why.
         error: String,
     },
-}
-
-/// Snapshot for `GET /policies`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyStatus {
-    /// What happens to topics nothing matches (`pass` or `reject`).
-    pub unmatched_topics: &'static str,
-    /// Number of built-in rules.
-    pub rules: usize,
-    /// One entry per binding, in config order.
-    pub bindings: Vec<BindingStatus>,
-}
-
-/// State and counters of one binding.
-#[derive(Debug, Clone, Serialize)]
-pub struct BindingStatus {
-    /// `bindings[i] (file)`.
-    pub binding: String,
-    /// The topic selector.
-    pub topics: String,
-    /// Module file.
-    pub module: String,
-    /// `loading` (first version still compiling), `ready`, or `failed` (first version refused;
-    /// its topics are refused until a reload succeeds).
-    pub state: &'static str,
-    /// SHA-256 of the version serving now (empty before the first load).
-    pub content_hash: String,
-    /// When that version was loaded (Unix ms).
-    pub loaded_at_unix_ms: u64,
-    /// Live instances.
-    pub instances: usize,
-    /// Guest calls (`plan` and `decide`) since start.
-    pub calls: u64,
-    /// Failed guest calls and contract violations since start.
-    pub errors: u64,
-    /// Of which: deadline exceeded.
-    pub deadlines: u64,
-    /// Of which: memory exhausted.
-    pub memory_exhausted: u64,
-    /// Of which: traps.
-    pub traps: u64,
-    /// Of which: malformed answers and key violations.
-    pub violations: u64,
-    /// Instances discarded after a failure.
-    pub instances_discarded: u64,
-    /// Versions refused on reload.
-    pub refusals: u64,
-    /// Versions loaded (including the first).
-    pub loads: u64,
-    /// Guest log messages emitted / dropped by the rate limit.
-    pub log_emitted: u64,
-    /// Guest log messages dropped by the rate limit.
-    pub log_dropped: u64,
-    /// 99th percentile guest call time since start, microseconds (`None` before the first call).
-    pub p99_call_us: Option<f64>,
-    /// Most recent call error.
-    pub last_error: Option<String>,
-    /// Most recent refused reload.
-    pub last_refusal: Option<String>,
 }
 
 impl PolicyRegistry {
@@ -446,61 +380,63 @@ impl PolicyRegistry {
 
     /// The plan for `topic` if it can be given without running guest code (rules, unmatched
     /// topics, or a plan cached for the current module version).
-    pub fn cached_topic_plan(&self, topic: &str) -> Option<TopicPlan> {
+    pub fn cached_topic_plan(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Option<TopicPlan> {
         match self.resolve(topic) {
             Target::Rule(i) => Some(self.inner.rules[i].plan(topic)),
             Target::Unmatched => Some(self.unmatched_plan(topic)),
             Target::Binding(i) => {
-                let m = self.inner.bindings[i].current.load();
-                let plans = m.as_ref()?.plans.lock();
-                plans.get(topic).map(|e| e.plan.clone())
+                let m = self.inner.bindings[i].current.load_full()?;
+                let plan = m.cached_plan(topic, principal)?;
+                Some(plan.topic_plan().clone())
             }
         }
     }
 
-    /// The plan for `topic`. Runs the guest's `plan` on the first call per topic and module
-    /// version (blocking, bounded by the call deadline); cached afterwards.
-    pub fn topic_plan(&self, topic: &str) -> Result<TopicPlan, PolicyError> {
+    /// The plan for `topic` when `principal` (`None`: an unauthenticated connection) produces
+    /// to it. Runs the guest's `plan` on the first call per (topic, principal) and module version
+    /// (blocking, bounded by the call deadline); cached afterwards (bounded).
+    pub fn topic_plan(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<TopicPlan, PolicyError> {
         match self.resolve(topic) {
             Target::Rule(i) => Ok(self.inner.rules[i].plan(topic)),
             Target::Unmatched => Ok(self.unmatched_plan(topic)),
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
                 let m = b.module()?;
-                Ok(b.topic_entry(&m, topic)?.plan.clone())
+                Ok(m.plan(&b.caller(), topic, principal)?.topic_plan().clone())
             }
         }
     }
 
-    /// One decision per record, in order. For plans other than `per-record` the topic plan is
-    /// repeated; for `per-record` the guest's `decide` runs once for the whole slice (blocking,
-    /// bounded by the call deadline). `base_timestamp` is the batch's base timestamp; each
+    /// One decision per record produced by `principal`, in order. For plans other than
+    /// `per-record` the topic plan is repeated; for `per-record` the guest's `decide` runs at
+    /// most once for the whole slice (blocking, bounded by the call deadline). `base_timestamp` is the batch's base timestamp; each
     /// record's timestamp is `base_timestamp + timestamp_delta`.
     pub fn decide(
         &self,
         topic: &str,
+        principal: Option<&Principal>,
         base_timestamp: i64,
         records: &[Record],
     ) -> Result<Vec<RecordDecision>, PolicyError> {
         match self.resolve(topic) {
-            Target::Rule(i) => Ok(repeat(&self.inner.rules[i].plan(topic), records.len())),
-            Target::Unmatched => Ok(repeat(&self.unmatched_plan(topic), records.len())),
+            Target::Rule(i) => Ok(self.inner.rules[i].plan(topic).repeated(records.len())),
+            Target::Unmatched => Ok(self.unmatched_plan(topic).repeated(records.len())),
             Target::Binding(i) => {
                 let b = &self.inner.bindings[i];
+                let c = b.caller();
                 let m = b.module()?;
-                let entry = b.topic_entry(&m, topic)?;
-                match entry.plan {
-                    TopicPlan::PerRecord(needs) => {
-                        let batch =
-                            batch_view(records, base_timestamp, needs).map_err(|reason| {
-                                PolicyError::Unavailable {
-                                    binding: b.label.to_string(),
-                                    reason,
-                                }
-                            })?;
-                        b.decide(&m, &entry, topic, &batch)
-                    }
-                    ref other => Ok(repeat(other, records.len())),
+                let plan = m.plan(&c, topic, principal)?;
+                match m.prepare_decide(&c, &plan, topic, principal, base_timestamp, records)? {
+                    Decide::Done(d) => Ok(d),
+                    Decide::Call(call) => call.run(&c),
                 }
             }
         }
@@ -508,21 +444,26 @@ impl PolicyRegistry {
 
     /// Async form of [`PolicyRegistry::topic_plan`]: answers inline when no guest code must run,
     /// otherwise on `spawn_blocking`.
-    pub async fn topic_plan_async(&self, topic: &str) -> Result<TopicPlan, PolicyError> {
-        if let Some(p) = self.cached_topic_plan(topic) {
-            return Ok(p);
+    pub async fn topic_plan_async(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<TopicPlan, PolicyError> {
+        match self.resolve(topic) {
+            Target::Binding(i) => {
+                let m = self.inner.bindings[i].module()?;
+                if let Some(p) = m.cached_plan(topic, principal) {
+                    return Ok(p.topic_plan().clone());
+                }
+                let (t, p) = (topic.to_string(), principal.cloned());
+                let plan = self
+                    .blocking(i, move |b| m.plan(&b.caller(), &t, p.as_ref()))
+                    .await?;
+                Ok(plan.topic_plan().clone())
+            }
+            Target::Rule(i) => Ok(self.inner.rules[i].plan(topic)),
+            Target::Unmatched => Ok(self.unmatched_plan(topic)),
         }
-        let this = self.clone();
-        let t = topic.to_string();
-        let label = self.label_for(topic);
-        tokio::task::spawn_blocking(move || this.topic_plan(&t))
-            .await
-            .unwrap_or_else(|e| {
-                Err(PolicyError::Unavailable {
-                    binding: label,
-                    reason: format!("policy task failed: {e}"),
-                })
-            })
     }
 
     /// Async form of [`PolicyRegistry::decide`]: answers inline when no guest code must run; for
@@ -531,24 +472,49 @@ impl PolicyRegistry {
     pub async fn decide_async(
         &self,
         topic: &str,
+        principal: Option<&Principal>,
         base_timestamp: i64,
         records: &[Record],
     ) -> Result<Vec<RecordDecision>, PolicyError> {
-        let plan = self.topic_plan_async(topic).await?;
-        let needs = match plan {
-            TopicPlan::PerRecord(needs) => needs,
-            other => return Ok(repeat(&other, records.len())),
+        let i = match self.resolve(topic) {
+            Target::Binding(i) => i,
+            Target::Rule(i) => return Ok(self.inner.rules[i].plan(topic).repeated(records.len())),
+            Target::Unmatched => return Ok(self.unmatched_plan(topic).repeated(records.len())),
         };
-        let label = self.label_for(topic);
-        let batch = batch_view(records, base_timestamp, needs).map_err(|reason| {
-            PolicyError::Unavailable {
-                binding: label.clone(),
-                reason,
+        let b = &self.inner.bindings[i];
+        let m = b.module()?;
+        let plan = match m.cached_plan(topic, principal) {
+            Some(p) => p,
+            None => {
+                let (m, t, p) = (m.clone(), topic.to_string(), principal.cloned());
+                self.blocking(i, move |b| m.plan(&b.caller(), &t, p.as_ref()))
+                    .await?
             }
-        })?;
+        };
+        // The module may be swapped meanwhile: this batch finishes under the version that
+        // planned it.
+        match m.prepare_decide(
+            &b.caller(),
+            &plan,
+            topic,
+            principal,
+            base_timestamp,
+            records,
+        )? {
+            Decide::Done(d) => Ok(d),
+            Decide::Call(call) => self.blocking(i, move |b| call.run(&b.caller())).await,
+        }
+    }
+
+    /// Runs `f` on binding `i` on a blocking thread (guest code may run for up to its deadline).
+    async fn blocking<R: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&Binding) -> Result<R, PolicyError> + Send + 'static,
+    ) -> Result<R, PolicyError> {
         let this = self.clone();
-        let t = topic.to_string();
-        tokio::task::spawn_blocking(move || this.decide_views(&t, &batch))
+        let label = self.inner.bindings[i].label.to_string();
+        tokio::task::spawn_blocking(move || f(&this.inner.bindings[i]))
             .await
             .unwrap_or_else(|e| {
                 Err(PolicyError::Unavailable {
@@ -556,36 +522,6 @@ impl PolicyRegistry {
                     reason: format!("policy task failed: {e}"),
                 })
             })
-    }
-
-    fn decide_views(
-        &self,
-        topic: &str,
-        batch: &wit::BatchView,
-    ) -> Result<Vec<RecordDecision>, PolicyError> {
-        let n = batch.records.len();
-        match self.resolve(topic) {
-            Target::Binding(i) => {
-                let b = &self.inner.bindings[i];
-                let m = b.module()?;
-                let entry = b.topic_entry(&m, topic)?;
-                match entry.plan {
-                    // The module may have been swapped since the plan was read; re-check.
-                    TopicPlan::PerRecord(_) => b.decide(&m, &entry, topic, batch),
-                    ref other => Ok(repeat(other, n)),
-                }
-            }
-            Target::Rule(i) => Ok(repeat(&self.inner.rules[i].plan(topic), n)),
-            Target::Unmatched => Ok(repeat(&self.unmatched_plan(topic), n)),
-        }
-    }
-
-    fn label_for(&self, topic: &str) -> String {
-        match self.resolve(topic) {
-            Target::Binding(i) => self.inner.bindings[i].label.to_string(),
-            Target::Rule(i) => format!("rules[{i}]"),
-            Target::Unmatched => "unmatched_topics".into(),
-        }
     }
 
     /// Decrypt-side settings of `topic` (from its binding or rule; defaults when unmatched).
@@ -617,11 +553,12 @@ impl PolicyRegistry {
     pub fn allowed_keks(&self, topic: &str) -> Option<KekAllowance> {
         match self.resolve(topic) {
             Target::Rule(i) => Some(KekAllowance::Exact(self.inner.rules[i].key_id(topic))),
-            Target::Binding(i) => Some(KekAllowance::Globs(
-                self.inner.bindings[i]
-                    .allowance(topic)
-                    .unwrap_or_else(|_| GlobSet::empty()),
-            )),
+            Target::Binding(i) => {
+                let b = &self.inner.bindings[i];
+                Some(KekAllowance::Globs(
+                    key_allowance(&b.label, &b.allowed, topic).unwrap_or_else(|_| GlobSet::empty()),
+                ))
+            }
             Target::Unmatched => None,
         }
     }
@@ -662,22 +599,17 @@ impl PolicyRegistry {
             .as_ref()
             .expect("runtime exists when bindings do");
         let outcome = (|| -> anyhow::Result<ReloadOutcome> {
-            let bytes = std::fs::read(&b.module_path)
-                .with_context(|| format!("reading {}", b.module_path.display()))?;
-            if bytes.len() as u64 > rt.limits().module_max_bytes {
-                anyhow::bail!(
-                    "{} is {} bytes, larger than limits.module_max_mib allows",
-                    b.module_path.display(),
-                    bytes.len()
-                );
-            }
-            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-            if b.current.load().as_ref().is_some_and(|m| m.hash() == hash) {
+            let file = rt.read_module(&b.module_path)?;
+            if b.current
+                .load()
+                .as_ref()
+                .is_some_and(|m| m.hash() == file.hash())
+            {
                 return Ok(ReloadOutcome::Unchanged);
             }
             let m = std::thread::scope(|scope| {
                 wasm::join_loader(wasm::spawn_loader(scope, || {
-                    rt.load_bytes(&bytes, &b.module_path, &b.config, b.log.clone())
+                    rt.load(&file, &b.config, b.log.clone())
                 }))
             })?;
             let content_hash = m.hash().to_string();
@@ -726,55 +658,6 @@ impl PolicyRegistry {
         }
         Ok(())
     }
-
-    /// Snapshot of every binding for `GET /policies`.
-    pub fn status(&self) -> PolicyStatus {
-        use std::sync::atomic::Ordering::Relaxed;
-        PolicyStatus {
-            unmatched_topics: match self.inner.unmatched {
-                UnmatchedTopics::Pass => "pass",
-                UnmatchedTopics::Reject => "reject",
-            },
-            rules: self.inner.rules.len(),
-            bindings: self
-                .inner
-                .bindings
-                .iter()
-                .map(|b| {
-                    let m = b.current.load();
-                    let m = m.as_ref();
-                    let s = &b.stats;
-                    BindingStatus {
-                        binding: b.label.to_string(),
-                        topics: b.selector.clone(),
-                        module: b.module_path.display().to_string(),
-                        state: match (m, b.load_error.lock().is_some()) {
-                            (Some(_), _) => "ready",
-                            (None, true) => "failed",
-                            (None, false) => "loading",
-                        },
-                        content_hash: m.map(|m| m.hash().to_string()).unwrap_or_default(),
-                        loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
-                        instances: m.map_or(0, |m| m.live_instances()),
-                        calls: s.calls.load(Relaxed),
-                        errors: s.errors.load(Relaxed),
-                        deadlines: s.deadlines.load(Relaxed),
-                        memory_exhausted: s.memory.load(Relaxed),
-                        traps: s.traps.load(Relaxed),
-                        violations: s.violations.load(Relaxed),
-                        instances_discarded: s.discarded.load(Relaxed),
-                        refusals: s.refusals.load(Relaxed),
-                        loads: s.loads.load(Relaxed),
-                        log_emitted: b.log.emitted.load(Relaxed),
-                        log_dropped: b.log.dropped.load(Relaxed),
-                        p99_call_us: s.histogram.quantile_us(0.99),
-                        last_error: s.last_error.lock().clone(),
-                        last_refusal: s.last_refusal.lock().clone(),
-                    }
-                })
-                .collect(),
-        }
-    }
 }
 
 /// `bindings[i] (file)`: how logs, errors and `/policies` name a binding.
@@ -786,105 +669,28 @@ fn binding_label(i: usize, module: &std::path::Path) -> Arc<str> {
     format!("bindings[{i}] ({file})").into()
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn repeat(plan: &TopicPlan, n: usize) -> Vec<RecordDecision> {
-    let d = match plan {
-        TopicPlan::PassAll | TopicPlan::PerRecord(_) => RecordDecision::Pass,
-        TopicPlan::EncryptAll(p) => RecordDecision::Encrypt(p.clone()),
-        TopicPlan::RejectAll(m) => RecordDecision::Reject(m.clone()),
-    };
-    vec![d; n]
-}
-
-/// Lays out the parts `needs` asks for as one flat batch view: the bytes in one buffer, records
-/// and headers as spans into it. Errors (a batch over 4 GiB of needed bytes) are not expected
-/// from Kafka's frame limits but are reported rather than truncated.
-fn batch_view(
-    records: &[Record],
-    base_timestamp: i64,
-    needs: Needs,
-) -> Result<wit::BatchView, String> {
-    let mut size = 0usize;
-    let mut header_count = 0usize;
-    for r in records {
-        if needs.key {
-            size += r.key.as_ref().map_or(0, |k| k.len());
-        }
-        if needs.value {
-            size += r.value.as_ref().map_or(0, |v| v.len());
-        }
-        if needs.headers {
-            header_count += r.headers.len();
-            for h in &r.headers {
-                size += h.key.len() + h.value.as_ref().map_or(0, |v| v.len());
+/// The key ids a binding's answers for `topic` may name: its `allowed_key_ids` patterns with
+/// `${topic}` expanded (escaped, so a topic name cannot widen the pattern).
+pub(crate) fn key_allowance(
+    label: &str,
+    patterns: &[String],
+    topic: &str,
+) -> Result<GlobSet, PolicyError> {
+    let escaped = globset::escape(topic);
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let g = globset::Glob::new(&p.replace("${topic}", &escaped)).map_err(|e| {
+            PolicyError::Unavailable {
+                binding: label.to_string(),
+                reason: format!("allowed_key_ids pattern `{p}` is invalid: {e}"),
             }
-        }
+        })?;
+        b.add(g);
     }
-    if u32::try_from(size).is_err() || u32::try_from(header_count).is_err() {
-        return Err(format!(
-            "batch too large to show the policy ({size} bytes, {header_count} headers; limit 4 GiB)"
-        ));
-    }
-    let mut data = Vec::with_capacity(size);
-    let mut push = |bytes: &[u8]| -> wit::Span {
-        let span = wit::Span {
-            offset: data.len() as u32,
-            len: bytes.len() as u32,
-        };
-        data.extend_from_slice(bytes);
-        span
-    };
-    let mut headers = Vec::with_capacity(header_count);
-    let mut views = Vec::with_capacity(records.len());
-    for r in records {
-        let key = if needs.key {
-            r.key.as_deref().map(&mut push)
-        } else {
-            None
-        };
-        let value = if needs.value {
-            r.value.as_deref().map(&mut push)
-        } else {
-            None
-        };
-        let headers_start = headers.len() as u32;
-        if needs.headers {
-            for h in &r.headers {
-                headers.push(wit::HeaderView {
-                    key: push(&h.key),
-                    value: h.value.as_deref().map(&mut push),
-                });
-            }
-        }
-        views.push(wit::RecordView {
-            key,
-            value,
-            headers_start,
-            headers_len: headers.len() as u32 - headers_start,
-            timestamp: base_timestamp.wrapping_add(r.timestamp_delta),
-        });
-    }
-    Ok(wit::BatchView {
-        data,
-        records: views,
-        headers,
+    b.build().map_err(|e| PolicyError::Unavailable {
+        binding: label.to_string(),
+        reason: format!("allowed_key_ids: {e}"),
     })
-}
-
-fn truncate_msg(s: String) -> String {
-    if s.len() <= MAX_REJECT_LEN {
-        return s;
-    }
-    let mut cut = MAX_REJECT_LEN;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
 }
 
 impl Binding {
@@ -911,180 +717,13 @@ impl Binding {
         }
     }
 
-    fn malformed(&self, reason: String) -> PolicyError {
-        PolicyError::Malformed {
-            binding: self.label.to_string(),
-            reason,
+    /// How guest calls for this binding are named, checked and counted.
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            label: &self.label,
+            allowed_key_ids: &self.allowed,
+            stats: &self.stats,
         }
-    }
-
-    /// Accounts for a failed call: counters, last error, log.
-    fn fail(&self, err: PolicyError, discarded: bool) -> PolicyError {
-        self.stats.record_error(&err, discarded);
-        tracing::warn!(policy = %self.label, kind = err.kind(), error = %err, "policy call failed");
-        err
-    }
-
-    fn call_failed(&self, e: CallError) -> PolicyError {
-        let discarded = !matches!(e, CallError::Unavailable(_));
-        self.fail(e.into_policy_error(&self.label), discarded)
-    }
-
-    /// Cached validated plan of `topic` under module version `m`, computing it on a miss.
-    fn topic_entry(&self, m: &LoadedModule, topic: &str) -> Result<Arc<TopicEntry>, PolicyError> {
-        if let Some(e) = m.plans.lock().get(topic) {
-            return Ok(e.clone());
-        }
-        let started = Instant::now();
-        let raw = m.call_plan(topic);
-        self.stats.record_call(started.elapsed());
-        let raw = raw.map_err(|e| self.call_failed(e))?;
-        let allowed = self.allowance(topic)?;
-        let plan = match raw {
-            wit::TopicPlan::PassAll => TopicPlan::PassAll,
-            wit::TopicPlan::RejectAll(m) => TopicPlan::RejectAll(truncate_msg(m)),
-            wit::TopicPlan::PerRecord(n) => TopicPlan::PerRecord(Needs {
-                key: n.contains(wit::Needs::KEY),
-                value: n.contains(wit::Needs::VALUE),
-                headers: n.contains(wit::Needs::HEADERS),
-            }),
-            wit::TopicPlan::EncryptAll(e) => TopicPlan::EncryptAll(
-                self.convert_encrypt(e, &allowed, topic, "plan")
-                    .map(Arc::new)
-                    .map_err(|e| self.fail(e, false))?,
-            ),
-        };
-        let entry = Arc::new(TopicEntry { plan, allowed });
-        let mut plans = m.plans.lock();
-        if plans.len() >= MAX_CACHED_TOPICS {
-            plans.clear();
-        }
-        plans.insert(topic.to_string(), entry.clone());
-        Ok(entry)
-    }
-
-    fn allowance(&self, topic: &str) -> Result<GlobSet, PolicyError> {
-        let escaped = globset::escape(topic);
-        let mut b = GlobSetBuilder::new();
-        for p in &self.allowed {
-            let g = globset::Glob::new(&p.replace("${topic}", &escaped)).map_err(|e| {
-                PolicyError::Unavailable {
-                    binding: self.label.to_string(),
-                    reason: format!("allowed_key_ids pattern `{p}` is invalid: {e}"),
-                }
-            })?;
-            b.add(g);
-        }
-        b.build().map_err(|e| PolicyError::Unavailable {
-            binding: self.label.to_string(),
-            reason: format!("allowed_key_ids: {e}"),
-        })
-    }
-
-    fn convert_encrypt(
-        &self,
-        e: wit::Encrypt,
-        allowed: &GlobSet,
-        topic: &str,
-        what: &str,
-    ) -> Result<EncryptionPlan, PolicyError> {
-        if e.key_id.is_empty() || e.key_id.len() > MAX_KEY_ID_LEN {
-            return Err(self.malformed(format!(
-                "{what}: key id must be 1..={MAX_KEY_ID_LEN} bytes, got {}",
-                e.key_id.len()
-            )));
-        }
-        if !allowed.is_match(&e.key_id) {
-            return Err(PolicyError::KeyNotAllowed {
-                binding: self.label.to_string(),
-                topic: topic.to_string(),
-                key_id: e.key_id,
-            });
-        }
-        let value = match e.value {
-            wit::ValuePart::None => ValuePart::None,
-            wit::ValuePart::Whole => ValuePart::Whole,
-            wit::ValuePart::JsonFields(f) if f.is_empty() => ValuePart::None,
-            wit::ValuePart::JsonFields(f) => {
-                for p in &f {
-                    validate_json_pointer(p).map_err(|r| self.malformed(format!("{what}: {r}")))?;
-                }
-                ValuePart::JsonFields(f)
-            }
-        };
-        if let Some(h) = e.headers.iter().find(|h| h.is_empty()) {
-            return Err(self.malformed(format!("{what}: empty header name {h:?}")));
-        }
-        Ok(EncryptionPlan {
-            key_id: e.key_id,
-            value,
-            record_key: e.record_key,
-            headers: e.headers,
-        })
-    }
-
-    fn decide(
-        &self,
-        m: &LoadedModule,
-        entry: &TopicEntry,
-        topic: &str,
-        batch: &wit::BatchView,
-    ) -> Result<Vec<RecordDecision>, PolicyError> {
-        let n = batch.records.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let started = Instant::now();
-        let raw = m.call_decide(topic, batch);
-        self.stats.record_call(started.elapsed());
-        let raw = raw.map_err(|e| self.call_failed(e))?;
-        if raw.choices.len() != n {
-            return Err(self.fail(
-                self.malformed(format!(
-                    "decide returned {} decisions for {} records",
-                    raw.choices.len(),
-                    n
-                )),
-                false,
-            ));
-        }
-        if let Some((i, c)) = raw
-            .choices
-            .iter()
-            .enumerate()
-            .find(|(_, c)| **c as usize >= raw.distinct.len())
-        {
-            return Err(self.fail(
-                self.malformed(format!(
-                    "decision of record {i} points at distinct decision {c}, but only {} were returned",
-                    raw.distinct.len()
-                )),
-                false,
-            ));
-        }
-        // Each distinct decision is validated once, however many records share it.
-        let mut distinct = Vec::with_capacity(raw.distinct.len());
-        for (i, d) in raw.distinct.into_iter().enumerate() {
-            distinct.push(match d {
-                wit::Decision::Pass => RecordDecision::Pass,
-                wit::Decision::Reject(m) => RecordDecision::Reject(truncate_msg(m)),
-                wit::Decision::Encrypt(e) => RecordDecision::Encrypt(
-                    self.convert_encrypt(
-                        e,
-                        &entry.allowed,
-                        topic,
-                        &format!("distinct decision {i}"),
-                    )
-                    .map(Arc::new)
-                    .map_err(|e| self.fail(e, false))?,
-                ),
-            });
-        }
-        Ok(raw
-            .choices
-            .iter()
-            .map(|&c| distinct[c as usize].clone())
-            .collect())
     }
 }
 

@@ -193,8 +193,10 @@ Bind it in `kapsule.yaml` (Kapsule reloads it when the file changes):
           config: "kek-"
           allowed_key_ids: ["kek-*"]
 
-The sandbox has no clocks, files, network or environment; printed output is discarded. Use the
-SDK's log functions (rate-limited) and never log record contents.
+`plan` and `reveal` see the client's authenticated principal (`client.name`); a `memo` in a
+per-record plan lets Kapsule decide once per distinct value. The sandbox has no clocks, files,
+network or environment; printed output goes to Kapsule's rate-limited policy log, like the SDK's
+log functions. Never log record contents.
 "#;
 
 const RUST_CARGO: &str = r#"[package]
@@ -218,12 +220,16 @@ panic = "abort"
 [workspace]
 "#;
 
-const RUST_LIB: &str = r#"//! Kapsule policy `{name}`.
+const RUST_LIB: &str = r#"//! Kapsule policy `{name}` (contract `kapsule:policy@0.2.0`).
 //!
-//! Topics planned `PerRecord` are shown to `decide` once per record batch; everything else is
-//! decided once per topic in `plan` and cached by Kapsule.
+//! `plan` runs once per (topic, client principal) and is cached by Kapsule. Topics planned
+//! per-record are shown to `decide`; this one declares that its decision depends only on the
+//! `classification` header, so Kapsule asks once per distinct value and reuses the answer.
+//! `reveal` says what each principal may read in clear on Fetch.
 
-use kapsule_policy::{export_policy, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+use kapsule_policy::{
+    export_policy, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, Reveal, TopicPlan,
+};
 
 struct MyPolicy {
     /// Key-id prefix, from the binding's `config:` string.
@@ -236,17 +242,18 @@ impl Policy for MyPolicy {
         Ok(Self { key_prefix: key_prefix.to_string() })
     }
 
-    fn plan(&self, topic: &str) -> TopicPlan {
+    fn plan(&self, topic: &str, _client: &Client) -> TopicPlan {
         if topic.starts_with("public.") {
             TopicPlan::PassAll
         } else if topic.starts_with("mixed.") {
-            TopicPlan::PerRecord(Needs::none().with_headers())
+            TopicPlan::per_record(Needs::none().with_headers())
+                .memo(MemoKey::header("classification"))
         } else {
             TopicPlan::EncryptAll(Encrypt::new(format!("{}{topic}", self.key_prefix)).whole_value())
         }
     }
 
-    fn decide(&self, topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         let encrypt = Decision::Encrypt(Encrypt::new(format!("{}{topic}", self.key_prefix)).whole_value());
         records
             .iter()
@@ -256,19 +263,29 @@ impl Policy for MyPolicy {
             })
             .collect()
     }
+
+    fn reveal(&self, _topic: &str, client: &Client) -> Reveal {
+        match client.principal_name() {
+            // An unauthenticated client reads ciphertext only.
+            None => Reveal::Ciphertext,
+            Some(_) => Reveal::All,
+        }
+    }
 }
 
 export_policy!(MyPolicy);
 "#;
 
-const PY_APP: &str = r#""""Kapsule policy `{name}`.
+const PY_APP: &str = r#""""Kapsule policy `{name}` (kapsule:policy@0.2.0).
 
-Topics planned ``per_record`` are shown to ``decide`` once per record batch; everything else is
-decided once per topic in ``plan`` and cached by Kapsule. No clocks, files or network; ``print``
-output is discarded (use ``kapsule_policy.log``).
+``plan`` is called once per (topic, client principal) and cached by Kapsule; topics planned
+``per_record`` are shown to ``decide`` per record batch, and with a ``memo`` only once per
+distinct value of what the decision depends on. ``reveal`` says what a client may read in clear
+on Fetch. No clocks, files or network; ``print`` goes to Kapsule's rate-limited policy log (as
+``kapsule_policy.log`` does): never print record contents.
 """
 
-from kapsule_policy import Decision, Encrypt, Needs, Policy, TopicPlan, export
+from kapsule_policy import Client, Decision, Encrypt, Memo, Needs, Policy, Reveal, TopicPlan, export
 
 
 class MyPolicy(Policy):
@@ -276,17 +293,24 @@ class MyPolicy(Policy):
         # Key-id prefix, from the binding's `config:` string. Raising here refuses the module.
         self.key_prefix = config or "kek-"
 
-    def plan(self, topic: str) -> TopicPlan:
+    def plan(self, topic: str, client: Client) -> TopicPlan:
+        # client.name is the authenticated principal (SASL user, certificate subject) or None.
         if topic.startswith("public."):
             return TopicPlan.PASS_ALL
         if topic.startswith("mixed."):
-            return TopicPlan.per_record(Needs(headers=True))
+            # The decision depends only on the `classification` header: Kapsule asks once per value.
+            return TopicPlan.per_record(Needs(headers=True), memo=Memo.header("classification"))
         return TopicPlan.encrypt_all(Encrypt(self.key_prefix + topic).whole_value())
 
-    def decide(self, topic, records):
+    def decide(self, topic, client, records):
         encrypt = Decision.encrypt(Encrypt(self.key_prefix + topic).whole_value())
         return [Decision.PASS if r.header("classification") == b"public" else encrypt
                 for r in records]
+
+    def reveal(self, topic: str, client: Client) -> Reveal:
+        # Everyone reads everything. To restrict, e.g.:
+        #   return Reveal.CIPHERTEXT if client.name == "backup" else Reveal.ALL
+        return Reveal.ALL
 
 
 WitWorld = export(MyPolicy)
@@ -300,12 +324,14 @@ sdk="${KAPSULE_SDK:-{sdk}}"
 exec "$sdk/python/build.sh" app.py {name}.wasm
 "#;
 
-const JS_POLICY: &str = r#"// Kapsule policy `{name}`.
+const JS_POLICY: &str = r#"// Kapsule policy `{name}` (kapsule:policy@0.2.0).
 //
-// Topics planned per record are shown to `decide` once per record batch; everything else is
-// decided once per topic in `plan` and cached by Kapsule. No clocks, files or network;
-// console.log output is discarded (use `log` from the SDK). Types: kapsule-policy.d.ts.
-import { Decision, Encrypt, Needs, TopicPlan, exportPolicy } from 'kapsule-policy';
+// `plan` is called once per (topic, client principal) and cached by Kapsule; topics planned per
+// record are shown to `decide` per record batch, and with a memo only once per distinct value of
+// what the decision depends on. `reveal` says what a client may read in clear on Fetch. No clocks,
+// files or network; console.log goes to Kapsule's rate-limited policy log (as `log` from the SDK
+// does): never log record contents. Types: kapsule-policy.d.ts.
+import { Decision, Encrypt, Memo, Needs, Reveal, TopicPlan, exportPolicy } from 'kapsule-policy';
 
 class MyPolicy {
   constructor(config) {
@@ -313,19 +339,29 @@ class MyPolicy {
     this.keyPrefix = config || 'kek-';
   }
 
-  plan(topic) {
+  plan(topic, client) {
+    // client.name is the authenticated principal (SASL user, certificate subject) or null.
     if (topic.startsWith('public.')) return TopicPlan.PASS_ALL;
-    if (topic.startsWith('mixed.')) return TopicPlan.perRecord(new Needs({ headers: true }));
+    if (topic.startsWith('mixed.')) {
+      // The decision depends only on the `classification` header: Kapsule asks once per value.
+      return TopicPlan.perRecord(new Needs({ headers: true }), Memo.header('classification'));
+    }
     return TopicPlan.encryptAll(new Encrypt(this.keyPrefix + topic).wholeValue());
   }
 
-  decide(topic, records) {
+  decide(topic, client, records) {
     const encrypt = Decision.encrypt(new Encrypt(this.keyPrefix + topic).wholeValue());
     return records.map((r) => (r.headerStr('classification') === 'public' ? Decision.PASS : encrypt));
   }
+
+  reveal(topic, client) {
+    // Everyone reads everything. To restrict, e.g.:
+    //   return client.name === 'backup' ? Reveal.CIPHERTEXT : Reveal.ALL;
+    return Reveal.ALL;
+  }
 }
 
-export const { init, plan, decide } = exportPolicy(MyPolicy);
+export const { init, plan, decide, reveal } = exportPolicy(MyPolicy);
 "#;
 
 const JS_BUILD: &str = r#"#!/usr/bin/env bash
@@ -336,10 +372,13 @@ sdk="${KAPSULE_SDK:-{sdk}}"
 exec node "$sdk/js/build.mjs" policy.js -o {name}.wasm
 "#;
 
-const C_POLICY: &str = r#"// Kapsule policy `{name}` (C SDK: kapsule_policy.h).
+const C_POLICY: &str = r#"// Kapsule policy `{name}` (C SDK: kapsule_policy.h, kapsule:policy@0.2.0).
 //
-// Topics planned per record are shown to kp_policy_decide once per record batch; everything else
-// is decided once per topic in kp_policy_plan and cached by Kapsule. No clocks, files or network.
+// kp_policy_plan is called once per (topic, client principal) and cached by Kapsule; topics planned
+// per record are shown to kp_policy_decide per record batch, and with a memo only once per distinct
+// value of what the decision depends on. kp_policy_reveal says what a client may read in clear on
+// Fetch. No clocks, files or network; printf goes to Kapsule's rate-limited policy log (as kp_log
+// does): never print record contents.
 #include <stdlib.h>
 #include <string.h>
 
@@ -370,25 +409,36 @@ static int starts_with(kp_str s, const char *prefix) {
   return s.len >= n && memcmp(s.ptr, prefix, n) == 0;
 }
 
-kp_plan kp_policy_plan(kp_str topic) {
+// client->authenticated and client->name tell who produces (kp_client_is compares the name).
+kp_plan kp_policy_plan(kp_str topic, const kp_client *client) {
   kp_plan p = {.kind = KP_PLAN_ENCRYPT_ALL};
   if (starts_with(topic, "public.")) {
     p.kind = KP_PLAN_PASS_ALL;
   } else if (starts_with(topic, "mixed.")) {
+    // The decision depends only on the `classification` header: Kapsule asks once per value.
     p.kind = KP_PLAN_PER_RECORD;
     p.needs = KP_NEEDS_HEADERS;
+    p.memo = kp_memo_header("classification");
   } else {
     p.encrypt = kp_encrypt_whole(key_for(topic));
   }
   return p;
 }
 
-void kp_policy_decide(kp_str topic, const kp_record *records, size_t n, kp_decision *out) {
+void kp_policy_decide(kp_str topic, const kp_client *client, const kp_record *records, size_t n,
+                      kp_decision *out) {
   kp_decision encrypt = kp_decide_encrypt(kp_encrypt_whole(key_for(topic)));
   for (size_t i = 0; i < n; i++) {
     // A zeroed decision passes.
     if (!kp_header_is(&records[i], "classification", "public")) out[i] = encrypt;
   }
+}
+
+// Everyone reads everything (the SDK's default would do the same). To restrict, e.g.:
+//   if (kp_client_is(client, "backup")) r.kind = KP_REVEAL_CIPHERTEXT;
+kp_reveal kp_policy_reveal(kp_str topic, const kp_client *client) {
+  kp_reveal r = {.kind = KP_REVEAL_ALL};
+  return r;
 }
 "#;
 

@@ -11,6 +11,7 @@ use super::fixtures::{build_policies, PolicyArtifacts};
 use super::rules::TopicSelector;
 use super::*;
 use crate::kafka::records::RecordHeader;
+use crate::plan::{EncryptionPlan, Needs, ValuePart};
 
 fn artifacts() -> PolicyArtifacts {
     build_policies().expect("policies build from source")
@@ -95,18 +96,21 @@ rules:
     .unwrap();
     let reg = PolicyRegistry::new(&c).unwrap();
     assert!(reg.inner.runtime.is_none());
-    match reg.topic_plan("orders.eu").unwrap() {
+    match reg.topic_plan("orders.eu", None).unwrap() {
         TopicPlan::EncryptAll(p) => {
             assert_eq!(p.key_id, "kek-orders.eu");
             assert!(p.record_key);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(reg.topic_plan("logs.app").unwrap(), TopicPlan::PassAll);
-    assert!(
-        matches!(reg.topic_plan("other").unwrap(), TopicPlan::RejectAll(m) if m.contains("other"))
+    assert_eq!(
+        reg.topic_plan("logs.app", None).unwrap(),
+        TopicPlan::PassAll
     );
-    let d = reg.decide("orders", 0, &records(3)).unwrap();
+    assert!(
+        matches!(reg.topic_plan("other", None).unwrap(), TopicPlan::RejectAll(m) if m.contains("other"))
+    );
+    let d = reg.decide("orders", None, 0, &records(3)).unwrap();
     assert_eq!(d.len(), 3);
     assert!(matches!(&d[0], RecordDecision::Encrypt(p) if p.key_id == "kek-orders"));
     assert_eq!(
@@ -131,8 +135,8 @@ fn bindings_come_before_rules_and_plans_are_cached() {
     );
     c.rules = serde_norway::from_str(r#"[{topics: "*", key_id: "rule-key"}]"#).unwrap();
     let reg = PolicyRegistry::new(&c).unwrap();
-    assert_eq!(reg.cached_topic_plan("tenant-a"), None);
-    let p = reg.topic_plan("tenant-a").unwrap();
+    assert_eq!(reg.cached_topic_plan("tenant-a", None), None);
+    let p = reg.topic_plan("tenant-a", None).unwrap();
     assert_eq!(
         p,
         TopicPlan::encrypt_all(EncryptionPlan {
@@ -142,10 +146,10 @@ fn bindings_come_before_rules_and_plans_are_cached() {
             headers: vec![],
         })
     );
-    assert_eq!(reg.cached_topic_plan("tenant-a"), Some(p.clone()));
+    assert_eq!(reg.cached_topic_plan("tenant-a", None), Some(p.clone()));
     // Cached: the guest is not called again.
-    reg.topic_plan("tenant-a").unwrap();
-    let d = reg.decide("tenant-a", 0, &records(4)).unwrap();
+    reg.topic_plan("tenant-a", None).unwrap();
+    let d = reg.decide("tenant-a", None, 0, &records(4)).unwrap();
     assert_eq!(
         d,
         vec![
@@ -159,7 +163,7 @@ fn bindings_come_before_rules_and_plans_are_cached() {
     assert_eq!(reg.status().bindings[0].calls, 1);
     // The rule catches the rest.
     assert!(
-        matches!(reg.topic_plan("other").unwrap(), TopicPlan::EncryptAll(e) if e.key_id == "rule-key")
+        matches!(reg.topic_plan("other", None).unwrap(), TopicPlan::EncryptAll(e) if e.key_id == "rule-key")
     );
 }
 
@@ -172,7 +176,7 @@ fn tenant_keys_decides_per_record_from_headers() {
     );
     let reg = PolicyRegistry::new(&c).unwrap();
     assert_eq!(
-        reg.topic_plan("events").unwrap(),
+        reg.topic_plan("events", None).unwrap(),
         TopicPlan::PerRecord(Needs {
             key: false,
             value: false,
@@ -185,12 +189,12 @@ fn tenant_keys_decides_per_record_from_headers() {
         record("c", &[("x", "y"), ("tenant", "bad tenant!")]),
         record("d", &[("tenant", "globex")]),
     ];
-    let d = reg.decide("events", 1000, &recs).unwrap();
+    let d = reg.decide("events", None, 1000, &recs).unwrap();
     assert_eq!(d[0], whole("tenant-acme"));
     assert!(matches!(&d[1], RecordDecision::Reject(m) if m.contains("no `tenant` header")));
     assert!(matches!(&d[2], RecordDecision::Reject(m) if m.contains("not a valid tenant")));
     assert_eq!(d[3], whole("tenant-globex"));
-    assert_eq!(reg.decide("events", 0, &[]).unwrap(), vec![]);
+    assert_eq!(reg.decide("events", None, 0, &[]).unwrap(), vec![]);
 }
 
 #[test]
@@ -214,7 +218,7 @@ fn pii_fields_finds_nested_fields_and_fails_closed_on_non_json() {
         record(r#"{"name":"x"}"#, &[]),
         record("not json", &[]),
     ];
-    let d = reg.decide("users", 0, &recs).unwrap();
+    let d = reg.decide("users", None, 0, &recs).unwrap();
     match &d[0] {
         RecordDecision::Encrypt(p) => {
             assert_eq!(p.key_id, "pii-users");
@@ -246,7 +250,7 @@ fn with_hostile(mode: &str, limits: LimitsConfig) -> PolicyRegistry {
 
 fn good_still_serves(reg: &PolicyRegistry) {
     let d = reg
-        .decide("good", 0, &[record("v", &[("tenant", "acme")])])
+        .decide("good", None, 0, &[record("v", &[("tenant", "acme")])])
         .unwrap();
     assert_eq!(d, vec![whole("tenant-acme")]);
 }
@@ -255,10 +259,10 @@ fn good_still_serves(reg: &PolicyRegistry) {
 fn infinite_loop_hits_the_deadline_and_the_instance_is_rebuilt() {
     let reg = with_hostile("loop-decide", LimitsConfig::default());
     // plan is fine in this mode.
-    reg.topic_plan("bad").unwrap();
+    reg.topic_plan("bad", None).unwrap();
     for _ in 0..2 {
         let started = Instant::now();
-        let e = reg.decide("bad", 0, &records(2)).unwrap_err();
+        let e = reg.decide("bad", None, 0, &records(2)).unwrap_err();
         assert!(
             matches!(e, PolicyError::Deadline { timeout_ms: 10, .. }),
             "{e:?}"
@@ -281,10 +285,10 @@ fn infinite_loop_hits_the_deadline_and_the_instance_is_rebuilt() {
 #[test]
 fn infinite_loop_in_plan_is_contained_too() {
     let reg = with_hostile("loop-plan", LimitsConfig::default());
-    let e = reg.topic_plan("bad").unwrap_err();
+    let e = reg.topic_plan("bad", None).unwrap_err();
     assert!(matches!(e, PolicyError::Deadline { .. }), "{e:?}");
     assert_eq!(
-        reg.cached_topic_plan("bad"),
+        reg.cached_topic_plan("bad", None),
         None,
         "failures are not cached"
     );
@@ -300,14 +304,14 @@ fn memory_bomb_hits_the_memory_cap() {
             ..relaxed_limits()
         },
     );
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     assert!(
         matches!(e, PolicyError::MemoryExhausted { limit_mib: 16, .. }),
         "{e:?}"
     );
     good_still_serves(&reg);
     // A fresh instance is built and fails the same way (not "unavailable").
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     assert!(matches!(e, PolicyError::MemoryExhausted { .. }), "{e:?}");
     assert_eq!(reg.status().bindings[0].memory_exhausted, 2);
 }
@@ -315,12 +319,12 @@ fn memory_bomb_hits_the_memory_cap() {
 #[test]
 fn panic_traps_and_stack_overflow_traps() {
     let reg = with_hostile("trap-decide", relaxed_limits());
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
     good_still_serves(&reg);
 
     let reg = with_hostile("stack-overflow", relaxed_limits());
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     match e {
         PolicyError::Trap { message, .. } => {
             assert!(message.contains("call stack exhausted"), "{message}")
@@ -333,19 +337,19 @@ fn panic_traps_and_stack_overflow_traps() {
 #[test]
 fn wrong_decision_count_bad_pointer_and_foreign_key_are_violations() {
     let reg = with_hostile("wrong-count", relaxed_limits());
-    let e = reg.decide("bad", 0, &records(3)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(3)).unwrap_err();
     assert!(
         matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("2 decisions for 3 records")),
         "{e:?}"
     );
     let reg = with_hostile("bad-pointer", relaxed_limits());
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     assert!(
         matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("must start with `/`")),
         "{e:?}"
     );
     let reg = with_hostile("bad-key", relaxed_limits());
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     assert!(
         matches!(&e, PolicyError::KeyNotAllowed { key_id, topic, .. } if key_id == "kek-someone-else" && topic == "bad"),
         "{e:?}"
@@ -365,7 +369,7 @@ fn log_spam_is_rate_limited_and_truncated() {
             ..LimitsConfig::default()
         },
     );
-    let d = reg.decide("bad", 0, &records(2)).unwrap();
+    let d = reg.decide("bad", None, 0, &records(2)).unwrap();
     assert_eq!(d, vec![whole("kek-ok"); 2]);
     let s = &reg.status().bindings[0];
     assert!(s.log_emitted <= 12, "{s:?}");
@@ -375,7 +379,7 @@ fn log_spam_is_rate_limited_and_truncated() {
 #[test]
 fn wasi_gives_no_files_env_clock_or_network() {
     let reg = with_hostile("snoop", relaxed_limits());
-    match reg.topic_plan("bad").unwrap() {
+    match reg.topic_plan("bad", None).unwrap() {
         TopicPlan::RejectAll(report) => assert_eq!(
             report,
             "file=denied dir=denied env=0 home=unset time=0 elapsed=0"
@@ -431,7 +435,7 @@ fn concurrent_calls_use_several_instances() {
         for _ in 0..8 {
             s.spawn(|| {
                 for _ in 0..20 {
-                    let d = reg.decide("events", 0, &recs).unwrap();
+                    let d = reg.decide("events", None, 0, &recs).unwrap();
                     assert_eq!(d.len(), 100);
                     assert_eq!(d[3], whole("tenant-t3"));
                 }
@@ -465,7 +469,7 @@ fn reload_swaps_good_versions_and_refuses_bad_ones() {
     );
     let reg = PolicyRegistry::new(&c).unwrap();
     assert!(matches!(
-        reg.topic_plan("t").unwrap(),
+        reg.topic_plan("t", None).unwrap(),
         TopicPlan::EncryptAll(_)
     ));
     assert_eq!(reg.reload()[0].1, ReloadOutcome::Unchanged);
@@ -477,7 +481,7 @@ fn reload_swaps_good_versions_and_refuses_bad_ones() {
         "{out:?}"
     );
     assert_eq!(
-        reg.topic_plan("t").unwrap(),
+        reg.topic_plan("t", None).unwrap(),
         TopicPlan::PassAll,
         "plan cache is per version"
     );
@@ -490,7 +494,7 @@ fn reload_swaps_good_versions_and_refuses_bad_ones() {
         matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("not a valid WebAssembly component")),
         "{out:?}"
     );
-    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
     let s = &reg.status().bindings[0];
     assert_eq!((s.loads, s.refusals), (2, 1));
     assert!(s.last_refusal.is_some());
@@ -516,7 +520,7 @@ fn init_failure_on_reload_keeps_the_old_version() {
         matches!(&out[0].1, ReloadOutcome::Refused { error } if error.contains("contains whitespace")),
         "{out:?}"
     );
-    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
 }
 
 #[test]
@@ -531,11 +535,11 @@ fn watcher_reloads_changed_modules() {
     );
     let reg = PolicyRegistry::new(&c).unwrap();
     reg.watch().unwrap();
-    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
     let started = Instant::now();
     copy(&a.path("encrypt-all"), &module);
     loop {
-        if matches!(reg.topic_plan("t").unwrap(), TopicPlan::EncryptAll(_)) {
+        if matches!(reg.topic_plan("t", None).unwrap(), TopicPlan::EncryptAll(_)) {
             break;
         }
         assert!(
@@ -566,7 +570,7 @@ fn compiled_modules_are_cached_on_disk_by_content_hash() {
     let entry = dir.path().join("cache").join(&entries[0]);
     std::fs::write(&entry, b"corrupt").unwrap();
     let reg2 = PolicyRegistry::new(&c).unwrap();
-    assert_eq!(reg2.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg2.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
     assert!(std::fs::metadata(&entry).unwrap().len() > 1000);
 }
 
@@ -581,10 +585,10 @@ async fn async_api_runs_guest_calls_off_the_runtime() {
         .await
         .unwrap();
     let recs = vec![record("v", &[("tenant", "acme")])];
-    let d = reg.decide_async("events", 0, &recs).await.unwrap();
+    let d = reg.decide_async("events", None, 0, &recs).await.unwrap();
     assert_eq!(d, vec![whole("tenant-acme")]);
     assert!(matches!(
-        reg.topic_plan_async("events").await.unwrap(),
+        reg.topic_plan_async("events", None).await.unwrap(),
         TopicPlan::PerRecord(_)
     ));
 }
@@ -611,7 +615,7 @@ fn c_policy_header_gate() {
     );
     let reg = PolicyRegistry::new(&c).unwrap();
     assert_eq!(
-        reg.topic_plan("gated.a").unwrap(),
+        reg.topic_plan("gated.a", None).unwrap(),
         TopicPlan::PerRecord(Needs {
             key: false,
             value: false,
@@ -623,7 +627,7 @@ fn c_policy_header_gate() {
         record("b", &[("classification", "restricted")]),
         record("c", &[("pii", "x")]),
     ];
-    let d = reg.decide("gated.a", 0, &recs).unwrap();
+    let d = reg.decide("gated.a", None, 0, &recs).unwrap();
     assert_eq!(d[0], RecordDecision::Pass);
     assert!(matches!(&d[1], RecordDecision::Reject(m) if m.contains("restricted")));
     assert_eq!(
@@ -638,7 +642,7 @@ fn c_policy_header_gate() {
     // Many batches: the C allocator frees what it is given (no growth to the memory cap).
     let big: Vec<Record> = (0..500).map(|_| record("v", &[("pii", "x")])).collect();
     for _ in 0..200 {
-        assert_eq!(reg.decide("gated.a", 0, &big).unwrap().len(), 500);
+        assert_eq!(reg.decide("gated.a", None, 0, &big).unwrap().len(), 500);
     }
     assert_eq!(reg.status().bindings[0].errors, 0);
 }
@@ -660,9 +664,9 @@ fn cache_entries(dir: &Path) -> Vec<String> {
 fn sleeping_guest_is_stopped_at_once_not_after_the_sleep() {
     // Default 10 ms deadline; the guest sleeps 5 s.
     let reg = with_hostile("sleep-decide", LimitsConfig::default());
-    reg.topic_plan("bad").unwrap();
+    reg.topic_plan("bad", None).unwrap();
     let started = Instant::now();
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "call held for {took:?}");
     match &e {
@@ -683,11 +687,11 @@ fn sleeping_forever_neither_hangs_nor_exhausts_the_pool() {
             ..LimitsConfig::default()
         },
     );
-    reg.topic_plan("bad").unwrap();
+    reg.topic_plan("bad", None).unwrap();
     let started = Instant::now();
     // With one instance, a call that never returned would make every later call wait 30 s.
     for _ in 0..3 {
-        let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+        let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
         assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
     }
     assert!(
@@ -743,7 +747,7 @@ fn reload_to_a_module_that_sleeps_in_init_is_refused_at_once() {
 #[test]
 fn sockets_and_other_io_imports_trap_instead_of_reaching_out() {
     let reg = with_hostile("net", relaxed_limits());
-    let e = reg.topic_plan("bad").unwrap_err();
+    let e = reg.topic_plan("bad", None).unwrap_err();
     match &e {
         PolicyError::Trap { message, .. } => {
             assert!(message.contains("wasi:sockets"), "{message}")
@@ -769,7 +773,7 @@ async fn printing_in_init_goes_to_the_policy_log_even_on_a_runtime_thread() {
     );
     // Deliberately on the runtime's worker thread, as the proxy's start-up was.
     let reg = PolicyRegistry::new(&c).unwrap();
-    let d = reg.decide_async("bad", 0, &records(2)).await.unwrap();
+    let d = reg.decide_async("bad", None, 0, &records(2)).await.unwrap();
     assert_eq!(d, vec![whole("kek-ok"), whole("kek-ok")]);
     // Reload (also from the runtime thread) initializes a new version that prints too.
     let s = &reg.status().bindings[0];
@@ -816,7 +820,7 @@ fn answers_over_the_lift_budget_are_refused_as_malformed() {
     };
     // plan: one 8 MiB reject message.
     let reg = with_hostile("big-plan", limits.clone());
-    let e = reg.topic_plan("bad").unwrap_err();
+    let e = reg.topic_plan("bad", None).unwrap_err();
     assert!(
         matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("answer_max_kib")),
         "{e:?}"
@@ -824,14 +828,14 @@ fn answers_over_the_lift_budget_are_refused_as_malformed() {
     good_still_serves(&reg);
     // decide: 1 MiB per record, three records.
     let reg = with_hostile("big-answer", limits);
-    let e = reg.decide("bad", 0, &records(3)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(3)).unwrap_err();
     assert!(
         matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("answer_max_kib")),
         "{e:?}"
     );
     // Within the budget the same policy is served.
     let reg = with_hostile("big-answer", relaxed_limits());
-    let d = reg.decide("bad", 0, &records(2)).unwrap();
+    let d = reg.decide("bad", None, 0, &records(2)).unwrap();
     assert!(matches!(&d[0], RecordDecision::Reject(m) if m.len() <= 1100));
 }
 
@@ -840,11 +844,11 @@ fn a_handled_refused_allocation_does_not_turn_a_later_trap_into_memory_exhaustio
     let reg = with_hostile("grow-then-trap", relaxed_limits());
     // First call: the guest's allocation is refused, it copes and answers.
     assert_eq!(
-        reg.decide("bad", 0, &records(1)).unwrap(),
+        reg.decide("bad", None, 0, &records(1)).unwrap(),
         vec![whole("kek-ok")]
     );
     // Second call on the same instance: a plain panic.
-    let e = reg.decide("bad", 0, &records(1)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     assert!(matches!(e, PolicyError::Trap { .. }), "{e:?}");
 }
 
@@ -881,7 +885,7 @@ fn deep_recursion_at_the_largest_stack_traps_on_a_2_mib_thread() {
     let reg = with_hostile("stack-overflow", limits);
     let e = std::thread::Builder::new()
         .stack_size(2 << 20)
-        .spawn(move || reg.decide("bad", 0, &records(1)))
+        .spawn(move || reg.decide("bad", None, 0, &records(1)))
         .unwrap()
         .join()
         .expect("the host thread survives")
@@ -902,9 +906,9 @@ fn call_budget_grows_with_the_batch_and_still_stops_a_loop() {
     assert_eq!(l.decide_budget(200), Duration::from_millis(210));
     assert_eq!(l.decide_budget(1_000_000), Duration::from_millis(5000));
     let reg = with_hostile("loop-decide", limits);
-    reg.topic_plan("bad").unwrap();
+    reg.topic_plan("bad", None).unwrap();
     let started = Instant::now();
-    let e = reg.decide("bad", 0, &records(200)).unwrap_err();
+    let e = reg.decide("bad", None, 0, &records(200)).unwrap_err();
     let took = started.elapsed();
     assert!(
         matches!(
@@ -1026,7 +1030,7 @@ fn tampered_or_foreign_cache_entries_are_recompiled_never_loaded() {
     };
     let reg = PolicyRegistry::new(&c).unwrap();
     assert!(
-        matches!(reg.topic_plan("t").unwrap(), TopicPlan::EncryptAll(_)),
+        matches!(reg.topic_plan("t", None).unwrap(), TopicPlan::EncryptAll(_)),
         "the planted passthrough code must not run"
     );
 }
@@ -1047,7 +1051,7 @@ fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
     let reg = PolicyRegistry::start(&c).unwrap();
     let returned_after = started.elapsed();
     let recs = vec![record("v", &[("tenant", "acme")])];
-    let e = reg.decide("events", 0, &recs).unwrap_err();
+    let e = reg.decide("events", None, 0, &recs).unwrap_err();
     assert!(matches!(e, PolicyError::Loading { .. }), "{e:?}");
     assert!(e.is_retriable());
     assert_eq!(
@@ -1055,10 +1059,10 @@ fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
         kafka_protocol::error::ResponseError::RequestTimedOut
     );
     assert!(matches!(
-        reg.topic_plan("events"),
+        reg.topic_plan("events", None),
         Err(PolicyError::Loading { .. })
     ));
-    assert_eq!(reg.cached_topic_plan("events"), None);
+    assert_eq!(reg.cached_topic_plan("events", None), None);
     assert_eq!(reg.status().bindings[0].state, "loading");
     assert!(reg.wait_ready(Some(Duration::from_secs(120))));
     assert!(
@@ -1067,7 +1071,7 @@ fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
         started.elapsed()
     );
     assert_eq!(
-        reg.decide("events", 0, &recs).unwrap(),
+        reg.decide("events", None, 0, &recs).unwrap(),
         vec![whole("tenant-acme")]
     );
     assert_eq!(reg.status().bindings[0].state, "ready");
@@ -1085,7 +1089,7 @@ fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded(
     );
     let reg = PolicyRegistry::start(&c).unwrap();
     assert!(reg.wait_ready(Some(Duration::from_secs(120))));
-    let e = reg.topic_plan("t").unwrap_err();
+    let e = reg.topic_plan("t", None).unwrap_err();
     assert!(matches!(e, PolicyError::Unavailable { .. }), "{e:?}");
     assert!(!e.is_retriable());
     assert_eq!(reg.status().bindings[0].state, "failed");
@@ -1093,6 +1097,142 @@ fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded(
     // A valid module put in place is loaded by a reload and serves.
     copy(&a.path("passthrough"), &module);
     assert!(matches!(reg.reload()[0].1, ReloadOutcome::Reloaded { .. }));
-    assert_eq!(reg.topic_plan("t").unwrap(), TopicPlan::PassAll);
+    assert_eq!(reg.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
     assert_eq!(reg.status().bindings[0].state, "ready");
+}
+
+#[test]
+fn v0_2_module_loads_and_reports_its_contract_version() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(a.path("encrypt-all"), "t", "{}", &["*"])],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    assert!(matches!(
+        reg.topic_plan("t", None).unwrap(),
+        TopicPlan::EncryptAll(_)
+    ));
+    assert_eq!(reg.status().bindings[0].wit_version, "0.2.0");
+}
+
+#[test]
+fn v0_1_module_still_loads_and_encrypts() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(
+            a.path("legacy-v0_1"),
+            "*",
+            "",
+            &["kek-legacy", "legacy-*"],
+        )],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    assert_eq!(reg.status().bindings[0].wit_version, "0.1.0");
+    match reg.topic_plan("orders", None).unwrap() {
+        TopicPlan::EncryptAll(p) => assert_eq!(p.key_id, "kek-legacy"),
+        other => panic!("{other:?}"),
+    }
+    let recs = vec![
+        record("a", &[("tenant", "acme")]),
+        record("b", &[]),
+        record("c", &[("tenant", "globex")]),
+    ];
+    let d = reg.decide("per-record.events", None, 0, &recs).unwrap();
+    assert_eq!(
+        d,
+        vec![
+            whole("legacy-acme"),
+            RecordDecision::Pass,
+            whole("legacy-globex")
+        ]
+    );
+    // A 0.1 module has no `reveal`: every principal reads all.
+    let alice = Principal::new("alice", crate::principal::AuthMechanism::SaslPlain);
+    assert_eq!(reg.reveal("orders", Some(&alice)).unwrap(), Reveal::All);
+    assert_eq!(reg.reveal("orders", None).unwrap(), Reveal::All);
+}
+
+fn sasl(name: &str) -> Principal {
+    Principal::new(name, crate::principal::AuthMechanism::SaslScramSha256)
+}
+
+#[test]
+fn plan_is_asked_and_cached_per_topic_and_principal() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(a.path("reveal-by-principal"), "*", "", &["kek-*"])],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let (alice, bob) = (sasl("alice"), sasl("bob"));
+    let key = |p: TopicPlan| match p {
+        TopicPlan::EncryptAll(e) => e.key_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(key(reg.topic_plan("t", Some(&alice)).unwrap()), "kek-alice");
+    assert_eq!(reg.cached_topic_plan("t", Some(&bob)), None);
+    assert_eq!(key(reg.topic_plan("t", Some(&bob)).unwrap()), "kek-bob");
+    assert!(matches!(
+        reg.topic_plan("t", None).unwrap(),
+        TopicPlan::RejectAll(m) if m.contains("authenticate")
+    ));
+    // Same name, other mechanism: another principal, asked again (same answer here).
+    let alice_tls = Principal::new(
+        "alice",
+        crate::principal::AuthMechanism::TlsClientCertificate,
+    );
+    assert_eq!(reg.cached_topic_plan("t", Some(&alice_tls)), None);
+    let calls = reg.status().bindings[0].calls;
+    assert_eq!(
+        key(reg.cached_topic_plan("t", Some(&alice)).unwrap()),
+        "kek-alice"
+    );
+    assert_eq!(key(reg.topic_plan("t", Some(&alice)).unwrap()), "kek-alice");
+    assert_eq!(
+        reg.status().bindings[0].calls,
+        calls,
+        "served from the cache"
+    );
+    // decide repeats the principal's plan.
+    assert_eq!(
+        reg.decide("t", Some(&bob), 0, &records(2)).unwrap(),
+        vec![whole_fields("kek-bob"), whole_fields("kek-bob")]
+    );
+}
+
+fn whole_fields(key: &str) -> RecordDecision {
+    RecordDecision::encrypt(EncryptionPlan {
+        key_id: key.into(),
+        value: ValuePart::JsonFields(vec!["/customer/email".into(), "/card".into()]),
+        record_key: false,
+        headers: vec![],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decide_sees_the_client_principal() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(
+            a.path("hostile-misbehave"),
+            "*",
+            "echo-client",
+            &["kek-*"],
+        )],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let carol = sasl("carol");
+    assert_eq!(
+        reg.decide_async("t", Some(&carol), 0, &records(2))
+            .await
+            .unwrap(),
+        vec![whole("kek-carol"), whole("kek-carol")]
+    );
+    assert_eq!(
+        reg.decide("t", None, 0, &records(1)).unwrap(),
+        vec![whole("kek-anonymous")]
+    );
 }

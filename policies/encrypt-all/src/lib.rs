@@ -4,7 +4,7 @@
 //! `+key` after the template (`kek-${topic}+key`) to encrypt record keys too.
 //! The plan is per topic, so Kapsule never calls `decide` for this policy.
 
-use kapsule_policy::{expand_topic, export_policy, Encrypt, Policy, TopicPlan};
+use kapsule_policy::{expand_topic, export_policy, Client, Encrypt, Policy, TopicPlan};
 
 struct EncryptAll {
     template: String,
@@ -32,7 +32,7 @@ impl Policy for EncryptAll {
         })
     }
 
-    fn plan(&self, topic: &str) -> TopicPlan {
+    fn plan(&self, topic: &str, _client: &Client) -> TopicPlan {
         let mut e = Encrypt::new(expand_topic(&self.template, topic)).whole_value();
         if self.record_key {
             e = e.with_record_key();

@@ -2,8 +2,9 @@
 //
 // Config: the key-id prefix (default "kek-"); the key id is prefix + topic. `public` passes in
 // clear, `restricted` is refused, anything else (or no header) is encrypted: whole value and every
-// `pii` header (fail closed).
-import { Decision, Encrypt, Needs, TopicPlan, exportPolicy } from 'kapsule-policy';
+// `pii` header (fail closed). The decision depends only on the `classification` header, which the
+// plan declares (memo) so Kapsule decides once per value.
+import { Decision, Encrypt, Memo, Needs, TopicPlan, exportPolicy } from 'kapsule-policy';
 
 class HeaderGate {
   constructor(config) {
@@ -14,11 +15,11 @@ class HeaderGate {
     this.restricted = Decision.reject('restricted records may not be produced to this topic');
   }
 
-  plan(_topic) {
-    return TopicPlan.perRecord(new Needs({ headers: true }));
+  plan(_topic, _client) {
+    return TopicPlan.perRecord(new Needs({ headers: true }), Memo.header('classification'));
   }
 
-  decide(topic, records) {
+  decide(topic, _client, records) {
     const encrypt = Decision.encrypt(new Encrypt(this.prefix + topic).wholeValue().withHeader('pii'));
     return records.map((r) => {
       const c = r.headerStr('classification');
@@ -27,4 +28,4 @@ class HeaderGate {
   }
 }
 
-export const { init, plan, decide } = exportPolicy(HeaderGate);
+export const { init, plan, decide, reveal } = exportPolicy(HeaderGate);

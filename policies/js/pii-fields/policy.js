@@ -1,14 +1,19 @@
 // pii-fields (JavaScript): encrypts JSON members whose names look like personal data.
 //
 // Config (JSON, every field optional):
-//   {"key_id": "pii-${topic}", "fields": ["email", "ssn", "phone"], "non_json": "whole"}
+//   {"key_id": "pii-${topic}", "fields": ["email", "ssn", "phone"], "non_json": "whole",
+//    "pii_hidden_from": ["analytics"]}
 // Every object member whose name is in `fields` (case-insensitive, at any depth, inside arrays too)
 // is encrypted; the value stays JSON. Records without such members and tombstones pass. Values
 // that are not JSON are encrypted whole (non_json "whole", fail closed) or refused ("reject").
-import { Decision, Encrypt, Needs, TopicPlan, exportPolicy, expandTopic, jsonPointer } from 'kapsule-policy';
+//
+// Who may read: principals named in `pii_hidden_from` (default ["analytics"]) read these records
+// with the PII fields still ciphertext (Reveal.parts(): nothing decrypted, the rest of the JSON is
+// clear anyway); everyone else reads everything (Reveal.ALL).
+import { Decision, Encrypt, Needs, Reveal, TopicPlan, exportPolicy, expandTopic, jsonPointer } from 'kapsule-policy';
 
 const DEFAULT_FIELDS = ['email', 'ssn', 'phone', 'iban', 'card_number', 'date_of_birth'];
-const KNOWN = new Set(['key_id', 'fields', 'non_json']);
+const KNOWN = new Set(['key_id', 'fields', 'non_json', 'pii_hidden_from']);
 
 class PiiFields {
   constructor(config) {
@@ -26,10 +31,20 @@ class PiiFields {
       throw new Error(`pii-fields config: non_json \`${nonJson}\` is not whole|reject`);
     }
     this.rejectNonJson = nonJson === 'reject';
+    const hidden = c.pii_hidden_from ?? ['analytics'];
+    if (!Array.isArray(hidden) || !hidden.every((h) => typeof h === 'string')) {
+      throw new Error('pii-fields config: `pii_hidden_from` must be a list of principal names');
+    }
+    this.hiddenFrom = new Set(hidden);
   }
 
-  plan(_topic) {
+  plan(_topic, _client) {
     return TopicPlan.perRecord(new Needs({ value: true }));
+  }
+
+  reveal(_topic, client) {
+    // PII fields stay ciphertext for the listed principals; the rest of the JSON is clear.
+    return this.hiddenFrom.has(client.name) ? Reveal.parts() : Reveal.ALL;
   }
 
   collect(v, path, out) {
@@ -49,7 +64,7 @@ class PiiFields {
     }
   }
 
-  decide(topic, records) {
+  decide(topic, _client, records) {
     const keyId = expandTopic(this.keyId, topic);
     const whole = Decision.encrypt(new Encrypt(keyId).wholeValue());
     const notJson = this.rejectNonJson ? Decision.reject('record value is not JSON') : whole;
@@ -68,4 +83,4 @@ class PiiFields {
   }
 }
 
-export const { init, plan, decide } = exportPolicy(PiiFields);
+export const { init, plan, decide, reveal } = exportPolicy(PiiFields);

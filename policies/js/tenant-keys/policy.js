@@ -5,7 +5,11 @@
 // A record with header `tenant: acme` is encrypted (whole value) under key `tenant-acme`. Tenant
 // names must be 1 to 64 characters of [A-Za-z0-9_-]; others are refused. Records without the header
 // are refused (on_missing "reject", default) or passed ("pass").
-import { Decision, Encrypt, Needs, TopicPlan, exportPolicy } from 'kapsule-policy';
+//
+// The plan declares `memo: Memo.header(<header>)`: the decision depends only on that header, so
+// Kapsule asks `decide` once per tenant it has not seen and reuses the answer for every other
+// record of that tenant (about 100 ns per record instead of a JavaScript call per record).
+import { Decision, Encrypt, Memo, Needs, TopicPlan, exportPolicy } from 'kapsule-policy';
 
 const VALID_TENANT = /^[A-Za-z0-9_-]{1,64}$/;
 const KNOWN = new Set(['header', 'key_prefix', 'on_missing', 'record_key']);
@@ -31,11 +35,11 @@ class TenantKeys {
     this.byTenant = new Map(); // tenant -> the same Decision object for every record of a tenant
   }
 
-  plan(_topic) {
-    return TopicPlan.perRecord(new Needs({ headers: true }));
+  plan(_topic, _client) {
+    return TopicPlan.perRecord(new Needs({ headers: true }), Memo.header(this.header));
   }
 
-  decide(_topic, records) {
+  decide(_topic, _client, records) {
     return records.map((r) => {
       const t = r.headerStr(this.header);
       if (t === null) return this.missing;
@@ -52,4 +56,4 @@ class TenantKeys {
   }
 }
 
-export const { init, plan, decide } = exportPolicy(TenantKeys);
+export const { init, plan, decide, reveal } = exportPolicy(TenantKeys);

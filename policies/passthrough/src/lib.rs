@@ -1,6 +1,6 @@
 //! Passes every record of every bound topic in clear. Useful to exempt topics explicitly.
 
-use kapsule_policy::{export_policy, Policy, TopicPlan};
+use kapsule_policy::{export_policy, Client, Policy, TopicPlan};
 
 struct Passthrough;
 
@@ -9,7 +9,7 @@ impl Policy for Passthrough {
         Ok(Passthrough)
     }
 
-    fn plan(&self, _topic: &str) -> TopicPlan {
+    fn plan(&self, _topic: &str, _client: &Client) -> TopicPlan {
         TopicPlan::PassAll
     }
 }

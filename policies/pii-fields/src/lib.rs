@@ -9,8 +9,8 @@
 //! (`non_json: "whole"`, the fail-closed default) or refused (`"reject"`).
 
 use kapsule_policy::{
-    expand_topic, export_policy, json_pointer, Decision, Encrypt, Needs, Policy, RecordView,
-    TopicPlan,
+    expand_topic, export_policy, json_pointer, Client, Decision, Encrypt, Needs, Policy,
+    RecordView, TopicPlan,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -82,11 +82,11 @@ impl Policy for PiiFields {
         })
     }
 
-    fn plan(&self, _topic: &str) -> TopicPlan {
-        TopicPlan::PerRecord(Needs::none().with_value())
+    fn plan(&self, _topic: &str, _client: &Client) -> TopicPlan {
+        TopicPlan::per_record(Needs::none().with_value())
     }
 
-    fn decide(&self, topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         let key_id = expand_topic(&self.key_id, topic);
         records
             .iter()

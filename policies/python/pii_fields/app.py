@@ -1,21 +1,26 @@
 """pii-fields (Python): encrypts JSON members whose names look like personal data.
 
 Config (JSON, every field optional):
-``{"key_id": "pii-${topic}", "fields": ["email", "ssn", "phone"], "non_json": "whole"}``
+``{"key_id": "pii-${topic}", "fields": ["email", "ssn", "phone"], "non_json": "whole",
+"pii_hidden_from": ["analytics"]}``
 
 Every object member whose name is in ``fields`` (case-insensitive, at any depth, inside arrays
 too) is encrypted; the value stays JSON. Records without such members and tombstones pass.
 Values that are not JSON are encrypted whole (``non_json: "whole"``, fail closed) or refused
 (``"reject"``).
+
+Who may read: principals named in ``pii_hidden_from`` (default ``["analytics"]``) read these
+records with the PII fields still ciphertext (``Reveal.parts()``: nothing decrypted, the rest of
+the JSON is clear anyway); everyone else reads everything (``Reveal.ALL``).
 """
 
 import json
 
-from kapsule_policy import (Decision, Encrypt, Needs, Policy, TopicPlan, expand_topic, export,
-                            json_pointer)
+from kapsule_policy import (Decision, Encrypt, Needs, Policy, Reveal, TopicPlan, expand_topic,
+                            export, json_pointer)
 
 DEFAULT_FIELDS = ["email", "ssn", "phone", "iban", "card_number", "date_of_birth"]
-KNOWN = {"key_id", "fields", "non_json"}
+KNOWN = {"key_id", "fields", "non_json", "pii_hidden_from"}
 
 
 class PiiFields(Policy):
@@ -34,9 +39,17 @@ class PiiFields(Policy):
         if non_json not in ("whole", "reject"):
             raise ValueError(f"pii-fields config: non_json `{non_json}` is not whole|reject")
         self.reject_non_json = non_json == "reject"
+        hidden = c.get("pii_hidden_from", ["analytics"])
+        if not isinstance(hidden, list) or not all(isinstance(h, str) for h in hidden):
+            raise ValueError("pii-fields config: `pii_hidden_from` must be a list of principal names")
+        self.hidden_from = set(hidden)
 
-    def plan(self, topic: str) -> TopicPlan:
+    def plan(self, topic, client) -> TopicPlan:
         return TopicPlan.per_record(Needs(value=True))
+
+    def reveal(self, topic, client) -> Reveal:
+        # PII fields stay ciphertext for the listed principals; the rest of the JSON is clear.
+        return Reveal.parts() if client.name in self.hidden_from else Reveal.ALL
 
     def _collect(self, v, path, out):
         if isinstance(v, dict):
@@ -53,7 +66,7 @@ class PiiFields(Policy):
                 self._collect(child, path, out)
                 path.pop()
 
-    def decide(self, topic, records):
+    def decide(self, topic, client, records):
         key_id = expand_topic(self.key_id, topic)
         whole = Decision.encrypt(Encrypt(key_id).whole_value())
         not_json = Decision.reject("record value is not JSON") if self.reject_non_json else whole

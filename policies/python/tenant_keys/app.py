@@ -6,12 +6,16 @@ Config (JSON, every field optional):
 A record with header ``tenant: acme`` is encrypted (whole value) under key ``tenant-acme``. Tenant
 names must be 1 to 64 characters of ``[A-Za-z0-9_-]``; others are refused. Records without the
 header are refused (``on_missing: "reject"``, default) or passed (``"pass"``).
+
+The plan declares ``memo=Memo.header(<header>)``: the decision depends only on that header, so
+Kapsule asks ``decide`` once per tenant it has not seen and reuses the answer for every other
+record of that tenant (about 100 ns per record instead of a Python call per record).
 """
 
 import json
 import re
 
-from kapsule_policy import Decision, Encrypt, Needs, Policy, TopicPlan, export
+from kapsule_policy import Decision, Encrypt, Memo, Needs, Policy, TopicPlan, export
 
 VALID_TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 KNOWN = {"header", "key_prefix", "on_missing", "record_key"}
@@ -39,10 +43,10 @@ class TenantKeys(Policy):
             f"header `{self.header}` is not a valid tenant name ([A-Za-z0-9_-], 1 to 64)")
         self.by_tenant = {}  # tenant -> Decision; the same object for every record of a tenant
 
-    def plan(self, topic: str) -> TopicPlan:
-        return TopicPlan.per_record(Needs(headers=True))
+    def plan(self, topic, client) -> TopicPlan:
+        return TopicPlan.per_record(Needs(headers=True), memo=Memo.header(self.header))
 
-    def decide(self, topic, records):
+    def decide(self, topic, client, records):
         out = []
         for r in records:
             t = r.header_str(self.header)

@@ -1,13 +1,20 @@
 //! Encrypts each record under its tenant's key, the tenant coming from a record header.
 //!
 //! Config (JSON, every field optional):
-//! `{"header": "tenant", "key_prefix": "tenant-", "on_missing": "reject", "record_key": false}`
+//! `{"header": "tenant", "key_prefix": "tenant-", "on_missing": "reject", "record_key": false,
+//! "memo": true}`
 //!
 //! A record with header `tenant: acme` is encrypted (whole value) under key `tenant-acme`.
 //! Tenant names must be 1..=64 characters of `[A-Za-z0-9_-]`; others are refused. Records
 //! without the header are refused (`on_missing: "reject"`, default) or passed (`"pass"`).
+//!
+//! The decision depends only on the tenant header, and the plan says so (`memo`, default true):
+//! Kapsule asks once per tenant and reuses the answer. `"memo": false` makes every record be
+//! decided (to compare).
 
-use kapsule_policy::{export_policy, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+use kapsule_policy::{
+    export_policy, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, TopicPlan,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -21,6 +28,12 @@ struct Config {
     on_missing: String,
     #[serde(default)]
     record_key: bool,
+    #[serde(default = "default_memo")]
+    memo: bool,
+}
+
+fn default_memo() -> bool {
+    true
 }
 
 fn default_header() -> String {
@@ -38,6 +51,7 @@ struct TenantKeys {
     key_prefix: String,
     pass_missing: bool,
     record_key: bool,
+    memo: bool,
 }
 
 fn valid_tenant(t: &str) -> bool {
@@ -72,14 +86,21 @@ impl Policy for TenantKeys {
             key_prefix: c.key_prefix,
             pass_missing,
             record_key: c.record_key,
+            memo: c.memo,
         })
     }
 
-    fn plan(&self, _topic: &str) -> TopicPlan {
-        TopicPlan::PerRecord(Needs::none().with_headers())
+    fn plan(&self, _topic: &str, _client: &Client) -> TopicPlan {
+        // The decision depends only on the tenant header: Kapsule asks once per tenant.
+        let plan = TopicPlan::per_record(Needs::none().with_headers());
+        if self.memo {
+            plan.memo(MemoKey::header(&self.header))
+        } else {
+            plan
+        }
     }
 
-    fn decide(&self, _topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, _topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         records
             .iter()
             .map(|r| match r.header_str(&self.header) {

@@ -270,6 +270,22 @@ impl PolicyImports for HostState {
     }
 }
 
+impl super::bindings_v0_1::kapsule::policy::types::Host for HostState {}
+
+impl super::bindings_v0_1::PolicyImports for HostState {
+    fn log(&mut self, level: super::bindings_v0_1::kapsule::policy::types::Level, message: String) {
+        use super::bindings_v0_1::kapsule::policy::types::Level as L1;
+        let level = match level {
+            L1::Trace => Level::Trace,
+            L1::Debug => Level::Debug,
+            L1::Info => Level::Info,
+            L1::Warn => Level::Warn,
+            L1::Error => Level::Error,
+        };
+        self.log.log(level, &message);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

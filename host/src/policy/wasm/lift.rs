@@ -201,7 +201,7 @@ pub(super) enum RawValuePart {
     JsonFields(BList<BString>),
 }
 
-/// `topic-plan` as a view into guest memory.
+/// `topic-plan` (0.2) as a view into guest memory.
 #[derive(ComponentType, Lift)]
 #[component(variant)]
 pub(super) enum RawTopicPlan {
@@ -210,9 +210,68 @@ pub(super) enum RawTopicPlan {
     #[component(name = "encrypt-all")]
     EncryptAll(RawEncrypt),
     #[component(name = "per-record")]
+    PerRecord(RawPerRecordPlan),
+    #[component(name = "reject-all")]
+    RejectAll(BString),
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawPerRecordPlan {
+    needs: wit::Needs,
+    memo: RawMemoKey,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawMemoKey {
+    #[component(name = "none")]
+    None,
+    #[component(name = "header")]
+    Header(BString),
+    #[component(name = "record-key")]
+    RecordKey,
+    #[component(name = "key-prefix")]
+    KeyPrefix(u32),
+}
+
+/// `topic-plan` of `kapsule:policy@0.1.0`, whose `per-record` carries only `needs`.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawTopicPlanV0_1 {
+    #[component(name = "pass-all")]
+    PassAll,
+    #[component(name = "encrypt-all")]
+    EncryptAll(RawEncrypt),
+    #[component(name = "per-record")]
     PerRecord(wit::Needs),
     #[component(name = "reject-all")]
     RejectAll(BString),
+}
+
+/// `reveal` as a view into guest memory.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawReveal {
+    #[component(name = "all")]
+    All,
+    #[component(name = "parts")]
+    Parts(RawRevealParts),
+    #[component(name = "ciphertext")]
+    Ciphertext,
+    #[component(name = "deny")]
+    Deny(BString),
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawRevealParts {
+    value: bool,
+    #[component(name = "json-fields")]
+    json_fields: BList<BString>,
+    #[component(name = "record-key")]
+    record_key: bool,
+    headers: BList<BString>,
 }
 
 fn strings(l: BList<BString>) -> Vec<String> {
@@ -254,9 +313,48 @@ impl From<RawTopicPlan> for wit::TopicPlan {
     fn from(raw: RawTopicPlan) -> Self {
         match raw {
             RawTopicPlan::PassAll => wit::TopicPlan::PassAll,
-            RawTopicPlan::PerRecord(n) => wit::TopicPlan::PerRecord(n),
+            RawTopicPlan::PerRecord(p) => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
+                needs: p.needs,
+                memo: match p.memo {
+                    RawMemoKey::None => wit::MemoKey::None,
+                    RawMemoKey::Header(h) => wit::MemoKey::Header(h.0),
+                    RawMemoKey::RecordKey => wit::MemoKey::RecordKey,
+                    RawMemoKey::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
+                },
+            }),
             RawTopicPlan::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
             RawTopicPlan::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt(e)),
+        }
+    }
+}
+
+impl From<RawTopicPlanV0_1> for wit::TopicPlan {
+    /// A 0.1 `per-record` plan declares no memo key: every record is decided.
+    fn from(raw: RawTopicPlanV0_1) -> Self {
+        match raw {
+            RawTopicPlanV0_1::PassAll => wit::TopicPlan::PassAll,
+            RawTopicPlanV0_1::PerRecord(needs) => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
+                needs,
+                memo: wit::MemoKey::None,
+            }),
+            RawTopicPlanV0_1::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
+            RawTopicPlanV0_1::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt(e)),
+        }
+    }
+}
+
+impl From<RawReveal> for wit::Reveal {
+    fn from(raw: RawReveal) -> Self {
+        match raw {
+            RawReveal::All => wit::Reveal::All,
+            RawReveal::Ciphertext => wit::Reveal::Ciphertext,
+            RawReveal::Deny(m) => wit::Reveal::Deny(m.0),
+            RawReveal::Parts(p) => wit::Reveal::Parts(wit::RevealParts {
+                value: p.value,
+                json_fields: strings(p.json_fields),
+                record_key: p.record_key,
+                headers: strings(p.headers),
+            }),
         }
     }
 }

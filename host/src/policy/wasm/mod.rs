@@ -14,41 +14,138 @@
 //! a cold pool): async callers run them on `tokio::task::spawn_blocking` (see
 //! [`crate::policy::PolicyRegistry::decide_async`]).
 
+mod answer;
 mod cache;
 pub use cache::default_dir as default_cache_dir;
 #[cfg(test)]
 pub(crate) use cache::CacheOutcome;
 pub(crate) mod host;
+mod keyed;
 mod lift;
+mod module;
 mod wasi;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use parking_lot::{Condvar, Mutex};
+use globset::GlobSet;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Func, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
 
 use self::host::{HostState, LogSink};
+use self::module::CallError;
+pub(crate) use self::module::{Decide, LoadedModule};
 use super::config::LimitsConfig;
+use super::stats::BindingStats;
 use super::PolicyError;
 
-/// Bindings generated from `wit/policy.wit`.
+/// Bindings generated from `wit/policy.wit` (`kapsule:policy@0.2.0`): the host's own vocabulary
+/// for talking to guests of every version.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "kapsule:policy/policy",
+        world: "kapsule:policy/policy@0.2.0",
         additional_derives: [PartialEq, Eq],
     });
 }
 
-use bindings::kapsule::policy::types as wit;
+/// Bindings generated from `wit/v0.1/policy.wit` (`kapsule:policy@0.1.0`): only to link and
+/// recognize 0.1 components; their answers are lifted into the 0.2 types (see [`lift`]).
+pub(crate) mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1",
+        world: "kapsule:policy/policy@0.1.0",
+    });
+}
+
+/// The contract version a component implements, recognized at load time by its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WitVersion {
+    /// `kapsule:policy@0.1.0`: `plan(topic)`, `decide(topic, batch)`, no `reveal`. Such a module
+    /// sees no client, declares no memo key, and lets every principal read all.
+    V0_1,
+    /// `kapsule:policy@0.2.0`.
+    V0_2,
+}
+
+impl WitVersion {
+    /// `0.1.0` or `0.2.0`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "0.1.0",
+            WitVersion::V0_2 => "0.2.0",
+        }
+    }
+}
+
+/// The binding a guest call is made for: how errors name it, which key ids its answers may use,
+/// and where its counters go.
+pub(crate) struct Caller<'a> {
+    /// `bindings[i] (file)`.
+    pub(crate) label: &'a str,
+    /// The binding's `allowed_key_ids` patterns (`${topic}` not yet expanded).
+    pub(crate) allowed_key_ids: &'a [String],
+    /// The binding's counters.
+    pub(crate) stats: &'a BindingStats,
+}
+
+impl Caller<'_> {
+    /// The key ids `topic`'s answers may name.
+    fn allowance(&self, topic: &str) -> Result<GlobSet, PolicyError> {
+        super::key_allowance(self.label, self.allowed_key_ids, topic)
+    }
+
+    fn malformed(&self, reason: String) -> PolicyError {
+        PolicyError::Malformed {
+            binding: self.label.to_string(),
+            reason,
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> PolicyError {
+        PolicyError::Unavailable {
+            binding: self.label.to_string(),
+            reason,
+        }
+    }
+
+    /// Accounts for a failed call (counters, last error, log) and returns the error.
+    fn fail(&self, err: PolicyError, discarded: bool) -> PolicyError {
+        self.stats.record_error(&err, discarded);
+        tracing::warn!(policy = %self.label, kind = err.kind(), error = %err, "policy call failed");
+        err
+    }
+
+    fn call_failed(&self, e: CallError) -> PolicyError {
+        let discarded = !matches!(e, CallError::Unavailable(_));
+        self.fail(e.into_policy_error(self.label), discarded)
+    }
+}
+
+/// A module file as read from disk: size-checked and hashed, by [`WasmRuntime::read_module`]
+/// only.
+pub(crate) struct ModuleFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    hash: String,
+}
+
+impl ModuleFile {
+    /// SHA-256 (hex) of the file's content.
+    pub(crate) fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+/// SHA-256 (hex) of a module's bytes: its identity in the compile cache and in `/policies`.
+fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
 
 /// Epoch tick period: deadlines are counted in ticks of this length.
 const TICK: Duration = Duration::from_millis(1);
@@ -191,9 +288,16 @@ impl WasmRuntime {
         wasi::add_to_linker(&mut linker)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the (deny-all) WASI interfaces")?;
+        // Both worlds import a root `log` with structurally equal types; the 0.2 definition,
+        // added last, serves both. The 0.1 one only contributes its (empty) types instance.
+        linker.allow_shadowing(true);
+        bindings_v0_1::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("{e:#}"))
+            .context("linking the kapsule:policy@0.1.0 imports")?;
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("{e:#}"))
-            .context("linking the policy imports")?;
+            .context("linking the kapsule:policy@0.2.0 imports")?;
+        linker.allow_shadowing(false);
         let cache = cache::CompileCache::open(cache_dir)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -242,63 +346,67 @@ impl WasmRuntime {
         &self.limits
     }
 
-    /// Compiles `bytes` into a component, reusing the authenticated artifact cached on disk
-    /// under the bytes' SHA-256 when this engine produced it earlier. Returns the component and
-    /// the hex hash.
-    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, String)> {
-        self.compile_traced(bytes).map(|(c, h, _)| (c, h))
-    }
-
     /// The engine (tests build raw artifacts with it).
     #[cfg(test)]
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// As [`WasmRuntime::compile`], also saying whether the cache was used.
+    /// Compiles `bytes` through the on-disk cache; returns the component, its hash and whether
+    /// the cache was used (tests of the cache).
+    #[cfg(test)]
     pub(crate) fn compile_traced(
         &self,
         bytes: &[u8],
-    ) -> anyhow::Result<(Component, String, cache::CacheOutcome)> {
-        let hash = hex::encode(Sha256::digest(bytes));
+    ) -> anyhow::Result<(wasmtime::component::Component, String, cache::CacheOutcome)> {
+        let hash = content_hash(bytes);
         let (component, outcome) = self.cache.compile(&self.engine, &hash, bytes)?;
         Ok((component, hash, outcome))
     }
 
-    /// Reads, compiles, links, instantiates and initializes a module; the result serves calls.
-    /// Fails (and the caller keeps the old version) on any problem: unreadable or oversized
-    /// file, not a component, imports the sandbox does not provide, exports not matching the
-    /// `kapsule:policy/policy` world, a trap or deadline in `init`, or `init` returning an error.
-    pub(crate) fn load(
-        self: &Arc<Self>,
-        path: &Path,
-        config: &str,
-        log: Arc<LogSink>,
-    ) -> anyhow::Result<LoadedModule> {
+    /// Reads a module file, refusing it (before reading it whole) when it is larger than
+    /// `limits.module_max_mib`, and hashes it.
+    pub(crate) fn read_module(&self, path: &Path) -> anyhow::Result<ModuleFile> {
+        let too_large = |len: u64| {
+            anyhow!(
+                "policy module {} is {len} bytes, larger than limits.module_max_mib ({} MiB) allows",
+                path.display(),
+                self.limits.module_max_bytes >> 20
+            )
+        };
         let meta = std::fs::metadata(path)
             .with_context(|| format!("reading policy module {}", path.display()))?;
         if meta.len() > self.limits.module_max_bytes {
-            anyhow::bail!(
-                "policy module {} is {} bytes, larger than limits.module_max_mib allows",
-                path.display(),
-                meta.len()
-            );
+            return Err(too_large(meta.len()));
         }
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading policy module {}", path.display()))?;
-        self.load_bytes(&bytes, path, config, log)
+        // The file may have grown between the two looks.
+        if bytes.len() as u64 > self.limits.module_max_bytes {
+            return Err(too_large(bytes.len() as u64));
+        }
+        Ok(ModuleFile {
+            path: path.to_path_buf(),
+            hash: content_hash(&bytes),
+            bytes,
+        })
     }
 
-    /// As [`WasmRuntime::load`], from bytes already read (`path` is only reported).
-    pub(crate) fn load_bytes(
+    /// Compiles, links, instantiates and initializes a module read by
+    /// [`WasmRuntime::read_module`]; the result serves calls. Fails (and the caller keeps the old
+    /// version) on any problem: not a component, imports the sandbox does not provide, exports
+    /// not matching the `kapsule:policy/policy` world, a trap or deadline in `init`, or `init`
+    /// returning an error.
+    pub(crate) fn load(
         self: &Arc<Self>,
-        bytes: &[u8],
-        path: &Path,
+        file: &ModuleFile,
         config: &str,
         log: Arc<LogSink>,
     ) -> anyhow::Result<LoadedModule> {
-        let (component, hash) = self
-            .compile(bytes)
+        let path = &file.path;
+        let (component, _) = self
+            .cache
+            .compile(&self.engine, &file.hash, &file.bytes)
             .with_context(|| format!("compiling policy module {}", path.display()))?;
         let linker = wasi::with_denying_stubs(&self.linker, &self.engine, &component)
             .map_err(|e| anyhow!("{e:#}"))
@@ -313,44 +421,29 @@ impl WasmRuntime {
                     path.display()
                 )
             })?;
-        let pre = bindings::PolicyPre::new(pre)
-            .map_err(|e| anyhow!("{e:#}"))
-            .with_context(|| {
-                format!(
-                    "policy module {} does not implement the kapsule:policy/policy world \
-                     (exports init, plan, decide)",
+        let version = match bindings::PolicyPre::new(pre.clone()) {
+            Ok(_) => WitVersion::V0_2,
+            Err(v2) => match bindings_v0_1::PolicyPre::new(pre.clone()) {
+                Ok(_) => WitVersion::V0_1,
+                Err(v1) => anyhow::bail!(
+                    "policy module {} implements neither kapsule:policy@0.2.0 (exports init, \
+                     plan, decide, reveal: {v2:#}) nor kapsule:policy@0.1.0 (exports init, plan, \
+                     decide: {v1:#})",
                     path.display()
-                )
-            })?;
-        let module = LoadedModule {
-            runtime: self.clone(),
-            pre,
-            hash,
-            path: path.to_path_buf(),
-            config: config.to_string(),
-            loaded_at: SystemTime::now(),
-            log,
-            pool: Pool {
-                state: Mutex::new(PoolState {
-                    idle: Vec::new(),
-                    live: 0,
-                }),
-                cv: Condvar::new(),
-                max: self.limits.max_instances.max(1),
+                ),
             },
-            plans: Mutex::new(HashMap::new()),
         };
-        // Build and init one instance now so a broken module is refused before it serves.
-        let inst = module
-            .new_instance()
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("initializing policy module {}", path.display()))?;
-        {
-            let mut st = module.pool.state.lock();
-            st.live += 1;
-            st.idle.push(inst);
-        }
-        Ok(module)
+        LoadedModule::new(
+            self.clone(),
+            pre,
+            version,
+            file.hash.clone(),
+            path,
+            config,
+            log,
+        )
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("initializing policy module {}", path.display()))
     }
 }
 
@@ -379,315 +472,6 @@ pub(crate) fn join_loader<R>(
     h.context("starting a policy loader thread")?
         .join()
         .unwrap_or_else(|_| Err(anyhow!("the policy loader thread panicked")))
-}
-
-/// One initialized policy instance with its own store. `plan` and `decide` are called through
-/// typed views whose answers are lifted lazily (see [`lift`]).
-struct Instance {
-    store: Store<HostState>,
-    exports: Exports,
-}
-
-/// The guest functions Kapsule calls after `init`.
-#[derive(Clone, Copy)]
-struct Exports {
-    plan: Func,
-    decide: Func,
-}
-
-struct PoolState {
-    idle: Vec<Instance>,
-    live: usize,
-}
-
-struct Pool {
-    state: Mutex<PoolState>,
-    cv: Condvar,
-    max: usize,
-}
-
-/// A loaded, initialized version of one policy module; immutable except for its instance pool and
-/// plan cache. Replaced as a whole on reload.
-pub struct LoadedModule {
-    runtime: Arc<WasmRuntime>,
-    pre: bindings::PolicyPre<HostState>,
-    hash: String,
-    path: PathBuf,
-    config: String,
-    loaded_at: SystemTime,
-    log: Arc<LogSink>,
-    pool: Pool,
-    /// Validated plans by topic (this module version only).
-    pub(crate) plans: Mutex<HashMap<String, Arc<super::TopicEntry>>>,
-}
-
-impl std::fmt::Debug for LoadedModule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModule")
-            .field("path", &self.path)
-            .field("hash", &self.hash)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Failure of one guest call, before it is attributed to a binding.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    Deadline(Duration),
-    Memory(usize),
-    Trap(String),
-    Malformed(String),
-    Unavailable(String),
-}
-
-impl CallError {
-    pub(crate) fn into_policy_error(self, binding: &str) -> PolicyError {
-        let binding = binding.to_string();
-        match self {
-            CallError::Deadline(t) => PolicyError::Deadline {
-                binding,
-                timeout_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
-            },
-            CallError::Memory(b) => PolicyError::MemoryExhausted {
-                binding,
-                limit_mib: (b >> 20) as u64,
-            },
-            CallError::Trap(message) => PolicyError::Trap { binding, message },
-            CallError::Malformed(reason) => PolicyError::Malformed { binding, reason },
-            CallError::Unavailable(reason) => PolicyError::Unavailable { binding, reason },
-        }
-    }
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Deadline(t) => write!(f, "exceeded its {} ms deadline", t.as_millis()),
-            CallError::Memory(b) => write!(f, "exceeded its {} MiB memory limit", b >> 20),
-            CallError::Trap(m) => write!(f, "trapped: {m}"),
-            CallError::Malformed(m) => write!(f, "returned a malformed answer: {m}"),
-            CallError::Unavailable(m) => write!(f, "unavailable: {m}"),
-        }
-    }
-}
-
-impl LoadedModule {
-    /// SHA-256 (hex) of the module file this version was built from.
-    pub fn hash(&self) -> &str {
-        &self.hash
-    }
-
-    /// The module file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// When this version finished loading.
-    pub fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
-    }
-
-    /// Live instances (idle plus in use).
-    pub fn live_instances(&self) -> usize {
-        self.pool.state.lock().live
-    }
-
-    fn new_store(&self) -> Store<HostState> {
-        let limits = &self.runtime.limits;
-        let mut store = Store::new(
-            &self.runtime.engine,
-            HostState::new(limits.memory_bytes, self.log.clone()),
-        );
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store
-    }
-
-    /// Instantiates and runs `init` under the init deadline.
-    fn new_instance(&self) -> Result<Instance, CallError> {
-        let _busy = self.runtime.busy();
-        let limits = &self.runtime.limits;
-        let mut store = self.new_store();
-        store.set_epoch_deadline(ticks(limits.init_timeout));
-        let init_failed = |store: &Store<HostState>, e| {
-            classify(store, e, limits.init_timeout, limits.memory_bytes)
-        };
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| init_failed(&store, e))?;
-        let policy =
-            bindings::Policy::new(&mut store, &instance).map_err(|e| init_failed(&store, e))?;
-        let export = |store: &mut Store<HostState>, name: &str| {
-            instance
-                .get_func(&mut *store, name)
-                .ok_or_else(|| CallError::Unavailable(format!("the module exports no `{name}`")))
-        };
-        let plan = export(&mut store, "plan")?;
-        let decide = export(&mut store, "decide")?;
-        match policy.call_init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok(Instance {
-                store,
-                exports: Exports { plan, decide },
-            }),
-            Ok(Err(msg)) => Err(CallError::Unavailable(format!(
-                "init refused its config: {}",
-                truncate(&msg, 1024)
-            ))),
-            Err(e) => Err(classify(
-                &store,
-                e,
-                limits.init_timeout,
-                limits.memory_bytes,
-            )),
-        }
-    }
-
-    fn checkout(&self) -> Result<Instance, CallError> {
-        let mut st = self.pool.state.lock();
-        loop {
-            if let Some(i) = st.idle.pop() {
-                return Ok(i);
-            }
-            if st.live < self.pool.max {
-                st.live += 1;
-                drop(st);
-                return self.new_instance().inspect_err(|_| {
-                    self.pool.state.lock().live -= 1;
-                    self.pool.cv.notify_one();
-                });
-            }
-            // Every instance is busy: wait for one. Calls are bounded by their deadline, so
-            // this wait is too; the timeout only guards against a bug.
-            if self
-                .pool
-                .cv
-                .wait_for(&mut st, Duration::from_secs(30))
-                .timed_out()
-            {
-                return Err(CallError::Unavailable(format!(
-                    "all {} instances stayed busy for 30 s",
-                    self.pool.max
-                )));
-            }
-        }
-    }
-
-    fn checkin(&self, inst: Instance, healthy: bool) {
-        let mut st = self.pool.state.lock();
-        if healthy {
-            st.idle.push(inst);
-        } else {
-            st.live -= 1;
-            drop(st);
-            drop(inst);
-        }
-        self.pool.cv.notify_one();
-    }
-
-    /// Runs `f` on a pooled instance under the deadline `budget`, lifting at most
-    /// `limits.answer_max_bytes` of answer. On failure the instance is discarded; the next
-    /// call builds a fresh one.
-    fn with_instance<R>(
-        &self,
-        budget: Duration,
-        f: impl FnOnce(&mut Store<HostState>, Exports) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        let _busy = self.runtime.busy();
-        let limits = &self.runtime.limits;
-        let mut inst = self.checkout()?;
-        inst.store.set_epoch_deadline(ticks(budget));
-        // A refused growth in an earlier, successful call must not colour this call's trap.
-        inst.store.data_mut().limiter.start_call();
-        let (result, too_large) =
-            lift::with_budget(limits.answer_max_bytes, || f(&mut inst.store, inst.exports));
-        match result {
-            Ok(r) => {
-                self.checkin(inst, true);
-                Ok(r)
-            }
-            Err(_) if too_large => {
-                self.checkin(inst, false);
-                Err(CallError::Malformed(format!(
-                    "the answer needs more than {} KiB of host memory \
-                     (raise policy.limits.answer_max_kib if that is legitimate)",
-                    limits.answer_max_bytes >> 10
-                )))
-            }
-            Err(e) => {
-                let err = classify(&inst.store, e, budget, limits.memory_bytes);
-                self.checkin(inst, false);
-                Err(err)
-            }
-        }
-    }
-
-    /// Calls the guest's `plan` under the call deadline.
-    pub(crate) fn call_plan(&self, topic: &str) -> Result<wit::TopicPlan, CallError> {
-        self.with_instance(self.runtime.limits.call_timeout, |store, ex| {
-            let f = ex.plan.typed::<(&str,), (lift::RawTopicPlan,)>(&*store)?;
-            let (raw,) = f.call(&mut *store, (topic,))?;
-            Ok(raw.into())
-        })
-    }
-
-    /// Calls the guest's `decide` under the deadline for a batch of this size
-    /// ([`Limits::decide_budget`]).
-    pub(crate) fn call_decide(
-        &self,
-        topic: &str,
-        batch: &wit::BatchView,
-    ) -> Result<wit::Decisions, CallError> {
-        let budget = self.runtime.limits.decide_budget(batch.records.len());
-        self.with_instance(budget, |store, ex| {
-            let f = ex
-                .decide
-                .typed::<(&str, &wit::BatchView), (lift::RawDecisions,)>(&*store)?;
-            let (raw,) = f.call(&mut *store, (topic, batch))?;
-            Ok(raw.into())
-        })
-    }
-}
-
-/// Epoch ticks for a deadline, rounded up, plus one so a call that starts just before a tick
-/// still gets at least its full time.
-fn ticks(d: Duration) -> u64 {
-    let t = d.as_micros().div_ceil(TICK.as_micros());
-    u64::try_from(t).unwrap_or(u64::MAX / 2).saturating_add(1)
-}
-
-/// Maps a wasmtime error to what happened: deadline, memory exhaustion or another trap.
-fn classify(
-    store: &Store<HostState>,
-    e: wasmtime::Error,
-    deadline: Duration,
-    mem: usize,
-) -> CallError {
-    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-        return CallError::Deadline(deadline);
-    }
-    if store.data().limiter.hit {
-        return CallError::Memory(mem);
-    }
-    // The trap itself ("wasm trap: call stack exhausted"); the wasm backtrace wasmtime attaches
-    // is only logged at debug level.
-    tracing::debug!(error = %format!("{e:?}"), "policy trap details");
-    match e.downcast_ref::<Trap>() {
-        Some(t) => CallError::Trap(t.to_string()),
-        None => CallError::Trap(truncate(&format!("{e:#}"), 2048)),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
 }
 
 impl Drop for WasmRuntime {

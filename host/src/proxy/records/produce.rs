@@ -29,6 +29,7 @@ use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::config::DecryptSettings;
+use crate::principal::Principal;
 use crate::proxy::session::ClientSession;
 
 impl RecordStage {
@@ -49,7 +50,7 @@ impl RecordStage {
                 None => (Ok(TopicPlan::PassAll), DecryptSettings::default()),
                 Some(enc) => (
                     enc.policy
-                        .topic_plan_async(name.as_str())
+                        .topic_plan_async(name.as_str(), session.principal())
                         .await
                         .map_err(ProxyError::from),
                     enc.policy.decrypt_settings(name.as_str()),
@@ -61,8 +62,16 @@ impl RecordStage {
                     (_, None) => Outcome::Unchanged,
                     (Err(e), Some(_)) => Outcome::Refused(e.clone()),
                     (Ok(plan), Some(records)) => {
-                        self.produce_partition(&name, plan, settings, records, &mut budget)
-                            .await
+                        let principal = session.principal();
+                        self.produce_partition(
+                            &name,
+                            principal,
+                            plan,
+                            settings,
+                            records,
+                            &mut budget,
+                        )
+                        .await
                     }
                 };
                 self.apply_produce_outcome(outcome, p, &name, peer, &mut kept, &mut patch);
@@ -101,13 +110,14 @@ impl RecordStage {
     async fn produce_partition(
         &self,
         topic: &TopicName,
+        principal: Option<&Principal>,
         plan: &TopicPlan,
         settings: DecryptSettings,
         records: &Bytes,
         budget: &mut Budget,
     ) -> Outcome {
         match self
-            .produce_records(topic.as_str(), plan, settings, records, budget)
+            .produce_records(topic.as_str(), principal, plan, settings, records, budget)
             .await
         {
             Ok(Some(out)) => Outcome::Rewritten(out),
@@ -120,6 +130,7 @@ impl RecordStage {
     async fn produce_records(
         &self,
         topic: &str,
+        principal: Option<&Principal>,
         plan: &TopicPlan,
         settings: DecryptSettings,
         records: &Bytes,
@@ -209,7 +220,7 @@ impl RecordStage {
                     }
                     _ => {
                         enc.policy
-                            .decide_async(topic, batch.base_timestamp, &batch.records)
+                            .decide_async(topic, principal, batch.base_timestamp, &batch.records)
                             .await?
                     }
                 };

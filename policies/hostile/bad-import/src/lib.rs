@@ -17,15 +17,19 @@ impl Guest for BadImport {
         Ok(())
     }
 
-    fn plan(_topic: String) -> TopicPlan {
+    fn plan(_topic: String, _client: Client) -> TopicPlan {
         TopicPlan::RejectAll(steal_secrets())
     }
 
-    fn decide(_topic: String, batch: BatchView) -> Decisions {
+    fn decide(_topic: String, _client: Client, batch: BatchView) -> Decisions {
         Decisions {
             distinct: vec![kapsule::policy::types::Decision::Pass],
             choices: vec![0; batch.records.len()],
         }
+    }
+
+    fn reveal(_topic: String, _client: Client) -> Reveal {
+        Reveal::All
     }
 }
 

@@ -7,13 +7,17 @@
 //! `subscribe-duration` then `pollable.block`), `sleep-init`, `print-init` (`println!` and
 //! `eprintln!` in `init`, `plan` and `decide`), `net` (opens a TCP connection), `big-plan` and
 //! `big-answer` (answers of several MiB), `grow-then-trap` (a refused allocation handled in the
-//! first `decide`, a panic in the second), or `ok` (behaves: per-record, encrypts the whole value
-//! under `kek-ok`).
+//! first `decide`, a panic in the second), `echo-client` (decides `kek-<principal>`, or
+//! `kek-anonymous`, from the client `decide` is given), `lying-memo` (declares its decision
+//! depends only on the `tenant` header but decides `kek-<value>` from the record value), or `ok`
+//! (behaves: per-record, encrypts the whole value under `kek-ok`).
 
 use std::cell::Cell;
 use std::time::Duration;
 
-use kapsule_policy::{export_policy, log, Decision, Encrypt, Needs, Policy, RecordView, TopicPlan};
+use kapsule_policy::{
+    export_policy, log, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, TopicPlan,
+};
 
 struct Misbehave {
     mode: String,
@@ -58,23 +62,38 @@ impl Policy for Misbehave {
         }
     }
 
-    fn plan(&self, _topic: &str) -> TopicPlan {
+    fn plan(&self, _topic: &str, _client: &Client) -> TopicPlan {
         match self.mode.as_str() {
             "loop-plan" => spin(),
             "snoop" => TopicPlan::RejectAll(snoop()),
             "net" => TopicPlan::RejectAll(net()),
             "big-plan" => TopicPlan::RejectAll("p".repeat(8 << 20)),
+            "lying-memo" => {
+                TopicPlan::per_record(Needs::none().with_value()).memo(MemoKey::header("tenant"))
+            }
             "print-init" => {
                 println!("planning a topic");
-                TopicPlan::PerRecord(Needs::none().with_value())
+                TopicPlan::per_record(Needs::none().with_value())
             }
-            _ => TopicPlan::PerRecord(Needs::none().with_value()),
+            _ => TopicPlan::per_record(Needs::none().with_value()),
         }
     }
 
-    fn decide(&self, _topic: &str, records: &[RecordView]) -> Vec<Decision> {
+    fn decide(&self, _topic: &str, client: &Client, records: &[RecordView]) -> Vec<Decision> {
         let ok = || Decision::Encrypt(Encrypt::new("kek-ok").whole_value());
         match self.mode.as_str() {
+            "echo-client" => {
+                let who = client.principal_name().unwrap_or("anonymous");
+                let d = Decision::Encrypt(Encrypt::new(format!("kek-{who}")).whole_value());
+                vec![d; records.len()]
+            }
+            "lying-memo" => records
+                .iter()
+                .map(|r| {
+                    let v = r.value_str().unwrap_or("null");
+                    Decision::Encrypt(Encrypt::new(format!("kek-{v}")).whole_value())
+                })
+                .collect(),
             "loop-decide" => spin(),
             "sleep-decide" => {
                 std::thread::sleep(Duration::from_secs(5));

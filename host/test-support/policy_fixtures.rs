@@ -4,6 +4,11 @@
 //! `cargo build --release --target wasm32-wasip2` in the `policies/` workspace once per process
 //! (cargo's own lock serializes concurrent test binaries) and returns where the components are.
 //! [`build_c_policy`] does the same for the C policy through `policies/c/build.sh`.
+//!
+//! Not part of the `kapsule` library: the unit tests, the benches and the integration tests
+//! include this file with `#[path]`, so the shipped binary never runs cargo.
+
+#![allow(dead_code)] // each user (unit tests, benches, integration tests) needs a different part
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

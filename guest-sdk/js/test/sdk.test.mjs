@@ -1,0 +1,172 @@
+// Unit tests of the JavaScript SDK and the JavaScript example policies, run in plain Node (no
+// Wasm): `node --test guest-sdk/js/test/`. Each policy is inlined with the SDK exactly as build.mjs
+// does, the host `log` import is replaced by a recorder, and the exports are driven with values
+// shaped as componentize-js passes the WIT types ({tag, val} variants, camelCase records).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, writeFile, mkdtemp } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { inlineSdk } from '../build.mjs';
+
+const sdkDir = dirname(dirname(fileURLToPath(import.meta.url)));
+const repo = dirname(dirname(sdkDir));
+const work = await mkdtemp(join(tmpdir(), 'kapsule-js-sdk-'));
+let n = 0;
+
+/** The module built from policy source `app` (as build.mjs inlines it), with `log` recorded. */
+async function load(app) {
+  const src = inlineSdk(await readFile(join(sdkDir, 'kapsule-policy.js'), 'utf8'), app)
+    .replace(/^import\s+__kapsuleHostLog\s+from\s+'log';$/m,
+      'const __kapsuleHostLog = (l, m) => globalThis.__logged.push([l, m]);');
+  const f = join(work, `m${n++}.mjs`);
+  await writeFile(f, src);
+  globalThis.__logged = [];
+  return import(pathToFileURL(f).href);
+}
+const example = async (name) => load(await readFile(join(repo, 'policies/js', name, 'policy.js'), 'utf8'));
+
+/** A batch as componentize-js passes it, from [[key, value, [[hkey, hvalue], ...]], ...]. */
+function batch(records) {
+  const bytes = [];
+  const enc = new TextEncoder();
+  const span = (s) => {
+    if (s === null) return undefined;
+    const b = enc.encode(s);
+    const out = { offset: bytes.length, len: b.length };
+    bytes.push(...b);
+    return out;
+  };
+  const views = [];
+  const headers = [];
+  for (const [k, v, hs] of records) {
+    const key = span(k);
+    const value = span(v);
+    const headersStart = headers.length;
+    for (const [hk, hv] of hs) headers.push({ key: span(hk), value: span(hv) });
+    views.push({ key, value, headersStart, headersLen: hs.length, timestamp: 0n });
+  }
+  return { data: new Uint8Array(bytes), records: views, headers };
+}
+const ANON = { principal: undefined };
+const ANALYTICS = { principal: { name: 'analytics', mechanism: 'sasl-scram-sha512' } };
+const ALICE = { principal: { name: 'alice', mechanism: 'mtls' } };
+const chosen = (d) => [...d.choices].map((i) => d.distinct[i]);
+
+const SDK_IMPORT = "import { Client, Decision, Encrypt, Memo, Needs, Reveal, TopicPlan, exportPolicy } from 'kapsule-policy';\n";
+
+test('client, memo and the default reveal', async () => {
+  const m = await load(SDK_IMPORT + `
+    globalThis.__seen = [];
+    class P {
+      constructor(config) {}
+      plan(topic, client) {
+        globalThis.__seen.push([client.name, client.mechanism, client instanceof Client]);
+        return TopicPlan.perRecord(new Needs({ value: true }), Memo.header('tenant'));
+      }
+      decide(topic, client, records) { return records.map(() => Decision.encrypt(new Encrypt('k-' + client.name).wholeValue())); }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);`);
+  m.init('');
+  const p = m.plan('t', ALICE);
+  assert.deepEqual(globalThis.__seen, [['alice', 'mtls', true]]);
+  assert.deepEqual(p, { tag: 'per-record', val: { needs: { key: false, value: true, headers: true }, memo: { tag: 'header', val: 'tenant' } } });
+  m.plan('t', ANON);
+  assert.deepEqual(globalThis.__seen[1], [null, null, true]);
+  const d = m.decide('t', ALICE, batch([[null, 'v', []], [null, 'w', []]]));
+  assert.deepEqual([...d.choices], [0, 0]);
+  assert.equal(d.distinct[0].val.keyId, 'k-alice');
+  assert.deepEqual(m.reveal('t', ANALYTICS), { tag: 'all' });
+});
+
+test('memo variants and plans', async () => {
+  const m = await load(SDK_IMPORT + `
+    class P {
+      constructor(config) { this.c = config; }
+      plan(topic, client) {
+        if (topic === 'prefix') return TopicPlan.perRecord({}, Memo.keyPrefix(4));
+        if (topic === 'key') return TopicPlan.perRecord({ headers: true }, Memo.RECORD_KEY);
+        return TopicPlan.perRecord({ headers: true });
+      }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);
+    export { Memo };`);
+  m.init('');
+  assert.deepEqual(m.plan('prefix', ANON).val, { needs: { key: true, value: false, headers: false }, memo: { tag: 'key-prefix', val: 4 } });
+  assert.deepEqual(m.plan('key', ANON).val.memo, { tag: 'record-key' });
+  assert.deepEqual(m.plan('none', ANON).val.memo, { tag: 'none' });
+  assert.throws(() => m.Memo.header(''), TypeError);
+  assert.throws(() => m.Memo.keyPrefix(0), RangeError);
+});
+
+test('exceptions fail closed and never carry their message', async () => {
+  const m = await load(SDK_IMPORT + `
+    class P {
+      constructor(config) { this.mode = config; }
+      plan(topic, client) {
+        if (this.mode === 'plan') throw new TypeError('SECRET-acme');
+        return TopicPlan.perRecord({ value: true });
+      }
+      decide(topic, client, records) { throw new RangeError('SECRET-' + records[0].valueStr()); }
+      reveal(topic, client) { throw 'SECRET'; }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);`);
+  m.init('');
+  const d = m.decide('t', ANON, batch([[null, 'plain', []], [null, 'plain', []]]));
+  assert.deepEqual([...d.choices], [0, 0]);
+  assert.deepEqual(d.distinct, [{ tag: 'reject', val: 'policy decide() threw RangeError' }]);
+  assert.deepEqual(m.reveal('t', ANON), { tag: 'deny', val: 'policy reveal() threw string' });
+  m.init('plan');
+  assert.deepEqual(m.plan('t', ANON), { tag: 'reject-all', val: 'policy plan() threw TypeError' });
+});
+
+test('0.1 method signatures keep working; wrong answers are refused', async () => {
+  const m = await load(SDK_IMPORT + `
+    class Old {
+      constructor(config) { this.bad = config === 'bad'; }
+      plan(topic) { return this.bad ? 'encrypt please' : TopicPlan.perRecord({ headers: true }); }
+      decide(topic, records) { return this.bad ? [] : records.map(() => Decision.PASS); }
+      reveal(topic, client) { return this.bad ? true : Reveal.parts({ jsonFields: ['/a'], headers: ['pii'] }); }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(Old);`);
+  m.init('');
+  assert.equal(m.plan('t', ANALYTICS).tag, 'per-record');
+  assert.deepEqual(chosen(m.decide('t', ANALYTICS, batch([['k', null, []]]))), [{ tag: 'pass' }]);
+  assert.deepEqual(m.reveal('t', ANON), { tag: 'parts', val: { value: false, jsonFields: ['/a'], recordKey: false, headers: ['pii'] } });
+  m.init('bad');
+  assert.equal(m.plan('t', ANON).tag, 'reject-all');
+  assert.deepEqual(m.decide('t', ANON, batch([[null, 'x', []], [null, 'y', []]])).distinct,
+    [{ tag: 'reject', val: 'policy decide() returned 0 decisions for 2 records' }]);
+  assert.equal(m.reveal('t', ANON).tag, 'deny');
+});
+
+test('tenant-keys declares memo = header "tenant"', async () => {
+  const m = await example('tenant-keys');
+  m.init('');
+  assert.deepEqual(m.plan('orders', ANON).val.memo, { tag: 'header', val: 'tenant' });
+  const got = chosen(m.decide('orders', ANON, batch([[null, null, [['tenant', 'acme']]], [null, null, []]])));
+  assert.equal(got[0].val.keyId, 'tenant-acme');
+  assert.equal(got[1].tag, 'reject');
+  m.init('{"header": "org"}');
+  assert.deepEqual(m.plan('orders', ANON).val.memo, { tag: 'header', val: 'org' });
+});
+
+test('header-gate declares memo = header "classification"', async () => {
+  const m = await example('header-gate');
+  m.init('kek-');
+  assert.deepEqual(m.plan('t', ANON).val.memo, { tag: 'header', val: 'classification' });
+});
+
+test('pii-fields keeps PII ciphertext for analytics', async () => {
+  const m = await example('pii-fields');
+  m.init('');
+  assert.deepEqual(m.reveal('t', ANALYTICS), { tag: 'parts', val: { value: false, jsonFields: [], recordKey: false, headers: [] } });
+  assert.deepEqual(m.reveal('t', ALICE), { tag: 'all' });
+  assert.deepEqual(m.reveal('t', ANON), { tag: 'all' });
+  const d = m.decide('t', ANON, batch([[null, '{"customer": {"email": "x"}, "a": 1}', []]]));
+  assert.deepEqual(chosen(d)[0].val.value, { tag: 'json-fields', val: ['/customer/email'] });
+  m.init('{"pii_hidden_from": ["bi"]}');
+  assert.deepEqual(m.reveal('t', ANALYTICS), { tag: 'all' });
+  assert.equal(m.reveal('t', { principal: { name: 'bi', mechanism: 'sasl-plain' } }).tag, 'parts');
+});

@@ -1,0 +1,235 @@
+"""Unit tests of the Python SDK and the Python example policies, run in plain CPython over the
+bindings componentize-py generates (no Wasm needed): ``python3 guest-sdk/python/tests/test_sdk.py``.
+
+They drive the exports (``init``, ``plan``, ``decide``, ``reveal``) exactly as Kapsule does, with
+the generated WIT types, so a conversion mistake shows up here before a module is built.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SDK = os.path.dirname(HERE)
+REPO = os.path.dirname(os.path.dirname(SDK))
+
+_gen = tempfile.mkdtemp(prefix="kapsule-pybindings-")
+subprocess.run(["componentize-py", "-d", os.path.join(REPO, "wit"), "-w", "kapsule:policy/policy",
+                "bindings", _gen], check=True, stdout=subprocess.DEVNULL)
+sys.path[:0] = [_gen, SDK]
+
+import wit_world  # noqa: E402
+from wit_world.imports import types as wit  # noqa: E402
+
+_logged = []
+wit_world.log = lambda level, message: _logged.append((level, message))
+
+
+def load_example(name):
+    """The ``WitWorld`` of ``policies/python/<name>/app.py``, freshly imported."""
+    path = os.path.join(REPO, "policies", "python", name)
+    sys.path.insert(0, path)
+    try:
+        sys.modules.pop("app", None)
+        return importlib.import_module("app").WitWorld()
+    finally:
+        sys.path.remove(path)
+
+
+def batch(records):
+    """A generated ``BatchView`` from ``[(key, value, [(hkey, hvalue), ...]), ...]``."""
+    data = bytearray()
+
+    def span(b):
+        if b is None:
+            return None
+        s = wit.Span(len(data), len(b))
+        data.extend(b)
+        return s
+
+    views, headers = [], []
+    for key, value, hdrs in records:
+        k, v = span(key), span(value)
+        start = len(headers)
+        for hk, hv in hdrs:
+            headers.append(wit.HeaderView(span(hk), span(hv)))
+        views.append(wit.RecordView(k, v, start, len(hdrs), 0))
+    return wit.BatchView(bytes(data), views, headers)
+
+
+ANON = wit.Client(None)
+ANALYTICS = wit.Client(wit.Principal("analytics", wit.AuthMechanism.SASL_SCRAM_SHA512))
+ALICE = wit.Client(wit.Principal("alice", wit.AuthMechanism.MTLS))
+
+
+def choices(decisions):
+    return [decisions.distinct[i] for i in decisions.choices]
+
+
+class Sdk(unittest.TestCase):
+    def world(self, cls, config=""):
+        from kapsule_policy import export
+        w = export(cls)()
+        w.init(config)
+        return w
+
+    def test_client_memo_and_default_reveal(self):
+        from kapsule_policy import Decision, Encrypt, Memo, Needs, Policy, TopicPlan
+        seen = []
+
+        class P(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic, client):
+                seen.append((client.name, client.mechanism))
+                return TopicPlan.per_record(Needs(value=True), memo=Memo.header("tenant"))
+
+            def decide(self, topic, client, records):
+                return [Decision.encrypt(Encrypt("k-" + client.name).whole_value())] * len(records)
+
+        w = self.world(P)
+        plan = w.plan("t", ALICE)
+        self.assertEqual(seen, [("alice", "mtls")])
+        self.assertIsInstance(plan, wit.TopicPlan_PerRecord)
+        self.assertEqual(plan.value.memo, wit.MemoKey_Header("tenant"))
+        # The memo's header is shown to decide even though needs left headers out.
+        self.assertEqual(plan.value.needs, wit.Needs.VALUE | wit.Needs.HEADERS)
+        w.plan("t", ANON)
+        self.assertEqual(seen[-1], (None, None))
+        d = w.decide("t", ALICE, batch([(None, b"v", []), (None, b"w", [])]))
+        self.assertEqual(d.choices, [0, 0])
+        self.assertEqual(d.distinct[0].value.key_id, "k-alice")
+        self.assertIsInstance(w.reveal("t", ANALYTICS), wit.Reveal_All)
+
+    def test_memo_variants(self):
+        from kapsule_policy import Memo, Needs, TopicPlan
+        from kapsule_policy._bindings import plan_to_wit
+        p = plan_to_wit(TopicPlan.per_record(Needs(), memo=Memo.key_prefix(4)))
+        self.assertEqual(p.value.memo, wit.MemoKey_KeyPrefix(4))
+        self.assertEqual(p.value.needs, wit.Needs.KEY)
+        p = plan_to_wit(TopicPlan.per_record(Needs(headers=True), memo=Memo.RECORD_KEY))
+        self.assertEqual(p.value.memo, wit.MemoKey_RecordKey())
+        p = plan_to_wit(TopicPlan.per_record(Needs(headers=True)))
+        self.assertEqual(p.value.memo, wit.MemoKey_None_())
+        self.assertRaises(ValueError, Memo.header, "")
+        self.assertRaises(ValueError, Memo.key_prefix, 0)
+
+    def test_exceptions_fail_closed_without_their_message(self):
+        from kapsule_policy import Policy, Needs, TopicPlan
+
+        class P(Policy):
+            def __init__(self, config):
+                self.mode = config
+
+            def plan(self, topic, client):
+                if self.mode == "plan":
+                    raise KeyError("SECRET-acme")
+                return TopicPlan.per_record(Needs(value=True))
+
+            def decide(self, topic, client, records):
+                raise ValueError("SECRET-" + records[0].value.decode())
+
+            def reveal(self, topic, client):
+                raise RuntimeError("SECRET")
+
+        w = self.world(P)
+        d = w.decide("t", ANON, batch([(None, b"plain", [])] * 3))
+        self.assertEqual(d.choices, [0, 0, 0])
+        self.assertEqual(d.distinct, [wit.Decision_Reject("policy decide() raised ValueError")])
+        self.assertEqual(w.reveal("t", ANON), wit.Reveal_Deny("policy reveal() raised RuntimeError"))
+        w = self.world(P, "plan")
+        self.assertEqual(w.plan("t", ANON), wit.TopicPlan_RejectAll("policy plan() raised KeyError"))
+
+    def test_v01_signatures_keep_working(self):
+        from kapsule_policy import Decision, Needs, Policy, TopicPlan
+
+        class Old(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic):
+                return TopicPlan.per_record(Needs(headers=True))
+
+            def decide(self, topic, records):
+                return [Decision.PASS for _ in records]
+
+        w = self.world(Old)
+        self.assertIsInstance(w.plan("t", ANALYTICS), wit.TopicPlan_PerRecord)
+        d = w.decide("t", ANALYTICS, batch([(b"k", None, [])]))
+        self.assertEqual(choices(d), [wit.Decision_Pass()])
+
+    def test_wrong_answers_are_refused(self):
+        from kapsule_policy import Needs, Policy, TopicPlan
+
+        class P(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic, client):
+                return "encrypt please"
+
+            def decide(self, topic, client, records):
+                return []
+
+            def reveal(self, topic, client):
+                return True
+
+        w = self.world(P)
+        self.assertIsInstance(w.plan("t", ANON), wit.TopicPlan_RejectAll)
+        d = w.decide("t", ANON, batch([(None, b"x", [])] * 2))
+        self.assertEqual(d.distinct,
+                         [wit.Decision_Reject("policy decide() returned 0 decisions for 2 records")])
+        self.assertIsInstance(w.reveal("t", ANON), wit.Reveal_Deny)
+
+    def test_reveal_parts(self):
+        from kapsule_policy import Reveal
+        from kapsule_policy._bindings import reveal_to_wit
+        r = reveal_to_wit(Reveal.parts(json_fields=["/a"], headers=["pii"]))
+        self.assertEqual(r, wit.Reveal_Parts(wit.RevealParts(False, ["/a"], False, ["pii"])))
+        self.assertEqual(reveal_to_wit(Reveal.CIPHERTEXT), wit.Reveal_Ciphertext())
+        self.assertEqual(reveal_to_wit(Reveal.deny("no")), wit.Reveal_Deny("no"))
+        self.assertRaises(TypeError, Reveal.parts, json_fields="/a")
+
+
+class Examples(unittest.TestCase):
+    def test_tenant_keys_declares_memo(self):
+        w = load_example("tenant_keys")
+        w.init("")
+        p = w.plan("orders", ANON)
+        self.assertEqual(p.value.memo, wit.MemoKey_Header("tenant"))
+        d = w.decide("orders", ANON, batch([(None, None, [(b"tenant", b"acme")]),
+                                            (None, None, [])]))
+        got = choices(d)
+        self.assertEqual(got[0].value.key_id, "tenant-acme")
+        self.assertIsInstance(got[1], wit.Decision_Reject)
+        w = load_example("tenant_keys")
+        w.init('{"header": "org"}')
+        self.assertEqual(w.plan("orders", ANON).value.memo, wit.MemoKey_Header("org"))
+
+    def test_header_gate_declares_memo(self):
+        w = load_example("header_gate")
+        w.init("kek-")
+        self.assertEqual(w.plan("t", ANON).value.memo, wit.MemoKey_Header("classification"))
+
+    def test_pii_fields_reveal(self):
+        w = load_example("pii_fields")
+        w.init("")
+        self.assertEqual(w.reveal("t", ANALYTICS),
+                         wit.Reveal_Parts(wit.RevealParts(False, [], False, [])))
+        self.assertIsInstance(w.reveal("t", ALICE), wit.Reveal_All)
+        self.assertIsInstance(w.reveal("t", ANON), wit.Reveal_All)
+        d = w.decide("t", ANON, batch([(None, b'{"customer": {"email": "x"}, "a": 1}', [])]))
+        self.assertEqual(choices(d)[0].value.value, wit.ValuePart_JsonFields(["/customer/email"]))
+        w = load_example("pii_fields")
+        w.init('{"pii_hidden_from": ["bi"]}')
+        self.assertIsInstance(w.reveal("t", ANALYTICS), wit.Reveal_All)
+        self.assertIsInstance(w.reveal("t", wit.Client(wit.Principal("bi", wit.AuthMechanism.SASL_PLAIN))),
+                              wit.Reveal_Parts)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,552 @@
+//! One loaded version of a policy module: its pool of initialized instances, the guest calls,
+//! and the caches of validated answers. The caches belong to this version only and are dropped
+//! with it when a reload swaps in a new one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Condvar, Mutex};
+use wasmtime::component::{Func, InstancePre};
+use wasmtime::{Store, Trap};
+
+use super::answer::{self, TopicEntry};
+use super::bindings::kapsule::policy::types as wit;
+use super::host::{HostState, LogSink};
+use super::keyed::TopicPrincipalMap;
+use super::{lift, Caller, WasmRuntime, WitVersion, TICK};
+use crate::kafka::records::Record;
+use crate::plan::{RecordDecision, TopicPlan};
+use crate::policy::PolicyError;
+use crate::principal::Principal;
+
+/// Plans remembered per module version before the cache is cleared.
+const MAX_CACHED_PLANS: usize = 65_536;
+
+/// One initialized policy instance with its own store. `plan` and `decide` are called through
+/// typed views whose answers are lifted lazily (see [`lift`]).
+struct Instance {
+    store: Store<HostState>,
+    exports: Exports,
+}
+
+/// The guest functions Kapsule calls after `init`.
+#[derive(Clone, Copy)]
+struct Exports {
+    plan: Func,
+    decide: Func,
+    /// `None` for 0.1 modules.
+    #[allow(dead_code)] // called by `reveal`, next
+    reveal: Option<Func>,
+}
+
+struct PoolState {
+    idle: Vec<Instance>,
+    live: usize,
+}
+
+struct Pool {
+    state: Mutex<PoolState>,
+    cv: Condvar,
+    max: usize,
+}
+
+/// A loaded, initialized version of one policy module; immutable except for its instance pool and
+/// caches. Replaced as a whole on reload.
+pub struct LoadedModule {
+    runtime: Arc<WasmRuntime>,
+    pre: InstancePre<HostState>,
+    version: WitVersion,
+    hash: String,
+    path: PathBuf,
+    config: String,
+    loaded_at: SystemTime,
+    log: Arc<LogSink>,
+    pool: Pool,
+    /// Validated plans by (topic, principal), this module version only.
+    plans: TopicPrincipalMap<Plan>,
+}
+
+/// A validated plan of one topic for one principal under one module version (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan(Arc<TopicEntry>);
+
+impl Plan {
+    /// What the policy decided for the whole topic.
+    pub(crate) fn topic_plan(&self) -> &TopicPlan {
+        &self.0.plan
+    }
+}
+
+/// What [`LoadedModule::prepare_decide`] found: the answer, or the guest call still needed.
+pub(crate) enum Decide {
+    /// Every record is decided without running guest code.
+    Done(Vec<RecordDecision>),
+    /// The guest must see a batch; run [`DecideCall::run`] on a blocking thread.
+    Call(DecideCall),
+}
+
+/// A `decide` call ready to run: the batch laid out for the guest, owning everything it needs.
+pub(crate) struct DecideCall {
+    module: Arc<LoadedModule>,
+    plan: Plan,
+    topic: String,
+    principal: Option<Principal>,
+    batch: wit::BatchView,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("path", &self.path)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failure of one guest call, before it is attributed to a binding.
+#[derive(Debug)]
+pub(super) enum CallError {
+    Deadline(Duration),
+    Memory(usize),
+    Trap(String),
+    Malformed(String),
+    Unavailable(String),
+}
+
+impl CallError {
+    pub(super) fn into_policy_error(self, binding: &str) -> PolicyError {
+        let binding = binding.to_string();
+        match self {
+            CallError::Deadline(t) => PolicyError::Deadline {
+                binding,
+                timeout_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+            },
+            CallError::Memory(b) => PolicyError::MemoryExhausted {
+                binding,
+                limit_mib: (b >> 20) as u64,
+            },
+            CallError::Trap(message) => PolicyError::Trap { binding, message },
+            CallError::Malformed(reason) => PolicyError::Malformed { binding, reason },
+            CallError::Unavailable(reason) => PolicyError::Unavailable { binding, reason },
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Deadline(t) => write!(f, "exceeded its {} ms deadline", t.as_millis()),
+            CallError::Memory(b) => write!(f, "exceeded its {} MiB memory limit", b >> 20),
+            CallError::Trap(m) => write!(f, "trapped: {m}"),
+            CallError::Malformed(m) => write!(f, "returned a malformed answer: {m}"),
+            CallError::Unavailable(m) => write!(f, "unavailable: {m}"),
+        }
+    }
+}
+
+impl LoadedModule {
+    /// Wraps a linked component and builds and initializes one instance now, so a broken module
+    /// is refused before it serves.
+    pub(super) fn new(
+        runtime: Arc<WasmRuntime>,
+        pre: InstancePre<HostState>,
+        version: WitVersion,
+        hash: String,
+        path: &Path,
+        config: &str,
+        log: Arc<LogSink>,
+    ) -> Result<Self, CallError> {
+        let max = runtime.limits.max_instances.max(1);
+        let module = LoadedModule {
+            runtime,
+            pre,
+            version,
+            hash,
+            path: path.to_path_buf(),
+            config: config.to_string(),
+            loaded_at: SystemTime::now(),
+            log,
+            pool: Pool {
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    live: 0,
+                }),
+                cv: Condvar::new(),
+                max,
+            },
+            plans: TopicPrincipalMap::new(MAX_CACHED_PLANS),
+        };
+        let inst = module.new_instance()?;
+        {
+            let mut st = module.pool.state.lock();
+            st.live += 1;
+            st.idle.push(inst);
+        }
+        Ok(module)
+    }
+
+    /// The validated plan of `topic` for `principal` if this version has computed it.
+    pub(crate) fn cached_plan(&self, topic: &str, principal: Option<&Principal>) -> Option<Plan> {
+        self.plans.get(topic, self.client_key(principal))
+    }
+
+    /// The principal answers are cached under: none for 0.1 modules, which never see it.
+    fn client_key<'p>(&self, principal: Option<&'p Principal>) -> Option<&'p Principal> {
+        match self.version {
+            WitVersion::V0_1 => None,
+            WitVersion::V0_2 => principal,
+        }
+    }
+
+    /// The contract version the module implements.
+    pub(crate) fn version(&self) -> WitVersion {
+        self.version
+    }
+
+    /// The validated plan of `topic` for `principal`: cached, or computed by the guest's `plan`
+    /// (blocking, bounded by the call deadline) and cached. Failures are accounted to `c`.
+    pub(crate) fn plan(
+        &self,
+        c: &Caller<'_>,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Plan, PolicyError> {
+        // A 0.1 plan cannot depend on the client: one entry serves every principal.
+        let principal = self.client_key(principal);
+        if let Some(p) = self.plans.get(topic, principal) {
+            return Ok(p);
+        }
+        let started = Instant::now();
+        let raw = self.call_plan(topic, principal);
+        c.stats.record_call(started.elapsed());
+        let raw = raw.map_err(|e| c.call_failed(e))?;
+        let plan = Plan(Arc::new(answer::topic_entry(c, raw, topic)?));
+        self.plans.insert(topic, principal, plan.clone());
+        Ok(plan)
+    }
+
+    /// Decides `records` under `plan` (which this version gave) without running guest code when
+    /// it can: plans other than `per-record` are repeated. Otherwise lays out the batch the guest
+    /// must see. `base_timestamp` is the batch's base timestamp; each record's timestamp is
+    /// `base_timestamp + timestamp_delta`.
+    pub(crate) fn prepare_decide(
+        self: &Arc<Self>,
+        c: &Caller<'_>,
+        plan: &Plan,
+        topic: &str,
+        principal: Option<&Principal>,
+        base_timestamp: i64,
+        records: &[Record],
+    ) -> Result<Decide, PolicyError> {
+        let needs = match plan.topic_plan() {
+            TopicPlan::PerRecord(needs) if !records.is_empty() => *needs,
+            other => return Ok(Decide::Done(other.repeated(records.len()))),
+        };
+        let batch = answer::batch_view(records.iter(), base_timestamp, needs)
+            .map_err(|reason| c.unavailable(reason))?;
+        Ok(Decide::Call(DecideCall {
+            module: self.clone(),
+            plan: plan.clone(),
+            topic: topic.to_string(),
+            principal: self.client_key(principal).cloned(),
+            batch,
+        }))
+    }
+
+    /// SHA-256 (hex) of the module file this version was built from.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// When this version finished loading.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Live instances (idle plus in use).
+    pub fn live_instances(&self) -> usize {
+        self.pool.state.lock().live
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let limits = &self.runtime.limits;
+        let mut store = Store::new(
+            &self.runtime.engine,
+            HostState::new(limits.memory_bytes, self.log.clone()),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Instantiates and runs `init` under the init deadline.
+    fn new_instance(&self) -> Result<Instance, CallError> {
+        let _busy = self.runtime.busy();
+        let limits = &self.runtime.limits;
+        let mut store = self.new_store();
+        store.set_epoch_deadline(ticks(limits.init_timeout));
+        let init_failed = |store: &Store<HostState>, e| {
+            classify(store, e, limits.init_timeout, limits.memory_bytes)
+        };
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| init_failed(&store, e))?;
+        let export = |store: &mut Store<HostState>, name: &str| {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| CallError::Unavailable(format!("the module exports no `{name}`")))
+        };
+        let init = export(&mut store, "init")?;
+        let plan = export(&mut store, "plan")?;
+        let decide = export(&mut store, "decide")?;
+        let reveal = match self.version {
+            WitVersion::V0_1 => None,
+            WitVersion::V0_2 => Some(export(&mut store, "reveal")?),
+        };
+        let answer = init
+            .typed::<(&str,), (Result<(), String>,)>(&store)
+            .and_then(|f| f.call(&mut store, (self.config.as_str(),)));
+        match answer {
+            Ok((Ok(()),)) => Ok(Instance {
+                store,
+                exports: Exports {
+                    plan,
+                    decide,
+                    reveal,
+                },
+            }),
+            Ok((Err(msg),)) => Err(CallError::Unavailable(format!(
+                "init refused its config: {}",
+                truncate(&msg, 1024)
+            ))),
+            Err(e) => Err(classify(
+                &store,
+                e,
+                limits.init_timeout,
+                limits.memory_bytes,
+            )),
+        }
+    }
+
+    fn checkout(&self) -> Result<Instance, CallError> {
+        let mut st = self.pool.state.lock();
+        loop {
+            if let Some(i) = st.idle.pop() {
+                return Ok(i);
+            }
+            if st.live < self.pool.max {
+                st.live += 1;
+                drop(st);
+                return self.new_instance().inspect_err(|_| {
+                    self.pool.state.lock().live -= 1;
+                    self.pool.cv.notify_one();
+                });
+            }
+            // Every instance is busy: wait for one. Calls are bounded by their deadline, so
+            // this wait is too; the timeout only guards against a bug.
+            if self
+                .pool
+                .cv
+                .wait_for(&mut st, Duration::from_secs(30))
+                .timed_out()
+            {
+                return Err(CallError::Unavailable(format!(
+                    "all {} instances stayed busy for 30 s",
+                    self.pool.max
+                )));
+            }
+        }
+    }
+
+    fn checkin(&self, inst: Instance, healthy: bool) {
+        let mut st = self.pool.state.lock();
+        if healthy {
+            st.idle.push(inst);
+        } else {
+            st.live -= 1;
+            drop(st);
+            drop(inst);
+        }
+        self.pool.cv.notify_one();
+    }
+
+    /// Runs `f` on a pooled instance under the deadline `budget`, lifting at most
+    /// `limits.answer_max_bytes` of answer. On failure the instance is discarded; the next
+    /// call builds a fresh one.
+    fn with_instance<R>(
+        &self,
+        budget: Duration,
+        f: impl FnOnce(&mut Store<HostState>, Exports) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let _busy = self.runtime.busy();
+        let limits = &self.runtime.limits;
+        let mut inst = self.checkout()?;
+        inst.store.set_epoch_deadline(ticks(budget));
+        // A refused growth in an earlier, successful call must not colour this call's trap.
+        inst.store.data_mut().limiter.start_call();
+        let (result, too_large) =
+            lift::with_budget(limits.answer_max_bytes, || f(&mut inst.store, inst.exports));
+        match result {
+            Ok(r) => {
+                self.checkin(inst, true);
+                Ok(r)
+            }
+            Err(_) if too_large => {
+                self.checkin(inst, false);
+                Err(CallError::Malformed(format!(
+                    "the answer needs more than {} KiB of host memory \
+                     (raise policy.limits.answer_max_kib if that is legitimate)",
+                    limits.answer_max_bytes >> 10
+                )))
+            }
+            Err(e) => {
+                let err = classify(&inst.store, e, budget, limits.memory_bytes);
+                self.checkin(inst, false);
+                Err(err)
+            }
+        }
+    }
+
+    /// Calls the guest's `plan` under the call deadline.
+    fn call_plan(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<wit::TopicPlan, CallError> {
+        self.with_instance(self.runtime.limits.call_timeout, |store, ex| {
+            Ok(match self.version {
+                WitVersion::V0_1 => {
+                    let f = ex
+                        .plan
+                        .typed::<(&str,), (lift::RawTopicPlanV0_1,)>(&*store)?;
+                    f.call(&mut *store, (topic,))?.0.into()
+                }
+                WitVersion::V0_2 => {
+                    let f = ex
+                        .plan
+                        .typed::<(&str, &wit::Client), (lift::RawTopicPlan,)>(&*store)?;
+                    f.call(&mut *store, (topic, &client(principal)))?.0.into()
+                }
+            })
+        })
+    }
+
+    /// Calls the guest's `decide` under the deadline for a batch of this size
+    /// ([`super::Limits::decide_budget`]).
+    fn call_decide(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+        batch: &wit::BatchView,
+    ) -> Result<wit::Decisions, CallError> {
+        let budget = self.runtime.limits.decide_budget(batch.records.len());
+        self.with_instance(budget, |store, ex| {
+            let (raw,) = match self.version {
+                WitVersion::V0_1 => ex
+                    .decide
+                    .typed::<(&str, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
+                    .call(&mut *store, (topic, batch))?,
+                WitVersion::V0_2 => ex
+                    .decide
+                    .typed::<(&str, &wit::Client, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
+                    .call(&mut *store, (topic, &client(principal), batch))?,
+            };
+            Ok(raw.into())
+        })
+    }
+
+    /// Calls the guest's `reveal` under the call deadline; a 0.1 module (no `reveal`) reveals
+    /// all.
+    #[allow(dead_code)] // wired to `Binding::reveal` next
+    fn call_reveal(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<wit::Reveal, CallError> {
+        self.with_instance(self.runtime.limits.call_timeout, |store, ex| {
+            let Some(reveal) = ex.reveal else {
+                return Ok(wit::Reveal::All);
+            };
+            let f = reveal.typed::<(&str, &wit::Client), (lift::RawReveal,)>(&*store)?;
+            Ok(f.call(&mut *store, (topic, &client(principal)))?.0.into())
+        })
+    }
+}
+
+/// The `client` argument of a guest call.
+fn client(principal: Option<&Principal>) -> wit::Client {
+    use crate::principal::AuthMechanism as M;
+    wit::Client {
+        principal: principal.map(|p| wit::Principal {
+            name: p.name().to_string(),
+            mechanism: match p.mechanism() {
+                M::SaslPlain => wit::AuthMechanism::SaslPlain,
+                M::SaslScramSha256 => wit::AuthMechanism::SaslScramSha256,
+                M::SaslScramSha512 => wit::AuthMechanism::SaslScramSha512,
+                M::SaslOauthBearer => wit::AuthMechanism::SaslOauthbearer,
+                M::TlsClientCertificate => wit::AuthMechanism::Mtls,
+            },
+        }),
+    }
+}
+
+impl DecideCall {
+    /// Runs the guest's `decide` (blocking, bounded by the batch's deadline) and validates its
+    /// answer: one decision per record, in order. Failures are accounted to `c`.
+    pub(crate) fn run(self, c: &Caller<'_>) -> Result<Vec<RecordDecision>, PolicyError> {
+        let n = self.batch.records.len();
+        let started = Instant::now();
+        let raw = self
+            .module
+            .call_decide(&self.topic, self.principal.as_ref(), &self.batch);
+        c.stats.record_call(started.elapsed());
+        let raw = raw.map_err(|e| c.call_failed(e))?;
+        let (distinct, choices) = answer::decisions(c, raw, n, &self.plan.0, &self.topic)?;
+        Ok(choices
+            .iter()
+            .map(|&i| distinct[i as usize].clone())
+            .collect())
+    }
+}
+
+/// Epoch ticks for a deadline, rounded up, plus one so a call that starts just before a tick
+/// still gets at least its full time.
+fn ticks(d: Duration) -> u64 {
+    let t = d.as_micros().div_ceil(TICK.as_micros());
+    u64::try_from(t).unwrap_or(u64::MAX / 2).saturating_add(1)
+}
+
+/// Maps a wasmtime error to what happened: deadline, memory exhaustion or another trap.
+fn classify(
+    store: &Store<HostState>,
+    e: wasmtime::Error,
+    deadline: Duration,
+    mem: usize,
+) -> CallError {
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return CallError::Deadline(deadline);
+    }
+    if store.data().limiter.hit {
+        return CallError::Memory(mem);
+    }
+    // The trap itself ("wasm trap: call stack exhausted"); the wasm backtrace wasmtime attaches
+    // is only logged at debug level.
+    tracing::debug!(error = %format!("{e:?}"), "policy trap details");
+    match e.downcast_ref::<Trap>() {
+        Some(t) => CallError::Trap(t.to_string()),
+        None => CallError::Trap(truncate(&format!("{e:#}"), 2048)),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
