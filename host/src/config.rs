@@ -15,6 +15,7 @@ use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::kms::KmsConfig;
 use crate::policy::config::PolicyConfig;
 use crate::proxy::proxy_protocol::ProxyProtocol;
+use crate::proxy::sasl::AuthenticationMode;
 use crate::proxy::tls::{ServerTlsConfig, UpstreamTlsConfig};
 
 /// What the proxy does with record batches it does not need to encrypt or decrypt.
@@ -100,6 +101,12 @@ pub struct ProxyConfig {
     /// (default `none`).
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    /// `required`: a connection with no principal (no SASL exchange the broker accepted, no
+    /// verified TLS client certificate) may send only ApiVersions, SaslHandshake and
+    /// SaslAuthenticate; anything else closes it, nothing forwarded. `optional` (default):
+    /// the broker decides. See docs/deployment.md, "SASL".
+    #[serde(default)]
+    pub authentication: AuthenticationMode,
 }
 
 /// Admin endpoint settings.
@@ -252,6 +259,7 @@ impl Config {
                 tls: None,
                 upstream_tls: None,
                 proxy_protocol: ProxyProtocol::None,
+                authentication: AuthenticationMode::Optional,
             },
             admin: AdminConfig::default(),
             records: RecordsMode::default(),

@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest};
+use super::sasl::{RequestAction, SaslExpect, SaslOutcome, SaslRefusal, SaslTracker};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
@@ -97,6 +98,8 @@ enum ResponseStage {
     Produce(ProducePatch),
     /// Rewrite node endpoints; decrypt / re-encode records.
     Fetch,
+    /// Follow the SASL exchange (may set the session's principal); relay the bytes.
+    Sasl(SaslExpect),
 }
 
 /// What answers a request once it is prepared.
@@ -212,8 +215,16 @@ async fn serve_inner(
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let sasl = Arc::new(SaslTracker::new());
 
-    let requests = read_requests(shared, client_read, queued_tx, in_flight, session.clone());
+    let requests = read_requests(
+        shared,
+        client_read,
+        queued_tx,
+        in_flight,
+        session.clone(),
+        sasl.clone(),
+    );
     let forward = async {
         if let Err(e) = forward_requests(shared, queued_rx, upstream_write, pending_tx, peer).await
         {
@@ -222,7 +233,14 @@ async fn serve_inner(
     };
     let respond = async {
         let r = tokio::try_join!(
-            read_responses(shared, upstream_read, pending_rx, out_tx, session.clone()),
+            read_responses(
+                shared,
+                upstream_read,
+                pending_rx,
+                out_tx,
+                session.clone(),
+                sasl
+            ),
             write_responses(shared, client_write, out_rx),
         );
         if let Err(e) = r {
@@ -252,12 +270,16 @@ async fn serve_inner(
         }
         _ = &mut rest => {}
     }
-    debug!(%peer, "connection closed");
+    match session.principal() {
+        Some(p) => debug!(%peer, principal = %p.to_string().escape_debug(), "connection closed"),
+        None => debug!(%peer, "connection closed"),
+    }
     Ok(())
 }
 
 fn log_request_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) {
-    if e.downcast_ref::<UnsupportedRequest>().is_some() {
+    if e.downcast_ref::<UnsupportedRequest>().is_some() || e.downcast_ref::<SaslRefusal>().is_some()
+    {
         // Already logged where it was refused.
         return;
     }
@@ -300,6 +322,7 @@ async fn read_requests(
     queue: mpsc::UnboundedSender<Queued>,
     in_flight: Arc<Semaphore>,
     session: Arc<ClientSession>,
+    sasl: Arc<SaslTracker>,
 ) -> anyhow::Result<()> {
     let peer = session.peer();
     let mut shutdown = shared.shutdown_signal();
@@ -318,7 +341,35 @@ async fn read_requests(
         shared
             .metrics
             .frame(Direction::Request, meta.api_key, frame.len());
-        let step = if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
+        let mode = shared.config.authentication;
+        let step = match sasl.on_request(&session, mode, meta, &frame) {
+            Ok(RequestAction::Pass) => None,
+            Ok(RequestAction::Relay(expect)) => Some(Step::Ready(Ok(Prepared {
+                forward: Some(frame.clone()),
+                expect: Expect::Upstream(ResponseStage::Sasl(expect)),
+                deadline: None,
+            }))),
+            Ok(RequestAction::Answer(answer)) => Some(Step::Ready(Ok(Prepared {
+                forward: None,
+                expect: Expect::Local(answer),
+                deadline: None,
+            }))),
+            Ok(RequestAction::Refuse(refusal)) => {
+                refuse_unauthenticated(shared, meta, &refusal, &session);
+                // Queued behind what came before (delivered), ends forwarding; stop reading.
+                let step = Step::Ready(Err(refusal.into()));
+                let _ = queue.send(Queued { meta, step, permit });
+                return Ok(());
+            }
+            Err(e) => Some(Step::Ready(Err(e))),
+        };
+        let step = if let Some(step) = step {
+            if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
+                Step::Ready(refuse_request(shared, meta, frame, refused, peer))
+            } else {
+                step
+            }
+        } else if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
             Step::Ready(refuse_request(shared, meta, frame, refused, peer))
         } else if meta.known_api() == Some(ApiKey::Produce) && shared.records.transforms_produce() {
             Step::spawn(prepare_produce(
@@ -403,6 +454,7 @@ async fn read_responses(
     mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
     out: mpsc::UnboundedSender<Outgoing>,
     session: Arc<ClientSession>,
+    sasl: Arc<SaslTracker>,
 ) -> anyhow::Result<()> {
     let max = shared.config.max_frame_bytes;
     while let Some((entry, permit)) = pending.recv().await {
@@ -444,6 +496,11 @@ async fn read_responses(
                         })
                     }
                     ResponseStage::Fetch => Step::Ready(Ok(frame)),
+                    ResponseStage::Sasl(expect) => {
+                        // Inline, so the principal is set before the client sees the answer.
+                        sasl_response(shared, &sasl, &session, meta, expect, &frame)?;
+                        Step::Ready(Ok(frame))
+                    }
                     stage => Step::Ready(
                         rewrite_response(shared, meta, stage, frame).with_context(context),
                     ),
@@ -484,6 +541,63 @@ async fn write_responses(
         }
     }
     client.flush().await?;
+    Ok(())
+}
+
+/// Logs a request refused over authentication (never forwarded; the connection closes).
+fn refuse_unauthenticated(
+    shared: &ProxyShared,
+    meta: RequestMeta,
+    refusal: &SaslRefusal,
+    session: &ClientSession,
+) {
+    shared.metrics.error("unauthenticated_request");
+    let peer = session.peer();
+    if let Some(suppressed) = shared
+        .records
+        .refusal_log()
+        .admit_connection_line(Reason::Unauthenticated)
+    {
+        let api = api_name(meta.api_key);
+        warn!(%peer, api, version = meta.api_version, reason = %refusal, suppressed, "refused a request over authentication; closing the connection, nothing forwarded");
+    }
+}
+
+/// Follows the broker's answer to a SASL request: logs success (with the principal) and
+/// failure; a re-authentication under another name is an error that closes the connection.
+fn sasl_response(
+    shared: &ProxyShared,
+    sasl: &SaslTracker,
+    session: &ClientSession,
+    meta: RequestMeta,
+    expect: SaslExpect,
+    frame: &Bytes,
+) -> anyhow::Result<()> {
+    let peer = session.peer();
+    match sasl.on_response(session, expect, meta.api_version, frame) {
+        Ok(SaslOutcome::Continue) => {}
+        Ok(SaslOutcome::Authenticated(p)) => {
+            info!(%peer, principal = %p.name().escape_debug(), mechanism = p.mechanism().label(), "client authenticated");
+        }
+        Ok(SaslOutcome::Failed { name, error_code }) => {
+            shared.metrics.error("sasl_failed");
+            let error = ResponseError::try_from_code(error_code)
+                .map(|e| format!("{e:?}"))
+                .unwrap_or_else(|| error_code.to_string());
+            let api = api_name(meta.api_key);
+            match name {
+                Some(name) => {
+                    info!(%peer, user = %name.escape_debug(), api, error, "broker refused SASL authentication")
+                }
+                None => info!(%peer, api, error, "broker refused the SASL handshake"),
+            }
+        }
+        Err(e) => {
+            shared.metrics.error("sasl_principal_changed");
+            warn!(%peer, error = %format!("{e:#}"), "closing connection");
+            return Err(e);
+        }
+    }
     Ok(())
 }
 
@@ -773,7 +887,7 @@ fn rewrite_response(
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay | ResponseStage::Fetch => frame,
+        ResponseStage::Relay | ResponseStage::Fetch | ResponseStage::Sasl(_) => frame,
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;
