@@ -23,5 +23,6 @@ mod polyglot;
 mod proxy_protocol;
 mod resilience;
 mod sandbox;
+mod sasl;
 mod tls;
 mod tools;
