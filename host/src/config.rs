@@ -127,6 +127,13 @@ pub struct AdminConfig {
     /// Admin connections served at once (default 16); more are answered 503 and closed.
     #[serde(default = "default_admin_max_connections")]
     pub max_connections: usize,
+    /// Adds per-principal families to `/metrics` (`kapsule_principal_requests`,
+    /// `kapsule_principal_bytes`; default off).
+    #[serde(default)]
+    pub principal_metrics: bool,
+    /// Most distinct principal labels (default 100); later principals are counted as `other`.
+    #[serde(default = "default_max_principal_labels")]
+    pub max_principal_labels: usize,
 }
 
 impl Default for AdminConfig {
@@ -136,6 +143,8 @@ impl Default for AdminConfig {
             token_env: None,
             token_file: None,
             max_connections: default_admin_max_connections(),
+            principal_metrics: false,
+            max_principal_labels: default_max_principal_labels(),
         }
     }
 }
@@ -178,6 +187,9 @@ impl AdminConfig {
         if self.token_env.is_some() && self.token_file.is_some() {
             problems.push("admin: set only one of token_env and token_file".into());
         }
+        if self.principal_metrics && self.max_principal_labels == 0 {
+            problems.push("admin.max_principal_labels: must be at least 1".into());
+        }
         if self.max_connections == 0 {
             problems.push("admin.max_connections: must be at least 1".into());
         }
@@ -204,6 +216,10 @@ impl ProxyConfig {
         self.max_decompressed_bytes_per_request
             .unwrap_or(self.max_frame_bytes.saturating_mul(2))
     }
+}
+
+fn default_max_principal_labels() -> usize {
+    100
 }
 
 fn default_admin_max_connections() -> usize {
@@ -518,6 +534,26 @@ mod tests {
         let all = err.unwrap_err().to_string();
         assert!(all.contains("kms: missing"), "{all}");
         assert!(all.contains("deks.refresh_ahead_fraction"), "{all}");
+    }
+
+    #[test]
+    fn authentication_mode_and_principal_metrics_are_validated() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.proxy.authentication, AuthenticationMode::Optional);
+        assert!(!c.admin.principal_metrics);
+        let c = Config::parse(&format!("{base}  authentication: required\n")).unwrap();
+        assert_eq!(c.proxy.authentication, AuthenticationMode::Required);
+        let err = Config::parse(&format!("{base}  authentication: yes\n")).unwrap_err();
+        assert!(err.to_string().contains("authentication"), "{err}");
+        let err = Config::parse(&format!(
+            "{base}admin:\n  principal_metrics: true\n  max_principal_labels: 0\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("admin.max_principal_labels"),
+            "{err}"
+        );
     }
 
     #[test]

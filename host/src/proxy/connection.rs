@@ -241,7 +241,7 @@ async fn serve_inner(
                 session.clone(),
                 sasl
             ),
-            write_responses(shared, client_write, out_rx),
+            write_responses(shared, client_write, out_rx, &session),
         );
         if let Err(e) = r {
             log_response_error(shared, peer, &e);
@@ -327,6 +327,8 @@ async fn read_requests(
     let peer = session.peer();
     let mut shutdown = shared.shutdown_signal();
     let max = shared.config.max_frame_bytes;
+    // Per-principal counters, looked up once the connection has a principal.
+    let mut by_principal = None;
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut client, max) => f?,
@@ -341,6 +343,14 @@ async fn read_requests(
         shared
             .metrics
             .frame(Direction::Request, meta.api_key, frame.len());
+        if by_principal.is_none() {
+            by_principal = session
+                .principal()
+                .and_then(|p| shared.metrics.principal(p.name()));
+        }
+        if let Some(c) = &by_principal {
+            c.request(meta.api_key, frame.len());
+        }
         let mode = shared.config.authentication;
         let step = match sasl.on_request(&session, mode, meta, &frame) {
             Ok(RequestAction::Pass) => None,
@@ -525,8 +535,10 @@ async fn write_responses(
     shared: &Arc<ProxyShared>,
     client: OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    session: &ClientSession,
 ) -> anyhow::Result<()> {
     let mut client = BufWriter::with_capacity(64 * 1024, client);
+    let mut by_principal = None;
     while let Some(Outgoing { api_key, step, .. }) = queue.recv().await {
         if !step.is_ready() {
             client.flush().await?;
@@ -535,6 +547,14 @@ async fn write_responses(
         shared
             .metrics
             .frame(Direction::Response, api_key, frame.len());
+        if by_principal.is_none() {
+            by_principal = session
+                .principal()
+                .and_then(|p| shared.metrics.principal(p.name()));
+        }
+        if let Some(c) = &by_principal {
+            c.response(frame.len());
+        }
         write_frame(&mut client, &frame).await?;
         if queue.is_empty() {
             client.flush().await?;
