@@ -299,6 +299,10 @@ fn log_request_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) 
 }
 
 fn log_response_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) {
+    if e.downcast_ref::<SaslRefusal>().is_some() {
+        // Already logged where it was refused.
+        return;
+    }
     match e.downcast_ref::<FrameError>() {
         Some(FrameError::TooLarge { size, max }) => {
             shared.metrics.error("frame_too_large");
@@ -613,8 +617,11 @@ fn sasl_response(
             }
         }
         Err(e) => {
-            shared.metrics.error("sasl_principal_changed");
-            warn!(%peer, error = %format!("{e:#}"), "closing connection");
+            if let Some(refusal) = e.downcast_ref::<SaslRefusal>() {
+                shared.metrics.error("sasl_principal_changed");
+                let refusal = refusal.to_string();
+                warn!(%peer, reason = %refusal.escape_debug(), "closing connection, answer not relayed");
+            }
             return Err(e);
         }
     }
