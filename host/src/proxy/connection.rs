@@ -605,15 +605,23 @@ fn sasl_response(
         }
         Ok(SaslOutcome::Failed { name, error_code }) => {
             shared.metrics.error("sasl_failed");
+            // Clients retry in a loop: rate-limited like refusals.
+            let Some(suppressed) = shared
+                .records
+                .refusal_log()
+                .admit_connection_line(Reason::Unauthenticated)
+            else {
+                return Ok(());
+            };
             let error = ResponseError::try_from_code(error_code)
                 .map(|e| format!("{e:?}"))
                 .unwrap_or_else(|| error_code.to_string());
             let api = api_name(meta.api_key);
             match name {
                 Some(name) => {
-                    info!(%peer, user = %name.escape_debug(), api, error, "broker refused SASL authentication")
+                    info!(%peer, user = %name.escape_debug(), api, error, suppressed, "broker refused SASL authentication")
                 }
-                None => info!(%peer, api, error, "broker refused the SASL handshake"),
+                None => info!(%peer, api, error, suppressed, "broker refused the SASL handshake"),
             }
         }
         Err(e) => {
