@@ -462,3 +462,34 @@ async fn authentication_required_refuses_an_unauthenticated_produce() {
         0
     );
 }
+
+/// OAUTHBEARER from librdkafka (an unsecured JWT naming `carol`): Kapsule reads the principal
+/// from the token's `sub` claim of a real client's message; tansu 0.6 has no token validator
+/// and refuses the exchange, which the client sees and Kapsule logs under that name.
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_oauthbearer_principal_is_read_from_a_real_client_token() {
+    let topic = unique_name("whole-oauth");
+    let mut rig = SaslRig::start(&[(&topic, 1)], false).await;
+    let file = kapsule_integration::records::write_records_file(&[TestRecord::kv("k", "v")])
+        .expect("records file");
+    let mut a = args(&["--bootstrap", &rig.kapsule.listen, "--topic", &topic]);
+    a.extend(args(&["--input", &file.path().display().to_string()]));
+    a.extend(args(&["--timeout", "10"]));
+    for c in [
+        "security.protocol=SASL_PLAINTEXT",
+        "sasl.mechanism=OAUTHBEARER",
+        "sasl.oauthbearer.config=principal=carol",
+        "enable.sasl.oauthbearer.unsecure.jwt=true",
+    ] {
+        a.extend(args(&["--config", c]));
+    }
+    run_python("ck_produce.py", &a, CLIENT_TIMEOUT)
+        .await
+        .expect_err("tansu 0.6 refuses OAUTHBEARER");
+    rig.kapsule
+        .wait_log("user=carol", Duration::from_secs(5))
+        .await
+        .unwrap();
+    rig.kapsule.process.ensure_running().expect("kapsule is up");
+    assert!(!rig.kapsule.logs().contains("client authenticated"));
+}
