@@ -8,7 +8,7 @@
 //! authentication, creates users and topics, stops it, and starts it again on the same file and
 //! port with `--authentication`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -88,9 +88,11 @@ impl SaslTansu {
             .tempdir()?;
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let store = format!("sqlite://{}", dir.path().join("tansu.db").display());
+        // tansu 0.6 resolves a `sqlite://` path against its working directory, even one that
+        // starts with `/` (`sqlite:///tmp/x.db` opens `$PWD/tmp/x.db`): run it in `dir`.
+        let store = "sqlite://tansu.db";
 
-        let mut open = launch(&bin, &addr, &store, false).await?;
+        let mut open = launch(&bin, &addr, store, dir.path(), false).await?;
         for u in users {
             let out = tokio::time::timeout(
                 Duration::from_secs(30),
@@ -123,7 +125,7 @@ impl SaslTansu {
         // The port was just released; a few quick retries cover a slow socket teardown.
         let mut last = None;
         for _ in 0..5 {
-            match launch(&bin, &addr, &store, true).await {
+            match launch(&bin, &addr, store, dir.path(), true).await {
                 Ok(process) => {
                     return Ok(Self {
                         addr,
@@ -143,10 +145,17 @@ impl SaslTansu {
     }
 }
 
-async fn launch(bin: &PathBuf, addr: &str, store: &str, auth: bool) -> Result<ProcessGuard> {
+async fn launch(
+    bin: &PathBuf,
+    addr: &str,
+    store: &str,
+    cwd: &Path,
+    auth: bool,
+) -> Result<ProcessGuard> {
     let url = format!("tcp://{addr}");
     let mut cmd = Command::new(bin);
-    cmd.args(["broker", "--listener-url", &url])
+    cmd.current_dir(cwd)
+        .args(["broker", "--listener-url", &url])
         .args(["--advertised-listener-url", &url])
         .args(["--storage-engine", store])
         // Same id on both starts: the store's users and topics belong to the cluster.
