@@ -160,7 +160,7 @@ async fn sasl_ssl_scram_confluent_round_trip_encrypted_and_principal_logged() {
         let stored = ck_consume(&rig.tansu.addr, topic, records.len(), &refs(&direct)).await;
         let stored: Vec<TestRecord> = stored.into_iter().map(|c| c.record).collect();
         assert_no_plaintext(&stored, &markers);
-        let line = format!("principal={} mechanism={mechanism}", user.0);
+        let line = format!("principal={} mechanism=\"{mechanism}\"", user.0);
         rig.kapsule
             .wait_log(&line, Duration::from_secs(5))
             .await
@@ -291,8 +291,8 @@ async fn sasl_wrong_password_is_an_authentication_failure_and_kapsule_stays_up()
     let err = run_python("ck_produce.py", &a, CLIENT_TIMEOUT)
         .await
         .expect_err("a wrong password must fail");
-    let text = format!("{err:#}");
-    assert!(text.contains("Authentication failed"), "{text}");
+    let text = format!("{err:#}").to_lowercase();
+    assert!(text.contains("authentication failed"), "{text}");
 
     let out = run_python(
         "kp_sasl.py",

@@ -308,6 +308,18 @@ impl SaslTracker {
                         error_code: body.error_code,
                     });
                 }
+                let scram = matches!(
+                    mechanism,
+                    AuthMechanism::SaslScramSha256 | AuthMechanism::SaslScramSha512
+                );
+                if scram && round == 1 && body.auth_bytes.starts_with(b"e=") {
+                    // A server-final error (e.g. `e=invalid-proof`) some brokers send with
+                    // error code 0 (tansu 0.6): a failure all the same.
+                    return Ok(SaslOutcome::Failed {
+                        name: Some(candidate.name().to_owned()),
+                        error_code: ResponseError::SaslAuthenticationFailed.code(),
+                    });
+                }
                 let done = match mechanism {
                     AuthMechanism::SaslPlain => round == 0,
                     AuthMechanism::SaslScramSha256 | AuthMechanism::SaslScramSha512 => {

@@ -266,8 +266,16 @@ fn scram_server_error_in_final_message_is_not_success() {
     let last = authenticate_answer(0, b"e=invalid-proof");
     assert_eq!(
         t.on_response(&s, e, 2, &last).unwrap(),
-        SaslOutcome::Continue
+        SaslOutcome::Failed {
+            name: Some("alice".into()),
+            error_code: ResponseError::SaslAuthenticationFailed.code()
+        }
     );
+    // Whatever the broker thinks of the connection now, nothing else passes Kapsule.
+    assert!(matches!(
+        refusal(action(&t, &s, AuthenticationMode::Optional, produce())),
+        SaslRefusal::BeforeAuthentication { .. }
+    ));
     assert!(s.principal().is_none());
 }
 
