@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest};
-use super::sasl::{RequestAction, SaslExpect, SaslOutcome, SaslRefusal, SaslTracker};
+use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
@@ -369,7 +369,7 @@ async fn read_requests(
                 deadline: None,
             }))),
             Ok(RequestAction::Refuse(refusal)) => {
-                refuse_unauthenticated(shared, meta, &refusal, &session);
+                sasl::log_refusal(shared, meta, &refusal, &session);
                 // Queued behind what came before (delivered), ends forwarding; stop reading.
                 let step = Step::Ready(Err(refusal.into()));
                 let _ = queue.send(Queued { meta, step, permit });
@@ -512,7 +512,7 @@ async fn read_responses(
                     ResponseStage::Fetch => Step::Ready(Ok(frame)),
                     ResponseStage::Sasl(expect) => {
                         // Inline, so the principal is set before the client sees the answer.
-                        sasl_response(shared, &sasl, &session, meta, expect, &frame)?;
+                        sasl::follow_response(shared, &sasl, &session, meta, expect, &frame)?;
                         Step::Ready(Ok(frame))
                     }
                     stage => Step::Ready(
@@ -565,74 +565,6 @@ async fn write_responses(
         }
     }
     client.flush().await?;
-    Ok(())
-}
-
-/// Logs a request refused over authentication (never forwarded; the connection closes).
-fn refuse_unauthenticated(
-    shared: &ProxyShared,
-    meta: RequestMeta,
-    refusal: &SaslRefusal,
-    session: &ClientSession,
-) {
-    shared.metrics.error("unauthenticated_request");
-    let peer = session.peer();
-    if let Some(suppressed) = shared
-        .records
-        .refusal_log()
-        .admit_connection_line(Reason::Unauthenticated)
-    {
-        let api = api_name(meta.api_key);
-        warn!(%peer, api, version = meta.api_version, reason = %refusal, suppressed, "refused a request over authentication; closing the connection, nothing forwarded");
-    }
-}
-
-/// Follows the broker's answer to a SASL request: logs success (with the principal) and
-/// failure; a re-authentication under another name is an error that closes the connection.
-fn sasl_response(
-    shared: &ProxyShared,
-    sasl: &SaslTracker,
-    session: &ClientSession,
-    meta: RequestMeta,
-    expect: SaslExpect,
-    frame: &Bytes,
-) -> anyhow::Result<()> {
-    let peer = session.peer();
-    match sasl.on_response(session, expect, meta.api_version, frame) {
-        Ok(SaslOutcome::Continue) => {}
-        Ok(SaslOutcome::Authenticated(p)) => {
-            info!(%peer, principal = %p.name().escape_debug(), mechanism = p.mechanism().label(), "client authenticated");
-        }
-        Ok(SaslOutcome::Failed { name, error_code }) => {
-            shared.metrics.error("sasl_failed");
-            // Clients retry in a loop: rate-limited like refusals.
-            let Some(suppressed) = shared
-                .records
-                .refusal_log()
-                .admit_connection_line(Reason::Unauthenticated)
-            else {
-                return Ok(());
-            };
-            let error = ResponseError::try_from_code(error_code)
-                .map(|e| format!("{e:?}"))
-                .unwrap_or_else(|| error_code.to_string());
-            let api = api_name(meta.api_key);
-            match name {
-                Some(name) => {
-                    info!(%peer, user = %name.escape_debug(), api, error, suppressed, "broker refused SASL authentication")
-                }
-                None => info!(%peer, api, error, suppressed, "broker refused the SASL handshake"),
-            }
-        }
-        Err(e) => {
-            if let Some(refusal) = e.downcast_ref::<SaslRefusal>() {
-                shared.metrics.error("sasl_principal_changed");
-                let refusal = refusal.to_string();
-                warn!(%peer, reason = %refusal.escape_debug(), "closing connection, answer not relayed");
-            }
-            return Err(e);
-        }
-    }
     Ok(())
 }
 

@@ -44,8 +44,12 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 
 use super::session::ClientSession;
+use super::ProxyShared;
+use crate::admin::metrics::api_name;
+use crate::error::Reason;
 use crate::kafka::frame::{decode_request, decode_response, encode_response, RequestMeta};
 use crate::principal::{AuthMechanism, Principal};
+use tracing::{info, warn};
 
 /// Lowest SaslHandshake version Kapsule offers: v0 is followed by unframed SASL tokens.
 pub const MIN_HANDSHAKE_VERSION: i16 = 1;
@@ -342,6 +346,74 @@ impl SaslTracker {
             }
         }
     }
+}
+
+/// Logs a request refused over authentication (never forwarded; the connection closes).
+pub(super) fn log_refusal(
+    shared: &ProxyShared,
+    meta: RequestMeta,
+    refusal: &SaslRefusal,
+    session: &ClientSession,
+) {
+    shared.metrics.error("unauthenticated_request");
+    let peer = session.peer();
+    if let Some(suppressed) = shared
+        .records
+        .refusal_log()
+        .admit_connection_line(Reason::Unauthenticated)
+    {
+        let api = api_name(meta.api_key);
+        warn!(%peer, api, version = meta.api_version, reason = %refusal, suppressed, "refused a request over authentication; closing the connection, nothing forwarded");
+    }
+}
+
+/// Follows the broker's answer to a SASL request: logs success (with the principal) and
+/// failure; a re-authentication under another name is an error that closes the connection.
+pub(super) fn follow_response(
+    shared: &ProxyShared,
+    sasl: &SaslTracker,
+    session: &ClientSession,
+    meta: RequestMeta,
+    expect: SaslExpect,
+    frame: &Bytes,
+) -> anyhow::Result<()> {
+    let peer = session.peer();
+    match sasl.on_response(session, expect, meta.api_version, frame) {
+        Ok(SaslOutcome::Continue) => {}
+        Ok(SaslOutcome::Authenticated(p)) => {
+            info!(%peer, principal = %p.name().escape_debug(), mechanism = p.mechanism().label(), "client authenticated");
+        }
+        Ok(SaslOutcome::Failed { name, error_code }) => {
+            shared.metrics.error("sasl_failed");
+            // Clients retry in a loop: rate-limited like refusals.
+            let Some(suppressed) = shared
+                .records
+                .refusal_log()
+                .admit_connection_line(Reason::Unauthenticated)
+            else {
+                return Ok(());
+            };
+            let error = ResponseError::try_from_code(error_code)
+                .map(|e| format!("{e:?}"))
+                .unwrap_or_else(|| error_code.to_string());
+            let api = api_name(meta.api_key);
+            match name {
+                Some(name) => {
+                    info!(%peer, user = %name.escape_debug(), api, error, suppressed, "broker refused SASL authentication")
+                }
+                None => info!(%peer, api, error, suppressed, "broker refused the SASL handshake"),
+            }
+        }
+        Err(e) => {
+            if let Some(refusal) = e.downcast_ref::<SaslRefusal>() {
+                shared.metrics.error("sasl_principal_changed");
+                let refusal = refusal.to_string();
+                warn!(%peer, reason = %refusal.escape_debug(), "closing connection, answer not relayed");
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The Kafka name of a mechanism Kapsule follows.
