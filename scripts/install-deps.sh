@@ -15,10 +15,24 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# --- Kafka-compatible broker: tansu 0.6.0 with in-memory storage -----------------------------------
-if ! (have tansu && tansu --version 2>/dev/null | grep -q '0\.6\.0'); then
-  log "installing tansu 0.6.0 (about 8 minutes)"
-  cargo install tansu --locked --version 0.6.0 --features dynostore
+# --- Kafka-compatible broker: tansu 0.6.0 (memory://, dynostore, and sqlite:// via libsql) -------
+# The SASL tests need a persistent store (users are created before --authentication is switched
+# on), hence `libsql`. cargo records the features of an installed crate in ~/.cargo/.crates2.json;
+# a tansu built without one of them is reinstalled (cargo install with other features rebuilds).
+TANSU_FEATURES="dynostore,libsql"
+tansu_features_ok() {
+  python3 - "$TANSU_FEATURES" <<'PY' 2>/dev/null
+import json, os, sys
+want = set(sys.argv[1].split(","))
+with open(os.path.expanduser("~/.cargo/.crates2.json")) as f:
+    installs = json.load(f)["installs"]
+ok = any(k.startswith("tansu 0.6.0 ") and want <= set(v.get("features", [])) for k, v in installs.items())
+sys.exit(0 if ok else 1)
+PY
+}
+if ! (have tansu && tansu --version 2>/dev/null | grep -q '0\.6\.0' && tansu_features_ok); then
+  log "installing tansu 0.6.0 with features $TANSU_FEATURES (about 15 minutes)"
+  cargo install tansu --locked --version 0.6.0 --features "$TANSU_FEATURES"
 fi
 
 # --- Python: OpenBao (Vault API KMS) and real Kafka clients --------------------------------------

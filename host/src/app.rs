@@ -18,6 +18,9 @@ use crate::proxy::Proxy;
 /// Runs the proxy and admin endpoint until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    if config.admin.principal_metrics {
+        metrics.enable_principal_label(config.admin.max_principal_labels);
+    }
     let encryption = build_encryption(&config, &metrics)?;
     let policies: Option<Arc<dyn PolicyAdmin>> = encryption
         .as_ref()

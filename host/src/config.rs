@@ -15,6 +15,7 @@ use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::kms::KmsConfig;
 use crate::policy::config::PolicyConfig;
 use crate::proxy::proxy_protocol::ProxyProtocol;
+use crate::proxy::sasl::AuthenticationMode;
 use crate::proxy::sni::SniConfig;
 use crate::proxy::tls::{ServerTlsConfig, UpstreamTlsConfig};
 
@@ -111,6 +112,12 @@ pub struct ProxyConfig {
     /// the broker (needs `tls`). Port-per-broker when unset (the default).
     #[serde(default)]
     pub sni: Option<SniConfig>,
+    /// `required`: a connection with no principal (no SASL exchange the broker accepted, no
+    /// verified TLS client certificate) may send only ApiVersions, SaslHandshake and
+    /// SaslAuthenticate; anything else closes it, nothing forwarded. `optional` (default):
+    /// the broker decides. See docs/deployment.md, "SASL".
+    #[serde(default)]
+    pub authentication: AuthenticationMode,
 }
 
 /// Admin endpoint settings.
@@ -131,6 +138,13 @@ pub struct AdminConfig {
     /// Admin connections served at once (default 16); more are answered 503 and closed.
     #[serde(default = "default_admin_max_connections")]
     pub max_connections: usize,
+    /// Adds per-principal families to `/metrics` (`kapsule_principal_requests`,
+    /// `kapsule_principal_bytes`; default off).
+    #[serde(default)]
+    pub principal_metrics: bool,
+    /// Most distinct principal labels (default 100); later principals are counted as `other`.
+    #[serde(default = "default_max_principal_labels")]
+    pub max_principal_labels: usize,
 }
 
 impl Default for AdminConfig {
@@ -140,6 +154,8 @@ impl Default for AdminConfig {
             token_env: None,
             token_file: None,
             max_connections: default_admin_max_connections(),
+            principal_metrics: false,
+            max_principal_labels: default_max_principal_labels(),
         }
     }
 }
@@ -181,6 +197,9 @@ impl AdminConfig {
         }
         if self.token_env.is_some() && self.token_file.is_some() {
             problems.push("admin: set only one of token_env and token_file".into());
+        }
+        if self.principal_metrics && self.max_principal_labels == 0 {
+            problems.push("admin.max_principal_labels: must be at least 1".into());
         }
         if self.max_connections == 0 {
             problems.push("admin.max_connections: must be at least 1".into());
@@ -261,6 +280,10 @@ impl ProxyConfig {
     }
 }
 
+fn default_max_principal_labels() -> usize {
+    100
+}
+
 fn default_admin_max_connections() -> usize {
     16
 }
@@ -316,6 +339,7 @@ impl Config {
                 upstream_tls: None,
                 proxy_protocol: ProxyProtocol::None,
                 sni: None,
+                authentication: AuthenticationMode::Optional,
             },
             admin: AdminConfig::default(),
             records: RecordsMode::default(),
@@ -606,6 +630,26 @@ mod tests {
         let all = err.unwrap_err().to_string();
         assert!(all.contains("kms: missing"), "{all}");
         assert!(all.contains("deks.refresh_ahead_fraction"), "{all}");
+    }
+
+    #[test]
+    fn authentication_mode_and_principal_metrics_are_validated() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.proxy.authentication, AuthenticationMode::Optional);
+        assert!(!c.admin.principal_metrics);
+        let c = Config::parse(&format!("{base}  authentication: required\n")).unwrap();
+        assert_eq!(c.proxy.authentication, AuthenticationMode::Required);
+        let err = Config::parse(&format!("{base}  authentication: yes\n")).unwrap_err();
+        assert!(err.to_string().contains("authentication"), "{err}");
+        let err = Config::parse(&format!(
+            "{base}admin:\n  principal_metrics: true\n  max_principal_labels: 0\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("admin.max_principal_labels"),
+            "{err}"
+        );
     }
 
     #[test]

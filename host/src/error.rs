@@ -82,6 +82,8 @@ pub enum Reason {
     UnsupportedVersion,
     /// A Produce request answered REQUEST_TIMED_OUT before it could be forwarded.
     TimedOut,
+    /// A request refused because the connection has not authenticated (connection-level).
+    Unauthenticated,
     /// A bug in Kapsule.
     Internal,
 }
@@ -103,6 +105,7 @@ impl Reason {
             Self::Undecryptable => "undecryptable",
             Self::NotEncrypted => "not_encrypted",
             Self::UnsupportedVersion => "unsupported_version",
+            Self::Unauthenticated => "unauthenticated",
             Self::TimedOut => "timed_out",
             Self::Internal => "internal",
         }

@@ -26,6 +26,7 @@ mod proxy_protocol;
 mod resilience;
 mod reveal;
 mod sandbox;
+mod sasl;
 mod sni;
 mod tls;
 mod tools;

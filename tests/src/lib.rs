@@ -27,6 +27,7 @@ pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod records;
+pub mod sasl;
 pub mod tansu;
 pub mod tls;
 pub mod wait;

@@ -7,10 +7,10 @@
 //! the exposition is OpenMetrics (`# EOF` at the end, `# TYPE` lines name counters without
 //! `_total`, histogram `le` values like `1.0`, and `le` comes first in bucket labels).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -201,6 +201,7 @@ pub enum Direction {
 pub struct Metrics {
     inner: Arc<ProxyCounters>,
     registry: RwLock<Registry>,
+    principals: OnceLock<Arc<PrincipalMetrics>>,
 }
 
 struct ProxyCounters {
@@ -221,6 +222,7 @@ impl Default for Metrics {
         Self {
             inner,
             registry: RwLock::new(registry),
+            principals: OnceLock::new(),
         }
     }
 }
@@ -286,6 +288,22 @@ impl Metrics {
     /// Count of errors of `kind` so far.
     pub fn error_count(&self, kind: &str) -> u64 {
         self.inner.errors.lock().get(kind).copied().unwrap_or(0)
+    }
+
+    /// Turns on the per-principal families (`admin.principal_metrics`), with at most
+    /// `max_principals` distinct principal labels; later principals are counted as `other`.
+    /// Called once at start-up; later calls are ignored.
+    pub fn enable_principal_label(&self, max_principals: usize) {
+        let p = Arc::new(PrincipalMetrics::new(max_principals));
+        if self.principals.set(p.clone()).is_ok() {
+            self.register(p);
+        }
+    }
+
+    /// The counters of `principal` (or of `other` once the label cap is reached); `None` when
+    /// the principal label is off. Look it up once per connection, then count through it.
+    pub fn principal(&self, principal: &str) -> Option<Arc<PrincipalCounters>> {
+        self.principals.get().map(|p| p.counters(principal))
     }
 
     /// Adds a module's families to the `/metrics` registry.
@@ -382,6 +400,118 @@ impl MetricsSource for ProxyCounters {
     }
 }
 
+/// Label value for principals beyond the cap.
+pub const OTHER_PRINCIPAL: &str = "other";
+
+/// Per-principal counters (`kapsule_principal_requests`, `kapsule_principal_bytes`), bounded
+/// to a fixed number of distinct principals.
+pub struct PrincipalMetrics {
+    max: usize,
+    by_name: Mutex<HashMap<String, Arc<PrincipalCounters>>>,
+    other: Arc<PrincipalCounters>,
+}
+
+/// One principal's request and byte counters; cheap to update (atomics).
+pub struct PrincipalCounters {
+    requests: [AtomicU64; API_KEYS],
+    bytes: [AtomicU64; 2],
+}
+
+impl Default for PrincipalCounters {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl PrincipalCounters {
+    /// Counts one request of `api_key`, `len` bytes.
+    pub fn request(&self, api_key: i16, len: usize) {
+        self.requests[slot(api_key)].fetch_add(1, Relaxed);
+        self.bytes[Direction::Request as usize].fetch_add(len as u64, Relaxed);
+    }
+
+    /// Counts one response of `len` bytes.
+    pub fn response(&self, len: usize) {
+        self.bytes[Direction::Response as usize].fetch_add(len as u64, Relaxed);
+    }
+}
+
+impl PrincipalMetrics {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            by_name: Mutex::new(HashMap::new()),
+            other: Arc::default(),
+        }
+    }
+
+    fn counters(&self, principal: &str) -> Arc<PrincipalCounters> {
+        let mut map = self.by_name.lock();
+        if let Some(c) = map.get(principal) {
+            return c.clone();
+        }
+        if map.len() >= self.max || principal == OTHER_PRINCIPAL {
+            return self.other.clone();
+        }
+        let c = Arc::new(PrincipalCounters::default());
+        map.insert(principal.to_owned(), c.clone());
+        c
+    }
+}
+
+impl MetricsSource for PrincipalMetrics {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let mut all: Vec<(String, Arc<PrincipalCounters>)> = self
+            .by_name
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.push((OTHER_PRINCIPAL.to_owned(), self.other.clone()));
+        let requests = all.iter().flat_map(|(name, c)| {
+            c.requests.iter().enumerate().filter_map(move |(k, v)| {
+                let v = v.load(Relaxed);
+                (v > 0).then(|| {
+                    (
+                        vec![("principal", name.clone()), ("api", api_name(k as i16))],
+                        v,
+                    )
+                })
+            })
+        });
+        counter_family(
+            e,
+            "kapsule_principal_requests",
+            "Requests by authenticated principal and API (admin.principal_metrics).",
+            requests,
+        )?;
+        let bytes = all.iter().flat_map(|(name, c)| {
+            ["request", "response"]
+                .iter()
+                .enumerate()
+                .filter_map(move |(d, dir)| {
+                    let v = c.bytes[d].load(Relaxed);
+                    (v > 0).then(|| {
+                        (
+                            vec![("principal", name.clone()), ("direction", dir.to_string())],
+                            v,
+                        )
+                    })
+                })
+        });
+        counter_family(
+            e,
+            "kapsule_principal_bytes",
+            "Frame bytes by authenticated principal and direction (admin.principal_metrics).",
+            bytes,
+        )
+    }
+}
+
 /// Kafka API name for a key (`unknown_<n>` when kafka-protocol does not know it).
 pub fn api_name(key: i16) -> String {
     match kafka_protocol::messages::ApiKey::try_from(key) {
@@ -393,6 +523,27 @@ pub fn api_name(key: i16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn principal_label_is_bounded_and_off_by_default() {
+        let m = Metrics::default();
+        assert!(m.principal("alice").is_none());
+        m.enable_principal_label(2);
+        for name in ["alice", "bob", "carol", "dave", "alice"] {
+            m.principal(name).unwrap().request(0, 10);
+        }
+        let text = m.render();
+        assert!(
+            text.contains(r#"kapsule_principal_requests_total{principal="alice",api="Produce"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"principal="bob""#), "{text}");
+        assert!(!text.contains("carol") && !text.contains("dave"), "{text}");
+        assert!(
+            text.contains(r#"kapsule_principal_requests_total{principal="other",api="Produce"} 2"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_counters_and_histogram() {

@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest};
+use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
@@ -97,6 +98,8 @@ enum ResponseStage {
     Produce(ProducePatch),
     /// Rewrite node endpoints; decrypt / re-encode records.
     Fetch,
+    /// Follow the SASL exchange (may set the session's principal); relay the bytes.
+    Sasl(SaslExpect),
 }
 
 /// What answers a request once it is prepared.
@@ -212,8 +215,16 @@ async fn serve_inner(
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let sasl = Arc::new(SaslTracker::new());
 
-    let requests = read_requests(shared, client_read, queued_tx, in_flight, session.clone());
+    let requests = read_requests(
+        shared,
+        client_read,
+        queued_tx,
+        in_flight,
+        session.clone(),
+        sasl.clone(),
+    );
     let forward = async {
         if let Err(e) = forward_requests(shared, queued_rx, upstream_write, pending_tx, peer).await
         {
@@ -222,8 +233,15 @@ async fn serve_inner(
     };
     let respond = async {
         let r = tokio::try_join!(
-            read_responses(shared, upstream_read, pending_rx, out_tx, session.clone()),
-            write_responses(shared, client_write, out_rx),
+            read_responses(
+                shared,
+                upstream_read,
+                pending_rx,
+                out_tx,
+                session.clone(),
+                sasl
+            ),
+            write_responses(shared, client_write, out_rx, &session),
         );
         if let Err(e) = r {
             log_response_error(shared, peer, &e);
@@ -252,12 +270,16 @@ async fn serve_inner(
         }
         _ = &mut rest => {}
     }
-    debug!(%peer, "connection closed");
+    match session.principal() {
+        Some(p) => debug!(%peer, principal = %p.to_string().escape_debug(), "connection closed"),
+        None => debug!(%peer, "connection closed"),
+    }
     Ok(())
 }
 
 fn log_request_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) {
-    if e.downcast_ref::<UnsupportedRequest>().is_some() {
+    if e.downcast_ref::<UnsupportedRequest>().is_some() || e.downcast_ref::<SaslRefusal>().is_some()
+    {
         // Already logged where it was refused.
         return;
     }
@@ -277,6 +299,10 @@ fn log_request_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) 
 }
 
 fn log_response_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) {
+    if e.downcast_ref::<SaslRefusal>().is_some() {
+        // Already logged where it was refused.
+        return;
+    }
     match e.downcast_ref::<FrameError>() {
         Some(FrameError::TooLarge { size, max }) => {
             shared.metrics.error("frame_too_large");
@@ -300,10 +326,13 @@ async fn read_requests(
     queue: mpsc::UnboundedSender<Queued>,
     in_flight: Arc<Semaphore>,
     session: Arc<ClientSession>,
+    sasl: Arc<SaslTracker>,
 ) -> anyhow::Result<()> {
     let peer = session.peer();
     let mut shutdown = shared.shutdown_signal();
     let max = shared.config.max_frame_bytes;
+    // Per-principal counters, looked up once the connection has a principal.
+    let mut by_principal = None;
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut client, max) => f?,
@@ -318,7 +347,43 @@ async fn read_requests(
         shared
             .metrics
             .frame(Direction::Request, meta.api_key, frame.len());
-        let step = if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
+        if by_principal.is_none() {
+            by_principal = session
+                .principal()
+                .and_then(|p| shared.metrics.principal(p.name()));
+        }
+        if let Some(c) = &by_principal {
+            c.request(meta.api_key, frame.len());
+        }
+        let mode = shared.config.authentication;
+        let step = match sasl.on_request(&session, mode, meta, &frame) {
+            Ok(RequestAction::Pass) => None,
+            Ok(RequestAction::Relay(expect)) => Some(Step::Ready(Ok(Prepared {
+                forward: Some(frame.clone()),
+                expect: Expect::Upstream(ResponseStage::Sasl(expect)),
+                deadline: None,
+            }))),
+            Ok(RequestAction::Answer(answer)) => Some(Step::Ready(Ok(Prepared {
+                forward: None,
+                expect: Expect::Local(answer),
+                deadline: None,
+            }))),
+            Ok(RequestAction::Refuse(refusal)) => {
+                sasl::log_refusal(shared, meta, &refusal, &session);
+                // Queued behind what came before (delivered), ends forwarding; stop reading.
+                let step = Step::Ready(Err(refusal.into()));
+                let _ = queue.send(Queued { meta, step, permit });
+                return Ok(());
+            }
+            Err(e) => Some(Step::Ready(Err(e))),
+        };
+        let step = if let Some(step) = step {
+            if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
+                Step::Ready(refuse_request(shared, meta, frame, refused, peer))
+            } else {
+                step
+            }
+        } else if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
             Step::Ready(refuse_request(shared, meta, frame, refused, peer))
         } else if meta.known_api() == Some(ApiKey::Produce) && shared.records.transforms_produce() {
             Step::spawn(prepare_produce(
@@ -403,6 +468,7 @@ async fn read_responses(
     mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
     out: mpsc::UnboundedSender<Outgoing>,
     session: Arc<ClientSession>,
+    sasl: Arc<SaslTracker>,
 ) -> anyhow::Result<()> {
     let max = shared.config.max_frame_bytes;
     while let Some((entry, permit)) = pending.recv().await {
@@ -444,6 +510,11 @@ async fn read_responses(
                         })
                     }
                     ResponseStage::Fetch => Step::Ready(Ok(frame)),
+                    ResponseStage::Sasl(expect) => {
+                        // Inline, so the principal is set before the client sees the answer.
+                        sasl::follow_response(shared, &sasl, &session, meta, expect, &frame)?;
+                        Step::Ready(Ok(frame))
+                    }
                     stage => Step::Ready(
                         rewrite_response(shared, meta, stage, frame).with_context(context),
                     ),
@@ -468,8 +539,10 @@ async fn write_responses(
     shared: &Arc<ProxyShared>,
     client: OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    session: &ClientSession,
 ) -> anyhow::Result<()> {
     let mut client = BufWriter::with_capacity(64 * 1024, client);
+    let mut by_principal = None;
     while let Some(Outgoing { api_key, step, .. }) = queue.recv().await {
         if !step.is_ready() {
             client.flush().await?;
@@ -478,6 +551,14 @@ async fn write_responses(
         shared
             .metrics
             .frame(Direction::Response, api_key, frame.len());
+        if by_principal.is_none() {
+            by_principal = session
+                .principal()
+                .and_then(|p| shared.metrics.principal(p.name()));
+        }
+        if let Some(c) = &by_principal {
+            c.response(frame.len());
+        }
         write_frame(&mut client, &frame).await?;
         if queue.is_empty() {
             client.flush().await?;
@@ -773,7 +854,7 @@ fn rewrite_response(
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay | ResponseStage::Fetch => frame,
+        ResponseStage::Relay | ResponseStage::Fetch | ResponseStage::Sasl(_) => frame,
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;

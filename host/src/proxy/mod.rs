@@ -9,6 +9,7 @@ pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
 pub mod rewrite;
+pub mod sasl;
 pub mod session;
 pub mod sni;
 pub mod tls;

@@ -6,7 +6,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
-    MetadataResponse, ProduceRequest, ProduceResponse,
+    MetadataResponse, ProduceRequest, ProduceResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
 
@@ -78,6 +78,11 @@ pub fn supported_range(api_key: i16) -> Option<VersionRange> {
         ApiKey::FindCoordinator => FindCoordinatorResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
         ApiKey::ApiVersions => ApiVersionsResponse::VERSIONS,
+        // v0 is followed by unframed SASL tokens the proxy cannot follow (see `sasl`).
+        ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS.intersect(&VersionRange {
+            min: super::sasl::MIN_HANDSHAKE_VERSION,
+            max: i16::MAX,
+        }),
         // Relayed untouched: any version the broker offers within what kafka-protocol knows
         // (so the proxy can at least parse its header).
         other => other.valid_versions(),
