@@ -46,6 +46,9 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
+mod produce;
+
+use self::produce::{answer_late, prepare_produce, produce_deadline};
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest};
 use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
@@ -55,17 +58,10 @@ use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
 use crate::error::Reason;
 use crate::kafka::frame::{
-    decode_request, decode_response, encode_request, encode_response, produce_header, read_frame,
+    decode_request, decode_response, encode_response, produce_header, read_frame,
     response_correlation_id, write_frame, FrameError, RequestMeta,
 };
-use crate::kms::deadline;
 use kafka_protocol::error::ResponseError;
-
-/// Share of a Produce request's `timeout_ms` kept back for the trip to the broker and back: the
-/// proxy stops working on (and never forwards) a request after the rest has passed.
-const DEADLINE_HEADROOM_PERCENT: u32 = 10;
-/// Upper bound of that headroom.
-const DEADLINE_HEADROOM_MAX: Duration = Duration::from_millis(500);
 
 type OwnedReadHalf = ReadHalf<BoxStream>;
 type OwnedWriteHalf = WriteHalf<BoxStream>;
@@ -568,14 +564,6 @@ async fn write_responses(
     Ok(())
 }
 
-/// The instant after which a Produce with this `timeout_ms` is answered REQUEST_TIMED_OUT instead
-/// of forwarded; `None` when the client gave no positive timeout.
-fn produce_deadline(received: Instant, timeout_ms: i32) -> Option<Instant> {
-    let timeout = Duration::from_millis(u64::try_from(timeout_ms).ok().filter(|t| *t > 0)?);
-    let headroom = (timeout * DEADLINE_HEADROOM_PERCENT / 100).min(DEADLINE_HEADROOM_MAX);
-    Some(received + (timeout - headroom))
-}
-
 /// Answers a request Kapsule does not offer: an error response where the API has one the client
 /// can read at its version, otherwise an error that closes the connection. Never forwards.
 fn refuse_request(
@@ -691,138 +679,6 @@ fn prepare_relay(meta: RequestMeta, frame: Bytes, received: Instant) -> anyhow::
     })
 }
 
-/// A Produce that Kapsule answers itself and never forwards: no answer for `acks = 0`,
-/// otherwise the response `response` builds.
-fn answer_produce_locally(
-    meta: RequestMeta,
-    acks: i16,
-    response: impl FnOnce() -> ProduceResponse,
-) -> anyhow::Result<Prepared> {
-    let expect = if acks == 0 {
-        Expect::Nothing
-    } else {
-        let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-        Expect::Local(encode_response(
-            ApiKey::Produce,
-            meta.api_version,
-            &header,
-            &response(),
-        )?)
-    };
-    Ok(Prepared {
-        forward: None,
-        expect,
-        deadline: None,
-    })
-}
-
-/// Prepares a Produce through the record stage, bounded by the request's deadline: KMS calls
-/// made for it see the deadline ([`deadline`]) and, when it passes first, every partition is
-/// answered REQUEST_TIMED_OUT and nothing is forwarded.
-async fn prepare_produce(
-    shared: Arc<ProxyShared>,
-    meta: RequestMeta,
-    frame: Bytes,
-    session: Arc<ClientSession>,
-    received: Instant,
-) -> anyhow::Result<Prepared> {
-    let peer = session.peer();
-    let api = ApiKey::Produce;
-    let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
-    let acks = request.acks;
-    let due = produce_deadline(received, request.timeout_ms);
-    let patch = match due {
-        None => shared.records.on_produce(&mut request, &session).await,
-        Some(d) => {
-            // Cheap: records are reference-counted bytes. Kept to answer every partition if the
-            // stage is cut short (it may have moved partitions around when it is dropped).
-            let original = request.clone();
-            let stage = deadline::scope(due, shared.records.on_produce(&mut request, &session));
-            // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
-            match tokio::time::timeout_at(d, stage).await {
-                Ok(patch) if Instant::now() < d => patch,
-                _ => {
-                    shared.metrics.error("produce_deadline");
-                    if let Some(suppressed) = shared
-                        .records
-                        .refusal_log()
-                        .admit_connection_line(Reason::TimedOut)
-                    {
-                        warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = original.timeout_ms, suppressed, "produce request not ready before its timeout (slow policy or KMS); answered REQUEST_TIMED_OUT, nothing forwarded");
-                    }
-                    return answer_produce_locally(meta, acks, || {
-                        rewrite::produce_error_response(
-                            &original,
-                            ResponseError::RequestTimedOut,
-                            &late_message(&original),
-                        )
-                    });
-                }
-            }
-        }
-    };
-    if request.topic_data.is_empty() {
-        // Every partition was refused: answer without involving the broker.
-        return answer_produce_locally(meta, acks, || patch.into_response());
-    }
-    let body = encode_request(api, &header, &request)?;
-    Ok(Prepared {
-        forward: Some(body),
-        expect: if acks == 0 {
-            Expect::Nothing
-        } else {
-            Expect::Upstream(ResponseStage::Produce(patch))
-        },
-        deadline: due,
-    })
-}
-
-fn late_message(request: &ProduceRequest) -> String {
-    format!(
-        "kapsule: not written: the request was not ready within its timeout of {} ms (slow policy or KMS); safe to retry",
-        request.timeout_ms
-    )
-}
-
-/// A Produce whose deadline passed while it waited for the requests before it: answered
-/// REQUEST_TIMED_OUT for every partition (keeping the proxy's own refusals), never forwarded.
-fn answer_late(
-    shared: &ProxyShared,
-    meta: RequestMeta,
-    body: &Bytes,
-    expect: Expect,
-    peer: SocketAddr,
-) -> anyhow::Result<Expect> {
-    shared.metrics.error("produce_deadline");
-    let api = ApiKey::Produce;
-    let (_, request) = decode_request::<ProduceRequest>(api, body.clone())?;
-    if let Some(suppressed) = shared
-        .records
-        .refusal_log()
-        .admit_connection_line(Reason::TimedOut)
-    {
-        warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = request.timeout_ms, suppressed, "produce request reached its timeout before it could be forwarded; answered REQUEST_TIMED_OUT, nothing forwarded");
-    }
-    let patch = match expect {
-        Expect::Upstream(ResponseStage::Produce(patch)) => patch,
-        Expect::Nothing => return Ok(Expect::Nothing),
-        other => return Ok(other),
-    };
-    let mut response = rewrite::produce_error_response(
-        &request,
-        ResponseError::RequestTimedOut,
-        &late_message(&request),
-    );
-    patch.merge_into(&mut response);
-    let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-    Ok(Expect::Local(encode_response(
-        api,
-        meta.api_version,
-        &header,
-        &response,
-    )?))
-}
-
 /// Whether a Fetch response must be decoded (records to transform, or endpoints to rewrite).
 fn fetch_needs_decode(shared: &ProxyShared, meta: RequestMeta) -> bool {
     meta.api_version >= 16 || shared.records.transforms_fetch()
@@ -891,24 +747,4 @@ fn rewrite_response(
             encode_response(api, v, &header, &body)?
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn produce_deadline_keeps_headroom_and_ignores_non_positive_timeouts() {
-        let t0 = Instant::now();
-        assert_eq!(produce_deadline(t0, 0), None);
-        assert_eq!(produce_deadline(t0, -1), None);
-        assert_eq!(
-            produce_deadline(t0, 1_000),
-            Some(t0 + Duration::from_millis(900))
-        );
-        assert_eq!(
-            produce_deadline(t0, 30_000),
-            Some(t0 + Duration::from_millis(29_500))
-        );
-    }
 }
