@@ -511,7 +511,7 @@ async fn main() -> Result<()> {
             });
         }
         if !args.tls.is_empty() {
-            let plain: Vec<Path> = paths.drain(..).collect();
+            let plain = std::mem::take(&mut paths);
             for p in plain {
                 let variants = match &p {
                     Path::Kapsule { name, config, .. }

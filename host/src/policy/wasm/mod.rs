@@ -194,7 +194,7 @@ impl WasmRuntime {
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the policy imports")?;
-        let cache = cache::CompileCache::open(cache_dir)?;
+        let cache = cache::CompileCache::open(cache_dir, limits.stack_bytes)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
