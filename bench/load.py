@@ -2,12 +2,16 @@
 """Load generator for Kapsule's benchmark (confluent-kafka / librdkafka).
 
 Modes:
-  produce  --count N --size S : N records of S random bytes (keys "k<i>"), acks=all, linger 5 ms,
-                                 no compression; reports MB/s and records/s (payload bytes = N*S).
+  produce  --count N --size S : N records of S bytes (keys "k<i>"), acks=all, linger 5 ms,
+                                 compression --compression (default none); reports MB/s and
+                                 records/s (payload bytes = N*S). Values are random bytes, or with
+                                 --json a JSON object of about S bytes (name, email, ssn, ... fields
+                                 for the PII-field policies; compressible, unlike random bytes).
   consume  --count N          : reads N records from the beginning of every partition (assigned,
                                  no group); reports MB/s and records/s of value bytes.
   latency  --count N --size S : N sequential produce+flush round trips (one record each, linger 0);
                                  reports p50/p99 in ms.
+--ssl-ca FILE: connect with TLS (security.protocol=SSL) trusting that CA.
 Prints one JSON object on stdout.
 """
 import argparse
@@ -28,7 +32,13 @@ ap.add_argument("--topic", required=True)
 ap.add_argument("--count", type=int, required=True)
 ap.add_argument("--size", type=int, default=1024)
 ap.add_argument("--timeout", type=float, default=300)
+ap.add_argument("--compression", default="none", choices=["none", "gzip", "snappy", "lz4", "zstd"])
+ap.add_argument("--json", action="store_true")
+ap.add_argument("--ssl-ca")
 args = ap.parse_args()
+COMMON = {"bootstrap.servers": args.bootstrap}
+if args.ssl_ca:
+    COMMON.update({"security.protocol": "SSL", "ssl.ca.location": args.ssl_ca})
 
 
 def pct(sorted_vals, p):
@@ -42,12 +52,22 @@ def out(**kw):
     print(json.dumps(kw), flush=True)
 
 
-payloads = [os.urandom(args.size) for _ in range(64)]
+def json_value(i):
+    """A JSON object of about args.size bytes with PII fields and a padding note."""
+    rnd = os.urandom(8).hex()
+    v = {"id": i, "name": f"user {rnd}", "email": f"{rnd}@example.com", "ssn": f"{i % 1000:03d}-{rnd[:2]}-{rnd[2:6]}",
+         "phone": f"+1-555-{i % 10000:04d}", "address": f"{i} Main St", "plan": "pro", "note": ""}
+    pad = args.size - len(json.dumps(v, separators=(",", ":")).encode())
+    v["note"] = (rnd * (pad // 16 + 1))[:max(pad, 0)]
+    return json.dumps(v, separators=(",", ":")).encode()
+
+
+payloads = [json_value(i) if args.json else os.urandom(args.size) for i in range(64)]
 
 if args.mode == "produce":
-    p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 5,
+    p = Producer({**COMMON, "acks": "all", "linger.ms": 5,
                   "batch.size": 1000000, "queue.buffering.max.messages": 200000,
-                  "compression.type": "none", "enable.idempotence": False})
+                  "compression.type": args.compression, "enable.idempotence": False})
     errors = []
 
     def cb(err, msg):
@@ -68,12 +88,13 @@ if args.mode == "produce":
     elapsed = time.perf_counter() - start
     if left or errors:
         raise SystemExit(f"{left} undelivered, errors: {errors[:5]}")
-    mb = args.count * args.size / 1e6
-    out(mode="produce", records=args.count, bytes=args.count * args.size, seconds=elapsed,
+    nbytes = sum(len(payloads[i & 63]) for i in range(args.count))
+    mb = nbytes / 1e6
+    out(mode="produce", records=args.count, bytes=nbytes, seconds=elapsed,
         mb_s=mb / elapsed, rec_s=args.count / elapsed)
 
 elif args.mode == "consume":
-    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "kapsule-bench-unused",
+    c = Consumer({**COMMON, "group.id": "kapsule-bench-unused",
                   "enable.auto.commit": False, "fetch.max.bytes": 52428800,
                   "queued.max.messages.kbytes": 262144})
     md = c.list_topics(args.topic, timeout=30)
@@ -101,7 +122,7 @@ elif args.mode == "consume":
         rec_s=n / elapsed)
 
 else:
-    p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 0,
+    p = Producer({**COMMON, "acks": "all", "linger.ms": 0,
                   "enable.idempotence": False})
     # Warm up connections and metadata.
     p.produce(args.topic, value=payloads[0])

@@ -8,8 +8,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 if [[ " $* " != *" --no-kapsule "* ]]; then
   cargo build --release -p kapsule --bin kapsule
-  # Policy modules for bench/configs/wasm-*.yaml.
-  (cd policies && cargo build --release --target wasm32-wasip2 --quiet)
+  # Policy modules for bench/configs/*.yaml, into bench/modules/ (Rust always; other languages
+  # with BENCH_POLICY_LANGS="c python js", toolchains from scripts/install-policy-toolchains.sh).
+  bench/build-policies.sh rust ${BENCH_POLICY_LANGS:-} >/dev/null
   export KAPSULE_BIN="${KAPSULE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/kapsule}"
 fi
 # Master key for the local KMS of bench/configs/*.yaml (fresh per run unless given).

@@ -7,6 +7,10 @@
 //! proxy's CPU time (utime+stime from /proc/<pid>/stat) is sampled around produce+consume. Runs are
 //! interleaved across paths and medians are reported as a markdown table.
 //!
+//! With `--tls NAME,...` those Kapsule paths also run with TLS from the clients to Kapsule (`+tls`) and with
+//! TLS on both sides (`+tls both`: clients → TLS → Kapsule → TLS → stunnel4 → tansu), certificates
+//! from a throw-away PKI (EC P-256).
+//!
 //! `cargo run -p kapsule-bench --release -- --runs 5` (see `--help`).
 
 use std::collections::BTreeMap;
@@ -21,6 +25,7 @@ use serde_json::Value;
 
 use kapsule_integration::kapsule::kapsule_bin;
 use kapsule_integration::process::{find_executable, ProcessGuard};
+use kapsule_integration::tls::{self, Issued, KeyKind, Pki, RawKapsule, Stunnel};
 use kapsule_integration::{free_port, probe, wait, Kapsule, KapsuleConfig, RecordsMode, Tansu};
 
 #[derive(Debug, Parser)]
@@ -51,16 +56,46 @@ struct Args {
     /// Skip the `tansu proxy` path.
     #[arg(long)]
     no_tansu_proxy: bool,
+    /// Built-in Kapsule record modes to run (comma-separated: passthrough,reencode; `none` for
+    /// only the --kapsule-config paths).
+    #[arg(long, value_delimiter = ',', default_value = "passthrough,reencode")]
+    builtin: Vec<String>,
+    /// Producer compression (none, gzip, snappy, lz4, zstd) on every path.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Produce JSON objects with PII fields (about --size bytes) instead of random bytes.
+    #[arg(long)]
+    json: bool,
+    /// Also run these Kapsule paths (comma-separated names, e.g. passthrough,aes-gcm; `all`)
+    /// with TLS to the clients (`+tls`) and on both sides (`+tls both`, upstream through
+    /// stunnel4).
+    #[arg(long, value_delimiter = ',')]
+    tls: Vec<String>,
     /// Also write the markdown report here.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// Where TLS is used on a Kapsule path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// Plaintext on both sides.
+    Off,
+    /// Clients speak TLS to Kapsule; Kapsule speaks plaintext to the broker.
+    Client,
+    /// TLS on both sides: Kapsule reaches the broker through stunnel4.
+    Both,
 }
 
 #[derive(Debug, Clone)]
 enum Path {
     Direct,
     TansuProxy,
-    Kapsule { name: String, config: KapsuleConfig },
+    Kapsule {
+        name: String,
+        config: KapsuleConfig,
+        tls: Tls,
+    },
 }
 
 impl Path {
@@ -68,9 +103,41 @@ impl Path {
         match self {
             Path::Direct => "direct (tansu)".into(),
             Path::TansuProxy => "tansu proxy".into(),
-            Path::Kapsule { name, .. } => format!("kapsule {name}"),
+            Path::Kapsule { name, tls, .. } => match tls {
+                Tls::Off => format!("kapsule {name}"),
+                Tls::Client => format!("kapsule {name} +tls"),
+                Tls::Both => format!("kapsule {name} +tls both"),
+            },
         }
     }
+}
+
+/// Certificates for the TLS paths: one CA; Kapsule's server certificate and stunnel's.
+struct TlsFixture {
+    pki: Pki,
+    kapsule: Issued,
+    broker: Issued,
+}
+
+impl TlsFixture {
+    fn new() -> Result<Self> {
+        let pki = Pki::new("bench")?;
+        let kapsule = pki.issue("kapsule", KeyKind::EcPkcs8, false, false)?;
+        let broker = pki.issue("broker", KeyKind::EcPkcs8, false, false)?;
+        Ok(Self {
+            pki,
+            kapsule,
+            broker,
+        })
+    }
+}
+
+/// What a run's load generator needs besides the mode: compression, value kind, TLS trust.
+#[derive(Debug, Clone, Default)]
+struct LoadOpts {
+    compression: String,
+    json: bool,
+    ssl_ca: Option<PathBuf>,
 }
 
 /// One run's measurements for one path.
@@ -82,6 +149,11 @@ struct Sample {
     consume_rec_s: f64,
     /// Proxy CPU seconds per GB moved (produce + consume bytes); `None` for direct.
     proxy_cpu_s_per_gb: Option<f64>,
+    /// Proxy CPU microseconds per record while producing / consuming.
+    produce_cpu_us: Option<f64>,
+    consume_cpu_us: Option<f64>,
+    /// Proxy resident set (VmRSS) after the run, MiB.
+    rss_mib: Option<f64>,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -91,6 +163,8 @@ enum Front {
     None,
     TansuProxy(ProcessGuard, String),
     Kapsule(Kapsule),
+    /// Kapsule started from a full config (the TLS paths).
+    Raw(RawKapsule),
 }
 
 impl Front {
@@ -99,8 +173,85 @@ impl Front {
             Front::None => None,
             Front::TansuProxy(p, _) => p.pid(),
             Front::Kapsule(k) => k.pid(),
+            Front::Raw(k) => k.process.pid(),
         }
     }
+}
+
+/// The broker of one run: the rig's tansu, or tansu behind stunnel4 (TLS) for `+tls both`.
+enum Broker {
+    Plain(Tansu),
+    Tls {
+        _tansu: ProcessGuard,
+        plain: String,
+        stunnel: Stunnel,
+    },
+}
+
+impl Broker {
+    async fn start(tls: Tls, fixture: Option<&TlsFixture>) -> Result<Self> {
+        if tls != Tls::Both {
+            return Ok(Broker::Plain(Tansu::start().await?));
+        }
+        let fx = fixture.context("TLS paths need the TLS fixture")?;
+        let port = free_port();
+        let (tansu, plain) = tls::tansu_advertising(&format!("127.0.0.1:{port}")).await?;
+        let stunnel = Stunnel::start(port, &plain, &fx.broker, None).await?;
+        Ok(Broker::Tls {
+            _tansu: tansu,
+            plain,
+            stunnel,
+        })
+    }
+
+    /// The address the proxy (or a direct client) connects to.
+    fn bootstrap(&self) -> String {
+        match self {
+            Broker::Plain(t) => t.bootstrap(),
+            Broker::Tls { stunnel, .. } => stunnel.addr.clone(),
+        }
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        match self {
+            Broker::Plain(t) => t.create_topic(topic, partitions).await,
+            Broker::Tls { plain, .. } => tls::create_topic(plain, topic, partitions).await,
+        }
+    }
+}
+
+/// Kapsule's full config for a TLS path: the rig's layout plus `tls` (and `upstream_tls`).
+fn tls_config(config: &KapsuleConfig, upstream: &str, tls: Tls, fx: &TlsFixture) -> String {
+    let mut yaml = format!(
+        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{upstream}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n",
+        fx.kapsule.cert.display(),
+        fx.kapsule.key.display()
+    );
+    if tls == Tls::Both {
+        yaml.push_str(&format!(
+            "  upstream_tls:\n    ca_file: \"{}\"\n",
+            fx.pki.ca_cert().display()
+        ));
+    }
+    yaml.push_str(&format!(
+        "admin:\n  listen: \"{{admin}}\"\nrecords: {}\n{}",
+        config.records, config.extra_yaml
+    ));
+    yaml
+}
+
+/// VmRSS of `pid` in MiB.
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
 }
 
 fn load_script() -> PathBuf {
@@ -113,18 +264,23 @@ async fn load(
     topic: &str,
     count: usize,
     size: usize,
+    opts: &LoadOpts,
 ) -> Result<Value> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(600),
-        tokio::process::Command::new("python3")
-            .arg(load_script())
-            .args([mode, "--bootstrap", bootstrap, "--topic", topic])
-            .args(["--count", &count.to_string(), "--size", &size.to_string()])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("load.py {mode} took over 600 s"))??;
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(load_script())
+        .args([mode, "--bootstrap", bootstrap, "--topic", topic])
+        .args(["--count", &count.to_string(), "--size", &size.to_string()])
+        .args(["--compression", &opts.compression])
+        .kill_on_drop(true);
+    if opts.json {
+        cmd.arg("--json");
+    }
+    if let Some(ca) = &opts.ssl_ca {
+        cmd.arg("--ssl-ca").arg(ca);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+        .await
+        .with_context(|| format!("load.py {mode} took over 600 s"))??;
     if !out.status.success() {
         bail!(
             "load.py {mode} failed with {}: {}",
@@ -183,51 +339,95 @@ async fn start_tansu_proxy(origin: &str) -> Result<(ProcessGuard, String)> {
     Ok((guard, addr))
 }
 
-async fn run_once(path: &Path, args: &Args) -> Result<Sample> {
-    let tansu = Tansu::start().await?;
+async fn run_once(path: &Path, args: &Args, fixture: Option<&TlsFixture>) -> Result<Sample> {
+    let tls = match path {
+        Path::Kapsule { tls, .. } => *tls,
+        _ => Tls::Off,
+    };
+    let broker = Broker::start(tls, fixture).await?;
     let topic = format!("bench-{}", free_port());
-    tansu.create_topic(&topic, args.partitions).await?;
+    broker.create_topic(&topic, args.partitions).await?;
     let front = match path {
         Path::Direct => Front::None,
         Path::TansuProxy => {
-            let (g, a) = start_tansu_proxy(&tansu.bootstrap()).await?;
+            let (g, a) = start_tansu_proxy(&broker.bootstrap()).await?;
             Front::TansuProxy(g, a)
         }
-        Path::Kapsule { config, .. } => {
-            let k = Kapsule::start(&tansu.bootstrap(), config.clone()).await?;
+        Path::Kapsule {
+            config,
+            tls: Tls::Off,
+            ..
+        } => {
+            let k = Kapsule::start(&broker.bootstrap(), config.clone()).await?;
             if k.is_direct() {
                 bail!("KAPSULE_RIG_DIRECT=1 is set: unset it to benchmark Kapsule");
             }
             Front::Kapsule(k)
         }
+        Path::Kapsule { config, tls, .. } => {
+            let fx = fixture.context("TLS paths need the TLS fixture")?;
+            let yaml = tls_config(config, &broker.bootstrap(), *tls, fx);
+            Front::Raw(RawKapsule::start(&yaml).await?)
+        }
     };
     let bootstrap = match &front {
-        Front::None => tansu.bootstrap(),
+        Front::None => broker.bootstrap(),
         Front::TansuProxy(_, a) => a.clone(),
         Front::Kapsule(k) => k.bootstrap(),
+        Front::Raw(k) => k.listen.clone(),
+    };
+    let opts = LoadOpts {
+        compression: args.compression.clone(),
+        json: args.json,
+        ssl_ca: matches!(front, Front::Raw(_))
+            .then(|| fixture.map(|f| f.pki.ca_cert()))
+            .flatten(),
     };
     // Warm up connections, metadata and allocator on a separate topic.
     let warm = format!("{topic}-warm");
-    tansu.create_topic(&warm, 1).await?;
-    load("produce", &bootstrap, &warm, 2000, args.size).await?;
+    broker.create_topic(&warm, 1).await?;
+    load("produce", &bootstrap, &warm, 2000, args.size, &opts).await?;
 
     let cpu0 = front.pid().map(cpu_seconds).transpose()?;
-    let p = load("produce", &bootstrap, &topic, args.records, args.size).await?;
-    let c = load("consume", &bootstrap, &topic, args.records, args.size).await?;
+    let p = load(
+        "produce",
+        &bootstrap,
+        &topic,
+        args.records,
+        args.size,
+        &opts,
+    )
+    .await?;
     let cpu1 = front.pid().map(cpu_seconds).transpose()?;
+    let c = load(
+        "consume",
+        &bootstrap,
+        &topic,
+        args.records,
+        args.size,
+        &opts,
+    )
+    .await?;
+    let cpu2 = front.pid().map(cpu_seconds).transpose()?;
     let l = load(
         "latency",
         &bootstrap,
         &topic,
         args.latency_records,
         args.size,
+        &opts,
     )
     .await?;
-    if let Front::Kapsule(k) = &front {
-        // A dead proxy must not produce numbers.
-        let (status, body) = k.admin_get("/livez").await?;
+    // A dead proxy must not produce numbers.
+    let live = match &front {
+        Front::Kapsule(k) => Some(k.admin_get("/livez").await?),
+        Front::Raw(k) => Some(probe::http_get(&k.admin, "/livez", Duration::from_secs(5)).await?),
+        _ => None,
+    };
+    if let Some((status, body)) = live {
         anyhow::ensure!(status == 200, "kapsule /livez {status}: {body}");
     }
+    let rss = front.pid().map(rss_mib).transpose()?;
     let f = |v: &Value, k: &str| {
         v[k].as_f64()
             .with_context(|| format!("load.py output lacks {k}: {v}"))
@@ -238,7 +438,14 @@ async fn run_once(path: &Path, args: &Args) -> Result<Sample> {
         produce_rec_s: f(&p, "rec_s")?,
         consume_mb_s: f(&c, "mb_s")?,
         consume_rec_s: f(&c, "rec_s")?,
-        proxy_cpu_s_per_gb: cpu0.zip(cpu1).map(|(a, b)| (b - a) / gb),
+        proxy_cpu_s_per_gb: cpu0.zip(cpu2).map(|(a, b)| (b - a) / gb),
+        produce_cpu_us: cpu0
+            .zip(cpu1)
+            .map(|(a, b)| (b - a) * 1e6 / args.records as f64),
+        consume_cpu_us: cpu1
+            .zip(cpu2)
+            .map(|(a, b)| (b - a) * 1e6 / args.records as f64),
+        rss_mib: rss,
         p50_ms: f(&l, "p50_ms")?,
         p99_ms: f(&l, "p99_ms")?,
     })
@@ -277,10 +484,18 @@ async fn main() -> Result<()> {
     if !args.no_kapsule {
         let bin = kapsule_bin().context("locating or building kapsule (or pass --no-kapsule)")?;
         eprintln!("kapsule binary: {}", bin.display());
-        for mode in RecordsMode::ALL {
+        for name in &args.builtin {
+            if name == "none" {
+                continue;
+            }
+            let mode = RecordsMode::ALL
+                .into_iter()
+                .find(|m| m.as_str() == name)
+                .with_context(|| format!("--builtin {name}: not a records mode"))?;
             paths.push(Path::Kapsule {
                 name: mode.as_str().into(),
                 config: KapsuleConfig::new(mode),
+                tls: Tls::Off,
             });
         }
         for spec in &args.kapsule_configs {
@@ -292,9 +507,36 @@ async fn main() -> Result<()> {
                 name: name.into(),
                 // The file adds top-level sections (kms, policy, deks); proxy/admin are the rig's.
                 config: KapsuleConfig::new(RecordsMode::Passthrough).with_yaml(&yaml),
+                tls: Tls::Off,
             });
         }
+        if !args.tls.is_empty() {
+            let plain = std::mem::take(&mut paths);
+            for p in plain {
+                let variants = match &p {
+                    Path::Kapsule { name, config, .. }
+                        if args.tls.iter().any(|t| t == name || t == "all") =>
+                    {
+                        [Tls::Client, Tls::Both]
+                            .map(|tls| Path::Kapsule {
+                                name: name.clone(),
+                                config: config.clone(),
+                                tls,
+                            })
+                            .to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                paths.push(p);
+                paths.extend(variants);
+            }
+        }
     }
+    let fixture = if !args.tls.is_empty() {
+        Some(TlsFixture::new().context("creating the benchmark PKI (openssl)")?)
+    } else {
+        None
+    };
 
     let mut samples: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     let mut failures: BTreeMap<usize, String> = BTreeMap::new();
@@ -304,7 +546,7 @@ async fn main() -> Result<()> {
                 continue;
             }
             eprintln!("run {run}/{}: {}", args.runs, path.label());
-            match run_once(path, &args).await {
+            match run_once(path, &args, fixture.as_ref()).await {
                 Ok(s) => {
                     eprintln!("  {s:?}");
                     samples.entry(i).or_default().push(s);
@@ -345,8 +587,14 @@ fn render(
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Benchmark: {} runs (medians), {} records of {} B, {} partition(s), latency probe {} sequential produces.",
-        args.runs, args.records, args.size, args.partitions, args.latency_records
+        "Benchmark: {} runs (medians), {} records of {} B ({}), compression {}, {} partition(s), latency probe {} sequential produces.",
+        args.runs,
+        args.records,
+        args.size,
+        if args.json { "JSON with PII fields" } else { "random bytes" },
+        args.compression,
+        args.partitions,
+        args.latency_records
     );
     let _ = writeln!(
         md,
@@ -359,14 +607,14 @@ fn render(
             &["-c", "import confluent_kafka as c; print(c.version()[0], 'librdkafka', c.libversion()[0])"]
         ),
     );
-    md.push_str("| path | produce MB/s | produce rec/s | consume MB/s | consume rec/s | produce vs direct | consume vs direct | proxy CPU s/GB (= millicores per MB/s) | p50 produce ms | p99 produce ms | p50 added ms | p99 added ms |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| path | produce MB/s | produce rec/s | consume MB/s | consume rec/s | produce vs direct | consume vs direct | proxy CPU s/GB (= millicores per MB/s) | proxy CPU µs/rec produce | proxy CPU µs/rec consume | p50 produce ms | p99 produce ms | p50 added ms | p99 added ms | proxy RSS MiB |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (i, path) in paths.iter().enumerate() {
         if let Some(err) = failures.get(&i) {
             let short: String = err.lines().next().unwrap_or("").chars().take(160).collect();
             let _ = writeln!(
                 md,
-                "| {} | failed: {short} | | | | | | | | | | |",
+                "| {} | failed: {short} | | | | | | | | | | | | | |",
                 path.label()
             );
             continue;
@@ -379,7 +627,7 @@ fn render(
         let added = |a: Option<f64>, d: Option<f64>| a.zip(d).map(|(a, d)| a - d);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             path.label(),
             fmt(pm, 1),
             fmt(med(i, &|s| Some(s.produce_rec_s)), 0),
@@ -387,11 +635,14 @@ fn render(
             fmt(med(i, &|s| Some(s.consume_rec_s)), 0),
             fmt(ratio(pm, direct.0), 2),
             fmt(ratio(cm, direct.1), 2),
-            fmt(med(i, &|s| s.proxy_cpu_s_per_gb), 1),
+            fmt(med(i, &|s| s.proxy_cpu_s_per_gb), 2),
+            fmt(med(i, &|s| s.produce_cpu_us), 2),
+            fmt(med(i, &|s| s.consume_cpu_us), 2),
             fmt(p50, 2),
             fmt(p99, 2),
             fmt(if i == 0 { None } else { added(p50, direct.2) }, 2),
             fmt(if i == 0 { None } else { added(p99, direct.3) }, 2),
+            fmt(med(i, &|s| s.rss_mib), 0),
         );
     }
     md

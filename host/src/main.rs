@@ -7,5 +7,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Re-executed as a policy compile worker (cold compiles leave the proxy's memory)?
+    if let Some(code) = kapsule::policy::PolicyRegistry::compile_worker_main() {
+        return code;
+    }
     kapsule::cli::main()
 }

@@ -12,20 +12,33 @@
 //! - Files are opened with `O_NOFOLLOW`: a symlink planted under an entry's name is removed,
 //!   not followed.
 //!
+//! A module missing from the cache is compiled by a worker process when the executable supports
+//! it (see [`crate::policy::PolicyRegistry::compile_worker_main`]): the worker writes the entry
+//! with the same secret and exits, and this process loads the entry like any cached one, so the
+//! compiler's memory never lands in the proxy. Any worker failure falls back to compiling
+//! in-process.
+//!
 //! Entry names are `<sha256>-<engine>.cwasm`; the engine part hashes wasmtime's compatibility
 //! fingerprint (version, target, settings) and Kapsule's version, so an upgraded or reconfigured
 //! Kapsule never picks up a stale artifact; wasmtime checks the fingerprint again on load.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context as _};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
+
+use crate::policy::loading::{
+    compile_worker_available, COMPILE_WORKER_ARG, WORKER_DIR_ENV, WORKER_STACK_ENV,
+};
 
 /// First bytes of every entry (format version 1).
 const MAGIC: &[u8; 16] = b"KAPSULE-CWASM-1\n";
@@ -41,16 +54,34 @@ const MAX_ENTRY_BYTES: u64 = 4 << 30;
 pub(crate) enum CacheOutcome {
     /// A verified entry was loaded.
     Hit,
-    /// No entry existed; the module was compiled (and cached when possible).
+    /// No entry existed; the module was compiled in this process (and cached when possible).
     Compiled,
+    /// No entry existed; worker process `pid` compiled the module and wrote the entry, which
+    /// was then loaded like a cached one.
+    CompiledInWorker {
+        /// The worker's process id.
+        pid: u32,
+    },
     /// An entry existed but was refused (named reason) and the module was recompiled.
     Refused(String),
 }
 
-/// The compile cache of one runtime: a checked directory and its secret.
+/// The compile cache of one runtime: a checked directory, its secret, and how to start a
+/// compile worker (if this executable can act as one).
 pub(super) struct CompileCache {
     dir: PathBuf,
     key: [u8; 32],
+    worker: Option<Worker>,
+}
+
+/// How to start a compile worker: `program args...`, with the cache directory and the engine's
+/// stack limit in the environment and the module on stdin.
+#[derive(Debug, Clone)]
+struct Worker {
+    program: PathBuf,
+    args: Vec<OsString>,
+    /// The engine's Wasm stack limit in KiB (the worker's engine must match this one).
+    stack_kib: u64,
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/kapsule/policy-modules`, else
@@ -81,7 +112,9 @@ fn current_uid() -> u32 {
 impl CompileCache {
     /// Creates `dir` (mode 0700) if missing, checks that it is a real directory owned by this
     /// user and not writable by group or others, and loads or creates the secret.
-    pub(super) fn open(dir: &Path) -> anyhow::Result<Self> {
+    /// `stack_bytes` is the engine's Wasm stack limit, which a compile worker's engine must
+    /// share; workers are used only when this executable supports them.
+    pub(super) fn open(dir: &Path, stack_bytes: usize) -> anyhow::Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -89,9 +122,17 @@ impl CompileCache {
             .with_context(|| format!("creating policy module cache directory {}", dir.display()))?;
         check_private_dir(dir)?;
         let key = load_or_create_key(dir)?;
+        let worker =
+            (compile_worker_available() && stack_bytes.is_multiple_of(1024)).then(|| Worker {
+                // The running executable, even if its file was replaced since it started.
+                program: PathBuf::from("/proc/self/exe"),
+                args: vec![COMPILE_WORKER_ARG.into()],
+                stack_kib: (stack_bytes / 1024) as u64,
+            });
         Ok(Self {
             dir: dir.to_path_buf(),
             key,
+            worker,
         })
     }
 
@@ -106,8 +147,9 @@ impl CompileCache {
         hmac_sha256(&self.key, &[name.as_bytes(), &[0], artifact])
     }
 
-    /// Loads the verified cached artifact for `hash`, or compiles `bytes` and caches the
-    /// result. Failure to write the cache is logged and otherwise ignored.
+    /// Loads the verified cached artifact for `hash`, or compiles `bytes` (in a worker process
+    /// when available, else here) and caches the result. Failure to write the cache is logged
+    /// and otherwise ignored.
     pub(super) fn compile(
         &self,
         engine: &Engine,
@@ -129,6 +171,25 @@ impl CompileCache {
                 outcome = CacheOutcome::Refused(reason);
             }
         }
+        if let Some(w) = &self.worker {
+            let started = Instant::now();
+            match self.compile_in_worker(w, engine, &path, bytes) {
+                Ok((component, pid)) => {
+                    tracing::info!(
+                        worker_pid = pid,
+                        ms = started.elapsed().as_millis() as u64,
+                        "policy module compiled by a worker process"
+                    );
+                    if outcome == CacheOutcome::Compiled {
+                        outcome = CacheOutcome::CompiledInWorker { pid };
+                    }
+                    return Ok((component, outcome));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "policy compile worker failed; compiling in this process instead (its memory stays with the proxy)")
+                }
+            }
+        }
         let component = Component::new(engine, bytes)
             .map_err(|e| anyhow!("{e:#}"))
             .context("not a valid WebAssembly component (build with --target wasm32-wasip2)")?;
@@ -141,6 +202,51 @@ impl CompileCache {
             Err(e) => tracing::warn!(error = %e, "cannot serialize compiled policy module"),
         }
         Ok((component, outcome))
+    }
+
+    /// Runs worker `w` on `bytes` and loads the entry it wrote at `path`. Returns the component
+    /// and the worker's pid; an error if the worker could not run, failed, or left no entry this
+    /// engine accepts.
+    fn compile_in_worker(
+        &self,
+        w: &Worker,
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, u32)> {
+        let mut child = Command::new(&w.program)
+            .args(&w.args)
+            .env(WORKER_DIR_ENV, &self.dir)
+            .env(WORKER_STACK_ENV, w.stack_kib.to_string())
+            // A worker never starts workers of its own.
+            .env("KAPSULE_POLICY_COMPILE_IN_PROCESS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", w.program.display()))?;
+        let pid = child.id();
+        // The worker reads all of stdin before writing anything, so this cannot deadlock on a
+        // full stderr pipe. Dropping stdin ends the module.
+        let sent = child.stdin.take().map(|mut i| i.write_all(bytes));
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for compile worker {pid}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let err: String = err.trim().chars().take(2000).collect();
+            anyhow::bail!("compile worker {pid} {}: {err}", out.status);
+        }
+        if let Some(Err(e)) = sent {
+            return Err(e).with_context(|| format!("sending the module to compile worker {pid}"));
+        }
+        match self.load_entry(engine, path)? {
+            Some(c) => Ok((c, pid)),
+            None => anyhow::bail!(
+                "compile worker {pid} left no cache entry {} (its engine settings differ)",
+                path.display()
+            ),
+        }
     }
 
     /// `Ok(None)` when there is no entry; an error when there is one that must not be used.
@@ -363,7 +469,7 @@ mod tests {
         let open = base.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = CompileCache::open(&open)
+        let e = CompileCache::open(&open, 512 << 10)
             .err()
             .expect("refused")
             .to_string();
@@ -372,19 +478,120 @@ mod tests {
         let private = base.path().join("private");
         std::os::unix::fs::symlink(&private, &link).unwrap();
         std::fs::create_dir(&private).unwrap();
-        let e = CompileCache::open(&link)
+        let e = CompileCache::open(&link, 512 << 10)
             .err()
             .expect("refused")
             .to_string();
         assert!(e.contains("not a directory"), "{e}");
-        let c = CompileCache::open(&private).unwrap();
+        let c = CompileCache::open(&private, 512 << 10).unwrap();
         let mode = std::fs::metadata(private.join(KEY_FILE))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The same secret is read back by the next start.
-        assert_eq!(CompileCache::open(&private).unwrap().key, c.key);
+        assert_eq!(CompileCache::open(&private, 512 << 10).unwrap().key, c.key);
+    }
+
+    /// The smallest valid component (empty): enough to exercise compile, cache and load.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    /// Not a test: the compile worker's body when this test binary is re-executed as one by
+    /// [`test_worker`] (a no-op in normal test runs).
+    #[test]
+    fn compile_worker_entry() {
+        if std::env::var_os(WORKER_DIR_ENV).is_none() {
+            return;
+        }
+        let code = match crate::policy::loading::run_compile_worker() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e:#}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+
+    /// This test binary, re-executed to run only [`compile_worker_entry`].
+    fn test_worker(stack_kib: u64) -> Worker {
+        Worker {
+            program: std::env::current_exe().unwrap(),
+            args: [
+                "policy::wasm::cache::tests::compile_worker_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ]
+            .map(OsString::from)
+            .to_vec(),
+            stack_kib,
+        }
+    }
+
+    fn runtime(dir: &Path) -> super::super::WasmRuntime {
+        super::super::WasmRuntime::new(dir, super::super::Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_worker_process_compiles_and_this_process_loads_its_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let rt = runtime(&dir);
+        let stack = rt.limits().stack_bytes;
+        let mut cache = CompileCache::open(&dir, stack).unwrap();
+        assert!(
+            cache.worker.is_none(),
+            "a test binary never set itself up as a worker"
+        );
+        cache.worker = Some(test_worker((stack / 1024) as u64));
+        let hash = hex::encode(Sha256::digest(EMPTY_COMPONENT));
+        let (_, outcome) = cache.compile(rt.engine(), &hash, EMPTY_COMPONENT).unwrap();
+        match outcome {
+            CacheOutcome::CompiledInWorker { pid } => assert_ne!(pid, std::process::id()),
+            other => panic!("expected a worker compile, got {other:?}"),
+        }
+        assert!(cache.entry_path(rt.engine(), &hash).is_file());
+        // The worker's entry verifies under this process's secret: the next load is a hit.
+        let (_, again) = cache.compile(rt.engine(), &hash, EMPTY_COMPONENT).unwrap();
+        assert_eq!(again, CacheOutcome::Hit);
+    }
+
+    #[test]
+    fn a_worker_that_fails_or_writes_nothing_falls_back_to_compiling_in_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let rt = runtime(&dir);
+        let stack = rt.limits().stack_bytes;
+        let hash = hex::encode(Sha256::digest(EMPTY_COMPONENT));
+        let workers = [
+            // Cannot start.
+            Worker {
+                program: tmp.path().join("no-such-program"),
+                args: Vec::new(),
+                stack_kib: 0,
+            },
+            // Fails.
+            Worker {
+                program: "/bin/false".into(),
+                args: Vec::new(),
+                stack_kib: 0,
+            },
+            // Succeeds without writing an entry.
+            Worker {
+                program: "/bin/true".into(),
+                args: Vec::new(),
+                stack_kib: 0,
+            },
+        ];
+        for w in workers {
+            let mut cache = CompileCache::open(&dir, stack).unwrap();
+            cache.worker = Some(w.clone());
+            let _ = std::fs::remove_file(cache.entry_path(rt.engine(), &hash));
+            let (_, outcome) = cache.compile(rt.engine(), &hash, EMPTY_COMPONENT).unwrap();
+            assert_eq!(outcome, CacheOutcome::Compiled, "worker {w:?}");
+            assert!(cache.entry_path(rt.engine(), &hash).is_file());
+        }
     }
 
     #[test]

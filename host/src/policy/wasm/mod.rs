@@ -298,7 +298,7 @@ impl WasmRuntime {
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the kapsule:policy@0.2.0 imports")?;
         linker.allow_shadowing(false);
-        let cache = cache::CompileCache::open(cache_dir)?;
+        let cache = cache::CompileCache::open(cache_dir, limits.stack_bytes)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
@@ -353,8 +353,7 @@ impl WasmRuntime {
     }
 
     /// Compiles `bytes` through the on-disk cache; returns the component, its hash and whether
-    /// the cache was used (tests of the cache).
-    #[cfg(test)]
+    /// the cache was used (the compile worker, and tests of the cache).
     pub(crate) fn compile_traced(
         &self,
         bytes: &[u8],
