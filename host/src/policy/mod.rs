@@ -51,7 +51,7 @@ use self::stats::BindingStats;
 use self::wasm::host::LogSink;
 use self::wasm::{Caller, Decide, Limits, LoadedModule, WasmRuntime};
 use crate::kafka::records::Record;
-use crate::plan::{RecordDecision, Reveal, TopicPlan};
+use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::principal::Principal;
 
 /// Topics remembered in the resolution cache before it is cleared.
@@ -393,6 +393,18 @@ impl PolicyRegistry {
                 let plan = m.cached_plan(topic, principal)?;
                 Some(plan.topic_plan().clone())
             }
+        }
+    }
+
+    /// What the cached plan of `topic` for `principal` says its decisions depend on: `None` when
+    /// no Wasm plan is cached (rules and unmatched topics decide without a guest).
+    pub fn memo_key(&self, topic: &str, principal: Option<&Principal>) -> Option<MemoKey> {
+        match self.resolve(topic) {
+            Target::Binding(i) => {
+                let m = self.inner.bindings[i].current.load_full()?;
+                Some(m.cached_plan(topic, principal)?.memo_key().clone())
+            }
+            Target::Rule(_) | Target::Unmatched => None,
         }
     }
 

@@ -27,7 +27,6 @@ const MAX_REJECT_LEN: usize = 1024;
 pub(super) struct TopicEntry {
     pub(super) plan: TopicPlan,
     /// What `decide` depends on (`none` unless the plan is `per-record`).
-    #[allow(dead_code)] // read by the memoizing decide, next
     pub(super) memo: MemoKey,
     pub(super) allowed: GlobSet,
 }
