@@ -11,7 +11,7 @@ use super::fixtures::{build_policies, PolicyArtifacts};
 use super::rules::TopicSelector;
 use super::*;
 use crate::kafka::records::RecordHeader;
-use crate::plan::{EncryptionPlan, Needs, ValuePart};
+use crate::plan::{EncryptionPlan, Needs, RevealParts, ValuePart};
 
 fn artifacts() -> PolicyArtifacts {
     build_policies().expect("policies build from source")
@@ -1437,4 +1437,61 @@ fn a_module_lying_about_its_memo_key_gets_its_own_answers_and_breaks_nothing() {
     .unwrap();
     let e = reg2.decide("t", None, 0, &bad).unwrap_err();
     assert!(matches!(e, PolicyError::KeyNotAllowed { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_is_asked_per_principal_validated_and_cached() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(a.path("reveal-by-principal"), "*", "", &["kek-*"])],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let r = |name: &str| reg.reveal("orders", Some(&sasl(name)));
+    assert_eq!(r("alice").unwrap(), Reveal::All);
+    assert_eq!(
+        r("analytics").unwrap(),
+        Reveal::Parts(RevealParts {
+            json_fields: vec!["/card".into()],
+            ..RevealParts::default()
+        })
+    );
+    assert_eq!(r("auditor").unwrap(), Reveal::Ciphertext);
+    assert!(matches!(r("intruder").unwrap(), Reveal::Deny(m) if m.contains("not allowed")));
+    assert!(matches!(
+        reg.reveal("orders", None).unwrap(),
+        Reveal::Deny(_)
+    ));
+    // Answers that break the contract are refused like malformed plans, and not cached.
+    let e = r("bad-pointer").unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("must start with `/`")),
+        "{e}"
+    );
+    let e = r("bad-header").unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("empty header name")),
+        "{e}"
+    );
+    let violations = reg.status().bindings[0].violations;
+    assert_eq!(violations, 2);
+    assert!(r("bad-pointer").is_err());
+    // Cached per (topic, principal): no further guest calls, inline on the async path too.
+    let calls = reg.status().bindings[0].calls;
+    assert_eq!(r("auditor").unwrap(), Reveal::Ciphertext);
+    assert_eq!(
+        reg.reveal_async("orders", Some(&sasl("analytics")))
+            .await
+            .unwrap(),
+        r("analytics").unwrap()
+    );
+    assert_eq!(reg.status().bindings[0].calls, calls);
+    // A principal not asked yet goes to the guest from the async path.
+    assert_eq!(
+        reg.reveal_async("orders", Some(&sasl("zoe")))
+            .await
+            .unwrap(),
+        Reveal::All
+    );
+    assert_eq!(reg.status().bindings[0].calls, calls + 1);
 }

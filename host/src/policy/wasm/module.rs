@@ -17,7 +17,7 @@ use super::keyed::TopicPrincipalMap;
 use super::memo::{Grouped, MemoCache, Pending};
 use super::{lift, Caller, WasmRuntime, WitVersion, TICK};
 use crate::kafka::records::Record;
-use crate::plan::{MemoKey, RecordDecision, TopicPlan};
+use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::policy::PolicyError;
 use crate::principal::Principal;
 
@@ -37,7 +37,6 @@ struct Exports {
     plan: Func,
     decide: Func,
     /// `None` for 0.1 modules.
-    #[allow(dead_code)] // called by `reveal`, next
     reveal: Option<Func>,
 }
 
@@ -68,6 +67,8 @@ pub struct LoadedModule {
     plans: TopicPrincipalMap<Plan>,
     /// Decisions of memoizable plans by (topic, principal, value), this module version only.
     memo: MemoCache,
+    /// Validated reveals by (topic, principal), this module version only.
+    reveals: TopicPrincipalMap<Reveal>,
 }
 
 /// A validated plan of one topic for one principal under one module version (cheap to clone).
@@ -187,6 +188,7 @@ impl LoadedModule {
             },
             plans: TopicPrincipalMap::new(MAX_CACHED_PLANS),
             memo: MemoCache::default(),
+            reveals: TopicPrincipalMap::new(MAX_CACHED_PLANS),
         };
         let inst = module.new_instance()?;
         {
@@ -208,6 +210,39 @@ impl LoadedModule {
             WitVersion::V0_1 => None,
             WitVersion::V0_2 => principal,
         }
+    }
+
+    /// What `principal` may read of `topic`, if this version has answered it already.
+    pub(crate) fn cached_reveal(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Option<Reveal> {
+        self.reveals.get(topic, self.client_key(principal))
+    }
+
+    /// What `principal` may read of `topic`: cached, or asked of the guest's `reveal` (blocking,
+    /// bounded by the call deadline), validated and cached. A 0.1 module reveals all without a
+    /// call. Failures are accounted to `c`.
+    pub(crate) fn reveal(
+        &self,
+        c: &Caller<'_>,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Reveal, PolicyError> {
+        let principal = self.client_key(principal);
+        if let Some(r) = self.reveals.get(topic, principal) {
+            return Ok(r);
+        }
+        if self.version == WitVersion::V0_1 {
+            return Ok(Reveal::All);
+        }
+        let started = Instant::now();
+        let raw = self.call_reveal(topic, principal);
+        c.stats.record_call(started.elapsed());
+        let reveal = answer::reveal(c, raw.map_err(|e| c.call_failed(e))?)?;
+        self.reveals.insert(topic, principal, reveal.clone());
+        Ok(reveal)
     }
 
     /// Decisions of memoizable plans cached now.
@@ -488,7 +523,6 @@ impl LoadedModule {
 
     /// Calls the guest's `reveal` under the call deadline; a 0.1 module (no `reveal`) reveals
     /// all.
-    #[allow(dead_code)] // wired to `Binding::reveal` next
     fn call_reveal(
         &self,
         topic: &str,
