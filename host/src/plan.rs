@@ -93,11 +93,15 @@ impl TopicPlan {
         Self::EncryptAll(Arc::new(plan))
     }
 
-    /// The plan's decision repeated for `n` records. A `per-record` plan, whose records are
-    /// decided one by one elsewhere, gives `pass` here.
+    /// The plan's decision repeated for `n` records. A `per-record` plan has no decision of its
+    /// own (its records are decided by the policy's `decide`): it refuses them here, so a
+    /// caller that skipped `decide` fails closed.
     pub fn repeated(&self, n: usize) -> Vec<RecordDecision> {
         let d = match self {
-            TopicPlan::PassAll | TopicPlan::PerRecord(_) => RecordDecision::Pass,
+            TopicPlan::PassAll => RecordDecision::Pass,
+            TopicPlan::PerRecord(_) => RecordDecision::Reject(
+                "internal error: a per-record plan was not shown to its policy's decide".into(),
+            ),
             TopicPlan::EncryptAll(p) => RecordDecision::Encrypt(p.clone()),
             TopicPlan::RejectAll(m) => RecordDecision::Reject(m.clone()),
         };
@@ -146,4 +150,22 @@ pub struct RevealParts {
     pub record_key: bool,
     /// Decrypt the values of the encrypted headers with these names.
     pub headers: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_plans_give_their_decision_and_per_record_fails_closed() {
+        assert_eq!(
+            TopicPlan::PassAll.repeated(2),
+            vec![RecordDecision::Pass; 2]
+        );
+        assert!(TopicPlan::PerRecord(Needs::default())
+            .repeated(3)
+            .iter()
+            .all(|d| matches!(d, RecordDecision::Reject(_))));
+        assert!(TopicPlan::RejectAll("no".into()).repeated(0).is_empty());
+    }
 }

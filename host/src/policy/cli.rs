@@ -18,7 +18,7 @@ use super::rules::TopicSelector;
 use super::scaffold::Lang;
 use super::{PolicyRegistry, TopicPlan};
 use crate::kafka::records::{Record, RecordHeader};
-use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
+use crate::plan::{EncryptionPlan, MemoKey, RecordDecision, Reveal, ValuePart};
 use crate::principal::{AuthMechanism, Principal};
 
 /// Size of the "full batch" `policy check` times against the call deadline: the default
@@ -255,13 +255,19 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
     let st = reg.status();
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let mut out = format!(
-        "{}: OK (sha256 {}, {:.1} MiB, implements kapsule:policy/policy@0.1, init accepted the config)\n\
-         loaded in {} ms ({}compile + instantiate + init)\n",
+        "{}: OK (sha256 {}, {:.1} MiB, implements kapsule:policy/policy@{}, init accepted the config)\n\
+         loaded in {} ms ({}compile + instantiate + init)\n\
+         calls are made for {}\n",
         file.display(),
         st.bindings[0].content_hash,
         size as f64 / 1_048_576.0,
+        st.bindings[0].wit_version,
         load.as_millis(),
         if opts.cold { "cold " } else { "cached or cold " },
+        match &opts.principal {
+            Some(p) => format!("principal {p}"),
+            None => "an unauthenticated client (use --principal NAME to name one)".into(),
+        },
     );
     if DEBUG_BUILD {
         out.push_str(
@@ -311,9 +317,22 @@ fn check_topic(
         }
     };
     out.push_str(&format!("topic {topic}: {}\n", describe(&plan)));
+    match reg.reveal(topic, principal) {
+        Ok(r) => out.push_str(&format!(
+            "  on fetch this client reads: {}\n",
+            describe_reveal(&r)
+        )),
+        Err(e) => {
+            out.push_str(&format!("  reveal: ERROR {e}\n"));
+            failures.push(format!("topic {topic}: reveal failed: {e}"));
+        }
+    }
     if !matches!(plan, TopicPlan::PerRecord(_)) {
         return;
     }
+    let calls = || reg.status().bindings[0].calls;
+    let calls_before = calls();
+    let first = Instant::now();
     let decided = match reg.decide(topic, principal, BASE_TIMESTAMP, samples) {
         Ok(d) => d,
         Err(e) => {
@@ -322,6 +341,21 @@ fn check_topic(
             return;
         }
     };
+    let first = first.elapsed();
+    let memo = reg.memo_key(topic, principal).unwrap_or_default();
+    if memo != MemoKey::None {
+        let values = reg.status().bindings[0].memoized_values;
+        out.push_str(&format!(
+            "  memo key: {memo}: {values} distinct value(s) in {} sample records, decided in \
+             {} guest call(s); later batches reuse these decisions without calling the policy \
+             (first batch {:.1} µs per record)\n",
+            samples.len(),
+            calls() - calls_before,
+            first.as_nanos() as f64 / 1000.0 / samples.len().max(1) as f64,
+        ));
+    } else {
+        out.push_str("  memo key: none (every record of every batch is shown to decide)\n");
+    }
     for (i, (r, d)) in samples.iter().zip(&decided).enumerate().take(MAX_PRINTED) {
         out.push_str(&format!(
             "  record {i} {}: {}\n",
@@ -349,9 +383,14 @@ fn check_topic(
     }
     let per_record = median(&mut times).as_nanos() as f64 / samples.len().max(1) as f64;
     out.push_str(&format!(
-        "  cost: {:.1} µs per record (median of {} calls on {} sample records)\n",
+        "  cost: {:.1} µs per record (median of {} {} on {} sample records)\n",
         per_record / 1000.0,
         times.len(),
+        if memo == MemoKey::None {
+            "calls"
+        } else {
+            "batches answered from the memo cache"
+        },
         samples.len()
     ));
     // A full batch: the samples repeated to 1 MiB, timed against the production deadline.
@@ -512,6 +551,33 @@ fn describe_decision(d: &RecordDecision) -> String {
         RecordDecision::Pass => "pass".into(),
         RecordDecision::Reject(m) => format!("reject: {m}"),
         RecordDecision::Encrypt(e) => format!("encrypt with {}", describe_encrypt(e)),
+    }
+}
+
+fn describe_reveal(r: &Reveal) -> String {
+    match r {
+        Reveal::All => "everything in clear".into(),
+        Reveal::Ciphertext => "ciphertext as stored".into(),
+        Reveal::Deny(m) => format!("nothing, the fetch is denied: {m}"),
+        Reveal::Parts(p) => {
+            let mut parts = Vec::new();
+            if p.value {
+                parts.push("the value".to_string());
+            } else if !p.json_fields.is_empty() {
+                parts.push(format!("JSON fields {}", p.json_fields.join(", ")));
+            }
+            if p.record_key {
+                parts.push("the record key".into());
+            }
+            if !p.headers.is_empty() {
+                parts.push(format!("headers {}", p.headers.join(", ")));
+            }
+            if parts.is_empty() {
+                "no encrypted part in clear".into()
+            } else {
+                format!("only {} in clear", parts.join("; "))
+            }
+        }
     }
 }
 
@@ -761,6 +827,36 @@ mod tests {
         .unwrap();
         assert!(!r.passed(), "{}", r.text);
         assert!(r.failures[0].contains("decide failed"), "{:?}", r.failures);
+    }
+
+    #[test]
+    fn check_shows_the_principal_the_memo_key_and_the_reveal() {
+        let a = super::super::fixtures::build_policies().unwrap();
+        let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
+        assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
+        assert!(r.text.contains("kapsule:policy/policy@0.2.0"), "{}", r.text);
+        assert!(r.text.contains("an unauthenticated client"), "{}", r.text);
+        assert!(
+            r.text.contains("memo key: header `tenant`")
+                && r.text.contains("answered from the memo cache"),
+            "{}",
+            r.text
+        );
+        let mut o = opts("", &["orders"], &[]);
+        o.principal = Some(Principal::new("analytics", AuthMechanism::SaslPlain));
+        let r = check_policy(&a.path("reveal-by-principal"), &o).unwrap();
+        assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
+        assert!(r.text.contains("principal analytics (PLAIN)"), "{}", r.text);
+        assert!(r.text.contains("kek-analytics"), "{}", r.text);
+        assert!(
+            r.text.contains("only JSON fields /card in clear"),
+            "{}",
+            r.text
+        );
+        o.principal = Some(Principal::new("bad-pointer", AuthMechanism::SaslPlain));
+        let r = check_policy(&a.path("reveal-by-principal"), &o).unwrap();
+        assert!(!r.passed(), "{}", r.text);
+        assert!(r.failures[0].contains("reveal failed"), "{:?}", r.failures);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use self::stats::BindingStats;
 use self::wasm::host::LogSink;
 use self::wasm::{Caller, Decide, Limits, LoadedModule, WasmRuntime};
 use crate::kafka::records::Record;
-use crate::plan::{RecordDecision, Reveal, TopicPlan};
+use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::principal::Principal;
 
 /// Topics remembered in the resolution cache before it is cleared.
@@ -396,6 +396,18 @@ impl PolicyRegistry {
         }
     }
 
+    /// What the cached plan of `topic` for `principal` says its decisions depend on: `None` when
+    /// no Wasm plan is cached (rules and unmatched topics decide without a guest).
+    pub fn memo_key(&self, topic: &str, principal: Option<&Principal>) -> Option<MemoKey> {
+        match self.resolve(topic) {
+            Target::Binding(i) => {
+                let m = self.inner.bindings[i].current.load_full()?;
+                Some(m.cached_plan(topic, principal)?.memo_key().clone())
+            }
+            Target::Rule(_) | Target::Unmatched => None,
+        }
+    }
+
     /// The plan for `topic` when `principal` (`None`: an unauthenticated connection) produces
     /// to it. Runs the guest's `plan` on the first call per (topic, principal) and module version
     /// (blocking, bounded by the call deadline); cached afterwards (bounded).
@@ -534,7 +546,11 @@ impl PolicyRegistry {
     }
 
     /// What `principal` (`None`: an unauthenticated connection) may read of `topic`'s encrypted
-    /// records on Fetch. Topics no rule or binding covers reveal everything Kapsule can decrypt.
+    /// records on Fetch: the rule's `reveal_to`, or the binding module's `reveal` answer (asked
+    /// once per (topic, principal) and module version, then cached; a 0.1 module reveals all).
+    /// Topics no rule or binding covers reveal everything Kapsule can decrypt. Blocking on a
+    /// cache miss of a Wasm binding (bounded by the call deadline): from async code use
+    /// [`PolicyRegistry::reveal_async`].
     pub fn reveal(
         &self,
         topic: &str,
@@ -545,6 +561,26 @@ impl PolicyRegistry {
             Target::Binding(i) => self.inner.bindings[i].reveal(topic, principal),
             Target::Unmatched => Ok(Reveal::All),
         }
+    }
+
+    /// Async form of [`PolicyRegistry::reveal`]: answers inline when no guest code must run,
+    /// otherwise calls the guest on `spawn_blocking`.
+    pub async fn reveal_async(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Reveal, PolicyError> {
+        let i = match self.resolve(topic) {
+            Target::Binding(i) => i,
+            _ => return self.reveal(topic, principal),
+        };
+        let m = self.inner.bindings[i].module()?;
+        if let Some(r) = m.cached_reveal(topic, principal) {
+            return Ok(r);
+        }
+        let (t, p) = (topic.to_string(), principal.cloned());
+        self.blocking(i, move |b| m.reveal(&b.caller(), &t, p.as_ref()))
+            .await
     }
 
     /// Which KEK ids stored descriptors of `topic` may name: the rule's key, or what the
@@ -694,11 +730,9 @@ pub(crate) fn key_allowance(
 }
 
 impl Binding {
-    /// What `principal` may read of `topic`.
-    // Seam: modules of `kapsule:policy@0.2.0` export `reveal`; until that is wired every
-    // principal reads all.
-    fn reveal(&self, _topic: &str, _principal: Option<&Principal>) -> Result<Reveal, PolicyError> {
-        Ok(Reveal::All)
+    /// What `principal` may read of `topic`: the module's cached or computed `reveal` answer.
+    fn reveal(&self, topic: &str, principal: Option<&Principal>) -> Result<Reveal, PolicyError> {
+        self.module()?.reveal(&self.caller(), topic, principal)
     }
 
     /// The version serving now, or why there is none: still compiling (retriable) or failed.

@@ -39,6 +39,9 @@ pub struct BindingStatus {
     pub loaded_at_unix_ms: u64,
     /// Live instances.
     pub instances: usize,
+    /// Decisions of memoizable plans cached for the serving version (per topic, principal and
+    /// value; bounded, dropped on reload).
+    pub memoized_values: usize,
     /// Guest calls (`plan` and `decide`) since start.
     pub calls: u64,
     /// Failed guest calls and contract violations since start.
@@ -100,6 +103,7 @@ impl PolicyRegistry {
                         wit_version: m.map_or("", |m| m.version().as_str()),
                         loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
                         instances: m.map_or(0, |m| m.live_instances()),
+                        memoized_values: m.map_or(0, |m| m.memoized_values()),
                         calls: s.calls.load(Relaxed),
                         errors: s.errors.load(Relaxed),
                         deadlines: s.deadlines.load(Relaxed),

@@ -11,7 +11,7 @@ use super::fixtures::{build_policies, PolicyArtifacts};
 use super::rules::TopicSelector;
 use super::*;
 use crate::kafka::records::RecordHeader;
-use crate::plan::{EncryptionPlan, Needs, ValuePart};
+use crate::plan::{EncryptionPlan, Needs, RevealParts, ValuePart};
 
 fn artifacts() -> PolicyArtifacts {
     build_policies().expect("policies build from source")
@@ -421,7 +421,13 @@ fn modules_failing_init_or_linking_are_refused_at_start() {
 fn concurrent_calls_use_several_instances() {
     let a = artifacts();
     let c = config(
-        vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
+        // Unmemoized, so every batch reaches the guest.
+        vec![binding(
+            a.path("tenant-keys"),
+            "events",
+            r#"{"memo": false}"#,
+            &["tenant-*"],
+        )],
         LimitsConfig {
             max_instances: 4,
             ..relaxed_limits()
@@ -1235,4 +1241,257 @@ async fn decide_sees_the_client_principal() {
         reg.decide("t", None, 0, &records(1)).unwrap(),
         vec![whole("kek-anonymous")]
     );
+}
+
+/// Records with every kind of tenant value: repeated, absent, null, invalid, and duplicate
+/// headers (the first one counts).
+fn mixed_tenant_batch() -> Vec<Record> {
+    let mut recs = Vec::new();
+    for i in 0..40 {
+        let tenant = ["acme", "globex", "acme", "initech"][i % 4];
+        recs.push(record(&format!("v{i}"), &[("tenant", tenant)]));
+    }
+    recs.push(record("none", &[]));
+    recs.push(record("bad", &[("tenant", "not a tenant!")]));
+    recs.push(record("dup", &[("tenant", "globex"), ("tenant", "acme")]));
+    let mut null = record("null", &[]);
+    null.headers.push(RecordHeader {
+        key: Bytes::from_static(b"tenant"),
+        value: None,
+    });
+    recs.push(null);
+    recs.push(record("acme-again", &[("tenant", "acme")]));
+    recs
+}
+
+fn memo_registry(on_missing: &str) -> PolicyRegistry {
+    let a = artifacts();
+    let cfg = |memo: bool| format!(r#"{{"on_missing": "{on_missing}", "memo": {memo}}}"#);
+    PolicyRegistry::new(&config(
+        vec![
+            binding(a.path("tenant-keys"), "m.*", &cfg(true), &["tenant-*"]),
+            binding(a.path("tenant-keys"), "u.*", &cfg(false), &["tenant-*"]),
+        ],
+        relaxed_limits(),
+    ))
+    .unwrap()
+}
+
+fn module_of(reg: &PolicyRegistry, i: usize) -> Arc<LoadedModule> {
+    reg.inner.bindings[i].current.load_full().unwrap()
+}
+
+#[test]
+fn memoized_decisions_equal_deciding_every_record() {
+    for on_missing in ["pass", "reject"] {
+        let reg = memo_registry(on_missing);
+        let recs = mixed_tenant_batch();
+        let unmemoized = reg.decide("u.t", None, 0, &recs).unwrap();
+        assert!(unmemoized
+            .iter()
+            .any(|d| matches!(d, RecordDecision::Reject(_))));
+        assert_eq!(
+            reg.memo_key("m.t", None),
+            None,
+            "no plan cached before the first call"
+        );
+        let first = reg.decide("m.t", None, 0, &recs).unwrap();
+        assert_eq!(first, unmemoized, "on_missing {on_missing}");
+        assert_eq!(
+            reg.memo_key("m.t", None),
+            Some(MemoKey::Header("tenant".into()))
+        );
+        assert_eq!(reg.memo_key("u.t", None), Some(MemoKey::None));
+        // acme, globex, initech, absent, invalid, null.
+        assert_eq!(module_of(&reg, 0).memoized_values(), 6);
+        let calls = reg.status().bindings[0].calls;
+        // Same values again, shuffled: every decision comes from the cache.
+        let mut again = recs.clone();
+        again.reverse();
+        let mut expected = unmemoized.clone();
+        expected.reverse();
+        assert_eq!(reg.decide("m.t", None, 0, &again).unwrap(), expected);
+        assert_eq!(
+            reg.status().bindings[0].calls,
+            calls,
+            "no guest call for cached values"
+        );
+        // One new value: one call, the rest cached.
+        let mut one_new = recs.clone();
+        one_new.push(record("new", &[("tenant", "umbrella")]));
+        let d = reg.decide("m.t", None, 0, &one_new).unwrap();
+        assert_eq!(d[..recs.len()], unmemoized[..]);
+        assert_eq!(d[recs.len()], whole("tenant-umbrella"));
+        assert_eq!(reg.status().bindings[0].calls, calls + 1);
+        assert_eq!(reg.status().bindings[0].memoized_values, 7);
+        // Another topic and another principal have their own cache.
+        let alice = sasl("alice");
+        assert_eq!(
+            reg.decide("m.u", Some(&alice), 0, &recs).unwrap(),
+            unmemoized
+        );
+        assert_eq!(module_of(&reg, 0).memoized_values(), 13);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memoized_decisions_are_answered_inline_on_the_async_path() {
+    let reg = memo_registry("reject");
+    let recs = mixed_tenant_batch();
+    let unmemoized = reg.decide_async("u.t", None, 0, &recs).await.unwrap();
+    assert_eq!(
+        reg.decide_async("m.t", None, 0, &recs).await.unwrap(),
+        unmemoized
+    );
+    assert_eq!(
+        reg.decide_async("m.t", None, 0, &recs).await.unwrap(),
+        unmemoized
+    );
+}
+
+#[test]
+fn the_memo_cache_is_bounded() {
+    let reg = memo_registry("reject");
+    let per_batch = 10_000;
+    for b in 0..(super::wasm::memo_max_entries() / per_batch + 2) {
+        let recs: Vec<Record> = (0..per_batch)
+            .map(|i| record("v", &[("tenant", &format!("t{b}x{i}"))]))
+            .collect();
+        let d = reg.decide("m.t", None, 0, &recs).unwrap();
+        assert_eq!(d[17], whole(&format!("tenant-t{b}x17")));
+        let n = module_of(&reg, 0).memoized_values();
+        assert!(n <= super::wasm::memo_max_entries(), "{n}");
+    }
+    // Values too long to remember are still decided (once per batch) but not cached.
+    let long = "l".repeat(300);
+    let recs = vec![record("v", &[("tenant", &long)]); 3];
+    let before = module_of(&reg, 0).memoized_values();
+    let d = reg.decide("m.t", None, 0, &recs).unwrap();
+    assert!(d
+        .iter()
+        .all(|d| matches!(d, RecordDecision::Reject(m) if m.contains("not a valid tenant"))));
+    assert_eq!(module_of(&reg, 0).memoized_values(), before);
+}
+
+#[test]
+fn a_module_swap_drops_memoized_decisions() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    copy(&a.path("tenant-keys"), &module);
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(module.clone(), "*", "", &["*"])],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let recs = vec![record("v", &[("tenant", "acme")]); 3];
+    assert_eq!(
+        reg.decide("t", None, 0, &recs).unwrap()[0],
+        whole("tenant-acme")
+    );
+    assert_eq!(reg.status().bindings[0].memoized_values, 1);
+    // The new version decides every record itself (misbehave in `ok` mode: kek-ok).
+    copy(&a.path("hostile-misbehave"), &module);
+    assert!(matches!(reg.reload()[0].1, ReloadOutcome::Reloaded { .. }));
+    assert_eq!(reg.status().bindings[0].memoized_values, 0);
+    assert_eq!(
+        reg.decide("t", None, 0, &recs).unwrap(),
+        vec![whole("kek-ok"); 3]
+    );
+}
+
+#[test]
+fn a_module_lying_about_its_memo_key_gets_its_own_answers_and_breaks_nothing() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(
+            a.path("hostile-misbehave"),
+            "*",
+            "lying-memo",
+            &["kek-*"],
+        )],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    // Same tenant, different values: the policy decides from the value, but promised the
+    // tenant header decides. It is shown one record per tenant, and its answer for that record
+    // is applied to the others.
+    let recs = vec![
+        record("x", &[("tenant", "a")]),
+        record("y", &[("tenant", "a")]),
+        record("z", &[("tenant", "b")]),
+    ];
+    let d = reg.decide("t", None, 0, &recs).unwrap();
+    assert_eq!(d, vec![whole("kek-x"), whole("kek-x"), whole("kek-z")]);
+    // A lie that names a key outside allowed_key_ids is still refused, as unmemoized.
+    let bad = vec![record("../escape", &[("tenant", "c")])];
+    let reg2 = PolicyRegistry::new(&config(
+        vec![binding(
+            a.path("hostile-misbehave"),
+            "*",
+            "lying-memo",
+            &["kek-x"],
+        )],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let e = reg2.decide("t", None, 0, &bad).unwrap_err();
+    assert!(matches!(e, PolicyError::KeyNotAllowed { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_is_asked_per_principal_validated_and_cached() {
+    let a = artifacts();
+    let reg = PolicyRegistry::new(&config(
+        vec![binding(a.path("reveal-by-principal"), "*", "", &["kek-*"])],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let r = |name: &str| reg.reveal("orders", Some(&sasl(name)));
+    assert_eq!(r("alice").unwrap(), Reveal::All);
+    assert_eq!(
+        r("analytics").unwrap(),
+        Reveal::Parts(RevealParts {
+            json_fields: vec!["/card".into()],
+            ..RevealParts::default()
+        })
+    );
+    assert_eq!(r("auditor").unwrap(), Reveal::Ciphertext);
+    assert!(matches!(r("intruder").unwrap(), Reveal::Deny(m) if m.contains("not allowed")));
+    assert!(matches!(
+        reg.reveal("orders", None).unwrap(),
+        Reveal::Deny(_)
+    ));
+    // Answers that break the contract are refused like malformed plans, and not cached.
+    let e = r("bad-pointer").unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("must start with `/`")),
+        "{e}"
+    );
+    let e = r("bad-header").unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Malformed { reason, .. } if reason.contains("empty header name")),
+        "{e}"
+    );
+    let violations = reg.status().bindings[0].violations;
+    assert_eq!(violations, 2);
+    assert!(r("bad-pointer").is_err());
+    // Cached per (topic, principal): no further guest calls, inline on the async path too.
+    let calls = reg.status().bindings[0].calls;
+    assert_eq!(r("auditor").unwrap(), Reveal::Ciphertext);
+    assert_eq!(
+        reg.reveal_async("orders", Some(&sasl("analytics")))
+            .await
+            .unwrap(),
+        r("analytics").unwrap()
+    );
+    assert_eq!(reg.status().bindings[0].calls, calls);
+    // A principal not asked yet goes to the guest from the async path.
+    assert_eq!(
+        reg.reveal_async("orders", Some(&sasl("zoe")))
+            .await
+            .unwrap(),
+        Reveal::All
+    );
+    assert_eq!(reg.status().bindings[0].calls, calls + 1);
 }

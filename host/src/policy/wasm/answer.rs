@@ -13,7 +13,9 @@ use globset::GlobSet;
 use super::bindings::kapsule::policy::types as wit;
 use super::Caller;
 use crate::kafka::records::Record;
-use crate::plan::{EncryptionPlan, MemoKey, Needs, RecordDecision, TopicPlan, ValuePart};
+use crate::plan::{
+    EncryptionPlan, MemoKey, Needs, RecordDecision, Reveal, RevealParts, TopicPlan, ValuePart,
+};
 use crate::policy::{validate_json_pointer, PolicyError};
 
 /// Longest key id a policy may name.
@@ -27,7 +29,6 @@ const MAX_REJECT_LEN: usize = 1024;
 pub(super) struct TopicEntry {
     pub(super) plan: TopicPlan,
     /// What `decide` depends on (`none` unless the plan is `per-record`).
-    #[allow(dead_code)] // read by the memoizing decide, next
     pub(super) memo: MemoKey,
     pub(super) allowed: GlobSet,
 }
@@ -168,6 +169,34 @@ pub(super) fn decisions(
         });
     }
     Ok((distinct, raw.choices))
+}
+
+/// Validates the guest's `reveal` answer: JSON pointers as in encrypt plans, header names
+/// non-empty, deny messages truncated.
+pub(super) fn reveal(c: &Caller<'_>, raw: wit::Reveal) -> Result<Reveal, PolicyError> {
+    Ok(match raw {
+        wit::Reveal::All => Reveal::All,
+        wit::Reveal::Ciphertext => Reveal::Ciphertext,
+        wit::Reveal::Deny(m) => Reveal::Deny(truncate_msg(m)),
+        wit::Reveal::Parts(p) => {
+            for f in &p.json_fields {
+                validate_json_pointer(f)
+                    .map_err(|r| c.fail(c.malformed(format!("reveal: {r}")), false))?;
+            }
+            if let Some(h) = p.headers.iter().find(|h| h.is_empty()) {
+                return Err(c.fail(
+                    c.malformed(format!("reveal: empty header name {h:?}")),
+                    false,
+                ));
+            }
+            Reveal::Parts(RevealParts {
+                value: p.value,
+                json_fields: p.json_fields,
+                record_key: p.record_key,
+                headers: p.headers,
+            })
+        }
+    })
 }
 
 /// Lays out the parts `needs` asks for as one flat batch view: the bytes in one buffer, records

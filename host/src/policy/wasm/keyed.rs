@@ -98,6 +98,13 @@ impl<V: Clone> TopicPrincipalMap<V> {
         }
     }
 
+    /// Forgets every entry.
+    pub(super) fn clear(&self) {
+        let mut st = self.state.write();
+        st.topics.clear();
+        st.len = 0;
+    }
+
     /// Entries cached now.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

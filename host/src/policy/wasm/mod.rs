@@ -22,6 +22,7 @@ pub(crate) use cache::CacheOutcome;
 pub(crate) mod host;
 mod keyed;
 mod lift;
+mod memo;
 mod module;
 mod wasi;
 
@@ -61,6 +62,12 @@ pub(crate) mod bindings_v0_1 {
         path: "../wit/v0.1",
         world: "kapsule:policy/policy@0.1.0",
     });
+}
+
+/// Most memoized decisions one module version keeps (tests check the bound).
+#[cfg(test)]
+pub(crate) fn memo_max_entries() -> usize {
+    memo::MAX_ENTRIES
 }
 
 /// The contract version a component implements, recognized at load time by its exports.

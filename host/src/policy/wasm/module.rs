@@ -14,9 +14,10 @@ use super::answer::{self, TopicEntry};
 use super::bindings::kapsule::policy::types as wit;
 use super::host::{HostState, LogSink};
 use super::keyed::TopicPrincipalMap;
+use super::memo::{Grouped, MemoCache, Pending};
 use super::{lift, Caller, WasmRuntime, WitVersion, TICK};
 use crate::kafka::records::Record;
-use crate::plan::{RecordDecision, TopicPlan};
+use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::policy::PolicyError;
 use crate::principal::Principal;
 
@@ -36,7 +37,6 @@ struct Exports {
     plan: Func,
     decide: Func,
     /// `None` for 0.1 modules.
-    #[allow(dead_code)] // called by `reveal`, next
     reveal: Option<Func>,
 }
 
@@ -65,6 +65,10 @@ pub struct LoadedModule {
     pool: Pool,
     /// Validated plans by (topic, principal), this module version only.
     plans: TopicPrincipalMap<Plan>,
+    /// Decisions of memoizable plans by (topic, principal, value), this module version only.
+    memo: MemoCache,
+    /// Validated reveals by (topic, principal), this module version only.
+    reveals: TopicPrincipalMap<Reveal>,
 }
 
 /// A validated plan of one topic for one principal under one module version (cheap to clone).
@@ -76,6 +80,11 @@ impl Plan {
     pub(crate) fn topic_plan(&self) -> &TopicPlan {
         &self.0.plan
     }
+
+    /// What `decide` depends on, as the plan declared.
+    pub(crate) fn memo_key(&self) -> &MemoKey {
+        &self.0.memo
+    }
 }
 
 /// What [`LoadedModule::prepare_decide`] found: the answer, or the guest call still needed.
@@ -83,7 +92,7 @@ pub(crate) enum Decide {
     /// Every record is decided without running guest code.
     Done(Vec<RecordDecision>),
     /// The guest must see a batch; run [`DecideCall::run`] on a blocking thread.
-    Call(DecideCall),
+    Call(Box<DecideCall>),
 }
 
 /// A `decide` call ready to run: the batch laid out for the guest, owning everything it needs.
@@ -93,6 +102,8 @@ pub(crate) struct DecideCall {
     topic: String,
     principal: Option<Principal>,
     batch: wit::BatchView,
+    /// With a memo key: how to spread the answers for the representatives over the batch.
+    memo: Option<Pending>,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -176,6 +187,8 @@ impl LoadedModule {
                 max,
             },
             plans: TopicPrincipalMap::new(MAX_CACHED_PLANS),
+            memo: MemoCache::default(),
+            reveals: TopicPrincipalMap::new(MAX_CACHED_PLANS),
         };
         let inst = module.new_instance()?;
         {
@@ -197,6 +210,44 @@ impl LoadedModule {
             WitVersion::V0_1 => None,
             WitVersion::V0_2 => principal,
         }
+    }
+
+    /// What `principal` may read of `topic`, if this version has answered it already.
+    pub(crate) fn cached_reveal(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Option<Reveal> {
+        self.reveals.get(topic, self.client_key(principal))
+    }
+
+    /// What `principal` may read of `topic`: cached, or asked of the guest's `reveal` (blocking,
+    /// bounded by the call deadline), validated and cached. A 0.1 module reveals all without a
+    /// call. Failures are accounted to `c`.
+    pub(crate) fn reveal(
+        &self,
+        c: &Caller<'_>,
+        topic: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Reveal, PolicyError> {
+        let principal = self.client_key(principal);
+        if let Some(r) = self.reveals.get(topic, principal) {
+            return Ok(r);
+        }
+        if self.version == WitVersion::V0_1 {
+            return Ok(Reveal::All);
+        }
+        let started = Instant::now();
+        let raw = self.call_reveal(topic, principal);
+        c.stats.record_call(started.elapsed());
+        let reveal = answer::reveal(c, raw.map_err(|e| c.call_failed(e))?)?;
+        self.reveals.insert(topic, principal, reveal.clone());
+        Ok(reveal)
+    }
+
+    /// Decisions of memoizable plans cached now.
+    pub(crate) fn memoized_values(&self) -> usize {
+        self.memo.len()
     }
 
     /// The contract version the module implements.
@@ -227,8 +278,9 @@ impl LoadedModule {
     }
 
     /// Decides `records` under `plan` (which this version gave) without running guest code when
-    /// it can: plans other than `per-record` are repeated. Otherwise lays out the batch the guest
-    /// must see. `base_timestamp` is the batch's base timestamp; each record's timestamp is
+    /// it can: plans other than `per-record` are repeated, and under a memo key records whose
+    /// value has a cached decision take it. Otherwise lays out the batch the guest must see:
+    /// every record, or under a memo key one record per value still undecided. `base_timestamp` is the batch's base timestamp; each record's timestamp is
     /// `base_timestamp + timestamp_delta`.
     pub(crate) fn prepare_decide(
         self: &Arc<Self>,
@@ -243,15 +295,27 @@ impl LoadedModule {
             TopicPlan::PerRecord(needs) if !records.is_empty() => *needs,
             other => return Ok(Decide::Done(other.repeated(records.len()))),
         };
-        let batch = answer::batch_view(records.iter(), base_timestamp, needs)
-            .map_err(|reason| c.unavailable(reason))?;
-        Ok(Decide::Call(DecideCall {
+        let principal = self.client_key(principal);
+        let (batch, memo) = if plan.0.memo == MemoKey::None {
+            let batch = answer::batch_view(records.iter(), base_timestamp, needs);
+            (batch, None)
+        } else {
+            match self.memo.group(topic, principal, &plan.0.memo, records) {
+                Grouped::Done(d) => return Ok(Decide::Done(d)),
+                Grouped::Pending(p) => {
+                    let reps = p.representatives.iter().map(|&i| &records[i]);
+                    (answer::batch_view(reps, base_timestamp, needs), Some(p))
+                }
+            }
+        };
+        Ok(Decide::Call(Box::new(DecideCall {
             module: self.clone(),
             plan: plan.clone(),
             topic: topic.to_string(),
-            principal: self.client_key(principal).cloned(),
-            batch,
-        }))
+            principal: principal.cloned(),
+            batch: batch.map_err(|reason| c.unavailable(reason))?,
+            memo,
+        })))
     }
 
     /// SHA-256 (hex) of the module file this version was built from.
@@ -459,7 +523,6 @@ impl LoadedModule {
 
     /// Calls the guest's `reveal` under the call deadline; a 0.1 module (no `reveal`) reveals
     /// all.
-    #[allow(dead_code)] // wired to `Binding::reveal` next
     fn call_reveal(
         &self,
         topic: &str,
@@ -495,7 +558,7 @@ fn client(principal: Option<&Principal>) -> wit::Client {
 impl DecideCall {
     /// Runs the guest's `decide` (blocking, bounded by the batch's deadline) and validates its
     /// answer: one decision per record, in order. Failures are accounted to `c`.
-    pub(crate) fn run(self, c: &Caller<'_>) -> Result<Vec<RecordDecision>, PolicyError> {
+    pub(crate) fn run(self: Box<Self>, c: &Caller<'_>) -> Result<Vec<RecordDecision>, PolicyError> {
         let n = self.batch.records.len();
         let started = Instant::now();
         let raw = self
@@ -504,10 +567,14 @@ impl DecideCall {
         c.stats.record_call(started.elapsed());
         let raw = raw.map_err(|e| c.call_failed(e))?;
         let (distinct, choices) = answer::decisions(c, raw, n, &self.plan.0, &self.topic)?;
-        Ok(choices
+        let decided = choices
             .iter()
             .map(|&i| distinct[i as usize].clone())
-            .collect())
+            .collect();
+        Ok(match self.memo {
+            Some(pending) => pending.finish(&self.module.memo, decided),
+            None => decided,
+        })
     }
 }
 
