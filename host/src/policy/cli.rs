@@ -65,9 +65,18 @@ pub enum PolicyCommand {
         /// about 1 KiB, a tombstone).
         #[arg(long)]
         records: Option<PathBuf>,
-        /// Call deadline to check against, in ms (default: Kapsule's default).
+        /// Base call deadline to check against, in ms (`policy.limits.call_timeout_ms`;
+        /// default: Kapsule's default).
         #[arg(long, default_value_t = LimitsConfig::default().call_timeout_ms)]
         call_timeout_ms: u64,
+        /// Extra deadline per record of a batch, in µs (`policy.limits.call_timeout_per_record_us`;
+        /// default: Kapsule's default).
+        #[arg(long, default_value_t = LimitsConfig::default().call_timeout_per_record_us)]
+        call_timeout_per_record_us: u64,
+        /// Largest call deadline, in ms (`policy.limits.call_timeout_max_ms`; default: Kapsule's
+        /// default).
+        #[arg(long, default_value_t = LimitsConfig::default().call_timeout_max_ms)]
+        call_timeout_max_ms: u64,
         /// Compile into a fresh, empty module cache: the load time is a cold compile.
         #[arg(long)]
         cold: bool,
@@ -79,7 +88,7 @@ pub enum PolicyCommand {
 }
 
 /// Options of [`check_policy`] (the `policy check` flags).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
     /// Config string passed to `init`.
     pub config: String,
@@ -89,26 +98,15 @@ pub struct CheckOptions {
     pub allowed_key_ids: Vec<String>,
     /// Sample records as JSON lines; `None` uses [`builtin_samples`].
     pub records: Option<PathBuf>,
-    /// The production call deadline to compare against.
-    pub call_timeout: Duration,
+    /// The production call deadlines to compare against: only `call_timeout_ms`,
+    /// `call_timeout_per_record_us` and `call_timeout_max_ms` are used. A batch of N records gets
+    /// `call_timeout_ms + N × call_timeout_per_record_us`, at most `call_timeout_max_ms`, as in
+    /// production.
+    pub limits: LimitsConfig,
     /// Compile into a fresh module cache (cold compile).
     pub cold: bool,
     /// The client principal calls are made for; `None`: an unauthenticated client.
     pub principal: Option<Principal>,
-}
-
-impl Default for CheckOptions {
-    fn default() -> Self {
-        Self {
-            config: String::new(),
-            topics: Vec::new(),
-            allowed_key_ids: Vec::new(),
-            records: None,
-            call_timeout: Duration::from_millis(LimitsConfig::default().call_timeout_ms),
-            cold: false,
-            principal: None,
-        }
-    }
 }
 
 /// What `policy check` found: the printed report and the problems that fail the check.
@@ -165,6 +163,8 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             allowed_key_ids,
             records,
             call_timeout_ms,
+            call_timeout_per_record_us,
+            call_timeout_max_ms,
             cold,
             principal,
         } => {
@@ -173,7 +173,12 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 topics,
                 allowed_key_ids,
                 records,
-                call_timeout: Duration::from_millis(call_timeout_ms),
+                limits: LimitsConfig {
+                    call_timeout_ms,
+                    call_timeout_per_record_us,
+                    call_timeout_max_ms,
+                    ..LimitsConfig::default()
+                },
                 cold,
                 principal: principal.map(|p| Principal::new(p, AuthMechanism::SaslPlain)),
             };
@@ -203,7 +208,8 @@ pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 /// Loads `file` exactly as a binding would (compile, link against the sandbox, check the
 /// exports, run `init` with `opts.config` under the production init deadline), then plans each
 /// topic and, for per-record topics, decides the sample records, measures the cost per record
-/// and times a full 1 MiB batch against `opts.call_timeout`.
+/// and times a full 1 MiB batch against the call deadline production gives a batch that size
+/// (`opts.limits`).
 ///
 /// Returns `Err` when the module cannot be loaded (the reason a binding would refuse it) or the
 /// records file is invalid; otherwise a report whose `failures` list what would fail in
@@ -223,7 +229,10 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
     } else {
         None
     };
-    let deadline_ms = u64::try_from(opts.call_timeout.as_millis()).unwrap_or(u64::MAX);
+    let production = super::wasm::Limits::from(&opts.limits);
+    // The largest deadline production gives any call.
+    let deadline_ms =
+        u64::try_from(production.decide_budget(usize::MAX).as_millis()).unwrap_or(u64::MAX);
     let c = PolicyConfig {
         bindings: vec![BindingConfig {
             topics: TopicSelector::Glob("*".into()),
@@ -288,7 +297,7 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
             t,
             opts.principal.as_ref(),
             &samples,
-            opts.call_timeout,
+            &production,
             &mut out,
             &mut failures,
         );
@@ -304,7 +313,7 @@ fn check_topic(
     topic: &str,
     principal: Option<&Principal>,
     samples: &[Record],
-    deadline: Duration,
+    production: &super::wasm::Limits,
     out: &mut String,
     failures: &mut Vec<String>,
 ) {
@@ -395,6 +404,7 @@ fn check_topic(
     ));
     // A full batch: the samples repeated to 1 MiB, timed against the production deadline.
     let full = full_batch(samples);
+    let deadline = production.decide_budget(full.len());
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -428,7 +438,7 @@ fn check_topic(
         "fits with margin"
     };
     out.push_str(&format!(
-        "  full 1 MiB batch ({} records): {:.2} ms = {share:.0}% of the {} ms call deadline: {verdict}\n",
+        "  full 1 MiB batch ({} records): {:.2} ms = {share:.0}% of its {} ms call deadline (base + per record, capped): {verdict}\n",
         full.len(),
         took.as_secs_f64() * 1000.0,
         deadline.as_millis()
@@ -857,6 +867,28 @@ mod tests {
         let r = check_policy(&a.path("reveal-by-principal"), &o).unwrap();
         assert!(!r.passed(), "{}", r.text);
         assert!(r.failures[0].contains("reveal failed"), "{:?}", r.failures);
+    }
+
+    #[test]
+    fn a_full_batch_is_judged_against_the_budget_production_gives_its_size() {
+        let a = super::super::fixtures::build_policies().unwrap();
+        let mut o = opts("", &["events"], &[]);
+        o.limits.call_timeout_ms = 10;
+        o.limits.call_timeout_per_record_us = 200;
+        o.limits.call_timeout_max_ms = 5_000;
+        let r = check_policy(&a.path("tenant-keys"), &o).unwrap();
+        let records = full_batch(&builtin_samples()).len();
+        let budget_ms = 10 + records * 200 / 1000;
+        assert!(
+            r.text
+                .contains(&format!("of its {budget_ms} ms call deadline")),
+            "expected {budget_ms} ms for {records} records:\n{}",
+            r.text
+        );
+        // The cap applies too.
+        o.limits.call_timeout_max_ms = 40;
+        let r = check_policy(&a.path("tenant-keys"), &o).unwrap();
+        assert!(r.text.contains("of its 40 ms call deadline"), "{}", r.text);
     }
 
     #[test]

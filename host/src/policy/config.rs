@@ -376,8 +376,9 @@ pub struct LimitsConfig {
     /// (default 10).
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
-    /// Extra deadline of a `decide` call per record of its batch, in microseconds (default 50:
-    /// a batch of 1,000 records gets 10 ms + 50 ms).
+    /// Extra deadline of a `decide` call per record of its batch, in microseconds (default 250:
+    /// a batch of 1,000 records gets 10 ms + 250 ms — room for a Python or JS policy deciding
+    /// every record, ~13–21 µs each, on a loaded 2-core machine).
     #[serde(default = "default_call_timeout_per_record_us")]
     pub call_timeout_per_record_us: u64,
     /// Largest deadline of one call however large the batch, in milliseconds (default 1000;
@@ -437,7 +438,7 @@ fn default_call_timeout_ms() -> u64 {
     10
 }
 fn default_call_timeout_per_record_us() -> u64 {
-    50
+    250
 }
 fn default_call_timeout_max_ms() -> u64 {
     1000
