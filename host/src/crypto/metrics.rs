@@ -138,6 +138,20 @@ impl CryptoMetrics {
         self.topics.lock().len()
     }
 
+    /// Counts `records` records encrypted for `topic`, `bytes` plaintext bytes in all.
+    pub fn encrypted(&self, topic: &str, records: u64, bytes: u64) {
+        let t = self.topic(topic);
+        t.records_encrypted.fetch_add(records, Ordering::Relaxed);
+        t.bytes_encrypted.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `records` records decrypted for `topic`, `bytes` plaintext bytes in all.
+    pub fn decrypted(&self, topic: &str, records: u64, bytes: u64) {
+        let t = self.topic(topic);
+        t.records_decrypted.fetch_add(records, Ordering::Relaxed);
+        t.bytes_decrypted.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts one refused produce batch.
     pub fn encrypt_failure(&self, topic: &str, reason: &'static str) {
         let (label, _) = self.admit(topic);

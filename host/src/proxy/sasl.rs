@@ -498,8 +498,26 @@ fn plain_name(message: &[u8]) -> Result<String, SaslRefusal> {
 /// `n,,`, `y,,` or with `a=saslname` between the commas.
 fn scram_name(m: &'static str, message: &[u8]) -> Result<String, SaslRefusal> {
     let text = std::str::from_utf8(message).map_err(|_| malformed(m, "not UTF-8"))?;
+    let (authzid, bare) = gs2_header(m, text)?;
+    let user = bare
+        .strip_prefix("n=")
+        .ok_or_else(|| malformed(m, "client-first message does not start with n="))?;
+    let user = unescape_saslname(m, user.split(',').next().unwrap_or_default())?;
+    if authzid.is_some_and(|a| a != user) {
+        return Err(SaslRefusal::AuthzidMismatch { mechanism: m });
+    }
+    Ok(user)
+}
+
+/// Parses the GS2 header (RFC 5801) that opens SCRAM and OAUTHBEARER client-first messages:
+/// `n,,`, `y,,` or with `a=saslname` between the commas. Returns the authzid, if any, and what
+/// follows the header. Channel binding (`p=`) is refused.
+fn gs2_header<'a>(
+    m: &'static str,
+    text: &'a str,
+) -> Result<(Option<String>, &'a str), SaslRefusal> {
     let mut parts = text.splitn(3, ',');
-    let (Some(cbind), Some(authzid), Some(bare)) = (parts.next(), parts.next(), parts.next())
+    let (Some(cbind), Some(authzid), Some(rest)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed(m, "missing GS2 header"));
     };
@@ -514,14 +532,7 @@ fn scram_name(m: &'static str, message: &[u8]) -> Result<String, SaslRefusal> {
                 .ok_or_else(|| malformed(m, "bad authzid"))?,
         )?),
     };
-    let user = bare
-        .strip_prefix("n=")
-        .ok_or_else(|| malformed(m, "client-first message does not start with n="))?;
-    let user = unescape_saslname(m, user.split(',').next().unwrap_or_default())?;
-    if authzid.is_some_and(|a| a != user) {
-        return Err(SaslRefusal::AuthzidMismatch { mechanism: m });
-    }
-    Ok(user)
+    Ok((authzid, rest))
 }
 
 /// Undoes SCRAM's saslname escaping: `=2C` is `,` and `=3D` is `=`; any other `=` is an error.
@@ -546,23 +557,8 @@ fn unescape_saslname(m: &'static str, s: &str) -> Result<String, SaslRefusal> {
 fn oauth_name(message: &[u8]) -> Result<String, SaslRefusal> {
     let m = "OAUTHBEARER";
     let text = std::str::from_utf8(message).map_err(|_| malformed(m, "not UTF-8"))?;
-    let mut fields = text.split('\u{1}');
-    let gs2 = fields.next().unwrap_or_default();
-    let mut gs2_parts = gs2.splitn(3, ',');
-    let (Some(cbind), Some(authzid)) = (gs2_parts.next(), gs2_parts.next()) else {
-        return Err(malformed(m, "missing GS2 header"));
-    };
-    if cbind != "n" && cbind != "y" {
-        return Err(malformed(m, "channel binding is not supported"));
-    }
-    let authzid = match authzid {
-        "" => None,
-        a => Some(unescape_saslname(
-            m,
-            a.strip_prefix("a=")
-                .ok_or_else(|| malformed(m, "bad authzid"))?,
-        )?),
-    };
+    let (authzid, rest) = gs2_header(m, text)?;
+    let mut fields = rest.split('\u{1}');
     let token = fields
         .find_map(|kv| kv.strip_prefix("auth="))
         .ok_or_else(|| malformed(m, "no auth= field"))?;

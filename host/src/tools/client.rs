@@ -307,12 +307,13 @@ impl KafkaClient {
         let resp: ListOffsetsResponse = self
             .leader_request(topic, partition, ApiKey::ListOffsets, &req)
             .await?;
-        let p = resp
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| anyhow!("ListOffsets answer lacks {topic}/{partition}"))?;
+        let p = partition_answer(
+            resp.topics.iter().flat_map(|t| t.partitions.iter()),
+            |p| p.partition_index,
+            "ListOffsets",
+            topic,
+            partition,
+        )?;
         if let Some(e) = p.error_code.err() {
             bail!("ListOffsets {topic}/{partition}: {e}");
         }
@@ -370,12 +371,15 @@ impl Cluster for KafkaClient {
         let resp: ProduceResponse = self
             .leader_request(topic, partition, ApiKey::Produce, &req)
             .await?;
-        let p = resp
-            .responses
-            .iter()
-            .flat_map(|t| t.partition_responses.iter())
-            .find(|p| p.index == partition)
-            .ok_or_else(|| anyhow!("Produce answer lacks {topic}/{partition}"))?;
+        let p = partition_answer(
+            resp.responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter()),
+            |p| p.index,
+            "Produce",
+            topic,
+            partition,
+        )?;
         if let Some(e) = p.error_code.err() {
             let msg = p.error_message.as_ref().map(|m| m.as_str()).unwrap_or("");
             bail!("Produce to {topic}/{partition} failed: {e} {msg}");
@@ -416,12 +420,13 @@ impl KafkaClient {
         if let Some(e) = resp.error_code.err() {
             bail!("Fetch {topic}/{partition}@{offset}: {e}");
         }
-        let p = resp
-            .responses
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| anyhow!("Fetch answer lacks {topic}/{partition}"))?;
+        let p = partition_answer(
+            resp.responses.iter().flat_map(|t| t.partitions.iter()),
+            |p| p.partition_index,
+            "Fetch",
+            topic,
+            partition,
+        )?;
         if let Some(e) = p.error_code.err() {
             bail!("Fetch {topic}/{partition}@{offset}: {e}");
         }
@@ -450,4 +455,19 @@ pub fn decode_batches(records: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
         }
     }
     Ok(out)
+}
+
+/// The answer for `partition` among a response's partitions (`index` reads a partition's
+/// index), or an error naming the API and what its answer lacks.
+fn partition_answer<'a, P: 'a>(
+    partitions: impl IntoIterator<Item = &'a P>,
+    index: impl Fn(&P) -> i32,
+    api: &str,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<&'a P> {
+    partitions
+        .into_iter()
+        .find(|p| index(p) == partition)
+        .ok_or_else(|| anyhow!("{api} answer lacks {topic}/{partition}"))
 }

@@ -2,7 +2,6 @@
 //! the keys they need through the [`DekManager`] once each and concurrently.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use aes_siv::siv::Aes256Siv;
@@ -61,13 +60,9 @@ impl RecordEncryptor {
     ) -> Result<EncryptStats, EncryptError> {
         let r = self.encrypt_inner(topic, batch, decisions).await;
         match &r {
-            Ok(s) => {
-                let t = self.metrics.topic(topic);
-                t.records_encrypted
-                    .fetch_add(s.records_encrypted, Ordering::Relaxed);
-                t.bytes_encrypted
-                    .fetch_add(s.plaintext_bytes, Ordering::Relaxed);
-            }
+            Ok(s) => self
+                .metrics
+                .encrypted(topic, s.records_encrypted, s.plaintext_bytes),
             Err(e) => self.metrics.encrypt_failure(topic, e.reason()),
         }
         r
@@ -199,13 +194,9 @@ impl RecordEncryptor {
     ) -> Result<DecryptStats, DecryptError> {
         let r = self.decrypt_inner(topic, batch, options, scope).await;
         match &r {
-            Ok(s) => {
-                let t = self.metrics.topic(topic);
-                t.records_decrypted
-                    .fetch_add(s.records_decrypted, Ordering::Relaxed);
-                t.bytes_decrypted
-                    .fetch_add(s.plaintext_bytes, Ordering::Relaxed);
-            }
+            Ok(s) => self
+                .metrics
+                .decrypted(topic, s.records_decrypted, s.plaintext_bytes),
             Err(e) => self.metrics.decrypt_failure(topic, e.reason(), 1),
         }
         r
