@@ -235,6 +235,13 @@ async fn two_records(decision: RecordDecision) -> (RecordEncryptor, RecordBatch)
     (enc, bt)
 }
 
+/// Decrypts `bt` strictly, expecting a failure, and returns it.
+async fn decrypt_error(enc: &RecordEncryptor, topic: &str, mut bt: RecordBatch) -> DecryptError {
+    enc.decrypt_batch(topic, &mut bt, &STRICT)
+        .await
+        .unwrap_err()
+}
+
 async fn expect_integrity(enc: &RecordEncryptor, topic: &str, mut bt: RecordBatch, what: &str) {
     let before = bt.clone();
     let e = enc
@@ -258,10 +265,7 @@ async fn ciphertext_moved_to_another_topic_fails() {
     for r in &mut only_key.records {
         r.value = None;
     }
-    let e = enc
-        .decrypt_batch("payments", &mut only_key, &STRICT)
-        .await
-        .unwrap_err();
+    let e = decrypt_error(&enc, "payments", only_key).await;
     assert!(matches!(e, DecryptError::Integrity { .. }), "{e}");
 }
 
@@ -309,10 +313,7 @@ async fn edited_descriptor_fails() {
     let mut d = desc.to_vec();
     d[33] ^= 1;
     t.records[0].headers[di].value = Some(Bytes::from(d));
-    let e = enc
-        .decrypt_batch("orders", &mut t, &STRICT)
-        .await
-        .unwrap_err();
+    let e = decrypt_error(&enc, "orders", t).await;
     assert!(!e.is_retriable(), "{e}");
     // Remove the whole-value flag: the value would be delivered as ciphertext-as-plaintext.
     let mut t = bt.clone();
@@ -329,10 +330,7 @@ async fn edited_descriptor_fails() {
     let mut d = desc.to_vec();
     d[0] = 9;
     t.records[0].headers[di].value = Some(Bytes::from(d));
-    let e = enc
-        .decrypt_batch("orders", &mut t, &STRICT)
-        .await
-        .unwrap_err();
+    let e = decrypt_error(&enc, "orders", t).await;
     assert!(matches!(e, DecryptError::Malformed { .. }), "{e}");
 }
 
