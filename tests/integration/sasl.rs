@@ -99,6 +99,39 @@ impl SaslRig {
         v.into_iter().flat_map(|c| ["--config".into(), c]).collect()
     }
 
+    /// Arguments of the SASL_SSL client scripts (kp_sasl.py, kafkajs_sasl.js): Kapsule's TLS
+    /// listener, the topic and record count, the mechanism and credentials, the test CA, then
+    /// `extra`.
+    fn client_args(
+        &self,
+        topic: &str,
+        count: usize,
+        mechanism: &str,
+        (user, password): (&str, &str),
+        extra: &[&str],
+    ) -> Vec<String> {
+        let count = count.to_string();
+        let cafile = self.cafile().unwrap();
+        let mut a = args(&[
+            "--bootstrap",
+            &self.kapsule.listen,
+            "--topic",
+            topic,
+            "--count",
+            &count,
+            "--mechanism",
+            mechanism,
+            "--username",
+            user,
+            "--password",
+            password,
+            "--cafile",
+            &cafile,
+        ]);
+        a.extend(args(extra));
+        a
+    }
+
     /// The same, straight to the broker (plaintext SASL, bypassing Kapsule).
     fn ck_direct(mechanism: &str, (user, password): (&str, &str)) -> Vec<String> {
         [
@@ -186,24 +219,7 @@ async fn sasl_ssl_scram_kafka_python_round_trip() {
     ] {
         let out = run_python(
             "kp_sasl.py",
-            &args(&[
-                "--bootstrap",
-                &rig.kapsule.listen,
-                "--topic",
-                topic,
-                "--count",
-                "5",
-                "--mechanism",
-                mechanism,
-                "--username",
-                user.0,
-                "--password",
-                user.1,
-                "--cafile",
-                &rig.cafile().unwrap(),
-                "--prefix",
-                "KPSASL",
-            ]),
+            &rig.client_args(topic, 5, mechanism, user, &["--prefix", "KPSASL"]),
             CLIENT_TIMEOUT,
         )
         .await
@@ -238,26 +254,13 @@ async fn sasl_ssl_scram_kafkajs_round_trip() {
     ] {
         let out = run_node(
             "kafkajs_sasl.js",
-            &args(&[
-                "--bootstrap",
-                &rig.kapsule.listen,
-                "--topic",
+            &rig.client_args(
                 topic,
-                "--group",
-                &unique_name("js-sasl"),
-                "--count",
-                "5",
-                "--mechanism",
+                5,
                 mechanism,
-                "--username",
-                user.0,
-                "--password",
-                user.1,
-                "--cafile",
-                &rig.cafile().unwrap(),
-                "--prefix",
-                "JSSASL",
-            ]),
+                user,
+                &["--group", &unique_name("js-sasl"), "--prefix", "JSSASL"],
+            ),
             CLIENT_TIMEOUT,
         )
         .await
@@ -296,24 +299,13 @@ async fn sasl_wrong_password_is_an_authentication_failure_and_kapsule_stays_up()
 
     let out = run_python(
         "kp_sasl.py",
-        &args(&[
-            "--bootstrap",
-            &rig.kapsule.listen,
-            "--topic",
+        &rig.client_args(
             &topic,
-            "--count",
-            "1",
-            "--mechanism",
+            1,
             "SCRAM-SHA-512",
-            "--username",
-            USER_512.0,
-            "--password",
-            "wrong-again",
-            "--cafile",
-            &rig.cafile().unwrap(),
-            "--timeout",
-            "10",
-        ]),
+            (USER_512.0, "wrong-again"),
+            &["--timeout", "10"],
+        ),
         CLIENT_TIMEOUT,
     )
     .await;
