@@ -15,7 +15,7 @@ use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
 use crate::plan::RecordDecision;
 
-use super::open::{find_descriptor, open_record, withhold_all, OpenFail};
+use super::open::{find_descriptor, open_record, withhold_all, DescriptorProblem, OpenFail};
 use super::seal::{prepare, seal_error, seal_record, SealParams};
 use super::*;
 
@@ -216,7 +216,7 @@ impl RecordEncryptor {
             RevealScope::Ciphertext => false,
         };
         let mut stats = DecryptStats::default();
-        let descs: Vec<Result<Option<(usize, Descriptor)>, String>> =
+        let descs: Vec<Result<Option<(usize, Descriptor)>, DescriptorProblem>> =
             batch.records.iter().map(find_descriptor).collect();
         // Resolve every key once, concurrently.
         let mut needs = KeyNeeds::default();
@@ -247,9 +247,9 @@ impl RecordEncryptor {
                     out.push(rec.clone());
                     continue;
                 }
-                Err(message) => Err(DecryptError::Malformed {
+                Err(problem) => Err(DecryptError::Malformed {
                     index,
-                    message: message.clone(),
+                    message: problem.to_string(),
                 }),
                 Ok(Some((_, d))) if !options.kek_allowed(&d.kek_id) => {
                     Err(DecryptError::KeyNotAllowed {

@@ -351,7 +351,9 @@ pub(crate) mod testing {
         key_cipher: Option<&RecordKeyCipher>,
         scope: RevealScope<'_>,
     ) -> Result<Record, String> {
-        let (i, d) = find_descriptor(rec)?.ok_or("no descriptor")?;
+        let (i, d) = find_descriptor(rec)
+            .map_err(|e| e.to_string())?
+            .ok_or("no descriptor")?;
         let mut siv = key_cipher.map(|c| c.siv());
         open_record(topic, rec, i, &d, dek, siv.as_mut(), scope)
             .map(|(r, _)| r)

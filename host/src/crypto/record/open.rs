@@ -10,8 +10,8 @@ use bytes::Bytes;
 use crate::crypto::json::{find_spans, parse_pointer};
 use crate::crypto::primitives::{nonce_at, siv_open, Dek};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, HEADER_KEY,
-    JSON_PREFIX,
+    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, WireError,
+    HEADER_KEY, JSON_PREFIX,
 };
 use crate::kafka::records::{Record, RecordHeader};
 
@@ -336,17 +336,33 @@ pub(super) fn open_record(
     ))
 }
 
+/// Why a record's `kapsule.enc` header cannot be read (the record is malformed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum DescriptorProblem {
+    /// The record carries the header more than once.
+    #[error("more than one '{HEADER_KEY}' header")]
+    Duplicate,
+    /// The header has a null value.
+    #[error("null {HEADER_KEY} header")]
+    Null,
+    /// The header's bytes are not a descriptor this build reads.
+    #[error(transparent)]
+    Undecodable(#[from] WireError),
+}
+
 /// Finds the one descriptor header of `rec`: `Ok(None)` when absent.
-pub(super) fn find_descriptor(rec: &Record) -> Result<Option<(usize, Descriptor)>, String> {
+pub(super) fn find_descriptor(
+    rec: &Record,
+) -> Result<Option<(usize, Descriptor)>, DescriptorProblem> {
     let mut found = None;
     for (i, h) in rec.headers.iter().enumerate() {
         if h.key == HEADER_KEY.as_bytes() {
             if found.is_some() {
-                return Err(format!("more than one '{HEADER_KEY}' header"));
+                return Err(DescriptorProblem::Duplicate);
             }
-            let v = h.value.as_deref().ok_or("null kapsule.enc header")?;
-            let (d, _) = split_header(v).map_err(|e| e.to_string())?;
-            found = Some((i, Descriptor::decode(d).map_err(|e| e.to_string())?));
+            let v = h.value.as_deref().ok_or(DescriptorProblem::Null)?;
+            let (d, _) = split_header(v)?;
+            found = Some((i, Descriptor::decode(d)?));
         }
     }
     Ok(found)
