@@ -78,6 +78,19 @@ fn fields(ptrs: &[&str]) -> RecordDecision {
     ))
 }
 
+/// A KMS with KEK `k1` and an encryptor whose DEKs rotate after every encryption.
+fn setup_rotating_every_encryption() -> (Arc<MemoryKms>, RecordEncryptor) {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let enc = RecordEncryptor::new(
+        kms.clone(),
+        DekConfig {
+            max_encryptions: 1,
+            ..Default::default()
+        },
+    );
+    (kms, enc)
+}
+
 fn setup() -> (Arc<MemoryKms>, RecordEncryptor) {
     let kms = Arc::new(MemoryKms::with_keys(&["k1", "k2"]));
     let enc = RecordEncryptor::new(kms.clone(), DekConfig::default());
@@ -178,14 +191,7 @@ async fn round_trip_of_every_part_kind() {
 
 #[tokio::test]
 async fn record_keys_are_deterministic_per_topic_across_dek_rotation() {
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let enc = RecordEncryptor::new(
-        kms.clone(),
-        DekConfig {
-            max_encryptions: 1,
-            ..Default::default()
-        },
-    );
+    let (kms, enc) = setup_rotating_every_encryption();
     let mk = || {
         batch(vec![
             rec(Some("same"), Some("v1"), vec![]),
@@ -614,14 +620,7 @@ async fn rejections_and_invalid_records_refuse_the_whole_batch() {
 
 #[tokio::test]
 async fn kek_rotation_new_deks_use_new_version_and_old_records_decrypt() {
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let enc = RecordEncryptor::new(
-        kms.clone(),
-        DekConfig {
-            max_encryptions: 1,
-            ..Default::default()
-        },
-    );
+    let (kms, enc) = setup_rotating_every_encryption();
     let mut old = batch(vec![rec(None, Some("old"), vec![])]);
     enc.encrypt_batch("t", &mut old, &[whole()]).await.unwrap();
     assert_eq!(kms.rotate_key("k1"), 2);

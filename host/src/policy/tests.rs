@@ -42,6 +42,20 @@ fn relaxed_limits() -> LimitsConfig {
     }
 }
 
+/// A registry of `bindings` under [`relaxed_limits`].
+fn relaxed_registry(bindings: Vec<BindingConfig>) -> PolicyRegistry {
+    PolicyRegistry::new(&config(bindings, relaxed_limits())).unwrap()
+}
+
+/// The plan of a policy that decides per record from headers only.
+fn headers_only_plan() -> TopicPlan {
+    TopicPlan::PerRecord(Needs {
+        key: false,
+        value: false,
+        headers: true,
+    })
+}
+
 fn config(bindings: Vec<BindingConfig>, limits: LimitsConfig) -> PolicyConfig {
     PolicyConfig {
         bindings,
@@ -170,19 +184,13 @@ fn bindings_come_before_rules_and_plans_are_cached() {
 #[test]
 fn tenant_keys_decides_per_record_from_headers() {
     let a = artifacts();
-    let c = config(
-        vec![binding(a.path("tenant-keys"), "events", "", &["tenant-*"])],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
-    assert_eq!(
-        reg.topic_plan("events", None).unwrap(),
-        TopicPlan::PerRecord(Needs {
-            key: false,
-            value: false,
-            headers: true
-        })
-    );
+    let reg = relaxed_registry(vec![binding(
+        a.path("tenant-keys"),
+        "events",
+        "",
+        &["tenant-*"],
+    )]);
+    assert_eq!(reg.topic_plan("events", None).unwrap(), headers_only_plan());
     let recs = vec![
         record("a", &[("tenant", "acme")]),
         record("b", &[]),
@@ -200,16 +208,12 @@ fn tenant_keys_decides_per_record_from_headers() {
 #[test]
 fn pii_fields_finds_nested_fields_and_fails_closed_on_non_json() {
     let a = artifacts();
-    let c = config(
-        vec![binding(
-            a.path("pii-fields"),
-            "users",
-            r#"{"key_id": "pii-${topic}", "fields": ["email", "ssn", "a/b"]}"#,
-            &["pii-*"],
-        )],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(
+        a.path("pii-fields"),
+        "users",
+        r#"{"key_id": "pii-${topic}", "fields": ["email", "ssn", "a/b"]}"#,
+        &["pii-*"],
+    )]);
     let recs = vec![
         record(
             r#"{"name":"x","Email":"e@x","kids":[{"ssn":"1"}],"a/b":1}"#,
@@ -469,11 +473,7 @@ fn reload_swaps_good_versions_and_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("policy.wasm");
     copy(&a.path("encrypt-all"), &module);
-    let c = config(
-        vec![binding(module.clone(), "t", "", &["kek-*"])],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(module.clone(), "t", "", &["kek-*"])]);
     assert!(matches!(
         reg.topic_plan("t", None).unwrap(),
         TopicPlan::EncryptAll(_)
@@ -515,11 +515,12 @@ fn init_failure_on_reload_keeps_the_old_version() {
     let module = dir.path().join("policy.wasm");
     // passthrough ignores its config; encrypt-all refuses this one in `init`.
     copy(&a.path("passthrough"), &module);
-    let c = config(
-        vec![binding(module.clone(), "t", "kek with space", &["kek-*"])],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(
+        module.clone(),
+        "t",
+        "kek with space",
+        &["kek-*"],
+    )]);
     copy(&a.path("encrypt-all"), &module);
     let out = reg.reload();
     assert!(
@@ -535,11 +536,7 @@ fn watcher_reloads_changed_modules() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("policy.wasm");
     copy(&a.path("passthrough"), &module);
-    let c = config(
-        vec![binding(module.clone(), "t", "", &["kek-*"])],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(module.clone(), "t", "", &["kek-*"])]);
     reg.watch().unwrap();
     assert_eq!(reg.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
     let started = Instant::now();
@@ -615,18 +612,10 @@ fn json_pointer_validation() {
 fn c_policy_header_gate() {
     let module = super::fixtures::build_c_policy()
         .expect("C policy builds (run scripts/install-policy-toolchains.sh)");
-    let c = config(
-        vec![binding(module, "gated.*", "kek-", &["kek-${topic}"])],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(module, "gated.*", "kek-", &["kek-${topic}"])]);
     assert_eq!(
         reg.topic_plan("gated.a", None).unwrap(),
-        TopicPlan::PerRecord(Needs {
-            key: false,
-            value: false,
-            headers: true
-        })
+        headers_only_plan()
     );
     let recs = vec![
         record("a", &[("classification", "public")]),
@@ -731,11 +720,7 @@ fn reload_to_a_module_that_sleeps_in_init_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("p.wasm");
     copy(&a.path("passthrough"), &module);
-    let c = config(
-        vec![binding(module.clone(), "t", "sleep-init", &[])],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(module.clone(), "t", "sleep-init", &[])]);
     copy(&a.path("hostile-misbehave"), &module);
     let started = Instant::now();
     let out = reg.reload();
@@ -790,16 +775,12 @@ async fn printing_in_init_goes_to_the_policy_log_even_on_a_runtime_thread() {
 #[tokio::test(flavor = "current_thread")]
 async fn printing_in_init_works_on_a_current_thread_runtime_too() {
     let a = artifacts();
-    let c = config(
-        vec![binding(
-            a.path("hostile-misbehave"),
-            "bad",
-            "print-init",
-            &["kek-ok"],
-        )],
-        relaxed_limits(),
-    );
-    let reg = PolicyRegistry::new(&c).unwrap();
+    let reg = relaxed_registry(vec![binding(
+        a.path("hostile-misbehave"),
+        "bad",
+        "print-init",
+        &["kek-ok"],
+    )]);
     assert!(reg.status().bindings[0].log_emitted >= 2);
 }
 
