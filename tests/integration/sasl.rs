@@ -132,6 +132,27 @@ impl SaslRig {
         a
     }
 
+    /// Checks what a client script reported (`PREFIX-0` .. `PREFIX-4` read back through
+    /// Kapsule) and that the broker holds those records as ciphertext (read directly as
+    /// `user`).
+    async fn assert_read_back_and_encrypted_at_rest(
+        &self,
+        topic: &str,
+        mechanism: &str,
+        user: (&str, &str),
+        reported: &serde_json::Value,
+        prefix: &str,
+    ) {
+        assert_eq!(
+            hex_values(reported),
+            (0..5).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>()
+        );
+        let direct = SaslRig::ck_direct(mechanism, user);
+        let stored = ck_consume(&self.tansu.addr, topic, 5, &refs(&direct)).await;
+        let stored: Vec<TestRecord> = stored.into_iter().map(|c| c.record).collect();
+        assert_no_plaintext(&stored, &[prefix.as_bytes().to_vec()]);
+    }
+
     /// The same, straight to the broker (plaintext SASL, bypassing Kapsule).
     fn ck_direct(mechanism: &str, (user, password): (&str, &str)) -> Vec<String> {
         [
@@ -224,14 +245,8 @@ async fn sasl_ssl_scram_kafka_python_round_trip() {
         )
         .await
         .expect("kafka-python over SASL_SSL");
-        assert_eq!(
-            hex_values(&out.json),
-            (0..5).map(|i| format!("KPSASL-{i}")).collect::<Vec<_>>()
-        );
-        let direct = SaslRig::ck_direct(mechanism, user);
-        let stored = ck_consume(&rig.tansu.addr, topic, 5, &refs(&direct)).await;
-        let stored: Vec<TestRecord> = stored.into_iter().map(|c| c.record).collect();
-        assert_no_plaintext(&stored, &[b"KPSASL".to_vec()]);
+        rig.assert_read_back_and_encrypted_at_rest(topic, mechanism, user, &out.json, "KPSASL")
+            .await;
         rig.kapsule
             .wait_log(&format!("principal={}", user.0), Duration::from_secs(5))
             .await
@@ -265,14 +280,14 @@ async fn sasl_ssl_scram_kafkajs_round_trip() {
         )
         .await
         .expect("kafkajs over SASL_SSL");
-        assert_eq!(
-            hex_values(&out.json),
-            (0..5).map(|i| format!("JSSASL-{i}")).collect::<Vec<_>>()
-        );
-        let direct = SaslRig::ck_direct(&mechanism.to_uppercase(), user);
-        let stored = ck_consume(&rig.tansu.addr, topic, 5, &refs(&direct)).await;
-        let stored: Vec<TestRecord> = stored.into_iter().map(|c| c.record).collect();
-        assert_no_plaintext(&stored, &[b"JSSASL".to_vec()]);
+        rig.assert_read_back_and_encrypted_at_rest(
+            topic,
+            &mechanism.to_uppercase(),
+            user,
+            &out.json,
+            "JSSASL",
+        )
+        .await;
     }
     assert!(!rig.kapsule.logs().contains("ERROR"));
 }
