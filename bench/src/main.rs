@@ -168,6 +168,15 @@ enum Front {
 }
 
 impl Front {
+    /// Kapsule's log so far (None for the other fronts).
+    fn kapsule_log(&self) -> Option<String> {
+        match self {
+            Front::Kapsule(k) => Some(k.logs()),
+            Front::Raw(k) => Some(k.logs()),
+            _ => None,
+        }
+    }
+
     fn pid(&self) -> Option<u32> {
         match self {
             Front::None => None,
@@ -292,6 +301,84 @@ async fn load(
     kapsule_integration::clients::parse_last_json_line(&stdout)
 }
 
+/// The local KMS key file bench/configs/*.yaml name; kapsule-bench gives each invocation its own.
+const SHARED_BENCH_KEY_FILE: &str = "/tmp/kapsule-bench-keks.json";
+
+/// CPU seconds of the front before produce, after produce and after consume.
+type CpuMarks = (Option<f64>, Option<f64>, Option<f64>);
+
+/// The produce, consume and latency loads of one run through `bootstrap`, and the front's CPU
+/// marks; fails if a load fails or the proxy died.
+async fn measure(
+    front: &Front,
+    broker: &Broker,
+    bootstrap: &str,
+    topic: &str,
+    args: &Args,
+    fixture: Option<&TlsFixture>,
+) -> Result<(Value, Value, Value, CpuMarks)> {
+    let opts = LoadOpts {
+        compression: args.compression.clone(),
+        json: args.json,
+        ssl_ca: matches!(front, Front::Raw(_))
+            .then(|| fixture.map(|f| f.pki.ca_cert()))
+            .flatten(),
+    };
+    // Warm up connections, metadata and allocator on a separate topic.
+    let warm = format!("{topic}-warm");
+    broker.create_topic(&warm, 1).await?;
+    load("produce", bootstrap, &warm, 2000, args.size, &opts).await?;
+
+    let cpu0 = front.pid().map(cpu_seconds).transpose()?;
+    let p = load("produce", bootstrap, topic, args.records, args.size, &opts).await?;
+    let cpu1 = front.pid().map(cpu_seconds).transpose()?;
+    let c = load("consume", bootstrap, topic, args.records, args.size, &opts).await?;
+    let cpu2 = front.pid().map(cpu_seconds).transpose()?;
+    let l = load(
+        "latency",
+        bootstrap,
+        topic,
+        args.latency_records,
+        args.size,
+        &opts,
+    )
+    .await?;
+    // A dead proxy must not produce numbers.
+    let live = match &front {
+        Front::Kapsule(k) => Some(k.admin_get("/livez").await?),
+        Front::Raw(k) => Some(probe::http_get(&k.admin, "/livez", Duration::from_secs(5)).await?),
+        _ => None,
+    };
+    if let Some((status, body)) = live {
+        anyhow::ensure!(status == 200, "kapsule /livez {status}: {body}");
+    }
+    Ok((p, c, l, (cpu0, cpu1, cpu2)))
+}
+
+/// `e` with the warnings and errors of Kapsule's log appended (the reason a produce was refused,
+/// for example), and the whole log kept in a file named in the message.
+fn with_kapsule_log(e: anyhow::Error, front: &Front) -> anyhow::Error {
+    let Some(log) = front.kapsule_log() else {
+        return e;
+    };
+    let kept = std::env::temp_dir().join(format!("kapsule-bench-{}.log", free_port()));
+    let saved = std::fs::write(&kept, &log).is_ok();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    let tail = problems[problems.len().saturating_sub(5)..].join("\n");
+    e.context(format!(
+        "Kapsule's last warnings: {}{}",
+        if tail.is_empty() { "none" } else { &tail },
+        if saved {
+            format!(" (full log: {})", kept.display())
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// utime + stime of `pid` in seconds, from /proc/<pid>/stat (fields 14 and 15).
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -376,57 +463,12 @@ async fn run_once(path: &Path, args: &Args, fixture: Option<&TlsFixture>) -> Res
         Front::Kapsule(k) => k.bootstrap(),
         Front::Raw(k) => k.listen.clone(),
     };
-    let opts = LoadOpts {
-        compression: args.compression.clone(),
-        json: args.json,
-        ssl_ca: matches!(front, Front::Raw(_))
-            .then(|| fixture.map(|f| f.pki.ca_cert()))
-            .flatten(),
+    let measured = measure(&front, &broker, &bootstrap, &topic, args, fixture).await;
+    let (p, c, l, cpu) = match measured {
+        Ok(m) => m,
+        Err(e) => return Err(with_kapsule_log(e, &front)),
     };
-    // Warm up connections, metadata and allocator on a separate topic.
-    let warm = format!("{topic}-warm");
-    broker.create_topic(&warm, 1).await?;
-    load("produce", &bootstrap, &warm, 2000, args.size, &opts).await?;
-
-    let cpu0 = front.pid().map(cpu_seconds).transpose()?;
-    let p = load(
-        "produce",
-        &bootstrap,
-        &topic,
-        args.records,
-        args.size,
-        &opts,
-    )
-    .await?;
-    let cpu1 = front.pid().map(cpu_seconds).transpose()?;
-    let c = load(
-        "consume",
-        &bootstrap,
-        &topic,
-        args.records,
-        args.size,
-        &opts,
-    )
-    .await?;
-    let cpu2 = front.pid().map(cpu_seconds).transpose()?;
-    let l = load(
-        "latency",
-        &bootstrap,
-        &topic,
-        args.latency_records,
-        args.size,
-        &opts,
-    )
-    .await?;
-    // A dead proxy must not produce numbers.
-    let live = match &front {
-        Front::Kapsule(k) => Some(k.admin_get("/livez").await?),
-        Front::Raw(k) => Some(probe::http_get(&k.admin, "/livez", Duration::from_secs(5)).await?),
-        _ => None,
-    };
-    if let Some((status, body)) = live {
-        anyhow::ensure!(status == 200, "kapsule /livez {status}: {body}");
-    }
+    let (cpu0, cpu1, cpu2) = cpu;
     let rss = front.pid().map(rss_mib).transpose()?;
     let f = |v: &Value, k: &str| {
         v[k].as_f64()
@@ -498,11 +540,17 @@ async fn main() -> Result<()> {
                 tls: Tls::Off,
             });
         }
+        let bench_key_file =
+            std::env::temp_dir().join(format!("kapsule-bench-keks-{}.json", std::process::id()));
+        let _ = std::fs::remove_file(&bench_key_file);
         for spec in &args.kapsule_configs {
             let (name, file) = spec
                 .split_once('=')
                 .with_context(|| format!("--kapsule-config expects NAME=FILE, got {spec}"))?;
             let yaml = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+            // The configs' local KMS key file is scratch: one per invocation, so a file left by
+            // an earlier run under another master key cannot stop Kapsule from starting.
+            let yaml = yaml.replace(SHARED_BENCH_KEY_FILE, &bench_key_file.to_string_lossy());
             paths.push(Path::Kapsule {
                 name: name.into(),
                 // The file adds top-level sections (kms, policy, deks); proxy/admin are the rig's.

@@ -306,10 +306,23 @@ void exports_policy_reveal(policy_string_t *topic, policy_client_t *client, poli
   policy_string_free(topic);
 }
 
-// Resolves a span of the batch; an out-of-range span reads as absent.
-static kp_bytes span(const policy_batch_view_t *b, uint32_t offset, uint32_t len) {
+// Layout of batch-view (wit/policy.wit): a 32-byte descriptor per record (key offset and length,
+// value offset and length, first header index, header count, timestamp s64) and a 16-byte one per
+// header (key offset and length, value offset and length), all little-endian. A length of
+// KP_ABSENT is a null or not-asked-for part.
+#define KP_RECORD_DESCRIPTOR 32
+#define KP_HEADER_DESCRIPTOR 16
+#define KP_ABSENT 0xFFFFFFFFu
+
+static uint32_t le32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+// Resolves the (offset, length) pair at `d`; an absent or out-of-range part reads as absent.
+static kp_bytes span(const policy_batch_view_t *b, const uint8_t *d) {
   kp_bytes out = {NULL, 0};
-  if ((uint64_t)offset + len <= b->data.len) {
+  uint32_t offset = le32(d), len = le32(d + 4);
+  if (len != KP_ABSENT && (uint64_t)offset + len <= b->data.len) {
     out.ptr = b->data.len ? b->data.ptr + offset : (const uint8_t *)"";
     out.len = len;
   }
@@ -318,25 +331,25 @@ static kp_bytes span(const policy_batch_view_t *b, uint32_t offset, uint32_t len
 
 void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
                            policy_batch_view_t *batch, policy_decisions_t *ret) {
-  size_t n = batch->records.len;
-  size_t nh = batch->headers.len;
+  size_t n = batch->records.len / KP_RECORD_DESCRIPTOR;
+  size_t nh = batch->headers.len / KP_HEADER_DESCRIPTOR;
   kp_header *headers = xmalloc(nh * sizeof(kp_header));
   for (size_t i = 0; i < nh; i++) {
-    const kapsule_policy_types_header_view_t *h = &batch->headers.ptr[i];
-    headers[i].key = span(batch, h->key.offset, h->key.len);
-    headers[i].value = h->value.is_some ? span(batch, h->value.val.offset, h->value.val.len)
-                                        : (kp_bytes){NULL, 0};
+    const uint8_t *h = batch->headers.ptr + i * KP_HEADER_DESCRIPTOR;
+    headers[i].key = span(batch, h);
+    if (headers[i].key.ptr == NULL) headers[i].key = (kp_bytes){(const uint8_t *)"", 0};
+    headers[i].value = span(batch, h + 8);
   }
   kp_record *records = xmalloc(n * sizeof(kp_record));
   for (size_t i = 0; i < n; i++) {
-    const kapsule_policy_types_record_view_t *r = &batch->records.ptr[i];
-    records[i].key = r->key.is_some ? span(batch, r->key.val.offset, r->key.val.len) : (kp_bytes){NULL, 0};
-    records[i].value =
-        r->value.is_some ? span(batch, r->value.val.offset, r->value.val.len) : (kp_bytes){NULL, 0};
-    bool ok = (uint64_t)r->headers_start + r->headers_len <= nh;
-    records[i].headers = ok ? headers + r->headers_start : NULL;
-    records[i].headers_len = ok ? r->headers_len : 0;
-    records[i].timestamp = r->timestamp;
+    const uint8_t *r = batch->records.ptr + i * KP_RECORD_DESCRIPTOR;
+    records[i].key = span(batch, r);
+    records[i].value = span(batch, r + 8);
+    uint32_t headers_start = le32(r + 16), headers_len = le32(r + 20);
+    bool ok = (uint64_t)headers_start + headers_len <= nh;
+    records[i].headers = ok ? headers + headers_start : NULL;
+    records[i].headers_len = ok ? headers_len : 0;
+    records[i].timestamp = (int64_t)((uint64_t)le32(r + 24) | (uint64_t)le32(r + 28) << 32);
   }
   kp_decision *out = calloc(n ? n : 1, sizeof(kp_decision));
   if (out == NULL) abort();

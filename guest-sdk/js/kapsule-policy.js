@@ -156,48 +156,87 @@ class TopicPlan {
 }
 TopicPlan.PASS_ALL = new TopicPlan('pass-all');
 
+// Layout of `batch-view` (wit/policy.wit): per record eight little-endian u32 words (key offset
+// and length, value offset and length, first header index, header count, timestamp as an s64),
+// per header four (key offset and length, value offset and length). A length of ABSENT is a null
+// or not-asked-for part.
+const ABSENT = 0xffffffff;
+
+/** `bytes` (a Uint8Array of little-endian u32 words) as a Uint32Array, copied only if unaligned. */
+function words(bytes) {
+  const n = bytes.byteLength >>> 2;
+  if (bytes.byteOffset % 4 === 0) return new Uint32Array(bytes.buffer, bytes.byteOffset, n);
+  return new Uint32Array(bytes.slice(0, n * 4).buffer);
+}
+
+/** The descriptors of one batch as u32 views over the bytes Kapsule passed. */
+class Batch {
+  constructor(batch) {
+    this.data = batch.data;
+    this.count = batch.records.byteLength >>> 5;
+    this.records = words(batch.records);
+    this.headers = words(batch.headers);
+  }
+  part(w, at) {
+    const n = w[at + 1];
+    if (n === ABSENT || n === undefined) return null;
+    return this.data.subarray(w[at], w[at] + n);
+  }
+}
+
 /** The parts of one record the plan asked for, read lazily from the batch (no copies). */
 class RecordView {
-  constructor(data, rec, headers) {
-    this._data = data;
-    this._rec = rec;
-    this._headers = headers;
-  }
-  _bytes(span) {
-    return span === undefined || span === null ? null : this._data.subarray(span.offset, span.offset + span.len);
+  constructor(batch, index) {
+    this._b = batch;
+    this._i = index;
   }
   /** Record key (Uint8Array); null for a null key or when not asked for. */
-  get key() { return this._bytes(this._rec.key); }
+  get key() { return this._b.part(this._b.records, this._i * 8); }
   /** Record value (Uint8Array); null for a tombstone or when not asked for. */
-  get value() { return this._bytes(this._rec.value); }
+  get value() { return this._b.part(this._b.records, this._i * 8 + 2); }
   /** Timestamp in milliseconds since the Unix epoch (a Number). */
-  get timestamp() { return Number(this._rec.timestamp); }
+  get timestamp() {
+    const w = this._b.records;
+    const at = this._i * 8;
+    return (w[at + 7] | 0) * 4294967296 + w[at + 6];
+  }
   /** Headers in wire order as {key: string, value: Uint8Array|null}; empty when not asked for. */
   get headers() {
+    const b = this._b;
+    const w = b.records;
+    const hw = b.headers;
+    const at = this._i * 8;
     const out = [];
-    const end = this._rec.headersStart + this._rec.headersLen;
-    for (let i = this._rec.headersStart; i < end; i++) {
-      const h = this._headers[i];
-      out.push({ key: decodeLossy(this._bytes(h.key)), value: this._bytes(h.value) });
+    const end = Math.min((w[at + 4] + w[at + 5]) * 4, hw.length);
+    for (let j = w[at + 4] * 4; j < end; j += 4) {
+      out.push({ key: decodeLossy(b.part(hw, j)), value: b.part(hw, j + 2) });
     }
     return out;
   }
+  /** Index of the header words of the first header named `name`, or -1. */
   _find(name) {
+    const b = this._b;
+    const w = b.records;
+    const at = this._i * 8;
+    const count = w[at + 5];
+    if (!count) return -1;
     const want = encoded(name);
-    const data = this._data;
-    const end = this._rec.headersStart + this._rec.headersLen;
-    outer: for (let i = this._rec.headersStart; i < end; i++) {
-      const h = this._headers[i];
-      if (h.key.len !== want.length) continue;
-      for (let j = 0; j < want.length; j++) if (data[h.key.offset + j] !== want[j]) continue outer;
-      return h;
+    const n = want.length;
+    const data = b.data;
+    const hw = b.headers;
+    const end = Math.min((w[at + 4] + count) * 4, hw.length);
+    outer: for (let j = w[at + 4] * 4; j < end; j += 4) {
+      if (hw[j + 1] !== n) continue;
+      const o = hw[j];
+      for (let k = 0; k < n; k++) if (data[o + k] !== want[k]) continue outer;
+      return j;
     }
-    return undefined;
+    return -1;
   }
   /** Value of the first header named `name` (Uint8Array), or null if absent or null. */
   header(name) {
-    const h = this._find(name);
-    return h === undefined ? null : this._bytes(h.value);
+    const j = this._find(name);
+    return j < 0 ? null : this._b.part(this._b.headers, j + 2);
   }
   /** As header(), decoded as UTF-8; null if absent, null or not UTF-8. */
   headerStr(name) {
@@ -205,7 +244,7 @@ class RecordView {
   }
   /** Whether a header named `name` is present (even with a null value). */
   hasHeader(name) {
-    return this._find(name) !== undefined;
+    return this._find(name) >= 0;
   }
   /** The key as UTF-8 text, or null. */
   keyStr() { return decodeOrNull(this.key); }
@@ -361,23 +400,30 @@ function pack(decided, n) {
     const d = Decision.reject(`policy decide() returned ${got} for ${n} records`);
     return { distinct: [decisionToWit(d)], choices: new Uint32Array(n) };
   }
+  // Policies return the same Decision object for records that decide alike, so most records are
+  // found by identity (the previous record's, or `byObject`) without building or hashing a key.
+  const byObject = new Map();
   const index = new Map();
   const distinct = [];
   const choices = new Uint32Array(n);
   let last;
   let lastI = 0;
   for (let i = 0; i < n; i++) {
-    let d = decided[i];
-    if (d === last) { choices[i] = lastI; continue; }
-    if (!(d instanceof Decision)) d = Decision.reject(`policy decide() returned ${typeof d}, not a Decision`);
-    let j = index.get(d._key);
+    const given = decided[i];
+    if (given === last) { choices[i] = lastI; continue; }
+    let j = byObject.get(given);
     if (j === undefined) {
-      j = distinct.length;
-      index.set(d._key, j);
-      distinct.push(decisionToWit(d));
+      const d = given instanceof Decision ? given : Decision.reject(`policy decide() returned ${typeof given}, not a Decision`);
+      j = index.get(d._key);
+      if (j === undefined) {
+        j = distinct.length;
+        index.set(d._key, j);
+        distinct.push(decisionToWit(d));
+      }
+      byObject.set(given, j);
     }
     choices[i] = j;
-    last = decided[i];
+    last = given;
     lastI = j;
   }
   return { distinct, choices };
@@ -415,10 +461,10 @@ function exportPolicy(PolicyClass) {
       return planToWit(p);
     },
     decide(topic, client, batch) {
-      const data = batch.data;
-      const headers = batch.headers;
-      const records = batch.records.map((r) => new RecordView(data, r, headers));
-      const n = records.length;
+      const b = new Batch(batch);
+      const n = b.count;
+      const records = new Array(n);
+      for (let i = 0; i < n; i++) records[i] = new RecordView(b, i);
       const all = (d) => pack(new Array(n).fill(d), n);
       if (policy === null) return all(Decision.reject('policy used before init'));
       if (typeof policy.decide !== 'function') return all(Decision.reject('policy does not implement per-record decisions'));

@@ -248,31 +248,26 @@ pub mod __private {
         pub fn decide(&self, topic: &str, client: WitClient, batch: WitBatchView) -> WitDecisions {
             let client = Client::from(client);
             let data = batch.data.as_slice();
-            let bytes = |s: wit::Span| -> &[u8] {
-                let start = s.offset as usize;
-                data.get(start..start.saturating_add(s.len as usize))
-                    .unwrap_or(&[])
-            };
             let headers: Vec<Header<'_>> = batch
                 .headers
-                .iter()
+                .chunks_exact(HEADER_DESCRIPTOR_LEN)
                 .map(|h| Header {
-                    key: bytes(h.key),
-                    value: h.value.map(bytes),
+                    key: span(data, h, 0).unwrap_or(&[]),
+                    value: span(data, h, 8),
                 })
                 .collect();
             let records: Vec<RecordView<'_>> = batch
                 .records
-                .iter()
+                .chunks_exact(RECORD_DESCRIPTOR_LEN)
                 .map(|r| {
-                    let start = r.headers_start as usize;
+                    let start = word(r, 16) as usize;
                     RecordView {
-                        key: r.key.map(bytes),
-                        value: r.value.map(bytes),
+                        key: span(data, r, 0),
+                        value: span(data, r, 8),
                         headers: headers
-                            .get(start..start.saturating_add(r.headers_len as usize))
+                            .get(start..start.saturating_add(word(r, 20) as usize))
                             .unwrap_or(&[]),
-                        timestamp: r.timestamp,
+                        timestamp: i64::from_le_bytes(r[24..32].try_into().unwrap_or([0; 8])),
                     }
                 })
                 .collect();
@@ -282,6 +277,32 @@ pub mod __private {
             };
             pack(decided)
         }
+    }
+
+    /// Bytes of one record descriptor in `batch-view.records` (`wit/policy.wit`).
+    const RECORD_DESCRIPTOR_LEN: usize = 32;
+    /// Bytes of one header descriptor in `batch-view.headers`.
+    const HEADER_DESCRIPTOR_LEN: usize = 16;
+    /// The length that marks an absent part (null, or not asked for).
+    const ABSENT: u32 = u32::MAX;
+
+    /// The little-endian u32 at byte `at` of a descriptor.
+    fn word(d: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(d[at..at + 4].try_into().unwrap_or([0; 4]))
+    }
+
+    /// The bytes of `data` named by the (offset, length) pair at byte `at` of a descriptor;
+    /// `None` when the length is `ABSENT` (and an empty slice for a range Kapsule never sends).
+    fn span<'a>(data: &'a [u8], d: &[u8], at: usize) -> Option<&'a [u8]> {
+        let len = word(d, at + 4);
+        if len == ABSENT {
+            return None;
+        }
+        let start = word(d, at) as usize;
+        Some(
+            data.get(start..start.saturating_add(len as usize))
+                .unwrap_or(&[]),
+        )
     }
 
     /// Distinct decisions in first-seen order and one index per record. Consecutive records

@@ -73,18 +73,25 @@ void exports_policy_reveal(policy_string_t *topic, policy_client_t *client, poli
   policy_string_free(topic);
 }
 
-// True if the record's first `name` header has exactly `value`.
-static bool header_is(const policy_batch_view_t *b, const kapsule_policy_types_record_view_t *r,
-                      const char *name, const char *value) {
+static uint32_t le32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+// True if the record's first `name` header has exactly `value`. `r` is the record's 32-byte
+// descriptor (bytes 16 and 20: index of its first header and header count); each header has a
+// 16-byte descriptor (key offset, key length, value offset, value length; 0xFFFFFFFF: null).
+static bool header_is(const policy_batch_view_t *b, const uint8_t *r, const char *name,
+                      const char *value) {
   size_t nlen = strlen(name), vlen = strlen(value);
   const uint8_t *data = b->data.ptr;
-  for (uint32_t i = 0; i < r->headers_len; i++) {
-    size_t at = (size_t)r->headers_start + i;
-    if (at >= b->headers.len) return false;
-    const kapsule_policy_types_header_view_t *h = &b->headers.ptr[at];
-    if (h->key.len == nlen && memcmp(data + h->key.offset, name, nlen) == 0) {
-      return h->value.is_some && h->value.val.len == vlen &&
-             memcmp(data + h->value.val.offset, value, vlen) == 0;
+  uint32_t start = le32(r + 16), count = le32(r + 20);
+  for (uint32_t i = 0; i < count; i++) {
+    size_t at = ((size_t)start + i) * 16;
+    if (at + 16 > b->headers.len) return false;
+    const uint8_t *h = b->headers.ptr + at;
+    uint32_t koff = le32(h), klen = le32(h + 4), voff = le32(h + 8), vl = le32(h + 12);
+    if (klen == nlen && (uint64_t)koff + klen <= b->data.len && memcmp(data + koff, name, nlen) == 0) {
+      return vl == vlen && (uint64_t)voff + vl <= b->data.len && memcmp(data + voff, value, vlen) == 0;
     }
   }
   return false;
@@ -119,12 +126,12 @@ void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
   ret->distinct.ptr = d;
   ret->distinct.len = 3;
 
-  size_t n = batch->records.len;
+  size_t n = batch->records.len / 32;  // one 32-byte descriptor per record
   ret->choices.len = n;
   ret->choices.ptr = n ? calloc(n, sizeof(uint32_t)) : NULL;
   if (n && ret->choices.ptr == NULL) abort();
   for (size_t i = 0; i < n; i++) {
-    const kapsule_policy_types_record_view_t *r = &batch->records.ptr[i];
+    const uint8_t *r = batch->records.ptr + i * 32;
     if (header_is(batch, r, "classification", "public")) {
       ret->choices.ptr[i] = CHOICE_PASS;
     } else if (header_is(batch, r, "classification", "restricted")) {

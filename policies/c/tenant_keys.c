@@ -1,8 +1,10 @@
 // tenant-keys (C, on the C SDK guest-sdk/c/kapsule_policy.h): encrypts each record's whole value
 // under key <prefix><tenant>, the tenant from the `tenant` header. Config: the key prefix (default
-// "tenant-"). Records without the header, or with a tenant outside [A-Za-z0-9_-]{1,64}, are refused.
+// "tenant-"), optionally followed by ";memo=off". Records without the header, or with a tenant
+// outside [A-Za-z0-9_-]{1,64}, are refused.
 // The plan declares memo = header "tenant": Kapsule asks once per tenant it has not seen yet and
-// reuses the answer for every other record of that tenant.
+// reuses the answer for every other record of that tenant. ";memo=off" makes every record be
+// decided (to compare).
 // Build: guest-sdk/c/build.sh tenant_keys.c target/tenant_keys.wasm
 #include <stdlib.h>
 #include <string.h>
@@ -10,19 +12,29 @@
 #include "kapsule_policy.h"
 
 static char g_prefix[64] = "tenant-";
+static bool g_memo = true;
 static char *g_keys = NULL;  // one key-id buffer per record of the current batch
 
 const char *kp_policy_init(const char *config, size_t len) {
+  static const char memo_off[] = ";memo=off";
+  size_t off_len = sizeof memo_off - 1;
+  g_memo = true;
+  if (len >= off_len && memcmp(config + len - off_len, memo_off, off_len) == 0) {
+    g_memo = false;
+    len -= off_len;
+  }
   if (len == 0) return NULL;
   if (len >= sizeof g_prefix) return "tenant-keys: key prefix longer than 63 bytes";
   for (size_t i = 0; i < len; i++)
     if (config[i] <= ' ') return "tenant-keys: key prefix must not contain spaces or control characters";
-  memcpy(g_prefix, config, len + 1);
+  memcpy(g_prefix, config, len);
+  g_prefix[len] = 0;
   return NULL;
 }
 
 kp_plan kp_policy_plan(kp_str topic, const kp_client *client) {
-  kp_plan p = {.kind = KP_PLAN_PER_RECORD, .needs = KP_NEEDS_HEADERS, .memo = kp_memo_header("tenant")};
+  kp_plan p = {.kind = KP_PLAN_PER_RECORD, .needs = KP_NEEDS_HEADERS,
+               .memo = g_memo ? kp_memo_header("tenant") : (kp_memo){.kind = KP_MEMO_NONE}};
   return p;
 }
 

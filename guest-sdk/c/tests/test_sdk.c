@@ -50,7 +50,12 @@ static bool init(const char *config) {
   return ok;
 }
 
-// One record with `value` (NULL: tombstone) and at most one header.
+static void put32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+// One record with `value` (NULL: tombstone) and at most one header, in Kapsule's flat layout
+// (wit/policy.wit): 32-byte record and 16-byte header descriptors, little-endian.
 static policy_batch_view_t batch1(const char *value, const char *hkey, const char *hval) {
   policy_batch_view_t b;
   memset(&b, 0, sizeof b);
@@ -60,19 +65,20 @@ static policy_batch_view_t batch1(const char *value, const char *hkey, const cha
   if (vl) memcpy(b.data.ptr, value, vl);
   if (kl) memcpy(b.data.ptr + vl, hkey, kl);
   if (hl) memcpy(b.data.ptr + vl + kl, hval, hl);
-  b.records.len = 1;
-  b.records.ptr = calloc(1, sizeof *b.records.ptr);
-  if (value) {
-    b.records.ptr[0].value.is_some = true;
-    b.records.ptr[0].value.val = (kapsule_policy_types_span_t){0, (uint32_t)vl};
-  }
+  b.records.len = 32;
+  b.records.ptr = calloc(1, 32);
+  uint8_t *r = b.records.ptr;
+  put32(r + 4, 0xFFFFFFFFu);  // no key
+  put32(r + 8, 0);
+  put32(r + 12, value ? (uint32_t)vl : 0xFFFFFFFFu);
   if (hkey) {
-    b.headers.len = 1;
-    b.headers.ptr = calloc(1, sizeof *b.headers.ptr);
-    b.headers.ptr[0].key = (kapsule_policy_types_span_t){(uint32_t)vl, (uint32_t)kl};
-    b.headers.ptr[0].value.is_some = true;
-    b.headers.ptr[0].value.val = (kapsule_policy_types_span_t){(uint32_t)(vl + kl), (uint32_t)hl};
-    b.records.ptr[0].headers_len = 1;
+    b.headers.len = 16;
+    b.headers.ptr = calloc(1, 16);
+    put32(b.headers.ptr, (uint32_t)vl);
+    put32(b.headers.ptr + 4, (uint32_t)kl);
+    put32(b.headers.ptr + 8, (uint32_t)(vl + kl));
+    put32(b.headers.ptr + 12, (uint32_t)hl);
+    put32(r + 20, 1);
   }
   return b;
 }
@@ -98,6 +104,22 @@ static void test_tenant_keys(void) {
   CHECK(d.distinct.ptr[0].tag == KAPSULE_POLICY_TYPES_DECISION_ENCRYPT);
   CHECK(str_is(&d.distinct.ptr[0].val.encrypt.key_id, "tenant-acme"));
   policy_decisions_free(&d);
+
+  // ";memo=off": every record is decided; the prefix before it still applies.
+  CHECK(init("bench-;memo=off"));
+  topic = str("orders");
+  c = client(NULL);
+  exports_policy_plan(&topic, &c, &plan);
+  CHECK(plan.tag == KAPSULE_POLICY_TYPES_TOPIC_PLAN_PER_RECORD);
+  CHECK(plan.val.per_record.memo.tag == KAPSULE_POLICY_TYPES_MEMO_KEY_NONE);
+  policy_topic_plan_free(&plan);
+  topic = str("orders");
+  c = client(NULL);
+  b = batch1("v", "tenant", "acme");
+  exports_policy_decide(&topic, &c, &b, &d);
+  CHECK(d.choices.len == 1 && str_is(&d.distinct.ptr[0].val.encrypt.key_id, "bench-acme"));
+  policy_decisions_free(&d);
+  CHECK(init(""));
 
   // No kp_policy_reveal in tenant_keys.c: the SDK's weak default reveals everything.
   topic = str("orders");

@@ -27,27 +27,42 @@ async function load(app) {
 }
 const example = async (name) => load(await readFile(join(repo, 'policies/js', name, 'policy.js'), 'utf8'));
 
-/** A batch as componentize-js passes it, from [[key, value, [[hkey, hvalue], ...]], ...]. */
-function batch(records) {
+/**
+ * A batch as componentize-js passes it, in Kapsule's flat layout (wit/policy.wit), from
+ * [[key, value, [[hkey, hvalue], ...]], ...] (strings, or null). Record i has timestamp
+ * `timestamps[i]` (default 1000 + i). With `unaligned`, the descriptor bytes start at an odd
+ * offset of their buffer, as a guest's lifted list may.
+ */
+function batch(records, { timestamps = [], unaligned = false } = {}) {
   const bytes = [];
   const enc = new TextEncoder();
-  const span = (s) => {
-    if (s === null) return undefined;
+  const desc = [];
+  const hdrs = [];
+  const u32 = (out, v) => out.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff);
+  const span = (out, s) => {
+    if (s === null) { u32(out, 0); u32(out, 0xffffffff); return; }
     const b = enc.encode(s);
-    const out = { offset: bytes.length, len: b.length };
+    u32(out, bytes.length);
+    u32(out, b.length);
     bytes.push(...b);
-    return out;
   };
-  const views = [];
-  const headers = [];
-  for (const [k, v, hs] of records) {
-    const key = span(k);
-    const value = span(v);
-    const headersStart = headers.length;
-    for (const [hk, hv] of hs) headers.push({ key: span(hk), value: span(hv) });
-    views.push({ key, value, headersStart, headersLen: hs.length, timestamp: 0n });
-  }
-  return { data: new Uint8Array(bytes), records: views, headers };
+  records.forEach(([k, v, hs], i) => {
+    span(desc, k);
+    span(desc, v);
+    u32(desc, hdrs.length / 16);
+    u32(desc, hs.length);
+    const ts = BigInt.asUintN(64, BigInt(timestamps[i] ?? 1000 + i));
+    u32(desc, Number(ts & 0xffffffffn));
+    u32(desc, Number(ts >> 32n));
+    for (const [hk, hv] of hs) { span(hdrs, hk); span(hdrs, hv); }
+  });
+  const lifted = (arr) => {
+    if (!unaligned) return new Uint8Array(arr);
+    const buf = new Uint8Array(arr.length + 1);
+    buf.set(arr, 1);
+    return buf.subarray(1);
+  };
+  return { data: new Uint8Array(bytes), records: lifted(desc), headers: lifted(hdrs) };
 }
 const ANON = { principal: undefined };
 const ANALYTICS = { principal: { name: 'analytics', mechanism: 'sasl-scram-sha512' } };
@@ -55,6 +70,39 @@ const ALICE = { principal: { name: 'alice', mechanism: 'mtls' } };
 const chosen = (d) => [...d.choices].map((i) => d.distinct[i]);
 
 const SDK_IMPORT = "import { Client, Decision, Encrypt, Memo, Needs, Reveal, TopicPlan, exportPolicy } from 'kapsule-policy';\n";
+
+for (const unaligned of [false, true]) {
+  test(`record views read the flat batch (unaligned descriptors: ${unaligned})`, async () => {
+    const m = await load(SDK_IMPORT + `
+      globalThis.__views = [];
+      class P {
+        constructor(config) {}
+        plan() { return TopicPlan.perRecord(new Needs({ key: true, value: true, headers: true })); }
+        decide(topic, client, records) {
+          const text = (b) => (b === null ? null : new TextDecoder().decode(b));
+          for (const r of records) {
+            globalThis.__views.push([text(r.key), text(r.value), r.timestamp,
+              r.headers.map((h) => [h.key, text(h.value)]), r.headerStr('t'), r.hasHeader('n'),
+              r.header('n'), r.header('missing'), r.keyStr(), r.valueStr()]);
+          }
+          return records.map(() => Decision.PASS);
+        }
+      }
+      export const { init, plan, decide, reveal } = exportPolicy(P);`);
+    m.init('');
+    const d = m.decide('t', ANON, batch([
+      ['k1', 'v1', [['t', 'acme'], ['n', null], ['t', 'second']]],
+      [null, null, []],
+      ['', '', [['tt', 'x'], ['t', 'é']]],
+    ], { timestamps: [1733100000000, -5], unaligned }));
+    assert.deepEqual([...d.choices], [0, 0, 0]);
+    assert.deepEqual(globalThis.__views, [
+      ['k1', 'v1', 1733100000000, [['t', 'acme'], ['n', null], ['t', 'second']], 'acme', true, null, null, 'k1', 'v1'],
+      [null, null, -5, [], null, false, null, null, null, null],
+      ['', '', 1002, [['tt', 'x'], ['t', 'é']], 'é', false, null, null, '', ''],
+    ]);
+  });
+}
 
 test('client, memo and the default reveal', async () => {
   const m = await load(SDK_IMPORT + `

@@ -104,23 +104,31 @@ def pack(decided: Any, n: int) -> Any:
         got = "a non-list" if decided is None else f"{len(decided)} decisions"
         d = Decision.reject(f"policy decide() returned {got} for {n} records")
         return wit.Decisions(distinct=[_decision(d)], choices=[0] * n)
+    # Policies return the same Decision object for records that decide alike, so most records are
+    # found by identity (the previous record's, or `by_object`, keyed by id() while `decided`
+    # holds every object) without hashing the decision's contents.
+    by_object: Dict[int, int] = {}
     index: Dict[Any, int] = {}
     distinct: List[Any] = []
     choices = [0] * n
     last = None
     last_i = 0
-    for i, d in enumerate(decided):
-        if d is last:
+    for i, given in enumerate(decided):
+        if given is last:
             choices[i] = last_i
             continue
-        if not isinstance(d, Decision):
-            d = Decision.reject(f"policy decide() returned {type(d).__name__}, not Decision")
-        j = index.get(d._k)
+        j = by_object.get(id(given))
         if j is None:
-            j = len(distinct)
-            index[d._k] = j
-            distinct.append(_decision(d))
+            d = given
+            if not isinstance(d, Decision):
+                d = Decision.reject(f"policy decide() returned {type(d).__name__}, not Decision")
+            j = index.get(d._k)
+            if j is None:
+                j = len(distinct)
+                index[d._k] = j
+                distinct.append(_decision(d))
+            by_object[id(given)] = j
         choices[i] = j
-        last = d
+        last = given
         last_i = j
     return wit.Decisions(distinct=distinct, choices=choices)

@@ -386,73 +386,114 @@ def _encoded(name: str) -> bytes:
     return b
 
 
+# Layout of ``batch-view`` (wit/policy.wit): per record eight little-endian u32 words (key offset
+# and length, value offset and length, first header index, header count, timestamp as an s64),
+# per header four (key offset and length, value offset and length). A length of _ABSENT is a
+# null or not-asked-for part.
+_ABSENT = 0xFFFFFFFF
+
+
+class _Batch:
+    """The descriptors of one batch as u32 (and s64) views over the bytes Kapsule passed: no
+    per-record object exists until a policy asks for one."""
+
+    __slots__ = ("data", "records", "timestamps", "headers", "count")
+
+    def __init__(self, batch: Any) -> None:
+        self.data = batch.data
+        raw = memoryview(batch.records)
+        self.count = len(raw) // 32
+        raw = raw[:self.count * 32]
+        self.records = raw.cast("I")  # Wasm is little-endian, as the layout is
+        self.timestamps = raw.cast("q")
+        hraw = memoryview(batch.headers)
+        self.headers = hraw[:len(hraw) // 16 * 16].cast("I")
+
+    def part(self, w: Any, at: int) -> Optional[bytes]:
+        n = w[at + 1]
+        if n == _ABSENT:
+            return None
+        o = w[at]
+        return self.data[o:o + n]
+
+
 class RecordView:
     """The parts of one record the topic plan asked for, read lazily from the batch.
 
     Parts not asked for are ``None`` / empty whatever the record holds.
     """
 
-    __slots__ = ("_data", "_rec", "_hdrs")
+    __slots__ = ("_b", "_i")
 
-    def __init__(self, data: bytes, rec: Any, hdrs: Any) -> None:
-        self._data = data
-        self._rec = rec
-        self._hdrs = hdrs
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._b = batch
+        self._i = index
 
     @staticmethod
     def _views(batch: Any) -> List["RecordView"]:
-        data = batch.data
-        hdrs = batch.headers
-        return [RecordView(data, r, hdrs) for r in batch.records]
-
-    def _bytes(self, span: Any) -> Optional[bytes]:
-        if span is None:
-            return None
-        return self._data[span.offset:span.offset + span.len]
+        b = _Batch(batch)
+        return [RecordView(b, i) for i in range(b.count)]
 
     @property
     def key(self) -> Optional[bytes]:
         """Record key; ``None`` for a null key or when not asked for."""
-        return self._bytes(self._rec.key)
+        b = self._b
+        return b.part(b.records, self._i << 3)
 
     @property
     def value(self) -> Optional[bytes]:
         """Record value; ``None`` for a tombstone or when not asked for."""
-        return self._bytes(self._rec.value)
+        b = self._b
+        return b.part(b.records, (self._i << 3) + 2)
 
     @property
     def timestamp(self) -> int:
         """Timestamp in milliseconds since the Unix epoch, as the producer set it."""
-        return self._rec.timestamp
+        return self._b.timestamps[(self._i << 2) + 3]
+
+    def _header_words(self) -> range:
+        """Indexes (into the header words) of this record's header descriptors."""
+        w = self._b.records
+        at = self._i << 3
+        start = w[at + 4]
+        return range(start << 2, (start + w[at + 5]) << 2, 4)
 
     @property
     def headers(self) -> List[Header]:
         """Headers in wire order, as ``(key, value)`` pairs; empty when not asked for."""
-        start = self._rec.headers_start
-        return [(self._data[h.key.offset:h.key.offset + h.key.len], self._bytes(h.value))
-                for h in self._hdrs[start:start + self._rec.headers_len]]
+        b = self._b
+        hw = b.headers
+        data = b.data
+        return [(data[hw[j]:hw[j] + hw[j + 1]], b.part(hw, j + 2))
+                for j in self._header_words() if j + 3 < len(hw)]
 
-    def _find(self, name: str) -> Any:
-        """The first header named ``name`` (its generated ``HeaderView``), or ``None``."""
+    def _find(self, name: str) -> int:
+        """Index of the header words of the first header named ``name``, or -1."""
+        b = self._b
+        w = b.records
+        at = self._i << 3
+        count = w[at + 5]
+        if not count:
+            return -1
         want = _encoded(name)
         n = len(want)
-        data = self._data
-        rec = self._rec
-        hdrs = self._hdrs
-        for i in range(rec.headers_start, rec.headers_start + rec.headers_len):
-            h = hdrs[i]
-            k = h.key
-            if k.len == n and data.startswith(want, k.offset):
-                return h
-        return None
+        data = b.data
+        hw = b.headers
+        j = w[at + 4] << 2
+        end = min(j + (count << 2), len(hw))
+        while j < end:
+            if hw[j + 1] == n and data.startswith(want, hw[j]):
+                return j
+            j += 4
+        return -1
 
     def header(self, name: str) -> Optional[bytes]:
         """Value of the first header named ``name``, if present and not null."""
-        h = self._find(name)
-        if h is None:
+        j = self._find(name)
+        if j < 0:
             return None
-        v = h.value
-        return None if v is None else self._data[v.offset:v.offset + v.len]
+        b = self._b
+        return b.part(b.headers, j + 2)
 
     def header_str(self, name: str) -> Optional[str]:
         """As :meth:`header`, decoded as UTF-8 (``None`` if absent, null or not UTF-8)."""
@@ -466,7 +507,7 @@ class RecordView:
 
     def has_header(self, name: str) -> bool:
         """Whether a header named ``name`` is present (even with a null value)."""
-        return self._find(name) is not None
+        return self._find(name) >= 0
 
     def key_str(self) -> Optional[str]:
         """The key as UTF-8 text, if present and valid."""

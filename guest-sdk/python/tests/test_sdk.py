@@ -7,6 +7,7 @@ the generated WIT types, so a conversion mistake shows up here before a module i
 
 import importlib
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,24 +41,25 @@ def load_example(name):
 
 
 def batch(records):
-    """A generated ``BatchView`` from ``[(key, value, [(hkey, hvalue), ...]), ...]``."""
+    """A generated ``BatchView`` in Kapsule's flat layout (wit/policy.wit) from
+    ``[(key, value, [(hkey, hvalue), ...]), ...]``; timestamps are 1000 + the record's index."""
     data = bytearray()
+    absent = 0xFFFFFFFF
 
     def span(b):
         if b is None:
-            return None
-        s = wit.Span(len(data), len(b))
+            return struct.pack("<II", 0, absent)
+        s = struct.pack("<II", len(data), len(b))
         data.extend(b)
         return s
 
-    views, headers = [], []
-    for key, value, hdrs in records:
-        k, v = span(key), span(value)
-        start = len(headers)
+    descriptors, headers = bytearray(), bytearray()
+    for i, (key, value, hdrs) in enumerate(records):
+        descriptors += span(key) + span(value)
+        descriptors += struct.pack("<IIq", len(headers) // 16, len(hdrs), 1000 + i)
         for hk, hv in hdrs:
-            headers.append(wit.HeaderView(span(hk), span(hv)))
-        views.append(wit.RecordView(k, v, start, len(hdrs), 0))
-    return wit.BatchView(bytes(data), views, headers)
+            headers += span(hk) + span(hv)
+    return wit.BatchView(bytes(data), bytes(descriptors), bytes(headers))
 
 
 ANON = wit.Client(None)
@@ -104,6 +106,39 @@ class Sdk(unittest.TestCase):
         self.assertEqual(d.choices, [0, 0])
         self.assertEqual(d.distinct[0].value.key_id, "k-alice")
         self.assertIsInstance(w.reveal("t", ANALYTICS), wit.Reveal_All)
+
+    def test_record_views_read_the_flat_batch(self):
+        from kapsule_policy import Decision, Needs, Policy, TopicPlan
+        seen = []
+
+        class P(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic, client):
+                return TopicPlan.per_record(Needs(key=True, value=True, headers=True))
+
+            def decide(self, topic, client, records):
+                for r in records:
+                    seen.append((r.key, r.value, r.timestamp, r.headers, r.header("t"),
+                                 r.header_str("t"), r.has_header("n"), r.header("n"),
+                                 r.header("missing"), r.key_str(), r.value_str()))
+                return [Decision.PASS] * len(records)
+
+        w = self.world(P)
+        d = w.decide("t", ANON, batch([
+            (b"k1", b"v1", [(b"t", b"acme"), (b"n", None), (b"t", b"second")]),
+            (None, None, []),
+            (b"\xff", b"", [(b"tt", b"x"), (b"t", b"\xfe")]),
+        ]))
+        self.assertEqual(d.choices, [0, 0, 0])
+        self.assertEqual(seen, [
+            (b"k1", b"v1", 1000, [(b"t", b"acme"), (b"n", None), (b"t", b"second")], b"acme",
+             "acme", True, None, None, "k1", "v1"),
+            (None, None, 1001, [], None, None, False, None, None, None, None),
+            (b"\xff", b"", 1002, [(b"tt", b"x"), (b"t", b"\xfe")], b"\xfe", None, False, None,
+             None, None, ""),
+        ])
 
     def test_memo_variants(self):
         from kapsule_policy import Memo, Needs, TopicPlan

@@ -50,7 +50,7 @@ export const { init, plan, reveal } = sdk;
 
 /** The SDK's decide, with answers the SDK would never build for the malformed modes. */
 export function decide(topic, client, batch) {
-  const n = batch.records.length;
+  const n = batch.records.length / 32; // one 32-byte descriptor per record
   if (mode === 'trap-decide') throw new Error('hostile policy throws past the SDK');
   if (mode === 'wrong-count') return { distinct: [{ tag: 'pass' }], choices: new Uint32Array(n + 1) };
   if (mode === 'bad-index') return { distinct: [{ tag: 'pass' }], choices: new Uint32Array(n).fill(7) };

@@ -1,7 +1,8 @@
 // tenant-keys (JavaScript): encrypts each record under its tenant's key, the tenant from a header.
 //
 // Config (JSON, every field optional):
-//   {"header": "tenant", "key_prefix": "tenant-", "on_missing": "reject", "record_key": false}
+//   {"header": "tenant", "key_prefix": "tenant-", "on_missing": "reject", "record_key": false,
+//    "memo": true}
 // A record with header `tenant: acme` is encrypted (whole value) under key `tenant-acme`. Tenant
 // names must be 1 to 64 characters of [A-Za-z0-9_-]; others are refused. Records without the header
 // are refused (on_missing "reject", default) or passed ("pass").
@@ -9,10 +10,11 @@
 // The plan declares `memo: Memo.header(<header>)`: the decision depends only on that header, so
 // Kapsule asks `decide` once per tenant it has not seen and reuses the answer for every other
 // record of that tenant (about 100 ns per record instead of a JavaScript call per record).
+// `"memo": false` makes every record be decided (to compare).
 import { Decision, Encrypt, Memo, Needs, TopicPlan, exportPolicy } from 'kapsule-policy';
 
 const VALID_TENANT = /^[A-Za-z0-9_-]{1,64}$/;
-const KNOWN = new Set(['header', 'key_prefix', 'on_missing', 'record_key']);
+const KNOWN = new Set(['header', 'key_prefix', 'on_missing', 'record_key', 'memo']);
 
 class TenantKeys {
   constructor(config) {
@@ -30,13 +32,14 @@ class TenantKeys {
     }
     if (!this.header) throw new Error('tenant-keys config: `header` is empty');
     this.recordKey = !!c.record_key;
+    this.memo = (c.memo ?? true) ? Memo.header(this.header) : Memo.NONE;
     this.missing = onMissing === 'pass' ? Decision.PASS : Decision.reject(`record has no \`${this.header}\` header`);
     this.invalid = Decision.reject(`header \`${this.header}\` is not a valid tenant name ([A-Za-z0-9_-], 1 to 64)`);
     this.byTenant = new Map(); // tenant -> the same Decision object for every record of a tenant
   }
 
   plan(_topic, _client) {
-    return TopicPlan.perRecord(new Needs({ headers: true }), Memo.header(this.header));
+    return TopicPlan.perRecord(new Needs({ headers: true }), this.memo);
   }
 
   decide(_topic, _client, records) {

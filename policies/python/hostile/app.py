@@ -65,7 +65,7 @@ class WitWorld(_Exports):
         if mode in ("wrong-count", "bad-index"):
             from wit_world.imports import types as wit
 
-            n = len(batch.records)
+            n = len(batch.records) // 32  # one 32-byte descriptor per record
             choices = [0] * (n + 1) if mode == "wrong-count" else [7] * n
             return wit.Decisions(distinct=[wit.Decision_Pass()], choices=choices)
         return super().decide(topic, client, batch)

@@ -1,7 +1,8 @@
 """tenant-keys (Python): encrypts each record under its tenant's key, the tenant from a header.
 
 Config (JSON, every field optional):
-``{"header": "tenant", "key_prefix": "tenant-", "on_missing": "reject", "record_key": false}``
+``{"header": "tenant", "key_prefix": "tenant-", "on_missing": "reject", "record_key": false,
+"memo": true}``
 
 A record with header ``tenant: acme`` is encrypted (whole value) under key ``tenant-acme``. Tenant
 names must be 1 to 64 characters of ``[A-Za-z0-9_-]``; others are refused. Records without the
@@ -10,6 +11,7 @@ header are refused (``on_missing: "reject"``, default) or passed (``"pass"``).
 The plan declares ``memo=Memo.header(<header>)``: the decision depends only on that header, so
 Kapsule asks ``decide`` once per tenant it has not seen and reuses the answer for every other
 record of that tenant (about 100 ns per record instead of a Python call per record).
+``"memo": false`` makes every record be decided (to compare).
 """
 
 import json
@@ -18,7 +20,7 @@ import re
 from kapsule_policy import Decision, Encrypt, Memo, Needs, Policy, TopicPlan, export
 
 VALID_TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
-KNOWN = {"header", "key_prefix", "on_missing", "record_key"}
+KNOWN = {"header", "key_prefix", "on_missing", "record_key", "memo"}
 
 
 class TenantKeys(Policy):
@@ -37,6 +39,7 @@ class TenantKeys(Policy):
         if not self.header:
             raise ValueError("tenant-keys config: `header` is empty")
         self.record_key = bool(c.get("record_key", False))
+        self.memo = Memo.header(self.header) if c.get("memo", True) else Memo.NONE
         self.missing = (Decision.PASS if on_missing == "pass"
                         else Decision.reject(f"record has no `{self.header}` header"))
         self.invalid = Decision.reject(
@@ -44,7 +47,7 @@ class TenantKeys(Policy):
         self.by_tenant = {}  # tenant -> Decision; the same object for every record of a tenant
 
     def plan(self, topic, client) -> TopicPlan:
-        return TopicPlan.per_record(Needs(headers=True), memo=Memo.header(self.header))
+        return TopicPlan.per_record(Needs(headers=True), memo=self.memo)
 
     def decide(self, topic, client, records):
         out = []

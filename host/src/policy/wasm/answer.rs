@@ -199,9 +199,22 @@ pub(super) fn reveal(c: &Caller<'_>, raw: wit::Reveal) -> Result<Reveal, PolicyE
     })
 }
 
+/// Bytes of one record descriptor in `batch-view.records` (see `wit/policy.wit`).
+pub(super) const RECORD_DESCRIPTOR_LEN: usize = 32;
+/// Bytes of one header descriptor in `batch-view.headers`.
+pub(super) const HEADER_DESCRIPTOR_LEN: usize = 16;
+/// The length that marks an absent key, value or header value (null, or not asked for).
+pub(super) const ABSENT: u32 = u32::MAX;
+
+/// Number of records of a batch view.
+pub(super) fn record_count(batch: &wit::BatchView) -> usize {
+    batch.records.len() / RECORD_DESCRIPTOR_LEN
+}
+
 /// Lays out the parts `needs` asks for as one flat batch view: the bytes in one buffer, records
-/// and headers as spans into it. Errors (a batch over 4 GiB of needed bytes) are not expected
-/// from Kafka's frame limits but are reported rather than truncated.
+/// and headers as fixed-size little-endian descriptors pointing into it (`wit/policy.wit`).
+/// Errors (a batch over 4 GiB of needed bytes) are not expected from Kafka's frame limits but
+/// are reported rather than truncated.
 pub(super) fn batch_view<'r>(
     records: impl Iterator<Item = &'r Record> + Clone,
     base_timestamp: i64,
@@ -225,55 +238,99 @@ pub(super) fn batch_view<'r>(
             }
         }
     }
-    if u32::try_from(size).is_err() || u32::try_from(header_count).is_err() {
+    // Offsets and lengths are u32 and `ABSENT` is reserved.
+    if size >= ABSENT as usize || u32::try_from(header_count).is_err() {
         return Err(format!(
             "batch too large to show the policy ({size} bytes, {header_count} headers; limit 4 GiB)"
         ));
     }
     let mut data = Vec::with_capacity(size);
-    let mut push = |bytes: &[u8]| -> wit::Span {
-        let span = wit::Span {
-            offset: data.len() as u32,
-            len: bytes.len() as u32,
+    let mut descriptors = Vec::with_capacity(count * RECORD_DESCRIPTOR_LEN);
+    let mut headers = Vec::with_capacity(header_count * HEADER_DESCRIPTOR_LEN);
+    // Appends `bytes` (or nothing for an absent part) and writes its offset and length.
+    fn span(data: &mut Vec<u8>, out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+        let (offset, len) = match bytes {
+            Some(b) => {
+                let at = data.len() as u32;
+                data.extend_from_slice(b);
+                (at, b.len() as u32)
+            }
+            None => (0, ABSENT),
         };
-        data.extend_from_slice(bytes);
-        span
-    };
-    let mut headers = Vec::with_capacity(header_count);
-    let mut views = Vec::with_capacity(count);
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    let mut headers_start = 0u32;
     for r in records {
-        let key = if needs.key {
-            r.key.as_deref().map(&mut push)
-        } else {
-            None
-        };
-        let value = if needs.value {
-            r.value.as_deref().map(&mut push)
-        } else {
-            None
-        };
-        let headers_start = headers.len() as u32;
+        span(
+            &mut data,
+            &mut descriptors,
+            r.key.as_deref().filter(|_| needs.key),
+        );
+        span(
+            &mut data,
+            &mut descriptors,
+            r.value.as_deref().filter(|_| needs.value),
+        );
+        let mut headers_len = 0u32;
         if needs.headers {
             for h in &r.headers {
-                headers.push(wit::HeaderView {
-                    key: push(&h.key),
-                    value: h.value.as_deref().map(&mut push),
-                });
+                span(&mut data, &mut headers, Some(&h.key));
+                span(&mut data, &mut headers, h.value.as_deref());
+                headers_len += 1;
             }
         }
-        views.push(wit::RecordView {
-            key,
-            value,
-            headers_start,
-            headers_len: headers.len() as u32 - headers_start,
-            timestamp: base_timestamp.wrapping_add(r.timestamp_delta),
-        });
+        descriptors.extend_from_slice(&headers_start.to_le_bytes());
+        descriptors.extend_from_slice(&headers_len.to_le_bytes());
+        let timestamp = base_timestamp.wrapping_add(r.timestamp_delta);
+        descriptors.extend_from_slice(&timestamp.to_le_bytes());
+        headers_start += headers_len;
     }
     Ok(wit::BatchView {
         data,
-        records: views,
+        records: descriptors,
         headers,
     })
+}
+
+/// The same batch in the `kapsule:policy@0.1.0` layout (spans and per-record views), for 0.1
+/// modules. `batch` is one [`batch_view`] built, so every descriptor is whole and in range.
+pub(super) fn batch_view_v0_1(
+    batch: &wit::BatchView,
+) -> super::bindings_v0_1::kapsule::policy::types::BatchView {
+    use super::bindings_v0_1::kapsule::policy::types as v1;
+    let word = |d: &[u8], i: usize| u32::from_le_bytes(d[i * 4..i * 4 + 4].try_into().unwrap());
+    let span = |d: &[u8], i: usize| {
+        let len = word(d, i + 1);
+        (len != ABSENT).then(|| v1::Span {
+            offset: word(d, i),
+            len,
+        })
+    };
+    let headers = batch
+        .headers
+        .chunks_exact(HEADER_DESCRIPTOR_LEN)
+        .map(|h| v1::HeaderView {
+            key: span(h, 0).unwrap_or(v1::Span { offset: 0, len: 0 }),
+            value: span(h, 2),
+        })
+        .collect();
+    let records = batch
+        .records
+        .chunks_exact(RECORD_DESCRIPTOR_LEN)
+        .map(|r| v1::RecordView {
+            key: span(r, 0),
+            value: span(r, 2),
+            headers_start: word(r, 4),
+            headers_len: word(r, 5),
+            timestamp: i64::from_le_bytes(r[24..32].try_into().unwrap()),
+        })
+        .collect();
+    v1::BatchView {
+        data: batch.data.clone(),
+        records,
+        headers,
+    }
 }
 
 /// Cuts an over-long reject message at a character boundary.
@@ -286,4 +343,134 @@ pub(super) fn truncate_msg(s: String) -> String {
         cut -= 1;
     }
     format!("{}…", &s[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kafka::records::RecordHeader;
+
+    fn record(key: Option<&str>, value: Option<&str>, headers: &[(&str, Option<&str>)]) -> Record {
+        Record {
+            attributes: 0,
+            timestamp_delta: 7,
+            offset_delta: 0,
+            key: key.map(|k| Bytes::from(k.to_string())),
+            value: value.map(|v| Bytes::from(v.to_string())),
+            headers: headers
+                .iter()
+                .map(|(k, v)| RecordHeader {
+                    key: Bytes::from(k.to_string()),
+                    value: v.map(|v| Bytes::from(v.to_string())),
+                })
+                .collect(),
+        }
+    }
+
+    fn word(d: &[u8], i: usize) -> u32 {
+        u32::from_le_bytes(d[i * 4..i * 4 + 4].try_into().unwrap())
+    }
+
+    /// The part named by the (offset, length) words `i`, `i + 1` of a descriptor.
+    fn part<'a>(data: &'a [u8], d: &[u8], i: usize) -> Option<&'a [u8]> {
+        let len = word(d, i + 1);
+        (len != ABSENT).then(|| &data[word(d, i) as usize..(word(d, i) + len) as usize])
+    }
+
+    #[test]
+    fn batch_view_lays_out_descriptors_as_the_wit_documents() {
+        let records = [
+            record(Some("k1"), Some("v1"), &[("t", Some("acme")), ("n", None)]),
+            record(None, None, &[]),
+            record(Some(""), Some(""), &[("t", Some(""))]),
+        ];
+        let all = Needs {
+            key: true,
+            value: true,
+            headers: true,
+        };
+        let b = batch_view(records.iter(), -10, all).unwrap();
+        assert_eq!(record_count(&b), 3);
+        assert_eq!(b.records.len(), 3 * RECORD_DESCRIPTOR_LEN);
+        assert_eq!(b.headers.len(), 3 * HEADER_DESCRIPTOR_LEN);
+        let rec = |i: usize| &b.records[i * RECORD_DESCRIPTOR_LEN..(i + 1) * RECORD_DESCRIPTOR_LEN];
+        let hdr = |i: usize| &b.headers[i * HEADER_DESCRIPTOR_LEN..(i + 1) * HEADER_DESCRIPTOR_LEN];
+        let d = &b.data[..];
+        assert_eq!(
+            (part(d, rec(0), 0), part(d, rec(0), 2)),
+            (Some(&b"k1"[..]), Some(&b"v1"[..]))
+        );
+        assert_eq!((word(rec(0), 4), word(rec(0), 5)), (0, 2));
+        assert_eq!(i64::from_le_bytes(rec(0)[24..].try_into().unwrap()), -3);
+        assert_eq!(
+            (part(d, hdr(0), 0), part(d, hdr(0), 2)),
+            (Some(&b"t"[..]), Some(&b"acme"[..]))
+        );
+        assert_eq!(
+            (part(d, hdr(1), 0), part(d, hdr(1), 2)),
+            (Some(&b"n"[..]), None)
+        );
+        // Null key and tombstone are absent; empty ones are present and empty.
+        assert_eq!((part(d, rec(1), 0), part(d, rec(1), 2)), (None, None));
+        assert_eq!((word(rec(1), 4), word(rec(1), 5)), (2, 0));
+        assert_eq!(
+            (part(d, rec(2), 0), part(d, rec(2), 2)),
+            (Some(&b""[..]), Some(&b""[..]))
+        );
+        assert_eq!((word(rec(2), 4), word(rec(2), 5)), (2, 1));
+        assert_eq!(part(d, hdr(2), 2), Some(&b""[..]));
+
+        // Parts not asked for are absent and take no bytes.
+        let headers_only = Needs {
+            key: false,
+            value: false,
+            headers: true,
+        };
+        let h = batch_view(records.iter(), 0, headers_only).unwrap();
+        assert_eq!(h.data, b"tacment".to_vec());
+        assert_eq!(part(&h.data, &h.records[..32], 0), None);
+        assert_eq!(part(&h.data, &h.records[..32], 2), None);
+        let none = batch_view(records.iter(), 0, Needs::default()).unwrap();
+        assert!(none.data.is_empty() && none.headers.is_empty());
+        assert_eq!(record_count(&none), 3);
+        assert_eq!(word(&none.records[64..], 5), 0);
+    }
+
+    #[test]
+    fn a_v0_1_batch_carries_the_same_parts_as_spans() {
+        let records = [
+            record(Some("k"), None, &[("t", Some("acme")), ("n", None)]),
+            record(None, Some("v"), &[]),
+        ];
+        let all = Needs {
+            key: true,
+            value: true,
+            headers: true,
+        };
+        let b = batch_view(records.iter(), 100, all).unwrap();
+        let v1 = batch_view_v0_1(&b);
+        assert_eq!(v1.data, b.data);
+        let text = |s: Option<super::super::bindings_v0_1::kapsule::policy::types::Span>| {
+            s.map(|s| &v1.data[s.offset as usize..(s.offset + s.len) as usize])
+        };
+        assert_eq!(v1.records.len(), 2);
+        assert_eq!(text(v1.records[0].key), Some(&b"k"[..]));
+        assert_eq!(text(v1.records[0].value), None);
+        assert_eq!(text(v1.records[1].key), None);
+        assert_eq!(text(v1.records[1].value), Some(&b"v"[..]));
+        assert_eq!(
+            (v1.records[0].headers_start, v1.records[0].headers_len),
+            (0, 2)
+        );
+        assert_eq!(
+            (v1.records[1].headers_start, v1.records[1].headers_len),
+            (2, 0)
+        );
+        assert_eq!(v1.records[1].timestamp, 107);
+        assert_eq!(text(Some(v1.headers[0].key)), Some(&b"t"[..]));
+        assert_eq!(text(v1.headers[0].value), Some(&b"acme"[..]));
+        assert_eq!(text(v1.headers[1].value), None);
+    }
 }

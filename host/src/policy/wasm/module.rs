@@ -12,6 +12,7 @@ use wasmtime::{Store, Trap};
 
 use super::answer::{self, TopicEntry};
 use super::bindings::kapsule::policy::types as wit;
+use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
 use super::host::{HostState, LogSink};
 use super::keyed::TopicPrincipalMap;
 use super::memo::{Grouped, MemoCache, Pending};
@@ -505,13 +506,16 @@ impl LoadedModule {
         principal: Option<&Principal>,
         batch: &wit::BatchView,
     ) -> Result<wit::Decisions, CallError> {
-        let budget = self.runtime.limits.decide_budget(batch.records.len());
+        let budget = self
+            .runtime
+            .limits
+            .decide_budget(answer::record_count(batch));
         self.with_instance(budget, |store, ex| {
             let (raw,) = match self.version {
                 WitVersion::V0_1 => ex
                     .decide
-                    .typed::<(&str, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
-                    .call(&mut *store, (topic, batch))?,
+                    .typed::<(&str, &V0_1BatchView), (lift::RawDecisions,)>(&*store)?
+                    .call(&mut *store, (topic, &answer::batch_view_v0_1(batch)))?,
                 WitVersion::V0_2 => ex
                     .decide
                     .typed::<(&str, &wit::Client, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
@@ -559,7 +563,7 @@ impl DecideCall {
     /// Runs the guest's `decide` (blocking, bounded by the batch's deadline) and validates its
     /// answer: one decision per record, in order. Failures are accounted to `c`.
     pub(crate) fn run(self: Box<Self>, c: &Caller<'_>) -> Result<Vec<RecordDecision>, PolicyError> {
-        let n = self.batch.records.len();
+        let n = answer::record_count(&self.batch);
         let started = Instant::now();
         let raw = self
             .module

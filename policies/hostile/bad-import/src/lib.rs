@@ -1,7 +1,7 @@
 //! TEST ONLY: implements the policy world but also imports `steal-secrets`, which the Kapsule
 //! sandbox does not provide; loading it must be refused at link time.
 
-// Generated bindings: the flat batch-view record lowers to 8 scalar arguments.
+// Generated bindings: the flat batch-view record lowers to many scalar arguments.
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
@@ -24,7 +24,7 @@ impl Guest for BadImport {
     fn decide(_topic: String, _client: Client, batch: BatchView) -> Decisions {
         Decisions {
             distinct: vec![kapsule::policy::types::Decision::Pass],
-            choices: vec![0; batch.records.len()],
+            choices: vec![0; batch.records.len() / 32],
         }
     }
 
