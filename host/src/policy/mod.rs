@@ -70,8 +70,9 @@ pub enum PolicyError {
     },
     /// The guest ran past its call deadline.
     #[error(
-        "policy {binding} exceeded its {timeout_ms} ms call deadline; the instance was discarded \
-         (raise policy.limits.call_timeout_ms if the policy is legitimately slow)"
+        "policy {binding} exceeded its {timeout_ms} ms call deadline (CPU time; 8 times that plus \
+         100 ms while waiting for a CPU); the instance was discarded (raise \
+         policy.limits.call_timeout_ms if the policy is legitimately slow)"
     )]
     Deadline {
         /// Which binding.

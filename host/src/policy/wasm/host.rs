@@ -17,6 +17,8 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    /// The time budget of the call running now.
+    pub(crate) clock: super::deadline::CallClock,
     log: Arc<LogSink>,
 }
 
@@ -26,6 +28,7 @@ impl HostState {
             wasi: deny_all_wasi(&log),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(max_memory_bytes),
+            clock: Default::default(),
             log,
         }
     }

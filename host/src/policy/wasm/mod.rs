@@ -7,8 +7,9 @@
 //!   first instance and runs `init`; any failure refuses the module. This is slow (milliseconds
 //!   to seconds) and never runs on the request path.
 //! - A [`LoadedModule`] owns a pool of initialized instances. A call checks one out, runs with a
-//!   fresh epoch deadline, and checks it back in. A call that traps, runs past its deadline, or
-//!   exhausts memory discards the instance; the next call builds a fresh one.
+//!   fresh deadline, and checks it back in. A call that traps, runs past its deadline, or
+//!   exhausts memory discards the instance; the next call builds a fresh one. Deadlines count the
+//!   CPU time the call uses, with a wall-clock backstop ([`deadline`]).
 //!
 //! All calls are synchronous and may block for up to the call deadline (plus instance creation on
 //! a cold pool): async callers run them on `tokio::task::spawn_blocking` (see
@@ -16,6 +17,7 @@
 
 mod answer;
 mod cache;
+mod deadline;
 pub use cache::default_dir as default_cache_dir;
 #[cfg(test)]
 pub(crate) use cache::CacheOutcome;

@@ -13,10 +13,11 @@ use wasmtime::{Store, Trap};
 use super::answer::{self, TopicEntry};
 use super::bindings::kapsule::policy::types as wit;
 use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
+use super::deadline::CallClock;
 use super::host::{HostState, LogSink};
 use super::keyed::TopicPrincipalMap;
 use super::memo::{Grouped, MemoCache, Pending};
-use super::{lift, Caller, WasmRuntime, WitVersion, TICK};
+use super::{lift, Caller, WasmRuntime, WitVersion};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::policy::PolicyError;
@@ -341,7 +342,8 @@ impl LoadedModule {
             HostState::new(limits.memory_bytes, self.log.clone()),
         );
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // Deadlines count the CPU time of the call (see `deadline`).
+        store.epoch_deadline_callback(|ctx| Ok(ctx.data().clock.on_deadline()));
         store
     }
 
@@ -350,7 +352,9 @@ impl LoadedModule {
         let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut store = self.new_store();
-        store.set_epoch_deadline(ticks(limits.init_timeout));
+        let clock = CallClock::start(limits.init_timeout);
+        store.data_mut().clock = clock;
+        store.set_epoch_deadline(clock.first_deadline());
         let init_failed = |store: &Store<HostState>, e| {
             classify(store, e, limits.init_timeout, limits.memory_bytes)
         };
@@ -448,7 +452,9 @@ impl LoadedModule {
         let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut inst = self.checkout()?;
-        inst.store.set_epoch_deadline(ticks(budget));
+        let clock = CallClock::start(budget);
+        inst.store.data_mut().clock = clock;
+        inst.store.set_epoch_deadline(clock.first_deadline());
         // A refused growth in an earlier, successful call must not colour this call's trap.
         inst.store.data_mut().limiter.start_call();
         let (result, too_large) =
@@ -580,13 +586,6 @@ impl DecideCall {
             None => decided,
         })
     }
-}
-
-/// Epoch ticks for a deadline, rounded up, plus one so a call that starts just before a tick
-/// still gets at least its full time.
-fn ticks(d: Duration) -> u64 {
-    let t = d.as_micros().div_ceil(TICK.as_micros());
-    u64::try_from(t).unwrap_or(u64::MAX / 2).saturating_add(1)
 }
 
 /// Maps a wasmtime error to what happened: deadline, memory exhaustion or another trap.
