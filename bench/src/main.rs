@@ -171,7 +171,7 @@ impl Front {
     /// Kapsule's log so far (None for the other fronts).
     fn kapsule_log(&self) -> Option<String> {
         match self {
-            Front::Kapsule(k) => Some(k.logs()),
+            Front::Kapsule(k) => Some(kapsule_integration::tls::strip_ansi(&k.logs())),
             Front::Raw(k) => Some(k.logs()),
             _ => None,
         }

@@ -81,7 +81,7 @@ pub(crate) fn ticks(d: Duration) -> u64 {
 
 /// CPU time the calling thread has used so far.
 #[allow(unsafe_code)]
-fn thread_cpu_time() -> Duration {
+pub(crate) fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

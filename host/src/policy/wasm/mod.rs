@@ -21,6 +21,7 @@ mod deadline;
 pub use cache::default_dir as default_cache_dir;
 #[cfg(test)]
 pub(crate) use cache::CacheOutcome;
+pub(crate) use deadline::thread_cpu_time;
 pub(crate) mod host;
 mod keyed;
 mod lift;
