@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime};
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
 use kapsule_integration::policy_fixtures::repo_root;
 use kapsule_integration::records::ConsumedRecord;
-use kapsule_integration::tls::{ck_ssl, kp_consume_tls, Issued, KeyKind, Pki, RawKapsule};
-use kapsule_integration::{kapsule::kapsule_bin, Tansu, TestRecord};
+use kapsule_integration::sasl::{SaslTansu, SaslUser, Scram};
+use kapsule_integration::tls::{ck_ssl, kp_consume_tls, KeyKind, Pki, RawKapsule};
+use kapsule_integration::{kapsule::kapsule_bin, unique_name, Tansu, TestRecord};
 use serde_json::Value;
 
 use crate::common::{assert_records_match, ck_consume, ck_produce};
@@ -462,76 +463,74 @@ fn pii_markers() -> Vec<Vec<u8>> {
     PII_MARKERS.iter().map(|m| m.as_bytes().to_vec()).collect()
 }
 
-/// Who may read, with the pii-fields example of `lang` bound in a Kapsule that takes the
-/// principal from the client certificate's CN: `app` produces; at rest the PII members are
-/// ciphertext; `app` and a client without certificate read everything in clear (the example's
-/// `reveal` answers ALL to anyone not in `pii_hidden_from` / `hidden_from`, anonymous included);
-/// `analytics` (the example's default hidden principal) reads the PII members as ciphertext.
-async fn pii_fields_reveal_per_principal(lang: Lang) {
+/// `policies/<lang>/pii-fields` built, and its config: Python and JS use their defaults (PII
+/// names at any depth, hidden from `analytics`); C encrypts configured pointers and hides them
+/// from `analytics` by default. `policy check` must report the example's reveal for `analytics`,
+/// `app` and an unauthenticated client (this also compiles the module into the cache Kapsule
+/// loads from).
+async fn checked_pii_module(lang: Lang) -> (PathBuf, &'static str) {
     let module = built(lang, "pii-fields").await;
-    // Python and JS use their defaults (PII names at any depth, hidden from `analytics`); C
-    // encrypts configured pointers and hides them from `analytics` by default.
     let config = if lang == Lang::C {
         "fields=/ssn,/customer/email,/items/0/phone"
     } else {
         ""
     };
-    // The policy's own account of who reads what (this also compiles the module into the cache
-    // the Kapsule below loads from).
     for (principal, reads) in [
-        (
-            Some("analytics"),
-            "on fetch this client reads: no encrypted part in clear",
-        ),
-        (
-            Some("app"),
-            "on fetch this client reads: everything in clear",
-        ),
-        (None, "on fetch this client reads: everything in clear"),
+        (Some("analytics"), "no encrypted part in clear"),
+        (Some("app"), "everything in clear"),
+        (None, "everything in clear"),
     ] {
+        let reads = format!("on fetch this client reads: {reads}");
         let mut a = vec!["--config", config, "--allowed-key-id", "pii-*"];
         a.extend(["--call-timeout-ms", "5000"]);
         a.extend(principal.map(|p| ["--principal", p]).into_iter().flatten());
         let (ok, out) = policy_check(&module, &a).await;
         assert!(ok, "{out}");
         assert!(
-            out.contains(reads),
+            out.contains(&reads),
             "{principal:?}: missing `{reads}` in:\n{out}"
         );
     }
+    (module, config)
+}
 
-    let pki = Pki::new("reveal-poly").unwrap();
-    let server = pki
-        .issue("kapsule", KeyKind::EcPkcs8, false, false)
-        .unwrap();
-    let app = pki.issue("app", KeyKind::EcPkcs8, false, false).unwrap();
-    let analytics = pki
-        .issue("analytics", KeyKind::EcSec1, false, false)
-        .unwrap();
-    let ca = pki.ca_cert();
-    let tansu = Tansu::start().await.expect("start tansu");
-    let kms = LocalKms::new().unwrap();
-    let yaml = format!(
-        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    client_ca_file: \"{}\"\n    require_client_cert: false\n    principal_from: cn\nadmin:\n  listen: \"{{admin}}\"\n{}policy:\n  watch: false\n{LIMITS}  bindings:\n{}",
-        tansu.bootstrap(),
-        server.cert.display(),
-        server.key.display(),
-        ca.display(),
-        kms.yaml(),
-        binding("rpii-", &module, config, &["pii-$${topic}"]),
-    );
-    let kapsule = RawKapsule::start(&yaml).await.expect("start kapsule");
-    let b = &kapsule.listen;
-    let t = topic(&tansu, "rpii-").await;
+/// `policy:` with the pii-fields `module` bound to topics `rpii-*` under the generous limits.
+fn pii_policy(module: &Path, config: &str) -> String {
+    format!(
+        "policy:\n  watch: false\n{LIMITS}  bindings:\n{}",
+        binding("rpii-", module, config, &["pii-$${topic}"])
+    )
+}
+
+/// How the readers of [`produce_as_app_and_check_reveal`] reach Kapsule and the broker: client
+/// script arguments (`--config ...`) of each principal.
+struct Readers<'a> {
+    kapsule: &'a str,
+    app: Vec<String>,
+    analytics: Vec<String>,
+    /// The broker itself (bypassing Kapsule) and the arguments to read it.
+    broker: &'a str,
+    direct: Vec<String>,
+}
+
+/// Produces [`pii_orders`] as `app` to `topic` through Kapsule and checks: at rest the PII
+/// members are ciphertext (the rest of the JSON as produced, `kapsule.enc` on every order with
+/// PII, no PII plaintext anywhere in the stored bytes); `app` reads every record exactly as
+/// produced; `analytics` (confluent-kafka) reads the PII members as stored. Returns the produced
+/// and the stored records.
+async fn produce_as_app_and_check_reveal(
+    r: &Readers<'_>,
+    topic: &str,
+) -> (Vec<TestRecord>, Vec<TestRecord>) {
     let records = pii_orders(8);
     let n = records.len();
-    let ssl = |c: Option<&Issued>| ck_ssl(&ca, c);
+    ck_produce(r.kapsule, topic, &records, &refs(&r.app)).await;
 
-    ck_produce(b, &t, &records, &refs(&ssl(Some(&app)))).await;
-
-    // At rest: PII members ciphertext, the rest of the JSON as produced, a descriptor per order
-    // with PII, no PII plaintext anywhere in the stored bytes.
-    let stored = read_direct(&tansu, &t, n).await;
+    let stored: Vec<TestRecord> = ck_consume(r.broker, topic, n, &refs(&r.direct))
+        .await
+        .into_iter()
+        .map(|c| c.record)
+        .collect();
     assert_eq!(stored.len(), n);
     assert_no_plaintext(&stored, &pii_markers());
     for (i, (p, s)) in records.iter().zip(&stored).take(n - 1).enumerate() {
@@ -544,31 +543,16 @@ async fn pii_fields_reveal_per_principal(lang: Lang) {
         );
     }
 
-    // app: everything exactly as produced.
-    let seen = ck_consume(b, &t, n, &refs(&ssl(Some(&app)))).await;
+    let seen = ck_consume(r.kapsule, topic, n, &refs(&r.app)).await;
     assert_records_match(&records, &seen);
-
-    // analytics: PII members still ciphertext (confluent-kafka and kafka-python).
-    let seen = ck_consume(b, &t, n, &refs(&ssl(Some(&analytics)))).await;
+    let seen = ck_consume(r.kapsule, topic, n, &refs(&r.analytics)).await;
     assert_pii_hidden(&records, &stored, &seen, "analytics (confluent-kafka)");
-    let (seen, errors) = kp_consume_tls(b, &t, n, &ca, Some(&analytics))
-        .await
-        .expect("kp_consume_tls.py");
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_pii_hidden(&records, &stored, &seen, "analytics (kafka-python)");
+    (records, stored)
+}
 
-    // No certificate: what the example reveals to an unauthenticated client, everything.
-    let seen = ck_consume(b, &t, n, &refs(&ssl(None))).await;
-    assert_records_match(&records, &seen);
-    // app again, after analytics' answer was cached: still everything (kafka-python).
-    let (seen, errors) = kp_consume_tls(b, &t, n, &ca, Some(&app))
-        .await
-        .expect("kp_consume_tls.py");
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_records_match(&records, &seen);
-
-    let logs = kapsule.logs();
-    for who in ["app (mTLS)", "analytics (mTLS)"] {
+/// Kapsule's log names each principal (`principal=NAME`, as given) and holds no PII.
+fn assert_principals_logged(logs: &str, principals: &[&str]) {
+    for who in principals {
         assert!(
             logs.contains(&format!("principal={who}")),
             "no `principal={who}` in:\n{logs}"
@@ -577,6 +561,66 @@ async fn pii_fields_reveal_per_principal(lang: Lang) {
     for m in PII_MARKERS {
         assert!(!logs.contains(m), "{m} in the log");
     }
+}
+
+/// Who may read, with the pii-fields example of `lang` bound in a Kapsule that takes the
+/// principal from the client certificate's CN: `app` produces; at rest the PII members are
+/// ciphertext; `app` and a client without certificate read everything in clear (the example's
+/// `reveal` answers ALL to anyone not in `pii_hidden_from` / `hidden_from`, anonymous included);
+/// `analytics` (the example's default hidden principal) reads the PII members as ciphertext
+/// with confluent-kafka and kafka-python.
+async fn pii_fields_reveal_per_principal(lang: Lang) {
+    let (module, config) = checked_pii_module(lang).await;
+    let pki = Pki::new("reveal-poly").unwrap();
+    let server = pki
+        .issue("kapsule", KeyKind::EcPkcs8, false, false)
+        .unwrap();
+    let app = pki.issue("app", KeyKind::EcPkcs8, false, false).unwrap();
+    let analytics = pki
+        .issue("analytics", KeyKind::EcSec1, false, false)
+        .unwrap();
+    let ca = pki.ca_cert();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let yaml = format!(
+        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    client_ca_file: \"{}\"\n    require_client_cert: false\n    principal_from: cn\nadmin:\n  listen: \"{{admin}}\"\n{}{}",
+        tansu.bootstrap(),
+        server.cert.display(),
+        server.key.display(),
+        ca.display(),
+        kms.yaml(),
+        pii_policy(&module, config),
+    );
+    let kapsule = RawKapsule::start(&yaml).await.expect("start kapsule");
+    let b = &kapsule.listen;
+    let t = topic(&tansu, "rpii-").await;
+    let readers = Readers {
+        kapsule: b,
+        app: ck_ssl(&ca, Some(&app)),
+        analytics: ck_ssl(&ca, Some(&analytics)),
+        broker: &tansu.bootstrap(),
+        direct: Vec::new(),
+    };
+    let (records, stored) = produce_as_app_and_check_reveal(&readers, &t).await;
+    let n = records.len();
+
+    let (seen, errors) = kp_consume_tls(b, &t, n, &ca, Some(&analytics))
+        .await
+        .expect("kp_consume_tls.py");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_pii_hidden(&records, &stored, &seen, "analytics (kafka-python)");
+
+    // No certificate: what the example reveals to an unauthenticated client, everything.
+    let seen = ck_consume(b, &t, n, &refs(&ck_ssl(&ca, None))).await;
+    assert_records_match(&records, &seen);
+    // app again, after analytics' answer was cached: still everything (kafka-python).
+    let (seen, errors) = kp_consume_tls(b, &t, n, &ca, Some(&app))
+        .await
+        .expect("kp_consume_tls.py");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_records_match(&records, &seen);
+
+    assert_principals_logged(&kapsule.logs(), &["app (mTLS)", "analytics (mTLS)"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -592,6 +636,70 @@ async fn pii_fields_reveal_per_principal_js() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pii_fields_reveal_per_principal_c() {
     pii_fields_reveal_per_principal(Lang::C).await;
+}
+
+/// confluent-kafka arguments for SCRAM `mechanism` as `user`: SASL_SSL to Kapsule trusting `ca`,
+/// or SASL_PLAINTEXT straight to the broker without `ca`.
+fn ck_scram(mechanism: &str, (user, password): (&str, &str), ca: Option<&Path>) -> Vec<String> {
+    let mut v = vec![
+        format!(
+            "security.protocol={}",
+            if ca.is_some() {
+                "SASL_SSL"
+            } else {
+                "SASL_PLAINTEXT"
+            }
+        ),
+        format!("sasl.mechanism={mechanism}"),
+        format!("sasl.username={user}"),
+        format!("sasl.password={password}"),
+    ];
+    v.extend(ca.map(|ca| format!("ssl.ca.location={}", ca.display())));
+    v.into_iter().flat_map(|c| ["--config".into(), c]).collect()
+}
+
+/// The Python pii-fields example with the principal from SASL: `app` (SCRAM-SHA-256) and
+/// `analytics` (SCRAM-SHA-512) authenticate over SASL_SSL to Kapsule against a tansu that
+/// requires SASL; `analytics` reads the PII members as ciphertext, `app` everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn pii_fields_reveal_per_sasl_principal_python() {
+    const APP: (&str, &str) = ("app", "app-secret-256");
+    const ANALYTICS: (&str, &str) = ("analytics", "analytics-secret-512");
+    let (module, config) = checked_pii_module(Lang::Python).await;
+    let t = unique_name("rpii-sasl");
+    let tansu = SaslTansu::start(
+        &[
+            SaslUser::new(APP.0, APP.1, Scram::Sha256),
+            SaslUser::new(ANALYTICS.0, ANALYTICS.1, Scram::Sha512),
+        ],
+        &[(&t, 1)],
+    )
+    .await
+    .expect("tansu with SASL users");
+    let pki = Pki::new("reveal-poly-sasl").unwrap();
+    let server = pki
+        .issue("kapsule", KeyKind::EcPkcs8, false, false)
+        .unwrap();
+    let ca = pki.ca_cert();
+    let kms = LocalKms::new().unwrap();
+    let yaml = format!(
+        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  authentication: required\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\nadmin:\n  listen: \"{{admin}}\"\n{}{}",
+        tansu.addr,
+        server.cert.display(),
+        server.key.display(),
+        kms.yaml(),
+        pii_policy(&module, config),
+    );
+    let kapsule = RawKapsule::start(&yaml).await.expect("start kapsule");
+    let readers = Readers {
+        kapsule: &kapsule.listen,
+        app: ck_scram("SCRAM-SHA-256", APP, Some(&ca)),
+        analytics: ck_scram("SCRAM-SHA-512", ANALYTICS, Some(&ca)),
+        broker: &tansu.addr,
+        direct: ck_scram("SCRAM-SHA-256", APP, None),
+    };
+    produce_as_app_and_check_reveal(&readers, &t).await;
+    assert_principals_logged(&kapsule.logs(), &["app", "analytics"]);
 }
 
 /// `kapsule policy new NAME --lang LANG`, its one build command, then `kapsule policy check`
