@@ -9,8 +9,9 @@
 //! and clear text on consume. Who may read: the pii-fields example of each language, bound in a
 //! Kapsule that takes the principal from the client certificate (mTLS, `principal_from: cn`), shows
 //! the PII members as ciphertext to `analytics` and everything to `app` and to anonymous readers
-//! (confluent-kafka and kafka-python). Each component is built once per test process, and not at
-//! all when it is newer than its sources, the SDK and the WIT (CI builds each example once).
+//! (confluent-kafka and kafka-python); for Python also with SCRAM users over SASL_SSL. Each
+//! component is built once per test process, and not at all when it is newer than its sources,
+//! the SDK and the WIT (CI builds each example once).
 //! `kapsule policy new --lang rust|python|js|c` templates are built with their one command and must
 //! pass `kapsule policy check` as generated.
 
