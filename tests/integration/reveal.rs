@@ -7,7 +7,7 @@ use std::path::Path;
 
 use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::records::ConsumedRecord;
-use kapsule_integration::tls::{Issued, KeyKind, Pki, RawKapsule};
+use kapsule_integration::tls::{ck_ssl, kp_consume_tls, Issued, KeyKind, Pki, RawKapsule};
 use kapsule_integration::{run_python, unique_name, Tansu, TestRecord};
 use serde_json::Value;
 
@@ -39,26 +39,7 @@ fn config(upstream: &str, server: &Issued, ca: &Path, kms: &LocalKms) -> String 
     )
 }
 
-/// confluent-kafka settings for TLS to Kapsule, optionally with a client certificate.
-fn ck_ssl(ca: &Path, client: Option<&Issued>) -> Vec<String> {
-    let mut v = vec![
-        "--config".into(),
-        "security.protocol=SSL".into(),
-        "--config".into(),
-        format!("ssl.ca.location={}", ca.display()),
-    ];
-    if let Some(c) = client {
-        v.extend([
-            "--config".into(),
-            format!("ssl.certificate.location={}", c.cert.display()),
-            "--config".into(),
-            format!("ssl.key.location={}", c.key.display()),
-        ]);
-    }
-    v
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
+pub(crate) fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
@@ -82,7 +63,7 @@ fn customers(n: usize) -> Vec<TestRecord> {
         .collect()
 }
 
-/// Reads with kafka-python (`kp_consume_tls.py`): records and errors.
+/// Reads with kafka-python over TLS: records and errors.
 async fn kp_consume(
     bootstrap: &str,
     topic: &str,
@@ -90,38 +71,9 @@ async fn kp_consume(
     ca: &Path,
     client: Option<&Issued>,
 ) -> (Vec<ConsumedRecord>, Vec<Value>) {
-    let mut a: Vec<String> = [
-        "--bootstrap",
-        bootstrap,
-        "--topic",
-        topic,
-        "--count",
-        &count.to_string(),
-        "--cafile",
-        &ca.display().to_string(),
-        "--timeout",
-        "30",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Some(c) = client {
-        a.extend([
-            "--certfile".into(),
-            c.cert.display().to_string(),
-            "--keyfile".into(),
-            c.key.display().to_string(),
-        ]);
-    }
-    let out = run_python("kp_consume_tls.py", &a, CLIENT_TIMEOUT)
+    kp_consume_tls(bootstrap, topic, count, ca, client)
         .await
         .expect("kp_consume_tls.py")
-        .json;
-    let records = ConsumedRecord::list_from_output(&out).expect("records");
-    (
-        records,
-        out["errors"].as_array().cloned().unwrap_or_default(),
-    )
 }
 
 /// Reads with confluent-kafka (`ck_consume_report.py`): records and errors.

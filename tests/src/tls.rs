@@ -9,11 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
 
+use crate::clients::run_python;
 use crate::kapsule::kapsule_bin;
 use crate::ports::free_port;
 use crate::probe;
 use crate::process::{find_executable, ProcessGuard};
+use crate::records::ConsumedRecord;
 use crate::wait;
 
 /// Private key encodings a certificate can be issued with.
@@ -578,4 +581,67 @@ pub fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// confluent-kafka `--config` arguments for TLS to Kapsule (`security.protocol=SSL`, trusting
+/// `ca`), presenting `client`'s certificate when given (an mTLS principal) and none otherwise.
+pub fn ck_ssl(ca: &Path, client: Option<&Issued>) -> Vec<String> {
+    let mut v = vec![
+        "--config".into(),
+        "security.protocol=SSL".into(),
+        "--config".into(),
+        format!("ssl.ca.location={}", ca.display()),
+    ];
+    if let Some(c) = client {
+        v.extend([
+            "--config".into(),
+            format!("ssl.certificate.location={}", c.cert.display()),
+            "--config".into(),
+            format!("ssl.key.location={}", c.key.display()),
+        ]);
+    }
+    v
+}
+
+/// Reads up to `count` records of `topic` from the beginning with kafka-python over TLS
+/// (`kp_consume_tls.py`: trusting `ca`, with `client`'s certificate when given), stopping at
+/// the first error or after 30 s: the records read and the errors the client raised.
+pub async fn kp_consume_tls(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    ca: &Path,
+    client: Option<&Issued>,
+) -> Result<(Vec<ConsumedRecord>, Vec<Value>)> {
+    let mut a: Vec<String> = [
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--cafile",
+        &ca.display().to_string(),
+        "--timeout",
+        "30",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(c) = client {
+        a.extend([
+            "--certfile".into(),
+            c.cert.display().to_string(),
+            "--keyfile".into(),
+            c.key.display().to_string(),
+        ]);
+    }
+    let out = run_python("kp_consume_tls.py", &a, Duration::from_secs(120))
+        .await?
+        .json;
+    let records = ConsumedRecord::list_from_output(&out)?;
+    Ok((
+        records,
+        out["errors"].as_array().cloned().unwrap_or_default(),
+    ))
 }

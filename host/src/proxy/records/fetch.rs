@@ -56,7 +56,7 @@ impl RecordStage {
         let mut budget = Budget::new(self.budget);
         for topic in &mut response.responses {
             let name = topic.topic.clone();
-            let reveal = self.reveal_for(name.as_str(), session);
+            let reveal = self.reveal_for(name.as_str(), session).await;
             for p in &mut topic.partitions {
                 let outcome = match (&reveal, &p.records) {
                     (Err(e), _) => Outcome::Refused(e.clone()),
@@ -80,13 +80,15 @@ impl RecordStage {
 
     /// What the connection's principal may read of `topic`: [`Reveal::All`] without encryption
     /// or for topics no rule or binding covers, else the rule's `reveal_to` or the module's
-    /// `reveal` answer (cached per topic and principal by the policy layer). A policy that fails
-    /// to answer fails the topic's partitions (nothing is revealed).
-    fn reveal_for(&self, topic: &str, session: &ClientSession) -> Result<Reveal, ProxyError> {
+    /// `reveal` answer (cached per topic and principal by the policy layer; a guest call runs
+    /// off the async runtime). A policy that fails to answer fails the topic's partitions
+    /// (nothing is revealed).
+    async fn reveal_for(&self, topic: &str, session: &ClientSession) -> Result<Reveal, ProxyError> {
         match &self.encryption {
             Some(enc) if enc.policy.decrypt_settings(topic).covered => enc
                 .policy
-                .reveal(topic, session.principal())
+                .reveal_async(topic, session.principal())
+                .await
                 .map_err(ProxyError::from),
             _ => Ok(Reveal::All),
         }

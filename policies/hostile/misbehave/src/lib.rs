@@ -9,14 +9,16 @@
 //! `big-answer` (answers of several MiB), `grow-then-trap` (a refused allocation handled in the
 //! first `decide`, a panic in the second), `echo-client` (decides `kek-<principal>`, or
 //! `kek-anonymous`, from the client `decide` is given), `lying-memo` (declares its decision
-//! depends only on the `tenant` header but decides `kek-<value>` from the record value), or `ok`
-//! (behaves: per-record, encrypts the whole value under `kek-ok`).
+//! depends only on the `tenant` header but decides `kek-<value>` from the record value),
+//! `loop-reveal` (`reveal` never returns), or `ok` (behaves: per-record, encrypts the whole
+//! value under `kek-ok`). Every mode but `loop-reveal` reveals all.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use kapsule_policy::{
-    export_policy, log, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, TopicPlan,
+    export_policy, log, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, Reveal,
+    TopicPlan,
 };
 
 struct Misbehave {
@@ -154,6 +156,13 @@ impl Policy for Misbehave {
                 .collect(),
             _ => records.iter().map(|_| ok()).collect(),
         }
+    }
+
+    fn reveal(&self, _topic: &str, _client: &Client) -> Reveal {
+        if self.mode == "loop-reveal" {
+            spin();
+        }
+        Reveal::All
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -19,6 +20,7 @@ use crate::crypto::{RecordEncryptor, HEADER_KEY};
 use crate::kafka::records::{split_record_set, Record, RecordBatch, RecordHeader, RecordSetEntry};
 use crate::kms::memory::MemoryKms;
 use crate::policy::config::PolicyConfig;
+use crate::policy::fixtures::build_policies;
 use crate::policy::PolicyRegistry;
 use crate::principal::{AuthMechanism, Principal};
 use crate::proxy::session::ClientSession;
@@ -51,7 +53,11 @@ fn session(name: Option<&str>) -> ClientSession {
 }
 
 fn stage() -> RecordStage {
-    let config: PolicyConfig = serde_norway::from_str(RULES).unwrap();
+    stage_from(RULES)
+}
+
+fn stage_from(policy: &str) -> RecordStage {
+    let config: PolicyConfig = serde_norway::from_str(policy).unwrap();
     let policy = PolicyRegistry::new(&config).unwrap();
     let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
     let encryptor = Arc::new(RecordEncryptor::new(kms, DekConfig::default()));
@@ -170,5 +176,43 @@ async fn each_principal_gets_what_its_rule_reveals() {
             vec![(code, Bytes::new()), (code, Bytes::new())],
             "{who:?}"
         );
+    }
+}
+
+/// A module's `reveal` runs off the async runtime: while it spins until its call deadline, the
+/// runtime's only thread keeps serving other tasks (before, the guest ran on it and stalled
+/// every connection of that thread); then the topic's partitions fail, nothing is delivered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_reveal_runs_off_the_async_runtime() {
+    let module = build_policies()
+        .expect("policies build from source")
+        .path("hostile-misbehave");
+    let cache = std::env::temp_dir().join("kapsule-policy-test-cache");
+    let s = Arc::new(stage_from(&format!(
+        "bindings:\n  - topics: {{prefix: \"cust-\"}}\n    module: \"{}\"\n    config: loop-reveal\n    allowed_key_ids: [k1]\nlimits:\n  call_timeout_ms: 2000\nmodule_cache_dir: \"{}\"\n",
+        module.display(),
+        cache.display()
+    )));
+    let mut records = BytesMut::new();
+    plain().encode(&mut records).unwrap();
+    let started = Instant::now();
+    let fetching = tokio::spawn({
+        let s = s.clone();
+        async move { fetch(&s, Some("app"), records.freeze()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let woke = started.elapsed();
+    assert!(
+        woke < Duration::from_secs(1),
+        "the runtime thread was held for {woke:?} by the guest's reveal"
+    );
+    let out = fetching.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "ran to its deadline"
+    );
+    for (code, records) in out {
+        assert_ne!(code, 0, "the topic's partitions fail");
+        assert!(records.is_empty(), "nothing delivered");
     }
 }
