@@ -396,7 +396,10 @@ pub struct LimitsConfig {
     /// with 2 MiB stacks (Tokio's blocking pool), which also hold the host's own frames.
     #[serde(default = "default_stack_kib")]
     pub stack_kib: u64,
-    /// Most instances of one module alive at once; further calls wait (default 8).
+    /// Most instances of one module alive at once; further calls wait (default: the number of
+    /// CPUs, at least 2 and at most 8). More instances than CPUs only add instance start-ups
+    /// (milliseconds of CPU each for a Python or JavaScript module) and memory: guest calls are
+    /// CPU-bound.
     #[serde(default = "default_max_instances")]
     pub max_instances: usize,
     /// Log messages a policy may emit per second; the rest are dropped and counted (default 20).
@@ -453,7 +456,7 @@ fn default_stack_kib() -> u64 {
     512
 }
 fn default_max_instances() -> usize {
-    8
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
 }
 fn default_log_per_second() -> u32 {
     20
