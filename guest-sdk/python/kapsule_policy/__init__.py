@@ -48,6 +48,7 @@ policy log, like :mod:`kapsule_policy.log`. Never print or log record contents.
 
 from __future__ import annotations
 
+import gc
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 from . import log
@@ -159,6 +160,12 @@ def export(policy_class: Type[Policy]) -> type:
             except Exception as e:  # any failure refuses the module, with its message
                 msg = str(e) or type(e).__name__
                 raise Err(msg)
+            # Everything alive now (the interpreter, the standard library, the policy's own
+            # state) lives as long as the instance: move it out of the cyclic collector's view,
+            # so a full collection during a small `decide` call does not walk the whole heap and
+            # run past the call's deadline.
+            gc.collect()
+            gc.freeze()
 
         def plan(self, topic: str, client):
             p = state["policy"]

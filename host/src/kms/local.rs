@@ -192,6 +192,10 @@ pub struct LocalKms {
     generation: Mutex<u64>,
     /// Serialises read-modify-write of the file within this process (the flock covers others).
     write_lock: Mutex<()>,
+    /// Serialises reloads (read the file, compare, apply): without it a reload that read the
+    /// file just before another thread's write could apply after that thread's reload and see
+    /// its own, older, snapshot as a rollback.
+    reload_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -291,6 +295,7 @@ impl LocalKms {
             keys: Mutex::new(HashMap::new()),
             generation: Mutex::new(0),
             write_lock: Mutex::new(()),
+            reload_lock: Mutex::new(()),
         }
     }
 
@@ -376,6 +381,7 @@ impl LocalKms {
     /// went back in time: a lower generation than the one loaded, or a KEK version missing that
     /// this instance had loaded (a rolled-back or truncated file).
     pub fn reload(&self) -> anyhow::Result<bool> {
+        let _serial = self.reload_lock.lock();
         let path = self.key_file.display();
         let Some(file) = self.read_file()? else {
             if !self.keys.lock().is_empty() {

@@ -267,3 +267,34 @@ async fn auto_creation_stops_at_the_configured_limit() {
     // The CLI path is not limited.
     assert!(kms.create_key("t3").unwrap());
 }
+
+/// Regression: auto-creating several keys at once (five tenants' first records) made a thread
+/// whose reload had read the file before another thread's write apply that older snapshot
+/// after the other thread's reload, and fail with "key file ... was rolled back".
+#[test]
+fn concurrent_auto_creation_is_not_mistaken_for_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let kms = std::sync::Arc::new(LocalKms::open_with_master_key(&path, master(), true).unwrap());
+    for round in 0..20 {
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let kms = kms.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    rt.block_on(kms.generate_data_key(&format!("tenant-{round}-{t}")))
+                        .map(|dk| dk.kek_version)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Ok(1));
+        }
+    }
+    let fresh = LocalKms::open_with_master_key(&path, master(), false).unwrap();
+    assert!(fresh.reload().is_ok());
+    assert_eq!(fresh.keys.lock().len(), 120);
+}
