@@ -437,7 +437,8 @@ impl WasmRuntime {
                 Err(v1) => anyhow::bail!(
                     "policy module {} implements neither kapsule:policy@0.2.0 (exports init, \
                      plan, decide, reveal: {v2:#}) nor kapsule:policy@0.1.0 (exports init, plan, \
-                     decide: {v1:#})",
+                     decide: {v1:#}); rebuild it with a current SDK or against wit/policy.wit \
+                     (docs/wit-versions.md lists what changed)",
                     path.display()
                 ),
             },
