@@ -31,7 +31,7 @@ use serde_json::Value;
 use crate::common::{assert_records_match, ck_consume, ck_produce};
 use crate::encryption::{produce_report, read_direct, start_kapsule, topic};
 use crate::policies::{binding, errors_of, POLICY_VIOLATION};
-use crate::reveal::refs;
+use crate::reveal::{mtls_principal_config, refs};
 
 /// Generous limits while guest calls of interpreted languages share 2 cores with the whole test
 /// suite (the production defaults are checked by `policy check`, not here).
@@ -583,14 +583,12 @@ async fn pii_fields_reveal_per_principal(lang: Lang) {
     let ca = pki.ca_cert();
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
-    let yaml = format!(
-        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    client_ca_file: \"{}\"\n    require_client_cert: false\n    principal_from: cn\nadmin:\n  listen: \"{{admin}}\"\n{}{}",
-        tansu.bootstrap(),
-        server.cert.display(),
-        server.key.display(),
-        ca.display(),
-        kms.yaml(),
-        pii_policy(&module, config),
+    let yaml = mtls_principal_config(
+        &tansu.bootstrap(),
+        &server,
+        &ca,
+        &kms,
+        &pii_policy(&module, config),
     );
     let kapsule = RawKapsule::start(&yaml).await.expect("start kapsule");
     let b = &kapsule.listen;

@@ -28,14 +28,21 @@ fn rules() -> &'static str {
 "#
 }
 
-fn config(upstream: &str, server: &Issued, ca: &Path, kms: &LocalKms) -> String {
+/// A Kapsule serving TLS with optional client certificates from `ca`, the principal being the
+/// certificate's CN, with `kms` and the `policy` section.
+pub(crate) fn mtls_principal_config(
+    upstream: &str,
+    server: &Issued,
+    ca: &Path,
+    kms: &LocalKms,
+    policy: &str,
+) -> String {
     format!(
-        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{upstream}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    client_ca_file: \"{}\"\n    require_client_cert: false\n    principal_from: cn\nadmin:\n  listen: \"{{admin}}\"\n{}{}",
+        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{upstream}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    client_ca_file: \"{}\"\n    require_client_cert: false\n    principal_from: cn\nadmin:\n  listen: \"{{admin}}\"\n{}{policy}",
         server.cert.display(),
         server.key.display(),
         ca.display(),
         kms.yaml(),
-        rules()
     )
 }
 
@@ -176,9 +183,15 @@ async fn each_principal_reads_what_reveal_to_grants() {
     let ca = pki.ca_cert();
     let tansu = Tansu::start().await.expect("tansu");
     let kms = LocalKms::new().unwrap();
-    let kapsule = RawKapsule::start(&config(&tansu.bootstrap(), &server, &ca, &kms))
-        .await
-        .expect("kapsule");
+    let kapsule = RawKapsule::start(&mtls_principal_config(
+        &tansu.bootstrap(),
+        &server,
+        &ca,
+        &kms,
+        rules(),
+    ))
+    .await
+    .expect("kapsule");
     let topic = unique_name("customers-reveal");
     tansu.create_topic(&topic, 1).await.unwrap();
 

@@ -352,9 +352,7 @@ impl LoadedModule {
         let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut store = self.new_store();
-        let clock = CallClock::start(limits.init_timeout);
-        store.data_mut().clock = clock;
-        store.set_epoch_deadline(clock.first_deadline());
+        start_clock(&mut store, limits.init_timeout);
         let init_failed = |store: &Store<HostState>, e| {
             classify(store, e, limits.init_timeout, limits.memory_bytes)
         };
@@ -452,9 +450,7 @@ impl LoadedModule {
         let _busy = self.runtime.busy();
         let limits = &self.runtime.limits;
         let mut inst = self.checkout()?;
-        let clock = CallClock::start(budget);
-        inst.store.data_mut().clock = clock;
-        inst.store.set_epoch_deadline(clock.first_deadline());
+        start_clock(&mut inst.store, budget);
         // A refused growth in an earlier, successful call must not colour this call's trap.
         inst.store.data_mut().limiter.start_call();
         let (result, too_large) =
@@ -586,6 +582,13 @@ impl DecideCall {
             None => decided,
         })
     }
+}
+
+/// Starts the CPU-time budget of the call about to run on `store` (see `deadline`).
+fn start_clock(store: &mut Store<HostState>, budget: Duration) {
+    let clock = CallClock::start(budget);
+    store.data_mut().clock = clock;
+    store.set_epoch_deadline(clock.first_deadline());
 }
 
 /// Maps a wasmtime error to what happened: deadline, memory exhaustion or another trap.
