@@ -81,6 +81,14 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   fi
 fi
 
+# --- Apache Kafka 4.x (broker, tools, Java client) from Maven Central ------------------------------
+if ! have mvn; then
+  log "apt installing maven"
+  (apt-get install -y -qq maven >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq maven >/dev/null)) \
+    || { log "could not install maven (needed to fetch Apache Kafka)"; exit 1; }
+fi
+"$here/scripts/install-kafka.sh" >/dev/null
+
 # --- Policy toolchains: clang/wasi-libc and wit-bindgen for the C example policy -----------------
 "$here/scripts/install-policy-toolchains.sh"
 
