@@ -84,6 +84,9 @@ pub enum Reason {
     TimedOut,
     /// A request refused because the connection has not authenticated (connection-level).
     Unauthenticated,
+    /// A topic named by an id (Produce/Fetch v13+) that no Metadata response has named yet
+    /// (retriable: the client refreshes its metadata through Kapsule and retries).
+    UnknownTopicId,
     /// A bug in Kapsule.
     Internal,
 }
@@ -106,6 +109,7 @@ impl Reason {
             Self::NotEncrypted => "not_encrypted",
             Self::UnsupportedVersion => "unsupported_version",
             Self::Unauthenticated => "unauthenticated",
+            Self::UnknownTopicId => "unknown_topic_id",
             Self::TimedOut => "timed_out",
             Self::Internal => "internal",
         }

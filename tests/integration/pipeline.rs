@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Kafka error codes the tests expect.
 const REQUEST_TIMED_OUT: i16 = 7;
-const UNSUPPORTED_VERSION: i16 = 35;
+const UNKNOWN_TOPIC_ID: i16 = 100;
 
 async fn start_kapsule(tansu: &Tansu, kms_yaml: &str, policy: &str) -> Kapsule {
     let config = KapsuleConfig::new(RecordsMode::Passthrough)
@@ -57,12 +57,34 @@ fn partition_errors(resp: &ProduceResponse) -> Vec<(i16, String)> {
         .collect()
 }
 
-/// Produce and Fetch above the versions Kapsule advertises (v13 names topics by id only, v9–v12
-/// are withheld) and APIs it does not transform (ShareFetch) are refused in Kapsule: the client
-/// gets UNSUPPORTED_VERSION (or a closed connection and a log line), the broker never sees them,
-/// and Fetch by topic id cannot read plaintext a `require_encrypted` topic refuses.
+/// Values of the records partition 0 of `topic` (named by `name` or `id`) holds in a Fetch
+/// response, with the partition's error code.
+fn fetched(resp: &FetchResponse) -> (i16, Vec<Vec<u8>>) {
+    use kapsule_integration::probe::kafka_protocol::records::RecordBatchDecoder;
+    let p = &resp.responses[0].partitions[0];
+    let mut values = Vec::new();
+    if let Some(records) = &p.records {
+        let mut buf = records.clone();
+        for r in RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched records") {
+            values.extend(
+                r.records
+                    .into_iter()
+                    .map(|r| r.value.unwrap_or_default().to_vec()),
+            );
+        }
+    }
+    (p.error_code, values)
+}
+
+/// Topic-id versions (Produce v13, Fetch v13+) and the flexible versions before them are offered
+/// as far as the broker offers them. A topic named by an id that no Metadata response through
+/// Kapsule has named is refused with UNKNOWN_TOPIC_ID and never reaches the broker; once a
+/// Metadata response has named it, records produced by id are encrypted under the topic's name
+/// and read back by id decrypted, while `require_encrypted` still refuses plaintext injected on
+/// the broker. APIs Kapsule does not transform (ShareFetch) close the connection.
 #[tokio::test(flavor = "multi_thread")]
-async fn requests_above_the_advertised_versions_never_reach_the_broker() {
+async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_encryption() {
+    use kapsule_integration::probe::kafka_protocol::messages::{MetadataRequest, MetadataResponse};
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"ver-\"}\n      key_id: kek-ver\n      require_encrypted: true\n      on_decrypt_failure: error\n";
@@ -74,7 +96,7 @@ async fn requests_above_the_advertised_versions_never_reach_the_broker() {
         .into_iter()
         .find(|(name, _)| *name == t)
         .map(|(_, id)| id)
-        .expect("tansu lists the topic with its id");
+        .expect("the broker lists the topic with its id");
 
     // Plaintext written straight to the broker: only a bypass could hand it to a consumer.
     let mut direct = RawConnection::connect(&tansu.bootstrap()).await.unwrap();
@@ -110,8 +132,9 @@ async fn requests_above_the_advertised_versions_never_reach_the_broker() {
             .find(|v| v.api_key == k as i16)
             .map(|v| v.max_version)
     };
-    assert_eq!(max_of(ApiKey::Produce), Some(8));
-    assert_eq!(max_of(ApiKey::Fetch), Some(11));
+    // tansu 0.6 offers Produce v13 and Fetch v18: Kapsule offers them too.
+    assert_eq!(max_of(ApiKey::Produce), Some(13), "{versions:?}");
+    assert_eq!(max_of(ApiKey::Fetch), Some(18), "{versions:?}");
     for k in [
         ApiKey::ShareFetch,
         ApiKey::ShareAcknowledge,
@@ -120,9 +143,8 @@ async fn requests_above_the_advertised_versions_never_reach_the_broker() {
         assert_eq!(max_of(k), None, "{k:?} is advertised: {versions:?}");
     }
 
-    // Produce v13: topic by id, empty name. Refused per partition, never forwarded.
-    let secret = record_batch(&[(b"k", b"SECRET-V13")]);
-    let v13 = produce_request("", Some(id), 5000, secret.clone());
+    // Produce v13 by an id no Metadata through Kapsule has named: refused, never forwarded.
+    let v13 = produce_request("", Some(id), 5000, record_batch(&[(b"k", b"SECRET-V13")]));
     c.send(ApiKey::Produce, 13, 2, &v13).await.unwrap();
     let (corr, r) = c
         .recv_as::<ProduceResponse>(ApiKey::Produce, 13, WAIT)
@@ -131,41 +153,92 @@ async fn requests_above_the_advertised_versions_never_reach_the_broker() {
     assert_eq!(corr, 2);
     let errors = partition_errors(&r);
     assert_eq!(errors.len(), 1, "{r:?}");
-    assert_eq!(errors[0].0, UNSUPPORTED_VERSION, "{r:?}");
-    assert!(errors[0].1.contains("Produce v13"), "{}", errors[0].1);
+    assert_eq!(errors[0].0, UNKNOWN_TOPIC_ID, "{r:?}");
     assert_eq!(
         r.responses[0].topic_id, id,
         "the answer names the topic by id"
     );
+    assert_eq!(
+        end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
+        1,
+        "a Produce by an unresolved topic id reached the broker"
+    );
 
-    // Produce v9 (flexible, by name): above the advertised v8, refused too.
-    let v9: ProduceRequest = produce_request(&t, None, 5000, secret);
-    c.send(ApiKey::Produce, 9, 3, &v9).await.unwrap();
+    // The client refreshes its metadata through Kapsule, which learns the id...
+    c.send(ApiKey::Metadata, 12, 3, &MetadataRequest::default())
+        .await
+        .unwrap();
+    c.recv_as::<MetadataResponse>(ApiKey::Metadata, 12, WAIT)
+        .await
+        .unwrap();
+    // ...and the same Produce v13 is encrypted under the topic's name and written.
+    c.send(ApiKey::Produce, 13, 4, &v13).await.unwrap();
+    let (_, r) = c
+        .recv_as::<ProduceResponse>(ApiKey::Produce, 13, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(partition_errors(&r)[0].0, 0, "{r:?}");
+    assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 2);
+
+    // Produce v9 (flexible, by name) goes through the same stage.
+    let v9: ProduceRequest = produce_request(&t, None, 5000, record_batch(&[(b"k", b"SECRET-V9")]));
+    c.send(ApiKey::Produce, 9, 5, &v9).await.unwrap();
     let (_, r) = c
         .recv_as::<ProduceResponse>(ApiKey::Produce, 9, WAIT)
         .await
         .unwrap();
-    assert_eq!(partition_errors(&r)[0].0, UNSUPPORTED_VERSION, "{r:?}");
+    assert_eq!(partition_errors(&r)[0].0, 0, "{r:?}");
+    assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 3);
 
-    // Fetch v13 by topic id: refused as a whole, the plaintext stays on the broker.
-    c.send(ApiKey::Fetch, 13, 4, &fetch_request("", Some(id)))
+    // At rest: ciphertext (read by name from the broker itself, below every topic-id version).
+    let mut at_rest = fetch_request(&t, None);
+    at_rest.topics[0].partitions[0].fetch_offset = 1;
+    direct.send(ApiKey::Fetch, 11, 6, &at_rest).await.unwrap();
+    let (_, f) = direct
+        .recv_as::<FetchResponse>(ApiKey::Fetch, 11, WAIT)
+        .await
+        .unwrap();
+    let (code, stored) = fetched(&f);
+    assert_eq!(code, 0, "{f:?}");
+    assert_eq!(stored.len(), 2, "{f:?}");
+    for v in &stored {
+        assert!(
+            !v.windows(6).any(|w| w == b"SECRET"),
+            "plaintext at rest: {:?}",
+            String::from_utf8_lossy(v)
+        );
+    }
+
+    // Fetch v13 by id through Kapsule: decrypted under the topic's name.
+    let mut by_id = fetch_request("", Some(id));
+    by_id.topics[0].partitions[0].fetch_offset = 1;
+    c.send(ApiKey::Fetch, 13, 7, &by_id).await.unwrap();
+    let (_, f) = c
+        .recv_as::<FetchResponse>(ApiKey::Fetch, 13, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(f.responses[0].topic_id, id);
+    let (code, values) = fetched(&f);
+    assert_eq!(code, 0, "{f:?}");
+    assert_eq!(values, vec![b"SECRET-V13".to_vec(), b"SECRET-V9".to_vec()]);
+
+    // From offset 0 the injected plaintext is refused (require_encrypted), never delivered.
+    c.send(ApiKey::Fetch, 13, 8, &fetch_request("", Some(id)))
         .await
         .unwrap();
     let (_, f) = c
         .recv_as::<FetchResponse>(ApiKey::Fetch, 13, WAIT)
         .await
         .unwrap();
-    assert_eq!(f.error_code, UNSUPPORTED_VERSION, "{f:?}");
-    assert!(f.responses.is_empty(), "records returned: {f:?}");
-
-    assert_eq!(
-        end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
-        1,
-        "a refused Produce reached the broker"
+    let (code, values) = fetched(&f);
+    assert_ne!(
+        code, 0,
+        "plaintext accepted on a require_encrypted topic: {f:?}"
     );
+    assert!(values.is_empty(), "records delivered with an error: {f:?}");
 
     // ShareFetch carries records Kapsule does not transform: the connection is closed.
-    c.send(ApiKey::ShareFetch, 1, 5, &ShareFetchRequest::default())
+    c.send(ApiKey::ShareFetch, 1, 9, &ShareFetchRequest::default())
         .await
         .unwrap();
     let closed = c.recv(WAIT).await.unwrap();
@@ -176,11 +249,51 @@ async fn requests_above_the_advertised_versions_never_reach_the_broker() {
             .any(|l| l.contains("ShareFetch") && l.contains("closing the connection")),
         "no log line names the refused ShareFetch:\n{log}"
     );
-    assert!(
-        log.lines()
-            .any(|l| l.contains("Produce") && l.contains("13") && l.contains("refused")),
-        "no log line names the refused Produce v13:\n{log}"
-    );
+}
+
+/// A Fetch v13 by an id Kapsule has never seen named is answered UNKNOWN_TOPIC_ID without
+/// records, even when the broker holds records for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_by_an_unresolved_topic_id_delivers_no_records() {
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let policy = "policy:\n  rules:\n    - topics: {prefix: \"vid-\"}\n      key_id: kek-vid\n";
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), policy).await;
+    let t = topic(&tansu, "vid-").await;
+    let id = topic_ids(&tansu.bootstrap(), WAIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| *name == t)
+        .map(|(_, id)| id)
+        .expect("the broker lists the topic with its id");
+    let mut direct = RawConnection::connect(&tansu.bootstrap()).await.unwrap();
+    let plain = record_batch(&[(b"k", b"INJECTED")]);
+    direct
+        .send(
+            ApiKey::Produce,
+            3,
+            1,
+            &produce_request(&t, None, 5000, plain),
+        )
+        .await
+        .unwrap();
+    direct
+        .recv_as::<ProduceResponse>(ApiKey::Produce, 3, WAIT)
+        .await
+        .unwrap();
+
+    let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
+    c.send(ApiKey::Fetch, 13, 1, &fetch_request("", Some(id)))
+        .await
+        .unwrap();
+    let (_, f) = c
+        .recv_as::<FetchResponse>(ApiKey::Fetch, 13, WAIT)
+        .await
+        .unwrap();
+    let (code, values) = fetched(&f);
+    assert_eq!(code, UNKNOWN_TOPIC_ID, "{f:?}");
+    assert!(values.is_empty(), "records delivered: {f:?}");
 }
 
 /// A TCP relay to `target` that delivers every byte coming back from it `delay` late: a slow

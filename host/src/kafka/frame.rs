@@ -6,7 +6,8 @@
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
+use kafka_protocol::messages::{ApiKey, FetchResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -195,6 +196,83 @@ pub fn decode_response<T: Decodable>(
     let body = T::decode(&mut buf, version)
         .with_context(|| format!("decoding {api:?} v{version} response body"))?;
     Ok((header, body))
+}
+
+/// Decodes a Fetch response body at the version of its request.
+///
+/// Some brokers put tagged fields into the top level of flexible Fetch responses whose schema
+/// does not define them (tansu 0.6 sends `node_endpoints`, tag 0, in v12, which only v16 has);
+/// kafka-protocol refuses those. For v12-v15 such a response is decoded again with every
+/// top-level tagged field dropped (none is defined before v16, so nothing a client at that
+/// version reads is lost). Real brokers are never affected: their responses decode the first
+/// time.
+pub fn decode_fetch_response(
+    version: i16,
+    frame: Bytes,
+) -> anyhow::Result<(ResponseHeader, FetchResponse)> {
+    match decode_response::<FetchResponse>(ApiKey::Fetch, version, frame.clone()) {
+        Ok(decoded) => Ok(decoded),
+        Err(strict) if (12..16).contains(&version) => {
+            decode_fetch_response_dropping_top_level_tags(version, frame).map_err(|_| strict)
+        }
+        Err(strict) => Err(strict),
+    }
+}
+
+fn decode_fetch_response_dropping_top_level_tags(
+    version: i16,
+    frame: Bytes,
+) -> anyhow::Result<(ResponseHeader, FetchResponse)> {
+    let mut buf = frame;
+    let header = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(version))?;
+    if buf.remaining() < 10 {
+        bail!("Fetch response shorter than its fixed fields");
+    }
+    let throttle_time_ms = buf.get_i32();
+    let error_code = buf.get_i16();
+    let session_id = buf.get_i32();
+    let topics = read_unsigned_varint(&mut buf)?
+        .checked_sub(1)
+        .context("Fetch response without a topic array")?;
+    let mut responses = Vec::with_capacity((topics as usize).min(1024));
+    for _ in 0..topics {
+        responses.push(FetchableTopicResponse::decode(&mut buf, version)?);
+    }
+    for _ in 0..read_unsigned_varint(&mut buf)? {
+        read_unsigned_varint(&mut buf)?;
+        let size = read_unsigned_varint(&mut buf)? as usize;
+        if buf.remaining() < size {
+            bail!("truncated tagged field in Fetch response");
+        }
+        buf.advance(size);
+    }
+    if buf.has_remaining() {
+        bail!(
+            "{} unexpected bytes after a Fetch response",
+            buf.remaining()
+        );
+    }
+    let body = FetchResponse::default()
+        .with_throttle_time_ms(throttle_time_ms)
+        .with_error_code(error_code)
+        .with_session_id(session_id)
+        .with_responses(responses);
+    Ok((header, body))
+}
+
+fn read_unsigned_varint(buf: &mut Bytes) -> anyhow::Result<u32> {
+    let mut value = 0u32;
+    for shift in (0..35).step_by(7) {
+        if !buf.has_remaining() {
+            bail!("truncated varint");
+        }
+        let b = buf.get_u8();
+        value |= u32::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    bail!("varint longer than 5 bytes")
 }
 
 /// Encodes a response (header + body) into a frame body.

@@ -13,6 +13,7 @@ pub mod sasl;
 pub mod session;
 pub mod sni;
 pub mod tls;
+pub mod topic_ids;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -16,23 +16,25 @@ pub trait Advertiser {
     fn advertise(&self, node_id: i32, host: &str, port: i32) -> anyhow::Result<(StrBytes, i32)>;
 }
 
-/// First Produce version that names topics by id only (KIP-516): encryption binds ciphertext to
-/// topic names, so Kapsule never accepts it.
+/// First Produce version that names topics by id only (KIP-516). Kapsule resolves the id to the
+/// topic's name from Metadata the broker sent ([`super::topic_ids::TopicIds`]), so ciphertext stays
+/// bound to the name; an id it cannot resolve is refused with UNKNOWN_TOPIC_ID, never relayed.
 pub const PRODUCE_TOPIC_ID_VERSION: i16 = 13;
-/// First Fetch version that names topics by id only (KIP-516); never accepted (see
-/// [`PRODUCE_TOPIC_ID_VERSION`]).
+/// First Fetch version that names topics by id only (KIP-516); resolved as for Produce.
 pub const FETCH_TOPIC_ID_VERSION: i16 = 13;
-/// First flexible Produce version (withheld, see [`supported_range`]).
+/// First flexible Produce version.
 pub const PRODUCE_FLEXIBLE_VERSION: i16 = 9;
-/// First flexible Fetch version (withheld, see [`supported_range`]).
+/// First flexible Fetch version.
 pub const FETCH_FLEXIBLE_VERSION: i16 = 12;
-/// Highest Produce version offered to clients (see [`supported_range`]).
-pub const MAX_PRODUCE_VERSION: i16 = PRODUCE_FLEXIBLE_VERSION - 1;
-/// Highest Fetch version offered to clients (see [`supported_range`]).
-pub const MAX_FETCH_VERSION: i16 = FETCH_FLEXIBLE_VERSION - 1;
-
-const _: () = assert!(MAX_PRODUCE_VERSION < PRODUCE_TOPIC_ID_VERSION);
-const _: () = assert!(MAX_FETCH_VERSION < FETCH_TOPIC_ID_VERSION);
+/// First Produce version with which a transactional producer may rely on the broker adding
+/// partitions to the transaction (KIP-890 part 2, `transaction.version` 2).
+pub const PRODUCE_TRANSACTION_V2_VERSION: i16 = 12;
+/// Highest Produce version offered to clients: the highest kafka-protocol decodes.
+pub const MAX_PRODUCE_VERSION: i16 = ProduceRequest::VERSIONS.max;
+/// Highest Fetch version offered to clients: the highest kafka-protocol decodes.
+pub const MAX_FETCH_VERSION: i16 = kafka_protocol::messages::FetchRequest::VERSIONS.max;
+/// Name of the finalized feature that switches transactional producers to KIP-890 part 2.
+const TRANSACTION_VERSION_FEATURE: &str = "transaction.version";
 
 /// APIs that carry records (or whole other requests) past the record stage: never offered in
 /// ApiVersions and refused when a client sends them anyway.
@@ -49,31 +51,20 @@ pub const UNTRANSFORMED_APIS: [ApiKey; 4] = [
 /// The version range Kapsule can handle for an API, or `None` if Kapsule does not offer it
 /// (unknown to kafka-protocol, or one of [`UNTRANSFORMED_APIS`]).
 ///
-/// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes. Produce and Fetch
-/// are further capped: v13+ carry topic ids only (encryption binds ciphertext to topic names),
-/// and the flexible versions (Produce v9+, Fetch v12+) are not offered because brokers such as
-/// tansu 0.6.0 put tagged fields into responses of versions whose schema does not define them
-/// (e.g. `node_endpoints`, tag 0, in Fetch v12), which kafka-protocol refuses to decode. Produce
-/// v8 and Fetch v11 carry everything clients need (idempotence, transactions, KIP-392 rack-aware
-/// fetch) and every current client supports them.
+/// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes: for Produce and
+/// Fetch every version, flexible and topic-id ones included (topic ids are resolved to names, see
+/// [`PRODUCE_TOPIC_ID_VERSION`]). Brokers that put tagged fields into responses of versions whose
+/// schema does not define them (tansu 0.6 sends `node_endpoints`, tag 0, in Fetch v12) are
+/// tolerated where the response is decoded (`kafka::frame::decode_fetch_response`), so real
+/// brokers are never capped for another broker's quirk.
 pub fn supported_range(api_key: i16) -> Option<VersionRange> {
     let api = ApiKey::try_from(api_key).ok()?;
     if UNTRANSFORMED_APIS.contains(&api) {
         return None;
     }
     let range = match api {
-        ApiKey::Produce => {
-            kafka_protocol::messages::ProduceRequest::VERSIONS.intersect(&VersionRange {
-                min: 0,
-                max: MAX_PRODUCE_VERSION,
-            })
-        }
-        ApiKey::Fetch => {
-            kafka_protocol::messages::FetchRequest::VERSIONS.intersect(&VersionRange {
-                min: 0,
-                max: MAX_FETCH_VERSION,
-            })
-        }
+        ApiKey::Produce => ProduceRequest::VERSIONS,
+        ApiKey::Fetch => kafka_protocol::messages::FetchRequest::VERSIONS,
         ApiKey::Metadata => MetadataResponse::VERSIONS,
         ApiKey::FindCoordinator => FindCoordinatorResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
@@ -175,6 +166,11 @@ pub fn fetch_unsupported_response() -> FetchResponse {
 
 /// Intersects the broker's advertised ranges with [`supported_range`]; drops unknown API keys
 /// and APIs whose intersection is empty.
+///
+/// A transactional producer that sees `transaction.version` 2 finalized stops sending
+/// AddPartitionsToTxn and relies on Produce v12+ adding partitions (KIP-890). Should the Produce
+/// range offered end below v12, the finalized level is lowered to 1, so such a client keeps
+/// adding partitions itself instead of failing every transactional send.
 pub fn rewrite_api_versions(resp: &mut ApiVersionsResponse) {
     resp.api_keys
         .retain_mut(|v| match supported_range(v.api_key) {
@@ -189,6 +185,19 @@ pub fn rewrite_api_versions(resp: &mut ApiVersionsResponse) {
             }
             None => false,
         });
+    let produce_max = resp
+        .api_keys
+        .iter()
+        .find(|v| v.api_key == ApiKey::Produce as i16)
+        .map(|v| v.max_version);
+    if produce_max.is_none_or(|max| max < PRODUCE_TRANSACTION_V2_VERSION) {
+        for f in &mut resp.finalized_features {
+            if f.name.as_str() == TRANSACTION_VERSION_FEATURE && f.max_version_level > 1 {
+                f.max_version_level = 1;
+                f.min_version_level = f.min_version_level.min(1);
+            }
+        }
+    }
 }
 
 /// The KIP-511 answer to an ApiVersions request newer than Kapsule supports: a v0 response with
@@ -379,7 +388,8 @@ mod tests {
             .iter()
             .map(|v| (v.api_key, v.min_version, v.max_version))
             .collect();
-        assert_eq!(got, vec![(0, 3, 8), (1, 4, 11), (3, 0, 12)]);
+        // Every Produce and Fetch version kafka-protocol decodes, flexible and topic-id ones too.
+        assert_eq!(got, vec![(0, 3, 13), (1, 4, 17), (3, 0, 12)]);
     }
 
     #[test]
@@ -402,14 +412,20 @@ mod tests {
 
     #[test]
     fn requests_above_the_advertised_range_are_refused() {
-        assert!(check_request(0, MAX_PRODUCE_VERSION).is_ok());
-        assert!(check_request(1, MAX_FETCH_VERSION).is_ok());
         for (api, v) in [
             (0, PRODUCE_FLEXIBLE_VERSION),
+            (0, PRODUCE_TRANSACTION_V2_VERSION),
             (0, PRODUCE_TOPIC_ID_VERSION),
+            (0, MAX_PRODUCE_VERSION),
             (1, FETCH_FLEXIBLE_VERSION),
             (1, FETCH_TOPIC_ID_VERSION),
-            (1, 17),
+            (1, MAX_FETCH_VERSION),
+        ] {
+            assert!(check_request(api, v).is_ok(), "api {api} v{v}");
+        }
+        for (api, v) in [
+            (0, MAX_PRODUCE_VERSION + 1),
+            (1, MAX_FETCH_VERSION + 1),
             (3, 99),
             (78, 0),
             (58, 0),
@@ -418,10 +434,10 @@ mod tests {
             let e = check_request(api, v).unwrap_err();
             assert_eq!((e.api_key, e.version), (api, v));
         }
-        let e = check_request(0, 13).unwrap_err();
+        let e = check_request(0, 2).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "Produce v13 is not offered by Kapsule (it offers v3-v8)"
+            format!("Produce v2 is not offered by Kapsule (it offers v3-v{MAX_PRODUCE_VERSION})")
         );
         assert_eq!(
             check_request(78, 1).unwrap_err().to_string(),
@@ -458,6 +474,48 @@ mod tests {
         // Encodable at the refused version itself, so the client can read the error.
         let mut buf = bytes::BytesMut::new();
         resp.encode(&mut buf, PRODUCE_TOPIC_ID_VERSION).unwrap();
+    }
+
+    fn api_versions_with_transaction_version(produce_max: i16, level: i16) -> ApiVersionsResponse {
+        use kafka_protocol::messages::api_versions_response::FinalizedFeatureKey;
+        ApiVersionsResponse::default()
+            .with_api_keys(vec![ApiVersion::default()
+                .with_api_key(0)
+                .with_min_version(3)
+                .with_max_version(produce_max)])
+            .with_finalized_features(vec![
+                FinalizedFeatureKey::default()
+                    .with_name(StrBytes::from_static_str("transaction.version"))
+                    .with_min_version_level(level)
+                    .with_max_version_level(level),
+                FinalizedFeatureKey::default()
+                    .with_name(StrBytes::from_static_str("metadata.version"))
+                    .with_min_version_level(27)
+                    .with_max_version_level(27),
+            ])
+    }
+
+    #[test]
+    fn transaction_version_2_is_kept_when_produce_v12_is_offered() {
+        let mut resp = api_versions_with_transaction_version(13, 2);
+        rewrite_api_versions(&mut resp);
+        assert_eq!(resp.api_keys[0].max_version, 13);
+        assert_eq!(resp.finalized_features[0].max_version_level, 2);
+    }
+
+    #[test]
+    fn a_produce_range_below_v12_lowers_transaction_version_so_tv2_clients_add_partitions() {
+        // A broker offering Produce up to v11 with transaction.version 2 finalized: a client
+        // trusting the feature would skip AddPartitionsToTxn and need Produce v12, which it
+        // cannot use; at level 1 it adds partitions itself.
+        let mut resp = api_versions_with_transaction_version(11, 2);
+        rewrite_api_versions(&mut resp);
+        let tv = &resp.finalized_features[0];
+        assert_eq!((tv.min_version_level, tv.max_version_level), (1, 1));
+        assert_eq!(
+            resp.finalized_features[1].max_version_level, 27,
+            "other features untouched"
+        );
     }
 
     #[test]

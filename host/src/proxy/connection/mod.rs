@@ -48,8 +48,8 @@ use tracing::{debug, info, warn};
 
 mod produce;
 
-use self::produce::{answer_late, prepare_produce, produce_deadline};
-use super::records::ProducePatch;
+use self::produce::{answer_late, prepare_produce, prepare_untransformed_produce};
+use super::records::{ProducePatch, StagedFetch, StagedProduce};
 use super::rewrite::{self, UnsupportedRequest};
 use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
 use super::session::ClientSession;
@@ -58,7 +58,7 @@ use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
 use crate::error::Reason;
 use crate::kafka::frame::{
-    decode_request, decode_response, encode_response, produce_header, read_frame,
+    decode_fetch_response, decode_request, decode_response, encode_response, read_frame,
     response_correlation_id, write_frame, FrameError, RequestMeta,
 };
 use kafka_protocol::error::ResponseError;
@@ -74,8 +74,73 @@ enum Pending {
         sent_at: Instant,
         stage: ResponseStage,
     },
-    /// The proxy answers this request itself with this frame body.
-    Local { api_key: i16, frame: Bytes },
+    /// The proxy answers this request itself with this response.
+    Local { api_key: i16, response: ToClient },
+}
+
+/// A request frame that leaves for the broker, typed by the path it took: a Produce can only
+/// leave as the record stage's [`StagedProduce`], every other API only as a [`RelayRequest`],
+/// which cannot hold a Produce.
+enum Forward {
+    /// A request of an API that carries no records, as the client sent it.
+    Relay(RelayRequest),
+    /// A Produce request, as the record stage let it go.
+    Produce(StagedProduce),
+}
+
+impl Forward {
+    fn frame(&self) -> &Bytes {
+        match self {
+            Forward::Relay(r) => &r.0,
+            Forward::Produce(p) => p.frame(),
+        }
+    }
+}
+
+/// A request of an API that carries no records through Kapsule. Made only by
+/// [`RelayRequest::new`], which refuses Produce and the [`rewrite::UNTRANSFORMED_APIS`].
+struct RelayRequest(Bytes);
+
+impl RelayRequest {
+    fn new(meta: RequestMeta, frame: Bytes) -> anyhow::Result<Self> {
+        match meta.known_api() {
+            Some(api) if api == ApiKey::Produce || rewrite::UNTRANSFORMED_APIS.contains(&api) => {
+                bail!("internal error: a {api:?} request was about to be relayed without the record stage; refused")
+            }
+            _ => Ok(Self(frame)),
+        }
+    }
+}
+
+/// A response frame that leaves for the client, typed by the path it took: a Fetch response
+/// only as the record stage's [`StagedFetch`], every other API only as a [`RelayResponse`].
+enum ToClient {
+    /// A response of an API that carries no records (relayed, rewritten or made by Kapsule).
+    Relay(RelayResponse),
+    /// A Fetch response, as the record stage let it go.
+    Fetch(StagedFetch),
+}
+
+impl ToClient {
+    fn into_frame(self) -> Bytes {
+        match self {
+            ToClient::Relay(r) => r.0,
+            ToClient::Fetch(f) => f.into_frame(),
+        }
+    }
+}
+
+/// A response of an API that carries no records. Made only by [`RelayResponse::new`], which
+/// refuses Fetch.
+struct RelayResponse(Bytes);
+
+impl RelayResponse {
+    fn new(api_key: i16, frame: Bytes) -> anyhow::Result<Self> {
+        if api_key == ApiKey::Fetch as i16 {
+            bail!("internal error: a Fetch response was about to reach the client without the record stage; refused");
+        }
+        Ok(Self(frame))
+    }
 }
 
 /// How a broker response is handled.
@@ -102,16 +167,25 @@ enum ResponseStage {
 enum Expect {
     /// Nothing (Produce with `acks = 0`).
     Nothing,
-    /// The proxy's own response frame.
-    Local(Bytes),
+    /// The proxy's own response.
+    Local(ToClient),
     /// The broker's response, through this stage.
     Upstream(ResponseStage),
 }
 
+impl Expect {
+    /// The proxy's own response frame for a request of an API that carries no records.
+    fn local(api_key: i16, frame: Bytes) -> anyhow::Result<Self> {
+        Ok(Expect::Local(ToClient::Relay(RelayResponse::new(
+            api_key, frame,
+        )?)))
+    }
+}
+
 /// A request ready to leave for the broker (or to be answered locally).
 struct Prepared {
-    /// Frame to forward, if any.
-    forward: Option<Bytes>,
+    /// What to forward, if anything.
+    forward: Option<Forward>,
     /// What answers it.
     expect: Expect,
     /// Produce only: past this instant the request is answered REQUEST_TIMED_OUT, not forwarded.
@@ -155,7 +229,7 @@ struct Queued {
 /// A response between the read-responses and write stages.
 struct Outgoing {
     api_key: i16,
-    step: Step<Bytes>,
+    step: Step<ToClient>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -354,16 +428,20 @@ async fn read_requests(
         let mode = shared.config.authentication;
         let step = match sasl.on_request(&session, mode, meta, &frame) {
             Ok(RequestAction::Pass) => None,
-            Ok(RequestAction::Relay(expect)) => Some(Step::Ready(Ok(Prepared {
-                forward: Some(frame.clone()),
-                expect: Expect::Upstream(ResponseStage::Sasl(expect)),
-                deadline: None,
-            }))),
-            Ok(RequestAction::Answer(answer)) => Some(Step::Ready(Ok(Prepared {
-                forward: None,
-                expect: Expect::Local(answer),
-                deadline: None,
-            }))),
+            Ok(RequestAction::Relay(expect)) => Some(Step::Ready(
+                RelayRequest::new(meta, frame.clone()).map(|relay| Prepared {
+                    forward: Some(Forward::Relay(relay)),
+                    expect: Expect::Upstream(ResponseStage::Sasl(expect)),
+                    deadline: None,
+                }),
+            )),
+            Ok(RequestAction::Answer(answer)) => Some(Step::Ready(
+                Expect::local(meta.api_key, answer).map(|expect| Prepared {
+                    forward: None,
+                    expect,
+                    deadline: None,
+                }),
+            )),
             Ok(RequestAction::Refuse(refusal)) => {
                 sasl::log_refusal(shared, meta, &refusal, &session);
                 // Queued behind what came before (delivered), ends forwarding; stop reading.
@@ -381,16 +459,20 @@ async fn read_requests(
             }
         } else if let Err(refused) = rewrite::check_request(meta.api_key, meta.api_version) {
             Step::Ready(refuse_request(shared, meta, frame, refused, peer))
-        } else if meta.known_api() == Some(ApiKey::Produce) && shared.records.transforms_produce() {
-            Step::spawn(prepare_produce(
-                shared.clone(),
-                meta,
-                frame,
-                session.clone(),
-                received,
-            ))
+        } else if meta.known_api() == Some(ApiKey::Produce) {
+            if shared.records.transforms_produce() {
+                Step::spawn(prepare_produce(
+                    shared.clone(),
+                    meta,
+                    frame,
+                    session.clone(),
+                    received,
+                ))
+            } else {
+                Step::Ready(prepare_untransformed_produce(shared, frame, received))
+            }
         } else {
-            Step::Ready(prepare_relay(meta, frame, received))
+            Step::Ready(prepare_relay(meta, frame))
         };
         if queue.send(Queued { meta, step, permit }).is_err() {
             return Ok(());
@@ -425,23 +507,23 @@ async fn forward_requests(
             mut expect,
             deadline,
         } = prepared;
-        if let (Some(body), Some(d)) = (&forward, deadline) {
+        if let (Some(Forward::Produce(staged)), Some(d)) = (&forward, deadline) {
             if Instant::now() >= d {
-                expect = answer_late(shared, meta, body, expect, peer)?;
+                expect = answer_late(shared, meta, staged.frame(), expect, peer)?;
                 forward = None;
             }
         }
-        if let Some(body) = forward {
-            write_frame(&mut upstream, &body).await?;
+        if let Some(forward) = forward {
+            write_frame(&mut upstream, forward.frame()).await?;
             if queue.is_empty() {
                 upstream.flush().await?;
             }
         }
         let entry = match expect {
             Expect::Nothing => continue,
-            Expect::Local(frame) => Pending::Local {
+            Expect::Local(response) => Pending::Local {
                 api_key: meta.api_key,
-                frame,
+                response,
             },
             Expect::Upstream(stage) => Pending::Upstream {
                 meta,
@@ -469,7 +551,7 @@ async fn read_responses(
     let max = shared.config.max_frame_bytes;
     while let Some((entry, permit)) = pending.recv().await {
         let (api_key, step) = match entry {
-            Pending::Local { api_key, frame } => (api_key, Step::Ready(Ok(frame))),
+            Pending::Local { api_key, response } => (api_key, Step::Ready(Ok(response))),
             Pending::Upstream {
                 meta,
                 sent_at,
@@ -502,17 +584,26 @@ async fn read_responses(
                         Step::spawn(async move {
                             fetch_response(&shared, meta, frame, &session)
                                 .await
+                                .map(ToClient::Fetch)
                                 .with_context(context)
                         })
                     }
-                    ResponseStage::Fetch => Step::Ready(Ok(frame)),
+                    ResponseStage::Fetch => Step::Ready(
+                        shared
+                            .records
+                            .pass_fetch(frame)
+                            .map(ToClient::Fetch)
+                            .map_err(anyhow::Error::from),
+                    ),
                     ResponseStage::Sasl(expect) => {
                         // Inline, so the principal is set before the client sees the answer.
                         sasl::follow_response(shared, &sasl, &session, meta, expect, &frame)?;
-                        Step::Ready(Ok(frame))
+                        Step::Ready(relay_response(meta.api_key, frame))
                     }
                     stage => Step::Ready(
-                        rewrite_response(shared, meta, stage, frame).with_context(context),
+                        rewrite_response(shared, meta, stage, frame)
+                            .and_then(|f| relay_response(meta.api_key, f))
+                            .with_context(context),
                     ),
                 };
                 (meta.api_key, step)
@@ -543,7 +634,7 @@ async fn write_responses(
         if !step.is_ready() {
             client.flush().await?;
         }
-        let frame = step.get().await?;
+        let frame = step.get().await?.into_frame();
         shared
             .metrics
             .frame(Direction::Response, api_key, frame.len());
@@ -591,13 +682,18 @@ fn refuse_request(
             if request.acks == 0 {
                 Some(Expect::Nothing)
             } else {
-                Some(Expect::Local(encode_response(api, v, &header, &response)?))
+                Some(Expect::local(
+                    meta.api_key,
+                    encode_response(api, v, &header, &response)?,
+                )?)
             }
         }
         // Fetch has a top-level error code from v7.
-        Some(api @ ApiKey::Fetch) if v >= 7 && in_range(FetchResponse::VERSIONS, v) => {
+        Some(ApiKey::Fetch) if v >= 7 && in_range(FetchResponse::VERSIONS, v) => {
             let response = rewrite::fetch_unsupported_response();
-            Some(Expect::Local(encode_response(api, v, &header, &response)?))
+            Some(Expect::Local(ToClient::Fetch(
+                shared.records.fetch_refusal(v, &header, response)?,
+            )))
         }
         _ => None,
     };
@@ -634,49 +730,41 @@ fn in_range(range: kafka_protocol::protocol::VersionRange, v: i16) -> bool {
     (range.min..=range.max).contains(&v)
 }
 
-/// Prepares a request that is relayed as bytes (everything but a Produce through the record
-/// stage).
-fn prepare_relay(meta: RequestMeta, frame: Bytes, received: Instant) -> anyhow::Result<Prepared> {
-    let relay = |frame, stage| Prepared {
-        forward: Some(frame),
-        expect: Expect::Upstream(stage),
-        deadline: None,
+/// Prepares a request of an API that carries no records, relayed as bytes (a Produce is
+/// refused here: it goes through the record stage, see [`RelayRequest`]).
+fn prepare_relay(meta: RequestMeta, frame: Bytes) -> anyhow::Result<Prepared> {
+    let relay = |frame, stage| -> anyhow::Result<Prepared> {
+        Ok(Prepared {
+            forward: Some(Forward::Relay(RelayRequest::new(meta, frame)?)),
+            expect: Expect::Upstream(stage),
+            deadline: None,
+        })
     };
-    let Some(api) = meta.known_api() else {
-        // Unreachable after check_request; relayed like any API Kapsule does not decode.
-        return Ok(relay(frame, ResponseStage::Relay));
+    let stage = match meta.known_api() {
+        Some(api @ ApiKey::ApiVersions) if meta.api_version > ApiVersionsResponse::VERSIONS.max => {
+            let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+            let body = rewrite::unsupported_api_versions_response();
+            return Ok(Prepared {
+                forward: None,
+                expect: Expect::local(meta.api_key, encode_response(api, 0, &header, &body)?)?,
+                deadline: None,
+            });
+        }
+        Some(ApiKey::ApiVersions) => ResponseStage::ApiVersions,
+        Some(ApiKey::Metadata) => ResponseStage::Metadata,
+        Some(ApiKey::FindCoordinator) => ResponseStage::FindCoordinator,
+        Some(ApiKey::DescribeCluster) => ResponseStage::DescribeCluster,
+        Some(ApiKey::Fetch) => ResponseStage::Fetch,
+        // Unknown APIs are unreachable after check_request; relayed like any API Kapsule does
+        // not decode.
+        _ => ResponseStage::Relay,
     };
-    Ok(match api {
-        ApiKey::ApiVersions => {
-            if meta.api_version > ApiVersionsResponse::VERSIONS.max {
-                let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-                let body = rewrite::unsupported_api_versions_response();
-                return Ok(Prepared {
-                    forward: None,
-                    expect: Expect::Local(encode_response(api, 0, &header, &body)?),
-                    deadline: None,
-                });
-            }
-            relay(frame, ResponseStage::ApiVersions)
-        }
-        ApiKey::Metadata => relay(frame, ResponseStage::Metadata),
-        ApiKey::FindCoordinator => relay(frame, ResponseStage::FindCoordinator),
-        ApiKey::DescribeCluster => relay(frame, ResponseStage::DescribeCluster),
-        ApiKey::Fetch => relay(frame, ResponseStage::Fetch),
-        ApiKey::Produce => {
-            let h = produce_header(&frame)?;
-            Prepared {
-                forward: Some(frame),
-                expect: if h.acks == 0 {
-                    Expect::Nothing
-                } else {
-                    Expect::Upstream(ResponseStage::Produce(ProducePatch::default()))
-                },
-                deadline: produce_deadline(received, h.timeout_ms),
-            }
-        }
-        _ => relay(frame, ResponseStage::Relay),
-    })
+    relay(frame, stage)
+}
+
+/// A response of an API that carries no records, on its way to the client.
+fn relay_response(api_key: i16, frame: Bytes) -> anyhow::Result<ToClient> {
+    Ok(ToClient::Relay(RelayResponse::new(api_key, frame)?))
 }
 
 /// Whether a Fetch response must be decoded (records to transform, or endpoints to rewrite).
@@ -690,14 +778,12 @@ async fn fetch_response(
     meta: RequestMeta,
     frame: Bytes,
     session: &ClientSession,
-) -> anyhow::Result<Bytes> {
+) -> anyhow::Result<StagedFetch> {
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
-    let api = ApiKey::Fetch;
-    let (header, mut body) = decode_response::<FetchResponse>(api, v, frame)?;
+    let (header, mut body) = decode_fetch_response(v, frame)?;
     rewrite::rewrite_fetch_endpoints(&mut body, adv)?;
-    shared.records.on_fetch(&mut body, session).await?;
-    encode_response(api, v, &header, &body)
+    shared.records.stage_fetch(v, &header, body, session).await
 }
 
 /// Applies a response stage that needs no record work.
@@ -720,6 +806,7 @@ fn rewrite_response(
         ResponseStage::Metadata => {
             let api = ApiKey::Metadata;
             let (header, mut body) = decode_response::<MetadataResponse>(api, v, frame)?;
+            shared.records.topic_ids().learn_metadata(&body);
             rewrite::rewrite_metadata(&mut body, adv)?;
             encode_response(api, v, &header, &body)?
         }

@@ -12,10 +12,11 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, Response
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{Expect, Prepared, ResponseStage};
+use super::{Expect, Forward, Prepared, ResponseStage};
 use crate::error::Reason;
-use crate::kafka::frame::{decode_request, encode_request, encode_response, RequestMeta};
+use crate::kafka::frame::{decode_request, encode_response, produce_header, RequestMeta};
 use crate::kms::deadline;
+use crate::proxy::records::{ProducePatch, ProduceStaged};
 use crate::proxy::rewrite;
 use crate::proxy::session::ClientSession;
 use crate::proxy::ProxyShared;
@@ -45,12 +46,10 @@ fn answer_produce_locally(
         Expect::Nothing
     } else {
         let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-        Expect::Local(encode_response(
-            ApiKey::Produce,
-            meta.api_version,
-            &header,
-            &response(),
-        )?)
+        Expect::local(
+            meta.api_key,
+            encode_response(ApiKey::Produce, meta.api_version, &header, &response())?,
+        )?
     };
     Ok(Prepared {
         forward: None,
@@ -71,19 +70,27 @@ pub(super) async fn prepare_produce(
 ) -> anyhow::Result<Prepared> {
     let peer = session.peer();
     let api = ApiKey::Produce;
-    let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
+    let (header, request) = decode_request::<ProduceRequest>(api, frame)?;
     let acks = request.acks;
     let due = produce_deadline(received, request.timeout_ms);
-    let patch = match due {
-        None => shared.records.on_produce(&mut request, &session).await,
+    let staged = match due {
+        None => {
+            shared
+                .records
+                .stage_produce(&header, request, &session)
+                .await?
+        }
         Some(d) => {
             // Cheap: records are reference-counted bytes. Kept to answer every partition if the
-            // stage is cut short (it may have moved partitions around when it is dropped).
+            // stage is cut short.
             let original = request.clone();
-            let stage = deadline::scope(due, shared.records.on_produce(&mut request, &session));
+            let stage = deadline::scope(
+                due,
+                shared.records.stage_produce(&header, request, &session),
+            );
             // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
             match tokio::time::timeout_at(d, stage).await {
-                Ok(patch) if Instant::now() < d => patch,
+                Ok(staged) if Instant::now() < d => staged?,
                 _ => {
                     shared.metrics.error("produce_deadline");
                     if let Some(suppressed) = shared
@@ -104,19 +111,38 @@ pub(super) async fn prepare_produce(
             }
         }
     };
-    if request.topic_data.is_empty() {
+    let ProduceStaged { forward, patch } = staged;
+    let Some(forward) = forward else {
         // Every partition was refused: answer without involving the broker.
         return answer_produce_locally(meta, acks, || patch.into_response());
-    }
-    let body = encode_request(api, &header, &request)?;
+    };
     Ok(Prepared {
-        forward: Some(body),
+        forward: Some(Forward::Produce(forward)),
         expect: if acks == 0 {
             Expect::Nothing
         } else {
             Expect::Upstream(ResponseStage::Produce(patch))
         },
         deadline: due,
+    })
+}
+
+/// Prepares a Produce the record stage has nothing to do with (passthrough mode without
+/// encryption): forwarded as it came, still bounded by its deadline.
+pub(super) fn prepare_untransformed_produce(
+    shared: &ProxyShared,
+    frame: Bytes,
+    received: Instant,
+) -> anyhow::Result<Prepared> {
+    let h = produce_header(&frame)?;
+    Ok(Prepared {
+        forward: Some(Forward::Produce(shared.records.pass_produce(frame)?)),
+        expect: if h.acks == 0 {
+            Expect::Nothing
+        } else {
+            Expect::Upstream(ResponseStage::Produce(ProducePatch::default()))
+        },
+        deadline: produce_deadline(received, h.timeout_ms),
     })
 }
 
@@ -158,12 +184,10 @@ pub(super) fn answer_late(
     );
     patch.merge_into(&mut response);
     let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-    Ok(Expect::Local(encode_response(
-        api,
-        meta.api_version,
-        &header,
-        &response,
-    )?))
+    Expect::local(
+        meta.api_key,
+        encode_response(api, meta.api_version, &header, &response)?,
+    )
 }
 
 #[cfg(test)]

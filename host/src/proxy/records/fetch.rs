@@ -55,8 +55,13 @@ impl RecordStage {
         let peer = session.peer();
         let mut budget = Budget::new(self.budget);
         for topic in &mut response.responses {
-            let name = topic.topic.clone();
-            let reveal = self.reveal_for(name.as_str(), session).await;
+            let resolved = self.topic_name(&topic.topic, topic.topic_id);
+            let name = resolved.clone().unwrap_or_else(|_| topic.topic.clone());
+            let reveal = match resolved {
+                // Without a name nothing can be decrypted or checked: never deliver the records.
+                Err(unknown) if self.encryption.is_some() => Err(unknown),
+                _ => self.reveal_for(name.as_str(), session).await,
+            };
             for p in &mut topic.partitions {
                 let outcome = match (&reveal, &p.records) {
                     (Err(e), _) => Outcome::Refused(e.clone()),

@@ -29,18 +29,24 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceResponse, TopicName};
+use kafka_protocol::messages::{
+    ApiKey, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
 
 use crate::config::RecordsMode;
 use crate::crypto::record::RecordEncryptor;
-use crate::error::{ProxyError, Reason};
-use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::error::{ErrorSource, ProxyError, Reason};
+use crate::kafka::frame::{encode_request, encode_response, DEFAULT_MAX_FRAME_BYTES};
 use crate::kafka::records::{
     split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry,
     DEFAULT_MAX_DECOMPRESSED_SIZE,
 };
 use crate::policy::PolicyRegistry;
+use crate::proxy::session::ClientSession;
+use crate::proxy::topic_ids::TopicIds;
 
 pub use log::RefusalLog;
 
@@ -67,14 +73,24 @@ pub struct ProducePatch {
 
 #[derive(Debug)]
 struct RefusedPartition {
-    topic: TopicName,
+    topic: TopicRef,
     partition: i32,
     error: ProxyError,
 }
 
+/// A topic as a Produce request names it: by name before v13, by id from v13 (the other field
+/// is empty). Responses must name it the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRef {
+    /// The topic's name (empty from Produce v13).
+    pub name: TopicName,
+    /// The topic's id (nil before Produce v13).
+    pub id: Uuid,
+}
+
 impl ProducePatch {
     /// Records that `topic`/`partition` was refused with `error`.
-    pub fn refuse(&mut self, topic: TopicName, partition: i32, error: ProxyError) {
+    pub fn refuse(&mut self, topic: TopicRef, partition: i32, error: ProxyError) {
         self.refused.push(RefusedPartition {
             topic,
             partition,
@@ -100,11 +116,16 @@ impl ProducePatch {
                     "kapsule: {}",
                     r.error.message()
                 ))));
-            match response.responses.iter_mut().find(|t| t.name == r.topic) {
+            match response
+                .responses
+                .iter_mut()
+                .find(|t| t.name == r.topic.name && t.topic_id == r.topic.id)
+            {
                 Some(t) => t.partition_responses.push(partition),
                 None => response.responses.push(
                     TopicProduceResponse::default()
-                        .with_name(r.topic)
+                        .with_name(r.topic.name)
+                        .with_topic_id(r.topic.id)
                         .with_partition_responses(vec![partition]),
                 ),
             }
@@ -118,6 +139,52 @@ impl ProducePatch {
         response
     }
 }
+
+/// A Produce request on its way to the broker. Only the record stage makes one
+/// ([`RecordStage::stage_produce`], or [`RecordStage::pass_produce`] when it has nothing to do
+/// with produced records), so no Produce can leave Kapsule without having passed it.
+#[derive(Debug)]
+pub struct StagedProduce {
+    frame: Bytes,
+}
+
+impl StagedProduce {
+    /// The request frame body to write to the broker.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+/// A Produce request after the record stage: what goes to the broker (nothing when every
+/// partition was refused) and the partitions answered by Kapsule.
+#[derive(Debug)]
+pub struct ProduceStaged {
+    /// The request for the broker, if any partition is left.
+    pub forward: Option<StagedProduce>,
+    /// Partitions refused by the stage.
+    pub patch: ProducePatch,
+}
+
+/// A Fetch response on its way to the client. Only the record stage makes one
+/// ([`RecordStage::stage_fetch`], or [`RecordStage::pass_fetch`] when it has nothing to do with
+/// fetched records), so no fetched record reaches a client without having passed it.
+#[derive(Debug)]
+pub struct StagedFetch {
+    frame: Bytes,
+}
+
+impl StagedFetch {
+    /// The response frame body to write to the client.
+    pub fn into_frame(self) -> Bytes {
+        self.frame
+    }
+}
+
+/// The record stage was asked to pass records untouched while it is configured to transform
+/// them: a bug in the caller, refused rather than forwarding untransformed records.
+#[derive(Debug, thiserror::Error)]
+#[error("internal error: {0} records were about to bypass the record stage; refused")]
+pub struct BypassRefused(&'static str);
 
 /// The encryption stage: where plans come from and who applies them.
 #[derive(Clone)]
@@ -134,6 +201,7 @@ pub struct RecordStage {
     encryption: Option<Encryption>,
     budget: usize,
     log: RefusalLog,
+    topic_ids: Arc<TopicIds>,
 }
 
 impl RecordStage {
@@ -145,7 +213,14 @@ impl RecordStage {
             encryption,
             budget: DEFAULT_DECOMPRESSION_BUDGET,
             log: RefusalLog::default(),
+            topic_ids: Arc::default(),
         }
+    }
+
+    /// The topic id → name table learned from the broker's Metadata responses, which resolves
+    /// topic-id versions of Produce and Fetch.
+    pub fn topic_ids(&self) -> &TopicIds {
+        &self.topic_ids
     }
 
     /// Caps the bytes decompressed for one Produce request or one Fetch response (summed over
@@ -173,6 +248,96 @@ impl RecordStage {
     /// Whether Fetch responses must be decoded.
     pub fn transforms_fetch(&self) -> bool {
         self.mode == RecordsMode::Reencode || self.encryption.is_some()
+    }
+
+    /// The name of a topic as a Produce request or Fetch response names it: its own name before
+    /// v13, the name the broker gave its id in Metadata from v13. An id no Metadata response
+    /// named is UNKNOWN_TOPIC_ID (retriable: the client refreshes its metadata and retries).
+    pub fn topic_name(&self, name: &TopicName, id: Uuid) -> Result<TopicName, ProxyError> {
+        if !name.is_empty() || id.is_nil() {
+            return Ok(name.clone());
+        }
+        self.topic_ids.name(id).ok_or_else(|| {
+            ProxyError::new(
+                ErrorSource::Client,
+                ResponseError::UnknownTopicId,
+                Reason::UnknownTopicId,
+                format!(
+                    "topic id {id} is not known to Kapsule yet; refresh metadata (through \
+                     Kapsule) and retry"
+                ),
+            )
+        })
+    }
+
+    /// Runs a decoded Produce request through the stage ([`RecordStage::on_produce`]) and
+    /// encodes what is left of it for the broker.
+    pub async fn stage_produce(
+        &self,
+        header: &RequestHeader,
+        mut request: ProduceRequest,
+        session: &ClientSession,
+    ) -> anyhow::Result<ProduceStaged> {
+        let patch = self.on_produce(&mut request, session).await;
+        let forward = if request.topic_data.is_empty() {
+            None
+        } else {
+            Some(StagedProduce {
+                frame: encode_request(ApiKey::Produce, header, &request)?,
+            })
+        };
+        Ok(ProduceStaged { forward, patch })
+    }
+
+    /// A Produce request forwarded as it came: allowed only when the stage has nothing to do
+    /// with produced records (passthrough mode without encryption).
+    pub fn pass_produce(&self, frame: Bytes) -> Result<StagedProduce, BypassRefused> {
+        if self.transforms_produce() {
+            return Err(BypassRefused("produced"));
+        }
+        Ok(StagedProduce { frame })
+    }
+
+    /// Runs a decoded Fetch response through the stage ([`RecordStage::on_fetch`]) and encodes
+    /// it for the client.
+    pub async fn stage_fetch(
+        &self,
+        version: i16,
+        header: &ResponseHeader,
+        mut response: FetchResponse,
+        session: &ClientSession,
+    ) -> anyhow::Result<StagedFetch> {
+        if self.transforms_fetch() {
+            self.on_fetch(&mut response, session).await?;
+        }
+        Ok(StagedFetch {
+            frame: encode_response(ApiKey::Fetch, version, header, &response)?,
+        })
+    }
+
+    /// A Fetch response Kapsule makes itself to refuse a request: no partition, no records.
+    pub fn fetch_refusal(
+        &self,
+        version: i16,
+        header: &ResponseHeader,
+        response: FetchResponse,
+    ) -> anyhow::Result<StagedFetch> {
+        anyhow::ensure!(
+            response.responses.is_empty(),
+            "internal error: a refusal must not carry partitions"
+        );
+        Ok(StagedFetch {
+            frame: encode_response(ApiKey::Fetch, version, header, &response)?,
+        })
+    }
+
+    /// A Fetch response relayed as the broker sent it: allowed only when the stage has nothing
+    /// to do with fetched records (passthrough mode without encryption).
+    pub fn pass_fetch(&self, frame: Bytes) -> Result<StagedFetch, BypassRefused> {
+        if self.transforms_fetch() {
+            return Err(BypassRefused("fetched"));
+        }
+        Ok(StagedFetch { frame })
     }
 }
 

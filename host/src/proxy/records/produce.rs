@@ -20,7 +20,7 @@ use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 
 use super::log::Direction;
-use super::{Budget, Outcome, ProducePatch, RecordStage};
+use super::{Budget, Outcome, ProducePatch, RecordStage, TopicRef};
 use crate::config::RecordsMode;
 use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted};
 use crate::crypto::HEADER_KEY;
@@ -45,10 +45,16 @@ impl RecordStage {
         let mut patch = ProducePatch::default();
         let mut budget = Budget::new(self.budget);
         for topic in &mut request.topic_data {
-            let name = topic.name.clone();
-            let (plan, settings) = match &self.encryption {
-                None => (Ok(TopicPlan::PassAll), DecryptSettings::default()),
-                Some(enc) => (
+            let topic_ref = TopicRef {
+                name: topic.name.clone(),
+                id: topic.topic_id,
+            };
+            let resolved = self.topic_name(&topic_ref.name, topic_ref.id);
+            let name = resolved.clone().unwrap_or_else(|_| topic_ref.name.clone());
+            let (plan, settings) = match (&self.encryption, resolved) {
+                (None, _) => (Ok(TopicPlan::PassAll), DecryptSettings::default()),
+                (Some(_), Err(unknown)) => (Err(unknown), DecryptSettings::default()),
+                (Some(enc), Ok(_)) => (
                     enc.policy
                         .topic_plan_async(name.as_str(), session.principal())
                         .await
@@ -74,7 +80,9 @@ impl RecordStage {
                         .await
                     }
                 };
-                self.apply_produce_outcome(outcome, p, &name, peer, &mut kept, &mut patch);
+                self.apply_produce_outcome(
+                    outcome, p, &topic_ref, &name, peer, &mut kept, &mut patch,
+                );
             }
             topic.partition_data = kept;
         }
@@ -84,10 +92,12 @@ impl RecordStage {
 
     /// The one exit of a produce partition: kept for the broker (as it came, or with the stage's
     /// bytes), or refused into the patch. Nothing else puts records into the request.
+    #[allow(clippy::too_many_arguments)]
     fn apply_produce_outcome(
         &self,
         outcome: Outcome,
         mut p: PartitionProduceData,
+        topic_ref: &TopicRef,
         topic: &TopicName,
         peer: SocketAddr,
         kept: &mut Vec<PartitionProduceData>,
@@ -102,7 +112,7 @@ impl RecordStage {
             Outcome::Refused(error) => {
                 self.log
                     .refused(Direction::Produce, peer, topic.as_str(), p.index, &error);
-                patch.refuse(topic.clone(), p.index, error);
+                patch.refuse(topic_ref.clone(), p.index, error);
             }
         }
     }

@@ -334,3 +334,115 @@ async fn fetch_responses_have_a_decompression_budget() {
     assert_eq!(code, ResponseError::CorruptMessage.code());
     assert!(out.is_empty());
 }
+
+/// A Metadata response naming `topic` with `id` (what a broker answers from v10).
+fn metadata_naming(topic: &str, id: uuid::Uuid) -> kafka_protocol::messages::MetadataResponse {
+    use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+    kafka_protocol::messages::MetadataResponse::default().with_topics(vec![
+        MetadataResponseTopic::default()
+            .with_topic_id(id)
+            .with_name(Some(TopicName(StrBytes::from_string(topic.into())))),
+    ])
+}
+
+fn produce_request_by_id(id: uuid::Uuid, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default().with_topic_data(vec![TopicProduceData::default()
+        .with_topic_id(id)
+        .with_partition_data(vec![PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(records))])])
+}
+
+#[tokio::test]
+async fn a_produce_by_unresolved_topic_id_is_refused_and_answered_by_id() {
+    let stage = stage(
+        RULES,
+        Arc::new(MemoryKms::with_keys(&["k1"])),
+        RecordsMode::Passthrough,
+    );
+    let id = uuid::Uuid::from_u128(7);
+    let mut req = produce_request_by_id(id, set(&[batch()]));
+    let patch = stage.on_produce(&mut req, &session()).await;
+    assert!(req.topic_data.is_empty(), "an unresolved id was forwarded");
+    let resp = patch.into_response();
+    let t = &resp.responses[0];
+    assert_eq!(t.topic_id, id, "the answer names the topic by id");
+    assert!(t.name.is_empty(), "v13 answers carry no name");
+    assert_eq!(t.partition_responses[0].error_code, 100);
+    // Encodable at v13, the version the client used.
+    let mut buf = BytesMut::new();
+    kafka_protocol::protocol::Encodable::encode(&resp, &mut buf, 13).unwrap();
+}
+
+#[tokio::test]
+async fn a_produce_by_topic_id_is_encrypted_under_the_name_metadata_gave_it() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let stage = stage(RULES, kms.clone(), RecordsMode::Passthrough);
+    let id = uuid::Uuid::from_u128(8);
+    stage
+        .topic_ids()
+        .learn_metadata(&metadata_naming("enc-by-id", id));
+    let mut req = produce_request_by_id(id, set(&[batch()]));
+    let patch = stage.on_produce(&mut req, &session()).await;
+    assert!(patch.is_empty(), "refused: {:?}", patch.into_response());
+    let stored = req.topic_data[0].partition_data[0].records.clone().unwrap();
+    assert!(crate::crypto::record::batch_has_encrypted_records(
+        &decode_all(&stored)[0]
+    ));
+    // Bound to the name: a Fetch by name decrypts it, as does a Fetch by the same id.
+    let (code, by_name) = fetch(&stage, "enc-by-id", stored.clone()).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        decode_all(&by_name)[0].records[0].value,
+        batch().records[0].value
+    );
+    let mut resp = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+        .with_topic_id(id)
+        .with_partitions(vec![PartitionData::default()
+            .with_partition_index(0)
+            .with_records(Some(stored.clone()))])]);
+    stage.on_fetch(&mut resp, &session()).await.unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(
+        decode_all(p.records.as_ref().unwrap())[0].records[1].value,
+        batch().records[1].value
+    );
+    // Under another name the same ciphertext does not decrypt (AAD binds the topic name).
+    let (code, _) = fetch(&stage, "enc-other", stored).await;
+    assert_ne!(code, 0);
+}
+
+#[tokio::test]
+async fn a_fetch_by_unresolved_topic_id_delivers_no_records() {
+    let stage = stage(
+        RULES,
+        Arc::new(MemoryKms::with_keys(&["k1"])),
+        RecordsMode::Passthrough,
+    );
+    let mut resp = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+        .with_topic_id(uuid::Uuid::from_u128(9))
+        .with_partitions(vec![PartitionData::default()
+            .with_partition_index(0)
+            .with_records(Some(set(&[batch()])))])]);
+    stage.on_fetch(&mut resp, &session()).await.unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 100);
+    assert!(p.records.as_ref().unwrap().is_empty());
+}
+
+#[test]
+fn records_cannot_bypass_a_stage_that_transforms_them() {
+    let stage = stage(
+        RULES,
+        Arc::new(MemoryKms::with_keys(&["k1"])),
+        RecordsMode::Passthrough,
+    );
+    assert!(stage.pass_produce(Bytes::from_static(b"frame")).is_err());
+    assert!(stage.pass_fetch(Bytes::from_static(b"frame")).is_err());
+    let plain = RecordStage::new(RecordsMode::Passthrough, None);
+    assert!(plain.pass_produce(Bytes::from_static(b"frame")).is_ok());
+    assert!(plain.pass_fetch(Bytes::from_static(b"frame")).is_ok());
+    let reencode = RecordStage::new(RecordsMode::Reencode, None);
+    assert!(reencode.pass_produce(Bytes::from_static(b"frame")).is_err());
+}
