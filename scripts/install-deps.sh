@@ -87,7 +87,14 @@ if ! have mvn; then
   (apt-get install -y -qq maven >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq maven >/dev/null)) \
     || { log "could not install maven (needed to fetch Apache Kafka)"; exit 1; }
 fi
-"$here/scripts/install-kafka.sh" >/dev/null
+kafka_libs="$("$here/scripts/install-kafka.sh")"
+
+# --- Reference clients: the Apache Kafka Java client CLI and franz-go (tests/clients/{java,go}) ----
+# Each build.sh skips when its output is newer than its sources.
+"$here/tests/clients/java/build.sh" "$kafka_libs" >/dev/null
+# franz-go 1.22 needs Go 1.26+ (Debian's golang-go is older): install it from https://go.dev/dl.
+have go || { log "go not found: install Go 1.26+ (https://go.dev/dl) to build the franz-go test client"; exit 1; }
+"$here/tests/clients/go/build.sh" >/dev/null
 
 # --- Policy toolchains: clang/wasi-libc and wit-bindgen for the C example policy -----------------
 "$here/scripts/install-policy-toolchains.sh"

@@ -1,4 +1,5 @@
-//! Runs the real Kafka client scripts in `tests/clients/` and parses their JSON output.
+//! Runs the real Kafka clients in `tests/clients/` (Python, Node, the Apache Kafka Java client,
+//! franz-go) and parses their JSON output.
 //!
 //! Every script prints exactly one JSON object as its last stdout line; diagnostics go to stderr.
 //! A non-zero exit, a timeout, or output that is not JSON is an error that includes stderr.
@@ -62,6 +63,75 @@ pub async fn run_node(script: &str, args: &[String], timeout: Duration) -> Resul
         .args(args)
         .current_dir(clients_dir().join("node"));
     run(cmd, &format!("node {script}"), timeout).await
+}
+
+/// JVM options for the Java client unless `KAPSULE_JAVA_CLIENT_OPTS` is set: quick start-up over
+/// peak speed (the client runs for seconds), one GC thread.
+const JAVA_CLIENT_OPTS: &str = "-Xshare:auto -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx256m";
+
+/// Runs `tests/clients/<dir>/build.sh` once per test process (it is idempotent and prints what
+/// it built) and returns the printed path.
+fn built_once(
+    cell: &'static std::sync::OnceLock<Result<PathBuf, String>>,
+    dir: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<PathBuf> {
+    cell.get_or_init(|| {
+        let script = clients_dir().join(dir).join("build.sh");
+        let out = std::process::Command::new(&script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed with {}: {}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs the Apache Kafka Java client (`tests/clients/java`, `KapsuleClient <args>`: `produce`,
+/// `consume` or `admin`, see its source) with a timeout. The client is compiled on first use by
+/// its `build.sh` against the jars of [`crate::kafka::kafka_libs`].
+pub async fn run_java(args: &[String], timeout: Duration) -> Result<ClientOutput> {
+    static CLASSES: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let libs = crate::kafka::kafka_libs()?;
+    let classes = built_once(&CLASSES, "java", &[libs.as_os_str()])?;
+    let opts =
+        std::env::var("KAPSULE_JAVA_CLIENT_OPTS").unwrap_or_else(|_| JAVA_CLIENT_OPTS.to_owned());
+    let mut cmd = Command::new(crate::kafka::java());
+    cmd.args(opts.split_whitespace())
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            clients_dir().join("java/log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!(
+            "{}:{}",
+            classes.display(),
+            crate::kafka::kafka_classpath(&libs)
+        ))
+        .arg("KapsuleClient")
+        .args(args);
+    let what = format!("java KapsuleClient {}", args.first().map_or("", String::as_str));
+    run(cmd, &what, timeout).await
+}
+
+/// Runs the franz-go client (`tests/clients/go`, `kapsule-franz <args>`: `produce` or `consume`,
+/// see its source) with a timeout. Built on first use by its `build.sh` (`go build`).
+pub async fn run_franz(args: &[String], timeout: Duration) -> Result<ClientOutput> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let bin = built_once(&BIN, "go", &[])?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    let what = format!("franz-go {}", args.first().map_or("", String::as_str));
+    run(cmd, &what, timeout).await
 }
 
 async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<ClientOutput> {

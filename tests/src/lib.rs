@@ -17,6 +17,7 @@
 pub mod clients;
 pub mod encryption;
 pub mod fleet;
+pub mod kafka;
 pub mod kapsule;
 pub mod netns;
 pub mod openbao;
@@ -32,7 +33,8 @@ pub mod tansu;
 pub mod tls;
 pub mod wait;
 
-pub use clients::{run_node, run_python, ClientOutput, InteractiveClient};
+pub use clients::{run_franz, run_java, run_node, run_python, ClientOutput, InteractiveClient};
+pub use kafka::{KafkaCluster, KafkaOptions, Listener};
 pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};
 pub use ports::free_port;
 pub use process::ProcessGuard;
