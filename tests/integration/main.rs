@@ -7,6 +7,7 @@
 
 mod approle;
 mod common;
+mod compaction;
 mod concurrency;
 mod confluent;
 mod encryption;
@@ -30,3 +31,4 @@ mod sasl;
 mod sni;
 mod tls;
 mod tools;
+mod topic_ids;

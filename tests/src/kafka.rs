@@ -33,8 +33,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -294,8 +293,8 @@ fn locate_libs() -> Result<PathBuf> {
 /// The Kafka version pinned in `deps/kafka/pom.xml`.
 pub fn kafka_version() -> Result<String> {
     let pom = workspace_root().join("deps/kafka/pom.xml");
-    let text = std::fs::read_to_string(&pom)
-        .with_context(|| format!("reading {}", pom.display()))?;
+    let text =
+        std::fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
     let start = text
         .find("<kafka.version>")
         .context("deps/kafka/pom.xml has no <kafka.version>")?
@@ -560,7 +559,11 @@ impl KafkaCluster {
                     "-Dlog4j2.configurationFile={}",
                     self.dir.path().join("log4j2.properties").display()
                 ))
-                .args(["-Xshare:auto", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
+                .args([
+                    "-Xshare:auto",
+                    "-XX:TieredStopAtLevel=1",
+                    "-XX:+UseSerialGC",
+                ])
                 .arg("kafka.tools.StorageTool")
                 .args(["format", "--cluster-id", &self.cluster_id, "--config"])
                 .arg(node.dir.join("server.properties"));
@@ -599,8 +602,8 @@ impl KafkaCluster {
 
     fn spawn_node(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
-        let jvm_opts = std::env::var("KAPSULE_KAFKA_JVM_OPTS")
-            .unwrap_or_else(|_| DEFAULT_JVM_OPTS.to_owned());
+        let jvm_opts =
+            std::env::var("KAPSULE_KAFKA_JVM_OPTS").unwrap_or_else(|_| DEFAULT_JVM_OPTS.to_owned());
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(WATCHDOG)
@@ -648,10 +651,7 @@ impl KafkaCluster {
         )
         .await;
         if let Err(e) = ready {
-            return Err(e.context(format!(
-                "Kafka node {id} log:\n{}",
-                process.logs()
-            )));
+            return Err(e.context(format!("Kafka node {id} log:\n{}", process.logs())));
         }
         if std::env::var_os("KAPSULE_RIG_TIMINGS").is_some() {
             eprintln!("kafka node {id} ready after {:?}", started.elapsed());
@@ -679,7 +679,10 @@ impl KafkaCluster {
     /// `127.0.0.1:PORT` of `listener` on node `id`.
     pub fn address(&self, id: i32, listener: Listener) -> Result<String> {
         let node = &self.nodes[self.node_index(id)?];
-        Ok(format!("127.0.0.1:{}", node.ports.listeners[listener.index()]))
+        Ok(format!(
+            "127.0.0.1:{}",
+            node.ports.listeners[listener.index()]
+        ))
     }
 
     /// Address of `listener` on the first running node: a bootstrap address for clients or for

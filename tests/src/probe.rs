@@ -331,8 +331,14 @@ pub fn fetch_request(topic: &str, topic_id: Option<Uuid>) -> FetchRequest {
 /// Topic ids by name, from a Metadata v12 request for all topics sent to `addr`.
 pub async fn topic_ids(addr: &str, timeout: Duration) -> Result<Vec<(String, Uuid)>> {
     let mut c = RawConnection::connect(addr).await?;
-    c.send(ApiKey::Metadata, 12, 1, &MetadataRequest::default())
-        .await?;
+    // A null topic list asks for every topic (an empty one for none).
+    c.send(
+        ApiKey::Metadata,
+        12,
+        1,
+        &MetadataRequest::default().with_topics(None),
+    )
+    .await?;
     let (_, md) = c
         .recv_as::<MetadataResponse>(ApiKey::Metadata, 12, timeout)
         .await?;
