@@ -92,8 +92,9 @@ enum ResponseStage {
     DescribeCluster,
     /// Rewrite node endpoints; merge partitions the proxy refused.
     Produce(ProducePatch),
-    /// Rewrite node endpoints; decrypt / re-encode records.
-    Fetch,
+    /// Rewrite node endpoints; decrypt / re-encode records for the client as it was when the
+    /// request was read (a principal set by a later SASL answer does not apply to it).
+    Fetch(Arc<ClientSession>),
     /// Follow the SASL exchange (may set the session's principal); relay the bytes.
     Sasl(SaslExpect),
 }
@@ -126,7 +127,9 @@ enum Step<T> {
 
 impl<T: Send + 'static> Step<T> {
     fn spawn(f: impl Future<Output = anyhow::Result<T>> + Send + 'static) -> Self {
-        Step::Running(AbortOnDropHandle::new(tokio::spawn(f)))
+        Step::Running(AbortOnDropHandle::new(tokio::spawn(
+            tracing::Instrument::in_current_span(f),
+        )))
     }
 
     /// True when [`Step::get`] will not wait.
@@ -211,7 +214,7 @@ async fn serve_inner(
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
-    let sasl = Arc::new(SaslTracker::new());
+    let sasl = Arc::new(SaslTracker::for_config(&shared.config));
 
     let requests = read_requests(
         shared,
@@ -390,7 +393,7 @@ async fn read_requests(
                 received,
             ))
         } else {
-            Step::Ready(prepare_relay(meta, frame, received))
+            Step::Ready(prepare_relay(meta, frame, received, &session))
         };
         if queue.send(Queued { meta, step, permit }).is_err() {
             return Ok(());
@@ -496,16 +499,15 @@ async fn read_responses(
                     )
                 };
                 let step = match stage {
-                    ResponseStage::Fetch if fetch_needs_decode(shared, meta) => {
+                    ResponseStage::Fetch(session) if fetch_needs_decode(shared, meta) => {
                         let shared = shared.clone();
-                        let session = session.clone();
                         Step::spawn(async move {
                             fetch_response(&shared, meta, frame, &session)
                                 .await
                                 .with_context(context)
                         })
                     }
-                    ResponseStage::Fetch => Step::Ready(Ok(frame)),
+                    ResponseStage::Fetch(_) => Step::Ready(Ok(frame)),
                     ResponseStage::Sasl(expect) => {
                         // Inline, so the principal is set before the client sees the answer.
                         sasl::follow_response(shared, &sasl, &session, meta, expect, &frame)?;
@@ -635,8 +637,14 @@ fn in_range(range: kafka_protocol::protocol::VersionRange, v: i16) -> bool {
 }
 
 /// Prepares a request that is relayed as bytes (everything but a Produce through the record
-/// stage).
-fn prepare_relay(meta: RequestMeta, frame: Bytes, received: Instant) -> anyhow::Result<Prepared> {
+/// stage). A Fetch keeps a snapshot of `session`: its response is decrypted for the principal
+/// the connection had when the request was read.
+fn prepare_relay(
+    meta: RequestMeta,
+    frame: Bytes,
+    received: Instant,
+    session: &ClientSession,
+) -> anyhow::Result<Prepared> {
     let relay = |frame, stage| Prepared {
         forward: Some(frame),
         expect: Expect::Upstream(stage),
@@ -662,7 +670,7 @@ fn prepare_relay(meta: RequestMeta, frame: Bytes, received: Instant) -> anyhow::
         ApiKey::Metadata => relay(frame, ResponseStage::Metadata),
         ApiKey::FindCoordinator => relay(frame, ResponseStage::FindCoordinator),
         ApiKey::DescribeCluster => relay(frame, ResponseStage::DescribeCluster),
-        ApiKey::Fetch => relay(frame, ResponseStage::Fetch),
+        ApiKey::Fetch => relay(frame, ResponseStage::Fetch(Arc::new(session.snapshot()))),
         ApiKey::Produce => {
             let h = produce_header(&frame)?;
             Prepared {
@@ -710,7 +718,7 @@ fn rewrite_response(
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay | ResponseStage::Fetch | ResponseStage::Sasl(_) => frame,
+        ResponseStage::Relay | ResponseStage::Fetch(_) | ResponseStage::Sasl(_) => frame,
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;
@@ -748,3 +756,6 @@ fn rewrite_response(
         }
     })
 }
+
+#[cfg(test)]
+mod fetch_principal_tests;
