@@ -108,6 +108,12 @@ pub struct ProxyConfig {
     /// (default `none`).
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    /// Socket peers (CIDR blocks) allowed to send the PROXY protocol header: the load
+    /// balancers. A connection from any other address is closed unread. Empty (the default):
+    /// loopback only (`127.0.0.0/8`, `::1`), for a load balancer on the same host; set it to the
+    /// load balancers' addresses otherwise. See docs/security.md.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<crate::proxy::proxy_protocol::Cidr>,
     /// SNI routing: the whole cluster on the one TLS port `listen`, the TLS server name choosing
     /// the broker (needs `tls`). Port-per-broker when unset (the default).
     #[serde(default)]
@@ -118,6 +124,15 @@ pub struct ProxyConfig {
     /// the broker decides. See docs/deployment.md, "SASL".
     #[serde(default)]
     pub authentication: AuthenticationMode,
+    /// The JWT claim an OAUTHBEARER client's principal is read from (default `sub`). Must be the
+    /// claim the broker takes it from: `sasl.oauthbearer.sub.claim.name` (or the unsecured
+    /// validator's `unsecuredValidatorPrincipalClaimName`). See docs/security.md.
+    #[serde(default = "default_oauthbearer_sub_claim_name")]
+    pub oauthbearer_sub_claim_name: String,
+}
+
+fn default_oauthbearer_sub_claim_name() -> String {
+    crate::proxy::sasl::DEFAULT_OAUTH_CLAIM.to_owned()
 }
 
 /// Admin endpoint settings.
@@ -145,6 +160,16 @@ pub struct AdminConfig {
     /// Most distinct principal labels (default 100); later principals are counted as `other`.
     #[serde(default = "default_max_principal_labels")]
     pub max_principal_labels: usize,
+    /// `GET /metrics` and `GET /policies` require the bearer token too (default off: only
+    /// `POST /policies/reload` does). Needs `token_env` or `token_file`. `/livez` and `/readyz`
+    /// stay open for probes.
+    #[serde(default)]
+    pub require_token_for_reads: bool,
+    /// Host names (without port) accepted in a request's `Host` header besides IP addresses and
+    /// `localhost`, e.g. the Service name a scraper uses. Any other name is refused with 421
+    /// (DNS rebinding). See docs/security.md.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -156,6 +181,8 @@ impl Default for AdminConfig {
             max_connections: default_admin_max_connections(),
             principal_metrics: false,
             max_principal_labels: default_max_principal_labels(),
+            require_token_for_reads: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -203,6 +230,26 @@ impl AdminConfig {
         }
         if self.max_connections == 0 {
             problems.push("admin.max_connections: must be at least 1".into());
+        }
+        for host in &self.allowed_hosts {
+            let bad = host.is_empty()
+                || host.contains(':')
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if bad {
+                problems.push(format!(
+                    "admin.allowed_hosts: `{}` is not a host name (letters, digits, `-`, `.`; no port)",
+                    host.escape_debug()
+                ));
+            }
+        }
+        let no_token = self.token_env.is_none() && self.token_file.is_none();
+        if self.require_token_for_reads && no_token {
+            problems.push(
+                "admin.require_token_for_reads: needs a token; set admin.token_env or admin.token_file"
+                    .into(),
+            );
         }
         match self.read_token() {
             Err(e) => problems.push(e),
@@ -338,8 +385,10 @@ impl Config {
                 tls: None,
                 upstream_tls: None,
                 proxy_protocol: ProxyProtocol::None,
+                proxy_protocol_from: Vec::new(),
                 sni: None,
                 authentication: AuthenticationMode::Optional,
+                oauthbearer_sub_claim_name: default_oauthbearer_sub_claim_name(),
             },
             admin: AdminConfig::default(),
             records: RecordsMode::default(),
@@ -486,6 +535,18 @@ impl Config {
         }
         if p.max_in_flight == 0 {
             problems.push("proxy.max_in_flight: must be at least 1".into());
+        }
+        crate::proxy::sasl::oauthbearer::validate_claim_name(
+            &p.oauthbearer_sub_claim_name,
+            "proxy.oauthbearer_sub_claim_name",
+            problems,
+        );
+        if !p.proxy_protocol_from.is_empty() && p.proxy_protocol == ProxyProtocol::None {
+            problems.push(
+                "proxy.proxy_protocol_from: set, but proxy.proxy_protocol is none; set \
+                 proxy.proxy_protocol: v2 or remove the list"
+                    .into(),
+            );
         }
         if let Some(tls) = &p.tls {
             tls.validate("proxy.tls", problems);

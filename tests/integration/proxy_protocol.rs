@@ -1,5 +1,6 @@
 //! PROXY protocol v2 from a real haproxy (TCP mode, `send-proxy-v2`) in front of Kapsule: clients
-//! know only haproxy, Kapsule logs their real addresses and refuses connections without a header.
+//! know only haproxy, Kapsule logs their real addresses and refuses connections without a header,
+//! and a header from a peer outside `proxy.proxy_protocol_from` is refused unread.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ async fn haproxy_proxy_protocol_v2_gives_real_client_addresses() {
     let node_port = free_port();
     let base = node_port - TANSU_NODE_ID;
     let yaml = format!(
-        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  advertised_host: 127.0.0.2\n  node_port_base: {base}\n  proxy_protocol: v2\nadmin:\n  listen: \"{{admin}}\"\n",
+        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  advertised_host: 127.0.0.2\n  node_port_base: {base}\n  proxy_protocol: v2\n  proxy_protocol_from: [127.0.0.1/32]\nadmin:\n  listen: \"{{admin}}\"\n",
         tansu.bootstrap()
     );
     let kapsule =
@@ -63,6 +64,43 @@ async fn haproxy_proxy_protocol_v2_gives_real_client_addresses() {
         )
         .await
         .expect("Kapsule logs the client's own address, not haproxy's");
+    assert!(
+        kapsule
+            .logs()
+            .lines()
+            .any(|l| l.contains("socket_peer=127.0.0.1:") && l.contains(&format!("peer={me}"))),
+        "connection lines carry both the load balancer and the claimed client address"
+    );
+
+    // A client that reaches Kapsule directly from 127.0.0.3 (not a listed load balancer) and
+    // forges a header claiming 203.0.113.9: closed before anything is read or answered.
+    let forged: std::net::SocketAddr = "203.0.113.9:4242".parse().unwrap();
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&[203, 0, 113, 9, 127, 0, 0, 1]);
+    header.extend_from_slice(&4242u16.to_be_bytes());
+    header.extend_from_slice(&port.parse::<u16>().unwrap().to_be_bytes());
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut direct = sock.connect(kapsule.listen.parse().unwrap()).await.unwrap();
+    let _ = direct.write_all(&header).await;
+    let _ = direct.write_all(frame).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), direct.read_to_end(&mut answer))
+        .await
+        .expect("the untrusted connection is closed");
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "a forged header from an untrusted peer got a {}-byte answer",
+        answer.len()
+    );
+    kapsule
+        .wait_log("not in proxy.proxy_protocol_from", Duration::from_secs(10))
+        .await
+        .expect("the refusal names the setting");
+    assert!(
+        !kapsule.logs().contains(&format!("peer={forged}")),
+        "the forged address must never be used"
+    );
 
     // Straight to Kapsule, bypassing the load balancer: refused, and Kapsule keeps serving.
     let refusals = || {

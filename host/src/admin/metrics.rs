@@ -31,14 +31,37 @@ pub trait MetricsSource: Send + Sync {
     fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result;
 }
 
-/// Labels of one sample: `(name, value)` pairs.
+/// Labels of one sample: `(name, value)` pairs, values as they are (unescaped): the family
+/// encoders below escape every value through [`escape_label_value`], the one place that does.
 pub type Labels = Vec<(&'static str, String)>;
 
-/// Escapes a label value for the text exposition (`\`, `"` and newlines).
-pub fn label_value(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Escapes a label value for the OpenMetrics text exposition: `\` → `\\`, `"` → `\"`,
+/// newline → `\n`. prometheus-client writes label values verbatim, so a value holding a quote
+/// and a newline (a principal or topic name chosen by a client) could otherwise end its sample
+/// and add samples of its own. Applied by [`counter_family`], [`gauge_family`] and
+/// [`histogram_family`] to every label value; callers pass raw values.
+fn escape_label_value(v: &str) -> String {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.to_owned();
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `labels` with every value escaped ([`escape_label_value`]).
+fn escaped(labels: Labels) -> Labels {
+    labels
+        .into_iter()
+        .map(|(k, v)| (k, escape_label_value(&v)))
+        .collect()
 }
 
 /// Encodes counter family `name` (without `_total`; the encoder appends it).
@@ -53,7 +76,7 @@ pub fn counter_family(
         if labels.is_empty() {
             m.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         } else {
-            m.encode_family(&labels)?
+            m.encode_family(&escaped(labels))?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
     }
@@ -72,7 +95,7 @@ pub fn gauge_family(
         if labels.is_empty() {
             m.encode_gauge(&v)?;
         } else {
-            m.encode_family(&labels)?.encode_gauge(&v)?;
+            m.encode_family(&escaped(labels))?.encode_gauge(&v)?;
         }
     }
     Ok(())
@@ -91,7 +114,7 @@ pub fn histogram_family(
 ) -> fmt::Result {
     let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, sum, count, buckets) in samples {
-        m.encode_family(&labels)?
+        m.encode_family(&escaped(labels))?
             .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
     }
     Ok(())
@@ -130,7 +153,7 @@ pub struct PolicyMetrics(pub crate::policy::PolicyRegistry);
 impl MetricsSource for PolicyMetrics {
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let status = self.0.status();
-        let b = |s: &crate::policy::BindingStatus| vec![("binding", label_value(&s.binding))];
+        let b = |s: &crate::policy::BindingStatus| vec![("binding", s.binding.clone())];
         let per = |f: fn(&crate::policy::BindingStatus) -> u64| {
             status.bindings.iter().map(move |s| (b(s), f(s)))
         };
@@ -542,6 +565,92 @@ mod tests {
         assert!(
             text.contains(r#"kapsule_principal_requests_total{principal="other",api="Produce"} 2"#),
             "{text}"
+        );
+    }
+
+    /// Parses an OpenMetrics text page: one `(name, labels, value)` per sample line, label
+    /// values unescaped. Panics on a line that is not a comment or a well-formed sample.
+    fn parse_samples(page: &str) -> Vec<(String, Vec<(String, String)>, String)> {
+        let mut out = Vec::new();
+        for line in page.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let name_end = line.find(['{', ' ']).expect("sample name");
+            let name = line[..name_end].to_owned();
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+                "bad metric name in {line:?}"
+            );
+            let mut rest = &line[name_end..];
+            let mut labels = Vec::new();
+            if let Some(r) = rest.strip_prefix('{') {
+                rest = r;
+                loop {
+                    if let Some(r) = rest.strip_prefix('}') {
+                        rest = r;
+                        break;
+                    }
+                    let eq = rest.find("=\"").expect("label =\"");
+                    let key = rest[..eq].trim_start_matches(',').to_owned();
+                    let mut value = String::new();
+                    let mut chars = rest[eq + 2..].char_indices();
+                    let end = loop {
+                        match chars.next().expect("unterminated label value") {
+                            (_, '\\') => match chars.next().expect("escape").1 {
+                                'n' => value.push('\n'),
+                                c @ ('\\' | '"') => value.push(c),
+                                c => panic!("bad escape \\{c} in {line:?}"),
+                            },
+                            (i, '"') => break i,
+                            (_, c) => value.push(c),
+                        }
+                    };
+                    labels.push((key, value));
+                    rest = &rest[eq + 2 + end + 1..];
+                }
+            }
+            let value = rest
+                .strip_prefix(' ')
+                .expect("space before value")
+                .to_owned();
+            assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+            out.push((name, labels, value));
+        }
+        out
+    }
+
+    #[test]
+    fn label_values_are_escaped_so_a_principal_cannot_add_samples() {
+        let hostile = "evil\"} 1e9\nkapsule_connections_active 999\n# \\";
+        let render = |name: &str| {
+            let m = Metrics::default();
+            m.enable_principal_label(10);
+            m.principal(name).unwrap().request(0, 10);
+            m.principal(name).unwrap().response(20);
+            m.render()
+        };
+        let benign = parse_samples(&render("alice"));
+        let page = render(hostile);
+        let samples = parse_samples(&page);
+        assert_eq!(samples.len(), benign.len(), "{page}");
+        let principals: Vec<&str> = samples
+            .iter()
+            .flat_map(|(_, l, _)| l.iter())
+            .filter(|(k, _)| k == "principal")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(principals, vec![hostile; 3], "{page}");
+        assert!(
+            !page
+                .lines()
+                .any(|l| l.starts_with("kapsule_connections_active 999")),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"principal="evil\"} 1e9\nkapsule_connections_active 999\n# \\""#),
+            "{page}"
         );
     }
 

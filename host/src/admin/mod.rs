@@ -5,10 +5,19 @@
 //! answered `503` and closed), request heads must arrive within 5 s, and a connection lives at most
 //! 120 s (a policy reload may compile modules).
 //!
-//! Access: read-only endpoints are open to whoever can reach the listener. Mutating endpoints
-//! (`POST /policies/reload`) require `Authorization: Bearer <admin token>` whenever a token is
-//! configured; configuration validation refuses a non-loopback listener without one
-//! (see [`crate::config::AdminConfig`]). A missing or wrong token gets `401`.
+//! Access: read-only endpoints are open to whoever can reach the listener, unless
+//! `admin.require_token_for_reads` puts `GET /metrics` and `GET /policies` behind the token too
+//! (`/livez` and `/readyz` stay open for probes). Mutating endpoints (`POST /policies/reload`)
+//! require `Authorization: Bearer <admin token>` whenever a token is configured; configuration
+//! validation refuses a non-loopback listener without one (see [`crate::config::AdminConfig`]).
+//! A missing or wrong token gets `401`.
+//!
+//! Browsers: a request carrying an `Origin` header (every cross-site `fetch`/form POST and every
+//! non-GET a browser sends) gets `403`, so a web page cannot trigger a reload (CSRF). A `Host`
+//! header that is not an IP address (the listen address, or any address when listening on a
+//! wildcard), `localhost` or a name in `admin.allowed_hosts` gets `403` too, so a page on a
+//! rebound DNS name cannot read `/metrics` or `/policies` (DNS rebinding). Requests without
+//! `Host` (not a browser) are served. Both checks come before anything else, on every path.
 
 pub mod metrics;
 
@@ -18,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -63,6 +72,67 @@ pub struct AdminState {
     pub token: Option<Arc<Zeroizing<String>>>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// `GET /metrics` and `GET /policies` need the token too (`admin.require_token_for_reads`).
+    pub require_token_for_reads: bool,
+    /// Which `Host` headers are served (DNS-rebinding defence).
+    pub hosts: AllowedHosts,
+}
+
+/// The `Host` header values the admin endpoint serves: IP addresses (the listen address, or any
+/// when listening on a wildcard address: an address is never a rebound name), `localhost` and the
+/// configured names, compared without port and case-insensitively.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts {
+    listen_ip: Option<std::net::IpAddr>,
+    names: Vec<String>,
+}
+
+impl AllowedHosts {
+    /// For a listener on `listen` (`None`: unparsable, no address accepted but `localhost` and
+    /// `names`) and the extra names of `admin.allowed_hosts`.
+    pub fn new(listen: Option<std::net::SocketAddr>, names: &[String]) -> Self {
+        Self {
+            listen_ip: listen.map(|a| a.ip()),
+            names: names
+                .iter()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Whether a request with `Host: host` is served.
+    pub fn allows(&self, host: &str) -> bool {
+        let Some(name) = host_without_port(host) else {
+            return false;
+        };
+        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            return match self.listen_ip {
+                Some(l) if l.is_unspecified() => true,
+                Some(l) => l.to_canonical() == ip.to_canonical(),
+                None => false,
+            };
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        name == "localhost" || self.names.contains(&name)
+    }
+}
+
+/// `host` of `host`, `host:port`, `[v6]` or `[v6]:port`; `None` when malformed.
+fn host_without_port(host: &str) -> Option<&str> {
+    let valid_port = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    };
+    if let Some(rest) = host.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let ok = after.is_empty() || after.strip_prefix(':').is_some_and(valid_port);
+        return ok.then_some(ip);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') => valid_port(port).then_some(h),
+        // A bare IPv6 address is not a valid Host.
+        Some(_) => None,
+        None => Some(host),
+    }
 }
 
 impl AdminState {
@@ -80,12 +150,19 @@ impl AdminState {
                 config.listen
             );
         }
+        if token.is_none() && config.require_token_for_reads {
+            anyhow::bail!(
+                "admin.require_token_for_reads needs a token: set admin.token_env or admin.token_file"
+            );
+        }
         Ok(Self {
             metrics,
             upstream,
             policies,
             token: token.map(Arc::new),
             max_connections: config.max_connections.max(1),
+            require_token_for_reads: config.require_token_for_reads,
+            hosts: AllowedHosts::new(config.listen.parse().ok(), &config.allowed_hosts),
         })
     }
 }
@@ -179,10 +256,68 @@ fn authorized(req: &Request<hyper::body::Incoming>, expected: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `401` asking for the bearer token.
+fn unauthorized(state: &AdminState) -> Response<Full<Bytes>> {
+    state.metrics.error("admin_unauthorized");
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "missing or wrong bearer token (send `Authorization: Bearer <admin token>`)\n",
+    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// `Some(403)` for a request a browser page may have made: one with an `Origin` header, or
+/// whose `Host` is not allowed ([`AllowedHosts`]).
+fn refuse_browser(
+    req: &Request<hyper::body::Incoming>,
+    state: &AdminState,
+) -> Option<Response<Full<Bytes>>> {
+    const PLAIN: &str = "text/plain";
+    if req.headers().contains_key(ORIGIN) {
+        state.metrics.error("admin_browser_origin");
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            PLAIN,
+            "requests carrying an Origin header (made by a web page) are refused; use curl or a scraper\n",
+        ));
+    }
+    let hosts = req.headers().get_all(HOST);
+    let mut n = 0;
+    for host in hosts.iter() {
+        n += 1;
+        let allowed = host.to_str().is_ok_and(|h| state.hosts.allows(h.trim()));
+        if !allowed || n > 1 {
+            state.metrics.error("admin_host_refused");
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                PLAIN,
+                "the Host header names neither this listener's address, localhost nor a name in admin.allowed_hosts (DNS rebinding defence); add the name to admin.allowed_hosts\n",
+            ));
+        }
+    }
+    None
+}
+
 async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain";
     const JSON: &str = "application/json";
+    if let Some(refused) = refuse_browser(&req, state) {
+        return refused;
+    }
     let method = req.method().clone();
+    let read_needs_token = state.require_token_for_reads
+        && method == Method::GET
+        && matches!(req.uri().path(), "/metrics" | "/policies");
+    if read_needs_token {
+        // require_token_for_reads without a token is refused at start-up.
+        let ok = state.token.as_ref().is_some_and(|t| authorized(&req, t));
+        if !ok {
+            return unauthorized(state);
+        }
+    }
     match (&method, req.uri().path()) {
         (&Method::GET, "/livez") => text(StatusCode::OK, PLAIN, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -215,15 +350,7 @@ async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Respo
         (&Method::POST, "/policies/reload") => {
             if let Some(token) = &state.token {
                 if !authorized(&req, token) {
-                    state.metrics.error("admin_unauthorized");
-                    let mut r = text(
-                        StatusCode::UNAUTHORIZED,
-                        PLAIN,
-                        "missing or wrong bearer token (send `Authorization: Bearer <admin token>`)\n",
-                    );
-                    r.headers_mut()
-                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    return r;
+                    return unauthorized(state);
                 }
             }
             match &state.policies {
@@ -248,3 +375,6 @@ async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Respo
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::admin::metrics::{
-    counter_family, encode_source, histogram_family, label_value, Labels, MetricsSource,
+    counter_family, encode_source, histogram_family, Labels, MetricsSource,
 };
 use crate::crypto::keys::RotationReason;
 use crate::kafka::names::is_valid_topic_name;
@@ -277,7 +277,7 @@ struct Snapshot {
 
 impl MetricsSource for Snapshot {
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let topic = |t: &str| vec![("topic", label_value(t))];
+        let topic = |t: &str| vec![("topic", t.to_owned())];
         for (i, (name, help)) in [
             ("kapsule_records_encrypted", "Records encrypted."),
             ("kapsule_bytes_encrypted", "Plaintext bytes encrypted."),

@@ -14,6 +14,7 @@ pub mod session;
 pub mod sni;
 pub mod tls;
 pub mod topic_ids;
+pub mod warn_limit;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -65,9 +66,20 @@ pub struct ProxyShared {
     /// With `proxy.sni`: the routing config and the port advertised for every broker.
     sni: Option<(sni::SniConfig, u16)>,
     nodes: Mutex<HashMap<i32, NodeEntry>>,
+    /// Held while asking the bootstrap broker for the cluster's brokers; holds when the last
+    /// look-up finished, so concurrent and repeated look-ups share one (see
+    /// [`ProxyShared::resolve_upstream`]).
+    discovery: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// Rate limits for per-connection WARN lines (TLS, PROXY header, SNI).
+    pub warnings: warn_limit::ConnectionWarnings,
     shutdown: watch::Receiver<bool>,
     tasks: TaskTracker,
 }
+
+/// Shortest time between two Metadata look-ups for brokers this instance has not seen: a client
+/// naming unknown node ids (SNI names are client-chosen) costs the broker at most one look-up per
+/// interval, however many connections it opens.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ProxyShared {
     /// Address of the broker behind `route`.
@@ -95,27 +107,40 @@ impl ProxyShared {
         let Route::Node(id) = route else {
             return self.upstream_for(route);
         };
-        info!(node_id = id, upstream = %self.config.upstream, "broker not seen yet on this instance; asking the bootstrap broker for the cluster's brokers");
-        let timeout = Duration::from_millis(self.config.upstream_connect_timeout_ms);
-        tokio::time::timeout(timeout, self.discover_brokers())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no Metadata answer from {} within {timeout:?}",
-                    self.config.upstream
-                )
-            })?
-            .with_context(|| {
-                format!(
-                    "learning broker {id}'s address from {}",
-                    self.config.upstream
-                )
-            })?;
+        // One look-up at a time; whoever waited re-checks what it found, and within
+        // DISCOVERY_INTERVAL of the last look-up an unknown id is refused without a new one.
+        let mut last = self.discovery.lock().await;
+        if let Ok(addr) = self.upstream_for(route) {
+            return Ok(addr);
+        }
+        if last.is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL) {
+            info!(node_id = id, upstream = %self.config.upstream, "broker not seen yet on this instance; asking the bootstrap broker for the cluster's brokers");
+            let timeout = Duration::from_millis(self.config.upstream_connect_timeout_ms);
+            let found = tokio::time::timeout(timeout, self.discover_brokers()).await;
+            *last = Some(std::time::Instant::now());
+            found
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no Metadata answer from {} within {timeout:?}",
+                        self.config.upstream
+                    )
+                })?
+                .with_context(|| {
+                    format!(
+                        "learning broker {id}'s address from {}",
+                        self.config.upstream
+                    )
+                })?;
+        }
+        drop(last);
         self.upstream_for(route).inspect_err(|_| {
-            warn!(
-                node_id = id,
-                "closing connection: the cluster's metadata names no broker {id}"
-            );
+            let warning = warn_limit::ConnectionWarning::SniUnknownName;
+            if let Some(suppressed) = self.warnings.admit(warning) {
+                warn!(
+                    node_id = id,
+                    suppressed, "closing connection: the cluster's metadata names no broker {id}"
+                );
+            }
         })
     }
 
@@ -250,7 +275,13 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                     Ok((stream, peer)) => {
                         let shared = shared.clone();
                         let route = route.clone();
-                        shared.tasks.clone().spawn(async move {
+                        // Behind a load balancer every line of the connection names the socket
+                        // peer (the load balancer) beside the client address it claimed (`peer`).
+                        let span = match shared.config.proxy_protocol {
+                            proxy_protocol::ProxyProtocol::V2 => tracing::info_span!("proxied", socket_peer = %peer),
+                            proxy_protocol::ProxyProtocol::None => tracing::Span::none(),
+                        };
+                        shared.tasks.clone().spawn(tracing::Instrument::instrument(async move {
                             let Some(accepted) = tls::accept_client(&shared, stream, peer).await else {
                                 return;
                             };
@@ -260,7 +291,9 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                                     Ok(r) => r,
                                     Err(e) => {
                                         shared.metrics.error("sni_unknown_name");
-                                        warn!(%peer, "closing connection: {e}; connect to a name Kapsule advertises");
+                                        if let Some(suppressed) = shared.warnings.admit(warn_limit::ConnectionWarning::SniUnknownName) {
+                                            warn!(%peer, suppressed, "closing connection: {e}; connect to a name Kapsule advertises");
+                                        }
                                         return;
                                     }
                                 },
@@ -271,7 +304,7 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                                 None => session::ClientSession::new(peer),
                             });
                             connection::serve(shared, accepted.stream, session, route).await;
-                        });
+                        }, span));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -349,6 +382,8 @@ impl Proxy {
             listen_ip: listen.ip(),
             sni,
             nodes: Mutex::new(HashMap::new()),
+            discovery: tokio::sync::Mutex::new(None),
+            warnings: warn_limit::ConnectionWarnings::default(),
             shutdown: shutdown_rx,
             tasks: TaskTracker::new(),
         });

@@ -5,7 +5,12 @@
 //! header; one without is closed (a client that bypasses the load balancer could otherwise claim
 //! any address). The header is read byte-exactly before TLS, so nothing after it is consumed.
 //! A `LOCAL` header (load balancer health checks) keeps the socket's own address. TLVs are skipped.
+//!
+//! Only peers in `proxy.proxy_protocol_from` (CIDR blocks, default loopback only: `127.0.0.0/8`
+//! and `::1/128`) may send a header: a connection from any other socket address is closed before
+//! a byte of it is read, so a client that reaches Kapsule directly cannot claim an address.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -21,6 +26,107 @@ pub enum ProxyProtocol {
     None,
     /// Every connection starts with a PROXY protocol v2 header.
     V2,
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a /32 or
+/// /128), as written in `proxy.proxy_protocol_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address. The address must be the network's first address
+    /// (`10.1.2.3/8` is refused: it usually means a typo).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block (e.g. 10.0.0.0/8)"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0..={max}"))?,
+        };
+        let cidr = Cidr { network, prefix };
+        if cidr.masked(network) != network {
+            return Err(format!(
+                "`{s}`: host bits are set; write the network address ({}/{prefix})",
+                cidr.masked(network)
+            ));
+        }
+        Ok(cidr)
+    }
+
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        }
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (a v4 peer on a `[::]`
+    /// listener) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && self.masked(ip) == self.network
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The peers trusted to send a PROXY header when `proxy.proxy_protocol_from` is empty.
+pub fn default_trusted_peers() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            network: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+            prefix: 8,
+        },
+        Cidr {
+            network: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ]
+}
+
+/// Whether the socket peer `peer` may send a PROXY header: it is in `trusted`, or `trusted` is
+/// empty and `peer` is a loopback address ([`default_trusted_peers`]).
+pub fn is_trusted_peer(trusted: &[Cidr], peer: IpAddr) -> bool {
+    if trusted.is_empty() {
+        return default_trusted_peers().iter().any(|c| c.contains(peer));
+    }
+    trusted.iter().any(|c| c.contains(peer))
 }
 
 /// Time the load balancer has to send the whole header.
@@ -181,6 +287,64 @@ mod tests {
         let mut local = SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
         assert_eq!(read(&local).await.unwrap(), None);
+    }
+
+    #[test]
+    fn trusted_peers_are_matched_by_cidr_and_default_to_loopback() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lb = vec![
+            Cidr::parse("10.1.0.0/16").unwrap(),
+            Cidr::parse("2001:db8::/32").unwrap(),
+            Cidr::parse("192.0.2.7").unwrap(),
+        ];
+        assert!(is_trusted_peer(&lb, ip("10.1.200.3")));
+        assert!(
+            is_trusted_peer(&lb, ip("::ffff:10.1.0.1")),
+            "v4-mapped peer"
+        );
+        assert!(is_trusted_peer(&lb, ip("2001:db8:ffff::1")));
+        assert!(is_trusted_peer(&lb, ip("192.0.2.7")));
+        assert!(!is_trusted_peer(&lb, ip("10.2.0.1")));
+        assert!(!is_trusted_peer(&lb, ip("192.0.2.8")));
+        assert!(
+            !is_trusted_peer(&lb, ip("127.0.0.1")),
+            "a list replaces the default"
+        );
+        // Empty list: loopback only.
+        assert!(is_trusted_peer(&[], ip("127.0.0.1")));
+        assert!(is_trusted_peer(&[], ip("127.9.9.9")));
+        assert!(is_trusted_peer(&[], ip("::1")));
+        assert!(!is_trusted_peer(&[], ip("10.0.0.1")));
+        assert!(!is_trusted_peer(&[], ip("::2")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.1.2.3/8", "10.0.0.0/33", "nope", "::/129", "10.0.0.0/x"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn proxy_protocol_from_is_validated_at_start_up() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+        let c = crate::config::Config::parse(&format!(
+            "{base}  proxy_protocol: v2\n  proxy_protocol_from: [10.0.8.0/24, \"2001:db8::/32\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.proxy_protocol_from.len(), 2);
+        let err = crate::config::Config::parse(&format!(
+            "{base}  proxy_protocol: v2\n  proxy_protocol_from: [10.0.8.1/24]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("proxy_protocol_from") && err.contains("10.0.8.0/24"),
+            "{err}"
+        );
+        let err =
+            crate::config::Config::parse(&format!("{base}  proxy_protocol_from: [10.0.8.0/24]\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("proxy.proxy_protocol is none"), "{err}");
     }
 
     #[tokio::test]

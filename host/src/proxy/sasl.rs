@@ -10,10 +10,12 @@
 //! |--------------------|---------------------------------------------------|----------------------------------------|
 //! | PLAIN              | `authcid` (`authzid` must be empty or equal)      | the first answer, error code 0         |
 //! | SCRAM-SHA-256/512  | `n=` of client-first (`=2C`/`=3D` unescaped; `a=` must be empty or equal) | the second answer (server-final `v=…`), error code 0 |
-//! | OAUTHBEARER        | the JWT's `sub` claim, else the `a=` authzid (both set: must be equal) | the first answer, error code 0 and no error challenge |
+//! | OAUTHBEARER        | the JWT claim `proxy.oauthbearer_sub_claim_name` (default `sub`), else the `a=` authzid (both set: must be equal) | the first answer, error code 0 and no error challenge |
 //!
 //! The token is decoded without verification: the broker verifies it, Kapsule only needs the
-//! name the broker will have used. A client whose authorization id differs from its
+//! name the broker will have used. Every message is parsed exactly as the broker parses it, and
+//! anything the broker would read differently from Kapsule (an OAUTHBEARER message repeating a
+//! key, see [`oauthbearer`]) is refused before it is relayed. A client whose authorization id differs from its
 //! authentication id is refused (the broker would run under one of two names and Kapsule cannot
 //! tell which).
 //!
@@ -31,9 +33,9 @@
 //! contained, and no type holding client bytes derives `Debug` output that reaches a log line.
 
 use std::fmt;
+use std::sync::Arc;
 
 use anyhow::Context;
-use base64::Engine;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
@@ -50,6 +52,8 @@ use crate::error::Reason;
 use crate::kafka::frame::{decode_request, decode_response, encode_response, RequestMeta};
 use crate::principal::{AuthMechanism, Principal};
 use tracing::{info, warn};
+
+pub mod oauthbearer;
 
 /// Lowest SaslHandshake version Kapsule offers: v0 is followed by unframed SASL tokens.
 pub const MIN_HANDSHAKE_VERSION: i16 = 1;
@@ -178,10 +182,20 @@ struct State {
 }
 
 /// Per-connection SASL state, shared by the request and response stages.
-#[derive(Default)]
 pub struct SaslTracker {
     state: Mutex<State>,
+    /// The JWT claim an OAUTHBEARER principal is read from (`proxy.oauthbearer_sub_claim_name`).
+    oauth_claim: Arc<str>,
 }
+
+impl Default for SaslTracker {
+    fn default() -> Self {
+        Self::with_oauth_claim(DEFAULT_OAUTH_CLAIM.into())
+    }
+}
+
+/// The broker's default `sasl.oauthbearer.sub.claim.name`.
+pub const DEFAULT_OAUTH_CLAIM: &str = "sub";
 
 impl fmt::Debug for SaslTracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,9 +204,24 @@ impl fmt::Debug for SaslTracker {
 }
 
 impl SaslTracker {
-    /// A tracker for a connection that has not started SASL.
+    /// A tracker for a connection that has not started SASL, reading OAUTHBEARER principals
+    /// from the default claim `sub`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A tracker for a connection that has not started SASL, reading OAUTHBEARER principals from
+    /// claim `oauth_claim` (the broker's `sasl.oauthbearer.sub.claim.name`).
+    pub fn with_oauth_claim(oauth_claim: Arc<str>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            oauth_claim,
+        }
+    }
+
+    /// A tracker configured from `proxy` (`proxy.oauthbearer_sub_claim_name`).
+    pub fn for_config(proxy: &crate::config::ProxyConfig) -> Self {
+        Self::with_oauth_claim(proxy.oauthbearer_sub_claim_name.as_str().into())
     }
 
     /// Decides what happens to one client request, before anything is forwarded. Called for
@@ -236,7 +265,7 @@ impl SaslTracker {
                         ApiKey::SaslAuthenticate,
                         frame.clone(),
                     )?;
-                    match claimed_name(m, &request.auth_bytes) {
+                    match claimed_name(m, &request.auth_bytes, &self.oauth_claim) {
                         Ok(name) => state.candidate = Some(Principal::new(name, m)),
                         Err(refusal) => return Ok(RequestAction::Refuse(refusal)),
                     }
@@ -448,15 +477,20 @@ fn api_label(api_key: i16) -> String {
     }
 }
 
-/// The name a client's first SASL message claims, checked for the rules in the module docs.
-pub fn claimed_name(mechanism: AuthMechanism, message: &[u8]) -> Result<String, SaslRefusal> {
+/// The name a client's first SASL message claims, checked for the rules in the module docs;
+/// `oauth_claim` is the JWT claim an OAUTHBEARER principal is read from.
+pub fn claimed_name(
+    mechanism: AuthMechanism,
+    message: &[u8],
+    oauth_claim: &str,
+) -> Result<String, SaslRefusal> {
     let label = mechanism.label();
     let name = match mechanism {
         AuthMechanism::SaslPlain => plain_name(message)?,
         AuthMechanism::SaslScramSha256 | AuthMechanism::SaslScramSha512 => {
             scram_name(label, message)?
         }
-        AuthMechanism::SaslOauthBearer => oauth_name(message)?,
+        AuthMechanism::SaslOauthBearer => oauth_name(message, oauth_claim)?,
         AuthMechanism::TlsClientCertificate => {
             return Err(malformed(label, "not a SASL mechanism"))
         }
@@ -553,41 +587,10 @@ fn unescape_saslname(m: &'static str, s: &str) -> Result<String, SaslRefusal> {
     Ok(out)
 }
 
-/// OAUTHBEARER client-first (RFC 7628): `gs2-header ^A auth=Bearer <token> ^A [k=v ^A]... ^A`.
-fn oauth_name(message: &[u8]) -> Result<String, SaslRefusal> {
-    let m = "OAUTHBEARER";
-    let text = std::str::from_utf8(message).map_err(|_| malformed(m, "not UTF-8"))?;
-    let (authzid, rest) = gs2_header(m, text)?;
-    let mut fields = rest.split('\u{1}');
-    let token = fields
-        .find_map(|kv| kv.strip_prefix("auth="))
-        .ok_or_else(|| malformed(m, "no auth= field"))?;
-    let (scheme, token) = token
-        .split_once(' ')
-        .ok_or_else(|| malformed(m, "auth= is not `Bearer <token>`"))?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(malformed(m, "auth= is not `Bearer <token>`"));
-    }
-    let sub = jwt_subject(token.trim());
-    match (sub, authzid) {
-        (Some(sub), Some(a)) if sub != a => Err(SaslRefusal::AuthzidMismatch { mechanism: m }),
-        (Some(sub), _) => Ok(sub),
-        (None, Some(a)) => Ok(a),
-        (None, None) => Err(malformed(
-            m,
-            "the token is not a JWT with a `sub` claim and there is no authzid",
-        )),
-    }
-}
-
-/// The `sub` claim of a JWT (`header.payload.signature`, base64url), decoded without verifying
-/// anything; `None` when the token is not such a JWT.
-fn jwt_subject(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let json = engine.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    claims.get("sub")?.as_str().map(str::to_owned)
+/// OAUTHBEARER client-first (RFC 7628), parsed with Kafka's exact grammar ([`oauthbearer`]).
+fn oauth_name(message: &[u8], claim: &str) -> Result<String, SaslRefusal> {
+    let first = oauthbearer::parse(message)?;
+    oauthbearer::principal_name(&first, claim)
 }
 
 #[cfg(test)]

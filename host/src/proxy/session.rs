@@ -34,6 +34,16 @@ impl ClientSession {
         session
     }
 
+    /// A copy of this session as it is now: later changes (a principal set by a SASL answer)
+    /// do not reach the copy. Taken when a request is read, so its response is handled for the
+    /// client the broker served it to.
+    pub fn snapshot(&self) -> ClientSession {
+        match self.principal() {
+            Some(p) => ClientSession::authenticated(self.peer, p.clone()),
+            None => ClientSession::new(self.peer),
+        }
+    }
+
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer

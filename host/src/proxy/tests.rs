@@ -350,3 +350,88 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
         "no new connections after shutdown"
     );
 }
+
+/// A broker answering Metadata (no brokers named) after `delay`, counting Metadata requests.
+async fn counting_metadata_broker(
+    delay: Duration,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = read_frame(&mut s, 1 << 20).await {
+                    let meta = RequestMeta::parse(&frame).unwrap();
+                    if meta.known_api() == Some(ApiKey::Metadata) {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(delay).await;
+                    let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+                    let body = encode_response(
+                        ApiKey::Metadata,
+                        meta.api_version,
+                        &header,
+                        &MetadataResponse::default(),
+                    )
+                    .unwrap();
+                    if write_frame(&mut s, &body).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Issue 17, item 9: connections for node ids this instance has not seen (SNI names are
+/// client-chosen) share one Metadata look-up instead of one each, and within
+/// DISCOVERY_INTERVAL an unknown id costs the broker nothing.
+#[tokio::test]
+async fn unknown_node_look_ups_are_coalesced() {
+    use std::sync::atomic::Ordering;
+    let (broker, lookups) = counting_metadata_broker(Duration::from_millis(200)).await;
+    let (_, shared) = start_proxy(broker, |_| {}).await;
+    let attempts = (0..20).map(|i| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared
+                .resolve_upstream(&super::Route::Node(500 + i % 3))
+                .await
+        })
+    });
+    for a in attempts {
+        assert!(a.await.unwrap().is_err(), "no broker 500..502 exists");
+    }
+    assert_eq!(
+        lookups.load(Ordering::SeqCst),
+        1,
+        "20 connections, one look-up"
+    );
+    for _ in 0..5 {
+        assert!(shared
+            .resolve_upstream(&super::Route::Node(777))
+            .await
+            .is_err());
+    }
+    assert_eq!(
+        lookups.load(Ordering::SeqCst),
+        1,
+        "refused from the last look-up"
+    );
+    tokio::time::sleep(super::DISCOVERY_INTERVAL).await;
+    assert!(shared
+        .resolve_upstream(&super::Route::Node(777))
+        .await
+        .is_err());
+    assert_eq!(
+        lookups.load(Ordering::SeqCst),
+        2,
+        "a later interval looks again"
+    );
+}

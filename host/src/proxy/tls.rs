@@ -39,9 +39,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::proxy_protocol::{self, ProxyProtocol};
+use super::warn_limit::ConnectionWarning;
 use super::ProxyShared;
 use crate::principal::{AuthMechanism, Principal};
 
@@ -544,6 +545,8 @@ pub struct Accepted {
     pub stream: BoxStream,
     /// The client's address (from the PROXY header when enabled).
     pub peer: SocketAddr,
+    /// The socket's own peer address (the load balancer when a PROXY header was read).
+    pub socket_peer: SocketAddr,
     /// The principal of a verified client certificate, if any.
     pub principal: Option<Principal>,
     /// The TLS server name the client sent (SNI); `None` without TLS or when it sent none.
@@ -568,21 +571,39 @@ pub async fn accept_client(
 ) -> Option<Accepted> {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
+    let socket_peer = peer;
     let peer = match shared.config.proxy_protocol {
         ProxyProtocol::None => peer,
         ProxyProtocol::V2 => {
+            let trusted = &shared.config.proxy_protocol_from;
+            if !proxy_protocol::is_trusted_peer(trusted, socket_peer.ip()) {
+                shared.metrics.error("proxy_protocol_untrusted_peer");
+                if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader) {
+                    warn!(%socket_peer, suppressed, "closing connection unread: the peer is not in proxy.proxy_protocol_from (the load balancers allowed to send PROXY headers; loopback only when empty), so it may not claim a client address; connect through the load balancer or add its address");
+                }
+                return None;
+            }
             let read = proxy_protocol::read_v2(&mut tcp);
             match tokio::time::timeout(proxy_protocol::HEADER_TIMEOUT, read).await {
-                Ok(Ok(Some(real))) => real,
+                Ok(Ok(Some(real))) => {
+                    debug!(peer = %real, %socket_peer, "PROXY header accepted");
+                    real
+                }
                 Ok(Ok(None)) => peer,
                 Ok(Err(e)) => {
                     shared.metrics.error("proxy_protocol");
-                    warn!(%peer, error = %e, "closing connection: no valid PROXY protocol v2 header (proxy.proxy_protocol is v2; connect through the load balancer)");
+                    if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader)
+                    {
+                        warn!(%socket_peer, suppressed, error = %e, "closing connection: no valid PROXY protocol v2 header (proxy.proxy_protocol is v2; connect through the load balancer)");
+                    }
                     return None;
                 }
                 Err(_) => {
                     shared.metrics.error("proxy_protocol");
-                    warn!(%peer, "closing connection: no PROXY protocol v2 header within {:?}", proxy_protocol::HEADER_TIMEOUT);
+                    if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader)
+                    {
+                        warn!(%socket_peer, suppressed, "closing connection: no PROXY protocol v2 header within {:?}", proxy_protocol::HEADER_TIMEOUT);
+                    }
                     return None;
                 }
             }
@@ -592,6 +613,7 @@ pub async fn accept_client(
         return Some(Accepted {
             stream: Box::new(tcp),
             peer,
+            socket_peer,
             principal: None,
             server_name: None,
         });
@@ -603,13 +625,17 @@ pub async fn accept_client(
     match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] != 0x16 => {
             shared.metrics.error("tls_handshake");
-            warn!(%peer, "closing connection: the client sent plaintext to a TLS listener (set security.protocol=SSL or SASL_SSL in the client)");
+            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
+                warn!(%peer, suppressed, "closing connection: the client sent plaintext to a TLS listener (set security.protocol=SSL or SASL_SSL in the client)");
+            }
             return None;
         }
         Ok(Ok(0)) | Ok(Err(_)) => return None,
         Err(_) => {
             shared.metrics.error("tls_handshake");
-            warn!(%peer, "closing connection: the client sent nothing within the TLS handshake timeout");
+            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
+                warn!(%peer, suppressed, "closing connection: the client sent nothing within the TLS handshake timeout");
+            }
             return None;
         }
         Ok(Ok(_)) => {}
@@ -644,18 +670,23 @@ pub async fn accept_client(
             Some(Accepted {
                 stream: Box::new(stream),
                 peer,
+                socket_peer,
                 principal,
                 server_name,
             })
         }
         Ok(Err(e)) => {
             shared.metrics.error("tls_handshake");
-            warn!(%peer, "closing connection: TLS handshake failed: {}", describe_tls_error(&e, Side::Client));
+            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
+                warn!(%peer, suppressed, "closing connection: TLS handshake failed: {}", describe_tls_error(&e, Side::Client));
+            }
             None
         }
         Err(_) => {
             shared.metrics.error("tls_handshake");
-            warn!(%peer, "closing connection: TLS handshake not completed within {timeout:?}");
+            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
+                warn!(%peer, suppressed, "closing connection: TLS handshake not completed within {timeout:?}");
+            }
             None
         }
     }

@@ -189,6 +189,13 @@ impl AppRole {
     }
 
     async fn login(&self) -> anyhow::Result<Lease> {
+        let lease = self.fetch_login().await?;
+        self.install(&lease.token)?;
+        Ok(lease)
+    }
+
+    /// The AppRole login call alone: the new lease, not yet installed.
+    async fn fetch_login(&self) -> anyhow::Result<Lease> {
         let role_id =
             VaultAuthConfig::read(&self.auth.role_id_file, &self.auth.role_id_env, "role id")?;
         let secret_id = VaultAuthConfig::read(
@@ -214,7 +221,6 @@ impl AppRole {
             )
         })?;
         let lease = Lease::from_auth(info, None);
-        self.install(&lease.token)?;
         info!(
             ttl_secs = lease.ttl.as_secs(),
             renewable = lease.renewable,
@@ -223,8 +229,9 @@ impl AppRole {
         Ok(lease)
     }
 
-    /// Renews the current token; `Ok(None)` when it cannot be (not renewable, max TTL near).
-    async fn renew(&self, current: &Lease) -> anyhow::Result<Option<Lease>> {
+    /// Renews the token of `current` (the lease as it was when renewal started); `Ok(None)` when
+    /// it cannot be (not renewable, max TTL near). The renewed lease is not installed.
+    async fn renew(&self, current: &RenewalInput) -> anyhow::Result<Option<Lease>> {
         if !current.renewable {
             return Ok(None);
         }
@@ -239,7 +246,6 @@ impl AppRole {
             // Near token_max_ttl: the next renewal would leave too little margin.
             return Ok(None);
         }
-        self.install(&renewed.token)?;
         Ok(Some(renewed))
     }
 
@@ -269,8 +275,10 @@ async fn renew_loop(weak: Weak<AppRole>) {
         };
         tokio::time::sleep_until(wake.into()).await;
         let Some(this) = weak.upgrade() else { return };
-        let mut lease = this.lease.lock().await;
-        let renewed = match lease.as_ref() {
+        // The lease lock is held only to read and to replace the lease, never across a Vault
+        // call: every KMS call checks the lease (`ensure`) and must not wait for the renewer.
+        let current = this.lease.lock().await.as_ref().map(RenewalInput::of);
+        let renewed = match &current {
             Some(current) => match this.renew(current).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -280,22 +288,110 @@ async fn renew_loop(weak: Weak<AppRole>) {
             },
             None => None,
         };
-        match renewed {
-            Some(r) => {
-                info!(ttl_secs = r.ttl.as_secs(), "Vault token renewed");
-                *lease = Some(r);
+        let (fresh, renewal) = match renewed {
+            Some(r) => (Ok(r), true),
+            None => (this.fetch_login().await, false),
+        };
+        let mut lease = this.lease.lock().await;
+        match fresh {
+            Ok(fresh) => {
                 failures = 0;
+                // A login after a refused call may have replaced the lease meanwhile: keep that
+                // newer one.
+                let replaced = lease.as_ref().map(|l| l.obtained) != current.map(|c| c.obtained);
+                if replaced {
+                    continue;
+                }
+                if let Err(e) = this.install(&fresh.token) {
+                    error!(error = %format!("{e:#}"), "cannot build a Vault client for the new token; the current token stays in use");
+                    continue;
+                }
+                if renewal {
+                    info!(ttl_secs = fresh.ttl.as_secs(), "Vault token renewed");
+                }
+                *lease = Some(fresh);
             }
-            None => match this.login().await {
-                Ok(l) => {
-                    *lease = Some(l);
-                    failures = 0;
-                }
-                Err(e) => {
-                    failures += 1;
-                    error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
-                }
-            },
+            Err(e) => {
+                failures += 1;
+                error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
+            }
         }
+    }
+}
+
+/// What renewing a lease needs, copied out so the lease lock is not held during the call.
+struct RenewalInput {
+    token: Zeroizing<String>,
+    obtained: Instant,
+    login_ttl: Duration,
+    renewable: bool,
+}
+
+impl RenewalInput {
+    fn of(lease: &Lease) -> Self {
+        Self {
+            token: lease.token.clone(),
+            obtained: lease.obtained,
+            login_ttl: lease.login_ttl,
+            renewable: lease.renewable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Vault that accepts connections and never answers.
+    async fn silent_vault() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        addr
+    }
+
+    /// Issue 17, item 9: while the renewer waits on Vault, KMS calls (which check the lease
+    /// first) are not held up: the renewer no longer keeps the lease lock across the call.
+    #[tokio::test]
+    async fn kms_calls_do_not_wait_for_a_renewal_in_flight() {
+        std::env::set_var("KAPSULE_TEST_APPROLE_ROLE", "role");
+        std::env::set_var("KAPSULE_TEST_APPROLE_SECRET", "secret");
+        let vault: VaultKmsConfig = serde_norway::from_str(&format!(
+            "address: {}\ntoken_env: KAPSULE_TEST_UNSET\ntimeout_ms: 3000\n",
+            silent_vault().await
+        ))
+        .unwrap();
+        let auth: VaultAuthConfig = serde_norway::from_str(
+            "method: approle\nrole_id_env: KAPSULE_TEST_APPROLE_ROLE\nsecret_id_env: KAPSULE_TEST_APPROLE_SECRET\n",
+        )
+        .unwrap();
+        let client = Arc::new(RwLock::new(Arc::new(build_client(&vault, "t0").unwrap())));
+        let approle = AppRole::new(auth, vault, client);
+        // A usable lease already due for renewal: 50 s into 60 s.
+        *approle.lease.lock().await = Some(Lease {
+            token: Zeroizing::new("t0".into()),
+            obtained: Instant::now() - Duration::from_secs(50),
+            ttl: Duration::from_secs(60),
+            login_ttl: Duration::from_secs(60),
+            renewable: true,
+        });
+        approle.start_renewer();
+        // Let the renewer reach its (never answered) renew-self call.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), approle.ensure())
+            .await
+            .expect("ensure returns")
+            .unwrap();
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "a KMS call waited {took:?} for the renewer's Vault call"
+        );
     }
 }

@@ -157,8 +157,9 @@ enum ResponseStage {
     DescribeCluster,
     /// Rewrite node endpoints; merge partitions the proxy refused.
     Produce(ProducePatch),
-    /// Rewrite node endpoints; decrypt / re-encode records.
-    Fetch,
+    /// Rewrite node endpoints; decrypt / re-encode records for the client as it was when the
+    /// request was read (a principal set by a later SASL answer does not apply to it).
+    Fetch(Arc<ClientSession>),
     /// Follow the SASL exchange (may set the session's principal); relay the bytes.
     Sasl(SaslExpect),
 }
@@ -200,7 +201,9 @@ enum Step<T> {
 
 impl<T: Send + 'static> Step<T> {
     fn spawn(f: impl Future<Output = anyhow::Result<T>> + Send + 'static) -> Self {
-        Step::Running(AbortOnDropHandle::new(tokio::spawn(f)))
+        Step::Running(AbortOnDropHandle::new(tokio::spawn(
+            tracing::Instrument::in_current_span(f),
+        )))
     }
 
     /// True when [`Step::get`] will not wait.
@@ -285,7 +288,7 @@ async fn serve_inner(
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
-    let sasl = Arc::new(SaslTracker::new());
+    let sasl = Arc::new(SaslTracker::for_config(&shared.config));
 
     let requests = read_requests(
         shared,
@@ -472,7 +475,7 @@ async fn read_requests(
                 Step::Ready(prepare_untransformed_produce(shared, frame, received))
             }
         } else {
-            Step::Ready(prepare_relay(meta, frame))
+            Step::Ready(prepare_relay(meta, frame, &session))
         };
         if queue.send(Queued { meta, step, permit }).is_err() {
             return Ok(());
@@ -578,9 +581,8 @@ async fn read_responses(
                     )
                 };
                 let step = match stage {
-                    ResponseStage::Fetch if fetch_needs_decode(shared, meta) => {
+                    ResponseStage::Fetch(session) if fetch_needs_decode(shared, meta) => {
                         let shared = shared.clone();
-                        let session = session.clone();
                         Step::spawn(async move {
                             fetch_response(&shared, meta, frame, &session)
                                 .await
@@ -588,7 +590,7 @@ async fn read_responses(
                                 .with_context(context)
                         })
                     }
-                    ResponseStage::Fetch => Step::Ready(
+                    ResponseStage::Fetch(_) => Step::Ready(
                         shared
                             .records
                             .pass_fetch(frame)
@@ -731,8 +733,14 @@ fn in_range(range: kafka_protocol::protocol::VersionRange, v: i16) -> bool {
 }
 
 /// Prepares a request of an API that carries no records, relayed as bytes (a Produce is
-/// refused here: it goes through the record stage, see [`RelayRequest`]).
-fn prepare_relay(meta: RequestMeta, frame: Bytes) -> anyhow::Result<Prepared> {
+/// refused here: it goes through the record stage, see [`RelayRequest`]). A Fetch keeps a
+/// snapshot of `session`: its response is decrypted for the principal the connection had when
+/// the request was read.
+fn prepare_relay(
+    meta: RequestMeta,
+    frame: Bytes,
+    session: &ClientSession,
+) -> anyhow::Result<Prepared> {
     let relay = |frame, stage| -> anyhow::Result<Prepared> {
         Ok(Prepared {
             forward: Some(Forward::Relay(RelayRequest::new(meta, frame)?)),
@@ -754,7 +762,7 @@ fn prepare_relay(meta: RequestMeta, frame: Bytes) -> anyhow::Result<Prepared> {
         Some(ApiKey::Metadata) => ResponseStage::Metadata,
         Some(ApiKey::FindCoordinator) => ResponseStage::FindCoordinator,
         Some(ApiKey::DescribeCluster) => ResponseStage::DescribeCluster,
-        Some(ApiKey::Fetch) => ResponseStage::Fetch,
+        Some(ApiKey::Fetch) => ResponseStage::Fetch(Arc::new(session.snapshot())),
         // Unknown APIs are unreachable after check_request; relayed like any API Kapsule does
         // not decode.
         _ => ResponseStage::Relay,
@@ -796,7 +804,7 @@ fn rewrite_response(
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay | ResponseStage::Fetch | ResponseStage::Sasl(_) => frame,
+        ResponseStage::Relay | ResponseStage::Fetch(_) | ResponseStage::Sasl(_) => frame,
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;
@@ -835,3 +843,6 @@ fn rewrite_response(
         }
     })
 }
+
+#[cfg(test)]
+mod fetch_principal_tests;

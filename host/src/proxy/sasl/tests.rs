@@ -83,21 +83,24 @@ fn refusal(a: RequestAction) -> SaslRefusal {
 #[test]
 fn plain_name_is_the_authcid_and_a_different_authzid_is_refused() {
     let plain = AuthMechanism::SaslPlain;
-    assert_eq!(claimed_name(plain, b"\0alice\0secret").unwrap(), "alice");
     assert_eq!(
-        claimed_name(plain, b"alice\0alice\0secret").unwrap(),
+        claimed_name(plain, b"\0alice\0secret", "sub").unwrap(),
         "alice"
     );
     assert_eq!(
-        claimed_name(plain, b"admin\0alice\0secret"),
+        claimed_name(plain, b"alice\0alice\0secret", "sub").unwrap(),
+        "alice"
+    );
+    assert_eq!(
+        claimed_name(plain, b"admin\0alice\0secret", "sub"),
         Err(SaslRefusal::AuthzidMismatch { mechanism: "PLAIN" })
     );
     assert!(matches!(
-        claimed_name(plain, b"alice:secret"),
+        claimed_name(plain, b"alice:secret", "sub"),
         Err(SaslRefusal::Malformed { .. })
     ));
     assert!(matches!(
-        claimed_name(plain, b"\0\0secret"),
+        claimed_name(plain, b"\0\0secret", "sub"),
         Err(SaslRefusal::Malformed { .. })
     ));
 }
@@ -106,16 +109,19 @@ fn plain_name_is_the_authcid_and_a_different_authzid_is_refused() {
 fn scram_name_is_unescaped_and_a_different_authzid_is_refused() {
     let scram = AuthMechanism::SaslScramSha256;
     assert_eq!(
-        claimed_name(scram, b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL").unwrap(),
+        claimed_name(scram, b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL", "sub").unwrap(),
         "alice"
     );
     assert_eq!(
-        claimed_name(scram, b"n,,n=a=2Cb=3Dc,r=abc").unwrap(),
+        claimed_name(scram, b"n,,n=a=2Cb=3Dc,r=abc", "sub").unwrap(),
         "a,b=c"
     );
-    assert_eq!(claimed_name(scram, b"n,a=bob,n=bob,r=abc").unwrap(), "bob");
     assert_eq!(
-        claimed_name(scram, b"n,a=admin,n=bob,r=abc"),
+        claimed_name(scram, b"n,a=bob,n=bob,r=abc", "sub").unwrap(),
+        "bob"
+    );
+    assert_eq!(
+        claimed_name(scram, b"n,a=admin,n=bob,r=abc", "sub"),
         Err(SaslRefusal::AuthzidMismatch {
             mechanism: "SCRAM-SHA-256"
         })
@@ -127,7 +133,10 @@ fn scram_name_is_unescaped_and_a_different_authzid_is_refused() {
         b"n,,r=abc",
     ] {
         assert!(
-            matches!(claimed_name(scram, bad), Err(SaslRefusal::Malformed { .. })),
+            matches!(
+                claimed_name(scram, bad, "sub"),
+                Err(SaslRefusal::Malformed { .. })
+            ),
             "{}",
             String::from_utf8_lossy(bad)
         );
@@ -148,21 +157,30 @@ fn oauthbearer_name_is_the_jwt_subject_or_the_authzid() {
     let oauth = AuthMechanism::SaslOauthBearer;
     let token = jwt(r#"{"sub":"svc-orders","exp":1}"#);
     let msg = format!("n,,\u{1}auth=Bearer {token}\u{1}\u{1}");
-    assert_eq!(claimed_name(oauth, msg.as_bytes()).unwrap(), "svc-orders");
+    assert_eq!(
+        claimed_name(oauth, msg.as_bytes(), "sub").unwrap(),
+        "svc-orders"
+    );
     let msg = format!("n,a=svc-orders,\u{1}auth=Bearer {token}\u{1}\u{1}");
-    assert_eq!(claimed_name(oauth, msg.as_bytes()).unwrap(), "svc-orders");
+    assert_eq!(
+        claimed_name(oauth, msg.as_bytes(), "sub").unwrap(),
+        "svc-orders"
+    );
     let msg = format!("n,a=admin,\u{1}auth=Bearer {token}\u{1}\u{1}");
     assert_eq!(
-        claimed_name(oauth, msg.as_bytes()),
+        claimed_name(oauth, msg.as_bytes(), "sub"),
         Err(SaslRefusal::AuthzidMismatch {
             mechanism: "OAUTHBEARER"
         })
     );
     let opaque = "n,a=carol,\u{1}auth=Bearer opaque-token\u{1}\u{1}";
-    assert_eq!(claimed_name(oauth, opaque.as_bytes()).unwrap(), "carol");
+    assert_eq!(
+        claimed_name(oauth, opaque.as_bytes(), "sub").unwrap(),
+        "carol"
+    );
     let anonymous = "n,,\u{1}auth=Bearer opaque-token\u{1}\u{1}";
     assert!(matches!(
-        claimed_name(oauth, anonymous.as_bytes()),
+        claimed_name(oauth, anonymous.as_bytes(), "sub"),
         Err(SaslRefusal::Malformed { .. })
     ));
 }
@@ -171,10 +189,10 @@ fn oauthbearer_name_is_the_jwt_subject_or_the_authzid() {
 fn refusal_messages_never_contain_the_client_bytes() {
     let secret = "hunter2-very-secret";
     let msg = format!("n,,n=a=ZZ{secret},r=x");
-    let e = claimed_name(AuthMechanism::SaslScramSha512, msg.as_bytes()).unwrap_err();
+    let e = claimed_name(AuthMechanism::SaslScramSha512, msg.as_bytes(), "sub").unwrap_err();
     assert!(!e.to_string().contains(secret), "{e}");
     let msg = format!("{secret}\0{secret}");
-    let e = claimed_name(AuthMechanism::SaslPlain, msg.as_bytes()).unwrap_err();
+    let e = claimed_name(AuthMechanism::SaslPlain, msg.as_bytes(), "sub").unwrap_err();
     assert!(!e.to_string().contains(secret), "{e}");
 }
 
@@ -418,4 +436,229 @@ fn reauthentication_as_someone_else_is_an_error() {
         }
     }
     assert_eq!(s.principal().unwrap().name(), "alice");
+}
+
+/// An OAUTHBEARER client-first message as Kafka's client writes it (`toBytes()`).
+fn oauth_message(authzid: &str, pairs: &[(&str, &str)]) -> String {
+    let mut m = format!("n,{authzid},\u{1}");
+    for (k, v) in pairs {
+        m.push_str(&format!("{k}={v}\u{1}"));
+    }
+    m.push('\u{1}');
+    m
+}
+
+/// The issue-17 attack: a forged token naming `analytics` first, the client's own valid token
+/// last. Kafka validates the last `auth=` (a later key overwrites an earlier one in its map);
+/// Kapsule used to read the first. Now the message is refused before it is relayed.
+#[test]
+fn oauthbearer_repeated_auth_key_is_refused() {
+    let oauth = AuthMechanism::SaslOauthBearer;
+    let forged = jwt(r#"{"sub":"analytics","exp":1}"#);
+    let own = jwt(r#"{"sub":"mallory","exp":1}"#);
+    let forged_first = oauth_message(
+        "",
+        &[
+            ("auth", &format!("Bearer {forged}")),
+            ("auth", &format!("Bearer {own}")),
+        ],
+    );
+    assert!(
+        matches!(
+            claimed_name(oauth, forged_first.as_bytes(), "sub"),
+            Err(SaslRefusal::Malformed { .. })
+        ),
+        "a message repeating auth= must be refused"
+    );
+    // Any repeated key, not only auth.
+    let token = jwt(r#"{"sub":"mallory","exp":1}"#);
+    let auth = format!("Bearer {token}");
+    let twice = oauth_message("", &[("auth", &auth), ("host", "a"), ("host", "b")]);
+    assert!(matches!(
+        claimed_name(oauth, twice.as_bytes(), "sub"),
+        Err(SaslRefusal::Malformed { .. })
+    ));
+    // Through the tracker: refused, nothing relayed.
+    let t = SaslTracker::new();
+    let s = ClientSession::new(peer());
+    let e = relay(&t, &s, handshake("OAUTHBEARER"));
+    t.on_response(&s, e, 1, &handshake_ok()).unwrap();
+    let a = action(
+        &t,
+        &s,
+        AuthenticationMode::Optional,
+        authenticate(forged_first.as_bytes()),
+    );
+    assert!(matches!(refusal(a), SaslRefusal::Malformed { .. }));
+    assert!(s.principal().is_none());
+}
+
+#[test]
+fn oauthbearer_accepts_exactly_what_kafka_accepts() {
+    let oauth = AuthMechanism::SaslOauthBearer;
+    let token = jwt(r#"{"sub":"svc-orders","exp":1}"#);
+    let name = |m: &str| claimed_name(oauth, m.as_bytes(), "sub");
+    let auth = format!("Bearer {token}");
+    // What Kafka's and librdkafka's clients send, with extensions before or after auth.
+    for ok in [
+        oauth_message("", &[("auth", &auth)]),
+        oauth_message("", &[("auth", &auth), ("logicalCluster", "lkc-1")]),
+        oauth_message("", &[("traceId", "x=y z"), ("auth", &auth)]),
+        oauth_message("", &[("auth", &format!("bEaReR   {token}"))]),
+        oauth_message("a=svc-orders", &[("auth", &auth)]),
+    ] {
+        assert_eq!(name(&ok).unwrap(), "svc-orders", "{ok:?}");
+    }
+    let bad: Vec<(String, &str)> = vec![
+        (format!("y,,\u{1}auth={auth}\u{1}\u{1}"), "gs2 y"),
+        (
+            format!("p=tls,,\u{1}auth={auth}\u{1}\u{1}"),
+            "channel binding",
+        ),
+        (format!("n,,auth={auth}\u{1}\u{1}"), "no ^A after header"),
+        (format!("n,,\u{1}auth={auth}\u{1}"), "single ^A at end"),
+        (format!("n,,\u{1}auth={auth}\u{1}\u{1}\u{1}"), "three ^A"),
+        (format!("n,,\u{1}auth={auth}\u{1}\u{1}x"), "trailing bytes"),
+        (format!("n,,\u{1}\u{1}auth={auth}\u{1}\u{1}"), "empty pair"),
+        (
+            format!("n,,\u{1}auth={auth}\u{1}k1=v\u{1}\u{1}"),
+            "key with digit",
+        ),
+        (
+            format!("n,,\u{1}auth={auth}\u{1}k=\u{1}\u{1}"),
+            "empty value",
+        ),
+        (
+            format!("n,,\u{1}auth={auth}\u{1}k=\u{7f}\u{1}\u{1}"),
+            "DEL in value",
+        ),
+        (
+            format!("n,,\u{1}auth={auth}\u{1}k=caf\u{e9}\u{1}\u{1}"),
+            "non-ASCII",
+        ),
+        (
+            format!("n,,\u{1}auth={auth}\u{1}noequals\u{1}\u{1}"),
+            "pair without =",
+        ),
+        (format!("n,,\u{1}Auth={auth}\u{1}\u{1}"), "Auth is not auth"),
+        (format!("n,,\u{1}auth=Bearer\u{1}\u{1}"), "no token"),
+        (
+            format!("n,,\u{1}auth=Bearer {token}=\u{1}\u{1}"),
+            "= in token",
+        ),
+        (
+            format!("n,,\u{1}auth=Bearer {token} \u{1}\u{1}"),
+            "trailing space",
+        ),
+        (
+            format!("n,,\u{1}auth=Bearer\t{token}\u{1}\u{1}"),
+            "tab separator",
+        ),
+        (format!("n,,\u{1}auth=Basic {token}\u{1}\u{1}"), "scheme"),
+        (
+            format!("n,,\u{1}auth= Bearer {token}\u{1}\u{1}"),
+            "leading space",
+        ),
+        (format!("n,a=,\u{1}auth={auth}\u{1}\u{1}"), "empty authzid"),
+        (
+            format!("n,a=x=2cy,\u{1}auth={auth}\u{1}\u{1}"),
+            "lower-case escape",
+        ),
+        (
+            format!("n,a=x=y,\u{1}auth={auth}\u{1}\u{1}"),
+            "bare = in authzid",
+        ),
+        (format!("n,a=x\0,\u{1}auth={auth}\u{1}\u{1}"), "NUL"),
+        (format!("n,,\u{1}k=v\u{1}\u{1}"), "no auth"),
+        ("n,,\u{1}\u{1}".to_owned(), "no pairs"),
+    ];
+    for (m, why) in &bad {
+        assert!(
+            matches!(name(m), Err(SaslRefusal::Malformed { .. })),
+            "{why}: {m:?} must be refused"
+        );
+    }
+}
+
+#[test]
+fn oauthbearer_authzid_is_compared_raw_as_kafka_does() {
+    let oauth = AuthMechanism::SaslOauthBearer;
+    // Kafka keeps `=2C` as sent and compares it with the token's principal name.
+    let token = jwt(r#"{"sub":"a,b","exp":1}"#);
+    let m = oauth_message("a=a=2Cb", &[("auth", &format!("Bearer {token}"))]);
+    assert_eq!(
+        claimed_name(oauth, m.as_bytes(), "sub"),
+        Err(SaslRefusal::AuthzidMismatch {
+            mechanism: "OAUTHBEARER"
+        })
+    );
+    // An opaque token: the broker only accepts when the authzid equals its principal, raw.
+    let m = oauth_message("a=ops=2Cteam", &[("auth", "Bearer opaque")]);
+    assert_eq!(
+        claimed_name(oauth, m.as_bytes(), "sub").unwrap(),
+        "ops=2Cteam"
+    );
+}
+
+#[test]
+fn oauthbearer_principal_claim_is_configurable_and_unambiguous() {
+    let oauth = AuthMechanism::SaslOauthBearer;
+    let token = jwt(r#"{"sub":"0f3e-uuid","preferred_username":"analytics","exp":1}"#);
+    let m = oauth_message("", &[("auth", &format!("Bearer {token}"))]);
+    assert_eq!(
+        claimed_name(oauth, m.as_bytes(), "sub").unwrap(),
+        "0f3e-uuid"
+    );
+    assert_eq!(
+        claimed_name(oauth, m.as_bytes(), "preferred_username").unwrap(),
+        "analytics"
+    );
+    // The tracker reads the configured claim.
+    let t = SaslTracker::with_oauth_claim("preferred_username".into());
+    let s = ClientSession::new(peer());
+    let e = relay(&t, &s, handshake("OAUTHBEARER"));
+    t.on_response(&s, e, 1, &handshake_ok()).unwrap();
+    let e = relay(&t, &s, authenticate(m.as_bytes()));
+    t.on_response(&s, e, 2, &authenticate_answer(0, b""))
+        .unwrap();
+    assert_eq!(s.principal().unwrap().name(), "analytics");
+    // Absent claim and no authzid: nobody to trust.
+    assert!(matches!(
+        claimed_name(oauth, m.as_bytes(), "upn"),
+        Err(SaslRefusal::Malformed { .. })
+    ));
+    // A payload repeating the claim (JSON parsers disagree on which wins) is refused.
+    let dup = jwt(r#"{"sub":"analytics","sub":"mallory","exp":1}"#);
+    let m = oauth_message("", &[("auth", &format!("Bearer {dup}"))]);
+    assert!(matches!(
+        claimed_name(oauth, m.as_bytes(), "sub"),
+        Err(SaslRefusal::Malformed { .. })
+    ));
+    // Blank claims are refused by Kafka; so here.
+    let blank = jwt(r#"{"sub":"  ","exp":1}"#);
+    let m = oauth_message("", &[("auth", &format!("Bearer {blank}"))]);
+    assert!(claimed_name(oauth, m.as_bytes(), "sub").is_err());
+}
+
+#[test]
+fn oauthbearer_claim_name_is_validated_at_start_up() {
+    let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+    let c = crate::config::Config::parse(base).unwrap();
+    assert_eq!(c.proxy.oauthbearer_sub_claim_name, "sub");
+    let c = crate::config::Config::parse(&format!("{base}  oauthbearer_sub_claim_name: upn\n"))
+        .unwrap();
+    assert_eq!(
+        SaslTracker::for_config(&c.proxy).oauth_claim.as_ref(),
+        "upn"
+    );
+    for bad in ["\"\"", "\"  \"", "\" upn\""] {
+        let err =
+            crate::config::Config::parse(&format!("{base}  oauthbearer_sub_claim_name: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("proxy.oauthbearer_sub_claim_name"),
+            "{bad}: {err}"
+        );
+    }
 }
