@@ -5,6 +5,7 @@
 //! clients never learn an address that does not point at Kapsule. With `proxy.sni` there is only
 //! the one TLS listener and the handshake's server name picks the broker ([`sni`]).
 
+pub mod admission;
 pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
@@ -66,6 +67,8 @@ pub struct ProxyShared {
     nodes: Mutex<HashMap<i32, NodeEntry>>,
     shutdown: watch::Receiver<bool>,
     tasks: TaskTracker,
+    /// Which brokers serve unauthenticated clients (see [`admission`]).
+    pub(crate) admission: admission::Admission,
 }
 
 impl ProxyShared {
@@ -350,6 +353,7 @@ impl Proxy {
             nodes: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
             tasks: TaskTracker::new(),
+            admission: admission::Admission::default(),
         });
         Ok(Self {
             shared,

@@ -5,22 +5,54 @@
 //! token (`POST auth/token/renew-self`) once two thirds of its lease have passed. When renewal
 //! fails, or the renewed lease comes back shorter than half the login lease (the token is close
 //! to its `token_max_ttl`), it logs in again, so a new token is in force before the old one
-//! expires. A call refused with 403 also triggers one immediate re-login and retry. The role id
-//! and secret id are read from their files or variables at every login (a rotated secret id on
-//! disk is picked up); neither they nor any token are ever logged.
+//! expires. The role id and secret id are read from their files or variables at every login (a
+//! rotated secret id on disk is picked up); neither they nor any token are ever logged.
+//!
+//! Logins are a resource clients must not be able to spend:
+//! - **Only a bad token causes a login.** A call Vault refuses with 403 asks Vault about the
+//!   token itself (`GET auth/token/lookup-self`, granted by Vault's `default` policy). A token
+//!   that is still valid means the refusal is about the path — a key outside the role's grant —
+//!   and the caller reports a permission error for that key id; only a token Vault no longer
+//!   knows leads to a login ([`AppRole::relogin_if_current`]).
+//! - **One login at a time, for one token.** Logins hold the lease lock, and a re-login asked
+//!   for a token that has already been replaced does nothing: concurrent 403s cost one login.
+//! - **Rate-limited.** Two logins are at least [`MIN_LOGIN_INTERVAL`] apart (a token that
+//!   expired is an exception: without one nothing works).
+//! - **Failed logins back off** ([`FAILED_LOGIN_BACKOFF`]: 1 min, 5 min, then 16 min between
+//!   attempts). OpenBao and Vault lock an AppRole out for 15 minutes after 5 failed logins, and
+//!   during the lockout even a valid secret id is refused, so Kapsule spends at most 3 failed
+//!   attempts per lockout window on one secret id. A *different* secret id on disk (an operator
+//!   put a fresh one in place) is tried at once.
+//! - **The replaced token is revoked** (`POST auth/token/revoke-self` with the old token) after
+//!   every successful re-login, so tokens do not pile up until their TTL.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
 use serde::Deserialize;
 use tracing::{error, info, warn};
 use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
-use super::{build_client, classify, VaultKmsConfig};
+use super::{build_client, classify, KmsErrorKind, VaultKmsConfig};
+
+/// Least time between two successful logins, unless the token in force has expired.
+pub(super) const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Waits after the 1st, 2nd and every further consecutive failed login with the same secret id
+/// (refused by Vault, not unreachable): at most 3 failures per 15-minute lockout window.
+pub(super) const FAILED_LOGIN_BACKOFF: [Duration; 3] = [
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(960),
+];
+/// Waits after logins that failed because Vault could not be reached (these do not count
+/// towards Vault's lockout): 1 s doubling up to 30 s.
+const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 fn default_approle_mount() -> String {
     "approle".to_owned()
@@ -145,6 +177,34 @@ pub(super) struct AppRole {
     client: Arc<RwLock<Arc<VaultClient>>>,
     lease: tokio::sync::Mutex<Option<Lease>>,
     renewer_started: std::sync::atomic::AtomicBool,
+    /// Bumped each time a new token is installed (see [`AppRole::generation`]).
+    generation: AtomicU64,
+    /// When the next login may be attempted, and why not before.
+    throttle: Mutex<Throttle>,
+}
+
+/// Login rate limit and failure backoff (see the module docs).
+#[derive(Default)]
+struct Throttle {
+    /// When the last login succeeded.
+    last_success: Option<Instant>,
+    /// Consecutive logins Vault refused with the secret id in `failed_secret`.
+    refused: u32,
+    /// Consecutive logins that could not reach Vault.
+    unreachable: u32,
+    /// No login before this instant (unless the secret id changed since `failed_secret`).
+    not_before: Option<Instant>,
+    /// SHA-256 of the secret id of the last refused login.
+    failed_secret: Option<[u8; 32]>,
+}
+
+/// What the token in force is, as far as Vault says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TokenState {
+    /// Vault knows the token: a 403 with it is about the path.
+    Valid,
+    /// Vault refused the token itself (revoked, expired, unknown).
+    Invalid,
 }
 
 impl AppRole {
@@ -159,8 +219,17 @@ impl AppRole {
             client,
             lease: tokio::sync::Mutex::new(None),
             renewer_started: std::sync::atomic::AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            throttle: Mutex::new(Throttle::default()),
         })
     }
+
+    /// Which token is in force: compare before and after a call to tell whether a refusal was
+    /// about the token the call used or one already replaced.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
 
     /// Makes sure a usable token is in force, logging in when there is none (first call, or
     /// after renewal and re-login both failed for longer than the lease).
@@ -169,26 +238,90 @@ impl AppRole {
         if lease.as_ref().is_some_and(Lease::usable) {
             return Ok(());
         }
-        *lease = Some(self.login().await?);
+        self.replace(&mut lease, false).await?;
         drop(lease);
         self.start_renewer();
         Ok(())
     }
 
-    /// Logs in again at once (after Vault refused the current token).
-    pub(super) async fn relogin(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// Asks Vault whether the token of generation `seen` is still good
+    /// (`auth/token/lookup-self`). A token already replaced counts as valid: the caller retries
+    /// with the new one.
+    pub(super) async fn check_token(&self, seen: u64) -> anyhow::Result<TokenState> {
+        if self.generation() != seen {
+            return Ok(TokenState::Valid);
+        }
+        let client = self.client.read().clone();
+        let timeout = Duration::from_millis(self.vault.timeout_ms);
+        match tokio::time::timeout(timeout, vaultrs::token::lookup_self(client.as_ref())).await {
+            Err(_) => bail!("token lookup: no answer within {} ms", self.vault.timeout_ms),
+            Ok(Ok(_)) => Ok(TokenState::Valid),
+            Ok(Err(e)) => match classify(&e) {
+                (KmsErrorKind::PermissionDenied, _) => Ok(TokenState::Invalid),
+                (_, msg) => bail!("token lookup failed: {msg}"),
+            },
+        }
+    }
+
+    /// Logs in again because Vault refused the token of generation `seen` itself; does nothing
+    /// when that token was already replaced (a concurrent caller logged in). Subject to the
+    /// login rate limit and failure backoff.
+    pub(super) async fn relogin_if_current(self: &Arc<Self>, seen: u64) -> anyhow::Result<()> {
         let mut lease = self.lease.lock().await;
-        *lease = Some(self.login().await?);
-        Ok(())
+        if self.generation() != seen {
+            return Ok(());
+        }
+        // Driven by client traffic: rate-limited.
+        self.replace(&mut lease, true).await
     }
 
     fn install(&self, token: &str) -> anyhow::Result<()> {
         let c = build_client(&self.vault, token)?;
         *self.client.write() = Arc::new(c);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
-    async fn login(&self) -> anyhow::Result<Lease> {
+    /// Logs in (if the throttle allows), installs the new token and revokes the one it replaces.
+    /// `rate_limited`: the login is driven by client traffic (a refused token), so it waits
+    /// [`MIN_LOGIN_INTERVAL`] after the last one; logins the lease schedule drives do not.
+    async fn replace(&self, lease: &mut Option<Lease>, rate_limited: bool) -> anyhow::Result<()> {
+        let fresh = self.login(rate_limited).await?;
+        if let Some(old) = lease.replace(fresh) {
+            self.revoke_later(old);
+        }
+        Ok(())
+    }
+
+    /// Revokes a replaced token in the background (`auth/token/revoke-self`). An expired token
+    /// is already gone and is skipped.
+    fn revoke_later(&self, old: Lease) {
+        if !old.usable() {
+            return;
+        }
+        let client = match build_client(&self.vault, &old.token) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot revoke the replaced Vault token");
+                return;
+            }
+        };
+        let timeout = Duration::from_millis(self.vault.timeout_ms);
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, vaultrs::token::revoke_self(&client)).await {
+                Ok(Ok(())) => info!("revoked the replaced Vault token"),
+                // Revoked or expired meanwhile: nothing left to do.
+                Ok(Err(e)) if classify(&e).0 == KmsErrorKind::PermissionDenied => {}
+                Ok(Err(e)) => {
+                    warn!(error = %classify(&e).1, "cannot revoke the replaced Vault token; it stays valid until its TTL")
+                }
+                Err(_) => warn!("revoking the replaced Vault token timed out; it stays valid until its TTL"),
+            }
+        });
+    }
+
+    /// One throttled AppRole login (see the module docs).
+    async fn login(&self, rate_limited: bool) -> anyhow::Result<Lease> {
         let role_id =
             VaultAuthConfig::read(&self.auth.role_id_file, &self.auth.role_id_env, "role id")?;
         let secret_id = VaultAuthConfig::read(
@@ -196,23 +329,67 @@ impl AppRole {
             &self.auth.secret_id_env,
             "secret id",
         )?;
+        let secret_digest: [u8; 32] = Sha256::digest(secret_id.as_bytes()).into();
+        {
+            let t = self.throttle.lock();
+            let now = Instant::now();
+            let new_secret = t.failed_secret.is_some_and(|f| f != secret_digest);
+            if let Some(at) = t.not_before.filter(|at| *at > now && !new_secret) {
+                bail!(
+                    "AppRole login held back for {} s after {} failed login(s) (Vault locks an AppRole \
+                     out for 15 minutes after 5 failed logins, which would also refuse a fresh secret id); \
+                     put a valid secret id in place to try at once",
+                    (at - now).as_secs() + 1,
+                    t.refused + t.unreachable
+                );
+            }
+            if let Some(last) = t.last_success.filter(|_| rate_limited) {
+                if now < last + MIN_LOGIN_INTERVAL {
+                    bail!(
+                        "AppRole login rate-limited: the last login was {} ms ago (at most one per {} s)",
+                        (now - last).as_millis(),
+                        MIN_LOGIN_INTERVAL.as_secs()
+                    );
+                }
+            }
+        }
         // The login call itself carries no token.
         let anon = build_client(&self.vault, "")?;
         let timeout = Duration::from_millis(self.vault.timeout_ms);
-        let info = tokio::time::timeout(
+        let answer = tokio::time::timeout(
             timeout,
             vaultrs::auth::approle::login(&anon, &self.auth.mount, &role_id, &secret_id),
         )
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {} ms", self.vault.timeout_ms))?
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "AppRole login at {}/v1/auth/{}/login failed: {} (check the role id, secret id and that the secret id has not expired or been used up)",
-                self.vault.address,
-                self.auth.mount,
-                classify(&e).1
-            )
-        })?;
+        .await;
+        let info = match answer {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                let (kind, msg) = classify(&e);
+                let refused = kind != KmsErrorKind::Transient;
+                let wait = self.login_failed(refused, secret_digest);
+                bail!(
+                    "AppRole login at {}/v1/auth/{}/login failed: {msg} (check the role id, secret id and that the secret id has not expired or been used up; next attempt in {} s)",
+                    self.vault.address,
+                    self.auth.mount,
+                    wait.as_secs()
+                );
+            }
+            Err(_) => {
+                let wait = self.login_failed(false, secret_digest);
+                bail!(
+                    "AppRole login: no answer within {} ms (next attempt in {} s)",
+                    self.vault.timeout_ms,
+                    wait.as_secs()
+                );
+            }
+        };
+        {
+            let mut t = self.throttle.lock();
+            *t = Throttle {
+                last_success: Some(Instant::now()),
+                ..Throttle::default()
+            };
+        }
         let lease = Lease::from_auth(info, None);
         self.install(&lease.token)?;
         info!(
@@ -221,6 +398,36 @@ impl AppRole {
             "Vault AppRole login succeeded"
         );
         Ok(lease)
+    }
+
+    /// Records a failed login and returns how long the next one waits. `refused`: Vault
+    /// answered (it counts towards Vault's lockout); otherwise Vault was unreachable.
+    fn login_failed(&self, refused: bool, secret: [u8; 32]) -> Duration {
+        let mut t = self.throttle.lock();
+        // The next login is governed by the backoff, not by the interval after a success.
+        t.last_success = None;
+        let wait = if refused {
+            if t.failed_secret != Some(secret) {
+                t.refused = 0;
+            }
+            t.failed_secret = Some(secret);
+            t.refused += 1;
+            FAILED_LOGIN_BACKOFF[(t.refused as usize - 1).min(FAILED_LOGIN_BACKOFF.len() - 1)]
+        } else {
+            t.unreachable += 1;
+            Duration::from_secs(1u64 << t.unreachable.min(5)).min(UNREACHABLE_BACKOFF_MAX)
+        };
+        t.not_before = Some(Instant::now() + wait);
+        if refused {
+            error!(
+                failures = t.refused,
+                next_attempt_secs = wait.as_secs(),
+                "Vault refused the AppRole login; backing off so the role is not locked out \
+                 (after 5 failed logins OpenBao/Vault refuse every secret id of the role for 15 \
+                 minutes: put a valid secret id in place and Kapsule tries it at once)"
+            );
+        }
+        wait
     }
 
     /// Renews the current token; `Ok(None)` when it cannot be (not renewable, max TTL near).
@@ -286,16 +493,15 @@ async fn renew_loop(weak: Weak<AppRole>) {
                 *lease = Some(r);
                 failures = 0;
             }
-            None => match this.login().await {
-                Ok(l) => {
-                    *lease = Some(l);
-                    failures = 0;
+            None => {
+                match this.replace(&mut lease, false).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
+                    }
                 }
-                Err(e) => {
-                    failures += 1;
-                    error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
-                }
-            },
+            }
         }
     }
 }

@@ -15,7 +15,8 @@ use tracing::warn;
 use super::{Expect, Prepared, ResponseStage};
 use crate::error::Reason;
 use crate::kafka::frame::{decode_request, encode_request, encode_response, RequestMeta};
-use crate::kms::deadline;
+use crate::kms::{deadline, requester};
+use crate::proxy::admission::{self, NotAdmitted};
 use crate::proxy::rewrite;
 use crate::proxy::session::ClientSession;
 use crate::proxy::ProxyShared;
@@ -73,14 +74,33 @@ pub(super) async fn prepare_produce(
     let api = ApiKey::Produce;
     let (header, mut request) = decode_request::<ProduceRequest>(api, frame)?;
     let acks = request.acks;
+    // No policy or KMS work for a client the broker has not accepted (see `admission`).
+    if let Err(refused) = admission::admit_work(&shared, &session).await {
+        shared.metrics.error("produce_not_admitted");
+        let code = match refused {
+            NotAdmitted::RequiresAuthentication { .. } => ResponseError::SaslAuthenticationFailed,
+            NotAdmitted::Unknown { .. } => ResponseError::NetworkException,
+        };
+        warn!(%peer, correlation_id = meta.correlation_id, error = %refused, "produce from an unauthenticated connection refused before any policy or KMS work");
+        return answer_produce_locally(meta, acks, || {
+            rewrite::produce_error_response(&request, code, &refused.to_string())
+        });
+    }
     let due = produce_deadline(received, request.timeout_ms);
+    // KMS calls made for this request count against its principal's budgets.
+    let who = requester::label(session.principal());
     let patch = match due {
-        None => shared.records.on_produce(&mut request, &session).await,
+        None => {
+            requester::scope(who, shared.records.on_produce(&mut request, &session)).await
+        }
         Some(d) => {
             // Cheap: records are reference-counted bytes. Kept to answer every partition if the
             // stage is cut short (it may have moved partitions around when it is dropped).
             let original = request.clone();
-            let stage = deadline::scope(due, shared.records.on_produce(&mut request, &session));
+            let stage = deadline::scope(
+                due,
+                requester::scope(who, shared.records.on_produce(&mut request, &session)),
+            );
             // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
             match tokio::time::timeout_at(d, stage).await {
                 Ok(patch) if Instant::now() < d => patch,
