@@ -133,16 +133,8 @@ struct AppRoleRig {
 
 impl AppRoleRig {
     fn start(policy_hcl: &str, token_ttl: &str, token_max_ttl: &str) -> AppRoleRig {
-        let bao = OpenBao::start().expect("openbao");
         let dir = tempfile::tempdir().unwrap();
-        let audit = dir.path().join("audit.log");
-        bao.cli(&[
-            "audit",
-            "enable",
-            "file",
-            &format!("file_path={}", audit.display()),
-        ])
-        .unwrap();
+        let bao = OpenBao::start_with_audit_log(&dir.path().join("audit.log")).expect("openbao");
         bao.create_key("kek-allowed").unwrap();
         bao.cli_stdin(&["policy", "write", "kapsule", "-"], policy_hcl)
             .unwrap();
@@ -189,8 +181,7 @@ impl AppRoleRig {
         let yaml = format!(
             "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\nadmin:\n  listen: \"{{admin}}\"\n\
 kms:\n  type: vault\n  address: \"{}\"\n  retries: 0\n  auth:\n    method: approle\n    role_id_file: \"{}\"\n    secret_id_file: \"{}\"\n\
-policy:\n  rules:\n    - topics: {{prefix: \"allowed-\"}}\n      key_id: kek-allowed\n      value: whole\n\
-    - topics: {{prefix: \"deny-\"}}\n      key_id: \"kek-$${{topic}}\"\n      value: whole\n",
+policy:\n  rules:\n    - topics: {{prefix: \"allowed-\"}}\n      key_id: kek-allowed\n      value: whole\n    - topics: {{prefix: \"deny-\"}}\n      key_id: \"kek-$${{topic}}\"\n      value: whole\n",
             tansu.bootstrap(),
             self.bao.address(),
             self.dir.path().join("role_id").display(),
@@ -217,6 +208,11 @@ policy:\n  rules:\n    - topics: {{prefix: \"allowed-\"}}\n      key_id: kek-all
         }
         ok_failed
     }
+}
+
+/// Kapsule's least time between two logins driven by refused tokens, plus a margin.
+fn auth_interval() -> Duration {
+    Duration::from_millis(10_500)
 }
 
 /// Produces one record to `topic` on a raw connection; returns the partition's error code.
@@ -261,7 +257,7 @@ async fn keys_outside_the_roles_grant_cost_no_login() {
         "12 refused keys must not cause logins:\n{logs}"
     );
     assert!(
-        logs.contains("Vault refuses this key to Kapsule's (valid) AppRole token"),
+        logs.contains("Vault refuses this key to Kapsule"),
         "{logs}"
     );
     assert!(!logs.contains(&rig.secret_id), "the secret id must never be logged");
@@ -317,14 +313,16 @@ async fn a_revoked_secret_id_does_not_lock_out_the_fresh_one() {
     rig.bao
         .cli(&["token", "revoke", "-mode=path", "auth/approle/login"])
         .unwrap();
-    // Clients keep producing (new topics: each needs a data key from Vault).
+    // Past the minimum interval between logins, clients keep producing (new topics: each needs
+    // a data key from Vault): the first refused token leads to one failed login, the rest wait.
+    tokio::time::sleep(auth_interval()).await;
     for i in 0..15 {
         let code = produce_one(&kapsule, &format!("allowed-x{i}")).await;
         assert_ne!(code, 0);
     }
     let (_, failed) = rig.audited("auth/approle/login");
     assert!(
-        failed <= 1,
+        failed == 1,
         "{failed} failed logins while the secret id was revoked:\n{}",
         kapsule.logs()
     );
@@ -335,5 +333,5 @@ async fn a_revoked_secret_id_does_not_lock_out_the_fresh_one() {
     assert_eq!(produce_one(&kapsule, &last).await, 0, "{}", kapsule.logs());
     let (logins, failed_total) = rig.audited("auth/approle/login");
     assert_eq!(logins, 2, "{}", kapsule.logs());
-    assert!(failed_total <= 1);
+    assert_eq!(failed_total, 1);
 }

@@ -16,8 +16,9 @@
 //!   knows leads to a login ([`AppRole::relogin_if_current`]).
 //! - **One login at a time, for one token.** Logins hold the lease lock, and a re-login asked
 //!   for a token that has already been replaced does nothing: concurrent 403s cost one login.
-//! - **Rate-limited.** Two logins are at least [`MIN_LOGIN_INTERVAL`] apart (a token that
-//!   expired is an exception: without one nothing works).
+//! - **Rate-limited.** A login driven by a refused token comes at least [`MIN_LOGIN_INTERVAL`]
+//!   after the last successful one, unless the secret id changed since; logins the lease
+//!   schedule drives (renewal run out, no usable token) are not limited.
 //! - **Failed logins back off** ([`FAILED_LOGIN_BACKOFF`]: 1 min, 5 min, then 16 min between
 //!   attempts). OpenBao and Vault lock an AppRole out for 15 minutes after 5 failed logins, and
 //!   during the lockout even a valid secret id is refused, so Kapsule spends at most 3 failed
@@ -186,8 +187,8 @@ pub(super) struct AppRole {
 /// Login rate limit and failure backoff (see the module docs).
 #[derive(Default)]
 struct Throttle {
-    /// When the last login succeeded.
-    last_success: Option<Instant>,
+    /// When the last login succeeded, and the SHA-256 of the secret id it used.
+    last_success: Option<(Instant, [u8; 32])>,
     /// Consecutive logins Vault refused with the secret id in `failed_secret`.
     refused: u32,
     /// Consecutive logins that could not reach Vault.
@@ -343,7 +344,11 @@ impl AppRole {
                     t.refused + t.unreachable
                 );
             }
-            if let Some(last) = t.last_success.filter(|_| rate_limited) {
+            // A secret id other than the last one that worked is tried at once.
+            let last = t
+                .last_success
+                .filter(|(_, s)| rate_limited && *s == secret_digest);
+            if let Some((last, _)) = last {
                 if now < last + MIN_LOGIN_INTERVAL {
                     bail!(
                         "AppRole login rate-limited: the last login was {} ms ago (at most one per {} s)",
@@ -386,7 +391,7 @@ impl AppRole {
         {
             let mut t = self.throttle.lock();
             *t = Throttle {
-                last_success: Some(Instant::now()),
+                last_success: Some((Instant::now(), secret_digest)),
                 ..Throttle::default()
             };
         }

@@ -244,6 +244,7 @@ impl LoadedModule {
     }
 
     /// Decisions of memoizable plans cached now.
+    #[cfg(test)]
     pub(crate) fn memoized_values(&self) -> usize {
         self.answers.stats().decisions
     }
