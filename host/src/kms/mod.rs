@@ -20,6 +20,7 @@ mod gate;
 mod keyfile;
 pub mod local;
 pub mod memory;
+pub mod requester;
 pub mod vault;
 
 use std::fmt;

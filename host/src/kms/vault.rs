@@ -15,7 +15,9 @@
 //! left and no retry is started that could not finish before it. When the token comes from a
 //! file and Vault answers 403, the file is re-read once (a Vault agent may have renewed it). With
 //! `auth: { method: approle, ... }` Kapsule logs in itself and keeps its token renewed (see
-//! [`auth`]).
+//! [`auth`]); a 403 then leads to a login only when Vault says the token itself is no longer
+//! valid. A 403 with a valid token is a permission error for that key id: remembered for
+//! [`PATH_DENIAL_TTL`] (in a bounded LRU) and answered at once, without asking Vault again.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,6 +37,10 @@ use zeroize::Zeroizing;
 
 mod auth;
 pub use auth::{VaultAuthConfig, VaultAuthMethod};
+
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use super::{
     backoff_delay, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
@@ -145,6 +151,11 @@ impl VaultKmsConfig {
     }
 }
 
+/// How long a key id Vault refused to a valid token is refused without asking Vault again.
+pub const PATH_DENIAL_TTL: Duration = Duration::from_secs(60);
+/// Key ids remembered as refused (LRU).
+const PATH_DENIAL_CAP: usize = 4096;
+
 /// Vault / OpenBao transit KMS (see the module docs).
 pub struct VaultKms {
     config: VaultKmsConfig,
@@ -152,6 +163,8 @@ pub struct VaultKms {
     timeout: Duration,
     /// Token keeper when `auth` is configured (AppRole).
     approle: Option<Arc<auth::AppRole>>,
+    /// Key ids Vault refused to a token it still honoured, until when (see the module docs).
+    denied: parking_lot::Mutex<LruCache<String, (Instant, String)>>,
 }
 
 impl std::fmt::Debug for VaultKms {
@@ -288,7 +301,27 @@ impl VaultKms {
             client,
             timeout: Duration::from_millis(config.timeout_ms),
             approle,
+            denied: parking_lot::Mutex::new(LruCache::new(
+                NonZeroUsize::new(PATH_DENIAL_CAP).expect("non-zero"),
+            )),
         })
+    }
+
+    /// The remembered path-level refusal of `key_id`, if still fresh.
+    fn denial(&self, op: &str, key_id: &str) -> Option<KmsError> {
+        let mut denied = self.denied.lock();
+        match denied.get(key_id) {
+            Some((until, msg)) if *until > Instant::now() => Some(KmsError::new(
+                KmsErrorKind::PermissionDenied,
+                key_id,
+                format!("{op}: {msg} (remembered; asked again after {} s)", PATH_DENIAL_TTL.as_secs()),
+            )),
+            Some(_) => {
+                denied.pop(key_id);
+                None
+            }
+            None => None,
+        }
     }
 
     /// With AppRole: a token is in force before the call (logs in when there is none).
@@ -311,6 +344,9 @@ impl VaultKms {
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
+        if let Some(e) = self.denial(op, key_id) {
+            return Err(e);
+        }
         self.ensure_token(op, key_id).await?;
         let mut reloaded_token = false;
         let mut attempt = 0u32;
@@ -330,6 +366,7 @@ impl VaultKms {
                     format!("{op}: the Kafka request's timeout passed before Vault answered ({} attempts)", attempt),
                 ));
             }
+            let generation = self.approle.as_ref().map(|a| a.generation());
             let client = self.client.read().clone();
             let (kind, msg) = match tokio::time::timeout(timeout, f(client)).await {
                 Ok(Ok(v)) => return Ok(v),
@@ -339,19 +376,55 @@ impl VaultKms {
                     format!("no answer within {} ms", timeout.as_millis()),
                 ),
             };
-            if kind == KmsErrorKind::PermissionDenied && !reloaded_token {
-                if let Some(approle) = &self.approle {
-                    reloaded_token = true;
-                    tracing::warn!(
-                        op,
-                        key_id,
-                        "Vault refused the AppRole token (403); logging in again"
-                    );
-                    match approle.relogin().await {
-                        Ok(()) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "Vault refused the token and the AppRole re-login failed")
+            if let (KmsErrorKind::PermissionDenied, Some(approle), Some(seen)) =
+                (kind, &self.approle, generation)
+            {
+                match approle.check_token(seen).await {
+                    Ok(auth::TokenState::Valid) if approle.generation() != seen => {
+                        // A concurrent caller replaced the token meanwhile: retry with it.
+                        if !reloaded_token {
+                            reloaded_token = true;
+                            continue;
                         }
+                    }
+                    Ok(auth::TokenState::Valid) => {
+                        // The token is fine: Vault refuses this key to it.
+                        let reason = format!(
+                            "Vault refuses this key to Kapsule's (valid) AppRole token: {msg}; \
+                             grant the role's policy the transit paths of docs/kms.md for this key, \
+                             or fix the policy's key ids"
+                        );
+                        self.denied.lock().put(
+                            key_id.to_owned(),
+                            (Instant::now() + PATH_DENIAL_TTL, reason.clone()),
+                        );
+                        return Err(KmsError::new(kind, key_id, format!("{op}: {reason}")));
+                    }
+                    Ok(auth::TokenState::Invalid) if !reloaded_token => {
+                        reloaded_token = true;
+                        tracing::warn!(
+                            op,
+                            key_id,
+                            "Vault no longer accepts the AppRole token; logging in again"
+                        );
+                        match approle.relogin_if_current(seen).await {
+                            Ok(()) => continue,
+                            Err(e) => {
+                                return Err(KmsError::new(
+                                    KmsErrorKind::Transient,
+                                    key_id,
+                                    format!("{op}: Vault refused the token and no new one could be obtained: {e:#}"),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(auth::TokenState::Invalid) => {}
+                    Err(e) => {
+                        return Err(KmsError::new(
+                            KmsErrorKind::Transient,
+                            key_id,
+                            format!("{op}: {msg}; and the token could not be checked: {e:#}"),
+                        ));
                     }
                 }
             }

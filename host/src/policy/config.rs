@@ -411,6 +411,17 @@ pub struct LimitsConfig {
     /// Largest module file accepted, in MiB (default 64).
     #[serde(default = "default_module_max_mib")]
     pub module_max_mib: u64,
+    /// Bytes one module version may keep of cached answers — plans and reveals per (topic,
+    /// principal), memoized decisions per (topic, principal, value) — in KiB (default 8192).
+    /// Past it the least recently used answers are evicted; clients choose how many topics and
+    /// principals there are, so this is what bounds a tenant module's cache in memory.
+    #[serde(default = "default_answer_cache_kib")]
+    pub answer_cache_kib: u64,
+    /// Largest single answer (with its key) cached, in KiB (default 16). A larger answer is used
+    /// for the batch that asked for it but not cached, so the guest is asked again next time; an
+    /// answer over `answer_max_kib` is refused outright.
+    #[serde(default = "default_answer_cache_entry_max_kib")]
+    pub answer_cache_entry_max_kib: u64,
 }
 
 impl Default for LimitsConfig {
@@ -427,6 +438,8 @@ impl Default for LimitsConfig {
             log_messages_per_second: default_log_per_second(),
             log_message_max_bytes: default_log_max_bytes(),
             module_max_mib: default_module_max_mib(),
+            answer_cache_kib: default_answer_cache_kib(),
+            answer_cache_entry_max_kib: default_answer_cache_entry_max_kib(),
         }
     }
 }
@@ -466,6 +479,12 @@ fn default_log_max_bytes() -> usize {
 }
 fn default_module_max_mib() -> u64 {
     64
+}
+fn default_answer_cache_kib() -> u64 {
+    8192
+}
+fn default_answer_cache_entry_max_kib() -> u64 {
+    16
 }
 
 impl PolicyConfig {
@@ -578,6 +597,20 @@ impl PolicyConfig {
             problems.push(format!(
                 "{lp}.module_max_mib: {} is outside 1..=1024",
                 l.module_max_mib
+            ));
+        }
+        if !(64..=1 << 20).contains(&l.answer_cache_kib) {
+            problems.push(format!(
+                "{lp}.answer_cache_kib: {} is outside 64..=1048576 (it bounds each module \
+                 version's cached answers in memory)",
+                l.answer_cache_kib
+            ));
+        }
+        if l.answer_cache_entry_max_kib == 0 || l.answer_cache_entry_max_kib > l.answer_cache_kib
+        {
+            problems.push(format!(
+                "{lp}.answer_cache_entry_max_kib: {} is outside 1..=answer_cache_kib ({})",
+                l.answer_cache_entry_max_kib, l.answer_cache_kib
             ));
         }
     }

@@ -42,6 +42,18 @@ pub struct BindingStatus {
     /// Decisions of memoizable plans cached for the serving version (per topic, principal and
     /// value; bounded, dropped on reload).
     pub memoized_values: usize,
+    /// Bytes charged for every answer the serving version caches (plans, reveals, memoized
+    /// decisions), never more than `cache_budget_bytes`.
+    pub cached_bytes: usize,
+    /// The serving version's answer cache budget (`policy.limits.answer_cache_kib`).
+    pub cache_budget_bytes: usize,
+    /// Answers the serving version caches now (plans, reveals and memoized decisions).
+    pub cached_answers: usize,
+    /// Answers evicted by the serving version to stay under its budget.
+    pub cache_evictions: u64,
+    /// Answers the serving version used once without caching them, being larger than
+    /// `policy.limits.answer_cache_entry_max_kib`.
+    pub answers_not_cached: u64,
     /// Guest calls (`plan` and `decide`) since start.
     pub calls: u64,
     /// Failed guest calls and contract violations since start.
@@ -90,6 +102,7 @@ impl PolicyRegistry {
                     let m = b.current.load();
                     let m = m.as_ref();
                     let s = &b.stats;
+                    let cache = m.map(|m| m.cache_stats()).unwrap_or_default();
                     BindingStatus {
                         binding: b.label.to_string(),
                         topics: b.selector.clone(),
@@ -103,7 +116,12 @@ impl PolicyRegistry {
                         wit_version: m.map_or("", |m| m.version().as_str()),
                         loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
                         instances: m.map_or(0, |m| m.live_instances()),
-                        memoized_values: m.map_or(0, |m| m.memoized_values()),
+                        memoized_values: cache.decisions,
+                        cached_bytes: cache.bytes,
+                        cache_budget_bytes: cache.budget,
+                        cached_answers: cache.entries,
+                        cache_evictions: cache.evictions,
+                        answers_not_cached: cache.uncached,
                         calls: s.calls.load(Relaxed),
                         errors: s.errors.load(Relaxed),
                         deadlines: s.deadlines.load(Relaxed),

@@ -1331,18 +1331,23 @@ async fn memoized_decisions_are_answered_inline_on_the_async_path() {
 }
 
 #[test]
-fn the_memo_cache_is_bounded() {
+fn the_memo_cache_is_bounded_in_bytes() {
     let reg = memo_registry("reject");
+    let budget = reg.status().bindings[0].cache_budget_bytes;
+    assert_eq!(budget, 8 << 20, "the default budget");
     let per_batch = 10_000;
-    for b in 0..(super::wasm::memo_max_entries() / per_batch + 2) {
+    for b in 0..8 {
         let recs: Vec<Record> = (0..per_batch)
             .map(|i| record("v", &[("tenant", &format!("t{b}x{i}"))]))
             .collect();
         let d = reg.decide("m.t", None, 0, &recs).unwrap();
         assert_eq!(d[17], whole(&format!("tenant-t{b}x17")));
-        let n = module_of(&reg, 0).memoized_values();
-        assert!(n <= super::wasm::memo_max_entries(), "{n}");
+        let s = &reg.status().bindings[0];
+        assert!(s.cached_bytes <= budget, "{} > {budget}", s.cached_bytes);
     }
+    let s = &reg.status().bindings[0];
+    assert!(s.cache_evictions > 0, "80,000 values do not fit in 8 MiB");
+    assert!(s.memoized_values > 10_000, "{}", s.memoized_values);
     // Values too long to remember are still decided (once per batch) but not cached.
     let long = "l".repeat(300);
     let recs = vec![record("v", &[("tenant", &long)]); 3];
@@ -1352,6 +1357,73 @@ fn the_memo_cache_is_bounded() {
         .iter()
         .all(|d| matches!(d, RecordDecision::Reject(m) if m.contains("not a valid tenant"))));
     assert_eq!(module_of(&reg, 0).memoized_values(), before);
+}
+
+/// A registry binding `bad*` to the hostile module in `huge-headers` mode (3.5 MB plans and
+/// reveals) under `limits`.
+fn huge_answers(limits: LimitsConfig) -> PolicyRegistry {
+    let a = artifacts();
+    PolicyRegistry::new(&config(
+        vec![
+            binding(a.path("hostile-misbehave"), "bad*", "huge-headers", &["kek-ok"]),
+            binding(a.path("tenant-keys"), "good", "", &["tenant-*"]),
+        ],
+        limits,
+    ))
+    .unwrap()
+}
+
+#[test]
+fn huge_answers_over_many_topics_are_not_cached_past_the_entry_cap() {
+    // Issue 17: a plan carrying 3.5 MB of header names was cached once per topic name (422 MiB
+    // over 120 names). Under the default caps such an answer is used and not kept.
+    let reg = huge_answers(relaxed_limits());
+    let alice = sasl("alice");
+    for i in 0..120 {
+        let t = format!("bad{i}");
+        match reg.topic_plan(&t, None).unwrap() {
+            TopicPlan::EncryptAll(p) => assert_eq!(p.headers.len(), 875),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(reg.reveal(&t, Some(&alice)).unwrap(), Reveal::Parts(p) if p.headers.len() == 875));
+        assert!(
+            reg.cached_topic_plan(&t, None).is_none(),
+            "a 3.5 MB plan must not be cached (topic {t})"
+        );
+        let s = &reg.status().bindings[0];
+        assert!(s.cached_bytes <= s.cache_budget_bytes);
+    }
+    let s = &reg.status().bindings[0];
+    assert_eq!(s.cached_bytes, 0);
+    assert_eq!(s.answers_not_cached, 240, "{s:?}");
+    good_still_serves(&reg);
+}
+
+#[test]
+fn huge_answers_under_a_raised_entry_cap_stay_inside_the_byte_budget() {
+    let limits = LimitsConfig {
+        answer_cache_kib: 8 << 10,
+        answer_cache_entry_max_kib: 8 << 10,
+        ..relaxed_limits()
+    };
+    let reg = huge_answers(limits);
+    for i in 0..120 {
+        let t = format!("bad{i}");
+        reg.topic_plan(&t, None).unwrap();
+        let s = &reg.status().bindings[0];
+        assert!(
+            s.cached_bytes <= 8 << 20,
+            "{} bytes cached after {} topics",
+            s.cached_bytes,
+            i + 1
+        );
+    }
+    let s = &reg.status().bindings[0];
+    assert!(s.cached_answers <= 2, "{s:?}");
+    assert!(s.cache_evictions >= 118, "{s:?}");
+    // The most recent plan is cached, the first long evicted.
+    assert!(reg.cached_topic_plan("bad119", None).is_some());
+    assert!(reg.cached_topic_plan("bad0", None).is_none());
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! clients never learn an address that does not point at Kapsule. With `proxy.sni` there is only
 //! the one TLS listener and the handshake's server name picks the broker ([`sni`]).
 
+pub mod admission;
 pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
@@ -74,6 +75,8 @@ pub struct ProxyShared {
     pub warnings: warn_limit::ConnectionWarnings,
     shutdown: watch::Receiver<bool>,
     tasks: TaskTracker,
+    /// Which brokers serve unauthenticated clients (see [`admission`]).
+    pub(crate) admission: admission::Admission,
 }
 
 /// Shortest time between two Metadata look-ups for brokers this instance has not seen: a client
@@ -386,6 +389,7 @@ impl Proxy {
             warnings: warn_limit::ConnectionWarnings::default(),
             shutdown: shutdown_rx,
             tasks: TaskTracker::new(),
+            admission: admission::Admission::default(),
         });
         Ok(Self {
             shared,

@@ -15,6 +15,7 @@ use crate::principal::Principal;
 pub struct ClientSession {
     peer: SocketAddr,
     principal: OnceLock<Principal>,
+    upstream: OnceLock<String>,
 }
 
 impl ClientSession {
@@ -24,6 +25,7 @@ impl ClientSession {
         ClientSession {
             peer,
             principal: OnceLock::new(),
+            upstream: OnceLock::new(),
         }
     }
 
@@ -47,6 +49,16 @@ impl ClientSession {
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The broker address this connection is relayed to, once connected.
+    pub fn upstream(&self) -> Option<&str> {
+        self.upstream.get().map(String::as_str)
+    }
+
+    /// Records the broker address this connection is relayed to (first call wins).
+    pub fn set_upstream(&self, upstream: &str) {
+        let _ = self.upstream.set(upstream.to_owned());
     }
 
     /// The authenticated principal, if authentication has succeeded on this connection.

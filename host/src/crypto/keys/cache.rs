@@ -92,7 +92,9 @@ pub(super) fn spawn_shared<V>(
 where
     V: Clone + Send + Sync + 'static,
 {
-    let task = tokio::spawn(crate::kms::deadline::inherit(work));
+    let task = tokio::spawn(crate::kms::requester::inherit(
+        crate::kms::deadline::inherit(work),
+    ));
     async move {
         task.await.unwrap_or_else(|e| {
             Err(KmsError::new(

@@ -107,10 +107,11 @@ fn config_validation_reports_problems() {
         master_key_file: Some("/x".into()),
         auto_create_keys: false,
         max_auto_created_keys: 0,
+        max_auto_created_keys_per_principal: 0,
     };
     let mut p = Vec::new();
     c.validate("kms", &mut p);
-    assert_eq!(p.len(), 4, "{p:?}");
+    assert_eq!(p.len(), 5, "{p:?}");
 }
 
 fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
@@ -266,6 +267,43 @@ async fn auto_creation_stops_at_the_configured_limit() {
     assert!(err.message.contains("max_auto_created_keys"), "{err:?}");
     // The CLI path is not limited.
     assert!(kms.create_key("t3").unwrap());
+}
+
+#[tokio::test]
+async fn one_principal_cannot_use_up_auto_creation() {
+    use crate::kms::requester;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let mut kms = LocalKms::open_with_master_key(&path, master(), true).unwrap();
+    kms.max_auto_created = 100;
+    kms.max_auto_created_per_principal = 3;
+    let anon = requester::label(None);
+    for i in 0..3 {
+        requester::scope(anon.clone(), kms.generate_data_key(&format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    let err = requester::scope(anon.clone(), kms.generate_data_key("a3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, KmsErrorKind::UnknownKey);
+    assert!(
+        err.message.contains("max_auto_created_keys_per_principal"),
+        "{err:?}"
+    );
+    // Keys that exist are still served to the same requester.
+    requester::scope(anon, kms.generate_data_key("a0"))
+        .await
+        .unwrap();
+    // Another principal has its own budget.
+    let bob = requester::label(Some(&crate::principal::Principal::new(
+        "bob",
+        crate::principal::AuthMechanism::SaslPlain,
+    )));
+    requester::scope(bob, kms.generate_data_key("b0"))
+        .await
+        .unwrap();
+    assert_eq!(kms.list_keys().len(), 4);
 }
 
 /// Regression: auto-creating several keys at once (five tenants' first records) made a thread

@@ -31,6 +31,9 @@ pub(super) struct TopicEntry {
     /// What `decide` depends on (`none` unless the plan is `per-record`).
     pub(super) memo: MemoKey,
     pub(super) allowed: GlobSet,
+    /// Bytes of the expanded `allowed_key_ids` patterns `allowed` was built from (what the
+    /// answer cache charges for it).
+    pub(super) allowed_pattern_bytes: usize,
 }
 
 /// Validates the guest's `plan` answer for `topic`.
@@ -59,10 +62,16 @@ pub(super) fn topic_entry(
                 .map_err(|e| c.fail(e, false))?,
         ),
     };
+    let allowed_pattern_bytes = c
+        .allowed_key_ids
+        .iter()
+        .map(|p| p.len() + topic.len())
+        .sum();
     Ok(TopicEntry {
         plan,
         memo,
         allowed,
+        allowed_pattern_bytes,
     })
 }
 

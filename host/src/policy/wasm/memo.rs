@@ -4,32 +4,24 @@
 //! the answer.
 //!
 //! Cached decisions belong to one module version (they live in its
-//! [`LoadedModule`](super::LoadedModule) and go with it on reload), are kept per (topic,
-//! principal, value), and are bounded: at most [`MAX_ENTRIES`] values per module version (going
-//! over clears them all; the next batches refill), and values longer than [`MAX_VALUE_LEN`] bytes
-//! are decided once per batch but not remembered across batches.
+//! [`AnswerCache`], with its plans and reveals, and go with it on reload), are kept per (topic,
+//! principal, value), and are bounded in bytes with the rest of that cache (see
+//! [`super::answer_cache`]); values longer than [`MAX_VALUE_LEN`] bytes are decided once per
+//! batch but not remembered across batches.
 //!
 //! The policy promises that records with the same value get the same decision; the host relies
 //! on it. A policy that breaks the promise gets the decisions it gave for the representative
 //! records, each validated like any other answer, so nothing unsafe reaches the encryption stage.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use parking_lot::RwLock;
-
-use super::keyed::TopicPrincipalMap;
+use super::answer_cache::{AnswerCache, Slot};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision};
 use crate::principal::Principal;
 
-/// Cached values per module version before the whole cache is cleared.
-pub(super) const MAX_ENTRIES: usize = 65_536;
 /// Longest value remembered across batches, bytes.
 pub(super) const MAX_VALUE_LEN: usize = 256;
-/// (topic, principal) pairs with a table per module version before the tables are cleared.
-const MAX_TABLES: usize = 4_096;
 
 /// The value a record's decision depends on, borrowed from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,9 +34,9 @@ pub(super) enum MemoValue<'r> {
     Bytes(&'r [u8]),
 }
 
-impl MemoValue<'_> {
+impl<'r> MemoValue<'r> {
     /// The value of `r` under `key` (`None` for [`MemoKey::None`]).
-    pub(super) fn of<'r>(r: &'r Record, key: &MemoKey) -> Option<MemoValue<'r>> {
+    pub(super) fn of(r: &'r Record, key: &MemoKey) -> Option<MemoValue<'r>> {
         let bytes = |b: Option<&'r bytes::Bytes>, max: usize| match b {
             None => MemoValue::Null,
             Some(b) => MemoValue::Bytes(&b[..b.len().min(max)]),
@@ -66,31 +58,12 @@ impl MemoValue<'_> {
             _ => 0,
         }
     }
-}
 
-/// Cached decisions of one (topic, principal) under one module version.
-#[derive(Debug, Default)]
-pub(super) struct MemoTable {
-    absent: Option<RecordDecision>,
-    null: Option<RecordDecision>,
-    values: HashMap<Box<[u8]>, RecordDecision>,
-}
-
-impl MemoTable {
-    fn get(&self, v: MemoValue<'_>) -> Option<&RecordDecision> {
-        match v {
-            MemoValue::Absent => self.absent.as_ref(),
-            MemoValue::Null => self.null.as_ref(),
-            MemoValue::Bytes(b) => self.values.get(b),
-        }
-    }
-
-    /// Returns whether a new entry was added.
-    fn insert(&mut self, v: &OwnedValue, d: RecordDecision) -> bool {
-        match v {
-            OwnedValue::Absent => self.absent.replace(d).is_none(),
-            OwnedValue::Null => self.null.replace(d).is_none(),
-            OwnedValue::Bytes(b) => self.values.insert(b.clone(), d).is_none(),
+    fn slot(self) -> Slot<'r> {
+        match self {
+            MemoValue::Absent => Slot::Absent,
+            MemoValue::Null => Slot::Null,
+            MemoValue::Bytes(b) => Slot::Bytes(b),
         }
     }
 }
@@ -113,18 +86,12 @@ impl From<MemoValue<'_>> for OwnedValue {
     }
 }
 
-/// Every cached decision of one module version.
-#[derive(Debug)]
-pub(super) struct MemoCache {
-    tables: TopicPrincipalMap<Arc<RwLock<MemoTable>>>,
-    entries: AtomicUsize,
-}
-
-impl Default for MemoCache {
-    fn default() -> Self {
-        Self {
-            tables: TopicPrincipalMap::new(MAX_TABLES),
-            entries: AtomicUsize::new(0),
+impl OwnedValue {
+    fn slot(&self) -> Slot<'_> {
+        match self {
+            OwnedValue::Absent => Slot::Absent,
+            OwnedValue::Null => Slot::Null,
+            OwnedValue::Bytes(b) => Slot::Bytes(b),
         }
     }
 }
@@ -141,7 +108,6 @@ pub(super) enum Grouped {
 
 /// A grouped batch waiting for the guest's decisions on its representatives.
 pub(super) struct Pending {
-    table: Arc<RwLock<MemoTable>>,
     /// Decisions known so far, per record.
     decided: Vec<Option<RecordDecision>>,
     /// Records still to decide, with the index of their value's representative.
@@ -151,104 +117,95 @@ pub(super) struct Pending {
     values: Vec<Option<OwnedValue>>,
 }
 
-impl MemoCache {
-    /// Groups `records` by their value under `key`, answering from the cache what it can.
-    pub(super) fn group(
-        &self,
-        topic: &str,
-        principal: Option<&Principal>,
-        key: &MemoKey,
-        records: &[Record],
-    ) -> Grouped {
-        let table = match self.tables.get(topic, principal) {
-            Some(t) => t,
-            None => {
-                let t = Arc::new(RwLock::new(MemoTable::default()));
-                self.tables.insert(topic, principal, t.clone());
-                t
-            }
-        };
-        let mut decided = Vec::with_capacity(records.len());
-        let mut waiting = Vec::new();
-        let mut representatives = Vec::new();
-        let mut values = Vec::new();
-        let mut missing: HashMap<MemoValue<'_>, u32> = HashMap::new();
-        {
-            let cached = table.read();
-            // Consecutive records usually share their value: compare with the previous one
-            // before hashing.
-            let mut last: Option<(MemoValue<'_>, Option<RecordDecision>, u32)> = None;
-            for (i, r) in records.iter().enumerate() {
-                let Some(v) = MemoValue::of(r, key) else {
-                    unreachable!("grouping is only used with a memo key");
-                };
-                if let Some((lv, ld, lr)) = &last {
-                    if *lv == v {
-                        match ld {
-                            Some(d) => decided.push(Some(d.clone())),
-                            None => {
-                                decided.push(None);
-                                waiting.push((i, *lr));
-                            }
+/// Groups `records` by their value under `key`, answering from `cache` what it can.
+pub(super) fn group(
+    cache: &AnswerCache,
+    topic: &str,
+    principal: Option<&Principal>,
+    key: &MemoKey,
+    records: &[Record],
+) -> Grouped {
+    let mut decided = Vec::with_capacity(records.len());
+    let mut waiting = Vec::new();
+    let mut representatives = Vec::new();
+    let mut values = Vec::new();
+    let mut missing: HashMap<MemoValue<'_>, u32> = HashMap::new();
+    {
+        let mut cached = cache.decisions(topic, principal);
+        // Consecutive records usually share their value: compare with the previous one
+        // before hashing.
+        let mut last: Option<(MemoValue<'_>, Option<RecordDecision>, u32)> = None;
+        for (i, r) in records.iter().enumerate() {
+            let Some(v) = MemoValue::of(r, key) else {
+                unreachable!("grouping is only used with a memo key");
+            };
+            if let Some((lv, ld, lr)) = &last {
+                if *lv == v {
+                    match ld {
+                        Some(d) => decided.push(Some(d.clone())),
+                        None => {
+                            decided.push(None);
+                            waiting.push((i, *lr));
                         }
-                        continue;
                     }
-                }
-                if let Some(d) = cached.get(v) {
-                    decided.push(Some(d.clone()));
-                    last = Some((v, Some(d.clone()), 0));
                     continue;
                 }
-                let rep = *missing.entry(v).or_insert_with(|| {
-                    representatives.push(i);
-                    values.push((v.len() <= MAX_VALUE_LEN).then(|| OwnedValue::from(v)));
-                    (representatives.len() - 1) as u32
-                });
+            }
+            if let Some(&rep) = missing.get(&v) {
                 decided.push(None);
                 waiting.push((i, rep));
                 last = Some((v, None, rep));
+                continue;
             }
+            let hit = if v.len() <= MAX_VALUE_LEN {
+                cached.get(v.slot())
+            } else {
+                None
+            };
+            if let Some(d) = hit {
+                decided.push(Some(d.clone()));
+                last = Some((v, Some(d), 0));
+                continue;
+            }
+            representatives.push(i);
+            values.push((v.len() <= MAX_VALUE_LEN).then(|| OwnedValue::from(v)));
+            let rep = (representatives.len() - 1) as u32;
+            missing.insert(v, rep);
+            decided.push(None);
+            waiting.push((i, rep));
+            last = Some((v, None, rep));
         }
-        if representatives.is_empty() {
-            return Grouped::Done(decided.into_iter().map(known).collect());
-        }
-        Grouped::Pending(Pending {
-            table,
-            decided,
-            waiting,
-            representatives,
-            values,
-        })
     }
-
-    /// Values cached now (all tables; approximate while batches are being decided).
-    pub(super) fn len(&self) -> usize {
-        self.entries.load(Ordering::Relaxed)
+    if representatives.is_empty() {
+        return Grouped::Done(decided.into_iter().map(known).collect());
     }
+    Grouped::Pending(Pending {
+        decided,
+        waiting,
+        representatives,
+        values,
+    })
 }
 
 impl Pending {
     /// Fills in every record from the guest's (validated) decisions for the representatives, in
-    /// representative order, and caches them.
+    /// representative order, and caches them under (`topic`, `principal`).
     pub(super) fn finish(
         mut self,
-        cache: &MemoCache,
+        cache: &AnswerCache,
+        topic: &str,
+        principal: Option<&Principal>,
         answers: Vec<RecordDecision>,
     ) -> Vec<RecordDecision> {
         debug_assert_eq!(answers.len(), self.representatives.len());
-        let mut added = 0;
-        {
-            let mut table = self.table.write();
-            for (v, d) in self.values.iter().zip(&answers) {
-                if let Some(v) = v {
-                    added += usize::from(table.insert(v, d.clone()));
-                }
-            }
-        }
-        if cache.entries.fetch_add(added, Ordering::Relaxed) + added > MAX_ENTRIES {
-            cache.tables.clear();
-            cache.entries.store(0, Ordering::Relaxed);
-        }
+        cache.put_decisions(
+            topic,
+            principal,
+            self.values
+                .iter()
+                .zip(&answers)
+                .filter_map(|(v, d)| Some((v.as_ref()?.slot(), d))),
+        );
         for (i, rep) in self.waiting {
             self.decided[i] = Some(answers[rep as usize].clone());
         }

@@ -16,6 +16,7 @@
 //! [`crate::policy::PolicyRegistry::decide_async`]).
 
 mod answer;
+mod answer_cache;
 mod cache;
 mod deadline;
 pub use cache::default_dir as default_cache_dir;
@@ -23,7 +24,6 @@ pub use cache::default_dir as default_cache_dir;
 pub(crate) use cache::CacheOutcome;
 pub(crate) use deadline::thread_cpu_time;
 pub(crate) mod host;
-mod keyed;
 mod lift;
 mod memo;
 mod module;
@@ -67,11 +67,6 @@ pub(crate) mod bindings_v0_1 {
     });
 }
 
-/// Most memoized decisions one module version keeps (tests check the bound).
-#[cfg(test)]
-pub(crate) fn memo_max_entries() -> usize {
-    memo::MAX_ENTRIES
-}
 
 /// The contract version a component implements, recognized at load time by its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +180,10 @@ pub struct Limits {
     pub log_max_bytes: usize,
     /// Largest module file accepted, bytes.
     pub module_max_bytes: u64,
+    /// Bytes one module version's cached plans, reveals and memoized decisions may take.
+    pub answer_cache_bytes: usize,
+    /// Largest single answer cached, bytes (larger ones are used once, not cached).
+    pub answer_cache_entry_max_bytes: usize,
 }
 
 impl From<&LimitsConfig> for Limits {
@@ -201,6 +200,9 @@ impl From<&LimitsConfig> for Limits {
             log_per_second: c.log_messages_per_second,
             log_max_bytes: c.log_message_max_bytes,
             module_max_bytes: c.module_max_mib << 20,
+            answer_cache_bytes: usize::try_from(c.answer_cache_kib << 10).unwrap_or(usize::MAX),
+            answer_cache_entry_max_bytes: usize::try_from(c.answer_cache_entry_max_kib << 10)
+                .unwrap_or(usize::MAX),
         }
     }
 }

@@ -15,16 +15,13 @@ use super::bindings::kapsule::policy::types as wit;
 use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
 use super::deadline::CallClock;
 use super::host::{HostState, LogSink};
-use super::keyed::TopicPrincipalMap;
-use super::memo::{Grouped, MemoCache, Pending};
+use super::answer_cache::{AnswerCache, CacheStats};
+use super::memo::{self, Grouped, Pending};
 use super::{lift, Caller, WasmRuntime, WitVersion};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::policy::PolicyError;
 use crate::principal::Principal;
-
-/// Plans remembered per module version before the cache is cleared.
-const MAX_CACHED_PLANS: usize = 65_536;
 
 /// One initialized policy instance with its own store. `plan` and `decide` are called through
 /// typed views whose answers are lifted lazily (see [`lift`]).
@@ -65,17 +62,14 @@ pub struct LoadedModule {
     loaded_at: SystemTime,
     log: Arc<LogSink>,
     pool: Pool,
-    /// Validated plans by (topic, principal), this module version only.
-    plans: TopicPrincipalMap<Plan>,
-    /// Decisions of memoizable plans by (topic, principal, value), this module version only.
-    memo: MemoCache,
-    /// Validated reveals by (topic, principal), this module version only.
-    reveals: TopicPrincipalMap<Reveal>,
+    /// Validated plans and reveals by (topic, principal) and decisions of memoizable plans by
+    /// (topic, principal, value), this module version only, bounded in bytes.
+    answers: AnswerCache,
 }
 
 /// A validated plan of one topic for one principal under one module version (cheap to clone).
 #[derive(Debug, Clone)]
-pub(crate) struct Plan(Arc<TopicEntry>);
+pub(crate) struct Plan(pub(super) Arc<TopicEntry>);
 
 impl Plan {
     /// What the policy decided for the whole topic.
@@ -171,6 +165,10 @@ impl LoadedModule {
         log: Arc<LogSink>,
     ) -> Result<Self, CallError> {
         let max = runtime.limits.max_instances.max(1);
+        let (cache_budget, cache_entry_max) = (
+            runtime.limits.answer_cache_bytes,
+            runtime.limits.answer_cache_entry_max_bytes,
+        );
         let module = LoadedModule {
             runtime,
             pre,
@@ -188,9 +186,7 @@ impl LoadedModule {
                 cv: Condvar::new(),
                 max,
             },
-            plans: TopicPrincipalMap::new(MAX_CACHED_PLANS),
-            memo: MemoCache::default(),
-            reveals: TopicPrincipalMap::new(MAX_CACHED_PLANS),
+            answers: AnswerCache::new(cache_budget, cache_entry_max),
         };
         let inst = module.new_instance()?;
         {
@@ -203,7 +199,7 @@ impl LoadedModule {
 
     /// The validated plan of `topic` for `principal` if this version has computed it.
     pub(crate) fn cached_plan(&self, topic: &str, principal: Option<&Principal>) -> Option<Plan> {
-        self.plans.get(topic, self.client_key(principal))
+        self.answers.plan(topic, self.client_key(principal))
     }
 
     /// The principal answers are cached under: none for 0.1 modules, which never see it.
@@ -220,7 +216,7 @@ impl LoadedModule {
         topic: &str,
         principal: Option<&Principal>,
     ) -> Option<Reveal> {
-        self.reveals.get(topic, self.client_key(principal))
+        self.answers.reveal(topic, self.client_key(principal))
     }
 
     /// What `principal` may read of `topic`: cached, or asked of the guest's `reveal` (blocking,
@@ -233,7 +229,7 @@ impl LoadedModule {
         principal: Option<&Principal>,
     ) -> Result<Reveal, PolicyError> {
         let principal = self.client_key(principal);
-        if let Some(r) = self.reveals.get(topic, principal) {
+        if let Some(r) = self.answers.reveal(topic, principal) {
             return Ok(r);
         }
         if self.version == WitVersion::V0_1 {
@@ -243,13 +239,19 @@ impl LoadedModule {
         let raw = self.call_reveal(topic, principal);
         c.stats.record_call(started.elapsed());
         let reveal = answer::reveal(c, raw.map_err(|e| c.call_failed(e))?)?;
-        self.reveals.insert(topic, principal, reveal.clone());
+        self.answers.put_reveal(topic, principal, &reveal);
         Ok(reveal)
     }
 
     /// Decisions of memoizable plans cached now.
+    #[cfg(test)]
     pub(crate) fn memoized_values(&self) -> usize {
-        self.memo.len()
+        self.answers.stats().decisions
+    }
+
+    /// What this version's answer cache holds now (bytes, budget, entries, evictions).
+    pub(crate) fn cache_stats(&self) -> CacheStats {
+        self.answers.stats()
     }
 
     /// The contract version the module implements.
@@ -267,7 +269,7 @@ impl LoadedModule {
     ) -> Result<Plan, PolicyError> {
         // A 0.1 plan cannot depend on the client: one entry serves every principal.
         let principal = self.client_key(principal);
-        if let Some(p) = self.plans.get(topic, principal) {
+        if let Some(p) = self.answers.plan(topic, principal) {
             return Ok(p);
         }
         let started = Instant::now();
@@ -275,7 +277,7 @@ impl LoadedModule {
         c.stats.record_call(started.elapsed());
         let raw = raw.map_err(|e| c.call_failed(e))?;
         let plan = Plan(Arc::new(answer::topic_entry(c, raw, topic)?));
-        self.plans.insert(topic, principal, plan.clone());
+        self.answers.put_plan(topic, principal, &plan);
         Ok(plan)
     }
 
@@ -302,7 +304,7 @@ impl LoadedModule {
             let batch = answer::batch_view(records.iter(), base_timestamp, needs);
             (batch, None)
         } else {
-            match self.memo.group(topic, principal, &plan.0.memo, records) {
+            match memo::group(&self.answers, topic, principal, &plan.0.memo, records) {
                 Grouped::Done(d) => return Ok(Decide::Done(d)),
                 Grouped::Pending(p) => {
                     let reps = p.representatives.iter().map(|&i| &records[i]);
@@ -578,7 +580,12 @@ impl DecideCall {
             .map(|&i| distinct[i as usize].clone())
             .collect();
         Ok(match self.memo {
-            Some(pending) => pending.finish(&self.module.memo, decided),
+            Some(pending) => pending.finish(
+                &self.module.answers,
+                &self.topic,
+                self.principal.as_ref(),
+                decided,
+            ),
             None => decided,
         })
     }

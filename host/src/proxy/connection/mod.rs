@@ -281,6 +281,7 @@ async fn serve_inner(
         }
     };
     debug!(%peer, upstream = %upstream_addr, "connection opened");
+    session.set_upstream(&upstream_addr);
 
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
@@ -428,7 +429,7 @@ async fn read_requests(
         if let Some(c) = &by_principal {
             c.request(meta.api_key, frame.len());
         }
-        let mode = shared.config.authentication;
+        let mode = super::admission::mode_for(shared, &session);
         let step = match sasl.on_request(&session, mode, meta, &frame) {
             Ok(RequestAction::Pass) => None,
             Ok(RequestAction::Relay(expect)) => Some(Step::Ready(

@@ -15,7 +15,8 @@ use tracing::warn;
 use super::{Expect, Forward, Prepared, ResponseStage};
 use crate::error::Reason;
 use crate::kafka::frame::{decode_request, encode_response, produce_header, RequestMeta};
-use crate::kms::deadline;
+use crate::kms::{deadline, requester};
+use crate::proxy::admission::{self, NotAdmitted};
 use crate::proxy::records::{ProducePatch, ProduceStaged};
 use crate::proxy::rewrite;
 use crate::proxy::session::ClientSession;
@@ -72,13 +73,28 @@ pub(super) async fn prepare_produce(
     let api = ApiKey::Produce;
     let (header, request) = decode_request::<ProduceRequest>(api, frame)?;
     let acks = request.acks;
+    // No policy or KMS work for a client the broker has not accepted (see `admission`).
+    if let Err(refused) = admission::admit_work(&shared, &session).await {
+        shared.metrics.error("produce_not_admitted");
+        let code = match refused {
+            NotAdmitted::RequiresAuthentication { .. } => ResponseError::SaslAuthenticationFailed,
+            NotAdmitted::Unknown { .. } => ResponseError::NetworkException,
+        };
+        warn!(%peer, correlation_id = meta.correlation_id, error = %refused, "produce from an unauthenticated connection refused before any policy or KMS work");
+        return answer_produce_locally(meta, acks, || {
+            rewrite::produce_error_response(&request, code, &refused.to_string())
+        });
+    }
     let due = produce_deadline(received, request.timeout_ms);
+    // KMS calls made for this request count against its principal's budgets.
+    let who = requester::label(session.principal());
     let staged = match due {
         None => {
-            shared
-                .records
-                .stage_produce(&header, request, &session)
-                .await?
+            requester::scope(
+                who,
+                shared.records.stage_produce(&header, request, &session),
+            )
+            .await?
         }
         Some(d) => {
             // Cheap: records are reference-counted bytes. Kept to answer every partition if the
@@ -86,7 +102,10 @@ pub(super) async fn prepare_produce(
             let original = request.clone();
             let stage = deadline::scope(
                 due,
-                shared.records.stage_produce(&header, request, &session),
+                requester::scope(
+                    who,
+                    shared.records.stage_produce(&header, request, &session),
+                ),
             );
             // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
             match tokio::time::timeout_at(d, stage).await {

@@ -10,15 +10,18 @@
 //! first `decide`, a panic in the second), `echo-client` (decides `kek-<principal>`, or
 //! `kek-anonymous`, from the client `decide` is given), `lying-memo` (declares its decision
 //! depends only on the `tenant` header but decides `kek-<value>` from the record value),
-//! `loop-reveal` (`reveal` never returns), or `ok` (behaves: per-record, encrypts the whole
-//! value under `kek-ok`). Every mode but `loop-reveal` reveals all.
+//! `loop-reveal` (`reveal` never returns), `huge-headers` (plans to encrypt the whole value
+//! under `kek-ok` plus 875 header names of 4000 bytes each, and reveals the value and the same
+//! 3.5 MB of header names: answers under the default answer limit that a cache must not keep
+//! per topic), or `ok` (behaves: per-record, encrypts the whole
+//! value under `kek-ok`). Every mode but `loop-reveal` and `huge-headers` reveals all.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use kapsule_policy::{
     export_policy, log, Client, Decision, Encrypt, MemoKey, Needs, Policy, RecordView, Reveal,
-    TopicPlan,
+    RevealParts, TopicPlan,
 };
 
 struct Misbehave {
@@ -70,6 +73,13 @@ impl Policy for Misbehave {
             "snoop" => TopicPlan::RejectAll(snoop()),
             "net" => TopicPlan::RejectAll(net()),
             "big-plan" => TopicPlan::RejectAll("p".repeat(8 << 20)),
+            "huge-headers" => {
+                let mut e = Encrypt::new("kek-ok").whole_value();
+                for name in huge_header_names() {
+                    e = e.with_header(name);
+                }
+                TopicPlan::EncryptAll(e)
+            }
             "lying-memo" => {
                 TopicPlan::per_record(Needs::none().with_value()).memo(MemoKey::header("tenant"))
             }
@@ -159,11 +169,21 @@ impl Policy for Misbehave {
     }
 
     fn reveal(&self, _topic: &str, _client: &Client) -> Reveal {
-        if self.mode == "loop-reveal" {
-            spin();
+        match self.mode.as_str() {
+            "loop-reveal" => spin(),
+            "huge-headers" => Reveal::Parts(RevealParts {
+                value: true,
+                headers: huge_header_names(),
+                ..RevealParts::none()
+            }),
+            _ => Reveal::All,
         }
-        Reveal::All
     }
+}
+
+/// 875 distinct header names of 4000 bytes each (3.5 MB).
+fn huge_header_names() -> Vec<String> {
+    (0..875).map(|i| format!("{i:04}{}", "h".repeat(3996))).collect()
 }
 
 /// Tries to reach the outside world through WASI and reports what it saw.
