@@ -82,6 +82,8 @@ pub enum Reason {
     UnsupportedVersion,
     /// A Produce request answered REQUEST_TIMED_OUT before it could be forwarded.
     TimedOut,
+    /// The process-wide memory budget stayed in use for the whole wait (retriable).
+    MemoryBusy,
     /// A request refused because the connection has not authenticated (connection-level).
     Unauthenticated,
     /// A bug in Kapsule.
@@ -107,6 +109,7 @@ impl Reason {
             Self::UnsupportedVersion => "unsupported_version",
             Self::Unauthenticated => "unauthenticated",
             Self::TimedOut => "timed_out",
+            Self::MemoryBusy => "memory_busy",
             Self::Internal => "internal",
         }
     }

@@ -46,11 +46,25 @@ pub enum FrameError {
 ///
 /// Memory grows with the bytes actually received (at most 1 MiB, or as much again as has
 /// arrived, beyond it), never with the announced size alone, so a lying length prefix cannot
-/// make the proxy allocate `max` bytes up front.
+/// make the proxy allocate `max` bytes up front. The body is read into a pooled buffer
+/// ([`read_frame_body`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    let Some(size) = read_frame_len(reader, max).await? else {
+        return Ok(None);
+    };
+    read_frame_body(reader, size).await.map(Some)
+}
+
+/// Reads the 4-byte size prefix of the next frame and checks it against `max`. Returns
+/// `Ok(None)` on a clean end of stream between frames. Cancel-safe only before the first byte
+/// arrives.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut len_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -74,6 +88,36 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max,
         });
     }
+    Ok(Some(size))
+}
+
+/// Reads a frame body of `size` bytes (after [`read_frame_len`]).
+///
+/// Bodies of up to [`pool::MAX_POOLED`] bytes go into a buffer from the process-wide frame
+/// pool, given back to it when the last [`Bytes`] pointing into it is dropped: steady traffic
+/// reuses the same warm pages instead of faulting in (and the kernel zeroing) fresh ones for
+/// every request. When the pool has no buffer of the size, one grows with the bytes that
+/// arrive (a lying prefix reserves at most 64 KiB, or as much again as arrived, beyond them)
+/// and joins the pool afterwards. Larger bodies are not pooled (see [`read_frame`]).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> Result<Bytes, FrameError> {
+    if size < pool::MIN_POOLED {
+        let mut body = vec![0u8; size];
+        read_exact_or_truncated(reader, &mut body, size).await?;
+        return Ok(Bytes::from(body));
+    }
+    if let Some(class) = pool::class_of(size) {
+        let buf = match pool::take(class) {
+            Some(mut buf) => {
+                read_exact_or_truncated(reader, &mut buf[..size], size).await?;
+                buf
+            }
+            None => read_growing(reader, size, class, 64 * 1024).await?,
+        };
+        return Ok(pool::frame(buf, size, class));
+    }
     // Start with up to 1 MiB and at least double after that, so a large frame is copied O(1)
     // times while a lying prefix still cannot reserve more than 1 MiB beyond what arrived.
     const FIRST: usize = 1024 * 1024;
@@ -91,7 +135,53 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             });
         }
     }
-    Ok(Some(body.freeze()))
+    Ok(body.freeze())
+}
+
+async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+    size: usize,
+) -> Result<(), FrameError> {
+    let mut read = 0;
+    while read < buf.len() {
+        let n = reader.read(&mut buf[read..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated { read, size });
+        }
+        read += n;
+    }
+    Ok(())
+}
+
+/// Reads `size` bytes into a Vec whose capacity doubles from `first` as bytes arrive, ending at
+/// exactly `class` (so it can join the pool).
+async fn read_growing<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+    class: usize,
+    first: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut body: Vec<u8> = Vec::with_capacity(if class <= first { class } else { first });
+    while body.len() < size {
+        if body.capacity() == body.len() {
+            let target = if body.capacity().saturating_mul(2) >= size {
+                class
+            } else {
+                body.capacity().saturating_mul(2)
+            };
+            body.reserve_exact(target - body.len());
+        }
+        let want = size - body.len();
+        let n = (&mut *reader).take(want as u64).read_buf(&mut body).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                read: body.len(),
+                size,
+            });
+        }
+    }
+    Ok(body)
 }
 
 /// Writes one frame (size prefix + body). The caller flushes.
@@ -101,6 +191,197 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     writer.write_all(&(body.len() as i32).to_be_bytes()).await?;
     writer.write_all(body).await
+}
+
+/// Writes frames to one socket, coalescing small ones, without a large per-connection buffer.
+///
+/// A frame of up to [`FrameWriter::COALESCE`] bytes is copied into a small buffer written on
+/// [`FrameWriter::flush`] (or when it fills); a larger one is written straight from its own
+/// bytes together with its size prefix (one vectored write where the stream supports it), so
+/// big Fetch and Produce frames are not copied at all. After a flush the buffer keeps at most
+/// [`FrameWriter::RETAIN`] bytes of capacity: an idle connection holds almost nothing.
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Frames up to this size are coalesced.
+    pub const COALESCE: usize = 16 * 1024;
+    /// Capacity the coalescing buffer keeps across flushes.
+    pub const RETAIN: usize = 4 * 1024;
+
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Queues or writes one frame (size prefix + body). Call [`FrameWriter::flush`] when no
+    /// more frames follow right away.
+    pub async fn write_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let prefix = (body.len() as i32).to_be_bytes();
+        if body.len() <= Self::COALESCE {
+            if self.buf.len() + 4 + body.len() > 2 * Self::COALESCE {
+                self.write_buffered().await?;
+            }
+            self.buf.extend_from_slice(&prefix);
+            self.buf.extend_from_slice(body);
+            return Ok(());
+        }
+        if self.inner.is_write_vectored() {
+            self.write_buffered().await?;
+            return write_two(&mut self.inner, &prefix, body).await;
+        }
+        // One write for the prefix and the body's start: no 4-byte packet on its own.
+        let head = body.len().min(Self::COALESCE);
+        self.buf.extend_from_slice(&prefix);
+        self.buf.extend_from_slice(&body[..head]);
+        self.write_buffered().await?;
+        self.inner.write_all(&body[head..]).await
+    }
+
+    /// Writes what is buffered and flushes the stream.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buffered().await?;
+        self.inner.flush().await
+    }
+
+    async fn write_buffered(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        if self.buf.capacity() > Self::RETAIN {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `a` then `b` with vectored writes until both are out.
+async fn write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
+    while !a.is_empty() {
+        let n = w
+            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    w.write_all(b).await
+}
+
+/// The process-wide pool of frame buffers ([`read_frame_body`]).
+///
+/// Buffers come in power-of-two classes from [`MIN_POOLED`] to [`MAX_POOLED`]; each class keeps
+/// at most [`CLASS_BYTES`] bytes of idle buffers and the pool at most [`POOL_BYTES`] in all, so
+/// after a burst at most that much stays resident. A frame's [`Bytes`] owns its buffer and puts
+/// it back when the last clone or slice is dropped.
+pub mod pool {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use std::sync::{Mutex, MutexGuard};
+
+    use bytes::Bytes;
+
+    /// Smallest pooled body (smaller ones are cheap small allocations).
+    pub const MIN_POOLED: usize = 4 * 1024;
+    /// Largest pooled body: a 1 MiB-per-partition Fetch response with its headers fits.
+    pub const MAX_POOLED: usize = 4 * 1024 * 1024;
+    /// Idle bytes kept per class.
+    pub const CLASS_BYTES: usize = 8 * 1024 * 1024;
+    /// Idle bytes kept in all.
+    pub const POOL_BYTES: usize = 32 * 1024 * 1024;
+
+    const MIN_SHIFT: u32 = MIN_POOLED.trailing_zeros();
+    const CLASSES: usize = (MAX_POOLED.trailing_zeros() - MIN_SHIFT + 1) as usize;
+
+    static IDLE: [Mutex<Vec<Vec<u8>>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+    static IDLE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+    fn idle(class: usize) -> MutexGuard<'static, Vec<Vec<u8>>> {
+        // A panic while holding the lock leaves a valid Vec: keep using it.
+        IDLE[index(class)]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The class (buffer size) for a body of `size` bytes, when pooled.
+    pub fn class_of(size: usize) -> Option<usize> {
+        (MIN_POOLED..=MAX_POOLED)
+            .contains(&size)
+            .then(|| size.next_power_of_two())
+    }
+
+    fn index(class: usize) -> usize {
+        (class.trailing_zeros() - MIN_SHIFT) as usize
+    }
+
+    /// An idle buffer of exactly `class` bytes (all initialised), if the pool has one.
+    pub(super) fn take(class: usize) -> Option<Vec<u8>> {
+        let buf = idle(class).pop()?;
+        IDLE_BYTES.fetch_sub(class, Relaxed);
+        Some(buf)
+    }
+
+    /// Gives `buf` (capacity `class`) back, unless its class or the pool is full.
+    fn give_back(mut buf: Vec<u8>, class: usize) {
+        if buf.capacity() != class {
+            return;
+        }
+        let mut idle = idle(class);
+        if (idle.len() + 1) * class > CLASS_BYTES.max(class)
+            || IDLE_BYTES.load(Relaxed) + class > POOL_BYTES
+        {
+            return;
+        }
+        if buf.len() < class {
+            buf.resize(class, 0);
+        }
+        IDLE_BYTES.fetch_add(class, Relaxed);
+        idle.push(buf);
+    }
+
+    /// Idle bytes held by the pool now.
+    pub fn idle_bytes() -> usize {
+        IDLE_BYTES.load(Relaxed)
+    }
+
+    struct Pooled {
+        buf: Vec<u8>,
+        len: usize,
+        class: usize,
+    }
+
+    impl AsRef<[u8]> for Pooled {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
+    impl Drop for Pooled {
+        fn drop(&mut self) {
+            give_back(std::mem::take(&mut self.buf), self.class);
+        }
+    }
+
+    /// The first `len` bytes of `buf` as [`Bytes`] that return `buf` to the pool when dropped.
+    pub(super) fn frame(buf: Vec<u8>, len: usize, class: usize) -> Bytes {
+        Bytes::from_owner(Pooled { buf, len, class })
+    }
 }
 
 /// The fixed prefix of every request header: enough to route and correlate without decoding.

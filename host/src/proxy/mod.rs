@@ -5,6 +5,7 @@
 //! clients never learn an address that does not point at Kapsule. With `proxy.sni` there is only
 //! the one TLS listener and the handshake's server name picks the broker ([`sni`]).
 
+pub mod budget;
 pub mod connection;
 pub mod proxy_protocol;
 pub mod records;
