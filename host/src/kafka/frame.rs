@@ -97,8 +97,8 @@ pub async fn read_frame_len<R: AsyncRead + Unpin>(
 /// pool, given back to it when the last [`Bytes`] pointing into it is dropped: steady traffic
 /// reuses the same warm pages instead of faulting in (and the kernel zeroing) fresh ones for
 /// every request. When the pool has no buffer of the size, one grows with the bytes that
-/// arrive (a lying prefix reserves at most 64 KiB, or as much again as arrived, beyond them)
-/// and joins the pool afterwards. Larger bodies are not pooled (see [`read_frame`]).
+/// arrive (a lying prefix reserves at most 1 MiB, or as much again as arrived, beyond them)
+/// and joins the pool afterwards. Pooled buffers are filled through `read_buf` (no zeroing). Larger bodies are not pooled (see [`read_frame`]).
 pub async fn read_frame_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     size: usize,
@@ -109,14 +109,24 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
         return Ok(Bytes::from(body));
     }
     if let Some(class) = pool::class_of(size) {
-        let buf = match pool::take(class) {
-            Some(mut buf) => {
-                read_exact_or_truncated(reader, &mut buf[..size], size).await?;
-                buf
+        // A pooled buffer already has the capacity; a fresh one grows with what arrives.
+        let mut body = pool::take(class).unwrap_or_else(|| Vec::with_capacity(class.min(1 << 20)));
+        while body.len() < size {
+            if body.capacity() == body.len() {
+                let doubled = body.capacity().saturating_mul(2);
+                let target = if doubled >= size { class } else { doubled };
+                body.reserve_exact(target - body.len());
             }
-            None => read_growing(reader, size, class, 64 * 1024).await?,
-        };
-        return Ok(pool::frame(buf, size, class));
+            let want = size - body.len();
+            let n = (&mut *reader).take(want as u64).read_buf(&mut body).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated {
+                    read: body.len(),
+                    size,
+                });
+            }
+        }
+        return Ok(pool::frame(body, class));
     }
     // Start with up to 1 MiB and at least double after that, so a large frame is copied O(1)
     // times while a lying prefix still cannot reserve more than 1 MiB beyond what arrived.
@@ -152,36 +162,6 @@ async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
         read += n;
     }
     Ok(())
-}
-
-/// Reads `size` bytes into a Vec whose capacity doubles from `first` as bytes arrive, ending at
-/// exactly `class` (so it can join the pool).
-async fn read_growing<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    size: usize,
-    class: usize,
-    first: usize,
-) -> Result<Vec<u8>, FrameError> {
-    let mut body: Vec<u8> = Vec::with_capacity(if class <= first { class } else { first });
-    while body.len() < size {
-        if body.capacity() == body.len() {
-            let target = if body.capacity().saturating_mul(2) >= size {
-                class
-            } else {
-                body.capacity().saturating_mul(2)
-            };
-            body.reserve_exact(target - body.len());
-        }
-        let want = size - body.len();
-        let n = (&mut *reader).take(want as u64).read_buf(&mut body).await?;
-        if n == 0 {
-            return Err(FrameError::Truncated {
-                read: body.len(),
-                size,
-            });
-        }
-    }
-    Ok(body)
 }
 
 /// Writes one frame (size prefix + body). The caller flushes.
@@ -299,8 +279,9 @@ pub mod pool {
 
     /// Smallest pooled body (smaller ones are cheap small allocations).
     pub const MIN_POOLED: usize = 4 * 1024;
-    /// Largest pooled body: a 1 MiB-per-partition Fetch response with its headers fits.
-    pub const MAX_POOLED: usize = 4 * 1024 * 1024;
+    /// Largest pooled body: Fetch responses of a few partitions (brokers may return more than
+    /// `max.partition.fetch.bytes` for the first batch) fit.
+    pub const MAX_POOLED: usize = 16 * 1024 * 1024;
     /// Idle bytes kept per class.
     pub const CLASS_BYTES: usize = 8 * 1024 * 1024;
     /// Idle bytes kept in all.
@@ -330,14 +311,14 @@ pub mod pool {
         (class.trailing_zeros() - MIN_SHIFT) as usize
     }
 
-    /// An idle buffer of exactly `class` bytes (all initialised), if the pool has one.
+    /// An idle, empty buffer of capacity `class`, if the pool has one.
     pub(super) fn take(class: usize) -> Option<Vec<u8>> {
         let buf = idle(class).pop()?;
         IDLE_BYTES.fetch_sub(class, Relaxed);
         Some(buf)
     }
 
-    /// Gives `buf` (capacity `class`) back, unless its class or the pool is full.
+    /// Gives `buf` back if its capacity is still `class`, unless its class or the pool is full.
     fn give_back(mut buf: Vec<u8>, class: usize) {
         if buf.capacity() != class {
             return;
@@ -348,9 +329,7 @@ pub mod pool {
         {
             return;
         }
-        if buf.len() < class {
-            buf.resize(class, 0);
-        }
+        buf.clear();
         IDLE_BYTES.fetch_add(class, Relaxed);
         idle.push(buf);
     }
@@ -362,13 +341,12 @@ pub mod pool {
 
     struct Pooled {
         buf: Vec<u8>,
-        len: usize,
         class: usize,
     }
 
     impl AsRef<[u8]> for Pooled {
         fn as_ref(&self) -> &[u8] {
-            &self.buf[..self.len]
+            &self.buf
         }
     }
 
@@ -378,9 +356,39 @@ pub mod pool {
         }
     }
 
-    /// The first `len` bytes of `buf` as [`Bytes`] that return `buf` to the pool when dropped.
-    pub(super) fn frame(buf: Vec<u8>, len: usize, class: usize) -> Bytes {
-        Bytes::from_owner(Pooled { buf, len, class })
+    /// `buf` (of capacity `class`) as [`Bytes`] that return it to the pool when dropped.
+    pub(super) fn frame(buf: Vec<u8>, class: usize) -> Bytes {
+        Bytes::from_owner(Pooled { buf, class })
+    }
+
+    /// A buffer to encode a frame of known size into: pooled when the size has a class.
+    pub(crate) struct Buffer {
+        vec: Vec<u8>,
+        class: Option<usize>,
+    }
+
+    impl Buffer {
+        /// An empty buffer with room for `size` bytes.
+        pub(crate) fn for_size(size: usize) -> Self {
+            let class = class_of(size);
+            let vec = class
+                .and_then(take)
+                .unwrap_or_else(|| Vec::with_capacity(class.unwrap_or(size)));
+            Self { vec, class }
+        }
+
+        /// The buffer to append to.
+        pub(crate) fn vec(&mut self) -> &mut Vec<u8> {
+            &mut self.vec
+        }
+
+        /// The bytes written, returning the buffer to the pool once they are dropped.
+        pub(crate) fn freeze(self) -> Bytes {
+            match self.class {
+                Some(class) if self.vec.capacity() == class => frame(self.vec, class),
+                _ => Bytes::from(self.vec),
+            }
+        }
     }
 }
 
@@ -455,11 +463,11 @@ pub fn encode_request<T: Encodable>(
         .compute_size(api.request_header_version(version))
         .and_then(|h| Ok(h + body.compute_size(version)?))
         .with_context(|| format!("sizing {api:?} v{version} request"))?;
-    let mut out = BytesMut::with_capacity(size);
+    let mut out = pool::Buffer::for_size(size);
     header
-        .encode(&mut out, api.request_header_version(version))
+        .encode(out.vec(), api.request_header_version(version))
         .with_context(|| format!("encoding {api:?} v{version} request header"))?;
-    body.encode(&mut out, version)
+    body.encode(out.vec(), version)
         .with_context(|| format!("encoding {api:?} v{version} request body"))?;
     Ok(out.freeze())
 }
@@ -490,11 +498,11 @@ pub fn encode_response<T: Encodable>(
         .compute_size(api.response_header_version(version))
         .and_then(|h| Ok(h + body.compute_size(version)?))
         .with_context(|| format!("sizing {api:?} v{version} response"))?;
-    let mut out = BytesMut::with_capacity(size);
+    let mut out = pool::Buffer::for_size(size);
     header
-        .encode(&mut out, api.response_header_version(version))
+        .encode(out.vec(), api.response_header_version(version))
         .with_context(|| format!("encoding {api:?} v{version} response header"))?;
-    body.encode(&mut out, version)
+    body.encode(out.vec(), version)
         .with_context(|| format!("encoding {api:?} v{version} response body"))?;
     Ok(out.freeze())
 }
@@ -650,5 +658,65 @@ mod tests {
             matches!(err, FrameError::Truncated { read: 2, size: 10 }),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn pooled_frame_buffers_are_reused_once_dropped() {
+        // 3 MiB bodies use the 4 MiB class, which no other test reads.
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &vec![7u8; 3 << 20]).await.unwrap();
+        write_frame(&mut wire, &vec![9u8; (3 << 20) + 5]).await.unwrap();
+        let mut r = wire.as_slice();
+        let first = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
+        assert!(first.iter().all(|b| *b == 7));
+        let ptr = first.as_ptr();
+        let slice = first.slice(10..20);
+        drop(first);
+        // A slice keeps the buffer: it is not back in the pool yet.
+        assert!(pool::idle_bytes() < pool::POOL_BYTES);
+        drop(slice);
+        let second = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
+        assert_eq!(second.len(), (3 << 20) + 5);
+        assert!(second.iter().all(|b| *b == 9));
+        assert_eq!(second.as_ptr(), ptr, "the dropped frame's buffer is read into again");
+    }
+
+    #[tokio::test]
+    async fn a_lying_prefix_within_the_pooled_sizes_reserves_little() {
+        // Announces 12 MiB, sends 10 bytes: the frame fails without a 12 MiB allocation (the
+        // fresh buffer starts at 1 MiB and grows with what arrives).
+        let mut input = vec![0, 0xc0, 0, 0];
+        input.extend_from_slice(&[1; 10]);
+        let err = read_frame(&mut input.as_slice(), 16 << 20).await.unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { read: 10, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn frame_writer_round_trips_small_and_large_frames() {
+        let bodies: Vec<Vec<u8>> = [0usize, 5, 4096, 16 * 1024, 16 * 1024 + 1, 300_000, 12]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| vec![i as u8; *n])
+            .collect();
+        let mut w = FrameWriter::new(Vec::new());
+        for b in &bodies {
+            w.write_frame(b).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        assert!(w.buf.capacity() <= FrameWriter::<Vec<u8>>::RETAIN);
+        let wire = w.inner;
+        let mut r = wire.as_slice();
+        for b in &bodies {
+            assert_eq!(read_frame(&mut r, 1 << 20).await.unwrap().unwrap(), b[..]);
+        }
+        assert!(read_frame(&mut r, 1 << 20).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn encoded_frames_use_pooled_buffers_and_decode_back() {
+        let frame = produce_frame(9, -1, Some("txn"));
+        let (header, body) = decode_request::<ProduceRequest>(ApiKey::Produce, frame.clone()).unwrap();
+        let again = encode_request(ApiKey::Produce, &header, &body).unwrap();
+        assert_eq!(again, frame);
     }
 }
