@@ -28,8 +28,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(enc) = &encryption {
         spawn_sighup_reload(enc.policy.clone());
     }
+    let memory = Arc::new(config.proxy.memory_budget());
+    metrics.register(memory.clone());
     let records = RecordStage::new(config.records, encryption)
-        .with_decompression_budget(config.proxy.decompression_budget());
+        .with_decompression_budget(config.proxy.decompression_budget())
+        .with_batch_decompression_limit(config.proxy.max_decompressed_bytes_per_batch)
+        .with_memory_budget(memory);
     let proxy = Proxy::bind(&config, metrics.clone(), records).await?;
     let admin_listener = TcpListener::bind(&config.admin.listen)
         .await

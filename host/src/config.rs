@@ -88,6 +88,26 @@ pub struct ProxyConfig {
     /// refused with RECORD_LIST_TOO_LARGE; a Fetch response is cut at the last batch that fits.
     #[serde(default)]
     pub max_decompressed_bytes_per_request: Option<usize>,
+    /// Most bytes one record batch decompresses to (default 16 MiB, sixteen times Kafka's default
+    /// `message.max.bytes`). A produced batch over it is refused with RECORD_LIST_TOO_LARGE; a
+    /// fetched one fails its partition with CORRUPT_MESSAGE.
+    #[serde(default = "default_max_decompressed_bytes_per_batch")]
+    pub max_decompressed_bytes_per_batch: usize,
+    /// Process-wide bound on memory held for record data: decompressed batches (charged three
+    /// times their size while they are transformed) and broker responses not yet written to
+    /// their clients, summed over every connection (default 512 MiB). See docs/deployment.md,
+    /// "Memory".
+    #[serde(default = "default_memory_budget_bytes")]
+    pub memory_budget_bytes: usize,
+    /// Longest wait for the memory budget, in milliseconds (default 5000): a Produce partition
+    /// still waiting is refused with REQUEST_TIMED_OUT (retriable, nothing forwarded), a Fetch
+    /// partition ends where it got to, and a response still waiting closes its connection.
+    #[serde(default = "default_memory_wait_ms")]
+    pub memory_wait_ms: u64,
+    /// Unwritten response bytes one connection may hold (default 1 MiB; a larger response is
+    /// held alone). While a client does not read them, Kapsule reads no more of its requests.
+    #[serde(default = "default_max_response_bytes_per_connection")]
+    pub max_response_bytes_per_connection: usize,
     /// Requests a client may have in flight on one connection before the proxy stops reading
     /// from it (default 64).
     #[serde(default = "default_max_in_flight")]
@@ -320,6 +340,63 @@ impl Config {
 }
 
 impl ProxyConfig {
+    /// The process-wide memory budget these settings describe.
+    pub fn memory_budget(&self) -> crate::proxy::budget::MemoryBudget {
+        crate::proxy::budget::MemoryBudget::new(
+            self.memory_budget_bytes,
+            std::time::Duration::from_millis(self.memory_wait_ms),
+            self.max_response_bytes_per_connection,
+        )
+    }
+
+    fn validate_memory(&self, problems: &mut Vec<String>) {
+        use crate::proxy::budget::WORKING_COPIES;
+        const MIN_BUDGET: usize = 16 * 1024 * 1024;
+        if self.memory_budget_bytes < MIN_BUDGET {
+            problems.push(format!(
+                "proxy.memory_budget_bytes: {} is below the minimum of {MIN_BUDGET} (16 MiB)",
+                self.memory_budget_bytes
+            ));
+        }
+        if self.memory_budget_bytes < self.max_frame_bytes {
+            problems.push(format!(
+                "proxy.memory_budget_bytes: {} is smaller than proxy.max_frame_bytes ({}): a \
+                 response of the largest accepted size could never be delivered; raise the \
+                 budget or lower max_frame_bytes",
+                self.memory_budget_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.max_decompressed_bytes_per_batch == 0 {
+            problems.push("proxy.max_decompressed_bytes_per_batch: must be at least 1".into());
+        } else if self
+            .max_decompressed_bytes_per_batch
+            .saturating_mul(WORKING_COPIES)
+            > self.memory_budget_bytes
+        {
+            problems.push(format!(
+                "proxy.max_decompressed_bytes_per_batch: {} does not fit proxy.memory_budget_bytes \
+                 ({}): a batch is charged {WORKING_COPIES} times its decompressed size while it \
+                 is transformed; raise the budget to at least {} or lower the batch limit",
+                self.max_decompressed_bytes_per_batch,
+                self.memory_budget_bytes,
+                self.max_decompressed_bytes_per_batch
+                    .saturating_mul(WORKING_COPIES)
+            ));
+        }
+        if self.memory_wait_ms == 0 || self.memory_wait_ms > 600_000 {
+            problems.push(format!(
+                "proxy.memory_wait_ms: {} is outside 1..=600000",
+                self.memory_wait_ms
+            ));
+        }
+        if self.max_response_bytes_per_connection < 4096 {
+            problems.push(format!(
+                "proxy.max_response_bytes_per_connection: {} is below the minimum of 4096",
+                self.max_response_bytes_per_connection
+            ));
+        }
+    }
+
     /// The per-request decompression budget: the configured value, or twice `max_frame_bytes`.
     pub fn decompression_budget(&self) -> usize {
         self.max_decompressed_bytes_per_request
@@ -339,6 +416,18 @@ fn default_max_node_id() -> i32 {
 }
 fn default_max_frame_bytes() -> usize {
     DEFAULT_MAX_FRAME_BYTES
+}
+fn default_max_decompressed_bytes_per_batch() -> usize {
+    crate::proxy::records::DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH
+}
+fn default_memory_budget_bytes() -> usize {
+    crate::proxy::budget::DEFAULT_MEMORY_BUDGET_BYTES
+}
+fn default_memory_wait_ms() -> u64 {
+    crate::proxy::budget::DEFAULT_MEMORY_WAIT_MS
+}
+fn default_max_response_bytes_per_connection() -> usize {
+    crate::proxy::budget::DEFAULT_RESPONSE_BYTES_PER_CONNECTION
 }
 fn default_max_in_flight() -> usize {
     64
@@ -379,6 +468,10 @@ impl Config {
                 max_node_id: default_max_node_id(),
                 max_frame_bytes: default_max_frame_bytes(),
                 max_decompressed_bytes_per_request: None,
+                max_decompressed_bytes_per_batch: default_max_decompressed_bytes_per_batch(),
+                memory_budget_bytes: default_memory_budget_bytes(),
+                memory_wait_ms: default_memory_wait_ms(),
+                max_response_bytes_per_connection: default_max_response_bytes_per_connection(),
                 max_in_flight: default_max_in_flight(),
                 upstream_connect_timeout_ms: default_connect_timeout_ms(),
                 shutdown_timeout_secs: default_shutdown_timeout_secs(),
@@ -548,6 +641,7 @@ impl Config {
                     .into(),
             );
         }
+        p.validate_memory(problems);
         if let Some(tls) = &p.tls {
             tls.validate("proxy.tls", problems);
         }

@@ -82,6 +82,8 @@ pub enum Reason {
     UnsupportedVersion,
     /// A Produce request answered REQUEST_TIMED_OUT before it could be forwarded.
     TimedOut,
+    /// The process-wide memory budget stayed in use for the whole wait (retriable).
+    MemoryBusy,
     /// A request refused because the connection has not authenticated (connection-level).
     Unauthenticated,
     /// A topic named by an id (Produce/Fetch v13+) that no Metadata response has named yet
@@ -111,6 +113,7 @@ impl Reason {
             Self::Unauthenticated => "unauthenticated",
             Self::UnknownTopicId => "unknown_topic_id",
             Self::TimedOut => "timed_out",
+            Self::MemoryBusy => "memory_busy",
             Self::Internal => "internal",
         }
     }

@@ -20,6 +20,7 @@ mod kafkajs;
 mod kcat;
 mod kms_vault;
 mod lifecycle;
+mod memory;
 mod pipeline;
 mod policies;
 mod polyglot;

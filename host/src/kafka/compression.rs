@@ -203,17 +203,30 @@ enum Bounded {
 }
 
 /// Reads `reader` to the end into a Vec, failing once more than `limit` bytes come out.
-fn read_bounded(reader: impl Read, limit: usize, hint: usize) -> Result<Vec<u8>, Bounded> {
-    let mut out = Vec::with_capacity(hint);
-    let cap = (limit as u64).saturating_add(1);
-    reader
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(Bounded::Io)?;
-    if out.len() > limit {
-        return Err(Bounded::TooLarge);
+///
+/// The Vec starts at `hint` bytes and doubles, but its capacity never passes `limit + 1`, so
+/// the memory a caller charged for `limit` bytes (`proxy::budget`) bounds what this allocates,
+/// reallocation included.
+fn read_bounded(mut reader: impl Read, limit: usize, hint: usize) -> Result<Vec<u8>, Bounded> {
+    let end = limit.saturating_add(1);
+    let mut target = hint.max(64).min(end);
+    let mut out = Vec::new();
+    loop {
+        out.reserve_exact(target - out.len());
+        let want = (target - out.len()) as u64;
+        // Exactly the spare capacity: read_to_end fills it and stops without growing the Vec.
+        let n = (&mut reader)
+            .take(want)
+            .read_to_end(&mut out)
+            .map_err(Bounded::Io)?;
+        if (n as u64) < want {
+            return Ok(out);
+        }
+        if out.len() >= end {
+            return Err(Bounded::TooLarge);
+        }
+        target = target.saturating_mul(2).min(end);
     }
-    Ok(out)
 }
 
 /// Writes `src` as a xerial snappy stream: header, then `[i32 BE length][raw snappy block]`

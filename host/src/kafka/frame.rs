@@ -47,11 +47,25 @@ pub enum FrameError {
 ///
 /// Memory grows with the bytes actually received (at most 1 MiB, or as much again as has
 /// arrived, beyond it), never with the announced size alone, so a lying length prefix cannot
-/// make the proxy allocate `max` bytes up front.
+/// make the proxy allocate `max` bytes up front. The body is read into a pooled buffer
+/// ([`read_frame_body`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    let Some(size) = read_frame_len(reader, max).await? else {
+        return Ok(None);
+    };
+    read_frame_body(reader, size).await.map(Some)
+}
+
+/// Reads the 4-byte size prefix of the next frame and checks it against `max`. Returns
+/// `Ok(None)` on a clean end of stream between frames. Cancel-safe only before the first byte
+/// arrives.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut len_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -75,6 +89,46 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max,
         });
     }
+    Ok(Some(size))
+}
+
+/// Reads a frame body of `size` bytes (after [`read_frame_len`]).
+///
+/// Bodies of up to [`pool::MAX_POOLED`] bytes go into a buffer from the process-wide frame
+/// pool, given back to it when the last [`Bytes`] pointing into it is dropped: steady traffic
+/// reuses the same warm pages instead of faulting in (and the kernel zeroing) fresh ones for
+/// every request. When the pool has no buffer of the size, one grows with the bytes that
+/// arrive (a lying prefix reserves at most 1 MiB, or as much again as arrived, beyond them)
+/// and joins the pool afterwards. Pooled buffers are filled through `read_buf` (no zeroing). Larger bodies are not pooled (see [`read_frame`]).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> Result<Bytes, FrameError> {
+    if size < pool::MIN_POOLED {
+        let mut body = vec![0u8; size];
+        read_exact_or_truncated(reader, &mut body, size).await?;
+        return Ok(Bytes::from(body));
+    }
+    if let Some(class) = pool::class_of(size) {
+        // A pooled buffer already has the capacity; a fresh one grows with what arrives.
+        let mut body = pool::take(class).unwrap_or_else(|| Vec::with_capacity(class.min(1 << 20)));
+        while body.len() < size {
+            if body.capacity() == body.len() {
+                let doubled = body.capacity().saturating_mul(2);
+                let target = if doubled >= size { class } else { doubled };
+                body.reserve_exact(target - body.len());
+            }
+            let want = size - body.len();
+            let n = (&mut *reader).take(want as u64).read_buf(&mut body).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated {
+                    read: body.len(),
+                    size,
+                });
+            }
+        }
+        return Ok(pool::frame(body, class));
+    }
     // Start with up to 1 MiB and at least double after that, so a large frame is copied O(1)
     // times while a lying prefix still cannot reserve more than 1 MiB beyond what arrived.
     const FIRST: usize = 1024 * 1024;
@@ -92,7 +146,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             });
         }
     }
-    Ok(Some(body.freeze()))
+    Ok(body.freeze())
+}
+
+async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+    size: usize,
+) -> Result<(), FrameError> {
+    let mut read = 0;
+    while read < buf.len() {
+        let n = reader.read(&mut buf[read..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated { read, size });
+        }
+        read += n;
+    }
+    Ok(())
 }
 
 /// Writes one frame (size prefix + body). The caller flushes.
@@ -102,6 +172,225 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     writer.write_all(&(body.len() as i32).to_be_bytes()).await?;
     writer.write_all(body).await
+}
+
+/// Writes frames to one socket, coalescing small ones, without a large per-connection buffer.
+///
+/// A frame of up to [`FrameWriter::COALESCE`] bytes is copied into a small buffer written on
+/// [`FrameWriter::flush`] (or when it fills); a larger one is written straight from its own
+/// bytes together with its size prefix (one vectored write where the stream supports it), so
+/// big Fetch and Produce frames are not copied at all. After a flush the buffer keeps at most
+/// [`FrameWriter::RETAIN`] bytes of capacity: an idle connection holds almost nothing.
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Frames up to this size are coalesced.
+    pub const COALESCE: usize = 16 * 1024;
+    /// Capacity the coalescing buffer keeps across flushes.
+    pub const RETAIN: usize = 4 * 1024;
+
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Queues or writes one frame (size prefix + body). Call [`FrameWriter::flush`] when no
+    /// more frames follow right away.
+    pub async fn write_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let prefix = (body.len() as i32).to_be_bytes();
+        if body.len() <= Self::COALESCE {
+            if self.buf.len() + 4 + body.len() > 2 * Self::COALESCE {
+                self.write_buffered().await?;
+            }
+            self.buf.extend_from_slice(&prefix);
+            self.buf.extend_from_slice(body);
+            return Ok(());
+        }
+        if self.inner.is_write_vectored() {
+            self.write_buffered().await?;
+            return write_two(&mut self.inner, &prefix, body).await;
+        }
+        // One write for the prefix and the body's start: no 4-byte packet on its own.
+        let head = body.len().min(Self::COALESCE);
+        self.buf.extend_from_slice(&prefix);
+        self.buf.extend_from_slice(&body[..head]);
+        self.write_buffered().await?;
+        self.inner.write_all(&body[head..]).await
+    }
+
+    /// Writes what is buffered and flushes the stream.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buffered().await?;
+        self.inner.flush().await
+    }
+
+    async fn write_buffered(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        if self.buf.capacity() > Self::RETAIN {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `a` then `b` with vectored writes until both are out.
+async fn write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
+    while !a.is_empty() {
+        let n = w
+            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    w.write_all(b).await
+}
+
+/// The process-wide pool of frame buffers ([`read_frame_body`]).
+///
+/// Buffers come in power-of-two classes from [`MIN_POOLED`] to [`MAX_POOLED`]; each class keeps
+/// at most [`CLASS_BYTES`] bytes of idle buffers and the pool at most [`POOL_BYTES`] in all, so
+/// after a burst at most that much stays resident. A frame's [`Bytes`] owns its buffer and puts
+/// it back when the last clone or slice is dropped.
+pub mod pool {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use std::sync::{Mutex, MutexGuard};
+
+    use bytes::Bytes;
+
+    /// Smallest pooled body (smaller ones are cheap small allocations).
+    pub const MIN_POOLED: usize = 4 * 1024;
+    /// Largest pooled body: Fetch responses of a few partitions (brokers may return more than
+    /// `max.partition.fetch.bytes` for the first batch) fit.
+    pub const MAX_POOLED: usize = 16 * 1024 * 1024;
+    /// Idle bytes kept per class.
+    pub const CLASS_BYTES: usize = 8 * 1024 * 1024;
+    /// Idle bytes kept in all.
+    pub const POOL_BYTES: usize = 32 * 1024 * 1024;
+
+    const MIN_SHIFT: u32 = MIN_POOLED.trailing_zeros();
+    const CLASSES: usize = (MAX_POOLED.trailing_zeros() - MIN_SHIFT + 1) as usize;
+
+    static IDLE: [Mutex<Vec<Vec<u8>>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+    static IDLE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+    fn idle(class: usize) -> MutexGuard<'static, Vec<Vec<u8>>> {
+        // A panic while holding the lock leaves a valid Vec: keep using it.
+        IDLE[index(class)]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The class (buffer size) for a body of `size` bytes, when pooled.
+    pub fn class_of(size: usize) -> Option<usize> {
+        (MIN_POOLED..=MAX_POOLED)
+            .contains(&size)
+            .then(|| size.next_power_of_two())
+    }
+
+    fn index(class: usize) -> usize {
+        (class.trailing_zeros() - MIN_SHIFT) as usize
+    }
+
+    /// An idle, empty buffer of capacity `class`, if the pool has one.
+    pub(super) fn take(class: usize) -> Option<Vec<u8>> {
+        let buf = idle(class).pop()?;
+        IDLE_BYTES.fetch_sub(class, Relaxed);
+        Some(buf)
+    }
+
+    /// Gives `buf` back if its capacity is still `class`, unless its class or the pool is full.
+    fn give_back(mut buf: Vec<u8>, class: usize) {
+        if buf.capacity() != class {
+            return;
+        }
+        let mut idle = idle(class);
+        if (idle.len() + 1) * class > CLASS_BYTES.max(class)
+            || IDLE_BYTES.load(Relaxed) + class > POOL_BYTES
+        {
+            return;
+        }
+        buf.clear();
+        IDLE_BYTES.fetch_add(class, Relaxed);
+        idle.push(buf);
+    }
+
+    /// Idle bytes held by the pool now.
+    pub fn idle_bytes() -> usize {
+        IDLE_BYTES.load(Relaxed)
+    }
+
+    struct Pooled {
+        buf: Vec<u8>,
+        class: usize,
+    }
+
+    impl AsRef<[u8]> for Pooled {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf
+        }
+    }
+
+    impl Drop for Pooled {
+        fn drop(&mut self) {
+            give_back(std::mem::take(&mut self.buf), self.class);
+        }
+    }
+
+    /// `buf` (of capacity `class`) as [`Bytes`] that return it to the pool when dropped.
+    pub(super) fn frame(buf: Vec<u8>, class: usize) -> Bytes {
+        Bytes::from_owner(Pooled { buf, class })
+    }
+
+    /// A buffer to encode a frame of known size into: pooled when the size has a class.
+    pub(crate) struct Buffer {
+        vec: Vec<u8>,
+        class: Option<usize>,
+    }
+
+    impl Buffer {
+        /// An empty buffer with room for `size` bytes.
+        pub(crate) fn for_size(size: usize) -> Self {
+            let class = class_of(size);
+            let vec = class
+                .and_then(take)
+                .unwrap_or_else(|| Vec::with_capacity(class.unwrap_or(size)));
+            Self { vec, class }
+        }
+
+        /// The buffer to append to.
+        pub(crate) fn vec(&mut self) -> &mut Vec<u8> {
+            &mut self.vec
+        }
+
+        /// The bytes written, returning the buffer to the pool once they are dropped.
+        pub(crate) fn freeze(self) -> Bytes {
+            match self.class {
+                Some(class) if self.vec.capacity() == class => frame(self.vec, class),
+                _ => Bytes::from(self.vec),
+            }
+        }
+    }
 }
 
 /// The fixed prefix of every request header: enough to route and correlate without decoding.
@@ -175,11 +464,11 @@ pub fn encode_request<T: Encodable>(
         .compute_size(api.request_header_version(version))
         .and_then(|h| Ok(h + body.compute_size(version)?))
         .with_context(|| format!("sizing {api:?} v{version} request"))?;
-    let mut out = BytesMut::with_capacity(size);
+    let mut out = pool::Buffer::for_size(size);
     header
-        .encode(&mut out, api.request_header_version(version))
+        .encode(out.vec(), api.request_header_version(version))
         .with_context(|| format!("encoding {api:?} v{version} request header"))?;
-    body.encode(&mut out, version)
+    body.encode(out.vec(), version)
         .with_context(|| format!("encoding {api:?} v{version} request body"))?;
     Ok(out.freeze())
 }
@@ -287,11 +576,11 @@ pub fn encode_response<T: Encodable>(
         .compute_size(api.response_header_version(version))
         .and_then(|h| Ok(h + body.compute_size(version)?))
         .with_context(|| format!("sizing {api:?} v{version} response"))?;
-    let mut out = BytesMut::with_capacity(size);
+    let mut out = pool::Buffer::for_size(size);
     header
-        .encode(&mut out, api.response_header_version(version))
+        .encode(out.vec(), api.response_header_version(version))
         .with_context(|| format!("encoding {api:?} v{version} response header"))?;
-    body.encode(&mut out, version)
+    body.encode(out.vec(), version)
         .with_context(|| format!("encoding {api:?} v{version} response body"))?;
     Ok(out.freeze())
 }
@@ -447,5 +736,65 @@ mod tests {
             matches!(err, FrameError::Truncated { read: 2, size: 10 }),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn pooled_frame_buffers_are_reused_once_dropped() {
+        // 3 MiB bodies use the 4 MiB class, which no other test reads.
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &vec![7u8; 3 << 20]).await.unwrap();
+        write_frame(&mut wire, &vec![9u8; (3 << 20) + 5]).await.unwrap();
+        let mut r = wire.as_slice();
+        let first = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
+        assert!(first.iter().all(|b| *b == 7));
+        let ptr = first.as_ptr();
+        let slice = first.slice(10..20);
+        drop(first);
+        // A slice keeps the buffer: it is not back in the pool yet.
+        assert!(pool::idle_bytes() < pool::POOL_BYTES);
+        drop(slice);
+        let second = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
+        assert_eq!(second.len(), (3 << 20) + 5);
+        assert!(second.iter().all(|b| *b == 9));
+        assert_eq!(second.as_ptr(), ptr, "the dropped frame's buffer is read into again");
+    }
+
+    #[tokio::test]
+    async fn a_lying_prefix_within_the_pooled_sizes_reserves_little() {
+        // Announces 12 MiB, sends 10 bytes: the frame fails without a 12 MiB allocation (the
+        // fresh buffer starts at 1 MiB and grows with what arrives).
+        let mut input = vec![0, 0xc0, 0, 0];
+        input.extend_from_slice(&[1; 10]);
+        let err = read_frame(&mut input.as_slice(), 16 << 20).await.unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { read: 10, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn frame_writer_round_trips_small_and_large_frames() {
+        let bodies: Vec<Vec<u8>> = [0usize, 5, 4096, 16 * 1024, 16 * 1024 + 1, 300_000, 12]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| vec![i as u8; *n])
+            .collect();
+        let mut w = FrameWriter::new(Vec::new());
+        for b in &bodies {
+            w.write_frame(b).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        assert!(w.buf.capacity() <= FrameWriter::<Vec<u8>>::RETAIN);
+        let wire = w.inner;
+        let mut r = wire.as_slice();
+        for b in &bodies {
+            assert_eq!(read_frame(&mut r, 1 << 20).await.unwrap().unwrap(), b[..]);
+        }
+        assert!(read_frame(&mut r, 1 << 20).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn encoded_frames_use_pooled_buffers_and_decode_back() {
+        let frame = produce_frame(9, -1, Some("txn"));
+        let (header, body) = decode_request::<ProduceRequest>(ApiKey::Produce, frame.clone()).unwrap();
+        let again = encode_request(ApiKey::Produce, &header, &body).unwrap();
+        assert_eq!(again, frame);
     }
 }

@@ -6,6 +6,7 @@
 //! the one TLS listener and the handshake's server name picks the broker ([`sni`]).
 
 pub mod admission;
+pub mod budget;
 pub mod connection;
 pub mod proxy_protocol;
 pub mod records;

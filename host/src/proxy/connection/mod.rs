@@ -20,8 +20,10 @@
 //!
 //! Each outstanding request holds its permit until its response is written (or, without a
 //! response, until it is forwarded), so a client that stops reading responses stops the proxy
-//! reading its requests: memory per connection is bounded by about
-//! `max_in_flight × max_frame_bytes`.
+//! reading its requests. Broker responses are charged to the connection's allowance and the
+//! process-wide memory budget ([`super::budget`]) from before they are read until they are
+//! written: a connection whose client does not read holds at most its allowance (or one larger
+//! response), and while it does, neither its broker connection nor its requests are read.
 //!
 //! A response the proxy makes itself (an ApiVersions fallback, a refused version, a Produce
 //! refused or timed out before reaching the broker) is queued as [`Pending::Local`] so ordering
@@ -39,7 +41,6 @@ use kafka_protocol::messages::{
     MetadataResponse, ProduceRequest, ProduceResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::Message;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -52,6 +53,7 @@ use self::produce::{answer_late, prepare_produce, prepare_untransformed_produce}
 use super::records::{ProducePatch, StagedFetch, StagedProduce};
 use super::rewrite::{self, UnsupportedRequest};
 use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
+use super::budget::{ResponseCharge, ResponseGate};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
@@ -59,7 +61,8 @@ use crate::admin::metrics::{api_name, Direction};
 use crate::error::Reason;
 use crate::kafka::frame::{
     decode_fetch_response, decode_request, decode_response, encode_response, read_frame,
-    response_correlation_id, write_frame, FrameError, RequestMeta,
+    read_frame_body, read_frame_len, response_correlation_id, FrameError, FrameWriter,
+    RequestMeta,
 };
 use kafka_protocol::error::ResponseError;
 
@@ -234,6 +237,8 @@ struct Outgoing {
     api_key: i16,
     step: Step<ToClient>,
     _permit: OwnedSemaphorePermit,
+    /// A broker response's bytes, charged until it is written.
+    _memory: Option<ResponseCharge>,
 }
 
 /// Serves one accepted client connection until either side closes. `client` is the accepted
@@ -290,13 +295,14 @@ async fn serve_inner(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let sasl = Arc::new(SaslTracker::for_config(&shared.config));
+    let gate = shared.records.memory().response_gate();
 
     let requests = read_requests(
         shared,
         client_read,
         queued_tx,
         in_flight,
-        session.clone(),
+        (session.clone(), gate.clone()),
         sasl.clone(),
     );
     let forward = async {
@@ -312,7 +318,7 @@ async fn serve_inner(
                 upstream_read,
                 pending_rx,
                 out_tx,
-                session.clone(),
+                (session.clone(), gate),
                 sasl
             ),
             write_responses(shared, client_write, out_rx, &session),
@@ -399,7 +405,7 @@ async fn read_requests(
     mut client: OwnedReadHalf,
     queue: mpsc::UnboundedSender<Queued>,
     in_flight: Arc<Semaphore>,
-    session: Arc<ClientSession>,
+    (session, gate): (Arc<ClientSession>, Arc<ResponseGate>),
     sasl: Arc<SaslTracker>,
 ) -> anyhow::Result<()> {
     let peer = session.peer();
@@ -409,7 +415,8 @@ async fn read_requests(
     let mut by_principal = None;
     loop {
         let frame = tokio::select! {
-            f = read_frame(&mut client, max) => f?,
+            // While the client leaves its responses unread, its requests are not read either.
+            f = async { gate.room().await; read_frame(&mut client, max).await } => f?,
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
@@ -492,7 +499,7 @@ async fn forward_requests(
     pending: mpsc::UnboundedSender<(Pending, OwnedSemaphorePermit)>,
     peer: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut upstream = BufWriter::with_capacity(64 * 1024, upstream);
+    let mut upstream = FrameWriter::new(upstream);
     while let Some(Queued { meta, step, permit }) = queue.recv().await {
         if !step.is_ready() {
             // Do not hold written requests back while waiting for a slow one.
@@ -518,7 +525,7 @@ async fn forward_requests(
             }
         }
         if let Some(forward) = forward {
-            write_frame(&mut upstream, forward.frame()).await?;
+            upstream.write_frame(forward.frame()).await?;
             if queue.is_empty() {
                 upstream.flush().await?;
             }
@@ -549,11 +556,12 @@ async fn read_responses(
     mut upstream: OwnedReadHalf,
     mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
     out: mpsc::UnboundedSender<Outgoing>,
-    session: Arc<ClientSession>,
+    (session, gate): (Arc<ClientSession>, Arc<ResponseGate>),
     sasl: Arc<SaslTracker>,
 ) -> anyhow::Result<()> {
     let max = shared.config.max_frame_bytes;
     while let Some((entry, permit)) = pending.recv().await {
+        let mut memory = None;
         let (api_key, step) = match entry {
             Pending::Local { api_key, response } => (api_key, Step::Ready(Ok(response))),
             Pending::Upstream {
@@ -561,9 +569,14 @@ async fn read_responses(
                 sent_at,
                 stage,
             } => {
-                let frame = read_frame(&mut upstream, max).await?.ok_or_else(|| {
+                let size = read_frame_len(&mut upstream, max).await?.ok_or_else(|| {
                     anyhow!(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
                 })?;
+                // Not read from the broker until the connection and the process may hold it.
+                memory = Some(gate.admit(size).await.inspect_err(|_| {
+                    shared.metrics.error("memory_budget");
+                })?);
+                let frame = read_frame_body(&mut upstream, size).await?;
                 shared
                     .metrics
                     .upstream_latency(meta.api_key, sent_at.elapsed());
@@ -616,6 +629,7 @@ async fn read_responses(
             api_key,
             step,
             _permit: permit,
+            _memory: memory,
         };
         if out.send(item).is_err() {
             return Ok(());
@@ -631,7 +645,7 @@ async fn write_responses(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     session: &ClientSession,
 ) -> anyhow::Result<()> {
-    let mut client = BufWriter::with_capacity(64 * 1024, client);
+    let mut client = FrameWriter::new(client);
     let mut by_principal = None;
     while let Some(Outgoing { api_key, step, .. }) = queue.recv().await {
         if !step.is_ready() {
@@ -649,7 +663,7 @@ async fn write_responses(
         if let Some(c) = &by_principal {
             c.response(frame.len());
         }
-        write_frame(&mut client, &frame).await?;
+        client.write_frame(&frame).await?;
         if queue.is_empty() {
             client.flush().await?;
         }

@@ -21,6 +21,9 @@
 //! - The decompression budget: once exhausted, the partition's record set ends at the last batch
 //!   processed (the client fetches the rest next time); a partition whose first batch alone does
 //!   not fit a fresh budget is failed with CORRUPT_MESSAGE and a message saying so.
+//! - The process-wide memory budget (`proxy::budget`): when it stays busy for the whole wait, the
+//!   record set ends at the last batch processed, possibly empty, with no error: the client
+//!   fetches from there again, as after a broker's empty answer.
 
 use std::net::SocketAddr;
 
@@ -31,6 +34,7 @@ use kafka_protocol::messages::FetchResponse;
 
 use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
+use crate::proxy::budget::Use;
 use crate::config::RecordsMode;
 use crate::crypto::record::{
     batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RevealScope,
@@ -53,7 +57,7 @@ impl RecordStage {
         session: &ClientSession,
     ) -> anyhow::Result<()> {
         let peer = session.peer();
-        let mut budget = Budget::new(self.budget);
+        let mut budget = self.request_budget(Use::FetchDecompression);
         for topic in &mut response.responses {
             let resolved = self.topic_name(&topic.topic, topic.topic_id);
             let name = resolved.clone().unwrap_or_else(|_| topic.topic.clone());
@@ -151,7 +155,7 @@ impl RecordStage {
                 decrypt_record_set(enc, settings, self.mode, topic, records, budget, scope).await
             }
             None if self.mode == RecordsMode::Reencode => {
-                match reencode_fetched(records, budget) {
+                match reencode_fetched(records, budget).await {
                     Ok(out) => Ok(Some(out)),
                     Err(e) if e.reason() == Reason::TooLarge => Err(e),
                     Err(e) => {
@@ -174,7 +178,7 @@ impl RecordStage {
 }
 
 /// Re-encodes a record set of an uncovered topic, batch by batch under the budget.
-fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes, ProxyError> {
+async fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes, ProxyError> {
     let mut out = BytesMut::with_capacity(records.len() + 64);
     let fresh = budget.used() == 0;
     let mut first = true;
@@ -182,8 +186,9 @@ fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes, Proxy
         let entry = entry.map_err(ProxyError::from_broker)?;
         match &entry {
             RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => {
-                match budget.decode(raw) {
+                match budget.decode(raw).await {
                     Ok(batch) => batch.encode(&mut out)?,
+                    Err(e) if e.reason() == Reason::MemoryBusy => return Ok(out.freeze()),
                     Err(e) if e.reason() == Reason::TooLarge => {
                         return truncate_or_fail(out, first && fresh, e)
                     }
@@ -275,8 +280,10 @@ async fn decrypt_record_set(
             first = false;
             continue;
         }
-        let mut batch = match budget.decode(raw) {
+        let mut batch = match budget.decode(raw).await {
             Ok(b) => b,
+            // The client fetches the rest (from where this set ends) once memory is free.
+            Err(e) if e.reason() == Reason::MemoryBusy => return Ok(Some(out.freeze())),
             Err(e) if e.reason() == Reason::TooLarge => {
                 return truncate_or_fail(out, first && fresh, e).map(Some)
             }

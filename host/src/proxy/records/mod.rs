@@ -39,11 +39,10 @@ use uuid::Uuid;
 use crate::config::RecordsMode;
 use crate::crypto::record::RecordEncryptor;
 use crate::error::{ErrorSource, ProxyError, Reason};
+use crate::kafka::compression::Compression;
 use crate::kafka::frame::{encode_request, encode_response, DEFAULT_MAX_FRAME_BYTES};
-use crate::kafka::records::{
-    split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry,
-    DEFAULT_MAX_DECOMPRESSED_SIZE,
-};
+use crate::kafka::records::{split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry};
+use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
 use crate::policy::PolicyRegistry;
 use crate::proxy::session::ClientSession;
 use crate::proxy::topic_ids::TopicIds;
@@ -53,6 +52,13 @@ pub use log::RefusalLog;
 /// Default cap on the bytes decompressed for one Produce request or Fetch response: twice the
 /// default largest frame.
 pub const DEFAULT_DECOMPRESSION_BUDGET: usize = 2 * DEFAULT_MAX_FRAME_BYTES;
+
+/// Default cap on the bytes one record batch decompresses to: 16 MiB, sixteen times Kafka's
+/// default `message.max.bytes` (1 MiB + 12 bytes, which a broker applies to the batch as sent,
+/// compressed). A producer's batch of up to 1 MiB compressed at a text-like 5-10x ratio fits;
+/// a batch that decompresses to more is what a compression bomb looks like. Raise it with
+/// `proxy.max_decompressed_bytes_per_batch` for topics whose `max.message.bytes` is raised.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH: usize = 16 * 1024 * 1024;
 
 /// What the stage decided for one partition's record set, in either direction.
 #[derive(Debug)]
@@ -200,6 +206,8 @@ pub struct RecordStage {
     mode: RecordsMode,
     encryption: Option<Encryption>,
     budget: usize,
+    per_batch: usize,
+    memory: Arc<MemoryBudget>,
     log: RefusalLog,
     topic_ids: Arc<TopicIds>,
 }
@@ -212,6 +220,8 @@ impl RecordStage {
             mode,
             encryption,
             budget: DEFAULT_DECOMPRESSION_BUDGET,
+            per_batch: DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH,
+            memory: Arc::new(MemoryBudget::default()),
             log: RefusalLog::default(),
             topic_ids: Arc::default(),
         }
@@ -221,6 +231,30 @@ impl RecordStage {
     /// topic-id versions of Produce and Fetch.
     pub fn topic_ids(&self) -> &TopicIds {
         &self.topic_ids
+
+    }
+
+    /// Caps the bytes one record batch decompresses to at `bytes`.
+    pub fn with_batch_decompression_limit(mut self, bytes: usize) -> Self {
+        self.per_batch = bytes;
+        self
+    }
+
+    /// Charges decompression (and, through [`RecordStage::memory`], unwritten responses) to
+    /// this process-wide budget instead of a default one of its own.
+    pub fn with_memory_budget(mut self, memory: Arc<MemoryBudget>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The process-wide memory budget.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
+    /// A fresh decompression budget for one Produce request or Fetch response.
+    fn request_budget(&self, what: Use) -> Budget {
+        Budget::new(self.budget, self.per_batch, self.memory.clone(), what)
     }
 
     /// Caps the bytes decompressed for one Produce request or one Fetch response (summed over
@@ -341,17 +375,55 @@ impl RecordStage {
     }
 }
 
-/// The bytes one Produce request or Fetch response may still decompress.
+/// The bytes one Produce request or Fetch response may still decompress, and its share of the
+/// process-wide memory budget.
 #[derive(Debug)]
 pub struct Budget {
     limit: usize,
     used: usize,
+    per_batch: usize,
+    memory: Arc<MemoryBudget>,
+    what: Use,
 }
 
+/// A decoded batch and the memory-budget bytes charged for it: given back when it is dropped
+/// (after its records are re-encoded, or forwarded as they were).
+#[derive(Debug)]
+pub struct Decoded {
+    batch: RecordBatch,
+    _charge: Charge,
+}
+
+impl std::ops::Deref for Decoded {
+    type Target = RecordBatch;
+    fn deref(&self) -> &RecordBatch {
+        &self.batch
+    }
+}
+
+impl std::ops::DerefMut for Decoded {
+    fn deref_mut(&mut self) -> &mut RecordBatch {
+        &mut self.batch
+    }
+}
+
+/// First guess of a compressed batch's decompressed size: this many times its compressed size
+/// (at least [`MIN_ATTEMPT`]); a batch that decompresses to more is tried again with this
+/// factor more, so a bomb costs a few attempts and never more than its charge.
+const ATTEMPT_GROWTH: usize = 4;
+const MIN_ATTEMPT: usize = 64 * 1024;
+
 impl Budget {
-    /// A fresh budget of `limit` bytes.
-    pub fn new(limit: usize) -> Self {
-        Self { limit, used: 0 }
+    /// A fresh budget of `limit` bytes for one request, each batch decompressing to at most
+    /// `per_batch` bytes, charged to `memory` as `what`.
+    pub fn new(limit: usize, per_batch: usize, memory: Arc<MemoryBudget>, what: Use) -> Self {
+        Self {
+            limit,
+            used: 0,
+            per_batch,
+            memory,
+            what,
+        }
     }
 
     /// Bytes decompressed so far.
@@ -359,33 +431,91 @@ impl Budget {
         self.used
     }
 
-    /// Decodes `raw`, charging its decompressed records section to the budget. Fails with
-    /// RECORD_LIST_TOO_LARGE (a [`ProxyError`] from the client) once the request as a whole
-    /// would pass the limit; the decompressor stops at the remaining budget, so memory never
-    /// grows past it.
-    pub fn decode(&mut self, raw: &RawBatch) -> Result<RecordBatch, ProxyError> {
+    /// Decodes `raw`, charging its decompressed records section to the request's budget and,
+    /// while the batch is alive, [`WORKING_COPIES`] times its bytes to the process-wide memory
+    /// budget. Fails with RECORD_LIST_TOO_LARGE (from the client) once the request as a whole
+    /// would pass its limit or the batch its per-batch limit, or when the batch could never fit
+    /// the memory budget; with REQUEST_TIMED_OUT (retriable, [`Reason::MemoryBusy`]) when other
+    /// requests held the memory budget for the whole wait. The decompressor stops at the bytes
+    /// charged, so memory never grows past the charge.
+    pub async fn decode(&mut self, raw: &RawBatch) -> Result<Decoded, ProxyError> {
+        if matches!(raw.compression(), Ok(Compression::None) | Err(_)) {
+            // Nothing to decompress: records are slices of the frame.
+            return Ok(Decoded {
+                batch: raw.decode_with_limit(0)?,
+                _charge: Charge::default(),
+            });
+        }
         let remaining = self.limit.saturating_sub(self.used);
-        let cap = remaining.min(DEFAULT_MAX_DECOMPRESSED_SIZE);
-        match raw.decode_with_limit(cap) {
-            Ok(batch) => {
-                if batch.compression().is_ok_and(|c| c.id() != 0) {
+        let cap = remaining.min(self.per_batch);
+        let mut attempt = raw
+            .bytes()
+            .len()
+            .saturating_mul(ATTEMPT_GROWTH)
+            .max(MIN_ATTEMPT)
+            .min(cap);
+        loop {
+            let charge = self
+                .memory
+                .charge(attempt.saturating_mul(WORKING_COPIES), self.what)
+                .await
+                .map_err(|e| self.refused(e))?;
+            match raw.decode_with_limit(attempt) {
+                Ok(batch) => {
                     self.used += decoded_size(&batch);
+                    return Ok(Decoded {
+                        batch,
+                        _charge: charge,
+                    });
                 }
-                Ok(batch)
+                Err(CodecError::DecompressedTooLarge { .. }) if attempt < cap => {
+                    // Give the charge back before asking for more: no request holds bytes
+                    // while it waits for others.
+                    drop(charge);
+                    attempt = attempt.saturating_mul(ATTEMPT_GROWTH).min(cap);
+                }
+                Err(CodecError::DecompressedTooLarge { .. }) if cap == remaining => {
+                    self.used = self.limit;
+                    return Err(ProxyError::client(
+                        ResponseError::RecordListTooLarge,
+                        Reason::TooLarge,
+                        format!(
+                            "the batches of this request decompress to more than {} bytes in \
+                             total (the per-request decompression budget, \
+                             proxy.max_decompressed_bytes_per_request); send smaller requests",
+                            self.limit
+                        ),
+                    ));
+                }
+                Err(CodecError::DecompressedTooLarge { .. }) => {
+                    return Err(ProxyError::client(
+                        ResponseError::RecordListTooLarge,
+                        Reason::TooLarge,
+                        format!(
+                            "a record batch decompresses to more than {} bytes \
+                             (proxy.max_decompressed_bytes_per_batch); send smaller batches",
+                            self.per_batch
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(CodecError::DecompressedTooLarge { .. }) if cap == remaining => {
-                self.used = self.limit;
-                Err(ProxyError::client(
-                    ResponseError::RecordListTooLarge,
-                    Reason::TooLarge,
-                    format!(
-                        "the batches of this request decompress to more than {} bytes in total \
-                         (the per-request decompression budget); send smaller requests",
-                        self.limit
-                    ),
-                ))
-            }
-            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn refused(&self, e: BudgetRefusal) -> ProxyError {
+        match e {
+            BudgetRefusal::NeverFits { .. } => ProxyError::client(
+                ResponseError::RecordListTooLarge,
+                Reason::TooLarge,
+                format!("a record batch is too large to decompress: {e}; send smaller batches"),
+            ),
+            BudgetRefusal::Busy { .. } => ProxyError::new(
+                ErrorSource::Internal,
+                ResponseError::RequestTimedOut,
+                Reason::MemoryBusy,
+                format!("not processed: {e}; safe to retry"),
+            ),
         }
     }
 }

@@ -21,6 +21,7 @@ use kafka_protocol::messages::{ProduceRequest, TopicName};
 
 use super::log::Direction;
 use super::{Budget, Outcome, ProducePatch, RecordStage, TopicRef};
+use crate::proxy::budget::Use;
 use crate::config::RecordsMode;
 use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted};
 use crate::crypto::HEADER_KEY;
@@ -43,7 +44,7 @@ impl RecordStage {
     ) -> ProducePatch {
         let peer = session.peer();
         let mut patch = ProducePatch::default();
-        let mut budget = Budget::new(self.budget);
+        let mut budget = self.request_budget(Use::ProduceDecompression);
         for topic in &mut request.topic_data {
             let topic_ref = TopicRef {
                 name: topic.name.clone(),
@@ -205,7 +206,7 @@ impl RecordStage {
             if skip_decode {
                 continue;
             }
-            let mut batch = budget.decode(&raw)?;
+            let mut batch = budget.decode(&raw).await?;
             let has_descriptors = batch_has_encrypted_records(&batch);
             if has_descriptors && refuse_descriptors {
                 let index = batch

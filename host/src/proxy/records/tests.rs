@@ -446,3 +446,71 @@ fn records_cannot_bypass_a_stage_that_transforms_them() {
     let reencode = RecordStage::new(RecordsMode::Reencode, None);
     assert!(reencode.pass_produce(Bytes::from_static(b"frame")).is_err());
 }
+
+/// One zstd batch of one record of `bytes` zeros.
+fn zero_batch(bytes: usize) -> Bytes {
+    let mut b = batch_of(1, Compression::Zstd);
+    b.records[0].value = Some(Bytes::from(vec![0u8; bytes]));
+    set(&[b])
+}
+
+#[tokio::test]
+async fn a_batch_over_the_per_batch_limit_is_refused_before_it_is_decompressed_in_full() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let s = stage(RULES, kms, RecordsMode::Passthrough).with_batch_decompression_limit(1 << 20);
+    let (code, message) = produce(&s, "enc-a", zero_batch(2 << 20)).await.unwrap_err();
+    assert_eq!(code, ResponseError::RecordListTooLarge.code());
+    assert!(
+        message.contains("max_decompressed_bytes_per_batch"),
+        "{message}"
+    );
+    assert!(produce(&s, "enc-a", zero_batch(900 << 10)).await.is_ok());
+    assert_eq!(s.memory().in_use(), 0, "every charge is given back");
+}
+
+#[tokio::test]
+async fn a_busy_memory_budget_refuses_produce_retriably_and_ends_fetch_early() {
+    use crate::proxy::budget::{MemoryBudget, Use};
+    use std::time::Duration;
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let memory = Arc::new(MemoryBudget::new(
+        16 << 20,
+        Duration::from_millis(50),
+        1 << 20,
+    ));
+    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let stored = produce(&s, "enc-a", zero_batch(1 << 20)).await.unwrap();
+    // Another request holds almost all of the budget for longer than the wait.
+    let held = memory.charge(15 << 20, Use::Response).await.unwrap();
+    let (code, message) = produce(&s, "enc-a", zero_batch(1 << 20)).await.unwrap_err();
+    assert_eq!(code, ResponseError::RequestTimedOut.code(), "{message}");
+    assert!(message.contains("safe to retry"), "{message}");
+    // The fetch delivers nothing yet and no error: the client fetches the same offset again.
+    let (code, out) = fetch(&s, "enc-a", stored.clone()).await;
+    assert_eq!((code, out.len()), (0, 0));
+    drop(held);
+    let (code, out) = fetch(&s, "enc-a", stored).await;
+    assert_eq!(code, 0);
+    assert_eq!(decode_all(&out).len(), 1);
+    assert_eq!(memory.in_use(), 0);
+}
+
+#[tokio::test]
+async fn a_bomb_larger_than_the_whole_budget_is_stopped_at_its_charge() {
+    use crate::proxy::budget::MemoryBudget;
+    use std::time::Duration;
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let memory = Arc::new(MemoryBudget::new(
+        16 << 20,
+        Duration::from_secs(5),
+        1 << 20,
+    ));
+    // The per-batch limit would allow 64 MiB; the budget (16 MiB, charged 3x) never can.
+    let s = stage(RULES, kms, RecordsMode::Passthrough)
+        .with_batch_decompression_limit(64 << 20)
+        .with_memory_budget(memory.clone());
+    let (code, message) = produce(&s, "enc-a", zero_batch(40 << 20)).await.unwrap_err();
+    assert_eq!(code, ResponseError::RecordListTooLarge.code());
+    assert!(message.contains("memory budget"), "{message}");
+    assert_eq!(memory.in_use(), 0);
+}
