@@ -11,6 +11,10 @@ Modes:
                                  no group); reports MB/s and records/s of value bytes.
   latency  --count N --size S : N sequential produce+flush round trips (one record each, linger 0);
                                  reports p50/p99 in ms.
+  create   --count P          : creates the topic with P partitions (replication factor 1) and waits
+                                 until metadata lists it with P partitions (AdminClient).
+  peek                        : reads the first record of partition 0 and reports its value size and
+                                 header names (to check what the broker stores).
 --ssl-ca FILE: connect with TLS (security.protocol=SSL) trusting that CA.
 Prints one JSON object on stdout.
 """
@@ -26,10 +30,10 @@ ap = argparse.ArgumentParser()
 # per-record policy benchmark (tenant-keys) keys on it, every other path just carries it.
 TENANT_HEADERS = [[("tenant", b"t%d" % t)] for t in range(5)]
 
-ap.add_argument("mode", choices=["produce", "consume", "latency"])
+ap.add_argument("mode", choices=["produce", "consume", "latency", "create", "peek"])
 ap.add_argument("--bootstrap", required=True)
 ap.add_argument("--topic", required=True)
-ap.add_argument("--count", type=int, required=True)
+ap.add_argument("--count", type=int, default=1)
 ap.add_argument("--size", type=int, default=1024)
 ap.add_argument("--timeout", type=float, default=300)
 ap.add_argument("--compression", default="none", choices=["none", "gzip", "snappy", "lz4", "zstd"])
@@ -64,7 +68,35 @@ def json_value(i):
 
 payloads = [json_value(i) if args.json else os.urandom(args.size) for i in range(64)]
 
-if args.mode == "produce":
+if args.mode == "create":
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(COMMON)
+    for topic, fut in admin.create_topics([NewTopic(args.topic, args.count, 1)]).items():
+        fut.result(timeout=60)
+    deadline = time.time() + 60
+    while True:
+        md = admin.list_topics(args.topic, timeout=10).topics.get(args.topic)
+        if md is not None and md.error is None and len(md.partitions) == args.count:
+            break
+        if time.time() > deadline:
+            raise SystemExit(f"topic {args.topic} not in metadata with {args.count} partitions after 60 s")
+        time.sleep(0.1)
+    out(mode="create", topic=args.topic, partitions=args.count)
+
+elif args.mode == "peek":
+    c = Consumer({**COMMON, "group.id": "kapsule-bench-unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(args.topic, 0, OFFSET_BEGINNING)])
+    deadline = time.time() + 30
+    m = None
+    while (m is None or m.error()) and time.time() < deadline:
+        m = c.poll(1.0)
+    c.close()
+    if m is None or m.error():
+        raise SystemExit(f"no record in {args.topic}[0] after 30 s")
+    out(mode="peek", value_len=len(m.value() or b""), headers=[k for k, _ in (m.headers() or [])])
+
+elif args.mode == "produce":
     p = Producer({**COMMON, "acks": "all", "linger.ms": 5,
                   "batch.size": 1000000, "queue.buffering.max.messages": 200000,
                   "compression.type": args.compression, "enable.idempotence": False})

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Reproduces BENCHMARKS.md: builds release binaries, then runs kapsule-bench (direct tansu vs
-# tansu proxy vs Kapsule passthrough/reencode [+ --kapsule-config NAME=FILE ...]).
+# Reproduces BENCHMARKS.md: builds release binaries, then runs kapsule-bench (direct vs
+# tansu proxy vs Kapsule passthrough/reencode [+ --kapsule-config NAME=FILE ...] [+ --vault]
+# [+ --kroxylicious passthrough,record-encryption], on tansu or --broker kafka).
 #   scripts/bench.sh [--runs 5] [--records 100000] [--out bench/results.md] [--no-kapsule] ...
+# Apache Kafka's jars come from scripts/install-deps.sh (scripts/install-kafka.sh); Kroxylicious
+# (Java 21+) is installed by scripts/install-kroxylicious.sh when --kroxylicious is given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
+if [[ " $* " == *" --kroxylicious"* ]]; then
+  export KAPSULE_KROXYLICIOUS_HOME="$(scripts/install-kroxylicious.sh)"
+fi
 if [[ " $* " != *" --no-kapsule "* ]]; then
   cargo build --release -p kapsule --bin kapsule
   # Policy modules for bench/configs/*.yaml, into bench/modules/ (Rust always; other languages
