@@ -50,10 +50,10 @@ use tracing::{debug, info, warn};
 mod produce;
 
 use self::produce::{answer_late, prepare_produce, prepare_untransformed_produce};
+use super::budget::{ResponseCharge, ResponseGate};
 use super::records::{ProducePatch, StagedFetch, StagedProduce};
 use super::rewrite::{self, UnsupportedRequest};
 use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
-use super::budget::{ResponseCharge, ResponseGate};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
@@ -61,8 +61,7 @@ use crate::admin::metrics::{api_name, Direction};
 use crate::error::Reason;
 use crate::kafka::frame::{
     decode_fetch_response, decode_request, decode_response, encode_response, read_frame,
-    read_frame_body, read_frame_len, response_correlation_id, FrameError, FrameWriter,
-    RequestMeta,
+    read_frame_body, read_frame_len, response_correlation_id, FrameError, FrameWriter, RequestMeta,
 };
 use kafka_protocol::error::ResponseError;
 

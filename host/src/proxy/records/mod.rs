@@ -42,8 +42,8 @@ use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
 use crate::kafka::frame::{encode_request, encode_response, DEFAULT_MAX_FRAME_BYTES};
 use crate::kafka::records::{split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry};
-use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
 use crate::policy::PolicyRegistry;
+use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
 use crate::proxy::session::ClientSession;
 use crate::proxy::topic_ids::TopicIds;
 
@@ -231,7 +231,6 @@ impl RecordStage {
     /// topic-id versions of Produce and Fetch.
     pub fn topic_ids(&self) -> &TopicIds {
         &self.topic_ids
-
     }
 
     /// Caps the bytes one record batch decompresses to at `bytes`.
