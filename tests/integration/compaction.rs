@@ -10,7 +10,7 @@ use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::probe::kafka_protocol::messages::{
     ApiKey, FetchResponse, ProduceResponse,
 };
-use kapsule_integration::probe::{fetch_request, produce_request, record_batch, RawConnection};
+use kapsule_integration::probe::{fetch_request, produce_request, record_batch_at, RawConnection};
 use kapsule_integration::{
     unique_name, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig, RecordsMode,
 };
@@ -38,16 +38,32 @@ fn records(resp: &FetchResponse) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// Every record of partition 0 of `topic` at `addr`, from offset 0 to the high watermark (a
+/// broker answers one log segment per fetch, so this fetches until it is caught up).
 async fn fetch_all(addr: &str, topic: &str) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
     let mut c = RawConnection::connect(addr).await.unwrap();
-    c.send(ApiKey::Fetch, 12, 1, &fetch_request(topic, None))
-        .await
-        .unwrap();
-    let (_, f) = c
-        .recv_as::<FetchResponse>(ApiKey::Fetch, 12, WAIT)
-        .await
-        .unwrap();
-    records(&f)
+    let mut all: Vec<(i64, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut next = 0;
+    for correlation in 1..100 {
+        let mut req = fetch_request(topic, None);
+        req.topics[0].partitions[0].fetch_offset = next;
+        c.send(ApiKey::Fetch, 12, correlation, &req).await.unwrap();
+        let (_, f) = c
+            .recv_as::<FetchResponse>(ApiKey::Fetch, 12, WAIT)
+            .await
+            .unwrap();
+        let high_watermark = f.responses[0].partitions[0].high_watermark;
+        let got = records(&f);
+        let Some(last) = got.last().map(|r| r.0) else {
+            break;
+        };
+        all.extend(got.into_iter().filter(|r| r.0 >= next));
+        next = last + 1;
+        if next >= high_watermark {
+            break;
+        }
+    }
+    all
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,8 +106,7 @@ async fn the_broker_compacts_encrypted_keys_and_consumers_read_the_latest_value_
     let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
     let keys: Vec<String> = (0..5).map(|i| format!("customer-{i}")).collect();
     let mut produced = 0;
-    let mut correlation = 1;
-    for generation in 1..=4 {
+    for (correlation, generation) in (1..).zip(1..=4) {
         let values: Vec<(Vec<u8>, Vec<u8>)> = if generation < 4 {
             keys.iter()
                 .map(|k| {
@@ -108,7 +123,12 @@ async fn the_broker_compacts_encrypted_keys_and_consumers_read_the_latest_value_
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect();
-        let req = produce_request(&topic, None, 5000, record_batch(&pairs));
+        // Record time drives segment.ms: stamp each generation with the time it is sent.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let req = produce_request(&topic, None, 5000, record_batch_at(&pairs, now_ms));
         c.send(ApiKey::Produce, 9, correlation, &req).await.unwrap();
         let (_, r) = c
             .recv_as::<ProduceResponse>(ApiKey::Produce, 9, WAIT)
@@ -117,7 +137,6 @@ async fn the_broker_compacts_encrypted_keys_and_consumers_read_the_latest_value_
         let code = r.responses[0].partition_responses[0].error_code;
         assert_eq!(code, 0, "{r:?}");
         produced += pairs.len();
-        correlation += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 

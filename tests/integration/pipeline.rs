@@ -14,7 +14,7 @@ use kapsule_integration::probe::kafka_protocol::messages::{
     ProduceResponse, ShareFetchRequest,
 };
 use kapsule_integration::probe::{
-    end_offset, fetch_request, produce_request, record_batch, topic_ids, RawConnection,
+    end_offset, fetch_request, produce_request, record_batch, RawConnection,
 };
 use kapsule_integration::{unique_name, Kapsule, KapsuleConfig, RecordsMode, Tansu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -257,16 +257,22 @@ impl RawConnection {
     }
 }
 
-/// A magic v2 batch (uncompressed, no producer id) holding `records` as (key, value) pairs.
+/// A magic v2 batch (uncompressed, no producer id) holding `records` as (key, value) pairs, all
+/// stamped 2023-11-14 (a fixed time keeps the bytes reproducible).
 pub fn record_batch(records: &[(&[u8], &[u8])]) -> Bytes {
+    record_batch_at(records, 1_700_000_000_000)
+}
+
+/// [`record_batch`] stamped `timestamp_ms` (brokers roll segments by record time: `segment.ms`).
+pub fn record_batch_at(records: &[(&[u8], &[u8])], timestamp_ms: i64) -> Bytes {
     use kapsule::kafka::records::{Record, RecordBatch};
     let batch = RecordBatch {
         base_offset: 0,
         partition_leader_epoch: -1,
         attributes: 0,
         last_offset_delta: records.len().saturating_sub(1) as i32,
-        base_timestamp: 1_700_000_000_000,
-        max_timestamp: 1_700_000_000_000,
+        base_timestamp: timestamp_ms,
+        max_timestamp: timestamp_ms,
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
