@@ -119,7 +119,10 @@ pub async fn run_java(args: &[String], timeout: Duration) -> Result<ClientOutput
         ))
         .arg("KapsuleClient")
         .args(args);
-    let what = format!("java KapsuleClient {}", args.first().map_or("", String::as_str));
+    let what = format!(
+        "java KapsuleClient {}",
+        args.first().map_or("", String::as_str)
+    );
     run(cmd, &what, timeout).await
 }
 

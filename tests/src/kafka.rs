@@ -33,8 +33,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -172,6 +171,9 @@ pub struct KafkaOptions {
     pub segment_bytes: Option<u64>,
     /// Further `server.properties` lines, applied last (they override the rig's defaults).
     pub properties: Vec<(String, String)>,
+    /// Feature levels set at format time (`StorageTool format --feature name=level`), e.g.
+    /// `transaction.version` 1; unset features take the release's defaults (4.4: version 2).
+    pub features: Vec<(String, u16)>,
 }
 
 impl KafkaOptions {
@@ -189,12 +191,19 @@ impl KafkaOptions {
             super_users: None,
             segment_bytes: None,
             properties: Vec::new(),
+            features: Vec::new(),
         }
     }
 
     /// Switches on `StandardAuthorizer` with `super_users` (principals like `User:admin`).
     pub fn with_authorizer(mut self, super_users: &[&str]) -> Self {
         self.super_users = Some(super_users.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// Formats the nodes with feature `name` at `level` (e.g. `transaction.version`, 1).
+    pub fn with_feature(mut self, name: &str, level: u16) -> Self {
+        self.features.push((name.to_owned(), level));
         self
     }
 
@@ -294,8 +303,8 @@ fn locate_libs() -> Result<PathBuf> {
 /// The Kafka version pinned in `deps/kafka/pom.xml`.
 pub fn kafka_version() -> Result<String> {
     let pom = workspace_root().join("deps/kafka/pom.xml");
-    let text = std::fs::read_to_string(&pom)
-        .with_context(|| format!("reading {}", pom.display()))?;
+    let text =
+        std::fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
     let start = text
         .find("<kafka.version>")
         .context("deps/kafka/pom.xml has no <kafka.version>")?
@@ -330,9 +339,13 @@ pub fn kafka_classpath(libs: &Path) -> String {
 /// (what `StorageTool random-uuid` prints).
 fn random_cluster_id() -> String {
     use base64::Engine as _;
+    use std::io::Read as _;
     loop {
-        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(uuid::Uuid::new_v4().as_bytes());
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("reading /dev/urandom");
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         if !id.starts_with('-') {
             return id;
         }
@@ -560,7 +573,11 @@ impl KafkaCluster {
                     "-Dlog4j2.configurationFile={}",
                     self.dir.path().join("log4j2.properties").display()
                 ))
-                .args(["-Xshare:auto", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
+                .args([
+                    "-Xshare:auto",
+                    "-XX:TieredStopAtLevel=1",
+                    "-XX:+UseSerialGC",
+                ])
                 .arg("kafka.tools.StorageTool")
                 .args(["format", "--cluster-id", &self.cluster_id, "--config"])
                 .arg(node.dir.join("server.properties"));
@@ -571,6 +588,9 @@ impl KafkaCluster {
                         user.name, user.password
                     ));
                 }
+            }
+            for (name, level) in &self.options.features {
+                cmd.arg("--feature").arg(format!("{name}={level}"));
             }
             cmd.kill_on_drop(true);
             let id = node.id;
@@ -599,8 +619,8 @@ impl KafkaCluster {
 
     fn spawn_node(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
-        let jvm_opts = std::env::var("KAPSULE_KAFKA_JVM_OPTS")
-            .unwrap_or_else(|_| DEFAULT_JVM_OPTS.to_owned());
+        let jvm_opts =
+            std::env::var("KAPSULE_KAFKA_JVM_OPTS").unwrap_or_else(|_| DEFAULT_JVM_OPTS.to_owned());
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(WATCHDOG)
@@ -648,10 +668,7 @@ impl KafkaCluster {
         )
         .await;
         if let Err(e) = ready {
-            return Err(e.context(format!(
-                "Kafka node {id} log:\n{}",
-                process.logs()
-            )));
+            return Err(e.context(format!("Kafka node {id} log:\n{}", process.logs())));
         }
         if std::env::var_os("KAPSULE_RIG_TIMINGS").is_some() {
             eprintln!("kafka node {id} ready after {:?}", started.elapsed());
@@ -679,7 +696,10 @@ impl KafkaCluster {
     /// `127.0.0.1:PORT` of `listener` on node `id`.
     pub fn address(&self, id: i32, listener: Listener) -> Result<String> {
         let node = &self.nodes[self.node_index(id)?];
-        Ok(format!("127.0.0.1:{}", node.ports.listeners[listener.index()]))
+        Ok(format!(
+            "127.0.0.1:{}",
+            node.ports.listeners[listener.index()]
+        ))
     }
 
     /// Address of `listener` on the first running node: a bootstrap address for clients or for
