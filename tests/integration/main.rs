@@ -5,6 +5,7 @@
 //! `KAPSULE_RIG_DIRECT=1` the same tests run against tansu alone, which tells proxy bugs from broker
 //! or client limits. Each record-path test runs once per `records:` mode (passthrough, reencode).
 
+mod apache_kafka;
 mod approle;
 mod common;
 mod compaction;

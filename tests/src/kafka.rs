@@ -171,6 +171,9 @@ pub struct KafkaOptions {
     pub segment_bytes: Option<u64>,
     /// Further `server.properties` lines, applied last (they override the rig's defaults).
     pub properties: Vec<(String, String)>,
+    /// Feature levels set at format time (`StorageTool format --feature name=level`), e.g.
+    /// `transaction.version` 1; unset features take the release's defaults (4.4: version 2).
+    pub features: Vec<(String, u16)>,
 }
 
 impl KafkaOptions {
@@ -188,12 +191,19 @@ impl KafkaOptions {
             super_users: None,
             segment_bytes: None,
             properties: Vec::new(),
+            features: Vec::new(),
         }
     }
 
     /// Switches on `StandardAuthorizer` with `super_users` (principals like `User:admin`).
     pub fn with_authorizer(mut self, super_users: &[&str]) -> Self {
         self.super_users = Some(super_users.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// Formats the nodes with feature `name` at `level` (e.g. `transaction.version`, 1).
+    pub fn with_feature(mut self, name: &str, level: u16) -> Self {
+        self.features.push((name.to_owned(), level));
         self
     }
 
@@ -329,9 +339,13 @@ pub fn kafka_classpath(libs: &Path) -> String {
 /// (what `StorageTool random-uuid` prints).
 fn random_cluster_id() -> String {
     use base64::Engine as _;
+    use std::io::Read as _;
     loop {
-        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(uuid::Uuid::new_v4().as_bytes());
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("reading /dev/urandom");
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         if !id.starts_with('-') {
             return id;
         }
@@ -574,6 +588,9 @@ impl KafkaCluster {
                         user.name, user.password
                     ));
                 }
+            }
+            for (name, level) in &self.options.features {
+                cmd.arg("--feature").arg(format!("{name}={level}"));
             }
             cmd.kill_on_drop(true);
             let id = node.id;

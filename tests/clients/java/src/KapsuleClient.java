@@ -153,13 +153,15 @@ public final class KapsuleClient {
         p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
         p.put(ProducerConfig.COMPRESSION_TYPE_CONFIG, args.get("compression", "none"));
         p.put(ProducerConfig.ACKS_CONFIG, args.get("acks", "all"));
-        p.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, args.get("idempotent", "false"));
+        String txId = args.single.get("transactional-id");
+        // A transactional producer is idempotent; others are not unless asked (the broker default
+        // client is, but tests choose explicitly).
+        p.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, args.get("idempotent", txId != null ? "true" : "false"));
         p.put(ProducerConfig.LINGER_MS_CONFIG, args.get("linger-ms", "5"));
         long timeoutMs = args.timeout().toMillis();
         p.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, Long.toString(Math.max(timeoutMs, 10_000)));
         p.put(ProducerConfig.REQUEST_TIMEOUT_MS_CONFIG, Long.toString(Math.min(timeoutMs, 30_000)));
         p.put(ProducerConfig.MAX_BLOCK_MS_CONFIG, Long.toString(timeoutMs));
-        String txId = args.single.get("transactional-id");
         String txEnd = args.get("transaction", "commit");
         if (txId != null) p.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, txId);
         p.putAll(args.pairs("config"));
