@@ -324,17 +324,14 @@ async fn every_codec_round_trips_encrypted(
 /// consumer reads exactly the committed records (the aborted ones lie between them in the log,
 /// so seeing them would break the order), a `read_uncommitted` one reads all three.
 ///
-/// KAPSULE LIMIT (fails on 0764bb5, passes with `KAPSULE_RIG_DIRECT=1` and on a broker formatted
-/// with `transaction.version=1`, see [`transactions_work_on_transaction_version_1`]): the Java
-/// client enables KIP-890 part 2 from the finalized feature `transaction.version=2`, which Kapsule
-/// relays, and then skips AddPartitionsToTxn; Kapsule caps Produce at v8, so the broker answers
-/// "Partition was not added to the transaction" (INVALID_TXN_STATE). Kapsule must offer Produce
-/// v12 or advertise `transaction.version` at most 1 while it caps Produce below v12.
+/// Regression (failed on 0764bb5, which capped Produce at v8 while relaying the finalized
+/// feature `transaction.version=2`): the Java client then skips AddPartitionsToTxn and the broker
+/// answers INVALID_TXN_STATE. Kapsule now offers Produce v12+ (and lowers the feature to 1 should
+/// it ever offer less, see `rewrite::rewrite_api_versions`).
 #[rstest]
 #[case::java_classic(RefClient::Java)]
 #[case::java_kip848(RefClient::JavaKip848)]
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "KAPSULE LIMIT: Produce capped at v8 while transaction.version=2 is relayed; see the doc comment"]
 async fn transactional_producer_commit_and_abort_with_read_committed(#[case] client: RefClient) {
     let rig = KafkaRig::start().await;
     transactions_commit_and_abort(&rig, client).await;
@@ -408,13 +405,10 @@ async fn transactions_commit_and_abort(rig: &KafkaRig<'_>, client: RefClient) {
 /// A transaction of franz-go's transactional producer, committed and aborted, read back by the
 /// Java client with `read_committed` through Kapsule.
 ///
-/// KAPSULE LIMIT (fails on 0764bb5, passes with `KAPSULE_RIG_DIRECT=1`): franz-go 1.22 takes the
-/// KIP-890 part 2 path (no AddPartitionsToTxn, Produce v12 adds partitions implicitly) from the
-/// finalized feature `transaction.version=2` alone, which Kapsule relays in ApiVersions while it
-/// caps Produce at v8; its v8 produces then fail with INVALID_TXN_STATE. Kapsule must offer
-/// Produce v12 or advertise `transaction.version` at most 1 while it caps Produce below v12.
+/// Regression (failed on 0764bb5): franz-go 1.22 takes the KIP-890 part 2 path from the
+/// finalized feature `transaction.version=2` alone; with Produce capped at v8 its produces failed
+/// with INVALID_TXN_STATE.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "KAPSULE LIMIT: Produce capped at v8 while transaction.version=2 is relayed; see the doc comment"]
 async fn franz_go_transactions_through_kapsule() {
     let rig = KafkaRig::start().await;
     let topic = rig.topic("whole-ftx", 1).await;
