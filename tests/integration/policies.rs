@@ -606,7 +606,8 @@ async fn huge_policy_answers_over_many_topic_names_stay_inside_the_cache_budget(
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("kapsule_policy_cached_bytes{") && l.ends_with(&format!(" {cached}"))),
+            .any(|l| l.starts_with("kapsule_policy_cached_bytes{")
+                && l.ends_with(&format!(" {cached}"))),
         "{metrics}"
     );
 }

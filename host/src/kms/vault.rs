@@ -314,7 +314,10 @@ impl VaultKms {
             Some((until, msg)) if *until > Instant::now() => Some(KmsError::new(
                 KmsErrorKind::PermissionDenied,
                 key_id,
-                format!("{op}: {msg} (remembered; asked again after {} s)", PATH_DENIAL_TTL.as_secs()),
+                format!(
+                    "{op}: {msg} (remembered; asked again after {} s)",
+                    PATH_DENIAL_TTL.as_secs()
+                ),
             )),
             Some(_) => {
                 denied.pop(key_id);

@@ -606,8 +606,7 @@ impl PolicyConfig {
                 l.answer_cache_kib
             ));
         }
-        if l.answer_cache_entry_max_kib == 0 || l.answer_cache_entry_max_kib > l.answer_cache_kib
-        {
+        if l.answer_cache_entry_max_kib == 0 || l.answer_cache_entry_max_kib > l.answer_cache_kib {
             problems.push(format!(
                 "{lp}.answer_cache_entry_max_kib: {} is outside 1..=answer_cache_kib ({})",
                 l.answer_cache_entry_max_kib, l.answer_cache_kib

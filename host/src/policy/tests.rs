@@ -1365,7 +1365,12 @@ fn huge_answers(limits: LimitsConfig) -> PolicyRegistry {
     let a = artifacts();
     PolicyRegistry::new(&config(
         vec![
-            binding(a.path("hostile-misbehave"), "bad*", "huge-headers", &["kek-ok"]),
+            binding(
+                a.path("hostile-misbehave"),
+                "bad*",
+                "huge-headers",
+                &["kek-ok"],
+            ),
             binding(a.path("tenant-keys"), "good", "", &["tenant-*"]),
         ],
         limits,
@@ -1385,7 +1390,9 @@ fn huge_answers_over_many_topics_are_not_cached_past_the_entry_cap() {
             TopicPlan::EncryptAll(p) => assert_eq!(p.headers.len(), 875),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(reg.reveal(&t, Some(&alice)).unwrap(), Reveal::Parts(p) if p.headers.len() == 875));
+        assert!(
+            matches!(reg.reveal(&t, Some(&alice)).unwrap(), Reveal::Parts(p) if p.headers.len() == 875)
+        );
         assert!(
             reg.cached_topic_plan(&t, None).is_none(),
             "a 3.5 MB plan must not be cached (topic {t})"

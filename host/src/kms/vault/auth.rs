@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use parking_lot::{Mutex, RwLock};
-use sha2::{Digest, Sha256};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
@@ -231,7 +231,6 @@ impl AppRole {
         self.generation.load(Ordering::SeqCst)
     }
 
-
     /// Makes sure a usable token is in force, logging in when there is none (first call, or
     /// after renewal and re-login both failed for longer than the lease).
     pub(super) async fn ensure(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -255,7 +254,10 @@ impl AppRole {
         let client = self.client.read().clone();
         let timeout = Duration::from_millis(self.vault.timeout_ms);
         match tokio::time::timeout(timeout, vaultrs::token::lookup_self(client.as_ref())).await {
-            Err(_) => bail!("token lookup: no answer within {} ms", self.vault.timeout_ms),
+            Err(_) => bail!(
+                "token lookup: no answer within {} ms",
+                self.vault.timeout_ms
+            ),
             Ok(Ok(_)) => Ok(TokenState::Valid),
             Ok(Err(e)) => match classify(&e) {
                 (KmsErrorKind::PermissionDenied, _) => Ok(TokenState::Invalid),
@@ -316,7 +318,9 @@ impl AppRole {
                 Ok(Err(e)) => {
                     warn!(error = %classify(&e).1, "cannot revoke the replaced Vault token; it stays valid until its TTL")
                 }
-                Err(_) => warn!("revoking the replaced Vault token timed out; it stays valid until its TTL"),
+                Err(_) => warn!(
+                    "revoking the replaced Vault token timed out; it stays valid until its TTL"
+                ),
             }
         });
     }
@@ -498,15 +502,13 @@ async fn renew_loop(weak: Weak<AppRole>) {
                 *lease = Some(r);
                 failures = 0;
             }
-            None => {
-                match this.replace(&mut lease, false).await {
-                    Ok(()) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
-                    }
+            None => match this.replace(&mut lease, false).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
                 }
-            }
+            },
         }
     }
 }

@@ -78,12 +78,7 @@ pub(super) struct KeyView<'a> {
 }
 
 impl<'a> KeyView<'a> {
-    fn new(
-        kind: Kind,
-        topic: &'a str,
-        principal: Option<&'a Principal>,
-        value: Slot<'a>,
-    ) -> Self {
+    fn new(kind: Kind, topic: &'a str, principal: Option<&'a Principal>, value: Slot<'a>) -> Self {
         Self {
             kind,
             topic,
@@ -355,9 +350,7 @@ impl AnswerCache {
 
     fn get(&self, key: &KeyView<'_>) -> Option<Answer> {
         let mut st = self.state.lock();
-        st.map
-            .get(key as &dyn AsKeyView)
-            .map(|e| e.answer.clone())
+        st.map.get(key as &dyn AsKeyView).map(|e| e.answer.clone())
     }
 
     /// Inserts `answer` (whose own heap bytes are `answer_bytes`) under `key`, evicting the least
@@ -474,7 +467,10 @@ mod tests {
         c.put_reveal("t", Some(&alice_tls), &Reveal::Deny("no".into()));
         assert_eq!(c.reveal("t", None), Some(Reveal::All));
         assert_eq!(c.reveal("t", Some(&alice)), Some(Reveal::Ciphertext));
-        assert_eq!(c.reveal("t", Some(&alice_tls)), Some(Reveal::Deny("no".into())));
+        assert_eq!(
+            c.reveal("t", Some(&alice_tls)),
+            Some(Reveal::Deny("no".into()))
+        );
         assert_eq!(c.reveal("u", Some(&alice)), None);
         assert!(c.plan("t", None).is_none(), "a reveal is not a plan");
         let d = RecordDecision::Pass;

@@ -67,7 +67,6 @@ pub(crate) mod bindings_v0_1 {
     });
 }
 
-
 /// The contract version a component implements, recognized at load time by its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WitVersion {

@@ -11,11 +11,11 @@ use wasmtime::component::{Func, InstancePre};
 use wasmtime::{Store, Trap};
 
 use super::answer::{self, TopicEntry};
+use super::answer_cache::{AnswerCache, CacheStats};
 use super::bindings::kapsule::policy::types as wit;
 use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
 use super::deadline::CallClock;
 use super::host::{HostState, LogSink};
-use super::answer_cache::{AnswerCache, CacheStats};
 use super::memo::{self, Grouped, Pending};
 use super::{lift, Caller, WasmRuntime, WitVersion};
 use crate::kafka::records::Record;

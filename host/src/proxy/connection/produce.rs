@@ -90,9 +90,7 @@ pub(super) async fn prepare_produce(
     // KMS calls made for this request count against its principal's budgets.
     let who = requester::label(session.principal());
     let patch = match due {
-        None => {
-            requester::scope(who, shared.records.on_produce(&mut request, &session)).await
-        }
+        None => requester::scope(who, shared.records.on_produce(&mut request, &session)).await,
         Some(d) => {
             // Cheap: records are reference-counted bytes. Kept to answer every partition if the
             // stage is cut short (it may have moved partitions around when it is dropped).
