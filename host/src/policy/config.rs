@@ -718,7 +718,7 @@ bindings:
   - topics: "x.*"
     module: /nonexistent/policy.wasm
     allowed_key_ids: ["a[", ""]
-limits: {memory_mib: 0, max_instances: 0}
+limits: {memory_mib: 0, max_instances: 0, answer_cache_kib: 32, answer_cache_entry_max_kib: 64}
 "#,
         )
         .unwrap();
@@ -736,6 +736,8 @@ limits: {memory_mib: 0, max_instances: 0}
             "policy.bindings[0].allowed_key_ids[1]: key id is empty",
             "policy.limits.memory_mib",
             "policy.limits.max_instances",
+            "policy.limits.answer_cache_kib: 32 is outside 64..=1048576",
+            "policy.limits.answer_cache_entry_max_kib: 64 is outside 1..=answer_cache_kib (32)",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

@@ -435,3 +435,78 @@ async fn unknown_node_look_ups_are_coalesced() {
         "a later interval looks again"
     );
 }
+
+/// A broker that closes every connection on its first request, as a SASL-only listener does
+/// with a request other than ApiVersions/SaslHandshake.
+async fn sasl_only_broker() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ = read_frame(&mut s, 1 << 20).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_admission_probe_tells_brokers_requiring_authentication_apart() {
+    use super::admission::{self, NotAdmitted, Verdict};
+    use super::sasl::AuthenticationMode;
+    use super::session::ClientSession;
+    let open = fake_broker(vec![1]).await;
+    let sasl = sasl_only_broker().await;
+    let (_, shared) = start_proxy(open, |_| {}).await;
+    assert_eq!(
+        admission::probe(&shared, &open.to_string()).await.unwrap(),
+        Verdict::AcceptsAnonymous
+    );
+    assert_eq!(
+        admission::probe(&shared, &sasl.to_string()).await.unwrap(),
+        Verdict::RequiresAuthentication
+    );
+    // Nothing listens on a port just released: the probe cannot tell, and says so.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(admission::probe(&shared, &gone.to_string()).await.is_err());
+
+    // An unauthenticated session is admitted to work only where the broker serves anonymous
+    // clients; where it does not, the session is treated as `required`.
+    let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let to_open = ClientSession::new(peer);
+    to_open.set_upstream(&open.to_string());
+    assert_eq!(admission::admit_work(&shared, &to_open).await, Ok(()));
+    assert_eq!(
+        admission::mode_for(&shared, &to_open),
+        AuthenticationMode::Optional
+    );
+    let to_sasl = ClientSession::new(peer);
+    to_sasl.set_upstream(&sasl.to_string());
+    assert!(matches!(
+        admission::admit_work(&shared, &to_sasl).await,
+        Err(NotAdmitted::RequiresAuthentication { .. })
+    ));
+    assert_eq!(
+        admission::mode_for(&shared, &to_sasl),
+        AuthenticationMode::Required
+    );
+    let to_gone = ClientSession::new(peer);
+    to_gone.set_upstream(&gone.to_string());
+    assert!(matches!(
+        admission::admit_work(&shared, &to_gone).await,
+        Err(NotAdmitted::Unknown { .. })
+    ));
+    // An authenticated session is admitted whatever its broker.
+    let authed = ClientSession::authenticated(
+        peer,
+        crate::principal::Principal::new("alice", crate::principal::AuthMechanism::SaslPlain),
+    );
+    authed.set_upstream(&sasl.to_string());
+    assert_eq!(admission::admit_work(&shared, &authed).await, Ok(()));
+}
