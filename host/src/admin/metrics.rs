@@ -568,9 +568,12 @@ mod tests {
         );
     }
 
+    /// One parsed sample: name, labels, value.
+    type Sample = (String, Vec<(String, String)>, String);
+
     /// Parses an OpenMetrics text page: one `(name, labels, value)` per sample line, label
     /// values unescaped. Panics on a line that is not a comment or a well-formed sample.
-    fn parse_samples(page: &str) -> Vec<(String, Vec<(String, String)>, String)> {
+    fn parse_samples(page: &str) -> Vec<Sample> {
         let mut out = Vec::new();
         for line in page.lines() {
             if line.starts_with('#') || line.is_empty() {

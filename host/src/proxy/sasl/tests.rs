@@ -543,7 +543,7 @@ fn oauthbearer_accepts_exactly_what_kafka_accepts() {
             "pair without =",
         ),
         (format!("n,,\u{1}Auth={auth}\u{1}\u{1}"), "Auth is not auth"),
-        (format!("n,,\u{1}auth=Bearer\u{1}\u{1}"), "no token"),
+        ("n,,\u{1}auth=Bearer\u{1}\u{1}".to_owned(), "no token"),
         (
             "n,,\u{1}auth=Bearer a=b\u{1}\u{1}".to_owned(),
             "= inside the token",
@@ -575,7 +575,7 @@ fn oauthbearer_accepts_exactly_what_kafka_accepts() {
             "bare = in authzid",
         ),
         (format!("n,a=x\0,\u{1}auth={auth}\u{1}\u{1}"), "NUL"),
-        (format!("n,,\u{1}k=v\u{1}\u{1}"), "no auth"),
+        ("n,,\u{1}k=v\u{1}\u{1}".to_owned(), "no auth"),
         ("n,,\u{1}\u{1}".to_owned(), "no pairs"),
     ];
     for (m, why) in &bad {
