@@ -208,10 +208,35 @@ async fn admin_reload_needs_the_bearer_token_when_one_is_configured() {
     // Read-only endpoints stay open.
     assert_eq!(http(&admin, "GET", "/metrics", "").await.unwrap().0, 200);
     assert_eq!(http(&admin, "GET", "/policies", "").await.unwrap().0, 200);
+    // A web page cannot use the token-less endpoints or ride on a browser's stored credentials:
+    // an Origin header (CSRF) or a rebound DNS name in Host is refused, token or not.
+    let (status, body) = http(
+        &admin,
+        "POST",
+        "/policies/reload",
+        &format!("Authorization: Bearer {token}\r\nOrigin: http://evil.example\r\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "Origin: {body}");
+    let port = admin.rsplit_once(':').unwrap().1;
+    let rebound = rebound_get(&admin, &format!("evil.example:{port}"), "/metrics").await;
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
     assert!(
         !kapsule.logs().contains(token),
         "the admin token must never be logged"
     );
+}
+
+/// A GET whose Host header is `host` (as a browser on a rebound DNS name sends it); returns the
+/// raw answer.
+async fn rebound_get(addr: &str, host: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[tokio::test]

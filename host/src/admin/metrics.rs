@@ -147,8 +147,7 @@ pub fn encode_source(source: Arc<dyn MetricsSource>, out: &mut String) {
 /// `kapsule_policy_errors_total{binding,kind}` (kind: `deadline`, `memory`, `trap`,
 /// `violation`), `kapsule_policy_instances_discarded_total{binding}`,
 /// `kapsule_policy_reload_refusals_total{binding}`, `kapsule_policy_loads_total{binding}`,
-/// `kapsule_policy_instances{binding}`, `kapsule_policy_cached_bytes{binding}`,
-/// `kapsule_policy_cache_evictions_total{binding}`.
+/// `kapsule_policy_instances{binding}`.
 pub struct PolicyMetrics(pub crate::policy::PolicyRegistry);
 
 impl MetricsSource for PolicyMetrics {
@@ -199,22 +198,6 @@ impl MetricsSource for PolicyMetrics {
             "kapsule_policy_loads",
             "Module versions loaded.",
             per(|s| s.loads),
-        )?;
-        counter_family(
-            e,
-            "kapsule_policy_cache_evictions",
-            "Cached policy answers evicted to stay under policy.limits.answer_cache_kib.",
-            per(|s| s.cache_evictions),
-        )?;
-        gauge_family(
-            e,
-            "kapsule_policy_cached_bytes",
-            "Bytes of policy answers (plans, reveals, memoized decisions) cached by the serving \
-             module version.",
-            status
-                .bindings
-                .iter()
-                .map(|s| (b(s), i64::try_from(s.cached_bytes).unwrap_or(i64::MAX))),
         )?;
         gauge_family(
             e,
@@ -585,7 +568,7 @@ mod tests {
         );
     }
 
-    /// One parsed sample line: name, labels, value.
+    /// One parsed sample: name, labels, value.
     type Sample = (String, Vec<(String, String)>, String);
 
     /// Parses an OpenMetrics text page: one `(name, labels, value)` per sample line, label

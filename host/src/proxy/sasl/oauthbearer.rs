@@ -12,8 +12,8 @@
 //! ```
 //!
 //! then splits the key/value pairs into a map (a later key silently overwrites an earlier one),
-//! takes `auth` from it and matches it against `(\w+) +([-_.a-zA-Z0-9]+)` with the scheme equal
-//! to `bearer` ignoring case. The authorization id is kept as sent (`=2C` is *not* unescaped) and
+//! takes `auth` from it and matches it against `(\w+) +([-_~+/.a-zA-Z0-9]+=*)` (RFC 6750's
+//! b64token) with the scheme equal to `bearer` ignoring case. The authorization id is kept as sent (`=2C` is *not* unescaped) and
 //! must equal the validated token's principal name.
 //!
 //! [`parse`] accepts exactly the messages Kafka accepts, except that it refuses a message that
@@ -107,7 +107,7 @@ pub fn parse(message: &[u8]) -> Result<ClientFirst<'_>, SaslRefusal> {
         }
     }
     let auth = auth.ok_or_else(|| malformed(M, "no auth= key"))?;
-    // `(\w+) +([-_.a-zA-Z0-9]+)`, the whole value.
+    // `(\w+) +([-_~+/.a-zA-Z0-9]+=*)`, the whole value (Kafka 4.4's AUTH_PATTERN).
     let (scheme, token) = auth
         .split_once(' ')
         .ok_or_else(|| malformed(M, "auth= is not `Bearer <token>`"))?;
@@ -116,10 +116,11 @@ pub fn parse(message: &[u8]) -> Result<ClientFirst<'_>, SaslRefusal> {
         && scheme
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    let token_ok = !token.is_empty()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let unpadded = token.trim_end_matches('=');
+    let token_ok = !unpadded.is_empty()
+        && unpadded.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~' | b'+' | b'/' | b'.')
+        });
     if !scheme_ok || !token_ok {
         return Err(malformed(M, "auth= is not `Bearer <token>`"));
     }

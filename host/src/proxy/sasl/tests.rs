@@ -506,6 +506,8 @@ fn oauthbearer_accepts_exactly_what_kafka_accepts() {
         oauth_message("", &[("traceId", "x=y z"), ("auth", &auth)]),
         oauth_message("", &[("auth", &format!("bEaReR   {token}"))]),
         oauth_message("a=svc-orders", &[("auth", &auth)]),
+        // RFC 6750 b64token padding, accepted by Kafka 4.4.
+        oauth_message("", &[("auth", &format!("Bearer {token}=="))]),
     ] {
         assert_eq!(name(&ok).unwrap(), "svc-orders", "{ok:?}");
     }
@@ -541,10 +543,14 @@ fn oauthbearer_accepts_exactly_what_kafka_accepts() {
             "pair without =",
         ),
         (format!("n,,\u{1}Auth={auth}\u{1}\u{1}"), "Auth is not auth"),
-        ("n,,\u{1}auth=Bearer\u{1}\u{1}".to_string(), "no token"),
+        ("n,,\u{1}auth=Bearer\u{1}\u{1}".to_owned(), "no token"),
         (
-            format!("n,,\u{1}auth=Bearer {token}=\u{1}\u{1}"),
-            "= in token",
+            "n,,\u{1}auth=Bearer a=b\u{1}\u{1}".to_owned(),
+            "= inside the token",
+        ),
+        (
+            "n,,\u{1}auth=Bearer ==\u{1}\u{1}".to_owned(),
+            "padding only",
         ),
         (
             format!("n,,\u{1}auth=Bearer {token} \u{1}\u{1}"),
@@ -569,7 +575,7 @@ fn oauthbearer_accepts_exactly_what_kafka_accepts() {
             "bare = in authzid",
         ),
         (format!("n,a=x\0,\u{1}auth={auth}\u{1}\u{1}"), "NUL"),
-        ("n,,\u{1}k=v\u{1}\u{1}".to_string(), "no auth"),
+        ("n,,\u{1}k=v\u{1}\u{1}".to_owned(), "no auth"),
         ("n,,\u{1}\u{1}".to_owned(), "no pairs"),
     ];
     for (m, why) in &bad {
@@ -661,4 +667,30 @@ fn oauthbearer_claim_name_is_validated_at_start_up() {
             "{bad}: {err}"
         );
     }
+}
+
+/// Differential test against Apache Kafka 4.4.0's own parser: every message Kafka refuses is
+/// refused, every message it accepts gives the same authorization id and token, and a message
+/// Kafka accepts although it repeats a key (Kafka keeps the last) is refused.
+/// Data: `oauthbearer_kafka_verdicts.tsv`, from scripts/oauthbearer-kafka-verdicts/run.sh.
+#[test]
+fn oauthbearer_parser_agrees_with_apache_kafka() {
+    let data = include_str!("oauthbearer_kafka_verdicts.tsv");
+    let mut checked = 0;
+    for line in data.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let message = hex::decode(f[0]).unwrap();
+        let shown = String::from_utf8_lossy(&message).escape_debug().to_string();
+        match (f[1], oauthbearer::parse(&message)) {
+            ("REJECT" | "ACCEPT_REPEATED", Err(SaslRefusal::Malformed { .. })) => {}
+            ("ACCEPT", Ok(first)) => {
+                assert_eq!(first.authzid.unwrap_or(""), f[2], "{shown}");
+                assert_eq!(first.token, f[3], "{shown}");
+            }
+            (verdict, Ok(_)) => panic!("Kafka: {verdict}, Kapsule accepted {shown}"),
+            (verdict, Err(e)) => panic!("Kafka: {verdict}, Kapsule refused ({e}) {shown}"),
+        }
+        checked += 1;
+    }
+    assert!(checked > 400, "{checked}");
 }
