@@ -303,7 +303,10 @@ async fn stalled_consumers(consumers: usize, fetches: i32, proxy_extra: &str, bo
         .await
         .unwrap();
     let size = read_raw_frame_len(&mut probe).await;
-    assert!(size > 8 * MIB as usize, "a fetch returned only {size} bytes");
+    assert!(
+        size > 8 * MIB as usize,
+        "a fetch returned only {size} bytes"
+    );
     drop(probe);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let baseline = proc_status(pid, "VmRSS");

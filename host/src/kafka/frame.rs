@@ -665,7 +665,9 @@ mod tests {
         // 3 MiB bodies use the 4 MiB class, which no other test reads.
         let mut wire = Vec::new();
         write_frame(&mut wire, &vec![7u8; 3 << 20]).await.unwrap();
-        write_frame(&mut wire, &vec![9u8; (3 << 20) + 5]).await.unwrap();
+        write_frame(&mut wire, &vec![9u8; (3 << 20) + 5])
+            .await
+            .unwrap();
         let mut r = wire.as_slice();
         let first = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
         assert!(first.iter().all(|b| *b == 7));
@@ -678,7 +680,11 @@ mod tests {
         let second = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
         assert_eq!(second.len(), (3 << 20) + 5);
         assert!(second.iter().all(|b| *b == 9));
-        assert_eq!(second.as_ptr(), ptr, "the dropped frame's buffer is read into again");
+        assert_eq!(
+            second.as_ptr(),
+            ptr,
+            "the dropped frame's buffer is read into again"
+        );
     }
 
     #[tokio::test]
@@ -686,8 +692,13 @@ mod tests {
         // Announces 12 MiB, sends 10 bytes.
         let mut input = vec![0, 0xc0, 0, 0];
         input.extend_from_slice(&[1; 10]);
-        let err = read_frame(&mut input.as_slice(), 16 << 20).await.unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { read: 10, .. }), "{err}");
+        let err = read_frame(&mut input.as_slice(), 16 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FrameError::Truncated { read: 10, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -714,7 +725,8 @@ mod tests {
     #[test]
     fn encoded_frames_use_pooled_buffers_and_decode_back() {
         let frame = produce_frame(9, -1, Some("txn"));
-        let (header, body) = decode_request::<ProduceRequest>(ApiKey::Produce, frame.clone()).unwrap();
+        let (header, body) =
+            decode_request::<ProduceRequest>(ApiKey::Produce, frame.clone()).unwrap();
         let again = encode_request(ApiKey::Produce, &header, &body).unwrap();
         assert_eq!(again, frame);
     }

@@ -183,9 +183,11 @@ impl MemoryBudget {
         }
         let n = u32::try_from(n).expect("a charge within the budget fits u32 units");
         match self.semaphore.clone().try_acquire_many_owned(n) {
-            Ok(permit) => return Ok(Charge {
-                permit: Some(permit),
-            }),
+            Ok(permit) => {
+                return Ok(Charge {
+                    permit: Some(permit),
+                })
+            }
             Err(TryAcquireError::Closed) => unreachable!("the budget's semaphore is never closed"),
             Err(TryAcquireError::NoPermits) => {}
         }
@@ -234,7 +236,12 @@ impl MetricsSource for MemoryBudget {
         let per = |c: &[AtomicU64; 3]| {
             Use::ALL
                 .iter()
-                .map(|u| (vec![("use", u.label().to_owned())], c[u.slot()].load(Relaxed)))
+                .map(|u| {
+                    (
+                        vec![("use", u.label().to_owned())],
+                        c[u.slot()].load(Relaxed),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         counter_family(
@@ -321,7 +328,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, BudgetRefusal::Busy { .. }), "{err}");
         assert_eq!(b.waits[Use::ProduceDecompression.slot()].load(Relaxed), 1);
-        assert_eq!(b.refusals[Use::ProduceDecompression.slot()].load(Relaxed), 1);
+        assert_eq!(
+            b.refusals[Use::ProduceDecompression.slot()].load(Relaxed),
+            1
+        );
     }
 
     #[tokio::test]
@@ -361,7 +371,10 @@ mod tests {
         let first = gate.admit(16 * 1024 * 1024).await.unwrap();
         // The allowance is used up: requests are not read, a second response waits.
         let blocked = tokio::time::timeout(Duration::from_millis(30), gate.room()).await;
-        assert!(blocked.is_err(), "room() must wait while a response is unwritten");
+        assert!(
+            blocked.is_err(),
+            "room() must wait while a response is unwritten"
+        );
         let second = tokio::time::timeout(Duration::from_millis(30), gate.admit(100)).await;
         assert!(second.is_err(), "a second response must wait");
         drop(first);

@@ -50,19 +50,18 @@ use tracing::{debug, info, warn};
 mod produce;
 
 use self::produce::{answer_late, prepare_produce, produce_deadline};
+use super::budget::{ResponseCharge, ResponseGate};
 use super::records::ProducePatch;
 use super::rewrite::{self, UnsupportedRequest};
 use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
-use super::budget::{ResponseCharge, ResponseGate};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::admin::metrics::{api_name, Direction};
 use crate::error::Reason;
 use crate::kafka::frame::{
-    decode_request, decode_response, encode_response, produce_header, read_frame,
-    read_frame_body, read_frame_len, response_correlation_id, FrameError, FrameWriter,
-    RequestMeta,
+    decode_request, decode_response, encode_response, produce_header, read_frame, read_frame_body,
+    read_frame_len, response_correlation_id, FrameError, FrameWriter, RequestMeta,
 };
 use kafka_protocol::error::ResponseError;
 

@@ -34,7 +34,6 @@ use kafka_protocol::messages::FetchResponse;
 
 use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
-use crate::proxy::budget::Use;
 use crate::config::RecordsMode;
 use crate::crypto::record::{
     batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RevealScope,
@@ -44,6 +43,7 @@ use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::Reveal;
 use crate::policy::config::{DecryptFailure, DecryptSettings};
+use crate::proxy::budget::Use;
 use crate::proxy::session::ClientSession;
 
 impl RecordStage {

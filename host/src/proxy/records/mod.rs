@@ -38,8 +38,8 @@ use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
 use crate::kafka::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::kafka::records::{split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry};
-use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
 use crate::policy::PolicyRegistry;
+use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
 
 pub use log::RefusalLog;
 

@@ -21,7 +21,6 @@ use kafka_protocol::messages::{ProduceRequest, TopicName};
 
 use super::log::Direction;
 use super::{Budget, Outcome, ProducePatch, RecordStage};
-use crate::proxy::budget::Use;
 use crate::config::RecordsMode;
 use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted};
 use crate::crypto::HEADER_KEY;
@@ -31,6 +30,7 @@ use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::config::DecryptSettings;
 use crate::principal::Principal;
+use crate::proxy::budget::Use;
 use crate::proxy::session::ClientSession;
 
 impl RecordStage {

@@ -388,16 +388,14 @@ async fn a_bomb_larger_than_the_whole_budget_is_stopped_at_its_charge() {
     use crate::proxy::budget::MemoryBudget;
     use std::time::Duration;
     let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(
-        16 << 20,
-        Duration::from_secs(5),
-        1 << 20,
-    ));
+    let memory = Arc::new(MemoryBudget::new(16 << 20, Duration::from_secs(5), 1 << 20));
     // The per-batch limit would allow 64 MiB; the budget (16 MiB, charged 3x) never can.
     let s = stage(RULES, kms, RecordsMode::Passthrough)
         .with_batch_decompression_limit(64 << 20)
         .with_memory_budget(memory.clone());
-    let (code, message) = produce(&s, "enc-a", zero_batch(40 << 20)).await.unwrap_err();
+    let (code, message) = produce(&s, "enc-a", zero_batch(40 << 20))
+        .await
+        .unwrap_err();
     assert_eq!(code, ResponseError::RecordListTooLarge.code());
     assert!(message.contains("memory budget"), "{message}");
     assert_eq!(memory.in_use(), 0);
