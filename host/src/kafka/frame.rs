@@ -97,9 +97,9 @@ pub async fn read_frame_len<R: AsyncRead + Unpin>(
 /// Bodies of up to [`pool::MAX_POOLED`] bytes go into a buffer from the process-wide frame
 /// pool, given back to it when the last [`Bytes`] pointing into it is dropped: steady traffic
 /// reuses the same warm pages instead of faulting in (and the kernel zeroing) fresh ones for
-/// every request. When the pool has no buffer of the size, one grows with the bytes that
-/// arrive (a lying prefix reserves at most 1 MiB, or as much again as arrived, beyond them)
-/// and joins the pool afterwards. Pooled buffers are filled through `read_buf` (no zeroing). Larger bodies are not pooled (see [`read_frame`]).
+/// every request. When the pool has no buffer of the size, a fresh one of the class's capacity
+/// joins the pool afterwards; its pages become resident only as bytes arrive, so a lying prefix
+/// costs address space, not memory. Buffers are filled through `read_buf` (no zeroing). Larger bodies are not pooled (see [`read_frame`]).
 pub async fn read_frame_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     size: usize,
@@ -110,8 +110,8 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
         return Ok(Bytes::from(body));
     }
     if let Some(class) = pool::class_of(size) {
-        // A pooled buffer already has the capacity; a fresh one grows with what arrives.
-        let mut body = pool::take(class).unwrap_or_else(|| Vec::with_capacity(class.min(1 << 20)));
+        // Capacity is reserved, not touched: resident memory grows only with what arrives.
+        let mut body = pool::take(class).unwrap_or_else(|| Vec::with_capacity(class));
         while body.len() < size {
             if body.capacity() == body.len() {
                 let doubled = body.capacity().saturating_mul(2);
@@ -283,10 +283,10 @@ pub mod pool {
     /// Largest pooled body: Fetch responses of a few partitions (brokers may return more than
     /// `max.partition.fetch.bytes` for the first batch) fit.
     pub const MAX_POOLED: usize = 16 * 1024 * 1024;
-    /// Idle bytes kept per class.
-    pub const CLASS_BYTES: usize = 8 * 1024 * 1024;
+    /// Idle bytes kept per class (at least one buffer).
+    pub const CLASS_BYTES: usize = 16 * 1024 * 1024;
     /// Idle bytes kept in all.
-    pub const POOL_BYTES: usize = 32 * 1024 * 1024;
+    pub const POOL_BYTES: usize = 48 * 1024 * 1024;
 
     const MIN_SHIFT: u32 = MIN_POOLED.trailing_zeros();
     const CLASSES: usize = (MAX_POOLED.trailing_zeros() - MIN_SHIFT + 1) as usize;
@@ -766,9 +766,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lying_prefix_within_the_pooled_sizes_reserves_little() {
-        // Announces 12 MiB, sends 10 bytes: the frame fails without a 12 MiB allocation (the
-        // fresh buffer starts at 1 MiB and grows with what arrives).
+    async fn a_lying_prefix_within_the_pooled_sizes_fails_as_truncated() {
+        // Announces 12 MiB, sends 10 bytes.
         let mut input = vec![0, 0xc0, 0, 0];
         input.extend_from_slice(&[1; 10]);
         let err = read_frame(&mut input.as_slice(), 16 << 20)
