@@ -14,7 +14,8 @@ use kapsule_integration::probe::kafka_protocol::messages::{
     ProduceResponse, ShareFetchRequest,
 };
 use kapsule_integration::probe::{
-    end_offset, fetch_request, produce_request, record_batch, RawConnection,
+    end_offset, fetch_request, fetched_values, partition_errors, produce_request, record_batch,
+    RawConnection,
 };
 use kapsule_integration::{unique_name, Kapsule, KapsuleConfig, RecordsMode, Tansu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,41 +39,6 @@ async fn topic(tansu: &Tansu, prefix: &str) -> String {
     let name = unique_name(prefix);
     tansu.create_topic(&name, 1).await.expect("create topic");
     name
-}
-
-fn partition_errors(resp: &ProduceResponse) -> Vec<(i16, String)> {
-    resp.responses
-        .iter()
-        .flat_map(|t| &t.partition_responses)
-        .map(|p| {
-            (
-                p.error_code,
-                p.error_message
-                    .as_ref()
-                    .map(|m| m.to_string())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// Values of the records partition 0 of `topic` (named by `name` or `id`) holds in a Fetch
-/// response, with the partition's error code.
-fn fetched(resp: &FetchResponse) -> (i16, Vec<Vec<u8>>) {
-    use kapsule_integration::probe::kafka_protocol::records::RecordBatchDecoder;
-    let p = &resp.responses[0].partitions[0];
-    let mut values = Vec::new();
-    if let Some(records) = &p.records {
-        let mut buf = records.clone();
-        for r in RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched records") {
-            values.extend(
-                r.records
-                    .into_iter()
-                    .map(|r| r.value.unwrap_or_default().to_vec()),
-            );
-        }
-    }
-    (p.error_code, values)
 }
 
 /// The highest Produce and Fetch versions offered at `addr` (ApiVersions v2). Through Kapsule
@@ -146,7 +112,7 @@ async fn flexible_versions_are_offered_as_far_as_the_broker_offers_them() {
         .recv_as::<FetchResponse>(ApiKey::Fetch, 11, WAIT)
         .await
         .unwrap();
-    let (code, stored) = fetched(&f);
+    let (code, stored) = fetched_values(&f);
     assert_eq!((code, stored.len()), (0, 1), "{f:?}");
     assert!(
         !stored[0].windows(6).any(|w| w == b"SECRET"),
@@ -161,7 +127,7 @@ async fn flexible_versions_are_offered_as_far_as_the_broker_offers_them() {
         .recv_as::<FetchResponse>(ApiKey::Fetch, 12, WAIT)
         .await
         .unwrap();
-    let (code, values) = fetched(&f);
+    let (code, values) = fetched_values(&f);
     assert_eq!(code, 0, "{f:?}");
     assert_eq!(values, vec![b"SECRET-V9".to_vec()]);
 

@@ -12,7 +12,8 @@ use kapsule_integration::probe::kafka_protocol::messages::{
     ProduceResponse, ShareFetchRequest,
 };
 use kapsule_integration::probe::{
-    end_offset, fetch_request, produce_request, record_batch, topic_ids, RawConnection,
+    end_offset, fetch_request, fetched_values, partition_errors, produce_request, record_batch,
+    topic_ids, RawConnection,
 };
 use kapsule_integration::{unique_name, KafkaCluster, Kapsule, KapsuleConfig, RecordsMode};
 
@@ -32,40 +33,6 @@ async fn topic(kafka: &KafkaCluster, prefix: &str) -> String {
     let name = unique_name(prefix);
     kafka.create_topic(&name, 1).await.expect("create topic");
     name
-}
-
-fn partition_errors(resp: &ProduceResponse) -> Vec<(i16, String)> {
-    resp.responses
-        .iter()
-        .flat_map(|t| &t.partition_responses)
-        .map(|p| {
-            (
-                p.error_code,
-                p.error_message
-                    .as_ref()
-                    .map(|m| m.to_string())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// Values of the records of the first partition of a Fetch response, with its error code.
-fn fetched(resp: &FetchResponse) -> (i16, Vec<Vec<u8>>) {
-    use kapsule_integration::probe::kafka_protocol::records::RecordBatchDecoder;
-    let p = &resp.responses[0].partitions[0];
-    let mut values = Vec::new();
-    if let Some(records) = &p.records {
-        let mut buf = records.clone();
-        for r in RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched records") {
-            values.extend(
-                r.records
-                    .into_iter()
-                    .map(|r| r.value.unwrap_or_default().to_vec()),
-            );
-        }
-    }
-    (p.error_code, values)
 }
 
 /// Topic-id versions (Produce v13, Fetch v13+) and the flexible versions before them are offered
@@ -195,7 +162,7 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
         .recv_as::<FetchResponse>(ApiKey::Fetch, 11, WAIT)
         .await
         .unwrap();
-    let (code, stored) = fetched(&f);
+    let (code, stored) = fetched_values(&f);
     assert_eq!(code, 0, "{f:?}");
     assert_eq!(stored.len(), 2, "{f:?}");
     for v in &stored {
@@ -215,7 +182,7 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
         .await
         .unwrap();
     assert_eq!(f.responses[0].topic_id, id);
-    let (code, values) = fetched(&f);
+    let (code, values) = fetched_values(&f);
     assert_eq!(code, 0, "{f:?}");
     assert_eq!(values, vec![b"SECRET-V13".to_vec(), b"SECRET-V9".to_vec()]);
 
@@ -227,7 +194,7 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
         .recv_as::<FetchResponse>(ApiKey::Fetch, 13, WAIT)
         .await
         .unwrap();
-    let (code, values) = fetched(&f);
+    let (code, values) = fetched_values(&f);
     assert_ne!(
         code, 0,
         "plaintext accepted on a require_encrypted topic: {f:?}"
@@ -288,7 +255,7 @@ async fn a_fetch_by_an_unresolved_topic_id_delivers_no_records() {
         .recv_as::<FetchResponse>(ApiKey::Fetch, 13, WAIT)
         .await
         .unwrap();
-    let (code, values) = fetched(&f);
+    let (code, values) = fetched_values(&f);
     assert_eq!(code, UNKNOWN_TOPIC_ID, "{f:?}");
     assert!(values.is_empty(), "records delivered: {f:?}");
 }

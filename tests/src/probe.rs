@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, RequestHeader, TopicName,
+    ApiKey, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -477,6 +477,41 @@ async fn http_request(
     })
     .await
     .with_context(|| format!("{method} http://{addr}{path} took longer than {timeout:?}"))?
+}
+
+/// (error code, message) of every partition of a Produce response.
+pub fn partition_errors(resp: &ProduceResponse) -> Vec<(i16, String)> {
+    resp.responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .map(|p| {
+            (
+                p.error_code,
+                p.error_message
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The error code and record values of the first partition of a Fetch response.
+pub fn fetched_values(resp: &FetchResponse) -> (i16, Vec<Vec<u8>>) {
+    use kafka_protocol::records::RecordBatchDecoder;
+    let p = &resp.responses[0].partitions[0];
+    let mut values = Vec::new();
+    if let Some(records) = &p.records {
+        let mut buf = records.clone();
+        for r in RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched records") {
+            values.extend(
+                r.records
+                    .into_iter()
+                    .map(|r| r.value.unwrap_or_default().to_vec()),
+            );
+        }
+    }
+    (p.error_code, values)
 }
 
 #[cfg(test)]
