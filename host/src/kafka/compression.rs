@@ -177,9 +177,17 @@ impl Compression {
                     Bounded::Io(e) => err(e),
                 })?,
             Compression::Zstd => {
-                let dec = zstd::stream::read::Decoder::with_buffer(src).map_err(err)?;
+                let mut dec = zstd::stream::read::Decoder::with_buffer(src).map_err(err)?;
+                // The decoder's window is memory too (a frame may declare one as large as its
+                // content): at most the power of two above `limit`, so decompressing never
+                // holds more than about three times `limit`. A frame needing more is too large.
+                let window_log = usize::BITS - limit.max(1).leading_zeros();
+                dec.window_log_max(window_log.clamp(10, 31)).map_err(err)?;
                 read_bounded(dec, limit, hint).map_err(|e| match e {
                     Bounded::TooLarge => CodecError::DecompressedTooLarge { limit },
+                    Bounded::Io(e) if e.to_string().contains("too much memory") => {
+                        CodecError::DecompressedTooLarge { limit }
+                    }
                     Bounded::Io(e) => err(e),
                 })?
             }
