@@ -29,6 +29,17 @@ async fn start_kapsule(kafka: &KafkaCluster, kms_yaml: &str, policy: &str) -> Ka
         .expect("start kapsule")
 }
 
+/// The id the broker gave `topic` (from a Metadata request sent to the broker itself).
+async fn topic_id(kafka: &KafkaCluster, topic: &str) -> uuid::Uuid {
+    topic_ids(&kafka.bootstrap(), WAIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name == topic)
+        .map(|(_, id)| id)
+        .expect("the broker lists the topic with its id")
+}
+
 async fn topic(kafka: &KafkaCluster, prefix: &str) -> String {
     let name = unique_name(prefix);
     kafka.create_topic(&name, 1).await.expect("create topic");
@@ -49,13 +60,7 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"ver-\"}\n      key_id: kek-ver\n      require_encrypted: true\n      on_decrypt_failure: error\n";
     let kapsule = start_kapsule(kafka, &kms.yaml(), policy).await;
     let t = topic(kafka, "ver-").await;
-    let id = topic_ids(&kafka.bootstrap(), WAIT)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|(name, _)| *name == t)
-        .map(|(_, id)| id)
-        .expect("the broker lists the topic with its id");
+    let id = topic_id(kafka, &t).await;
 
     // Plaintext written straight to the broker: only a bypass could hand it to a consumer.
     let mut direct = RawConnection::connect(&kafka.bootstrap()).await.unwrap();
@@ -224,13 +229,7 @@ async fn a_fetch_by_an_unresolved_topic_id_delivers_no_records() {
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"vid-\"}\n      key_id: kek-vid\n";
     let kapsule = start_kapsule(kafka, &kms.yaml(), policy).await;
     let t = topic(kafka, "vid-").await;
-    let id = topic_ids(&kafka.bootstrap(), WAIT)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|(name, _)| *name == t)
-        .map(|(_, id)| id)
-        .expect("the broker lists the topic with its id");
+    let id = topic_id(kafka, &t).await;
     let mut direct = RawConnection::connect(&kafka.bootstrap()).await.unwrap();
     let plain = record_batch(&[(b"k", b"INJECTED")]);
     direct
