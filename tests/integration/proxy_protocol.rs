@@ -68,7 +68,7 @@ async fn haproxy_proxy_protocol_v2_gives_real_client_addresses() {
         kapsule
             .logs()
             .lines()
-            .any(|l| l.contains("socket_peer=127.0.0.1:") && l.contains(&format!("peer={me}"))),
+            .any(|l| l.contains("proxied{via=127.0.0.1:") && l.contains(&format!("peer={me}"))),
         "connection lines carry both the load balancer and the claimed client address"
     );
 

@@ -32,7 +32,7 @@ pub trait MetricsSource: Send + Sync {
 }
 
 /// Labels of one sample: `(name, value)` pairs, values as they are (unescaped): the family
-/// encoders below escape every value through [`escape_label_value`], the one place that does.
+/// encoders below escape every value through `escape_label_value`, the one place that does.
 pub type Labels = Vec<(&'static str, String)>;
 
 /// Escapes a label value for the OpenMetrics text exposition: `\` → `\\`, `"` → `\"`,

@@ -280,9 +280,9 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         let shared = shared.clone();
                         let route = route.clone();
                         // Behind a load balancer every line of the connection names the socket
-                        // peer (the load balancer) beside the client address it claimed (`peer`).
+                        // peer (`via`, the load balancer) beside the client address it claimed (`peer`).
                         let span = match shared.config.proxy_protocol {
-                            proxy_protocol::ProxyProtocol::V2 => tracing::info_span!("proxied", socket_peer = %peer),
+                            proxy_protocol::ProxyProtocol::V2 => tracing::info_span!("proxied", via = %peer),
                             proxy_protocol::ProxyProtocol::None => tracing::Span::none(),
                         };
                         shared.tasks.clone().spawn(tracing::Instrument::instrument(async move {

@@ -586,7 +586,7 @@ pub async fn accept_client(
             let read = proxy_protocol::read_v2(&mut tcp);
             match tokio::time::timeout(proxy_protocol::HEADER_TIMEOUT, read).await {
                 Ok(Ok(Some(real))) => {
-                    debug!(peer = %real, %socket_peer, "PROXY header accepted");
+                    debug!(peer = %real, via = %socket_peer, "PROXY header accepted");
                     real
                 }
                 Ok(Ok(None)) => peer,
