@@ -155,8 +155,8 @@ async fn consume(
     .unwrap_or_else(|e| panic!("{client:?} consume from {topic}: {e:#}"));
     assert_eq!(
         out.json["timed_out"], false,
-        "{client:?} read fewer than {count} records of {topic}: {}",
-        out.json
+        "{client:?} read fewer than {count} records of {topic}: {}\n----- client stderr -----\n{}",
+        out.json, out.stderr
     );
     ConsumedRecord::list_from_output(&out.json).expect("parse consumed records")
 }
@@ -302,13 +302,6 @@ async fn every_codec_round_trips_encrypted(
     #[values("none", "gzip", "snappy", "lz4", "zstd")] codec: &str,
     #[values(RefClient::Java, RefClient::Franz)] client: RefClient,
 ) {
-    if codec == "gzip" && client == RefClient::Java {
-        // OPEN (issue 16): the Java consumer reads nothing back through Kapsule in this one
-        // case since Produce v13/Fetch v18 are offered (franz-go with gzip and Java with every
-        // other codec pass); under investigation, reported in the issue note.
-        eprintln!("skipped: Java + gzip is a known open failure (issue 16)");
-        return;
-    }
     let rig = KafkaRig::start().await;
     let topic = rig.topic(&format!("whole-{codec}"), 1).await;
     let (records, markers) = marked_records(codec, 50);
@@ -458,7 +451,6 @@ async fn admin(bootstrap: &str, op: &str, extra: &[&str]) -> Value {
 /// The Java AdminClient through Kapsule: creates, describes, lists, configures and deletes a
 /// topic, lists and describes a consumer group; every broker address it learns is Kapsule's.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "OPEN (issue 16): the Java consumer reads nothing through Kapsule in this case since Produce v13/Fetch v18 are offered; under investigation"]
 async fn admin_client_through_kapsule() {
     let rig = KafkaRig::start().await;
     let bootstrap = rig.bootstrap();
@@ -476,14 +468,17 @@ async fn admin_client_through_kapsule() {
             "--partitions",
             "3",
             "--topic-config",
-            "retention.ms=3600000",
+            "retention.bytes=1073741824",
         ],
     )
     .await;
     let d = admin(&bootstrap, "describe-topic", &["--topic", &topic]).await;
     assert_eq!(d["partitions"].as_array().unwrap().len(), 3, "{d}");
     let configs = admin(&bootstrap, "describe-configs", &["--topic", &topic]).await;
-    assert_eq!(configs["configs"]["retention.ms"], "3600000", "{configs}");
+    assert_eq!(
+        configs["configs"]["retention.bytes"], "1073741824",
+        "{configs}"
+    );
     let listed = admin(&bootstrap, "list-topics", &[]).await;
     assert!(
         listed["topics"]
@@ -642,37 +637,39 @@ async fn three_node_cluster_survives_leader_stop_through_kapsule() {
 }
 
 /// DescribeCluster through Kapsule names Kapsule as every broker (and as the controller), and
-/// describeTopics and describeConsumerGroups name Kapsule as every partition leader and group
-/// coordinator, so an AdminClient that bootstraps
-/// through Kapsule never learns the broker's own address.
-///
-/// KAPSULE LIMIT (fails on 0764bb5): Kapsule relays DescribeCluster (API 60) without rewriting
-/// its broker list, so the AdminClient is handed the broker's own address (also for the leaders
-/// of describeTopics and the coordinator of describeConsumerGroups) and connects to it directly, around Kapsule.
+/// describeTopics and describeConsumerGroups name the same Kapsule address as every partition
+/// leader and group coordinator, so an AdminClient that bootstraps through Kapsule never learns
+/// the broker's own address (Kapsule serves each broker on a port of its own, not the bootstrap).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "KAPSULE LIMIT: DescribeCluster broker addresses are not rewritten; see the doc comment"]
 async fn admin_describe_cluster_names_only_kapsule() {
     let rig = KafkaRig::start().await;
     let bootstrap = rig.bootstrap();
-    let (_, kapsule_port) = bootstrap.rsplit_once(':').unwrap();
-    let kapsule_port: i64 = kapsule_port.parse().unwrap();
+    let broker = rig.kafka.bootstrap();
+    let port_of = |addr: &str| -> i64 { addr.rsplit_once(':').unwrap().1.parse().unwrap() };
+    let (kapsule_bootstrap_port, broker_port) = (port_of(&bootstrap), port_of(&broker));
     let cluster = admin(&bootstrap, "describe-cluster", &[]).await;
     let nodes = cluster["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{cluster}");
+    let kapsule_node_port = nodes[0]["port"].clone();
     if !rig.kapsule.is_direct() {
-        for n in nodes {
-            assert_eq!(
-                n["port"], kapsule_port,
-                "broker address not Kapsule's: {cluster}"
-            );
-        }
-        assert_eq!(cluster["controller"]["port"], kapsule_port, "{cluster}");
+        assert_ne!(
+            kapsule_node_port, broker_port,
+            "DescribeCluster names the broker's own address: {cluster}"
+        );
+        assert_ne!(kapsule_node_port, kapsule_bootstrap_port, "{cluster}");
+        assert_eq!(
+            cluster["controller"]["port"], kapsule_node_port,
+            "{cluster}"
+        );
     }
     let topic = rig.topic("admin-leaders", 2).await;
     let d = admin(&bootstrap, "describe-topic", &["--topic", &topic]).await;
     if !rig.kapsule.is_direct() {
         for p in d["partitions"].as_array().unwrap() {
-            assert_eq!(p["leader"]["port"], kapsule_port, "leader not Kapsule: {d}");
+            assert_eq!(
+                p["leader"]["port"], kapsule_node_port,
+                "leader not Kapsule's broker port: {d}"
+            );
         }
     }
     let (records, _) = marked_records("admin-coordinator", 2);
@@ -690,8 +687,8 @@ async fn admin_describe_cluster_names_only_kapsule() {
     let g = admin(&bootstrap, "describe-group", &["--group", &group]).await;
     if !rig.kapsule.is_direct() {
         assert_eq!(
-            g["coordinator"]["port"], kapsule_port,
-            "coordinator not Kapsule: {g}"
+            g["coordinator"]["port"], kapsule_node_port,
+            "coordinator not Kapsule's broker port: {g}"
         );
     }
 }

@@ -45,7 +45,6 @@ fn strings(v: &Value, field: &str) -> Vec<String> {
 /// 3. Kapsule logs the clients' own address (from the PROXY header), never haproxy's, and the
 ///    restarted k0 (empty caches) serves and decrypts the first topic on its own.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "OPEN (issue 17 item 7): a log line names the load balancer as peer= since the trust-boundary merges; under investigation"]
 async fn three_instances_behind_haproxy_survive_a_kill_and_share_keys() {
     let bao = OpenBao::start().expect("openbao");
     bao.create_key("kek-fleet").unwrap();

@@ -498,6 +498,10 @@ impl KafkaCluster {
             ("num.io.threads".into(), "2".into()),
             ("num.recovery.threads.per.data.dir".into(), "1".into()),
             ("log.cleaner.backoff.ms".into(), "1000".into()),
+            // Test records carry fixed timestamps (2023) so round trips compare byte for byte;
+            // time retention would delete them at the broker's next retention check (every
+            // 5 min), and a consumer that resets to `earliest` afterwards reads nothing.
+            ("log.retention.ms".into(), "-1".into()),
             // SASL listener: every mechanism, PLAIN users inline, SCRAM users from format time.
             (
                 "sasl.enabled.mechanisms".into(),
