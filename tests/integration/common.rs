@@ -4,26 +4,40 @@ use std::time::Duration;
 
 use kapsule_integration::records::{write_records_file, ConsumedRecord};
 use kapsule_integration::{
-    run_python, unique_name, Kapsule, KapsuleConfig, RecordsMode, Tansu, TestRecord,
+    run_python, unique_name, Broker, Kapsule, KapsuleConfig, RecordsMode, TestRecord,
 };
 
 /// Default time a client script may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A broker and a Kapsule in front of it, both stopped on drop.
+/// A broker and a Kapsule in front of it (Kapsule stopped on drop; a tansu broker too).
 pub struct Rig {
     pub kapsule: Kapsule,
-    pub tansu: Tansu,
+    pub broker: Broker,
 }
 
 impl Rig {
-    /// Starts tansu, then Kapsule with `records: <mode>` in front of it.
+    /// Starts Kapsule with `records: <mode>` in front of the default broker (the shared Apache
+    /// Kafka node; tansu with `KAPSULE_TEST_BROKER=tansu`).
     pub async fn start(mode: RecordsMode) -> Rig {
-        let tansu = Tansu::start().await.expect("start tansu");
-        let kapsule = Kapsule::start(&tansu.bootstrap(), KapsuleConfig::new(mode))
+        Rig::start_on(
+            Broker::start_default().await.expect("start the broker"),
+            mode,
+        )
+        .await
+    }
+
+    /// Starts Kapsule with `records: <mode>` in front of a tansu of this test's own (tests that
+    /// stop the broker, or are about tansu).
+    pub async fn start_on_tansu(mode: RecordsMode) -> Rig {
+        Rig::start_on(Broker::tansu().await.expect("start tansu"), mode).await
+    }
+
+    async fn start_on(broker: Broker, mode: RecordsMode) -> Rig {
+        let kapsule = Kapsule::start(&broker.bootstrap(), KapsuleConfig::new(mode))
             .await
             .expect("start kapsule");
-        Rig { kapsule, tansu }
+        Rig { kapsule, broker }
     }
 
     /// Address clients use: Kapsule's listener (the broker with `KAPSULE_RIG_DIRECT=1`).
@@ -34,8 +48,23 @@ impl Rig {
     /// Creates a uniquely named topic on the broker.
     pub async fn topic(&self, prefix: &str, partitions: u32) -> String {
         let name = unique_name(prefix);
-        self.tansu
+        self.broker
             .create_topic(&name, partitions)
+            .await
+            .expect("create topic");
+        name
+    }
+
+    /// [`Rig::topic`] with topic configs (Apache Kafka only; see [`Broker::create_topic_with`]).
+    pub async fn topic_with(
+        &self,
+        prefix: &str,
+        partitions: u32,
+        configs: &[(&str, &str)],
+    ) -> String {
+        let name = unique_name(prefix);
+        self.broker
+            .create_topic_with(&name, partitions, configs)
             .await
             .expect("create topic");
         name

@@ -83,7 +83,10 @@ async fn five_mib_record_round_trips(
     #[values(RecordsMode::Passthrough, RecordsMode::Reencode)] mode: RecordsMode,
 ) {
     let rig = Rig::start(mode).await;
-    let topic = rig.topic("ck-large", 1).await;
+    // Kafka refuses batches over the topic's `max.message.bytes` (1 MiB by default).
+    let topic = rig
+        .topic_with("ck-large", 1, &[("max.message.bytes", "16777216")])
+        .await;
     let size = 5 * 1024 * 1024;
     // Incompressible-looking but deterministic bytes (xorshift).
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -1,6 +1,6 @@
 //! Encrypted topics end to end: real clients produce and consume through Kapsule in front of a
-//! real tansu broker, with the local KMS or a real OpenBao; the same topics read directly from
-//! tansu must show only ciphertext.
+//! real broker (Apache Kafka; tansu with `KAPSULE_TEST_BROKER=tansu`), with the local KMS or a
+//! real OpenBao; the same topics read directly from the broker must show only ciphertext.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use kapsule_integration::encryption::{
 use kapsule_integration::openbao::OpenBao;
 use kapsule_integration::records::{write_records_file, ConsumedRecord};
 use kapsule_integration::{
-    run_python, unique_name, Kapsule, KapsuleConfig, RecordsMode, Tansu, TestRecord,
+    run_python, unique_name, Broker, Kapsule, KapsuleConfig, RecordsMode, TestBroker, TestRecord,
 };
 use serde_json::Value;
 
@@ -40,20 +40,20 @@ const RULES: &str = r#"policy:
 "#;
 
 /// Starts Kapsule (reencode mode, so non-encrypted batches also go through the codec) with `kms`
-/// and `policy` YAML sections in front of `tansu`.
-pub async fn start_kapsule(tansu: &Tansu, kms: &str, policy: &str) -> Kapsule {
+/// and `policy` YAML sections in front of `broker`.
+pub async fn start_kapsule(broker: &impl TestBroker, kms: &str, policy: &str) -> Kapsule {
     let config = KapsuleConfig::new(RecordsMode::Reencode)
         .with_yaml(kms)
         .with_yaml(policy);
-    Kapsule::start(&tansu.bootstrap(), config)
+    Kapsule::start(&broker.bootstrap(), config)
         .await
         .expect("start kapsule")
 }
 
 /// Creates a uniquely named topic (one partition) on the broker.
-pub async fn topic(tansu: &Tansu, prefix: &str) -> String {
+pub async fn topic(broker: &impl TestBroker, prefix: &str) -> String {
     let name = unique_name(prefix);
-    tansu.create_topic(&name, 1).await.expect("create topic");
+    broker.create_topic(&name, 1).await.expect("create topic");
     name
 }
 
@@ -92,8 +92,8 @@ pub async fn consume_report(
 }
 
 /// Reads `count` records of `topic` directly from the broker, bypassing Kapsule.
-pub async fn read_direct(tansu: &Tansu, topic: &str, count: usize) -> Vec<TestRecord> {
-    ck_consume(&tansu.bootstrap(), topic, count, &[])
+pub async fn read_direct(broker: &impl TestBroker, topic: &str, count: usize) -> Vec<TestRecord> {
+    ck_consume(&broker.bootstrap(), topic, count, &[])
         .await
         .into_iter()
         .map(|c| c.record)
@@ -153,18 +153,18 @@ fn json_records(tag: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
 async fn encrypted_round_trip_per_compression(
     #[values("none", "gzip", "snappy", "lz4", "zstd")] compression: &str,
 ) {
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
-    let kapsule = start_kapsule(&tansu, &kms.yaml(), RULES).await;
-    let whole = topic(&tansu, &format!("whole-{compression}")).await;
-    let json = topic(&tansu, &format!("json-{compression}")).await;
+    let kapsule = start_kapsule(&broker, &kms.yaml(), RULES).await;
+    let whole = topic(&broker, &format!("whole-{compression}")).await;
+    let json = topic(&broker, &format!("json-{compression}")).await;
     let comp = ["--compression", compression];
 
     let (records, markers) = marked_records(compression, 50);
     ck_produce(&kapsule.bootstrap(), &whole, &records, &comp).await;
     let back = ck_consume(&kapsule.bootstrap(), &whole, records.len(), &[]).await;
     assert_records_match(&records, &back);
-    let stored = read_direct(&tansu, &whole, records.len()).await;
+    let stored = read_direct(&broker, &whole, records.len()).await;
     assert_eq!(stored.len(), records.len());
     assert_no_plaintext(&stored, &markers);
     for (i, s) in stored.iter().enumerate() {
@@ -184,7 +184,7 @@ async fn encrypted_round_trip_per_compression(
     ck_produce(&kapsule.bootstrap(), &json, &jrecords, &comp).await;
     let back = ck_consume(&kapsule.bootstrap(), &json, jrecords.len(), &[]).await;
     assert_records_match(&jrecords, &back);
-    let stored = read_direct(&tansu, &json, jrecords.len()).await;
+    let stored = read_direct(&broker, &json, jrecords.len()).await;
     assert_no_plaintext(&stored, &jmarkers);
     for (i, s) in stored.iter().enumerate() {
         let v: Value = serde_json::from_slice(s.value.as_deref().unwrap())
@@ -208,14 +208,14 @@ async fn encrypted_round_trip_per_compression(
 /// broker read each other's records.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_decrypt_each_others_records() {
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
-    let a = start_kapsule(&tansu, &kms.yaml(), RULES).await;
-    let t = topic(&tansu, "whole-scale").await;
+    let a = start_kapsule(&broker, &kms.yaml(), RULES).await;
+    let t = topic(&broker, "whole-scale").await;
     let (ra, ma) = marked_records("from-a", 20);
     ck_produce(&a.bootstrap(), &t, &ra, &[]).await;
     // B starts after A created the KEK: it must load the key from the shared file.
-    let b = start_kapsule(&tansu, &kms.yaml(), RULES).await;
+    let b = start_kapsule(&broker, &kms.yaml(), RULES).await;
     let (rb, mb) = marked_records("from-b", 20);
     ck_produce(&b.bootstrap(), &t, &rb, &[]).await;
     let all: Vec<TestRecord> = ra.iter().chain(&rb).cloned().collect();
@@ -223,7 +223,7 @@ async fn two_instances_decrypt_each_others_records() {
         let back = ck_consume(&k.bootstrap(), &t, all.len(), &[]).await;
         assert_records_match(&all, &back);
     }
-    let stored = read_direct(&tansu, &t, all.len()).await;
+    let stored = read_direct(&broker, &t, all.len()).await;
     assert_no_plaintext(&stored, &[ma, mb].concat());
 }
 
@@ -244,13 +244,13 @@ fn edek_versions(stored: &[TestRecord]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn openbao_kek_rotation_mid_stream_keeps_records_readable() {
     let bao = OpenBao::start().unwrap();
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let (kms, _token) = vault_kms_yaml(&bao, 2000, 2).unwrap();
     // Small DEK lifetime so the rotation is picked up by the next DEK.
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"rot-\"}\n      key_id: rot-kek\n      record_key: true\n      headers: [secret]\ndeks:\n  max_encryptions: 40\n";
     bao.create_key("rot-kek").unwrap();
-    let kapsule = start_kapsule(&tansu, &kms, policy).await;
-    let t = topic(&tansu, "rot-").await;
+    let kapsule = start_kapsule(&broker, &kms, policy).await;
+    let t = topic(&broker, "rot-").await;
     let (r1, m1) = marked_records("before", 15);
     ck_produce(&kapsule.bootstrap(), &t, &r1, &[]).await;
     bao.rotate_key("rot-kek").unwrap();
@@ -258,7 +258,7 @@ async fn openbao_kek_rotation_mid_stream_keeps_records_readable() {
     ck_produce(&kapsule.bootstrap(), &t, &r2, &[]).await;
     let all: Vec<TestRecord> = r1.iter().chain(&r2).cloned().collect();
 
-    let stored = read_direct(&tansu, &t, all.len()).await;
+    let stored = read_direct(&broker, &t, all.len()).await;
     assert_no_plaintext(&stored, &[m1, m2].concat());
     let versions = edek_versions(&stored);
     assert!(versions[..15].iter().all(|v| v == "v1"), "{versions:?}");
@@ -270,7 +270,7 @@ async fn openbao_kek_rotation_mid_stream_keeps_records_readable() {
 
     let back = ck_consume(&kapsule.bootstrap(), &t, all.len(), &[]).await;
     assert_records_match(&all, &back);
-    let fresh = start_kapsule(&tansu, &kms, policy).await;
+    let fresh = start_kapsule(&broker, &kms, policy).await;
     let back = ck_consume(&fresh.bootstrap(), &t, all.len(), &[]).await;
     assert_records_match(&all, &back);
 }
@@ -280,7 +280,7 @@ async fn openbao_kek_rotation_mid_stream_keeps_records_readable() {
 #[tokio::test(flavor = "multi_thread")]
 async fn openbao_deleted_kek_gives_the_configured_failure() {
     let bao = OpenBao::start().unwrap();
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let (kms, _token) = vault_kms_yaml(&bao, 2000, 1).unwrap();
     let mut policy = String::from("policy:\n  rules:\n");
     for mode in ["error", "skip", "ciphertext"] {
@@ -289,10 +289,10 @@ async fn openbao_deleted_kek_gives_the_configured_failure() {
         ));
     }
     bao.create_key("doomed").unwrap();
-    let writer = start_kapsule(&tansu, &kms, &policy).await;
+    let writer = start_kapsule(&broker, &kms, &policy).await;
     let mut topics = Vec::new();
     for mode in ["error", "skip", "ciphertext"] {
-        let t = topic(&tansu, &format!("del-{mode}-")).await;
+        let t = topic(&broker, &format!("del-{mode}-")).await;
         let (r, _) = marked_records(mode, 10);
         ck_produce(&writer.bootstrap(), &t, &r, &[]).await;
         let back = ck_consume(&writer.bootstrap(), &t, r.len(), &[]).await;
@@ -302,7 +302,7 @@ async fn openbao_deleted_kek_gives_the_configured_failure() {
     drop(writer);
     bao.delete_key("doomed").unwrap();
     // A fresh instance: no DEK cached from producing.
-    let reader = start_kapsule(&tansu, &kms, &policy).await;
+    let reader = start_kapsule(&broker, &kms, &policy).await;
 
     let (records, errors) = consume_report(
         &reader.bootstrap(),
@@ -338,7 +338,7 @@ async fn openbao_deleted_kek_gives_the_configured_failure() {
         &["--count", "10", "--timeout", "20"],
     )
     .await;
-    let stored = read_direct(&tansu, &topics[2], 10).await;
+    let stored = read_direct(&broker, &topics[2], 10).await;
     let delivered: Vec<TestRecord> = records.into_iter().map(|c| c.record).collect();
     assert_eq!(
         delivered, stored,
@@ -351,12 +351,12 @@ async fn openbao_deleted_kek_gives_the_configured_failure() {
 #[tokio::test(flavor = "multi_thread")]
 async fn openbao_outage_makes_produce_retry_without_loss() {
     let bao = OpenBao::start().unwrap();
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let (kms, _token) = vault_kms_yaml(&bao, 300, 1).unwrap();
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"outage-\"}\n      key_id: outage-kek\n      record_key: true\n      headers: [secret]\n";
     bao.create_key("outage-kek").unwrap();
-    let kapsule = start_kapsule(&tansu, &kms, policy).await;
-    let t = topic(&tansu, "outage-").await;
+    let kapsule = start_kapsule(&broker, &kms, policy).await;
+    let t = topic(&broker, "outage-").await;
     let (records, markers) = marked_records("outage", 30);
 
     bao.pause().unwrap();
@@ -389,7 +389,7 @@ async fn openbao_outage_makes_produce_retry_without_loss() {
         "no produce was refused during the outage:\n{log}"
     );
 
-    let stored = read_direct(&tansu, &t, records.len()).await;
+    let stored = read_direct(&broker, &t, records.len()).await;
     assert_no_plaintext(&stored, &markers);
     let back = ck_consume(&kapsule.bootstrap(), &t, records.len(), &[]).await;
     assert_records_match(&records, &back);
@@ -399,14 +399,14 @@ async fn openbao_outage_makes_produce_retry_without_loss() {
 /// if it had been encrypted; an encrypted record copied to another topic fails decryption.
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_records_are_not_delivered() {
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
-    let kapsule = start_kapsule(&tansu, &kms.yaml(), RULES).await;
+    let kapsule = start_kapsule(&broker, &kms.yaml(), RULES).await;
 
     // Plaintext injected behind Kapsule's back.
     let forged = vec![TestRecord::kv("forged", "FORGED-PLAINTEXT")];
-    let strict_error = topic(&tansu, "strict-error-").await;
-    ck_produce(&tansu.bootstrap(), &strict_error, &forged, &[]).await;
+    let strict_error = topic(&broker, "strict-error-").await;
+    ck_produce(&broker.bootstrap(), &strict_error, &forged, &[]).await;
     let (records, errors) = consume_report(
         &kapsule.bootstrap(),
         &strict_error,
@@ -422,8 +422,8 @@ async fn tampered_records_are_not_delivered() {
         "expected a consume error: {errors:?}"
     );
 
-    let strict_skip = topic(&tansu, "strict-skip-").await;
-    ck_produce(&tansu.bootstrap(), &strict_skip, &forged, &[]).await;
+    let strict_skip = topic(&broker, "strict-skip-").await;
+    ck_produce(&broker.bootstrap(), &strict_skip, &forged, &[]).await;
     let genuine = vec![TestRecord::kv("genuine", "through kapsule")];
     ck_produce(&kapsule.bootstrap(), &strict_skip, &genuine, &[]).await;
     let (records, _) = consume_report(
@@ -437,12 +437,12 @@ async fn tampered_records_are_not_delivered() {
     assert_eq!(got[0].value, genuine[0].value);
 
     // Ciphertext moved to another topic (same KEK naming rule) does not decrypt there.
-    let src = topic(&tansu, "whole-src-").await;
-    let dst = topic(&tansu, "whole-dst-").await;
+    let src = topic(&broker, "whole-src-").await;
+    let dst = topic(&broker, "whole-dst-").await;
     let (records, markers) = marked_records("copy", 5);
     ck_produce(&kapsule.bootstrap(), &src, &records, &[]).await;
-    let stored = read_direct(&tansu, &src, records.len()).await;
-    ck_produce(&tansu.bootstrap(), &dst, &stored, &[]).await;
+    let stored = read_direct(&broker, &src, records.len()).await;
+    ck_produce(&broker.bootstrap(), &dst, &stored, &[]).await;
     let (back, errors) = consume_report(
         &kapsule.bootstrap(),
         &dst,
@@ -468,14 +468,14 @@ async fn tampered_records_are_not_delivered() {
 }
 
 /// An idempotent producer and a transactional producer work through an encrypted topic exactly
-/// as they do against tansu directly.
+/// as they do against the broker directly.
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotent_and_transactional_producers_on_encrypted_topic() {
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
-    let kapsule = start_kapsule(&tansu, &kms.yaml(), RULES).await;
+    let kapsule = start_kapsule(&broker, &kms.yaml(), RULES).await;
 
-    let t = topic(&tansu, "whole-idem-").await;
+    let t = topic(&broker, "whole-idem-").await;
     let (records, markers) = marked_records("idem", 100);
     let out = produce_report(
         &kapsule.bootstrap(),
@@ -498,16 +498,16 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
     );
     let back = ck_consume(&kapsule.bootstrap(), &t, records.len(), &[]).await;
     assert_records_match(&records, &back);
-    assert_no_plaintext(&read_direct(&tansu, &t, records.len()).await, &markers);
+    assert_no_plaintext(&read_direct(&broker, &t, records.len()).await, &markers);
 
-    // Transactions: first ask tansu itself, then require the same outcome through Kapsule.
+    // Transactions: first ask the broker itself, then require the same outcome through Kapsule.
     let (committed, cmarkers) = marked_records("txn-commit", 10);
     let (aborted, _) = marked_records("txn-abort", 5);
     let abort_file = write_records_file(&aborted).unwrap();
     let abort_path = abort_file.path().display().to_string();
-    let direct_topic = topic(&tansu, "plain-txn-").await;
+    let direct_topic = topic(&broker, "plain-txn-").await;
     let direct = produce_report(
-        &tansu.bootstrap(),
+        &broker.bootstrap(),
         &direct_topic,
         &committed,
         &[
@@ -520,7 +520,7 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
         ],
     )
     .await;
-    let t = topic(&tansu, "whole-txn-").await;
+    let t = topic(&broker, "whole-txn-").await;
     let proxied = produce_report(
         &kapsule.bootstrap(),
         &t,
@@ -535,11 +535,11 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
         ],
     )
     .await;
-    eprintln!("transactions directly on tansu: {direct}\nthrough kapsule: {proxied}");
+    eprintln!("transactions directly on the broker: {direct}\nthrough kapsule: {proxied}");
     if direct["transaction_error"].is_null() {
         assert!(
             proxied["transaction_error"].is_null(),
-            "tansu supports transactions but Kapsule broke them: {proxied}"
+            "the broker supports transactions but Kapsule broke them: {proxied}"
         );
         assert_eq!(proxied["failed"], 0, "{proxied}");
         let (back, errors) = consume_report(
@@ -564,7 +564,7 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
             })
             .collect();
         let direct_back = consume_report(
-            &tansu.bootstrap(),
+            &broker.bootstrap(),
             &direct_topic,
             &[
                 "--isolation",
@@ -577,7 +577,7 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
         )
         .await
         .0;
-        // Kapsule delivers what tansu delivers for read_committed (decrypted).
+        // Kapsule delivers what the broker delivers for read_committed (decrypted).
         assert_eq!(
             got.len(),
             direct_back.len(),
@@ -589,17 +589,67 @@ async fn idempotent_and_transactional_producers_on_encrypted_topic() {
             &committed[..],
             "committed records decrypt"
         );
-        assert_no_plaintext(&read_direct(&tansu, &t, committed.len()).await, &cmarkers);
+        assert_no_plaintext(&read_direct(&broker, &t, committed.len()).await, &cmarkers);
     } else {
-        // tansu itself refuses transactions: Kapsule must fail the same way, not differently.
+        // the broker itself refuses transactions: Kapsule must fail the same way, not differently.
         assert!(
             !proxied["transaction_error"].is_null(),
-            "tansu refused transactions ({}) but Kapsule reported success: {proxied}",
+            "the broker refused transactions ({}) but Kapsule reported success: {proxied}",
             direct["transaction_error"]
         );
         eprintln!(
-            "NOTE: tansu does not support transactions here: {}",
+            "NOTE: the broker does not support transactions here: {}",
             direct["transaction_error"]
         );
     }
+}
+
+/// A record that fits the topic's `max.message.bytes` in clear but not once encrypted (the
+/// envelope adds bytes) is refused to its producer with Kafka's own MSG_SIZE_TOO_LARGE: never
+/// stored in clear, never truncated; a smaller record produced alongside is delivered encrypted.
+/// Apache Kafka only (tansu enforces no size limit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_that_outgrows_max_message_bytes_once_encrypted_is_refused_with_kafkas_error() {
+    let broker = Broker::kafka().await.expect("start Apache Kafka");
+    let kms = LocalKms::new().unwrap();
+    let kapsule = start_kapsule(&broker, &kms.yaml(), RULES).await;
+    let limit: usize = 100_000;
+    let name = unique_name("whole-limit-");
+    broker
+        .create_topic_with(&name, 1, &[("max.message.bytes", &limit.to_string())])
+        .await
+        .unwrap();
+    // Clear batch: the value plus ~100 bytes of batch and record framing, under the limit.
+    let mut near_limit = TestRecord::kv("near-limit", vec![b'N'; limit - 150]);
+    near_limit.timestamp = Some(1_700_000_000_000);
+    let small = TestRecord::kv("small", "SMALLMARK");
+    // One record per batch (linger 0), so each batch is judged on its own size.
+    let report = produce_report(
+        &kapsule.bootstrap(),
+        &name,
+        &[near_limit.clone()],
+        &["--config", "linger.ms=0"],
+    )
+    .await;
+    assert_eq!(report["delivered"], 0, "{report}");
+    assert_eq!(
+        report["results"][0]["name"], "MSG_SIZE_TOO_LARGE",
+        "the producer must see Kafka's size error: {report}"
+    );
+    // The same record goes through directly: only encryption made it too large.
+    let direct = unique_name("plain-limit-");
+    broker
+        .create_topic_with(&direct, 1, &[("max.message.bytes", &limit.to_string())])
+        .await
+        .unwrap();
+    let report = produce_report(&broker.bootstrap(), &direct, &[near_limit], &[]).await;
+    assert_eq!(report["delivered"], 1, "fits in clear: {report}");
+
+    ck_produce(&kapsule.bootstrap(), &name, &[small.clone()], &[]).await;
+    let stored = read_direct(&broker, &name, 1).await;
+    assert_eq!(stored.len(), 1, "only the small record is stored");
+    assert!(stored[0].header("kapsule.enc").is_some());
+    assert_no_plaintext(&stored, &[b"SMALLMARK".to_vec()]);
+    let back = ck_consume(&kapsule.bootstrap(), &name, 1, &[]).await;
+    assert_records_match(&[small], &back);
 }

@@ -29,11 +29,11 @@ async fn metadata_advertises_only_kapsule(
     for b in &md.brokers {
         let advertised = format!("{}:{}", b.host, b.port);
         if rig.kapsule.is_direct() {
-            assert_eq!(advertised, rig.tansu.bootstrap());
+            assert_eq!(advertised, rig.broker.bootstrap());
         } else {
             assert_ne!(
                 advertised,
-                rig.tansu.bootstrap(),
+                rig.broker.bootstrap(),
                 "the broker leaked to clients: {b:?}"
             );
         }
@@ -123,7 +123,7 @@ async fn client_disconnecting_mid_request_does_not_hurt_others(
 async fn broker_restart_clients_recover_through_kapsule(
     #[values(RecordsMode::Passthrough, RecordsMode::Reencode)] mode: RecordsMode,
 ) {
-    let mut rig = Rig::start(mode).await;
+    let mut rig = Rig::start_on_tansu(mode).await;
     let topic = rig.topic("restart", 1).await;
     let phase1 = TestRecord::varied("phase1", 10);
     let phase2 = TestRecord::varied("phase2", 10);
@@ -145,13 +145,17 @@ async fn broker_restart_clients_recover_through_kapsule(
     let consumed = ck_consume(&rig.bootstrap(), &topic, phase1.len(), &[]).await;
     assert_records_match(&phase1, &consumed);
 
-    rig.tansu.stop();
+    rig.broker.tansu_mut().stop();
     rig.kapsule
         .ensure_alive()
         .await
         .expect("kapsule alive while the broker is down");
-    rig.tansu.restart().await.unwrap();
-    rig.tansu.create_topic(&topic, 1).await.unwrap();
+    rig.broker.tansu_mut().restart().await.unwrap();
+    rig.broker
+        .tansu_mut()
+        .create_topic(&topic, 1)
+        .await
+        .unwrap();
 
     producer.send_line("go").await.unwrap();
     let p2 = producer.next_json(Duration::from_secs(100)).await.unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::records::ConsumedRecord;
 use kapsule_integration::tls::{ck_ssl, kp_consume_tls, Issued, KeyKind, Pki, RawKapsule};
-use kapsule_integration::{run_python, unique_name, Tansu, TestRecord};
+use kapsule_integration::{run_python, unique_name, Broker, TestRecord};
 use serde_json::Value;
 
 use crate::common::{assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
@@ -181,10 +181,10 @@ async fn each_principal_reads_what_reveal_to_grants() {
         .issue("mallory", KeyKind::RsaPkcs1, false, false)
         .unwrap();
     let ca = pki.ca_cert();
-    let tansu = Tansu::start().await.expect("tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
     let kapsule = RawKapsule::start(&mtls_principal_config(
-        &tansu.bootstrap(),
+        &broker.bootstrap(),
         &server,
         &ca,
         &kms,
@@ -193,7 +193,7 @@ async fn each_principal_reads_what_reveal_to_grants() {
     .await
     .expect("kapsule");
     let topic = unique_name("customers-reveal");
-    tansu.create_topic(&topic, 1).await.unwrap();
+    broker.create_topic(&topic, 1).await.unwrap();
 
     // The denied reader may still produce: reveal_to governs reads only.
     let records = customers(12);
@@ -249,7 +249,7 @@ async fn each_principal_reads_what_reveal_to_grants() {
     );
 
     // No client certificate: the default, ciphertext exactly as stored on the broker.
-    let stored = ck_consume(&tansu.bootstrap(), &topic, n, &[]).await;
+    let stored = ck_consume(&broker.bootstrap(), &topic, n, &[]).await;
     let seen = ck_consume(&kapsule.listen, &topic, n, &refs(&ck_ssl(&ca, None))).await;
     assert_eq!(seen.len(), n);
     for (s, d) in seen.iter().zip(&stored) {

@@ -14,6 +14,7 @@
 //! - `KAPSULE_RIG_DIRECT=1`: bypass Kapsule (see above).
 //! - `KAPSULE_RIG_SHOW_LOGS=1`: print every service's log when its guard drops, not only on panic.
 
+pub mod broker;
 pub mod clients;
 pub mod encryption;
 pub mod fleet;
@@ -33,6 +34,7 @@ pub mod tansu;
 pub mod tls;
 pub mod wait;
 
+pub use broker::{Broker, TestBroker};
 pub use clients::{run_franz, run_java, run_node, run_python, ClientOutput, InteractiveClient};
 pub use kafka::{KafkaCluster, KafkaOptions, Listener};
 pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};
