@@ -8,7 +8,7 @@ use rstest::rstest;
 
 use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::records::ConsumedRecord;
-use kapsule_integration::{run_node, run_python, unique_name, Tansu, TestRecord};
+use kapsule_integration::{run_node, run_python, unique_name, Broker, TestRecord};
 
 use crate::common::{args, ck_produce, CLIENT_TIMEOUT};
 use crate::encryption::{consume_report, produce_report, start_kapsule, topic};
@@ -81,10 +81,10 @@ async fn kafkajs_consume(bootstrap: &str, topic: &str, count: usize) -> Vec<Cons
 async fn skip_mode_drops_a_whole_compressed_batch_and_every_client_reads_on(
     #[values("none", "gzip", "snappy", "lz4", "zstd")] codec: &str,
 ) {
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
-    let kapsule = start_kapsule(&tansu, &kms.yaml(), RULES).await;
-    let t = topic(&tansu, "skip-").await;
+    let kapsule = start_kapsule(&broker, &kms.yaml(), RULES).await;
+    let t = topic(&broker, "skip-").await;
     let before = [
         TestRecord::kv("k", "genuine-1"),
         TestRecord::kv("k", "genuine-2"),
@@ -94,7 +94,7 @@ async fn skip_mode_drops_a_whole_compressed_batch_and_every_client_reads_on(
         .collect();
     let after = [TestRecord::kv("k", "genuine-3")];
     ck_produce(&kapsule.bootstrap(), &t, &before, &[]).await;
-    ck_produce(&tansu.bootstrap(), &t, &forged, &["--compression", codec]).await;
+    ck_produce(&broker.bootstrap(), &t, &forged, &["--compression", codec]).await;
     ck_produce(&kapsule.bootstrap(), &t, &after, &[]).await;
     let want = ["genuine-1", "genuine-2", "genuine-3"];
 
@@ -120,24 +120,24 @@ async fn skip_mode_drops_a_whole_compressed_batch_and_every_client_reads_on(
 /// got onto an uncovered topic behind Kapsule's back is delivered as stored, not failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn client_supplied_descriptors_are_refused_and_uncovered_topics_stay_readable() {
-    let tansu = Tansu::start().await.expect("start tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
     let kms = LocalKms::new().unwrap();
-    let kapsule = start_kapsule(&tansu, &kms.yaml(), RULES).await;
+    let kapsule = start_kapsule(&broker, &kms.yaml(), RULES).await;
     let mut forged = TestRecord::kv("k", "forged");
     forged.headers.push((
         "kapsule.enc".into(),
         Some(b"\x01\x01forged-descriptor".to_vec()),
     ));
     for prefix in ["enc-", "plain-"] {
-        let t = topic(&tansu, prefix).await;
+        let t = topic(&broker, prefix).await;
         let out = produce_report(&kapsule.bootstrap(), &t, &[forged.clone()], &[]).await;
         assert_eq!(out["delivered"], 0, "{prefix}: {out}");
         let r = &out["results"][0];
         assert_eq!(r["name"], "INVALID_RECORD", "{prefix}: {out}");
     }
     // Stored on an uncovered topic directly: consumers through Kapsule get it as stored.
-    let plain = topic(&tansu, "plain-").await;
-    ck_produce(&tansu.bootstrap(), &plain, &[forged.clone()], &[]).await;
+    let plain = topic(&broker, "plain-").await;
+    ck_produce(&broker.bootstrap(), &plain, &[forged.clone()], &[]).await;
     let (got, errors) = consume_report(
         &kapsule.bootstrap(),
         &plain,

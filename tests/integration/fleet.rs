@@ -7,13 +7,11 @@ use std::time::Duration;
 use kapsule_integration::encryption::{assert_no_plaintext, vault_kms_yaml};
 use kapsule_integration::fleet::{Frontend, LoadBalancer, Member};
 use kapsule_integration::openbao::OpenBao;
-use kapsule_integration::{free_port, run_python, unique_name, Tansu, TestRecord};
+use kapsule_integration::{free_port, run_python, unique_name, Broker, TestRecord};
 use serde_json::Value;
 
 use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
 
-/// tansu 0.6 always has node id 111.
-const TANSU_NODE_ID: u16 = 111;
 /// haproxy listens here; clients are told only this address.
 const LB_HOST: &str = "127.0.0.2";
 /// haproxy connects to Kapsule from here, so Kapsule logging it would mean the PROXY header was
@@ -49,19 +47,20 @@ async fn three_instances_behind_haproxy_survive_a_kill_and_share_keys() {
     let bao = OpenBao::start().expect("openbao");
     bao.create_key("kek-fleet").unwrap();
     let (kms, _token) = vault_kms_yaml(&bao, 2000, 3).unwrap();
-    let tansu = Tansu::start().await.expect("tansu");
+    let broker = Broker::start_default().await.expect("start the broker");
+    let node_id = broker.node_id();
 
     let lb_boot = format!("{LB_HOST}:{}", free_port());
-    let lb_node_base = free_port() - TANSU_NODE_ID;
+    let lb_node_base = free_port() - node_id;
     let mut members = Vec::new();
     let mut node_addrs = Vec::new();
     for i in 0..3 {
-        let node_base = free_port() - TANSU_NODE_ID;
+        let node_base = free_port() - node_id;
         let yaml = format!(
             "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{}\"\n  advertised_host: {LB_HOST}\n  node_port_base: {node_base}\n  advertised_port_base: {lb_node_base}\n  proxy_protocol: v2\n\
 admin:\n  listen: \"{{admin}}\"\n{kms}\
 policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet\n      value: whole\n",
-            tansu.bootstrap()
+            broker.bootstrap()
         );
         let m = Member::start(
             &format!("k{i}"),
@@ -75,7 +74,7 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
             "a correct fleet member gets no fleet warning:\n{}",
             m.logs()
         );
-        node_addrs.push(format!("127.0.0.1:{}", node_base + TANSU_NODE_ID));
+        node_addrs.push(format!("127.0.0.1:{}", node_base + node_id));
         members.push(m);
     }
     let servers = |addrs: &dyn Fn(usize) -> String| {
@@ -94,7 +93,7 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
         },
         Frontend {
             name: "node".into(),
-            bind: format!("{LB_HOST}:{}", lb_node_base + TANSU_NODE_ID),
+            bind: format!("{LB_HOST}:{}", lb_node_base + node_id),
             servers: servers(&|i| node_addrs[i].clone()),
             sni_suffix: None,
         },
@@ -117,7 +116,7 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
 
     // 1. Written through k0 only, read through k1 only.
     let cross = unique_name("fleet-cross");
-    tansu.create_topic(&cross, 1).await.unwrap();
+    broker.create_topic(&cross, 1).await.unwrap();
     let records = TestRecord::varied("fleet", 20);
     only(0).await;
     ck_produce(&lb_boot, &cross, &records, &[]).await;
@@ -136,7 +135,7 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
         k0_before,
         "the consumer went through k1 only"
     );
-    let stored: Vec<TestRecord> = ck_consume(&tansu.bootstrap(), &cross, records.len(), &[])
+    let stored: Vec<TestRecord> = ck_consume(&broker.bootstrap(), &cross, records.len(), &[])
         .await
         .into_iter()
         .map(|c| c.record)
@@ -147,7 +146,7 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
 
     // 2. Steady idempotent produce and a consumer group while k0 dies and comes back.
     let steady = unique_name("fleet-steady");
-    tansu.create_topic(&steady, 3).await.unwrap();
+    broker.create_topic(&steady, 3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (stop_produce, stop_group) = (dir.path().join("produce"), dir.path().join("group"));
     // Both clients start on k0 alone, so the kill below certainly cuts their connections.

@@ -92,6 +92,14 @@ impl Broker {
         }
     }
 
+    /// The broker's node id (a single node; tansu 0.6 always uses 111).
+    pub fn node_id(&self) -> u16 {
+        match self {
+            Broker::Kafka(k) => k.node_ids()[0] as u16,
+            Broker::Tansu(_) => 111,
+        }
+    }
+
     /// `"kafka"` or `"tansu"`, for messages.
     pub fn name(&self) -> &'static str {
         match self {
