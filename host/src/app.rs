@@ -28,6 +28,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(enc) = &encryption {
         spawn_sighup_reload(enc.policy.clone());
     }
+    spawn_frame_pool_trimmer();
     let memory = Arc::new(config.proxy.memory_budget());
     metrics.register(memory.clone());
     let records = RecordStage::new(config.records, encryption)
@@ -109,6 +110,23 @@ impl PolicyAdmin for PolicyAdminHandle {
             Ok(text)
         }
     }
+}
+
+/// Every few seconds, frees the pooled frame buffers no frame needed in the last period, so
+/// memory goes back after a burst (see [`crate::kafka::frame::pool`]).
+fn spawn_frame_pool_trimmer() {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let freed = crate::kafka::frame::pool::trim();
+            if freed > 0 {
+                tracing::debug!(freed_bytes = freed, "idle frame buffers freed");
+            }
+        }
+    });
 }
 
 /// SIGHUP reloads every policy module (compiled off the hot path, on a blocking thread).

@@ -268,9 +268,11 @@ async fn write_two<W: AsyncWrite + Unpin>(
 /// The process-wide pool of frame buffers ([`read_frame_body`]).
 ///
 /// Buffers come in power-of-two classes from [`MIN_POOLED`] to [`MAX_POOLED`]; each class keeps
-/// at most [`CLASS_BYTES`] bytes of idle buffers and the pool at most [`POOL_BYTES`] in all, so
-/// after a burst at most that much stays resident. A frame's [`Bytes`] owns its buffer and puts
-/// it back when the last clone or slice is dropped.
+/// at most [`CLASS_BYTES`] bytes of idle buffers and the pool at most [`POOL_BYTES`] in all. A
+/// frame's [`Bytes`] owns its buffer and puts it back when the last clone or slice is dropped.
+/// [`trim`] (called every few seconds by the proxy) frees the buffers no frame needed since the
+/// previous call, so memory goes back to the allocator once a burst is over while steady traffic
+/// keeps reusing what it needs.
 pub mod pool {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -291,10 +293,22 @@ pub mod pool {
     const MIN_SHIFT: u32 = MIN_POOLED.trailing_zeros();
     const CLASSES: usize = (MAX_POOLED.trailing_zeros() - MIN_SHIFT + 1) as usize;
 
-    static IDLE: [Mutex<Vec<Vec<u8>>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+    /// One class's idle buffers and the fewest it held since the last [`trim`] (buffers below that
+    /// mark were never taken in the interval: nobody needs them).
+    struct Idle {
+        buffers: Vec<Vec<u8>>,
+        low_water: usize,
+    }
+
+    static IDLE: [Mutex<Idle>; CLASSES] = [const {
+        Mutex::new(Idle {
+            buffers: Vec::new(),
+            low_water: 0,
+        })
+    }; CLASSES];
     static IDLE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-    fn idle(class: usize) -> MutexGuard<'static, Vec<Vec<u8>>> {
+    fn idle(class: usize) -> MutexGuard<'static, Idle> {
         // A panic while holding the lock leaves a valid Vec: keep using it.
         IDLE[index(class)]
             .lock()
@@ -314,9 +328,35 @@ pub mod pool {
 
     /// An idle, empty buffer of capacity `class`, if the pool has one.
     pub(super) fn take(class: usize) -> Option<Vec<u8>> {
-        let buf = idle(class).pop()?;
+        let mut idle = idle(class);
+        let buf = idle.buffers.pop()?;
+        idle.low_water = idle.low_water.min(idle.buffers.len());
         IDLE_BYTES.fetch_sub(class, Relaxed);
         Some(buf)
+    }
+
+    /// Frees the idle buffers of every class that no frame took since the previous call and
+    /// returns the bytes freed. Call it periodically: a buffer idle for a whole period goes back
+    /// to the allocator, one in use within the period stays pooled.
+    pub fn trim() -> usize {
+        (0..CLASSES).map(|i| trim_class(MIN_POOLED << i)).sum()
+    }
+
+    /// [`trim`] for one class.
+    pub(super) fn trim_class(class: usize) -> usize {
+        let released: Vec<Vec<u8>> = {
+            let mut idle = idle(class);
+            let unused = idle.low_water.min(idle.buffers.len());
+            let keep = idle.buffers.len() - unused;
+            let released = idle.buffers.split_off(keep);
+            idle.low_water = idle.buffers.len();
+            released
+        };
+        let freed = released.len() * class;
+        IDLE_BYTES.fetch_sub(freed, Relaxed);
+        // Dropped outside the lock.
+        drop(released);
+        freed
     }
 
     /// Gives `buf` back if its capacity is still `class`, unless its class or the pool is full.
@@ -325,14 +365,14 @@ pub mod pool {
             return;
         }
         let mut idle = idle(class);
-        if (idle.len() + 1) * class > CLASS_BYTES.max(class)
+        if (idle.buffers.len() + 1) * class > CLASS_BYTES.max(class)
             || IDLE_BYTES.load(Relaxed) + class > POOL_BYTES
         {
             return;
         }
         buf.clear();
         IDLE_BYTES.fetch_add(class, Relaxed);
-        idle.push(buf);
+        idle.buffers.push(buf);
     }
 
     /// Idle bytes held by the pool now.
@@ -736,6 +776,26 @@ mod tests {
             matches!(err, FrameError::Truncated { read: 2, size: 10 }),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_buffers_nobody_took_for_a_whole_period_are_freed() {
+        // 9 MiB bodies use the 16 MiB class, which no other test reads.
+        const CLASS: usize = 16 << 20;
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            write_frame(&mut wire, &vec![1u8; 9 << 20]).await.unwrap();
+        }
+        let mut r = wire.as_slice();
+        drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
+        pool::trim_class(CLASS); // starts a period with the buffer idle
+        // Taken and given back within the period: in use, kept.
+        drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
+        assert_eq!(pool::trim_class(CLASS), 0, "a buffer used this period stays");
+        // Idle for the whole next period: freed.
+        assert_eq!(pool::trim_class(CLASS), CLASS, "an unused buffer goes back");
+        assert_eq!(pool::trim_class(CLASS), 0);
+        drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
     }
 
     #[tokio::test]
