@@ -17,6 +17,7 @@ mod fleet;
 mod groups;
 mod hardening;
 mod hostile_guests;
+mod kafka_security;
 mod kafkajs;
 mod kcat;
 mod kms_vault;
