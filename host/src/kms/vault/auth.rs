@@ -613,7 +613,11 @@ mod tests {
             took < Duration::from_millis(500),
             "a KMS call waited {took:?} for the renewer's Vault call"
         );
-        assert_eq!(approle.generation(), 0, "the token in force was not replaced");
+        assert_eq!(
+            approle.generation(),
+            0,
+            "the token in force was not replaced"
+        );
         server.abort();
     }
 }
