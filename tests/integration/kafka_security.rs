@@ -32,11 +32,14 @@ use kapsule_integration::sasl::{
 };
 use kapsule_integration::tls::{Issued, KeyKind, Pki, RawKapsule};
 use kapsule_integration::{
-    run_java, run_python, unique_name, AclOperation, KafkaCluster, KafkaOptions, Listener,
-    TestRecord,
+    run_python, unique_name, AclOperation, KafkaCluster, KafkaOptions, Listener, TestRecord,
 };
 
+use crate::apache_kafka::{consume, RefClient};
 use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
+use crate::reveal::refs;
+use crate::sasl::marked;
+use crate::tls::upstream_tls;
 
 /// Session lifetime the broker grants PLAIN and SCRAM-SHA-512 logins (KIP-368).
 const REAUTH_MS: u64 = 4_000;
@@ -134,10 +137,6 @@ fn password(user: &str) -> String {
     format!("{user}-secret")
 }
 
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// Kapsule in front of `kafka`'s SASL listener (`proxy.authentication: required`), encrypting
 /// topics `prefix*` whole under a KEK per topic; alice authenticated with `reveal_mechanism`
 /// reads them in clear, everyone else gets the stored ciphertext.
@@ -156,20 +155,6 @@ policy:\n  rules:\n    - topics: {{prefix: \"{prefix}\"}}\n      key_id: \"kek-$
     let kapsule = RawKapsule::spawn_with_log(&yaml, "info").expect("spawn kapsule");
     let kapsule = RawKapsule::wait_ready(kapsule).await.expect("kapsule");
     (kapsule, kms)
-}
-
-/// `n` records whose values carry a plaintext marker; returns them and the markers.
-fn marked(prefix: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
-    let values: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}-secret")).collect();
-    let records = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| TestRecord::kv(format!("k{i}"), v.clone()))
-        .collect();
-    (
-        records,
-        values.into_iter().map(String::into_bytes).collect(),
-    )
 }
 
 /// Reads `count` records of `topic` straight from the broker's PLAINTEXT listener (bypassing
@@ -195,34 +180,6 @@ async fn ck_produce_failing(bootstrap: &str, topic: &str, extra: &[String]) -> S
         .await
         .expect_err("the producer must fail");
     format!("{err:#}")
-}
-
-/// Reads `count` records of `topic` through `bootstrap` with the Java client (no group, every
-/// partition from the beginning), `extra` being client settings.
-async fn java_consume(
-    bootstrap: &str,
-    topic: &str,
-    count: usize,
-    extra: &[String],
-) -> Vec<ConsumedRecord> {
-    let mut a = args(&[
-        "consume",
-        "--bootstrap",
-        bootstrap,
-        "--topic",
-        topic,
-        "--assign",
-        "--timeout",
-        "60",
-        "--count",
-        &count.to_string(),
-    ]);
-    a.extend(extra.iter().cloned());
-    let out = run_java(&a, CLIENT_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("Java consume from {topic}: {e:#}"));
-    assert_eq!(out.json["timed_out"], false, "{}", out.json);
-    ConsumedRecord::list_from_output(&out.json).expect("parse consumed records")
 }
 
 /// Asserts the log shows `user` authenticated by `mechanism` (Kapsule learned the principal).
@@ -276,11 +233,14 @@ async fn sasl_principal_learned_on_kafka_drives_reveal_to(#[case] mechanism: Mec
     let (records, markers) = marked(&format!("SEC{}", mechanism.name()), 10);
     let alice = mechanism.ck_config("alice", &password("alice"));
     ck_produce(&kapsule.listen, &topic, &records, &refs(&alice)).await;
-    let seen = java_consume(
+    let java_alice = mechanism.java_config("alice", &password("alice"));
+    let seen = consume(
+        RefClient::Java,
         &kapsule.listen,
         &topic,
         records.len(),
-        &mechanism.java_config("alice", &password("alice")),
+        None,
+        &refs(&java_alice),
     )
     .await;
     assert_records_match(&records, &seen);
@@ -523,16 +483,10 @@ async fn reauthentication_keeps_the_principal_and_a_switch_ends_the_connection()
     assert_no_plaintext(&stored, &[b"REAUTHRAW".to_vec()]);
 }
 
-/// `proxy.upstream_tls` to `upstream`, trusting `ca`, presenting `client` when given.
+/// Kapsule in front of `upstream` over TLS (trusting `ca`, presenting `client` when given),
+/// encrypting `tls-*` topics whole.
 fn tls_kapsule_yaml(upstream: &str, ca: &Path, client: Option<&Issued>, kms: &LocalKms) -> String {
-    let mut tls = format!("  upstream_tls:\n    ca_file: \"{}\"\n", ca.display());
-    if let Some(c) = client {
-        tls.push_str(&format!(
-            "    cert_file: \"{}\"\n    key_file: \"{}\"\n",
-            c.cert.display(),
-            c.key.display()
-        ));
-    }
+    let tls = upstream_tls(ca, client);
     format!(
         "proxy:\n  listen: \"{{listen}}\"\n  upstream: \"{upstream}\"\n{tls}admin:\n  listen: \"{{admin}}\"\nrecords: reencode\n{}\
 policy:\n  rules:\n    - topics: {{prefix: \"tls-\"}}\n      key_id: kek-tls\n      value: whole\n",
