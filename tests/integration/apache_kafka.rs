@@ -121,7 +121,7 @@ async fn produce(
 
 /// Consumes `count` records of `topic` with `client` in a new group (or, with `group = None`,
 /// every partition directly from the beginning); fails if fewer arrive within 60 s.
-async fn consume(
+pub(crate) async fn consume(
     client: RefClient,
     bootstrap: &str,
     topic: &str,

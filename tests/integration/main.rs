@@ -18,6 +18,7 @@ mod groups;
 mod hardening;
 mod hostile_guests;
 mod kafka_cluster;
+mod kafka_security;
 mod kafkajs;
 mod kcat;
 mod kms_vault;

@@ -171,7 +171,9 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn marked(prefix: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
+/// `n` records `k<i>` whose values carry the plaintext marker `<prefix>-<i>-secret`; returns them
+/// and the markers.
+pub(crate) fn marked(prefix: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
     let values: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}-secret")).collect();
     let records = values
         .iter()

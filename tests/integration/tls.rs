@@ -36,7 +36,8 @@ fn server_tls(cert: &Issued, client_ca: Option<&Path>, require: bool) -> String 
     s
 }
 
-fn upstream_tls(ca: &Path, client: Option<&Issued>) -> String {
+/// The `proxy.upstream_tls` block trusting `ca`, presenting `client` when given.
+pub(crate) fn upstream_tls(ca: &Path, client: Option<&Issued>) -> String {
     let mut s = format!("  upstream_tls:\n    ca_file: \"{}\"\n", ca.display());
     if let Some(c) = client {
         s.push_str(&format!(

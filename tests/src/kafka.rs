@@ -869,6 +869,114 @@ impl KafkaCluster {
     }
 }
 
+/// An operation an ACL grants (Kafka's `AclOperation` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclOperation {
+    /// READ (3).
+    Read = 3,
+    /// WRITE (4).
+    Write = 4,
+    /// DESCRIBE (8).
+    Describe = 8,
+}
+
+impl KafkaCluster {
+    /// Allows `principal` (e.g. `User:alice`, from any host) `operations` on the topic named
+    /// exactly `topic` (a LITERAL pattern), and waits until the first running node's authorizer
+    /// lists them (DescribeAcls). Needs [`KafkaOptions::with_authorizer`]; sent on the plaintext
+    /// listener, whose `User:ANONYMOUS` is a super user.
+    pub async fn allow(
+        &self,
+        principal: &str,
+        topic: &str,
+        operations: &[AclOperation],
+    ) -> Result<()> {
+        use kafka_protocol::messages::create_acls_request::AclCreation;
+        use kafka_protocol::messages::{
+            CreateAclsRequest, CreateAclsResponse, DescribeAclsRequest, DescribeAclsResponse,
+        };
+        const TOPIC: i8 = 2;
+        const LITERAL: i8 = 3;
+        const ALLOW: i8 = 3;
+        const ANY: i8 = 1;
+        ensure!(
+            self.options.super_users.is_some(),
+            "ACLs need a cluster started with KafkaOptions::with_authorizer"
+        );
+        let creations = operations
+            .iter()
+            .map(|op| {
+                AclCreation::default()
+                    .with_resource_type(TOPIC)
+                    .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                    .with_resource_pattern_type(LITERAL)
+                    .with_principal(StrBytes::from_string(principal.to_owned()))
+                    .with_host(StrBytes::from_static_str("*"))
+                    .with_operation(*op as i8)
+                    .with_permission_type(ALLOW)
+            })
+            .collect();
+        let addr = self.bootstrap();
+        let mut c = RawConnection::connect(&addr).await?;
+        c.send(
+            ApiKey::CreateAcls,
+            3,
+            1,
+            &CreateAclsRequest::default().with_creations(creations),
+        )
+        .await?;
+        let (_, resp) = c
+            .recv_as::<CreateAclsResponse>(ApiKey::CreateAcls, 3, Duration::from_secs(30))
+            .await?;
+        for r in &resp.results {
+            ensure!(
+                r.error_code == 0,
+                "creating ACLs for {principal} on topic {topic} failed with error code {}: {}",
+                r.error_code,
+                r.error_message.as_deref().unwrap_or("")
+            );
+        }
+        let describe = DescribeAclsRequest::default()
+            .with_resource_type_filter(TOPIC)
+            .with_resource_name_filter(Some(StrBytes::from_string(topic.to_owned())))
+            .with_pattern_type_filter(LITERAL)
+            .with_principal_filter(Some(StrBytes::from_string(principal.to_owned())))
+            .with_host_filter(None)
+            .with_operation(ANY)
+            .with_permission_type(ANY);
+        let want = operations.len();
+        wait::until(
+            &format!("the authorizer to list {want} ACL(s) of {principal} on {topic}"),
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                let describe = describe.clone();
+                async move {
+                    let mut c = RawConnection::connect(&addr).await?;
+                    c.send(ApiKey::DescribeAcls, 3, 2, &describe).await?;
+                    let (_, resp) = c
+                        .recv_as::<DescribeAclsResponse>(
+                            ApiKey::DescribeAcls,
+                            3,
+                            Duration::from_secs(5),
+                        )
+                        .await?;
+                    ensure!(
+                        resp.error_code == 0,
+                        "DescribeAcls failed with error code {}: {}",
+                        resp.error_code,
+                        resp.error_message.as_deref().unwrap_or("")
+                    );
+                    let listed: usize = resp.resources.iter().map(|r| r.acls.len()).sum();
+                    ensure!(listed >= want, "{listed} listed so far");
+                    Ok(Some(()))
+                }
+            },
+        )
+        .await
+    }
+}
+
 /// Leader node per partition of `topic` (index = partition), from Metadata v12 sent to `addr`.
 /// Fails when the topic is unknown there.
 pub async fn topic_leaders(addr: &str, topic: &str) -> Result<Vec<i32>> {

@@ -36,7 +36,7 @@ pub mod wait;
 
 pub use broker::{Broker, TestBroker};
 pub use clients::{run_franz, run_java, run_node, run_python, ClientOutput, InteractiveClient};
-pub use kafka::{KafkaCluster, KafkaOptions, Listener};
+pub use kafka::{AclOperation, KafkaCluster, KafkaOptions, Listener};
 pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};
 pub use ports::free_port;
 pub use process::ProcessGuard;

@@ -190,3 +190,77 @@ async fn launch(
     r.map_err(|e| e.context(format!("tansu log:\n{}", process.logs())))?;
     Ok(process)
 }
+
+/// SaslHandshake v1 for `mechanism` on a raw connection: the broker's error code.
+pub async fn raw_handshake(
+    c: &mut probe::RawConnection,
+    mechanism: &str,
+    correlation_id: i32,
+) -> Result<i16> {
+    use kafka_protocol::messages::{ApiKey, SaslHandshakeRequest, SaslHandshakeResponse};
+    let request = SaslHandshakeRequest::default().with_mechanism(
+        kafka_protocol::protocol::StrBytes::from_string(mechanism.to_owned()),
+    );
+    c.send(ApiKey::SaslHandshake, 1, correlation_id, &request)
+        .await?;
+    let (_, answer) = c
+        .recv_as::<SaslHandshakeResponse>(ApiKey::SaslHandshake, 1, Duration::from_secs(10))
+        .await?;
+    Ok(answer.error_code)
+}
+
+/// One SaslAuthenticate v2 round carrying `auth_bytes` on a raw connection: the broker's answer,
+/// or `None` when the connection closed instead (Kapsule refuses a malformed message that way).
+pub async fn raw_authenticate(
+    c: &mut probe::RawConnection,
+    auth_bytes: Vec<u8>,
+    correlation_id: i32,
+) -> Result<Option<kafka_protocol::messages::SaslAuthenticateResponse>> {
+    use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse};
+    let request = SaslAuthenticateRequest::default().with_auth_bytes(auth_bytes.into());
+    c.send(ApiKey::SaslAuthenticate, 2, correlation_id, &request)
+        .await?;
+    let Some(frame) = c.recv(Duration::from_secs(10)).await? else {
+        return Ok(None);
+    };
+    let (_, answer) = kapsule::kafka::frame::decode_response::<SaslAuthenticateResponse>(
+        ApiKey::SaslAuthenticate,
+        2,
+        frame,
+    )?;
+    Ok(Some(answer))
+}
+
+/// A PLAIN message (RFC 4616) with an empty authorization id.
+pub fn plain_message(user: &str, password: &str) -> Vec<u8> {
+    format!("\0{user}\0{password}").into_bytes()
+}
+
+/// An unsecured JWS (`alg: none`, no signature) as Kafka's unsecured OAUTHBEARER validator
+/// accepts it: `sub` names the principal; it expires `lifetime_secs` from now (negative: already
+/// expired).
+pub fn unsecured_jwt(sub: &str, lifetime_secs: i64) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let claims = serde_json::json!({"sub": sub, "iat": now.min(now + lifetime_secs) - 10, "exp": now + lifetime_secs});
+    format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none"}"#),
+        b64.encode(claims.to_string())
+    )
+}
+
+/// An OAUTHBEARER client-first message (RFC 7628: `n,,` then `auth=Bearer TOKEN` key/value
+/// pairs separated by `\x01`) with one `auth=` pair per token, in order.
+pub fn oauthbearer_message(tokens: &[&str]) -> Vec<u8> {
+    let mut m = String::from("n,,\u{1}");
+    for t in tokens {
+        m.push_str(&format!("auth=Bearer {t}\u{1}"));
+    }
+    m.push('\u{1}');
+    m.into_bytes()
+}

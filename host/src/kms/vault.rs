@@ -648,7 +648,7 @@ mod tests {
     }
 
     /// A Vault that accepts connections and never answers, as a paused server does.
-    async fn silent_vault() -> (String, tokio::task::JoinHandle<()>) {
+    pub(super) async fn silent_vault() -> (String, tokio::task::JoinHandle<()>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", l.local_addr().unwrap());
         let task = tokio::spawn(async move {

@@ -539,6 +539,33 @@ fn describe_tls_error(e: &std::io::Error, side: Side) -> String {
     }
 }
 
+/// One operator-facing sentence when a broker connection ended because the broker sent a TLS
+/// alert after Kapsule considered the handshake done; `None` for any other I/O error.
+///
+/// With TLS 1.3 the client finishes its handshake before the server has checked the client's
+/// certificate, so a broker that requires mTLS and refuses Kapsule's certificate (or gets none)
+/// says so with an alert on the first read, not during [`UpstreamConnector::connect`].
+pub fn describe_broker_alert(e: &std::io::Error) -> Option<String> {
+    use rustls::{AlertDescription as A, Error as E};
+    let Some(E::AlertReceived(alert)) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+        return None;
+    };
+    Some(match alert {
+        A::BadCertificate
+        | A::CertificateRequired
+        | A::UnknownCA
+        | A::CertificateUnknown
+        | A::CertificateExpired
+        | A::CertificateRevoked
+        | A::UnsupportedCertificate => format!(
+            "the broker refused Kapsule's TLS client certificate (alert {alert:?}); set \
+             proxy.upstream_tls.cert_file and key_file to a certificate the broker's truststore \
+             accepts"
+        ),
+        other => format!("the broker ended the TLS session with alert {other:?}"),
+    })
+}
+
 /// A client connection ready to be served: what [`accept_client`] returns.
 pub struct Accepted {
     /// The byte stream (TLS when `proxy.tls` is set).
@@ -694,6 +721,24 @@ pub async fn accept_client(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_broker_alert_after_the_handshake_names_the_client_certificate() {
+        let alert = |a| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(a),
+            )
+        };
+        let text = super::describe_broker_alert(&alert(rustls::AlertDescription::BadCertificate))
+            .expect("an alert is described");
+        assert!(text.contains("proxy.upstream_tls.cert_file"), "{text}");
+        let text = super::describe_broker_alert(&alert(rustls::AlertDescription::HandshakeFailure))
+            .expect("an alert is described");
+        assert!(text.contains("HandshakeFailure"), "{text}");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(super::describe_broker_alert(&reset), None);
+    }
+
     use super::*;
 
     #[test]

@@ -5,7 +5,9 @@ For hot-swap tests: the test changes something in Kapsule while this runs and th
 no produce failed. Records are `<prefix>-<i>` values, keyed `k<i>`.
 
 Usage: ck_steady.py --bootstrap B --topic T --seconds S [--rate PER_SECOND] [--prefix P] [--stop-file F]
---seconds is the longest run; with --stop-file the run ends as soon as that file exists.
+                    [--config k=v ...]
+--seconds is the longest run; with --stop-file the run ends as soon as that file exists. --config
+adds librdkafka properties (security.protocol, sasl.*, ...).
 Output: {"sent": n, "delivered": n, "failed": n, "errors": [first 20 errors]}
 """
 import argparse
@@ -14,7 +16,7 @@ import time
 
 from confluent_kafka import Producer
 
-from common import emit, log
+from common import emit, log, parse_config
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bootstrap", required=True)
@@ -23,11 +25,14 @@ ap.add_argument("--seconds", type=float, required=True)
 ap.add_argument("--rate", type=float, default=200.0)
 ap.add_argument("--prefix", default="steady")
 ap.add_argument("--stop-file", default=None)
+ap.add_argument("--config", action="append", default=[])
 args = ap.parse_args()
 
 # No retries: a refused or failed produce request is reported, not hidden by a retry.
-producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 2,
-                     "retries": 0, "message.timeout.ms": 20000})
+conf = {"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 2,
+        "retries": 0, "message.timeout.ms": 20000}
+conf.update(parse_config(args.config))
+producer = Producer(conf)
 delivered, errors = [0], []
 
 

@@ -14,8 +14,14 @@
 //!   that is still valid means the refusal is about the path — a key outside the role's grant —
 //!   and the caller reports a permission error for that key id; only a token Vault no longer
 //!   knows leads to a login ([`AppRole::relogin_if_current`]).
-//! - **One login at a time, for one token.** Logins hold the lease lock, and a re-login asked
-//!   for a token that has already been replaced does nothing: concurrent 403s cost one login.
+//! - **One login at a time, for one token.** Logins driven by calls (no usable token, a refused
+//!   token) hold the lease lock, and a re-login asked for a token that has already been replaced
+//!   does nothing: concurrent 403s cost one login.
+//! - **The renewer never holds the lease lock across a Vault call.** Every KMS call checks the
+//!   lease first ([`AppRole::ensure`]), so a renewal or scheduled login waiting on a slow Vault
+//!   must not hold calls up while the token in force is still good. The renewer copies what it
+//!   needs out of the lease, calls Vault unlocked, and installs the result only if no one
+//!   replaced the token meanwhile (otherwise a fresh token it got is revoked, unused).
 //! - **Rate-limited.** A login driven by a refused token comes at least [`MIN_LOGIN_INTERVAL`]
 //!   after the last successful one, unless the secret id changed since; logins the lease
 //!   schedule drives (renewal run out, no usable token) are not limited.
@@ -290,6 +296,13 @@ impl AppRole {
     /// [`MIN_LOGIN_INTERVAL`] after the last one; logins the lease schedule drives do not.
     async fn replace(&self, lease: &mut Option<Lease>, rate_limited: bool) -> anyhow::Result<()> {
         let fresh = self.login(rate_limited).await?;
+        self.adopt(lease, fresh)
+    }
+
+    /// Installs the token of a fresh login as the one in force (`lease` is the locked lease)
+    /// and revokes the token it replaces.
+    fn adopt(&self, lease: &mut Option<Lease>, fresh: Lease) -> anyhow::Result<()> {
+        self.install(&fresh.token)?;
         if let Some(old) = lease.replace(fresh) {
             self.revoke_later(old);
         }
@@ -325,7 +338,8 @@ impl AppRole {
         });
     }
 
-    /// One throttled AppRole login (see the module docs).
+    /// One throttled AppRole login (see the module docs): the new lease, not yet installed
+    /// ([`AppRole::adopt`] does that).
     async fn login(&self, rate_limited: bool) -> anyhow::Result<Lease> {
         let role_id =
             VaultAuthConfig::read(&self.auth.role_id_file, &self.auth.role_id_env, "role id")?;
@@ -400,7 +414,6 @@ impl AppRole {
             };
         }
         let lease = Lease::from_auth(info, None);
-        self.install(&lease.token)?;
         info!(
             ttl_secs = lease.ttl.as_secs(),
             renewable = lease.renewable,
@@ -439,8 +452,10 @@ impl AppRole {
         wait
     }
 
-    /// Renews the current token; `Ok(None)` when it cannot be (not renewable, max TTL near).
-    async fn renew(&self, current: &Lease) -> anyhow::Result<Option<Lease>> {
+    /// Renews the token of `current` (copied out of the lease, which stays unlocked during the
+    /// call); `Ok(None)` when it cannot be (not renewable, max TTL near). The renewed lease is
+    /// not installed.
+    async fn renew(&self, current: &RenewalInput) -> anyhow::Result<Option<Lease>> {
         if !current.renewable {
             return Ok(None);
         }
@@ -455,7 +470,6 @@ impl AppRole {
             // Near token_max_ttl: the next renewal would leave too little margin.
             return Ok(None);
         }
-        self.install(&renewed.token)?;
         Ok(Some(renewed))
     }
 
@@ -485,8 +499,13 @@ async fn renew_loop(weak: Weak<AppRole>) {
         };
         tokio::time::sleep_until(wake.into()).await;
         let Some(this) = weak.upgrade() else { return };
-        let mut lease = this.lease.lock().await;
-        let renewed = match lease.as_ref() {
+        // The lease lock is held only to copy the lease out and to install the result, never
+        // across a Vault call (see the module docs).
+        let (current, seen) = {
+            let lease = this.lease.lock().await;
+            (lease.as_ref().map(RenewalInput::of), this.generation())
+        };
+        let renewed = match &current {
             Some(current) => match this.renew(current).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -496,19 +515,109 @@ async fn renew_loop(weak: Weak<AppRole>) {
             },
             None => None,
         };
-        match renewed {
-            Some(r) => {
-                info!(ttl_secs = r.ttl.as_secs(), "Vault token renewed");
-                *lease = Some(r);
-                failures = 0;
+        let fresh = match renewed {
+            Some(r) => Ok((r, true)),
+            None => this.login(false).await.map(|l| (l, false)),
+        };
+        let mut lease = this.lease.lock().await;
+        let (fresh, renewal) = match fresh {
+            Ok(f) => f,
+            Err(e) => {
+                failures += 1;
+                error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
+                continue;
             }
-            None => match this.replace(&mut lease, false).await {
-                Ok(()) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    error!(error = %format!("{e:#}"), failures, "Vault AppRole re-login failed; the current token stays in use until it expires");
-                }
-            },
+        };
+        failures = 0;
+        if this.generation() != seen {
+            // A call logged in meanwhile (its token was refused, or none was usable): keep that
+            // newer token; a token this loop logged in for is not needed.
+            if !renewal {
+                this.revoke_later(fresh);
+            }
+            continue;
         }
+        let installed = if renewal {
+            // Same token, longer lease: nothing to revoke.
+            this.install(&fresh.token).map(|()| {
+                info!(ttl_secs = fresh.ttl.as_secs(), "Vault token renewed");
+                *lease = Some(fresh);
+            })
+        } else {
+            this.adopt(&mut lease, fresh)
+        };
+        if let Err(e) = installed {
+            failures += 1;
+            error!(error = %format!("{e:#}"), failures, "cannot build a Vault client for the new token; the current token stays in use until it expires");
+        }
+    }
+}
+
+/// What renewing the lease needs, copied out so the lease lock is not held during the call.
+struct RenewalInput {
+    token: Zeroizing<String>,
+    login_ttl: Duration,
+    renewable: bool,
+}
+
+impl RenewalInput {
+    fn of(lease: &Lease) -> Self {
+        Self {
+            token: lease.token.clone(),
+            login_ttl: lease.login_ttl,
+            renewable: lease.renewable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17, item 9: while the renewer waits on a Vault that does not answer, KMS calls
+    /// (which check the lease first, [`AppRole::ensure`]) go on with the token in force: the
+    /// renewer does not hold the lease lock across its Vault call.
+    #[tokio::test]
+    async fn kms_calls_do_not_wait_for_a_renewal_in_flight() {
+        std::env::set_var("KAPSULE_TEST_APPROLE_ROLE", "role");
+        std::env::set_var("KAPSULE_TEST_APPROLE_SECRET", "secret");
+        let (address, server) = super::super::tests::silent_vault().await;
+        let vault: VaultKmsConfig = serde_norway::from_str(&format!(
+            "address: {address}\ntoken_env: KAPSULE_TEST_UNSET_TOKEN\ntimeout_ms: 3000\n"
+        ))
+        .unwrap();
+        let auth: VaultAuthConfig = serde_norway::from_str(
+            "method: approle\nrole_id_env: KAPSULE_TEST_APPROLE_ROLE\nsecret_id_env: KAPSULE_TEST_APPROLE_SECRET\n",
+        )
+        .unwrap();
+        let client = Arc::new(RwLock::new(Arc::new(build_client(&vault, "t0").unwrap())));
+        let approle = AppRole::new(auth, vault, client);
+        // A usable lease already due for renewal: 50 s into 60 s.
+        *approle.lease.lock().await = Some(Lease {
+            token: Zeroizing::new("t0".into()),
+            obtained: Instant::now() - Duration::from_secs(50),
+            ttl: Duration::from_secs(60),
+            login_ttl: Duration::from_secs(60),
+            renewable: true,
+        });
+        approle.start_renewer();
+        // Let the renewer reach its renew-self call, which Vault never answers (3 s timeout).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), approle.ensure())
+            .await
+            .expect("ensure returns")
+            .expect("the token in force is usable");
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "a KMS call waited {took:?} for the renewer's Vault call"
+        );
+        assert_eq!(
+            approle.generation(),
+            0,
+            "the token in force was not replaced"
+        );
+        server.abort();
     }
 }

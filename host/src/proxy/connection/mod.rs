@@ -387,7 +387,17 @@ fn log_response_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error)
             shared.metrics.error("frame_too_large");
             warn!(%peer, size, max, "broker sent a frame larger than max_frame_bytes; closing connection");
         }
-        Some(FrameError::Io(_)) | Some(FrameError::Truncated { .. }) => {
+        Some(FrameError::Io(io)) => match super::tls::describe_broker_alert(io) {
+            Some(reason) => {
+                shared.metrics.error("upstream_tls");
+                warn!(%peer, %reason, "broker closed the connection; closing client connection");
+            }
+            None => {
+                shared.metrics.error("upstream_closed");
+                info!(%peer, error = %e, "broker connection lost; closing client connection");
+            }
+        },
+        Some(FrameError::Truncated { .. }) => {
             shared.metrics.error("upstream_closed");
             info!(%peer, error = %e, "broker connection lost; closing client connection");
         }
