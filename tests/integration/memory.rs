@@ -364,7 +364,6 @@ async fn four_consumers_that_stop_reading_hold_little_memory() {
 }
 
 #[tokio::test]
-#[ignore = "OPEN (issue 17 item 6): RSS stays ~300 MiB after the consumers close (frame pool and budget merged together); under investigation"]
 async fn forty_consumers_that_stop_reading_stay_inside_the_memory_budget() {
     if direct_mode() {
         return;
