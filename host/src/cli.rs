@@ -166,6 +166,15 @@ fn local_kms_from(config: &std::path::Path) -> anyhow::Result<LocalKms> {
         Some(KmsConfig::Vault(_)) => anyhow::bail!(
             "the config's KMS is Vault: manage its keys with `bao`/`vault write -f transit/keys/NAME`"
         ),
+        Some(KmsConfig::Azure(_)) => anyhow::bail!(
+            "the config's KMS is Azure Key Vault: manage its keys with `az keyvault key create/rotate` (see docs/kms.md)"
+        ),
+        Some(KmsConfig::Gcp(_)) => anyhow::bail!(
+            "the config's KMS is Google Cloud KMS: manage its keys with `gcloud kms keys create/versions create` (see docs/kms.md)"
+        ),
+        Some(KmsConfig::Aws(_)) => anyhow::bail!(
+            "the config's KMS is AWS KMS: manage its keys with `aws kms create-key` / `aws kms create-alias` (see docs/kms.md)"
+        ),
         None => anyhow::bail!("the config has no `kms:` section"),
     }
 }

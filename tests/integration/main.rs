@@ -19,6 +19,7 @@ mod hardening;
 mod hostile_guests;
 mod kafkajs;
 mod kcat;
+mod kms_aws;
 mod kms_vault;
 mod lifecycle;
 mod memory;
