@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyUsageType, MacAlgorithmSpec};
 use zeroize::Zeroizing;
@@ -189,8 +189,18 @@ fn classify<E>(e: &SdkError<E, aws_sdk_kms::config::http::HttpResponse>) -> Fail
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let detail = DisplayErrorContext(e).to_string();
     let status = e.raw_response().map(|r| r.status().as_u16());
+    // The service's own words (code, message, status), else the transport error's chain; never
+    // the SDK's Debug form, which prints whole HTTP responses.
+    let detail = match e {
+        SdkError::ServiceError(service) => format!(
+            "{}: {} (HTTP {})",
+            service.err().code().unwrap_or("unknown error"),
+            service.err().message().unwrap_or_default().escape_debug(),
+            service.raw().status().as_u16()
+        ),
+        _ => super::cloud::error_chain(e),
+    };
     let failure = |kind, retry| Failure {
         kind,
         message: detail.clone(),

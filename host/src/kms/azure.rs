@@ -296,7 +296,7 @@ impl AzureKms {
         let what = if operation.is_empty() { "get key" } else { operation };
         let body = body.to_string();
         call_with_retries(
-            what,
+            "Key Vault",
             key_id,
             self.policy,
             |kind| match kind {

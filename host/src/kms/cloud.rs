@@ -94,9 +94,10 @@ pub(crate) fn error_text(body: &str) -> String {
         Ok(v) => match &v["error"] {
             Value::Object(e) => format!(
                 "{} {}",
-                e.get("code")
-                    .or_else(|| e.get("status"))
+                // Google: {"code": 400, "status": "FAILED_PRECONDITION"}; Azure: {"code": "Forbidden"}.
+                e.get("status")
                     .and_then(Value::as_str)
+                    .or_else(|| e.get("code").and_then(Value::as_str))
                     .unwrap_or_default(),
                 e.get("message").and_then(Value::as_str).unwrap_or_default()
             ),
@@ -272,6 +273,11 @@ mod tests {
 
     #[test]
     fn statuses_and_error_bodies_are_classified_without_echoing_more_than_the_error() {
+        let f = classify_status(
+            400,
+            r#"{"error":{"code":400,"message":"version 3 is not enabled","status":"FAILED_PRECONDITION"}}"#,
+        );
+        assert_eq!(f.message, "HTTP 400: FAILED_PRECONDITION version 3 is not enabled");
         let f = classify_status(
             429,
             r#"{"error":{"code":"Throttled","message":"Request was not processed"}}"#,

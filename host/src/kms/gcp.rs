@@ -214,7 +214,7 @@ impl GcpKms {
         let what = if method.is_empty() { "get" } else { method };
         let body = body.to_string();
         call_with_retries(
-            what,
+            "Cloud KMS",
             key_id,
             self.policy,
             |kind| match kind {

@@ -167,7 +167,7 @@ async fn derive_key_uses_the_hmac_key_and_has_one_version() {
     let (addr, seen) = scripted_kms(Box::new(move |_, _| {
         (
             200,
-            serde_json::json!({"Mac": b64.encode([9u8; 32]), "MacAlgorithm": "HMAC_SHA_256", "KeyId": "x"})
+            serde_json::json!({"Mac": base64::engine::general_purpose::STANDARD.encode([9u8; 32]), "MacAlgorithm": "HMAC_SHA_256", "KeyId": "x"})
                 .to_string(),
         )
     }))

@@ -231,7 +231,8 @@ fn validation_reports_every_problem_and_credentials_are_checked_at_start_up() {
     c.credential.tenant_id = Some("t".into());
     let mut p = Vec::new();
     c.validate("kms", &mut p);
-    assert_eq!(p.len(), 7, "{p:#?}");
+    // 8: the keys entry of config() no longer matches the changed vault_url either.
+    assert_eq!(p.len(), 8, "{p:#?}");
     let cs: AzureCredentialConfig =
         serde_norway::from_str("type: client_secret\ntenant_id: t\nclient_id: c\nclient_secret_env: KAPSULE_TEST_AZURE_UNSET\n")
             .unwrap();
