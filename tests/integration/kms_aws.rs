@@ -46,8 +46,18 @@ fn client(kms: &LocalAwsKms, extra_key: Option<(&str, &str)>) -> AwsKms {
 }
 
 /// Starts a Kapsule in front of `tansu` using `kms` with `policy`.
-async fn start_with(kms: &KmsServer, tansu: &Tansu, timeout_ms: u64, retries: u32, policy: &str) -> Kapsule {
-    let config = kms.kapsule_config(KapsuleConfig::new(RecordsMode::Reencode), timeout_ms, retries);
+async fn start_with(
+    kms: &KmsServer,
+    tansu: &Tansu,
+    timeout_ms: u64,
+    retries: u32,
+    policy: &str,
+) -> Kapsule {
+    let config = kms.kapsule_config(
+        KapsuleConfig::new(RecordsMode::Reencode),
+        timeout_ms,
+        retries,
+    );
     Kapsule::start(&tansu.bootstrap(), config.with_yaml(policy))
         .await
         .expect("start kapsule")
@@ -112,7 +122,10 @@ async fn aws_data_keys_and_records_round_trip_and_edeks_are_bound_to_their_key_i
     let t = Instant::now();
     let e = kms.generate_data_key("never-created").await.unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::UnknownKey, "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(1), "unknown keys are not retried");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "unknown keys are not retried"
+    );
 
     // Whole records (value and record key) through the encryptor; a fresh client reads them.
     let enc = RecordEncryptor::new(kms.clone(), DekConfig::default());
@@ -126,13 +139,19 @@ async fn aws_data_keys_and_records_round_trip_and_edeks_are_bound_to_their_key_i
     enc.encrypt_batch("orders", &mut batch, std::slice::from_ref(&plan))
         .await
         .unwrap();
-    assert_ne!(batch.records[0].value.as_deref(), Some(&b"secret value"[..]));
+    assert_ne!(
+        batch.records[0].value.as_deref(),
+        Some(&b"secret value"[..])
+    );
     let fresh = RecordEncryptor::new(Arc::new(client(&server, None)), DekConfig::default());
     fresh
         .decrypt_batch("orders", &mut batch, &DecryptOptions::default())
         .await
         .unwrap();
-    assert_eq!(batch.records[0].value.as_deref(), Some(&b"secret value"[..]));
+    assert_eq!(
+        batch.records[0].value.as_deref(),
+        Some(&b"secret value"[..])
+    );
     assert_eq!(batch.records[0].key.as_deref(), Some(&b"customer-1"[..]));
 }
 
@@ -203,12 +222,23 @@ async fn aws_disabled_or_deleted_kek_fails_produce_closed_until_it_is_usable_aga
         // retries=0 leaves it none).
         assert_eq!(first["name"], "REQUEST_TIMED_OUT", "{prefix}: {out}");
         assert!(started.elapsed() < Duration::from_secs(30), "{prefix}");
-        assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 0, "{prefix}");
-        assert!(kapsule.logs().contains(code), "{prefix}: {}", kapsule.logs());
+        assert_eq!(
+            end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
+            0,
+            "{prefix}"
+        );
+        assert!(
+            kapsule.logs().contains(code),
+            "{prefix}: {}",
+            kapsule.logs()
+        );
         topics.push((t, records));
     }
     let log = kapsule.logs();
-    assert!(!log.contains("kapsule-rig-secret"), "credentials in the log");
+    assert!(
+        !log.contains("kapsule-rig-secret"),
+        "credentials in the log"
+    );
 
     // Usable again: the same topics take records (no refusal was remembered).
     aws.enable_key(&disabled).await.unwrap();
@@ -248,7 +278,10 @@ async fn aws_kms_down_fails_closed_and_kapsule_recovers_when_it_returns() {
     // A retriable Kafka error code (non-retriable for librdkafka only because retries=0).
     assert_eq!(out["results"][0]["name"], "REQUEST_TIMED_OUT", "{out}");
     assert_eq!(end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(), 0);
-    kapsule.ensure_alive().await.expect("kapsule survived the KMS outage");
+    kapsule
+        .ensure_alive()
+        .await
+        .expect("kapsule survived the KMS outage");
     let (status, _) = kapsule.admin_get("/readyz").await.unwrap();
     assert_eq!(status, 200);
     let (_, metrics) = kapsule.admin_get("/metrics").await.unwrap();
@@ -289,16 +322,30 @@ async fn aws_kms_figure_calls_and_latency_per_thousand_records() {
     }
     let runs = topics.iter().map(|t| {
         let args: Vec<String> = [
-            "--bootstrap", &writer.bootstrap(), "--topic", t,
-            "--seconds", &SECONDS.to_string(), "--rate", &RATE.to_string(),
+            "--bootstrap",
+            &writer.bootstrap(),
+            "--topic",
+            t,
+            "--seconds",
+            &SECONDS.to_string(),
+            "--rate",
+            &RATE.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        async move { run_python("ck_steady.py", &args, Duration::from_secs(120)).await.unwrap().json }
+        async move {
+            run_python("ck_steady.py", &args, Duration::from_secs(120))
+                .await
+                .unwrap()
+                .json
+        }
     });
     let outs = futures_join_all(runs).await;
-    let delivered: u64 = outs.iter().map(|o| o["delivered"].as_u64().unwrap_or(0)).sum();
+    let delivered: u64 = outs
+        .iter()
+        .map(|o| o["delivered"].as_u64().unwrap_or(0))
+        .sum();
     assert!(outs.iter().all(|o| o["failed"] == 0), "{outs:?}");
     let reader = start_with(&kms, &tansu, 5_000, 3, policy).await;
     for t in &topics {
@@ -306,7 +353,10 @@ async fn aws_kms_figure_calls_and_latency_per_thousand_records() {
         let back = ck_consume(&reader.bootstrap(), t, n, &[]).await;
         assert_eq!(back.len(), n);
     }
-    for (who, k) in [("producing Kapsule", &writer), ("consuming Kapsule (fresh)", &reader)] {
+    for (who, k) in [
+        ("producing Kapsule", &writer),
+        ("consuming Kapsule (fresh)", &reader),
+    ] {
         let (_, metrics) = k.admin_get("/metrics").await.unwrap();
         println!("\n{who}: {delivered} records");
         println!("| op | calls | per 1 000 records | mean latency (ms) |");
@@ -317,11 +367,15 @@ async fn aws_kms_figure_calls_and_latency_per_thousand_records() {
                     .lines()
                     .filter(|l| l.starts_with(name) && l.contains(&format!("op=\"{op}\"")))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
+                    .fold(0.0, |a, b| a + b)
             };
             let calls = sum("kapsule_kms_calls_total");
             let seconds = sum("kapsule_kms_call_duration_seconds_sum");
-            let mean = if calls > 0.0 { seconds * 1000.0 / calls } else { 0.0 };
+            let mean = if calls > 0.0 {
+                seconds * 1000.0 / calls
+            } else {
+                0.0
+            };
             println!(
                 "| {op} | {calls} | {:.2} | {mean:.1} |",
                 calls * 1000.0 / delivered as f64
@@ -331,10 +385,10 @@ async fn aws_kms_figure_calls_and_latency_per_thousand_records() {
 }
 
 /// Awaits every future (the integration crate has no `futures` dependency).
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::new();
@@ -342,4 +396,42 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// `kapsule keys describe` looks a KEK up in AWS KMS with the config's mapping and credentials,
+/// and names the problem when the key does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_keys_describe_finds_existing_keys_and_names_missing_ones() {
+    let kms = KmsServer::start("aws").await.unwrap();
+    kms.create_key("described-kek").await.unwrap();
+    let config = kms.kapsule_config(KapsuleConfig::new(RecordsMode::Reencode), 2_000, 0);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
+    )
+    .unwrap();
+    let bin = kapsule_integration::kapsule::kapsule_bin().unwrap();
+    let describe = |key: &str| {
+        std::process::Command::new(&bin)
+            .args(["keys", "describe", "-c"])
+            .arg(file.path())
+            .arg(key)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    let found = describe("described-kek");
+    assert!(found.status.success(), "{found:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).trim(),
+        "described-kek\taws\tv1"
+    );
+    let missing = describe("missing-kek");
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("unknown_key") && err.contains("NotFoundException"),
+        "{err}"
+    );
 }

@@ -218,7 +218,11 @@ impl LocalAwsKms {
         self.kill();
         wait::until("local-kms port to be free", Duration::from_secs(10), || {
             let port = self.port;
-            async move { Ok(std::net::TcpListener::bind(("127.0.0.1", port)).ok().map(|_| ())) }
+            async move {
+                Ok(std::net::TcpListener::bind(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ()))
+            }
         })
         .await?;
         self.spawn().await

@@ -67,8 +67,8 @@ fn http_client(config: &AwsKmsConfig) -> anyhow::Result<aws_sdk_kms::config::Sha
     use aws_smithy_http_client::tls;
     let mut trust = tls::TrustStore::default();
     if let Some(ca) = &config.ca_cert {
-        let pem = std::fs::read(ca)
-            .with_context(|| format!("kms.ca_cert: reading {}", ca.display()))?;
+        let pem =
+            std::fs::read(ca).with_context(|| format!("kms.ca_cert: reading {}", ca.display()))?;
         trust = trust.with_pem_certificate(pem);
     }
     let context = tls::TlsContext::builder()
@@ -98,9 +98,10 @@ impl AwsKms {
         let provider_config = aws_config::provider_config::ProviderConfig::without_region()
             .with_region(Some(region.clone()))
             .with_http_client(http.clone());
-        let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-            .region(region.clone())
-            .configure(provider_config);
+        let mut chain =
+            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                .region(region.clone())
+                .configure(provider_config);
         if let Some(profile) = &config.profile {
             chain = chain.profile_name(profile);
         }
@@ -249,7 +250,9 @@ where
         // retry, this request does not.
         _ => Failure {
             kind: KmsErrorKind::Transient,
-            message: format!("{detail} (are AWS credentials available to Kapsule? see docs/kms.md)"),
+            message: format!(
+                "{detail} (are AWS credentials available to Kapsule? see docs/kms.md)"
+            ),
             retry: false,
             status,
         },
@@ -294,7 +297,11 @@ impl Kms for AwsKms {
             .map(Blob::into_inner)
             .filter(|b| !b.is_empty())
             .ok_or_else(|| {
-                KmsError::new(KmsErrorKind::Other, key_id, "GenerateDataKey: no CiphertextBlob")
+                KmsError::new(
+                    KmsErrorKind::Other,
+                    key_id,
+                    "GenerateDataKey: no CiphertextBlob",
+                )
             })?;
         Ok(DataKey {
             plaintext: secret_from(key_id, out.plaintext, "GenerateDataKey plaintext")?,
@@ -309,7 +316,10 @@ impl Kms for AwsKms {
             return Err(KmsError::new(
                 KmsErrorKind::InvalidCiphertext,
                 key_id,
-                format!("EDEK of {} bytes is no AWS KMS ciphertext (1..=6144)", edek.len()),
+                format!(
+                    "EDEK of {} bytes is no AWS KMS ciphertext (1..=6144)",
+                    edek.len()
+                ),
             ));
         }
         let out = self

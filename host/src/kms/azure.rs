@@ -140,7 +140,10 @@ impl AzureKmsConfig {
         }
         for (id, url) in &self.keys {
             if let Err(why) = crate::crypto::wire::validate_key_id(id) {
-                problems.push(format!("{path}.keys: '{}' is invalid: {why}", id.escape_debug()));
+                problems.push(format!(
+                    "{path}.keys: '{}' is invalid: {why}",
+                    id.escape_debug()
+                ));
             }
             if let Err(why) = self.parse_key_url(url) {
                 problems.push(format!("{path}.keys.{id}: {why}"));
@@ -177,12 +180,20 @@ impl AzureKmsConfig {
         let rest = url
             .strip_prefix(self.base())
             .and_then(|r| r.strip_prefix("/keys/"))
-            .ok_or_else(|| format!("'{url}' is not a key URL of {}/keys/NAME[/VERSION]", self.base()))?;
+            .ok_or_else(|| {
+                format!(
+                    "'{url}' is not a key URL of {}/keys/NAME[/VERSION]",
+                    self.base()
+                )
+            })?;
         let mut parts = rest.trim_end_matches('/').split('/');
         let name = parts.next().unwrap_or_default();
         let version = parts.next();
         if !is_key_name(name) || parts.next().is_some() || version.is_some_and(|v| !is_version(v)) {
-            return Err(format!("'{url}' is not a key URL of {}/keys/NAME[/VERSION]", self.base()));
+            return Err(format!(
+                "'{url}' is not a key URL of {}/keys/NAME[/VERSION]",
+                self.base()
+            ));
         }
         Ok(KeyRef {
             name: name.to_owned(),
@@ -261,7 +272,10 @@ impl AzureKms {
         let mut problems = Vec::new();
         config.validate("kms", &mut problems);
         if !problems.is_empty() {
-            anyhow::bail!("invalid Azure Key Vault configuration: {}", problems.join("; "));
+            anyhow::bail!(
+                "invalid Azure Key Vault configuration: {}",
+                problems.join("; ")
+            );
         }
         let timeout = Duration::from_millis(config.timeout_ms);
         Ok(Self {
@@ -293,7 +307,11 @@ impl AzureKms {
             url.push('/');
             url.push_str(operation);
         }
-        let what = if operation.is_empty() { "get key" } else { operation };
+        let what = if operation.is_empty() {
+            "get key"
+        } else {
+            operation
+        };
         let body = body.to_string();
         call_with_retries(
             "Key Vault",
@@ -340,13 +358,22 @@ impl AzureKms {
     }
 }
 
-fn b64_field(key_id: &str, v: &Value, field: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+fn b64_field(
+    key_id: &str,
+    v: &Value,
+    field: &str,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
     v[field]
         .as_str()
         .and_then(|s| B64URL.decode(s.trim_end_matches('=')).ok())
         .map(Zeroizing::new)
         .ok_or_else(|| {
-            KmsError::new(KmsErrorKind::Other, key_id, format!("{what}: no base64url '{field}' in the answer"))
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                format!("{what}: no base64url '{field}' in the answer"),
+            )
         })
 }
 
@@ -368,11 +395,16 @@ impl Kms for AzureKms {
         let mut wrapped_input = Zeroizing::new(Vec::with_capacity(DEK_LEN + 32));
         wrapped_input.extend_from_slice(dek.as_ref());
         wrapped_input.extend_from_slice(&key_id_binding(key_id));
-        let body = json!({"alg": self.config.algorithm.name(), "value": B64URL.encode(&wrapped_input)});
+        let body =
+            json!({"alg": self.config.algorithm.name(), "value": B64URL.encode(&wrapped_input)});
         let v = self.key_op(key_id, &key, "wrapkey", body).await?;
         let wrapped = b64_field(key_id, &v, "value", "wrapkey")?;
         let version = v["kid"].as_str().and_then(kid_version).ok_or_else(|| {
-            KmsError::new(KmsErrorKind::Other, key_id, "wrapkey: the answer's kid has no key version")
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                "wrapkey: the answer's kid has no key version",
+            )
         })?;
         Ok(DataKey {
             plaintext: dek,
@@ -416,7 +448,11 @@ impl Kms for AzureKms {
         let key = self.config.key_ref(key_id)?;
         let v = self.key_op(key_id, &key, "", Value::Null).await?;
         if v["attributes"]["enabled"] == Value::Bool(false) {
-            return Err(KmsError::new(KmsErrorKind::Transient, key_id, "the key is disabled"));
+            return Err(KmsError::new(
+                KmsErrorKind::Transient,
+                key_id,
+                "the key is disabled",
+            ));
         }
         Ok(KeyInfo {
             key_id: key_id.to_owned(),
@@ -434,7 +470,9 @@ impl Kms for AzureKms {
             return Err(KmsError::new(
                 KmsErrorKind::InvalidCiphertext,
                 key_id,
-                format!("derived-key version {version:?} does not exist (derive_key_url is pinned)"),
+                format!(
+                    "derived-key version {version:?} does not exist (derive_key_url is pinned)"
+                ),
             ));
         }
         let url = self.config.derive_key_url.as_deref().ok_or_else(|| {
@@ -455,7 +493,12 @@ impl Kms for AzureKms {
         h.update(context);
         let digest: [u8; 32] = h.finalize().into();
         let v = self
-            .key_op(key_id, &key, "sign", json!({"alg": "RS256", "value": B64URL.encode(digest)}))
+            .key_op(
+                key_id,
+                &key,
+                "sign",
+                json!({"alg": "RS256", "value": B64URL.encode(digest)}),
+            )
             .await?;
         let signature = b64_field(key_id, &v, "value", "sign")?;
         let material: [u8; 32] = Sha256::digest(&*signature).into();

@@ -110,10 +110,7 @@ pub(crate) fn error_text(body: &str) -> String {
         Err(_) => body.to_owned(),
     };
     let text = text.trim();
-    let cut = text
-        .char_indices()
-        .nth(300)
-        .map_or(text.len(), |(i, _)| i);
+    let cut = text.char_indices().nth(300).map_or(text.len(), |(i, _)| i);
     text[..cut].escape_debug().to_string()
 }
 
@@ -277,7 +274,10 @@ mod tests {
             400,
             r#"{"error":{"code":400,"message":"version 3 is not enabled","status":"FAILED_PRECONDITION"}}"#,
         );
-        assert_eq!(f.message, "HTTP 400: FAILED_PRECONDITION version 3 is not enabled");
+        assert_eq!(
+            f.message,
+            "HTTP 400: FAILED_PRECONDITION version 3 is not enabled"
+        );
         let f = classify_status(
             429,
             r#"{"error":{"code":"Throttled","message":"Request was not processed"}}"#,
@@ -290,7 +290,10 @@ mod tests {
         );
         assert_eq!(f.kind, KmsErrorKind::Other);
         assert!(f.message.contains("AADSTS7000215"), "{}", f.message);
-        assert_eq!(classify_status(403, "").kind, KmsErrorKind::PermissionDenied);
+        assert_eq!(
+            classify_status(403, "").kind,
+            KmsErrorKind::PermissionDenied
+        );
         assert_eq!(classify_status(404, "{}").kind, KmsErrorKind::UnknownKey);
         let long = classify_status(500, &"x\n".repeat(1000));
         assert!(long.message.len() < 700 && !long.message.contains('\n'));
@@ -298,12 +301,18 @@ mod tests {
 
     #[test]
     fn tokens_parse_with_numeric_or_string_lifetimes() {
-        let t = parse_token("t", &serde_json::json!({"access_token": "abc", "expires_in": "3599"}))
-            .unwrap();
+        let t = parse_token(
+            "t",
+            &serde_json::json!({"access_token": "abc", "expires_in": "3599"}),
+        )
+        .unwrap();
         assert!(t.expires_at > Instant::now() + Duration::from_secs(3500));
         assert!(!format!("{t:?}").contains("abc"));
-        let t = parse_token("t", &serde_json::json!({"access_token": "abc", "expires_in": 60}))
-            .unwrap();
+        let t = parse_token(
+            "t",
+            &serde_json::json!({"access_token": "abc", "expires_in": 60}),
+        )
+        .unwrap();
         assert!(t.expires_at < Instant::now() + Duration::from_secs(61));
         assert_eq!(
             parse_token("t", &serde_json::json!({"token_type": "Bearer"}))

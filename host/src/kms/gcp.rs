@@ -80,7 +80,13 @@ fn is_segment(s: &str) -> bool {
 /// Checks `projects/P/locations/L/keyRings/R/cryptoKeys/K[/cryptoKeyVersions/N]`.
 fn check_resource(name: &str, want_version: bool) -> Result<(), String> {
     let parts: Vec<&str> = name.split('/').collect();
-    let labels = ["projects", "locations", "keyRings", "cryptoKeys", "cryptoKeyVersions"];
+    let labels = [
+        "projects",
+        "locations",
+        "keyRings",
+        "cryptoKeys",
+        "cryptoKeyVersions",
+    ];
     let n = if want_version { 10 } else { 8 };
     let ok = parts.len() == n
         && parts
@@ -92,14 +98,21 @@ fn check_resource(name: &str, want_version: bool) -> Result<(), String> {
     } else {
         Err(format!(
             "'{name}' is not projects/P/locations/L/keyRings/R/cryptoKeys/K{}",
-            if want_version { "/cryptoKeyVersions/N" } else { "" }
+            if want_version {
+                "/cryptoKeyVersions/N"
+            } else {
+                ""
+            }
         ))
     }
 }
 
 fn fill(template: &str, key_id: &str) -> Result<String, KmsError> {
     let name = template.replace("{key_id}", key_id);
-    if key_id.is_empty() || key_id.contains(['/', '.']) || check_resource(&name, template.contains("/cryptoKeyVersions/")).is_err() {
+    if key_id.is_empty()
+        || key_id.contains(['/', '.'])
+        || check_resource(&name, template.contains("/cryptoKeyVersions/")).is_err()
+    {
         return Err(KmsError::new(
             KmsErrorKind::UnknownKey,
             key_id,
@@ -119,14 +132,19 @@ impl GcpKmsConfig {
         ] {
             let Some(t) = template else { continue };
             if t.matches("{key_id}").count() != 1 {
-                problems.push(format!("{path}.{field}: '{t}' must contain {{key_id}} once"));
+                problems.push(format!(
+                    "{path}.{field}: '{t}' must contain {{key_id}} once"
+                ));
             } else if let Err(why) = check_resource(&t.replace("{key_id}", "k"), versioned) {
                 problems.push(format!("{path}.{field}: {why}"));
             }
         }
         for (id, name) in &self.keys {
             if let Err(why) = crate::crypto::wire::validate_key_id(id) {
-                problems.push(format!("{path}.keys: '{}' is invalid: {why}", id.escape_debug()));
+                problems.push(format!(
+                    "{path}.keys: '{}' is invalid: {why}",
+                    id.escape_debug()
+                ));
             }
             if let Err(why) = check_resource(name, false) {
                 problems.push(format!("{path}.keys.{id}: {why}"));
@@ -139,9 +157,13 @@ impl GcpKmsConfig {
                 self.endpoint
             )),
         }
-        self.credential.validate(&format!("{path}.credential"), problems);
+        self.credential
+            .validate(&format!("{path}.credential"), problems);
         if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!("{path}.timeout_ms: {} is outside 100..=300000", self.timeout_ms));
+            problems.push(format!(
+                "{path}.timeout_ms: {} is outside 100..=300000",
+                self.timeout_ms
+            ));
         }
         if self.retries > 10 {
             problems.push(format!("{path}.retries: {} is more than 10", self.retries));
@@ -189,7 +211,10 @@ impl GcpKms {
         let mut problems = Vec::new();
         config.validate("kms", &mut problems);
         if !problems.is_empty() {
-            anyhow::bail!("invalid Google Cloud KMS configuration: {}", problems.join("; "));
+            anyhow::bail!(
+                "invalid Google Cloud KMS configuration: {}",
+                problems.join("; ")
+            );
         }
         let timeout = Duration::from_millis(config.timeout_ms);
         Ok(Self {
@@ -204,7 +229,13 @@ impl GcpKms {
     }
 
     /// `POST {endpoint}/v1/{resource}:{method}` (or `GET` without a method) with a bearer token.
-    async fn call(&self, key_id: &str, resource: &str, method: &str, body: Value) -> Result<Value, KmsError> {
+    async fn call(
+        &self,
+        key_id: &str,
+        resource: &str,
+        method: &str,
+        body: Value,
+    ) -> Result<Value, KmsError> {
         let base = self.config.endpoint.trim_end_matches('/');
         let url = if method.is_empty() {
             format!("{base}/v1/{resource}")
@@ -218,8 +249,13 @@ impl GcpKms {
             key_id,
             self.policy,
             |kind| match kind {
-                KmsErrorKind::PermissionDenied => "; grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (docs/kms.md)".into(),
-                KmsErrorKind::UnknownKey => "; create the key or map the key id under kms.keys".into(),
+                KmsErrorKind::PermissionDenied => {
+                    "; grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (docs/kms.md)"
+                        .into()
+                }
+                KmsErrorKind::UnknownKey => {
+                    "; create the key or map the key id under kms.keys".into()
+                }
                 _ => String::new(),
             },
             || {
@@ -235,7 +271,11 @@ impl GcpKms {
                             .header("content-type", "application/json")
                             .body(body.to_owned())
                     };
-                    match self.http.send_json(what, req.bearer_auth(token.as_str())).await {
+                    match self
+                        .http
+                        .send_json(what, req.bearer_auth(token.as_str()))
+                        .await
+                    {
                         Err(mut f) if f.status == Some(401) => {
                             self.tokens.invalidate().await;
                             f.retry = true;
@@ -270,12 +310,23 @@ fn classify_400(method: &str, f: Failure) -> Failure {
     }
 }
 
-fn b64_field(key_id: &str, v: &Value, field: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+fn b64_field(
+    key_id: &str,
+    v: &Value,
+    field: &str,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
     v[field]
         .as_str()
         .and_then(|s| B64.decode(s).ok())
         .map(Zeroizing::new)
-        .ok_or_else(|| KmsError::new(KmsErrorKind::Other, key_id, format!("{what}: no base64 '{field}' in the answer")))
+        .ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                format!("{what}: no base64 '{field}' in the answer"),
+            )
+        })
 }
 
 fn secret32(key_id: &str, raw: &[u8], what: &str) -> Result<SecretKey, KmsError> {
@@ -314,9 +365,14 @@ impl Kms for GcpKms {
     async fn decrypt_data_key(&self, key_id: &str, edek: &[u8]) -> Result<SecretKey, KmsError> {
         let name = self.config.key_name(key_id)?;
         if edek.is_empty() || edek.len() > 65_536 {
-            return Err(KmsError::new(KmsErrorKind::InvalidCiphertext, key_id, "EDEK size is not a Cloud KMS ciphertext"));
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidCiphertext,
+                key_id,
+                "EDEK size is not a Cloud KMS ciphertext",
+            ));
         }
-        let body = json!({"ciphertext": B64.encode(edek), "additionalAuthenticatedData": aad(key_id)});
+        let body =
+            json!({"ciphertext": B64.encode(edek), "additionalAuthenticatedData": aad(key_id)});
         let v = self.call(key_id, &name, "decrypt", body).await?;
         let plain = b64_field(key_id, &v, "plaintext", "decrypt")?;
         secret32(key_id, &plain, "decrypted DEK")
@@ -329,19 +385,34 @@ impl Kms for GcpKms {
             return Err(KmsError::new(
                 KmsErrorKind::Other,
                 key_id,
-                format!("{name} has purpose {}, Kapsule needs ENCRYPT_DECRYPT", v["purpose"]),
+                format!(
+                    "{name} has purpose {}, Kapsule needs ENCRYPT_DECRYPT",
+                    v["purpose"]
+                ),
             ));
         }
-        let latest = v["primary"]["name"].as_str().and_then(version_of).ok_or_else(|| {
-            KmsError::new(KmsErrorKind::Other, key_id, "the key has no primary version")
-        })?;
+        let latest = v["primary"]["name"]
+            .as_str()
+            .and_then(version_of)
+            .ok_or_else(|| {
+                KmsError::new(
+                    KmsErrorKind::Other,
+                    key_id,
+                    "the key has no primary version",
+                )
+            })?;
         Ok(KeyInfo {
             key_id: key_id.to_owned(),
             latest_version: latest,
         })
     }
 
-    async fn derive_key(&self, key_id: &str, context: &[u8], version: Option<u32>) -> Result<DerivedKey, KmsError> {
+    async fn derive_key(
+        &self,
+        key_id: &str,
+        context: &[u8],
+        version: Option<u32>,
+    ) -> Result<DerivedKey, KmsError> {
         let template = self.config.mac_key_template.as_deref().ok_or_else(|| {
             KmsError::new(
                 KmsErrorKind::Other,
@@ -358,7 +429,14 @@ impl Kms for GcpKms {
                 format!("derived-key version {version:?} is not the configured MAC key version {pinned}"),
             ));
         }
-        let v = self.call(key_id, &name, "macSign", json!({"data": B64.encode(context)})).await?;
+        let v = self
+            .call(
+                key_id,
+                &name,
+                "macSign",
+                json!({"data": B64.encode(context)}),
+            )
+            .await?;
         let mac = b64_field(key_id, &v, "mac", "macSign")?;
         Ok(DerivedKey {
             material: secret32(key_id, &mac, "MAC")?,

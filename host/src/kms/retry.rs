@@ -124,15 +124,21 @@ mod tests {
     #[tokio::test]
     async fn retriable_failures_are_retried_then_reported_with_the_count() {
         let calls = &AtomicU32::new(0);
-        let err = call_with_retries("op", "k", policy(2), |_| " (hint)".into(), || async move {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err::<(), _>(Failure {
-                kind: KmsErrorKind::Transient,
-                message: "throttled".into(),
-                retry: true,
-                status: None,
-            })
-        })
+        let err = call_with_retries(
+            "op",
+            "k",
+            policy(2),
+            |_| " (hint)".into(),
+            || async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(Failure {
+                    kind: KmsErrorKind::Transient,
+                    message: "throttled".into(),
+                    retry: true,
+                    status: None,
+                })
+            },
+        )
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::Relaxed), 3);
@@ -144,30 +150,42 @@ mod tests {
     #[tokio::test]
     async fn final_answers_are_not_retried_and_success_after_a_retry_counts() {
         let calls = &AtomicU32::new(0);
-        let err = call_with_retries("op", "k", policy(5), |_| String::new(), || async move {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err::<(), _>(Failure {
-                kind: KmsErrorKind::Transient,
-                message: "key disabled".into(),
-                retry: false,
-                status: None,
-            })
-        })
+        let err = call_with_retries(
+            "op",
+            "k",
+            policy(5),
+            |_| String::new(),
+            || async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(Failure {
+                    kind: KmsErrorKind::Transient,
+                    message: "key disabled".into(),
+                    retry: false,
+                    status: None,
+                })
+            },
+        )
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::Relaxed), 1, "{err:?}");
         let calls = &AtomicU32::new(0);
-        let v = call_with_retries("op", "k", policy(5), |_| String::new(), || async move {
-            match calls.fetch_add(1, Ordering::Relaxed) {
-                0 => Err(Failure {
-                    kind: KmsErrorKind::Transient,
-                    message: "503".into(),
-                    retry: true,
-                    status: None,
-                }),
-                _ => Ok(7),
-            }
-        })
+        let v = call_with_retries(
+            "op",
+            "k",
+            policy(5),
+            |_| String::new(),
+            || async move {
+                match calls.fetch_add(1, Ordering::Relaxed) {
+                    0 => Err(Failure {
+                        kind: KmsErrorKind::Transient,
+                        message: "503".into(),
+                        retry: true,
+                        status: None,
+                    }),
+                    _ => Ok(7),
+                }
+            },
+        )
         .await
         .unwrap();
         assert_eq!(v, 7);
@@ -187,7 +205,7 @@ mod tests {
                     retries: 10,
                 },
                 |_| String::new(),
-                || std::future::pending::<Result<(), Failure>>(),
+                std::future::pending::<Result<(), Failure>>,
             ),
         )
         .await

@@ -38,7 +38,10 @@ impl Seen {
 
     /// The AWS operation (`X-Amz-Target` suffix).
     pub fn operation(&self) -> &str {
-        self.header("x-amz-target").rsplit('.').next().unwrap_or_default()
+        self.header("x-amz-target")
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
     }
 }
 
@@ -91,7 +94,11 @@ pub(crate) async fn scripted_server(script: Script) -> (String, Arc<Mutex<Vec<Se
                     }
                     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
                     buf.drain(..head_end + len);
-                    let request = Seen { line, headers, body };
+                    let request = Seen {
+                        line,
+                        headers,
+                        body,
+                    };
                     let n = {
                         let mut log = log.lock();
                         log.push(request.clone());

@@ -209,10 +209,14 @@ fn file_has_profile(path: &Path, name: &str) -> bool {
 fn is_region(r: &str) -> bool {
     let parts: Vec<&str> = r.split('-').collect();
     parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
         && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
-        && parts.last().is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Characters AWS allows in an alias name after `alias/`.
@@ -258,7 +262,9 @@ pub(crate) fn check_key_reference(reference: &str, region: &str) -> Result<(), S
     if let Some(arn) = reference.strip_prefix("arn:") {
         let parts: Vec<&str> = arn.splitn(5, ':').collect();
         let [partition, service, arn_region, account, resource] = parts[..] else {
-            return Err(format!("'{reference}' is not an ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"));
+            return Err(format!(
+                "'{reference}' is not an ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
+            ));
         };
         if !partition.starts_with("aws") || service != "kms" {
             return Err(format!("'{reference}' is not an AWS KMS ARN"));
@@ -292,7 +298,8 @@ fn check_template(template: &str, region: &str) -> Result<(), String> {
         ));
     }
     let sample = template.replace(KEY_ID_PLACEHOLDER, "k");
-    if !(sample.starts_with("alias/") || (sample.starts_with("arn:") && sample.contains(":alias/"))) {
+    if !(sample.starts_with("alias/") || (sample.starts_with("arn:") && sample.contains(":alias/")))
+    {
         return Err(format!(
             "'{template}' must produce an alias name (alias/...) or alias ARN; map other key references under kms.keys"
         ));
@@ -372,7 +379,8 @@ mod tests {
         cfg(&format!("keys: {{ pay: \"{ARN}\" }}\nmac_key_template: \"alias/{{key_id}}-mac\"\nendpoint: http://127.0.0.1:4566\n"))
             .validate("kms", &mut p);
         assert!(p.is_empty(), "{p:?}");
-        let err = serde_norway::from_str::<AwsKmsConfig>("region: eu-west-1\nkey: x\n").unwrap_err();
+        let err =
+            serde_norway::from_str::<AwsKmsConfig>("region: eu-west-1\nkey: x\n").unwrap_err();
         assert!(err.to_string().contains("key"), "{err}");
     }
 

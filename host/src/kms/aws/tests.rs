@@ -11,18 +11,24 @@ use tokio::time::Instant;
 use super::*;
 use crate::kms::test_server::scripted_server;
 
+/// What the AWS-like server answers to request `n` for operation `op`.
+type AwsScript = Box<dyn Fn(usize, &str) -> (u16, String) + Send + Sync>;
+
 /// A server answering like AWS KMS: request `n` for operation `op` gets `script(n, op)`.
 async fn scripted_kms(
-    script: Box<dyn Fn(usize, &str) -> (u16, String) + Send + Sync>,
-) -> (String, std::sync::Arc<parking_lot::Mutex<Vec<crate::kms::test_server::Seen>>>) {
-    scripted_server(Box::new(move |n, seen| {
-        script(n, seen.operation())
-    }))
-    .await
+    script: AwsScript,
+) -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<Vec<crate::kms::test_server::Seen>>>,
+) {
+    scripted_server(Box::new(move |n, seen| script(n, seen.operation()))).await
 }
 
 fn error(code: &str) -> (u16, String) {
-    (400, format!(r#"{{"__type":"{code}","message":"scripted {code}"}}"#))
+    (
+        400,
+        format!(r#"{{"__type":"{code}","message":"scripted {code}"}}"#),
+    )
 }
 
 fn data_key_answer() -> (u16, String) {
@@ -67,11 +73,15 @@ async fn requests_are_signed_and_bind_the_key_id_as_encryption_context() {
         seen[0]
             .header("authorization")
             .starts_with("AWS4-HMAC-SHA256 Credential=AKIDKAPSULETEST/")
-            && seen[0].header("authorization").contains("/eu-west-1/kms/aws4_request"),
+            && seen[0]
+                .header("authorization")
+                .contains("/eu-west-1/kms/aws4_request"),
         "{:?}",
         seen[0].header("authorization")
     );
-    assert!(!seen[0].header("authorization").contains("kapsule-test-secret"));
+    assert!(!seen[0]
+        .header("authorization")
+        .contains("kapsule-test-secret"));
     assert_eq!(seen[0].json()["KeyId"], "alias/kapsule-orders");
     assert_eq!(seen[0].json()["KeySpec"], "AES_256");
     assert_eq!(
@@ -133,7 +143,11 @@ async fn error_codes_map_to_kms_error_kinds_and_only_transient_ones_are_retried(
         ("KMSInvalidStateException", KmsErrorKind::Transient, 1),
         ("NotFoundException", KmsErrorKind::UnknownKey, 1),
         ("AccessDeniedException", KmsErrorKind::PermissionDenied, 1),
-        ("InvalidCiphertextException", KmsErrorKind::InvalidCiphertext, 1),
+        (
+            "InvalidCiphertextException",
+            KmsErrorKind::InvalidCiphertext,
+            1,
+        ),
         ("IncorrectKeyException", KmsErrorKind::InvalidCiphertext, 1),
         ("KMSInternalException", KmsErrorKind::Transient, 3),
         ("ValidationException", KmsErrorKind::Other, 1),
@@ -144,7 +158,10 @@ async fn error_codes_map_to_kms_error_kinds_and_only_transient_ones_are_retried(
         assert_eq!(e.kind, kind, "{code}: {e:?}");
         assert_eq!(seen.lock().len(), calls, "{code}");
         assert!(e.message.contains(code), "{code}: {e:?}");
-        assert!(!e.to_string().contains(code), "client text names the AWS error: {e}");
+        assert!(
+            !e.to_string().contains(code),
+            "client text names the AWS error: {e}"
+        );
     }
     // A server error without a code, and no server at all: transient.
     let (addr, _) = scripted_kms(Box::new(|_, _| (503, "{}".into()))).await;

@@ -78,7 +78,9 @@ impl AzureCredentialConfig {
         match self.kind {
             ClientSecret => {
                 if self.tenant_id.is_none() || self.client_id.is_none() {
-                    problems.push(format!("{path}: client_secret needs tenant_id and client_id"));
+                    problems.push(format!(
+                        "{path}: client_secret needs tenant_id and client_id"
+                    ));
                 }
                 if self.client_secret_env.is_some() == self.client_secret_file.is_some() {
                     problems.push(format!(
@@ -89,14 +91,30 @@ impl AzureCredentialConfig {
                 set(self.endpoint.is_some(), "endpoint", problems);
             }
             WorkloadIdentity => {
-                set(self.client_secret_env.is_some(), "client_secret_env", problems);
-                set(self.client_secret_file.is_some(), "client_secret_file", problems);
+                set(
+                    self.client_secret_env.is_some(),
+                    "client_secret_env",
+                    problems,
+                );
+                set(
+                    self.client_secret_file.is_some(),
+                    "client_secret_file",
+                    problems,
+                );
                 set(self.endpoint.is_some(), "endpoint", problems);
             }
             ManagedIdentity => {
                 set(self.tenant_id.is_some(), "tenant_id", problems);
-                set(self.client_secret_env.is_some(), "client_secret_env", problems);
-                set(self.client_secret_file.is_some(), "client_secret_file", problems);
+                set(
+                    self.client_secret_env.is_some(),
+                    "client_secret_env",
+                    problems,
+                );
+                set(
+                    self.client_secret_file.is_some(),
+                    "client_secret_file",
+                    problems,
+                );
                 set(self.token_file.is_some(), "token_file", problems);
                 set(self.authority_host.is_some(), "authority_host", problems);
             }
@@ -128,7 +146,9 @@ impl AzureCredentialConfig {
                 )?;
                 Box::new(EntraToken {
                     token_url: token_url(
-                        self.authority_host.as_deref().unwrap_or(&default_authority()),
+                        self.authority_host
+                            .as_deref()
+                            .unwrap_or(&default_authority()),
                         self.tenant_id.as_deref().unwrap_or_default(),
                     ),
                     client_id: self.client_id.clone().unwrap_or_default(),
@@ -142,7 +162,9 @@ impl AzureCredentialConfig {
             AzureCredentialType::WorkloadIdentity => {
                 let pick = |v: &Option<String>, var: &str| {
                     v.clone().or_else(|| env(var)).ok_or_else(|| {
-                        anyhow::anyhow!("kms.credential: workload identity needs {var} (or the field)")
+                        anyhow::anyhow!(
+                            "kms.credential: workload identity needs {var} (or the field)"
+                        )
                     })
                 };
                 let tenant = pick(&self.tenant_id, "AZURE_TENANT_ID")?;
@@ -245,7 +267,10 @@ impl TokenSource for EntraToken {
 fn refusal_is_permission_denied(mut f: Failure) -> Failure {
     if matches!(f.status, Some(400 | 401 | 403)) {
         f.kind = KmsErrorKind::PermissionDenied;
-        f.message = format!("{} (the identity provider refused Kapsule's credentials)", f.message);
+        f.message = format!(
+            "{} (the identity provider refused Kapsule's credentials)",
+            f.message
+        );
     }
     f
 }

@@ -29,7 +29,12 @@ fn key_vault(
         if let Some(answer) = fail(n, req) {
             return answer;
         }
-        let target = req.target().split('?').next().unwrap_or_default().to_owned();
+        let target = req
+            .target()
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if target.ends_with("/oauth2/v2.0/token") || target == "/metadata/identity/oauth2/token" {
             let t = tokens.fetch_add(1, Ordering::Relaxed);
             return (
@@ -89,29 +94,63 @@ async fn wrapped_keys_round_trip_across_a_rotation_with_one_cached_token() {
     let (addr, seen) = scripted_server(key_vault(current.clone(), |_, _| None)).await;
     let kms = AzureKms::new(&config(&addr, &client_secret(&addr))).unwrap();
     let old = kms.generate_data_key("orders").await.unwrap();
-    assert!(old.edek.starts_with(b"azure:0a1b2c3d:"), "{:?}", String::from_utf8_lossy(&old.edek));
+    assert!(
+        old.edek.starts_with(b"azure:0a1b2c3d:"),
+        "{:?}",
+        String::from_utf8_lossy(&old.edek)
+    );
     *current.lock() = "ffee9988".to_owned();
     let new = kms.generate_data_key("orders").await.unwrap();
     assert!(new.edek.starts_with(b"azure:ffee9988:"));
     // A fresh client (empty caches) unwraps both, each with the version recorded at wrap time.
     let fresh = AzureKms::new(&config(&addr, &client_secret(&addr))).unwrap();
-    assert_eq!(*fresh.decrypt_data_key("orders", &old.edek).await.unwrap(), *old.plaintext);
-    assert_eq!(*fresh.decrypt_data_key("orders", &new.edek).await.unwrap(), *new.plaintext);
+    assert_eq!(
+        *fresh.decrypt_data_key("orders", &old.edek).await.unwrap(),
+        *old.plaintext
+    );
+    assert_eq!(
+        *fresh.decrypt_data_key("orders", &new.edek).await.unwrap(),
+        *new.plaintext
+    );
     fresh.key_info("orders").await.unwrap();
 
     let seen = seen.lock().clone();
-    let tokens: Vec<&Seen> = seen.iter().filter(|s| s.target().contains("/oauth2/")).collect();
+    let tokens: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.target().contains("/oauth2/"))
+        .collect();
     assert_eq!(tokens.len(), 2, "one token per client: {seen:#?}");
     assert_eq!(tokens[0].target(), "/t-1/oauth2/v2.0/token");
-    for field in ["grant_type=client_credentials", "client_id=c-1", "scope=https%3A%2F%2Fvault.azure.net%2F.default", "client_secret=azure-test-secret"] {
-        assert!(tokens[0].body.contains(field), "{field} in {}", tokens[0].body);
+    for field in [
+        "grant_type=client_credentials",
+        "client_id=c-1",
+        "scope=https%3A%2F%2Fvault.azure.net%2F.default",
+        "client_secret=azure-test-secret",
+    ] {
+        assert!(
+            tokens[0].body.contains(field),
+            "{field} in {}",
+            tokens[0].body
+        );
     }
-    let calls: Vec<&Seen> = seen.iter().filter(|s| s.target().starts_with("/keys/")).collect();
-    assert_eq!(calls[0].target(), "/keys/kapsule-orders/wrapkey?api-version=7.4");
+    let calls: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.target().starts_with("/keys/"))
+        .collect();
+    assert_eq!(
+        calls[0].target(),
+        "/keys/kapsule-orders/wrapkey?api-version=7.4"
+    );
     assert_eq!(calls[0].json()["alg"], "RSA-OAEP-256");
     assert_eq!(calls[0].header("authorization"), "Bearer tok-0");
-    assert_eq!(calls[2].target(), "/keys/kapsule-orders/0a1b2c3d/unwrapkey?api-version=7.4");
-    assert_eq!(calls[3].target(), "/keys/kapsule-orders/ffee9988/unwrapkey?api-version=7.4");
+    assert_eq!(
+        calls[2].target(),
+        "/keys/kapsule-orders/0a1b2c3d/unwrapkey?api-version=7.4"
+    );
+    assert_eq!(
+        calls[3].target(),
+        "/keys/kapsule-orders/ffee9988/unwrapkey?api-version=7.4"
+    );
     assert!(!format!("{kms:?}").contains("azure-test-secret"));
 }
 
@@ -122,7 +161,10 @@ async fn an_edek_only_unwraps_for_its_key_id_and_bad_ids_make_no_call() {
     let kms = AzureKms::new(&config(&addr, &client_secret(&addr))).unwrap();
     let dk = kms.generate_data_key("orders").await.unwrap();
     // orders-copy maps to the same Key Vault key: the key id binding refuses it.
-    let e = kms.decrypt_data_key("orders-copy", &dk.edek).await.unwrap_err();
+    let e = kms
+        .decrypt_data_key("orders-copy", &dk.edek)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::InvalidCiphertext, "{e:?}");
     let calls = seen.lock().len();
     for bad in ["orders.v1", "a_b"] {
@@ -134,7 +176,11 @@ async fn an_edek_only_unwraps_for_its_key_id_and_bad_ids_make_no_call() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::InvalidCiphertext);
-    assert_eq!(seen.lock().len(), calls, "refused ids and EDEKs reached the server");
+    assert_eq!(
+        seen.lock().len(),
+        calls,
+        "refused ids and EDEKs reached the server"
+    );
 }
 
 #[tokio::test]
@@ -142,11 +188,18 @@ async fn a_401_fetches_a_new_token_throttling_is_retried_and_403_is_final() {
     let current = Arc::new(parking_lot::Mutex::new("0a1b2c3d".to_owned()));
     let (addr, seen) = scripted_server(key_vault(current, |n, req| match n {
         // Request 0 is the first token; 1 the first wrap: refused as if the token was revoked.
-        1 => Some((401, json!({"error": {"code": "Unauthorized", "message": "token expired"}}).to_string())),
-        3 => Some((429, json!({"error": {"code": "Throttled", "message": "slow down"}}).to_string())),
-        _ if req.target().contains("kapsule-forbidden") => {
-            Some((403, json!({"error": {"code": "Forbidden", "message": "no wrapKey permission"}}).to_string()))
-        }
+        1 => Some((
+            401,
+            json!({"error": {"code": "Unauthorized", "message": "token expired"}}).to_string(),
+        )),
+        3 => Some((
+            429,
+            json!({"error": {"code": "Throttled", "message": "slow down"}}).to_string(),
+        )),
+        _ if req.target().contains("kapsule-forbidden") => Some((
+            403,
+            json!({"error": {"code": "Forbidden", "message": "no wrapKey permission"}}).to_string(),
+        )),
         _ => None,
     }))
     .await;
@@ -154,12 +207,19 @@ async fn a_401_fetches_a_new_token_throttling_is_retried_and_403_is_final() {
     kms.generate_data_key("orders").await.unwrap();
     let seen_now = seen.lock().clone();
     let targets: Vec<&str> = seen_now.iter().map(|s| s.target()).collect();
-    assert_eq!(targets.len(), 5, "token, 401, new token, 429, wrap: {targets:?}");
+    assert_eq!(
+        targets.len(),
+        5,
+        "token, 401, new token, 429, wrap: {targets:?}"
+    );
     assert_eq!(seen_now[4].header("authorization"), "Bearer tok-1");
     let before = seen.lock().len();
     let e = kms.generate_data_key("forbidden").await.unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::PermissionDenied, "{e:?}");
-    assert!(e.message.contains("Crypto Service Encryption User"), "{e:?}");
+    assert!(
+        e.message.contains("Crypto Service Encryption User"),
+        "{e:?}"
+    );
     assert_eq!(seen.lock().len(), before + 1, "403 was retried");
 }
 
@@ -188,12 +248,24 @@ async fn workload_and_managed_identity_tokens_are_requested_as_entra_and_imds_ex
     let seen = seen.lock().clone();
     let wi_req = &seen[0];
     assert_eq!(wi_req.target(), "/t-2/oauth2/v2.0/token");
-    assert!(wi_req.body.contains("client_assertion=federated-jwt"), "{}", wi_req.body);
-    assert!(wi_req.body.contains("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"));
+    assert!(
+        wi_req.body.contains("client_assertion=federated-jwt"),
+        "{}",
+        wi_req.body
+    );
+    assert!(wi_req.body.contains(
+        "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+    ));
     let mi_req = &seen[2];
     assert!(mi_req.line.starts_with("GET "), "{}", mi_req.line);
     assert_eq!(mi_req.header("metadata"), "true");
-    assert!(mi_req.target().contains("resource=https%3A%2F%2Fvault.azure.net"), "{}", mi_req.target());
+    assert!(
+        mi_req
+            .target()
+            .contains("resource=https%3A%2F%2Fvault.azure.net"),
+        "{}",
+        mi_req.target()
+    );
     assert!(mi_req.target().contains("client_id=c-3"));
 }
 
@@ -208,7 +280,10 @@ async fn derived_keys_are_deterministic_signatures_of_the_pinned_key() {
     assert_eq!(*a.material, *b.material);
     assert_ne!(*a.material, *c.material);
     let seen = seen.lock().clone();
-    assert_eq!(seen[1].target(), "/keys/kapsule-derive/0123abcd/sign?api-version=7.4");
+    assert_eq!(
+        seen[1].target(),
+        "/keys/kapsule-derive/0123abcd/sign?api-version=7.4"
+    );
     assert_eq!(seen[1].json()["alg"], "RS256");
 }
 
@@ -237,6 +312,12 @@ fn validation_reports_every_problem_and_credentials_are_checked_at_start_up() {
         serde_norway::from_str("type: client_secret\ntenant_id: t\nclient_id: c\nclient_secret_env: KAPSULE_TEST_AZURE_UNSET\n")
             .unwrap();
     let e = cs.source("s").err().unwrap();
-    assert!(format!("{e:#}").contains("KAPSULE_TEST_AZURE_UNSET"), "{e:#}");
-    assert!(serde_norway::from_str::<AzureCredentialConfig>("type: client_secret\nsecret: x\n").is_err());
+    assert!(
+        format!("{e:#}").contains("KAPSULE_TEST_AZURE_UNSET"),
+        "{e:#}"
+    );
+    assert!(
+        serde_norway::from_str::<AzureCredentialConfig>("type: client_secret\nsecret: x\n")
+            .is_err()
+    );
 }

@@ -82,7 +82,11 @@ impl GcpCredentialConfig {
                 let base = self
                     .endpoint
                     .clone()
-                    .or_else(|| std::env::var("GCE_METADATA_HOST").ok().map(|h| format!("http://{h}")))
+                    .or_else(|| {
+                        std::env::var("GCE_METADATA_HOST")
+                            .ok()
+                            .map(|h| format!("http://{h}"))
+                    })
                     .unwrap_or_else(|| "http://metadata.google.internal".to_owned());
                 Box::new(MetadataServer {
                     url: format!(
@@ -141,10 +145,18 @@ impl ServiceAccount {
                         .filter(|l| !l.starts_with("-----"))
                         .collect::<String>(),
                 )
-                .with_context(|| format!("kms.credential.file {}: private_key is not PEM", path.display()))?,
+                .with_context(|| {
+                    format!(
+                        "kms.credential.file {}: private_key is not PEM",
+                        path.display()
+                    )
+                })?,
         );
         let key = ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| {
-            anyhow::anyhow!("kms.credential.file {}: private_key is no PKCS#8 RSA key ({e})", path.display())
+            anyhow::anyhow!(
+                "kms.credential.file {}: private_key is no PKCS#8 RSA key ({e})",
+                path.display()
+            )
         })?;
         Ok(Self {
             email: field("client_email")?,
@@ -250,26 +262,38 @@ impl ExternalAccount {
 #[async_trait]
 impl TokenSource for ExternalAccount {
     async fn fetch(&self, http: &RestClient) -> Result<AccessToken, Failure> {
-        let subject = read_secret(Some(&self.subject_file), None, "subject token file").map_err(|e| Failure {
-            kind: KmsErrorKind::PermissionDenied,
-            message: format!("{e:#}"),
-            retry: false,
-            status: None,
-        })?;
+        let subject =
+            read_secret(Some(&self.subject_file), None, "subject token file").map_err(|e| {
+                Failure {
+                    kind: KmsErrorKind::PermissionDenied,
+                    message: format!("{e:#}"),
+                    retry: false,
+                    status: None,
+                }
+            })?;
         let scope = if self.impersonation_url.is_some() {
             "https://www.googleapis.com/auth/cloud-platform"
         } else {
             CLOUD_KMS_SCOPE
         };
         let request = http.http().post(&self.token_url).form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("audience", self.audience.as_str()),
             ("scope", scope),
-            ("requested_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            (
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
             ("subject_token_type", self.subject_token_type.as_str()),
             ("subject_token", subject.as_str()),
         ]);
-        let v = http.send_json("STS token exchange", request).await.map_err(refused)?;
+        let v = http
+            .send_json("STS token exchange", request)
+            .await
+            .map_err(refused)?;
         let federated = parse_token("STS token exchange", &v)?;
         let Some(url) = &self.impersonation_url else {
             return Ok(federated);
@@ -284,12 +308,15 @@ impl TokenSource for ExternalAccount {
             .send_json("service account impersonation", request)
             .await
             .map_err(refused)?;
-        let token = v["accessToken"].as_str().filter(|t| !t.is_empty()).ok_or_else(|| Failure {
-            kind: KmsErrorKind::PermissionDenied,
-            message: "service account impersonation: no accessToken in the answer".into(),
-            retry: false,
-            status: None,
-        })?;
+        let token = v["accessToken"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Failure {
+                kind: KmsErrorKind::PermissionDenied,
+                message: "service account impersonation: no accessToken in the answer".into(),
+                retry: false,
+                status: None,
+            })?;
         Ok(AccessToken {
             secret: Zeroizing::new(token.to_owned()),
             // generateAccessToken grants the requested hour; be conservative.
@@ -319,7 +346,10 @@ impl TokenSource for MetadataServer {
 #[cfg(test)]
 pub(super) mod testing {
     /// A service-account key file with the test RSA key, `token_uri` pointing at `token_uri`.
-    pub(crate) fn service_account_file(dir: &std::path::Path, token_uri: &str) -> std::path::PathBuf {
+    pub(crate) fn service_account_file(
+        dir: &std::path::Path,
+        token_uri: &str,
+    ) -> std::path::PathBuf {
         let path = dir.join("sa.json");
         let v = serde_json::json!({
             "type": "service_account", "project_id": "p", "private_key_id": "kid-1",

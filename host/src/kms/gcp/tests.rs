@@ -17,7 +17,10 @@ use crate::kms::test_server::{scripted_server, Seen};
 const KEY: &str = "projects/p/locations/europe-west1/keyRings/kapsule/cryptoKeys/kapsule-orders";
 
 fn error(code: u16, status: &str, message: &str) -> (u16, String) {
-    (code, json!({"error": {"code": code, "message": message, "status": status}}).to_string())
+    (
+        code,
+        json!({"error": {"code": code, "message": message, "status": status}}).to_string(),
+    )
 }
 
 /// Cloud KMS + OAuth2 in one. `primary` is the primary version; `disabled` a disabled version.
@@ -25,7 +28,8 @@ fn cloud_kms(primary: Arc<AtomicU32>, disabled: Arc<AtomicU32>) -> crate::kms::t
     let tokens = AtomicU32::new(0);
     Box::new(move |_, req: &Seen| {
         let target = req.target().to_owned();
-        if target == "/token" || target == "/sts/v1/token" || target.contains("generateAccessToken") {
+        if target == "/token" || target == "/sts/v1/token" || target.contains("generateAccessToken")
+        {
             let t = tokens.fetch_add(1, Ordering::Relaxed);
             if target.contains("generateAccessToken") {
                 return (200, json!({"accessToken": format!("impersonated-{t}"), "expireTime": "2030-01-01T00:00:00Z"}).to_string());
@@ -33,13 +37,19 @@ fn cloud_kms(primary: Arc<AtomicU32>, disabled: Arc<AtomicU32>) -> crate::kms::t
             return (200, json!({"access_token": format!("tok-{t}"), "expires_in": 3599, "token_type": "Bearer"}).to_string());
         }
         let body = req.json();
-        let Some((resource, method)) = target.strip_prefix("/v1/").map(|r| r.split_once(':').unwrap_or((r, ""))) else {
+        let Some((resource, method)) = target
+            .strip_prefix("/v1/")
+            .map(|r| r.split_once(':').unwrap_or((r, "")))
+        else {
             return error(404, "NOT_FOUND", "no such path");
         };
         if !resource.starts_with(KEY) {
             return error(404, "NOT_FOUND", &format!("{resource} not found."));
         }
-        let decode = |f: &str| B64.decode(body[f].as_str().unwrap_or_default()).unwrap_or_default();
+        let decode = |f: &str| {
+            B64.decode(body[f].as_str().unwrap_or_default())
+                .unwrap_or_default()
+        };
         match method {
             "encrypt" => {
                 let v = primary.load(Ordering::Relaxed);
@@ -79,7 +89,10 @@ async fn service_account_jwt_is_signed_and_data_keys_round_trip_across_a_rotatio
     let (addr, seen) = scripted_server(cloud_kms(primary.clone(), disabled)).await;
     let dir = tempfile::tempdir().unwrap();
     let sa = service_account_file(dir.path(), &format!("{addr}/token"));
-    let cred = format!("{{ type: service_account_key, file: \"{}\" }}", sa.display());
+    let cred = format!(
+        "{{ type: service_account_key, file: \"{}\" }}",
+        sa.display()
+    );
     let kms = GcpKms::new(&config(&addr, &cred)).unwrap();
     let old = kms.generate_data_key("orders").await.unwrap();
     assert_eq!(old.kek_version, 1);
@@ -88,16 +101,27 @@ async fn service_account_jwt_is_signed_and_data_keys_round_trip_across_a_rotatio
     assert_eq!(new.kek_version, 2);
     assert_eq!(kms.key_info("orders").await.unwrap().latest_version, 2);
     let fresh = GcpKms::new(&config(&addr, &cred)).unwrap();
-    assert_eq!(*fresh.decrypt_data_key("orders", &old.edek).await.unwrap(), *old.plaintext);
-    assert_eq!(*fresh.decrypt_data_key("orders", &new.edek).await.unwrap(), *new.plaintext);
+    assert_eq!(
+        *fresh.decrypt_data_key("orders", &old.edek).await.unwrap(),
+        *old.plaintext
+    );
+    assert_eq!(
+        *fresh.decrypt_data_key("orders", &new.edek).await.unwrap(),
+        *new.plaintext
+    );
     // The AAD binds the key id: the same CryptoKey under another key id refuses it.
-    let e = fresh.decrypt_data_key("orders-copy", &old.edek).await.unwrap_err();
+    let e = fresh
+        .decrypt_data_key("orders-copy", &old.edek)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::InvalidCiphertext, "{e:?}");
 
     let seen = seen.lock().clone();
     let token = &seen[0];
     assert_eq!(token.target(), "/token");
-    assert!(token.body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"));
+    assert!(token
+        .body
+        .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"));
     let jwt = token.body.split("assertion=").nth(1).unwrap();
     let parts: Vec<&str> = jwt.split('.').collect();
     let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
@@ -106,16 +130,31 @@ async fn service_account_jwt_is_signed_and_data_keys_round_trip_across_a_rotatio
     assert_eq!(claims["aud"], format!("{addr}/token"));
     // The signature verifies with the service account's public key.
     let pem = include_str!("test-service-account.pem");
-    let der = B64.decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
+    let der = B64
+        .decode(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
     let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
     use ring::signature::KeyPair;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref())
-        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &URL_SAFE_NO_PAD.decode(parts[2]).unwrap())
-        .expect("JWT signature");
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        pair.public_key().as_ref(),
+    )
+    .verify(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+    )
+    .expect("JWT signature");
     let encrypt = &seen[1];
     assert_eq!(encrypt.target(), format!("/v1/{KEY}:encrypt"));
     assert_eq!(encrypt.header("authorization"), "Bearer tok-0");
-    assert_eq!(encrypt.json()["additionalAuthenticatedData"], B64.encode("kapsule-kek:orders"));
+    assert_eq!(
+        encrypt.json()["additionalAuthenticatedData"],
+        B64.encode("kapsule-kek:orders")
+    );
 }
 
 #[tokio::test]
@@ -124,19 +163,38 @@ async fn disabled_versions_fail_retriably_unknown_keys_and_bad_ids_do_not_retry(
     let (addr, seen) = scripted_server(cloud_kms(primary, disabled)).await;
     let dir = tempfile::tempdir().unwrap();
     let sa = service_account_file(dir.path(), &format!("{addr}/token"));
-    let kms = GcpKms::new(&config(&addr, &format!("{{ type: service_account_key, file: \"{}\" }}", sa.display()))).unwrap();
+    let kms = GcpKms::new(&config(
+        &addr,
+        &format!(
+            "{{ type: service_account_key, file: \"{}\" }}",
+            sa.display()
+        ),
+    ))
+    .unwrap();
     let e = kms.generate_data_key("orders").await.unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::Transient, "{e:?}");
-    assert!(e.is_retriable() && e.message.contains("after 1 attempts"), "{e:?}");
+    assert!(
+        e.is_retriable() && e.message.contains("after 1 attempts"),
+        "{e:?}"
+    );
     let e = kms.generate_data_key("payments").await.unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::UnknownKey, "{e:?}");
     let before = seen.lock().len();
-    assert_eq!(kms.generate_data_key("a.b").await.unwrap_err().kind, KmsErrorKind::UnknownKey);
+    assert_eq!(
+        kms.generate_data_key("a.b").await.unwrap_err().kind,
+        KmsErrorKind::UnknownKey
+    );
     assert_eq!(seen.lock().len(), before);
     let d1 = kms.derive_key("orders", b"ctx", None).await.unwrap();
     let d2 = kms.derive_key("orders", b"ctx", Some(1)).await.unwrap();
     assert_eq!(*d1.material, *d2.material);
-    assert_eq!(kms.derive_key("orders", b"ctx", Some(2)).await.unwrap_err().kind, KmsErrorKind::InvalidCiphertext);
+    assert_eq!(
+        kms.derive_key("orders", b"ctx", Some(2))
+            .await
+            .unwrap_err()
+            .kind,
+        KmsErrorKind::InvalidCiphertext
+    );
 }
 
 #[tokio::test]
@@ -155,25 +213,44 @@ async fn workload_identity_federation_and_the_metadata_server_get_tokens() {
         "credential_source": {"file": subject},
         "service_account_impersonation_url": format!("{addr}/v1/projects/-/serviceAccounts/kapsule@p.iam.gserviceaccount.com:generateAccessToken"),
     }).to_string()).unwrap();
-    let kms = GcpKms::new(&config(&addr, &format!("{{ type: external_account, file: \"{}\" }}", file.display()))).unwrap();
+    let kms = GcpKms::new(&config(
+        &addr,
+        &format!("{{ type: external_account, file: \"{}\" }}", file.display()),
+    ))
+    .unwrap();
     kms.generate_data_key("orders").await.unwrap();
-    let md = GcpKms::new(&config(&addr, &format!("{{ type: metadata_server, endpoint: \"{addr}\" }}"))).unwrap();
+    let md = GcpKms::new(&config(
+        &addr,
+        &format!("{{ type: metadata_server, endpoint: \"{addr}\" }}"),
+    ))
+    .unwrap();
     // The metadata path is not served by the script: no token is a refusal, not a retry loop.
     let e = md.generate_data_key("orders").await.unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::PermissionDenied, "{e:?}");
     let seen = seen.lock().clone();
-    assert!(seen[0].body.contains("subject_token=k8s-jwt"), "{}", seen[0].body);
-    assert!(seen[0].body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"));
+    assert!(
+        seen[0].body.contains("subject_token=k8s-jwt"),
+        "{}",
+        seen[0].body
+    );
+    assert!(seen[0]
+        .body
+        .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"));
     assert_eq!(seen[1].header("authorization"), "Bearer tok-0");
     assert_eq!(seen[2].header("authorization"), "Bearer impersonated-1");
     let metadata = &seen[3];
     assert_eq!(metadata.header("metadata-flavor"), "Google");
-    assert!(metadata.target().starts_with("/computeMetadata/v1/instance/service-accounts/default/token"));
+    assert!(metadata
+        .target()
+        .starts_with("/computeMetadata/v1/instance/service-accounts/default/token"));
 }
 
 #[test]
 fn validation_reports_every_problem_and_bad_credential_files_fail_at_start_up() {
-    let mut c = config("https://cloudkms.googleapis.com", "{ type: metadata_server }");
+    let mut c = config(
+        "https://cloudkms.googleapis.com",
+        "{ type: metadata_server }",
+    );
     let mut p = Vec::new();
     c.validate("kms", &mut p);
     assert!(p.is_empty(), "{p:?}");
@@ -190,7 +267,14 @@ fn validation_reports_every_problem_and_bad_credential_files_fail_at_start_up() 
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.json");
     std::fs::write(&f, r#"{"type": "authorized_user"}"#).unwrap();
-    let cred: GcpCredentialConfig = serde_norway::from_str(&format!("type: service_account_key\nfile: \"{}\"\n", f.display())).unwrap();
+    let cred: GcpCredentialConfig = serde_norway::from_str(&format!(
+        "type: service_account_key\nfile: \"{}\"\n",
+        f.display()
+    ))
+    .unwrap();
     let e = cred.source().err().unwrap();
-    assert!(format!("{e:#}").contains("expected service_account"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("expected service_account"),
+        "{e:#}"
+    );
 }
