@@ -96,6 +96,15 @@ kafka_libs="$("$here/scripts/install-kafka.sh")"
 have go || { log "go not found: install Go 1.26+ (https://go.dev/dl) to build the franz-go test client"; exit 1; }
 "$here/tests/clients/go/build.sh" >/dev/null
 
+# --- AWS KMS API server for the AWS KMS back end's tests: local-kms (Go module proxy) -------------
+# Pinned pseudo-version (the module has no semver tags); ~/go/bin/local-kms. About 1 min to build.
+LOCAL_KMS_VERSION="v0.0.0-20260228092603-2a5e92d09ab6"
+local_kms_bin="$(go env GOPATH)/bin/local-kms"
+if [ ! -x "$local_kms_bin" ] || ! go version -m "$local_kms_bin" 2>/dev/null | grep -q "$LOCAL_KMS_VERSION"; then
+  log "go installing local-kms $LOCAL_KMS_VERSION"
+  GOFLAGS=-mod=mod go install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION"
+fi
+
 # --- Policy toolchains: clang/wasi-libc and wit-bindgen for the C example policy -----------------
 "$here/scripts/install-policy-toolchains.sh"
 

@@ -67,6 +67,15 @@ pub enum KeysCommand {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Look a KEK up in the configured KMS, whatever its type (local, Vault, AWS, Azure, Google):
+    /// prints its latest version, or what is wrong (unknown key, no permission, ...).
+    Describe {
+        /// Config file with a `kms:` section.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// KEK id as rules name it.
+        key_id: String,
+    },
 }
 
 /// Flags of `kapsule run`.
@@ -166,6 +175,15 @@ fn local_kms_from(config: &std::path::Path) -> anyhow::Result<LocalKms> {
         Some(KmsConfig::Vault(_)) => anyhow::bail!(
             "the config's KMS is Vault: manage its keys with `bao`/`vault write -f transit/keys/NAME`"
         ),
+        Some(KmsConfig::Azure(_)) => anyhow::bail!(
+            "the config's KMS is Azure Key Vault: manage its keys with `az keyvault key create/rotate` (see docs/kms.md)"
+        ),
+        Some(KmsConfig::Gcp(_)) => anyhow::bail!(
+            "the config's KMS is Google Cloud KMS: manage its keys with `gcloud kms keys create/versions create` (see docs/kms.md)"
+        ),
+        Some(KmsConfig::Aws(_)) => anyhow::bail!(
+            "the config's KMS is AWS KMS: manage its keys with `aws kms create-key` / `aws kms create-alias` (see docs/kms.md)"
+        ),
         None => anyhow::bail!("the config has no `kms:` section"),
     }
 }
@@ -182,6 +200,23 @@ fn run_keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Rotate { config, key_id } => {
             let version = local_kms_from(&config)?.rotate_key(&key_id)?;
             println!("{key_id}: now at version {version}");
+        }
+        KeysCommand::Describe { config, key_id } => {
+            crate::crypto::wire::validate_key_id(&key_id)
+                .map_err(|e| anyhow::anyhow!("key id {key_id:?}: {e}"))?;
+            let config = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let kms = config
+                .kms
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the config has no `kms:` section"))?
+                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let info = runtime
+                .block_on(kms.key_info(&key_id))
+                .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+            println!("{key_id}\t{}\tv{}", kms.backend(), info.latest_version);
         }
         KeysCommand::List { config } => {
             for k in local_kms_from(&config)?.list_keys() {

@@ -9,6 +9,7 @@ use rstest::rstest;
 use kapsule_integration::encryption::{
     assert_no_plaintext, contains_bytes, vault_kms_yaml, LocalKms,
 };
+use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::openbao::OpenBao;
 use kapsule_integration::records::{write_records_file, ConsumedRecord};
 use kapsule_integration::{
@@ -102,7 +103,7 @@ pub async fn read_direct(broker: &impl TestBroker, topic: &str, count: usize) ->
 
 /// Records with distinctive plaintext markers in the key, value and `secret` header, and a clear
 /// `visible` header.
-fn marked_records(tag: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
+pub(crate) fn marked_records(tag: &str, n: usize) -> (Vec<TestRecord>, Vec<Vec<u8>>) {
     let mut markers = Vec::new();
     let records = (0..n)
         .map(|i| {
@@ -346,20 +347,24 @@ async fn openbao_deleted_kek_gives_the_configured_failure() {
     );
 }
 
-/// OpenBao stops answering while a producer writes to a topic with no cached DEK: the producer
-/// gets retriable errors, keeps retrying, and every record lands (encrypted) once OpenBao is back.
+/// The KMS (OpenBao, AWS KMS) stops answering while a producer writes to a topic with no cached
+/// DEK: the producer gets retriable errors, keeps retrying, and every record lands (encrypted)
+/// once the KMS is back.
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn openbao_outage_makes_produce_retry_without_loss() {
-    let bao = OpenBao::start().unwrap();
+async fn kms_outage_makes_produce_retry_without_loss(#[values("vault", "aws")] backend: &str) {
+    let kms = KmsServer::start(backend).await.unwrap();
     let broker = Broker::start_default().await.expect("start the broker");
-    let (kms, _token) = vault_kms_yaml(&bao, 300, 1).unwrap();
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"outage-\"}\n      key_id: outage-kek\n      record_key: true\n      headers: [secret]\n";
-    bao.create_key("outage-kek").unwrap();
-    let kapsule = start_kapsule(&broker, &kms, policy).await;
+    kms.create_key("outage-kek").await.unwrap();
+    let config = kms.kapsule_config(KapsuleConfig::new(RecordsMode::Reencode), 300, 1);
+    let kapsule = Kapsule::start(&broker.bootstrap(), config.with_yaml(policy))
+        .await
+        .expect("start kapsule");
     let t = topic(&broker, "outage-").await;
     let (records, markers) = marked_records("outage", 30);
 
-    bao.pause().unwrap();
+    kms.pause().unwrap();
     let bootstrap = kapsule.bootstrap();
     let (t2, r2) = (t.clone(), records.clone());
     let producer = tokio::spawn(async move {
@@ -373,7 +378,7 @@ async fn openbao_outage_makes_produce_retry_without_loss() {
     });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (_, metrics) = kapsule.admin_get("/metrics").await.unwrap();
-    bao.resume().unwrap();
+    kms.resume().unwrap();
     let out = producer.await.unwrap();
     assert_eq!(out["failed"], 0, "records lost during the outage: {out}");
     assert_eq!(out["delivered"], records.len());

@@ -21,6 +21,7 @@ mod kafka_cluster;
 mod kafka_security;
 mod kafkajs;
 mod kcat;
+mod kms_aws;
 mod kms_vault;
 mod lifecycle;
 mod memory;

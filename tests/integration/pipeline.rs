@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
+use rstest::rstest;
+
 use kapsule_integration::encryption::{vault_kms_yaml, LocalKms};
+use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::openbao::OpenBao;
 use kapsule_integration::probe::kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ProduceRequest,
@@ -25,6 +28,14 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Kafka error codes the tests expect.
 const REQUEST_TIMED_OUT: i16 = 7;
+
+/// Starts Kapsule with `kms`'s `kms:` section (4 attempts of 2 s each) and `policy`.
+async fn start_kapsule_with(kms: &KmsServer, tansu: &Tansu, policy: &str) -> Kapsule {
+    let config = kms.kapsule_config(KapsuleConfig::new(RecordsMode::Passthrough), 2_000, 3);
+    Kapsule::start(&tansu.bootstrap(), config.with_yaml(policy))
+        .await
+        .expect("start kapsule")
+}
 
 async fn start_kapsule(tansu: &Tansu, kms_yaml: &str, policy: &str) -> Kapsule {
     let config = KapsuleConfig::new(RecordsMode::Passthrough)
@@ -252,22 +263,24 @@ async fn slow_kms_on_some_topics_does_not_queue_the_connection_behind_it() {
     }
 }
 
-/// While OpenBao is frozen, Produce requests to a topic that needs a new DEK are answered
-/// REQUEST_TIMED_OUT within their own `timeout_ms` (the KMS retries are cut to it), and when
-/// OpenBao comes back none of them is written late; a request sent afterwards is written.
+/// While the KMS (OpenBao, AWS KMS) is frozen, Produce requests to a topic that needs a new DEK
+/// are answered REQUEST_TIMED_OUT within their own `timeout_ms` (the KMS retries are cut to it),
+/// and when the KMS comes back none of them is written late; a request sent afterwards is written.
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn produce_past_its_timeout_during_a_kms_outage_is_never_written() {
+async fn produce_past_its_timeout_during_a_kms_outage_is_never_written(
+    #[values("vault", "aws")] backend: &str,
+) {
     const TIMEOUT_MS: i32 = 2_000;
-    let bao = OpenBao::start().unwrap();
-    bao.create_key("late-kek").unwrap();
+    let kms = KmsServer::start(backend).await.unwrap();
+    kms.create_key("late-kek").await.unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
     // Four attempts of 2 s each: far longer than the client waits.
-    let (kms, _token) = vault_kms_yaml(&bao, 2_000, 3).unwrap();
     let policy = "policy:\n  rules:\n    - topics: {prefix: \"late-\"}\n      key_id: late-kek\n";
-    let kapsule = start_kapsule(&tansu, &kms, policy).await;
+    let kapsule = start_kapsule_with(&kms, &tansu, policy).await;
     let t = topic(&tansu, "late-").await;
 
-    bao.pause().unwrap();
+    kms.pause().unwrap();
     let mut c = RawConnection::connect(&kapsule.bootstrap()).await.unwrap();
     let start = Instant::now();
     for i in 1..=3 {
@@ -305,8 +318,8 @@ async fn produce_past_its_timeout_during_a_kms_outage_is_never_written() {
             "request {i} answered after {took:?}, past its timeout of {TIMEOUT_MS} ms"
         );
     }
-    // OpenBao answers again; whatever Kapsule still had queued must not be written now.
-    bao.resume().unwrap();
+    // The KMS answers again; whatever Kapsule still had queued must not be written now.
+    kms.resume().unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),
@@ -334,24 +347,26 @@ async fn produce_past_its_timeout_during_a_kms_outage_is_never_written() {
 
 /// The same outage seen by a real client: confluent-kafka (librdkafka) with a 3 s delivery and
 /// request timeout and no retries, one record per request. Every record it reports failed is
-/// missing from the broker after OpenBao is back, and none is reported delivered.
+/// missing from the broker after the KMS is back, and none is reported delivered.
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn confluent_producer_records_reported_failed_are_not_written_late() {
+async fn confluent_producer_records_reported_failed_are_not_written_late(
+    #[values("vault", "aws")] backend: &str,
+) {
     use kapsule_integration::records::write_records_file;
     use kapsule_integration::{run_python, TestRecord};
 
-    let bao = OpenBao::start().unwrap();
-    bao.create_key("late-ck-kek").unwrap();
+    let kms = KmsServer::start(backend).await.unwrap();
+    kms.create_key("late-ck-kek").await.unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
-    let (kms, _token) = vault_kms_yaml(&bao, 2_000, 3).unwrap();
     let policy =
         "policy:\n  rules:\n    - topics: {prefix: \"lateck-\"}\n      key_id: late-ck-kek\n";
-    let kapsule = start_kapsule(&tansu, &kms, policy).await;
+    let kapsule = start_kapsule_with(&kms, &tansu, policy).await;
     let t = topic(&tansu, "lateck-").await;
     let records = TestRecord::varied("late-ck", 10);
     let file = write_records_file(&records).unwrap();
 
-    bao.pause().unwrap();
+    kms.pause().unwrap();
     let start = Instant::now();
     let args: Vec<String> = [
         "--bootstrap",
@@ -377,14 +392,14 @@ async fn confluent_producer_records_reported_failed_are_not_written_late() {
         .expect("ck_produce_report.py")
         .json;
     let took = start.elapsed();
-    bao.resume().unwrap();
+    kms.resume().unwrap();
     assert_eq!(out["delivered"], 0, "delivered during the outage: {out}");
     assert_eq!(out["failed"], records.len(), "{out}");
     assert!(
         took < Duration::from_secs(15),
         "the client waited {took:?} for its failures"
     );
-    // Whatever Kapsule still had queued when OpenBao came back must not be written now.
+    // Whatever Kapsule still had queued when the KMS came back must not be written now.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         end_offset(&tansu.bootstrap(), &t, WAIT).await.unwrap(),

@@ -61,6 +61,8 @@ pub struct KapsuleConfig {
     /// A complete config file used verbatim instead of the two fields above (benchmarks load
     /// configs from disk this way).
     pub raw: Option<String>,
+    /// Extra environment variables of the Kapsule process (e.g. cloud credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl KapsuleConfig {
@@ -70,6 +72,7 @@ impl KapsuleConfig {
             records,
             extra_yaml: String::new(),
             raw: None,
+            env: Vec::new(),
         }
     }
 
@@ -79,6 +82,7 @@ impl KapsuleConfig {
             records,
             extra_yaml: String::new(),
             raw: Some(yaml),
+            env: Vec::new(),
         }
     }
 
@@ -88,6 +92,12 @@ impl KapsuleConfig {
         if !self.extra_yaml.ends_with('\n') {
             self.extra_yaml.push('\n');
         }
+        self
+    }
+
+    /// Sets environment variable `name` of the Kapsule process.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -206,6 +216,7 @@ impl Kapsule {
             ])
             .arg("--config")
             .arg(file.path())
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("KAPSULE_LOG").unwrap_or_else(|_| "info".into()),

@@ -10,16 +10,19 @@
 //! Environment:
 //! - `KAPSULE_BIN`: the `kapsule` binary to run; otherwise the rig builds it once with
 //!   `cargo build -p kapsule --bin kapsule` and uses the artifact cargo reports.
+//! - `LOCAL_KMS_BIN`: the `local-kms` binary (AWS KMS API); otherwise PATH, then `~/go/bin`.
 //! - `TANSU_BIN`: the `tansu` binary; otherwise `tansu` on `PATH`, then `~/.cargo/bin/tansu`.
 //! - `KAPSULE_RIG_DIRECT=1`: bypass Kapsule (see above).
 //! - `KAPSULE_RIG_SHOW_LOGS=1`: print every service's log when its guard drops, not only on panic.
 
+pub mod aws_kms;
 pub mod broker;
 pub mod clients;
 pub mod encryption;
 pub mod fleet;
 pub mod kafka;
 pub mod kapsule;
+pub mod kms_server;
 pub mod netns;
 pub mod openbao;
 /// Builds the policies in `policies/` from source (shared with the host crate's unit tests).

@@ -237,30 +237,7 @@ impl OpenBao {
     /// Freezes the server (SIGSTOP): connections are accepted but never answered. Returns once
     /// every thread of the server is stopped (signal delivery is asynchronous).
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal("-STOP")?;
-        let pid = self.child.as_ref().context("server not running")?.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map(|tasks| {
-                    tasks.flatten().all(|t| {
-                        std::fs::read_to_string(t.path().join("status"))
-                            .map(|s| {
-                                s.lines()
-                                    .any(|l| l.split_whitespace().take(2).eq(["State:", "T"]))
-                            })
-                            .unwrap_or(true)
-                    })
-                })
-                .unwrap_or(true);
-            if all_stopped {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("bao server {pid} did not stop within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::process::freeze(self.child.as_ref().context("server not running")?.id())
     }
 
     /// Unfreezes the server (SIGCONT).

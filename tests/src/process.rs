@@ -179,6 +179,44 @@ pub fn read_tail(path: &Path, max: u64) -> String {
     }
 }
 
+/// Freezes process `pid` (SIGSTOP): its sockets accept connections but nothing answers, as with
+/// a hung server. Returns once every thread is stopped (signal delivery is asynchronous).
+pub fn freeze(pid: u32) -> Result<()> {
+    let target = rustix::process::Pid::from_raw(pid as i32).context("pid 0")?;
+    rustix::process::kill_process(target, rustix::process::Signal::STOP)
+        .with_context(|| format!("SIGSTOP to {pid}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("status"))
+                        .map(|s| {
+                            s.lines()
+                                .any(|l| l.split_whitespace().take(2).eq(["State:", "T"]))
+                        })
+                        .unwrap_or(true)
+                })
+            })
+            .unwrap_or(true);
+        if all_stopped {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lets a process stopped by [`freeze`] run again (SIGCONT).
+pub fn thaw(pid: u32) -> Result<()> {
+    let target = rustix::process::Pid::from_raw(pid as i32).context("pid 0")?;
+    rustix::process::kill_process(target, rustix::process::Signal::CONT)
+        .with_context(|| format!("SIGCONT to {pid}"))
+}
+
 /// Locates an executable: `env_var` if set, else `name` on `PATH`, else `~/.cargo/bin/<name>`.
 pub fn find_executable(env_var: &str, name: &str) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {

@@ -4,6 +4,9 @@
 //! is wrapped ("encrypted DEK", EDEK) by a key encryption key (KEK) that never leaves the KMS.
 //!
 //! - [`vault::VaultKms`]: HashiCorp Vault / OpenBao transit engine (production).
+//! - [`aws::AwsKms`]: AWS KMS (production; `GenerateDataKey`/`Decrypt` with an encryption context).
+//! - [`azure::AzureKms`]: Azure Key Vault / Managed HSM (`wrapkey`/`unwrapkey` over REST).
+//! - [`gcp::GcpKms`]: Google Cloud KMS (`encrypt`/`decrypt` with AAD over REST).
 //! - [`local::LocalKms`]: KEKs in a local file, each encrypted by a master key (demo, no Vault).
 //! - [`memory::MemoryKms`]: in-process fake with failure injection, for tests.
 //! - `KmsGate`: the one door of every KMS call (bounded concurrency, negative cache, a
@@ -15,12 +18,19 @@
 //! Errors are classified by [`KmsErrorKind`] so callers can tell "retry later" from "fix the
 //! configuration". See docs/kms.md.
 
+pub mod aws;
+pub mod azure;
+mod cloud;
 pub mod deadline;
 mod gate;
+pub mod gcp;
 mod keyfile;
 pub mod local;
 pub mod memory;
 pub mod requester;
+mod retry;
+#[cfg(test)]
+mod test_server;
 pub mod vault;
 
 use std::fmt;
@@ -196,6 +206,7 @@ pub trait Kms: Send + Sync + fmt::Debug {
 /// ```yaml
 /// kms: { type: local, key_file: /var/lib/kapsule/keys.json, master_key_env: KAPSULE_MASTER_KEY, auto_create_keys: true }
 /// kms: { type: vault, address: "https://vault:8200", token_env: VAULT_TOKEN, mount: transit, timeout_ms: 5000, retries: 3 }
+/// kms: { type: aws, region: eu-west-1, key_template: "alias/kapsule-{key_id}" }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -204,6 +215,12 @@ pub enum KmsConfig {
     Local(local::LocalKmsConfig),
     /// Vault / OpenBao transit ([`vault::VaultKms`]).
     Vault(vault::VaultKmsConfig),
+    /// AWS KMS ([`aws::AwsKms`]).
+    Aws(aws::AwsKmsConfig),
+    /// Azure Key Vault / Managed HSM ([`azure::AzureKms`]).
+    Azure(azure::AzureKmsConfig),
+    /// Google Cloud KMS ([`gcp::GcpKms`]).
+    Gcp(gcp::GcpKmsConfig),
 }
 
 impl KmsConfig {
@@ -212,11 +229,15 @@ impl KmsConfig {
         match self {
             Self::Local(c) => c.validate(path, problems),
             Self::Vault(c) => c.validate(path, problems),
+            Self::Aws(c) => c.validate(path, problems),
+            Self::Azure(c) => c.validate(path, problems),
+            Self::Gcp(c) => c.validate(path, problems),
         }
     }
 
-    /// Builds the configured KMS (reads tokens and master keys; makes no network call).
-    /// Warns when a Vault address is plain `http://` (tokens and data keys in clear on the wire).
+    /// Builds the configured KMS (reads tokens, master keys, CA files and profiles; makes no
+    /// network call). Warns when the KMS address is plain `http://` (credentials and data keys in
+    /// clear on the wire).
     pub fn build(&self) -> anyhow::Result<Arc<dyn Kms>> {
         if let Some(warning) = self.insecure_transport_warning() {
             tracing::warn!("{warning}");
@@ -224,6 +245,9 @@ impl KmsConfig {
         Ok(match self {
             Self::Local(c) => Arc::new(local::LocalKms::open(c)?),
             Self::Vault(c) => Arc::new(vault::VaultKms::new(c)?),
+            Self::Aws(c) => Arc::new(aws::AwsKms::new(c)?),
+            Self::Azure(c) => Arc::new(azure::AzureKms::new(c)?),
+            Self::Gcp(c) => Arc::new(gcp::GcpKms::new(c)?),
         })
     }
 }
@@ -237,6 +261,7 @@ impl KmsConfig {
                  network unencrypted; use https:// outside a test setup"
                     .to_owned(),
             ),
+            Self::Aws(c) => c.insecure_transport_warning(),
             _ => None,
         }
     }
@@ -283,8 +308,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("mount_point"), "{err}");
+        let c: KmsConfig = serde_norway::from_str("type: aws\nregion: eu-west-1\n").unwrap();
+        assert!(matches!(c, KmsConfig::Aws(_)));
         let err = serde_norway::from_str::<KmsConfig>("type: aws\n").unwrap_err();
-        assert!(err.to_string().contains("aws"), "{err}");
+        assert!(err.to_string().contains("region"), "{err}");
+        let err = serde_norway::from_str::<KmsConfig>("type: gcs\n").unwrap_err();
+        assert!(err.to_string().contains("gcs"), "{err}");
     }
 
     #[test]

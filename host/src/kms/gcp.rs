@@ -1,0 +1,449 @@
+//! Google Cloud KMS back end over the REST API (`cloudkms.googleapis.com/v1`).
+//!
+//! - [`Kms::generate_data_key`]: a random DEK from the OS, encrypted with `POST
+//!   {cryptoKey}:encrypt` under the key's primary version, with additionalAuthenticatedData
+//!   `kapsule-kek:<Kapsule key id>` (the key id binding, like AWS's encryption context). EDEK =
+//!   the returned ciphertext (it names its key version; Cloud KMS picks it on decrypt).
+//! - [`Kms::decrypt_data_key`]: `POST {cryptoKey}:decrypt` with the same AAD: records under older
+//!   versions decrypt while those versions are enabled.
+//! - [`Kms::key_info`]: `GET {cryptoKey}` (primary version number).
+//! - [`Kms::derive_key`]: `POST {cryptoKeyVersion}:macSign` (HMAC-SHA256 key version named by
+//!   `mac_key_template`).
+//!
+//! Tokens come from [`credential`]; a 401 drops the cached token and the call is retried.
+
+mod credential;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+pub use credential::{GcpCredentialConfig, GcpCredentialType, CLOUD_KMS_SCOPE};
+
+use super::cloud::{RestClient, TokenCache};
+use super::retry::{call_with_retries, Failure, RetryPolicy};
+use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+
+fn default_endpoint() -> String {
+    "https://cloudkms.googleapis.com".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// `kms: { type: gcp, ... }` configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpKmsConfig {
+    /// CryptoKey resource name for a Kapsule key id without an entry in `keys`, `{key_id}`
+    /// replaced: `projects/P/locations/L/keyRings/R/cryptoKeys/kapsule-{key_id}`.
+    pub key_template: String,
+    /// Explicit KEKs: Kapsule key id → CryptoKey resource name.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+    /// CryptoKeyVersion of an HMAC_SHA256 key used to derive record-key keys, `{key_id}`
+    /// replaced: `.../cryptoKeys/kapsule-{key_id}-mac/cryptoKeyVersions/1`.
+    #[serde(default)]
+    pub mac_key_template: Option<String>,
+    /// API endpoint (default `https://cloudkms.googleapis.com`; a regional or private endpoint).
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// How Kapsule gets its tokens.
+    pub credential: GcpCredentialConfig,
+    /// PEM CA certificate(s) to trust besides the web PKI roots.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Timeout of one request in milliseconds (default 5000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of throttled or failed requests (default 3).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn is_segment(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Checks `projects/P/locations/L/keyRings/R/cryptoKeys/K[/cryptoKeyVersions/N]`.
+fn check_resource(name: &str, want_version: bool) -> Result<(), String> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let labels = [
+        "projects",
+        "locations",
+        "keyRings",
+        "cryptoKeys",
+        "cryptoKeyVersions",
+    ];
+    let n = if want_version { 10 } else { 8 };
+    let ok = parts.len() == n
+        && parts
+            .chunks(2)
+            .zip(labels)
+            .all(|(pair, label)| pair[0] == label && is_segment(pair[1]));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not projects/P/locations/L/keyRings/R/cryptoKeys/K{}",
+            if want_version {
+                "/cryptoKeyVersions/N"
+            } else {
+                ""
+            }
+        ))
+    }
+}
+
+fn fill(template: &str, key_id: &str) -> Result<String, KmsError> {
+    let name = template.replace("{key_id}", key_id);
+    if key_id.is_empty()
+        || key_id.contains(['/', '.'])
+        || check_resource(&name, template.contains("/cryptoKeyVersions/")).is_err()
+    {
+        return Err(KmsError::new(
+            KmsErrorKind::UnknownKey,
+            key_id,
+            "key id cannot be part of a Cloud KMS key name (only A-Z a-z 0-9 _ -, at most 63); \
+             map it under kms.keys or change the rule's key_id",
+        ));
+    }
+    Ok(name)
+}
+
+impl GcpKmsConfig {
+    /// Appends one message per problem to `problems`.
+    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        for (field, template, versioned) in [
+            ("key_template", Some(&self.key_template), false),
+            ("mac_key_template", self.mac_key_template.as_ref(), true),
+        ] {
+            let Some(t) = template else { continue };
+            if t.matches("{key_id}").count() != 1 {
+                problems.push(format!(
+                    "{path}.{field}: '{t}' must contain {{key_id}} once"
+                ));
+            } else if let Err(why) = check_resource(&t.replace("{key_id}", "k"), versioned) {
+                problems.push(format!("{path}.{field}: {why}"));
+            }
+        }
+        for (id, name) in &self.keys {
+            if let Err(why) = crate::crypto::wire::validate_key_id(id) {
+                problems.push(format!(
+                    "{path}.keys: '{}' is invalid: {why}",
+                    id.escape_debug()
+                ));
+            }
+            if let Err(why) = check_resource(name, false) {
+                problems.push(format!("{path}.keys.{id}: {why}"));
+            }
+        }
+        match url::Url::parse(&self.endpoint) {
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && u.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost")) => {}
+            _ => problems.push(format!(
+                "{path}.endpoint: '{}' must be an https:// URL (http:// only on loopback, for tests)",
+                self.endpoint
+            )),
+        }
+        self.credential
+            .validate(&format!("{path}.credential"), problems);
+        if !(100..=300_000).contains(&self.timeout_ms) {
+            problems.push(format!(
+                "{path}.timeout_ms: {} is outside 100..=300000",
+                self.timeout_ms
+            ));
+        }
+        if self.retries > 10 {
+            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
+        }
+    }
+
+    fn key_name(&self, key_id: &str) -> Result<String, KmsError> {
+        match self.keys.get(key_id) {
+            Some(name) => Ok(name.clone()),
+            None => fill(&self.key_template, key_id),
+        }
+    }
+}
+
+/// The additional authenticated data binding an EDEK to its Kapsule key id.
+fn aad(key_id: &str) -> String {
+    B64.encode(format!("kapsule-kek:{key_id}"))
+}
+
+/// The version number at the end of a CryptoKeyVersion name.
+fn version_of(name: &str) -> Option<u32> {
+    name.rsplit_once("/cryptoKeyVersions/")?.1.parse().ok()
+}
+
+/// Google Cloud KMS (see the module docs).
+pub struct GcpKms {
+    config: GcpKmsConfig,
+    http: RestClient,
+    tokens: TokenCache,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for GcpKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpKms")
+            .field("endpoint", &self.config.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GcpKms {
+    /// Builds the client: validates the configuration, reads `ca_cert` and the credential file.
+    /// Makes no network call.
+    pub fn new(config: &GcpKmsConfig) -> anyhow::Result<Self> {
+        let mut problems = Vec::new();
+        config.validate("kms", &mut problems);
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "invalid Google Cloud KMS configuration: {}",
+                problems.join("; ")
+            );
+        }
+        let timeout = Duration::from_millis(config.timeout_ms);
+        Ok(Self {
+            http: RestClient::new(config.ca_cert.as_deref(), timeout)?,
+            tokens: TokenCache::new(config.credential.source()?),
+            config: config.clone(),
+            policy: RetryPolicy {
+                timeout,
+                retries: config.retries,
+            },
+        })
+    }
+
+    /// `POST {endpoint}/v1/{resource}:{method}` (or `GET` without a method) with a bearer token.
+    async fn call(
+        &self,
+        key_id: &str,
+        resource: &str,
+        method: &str,
+        body: Value,
+    ) -> Result<Value, KmsError> {
+        let base = self.config.endpoint.trim_end_matches('/');
+        let url = if method.is_empty() {
+            format!("{base}/v1/{resource}")
+        } else {
+            format!("{base}/v1/{resource}:{method}")
+        };
+        let what = if method.is_empty() { "get" } else { method };
+        let body = body.to_string();
+        call_with_retries(
+            "Cloud KMS",
+            key_id,
+            self.policy,
+            |kind| match kind {
+                KmsErrorKind::PermissionDenied => {
+                    "; grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (docs/kms.md)"
+                        .into()
+                }
+                KmsErrorKind::UnknownKey => {
+                    "; create the key or map the key id under kms.keys".into()
+                }
+                _ => String::new(),
+            },
+            || {
+                let (url, body) = (&url, &body);
+                async move {
+                    let token = self.tokens.bearer(&self.http).await?;
+                    let req = if method.is_empty() {
+                        self.http.http().get(url)
+                    } else {
+                        self.http
+                            .http()
+                            .post(url)
+                            .header("content-type", "application/json")
+                            .body(body.to_owned())
+                    };
+                    match self
+                        .http
+                        .send_json(what, req.bearer_auth(token.as_str()))
+                        .await
+                    {
+                        Err(mut f) if f.status == Some(401) => {
+                            self.tokens.invalidate().await;
+                            f.retry = true;
+                            Err(f)
+                        }
+                        Err(f) if f.status == Some(400) => Err(classify_400(method, f)),
+                        other => other,
+                    }
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// A 400 is a disabled or destroyed key version (FAILED_PRECONDITION: clients may retry once an
+/// operator enables it) or, on decrypt, a ciphertext that does not decrypt.
+fn classify_400(method: &str, f: Failure) -> Failure {
+    if f.message.contains("FAILED_PRECONDITION") {
+        Failure {
+            kind: KmsErrorKind::Transient,
+            retry: false,
+            ..f
+        }
+    } else if method == "decrypt" {
+        Failure {
+            kind: KmsErrorKind::InvalidCiphertext,
+            ..f
+        }
+    } else {
+        f
+    }
+}
+
+fn b64_field(
+    key_id: &str,
+    v: &Value,
+    field: &str,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    v[field]
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .map(Zeroizing::new)
+        .ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                format!("{what}: no base64 '{field}' in the answer"),
+            )
+        })
+}
+
+fn secret32(key_id: &str, raw: &[u8], what: &str) -> Result<SecretKey, KmsError> {
+    if raw.len() != DEK_LEN {
+        return Err(KmsError::new(
+            KmsErrorKind::Other,
+            key_id,
+            format!("{what} has {} bytes, expected {DEK_LEN}", raw.len()),
+        ));
+    }
+    let mut out = Zeroizing::new([0u8; DEK_LEN]);
+    out.copy_from_slice(raw);
+    Ok(out)
+}
+
+#[async_trait]
+impl Kms for GcpKms {
+    fn backend(&self) -> &'static str {
+        "gcp"
+    }
+
+    async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
+        let name = self.config.key_name(key_id)?;
+        let mut dek: SecretKey = Zeroizing::new([0u8; DEK_LEN]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, dek.as_mut());
+        let body = json!({"plaintext": B64.encode(dek.as_ref()), "additionalAuthenticatedData": aad(key_id)});
+        let v = self.call(key_id, &name, "encrypt", body).await?;
+        let ciphertext = b64_field(key_id, &v, "ciphertext", "encrypt")?;
+        Ok(DataKey {
+            plaintext: dek,
+            edek: ciphertext.to_vec(),
+            kek_version: v["name"].as_str().and_then(version_of).unwrap_or(1),
+        })
+    }
+
+    async fn decrypt_data_key(&self, key_id: &str, edek: &[u8]) -> Result<SecretKey, KmsError> {
+        let name = self.config.key_name(key_id)?;
+        if edek.is_empty() || edek.len() > 65_536 {
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidCiphertext,
+                key_id,
+                "EDEK size is not a Cloud KMS ciphertext",
+            ));
+        }
+        let body =
+            json!({"ciphertext": B64.encode(edek), "additionalAuthenticatedData": aad(key_id)});
+        let v = self.call(key_id, &name, "decrypt", body).await?;
+        let plain = b64_field(key_id, &v, "plaintext", "decrypt")?;
+        secret32(key_id, &plain, "decrypted DEK")
+    }
+
+    async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
+        let name = self.config.key_name(key_id)?;
+        let v = self.call(key_id, &name, "", Value::Null).await?;
+        if v["purpose"] != "ENCRYPT_DECRYPT" {
+            return Err(KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                format!(
+                    "{name} has purpose {}, Kapsule needs ENCRYPT_DECRYPT",
+                    v["purpose"]
+                ),
+            ));
+        }
+        let latest = v["primary"]["name"]
+            .as_str()
+            .and_then(version_of)
+            .ok_or_else(|| {
+                KmsError::new(
+                    KmsErrorKind::Other,
+                    key_id,
+                    "the key has no primary version",
+                )
+            })?;
+        Ok(KeyInfo {
+            key_id: key_id.to_owned(),
+            latest_version: latest,
+        })
+    }
+
+    async fn derive_key(
+        &self,
+        key_id: &str,
+        context: &[u8],
+        version: Option<u32>,
+    ) -> Result<DerivedKey, KmsError> {
+        let template = self.config.mac_key_template.as_deref().ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                "record-key encryption with Cloud KMS needs kms.mac_key_template (see docs/kms.md)",
+            )
+        })?;
+        let name = fill(template, key_id)?;
+        let pinned = version_of(&name).unwrap_or(1);
+        if version.is_some_and(|v| v != pinned) {
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidCiphertext,
+                key_id,
+                format!("derived-key version {version:?} is not the configured MAC key version {pinned}"),
+            ));
+        }
+        let v = self
+            .call(
+                key_id,
+                &name,
+                "macSign",
+                json!({"data": B64.encode(context)}),
+            )
+            .await?;
+        let mac = b64_field(key_id, &v, "mac", "macSign")?;
+        Ok(DerivedKey {
+            material: secret32(key_id, &mac, "MAC")?,
+            kek_version: pinned,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

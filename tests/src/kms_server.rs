@@ -1,0 +1,83 @@
+//! One handle over the real KMS servers the rig can start, so the shared KMS tests (outage, fail
+//! closed) run once per back end: `vault` (an OpenBao dev server) and `aws` (local-kms, the AWS
+//! KMS API). Parameterise a test with `#[values("vault", "aws")] backend: &str` and
+//! [`KmsServer::start`].
+
+use anyhow::{bail, Context, Result};
+
+use crate::aws_kms::{LocalAwsKms, TEST_CREDENTIALS};
+use crate::openbao::{OpenBao, ROOT_TOKEN};
+use crate::KapsuleConfig;
+
+/// A running KMS server of one back end.
+#[derive(Debug)]
+pub enum KmsServer {
+    /// OpenBao transit, with the root token in a file.
+    Vault(OpenBao, tempfile::NamedTempFile),
+    /// local-kms (AWS KMS API).
+    Aws(LocalAwsKms),
+}
+
+impl KmsServer {
+    /// Starts the server of `backend` (`vault` or `aws`).
+    pub async fn start(backend: &str) -> Result<Self> {
+        match backend {
+            "vault" => {
+                let bao = OpenBao::start()?;
+                let token = tempfile::Builder::new()
+                    .prefix("kapsule-rig-token-")
+                    .tempfile()
+                    .context("creating the token file")?;
+                std::fs::write(token.path(), ROOT_TOKEN)?;
+                Ok(Self::Vault(bao, token))
+            }
+            "aws" => Ok(Self::Aws(LocalAwsKms::start().await?)),
+            other => bail!("unknown KMS back end {other:?} (vault or aws)"),
+        }
+    }
+
+    /// Creates KEK `name` (and, for AWS, its HMAC key).
+    pub async fn create_key(&self, name: &str) -> Result<()> {
+        match self {
+            Self::Vault(bao, _) => bao.create_key(name),
+            Self::Aws(kms) => kms.create_key(name).await.map(|_| ()),
+        }
+    }
+
+    /// Freezes the server: connections are accepted, nothing is answered.
+    pub fn pause(&self) -> Result<()> {
+        match self {
+            Self::Vault(bao, _) => bao.pause(),
+            Self::Aws(kms) => kms.pause(),
+        }
+    }
+
+    /// Lets a paused server answer again.
+    pub fn resume(&self) -> Result<()> {
+        match self {
+            Self::Vault(bao, _) => bao.resume(),
+            Self::Aws(kms) => kms.resume(),
+        }
+    }
+
+    /// `config` with this server's `kms:` section (per-call `timeout_ms`, `retries`) and the
+    /// environment Kapsule needs for it.
+    pub fn kapsule_config(
+        &self,
+        config: KapsuleConfig,
+        timeout_ms: u64,
+        retries: u32,
+    ) -> KapsuleConfig {
+        match self {
+            Self::Vault(bao, token) => config.with_yaml(&format!(
+                "kms:\n  type: vault\n  address: \"{}\"\n  token_file: \"{}\"\n  timeout_ms: {timeout_ms}\n  retries: {retries}\n",
+                bao.address(),
+                token.path().display()
+            )),
+            Self::Aws(kms) => TEST_CREDENTIALS.iter().fold(
+                config.with_yaml(&kms.kapsule_yaml(timeout_ms, retries)),
+                |c, (k, v)| c.with_env(k, v),
+            ),
+        }
+    }
+}
