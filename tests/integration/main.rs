@@ -30,6 +30,7 @@ mod resilience;
 mod reveal;
 mod sandbox;
 mod sasl;
+mod schema_fields;
 mod sni;
 mod tls;
 mod tools;
