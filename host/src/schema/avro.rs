@@ -293,11 +293,12 @@ impl AvroSchema {
         }
     }
 
-    /// `Ok` when a field of type `n` can hold ciphertext: string, bytes, or a union of them and
-    /// null with at least one of the two.
+    /// `Ok` when a field of type `n` can hold ciphertext: string, bytes, a union of them and
+    /// null with at least one of the two, or an array or map of those (every element).
     fn check_selectable(&self, n: &Node, what: &str) -> Result<(), String> {
         let ok = match n {
             Node::String | Node::Bytes => true,
+            Node::Array(x) | Node::Map(x) => return self.check_selectable(x, what),
             Node::Union(b) => {
                 b.iter()
                     .all(|x| matches!(x, Node::Null | Node::String | Node::Bytes))
@@ -348,10 +349,12 @@ impl Targets {
                     }
                 }
                 if next.is_empty() {
-                    return Err(format!(
-                        "field path `{p}`: `{}` has no field `{seg}`",
-                        if k == 0 { "the top-level record".to_owned() } else { segs[..k].join(".") }
-                    ));
+                    let parent = if k == 0 {
+                        "the top-level record".to_owned()
+                    } else {
+                        format!("`{}`", segs[..k].join("."))
+                    };
+                    return Err(format!("field path `{p}`: {parent} has no field `{seg}`"));
                 }
                 last = Some(next.clone());
                 nodes = next;
@@ -472,8 +475,8 @@ impl<'a> Walker<'a> {
                 let i = self.index(b.len(), "union branch")?;
                 self.value(&b[i], depth + 1)
             }
-            Node::Array(items) => self.blocks(items, false, depth),
-            Node::Map(values) => self.blocks(values, true, depth),
+            Node::Array(items) => self.blocks(items, false, false, depth),
+            Node::Map(values) => self.blocks(values, true, false, depth),
             Node::Named(i) => {
                 let schema: &'a AvroSchema = &self.t.schema;
                 match &schema.named[*i] {
@@ -488,7 +491,7 @@ impl<'a> Walker<'a> {
                                         && p.iter().zip(&self.stack).all(|(a, b)| a == b)
                                 });
                             let r = if selected {
-                                self.target(&f.ty)
+                                self.target(&f.ty, depth + 1)
                             } else {
                                 self.value(&f.ty, depth + 1)
                             };
@@ -502,7 +505,14 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn blocks(&mut self, item: &'a Node, map: bool, depth: usize) -> Result<(), String> {
+    /// Array or map blocks; with `selected`, every item is a selected field (see [`Self::target`]).
+    fn blocks(
+        &mut self,
+        item: &'a Node,
+        map: bool,
+        selected: bool,
+        depth: usize,
+    ) -> Result<(), String> {
         loop {
             let mut count = self.long()?;
             if count == 0 {
@@ -521,19 +531,26 @@ impl<'a> Walker<'a> {
                 if map {
                     self.len_prefixed()?;
                 }
-                self.value(item, depth + 1)?;
+                if selected {
+                    self.target(item, depth + 1)?;
+                } else {
+                    self.value(item, depth + 1)?;
+                }
             }
         }
     }
 
-    /// A selected field: records the span of its string or bytes value (nothing for null).
-    fn target(&mut self, n: &'a Node) -> Result<(), String> {
+    /// A selected field: records the span of its string or bytes value (nothing for null; every
+    /// element of an array or map).
+    fn target(&mut self, n: &'a Node, depth: usize) -> Result<(), String> {
         let branch = match n {
             Node::Union(b) => &b[self.index(b.len(), "union branch")?],
             other => other,
         };
         let encoding = match branch {
             Node::Null => return Ok(()),
+            Node::Array(items) => return self.blocks(items, false, true, depth),
+            Node::Map(values) => return self.blocks(values, true, true, depth),
             Node::String => FieldEncoding::AvroText,
             Node::Bytes => FieldEncoding::AvroRaw,
             // Resolution refuses other types; never reached.

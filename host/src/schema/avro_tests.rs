@@ -82,7 +82,9 @@ fn found(t: &Targets, body: &[u8]) -> Vec<(String, Vec<u8>, FieldEncoding)> {
 }
 
 fn s(x: &str) -> Vec<u8> {
-    Enc::default().str(x).0
+    let mut e = Enc::default();
+    e.str(x);
+    e.0
 }
 
 #[test]

@@ -83,7 +83,6 @@ fn tagged_anywhere(v: &Value, tags: &[String], at: String, depth: usize, out: &m
 }
 
 /// Tagged properties reachable through `properties` (and local `$ref`s) from `node`.
-#[allow(clippy::too_many_arguments)]
 fn tagged_properties(
     root: &Value,
     node: &Value,
@@ -230,7 +229,9 @@ mod tests {
             }}}
         });
         let t = Targets::resolve(&schema, &sel(&["customer.name"], &["PII"])).unwrap();
-        assert_eq!(t.names, vec!["customer.name", "customer.email", "ssn"]);
+        let mut names = t.names.clone();
+        names.sort();
+        assert_eq!(names, vec!["customer.email", "customer.name", "ssn"]);
         let body = br#"{"id":7,"ssn":"123","customer":{"email":null,"name":"Ann"}}"#;
         let mut value = vec![0, 0, 0, 0, 9];
         value.extend_from_slice(body);

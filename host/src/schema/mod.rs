@@ -12,6 +12,7 @@
 pub mod avro;
 pub mod json_schema;
 pub mod protobuf;
+mod protobuf_descriptor;
 pub mod registry;
 
 use std::ops::Range;
@@ -154,7 +155,8 @@ pub fn validate_selection(sel: &FieldSelection, path: &str, problems: &mut Vec<S
 
 /// Zig-zag varint reader/writer shared by the Avro walker and the record stage.
 pub mod varint {
-    /// Reads an Avro zig-zag `long` at `*pos`; `None` when truncated or longer than 10 bytes.
+    /// Reads an Avro zig-zag `long` at `*pos` (the encoding of Kafka's varlong, at a position
+    /// rather than through a reader); `None` when truncated or over 64 bits.
     pub fn read_zigzag(b: &[u8], pos: &mut usize) -> Option<i64> {
         read_unsigned(b, pos).map(|u| ((u >> 1) as i64) ^ -((u & 1) as i64))
     }
@@ -164,6 +166,9 @@ pub mod varint {
         let mut v: u64 = 0;
         for i in 0..10 {
             let byte = *b.get(*pos)?;
+            if i == 9 && byte > 1 {
+                return None; // more than 64 bits
+            }
             *pos += 1;
             v |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {

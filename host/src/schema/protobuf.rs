@@ -22,7 +22,7 @@ use crate::plan::FieldSelection;
 
 /// A field type as the walker needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum FieldType {
+pub(super) enum FieldType {
     String,
     Bytes,
     /// Any other scalar or enum (only its wire type matters).
@@ -36,18 +36,20 @@ enum FieldType {
 }
 
 #[derive(Debug)]
-struct Field {
+pub(super) struct Field {
     name: String,
     number: u64,
     ty: FieldType,
 }
 
 #[derive(Debug, Default)]
-struct Message {
-    full_name: String,
-    fields: Vec<Field>,
+pub(super) struct Message {
+    pub(super) full_name: String,
+    pub(super) fields: Vec<Field>,
     /// Indexes of nested messages, in declaration order (for message indexes).
-    nested: Vec<usize>,
+    pub(super) nested: Vec<usize>,
+    /// A synthetic map entry type (descriptor form: `options.map_entry`).
+    pub(super) map_entry: bool,
 }
 
 /// A parsed `.proto` file.
@@ -58,13 +60,25 @@ pub struct ProtoSchema {
     top: Vec<usize>,
 }
 
-/// Raw field before type resolution: (name, number, type name, scope, map key?).
-struct RawField {
-    msg: usize,
-    name: String,
-    number: u64,
-    type_name: String,
-    map: bool,
+/// A field before type resolution.
+pub(super) struct RawField {
+    /// The message it belongs to.
+    pub(super) msg: usize,
+    pub(super) name: String,
+    pub(super) number: u64,
+    /// A scalar name (`string`, `int64`, ...) or a message or enum name, relative or absolute.
+    pub(super) type_name: String,
+    /// Declared as `map<K, type_name>`.
+    pub(super) map: bool,
+}
+
+/// What a parser or the descriptor decoder produces: messages, enum names, fields to resolve.
+#[derive(Default)]
+pub(super) struct Raw {
+    pub(super) messages: Vec<Message>,
+    pub(super) enums: Vec<String>,
+    pub(super) fields: Vec<RawField>,
+    pub(super) top: Vec<usize>,
 }
 
 struct Parser<'a> {
@@ -284,38 +298,38 @@ impl<'a> Parser<'a> {
         });
         Ok(())
     }
+}
 
-    /// Resolves `name` from inside message `scope` by Protobuf's rules (innermost scope first).
-    fn resolve(&self, names: &HashMap<&str, usize>, scope: &str, name: &str) -> FieldType {
-        if let Some(s) = scalar(name) {
-            return s;
+/// Resolves `name` from inside message `scope` by Protobuf's rules (innermost scope first).
+fn resolve(names: &HashMap<&str, usize>, enums: &[String], scope: &str, name: &str) -> FieldType {
+    if let Some(s) = scalar(name) {
+        return s;
+    }
+    let lookup = |full: &str| -> Option<FieldType> {
+        names.get(full).map(|&i| FieldType::Message(i)).or_else(|| {
+            enums
+                .iter()
+                .any(|e| e == full)
+                .then_some(FieldType::Scalar("varint"))
+        })
+    };
+    if let Some(abs) = name.strip_prefix('.') {
+        return lookup(abs).unwrap_or_else(|| FieldType::Unresolved(name.to_owned()));
+    }
+    let mut s = scope.to_owned();
+    loop {
+        if let Some(t) = lookup(&qualify(&s, name)) {
+            return t;
         }
-        let lookup = |full: &str| -> Option<FieldType> {
-            names.get(full).map(|&i| FieldType::Message(i)).or_else(|| {
-                self.enums
-                    .iter()
-                    .any(|e| e == full)
-                    .then_some(FieldType::Scalar("varint"))
-            })
-        };
-        if let Some(abs) = name.strip_prefix('.') {
-            return lookup(abs).unwrap_or_else(|| FieldType::Unresolved(name.to_owned()));
-        }
-        let mut s = scope.to_owned();
-        loop {
-            if let Some(t) = lookup(&qualify(&s, name)) {
-                return t;
-            }
-            match s.rfind('.') {
-                Some(i) => s.truncate(i),
-                None if !s.is_empty() => s.clear(),
-                None => return FieldType::Unresolved(name.to_owned()),
-            }
+        match s.rfind('.') {
+            Some(i) => s.truncate(i),
+            None if !s.is_empty() => s.clear(),
+            None => return FieldType::Unresolved(name.to_owned()),
         }
     }
 }
 
-fn qualify(scope: &str, name: &str) -> String {
+pub(super) fn qualify(scope: &str, name: &str) -> String {
     if scope.is_empty() {
         name.to_owned()
     } else {
@@ -324,30 +338,58 @@ fn qualify(scope: &str, name: &str) -> String {
 }
 
 impl ProtoSchema {
-    /// Parses the `.proto` text of a registered schema.
+    /// Parses a registered Protobuf schema: `.proto` text, or the base64 of a serialized
+    /// `FileDescriptorProto` (what confluent-kafka's Python serializer registers, and what
+    /// Apicurio returns for it).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut p = Parser {
-            toks: tokenize(text)?,
-            i: 0,
-            messages: Vec::new(),
-            enums: Vec::new(),
-            raw: Vec::new(),
+        use base64::Engine as _;
+        let trimmed = text.trim();
+        let looks_base64 = !trimmed.is_empty()
+            && trimmed
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
+        let raw = match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+            Ok(bytes) if looks_base64 => super::protobuf_descriptor::decode(&bytes)?,
+            _ => {
+                let mut p = Parser {
+                    toks: tokenize(text)?,
+                    i: 0,
+                    messages: Vec::new(),
+                    enums: Vec::new(),
+                    raw: Vec::new(),
+                };
+                let top = p.file()?;
+                Raw {
+                    messages: p.messages,
+                    enums: p.enums,
+                    fields: p.raw,
+                    top,
+                }
+            }
         };
-        let top = p.file()?;
+        Self::build(raw)
+    }
+
+    fn build(raw: Raw) -> Result<Self, String> {
+        let Raw {
+            mut messages,
+            enums,
+            fields,
+            top,
+        } = raw;
         if top.is_empty() {
-            return Err("the .proto text defines no message".into());
+            return Err("the Protobuf schema defines no message".into());
         }
-        let names: HashMap<&str, usize> = p
-            .messages
+        let names: HashMap<&str, usize> = messages
             .iter()
             .enumerate()
             .map(|(i, m)| (m.full_name.as_str(), i))
             .collect();
-        let mut fields: Vec<(usize, Field)> = Vec::new();
-        for r in &p.raw {
-            let scope = &p.messages[r.msg].full_name;
-            let t = p.resolve(&names, scope, &r.type_name);
-            fields.push((
+        let mut resolved: Vec<(usize, Field)> = Vec::new();
+        for r in &fields {
+            let scope = &messages[r.msg].full_name;
+            let t = resolve(&names, &enums, scope, &r.type_name);
+            resolved.push((
                 r.msg,
                 Field {
                     name: r.name.clone(),
@@ -356,9 +398,27 @@ impl ProtoSchema {
                 },
             ));
         }
-        let mut messages = std::mem::take(&mut p.messages);
-        for (m, f) in fields {
+        drop(names);
+        for (m, f) in resolved {
             messages[m].fields.push(f);
+        }
+        // Descriptor form: a field of a map-entry type is a map of the entry's value (field 2).
+        let entry_values: Vec<Option<FieldType>> = messages
+            .iter()
+            .map(|m| {
+                m.map_entry
+                    .then(|| m.fields.iter().find(|f| f.number == 2).map(|f| f.ty.clone()))
+                    .flatten()
+            })
+            .collect();
+        for m in &mut messages {
+            for f in &mut m.fields {
+                if let FieldType::Message(i) = f.ty {
+                    if let Some(v) = &entry_values[i] {
+                        f.ty = FieldType::Map(Box::new(v.clone()));
+                    }
+                }
+            }
         }
         Ok(Self { messages, top })
     }
@@ -384,17 +444,22 @@ impl Targets {
         let mut paths = Vec::new();
         for p in &sel.fields {
             let segs = split_path(p)?;
-            // A path may start in any top-level message (the indexes choose one per record).
-            let mut ok = false;
-            let mut problem = None;
-            for &root in &schema.top {
-                match check_path(schema, root, &segs, p) {
-                    Ok(()) => ok = true,
-                    Err(e) => problem = problem.or(Some(e)),
-                }
+            // A path may start in any top-level message (the indexes choose one per record);
+            // it must fit every top-level message that has its first field.
+            let roots: Vec<usize> = schema
+                .top
+                .iter()
+                .copied()
+                .filter(|&r| schema.messages[r].fields.iter().any(|f| f.name == segs[0]))
+                .collect();
+            if roots.is_empty() {
+                return Err(format!(
+                    "field path `{p}`: no top-level message has a field `{}`",
+                    segs[0]
+                ));
             }
-            if !ok {
-                return Err(problem.unwrap_or_default());
+            for root in roots {
+                check_path(schema, root, &segs, p)?;
             }
             paths.push(segs);
         }

@@ -132,7 +132,7 @@ fn unfit_selections_and_bodies_are_refused() {
         ("customer", "field `customer` is a Protobuf message shop.Order.Customer"),
         ("status", "scalar or enum"),
         ("at", "from another file"),
-        ("nope", "has no field `nope`"),
+        ("nope", "no top-level message has a field `nope`"),
     ] {
         let e = Targets::resolve(&s, &sel(&[p])).unwrap_err();
         assert!(e.contains(want), "{p}: {e}");
@@ -154,4 +154,30 @@ fn unfit_selections_and_bodies_are_refused() {
     for bad in ["message { }", "message M { string a = ; }", "message M { group G = 1 {} }", "syntax = \"proto3\";"] {
         assert!(ProtoSchema::parse(bad).is_err(), "accepted {bad}");
     }
+}
+
+/// What confluent-kafka's Python `ProtobufSerializer` registers (and Apicurio returns): the
+/// base64 of a serialized `FileDescriptorProto`, here for `package shop; message Order { int64
+/// id = 1; string ssn = 2; repeated string cards = 3; }`, and a value it serialized.
+#[test]
+fn base64_file_descriptors_are_read_like_proto_text() {
+    let registered = "CgtvcmRlci5wcm90bxIEc2hvcCIvCgVPcmRlchIKCgJpZBgBIAEoAxILCgNzc24YAiABKAkSDQoFY2FyZHMYAyADKAliBnByb3RvMw==";
+    let s = Arc::new(ProtoSchema::parse(registered).unwrap());
+    let t = Targets::resolve(&s, &sel(&["ssn", "cards"])).unwrap();
+    let value = hex::decode("00000000020008011201531a01611a0162").unwrap();
+    let got: Vec<_> = locate(&t, &value, 5)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, value[f.range].to_vec()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ssn".to_owned(), lp(b"S")),
+            ("cards".to_owned(), lp(b"a")),
+            ("cards".to_owned(), lp(b"b"))
+        ]
+    );
+    let e = Targets::resolve(&s, &sel(&["id"])).unwrap_err();
+    assert!(e.contains("field `id` is a Protobuf scalar"), "{e}");
 }

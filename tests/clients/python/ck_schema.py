@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Produce or consume schema-encoded records with confluent-kafka's Schema Registry serdes.
 
-produce: serializes each object of --input ({"objects": [...]}) with AvroSerializer or
+produce: serializes each object of --input ({"objects": [...]}, bytes as {"hex": ..}) with AvroSerializer or
   JSONSerializer against --registry (subject <topic>-value, registered automatically), produces
   the serialized bytes and reports each delivery.
   Output: {"serialized": [hex...], "results": [{"partition","offset"} | {"error","name","code",
@@ -11,7 +11,7 @@ consume: reads --count records from the beginning and deserializes each value wi
   Output: {"records": [{"value": hex, "headers": [[k, hex]], "object": obj|null,
            "deserialize_error": str|null}], "errors": [str]}
 
-Usage: ck_schema.py produce|consume --bootstrap B --registry URL --topic T --format avro|json
+Usage: ck_schema.py produce|consume --bootstrap B --registry URL --topic T --format avro|json|protobuf
        [--schema FILE] [--input FILE] [--count N] [--config k=v ...] [--timeout S]
 """
 import argparse
@@ -29,7 +29,7 @@ ap.add_argument("mode", choices=["produce", "consume"])
 ap.add_argument("--bootstrap", required=True)
 ap.add_argument("--registry", required=True)
 ap.add_argument("--topic", required=True)
-ap.add_argument("--format", choices=["avro", "json"], default="avro")
+ap.add_argument("--format", choices=["avro", "json", "protobuf"], default="avro")
 ap.add_argument("--schema")
 ap.add_argument("--input")
 ap.add_argument("--count", type=int, default=0)
@@ -45,6 +45,17 @@ def to_dict(obj, _ctx):
     return obj
 
 
+def from_jsonable(v):
+    """Input objects from JSON: {"hex": ...} becomes bytes (Avro `bytes` fields)."""
+    if isinstance(v, dict):
+        if set(v) == {"hex"}:
+            return bytes.fromhex(v["hex"])
+        return {k: from_jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_jsonable(x) for x in v]
+    return v
+
+
 def jsonable(v):
     """Deserialized objects as JSON: bytes as {"hex": ...}."""
     if isinstance(v, (bytes, bytearray)):
@@ -56,17 +67,43 @@ def jsonable(v):
     return v
 
 
+def protobuf_class(spec_text):
+    """A message class from a small JSON spec (no protoc needed):
+    {"package": "shop", "message": "Order", "fields": [[name, type, number, "repeated"?], ...]}
+    with scalar types only (string, bytes, int64, int32, bool, double)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    spec = json.loads(spec_text)
+    F = descriptor_pb2.FieldDescriptorProto
+    types = {"string": F.TYPE_STRING, "bytes": F.TYPE_BYTES, "int64": F.TYPE_INT64,
+             "int32": F.TYPE_INT32, "bool": F.TYPE_BOOL, "double": F.TYPE_DOUBLE}
+    fdp = descriptor_pb2.FileDescriptorProto(name=spec["message"].lower() + ".proto",
+                                             package=spec["package"], syntax="proto3")
+    m = fdp.message_type.add(name=spec["message"])
+    for f in spec["fields"]:
+        label = F.LABEL_REPEATED if len(f) > 3 and f[3] == "repeated" else F.LABEL_OPTIONAL
+        m.field.add(name=f[0], type=types[f[1]], number=f[2], label=label)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(spec["package"] + "." + spec["message"]))
+
+
 if args.mode == "produce":
     with open(args.schema) as f:
         schema = f.read()
     with open(args.input) as f:
-        objects = json.load(f)["objects"]
+        objects = [from_jsonable(o) for o in json.load(f)["objects"]]
     if args.format == "avro":
         from confluent_kafka.schema_registry.avro import AvroSerializer
         ser = AvroSerializer(registry, schema, to_dict)
-    else:
+    elif args.format == "json":
         from confluent_kafka.schema_registry.json_schema import JSONSerializer
         ser = JSONSerializer(schema, registry, to_dict)
+    else:
+        from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+        cls = protobuf_class(schema)
+        pser = ProtobufSerializer(cls, registry, {"use.deprecated.format": False})
+        ser = lambda o, c: pser(cls(**o), c)  # noqa: E731
     serialized = [ser(o, ctx) for o in objects]
     conf = {"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": int(args.timeout * 1000)}
@@ -91,10 +128,16 @@ else:
     if args.format == "avro":
         from confluent_kafka.schema_registry.avro import AvroDeserializer
         de = AvroDeserializer(registry)
-    else:
+    elif args.format == "json":
         from confluent_kafka.schema_registry.json_schema import JSONDeserializer
         # The writer schema is fetched by id; validation against it stays on.
         de = JSONDeserializer(None, schema_registry_client=registry)
+    else:
+        from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
+        from google.protobuf.json_format import MessageToDict
+        cls = protobuf_class(open(args.schema).read())
+        pde = ProtobufDeserializer(cls, {"use.deprecated.format": False})
+        de = lambda v, c: MessageToDict(pde(v, c), preserving_proto_field_name=True)  # noqa: E731
     conf = {"bootstrap.servers": args.bootstrap, "group.id": f"ck-schema-{time.time_ns()}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False}
     conf.update(parse_config(args.config))

@@ -107,7 +107,7 @@ fn encryptor(kms: &Arc<MemoryKms>) -> RecordEncryptor {
 /// Reads the Avro `Order` body of `v`: (ssn, photo, cards, note) as raw field contents.
 fn decode_order(v: &[u8]) -> (Vec<u8>, Option<Vec<u8>>, Vec<Vec<u8>>, Vec<u8>) {
     let mut pos = 5;
-    let mut s = |pos: &mut usize| {
+    let s = |pos: &mut usize| {
         let n = read_zigzag(v, pos).unwrap() as usize;
         let out = v[*pos..*pos + n].to_vec();
         *pos += n;
@@ -143,7 +143,7 @@ async fn avro_fields_round_trip_byte_exact_and_stay_valid_avro() {
     let (ssn, photo, cards, note) = decode_order(bt.records[0].value.as_ref().unwrap());
     assert!(ssn.starts_with(JSON_PREFIX.as_bytes()), "ssn: text ciphertext");
     let photo = photo.expect("photo stays the bytes branch");
-    assert_eq!(photo.len(), 6 + 16, "bytes: raw ciphertext");
+    assert_eq!(photo.len(), 1 + 6 + 16, "bytes: raw ciphertext of the length and content");
     assert!(cards.iter().all(|c| c.starts_with(JSON_PREFIX.as_bytes())));
     assert_eq!(note, b"hello", "unselected field untouched");
     assert_eq!(&bt.records[0].value.as_ref().unwrap()[..5], &[0, 0, 0, 0, 1]);
