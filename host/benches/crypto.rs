@@ -61,11 +61,18 @@ fn json_record(i: usize) -> Bytes {
 fn avro_schema() -> String {
     let fields: Vec<String> = (0..10)
         .map(|f| {
-            let tags = if f % 3 == 0 && f < 9 { r#","confluent:tags":["PII"]"# } else { "" };
+            let tags = if f % 3 == 0 && f < 9 {
+                r#","confluent:tags":["PII"]"#
+            } else {
+                ""
+            };
             format!(r#"{{"name":"field{f}","type":"string"{tags}}}"#)
         })
         .collect();
-    format!(r#"{{"type":"record","name":"R","fields":[{}]}}"#, fields.join(","))
+    format!(
+        r#"{{"type":"record","name":"R","fields":[{}]}}"#,
+        fields.join(",")
+    )
 }
 
 /// A 1 KiB Avro record in the wire format (schema id 1) of [`avro_schema`]: nine strings of 100
@@ -130,11 +137,9 @@ fn benches(c: &mut Criterion) {
     )
     .unwrap();
     registry.preload(RegisteredSchema::parse(1, None, &avro_schema()).unwrap());
-    let schema_enc = RecordEncryptor::new(
-        Arc::new(MemoryKms::with_keys(&["k"])),
-        DekConfig::default(),
-    )
-    .with_schema_registry(Arc::new(registry));
+    let schema_enc =
+        RecordEncryptor::new(Arc::new(MemoryKms::with_keys(&["k"])), DekConfig::default())
+            .with_schema_registry(Arc::new(registry));
     let avro_fields = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::SchemaFields(FieldSelection {
@@ -168,7 +173,10 @@ fn benches(c: &mut Criterion) {
     g.bench_function("encrypt_avro_3_string_fields_1KiB", |b| {
         b.iter_batched(
             || avros.clone(),
-            |mut bt| rt.block_on(schema_enc.encrypt_batch("bench", &mut bt, &d_avro)).unwrap(),
+            |mut bt| {
+                rt.block_on(schema_enc.encrypt_batch("bench", &mut bt, &d_avro))
+                    .unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

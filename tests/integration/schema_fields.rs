@@ -98,9 +98,13 @@ struct Principals {
 
 fn principals() -> Principals {
     let pki = Pki::new("schema").unwrap();
-    let server = pki.issue("kapsule", KeyKind::EcPkcs8, false, false).unwrap();
+    let server = pki
+        .issue("kapsule", KeyKind::EcPkcs8, false, false)
+        .unwrap();
     let app = pki.issue("app", KeyKind::EcPkcs8, false, false).unwrap();
-    let analytics = pki.issue("analytics", KeyKind::EcPkcs8, false, false).unwrap();
+    let analytics = pki
+        .issue("analytics", KeyKind::EcPkcs8, false, false)
+        .unwrap();
     Principals {
         pki,
         server,
@@ -110,10 +114,26 @@ fn principals() -> Principals {
 }
 
 /// Runs `ck_schema.py` and returns its JSON report.
-async fn ck_schema(mode: &str, bootstrap: &str, registry: &str, topic: &str, format: &str, extra: &[String]) -> Value {
+async fn ck_schema(
+    mode: &str,
+    bootstrap: &str,
+    registry: &str,
+    topic: &str,
+    format: &str,
+    extra: &[String],
+) -> Value {
     let mut args: Vec<String> = [
-        mode, "--bootstrap", bootstrap, "--registry", registry, "--topic", topic, "--format", format,
-        "--timeout", "30",
+        mode,
+        "--bootstrap",
+        bootstrap,
+        "--registry",
+        registry,
+        "--topic",
+        topic,
+        "--format",
+        format,
+        "--timeout",
+        "30",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -151,7 +171,14 @@ async fn produce(
     ck_schema("produce", bootstrap, registry, topic, format, &extra).await
 }
 
-async fn consume(bootstrap: &str, registry: &str, topic: &str, format: &str, count: usize, ssl: &[String]) -> Vec<Value> {
+async fn consume(
+    bootstrap: &str,
+    registry: &str,
+    topic: &str,
+    format: &str,
+    count: usize,
+    ssl: &[String],
+) -> Vec<Value> {
     let mut extra = vec!["--count".to_string(), count.to_string()];
     extra.extend(ssl.iter().cloned());
     let out = ck_schema("consume", bootstrap, registry, topic, format, &extra).await;
@@ -281,12 +308,26 @@ async fn avro_fields_are_encrypted_at_rest_and_revealed_per_principal() {
     let app = ck_ssl(&ca, Some(&who.app));
 
     let v1 = orders(6, false);
-    let sent_v1 = delivered(&produce(&kapsule.listen, &url, &topic, "avro", ORDER_AVRO, &v1, &app).await);
+    let sent_v1 =
+        delivered(&produce(&kapsule.listen, &url, &topic, "avro", ORDER_AVRO, &v1, &app).await);
     // Evolution: a new version of the subject, so a new schema id, no restart.
     let v2 = orders(3, true);
-    let out = produce(&kapsule.listen, &url, &topic, "avro", &order_avro_v2(), &v2, &app).await;
+    let out = produce(
+        &kapsule.listen,
+        &url,
+        &topic,
+        "avro",
+        &order_avro_v2(),
+        &v2,
+        &app,
+    )
+    .await;
     let sent_v2 = delivered(&out);
-    assert_ne!(sent_v1[0][2..10], sent_v2[0][2..10], "v2 must have a new schema id");
+    assert_ne!(
+        sent_v1[0][2..10],
+        sent_v2[0][2..10],
+        "v2 must have a new schema id"
+    );
     let sent: Vec<String> = sent_v1.into_iter().chain(sent_v2).collect();
     let objects: Vec<Value> = v1.iter().chain(&v2).cloned().collect();
     let n = sent.len();
@@ -296,13 +337,18 @@ async fn avro_fields_are_encrypted_at_rest_and_revealed_per_principal() {
     // At rest: valid records under their schema ids, protected fields ciphertext.
     let stored = consume(&kafka.bootstrap(), &url, &topic, "avro", n, &[]).await;
     for (i, (s, o)) in stored.iter().zip(&objects).enumerate() {
-        assert_eq!(s["value"].as_str().unwrap()[..10], sent[i][..10], "wire prefix kept");
+        assert_eq!(
+            s["value"].as_str().unwrap()[..10],
+            sent[i][..10],
+            "wire prefix kept"
+        );
         let mut p = protected.clone();
         if i >= 6 {
             p.push("loyalty");
         }
         assert_protected(s, o, &p);
-        let raw = String::from_utf8_lossy(&hex::decode(s["value"].as_str().unwrap()).unwrap()).into_owned();
+        let raw = String::from_utf8_lossy(&hex::decode(s["value"].as_str().unwrap()).unwrap())
+            .into_owned();
         assert!(!raw.contains("MARK"), "plaintext at rest: {raw}");
         assert!(raw.contains("Name "), "clear fields stay readable at rest");
     }
@@ -326,14 +372,23 @@ async fn avro_fields_are_encrypted_at_rest_and_revealed_per_principal() {
     )
     .await;
     for (i, (s, o)) in seen.iter().zip(&objects).enumerate() {
-        let mut p: Vec<&str> = protected.iter().copied().filter(|p| *p != "lines.card").collect();
+        let mut p: Vec<&str> = protected
+            .iter()
+            .copied()
+            .filter(|p| *p != "lines.card")
+            .collect();
         if i >= 6 {
             p.push("loyalty");
         }
         assert_protected(s, o, &p);
         assert_eq!(at(&s["object"], "lines.card"), at(o, "lines.card"));
         let w = withheld(s).expect("kapsule.withheld header");
-        let listed: Vec<&str> = w["schema_fields"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let listed: Vec<&str> = w["schema_fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         for f in &p {
             if *f == "customer.email" && i % 3 == 0 {
                 continue; // null: nothing encrypted
@@ -384,7 +439,18 @@ async fn json_schema_fields_are_encrypted_at_rest_and_restored_byte_exact() {
     let objects: Vec<Value> = (0..5)
         .map(|i| json!({"id": i, "ssn": format!("SSNMARK-{i}"), "customer": {"name": format!("Name {i}"), "email": format!("EMAILMARK-{i}")}, "note": format!("note {i}")}))
         .collect();
-    let sent = delivered(&produce(&kapsule.listen, &url, &topic, "json", ORDER_JSON_SCHEMA, &objects, &app).await);
+    let sent = delivered(
+        &produce(
+            &kapsule.listen,
+            &url,
+            &topic,
+            "json",
+            ORDER_JSON_SCHEMA,
+            &objects,
+            &app,
+        )
+        .await,
+    );
 
     let stored = consume(&kafka.bootstrap(), &url, &topic, "json", objects.len(), &[]).await;
     for (s, o) in stored.iter().zip(&objects) {
@@ -429,7 +495,12 @@ async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
         &who.server,
         &ca,
         &kms,
-        &policy_selecting("orders-proto-", "{fields: [ssn, cards, photo]}", &registry.url(), ""),
+        &policy_selecting(
+            "orders-proto-",
+            "{fields: [ssn, cards, photo]}",
+            &registry.url(),
+            "",
+        ),
     ))
     .await
     .expect("kapsule");
@@ -443,26 +514,63 @@ async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
                    "photo": {"hex": hex::encode(format!("PHOTOMARK-{i}"))}, "note": format!("note {i}")})
         })
         .collect();
-    let sent = delivered(&produce(&kapsule.listen, &url, &topic, "protobuf", ORDER_PROTO_SPEC, &objects, &app).await);
+    let sent = delivered(
+        &produce(
+            &kapsule.listen,
+            &url,
+            &topic,
+            "protobuf",
+            ORDER_PROTO_SPEC,
+            &objects,
+            &app,
+        )
+        .await,
+    );
     let dir = tempfile::tempdir().unwrap();
-    let spec = vec!["--schema".to_string(), write_json(&dir, "spec.json", ORDER_PROTO_SPEC)];
+    let spec = vec![
+        "--schema".to_string(),
+        write_json(&dir, "spec.json", ORDER_PROTO_SPEC),
+    ];
 
-    let stored = consume(&kafka.bootstrap(), &url, &topic, "protobuf", objects.len(), &spec).await;
+    let stored = consume(
+        &kafka.bootstrap(),
+        &url,
+        &topic,
+        "protobuf",
+        objects.len(),
+        &spec,
+    )
+    .await;
     for (s, o) in stored.iter().zip(&objects) {
         assert_eq!(s["deserialize_error"], Value::Null, "{s}");
         let obj = &s["object"];
-        assert!(obj["ssn"].as_str().unwrap().starts_with("kapsule:v1:"), "{obj}");
+        assert!(
+            obj["ssn"].as_str().unwrap().starts_with("kapsule:v1:"),
+            "{obj}"
+        );
         for c in obj["cards"].as_array().unwrap() {
             assert!(c.as_str().unwrap().starts_with("kapsule:v1:"), "{obj}");
         }
         assert_eq!(obj["note"], o["note"]);
-        assert_eq!(obj["id"], o["id"].to_string(), "int64 as MessageToDict writes it");
+        assert_eq!(
+            obj["id"],
+            o["id"].to_string(),
+            "int64 as MessageToDict writes it"
+        );
         let raw = hex::decode(s["value"].as_str().unwrap()).unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("MARK"));
     }
     let mut app_spec = app.clone();
     app_spec.extend(spec.iter().cloned());
-    let seen = consume(&kapsule.listen, &url, &topic, "protobuf", objects.len(), &app_spec).await;
+    let seen = consume(
+        &kapsule.listen,
+        &url,
+        &topic,
+        "protobuf",
+        objects.len(),
+        &app_spec,
+    )
+    .await;
     for (s, want) in seen.iter().zip(&sent) {
         assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
         assert_eq!(s["deserialize_error"], Value::Null);
@@ -496,16 +604,33 @@ schema_registry:
 "#,
         registry.url()
     );
-    let kapsule = RawKapsule::start(&mtls_principal_config(&kafka.bootstrap(), &who.server, &ca, &kms, &rules))
-        .await
-        .expect("kapsule");
-    let down_rules = rules.replace(&registry.url(), &dead).replace("typed-", "down-");
-    let kapsule_down = RawKapsule::start(&mtls_principal_config(&kafka.bootstrap(), &who.server, &ca, &kms, &down_rules))
-        .await
-        .expect("kapsule (registry down)");
+    let kapsule = RawKapsule::start(&mtls_principal_config(
+        &kafka.bootstrap(),
+        &who.server,
+        &ca,
+        &kms,
+        &rules,
+    ))
+    .await
+    .expect("kapsule");
+    let down_rules = rules
+        .replace(&registry.url(), &dead)
+        .replace("typed-", "down-");
+    let kapsule_down = RawKapsule::start(&mtls_principal_config(
+        &kafka.bootstrap(),
+        &who.server,
+        &ca,
+        &kms,
+        &down_rules,
+    ))
+    .await
+    .expect("kapsule (registry down)");
     let url = registry.url();
     let mut app = ck_ssl(&ca, Some(&who.app));
-    app.extend(["--config".to_string(), "message.timeout.ms=8000".to_string()]);
+    app.extend([
+        "--config".to_string(),
+        "message.timeout.ms=8000".to_string(),
+    ]);
 
     // Not in the wire format: plain JSON bytes on a schema-fields topic.
     let files = tempfile::tempdir().unwrap();
@@ -514,7 +639,13 @@ schema_registry:
     let out = run_python(
         "ck_produce_report.py",
         &[
-            vec!["--bootstrap".into(), kapsule.listen.clone(), "--topic".into(), plain.clone(), "--input".into()],
+            vec![
+                "--bootstrap".into(),
+                kapsule.listen.clone(),
+                "--topic".into(),
+                plain.clone(),
+                "--input".into(),
+            ],
             vec![write_records(&files, &[r#"{"ssn":"SSNMARK"}"#])],
             app.clone(),
         ]
@@ -527,14 +658,26 @@ schema_registry:
     assert_eq!(out["results"][0]["name"], "INVALID_RECORD", "{out}");
     assert_eq!(out["results"][0]["retriable"], false, "{out}");
     kapsule
-        .wait_log("not in the Confluent Schema Registry wire format", Duration::from_secs(10))
+        .wait_log(
+            "not in the Confluent Schema Registry wire format",
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
 
     // A selected field that cannot hold ciphertext: `id` is an Avro long.
     let typed = unique_name("typed-orders");
     kafka.create_topic(&typed, 1).await.unwrap();
-    let out = produce(&kapsule.listen, &url, &typed, "avro", ORDER_AVRO, &orders(1, false), &app).await;
+    let out = produce(
+        &kapsule.listen,
+        &url,
+        &typed,
+        "avro",
+        ORDER_AVRO,
+        &orders(1, false),
+        &app,
+    )
+    .await;
     assert_eq!(out["results"][0]["name"], "INVALID_RECORD", "{out}");
     kapsule
         .wait_log("field `id` is an Avro long", Duration::from_secs(10))
@@ -544,7 +687,16 @@ schema_registry:
     // Registry down: retried by the client until its timeout, never stored.
     let down = unique_name("down-orders");
     kafka.create_topic(&down, 1).await.unwrap();
-    let out = produce(&kapsule_down.listen, &url, &down, "avro", ORDER_AVRO, &orders(1, false), &app).await;
+    let out = produce(
+        &kapsule_down.listen,
+        &url,
+        &down,
+        "avro",
+        ORDER_AVRO,
+        &orders(1, false),
+        &app,
+    )
+    .await;
     assert!(out["results"][0].get("offset").is_none(), "{out}");
     kapsule_down
         .wait_log("schema registry unavailable", Duration::from_secs(10))
@@ -552,7 +704,15 @@ schema_registry:
         .unwrap();
 
     for t in [&plain, &typed, &down] {
-        let out = ck_schema("consume", &kafka.bootstrap(), &url, t, "avro", &["--count".into(), "1".into(), "--timeout".into(), "4".into()]).await;
+        let out = ck_schema(
+            "consume",
+            &kafka.bootstrap(),
+            &url,
+            t,
+            "avro",
+            &["--count".into(), "1".into(), "--timeout".into(), "4".into()],
+        )
+        .await;
         assert_eq!(out["records"], json!([]), "{t} holds records");
     }
 }
@@ -563,5 +723,9 @@ fn write_records(dir: &tempfile::TempDir, values: &[&str]) -> String {
         .iter()
         .map(|v| json!({"key": null, "value": hex::encode(v), "headers": []}))
         .collect();
-    write_json(dir, "records.json", &json!({"records": records}).to_string())
+    write_json(
+        dir,
+        "records.json",
+        &json!({"records": records}).to_string(),
+    )
 }

@@ -29,7 +29,8 @@ pub const FLAG_HEADERS: u8 = 0x08;
 /// Confluent wire format) are encrypted; their paths are in the pointer list and their spans in
 /// the trailing field-span list.
 pub const FLAG_VALUE_SCHEMA: u8 = 0x10;
-const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA;
+const KNOWN_FLAGS: u8 =
+    FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA;
 
 /// How an encrypted schema field's ciphertext is written in the stored value (one byte in the
 /// descriptor). Each form keeps the value valid under its schema.
@@ -327,7 +328,9 @@ impl Descriptor {
                 let start = r.u32("field start")?;
                 let len = r.u32("field length")?;
                 if u64::from(start) < end {
-                    return Err(WireError::Malformed("schema field spans overlap or are unordered"));
+                    return Err(WireError::Malformed(
+                        "schema field spans overlap or are unordered",
+                    ));
                 }
                 end = u64::from(start) + u64::from(len);
                 schema_fields.push(SchemaFieldPart {

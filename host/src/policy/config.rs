@@ -334,9 +334,7 @@ impl<'de> Deserialize<'de> for ValuePartConfig {
                         }
                         Ok(ValuePartConfig::SchemaFields(sel))
                     }
-                    Some(other) => {
-                        Err(de::Error::unknown_field(other, &["json_fields", "schema"]))
-                    }
+                    Some(other) => Err(de::Error::unknown_field(other, &["json_fields", "schema"])),
                     None => Err(de::Error::missing_field("json_fields")),
                 }
             }
@@ -554,7 +552,11 @@ impl PolicyConfig {
             rule.topics.validate(&format!("{p}.topics"), problems);
             validate_key_template(&rule.key_id, &format!("{p}.key_id"), problems);
             if let ValuePartConfig::SchemaFields(sel) = &rule.value {
-                crate::schema::validate_selection(&sel.to_selection(), &format!("{p}.value.schema"), problems);
+                crate::schema::validate_selection(
+                    &sel.to_selection(),
+                    &format!("{p}.value.schema"),
+                    problems,
+                );
             }
             if let ValuePartConfig::JsonFields(fields) = &rule.value {
                 if fields.is_empty() {

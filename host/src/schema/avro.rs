@@ -87,7 +87,9 @@ impl Parser {
             .get(&qualified)
             .or_else(|| self.names.get(name))
             .map(|&i| Node::Named(i))
-            .ok_or_else(|| format!("unknown type name `{name}` (defined later, or in a reference?)"))
+            .ok_or_else(|| {
+                format!("unknown type name `{name}` (defined later, or in a reference?)")
+            })
     }
 
     fn node(&mut self, v: &Value, ns: Option<&str>, depth: usize) -> Result<Node, String> {
@@ -223,7 +225,9 @@ impl Parser {
                     .iter()
                     .map(|t| t.as_str().map(str::to_owned))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| format!("`{TAGS_ATTRIBUTE}` of `{full}.{name}` is not a list of strings"))?,
+                    .ok_or_else(|| {
+                        format!("`{TAGS_ATTRIBUTE}` of `{full}.{name}` is not a list of strings")
+                    })?,
                 Some(_) => {
                     return Err(format!(
                         "`{TAGS_ATTRIBUTE}` of `{full}.{name}` is not a list of strings"
@@ -273,7 +277,10 @@ impl AvroSchema {
             Node::Map(_) => "map".into(),
             Node::Union(b) => format!(
                 "union [{}]",
-                b.iter().map(|x| self.describe(x)).collect::<Vec<_>>().join(", ")
+                b.iter()
+                    .map(|x| self.describe(x))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Node::Named(i) => match &self.named[*i] {
                 Named::Record { name, .. } => format!("record {name}"),
@@ -373,7 +380,11 @@ impl Targets {
                     if hit {
                         schema.check_selectable(
                             &f.ty,
-                            &format!("field `{}` of record `{name}` (tagged {})", f.name, f.tags.join(", ")),
+                            &format!(
+                                "field `{}` of record `{name}` (tagged {})",
+                                f.name,
+                                f.tags.join(", ")
+                            ),
                         )?;
                     }
                     v.push(hit);
@@ -460,7 +471,10 @@ impl<'a> Walker<'a> {
         match n {
             Node::Null => Ok(()),
             Node::Boolean => {
-                let v = *self.b.get(self.pos).ok_or_else(|| self.err("truncated boolean"))?;
+                let v = *self
+                    .b
+                    .get(self.pos)
+                    .ok_or_else(|| self.err("truncated boolean"))?;
                 if v > 1 {
                     return Err(self.err("boolean is neither 0 nor 1"));
                 }
@@ -519,7 +533,9 @@ impl<'a> Walker<'a> {
                 return Ok(());
             }
             if count < 0 {
-                count = count.checked_neg().ok_or_else(|| self.err("bad block count"))?;
+                count = count
+                    .checked_neg()
+                    .ok_or_else(|| self.err("bad block count"))?;
                 self.long()?; // block size in bytes: the items are walked anyway
             }
             let count = usize::try_from(count).map_err(|_| self.err("bad block count"))?;

@@ -55,12 +55,25 @@ const SCHEMA: &str = r#"{
 
 fn order(next: bool) -> Vec<u8> {
     let mut e = Enc::default();
-    e.long(42).raw(&[1]).raw(&1.5f64.to_le_bytes()).raw(&2.5f32.to_le_bytes());
+    e.long(42)
+        .raw(&[1])
+        .raw(&1.5f64.to_le_bytes())
+        .raw(&2.5f32.to_le_bytes());
     e.str("123-45-6789");
-    e.long(1).str("ann@example.com").long(3).raw(&[1, 2, 3]).str("u-1");
+    e.long(1)
+        .str("ann@example.com")
+        .long(3)
+        .raw(&[1, 2, 3])
+        .str("u-1");
     e.long(1).raw(&[9, 9, 9, 9]);
     // Two lines in a negative-count block (with its byte size), then the end.
-    e.long(-2).long(0).str("4111").long(2).str("5500").long(3).long(0);
+    e.long(-2)
+        .long(0)
+        .str("4111")
+        .long(2)
+        .str("5500")
+        .long(3)
+        .long(0);
     e.long(1).str("k").str("v").long(0);
     e.long(0); // referrer: null
     if next {
@@ -94,13 +107,29 @@ fn paths_and_tags_find_string_and_bytes_fields_everywhere() {
     let got = found(&t, &order(true));
     let want = vec![
         ("ssn".to_owned(), s("123-45-6789"), FieldEncoding::AvroText),
-        ("customer.email".to_owned(), s("ann@example.com"), FieldEncoding::AvroText),
-        ("customer.photo".to_owned(), vec![6, 1, 2, 3], FieldEncoding::AvroRaw),
+        (
+            "customer.email".to_owned(),
+            s("ann@example.com"),
+            FieldEncoding::AvroText,
+        ),
+        (
+            "customer.photo".to_owned(),
+            vec![6, 1, 2, 3],
+            FieldEncoding::AvroRaw,
+        ),
         ("lines.card".to_owned(), s("4111"), FieldEncoding::AvroText),
         ("lines.card".to_owned(), s("5500"), FieldEncoding::AvroText),
         // Tags hold at every depth of the recursive record; paths only where they point.
-        ("next.ssn".to_owned(), s("123-45-6789"), FieldEncoding::AvroText),
-        ("next.customer.email".to_owned(), s("ann@example.com"), FieldEncoding::AvroText),
+        (
+            "next.ssn".to_owned(),
+            s("123-45-6789"),
+            FieldEncoding::AvroText,
+        ),
+        (
+            "next.customer.email".to_owned(),
+            s("ann@example.com"),
+            FieldEncoding::AvroText,
+        ),
     ];
     assert_eq!(got, want);
 }
@@ -111,19 +140,31 @@ fn null_branches_are_left_alone_and_bad_bodies_refused() {
     let t = Targets::resolve(&schema, &sel(&[], &["PII"])).unwrap();
     let mut body = order(false);
     // customer.email -> null branch: splice `1, "ann@example.com"` to `0`.
-    let at = body.windows(16).position(|w| w == s("ann@example.com")).unwrap() - 1;
+    let at = body
+        .windows(16)
+        .position(|w| w == s("ann@example.com"))
+        .unwrap()
+        - 1;
     body.splice(at..at + 17, [0u8]);
     let got = found(&t, &body);
-    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), vec!["ssn"]);
+    assert_eq!(
+        got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
+        vec!["ssn"]
+    );
 
     let mut v = vec![0, 0, 0, 0, 1];
     v.extend_from_slice(&order(false));
     for cut in [6, 20, v.len() - 1] {
-        assert!(locate(&t, &v[..cut], 5).is_err(), "truncated at {cut} accepted");
+        assert!(
+            locate(&t, &v[..cut], 5).is_err(),
+            "truncated at {cut} accepted"
+        );
     }
     let mut extra = v.clone();
     extra.push(0);
-    assert!(locate(&t, &extra, 5).unwrap_err().contains("left after the record"));
+    assert!(locate(&t, &extra, 5)
+        .unwrap_err()
+        .contains("left after the record"));
     let mut bad_bool = v.clone();
     bad_bool[5 + 1] = 2;
     assert!(locate(&t, &bad_bool, 5).is_err());
@@ -134,7 +175,11 @@ fn selections_that_do_not_fit_the_schema_name_the_field() {
     let schema = Arc::new(AvroSchema::parse(SCHEMA).unwrap());
     for (fields, tags, want) in [
         (&["id"][..], &[][..], "field `id` is an Avro long"),
-        (&["customer"], &[], "field `customer` is an Avro record shop.Customer"),
+        (
+            &["customer"],
+            &[],
+            "field `customer` is an Avro record shop.Customer",
+        ),
         (&["lines.qty"], &[], "field `lines.qty` is an Avro int"),
         (&["customer.phone"], &[], "`customer` has no field `phone`"),
         (&["nope"], &[], "the top-level record has no field `nope`"),
@@ -147,7 +192,10 @@ fn selections_that_do_not_fit_the_schema_name_the_field() {
         {"name":"age","type":"int","confluent:tags":["PII"]}]}"#;
     let s2 = Arc::new(AvroSchema::parse(tagged_int).unwrap());
     let e = Targets::resolve(&s2, &sel(&[], &["PII"])).unwrap_err();
-    assert!(e.contains("field `age` of record `R` (tagged PII) is an Avro int"), "{e}");
+    assert!(
+        e.contains("field `age` of record `R` (tagged PII) is an Avro int"),
+        "{e}"
+    );
     assert!(Targets::resolve(&s2, &sel(&[], &["OTHER"])).is_ok());
 }
 

@@ -121,7 +121,11 @@ fn tagged_properties(
                     "property `{}` (tagged {}) is not of type string; only string properties can \
                      hold ciphertext",
                     path.join("."),
-                    tags_of(target).into_iter().chain(tags_of(p)).collect::<Vec<_>>().join(", ")
+                    tags_of(target)
+                        .into_iter()
+                        .chain(tags_of(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             out.push(path.clone());
@@ -147,7 +151,11 @@ impl Targets {
                     .ok_or_else(|| {
                         format!(
                             "field path `{p}`: `{}` has no property `{seg}`",
-                            if k == 0 { "the top-level object".to_owned() } else { segs[..k].join(".") }
+                            if k == 0 {
+                                "the top-level object".to_owned()
+                            } else {
+                                segs[..k].join(".")
+                            }
                         )
                     })?;
             }
@@ -161,7 +169,15 @@ impl Targets {
         if !sel.tags.is_empty() {
             let mut seen = Vec::new();
             let mut found = Vec::new();
-            tagged_properties(root, root, &sel.tags, &mut Vec::new(), &mut seen, String::new(), &mut found)?;
+            tagged_properties(
+                root,
+                root,
+                &sel.tags,
+                &mut Vec::new(),
+                &mut seen,
+                String::new(),
+                &mut found,
+            )?;
             let mut anywhere = Vec::new();
             tagged_anywhere(root, &sel.tags, String::new(), 0, &mut anywhere);
             if let Some(loc) = anywhere.iter().find(|l| !seen.contains(l)) {
@@ -197,7 +213,11 @@ pub fn locate(t: &Targets, value: &[u8], offset: usize) -> Result<Vec<LocatedFie
                 encoding: FieldEncoding::JsonText,
             }),
             b'n' => {} // null: an absent optional value
-            _ => return Err(format!("property `{name}` holds a value that is not a string")),
+            _ => {
+                return Err(format!(
+                    "property `{name}` holds a value that is not a string"
+                ))
+            }
         }
     }
     Ok(out)
@@ -236,8 +256,14 @@ mod tests {
         let mut value = vec![0, 0, 0, 0, 9];
         value.extend_from_slice(body);
         let found = locate(&t, &value, 5).unwrap();
-        let texts: Vec<_> = found.iter().map(|f| (f.path.as_str(), &value[f.range.clone()])).collect();
-        assert_eq!(texts, vec![("customer.name", &b"\"Ann\""[..]), ("ssn", &b"\"123\""[..])]);
+        let texts: Vec<_> = found
+            .iter()
+            .map(|f| (f.path.as_str(), &value[f.range.clone()]))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![("customer.name", &b"\"Ann\""[..]), ("ssn", &b"\"123\""[..])]
+        );
 
         let e = Targets::resolve(&schema, &sel(&["id"], &[])).unwrap_err();
         assert!(e.contains("field `id` is not of type string"), "{e}");

@@ -219,7 +219,10 @@ mod tests {
             let mut pos = 0;
             assert_eq!(varint::read_zigzag(&out, &mut pos), Some(v));
             assert_eq!(pos, out.len());
-            assert_eq!(varint::unsigned_len(((v << 1) ^ (v >> 63)) as u64), out.len());
+            assert_eq!(
+                varint::unsigned_len(((v << 1) ^ (v >> 63)) as u64),
+                out.len()
+            );
         }
     }
 }

@@ -117,7 +117,9 @@ fn tokenize(text: &str) -> Result<Vec<&str>, String> {
             out.push(&text[start..i]);
         } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'-' | b'+')) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'-' | b'+'))
+            {
                 i += 1;
             }
             out.push(&text[start..i]);
@@ -394,7 +396,11 @@ impl ProtoSchema {
                 Field {
                     name: r.name.clone(),
                     number: r.number,
-                    ty: if r.map { FieldType::Map(Box::new(t)) } else { t },
+                    ty: if r.map {
+                        FieldType::Map(Box::new(t))
+                    } else {
+                        t
+                    },
                 },
             ));
         }
@@ -407,7 +413,12 @@ impl ProtoSchema {
             .iter()
             .map(|m| {
                 m.map_entry
-                    .then(|| m.fields.iter().find(|f| f.number == 2).map(|f| f.ty.clone()))
+                    .then(|| {
+                        m.fields
+                            .iter()
+                            .find(|f| f.number == 2)
+                            .map(|f| f.ty.clone())
+                    })
                     .flatten()
             })
             .collect();
@@ -474,11 +485,12 @@ fn check_path(s: &ProtoSchema, root: usize, segs: &[String], p: &str) -> Result<
     let mut msg = root;
     for (k, seg) in segs.iter().enumerate() {
         let m = &s.messages[msg];
-        let f = m
-            .fields
-            .iter()
-            .find(|f| &f.name == seg)
-            .ok_or_else(|| format!("field path `{p}`: message `{}` has no field `{seg}`", m.full_name))?;
+        let f = m.fields.iter().find(|f| &f.name == seg).ok_or_else(|| {
+            format!(
+                "field path `{p}`: message `{}` has no field `{seg}`",
+                m.full_name
+            )
+        })?;
         let ty = match &f.ty {
             FieldType::Map(v) => v.as_ref(),
             t => t,
@@ -556,21 +568,32 @@ pub fn locate(t: &Targets, value: &[u8], offset: usize) -> Result<Vec<LocatedFie
 
 impl<'a> Walker<'a> {
     fn selected(&self) -> bool {
-        self.t.paths.iter().any(|p| {
-            p.len() == self.stack.len() && p.iter().zip(&self.stack).all(|(a, b)| a == b)
-        })
+        self.t
+            .paths
+            .iter()
+            .any(|p| p.len() == self.stack.len() && p.iter().zip(&self.stack).all(|(a, b)| a == b))
     }
 
-    fn message(&mut self, msg: usize, mut pos: usize, end: usize, depth: usize) -> Result<(), String> {
+    fn message(
+        &mut self,
+        msg: usize,
+        mut pos: usize,
+        end: usize,
+        depth: usize,
+    ) -> Result<(), String> {
         if depth > MAX_DEPTH {
             return Err(format!("messages nested deeper than {MAX_DEPTH} levels"));
         }
         let schema: &'a ProtoSchema = &self.t.schema;
         while pos < end {
             let at = pos;
-            let tag = read_unsigned(&self.b[..end], &mut pos).ok_or_else(|| format!("bad tag at byte {at}"))?;
+            let tag = read_unsigned(&self.b[..end], &mut pos)
+                .ok_or_else(|| format!("bad tag at byte {at}"))?;
             let (number, wire) = (tag >> 3, tag & 7);
-            let field = schema.messages[msg].fields.iter().find(|f| f.number == number);
+            let field = schema.messages[msg]
+                .fields
+                .iter()
+                .find(|f| f.number == number);
             match wire {
                 0 => {
                     read_unsigned(&self.b[..end], &mut pos).ok_or("truncated varint")?;
@@ -596,7 +619,11 @@ impl<'a> Walker<'a> {
                     }
                     pos += n;
                 }
-                _ => return Err(format!("field {number}: wire type {wire} (groups) not supported")),
+                _ => {
+                    return Err(format!(
+                        "field {number}: wire type {wire} (groups) not supported"
+                    ))
+                }
             }
         }
         if pos != end {
@@ -606,7 +633,14 @@ impl<'a> Walker<'a> {
     }
 
     /// A length-delimited field `[content_start, content_end)` whose length starts at `len_at`.
-    fn len_field(&mut self, ty: &'a FieldType, len_at: usize, start: usize, end: usize, depth: usize) -> Result<(), String> {
+    fn len_field(
+        &mut self,
+        ty: &'a FieldType,
+        len_at: usize,
+        start: usize,
+        end: usize,
+        depth: usize,
+    ) -> Result<(), String> {
         match ty {
             FieldType::String | FieldType::Bytes if self.selected() => {
                 self.found.push(LocatedField {
@@ -634,7 +668,8 @@ impl<'a> Walker<'a> {
                         5 => pos += 4,
                         2 => {
                             let len_at = pos;
-                            let n = read_unsigned(&self.b[..end], &mut pos).ok_or("bad map entry")?;
+                            let n =
+                                read_unsigned(&self.b[..end], &mut pos).ok_or("bad map entry")?;
                             let n = usize::try_from(n).map_err(|_| "bad map entry")?;
                             if end - pos < n {
                                 return Err("map entry overruns its length".into());

@@ -54,9 +54,17 @@ impl Enc {
 }
 
 fn order() -> Vec<u8> {
-    let customer = Enc::default().bytes(1, b"ann@x").bytes(2, b"\x01\x02").0.clone();
+    let customer = Enc::default()
+        .bytes(1, b"ann@x")
+        .bytes(2, b"\x01\x02")
+        .0
+        .clone();
     let line = |c: &[u8]| Enc::default().bytes(1, c).varint(2, 3).0.clone();
-    let entry = Enc::default().bytes(1, b"k").bytes(2, b"secret-v").0.clone();
+    let entry = Enc::default()
+        .bytes(1, b"k")
+        .bytes(2, b"secret-v")
+        .0
+        .clone();
     let mut e = Enc::default();
     e.varint(1, 42)
         .bytes(2, b"123-45")
@@ -102,7 +110,14 @@ fn selected_string_and_bytes_fields_are_found_through_messages_maps_and_oneofs()
     let s = Arc::new(ProtoSchema::parse(PROTO).unwrap());
     let t = Targets::resolve(
         &s,
-        &sel(&["ssn", "customer.email", "customer.photo", "lines.card", "attrs", "phone"]),
+        &sel(&[
+            "ssn",
+            "customer.email",
+            "customer.photo",
+            "lines.card",
+            "attrs",
+            "phone",
+        ]),
     )
     .unwrap();
     let got = found(&t, &[1], &order());
@@ -110,8 +125,16 @@ fn selected_string_and_bytes_fields_are_found_through_messages_maps_and_oneofs()
         got,
         vec![
             ("ssn".into(), lp(b"123-45"), FieldEncoding::ProtoText),
-            ("customer.email".into(), lp(b"ann@x"), FieldEncoding::ProtoText),
-            ("customer.photo".into(), lp(b"\x01\x02"), FieldEncoding::ProtoRaw),
+            (
+                "customer.email".into(),
+                lp(b"ann@x"),
+                FieldEncoding::ProtoText
+            ),
+            (
+                "customer.photo".into(),
+                lp(b"\x01\x02"),
+                FieldEncoding::ProtoRaw
+            ),
             ("lines.card".into(), lp(b"4111"), FieldEncoding::ProtoText),
             ("lines.card".into(), lp(b"5500"), FieldEncoding::ProtoText),
             ("attrs".into(), lp(b"secret-v"), FieldEncoding::ProtoText),
@@ -129,7 +152,10 @@ fn unfit_selections_and_bodies_are_refused() {
     let s = Arc::new(ProtoSchema::parse(PROTO).unwrap());
     for (p, want) in [
         ("id", "field `id` is a Protobuf scalar"),
-        ("customer", "field `customer` is a Protobuf message shop.Order.Customer"),
+        (
+            "customer",
+            "field `customer` is a Protobuf message shop.Order.Customer",
+        ),
         ("status", "scalar or enum"),
         ("at", "from another file"),
         ("nope", "no top-level message has a field `nope`"),
@@ -150,8 +176,16 @@ fn unfit_selections_and_bodies_are_refused() {
     let mut v = vec![0, 0, 0, 0, 1, 2, 2];
     v.extend_from_slice(&order());
     assert!(locate(&t, &v[..v.len() - 2], 5).is_err(), "truncated");
-    assert!(locate(&t, &[0, 0, 0, 0, 1, 2, 8], 5).is_err(), "index out of range");
-    for bad in ["message { }", "message M { string a = ; }", "message M { group G = 1 {} }", "syntax = \"proto3\";"] {
+    assert!(
+        locate(&t, &[0, 0, 0, 0, 1, 2, 8], 5).is_err(),
+        "index out of range"
+    );
+    for bad in [
+        "message { }",
+        "message M { string a = ; }",
+        "message M { group G = 1 {} }",
+        "syntax = \"proto3\";",
+    ] {
         assert!(ProtoSchema::parse(bad).is_err(), "accepted {bad}");
     }
 }

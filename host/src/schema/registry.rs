@@ -243,9 +243,7 @@ impl RegisteredSchema {
         let r = match &self.parsed {
             Parsed::Avro(s) => avro::Targets::resolve(s, selection).map(Compiled::Avro),
             Parsed::Json(s) => json_schema::Targets::resolve(s, selection).map(Compiled::Json),
-            Parsed::Protobuf(s) => {
-                protobuf::Targets::resolve(s, selection).map(Compiled::Protobuf)
-            }
+            Parsed::Protobuf(s) => protobuf::Targets::resolve(s, selection).map(Compiled::Protobuf),
         }
         .map(Arc::new);
         let mut cache = self.compiled.lock();
@@ -331,7 +329,9 @@ impl SchemaRegistry {
             _ => Auth::None,
         };
         Ok(Self {
-            http: b.build().context("building the schema registry HTTP client")?,
+            http: b
+                .build()
+                .context("building the schema registry HTTP client")?,
             base: config.url.trim_end_matches('/').to_owned(),
             auth,
             timeout,
@@ -385,12 +385,13 @@ impl SchemaRegistry {
         let mut req = self
             .http
             .get(format!("{}/schemas/ids/{id}", self.base))
-            .header("Accept", "application/vnd.schemaregistry.v1+json, application/json");
+            .header(
+                "Accept",
+                "application/vnd.schemaregistry.v1+json, application/json",
+            );
         req = match &self.auth {
             Auth::None => req,
-            Auth::Basic { username, password } => {
-                req.basic_auth(username, Some(password.as_str()))
-            }
+            Auth::Basic { username, password } => req.basic_auth(username, Some(password.as_str())),
             Auth::Bearer(t) => req.bearer_auth(t.as_str()),
         };
         let resp = tokio::time::timeout(self.timeout, req.send())
@@ -405,7 +406,10 @@ impl SchemaRegistry {
                 ReadFail::Http(m) => unavailable(m),
                 ReadFail::TooLarge => RegistryError::Unusable {
                     id,
-                    message: format!("larger than schema_registry.cache_bytes ({})", self.cache_bytes),
+                    message: format!(
+                        "larger than schema_registry.cache_bytes ({})",
+                        self.cache_bytes
+                    ),
                 },
             })?;
         if status.as_u16() == 404 {

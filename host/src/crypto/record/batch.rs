@@ -57,10 +57,13 @@ impl RecordEncryptor {
             return Ok(None);
         };
         let id = schema::schema_id(v)?;
-        let registry = self.schemas.as_ref().ok_or_else(|| SchemaError::Selection {
-            id,
-            message: "no `schema_registry:` is configured".into(),
-        })?;
+        let registry = self
+            .schemas
+            .as_ref()
+            .ok_or_else(|| SchemaError::Selection {
+                id,
+                message: "no `schema_registry:` is configured".into(),
+            })?;
         let s = registry.schema(id).await?;
         schema::locate(v, &s, sel).map(Some)
     }

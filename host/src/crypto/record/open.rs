@@ -336,9 +336,8 @@ pub(super) fn open_record(
                     withheld.add_schema_field(&f.path);
                     continue;
                 }
-                let ct = fields::decode(f.encoding, stored).map_err(|e| {
-                    OpenFail::Malformed(format!("schema field {}: {e}", f.path))
-                })?;
+                let ct = fields::decode(f.encoding, stored)
+                    .map_err(|e| OpenFail::Malformed(format!("schema field {}: {e}", f.path)))?;
                 let pt = open(PartKind::SchemaField, i as u32, f.path.as_bytes(), &ct)?;
                 bytes += pt.len() as u64;
                 repl.push((span, pt));

@@ -141,12 +141,22 @@ async fn avro_fields_round_trip_byte_exact_and_stay_valid_avro() {
         .await
         .unwrap();
     let (ssn, photo, cards, note) = decode_order(bt.records[0].value.as_ref().unwrap());
-    assert!(ssn.starts_with(JSON_PREFIX.as_bytes()), "ssn: text ciphertext");
+    assert!(
+        ssn.starts_with(JSON_PREFIX.as_bytes()),
+        "ssn: text ciphertext"
+    );
     let photo = photo.expect("photo stays the bytes branch");
-    assert_eq!(photo.len(), 1 + 6 + 16, "bytes: raw ciphertext of the length and content");
+    assert_eq!(
+        photo.len(),
+        1 + 6 + 16,
+        "bytes: raw ciphertext of the length and content"
+    );
     assert!(cards.iter().all(|c| c.starts_with(JSON_PREFIX.as_bytes())));
     assert_eq!(note, b"hello", "unselected field untouched");
-    assert_eq!(&bt.records[0].value.as_ref().unwrap()[..5], &[0, 0, 0, 0, 1]);
+    assert_eq!(
+        &bt.records[0].value.as_ref().unwrap()[..5],
+        &[0, 0, 0, 0, 1]
+    );
     let (_, photo2, _, _) = decode_order(bt.records[1].value.as_ref().unwrap());
     assert_eq!(photo2, None, "null stays null");
 
@@ -241,14 +251,21 @@ async fn unfit_records_are_refused_and_an_unreachable_registry_is_retriable() {
         }
     };
     let e = refuse(b"{\"ssn\":\"x\"}".to_vec(), plan(&[], &["PII"])).await;
-    assert!(e.to_string().contains("not in the Confluent Schema Registry wire format"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("not in the Confluent Schema Registry wire format"),
+        "{e}"
+    );
     assert!(!e.is_retriable());
     let e = refuse(avro_value("a", None, "b"), plan(&["id"], &[])).await;
     assert!(e.to_string().contains("field `id` is an Avro long"), "{e}");
     let mut truncated = avro_value("a", None, "b");
     truncated.pop();
     let e = refuse(truncated, plan(&[], &["PII"])).await;
-    assert!(e.to_string().contains("does not decode under schema id 1"), "{e}");
+    assert!(
+        e.to_string().contains("does not decode under schema id 1"),
+        "{e}"
+    );
     // Schema id 3 is not cached and the registry (port 9, discard) does not answer: retriable.
     let mut other = avro_value("a", None, "b");
     other[4] = 3;

@@ -95,7 +95,10 @@ pub(super) fn prepare(
         (_, None) | (ValuePart::None, _) => {}
         (ValuePart::SchemaFields(_), Some(_)) => {
             schema_fields = located.ok_or(SealFail::SchemaFieldsMissing)?;
-            bytes += schema_fields.iter().map(|f| f.range.len() as u64).sum::<u64>();
+            bytes += schema_fields
+                .iter()
+                .map(|f| f.range.len() as u64)
+                .sum::<u64>();
         }
         (ValuePart::Whole, Some(v)) => {
             value_whole = true;
