@@ -254,10 +254,8 @@ fn mask(o: &mut Value, parent: &str, leaf: &str) {
     if parent.is_empty() {
         match o {
             Value::Array(a) => a.iter_mut().for_each(|x| mask(x, "", leaf)),
-            Value::Object(m) => {
-                if m.contains_key(leaf) {
-                    m.insert(leaf.into(), json!("<protected>"));
-                }
+            Value::Object(m) if m.contains_key(leaf) => {
+                m.insert(leaf.into(), json!("<protected>"));
             }
             _ => {}
         }

@@ -184,8 +184,11 @@ pub struct RegisteredSchema {
     pub format: SchemaFormat,
     text_len: usize,
     parsed: Parsed,
-    compiled: Mutex<Vec<(FieldSelection, Result<Arc<Compiled>, String>)>>,
+    compiled: Mutex<Vec<(FieldSelection, Resolution)>>,
 }
+
+/// A selection resolved against a schema, or why it does not fit.
+type Resolution = Result<Arc<Compiled>, String>;
 
 impl std::fmt::Debug for RegisteredSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -105,7 +105,10 @@ fn encryptor(kms: &Arc<MemoryKms>) -> RecordEncryptor {
 }
 
 /// Reads the Avro `Order` body of `v`: (ssn, photo, cards, note) as raw field contents.
-fn decode_order(v: &[u8]) -> (Vec<u8>, Option<Vec<u8>>, Vec<Vec<u8>>, Vec<u8>) {
+/// ssn, photo, cards, note.
+type DecodedOrder = (Vec<u8>, Option<Vec<u8>>, Vec<Vec<u8>>, Vec<u8>);
+
+fn decode_order(v: &[u8]) -> DecodedOrder {
     let mut pos = 5;
     let s = |pos: &mut usize| {
         let n = read_zigzag(v, pos).unwrap() as usize;
