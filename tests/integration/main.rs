@@ -31,6 +31,7 @@ mod reveal;
 mod sandbox;
 mod sasl;
 mod schema_fields;
+mod schema_refusals;
 mod sni;
 mod tls;
 mod tools;
