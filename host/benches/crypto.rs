@@ -1,5 +1,6 @@
 //! Encryption throughput: raw AES-256-GCM, whole-value record encryption, per-field JSON
-//! encryption, and decryption. Run: `cargo bench -p kapsule --bench crypto`.
+//! encryption, schema-field (Avro) encryption, and decryption.
+//! Run: `cargo bench -p kapsule --bench crypto`.
 
 use std::sync::Arc;
 
@@ -9,7 +10,9 @@ use kapsule::crypto::primitives::Dek;
 use kapsule::crypto::{DecryptOptions, DekConfig, RecordEncryptor};
 use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::memory::MemoryKms;
-use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
+use kapsule::plan::{EncryptionPlan, FieldSelection, RecordDecision, ValuePart};
+use kapsule::schema::registry::SchemaRegistryConfig;
+use kapsule::schema::{varint, RegisteredSchema, SchemaRegistry};
 
 const RECORDS: usize = 100;
 
@@ -54,6 +57,39 @@ fn json_record(i: usize) -> Bytes {
     Bytes::from(s)
 }
 
+/// An Avro schema of ten string fields, three of them tagged PII.
+fn avro_schema() -> String {
+    let fields: Vec<String> = (0..10)
+        .map(|f| {
+            let tags = if f % 3 == 0 && f < 9 {
+                r#","confluent:tags":["PII"]"#
+            } else {
+                ""
+            };
+            format!(r#"{{"name":"field{f}","type":"string"{tags}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"type":"record","name":"R","fields":[{}]}}"#,
+        fields.join(",")
+    )
+}
+
+/// A 1 KiB Avro record in the wire format (schema id 1) of [`avro_schema`]: nine strings of 100
+/// bytes and one of 99 (each after a 2-byte length), 5 bytes of prefix.
+fn avro_record(i: usize) -> Bytes {
+    let mut v = vec![0, 0, 0, 0, 1];
+    for f in 0..10 {
+        let len = if f == 9 { 99 } else { 100 };
+        let mut s = format!("value-{i}-{f}-");
+        s.extend(std::iter::repeat_n('x', len - s.len()));
+        varint::write_zigzag(&mut v, s.len() as i64);
+        v.extend_from_slice(s.as_bytes());
+    }
+    assert_eq!(v.len(), 1024);
+    Bytes::from(v)
+}
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -95,6 +131,25 @@ fn benches(c: &mut Criterion) {
             .collect(),
     );
     let jsons = batch((0..RECORDS).map(json_record).collect());
+    let avros = batch((0..RECORDS).map(avro_record).collect());
+    let registry = SchemaRegistry::new(
+        &serde_norway::from_str::<SchemaRegistryConfig>("url: http://127.0.0.1:9").unwrap(),
+    )
+    .unwrap();
+    registry.preload(RegisteredSchema::parse(1, None, &avro_schema()).unwrap());
+    let schema_enc =
+        RecordEncryptor::new(Arc::new(MemoryKms::with_keys(&["k"])), DekConfig::default())
+            .with_schema_registry(Arc::new(registry));
+    let avro_fields = RecordDecision::encrypt(EncryptionPlan {
+        key_id: "k".into(),
+        value: ValuePart::SchemaFields(FieldSelection {
+            fields: vec![],
+            tags: vec!["PII".into()],
+        }),
+        record_key: false,
+        headers: vec![],
+    });
+    let d_avro = vec![avro_fields; RECORDS];
     let d_whole = vec![whole; RECORDS];
     let d_keyed = vec![whole_keyed; RECORDS];
     let d_fields = vec![fields; RECORDS];
@@ -105,6 +160,7 @@ fn benches(c: &mut Criterion) {
         ("encrypt_whole_1KiB", &values, &d_whole),
         ("encrypt_whole_1KiB_and_key", &values, &d_keyed),
         ("encrypt_json_10_fields", &jsons, &d_fields),
+        ("encrypt_whole_avro_1KiB", &avros, &d_whole),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
@@ -114,6 +170,16 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
+    g.bench_function("encrypt_avro_3_string_fields_1KiB", |b| {
+        b.iter_batched(
+            || avros.clone(),
+            |mut bt| {
+                rt.block_on(schema_enc.encrypt_batch("bench", &mut bt, &d_avro))
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
     for (name, b0, d) in [
         ("decrypt_whole_1KiB", &values, &d_whole),
         ("decrypt_json_10_fields", &jsons, &d_fields),

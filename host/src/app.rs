@@ -66,7 +66,13 @@ fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<O
         // passes or rejects still needs a KMS to decrypt what is already stored.
         None => anyhow::bail!("a `policy:` section needs a `kms:` section"),
     };
-    let encryptor = Arc::new(RecordEncryptor::new(kms, config.deks.clone()));
+    let mut encryptor = RecordEncryptor::new(kms, config.deks.clone());
+    if let Some(r) = &config.schema_registry {
+        encryptor = encryptor.with_schema_registry(Arc::new(
+            crate::schema::SchemaRegistry::new(r).context("starting the schema registry client")?,
+        ));
+    }
+    let encryptor = Arc::new(encryptor);
     metrics.register(encryptor.metrics().clone());
     // Modules compile in the background; their topics get a retriable error until ready.
     let policy = PolicyRegistry::start(policy_config).context("loading policies")?;

@@ -53,6 +53,10 @@ pub struct Config {
     /// Without this section Kapsule encrypts nothing.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// Where writer schemas come from, for rules that encrypt fields of schema-encoded values
+    /// (`value: {schema: ...}`). See docs/schema-fields.md.
+    #[serde(default)]
+    pub schema_registry: Option<crate::schema::registry::SchemaRegistryConfig>,
 }
 
 /// Listeners, upstream broker and connection limits.
@@ -488,6 +492,7 @@ impl Config {
             kms: None,
             deks: DekConfig::default(),
             policy: None,
+            schema_registry: None,
         }
     }
 
@@ -655,12 +660,34 @@ impl Config {
         if let Some(policy) = &self.policy {
             policy.validate("policy", problems);
             let may_encrypt = !policy.rules.is_empty() || !policy.bindings.is_empty();
+            let schema_rules: Vec<usize> = policy
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    matches!(
+                        r.value,
+                        crate::policy::config::ValuePartConfig::SchemaFields(_)
+                    )
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if let (Some(i), None) = (schema_rules.first(), &self.schema_registry) {
+                problems.push(format!(
+                    "schema_registry: missing; policy.rules[{i}] encrypts schema fields, so \
+                     Kapsule needs the registry the producers use (e.g. `schema_registry: {{ url: \
+                     http://registry:8081 }}`)"
+                ));
+            }
             if may_encrypt && self.kms.is_none() {
                 problems.push(
                     "kms: missing; policy rules or bindings can encrypt, so a KMS is needed (e.g. `kms: { type: local, key_file: keys.json, auto_create_keys: true }`)"
                         .into(),
                 );
             }
+        }
+        if let Some(r) = &self.schema_registry {
+            r.validate("schema_registry", problems);
         }
         self.admin.validate(problems);
     }

@@ -33,6 +33,8 @@ pub enum ErrorSource {
     Kms,
     /// A policy rejected records or failed to answer.
     Policy,
+    /// The Schema Registry failed or does not know a schema.
+    SchemaRegistry,
     /// A bug or resource limit inside Kapsule.
     Internal,
 }
@@ -45,6 +47,7 @@ impl ErrorSource {
             Self::Broker => "broker",
             Self::Kms => "kms",
             Self::Policy => "policy",
+            Self::SchemaRegistry => "schema_registry",
             Self::Internal => "internal",
         }
     }
@@ -68,6 +71,8 @@ pub enum Reason {
     KmsUnavailable,
     /// The KMS refused or failed permanently.
     KmsFailed,
+    /// The Schema Registry was unavailable (retriable).
+    SchemaRegistryUnavailable,
     /// A batch does not decode (CRC, truncation, bad lengths).
     Corrupt,
     /// Magic v0/v1 batches on an encrypted topic.
@@ -104,6 +109,7 @@ impl Reason {
             Self::KeyNotAllowed => "key_not_allowed",
             Self::KmsUnavailable => "kms_unavailable",
             Self::KmsFailed => "kms_failed",
+            Self::SchemaRegistryUnavailable => "schema_registry_unavailable",
             Self::Corrupt => "corrupt",
             Self::LegacyFormat => "legacy_format",
             Self::TooLarge => "too_large",
@@ -305,6 +311,15 @@ impl From<EncryptError> for ProxyError {
                 let mut err = Self::from(k);
                 err.message = message;
                 err
+            }
+            EncryptError::Schema { source, .. } if source.is_retriable() => Self::new(
+                ErrorSource::SchemaRegistry,
+                ResponseError::RequestTimedOut,
+                Reason::SchemaRegistryUnavailable,
+                message,
+            ),
+            EncryptError::Schema { .. } => {
+                Self::client(ResponseError::InvalidRecord, Reason::InvalidRecord, message)
             }
             EncryptError::DecisionCount { .. } => Self::internal(message),
         }

@@ -12,6 +12,8 @@
 //! - [`kms`]: the `Kms` trait and its back ends (Vault/OpenBao transit, local KMS, in-memory fake)
 //!   behind one gate; it never depends on `crypto`.
 //! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
+//! - [`schema`]: Schema Registry client and the Avro / JSON Schema walkers of schema-aware field
+//!   encryption.
 //! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
 //! - [`tools`]: operator tools speaking Kafka themselves: `reencrypt`, `inspect`.
 //!
@@ -31,4 +33,5 @@ pub mod plan;
 pub mod policy;
 pub mod principal;
 pub mod proxy;
+pub mod schema;
 pub mod tools;

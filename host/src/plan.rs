@@ -15,6 +15,24 @@ pub enum ValuePart {
     Whole,
     /// Encrypt the JSON fields at these RFC 6901 pointers; the value stays valid JSON.
     JsonFields(Vec<String>),
+    /// Encrypt these fields of a value in the Confluent Schema Registry wire format (Avro,
+    /// Protobuf or JSON Schema, read with the writer schema from the registry); the value stays
+    /// valid under its schema id (see [`crate::schema`]).
+    SchemaFields(FieldSelection),
+}
+
+/// Which fields of a schema-encoded value to encrypt: the union of explicit paths and of fields
+/// the schema tags. The same selection a built-in rule writes (`value: {schema: {fields: [..],
+/// tags: [..]}}`) and a policy decision can carry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct FieldSelection {
+    /// Dotted field paths from the top-level record or message, e.g. `customer.email`. Arrays,
+    /// maps, unions and optional wrappers are stepped through: `orders.card` is the `card` field
+    /// of every element of `orders`.
+    pub fields: Vec<String>,
+    /// Schema tags, e.g. `PII`: every field tagged with one of them (Avro and JSON Schema
+    /// `confluent:tags`) is encrypted.
+    pub tags: Vec<String>,
 }
 
 /// How to encrypt one record: under which key and which parts.
@@ -150,6 +168,9 @@ pub struct RevealParts {
     pub record_key: bool,
     /// Decrypt the values of the encrypted headers with these names.
     pub headers: Vec<String>,
+    /// When `value` is false: decrypt only the encrypted schema fields at these dotted paths
+    /// (as the encrypting rule names them); the other encrypted schema fields stay ciphertext.
+    pub schema_fields: Vec<String>,
 }
 
 #[cfg(test)]

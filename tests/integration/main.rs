@@ -33,6 +33,8 @@ mod resilience;
 mod reveal;
 mod sandbox;
 mod sasl;
+mod schema_fields;
+mod schema_refusals;
 mod sni;
 mod tls;
 mod tools;

@@ -60,7 +60,7 @@ const DEFAULT_JVM_OPTS: &str =
 /// first argument) is gone it SIGKILLs the command and removes the directory (second argument).
 /// A SIGTERM to the process group reaches the JVM directly; the trap only waits for it, so a
 /// graceful stop ([`KafkaCluster::stop_node`]) lets the broker finish its controlled shutdown.
-const WATCHDOG: &str = r#"parent=$1; cleanup=$2; shift 2
+pub(crate) const WATCHDOG: &str = r#"parent=$1; cleanup=$2; shift 2
 "$@" &
 child=$!
 trap 'wait "$child"; exit $?' TERM

@@ -32,6 +32,7 @@ pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod records;
+pub mod registry;
 pub mod sasl;
 pub mod tansu;
 pub mod tls;
@@ -44,6 +45,7 @@ pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};
 pub use ports::free_port;
 pub use process::ProcessGuard;
 pub use records::TestRecord;
+pub use registry::SchemaRegistry;
 pub use tansu::Tansu;
 
 /// Names unique within this test process and across concurrent runs: `prefix-<pid>-<counter>`.

@@ -25,7 +25,58 @@ pub const FLAG_VALUE_JSON: u8 = 0x02;
 pub const FLAG_KEY: u8 = 0x04;
 /// Descriptor flag: some header values are encrypted.
 pub const FLAG_HEADERS: u8 = 0x08;
-const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS;
+/// Descriptor flag: fields of a schema-encoded value (Avro, Protobuf, JSON Schema in the
+/// Confluent wire format) are encrypted; their paths are in the pointer list and their spans in
+/// the trailing field-span list.
+pub const FLAG_VALUE_SCHEMA: u8 = 0x10;
+const KNOWN_FLAGS: u8 =
+    FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA;
+
+/// How an encrypted schema field's ciphertext is written in the stored value (one byte in the
+/// descriptor). Each form keeps the value valid under its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FieldEncoding {
+    /// Avro `string`: zig-zag length, then [`JSON_PREFIX`] + base64 of the ciphertext.
+    AvroText = 1,
+    /// Avro `bytes`: zig-zag length, then the raw ciphertext.
+    AvroRaw = 2,
+    /// JSON string: `"` + [`JSON_PREFIX`] + base64 of the ciphertext + `"`.
+    JsonText = 3,
+    /// Protobuf `string`: varint length, then [`JSON_PREFIX`] + base64 of the ciphertext.
+    ProtoText = 4,
+    /// Protobuf `bytes`: varint length, then the raw ciphertext.
+    ProtoRaw = 5,
+}
+
+impl FieldEncoding {
+    fn from_byte(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            1 => Self::AvroText,
+            2 => Self::AvroRaw,
+            3 => Self::JsonText,
+            4 => Self::ProtoText,
+            5 => Self::ProtoRaw,
+            _ => return Err(WireError::Malformed("unknown schema field encoding")),
+        })
+    }
+}
+
+/// One encrypted field of a schema-encoded value: its path (bound in the part's AAD), how its
+/// ciphertext is written, and the byte span it occupies in the stored value. The span is
+/// authenticated by the record tag (it is in the descriptor), so a reader restores the original
+/// bytes without the schema: the part's plaintext is exactly the bytes the span replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaFieldPart {
+    /// Dotted path of the field, e.g. `customer.email`.
+    pub path: String,
+    /// How the ciphertext is written.
+    pub encoding: FieldEncoding,
+    /// Offset of the span in the stored value.
+    pub start: u32,
+    /// Length of the span in the stored value.
+    pub len: u32,
+}
 
 /// What of the value is encrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +87,8 @@ pub enum ValueEncryption {
     Whole,
     /// Values at these JSON pointers are parts 0..n, in this order.
     Json(Vec<String>),
+    /// These fields of a schema-encoded value are parts 0..n, in this order (ascending spans).
+    Schema(Vec<SchemaFieldPart>),
 }
 
 /// The content of the `kapsule.enc` header.
@@ -158,6 +211,7 @@ impl Descriptor {
             ValueEncryption::None => {}
             ValueEncryption::Whole => f |= FLAG_VALUE_WHOLE,
             ValueEncryption::Json(_) => f |= FLAG_VALUE_JSON,
+            ValueEncryption::Schema(_) => f |= FLAG_VALUE_SCHEMA,
         }
         if self.key_encrypted {
             f |= FLAG_KEY;
@@ -174,6 +228,7 @@ impl Descriptor {
             ValueEncryption::None => 0,
             ValueEncryption::Whole => 1,
             ValueEncryption::Json(p) => p.len() as u32,
+            ValueEncryption::Schema(p) => p.len() as u32,
         }
     }
 
@@ -183,8 +238,12 @@ impl Descriptor {
         if kek.is_empty() || kek.len() > 255 {
             return Err(WireError::TooLong("KEK id must be 1..=255 bytes"));
         }
-        if matches!(&self.value, ValueEncryption::Json(p) if p.is_empty()) {
-            return Err(WireError::TooLong("JSON mode needs at least one pointer"));
+        if matches!(&self.value, ValueEncryption::Json(p) if p.is_empty())
+            || matches!(&self.value, ValueEncryption::Schema(p) if p.is_empty())
+        {
+            return Err(WireError::TooLong(
+                "JSON and schema modes need at least one field",
+            ));
         }
         let mut out = Vec::with_capacity(64 + kek.len() + self.edek.len());
         out.push(FORMAT_V1);
@@ -199,11 +258,19 @@ impl Descriptor {
         out.extend_from_slice(&self.edek);
         let ptrs: Vec<&[u8]> = match &self.value {
             ValueEncryption::Json(p) => p.iter().map(|s| s.as_bytes()).collect(),
+            ValueEncryption::Schema(f) => f.iter().map(|f| f.path.as_bytes()).collect(),
             _ => Vec::new(),
         };
         put_list(&mut out, &ptrs, "JSON pointers")?;
         let hs: Vec<&[u8]> = self.headers.iter().map(Vec::as_slice).collect();
         put_list(&mut out, &hs, "header names")?;
+        if let ValueEncryption::Schema(fields) = &self.value {
+            for f in fields {
+                out.push(f.encoding as u8);
+                out.extend_from_slice(&f.start.to_be_bytes());
+                out.extend_from_slice(&f.len.to_be_bytes());
+            }
+        }
         Ok(out)
     }
 
@@ -219,8 +286,14 @@ impl Descriptor {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::Malformed("unknown flag bits"));
         }
-        if flags & FLAG_VALUE_WHOLE != 0 && flags & FLAG_VALUE_JSON != 0 {
-            return Err(WireError::Malformed("both whole-value and JSON flags set"));
+        let value_modes = [FLAG_VALUE_WHOLE, FLAG_VALUE_JSON, FLAG_VALUE_SCHEMA]
+            .iter()
+            .filter(|&&m| flags & m != 0)
+            .count();
+        if value_modes > 1 {
+            return Err(WireError::Malformed(
+                "more than one of the whole-value, JSON and schema flags set",
+            ));
         }
         let record_id: [u8; 16] = r.take(16, "record id")?.try_into().expect("16");
         let nonce_base: [u8; NONCE_LEN] = r.take(NONCE_LEN, "nonce base")?.try_into().expect("12");
@@ -247,6 +320,27 @@ impl Descriptor {
             .into_iter()
             .map(<[u8]>::to_vec)
             .collect();
+        let mut schema_fields = Vec::new();
+        if flags & FLAG_VALUE_SCHEMA != 0 {
+            let mut end = 0u64;
+            for path in &ptrs {
+                let encoding = FieldEncoding::from_byte(r.u8("field encoding")?)?;
+                let start = r.u32("field start")?;
+                let len = r.u32("field length")?;
+                if u64::from(start) < end {
+                    return Err(WireError::Malformed(
+                        "schema field spans overlap or are unordered",
+                    ));
+                }
+                end = u64::from(start) + u64::from(len);
+                schema_fields.push(SchemaFieldPart {
+                    path: path.clone(),
+                    encoding,
+                    start,
+                    len,
+                });
+            }
+        }
         if !r.is_empty() {
             return Err(WireError::Malformed("trailing bytes"));
         }
@@ -254,11 +348,15 @@ impl Descriptor {
             ValueEncryption::Whole
         } else if flags & FLAG_VALUE_JSON != 0 {
             ValueEncryption::Json(ptrs.clone())
+        } else if flags & FLAG_VALUE_SCHEMA != 0 {
+            ValueEncryption::Schema(schema_fields)
         } else {
             ValueEncryption::None
         };
-        if (flags & FLAG_VALUE_JSON != 0) == ptrs.is_empty() {
-            return Err(WireError::Malformed("JSON flag and pointer list disagree"));
+        if (flags & (FLAG_VALUE_JSON | FLAG_VALUE_SCHEMA) != 0) == ptrs.is_empty() {
+            return Err(WireError::Malformed(
+                "JSON or schema flag and pointer list disagree",
+            ));
         }
         if (flags & FLAG_HEADERS != 0) == headers.is_empty() {
             return Err(WireError::Malformed(
@@ -292,6 +390,8 @@ pub enum PartKind {
     JsonField = 2,
     /// A header value.
     Header = 3,
+    /// A field of a schema-encoded value (name: its dotted path).
+    SchemaField = 4,
 }
 
 fn put32(out: &mut Vec<u8>, b: &[u8]) {

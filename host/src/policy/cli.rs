@@ -545,6 +545,11 @@ fn describe_encrypt(e: &EncryptionPlan) -> String {
         ValuePart::None => "no value".to_string(),
         ValuePart::Whole => "whole value".to_string(),
         ValuePart::JsonFields(f) => format!("JSON fields {}", f.join(", ")),
+        ValuePart::SchemaFields(s) => format!(
+            "schema fields [{}] and fields tagged [{}]",
+            s.fields.join(", "),
+            s.tags.join(", ")
+        ),
     };
     format!(
         "key `{}`: {value}{}{}",

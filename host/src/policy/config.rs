@@ -136,6 +136,9 @@ pub struct RevealPartsConfig {
     /// The encrypted headers with these names.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// Only these encrypted schema fields (dotted paths, as the encrypting rule resolves them).
+    #[serde(default)]
+    pub schema_fields: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for RevealConfig {
@@ -182,7 +185,12 @@ impl RevealConfig {
         let RevealConfig::Parts(p) = self else {
             return;
         };
-        if !p.value && !p.record_key && p.json_fields.is_empty() && p.headers.is_empty() {
+        if !p.value
+            && !p.record_key
+            && p.json_fields.is_empty()
+            && p.schema_fields.is_empty()
+            && p.headers.is_empty()
+        {
             problems.push(format!(
                 "{path}: reveals no part; write `ciphertext` to deliver records as stored or \
                  `deny` to refuse, or name the parts to reveal"
@@ -197,6 +205,17 @@ impl RevealConfig {
         for (j, f) in p.json_fields.iter().enumerate() {
             if let Err(e) = super::validate_json_pointer(f) {
                 problems.push(format!("{path}.json_fields[{j}]: {e}"));
+            }
+        }
+        if p.value && !p.schema_fields.is_empty() {
+            problems.push(format!(
+                "{path}.schema_fields: `value: true` already reveals every schema field; drop one \
+                 of the two"
+            ));
+        }
+        for (j, f) in p.schema_fields.iter().enumerate() {
+            if let Err(e) = crate::schema::split_path(f) {
+                problems.push(format!("{path}.schema_fields[{j}]: {e}"));
             }
         }
         for (j, h) in p.headers.iter().enumerate() {
@@ -252,6 +271,32 @@ pub enum ValuePartConfig {
     None,
     /// Encrypt these RFC 6901 JSON pointers.
     JsonFields(Vec<String>),
+    /// Encrypt these fields of values in the Schema Registry wire format (needs
+    /// `schema_registry:`).
+    SchemaFields(SchemaFieldsConfig),
+}
+
+/// `value: {schema: {fields: [..], tags: [..]}}`: fields of a schema-encoded value (Avro or
+/// JSON Schema in the Confluent wire format) to encrypt.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaFieldsConfig {
+    /// Dotted field paths from the top-level record, e.g. `customer.email`.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Schema tags (`confluent:tags`), e.g. `PII`: every field tagged with one is encrypted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl SchemaFieldsConfig {
+    /// The plan's form.
+    pub fn to_selection(&self) -> crate::plan::FieldSelection {
+        crate::plan::FieldSelection {
+            fields: self.fields.clone(),
+            tags: self.tags.clone(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ValuePartConfig {
@@ -260,7 +305,10 @@ impl<'de> Deserialize<'de> for ValuePartConfig {
         impl<'de> Visitor<'de> for V {
             type Value = ValuePartConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`whole`, `none`, or a map `{json_fields: [\"/pointer\", ...]}`")
+                f.write_str(
+                    "`whole`, `none`, or a map `{json_fields: [\"/pointer\", ...]}` or \
+                     `{schema: {fields: [..], tags: [..]}}`",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 match v {
@@ -279,7 +327,14 @@ impl<'de> Deserialize<'de> for ValuePartConfig {
                         }
                         Ok(ValuePartConfig::JsonFields(fields))
                     }
-                    Some(other) => Err(de::Error::unknown_field(other, &["json_fields"])),
+                    Some("schema") => {
+                        let sel: SchemaFieldsConfig = map.next_value()?;
+                        if let Some(extra) = map.next_key::<String>()? {
+                            return Err(de::Error::unknown_field(&extra, &["schema"]));
+                        }
+                        Ok(ValuePartConfig::SchemaFields(sel))
+                    }
+                    Some(other) => Err(de::Error::unknown_field(other, &["json_fields", "schema"])),
                     None => Err(de::Error::missing_field("json_fields")),
                 }
             }
@@ -496,6 +551,13 @@ impl PolicyConfig {
             let p = format!("{prefix}.rules[{i}]");
             rule.topics.validate(&format!("{p}.topics"), problems);
             validate_key_template(&rule.key_id, &format!("{p}.key_id"), problems);
+            if let ValuePartConfig::SchemaFields(sel) = &rule.value {
+                crate::schema::validate_selection(
+                    &sel.to_selection(),
+                    &format!("{p}.value.schema"),
+                    problems,
+                );
+            }
             if let ValuePartConfig::JsonFields(fields) = &rule.value {
                 if fields.is_empty() {
                     problems.push(format!(

@@ -211,6 +211,7 @@ fn to_reveal(c: &RevealConfig, principal: Option<&Principal>) -> Reveal {
             json_fields: p.json_fields.clone(),
             record_key: p.record_key,
             headers: p.headers.clone(),
+            schema_fields: p.schema_fields.clone(),
         }),
         RevealConfig::Deny => Reveal::Deny(match principal {
             Some(p) => format!(
@@ -234,6 +235,7 @@ impl Rule {
                 ValuePartConfig::Whole => ValuePart::Whole,
                 ValuePartConfig::None => ValuePart::None,
                 ValuePartConfig::JsonFields(f) => ValuePart::JsonFields(f.clone()),
+                ValuePartConfig::SchemaFields(s) => ValuePart::SchemaFields(s.to_selection()),
             },
             record_key: c.record_key,
             headers: c.headers.clone(),

@@ -23,7 +23,7 @@ pub struct DescriptorSummary {
     pub key_kek_version: Option<u32>,
     /// `"none"`, `"whole"` or `"json"`.
     pub value: &'static str,
-    /// Encrypted JSON pointers (JSON mode only).
+    /// Encrypted JSON pointers (JSON mode) or schema field paths (schema mode).
     pub json_pointers: Vec<String>,
     /// True if the record key is encrypted.
     pub key_encrypted: bool,
@@ -41,6 +41,7 @@ impl DescriptorSummary {
             ValueEncryption::None => ("none", Vec::new()),
             ValueEncryption::Whole => ("whole", Vec::new()),
             ValueEncryption::Json(p) => ("json", p.clone()),
+            ValueEncryption::Schema(f) => ("schema", f.iter().map(|f| f.path.clone()).collect()),
         };
         Self {
             version: FORMAT_V1,

@@ -13,7 +13,8 @@ use crate::crypto::primitives::{Dek, RecordKeyCipher};
 use crate::crypto::wire::{validate_key_id, Descriptor};
 use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
-use crate::plan::RecordDecision;
+use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
+use crate::schema::{self, LocatedField, SchemaError, SchemaRegistry};
 
 use super::open::{find_descriptor, open_record, withhold_all, DescriptorProblem, OpenFail};
 use super::seal::{prepare, seal_error, seal_record, SealParams};
@@ -24,6 +25,7 @@ use super::*;
 pub struct RecordEncryptor {
     deks: Arc<DekManager>,
     metrics: Arc<CryptoMetrics>,
+    schemas: Option<Arc<SchemaRegistry>>,
 }
 
 impl RecordEncryptor {
@@ -33,7 +35,37 @@ impl RecordEncryptor {
         Self {
             deks: Arc::new(DekManager::new(kms, cfg, metrics.clone())),
             metrics,
+            schemas: None,
         }
+    }
+
+    /// Reads writer schemas from `registry` for plans that encrypt schema fields (without one,
+    /// such records are refused).
+    pub fn with_schema_registry(mut self, registry: Arc<SchemaRegistry>) -> Self {
+        self.schemas = Some(registry);
+        self
+    }
+
+    /// The selected fields of `rec`'s schema-encoded value, when `plan` encrypts schema fields
+    /// (fetching the writer schema on first sight of its id).
+    async fn locate_schema_fields(
+        &self,
+        rec: &Record,
+        plan: &EncryptionPlan,
+    ) -> Result<Option<Vec<LocatedField>>, SchemaError> {
+        let (ValuePart::SchemaFields(sel), Some(v)) = (&plan.value, &rec.value) else {
+            return Ok(None);
+        };
+        let id = schema::schema_id(v)?;
+        let registry = self
+            .schemas
+            .as_ref()
+            .ok_or_else(|| SchemaError::Selection {
+                id,
+                message: "no `schema_registry:` is configured".into(),
+            })?;
+        let s = registry.schema(id).await?;
+        schema::locate(v, &s, sel).map(Some)
     }
 
     /// The metrics (render with [`CryptoMetrics::render_prometheus`]).
@@ -106,7 +138,11 @@ impl RecordEncryptor {
                 key_id: plan.key_id.clone(),
                 source,
             })?;
-            let prep = prepare(rec, plan).map_err(|f| seal_error(index, f))?;
+            let located = self
+                .locate_schema_fields(rec, plan)
+                .await
+                .map_err(|source| EncryptError::Schema { index, source })?;
+            let prep = prepare(rec, plan, located).map_err(|f| seal_error(index, f))?;
             if prep.key && !sivs.contains_key(&plan.key_id) {
                 let c = self
                     .deks

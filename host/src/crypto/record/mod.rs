@@ -8,6 +8,7 @@
 //! This file holds the vocabulary the three share: errors, options, statistics.
 
 pub mod batch;
+mod fields;
 mod open;
 mod seal;
 
@@ -17,6 +18,7 @@ use crate::crypto::wire::{KeyIdError, TagValue, ValueEncryption, HEADER_KEY};
 use crate::kafka::records::RecordBatch;
 use crate::kms::KmsError;
 use crate::plan::RevealParts;
+use crate::schema::SchemaError;
 
 pub use batch::RecordEncryptor;
 
@@ -62,6 +64,16 @@ pub enum EncryptError {
     /// The KMS failed (see [`KmsError::kind`]).
     #[error("{0}")]
     Kms(KmsError),
+    /// A schema-encoded value cannot be field-encrypted: not in the wire format, schema not in
+    /// the registry or registry unavailable (retriable), selection does not fit the schema, or
+    /// body does not decode.
+    #[error("record {index}: {source}")]
+    Schema {
+        /// Index of the record in the batch.
+        index: usize,
+        /// What failed.
+        source: SchemaError,
+    },
     /// The caller passed a decision list of the wrong length (a bug in the caller).
     #[error("internal error: {decisions} decisions for {records} records")]
     DecisionCount {
@@ -75,11 +87,17 @@ pub enum EncryptError {
 impl EncryptError {
     /// True when the producer should retry (the KMS was unavailable).
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Kms(e) if e.is_retriable())
+        match self {
+            Self::Kms(e) => e.is_retriable(),
+            Self::Schema { source, .. } => source.is_retriable(),
+            _ => false,
+        }
     }
 
     fn reason(&self) -> &'static str {
         match self {
+            Self::Schema { source, .. } if source.is_retriable() => "schema_registry_unavailable",
+            Self::Schema { .. } => "schema",
             Self::Rejected { .. } => "rejected",
             Self::InvalidRecord { .. } => "invalid_record",
             Self::PreEncrypted { .. } => "pre_encrypted",
@@ -205,7 +223,7 @@ impl DecryptOptions<'_> {
 /// Name of the header Kapsule adds to a record delivered with some encrypted parts withheld
 /// ([`RevealScope::Parts`]): a JSON object naming the parts that are still ciphertext, e.g.
 /// `{"json_fields":["/ssn"],"headers":["pii"]}` (members `key`, `value`, `json_fields`,
-/// `headers`, each present only when something of that kind is withheld). Only Kapsule writes it:
+/// `schema_fields`, `headers`, each present only when something of that kind is withheld). Only Kapsule writes it:
 /// a stored header of this name is dropped from every record Kapsule opens.
 pub const WITHHELD_HEADER: &str = "kapsule.withheld";
 
@@ -317,7 +335,7 @@ pub(crate) mod testing {
         record_id: [u8; 16],
         key_cipher: Option<&RecordKeyCipher>,
     ) -> Result<Record, String> {
-        let prep = prepare(rec, plan).map_err(|e| e.to_string())?;
+        let prep = prepare(rec, plan, None).map_err(|e| e.to_string())?;
         let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
         seal_record(
             rec,
@@ -365,3 +383,6 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod reveal_tests;
+
+#[cfg(test)]
+mod schema_tests;

@@ -15,6 +15,8 @@ use crate::crypto::wire::{
 };
 use crate::kafka::records::{Record, RecordHeader};
 
+use super::fields;
+
 use super::*;
 
 /// A failure to open one record, before it is given its index.
@@ -51,6 +53,15 @@ impl RevealScope<'_> {
         }
     }
 
+    /// Whether the encrypted schema field at `path` (as written in the descriptor) is decrypted.
+    pub(super) fn reveals_schema_field(&self, path: &str) -> bool {
+        match self {
+            RevealScope::All => true,
+            RevealScope::Parts(p) => p.value || p.schema_fields.iter().any(|f| f == path),
+            RevealScope::Ciphertext => false,
+        }
+    }
+
     /// Whether the encrypted headers called `name` are decrypted.
     pub(super) fn reveals_header(&self, name: &[u8]) -> bool {
         match self {
@@ -67,6 +78,7 @@ impl RevealScope<'_> {
                 ValueEncryption::None => false,
                 ValueEncryption::Whole => self.reveals_value(),
                 ValueEncryption::Json(ptrs) => ptrs.iter().any(|p| self.reveals_json_field(p)),
+                ValueEncryption::Schema(f) => f.iter().any(|f| self.reveals_schema_field(&f.path)),
             }
             || desc.headers.iter().any(|h| self.reveals_header(h))
     }
@@ -78,6 +90,7 @@ struct Withheld {
     key: bool,
     value: bool,
     json_fields: Vec<String>,
+    schema_fields: Vec<String>,
     headers: Vec<String>,
 }
 
@@ -91,7 +104,18 @@ impl Withheld {
     }
 
     fn is_empty(&self) -> bool {
-        !self.key && !self.value && self.json_fields.is_empty() && self.headers.is_empty()
+        !self.key
+            && !self.value
+            && self.json_fields.is_empty()
+            && self.schema_fields.is_empty()
+            && self.headers.is_empty()
+    }
+
+    /// Names the encrypted schema field `path` as withheld (once per path: arrays repeat it).
+    fn add_schema_field(&mut self, path: &str) {
+        if !self.schema_fields.iter().any(|f| f == path) {
+            self.schema_fields.push(path.to_owned());
+        }
     }
 
     /// The [`WITHHELD_HEADER`] value: a JSON object with only the kinds that are withheld.
@@ -105,6 +129,9 @@ impl Withheld {
         }
         if !self.json_fields.is_empty() {
             m.insert("json_fields".into(), self.json_fields.clone().into());
+        }
+        if !self.schema_fields.is_empty() {
+            m.insert("schema_fields".into(), self.schema_fields.clone().into());
         }
         if !self.headers.is_empty() {
             m.insert("headers".into(), self.headers.clone().into());
@@ -123,8 +150,14 @@ pub(super) fn withhold_all(rec: &Record, desc_idx: usize, desc: &Descriptor) -> 
             ValueEncryption::Json(p) => p.clone(),
             _ => Vec::new(),
         },
+        schema_fields: Vec::new(),
         headers: Vec::new(),
     };
+    if let ValueEncryption::Schema(f) = &desc.value {
+        for f in f {
+            withheld.add_schema_field(&f.path);
+        }
+    }
     for h in &desc.headers {
         withheld.add_header(h);
     }
@@ -213,6 +246,9 @@ pub(super) fn open_record(
                         format!("JSON field {}", String::from_utf8_lossy(name))
                     }
                     PartKind::Header => format!("header {}", String::from_utf8_lossy(name)),
+                    PartKind::SchemaField => {
+                        format!("schema field {}", String::from_utf8_lossy(name))
+                    }
                 };
                 OpenFail::Integrity(format!(
                     "{what} does not authenticate (moved from another topic, record or part, or altered)"
@@ -279,6 +315,30 @@ pub(super) fn open_record(
                     OpenFail::Malformed(format!("JSON field {name}: invalid base64"))
                 })?;
                 let pt = open(PartKind::JsonField, i as u32, name.as_bytes(), &ct)?;
+                bytes += pt.len() as u64;
+                repl.push((span, pt));
+            }
+            if repl.is_empty() {
+                Some(v.clone())
+            } else {
+                Some(Bytes::from(splice(v, repl)))
+            }
+        }
+        (ValueEncryption::Schema(parts), Some(v)) => {
+            let mut repl = Vec::with_capacity(parts.len());
+            for (i, f) in parts.iter().enumerate() {
+                let span = f.start as usize..f.start as usize + f.len as usize;
+                let stored = v.get(span.clone()).ok_or_else(|| {
+                    OpenFail::Malformed(format!("schema field {} lies outside the value", f.path))
+                })?;
+                if !scope.reveals_schema_field(&f.path) {
+                    // Left as stored (authenticated by the record tag).
+                    withheld.add_schema_field(&f.path);
+                    continue;
+                }
+                let ct = fields::decode(f.encoding, stored)
+                    .map_err(|e| OpenFail::Malformed(format!("schema field {}: {e}", f.path)))?;
+                let pt = open(PartKind::SchemaField, i as u32, f.path.as_bytes(), &ct)?;
                 bytes += pt.len() as u64;
                 repl.push((span, pt));
             }

@@ -115,6 +115,7 @@ async fn all_and_parts_covering_everything_give_the_plaintext_without_kapsule_he
         json_fields: vec![],
         record_key: true,
         headers: vec!["trace".into(), "pii".into()],
+        schema_fields: vec![],
     };
     for scope in [RevealScope::All, RevealScope::Parts(&every)] {
         let (out, stats) = reveal(&kms, &bt, scope, &DecryptOptions::default())
@@ -133,6 +134,7 @@ async fn analytics_sees_json_records_with_pii_fields_still_ciphertext() {
         json_fields: vec!["/email".into()],
         record_key: false,
         headers: vec!["trace".into()],
+        schema_fields: vec![],
     };
     let (out, _) = reveal(
         &kms,

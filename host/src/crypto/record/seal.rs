@@ -12,11 +12,14 @@ use bytes::Bytes;
 use crate::crypto::json::{find_spans, parse_pointer, JsonError};
 use crate::crypto::primitives::{nonce_at, siv_seal, Dek, NONCE_LEN};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, Descriptor, PartKind, ValueEncryption, WireError, HEADER_KEY,
-    JSON_PREFIX,
+    key_aad, part_aad, record_aad, Descriptor, PartKind, SchemaFieldPart, ValueEncryption,
+    WireError, HEADER_KEY, JSON_PREFIX,
 };
 use crate::kafka::records::{Record, RecordHeader};
 use crate::plan::{EncryptionPlan, ValuePart};
+use crate::schema::LocatedField;
+
+use super::fields;
 
 use super::*;
 
@@ -26,6 +29,8 @@ pub(super) struct Prepared {
     value_whole: bool,
     /// (pointer, span in the value), in plan order.
     fields: Vec<(String, Range<usize>)>,
+    /// Selected fields of a schema-encoded value, in ascending span order.
+    schema_fields: Vec<LocatedField>,
     /// Indices of headers whose values are encrypted.
     headers: Vec<usize>,
     pub(super) bytes: u64,
@@ -34,7 +39,11 @@ pub(super) struct Prepared {
 impl Prepared {
     /// AES-GCM invocations: value parts, header parts, and the record tag.
     pub(super) fn parts(&self) -> u64 {
-        u64::from(self.value_whole) + self.fields.len() as u64 + self.headers.len() as u64 + 1
+        u64::from(self.value_whole)
+            + self.fields.len() as u64
+            + self.schema_fields.len() as u64
+            + self.headers.len() as u64
+            + 1
     }
 }
 
@@ -56,9 +65,21 @@ pub(super) enum SealFail {
     /// The plan encrypts the key but no record-key cipher was given (a bug in the caller).
     #[error("record-key cipher missing")]
     KeyCipherMissing,
+    /// The plan encrypts schema fields but they were not located (a bug in the caller).
+    #[error("internal error: schema fields were not located before sealing")]
+    SchemaFieldsMissing,
+    /// A schema field's span does not fit the descriptor's 32-bit offsets.
+    #[error("value too large for schema field encryption")]
+    ValueTooLarge,
 }
 
-pub(super) fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, SealFail> {
+/// What of `rec` will be encrypted. `located` holds the selected fields of a schema-encoded value
+/// (found with the registry beforehand) when the plan encrypts schema fields.
+pub(super) fn prepare(
+    rec: &Record,
+    plan: &EncryptionPlan,
+    located: Option<Vec<LocatedField>>,
+) -> Result<Prepared, SealFail> {
     if rec.headers.iter().any(|h| h.key == HEADER_KEY.as_bytes()) {
         return Err(SealFail::PreEncrypted);
     }
@@ -69,8 +90,16 @@ pub(super) fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, S
     }
     let mut value_whole = false;
     let mut fields = Vec::new();
+    let mut schema_fields = Vec::new();
     match (&plan.value, &rec.value) {
         (_, None) | (ValuePart::None, _) => {}
+        (ValuePart::SchemaFields(_), Some(_)) => {
+            schema_fields = located.ok_or(SealFail::SchemaFieldsMissing)?;
+            bytes += schema_fields
+                .iter()
+                .map(|f| f.range.len() as u64)
+                .sum::<u64>();
+        }
         (ValuePart::Whole, Some(v)) => {
             value_whole = true;
             bytes += v.len() as u64;
@@ -104,6 +133,7 @@ pub(super) fn prepare(rec: &Record, plan: &EncryptionPlan) -> Result<Prepared, S
         key,
         value_whole,
         fields,
+        schema_fields,
         headers,
         bytes,
     })
@@ -141,6 +171,8 @@ pub(super) fn seal_record(
     let desc = Descriptor {
         value: if prep.value_whole {
             ValueEncryption::Whole
+        } else if !prep.schema_fields.is_empty() {
+            ValueEncryption::Schema(stored_spans(&prep.schema_fields)?)
         } else if !prep.fields.is_empty() {
             ValueEncryption::Json(prep.fields.iter().map(|(n, _)| n.clone()).collect())
         } else {
@@ -188,6 +220,19 @@ pub(super) fn seal_record(
             }
             Some(Bytes::from(splice(v, repl)))
         }
+        Some(v) if !prep.schema_fields.is_empty() => {
+            let mut repl = Vec::with_capacity(prep.schema_fields.len());
+            for (i, f) in prep.schema_fields.iter().enumerate() {
+                let ct = seal(
+                    PartKind::SchemaField,
+                    i as u32,
+                    f.path.as_bytes(),
+                    &v[f.range.clone()],
+                )?;
+                repl.push((f.range.clone(), fields::encode(f.encoding, &ct)));
+            }
+            Some(Bytes::from(splice(v, repl)))
+        }
         other => other.clone(),
     };
     let base = desc.value_parts();
@@ -224,6 +269,26 @@ pub(super) fn seal_record(
         value: new_value,
         headers,
     })
+}
+
+/// Where each located field will sit in the stored value once its ciphertext replaces it
+/// (ciphertext lengths are known from plaintext lengths, so the descriptor can carry them).
+fn stored_spans(located: &[LocatedField]) -> Result<Vec<SchemaFieldPart>, SealFail> {
+    let mut shift: i64 = 0;
+    located
+        .iter()
+        .map(|f| {
+            let len = fields::stored_len(f.encoding, f.range.len());
+            let start = f.range.start as i64 + shift;
+            shift += len as i64 - f.range.len() as i64;
+            Ok(SchemaFieldPart {
+                path: f.path.clone(),
+                encoding: f.encoding,
+                start: u32::try_from(start).map_err(|_| SealFail::ValueTooLarge)?,
+                len: u32::try_from(len).map_err(|_| SealFail::ValueTooLarge)?,
+            })
+        })
+        .collect()
 }
 
 pub(super) fn seal_error(index: usize, f: SealFail) -> EncryptError {

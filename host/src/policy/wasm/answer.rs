@@ -203,6 +203,7 @@ pub(super) fn reveal(c: &Caller<'_>, raw: wit::Reveal) -> Result<Reveal, PolicyE
                 json_fields: p.json_fields,
                 record_key: p.record_key,
                 headers: p.headers,
+                schema_fields: Vec::new(),
             })
         }
     })

@@ -406,6 +406,7 @@ fn encryption_plan_bytes(p: &EncryptionPlan) -> usize {
     let value = match &p.value {
         ValuePart::None | ValuePart::Whole => 0,
         ValuePart::JsonFields(f) => strings_bytes(f),
+        ValuePart::SchemaFields(s) => strings_bytes(&s.fields) + strings_bytes(&s.tags),
     };
     PER_ALLOCATION + string_bytes(&p.key_id) + value + strings_bytes(&p.headers)
 }
@@ -433,7 +434,11 @@ fn reveal_bytes(r: &Reveal) -> usize {
     match r {
         Reveal::All | Reveal::Ciphertext => 0,
         Reveal::Deny(m) => string_bytes(m),
-        Reveal::Parts(p) => strings_bytes(&p.json_fields) + strings_bytes(&p.headers),
+        Reveal::Parts(p) => {
+            strings_bytes(&p.json_fields)
+                + strings_bytes(&p.headers)
+                + strings_bytes(&p.schema_fields)
+        }
     }
 }
 

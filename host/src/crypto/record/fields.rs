@@ -1,0 +1,125 @@
+//! How an encrypted schema field's ciphertext is written in place of the field
+//! ([`FieldEncoding`]), and read back: the one place the record stage knows these forms.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+use crate::crypto::wire::{FieldEncoding, JSON_PREFIX};
+use crate::schema::varint;
+
+/// AES-GCM tag length: a part's ciphertext is its plaintext plus this.
+const GCM_TAG_LEN: usize = 16;
+
+fn b64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// Length of the varint that prefixes `len` content bytes in `encoding`.
+fn prefix_len(encoding: FieldEncoding, len: usize) -> usize {
+    match encoding {
+        FieldEncoding::AvroText | FieldEncoding::AvroRaw => varint::unsigned_len(2 * len as u64),
+        FieldEncoding::ProtoText | FieldEncoding::ProtoRaw => varint::unsigned_len(len as u64),
+        FieldEncoding::JsonText => 0,
+    }
+}
+
+/// Length of the content (after any length prefix) for a ciphertext of `ct_len` bytes.
+fn content_len(encoding: FieldEncoding, ct_len: usize) -> usize {
+    match encoding {
+        FieldEncoding::AvroText | FieldEncoding::ProtoText => JSON_PREFIX.len() + b64_len(ct_len),
+        FieldEncoding::AvroRaw | FieldEncoding::ProtoRaw => ct_len,
+        FieldEncoding::JsonText => 2 + JSON_PREFIX.len() + b64_len(ct_len),
+    }
+}
+
+/// Length of the stored field for a plaintext of `pt_len` bytes (known before sealing, so the
+/// descriptor can carry the stored spans it authenticates).
+pub(super) fn stored_len(encoding: FieldEncoding, pt_len: usize) -> usize {
+    let c = content_len(encoding, pt_len + GCM_TAG_LEN);
+    prefix_len(encoding, c) + c
+}
+
+/// The stored field for ciphertext `ct`.
+pub(super) fn encode(encoding: FieldEncoding, ct: &[u8]) -> Vec<u8> {
+    let c = content_len(encoding, ct.len());
+    let mut out = Vec::with_capacity(prefix_len(encoding, c) + c);
+    match encoding {
+        FieldEncoding::AvroText | FieldEncoding::AvroRaw => {
+            varint::write_zigzag(&mut out, c as i64)
+        }
+        FieldEncoding::ProtoText | FieldEncoding::ProtoRaw => {
+            varint::write_unsigned(&mut out, c as u64)
+        }
+        FieldEncoding::JsonText => out.push(b'"'),
+    }
+    match encoding {
+        FieldEncoding::AvroRaw | FieldEncoding::ProtoRaw => out.extend_from_slice(ct),
+        _ => {
+            out.extend_from_slice(JSON_PREFIX.as_bytes());
+            out.extend_from_slice(B64.encode(ct).as_bytes());
+        }
+    }
+    if encoding == FieldEncoding::JsonText {
+        out.push(b'"');
+    }
+    out
+}
+
+/// The ciphertext of a stored field; `Err` says why the bytes are not in `encoding`'s form.
+pub(super) fn decode(encoding: FieldEncoding, stored: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let content = match encoding {
+        FieldEncoding::AvroText | FieldEncoding::AvroRaw => {
+            let mut pos = 0;
+            let n = varint::read_zigzag(stored, &mut pos).ok_or("bad length")?;
+            (usize::try_from(n).ok() == Some(stored.len() - pos))
+                .then(|| &stored[pos..])
+                .ok_or("length does not match the span")?
+        }
+        FieldEncoding::ProtoText | FieldEncoding::ProtoRaw => {
+            let mut pos = 0;
+            let n = varint::read_unsigned(stored, &mut pos).ok_or("bad length")?;
+            (usize::try_from(n).ok() == Some(stored.len() - pos))
+                .then(|| &stored[pos..])
+                .ok_or("length does not match the span")?
+        }
+        FieldEncoding::JsonText => stored
+            .strip_prefix(b"\"")
+            .and_then(|s| s.strip_suffix(b"\""))
+            .ok_or("not a JSON string")?,
+    };
+    match encoding {
+        FieldEncoding::AvroRaw | FieldEncoding::ProtoRaw => Ok(content.to_vec()),
+        _ => {
+            let b = content
+                .strip_prefix(JSON_PREFIX.as_bytes())
+                .ok_or("not a kapsule:v1 string")?;
+            B64.decode(b).map_err(|_| "invalid base64")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_len_matches_encode_and_decode_inverts_it() {
+        for enc in [
+            FieldEncoding::AvroText,
+            FieldEncoding::AvroRaw,
+            FieldEncoding::JsonText,
+            FieldEncoding::ProtoText,
+            FieldEncoding::ProtoRaw,
+        ] {
+            for pt_len in [0usize, 1, 2, 3, 40, 47, 48, 100, 5000] {
+                let ct = vec![0xa5; pt_len + GCM_TAG_LEN];
+                let stored = encode(enc, &ct);
+                assert_eq!(stored.len(), stored_len(enc, pt_len), "{enc:?} {pt_len}");
+                assert_eq!(decode(enc, &stored).unwrap(), ct);
+                let mut cut = stored.clone();
+                cut.pop();
+                assert!(decode(enc, &cut).is_err(), "{enc:?}: truncated accepted");
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+use super::*;
+use crate::schema::varint::write_zigzag;
+
+fn sel(fields: &[&str], tags: &[&str]) -> FieldSelection {
+    FieldSelection {
+        fields: fields.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Avro binary encoder for the test values.
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn long(&mut self, v: i64) -> &mut Self {
+        write_zigzag(&mut self.0, v);
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.long(s.len() as i64);
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+}
+
+/// Every construct: nested and recursive records, unions, arrays (positive and negative block
+/// counts), maps, enums, fixed, primitives, logical types, namespaces.
+const SCHEMA: &str = r#"{
+  "type": "record", "name": "Order", "namespace": "shop",
+  "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "ok", "type": "boolean"},
+    {"name": "price", "type": "double"},
+    {"name": "ratio", "type": "float"},
+    {"name": "ssn", "type": "string", "confluent:tags": ["PII"]},
+    {"name": "customer", "type": {"type": "record", "name": "Customer", "fields": [
+      {"name": "email", "type": ["null", "string"], "confluent:tags": ["PII"]},
+      {"name": "photo", "type": "bytes"},
+      {"name": "uid", "type": {"type": "string", "logicalType": "uuid"}}
+    ]}},
+    {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["NEW", "PAID"]}},
+    {"name": "hash", "type": {"type": "fixed", "name": "Hash", "size": 4}},
+    {"name": "lines", "type": {"type": "array", "items": {"type": "record", "name": "Line",
+      "fields": [{"name": "card", "type": "string"}, {"name": "qty", "type": "int"}]}}},
+    {"name": "attrs", "type": {"type": "map", "values": "string"}},
+    {"name": "referrer", "type": ["null", "Customer"]},
+    {"name": "next", "type": ["null", "Order"]}
+  ]
+}"#;
+
+fn order(next: bool) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.long(42)
+        .raw(&[1])
+        .raw(&1.5f64.to_le_bytes())
+        .raw(&2.5f32.to_le_bytes());
+    e.str("123-45-6789");
+    e.long(1)
+        .str("ann@example.com")
+        .long(3)
+        .raw(&[1, 2, 3])
+        .str("u-1");
+    e.long(1).raw(&[9, 9, 9, 9]);
+    // Two lines in a negative-count block (with its byte size), then the end.
+    e.long(-2)
+        .long(0)
+        .str("4111")
+        .long(2)
+        .str("5500")
+        .long(3)
+        .long(0);
+    e.long(1).str("k").str("v").long(0);
+    e.long(0); // referrer: null
+    if next {
+        e.long(1).raw(&order(false));
+    } else {
+        e.long(0);
+    }
+    e.0
+}
+
+fn found(t: &Targets, body: &[u8]) -> Vec<(String, Vec<u8>, FieldEncoding)> {
+    let mut v = vec![0, 0, 0, 0, 1];
+    v.extend_from_slice(body);
+    locate(t, &v, 5)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, v[f.range].to_vec(), f.encoding))
+        .collect()
+}
+
+fn s(x: &str) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.str(x);
+    e.0
+}
+
+#[test]
+fn paths_and_tags_find_string_and_bytes_fields_everywhere() {
+    let schema = Arc::new(AvroSchema::parse(SCHEMA).unwrap());
+    let t = Targets::resolve(&schema, &sel(&["lines.card", "customer.photo"], &["PII"])).unwrap();
+    let got = found(&t, &order(true));
+    let want = vec![
+        ("ssn".to_owned(), s("123-45-6789"), FieldEncoding::AvroText),
+        (
+            "customer.email".to_owned(),
+            s("ann@example.com"),
+            FieldEncoding::AvroText,
+        ),
+        (
+            "customer.photo".to_owned(),
+            vec![6, 1, 2, 3],
+            FieldEncoding::AvroRaw,
+        ),
+        ("lines.card".to_owned(), s("4111"), FieldEncoding::AvroText),
+        ("lines.card".to_owned(), s("5500"), FieldEncoding::AvroText),
+        // Tags hold at every depth of the recursive record; paths only where they point.
+        (
+            "next.ssn".to_owned(),
+            s("123-45-6789"),
+            FieldEncoding::AvroText,
+        ),
+        (
+            "next.customer.email".to_owned(),
+            s("ann@example.com"),
+            FieldEncoding::AvroText,
+        ),
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+fn null_branches_are_left_alone_and_bad_bodies_refused() {
+    let schema = Arc::new(AvroSchema::parse(SCHEMA).unwrap());
+    let t = Targets::resolve(&schema, &sel(&[], &["PII"])).unwrap();
+    let mut body = order(false);
+    // customer.email -> null branch: splice `1, "ann@example.com"` to `0`.
+    let at = body
+        .windows(16)
+        .position(|w| w == s("ann@example.com"))
+        .unwrap()
+        - 1;
+    body.splice(at..at + 17, [0u8]);
+    let got = found(&t, &body);
+    assert_eq!(
+        got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
+        vec!["ssn"]
+    );
+
+    let mut v = vec![0, 0, 0, 0, 1];
+    v.extend_from_slice(&order(false));
+    for cut in [6, 20, v.len() - 1] {
+        assert!(
+            locate(&t, &v[..cut], 5).is_err(),
+            "truncated at {cut} accepted"
+        );
+    }
+    let mut extra = v.clone();
+    extra.push(0);
+    assert!(locate(&t, &extra, 5)
+        .unwrap_err()
+        .contains("left after the record"));
+    let mut bad_bool = v.clone();
+    bad_bool[5 + 1] = 2;
+    assert!(locate(&t, &bad_bool, 5).is_err());
+}
+
+#[test]
+fn selections_that_do_not_fit_the_schema_name_the_field() {
+    let schema = Arc::new(AvroSchema::parse(SCHEMA).unwrap());
+    for (fields, tags, want) in [
+        (&["id"][..], &[][..], "field `id` is an Avro long"),
+        (
+            &["customer"],
+            &[],
+            "field `customer` is an Avro record shop.Customer",
+        ),
+        (&["lines.qty"], &[], "field `lines.qty` is an Avro int"),
+        (&["customer.phone"], &[], "`customer` has no field `phone`"),
+        (&["nope"], &[], "the top-level record has no field `nope`"),
+        (&["customer..email"], &[], "empty name"),
+    ] {
+        let e = Targets::resolve(&schema, &sel(fields, tags)).unwrap_err();
+        assert!(e.contains(want), "{fields:?}: {e}");
+    }
+    let tagged_int = r#"{"type":"record","name":"R","fields":[
+        {"name":"age","type":"int","confluent:tags":["PII"]}]}"#;
+    let s2 = Arc::new(AvroSchema::parse(tagged_int).unwrap());
+    let e = Targets::resolve(&s2, &sel(&[], &["PII"])).unwrap_err();
+    assert!(
+        e.contains("field `age` of record `R` (tagged PII) is an Avro int"),
+        "{e}"
+    );
+    assert!(Targets::resolve(&s2, &sel(&[], &["OTHER"])).is_ok());
+}
+
+#[test]
+fn malformed_schemas_are_refused() {
+    for bad in [
+        "not json",
+        r#"{"type":"record","name":"R","fields":[{"name":"a","type":"Missing"}]}"#,
+        r#"{"type":"record","name":"R","fields":[{"name":"a","type":[["int"]]}]}"#,
+        r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","confluent:tags":"PII"}]}"#,
+        r#"{"type":"enum","name":"E"}"#,
+        r#"[]"#,
+    ] {
+        assert!(AvroSchema::parse(bad).is_err(), "accepted {bad}");
+    }
+    assert!(AvroSchema::parse(r#""string""#).is_ok());
+}

@@ -1,0 +1,228 @@
+//! Schema-aware field encryption: values in the Confluent Schema Registry wire format.
+//!
+//! A value on a topic whose rule says `value: {schema: {fields: [..], tags: [..]}}` must be
+//! `0x00 | schema id (u32 big-endian) | [Protobuf message indexes] | body`. Kapsule fetches the
+//! writer schema by id from the registry ([`registry::SchemaRegistry`], cached), walks the body
+//! by it ([`avro`], [`json_schema`], [`protobuf`]) and returns the byte span of every selected
+//! field ([`LocatedField`]). The record stage (`crypto::record`) then replaces each span with a
+//! ciphertext of the same schema type, so the value stays valid under the same schema id, and
+//! records the spans in the descriptor: a reader restores the original bytes without the
+//! schema. See docs/schema-fields.md.
+
+pub mod avro;
+pub mod json_schema;
+pub mod protobuf;
+mod protobuf_descriptor;
+pub mod registry;
+
+use std::ops::Range;
+
+use crate::crypto::wire::FieldEncoding;
+use crate::plan::FieldSelection;
+
+pub use registry::{RegisteredSchema, RegistryError, SchemaFormat, SchemaRegistry};
+
+/// The Confluent wire format's magic byte.
+pub const WIRE_MAGIC: u8 = 0;
+
+/// Length of the magic byte and schema id that start every wire-format value.
+pub const WIRE_PREFIX_LEN: usize = 5;
+
+/// Deepest nesting a walker follows (records in records, arrays in arrays, ...): deeper values
+/// are refused, not recursed into.
+pub const MAX_DEPTH: usize = 64;
+
+/// A selected field found in a value: where its bytes are and how to write its ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedField {
+    /// Dotted path of the field (the name bound in the ciphertext's AAD).
+    pub path: String,
+    /// Span in the whole value (wire prefix included) that the ciphertext replaces.
+    pub range: Range<usize>,
+    /// How the ciphertext is written in place of the span.
+    pub encoding: FieldEncoding,
+}
+
+/// Why a schema-encoded value cannot be field-encrypted (the record is then refused).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SchemaError {
+    /// The value does not start with the wire-format prefix.
+    #[error(
+        "value is not in the Confluent Schema Registry wire format (magic byte 0, 4-byte schema \
+         id): {0}; this topic's rule encrypts schema fields, so produce with a registry \
+         serializer"
+    )]
+    NotWireFormat(String),
+    /// The registry failed or does not know the schema.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The selection does not fit the schema (a selected field of another type, a path that is
+    /// not in the schema, a construct Kapsule does not support).
+    #[error("schema id {id}: {message}")]
+    Selection {
+        /// Schema id.
+        id: u32,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// The body does not decode under its schema.
+    #[error("value does not decode under schema id {id}: {message}")]
+    Body {
+        /// Schema id.
+        id: u32,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl SchemaError {
+    /// True when the producer should retry (the registry was unavailable).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Registry(e) if e.is_retriable())
+    }
+}
+
+/// Reads the schema id of a wire-format value.
+pub fn schema_id(value: &[u8]) -> Result<u32, SchemaError> {
+    match value {
+        [WIRE_MAGIC, a, b, c, d, ..] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        [m, ..] if *m != WIRE_MAGIC => Err(SchemaError::NotWireFormat(format!(
+            "first byte is 0x{m:02x}"
+        ))),
+        _ => Err(SchemaError::NotWireFormat(format!(
+            "only {} bytes",
+            value.len()
+        ))),
+    }
+}
+
+/// Finds the selected fields of `value` (a whole wire-format value whose schema id is
+/// `schema.id`), in ascending span order.
+pub fn locate(
+    value: &[u8],
+    schema: &RegisteredSchema,
+    selection: &FieldSelection,
+) -> Result<Vec<LocatedField>, SchemaError> {
+    let compiled = schema.compiled(selection)?;
+    let body_err = |message: String| SchemaError::Body {
+        id: schema.id,
+        message,
+    };
+    let mut found = match &*compiled {
+        registry::Compiled::Avro(targets) => {
+            avro::locate(targets, value, WIRE_PREFIX_LEN).map_err(body_err)?
+        }
+        registry::Compiled::Json(targets) => {
+            json_schema::locate(targets, value, WIRE_PREFIX_LEN).map_err(body_err)?
+        }
+        registry::Compiled::Protobuf(targets) => {
+            protobuf::locate(targets, value, WIRE_PREFIX_LEN).map_err(body_err)?
+        }
+    };
+    found.sort_by_key(|f| f.range.start);
+    Ok(found)
+}
+
+/// Splits a dotted path into its names; empty names are refused.
+pub fn split_path(path: &str) -> Result<Vec<String>, String> {
+    let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
+    if parts.iter().any(String::is_empty) {
+        return Err(format!(
+            "field path `{path}` has an empty name (write names joined by `.`, e.g. `customer.email`)"
+        ));
+    }
+    Ok(parts)
+}
+
+/// Checks a rule's or a reveal grant's field selection (start-up validation).
+pub fn validate_selection(sel: &FieldSelection, path: &str, problems: &mut Vec<String>) {
+    if sel.fields.is_empty() && sel.tags.is_empty() {
+        problems.push(format!(
+            "{path}: names no field and no tag; use `value: none` to leave values in clear"
+        ));
+    }
+    for (j, f) in sel.fields.iter().enumerate() {
+        if let Err(e) = split_path(f) {
+            problems.push(format!("{path}.fields[{j}]: {e}"));
+        }
+    }
+    for (j, t) in sel.tags.iter().enumerate() {
+        if t.is_empty() {
+            problems.push(format!("{path}.tags[{j}]: empty tag"));
+        }
+    }
+}
+
+/// Zig-zag varint reader/writer shared by the Avro walker and the record stage.
+pub mod varint {
+    /// Reads an Avro zig-zag `long` at `*pos` (the encoding of Kafka's varlong, at a position
+    /// rather than through a reader); `None` when truncated or over 64 bits.
+    pub fn read_zigzag(b: &[u8], pos: &mut usize) -> Option<i64> {
+        read_unsigned(b, pos).map(|u| ((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    /// Reads a base-128 varint (Protobuf) at `*pos`; `None` when truncated or too long.
+    pub fn read_unsigned(b: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let byte = *b.get(*pos)?;
+            if i == 9 && byte > 1 {
+                return None; // more than 64 bits
+            }
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Appends an Avro zig-zag `long`.
+    pub fn write_zigzag(out: &mut Vec<u8>, v: i64) {
+        write_unsigned(out, ((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    /// Appends a base-128 varint.
+    pub fn write_unsigned(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Length of `v` as a base-128 varint.
+    pub fn unsigned_len(v: u64) -> usize {
+        (1..10).find(|&n| v >> (7 * n) == 0).unwrap_or(10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_prefix_and_paths() {
+        assert_eq!(schema_id(&[0, 0, 0, 1, 2, 9]).unwrap(), 258);
+        assert!(matches!(
+            schema_id(b"{\"a\":1}"),
+            Err(SchemaError::NotWireFormat(_))
+        ));
+        assert!(schema_id(&[0, 0, 1]).is_err());
+        assert_eq!(split_path("a.b").unwrap(), vec!["a", "b"]);
+        assert!(split_path("a..b").is_err());
+        let mut out = Vec::new();
+        for v in [0i64, -1, 1, 63, -64, 64, i64::MAX, i64::MIN] {
+            out.clear();
+            varint::write_zigzag(&mut out, v);
+            let mut pos = 0;
+            assert_eq!(varint::read_zigzag(&out, &mut pos), Some(v));
+            assert_eq!(pos, out.len());
+            assert_eq!(
+                varint::unsigned_len(((v << 1) ^ (v >> 63)) as u64),
+                out.len()
+            );
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! Protobuf: a tight parser for the `.proto` text the registry stores ([`ProtoSchema`]), a
+//! selection resolved against it ([`Targets`]) and the wire-format walker ([`locate`]).
+//!
+//! The parser reads what a message layout needs: `package`, `message` (nested), fields with
+//! their labels, `map<K, V>`, `oneof`, `enum` and `group`-free proto2/proto3 syntax; options,
+//! `reserved`, `extensions`, `extend` and `service` blocks are skipped. Type names resolve by
+//! Protobuf's scoping rules within the file; a field of a type from an import (another registry
+//! subject) is refused when the selection needs it.
+//!
+//! After the schema id the value carries the message indexes (zig-zag count, then zig-zag
+//! indexes; a single `0` means the first message), then the message. Fields are read by tag and
+//! wire type; unknown fields are skipped and kept as they are; groups are refused. Tags
+//! (`(confluent.field_meta).tags`) are not read yet: select Protobuf fields by path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::varint::{read_unsigned, read_zigzag};
+use super::{split_path, LocatedField, MAX_DEPTH};
+use crate::crypto::wire::FieldEncoding;
+use crate::plan::FieldSelection;
+
+/// A field type as the walker needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum FieldType {
+    String,
+    Bytes,
+    /// Any other scalar or enum (only its wire type matters).
+    Scalar(&'static str),
+    /// A message type, by index into [`ProtoSchema::messages`].
+    Message(usize),
+    /// A `map<K, V>`: the value type (entries are messages `{1: key, 2: value}`).
+    Map(Box<FieldType>),
+    /// A name not defined in this file (from an import).
+    Unresolved(String),
+}
+
+#[derive(Debug)]
+pub(super) struct Field {
+    name: String,
+    number: u64,
+    ty: FieldType,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Message {
+    pub(super) full_name: String,
+    pub(super) fields: Vec<Field>,
+    /// Indexes of nested messages, in declaration order (for message indexes).
+    pub(super) nested: Vec<usize>,
+    /// A synthetic map entry type (descriptor form: `options.map_entry`).
+    pub(super) map_entry: bool,
+}
+
+/// A parsed `.proto` file.
+#[derive(Debug)]
+pub struct ProtoSchema {
+    messages: Vec<Message>,
+    /// Top-level messages, in declaration order.
+    top: Vec<usize>,
+}
+
+/// A field before type resolution.
+pub(super) struct RawField {
+    /// The message it belongs to.
+    pub(super) msg: usize,
+    pub(super) name: String,
+    pub(super) number: u64,
+    /// A scalar name (`string`, `int64`, ...) or a message or enum name, relative or absolute.
+    pub(super) type_name: String,
+    /// Declared as `map<K, type_name>`.
+    pub(super) map: bool,
+}
+
+/// What a parser or the descriptor decoder produces: messages, enum names, fields to resolve.
+#[derive(Default)]
+pub(super) struct Raw {
+    pub(super) messages: Vec<Message>,
+    pub(super) enums: Vec<String>,
+    pub(super) fields: Vec<RawField>,
+    pub(super) top: Vec<usize>,
+}
+
+struct Parser<'a> {
+    toks: Vec<&'a str>,
+    i: usize,
+    messages: Vec<Message>,
+    enums: Vec<String>,
+    raw: Vec<RawField>,
+}
+
+fn tokenize(text: &str) -> Result<Vec<&str>, String> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            let end = text[i + 2..].find("*/").ok_or("unterminated comment")?;
+            i += end + 4;
+        } else if c == b'"' || c == b'\'' {
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            if i >= b.len() {
+                return Err("unterminated string".into());
+            }
+            i += 1;
+            out.push(&text[start..i]);
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            let start = i;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'-' | b'+'))
+            {
+                i += 1;
+            }
+            out.push(&text[start..i]);
+        } else {
+            out.push(&text[i..i + 1]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn scalar(name: &str) -> Option<FieldType> {
+    Some(match name {
+        "string" => FieldType::String,
+        "bytes" => FieldType::Bytes,
+        "double" | "fixed64" | "sfixed64" => FieldType::Scalar("i64"),
+        "float" | "fixed32" | "sfixed32" => FieldType::Scalar("i32"),
+        "int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64" | "bool" => {
+            FieldType::Scalar("varint")
+        }
+        _ => return None,
+    })
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<&'a str> {
+        self.toks.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Result<&'a str, String> {
+        let t = self.peek().ok_or("unexpected end of the .proto text")?;
+        self.i += 1;
+        Ok(t)
+    }
+
+    fn expect(&mut self, want: &str) -> Result<(), String> {
+        let t = self.next()?;
+        if t == want {
+            Ok(())
+        } else {
+            Err(format!("expected `{want}`, found `{t}`"))
+        }
+    }
+
+    /// Skips to the end of a statement (`;`) or over a balanced `{...}` block.
+    fn skip_statement(&mut self) -> Result<(), String> {
+        let mut depth = 0usize;
+        loop {
+            match self.next()? {
+                ";" if depth == 0 => return Ok(()),
+                "{" => depth += 1,
+                "}" => {
+                    depth = depth.checked_sub(1).ok_or("unbalanced `}`")?;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn file(&mut self) -> Result<Vec<usize>, String> {
+        let mut package = String::new();
+        let mut top = Vec::new();
+        while let Some(t) = self.peek() {
+            match t {
+                "package" => {
+                    self.i += 1;
+                    package = self.next()?.to_owned();
+                    self.expect(";")?;
+                }
+                "message" => {
+                    self.i += 1;
+                    top.push(self.message(&package, 0)?);
+                }
+                "enum" => {
+                    self.i += 1;
+                    let name = self.next()?;
+                    self.enums.push(qualify(&package, name));
+                    self.skip_statement()?;
+                }
+                ";" => self.i += 1,
+                _ => self.skip_statement()?, // syntax, import, option, service, extend
+            }
+        }
+        Ok(top)
+    }
+
+    fn message(&mut self, scope: &str, depth: usize) -> Result<usize, String> {
+        if depth > MAX_DEPTH {
+            return Err("messages nested deeper than 64 levels".into());
+        }
+        let name = self.next()?;
+        let full = qualify(scope, name);
+        self.messages.push(Message {
+            full_name: full.clone(),
+            ..Default::default()
+        });
+        let me = self.messages.len() - 1;
+        self.expect("{")?;
+        self.body(me, &full, depth, false)?;
+        Ok(me)
+    }
+
+    /// Members of a message (or of a `oneof` inside it) up to the closing `}`.
+    fn body(&mut self, me: usize, full: &str, depth: usize, in_oneof: bool) -> Result<(), String> {
+        loop {
+            let t = self.next()?;
+            match t {
+                "}" => return Ok(()),
+                ";" => {}
+                "message" if !in_oneof => {
+                    let n = self.message(full, depth + 1)?;
+                    self.messages[me].nested.push(n);
+                }
+                "enum" if !in_oneof => {
+                    let name = self.next()?;
+                    self.enums.push(qualify(full, name));
+                    self.skip_statement()?;
+                }
+                "oneof" if !in_oneof => {
+                    self.next()?;
+                    self.expect("{")?;
+                    self.body(me, full, depth, true)?;
+                }
+                "option" | "reserved" | "extensions" | "extend" => self.skip_statement()?,
+                "group" => return Err("proto2 groups are not supported".into()),
+                "map" => {
+                    self.expect("<")?;
+                    self.next()?; // key type: never selectable
+                    self.expect(",")?;
+                    let value = self.next()?.to_owned();
+                    self.expect(">")?;
+                    self.field_rest(me, value, true)?;
+                }
+                "repeated" | "optional" | "required" => {
+                    let ty = self.next()?;
+                    if ty == "group" {
+                        return Err("proto2 groups are not supported".into());
+                    }
+                    self.field_rest(me, ty.to_owned(), false)?;
+                }
+                ty => self.field_rest(me, ty.to_owned(), false)?,
+            }
+        }
+    }
+
+    fn field_rest(&mut self, msg: usize, type_name: String, map: bool) -> Result<(), String> {
+        let name = self.next()?.to_owned();
+        self.expect("=")?;
+        let number: u64 = self
+            .next()?
+            .parse()
+            .map_err(|_| format!("field `{name}` has no numeric tag"))?;
+        if self.peek() == Some("[") {
+            let mut depth = 0usize;
+            loop {
+                match self.next()? {
+                    "[" | "{" => depth += 1,
+                    "]" | "}" => {
+                        depth = depth.checked_sub(1).ok_or("unbalanced field options")?;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.expect(";")?;
+        self.raw.push(RawField {
+            msg,
+            name,
+            number,
+            type_name,
+            map,
+        });
+        Ok(())
+    }
+}
+
+/// Resolves `name` from inside message `scope` by Protobuf's rules (innermost scope first).
+fn resolve(names: &HashMap<&str, usize>, enums: &[String], scope: &str, name: &str) -> FieldType {
+    if let Some(s) = scalar(name) {
+        return s;
+    }
+    let lookup = |full: &str| -> Option<FieldType> {
+        names.get(full).map(|&i| FieldType::Message(i)).or_else(|| {
+            enums
+                .iter()
+                .any(|e| e == full)
+                .then_some(FieldType::Scalar("varint"))
+        })
+    };
+    if let Some(abs) = name.strip_prefix('.') {
+        return lookup(abs).unwrap_or_else(|| FieldType::Unresolved(name.to_owned()));
+    }
+    let mut s = scope.to_owned();
+    loop {
+        if let Some(t) = lookup(&qualify(&s, name)) {
+            return t;
+        }
+        match s.rfind('.') {
+            Some(i) => s.truncate(i),
+            None if !s.is_empty() => s.clear(),
+            None => return FieldType::Unresolved(name.to_owned()),
+        }
+    }
+}
+
+pub(super) fn qualify(scope: &str, name: &str) -> String {
+    if scope.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{scope}.{name}")
+    }
+}
+
+impl ProtoSchema {
+    /// Parses a registered Protobuf schema: `.proto` text, or the base64 of a serialized
+    /// `FileDescriptorProto` (what confluent-kafka's Python serializer registers, and what
+    /// Apicurio returns for it).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let trimmed = text.trim();
+        let looks_base64 = !trimmed.is_empty()
+            && trimmed
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
+        let raw = match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+            Ok(bytes) if looks_base64 => super::protobuf_descriptor::decode(&bytes)?,
+            _ => {
+                let mut p = Parser {
+                    toks: tokenize(text)?,
+                    i: 0,
+                    messages: Vec::new(),
+                    enums: Vec::new(),
+                    raw: Vec::new(),
+                };
+                let top = p.file()?;
+                Raw {
+                    messages: p.messages,
+                    enums: p.enums,
+                    fields: p.raw,
+                    top,
+                }
+            }
+        };
+        Self::build(raw)
+    }
+
+    fn build(raw: Raw) -> Result<Self, String> {
+        let Raw {
+            mut messages,
+            enums,
+            fields,
+            top,
+        } = raw;
+        if top.is_empty() {
+            return Err("the Protobuf schema defines no message".into());
+        }
+        let names: HashMap<&str, usize> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.full_name.as_str(), i))
+            .collect();
+        let mut resolved: Vec<(usize, Field)> = Vec::new();
+        for r in &fields {
+            let scope = &messages[r.msg].full_name;
+            let t = resolve(&names, &enums, scope, &r.type_name);
+            resolved.push((
+                r.msg,
+                Field {
+                    name: r.name.clone(),
+                    number: r.number,
+                    ty: if r.map {
+                        FieldType::Map(Box::new(t))
+                    } else {
+                        t
+                    },
+                },
+            ));
+        }
+        drop(names);
+        for (m, f) in resolved {
+            messages[m].fields.push(f);
+        }
+        // Descriptor form: a field of a map-entry type is a map of the entry's value (field 2).
+        let entry_values: Vec<Option<FieldType>> = messages
+            .iter()
+            .map(|m| {
+                m.map_entry
+                    .then(|| {
+                        m.fields
+                            .iter()
+                            .find(|f| f.number == 2)
+                            .map(|f| f.ty.clone())
+                    })
+                    .flatten()
+            })
+            .collect();
+        for m in &mut messages {
+            for f in &mut m.fields {
+                if let FieldType::Message(i) = f.ty {
+                    if let Some(v) = &entry_values[i] {
+                        f.ty = FieldType::Map(Box::new(v.clone()));
+                    }
+                }
+            }
+        }
+        Ok(Self { messages, top })
+    }
+}
+
+/// A selection resolved against one Protobuf schema.
+#[derive(Debug)]
+pub struct Targets {
+    schema: Arc<ProtoSchema>,
+    paths: Vec<Vec<String>>,
+}
+
+impl Targets {
+    /// Resolves `sel`: every path must name a `string` or `bytes` field (or a map with such
+    /// values), through message fields; tags are refused (not read for Protobuf yet).
+    pub fn resolve(schema: &Arc<ProtoSchema>, sel: &FieldSelection) -> Result<Self, String> {
+        if !sel.tags.is_empty() {
+            return Err(format!(
+                "tags ({}) are not read from Protobuf schemas yet; select Protobuf fields by path",
+                sel.tags.join(", ")
+            ));
+        }
+        let mut paths = Vec::new();
+        for p in &sel.fields {
+            let segs = split_path(p)?;
+            // A path may start in any top-level message (the indexes choose one per record);
+            // it must fit every top-level message that has its first field.
+            let roots: Vec<usize> = schema
+                .top
+                .iter()
+                .copied()
+                .filter(|&r| schema.messages[r].fields.iter().any(|f| f.name == segs[0]))
+                .collect();
+            if roots.is_empty() {
+                return Err(format!(
+                    "field path `{p}`: no top-level message has a field `{}`",
+                    segs[0]
+                ));
+            }
+            for root in roots {
+                check_path(schema, root, &segs, p)?;
+            }
+            paths.push(segs);
+        }
+        Ok(Self {
+            schema: schema.clone(),
+            paths,
+        })
+    }
+}
+
+fn check_path(s: &ProtoSchema, root: usize, segs: &[String], p: &str) -> Result<(), String> {
+    let mut msg = root;
+    for (k, seg) in segs.iter().enumerate() {
+        let m = &s.messages[msg];
+        let f = m.fields.iter().find(|f| &f.name == seg).ok_or_else(|| {
+            format!(
+                "field path `{p}`: message `{}` has no field `{seg}`",
+                m.full_name
+            )
+        })?;
+        let ty = match &f.ty {
+            FieldType::Map(v) => v.as_ref(),
+            t => t,
+        };
+        let last = k + 1 == segs.len();
+        match (ty, last) {
+            (FieldType::String | FieldType::Bytes, true) => return Ok(()),
+            (FieldType::Message(n), false) => msg = *n,
+            (FieldType::Unresolved(t), _) => {
+                return Err(format!(
+                    "field `{}` has type `{t}` from another file (schema references are not supported yet)",
+                    segs[..=k].join(".")
+                ))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "field `{}` is a Protobuf {}; only string and bytes fields can hold ciphertext",
+                    segs[..=k].join("."),
+                    match other {
+                        FieldType::Message(n) => format!("message {}", s.messages[*n].full_name),
+                        FieldType::Scalar(w) => format!("scalar or enum ({w})"),
+                        _ => "string or bytes with fields below it".into(),
+                    }
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Walker<'a> {
+    b: &'a [u8],
+    t: &'a Targets,
+    stack: Vec<&'a str>,
+    found: Vec<LocatedField>,
+}
+
+/// Finds the selected fields in the Protobuf value `value[offset..]` (message indexes first).
+pub fn locate(t: &Targets, value: &[u8], offset: usize) -> Result<Vec<LocatedField>, String> {
+    let mut pos = offset;
+    let count = read_zigzag(value, &mut pos).ok_or("truncated message indexes")?;
+    let mut indexes = Vec::new();
+    if count == 0 {
+        indexes.push(0);
+    } else {
+        let count = usize::try_from(count)
+            .ok()
+            .filter(|&c| c <= MAX_DEPTH)
+            .ok_or("bad message index count")?;
+        for _ in 0..count {
+            let i = read_zigzag(value, &mut pos).ok_or("truncated message indexes")?;
+            indexes.push(usize::try_from(i).map_err(|_| "negative message index")?);
+        }
+    }
+    let s = &t.schema;
+    let mut msg = *s
+        .top
+        .get(indexes[0])
+        .ok_or_else(|| format!("message index {} is not in the schema", indexes[0]))?;
+    for &i in &indexes[1..] {
+        msg = *s.messages[msg]
+            .nested
+            .get(i)
+            .ok_or_else(|| format!("nested message index {i} is not in the schema"))?;
+    }
+    let mut w = Walker {
+        b: value,
+        t,
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
+    w.message(msg, pos, value.len(), 0)?;
+    Ok(w.found)
+}
+
+impl<'a> Walker<'a> {
+    fn selected(&self) -> bool {
+        self.t
+            .paths
+            .iter()
+            .any(|p| p.len() == self.stack.len() && p.iter().zip(&self.stack).all(|(a, b)| a == b))
+    }
+
+    fn message(
+        &mut self,
+        msg: usize,
+        mut pos: usize,
+        end: usize,
+        depth: usize,
+    ) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("messages nested deeper than {MAX_DEPTH} levels"));
+        }
+        let schema: &'a ProtoSchema = &self.t.schema;
+        while pos < end {
+            let at = pos;
+            let tag = read_unsigned(&self.b[..end], &mut pos)
+                .ok_or_else(|| format!("bad tag at byte {at}"))?;
+            let (number, wire) = (tag >> 3, tag & 7);
+            let field = schema.messages[msg]
+                .fields
+                .iter()
+                .find(|f| f.number == number);
+            match wire {
+                0 => {
+                    read_unsigned(&self.b[..end], &mut pos).ok_or("truncated varint")?;
+                }
+                1 | 5 => {
+                    pos += if wire == 1 { 8 } else { 4 };
+                    if pos > end {
+                        return Err("truncated fixed-width field".into());
+                    }
+                }
+                2 => {
+                    let len_at = pos;
+                    let n = read_unsigned(&self.b[..end], &mut pos).ok_or("truncated length")?;
+                    let n = usize::try_from(n).map_err(|_| "bad length")?;
+                    if end - pos < n {
+                        return Err(format!("field {number}: length {n} beyond the message"));
+                    }
+                    if let Some(f) = field {
+                        self.stack.push(&f.name);
+                        let r = self.len_field(&f.ty, len_at, pos, pos + n, depth);
+                        self.stack.pop();
+                        r?;
+                    }
+                    pos += n;
+                }
+                _ => {
+                    return Err(format!(
+                        "field {number}: wire type {wire} (groups) not supported"
+                    ))
+                }
+            }
+        }
+        if pos != end {
+            return Err("message overruns its length".into());
+        }
+        Ok(())
+    }
+
+    /// A length-delimited field `[content_start, content_end)` whose length starts at `len_at`.
+    fn len_field(
+        &mut self,
+        ty: &'a FieldType,
+        len_at: usize,
+        start: usize,
+        end: usize,
+        depth: usize,
+    ) -> Result<(), String> {
+        match ty {
+            FieldType::String | FieldType::Bytes if self.selected() => {
+                self.found.push(LocatedField {
+                    path: self.stack.join("."),
+                    range: len_at..end,
+                    encoding: if *ty == FieldType::String {
+                        FieldEncoding::ProtoText
+                    } else {
+                        FieldEncoding::ProtoRaw
+                    },
+                });
+                Ok(())
+            }
+            FieldType::Message(m) => self.message(*m, start, end, depth + 1),
+            FieldType::Map(v) => {
+                // A map entry: key (1) left alone, value (2) read as the map's value type.
+                let mut pos = start;
+                while pos < end {
+                    let tag = read_unsigned(&self.b[..end], &mut pos).ok_or("bad map entry")?;
+                    match tag & 7 {
+                        0 => {
+                            read_unsigned(&self.b[..end], &mut pos).ok_or("bad map entry")?;
+                        }
+                        1 => pos += 8,
+                        5 => pos += 4,
+                        2 => {
+                            let len_at = pos;
+                            let n =
+                                read_unsigned(&self.b[..end], &mut pos).ok_or("bad map entry")?;
+                            let n = usize::try_from(n).map_err(|_| "bad map entry")?;
+                            if end - pos < n {
+                                return Err("map entry overruns its length".into());
+                            }
+                            if tag >> 3 == 2 {
+                                self.len_field(v, len_at, pos, pos + n, depth + 1)?;
+                            }
+                            pos += n;
+                        }
+                        _ => return Err("bad map entry wire type".into()),
+                    }
+                    if pos > end {
+                        return Err("map entry overruns its length".into());
+                    }
+                }
+                Ok(())
+            }
+            // Strings not selected, packed scalars, fields of imported types: skipped as bytes.
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "protobuf_tests.rs"]
+mod tests;

@@ -1,0 +1,478 @@
+//! The Schema Registry client: writer schemas by id over the Confluent REST API
+//! (`GET {url}/schemas/ids/{id}`), parsed once and kept in a cache bounded in bytes.
+//!
+//! Served by Confluent Schema Registry, Apicurio Registry (`/apis/ccompat/v7`), Karapace and
+//! Redpanda. Every call has a deadline (`timeout_ms`); an unreachable registry, a timeout, HTTP
+//! 429 or 5xx is [`RegistryError::Unavailable`] (the producer retries; nothing is forwarded), an
+//! unknown id [`RegistryError::NotFound`]. Ids are immutable in the registry, so a cached schema
+//! never goes stale; a new schema version has a new id, fetched on first sight.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{avro, json_schema, protobuf, SchemaError};
+use crate::plan::FieldSelection;
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_cache_bytes() -> usize {
+    16 << 20
+}
+
+/// The `schema_registry:` section: where writer schemas come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of the Confluent-compatible API, e.g. `http://registry:8081` or
+    /// `http://apicurio:8080/apis/ccompat/v7`.
+    pub url: String,
+    /// User name for HTTP basic authentication (with `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the basic-authentication password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Environment variable holding a bearer token (exclusive with `username`).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// PEM file of the CA that signed the registry's certificate (default: the web PKI roots).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Deadline of one schema fetch in milliseconds (default 5000, 100..=60000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most bytes of schema text kept parsed in memory (default 16 MiB); least recently used
+    /// schemas are dropped beyond it, and a single larger schema is refused.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+}
+
+impl SchemaRegistryConfig {
+    /// Pushes every problem of this section into `problems`, under `path`.
+    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        match url::Url::parse(&self.url) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => problems.push(format!(
+                "{path}.url: credentials in the URL; use `username` + `password_env` or `token_env`"
+            )),
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => problems.push(format!(
+                "{path}.url: scheme `{}` is not http or https",
+                u.scheme()
+            )),
+            Err(e) => problems.push(format!("{path}.url: `{}` is not a URL: {e}", self.url)),
+        }
+        if self.username.is_some() != self.password_env.is_some() {
+            problems.push(format!(
+                "{path}: basic authentication needs both `username` and `password_env`"
+            ));
+        }
+        if self.username.is_some() && self.token_env.is_some() {
+            problems.push(format!(
+                "{path}: choose basic authentication (`username`) or a bearer token (`token_env`), not both"
+            ));
+        }
+        for var in [&self.password_env, &self.token_env].into_iter().flatten() {
+            if std::env::var_os(var).is_none() {
+                problems.push(format!("{path}: environment variable `{var}` is not set"));
+            }
+        }
+        if let Some(ca) = &self.ca_cert {
+            if !ca.is_file() {
+                problems.push(format!("{path}.ca_cert: `{}` is not a file", ca.display()));
+            }
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            problems.push(format!(
+                "{path}.timeout_ms: {} is outside 100..=60000",
+                self.timeout_ms
+            ));
+        }
+        if self.cache_bytes < 64 << 10 {
+            problems.push(format!(
+                "{path}.cache_bytes: {} is below 65536",
+                self.cache_bytes
+            ));
+        }
+    }
+}
+
+/// Why a schema could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry did not answer in time, or answered 429/5xx: retriable, nothing forwarded.
+    #[error("schema registry unavailable fetching schema id {id}: {message}")]
+    Unavailable {
+        /// Schema id.
+        id: u32,
+        /// What failed.
+        message: String,
+    },
+    /// The registry has no schema with this id.
+    #[error(
+        "schema id {0} is not in the schema registry (produced with another registry, or the \
+         schema was deleted)"
+    )]
+    NotFound(u32),
+    /// The registry refused the request (authentication, permissions, other 4xx).
+    #[error("schema registry refused fetching schema id {id}: {message}")]
+    Refused {
+        /// Schema id.
+        id: u32,
+        /// Status and body excerpt.
+        message: String,
+    },
+    /// The schema cannot be used (unparsable, references, unsupported type, too large).
+    #[error("schema id {id} cannot be used: {message}")]
+    Unusable {
+        /// Schema id.
+        id: u32,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl RegistryError {
+    /// True for [`RegistryError::Unavailable`].
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// The schema language of a registered schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaFormat {
+    /// Apache Avro (`schemaType` absent or `AVRO`).
+    Avro,
+    /// Protocol Buffers (`PROTOBUF`).
+    Protobuf,
+    /// JSON Schema (`JSON`).
+    Json,
+}
+
+/// A writer schema parsed for walking.
+enum Parsed {
+    Avro(Arc<avro::AvroSchema>),
+    Json(serde_json::Value),
+    Protobuf(Arc<protobuf::ProtoSchema>),
+}
+
+/// A selection resolved against one schema: what the walker looks for.
+pub enum Compiled {
+    /// Avro targets.
+    Avro(avro::Targets),
+    /// JSON pointers and names.
+    Json(json_schema::Targets),
+    /// Protobuf targets.
+    Protobuf(protobuf::Targets),
+}
+
+/// Selections resolved per schema: a handful of rules at most.
+const MAX_COMPILED_PER_SCHEMA: usize = 16;
+
+/// One registered schema, parsed, with its resolved selections.
+pub struct RegisteredSchema {
+    /// Schema id.
+    pub id: u32,
+    /// Schema language.
+    pub format: SchemaFormat,
+    text_len: usize,
+    parsed: Parsed,
+    compiled: Mutex<Vec<(FieldSelection, Resolution)>>,
+}
+
+/// A selection resolved against a schema, or why it does not fit.
+type Resolution = Result<Arc<Compiled>, String>;
+
+impl std::fmt::Debug for RegisteredSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredSchema")
+            .field("id", &self.id)
+            .field("format", &self.format)
+            .field("text_len", &self.text_len)
+            .finish()
+    }
+}
+
+impl RegisteredSchema {
+    /// Parses a schema as the registry returned it (`schemaType` as sent, `None` for Avro).
+    pub fn parse(id: u32, schema_type: Option<&str>, text: &str) -> Result<Self, RegistryError> {
+        let unusable = |message: String| RegistryError::Unusable { id, message };
+        let (format, parsed) = match schema_type.unwrap_or("AVRO") {
+            "AVRO" => (
+                SchemaFormat::Avro,
+                Parsed::Avro(Arc::new(avro::AvroSchema::parse(text).map_err(unusable)?)),
+            ),
+            "JSON" => (
+                SchemaFormat::Json,
+                Parsed::Json(
+                    serde_json::from_str(text)
+                        .map_err(|e| unusable(format!("JSON Schema is not JSON: {e}")))?,
+                ),
+            ),
+            "PROTOBUF" => (
+                SchemaFormat::Protobuf,
+                Parsed::Protobuf(Arc::new(
+                    protobuf::ProtoSchema::parse(text).map_err(unusable)?,
+                )),
+            ),
+            other => return Err(unusable(format!("unknown schemaType `{other}`"))),
+        };
+        Ok(Self {
+            id,
+            format,
+            text_len: text.len(),
+            parsed,
+            compiled: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `selection` resolved against this schema, once per selection: a path that is not in the
+    /// schema or a selected field that is not a string or bytes is an error naming the field.
+    pub fn compiled(&self, selection: &FieldSelection) -> Result<Arc<Compiled>, SchemaError> {
+        let selection_err = |message: String| SchemaError::Selection {
+            id: self.id,
+            message,
+        };
+        if let Some((_, r)) = self.compiled.lock().iter().find(|(s, _)| s == selection) {
+            return r.clone().map_err(selection_err);
+        }
+        let r = match &self.parsed {
+            Parsed::Avro(s) => avro::Targets::resolve(s, selection).map(Compiled::Avro),
+            Parsed::Json(s) => json_schema::Targets::resolve(s, selection).map(Compiled::Json),
+            Parsed::Protobuf(s) => protobuf::Targets::resolve(s, selection).map(Compiled::Protobuf),
+        }
+        .map(Arc::new);
+        let mut cache = self.compiled.lock();
+        if cache.len() >= MAX_COMPILED_PER_SCHEMA {
+            cache.clear();
+        }
+        cache.push((selection.clone(), r.clone()));
+        r.map_err(selection_err)
+    }
+}
+
+enum Auth {
+    None,
+    Basic {
+        username: String,
+        password: Zeroizing<String>,
+    },
+    Bearer(Zeroizing<String>),
+}
+
+struct Cache {
+    entries: lru::LruCache<u32, Arc<RegisteredSchema>>,
+    bytes: usize,
+}
+
+/// A Schema Registry client with a cache of parsed schemas (one per process).
+pub struct SchemaRegistry {
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+    timeout: Duration,
+    cache_bytes: usize,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct SchemaResponse {
+    schema: String,
+    #[serde(default, rename = "schemaType")]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<serde_json::Value>,
+}
+
+impl SchemaRegistry {
+    /// A client for `config` (validated); reads the credentials from the environment now.
+    pub fn new(config: &SchemaRegistryConfig) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let mut b = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &config.ca_cert {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("reading schema_registry.ca_cert {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .context("schema_registry.ca_cert holds no PEM certificate")?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let env = |var: &str| {
+            std::env::var(var)
+                .map(Zeroizing::new)
+                .with_context(|| format!("environment variable `{var}` is not set"))
+        };
+        let auth = match (&config.username, &config.password_env, &config.token_env) {
+            (Some(u), Some(p), _) => Auth::Basic {
+                username: u.clone(),
+                password: env(p)?,
+            },
+            (_, _, Some(t)) => Auth::Bearer(env(t)?),
+            _ => Auth::None,
+        };
+        Ok(Self {
+            http: b
+                .build()
+                .context("building the schema registry HTTP client")?,
+            base: config.url.trim_end_matches('/').to_owned(),
+            auth,
+            timeout,
+            cache_bytes: config.cache_bytes,
+            cache: Mutex::new(Cache {
+                entries: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+        })
+    }
+
+    /// The writer schema with this id: from the cache, else fetched (within `timeout_ms`),
+    /// parsed and cached.
+    pub async fn schema(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
+        if let Some(s) = self.cache.lock().entries.get(&id) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.fetch(id).await?);
+        let mut cache = self.cache.lock();
+        if let Some(old) = cache.entries.put(id, s.clone()) {
+            cache.bytes -= old.text_len;
+        }
+        cache.bytes += s.text_len;
+        while cache.bytes > self.cache_bytes {
+            match cache.entries.pop_lru() {
+                Some((_, old)) => cache.bytes -= old.text_len,
+                None => break,
+            }
+        }
+        Ok(s)
+    }
+
+    /// Number of schemas cached (diagnostics and tests).
+    pub fn cached(&self) -> usize {
+        self.cache.lock().entries.len()
+    }
+
+    /// Puts a schema known ahead into the cache, as if fetched (benchmarks and tests run
+    /// without a registry this way).
+    pub fn preload(&self, schema: RegisteredSchema) {
+        let s = Arc::new(schema);
+        let mut cache = self.cache.lock();
+        if let Some(old) = cache.entries.put(s.id, s.clone()) {
+            cache.bytes -= old.text_len;
+        }
+        cache.bytes += s.text_len;
+    }
+
+    async fn fetch(&self, id: u32) -> Result<RegisteredSchema, RegistryError> {
+        let unavailable = |message: String| RegistryError::Unavailable { id, message };
+        let mut req = self
+            .http
+            .get(format!("{}/schemas/ids/{id}", self.base))
+            .header(
+                "Accept",
+                "application/vnd.schemaregistry.v1+json, application/json",
+            );
+        req = match &self.auth {
+            Auth::None => req,
+            Auth::Basic { username, password } => req.basic_auth(username, Some(password.as_str())),
+            Auth::Bearer(t) => req.bearer_auth(t.as_str()),
+        };
+        let resp = tokio::time::timeout(self.timeout, req.send())
+            .await
+            .map_err(|_| unavailable(format!("no answer within {} ms", self.timeout.as_millis())))?
+            .map_err(|e| unavailable(without_url(&e)))?;
+        let status = resp.status();
+        let body = tokio::time::timeout(self.timeout, read_limited(resp, self.cache_bytes))
+            .await
+            .map_err(|_| unavailable(format!("no answer within {} ms", self.timeout.as_millis())))?
+            .map_err(|e| match e {
+                ReadFail::Http(m) => unavailable(m),
+                ReadFail::TooLarge => RegistryError::Unusable {
+                    id,
+                    message: format!(
+                        "larger than schema_registry.cache_bytes ({})",
+                        self.cache_bytes
+                    ),
+                },
+            })?;
+        if status.as_u16() == 404 {
+            return Err(RegistryError::NotFound(id));
+        }
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(unavailable(format!("HTTP {status}")));
+        }
+        if !status.is_success() {
+            let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(RegistryError::Refused {
+                id,
+                message: format!("HTTP {status}: {excerpt}"),
+            });
+        }
+        let r: SchemaResponse =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Unusable {
+                id,
+                message: format!("registry answer is not a schema object: {e}"),
+            })?;
+        if !r.references.is_empty() {
+            return Err(RegistryError::Unusable {
+                id,
+                message: "schema references other subjects (references are not supported yet)"
+                    .into(),
+            });
+        }
+        RegisteredSchema::parse(id, r.schema_type.as_deref(), &r.schema)
+    }
+}
+
+enum ReadFail {
+    Http(String),
+    TooLarge,
+}
+
+/// Reads a response body, refusing more than `max` bytes.
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ReadFail> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ReadFail::Http(without_url(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(ReadFail::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A reqwest error with its causes (the URL carries no credentials: validation refuses them).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
