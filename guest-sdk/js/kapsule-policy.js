@@ -12,7 +12,9 @@
 // read lazily from the flat batch Kapsule passes, and returns one Decision per record; the SDK
 // packs them into distinct decisions plus indices. A plan may declare what its decision depends on
 // (`memo: Memo.header('tenant')`) so Kapsule asks once per distinct value. An exception in plan,
-// decide or reveal fails closed (records refused, fetch denied) naming only the error's type.
+// decide or reveal fails closed (records refused, fetch denied) naming only the error's type; its
+// message and stack go to Kapsule's log at trace level only (they may quote record contents),
+// where `kapsule policy check` shows them for its sample records.
 // Types: kapsule-policy.d.ts. The generated bindings ({tag, val} variants, flags objects, spans)
 // stay underneath.
 import __kapsuleHostLog from 'log';
@@ -388,9 +390,22 @@ function clientFromWit(c) {
 }
 
 /** Only the error's type: its message may quote record contents and reaches producers and logs. */
+/**
+ * The refusal message for an exception in `what` (only the error's type: its message may quote
+ * record contents), after sending the message and stack to the log at trace level, which
+ * production builds of Kapsule never emit and `kapsule policy check` shows (its first line is the
+ * refusal message, so the check can pair them).
+ */
 function failed(what, e) {
   const type = e instanceof Error ? e.name : typeof e;
-  return `policy ${what} threw ${type}`;
+  const refusal = `policy ${what} threw ${type}`;
+  try {
+    const detail = e instanceof Error ? `${e.name}: ${e.message}\n${e.stack || ''}` : String(e);
+    log.trace(`${refusal}\n${detail}`);
+  } catch (_) {
+    // The refusal stands even if the report cannot be sent.
+  }
+  return refusal;
 }
 
 /** Distinct decisions in first-seen order and one index per record (fail closed on mistakes). */

@@ -2,11 +2,12 @@
 //! proxy from a validated [`Config`], wires signals (SIGHUP reload, SIGTERM/SIGINT drain) and
 //! runs until shutdown. [`crate::cli`] parses the command line and calls [`run`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::admin::{self, AdminState, Metrics, PolicyAdmin};
 use crate::config::Config;
@@ -15,18 +16,29 @@ use crate::policy::{PolicyRegistry, ReloadOutcome};
 use crate::proxy::records::{Encryption, RecordStage};
 use crate::proxy::Proxy;
 
-/// Runs the proxy and admin endpoint until SIGTERM or SIGINT.
+/// Runs the proxy and admin endpoint until SIGTERM or SIGINT, for a config built from flags
+/// only (SIGHUP and `POST /policies/reload` then reload module files without re-reading a config).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_from_file(config, None).await
+}
+
+/// Runs the proxy and admin endpoint until SIGTERM or SIGINT. `config_file` is the file `config`
+/// was loaded from: SIGHUP and `POST /policies/reload` re-read it and refuse to reload when its
+/// `policy:` section changed (see [`PolicyRegistry::reload_from`]).
+pub async fn run_from_file(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     if config.admin.principal_metrics {
         metrics.enable_principal_label(config.admin.max_principal_labels);
     }
     let encryption = build_encryption(&config, &metrics)?;
-    let policies: Option<Arc<dyn PolicyAdmin>> = encryption
-        .as_ref()
-        .map(|e| Arc::new(PolicyAdminHandle(e.policy.clone())) as Arc<dyn PolicyAdmin>);
+    let policies: Option<Arc<dyn PolicyAdmin>> = encryption.as_ref().map(|e| {
+        Arc::new(PolicyAdminHandle {
+            policy: e.policy.clone(),
+            config_file: config_file.clone(),
+        }) as Arc<dyn PolicyAdmin>
+    });
     if let Some(enc) = &encryption {
-        spawn_sighup_reload(enc.policy.clone());
+        spawn_sighup_reload(enc.policy.clone(), config_file);
     }
     spawn_frame_pool_trimmer();
     let memory = Arc::new(config.proxy.memory_budget());
@@ -88,16 +100,20 @@ fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<O
 }
 
 /// Adapts the policy registry to the admin endpoint.
-struct PolicyAdminHandle(PolicyRegistry);
+struct PolicyAdminHandle {
+    policy: PolicyRegistry,
+    /// The config file Kapsule started with, re-read on reload.
+    config_file: Option<PathBuf>,
+}
 
 impl PolicyAdmin for PolicyAdminHandle {
     fn status_json(&self) -> String {
-        serde_json::to_string_pretty(&self.0.status())
+        serde_json::to_string_pretty(&self.policy.status())
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.0.wait_ready(Some(std::time::Duration::ZERO)) {
+        if self.policy.wait_ready(Some(std::time::Duration::ZERO)) {
             Ok(())
         } else {
             Err("policy modules are still compiling".into())
@@ -105,7 +121,13 @@ impl PolicyAdmin for PolicyAdminHandle {
     }
 
     fn reload(&self) -> Result<String, String> {
-        let outcomes = self.0.reload();
+        let outcomes = match self.policy.reload_from(self.config_file.as_deref()) {
+            Ok(o) => o,
+            Err(refused) => {
+                error!(error = %refused, "policy reload refused");
+                return Err(serde_json::json!({ "error": refused.to_string() }).to_string());
+            }
+        };
         let text = serde_json::to_string_pretty(&outcomes).unwrap_or_default();
         if outcomes
             .iter()
@@ -135,8 +157,9 @@ fn spawn_frame_pool_trimmer() {
     });
 }
 
-/// SIGHUP reloads every policy module (compiled off the hot path, on a blocking thread).
-fn spawn_sighup_reload(policy: PolicyRegistry) {
+/// SIGHUP re-reads `config_file` and reloads every policy module (compiled off the hot path, on
+/// a blocking thread), or refuses with an ERROR line when the file's `policy:` section changed.
+fn spawn_sighup_reload(policy: PolicyRegistry, config_file: Option<PathBuf>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -144,11 +167,14 @@ fn spawn_sighup_reload(policy: PolicyRegistry) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             info!("SIGHUP received: reloading policies");
-            let p = policy.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for (binding, outcome) in p.reload() {
-                    info!(%binding, ?outcome, "policy reload");
+            let (p, file) = (policy.clone(), config_file.clone());
+            let _ = tokio::task::spawn_blocking(move || match p.reload_from(file.as_deref()) {
+                Ok(outcomes) => {
+                    for (binding, outcome) in outcomes {
+                        info!(%binding, ?outcome, "policy reload");
+                    }
                 }
+                Err(refused) => error!(error = %refused, "policy reload refused"),
             })
             .await;
         }

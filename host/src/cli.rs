@@ -121,7 +121,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::app::run(config)) {
+            match runtime.block_on(crate::app::run_from_file(config, args.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "kapsule stopped");

@@ -125,7 +125,8 @@ impl Reason {
     }
 }
 
-/// An error the proxy answers a client with: source, Kafka error, retriability, reason, message.
+/// An error the proxy answers a client with: source, Kafka error, retriability, reason, message,
+/// and the records of the batch that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyError {
     origin: ErrorSource,
@@ -133,7 +134,22 @@ pub struct ProxyError {
     retriable: bool,
     reason: Reason,
     message: String,
+    records: Vec<RecordError>,
 }
+
+/// One record that caused a produce batch to be refused: its index in the batch and why (a
+/// Produce response's KIP-467 `record_errors` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Index of the record in its batch.
+    pub index: usize,
+    /// Why it was refused (the policy's message, or what is wrong with the record).
+    pub message: String,
+}
+
+/// Most records one refused batch names in its Produce response (the others are refused with
+/// the batch, as Kafka refuses a batch holding an invalid record).
+pub const MAX_RECORD_ERRORS: usize = 100;
 
 impl ProxyError {
     /// An error from `origin` answered with `code`; retriable when `code` is (per Kafka's
@@ -151,7 +167,20 @@ impl ProxyError {
             retriable: code.is_retriable() && code != ResponseError::CorruptMessage,
             reason,
             message: message.into(),
+            records: Vec::new(),
         }
+    }
+
+    /// The same error naming the records of the batch that caused it (at most
+    /// [`MAX_RECORD_ERRORS`]).
+    pub fn with_records(mut self, records: impl IntoIterator<Item = RecordError>) -> Self {
+        self.records = records.into_iter().take(MAX_RECORD_ERRORS).collect();
+        self
+    }
+
+    /// The records of the batch that caused the error (empty when it is not about records).
+    pub fn records(&self) -> &[RecordError] {
+        &self.records
     }
 
     /// The client sent something Kapsule refuses.
@@ -288,7 +317,11 @@ impl From<EncryptError> for ProxyError {
     /// UNKNOWN_SERVER_ERROR.
     fn from(e: EncryptError) -> Self {
         let message = e.to_string();
-        match e {
+        let record = e.record().map(|(index, why)| RecordError {
+            index,
+            message: why,
+        });
+        let err = match e {
             EncryptError::Rejected { .. } => Self::new(
                 ErrorSource::Policy,
                 ResponseError::PolicyViolation,
@@ -322,7 +355,8 @@ impl From<EncryptError> for ProxyError {
                 Self::client(ResponseError::InvalidRecord, Reason::InvalidRecord, message)
             }
             EncryptError::DecisionCount { .. } => Self::internal(message),
-        }
+        };
+        err.with_records(record)
     }
 }
 

@@ -16,7 +16,12 @@ use kapsule_integration::{
 use crate::common::CLIENT_TIMEOUT;
 
 /// One HTTP/1.1 request with optional extra header lines; returns status and body.
-async fn http(addr: &str, method: &str, path: &str, headers: &str) -> Result<(u16, String)> {
+pub(crate) async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String)> {
     tokio::time::timeout(Duration::from_secs(10), async {
         let mut s = TcpStream::connect(addr).await.context("connect")?;
         let req = format!(

@@ -7,6 +7,7 @@
 
 mod apache_kafka;
 mod approle;
+mod authoring;
 mod common;
 mod compaction;
 mod concurrency;

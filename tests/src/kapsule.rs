@@ -121,7 +121,7 @@ enum Inner {
         listen: String,
         admin: String,
         upstream: String,
-        _config: NamedTempFile,
+        config: NamedTempFile,
     },
 }
 
@@ -179,7 +179,7 @@ impl Kapsule {
                             listen,
                             admin,
                             upstream: upstream.to_owned(),
-                            _config: file,
+                            config: file,
                         },
                         config,
                     })
@@ -270,6 +270,15 @@ impl Kapsule {
         match &self.inner {
             Inner::Direct { .. } => None,
             Inner::Proxy { admin, .. } => Some(admin),
+        }
+    }
+
+    /// The config file Kapsule was started with (a test may rewrite it before a reload), `None`
+    /// in direct mode.
+    pub fn config_file(&self) -> Option<&Path> {
+        match &self.inner {
+            Inner::Direct { .. } => None,
+            Inner::Proxy { config, .. } => Some(config.path()),
         }
     }
 

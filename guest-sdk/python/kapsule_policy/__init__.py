@@ -38,7 +38,9 @@ The generated bindings (``wit_world``) stay underneath: ``plan``, ``decide`` and
 receives one :class:`RecordView` per record, built lazily over the flat batch Kapsule passes, and
 returns one :class:`Decision` per record, which the SDK packs into distinct decisions plus one
 index per record. An exception in ``plan``, ``decide`` or ``reveal`` fails closed: the topic's
-records or the batch are refused (or the fetch denied) with a message naming the exception type.
+records or the batch are refused (or the fetch denied) with a message naming the exception type;
+the exception's message and traceback go to Kapsule's log at trace level only (they may quote
+record contents), where ``kapsule policy check`` shows them for its sample records.
 
 What works in the sandbox: pure computation, the standard library's parsing modules (``json``,
 ``re``, ``base64``...). What does not: files, sockets, environment variables, clocks (time is
@@ -49,6 +51,7 @@ policy log, like :mod:`kapsule_policy.log`. Never print or log record contents.
 from __future__ import annotations
 
 import gc
+import traceback  # imported at build time: the sandbox cannot load modules later
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 from . import log
@@ -97,9 +100,20 @@ def _arity(fn: Callable) -> int:
 
 
 def _failed(what: str, e: BaseException) -> str:
-    # Only the exception type: its message may quote record contents, and this text reaches the
-    # producer and Kapsule's log.
-    return f"policy {what} raised {type(e).__name__}"
+    """The refusal message for an exception in ``what``, after sending its traceback to the log.
+
+    The refusal names only the exception type: its message may quote record contents, and this
+    text reaches the producer and Kapsule's log. The message and traceback go to the ``log``
+    import at trace level, which production builds of Kapsule never emit and
+    ``kapsule policy check`` shows (its first line is the refusal message, so the check can
+    pair them).
+    """
+    failed = f"policy {what} raised {type(e).__name__}"
+    try:
+        log.trace(failed + "\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    except Exception:  # the refusal stands even if the report cannot be sent
+        pass
+    return failed
 
 
 class Policy:

@@ -147,6 +147,7 @@ pub fn encode_source(source: Arc<dyn MetricsSource>, out: &mut String) {
 /// `kapsule_policy_errors_total{binding,kind}` (kind: `deadline`, `memory`, `trap`,
 /// `violation`), `kapsule_policy_instances_discarded_total{binding}`,
 /// `kapsule_policy_reload_refusals_total{binding}`, `kapsule_policy_loads_total{binding}`,
+/// `kapsule_policy_memo_mismatches_total{binding}`,
 /// `kapsule_policy_instances{binding}`.
 pub struct PolicyMetrics(pub crate::policy::PolicyRegistry);
 
@@ -192,6 +193,13 @@ impl MetricsSource for PolicyMetrics {
             "kapsule_policy_reload_refusals",
             "Module versions refused on reload.",
             per(|s| s.refusals),
+        )?;
+        counter_family(
+            e,
+            "kapsule_policy_memo_mismatches",
+            "Audits that found a memo answer differing from the module's own decision (the memo \
+             is then off for that module version).",
+            per(|s| s.memo_mismatches),
         )?;
         counter_family(
             e,

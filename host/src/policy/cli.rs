@@ -11,20 +11,20 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 
+use super::check_describe::{describe, describe_decision, describe_reveal, summarize};
+use super::check_findings::{exception_failure, memo_mismatches, sdk_exception};
+use super::check_samples::full_batch;
 use super::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
 use super::rules::TopicSelector;
 use super::scaffold::Lang;
 use super::wasm::thread_cpu_time;
-use super::{PolicyRegistry, TopicPlan};
-use crate::kafka::records::{Record, RecordHeader};
-use crate::plan::{EncryptionPlan, MemoKey, RecordDecision, Reveal, ValuePart};
+use super::{MemoUse, PolicyRegistry, TopicPlan};
+use crate::kafka::records::Record;
+use crate::plan::{MemoKey, RecordDecision, Reveal};
 use crate::principal::{AuthMechanism, Principal};
 
-/// Size of the "full batch" `policy check` times against the call deadline: the default
-/// `message.max.bytes` of a Kafka broker.
-pub const FULL_BATCH_BYTES: usize = 1 << 20;
+pub use super::check_samples::{builtin_samples, read_records, FULL_BATCH_BYTES};
 
 /// `kapsule policy` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -262,6 +262,7 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
     let started = Instant::now();
     let reg = PolicyRegistry::new(&c)?;
     let load = started.elapsed();
+    reg.capture_guest_traces();
     let st = reg.status();
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let mut out = format!(
@@ -327,7 +328,26 @@ fn check_topic(
         }
     };
     out.push_str(&format!("topic {topic}: {}\n", describe(&plan)));
+    if let TopicPlan::RejectAll(m) = &plan {
+        if sdk_exception(m).is_some() {
+            let traces = reg.take_guest_traces();
+            failures.push(exception_failure(
+                &format!("topic {topic}: plan"),
+                m,
+                &traces,
+            ));
+        }
+    }
     match reg.reveal(topic, principal) {
+        Ok(Reveal::Deny(m)) if sdk_exception(&m).is_some() => {
+            out.push_str(&format!("  on fetch this client reads: nothing: {m}\n"));
+            let traces = reg.take_guest_traces();
+            failures.push(exception_failure(
+                &format!("topic {topic}: reveal"),
+                &m,
+                &traces,
+            ));
+        }
         Ok(r) => out.push_str(&format!(
             "  on fetch this client reads: {}\n",
             describe_reveal(&r)
@@ -343,7 +363,14 @@ fn check_topic(
     let calls = || reg.status().bindings[0].calls;
     let calls_before = calls();
     let first = Instant::now();
-    let decided = match reg.decide(topic, principal, BASE_TIMESTAMP, samples) {
+    // As production decides, minus the audits: what the memo alone answers.
+    let decided = match reg.decide_using(
+        topic,
+        principal,
+        BASE_TIMESTAMP,
+        samples,
+        MemoUse::Unaudited,
+    ) {
         Ok(d) => d,
         Err(e) => {
             out.push_str(&format!("  decide: ERROR {e}\n"));
@@ -352,7 +379,42 @@ fn check_topic(
         }
     };
     let first = first.elapsed();
+    let memo_calls = calls() - calls_before;
     let memo = reg.memo_key(topic, principal).unwrap_or_default();
+    // Every sample decided again with the module shown each record: what it really decides.
+    let own = if memo == MemoKey::None {
+        decided.clone()
+    } else {
+        match reg.decide_using(topic, principal, BASE_TIMESTAMP, samples, MemoUse::Off) {
+            Ok(d) => d,
+            Err(e) => {
+                out.push_str(&format!("  decide without the memo: ERROR {e}\n"));
+                failures.push(format!(
+                    "topic {topic}: decide without the memo failed: {e}"
+                ));
+                return;
+            }
+        }
+    };
+    let traces = reg.take_guest_traces();
+    let mut seen = std::collections::HashSet::new();
+    for (i, (r, d)) in samples.iter().zip(&own).enumerate() {
+        if let RecordDecision::Reject(m) = d {
+            if sdk_exception(m).is_some() && seen.insert(m.clone()) {
+                let what = format!("topic {topic}: record {i} {}", summarize(r));
+                failures.push(exception_failure(&what, m, &traces));
+            }
+        }
+    }
+    failures.extend(memo_mismatches(
+        topic,
+        &memo,
+        samples,
+        &decided,
+        &own,
+        summarize,
+        describe_decision,
+    ));
     if memo != MemoKey::None {
         let values = reg.status().bindings[0].memoized_values;
         out.push_str(&format!(
@@ -360,15 +422,28 @@ fn check_topic(
              {} guest call(s); later batches reuse these decisions without calling the policy \
              (first batch {:.1} µs per record)\n",
             samples.len(),
-            calls() - calls_before,
+            memo_calls,
             first.as_nanos() as f64 / 1000.0 / samples.len().max(1) as f64,
         ));
     } else {
         out.push_str("  memo key: none (every record of every batch is shown to decide)\n");
     }
-    for (i, (r, d)) in samples.iter().zip(&decided).enumerate().take(MAX_PRINTED) {
+    for (i, (r, (d, o))) in samples
+        .iter()
+        .zip(decided.iter().zip(&own))
+        .enumerate()
+        .take(MAX_PRINTED)
+    {
+        let wrong = if d == o {
+            String::new()
+        } else {
+            format!(
+                " <- MEMO MISMATCH: decide gives `{}` for this record",
+                describe_decision(o)
+            )
+        };
         out.push_str(&format!(
-            "  record {i} {}: {}\n",
+            "  record {i} {}: {}{wrong}\n",
             summarize(r),
             describe_decision(d)
         ));
@@ -385,7 +460,14 @@ fn check_topic(
     while times.len() < 3 || (measuring.elapsed() < Duration::from_millis(200) && times.len() < 50)
     {
         let t = thread_cpu_time();
-        if let Err(e) = reg.decide(topic, principal, BASE_TIMESTAMP, samples) {
+        let decided = reg.decide_using(
+            topic,
+            principal,
+            BASE_TIMESTAMP,
+            samples,
+            MemoUse::Unaudited,
+        );
+        if let Err(e) = decided {
             failures.push(format!("topic {topic}: decide failed when repeated: {e}"));
             return;
         }
@@ -409,7 +491,8 @@ fn check_topic(
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = thread_cpu_time();
-        if let Err(e) = reg.decide(topic, principal, BASE_TIMESTAMP, &full) {
+        let decided = reg.decide_using(topic, principal, BASE_TIMESTAMP, &full, MemoUse::Unaudited);
+        if let Err(e) = decided {
             out.push_str(&format!("  full batch: ERROR {e}\n"));
             failures.push(format!(
                 "topic {topic}: a full 1 MiB batch ({} records) failed: {e}",
@@ -483,301 +566,6 @@ const MAX_PRINTED: usize = 20;
 fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     times[times.len() / 2]
-}
-
-fn record_size(r: &Record) -> usize {
-    let h: usize = r
-        .headers
-        .iter()
-        .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
-        .sum();
-    r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + h + 8
-}
-
-/// The samples repeated (in order) until they hold [`FULL_BATCH_BYTES`].
-fn full_batch(samples: &[Record]) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    if samples.is_empty() {
-        return out;
-    }
-    while bytes < FULL_BATCH_BYTES {
-        let mut r = samples[out.len() % samples.len()].clone();
-        r.offset_delta = out.len() as i32;
-        r.timestamp_delta = out.len() as i64;
-        bytes += record_size(&r);
-        out.push(r);
-    }
-    out
-}
-
-fn summarize(r: &Record) -> String {
-    let text = |b: &Option<Bytes>, max: usize| match b {
-        None => "null".to_string(),
-        Some(b) => {
-            let s = String::from_utf8_lossy(b);
-            if s.chars().count() > max {
-                format!("{:?}…", s.chars().take(max).collect::<String>())
-            } else {
-                format!("{s:?}")
-            }
-        }
-    };
-    let headers: Vec<String> = r
-        .headers
-        .iter()
-        .map(|h| format!("{}={}", String::from_utf8_lossy(&h.key), text(&h.value, 16)))
-        .collect();
-    format!(
-        "(key {}, value {}{})",
-        text(&r.key, 16),
-        text(&r.value, 24),
-        if headers.is_empty() {
-            String::new()
-        } else {
-            format!(", headers {}", headers.join(" "))
-        }
-    )
-}
-
-fn describe_encrypt(e: &EncryptionPlan) -> String {
-    let value = match &e.value {
-        ValuePart::None => "no value".to_string(),
-        ValuePart::Whole => "whole value".to_string(),
-        ValuePart::JsonFields(f) => format!("JSON fields {}", f.join(", ")),
-        ValuePart::SchemaFields(s) => format!(
-            "schema fields [{}] and fields tagged [{}]",
-            s.fields.join(", "),
-            s.tags.join(", ")
-        ),
-    };
-    format!(
-        "key `{}`: {value}{}{}",
-        e.key_id,
-        if e.record_key { ", record key" } else { "" },
-        if e.headers.is_empty() {
-            String::new()
-        } else {
-            format!(", headers {}", e.headers.join(", "))
-        }
-    )
-}
-
-fn describe_decision(d: &RecordDecision) -> String {
-    match d {
-        RecordDecision::Pass => "pass".into(),
-        RecordDecision::Reject(m) => format!("reject: {m}"),
-        RecordDecision::Encrypt(e) => format!("encrypt with {}", describe_encrypt(e)),
-    }
-}
-
-fn describe_reveal(r: &Reveal) -> String {
-    match r {
-        Reveal::All => "everything in clear".into(),
-        Reveal::Ciphertext => "ciphertext as stored".into(),
-        Reveal::Deny(m) => format!("nothing, the fetch is denied: {m}"),
-        Reveal::Parts(p) => {
-            let mut parts = Vec::new();
-            if p.value {
-                parts.push("the value".to_string());
-            } else if !p.json_fields.is_empty() {
-                parts.push(format!("JSON fields {}", p.json_fields.join(", ")));
-            }
-            if p.record_key {
-                parts.push("the record key".into());
-            }
-            if !p.headers.is_empty() {
-                parts.push(format!("headers {}", p.headers.join(", ")));
-            }
-            if parts.is_empty() {
-                "no encrypted part in clear".into()
-            } else {
-                format!("only {} in clear", parts.join("; "))
-            }
-        }
-    }
-}
-
-fn describe(p: &TopicPlan) -> String {
-    match p {
-        TopicPlan::PassAll => "pass all records".into(),
-        TopicPlan::RejectAll(m) => format!("reject all records: {m}"),
-        TopicPlan::PerRecord(n) => {
-            let mut parts = Vec::new();
-            if n.key {
-                parts.push("key");
-            }
-            if n.value {
-                parts.push("value");
-            }
-            if n.headers {
-                parts.push("headers");
-            }
-            format!(
-                "decide per record batch, seeing [{}] (+ timestamp)",
-                parts.join(", ")
-            )
-        }
-        TopicPlan::EncryptAll(e) => format!("encrypt all records with {}", describe_encrypt(e)),
-    }
-}
-
-/// One line of a `--records` file.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordLine {
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    value: serde_json::Value,
-    #[serde(default)]
-    headers: Option<HeadersLine>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum HeadersLine {
-    Map(indexmap::IndexMap<String, Option<String>>),
-    List(Vec<(String, Option<String>)>),
-}
-
-fn record(key: Option<&str>, value: Option<Vec<u8>>, headers: &[(&str, Option<&str>)]) -> Record {
-    Record {
-        attributes: 0,
-        timestamp_delta: 0,
-        offset_delta: 0,
-        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-        value: value.map(Bytes::from),
-        headers: headers
-            .iter()
-            .map(|(k, v)| RecordHeader {
-                key: Bytes::copy_from_slice(k.as_bytes()),
-                value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            })
-            .collect(),
-    }
-}
-
-/// Reads sample records from JSON lines: `{"key": .., "value": .., "headers": ..}` per line.
-/// A string value is taken as its UTF-8 bytes, `null` (or absent) is a tombstone, any other
-/// JSON is serialized. Headers are an object or a list of `[name, value]` pairs. Fails naming
-/// the line of the first malformed record.
-pub fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading records file {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let l: RecordLine = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{} line {}: expected {{\"key\": .., \"value\": .., \"headers\": {{..}}}}",
-                path.display(),
-                i + 1
-            )
-        })?;
-        let value = match l.value {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) => Some(s.into_bytes()),
-            other => Some(serde_json::to_vec(&other)?),
-        };
-        let headers: Vec<(String, Option<String>)> = match l.headers {
-            None => Vec::new(),
-            Some(HeadersLine::Map(m)) => m.into_iter().collect(),
-            Some(HeadersLine::List(l)) => l,
-        };
-        let hs: Vec<(&str, Option<&str>)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref()))
-            .collect();
-        out.push(record(l.key.as_deref(), value, &hs));
-    }
-    if out.is_empty() {
-        anyhow::bail!("{}: no records", path.display());
-    }
-    Ok(out)
-}
-
-/// Built-in sample records: JSON order values of about 1 KiB (some with PII members), `tenant`,
-/// `classification` and `pii` headers, one record without headers and one tombstone.
-pub fn builtin_samples() -> Vec<Record> {
-    let pad = "x".repeat(820);
-    let order = |i: usize, email: bool| {
-        let mut v = serde_json::json!({
-            "order": i, "sku": format!("SKU-{i:04}"), "amount": 10 * i, "notes": pad,
-            "customer": {"city": "Lyon"}
-        });
-        if email {
-            v["customer"]["email"] = format!("user{i}@example.com").into();
-            v["customer"]["phone"] = "+33 1 23 45 67 89".into();
-        }
-        Some(serde_json::to_vec(&v).expect("JSON"))
-    };
-    vec![
-        record(
-            Some("o-1"),
-            order(1, true),
-            &[
-                ("tenant", Some("acme")),
-                ("classification", Some("internal")),
-            ],
-        ),
-        record(
-            Some("o-2"),
-            order(2, false),
-            &[("tenant", Some("acme")), ("classification", Some("public"))],
-        ),
-        record(
-            Some("o-3"),
-            order(3, true),
-            &[
-                ("tenant", Some("globex")),
-                ("classification", Some("internal")),
-                ("pii", Some("passport 12AB34567")),
-            ],
-        ),
-        record(
-            Some("o-4"),
-            order(4, false),
-            &[
-                ("tenant", Some("globex")),
-                ("classification", Some("public")),
-            ],
-        ),
-        record(
-            Some("o-5"),
-            order(5, true),
-            &[
-                ("tenant", Some("initech")),
-                ("classification", Some("internal")),
-            ],
-        ),
-        record(
-            Some("o-6"),
-            order(6, false),
-            &[
-                ("tenant", Some("acme")),
-                ("classification", Some("internal")),
-            ],
-        ),
-        record(
-            Some("o-7"),
-            order(7, true),
-            &[
-                ("tenant", Some("globex")),
-                ("classification", Some("public")),
-            ],
-        ),
-        record(
-            Some("o-8"),
-            order(8, false),
-            &[
-                ("tenant", Some("acme")),
-                ("classification", Some("internal")),
-            ],
-        ),
-    ]
 }
 
 #[cfg(test)]
@@ -896,35 +684,5 @@ mod tests {
         o.limits.call_timeout_max_ms = 40;
         let r = check_policy(&a.path("tenant-keys"), &o).unwrap();
         assert!(r.text.contains("of its 40 ms call deadline"), "{}", r.text);
-    }
-
-    #[test]
-    fn records_file_is_parsed_and_bad_lines_are_named() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("r.jsonl");
-        std::fs::write(
-            &p,
-            "{\"key\": \"k\", \"value\": {\"email\": \"a@b\"}, \"headers\": {\"tenant\": \"acme\", \"n\": null}}\n\n\
-             {\"value\": null, \"headers\": [[\"tenant\", \"x\"]]}\n",
-        )
-        .unwrap();
-        let r = read_records(&p).unwrap();
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[0].value.as_deref(), Some(&b"{\"email\":\"a@b\"}"[..]));
-        assert_eq!(r[0].headers.len(), 2);
-        assert_eq!(r[0].headers[1].value, None);
-        assert_eq!((r[1].key.clone(), r[1].value.clone()), (None, None));
-        std::fs::write(&p, "{\"key\": \"k\"}\n{\"kee\": 1}\n").unwrap();
-        let e = format!("{:#}", read_records(&p).unwrap_err());
-        assert!(e.contains("line 2"), "{e}");
-    }
-
-    #[test]
-    fn full_batch_holds_one_mebibyte_of_samples() {
-        let s = builtin_samples();
-        let full = full_batch(&s);
-        let bytes: usize = full.iter().map(record_size).sum();
-        assert!((FULL_BATCH_BYTES..FULL_BATCH_BYTES + 2048).contains(&bytes));
-        assert!((900..1200).contains(&full.len()), "{}", full.len());
     }
 }

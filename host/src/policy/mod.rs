@@ -20,12 +20,17 @@
 //! Every [`PolicyError`] is non-retriable: the proxy fails the affected partitions (Kafka error
 //! `POLICY_VIOLATION`, code 44) and never forwards their records.
 
+mod check_describe;
+mod check_findings;
+mod check_samples;
 pub mod cli;
 pub mod config;
+mod error;
 #[cfg(test)]
 #[path = "../../test-support/policy_fixtures.rs"]
 pub(crate) mod fixtures;
 mod loading;
+mod reload;
 pub mod rules;
 pub mod scaffold;
 mod stats;
@@ -33,6 +38,8 @@ mod status;
 pub mod wasm;
 mod watch;
 
+pub use self::error::{validate_json_pointer, PolicyError};
+pub use self::reload::{ReloadOutcome, ReloadRefused};
 pub use self::status::{BindingStatus, PolicyStatus};
 
 use std::collections::HashMap;
@@ -43,163 +50,19 @@ use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
 use globset::{GlobSet, GlobSetBuilder};
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
 
 use self::config::{DecryptSettings, KekAllowance, PolicyConfig, UnmatchedTopics};
 use self::rules::{Rule, TopicMatcher};
 use self::stats::BindingStats;
 use self::wasm::host::LogSink;
-use self::wasm::{Caller, Decide, Limits, LoadedModule, WasmRuntime};
+pub use self::wasm::MemoUse;
+use self::wasm::{Caller, Decide, Decided, Limits, LoadedModule, WasmRuntime};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::principal::Principal;
 
 /// Topics remembered in the resolution cache before it is cleared.
 const MAX_CACHED_TOPICS: usize = 65_536;
-
-/// A policy failed to give a usable answer. The affected records must not be forwarded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyError {
-    /// The guest trapped (panic, unreachable, out-of-bounds access, stack overflow, ...).
-    #[error("policy {binding} trapped: {message}; the instance was discarded")]
-    Trap {
-        /// Which binding.
-        binding: String,
-        /// The trap, as wasmtime reports it.
-        message: String,
-    },
-    /// The guest ran past its call deadline.
-    #[error(
-        "policy {binding} exceeded its {timeout_ms} ms call deadline (CPU time; 8 times that plus \
-         100 ms while waiting for a CPU); the instance was discarded (raise \
-         policy.limits.call_timeout_ms if the policy is legitimately slow)"
-    )]
-    Deadline {
-        /// Which binding.
-        binding: String,
-        /// The deadline.
-        timeout_ms: u64,
-    },
-    /// The guest tried to grow its memory past the cap.
-    #[error(
-        "policy {binding} exceeded its {limit_mib} MiB memory limit; the instance was discarded \
-         (raise policy.limits.memory_mib if needed)"
-    )]
-    MemoryExhausted {
-        /// Which binding.
-        binding: String,
-        /// The cap.
-        limit_mib: u64,
-    },
-    /// The guest's answer breaks the contract (wrong decision count, bad JSON pointer, ...).
-    #[error("policy {binding} returned a malformed answer: {reason}")]
-    Malformed {
-        /// Which binding.
-        binding: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The guest named a key outside the binding's `allowed_key_ids`.
-    #[error(
-        "policy {binding} named key id `{key_id}` for topic `{topic}`, which its allowed_key_ids \
-         do not allow"
-    )]
-    KeyNotAllowed {
-        /// Which binding.
-        binding: String,
-        /// The topic.
-        topic: String,
-        /// The refused key id.
-        key_id: String,
-    },
-    /// The binding's module is still being compiled at start-up; retriable. Its records are
-    /// not forwarded.
-    #[error(
-        "policy {binding} is still compiling its module; retry shortly (nothing was forwarded)"
-    )]
-    Loading {
-        /// Which binding.
-        binding: String,
-    },
-    /// The policy could not be run at all (instance creation failed, pool stuck, task lost).
-    #[error("policy {binding} is unavailable: {reason}")]
-    Unavailable {
-        /// Which binding.
-        binding: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl PolicyError {
-    /// The binding the error belongs to (`bindings[i] (file)`).
-    pub fn binding(&self) -> &str {
-        match self {
-            Self::Trap { binding, .. }
-            | Self::Deadline { binding, .. }
-            | Self::MemoryExhausted { binding, .. }
-            | Self::Malformed { binding, .. }
-            | Self::KeyNotAllowed { binding, .. }
-            | Self::Loading { binding }
-            | Self::Unavailable { binding, .. } => binding,
-        }
-    }
-
-    /// `true` only for [`PolicyError::Loading`]: otherwise retrying the same records against
-    /// the same policy gives the same answer.
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Loading { .. })
-    }
-
-    /// The Kafka error to answer: REQUEST_TIMED_OUT (retriable) while the module compiles,
-    /// POLICY_VIOLATION otherwise.
-    pub fn kafka_error(&self) -> kafka_protocol::error::ResponseError {
-        use kafka_protocol::error::ResponseError;
-        if self.is_retriable() {
-            ResponseError::RequestTimedOut
-        } else {
-            ResponseError::PolicyViolation
-        }
-    }
-
-    /// The numeric Kafka error code of [`PolicyError::kafka_error`].
-    pub fn kafka_error_code(&self) -> i16 {
-        self.kafka_error().code()
-    }
-
-    /// Short machine-readable kind, for metrics labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Trap { .. } => "trap",
-            Self::Deadline { .. } => "deadline",
-            Self::MemoryExhausted { .. } => "memory",
-            Self::Malformed { .. } => "malformed",
-            Self::KeyNotAllowed { .. } => "key_not_allowed",
-            Self::Loading { .. } => "loading",
-            Self::Unavailable { .. } => "unavailable",
-        }
-    }
-}
-
-/// Checks RFC 6901 syntax: empty is refused (use `whole`), otherwise `/`-separated tokens where
-/// `~` is only followed by `0` or `1`.
-pub fn validate_json_pointer(p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Err("empty JSON pointer (it would name the whole value; use `whole`)".into());
-    }
-    if !p.starts_with('/') {
-        return Err(format!("JSON pointer `{p}` must start with `/`"));
-    }
-    let mut chars = p.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-            return Err(format!(
-                "JSON pointer `{p}` has `~` not followed by 0 or 1 (escape `~` as `~0`, `/` as `~1`)"
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// One `bindings[i]` entry with its current module version.
 struct Binding {
@@ -236,6 +99,9 @@ struct Inner {
     unmatched: UnmatchedTopics,
     resolved: RwLock<HashMap<String, Target>>,
     watcher: Mutex<Option<watch::ModuleWatcher>>,
+    /// The `policy:` section this registry was built from: bindings, rules and limits are read
+    /// at start-up only (see [`PolicyRegistry::reload_from`]).
+    started_with: PolicyConfig,
 }
 
 /// The single entry point of the proxy into policies. Cheap to clone (shared state).
@@ -251,24 +117,6 @@ impl std::fmt::Debug for PolicyRegistry {
             .field("rules", &self.inner.rules.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Outcome of reloading one binding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum ReloadOutcome {
-    /// The file's content hash did not change.
-    Unchanged,
-    /// A new version was loaded and now serves.
-    Reloaded {
-        /// SHA-256 of the new version.
-        content_hash: String,
-    },
-    /// The new version failed; the old one keeps serving.
-    Refused {
-        /// Why.
-        error: String,
-    },
 }
 
 impl PolicyRegistry {
@@ -340,6 +188,7 @@ impl PolicyRegistry {
                 unmatched: config.unmatched_topics,
                 resolved: RwLock::new(HashMap::new()),
                 watcher: Mutex::new(None),
+                started_with: config.clone(),
             }),
         })
     }
@@ -439,6 +288,20 @@ impl PolicyRegistry {
         base_timestamp: i64,
         records: &[Record],
     ) -> Result<Vec<RecordDecision>, PolicyError> {
+        self.decide_using(topic, principal, base_timestamp, records, MemoUse::Audited)
+    }
+
+    /// [`PolicyRegistry::decide`] with the memo used as `memo` says: production uses
+    /// [`MemoUse::Audited`]; `policy check` compares [`MemoUse::Unaudited`] with
+    /// [`MemoUse::Off`] to show where a memo key decides wrongly.
+    pub fn decide_using(
+        &self,
+        topic: &str,
+        principal: Option<&Principal>,
+        base_timestamp: i64,
+        records: &[Record],
+        memo: MemoUse,
+    ) -> Result<Vec<RecordDecision>, PolicyError> {
         match self.resolve(topic) {
             Target::Rule(i) => Ok(self.inner.rules[i].plan(topic).repeated(records.len())),
             Target::Unmatched => Ok(self.unmatched_plan(topic).repeated(records.len())),
@@ -447,10 +310,26 @@ impl PolicyRegistry {
                 let c = b.caller();
                 let m = b.module()?;
                 let plan = m.plan(&c, topic, principal)?;
-                match m.prepare_decide(&c, &plan, topic, principal, base_timestamp, records)? {
-                    Decide::Done(d) => Ok(d),
-                    Decide::Call(call) => call.run(&c),
+                // A second round only follows a broken memo, which is then off: it runs unmemoized.
+                for _ in 0..2 {
+                    let prepared = m.prepare_decide(
+                        &c,
+                        &plan,
+                        topic,
+                        principal,
+                        base_timestamp,
+                        records,
+                        memo,
+                    )?;
+                    match prepared {
+                        Decide::Done(d) => return Ok(d),
+                        Decide::Call(call) => match call.run(&c)? {
+                            Decided::Records(d) => return Ok(d),
+                            Decided::MemoBroken => continue,
+                        },
+                    }
                 }
+                Err(b.memo_not_settled())
             }
         }
     }
@@ -505,18 +384,28 @@ impl PolicyRegistry {
             }
         };
         // The module may be swapped meanwhile: this batch finishes under the version that
-        // planned it.
-        match m.prepare_decide(
-            &b.caller(),
-            &plan,
-            topic,
-            principal,
-            base_timestamp,
-            records,
-        )? {
-            Decide::Done(d) => Ok(d),
-            Decide::Call(call) => self.blocking(i, move |b| call.run(&b.caller())).await,
+        // planned it. A second round only follows a broken memo, which is then off.
+        for _ in 0..2 {
+            let prepared = m.prepare_decide(
+                &b.caller(),
+                &plan,
+                topic,
+                principal,
+                base_timestamp,
+                records,
+                MemoUse::Audited,
+            )?;
+            match prepared {
+                Decide::Done(d) => return Ok(d),
+                Decide::Call(call) => {
+                    match self.blocking(i, move |b| call.run(&b.caller())).await? {
+                        Decided::Records(d) => return Ok(d),
+                        Decided::MemoBroken => continue,
+                    }
+                }
+            }
         }
+        Err(b.memo_not_settled())
     }
 
     /// Runs `f` on binding `i` on a blocking thread (guest code may run for up to its deadline).
@@ -600,78 +489,23 @@ impl PolicyRegistry {
         }
     }
 
-    /// Re-reads every binding's module file; a file whose content changed is compiled,
-    /// instantiated and initialized, then swapped in atomically (batches already running finish
-    /// under the old version). A version that fails is refused and the old one keeps serving.
-    /// Blocking and slow (compilation): call from a blocking thread. Wire to SIGHUP and
-    /// `POST /policies/reload`.
-    pub fn reload(&self) -> Vec<(String, ReloadOutcome)> {
-        (0..self.inner.bindings.len())
-            .map(|i| {
-                (
-                    self.inner.bindings[i].label.to_string(),
-                    self.reload_binding(i),
-                )
-            })
+    /// Starts keeping every binding's trace-level guest messages, where the SDKs send the
+    /// message and traceback of an exception in the policy's code (`policy check` only: they may
+    /// quote record contents).
+    pub(crate) fn capture_guest_traces(&self) {
+        for b in &self.inner.bindings {
+            b.log.capture();
+        }
+    }
+
+    /// The trace-level guest messages kept since the last call (see
+    /// [`PolicyRegistry::capture_guest_traces`]).
+    pub(crate) fn take_guest_traces(&self) -> Vec<String> {
+        self.inner
+            .bindings
+            .iter()
+            .flat_map(|b| b.log.take_captured())
             .collect()
-    }
-
-    /// Reloads the bindings whose module file is `path` (used by the watcher).
-    pub(crate) fn reload_path(&self, path: &std::path::Path) -> Vec<(String, ReloadOutcome)> {
-        let mut out = Vec::new();
-        for (i, b) in self.inner.bindings.iter().enumerate() {
-            if watch::same_file(&b.module_path, path) {
-                out.push((b.label.to_string(), self.reload_binding(i)));
-            }
-        }
-        out
-    }
-
-    fn reload_binding(&self, i: usize) -> ReloadOutcome {
-        let b = &self.inner.bindings[i];
-        let _guard = b.reload_lock.lock();
-        let rt = self
-            .inner
-            .runtime
-            .as_ref()
-            .expect("runtime exists when bindings do");
-        let outcome = (|| -> anyhow::Result<ReloadOutcome> {
-            let file = rt.read_module(&b.module_path)?;
-            if b.current
-                .load()
-                .as_ref()
-                .is_some_and(|m| m.hash() == file.hash())
-            {
-                return Ok(ReloadOutcome::Unchanged);
-            }
-            let m = std::thread::scope(|scope| {
-                wasm::join_loader(wasm::spawn_loader(scope, || {
-                    rt.load(&file, &b.config, b.log.clone())
-                }))
-            })?;
-            let content_hash = m.hash().to_string();
-            b.current.store(Some(Arc::new(m)));
-            b.load_error.lock().take();
-            Ok(ReloadOutcome::Reloaded { content_hash })
-        })();
-        match outcome {
-            Ok(o @ ReloadOutcome::Reloaded { .. }) => {
-                b.stats
-                    .loads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let ReloadOutcome::Reloaded { content_hash } = &o {
-                    tracing::info!(policy = %b.label, hash = %content_hash, "policy module reloaded");
-                }
-                o
-            }
-            Ok(o) => o,
-            Err(e) => {
-                let error = format!("{e:#}");
-                tracing::error!(policy = %b.label, error = %error, "policy module refused; the previous version keeps serving");
-                b.stats.record_refusal(&error);
-                ReloadOutcome::Refused { error }
-            }
-        }
     }
 
     /// Starts watching the bindings' module files; a change triggers a reload of the affected
@@ -749,6 +583,16 @@ impl Binding {
             None => Err(PolicyError::Loading {
                 binding: self.label.to_string(),
             }),
+        }
+    }
+
+    /// A batch still memoized after its memo was turned off: cannot happen (the second round
+    /// runs unmemoized); refused rather than forwarded if it ever did.
+    fn memo_not_settled(&self) -> PolicyError {
+        PolicyError::Unavailable {
+            binding: self.label.to_string(),
+            reason: "internal error: the batch was still memoized after its memo was turned off"
+                .into(),
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) struct BindingStats {
     pub(crate) discarded: AtomicU64,
     pub(crate) refusals: AtomicU64,
     pub(crate) loads: AtomicU64,
+    /// Audits that found a memo answer differing from the module's own decision.
+    pub(crate) memo_mismatches: AtomicU64,
     pub(crate) histogram: Histogram,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) last_refusal: Mutex<Option<String>>,

@@ -42,6 +42,11 @@ pub struct BindingStatus {
     /// Decisions of memoizable plans cached for the serving version (per topic, principal and
     /// value; bounded, dropped on reload).
     pub memoized_values: usize,
+    /// Whether an audit turned the serving version's memo off (its memo key broke its
+    /// promise; every record is then decided by the guest).
+    pub memo_disabled: bool,
+    /// Audits since start that found a memo answer differing from the module's own decision.
+    pub memo_mismatches: u64,
     /// Bytes charged for every answer the serving version caches (plans, reveals, memoized
     /// decisions), never more than `cache_budget_bytes`.
     pub cached_bytes: usize,
@@ -117,6 +122,8 @@ impl PolicyRegistry {
                         loaded_at_unix_ms: m.map_or(0, |m| unix_ms(m.loaded_at())),
                         instances: m.map_or(0, |m| m.live_instances()),
                         memoized_values: cache.decisions,
+                        memo_disabled: m.is_some_and(|m| m.memo_disabled()),
+                        memo_mismatches: s.memo_mismatches.load(Relaxed),
                         cached_bytes: cache.bytes,
                         cache_budget_bytes: cache.budget,
                         cached_answers: cache.entries,

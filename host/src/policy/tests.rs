@@ -1286,12 +1286,17 @@ fn memoized_decisions_equal_deciding_every_record() {
         // acme, globex, initech, absent, invalid, null.
         assert_eq!(module_of(&reg, 0).memoized_values(), 6);
         let calls = reg.status().bindings[0].calls;
-        // Same values again, shuffled: every decision comes from the cache.
+        // Same values again, shuffled: every decision comes from the cache (unaudited: this
+        // early after the load, production also shows the guest the memo's answers to audit).
+        let unaudited = |recs: &[Record]| {
+            reg.decide_using("m.t", None, 0, recs, MemoUse::Unaudited)
+                .unwrap()
+        };
         let mut again = recs.clone();
         again.reverse();
         let mut expected = unmemoized.clone();
         expected.reverse();
-        assert_eq!(reg.decide("m.t", None, 0, &again).unwrap(), expected);
+        assert_eq!(unaudited(&again), expected);
         assert_eq!(
             reg.status().bindings[0].calls,
             calls,
@@ -1300,7 +1305,7 @@ fn memoized_decisions_equal_deciding_every_record() {
         // One new value: one call, the rest cached.
         let mut one_new = recs.clone();
         one_new.push(record("new", &[("tenant", "umbrella")]));
-        let d = reg.decide("m.t", None, 0, &one_new).unwrap();
+        let d = unaudited(&one_new);
         assert_eq!(d[..recs.len()], unmemoized[..]);
         assert_eq!(d[recs.len()], whole("tenant-umbrella"));
         assert_eq!(reg.status().bindings[0].calls, calls + 1);
@@ -1461,7 +1466,7 @@ fn a_module_swap_drops_memoized_decisions() {
 }
 
 #[test]
-fn a_module_lying_about_its_memo_key_gets_its_own_answers_and_breaks_nothing() {
+fn a_module_lying_about_its_memo_key_is_caught_by_the_audit_and_breaks_nothing() {
     let a = artifacts();
     let reg = PolicyRegistry::new(&config(
         vec![binding(
@@ -1474,14 +1479,30 @@ fn a_module_lying_about_its_memo_key_gets_its_own_answers_and_breaks_nothing() {
     ))
     .unwrap();
     // Same tenant, different values: the policy decides from the value, but promised the
-    // tenant header decides. It is shown one record per tenant, and its answer for that record
-    // is applied to the others.
+    // tenant header decides. Shown one record per tenant plus, this early after the load, every
+    // record the memo answers: the audit sees the lie, turns the memo off and the batch is
+    // decided record by record.
     let recs = vec![
         record("x", &[("tenant", "a")]),
         record("y", &[("tenant", "a")]),
         record("z", &[("tenant", "b")]),
     ];
     let d = reg.decide("t", None, 0, &recs).unwrap();
+    assert_eq!(d, vec![whole("kek-x"), whole("kek-y"), whole("kek-z")]);
+    // Without audits the memo alone answers for `y` from `x` (what `policy check` compares).
+    let reg_unaudited = PolicyRegistry::new(&config(
+        vec![binding(
+            a.path("hostile-misbehave"),
+            "*",
+            "lying-memo",
+            &["kek-*"],
+        )],
+        relaxed_limits(),
+    ))
+    .unwrap();
+    let d = reg_unaudited
+        .decide_using("t", None, 0, &recs, MemoUse::Unaudited)
+        .unwrap();
     assert_eq!(d, vec![whole("kek-x"), whole("kek-x"), whole("kek-z")]);
     // A lie that names a key outside allowed_key_ids is still refused, as unmemoized.
     let bad = vec![record("../escape", &[("tenant", "c")])];
@@ -1554,4 +1575,78 @@ async fn reveal_is_asked_per_principal_validated_and_cached() {
         Reveal::All
     );
     assert_eq!(reg.status().bindings[0].calls, calls + 1);
+}
+
+/// The cookbook's tenant policy with a `classification: public` exception, memo left on
+/// `tenant`: production audits the memo, catches it, and never encrypts less than the module
+/// decides — the audited record included.
+#[test]
+fn an_audit_turns_a_broken_memo_off_and_every_record_gets_the_modules_decision() {
+    let a = artifacts();
+    let reg = relaxed_registry(vec![binding(
+        a.path("hostile-misbehave"),
+        "*",
+        "tenant-memo-public-passes",
+        &["kek-*"],
+    )]);
+    let own = |recs: &[Record]| {
+        recs.iter()
+            .map(|r| {
+                let h = |n: &str| {
+                    r.headers
+                        .iter()
+                        .find(|h| h.key == n.as_bytes())
+                        .and_then(|h| h.value.clone())
+                };
+                if h("classification").as_deref() == Some(&b"public"[..]) {
+                    RecordDecision::Pass
+                } else {
+                    let t = String::from_utf8(h("tenant").unwrap().to_vec()).unwrap();
+                    whole(&format!("kek-{t}"))
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    // The first record of each tenant is public: a memo on `tenant` alone would pass the
+    // tenant's later records in clear.
+    let recs = vec![
+        record("v1", &[("tenant", "acme"), ("classification", "public")]),
+        record("v2", &[("tenant", "acme"), ("classification", "internal")]),
+        record("v3", &[("tenant", "globex"), ("classification", "public")]),
+        record(
+            "v4",
+            &[("tenant", "globex"), ("classification", "internal")],
+        ),
+    ];
+    assert_eq!(reg.decide("t", None, 0, &recs).unwrap(), own(&recs));
+    let s = &reg.status().bindings[0];
+    assert!(s.memo_disabled, "{s:?}");
+    assert_eq!(s.memo_mismatches, 1, "{s:?}");
+    // From then on every record is decided by the module, including answers the memo cached.
+    let later = vec![
+        record("v5", &[("tenant", "acme"), ("classification", "internal")]),
+        record("v6", &[("tenant", "globex"), ("classification", "public")]),
+    ];
+    assert_eq!(reg.decide("t", None, 0, &later).unwrap(), own(&later));
+    assert_eq!(reg.status().bindings[0].memo_mismatches, 1);
+}
+
+/// A memo that keeps its promise stays on: audited while the version is new, then sampled, so
+/// most batches still cost no guest call.
+#[test]
+fn audits_of_a_correct_memo_are_few_and_leave_it_on() {
+    let a = artifacts();
+    let reg = relaxed_registry(vec![binding(a.path("tenant-keys"), "*", "", &["tenant-*"])]);
+    let recs = vec![record("v", &[("tenant", "acme")]); 100];
+    for _ in 0..10 {
+        assert_eq!(
+            reg.decide("t", None, 0, &recs).unwrap(),
+            vec![whole("tenant-acme"); 100]
+        );
+    }
+    let s = &reg.status().bindings[0];
+    assert!(!s.memo_disabled && s.memo_mismatches == 0, "{s:?}");
+    // One `plan` call; the first 256 memo answers are all audited (three `decide` calls), the
+    // rest one in 1024 (none more in 1000 records).
+    assert_eq!(s.calls, 4, "{s:?}");
 }

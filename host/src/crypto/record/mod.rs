@@ -85,6 +85,26 @@ pub enum EncryptError {
 }
 
 impl EncryptError {
+    /// The record of the batch that caused the error and why, when one did (a rejection, an
+    /// unencryptable or pre-encrypted record, a refused key id).
+    pub fn record(&self) -> Option<(usize, String)> {
+        match self {
+            Self::Rejected { index, message } | Self::InvalidRecord { index, message } => {
+                Some((*index, message.clone()))
+            }
+            Self::PreEncrypted { index } => Some((
+                *index,
+                format!("already carries a '{HEADER_KEY}' header, which only Kapsule may write"),
+            )),
+            Self::InvalidKeyId {
+                index,
+                key_id,
+                source,
+            } => Some((*index, format!("policy named key id {key_id:?}: {source}"))),
+            Self::Kms(_) | Self::DecisionCount { .. } => None,
+        }
+    }
+
     /// True when the producer should retry (the KMS was unavailable).
     pub fn is_retriable(&self) -> bool {
         match self {

@@ -174,7 +174,14 @@ pub(crate) struct LogSink {
     pub(crate) dropped: AtomicU64,
     /// Whether a "messages dropped" notice is due once the bucket refills.
     dropped_since_notice: AtomicU64,
+    /// Trace-level messages kept for `policy check` (`None`: not capturing, the default).
+    captured: Mutex<Option<Vec<String>>>,
 }
+
+/// Most trace messages [`LogSink::capture`] keeps.
+const MAX_CAPTURED: usize = 64;
+/// Longest trace message [`LogSink::capture`] keeps, bytes (a traceback fits).
+const CAPTURED_MAX_BYTES: usize = 16 * 1024;
 
 impl LogSink {
     pub(crate) fn new(label: Arc<str>, per_second: u32, max_bytes: usize) -> Self {
@@ -188,7 +195,26 @@ impl LogSink {
             emitted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             dropped_since_notice: AtomicU64::new(0),
+            captured: Mutex::new(None),
         }
+    }
+
+    /// Starts keeping trace-level messages (at most [`MAX_CAPTURED`], each cut at
+    /// [`CAPTURED_MAX_BYTES`], control characters other than newlines escaped), whatever the
+    /// rate limit and the tracing level: `policy check` shows them to the policy's author. The
+    /// SDKs send an exception's message and traceback there; they may quote record contents,
+    /// so production never captures.
+    pub(crate) fn capture(&self) {
+        self.captured.lock().get_or_insert_with(Vec::new);
+    }
+
+    /// The trace messages kept since the last call (see [`LogSink::capture`]).
+    pub(crate) fn take_captured(&self) -> Vec<String> {
+        self.captured
+            .lock()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn take_token(&self) -> bool {
@@ -207,6 +233,21 @@ impl LogSink {
 
     /// Emits one guest message through `tracing`, or drops it when over the rate.
     pub(crate) fn log(&self, level: Level, message: &str) {
+        if level == Level::Trace {
+            if let Some(kept) = self.captured.lock().as_mut() {
+                if kept.len() < MAX_CAPTURED {
+                    let mut cut = message.len().min(CAPTURED_MAX_BYTES);
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    let lines: Vec<String> = message[..cut]
+                        .lines()
+                        .map(|l| sanitize(l, CAPTURED_MAX_BYTES))
+                        .collect();
+                    kept.push(lines.join("\n"));
+                }
+            }
+        }
         if !self.take_token() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.dropped_since_notice.fetch_add(1, Ordering::Relaxed);

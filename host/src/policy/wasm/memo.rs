@@ -9,11 +9,18 @@
 //! [`super::answer_cache`]); values longer than [`MAX_VALUE_LEN`] bytes are decided once per
 //! batch but not remembered across batches.
 //!
-//! The policy promises that records with the same value get the same decision; the host relies
-//! on it. A policy that breaks the promise gets the decisions it gave for the representative
-//! records, each validated like any other answer, so nothing unsafe reaches the encryption stage.
+//! The policy promises that records with the same value get the same decision. The host does
+//! not take that on trust: it **audits** memo answers ([`MemoAudit`]). Every memo-answered record
+//! among the first [`AUDIT_FIRST`] of a module version, then one in [`AUDIT_EVERY`], is shown to
+//! the guest as well, and its real decision compared with the memo's. On a mismatch the memo is
+//! turned off for that module version (an ERROR log line, the
+//! `kapsule_policy_memo_mismatches_total` counter) and the whole batch is decided again record by
+//! record, so no record — the audited one included — is encrypted less than the module decides.
+//! Until an audit catches it, a policy that breaks the promise gets the decisions it gave for the
+//! representative records, each validated like any other answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::answer_cache::{AnswerCache, Slot};
 use crate::kafka::records::Record;
@@ -22,6 +29,68 @@ use crate::principal::Principal;
 
 /// Longest value remembered across batches, bytes.
 pub(super) const MAX_VALUE_LEN: usize = 256;
+
+/// Memo-answered records of a module version that are all audited (the first ones after each
+/// load or swap).
+pub(super) const AUDIT_FIRST: u64 = 256;
+/// After the first [`AUDIT_FIRST`], one memo-answered record in this many is audited.
+pub(super) const AUDIT_EVERY: u64 = 1024;
+
+/// How a `decide` uses the memo key a plan declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoUse {
+    /// As in production: memoized, with audits of the memo's answers (see the module docs).
+    Audited,
+    /// Memoized without audits: exactly what the memo alone decides (`policy check` compares
+    /// it with [`MemoUse::Off`]).
+    Unaudited,
+    /// Every record is shown to the guest, whatever memo key the plan declares.
+    Off,
+}
+
+/// Audit state of one module version's memo: how many memo answers it gave, and whether an
+/// audit found one wrong (the memo is then off for that version).
+#[derive(Debug, Default)]
+pub(super) struct MemoAudit {
+    answered: AtomicU64,
+    broken: AtomicBool,
+}
+
+impl MemoAudit {
+    /// True once an audit found a memo answer that differs from the module's own decision.
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Turns the memo off; returns true the first time (the caller reports it once).
+    pub(super) fn mark_broken(&self) -> bool {
+        !self.broken.swap(true, Ordering::Relaxed)
+    }
+
+    /// Which of the next `answered` memo answers (positions `0..answered`) are audited.
+    fn picks(&self, answered: usize) -> Vec<usize> {
+        let n = answered as u64;
+        let base = self.answered.fetch_add(n, Ordering::Relaxed);
+        (0..n)
+            .filter(|k| {
+                let seen = base + k;
+                seen < AUDIT_FIRST || seen.is_multiple_of(AUDIT_EVERY)
+            })
+            .map(|k| k as usize)
+            .collect()
+    }
+}
+
+/// An audit found that the memo's answer for a record differs from the module's own decision.
+#[derive(Debug, Clone)]
+pub(super) struct MemoMismatch {
+    /// Index of the record in the batch.
+    pub(super) index: usize,
+    /// What the memo answered.
+    pub(super) memo: RecordDecision,
+    /// What the module decides when shown the record.
+    pub(super) module: RecordDecision,
+}
 
 /// The value a record's decision depends on, borrowed from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,10 +168,10 @@ impl OwnedValue {
 /// What grouping a batch found: the records already decided, and one representative per value
 /// the guest must decide.
 pub(super) enum Grouped {
-    /// Every record has a cached decision.
+    /// Every record has a cached decision and none is audited.
     Done(Vec<RecordDecision>),
-    /// The guest must decide the records at `representatives` (one per value); then
-    /// [`Pending::finish`] fills in the rest.
+    /// The guest must decide the records at [`Pending::shown`] (one per undecided value, then
+    /// the audited ones); then [`Pending::finish`] fills in the rest.
     Pending(Pending),
 }
 
@@ -113,13 +182,17 @@ pub(super) struct Pending {
     /// Records still to decide, with the index of their value's representative.
     waiting: Vec<(usize, u32)>,
     /// Per representative: its index in the batch and its value (`None`: too long to cache).
-    pub(super) representatives: Vec<usize>,
+    representatives: Vec<usize>,
     values: Vec<Option<OwnedValue>>,
+    /// Memo-answered records shown to the guest too, to audit the memo's answer.
+    audited: Vec<usize>,
 }
 
-/// Groups `records` by their value under `key`, answering from `cache` what it can.
+/// Groups `records` by their value under `key`, answering from `cache` what it can; with
+/// `audit`, picks memo-answered records to show the guest as well (see [`MemoAudit`]).
 pub(super) fn group(
     cache: &AnswerCache,
+    audit: Option<&MemoAudit>,
     topic: &str,
     principal: Option<&Principal>,
     key: &MemoKey,
@@ -176,7 +249,49 @@ pub(super) fn group(
             last = Some((v, None, rep));
         }
     }
-    if representatives.is_empty() {
+    // Memo-answered records: every record but the representatives (both in batch order).
+    let audited = match audit {
+        None => Vec::new(),
+        Some(a) => {
+            let picks = a.picks(records.len() - representatives.len());
+            if picks.is_empty() {
+                return finish_grouping(decided, waiting, representatives, values, Vec::new());
+            }
+            let mut reps = representatives.iter().peekable();
+            let answered = (0..records.len()).filter(|i| {
+                if reps.peek() == Some(&i) {
+                    reps.next();
+                    false
+                } else {
+                    true
+                }
+            });
+            let mut picks = picks.into_iter().peekable();
+            answered
+                .enumerate()
+                .filter(|(k, _)| {
+                    let picked = picks.peek() == Some(k);
+                    if picked {
+                        picks.next();
+                    }
+                    picked
+                })
+                .map(|(_, i)| i)
+                .collect()
+        }
+    };
+    finish_grouping(decided, waiting, representatives, values, audited)
+}
+
+/// Done when no record needs the guest, else the pending batch.
+fn finish_grouping(
+    decided: Vec<Option<RecordDecision>>,
+    waiting: Vec<(usize, u32)>,
+    representatives: Vec<usize>,
+    values: Vec<Option<OwnedValue>>,
+    audited: Vec<usize>,
+) -> Grouped {
+    if representatives.is_empty() && audited.is_empty() {
         return Grouped::Done(decided.into_iter().map(known).collect());
     }
     Grouped::Pending(Pending {
@@ -184,32 +299,51 @@ pub(super) fn group(
         waiting,
         representatives,
         values,
+        audited,
     })
 }
 
 impl Pending {
-    /// Fills in every record from the guest's (validated) decisions for the representatives, in
-    /// representative order, and caches them under (`topic`, `principal`).
+    /// The records the guest must see, in the order [`Pending::finish`] expects their answers:
+    /// the representatives, then the audited records.
+    pub(super) fn shown(&self) -> impl Iterator<Item = usize> + Clone + '_ {
+        self.representatives.iter().chain(&self.audited).copied()
+    }
+
+    /// Fills in every record from the guest's (validated) decisions for [`Pending::shown`], and
+    /// caches the representatives' under (`topic`, `principal`). Fails with the first audited
+    /// record whose memo answer differs from the guest's own decision (nothing is cached then).
     pub(super) fn finish(
         mut self,
         cache: &AnswerCache,
         topic: &str,
         principal: Option<&Principal>,
         answers: Vec<RecordDecision>,
-    ) -> Vec<RecordDecision> {
-        debug_assert_eq!(answers.len(), self.representatives.len());
+    ) -> Result<Vec<RecordDecision>, MemoMismatch> {
+        let reps = self.representatives.len();
+        debug_assert_eq!(answers.len(), reps + self.audited.len());
+        for &(i, rep) in &self.waiting {
+            self.decided[i] = Some(answers[rep as usize].clone());
+        }
+        for (&i, module) in self.audited.iter().zip(&answers[reps..]) {
+            let memo = self.decided[i].clone();
+            if memo.as_ref() != Some(module) {
+                return Err(MemoMismatch {
+                    index: i,
+                    memo: known(memo),
+                    module: module.clone(),
+                });
+            }
+        }
         cache.put_decisions(
             topic,
             principal,
             self.values
                 .iter()
-                .zip(&answers)
+                .zip(&answers[..reps])
                 .filter_map(|(v, d)| Some((v.as_ref()?.slot(), d))),
         );
-        for (i, rep) in self.waiting {
-            self.decided[i] = Some(answers[rep as usize].clone());
-        }
-        self.decided.into_iter().map(known).collect()
+        Ok(self.decided.into_iter().map(known).collect())
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) use deadline::thread_cpu_time;
 pub(crate) mod host;
 mod lift;
 mod memo;
+pub use memo::MemoUse;
 mod module;
 mod wasi;
 
@@ -43,7 +44,7 @@ use wasmtime::{Config, Engine};
 
 use self::host::{HostState, LogSink};
 use self::module::CallError;
-pub(crate) use self::module::{Decide, LoadedModule};
+pub(crate) use self::module::{Decide, Decided, LoadedModule};
 use super::config::LimitsConfig;
 use super::stats::BindingStats;
 use super::PolicyError;
@@ -125,9 +126,39 @@ impl Caller<'_> {
         err
     }
 
+    /// Reports that an audit found the memo of this binding's module wrong on `topic` (the memo
+    /// is now off for that module version): one ERROR line (no record data: only the kinds of
+    /// the two decisions) and the memo mismatch counter.
+    fn memo_broken(&self, topic: &str, key: &crate::plan::MemoKey, m: &memo::MemoMismatch) {
+        self.stats
+            .memo_mismatches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            policy = %self.label,
+            topic,
+            memo_key = %key,
+            record = m.index,
+            memo_decision = decision_kind(&m.memo),
+            module_decision = decision_kind(&m.module),
+            "policy memo broke its promise: the module decides this record differently from \
+             the memo's answer for its memo value; memo turned off for this module version, the \
+             batch is decided record by record (fix the policy's memo key: it must cover \
+             everything decide reads)"
+        );
+    }
+
     fn call_failed(&self, e: CallError) -> PolicyError {
         let discarded = !matches!(e, CallError::Unavailable(_));
         self.fail(e.into_policy_error(self.label), discarded)
+    }
+}
+
+/// `pass`, `encrypt` or `reject`, without key ids or messages (which may quote record data).
+fn decision_kind(d: &crate::plan::RecordDecision) -> &'static str {
+    match d {
+        crate::plan::RecordDecision::Pass => "pass",
+        crate::plan::RecordDecision::Encrypt(_) => "encrypt",
+        crate::plan::RecordDecision::Reject(_) => "reject",
     }
 }
 

@@ -16,7 +16,7 @@ use super::bindings::kapsule::policy::types as wit;
 use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
 use super::deadline::CallClock;
 use super::host::{HostState, LogSink};
-use super::memo::{self, Grouped, Pending};
+use super::memo::{self, Grouped, MemoAudit, MemoUse, Pending};
 use super::{lift, Caller, WasmRuntime, WitVersion};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
@@ -65,6 +65,8 @@ pub struct LoadedModule {
     /// Validated plans and reveals by (topic, principal) and decisions of memoizable plans by
     /// (topic, principal, value), this module version only, bounded in bytes.
     answers: AnswerCache,
+    /// Audits of this version's memo answers; a mismatch turns its memo off.
+    memo_audit: MemoAudit,
 }
 
 /// A validated plan of one topic for one principal under one module version (cheap to clone).
@@ -81,6 +83,15 @@ impl Plan {
     pub(crate) fn memo_key(&self) -> &MemoKey {
         &self.0.memo
     }
+}
+
+/// What a [`DecideCall`] gave.
+pub(crate) enum Decided {
+    /// One decision per record, in order.
+    Records(Vec<RecordDecision>),
+    /// An audit found the memo wrong: the memo is now off for this module version and the batch
+    /// must be prepared again (it then goes to the guest record by record).
+    MemoBroken,
 }
 
 /// What [`LoadedModule::prepare_decide`] found: the answer, or the guest call still needed.
@@ -187,6 +198,7 @@ impl LoadedModule {
                 max,
             },
             answers: AnswerCache::new(cache_budget, cache_entry_max),
+            memo_audit: MemoAudit::default(),
         };
         let inst = module.new_instance()?;
         {
@@ -249,6 +261,11 @@ impl LoadedModule {
         self.answers.stats().decisions
     }
 
+    /// Whether an audit found this version's memo wrong and turned it off.
+    pub(crate) fn memo_disabled(&self) -> bool {
+        self.memo_audit.is_broken()
+    }
+
     /// What this version's answer cache holds now (bytes, budget, entries, evictions).
     pub(crate) fn cache_stats(&self) -> CacheStats {
         self.answers.stats()
@@ -282,10 +299,13 @@ impl LoadedModule {
     }
 
     /// Decides `records` under `plan` (which this version gave) without running guest code when
-    /// it can: plans other than `per-record` are repeated, and under a memo key records whose
-    /// value has a cached decision take it. Otherwise lays out the batch the guest must see:
-    /// every record, or under a memo key one record per value still undecided. `base_timestamp` is the batch's base timestamp; each record's timestamp is
-    /// `base_timestamp + timestamp_delta`.
+    /// it can: plans other than `per-record` are repeated, and under a memo key (unless `memo`
+    /// is [`MemoUse::Off`] or an audit turned this version's memo off) records whose value has
+    /// a cached decision take it. Otherwise lays out the batch the guest must see: every record,
+    /// or under a memo key one record per value still undecided plus the memo answers audited
+    /// (with [`MemoUse::Audited`]). `base_timestamp` is the batch's base timestamp; each
+    /// record's timestamp is `base_timestamp + timestamp_delta`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare_decide(
         self: &Arc<Self>,
         c: &Caller<'_>,
@@ -294,21 +314,32 @@ impl LoadedModule {
         principal: Option<&Principal>,
         base_timestamp: i64,
         records: &[Record],
+        memo: MemoUse,
     ) -> Result<Decide, PolicyError> {
         let needs = match plan.topic_plan() {
             TopicPlan::PerRecord(needs) if !records.is_empty() => *needs,
             other => return Ok(Decide::Done(other.repeated(records.len()))),
         };
         let principal = self.client_key(principal);
-        let (batch, memo) = if plan.0.memo == MemoKey::None {
+        let memoized =
+            plan.0.memo != MemoKey::None && memo != MemoUse::Off && !self.memo_audit.is_broken();
+        let (batch, memo) = if !memoized {
             let batch = answer::batch_view(records.iter(), base_timestamp, needs);
             (batch, None)
         } else {
-            match memo::group(&self.answers, topic, principal, &plan.0.memo, records) {
+            let audit = (memo == MemoUse::Audited).then_some(&self.memo_audit);
+            match memo::group(
+                &self.answers,
+                audit,
+                topic,
+                principal,
+                &plan.0.memo,
+                records,
+            ) {
                 Grouped::Done(d) => return Ok(Decide::Done(d)),
                 Grouped::Pending(p) => {
-                    let reps = p.representatives.iter().map(|&i| &records[i]);
-                    (answer::batch_view(reps, base_timestamp, needs), Some(p))
+                    let shown = p.shown().map(|i| &records[i]);
+                    (answer::batch_view(shown, base_timestamp, needs), Some(p))
                 }
             }
         };
@@ -565,8 +596,10 @@ fn client(principal: Option<&Principal>) -> wit::Client {
 
 impl DecideCall {
     /// Runs the guest's `decide` (blocking, bounded by the batch's deadline) and validates its
-    /// answer: one decision per record, in order. Failures are accounted to `c`.
-    pub(crate) fn run(self: Box<Self>, c: &Caller<'_>) -> Result<Vec<RecordDecision>, PolicyError> {
+    /// answer: one decision per record, in order. Failures are accounted to `c`. When an audit
+    /// finds the memo wrong, the memo is turned off for this module version (reported to `c`)
+    /// and [`Decided::MemoBroken`] asks the caller to prepare the batch again.
+    pub(crate) fn run(self: Box<Self>, c: &Caller<'_>) -> Result<Decided, PolicyError> {
         let n = answer::record_count(&self.batch);
         let started = Instant::now();
         let raw = self
@@ -579,15 +612,23 @@ impl DecideCall {
             .iter()
             .map(|&i| distinct[i as usize].clone())
             .collect();
-        Ok(match self.memo {
-            Some(pending) => pending.finish(
-                &self.module.answers,
-                &self.topic,
-                self.principal.as_ref(),
-                decided,
-            ),
-            None => decided,
-        })
+        let Some(pending) = self.memo else {
+            return Ok(Decided::Records(decided));
+        };
+        match pending.finish(
+            &self.module.answers,
+            &self.topic,
+            self.principal.as_ref(),
+            decided,
+        ) {
+            Ok(d) => Ok(Decided::Records(d)),
+            Err(mismatch) => {
+                if self.module.memo_audit.mark_broken() {
+                    c.memo_broken(&self.topic, self.plan.memo_key(), &mismatch);
+                }
+                Ok(Decided::MemoBroken)
+            }
+        }
     }
 }
 

@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{
     ApiKey, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
     TopicName,
@@ -121,7 +123,20 @@ impl ProducePatch {
                 .with_error_message(Some(StrBytes::from_string(format!(
                     "kapsule: {}",
                     r.error.message()
-                ))));
+                ))))
+                .with_record_errors(
+                    r.error
+                        .records()
+                        .iter()
+                        .map(|e| {
+                            BatchIndexAndErrorMessage::default()
+                                .with_batch_index(i32::try_from(e.index).unwrap_or(i32::MAX))
+                                .with_batch_index_error_message(Some(StrBytes::from_string(
+                                    format!("kapsule: record {}: {}", e.index, e.message),
+                                )))
+                        })
+                        .collect(),
+                );
             match response
                 .responses
                 .iter_mut()

@@ -22,9 +22,9 @@ use kafka_protocol::messages::{ProduceRequest, TopicName};
 use super::log::Direction;
 use super::{Budget, Outcome, ProducePatch, RecordStage, TopicRef};
 use crate::config::RecordsMode;
-use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted};
+use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted, EncryptError};
 use crate::crypto::HEADER_KEY;
-use crate::error::{ErrorSource, ProxyError, Reason};
+use crate::error::{ErrorSource, ProxyError, Reason, RecordError};
 use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::{RecordDecision, TopicPlan};
@@ -222,7 +222,13 @@ impl RecordStage {
                          Kapsule may write; topic {topic:?} does not accept pre-encrypted records \
                          (set accept_pre_encrypted on its rule or binding if it should)"
                     ),
-                ));
+                )
+                .with_records([RecordError {
+                    index,
+                    message: format!(
+                        "already carries a '{HEADER_KEY}' header, which only Kapsule may write"
+                    ),
+                }]));
             }
             if let Some(enc) = enc {
                 let mut decisions = match plan {
@@ -247,7 +253,8 @@ impl RecordStage {
                 }
                 enc.encryptor
                     .encrypt_batch(topic, &mut batch, &decisions)
-                    .await?;
+                    .await
+                    .map_err(|e| batch_refusal(e, &decisions))?;
             }
             if rewrite {
                 batch.encode(&mut out)?;
@@ -255,4 +262,26 @@ impl RecordStage {
         }
         Ok(rewrite.then(|| out.freeze()))
     }
+}
+
+/// A refused batch as its producer is told: a policy rejection names every record the policy
+/// rejected (the Produce response's `record_errors`), other errors the record that caused them.
+fn batch_refusal(e: EncryptError, decisions: &[RecordDecision]) -> ProxyError {
+    let rejected = matches!(e, EncryptError::Rejected { .. });
+    let err = ProxyError::from(e);
+    if !rejected {
+        return err;
+    }
+    err.with_records(
+        decisions
+            .iter()
+            .enumerate()
+            .filter_map(|(index, d)| match d {
+                RecordDecision::Reject(message) => Some(RecordError {
+                    index,
+                    message: message.clone(),
+                }),
+                _ => None,
+            }),
+    )
 }

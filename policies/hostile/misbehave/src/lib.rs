@@ -83,6 +83,11 @@ impl Policy for Misbehave {
             "lying-memo" => {
                 TopicPlan::per_record(Needs::none().with_value()).memo(MemoKey::header("tenant"))
             }
+            // The cookbook's tenant policy with a `classification: public` exception added, but
+            // the memo left on `tenant` alone: the memo decides for records it must not.
+            "tenant-memo-public-passes" => {
+                TopicPlan::per_record(Needs::none().with_headers()).memo(MemoKey::header("tenant"))
+            }
             "print-init" => {
                 println!("planning a topic");
                 TopicPlan::per_record(Needs::none().with_value())
@@ -104,6 +109,14 @@ impl Policy for Misbehave {
                 .map(|r| {
                     let v = r.value_str().unwrap_or("null");
                     Decision::Encrypt(Encrypt::new(format!("kek-{v}")).whole_value())
+                })
+                .collect(),
+            "tenant-memo-public-passes" => records
+                .iter()
+                .map(|r| match (r.header_str("tenant"), r.header_str("classification")) {
+                    (_, Some("public")) => Decision::Pass,
+                    (Some(t), _) => Decision::Encrypt(Encrypt::new(format!("kek-{t}")).whole_value()),
+                    (None, _) => Decision::Reject("record has no `tenant` header".into()),
                 })
                 .collect(),
             "loop-decide" => spin(),
