@@ -789,9 +789,13 @@ mod tests {
         let mut r = wire.as_slice();
         drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
         pool::trim_class(CLASS); // starts a period with the buffer idle
-        // Taken and given back within the period: in use, kept.
+                                 // Taken and given back within the period: in use, kept.
         drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
-        assert_eq!(pool::trim_class(CLASS), 0, "a buffer used this period stays");
+        assert_eq!(
+            pool::trim_class(CLASS),
+            0,
+            "a buffer used this period stays"
+        );
         // Idle for the whole next period: freed.
         assert_eq!(pool::trim_class(CLASS), CLASS, "an unused buffer goes back");
         assert_eq!(pool::trim_class(CLASS), 0);
