@@ -86,7 +86,8 @@ pub enum EncryptError {
 
 impl EncryptError {
     /// The record of the batch that caused the error and why, when one did (a rejection, an
-    /// unencryptable or pre-encrypted record, a refused key id).
+    /// unencryptable or pre-encrypted record, a refused key id, a schema-encoded value that does
+    /// not fit its schema or rule).
     pub fn record(&self) -> Option<(usize, String)> {
         match self {
             Self::Rejected { index, message } | Self::InvalidRecord { index, message } => {
@@ -101,6 +102,9 @@ impl EncryptError {
                 key_id,
                 source,
             } => Some((*index, format!("policy named key id {key_id:?}: {source}"))),
+            // A registry outage is the batch's (retriable), not one record's fault.
+            Self::Schema { source, .. } if source.is_retriable() => None,
+            Self::Schema { index, source } => Some((*index, source.to_string())),
             Self::Kms(_) | Self::DecisionCount { .. } => None,
         }
     }
