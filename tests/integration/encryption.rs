@@ -650,7 +650,13 @@ async fn a_record_that_outgrows_max_message_bytes_once_encrypted_is_refused_with
     let report = produce_report(&broker.bootstrap(), &direct, &[near_limit], &[]).await;
     assert_eq!(report["delivered"], 1, "fits in clear: {report}");
 
-    ck_produce(&kapsule.bootstrap(), &name, std::slice::from_ref(&small), &[]).await;
+    ck_produce(
+        &kapsule.bootstrap(),
+        &name,
+        std::slice::from_ref(&small),
+        &[],
+    )
+    .await;
     let stored = read_direct(&broker, &name, 1).await;
     assert_eq!(stored.len(), 1, "only the small record is stored");
     assert!(stored[0].header("kapsule.enc").is_some());

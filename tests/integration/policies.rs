@@ -550,7 +550,6 @@ fn rss_bytes(pid: u32) -> u64 {
 /// started, `/policies` and `/metrics` show the cached bytes under the budget, and every
 /// produce still got its answer.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "OPEN (issue 17 item 2): RSS bound exceeded on main with the frame pool merged; under investigation"]
 async fn huge_policy_answers_over_many_topic_names_stay_inside_the_cache_budget() {
     use kafka_protocol::messages::{ApiKey, ProduceResponse};
     use kapsule_integration::probe::{produce_request, record_batch, RawConnection};

@@ -215,6 +215,16 @@ impl MetricsSource for PolicyMetrics {
                 .bindings
                 .iter()
                 .map(|s| (b(s), i64::try_from(s.instances).unwrap_or(i64::MAX))),
+        )?;
+        gauge_family(
+            e,
+            "kapsule_policy_cached_bytes",
+            "Bytes of plans, reveals and memoized decisions cached for the module (bounded by \
+             its cache budget).",
+            status
+                .bindings
+                .iter()
+                .map(|s| (b(s), i64::try_from(s.cached_bytes).unwrap_or(i64::MAX))),
         )
     }
 }
