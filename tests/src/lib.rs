@@ -14,6 +14,9 @@
 //! - `TANSU_BIN`: the `tansu` binary; otherwise `tansu` on `PATH`, then `~/.cargo/bin/tansu`.
 //! - `KAPSULE_RIG_DIRECT=1`: bypass Kapsule (see above).
 //! - `KAPSULE_RIG_SHOW_LOGS=1`: print every service's log when its guard drops, not only on panic.
+//! - `KAPSULE_TEST_BROKER=tansu`: run the tests about Kafka behaviour ([`Broker::start_default`])
+//!   against tansu instead of the shared Apache Kafka node.
+//! - `KAPSULE_JAVA_LOG=INFO`: log level of the Java reference client (stderr; default WARN).
 
 pub mod aws_kms;
 pub mod broker;
