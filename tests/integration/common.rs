@@ -121,3 +121,48 @@ pub async fn ck_consume(
 }
 
 pub use kapsule_integration::records::assert_records_match;
+
+/// The strings of the JSON array `field` of a client's output (`null` items as `"<null>"`).
+pub fn json_strings(v: &serde_json::Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} array in {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap_or("<null>").to_owned())
+        .collect()
+}
+
+/// Every acknowledged value was read exactly once, and nothing else was read.
+pub fn assert_read_exactly_once(acked: &[String], read: Vec<String>) {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for v in read {
+        *seen.entry(v).or_default() += 1;
+    }
+    let missing: Vec<&String> = acked.iter().filter(|v| !seen.contains_key(*v)).collect();
+    let duplicated: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records never read, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(duplicated.is_empty(), "read more than once: {duplicated:?}");
+    assert_eq!(
+        seen.len(),
+        acked.len(),
+        "nothing beyond what was acknowledged"
+    );
+}
+
+/// Every acknowledged value is among what a consumer group read (at least once: a rebalance
+/// may replay uncommitted records).
+pub fn assert_group_read_all(acked: &[String], read: Vec<String>) {
+    let got: std::collections::HashSet<String> = read.into_iter().collect();
+    let lost: Vec<&String> = acked.iter().filter(|v| !got.contains(*v)).collect();
+    assert!(
+        lost.is_empty(),
+        "the consumer group missed {} records, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

@@ -1,16 +1,17 @@
 //! Many instances: three Kapsule instances behind haproxy (TCP mode, `/readyz` health checks,
 //! PROXY protocol v2) sharing one OpenBao transit KMS. Clients know only haproxy.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use kapsule_integration::encryption::{assert_no_plaintext, vault_kms_yaml};
 use kapsule_integration::fleet::{Frontend, LoadBalancer, Member};
 use kapsule_integration::openbao::OpenBao;
 use kapsule_integration::{free_port, run_python, unique_name, Broker, TestRecord};
-use serde_json::Value;
 
-use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
+use crate::common::{
+    args, assert_group_read_all, assert_read_exactly_once, assert_records_match, ck_consume,
+    ck_produce, json_strings, CLIENT_TIMEOUT,
+};
 
 /// haproxy listens here; clients are told only this address.
 const LB_HOST: &str = "127.0.0.2";
@@ -20,16 +21,6 @@ const LB_SOURCE: &str = "127.0.0.5";
 
 fn lines_with(logs: &str, needle: &str) -> usize {
     logs.lines().filter(|l| l.contains(needle)).count()
-}
-
-/// Values `ck_fleet.py` reported, as strings.
-fn strings(v: &Value, field: &str) -> Vec<String> {
-    v[field]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {field} array in {v}"))
-        .iter()
-        .map(|x| x.as_str().unwrap_or("<null>").to_owned())
-        .collect()
 }
 
 /// The whole fleet story, one rig (starting three instances is the expensive part):
@@ -195,7 +186,7 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
     tokio::time::sleep(Duration::from_secs(6)).await;
     std::fs::write(&stop_produce, "").unwrap();
     let produced = producer.await.unwrap().expect("ck_fleet.py produce").json;
-    let acked = strings(&produced, "acked");
+    let acked = json_strings(&produced, "acked");
     let sent = produced["sent"].as_u64().unwrap() as usize;
     assert_eq!(
         produced["failed"], 0,
@@ -226,36 +217,14 @@ policy:\n  rules:\n    - topics: {{prefix: \"fleet-\"}}\n      key_id: kek-fleet
     .await
     .expect("ck_fleet.py drain")
     .json;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for v in strings(&drained, "values") {
-        *seen.entry(v).or_default() += 1;
-    }
-    let missing: Vec<&String> = acked.iter().filter(|v| !seen.contains_key(*v)).collect();
-    let duplicated: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but never read: {missing:?}"
-    );
-    assert!(duplicated.is_empty(), "read more than once: {duplicated:?}");
-    assert_eq!(
-        seen.len(),
-        acked.len(),
-        "nothing beyond what was acknowledged"
-    );
+    assert_read_exactly_once(&acked, json_strings(&drained, "values"));
 
     // The group kept consuming through the kill: it read every acknowledged record (at least
     // once: a rebalance may replay uncommitted ones).
     tokio::time::sleep(Duration::from_secs(5)).await;
     std::fs::write(&stop_group, "").unwrap();
     let grouped = group.await.unwrap().expect("ck_fleet.py group").json;
-    let got: std::collections::HashSet<String> = strings(&grouped, "values").into_iter().collect();
-    let lost: Vec<&String> = acked.iter().filter(|v| !got.contains(*v)).collect();
-    assert!(
-        lost.is_empty(),
-        "the consumer group missed {} records, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_group_read_all(&acked, json_strings(&grouped, "values"));
 
     // 3. Every instance served clients, logged their own address, never haproxy's, and the
     // restarted k0 took traffic again.

@@ -3,10 +3,7 @@
 //! running through Kapsule. Leadership moves, Kapsule's per-broker listeners follow, and every
 //! acknowledged record is read back decrypted exactly once.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-
-use serde_json::Value;
 
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
 use kapsule_integration::kafka::topic_leaders;
@@ -15,7 +12,9 @@ use kapsule_integration::{
     RecordsMode, TestRecord,
 };
 
-use crate::common::{args, ck_consume, CLIENT_TIMEOUT};
+use crate::common::{
+    args, assert_group_read_all, assert_read_exactly_once, ck_consume, json_strings, CLIENT_TIMEOUT,
+};
 
 /// Whole-value encryption of `steady-` topics (value, record key).
 const RULES: &str = r#"policy:
@@ -25,15 +24,6 @@ const RULES: &str = r#"policy:
       value: whole
       record_key: true
 "#;
-
-fn strings(v: &Value, field: &str) -> Vec<String> {
-    v[field]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {field} array in {v}"))
-        .iter()
-        .map(|x| x.as_str().unwrap_or("<null>").to_owned())
-        .collect()
-}
 
 /// Runs `ck_fleet.py <mode>` in the background.
 fn spawn_fleet_client(
@@ -117,7 +107,7 @@ async fn steady_load_survives_a_leader_stop_and_restart_through_kapsule() {
 
     std::fs::write(&stop_produce, "").unwrap();
     let produced = producer.await.unwrap().expect("ck_fleet.py produce").json;
-    let acked = strings(&produced, "acked");
+    let acked = json_strings(&produced, "acked");
     let sent = produced["sent"].as_u64().unwrap() as usize;
     assert_eq!(produced["undelivered"], 0, "{produced}");
     assert_eq!(
@@ -147,36 +137,12 @@ async fn steady_load_survives_a_leader_stop_and_restart_through_kapsule() {
     .await
     .expect("ck_fleet.py drain")
     .json;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for v in strings(&drained, "values") {
-        *seen.entry(v).or_default() += 1;
-    }
-    let missing: Vec<&String> = acked.iter().filter(|v| !seen.contains_key(*v)).collect();
-    let duplicated: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged records never read, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert!(duplicated.is_empty(), "read more than once: {duplicated:?}");
-    assert_eq!(
-        seen.len(),
-        acked.len(),
-        "nothing beyond what was acknowledged"
-    );
+    assert_read_exactly_once(&acked, json_strings(&drained, "values"));
 
     // The group kept consuming through the stop (at least once: a rebalance may replay).
     std::fs::write(&stop_group, "").unwrap();
     let grouped = group.await.unwrap().expect("ck_fleet.py group").json;
-    let got: HashSet<String> = strings(&grouped, "values").into_iter().collect();
-    let lost: Vec<&String> = acked.iter().filter(|v| !got.contains(*v)).collect();
-    assert!(
-        lost.is_empty(),
-        "the consumer group missed {} records, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_group_read_all(&acked, json_strings(&grouped, "values"));
 
     // At rest on the brokers: ciphertext only.
     let stored: Vec<TestRecord> = ck_consume(&cluster.bootstrap(), &topic, 200, &[])
