@@ -532,8 +532,7 @@ async fn admin_client_through_kapsule() {
 /// through one Kapsule before, during and after the outage all come back decrypted exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn three_node_cluster_survives_leader_stop_through_kapsule() {
-    use kapsule_integration::kafka::topic_leaders;
-    use kapsule_integration::wait;
+    use kapsule_integration::kafka::wait_for_new_leader;
 
     let mut cluster = KafkaCluster::start(KafkaOptions::cluster(3))
         .await
@@ -569,20 +568,9 @@ async fn three_node_cluster_survives_leader_stop_through_kapsule() {
     .await;
 
     cluster.stop_node(leader).unwrap();
-    let new_leader = wait::until(
-        "a new leader after stopping the old one",
-        Duration::from_secs(60),
-        || {
-            let addr = upstream.clone();
-            let topic = topic.clone();
-            async move {
-                let leaders = topic_leaders(&addr, &topic).await?;
-                Ok(leaders.first().copied().filter(|l| *l >= 0 && *l != leader))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let new_leader = wait_for_new_leader(&upstream, &topic, leader)
+        .await
+        .unwrap();
     assert_ne!(new_leader, leader);
 
     let (during, m2) = marked_records("during-stop", 30);

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
-use kapsule_integration::kafka::topic_leaders;
+use kapsule_integration::kafka::wait_for_new_leader;
 use kapsule_integration::{
-    run_python, unique_name, wait, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig, Listener,
+    run_python, unique_name, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig, Listener,
     RecordsMode, TestRecord,
 };
 
@@ -87,19 +87,9 @@ async fn steady_load_survives_a_leader_stop_and_restart_through_kapsule() {
 
     tokio::time::sleep(Duration::from_secs(8)).await;
     cluster.stop_node(leader).unwrap();
-    let new_leader = wait::until(
-        "a new leader for partition 0 after stopping the old one",
-        Duration::from_secs(60),
-        || {
-            let (addr, topic) = (upstream.clone(), topic.clone());
-            async move {
-                let leaders = topic_leaders(&addr, &topic).await?;
-                Ok(leaders.first().copied().filter(|l| *l >= 0 && *l != leader))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let new_leader = wait_for_new_leader(&upstream, &topic, leader)
+        .await
+        .unwrap();
     assert_ne!(new_leader, leader);
     tokio::time::sleep(Duration::from_secs(8)).await;
     cluster.start_node(leader).await.unwrap();

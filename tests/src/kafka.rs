@@ -999,6 +999,20 @@ pub async fn topic_leaders(addr: &str, topic: &str) -> Result<Vec<i32>> {
     Ok(parts.into_iter().map(|(_, l)| l).collect())
 }
 
+/// Waits up to 60 s until Metadata from `addr` names a leader of partition 0 of `topic` other
+/// than `old` (after `old` was stopped), and returns it.
+pub async fn wait_for_new_leader(addr: &str, topic: &str, old: i32) -> Result<i32> {
+    crate::wait::until(
+        "a new leader after stopping the old one",
+        Duration::from_secs(60),
+        || async move {
+            let leaders = topic_leaders(addr, topic).await?;
+            Ok(leaders.first().copied().filter(|l| *l >= 0 && *l != old))
+        },
+    )
+    .await
+}
+
 /// Metadata v12 for one topic (no auto-creation) from `addr`.
 pub async fn topic_metadata(addr: &str, topic: &str) -> Result<MetadataResponse> {
     let mut c = RawConnection::connect(addr).await?;
