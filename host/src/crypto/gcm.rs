@@ -53,6 +53,35 @@ impl GcmKey {
         out.extend_from_slice(tag.as_ref());
     }
 
+    /// The tag of an empty plaintext under `aad` (a MAC of `aad`), without allocating.
+    pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut [],
+            )
+            .expect("AES-GCM sealing only fails for inputs beyond 64 GiB");
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `tag` is [`Self::tag`] of `aad` (verified in constant time by `ring`).
+    pub fn verify_tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], tag: &[u8]) -> bool {
+        let Ok(mut buf) = <[u8; TAG_LEN]>::try_from(tag) else {
+            return false;
+        };
+        self.key
+            .open_in_place(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .is_ok()
+    }
+
     /// Decrypts `ciphertext || tag`; `None` when authentication fails.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         if ciphertext.len() < TAG_LEN {

@@ -64,6 +64,16 @@ impl Dek {
         self.cipher.seal_into(nonce, aad, plaintext, out);
     }
 
+    /// The GCM tag of an empty plaintext under `aad` (the record tag), without allocating.
+    pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8]) -> [u8; TAG_LEN] {
+        self.cipher.tag(nonce, aad)
+    }
+
+    /// Whether `tag` is [`Self::tag`] of `aad`.
+    pub fn verify_tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], tag: &[u8]) -> bool {
+        self.cipher.verify_tag(nonce, aad, tag)
+    }
+
     /// AES-256-GCM decryption of `ciphertext || tag`; `None` when authentication fails.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         self.cipher.open(nonce, aad, ciphertext)

@@ -1,6 +1,7 @@
 //! Tests of the record encryptor: round trips, binding (tamper) tests, failure modes, golden
 //! vectors.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -1032,4 +1033,80 @@ fn golden_case_matches_the_documented_layout() {
         vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
     );
     assert_eq!(c.output.key.as_deref(), Some(hex::encode(key).as_str()));
+}
+
+/// The nonces and DEK of each record of `bt`, from its descriptor.
+fn nonces_and_edeks(bt: &RecordBatch) -> Vec<([u8; 12], Vec<u8>)> {
+    bt.records
+        .iter()
+        .map(|r| {
+            let v = r.headers.last().unwrap().value.as_ref().unwrap();
+            let d =
+                super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0).unwrap();
+            (d.nonce_base, d.edek)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_under_one_kek_takes_disjoint_nonce_ranges_of_one_dek() {
+    let (kms, enc) = setup();
+    let mut bt = batch(
+        (0..50)
+            .map(|i| rec(Some("k"), Some(&format!("value {i}")), vec![]))
+            .collect(),
+    );
+    let original = bt.clone();
+    enc.encrypt_batch("t", &mut bt, &vec![whole(); 50])
+        .await
+        .unwrap();
+    let seen = nonces_and_edeks(&bt);
+    let edeks: std::collections::HashSet<_> = seen.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(edeks.len(), 1, "one DEK for the whole batch");
+    // Whole value: 2 GCM parts per record (value, record tag); every part's nonce is unique.
+    let mut counters: Vec<u64> = seen
+        .iter()
+        .flat_map(|(n, _)| {
+            let c = u64::from_be_bytes(n[4..].try_into().unwrap());
+            [c, c + 1]
+        })
+        .collect();
+    counters.sort_unstable();
+    counters.dedup();
+    assert_eq!(counters.len(), 100, "nonces reused within the batch");
+    let reader = RecordEncryptor::new(kms, DekConfig::default());
+    reader.decrypt_batch("t", &mut bt, &STRICT).await.unwrap();
+    assert_eq!(bt.records, original.records);
+}
+
+#[tokio::test]
+async fn a_batch_over_a_deks_encryption_limit_spreads_over_several_deks() {
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let enc = RecordEncryptor::new(
+        kms.clone(),
+        DekConfig {
+            max_encryptions: 6,
+            ..Default::default()
+        },
+    );
+    let mut bt = batch(
+        (0..9)
+            .map(|i| rec(None, Some(&format!("v{i}")), vec![]))
+            .collect(),
+    );
+    let original = bt.clone();
+    enc.encrypt_batch("t", &mut bt, &vec![whole(); 9])
+        .await
+        .unwrap();
+    let seen = nonces_and_edeks(&bt);
+    let mut per_dek: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (_, e) in &seen {
+        *per_dek.entry(e.clone()).or_default() += 1;
+    }
+    // 2 parts per record: at most 3 records (6 encryptions) per DEK.
+    assert!(per_dek.values().all(|&n| n <= 3), "{per_dek:?}");
+    assert_eq!(per_dek.len(), 3);
+    let reader = RecordEncryptor::new(kms, DekConfig::default());
+    reader.decrypt_batch("t", &mut bt, &STRICT).await.unwrap();
+    assert_eq!(bt.records, original.records);
 }

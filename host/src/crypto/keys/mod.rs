@@ -340,6 +340,16 @@ impl DekManager {
         }
     }
 
+    /// Whether `parts` nonces and `bytes` plaintext bytes fit one reservation on a fresh DEK
+    /// within the configured limits: a batch whose records all use one KEK then takes a single
+    /// [`Self::reserve`] instead of one per record, and no DEK ever goes past `max_encryptions`
+    /// or `max_bytes` for it.
+    pub fn fits_one_reservation(&self, parts: u64, bytes: u64) -> bool {
+        parts <= self.cfg.max_encryptions.min(MAX_ENCRYPTIONS_HARD_LIMIT)
+            && parts <= u64::from(u32::MAX)
+            && bytes <= self.cfg.max_bytes
+    }
+
     /// Unwraps `edek` (wrapped by `kek_id`), from cache when possible.
     pub async fn decrypt(&self, kek_id: &str, edek: &[u8]) -> Result<Arc<Dek>, KmsError> {
         let kms = self.kms.clone();

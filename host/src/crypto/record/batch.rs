@@ -7,9 +7,9 @@ use std::sync::Arc;
 use aes_siv::siv::Aes256Siv;
 use rand::RngCore;
 
-use crate::crypto::keys::{DekConfig, DekManager};
+use crate::crypto::keys::{DekConfig, DekManager, Reservation};
 use crate::crypto::metrics::CryptoMetrics;
-use crate::crypto::primitives::{Dek, RecordKeyCipher};
+use crate::crypto::primitives::{nonce_at, Dek, RecordKeyCipher};
 use crate::crypto::wire::{validate_key_id, Descriptor};
 use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
@@ -17,7 +17,7 @@ use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
 use crate::schema::{self, LocatedField, SchemaError, SchemaRegistry};
 
 use super::open::{find_descriptor, open_record, withhold_all, DescriptorProblem, OpenFail};
-use super::seal::{prepare, seal_error, seal_record, SealParams};
+use super::seal::{prepare, seal_error, seal_record, Prepared, SealFail, SealParams};
 use super::*;
 
 /// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
@@ -122,27 +122,39 @@ impl RecordEncryptor {
             }
         }
         let mut stats = EncryptStats::default();
-        let mut sivs: HashMap<String, (Arc<RecordKeyCipher>, Aes256Siv)> = HashMap::new();
-        let mut out = Vec::with_capacity(batch.records.len());
+        // What each record needs, found before any key is fetched.
+        let mut prepared = Vec::with_capacity(batch.records.len());
+        let mut checked_key_id: Option<&str> = None;
         for (index, (rec, d)) in batch.records.iter().zip(decisions).enumerate() {
-            let plan = match d {
-                RecordDecision::Encrypt(plan) => plan,
-                _ => {
-                    stats.records_passed += 1;
-                    out.push(rec.clone());
-                    continue;
-                }
+            let RecordDecision::Encrypt(plan) = d else {
+                prepared.push(None);
+                continue;
             };
-            validate_key_id(&plan.key_id).map_err(|source| EncryptError::InvalidKeyId {
-                index,
-                key_id: plan.key_id.clone(),
-                source,
-            })?;
+            if checked_key_id != Some(plan.key_id.as_str()) {
+                validate_key_id(&plan.key_id).map_err(|source| EncryptError::InvalidKeyId {
+                    index,
+                    key_id: plan.key_id.clone(),
+                    source,
+                })?;
+                checked_key_id = Some(plan.key_id.as_str());
+            }
             let located = self
                 .locate_schema_fields(rec, plan)
                 .await
                 .map_err(|source| EncryptError::Schema { index, source })?;
             let prep = prepare(rec, plan, located).map_err(|f| seal_error(index, f))?;
+            prepared.push(Some((&**plan, prep)));
+        }
+        let shared = self.one_reservation_for(topic, &prepared).await?;
+        let mut shared_offset = 0u64;
+        let mut sivs: HashMap<String, (Arc<RecordKeyCipher>, Aes256Siv)> = HashMap::new();
+        let mut out = Vec::with_capacity(batch.records.len());
+        for (index, (rec, prepared)) in batch.records.iter().zip(prepared).enumerate() {
+            let Some((plan, prep)) = prepared else {
+                stats.records_passed += 1;
+                out.push(rec.clone());
+                continue;
+            };
             if prep.key && !sivs.contains_key(&plan.key_id) {
                 let c = self
                     .deks
@@ -152,11 +164,25 @@ impl RecordEncryptor {
                 let siv = c.siv();
                 sivs.insert(plan.key_id.clone(), (c, siv));
             }
-            let res = self
-                .deks
-                .reserve(&plan.key_id, topic, prep.parts(), prep.bytes)
-                .await
-                .map_err(EncryptError::Kms)?;
+            let res = match &shared {
+                Some(res) => {
+                    // Consecutive sub-ranges of the batch's one reservation.
+                    let offset = u32::try_from(shared_offset)
+                        .ok()
+                        .and_then(|o| nonce_at(&res.nonce_base, o))
+                        .ok_or_else(|| seal_error(index, SealFail::NonceOverflow))?;
+                    shared_offset += prep.parts();
+                    Reservation {
+                        dek: res.dek.clone(),
+                        nonce_base: offset,
+                    }
+                }
+                None => self
+                    .deks
+                    .reserve(&plan.key_id, topic, prep.parts(), prep.bytes)
+                    .await
+                    .map_err(EncryptError::Kms)?,
+            };
             let mut record_id = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut record_id);
             let key_cipher = if prep.key {
@@ -183,6 +209,37 @@ impl RecordEncryptor {
         }
         batch.records = out;
         Ok(stats)
+    }
+
+    /// One reservation covering every record of a batch, when all its encrypted records use
+    /// one KEK and their nonces and bytes fit a DEK's limits (the common case: one DEK lookup
+    /// per batch instead of one per record); `None` to reserve record by record.
+    async fn one_reservation_for(
+        &self,
+        topic: &str,
+        prepared: &[Option<(&EncryptionPlan, Prepared)>],
+    ) -> Result<Option<Reservation>, EncryptError> {
+        let mut encrypted = prepared.iter().flatten();
+        let Some((first, _)) = encrypted.next() else {
+            return Ok(None);
+        };
+        if !encrypted.all(|(plan, _)| plan.key_id == first.key_id) {
+            return Ok(None);
+        }
+        let (parts, bytes) = prepared
+            .iter()
+            .flatten()
+            .fold((0u64, 0u64), |(p, b), (_, prep)| {
+                (p + prep.parts(), b + prep.bytes)
+            });
+        if !self.deks.fits_one_reservation(parts, bytes) {
+            return Ok(None);
+        }
+        self.deks
+            .reserve(&first.key_id, topic, parts, bytes)
+            .await
+            .map(Some)
+            .map_err(EncryptError::Kms)
     }
 
     /// Resolves, concurrently and once each, every DEK and record-key key the encrypted records

@@ -215,19 +215,16 @@ pub(super) fn open_record(
         .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
     let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
         .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
-    if dek
-        .open(
-            &tag_nonce,
-            &record_aad(
-                topic,
-                wk,
-                tag_value(&desc.value, rec.value.as_deref()),
-                desc_bytes,
-            ),
-            tag,
-        )
-        .is_none()
-    {
+    if !dek.verify_tag(
+        &tag_nonce,
+        &record_aad(
+            topic,
+            wk,
+            tag_value(&desc.value, rec.value.as_deref()),
+            desc_bytes,
+        ),
+        tag,
+    ) {
         return Err(OpenFail::Integrity(
             "record tag does not authenticate (record body or descriptor altered, moved or forged)"
                 .into(),

@@ -236,7 +236,9 @@ pub(super) fn seal_record(
         other => other.clone(),
     };
     let base = desc.value_parts();
-    let mut headers = rec.headers.clone();
+    // Room for the descriptor header pushed below.
+    let mut headers = Vec::with_capacity(rec.headers.len() + 1);
+    headers.extend(rec.headers.iter().cloned());
     for (j, &i) in prep.headers.iter().enumerate() {
         let h = &mut headers[i];
         let pt = h.value.as_ref().expect("prepared headers are non-null");
@@ -245,7 +247,7 @@ pub(super) fn seal_record(
     }
     let tag_index = base + prep.headers.len() as u32;
     let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
-    let tag = p.dek.seal(
+    let tag = p.dek.tag(
         &tag_nonce,
         &record_aad(
             p.topic,
@@ -253,7 +255,6 @@ pub(super) fn seal_record(
             tag_value(&desc.value, new_value.as_deref()),
             &desc_bytes,
         ),
-        b"",
     );
     let mut header_value = desc_bytes;
     header_value.extend_from_slice(&tag);
