@@ -2,7 +2,7 @@
 //!
 //! One [`CryptoMetrics`] is shared (`Arc`) by the [`crate::crypto::RecordEncryptor`] and its
 //! [`crate::crypto::keys::DekManager`]; it is a [`MetricsSource`] of the admin registry
-//! ([`crate::admin::Metrics::register`]), encoded with prometheus-client on each scrape.
+//! ([`crate::metrics::MetricsRegistry::register`]), encoded with prometheus-client on each scrape.
 //!
 //! | metric | labels | meaning |
 //! |---|---|---|
@@ -30,7 +30,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::admin::metrics::{
+use crate::metrics::{
     counter_family, encode_source, histogram_family, Labels, MetricsSource,
 };
 use crate::crypto::keys::RotationReason;

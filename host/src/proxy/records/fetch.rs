@@ -34,7 +34,7 @@ use kafka_protocol::messages::FetchResponse;
 
 use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
-use crate::config::RecordsMode;
+use crate::proxy::config::RecordsMode;
 use crate::crypto::record::{
     batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RevealScope,
 };

@@ -38,7 +38,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use crate::config::RecordsMode;
+use crate::proxy::config::RecordsMode;
 use crate::crypto::record::RecordEncryptor;
 use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;

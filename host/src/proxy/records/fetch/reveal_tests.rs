@@ -13,7 +13,7 @@ use kafka_protocol::messages::{FetchResponse, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::super::{Encryption, RecordStage};
-use crate::config::RecordsMode;
+use crate::proxy::config::RecordsMode;
 use crate::crypto::keys::DekConfig;
 use crate::crypto::record::WITHHELD_HEADER;
 use crate::crypto::{RecordEncryptor, HEADER_KEY};
