@@ -406,7 +406,4 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
-mod reveal_tests;
-
-#[cfg(test)]
-mod schema_tests;
+mod tests;

@@ -870,4 +870,4 @@ fn rewrite_response(
 }
 
 #[cfg(test)]
-mod fetch_principal_tests;
+mod tests;

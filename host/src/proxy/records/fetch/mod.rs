@@ -314,4 +314,4 @@ async fn decrypt_record_set(
 }
 
 #[cfg(test)]
-mod reveal_tests;
+mod tests;
