@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, PolicyAdmin};
 use crate::config::Config;
-use crate::metrics::MetricsRegistry;
 use crate::crypto::record::RecordEncryptor;
+use crate::metrics::MetricsRegistry;
 use crate::policy::config::PolicyConfig;
 use crate::policy::{PolicyRegistry, ReloadOutcome};
 use crate::proxy::metrics::Metrics;
@@ -133,7 +133,10 @@ impl PolicyAdmin for PolicyAdminHandle {
     }
 
     fn reload(&self) -> Result<String, String> {
-        let outcomes = match self.policy.reload_from(self.config_file.as_deref(), policy_section) {
+        let outcomes = match self
+            .policy
+            .reload_from(self.config_file.as_deref(), policy_section)
+        {
             Ok(o) => o,
             Err(refused) => {
                 error!(error = %refused, "policy reload refused");
@@ -188,13 +191,15 @@ fn spawn_sighup_reload(policy: PolicyRegistry, config_file: Option<PathBuf>) {
         while hup.recv().await.is_some() {
             info!("SIGHUP received: reloading policies");
             let (p, file) = (policy.clone(), config_file.clone());
-            let _ = tokio::task::spawn_blocking(move || match p.reload_from(file.as_deref(), policy_section) {
-                Ok(outcomes) => {
-                    for (binding, outcome) in outcomes {
-                        info!(%binding, ?outcome, "policy reload");
+            let _ = tokio::task::spawn_blocking(move || {
+                match p.reload_from(file.as_deref(), policy_section) {
+                    Ok(outcomes) => {
+                        for (binding, outcome) in outcomes {
+                            info!(%binding, ?outcome, "policy reload");
+                        }
                     }
+                    Err(refused) => error!(error = %refused, "policy reload refused"),
                 }
-                Err(refused) => error!(error = %refused, "policy reload refused"),
             })
             .await;
         }

@@ -349,9 +349,14 @@ impl From<PolicyError> for ProxyError {
     /// A policy that fails to answer: POLICY_VIOLATION, never retriable; a module still
     /// compiling at start-up: REQUEST_TIMED_OUT, retriable.
     fn from(e: PolicyError) -> Self {
+        let code = if e.is_retriable() {
+            ResponseError::RequestTimedOut
+        } else {
+            ResponseError::PolicyViolation
+        };
         Self::new(
             ErrorSource::Policy,
-            e.kafka_error(),
+            code,
             Reason::PolicyFailed,
             e.to_string(),
         )

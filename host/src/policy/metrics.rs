@@ -20,9 +20,7 @@ impl MetricsSource for PolicyMetrics {
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let status = self.0.status();
         let b = |s: &BindingStatus| vec![("binding", s.binding.clone())];
-        let per = |f: fn(&BindingStatus) -> u64| {
-            status.bindings.iter().map(move |s| (b(s), f(s)))
-        };
+        let per = |f: fn(&BindingStatus) -> u64| status.bindings.iter().map(move |s| (b(s), f(s)));
         counter_family(
             e,
             "kapsule_policy_calls",

@@ -125,7 +125,7 @@ fn default_oauthbearer_sub_claim_name() -> String {
 impl ProxyConfig {
     /// A proxy section with `listen` and `upstream` and every other setting at its default.
     pub fn from_flags(listen: String, upstream: String) -> Self {
-    Self {
+        Self {
             listen,
             upstream,
             advertised_host: None,

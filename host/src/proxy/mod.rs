@@ -34,8 +34,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::error::Reason;
-use metrics::Metrics;
 use config::ProxyConfig;
+use metrics::Metrics;
 use records::RecordStage;
 use rewrite::Advertiser;
 

@@ -16,13 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::records::RecordStage;
 use super::Proxy;
-use crate::error::Reason;
-use crate::proxy::metrics::Metrics;
 use crate::config::Config;
-use crate::proxy::config::RecordsMode;
+use crate::error::Reason;
 use crate::kafka::frame::{
     decode_response, encode_request, encode_response, read_frame, write_frame, RequestMeta,
 };
+use crate::proxy::config::RecordsMode;
+use crate::proxy::metrics::Metrics;
 
 /// A fake broker: answers Metadata with `nodes` (all pointing at itself), never answers
 /// Produce with acks=0, answers anything else with an empty body echoing the correlation id.

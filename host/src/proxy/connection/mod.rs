@@ -57,13 +57,13 @@ use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
-use crate::metrics::api_name;
-use crate::proxy::metrics::Direction;
 use crate::error::Reason;
 use crate::kafka::frame::{
     decode_fetch_response, decode_request, decode_response, encode_response, read_frame,
     read_frame_body, read_frame_len, response_correlation_id, FrameError, FrameWriter, RequestMeta,
 };
+use crate::metrics::api_name;
+use crate::proxy::metrics::Direction;
 use kafka_protocol::error::ResponseError;
 
 type OwnedReadHalf = ReadHalf<BoxStream>;

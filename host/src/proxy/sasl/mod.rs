@@ -47,9 +47,9 @@ use parking_lot::Mutex;
 
 use super::session::ClientSession;
 use super::ProxyShared;
-use crate::metrics::api_name;
 use crate::error::Reason;
 use crate::kafka::frame::{decode_request, decode_response, encode_response, RequestMeta};
+use crate::metrics::api_name;
 use crate::principal::{AuthMechanism, Principal};
 use tracing::{info, warn};
 
