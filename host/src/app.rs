@@ -2,17 +2,20 @@
 //! proxy from a validated [`Config`], wires signals (SIGHUP reload, SIGTERM/SIGINT drain) and
 //! runs until shutdown. [`crate::cli`] parses the command line and calls [`run`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminState, Metrics, PolicyAdmin};
+use crate::admin::{self, AdminState, PolicyAdmin};
 use crate::config::Config;
 use crate::crypto::record::RecordEncryptor;
+use crate::metrics::MetricsRegistry;
+use crate::policy::config::PolicyConfig;
 use crate::policy::{PolicyRegistry, ReloadOutcome};
+use crate::proxy::metrics::Metrics;
 use crate::proxy::records::{Encryption, RecordStage};
 use crate::proxy::Proxy;
 
@@ -26,11 +29,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// was loaded from: SIGHUP and `POST /policies/reload` re-read it and refuse to reload when its
 /// `policy:` section changed (see [`PolicyRegistry::reload_from`]).
 pub async fn run_from_file(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let registry = Arc::new(MetricsRegistry::default());
     let metrics = Arc::new(Metrics::default());
     if config.admin.principal_metrics {
         metrics.enable_principal_label(config.admin.max_principal_labels);
     }
-    let encryption = build_encryption(&config, &metrics)?;
+    registry.register(metrics.clone());
+    let encryption = build_encryption(&config, &registry)?;
     let policies: Option<Arc<dyn PolicyAdmin>> = encryption.as_ref().map(|e| {
         Arc::new(PolicyAdminHandle {
             policy: e.policy.clone(),
@@ -42,17 +47,21 @@ pub async fn run_from_file(config: Config, config_file: Option<PathBuf>) -> anyh
     }
     spawn_frame_pool_trimmer();
     let memory = Arc::new(config.proxy.memory_budget());
-    metrics.register(memory.clone());
+    registry.register(memory.clone());
     let records = RecordStage::new(config.records, encryption)
         .with_decompression_budget(config.proxy.decompression_budget())
         .with_batch_decompression_limit(config.proxy.max_decompressed_bytes_per_batch)
         .with_memory_budget(memory);
-    let proxy = Proxy::bind(&config, metrics.clone(), records).await?;
+    for warning in config.fleet_warnings() {
+        warn!("{warning}");
+    }
+    let proxy = Proxy::bind(&config.proxy, metrics.clone(), records).await?;
     let admin_listener = TcpListener::bind(&config.admin.listen)
         .await
         .with_context(|| format!("binding admin endpoint on {}", config.admin.listen))?;
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
     let admin_state = AdminState::new(
+        registry,
         metrics,
         config.proxy.upstream.clone(),
         policies,
@@ -68,7 +77,10 @@ pub async fn run_from_file(config: Config, config_file: Option<PathBuf>) -> anyh
 
 /// Builds the KMS client, DEK manager and policy registry when the config has a `policy:`
 /// section. Policy modules compile in the background (see `PolicyRegistry::start`).
-fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Encryption>> {
+fn build_encryption(
+    config: &Config,
+    registry: &MetricsRegistry,
+) -> anyhow::Result<Option<Encryption>> {
     let Some(policy_config) = &config.policy else {
         return Ok(None);
     };
@@ -85,10 +97,10 @@ fn build_encryption(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<O
         ));
     }
     let encryptor = Arc::new(encryptor);
-    metrics.register(encryptor.metrics().clone());
+    registry.register(encryptor.metrics().clone());
     // Modules compile in the background; their topics get a retriable error until ready.
     let policy = PolicyRegistry::start(policy_config).context("loading policies")?;
-    metrics.register(Arc::new(crate::admin::metrics::PolicyMetrics(
+    registry.register(Arc::new(crate::policy::metrics::PolicyMetrics(
         policy.clone(),
     )));
     if policy_config.watch {
@@ -121,7 +133,10 @@ impl PolicyAdmin for PolicyAdminHandle {
     }
 
     fn reload(&self) -> Result<String, String> {
-        let outcomes = match self.policy.reload_from(self.config_file.as_deref()) {
+        let outcomes = match self
+            .policy
+            .reload_from(self.config_file.as_deref(), policy_section)
+        {
             Ok(o) => o,
             Err(refused) => {
                 error!(error = %refused, "policy reload refused");
@@ -138,6 +153,14 @@ impl PolicyAdmin for PolicyAdminHandle {
             Ok(text)
         }
     }
+}
+
+/// The `policy:` section of the config file at `path`, loaded and validated as at start-up
+/// (what a policy reload compares with the running section).
+fn policy_section(path: &Path) -> Result<Option<PolicyConfig>, String> {
+    Config::load(path)
+        .map(|c| c.policy)
+        .map_err(|e| e.to_string())
 }
 
 /// Every few seconds, frees the pooled frame buffers no frame needed in the last period, so
@@ -168,13 +191,15 @@ fn spawn_sighup_reload(policy: PolicyRegistry, config_file: Option<PathBuf>) {
         while hup.recv().await.is_some() {
             info!("SIGHUP received: reloading policies");
             let (p, file) = (policy.clone(), config_file.clone());
-            let _ = tokio::task::spawn_blocking(move || match p.reload_from(file.as_deref()) {
-                Ok(outcomes) => {
-                    for (binding, outcome) in outcomes {
-                        info!(%binding, ?outcome, "policy reload");
+            let _ = tokio::task::spawn_blocking(move || {
+                match p.reload_from(file.as_deref(), policy_section) {
+                    Ok(outcomes) => {
+                        for (binding, outcome) in outcomes {
+                            info!(%binding, ?outcome, "policy reload");
+                        }
                     }
+                    Err(refused) => error!(error = %refused, "policy reload refused"),
                 }
-                Err(refused) => error!(error = %refused, "policy reload refused"),
             })
             .await;
         }

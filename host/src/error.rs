@@ -53,7 +53,8 @@ impl ErrorSource {
     }
 }
 
-/// Why a partition was refused, as a bounded set of labels (metrics, log rate-limiting keys).
+/// Why a partition was refused or a connection failed, as a bounded set of labels (metrics,
+/// log rate-limiting keys): the `kind` of `kapsule_errors_total` and the `reason` of refusal logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// A policy rejected a record (or the whole topic).
@@ -96,6 +97,45 @@ pub enum Reason {
     UnknownTopicId,
     /// A bug in Kapsule.
     Internal,
+    // Connection-level failures (`kapsule_errors_total` only; no partition is refused).
+    /// The admin endpoint was serving `admin.max_connections` already; the connection got 503.
+    AdminConnectionsExhausted,
+    /// An admin request without the right bearer token (401).
+    AdminUnauthorized,
+    /// An admin request from a browser (`Origin` header; 403, CSRF defence).
+    AdminBrowserOrigin,
+    /// An admin request with a `Host` not served (403, DNS-rebinding defence).
+    AdminHostRefused,
+    /// Accepting a client connection failed (the listener keeps running).
+    Accept,
+    /// A connection without a valid PROXY protocol v2 header where one is required (closed).
+    ProxyProtocol,
+    /// A PROXY protocol connection from a peer not in `proxy.proxy_protocol_from` (closed unread).
+    ProxyProtocolUntrustedPeer,
+    /// A client TLS handshake failed (usually client configuration or an expiring certificate).
+    TlsHandshake,
+    /// A verified client certificate names no principal (connection closed).
+    TlsPrincipal,
+    /// A TLS server name that names no broker under SNI routing (connection closed).
+    SniUnknownName,
+    /// The broker refused a SASL exchange (wrong credentials, or an attack).
+    SaslFailed,
+    /// A re-authentication under another principal (connection closed).
+    SaslPrincipalChanged,
+    /// A Produce request refused before any policy or KMS work (client not yet admitted).
+    ProduceNotAdmitted,
+    /// A frame over `proxy.max_frame_bytes` (connection closed).
+    FrameTooLarge,
+    /// A client frame that does not parse (connection closed).
+    ClientProtocol,
+    /// Connecting to a broker failed (unreachable, or broker TLS failing).
+    UpstreamConnect,
+    /// The TLS session to a broker failed mid-connection.
+    UpstreamTls,
+    /// A broker closed its connection with requests in flight.
+    UpstreamClosed,
+    /// A broker frame that does not parse (connection closed).
+    UpstreamProtocol,
 }
 
 impl Reason {
@@ -121,6 +161,25 @@ impl Reason {
             Self::TimedOut => "timed_out",
             Self::MemoryBusy => "memory_busy",
             Self::Internal => "internal",
+            Self::AdminConnectionsExhausted => "admin_connections_exhausted",
+            Self::AdminUnauthorized => "admin_unauthorized",
+            Self::AdminBrowserOrigin => "admin_browser_origin",
+            Self::AdminHostRefused => "admin_host_refused",
+            Self::Accept => "accept",
+            Self::ProxyProtocol => "proxy_protocol",
+            Self::ProxyProtocolUntrustedPeer => "proxy_protocol_untrusted_peer",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsPrincipal => "tls_principal",
+            Self::SniUnknownName => "sni_unknown_name",
+            Self::SaslFailed => "sasl_failed",
+            Self::SaslPrincipalChanged => "sasl_principal_changed",
+            Self::ProduceNotAdmitted => "produce_not_admitted",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::ClientProtocol => "client_protocol",
+            Self::UpstreamConnect => "upstream_connect",
+            Self::UpstreamTls => "upstream_tls",
+            Self::UpstreamClosed => "upstream_closed",
+            Self::UpstreamProtocol => "upstream_protocol",
         }
     }
 }
@@ -290,9 +349,14 @@ impl From<PolicyError> for ProxyError {
     /// A policy that fails to answer: POLICY_VIOLATION, never retriable; a module still
     /// compiling at start-up: REQUEST_TIMED_OUT, retriable.
     fn from(e: PolicyError) -> Self {
+        let code = if e.is_retriable() {
+            ResponseError::RequestTimedOut
+        } else {
+            ResponseError::PolicyViolation
+        };
         Self::new(
             ErrorSource::Policy,
-            e.kafka_error(),
+            code,
             Reason::PolicyFailed,
             e.to_string(),
         )

@@ -14,7 +14,9 @@
 //! - [`policy`]: where plans come from: built-in rules and sandboxed Wasm policy components.
 //! - [`schema`]: Schema Registry client and the Avro / JSON Schema walkers of schema-aware field
 //!   encryption.
-//! - [`admin`]: HTTP admin endpoint: health, readiness and Prometheus metrics.
+//! - [`admin`]: HTTP admin endpoint: health, readiness, policy status and `/metrics`.
+//! - [`metrics`]: the one `/metrics` registry and the family encoders every module's counters
+//!   use (a leaf: it imports nothing from the crate).
 //! - [`tools`]: operator tools speaking Kafka themselves: `reencrypt`, `inspect`.
 //!
 //! With the `fuzzing` feature (and in the crate's own tests) `fuzzing` holds the fuzz oracles.
@@ -29,6 +31,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod kafka;
 pub mod kms;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod principal;

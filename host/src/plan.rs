@@ -190,3 +190,18 @@ mod tests {
         assert!(TopicPlan::RejectAll("no".into()).repeated(0).is_empty());
     }
 }
+
+/// What a consumer receives for a record that cannot be decrypted (`on_decrypt_failure` of a
+/// rule or binding; [`crate::crypto::record::DecryptOptions::on_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DecryptFailure {
+    /// Fail the fetch for the partition with an error (default; the whole partition batch fails
+    /// with the `DecryptError`).
+    #[default]
+    Error,
+    /// Deliver the record as stored (ciphertext, with its `kapsule.enc` header).
+    Ciphertext,
+    /// Drop the record from the response.
+    Skip,
+}

@@ -9,7 +9,7 @@
 //! `admin.require_token_for_reads` puts `GET /metrics` and `GET /policies` behind the token too
 //! (`/livez` and `/readyz` stay open for probes). Mutating endpoints (`POST /policies/reload`)
 //! require `Authorization: Bearer <admin token>` whenever a token is configured; configuration
-//! validation refuses a non-loopback listener without one (see [`crate::config::AdminConfig`]).
+//! validation refuses a non-loopback listener without one (see [`config::AdminConfig`]).
 //! A missing or wrong token gets `401`.
 //!
 //! Browsers: a request carrying an `Origin` header (every cross-site `fetch`/form POST and every
@@ -19,7 +19,7 @@
 //! rebound DNS name cannot read `/metrics` or `/policies` (DNS rebinding). Requests without
 //! `Host` (not a browser) are served. Both checks come before anything else, on every path.
 
-pub mod metrics;
+pub mod config;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,8 +38,11 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::AdminConfig;
-pub use metrics::Metrics;
+use config::AdminConfig;
+
+use crate::error::Reason;
+use crate::metrics::MetricsRegistry;
+use crate::proxy::metrics::Metrics;
 
 /// Time a client has to send a complete request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +64,9 @@ pub trait PolicyAdmin: Send + Sync {
 /// What the admin endpoint serves.
 #[derive(Clone)]
 pub struct AdminState {
-    /// Proxy metrics.
+    /// Every room's families, rendered by `GET /metrics`.
+    pub registry: Arc<MetricsRegistry>,
+    /// Where the endpoint counts its own refusals (`kapsule_errors_total`).
     pub metrics: Arc<Metrics>,
     /// Bootstrap broker (`host:port`) probed by `/readyz`.
     pub upstream: String,
@@ -138,6 +143,7 @@ fn host_without_port(host: &str) -> Option<&str> {
 impl AdminState {
     /// State for `config` (reads the admin token from its environment variable or file).
     pub fn new(
+        registry: Arc<MetricsRegistry>,
         metrics: Arc<Metrics>,
         upstream: String,
         policies: Option<Arc<dyn PolicyAdmin>>,
@@ -156,6 +162,7 @@ impl AdminState {
             );
         }
         Ok(Self {
+            registry,
             metrics,
             upstream,
             policies,
@@ -177,7 +184,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        state.metrics.error("admin_connections_exhausted");
+                        state.metrics.error(Reason::AdminConnectionsExhausted);
                         debug!(%peer, "admin connection refused: too many connections");
                         tokio::spawn(refuse_busy(stream));
                         continue;
@@ -258,7 +265,7 @@ fn authorized(req: &Request<hyper::body::Incoming>, expected: &str) -> bool {
 
 /// `401` asking for the bearer token.
 fn unauthorized(state: &AdminState) -> Response<Full<Bytes>> {
-    state.metrics.error("admin_unauthorized");
+    state.metrics.error(Reason::AdminUnauthorized);
     let mut r = text(
         StatusCode::UNAUTHORIZED,
         "text/plain",
@@ -277,7 +284,7 @@ fn refuse_browser(
 ) -> Option<Response<Full<Bytes>>> {
     const PLAIN: &str = "text/plain";
     if req.headers().contains_key(ORIGIN) {
-        state.metrics.error("admin_browser_origin");
+        state.metrics.error(Reason::AdminBrowserOrigin);
         return Some(text(
             StatusCode::FORBIDDEN,
             PLAIN,
@@ -290,7 +297,7 @@ fn refuse_browser(
         n += 1;
         let allowed = host.to_str().is_ok_and(|h| state.hosts.allows(h.trim()));
         if !allowed || n > 1 {
-            state.metrics.error("admin_host_refused");
+            state.metrics.error(Reason::AdminHostRefused);
             return Some(text(
                 StatusCode::FORBIDDEN,
                 PLAIN,
@@ -341,7 +348,7 @@ async fn route(req: Request<hyper::body::Incoming>, state: &AdminState) -> Respo
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(),
+            state.registry.render(),
         ),
         (&Method::GET, "/policies") => match &state.policies {
             Some(p) => text(StatusCode::OK, JSON, p.status_json()),

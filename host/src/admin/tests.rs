@@ -34,6 +34,7 @@ async fn start(mut config: AdminConfig) -> (String, Arc<CountingPolicies>, tempf
     config.listen = addr.clone();
     let policies = Arc::new(CountingPolicies(AtomicUsize::new(0)));
     let state = AdminState::new(
+        Arc::default(),
         Arc::new(Metrics::default()),
         "127.0.0.1:9".into(),
         Some(policies.clone()),

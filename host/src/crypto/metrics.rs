@@ -2,7 +2,7 @@
 //!
 //! One [`CryptoMetrics`] is shared (`Arc`) by the [`crate::crypto::RecordEncryptor`] and its
 //! [`crate::crypto::keys::DekManager`]; it is a [`MetricsSource`] of the admin registry
-//! ([`crate::admin::Metrics::register`]), encoded with prometheus-client on each scrape.
+//! ([`crate::metrics::MetricsRegistry::register`]), encoded with prometheus-client on each scrape.
 //!
 //! | metric | labels | meaning |
 //! |---|---|---|
@@ -30,12 +30,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::admin::metrics::{
-    counter_family, encode_source, histogram_family, Labels, MetricsSource,
-};
 use crate::crypto::keys::RotationReason;
 use crate::kafka::names::is_valid_topic_name;
 use crate::kms::KmsCallObserver;
+use crate::metrics::{counter_family, encode_source, histogram_family, Labels, MetricsSource};
 
 /// Upper bounds (seconds) of the KMS latency histogram buckets.
 const KMS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];

@@ -29,7 +29,7 @@ mod tests;
 pub use keys::{DekConfig, DekManager, RotationReason};
 pub use metrics::CryptoMetrics;
 pub use record::{
-    batch_has_encrypted_records, may_contain_encrypted, DecryptError, DecryptOptions, DecryptStats,
-    EncryptError, EncryptStats, FailureMode, RecordEncryptor,
+    batch_has_encrypted_records, may_contain_encrypted, DecryptError, DecryptFailure,
+    DecryptOptions, DecryptStats, EncryptError, EncryptStats, RecordEncryptor,
 };
 pub use wire::HEADER_KEY;

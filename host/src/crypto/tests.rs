@@ -99,7 +99,7 @@ fn setup() -> (Arc<MemoryKms>, RecordEncryptor) {
 }
 
 const STRICT: DecryptOptions<'static> = DecryptOptions {
-    on_failure: FailureMode::Error,
+    on_failure: DecryptFailure::Error,
     require_encrypted: false,
     allowed_kek: None,
 };
@@ -432,7 +432,7 @@ async fn descriptor_copied_onto_a_forged_record_fails() {
 async fn decrypt_orders(
     enc: &RecordEncryptor,
     batch: &mut RecordBatch,
-    on_failure: FailureMode,
+    on_failure: DecryptFailure,
     require_encrypted: bool,
 ) -> Result<DecryptStats, DecryptError> {
     enc.decrypt_batch(
@@ -456,7 +456,7 @@ async fn failure_modes_and_injection() {
     tampered.records.push(injected.clone());
 
     let mut t = tampered.clone();
-    let st = decrypt_orders(&enc, &mut t, FailureMode::Ciphertext, false)
+    let st = decrypt_orders(&enc, &mut t, DecryptFailure::Ciphertext, false)
         .await
         .unwrap();
     assert_eq!(
@@ -474,7 +474,7 @@ async fn failure_modes_and_injection() {
     assert_eq!(t.records[1].value, Some(b(JSON)));
 
     let mut t = tampered.clone();
-    let st = decrypt_orders(&enc, &mut t, FailureMode::Skip, true)
+    let st = decrypt_orders(&enc, &mut t, DecryptFailure::Skip, true)
         .await
         .unwrap();
     assert_eq!((st.records_decrypted, st.records_dropped), (1, 2));
@@ -485,7 +485,7 @@ async fn failure_modes_and_injection() {
     let mut t = tampered.clone();
     t.records.remove(1);
     let span = (t.base_offset, t.last_offset_delta);
-    let st = decrypt_orders(&enc, &mut t, FailureMode::Skip, true)
+    let st = decrypt_orders(&enc, &mut t, DecryptFailure::Skip, true)
         .await
         .unwrap();
     assert_eq!(st.records_dropped, 2);
@@ -496,14 +496,14 @@ async fn failure_modes_and_injection() {
 
     // Injection in ciphertext mode is dropped, never delivered as if decrypted.
     let mut t = batch(vec![injected.clone()]);
-    let st = decrypt_orders(&enc, &mut t, FailureMode::Ciphertext, true)
+    let st = decrypt_orders(&enc, &mut t, DecryptFailure::Ciphertext, true)
         .await
         .unwrap();
     assert_eq!(st.records_dropped, 1);
     assert!(t.records.is_empty());
 
     let mut t = batch(vec![injected]);
-    let e = decrypt_orders(&enc, &mut t, FailureMode::Error, true)
+    let e = decrypt_orders(&enc, &mut t, DecryptFailure::Error, true)
         .await
         .unwrap_err();
     assert!(matches!(e, DecryptError::NotEncrypted { index: 0 }));
@@ -520,9 +520,9 @@ async fn kms_outage_is_retriable_in_every_mode_and_recovers() {
     let reader = RecordEncryptor::new(kms.clone(), DekConfig::default());
     kms.fail_with(Some(KmsErrorKind::Transient));
     for mode in [
-        FailureMode::Error,
-        FailureMode::Ciphertext,
-        FailureMode::Skip,
+        DecryptFailure::Error,
+        DecryptFailure::Ciphertext,
+        DecryptFailure::Skip,
     ] {
         let mut t = bt.clone();
         let e = reader

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::kms::{block_on, encryptor};
-use crate::crypto::record::{DecryptOptions, FailureMode, RecordEncryptor};
+use crate::crypto::record::{DecryptFailure, DecryptOptions, RecordEncryptor};
 use crate::crypto::wire::HEADER_KEY;
 use crate::kafka::records::{
     split_record_set, Record, RecordBatch, RecordSetEntry, ATTRIBUTES_OFFSET, CRC_OFFSET,
@@ -23,9 +23,9 @@ pub fn options(byte: u8) -> DecryptOptions<'static> {
     static REFUSE_K: fn(&str) -> bool = |id| !id.starts_with('k');
     DecryptOptions {
         on_failure: match byte & 3 {
-            1 => FailureMode::Ciphertext,
-            2 => FailureMode::Skip,
-            _ => FailureMode::Error,
+            1 => DecryptFailure::Ciphertext,
+            2 => DecryptFailure::Skip,
+            _ => DecryptFailure::Error,
         },
         require_encrypted: byte & 4 != 0,
         allowed_kek: (byte & 8 != 0).then_some(&REFUSE_K as _),
@@ -96,11 +96,11 @@ fn check_batch(encryptor: &RecordEncryptor, input: RecordBatch, options: &Decryp
     );
     assert_eq!(batch.records.len() as u64, n - stats.records_dropped);
     match options.on_failure {
-        FailureMode::Error => {
+        DecryptFailure::Error => {
             assert_eq!(stats.records_left_encrypted + stats.records_dropped, 0)
         }
-        FailureMode::Skip => assert_eq!(stats.records_left_encrypted, 0),
-        FailureMode::Ciphertext => {}
+        DecryptFailure::Skip => assert_eq!(stats.records_left_encrypted, 0),
+        DecryptFailure::Ciphertext => {}
     }
     if options.require_encrypted {
         assert_eq!(

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::fetch::TOPIC;
 use super::kms::{block_on, encryptor, MISSING_KEY_PREFIX};
-use crate::crypto::record::{DecryptOptions, EncryptError, FailureMode};
+use crate::crypto::record::{DecryptFailure, DecryptOptions, EncryptError};
 use crate::crypto::wire::HEADER_KEY;
 use crate::kafka::records::{split_record_set, Record, RecordBatch, RecordSetEntry};
 use crate::kms::KmsErrorKind;
@@ -132,7 +132,7 @@ pub fn check(input: &RecordBatch, selectors: &[u8]) {
     }
     let decryptor = encryptor();
     let strict = DecryptOptions {
-        on_failure: FailureMode::Error,
+        on_failure: DecryptFailure::Error,
         require_encrypted: false,
         allowed_kek: None,
     };

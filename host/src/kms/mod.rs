@@ -24,6 +24,7 @@ mod cloud;
 pub mod deadline;
 mod gate;
 pub mod gcp;
+pub mod key_id;
 mod keyfile;
 pub mod local;
 pub mod memory;

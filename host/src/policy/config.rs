@@ -343,18 +343,7 @@ impl<'de> Deserialize<'de> for ValuePartConfig {
     }
 }
 
-/// What a consumer receives for a record that cannot be decrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DecryptFailure {
-    /// Fail the fetch for the partition with an error (default).
-    #[default]
-    Error,
-    /// Deliver the record as stored (ciphertext).
-    Ciphertext,
-    /// Drop the record from the response.
-    Skip,
-}
+pub use crate::plan::DecryptFailure;
 
 /// Per-topic settings of the record stage beyond the encryption plan (defaults when no rule or
 /// binding matches the topic).

@@ -94,22 +94,6 @@ impl PolicyError {
         matches!(self, Self::Loading { .. })
     }
 
-    /// The Kafka error to answer: REQUEST_TIMED_OUT (retriable) while the module compiles,
-    /// POLICY_VIOLATION otherwise.
-    pub fn kafka_error(&self) -> kafka_protocol::error::ResponseError {
-        use kafka_protocol::error::ResponseError;
-        if self.is_retriable() {
-            ResponseError::RequestTimedOut
-        } else {
-            ResponseError::PolicyViolation
-        }
-    }
-
-    /// The numeric Kafka error code of [`PolicyError::kafka_error`].
-    pub fn kafka_error_code(&self) -> i16 {
-        self.kafka_error().code()
-    }
-
     /// Short machine-readable kind, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

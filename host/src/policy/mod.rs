@@ -30,6 +30,7 @@ mod error;
 #[path = "../../test-support/policy_fixtures.rs"]
 pub(crate) mod fixtures;
 mod loading;
+pub mod metrics;
 mod reload;
 pub mod rules;
 pub mod scaffold;

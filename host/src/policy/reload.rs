@@ -81,22 +81,25 @@ fn config_changes(running: &PolicyConfig, new: Option<&PolicyConfig>) -> Vec<Str
 
 impl PolicyRegistry {
     /// SIGHUP and `POST /policies/reload`: re-reads `config_file` (the file Kapsule started
-    /// with; `None` when it started from flags only) and, when its `policy:` section is the one
+    /// with; `None` when it started from flags only) through `load_policy` (which parses and
+    /// validates the whole file and returns its `policy:` section, or every problem as one
+    /// message) and, when that section is the one
     /// running, reloads every binding's module ([`PolicyRegistry::reload`]). Refuses the whole
     /// reload — nothing is reloaded — when the file no longer loads, or changed bindings, rules
     /// or limits, which only a restart applies; the error names each change. Blocking and slow.
     pub fn reload_from(
         &self,
         config_file: Option<&Path>,
+        load_policy: impl FnOnce(&Path) -> Result<Option<PolicyConfig>, String>,
     ) -> Result<Vec<(String, ReloadOutcome)>, ReloadRefused> {
         if let Some(path) = config_file {
-            let config = crate::config::Config::load(path).map_err(|e| {
+            let policy = load_policy(path).map_err(|e| {
                 ReloadRefused(format!(
                     "config file {} no longer loads, nothing was reloaded: {e}",
                     path.display()
                 ))
             })?;
-            let changes = config_changes(&self.inner.started_with, config.policy.as_ref());
+            let changes = config_changes(&self.inner.started_with, policy.as_ref());
             if !changes.is_empty() {
                 return Err(ReloadRefused(format!(
                     "config file {} changed since start-up: {}. Bindings, rules and limits are \

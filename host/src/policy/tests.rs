@@ -1042,7 +1042,7 @@ fn topics_of_a_compiling_module_get_a_retriable_error_until_it_is_ready() {
     assert!(matches!(e, PolicyError::Loading { .. }), "{e:?}");
     assert!(e.is_retriable());
     assert_eq!(
-        e.kafka_error(),
+        crate::error::ProxyError::from(e).kafka_error(),
         kafka_protocol::error::ResponseError::RequestTimedOut
     );
     assert!(matches!(

@@ -31,7 +31,7 @@ use std::time::Duration;
 use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::admin::metrics::{counter_family, gauge_family, MetricsSource};
+use crate::metrics::{counter_family, gauge_family, MetricsSource};
 
 /// Default process-wide bound: 512 MiB.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: usize = 512 * 1024 * 1024;

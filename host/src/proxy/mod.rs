@@ -7,7 +7,9 @@
 
 pub mod admission;
 pub mod budget;
+pub mod config;
 pub mod connection;
+pub mod metrics;
 pub mod proxy_protocol;
 pub mod records;
 pub mod rewrite;
@@ -31,8 +33,9 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admin::Metrics;
-use crate::config::{Config, ProxyConfig};
+use crate::error::Reason;
+use config::ProxyConfig;
+use metrics::Metrics;
 use records::RecordStage;
 use rewrite::Advertiser;
 
@@ -294,7 +297,7 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                                 Some((sni, _)) => match sni.route_for(accepted.server_name.as_deref()) {
                                     Ok(r) => r,
                                     Err(e) => {
-                                        shared.metrics.error("sni_unknown_name");
+                                        shared.metrics.error(Reason::SniUnknownName);
                                         if let Some(suppressed) = shared.warnings.admit(warn_limit::ConnectionWarning::SniUnknownName) {
                                             warn!(%peer, suppressed, "closing connection: {e}; connect to a name Kapsule advertises");
                                         }
@@ -313,7 +316,7 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         warn!(error = %e, "accept failed");
-                        shared.metrics.error("accept");
+                        shared.metrics.error(Reason::Accept);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -333,33 +336,29 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the bootstrap listener. Per-broker listeners are bound later, on first sight.
     pub async fn bind(
-        config: &Config,
+        config: &ProxyConfig,
         metrics: Arc<Metrics>,
         records: RecordStage,
     ) -> anyhow::Result<Self> {
         let listen: SocketAddr = config
-            .proxy
             .listen
             .parse()
-            .with_context(|| format!("proxy.listen `{}`", config.proxy.listen))?;
+            .with_context(|| format!("proxy.listen `{}`", config.listen))?;
         let bootstrap = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding bootstrap listener on {listen}"))?;
-        let advertised_host = match &config.proxy.advertised_host {
+        let advertised_host = match &config.advertised_host {
             Some(h) => h.clone(),
             None if listen.ip().is_unspecified() => "127.0.0.1".to_string(),
             None => listen.ip().to_string(),
         };
         // Certificate and key problems stop start-up here, with the file named.
-        let tls = match &config.proxy.tls {
+        let tls = match &config.tls {
             Some(t) => Some(Arc::new(tls::TlsAcceptorHandle::new(t)?)),
             None => None,
         };
-        let upstream = tls::UpstreamConnector::new(config.proxy.upstream_tls.as_ref())?;
-        for warning in config.fleet_warnings() {
-            warn!("{warning}");
-        }
-        let sni = match (&config.proxy.sni, &config.proxy.tls) {
+        let upstream = tls::UpstreamConnector::new(config.upstream_tls.as_ref())?;
+        let sni = match (&config.sni, &config.tls) {
             (Some(sni), Some(tls)) => {
                 for warning in sni.certificate_warnings(&tls.cert_file) {
                     warn!("{warning}");
@@ -377,7 +376,7 @@ impl Proxy {
             t.spawn_reloader(shutdown_rx.clone());
         }
         let shared = Arc::new(ProxyShared {
-            config: config.proxy.clone(),
+            config: config.clone(),
             metrics,
             records,
             tls,

@@ -16,11 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::records::RecordStage;
 use super::Proxy;
-use crate::admin::Metrics;
-use crate::config::{Config, RecordsMode};
+use crate::config::Config;
+use crate::error::Reason;
 use crate::kafka::frame::{
     decode_response, encode_request, encode_response, read_frame, write_frame, RequestMeta,
 };
+use crate::proxy::config::RecordsMode;
+use crate::proxy::metrics::Metrics;
 
 /// A fake broker: answers Metadata with `nodes` (all pointing at itself), never answers
 /// Produce with acks=0, answers anything else with an empty body echoing the correlation id.
@@ -86,7 +88,7 @@ async fn start_proxy(
 /// A proxy for `config` with no encryption, bound but not yet running.
 async fn bind_proxy(config: &Config) -> Proxy {
     Proxy::bind(
-        config,
+        &config.proxy,
         Arc::new(Metrics::default()),
         RecordStage::new(config.records, None),
     )
@@ -235,7 +237,7 @@ async fn oversized_frame_closes_the_connection_and_is_counted() {
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0, "connection must be closed");
-    assert_eq!(shared.metrics.error_count("frame_too_large"), 1);
+    assert_eq!(shared.metrics.error_count(Reason::FrameTooLarge), 1);
     // The proxy keeps serving others.
     let mut d = TcpStream::connect(proxy).await.unwrap();
     write_frame(&mut d, &raw_request(2, 1, 3)).await.unwrap();
@@ -270,7 +272,7 @@ async fn upstream_unreachable_closes_the_client_connection() {
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert_eq!(shared.metrics.error_count("upstream_connect"), 1);
+    assert_eq!(shared.metrics.error_count(Reason::UpstreamConnect), 1);
 }
 
 /// A broker that reads requests, counts them, and answers only after `delay`.

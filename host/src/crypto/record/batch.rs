@@ -82,8 +82,8 @@ impl RecordEncryptor {
     ///
     /// All or nothing: on any error (a [`RecordDecision::Reject`], an unencryptable record, a
     /// KMS failure) `batch` is left untouched and the caller must refuse the whole partition
-    /// batch with [`EncryptError::kafka_error_code`]; it must never be forwarded. Waits for the
-    /// KMS only when no DEK is cached for a (KEK, topic) pair.
+    /// batch with the Kafka error of the error's [`crate::error::ProxyError`]; it must never be
+    /// forwarded. Waits for the KMS only when no DEK is cached for a (KEK, topic) pair.
     pub async fn encrypt_batch(
         &self,
         topic: &str,
@@ -400,7 +400,7 @@ impl RecordEncryptor {
                     out.push(r);
                 }
                 Err(e) => {
-                    if e.is_retriable() || options.on_failure == FailureMode::Error {
+                    if e.is_retriable() || options.on_failure == DecryptFailure::Error {
                         if failures > 0 {
                             self.metrics.decrypt_failure(topic, e.reason(), failures);
                         }
@@ -409,7 +409,7 @@ impl RecordEncryptor {
                     failures += 1;
                     self.metrics.decrypt_failure(topic, e.reason(), 1);
                     match (&e, options.on_failure) {
-                        (DecryptError::NotEncrypted { .. }, _) | (_, FailureMode::Skip) => {
+                        (DecryptError::NotEncrypted { .. }, _) | (_, DecryptFailure::Skip) => {
                             stats.records_dropped += 1
                         }
                         _ => {

@@ -133,7 +133,7 @@ impl EncryptError {
     }
 }
 
-/// Why a fetched batch could not be decrypted (only returned in [`FailureMode::Error`], or for
+/// Why a fetched batch could not be decrypted (only returned in [`DecryptFailure::Error`], or for
 /// an unavailable KMS in any mode).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DecryptError {
@@ -196,17 +196,7 @@ impl DecryptError {
     }
 }
 
-/// What to do with a fetched record that cannot be decrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailureMode {
-    /// Fail the whole partition batch with [`DecryptError`] (default).
-    #[default]
-    Error,
-    /// Deliver the record still encrypted (with its `kapsule.enc` header).
-    Ciphertext,
-    /// Drop the record from the batch.
-    Skip,
-}
+pub use crate::plan::DecryptFailure;
 
 /// Which KEK ids a topic's stored descriptors may name (see [`DecryptOptions::allowed_kek`]).
 pub type KekFilter<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
@@ -217,9 +207,9 @@ pub struct DecryptOptions<'a> {
     /// Handling of records that fail to decrypt (integrity, malformed, unknown or forbidden key).
     /// An unavailable KMS always fails the batch with a retriable error, whatever the mode, so
     /// consumers never skip records because of a KMS outage.
-    pub on_failure: FailureMode,
+    pub on_failure: DecryptFailure,
     /// The topic should only hold encrypted records: a record without `kapsule.enc` is an
-    /// injection. It fails the batch in [`FailureMode::Error`] and is dropped otherwise (never
+    /// injection. It fails the batch in [`DecryptFailure::Error`] and is dropped otherwise (never
     /// delivered as if it had been encrypted).
     pub require_encrypted: bool,
     /// When set, a descriptor naming a KEK id for which this returns `false` is a decrypt
@@ -289,9 +279,9 @@ pub struct DecryptStats {
     pub records_decrypted: u64,
     /// Records without descriptor delivered as they are.
     pub records_plain: u64,
-    /// Records that failed and were delivered still encrypted ([`FailureMode::Ciphertext`]).
+    /// Records that failed and were delivered still encrypted ([`DecryptFailure::Ciphertext`]).
     pub records_left_encrypted: u64,
-    /// Records dropped ([`FailureMode::Skip`] or injections).
+    /// Records dropped ([`DecryptFailure::Skip`] or injections).
     pub records_dropped: u64,
     /// Encrypted records delivered without opening any part because the [`RevealScope`]
     /// reveals none of their parts (records with only some parts withheld count as decrypted).
@@ -406,7 +396,4 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
-mod reveal_tests;
-
-#[cfg(test)]
-mod schema_tests;
+mod tests;

@@ -88,7 +88,7 @@ impl AwsKmsConfig {
             }
         }
         for (id, reference) in &self.keys {
-            if let Err(why) = crate::crypto::wire::validate_key_id(id) {
+            if let Err(why) = crate::kms::key_id::validate_key_id(id) {
                 problems.push(format!(
                     "{path}.keys: Kapsule key id '{}' is invalid: {why}",
                     id.escape_debug()

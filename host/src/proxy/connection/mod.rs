@@ -57,12 +57,13 @@ use super::sasl::{self, RequestAction, SaslExpect, SaslRefusal, SaslTracker};
 use super::session::ClientSession;
 use super::tls::BoxStream;
 use super::{ProxyShared, Route};
-use crate::admin::metrics::{api_name, Direction};
 use crate::error::Reason;
 use crate::kafka::frame::{
     decode_fetch_response, decode_request, decode_response, encode_response, read_frame,
     read_frame_body, read_frame_len, response_correlation_id, FrameError, FrameWriter, RequestMeta,
 };
+use crate::metrics::api_name;
+use crate::proxy::metrics::Direction;
 use kafka_protocol::error::ResponseError;
 
 type OwnedReadHalf = ReadHalf<BoxStream>;
@@ -274,12 +275,12 @@ async fn serve_inner(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            shared.metrics.error("upstream_connect");
+            shared.metrics.error(Reason::UpstreamConnect);
             warn!(%peer, upstream = %upstream_addr, error = %format!("{e:#}"), "cannot reach broker; closing client connection so it retries");
             return Ok(());
         }
         Err(_) => {
-            shared.metrics.error("upstream_connect");
+            shared.metrics.error(Reason::UpstreamConnect);
             warn!(%peer, upstream = %upstream_addr, "timed out connecting to broker; closing client connection");
             return Ok(());
         }
@@ -364,14 +365,14 @@ fn log_request_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error) 
     }
     match e.downcast_ref::<FrameError>() {
         Some(FrameError::TooLarge { size, max }) => {
-            shared.metrics.error("frame_too_large");
+            shared.metrics.error(Reason::FrameTooLarge);
             warn!(%peer, size, max, "client sent a frame larger than max_frame_bytes; closing connection");
         }
         Some(FrameError::Io(_)) | Some(FrameError::Truncated { .. }) => {
             debug!(%peer, error = %e, "client connection dropped");
         }
         _ => {
-            shared.metrics.error("client_protocol");
+            shared.metrics.error(Reason::ClientProtocol);
             warn!(%peer, error = %format!("{e:#}"), "closing client connection");
         }
     }
@@ -384,25 +385,25 @@ fn log_response_error(shared: &ProxyShared, peer: SocketAddr, e: &anyhow::Error)
     }
     match e.downcast_ref::<FrameError>() {
         Some(FrameError::TooLarge { size, max }) => {
-            shared.metrics.error("frame_too_large");
+            shared.metrics.error(Reason::FrameTooLarge);
             warn!(%peer, size, max, "broker sent a frame larger than max_frame_bytes; closing connection");
         }
         Some(FrameError::Io(io)) => match super::tls::describe_broker_alert(io) {
             Some(reason) => {
-                shared.metrics.error("upstream_tls");
+                shared.metrics.error(Reason::UpstreamTls);
                 warn!(%peer, %reason, "broker closed the connection; closing client connection");
             }
             None => {
-                shared.metrics.error("upstream_closed");
+                shared.metrics.error(Reason::UpstreamClosed);
                 info!(%peer, error = %e, "broker connection lost; closing client connection");
             }
         },
         Some(FrameError::Truncated { .. }) => {
-            shared.metrics.error("upstream_closed");
+            shared.metrics.error(Reason::UpstreamClosed);
             info!(%peer, error = %e, "broker connection lost; closing client connection");
         }
         _ => {
-            shared.metrics.error("upstream_protocol");
+            shared.metrics.error(Reason::UpstreamProtocol);
             warn!(%peer, error = %format!("{e:#}"), "closing connection");
         }
     }
@@ -583,7 +584,7 @@ async fn read_responses(
                 })?;
                 // Not read from the broker until the connection and the process may hold it.
                 memory = Some(gate.admit(size).await.inspect_err(|_| {
-                    shared.metrics.error("memory_budget");
+                    shared.metrics.error(Reason::MemoryBusy);
                 })?);
                 let frame = read_frame_body(&mut upstream, size).await?;
                 shared
@@ -690,7 +691,7 @@ fn refuse_request(
     refused: UnsupportedRequest,
     peer: SocketAddr,
 ) -> anyhow::Result<Prepared> {
-    shared.metrics.error("unsupported_request");
+    shared.metrics.error(Reason::UnsupportedVersion);
     let v = meta.api_version;
     let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
     let expect = match meta.known_api() {
@@ -869,4 +870,4 @@ fn rewrite_response(
 }
 
 #[cfg(test)]
-mod fetch_principal_tests;
+mod tests;

@@ -75,7 +75,7 @@ pub(super) async fn prepare_produce(
     let acks = request.acks;
     // No policy or KMS work for a client the broker has not accepted (see `admission`).
     if let Err(refused) = admission::admit_work(&shared, &session).await {
-        shared.metrics.error("produce_not_admitted");
+        shared.metrics.error(Reason::ProduceNotAdmitted);
         let code = match refused {
             NotAdmitted::RequiresAuthentication { .. } => ResponseError::SaslAuthenticationFailed,
             NotAdmitted::Unknown { .. } => ResponseError::NetworkException,
@@ -111,7 +111,7 @@ pub(super) async fn prepare_produce(
             match tokio::time::timeout_at(d, stage).await {
                 Ok(staged) if Instant::now() < d => staged?,
                 _ => {
-                    shared.metrics.error("produce_deadline");
+                    shared.metrics.error(Reason::TimedOut);
                     if let Some(suppressed) = shared
                         .records
                         .refusal_log()
@@ -181,7 +181,7 @@ pub(super) fn answer_late(
     expect: Expect,
     peer: SocketAddr,
 ) -> anyhow::Result<Expect> {
-    shared.metrics.error("produce_deadline");
+    shared.metrics.error(Reason::TimedOut);
     let api = ApiKey::Produce;
     let (_, request) = decode_request::<ProduceRequest>(api, body.clone())?;
     if let Some(suppressed) = shared

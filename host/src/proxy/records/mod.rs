@@ -38,7 +38,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use crate::config::RecordsMode;
 use crate::crypto::record::RecordEncryptor;
 use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
@@ -46,6 +45,7 @@ use crate::kafka::frame::{encode_request, encode_response, DEFAULT_MAX_FRAME_BYT
 use crate::kafka::records::{split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry};
 use crate::policy::PolicyRegistry;
 use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
+use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 use crate::proxy::topic_ids::TopicIds;
 

@@ -21,7 +21,6 @@ use kafka_protocol::messages::{ProduceRequest, TopicName};
 
 use super::log::Direction;
 use super::{Budget, Outcome, ProducePatch, RecordStage, TopicRef};
-use crate::config::RecordsMode;
 use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted, EncryptError};
 use crate::crypto::HEADER_KEY;
 use crate::error::{ErrorSource, ProxyError, Reason, RecordError};
@@ -31,6 +30,7 @@ use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::config::DecryptSettings;
 use crate::principal::Principal;
 use crate::proxy::budget::Use;
+use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 
 impl RecordStage {

@@ -34,16 +34,16 @@ use kafka_protocol::messages::FetchResponse;
 
 use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
-use crate::config::RecordsMode;
 use crate::crypto::record::{
-    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, FailureMode, RevealScope,
+    batch_has_encrypted_records, may_contain_encrypted, DecryptOptions, RevealScope,
 };
 use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::Reveal;
-use crate::policy::config::{DecryptFailure, DecryptSettings};
+use crate::policy::config::DecryptSettings;
 use crate::proxy::budget::Use;
+use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 
 impl RecordStage {
@@ -246,11 +246,7 @@ async fn decrypt_record_set(
         .flatten();
     let filter = allowance.as_ref().map(|a| move |id: &str| a.allows(id));
     let options = DecryptOptions {
-        on_failure: match settings.on_decrypt_failure {
-            DecryptFailure::Error => FailureMode::Error,
-            DecryptFailure::Ciphertext => FailureMode::Ciphertext,
-            DecryptFailure::Skip => FailureMode::Skip,
-        },
+        on_failure: settings.on_decrypt_failure,
         require_encrypted: settings.require_encrypted,
         allowed_kek: filter
             .as_ref()
@@ -314,4 +310,4 @@ async fn decrypt_record_set(
 }
 
 #[cfg(test)]
-mod reveal_tests;
+mod tests;

@@ -47,9 +47,9 @@ use parking_lot::Mutex;
 
 use super::session::ClientSession;
 use super::ProxyShared;
-use crate::admin::metrics::api_name;
 use crate::error::Reason;
 use crate::kafka::frame::{decode_request, decode_response, encode_response, RequestMeta};
+use crate::metrics::api_name;
 use crate::principal::{AuthMechanism, Principal};
 use tracing::{info, warn};
 
@@ -220,7 +220,7 @@ impl SaslTracker {
     }
 
     /// A tracker configured from `proxy` (`proxy.oauthbearer_sub_claim_name`).
-    pub fn for_config(proxy: &crate::config::ProxyConfig) -> Self {
+    pub fn for_config(proxy: &crate::proxy::config::ProxyConfig) -> Self {
         Self::with_oauth_claim(proxy.oauthbearer_sub_claim_name.as_str().into())
     }
 
@@ -384,7 +384,7 @@ pub(super) fn log_refusal(
     refusal: &SaslRefusal,
     session: &ClientSession,
 ) {
-    shared.metrics.error("unauthenticated_request");
+    shared.metrics.error(Reason::Unauthenticated);
     let peer = session.peer();
     if let Some(suppressed) = shared
         .records
@@ -413,7 +413,7 @@ pub(super) fn follow_response(
             info!(%peer, principal = %p.name().escape_debug(), mechanism = p.mechanism().label(), "client authenticated");
         }
         Ok(SaslOutcome::Failed { name, error_code }) => {
-            shared.metrics.error("sasl_failed");
+            shared.metrics.error(Reason::SaslFailed);
             // Clients retry in a loop: rate-limited like refusals.
             let Some(suppressed) = shared
                 .records
@@ -435,7 +435,7 @@ pub(super) fn follow_response(
         }
         Err(e) => {
             if let Some(refusal) = e.downcast_ref::<SaslRefusal>() {
-                shared.metrics.error("sasl_principal_changed");
+                shared.metrics.error(Reason::SaslPrincipalChanged);
                 let refusal = refusal.to_string();
                 warn!(%peer, reason = %refusal.escape_debug(), "closing connection, answer not relayed");
             }

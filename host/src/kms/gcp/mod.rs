@@ -140,7 +140,7 @@ impl GcpKmsConfig {
             }
         }
         for (id, name) in &self.keys {
-            if let Err(why) = crate::crypto::wire::validate_key_id(id) {
+            if let Err(why) = crate::kms::key_id::validate_key_id(id) {
                 problems.push(format!(
                     "{path}.keys: '{}' is invalid: {why}",
                     id.escape_debug()

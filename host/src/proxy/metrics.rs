@@ -1,11 +1,10 @@
-//! Proxy metrics and the one `/metrics` registry (prometheus-client, OpenMetrics text).
+//! The proxy's own counters: connections, frames and bytes by API and direction, errors by
+//! [`Reason`], upstream latency, and (with `admin.principal_metrics`) per-principal requests and
+//! bytes.
 //!
 //! Counters are plain atomics indexed by API key so the hot path never takes a lock; they are
-//! encoded at scrape time by a prometheus-client [`Collector`]. Other modules (crypto and KMS:
-//! [`crate::crypto::CryptoMetrics`]; policies: [`PolicyMetrics`]) join the same registry through
-//! [`Metrics::register`]. Sample names and labels are those of the former hand-written renderer;
-//! the exposition is OpenMetrics (`# EOF` at the end, `# TYPE` lines name counters without
-//! `_total`, histogram `le` values like `1.0`, and `le` comes first in bucket labels).
+//! encoded at scrape time as a [`MetricsSource`] of the one registry
+//! ([`crate::metrics::MetricsRegistry`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,221 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use parking_lot::Mutex;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::error::Reason;
+use crate::metrics::{
+    api_name, counter_family, gauge_family, histogram_family, Labels, MetricsSource,
+};
 
 const API_KEYS: usize = 128;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
-
-/// A module that contributes metric families to `/metrics` (encoded on each scrape).
-pub trait MetricsSource: Send + Sync {
-    /// Encodes this module's families into `encoder` (see [`counter_family`] and friends).
-    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result;
-}
-
-/// Labels of one sample: `(name, value)` pairs, values as they are (unescaped): the family
-/// encoders below escape every value through `escape_label_value`, the one place that does.
-pub type Labels = Vec<(&'static str, String)>;
-
-/// Escapes a label value for the OpenMetrics text exposition: `\` → `\\`, `"` → `\"`,
-/// newline → `\n`. prometheus-client writes label values verbatim, so a value holding a quote
-/// and a newline (a principal or topic name chosen by a client) could otherwise end its sample
-/// and add samples of its own. Applied by [`counter_family`], [`gauge_family`] and
-/// [`histogram_family`] to every label value; callers pass raw values.
-fn escape_label_value(v: &str) -> String {
-    if !v.contains(['\\', '"', '\n']) {
-        return v.to_owned();
-    }
-    let mut out = String::with_capacity(v.len() + 8);
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `labels` with every value escaped ([`escape_label_value`]).
-fn escaped(labels: Labels) -> Labels {
-    labels
-        .into_iter()
-        .map(|(k, v)| (k, escape_label_value(&v)))
-        .collect()
-}
-
-/// Encodes counter family `name` (without `_total`; the encoder appends it).
-pub fn counter_family(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels, u64)>,
-) -> fmt::Result {
-    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            m.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-        } else {
-            m.encode_family(&escaped(labels))?
-                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-        }
-    }
-    Ok(())
-}
-
-/// Encodes gauge family `name`.
-pub fn gauge_family(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels, i64)>,
-) -> fmt::Result {
-    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            m.encode_gauge(&v)?;
-        } else {
-            m.encode_family(&escaped(labels))?.encode_gauge(&v)?;
-        }
-    }
-    Ok(())
-}
-
-/// One histogram sample: labels, sum, count and per-bucket (not cumulative) counts by upper
-/// bound (`f64::MAX` is `+Inf`).
-pub type HistogramSample = (Labels, f64, u64, Vec<(f64, u64)>);
-
-/// Encodes histogram family `name`.
-pub fn histogram_family(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = HistogramSample>,
-) -> fmt::Result {
-    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    for (labels, sum, count, buckets) in samples {
-        m.encode_family(&escaped(labels))?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-    }
-    Ok(())
-}
-
-/// Adapts a [`MetricsSource`] to prometheus-client.
-struct SourceCollector(Arc<dyn MetricsSource>);
-
-impl fmt::Debug for SourceCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SourceCollector")
-    }
-}
-
-impl Collector for SourceCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        self.0.encode(&mut encoder)
-    }
-}
-
-/// Encodes `source` alone as OpenMetrics text (without `# EOF`), for tests and tools.
-pub fn encode_source(source: Arc<dyn MetricsSource>, out: &mut String) {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(SourceCollector(source)));
-    let _ = prometheus_client::encoding::text::encode_registry(out, &registry);
-}
-
-/// Policy metrics, bridged from the policy registry's status (owned by `policy/stats.rs`), one
-/// label set per configured binding: `kapsule_policy_calls_total{binding}`,
-/// `kapsule_policy_errors_total{binding,kind}` (kind: `deadline`, `memory`, `trap`,
-/// `violation`), `kapsule_policy_instances_discarded_total{binding}`,
-/// `kapsule_policy_reload_refusals_total{binding}`, `kapsule_policy_loads_total{binding}`,
-/// `kapsule_policy_memo_mismatches_total{binding}`,
-/// `kapsule_policy_instances{binding}`.
-pub struct PolicyMetrics(pub crate::policy::PolicyRegistry);
-
-impl MetricsSource for PolicyMetrics {
-    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
-        let status = self.0.status();
-        let b = |s: &crate::policy::BindingStatus| vec![("binding", s.binding.clone())];
-        let per = |f: fn(&crate::policy::BindingStatus) -> u64| {
-            status.bindings.iter().map(move |s| (b(s), f(s)))
-        };
-        counter_family(
-            e,
-            "kapsule_policy_calls",
-            "Guest calls (plan and decide).",
-            per(|s| s.calls),
-        )?;
-        counter_family(
-            e,
-            "kapsule_policy_errors",
-            "Failed guest calls by kind.",
-            status.bindings.iter().flat_map(|s| {
-                [
-                    ("deadline", s.deadlines),
-                    ("memory", s.memory_exhausted),
-                    ("trap", s.traps),
-                    ("violation", s.violations),
-                ]
-                .map(|(k, v)| {
-                    let mut l = b(s);
-                    l.push(("kind", k.to_owned()));
-                    (l, v)
-                })
-            }),
-        )?;
-        counter_family(
-            e,
-            "kapsule_policy_instances_discarded",
-            "Instances discarded after a failure.",
-            per(|s| s.instances_discarded),
-        )?;
-        counter_family(
-            e,
-            "kapsule_policy_reload_refusals",
-            "Module versions refused on reload.",
-            per(|s| s.refusals),
-        )?;
-        counter_family(
-            e,
-            "kapsule_policy_memo_mismatches",
-            "Audits that found a memo answer differing from the module's own decision (the memo \
-             is then off for that module version).",
-            per(|s| s.memo_mismatches),
-        )?;
-        counter_family(
-            e,
-            "kapsule_policy_loads",
-            "Module versions loaded.",
-            per(|s| s.loads),
-        )?;
-        gauge_family(
-            e,
-            "kapsule_policy_instances",
-            "Live guest instances.",
-            status
-                .bindings
-                .iter()
-                .map(|s| (b(s), i64::try_from(s.instances).unwrap_or(i64::MAX))),
-        )?;
-        gauge_family(
-            e,
-            "kapsule_policy_cached_bytes",
-            "Bytes of plans, reveals and memoized decisions cached for the module (bounded by \
-             its cache budget).",
-            status
-                .bindings
-                .iter()
-                .map(|s| (b(s), i64::try_from(s.cached_bytes).unwrap_or(i64::MAX))),
-        )
-    }
-}
 
 /// Traffic direction of a counted frame.
 #[derive(Debug, Clone, Copy)]
@@ -238,11 +35,11 @@ pub enum Direction {
     Response,
 }
 
-/// All proxy-level metrics and the `/metrics` registry. Cheap to share (`Arc`).
+/// All proxy-level metrics: one [`MetricsSource`] for the registry. Cheap to share (`Arc`).
+#[derive(Default)]
 pub struct Metrics {
-    inner: Arc<ProxyCounters>,
-    registry: RwLock<Registry>,
-    principals: OnceLock<Arc<PrincipalMetrics>>,
+    inner: ProxyCounters,
+    principals: OnceLock<PrincipalMetrics>,
 }
 
 struct ProxyCounters {
@@ -253,19 +50,6 @@ struct ProxyCounters {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [[AtomicU64; LATENCY_BUCKETS.len() + 1]; API_KEYS],
     latency_sum_micros: [AtomicU64; API_KEYS],
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let inner = Arc::new(ProxyCounters::default());
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(SourceCollector(inner.clone())));
-        Self {
-            inner,
-            registry: RwLock::new(registry),
-            principals: OnceLock::new(),
-        }
-    }
 }
 
 impl Default for ProxyCounters {
@@ -305,9 +89,9 @@ impl Metrics {
         self.inner.bytes[d][slot(api_key)].fetch_add(len as u64, Relaxed);
     }
 
-    /// Counts one error of a fixed kind (e.g. `frame_too_large`, `upstream_connect`).
-    pub fn error(&self, kind: &'static str) {
-        *self.inner.errors.lock().entry(kind).or_default() += 1;
+    /// Counts one error (`kapsule_errors_total{kind}`, the kind being [`Reason::label`]).
+    pub fn error(&self, reason: Reason) {
+        *self.inner.errors.lock().entry(reason.label()).or_default() += 1;
     }
 
     /// Records the time between forwarding a request and receiving its response.
@@ -326,19 +110,21 @@ impl Metrics {
         self.inner.connections_active.load(Relaxed)
     }
 
-    /// Count of errors of `kind` so far.
-    pub fn error_count(&self, kind: &str) -> u64 {
-        self.inner.errors.lock().get(kind).copied().unwrap_or(0)
+    /// Count of errors for `reason` so far.
+    pub fn error_count(&self, reason: Reason) -> u64 {
+        self.inner
+            .errors
+            .lock()
+            .get(reason.label())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Turns on the per-principal families (`admin.principal_metrics`), with at most
     /// `max_principals` distinct principal labels; later principals are counted as `other`.
-    /// Called once at start-up; later calls are ignored.
+    /// Called once at start-up, before the metrics are registered; later calls are ignored.
     pub fn enable_principal_label(&self, max_principals: usize) {
-        let p = Arc::new(PrincipalMetrics::new(max_principals));
-        if self.principals.set(p.clone()).is_ok() {
-            self.register(p);
-        }
+        let _ = self.principals.set(PrincipalMetrics::new(max_principals));
     }
 
     /// The counters of `principal` (or of `other` once the label cap is reached); `None` when
@@ -346,19 +132,15 @@ impl Metrics {
     pub fn principal(&self, principal: &str) -> Option<Arc<PrincipalCounters>> {
         self.principals.get().map(|p| p.counters(principal))
     }
+}
 
-    /// Adds a module's families to the `/metrics` registry.
-    pub fn register(&self, source: Arc<dyn MetricsSource>) {
-        self.registry
-            .write()
-            .register_collector(Box::new(SourceCollector(source)));
-    }
-
-    /// Renders every registered family as OpenMetrics text (ends with `# EOF`).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.read());
-        out
+impl MetricsSource for Metrics {
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        self.inner.encode(e)?;
+        match self.principals.get() {
+            Some(p) => p.encode(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -553,17 +335,16 @@ impl MetricsSource for PrincipalMetrics {
     }
 }
 
-/// Kafka API name for a key (`unknown_<n>` when kafka-protocol does not know it).
-pub fn api_name(key: i16) -> String {
-    match kafka_protocol::messages::ApiKey::try_from(key) {
-        Ok(k) => format!("{k:?}"),
-        Err(_) => format!("unknown_{key}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `m` alone as OpenMetrics text (ends with `# EOF`), as `/metrics` renders it.
+    fn render(m: Metrics) -> String {
+        let registry = crate::metrics::MetricsRegistry::default();
+        registry.register(Arc::new(m));
+        registry.render()
+    }
 
     #[test]
     fn principal_label_is_bounded_and_off_by_default() {
@@ -573,7 +354,7 @@ mod tests {
         for name in ["alice", "bob", "carol", "dave", "alice"] {
             m.principal(name).unwrap().request(0, 10);
         }
-        let text = m.render();
+        let text = render(m);
         assert!(
             text.contains(r#"kapsule_principal_requests_total{principal="alice",api="Produce"} 2"#),
             "{text}"
@@ -645,15 +426,15 @@ mod tests {
     #[test]
     fn label_values_are_escaped_so_a_principal_cannot_add_samples() {
         let hostile = "evil\"} 1e9\nkapsule_connections_active 999\n# \\";
-        let render = |name: &str| {
+        let page_for = |name: &str| {
             let m = Metrics::default();
             m.enable_principal_label(10);
             m.principal(name).unwrap().request(0, 10);
             m.principal(name).unwrap().response(20);
-            m.render()
+            render(m)
         };
-        let benign = parse_samples(&render("alice"));
-        let page = render(hostile);
+        let benign = parse_samples(&page_for("alice"));
+        let page = page_for(hostile);
         let samples = parse_samples(&page);
         assert_eq!(samples.len(), benign.len(), "{page}");
         let principals: Vec<&str> = samples
@@ -682,8 +463,8 @@ mod tests {
         m.frame(Direction::Request, 0, 100);
         m.frame(Direction::Response, 0, 40);
         m.upstream_latency(0, Duration::from_millis(3));
-        m.error("frame_too_large");
-        let text = m.render();
+        m.error(Reason::FrameTooLarge);
+        let text = render(m);
         assert!(text.contains("kapsule_connections_active 1"));
         assert!(text.contains("kapsule_bytes_total{api=\"Produce\",direction=\"request\"} 100"));
         assert!(text

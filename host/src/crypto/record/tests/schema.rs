@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::*;
+use super::super::*;
 use crate::crypto::keys::DekConfig;
 use crate::crypto::wire::JSON_PREFIX;
 use crate::kafka::records::{Record, RecordBatch};

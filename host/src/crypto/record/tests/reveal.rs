@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::*;
+use super::super::*;
 use crate::crypto::keys::DekConfig;
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::kms::memory::MemoryKms;

@@ -44,6 +44,7 @@ use tracing::{debug, error, info, warn};
 use super::proxy_protocol::{self, ProxyProtocol};
 use super::warn_limit::ConnectionWarning;
 use super::ProxyShared;
+use crate::error::Reason;
 use crate::principal::{AuthMechanism, Principal};
 
 /// A byte stream a connection is relayed over: plain TCP or TLS over TCP.
@@ -478,7 +479,7 @@ impl UpstreamConnector {
         let name = match fixed_name {
             Some(n) => n.clone(),
             None => {
-                let (host, _) = crate::config::split_host_port(addr)
+                let (host, _) = crate::kafka::split_host_port(addr)
                     .with_context(|| format!("broker address `{addr}` is not host:port"))?;
                 ServerName::try_from(host.clone()).with_context(|| {
                     format!("broker host `{host}` is not a valid TLS server name; set proxy.upstream_tls.server_name")
@@ -604,7 +605,7 @@ pub async fn accept_client(
         ProxyProtocol::V2 => {
             let trusted = &shared.config.proxy_protocol_from;
             if !proxy_protocol::is_trusted_peer(trusted, socket_peer.ip()) {
-                shared.metrics.error("proxy_protocol_untrusted_peer");
+                shared.metrics.error(Reason::ProxyProtocolUntrustedPeer);
                 if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader) {
                     warn!(%socket_peer, suppressed, "closing connection unread: the peer is not in proxy.proxy_protocol_from (the load balancers allowed to send PROXY headers; loopback only when empty), so it may not claim a client address; connect through the load balancer or add its address");
                 }
@@ -618,7 +619,7 @@ pub async fn accept_client(
                 }
                 Ok(Ok(None)) => peer,
                 Ok(Err(e)) => {
-                    shared.metrics.error("proxy_protocol");
+                    shared.metrics.error(Reason::ProxyProtocol);
                     if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader)
                     {
                         warn!(%socket_peer, suppressed, error = %e, "closing connection: no valid PROXY protocol v2 header (proxy.proxy_protocol is v2; connect through the load balancer)");
@@ -626,7 +627,7 @@ pub async fn accept_client(
                     return None;
                 }
                 Err(_) => {
-                    shared.metrics.error("proxy_protocol");
+                    shared.metrics.error(Reason::ProxyProtocol);
                     if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader)
                     {
                         warn!(%socket_peer, suppressed, "closing connection: no PROXY protocol v2 header within {:?}", proxy_protocol::HEADER_TIMEOUT);
@@ -651,7 +652,7 @@ pub async fn accept_client(
     let mut first = [0u8; 1];
     match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] != 0x16 => {
-            shared.metrics.error("tls_handshake");
+            shared.metrics.error(Reason::TlsHandshake);
             if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
                 warn!(%peer, suppressed, "closing connection: the client sent plaintext to a TLS listener (set security.protocol=SSL or SASL_SSL in the client)");
             }
@@ -659,7 +660,7 @@ pub async fn accept_client(
         }
         Ok(Ok(0)) | Ok(Err(_)) => return None,
         Err(_) => {
-            shared.metrics.error("tls_handshake");
+            shared.metrics.error(Reason::TlsHandshake);
             if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
                 warn!(%peer, suppressed, "closing connection: the client sent nothing within the TLS handshake timeout");
             }
@@ -686,7 +687,7 @@ pub async fn accept_client(
                             Some(p)
                         }
                         Err(e) => {
-                            shared.metrics.error("tls_principal");
+                            shared.metrics.error(Reason::TlsPrincipal);
                             warn!(%peer, "closing connection: the verified client certificate names no principal: {e} (proxy.tls.principal_from is {}; issue certificates with it or change the setting)", from.label());
                             return None;
                         }
@@ -703,14 +704,14 @@ pub async fn accept_client(
             })
         }
         Ok(Err(e)) => {
-            shared.metrics.error("tls_handshake");
+            shared.metrics.error(Reason::TlsHandshake);
             if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
                 warn!(%peer, suppressed, "closing connection: TLS handshake failed: {}", describe_tls_error(&e, Side::Client));
             }
             None
         }
         Err(_) => {
-            shared.metrics.error("tls_handshake");
+            shared.metrics.error(Reason::TlsHandshake);
             if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
                 warn!(%peer, suppressed, "closing connection: TLS handshake not completed within {timeout:?}");
             }

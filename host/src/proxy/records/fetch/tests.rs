@@ -13,7 +13,6 @@ use kafka_protocol::messages::{FetchResponse, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::super::{Encryption, RecordStage};
-use crate::config::RecordsMode;
 use crate::crypto::keys::DekConfig;
 use crate::crypto::record::WITHHELD_HEADER;
 use crate::crypto::{RecordEncryptor, HEADER_KEY};
@@ -23,6 +22,7 @@ use crate::policy::config::PolicyConfig;
 use crate::policy::fixtures::build_policies;
 use crate::policy::PolicyRegistry;
 use crate::principal::{AuthMechanism, Principal};
+use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 
 const RULES: &str = r#"
