@@ -669,12 +669,12 @@ mod tests {
         let mut two = BytesMut::new();
         Compression::Zstd.compress(&data, &mut two).unwrap();
         Compression::Zstd.compress(b"tail", &mut two).unwrap();
+        assert_eq!(Compression::Zstd.declared_size(&two), Some(data.len() + 4));
         assert_eq!(
-            Compression::Zstd.declared_size(&two),
-            Some(data.len() + 4)
-        );
-        assert_eq!(
-            Compression::Zstd.decompress(&two, data.len() + 4).unwrap().len(),
+            Compression::Zstd
+                .decompress(&two, data.len() + 4)
+                .unwrap()
+                .len(),
             data.len() + 4
         );
         // A frame without its content size (as the Java client writes them) states nothing and

@@ -524,10 +524,7 @@ async fn encrypted_records_stay_charged_until_their_frame_is_written() {
         .with_request_api_key(kafka_protocol::messages::ApiKey::Produce as i16)
         .with_request_api_version(7);
     let request = produce_request("enc-a", zero_batch(4 << 20));
-    let staged = s
-        .stage_produce(&header, request, &session())
-        .await
-        .unwrap();
+    let staged = s.stage_produce(&header, request, &session()).await.unwrap();
     let frame = staged.forward.as_ref().unwrap().frame().len();
     assert!(frame > 4 << 20, "encrypted zeros do not compress: {frame}");
     // The frame (about the size of its encrypted records) is charged while it waits to be
@@ -571,7 +568,11 @@ async fn uncompressed_batches_are_charged_while_they_are_encrypted() {
     use crate::proxy::budget::MemoryBudget;
     use std::time::Duration;
     let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(16 << 20, Duration::from_millis(50), 1 << 20));
+    let memory = Arc::new(MemoryBudget::new(
+        16 << 20,
+        Duration::from_millis(50),
+        1 << 20,
+    ));
     let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
     let mut b = batch_of(1, Compression::None);
     b.records[0].value = Some(Bytes::from(vec![7u8; 6 << 20]));
