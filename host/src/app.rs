@@ -45,8 +45,8 @@ pub async fn run_from_file(config: Config, config_file: Option<PathBuf>) -> anyh
     if let Some(enc) = &encryption {
         spawn_sighup_reload(enc.policy.clone(), config_file);
     }
-    spawn_frame_pool_trimmer();
     let memory = Arc::new(config.proxy.memory_budget());
+    spawn_memory_trimmer(memory.clone());
     registry.register(memory.clone());
     let records = RecordStage::new(config.records, encryption)
         .with_decompression_budget(config.proxy.decompression_budget())
@@ -163,18 +163,29 @@ fn policy_section(path: &Path) -> Result<Option<PolicyConfig>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Every few seconds, frees the pooled frame buffers no frame needed in the last period, so
-/// memory goes back after a burst (see [`crate::kafka::frame::pool`]).
-fn spawn_frame_pool_trimmer() {
+/// Every few seconds, frees the pooled frame buffers no frame needed in the last period and,
+/// once a burst is over (buffers were freed, or the memory budget's use fell well below its
+/// peak of the period), has every worker give freed memory back to the OS, so memory goes back
+/// after a burst (see [`crate::kafka::frame::pool`] and [`crate::alloc`]).
+fn spawn_memory_trimmer(memory: Arc<crate::proxy::budget::MemoryBudget>) {
     const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
-    tokio::spawn(async {
+    /// A fall in charged bytes worth giving back.
+    const FALL: usize = 16 * 1024 * 1024;
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let freed = crate::kafka::frame::pool::trim();
-            if freed > 0 {
-                tracing::debug!(freed_bytes = freed, "idle frame buffers freed");
+            let peak = memory.take_peak();
+            let fell = peak.saturating_sub(memory.in_use());
+            if freed > 0 || fell >= FALL {
+                tracing::debug!(
+                    freed_bytes = freed,
+                    budget_fell_bytes = fell,
+                    "burst over: idle frame buffers freed, freed memory given back to the OS"
+                );
+                crate::alloc::release_on_every_worker().await;
             }
         }
     });

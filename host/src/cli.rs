@@ -113,6 +113,7 @@ pub fn main() -> ExitCode {
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .on_thread_park(crate::alloc::on_worker_park)
                 .build()
             {
                 Ok(rt) => rt,

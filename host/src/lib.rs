@@ -1,6 +1,7 @@
 //! Kapsule: a Kafka-aware proxy that encrypts records at rest, per topic, with keys from a KMS.
 //!
 //! Module map (one concern each):
+//! - [`alloc`]: gives freed memory back to the OS after a burst (the allocator's side).
 //! - [`app`]: assembles KMS, policies, admin and proxy from a config and runs them.
 //! - [`config`]: YAML configuration, validation that reports every problem at start-up.
 //! - [`proxy`]: listeners, per-connection relay, address rewriting, request/response stages.
@@ -22,6 +23,7 @@
 //! With the `fuzzing` feature (and in the crate's own tests) `fuzzing` holds the fuzz oracles.
 
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod config;

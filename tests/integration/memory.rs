@@ -161,7 +161,6 @@ async fn a_zstd_bomb_in_one_small_produce_request_grows_rss_by_less_than_256_mib
 }
 
 #[tokio::test]
-#[ignore = "known gap: 20 concurrent 6 x 90 MiB zstd bombs with the per-batch limit raised to 96 MiB still peak at ~1.4 GiB (budget 320 MiB); some allocation on the decompress/encrypt path is not charged yet (issue 17 item 6)"]
 async fn twenty_zstd_bombs_at_once_stay_inside_the_memory_budget() {
     if direct_mode() {
         return;
@@ -364,7 +363,6 @@ async fn four_consumers_that_stop_reading_hold_little_memory() {
 }
 
 #[tokio::test]
-#[ignore = "OPEN (issue 17 item 6): passes alone and in a full suite run since the frame pool trims idle buffers, but once beside the policies tests RSS stayed at 318 MiB after the consumers closed (baseline 80 MiB): memory held outside the frame pool; flaky until found"]
 async fn forty_consumers_that_stop_reading_stay_inside_the_memory_budget() {
     if direct_mode() {
         return;

@@ -100,46 +100,81 @@ impl Compression {
         }
     }
 
+    /// Most bytes [`Compression::compress`] writes for `len` bytes of input (the codecs' worst
+    /// case, incompressible input, with some slack).
+    pub fn max_compressed_len(self, len: usize) -> usize {
+        match self {
+            Compression::None => len,
+            // snappy: a chunk's output may pass its input by a sixth before it is truncated.
+            Compression::Snappy => len + len / 5 + XERIAL_HEADER_LEN + 1024,
+            Compression::Gzip | Compression::Lz4 | Compression::Zstd => len + len / 128 + 1024,
+        }
+    }
+
     /// Appends `src` compressed with this codec to `out` (for [`Compression::None`], a copy).
     ///
     /// Writes gzip at the default level, snappy in xerial framing (32 KiB chunks), lz4 as an LZ4
     /// frame with independent 64 KiB blocks (what Kafka's Java LZ4 stream reads), zstd at level 3.
     pub fn compress(self, src: &[u8], out: &mut BytesMut) -> Result<(), CodecError> {
+        let mut c = self.compressor(out, src.len())?;
+        c.write_all(src).map_err(|e| c.error(e))?;
+        c.finish()
+    }
+
+    /// A writer that appends the bytes written to it, `len` in all, compressed as
+    /// [`Compression::compress`] does, to `out`; call [`Compressor::finish`] after the last.
+    /// Lets a caller compress what it produces piece by piece without first collecting it
+    /// uncompressed.
+    pub fn compressor(self, out: &mut BytesMut, len: usize) -> Result<Compressor<'_>, CodecError> {
         let err = |e: std::io::Error| CodecError::Compress {
             codec: self.name(),
             source: e,
         };
-        match self {
-            Compression::None => out.extend_from_slice(src),
-            Compression::Gzip => {
-                out.reserve(src.len() / 2 + 64);
-                let mut enc =
-                    flate2::write::GzEncoder::new(out.writer(), flate2::Compression::default());
-                enc.write_all(src).map_err(err)?;
-                enc.finish().map_err(err)?;
-            }
-            Compression::Snappy => snappy_xerial_compress(src, out).map_err(err)?,
+        // Room for incompressible input up front (record data encrypted before it is compressed
+        // is): growing `out` while writing would copy it, holding two buffers at once.
+        out.reserve(self.max_compressed_len(len));
+        let sink = match self {
+            Compression::None => Sink::Plain(out.writer()),
+            Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(
+                out.writer(),
+                flate2::Compression::default(),
+            )),
+            Compression::Snappy => Sink::Snappy(SnappyXerialWriter::new(out)),
             Compression::Lz4 => {
-                out.reserve(src.len() / 2 + 64);
                 let info = lz4_flex::frame::FrameInfo::new()
                     .block_size(lz4_flex::frame::BlockSize::Max64KB)
                     .block_mode(lz4_flex::frame::BlockMode::Independent);
-                let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out.writer());
-                enc.write_all(src).map_err(err)?;
-                enc.finish().map_err(|e| err(std::io::Error::other(e)))?;
+                Sink::Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(
+                    info,
+                    out.writer(),
+                ))
             }
             Compression::Zstd => {
-                out.reserve(src.len() / 2 + 64);
                 let mut enc =
                     zstd::stream::write::Encoder::new(out.writer(), ZSTD_LEVEL).map_err(err)?;
                 enc.include_contentsize(true).map_err(err)?;
-                enc.set_pledged_src_size(Some(src.len() as u64))
-                    .map_err(err)?;
-                enc.write_all(src).map_err(err)?;
-                enc.finish().map_err(err)?;
+                enc.set_pledged_src_size(Some(len as u64)).map_err(err)?;
+                Sink::Zstd(enc)
             }
+        };
+        Ok(Compressor { codec: self, sink })
+    }
+
+    /// The size `src` says it decompresses to, read from its headers without decompressing:
+    /// zstd frames that all carry their content size, snappy (a raw block's length prefix, or
+    /// the sum of a xerial stream's chunk lengths). `None` when the codec or the producer does
+    /// not state it (gzip, lz4, zstd frames without a content size, as the Java client writes)
+    /// or the headers are malformed (decompressing then reports the error).
+    ///
+    /// [`Compression::decompress`] never produces more than this, so a caller can size (and
+    /// charge memory for) the output before decompressing, and refuse a bomb unopened.
+    pub fn declared_size(self, src: &[u8]) -> Option<usize> {
+        match self {
+            Compression::None => Some(src.len()),
+            Compression::Zstd => zstd_declared_size(src),
+            Compression::Snappy => snappy_declared_size(src),
+            Compression::Gzip | Compression::Lz4 => None,
         }
-        Ok(())
     }
 
     /// Decompresses `src`, failing with [`CodecError::DecompressedTooLarge`] if the output
@@ -177,6 +212,26 @@ impl Compression {
                     Bounded::Io(e) => err(e),
                 })?,
             Compression::Zstd => {
+                if let Some(declared) = zstd_declared_size(src) {
+                    // Every frame states its size: refused before anything is allocated when
+                    // over the limit, else decoded straight into a buffer of exactly that size
+                    // (no window buffer besides it). A frame whose content differs from what it
+                    // declared fails as corrupt.
+                    if declared > limit {
+                        return Err(CodecError::DecompressedTooLarge { limit });
+                    }
+                    let out = zstd::bulk::decompress(src, declared).map_err(err)?;
+                    if out.len() != declared {
+                        return Err(err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "zstd frames declared {declared} bytes and decompressed to {}",
+                                out.len()
+                            ),
+                        )));
+                    }
+                    return Ok(Bytes::from(out));
+                }
                 let mut dec = zstd::stream::read::Decoder::with_buffer(src).map_err(err)?;
                 // The decoder's window is memory too (a frame may declare one as large as its
                 // content): at most the power of two above `limit`, so decompressing never
@@ -199,6 +254,47 @@ impl Compression {
 impl std::fmt::Display for Compression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Sum of the content sizes of the zstd frames that make up `src`; `None` unless every frame
+/// is complete and states its size (skippable frames count zero).
+fn zstd_declared_size(src: &[u8]) -> Option<usize> {
+    use zstd::zstd_safe;
+    if src.is_empty() {
+        return None;
+    }
+    let mut rest = src;
+    let mut total = 0usize;
+    while !rest.is_empty() {
+        let frame = zstd_safe::find_frame_compressed_size(rest).ok()?;
+        if frame == 0 || frame > rest.len() {
+            return None;
+        }
+        // A skippable frame reports 0.
+        let size = zstd_safe::get_frame_content_size(&rest[..frame]).ok()??;
+        total = total.checked_add(usize::try_from(size).ok()?)?;
+        rest = &rest[frame..];
+    }
+    Some(total)
+}
+
+/// What a snappy stream (xerial or one raw block) says it decompresses to; `None` when its
+/// framing is malformed.
+fn snappy_declared_size(src: &[u8]) -> Option<usize> {
+    if src.len() >= XERIAL_HEADER_LEN && src[..XERIAL_MAGIC.len()] == XERIAL_MAGIC {
+        let mut rest = &src[XERIAL_HEADER_LEN..];
+        let mut total = 0usize;
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
+            let chunk = tail.get(..len)?;
+            total = total.checked_add(snap::raw::decompress_len(chunk).ok()?)?;
+            rest = &tail[len..];
+        }
+        Some(total)
+    } else {
+        snap::raw::decompress_len(src).ok()
     }
 }
 
@@ -237,28 +333,146 @@ fn read_bounded(mut reader: impl Read, limit: usize, hint: usize) -> Result<Vec<
     }
 }
 
-/// Writes `src` as a xerial snappy stream: header, then `[i32 BE length][raw snappy block]`
-/// chunks of at most [`XERIAL_CHUNK`] uncompressed bytes.
-fn snappy_xerial_compress(src: &[u8], out: &mut BytesMut) -> std::io::Result<()> {
-    let mut enc = snap::raw::Encoder::new();
-    out.reserve(XERIAL_HEADER_LEN + src.len() / 2 + 64);
-    out.extend_from_slice(&XERIAL_MAGIC);
-    out.put_i32(1); // version
-    out.put_i32(1); // minimum compatible version
-    for chunk in src.chunks(XERIAL_CHUNK) {
+/// Where a [`Compressor`] writes: `out` itself, or a codec's encoder in front of it.
+enum Sink<'a> {
+    Plain(bytes::buf::Writer<&'a mut BytesMut>),
+    Gzip(flate2::write::GzEncoder<bytes::buf::Writer<&'a mut BytesMut>>),
+    Snappy(SnappyXerialWriter<'a>),
+    Lz4(lz4_flex::frame::FrameEncoder<bytes::buf::Writer<&'a mut BytesMut>>),
+    Zstd(zstd::stream::write::Encoder<'static, bytes::buf::Writer<&'a mut BytesMut>>),
+}
+
+/// Compresses what is written to it into a buffer ([`Compression::compressor`]).
+pub struct Compressor<'a> {
+    codec: Compression,
+    sink: Sink<'a>,
+}
+
+impl Compressor<'_> {
+    /// Ends the compressed stream (trailers, the last chunk or block).
+    pub fn finish(self) -> Result<(), CodecError> {
+        let codec = self.codec;
+        let r = match self.sink {
+            Sink::Plain(_) => Ok(()),
+            Sink::Gzip(enc) => enc.finish().map(drop),
+            Sink::Snappy(enc) => enc.finish(),
+            Sink::Lz4(enc) => enc.finish().map(drop).map_err(std::io::Error::other),
+            Sink::Zstd(enc) => enc.finish().map(drop),
+        };
+        r.map_err(|source| CodecError::Compress {
+            codec: codec.name(),
+            source,
+        })
+    }
+
+    /// `e` as the [`CodecError`] of this compressor's codec.
+    pub fn error(&self, source: std::io::Error) -> CodecError {
+        CodecError::Compress {
+            codec: self.codec.name(),
+            source,
+        }
+    }
+}
+
+impl Write for Compressor<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.sink {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Gzip(w) => w.write(buf),
+            Sink::Snappy(w) => w.write(buf),
+            Sink::Lz4(w) => w.write(buf),
+            Sink::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::Plain(w) => w.write_all(buf),
+            Sink::Gzip(w) => w.write_all(buf),
+            Sink::Snappy(w) => w.write_all(buf),
+            Sink::Lz4(w) => w.write_all(buf),
+            Sink::Zstd(w) => w.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a xerial snappy stream: header, then `[i32 BE length][raw snappy block]` chunks of
+/// [`XERIAL_CHUNK`] uncompressed bytes (the last one shorter).
+struct SnappyXerialWriter<'a> {
+    out: &'a mut BytesMut,
+    enc: snap::raw::Encoder,
+    chunk: Vec<u8>,
+}
+
+impl<'a> SnappyXerialWriter<'a> {
+    fn new(out: &'a mut BytesMut) -> Self {
+        out.extend_from_slice(&XERIAL_MAGIC);
+        out.put_i32(1); // version
+        out.put_i32(1); // minimum compatible version
+        Self {
+            out,
+            enc: snap::raw::Encoder::new(),
+            chunk: Vec::new(),
+        }
+    }
+
+    /// Appends one chunk.
+    fn put_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        let out = &mut *self.out;
         let max = snap::raw::max_compress_len(chunk.len());
         let len_pos = out.len();
         out.put_i32(0);
         let start = out.len();
         out.resize(start + max, 0);
-        let n = enc
+        let n = self
+            .enc
             .compress(chunk, &mut out[start..])
             .map_err(std::io::Error::other)?;
         out.truncate(start + n);
         let n = i32::try_from(n).map_err(std::io::Error::other)?;
         out[len_pos..start].copy_from_slice(&n.to_be_bytes());
+        Ok(())
     }
-    Ok(())
+
+    fn finish(mut self) -> std::io::Result<()> {
+        let chunk = std::mem::take(&mut self.chunk);
+        if !chunk.is_empty() {
+            self.put_chunk(&chunk)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for SnappyXerialWriter<'_> {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        if !self.chunk.is_empty() {
+            let take = (XERIAL_CHUNK - self.chunk.len()).min(buf.len());
+            self.chunk.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.chunk.len() < XERIAL_CHUNK {
+                return Ok(n);
+            }
+            let chunk = std::mem::take(&mut self.chunk);
+            self.put_chunk(&chunk)?;
+            self.chunk = chunk;
+            self.chunk.clear();
+        }
+        let mut whole = buf.chunks_exact(XERIAL_CHUNK);
+        for chunk in &mut whole {
+            self.put_chunk(chunk)?;
+        }
+        self.chunk.extend_from_slice(whole.remainder());
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes snappy: xerial framing if `src` starts with the xerial magic, else one raw block.
@@ -437,6 +651,58 @@ mod tests {
             Compression::Snappy.decompress(&raw, 1000),
             Err(CodecError::DecompressedTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn zstd_and_snappy_state_their_decompressed_size() {
+        let data = sample();
+        for c in Compression::ALL {
+            let mut out = BytesMut::new();
+            c.compress(&data, &mut out).unwrap();
+            let want = match c {
+                Compression::None | Compression::Snappy | Compression::Zstd => Some(data.len()),
+                Compression::Gzip | Compression::Lz4 => None,
+            };
+            assert_eq!(c.declared_size(&out), want, "{c}");
+        }
+        // Several zstd frames: their sizes add up, and the output is exactly that.
+        let mut two = BytesMut::new();
+        Compression::Zstd.compress(&data, &mut two).unwrap();
+        Compression::Zstd.compress(b"tail", &mut two).unwrap();
+        assert_eq!(Compression::Zstd.declared_size(&two), Some(data.len() + 4));
+        assert_eq!(
+            Compression::Zstd
+                .decompress(&two, data.len() + 4)
+                .unwrap()
+                .len(),
+            data.len() + 4
+        );
+        // A frame without its content size (as the Java client writes them) states nothing and
+        // is still decoded under the limit.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.write_all(&data).unwrap();
+        let unsized_frame = enc.finish().unwrap();
+        assert_eq!(Compression::Zstd.declared_size(&unsized_frame), None);
+        assert_eq!(
+            // (A limit below the frame's 2 MiB window refuses it: the window is memory too.)
+            Compression::Zstd
+                .decompress(&unsized_frame, 4 << 20)
+                .unwrap()
+                .len(),
+            data.len()
+        );
+        assert!(matches!(
+            Compression::Zstd.decompress(&unsized_frame, data.len() - 1),
+            Err(CodecError::DecompressedTooLarge { .. })
+        ));
+        // A damaged frame is an error, not a shorter output.
+        let mut damaged = BytesMut::new();
+        Compression::Zstd.compress(&data, &mut damaged).unwrap();
+        let declared = Compression::Zstd.declared_size(&damaged).unwrap();
+        assert!(Compression::Zstd
+            .decompress(&damaged[..damaged.len() - 1], declared)
+            .is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Process-wide memory budget: one bound, in bytes, on what all connections together hold in
-//! decompressed record data and in broker responses not yet written to their clients.
+//! record data being transformed and in broker responses not yet written to their clients.
 //!
 //! Per-request and per-connection caps do not bound a process: a 200 MiB per-request
 //! decompression budget times 20 concurrent requests, or one 16 MiB Fetch response times 40
@@ -7,11 +7,15 @@
 //! from one [`MemoryBudget`] (a tokio [`Semaphore`] counting KiB, `acquire_many` over bytes) and
 //! gives them back when the memory is freed ([`Charge`] is an RAII guard):
 //!
-//! - **Decompression** (`proxy/records`): a compressed batch is charged, before it is
-//!   decompressed, [`WORKING_COPIES`] times the bytes it may decompress to (the decompressed
-//!   records, their encrypted or decrypted copy and the re-encoded records before they are
-//!   compressed again live at the same time). A request waits at most `memory_wait_ms` for its
-//!   charge, then its partition is refused with a retriable error (see `records`).
+//! - **Transformation** (`proxy/records`): a batch is charged, before it is decompressed,
+//!   [`WORKING_COPIES`] times the bytes it may decompress to (an uncompressed batch: its size):
+//!   the decoded records, their encrypted or decrypted copy and the re-encoded records, which
+//!   are compressed as they are written, live at the same time. Once the batch is re-encoded,
+//!   [`OUTPUT_COPIES`] times its new bytes stay charged for the request until the frame that
+//!   carries them is written to the broker (produce) or built (fetch), and the rest is given
+//!   back. A request waits at most `memory_wait_ms` for a charge, then its partition is refused
+//!   with a retriable error (see `records`); one whose held records and next charge exceed the
+//!   whole budget is refused at once.
 //! - **Unwritten responses** (`proxy/connection`): a broker response is charged its size before
 //!   it is read from the broker and until it is written to the client. Each connection also has
 //!   its own allowance ([`ResponseGate`]): once it holds that many unwritten bytes (at least one
@@ -24,7 +28,7 @@
 //! `kapsule_memory_waits_total{use}`, `kapsule_memory_refusals_total{use}`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +44,13 @@ pub const DEFAULT_MEMORY_WAIT_MS: u64 = 5_000;
 /// Default unwritten response bytes one connection may hold: 1 MiB (one larger response is
 /// always admitted when the connection holds nothing else).
 pub const DEFAULT_RESPONSE_BYTES_PER_CONNECTION: usize = 1024 * 1024;
-/// A decompressed batch is charged this many times its size: the decompressed records, the
-/// transformed (encrypted or decrypted) copy and the re-encoded records before compression.
+/// A batch being transformed is charged this many times its (decompressed) size: the decoded
+/// records, the transformed (encrypted or decrypted) copy and the re-encoded records.
 pub const WORKING_COPIES: usize = 3;
+/// Re-encoded records are charged this many times their size until the frame that carries
+/// them is written: the records, and the request or response frame they are copied into (or,
+/// before that, the copy made when the buffer collecting them grows).
+pub const OUTPUT_COPIES: usize = 2;
 
 /// Granularity of the semaphore (so budgets above 4 GiB fit `acquire_many`'s `u32`).
 const UNIT: usize = 1024;
@@ -107,6 +115,8 @@ pub struct MemoryBudget {
     per_connection: usize,
     waits: [AtomicU64; 3],
     refusals: [AtomicU64; 3],
+    /// Highest bytes in use since the last [`MemoryBudget::take_peak`].
+    peak: AtomicUsize,
 }
 
 impl fmt::Debug for MemoryBudget {
@@ -139,6 +149,24 @@ impl Charge {
     pub fn bytes(&self) -> usize {
         self.permit.as_ref().map_or(0, |p| p.num_permits() * UNIT)
     }
+
+    /// Moves `bytes` of this charge (rounded up to the budget's KiB, at most all it holds) into
+    /// a charge of their own, so they stay held when this one is given back.
+    pub fn split_off(&mut self, bytes: usize) -> Charge {
+        let n = units(bytes).min(self.bytes() / UNIT);
+        Charge {
+            permit: self.permit.as_mut().and_then(|p| p.split(n)),
+        }
+    }
+
+    /// Adds `other`'s bytes to this charge. Both must come from the same [`MemoryBudget`].
+    pub fn merge(&mut self, other: Charge) {
+        match (&mut self.permit, other.permit) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
 }
 
 fn units(bytes: usize) -> usize {
@@ -157,6 +185,7 @@ impl MemoryBudget {
             per_connection,
             waits: Default::default(),
             refusals: Default::default(),
+            peak: AtomicUsize::new(0),
         }
     }
 
@@ -170,9 +199,23 @@ impl MemoryBudget {
         (self.limit / UNIT).saturating_sub(self.semaphore.available_permits()) * UNIT
     }
 
+    /// The highest bytes in use since the previous call (or since start-up); starts the next
+    /// period at today's use. Tells a periodic task that a burst is over.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.in_use(), Relaxed).max(self.in_use())
+    }
+
     /// Takes `bytes` from the budget, waiting up to the configured wait for other charges to be
     /// given back. Fails at once when `bytes` exceed the whole budget.
     pub async fn charge(&self, bytes: usize, what: Use) -> Result<Charge, BudgetRefusal> {
+        let charge = self.charge_inner(bytes, what).await;
+        if charge.is_ok() {
+            self.peak.fetch_max(self.in_use(), Relaxed);
+        }
+        charge
+    }
+
+    async fn charge_inner(&self, bytes: usize, what: Use) -> Result<Charge, BudgetRefusal> {
         let n = units(bytes);
         if n * UNIT > self.limit {
             self.refusals[what.slot()].fetch_add(1, Relaxed);

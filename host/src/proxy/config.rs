@@ -60,10 +60,10 @@ pub struct ProxyConfig {
     /// fetched one fails its partition with CORRUPT_MESSAGE.
     #[serde(default = "default_max_decompressed_bytes_per_batch")]
     pub max_decompressed_bytes_per_batch: usize,
-    /// Process-wide bound on memory held for record data: decompressed batches (charged three
-    /// times their size while they are transformed) and broker responses not yet written to
-    /// their clients, summed over every connection (default 512 MiB). See docs/deployment.md,
-    /// "Memory".
+    /// Process-wide bound on memory held for record data: batches being transformed (charged
+    /// three times their decompressed size), re-encoded records until the frame carrying them
+    /// is done (twice their size) and broker responses not yet written to their clients, summed
+    /// over every connection (default 512 MiB). See docs/deployment.md, "Memory".
     #[serde(default = "default_memory_budget_bytes")]
     pub memory_budget_bytes: usize,
     /// Longest wait for the memory budget, in milliseconds (default 5000): a Produce partition

@@ -54,11 +54,20 @@ impl RecordBatch {
         out.put_i32(self.base_sequence);
         out.put_i32(count);
         match compression {
-            Compression::None => self.write_records(out),
+            Compression::None => self
+                .write_records(&mut Direct(out))
+                .expect("writing to a buffer cannot fail"),
             c => {
-                let mut plain = BytesMut::with_capacity(records_len);
-                self.write_records(&mut plain);
-                c.compress(&plain, out)?;
+                // Records go into the compressor as they are written (small fields through a
+                // staging buffer), never collected uncompressed: no third copy of the batch.
+                let mut sink = Staged {
+                    stage: BytesMut::with_capacity(records_len.min(Staged::STAGE_BYTES)),
+                    compressor: c.compressor(out, records_len)?,
+                };
+                self.write_records(&mut sink)
+                    .map_err(|e| sink.compressor.error(e))?;
+                sink.flush()?;
+                sink.compressor.finish()?;
             }
         }
         let length = out.len() - start - LOG_OVERHEAD;
@@ -80,21 +89,108 @@ impl RecordBatch {
     }
 
     /// Writes all records (lengths already validated by `checked_record_body_len`).
-    fn write_records(&self, out: &mut BytesMut) {
+    fn write_records(&self, out: &mut impl RecordsOut) -> std::io::Result<()> {
         for r in &self.records {
-            put_varint(out, record_body_len(r) as i32);
-            out.put_i8(r.attributes);
-            put_varlong(out, r.timestamp_delta);
-            put_varint(out, r.offset_delta);
-            put_nullable(out, r.key.as_deref());
-            put_nullable(out, r.value.as_deref());
-            put_varint(out, r.headers.len() as i32);
+            let small = out.small();
+            put_varint(small, record_body_len(r) as i32);
+            small.put_i8(r.attributes);
+            put_varlong(small, r.timestamp_delta);
+            put_varint(small, r.offset_delta);
+            put_nullable(out, r.key.as_deref())?;
+            put_nullable(out, r.value.as_deref())?;
+            put_varint(out.small(), r.headers.len() as i32);
             for h in &r.headers {
-                put_varint(out, h.key.len() as i32);
-                out.extend_from_slice(&h.key);
-                put_nullable(out, h.value.as_deref());
+                put_varint(out.small(), h.key.len() as i32);
+                out.bytes(&h.key)?;
+                put_nullable(out, h.value.as_deref())?;
             }
+            out.record_done()?;
         }
+        Ok(())
+    }
+}
+
+/// Where [`RecordBatch::write_records`] writes: varints and fixed fields into
+/// [`RecordsOut::small`], keys, values and headers through [`RecordsOut::bytes`].
+trait RecordsOut {
+    /// The buffer small fields are put into.
+    fn small(&mut self) -> &mut BytesMut;
+    /// Writes a key, value or header.
+    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()>;
+    /// Called after each record.
+    fn record_done(&mut self) -> std::io::Result<()>;
+}
+
+/// Records written straight into the batch (uncompressed).
+struct Direct<'a>(&'a mut BytesMut);
+
+impl RecordsOut for Direct<'_> {
+    #[inline]
+    fn small(&mut self) -> &mut BytesMut {
+        self.0
+    }
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(b);
+        Ok(())
+    }
+    #[inline]
+    fn record_done(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records written into a compressor: small fields collect in a staging buffer passed on
+/// once it holds [`Staged::STAGE_BYTES`]; large keys, values and headers go straight through.
+struct Staged<'a> {
+    stage: BytesMut,
+    compressor: crate::kafka::compression::Compressor<'a>,
+}
+
+impl Staged<'_> {
+    /// Staging buffer size; a field at least this large bypasses it.
+    const STAGE_BYTES: usize = 64 * 1024;
+
+    fn flush(&mut self) -> Result<(), CodecError> {
+        use std::io::Write;
+        if !self.stage.is_empty() {
+            self.compressor
+                .write_all(&self.stage)
+                .map_err(|e| self.compressor.error(e))?;
+            self.stage.clear();
+        }
+        Ok(())
+    }
+}
+
+impl RecordsOut for Staged<'_> {
+    #[inline]
+    fn small(&mut self) -> &mut BytesMut {
+        &mut self.stage
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if !self.stage.is_empty() && self.stage.len() + b.len() > Self::STAGE_BYTES {
+            self.compressor.write_all(&self.stage)?;
+            self.stage.clear();
+        }
+        if b.len() < Self::STAGE_BYTES {
+            self.stage.extend_from_slice(b);
+            Ok(())
+        } else {
+            self.compressor.write_all(b)
+        }
+    }
+
+    #[inline]
+    fn record_done(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.stage.len() >= Self::STAGE_BYTES {
+            self.compressor.write_all(&self.stage)?;
+            self.stage.clear();
+        }
+        Ok(())
     }
 }
 
@@ -148,12 +244,16 @@ pub(super) fn put_varlong(out: &mut BytesMut, v: i64) {
     put_uvarint(out, zigzag64(v));
 }
 
-fn put_nullable(out: &mut BytesMut, b: Option<&[u8]>) {
+#[inline]
+fn put_nullable(out: &mut impl RecordsOut, b: Option<&[u8]>) -> std::io::Result<()> {
     match b {
-        None => put_varint(out, -1),
+        None => {
+            put_varint(out.small(), -1);
+            Ok(())
+        }
         Some(b) => {
-            put_varint(out, b.len() as i32);
-            out.extend_from_slice(b);
+            put_varint(out.small(), b.len() as i32);
+            out.bytes(b)
         }
     }
 }

@@ -104,6 +104,17 @@ impl RawBatch {
         Compression::from_attributes(self.attributes())
     }
 
+    /// What the records section of this v2 batch says it decompresses to, read from the codec's
+    /// headers without decompressing ([`Compression::declared_size`]); `None` for v0/v1, an
+    /// unknown codec, or a codec or producer that does not state it.
+    pub fn declared_records_size(&self) -> Option<usize> {
+        if self.is_legacy() {
+            return None;
+        }
+        let records = self.bytes.get(super::V2_HEADER_LEN..)?;
+        self.compression().ok()?.declared_size(records)
+    }
+
     /// Record count from the v2 header (as stored, unvalidated); `None` for v0/v1.
     pub fn record_count(&self) -> Option<i32> {
         (!self.is_legacy()).then(|| be_i32(&self.bytes[RECORD_COUNT_OFFSET..]))

@@ -44,7 +44,9 @@ use crate::kafka::compression::Compression;
 use crate::kafka::frame::{encode_request, encode_response, DEFAULT_MAX_FRAME_BYTES};
 use crate::kafka::records::{split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry};
 use crate::policy::PolicyRegistry;
-use crate::proxy::budget::{BudgetRefusal, Charge, MemoryBudget, Use, WORKING_COPIES};
+use crate::proxy::budget::{
+    BudgetRefusal, Charge, MemoryBudget, Use, OUTPUT_COPIES, WORKING_COPIES,
+};
 use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 use crate::proxy::topic_ids::TopicIds;
@@ -167,6 +169,8 @@ impl ProducePatch {
 #[derive(Debug)]
 pub struct StagedProduce {
     frame: Bytes,
+    /// The memory budget's bytes for the frame's re-encoded records, held until it is written.
+    _memory: Charge,
 }
 
 impl StagedProduce {
@@ -326,12 +330,17 @@ impl RecordStage {
         mut request: ProduceRequest,
         session: &ClientSession,
     ) -> anyhow::Result<ProduceStaged> {
-        let patch = self.on_produce(&mut request, session).await;
+        let (patch, mut output) = self.on_produce_charged(&mut request, session).await;
         let forward = if request.topic_data.is_empty() {
             None
         } else {
+            let frame = encode_request(ApiKey::Produce, header, &request)?;
+            // The records are in the frame now: only the frame's share stays charged.
+            drop(request);
+            let memory = output.split_off(frame.len());
             Some(StagedProduce {
-                frame: encode_request(ApiKey::Produce, header, &request)?,
+                frame,
+                _memory: memory,
             })
         };
         Ok(ProduceStaged { forward, patch })
@@ -343,7 +352,10 @@ impl RecordStage {
         if self.transforms_produce() {
             return Err(BypassRefused("produced"));
         }
-        Ok(StagedProduce { frame })
+        Ok(StagedProduce {
+            frame,
+            _memory: Charge::default(),
+        })
     }
 
     /// Runs a decoded Fetch response through the stage ([`RecordStage::on_fetch`]) and encodes
@@ -355,9 +367,13 @@ impl RecordStage {
         mut response: FetchResponse,
         session: &ClientSession,
     ) -> anyhow::Result<StagedFetch> {
-        if self.transforms_fetch() {
-            self.on_fetch(&mut response, session).await?;
-        }
+        // The decrypted records' charge is given back once they are copied into the frame (which
+        // the connection's response charge covers, as it covered the broker's frame).
+        let _output = if self.transforms_fetch() {
+            self.on_fetch_charged(&mut response, session).await?
+        } else {
+            Charge::default()
+        };
         Ok(StagedFetch {
             frame: encode_response(ApiKey::Fetch, version, header, &response)?,
         })
@@ -398,14 +414,17 @@ pub struct Budget {
     per_batch: usize,
     memory: Arc<MemoryBudget>,
     what: Use,
+    /// The request's re-encoded records, charged [`OUTPUT_COPIES`] times their size: held
+    /// until the frame carrying them is written (produce) or built (fetch).
+    output: Charge,
 }
 
-/// A decoded batch and the memory-budget bytes charged for it: given back when it is dropped
-/// (after its records are re-encoded, or forwarded as they were).
+/// A decoded batch and the memory-budget bytes charged for it: given back when it is dropped,
+/// except what [`Budget::keep_output`] keeps for its re-encoded bytes.
 #[derive(Debug)]
 pub struct Decoded {
     batch: RecordBatch,
-    _charge: Charge,
+    charge: Charge,
 }
 
 impl std::ops::Deref for Decoded {
@@ -437,6 +456,7 @@ impl Budget {
             per_batch,
             memory,
             what,
+            output: Charge::default(),
         }
     }
 
@@ -447,40 +467,48 @@ impl Budget {
 
     /// Decodes `raw`, charging its decompressed records section to the request's budget and,
     /// while the batch is alive, [`WORKING_COPIES`] times its bytes to the process-wide memory
-    /// budget. Fails with RECORD_LIST_TOO_LARGE (from the client) once the request as a whole
-    /// would pass its limit or the batch its per-batch limit, or when the batch could never fit
-    /// the memory budget; with REQUEST_TIMED_OUT (retriable, [`Reason::MemoryBusy`]) when other
-    /// requests held the memory budget for the whole wait. The decompressor stops at the bytes
+    /// budget (an uncompressed batch: its size on the wire, for its transformed and re-encoded
+    /// copies). Fails with RECORD_LIST_TOO_LARGE (from the client) once the request as a whole
+    /// would pass its limit or the batch its per-batch limit, or when the batch and what the
+    /// request already holds could never fit the memory budget together; with
+    /// REQUEST_TIMED_OUT (retriable, [`Reason::MemoryBusy`]) when other requests held the memory
+    /// budget for the whole wait.
+    ///
+    /// A batch whose codec states its decompressed size (zstd with content sizes, snappy) is
+    /// charged exactly that and refused unopened when it is over a limit; others are tried with
+    /// growing limits, each charged before it is tried. The decompressor stops at the bytes
     /// charged, so memory never grows past the charge.
     pub async fn decode(&mut self, raw: &RawBatch) -> Result<Decoded, ProxyError> {
         if matches!(raw.compression(), Ok(Compression::None) | Err(_)) {
-            // Nothing to decompress: records are slices of the frame.
+            // Nothing to decompress: records are slices of the frame; their transformed and
+            // re-encoded copies are charged.
+            let charge = self
+                .charge(raw.bytes().len().saturating_mul(WORKING_COPIES))
+                .await?;
             return Ok(Decoded {
                 batch: raw.decode_with_limit(0)?,
-                _charge: Charge::default(),
+                charge,
             });
         }
         let remaining = self.limit.saturating_sub(self.used);
         let cap = remaining.min(self.per_batch);
-        let mut attempt = raw
-            .bytes()
-            .len()
-            .saturating_mul(ATTEMPT_GROWTH)
-            .max(MIN_ATTEMPT)
-            .min(cap);
+        let declared = raw.declared_records_size();
+        let mut attempt = match declared {
+            Some(size) if size > cap => return Err(self.too_large(cap, remaining)),
+            Some(size) => size,
+            None => raw
+                .bytes()
+                .len()
+                .saturating_mul(ATTEMPT_GROWTH)
+                .max(MIN_ATTEMPT)
+                .min(cap),
+        };
         loop {
-            let charge = self
-                .memory
-                .charge(attempt.saturating_mul(WORKING_COPIES), self.what)
-                .await
-                .map_err(|e| self.refused(e))?;
+            let charge = self.charge(attempt.saturating_mul(WORKING_COPIES)).await?;
             match raw.decode_with_limit(attempt) {
                 Ok(batch) => {
                     self.used += decoded_size(&batch);
-                    return Ok(Decoded {
-                        batch,
-                        _charge: charge,
-                    });
+                    return Ok(Decoded { batch, charge });
                 }
                 Err(CodecError::DecompressedTooLarge { .. }) if attempt < cap => {
                     // Give the charge back before asking for more: no request holds bytes
@@ -488,32 +516,88 @@ impl Budget {
                     drop(charge);
                     attempt = attempt.saturating_mul(ATTEMPT_GROWTH).min(cap);
                 }
-                Err(CodecError::DecompressedTooLarge { .. }) if cap == remaining => {
-                    self.used = self.limit;
-                    return Err(ProxyError::client(
-                        ResponseError::RecordListTooLarge,
-                        Reason::TooLarge,
-                        format!(
-                            "the batches of this request decompress to more than {} bytes in \
-                             total (the per-request decompression budget, \
-                             proxy.max_decompressed_bytes_per_request); send smaller requests",
-                            self.limit
-                        ),
-                    ));
-                }
                 Err(CodecError::DecompressedTooLarge { .. }) => {
-                    return Err(ProxyError::client(
-                        ResponseError::RecordListTooLarge,
-                        Reason::TooLarge,
-                        format!(
-                            "a record batch decompresses to more than {} bytes \
-                             (proxy.max_decompressed_bytes_per_batch); send smaller batches",
-                            self.per_batch
-                        ),
-                    ));
+                    return Err(self.too_large(cap, remaining))
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Keeps, once `batch` has been re-encoded into `encoded` bytes of the request's records,
+    /// [`OUTPUT_COPIES`] times those bytes charged until the frame carrying them is done
+    /// (charging more when the batch's own charge is smaller); the rest of the batch's charge is
+    /// given back with it. Fails as [`Budget::decode`] does when the memory budget refuses.
+    pub async fn keep_output(&mut self, batch: Decoded, encoded: usize) -> Result<(), ProxyError> {
+        let Decoded { batch, mut charge } = batch;
+        drop(batch);
+        let want = encoded.saturating_mul(OUTPUT_COPIES);
+        let kept = charge.split_off(want);
+        drop(charge);
+        let short = want.saturating_sub(kept.bytes());
+        self.output.merge(kept);
+        if short > 0 {
+            let more = self.charge(short).await?;
+            self.output.merge(more);
+        }
+        Ok(())
+    }
+
+    /// Charges `bytes` copied as they are (a legacy, control or untouched batch) into the
+    /// request's re-encoded records, [`OUTPUT_COPIES`] times, like [`Budget::keep_output`].
+    pub async fn hold_copy(&mut self, bytes: usize) -> Result<(), ProxyError> {
+        let more = self.charge(bytes.saturating_mul(OUTPUT_COPIES)).await?;
+        self.output.merge(more);
+        Ok(())
+    }
+
+    /// The charge for the request's re-encoded records ([`Budget::keep_output`]).
+    pub fn into_output(self) -> Charge {
+        self.output
+    }
+
+    /// Takes `bytes` from the memory budget. What the request already holds counts: when the
+    /// two together exceed the whole budget, waiting cannot help and the charge is refused at
+    /// once as too large.
+    async fn charge(&self, bytes: usize) -> Result<Charge, ProxyError> {
+        let held = self.output.bytes();
+        if held.saturating_add(bytes) > self.memory.limit() {
+            return Err(self.refused(BudgetRefusal::NeverFits {
+                wanted: held.saturating_add(bytes),
+                limit: self.memory.limit(),
+            }));
+        }
+        self.memory
+            .charge(bytes, self.what)
+            .await
+            .map_err(|e| self.refused(e))
+    }
+
+    /// RECORD_LIST_TOO_LARGE for a batch over `cap`, the smaller of the per-batch limit and
+    /// the `remaining` per-request budget.
+    fn too_large(&mut self, cap: usize, remaining: usize) -> ProxyError {
+        if cap == remaining {
+            self.used = self.limit;
+            ProxyError::client(
+                ResponseError::RecordListTooLarge,
+                Reason::TooLarge,
+                format!(
+                    "the batches of this request decompress to more than {} bytes in total (the \
+                     per-request decompression budget, proxy.max_decompressed_bytes_per_request); \
+                     send smaller requests",
+                    self.limit
+                ),
+            )
+        } else {
+            ProxyError::client(
+                ResponseError::RecordListTooLarge,
+                Reason::TooLarge,
+                format!(
+                    "a record batch decompresses to more than {} bytes \
+                     (proxy.max_decompressed_bytes_per_batch); send smaller batches",
+                    self.per_batch
+                ),
+            )
         }
     }
 
@@ -522,7 +606,10 @@ impl Budget {
             BudgetRefusal::NeverFits { .. } => ProxyError::client(
                 ResponseError::RecordListTooLarge,
                 Reason::TooLarge,
-                format!("a record batch is too large to decompress: {e}; send smaller batches"),
+                format!(
+                    "a record batch is too large to transform: {e}; send smaller batches or \
+                     requests"
+                ),
             ),
             BudgetRefusal::Busy { .. } => ProxyError::new(
                 ErrorSource::Internal,

@@ -29,7 +29,7 @@ use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::config::DecryptSettings;
 use crate::principal::Principal;
-use crate::proxy::budget::Use;
+use crate::proxy::budget::{Charge, Use};
 use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 
@@ -42,6 +42,16 @@ impl RecordStage {
         request: &mut ProduceRequest,
         session: &ClientSession,
     ) -> ProducePatch {
+        self.on_produce_charged(request, session).await.0
+    }
+
+    /// [`RecordStage::on_produce`], also returning the memory-budget charge for the re-encoded
+    /// records now in `request` (to hold until the frame carrying them is written).
+    pub(super) async fn on_produce_charged(
+        &self,
+        request: &mut ProduceRequest,
+        session: &ClientSession,
+    ) -> (ProducePatch, Charge) {
         let peer = session.peer();
         let mut patch = ProducePatch::default();
         let mut budget = self.request_budget(Use::ProduceDecompression);
@@ -88,7 +98,7 @@ impl RecordStage {
             topic.partition_data = kept;
         }
         request.topic_data.retain(|t| !t.partition_data.is_empty());
-        patch
+        (patch, budget.into_output())
     }
 
     /// The one exit of a produce partition: kept for the broker (as it came, or with the stage's
@@ -195,6 +205,7 @@ impl RecordStage {
             if raw.is_legacy() || raw.is_control() {
                 // v0/v1 messages cannot carry headers; control batches carry no user records.
                 if rewrite {
+                    budget.hold_copy(raw.bytes().len()).await?;
                     out.extend_from_slice(raw.bytes());
                 }
                 continue;
@@ -257,7 +268,9 @@ impl RecordStage {
                     .map_err(|e| batch_refusal(e, &decisions))?;
             }
             if rewrite {
+                let start = out.len();
                 batch.encode(&mut out)?;
+                budget.keep_output(batch, out.len() - start).await?;
             }
         }
         Ok(rewrite.then(|| out.freeze()))

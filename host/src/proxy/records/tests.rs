@@ -512,3 +512,73 @@ async fn a_bomb_larger_than_the_whole_budget_is_stopped_at_its_charge() {
     assert!(message.contains("memory budget"), "{message}");
     assert_eq!(memory.in_use(), 0);
 }
+
+#[tokio::test]
+async fn encrypted_records_stay_charged_until_their_frame_is_written() {
+    use crate::proxy::budget::MemoryBudget;
+    use std::time::Duration;
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let memory = Arc::new(MemoryBudget::new(64 << 20, Duration::from_secs(5), 1 << 20));
+    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(kafka_protocol::messages::ApiKey::Produce as i16)
+        .with_request_api_version(7);
+    let request = produce_request("enc-a", zero_batch(4 << 20));
+    let staged = s.stage_produce(&header, request, &session()).await.unwrap();
+    let frame = staged.forward.as_ref().unwrap().frame().len();
+    assert!(frame > 4 << 20, "encrypted zeros do not compress: {frame}");
+    // The frame (about the size of its encrypted records) is charged while it waits to be
+    // written; the decoded batch and its working copies are not any more.
+    let held = memory.in_use();
+    assert!(
+        held >= frame && held < frame + (64 << 10),
+        "{held} bytes charged for a {frame} byte frame"
+    );
+    drop(staged);
+    assert_eq!(memory.in_use(), 0);
+}
+
+#[tokio::test]
+async fn a_request_whose_records_and_next_batch_cannot_fit_together_is_refused_at_once() {
+    use crate::proxy::budget::MemoryBudget;
+    use std::time::{Duration, Instant};
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let memory = Arc::new(MemoryBudget::new(32 << 20, Duration::from_secs(5), 1 << 20));
+    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    // Each batch is charged 3 x 7 MiB while encrypted; the first one's encrypted records stay
+    // charged (2 x 7 MiB) beside the second: 35 MiB, more than the whole budget.
+    let one = zero_batch(7 << 20);
+    let records = Bytes::from([one.clone(), one].concat());
+    let started = Instant::now();
+    let (code, message) = produce(&s, "enc-a", records).await.unwrap_err();
+    assert_eq!(code, ResponseError::RecordListTooLarge.code(), "{message}");
+    assert!(message.contains("memory budget"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused only after {:?}: waiting could never help",
+        started.elapsed()
+    );
+    assert_eq!(memory.in_use(), 0);
+    // One such batch alone fits.
+    assert!(produce(&s, "enc-a", zero_batch(7 << 20)).await.is_ok());
+}
+
+#[tokio::test]
+async fn uncompressed_batches_are_charged_while_they_are_encrypted() {
+    use crate::proxy::budget::MemoryBudget;
+    use std::time::Duration;
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let memory = Arc::new(MemoryBudget::new(
+        16 << 20,
+        Duration::from_millis(50),
+        1 << 20,
+    ));
+    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let mut b = batch_of(1, Compression::None);
+    b.records[0].value = Some(Bytes::from(vec![7u8; 6 << 20]));
+    // 3 x 6 MiB while encrypted: more than the 16 MiB budget.
+    let (code, message) = produce(&s, "enc-a", set(&[b])).await.unwrap_err();
+    assert_eq!(code, ResponseError::RecordListTooLarge.code(), "{message}");
+    assert!(message.contains("memory budget"), "{message}");
+    assert_eq!(memory.in_use(), 0);
+}

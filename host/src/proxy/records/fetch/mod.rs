@@ -42,7 +42,7 @@ use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::Reveal;
 use crate::policy::config::DecryptSettings;
-use crate::proxy::budget::Use;
+use crate::proxy::budget::{Charge, Use};
 use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 
@@ -56,6 +56,16 @@ impl RecordStage {
         response: &mut FetchResponse,
         session: &ClientSession,
     ) -> anyhow::Result<()> {
+        self.on_fetch_charged(response, session).await.map(drop)
+    }
+
+    /// [`RecordStage::on_fetch`], also returning the memory-budget charge for the re-encoded
+    /// records now in `response` (to hold until they are copied into the response frame).
+    pub(super) async fn on_fetch_charged(
+        &self,
+        response: &mut FetchResponse,
+        session: &ClientSession,
+    ) -> anyhow::Result<Charge> {
         let peer = session.peer();
         let mut budget = self.request_budget(Use::FetchDecompression);
         for topic in &mut response.responses {
@@ -84,7 +94,7 @@ impl RecordStage {
                 self.apply_fetch_outcome(outcome, p, name.as_str(), peer);
             }
         }
-        Ok(())
+        Ok(budget.into_output())
     }
 
     /// What the connection's principal may read of `topic`: [`Reveal::All`] without encryption
@@ -186,16 +196,25 @@ async fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes,
         let entry = entry.map_err(ProxyError::from_broker)?;
         match &entry {
             RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => {
-                match budget.decode(raw).await {
-                    Ok(batch) => batch.encode(&mut out)?,
-                    Err(e) if e.reason() == Reason::MemoryBusy => return Ok(out.freeze()),
-                    Err(e) if e.reason() == Reason::TooLarge => {
-                        return truncate_or_fail(out, first && fresh, e)
+                let start = out.len();
+                let kept = match budget.decode(raw).await {
+                    Ok(batch) => {
+                        batch.encode(&mut out)?;
+                        budget.keep_output(batch, out.len() - start).await
                     }
-                    Err(e) => return Err(retag_broker(e)),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = kept {
+                    out.truncate(start);
+                    return cut_short(out, first && fresh, e);
                 }
             }
-            other => out.extend_from_slice(other.bytes()),
+            other => {
+                if let Err(e) = budget.hold_copy(other.bytes().len()).await {
+                    return cut_short(out, first && fresh, e);
+                }
+                out.extend_from_slice(other.bytes());
+            }
         }
         first = false;
     }
@@ -218,6 +237,17 @@ fn truncate_or_fail(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, 
         ))
     } else {
         Ok(out.freeze())
+    }
+}
+
+/// What a record set delivers when the budget refuses its next batch: the batches done so far
+/// when memory stays busy (the client fetches the rest once memory is free) or the batch is too
+/// large ([`truncate_or_fail`]); any other error fails the partition.
+fn cut_short(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, ProxyError> {
+    match e.reason() {
+        Reason::MemoryBusy => Ok(out.freeze()),
+        Reason::TooLarge => truncate_or_fail(out, alone, e),
+        _ => Err(retag_broker(e)),
     }
 }
 
@@ -261,6 +291,9 @@ async fn decrypt_record_set(
         let raw = match &entry {
             RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => raw,
             other => {
+                if let Err(e) = budget.hold_copy(other.bytes().len()).await {
+                    return cut_short(out, first && fresh, e).map(Some);
+                }
                 out.extend_from_slice(other.bytes());
                 first = false;
                 continue;
@@ -272,6 +305,9 @@ async fn decrypt_record_set(
             || compressed
             || may_contain_encrypted(raw.bytes());
         if !needs_look {
+            if let Err(e) = budget.hold_copy(raw.bytes().len()).await {
+                return cut_short(out, first && fresh, e).map(Some);
+            }
             out.extend_from_slice(raw.bytes());
             first = false;
             continue;
@@ -279,17 +315,18 @@ async fn decrypt_record_set(
         let mut batch = match budget.decode(raw).await {
             Ok(b) => b,
             // The client fetches the rest (from where this set ends) once memory is free.
-            Err(e) if e.reason() == Reason::MemoryBusy => return Ok(Some(out.freeze())),
-            Err(e) if e.reason() == Reason::TooLarge => {
-                return truncate_or_fail(out, first && fresh, e).map(Some)
-            }
-            Err(e) => return Err(retag_broker(e)),
+            Err(e) => return cut_short(out, first && fresh, e).map(Some),
         };
+        let alone = first && fresh;
         first = false;
         if !(options.require_encrypted
             || mode == RecordsMode::Reencode
             || batch_has_encrypted_records(&batch))
         {
+            drop(batch);
+            if let Err(e) = budget.hold_copy(raw.bytes().len()).await {
+                return cut_short(out, alone, e).map(Some);
+            }
             out.extend_from_slice(raw.bytes());
             continue;
         }
@@ -301,9 +338,14 @@ async fn decrypt_record_set(
             // offset and last_offset_delta so consumers move past the skipped offsets.
             batch.attributes = Compression::None.apply_to_attributes(batch.attributes);
         }
+        let start = out.len();
         batch.encode(&mut out).map_err(|e| {
             ProxyError::internal(format!("re-encoding a decrypted batch failed: {e}"))
         })?;
+        if let Err(e) = budget.keep_output(batch, out.len() - start).await {
+            out.truncate(start);
+            return cut_short(out, alone, e).map(Some);
+        }
         changed = true;
     }
     Ok(changed.then(|| out.freeze()))
