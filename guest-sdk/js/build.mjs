@@ -8,6 +8,7 @@
 // resolved as Node resolves them, 'kapsule-policy' is this SDK (the copy that runs the build), and
 // the component's host import (`log`) stays an import. The build disables the `http` and
 // `fetch-event` features: Kapsule grants no network, and a module importing wasi:http is refused.
+import { realpathSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
 import { dirname, resolve, join, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,6 +82,7 @@ async function main() {
   console.error(`kapsule js build: ${out} (${(component.length / 1048576).toFixed(1)} MiB, ${Date.now() - started} ms)`);
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+// Run as a program: `node build.mjs`, or through npm's bin link (a symlink, hence realpath).
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
   main().catch((e) => die(e && e.stack ? e.stack : String(e)));
 }

@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 
-use super::TopicPlan;
 use crate::kafka::records::Record;
 use crate::plan::{EncryptionPlan, RecordDecision, Reveal, ValuePart};
+use crate::policy::TopicPlan;
 
 pub(super) fn summarize(r: &Record) -> String {
     let text = |b: &Option<Bytes>, max: usize| match b {
