@@ -20,16 +20,11 @@
 //! compiled in-process as before, with a warning. `KAPSULE_POLICY_COMPILE_IN_PROCESS=1` turns the
 //! worker off.
 
-use std::io::Read as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use super::config::{LimitsConfig, PolicyConfig};
+use super::config::PolicyConfig;
 use super::{wasm, Inner, PolicyRegistry};
 
 impl PolicyRegistry {

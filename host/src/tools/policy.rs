@@ -20,11 +20,11 @@ use self::check_describe::{describe, describe_decision, describe_reveal, summari
 use self::check_findings::{exception_failure, memo_mismatches, sdk_exception};
 use self::check_samples::full_batch;
 use crate::kafka::records::Record;
-use crate::plan::{MemoKey, RecordDecision, Reveal};
+use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::policy::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
 use crate::policy::rules::TopicSelector;
 use crate::policy::wasm::thread_cpu_time;
-use crate::policy::{MemoUse, PolicyRegistry, TopicPlan};
+use crate::policy::{MemoUse, PolicyRegistry};
 use crate::principal::{AuthMechanism, Principal};
 use crate::tools::scaffold::{self, Lang};
 

@@ -75,6 +75,7 @@ impl Lang {
     }
 
     /// Path of the contract inside this language's SDK package.
+    #[cfg(test)]
     fn sdk_wit(self) -> &'static str {
         match self {
             Lang::Python => "kapsule_policy/wit/policy.wit",

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use crate::kafka::records::Record;
+use crate::plan::TopicPlan;
 use crate::plan::{EncryptionPlan, RecordDecision, Reveal, ValuePart};
-use crate::policy::TopicPlan;
 
 pub(super) fn summarize(r: &Record) -> String {
     let text = |b: &Option<Bytes>, max: usize| match b {
