@@ -4,8 +4,10 @@
 #   - clang + lld + wasi-libc + compiler-rt for wasm32 (C policies, Debian/Ubuntu packages)
 #   - wit-bindgen CLI 0.60.0 (C bindings; the same generation as the wit-bindgen crate the SDK uses)
 #   - componentize-py 0.25.1 (Python policies; pip, into the current Python environment)
-#   - @bytecodealliance/componentize-js 0.23 + @bytecodealliance/jco 1.35 (JavaScript policies; npm,
-#     project-local in guest-sdk/js/node_modules, which guest-sdk/js/build.mjs uses)
+#   - the JS SDK's npm dependencies (componentize-js 0.23, rolldown; jco 1.35 and typescript for its
+#     tests), project-local in guest-sdk/js/node_modules, which guest-sdk/js/build.mjs uses when
+#     the repository's examples are built from the checkout. A policy outside the repository gets
+#     them from its own `npm install` (kapsule policy new --lang js).
 # The C policy is linked into a component by `wasm-component-ld`, which ships with the Rust
 # toolchain (it embeds the wasi_snapshot_preview1 reactor adapter), so no adapter download is needed.
 # Each step is skipped when already present. Usage: scripts/install-policy-toolchains.sh
@@ -61,12 +63,13 @@ js_ok() {
     const v = (p) => JSON.parse(require("fs").readFileSync("node_modules/" + p + "/package.json", "utf8")).version;
     const ok = v("@bytecodealliance/jco").startsWith("1.35.") &&
                v("@bytecodealliance/componentize-js").startsWith("0.23.") &&
-               v("@bytecodealliance/preview2-shim").startsWith("0.25.");
+               v("@bytecodealliance/preview2-shim").startsWith("0.25.") &&
+               v("rolldown").startsWith("1.3.") && v("typescript").startsWith("7.");
     process.exit(ok ? 0 : 1);' 2>/dev/null
 }
 if ! (cd "$js_sdk" && js_ok); then
   if have npm; then
-    log "npm installing @bytecodealliance/jco 1.35 and @bytecodealliance/componentize-js 0.23 into $js_sdk"
+    log "npm installing the JS SDK's dependencies (componentize-js 0.23, rolldown, jco 1.35) into $js_sdk"
     (cd "$js_sdk" && npm install --no-audit --no-fund --silent)
   else
     log "npm not found: JavaScript policies will not build (install Node.js 20+)"

@@ -21,8 +21,9 @@
 // what it sends, so decisions may point at static strings or at buffers that live until
 // kp_policy_decide returns.
 //
-// Build: guest-sdk/c/build.sh policy.c policy.wasm (wit-bindgen c 0.60 + clang for wasm32-wasi +
-// wasm-component-ld; scripts/install-policy-toolchains.sh installs them).
+// Build: build.sh [--sysroot DIR] policy.c policy.wasm, beside this header (wit-bindgen c 0.60 +
+// any clang for wasm32-wasi with a wasi-libc sysroot, e.g. wasi-sdk via WASI_SDK_PATH +
+// wasm-component-ld).
 // The sandbox grants no files, network, environment or clocks; printf/fprintf(stderr) output goes
 // to Kapsule's rate-limited policy log (line by line), as kp_log does. Never log record contents.
 #ifndef KAPSULE_POLICY_H

@@ -1,47 +1,53 @@
 #!/usr/bin/env node
 // Builds a JavaScript Kapsule policy into a WebAssembly component with componentize-js 0.23.
-// Usage: node guest-sdk/js/build.mjs POLICY.js -o OUT.wasm
+// Usage: kapsule-policy-build POLICY.js -o OUT.wasm   (node build.mjs ... from a checkout)
 //
-// POLICY.js is one ES module that imports from 'kapsule-policy'. componentize-js takes a single
-// source file, so this script inlines the SDK (kapsule-policy.js) in place of that import — no
-// bundler needed. Other imports are not resolved: bundle them first (e.g. esbuild) if you need them.
-// The build disables the `http` and `fetch-event` features: Kapsule grants no network, and a
-// module importing wasi:http is refused.
-// Toolchain: scripts/install-policy-toolchains.sh installs componentize-js and jco into
-// guest-sdk/js/node_modules, where this script finds them.
-import { readFile, writeFile, mkdir } from 'node:fs/promises';
+// POLICY.js is an ES module that imports from 'kapsule-policy' and exports
+// `{ init, plan, decide, reveal }` (see kapsule-policy.js). componentize-js takes one source file,
+// so the policy is first bundled with rolldown: its imports (relative files and npm packages) are
+// resolved as Node resolves them, 'kapsule-policy' is this SDK (the copy that runs the build), and
+// the component's host import (`log`) stays an import. The build disables the `http` and
+// `fetch-event` features: Kapsule grants no network, and a module importing wasi:http is refused.
+import { realpathSync } from 'node:fs';
+import { writeFile, mkdir } from 'node:fs/promises';
 import { dirname, resolve, join, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const sdk = dirname(fileURLToPath(import.meta.url));
+
+/** The world's imports, provided by the host: never bundled. */
+const HOST_IMPORTS = ['log'];
 
 function die(msg) {
   console.error(`kapsule js build: ${msg}`);
   process.exit(1);
 }
 
-/** Inlines kapsule-policy.js into `app` in place of its `import ... from 'kapsule-policy'`. */
-export function inlineSdk(sdkSource, app) {
-  const hostImports = [];
-  const body = sdkSource.replace(/^import\s+[^;]+;\s*$/gm, (m) => {
-    hostImports.push(m.trim());
-    return '';
+/**
+ * Bundles policy module `entry` with this SDK into one ES module's source. `hostLog`, the path of
+ * a module, stands in for the host's `log` import (the SDK's tests record calls with it).
+ */
+export async function bundlePolicy(entry, { hostLog } = {}) {
+  const { rolldown } = await import('rolldown');
+  const alias = { 'kapsule-policy': join(sdk, 'kapsule-policy.js') };
+  if (hostLog) alias.log = resolve(hostLog);
+  const bundle = await rolldown({
+    input: resolve(entry),
+    platform: 'neutral',
+    external: (id) =>
+      (HOST_IMPORTS.includes(id) && !(id in alias)) || /^(wasi|kapsule):/.test(id),
+    resolve: { alias },
+    logLevel: 'warn',
   });
-  const exportRe = /^export\s*\{([^}]*)\};?\s*$/m;
-  const ex = body.match(exportRe);
-  if (!ex) throw new Error('kapsule-policy.js has no export list');
-  const iife = `const __kapsulePolicy = (() => {\n${body.replace(exportRe, `return {${ex[1]}};`)}\n})();\n`;
-  let found = false;
-  const importRe = /import\s+(\*\s+as\s+[A-Za-z_$][\w$]*|\{[^}]*\})\s+from\s+['"]kapsule-policy['"]\s*;?/g;
-  const rewritten = app.replace(importRe, (_m, what) => {
-    found = true;
-    if (what.startsWith('*')) return `const ${what.replace(/^\*\s+as\s+/, '')} = __kapsulePolicy;`;
-    const names = what.slice(1, -1).split(',').map((s) => s.trim()).filter(Boolean)
-      .map((s) => s.replace(/\s+as\s+/, ': '));
-    return `const { ${names.join(', ')} } = __kapsulePolicy;`;
-  });
-  if (!found) throw new Error("the policy does not import from 'kapsule-policy'");
-  return `${hostImports.join('\n')}\n${iife}\n${rewritten}`;
+  try {
+    const { output } = await bundle.generate({ format: 'esm', codeSplitting: false });
+    if (output.length !== 1) {
+      throw new Error('the policy must be one module graph without dynamic import()');
+    }
+    return output[0].code;
+  } finally {
+    await bundle.close();
+  }
 }
 
 async function main() {
@@ -53,23 +59,21 @@ async function main() {
     else if (!src) src = args[i];
     else die(`unexpected argument ${args[i]}`);
   }
-  if (!src || !out) die('usage: node build.mjs POLICY.js -o OUT.wasm');
+  if (!src || !out) die('usage: kapsule-policy-build POLICY.js -o OUT.wasm');
   let componentize;
   try {
-    // Resolved from this file's directory: guest-sdk/js/node_modules.
     ({ componentize } = await import('@bytecodealliance/componentize-js'));
   } catch (e) {
     if (e && e.code === 'ERR_MODULE_NOT_FOUND') {
-      die('componentize-js not found in guest-sdk/js/node_modules (run scripts/install-policy-toolchains.sh)');
+      die('componentize-js not found: run `npm install` (it is a dependency of kapsule-policy)');
     }
     throw e;
   }
-  const app = await readFile(src, 'utf8').catch((e) => die(`${src}: ${e.message}`));
-  const source = inlineSdk(await readFile(join(sdk, 'kapsule-policy.js'), 'utf8'), app);
+  const source = await bundlePolicy(src).catch((e) => die(`${src}: ${e.message}`));
   const started = Date.now();
   const { component } = await componentize(source, {
     sourceName: basename(src),
-    witPath: resolve(sdk, '../../wit'),
+    witPath: join(sdk, 'wit'),
     worldName: 'kapsule:policy/policy',
     disableFeatures: ['http', 'fetch-event'],
   });
@@ -78,6 +82,7 @@ async function main() {
   console.error(`kapsule js build: ${out} (${(component.length / 1048576).toFixed(1)} MiB, ${Date.now() - started} ms)`);
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+// Run as a program: `node build.mjs`, or through npm's bin link (a symlink, hence realpath).
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
   main().catch((e) => die(e && e.stack ? e.stack : String(e)));
 }

@@ -1,5 +1,10 @@
 // TypeScript types of the Kapsule policy SDK for JavaScript (kapsule-policy.js).
 // Compile TypeScript to an ES module first (tsc or esbuild), then build it with build.mjs.
+// The component-level shapes (what `exportPolicy` hands to componentize-js) are the declarations
+// jco generates from wit/policy.wit, in types/ (gen-types.mjs).
+/// <reference path="./types/kapsule-policy.d.ts" />
+import type * as World from 'kapsule:policy/policy@0.2.0';
+import type * as Wit from 'kapsule:policy/types@0.2.0';
 
 /** Which parts of each record `decide` needs to see. Asking for less is faster. */
 export class Needs {
@@ -81,7 +86,7 @@ export class TopicPlan {
 }
 
 /** How a client authenticated. */
-export type AuthMechanism = 'sasl-plain' | 'sasl-scram-sha256' | 'sasl-scram-sha512' | 'sasl-oauthbearer' | 'mtls';
+export type AuthMechanism = Wit.AuthMechanism;
 /** The values of AuthMechanism, in WIT order. */
 export const MECHANISMS: readonly AuthMechanism[];
 
@@ -164,12 +169,12 @@ export interface PolicyClass {
   };
 }
 
-/** The component exports for a policy class. */
+/** The component exports for a policy class: the world's exports as jco generates them. */
 export interface PolicyExports {
-  init(config: string): void;
-  plan(topic: string, client: unknown): unknown;
-  decide(topic: string, client: unknown, batch: unknown): unknown;
-  reveal(topic: string, client: unknown): unknown;
+  init: typeof World.init;
+  plan: typeof World.plan;
+  decide: typeof World.decide;
+  reveal: typeof World.reveal;
 }
 
 /** `export const { init, plan, decide, reveal } = exportPolicy(MyPolicy);` */

@@ -1,8 +1,8 @@
 // Write Kapsule encryption policies in JavaScript (or TypeScript compiled to JavaScript).
 //
 // A policy is a WebAssembly component implementing the `kapsule:policy/policy` world
-// (wit/policy.wit), built with componentize-js by `build.mjs` (one command:
-// `node guest-sdk/js/build.mjs policy.js -o policy.wasm`). It tells Kapsule, per topic and when
+// (wit/policy.wit), built with componentize-js by this package's `build.mjs` (one command:
+// `kapsule-policy-build policy.js -o policy.wasm`). It tells Kapsule, per topic and when
 // needed per record, which records to encrypt, under which key id and which parts.
 //
 // Write a class with `constructor(config)`, `plan(topic, client)`, `decide(topic, client, records)`

@@ -32,7 +32,7 @@ pub enum Command {
     },
     /// Write and check Wasm policies: `policy new NAME`, `policy check FILE --topic T`.
     #[command(subcommand)]
-    Policy(crate::policy::cli::PolicyCommand),
+    Policy(crate::tools::policy::PolicyCommand),
     /// Manage KEKs of the local KMS (`kms: { type: local }`) named in a config file.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -143,7 +143,7 @@ pub fn main() -> ExitCode {
         },
         Command::Policy(cmd) => {
             init_logging("warn");
-            match crate::policy::cli::run_policy_command(cmd) {
+            match crate::tools::policy::run_policy_command(cmd) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("kapsule policy: {e:#}");

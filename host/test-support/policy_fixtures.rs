@@ -3,7 +3,7 @@
 //! No `.wasm` is checked in: [`build_policies`] runs
 //! `cargo build --release --target wasm32-wasip2` in the `policies/` workspace once per process
 //! (cargo's own lock serializes concurrent test binaries) and returns where the components are.
-//! [`build_c_policy`] does the same for the C policy through `policies/c/build.sh`.
+//! [`build_c_policy`] does the same for the C policy through `policies/header-gate/c/build.sh`.
 //!
 //! Not part of the `kapsule` library: the unit tests, the benches and the integration tests
 //! include this file with `#[path]`, so the shipped binary never runs cargo.
@@ -74,7 +74,7 @@ fn build_policies_uncached() -> anyhow::Result<PolicyArtifacts> {
     })
 }
 
-/// Builds the C policy (`policies/c/`) with `policies/c/build.sh` once per process and returns
+/// Builds the C policy (`policies/header-gate/c/`) with its `build.sh` once per process and returns
 /// the component's path. Fails, saying which tool is missing, when clang, wasi-libc or
 /// `wit-bindgen` are not installed (`scripts/install-policy-toolchains.sh` installs them).
 pub fn build_c_policy() -> anyhow::Result<PathBuf> {
@@ -82,12 +82,12 @@ pub fn build_c_policy() -> anyhow::Result<PathBuf> {
     BUILT
         .get_or_init(|| {
             (|| -> anyhow::Result<PathBuf> {
-                let dir = repo_root().join("policies/c");
+                let dir = repo_root().join("policies/header-gate/c");
                 let out = Command::new("bash")
                     .arg(dir.join("build.sh"))
                     .current_dir(&dir)
                     .output()
-                    .context("running policies/c/build.sh")?;
+                    .context("running policies/header-gate/c/build.sh")?;
                 if !out.status.success() {
                     anyhow::bail!(
                         "building the C policy failed:\n{}{}",

@@ -85,9 +85,11 @@ fn a_python_syntax_error_is_shown_as_file_line_message_without_a_rust_backtrace(
         "from kapsule_policy import Policy, export\n\nclass P(Policy):\n    def decide(self,, topic, client, records):\n        return []\n\nWitWorld = export(P)\n",
     )
     .unwrap();
-    let out = Command::new(repo_root().join("guest-sdk/python/build.sh"))
+    let out = Command::new("python3")
+        .args(["-m", "kapsule_policy._build"])
         .arg(&app)
         .arg(dir.path().join("app.wasm"))
+        .env("PYTHONPATH", repo_root().join("guest-sdk/python"))
         .env("RUST_BACKTRACE", "1")
         .output()
         .expect("run build.sh");

@@ -37,6 +37,7 @@ mod sasl;
 mod schema_fields;
 mod schema_refusals;
 mod sni;
+mod templates;
 mod tls;
 mod tools;
 mod topic_ids;

@@ -480,7 +480,7 @@ async fn file_watch_swaps_the_module_without_a_reload_call() {
     );
 }
 
-/// The C policy (`policies/c/header_gate.c`, built from source by wit-bindgen c + clang) bound
+/// The C policy (`policies/header-gate/c/header_gate.c`, built from source by wit-bindgen c + clang) bound
 /// in Kapsule, with real clients: `classification: public` passes in clear, `restricted` is
 /// refused, anything else is encrypted with its `pii` header — the contract is language-neutral.
 #[tokio::test(flavor = "multi_thread")]

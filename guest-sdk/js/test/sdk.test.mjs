@@ -1,6 +1,6 @@
 // Unit tests of the JavaScript SDK and the JavaScript example policies, run in plain Node (no
-// Wasm): `node --test guest-sdk/js/test/`. Each policy is inlined with the SDK exactly as build.mjs
-// does, the host `log` import is replaced by a recorder, and the exports are driven with values
+// Wasm): `node --test guest-sdk/js/test/`. Each policy is bundled with the SDK exactly as build.mjs
+// does (bundlePolicy), the host `log` import is replaced by a recorder, and the exports are driven with values
 // shaped as componentize-js passes the WIT types ({tag, val} variants, camelCase records).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,24 +8,30 @@ import { readFile, writeFile, mkdtemp } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { inlineSdk } from '../build.mjs';
+import { bundlePolicy } from '../build.mjs';
 
 const sdkDir = dirname(dirname(fileURLToPath(import.meta.url)));
 const repo = dirname(dirname(sdkDir));
 const work = await mkdtemp(join(tmpdir(), 'kapsule-js-sdk-'));
 let n = 0;
 
-/** The module built from policy source `app` (as build.mjs inlines it), with `log` recorded. */
-async function load(app) {
-  const src = inlineSdk(await readFile(join(sdkDir, 'kapsule-policy.js'), 'utf8'), app)
-    .replace(/^import\s+__kapsuleHostLog\s+from\s+'log';$/m,
-      'const __kapsuleHostLog = (l, m) => globalThis.__logged.push([l, m]);');
+const hostLog = join(work, 'host-log.mjs');
+await writeFile(hostLog, 'export default (l, m) => globalThis.__logged.push([l, m]);\n');
+
+/** The module built from policy file `entry` (bundled as build.mjs does), with `log` recorded. */
+async function loadFile(entry) {
   const f = join(work, `m${n++}.mjs`);
-  await writeFile(f, src);
+  await writeFile(f, await bundlePolicy(entry, { hostLog }));
   globalThis.__logged = [];
   return import(pathToFileURL(f).href);
 }
-const example = async (name) => load(await readFile(join(repo, 'policies/js', name, 'policy.js'), 'utf8'));
+/** The module built from policy source `app`. */
+async function load(app) {
+  const f = join(work, `app${n++}.mjs`);
+  await writeFile(f, app);
+  return loadFile(f);
+}
+const example = async (name) => loadFile(join(repo, 'policies', name, 'js', 'policy.js'));
 
 /**
  * A batch as componentize-js passes it, in Kapsule's flat layout (wit/policy.wit), from
@@ -217,4 +223,12 @@ test('pii-fields keeps PII ciphertext for analytics', async () => {
   m.init('{"pii_hidden_from": ["bi"]}');
   assert.deepEqual(m.reveal('t', ANALYTICS), { tag: 'all' });
   assert.equal(m.reveal('t', { principal: { name: 'bi', mechanism: 'sasl-plain' } }).tag, 'parts');
+});
+
+test('types/ is what gen-types.mjs generates from wit/policy.wit', async () => {
+  const { worldTypes } = await import('../gen-types.mjs');
+  for (const [name, text] of await worldTypes()) {
+    const committed = await readFile(join(sdkDir, 'types', name), 'utf8').catch(() => null);
+    assert.equal(committed, text, `types/${name} is stale: run \`npm run gen-types\``);
+  }
 });

@@ -30,8 +30,9 @@ Subclass :class:`Policy` and export it as the component's ``WitWorld``::
 
     WitWorld = export(Example)
 
-Build with one command (``guest-sdk/python/build.sh app.py policy.wasm``), which runs
-``componentize-py -d <wit> -w kapsule:policy/policy componentize ...``.
+Build with one command, ``kapsule-policy-build app.py policy.wasm`` (installed with this package),
+which runs ``componentize-py -w kapsule:policy/policy componentize app -o policy.wasm``;
+componentize-py finds the contract through this package's ``componentize-py.toml``.
 
 The generated bindings (``wit_world``) stay underneath: ``plan``, ``decide`` and ``reveal`` get a
 :class:`Client` (``client.name`` is the authenticated principal, or ``None``); ``decide``

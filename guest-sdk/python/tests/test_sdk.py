@@ -18,7 +18,8 @@ SDK = os.path.dirname(HERE)
 REPO = os.path.dirname(os.path.dirname(SDK))
 
 _gen = tempfile.mkdtemp(prefix="kapsule-pybindings-")
-subprocess.run(["componentize-py", "-d", os.path.join(REPO, "wit"), "-w", "kapsule:policy/policy",
+subprocess.run(["componentize-py", "-d", os.path.join(SDK, "kapsule_policy", "wit"),
+                "-w", "kapsule:policy/policy",
                 "bindings", _gen], check=True, stdout=subprocess.DEVNULL)
 sys.path[:0] = [_gen, SDK]
 
@@ -30,8 +31,8 @@ wit_world.log = lambda level, message: _logged.append((level, message))
 
 
 def load_example(name):
-    """The ``WitWorld`` of ``policies/python/<name>/app.py``, freshly imported."""
-    path = os.path.join(REPO, "policies", "python", name)
+    """The ``WitWorld`` of ``policies/<name with - for _>/python/app.py``, freshly imported."""
+    path = os.path.join(REPO, "policies", name.replace("_", "-"), "python")
     sys.path.insert(0, path)
     try:
         sys.modules.pop("app", None)

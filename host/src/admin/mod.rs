@@ -259,8 +259,7 @@ fn authorized(req: &Request<hyper::body::Incoming>, expected: &str) -> bool {
     else {
         return false;
     };
-    let (a, b) = (given.trim().as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::crypto::primitives::constant_time_eq(given.trim().as_bytes(), expected.as_bytes())
 }
 
 /// `401` asking for the bearer token.

@@ -30,6 +30,7 @@ pub mod local;
 pub mod memory;
 pub mod requester;
 mod retry;
+pub mod secret;
 #[cfg(test)]
 mod test_server;
 pub mod vault;

@@ -13,80 +13,31 @@
 //! allocate a few hundred MiB that the allocator keeps after compilation. When the running
 //! binary calls [`PolicyRegistry::compile_worker_main`] first thing in `main` (the `kapsule`
 //! binary does), a module missing from the compile cache is compiled by a short-lived child
-//! process — the same executable, started with [`COMPILE_WORKER_ARG`] — that writes the
+//! process — the same executable, started with [`wasm::worker::COMPILE_WORKER_ARG`] — that writes the
 //! authenticated cache entry and exits; the proxy then loads that entry as it would a cached one.
 //! The proxy's memory after a cold compile is thus what it is after a warm start. If the worker
 //! cannot be used (spawn failure, crash, an entry the proxy cannot verify), the module is
 //! compiled in-process as before, with a warning. `KAPSULE_POLICY_COMPILE_IN_PROCESS=1` turns the
 //! worker off.
 
-use std::io::Read as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use super::config::{LimitsConfig, PolicyConfig};
+use super::config::PolicyConfig;
 use super::{wasm, Inner, PolicyRegistry};
-
-/// First argument that makes the Kapsule executable run as a compile worker (not for users).
-pub const COMPILE_WORKER_ARG: &str = "__kapsule-compile-policy-module";
-/// Environment of a compile worker: the cache directory to write into.
-pub(in crate::policy) const WORKER_DIR_ENV: &str = "KAPSULE_COMPILE_WORKER_DIR";
-/// Environment of a compile worker: the engine's Wasm stack limit in KiB (part of the engine's
-/// settings, so of the entry's name).
-pub(in crate::policy) const WORKER_STACK_ENV: &str = "KAPSULE_COMPILE_WORKER_STACK_KIB";
-
-/// Set once the executable has called [`PolicyRegistry::compile_worker_main`]: it can then be
-/// re-executed as a compile worker.
-static WORKER_CAPABLE: AtomicBool = AtomicBool::new(false);
-
-/// Whether cold compiles should go to a worker process: the executable answers
-/// [`COMPILE_WORKER_ARG`] and `KAPSULE_POLICY_COMPILE_IN_PROCESS` is not `1`.
-pub(in crate::policy) fn compile_worker_available() -> bool {
-    WORKER_CAPABLE.load(Ordering::Relaxed)
-        && std::env::var_os("KAPSULE_POLICY_COMPILE_IN_PROCESS").is_none_or(|v| v != "1")
-}
-
-/// The compile worker's body: reads a component from stdin, compiles it with the engine
-/// settings given in the environment ([`WORKER_DIR_ENV`], [`WORKER_STACK_ENV`]) and leaves the
-/// authenticated entry in that cache directory. The worker itself always compiles in-process.
-pub(in crate::policy) fn run_compile_worker() -> anyhow::Result<()> {
-    let dir = PathBuf::from(
-        std::env::var_os(WORKER_DIR_ENV).context("compile worker: no cache directory given")?,
-    );
-    let stack_kib: u64 = std::env::var(WORKER_STACK_ENV)
-        .context("compile worker: no stack size given")?
-        .parse()
-        .context("compile worker: stack size is not a number")?;
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut bytes)
-        .context("compile worker: reading the module from stdin")?;
-    let limits = wasm::Limits::from(&LimitsConfig {
-        stack_kib,
-        ..LimitsConfig::default()
-    });
-    let rt = wasm::WasmRuntime::new(&dir, limits)?;
-    rt.compile_traced(&bytes)?;
-    Ok(())
-}
 
 impl PolicyRegistry {
     /// Call first thing in `main` of an executable that loads policies. Run as a compile worker
-    /// (first argument [`COMPILE_WORKER_ARG`], see the module docs) it compiles one module and
+    /// (first argument [`wasm::worker::COMPILE_WORKER_ARG`], see the module docs) it compiles one module and
     /// returns the exit code to end with; otherwise it returns `None` and marks the executable
     /// as able to act as a worker, so cold compiles of large modules leave the proxy's memory.
     pub fn compile_worker_main() -> Option<ExitCode> {
         if std::env::args_os()
             .nth(1)
-            .is_some_and(|a| a == COMPILE_WORKER_ARG)
+            .is_some_and(|a| a == wasm::worker::COMPILE_WORKER_ARG)
         {
-            return Some(match run_compile_worker() {
+            return Some(match wasm::worker::run_compile_worker() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e:#}");
@@ -94,7 +45,7 @@ impl PolicyRegistry {
                 }
             });
         }
-        WORKER_CAPABLE.store(true, Ordering::Relaxed);
+        wasm::worker::mark_capable();
         None
     }
 

@@ -20,10 +20,6 @@
 //! Every [`PolicyError`] is non-retriable: the proxy fails the affected partitions (Kafka error
 //! `POLICY_VIOLATION`, code 44) and never forwards their records.
 
-mod check_describe;
-mod check_findings;
-mod check_samples;
-pub mod cli;
 pub mod config;
 mod error;
 #[cfg(test)]
@@ -33,7 +29,6 @@ mod loading;
 pub mod metrics;
 mod reload;
 pub mod rules;
-pub mod scaffold;
 mod stats;
 mod status;
 pub mod wasm;

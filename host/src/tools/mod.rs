@@ -1,10 +1,14 @@
-//! Operator tools that talk Kafka themselves: `kapsule reencrypt` (copy a topic into another
-//! through Kapsule, i.e. under the destination's key) and `kapsule inspect` (decode the
-//! `kapsule.enc` descriptors of stored records without any key). See docs/tools.md.
+//! Operator and author tools, apart from the proxy's runtime: `kapsule reencrypt` (copy a topic
+//! into another through Kapsule, i.e. under the destination's key), `kapsule inspect` (decode the
+//! `kapsule.enc` descriptors of stored records without any key), see docs/tools.md; and the
+//! policy author's `kapsule policy new` (a template with its SDK package, [`scaffold`]) and
+//! `kapsule policy check` (run a module as production would, [`policy`]).
 
 pub mod client;
 pub mod inspect;
+pub mod policy;
 pub mod reencrypt;
+pub mod scaffold;
 
 #[cfg(test)]
 mod tests;

@@ -43,7 +43,9 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::keyfile::{read_no_follow, write_atomic, FileLock};
+use super::secret::SecretSource;
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use crate::crypto::primitives::constant_time_eq;
 
 /// Default environment variable holding the master key.
 pub const DEFAULT_MASTER_KEY_ENV: &str = "KAPSULE_MASTER_KEY";
@@ -95,11 +97,7 @@ impl LocalKmsConfig {
         if self.key_file.as_os_str().is_empty() {
             problems.push(format!("{path}.key_file: must not be empty"));
         }
-        if self.master_key_env.is_some() && self.master_key_file.is_some() {
-            problems.push(format!(
-                "{path}: set only one of master_key_env and master_key_file"
-            ));
-        }
+        self.master_key().validate(path, problems);
         if self.max_auto_created_keys == 0 {
             problems.push(format!("{path}.max_auto_created_keys: must be at least 1"));
         }
@@ -108,33 +106,22 @@ impl LocalKmsConfig {
                 "{path}.max_auto_created_keys_per_principal: must be at least 1"
             ));
         }
-        if let Some(e) = &self.master_key_env {
-            if e.is_empty() || e.contains('=') || e.contains('\0') {
-                problems.push(format!(
-                    "{path}.master_key_env: '{e}' is not a valid environment variable name"
-                ));
-            }
+    }
+
+    /// Where the master key comes from.
+    fn master_key(&self) -> SecretSource<'_> {
+        SecretSource {
+            what: "master key",
+            key: "master_key",
+            env: self.master_key_env.as_deref(),
+            file: self.master_key_file.as_deref(),
+            default_env: Some(DEFAULT_MASTER_KEY_ENV),
+            hint: "; set it to 32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
         }
     }
 
     fn load_master_key(&self) -> anyhow::Result<SecretKey> {
-        let text = Zeroizing::new(match &self.master_key_file {
-            Some(f) => std::fs::read_to_string(f)
-                .with_context(|| format!("reading master key file {}", f.display()))?,
-            None => {
-                let var = self
-                    .master_key_env
-                    .as_deref()
-                    .unwrap_or(DEFAULT_MASTER_KEY_ENV);
-                std::env::var(var).with_context(|| {
-                    format!(
-                        "master key environment variable {var} is not set; set it to 32 random \
-                         bytes in base64 (e.g. `openssl rand -base64 32`)"
-                    )
-                })?
-            }
-        });
-        parse_master_key(text.trim())
+        parse_master_key(&self.master_key().read()?)
     }
 }
 
@@ -278,10 +265,6 @@ fn valid_key_id(key_id: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -380,7 +363,7 @@ impl LocalKms {
                 .and_then(|m| B64.decode(m).ok())
                 .unwrap_or_default();
             let expected = file_mac(&self.master, &file)?;
-            if tag.len() != expected.as_ref().len() || !constant_time_eq(&tag, expected.as_ref()) {
+            if !constant_time_eq(&tag, expected.as_ref()) {
                 bail!(
                     "key file {path}: integrity check failed (a key or version was added, removed \
                      or edited outside Kapsule); restore the file from a backup"

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -47,6 +47,7 @@ use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
 use super::{build_client, classify, KmsErrorKind, VaultKmsConfig};
+use crate::kms::secret::SecretSource;
 
 /// Least time between two successful logins, unless the token in force has expired.
 pub(super) const MIN_LOGIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -99,20 +100,8 @@ pub struct VaultAuthConfig {
 impl VaultAuthConfig {
     /// Appends one message per problem to `problems`.
     pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
-        for (what, file, env) in [
-            ("role_id", &self.role_id_file, &self.role_id_env),
-            ("secret_id", &self.secret_id_file, &self.secret_id_env),
-        ] {
-            match (file, env) {
-                (Some(_), Some(_)) => problems.push(format!(
-                    "{path}: set only one of {what}_file and {what}_env"
-                )),
-                (None, None) => problems.push(format!(
-                    "{path}: {what}_file or {what}_env is required for method approle"
-                )),
-                _ => {}
-            }
-        }
+        self.role_id().validate(path, problems);
+        self.secret_id().validate(path, problems);
         if self.mount.is_empty() || self.mount.starts_with('/') || self.mount.ends_with('/') {
             problems.push(format!(
                 "{path}.mount: '{}' must be a non-empty path without leading or trailing '/'",
@@ -121,26 +110,28 @@ impl VaultAuthConfig {
         }
     }
 
-    fn read(
-        file: &Option<PathBuf>,
-        env: &Option<String>,
-        what: &str,
-    ) -> anyhow::Result<Zeroizing<String>> {
-        let raw = match (file, env) {
-            (Some(f), _) => Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading the AppRole {what} file {}", f.display()))?,
-            ),
-            (None, Some(var)) => Zeroizing::new(std::env::var(var).with_context(|| {
-                format!("AppRole {what} environment variable {var} is not set")
-            })?),
-            (None, None) => bail!("no source configured for the AppRole {what}"),
-        };
-        let v = Zeroizing::new(raw.trim().to_owned());
-        if v.is_empty() {
-            bail!("the AppRole {what} is empty");
+    /// Where the role id comes from.
+    fn role_id(&self) -> SecretSource<'_> {
+        SecretSource {
+            what: "AppRole role id",
+            key: "role_id",
+            env: self.role_id_env.as_deref(),
+            file: self.role_id_file.as_deref(),
+            default_env: None,
+            hint: "",
         }
-        Ok(v)
+    }
+
+    /// Where the secret id comes from (re-read at every login).
+    fn secret_id(&self) -> SecretSource<'_> {
+        SecretSource {
+            what: "AppRole secret id",
+            key: "secret_id",
+            env: self.secret_id_env.as_deref(),
+            file: self.secret_id_file.as_deref(),
+            default_env: None,
+            hint: "",
+        }
     }
 }
 
@@ -341,13 +332,8 @@ impl AppRole {
     /// One throttled AppRole login (see the module docs): the new lease, not yet installed
     /// ([`AppRole::adopt`] does that).
     async fn login(&self, rate_limited: bool) -> anyhow::Result<Lease> {
-        let role_id =
-            VaultAuthConfig::read(&self.auth.role_id_file, &self.auth.role_id_env, "role id")?;
-        let secret_id = VaultAuthConfig::read(
-            &self.auth.secret_id_file,
-            &self.auth.secret_id_env,
-            "secret id",
-        )?;
+        let role_id = self.auth.role_id().read()?;
+        let secret_id = self.auth.secret_id().read()?;
         let secret_digest: [u8; 32] = Sha256::digest(secret_id.as_bytes()).into();
         {
             let t = self.throttle.lock();

@@ -35,6 +35,8 @@ use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
+use super::secret::SecretSource;
+
 mod auth;
 pub use auth::{VaultAuthConfig, VaultAuthMethod};
 
@@ -102,9 +104,7 @@ impl VaultKmsConfig {
                 self.address
             )),
         }
-        if self.token_env.is_some() && self.token_file.is_some() {
-            problems.push(format!("{path}: set only one of token_env and token_file"));
-        }
+        self.token().validate(path, problems);
         if let Some(auth) = &self.auth {
             if self.token_env.is_some() || self.token_file.is_some() {
                 problems.push(format!(
@@ -130,24 +130,20 @@ impl VaultKmsConfig {
         }
     }
 
-    fn read_token(&self) -> anyhow::Result<Zeroizing<String>> {
-        let token = match &self.token_file {
-            Some(f) => Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading Vault token file {}", f.display()))?,
-            ),
-            None => {
-                let var = self.token_env.as_deref().unwrap_or("VAULT_TOKEN");
-                Zeroizing::new(std::env::var(var).with_context(|| {
-                    format!("Vault token environment variable {var} is not set")
-                })?)
-            }
-        };
-        let t = Zeroizing::new(token.trim().to_owned());
-        if t.is_empty() {
-            bail!("the Vault token is empty");
+    /// Where the static token comes from (without `auth`).
+    fn token(&self) -> SecretSource<'_> {
+        SecretSource {
+            what: "Vault token",
+            key: "token",
+            env: self.token_env.as_deref(),
+            file: self.token_file.as_deref(),
+            default_env: Some("VAULT_TOKEN"),
+            hint: "",
         }
-        Ok(t)
+    }
+
+    fn read_token(&self) -> anyhow::Result<Zeroizing<String>> {
+        self.token().read()
     }
 }
 

@@ -29,6 +29,7 @@ mod memo;
 pub use memo::MemoUse;
 mod module;
 mod wasi;
+pub(crate) mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

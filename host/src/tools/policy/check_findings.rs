@@ -102,7 +102,7 @@ pub(super) fn memo_mismatches(
 
 #[cfg(test)]
 mod tests {
-    use super::super::cli::{check_policy, CheckOptions};
+    use super::super::{check_policy, CheckOptions};
     use super::*;
 
     /// The cookbook's tenant policy with a `classification: public` exception and the memo left
@@ -110,7 +110,7 @@ mod tests {
     /// check decides every sample again without the memo and fails, naming the record and key.
     #[test]
     fn policy_check_fails_when_the_memo_decides_for_records_it_must_not() {
-        let a = super::super::fixtures::build_policies().unwrap();
+        let a = crate::policy::fixtures::build_policies().unwrap();
         let opts = CheckOptions {
             config: "tenant-memo-public-passes".into(),
             topics: vec!["events".into()],

@@ -5,7 +5,7 @@
 // The plan declares memo = header "tenant": Kapsule asks once per tenant it has not seen yet and
 // reuses the answer for every other record of that tenant. ";memo=off" makes every record be
 // decided (to compare).
-// Build: guest-sdk/c/build.sh tenant_keys.c target/tenant_keys.wasm
+// Build (from the repository root): guest-sdk/c/build.sh policies/tenant-keys/c/tenant_keys.c tenant_keys.wasm
 #include <stdlib.h>
 #include <string.h>
 

@@ -10,7 +10,7 @@
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
-    path: "../../wit/v0.1",
+    path: "../../../wit/v0.1",
     world: "kapsule:policy/policy@0.1.0",
     additional_derives: [PartialEq],
 });

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 
-use super::TopicPlan;
 use crate::kafka::records::Record;
+use crate::plan::TopicPlan;
 use crate::plan::{EncryptionPlan, RecordDecision, Reveal, ValuePart};
 
 pub(super) fn summarize(r: &Record) -> String {

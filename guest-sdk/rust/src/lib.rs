@@ -70,7 +70,7 @@ extern crate self as kapsule_policy;
 pub mod __bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "kapsule:policy/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_policy_world",

@@ -7,7 +7,7 @@
 // `raise-decide` (refuses the batch: C's way of reporting an error), `trap-decide` (abort()),
 // `bad-key` (a key id outside the binding's `allowed_key_ids`). The malformed answers of the
 // Python and JS hostile modules (`wrong-count`, `bad-index`) cannot be written on the C SDK.
-// Build: guest-sdk/c/build.sh hostile.c target/hostile.wasm
+// Build (from the repository root): guest-sdk/c/build.sh policies/hostile/c/hostile.c hostile.wasm
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

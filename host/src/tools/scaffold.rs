@@ -1,10 +1,17 @@
-//! `kapsule policy new NAME --lang rust|python|js|c`: writes a ready-to-build policy.
+//! `kapsule policy new NAME --lang rust|python|js|c`: writes a ready-to-build policy with the SDK
+//! of its language beside it, as a package.
 //!
 //! Every template implements the same policy, so the languages can be compared line by line:
 //! `public.*` topics pass, `mixed.*` topics are decided per record from the `classification`
 //! header (`public` passes, anything else is encrypted), every other topic is encrypted whole
-//! under `<config or "kek-"><topic>`. Each builds with one command (`cargo build --release` or
-//! `./build.sh`) and passes `kapsule policy check` as generated.
+//! under `<config or "kek-"><topic>`. Each builds with its ecosystem's commands and passes
+//! `kapsule policy check` as generated.
+//!
+//! The SDKs (`guest-sdk/<lang>` of the source tree) are compiled into this binary and written to
+//! `NAME/vendor/kapsule-policy/`; the template depends on that copy the way its ecosystem
+//! expects: a cargo path dependency, `pip install ./vendor/kapsule-policy`, an npm `file:`
+//! dependency, the C header, source and build script. So a release binary copied anywhere
+//! scaffolds policies that build without a checkout: nothing is read from a path compiled into it.
 
 use std::path::{Path, PathBuf};
 
@@ -15,11 +22,11 @@ use anyhow::Context as _;
 pub enum Lang {
     /// Rust crate on the `kapsule-policy` crate (cargo, target wasm32-wasip2).
     Rust,
-    /// Python on `guest-sdk/python` (componentize-py).
+    /// Python on the `kapsule-policy` pip package (componentize-py).
     Python,
-    /// JavaScript on `guest-sdk/js` (componentize-js).
+    /// JavaScript on the `kapsule-policy` npm package (componentize-js).
     Js,
-    /// C on `guest-sdk/c` (wit-bindgen c + clang).
+    /// C on `kapsule_policy.h` (wit-bindgen c + clang for wasm32-wasi).
     C,
 }
 
@@ -35,11 +42,24 @@ impl std::fmt::Display for Lang {
 }
 
 impl Lang {
-    /// The one command that builds a generated policy, run in its directory.
-    pub fn build_command(self) -> &'static str {
+    /// The command that installs the generated policy's SDK package, run once in its directory
+    /// (none for Rust and C: cargo and the build script use the vendored copy directly).
+    pub fn setup_command(self) -> Option<&'static str> {
         match self {
-            Lang::Rust => "cargo build --release",
-            _ => "./build.sh",
+            Lang::Rust | Lang::C => None,
+            Lang::Python => Some("python3 -m pip install ./vendor/kapsule-policy"),
+            Lang::Js => Some("npm install"),
+        }
+    }
+
+    /// The one command that builds generated policy `name`, run in its directory after
+    /// [`Lang::setup_command`].
+    pub fn build_command(self, name: &str) -> String {
+        match self {
+            Lang::Rust => "cargo build --release".to_string(),
+            Lang::Python => format!("kapsule-policy-build src/app.py {name}.wasm"),
+            Lang::Js => "npm run build".to_string(),
+            Lang::C => "./build.sh".to_string(),
         }
     }
 
@@ -53,21 +73,64 @@ impl Lang {
             _ => PathBuf::from(format!("{name}.wasm")),
         }
     }
+
+    /// Path of the contract inside this language's SDK package.
+    #[cfg(test)]
+    fn sdk_wit(self) -> &'static str {
+        match self {
+            Lang::Python => "kapsule_policy/wit/policy.wit",
+            _ => "wit/policy.wit",
+        }
+    }
+
+    /// The SDK package of this language, as compiled into the binary.
+    fn sdk(self) -> &'static [SdkFile] {
+        match self {
+            Lang::Rust => RUST_SDK,
+            Lang::Python => PYTHON_SDK,
+            Lang::Js => JS_SDK,
+            Lang::C => C_SDK,
+        }
+    }
 }
+
+/// One file of an SDK package: its path inside `guest-sdk/<lang>` and its text.
+type SdkFile = (&'static str, &'static str);
+
+/// `(path, text)` of each listed file of `guest-sdk/<lang>`, compiled into the binary.
+macro_rules! sdk_files {
+    ($lang:literal: $($path:literal),+ $(,)?) => {
+        &[$(($path, include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"), "/../guest-sdk/", $lang, "/", $path
+        )))),+]
+    };
+}
+
+// The files of each SDK package (what `cargo package`, the wheel and `npm pack` hold). The unit
+// test `embedded_sdks_are_the_packages_of_the_tree` fails when a package file is missing here.
+const RUST_SDK: &[SdkFile] = sdk_files!("rust":
+    "Cargo.toml", "src/lib.rs", "src/types.rs", "src/log.rs", "src/json_pointer.rs",
+    "wit/policy.wit");
+const PYTHON_SDK: &[SdkFile] = sdk_files!("python":
+    "pyproject.toml", "README.md", "kapsule_policy/__init__.py", "kapsule_policy/_types.py",
+    "kapsule_policy/_bindings.py", "kapsule_policy/_build.py", "kapsule_policy/log.py",
+    "kapsule_policy/componentize-py.toml", "kapsule_policy/wit/policy.wit");
+const JS_SDK: &[SdkFile] = sdk_files!("js":
+    "package.json", "README.md", "kapsule-policy.js", "kapsule-policy.d.ts", "build.mjs",
+    "types/kapsule-policy.d.ts", "types/interfaces/kapsule-policy-types.d.ts", "wit/policy.wit");
+const C_SDK: &[SdkFile] = sdk_files!("c":
+    "kapsule_policy.h", "kapsule_policy.c", "build.sh", "wit/policy.wit");
+
+/// Where a template's SDK copy goes, relative to the policy's directory.
+pub const VENDORED_SDK: &str = "vendor/kapsule-policy";
 
 /// The `kapsule policy check` arguments a template's README shows and its tests run.
 pub const TEMPLATE_CHECK_TOPICS: [&str; 3] = ["orders", "public.news", "mixed.events"];
 
-/// Creates `parent/name/` with a policy in `lang` and returns the files written. The policy
-/// builds against the SDKs in `sdk_path` (the repository's `guest-sdk` directory), or those of
-/// the source tree this binary was built from. Refuses an invalid name or an existing
-/// directory; writes nothing then.
-pub fn new_policy(
-    parent: &Path,
-    name: &str,
-    lang: Lang,
-    sdk_path: Option<&Path>,
-) -> anyhow::Result<Vec<PathBuf>> {
+/// Creates `parent/name/` with a policy in `lang` and its SDK package in
+/// `name/vendor/kapsule-policy/`; returns the template's files (the SDK copy last, as one
+/// directory). Refuses an invalid name or an existing directory; writes nothing then.
+pub fn new_policy(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<Vec<PathBuf>> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -87,80 +150,75 @@ pub fn new_policy(
             root.display()
         );
     }
-    let sdk = match sdk_path {
-        Some(p) => p.to_path_buf(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"),
-    };
-    let marker = match lang {
-        Lang::Rust => "Cargo.toml",
-        Lang::Python => "python/build.sh",
-        Lang::Js => "js/build.mjs",
-        Lang::C => "c/build.sh",
-    };
-    if !sdk.join(marker).is_file() {
-        anyhow::bail!(
-            "cannot find the {lang} policy SDK ({} is missing); pass --sdk-path <repo>/guest-sdk",
-            sdk.join(marker).display()
-        );
-    }
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("resolving SDK path {}", sdk.display()))?;
-    let sdk_str = sdk.display().to_string().replace('\\', "/");
     let fill = |t: &str| {
         t.replace("{name_underscored}", &name.replace('-', "_"))
             .replace("{name}", name)
-            .replace("{sdk}", &sdk_str)
             .replace("{check_topics}", &check_args())
     };
-    let files: Vec<(PathBuf, String, bool)> = match lang {
+    let files: Vec<(PathBuf, String)> = match lang {
         Lang::Rust => vec![
-            (root.join("Cargo.toml"), fill(RUST_CARGO), false),
+            (root.join("Cargo.toml"), fill(RUST_CARGO)),
             (
                 root.join(".cargo/config.toml"),
                 "[build]\ntarget = \"wasm32-wasip2\"\n".to_string(),
-                false,
             ),
-            (root.join("src/lib.rs"), fill(RUST_LIB), false),
+            (root.join("src/lib.rs"), fill(RUST_LIB)),
         ],
-        Lang::Python => vec![
-            (root.join("app.py"), fill(PY_APP), false),
-            (root.join("build.sh"), fill(PY_BUILD), true),
-        ],
+        // The policy's sources sit in src/, apart from the SDK copy and any virtualenv:
+        // componentize-py reads every componentize-py.toml under the module's directory.
+        Lang::Python => vec![(root.join("src/app.py"), fill(PY_APP))],
         Lang::Js => vec![
-            (root.join("policy.js"), fill(JS_POLICY), false),
-            (root.join("build.sh"), fill(JS_BUILD), true),
+            (root.join("policy.js"), fill(JS_POLICY)),
+            (root.join("package.json"), fill(JS_PACKAGE)),
         ],
         Lang::C => vec![
-            (root.join("policy.c"), fill(C_POLICY), false),
-            (root.join("build.sh"), fill(C_BUILD), true),
+            (root.join("policy.c"), fill(C_POLICY)),
+            (root.join("build.sh"), fill(C_BUILD)),
         ],
+    };
+    let setup = match lang.setup_command() {
+        Some(c) => format!("    {c}    # once: installs the SDK package\n"),
+        None => String::new(),
     };
     let readme = fill(README)
         .replace("{lang}", &lang.to_string())
-        .replace("{build}", lang.build_command())
+        .replace("{setup}", &setup)
+        .replace("{build}", &lang.build_command(name))
         .replace("{artifact}", &lang.artifact(name).display().to_string());
+    let vendored = root.join(VENDORED_SDK);
+    let sdk = lang
+        .sdk()
+        .iter()
+        .map(|(path, text)| (vendored.join(path), text.to_string()));
     let mut written = Vec::new();
-    for (path, text, executable) in
-        files
-            .into_iter()
-            .chain([(root.join("README.md"), readme, false)])
+    for (path, text) in files
+        .into_iter()
+        .chain([(root.join("README.md"), readme)])
+        .chain(sdk)
     {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_file(&path, &text)?;
+        if !path.starts_with(&vendored) {
+            written.push(path);
         }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        if executable {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("making {} executable", path.display()))?;
-        }
-        #[cfg(not(unix))]
-        let _ = executable;
-        written.push(path);
     }
+    written.push(vendored);
     Ok(written)
+}
+
+/// Writes `text` to `path`, creating its directory; shell scripts and Node programs (the C
+/// template's `build.sh`, the SDKs' build scripts) are made executable.
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    if path.extension().is_some_and(|e| e == "sh" || e == "mjs") {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+    }
+    Ok(())
 }
 
 fn check_args() -> String {
@@ -177,8 +235,11 @@ A Kapsule encryption policy in {lang}. `public.*` topics pass in clear, `mixed.*
 decided per record from the `classification` header (`public` passes, anything else is
 encrypted), every other topic is encrypted whole under key `<config or "kek-"><topic>`.
 
-    {build}
+{setup}    {build}
     kapsule policy check {artifact} {check_topics}
+
+The SDK package is in `vendor/kapsule-policy/`, written by `kapsule policy new`; the same package
+is published as `kapsule-policy` (crates.io, PyPI, npm) if you prefer to depend on a release.
 
 `policy check` runs the module as Kapsule does: plans, decisions on sample records (or
 `--records file.jsonl`), cost per record, and whether a full 1 MiB batch fits the call deadline.
@@ -209,7 +270,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-kapsule-policy = { path = "{sdk}" }
+kapsule-policy = { path = "vendor/kapsule-policy" }
 
 [profile.release]
 opt-level = 3
@@ -316,21 +377,13 @@ class MyPolicy(Policy):
 WitWorld = export(MyPolicy)
 "#;
 
-const PY_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {name}.wasm with componentize-py (scripts/install-policy-toolchains.sh installs it).
-set -euo pipefail
-cd "$(dirname "$0")"
-sdk="${KAPSULE_SDK:-{sdk}}"
-exec "$sdk/python/build.sh" app.py {name}.wasm
-"#;
-
 const JS_POLICY: &str = r#"// Kapsule policy `{name}` (kapsule:policy@0.2.0).
 //
 // `plan` is called once per (topic, client principal) and cached by Kapsule; topics planned per
 // record are shown to `decide` per record batch, and with a memo only once per distinct value of
 // what the decision depends on. `reveal` says what a client may read in clear on Fetch. No clocks,
 // files or network; console.log goes to Kapsule's rate-limited policy log (as `log` from the SDK
-// does): never log record contents. Types: kapsule-policy.d.ts.
+// does): never log record contents. Types: kapsule-policy.d.ts of the kapsule-policy package.
 import { Decision, Encrypt, Memo, Needs, Reveal, TopicPlan, exportPolicy } from 'kapsule-policy';
 
 class MyPolicy {
@@ -364,12 +417,18 @@ class MyPolicy {
 export const { init, plan, decide, reveal } = exportPolicy(MyPolicy);
 "#;
 
-const JS_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {name}.wasm with componentize-js (scripts/install-policy-toolchains.sh installs it).
-set -euo pipefail
-cd "$(dirname "$0")"
-sdk="${KAPSULE_SDK:-{sdk}}"
-exec node "$sdk/js/build.mjs" policy.js -o {name}.wasm
+const JS_PACKAGE: &str = r#"{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {
+    "build": "kapsule-policy-build policy.js -o {name}.wasm"
+  },
+  "dependencies": {
+    "kapsule-policy": "file:vendor/kapsule-policy"
+  }
+}
 "#;
 
 const C_POLICY: &str = r#"// Kapsule policy `{name}` (C SDK: kapsule_policy.h, kapsule:policy@0.2.0).
@@ -443,65 +502,158 @@ kp_reveal kp_policy_reveal(kp_str topic, const kp_client *client) {
 "#;
 
 const C_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {name}.wasm with wit-bindgen c + clang (scripts/install-policy-toolchains.sh installs them).
+# Builds {name}.wasm with the C SDK in vendor/kapsule-policy: wit-bindgen c + clang for wasm32-wasi,
+# from wasi-sdk (WASI_SDK_PATH) or a system clang with wasi-libc (--sysroot DIR or WASI_SYSROOT);
+# see vendor/kapsule-policy/build.sh.
 set -euo pipefail
 cd "$(dirname "$0")"
-sdk="${KAPSULE_SDK:-{sdk}}"
-exec "$sdk/c/build.sh" policy.c {name}.wasm
+exec ./vendor/kapsule-policy/build.sh "$@" policy.c {name}.wasm
 "#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::fixtures::repo_root;
 
     #[test]
     fn refuses_bad_names_and_existing_dirs() {
         let d = tempfile::tempdir().unwrap();
         for bad in ["", "Upper", "1abc", "a b", "../x"] {
-            assert!(
-                new_policy(d.path(), bad, Lang::Rust, None).is_err(),
-                "{bad}"
-            );
+            assert!(new_policy(d.path(), bad, Lang::Rust).is_err(), "{bad}");
         }
         std::fs::create_dir(d.path().join("taken")).unwrap();
-        assert!(new_policy(d.path(), "taken", Lang::Python, None).is_err());
-        let e = new_policy(d.path(), "x", Lang::Js, Some(d.path())).unwrap_err();
-        assert!(format!("{e}").contains("js/build.mjs is missing"), "{e}");
-        assert!(!d.path().join("x").exists());
+        assert!(new_policy(d.path(), "taken", Lang::Python).is_err());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
+    /// Each template writes its README, its own files and a copy of its SDK package, from the
+    /// binary alone (the test runs in a directory far from the checkout).
     #[test]
-    fn every_language_writes_an_executable_build_command_and_readme() {
+    fn every_language_writes_its_sdk_package_and_readme() {
         let d = tempfile::tempdir().unwrap();
-        for (lang, name) in [
-            (Lang::Python, "py-pol"),
-            (Lang::Js, "js-pol"),
-            (Lang::C, "c-pol"),
+        for (lang, name, manifest) in [
+            (Lang::Rust, "rs-pol", "Cargo.toml"),
+            (Lang::Python, "py-pol", "pyproject.toml"),
+            (Lang::Js, "js-pol", "package.json"),
+            (Lang::C, "c-pol", "kapsule_policy.h"),
         ] {
-            let files = new_policy(d.path(), name, lang, None).unwrap();
-            assert_eq!(files.len(), 3, "{files:?}");
-            let build = std::fs::read_to_string(d.path().join(name).join("build.sh")).unwrap();
-            assert!(build.contains(&format!("{name}.wasm")), "{build}");
-            let readme = std::fs::read_to_string(d.path().join(name).join("README.md")).unwrap();
+            let files = new_policy(d.path(), name, lang).unwrap();
+            let root = d.path().join(name);
+            assert_eq!(files.last(), Some(&root.join(VENDORED_SDK)), "{files:?}");
+            assert!(root.join(VENDORED_SDK).join(manifest).is_file(), "{lang}");
             assert!(
-                readme.contains("--topic mixed.events") && readme.contains(&format!("{name}.wasm")),
+                root.join(VENDORED_SDK).join(lang.sdk_wit()).is_file(),
+                "{lang}"
+            );
+            let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+            assert!(
+                readme.contains("--topic mixed.events")
+                    && readme.contains(&lang.build_command(name))
+                    && readme.contains(&lang.artifact(name).display().to_string()),
                 "{readme}"
             );
         }
+        let cargo = std::fs::read_to_string(d.path().join("rs-pol/Cargo.toml")).unwrap();
+        assert!(
+            cargo.contains(r#"path = "vendor/kapsule-policy""#),
+            "{cargo}"
+        );
+        let npm = std::fs::read_to_string(d.path().join("js-pol/package.json")).unwrap();
+        assert!(
+            npm.contains(r#""kapsule-policy": "file:vendor/kapsule-policy""#),
+            "{npm}"
+        );
+        assert!(d.path().join("py-pol/src/app.py").is_file());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for script in ["c-pol/build.sh", "c-pol/vendor/kapsule-policy/build.sh"] {
+                let mode = std::fs::metadata(d.path().join(script))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o111, 0o111, "{script}");
+            }
+        }
     }
 
-    /// The Rust scaffold builds and passes `check`.
+    /// The SDKs compiled into the binary are the packages of `guest-sdk/<lang>`: every file a
+    /// package ships (not its tests, lock file or dev tools) is embedded, so a new SDK file
+    /// cannot be forgotten by `policy new`.
     #[test]
-    fn scaffold_builds_and_checks() {
+    fn embedded_sdks_are_the_packages_of_the_tree() {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if path.is_dir() {
+                    if !["node_modules", "tests", "test", "target", "__pycache__"]
+                        .contains(&name.as_str())
+                        && !name.ends_with(".egg-info")
+                    {
+                        walk(&path, base, out);
+                    }
+                } else if ![
+                    "package-lock.json",
+                    "gen-types.mjs",
+                    "Cargo.lock",
+                    ".gitignore",
+                ]
+                .contains(&name.as_str())
+                {
+                    let rel = path.strip_prefix(base).unwrap();
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        for (lang, dir) in [
+            (Lang::Rust, "rust"),
+            (Lang::Python, "python"),
+            (Lang::Js, "js"),
+            (Lang::C, "c"),
+        ] {
+            let base = repo_root().join("guest-sdk").join(dir);
+            let mut on_disk = Vec::new();
+            walk(&base, &base, &mut on_disk);
+            on_disk.sort();
+            let mut embedded: Vec<String> = lang.sdk().iter().map(|(p, _)| p.to_string()).collect();
+            embedded.sort();
+            assert_eq!(embedded, on_disk, "guest-sdk/{dir}");
+        }
+    }
+
+    /// Each SDK ships the contract itself, identical to `wit/policy.wit` (scripts/sync-sdk-wit.sh
+    /// copies it after a change).
+    #[test]
+    fn every_sdk_ships_the_current_contract() {
+        let contract = include_str!("../../../wit/policy.wit");
+        for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::C] {
+            let (_, wit) = lang
+                .sdk()
+                .iter()
+                .find(|(p, _)| *p == lang.sdk_wit())
+                .unwrap();
+            assert!(
+                *wit == contract,
+                "the {lang} SDK's {} differs from wit/policy.wit: run scripts/sync-sdk-wit.sh",
+                lang.sdk_wit()
+            );
+        }
+    }
+
+    /// The Rust template builds against its vendored SDK and passes `check`.
+    #[test]
+    fn rust_template_builds_and_checks() {
         let d = tempfile::tempdir().unwrap();
-        let files = new_policy(d.path(), "my-policy", Lang::Rust, None).unwrap();
-        assert_eq!(files.len(), 4);
+        new_policy(d.path(), "my-policy", Lang::Rust).unwrap();
         let root = d.path().join("my-policy");
         // Reuse the policies workspace's target dir so dependencies are already built.
-        let target = super::super::fixtures::repo_root().join("policies/target");
+        let target = repo_root().join("policies/target");
         let out = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
             .args(["build", "--release", "--quiet"])
             .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .current_dir(&root)
             .output()
             .unwrap();
@@ -511,11 +663,11 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let wasm = target.join("wasm32-wasip2/release/my_policy.wasm");
-        let opts = super::super::cli::CheckOptions {
+        let opts = crate::tools::policy::CheckOptions {
             topics: TEMPLATE_CHECK_TOPICS.map(String::from).to_vec(),
             ..Default::default()
         };
-        let report = super::super::cli::check_policy(&wasm, &opts).unwrap();
+        let report = crate::tools::policy::check_policy(&wasm, &opts).unwrap();
         assert!(report.passed(), "{}\n{:?}", report.text, report.failures);
         let text = &report.text;
         assert!(text.contains("key `kek-orders`"), "{text}");

@@ -6,25 +6,29 @@
 //! sample records (built-in or `--records FILE`), measures the per-record cost and whether a full
 //! 1 MiB batch fits the call deadline. Anything that would fail in production fails the check.
 
+mod check_describe;
+mod check_findings;
+mod check_samples;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::check_describe::{describe, describe_decision, describe_reveal, summarize};
-use super::check_findings::{exception_failure, memo_mismatches, sdk_exception};
-use super::check_samples::full_batch;
-use super::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
-use super::rules::TopicSelector;
-use super::scaffold::Lang;
-use super::wasm::thread_cpu_time;
-use super::{MemoUse, PolicyRegistry, TopicPlan};
+use self::check_describe::{describe, describe_decision, describe_reveal, summarize};
+use self::check_findings::{exception_failure, memo_mismatches, sdk_exception};
+use self::check_samples::full_batch;
 use crate::kafka::records::Record;
-use crate::plan::{MemoKey, RecordDecision, Reveal};
+use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
+use crate::policy::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
+use crate::policy::rules::TopicSelector;
+use crate::policy::wasm::thread_cpu_time;
+use crate::policy::{MemoUse, PolicyRegistry};
 use crate::principal::{AuthMechanism, Principal};
+use crate::tools::scaffold::{self, Lang};
 
-pub use super::check_samples::{builtin_samples, read_records, FULL_BATCH_BYTES};
+pub use self::check_samples::{builtin_samples, read_records, FULL_BATCH_BYTES};
 
 /// `kapsule policy` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -40,10 +44,6 @@ pub enum PolicyCommand {
         /// Parent directory of the new policy (default: current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Path of the `guest-sdk` directory to build against (default: the one of the Kapsule
-        /// source tree this binary was built from, if it still exists).
-        #[arg(long)]
-        sdk_path: Option<PathBuf>,
     },
     /// Run a policy component as Kapsule would: load it, plan each --topic, decide sample
     /// records, report per-record cost and whether a full 1 MiB batch fits the call deadline.
@@ -129,31 +129,26 @@ impl CheckReport {
 /// Runs a `kapsule policy` subcommand, printing its report to stdout.
 pub fn run_policy_command(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::New {
-            name,
-            lang,
-            dir,
-            sdk_path,
-        } => {
+        PolicyCommand::New { name, lang, dir } => {
             let parent = match dir {
                 Some(d) => d,
                 None => std::env::current_dir().context("reading the current directory")?,
             };
-            let files = super::scaffold::new_policy(&parent, &name, lang, sdk_path.as_deref())?;
+            let files = scaffold::new_policy(&parent, &name, lang)?;
             println!("created {lang} policy {name}:");
             for f in files {
                 println!("  {}", f.display());
             }
             let root = parent.join(&name);
+            println!("cd {}", root.display());
+            if let Some(setup) = lang.setup_command() {
+                println!("install its SDK once: {setup}");
+            }
+            println!("build it with:        {}", lang.build_command(&name));
             println!(
-                "build it with: cd {} && {}",
-                root.display(),
-                lang.build_command()
-            );
-            println!(
-                "then check it:  kapsule policy check {} --topic {}",
+                "then check it:        kapsule policy check {} --topic {}",
                 root.join(lang.artifact(&name)).display(),
-                super::scaffold::TEMPLATE_CHECK_TOPICS.join(" --topic ")
+                scaffold::TEMPLATE_CHECK_TOPICS.join(" --topic ")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -230,7 +225,7 @@ pub fn check_policy(file: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRep
     } else {
         None
     };
-    let production = super::wasm::Limits::from(&opts.limits);
+    let production = crate::policy::wasm::Limits::from(&opts.limits);
     // The largest deadline production gives any call.
     let deadline_ms =
         u64::try_from(production.decide_budget(usize::MAX).as_millis()).unwrap_or(u64::MAX);
@@ -315,7 +310,7 @@ fn check_topic(
     topic: &str,
     principal: Option<&Principal>,
     samples: &[Record],
-    production: &super::wasm::Limits,
+    production: &crate::policy::wasm::Limits,
     out: &mut String,
     failures: &mut Vec<String>,
 ) {
@@ -583,7 +578,7 @@ mod tests {
 
     #[test]
     fn check_reports_plans_and_refusals() {
-        let a = super::super::fixtures::build_policies().unwrap();
+        let a = crate::policy::fixtures::build_policies().unwrap();
         let r = check_policy(
             &a.path("encrypt-all"),
             &opts("kek-${topic}", &["orders"], &[]),
@@ -612,7 +607,7 @@ mod tests {
 
     #[test]
     fn check_decides_samples_and_times_a_full_batch() {
-        let a = super::super::fixtures::build_policies().unwrap();
+        let a = crate::policy::fixtures::build_policies().unwrap();
         let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
         assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
         assert!(
@@ -636,7 +631,7 @@ mod tests {
 
     #[test]
     fn check_shows_the_principal_the_memo_key_and_the_reveal() {
-        let a = super::super::fixtures::build_policies().unwrap();
+        let a = crate::policy::fixtures::build_policies().unwrap();
         let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
         assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
         assert!(r.text.contains("kapsule:policy/policy@0.2.0"), "{}", r.text);
@@ -666,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_judged_against_the_budget_production_gives_its_size() {
-        let a = super::super::fixtures::build_policies().unwrap();
+        let a = crate::policy::fixtures::build_policies().unwrap();
         let mut o = opts("", &["events"], &[]);
         o.limits.call_timeout_ms = 10;
         o.limits.call_timeout_per_record_us = 200;

@@ -10,7 +10,7 @@
 // Per record: a tombstone passes; a JSON object value gets its PII fields encrypted (the value stays
 // JSON); any other value is encrypted whole (fail closed). Every JSON record of a topic gets the
 // same decision, so a batch costs one distinct decision however many records it has.
-// Build: guest-sdk/c/build.sh pii_fields.c target/pii_fields.wasm
+// Build (from the repository root): guest-sdk/c/build.sh policies/pii-fields/c/pii_fields.c pii_fields.wasm
 #include <stdlib.h>
 #include <string.h>
 
