@@ -139,7 +139,7 @@ impl Compression {
                 out.writer(),
                 flate2::Compression::default(),
             )),
-            Compression::Snappy => Sink::Snappy(SnappyXerialWriter::new(out)),
+            Compression::Snappy => Sink::Snappy(Box::new(SnappyXerialWriter::new(out))),
             Compression::Lz4 => {
                 let info = lz4_flex::frame::FrameInfo::new()
                     .block_size(lz4_flex::frame::BlockSize::Max64KB)
@@ -337,7 +337,7 @@ fn read_bounded(mut reader: impl Read, limit: usize, hint: usize) -> Result<Vec<
 enum Sink<'a> {
     Plain(bytes::buf::Writer<&'a mut BytesMut>),
     Gzip(flate2::write::GzEncoder<bytes::buf::Writer<&'a mut BytesMut>>),
-    Snappy(SnappyXerialWriter<'a>),
+    Snappy(Box<SnappyXerialWriter<'a>>),
     Lz4(lz4_flex::frame::FrameEncoder<bytes::buf::Writer<&'a mut BytesMut>>),
     Zstd(zstd::stream::write::Encoder<'static, bytes::buf::Writer<&'a mut BytesMut>>),
 }
@@ -355,7 +355,7 @@ impl Compressor<'_> {
         let r = match self.sink {
             Sink::Plain(_) => Ok(()),
             Sink::Gzip(enc) => enc.finish().map(drop),
-            Sink::Snappy(enc) => enc.finish(),
+            Sink::Snappy(enc) => (*enc).finish(),
             Sink::Lz4(enc) => enc.finish().map(drop).map_err(std::io::Error::other),
             Sink::Zstd(enc) => enc.finish().map(drop),
         };
