@@ -153,9 +153,16 @@ schema_registry:
     assert_eq!(stored.len(), 5);
     for (i, r) in stored.iter().enumerate() {
         assert_ciphertext_fields(r, i);
-        assert_eq!(r["value"].as_str().unwrap()[..10], sent[i][..10], "wire prefix kept");
+        assert_eq!(
+            r["value"].as_str().unwrap()[..10],
+            sent[i][..10],
+            "wire prefix kept"
+        );
         let raw = hex::decode(r["value"].as_str().unwrap()).unwrap();
-        assert!(!String::from_utf8_lossy(&raw).contains("MARK"), "plaintext at rest");
+        assert!(
+            !String::from_utf8_lossy(&raw).contains("MARK"),
+            "plaintext at rest"
+        );
     }
 
     // app: the producer's bytes and records.

@@ -358,7 +358,11 @@ fn field_meta_tags(toks: &[&str]) -> Result<Vec<String>, String> {
                         Some("{" | "[") => depth += 1,
                         Some("}" | "]") => depth -= 1,
                         Some("tags") if depth == 1 => {
-                            let at = if toks.get(i + 1) == Some(&":") { i + 2 } else { i + 1 };
+                            let at = if toks.get(i + 1) == Some(&":") {
+                                i + 2
+                            } else {
+                                i + 1
+                            };
                             i = string_values(toks, at, &mut tags)?;
                             continue;
                         }
@@ -383,7 +387,9 @@ fn string_values(toks: &[&str], mut i: usize, out: &mut Vec<String>) -> Result<u
             .or_else(|| t.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
             .ok_or_else(|| format!("tag `{t}` is not a string literal"))?;
         if inner.contains('\\') {
-            return Err(format!("tag {t} has an escape sequence (not supported in tags)"));
+            return Err(format!(
+                "tag {t} has an escape sequence (not supported in tags)"
+            ));
         }
         Ok(inner.to_owned())
     };
@@ -480,25 +486,27 @@ impl ProtoSchema {
             && trimmed
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
-        Ok(match base64::engine::general_purpose::STANDARD.decode(trimmed) {
-            Ok(bytes) if looks_base64 => super::protobuf_descriptor::decode(&bytes)?,
-            _ => {
-                let mut p = Parser {
-                    toks: tokenize(text)?,
-                    i: 0,
-                    messages: Vec::new(),
-                    enums: Vec::new(),
-                    raw: Vec::new(),
-                };
-                let top = p.file()?;
-                Raw {
-                    messages: p.messages,
-                    enums: p.enums,
-                    fields: p.raw,
-                    top,
+        Ok(
+            match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+                Ok(bytes) if looks_base64 => super::protobuf_descriptor::decode(&bytes)?,
+                _ => {
+                    let mut p = Parser {
+                        toks: tokenize(text)?,
+                        i: 0,
+                        messages: Vec::new(),
+                        enums: Vec::new(),
+                        raw: Vec::new(),
+                    };
+                    let top = p.file()?;
+                    Raw {
+                        messages: p.messages,
+                        enums: p.enums,
+                        fields: p.raw,
+                        top,
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn build(raw: Raw) -> Result<Self, String> {

@@ -325,11 +325,7 @@ fn imported_files_resolve_field_types() {
     let s = Arc::new(
         ProtoSchema::parse_with_imports(order, vec![ProtoSchema::read(party).unwrap()]).unwrap(),
     );
-    let buyer = Enc::default()
-        .bytes(1, b"a@x")
-        .varint(2, 30)
-        .0
-        .clone();
+    let buyer = Enc::default().bytes(1, b"a@x").varint(2, 30).0.clone();
     let body = Enc::default()
         .varint(1, 1)
         .bytes(2, &buyer)

@@ -288,7 +288,8 @@ impl RegisteredSchema {
             "PROTOBUF" => {
                 let mut imports = Vec::with_capacity(references.len());
                 for r in references {
-                    imports.push(protobuf::ProtoSchema::read(&r.text).map_err(in_reference(id, r))?);
+                    imports
+                        .push(protobuf::ProtoSchema::read(&r.text).map_err(in_reference(id, r))?);
                 }
                 (
                     SchemaFormat::Protobuf,
@@ -570,13 +571,10 @@ impl SchemaRegistry {
             })?
             .pop_if_empty()
             .extend(segments);
-        let mut req = self
-            .http
-            .get(url)
-            .header(
-                "Accept",
-                "application/vnd.schemaregistry.v1+json, application/json",
-            );
+        let mut req = self.http.get(url).header(
+            "Accept",
+            "application/vnd.schemaregistry.v1+json, application/json",
+        );
         req = match &self.auth {
             Auth::None => req,
             Auth::Basic { username, password } => req.basic_auth(username, Some(password.as_str())),
