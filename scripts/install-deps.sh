@@ -112,6 +112,9 @@ fi
 # --- Reference clients: the Apache Kafka Java client CLI and franz-go (tests/clients/{java,go}) ----
 # Each build.sh skips when its output is newer than its sources.
 "$here/tests/clients/java/build.sh" "$kafka_libs" >/dev/null
+# Apicurio Registry's Avro serde (Maven Central, ~14 MB) and the Java schema client using it.
+serde_jars="$("$here/scripts/install-registry-serde.sh")"
+"$here/tests/clients/java-serde/build.sh" "$serde_jars" "$kafka_libs" >/dev/null
 # franz-go 1.22 needs Go 1.26+ (Debian's golang-go is older): install it from https://go.dev/dl.
 have go || { log "go not found: install Go 1.26+ (https://go.dev/dl) to build the franz-go test client"; exit 1; }
 "$here/tests/clients/go/build.sh" >/dev/null

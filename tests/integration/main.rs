@@ -35,6 +35,7 @@ mod reveal;
 mod sandbox;
 mod sasl;
 mod schema_fields;
+mod schema_java;
 mod schema_refusals;
 mod sni;
 mod templates;

@@ -471,14 +471,15 @@ async fn json_schema_fields_are_encrypted_at_rest_and_restored_byte_exact() {
 }
 
 /// A Protobuf message for `ck_schema.py` (built from this spec without protoc; the Python
-/// serializer registers it as a base64 `FileDescriptorProto`, message index `[0]`).
+/// serializer registers it as a base64 `FileDescriptorProto`, message index `[0]`). `ssn` and
+/// `cards` carry `(confluent.field_meta) = { tags: ["PII"] }`.
 const ORDER_PROTO_SPEC: &str = r#"{"package": "shop", "message": "Order", "fields": [
-  ["id", "int64", 1], ["ssn", "string", 2], ["cards", "string", 3, "repeated"],
+  ["id", "int64", 1], ["ssn", "string", 2, ["PII"]], ["cards", "string", 3, "repeated", ["PII"]],
   ["photo", "bytes", 4], ["note", "string", 5]]}"#;
 
-/// Protobuf through Kapsule: string and bytes fields selected by path (repeated ones every
-/// occurrence) are ciphertext at rest while the message still parses; `app` gets the exact
-/// bytes back.
+/// Protobuf through Kapsule: string fields selected by their `(confluent.field_meta).tags`
+/// (repeated ones every occurrence) and a bytes field selected by path are ciphertext at rest
+/// while the message still parses; `app` gets the exact bytes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
     let registry = SchemaRegistry::shared().await.expect("registry");
@@ -493,7 +494,7 @@ async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
         &kms,
         &policy_selecting(
             "orders-proto-",
-            "{fields: [ssn, cards, photo]}",
+            "{fields: [photo], tags: [PII]}",
             &registry.url(),
             "",
         ),
@@ -554,6 +555,7 @@ async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
             "int64 as MessageToDict writes it"
         );
         let raw = hex::decode(s["value"].as_str().unwrap()).unwrap();
+        // SSNMARK, CARDMARK (by tag) and PHOTOMARK (by path) all gone.
         assert!(!String::from_utf8_lossy(&raw).contains("MARK"));
     }
     let mut app_spec = app.clone();
@@ -570,5 +572,98 @@ async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
     for (s, want) in seen.iter().zip(&sent) {
         assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
         assert_eq!(s["deserialize_error"], Value::Null);
+    }
+}
+
+/// A record type registered under its own subject, which [`ORDER_WITH_REFERENCE_AVRO`]
+/// references by its full name.
+const CUSTOMER_AVRO: &str = r#"{
+  "type": "record", "name": "Customer", "namespace": "shop.party",
+  "fields": [
+    {"name": "name", "type": "string"},
+    {"name": "email", "type": "string", "confluent:tags": ["PII"]}
+  ]
+}"#;
+
+const ORDER_WITH_REFERENCE_AVRO: &str = r#"{
+  "type": "record", "name": "Order", "namespace": "shop",
+  "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "customer", "type": "shop.party.Customer"},
+    {"name": "ssn", "type": "string", "confluent:tags": ["PII"]}
+  ]
+}"#;
+
+/// Avro schema references: the writer schema names a record type of another subject (registered
+/// by confluent-kafka's serializer with `references`). Kapsule fetches the referenced subject
+/// version, finds the tagged field inside the referenced type, and the record stays valid at
+/// rest; `app` gets the exact bytes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn avro_schema_references_to_other_subjects_are_resolved() {
+    let registry = SchemaRegistry::shared().await.expect("registry");
+    let kafka = KafkaCluster::shared().await.expect("kafka");
+    let who = principals();
+    let ca = who.pki.ca_cert();
+    let kms = LocalKms::new().unwrap();
+    let kapsule = RawKapsule::start(&mtls_principal_config(
+        &kafka.bootstrap(),
+        &who.server,
+        &ca,
+        &kms,
+        &policy_selecting("orders-ref-", "{tags: [PII]}", &registry.url(), ""),
+    ))
+    .await
+    .expect("kapsule");
+    let topic = unique_name("orders-ref");
+    kafka.create_topic(&topic, 1).await.unwrap();
+    let url = registry.url();
+    let app = ck_ssl(&ca, Some(&who.app));
+    let objects: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"id": i, "customer": {"name": format!("Name {i}"), "email": format!("EMAILMARK-{i}@example.com")},
+                   "ssn": format!("SSNMARK-{i}")})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = vec![
+        "--reference".to_string(),
+        format!(
+            "shop.party.Customer={topic}-customer={}",
+            write_json(&dir, "customer.json", CUSTOMER_AVRO)
+        ),
+    ];
+    extra.extend(app.iter().cloned());
+    let sent = delivered(
+        &produce(
+            &kapsule.listen,
+            &url,
+            &topic,
+            "avro",
+            ORDER_WITH_REFERENCE_AVRO,
+            &objects,
+            &extra,
+        )
+        .await,
+    );
+    // The registry holds the schema with its reference, as the serializer registered it.
+    let (status, body) = registry
+        .get(&format!("/subjects/{topic}-value/versions/latest"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("{topic}-customer")), "{body}");
+
+    let stored = consume(&kafka.bootstrap(), &url, &topic, "avro", objects.len(), &[]).await;
+    for (s, o) in stored.iter().zip(&objects) {
+        assert_protected(s, o, &["ssn", "customer.email"]);
+        let raw = String::from_utf8_lossy(&hex::decode(s["value"].as_str().unwrap()).unwrap())
+            .into_owned();
+        assert!(!raw.contains("MARK"), "plaintext at rest: {raw}");
+        assert!(raw.contains("Name "), "clear fields stay readable at rest");
+    }
+    let seen = consume(&kapsule.listen, &url, &topic, "avro", objects.len(), &app).await;
+    for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
+        assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
+        assert_eq!(&s["object"], o);
     }
 }

@@ -76,8 +76,16 @@ fn built_once(
     dir: &str,
     args: &[&std::ffi::OsStr],
 ) -> Result<PathBuf> {
+    run_script_once(cell, clients_dir().join(dir).join("build.sh"), args)
+}
+
+/// Runs an idempotent `script` that prints a path once per test process and returns the path.
+fn run_script_once(
+    cell: &'static std::sync::OnceLock<Result<PathBuf, String>>,
+    script: PathBuf,
+    args: &[&std::ffi::OsStr],
+) -> Result<PathBuf> {
     cell.get_or_init(|| {
-        let script = clients_dir().join(dir).join("build.sh");
         let out = std::process::Command::new(&script)
             .args(args)
             .output()
@@ -121,6 +129,48 @@ pub async fn run_java(args: &[String], timeout: Duration) -> Result<ClientOutput
         .args(args);
     let what = format!(
         "java KapsuleClient {}",
+        args.first().map_or("", String::as_str)
+    );
+    run(cmd, &what, timeout).await
+}
+
+/// Runs the Java schema client (`tests/clients/java-serde`, `SchemaAvroClient <args>`: Apicurio
+/// Registry's Avro serde with the Apache Kafka client, `produce` or `consume`, see its source)
+/// with a timeout. The serde's jars come from `scripts/install-registry-serde.sh`; the client is
+/// compiled on first use by its `build.sh`.
+pub async fn run_java_serde(args: &[String], timeout: Duration) -> Result<ClientOutput> {
+    static SERDE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    static CLASSES: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let libs = crate::kafka::kafka_libs()?;
+    let serde = run_script_once(
+        &SERDE,
+        crate::kafka::workspace_root().join("scripts/install-registry-serde.sh"),
+        &[],
+    )?;
+    let classes = built_once(
+        &CLASSES,
+        "java-serde",
+        &[serde.as_os_str(), libs.as_os_str()],
+    )?;
+    let opts =
+        std::env::var("KAPSULE_JAVA_CLIENT_OPTS").unwrap_or_else(|_| JAVA_CLIENT_OPTS.to_owned());
+    let mut cmd = Command::new(crate::kafka::java());
+    cmd.args(opts.split_whitespace())
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            clients_dir().join("java/log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!(
+            "{}:{}/*:{}",
+            classes.display(),
+            serde.display(),
+            crate::kafka::kafka_classpath(&libs)
+        ))
+        .arg("SchemaAvroClient")
+        .args(args);
+    let what = format!(
+        "java SchemaAvroClient {}",
         args.first().map_or("", String::as_str)
     );
     run(cmd, &what, timeout).await

@@ -42,7 +42,9 @@ pub mod tls;
 pub mod wait;
 
 pub use broker::{Broker, TestBroker};
-pub use clients::{run_franz, run_java, run_node, run_python, ClientOutput, InteractiveClient};
+pub use clients::{
+    run_franz, run_java, run_java_serde, run_node, run_python, ClientOutput, InteractiveClient,
+};
 pub use kafka::{AclOperation, KafkaCluster, KafkaOptions, Listener};
 pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};
 pub use ports::free_port;

@@ -184,6 +184,11 @@ impl SchemaRegistry {
         format!("http://127.0.0.1:{}{CCOMPAT_PATH}", self.port)
     }
 
+    /// Base URL of Apicurio's own v3 API (`/apis/registry/v3`), for Apicurio's serdes.
+    pub fn native_url(&self) -> String {
+        format!("http://127.0.0.1:{}/apis/registry/v3", self.port)
+    }
+
     /// The registry's log tail.
     pub fn logs(&self) -> String {
         self.process.logs()

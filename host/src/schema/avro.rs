@@ -58,7 +58,10 @@ pub struct AvroSchema {
     named: Vec<Named>,
 }
 
-struct Parser {
+/// Reads schema JSON into named types: first the schemas a schema references
+/// ([`Parser::definitions`]), then the schema itself ([`Parser::finish`]).
+#[derive(Default)]
+pub(super) struct Parser {
     named: Vec<Option<Named>>,
     names: HashMap<String, usize>,
 }
@@ -88,7 +91,10 @@ impl Parser {
             .or_else(|| self.names.get(name))
             .map(|&i| Node::Named(i))
             .ok_or_else(|| {
-                format!("unknown type name `{name}` (defined later, or in a reference?)")
+                format!(
+                    "unknown type name `{name}` (defined later, or in a schema reference the \
+                     registry did not list?)"
+                )
             })
     }
 
@@ -245,22 +251,34 @@ impl Parser {
     }
 }
 
-impl AvroSchema {
-    /// Parses an Avro schema (JSON text as the registry stores it).
-    pub fn parse(text: &str) -> Result<Self, String> {
+impl Parser {
+    /// Reads a referenced schema (another subject's): the named types it defines become known
+    /// to the schemas read after it, as Confluent's deserializers read references.
+    pub(super) fn definitions(&mut self, text: &str) -> Result<(), String> {
         let v: Value =
             serde_json::from_str(text).map_err(|e| format!("Avro schema is not JSON: {e}"))?;
-        let mut p = Parser {
-            named: Vec::new(),
-            names: HashMap::new(),
-        };
-        let root = p.node(&v, None, 0)?;
-        let named = p
+        self.node(&v, None, 0).map(|_| ())
+    }
+
+    /// Reads the schema itself, with every named type read so far known.
+    pub(super) fn finish(mut self, text: &str) -> Result<AvroSchema, String> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| format!("Avro schema is not JSON: {e}"))?;
+        let root = self.node(&v, None, 0)?;
+        let named = self
             .named
             .into_iter()
             .map(|n| n.ok_or_else(|| "a named type is used inside its own definition".to_owned()))
             .collect::<Result<_, _>>()?;
-        Ok(Self { root, named })
+        Ok(AvroSchema { root, named })
+    }
+}
+
+impl AvroSchema {
+    /// Parses an Avro schema (JSON text as the registry stores it) that references no other
+    /// subject.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Parser::default().finish(text)
     }
 
     fn describe(&self, n: &Node) -> String {

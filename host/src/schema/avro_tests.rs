@@ -213,3 +213,41 @@ fn malformed_schemas_are_refused() {
     }
     assert!(AvroSchema::parse(r#""string""#).is_ok());
 }
+
+/// A schema that uses a record type of another subject: the referenced schema is read first,
+/// as the registry lists it; its tagged field is found through the reference. Without the
+/// reference, the type name is unknown.
+#[test]
+fn named_types_from_referenced_schemas_are_known() {
+    let customer = r#"{"type": "record", "name": "Customer", "namespace": "shop.party",
+        "fields": [{"name": "email", "type": "string", "confluent:tags": ["PII"]}]}"#;
+    let order = r#"{"type": "record", "name": "Order", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"}, {"name": "buyer", "type": "shop.party.Customer"},
+        {"name": "seller", "type": ["null", "shop.party.Customer"]}]}"#;
+    let e = AvroSchema::parse(order).unwrap_err();
+    assert!(e.contains("unknown type name `shop.party.Customer`"), "{e}");
+    let mut p = Parser::default();
+    p.definitions(customer).unwrap();
+    let s = Arc::new(p.finish(order).unwrap());
+    let t = Targets::resolve(&s, &sel(&[], &["PII"])).unwrap();
+    let mut e = Enc::default();
+    e.long(7).str("a@x").long(1).str("b@y");
+    let mut v = vec![0, 0, 0, 0, 9];
+    v.extend_from_slice(&e.0);
+    let got: Vec<(String, Vec<u8>)> = locate(&t, &v, 5)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, v[f.range].to_vec()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("buyer.email".to_owned(), b"\x06a@x".to_vec()),
+            ("seller.email".to_owned(), b"\x06b@y".to_vec()),
+        ]
+    );
+    // A type defined twice (in a reference and in the schema) is refused.
+    let mut p = Parser::default();
+    p.definitions(customer).unwrap();
+    assert!(p.finish(customer).unwrap_err().contains("defined twice"));
+}

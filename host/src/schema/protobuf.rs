@@ -9,8 +9,12 @@
 //!
 //! After the schema id the value carries the message indexes (zig-zag count, then zig-zag
 //! indexes; a single `0` means the first message), then the message. Fields are read by tag and
-//! wire type; unknown fields are skipped and kept as they are; groups are refused. Tags
-//! (`(confluent.field_meta).tags`) are not read yet: select Protobuf fields by path.
+//! wire type; unknown fields are skipped and kept as they are; groups are refused.
+//!
+//! Field tags are Confluent's field option `(confluent.field_meta)` (extension 1088 of
+//! `google.protobuf.FieldOptions`, message `confluent.Meta`, `repeated string tags = 3`), read
+//! from the text (`[(confluent.field_meta) = { tags: ["PII"] }]`, `[(confluent.field_meta).tags
+//! = "PII"]`) and from a serialized descriptor alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +44,8 @@ pub(super) struct Field {
     name: String,
     number: u64,
     ty: FieldType,
+    /// `(confluent.field_meta).tags`.
+    tags: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +76,19 @@ pub(super) struct RawField {
     pub(super) type_name: String,
     /// Declared as `map<K, type_name>`.
     pub(super) map: bool,
+    /// `(confluent.field_meta).tags`.
+    pub(super) tags: Vec<String>,
 }
+
+/// Name of Confluent's field-metadata option, as written inside `(...)` in `.proto` text.
+const FIELD_META_OPTION: &str = "confluent.field_meta";
+
+/// Field number of the `field_meta` extension in `google.protobuf.FieldOptions`
+/// (`confluent/meta.proto`).
+pub(super) const FIELD_META_EXTENSION: u64 = 1088;
+
+/// Field number of `repeated string tags` in `confluent.Meta`.
+pub(super) const META_TAGS_FIELD: u64 = 3;
 
 /// What a parser or the descriptor decoder produces: messages, enum names, fields to resolve.
 #[derive(Default)]
@@ -275,7 +293,9 @@ impl<'a> Parser<'a> {
             .next()?
             .parse()
             .map_err(|_| format!("field `{name}` has no numeric tag"))?;
+        let mut tags = Vec::new();
         if self.peek() == Some("[") {
+            let start = self.i;
             let mut depth = 0usize;
             loop {
                 match self.next()? {
@@ -289,6 +309,8 @@ impl<'a> Parser<'a> {
                     _ => {}
                 }
             }
+            tags = field_meta_tags(&self.toks[start + 1..self.i - 1])
+                .map_err(|e| format!("field `{name}`: {e}"))?;
         }
         self.expect(";")?;
         self.raw.push(RawField {
@@ -297,9 +319,95 @@ impl<'a> Parser<'a> {
             number,
             type_name,
             map,
+            tags,
         });
         Ok(())
     }
+}
+
+/// The tags a field's options (the tokens between `[` and `]`) give through
+/// `(confluent.field_meta)`: `(confluent.field_meta).tags = "A"` (or `= ["A", "B"]`), or
+/// `(confluent.field_meta) = { tags: "A" tags: ["B"] ... }` (other members of `Meta` ignored).
+fn field_meta_tags(toks: &[&str]) -> Result<Vec<String>, String> {
+    let mut tags = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let is_meta = toks[i] == "("
+            && toks
+                .get(i + 1)
+                .is_some_and(|n| n.trim_start_matches('.') == FIELD_META_OPTION)
+            && toks.get(i + 2) == Some(&")");
+        if !is_meta {
+            i += 1;
+            continue;
+        }
+        i += 3;
+        match toks.get(i).copied() {
+            Some(".tags") => {
+                if toks.get(i + 1) != Some(&"=") {
+                    return Err("`(confluent.field_meta).tags` without `=`".into());
+                }
+                i = string_values(toks, i + 2, &mut tags)?;
+            }
+            Some("=") if toks.get(i + 1) == Some(&"{") => {
+                i += 2;
+                let mut depth = 1usize;
+                while depth > 0 {
+                    match toks.get(i).copied() {
+                        None => return Err("unbalanced `(confluent.field_meta)` value".into()),
+                        Some("{" | "[") => depth += 1,
+                        Some("}" | "]") => depth -= 1,
+                        Some("tags") if depth == 1 => {
+                            let at = if toks.get(i + 1) == Some(&":") {
+                                i + 2
+                            } else {
+                                i + 1
+                            };
+                            i = string_values(toks, at, &mut tags)?;
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                    i += 1;
+                }
+            }
+            _ => {} // another member of Meta (`.doc`, `.params`): no tags
+        }
+    }
+    Ok(tags)
+}
+
+/// Reads a string literal or a `[...]` list of them at `toks[i]` into `out`; returns the index
+/// after it.
+fn string_values(toks: &[&str], mut i: usize, out: &mut Vec<String>) -> Result<usize, String> {
+    let literal = |t: &str| -> Result<String, String> {
+        let inner = t
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .or_else(|| t.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+            .ok_or_else(|| format!("tag `{t}` is not a string literal"))?;
+        if inner.contains('\\') {
+            return Err(format!(
+                "tag {t} has an escape sequence (not supported in tags)"
+            ));
+        }
+        Ok(inner.to_owned())
+    };
+    if toks.get(i) == Some(&"[") {
+        i += 1;
+        while let Some(&t) = toks.get(i) {
+            i += 1;
+            match t {
+                "]" => return Ok(i),
+                "," => {}
+                t => out.push(literal(t)?),
+            }
+        }
+        return Err("unterminated tag list".into());
+    }
+    let t = toks.get(i).ok_or("tag value missing")?;
+    out.push(literal(t)?);
+    Ok(i + 1)
 }
 
 /// Resolves `name` from inside message `scope` by Protobuf's rules (innermost scope first).
@@ -344,32 +452,61 @@ impl ProtoSchema {
     /// `FileDescriptorProto` (what confluent-kafka's Python serializer registers, and what
     /// Apicurio returns for it).
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::build(Self::read(text)?)
+    }
+
+    /// Parses a registered Protobuf schema whose imports (schema references) are `imports`
+    /// (each read by [`ProtoSchema::read`]): their messages and enums resolve field types, and
+    /// the message indexes still count the messages of `text` only.
+    pub(super) fn parse_with_imports(text: &str, imports: Vec<Raw>) -> Result<Self, String> {
+        let main = Self::read(text)?;
+        let mut all = Raw::default();
+        for file in imports.into_iter().chain(std::iter::once(main)) {
+            let base = all.messages.len();
+            all.messages.extend(file.messages.into_iter().map(|mut m| {
+                m.nested.iter_mut().for_each(|n| *n += base);
+                m
+            }));
+            all.enums.extend(file.enums);
+            all.fields.extend(file.fields.into_iter().map(|mut f| {
+                f.msg += base;
+                f
+            }));
+            // Only the last file's (the schema's own) top-level messages are indexed.
+            all.top = file.top.into_iter().map(|t| t + base).collect();
+        }
+        Self::build(all)
+    }
+
+    /// Reads `.proto` text or a base64 `FileDescriptorProto` without resolving types.
+    pub(super) fn read(text: &str) -> Result<Raw, String> {
         use base64::Engine as _;
         let trimmed = text.trim();
         let looks_base64 = !trimmed.is_empty()
             && trimmed
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
-        let raw = match base64::engine::general_purpose::STANDARD.decode(trimmed) {
-            Ok(bytes) if looks_base64 => super::protobuf_descriptor::decode(&bytes)?,
-            _ => {
-                let mut p = Parser {
-                    toks: tokenize(text)?,
-                    i: 0,
-                    messages: Vec::new(),
-                    enums: Vec::new(),
-                    raw: Vec::new(),
-                };
-                let top = p.file()?;
-                Raw {
-                    messages: p.messages,
-                    enums: p.enums,
-                    fields: p.raw,
-                    top,
+        Ok(
+            match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+                Ok(bytes) if looks_base64 => super::protobuf_descriptor::decode(&bytes)?,
+                _ => {
+                    let mut p = Parser {
+                        toks: tokenize(text)?,
+                        i: 0,
+                        messages: Vec::new(),
+                        enums: Vec::new(),
+                        raw: Vec::new(),
+                    };
+                    let top = p.file()?;
+                    Raw {
+                        messages: p.messages,
+                        enums: p.enums,
+                        fields: p.raw,
+                        top,
+                    }
                 }
-            }
-        };
-        Self::build(raw)
+            },
+        )
     }
 
     fn build(raw: Raw) -> Result<Self, String> {
@@ -396,6 +533,7 @@ impl ProtoSchema {
                 Field {
                     name: r.name.clone(),
                     number: r.number,
+                    tags: r.tags.clone(),
                     ty: if r.map {
                         FieldType::Map(Box::new(t))
                     } else {
@@ -440,17 +578,34 @@ impl ProtoSchema {
 pub struct Targets {
     schema: Arc<ProtoSchema>,
     paths: Vec<Vec<String>>,
+    /// Per message, per field: selected by a tag.
+    by_tag: Vec<Vec<bool>>,
 }
 
 impl Targets {
     /// Resolves `sel`: every path must name a `string` or `bytes` field (or a map with such
-    /// values), through message fields; tags are refused (not read for Protobuf yet).
+    /// values), through message fields, and so must every field tagged with one of `sel.tags`.
     pub fn resolve(schema: &Arc<ProtoSchema>, sel: &FieldSelection) -> Result<Self, String> {
-        if !sel.tags.is_empty() {
-            return Err(format!(
-                "tags ({}) are not read from Protobuf schemas yet; select Protobuf fields by path",
-                sel.tags.join(", ")
-            ));
+        let mut by_tag = Vec::with_capacity(schema.messages.len());
+        for m in &schema.messages {
+            let mut v = Vec::with_capacity(m.fields.len());
+            for f in &m.fields {
+                let hit = f.tags.iter().any(|t| sel.tags.contains(t));
+                if hit {
+                    check_selectable(
+                        schema,
+                        &f.ty,
+                        &format!(
+                            "field `{}` of message `{}` (tagged {})",
+                            f.name,
+                            m.full_name,
+                            f.tags.join(", ")
+                        ),
+                    )?;
+                }
+                v.push(hit);
+            }
+            by_tag.push(v);
         }
         let mut paths = Vec::new();
         for p in &sel.fields {
@@ -477,7 +632,37 @@ impl Targets {
         Ok(Self {
             schema: schema.clone(),
             paths,
+            by_tag,
         })
+    }
+}
+
+/// `Ok` when a field of type `ty` (a map: its values) can hold ciphertext; else why not, about
+/// `what`.
+fn check_selectable(s: &ProtoSchema, ty: &FieldType, what: &str) -> Result<(), String> {
+    let ty = match ty {
+        FieldType::Map(v) => v.as_ref(),
+        t => t,
+    };
+    match ty {
+        FieldType::String | FieldType::Bytes => Ok(()),
+        FieldType::Unresolved(t) => Err(format!(
+            "{what} has type `{t}` from another file that the registry did not supply"
+        )),
+        other => Err(format!(
+            "{what} is a Protobuf {}; only string and bytes fields can hold ciphertext",
+            describe(s, other)
+        )),
+    }
+}
+
+fn describe(s: &ProtoSchema, ty: &FieldType) -> String {
+    match ty {
+        FieldType::Message(n) => format!("message {}", s.messages[*n].full_name),
+        FieldType::Scalar(w) => format!("scalar or enum ({w})"),
+        FieldType::Map(v) => format!("map of {}", describe(s, v)),
+        FieldType::String | FieldType::Bytes => "string or bytes with fields below it".into(),
+        FieldType::Unresolved(t) => format!("`{t}`"),
     }
 }
 
@@ -501,7 +686,7 @@ fn check_path(s: &ProtoSchema, root: usize, segs: &[String], p: &str) -> Result<
             (FieldType::Message(n), false) => msg = *n,
             (FieldType::Unresolved(t), _) => {
                 return Err(format!(
-                    "field `{}` has type `{t}` from another file (schema references are not supported yet)",
+                    "field `{}` has type `{t}` from another file that the registry did not supply",
                     segs[..=k].join(".")
                 ))
             }
@@ -509,11 +694,7 @@ fn check_path(s: &ProtoSchema, root: usize, segs: &[String], p: &str) -> Result<
                 return Err(format!(
                     "field `{}` is a Protobuf {}; only string and bytes fields can hold ciphertext",
                     segs[..=k].join("."),
-                    match other {
-                        FieldType::Message(n) => format!("message {}", s.messages[*n].full_name),
-                        FieldType::Scalar(w) => format!("scalar or enum ({w})"),
-                        _ => "string or bytes with fields below it".into(),
-                    }
+                    describe(s, other)
                 ))
             }
         }
@@ -567,7 +748,8 @@ pub fn locate(t: &Targets, value: &[u8], offset: usize) -> Result<Vec<LocatedFie
 }
 
 impl<'a> Walker<'a> {
-    fn selected(&self) -> bool {
+    /// The field on top of the stack is named by a path of the selection.
+    fn path_selected(&self) -> bool {
         self.t
             .paths
             .iter()
@@ -593,7 +775,8 @@ impl<'a> Walker<'a> {
             let field = schema.messages[msg]
                 .fields
                 .iter()
-                .find(|f| f.number == number);
+                .enumerate()
+                .find(|(_, f)| f.number == number);
             match wire {
                 0 => {
                     read_unsigned(&self.b[..end], &mut pos).ok_or("truncated varint")?;
@@ -611,9 +794,10 @@ impl<'a> Walker<'a> {
                     if end - pos < n {
                         return Err(format!("field {number}: length {n} beyond the message"));
                     }
-                    if let Some(f) = field {
+                    if let Some((fi, f)) = field {
                         self.stack.push(&f.name);
-                        let r = self.len_field(&f.ty, len_at, pos, pos + n, depth);
+                        let selected = self.t.by_tag[msg][fi] || self.path_selected();
+                        let r = self.len_field(&f.ty, selected, len_at, pos, pos + n, depth);
                         self.stack.pop();
                         r?;
                     }
@@ -632,17 +816,19 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    /// A length-delimited field `[content_start, content_end)` whose length starts at `len_at`.
+    /// A length-delimited field `[content_start, content_end)` whose length starts at `len_at`;
+    /// `selected`: its string or bytes content (a map's values) is to be encrypted.
     fn len_field(
         &mut self,
         ty: &'a FieldType,
+        selected: bool,
         len_at: usize,
         start: usize,
         end: usize,
         depth: usize,
     ) -> Result<(), String> {
         match ty {
-            FieldType::String | FieldType::Bytes if self.selected() => {
+            FieldType::String | FieldType::Bytes if selected => {
                 self.found.push(LocatedField {
                     path: self.stack.join("."),
                     range: len_at..end,
@@ -675,7 +861,7 @@ impl<'a> Walker<'a> {
                                 return Err("map entry overruns its length".into());
                             }
                             if tag >> 3 == 2 {
-                                self.len_field(v, len_at, pos, pos + n, depth + 1)?;
+                                self.len_field(v, selected, len_at, pos, pos + n, depth + 1)?;
                             }
                             pos += n;
                         }

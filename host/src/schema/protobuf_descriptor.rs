@@ -2,7 +2,7 @@
 //! serializer registers, base64-encoded) into the same raw form the `.proto` text parser gives:
 //! the package, messages (nested, map entries marked), enums and fields with their type names.
 
-use super::protobuf::{qualify, Message, Raw, RawField};
+use super::protobuf::{qualify, Message, Raw, RawField, FIELD_META_EXTENSION, META_TAGS_FIELD};
 use super::varint::read_unsigned;
 use super::MAX_DEPTH;
 
@@ -146,12 +146,27 @@ fn message(raw: &mut Raw, scope: &str, b: &[u8], depth: usize) -> Result<usize, 
 
 fn field(raw: &mut Raw, msg: usize, b: &[u8]) -> Result<(), String> {
     let (mut name, mut number, mut ty, mut type_name) = (None, None, None, None);
+    let mut tags = Vec::new();
     for (n, it) in items(b)? {
         match (n, it) {
             (1, Item::Bytes(v)) => name = Some(text(v)?),
             (3, Item::Varint(v)) => number = Some(v),
             (5, Item::Varint(v)) => ty = Some(v),
             (6, Item::Bytes(v)) => type_name = Some(text(v)?),
+            // FieldOptions: `(confluent.field_meta)` is a `confluent.Meta` whose field 3 is
+            // `repeated string tags`.
+            (8, Item::Bytes(options)) => {
+                for (o, meta) in items(options)? {
+                    let (FIELD_META_EXTENSION, Item::Bytes(meta)) = (o, meta) else {
+                        continue;
+                    };
+                    for (m, tag) in items(meta)? {
+                        if let (META_TAGS_FIELD, Item::Bytes(tag)) = (m, tag) {
+                            tags.push(text(tag)?);
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -167,6 +182,7 @@ fn field(raw: &mut Raw, msg: usize, b: &[u8]) -> Result<(), String> {
         number,
         type_name,
         map: false,
+        tags,
     });
     Ok(())
 }

@@ -163,15 +163,6 @@ fn unfit_selections_and_bodies_are_refused() {
         let e = Targets::resolve(&s, &sel(&[p])).unwrap_err();
         assert!(e.contains(want), "{p}: {e}");
     }
-    assert!(Targets::resolve(
-        &s,
-        &FieldSelection {
-            fields: vec![],
-            tags: vec!["PII".into()]
-        }
-    )
-    .unwrap_err()
-    .contains("not read from Protobuf"));
     let t = Targets::resolve(&s, &sel(&["ssn"])).unwrap();
     let mut v = vec![0, 0, 0, 0, 1, 2, 2];
     v.extend_from_slice(&order());
@@ -214,4 +205,140 @@ fn base64_file_descriptors_are_read_like_proto_text() {
     );
     let e = Targets::resolve(&s, &sel(&["id"])).unwrap_err();
     assert!(e.contains("field `id` is a Protobuf scalar"), "{e}");
+}
+
+fn tagged(tags: &[&str]) -> FieldSelection {
+    FieldSelection {
+        fields: vec![],
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+const TAGGED_PROTO: &str = r#"
+syntax = "proto3";
+package shop;
+import "confluent/meta.proto";
+message Order {
+  int64 id = 1 [(confluent.field_meta).doc = "not a tag"];
+  string ssn = 2 [deprecated = true, (confluent.field_meta) = { doc: "x" tags: ["PII", "GOV"] params: { key: "tags" value: "v" } }];
+  Customer customer = 3;
+  map<string, string> attrs = 4 [(confluent.field_meta).tags = "PII"];
+  int32 age = 5 [(confluent.field_meta) = { tags: "AGE" }];
+  string note = 6;
+  message Customer { string email = 1 [(.confluent.field_meta) = { tags: "PII" }]; bytes photo = 2; }
+}
+"#;
+
+#[test]
+fn confluent_field_meta_tags_select_fields_in_proto_text() {
+    let s = Arc::new(ProtoSchema::parse(TAGGED_PROTO).unwrap());
+    let customer = Enc::default()
+        .bytes(1, b"ann@x")
+        .bytes(2, b"\x01")
+        .0
+        .clone();
+    let entry = Enc::default().bytes(1, b"k").bytes(2, b"v").0.clone();
+    let body = Enc::default()
+        .varint(1, 7)
+        .bytes(2, b"123")
+        .bytes(3, &customer)
+        .bytes(4, &entry)
+        .varint(5, 40)
+        .bytes(6, b"n")
+        .0
+        .clone();
+    let t = Targets::resolve(&s, &tagged(&["PII"])).unwrap();
+    assert_eq!(
+        found(&t, &[0], &body),
+        vec![
+            ("ssn".into(), lp(b"123"), FieldEncoding::ProtoText),
+            (
+                "customer.email".into(),
+                lp(b"ann@x"),
+                FieldEncoding::ProtoText
+            ),
+            ("attrs".into(), lp(b"v"), FieldEncoding::ProtoText),
+        ]
+    );
+    // Tags and paths together: the union.
+    let t = Targets::resolve(
+        &s,
+        &FieldSelection {
+            fields: vec!["note".into()],
+            tags: vec!["GOV".into()],
+        },
+    )
+    .unwrap();
+    let paths: Vec<String> = found(&t, &[0], &body).into_iter().map(|f| f.0).collect();
+    assert_eq!(paths, ["ssn", "note"]);
+    // A tag nothing carries selects nothing; a tagged int is refused, naming it.
+    let t = Targets::resolve(&s, &tagged(&["NONE"])).unwrap();
+    assert!(found(&t, &[0], &body).is_empty());
+    let e = Targets::resolve(&s, &tagged(&["AGE"])).unwrap_err();
+    assert!(
+        e.contains("field `age` of message `shop.Order` (tagged AGE) is a Protobuf scalar"),
+        "{e}"
+    );
+    for bad in [
+        "message M { string a = 1 [(confluent.field_meta).tags = 5]; }",
+        "message M { string a = 1 [(confluent.field_meta).tags = [\"A\"; }",
+    ] {
+        assert!(ProtoSchema::parse(bad).is_err(), "accepted {bad}");
+    }
+}
+
+/// What confluent-kafka's `ProtobufSerializer` registers for a message whose fields carry
+/// `(confluent.field_meta)` options: `ssn` tagged PII (with a `doc`), `cards` tagged X and PII,
+/// `age` (int32) tagged AGE.
+#[test]
+fn confluent_field_meta_tags_are_read_from_file_descriptors() {
+    let registered = "CgtvcmRlci5wcm90bxIEc2hvcBoUY29uZmx1ZW50L21ldGEucHJvdG8iZQoFT3JkZXISCgoCaWQYASABKAMSHQoDc3NuGAIgASgJQhCCRA0KBnNvY2lhbBoDUElJEhoKBWNhcmRzGAMgAygJQguCRAgaAVgaA1BJSRIVCgNhZ2UYBCABKAVCCIJEBRoDQUdFYgZwcm90bzM=";
+    let s = Arc::new(ProtoSchema::parse(registered).unwrap());
+    let t = Targets::resolve(&s, &tagged(&["PII"])).unwrap();
+    let body = Enc::default()
+        .varint(1, 1)
+        .bytes(2, b"S")
+        .bytes(3, b"a")
+        .bytes(3, b"b")
+        .varint(4, 9)
+        .0
+        .clone();
+    let got: Vec<String> = found(&t, &[0], &body).into_iter().map(|f| f.0).collect();
+    assert_eq!(got, ["ssn", "cards", "cards"]);
+    let t = Targets::resolve(&s, &tagged(&["X"])).unwrap();
+    assert_eq!(found(&t, &[0], &body).len(), 2);
+    let e = Targets::resolve(&s, &tagged(&["AGE"])).unwrap_err();
+    assert!(e.contains("field `age`") && e.contains("scalar"), "{e}");
+}
+
+/// A schema importing another registered file (a schema reference): the imported file's
+/// messages resolve field types, and message indexes count the schema's own messages only.
+#[test]
+fn imported_files_resolve_field_types() {
+    let party = r#"syntax = "proto3"; package shop.party;
+        message Customer { string email = 1 [(confluent.field_meta).tags = "PII"]; int32 age = 2; }"#;
+    let order = r#"syntax = "proto3"; package shop; import "party.proto";
+        message Order { int64 id = 1; shop.party.Customer buyer = 2; string ssn = 3; }"#;
+    let alone = Arc::new(ProtoSchema::parse(order).unwrap());
+    let e = Targets::resolve(&alone, &sel(&["buyer.email"])).unwrap_err();
+    assert!(e.contains("from another file"), "{e}");
+    let s = Arc::new(
+        ProtoSchema::parse_with_imports(order, vec![ProtoSchema::read(party).unwrap()]).unwrap(),
+    );
+    let buyer = Enc::default().bytes(1, b"a@x").varint(2, 30).0.clone();
+    let body = Enc::default()
+        .varint(1, 1)
+        .bytes(2, &buyer)
+        .bytes(3, b"123")
+        .0
+        .clone();
+    let t = Targets::resolve(&s, &sel(&["buyer.email", "ssn"])).unwrap();
+    let got: Vec<String> = found(&t, &[0], &body).into_iter().map(|f| f.0).collect();
+    assert_eq!(got, ["buyer.email", "ssn"]);
+    let t = Targets::resolve(&s, &tagged(&["PII"])).unwrap();
+    assert_eq!(found(&t, &[0], &body)[0].0, "buyer.email");
+    // Index [1] would be a second message of the schema's own file: there is none.
+    let mut v = vec![0, 0, 0, 0, 1, 2, 2];
+    v.extend_from_slice(&body);
+    assert!(locate(&t, &v, 5).is_err());
 }

@@ -6,6 +6,12 @@
 //! 429 or 5xx is [`RegistryError::Unavailable`] (the producer retries; nothing is forwarded), an
 //! unknown id [`RegistryError::NotFound`]. Ids are immutable in the registry, so a cached schema
 //! never goes stale; a new schema version has a new id, fetched on first sight.
+//!
+//! A schema with `references` (Avro named types of another subject, Protobuf imports) is parsed
+//! with the referenced schemas (`GET {url}/subjects/{subject}/versions/{version}`, their own
+//! references followed depth-first, each subject version fetched once), at most
+//! [`MAX_REFERENCES`] of them, all within `cache_bytes`; they are cached with the schema that
+//! needs them (their text counts towards its size), so they are fetched once per schema id.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,7 +134,8 @@ pub enum RegistryError {
         /// Status and body excerpt.
         message: String,
     },
-    /// The schema cannot be used (unparsable, references, unsupported type, too large).
+    /// The schema cannot be used (unparsable, unsupported type, too large, too many
+    /// references).
     #[error("schema id {id} cannot be used: {message}")]
     Unusable {
         /// Schema id.
@@ -173,6 +180,24 @@ pub enum Compiled {
     Protobuf(protobuf::Targets),
 }
 
+/// Most schemas a schema may reference, directly and through their own references.
+pub const MAX_REFERENCES: usize = 32;
+
+/// A schema another one references, as fetched (dependencies before their dependents).
+#[derive(Debug, Clone)]
+pub struct ReferencedSchema {
+    /// The reference's `name`: an Avro full type name, a Protobuf import path.
+    pub name: String,
+    /// Subject and version it was registered under (for messages).
+    pub subject: String,
+    /// Version under `subject`.
+    pub version: i64,
+    /// `schemaType` as the registry returned it (`None` for Avro).
+    pub schema_type: Option<String>,
+    /// Schema text.
+    pub text: String,
+}
+
 /// Selections resolved per schema: a handful of rules at most.
 const MAX_COMPILED_PER_SCHEMA: usize = 16;
 
@@ -203,12 +228,56 @@ impl std::fmt::Debug for RegisteredSchema {
 impl RegisteredSchema {
     /// Parses a schema as the registry returned it (`schemaType` as sent, `None` for Avro).
     pub fn parse(id: u32, schema_type: Option<&str>, text: &str) -> Result<Self, RegistryError> {
+        Self::parse_with_references(id, schema_type, text, &[])
+    }
+
+    /// Parses a schema with the schemas it references (`references`, dependencies before their
+    /// dependents, as [`SchemaRegistry`] fetches them): Avro named types and Protobuf messages
+    /// and enums they define are known to `text`. JSON Schema references are refused.
+    pub fn parse_with_references(
+        id: u32,
+        schema_type: Option<&str>,
+        text: &str,
+        references: &[ReferencedSchema],
+    ) -> Result<Self, RegistryError> {
         let unusable = |message: String| RegistryError::Unusable { id, message };
-        let (format, parsed) = match schema_type.unwrap_or("AVRO") {
-            "AVRO" => (
-                SchemaFormat::Avro,
-                Parsed::Avro(Arc::new(avro::AvroSchema::parse(text).map_err(unusable)?)),
-            ),
+        let kind = schema_type.unwrap_or("AVRO");
+        for r in references {
+            let rk = r.schema_type.as_deref().unwrap_or("AVRO");
+            if rk != kind {
+                return Err(unusable(format!(
+                    "a {kind} schema references `{}` (subject `{}` version {}), which is {rk}",
+                    r.name, r.subject, r.version
+                )));
+            }
+        }
+        fn in_reference(id: u32, r: &ReferencedSchema) -> impl Fn(String) -> RegistryError + '_ {
+            move |e: String| RegistryError::Unusable {
+                id,
+                message: format!(
+                    "referenced schema `{}` (subject `{}` version {}): {e}",
+                    r.name, r.subject, r.version
+                ),
+            }
+        }
+        let (format, parsed) = match kind {
+            "AVRO" => {
+                let mut parser = avro::Parser::default();
+                for r in references {
+                    parser.definitions(&r.text).map_err(in_reference(id, r))?;
+                }
+                (
+                    SchemaFormat::Avro,
+                    Parsed::Avro(Arc::new(parser.finish(text).map_err(unusable)?)),
+                )
+            }
+            "JSON" if !references.is_empty() => {
+                return Err(unusable(
+                    "JSON Schema references to other subjects (remote `$ref`) are not supported; \
+                     inline the referenced definitions under `$defs`"
+                        .into(),
+                ))
+            }
             "JSON" => (
                 SchemaFormat::Json,
                 Parsed::Json(
@@ -216,18 +285,26 @@ impl RegisteredSchema {
                         .map_err(|e| unusable(format!("JSON Schema is not JSON: {e}")))?,
                 ),
             ),
-            "PROTOBUF" => (
-                SchemaFormat::Protobuf,
-                Parsed::Protobuf(Arc::new(
-                    protobuf::ProtoSchema::parse(text).map_err(unusable)?,
-                )),
-            ),
+            "PROTOBUF" => {
+                let mut imports = Vec::with_capacity(references.len());
+                for r in references {
+                    imports
+                        .push(protobuf::ProtoSchema::read(&r.text).map_err(in_reference(id, r))?);
+                }
+                (
+                    SchemaFormat::Protobuf,
+                    Parsed::Protobuf(Arc::new(
+                        protobuf::ProtoSchema::parse_with_imports(text, imports)
+                            .map_err(unusable)?,
+                    )),
+                )
+            }
             other => return Err(unusable(format!("unknown schemaType `{other}`"))),
         };
         Ok(Self {
             id,
             format,
-            text_len: text.len(),
+            text_len: text.len() + references.iter().map(|r| r.text.len()).sum::<usize>(),
             parsed,
             compiled: Mutex::new(Vec::new()),
         })
@@ -275,7 +352,7 @@ struct Cache {
 /// A Schema Registry client with a cache of parsed schemas (one per process).
 pub struct SchemaRegistry {
     http: reqwest::Client,
-    base: String,
+    base: url::Url,
     auth: Auth,
     timeout: Duration,
     cache_bytes: usize,
@@ -285,7 +362,7 @@ pub struct SchemaRegistry {
 impl std::fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SchemaRegistry")
-            .field("base", &self.base)
+            .field("base", &self.base.as_str())
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -297,7 +374,15 @@ struct SchemaResponse {
     #[serde(default, rename = "schemaType")]
     schema_type: Option<String>,
     #[serde(default)]
-    references: Vec<serde_json::Value>,
+    references: Vec<Reference>,
+}
+
+/// One entry of a schema's `references`.
+#[derive(Deserialize, Clone)]
+struct Reference {
+    name: String,
+    subject: String,
+    version: i64,
 }
 
 impl SchemaRegistry {
@@ -335,7 +420,7 @@ impl SchemaRegistry {
             http: b
                 .build()
                 .context("building the schema registry HTTP client")?,
-            base: config.url.trim_end_matches('/').to_owned(),
+            base: url::Url::parse(&config.url).context("schema_registry.url is not a URL")?,
             auth,
             timeout,
             cache_bytes: config.cache_bytes,
@@ -384,14 +469,112 @@ impl SchemaRegistry {
     }
 
     async fn fetch(&self, id: u32) -> Result<RegisteredSchema, RegistryError> {
-        let unavailable = |message: String| RegistryError::Unavailable { id, message };
-        let mut req = self
-            .http
-            .get(format!("{}/schemas/ids/{id}", self.base))
-            .header(
-                "Accept",
-                "application/vnd.schemaregistry.v1+json, application/json",
-            );
+        let r = self
+            .get_schema(id, &["schemas", "ids", &id.to_string()], None)
+            .await?;
+        let references = self.references(id, &r.references).await?;
+        RegisteredSchema::parse_with_references(
+            id,
+            r.schema_type.as_deref(),
+            &r.schema,
+            &references,
+        )
+    }
+
+    /// The schemas `refs` name, and theirs, depth-first with dependencies first, each subject
+    /// version once; at most [`MAX_REFERENCES`], their text within `cache_bytes` altogether.
+    async fn references(
+        &self,
+        id: u32,
+        refs: &[Reference],
+    ) -> Result<Vec<ReferencedSchema>, RegistryError> {
+        // Iterative depth-first walk: (reference, its own references once fetched).
+        let mut out: Vec<ReferencedSchema> = Vec::new();
+        let mut seen: std::collections::HashSet<(String, i64)> = Default::default();
+        let mut stack: Vec<(Reference, Option<SchemaResponse>)> =
+            refs.iter().rev().map(|r| (r.clone(), None)).collect();
+        let mut bytes = 0usize;
+        while let Some((r, fetched)) = stack.pop() {
+            match fetched {
+                None => {
+                    if seen.contains(&(r.subject.clone(), r.version)) {
+                        continue;
+                    }
+                    if seen.len() >= MAX_REFERENCES {
+                        return Err(RegistryError::Unusable {
+                            id,
+                            message: format!(
+                                "references more than {MAX_REFERENCES} schemas (directly and \
+                                 through their references)"
+                            ),
+                        });
+                    }
+                    seen.insert((r.subject.clone(), r.version));
+                    let version = r.version.to_string();
+                    let resp = self
+                        .get_schema(
+                            id,
+                            &["subjects", &r.subject, "versions", &version],
+                            Some(&r),
+                        )
+                        .await?;
+                    bytes += resp.schema.len();
+                    if bytes > self.cache_bytes {
+                        return Err(RegistryError::Unusable {
+                            id,
+                            message: format!(
+                                "with its references larger than schema_registry.cache_bytes ({})",
+                                self.cache_bytes
+                            ),
+                        });
+                    }
+                    let children: Vec<Reference> = resp.references.clone();
+                    stack.push((r, Some(resp)));
+                    stack.extend(children.into_iter().rev().map(|c| (c, None)));
+                }
+                Some(resp) => out.push(ReferencedSchema {
+                    name: r.name,
+                    subject: r.subject,
+                    version: r.version,
+                    schema_type: resp.schema_type,
+                    text: resp.schema,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET {base}/{segments...}` (each segment percent-encoded) for a schema object; `id` names
+    /// the schema being fetched in errors, `reference` the referenced subject version when that
+    /// is what is read.
+    async fn get_schema(
+        &self,
+        id: u32,
+        segments: &[&str],
+        reference: Option<&Reference>,
+    ) -> Result<SchemaResponse, RegistryError> {
+        let what = reference.map_or_else(String::new, |r| {
+            format!(
+                " (its reference `{}`: subject `{}` version {})",
+                r.name, r.subject, r.version
+            )
+        });
+        let unavailable = |message: String| RegistryError::Unavailable {
+            id,
+            message: format!("{message}{what}"),
+        };
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| RegistryError::Refused {
+                id,
+                message: "schema_registry.url cannot have a path".into(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        let mut req = self.http.get(url).header(
+            "Accept",
+            "application/vnd.schemaregistry.v1+json, application/json",
+        );
         req = match &self.auth {
             Auth::None => req,
             Auth::Basic { username, password } => req.basic_auth(username, Some(password.as_str())),
@@ -415,7 +598,7 @@ impl SchemaRegistry {
                     ),
                 },
             })?;
-        if status.as_u16() == 404 {
+        if status.as_u16() == 404 && reference.is_none() {
             return Err(RegistryError::NotFound(id));
         }
         if status.as_u16() == 429 || status.is_server_error() {
@@ -425,22 +608,13 @@ impl SchemaRegistry {
             let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
             return Err(RegistryError::Refused {
                 id,
-                message: format!("HTTP {status}: {excerpt}"),
+                message: format!("HTTP {status}: {excerpt}{what}"),
             });
         }
-        let r: SchemaResponse =
-            serde_json::from_slice(&body).map_err(|e| RegistryError::Unusable {
-                id,
-                message: format!("registry answer is not a schema object: {e}"),
-            })?;
-        if !r.references.is_empty() {
-            return Err(RegistryError::Unusable {
-                id,
-                message: "schema references other subjects (references are not supported yet)"
-                    .into(),
-            });
-        }
-        RegisteredSchema::parse(id, r.schema_type.as_deref(), &r.schema)
+        serde_json::from_slice(&body).map_err(|e| RegistryError::Unusable {
+            id,
+            message: format!("registry answer is not a schema object{what}: {e}"),
+        })
     }
 }
 

@@ -3,7 +3,9 @@
 
 produce: serializes each object of --input ({"objects": [...]}, bytes as {"hex": ..}) with AvroSerializer or
   JSONSerializer against --registry (subject <topic>-value, registered automatically), produces
-  the serialized bytes and reports each delivery.
+  the serialized bytes and reports each delivery. Each --reference NAME=SUBJECT=FILE (Avro)
+  registers FILE under SUBJECT first and makes the schema reference it as NAME (a full type
+  name), as a schema split over subjects is registered.
   Output: {"serialized": [hex...], "results": [{"partition","offset"} | {"error","name","code",
            "retriable"}], "schema_id": int}
 consume: reads --count records from the beginning and deserializes each value with
@@ -13,6 +15,7 @@ consume: reads --count records from the beginning and deserializes each value wi
 
 Usage: ck_schema.py produce|consume --bootstrap B --registry URL --topic T --format avro|json|protobuf
        [--schema FILE] [--input FILE] [--count N] [--config k=v ...] [--timeout S]
+       [--reference NAME=SUBJECT=FILE ...]
 """
 import argparse
 import json
@@ -34,6 +37,7 @@ ap.add_argument("--schema")
 ap.add_argument("--input")
 ap.add_argument("--count", type=int, default=0)
 ap.add_argument("--config", action="append", default=[])
+ap.add_argument("--reference", action="append", default=[])
 ap.add_argument("--timeout", type=float, default=30.0)
 args = ap.parse_args()
 
@@ -69,9 +73,12 @@ def jsonable(v):
 
 def protobuf_class(spec_text):
     """A message class from a small JSON spec (no protoc needed):
-    {"package": "shop", "message": "Order", "fields": [[name, type, number, "repeated"?], ...]}
-    with scalar types only (string, bytes, int64, int32, bool, double)."""
+    {"package": "shop", "message": "Order", "fields": [[name, type, number, "repeated"?, [tag..]?], ...]}
+    with scalar types only (string, bytes, int64, int32, bool, double); a list after the number
+    tags the field with Confluent's `(confluent.field_meta).tags` option (confluent/meta.proto,
+    which the serializer does not register as a reference: it is a known type)."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from confluent_kafka.schema_registry.confluent import meta_pb2
     spec = json.loads(spec_text)
     F = descriptor_pb2.FieldDescriptorProto
     types = {"string": F.TYPE_STRING, "bytes": F.TYPE_BYTES, "int64": F.TYPE_INT64,
@@ -80,9 +87,16 @@ def protobuf_class(spec_text):
                                              package=spec["package"], syntax="proto3")
     m = fdp.message_type.add(name=spec["message"])
     for f in spec["fields"]:
-        label = F.LABEL_REPEATED if len(f) > 3 and f[3] == "repeated" else F.LABEL_OPTIONAL
-        m.field.add(name=f[0], type=types[f[1]], number=f[2], label=label)
+        label = F.LABEL_REPEATED if "repeated" in f[3:] else F.LABEL_OPTIONAL
+        field = m.field.add(name=f[0], type=types[f[1]], number=f[2], label=label)
+        for tags in (x for x in f[3:] if isinstance(x, list)):
+            field.options.Extensions[meta_pb2.field_meta].tags.extend(tags)
+            if meta_pb2.DESCRIPTOR.name not in fdp.dependency:
+                fdp.dependency.append(meta_pb2.DESCRIPTOR.name)
     pool = descriptor_pool.DescriptorPool()
+    if fdp.dependency:
+        pool.AddSerializedFile(descriptor_pb2.DESCRIPTOR.serialized_pb)
+        pool.AddSerializedFile(meta_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(fdp)
     return message_factory.GetMessageClass(
         pool.FindMessageTypeByName(spec["package"] + "." + spec["message"]))
@@ -94,7 +108,17 @@ if args.mode == "produce":
     with open(args.input) as f:
         objects = [from_jsonable(o) for o in json.load(f)["objects"]]
     if args.format == "avro":
+        from confluent_kafka.schema_registry import Schema, SchemaReference
         from confluent_kafka.schema_registry.avro import AvroSerializer
+        refs = []
+        for ref in args.reference:
+            name, subject, path = ref.split("=", 2)
+            with open(path) as f:
+                registry.register_schema(subject, Schema(f.read(), "AVRO"))
+            version = registry.get_latest_version(subject).version
+            refs.append(SchemaReference(name, subject, version))
+        if refs:
+            schema = Schema(schema, "AVRO", refs)
         ser = AvroSerializer(registry, schema, to_dict)
     elif args.format == "json":
         from confluent_kafka.schema_registry.json_schema import JSONSerializer
