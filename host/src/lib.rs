@@ -27,10 +27,12 @@ pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod constant_time;
 pub mod crypto;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod json;
 pub mod kafka;
 pub mod kms;
 pub mod metrics;

@@ -259,7 +259,7 @@ fn authorized(req: &Request<hyper::body::Incoming>, expected: &str) -> bool {
     else {
         return false;
     };
-    crate::crypto::primitives::constant_time_eq(given.trim().as_bytes(), expected.as_bytes())
+    crate::constant_time::eq(given.trim().as_bytes(), expected.as_bytes())
 }
 
 /// `401` asking for the bearer token.

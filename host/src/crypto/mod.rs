@@ -16,7 +16,6 @@
 //! AES-SIV under a key derived by the KMS from the KEK per topic, so equal keys stay equal.
 
 pub mod gcm;
-pub mod json;
 pub mod keys;
 pub mod metrics;
 pub mod primitives;

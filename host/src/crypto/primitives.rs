@@ -125,13 +125,6 @@ pub fn siv_open(siv: &mut Aes256Siv, aad: &[u8], ciphertext: &[u8]) -> Option<Ve
 
 /// Nonce of part `index`: the big-endian 64-bit counter in bytes 4..12 of `base` plus `index`.
 /// `None` on overflow (a tampered descriptor; never produced by the encoder).
-/// Whether `a` and `b` are equal, in a time that depends only on their lengths: the one compare
-/// for secrets and authentication tags (bearer tokens, MACs, cache entry tags).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
-}
-
 pub fn nonce_at(base: &[u8; NONCE_LEN], index: u32) -> Option<[u8; NONCE_LEN]> {
     let ctr = u64::from_be_bytes(base[4..].try_into().expect("8 bytes"));
     let ctr = ctr.checked_add(u64::from(index))?;

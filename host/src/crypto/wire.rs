@@ -32,22 +32,7 @@ pub const FLAG_VALUE_SCHEMA: u8 = 0x10;
 const KNOWN_FLAGS: u8 =
     FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA;
 
-/// How an encrypted schema field's ciphertext is written in the stored value (one byte in the
-/// descriptor). Each form keeps the value valid under its schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FieldEncoding {
-    /// Avro `string`: zig-zag length, then [`JSON_PREFIX`] + base64 of the ciphertext.
-    AvroText = 1,
-    /// Avro `bytes`: zig-zag length, then the raw ciphertext.
-    AvroRaw = 2,
-    /// JSON string: `"` + [`JSON_PREFIX`] + base64 of the ciphertext + `"`.
-    JsonText = 3,
-    /// Protobuf `string`: varint length, then [`JSON_PREFIX`] + base64 of the ciphertext.
-    ProtoText = 4,
-    /// Protobuf `bytes`: varint length, then the raw ciphertext.
-    ProtoRaw = 5,
-}
+pub use crate::schema::FieldEncoding;
 
 impl FieldEncoding {
     fn from_byte(b: u8) -> Result<Self, WireError> {

@@ -1,5 +1,5 @@
 //! JSON Schema: the body after the wire prefix is a JSON document; selected properties are found
-//! with the JSON field scanner ([`crate::crypto::json`]) at the pointers the selection resolves
+//! with the JSON field scanner ([`crate::json`]) at the pointers the selection resolves
 //! to, and must hold strings (or null, left as it is).
 //!
 //! Paths are dotted property names (`customer.email` is `/customer/email`); tags are read from
@@ -9,9 +9,9 @@
 
 use serde_json::Value;
 
+use super::FieldEncoding;
 use super::{split_path, LocatedField, MAX_DEPTH};
-use crate::crypto::json::find_spans;
-use crate::crypto::wire::FieldEncoding;
+use crate::json::find_spans;
 use crate::plan::FieldSelection;
 
 /// The JSON Schema keyword Confluent writes property tags under.

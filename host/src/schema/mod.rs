@@ -17,7 +17,6 @@ pub mod registry;
 
 use std::ops::Range;
 
-use crate::crypto::wire::FieldEncoding;
 use crate::plan::FieldSelection;
 
 pub use registry::{RegisteredSchema, RegistryError, SchemaFormat, SchemaRegistry};
@@ -151,6 +150,23 @@ pub fn validate_selection(sel: &FieldSelection, path: &str, problems: &mut Vec<S
             problems.push(format!("{path}.tags[{j}]: empty tag"));
         }
     }
+}
+
+/// How an encrypted schema field's ciphertext is written in the stored value (one byte in the
+/// descriptor). Each form keeps the value valid under its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FieldEncoding {
+    /// Avro `string`: zig-zag length, then the `kapsule:v1:` prefix + base64 of the ciphertext.
+    AvroText = 1,
+    /// Avro `bytes`: zig-zag length, then the raw ciphertext.
+    AvroRaw = 2,
+    /// JSON string: `"` + the `kapsule:v1:` prefix + base64 of the ciphertext + `"`.
+    JsonText = 3,
+    /// Protobuf `string`: varint length, then the `kapsule:v1:` prefix + base64 of the ciphertext.
+    ProtoText = 4,
+    /// Protobuf `bytes`: varint length, then the raw ciphertext.
+    ProtoRaw = 5,
 }
 
 /// Zig-zag varint reader/writer shared by the Avro walker and the record stage.

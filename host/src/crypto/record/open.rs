@@ -7,12 +7,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
 
-use crate::crypto::json::{find_spans, parse_pointer};
 use crate::crypto::primitives::{nonce_at, siv_open, Dek};
 use crate::crypto::wire::{
     key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, WireError,
     HEADER_KEY, JSON_PREFIX,
 };
+use crate::json::{find_spans, parse_pointer};
 use crate::kafka::records::{Record, RecordHeader};
 
 use super::fields;

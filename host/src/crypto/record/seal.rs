@@ -9,12 +9,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
 
-use crate::crypto::json::{find_spans, parse_pointer, JsonError};
 use crate::crypto::primitives::{nonce_at, siv_seal, Dek, NONCE_LEN};
 use crate::crypto::wire::{
     key_aad, part_aad, record_aad, Descriptor, PartKind, SchemaFieldPart, ValueEncryption,
     WireError, HEADER_KEY, JSON_PREFIX,
 };
+use crate::json::{find_spans, parse_pointer, JsonError};
 use crate::kafka::records::{Record, RecordHeader};
 use crate::plan::{EncryptionPlan, ValuePart};
 use crate::schema::LocatedField;

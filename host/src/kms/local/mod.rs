@@ -45,7 +45,6 @@ use zeroize::Zeroizing;
 use super::keyfile::{read_no_follow, write_atomic, FileLock};
 use super::secret::SecretSource;
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
-use crate::crypto::primitives::constant_time_eq;
 
 /// Default environment variable holding the master key.
 pub const DEFAULT_MASTER_KEY_ENV: &str = "KAPSULE_MASTER_KEY";
@@ -363,7 +362,7 @@ impl LocalKms {
                 .and_then(|m| B64.decode(m).ok())
                 .unwrap_or_default();
             let expected = file_mac(&self.master, &file)?;
-            if !constant_time_eq(&tag, expected.as_ref()) {
+            if !crate::constant_time::eq(&tag, expected.as_ref()) {
                 bail!(
                     "key file {path}: integrity check failed (a key or version was added, removed \
                      or edited outside Kapsule); restore the file from a backup"

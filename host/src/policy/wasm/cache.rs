@@ -39,7 +39,6 @@ use wasmtime::Engine;
 use super::worker::{
     compile_worker_available, COMPILE_WORKER_ARG, WORKER_DIR_ENV, WORKER_STACK_ENV,
 };
-use crate::crypto::primitives::constant_time_eq;
 
 /// First bytes of every entry (format version 1).
 const MAGIC: &[u8; 16] = b"KAPSULE-CWASM-1\n";
@@ -280,7 +279,7 @@ impl CompileCache {
         }
         let (tag, artifact) = body.split_at(TAG_LEN);
         let name = file_name(path);
-        if !constant_time_eq(tag, self.tag(&name, artifact).as_ref()) {
+        if !crate::constant_time::eq(tag, self.tag(&name, artifact).as_ref()) {
             anyhow::bail!(
                 "authentication tag does not verify (tampered, truncated or written by another \
                  install)"

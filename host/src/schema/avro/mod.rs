@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::varint::read_zigzag;
+use super::FieldEncoding;
 use super::{split_path, LocatedField, MAX_DEPTH};
-use crate::crypto::wire::FieldEncoding;
 use crate::plan::FieldSelection;
 
 /// The Avro attribute Confluent writes field tags under.
@@ -602,5 +602,4 @@ impl<'a> Walker<'a> {
 }
 
 #[cfg(test)]
-#[path = "avro_tests.rs"]
 mod tests;

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::varint::{read_unsigned, read_zigzag};
+use super::FieldEncoding;
 use super::{split_path, LocatedField, MAX_DEPTH};
-use crate::crypto::wire::FieldEncoding;
 use crate::plan::FieldSelection;
 
 /// A field type as the walker needs it.
@@ -880,5 +880,4 @@ impl<'a> Walker<'a> {
 }
 
 #[cfg(test)]
-#[path = "protobuf_tests.rs"]
 mod tests;
