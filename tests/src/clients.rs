@@ -111,27 +111,12 @@ pub async fn run_java(args: &[String], timeout: Duration) -> Result<ClientOutput
     static CLASSES: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let libs = crate::kafka::kafka_libs()?;
     let classes = built_once(&CLASSES, "java", &[libs.as_os_str()])?;
-    let opts =
-        std::env::var("KAPSULE_JAVA_CLIENT_OPTS").unwrap_or_else(|_| JAVA_CLIENT_OPTS.to_owned());
-    let mut cmd = Command::new(crate::kafka::java());
-    cmd.args(opts.split_whitespace())
-        .arg(format!(
-            "-Dlog4j2.configurationFile={}",
-            clients_dir().join("java/log4j2.properties").display()
-        ))
-        .arg("-cp")
-        .arg(format!(
-            "{}:{}",
-            classes.display(),
-            crate::kafka::kafka_classpath(&libs)
-        ))
-        .arg("KapsuleClient")
-        .args(args);
-    let what = format!(
-        "java KapsuleClient {}",
-        args.first().map_or("", String::as_str)
+    let classpath = format!(
+        "{}:{}",
+        classes.display(),
+        crate::kafka::kafka_classpath(&libs)
     );
-    run(cmd, &what, timeout).await
+    run_java_main(&classpath, "KapsuleClient", args, timeout).await
 }
 
 /// Runs the Java schema client (`tests/clients/java-serde`, `SchemaAvroClient <args>`: Apicurio
@@ -152,6 +137,23 @@ pub async fn run_java_serde(args: &[String], timeout: Duration) -> Result<Client
         "java-serde",
         &[serde.as_os_str(), libs.as_os_str()],
     )?;
+    let classpath = format!(
+        "{}:{}/*:{}",
+        classes.display(),
+        serde.display(),
+        crate::kafka::kafka_classpath(&libs)
+    );
+    run_java_main(&classpath, "SchemaAvroClient", args, timeout).await
+}
+
+/// Runs `main_class` of `classpath` on the rig's JVM with the client JVM options
+/// (`KAPSULE_JAVA_CLIENT_OPTS`) and the clients' log4j2 configuration.
+async fn run_java_main(
+    classpath: &str,
+    main_class: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<ClientOutput> {
     let opts =
         std::env::var("KAPSULE_JAVA_CLIENT_OPTS").unwrap_or_else(|_| JAVA_CLIENT_OPTS.to_owned());
     let mut cmd = Command::new(crate::kafka::java());
@@ -161,16 +163,11 @@ pub async fn run_java_serde(args: &[String], timeout: Duration) -> Result<Client
             clients_dir().join("java/log4j2.properties").display()
         ))
         .arg("-cp")
-        .arg(format!(
-            "{}:{}/*:{}",
-            classes.display(),
-            serde.display(),
-            crate::kafka::kafka_classpath(&libs)
-        ))
-        .arg("SchemaAvroClient")
+        .arg(classpath)
+        .arg(main_class)
         .args(args);
     let what = format!(
-        "java SchemaAvroClient {}",
+        "java {main_class} {}",
         args.first().map_or("", String::as_str)
     );
     run(cmd, &what, timeout).await
