@@ -4,6 +4,8 @@
 //! their schema id; read back byte-exact by a principal `reveal_to` allows and as valid records
 //! with ciphertext fields by one it withholds from, or straight from the broker.
 
+use std::path::PathBuf;
+
 use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::tls::{ck_ssl, Issued, KeyKind, Pki, RawKapsule};
 use kapsule_integration::{run_python, unique_name, KafkaCluster, SchemaRegistry};
@@ -108,6 +110,46 @@ pub(crate) fn principals() -> Principals {
         server,
         app,
         analytics,
+    }
+}
+
+/// What every schema test starts from: the shared registry and Kafka broker, the mTLS principals
+/// (`kapsule`, `app`, `analytics`), a local KMS and Kapsule with the config `policy_for` writes
+/// for the registry's URL.
+pub(crate) struct SchemaRig {
+    pub(crate) registry: &'static SchemaRegistry,
+    pub(crate) kafka: &'static KafkaCluster,
+    pub(crate) who: Principals,
+    pub(crate) ca: PathBuf,
+    pub(crate) kapsule: RawKapsule,
+    /// Kept alive for Kapsule's key file.
+    _kms: LocalKms,
+}
+
+impl SchemaRig {
+    pub(crate) async fn start(policy_for: impl FnOnce(&str) -> String) -> SchemaRig {
+        let registry = SchemaRegistry::shared().await.expect("registry");
+        let kafka = KafkaCluster::shared().await.expect("kafka");
+        let who = principals();
+        let ca = who.pki.ca_cert();
+        let kms = LocalKms::new().unwrap();
+        let kapsule = RawKapsule::start(&mtls_principal_config(
+            &kafka.bootstrap(),
+            &who.server,
+            &ca,
+            &kms,
+            &policy_for(&registry.url()),
+        ))
+        .await
+        .expect("kapsule");
+        SchemaRig {
+            registry,
+            kafka,
+            who,
+            ca,
+            kapsule,
+            _kms: kms,
+        }
     }
 }
 
@@ -284,24 +326,19 @@ fn withheld(seen: &Value) -> Option<Value> {
 /// a second schema version is picked up without a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn avro_fields_are_encrypted_at_rest_and_revealed_per_principal() {
-    let registry = SchemaRegistry::shared().await.expect("registry");
-    let kafka = KafkaCluster::shared().await.expect("kafka");
-    let who = principals();
-    let ca = who.pki.ca_cert();
-    let kms = LocalKms::new().unwrap();
-    let kapsule = RawKapsule::start(&mtls_principal_config(
-        &kafka.bootstrap(),
-        &who.server,
-        &ca,
-        &kms,
-        &policy("orders-avro-", &registry.url(), ""),
-    ))
-    .await
-    .expect("kapsule");
+    let rig = SchemaRig::start(|url| policy("orders-avro-", url, "")).await;
+    let SchemaRig {
+        registry,
+        kafka,
+        who,
+        ca,
+        kapsule,
+        ..
+    } = &rig;
     let topic = unique_name("orders-avro");
     kafka.create_topic(&topic, 1).await.unwrap();
     let url = registry.url();
-    let app = ck_ssl(&ca, Some(&who.app));
+    let app = ck_ssl(ca, Some(&who.app));
 
     let v1 = orders(6, false);
     let sent_v1 =
@@ -364,7 +401,7 @@ async fn avro_fields_are_encrypted_at_rest_and_revealed_per_principal() {
         &topic,
         "avro",
         n,
-        &ck_ssl(&ca, Some(&who.analytics)),
+        &ck_ssl(ca, Some(&who.analytics)),
     )
     .await;
     for (i, (s, o)) in seen.iter().zip(&objects).enumerate() {
@@ -414,24 +451,19 @@ const ORDER_JSON_SCHEMA: &str = r#"{
 /// and `app` gets the exact bytes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_schema_fields_are_encrypted_at_rest_and_restored_byte_exact() {
-    let registry = SchemaRegistry::shared().await.expect("registry");
-    let kafka = KafkaCluster::shared().await.expect("kafka");
-    let who = principals();
-    let ca = who.pki.ca_cert();
-    let kms = LocalKms::new().unwrap();
-    let kapsule = RawKapsule::start(&mtls_principal_config(
-        &kafka.bootstrap(),
-        &who.server,
-        &ca,
-        &kms,
-        &policy("orders-json-", &registry.url(), ""),
-    ))
-    .await
-    .expect("kapsule");
+    let rig = SchemaRig::start(|url| policy("orders-json-", url, "")).await;
+    let SchemaRig {
+        registry,
+        kafka,
+        who,
+        ca,
+        kapsule,
+        ..
+    } = &rig;
     let topic = unique_name("orders-json");
     kafka.create_topic(&topic, 1).await.unwrap();
     let url = registry.url();
-    let app = ck_ssl(&ca, Some(&who.app));
+    let app = ck_ssl(ca, Some(&who.app));
     let objects: Vec<Value> = (0..5)
         .map(|i| json!({"id": i, "ssn": format!("SSNMARK-{i}"), "customer": {"name": format!("Name {i}"), "email": format!("EMAILMARK-{i}")}, "note": format!("note {i}")}))
         .collect();
@@ -482,29 +514,22 @@ const ORDER_PROTO_SPEC: &str = r#"{"package": "shop", "message": "Order", "field
 /// while the message still parses; `app` gets the exact bytes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn protobuf_fields_are_encrypted_at_rest_and_restored_byte_exact() {
-    let registry = SchemaRegistry::shared().await.expect("registry");
-    let kafka = KafkaCluster::shared().await.expect("kafka");
-    let who = principals();
-    let ca = who.pki.ca_cert();
-    let kms = LocalKms::new().unwrap();
-    let kapsule = RawKapsule::start(&mtls_principal_config(
-        &kafka.bootstrap(),
-        &who.server,
-        &ca,
-        &kms,
-        &policy_selecting(
-            "orders-proto-",
-            "{fields: [photo], tags: [PII]}",
-            &registry.url(),
-            "",
-        ),
-    ))
-    .await
-    .expect("kapsule");
+    let rig = SchemaRig::start(|url| {
+        policy_selecting("orders-proto-", "{fields: [photo], tags: [PII]}", url, "")
+    })
+    .await;
+    let SchemaRig {
+        registry,
+        kafka,
+        who,
+        ca,
+        kapsule,
+        ..
+    } = &rig;
     let topic = unique_name("orders-proto");
     kafka.create_topic(&topic, 1).await.unwrap();
     let url = registry.url();
-    let app = ck_ssl(&ca, Some(&who.app));
+    let app = ck_ssl(ca, Some(&who.app));
     let objects: Vec<Value> = (0..4)
         .map(|i| {
             json!({"id": i + 1, "ssn": format!("SSNMARK-{i}"), "cards": [format!("CARDMARK-{i}a"), format!("CARDMARK-{i}b")],
@@ -600,24 +625,20 @@ const ORDER_WITH_REFERENCE_AVRO: &str = r#"{
 /// rest; `app` gets the exact bytes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn avro_schema_references_to_other_subjects_are_resolved() {
-    let registry = SchemaRegistry::shared().await.expect("registry");
-    let kafka = KafkaCluster::shared().await.expect("kafka");
-    let who = principals();
-    let ca = who.pki.ca_cert();
-    let kms = LocalKms::new().unwrap();
-    let kapsule = RawKapsule::start(&mtls_principal_config(
-        &kafka.bootstrap(),
-        &who.server,
-        &ca,
-        &kms,
-        &policy_selecting("orders-ref-", "{tags: [PII]}", &registry.url(), ""),
-    ))
-    .await
-    .expect("kapsule");
+    let rig =
+        SchemaRig::start(|url| policy_selecting("orders-ref-", "{tags: [PII]}", url, "")).await;
+    let SchemaRig {
+        registry,
+        kafka,
+        who,
+        ca,
+        kapsule,
+        ..
+    } = &rig;
     let topic = unique_name("orders-ref");
     kafka.create_topic(&topic, 1).await.unwrap();
     let url = registry.url();
-    let app = ck_ssl(&ca, Some(&who.app));
+    let app = ck_ssl(ca, Some(&who.app));
     let objects: Vec<Value> = (0..4)
         .map(|i| {
             json!({"id": i, "customer": {"name": format!("Name {i}"), "email": format!("EMAILMARK-{i}@example.com")},

@@ -167,14 +167,14 @@ impl RecordEncryptor {
             let res = match &shared {
                 Some(res) => {
                     // Consecutive sub-ranges of the batch's one reservation.
-                    let offset = u32::try_from(shared_offset)
+                    let nonce_base = u32::try_from(shared_offset)
                         .ok()
                         .and_then(|o| nonce_at(&res.nonce_base, o))
                         .ok_or_else(|| seal_error(index, SealFail::NonceOverflow))?;
                     shared_offset += prep.parts();
                     Reservation {
                         dek: res.dek.clone(),
-                        nonce_base: offset,
+                        nonce_base,
                     }
                 }
                 None => self
