@@ -5,11 +5,16 @@
 
 use std::time::Duration;
 
+use kapsule_integration::clients::run_python_in_netns;
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
+use kapsule_integration::fleet::Member;
 use kapsule_integration::kafka::wait_for_new_leader;
+use kapsule_integration::netns::Netns;
+use kapsule_integration::records::{assert_records_match, write_records_file, ConsumedRecord};
+use kapsule_integration::tls::{KeyKind, Pki};
 use kapsule_integration::{
-    run_python, unique_name, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig, Listener,
-    RecordsMode, TestRecord,
+    free_port, run_python, unique_name, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig,
+    Listener, RecordsMode, TestRecord,
 };
 
 use crate::common::{
@@ -145,5 +150,182 @@ async fn steady_load_survives_a_leader_stop_and_restart_through_kapsule() {
         .take(200)
         .map(|v| v.as_bytes().to_vec())
         .collect();
+    assert_no_plaintext(&stored, &markers);
+}
+
+/// SNI routing (`proxy.sni`, one TLS port) in front of the 3-node cluster: the metadata names
+/// every broker `broker-<id>.kafka.example` on the one port; after the leader of partition 0
+/// stops, the metadata names the new leader by its own SNI name and confluent-kafka (host names
+/// verified) produces to it through the same port; once the old leader is back, every record
+/// produced before, during and after the stop is read back decrypted through SNI, and the
+/// brokers hold only ciphertext.
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_names_follow_a_leader_change_on_a_kafka_cluster() {
+    let mut cluster = KafkaCluster::start(KafkaOptions::cluster(3))
+        .await
+        .expect("start a 3-node Kafka cluster");
+    let ids = cluster.node_ids();
+    let broker_name = |id: i32| format!("broker-{id}.kafka.example");
+    let mut names: Vec<String> = vec!["kafka.example".into()];
+    names.extend(ids.iter().map(|&id| broker_name(id)));
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ns = Netns::create(&name_refs).expect("network namespace");
+    let pki = Pki::new("sni-cluster").unwrap();
+    let cert = pki
+        .issue_with_sans(
+            "kafka.example",
+            KeyKind::EcPkcs8,
+            false,
+            false,
+            "DNS:kafka.example,DNS:*.kafka.example",
+        )
+        .unwrap();
+    let ca = pki.ca_cert().display().to_string();
+
+    let topic = unique_name("steady-sni");
+    cluster.create_topic(&topic, 3).await.unwrap();
+    let leader = cluster.leader(&topic, 0).await.unwrap();
+    let survivor = ids.iter().copied().find(|id| *id != leader).unwrap();
+    let upstream = cluster.address(survivor, Listener::Plaintext).unwrap();
+    let kms = LocalKms::new().unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "proxy:\n  listen: \"{}:{port}\"\n  upstream: \"{upstream}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n  sni:\n    bootstrap_host: kafka.example\n    broker_host: \"broker-$(nodeId).kafka.example\"\nadmin:\n  listen: \"{{admin}}\"\n{}{RULES}",
+        ns.host_ip,
+        cert.cert.display(),
+        cert.key.display(),
+        kms.yaml()
+    );
+    let kapsule = Member::start("sni-cluster", &yaml, "info")
+        .await
+        .expect("kapsule with proxy.sni before the cluster");
+    let bootstrap = format!("kafka.example:{port}");
+    let ssl = args(&[
+        "--config",
+        "security.protocol=SSL",
+        "--config",
+        &format!("ssl.ca.location={ca}"),
+    ]);
+    let metadata = || {
+        let mut a = args(&["--bootstrap", &bootstrap, "--topic", &topic]);
+        a.extend(ssl.clone());
+        let ns = ns.name.clone();
+        async move {
+            run_python_in_netns(&ns, "ck_metadata.py", &a, CLIENT_TIMEOUT)
+                .await
+                .expect("ck_metadata.py over SNI")
+                .json
+        }
+    };
+    let produce = |records: Vec<TestRecord>| {
+        let file = write_records_file(&records).unwrap();
+        let mut a = args(&["--bootstrap", &bootstrap, "--topic", &topic, "--input"]);
+        a.push(file.path().display().to_string());
+        a.extend(ssl.clone());
+        let ns = ns.name.clone();
+        async move {
+            let out = run_python_in_netns(&ns, "ck_produce.py", &a, CLIENT_TIMEOUT)
+                .await
+                .expect("confluent-kafka produce over SNI")
+                .json;
+            drop(file);
+            assert_eq!(out["produced"], records.len(), "{out}");
+        }
+    };
+
+    let md = metadata().await;
+    let mut seen: Vec<(i64, String, i64)> = md["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_i64().unwrap(),
+                b["host"].as_str().unwrap().to_owned(),
+                b["port"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(i64, String, i64)> = ids
+        .iter()
+        .map(|&id| (i64::from(id), broker_name(id), i64::from(port)))
+        .collect();
+    assert_eq!(
+        seen, want,
+        "every broker by its SNI name on the one port: {md}"
+    );
+    assert_eq!(md["leaders"]["0"], leader, "{md}");
+
+    let before = TestRecord::varied("sni-before", 30);
+    produce(before.clone()).await;
+
+    cluster.stop_node(leader).unwrap();
+    let new_leader = wait_for_new_leader(&upstream, &topic, leader)
+        .await
+        .unwrap();
+    assert_ne!(new_leader, leader);
+    // Through Kapsule the client learns the new leader under its own SNI name.
+    let md = metadata().await;
+    assert_eq!(md["leaders"]["0"], new_leader, "{md}");
+    let listed: Vec<&str> = md["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["host"].as_str())
+        .collect();
+    assert!(listed.contains(&broker_name(new_leader).as_str()), "{md}");
+    assert!(
+        md["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["port"] == port),
+        "{md}"
+    );
+    let during = TestRecord::varied("sni-during", 30);
+    produce(during.clone()).await;
+
+    cluster.start_node(leader).await.unwrap();
+    let after = TestRecord::varied("sni-after", 30);
+    produce(after.clone()).await;
+
+    let all: Vec<TestRecord> = before
+        .iter()
+        .chain(&during)
+        .chain(&after)
+        .cloned()
+        .collect();
+    let mut a = args(&[
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        &topic,
+        "--count",
+        &all.len().to_string(),
+        "--group",
+        &unique_name("sni-cluster-group"),
+    ]);
+    a.extend(ssl.clone());
+    let out = run_python_in_netns(&ns.name, "ck_consume.py", &a, CLIENT_TIMEOUT)
+        .await
+        .expect("confluent-kafka consume over SNI")
+        .json;
+    // Every record exactly once, byte-exact, in produce order within each partition.
+    assert_records_match(&all, &ConsumedRecord::list_from_output(&out).unwrap());
+    assert!(
+        !kapsule
+            .logs()
+            .contains("is neither proxy.sni.bootstrap_host"),
+        "no SNI name went unrouted:\n{}",
+        kapsule.logs()
+    );
+
+    let stored: Vec<TestRecord> = ck_consume(&cluster.bootstrap(), &topic, all.len(), &[])
+        .await
+        .into_iter()
+        .map(|c| c.record)
+        .collect();
+    let markers: Vec<Vec<u8>> = all.iter().filter_map(|r| r.value.clone()).collect();
     assert_no_plaintext(&stored, &markers);
 }
