@@ -278,7 +278,7 @@ pub mod pool {
 
     use std::sync::{Mutex, MutexGuard};
 
-    use bytes::Bytes;
+    use bytes::{Bytes, BytesMut};
 
     /// Smallest pooled body (smaller ones are cheap small allocations).
     pub const MIN_POOLED: usize = 4 * 1024;
@@ -400,6 +400,52 @@ pub mod pool {
     /// `buf` (of capacity `class`) as [`Bytes`] that return it to the pool when dropped.
     pub(super) fn frame(buf: Vec<u8>, class: usize) -> Bytes {
         Bytes::from_owner(Pooled { buf, class })
+    }
+
+    /// An empty [`BytesMut`] with room for at least `size` bytes, to encode record batches into:
+    /// an idle pooled buffer when `size` has a class (already resident: no page faults, no
+    /// zeroing), else a fresh allocation. Freeze it with [`freeze_bytes_mut`] so the buffer comes
+    /// back to the pool.
+    pub fn bytes_mut_for(size: usize) -> BytesMut {
+        match class_of(size) {
+            Some(class) => {
+                let vec = take(class).unwrap_or_else(|| Vec::with_capacity(class));
+                // An empty Vec with spare capacity becomes a unique shared `Bytes`, which turns
+                // into a `BytesMut` over the same allocation (bytes has no direct conversion).
+                BytesMut::from(Bytes::from(vec))
+            }
+            None => BytesMut::with_capacity(size),
+        }
+    }
+
+    /// `buf`'s bytes as [`Bytes`]. A buffer whose capacity is a pool class (one from
+    /// [`bytes_mut_for`] that did not have to grow) goes back to the pool when the last clone or
+    /// slice is dropped; any other is freed as usual.
+    pub fn freeze_bytes_mut(buf: BytesMut) -> Bytes {
+        match class_of(buf.capacity()) {
+            Some(class) if class == buf.capacity() => Bytes::from_owner(PooledMut { buf, class }),
+            _ => buf.freeze(),
+        }
+    }
+
+    struct PooledMut {
+        buf: BytesMut,
+        class: usize,
+    }
+
+    impl AsRef<[u8]> for PooledMut {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf
+        }
+    }
+
+    impl Drop for PooledMut {
+        fn drop(&mut self) {
+            let mut buf = std::mem::take(&mut self.buf);
+            // Emptied first: turning it back into a Vec then moves no bytes.
+            buf.clear();
+            give_back(Vec::from(buf), self.class);
+        }
     }
 
     /// A buffer to encode a frame of known size into: pooled when the size has a class.
@@ -800,6 +846,33 @@ mod tests {
         assert_eq!(pool::trim_class(CLASS), CLASS, "an unused buffer goes back");
         assert_eq!(pool::trim_class(CLASS), 0);
         drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
+    }
+
+    #[test]
+    fn batch_buffers_return_to_the_pool_and_are_reused() {
+        // 5 MiB batches use the 8 MiB class, which no other test reads.
+        const CLASS: usize = 8 << 20;
+        let mut out = pool::bytes_mut_for(5 << 20);
+        assert_eq!(out.capacity(), CLASS);
+        out.extend_from_slice(&vec![3u8; 5 << 20]);
+        let ptr = out.as_ptr();
+        let frozen = pool::freeze_bytes_mut(out);
+        assert_eq!(frozen.len(), 5 << 20);
+        assert!(frozen.iter().all(|b| *b == 3));
+        let slice = frozen.slice(1..2);
+        drop(frozen);
+        drop(slice);
+        // The same memory comes back, empty, for the next batch.
+        let again = pool::bytes_mut_for(5 << 20);
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), CLASS);
+        // A buffer that had to grow past its class is freed, not pooled.
+        let mut grown = again;
+        grown.extend_from_slice(&vec![0u8; CLASS + 1]);
+        drop(pool::freeze_bytes_mut(grown));
+        let fresh = pool::bytes_mut_for(5 << 20);
+        assert_eq!(fresh.capacity(), CLASS);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ use crate::crypto::record::{batch_has_encrypted_records, may_contain_encrypted, 
 use crate::crypto::HEADER_KEY;
 use crate::error::{ErrorSource, ProxyError, Reason, RecordError};
 use crate::kafka::compression::Compression;
+use crate::kafka::frame::pool;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::{RecordDecision, TopicPlan};
 use crate::policy::config::DecryptSettings;
@@ -175,11 +176,11 @@ impl RecordStage {
             return Ok(None);
         }
         let rewrite = enc.is_some() || self.mode == RecordsMode::Reencode;
-        let mut out = BytesMut::with_capacity(if rewrite {
-            records.len() + records.len() / 4 + 256
+        let mut out = if rewrite {
+            pool::bytes_mut_for(records.len() + records.len() / 4 + 256)
         } else {
-            0
-        });
+            BytesMut::new()
+        };
         for entry in split_record_set(records) {
             let raw = match entry? {
                 RecordSetEntry::Partial(_) => {
@@ -273,7 +274,7 @@ impl RecordStage {
                 budget.keep_output(batch, out.len() - start).await?;
             }
         }
-        Ok(rewrite.then(|| out.freeze()))
+        Ok(rewrite.then(|| pool::freeze_bytes_mut(out)))
     }
 }
 

@@ -39,6 +39,7 @@ use crate::crypto::record::{
 };
 use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
+use crate::kafka::frame::pool;
 use crate::kafka::records::{split_record_set, RecordSetEntry};
 use crate::plan::Reveal;
 use crate::policy::config::DecryptSettings;
@@ -189,7 +190,7 @@ impl RecordStage {
 
 /// Re-encodes a record set of an uncovered topic, batch by batch under the budget.
 async fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes, ProxyError> {
-    let mut out = BytesMut::with_capacity(records.len() + 64);
+    let mut out = pool::bytes_mut_for(records.len() + 64);
     let fresh = budget.used() == 0;
     let mut first = true;
     for entry in split_record_set(records) {
@@ -218,7 +219,7 @@ async fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes,
         }
         first = false;
     }
-    Ok(out.freeze())
+    Ok(pool::freeze_bytes_mut(out))
 }
 
 /// The budget ran out: deliver the batches done so far (the client fetches the rest next time);
@@ -236,7 +237,7 @@ fn truncate_or_fail(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, 
             ),
         ))
     } else {
-        Ok(out.freeze())
+        Ok(pool::freeze_bytes_mut(out))
     }
 }
 
@@ -245,7 +246,7 @@ fn truncate_or_fail(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, 
 /// large ([`truncate_or_fail`]); any other error fails the partition.
 fn cut_short(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, ProxyError> {
     match e.reason() {
-        Reason::MemoryBusy => Ok(out.freeze()),
+        Reason::MemoryBusy => Ok(pool::freeze_bytes_mut(out)),
         Reason::TooLarge => truncate_or_fail(out, alone, e),
         _ => Err(retag_broker(e)),
     }
@@ -283,7 +284,7 @@ async fn decrypt_record_set(
             .map(|f| f as &(dyn Fn(&str) -> bool + Send + Sync)),
     };
     let fresh = budget.used() == 0;
-    let mut out = BytesMut::with_capacity(records.len());
+    let mut out = pool::bytes_mut_for(records.len());
     let mut changed = false;
     let mut first = true;
     for entry in split_record_set(records) {
@@ -348,7 +349,7 @@ async fn decrypt_record_set(
         }
         changed = true;
     }
-    Ok(changed.then(|| out.freeze()))
+    Ok(changed.then(|| pool::freeze_bytes_mut(out)))
 }
 
 #[cfg(test)]
