@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::records::CodecError;
+use super::records::errors::CodecError;
 
 /// Default cap on the decompressed size of one batch's records section (100 MiB).
 pub const DEFAULT_MAX_DECOMPRESSED_SIZE: usize = 100 * 1024 * 1024;

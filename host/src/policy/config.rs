@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::rules::TopicSelector;
+use super::topics::TopicSelector;
 
 /// The whole `policy:` section.
 #[derive(Debug, Clone, Deserialize, Default)]

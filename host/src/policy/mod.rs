@@ -31,6 +31,7 @@ mod reload;
 pub mod rules;
 mod stats;
 mod status;
+pub mod topics;
 pub mod wasm;
 mod watch;
 
