@@ -48,8 +48,8 @@ use arc_swap::ArcSwapOption;
 use globset::{GlobSet, GlobSetBuilder};
 use parking_lot::{Mutex, RwLock};
 
-use self::config::{DecryptSettings, KekAllowance, PolicyConfig, UnmatchedTopics};
-use self::rules::{Rule, TopicMatcher};
+use self::config::{DecryptSettings, PolicyConfig, UnmatchedTopics};
+use self::rules::{KekAllowance, Rule, TopicMatcher};
 use self::stats::BindingStats;
 use self::wasm::host::LogSink;
 pub use self::wasm::MemoUse;

@@ -28,6 +28,25 @@ use crate::principal::Principal;
 /// Principals whose reveal answer one rule remembers before the cache is cleared.
 const MAX_CACHED_PRINCIPALS: usize = 4096;
 
+/// Which KEK ids the stored descriptors of a topic may name (checked with `require_encrypted`).
+#[derive(Debug, Clone)]
+pub enum KekAllowance {
+    /// Exactly this id (a rule's key, `${topic}` expanded).
+    Exact(String),
+    /// Ids matching these globs (a binding's `allowed_key_ids`, `${topic}` expanded).
+    Globs(globset::GlobSet),
+}
+
+impl KekAllowance {
+    /// Whether a descriptor naming `kek_id` may be decrypted.
+    pub fn allows(&self, kek_id: &str) -> bool {
+        match self {
+            Self::Exact(id) => id == kek_id,
+            Self::Globs(g) => g.is_match(kek_id),
+        }
+    }
+}
+
 /// One compiled built-in rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
