@@ -159,12 +159,7 @@ impl PolicyRegistry {
                 module_path: b.module.clone(),
                 config: b.config.clone(),
                 allowed: b.allowed_key_ids.clone(),
-                decrypt: DecryptSettings {
-                    on_decrypt_failure: b.on_decrypt_failure,
-                    require_encrypted: b.require_encrypted,
-                    accept_pre_encrypted: b.accept_pre_encrypted,
-                    covered: true,
-                },
+                decrypt: b.decrypt_settings(),
                 current: ArcSwapOption::empty(),
                 load_error: Mutex::new(None),
                 stats: BindingStats::default(),

@@ -139,12 +139,7 @@ impl Rule {
             },
             record_key: c.record_key,
             headers: c.headers.clone(),
-            decrypt: DecryptSettings {
-                on_decrypt_failure: c.on_decrypt_failure,
-                require_encrypted: c.require_encrypted,
-                accept_pre_encrypted: c.accept_pre_encrypted,
-                covered: true,
-            },
+            decrypt: c.decrypt_settings(),
             reveal_to: c
                 .reveal_to
                 .iter()

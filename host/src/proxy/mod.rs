@@ -178,8 +178,8 @@ impl ProxyShared {
         Ok(())
     }
 
-    /// Counts and logs (rate-limited per kind) a connection [`tls::accept_client`] closed.
-    fn log_refused_accept(&self, refused: &tls::AcceptRefused) {
+    /// Counts and logs (rate-limited per kind) a connection [`tls::accept::accept_client`] closed.
+    fn log_refused_accept(&self, refused: &tls::accept::AcceptRefused) {
         let (peer, why) = (refused.peer, &refused.why);
         if let Some(reason) = why.reason() {
             self.metrics.error(reason);
@@ -307,7 +307,7 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                         };
                         shared.tasks.clone().spawn(tracing::Instrument::instrument(async move {
                             let tls = shared.tls.as_deref();
-                            let accepted = match tls::accept_client(&shared.config, tls, stream, peer).await {
+                            let accepted = match tls::accept::accept_client(&shared.config, tls, stream, peer).await {
                                 Ok(accepted) => accepted,
                                 Err(refused) => return shared.log_refused_accept(&refused),
                             };

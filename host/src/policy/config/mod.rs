@@ -50,44 +50,80 @@ pub enum UnmatchedTopics {
     Reject,
 }
 
-/// A built-in rule: encrypt matching topics with one fixed plan.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Which topics the rule applies to.
-    pub topics: TopicSelector,
-    /// KEK id; `${topic}` is replaced by the topic name. Write `$${topic}` in the YAML file, since
-    /// the config loader expands `${NAME}` from the environment.
-    pub key_id: String,
-    /// Which part of the value to encrypt (default `whole`).
-    #[serde(default)]
-    pub value: ValuePartConfig,
-    /// Encrypt the record key deterministically (default `false`).
-    #[serde(default)]
-    pub record_key: bool,
-    /// Header names whose values are encrypted (default none).
-    #[serde(default)]
-    pub headers: Vec<String>,
-    /// What consumers get when a record of these topics cannot be decrypted.
-    #[serde(default)]
-    pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records of these topics that are not encrypted, or encrypted under a KEK
-    /// other than the rule's key / one `allowed_key_ids` matches (default `false`).
-    #[serde(default)]
-    pub require_encrypted: bool,
-    /// Accept produced records that already carry a `kapsule.enc` header and forward them as
-    /// they are (default `false`: such records are refused with INVALID_RECORD). Only for
-    /// producers that write Kapsule's format themselves (e.g. records copied between clusters).
-    #[serde(default)]
-    pub accept_pre_encrypted: bool,
-    /// Who may read which encrypted parts on Fetch, first match wins (default: nobody is
-    /// listed, everyone gets `reveal_default`). Entries match authenticated principals only.
-    #[serde(default)]
-    pub reveal_to: Vec<RevealGrantConfig>,
-    /// What principals no `reveal_to` entry matches get, unauthenticated connections included.
-    /// Required when `reveal_to` is set; without `reveal_to` the default is `all`.
-    #[serde(default)]
-    pub reveal_default: Option<RevealConfig>,
+/// Defines a `policy:` entry type (a rule or a binding) with the settings every entry shares:
+/// `topics` first, the entry's own fields, then `on_decrypt_failure`, `require_encrypted` and
+/// `accept_pre_encrypted`; and [`DecryptSettings`] from them. Written once so the two entry types
+/// cannot drift apart; the YAML keys stay plain fields of the entry, so unknown keys and wrong
+/// types are reported with the entry's path and the list of accepted keys (serde's `flatten`
+/// would lose both).
+macro_rules! topic_entry_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Which topics the entry applies to.
+            pub topics: TopicSelector,
+            $($(#[$field_meta])* pub $field: $ty,)*
+            /// What consumers get when a record of these topics cannot be decrypted.
+            #[serde(default)]
+            pub on_decrypt_failure: DecryptFailure,
+            /// Refuse to deliver records of these topics that are not encrypted, or encrypted
+            /// under a KEK other than the rule's key / one `allowed_key_ids` matches (default
+            /// `false`).
+            #[serde(default)]
+            pub require_encrypted: bool,
+            /// Accept produced records that already carry a `kapsule.enc` header and forward
+            /// them as they are (default `false`: such records are refused with
+            /// INVALID_RECORD). Only for producers that write Kapsule's format themselves (e.g.
+            /// records copied between clusters).
+            #[serde(default)]
+            pub accept_pre_encrypted: bool,
+        }
+
+        impl $name {
+            /// The record-stage settings of the entry's topics.
+            pub fn decrypt_settings(&self) -> DecryptSettings {
+                DecryptSettings {
+                    on_decrypt_failure: self.on_decrypt_failure,
+                    require_encrypted: self.require_encrypted,
+                    accept_pre_encrypted: self.accept_pre_encrypted,
+                    covered: true,
+                }
+            }
+        }
+    };
+}
+
+topic_entry_config! {
+    /// A built-in rule: encrypt matching topics with one fixed plan.
+    pub struct RuleConfig {
+        /// KEK id; `${topic}` is replaced by the topic name. Write `$${topic}` in the YAML file,
+        /// since the config loader expands `${NAME}` from the environment.
+        pub key_id: String,
+        /// Which part of the value to encrypt (default `whole`).
+        #[serde(default)]
+        pub value: ValuePartConfig,
+        /// Encrypt the record key deterministically (default `false`).
+        #[serde(default)]
+        pub record_key: bool,
+        /// Header names whose values are encrypted (default none).
+        #[serde(default)]
+        pub headers: Vec<String>,
+        /// Who may read which encrypted parts on Fetch, first match wins (default: nobody is
+        /// listed, everyone gets `reveal_default`). Entries match authenticated principals only.
+        #[serde(default)]
+        pub reveal_to: Vec<RevealGrantConfig>,
+        /// What principals no `reveal_to` entry matches get, unauthenticated connections
+        /// included. Required when `reveal_to` is set; without `reveal_to` the default is `all`.
+        #[serde(default)]
+        pub reveal_default: Option<RevealConfig>,
+    }
 }
 
 /// One `reveal_to` entry: which principals, and what they may read.
@@ -361,33 +397,20 @@ pub struct DecryptSettings {
     pub covered: bool,
 }
 
-/// A Wasm policy binding: topics decided by a policy component.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BindingConfig {
-    /// Which topics the binding applies to.
-    pub topics: TopicSelector,
-    /// Path of the policy component (`.wasm`), relative to the working directory.
-    pub module: PathBuf,
-    /// Config string passed to the policy's `init` (default empty).
-    #[serde(default)]
-    pub config: String,
-    /// Glob patterns of KEK ids the policy may name; `${topic}` is replaced by the topic name. A
-    /// decision naming any other key is a policy violation. Empty means the policy may only pass or
-    /// reject.
-    #[serde(default)]
-    pub allowed_key_ids: Vec<String>,
-    /// What consumers get when a record of these topics cannot be decrypted.
-    #[serde(default)]
-    pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records of these topics that are not encrypted, or encrypted under a KEK
-    /// other than the rule's key / one `allowed_key_ids` matches (default `false`).
-    #[serde(default)]
-    pub require_encrypted: bool,
-    /// Accept produced records that already carry a `kapsule.enc` header and forward them as
-    /// they are (default `false`: such records are refused with INVALID_RECORD).
-    #[serde(default)]
-    pub accept_pre_encrypted: bool,
+topic_entry_config! {
+    /// A Wasm policy binding: topics decided by a policy component.
+    pub struct BindingConfig {
+        /// Path of the policy component (`.wasm`), relative to the working directory.
+        pub module: PathBuf,
+        /// Config string passed to the policy's `init` (default empty).
+        #[serde(default)]
+        pub config: String,
+        /// Glob patterns of KEK ids the policy may name; `${topic}` is replaced by the topic
+        /// name. A decision naming any other key is a policy violation. Empty means the policy
+        /// may only pass or reject.
+        #[serde(default)]
+        pub allowed_key_ids: Vec<String>,
+    }
 }
 
 /// Sandbox limits for Wasm policy instances.

@@ -53,6 +53,40 @@ fn unknown_fields_are_rejected_with_their_path() {
     assert!(e.contains("regex"), "{e}");
 }
 
+/// The settings rules and bindings share are plain keys of each entry: a wrong key is reported
+/// with the keys the entry accepts, a wrong type with the key's own path (serde's `flatten`
+/// would report neither).
+#[test]
+fn shared_entry_settings_keep_their_error_paths() {
+    let e = parse("rules: [{topics: a, key_id: k, module: m.wasm}]").unwrap_err();
+    assert!(
+        e.starts_with("rules[0].module: ") && e.contains("unknown field `module`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`require_encrypted`") && e.contains("`reveal_to`"),
+        "{e}"
+    );
+    let e = parse("bindings: [{topics: a, module: m.wasm, key_id: k}]").unwrap_err();
+    assert!(
+        e.starts_with("bindings[0].key_id: ") && e.contains("unknown field `key_id`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`accept_pre_encrypted`") && e.contains("`allowed_key_ids`"),
+        "{e}"
+    );
+    let e = parse("bindings: [{topics: a, module: m.wasm, require_encrypted: maybe}]").unwrap_err();
+    assert!(e.starts_with("bindings[0].require_encrypted: "), "{e}");
+    let c = parse(
+        "bindings: [{topics: a, module: m.wasm, on_decrypt_failure: ciphertext, accept_pre_encrypted: true}]",
+    )
+    .unwrap();
+    let d = c.bindings[0].decrypt_settings();
+    assert_eq!(d.on_decrypt_failure, DecryptFailure::Ciphertext);
+    assert!(d.accept_pre_encrypted && !d.require_encrypted && d.covered);
+}
+
 #[test]
 fn validate_reports_every_problem() {
     let c = parse(

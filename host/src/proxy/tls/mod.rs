@@ -14,13 +14,13 @@
 //!   `insecure_skip_verify` turns verification off and is logged as an error at start-up and on
 //!   every connection.
 //!
-//! [`accept_client`] is what a listener runs for each accepted socket: the PROXY protocol header
+//! [`accept::accept_client`] is what a listener runs for each accepted socket: the PROXY protocol header
 //! when enabled, then the TLS handshake when enabled. Every failure there is one log line and a
 //! closed connection; nothing else is affected. A client certificate verified against
 //! `client_ca_file` makes the connection's principal (`proxy.tls.principal_from`, see
 //! [`principal`]), mechanism `mTLS`.
 
-mod accept;
+pub mod accept;
 pub mod principal;
 
 use std::path::{Path, PathBuf};
@@ -40,8 +40,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{error, info, warn};
-
-pub use self::accept::{accept_client, AcceptRefusal, AcceptRefused, Accepted};
 
 /// A byte stream a connection is relayed over: plain TCP or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
