@@ -499,18 +499,10 @@ pub fn encode_request<T: Encodable>(
     body: &T,
 ) -> anyhow::Result<Bytes> {
     let version = header.request_api_version;
-    // Sized up front: growing a multi-megabyte Produce request by doubling copied it repeatedly.
-    let size = header
-        .compute_size(api.request_header_version(version))
-        .and_then(|h| Ok(h + body.compute_size(version)?))
-        .with_context(|| format!("sizing {api:?} v{version} request"))?;
-    let mut out = pool::Buffer::for_size(size);
-    header
-        .encode(out.vec(), api.request_header_version(version))
-        .with_context(|| format!("encoding {api:?} v{version} request header"))?;
-    body.encode(out.vec(), version)
-        .with_context(|| format!("encoding {api:?} v{version} request body"))?;
-    Ok(out.freeze())
+    let header_version = api.request_header_version(version);
+    encode_frame(header, header_version, body, version, || {
+        format!("{api:?} v{version} request")
+    })
 }
 
 /// Decodes a response body of a known API at the version of its request.
@@ -611,17 +603,32 @@ pub fn encode_response<T: Encodable>(
     header: &ResponseHeader,
     body: &T,
 ) -> anyhow::Result<Bytes> {
-    // Sized up front: growing a multi-megabyte Fetch response by doubling copied it repeatedly.
+    let header_version = api.response_header_version(version);
+    encode_frame(header, header_version, body, version, || {
+        format!("{api:?} v{version} response")
+    })
+}
+
+/// Encodes `header` and `body` into one pooled buffer sized up front (growing a multi-megabyte
+/// Produce request or Fetch response by doubling copied it repeatedly); `what` names the frame
+/// in errors.
+fn encode_frame<H: Encodable, T: Encodable>(
+    header: &H,
+    header_version: i16,
+    body: &T,
+    version: i16,
+    what: impl Fn() -> String,
+) -> anyhow::Result<Bytes> {
     let size = header
-        .compute_size(api.response_header_version(version))
+        .compute_size(header_version)
         .and_then(|h| Ok(h + body.compute_size(version)?))
-        .with_context(|| format!("sizing {api:?} v{version} response"))?;
+        .with_context(|| format!("sizing {}", what()))?;
     let mut out = pool::Buffer::for_size(size);
     header
-        .encode(out.vec(), api.response_header_version(version))
-        .with_context(|| format!("encoding {api:?} v{version} response header"))?;
+        .encode(out.vec(), header_version)
+        .with_context(|| format!("encoding {} header", what()))?;
     body.encode(out.vec(), version)
-        .with_context(|| format!("encoding {api:?} v{version} response body"))?;
+        .with_context(|| format!("encoding {} body", what()))?;
     Ok(out.freeze())
 }
 
