@@ -609,9 +609,8 @@ pub fn encode_response<T: Encodable>(
     })
 }
 
-/// Encodes `header` and `body` into one pooled buffer sized up front (growing a multi-megabyte
-/// Produce request or Fetch response by doubling copied it repeatedly); `what` names the frame
-/// in errors.
+/// Encodes `header` and `body` into one pooled buffer sized up front (doubling would copy a
+/// multi-megabyte frame repeatedly); `what` names the frame in errors.
 fn encode_frame<H: Encodable, T: Encodable>(
     header: &H,
     header_version: i16,
