@@ -58,26 +58,36 @@ fn unknown_fields_are_rejected_with_their_path() {
 /// would report neither).
 #[test]
 fn shared_entry_settings_keep_their_error_paths() {
-    let e = parse("rules: [{topics: a, key_id: k, module: m.wasm}]").unwrap_err();
-    assert!(
-        e.starts_with("rules[0].module: ") && e.contains("unknown field `module`"),
-        "{e}"
-    );
-    assert!(
-        e.contains("`require_encrypted`") && e.contains("`reveal_to`"),
-        "{e}"
-    );
-    let e = parse("bindings: [{topics: a, module: m.wasm, key_id: k}]").unwrap_err();
-    assert!(
-        e.starts_with("bindings[0].key_id: ") && e.contains("unknown field `key_id`"),
-        "{e}"
-    );
-    assert!(
-        e.contains("`accept_pre_encrypted`") && e.contains("`allowed_key_ids`"),
-        "{e}"
-    );
-    let e = parse("bindings: [{topics: a, module: m.wasm, require_encrypted: maybe}]").unwrap_err();
-    assert!(e.starts_with("bindings[0].require_encrypted: "), "{e}");
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "rules: [{topics: a, key_id: k, module: m.wasm}]",
+            "rules[0].module: ",
+            &[
+                "unknown field `module`",
+                "`require_encrypted`",
+                "`reveal_to`",
+            ],
+        ),
+        (
+            "bindings: [{topics: a, module: m.wasm, key_id: k}]",
+            "bindings[0].key_id: ",
+            &[
+                "unknown field `key_id`",
+                "`accept_pre_encrypted`",
+                "`allowed_key_ids`",
+            ],
+        ),
+        (
+            "bindings: [{topics: a, module: m.wasm, require_encrypted: maybe}]",
+            "bindings[0].require_encrypted: ",
+            &["expected a boolean"],
+        ),
+    ];
+    for (yaml, path, mentions) in cases {
+        let e = parse(yaml).unwrap_err();
+        assert!(e.starts_with(path), "{e}");
+        assert!(mentions.iter().all(|m| e.contains(m)), "{e}");
+    }
     let c = parse(
         "bindings: [{topics: a, module: m.wasm, on_decrypt_failure: ciphertext, accept_pre_encrypted: true}]",
     )
