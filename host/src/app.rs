@@ -98,6 +98,7 @@ fn build_encryption(
     }
     let encryptor = Arc::new(encryptor);
     registry.register(encryptor.metrics().clone());
+    registry.register(encryptor.deks().kms_metrics().clone());
     // Modules compile in the background; their topics get a retriable error until ready.
     let policy = PolicyRegistry::start(policy_config).context("loading policies")?;
     registry.register(Arc::new(crate::policy::metrics::PolicyMetrics(

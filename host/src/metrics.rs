@@ -1,8 +1,8 @@
 //! The one `/metrics` registry and the helpers every room encodes its families with.
 //!
 //! A leaf: it imports nothing from the crate. Each room keeps its own counters and implements
-//! [`MetricsSource`] for them (proxy: [`crate::proxy::metrics`]; encryption and KMS:
-//! [`crate::crypto::CryptoMetrics`]; policies: [`crate::policy::metrics`]; memory:
+//! [`MetricsSource`] for them (proxy: [`crate::proxy::metrics`]; encryption:
+//! [`crate::crypto::CryptoMetrics`]; KMS: [`crate::kms::metrics`]; policies: [`crate::policy::metrics`]; memory:
 //! [`crate::proxy::budget`]); the app registers each with [`MetricsRegistry::register`], and the
 //! admin endpoint serves [`MetricsRegistry::render`]. Families are encoded with prometheus-client
 //! at scrape time (OpenMetrics text: `# EOF` at the end, `# TYPE` lines name counters without

@@ -9,7 +9,10 @@ use std::mem::ManuallyDrop;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
-use super::primitives::{NONCE_LEN, TAG_LEN};
+/// GCM nonce length in bytes.
+pub const NONCE_LEN: usize = 12;
+/// GCM / SIV tag length in bytes.
+pub const TAG_LEN: usize = 16;
 
 /// An AES-256-GCM key. Wiped when dropped.
 pub struct GcmKey {

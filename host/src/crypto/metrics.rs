@@ -1,4 +1,5 @@
-//! Counters of the encryption stage and the KMS, rendered as Prometheus text.
+//! Counters of the encryption stage, rendered as Prometheus text (the KMS's own are
+//! [`crate::kms::metrics`]).
 //!
 //! One [`CryptoMetrics`] is shared (`Arc`) by the [`crate::crypto::RecordEncryptor`] and its
 //! [`crate::crypto::keys::DekManager`]; it is a [`MetricsSource`] of the admin registry
@@ -12,31 +13,24 @@
 //! | `kapsule_bytes_decrypted_total` | topic | plaintext bytes recovered |
 //! | `kapsule_encrypt_failures_total` | topic, reason | batches refused (`rejected`, `invalid_record`, `kms_*`) |
 //! | `kapsule_decrypt_failures_total` | topic, reason | records that failed (`integrity`, `malformed`, `missing_header`, `kms_*`) |
-//! | `kapsule_kms_calls_total` | op, outcome | KMS calls by operation (`generate`, `decrypt`, `derive`) and outcome (`ok` or error class) |
-//! | `kapsule_kms_call_duration_seconds` | op | KMS call latency histogram (`_sum`, `_count` as before, plus `_bucket`) |
 //! | `kapsule_dek_cache_hits_total` / `_misses_total` | cache | `decrypt` (EDEK to DEK) and `derive` (record-key keys) caches |
 //! | `kapsule_dek_rotations_total` | reason | encryption DEKs retired by `age`, `count` or `bytes` |
 //!
 //! Label sets are bounded: at most `deks.max_topics` distinct `topic` values (default 10000; the
 //! first topics seen keep their own label, later ones count under `topic="~other"`), names Kafka
 //! would refuse count under `topic="~invalid"` (`~` is not legal in a topic name, so neither
-//! collides with a real topic), and `reason`, `op`, `outcome` and `cache` are fixed sets.
+//! collides with a real topic), and `reason` and `cache` are fixed sets.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::crypto::keys::RotationReason;
+use crate::crypto::keys::rotation::RotationReason;
 use crate::kafka::names::is_valid_topic_name;
-use crate::kms::KmsCallObserver;
-use crate::metrics::{counter_family, encode_source, histogram_family, Labels, MetricsSource};
-
-/// Upper bounds (seconds) of the KMS latency histogram buckets.
-const KMS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+use crate::metrics::{counter_family, encode_source, MetricsSource};
 
 /// `topic` label of topics beyond the label cap.
 pub const OTHER_TOPIC_LABEL: &str = "~other";
@@ -66,8 +60,6 @@ pub struct CryptoMetrics {
     topic_cap: AtomicUsize,
     encrypt_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     decrypt_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
-    kms_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    kms_latency: Mutex<BTreeMap<&'static str, KmsLatency>>,
     /// EDEK→DEK cache hits.
     pub decrypt_cache_hits: AtomicU64,
     /// EDEK→DEK cache misses.
@@ -82,14 +74,6 @@ pub struct CryptoMetrics {
     pub rotations_count: AtomicU64,
     /// DEKs retired because of the byte limit.
     pub rotations_bytes: AtomicU64,
-}
-
-/// Latency histogram of one KMS operation.
-#[derive(Debug, Default, Clone)]
-struct KmsLatency {
-    count: u64,
-    sum: f64,
-    buckets: [u64; KMS_BUCKETS.len() + 1],
 }
 
 impl CryptoMetrics {
@@ -170,21 +154,6 @@ impl CryptoMetrics {
             .or_default() += n;
     }
 
-    /// Records one KMS call.
-    pub fn kms_call(&self, op: &'static str, outcome: &'static str, latency: Duration) {
-        *self.kms_calls.lock().entry((op, outcome)).or_default() += 1;
-        let secs = latency.as_secs_f64();
-        let mut l = self.kms_latency.lock();
-        let e = l.entry(op).or_default();
-        e.count += 1;
-        e.sum += secs;
-        let i = KMS_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(KMS_BUCKETS.len());
-        e.buckets[i] += 1;
-    }
-
     /// Records one encryption DEK retired for `reason`.
     pub fn rotation(&self, reason: RotationReason) {
         match reason {
@@ -193,16 +162,6 @@ impl CryptoMetrics {
             RotationReason::Bytes => &self.rotations_bytes,
         }
         .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Number of KMS calls for `op` with `outcome` so far.
-    pub fn kms_call_count(&self, op: &str, outcome: &str) -> u64 {
-        self.kms_calls
-            .lock()
-            .iter()
-            .filter(|((o, r), _)| *o == op && *r == outcome)
-            .map(|(_, n)| *n)
-            .sum()
     }
 
     /// Appends all metrics as OpenMetrics text (no `# EOF`) to `out` (tests and tools; the
@@ -233,8 +192,6 @@ impl CryptoMetrics {
                 .collect(),
             encrypt_failures: self.encrypt_failures.lock().clone(),
             decrypt_failures: self.decrypt_failures.lock().clone(),
-            kms_calls: self.kms_calls.lock().clone(),
-            kms_latency: self.kms_latency.lock().clone(),
             caches: [
                 load(&self.decrypt_cache_hits),
                 load(&self.derive_cache_hits),
@@ -250,12 +207,6 @@ impl CryptoMetrics {
     }
 }
 
-impl KmsCallObserver for CryptoMetrics {
-    fn kms_call(&self, op: &'static str, outcome: &'static str, latency: Duration) {
-        CryptoMetrics::kms_call(self, op, outcome, latency);
-    }
-}
-
 impl MetricsSource for CryptoMetrics {
     fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         self.snapshot().encode(encoder)
@@ -267,8 +218,6 @@ struct Snapshot {
     topics: Vec<(String, [u64; 4])>,
     encrypt_failures: BTreeMap<(String, &'static str), u64>,
     decrypt_failures: BTreeMap<(String, &'static str), u64>,
-    kms_calls: BTreeMap<(&'static str, &'static str), u64>,
-    kms_latency: BTreeMap<&'static str, KmsLatency>,
     caches: [u64; 4],
     rotations: [u64; 3],
 }
@@ -307,29 +256,6 @@ impl MetricsSource for Snapshot {
             });
             counter_family(e, name, help, samples)?;
         }
-        counter_family(
-            e,
-            "kapsule_kms_calls",
-            "KMS calls by operation and outcome.",
-            self.kms_calls.iter().map(|((op, outcome), n)| {
-                let l: Labels = vec![("op", op.to_string()), ("outcome", outcome.to_string())];
-                (l, *n)
-            }),
-        )?;
-        histogram_family(
-            e,
-            "kapsule_kms_call_duration_seconds",
-            "KMS call latency.",
-            self.kms_latency.iter().map(|(op, l)| {
-                let buckets = KMS_BUCKETS
-                    .iter()
-                    .copied()
-                    .chain([f64::MAX])
-                    .zip(l.buckets)
-                    .collect();
-                (vec![("op", op.to_string())], l.sum, l.count, buckets)
-            }),
-        )?;
         let cache = |c: &str| vec![("cache", c.to_owned())];
         counter_family(
             e,
@@ -373,7 +299,6 @@ mod tests {
         m.topic("orders")
             .records_encrypted
             .fetch_add(3, Ordering::Relaxed);
-        m.kms_call("generate", "ok", Duration::from_millis(5));
         m.encrypt_failure("o\"x", "rejected");
         m.encrypt_failure("orders", "rejected");
         let mut s = String::new();
@@ -382,15 +307,12 @@ mod tests {
             s.contains("kapsule_records_encrypted_total{topic=\"orders\"} 3"),
             "{s}"
         );
-        assert!(s.contains("kapsule_kms_calls_total{op=\"generate\",outcome=\"ok\"} 1"));
         assert!(
             s.contains("kapsule_encrypt_failures_total{topic=\"~invalid\",reason=\"rejected\"} 1")
         );
         assert!(
             s.contains("kapsule_encrypt_failures_total{topic=\"orders\",reason=\"rejected\"} 1")
         );
-        assert!(s.contains("kapsule_kms_call_duration_seconds_count{op=\"generate\"} 1"));
-        assert_eq!(m.kms_call_count("generate", "ok"), 1);
     }
 
     #[test]

@@ -12,11 +12,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::gcm::GcmKey;
-
-/// GCM nonce length in bytes.
-pub const NONCE_LEN: usize = 12;
-/// GCM / SIV tag length in bytes.
-pub const TAG_LEN: usize = 16;
+pub use super::gcm::{NONCE_LEN, TAG_LEN};
 
 /// A data encryption key ready for AES-256-GCM, with the wrapped form it travels with.
 pub struct Dek {

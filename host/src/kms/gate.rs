@@ -9,7 +9,7 @@
 //!   therefore cost at most one KMS call per name and period. The cache is an LRU bounded by
 //!   `deks.max_topics`.
 //! - **Metrics.** Outcome and latency of every call go to a [`KmsCallObserver`], which the
-//!   owner of the gate supplies (the crypto metrics), so `kms/` needs no metrics type of its own.
+//!   owner of the gate supplies (the proxy's is [`super::metrics::KmsMetrics`]).
 //! - **Logging.** A failed call is logged once here with the KMS's full detail (which may name
 //!   the KMS address); the error handed back up, and on to Kafka clients, prints only its class
 //!   and key id (see [`super::KmsError`]).

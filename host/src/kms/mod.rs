@@ -28,6 +28,7 @@ pub mod key_id;
 mod keyfile;
 pub mod local;
 pub mod memory;
+pub mod metrics;
 pub mod requester;
 mod retry;
 pub mod secret;

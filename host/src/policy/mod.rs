@@ -31,6 +31,7 @@ mod reload;
 pub mod rules;
 mod stats;
 mod status;
+pub mod topics;
 pub mod wasm;
 mod watch;
 
@@ -47,8 +48,8 @@ use arc_swap::ArcSwapOption;
 use globset::{GlobSet, GlobSetBuilder};
 use parking_lot::{Mutex, RwLock};
 
-use self::config::{DecryptSettings, KekAllowance, PolicyConfig, UnmatchedTopics};
-use self::rules::{Rule, TopicMatcher};
+use self::config::{DecryptSettings, PolicyConfig, UnmatchedTopics};
+use self::rules::{KekAllowance, Rule, TopicMatcher};
 use self::stats::BindingStats;
 use self::wasm::host::LogSink;
 pub use self::wasm::MemoUse;
@@ -158,12 +159,7 @@ impl PolicyRegistry {
                 module_path: b.module.clone(),
                 config: b.config.clone(),
                 allowed: b.allowed_key_ids.clone(),
-                decrypt: DecryptSettings {
-                    on_decrypt_failure: b.on_decrypt_failure,
-                    require_encrypted: b.require_encrypted,
-                    accept_pre_encrypted: b.accept_pre_encrypted,
-                    covered: true,
-                },
+                decrypt: b.decrypt_settings(),
                 current: ArcSwapOption::empty(),
                 load_error: Mutex::new(None),
                 stats: BindingStats::default(),

@@ -11,6 +11,13 @@ use crate::proxy::sasl::AuthenticationMode;
 use crate::proxy::sni::SniConfig;
 use crate::proxy::tls::{ServerTlsConfig, UpstreamTlsConfig};
 
+/// Default cap on the bytes one record batch decompresses to: 16 MiB, sixteen times Kafka's
+/// default `message.max.bytes` (1 MiB + 12 bytes, which a broker applies to the batch as sent,
+/// compressed). A producer's batch of up to 1 MiB compressed at a text-like 5-10x ratio fits;
+/// a batch that decompresses to more is what a compression bomb looks like. Raise it with
+/// `proxy.max_decompressed_bytes_per_batch` for topics whose `max.message.bytes` is raised.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH: usize = 16 * 1024 * 1024;
+
 /// What the proxy does with record batches it does not need to encrypt or decrypt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -323,7 +330,7 @@ fn default_max_frame_bytes() -> usize {
     DEFAULT_MAX_FRAME_BYTES
 }
 fn default_max_decompressed_bytes_per_batch() -> usize {
-    crate::proxy::records::DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH
+    DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH
 }
 fn default_memory_budget_bytes() -> usize {
     crate::proxy::budget::DEFAULT_MEMORY_BUDGET_BYTES

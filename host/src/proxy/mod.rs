@@ -178,6 +178,23 @@ impl ProxyShared {
         Ok(())
     }
 
+    /// Counts and logs (rate-limited per kind) a connection [`tls::accept::accept_client`] closed.
+    fn log_refused_accept(&self, refused: &tls::accept::AcceptRefused) {
+        let (peer, why) = (refused.peer, &refused.why);
+        if let Some(reason) = why.reason() {
+            self.metrics.error(reason);
+        }
+        match why.warning() {
+            None => {}
+            Some(None) => warn!(%peer, "{why}"),
+            Some(Some(kind)) => {
+                if let Some(suppressed) = self.warnings.admit(kind) {
+                    warn!(%peer, suppressed, "{why}");
+                }
+            }
+        }
+    }
+
     /// A receiver that flips to `true` when shutdown starts.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
@@ -289,8 +306,10 @@ fn spawn_accept_loop(shared: Arc<ProxyShared>, listener: TcpListener, route: Rou
                             proxy_protocol::ProxyProtocol::None => tracing::Span::none(),
                         };
                         shared.tasks.clone().spawn(tracing::Instrument::instrument(async move {
-                            let Some(accepted) = tls::accept_client(&shared, stream, peer).await else {
-                                return;
+                            let tls = shared.tls.as_deref();
+                            let accepted = match tls::accept::accept_client(&shared.config, tls, stream, peer).await {
+                                Ok(accepted) => accepted,
+                                Err(refused) => return shared.log_refused_accept(&refused),
                             };
                             let peer = accepted.peer;
                             let route = match &shared.sni {

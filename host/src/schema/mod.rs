@@ -12,7 +12,6 @@
 pub mod avro;
 pub mod json_schema;
 pub mod protobuf;
-mod protobuf_descriptor;
 pub mod registry;
 
 use std::ops::Range;

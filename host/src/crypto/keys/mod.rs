@@ -48,6 +48,7 @@ pub use self::rotation::{Reservation, RotationReason};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
 use crate::kafka::names::validate_topic_name;
+use crate::kms::metrics::KmsMetrics;
 use crate::kms::{Kms, KmsError, KmsErrorKind, KmsGate};
 
 /// Hard cap on GCM encryptions per DEK, whatever the configuration says.
@@ -190,6 +191,7 @@ pub struct DekManager {
     kms: Arc<dyn Kms>,
     cfg: DekConfig,
     metrics: Arc<CryptoMetrics>,
+    kms_metrics: Arc<KmsMetrics>,
     gate: Arc<KmsGate>,
     slots: Arc<Mutex<LruCache<(String, String), Slot>>>,
     decrypted: CoalescingCache<(String, Vec<u8>), Arc<Dek>>,
@@ -209,8 +211,9 @@ impl DekManager {
     /// A manager over `kms` (no KMS call until the first use).
     pub fn new(kms: Arc<dyn Kms>, cfg: DekConfig, metrics: Arc<CryptoMetrics>) -> Self {
         metrics.set_topic_cap(cfg.max_topics);
+        let kms_metrics = Arc::new(KmsMetrics::default());
         let gate = Arc::new(KmsGate::new(
-            metrics.clone(),
+            kms_metrics.clone(),
             cfg.max_concurrent_kms_calls,
             Duration::from_secs(cfg.negative_cache_ttl_secs),
             cfg.max_topics,
@@ -222,6 +225,7 @@ impl DekManager {
             kms,
             cfg,
             metrics,
+            kms_metrics,
             gate,
             slots: Arc::new(Mutex::new(LruCache::new(slot_cap))),
         }
@@ -230,6 +234,12 @@ impl DekManager {
     /// Number of (KEK, topic) DEK slots held (for tests and diagnostics).
     pub fn slot_count(&self) -> usize {
         self.slots.lock().len()
+    }
+
+    /// The counters of the KMS calls this manager makes (registered with the admin registry
+    /// beside the crypto metrics).
+    pub fn kms_metrics(&self) -> &Arc<KmsMetrics> {
+        &self.kms_metrics
     }
 
     /// The configuration in force.

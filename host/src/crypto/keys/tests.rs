@@ -89,8 +89,8 @@ async fn kms_failure_surfaces_with_its_class() {
     assert!(e.is_retriable());
     kms.fail_with(None);
     m.reserve("k", "t", 1, 1).await.unwrap();
-    assert_eq!(m.metrics.kms_call_count("generate", "transient"), 1);
-    assert_eq!(m.metrics.kms_call_count("generate", "ok"), 1);
+    assert_eq!(m.kms_metrics().call_count("generate", "transient"), 1);
+    assert_eq!(m.kms_metrics().call_count("generate", "ok"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@
 
 mod decode;
 mod encode;
-mod errors;
+pub(in crate::kafka) mod errors;
 mod split;
 mod types;
 

@@ -23,6 +23,22 @@ const MAX_KEY_ID_LEN: usize = 256;
 /// Longest reject message kept (longer ones are truncated).
 const MAX_REJECT_LEN: usize = 1024;
 
+/// A validated plan of one topic for one principal under one module version (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan(pub(super) Arc<TopicEntry>);
+
+impl Plan {
+    /// What the policy decided for the whole topic.
+    pub(crate) fn topic_plan(&self) -> &TopicPlan {
+        &self.0.plan
+    }
+
+    /// What `decide` depends on, as the plan declared.
+    pub(crate) fn memo_key(&self) -> &MemoKey {
+        &self.0.memo
+    }
+}
+
 /// A validated plan of one topic under one module version, with the key allowance expanded for
 /// the topic (decisions of `decide` are checked against it).
 #[derive(Debug)]

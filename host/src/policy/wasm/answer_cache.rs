@@ -21,8 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::answer::TopicEntry;
-use super::module::Plan;
+use super::answer::{Plan, TopicEntry};
 use crate::plan::{EncryptionPlan, MemoKey, RecordDecision, Reveal, TopicPlan, ValuePart};
 use crate::principal::{AuthMechanism, Principal};
 

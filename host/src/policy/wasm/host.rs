@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use wasmtime::component::ResourceTable;
@@ -23,52 +23,16 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(max_memory_bytes: usize, log: Arc<LogSink>) -> Self {
+    /// State of one call's store: `wasi` is the guest's WASI context
+    /// ([`super::wasi::deny_all_wasi`]), `log` where its log lines and output go.
+    pub(crate) fn new(max_memory_bytes: usize, wasi: WasiCtx, log: Arc<LogSink>) -> Self {
         Self {
-            wasi: deny_all_wasi(&log),
+            wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(max_memory_bytes),
             clock: Default::default(),
             log,
         }
-    }
-}
-
-/// A WASI context that grants nothing: no preopened directories, no environment variables, no
-/// arguments, no network, empty stdin, stdout/stderr to the policy log, and clocks frozen at
-/// zero. Which interfaces are linked at all is decided in [`super::wasi`].
-///
-/// Randomness stays available (Rust's `HashMap` seeds itself from it); it reveals nothing.
-fn deny_all_wasi(log: &Arc<LogSink>) -> WasiCtx {
-    let mut b = WasiCtx::builder();
-    b.stdout(super::wasi::GuestOutput::stdout(log.clone()))
-        .stderr(super::wasi::GuestOutput::stderr(log.clone()))
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .wall_clock(FrozenClock)
-        .monotonic_clock(FrozenClock);
-    b.build()
-}
-
-/// A clock that always reads zero, so policies cannot measure time.
-struct FrozenClock;
-
-impl wasmtime_wasi::HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
     }
 }
 

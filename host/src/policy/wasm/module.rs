@@ -10,14 +10,14 @@ use parking_lot::{Condvar, Mutex};
 use wasmtime::component::{Func, InstancePre};
 use wasmtime::{Store, Trap};
 
-use super::answer::{self, TopicEntry};
+use super::answer::{self, Plan};
 use super::answer_cache::{AnswerCache, CacheStats};
 use super::bindings::kapsule::policy::types as wit;
 use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
 use super::deadline::CallClock;
 use super::host::{HostState, LogSink};
 use super::memo::{self, Grouped, MemoAudit, MemoUse, Pending};
-use super::{lift, Caller, WasmRuntime, WitVersion};
+use super::{lift, wasi, Caller, WasmRuntime, WitVersion};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
 use crate::policy::PolicyError;
@@ -67,22 +67,6 @@ pub struct LoadedModule {
     answers: AnswerCache,
     /// Audits of this version's memo answers; a mismatch turns its memo off.
     memo_audit: MemoAudit,
-}
-
-/// A validated plan of one topic for one principal under one module version (cheap to clone).
-#[derive(Debug, Clone)]
-pub(crate) struct Plan(pub(super) Arc<TopicEntry>);
-
-impl Plan {
-    /// What the policy decided for the whole topic.
-    pub(crate) fn topic_plan(&self) -> &TopicPlan {
-        &self.0.plan
-    }
-
-    /// What `decide` depends on, as the plan declared.
-    pub(crate) fn memo_key(&self) -> &MemoKey {
-        &self.0.memo
-    }
 }
 
 /// What a [`DecideCall`] gave.
@@ -372,7 +356,11 @@ impl LoadedModule {
         let limits = &self.runtime.limits;
         let mut store = Store::new(
             &self.runtime.engine,
-            HostState::new(limits.memory_bytes, self.log.clone()),
+            HostState::new(
+                limits.memory_bytes,
+                wasi::deny_all_wasi(&self.log),
+                self.log.clone(),
+            ),
         );
         store.limiter(|s| &mut s.limiter);
         // Deadlines count the CPU time of the call (see `deadline`).

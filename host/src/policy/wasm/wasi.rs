@@ -19,6 +19,7 @@
 //! at load time.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use wasmtime::component::types::ComponentItem;
@@ -27,7 +28,7 @@ use wasmtime::Engine;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sync as sync_bindings};
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{ResourceTable, WasiView};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiView};
 
 use super::bindings::kapsule::policy::types::Level;
 use super::host::{HostState, LogSink};
@@ -184,6 +185,44 @@ fn no_waiting(what: &str) -> wasmtime::Error {
         "the policy called `wasi:clocks/monotonic-clock#{what}` (sleep, timer or timeout): \
          policies may not wait; the call was stopped"
     ))
+}
+
+/// A WASI context that grants nothing: no preopened directories, no environment variables, no
+/// arguments, no network, empty stdin, stdout/stderr to the policy log, and clocks frozen at
+/// zero. Which interfaces are linked at all is decided in this module.
+///
+/// Randomness stays available (Rust's `HashMap` seeds itself from it); it reveals nothing.
+pub(super) fn deny_all_wasi(log: &Arc<LogSink>) -> WasiCtx {
+    let mut b = WasiCtx::builder();
+    b.stdout(GuestOutput::stdout(log.clone()))
+        .stderr(GuestOutput::stderr(log.clone()))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock);
+    b.build()
+}
+
+/// A clock that always reads zero, so policies cannot measure time.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
 }
 
 /// Longest line kept in the line buffer of a guest stdout/stderr stream before it is flushed.

@@ -2,7 +2,6 @@
 //! request's own `timeout_ms`, and answering locally (never forwarding) a Produce that is
 //! refused in full or whose deadline passed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,15 +11,15 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, Response
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{Expect, Forward, Prepared, ResponseStage};
+use super::error::ConnectionError;
+use super::path::{Expect, Forward, Prepared, ResponseStage};
+use super::Connection;
 use crate::error::Reason;
 use crate::kafka::frame::{decode_request, encode_response, produce_header, RequestMeta};
 use crate::kms::{deadline, requester};
 use crate::proxy::admission::{self, NotAdmitted};
 use crate::proxy::records::{ProducePatch, ProduceStaged};
 use crate::proxy::rewrite;
-use crate::proxy::session::ClientSession;
-use crate::proxy::ProxyShared;
 
 /// Share of a Produce request's `timeout_ms` kept back for the trip to the broker and back: the
 /// proxy stops working on (and never forwards) a request after the rest has passed.
@@ -42,15 +41,14 @@ fn answer_produce_locally(
     meta: RequestMeta,
     acks: i16,
     response: impl FnOnce() -> ProduceResponse,
-) -> anyhow::Result<Prepared> {
+) -> Result<Prepared, ConnectionError> {
     let expect = if acks == 0 {
         Expect::Nothing
     } else {
         let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-        Expect::local(
-            meta.api_key,
-            encode_response(ApiKey::Produce, meta.api_version, &header, &response())?,
-        )?
+        let frame = encode_response(ApiKey::Produce, meta.api_version, &header, &response())
+            .map_err(ConnectionError::internal)?;
+        Expect::local(meta.api_key, frame)?
     };
     Ok(Prepared {
         forward: None,
@@ -63,19 +61,20 @@ fn answer_produce_locally(
 /// made for it see the deadline ([`deadline`]) and, when it passes first, every partition is
 /// answered REQUEST_TIMED_OUT and nothing is forwarded.
 pub(super) async fn prepare_produce(
-    shared: Arc<ProxyShared>,
+    conn: Arc<Connection>,
     meta: RequestMeta,
     frame: Bytes,
-    session: Arc<ClientSession>,
     received: Instant,
-) -> anyhow::Result<Prepared> {
-    let peer = session.peer();
+) -> Result<Prepared, ConnectionError> {
+    let (shared, session) = (&conn.shared, &conn.session);
+    let peer = conn.peer();
     let api = ApiKey::Produce;
-    let (header, request) = decode_request::<ProduceRequest>(api, frame)?;
+    let (header, request) =
+        decode_request::<ProduceRequest>(api, frame).map_err(ConnectionError::client)?;
     let acks = request.acks;
     // No policy or KMS work for a client the broker has not accepted (see `admission`).
-    if let Err(refused) = admission::admit_work(&shared, &session).await {
-        shared.metrics.error(Reason::ProduceNotAdmitted);
+    if let Err(refused) = admission::admit_work(shared, session).await {
+        conn.metrics().error(Reason::ProduceNotAdmitted);
         let code = match refused {
             NotAdmitted::RequiresAuthentication { .. } => ResponseError::SaslAuthenticationFailed,
             NotAdmitted::Unknown { .. } => ResponseError::NetworkException,
@@ -89,34 +88,22 @@ pub(super) async fn prepare_produce(
     // KMS calls made for this request count against its principal's budgets.
     let who = requester::label(session.principal());
     let staged = match due {
-        None => {
-            requester::scope(
-                who,
-                shared.records.stage_produce(&header, request, &session),
-            )
-            .await?
-        }
+        None => requester::scope(who, shared.records.stage_produce(&header, request, session))
+            .await
+            .map_err(ConnectionError::client)?,
         Some(d) => {
             // Cheap: records are reference-counted bytes. Kept to answer every partition if the
             // stage is cut short.
             let original = request.clone();
             let stage = deadline::scope(
                 due,
-                requester::scope(
-                    who,
-                    shared.records.stage_produce(&header, request, &session),
-                ),
+                requester::scope(who, shared.records.stage_produce(&header, request, session)),
             );
             // A stage that ends at the deadline (a KMS wait cut by it) counts as timed out too.
             match tokio::time::timeout_at(d, stage).await {
-                Ok(staged) if Instant::now() < d => staged?,
+                Ok(staged) if Instant::now() < d => staged.map_err(ConnectionError::client)?,
                 _ => {
-                    shared.metrics.error(Reason::TimedOut);
-                    if let Some(suppressed) = shared
-                        .records
-                        .refusal_log()
-                        .admit_connection_line(Reason::TimedOut)
-                    {
+                    if let Some(suppressed) = conn.refusal_line(Reason::TimedOut) {
                         warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = original.timeout_ms, suppressed, "produce request not ready before its timeout (slow policy or KMS); answered REQUEST_TIMED_OUT, nothing forwarded");
                     }
                     return answer_produce_locally(meta, acks, || {
@@ -149,13 +136,14 @@ pub(super) async fn prepare_produce(
 /// Prepares a Produce the record stage has nothing to do with (passthrough mode without
 /// encryption): forwarded as it came, still bounded by its deadline.
 pub(super) fn prepare_untransformed_produce(
-    shared: &ProxyShared,
+    conn: &Connection,
     frame: Bytes,
     received: Instant,
-) -> anyhow::Result<Prepared> {
-    let h = produce_header(&frame)?;
+) -> Result<Prepared, ConnectionError> {
+    let h = produce_header(&frame).map_err(ConnectionError::client)?;
+    let staged = conn.shared.records.pass_produce(frame);
     Ok(Prepared {
-        forward: Some(Forward::Produce(shared.records.pass_produce(frame)?)),
+        forward: Some(Forward::Produce(staged.map_err(ConnectionError::internal)?)),
         expect: if h.acks == 0 {
             Expect::Nothing
         } else {
@@ -175,20 +163,16 @@ fn late_message(request: &ProduceRequest) -> String {
 /// A Produce whose deadline passed while it waited for the requests before it: answered
 /// REQUEST_TIMED_OUT for every partition (keeping the proxy's own refusals), never forwarded.
 pub(super) fn answer_late(
-    shared: &ProxyShared,
+    conn: &Connection,
     meta: RequestMeta,
     body: &Bytes,
     expect: Expect,
-    peer: SocketAddr,
-) -> anyhow::Result<Expect> {
-    shared.metrics.error(Reason::TimedOut);
+) -> Result<Expect, ConnectionError> {
+    let peer = conn.peer();
     let api = ApiKey::Produce;
-    let (_, request) = decode_request::<ProduceRequest>(api, body.clone())?;
-    if let Some(suppressed) = shared
-        .records
-        .refusal_log()
-        .admit_connection_line(Reason::TimedOut)
-    {
+    let (_, request) =
+        decode_request::<ProduceRequest>(api, body.clone()).map_err(ConnectionError::client)?;
+    if let Some(suppressed) = conn.refusal_line(Reason::TimedOut) {
         warn!(%peer, correlation_id = meta.correlation_id, timeout_ms = request.timeout_ms, suppressed, "produce request reached its timeout before it could be forwarded; answered REQUEST_TIMED_OUT, nothing forwarded");
     }
     let patch = match expect {
@@ -203,10 +187,9 @@ pub(super) fn answer_late(
     );
     patch.merge_into(&mut response);
     let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-    Expect::local(
-        meta.api_key,
-        encode_response(api, meta.api_version, &header, &response)?,
-    )
+    let frame = encode_response(api, meta.api_version, &header, &response)
+        .map_err(ConnectionError::internal)?;
+    Expect::local(meta.api_key, frame)
 }
 
 #[cfg(test)]

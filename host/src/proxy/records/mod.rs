@@ -48,6 +48,7 @@ use crate::proxy::budget::{
     BudgetRefusal, Charge, MemoryBudget, Use, OUTPUT_COPIES, WORKING_COPIES,
 };
 use crate::proxy::config::RecordsMode;
+pub use crate::proxy::config::DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH;
 use crate::proxy::session::ClientSession;
 use crate::proxy::topic_ids::TopicIds;
 
@@ -56,13 +57,6 @@ pub use log::RefusalLog;
 /// Default cap on the bytes decompressed for one Produce request or Fetch response: twice the
 /// default largest frame.
 pub const DEFAULT_DECOMPRESSION_BUDGET: usize = 2 * DEFAULT_MAX_FRAME_BYTES;
-
-/// Default cap on the bytes one record batch decompresses to: 16 MiB, sixteen times Kafka's
-/// default `message.max.bytes` (1 MiB + 12 bytes, which a broker applies to the batch as sent,
-/// compressed). A producer's batch of up to 1 MiB compressed at a text-like 5-10x ratio fits;
-/// a batch that decompresses to more is what a compression bomb looks like. Raise it with
-/// `proxy.max_decompressed_bytes_per_batch` for topics whose `max.message.bytes` is raised.
-pub const DEFAULT_MAX_DECOMPRESSED_BYTES_PER_BATCH: usize = 16 * 1024 * 1024;
 
 /// What the stage decided for one partition's record set, in either direction.
 #[derive(Debug)]

@@ -46,12 +46,8 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 
 use super::session::ClientSession;
-use super::ProxyShared;
-use crate::error::Reason;
 use crate::kafka::frame::{decode_request, decode_response, encode_response, RequestMeta};
-use crate::metrics::api_name;
 use crate::principal::{AuthMechanism, Principal};
-use tracing::{info, warn};
 
 pub mod oauthbearer;
 
@@ -150,6 +146,18 @@ enum ExpectKind {
         round: u32,
         candidate: Principal,
     },
+}
+
+/// Why the broker's answer to a SASL request closes the connection, unrelayed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaslAnswerError {
+    /// The answer does not decode as the API and version it answers.
+    #[error("{0:#}")]
+    Undecodable(anyhow::Error),
+    /// The answer completed an exchange Kapsule refuses (a re-authentication under another
+    /// name).
+    #[error(transparent)]
+    Refused(#[from] SaslRefusal),
 }
 
 /// What the broker's answer to a SASL request did.
@@ -307,14 +315,15 @@ impl SaslTracker {
         expect: SaslExpect,
         version: i16,
         frame: &Bytes,
-    ) -> anyhow::Result<SaslOutcome> {
+    ) -> Result<SaslOutcome, SaslAnswerError> {
         match expect.kind {
             ExpectKind::Handshake(m) => {
                 let (_, body) = decode_response::<SaslHandshakeResponse>(
                     ApiKey::SaslHandshake,
                     version,
                     frame.clone(),
-                )?;
+                )
+                .map_err(SaslAnswerError::Undecodable)?;
                 if body.error_code != 0 {
                     return Ok(SaslOutcome::Failed {
                         name: None,
@@ -334,7 +343,8 @@ impl SaslTracker {
                     version,
                     frame.clone(),
                 )
-                .context("decoding the broker's SaslAuthenticate answer")?;
+                .context("decoding the broker's SaslAuthenticate answer")
+                .map_err(SaslAnswerError::Undecodable)?;
                 if body.error_code != 0 {
                     return Ok(SaslOutcome::Failed {
                         name: Some(candidate.name().to_owned()),
@@ -375,74 +385,6 @@ impl SaslTracker {
             }
         }
     }
-}
-
-/// Logs a request refused over authentication (never forwarded; the connection closes).
-pub(super) fn log_refusal(
-    shared: &ProxyShared,
-    meta: RequestMeta,
-    refusal: &SaslRefusal,
-    session: &ClientSession,
-) {
-    shared.metrics.error(Reason::Unauthenticated);
-    let peer = session.peer();
-    if let Some(suppressed) = shared
-        .records
-        .refusal_log()
-        .admit_connection_line(Reason::Unauthenticated)
-    {
-        let api = api_name(meta.api_key);
-        warn!(%peer, api, version = meta.api_version, reason = %refusal, suppressed, "refused a request over authentication; closing the connection, nothing forwarded");
-    }
-}
-
-/// Follows the broker's answer to a SASL request: logs success (with the principal) and
-/// failure; a re-authentication under another name is an error that closes the connection.
-pub(super) fn follow_response(
-    shared: &ProxyShared,
-    sasl: &SaslTracker,
-    session: &ClientSession,
-    meta: RequestMeta,
-    expect: SaslExpect,
-    frame: &Bytes,
-) -> anyhow::Result<()> {
-    let peer = session.peer();
-    match sasl.on_response(session, expect, meta.api_version, frame) {
-        Ok(SaslOutcome::Continue) => {}
-        Ok(SaslOutcome::Authenticated(p)) => {
-            info!(%peer, principal = %p.name().escape_debug(), mechanism = p.mechanism().label(), "client authenticated");
-        }
-        Ok(SaslOutcome::Failed { name, error_code }) => {
-            shared.metrics.error(Reason::SaslFailed);
-            // Clients retry in a loop: rate-limited like refusals.
-            let Some(suppressed) = shared
-                .records
-                .refusal_log()
-                .admit_connection_line(Reason::Unauthenticated)
-            else {
-                return Ok(());
-            };
-            let error = ResponseError::try_from_code(error_code)
-                .map(|e| format!("{e:?}"))
-                .unwrap_or_else(|| error_code.to_string());
-            let api = api_name(meta.api_key);
-            match name {
-                Some(name) => {
-                    info!(%peer, user = %name.escape_debug(), api, error, suppressed, "broker refused SASL authentication")
-                }
-                None => info!(%peer, api, error, suppressed, "broker refused the SASL handshake"),
-            }
-        }
-        Err(e) => {
-            if let Some(refusal) = e.downcast_ref::<SaslRefusal>() {
-                shared.metrics.error(Reason::SaslPrincipalChanged);
-                let refusal = refusal.to_string();
-                warn!(%peer, reason = %refusal.escape_debug(), "closing connection, answer not relayed");
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 /// The Kafka name of a mechanism Kapsule follows.

@@ -430,8 +430,8 @@ fn reauthentication_as_someone_else_is_an_error() {
         if !ok {
             let e = r.unwrap_err();
             assert!(matches!(
-                e.downcast_ref::<SaslRefusal>(),
-                Some(SaslRefusal::PrincipalChanged { .. })
+                e,
+                SaslAnswerError::Refused(SaslRefusal::PrincipalChanged { .. })
             ));
         }
     }

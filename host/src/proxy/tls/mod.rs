@@ -14,15 +14,15 @@
 //!   `insecure_skip_verify` turns verification off and is logged as an error at start-up and on
 //!   every connection.
 //!
-//! [`accept_client`] is what a listener runs for each accepted socket: the PROXY protocol header
+//! [`accept::accept_client`] is what a listener runs for each accepted socket: the PROXY protocol header
 //! when enabled, then the TLS handshake when enabled. Every failure there is one log line and a
 //! closed connection; nothing else is affected. A client certificate verified against
 //! `client_ca_file` makes the connection's principal (`proxy.tls.principal_from`, see
 //! [`principal`]), mechanism `mTLS`.
 
+pub mod accept;
 pub mod principal;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::{debug, error, info, warn};
-
-use super::proxy_protocol::{self, ProxyProtocol};
-use super::warn_limit::ConnectionWarning;
-use super::ProxyShared;
-use crate::error::Reason;
-use crate::principal::{AuthMechanism, Principal};
+use tracing::{error, info, warn};
 
 /// A byte stream a connection is relayed over: plain TCP or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -567,244 +561,5 @@ pub fn describe_broker_alert(e: &std::io::Error) -> Option<String> {
     })
 }
 
-/// A client connection ready to be served: what [`accept_client`] returns.
-pub struct Accepted {
-    /// The byte stream (TLS when `proxy.tls` is set).
-    pub stream: BoxStream,
-    /// The client's address (from the PROXY header when enabled).
-    pub peer: SocketAddr,
-    /// The socket's own peer address (the load balancer when a PROXY header was read).
-    pub socket_peer: SocketAddr,
-    /// The principal of a verified client certificate, if any.
-    pub principal: Option<Principal>,
-    /// The TLS server name the client sent (SNI); `None` without TLS or when it sent none.
-    pub server_name: Option<String>,
-}
-
-/// Prepares an accepted socket for [`super::connection::serve`]: reads the PROXY protocol header
-/// when `proxy.proxy_protocol` is set (the returned address is then the client's, not the load
-/// balancer's), then completes the TLS handshake when `proxy.tls` is set.
-///
-/// Returns the stream, the client's address and, when the client presented a certificate that
-/// chains to `client_ca_file`, its principal (mechanism `mTLS`, name per
-/// `proxy.tls.principal_from`; logged once per connection), plus the TLS server name (SNI) the
-/// client sent, which [`super::sni`] routing uses (see [`Accepted`]).
-///
-/// Returns `None` after logging one line when the connection must be closed (no or bad PROXY
-/// header, plaintext on a TLS port, certificate rejected or naming no principal, timeout).
-pub async fn accept_client(
-    shared: &ProxyShared,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Option<Accepted> {
-    let _ = tcp.set_nodelay(true);
-    let mut tcp = tcp;
-    let socket_peer = peer;
-    let peer = match shared.config.proxy_protocol {
-        ProxyProtocol::None => peer,
-        ProxyProtocol::V2 => {
-            let trusted = &shared.config.proxy_protocol_from;
-            if !proxy_protocol::is_trusted_peer(trusted, socket_peer.ip()) {
-                shared.metrics.error(Reason::ProxyProtocolUntrustedPeer);
-                if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader) {
-                    warn!(%socket_peer, suppressed, "closing connection unread: the peer is not in proxy.proxy_protocol_from (the load balancers allowed to send PROXY headers; loopback only when empty), so it may not claim a client address; connect through the load balancer or add its address");
-                }
-                return None;
-            }
-            let read = proxy_protocol::read_v2(&mut tcp);
-            match tokio::time::timeout(proxy_protocol::HEADER_TIMEOUT, read).await {
-                Ok(Ok(Some(real))) => {
-                    debug!(peer = %real, via = %socket_peer, "PROXY header accepted");
-                    real
-                }
-                Ok(Ok(None)) => peer,
-                Ok(Err(e)) => {
-                    shared.metrics.error(Reason::ProxyProtocol);
-                    if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader)
-                    {
-                        warn!(%socket_peer, suppressed, error = %e, "closing connection: no valid PROXY protocol v2 header (proxy.proxy_protocol is v2; connect through the load balancer)");
-                    }
-                    return None;
-                }
-                Err(_) => {
-                    shared.metrics.error(Reason::ProxyProtocol);
-                    if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::ProxyHeader)
-                    {
-                        warn!(%socket_peer, suppressed, "closing connection: no PROXY protocol v2 header within {:?}", proxy_protocol::HEADER_TIMEOUT);
-                    }
-                    return None;
-                }
-            }
-        }
-    };
-    let Some(tls) = &shared.tls else {
-        return Some(Accepted {
-            stream: Box::new(tcp),
-            peer,
-            socket_peer,
-            principal: None,
-            server_name: None,
-        });
-    };
-    let timeout = Duration::from_millis(tls.config.handshake_timeout_ms);
-    // A TLS connection starts with a handshake record (0x16); a Kafka request starts with the
-    // high byte of its length, almost always 0x00.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] != 0x16 => {
-            shared.metrics.error(Reason::TlsHandshake);
-            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
-                warn!(%peer, suppressed, "closing connection: the client sent plaintext to a TLS listener (set security.protocol=SSL or SASL_SSL in the client)");
-            }
-            return None;
-        }
-        Ok(Ok(0)) | Ok(Err(_)) => return None,
-        Err(_) => {
-            shared.metrics.error(Reason::TlsHandshake);
-            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
-                warn!(%peer, suppressed, "closing connection: the client sent nothing within the TLS handshake timeout");
-            }
-            return None;
-        }
-        Ok(Ok(_)) => {}
-    }
-    match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
-        Ok(Ok(stream)) => {
-            // rustls only hands out peer certificates it verified against client_ca_file.
-            let principal = match stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-            {
-                None => None,
-                Some(leaf) => {
-                    let from = tls.config.principal_from;
-                    match principal::principal_name(leaf.as_ref(), from) {
-                        Ok(name) => {
-                            let p = Principal::new(name, AuthMechanism::TlsClientCertificate);
-                            info!(%peer, principal = %p, "client authenticated by its TLS certificate");
-                            Some(p)
-                        }
-                        Err(e) => {
-                            shared.metrics.error(Reason::TlsPrincipal);
-                            warn!(%peer, "closing connection: the verified client certificate names no principal: {e} (proxy.tls.principal_from is {}; issue certificates with it or change the setting)", from.label());
-                            return None;
-                        }
-                    }
-                }
-            };
-            let server_name = stream.get_ref().1.server_name().map(str::to_owned);
-            Some(Accepted {
-                stream: Box::new(stream),
-                peer,
-                socket_peer,
-                principal,
-                server_name,
-            })
-        }
-        Ok(Err(e)) => {
-            shared.metrics.error(Reason::TlsHandshake);
-            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
-                warn!(%peer, suppressed, "closing connection: TLS handshake failed: {}", describe_tls_error(&e, Side::Client));
-            }
-            None
-        }
-        Err(_) => {
-            shared.metrics.error(Reason::TlsHandshake);
-            if let Some(suppressed) = shared.warnings.admit(ConnectionWarning::TlsHandshake) {
-                warn!(%peer, suppressed, "closing connection: TLS handshake not completed within {timeout:?}");
-            }
-            None
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn a_broker_alert_after_the_handshake_names_the_client_certificate() {
-        let alert = |a| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                rustls::Error::AlertReceived(a),
-            )
-        };
-        let text = super::describe_broker_alert(&alert(rustls::AlertDescription::BadCertificate))
-            .expect("an alert is described");
-        assert!(text.contains("proxy.upstream_tls.cert_file"), "{text}");
-        let text = super::describe_broker_alert(&alert(rustls::AlertDescription::HandshakeFailure))
-            .expect("an alert is described");
-        assert!(text.contains("HandshakeFailure"), "{text}");
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(super::describe_broker_alert(&reset), None);
-    }
-
-    use super::*;
-
-    #[test]
-    fn tls_sections_parse_and_every_problem_is_reported() {
-        let c = crate::config::Config::parse(
-            "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n  proxy_protocol: v2\n  tls:\n    cert_file: c.pem\n    key_file: k.pem\n  upstream_tls:\n    ca_file: ca.pem\n",
-        )
-        .unwrap();
-        assert_eq!(c.proxy.proxy_protocol, ProxyProtocol::V2);
-        assert_eq!(c.proxy.tls.as_ref().unwrap().reload_interval_secs, 10);
-        assert!(!c.proxy.upstream_tls.as_ref().unwrap().insecure_skip_verify);
-
-        let err = crate::config::Config::parse(
-            "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n  tls:\n    cert_file: c\n    key_file: k\n    require_client_cert: true\n    reload_interval_secs: 0\n  upstream_tls:\n    cert_file: c\n    server_name: \"not a name!\"\n",
-        )
-        .unwrap_err()
-        .to_string();
-        for needle in [
-            "proxy.tls.require_client_cert",
-            "proxy.tls.reload_interval_secs",
-            "cert_file and key_file go together",
-            "proxy.upstream_tls.server_name",
-        ] {
-            assert!(err.contains(needle), "missing {needle} in {err}");
-        }
-        let err = crate::config::Config::parse(
-            "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n  proxy_protocol: v1\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("proxy_protocol"), "{err}");
-    }
-
-    #[test]
-    fn unreadable_and_non_pem_files_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not a certificate").unwrap();
-        let cfg = |cert: &Path| ServerTlsConfig {
-            cert_file: cert.to_owned(),
-            key_file: junk.clone(),
-            client_ca_file: None,
-            require_client_cert: false,
-            reload_interval_secs: 10,
-            handshake_timeout_ms: 10_000,
-            principal_from: principal::PrincipalFrom::Subject,
-        };
-        let e = format!(
-            "{:#}",
-            TlsAcceptorHandle::new(&cfg(&dir.path().join("missing.pem"))).unwrap_err()
-        );
-        assert!(e.contains("missing.pem"), "{e}");
-        let e = format!("{:#}", TlsAcceptorHandle::new(&cfg(&junk)).unwrap_err());
-        assert!(
-            e.contains("junk.pem") && e.contains("no PEM certificate"),
-            "{e}"
-        );
-        let up = UpstreamTlsConfig {
-            ca_file: Some(junk.clone()),
-            cert_file: None,
-            key_file: None,
-            server_name: None,
-            insecure_skip_verify: false,
-        };
-        let e = format!("{:#}", UpstreamConnector::new(Some(&up)).unwrap_err());
-        assert!(e.contains("proxy.upstream_tls.ca_file"), "{e}");
-    }
-}
+mod tests;

@@ -545,18 +545,10 @@ pub fn encode_request<T: Encodable>(
     body: &T,
 ) -> anyhow::Result<Bytes> {
     let version = header.request_api_version;
-    // Sized up front: growing a multi-megabyte Produce request by doubling copied it repeatedly.
-    let size = header
-        .compute_size(api.request_header_version(version))
-        .and_then(|h| Ok(h + body.compute_size(version)?))
-        .with_context(|| format!("sizing {api:?} v{version} request"))?;
-    let mut out = pool::Buffer::for_size(size);
-    header
-        .encode(out.vec(), api.request_header_version(version))
-        .with_context(|| format!("encoding {api:?} v{version} request header"))?;
-    body.encode(out.vec(), version)
-        .with_context(|| format!("encoding {api:?} v{version} request body"))?;
-    Ok(out.freeze())
+    let header_version = api.request_header_version(version);
+    encode_frame(header, header_version, body, version, || {
+        format!("{api:?} v{version} request")
+    })
 }
 
 /// Decodes a response body of a known API at the version of its request.
@@ -657,17 +649,31 @@ pub fn encode_response<T: Encodable>(
     header: &ResponseHeader,
     body: &T,
 ) -> anyhow::Result<Bytes> {
-    // Sized up front: growing a multi-megabyte Fetch response by doubling copied it repeatedly.
+    let header_version = api.response_header_version(version);
+    encode_frame(header, header_version, body, version, || {
+        format!("{api:?} v{version} response")
+    })
+}
+
+/// Encodes `header` and `body` into one pooled buffer sized up front (doubling would copy a
+/// multi-megabyte frame repeatedly); `what` names the frame in errors.
+fn encode_frame<H: Encodable, T: Encodable>(
+    header: &H,
+    header_version: i16,
+    body: &T,
+    version: i16,
+    what: impl Fn() -> String,
+) -> anyhow::Result<Bytes> {
     let size = header
-        .compute_size(api.response_header_version(version))
+        .compute_size(header_version)
         .and_then(|h| Ok(h + body.compute_size(version)?))
-        .with_context(|| format!("sizing {api:?} v{version} response"))?;
+        .with_context(|| format!("sizing {}", what()))?;
     let mut out = pool::Buffer::for_size(size);
     header
-        .encode(out.vec(), api.response_header_version(version))
-        .with_context(|| format!("encoding {api:?} v{version} response header"))?;
+        .encode(out.vec(), header_version)
+        .with_context(|| format!("encoding {} header", what()))?;
     body.encode(out.vec(), version)
-        .with_context(|| format!("encoding {api:?} v{version} response body"))?;
+        .with_context(|| format!("encoding {} body", what()))?;
     Ok(out.freeze())
 }
 
@@ -737,212 +743,4 @@ pub fn put_frame(out: &mut BytesMut, body: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kafka_protocol::messages::{ProduceRequest, TransactionalId};
-    use kafka_protocol::protocol::StrBytes;
-
-    fn produce_frame(version: i16, acks: i16, txn: Option<&str>) -> Bytes {
-        produce_frame_with_timeout(version, acks, txn, 1500)
-    }
-
-    fn produce_frame_with_timeout(
-        version: i16,
-        acks: i16,
-        txn: Option<&str>,
-        timeout_ms: i32,
-    ) -> Bytes {
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Produce as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(7)
-            .with_client_id(Some(StrBytes::from_static_str("client-1")));
-        let body = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(timeout_ms)
-            .with_transactional_id(txn.map(|t| TransactionalId(StrBytes::from_string(t.into()))));
-        encode_request(ApiKey::Produce, &header, &body).unwrap()
-    }
-
-    #[test]
-    fn acks_is_read_for_every_produce_version() {
-        for version in 3..=12 {
-            for acks in [-1, 0, 1] {
-                let frame = produce_frame(version, acks, Some("txn-a"));
-                assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version}");
-                let frame = produce_frame(version, acks, None);
-                assert_eq!(produce_acks(&frame).unwrap(), acks, "v{version} no txn");
-            }
-        }
-    }
-
-    #[test]
-    fn timeout_is_read_for_every_produce_version() {
-        for version in 3..=13 {
-            for timeout_ms in [0, 1, 30_000, i32::MAX] {
-                let frame = produce_frame_with_timeout(version, -1, Some("txn-a"), timeout_ms);
-                let h = produce_header(&frame).unwrap();
-                assert_eq!((h.acks, h.timeout_ms), (-1, timeout_ms), "v{version}");
-            }
-        }
-    }
-
-    #[test]
-    fn truncated_produce_header_is_an_error() {
-        let frame = produce_frame(9, 1, Some("t"));
-        assert!(produce_acks(&frame[..12]).is_err());
-    }
-
-    #[tokio::test]
-    async fn frame_over_max_is_refused_before_allocating() {
-        let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3];
-        let err = read_frame(&mut input, 1024).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn frames_round_trip_and_eof_is_clean() {
-        let mut wire = Vec::new();
-        write_frame(&mut wire, b"hello").await.unwrap();
-        write_frame(&mut wire, b"").await.unwrap();
-        let mut r = wire.as_slice();
-        assert_eq!(
-            read_frame(&mut r, 100).await.unwrap().unwrap(),
-            Bytes::from_static(b"hello")
-        );
-        assert_eq!(read_frame(&mut r, 100).await.unwrap().unwrap().len(), 0);
-        assert!(read_frame(&mut r, 100).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn truncated_frame_is_reported() {
-        let mut input: &[u8] = &[0, 0, 0, 10, 1, 2];
-        let err = read_frame(&mut input, 100).await.unwrap_err();
-        assert!(
-            matches!(err, FrameError::Truncated { read: 2, size: 10 }),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn idle_buffers_nobody_took_for_a_whole_period_are_freed() {
-        // 9 MiB bodies use the 16 MiB class, which no other test reads.
-        const CLASS: usize = 16 << 20;
-        let mut wire = Vec::new();
-        for _ in 0..3 {
-            write_frame(&mut wire, &vec![1u8; 9 << 20]).await.unwrap();
-        }
-        let mut r = wire.as_slice();
-        drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
-        pool::trim_class(CLASS); // starts a period with the buffer idle
-                                 // Taken and given back within the period: in use, kept.
-        drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
-        assert_eq!(
-            pool::trim_class(CLASS),
-            0,
-            "a buffer used this period stays"
-        );
-        // Idle for the whole next period: freed.
-        assert_eq!(pool::trim_class(CLASS), CLASS, "an unused buffer goes back");
-        assert_eq!(pool::trim_class(CLASS), 0);
-        drop(read_frame(&mut r, 32 << 20).await.unwrap().unwrap());
-    }
-
-    #[test]
-    fn batch_buffers_return_to_the_pool_and_are_reused() {
-        // 5 MiB batches use the 8 MiB class, which no other test reads.
-        const CLASS: usize = 8 << 20;
-        let mut out = pool::bytes_mut_for(5 << 20);
-        assert_eq!(out.capacity(), CLASS);
-        out.extend_from_slice(&vec![3u8; 5 << 20]);
-        let ptr = out.as_ptr();
-        let frozen = pool::freeze_bytes_mut(out);
-        assert_eq!(frozen.len(), 5 << 20);
-        assert!(frozen.iter().all(|b| *b == 3));
-        let slice = frozen.slice(1..2);
-        drop(frozen);
-        drop(slice);
-        // The same memory comes back, empty, for the next batch.
-        let again = pool::bytes_mut_for(5 << 20);
-        assert_eq!(again.as_ptr(), ptr);
-        assert!(again.is_empty());
-        assert_eq!(again.capacity(), CLASS);
-        // A buffer that had to grow past its class is freed, not pooled.
-        let mut grown = again;
-        grown.extend_from_slice(&vec![0u8; CLASS + 1]);
-        drop(pool::freeze_bytes_mut(grown));
-        let fresh = pool::bytes_mut_for(5 << 20);
-        assert_eq!(fresh.capacity(), CLASS);
-    }
-
-    #[tokio::test]
-    async fn pooled_frame_buffers_are_reused_once_dropped() {
-        // 3 MiB bodies use the 4 MiB class, which no other test reads.
-        let mut wire = Vec::new();
-        write_frame(&mut wire, &vec![7u8; 3 << 20]).await.unwrap();
-        write_frame(&mut wire, &vec![9u8; (3 << 20) + 5])
-            .await
-            .unwrap();
-        let mut r = wire.as_slice();
-        let first = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
-        assert!(first.iter().all(|b| *b == 7));
-        let ptr = first.as_ptr();
-        let slice = first.slice(10..20);
-        drop(first);
-        // A slice keeps the buffer: it is not back in the pool yet.
-        assert!(pool::idle_bytes() < pool::POOL_BYTES);
-        drop(slice);
-        let second = read_frame(&mut r, 8 << 20).await.unwrap().unwrap();
-        assert_eq!(second.len(), (3 << 20) + 5);
-        assert!(second.iter().all(|b| *b == 9));
-        assert_eq!(
-            second.as_ptr(),
-            ptr,
-            "the dropped frame's buffer is read into again"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_lying_prefix_within_the_pooled_sizes_fails_as_truncated() {
-        // Announces 12 MiB, sends 10 bytes.
-        let mut input = vec![0, 0xc0, 0, 0];
-        input.extend_from_slice(&[1; 10]);
-        let err = read_frame(&mut input.as_slice(), 16 << 20)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, FrameError::Truncated { read: 10, .. }),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn frame_writer_round_trips_small_and_large_frames() {
-        let bodies: Vec<Vec<u8>> = [0usize, 5, 4096, 16 * 1024, 16 * 1024 + 1, 300_000, 12]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| vec![i as u8; *n])
-            .collect();
-        let mut w = FrameWriter::new(Vec::new());
-        for b in &bodies {
-            w.write_frame(b).await.unwrap();
-        }
-        w.flush().await.unwrap();
-        assert!(w.buf.capacity() <= FrameWriter::<Vec<u8>>::RETAIN);
-        let wire = w.inner;
-        let mut r = wire.as_slice();
-        for b in &bodies {
-            assert_eq!(read_frame(&mut r, 1 << 20).await.unwrap().unwrap(), b[..]);
-        }
-        assert!(read_frame(&mut r, 1 << 20).await.unwrap().is_none());
-    }
-
-    #[test]
-    fn encoded_frames_use_pooled_buffers_and_decode_back() {
-        let frame = produce_frame(9, -1, Some("txn"));
-        let (header, body) =
-            decode_request::<ProduceRequest>(ApiKey::Produce, frame.clone()).unwrap();
-        let again = encode_request(ApiKey::Produce, &header, &body).unwrap();
-        assert_eq!(again, frame);
-    }
-}
+mod tests;

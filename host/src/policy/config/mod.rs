@@ -4,13 +4,17 @@
 //! with its YAML path (for example `policy.rules[2].key_id: ...`) so an operator fixes a config in
 //! one round.
 
+mod reveal;
+
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::rules::TopicSelector;
+use self::reveal::validate_reveal;
+pub use self::reveal::{RevealConfig, RevealGrantConfig, RevealPartsConfig, MECHANISMS};
+use super::topics::TopicSelector;
 
 /// The whole `policy:` section.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -50,214 +54,79 @@ pub enum UnmatchedTopics {
     Reject,
 }
 
-/// A built-in rule: encrypt matching topics with one fixed plan.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Which topics the rule applies to.
-    pub topics: TopicSelector,
-    /// KEK id; `${topic}` is replaced by the topic name. Write `$${topic}` in the YAML file, since
-    /// the config loader expands `${NAME}` from the environment.
-    pub key_id: String,
-    /// Which part of the value to encrypt (default `whole`).
-    #[serde(default)]
-    pub value: ValuePartConfig,
-    /// Encrypt the record key deterministically (default `false`).
-    #[serde(default)]
-    pub record_key: bool,
-    /// Header names whose values are encrypted (default none).
-    #[serde(default)]
-    pub headers: Vec<String>,
-    /// What consumers get when a record of these topics cannot be decrypted.
-    #[serde(default)]
-    pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records of these topics that are not encrypted, or encrypted under a KEK
-    /// other than the rule's key / one `allowed_key_ids` matches (default `false`).
-    #[serde(default)]
-    pub require_encrypted: bool,
-    /// Accept produced records that already carry a `kapsule.enc` header and forward them as
-    /// they are (default `false`: such records are refused with INVALID_RECORD). Only for
-    /// producers that write Kapsule's format themselves (e.g. records copied between clusters).
-    #[serde(default)]
-    pub accept_pre_encrypted: bool,
-    /// Who may read which encrypted parts on Fetch, first match wins (default: nobody is
-    /// listed, everyone gets `reveal_default`). Entries match authenticated principals only.
-    #[serde(default)]
-    pub reveal_to: Vec<RevealGrantConfig>,
-    /// What principals no `reveal_to` entry matches get, unauthenticated connections included.
-    /// Required when `reveal_to` is set; without `reveal_to` the default is `all`.
-    #[serde(default)]
-    pub reveal_default: Option<RevealConfig>,
-}
+/// Defines a `policy:` entry type (a rule or a binding) with the settings every entry shares:
+/// `topics` first, the entry's own fields, then `on_decrypt_failure`, `require_encrypted` and
+/// `accept_pre_encrypted`; and [`DecryptSettings`] from them. Written once so the two entry types
+/// cannot drift apart; the YAML keys stay plain fields of the entry, so unknown keys and wrong
+/// types are reported with the entry's path and the list of accepted keys (serde's `flatten`
+/// would lose both).
+macro_rules! topic_entry_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Which topics the entry applies to.
+            pub topics: TopicSelector,
+            $($(#[$field_meta])* pub $field: $ty,)*
+            /// What consumers get when a record of these topics cannot be decrypted.
+            #[serde(default)]
+            pub on_decrypt_failure: DecryptFailure,
+            /// Refuse to deliver records of these topics that are not encrypted, or encrypted
+            /// under a KEK other than the rule's key / one `allowed_key_ids` matches (default
+            /// `false`).
+            #[serde(default)]
+            pub require_encrypted: bool,
+            /// Accept produced records that already carry a `kapsule.enc` header and forward
+            /// them as they are (default `false`: such records are refused with
+            /// INVALID_RECORD). Only for producers that write Kapsule's format themselves (e.g.
+            /// records copied between clusters).
+            #[serde(default)]
+            pub accept_pre_encrypted: bool,
+        }
 
-/// One `reveal_to` entry: which principals, and what they may read.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevealGrantConfig {
-    /// Principal name: exact, or a glob when it contains `*`, `?`, `[` or `{` (e.g. `CN=app`,
-    /// `analytics-*`). Compared with the name Kapsule derived (SASL user name, or the client
-    /// certificate's subject / CN / DNS name as `proxy.tls.principal_from` says).
-    pub principal: String,
-    /// Only principals authenticated this way: `mTLS`, `PLAIN`, `SCRAM-SHA-256`,
-    /// `SCRAM-SHA-512` or `OAUTHBEARER` (case-insensitive; default: any).
-    #[serde(default)]
-    pub mechanism: Option<String>,
-    /// What they may read.
-    pub reveal: RevealConfig,
-}
-
-/// What one principal may read: `all`, `ciphertext`, `deny`, or a map of the parts revealed
-/// `{value: bool, json_fields: [pointers], record_key: bool, headers: [names]}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevealConfig {
-    /// Every encrypted part in clear.
-    All,
-    /// Records as stored, with their `kapsule.enc` descriptor.
-    Ciphertext,
-    /// Fetches of the topics fail with TOPIC_AUTHORIZATION_FAILED.
-    Deny,
-    /// Only these parts in clear.
-    Parts(RevealPartsConfig),
-}
-
-/// The parts map of [`RevealConfig::Parts`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevealPartsConfig {
-    /// The whole value, or every encrypted JSON field (default `false`).
-    #[serde(default)]
-    pub value: bool,
-    /// Only these encrypted JSON fields (RFC 6901 pointers, as the encrypting rule wrote them).
-    #[serde(default)]
-    pub json_fields: Vec<String>,
-    /// The record key (default `false`).
-    #[serde(default)]
-    pub record_key: bool,
-    /// The encrypted headers with these names.
-    #[serde(default)]
-    pub headers: Vec<String>,
-    /// Only these encrypted schema fields (dotted paths, as the encrypting rule resolves them).
-    #[serde(default)]
-    pub schema_fields: Vec<String>,
-}
-
-impl<'de> Deserialize<'de> for RevealConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RevealConfig;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "`all`, `ciphertext`, `deny`, or a map `{value: bool, json_fields: [..], \
-                     record_key: bool, headers: [..]}`",
-                )
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v {
-                    "all" => Ok(RevealConfig::All),
-                    "ciphertext" => Ok(RevealConfig::Ciphertext),
-                    "deny" => Ok(RevealConfig::Deny),
-                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+        impl $name {
+            /// The record-stage settings of the entry's topics.
+            pub fn decrypt_settings(&self) -> DecryptSettings {
+                DecryptSettings {
+                    on_decrypt_failure: self.on_decrypt_failure,
+                    require_encrypted: self.require_encrypted,
+                    accept_pre_encrypted: self.accept_pre_encrypted,
+                    covered: true,
                 }
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                RevealPartsConfig::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RevealConfig::Parts)
-            }
         }
-        d.deserialize_any(V)
-    }
+    };
 }
 
-/// Mechanism names `reveal_to[].mechanism` accepts (the labels of
-/// [`crate::principal::AuthMechanism`]).
-pub const MECHANISMS: &[&str] = &[
-    "mTLS",
-    "PLAIN",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-512",
-    "OAUTHBEARER",
-];
-
-impl RevealConfig {
-    /// Pushes the problems of this reveal form into `problems` under `path`.
-    fn validate(&self, path: &str, problems: &mut Vec<String>) {
-        let RevealConfig::Parts(p) = self else {
-            return;
-        };
-        if !p.value
-            && !p.record_key
-            && p.json_fields.is_empty()
-            && p.schema_fields.is_empty()
-            && p.headers.is_empty()
-        {
-            problems.push(format!(
-                "{path}: reveals no part; write `ciphertext` to deliver records as stored or \
-                 `deny` to refuse, or name the parts to reveal"
-            ));
-        }
-        if p.value && !p.json_fields.is_empty() {
-            problems.push(format!(
-                "{path}.json_fields: `value: true` already reveals every JSON field; drop one of \
-                 the two"
-            ));
-        }
-        for (j, f) in p.json_fields.iter().enumerate() {
-            if let Err(e) = super::validate_json_pointer(f) {
-                problems.push(format!("{path}.json_fields[{j}]: {e}"));
-            }
-        }
-        if p.value && !p.schema_fields.is_empty() {
-            problems.push(format!(
-                "{path}.schema_fields: `value: true` already reveals every schema field; drop one \
-                 of the two"
-            ));
-        }
-        for (j, f) in p.schema_fields.iter().enumerate() {
-            if let Err(e) = crate::schema::split_path(f) {
-                problems.push(format!("{path}.schema_fields[{j}]: {e}"));
-            }
-        }
-        for (j, h) in p.headers.iter().enumerate() {
-            if h.is_empty() {
-                problems.push(format!("{path}.headers[{j}]: header name is empty"));
-            }
-        }
-    }
-}
-
-/// Pushes the problems of a rule's `reveal_to` and `reveal_default` into `problems`.
-fn validate_reveal(rule: &RuleConfig, p: &str, problems: &mut Vec<String>) {
-    if !rule.reveal_to.is_empty() && rule.reveal_default.is_none() {
-        problems.push(format!(
-            "{p}.reveal_default: required with reveal_to: say what principals not listed (and \
-             unauthenticated connections) get: all, ciphertext, deny, or a parts map"
-        ));
-    }
-    for (j, g) in rule.reveal_to.iter().enumerate() {
-        let q = format!("{p}.reveal_to[{j}]");
-        if g.principal.is_empty() {
-            problems.push(format!(
-                "{q}.principal: empty; use `*` for every authenticated principal"
-            ));
-        } else if let Err(e) = globset::Glob::new(&g.principal) {
-            problems.push(format!(
-                "{q}.principal: invalid glob `{}`: {e}",
-                g.principal
-            ));
-        }
-        if let Some(m) = &g.mechanism {
-            if !MECHANISMS.iter().any(|k| k.eq_ignore_ascii_case(m)) {
-                problems.push(format!(
-                    "{q}.mechanism: unknown `{m}`; one of {}",
-                    MECHANISMS.join(", ")
-                ));
-            }
-        }
-        g.reveal.validate(&format!("{q}.reveal"), problems);
-    }
-    if let Some(d) = &rule.reveal_default {
-        d.validate(&format!("{p}.reveal_default"), problems);
+topic_entry_config! {
+    /// A built-in rule: encrypt matching topics with one fixed plan.
+    pub struct RuleConfig {
+        /// KEK id; `${topic}` is replaced by the topic name. Write `$${topic}` in the YAML file,
+        /// since the config loader expands `${NAME}` from the environment.
+        pub key_id: String,
+        /// Which part of the value to encrypt (default `whole`).
+        #[serde(default)]
+        pub value: ValuePartConfig,
+        /// Encrypt the record key deterministically (default `false`).
+        #[serde(default)]
+        pub record_key: bool,
+        /// Header names whose values are encrypted (default none).
+        #[serde(default)]
+        pub headers: Vec<String>,
+        /// Who may read which encrypted parts on Fetch, first match wins (default: nobody is
+        /// listed, everyone gets `reveal_default`). Entries match authenticated principals only.
+        #[serde(default)]
+        pub reveal_to: Vec<RevealGrantConfig>,
+        /// What principals no `reveal_to` entry matches get, unauthenticated connections
+        /// included. Required when `reveal_to` is set; without `reveal_to` the default is `all`.
+        #[serde(default)]
+        pub reveal_default: Option<RevealConfig>,
     }
 }
 
@@ -361,52 +230,20 @@ pub struct DecryptSettings {
     pub covered: bool,
 }
 
-/// Which KEK ids the stored descriptors of a topic may name (checked with `require_encrypted`).
-#[derive(Debug, Clone)]
-pub enum KekAllowance {
-    /// Exactly this id (a rule's key, `${topic}` expanded).
-    Exact(String),
-    /// Ids matching these globs (a binding's `allowed_key_ids`, `${topic}` expanded).
-    Globs(globset::GlobSet),
-}
-
-impl KekAllowance {
-    /// Whether a descriptor naming `kek_id` may be decrypted.
-    pub fn allows(&self, kek_id: &str) -> bool {
-        match self {
-            Self::Exact(id) => id == kek_id,
-            Self::Globs(g) => g.is_match(kek_id),
-        }
+topic_entry_config! {
+    /// A Wasm policy binding: topics decided by a policy component.
+    pub struct BindingConfig {
+        /// Path of the policy component (`.wasm`), relative to the working directory.
+        pub module: PathBuf,
+        /// Config string passed to the policy's `init` (default empty).
+        #[serde(default)]
+        pub config: String,
+        /// Glob patterns of KEK ids the policy may name; `${topic}` is replaced by the topic
+        /// name. A decision naming any other key is a policy violation. Empty means the policy
+        /// may only pass or reject.
+        #[serde(default)]
+        pub allowed_key_ids: Vec<String>,
     }
-}
-
-/// A Wasm policy binding: topics decided by a policy component.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BindingConfig {
-    /// Which topics the binding applies to.
-    pub topics: TopicSelector,
-    /// Path of the policy component (`.wasm`), relative to the working directory.
-    pub module: PathBuf,
-    /// Config string passed to the policy's `init` (default empty).
-    #[serde(default)]
-    pub config: String,
-    /// Glob patterns of KEK ids the policy may name; `${topic}` is replaced by the topic name. A
-    /// decision naming any other key is a policy violation. Empty means the policy may only pass or
-    /// reject.
-    #[serde(default)]
-    pub allowed_key_ids: Vec<String>,
-    /// What consumers get when a record of these topics cannot be decrypted.
-    #[serde(default)]
-    pub on_decrypt_failure: DecryptFailure,
-    /// Refuse to deliver records of these topics that are not encrypted, or encrypted under a KEK
-    /// other than the rule's key / one `allowed_key_ids` matches (default `false`).
-    #[serde(default)]
-    pub require_encrypted: bool,
-    /// Accept produced records that already carry a `kapsule.enc` header and forward them as
-    /// they are (default `false`: such records are refused with INVALID_RECORD).
-    #[serde(default)]
-    pub accept_pre_encrypted: bool,
 }
 
 /// Sandbox limits for Wasm policy instances.
@@ -702,139 +539,4 @@ pub fn expand_key_template(template: &str, topic: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(yaml: &str) -> Result<PolicyConfig, String> {
-        serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(yaml)).map_err(|e| {
-            let path = e.path().to_string();
-            format!("{path}: {}", e.into_inner())
-        })
-    }
-
-    #[test]
-    fn parses_the_documented_example() {
-        let c = parse(
-            r#"
-unmatched_topics: reject
-rules:
-  - topics: "orders*"
-    key_id: "kek-${topic}"
-    value: whole
-    record_key: true
-    headers: [pii]
-  - topics: {prefix: "pay."}
-    key_id: "kek-pay"
-    value: {json_fields: ["/card/number", "/email"]}
-    on_decrypt_failure: ciphertext
-    require_encrypted: true
-limits: {memory_mib: 32, call_timeout_ms: 20}
-"#,
-        )
-        .unwrap();
-        assert_eq!(c.unmatched_topics, UnmatchedTopics::Reject);
-        assert_eq!(c.rules.len(), 2);
-        assert_eq!(
-            c.rules[1].value,
-            ValuePartConfig::JsonFields(vec!["/card/number".into(), "/email".into()])
-        );
-        assert_eq!(c.rules[1].on_decrypt_failure, DecryptFailure::Ciphertext);
-        assert_eq!(c.limits.memory_mib, 32);
-        assert_eq!(c.limits.stack_kib, 512);
-        let mut problems = Vec::new();
-        c.validate("policy", &mut problems);
-        assert!(problems.is_empty(), "{problems:?}");
-    }
-
-    #[test]
-    fn unknown_fields_are_rejected_with_their_path() {
-        let e = parse("rules: [{topics: a, key_id: k, colour: red}]").unwrap_err();
-        assert!(e.contains("rules[0]") && e.contains("colour"), "{e}");
-        let e = parse("rules: [{topics: a, key_id: k, value: {json_field: []}}]").unwrap_err();
-        assert!(e.contains("json_field"), "{e}");
-        let e = parse("rules: [{topics: {regex: a}, key_id: k}]").unwrap_err();
-        assert!(e.contains("regex"), "{e}");
-    }
-
-    #[test]
-    fn validate_reports_every_problem() {
-        let c = parse(
-            r#"
-rules:
-  - topics: "orders["
-    key_id: "kek-${tenant}"
-    value: {json_fields: ["email", "/ok", "/bad~2"]}
-    headers: [""]
-bindings:
-  - topics: "x.*"
-    module: /nonexistent/policy.wasm
-    allowed_key_ids: ["a[", ""]
-limits: {memory_mib: 0, max_instances: 0, answer_cache_kib: 32, answer_cache_entry_max_kib: 64}
-"#,
-        )
-        .unwrap();
-        let mut problems = Vec::new();
-        c.validate("policy", &mut problems);
-        let all = problems.join("\n");
-        for needle in [
-            "policy.rules[0].topics",
-            "policy.rules[0].key_id: unknown placeholder `${tenant}`",
-            "policy.rules[0].value.json_fields[0]",
-            "policy.rules[0].value.json_fields[2]",
-            "policy.rules[0].headers[0]",
-            "policy.bindings[0].module",
-            "policy.bindings[0].allowed_key_ids[0]: invalid glob",
-            "policy.bindings[0].allowed_key_ids[1]: key id is empty",
-            "policy.limits.memory_mib",
-            "policy.limits.max_instances",
-            "policy.limits.answer_cache_kib: 32 is outside 64..=1048576",
-            "policy.limits.answer_cache_entry_max_kib: 64 is outside 1..=answer_cache_kib (32)",
-        ] {
-            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-        }
-        assert!(!all.contains("json_fields[1]"), "{all}");
-    }
-
-    #[test]
-    fn reveal_to_problems_are_all_reported() {
-        let c = parse(
-            r#"
-rules:
-  - topics: a
-    key_id: k
-    reveal_to:
-      - {principal: "", reveal: all}
-      - {principal: "x[", mechanism: kerberos, reveal: {}}
-      - {principal: y, reveal: {value: true, json_fields: ["bad"], headers: [""]}}
-  - topics: b
-    key_id: k
-    reveal_default: {json_fields: [/ok]}
-"#,
-        )
-        .unwrap();
-        let mut problems = Vec::new();
-        c.validate("policy", &mut problems);
-        let all = problems.join("\n");
-        for needle in [
-            "policy.rules[0].reveal_default: required with reveal_to",
-            "policy.rules[0].reveal_to[0].principal: empty",
-            "policy.rules[0].reveal_to[1].principal: invalid glob",
-            "policy.rules[0].reveal_to[1].mechanism: unknown `kerberos`",
-            "policy.rules[0].reveal_to[1].reveal: reveals no part",
-            "policy.rules[0].reveal_to[2].reveal.json_fields: `value: true` already",
-            "policy.rules[0].reveal_to[2].reveal.json_fields[0]",
-            "policy.rules[0].reveal_to[2].reveal.headers[0]",
-        ] {
-            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-        }
-        assert!(!all.contains("rules[1]"), "{all}");
-        let e = parse("rules: [{topics: a, key_id: k, reveal_default: everything}]").unwrap_err();
-        assert!(
-            e.contains("reveal_default") && e.contains("ciphertext"),
-            "{e}"
-        );
-        let e =
-            parse("rules: [{topics: a, key_id: k, reveal_default: {values: true}}]").unwrap_err();
-        assert!(e.contains("values"), "{e}");
-    }
-}
+mod tests;

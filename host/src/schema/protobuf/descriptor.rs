@@ -2,9 +2,9 @@
 //! serializer registers, base64-encoded) into the same raw form the `.proto` text parser gives:
 //! the package, messages (nested, map entries marked), enums and fields with their type names.
 
-use super::protobuf::{qualify, Message, Raw, RawField, FIELD_META_EXTENSION, META_TAGS_FIELD};
-use super::varint::read_unsigned;
-use super::MAX_DEPTH;
+use super::{qualify, Message, Raw, RawField, FIELD_META_EXTENSION, META_TAGS_FIELD};
+use crate::schema::varint::read_unsigned;
+use crate::schema::MAX_DEPTH;
 
 /// One field of a serialized message: number and payload.
 enum Item<'a> {

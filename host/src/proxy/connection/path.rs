@@ -1,0 +1,148 @@
+//! The frames a connection passes on, typed by the path they took: a Produce request leaves for
+//! the broker only as the record stage's [`StagedProduce`], a Fetch response reaches the client
+//! only as its [`StagedFetch`]; every other API as a relay type that refuses those two.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use tokio::time::Instant;
+
+use super::error::ConnectionError;
+use crate::kafka::frame::RequestMeta;
+use crate::proxy::records::{ProducePatch, StagedFetch, StagedProduce};
+use crate::proxy::rewrite;
+use crate::proxy::sasl::SaslExpect;
+use crate::proxy::session::ClientSession;
+
+/// What the response half must do for one request.
+pub(super) enum Pending {
+    /// A response will come from the broker.
+    Upstream {
+        meta: RequestMeta,
+        sent_at: Instant,
+        stage: ResponseStage,
+    },
+    /// The proxy answers this request itself with this response.
+    Local { api_key: i16, response: ToClient },
+}
+
+/// A request frame that leaves for the broker, typed by the path it took: a Produce can only
+/// leave as the record stage's [`StagedProduce`], every other API only as a [`RelayRequest`],
+/// which cannot hold a Produce.
+pub(super) enum Forward {
+    /// A request of an API that carries no records, as the client sent it.
+    Relay(RelayRequest),
+    /// A Produce request, as the record stage let it go.
+    Produce(StagedProduce),
+}
+
+impl Forward {
+    pub(super) fn frame(&self) -> &Bytes {
+        match self {
+            Forward::Relay(r) => &r.0,
+            Forward::Produce(p) => p.frame(),
+        }
+    }
+}
+
+/// A request of an API that carries no records through Kapsule. Made only by
+/// [`RelayRequest::new`], which refuses Produce and the [`rewrite::UNTRANSFORMED_APIS`].
+pub(super) struct RelayRequest(Bytes);
+
+impl RelayRequest {
+    pub(super) fn new(meta: RequestMeta, frame: Bytes) -> Result<Self, ConnectionError> {
+        match meta.known_api() {
+            Some(api) if api == ApiKey::Produce || rewrite::UNTRANSFORMED_APIS.contains(&api) => {
+                Err(ConnectionError::internal(anyhow!(
+                    "a {api:?} request was about to be relayed without the record stage; refused"
+                )))
+            }
+            _ => Ok(Self(frame)),
+        }
+    }
+}
+
+/// A response frame that leaves for the client, typed by the path it took: a Fetch response
+/// only as the record stage's [`StagedFetch`], every other API only as a [`RelayResponse`].
+pub(super) enum ToClient {
+    /// A response of an API that carries no records (relayed, rewritten or made by Kapsule).
+    Relay(RelayResponse),
+    /// A Fetch response, as the record stage let it go.
+    Fetch(StagedFetch),
+}
+
+impl ToClient {
+    pub(super) fn into_frame(self) -> Bytes {
+        match self {
+            ToClient::Relay(r) => r.0,
+            ToClient::Fetch(f) => f.into_frame(),
+        }
+    }
+}
+
+/// A response of an API that carries no records. Made only by [`RelayResponse::new`], which
+/// refuses Fetch.
+pub(super) struct RelayResponse(Bytes);
+
+impl RelayResponse {
+    pub(super) fn new(api_key: i16, frame: Bytes) -> Result<Self, ConnectionError> {
+        if api_key == ApiKey::Fetch as i16 {
+            return Err(ConnectionError::internal(anyhow!(
+                "a Fetch response was about to reach the client without the record stage; refused"
+            )));
+        }
+        Ok(Self(frame))
+    }
+}
+
+/// How a broker response is handled.
+pub(super) enum ResponseStage {
+    /// Relay the bytes untouched.
+    Relay,
+    /// Intersect API versions.
+    ApiVersions,
+    /// Rewrite broker addresses.
+    Metadata,
+    /// Rewrite coordinator addresses.
+    FindCoordinator,
+    /// Rewrite broker addresses.
+    DescribeCluster,
+    /// Rewrite node endpoints; merge partitions the proxy refused.
+    Produce(ProducePatch),
+    /// Rewrite node endpoints; decrypt / re-encode records for the client as it was when the
+    /// request was read (a principal set by a later SASL answer does not apply to it).
+    Fetch(Arc<ClientSession>),
+    /// Follow the SASL exchange (may set the session's principal); relay the bytes.
+    Sasl(SaslExpect),
+}
+
+/// What answers a request once it is prepared.
+pub(super) enum Expect {
+    /// Nothing (Produce with `acks = 0`).
+    Nothing,
+    /// The proxy's own response.
+    Local(ToClient),
+    /// The broker's response, through this stage.
+    Upstream(ResponseStage),
+}
+
+impl Expect {
+    /// The proxy's own response frame for a request of an API that carries no records.
+    pub(super) fn local(api_key: i16, frame: Bytes) -> Result<Self, ConnectionError> {
+        Ok(Expect::Local(ToClient::Relay(RelayResponse::new(
+            api_key, frame,
+        )?)))
+    }
+}
+
+/// A request ready to leave for the broker (or to be answered locally).
+pub(super) struct Prepared {
+    /// What to forward, if anything.
+    pub(super) forward: Option<Forward>,
+    /// What answers it.
+    pub(super) expect: Expect,
+    /// Produce only: past this instant the request is answered REQUEST_TIMED_OUT, not forwarded.
+    pub(super) deadline: Option<Instant>,
+}
