@@ -132,6 +132,20 @@ impl AwsKmsConfig {
         }
     }
 
+    /// The Kapsule key id whose `key_template` alias is `alias_name` (`alias/...`, as ListAliases
+    /// names it), if any: `None` for other aliases, for ids the template cannot hold, and for ids
+    /// mapped under `keys` (the map wins over the template).
+    pub fn key_id_of_alias(&self, alias_name: &str) -> Option<String> {
+        let template = match self.key_template.split_once(":alias/") {
+            Some((_, name)) => format!("alias/{name}"),
+            None => self.key_template.clone(),
+        };
+        let (prefix, suffix) = template.split_once(KEY_ID_PLACEHOLDER)?;
+        let id = alias_name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        let fits = fill_template(&self.key_template, id, "key_template").is_ok();
+        (fits && !self.keys.contains_key(id)).then(|| id.to_owned())
+    }
+
     /// The HMAC key reference used to derive keys for `key_id`.
     pub fn mac_key_reference(&self, key_id: &str) -> Result<String, KmsError> {
         let template = self.mac_key_template.as_deref().ok_or_else(|| {
@@ -334,6 +348,28 @@ mod tests {
 
     fn cfg(extra: &str) -> AwsKmsConfig {
         serde_norway::from_str(&format!("region: eu-west-1\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn aliases_map_back_to_key_ids_only_through_the_template() {
+        let mut c = cfg(&format!(
+            "key_template: \"arn:aws:kms:eu-west-1:111122223333:alias/kapsule-{{key_id}}-kek\"\nkeys: {{ pay: \"{ARN}\" }}\n"
+        ));
+        assert_eq!(
+            c.key_id_of_alias("alias/kapsule-orders-kek").as_deref(),
+            Some("orders")
+        );
+        for other in [
+            "alias/orders",
+            "alias/kapsule-orders",
+            "alias/kapsule-a/b-kek",
+            "alias/kapsule--kek",
+            "alias/kapsule-pay-kek",
+        ] {
+            assert_eq!(c.key_id_of_alias(other), None, "{other}");
+        }
+        c.key_template = "alias/{key_id}".into();
+        assert_eq!(c.key_id_of_alias("alias/x_1").as_deref(), Some("x_1"));
     }
 
     #[test]
