@@ -1,5 +1,5 @@
-//! Timeouts and retries of one KMS call under the Kafka request's deadline, shared by the cloud
-//! back ends (AWS KMS, ...).
+//! Timeouts and retries of one KMS call under the Kafka request's deadline, shared by every
+//! remote back end (Vault / OpenBao, AWS KMS, Azure Key Vault, Google Cloud KMS).
 //!
 //! Contract of [`call_with_retries`]: every attempt gets `timeout`, cut to the time left before
 //! the request deadline ([`super::deadline::current`]); a failed attempt the back end marks
