@@ -24,6 +24,7 @@ mod cloud;
 pub mod deadline;
 mod gate;
 pub mod gcp;
+mod jwt;
 pub mod key_id;
 mod keyfile;
 pub mod local;

@@ -4,18 +4,16 @@
 //! and an access token kept fresh in a file by something else (like gcloud's `--access-token-file`).
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::kms::cloud::{parse_token, read_secret, AccessToken, RestClient, TokenSource};
+use crate::kms::jwt::{rsa_key_from_pem, sign_rs256, unix_now};
 use crate::kms::retry::Failure;
 use crate::kms::KmsErrorKind;
 
@@ -156,26 +154,10 @@ impl ServiceAccount {
                 .with_context(|| format!("kms.credential.file {}: no {f}", path.display()))
         };
         let pem = Zeroizing::new(field("private_key")?);
-        let der = Zeroizing::new(
-            STANDARD
-                .decode(
-                    pem.lines()
-                        .filter(|l| !l.starts_with("-----"))
-                        .collect::<String>(),
-                )
-                .with_context(|| {
-                    format!(
-                        "kms.credential.file {}: private_key is not PEM",
-                        path.display()
-                    )
-                })?,
-        );
-        let key = ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| {
-            anyhow::anyhow!(
-                "kms.credential.file {}: private_key is no PKCS#8 RSA key ({e})",
-                path.display()
-            )
-        })?;
+        let key = rsa_key_from_pem(
+            &pem,
+            &format!("kms.credential.file {}: private_key", path.display()),
+        )?;
         Ok(Self {
             email: field("client_email")?,
             key_id: field("private_key_id").unwrap_or_default(),
@@ -192,33 +174,8 @@ impl ServiceAccount {
             "iss": self.email, "scope": CLOUD_KMS_SCOPE, "aud": self.token_uri,
             "iat": now, "exp": now + 3600,
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut sig = vec![0u8; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                signing_input.as_bytes(),
-                &mut sig,
-            )
-            .map_err(|_| Failure {
-                kind: KmsErrorKind::Other,
-                message: "signing the service-account JWT failed".into(),
-                retry: false,
-                status: None,
-            })?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+        sign_rs256(&self.key, &header, &claims)
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[async_trait]
