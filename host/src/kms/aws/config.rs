@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::kms::retry::validate_policy;
 use crate::kms::{KmsError, KmsErrorKind};
 
 fn default_key_template() -> String {
     "alias/{key_id}".to_owned()
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    3
 }
 
 /// The placeholder of [`AwsKmsConfig::key_template`] and [`AwsKmsConfig::mac_key_template`].
@@ -61,10 +56,10 @@ pub struct AwsKmsConfig {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Timeout of one KMS request in milliseconds (default 5000).
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::kms::retry::default_timeout_ms")]
     pub timeout_ms: u64,
     /// Retries of throttled or failed requests after the first attempt (default 3).
-    #[serde(default = "default_retries")]
+    #[serde(default = "crate::kms::retry::default_retries")]
     pub retries: u32,
 }
 
@@ -112,15 +107,7 @@ impl AwsKmsConfig {
         if self.profile.as_deref().is_some_and(|p| p.trim().is_empty()) {
             problems.push(format!("{path}.profile: must not be empty"));
         }
-        if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=300000",
-                self.timeout_ms
-            ));
-        }
-        if self.retries > 10 {
-            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
-        }
+        validate_policy(path, self.timeout_ms, self.retries, problems);
     }
 
     /// The AWS key reference of Kapsule key id `key_id`: its `keys` entry, else `key_template`

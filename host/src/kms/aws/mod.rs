@@ -38,8 +38,8 @@ use zeroize::Zeroizing;
 
 pub use config::AwsKmsConfig;
 
-use super::retry::{call_with_retries, Failure, RetryPolicy};
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::retry::{call_with_retries, ensure_valid, Failure, RetryPolicy};
+use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
 
 /// Name of the encryption-context entry that binds an EDEK to its Kapsule key id.
 pub const ENCRYPTION_CONTEXT_KEY: &str = "kapsule-kek";
@@ -89,11 +89,7 @@ impl AwsKms {
     /// Builds the client: validates the configuration, reads `ca_cert`, checks that `profile`
     /// exists, and sets up the credential chain. Makes no network call.
     pub fn new(config: &AwsKmsConfig) -> anyhow::Result<Self> {
-        let mut problems = Vec::new();
-        config.validate("kms", &mut problems);
-        if !problems.is_empty() {
-            anyhow::bail!("invalid AWS KMS configuration: {}", problems.join("; "));
-        }
+        ensure_valid("AWS KMS", |p| config.validate("kms", p))?;
         config.check_profile()?;
         let http = http_client(config)?;
         let region = aws_sdk_kms::config::Region::new(config.region.clone());
@@ -129,10 +125,7 @@ impl AwsKms {
         Ok(Self {
             config: config.clone(),
             client: aws_sdk_kms::Client::from_conf(sdk.build()),
-            policy: RetryPolicy {
-                timeout,
-                retries: config.retries,
-            },
+            policy: RetryPolicy::from_config(config.timeout_ms, config.retries),
         })
     }
 
@@ -341,16 +334,7 @@ fn is_symmetric(meta: &aws_sdk_kms::types::KeyMetadata) -> bool {
 /// Copies a 32-byte key out of an SDK blob into zeroized storage.
 fn secret_from(key_id: &str, blob: Option<Blob>, what: &str) -> Result<SecretKey, KmsError> {
     let raw = Zeroizing::new(blob.map(Blob::into_inner).unwrap_or_default());
-    if raw.len() != DEK_LEN {
-        return Err(KmsError::new(
-            KmsErrorKind::Other,
-            key_id,
-            format!("{what} has {} bytes, expected {DEK_LEN}", raw.len()),
-        ));
-    }
-    let mut out = Zeroizing::new([0u8; DEK_LEN]);
-    out.copy_from_slice(&raw);
-    Ok(out)
+    super::secret_key(key_id, &raw, what)
 }
 
 #[async_trait]

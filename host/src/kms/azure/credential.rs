@@ -83,91 +83,61 @@ impl AzureCredentialConfig {
     /// Appends one message per problem to `problems`.
     pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
         use AzureCredentialType::*;
-        let set = |present: bool, field: &str, problems: &mut Vec<String>| {
-            if present {
+        // The optional fields each credential type reads; any other one set is a mistake.
+        let used: &[&str] = match self.kind {
+            ClientSecret => &[
+                "tenant_id",
+                "client_id",
+                "client_secret_env",
+                "client_secret_file",
+                "authority_host",
+            ],
+            ClientCertificate => &[
+                "tenant_id",
+                "client_id",
+                "client_certificate_file",
+                "authority_host",
+            ],
+            WorkloadIdentity => &["tenant_id", "client_id", "token_file", "authority_host"],
+            ManagedIdentity => &["client_id", "endpoint"],
+        };
+        let set = [
+            ("tenant_id", self.tenant_id.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            (
+                "client_certificate_file",
+                self.client_certificate_file.is_some(),
+            ),
+            ("token_file", self.token_file.is_some()),
+            ("authority_host", self.authority_host.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+        ];
+        for (field, present) in set {
+            if present && !used.contains(&field) {
                 problems.push(format!(
                     "{path}.{field}: not used by credential type {:?}",
                     self.kind
                 ));
             }
-        };
-        match self.kind {
-            ClientSecret => {
-                if self.tenant_id.is_none() || self.client_id.is_none() {
-                    problems.push(format!(
-                        "{path}: client_secret needs tenant_id and client_id"
-                    ));
-                }
-                if self.client_secret_env.is_some() == self.client_secret_file.is_some() {
-                    problems.push(format!(
-                        "{path}: set exactly one of client_secret_env and client_secret_file"
-                    ));
-                }
-                set(self.token_file.is_some(), "token_file", problems);
-                set(self.endpoint.is_some(), "endpoint", problems);
-                set(
-                    self.client_certificate_file.is_some(),
-                    "client_certificate_file",
-                    problems,
-                );
-            }
-            ClientCertificate => {
-                if self.tenant_id.is_none() || self.client_id.is_none() {
-                    problems.push(format!(
-                        "{path}: client_certificate needs tenant_id and client_id"
-                    ));
-                }
-                set(
-                    self.client_secret_env.is_some(),
-                    "client_secret_env",
-                    problems,
-                );
-                set(
-                    self.client_secret_file.is_some(),
-                    "client_secret_file",
-                    problems,
-                );
-                set(self.token_file.is_some(), "token_file", problems);
-                set(self.endpoint.is_some(), "endpoint", problems);
-            }
-            WorkloadIdentity => {
-                set(
-                    self.client_secret_env.is_some(),
-                    "client_secret_env",
-                    problems,
-                );
-                set(
-                    self.client_secret_file.is_some(),
-                    "client_secret_file",
-                    problems,
-                );
-                set(self.endpoint.is_some(), "endpoint", problems);
-                set(
-                    self.client_certificate_file.is_some(),
-                    "client_certificate_file",
-                    problems,
-                );
-            }
-            ManagedIdentity => {
-                set(self.tenant_id.is_some(), "tenant_id", problems);
-                set(
-                    self.client_secret_env.is_some(),
-                    "client_secret_env",
-                    problems,
-                );
-                set(
-                    self.client_secret_file.is_some(),
-                    "client_secret_file",
-                    problems,
-                );
-                set(self.token_file.is_some(), "token_file", problems);
-                set(self.authority_host.is_some(), "authority_host", problems);
-                set(
-                    self.client_certificate_file.is_some(),
-                    "client_certificate_file",
-                    problems,
-                );
-            }
+        }
+        if matches!(self.kind, ClientSecret | ClientCertificate)
+            && (self.tenant_id.is_none() || self.client_id.is_none())
+        {
+            let kind = if self.kind == ClientSecret {
+                "client_secret"
+            } else {
+                "client_certificate"
+            };
+            problems.push(format!("{path}: {kind} needs tenant_id and client_id"));
+        }
+        if self.kind == ClientSecret
+            && self.client_secret_env.is_some() == self.client_secret_file.is_some()
+        {
+            problems.push(format!(
+                "{path}: set exactly one of client_secret_env and client_secret_file"
+            ));
         }
         for (field, url) in [
             ("authority_host", &self.authority_host),

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -37,7 +37,7 @@ use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-use super::retry::{call_with_retries, Failure, RetryPolicy};
+use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
 use super::secret::SecretSource;
 
 mod auth;
@@ -47,16 +47,10 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::{secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
 
 fn default_mount() -> String {
     "transit".to_owned()
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    3
 }
 
 /// `kms: { type: vault, ... }` configuration.
@@ -81,10 +75,10 @@ pub struct VaultKmsConfig {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Timeout of one HTTP call in milliseconds (default 5000).
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::kms::retry::default_timeout_ms")]
     pub timeout_ms: u64,
     /// Retries of transient failures after the first attempt (default 3).
-    #[serde(default = "default_retries")]
+    #[serde(default = "crate::kms::retry::default_retries")]
     pub retries: u32,
     /// Log in instead of using a static token (AppRole); excludes `token_env`/`token_file`.
     #[serde(default)]
@@ -120,15 +114,7 @@ impl VaultKmsConfig {
                 self.mount
             ));
         }
-        if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=300000",
-                self.timeout_ms
-            ));
-        }
-        if self.retries > 10 {
-            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
-        }
+        validate_policy(path, self.timeout_ms, self.retries, problems);
     }
 
     /// Where the static token comes from (without `auth`).
@@ -157,7 +143,6 @@ const PATH_DENIAL_CAP: usize = 4096;
 pub struct VaultKms {
     config: VaultKmsConfig,
     client: Arc<RwLock<Arc<VaultClient>>>,
-    timeout: Duration,
     /// Token keeper when `auth` is configured (AppRole).
     approle: Option<Arc<auth::AppRole>>,
     /// Key ids Vault refused to a token it still honoured, until when (see the module docs).
@@ -174,11 +159,7 @@ impl std::fmt::Debug for VaultKms {
 }
 
 fn build_client(config: &VaultKmsConfig, token: &str) -> anyhow::Result<VaultClient> {
-    let mut problems = Vec::new();
-    config.validate("kms", &mut problems);
-    if !problems.is_empty() {
-        bail!("invalid Vault configuration: {}", problems.join("; "));
-    }
+    ensure_valid("Vault", |p| config.validate("kms", p))?;
     let mut b = VaultClientSettingsBuilder::default();
     b.address(&config.address)
         .token(token)
@@ -262,19 +243,10 @@ fn decode_key(key_id: &str, b64: &str, what: &str) -> Result<SecretKey, KmsError
     let raw = Zeroizing::new(B64.decode(b64.trim()).map_err(|_| {
         KmsError::new(KmsErrorKind::Other, key_id, format!("{what} is not base64"))
     })?);
-    if raw.len() != DEK_LEN {
-        return Err(KmsError::new(
-            KmsErrorKind::Other,
-            key_id,
-            format!(
-                "{what} has {} bytes, expected {DEK_LEN} (is the transit key aes256-gcm96?)",
-                raw.len()
-            ),
-        ));
-    }
-    let mut out = Zeroizing::new([0u8; DEK_LEN]);
-    out.copy_from_slice(&raw);
-    Ok(out)
+    secret_key(key_id, &raw, what).map_err(|mut e| {
+        e.message.push_str(" (is the transit key aes256-gcm96?)");
+        e
+    })
 }
 
 impl VaultKms {
@@ -296,7 +268,6 @@ impl VaultKms {
         Ok(Self {
             config: config.clone(),
             client,
-            timeout: Duration::from_millis(config.timeout_ms),
             approle,
             denied: parking_lot::Mutex::new(LruCache::new(
                 NonZeroUsize::new(PATH_DENIAL_CAP).expect("non-zero"),
@@ -351,10 +322,7 @@ impl VaultKms {
         self.ensure_token(op, key_id).await?;
         // One token reload (file re-read or AppRole re-login) per call, whatever the attempts.
         let reloaded_token = AtomicBool::new(false);
-        let policy = RetryPolicy {
-            timeout: self.timeout,
-            retries: self.config.retries,
-        };
+        let policy = RetryPolicy::from_config(self.config.timeout_ms, self.config.retries);
         call_with_retries(
             op,
             key_id,
