@@ -128,6 +128,16 @@ if [ ! -x "$local_kms_bin" ] || ! go version -m "$local_kms_bin" 2>/dev/null | g
   GOFLAGS=-mod=mod go install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION"
 fi
 
+# --- Cloud KMS API server for the Google Cloud KMS back end's tests: drongo (PyPI) ---------------
+# drongo's `drongo server` serves the Cloud KMS REST API (key rings, crypto keys, encrypt/decrypt
+# with AAD); google-crc32c is its checksum dependency for KMS. No Azure Key Vault emulator is
+# installable from the registries this project uses (docs/kms.md). A few seconds.
+DRONGO_VERSION="0.8.0"
+if ! python3 -c 'import drongo, google_crc32c, sys; sys.exit(drongo.__version__ != sys.argv[1])' "$DRONGO_VERSION" 2>/dev/null; then
+  log "pip installing drongo $DRONGO_VERSION"
+  python3 -m pip install --quiet "drongo==$DRONGO_VERSION" google-crc32c
+fi
+
 # --- Policy toolchains: clang/wasi-libc and wit-bindgen for the C example policy -----------------
 "$here/scripts/install-policy-toolchains.sh"
 

@@ -42,7 +42,8 @@ pub enum Command {
     Inspect(crate::tools::InspectArgs),
 }
 
-/// `kapsule keys` subcommands (local KMS only; Vault keys are managed with Vault's own tools).
+/// `kapsule keys` subcommands: create/rotate on the local KMS (other KMSs have their own tools),
+/// list on the local KMS and AWS KMS, describe on every KMS.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a KEK (no-op if it exists).
@@ -61,9 +62,10 @@ pub enum KeysCommand {
         /// KEK id.
         key_id: String,
     },
-    /// List KEKs and their latest versions.
+    /// List KEKs: with a local KMS every KEK and its latest version; with AWS KMS the keys the
+    /// config reaches (its `keys` map and the aliases `key_template` produces) and their state.
     List {
-        /// Config file whose `kms:` section is a local KMS.
+        /// Config file whose `kms:` section is a local KMS or AWS KMS.
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
@@ -219,8 +221,22 @@ fn run_keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
             println!("{key_id}\t{}\tv{}", kms.backend(), info.latest_version);
         }
-        KeysCommand::List { config } => {
-            for k in local_kms_from(&config)?.list_keys() {
+        KeysCommand::List { config: path } => {
+            let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(KmsConfig::Aws(aws)) = &config.kms {
+                let kms = crate::kms::aws::AwsKms::new(aws)?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let keys = runtime
+                    .block_on(kms.list_keys())
+                    .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
+                for k in keys {
+                    println!("{}\tv1\t{}\t{}", k.key_id, k.reference, k.state);
+                }
+                return Ok(());
+            }
+            for k in local_kms_from(&path)?.list_keys() {
                 println!("{}\tv{}", k.key_id, k.latest_version);
             }
         }

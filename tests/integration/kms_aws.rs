@@ -435,3 +435,51 @@ async fn aws_keys_describe_finds_existing_keys_and_names_missing_ones() {
         "{err}"
     );
 }
+
+/// `kapsule keys list` with AWS KMS lists the keys the config reaches — the aliases
+/// `key_template` produces (not their `-mac` HMAC keys, not aliases outside the template) and
+/// every `keys` entry — with their AWS key state; a missing mapped key is named, not skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_keys_list_shows_template_aliases_and_mapped_keys_with_their_state() {
+    let server = KmsServer::start("aws").await.unwrap();
+    let KmsServer::Aws(aws) = &server else {
+        unreachable!()
+    };
+    aws.create_key("listed-a").await.unwrap();
+    let b = aws.create_key("listed-b").await.unwrap();
+    aws.disable_key(&b).await.unwrap();
+    let outside = aws.create_key("elsewhere").await.unwrap();
+    let yaml = aws.kapsule_yaml(2_000, 0).replace(
+        "key_template: \"alias/{key_id}\"",
+        "key_template: \"alias/listed-{key_id}\"",
+    ) + &format!("  keys: {{ mapped: \"{outside}\", gone: \"alias/never-created\" }}\n");
+    let config = TEST_CREDENTIALS.iter().fold(
+        KapsuleConfig::new(RecordsMode::Reencode).with_yaml(&yaml),
+        |c, (k, v)| c.with_env(k, v),
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(kapsule_integration::kapsule::kapsule_bin().unwrap())
+        .args(["keys", "list", "-c"])
+        .arg(file.path())
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "a\tv1\talias/listed-a\tEnabled",
+            "b\tv1\talias/listed-b\tDisabled",
+            "gone\tv1\talias/never-created\tunknown_key",
+            &format!("mapped\tv1\t{outside}\tEnabled"),
+        ],
+        "{stdout}"
+    );
+}

@@ -263,13 +263,13 @@ async fn slow_kms_on_some_topics_does_not_queue_the_connection_behind_it() {
     }
 }
 
-/// While the KMS (OpenBao, AWS KMS) is frozen, Produce requests to a topic that needs a new DEK
+/// While the KMS (OpenBao, AWS KMS, Cloud KMS) is frozen, Produce requests to a topic that needs a new DEK
 /// are answered REQUEST_TIMED_OUT within their own `timeout_ms` (the KMS retries are cut to it),
 /// and when the KMS comes back none of them is written late; a request sent afterwards is written.
 #[rstest]
 #[tokio::test(flavor = "multi_thread")]
 async fn produce_past_its_timeout_during_a_kms_outage_is_never_written(
-    #[values("vault", "aws")] backend: &str,
+    #[values("vault", "aws", "gcp")] backend: &str,
 ) {
     const TIMEOUT_MS: i32 = 2_000;
     let kms = KmsServer::start(backend).await.unwrap();
@@ -351,7 +351,7 @@ async fn produce_past_its_timeout_during_a_kms_outage_is_never_written(
 #[rstest]
 #[tokio::test(flavor = "multi_thread")]
 async fn confluent_producer_records_reported_failed_are_not_written_late(
-    #[values("vault", "aws")] backend: &str,
+    #[values("vault", "aws", "gcp")] backend: &str,
 ) {
     use kapsule_integration::records::write_records_file;
     use kapsule_integration::{run_python, TestRecord};

@@ -1,11 +1,13 @@
 //! One handle over the real KMS servers the rig can start, so the shared KMS tests (outage, fail
-//! closed) run once per back end: `vault` (an OpenBao dev server) and `aws` (local-kms, the AWS
-//! KMS API). Parameterise a test with `#[values("vault", "aws")] backend: &str` and
-//! [`KmsServer::start`].
+//! closed) run once per back end: `vault` (an OpenBao dev server), `aws` (local-kms, the AWS
+//! KMS API) and `gcp` (drongo, the Cloud KMS REST API). Parameterise a test with
+//! `#[values("vault", "aws", "gcp")] backend: &str` and [`KmsServer::start`]. No Azure Key Vault
+//! emulator can be installed here (docs/kms.md), so `azure` is not among them.
 
 use anyhow::{bail, Context, Result};
 
 use crate::aws_kms::{LocalAwsKms, TEST_CREDENTIALS};
+use crate::gcp_kms::GcpKmsEmulator;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
 use crate::KapsuleConfig;
 
@@ -16,10 +18,12 @@ pub enum KmsServer {
     Vault(OpenBao, tempfile::NamedTempFile),
     /// local-kms (AWS KMS API).
     Aws(LocalAwsKms),
+    /// drongo (Cloud KMS REST API).
+    Gcp(GcpKmsEmulator),
 }
 
 impl KmsServer {
-    /// Starts the server of `backend` (`vault` or `aws`).
+    /// Starts the server of `backend` (`vault`, `aws` or `gcp`).
     pub async fn start(backend: &str) -> Result<Self> {
         match backend {
             "vault" => {
@@ -32,7 +36,8 @@ impl KmsServer {
                 Ok(Self::Vault(bao, token))
             }
             "aws" => Ok(Self::Aws(LocalAwsKms::start().await?)),
-            other => bail!("unknown KMS back end {other:?} (vault or aws)"),
+            "gcp" => Ok(Self::Gcp(GcpKmsEmulator::start().await?)),
+            other => bail!("unknown KMS back end {other:?} (vault, aws or gcp)"),
         }
     }
 
@@ -41,7 +46,14 @@ impl KmsServer {
         match self {
             Self::Vault(bao, _) => bao.create_key(name),
             Self::Aws(kms) => kms.create_key(name).await.map(|_| ()),
+            Self::Gcp(kms) => kms.create_key(name).await,
         }
+    }
+
+    /// Whether Kapsule can derive record-key keys with this server (`record_key: true` rules):
+    /// drongo has no `macSign`.
+    pub fn derives_keys(&self) -> bool {
+        !matches!(self, Self::Gcp(_))
     }
 
     /// Freezes the server: connections are accepted, nothing is answered.
@@ -49,6 +61,7 @@ impl KmsServer {
         match self {
             Self::Vault(bao, _) => bao.pause(),
             Self::Aws(kms) => kms.pause(),
+            Self::Gcp(kms) => kms.pause(),
         }
     }
 
@@ -57,6 +70,7 @@ impl KmsServer {
         match self {
             Self::Vault(bao, _) => bao.resume(),
             Self::Aws(kms) => kms.resume(),
+            Self::Gcp(kms) => kms.resume(),
         }
     }
 
@@ -78,6 +92,7 @@ impl KmsServer {
                 config.with_yaml(&kms.kapsule_yaml(timeout_ms, retries)),
                 |c, (k, v)| c.with_env(k, v),
             ),
+            Self::Gcp(kms) => config.with_yaml(&kms.kapsule_yaml(timeout_ms, retries)),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod broker;
 pub mod clients;
 pub mod encryption;
 pub mod fleet;
+pub mod gcp_kms;
 pub mod kafka;
 pub mod kapsule;
 pub mod kms_server;

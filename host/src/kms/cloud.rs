@@ -18,7 +18,7 @@ use super::retry::Failure;
 use super::KmsErrorKind;
 
 /// A token is renewed when less than this is left of its lifetime.
-const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(120);
+pub(crate) const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(120);
 
 /// The HTTPS client of a REST back end.
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ mod cloud;
 pub mod deadline;
 mod gate;
 pub mod gcp;
+mod jwt;
 pub mod key_id;
 mod keyfile;
 pub mod local;
@@ -51,6 +52,19 @@ pub const DEK_LEN: usize = 32;
 
 /// Plaintext key material, wiped from memory on drop.
 pub type SecretKey = Zeroizing<[u8; DEK_LEN]>;
+
+/// Copies `raw` (a DEK or derived key a KMS returned) into a [`SecretKey`]; anything but
+/// [`DEK_LEN`] bytes is an `other` error naming `what`.
+pub(crate) fn secret_key(key_id: &str, raw: &[u8], what: &str) -> Result<SecretKey, KmsError> {
+    let key: [u8; DEK_LEN] = raw.try_into().map_err(|_| {
+        KmsError::new(
+            KmsErrorKind::Other,
+            key_id,
+            format!("{what} has {} bytes, expected {DEK_LEN}", raw.len()),
+        )
+    })?;
+    Ok(Zeroizing::new(key))
+}
 
 /// A freshly generated data key: the plaintext DEK and its wrapped form.
 pub struct DataKey {

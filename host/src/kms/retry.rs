@@ -1,5 +1,5 @@
-//! Timeouts and retries of one KMS call under the Kafka request's deadline, shared by the cloud
-//! back ends (AWS KMS, ...).
+//! Timeouts and retries of one KMS call under the Kafka request's deadline, shared by every
+//! remote back end (Vault / OpenBao, AWS KMS, Azure Key Vault, Google Cloud KMS).
 //!
 //! Contract of [`call_with_retries`]: every attempt gets `timeout`, cut to the time left before
 //! the request deadline ([`super::deadline::current`]); a failed attempt the back end marks
@@ -22,6 +22,60 @@ pub(crate) struct RetryPolicy {
     pub timeout: Duration,
     /// Retries after the first attempt.
     pub retries: u32,
+}
+
+/// Default `timeout_ms` of every remote back end's configuration.
+pub(crate) fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Default `retries` of every remote back end's configuration.
+pub(crate) fn default_retries() -> u32 {
+    3
+}
+
+impl RetryPolicy {
+    /// The policy of a back end's `timeout_ms` and `retries` (checked by [`validate_policy`]).
+    pub(crate) fn from_config(timeout_ms: u64, retries: u32) -> Self {
+        Self {
+            timeout: Duration::from_millis(timeout_ms),
+            retries,
+        }
+    }
+}
+
+/// Appends the problems of a back end's `timeout_ms` (100..=300000) and `retries` (at most 10)
+/// to `problems`, naming them under `path`.
+pub(crate) fn validate_policy(
+    path: &str,
+    timeout_ms: u64,
+    retries: u32,
+    problems: &mut Vec<String>,
+) {
+    if !(100..=300_000).contains(&timeout_ms) {
+        problems.push(format!(
+            "{path}.timeout_ms: {timeout_ms} is outside 100..=300000"
+        ));
+    }
+    if retries > 10 {
+        problems.push(format!("{path}.retries: {retries} is more than 10"));
+    }
+}
+
+/// Fails with every problem `validate` appends, as `invalid <backend> configuration: a; b`
+/// (what the constructors of the remote back ends check before anything else).
+pub(crate) fn ensure_valid(
+    backend: &str,
+    validate: impl FnOnce(&mut Vec<String>),
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    validate(&mut problems);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "invalid {backend} configuration: {}",
+        problems.join("; ")
+    );
+    Ok(())
 }
 
 /// One failed attempt, classified by the back end.

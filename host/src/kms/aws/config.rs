@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::kms::retry::validate_policy;
 use crate::kms::{KmsError, KmsErrorKind};
 
 fn default_key_template() -> String {
     "alias/{key_id}".to_owned()
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    3
 }
 
 /// The placeholder of [`AwsKmsConfig::key_template`] and [`AwsKmsConfig::mac_key_template`].
@@ -61,10 +56,10 @@ pub struct AwsKmsConfig {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Timeout of one KMS request in milliseconds (default 5000).
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::kms::retry::default_timeout_ms")]
     pub timeout_ms: u64,
     /// Retries of throttled or failed requests after the first attempt (default 3).
-    #[serde(default = "default_retries")]
+    #[serde(default = "crate::kms::retry::default_retries")]
     pub retries: u32,
 }
 
@@ -112,15 +107,7 @@ impl AwsKmsConfig {
         if self.profile.as_deref().is_some_and(|p| p.trim().is_empty()) {
             problems.push(format!("{path}.profile: must not be empty"));
         }
-        if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=300000",
-                self.timeout_ms
-            ));
-        }
-        if self.retries > 10 {
-            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
-        }
+        validate_policy(path, self.timeout_ms, self.retries, problems);
     }
 
     /// The AWS key reference of Kapsule key id `key_id`: its `keys` entry, else `key_template`
@@ -130,6 +117,20 @@ impl AwsKmsConfig {
             Some(r) => Ok(r.clone()),
             None => fill_template(&self.key_template, key_id, "key_template"),
         }
+    }
+
+    /// The Kapsule key id whose `key_template` alias is `alias_name` (`alias/...`, as ListAliases
+    /// names it), if any: `None` for other aliases, for ids the template cannot hold, and for ids
+    /// mapped under `keys` (the map wins over the template).
+    pub fn key_id_of_alias(&self, alias_name: &str) -> Option<String> {
+        let template = match self.key_template.split_once(":alias/") {
+            Some((_, name)) => format!("alias/{name}"),
+            None => self.key_template.clone(),
+        };
+        let (prefix, suffix) = template.split_once(KEY_ID_PLACEHOLDER)?;
+        let id = alias_name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        let fits = fill_template(&self.key_template, id, "key_template").is_ok();
+        (fits && !self.keys.contains_key(id)).then(|| id.to_owned())
     }
 
     /// The HMAC key reference used to derive keys for `key_id`.
@@ -334,6 +335,28 @@ mod tests {
 
     fn cfg(extra: &str) -> AwsKmsConfig {
         serde_norway::from_str(&format!("region: eu-west-1\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn aliases_map_back_to_key_ids_only_through_the_template() {
+        let mut c = cfg(&format!(
+            "key_template: \"arn:aws:kms:eu-west-1:111122223333:alias/kapsule-{{key_id}}-kek\"\nkeys: {{ pay: \"{ARN}\" }}\n"
+        ));
+        assert_eq!(
+            c.key_id_of_alias("alias/kapsule-orders-kek").as_deref(),
+            Some("orders")
+        );
+        for other in [
+            "alias/orders",
+            "alias/kapsule-orders",
+            "alias/kapsule-a/b-kek",
+            "alias/kapsule--kek",
+            "alias/kapsule-pay-kek",
+        ] {
+            assert_eq!(c.key_id_of_alias(other), None, "{other}");
+        }
+        c.key_template = "alias/{key_id}".into();
+        assert_eq!(c.key_id_of_alias("alias/x_1").as_deref(), Some("x_1"));
     }
 
     #[test]

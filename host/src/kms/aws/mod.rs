@@ -6,6 +6,8 @@
 //! - [`Kms::decrypt_data_key`]: `Decrypt` naming the same KEK, so a ciphertext of another key is
 //!   refused by KMS (`IncorrectKeyException`) rather than decrypted under whatever key it names.
 //! - [`Kms::key_info`]: `DescribeKey` (a symmetric encryption key, else a configuration error).
+//! - [`AwsKms::list_keys`] (`kapsule keys list`): `ListAliases` filtered by `key_template`, plus
+//!   the `keys` map, each checked with `DescribeKey`.
 //! - [`Kms::derive_key`]: `GenerateMac` (`HMAC_SHA_256`) with the HMAC key of
 //!   [`AwsKmsConfig::mac_key_template`].
 //!
@@ -36,8 +38,8 @@ use zeroize::Zeroizing;
 
 pub use config::AwsKmsConfig;
 
-use super::retry::{call_with_retries, Failure, RetryPolicy};
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::retry::{call_with_retries, ensure_valid, Failure, RetryPolicy};
+use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
 
 /// Name of the encryption-context entry that binds an EDEK to its Kapsule key id.
 pub const ENCRYPTION_CONTEXT_KEY: &str = "kapsule-kek";
@@ -87,11 +89,7 @@ impl AwsKms {
     /// Builds the client: validates the configuration, reads `ca_cert`, checks that `profile`
     /// exists, and sets up the credential chain. Makes no network call.
     pub fn new(config: &AwsKmsConfig) -> anyhow::Result<Self> {
-        let mut problems = Vec::new();
-        config.validate("kms", &mut problems);
-        if !problems.is_empty() {
-            anyhow::bail!("invalid AWS KMS configuration: {}", problems.join("; "));
-        }
+        ensure_valid("AWS KMS", |p| config.validate("kms", p))?;
         config.check_profile()?;
         let http = http_client(config)?;
         let region = aws_sdk_kms::config::Region::new(config.region.clone());
@@ -127,16 +125,73 @@ impl AwsKms {
         Ok(Self {
             config: config.clone(),
             client: aws_sdk_kms::Client::from_conf(sdk.build()),
-            policy: RetryPolicy {
-                timeout,
-                retries: config.retries,
-            },
+            policy: RetryPolicy::from_config(config.timeout_ms, config.retries),
         })
     }
 
     /// The SDK client (for `kapsule keys` and tests).
     pub fn client(&self) -> &aws_sdk_kms::Client {
         &self.client
+    }
+
+    /// The KEKs this configuration reaches, for `kapsule keys list`: every `keys` entry and every
+    /// alias of the account that `key_template` produces (`ListAliases`, all pages), each looked
+    /// up with `DescribeKey`. Template aliases of keys that are not symmetric encryption keys
+    /// (such as the HMAC keys of `mac_key_template`) are left out; a `keys` entry is always
+    /// listed, with what is wrong with it as its state. Sorted by key id.
+    pub async fn list_keys(&self) -> Result<Vec<ListedKey>, KmsError> {
+        let mut found: Vec<(String, String, bool)> = self
+            .config
+            .keys
+            .iter()
+            .map(|(id, reference)| (id.clone(), reference.clone(), true))
+            .collect();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .call("ListAliases", "*", || {
+                    self.client.list_aliases().set_marker(marker.clone()).send()
+                })
+                .await?;
+            for alias in page.aliases() {
+                let (Some(name), Some(_)) = (alias.alias_name(), alias.target_key_id()) else {
+                    continue;
+                };
+                if let Some(id) = self.config.key_id_of_alias(name) {
+                    found.push((id, name.to_owned(), false));
+                }
+            }
+            match page.next_marker {
+                Some(next) if page.truncated => marker = Some(next),
+                _ => break,
+            }
+        }
+        found.sort();
+        let mut listed = Vec::with_capacity(found.len());
+        for (key_id, reference, mapped) in found {
+            let state = match self
+                .call("DescribeKey", &key_id, || {
+                    self.client.describe_key().key_id(&reference).send()
+                })
+                .await
+            {
+                Ok(out) => match out.key_metadata {
+                    Some(meta) if is_symmetric(&meta) => meta
+                        .key_state
+                        .map_or("unknown state".to_owned(), |s| s.as_str().to_owned()),
+                    _ if !mapped => continue,
+                    _ => "not a symmetric encryption key".to_owned(),
+                },
+                Err(e) if mapped => e.kind.label().to_owned(),
+                Err(e) => return Err(e),
+            };
+            listed.push(ListedKey {
+                key_id,
+                reference,
+                state,
+            });
+        }
+        Ok(listed)
     }
 
     /// What to do about a final failure of class `kind`.
@@ -259,19 +314,27 @@ where
     }
 }
 
+/// One KEK found by [`AwsKms::list_keys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedKey {
+    /// Kapsule key id (as rules name it).
+    pub key_id: String,
+    /// The AWS key reference it maps to (`keys` entry or alias name).
+    pub reference: String,
+    /// AWS `KeyState` (`Enabled`, `Disabled`, `PendingDeletion`, ...), or what is wrong with a
+    /// `keys` entry.
+    pub state: String,
+}
+
+fn is_symmetric(meta: &aws_sdk_kms::types::KeyMetadata) -> bool {
+    meta.key_usage == Some(KeyUsageType::EncryptDecrypt)
+        && meta.key_spec == Some(KeySpec::SymmetricDefault)
+}
+
 /// Copies a 32-byte key out of an SDK blob into zeroized storage.
 fn secret_from(key_id: &str, blob: Option<Blob>, what: &str) -> Result<SecretKey, KmsError> {
     let raw = Zeroizing::new(blob.map(Blob::into_inner).unwrap_or_default());
-    if raw.len() != DEK_LEN {
-        return Err(KmsError::new(
-            KmsErrorKind::Other,
-            key_id,
-            format!("{what} has {} bytes, expected {DEK_LEN}", raw.len()),
-        ));
-    }
-    let mut out = Zeroizing::new([0u8; DEK_LEN]);
-    out.copy_from_slice(&raw);
-    Ok(out)
+    super::secret_key(key_id, &raw, what)
 }
 
 #[async_trait]
@@ -345,9 +408,7 @@ impl Kms for AwsKms {
         let meta = out.key_metadata.ok_or_else(|| {
             KmsError::new(KmsErrorKind::Other, key_id, "DescribeKey: no KeyMetadata")
         })?;
-        let symmetric = meta.key_usage == Some(KeyUsageType::EncryptDecrypt)
-            && meta.key_spec == Some(KeySpec::SymmetricDefault);
-        if !symmetric {
+        if !is_symmetric(&meta) {
             return Err(KmsError::new(
                 KmsErrorKind::Other,
                 key_id,

@@ -1,13 +1,22 @@
-//! Microsoft Entra ID access tokens for Azure Key Vault: client secret, workload identity
+//! Microsoft Entra ID access tokens for Azure Key Vault: client secret, client certificate (an
+//! RS256 client assertion naming the certificate by its `x5t#S256` thumbprint), workload identity
 //! (federated token file, as AKS injects it) and managed identity (instance metadata).
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::kms::cloud::{parse_token, read_secret, AccessToken, RestClient, TokenSource};
+use crate::kms::jwt::{
+    certificate_matches_key, pem_blocks, rsa_key_from_pem, sign_rs256, unix_now,
+};
 use crate::kms::retry::Failure;
 use crate::kms::KmsErrorKind;
 
@@ -24,6 +33,9 @@ fn default_imds() -> String {
 pub enum AzureCredentialType {
     /// An app registration's client secret (OAuth2 client credentials).
     ClientSecret,
+    /// An app registration's certificate: a PEM file with the certificate and its RSA private
+    /// key, proven by a signed client assertion (OAuth2 client credentials).
+    ClientCertificate,
     /// A federated token file (AKS workload identity), exchanged as a client assertion.
     WorkloadIdentity,
     /// The VM's / pod's managed identity from the instance metadata service.
@@ -50,6 +62,10 @@ pub struct AzureCredentialConfig {
     /// File holding the client secret (`client_secret`), re-read at each token fetch.
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
+    /// PEM file with the certificate and its private key (`client_certificate`; default
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`), re-read at each token fetch (renewed certificates).
+    #[serde(default)]
+    pub client_certificate_file: Option<PathBuf>,
     /// Federated token file (`workload_identity`; default `AZURE_FEDERATED_TOKEN_FILE`), re-read
     /// at each token fetch because the kubelet rotates it.
     #[serde(default)]
@@ -67,57 +83,61 @@ impl AzureCredentialConfig {
     /// Appends one message per problem to `problems`.
     pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
         use AzureCredentialType::*;
-        let set = |present: bool, field: &str, problems: &mut Vec<String>| {
-            if present {
+        // The optional fields each credential type reads; any other one set is a mistake.
+        let used: &[&str] = match self.kind {
+            ClientSecret => &[
+                "tenant_id",
+                "client_id",
+                "client_secret_env",
+                "client_secret_file",
+                "authority_host",
+            ],
+            ClientCertificate => &[
+                "tenant_id",
+                "client_id",
+                "client_certificate_file",
+                "authority_host",
+            ],
+            WorkloadIdentity => &["tenant_id", "client_id", "token_file", "authority_host"],
+            ManagedIdentity => &["client_id", "endpoint"],
+        };
+        let set = [
+            ("tenant_id", self.tenant_id.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            (
+                "client_certificate_file",
+                self.client_certificate_file.is_some(),
+            ),
+            ("token_file", self.token_file.is_some()),
+            ("authority_host", self.authority_host.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+        ];
+        for (field, present) in set {
+            if present && !used.contains(&field) {
                 problems.push(format!(
                     "{path}.{field}: not used by credential type {:?}",
                     self.kind
                 ));
             }
-        };
-        match self.kind {
-            ClientSecret => {
-                if self.tenant_id.is_none() || self.client_id.is_none() {
-                    problems.push(format!(
-                        "{path}: client_secret needs tenant_id and client_id"
-                    ));
-                }
-                if self.client_secret_env.is_some() == self.client_secret_file.is_some() {
-                    problems.push(format!(
-                        "{path}: set exactly one of client_secret_env and client_secret_file"
-                    ));
-                }
-                set(self.token_file.is_some(), "token_file", problems);
-                set(self.endpoint.is_some(), "endpoint", problems);
-            }
-            WorkloadIdentity => {
-                set(
-                    self.client_secret_env.is_some(),
-                    "client_secret_env",
-                    problems,
-                );
-                set(
-                    self.client_secret_file.is_some(),
-                    "client_secret_file",
-                    problems,
-                );
-                set(self.endpoint.is_some(), "endpoint", problems);
-            }
-            ManagedIdentity => {
-                set(self.tenant_id.is_some(), "tenant_id", problems);
-                set(
-                    self.client_secret_env.is_some(),
-                    "client_secret_env",
-                    problems,
-                );
-                set(
-                    self.client_secret_file.is_some(),
-                    "client_secret_file",
-                    problems,
-                );
-                set(self.token_file.is_some(), "token_file", problems);
-                set(self.authority_host.is_some(), "authority_host", problems);
-            }
+        }
+        if matches!(self.kind, ClientSecret | ClientCertificate)
+            && (self.tenant_id.is_none() || self.client_id.is_none())
+        {
+            let kind = if self.kind == ClientSecret {
+                "client_secret"
+            } else {
+                "client_certificate"
+            };
+            problems.push(format!("{path}: {kind} needs tenant_id and client_id"));
+        }
+        if self.kind == ClientSecret
+            && self.client_secret_env.is_some() == self.client_secret_file.is_some()
+        {
+            problems.push(format!(
+                "{path}: set exactly one of client_secret_env and client_secret_file"
+            ));
         }
         for (field, url) in [
             ("authority_host", &self.authority_host),
@@ -157,6 +177,26 @@ impl AzureCredentialConfig {
                         self.client_secret_file.clone(),
                         self.client_secret_env.clone(),
                     ),
+                })
+            }
+            AzureCredentialType::ClientCertificate => {
+                let file = self
+                    .client_certificate_file
+                    .clone()
+                    .or_else(|| env("AZURE_CLIENT_CERTIFICATE_PATH").map(PathBuf::from))
+                    .context("kms.credential: client_certificate needs client_certificate_file (or AZURE_CLIENT_CERTIFICATE_PATH)")?;
+                // Checked now so a broken file is a start-up error; read again per fetch.
+                ClientCertificate::load(&file)?;
+                Box::new(EntraToken {
+                    token_url: token_url(
+                        self.authority_host
+                            .as_deref()
+                            .unwrap_or(&default_authority()),
+                        self.tenant_id.as_deref().unwrap_or_default(),
+                    ),
+                    client_id: self.client_id.clone().unwrap_or_default(),
+                    scope: scope.to_owned(),
+                    proof: Proof::Certificate(file),
                 })
             }
             AzureCredentialType::WorkloadIdentity => {
@@ -210,6 +250,54 @@ enum Proof {
     Secret(Option<PathBuf>, Option<String>),
     /// A federated (Kubernetes service account) token file, sent as a client assertion.
     FederatedToken(PathBuf),
+    /// A certificate + private key PEM file: a client assertion signed with the key.
+    Certificate(PathBuf),
+}
+
+/// How long a certificate client assertion is valid (Entra ID accepts up to 10 minutes).
+const ASSERTION_LIFETIME_SECS: u64 = 600;
+
+/// An app registration's certificate and its private key, from one PEM file.
+struct ClientCertificate {
+    /// `x5t#S256`: base64url of the SHA-256 of the certificate's DER, as Entra ID matches it.
+    thumbprint: String,
+    key: ring::signature::RsaKeyPair,
+}
+
+impl ClientCertificate {
+    /// Reads `path`: the first `CERTIFICATE` block and an RSA `PRIVATE KEY` that belongs to it.
+    fn load(path: &PathBuf) -> anyhow::Result<Self> {
+        let what = format!("kms.credential.client_certificate_file {}", path.display());
+        let pem = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("{what}: cannot read it"))?,
+        );
+        let blocks = pem_blocks(&pem, &what)?;
+        let cert = blocks
+            .iter()
+            .find(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| der)
+            .with_context(|| format!("{what}: no PEM CERTIFICATE block"))?;
+        let key = rsa_key_from_pem(&pem, &what)?;
+        anyhow::ensure!(
+            certificate_matches_key(cert, &key),
+            "{what}: the private key does not belong to the (first) certificate"
+        );
+        Ok(Self {
+            thumbprint: URL_SAFE_NO_PAD.encode(Sha256::digest(cert.as_slice())),
+            key,
+        })
+    }
+
+    /// The client assertion for `client_id` at `token_url` (its `aud`), issued at `now`.
+    fn assertion(&self, client_id: &str, token_url: &str, now: u64) -> Result<String, Failure> {
+        let header = json!({"alg": "RS256", "typ": "JWT", "x5t#S256": self.thumbprint});
+        let claims = json!({
+            "aud": token_url, "iss": client_id, "sub": client_id,
+            "jti": hex::encode(rand::random::<[u8; 16]>()),
+            "nbf": now, "iat": now, "exp": now + ASSERTION_LIFETIME_SECS,
+        });
+        sign_rs256(&self.key, &header, &claims)
+    }
 }
 
 /// Entra ID's token endpoint, client-credentials grant.
@@ -218,6 +306,13 @@ struct EntraToken {
     client_id: String,
     scope: String,
     proof: Proof,
+}
+
+fn client_assertion_type() -> (&'static str, Zeroizing<String>) {
+    (
+        "client_assertion_type",
+        Zeroizing::new("urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()),
+    )
 }
 
 fn credential_failure(message: String) -> Failure {
@@ -246,11 +341,16 @@ impl TokenSource for EntraToken {
             Proof::FederatedToken(file) => {
                 let token = read_secret(Some(file), None, "federated token file")
                     .map_err(|e| credential_failure(format!("{e:#}")))?;
-                form.push((
-                    "client_assertion_type",
-                    Zeroizing::new("urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()),
-                ));
+                form.push(client_assertion_type());
                 form.push(("client_assertion", token));
+            }
+            Proof::Certificate(file) => {
+                let certificate = ClientCertificate::load(file)
+                    .map_err(|e| credential_failure(format!("{e:#}")))?;
+                let assertion =
+                    certificate.assertion(&self.client_id, &self.token_url, unix_now())?;
+                form.push(client_assertion_type());
+                form.push(("client_assertion", Zeroizing::new(assertion)));
             }
         }
         let fields: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 pub use credential::{AzureCredentialConfig, AzureCredentialType};
 
 use super::cloud::{RestClient, TokenCache};
-use super::retry::{call_with_retries, Failure, RetryPolicy};
+use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
 
 /// Key Vault REST API version used.
@@ -38,12 +38,6 @@ pub const API_VERSION: &str = "7.4";
 
 fn default_key_template() -> String {
     "{key_id}".to_owned()
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    3
 }
 
 /// Key wrapping algorithm.
@@ -97,10 +91,10 @@ pub struct AzureKmsConfig {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Timeout of one request in milliseconds (default 5000).
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::kms::retry::default_timeout_ms")]
     pub timeout_ms: u64,
     /// Retries of throttled or failed requests (default 3).
-    #[serde(default = "default_retries")]
+    #[serde(default = "crate::kms::retry::default_retries")]
     pub retries: u32,
 }
 
@@ -160,15 +154,7 @@ impl AzureKmsConfig {
         }
         self.credential
             .validate(&format!("{path}.credential"), problems);
-        if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=300000",
-                self.timeout_ms
-            ));
-        }
-        if self.retries > 10 {
-            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
-        }
+        validate_policy(path, self.timeout_ms, self.retries, problems);
     }
 
     fn base(&self) -> &str {
@@ -269,23 +255,13 @@ impl AzureKms {
     /// Builds the client: validates the configuration, reads `ca_cert` and checks the
     /// credential's inputs. Makes no network call.
     pub fn new(config: &AzureKmsConfig) -> anyhow::Result<Self> {
-        let mut problems = Vec::new();
-        config.validate("kms", &mut problems);
-        if !problems.is_empty() {
-            anyhow::bail!(
-                "invalid Azure Key Vault configuration: {}",
-                problems.join("; ")
-            );
-        }
+        ensure_valid("Azure Key Vault", |p| config.validate("kms", p))?;
         let timeout = Duration::from_millis(config.timeout_ms);
         Ok(Self {
             http: RestClient::new(config.ca_cert.as_deref(), timeout)?,
             tokens: TokenCache::new(config.credential.source(&config.token_scope())?),
             config: config.clone(),
-            policy: RetryPolicy {
-                timeout,
-                retries: config.retries,
-            },
+            policy: RetryPolicy::from_config(config.timeout_ms, config.retries),
         })
     }
 
@@ -439,9 +415,7 @@ impl Kms for AzureKms {
                 "the unwrapped DEK was made for another key id",
             ));
         }
-        let mut out = Zeroizing::new([0u8; DEK_LEN]);
-        out.copy_from_slice(&plain[..DEK_LEN]);
-        Ok(out)
+        super::secret_key(key_id, &plain[..DEK_LEN], "unwrapped DEK")
     }
 
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {

@@ -1,9 +1,10 @@
 //! Unit tests of the Azure Key Vault client against a scripted server that answers as Entra ID
 //! and Key Vault do (the JSON shapes of the REST API reference: token answers, `kid` + base64url
 //! `value`). Its "wrap" is a byte-wise XOR with the key version, so unwrapping under the wrong
-//! version fails as it would in Key Vault. NOT run against Azure or an emulator: lowkey-vault's
-//! server is not published on Maven Central (only its client and Testcontainers module are), so
-//! it cannot be installed here.
+//! version fails as it would in Key Vault. NOT run against Azure or an emulator: none that
+//! implements wrapKey/unwrapKey installs from the registries this project uses (docs/kms.md
+//! lists those tried). `test-client-certificate.pem` is a self-signed test certificate and key
+//! made for these tests only.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -320,4 +321,115 @@ fn validation_reports_every_problem_and_credentials_are_checked_at_start_up() {
         serde_norway::from_str::<AzureCredentialConfig>("type: client_secret\nsecret: x\n")
             .is_err()
     );
+}
+
+/// SHA-256 of the DER of the certificate in `test-client-certificate.pem` (`openssl x509
+/// -outform der | sha256sum`), computed outside Kapsule.
+const TEST_CERT_SHA256: &str = "caac95c8de167239e8c01214ec751119f71de4cdfed11606088fa412bc0c6d92";
+
+#[tokio::test]
+async fn a_client_certificate_signs_an_rs256_assertion_entra_id_can_match_and_verify() {
+    use base64::engine::general_purpose::STANDARD;
+    use ring::signature::KeyPair;
+    let current = Arc::new(parking_lot::Mutex::new("0a1b2c3d".to_owned()));
+    let (addr, seen) = scripted_server(key_vault(current, |_, _| None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("client.pem");
+    let pem = include_str!("test-client-certificate.pem");
+    std::fs::write(&pem_path, pem).unwrap();
+    let cc = format!(
+        "{{ type: client_certificate, tenant_id: t-4, client_id: c-4, client_certificate_file: \"{}\", authority_host: \"{addr}\" }}",
+        pem_path.display()
+    );
+    let kms = AzureKms::new(&config(&addr, &cc)).unwrap();
+    kms.generate_data_key("orders").await.unwrap();
+    let seen = seen.lock().clone();
+    let token = &seen[0];
+    assert_eq!(token.target(), "/t-4/oauth2/v2.0/token");
+    assert!(token.body.contains("grant_type=client_credentials"));
+    assert!(token.body.contains("client_id=c-4"));
+    assert!(token.body.contains(
+        "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+    ));
+    assert!(!token.body.contains("PRIVATE"), "key material sent");
+    let jwt = token
+        .body
+        .split('&')
+        .find_map(|f| f.strip_prefix("client_assertion="))
+        .unwrap();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: Value = serde_json::from_slice(&B64URL.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(
+        header["x5t#S256"],
+        B64URL.encode(hex::decode(TEST_CERT_SHA256).unwrap())
+    );
+    let claims: Value = serde_json::from_slice(&B64URL.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["aud"], format!("{addr}/t-4/oauth2/v2.0/token"));
+    assert_eq!(claims["iss"], "c-4");
+    assert_eq!(claims["sub"], "c-4");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["nbf"].as_u64().unwrap(),
+        600
+    );
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+    // The signature verifies with the certificate's key (read here without Kapsule's PEM code).
+    let key_b64: String = pem
+        .split("-----BEGIN PRIVATE KEY-----")
+        .nth(1)
+        .unwrap()
+        .split("-----END")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&STANDARD.decode(key_b64).unwrap()).unwrap();
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        pair.public_key().as_ref(),
+    )
+    .verify(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &B64URL.decode(parts[2]).unwrap(),
+    )
+    .expect("client assertion signature");
+    assert_eq!(seen[1].header("authorization"), "Bearer tok-0");
+}
+
+#[test]
+fn a_client_certificate_file_without_its_own_key_fails_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = include_str!("test-client-certificate.pem");
+    let cert_only = &pem[..pem.find("-----BEGIN PRIVATE KEY-----").unwrap()];
+    let other_key = include_str!("../gcp/test-service-account.pem");
+    for (name, contents, expected) in [
+        ("cert-only.pem", cert_only.to_owned(), "no PEM PRIVATE KEY"),
+        ("key-only.pem", other_key.to_owned(), "no PEM CERTIFICATE"),
+        (
+            "mismatched.pem",
+            format!("{cert_only}{other_key}"),
+            "does not belong",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        let cred: AzureCredentialConfig = serde_norway::from_str(&format!(
+            "type: client_certificate\ntenant_id: t\nclient_id: c\nclient_certificate_file: \"{}\"\n",
+            path.display()
+        ))
+        .unwrap();
+        let mut problems = Vec::new();
+        cred.validate("kms.credential", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let e = cred.source("s").err().unwrap();
+        assert!(format!("{e:#}").contains(expected), "{name}: {e:#}");
+    }
+    let no_ids: AzureCredentialConfig = serde_norway::from_str(
+        "type: client_certificate\nclient_certificate_file: /x\nclient_secret_env: X\n",
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    no_ids.validate("kms.credential", &mut problems);
+    assert_eq!(problems.len(), 2, "{problems:?}");
 }

@@ -1,20 +1,19 @@
 //! Google OAuth2 access tokens for Cloud KMS: a service-account key file (a signed JWT exchanged
 //! at the token URI), workload identity federation (an external-account file: a subject token
-//! exchanged at Google's STS, optionally impersonating a service account) and the metadata server.
+//! exchanged at Google's STS, optionally impersonating a service account), the metadata server,
+//! and an access token kept fresh in a file by something else (like gcloud's `--access-token-file`).
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::kms::cloud::{parse_token, read_secret, AccessToken, RestClient, TokenSource};
+use crate::kms::jwt::{rsa_key_from_pem, sign_rs256, unix_now};
 use crate::kms::retry::Failure;
 use crate::kms::KmsErrorKind;
 
@@ -32,6 +31,10 @@ pub enum GcpCredentialType {
     ExternalAccount,
     /// The metadata server of GCE / GKE (workload identity on GKE).
     MetadataServer,
+    /// An OAuth2 access token in `file`, kept fresh by another process (a sidecar, a Vault GCP
+    /// secrets engine agent, `gcloud auth print-access-token`); re-read every minute and after
+    /// a 401.
+    AccessTokenFile,
 }
 
 /// `kms.credential` of `type: gcp`.
@@ -42,7 +45,7 @@ pub struct GcpCredentialConfig {
     #[serde(rename = "type")]
     pub kind: GcpCredentialType,
     /// The JSON file of `service_account_key` / `external_account` (default
-    /// `GOOGLE_APPLICATION_CREDENTIALS`).
+    /// `GOOGLE_APPLICATION_CREDENTIALS`), or the token file of `access_token_file` (required).
     #[serde(default)]
     pub file: Option<PathBuf>,
     /// Metadata server base URL (default `GCE_METADATA_HOST`, else `http://metadata.google.internal`).
@@ -57,7 +60,12 @@ impl GcpCredentialConfig {
             GcpCredentialType::MetadataServer if self.file.is_some() => {
                 problems.push(format!("{path}.file: not used by the metadata server"))
             }
-            GcpCredentialType::ServiceAccountKey | GcpCredentialType::ExternalAccount
+            GcpCredentialType::AccessTokenFile if self.file.is_none() => problems.push(format!(
+                "{path}.file: access_token_file needs the token's file"
+            )),
+            GcpCredentialType::ServiceAccountKey
+            | GcpCredentialType::ExternalAccount
+            | GcpCredentialType::AccessTokenFile
                 if self.endpoint.is_some() =>
             {
                 problems.push(format!("{path}.endpoint: only used by metadata_server"))
@@ -78,6 +86,14 @@ impl GcpCredentialConfig {
         Ok(match self.kind {
             GcpCredentialType::ServiceAccountKey => Box::new(ServiceAccount::load(&file()?)?),
             GcpCredentialType::ExternalAccount => Box::new(ExternalAccount::load(&file()?)?),
+            GcpCredentialType::AccessTokenFile => {
+                let path = self
+                    .file
+                    .clone()
+                    .context("kms.credential: access_token_file needs file")?;
+                read_secret(Some(&path), None, "kms.credential.file")?;
+                Box::new(TokenFile { path })
+            }
             GcpCredentialType::MetadataServer => {
                 let base = self
                     .endpoint
@@ -138,26 +154,10 @@ impl ServiceAccount {
                 .with_context(|| format!("kms.credential.file {}: no {f}", path.display()))
         };
         let pem = Zeroizing::new(field("private_key")?);
-        let der = Zeroizing::new(
-            STANDARD
-                .decode(
-                    pem.lines()
-                        .filter(|l| !l.starts_with("-----"))
-                        .collect::<String>(),
-                )
-                .with_context(|| {
-                    format!(
-                        "kms.credential.file {}: private_key is not PEM",
-                        path.display()
-                    )
-                })?,
-        );
-        let key = ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| {
-            anyhow::anyhow!(
-                "kms.credential.file {}: private_key is no PKCS#8 RSA key ({e})",
-                path.display()
-            )
-        })?;
+        let key = rsa_key_from_pem(
+            &pem,
+            &format!("kms.credential.file {}: private_key", path.display()),
+        )?;
         Ok(Self {
             email: field("client_email")?,
             key_id: field("private_key_id").unwrap_or_default(),
@@ -174,33 +174,8 @@ impl ServiceAccount {
             "iss": self.email, "scope": CLOUD_KMS_SCOPE, "aud": self.token_uri,
             "iat": now, "exp": now + 3600,
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut sig = vec![0u8; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                signing_input.as_bytes(),
-                &mut sig,
-            )
-            .map_err(|_| Failure {
-                kind: KmsErrorKind::Other,
-                message: "signing the service-account JWT failed".into(),
-                retry: false,
-                status: None,
-            })?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+        sign_rs256(&self.key, &header, &claims)
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[async_trait]
@@ -340,6 +315,34 @@ impl TokenSource for MetadataServer {
             .header("Metadata-Flavor", "Google");
         let v = http.send_json("metadata server token", request).await?;
         parse_token("metadata server token", &v)
+    }
+}
+
+/// How long a token read from a file is used before the file is read again.
+const TOKEN_FILE_REREAD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An access token written to a file by another process.
+struct TokenFile {
+    path: PathBuf,
+}
+
+#[async_trait]
+impl TokenSource for TokenFile {
+    async fn fetch(&self, _http: &RestClient) -> Result<AccessToken, Failure> {
+        let secret =
+            read_secret(Some(&self.path), None, "kms.credential.file").map_err(|e| Failure {
+                kind: KmsErrorKind::PermissionDenied,
+                message: format!(
+                    "{e:#} (the process that writes the access token must keep it there)"
+                ),
+                retry: false,
+                status: None,
+            })?;
+        Ok(AccessToken {
+            secret,
+            // The cache renews this margin before expiry: reuse the token for TOKEN_FILE_REREAD.
+            expires_at: Instant::now() + crate::kms::cloud::TOKEN_RENEW_MARGIN + TOKEN_FILE_REREAD,
+        })
     }
 }
 

@@ -28,17 +28,13 @@ use zeroize::Zeroizing;
 pub use credential::{GcpCredentialConfig, GcpCredentialType, CLOUD_KMS_SCOPE};
 
 use super::cloud::{RestClient, TokenCache};
-use super::retry::{call_with_retries, Failure, RetryPolicy};
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
+use super::{
+    secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+};
 
 fn default_endpoint() -> String {
     "https://cloudkms.googleapis.com".to_owned()
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    3
 }
 
 /// `kms: { type: gcp, ... }` configuration.
@@ -64,10 +60,10 @@ pub struct GcpKmsConfig {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Timeout of one request in milliseconds (default 5000).
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::kms::retry::default_timeout_ms")]
     pub timeout_ms: u64,
     /// Retries of throttled or failed requests (default 3).
-    #[serde(default = "default_retries")]
+    #[serde(default = "crate::kms::retry::default_retries")]
     pub retries: u32,
 }
 
@@ -159,15 +155,7 @@ impl GcpKmsConfig {
         }
         self.credential
             .validate(&format!("{path}.credential"), problems);
-        if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=300000",
-                self.timeout_ms
-            ));
-        }
-        if self.retries > 10 {
-            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
-        }
+        validate_policy(path, self.timeout_ms, self.retries, problems);
     }
 
     fn key_name(&self, key_id: &str) -> Result<String, KmsError> {
@@ -208,23 +196,13 @@ impl GcpKms {
     /// Builds the client: validates the configuration, reads `ca_cert` and the credential file.
     /// Makes no network call.
     pub fn new(config: &GcpKmsConfig) -> anyhow::Result<Self> {
-        let mut problems = Vec::new();
-        config.validate("kms", &mut problems);
-        if !problems.is_empty() {
-            anyhow::bail!(
-                "invalid Google Cloud KMS configuration: {}",
-                problems.join("; ")
-            );
-        }
+        ensure_valid("Google Cloud KMS", |p| config.validate("kms", p))?;
         let timeout = Duration::from_millis(config.timeout_ms);
         Ok(Self {
             http: RestClient::new(config.ca_cert.as_deref(), timeout)?,
             tokens: TokenCache::new(config.credential.source()?),
             config: config.clone(),
-            policy: RetryPolicy {
-                timeout,
-                retries: config.retries,
-            },
+            policy: RetryPolicy::from_config(config.timeout_ms, config.retries),
         })
     }
 
@@ -329,19 +307,6 @@ fn b64_field(
         })
 }
 
-fn secret32(key_id: &str, raw: &[u8], what: &str) -> Result<SecretKey, KmsError> {
-    if raw.len() != DEK_LEN {
-        return Err(KmsError::new(
-            KmsErrorKind::Other,
-            key_id,
-            format!("{what} has {} bytes, expected {DEK_LEN}", raw.len()),
-        ));
-    }
-    let mut out = Zeroizing::new([0u8; DEK_LEN]);
-    out.copy_from_slice(raw);
-    Ok(out)
-}
-
 #[async_trait]
 impl Kms for GcpKms {
     fn backend(&self) -> &'static str {
@@ -375,7 +340,7 @@ impl Kms for GcpKms {
             json!({"ciphertext": B64.encode(edek), "additionalAuthenticatedData": aad(key_id)});
         let v = self.call(key_id, &name, "decrypt", body).await?;
         let plain = b64_field(key_id, &v, "plaintext", "decrypt")?;
-        secret32(key_id, &plain, "decrypted DEK")
+        secret_key(key_id, &plain, "decrypted DEK")
     }
 
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
@@ -439,7 +404,7 @@ impl Kms for GcpKms {
             .await?;
         let mac = b64_field(key_id, &v, "mac", "macSign")?;
         Ok(DerivedKey {
-            material: secret32(key_id, &mac, "MAC")?,
+            material: secret_key(key_id, &mac, "MAC")?,
             kek_version: pinned,
         })
     }

@@ -1,8 +1,9 @@
 //! Unit tests of the Cloud KMS client against a scripted server answering with the JSON shapes of
 //! the Cloud KMS and OAuth2 REST references (`name` + `ciphertext`, `plaintext`, `mac`,
 //! `access_token` + `expires_in`, `{"error": {"code", "message", "status"}}`). Its "encryption"
-//! records the key version and the AAD and checks both on decrypt, as Cloud KMS does. NOT run
-//! against Google Cloud: no Cloud KMS emulator could be installed here (see docs/kms.md).
+//! records the key version and the AAD and checks both on decrypt, as Cloud KMS does. The client
+//! is also run against drongo's Cloud KMS API in tests/integration/kms_gcp.rs (no token exchange,
+//! rotation or `macSign` there: those are covered here only; see docs/kms.md).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -277,4 +278,31 @@ fn validation_reports_every_problem_and_bad_credential_files_fail_at_start_up() 
         format!("{e:#}").contains("expected service_account"),
         "{e:#}"
     );
+}
+
+#[tokio::test]
+async fn an_access_token_file_is_sent_as_is_and_must_exist_at_start_up() {
+    let (primary, disabled) = (Arc::new(AtomicU32::new(1)), Arc::new(AtomicU32::new(0)));
+    let (addr, seen) = scripted_server(cloud_kms(primary, disabled)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "ya29.sidecar-token\n").unwrap();
+    let cred = format!(
+        "{{ type: access_token_file, file: \"{}\" }}",
+        file.display()
+    );
+    let kms = GcpKms::new(&config(&addr, &cred)).unwrap();
+    kms.generate_data_key("orders").await.unwrap();
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 1, "no token exchange: {seen:?}");
+    assert_eq!(seen[0].header("authorization"), "Bearer ya29.sidecar-token");
+
+    let mut c = config(&addr, "{ type: access_token_file }");
+    let mut p = Vec::new();
+    c.validate("kms", &mut p);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("kms.credential.file"), "{p:?}");
+    c.credential.file = Some(dir.path().join("missing"));
+    let e = GcpKms::new(&c).unwrap_err();
+    assert!(format!("{e:#}").contains("missing"), "{e:#}");
 }

@@ -8,11 +8,12 @@
 //! - [`Kms::derive_key`]: `POST {mount}/hmac/{key}` (HMAC-SHA256 of the context with the KEK
 //!   version's HMAC key).
 //!
-//! Every call has a timeout (`timeout_ms`) and is retried up to `retries` times with jittered
-//! exponential backoff (100 ms doubling, capped at 2 s) when the failure is transient (connection
-//! error, timeout, HTTP 429/5xx, sealed). Unknown keys, permission errors and bad ciphertexts are
-//! not retried. Inside a request deadline ([`super::deadline`]) every wait is cut to the time
-//! left and no retry is started that could not finish before it. When the token comes from a
+//! Every call runs in the retry loop shared by all back ends ([`super::retry`]): each attempt has
+//! a timeout (`timeout_ms`) and transient failures (connection error, timeout, HTTP 429/5xx,
+//! sealed) are retried up to `retries` times with jittered exponential backoff (100 ms doubling,
+//! capped at 2 s). Unknown keys, permission errors and bad ciphertexts are not retried. Inside a
+//! request deadline ([`super::deadline`]) every wait is cut to the time left and no retry is
+//! started that could not finish before it. When the token comes from a
 //! file and Vault answers 403, the file is re-read once (a Vault agent may have renewed it). With
 //! `auth: { method: approle, ... }` Kapsule logs in itself and keeps its token renewed (see
 //! [`auth`]); a 403 then leads to a login only when Vault says the token itself is no longer
@@ -21,10 +22,11 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -35,6 +37,7 @@ use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
+use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
 use super::secret::SecretSource;
 
 mod auth;
@@ -44,18 +47,10 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use super::{
-    backoff_delay, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
-};
+use super::{secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
 
 fn default_mount() -> String {
     "transit".to_owned()
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    3
 }
 
 /// `kms: { type: vault, ... }` configuration.
@@ -80,10 +75,10 @@ pub struct VaultKmsConfig {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Timeout of one HTTP call in milliseconds (default 5000).
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::kms::retry::default_timeout_ms")]
     pub timeout_ms: u64,
     /// Retries of transient failures after the first attempt (default 3).
-    #[serde(default = "default_retries")]
+    #[serde(default = "crate::kms::retry::default_retries")]
     pub retries: u32,
     /// Log in instead of using a static token (AppRole); excludes `token_env`/`token_file`.
     #[serde(default)]
@@ -119,15 +114,7 @@ impl VaultKmsConfig {
                 self.mount
             ));
         }
-        if !(100..=300_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=300000",
-                self.timeout_ms
-            ));
-        }
-        if self.retries > 10 {
-            problems.push(format!("{path}.retries: {} is more than 10", self.retries));
-        }
+        validate_policy(path, self.timeout_ms, self.retries, problems);
     }
 
     /// Where the static token comes from (without `auth`).
@@ -156,7 +143,6 @@ const PATH_DENIAL_CAP: usize = 4096;
 pub struct VaultKms {
     config: VaultKmsConfig,
     client: Arc<RwLock<Arc<VaultClient>>>,
-    timeout: Duration,
     /// Token keeper when `auth` is configured (AppRole).
     approle: Option<Arc<auth::AppRole>>,
     /// Key ids Vault refused to a token it still honoured, until when (see the module docs).
@@ -173,11 +159,7 @@ impl std::fmt::Debug for VaultKms {
 }
 
 fn build_client(config: &VaultKmsConfig, token: &str) -> anyhow::Result<VaultClient> {
-    let mut problems = Vec::new();
-    config.validate("kms", &mut problems);
-    if !problems.is_empty() {
-        bail!("invalid Vault configuration: {}", problems.join("; "));
-    }
+    ensure_valid("Vault", |p| config.validate("kms", p))?;
     let mut b = VaultClientSettingsBuilder::default();
     b.address(&config.address)
         .token(token)
@@ -261,19 +243,10 @@ fn decode_key(key_id: &str, b64: &str, what: &str) -> Result<SecretKey, KmsError
     let raw = Zeroizing::new(B64.decode(b64.trim()).map_err(|_| {
         KmsError::new(KmsErrorKind::Other, key_id, format!("{what} is not base64"))
     })?);
-    if raw.len() != DEK_LEN {
-        return Err(KmsError::new(
-            KmsErrorKind::Other,
-            key_id,
-            format!(
-                "{what} has {} bytes, expected {DEK_LEN} (is the transit key aes256-gcm96?)",
-                raw.len()
-            ),
-        ));
-    }
-    let mut out = Zeroizing::new([0u8; DEK_LEN]);
-    out.copy_from_slice(&raw);
-    Ok(out)
+    secret_key(key_id, &raw, what).map_err(|mut e| {
+        e.message.push_str(" (is the transit key aes256-gcm96?)");
+        e
+    })
 }
 
 impl VaultKms {
@@ -295,7 +268,6 @@ impl VaultKms {
         Ok(Self {
             config: config.clone(),
             client,
-            timeout: Duration::from_millis(config.timeout_ms),
             approle,
             denied: parking_lot::Mutex::new(LruCache::new(
                 NonZeroUsize::new(PATH_DENIAL_CAP).expect("non-zero"),
@@ -337,7 +309,8 @@ impl VaultKms {
         })
     }
 
-    /// Runs `f` with timeout and retries (see the module docs).
+    /// Runs `f` with timeout and retries: the shared loop of [`super::retry`], as for every
+    /// back end, around [`VaultKms::attempt`].
     async fn call<T, F, Fut>(&self, op: &str, key_id: &str, f: F) -> Result<T, KmsError>
     where
         F: Fn(Arc<VaultClient>) -> Fut,
@@ -347,42 +320,73 @@ impl VaultKms {
             return Err(e);
         }
         self.ensure_token(op, key_id).await?;
-        let mut reloaded_token = false;
-        let mut attempt = 0u32;
-        let deadline = super::deadline::current();
-        loop {
-            // Never wait past the deadline of the Kafka request this call works for.
-            let timeout = match deadline {
-                Some(d) => self
-                    .timeout
-                    .min(d.saturating_duration_since(Instant::now())),
-                None => self.timeout,
-            };
-            if timeout.is_zero() {
-                return Err(KmsError::new(
-                    KmsErrorKind::Transient,
-                    key_id,
-                    format!("{op}: the Kafka request's timeout passed before Vault answered ({} attempts)", attempt),
-                ));
+        // One token reload (file re-read or AppRole re-login) per call, whatever the attempts.
+        let reloaded_token = AtomicBool::new(false);
+        let policy = RetryPolicy::from_config(self.config.timeout_ms, self.config.retries);
+        call_with_retries(
+            op,
+            key_id,
+            policy,
+            |kind| self.hint(kind, key_id),
+            || self.attempt(op, key_id, &f, &reloaded_token),
+        )
+        .await
+    }
+
+    /// What to do about a final failure of class `kind`.
+    fn hint(&self, kind: KmsErrorKind, key_id: &str) -> String {
+        match kind {
+            KmsErrorKind::Transient => format!(
+                "; check that Vault at {} is up and unsealed",
+                self.config.address
+            ),
+            KmsErrorKind::UnknownKey => format!(
+                "; create it: `vault write -f {}/keys/{key_id}`",
+                self.config.mount
+            ),
+            // AppRole refusals carry their own advice (see `attempt`).
+            KmsErrorKind::PermissionDenied if self.approle.is_none() => {
+                "; the token's policy must allow the transit paths in docs/kms.md".to_owned()
             }
+            _ => String::new(),
+        }
+    }
+
+    /// One attempt of `f`. A 403 may first lead to one token reload and a repeat within the
+    /// attempt: with AppRole, a re-login when Vault no longer knows the token (or a repeat with
+    /// the token a concurrent caller just obtained), and a remembered per-key refusal when it
+    /// does; with `token_file`, a re-read of the file.
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &str,
+        key_id: &str,
+        f: &F,
+        reloaded_token: &AtomicBool,
+    ) -> Result<T, Failure>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let final_failure = |kind, message| Failure {
+            kind,
+            message,
+            retry: false,
+            status: None,
+        };
+        loop {
             let generation = self.approle.as_ref().map(|a| a.generation());
             let client = self.client.read().clone();
-            let (kind, msg) = match tokio::time::timeout(timeout, f(client)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => classify(&e),
-                Err(_) => (
-                    KmsErrorKind::Transient,
-                    format!("no answer within {} ms", timeout.as_millis()),
-                ),
+            let (kind, msg) = match f(client).await {
+                Ok(v) => return Ok(v),
+                Err(e) => classify(&e),
             };
             if let (KmsErrorKind::PermissionDenied, Some(approle), Some(seen)) =
                 (kind, &self.approle, generation)
             {
                 match approle.check_token(seen).await {
                     Ok(auth::TokenState::Valid) if approle.generation() != seen => {
-                        // A concurrent caller replaced the token meanwhile: retry with it.
-                        if !reloaded_token {
-                            reloaded_token = true;
+                        // A concurrent caller replaced the token meanwhile: repeat with it.
+                        if !reloaded_token.swap(true, Ordering::Relaxed) {
                             continue;
                         }
                     }
@@ -397,10 +401,11 @@ impl VaultKms {
                             key_id.to_owned(),
                             (Instant::now() + PATH_DENIAL_TTL, reason.clone()),
                         );
-                        return Err(KmsError::new(kind, key_id, format!("{op}: {reason}")));
+                        return Err(final_failure(kind, reason));
                     }
-                    Ok(auth::TokenState::Invalid) if !reloaded_token => {
-                        reloaded_token = true;
+                    Ok(auth::TokenState::Invalid)
+                        if !reloaded_token.swap(true, Ordering::Relaxed) =>
+                    {
                         tracing::warn!(
                             op,
                             key_id,
@@ -409,29 +414,26 @@ impl VaultKms {
                         match approle.relogin_if_current(seen).await {
                             Ok(()) => continue,
                             Err(e) => {
-                                return Err(KmsError::new(
+                                return Err(final_failure(
                                     KmsErrorKind::Transient,
-                                    key_id,
-                                    format!("{op}: Vault refused the token and no new one could be obtained: {e:#}"),
+                                    format!("Vault refused the token and no new one could be obtained: {e:#}"),
                                 ));
                             }
                         }
                     }
                     Ok(auth::TokenState::Invalid) => {}
                     Err(e) => {
-                        return Err(KmsError::new(
+                        return Err(final_failure(
                             KmsErrorKind::Transient,
-                            key_id,
-                            format!("{op}: {msg}; and the token could not be checked: {e:#}"),
+                            format!("{msg}; and the token could not be checked: {e:#}"),
                         ));
                     }
                 }
             }
             if kind == KmsErrorKind::PermissionDenied
                 && self.config.token_file.is_some()
-                && !reloaded_token
+                && !reloaded_token.swap(true, Ordering::Relaxed)
             {
-                reloaded_token = true;
                 if let Ok(token) = self.config.read_token() {
                     if let Ok(c) = build_client(&self.config, &token) {
                         *self.client.write() = Arc::new(c);
@@ -439,40 +441,12 @@ impl VaultKms {
                     }
                 }
             }
-            if kind == KmsErrorKind::Transient && attempt < self.config.retries {
-                let delay =
-                    backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(2));
-                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                    return Err(KmsError::new(
-                        kind,
-                        key_id,
-                        format!(
-                            "{op}: {msg} (after {} attempts; no time left for another before the Kafka request's timeout)",
-                            attempt + 1
-                        ),
-                    ));
-                }
-                tracing::debug!(op, key_id, attempt, ?delay, error = %msg, "Vault call failed, retrying");
-                attempt += 1;
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-            let hint = match kind {
-                KmsErrorKind::Transient => format!(
-                    " (after {} attempts; check that Vault at {} is up and unsealed)",
-                    attempt + 1,
-                    self.config.address
-                ),
-                KmsErrorKind::UnknownKey => format!(
-                    " (create it: `vault write -f {}/keys/{key_id}`)",
-                    self.config.mount
-                ),
-                KmsErrorKind::PermissionDenied => {
-                    " (the token's policy must allow the transit paths in docs/kms.md)".to_owned()
-                }
-                _ => String::new(),
-            };
-            return Err(KmsError::new(kind, key_id, format!("{op}: {msg}{hint}")));
+            return Err(Failure {
+                kind,
+                message: msg,
+                retry: kind == KmsErrorKind::Transient,
+                status: None,
+            });
         }
     }
 }
