@@ -7,9 +7,10 @@
 //! unknown id [`RegistryError::NotFound`]. Ids are immutable in the registry, so a cached schema
 //! never goes stale; a new schema version has a new id, fetched on first sight.
 //!
-//! A schema with `references` (Avro named types of another subject, Protobuf imports) is parsed
-//! with the referenced schemas (`GET {url}/subjects/{subject}/versions/{version}`, their own
-//! references followed depth-first, each subject version fetched once), at most
+//! A schema with `references` (Avro named types of another subject, Protobuf imports, JSON
+//! Schemas a `$ref` names) is parsed with the referenced schemas
+//! (`GET {url}/subjects/{subject}/versions/{version}`, their own references followed
+//! depth-first, each subject version fetched once), at most
 //! [`MAX_REFERENCES`] of them, all within `cache_bytes`; they are cached with the schema that
 //! needs them (their text counts towards its size), so they are fetched once per schema id.
 
