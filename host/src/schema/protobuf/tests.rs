@@ -348,13 +348,26 @@ fn imported_files_resolve_field_types() {
 /// walked, `optional` and `repeated` strings are encrypted, well-known types are opaque.
 #[test]
 fn constructs_table_nested_indexes_packed_maps_and_well_known_types() {
-    let s = Arc::new(ProtoSchema::parse(PROTO).unwrap());
-    // [1, 0]: the first message nested in the second top-level one, `Order.Customer`.
-    let t = Targets::resolve(&s, &sel(&["email"])).unwrap();
-    let customer = Enc::default().bytes(1, b"ann@x").0.clone();
+    // [0, 0]: the first message nested in the first top-level one, `Outer.Inner`. Tags apply in
+    // any message; paths start at a top-level message's fields.
+    let nested = r#"
+syntax = "proto3";
+message Outer {
+  message Inner { string secret = 1 [(confluent.field_meta).tags = "PII"]; }
+  Inner inner = 1;
+}
+"#;
+    let s = Arc::new(ProtoSchema::parse(nested).unwrap());
+    let t = Targets::resolve(&s, &tagged(&["PII"])).unwrap();
+    let inner = Enc::default().bytes(1, b"s3").0.clone();
     assert_eq!(
-        found(&t, &[1, 0], &customer),
-        vec![("email".into(), lp(b"ann@x"), FieldEncoding::ProtoText)]
+        found(&t, &[0, 0], &inner),
+        vec![("secret".into(), lp(b"s3"), FieldEncoding::ProtoText)]
+    );
+    let outer = Enc::default().bytes(1, &inner).0.clone();
+    assert_eq!(
+        found(&t, &[0], &outer),
+        vec![("inner.secret".into(), lp(b"s3"), FieldEncoding::ProtoText)]
     );
 
     let proto = r#"
@@ -402,7 +415,7 @@ message Shop {
         ("kind", "enum"),
         ("at", "from another file"),
         ("at.seconds", "another file"),
-        ("cards", "map"),
+        ("cards", "is a Protobuf message Shop.Card"), // a map of messages: select inside it
     ] {
         let e = Targets::resolve(&s, &sel(&[p])).unwrap_err();
         assert!(e.contains(want), "{p}: {e}");
