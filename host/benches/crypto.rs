@@ -111,9 +111,7 @@ fn protobuf_schema() -> String {
             format!("  string field{f} = {}{tags};\n", f + 1)
         })
         .collect();
-    format!(
-        "syntax = \"proto3\";\nimport \"confluent/meta.proto\";\nmessage R {{\n{fields}}}\n"
-    )
+    format!("syntax = \"proto3\";\nimport \"confluent/meta.proto\";\nmessage R {{\n{fields}}}\n")
 }
 
 /// A 1 KiB Protobuf record in the wire format (schema id 2, message index `[0]` as the single
@@ -151,7 +149,12 @@ fn json_schema() -> String {
 /// A 1 KiB JSON record in the wire format (schema id 3): nine strings of 90 bytes and one of 88.
 fn json_schema_record(i: usize) -> Bytes {
     let body: Vec<String> = (0..10)
-        .map(|f| format!(r#""field{f}":"{}""#, text(i, f, if f == 9 { 88 } else { 90 })))
+        .map(|f| {
+            format!(
+                r#""field{f}":"{}""#,
+                text(i, f, if f == 9 { 88 } else { 90 })
+            )
+        })
         .collect();
     let mut v = vec![0, 0, 0, 0, 3];
     v.extend_from_slice(format!("{{{}}}", body.join(",")).as_bytes());
@@ -265,8 +268,14 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(RECORDS as u64));
     for (format, records) in [
         ("avro", batch((0..RECORDS).map(avro_record).collect())),
-        ("protobuf", batch((0..RECORDS).map(protobuf_record).collect())),
-        ("json", batch((0..RECORDS).map(json_schema_record).collect())),
+        (
+            "protobuf",
+            batch((0..RECORDS).map(protobuf_record).collect()),
+        ),
+        (
+            "json",
+            batch((0..RECORDS).map(json_schema_record).collect()),
+        ),
     ] {
         let mut check = records.clone();
         rt.block_on(schema_enc.encrypt_batch("bench", &mut check, &d_pii))
@@ -274,7 +283,11 @@ fn benches(c: &mut Criterion) {
         let stored = String::from_utf8_lossy(check.records[0].value.as_ref().unwrap()).into_owned();
         for f in 0..10 {
             let clear = stored.contains(&format!("value-0-{f}-"));
-            assert_eq!(clear, !TAGGED.contains(&f), "{format}: field{f} in {stored}");
+            assert_eq!(
+                clear,
+                !TAGGED.contains(&f),
+                "{format}: field{f} in {stored}"
+            );
         }
         for (what, d) in [("3_string_fields", &d_pii), ("whole", &d_whole)] {
             g.bench_function(format!("{format}_{what}_1KiB"), |b| {

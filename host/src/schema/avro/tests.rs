@@ -309,7 +309,11 @@ fn constructs_table_selected_types() {
         vec![
             ("names".to_owned(), s("n1"), FieldEncoding::AvroText),
             ("names".to_owned(), s("n2"), FieldEncoding::AvroText),
-            ("amount".to_owned(), vec![4, 0x30, 0x39], FieldEncoding::AvroRaw),
+            (
+                "amount".to_owned(),
+                vec![4, 0x30, 0x39],
+                FieldEncoding::AvroRaw
+            ),
             ("either".to_owned(), vec![2, 9], FieldEncoding::AvroRaw),
             ("note".to_owned(), s("n"), FieldEncoding::AvroText),
         ]

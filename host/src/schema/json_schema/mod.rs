@@ -85,7 +85,10 @@ impl JsonSchema {
         if let Some(d) = named(uri) {
             return Some(d);
         }
-        let base = self.documents[from].id.as_ref().or(self.documents[0].id.as_ref());
+        let base = self.documents[from]
+            .id
+            .as_ref()
+            .or(self.documents[0].id.as_ref());
         let absolute = match base {
             Some(b) => b.join(uri).ok()?,
             None => url::Url::parse(uri).ok()?,
@@ -223,8 +226,7 @@ impl TagSearch<'_> {
             }
             let property_location = format!("{location}/properties/{name}");
             self.path.push(name.clone());
-            let (_, target, target_location) =
-                schema.deref((doc, p, property_location.clone()))?;
+            let (_, target, target_location) = schema.deref((doc, p, property_location.clone()))?;
             let tagged = tags_of(p)
                 .into_iter()
                 .chain(tags_of(target))
@@ -307,7 +309,13 @@ impl Targets {
             search.search(schema, schema.root())?;
             let mut anywhere = Vec::new();
             for d in &schema.documents {
-                tagged_anywhere(&d.value, &sel.tags, format!("{}#", d.name), 0, &mut anywhere);
+                tagged_anywhere(
+                    &d.value,
+                    &sel.tags,
+                    format!("{}#", d.name),
+                    0,
+                    &mut anywhere,
+                );
             }
             if let Some(loc) = anywhere.iter().find(|l| !search.seen.contains(l)) {
                 return Err(format!(

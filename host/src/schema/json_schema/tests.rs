@@ -112,7 +112,12 @@ fn references_by_name_with_fragments_and_local_refs_inside_them() {
     );
     assert_eq!(
         names(&schema, &sel(&[], &["PII", "PCI"])),
-        vec!["billing.iban", "card.pan", "customer.address.street", "customer.email"]
+        vec![
+            "billing.iban",
+            "card.pan",
+            "customer.address.street",
+            "customer.email"
+        ]
     );
     assert_eq!(
         names(&schema, &sel(&["customer.address.zip", "card.pan"], &[])),
@@ -155,7 +160,10 @@ fn relative_refs_resolve_against_the_id_and_unknown_refs_are_refused() {
         "properties": {"customer": {"$ref": "customer.json"}}
     });
     // Registered under the absolute URI; the schema refers to it relatively.
-    let schema = parse(&order, &[("https://example.com/schemas/customer.json", &customer)]);
+    let schema = parse(
+        &order,
+        &[("https://example.com/schemas/customer.json", &customer)],
+    );
     assert_eq!(names(&schema, &sel(&[], &["PII"])), vec!["customer.email"]);
     // Registered under another name, found by its own `$id`.
     let schema = parse(&order, &[("cust", &customer)]);
@@ -164,12 +172,24 @@ fn relative_refs_resolve_against_the_id_and_unknown_refs_are_refused() {
     let orphan = serde_json::json!({"type": "object",
         "properties": {"customer": {"$ref": "missing.json"}}});
     let e = Targets::resolve(&parse(&orphan, &[]), &sel(&["customer"], &[])).unwrap_err();
-    assert!(e.contains("none of the schema's references (it has none)"), "{e}");
-    let e = Targets::resolve(&parse(&orphan, &[("other.json", &customer)]), &sel(&[], &["PII"]))
-        .unwrap_err();
-    assert!(e.contains("`$ref: missing.json`") && e.contains("other.json"), "{e}");
+    assert!(
+        e.contains("none of the schema's references (it has none)"),
+        "{e}"
+    );
+    let e = Targets::resolve(
+        &parse(&orphan, &[("other.json", &customer)]),
+        &sel(&[], &["PII"]),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("`$ref: missing.json`") && e.contains("other.json"),
+        "{e}"
+    );
     let e = JsonSchema::parse("{}", &[("bad.json", "{not json")]).unwrap_err();
-    assert!(e.contains("referenced JSON Schema `bad.json` is not JSON"), "{e}");
+    assert!(
+        e.contains("referenced JSON Schema `bad.json` is not JSON"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -189,7 +209,10 @@ fn recursion_and_unsupported_constructs_fail_closed() {
     };
     let plain = parse(&tree(false), &[]);
     assert_eq!(names(&plain, &sel(&[], &["OWNER"])), vec!["owner"]);
-    assert_eq!(names(&plain, &sel(&["root.child.child.label"], &[])), vec!["root.child.child.label"]);
+    assert_eq!(
+        names(&plain, &sel(&["root.child.child.label"], &[])),
+        vec!["root.child.child.label"]
+    );
     let tagged = parse(&tree(true), &[]);
     let e = Targets::resolve(&tagged, &sel(&[], &["PII"])).unwrap_err();
     assert!(e.contains("recursive `$ref`"), "{e}");
@@ -205,7 +228,10 @@ fn recursion_and_unsupported_constructs_fail_closed() {
     ] {
         let schema = serde_json::json!({"type": "object", "properties": {"p": placement}});
         let e = Targets::resolve(&parse(&schema, &[]), &sel(&[], &["PII"])).unwrap_err();
-        assert!(e.contains("not reachable through plain `properties`"), "{schema}: {e}");
+        assert!(
+            e.contains("not reachable through plain `properties`"),
+            "{schema}: {e}"
+        );
     }
     // Paths through them are refused: they name no plain property.
     let schema = serde_json::json!({"type": "object", "properties": {"p": {"oneOf": [
