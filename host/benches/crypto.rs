@@ -1,5 +1,6 @@
 //! Encryption throughput: raw AES-256-GCM, whole-value record encryption, per-field JSON
-//! encryption, schema-field (Avro) encryption, and decryption.
+//! encryption, schema-field (Avro, Protobuf, JSON Schema) encryption against whole-value
+//! encryption of the same records, and decryption.
 //! Run: `cargo bench -p kapsule --bench crypto`.
 
 use std::sync::Arc;
@@ -57,11 +58,21 @@ fn json_record(i: usize) -> Bytes {
     Bytes::from(s)
 }
 
-/// An Avro schema of ten string fields, three of them tagged PII.
+/// Ten string fields, `field0`..`field9`; `field0`, `field3` and `field6` are tagged PII.
+const TAGGED: [usize; 3] = [0, 3, 6];
+
+/// The text of field `f` of record `i`, `len` bytes.
+fn text(i: usize, f: usize, len: usize) -> String {
+    let mut s = format!("value-{i}-{f}-");
+    s.extend(std::iter::repeat_n('x', len - s.len()));
+    s
+}
+
+/// Avro: a record of the ten string fields.
 fn avro_schema() -> String {
     let fields: Vec<String> = (0..10)
         .map(|f| {
-            let tags = if f % 3 == 0 && f < 9 {
+            let tags = if TAGGED.contains(&f) {
                 r#","confluent:tags":["PII"]"#
             } else {
                 ""
@@ -75,17 +86,78 @@ fn avro_schema() -> String {
     )
 }
 
-/// A 1 KiB Avro record in the wire format (schema id 1) of [`avro_schema`]: nine strings of 100
-/// bytes and one of 99 (each after a 2-byte length), 5 bytes of prefix.
+/// A 1 KiB Avro record in the wire format (schema id 1): nine strings of 100 bytes and one of 99
+/// (each after a 2-byte length), 5 bytes of prefix.
 fn avro_record(i: usize) -> Bytes {
     let mut v = vec![0, 0, 0, 0, 1];
     for f in 0..10 {
-        let len = if f == 9 { 99 } else { 100 };
-        let mut s = format!("value-{i}-{f}-");
-        s.extend(std::iter::repeat_n('x', len - s.len()));
+        let s = text(i, f, if f == 9 { 99 } else { 100 });
         varint::write_zigzag(&mut v, s.len() as i64);
         v.extend_from_slice(s.as_bytes());
     }
+    assert_eq!(v.len(), 1024);
+    Bytes::from(v)
+}
+
+/// Protobuf: a proto3 message of the ten string fields, tagged with `(confluent.field_meta)`.
+fn protobuf_schema() -> String {
+    let fields: String = (0..10)
+        .map(|f| {
+            let tags = if TAGGED.contains(&f) {
+                r#" [(confluent.field_meta) = { tags: ["PII"] }]"#
+            } else {
+                ""
+            };
+            format!("  string field{f} = {}{tags};\n", f + 1)
+        })
+        .collect();
+    format!("syntax = \"proto3\";\nimport \"confluent/meta.proto\";\nmessage R {{\n{fields}}}\n")
+}
+
+/// A 1 KiB Protobuf record in the wire format (schema id 2, message index `[0]` as the single
+/// byte 0): nine strings of 100 bytes and one of 98, each after a 1-byte key and 1-byte length.
+fn protobuf_record(i: usize) -> Bytes {
+    let mut v = vec![0, 0, 0, 0, 2, 0];
+    for f in 0..10 {
+        let s = text(i, f, if f == 9 { 98 } else { 100 });
+        v.push((((f + 1) << 3) | 2) as u8);
+        varint::write_unsigned(&mut v, s.len() as u64);
+        v.extend_from_slice(s.as_bytes());
+    }
+    assert_eq!(v.len(), 1024);
+    Bytes::from(v)
+}
+
+/// JSON Schema: an object of the ten string properties.
+fn json_schema() -> String {
+    let props: Vec<String> = (0..10)
+        .map(|f| {
+            let tags = if TAGGED.contains(&f) {
+                r#","confluent:tags":["PII"]"#
+            } else {
+                ""
+            };
+            format!(r#""field{f}":{{"type":"string"{tags}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"type":"object","properties":{{{}}}}}"#,
+        props.join(",")
+    )
+}
+
+/// A 1 KiB JSON record in the wire format (schema id 3): nine strings of 90 bytes and one of 88.
+fn json_schema_record(i: usize) -> Bytes {
+    let body: Vec<String> = (0..10)
+        .map(|f| {
+            format!(
+                r#""field{f}":"{}""#,
+                text(i, f, if f == 9 { 88 } else { 90 })
+            )
+        })
+        .collect();
+    let mut v = vec![0, 0, 0, 0, 3];
+    v.extend_from_slice(format!("{{{}}}", body.join(",")).as_bytes());
     assert_eq!(v.len(), 1024);
     Bytes::from(v)
 }
@@ -131,16 +203,17 @@ fn benches(c: &mut Criterion) {
             .collect(),
     );
     let jsons = batch((0..RECORDS).map(json_record).collect());
-    let avros = batch((0..RECORDS).map(avro_record).collect());
     let registry = SchemaRegistry::new(
         &serde_norway::from_str::<SchemaRegistryConfig>("url: http://127.0.0.1:9").unwrap(),
     )
     .unwrap();
     registry.preload(RegisteredSchema::parse(1, None, &avro_schema()).unwrap());
+    registry.preload(RegisteredSchema::parse(2, Some("PROTOBUF"), &protobuf_schema()).unwrap());
+    registry.preload(RegisteredSchema::parse(3, Some("JSON"), &json_schema()).unwrap());
     let schema_enc =
         RecordEncryptor::new(Arc::new(MemoryKms::with_keys(&["k"])), DekConfig::default())
             .with_schema_registry(Arc::new(registry));
-    let avro_fields = RecordDecision::encrypt(EncryptionPlan {
+    let pii_fields = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::SchemaFields(FieldSelection {
             fields: vec![],
@@ -149,7 +222,7 @@ fn benches(c: &mut Criterion) {
         record_key: false,
         headers: vec![],
     });
-    let d_avro = vec![avro_fields; RECORDS];
+    let d_pii = vec![pii_fields; RECORDS];
     let d_whole = vec![whole; RECORDS];
     let d_keyed = vec![whole_keyed; RECORDS];
     let d_fields = vec![fields; RECORDS];
@@ -160,7 +233,6 @@ fn benches(c: &mut Criterion) {
         ("encrypt_whole_1KiB", &values, &d_whole),
         ("encrypt_whole_1KiB_and_key", &values, &d_keyed),
         ("encrypt_json_10_fields", &jsons, &d_fields),
-        ("encrypt_whole_avro_1KiB", &avros, &d_whole),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
@@ -170,16 +242,6 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
-    g.bench_function("encrypt_avro_3_string_fields_1KiB", |b| {
-        b.iter_batched(
-            || avros.clone(),
-            |mut bt| {
-                rt.block_on(schema_enc.encrypt_batch("bench", &mut bt, &d_avro))
-                    .unwrap()
-            },
-            BatchSize::SmallInput,
-        )
-    });
     for (name, b0, d) in [
         ("decrypt_whole_1KiB", &values, &d_whole),
         ("decrypt_json_10_fields", &jsons, &d_fields),
@@ -197,6 +259,48 @@ fn benches(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+    }
+    g.finish();
+
+    // Schema fields: the same 1 KiB record of each format, its three PII fields encrypted (walk
+    // by the writer schema, one GCM part per field, spans in the descriptor) and whole.
+    let mut g = c.benchmark_group("schema");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    for (format, records) in [
+        ("avro", batch((0..RECORDS).map(avro_record).collect())),
+        (
+            "protobuf",
+            batch((0..RECORDS).map(protobuf_record).collect()),
+        ),
+        (
+            "json",
+            batch((0..RECORDS).map(json_schema_record).collect()),
+        ),
+    ] {
+        let mut check = records.clone();
+        rt.block_on(schema_enc.encrypt_batch("bench", &mut check, &d_pii))
+            .unwrap();
+        let stored = String::from_utf8_lossy(check.records[0].value.as_ref().unwrap()).into_owned();
+        for f in 0..10 {
+            let clear = stored.contains(&format!("value-0-{f}-"));
+            assert_eq!(
+                clear,
+                !TAGGED.contains(&f),
+                "{format}: field{f} in {stored}"
+            );
+        }
+        for (what, d) in [("3_string_fields", &d_pii), ("whole", &d_whole)] {
+            g.bench_function(format!("{format}_{what}_1KiB"), |b| {
+                b.iter_batched(
+                    || records.clone(),
+                    |mut bt| {
+                        rt.block_on(schema_enc.encrypt_batch("bench", &mut bt, d))
+                            .unwrap()
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
     }
     g.finish();
 }

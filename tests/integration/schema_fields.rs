@@ -688,3 +688,94 @@ async fn avro_schema_references_to_other_subjects_are_resolved() {
         assert_eq!(&s["object"], o);
     }
 }
+
+/// A JSON Schema registered under its own subject, which [`ORDER_WITH_REFERENCE_JSON`]
+/// references by the name `customer.schema.json`.
+const CUSTOMER_JSON: &str = r#"{
+  "type": "object",
+  "properties": {
+    "name": {"type": "string"},
+    "email": {"type": "string", "confluent:tags": ["PII"]}
+  },
+  "required": ["name", "email"]
+}"#;
+
+const ORDER_WITH_REFERENCE_JSON: &str = r##"{
+  "$schema": "http://json-schema.org/draft-07/schema#",
+  "type": "object",
+  "properties": {
+    "id": {"type": "integer"},
+    "customer": {"$ref": "customer.schema.json"},
+    "ssn": {"type": "string", "confluent:tags": ["PII"]}
+  },
+  "required": ["id", "customer", "ssn"]
+}"##;
+
+/// JSON Schema references (Confluent's semantics): the writer schema's `$ref` names a schema of
+/// another subject by its reference name, as confluent-kafka's JSONSerializer registers it.
+/// Kapsule fetches the referenced subject version, encrypts the tagged property inside it, and
+/// the record stays valid at rest for JSONDeserializer; `app` gets the exact bytes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_schema_references_to_other_subjects_are_resolved() {
+    let rig =
+        SchemaRig::start(|url| policy_selecting("orders-jref-", "{tags: [PII]}", url, "")).await;
+    let SchemaRig {
+        registry,
+        kafka,
+        who,
+        ca,
+        kapsule,
+        ..
+    } = &rig;
+    let topic = unique_name("orders-jref");
+    kafka.create_topic(&topic, 1).await.unwrap();
+    let url = registry.url();
+    let app = ck_ssl(ca, Some(&who.app));
+    let objects: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"id": i, "customer": {"name": format!("Name {i}"), "email": format!("EMAILMARK-{i}@example.com")},
+                   "ssn": format!("SSNMARK-{i}")})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = vec![
+        "--reference".to_string(),
+        format!(
+            "customer.schema.json={topic}-customer={}",
+            write_json(&dir, "customer.json", CUSTOMER_JSON)
+        ),
+    ];
+    extra.extend(app.iter().cloned());
+    let sent = delivered(
+        &produce(
+            &kapsule.listen,
+            &url,
+            &topic,
+            "json",
+            ORDER_WITH_REFERENCE_JSON,
+            &objects,
+            &extra,
+        )
+        .await,
+    );
+    let (status, body) = registry
+        .get(&format!("/subjects/{topic}-value/versions/latest"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("{topic}-customer")), "{body}");
+
+    let stored = consume(&kafka.bootstrap(), &url, &topic, "json", objects.len(), &[]).await;
+    for (s, o) in stored.iter().zip(&objects) {
+        assert_protected(s, o, &["ssn", "customer.email"]);
+        let raw = String::from_utf8_lossy(&hex::decode(s["value"].as_str().unwrap()).unwrap())
+            .into_owned();
+        assert!(!raw.contains("MARK"), "plaintext at rest: {raw}");
+        assert!(raw.contains("Name "), "clear fields stay readable at rest");
+    }
+    let seen = consume(&kapsule.listen, &url, &topic, "json", objects.len(), &app).await;
+    for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
+        assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
+        assert_eq!(&s["object"], o);
+    }
+}

@@ -7,9 +7,10 @@
 //! unknown id [`RegistryError::NotFound`]. Ids are immutable in the registry, so a cached schema
 //! never goes stale; a new schema version has a new id, fetched on first sight.
 //!
-//! A schema with `references` (Avro named types of another subject, Protobuf imports) is parsed
-//! with the referenced schemas (`GET {url}/subjects/{subject}/versions/{version}`, their own
-//! references followed depth-first, each subject version fetched once), at most
+//! A schema with `references` (Avro named types of another subject, Protobuf imports, JSON
+//! Schemas a `$ref` names) is parsed with the referenced schemas
+//! (`GET {url}/subjects/{subject}/versions/{version}`, their own references followed
+//! depth-first, each subject version fetched once), at most
 //! [`MAX_REFERENCES`] of them, all within `cache_bytes`; they are cached with the schema that
 //! needs them (their text counts towards its size), so they are fetched once per schema id.
 
@@ -166,7 +167,7 @@ pub enum SchemaFormat {
 /// A writer schema parsed for walking.
 enum Parsed {
     Avro(Arc<avro::AvroSchema>),
-    Json(serde_json::Value),
+    Json(json_schema::JsonSchema),
     Protobuf(Arc<protobuf::ProtoSchema>),
 }
 
@@ -186,7 +187,8 @@ pub const MAX_REFERENCES: usize = 32;
 /// A schema another one references, as fetched (dependencies before their dependents).
 #[derive(Debug, Clone)]
 pub struct ReferencedSchema {
-    /// The reference's `name`: an Avro full type name, a Protobuf import path.
+    /// The reference's `name`: an Avro full type name, a Protobuf import path, the URI a JSON
+    /// Schema `$ref` names it by.
     pub name: String,
     /// Subject and version it was registered under (for messages).
     pub subject: String,
@@ -233,7 +235,7 @@ impl RegisteredSchema {
 
     /// Parses a schema with the schemas it references (`references`, dependencies before their
     /// dependents, as [`SchemaRegistry`] fetches them): Avro named types and Protobuf messages
-    /// and enums they define are known to `text`. JSON Schema references are refused.
+    /// and enums they define are known to `text`; a JSON Schema's `$ref`s may name them.
     pub fn parse_with_references(
         id: u32,
         schema_type: Option<&str>,
@@ -271,20 +273,16 @@ impl RegisteredSchema {
                     Parsed::Avro(Arc::new(parser.finish(text).map_err(unusable)?)),
                 )
             }
-            "JSON" if !references.is_empty() => {
-                return Err(unusable(
-                    "JSON Schema references to other subjects (remote `$ref`) are not supported; \
-                     inline the referenced definitions under `$defs`"
-                        .into(),
-                ))
+            "JSON" => {
+                let named: Vec<(&str, &str)> = references
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.text.as_str()))
+                    .collect();
+                (
+                    SchemaFormat::Json,
+                    Parsed::Json(json_schema::JsonSchema::parse(text, &named).map_err(unusable)?),
+                )
             }
-            "JSON" => (
-                SchemaFormat::Json,
-                Parsed::Json(
-                    serde_json::from_str(text)
-                        .map_err(|e| unusable(format!("JSON Schema is not JSON: {e}")))?,
-                ),
-            ),
             "PROTOBUF" => {
                 let mut imports = Vec::with_capacity(references.len());
                 for r in references {

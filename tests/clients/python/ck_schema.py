@@ -3,9 +3,10 @@
 
 produce: serializes each object of --input ({"objects": [...]}, bytes as {"hex": ..}) with AvroSerializer or
   JSONSerializer against --registry (subject <topic>-value, registered automatically), produces
-  the serialized bytes and reports each delivery. Each --reference NAME=SUBJECT=FILE (Avro)
-  registers FILE under SUBJECT first and makes the schema reference it as NAME (a full type
-  name), as a schema split over subjects is registered.
+  the serialized bytes and reports each delivery. Each --reference NAME=SUBJECT=FILE (Avro,
+  JSON Schema) registers FILE under SUBJECT first and makes the schema reference it as NAME (an
+  Avro full type name, the URI a JSON Schema `$ref` names), as a schema split over subjects is
+  registered.
   Output: {"serialized": [hex...], "results": [{"partition","offset"} | {"error","name","code",
            "retriable"}], "schema_id": int}
 consume: reads --count records from the beginning and deserializes each value with
@@ -107,21 +108,24 @@ if args.mode == "produce":
         schema = f.read()
     with open(args.input) as f:
         objects = [from_jsonable(o) for o in json.load(f)["objects"]]
+    from confluent_kafka.schema_registry import Schema, SchemaReference
+    schema_type = {"avro": "AVRO", "json": "JSON", "protobuf": "PROTOBUF"}[args.format]
+    refs = []
+    for ref in args.reference:
+        name, subject, path = ref.split("=", 2)
+        with open(path) as f:
+            registry.register_schema(subject, Schema(f.read(), schema_type))
+        version = registry.get_latest_version(subject).version
+        refs.append(SchemaReference(name, subject, version))
     if args.format == "avro":
-        from confluent_kafka.schema_registry import Schema, SchemaReference
         from confluent_kafka.schema_registry.avro import AvroSerializer
-        refs = []
-        for ref in args.reference:
-            name, subject, path = ref.split("=", 2)
-            with open(path) as f:
-                registry.register_schema(subject, Schema(f.read(), "AVRO"))
-            version = registry.get_latest_version(subject).version
-            refs.append(SchemaReference(name, subject, version))
         if refs:
             schema = Schema(schema, "AVRO", refs)
         ser = AvroSerializer(registry, schema, to_dict)
     elif args.format == "json":
         from confluent_kafka.schema_registry.json_schema import JSONSerializer
+        if refs:
+            schema = Schema(schema, "JSON", refs)
         ser = JSONSerializer(schema, registry, to_dict)
     else:
         from confluent_kafka.schema_registry.protobuf import ProtobufSerializer

@@ -251,3 +251,71 @@ fn named_types_from_referenced_schemas_are_known() {
     p.definitions(customer).unwrap();
     assert!(p.finish(customer).unwrap_err().contains("defined twice"));
 }
+
+/// The constructs table of docs/schema-fields.md: which selected types are refused (naming the
+/// field and its type), an array of strings (every element), `decimal` on bytes and a union of
+/// string with bytes and null are encrypted, and defaults, aliases and docs are reader concerns the writer walk ignores.
+#[test]
+fn constructs_table_selected_types() {
+    let schema = r#"{"type": "record", "name": "R", "doc": "d", "aliases": ["Old"], "fields": [
+      {"name": "st", "type": {"type": "enum", "name": "S", "symbols": ["A"]}},
+      {"name": "fx", "type": {"type": "fixed", "name": "F", "size": 2}},
+      {"name": "arr", "type": {"type": "array", "items": "int"}},
+      {"name": "mp", "type": {"type": "map", "values": "long"}},
+      {"name": "names", "type": {"type": "array", "items": "string"}},
+      {"name": "mixed", "type": ["null", "string", "int"]},
+      {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+      {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+      {"name": "either", "type": ["null", "string", "bytes"], "default": null},
+      {"name": "note", "type": "string", "default": "none", "aliases": ["memo"], "doc": "x"}]}"#;
+    let schema = Arc::new(AvroSchema::parse(schema).unwrap());
+    for (field, want) in [
+        ("st", "is an Avro enum"),
+        ("fx", "is an Avro fixed"),
+        ("arr", "is an Avro int"), // an array of ints: its elements' type
+        ("mp", "is an Avro long"),
+        ("mixed", "is an Avro union"),
+        ("ts", "is an Avro long"),
+    ] {
+        let e = Targets::resolve(&schema, &sel(&[field], &[])).unwrap_err();
+        assert!(e.contains(want) && e.contains(field), "{field}: {e}");
+    }
+    let t = Targets::resolve(&schema, &sel(&["names", "amount", "either", "note"], &[])).unwrap();
+    let mut e = Enc::default();
+    e.long(0) // st
+        .raw(b"ab") // fx
+        .long(1)
+        .long(3)
+        .long(0) // arr
+        .long(1)
+        .str("k")
+        .long(4)
+        .long(0) // mp
+        .long(2)
+        .str("n1")
+        .str("n2")
+        .long(0) // names: every element
+        .long(2)
+        .long(5) // mixed: int branch
+        .long(1_700_000_000_000) // ts
+        .long(2)
+        .raw(&[0x30, 0x39]) // amount: 123.45
+        .long(2)
+        .long(1)
+        .raw(&[9]) // either: bytes branch
+        .str("n");
+    assert_eq!(
+        found(&t, &e.0),
+        vec![
+            ("names".to_owned(), s("n1"), FieldEncoding::AvroText),
+            ("names".to_owned(), s("n2"), FieldEncoding::AvroText),
+            (
+                "amount".to_owned(),
+                vec![4, 0x30, 0x39],
+                FieldEncoding::AvroRaw
+            ),
+            ("either".to_owned(), vec![2, 9], FieldEncoding::AvroRaw),
+            ("note".to_owned(), s("n"), FieldEncoding::AvroText),
+        ]
+    );
+}

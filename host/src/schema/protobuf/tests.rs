@@ -342,3 +342,82 @@ fn imported_files_resolve_field_types() {
     v.extend_from_slice(&body);
     assert!(locate(&t, &v, 5).is_err());
 }
+
+/// The constructs table of docs/schema-fields.md: message indexes reach nested messages,
+/// packed repeated scalars and enums are skipped and kept, map values of a message type are
+/// walked, `optional` and `repeated` strings are encrypted, well-known types are opaque.
+#[test]
+fn constructs_table_nested_indexes_packed_maps_and_well_known_types() {
+    // [0, 0]: the first message nested in the first top-level one, `Outer.Inner`. Tags apply in
+    // any message; paths start at a top-level message's fields.
+    let nested = r#"
+syntax = "proto3";
+message Outer {
+  message Inner { string secret = 1 [(confluent.field_meta).tags = "PII"]; }
+  Inner inner = 1;
+}
+"#;
+    let s = Arc::new(ProtoSchema::parse(nested).unwrap());
+    let t = Targets::resolve(&s, &tagged(&["PII"])).unwrap();
+    let inner = Enc::default().bytes(1, b"s3").0.clone();
+    assert_eq!(
+        found(&t, &[0, 0], &inner),
+        vec![("secret".into(), lp(b"s3"), FieldEncoding::ProtoText)]
+    );
+    let outer = Enc::default().bytes(1, &inner).0.clone();
+    assert_eq!(
+        found(&t, &[0], &outer),
+        vec![("inner.secret".into(), lp(b"s3"), FieldEncoding::ProtoText)]
+    );
+
+    let proto = r#"
+syntax = "proto3";
+import "google/protobuf/timestamp.proto";
+message Shop {
+  repeated int32 nums = 1 [packed = true];
+  map<string, Card> cards = 2;
+  optional string nick = 3;
+  repeated string aliases = 4;
+  Kind kind = 5;
+  google.protobuf.Timestamp at = 6;
+  message Card { string pan = 1; }
+  enum Kind { A = 0; B = 1; }
+}
+"#;
+    let s = Arc::new(ProtoSchema::parse(proto).unwrap());
+    let t = Targets::resolve(&s, &sel(&["cards.pan", "nick", "aliases"])).unwrap();
+    let entry = Enc::default()
+        .bytes(1, b"main")
+        .bytes(2, &Enc::default().bytes(1, b"4111").0)
+        .0
+        .clone();
+    let body = Enc::default()
+        .bytes(1, &[1, 2, 0x96, 0x01]) // packed: 1, 2, 150
+        .bytes(2, &entry)
+        .bytes(3, b"nn")
+        .bytes(4, b"a1")
+        .bytes(4, b"a2")
+        .varint(5, 1)
+        .bytes(6, &Enc::default().varint(1, 7).0)
+        .0
+        .clone();
+    assert_eq!(
+        found(&t, &[0], &body),
+        vec![
+            ("cards.pan".into(), lp(b"4111"), FieldEncoding::ProtoText),
+            ("nick".into(), lp(b"nn"), FieldEncoding::ProtoText),
+            ("aliases".into(), lp(b"a1"), FieldEncoding::ProtoText),
+            ("aliases".into(), lp(b"a2"), FieldEncoding::ProtoText),
+        ]
+    );
+    for (p, want) in [
+        ("nums", "scalar"),
+        ("kind", "enum"),
+        ("at", "from another file"),
+        ("at.seconds", "another file"),
+        ("cards", "is a Protobuf message Shop.Card"), // a map of messages: select inside it
+    ] {
+        let e = Targets::resolve(&s, &sel(&[p])).unwrap_err();
+        assert!(e.contains(want), "{p}: {e}");
+    }
+}
