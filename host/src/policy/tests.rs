@@ -1137,13 +1137,22 @@ fn v0_2_module_still_loads_and_decides_as_before() {
         whole("legacy-globex"),
         whole("legacy-acme"),
     ];
-    assert_eq!(reg.decide("per-record.events", None, 0, &recs).unwrap(), expected);
-    assert_eq!(reg.decide("per-record.old", None, 0, &recs).unwrap(), expected);
+    assert_eq!(
+        reg.decide("per-record.events", None, 0, &recs).unwrap(),
+        expected
+    );
+    assert_eq!(
+        reg.decide("per-record.old", None, 0, &recs).unwrap(),
+        expected
+    );
     assert_eq!(
         reg.reveal("orders", Some(&sasl("bob"))).unwrap(),
         Reveal::Ciphertext
     );
-    assert_eq!(reg.reveal("orders", Some(&sasl("alice"))).unwrap(), Reveal::All);
+    assert_eq!(
+        reg.reveal("orders", Some(&sasl("alice"))).unwrap(),
+        Reveal::All
+    );
 }
 
 fn schema_pii(tags: &[&str]) -> RecordDecision {

@@ -83,7 +83,12 @@ const MAX_MEMO_HEADERS: usize = 16;
 /// Validates a `memo-key::headers` list: 1 to [`MAX_MEMO_HEADERS`] distinct, non-empty names.
 /// One name is the same memo as `memo-key::header`.
 fn memo_headers(c: &Caller<'_>, names: Vec<String>) -> Result<MemoKey, PolicyError> {
-    let bad = |reason: String| c.fail(c.malformed(format!("plan: memo-key headers: {reason}")), false);
+    let bad = |reason: String| {
+        c.fail(
+            c.malformed(format!("plan: memo-key headers: {reason}")),
+            false,
+        )
+    };
     if names.is_empty() || names.len() > MAX_MEMO_HEADERS {
         return Err(bad(format!(
             "list 1..={MAX_MEMO_HEADERS} header names, got {}",

@@ -117,11 +117,15 @@ impl Policy for Misbehave {
                 .collect(),
             "tenant-memo-public-passes" => records
                 .iter()
-                .map(|r| match (r.header_str("tenant"), r.header_str("classification")) {
-                    (_, Some("public")) => Decision::Pass,
-                    (Some(t), _) => Decision::Encrypt(Encrypt::new(format!("kek-{t}")).whole_value()),
-                    (None, _) => Decision::Reject("record has no `tenant` header".into()),
-                })
+                .map(
+                    |r| match (r.header_str("tenant"), r.header_str("classification")) {
+                        (_, Some("public")) => Decision::Pass,
+                        (Some(t), _) => {
+                            Decision::Encrypt(Encrypt::new(format!("kek-{t}")).whole_value())
+                        }
+                        (None, _) => Decision::Reject("record has no `tenant` header".into()),
+                    },
+                )
                 .collect(),
             "loop-decide" => spin(),
             "sleep-decide" => {
@@ -200,7 +204,9 @@ impl Policy for Misbehave {
 
 /// 875 distinct header names of 4000 bytes each (3.5 MB).
 fn huge_header_names() -> Vec<String> {
-    (0..875).map(|i| format!("{i:04}{}", "h".repeat(3996))).collect()
+    (0..875)
+        .map(|i| format!("{i:04}{}", "h".repeat(3996)))
+        .collect()
 }
 
 /// Tries to reach the outside world through WASI and reports what it saw.
