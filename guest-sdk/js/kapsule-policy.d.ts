@@ -3,8 +3,8 @@
 // The component-level shapes (what `exportPolicy` hands to componentize-js) are the declarations
 // jco generates from wit/policy.wit, in types/ (gen-types.mjs).
 /// <reference path="./types/kapsule-policy.d.ts" />
-import type * as World from 'kapsule:policy/policy@0.2.0';
-import type * as Wit from 'kapsule:policy/types@0.2.0';
+import type * as World from 'kapsule:policy/policy@0.3.0';
+import type * as Wit from 'kapsule:policy/types@0.3.0';
 
 /** Which parts of each record `decide` needs to see. Asking for less is faster. */
 export class Needs {

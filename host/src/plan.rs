@@ -92,6 +92,9 @@ pub enum MemoKey {
     RecordKey,
     /// Only on the first `n` bytes of the record key (shorter keys: the whole key).
     KeyPrefix(u32),
+    /// Only on the values of the first header with each of these names, together (absent and
+    /// null are values too); two or more distinct names (one is [`MemoKey::Header`]).
+    Headers(Vec<String>),
 }
 
 impl std::fmt::Display for MemoKey {
@@ -101,6 +104,7 @@ impl std::fmt::Display for MemoKey {
             MemoKey::Header(h) => write!(f, "header `{h}`"),
             MemoKey::RecordKey => f.write_str("record key"),
             MemoKey::KeyPrefix(n) => write!(f, "first {n} bytes of the record key"),
+            MemoKey::Headers(names) => write!(f, "headers `{}`", names.join("`, `")),
         }
     }
 }

@@ -37,6 +37,7 @@ mod sandbox;
 mod sasl;
 mod schema_fields;
 mod schema_java;
+mod schema_policy;
 mod schema_refusals;
 mod sni;
 mod templates;

@@ -41,7 +41,7 @@ fn order_avro_v2() -> String {
 }
 
 /// The protected fields, as `kapsule.withheld` names them (first occurrence order).
-const PROTECTED: [&str; 4] = ["ssn", "customer.email", "customer.photo", "lines.card"];
+pub(crate) const PROTECTED: [&str; 4] = ["ssn", "customer.email", "customer.photo", "lines.card"];
 
 pub(crate) fn orders(n: usize, v2: bool) -> Vec<Value> {
     (0..n)
@@ -211,7 +211,7 @@ pub(crate) async fn produce(
     ck_schema("produce", bootstrap, registry, topic, format, &extra).await
 }
 
-async fn consume(
+pub(crate) async fn consume(
     bootstrap: &str,
     registry: &str,
     topic: &str,
@@ -228,7 +228,7 @@ async fn consume(
     records
 }
 
-fn delivered(out: &Value) -> Vec<String> {
+pub(crate) fn delivered(out: &Value) -> Vec<String> {
     let results = out["results"].as_array().expect("results");
     for r in results {
         assert!(r.get("offset").is_some(), "not delivered: {r}");
@@ -270,7 +270,7 @@ fn is_ciphertext(v: &Value) -> bool {
 
 /// Asserts `seen` deserialized into a valid record whose `protected` fields are ciphertext and
 /// whose other fields equal `want`'s.
-fn assert_protected(seen: &Value, want: &Value, protected: &[&str]) {
+pub(crate) fn assert_protected(seen: &Value, want: &Value, protected: &[&str]) {
     assert_eq!(seen["deserialize_error"], Value::Null, "{seen}");
     let obj = &seen["object"];
     let want = want.clone();

@@ -1,13 +1,13 @@
 // Generated from wit/policy.wit by gen-types.mjs (jco 1.35); do not edit.
 /// <reference path="./interfaces/kapsule-policy-types.d.ts" />
-declare module 'kapsule:policy/policy@0.2.0' {
-  export type Level = import('kapsule:policy/types@0.2.0').Level;
-  export type BatchView = import('kapsule:policy/types@0.2.0').BatchView;
-  export type Decisions = import('kapsule:policy/types@0.2.0').Decisions;
-  export type TopicPlan = import('kapsule:policy/types@0.2.0').TopicPlan;
-  export type Client = import('kapsule:policy/types@0.2.0').Client;
-  export type Reveal = import('kapsule:policy/types@0.2.0').Reveal;
-  export type * as KapsulePolicyTypes020 from 'kapsule:policy/types@0.2.0'; // import kapsule:policy/types@0.2.0
+declare module 'kapsule:policy/policy@0.3.0' {
+  export type Level = import('kapsule:policy/types@0.3.0').Level;
+  export type BatchView = import('kapsule:policy/types@0.3.0').BatchView;
+  export type Decisions = import('kapsule:policy/types@0.3.0').Decisions;
+  export type TopicPlan = import('kapsule:policy/types@0.3.0').TopicPlan;
+  export type Client = import('kapsule:policy/types@0.3.0').Client;
+  export type Reveal = import('kapsule:policy/types@0.3.0').Reveal;
+  export type * as KapsulePolicyTypes030 from 'kapsule:policy/types@0.3.0'; // import kapsule:policy/types@0.3.0
   /**
   * Prepare the policy with its binding's config string (any format the policy chooses,
   * often JSON). Called once per instance before any other export. An error refuses the module

@@ -1,6 +1,6 @@
 //! Write Kapsule encryption policies in Rust.
 //!
-//! A policy is a WebAssembly component implementing the `kapsule:policy/policy@0.2.0` world (see
+//! A policy is a WebAssembly component implementing the `kapsule:policy/policy@0.3.0` world (see
 //! `wit/policy.wit`). It tells Kapsule, per topic and client and when needed per record, which
 //! records to encrypt, under which key id and which parts, and what each client may read in
 //! clear. It never sees keys and never encrypts anything.
@@ -71,7 +71,7 @@ pub mod __bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         path: "wit",
-        world: "kapsule:policy/policy@0.2.0",
+        world: "kapsule:policy/policy@0.3.0",
         pub_export_macro: true,
         export_macro_name: "__export_policy_world",
         default_bindings_module: "kapsule_policy::__bindings",
@@ -86,7 +86,7 @@ mod types;
 
 pub use types::{
     AuthMechanism, Client, Decision, Encrypt, Header, MemoKey, Needs, Principal, RecordView,
-    Reveal, RevealParts, TopicPlan, ValuePart,
+    Reveal, RevealParts, SchemaSelection, TopicPlan, ValuePart,
 };
 
 pub mod json_pointer;
@@ -256,10 +256,15 @@ pub mod __private {
                     value: span(data, h, 8),
                 })
                 .collect();
+            let schema_id = |i: usize, at: usize| {
+                let d = batch.schema_ids.get(i * SCHEMA_IDS_DESCRIPTOR_LEN..)?;
+                Some(word(d.get(..SCHEMA_IDS_DESCRIPTOR_LEN)?, at)).filter(|&id| id != ABSENT)
+            };
             let records: Vec<RecordView<'_>> = batch
                 .records
                 .chunks_exact(RECORD_DESCRIPTOR_LEN)
-                .map(|r| {
+                .enumerate()
+                .map(|(i, r)| {
                     let start = word(r, 16) as usize;
                     RecordView {
                         key: span(data, r, 0),
@@ -268,6 +273,8 @@ pub mod __private {
                             .get(start..start.saturating_add(word(r, 20) as usize))
                             .unwrap_or(&[]),
                         timestamp: i64::from_le_bytes(r[24..32].try_into().unwrap_or([0; 8])),
+                        value_schema_id: schema_id(i, 0),
+                        key_schema_id: schema_id(i, 4),
                     }
                 })
                 .collect();
@@ -281,6 +288,8 @@ pub mod __private {
 
     /// Bytes of one record descriptor in `batch-view.records` (`wit/policy.wit`).
     const RECORD_DESCRIPTOR_LEN: usize = 32;
+    /// Bytes of one record's entry in `batch-view.schema-ids` (value id, key id).
+    const SCHEMA_IDS_DESCRIPTOR_LEN: usize = 8;
     /// Bytes of one header descriptor in `batch-view.headers`.
     const HEADER_DESCRIPTOR_LEN: usize = 16;
     /// The length that marks an absent part (null, or not asked for).

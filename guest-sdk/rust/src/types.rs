@@ -32,6 +32,11 @@ pub struct RecordView<'a> {
     pub headers: &'a [Header<'a>],
     /// Timestamp in milliseconds since the Unix epoch.
     pub timestamp: i64,
+    /// Schema id of the value when it is in the Confluent Schema Registry wire format
+    /// (`0x00`, 4-byte id, body), whatever [`Needs`] asked for; `None` otherwise.
+    pub value_schema_id: Option<u32>,
+    /// Schema id of the key when it is in the wire format; `None` otherwise.
+    pub key_schema_id: Option<u32>,
 }
 
 impl<'a> RecordView<'a> {
@@ -84,6 +89,61 @@ pub enum ValuePart {
     Whole,
     /// Encrypt the JSON fields at these RFC 6901 pointers (see [`crate::json_pointer`]).
     JsonFields(Vec<String>),
+    /// Encrypt fields of a schema-encoded value (Avro, Protobuf, JSON Schema in the Confluent
+    /// wire format) by path and by schema tag; the value stays valid under its schema id.
+    SchemaFields(SchemaSelection),
+}
+
+/// Which fields of a schema-encoded value to encrypt: the union of explicit dotted paths and
+/// of every field the writer schema tags with one of `tags` (Kapsule reads the schema from
+/// its registry). Build with [`SchemaSelection::tagged`] / [`SchemaSelection::fields`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct SchemaSelection {
+    /// Dotted paths from the top-level record, e.g. `customer.email`.
+    pub fields: Vec<String>,
+    /// Schema tags, e.g. `PII` (`confluent:tags`, `(confluent.field_meta).tags`).
+    pub tags: Vec<String>,
+}
+
+impl SchemaSelection {
+    /// Every field tagged with one of `tags`.
+    ///
+    /// ```no_run
+    /// use kapsule_policy::{Encrypt, SchemaSelection};
+    /// let e = Encrypt::new("kek-orders").schema_fields(SchemaSelection::tagged(["PII"]));
+    /// ```
+    pub fn tagged<I, S>(tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            fields: Vec::new(),
+            tags: tags.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The fields at these dotted paths.
+    pub fn fields<I, S>(paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            fields: paths.into_iter().map(Into::into).collect(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds the fields at these dotted paths.
+    pub fn and_fields<I, S>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fields.extend(paths.into_iter().map(Into::into));
+        self
+    }
 }
 
 /// How to encrypt a record. Build with [`Encrypt::new`] and the chained setters.
@@ -129,6 +189,12 @@ impl Encrypt {
         S: Into<String>,
     {
         self.value = ValuePart::JsonFields(pointers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Encrypts these fields of a schema-encoded value (see [`SchemaSelection`]).
+    pub fn schema_fields(mut self, selection: SchemaSelection) -> Self {
+        self.value = ValuePart::SchemaFields(selection);
         self
     }
 
@@ -206,12 +272,29 @@ pub enum MemoKey {
     RecordKey,
     /// Only on the first `n` bytes of the record key (shorter keys: the whole key).
     KeyPrefix(u32),
+    /// Only on the values of the first header with each of these names, together (absent and
+    /// null are values too); 1 to 16 distinct names.
+    Headers(Vec<String>),
 }
 
 impl MemoKey {
     /// Only on the value of the first header called `name`.
     pub fn header(name: impl Into<String>) -> Self {
         MemoKey::Header(name.into())
+    }
+
+    /// Only on the values of the first header with each of these names.
+    ///
+    /// ```no_run
+    /// use kapsule_policy::MemoKey;
+    /// let memo = MemoKey::headers(["tenant", "class"]);
+    /// ```
+    pub fn headers<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        MemoKey::Headers(names.into_iter().map(Into::into).collect())
     }
 }
 
@@ -365,6 +448,10 @@ impl From<ValuePart> for wit::ValuePart {
             ValuePart::None => wit::ValuePart::None,
             ValuePart::Whole => wit::ValuePart::Whole,
             ValuePart::JsonFields(f) => wit::ValuePart::JsonFields(f),
+            ValuePart::SchemaFields(s) => wit::ValuePart::SchemaFields(wit::SchemaSelection {
+                fields: s.fields,
+                tags: s.tags,
+            }),
         }
     }
 }
@@ -413,6 +500,7 @@ impl From<MemoKey> for wit::MemoKey {
             MemoKey::Header(h) => wit::MemoKey::Header(h),
             MemoKey::RecordKey => wit::MemoKey::RecordKey,
             MemoKey::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
+            MemoKey::Headers(h) => wit::MemoKey::Headers(h),
         }
     }
 }

@@ -1089,7 +1089,7 @@ fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded(
 }
 
 #[test]
-fn v0_2_module_loads_and_reports_its_contract_version() {
+fn a_current_sdk_module_loads_and_reports_contract_0_3() {
     let a = artifacts();
     let reg = PolicyRegistry::new(&config(
         vec![binding(a.path("encrypt-all"), "t", "{}", &["*"])],
@@ -1100,7 +1100,150 @@ fn v0_2_module_loads_and_reports_its_contract_version() {
         reg.topic_plan("t", None).unwrap(),
         TopicPlan::EncryptAll(_)
     ));
-    assert_eq!(reg.status().bindings[0].wit_version, "0.2.0");
+    assert_eq!(reg.status().bindings[0].wit_version, "0.3.0");
+}
+
+/// A module built against 0.2.0 (before schema support) loads next to 0.3 ones, is shown the
+/// 0.2 batch layout, keeps its memo on one header and its per-principal reveal.
+#[test]
+fn v0_2_module_still_loads_and_decides_as_before() {
+    let a = artifacts();
+    let reg = relaxed_registry(vec![
+        binding(a.path("legacy-v0_1"), "per-record.old", "", &["legacy-*"]),
+        binding(a.path("legacy-v0_2"), "per-record.*", "", &["legacy-*"]),
+        binding(a.path("legacy-v0_2"), "orders", "", &["kek-legacy"]),
+    ]);
+    let st = reg.status();
+    assert_eq!(st.bindings[0].wit_version, "0.1.0");
+    assert_eq!(st.bindings[1].wit_version, "0.2.0");
+    match reg.topic_plan("orders", None).unwrap() {
+        TopicPlan::EncryptAll(p) => assert_eq!(p.key_id, "kek-legacy"),
+        other => panic!("{other:?}"),
+    }
+    reg.topic_plan("per-record.events", None).unwrap();
+    assert_eq!(
+        reg.memo_key("per-record.events", None),
+        Some(MemoKey::Header("tenant".into()))
+    );
+    let recs = vec![
+        record("a", &[("tenant", "acme")]),
+        record("b", &[]),
+        record("c", &[("tenant", "globex")]),
+        record("d", &[("tenant", "acme")]),
+    ];
+    let expected = vec![
+        whole("legacy-acme"),
+        RecordDecision::Pass,
+        whole("legacy-globex"),
+        whole("legacy-acme"),
+    ];
+    assert_eq!(
+        reg.decide("per-record.events", None, 0, &recs).unwrap(),
+        expected
+    );
+    assert_eq!(
+        reg.decide("per-record.old", None, 0, &recs).unwrap(),
+        expected
+    );
+    assert_eq!(
+        reg.reveal("orders", Some(&sasl("bob"))).unwrap(),
+        Reveal::Ciphertext
+    );
+    assert_eq!(
+        reg.reveal("orders", Some(&sasl("alice"))).unwrap(),
+        Reveal::All
+    );
+}
+
+fn schema_pii(tags: &[&str]) -> RecordDecision {
+    RecordDecision::encrypt(EncryptionPlan {
+        key_id: "kek-t".into(),
+        value: ValuePart::SchemaFields(crate::plan::FieldSelection {
+            fields: vec![],
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }),
+        record_key: false,
+        headers: vec![],
+    })
+}
+
+/// The 0.3 example policy: schema fields by tag, whole values for one tenant, `class: public`
+/// passes; its memo on two headers decides each (tenant, class) pair once and stays correct
+/// under the audit.
+#[test]
+fn v0_3_schema_policy_decides_schema_fields_with_a_two_header_memo() {
+    let a = artifacts();
+    let reg = relaxed_registry(vec![binding(
+        a.path("schema-pii"),
+        "*",
+        r#"{"whole_value_tenants": ["x"]}"#,
+        &["kek-*"],
+    )]);
+    assert_eq!(reg.status().bindings[0].wit_version, "0.3.0");
+    reg.topic_plan("t", None).unwrap();
+    assert_eq!(
+        reg.memo_key("t", None),
+        Some(MemoKey::Headers(vec!["tenant".into(), "class".into()]))
+    );
+    let recs = vec![
+        record("1", &[("tenant", "x")]),
+        record("2", &[("tenant", "x"), ("class", "public")]),
+        record("3", &[("tenant", "y"), ("class", "public")]),
+        record("4", &[("tenant", "y")]),
+        record("5", &[("tenant", "y"), ("class", "internal")]),
+        record("6", &[("class", "public"), ("tenant", "y")]),
+        record("7", &[]),
+    ];
+    let expected = vec![
+        whole("kek-t"),
+        whole("kek-t"),
+        RecordDecision::Pass,
+        schema_pii(&["PII"]),
+        schema_pii(&["PII"]),
+        RecordDecision::Pass,
+        schema_pii(&["PII"]),
+    ];
+    for _ in 0..3 {
+        assert_eq!(reg.decide("t", None, 0, &recs).unwrap(), expected);
+    }
+    let s = &reg.status().bindings[0];
+    assert!(!s.memo_disabled && s.memo_mismatches == 0, "{s:?}");
+    // One value per distinct (tenant, class) pair: (x,-) (x,public) (y,public) (y,-)
+    // (y,internal) (-,-).
+    assert_eq!(s.memoized_values, 6, "{s:?}");
+}
+
+/// A memo on several headers is audited like one on a single header: a module whose decision
+/// depends on more than the headers it names is caught and the memo turned off.
+#[test]
+fn a_lying_two_header_memo_is_caught_by_the_audit() {
+    let a = artifacts();
+    let reg = relaxed_registry(vec![binding(
+        a.path("hostile-misbehave"),
+        "*",
+        "lying-two-header-memo",
+        &["kek-*"],
+    )]);
+    let recs = vec![
+        record("x", &[("tenant", "a"), ("classification", "c")]),
+        record("y", &[("tenant", "a"), ("classification", "c")]),
+        record("z", &[("tenant", "a"), ("classification", "d")]),
+    ];
+    let d = reg.decide("t", None, 0, &recs).unwrap();
+    assert_eq!(d, vec![whole("kek-x"), whole("kek-y"), whole("kek-z")]);
+    let s = &reg.status().bindings[0];
+    assert!(s.memo_disabled && s.memo_mismatches == 1, "{s:?}");
+    // Unaudited (what `policy check` compares), the memo alone answers `y` from `x`.
+    let unaudited = relaxed_registry(vec![binding(
+        a.path("hostile-misbehave"),
+        "*",
+        "lying-two-header-memo",
+        &["kek-*"],
+    )]);
+    let d = unaudited
+        .decide_using("t", None, 0, &recs, MemoUse::Unaudited)
+        .unwrap();
+    assert_eq!(d, vec![whole("kek-x"), whole("kek-x"), whole("kek-z")]);
 }
 
 #[test]

@@ -634,7 +634,7 @@ mod tests {
         let a = crate::policy::fixtures::build_policies().unwrap();
         let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
         assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
-        assert!(r.text.contains("kapsule:policy/policy@0.2.0"), "{}", r.text);
+        assert!(r.text.contains("kapsule:policy/policy@0.3.0"), "{}", r.text);
         assert!(r.text.contains("an unauthenticated client"), "{}", r.text);
         assert!(
             r.text.contains("memo key: header `tenant`")

@@ -281,7 +281,7 @@ panic = "abort"
 [workspace]
 "#;
 
-const RUST_LIB: &str = r#"//! Kapsule policy `{name}` (contract `kapsule:policy@0.2.0`).
+const RUST_LIB: &str = r#"//! Kapsule policy `{name}` (contract `kapsule:policy@0.3.0`).
 //!
 //! `plan` runs once per (topic, client principal) and is cached by Kapsule. Topics planned
 //! per-record are shown to `decide`; this one declares that its decision depends only on the
@@ -337,7 +337,7 @@ impl Policy for MyPolicy {
 export_policy!(MyPolicy);
 "#;
 
-const PY_APP: &str = r#""""Kapsule policy `{name}` (kapsule:policy@0.2.0).
+const PY_APP: &str = r#""""Kapsule policy `{name}` (kapsule:policy@0.3.0).
 
 ``plan`` is called once per (topic, client principal) and cached by Kapsule; topics planned
 ``per_record`` are shown to ``decide`` per record batch, and with a ``memo`` only once per
@@ -377,7 +377,7 @@ class MyPolicy(Policy):
 WitWorld = export(MyPolicy)
 "#;
 
-const JS_POLICY: &str = r#"// Kapsule policy `{name}` (kapsule:policy@0.2.0).
+const JS_POLICY: &str = r#"// Kapsule policy `{name}` (kapsule:policy@0.3.0).
 //
 // `plan` is called once per (topic, client principal) and cached by Kapsule; topics planned per
 // record are shown to `decide` per record batch, and with a memo only once per distinct value of
@@ -431,7 +431,7 @@ const JS_PACKAGE: &str = r#"{
 }
 "#;
 
-const C_POLICY: &str = r#"// Kapsule policy `{name}` (C SDK: kapsule_policy.h, kapsule:policy@0.2.0).
+const C_POLICY: &str = r#"// Kapsule policy `{name}` (C SDK: kapsule_policy.h, kapsule:policy@0.3.0).
 //
 // kp_policy_plan is called once per (topic, client principal) and cached by Kapsule; topics planned
 // per record are shown to kp_policy_decide per record batch, and with a memo only once per distinct

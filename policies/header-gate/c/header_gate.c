@@ -8,7 +8,7 @@
 // The decision depends only on that header, which the plan declares (memo) so Kapsule decides once
 // per distinct value. Every reader may read everything (reveal: all).
 //
-// Written directly on the bindings `wit-bindgen c` generates (kapsule:policy@0.2.0), without the
+// Written directly on the bindings `wit-bindgen c` generates (kapsule:policy@0.3.0), without the
 // C SDK: every export frees its arguments and fills its result as the canonical ABI requires.
 //
 // Built by build.sh: wit-bindgen c + clang (wasm32-wasi, wasi-libc) + wasm-component-ld.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Produce or consume schema-encoded records with confluent-kafka's Schema Registry serdes.
 
-produce: serializes each object of --input ({"objects": [...]}, bytes as {"hex": ..}) with AvroSerializer or
+produce: serializes each object of --input ({"objects": [...], optional "headers": [[[k, v], ..], ..]
+  one list per object}, bytes as {"hex": ..}) with AvroSerializer or
   JSONSerializer against --registry (subject <topic>-value, registered automatically), produces
   the serialized bytes and reports each delivery. Each --reference NAME=SUBJECT=FILE (Avro,
   JSON Schema) registers FILE under SUBJECT first and makes the schema reference it as NAME (an
@@ -107,7 +108,9 @@ if args.mode == "produce":
     with open(args.schema) as f:
         schema = f.read()
     with open(args.input) as f:
-        objects = [from_jsonable(o) for o in json.load(f)["objects"]]
+        data = json.load(f)
+    objects = [from_jsonable(o) for o in data["objects"]]
+    headers = data.get("headers") or [[] for _ in objects]
     from confluent_kafka.schema_registry import Schema, SchemaReference
     schema_type = {"avro": "AVRO", "json": "JSON", "protobuf": "PROTOBUF"}[args.format]
     refs = []
@@ -147,7 +150,8 @@ if args.mode == "produce":
         return f
 
     for i, v in enumerate(serialized):
-        producer.produce(args.topic, value=v, on_delivery=cb(i))
+        producer.produce(args.topic, value=v, headers=[(k, h.encode()) for k, h in headers[i]],
+                         on_delivery=cb(i))
     producer.flush(args.timeout + 5)
     schema_id = int.from_bytes(serialized[0][1:5], "big") if serialized else None
     emit({"serialized": [tohex(v) for v in serialized], "results": results,

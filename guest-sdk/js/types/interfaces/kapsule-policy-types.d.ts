@@ -1,5 +1,5 @@
 // Generated from wit/policy.wit by gen-types.mjs (jco 1.35); do not edit.
-declare module 'kapsule:policy/types@0.2.0' {
+declare module 'kapsule:policy/types@0.3.0' {
   /**
    * Severity of a message sent through the `log` import.
    * # Variants
@@ -57,11 +57,38 @@ declare module 'kapsule:policy/types@0.2.0' {
      * value length (u32, or absent for a null value).
      */
     headers: Uint8Array,
+    /**
+     * One 8-byte descriptor per record, in batch order, whatever `needs` asked for.
+     * Little-endian fields, by byte offset: `0` schema id of the value (u32), `4` schema id
+     * of the key (u32). A value or key starts the Confluent Schema Registry wire format
+     * when it is at least 5 bytes long and its first byte is 0; the id is then the next 4
+     * bytes (big-endian on the wire). Otherwise (null, shorter, another first byte) the id
+     * is `0xFFFF_FFFF` (absent). The id says only what the bytes claim: a value that does
+     * not decode under it is refused when its fields are encrypted, never passed in clear.
+     */
+    schemaIds: Uint8Array,
+  }
+  /**
+   * Which fields of a schema-encoded value to encrypt: the union of explicit paths and of
+   * the fields the writer schema tags with one of `tags`.
+   */
+  export interface SchemaSelection {
+    /**
+     * Dotted field paths from the top-level record or message, e.g. `customer.email`.
+     * Arrays, maps, unions/oneof and optional wrappers are stepped through: `orders.card`
+     * is the `card` field of every element of `orders`.
+     */
+    fields: Array<string>,
+    /**
+     * Schema tags, e.g. `PII`: every field tagged with one of them (Avro and JSON Schema
+     * `confluent:tags`, Protobuf `(confluent.field_meta).tags`).
+     */
+    tags: Array<string>,
   }
   /**
    * Which part of a record value to encrypt.
    */
-  export type ValuePart = ValuePartNone | ValuePartWhole | ValuePartJsonFields;
+  export type ValuePart = ValuePartNone | ValuePartWhole | ValuePartJsonFields | ValuePartSchemaFields;
   /**
    * Leave the value in clear.
    */
@@ -82,6 +109,19 @@ declare module 'kapsule:policy/types@0.2.0' {
   export interface ValuePartJsonFields {
     tag: 'json-fields',
     val: Array<string>,
+  }
+  /**
+   * Encrypt these fields of a value in the Confluent Schema Registry wire format (Avro,
+   * Protobuf or JSON Schema, read with the writer schema Kapsule fetches from its
+   * `schema_registry`); the value stays valid under the same schema id and each
+   * ciphertext is bound to the topic and field path. A selected field that is not a
+   * string or bytes, a value that is not in the wire format, or a Kapsule without a
+   * registry refuses the record; a registry outage fails the produce with a retriable
+   * error. Never plaintext.
+   */
+  export interface ValuePartSchemaFields {
+    tag: 'schema-fields',
+    val: SchemaSelection,
   }
   /**
    * How to encrypt a record: under which key and which parts.
@@ -169,7 +209,7 @@ declare module 'kapsule:policy/types@0.2.0' {
    * principal, bounded, dropped when the module is replaced). The policy promises that two
    * records with the same value get the same decision; Kapsule relies on that promise.
    */
-  export type MemoKey = MemoKeyNone | MemoKeyHeader | MemoKeyRecordKey | MemoKeyKeyPrefix;
+  export type MemoKey = MemoKeyNone | MemoKeyHeader | MemoKeyRecordKey | MemoKeyKeyPrefix | MemoKeyHeaders;
   /**
    * The decision may depend on anything `needs` shows: every record is decided.
    */
@@ -196,6 +236,14 @@ declare module 'kapsule:policy/types@0.2.0' {
   export interface MemoKeyKeyPrefix {
     tag: 'key-prefix',
     val: number,
+  }
+  /**
+   * Only on the values of the first header with each of these names, together (absent
+   * and null are values too). 1 to 16 distinct, non-empty names.
+   */
+  export interface MemoKeyHeaders {
+    tag: 'headers',
+    val: Array<string>,
   }
   /**
    * How `decide` is called for a `per-record` topic.

@@ -14,7 +14,8 @@ use super::bindings::kapsule::policy::types as wit;
 use super::Caller;
 use crate::kafka::records::Record;
 use crate::plan::{
-    EncryptionPlan, MemoKey, Needs, RecordDecision, Reveal, RevealParts, TopicPlan, ValuePart,
+    EncryptionPlan, FieldSelection, MemoKey, Needs, RecordDecision, Reveal, RevealParts, TopicPlan,
+    ValuePart,
 };
 use crate::policy::{validate_json_pointer, PolicyError};
 
@@ -69,6 +70,7 @@ pub(super) fn topic_entry(
                 wit::MemoKey::Header(h) => MemoKey::Header(h),
                 wit::MemoKey::RecordKey => MemoKey::RecordKey,
                 wit::MemoKey::KeyPrefix(n) => MemoKey::KeyPrefix(n),
+                wit::MemoKey::Headers(names) => memo_headers(c, names)?,
             };
             TopicPlan::PerRecord(needs(p.needs))
         }
@@ -88,6 +90,38 @@ pub(super) fn topic_entry(
         memo,
         allowed,
         allowed_pattern_bytes,
+    })
+}
+
+/// Most header names one `memo-key::headers` may list.
+const MAX_MEMO_HEADERS: usize = 16;
+
+/// Validates a `memo-key::headers` list: 1 to [`MAX_MEMO_HEADERS`] distinct, non-empty names.
+/// One name is the same memo as `memo-key::header`.
+fn memo_headers(c: &Caller<'_>, names: Vec<String>) -> Result<MemoKey, PolicyError> {
+    let bad = |reason: String| {
+        c.fail(
+            c.malformed(format!("plan: memo-key headers: {reason}")),
+            false,
+        )
+    };
+    if names.is_empty() || names.len() > MAX_MEMO_HEADERS {
+        return Err(bad(format!(
+            "list 1..={MAX_MEMO_HEADERS} header names, got {}",
+            names.len()
+        )));
+    }
+    if names.iter().any(String::is_empty) {
+        return Err(bad("empty header name".into()));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(bad(format!("header `{n}` listed twice")));
+        }
+    }
+    Ok(match <[String; 1]>::try_from(names) {
+        Ok([one]) => MemoKey::Header(one),
+        Err(names) => MemoKey::Headers(names),
     })
 }
 
@@ -129,6 +163,18 @@ fn encrypt(
                 validate_json_pointer(p).map_err(|r| c.malformed(format!("{what}: {r}")))?;
             }
             ValuePart::JsonFields(f)
+        }
+        wit::ValuePart::SchemaFields(sel) => {
+            let sel = FieldSelection {
+                fields: sel.fields,
+                tags: sel.tags,
+            };
+            let mut problems = Vec::new();
+            crate::schema::validate_selection(&sel, "schema-fields", &mut problems);
+            if !problems.is_empty() {
+                return Err(c.malformed(format!("{what}: {}", problems.join("; "))));
+            }
+            ValuePart::SchemaFields(sel)
         }
     };
     if let Some(h) = e.headers.iter().find(|h| h.is_empty()) {
@@ -231,6 +277,8 @@ pub(super) const RECORD_DESCRIPTOR_LEN: usize = 32;
 pub(super) const HEADER_DESCRIPTOR_LEN: usize = 16;
 /// The length that marks an absent key, value or header value (null, or not asked for).
 pub(super) const ABSENT: u32 = u32::MAX;
+/// Bytes of one record's entry in `batch-view.schema-ids`: value then key schema id.
+pub(super) const SCHEMA_IDS_DESCRIPTOR_LEN: usize = 8;
 
 /// Number of records of a batch view.
 pub(super) fn record_count(batch: &wit::BatchView) -> usize {
@@ -286,8 +334,16 @@ pub(super) fn batch_view<'r>(
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
     }
+    let mut schema_ids = Vec::with_capacity(count * SCHEMA_IDS_DESCRIPTOR_LEN);
     let mut headers_start = 0u32;
     for r in records {
+        for part in [&r.value, &r.key] {
+            let id = part
+                .as_deref()
+                .and_then(|b| crate::schema::schema_id(b).ok())
+                .unwrap_or(ABSENT);
+            schema_ids.extend_from_slice(&id.to_le_bytes());
+        }
         span(
             &mut data,
             &mut descriptors,
@@ -316,7 +372,27 @@ pub(super) fn batch_view<'r>(
         data,
         records: descriptors,
         headers,
+        schema_ids,
     })
+}
+
+/// The same batch in the `kapsule:policy@0.2.0` layout (no schema ids), borrowed: a 0.2 module
+/// is shown exactly what it was shown before 0.3.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub(super) struct BatchViewV0_2<'a> {
+    data: &'a [u8],
+    records: &'a [u8],
+    headers: &'a [u8],
+}
+
+/// Borrows `batch` as a [`BatchViewV0_2`].
+pub(super) fn batch_view_v0_2(batch: &wit::BatchView) -> BatchViewV0_2<'_> {
+    BatchViewV0_2 {
+        data: &batch.data,
+        records: &batch.records,
+        headers: &batch.headers,
+    }
 }
 
 /// The same batch in the `kapsule:policy@0.1.0` layout (spans and per-record views), for 0.1
@@ -462,6 +538,27 @@ mod tests {
         assert!(none.data.is_empty() && none.headers.is_empty());
         assert_eq!(record_count(&none), 3);
         assert_eq!(word(&none.records[64..], 5), 0);
+    }
+
+    #[test]
+    fn schema_ids_are_shown_for_wire_format_values_and_keys_whatever_needs_says() {
+        let mut wire = record(None, None, &[]);
+        wire.value = Some(Bytes::from_static(&[0, 0, 0, 1, 2, 0x0a]));
+        wire.key = Some(Bytes::from_static(&[0, 0, 0, 0, 7]));
+        let records = [
+            wire,
+            record(Some("k"), Some("{\"a\":1}"), &[]),
+            // Too short for a schema id: not the wire format.
+            record(Some("\0\0"), None, &[]),
+        ];
+        let b = batch_view(records.iter(), 0, Needs::default()).unwrap();
+        assert!(b.data.is_empty(), "nothing asked for, nothing copied");
+        assert_eq!(b.schema_ids.len(), 3 * SCHEMA_IDS_DESCRIPTOR_LEN);
+        let ids: Vec<u32> = (0..6).map(|i| word(&b.schema_ids, i)).collect();
+        assert_eq!(ids, vec![258, 7, ABSENT, ABSENT, ABSENT, ABSENT]);
+        // A 0.2 module is shown the same batch without them.
+        let v2 = batch_view_v0_2(&b);
+        assert_eq!((v2.records, v2.headers), (&b.records[..], &b.headers[..]));
     }
 
     #[test]

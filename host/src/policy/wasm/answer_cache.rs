@@ -419,6 +419,7 @@ fn entry_bytes(e: &TopicEntry) -> usize {
     };
     let memo = match &e.memo {
         MemoKey::Header(h) => string_bytes(h),
+        MemoKey::Headers(names) => strings_bytes(names),
         _ => 0,
     };
     PER_ALLOCATION

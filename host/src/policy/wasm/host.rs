@@ -278,6 +278,22 @@ impl PolicyImports for HostState {
     }
 }
 
+impl super::bindings_v0_2::kapsule::policy::types::Host for HostState {}
+
+impl super::bindings_v0_2::PolicyImports for HostState {
+    fn log(&mut self, level: super::bindings_v0_2::kapsule::policy::types::Level, message: String) {
+        use super::bindings_v0_2::kapsule::policy::types::Level as L2;
+        let level = match level {
+            L2::Trace => Level::Trace,
+            L2::Debug => Level::Debug,
+            L2::Info => Level::Info,
+            L2::Warn => Level::Warn,
+            L2::Error => Level::Error,
+        };
+        self.log.log(level, &message);
+    }
+}
+
 impl super::bindings_v0_1::kapsule::policy::types::Host for HostState {}
 
 impl super::bindings_v0_1::PolicyImports for HostState {

@@ -199,9 +199,18 @@ pub(super) enum RawValuePart {
     Whole,
     #[component(name = "json-fields")]
     JsonFields(BList<BString>),
+    #[component(name = "schema-fields")]
+    SchemaFields(RawSchemaSelection),
 }
 
-/// `topic-plan` (0.2) as a view into guest memory.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawSchemaSelection {
+    fields: BList<BString>,
+    tags: BList<BString>,
+}
+
+/// `topic-plan` (0.3) as a view into guest memory.
 #[derive(ComponentType, Lift)]
 #[component(variant)]
 pub(super) enum RawTopicPlan {
@@ -233,6 +242,84 @@ pub(super) enum RawMemoKey {
     RecordKey,
     #[component(name = "key-prefix")]
     KeyPrefix(u32),
+    #[component(name = "headers")]
+    Headers(BList<BString>),
+}
+
+/// `decisions` of `kapsule:policy@0.2.0` (and 0.1.0), whose `value-part` has no
+/// `schema-fields`.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawDecisionsV0_2 {
+    distinct: BList<RawDecisionV0_2>,
+    choices: BList<u32>,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawDecisionV0_2 {
+    #[component(name = "pass")]
+    Pass,
+    #[component(name = "encrypt")]
+    Encrypt(RawEncryptV0_2),
+    #[component(name = "reject")]
+    Reject(BString),
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawEncryptV0_2 {
+    #[component(name = "key-id")]
+    key_id: BString,
+    value: RawValuePartV0_2,
+    #[component(name = "record-key")]
+    record_key: bool,
+    headers: BList<BString>,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawValuePartV0_2 {
+    #[component(name = "none")]
+    None,
+    #[component(name = "whole")]
+    Whole,
+    #[component(name = "json-fields")]
+    JsonFields(BList<BString>),
+}
+
+/// `topic-plan` of `kapsule:policy@0.2.0`: no `memo-key::headers`, no `schema-fields`.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawTopicPlanV0_2 {
+    #[component(name = "pass-all")]
+    PassAll,
+    #[component(name = "encrypt-all")]
+    EncryptAll(RawEncryptV0_2),
+    #[component(name = "per-record")]
+    PerRecord(RawPerRecordPlanV0_2),
+    #[component(name = "reject-all")]
+    RejectAll(BString),
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(super) struct RawPerRecordPlanV0_2 {
+    needs: wit::Needs,
+    memo: RawMemoKeyV0_2,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub(super) enum RawMemoKeyV0_2 {
+    #[component(name = "none")]
+    None,
+    #[component(name = "header")]
+    Header(BString),
+    #[component(name = "record-key")]
+    RecordKey,
+    #[component(name = "key-prefix")]
+    KeyPrefix(u32),
 }
 
 /// `topic-plan` of `kapsule:policy@0.1.0`, whose `per-record` carries only `needs`.
@@ -242,7 +329,7 @@ pub(super) enum RawTopicPlanV0_1 {
     #[component(name = "pass-all")]
     PassAll,
     #[component(name = "encrypt-all")]
-    EncryptAll(RawEncrypt),
+    EncryptAll(RawEncryptV0_2),
     #[component(name = "per-record")]
     PerRecord(wit::Needs),
     #[component(name = "reject-all")]
@@ -285,9 +372,64 @@ fn encrypt(e: RawEncrypt) -> wit::Encrypt {
             RawValuePart::None => wit::ValuePart::None,
             RawValuePart::Whole => wit::ValuePart::Whole,
             RawValuePart::JsonFields(f) => wit::ValuePart::JsonFields(strings(f)),
+            RawValuePart::SchemaFields(s) => wit::ValuePart::SchemaFields(wit::SchemaSelection {
+                fields: strings(s.fields),
+                tags: strings(s.tags),
+            }),
         },
         record_key: e.record_key,
         headers: strings(e.headers),
+    }
+}
+
+/// A 0.2 (or 0.1) `encrypt` in the 0.3 types: the same, its value part a subset.
+fn encrypt_v0_2(e: RawEncryptV0_2) -> wit::Encrypt {
+    wit::Encrypt {
+        key_id: e.key_id.0,
+        value: match e.value {
+            RawValuePartV0_2::None => wit::ValuePart::None,
+            RawValuePartV0_2::Whole => wit::ValuePart::Whole,
+            RawValuePartV0_2::JsonFields(f) => wit::ValuePart::JsonFields(strings(f)),
+        },
+        record_key: e.record_key,
+        headers: strings(e.headers),
+    }
+}
+
+impl From<RawDecisionsV0_2> for wit::Decisions {
+    fn from(raw: RawDecisionsV0_2) -> Self {
+        wit::Decisions {
+            distinct: raw
+                .distinct
+                .0
+                .into_iter()
+                .map(|d| match d {
+                    RawDecisionV0_2::Pass => wit::Decision::Pass,
+                    RawDecisionV0_2::Reject(m) => wit::Decision::Reject(m.0),
+                    RawDecisionV0_2::Encrypt(e) => wit::Decision::Encrypt(encrypt_v0_2(e)),
+                })
+                .collect(),
+            choices: raw.choices.0,
+        }
+    }
+}
+
+impl From<RawTopicPlanV0_2> for wit::TopicPlan {
+    fn from(raw: RawTopicPlanV0_2) -> Self {
+        match raw {
+            RawTopicPlanV0_2::PassAll => wit::TopicPlan::PassAll,
+            RawTopicPlanV0_2::PerRecord(p) => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
+                needs: p.needs,
+                memo: match p.memo {
+                    RawMemoKeyV0_2::None => wit::MemoKey::None,
+                    RawMemoKeyV0_2::Header(h) => wit::MemoKey::Header(h.0),
+                    RawMemoKeyV0_2::RecordKey => wit::MemoKey::RecordKey,
+                    RawMemoKeyV0_2::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
+                },
+            }),
+            RawTopicPlanV0_2::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
+            RawTopicPlanV0_2::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt_v0_2(e)),
+        }
     }
 }
 
@@ -320,6 +462,7 @@ impl From<RawTopicPlan> for wit::TopicPlan {
                     RawMemoKey::Header(h) => wit::MemoKey::Header(h.0),
                     RawMemoKey::RecordKey => wit::MemoKey::RecordKey,
                     RawMemoKey::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
+                    RawMemoKey::Headers(h) => wit::MemoKey::Headers(strings(h)),
                 },
             }),
             RawTopicPlan::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
@@ -338,7 +481,7 @@ impl From<RawTopicPlanV0_1> for wit::TopicPlan {
                 memo: wit::MemoKey::None,
             }),
             RawTopicPlanV0_1::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
-            RawTopicPlanV0_1::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt(e)),
+            RawTopicPlanV0_1::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt_v0_2(e)),
         }
     }
 }

@@ -118,6 +118,9 @@ impl<'r> MemoValue<'r> {
             },
             MemoKey::RecordKey => bytes(r.key.as_ref(), usize::MAX),
             MemoKey::KeyPrefix(n) => bytes(r.key.as_ref(), *n as usize),
+            MemoKey::Headers(_) => {
+                unreachable!("several headers' values are encoded by `encode_headers`")
+            }
         })
     }
 
@@ -135,6 +138,27 @@ impl<'r> MemoValue<'r> {
             MemoValue::Bytes(b) => Slot::Bytes(b),
         }
     }
+}
+
+/// The values of the first header named each of `names` in `r`, as one byte string: per name,
+/// `0` (absent), `1` (null) or `2`, a u32 little-endian length and the value. Equal strings mean
+/// equal values for every name, so it serves as the memo value of [`MemoKey::Headers`].
+fn encode_headers(r: &Record, names: &[String]) -> Box<[u8]> {
+    let mut out = Vec::new();
+    for name in names {
+        match r.headers.iter().find(|h| h.key == name.as_bytes()) {
+            None => out.push(0),
+            Some(h) => match &h.value {
+                None => out.push(1),
+                Some(v) => {
+                    out.push(2);
+                    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    out.extend_from_slice(v);
+                }
+            },
+        }
+    }
+    out.into_boxed_slice()
 }
 
 /// A [`MemoValue`] kept until the guest has answered.
@@ -202,6 +226,11 @@ pub(super) fn group(
     let mut waiting = Vec::new();
     let mut representatives = Vec::new();
     let mut values = Vec::new();
+    // Several headers: each record's values encoded once, borrowed as its memo value below.
+    let encoded: Vec<Box<[u8]>> = match key {
+        MemoKey::Headers(names) => records.iter().map(|r| encode_headers(r, names)).collect(),
+        _ => Vec::new(),
+    };
     let mut missing: HashMap<MemoValue<'_>, u32> = HashMap::new();
     {
         let mut cached = cache.decisions(topic, principal);
@@ -209,8 +238,12 @@ pub(super) fn group(
         // before hashing.
         let mut last: Option<(MemoValue<'_>, Option<RecordDecision>, u32)> = None;
         for (i, r) in records.iter().enumerate() {
-            let Some(v) = MemoValue::of(r, key) else {
-                unreachable!("grouping is only used with a memo key");
+            let v = match encoded.get(i) {
+                Some(e) => MemoValue::Bytes(e),
+                None => match MemoValue::of(r, key) {
+                    Some(v) => v,
+                    None => unreachable!("grouping is only used with a memo key"),
+                },
             };
             if let Some((lv, ld, lr)) = &last {
                 if *lv == v {

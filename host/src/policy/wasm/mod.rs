@@ -50,13 +50,23 @@ use super::config::LimitsConfig;
 use super::stats::BindingStats;
 use super::PolicyError;
 
-/// Bindings generated from `wit/policy.wit` (`kapsule:policy@0.2.0`): the host's own vocabulary
+/// Bindings generated from `wit/policy.wit` (`kapsule:policy@0.3.0`): the host's own vocabulary
 /// for talking to guests of every version.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "kapsule:policy/policy@0.2.0",
+        world: "kapsule:policy/policy@0.3.0",
         additional_derives: [PartialEq, Eq],
+    });
+}
+
+/// Bindings generated from `wit/v0.2/policy.wit` (`kapsule:policy@0.2.0`): only to link and
+/// recognize 0.2 components; they are shown the 0.2 batch layout and their answers are lifted
+/// into the 0.3 types (see [`lift`]).
+pub(crate) mod bindings_v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2",
+        world: "kapsule:policy/policy@0.2.0",
     });
 }
 
@@ -75,16 +85,20 @@ pub(crate) enum WitVersion {
     /// `kapsule:policy@0.1.0`: `plan(topic)`, `decide(topic, batch)`, no `reveal`. Such a module
     /// sees no client, declares no memo key, and lets every principal read all.
     V0_1,
-    /// `kapsule:policy@0.2.0`.
+    /// `kapsule:policy@0.2.0`: no schema ids in the batch, no `schema-fields`, no
+    /// `memo-key::headers`.
     V0_2,
+    /// `kapsule:policy@0.3.0`.
+    V0_3,
 }
 
 impl WitVersion {
-    /// `0.1.0` or `0.2.0`.
+    /// `0.1.0`, `0.2.0` or `0.3.0`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             WitVersion::V0_1 => "0.1.0",
             WitVersion::V0_2 => "0.2.0",
+            WitVersion::V0_3 => "0.3.0",
         }
     }
 }
@@ -331,15 +345,18 @@ impl WasmRuntime {
         wasi::add_to_linker(&mut linker)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the (deny-all) WASI interfaces")?;
-        // Both worlds import a root `log` with structurally equal types; the 0.2 definition,
-        // added last, serves both. The 0.1 one only contributes its (empty) types instance.
+        // Every world imports a root `log` with structurally equal types; the 0.3 definition,
+        // added last, serves all. The older ones only contribute their (empty) types instances.
         linker.allow_shadowing(true);
         bindings_v0_1::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the kapsule:policy@0.1.0 imports")?;
-        bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        bindings_v0_2::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("{e:#}"))
             .context("linking the kapsule:policy@0.2.0 imports")?;
+        bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("{e:#}"))
+            .context("linking the kapsule:policy@0.3.0 imports")?;
         linker.allow_shadowing(false);
         let cache = cache::CompileCache::open(cache_dir, limits.stack_bytes)?;
 
@@ -464,16 +481,20 @@ impl WasmRuntime {
                 )
             })?;
         let version = match bindings::PolicyPre::new(pre.clone()) {
-            Ok(_) => WitVersion::V0_2,
-            Err(v2) => match bindings_v0_1::PolicyPre::new(pre.clone()) {
-                Ok(_) => WitVersion::V0_1,
-                Err(v1) => anyhow::bail!(
-                    "policy module {} implements neither kapsule:policy@0.2.0 (exports init, \
-                     plan, decide, reveal: {v2:#}) nor kapsule:policy@0.1.0 (exports init, plan, \
-                     decide: {v1:#}); rebuild it with a current SDK or against wit/policy.wit \
-                     (docs/wit-versions.md lists what changed)",
-                    path.display()
-                ),
+            Ok(_) => WitVersion::V0_3,
+            Err(v3) => match bindings_v0_2::PolicyPre::new(pre.clone()) {
+                Ok(_) => WitVersion::V0_2,
+                Err(v2) => match bindings_v0_1::PolicyPre::new(pre.clone()) {
+                    Ok(_) => WitVersion::V0_1,
+                    Err(v1) => anyhow::bail!(
+                        "policy module {} implements none of kapsule:policy@0.3.0 (exports \
+                         init, plan, decide, reveal: {v3:#}), kapsule:policy@0.2.0 ({v2:#}) or \
+                         kapsule:policy@0.1.0 (exports init, plan, decide: {v1:#}); rebuild it \
+                         with a current SDK or against wit/policy.wit (docs/wit-versions.md \
+                         lists what changed)",
+                        path.display()
+                    ),
+                },
             },
         };
         LoadedModule::new(

@@ -202,7 +202,7 @@ impl LoadedModule {
     fn client_key<'p>(&self, principal: Option<&'p Principal>) -> Option<&'p Principal> {
         match self.version {
             WitVersion::V0_1 => None,
-            WitVersion::V0_2 => principal,
+            WitVersion::V0_2 | WitVersion::V0_3 => principal,
         }
     }
 
@@ -391,7 +391,7 @@ impl LoadedModule {
         let decide = export(&mut store, "decide")?;
         let reveal = match self.version {
             WitVersion::V0_1 => None,
-            WitVersion::V0_2 => Some(export(&mut store, "reveal")?),
+            WitVersion::V0_2 | WitVersion::V0_3 => Some(export(&mut store, "reveal")?),
         };
         let answer = init
             .typed::<(&str,), (Result<(), String>,)>(&store)
@@ -514,6 +514,12 @@ impl LoadedModule {
                 WitVersion::V0_2 => {
                     let f = ex
                         .plan
+                        .typed::<(&str, &wit::Client), (lift::RawTopicPlanV0_2,)>(&*store)?;
+                    f.call(&mut *store, (topic, &client(principal)))?.0.into()
+                }
+                WitVersion::V0_3 => {
+                    let f = ex
+                        .plan
                         .typed::<(&str, &wit::Client), (lift::RawTopicPlan,)>(&*store)?;
                     f.call(&mut *store, (topic, &client(principal)))?.0.into()
                 }
@@ -534,17 +540,31 @@ impl LoadedModule {
             .limits
             .decide_budget(answer::record_count(batch));
         self.with_instance(budget, |store, ex| {
-            let (raw,) = match self.version {
+            Ok(match self.version {
                 WitVersion::V0_1 => ex
                     .decide
-                    .typed::<(&str, &V0_1BatchView), (lift::RawDecisions,)>(&*store)?
-                    .call(&mut *store, (topic, &answer::batch_view_v0_1(batch)))?,
+                    .typed::<(&str, &V0_1BatchView), (lift::RawDecisionsV0_2,)>(&*store)?
+                    .call(&mut *store, (topic, &answer::batch_view_v0_1(batch)))?
+                    .0
+                    .into(),
                 WitVersion::V0_2 => ex
                     .decide
+                    .typed::<(&str, &wit::Client, &answer::BatchViewV0_2<'_>), (lift::RawDecisionsV0_2,)>(
+                        &*store,
+                    )?
+                    .call(
+                        &mut *store,
+                        (topic, &client(principal), &answer::batch_view_v0_2(batch)),
+                    )?
+                    .0
+                    .into(),
+                WitVersion::V0_3 => ex
+                    .decide
                     .typed::<(&str, &wit::Client, &wit::BatchView), (lift::RawDecisions,)>(&*store)?
-                    .call(&mut *store, (topic, &client(principal), batch))?,
-            };
-            Ok(raw.into())
+                    .call(&mut *store, (topic, &client(principal), batch))?
+                    .0
+                    .into(),
+            })
         })
     }
 

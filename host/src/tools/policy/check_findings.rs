@@ -57,12 +57,18 @@ pub(super) fn memo_value(r: &Record, key: &MemoKey) -> String {
         None => "null".to_string(),
         Some(b) => format!("{:?}", String::from_utf8_lossy(b)),
     };
+    let header = |name: &str| match r.headers.iter().find(|h| h.key == name.as_bytes()) {
+        None => "absent".into(),
+        Some(h) => show(h.value.as_deref()),
+    };
     match key {
         MemoKey::None => "-".into(),
-        MemoKey::Header(name) => match r.headers.iter().find(|h| h.key == name.as_bytes()) {
-            None => "absent".into(),
-            Some(h) => show(h.value.as_deref()),
-        },
+        MemoKey::Header(name) => header(name),
+        MemoKey::Headers(names) => names
+            .iter()
+            .map(|n| format!("{n}={}", header(n)))
+            .collect::<Vec<_>>()
+            .join(", "),
         MemoKey::RecordKey => show(r.key.as_deref()),
         MemoKey::KeyPrefix(n) => show(r.key.as_deref().map(|k| &k[..k.len().min(*n as usize)])),
     }

@@ -10,6 +10,8 @@
 //! first `decide`, a panic in the second), `echo-client` (decides `kek-<principal>`, or
 //! `kek-anonymous`, from the client `decide` is given), `lying-memo` (declares its decision
 //! depends only on the `tenant` header but decides `kek-<value>` from the record value),
+//! `lying-two-header-memo` (the same lie with the memo on the `tenant` and `classification`
+//! headers together),
 //! `loop-reveal` (`reveal` never returns), `huge-headers` (plans to encrypt the whole value
 //! under `kek-ok` plus 875 header names of 4000 bytes each, and reveals the value and the same
 //! 3.5 MB of header names: answers under the default answer limit that a cache must not keep
@@ -83,6 +85,8 @@ impl Policy for Misbehave {
             "lying-memo" => {
                 TopicPlan::per_record(Needs::none().with_value()).memo(MemoKey::header("tenant"))
             }
+            "lying-two-header-memo" => TopicPlan::per_record(Needs::none().with_value())
+                .memo(MemoKey::headers(["tenant", "classification"])),
             // The cookbook's tenant policy with a `classification: public` exception added, but
             // the memo left on `tenant` alone: the memo decides for records it must not.
             "tenant-memo-public-passes" => {
@@ -104,7 +108,7 @@ impl Policy for Misbehave {
                 let d = Decision::Encrypt(Encrypt::new(format!("kek-{who}")).whole_value());
                 vec![d; records.len()]
             }
-            "lying-memo" => records
+            "lying-memo" | "lying-two-header-memo" => records
                 .iter()
                 .map(|r| {
                     let v = r.value_str().unwrap_or("null");
@@ -113,11 +117,15 @@ impl Policy for Misbehave {
                 .collect(),
             "tenant-memo-public-passes" => records
                 .iter()
-                .map(|r| match (r.header_str("tenant"), r.header_str("classification")) {
-                    (_, Some("public")) => Decision::Pass,
-                    (Some(t), _) => Decision::Encrypt(Encrypt::new(format!("kek-{t}")).whole_value()),
-                    (None, _) => Decision::Reject("record has no `tenant` header".into()),
-                })
+                .map(
+                    |r| match (r.header_str("tenant"), r.header_str("classification")) {
+                        (_, Some("public")) => Decision::Pass,
+                        (Some(t), _) => {
+                            Decision::Encrypt(Encrypt::new(format!("kek-{t}")).whole_value())
+                        }
+                        (None, _) => Decision::Reject("record has no `tenant` header".into()),
+                    },
+                )
                 .collect(),
             "loop-decide" => spin(),
             "sleep-decide" => {
@@ -196,7 +204,9 @@ impl Policy for Misbehave {
 
 /// 875 distinct header names of 4000 bytes each (3.5 MB).
 fn huge_header_names() -> Vec<String> {
-    (0..875).map(|i| format!("{i:04}{}", "h".repeat(3996))).collect()
+    (0..875)
+        .map(|i| format!("{i:04}{}", "h".repeat(3996)))
+        .collect()
 }
 
 /// Tries to reach the outside world through WASI and reports what it saw.
