@@ -54,13 +54,20 @@ def batch(records):
         data.extend(b)
         return s
 
-    descriptors, headers = bytearray(), bytearray()
+    def schema_id(b):
+        # The Confluent wire format: magic byte 0, then a big-endian 4-byte schema id.
+        if b is None or len(b) < 5 or b[0] != 0:
+            return absent
+        return struct.unpack(">I", b[1:5])[0]
+
+    descriptors, headers, schema_ids = bytearray(), bytearray(), bytearray()
     for i, (key, value, hdrs) in enumerate(records):
         descriptors += span(key) + span(value)
         descriptors += struct.pack("<IIq", len(headers) // 16, len(hdrs), 1000 + i)
+        schema_ids += struct.pack("<II", schema_id(value), schema_id(key))
         for hk, hv in hdrs:
             headers += span(hk) + span(hv)
-    return wit.BatchView(bytes(data), bytes(descriptors), bytes(headers))
+    return wit.BatchView(bytes(data), bytes(descriptors), bytes(headers), bytes(schema_ids))
 
 
 ANON = wit.Client(None)
