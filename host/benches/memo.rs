@@ -3,9 +3,10 @@
 //!
 //! Run: `cargo bench -p kapsule --bench memo` (release). Policies are built from source first.
 //! Batches are 1000 records of about 1 KiB with 8 tenants interleaved, produced by one principal.
-//! Once every tenant's decision is cached no guest code runs (the bench checks that the binding's
-//! call counter stays put), so the memoized figure is the same whatever language the policy is
-//! written in.
+//! Once every tenant's decision is cached no guest code runs but the memo audits (after the first
+//! 256 answers, one record in 1024 and at most one every 100 ms: the bench checks the binding's
+//! call counter against that bound), so the memoized figure is nearly the same whatever language
+//! the policy is written in.
 
 #[path = "../test-support/policy_fixtures.rs"]
 mod fixtures;
@@ -80,6 +81,7 @@ fn memo(c: &mut Criterion) {
     let first = reg.decide("memo", p, 0, &recs).unwrap();
     assert_eq!(first, reg.decide("plain", p, 0, &recs).unwrap());
     let calls_before = reg.status().bindings[0].calls;
+    let started = Instant::now();
 
     let mut g = c.benchmark_group("tenant_pattern_1000x1KiB");
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -90,10 +92,12 @@ fn memo(c: &mut Criterion) {
         b.iter(|| reg.decide("plain", p, 0, &recs).unwrap())
     });
     g.finish();
-    assert_eq!(
-        reg.status().bindings[0].calls,
-        calls_before,
-        "memoized batches ran no guest code"
+    // Guest calls while memoized: only the sampled audits, at most one per 100 ms.
+    let audits = reg.status().bindings[0].calls - calls_before;
+    let bound = started.elapsed().as_millis() as u64 / 100 + 1;
+    assert!(
+        audits <= bound,
+        "memoized batches ran {audits} guest calls, more than the audit bound {bound}"
     );
 
     // A plain figure for BENCHMARKS.md, independent of criterion's report format.

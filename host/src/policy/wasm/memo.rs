@@ -11,8 +11,9 @@
 //!
 //! The policy promises that records with the same value get the same decision. The host does
 //! not take that on trust: it **audits** memo answers ([`MemoAudit`]). Every memo-answered record
-//! among the first [`AUDIT_FIRST`] of a module version, then one in [`AUDIT_EVERY`], is shown to
-//! the guest as well, and its real decision compared with the memo's. On a mismatch the memo is
+//! among the first [`AUDIT_FIRST`] of a module version, then one in [`AUDIT_EVERY`] but at most
+//! one per [`AUDIT_MIN_INTERVAL_MS`] (so a busy module pays a few guest calls per second for its
+//! audits, not one per batch), is shown to the guest as well, and its real decision compared with the memo's. On a mismatch the memo is
 //! turned off for that module version (an ERROR log line, the
 //! `kapsule_policy_memo_mismatches_total` counter) and the whole batch is decided again record by
 //! record, so no record — the audited one included — is encrypted less than the module decides.
@@ -35,6 +36,9 @@ pub(super) const MAX_VALUE_LEN: usize = 256;
 pub(super) const AUDIT_FIRST: u64 = 256;
 /// After the first [`AUDIT_FIRST`], one memo-answered record in this many is audited.
 pub(super) const AUDIT_EVERY: u64 = 1024;
+/// After the first [`AUDIT_FIRST`], sampled audits of one module version are at least this far
+/// apart, in milliseconds.
+pub(super) const AUDIT_MIN_INTERVAL_MS: u64 = 100;
 
 /// How a `decide` uses the memo key a plan declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,18 @@ pub enum MemoUse {
 pub(super) struct MemoAudit {
     answered: AtomicU64,
     broken: AtomicBool,
+    /// When the last sampled audit was picked: milliseconds since [`audit_clock`]'s start, plus
+    /// one (0: never).
+    last_sampled_ms: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the first call.
+fn audit_clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl MemoAudit {
@@ -69,15 +85,35 @@ impl MemoAudit {
 
     /// Which of the next `answered` memo answers (positions `0..answered`) are audited.
     fn picks(&self, answered: usize) -> Vec<usize> {
+        self.picks_at(answered, audit_clock())
+    }
+
+    /// [`Self::picks`] at time `now_ms` (of [`audit_clock`]).
+    fn picks_at(&self, answered: usize, now_ms: u64) -> Vec<usize> {
         let n = answered as u64;
         let base = self.answered.fetch_add(n, Ordering::Relaxed);
-        (0..n)
-            .filter(|k| {
-                let seen = base + k;
-                seen < AUDIT_FIRST || seen.is_multiple_of(AUDIT_EVERY)
-            })
+        let mut picked: Vec<usize> = (0..n)
+            .filter(|k| base + k < AUDIT_FIRST)
             .map(|k| k as usize)
-            .collect()
+            .collect();
+        // One sampled audit at most per call, and only if the interval since the last one passed.
+        let sampled = (0..n).find(|k| {
+            let seen = base + k;
+            seen >= AUDIT_FIRST && seen.is_multiple_of(AUDIT_EVERY)
+        });
+        if let Some(k) = sampled {
+            let last = self.last_sampled_ms.load(Ordering::Relaxed);
+            let due = last == 0 || now_ms + 1 >= last + AUDIT_MIN_INTERVAL_MS;
+            if due
+                && self
+                    .last_sampled_ms
+                    .compare_exchange(last, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                picked.push(k as usize);
+            }
+        }
+        picked
     }
 }
 
@@ -384,4 +420,28 @@ impl Pending {
 /// that were ever wrong, the record is refused rather than forwarded.
 fn known(d: Option<RecordDecision>) -> RecordDecision {
     d.unwrap_or_else(|| RecordDecision::Reject("internal error: no memoized decision".into()))
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_answers_are_all_audited_then_a_sample_at_most_once_per_interval() {
+        let a = MemoAudit::default();
+        // The first AUDIT_FIRST memo answers: every one.
+        assert_eq!(a.picks_at(200, 0), (0..200).collect::<Vec<_>>());
+        assert_eq!(a.picks_at(100, 0), (0..56).collect::<Vec<_>>());
+        // Answers 300..1324 hold one multiple of AUDIT_EVERY (1024): audited.
+        assert_eq!(a.picks_at(1024, 0), vec![1024 - 300]);
+        // The next multiple (2048) comes 10 ms later: skipped, the interval has not passed.
+        assert_eq!(a.picks_at(1024, 10), Vec::<usize>::new());
+        // 3072, after the interval: audited again.
+        assert_eq!(
+            a.picks_at(1024, 10 + AUDIT_MIN_INTERVAL_MS),
+            vec![3072 - 2348]
+        );
+        // A batch without a multiple of AUDIT_EVERY: nothing.
+        assert_eq!(a.picks_at(10, 10_000), Vec::<usize>::new());
+    }
 }
