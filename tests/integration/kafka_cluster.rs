@@ -11,7 +11,7 @@ use kapsule_integration::fleet::Member;
 use kapsule_integration::kafka::wait_for_new_leader;
 use kapsule_integration::netns::Netns;
 use kapsule_integration::records::{assert_records_match, write_records_file, ConsumedRecord};
-use kapsule_integration::tls::{KeyKind, Pki};
+use kapsule_integration::tls::Pki;
 use kapsule_integration::{
     free_port, run_python, unique_name, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig,
     Listener, RecordsMode, TestRecord,
@@ -20,6 +20,7 @@ use kapsule_integration::{
 use crate::common::{
     args, assert_group_read_all, assert_read_exactly_once, ck_consume, json_strings, CLIENT_TIMEOUT,
 };
+use crate::sni::{sni_yaml, wildcard_certificate, BOOTSTRAP_HOST};
 
 /// Whole-value encryption of `steady-` topics (value, record key).
 const RULES: &str = r#"policy:
@@ -166,20 +167,12 @@ async fn sni_names_follow_a_leader_change_on_a_kafka_cluster() {
         .expect("start a 3-node Kafka cluster");
     let ids = cluster.node_ids();
     let broker_name = |id: i32| format!("broker-{id}.kafka.example");
-    let mut names: Vec<String> = vec!["kafka.example".into()];
+    let mut names: Vec<String> = vec![BOOTSTRAP_HOST.into()];
     names.extend(ids.iter().map(|&id| broker_name(id)));
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let ns = Netns::create(&name_refs).expect("network namespace");
     let pki = Pki::new("sni-cluster").unwrap();
-    let cert = pki
-        .issue_with_sans(
-            "kafka.example",
-            KeyKind::EcPkcs8,
-            false,
-            false,
-            "DNS:kafka.example,DNS:*.kafka.example",
-        )
-        .unwrap();
+    let cert = wildcard_certificate(&pki);
     let ca = pki.ca_cert().display().to_string();
 
     let topic = unique_name("steady-sni");
@@ -190,16 +183,14 @@ async fn sni_names_follow_a_leader_change_on_a_kafka_cluster() {
     let kms = LocalKms::new().unwrap();
     let port = free_port();
     let yaml = format!(
-        "proxy:\n  listen: \"{}:{port}\"\n  upstream: \"{upstream}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n  sni:\n    bootstrap_host: kafka.example\n    broker_host: \"broker-$(nodeId).kafka.example\"\nadmin:\n  listen: \"{{admin}}\"\n{}{RULES}",
-        ns.host_ip,
-        cert.cert.display(),
-        cert.key.display(),
+        "{}{}{RULES}",
+        sni_yaml(&format!("{}:{port}", ns.host_ip), &upstream, &cert),
         kms.yaml()
     );
     let kapsule = Member::start("sni-cluster", &yaml, "info")
         .await
         .expect("kapsule with proxy.sni before the cluster");
-    let bootstrap = format!("kafka.example:{port}");
+    let bootstrap = format!("{BOOTSTRAP_HOST}:{port}");
     let ssl = args(&[
         "--config",
         "security.protocol=SSL",

@@ -20,13 +20,30 @@ use crate::common::{args, assert_records_match, ck_consume, CLIENT_TIMEOUT};
 
 /// tansu 0.6 always has node id 111.
 const TANSU_NODE_ID: i32 = 111;
-const BOOTSTRAP_HOST: &str = "kafka.example";
+pub(crate) const BOOTSTRAP_HOST: &str = "kafka.example";
 
 fn broker_host() -> String {
     format!("broker-{TANSU_NODE_ID}.kafka.example")
 }
 
-fn sni_yaml(listen: &str, upstream: &str, cert: &kapsule_integration::tls::Issued) -> String {
+/// A certificate for `kafka.example` and every `*.kafka.example` broker name, issued by `pki`.
+pub(crate) fn wildcard_certificate(pki: &Pki) -> kapsule_integration::tls::Issued {
+    pki.issue_with_sans(
+        BOOTSTRAP_HOST,
+        KeyKind::EcPkcs8,
+        false,
+        false,
+        "DNS:kafka.example,DNS:*.kafka.example",
+    )
+    .unwrap()
+}
+
+/// `proxy:` (one TLS listener routing by SNI to `upstream`) and `admin:` sections.
+pub(crate) fn sni_yaml(
+    listen: &str,
+    upstream: &str,
+    cert: &kapsule_integration::tls::Issued,
+) -> String {
     format!(
         "proxy:\n  listen: \"{listen}\"\n  upstream: \"{upstream}\"\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n  sni:\n    bootstrap_host: {BOOTSTRAP_HOST}\n    broker_host: \"broker-$(nodeId).kafka.example\"\nadmin:\n  listen: \"{{admin}}\"\n",
         cert.cert.display(),
@@ -71,15 +88,7 @@ async fn handshake_and_ask(
 async fn one_tls_port_routes_brokers_by_server_name() {
     let ns = Netns::create(&[BOOTSTRAP_HOST, &broker_host()]).expect("network namespace");
     let pki = Pki::new("sni").unwrap();
-    let cert = pki
-        .issue_with_sans(
-            "kafka.example",
-            KeyKind::EcPkcs8,
-            false,
-            false,
-            "DNS:kafka.example,DNS:*.kafka.example",
-        )
-        .unwrap();
+    let cert = wildcard_certificate(&pki);
     let ca = pki.ca_cert().display().to_string();
     let tansu = Tansu::start().await.expect("tansu");
     let kms = LocalKms::new().unwrap();
@@ -275,15 +284,7 @@ async fn sni_certificate_and_config_mistakes_are_reported_at_start_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_instance_serves_broker_names_it_never_advertised() {
     let pki = Pki::new("sni-fresh").unwrap();
-    let cert = pki
-        .issue_with_sans(
-            "kafka.example",
-            KeyKind::EcPkcs8,
-            false,
-            false,
-            "DNS:kafka.example,DNS:*.kafka.example",
-        )
-        .unwrap();
+    let cert = wildcard_certificate(&pki);
     let tansu = Tansu::start().await.expect("tansu");
     let kapsule = RawKapsule::start(&sni_yaml("{listen}", &tansu.bootstrap(), &cert))
         .await
@@ -314,15 +315,7 @@ async fn sni_fleet_behind_haproxy_routes_on_server_name() {
 
     let ns = Netns::create(&[BOOTSTRAP_HOST, &broker_host()]).expect("network namespace");
     let pki = Pki::new("sni-fleet").unwrap();
-    let cert = pki
-        .issue_with_sans(
-            "kafka.example",
-            KeyKind::EcPkcs8,
-            false,
-            false,
-            "DNS:kafka.example,DNS:*.kafka.example",
-        )
-        .unwrap();
+    let cert = wildcard_certificate(&pki);
     let ca = pki.ca_cert().display().to_string();
     let bao = OpenBao::start().expect("openbao");
     bao.create_key("kek-sni").unwrap();
