@@ -407,15 +407,9 @@ pub mod pool {
     /// zeroing), else a fresh allocation. Freeze it with [`freeze_bytes_mut`] so the buffer comes
     /// back to the pool.
     pub fn bytes_mut_for(size: usize) -> BytesMut {
-        match class_of(size) {
-            Some(class) => {
-                let vec = take(class).unwrap_or_else(|| Vec::with_capacity(class));
-                // An empty Vec with spare capacity becomes a unique shared `Bytes`, which turns
-                // into a `BytesMut` over the same allocation (bytes has no direct conversion).
-                BytesMut::from(Bytes::from(vec))
-            }
-            None => BytesMut::with_capacity(size),
-        }
+        // An empty Vec with spare capacity becomes a unique shared `Bytes`, which turns into a
+        // `BytesMut` over the same allocation (bytes has no direct conversion).
+        BytesMut::from(Bytes::from(Buffer::for_size(size).vec))
     }
 
     /// `buf`'s bytes as [`Bytes`]. A buffer whose capacity is a pool class (one from
