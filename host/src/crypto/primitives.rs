@@ -60,14 +60,10 @@ impl Dek {
         self.cipher.seal_into(nonce, aad, plaintext, out);
     }
 
-    /// The GCM tag of an empty plaintext under `aad` (the record tag), without allocating.
-    pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8]) -> [u8; TAG_LEN] {
-        self.cipher.tag(nonce, aad)
-    }
-
-    /// Whether `tag` is [`Self::tag`] of `aad`.
-    pub fn verify_tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], tag: &[u8]) -> bool {
-        self.cipher.verify_tag(nonce, aad, tag)
+    /// The GCM tag of sealing `plaintext` under `aad`, the ciphertext discarded (the record tag;
+    /// see [`GcmKey::tag`]).
+    pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> [u8; TAG_LEN] {
+        self.cipher.tag(nonce, aad, plaintext)
     }
 
     /// AES-256-GCM decryption of `ciphertext || tag`; `None` when authentication fails.

@@ -746,7 +746,8 @@ fn cheap_checks_and_send_futures() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Golden vectors (host/src/crypto/testdata/golden_v1.json).
+// Golden vectors: host/src/crypto/testdata/golden_v1.json (associated data revision 1, frozen:
+// written before revision 2 existed) and golden_aad_v2.json (revision 2).
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 struct GoldenRecord {
@@ -782,9 +783,16 @@ struct GoldenFile {
     cases: Vec<GoldenCase>,
 }
 
+/// Revision 1 vectors, never regenerated: today's reader must keep reading them, and today's
+/// writer must still produce its whole-value cases byte for byte.
 const GOLDEN_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/src/crypto/testdata/golden_v1.json"
+);
+/// Revision 2 vectors (records whose value is wholly or partly in clear).
+const GOLDEN_V2_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/crypto/testdata/golden_aad_v2.json"
 );
 
 fn golden_keys(g: &GoldenFile) -> (Dek, RecordKeyCipher) {
@@ -851,19 +859,21 @@ fn seal_case(g: &GoldenFile, c: &GoldenCase) -> Record {
     .unwrap()
 }
 
-fn golden_cases() -> Vec<GoldenCase> {
-    let mk = |name: &str,
-              value: &str,
-              fields: &[&str],
-              key: bool,
-              headers: &[&str],
-              input: GoldenRecord| GoldenCase {
+fn golden_case(
+    name: &str,
+    value: &str,
+    fields: &[&str],
+    record_key: bool,
+    headers: &[&str],
+    input: GoldenRecord,
+) -> GoldenCase {
+    GoldenCase {
         name: name.into(),
         nonce_base: "a1a2a3a40000000000000010".into(),
         record_id: "000102030405060708090a0b0c0d0e0f".into(),
         value: value.into(),
         fields: fields.iter().map(|s| s.to_string()).collect(),
-        record_key: key,
+        record_key,
         headers: headers.iter().map(|s| s.to_string()).collect(),
         input,
         output: GoldenRecord {
@@ -871,45 +881,82 @@ fn golden_cases() -> Vec<GoldenCase> {
             value: None,
             headers: vec![],
         },
-    };
+    }
+}
+
+/// The revision 2 cases: a value partly or wholly in clear.
+fn golden_v2_cases() -> Vec<GoldenCase> {
     vec![
-        mk("whole value, clear key", "whole", &[], false, &[], GoldenRecord {
-            key: Some("order-42".into()),
-            value: Some("hello kapsule".into()),
-            headers: vec![],
-        }),
-        mk("whole value, encrypted key and header", "whole", &[], true, &["trace"], GoldenRecord {
-            key: Some("order-42".into()),
-            value: Some("{\"amount\":12.5}".into()),
-            headers: vec![("trace".into(), Some("abc".into())), ("content-type".into(), Some("json".into()))],
-        }),
-        mk("json fields", "json", &["/card/number", "/name"], false, &[], GoldenRecord {
+        golden_case("json fields", "json", &["/card/number", "/name"], false, &[], GoldenRecord {
             key: None,
             value: Some("{\"name\":\"Ada\",\"card\":{\"number\":\"4111111111111111\",\"exp\":\"12/29\"},\"qty\":3}".into()),
             headers: vec![],
         }),
-        mk("tombstone with encrypted key", "whole", &[], true, &[], GoldenRecord {
+        golden_case("clear value, encrypted key and header", "none", &[], true, &["trace"], GoldenRecord {
             key: Some("order-42".into()),
-            value: None,
-            headers: vec![],
+            value: Some("{\"amount\":12.5}".into()),
+            headers: vec![("trace".into(), Some("abc".into())), ("content-type".into(), Some("json".into()))],
         }),
     ]
 }
 
-/// Regenerate with `KAPSULE_REGEN_GOLDEN=1 cargo test -p kapsule --lib golden` (only when the
-/// format changes on purpose: bump the version then).
+fn read_golden(path: &str) -> GoldenFile {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Checks every case of `g`: the checked-in bytes decrypt to the input, a flipped bit in the
+/// value is detected, and (when `reencode` says so for the case) the writer reproduces the bytes.
+fn check_golden(g: &GoldenFile, reencode: impl Fn(&GoldenCase) -> bool) {
+    let (dek, kc) = golden_keys(g);
+    for c in &g.cases {
+        let expected = to_record(&c.output, true);
+        let opened = testing::open(&g.topic, &expected, &dek, Some(&kc)).unwrap();
+        assert_eq!(opened, to_record(&c.input, false), "case {}", c.name);
+        if reencode(c) {
+            assert_eq!(seal_case(g, c), expected, "case {}", c.name);
+        }
+        if let Some(v) = &expected.value {
+            let mut t = expected.clone();
+            let mut vb = v.to_vec();
+            let last = vb.len() - 1;
+            vb[last] ^= 1;
+            t.value = Some(Bytes::from(vb));
+            assert!(
+                testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
+                "case {}",
+                c.name
+            );
+        }
+    }
+}
+
+/// Revision 1 records written before revision 2 existed still decrypt, and whole-value records
+/// are still written in revision 1 byte for byte (so readers that predate revision 2 read them).
 #[test]
-fn golden_vectors_decrypt_and_reencode_exactly() {
+fn golden_v1_vectors_still_decrypt_and_whole_values_reencode_exactly() {
+    let g = read_golden(GOLDEN_PATH);
+    assert_eq!(g.cases.len(), 4);
+    check_golden(&g, |c| c.value == "whole");
+    // The frozen JSON case is revision 1; the writer now writes revision 2 for it.
+    let json = g.cases.iter().find(|c| c.value == "json").unwrap();
+    let written = seal_case(&g, json);
+    assert_ne!(written, to_record(&json.output, true));
+}
+
+/// Regenerate with `KAPSULE_REGEN_GOLDEN=1 cargo test -p kapsule --lib golden` (only when the
+/// format changes on purpose: add a new revision then, and keep the old vectors).
+#[test]
+fn golden_v2_vectors_decrypt_and_reencode_exactly() {
     if std::env::var_os("KAPSULE_REGEN_GOLDEN").is_some() {
         let mut g = GoldenFile {
-            description: "Kapsule wire format v1 test vectors; see docs/wire-format.md. Inputs are UTF-8, outputs hex.".into(),
+            description: "Kapsule wire format v1, associated data revision 2 (flag 0x20) test vectors; see docs/wire-format.md. Inputs are UTF-8, outputs hex.".into(),
             topic: "orders".into(),
             kek_id: "orders-kek".into(),
             dek: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into(),
             edek: hex::encode("vault:v1:RklYRUQtRURFSy1GT1ItVEVTVFM="),
             record_key_material: "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f".into(),
             record_key_kek_version: 1,
-            cases: golden_cases(),
+            cases: golden_v2_cases(),
         };
         let outs: Vec<Record> = g.cases.iter().map(|c| seal_case(&g, c)).collect();
         for (c, r) in g.cases.iter_mut().zip(outs) {
@@ -928,38 +975,15 @@ fn golden_vectors_decrypt_and_reencode_exactly() {
                     .collect(),
             };
         }
-        std::fs::create_dir_all(std::path::Path::new(GOLDEN_PATH).parent().unwrap()).unwrap();
         std::fs::write(
-            GOLDEN_PATH,
+            GOLDEN_V2_PATH,
             serde_json::to_string_pretty(&g).unwrap() + "\n",
         )
         .unwrap();
     }
-    let g: GoldenFile =
-        serde_json::from_str(&std::fs::read_to_string(GOLDEN_PATH).unwrap()).unwrap();
-    assert_eq!(g.cases.len(), 4);
-    let (dek, kc) = golden_keys(&g);
-    for c in &g.cases {
-        let expected = to_record(&c.output, true);
-        // Decoder: the checked-in bytes decrypt to the input.
-        let opened = testing::open(&g.topic, &expected, &dek, Some(&kc)).unwrap();
-        assert_eq!(opened, to_record(&c.input, false), "case {}", c.name);
-        // Encoder: fixed keys, nonce and record id reproduce the bytes exactly.
-        assert_eq!(seal_case(&g, c), expected, "case {}", c.name);
-        // Any flipped bit in the value is detected.
-        if let Some(v) = &expected.value {
-            let mut t = expected.clone();
-            let mut vb = v.to_vec();
-            let last = vb.len() - 1;
-            vb[last] ^= 1;
-            t.value = Some(Bytes::from(vb));
-            assert!(
-                testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
-                "case {}",
-                c.name
-            );
-        }
-    }
+    let g = read_golden(GOLDEN_V2_PATH);
+    assert_eq!(g.cases.len(), 2);
+    check_golden(&g, |_| true);
 }
 
 /// Rebuilds the first golden case from the byte layout in docs/wire-format.md alone, with the
@@ -1109,4 +1133,150 @@ async fn a_batch_over_a_deks_encryption_limit_spreads_over_several_deks() {
     let reader = RecordEncryptor::new(kms, DekConfig::default());
     reader.decrypt_batch("t", &mut bt, &STRICT).await.unwrap();
     assert_eq!(bt.records, original.records);
+}
+
+/// Associated data revision 2 binds what revision 1 binds: a record cannot be downgraded to
+/// revision 1 (or a revision 1 record upgraded) by flipping the flag, and a clear byte of the
+/// value, a part moved between records or an edited descriptor still fail.
+#[test]
+fn revision_2_records_resist_downgrade_and_edits() {
+    let g = read_golden(GOLDEN_V2_PATH);
+    let (dek, kc) = golden_keys(&g);
+    let json = to_record(&g.cases[0].output, true);
+    let desc_at = json.headers.len() - 1;
+    let flipped = |rec: &Record, at: usize| {
+        let mut t = rec.clone();
+        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+        hv[at] ^= 0x20;
+        t.headers[desc_at].value = Some(Bytes::from(hv));
+        t
+    };
+    // Byte 1 is the flags byte: clear FLAG_AAD_V2.
+    assert!(testing::open(&g.topic, &flipped(&json, 1), &dek, Some(&kc)).is_err());
+    // And set it on a revision 1 record.
+    let v1 = read_golden(GOLDEN_PATH);
+    let whole = to_record(&v1.cases[0].output, true);
+    let t = {
+        let mut t = whole.clone();
+        let mut hv = t.headers[0].value.as_ref().unwrap().to_vec();
+        hv[1] |= 0x20;
+        t.headers[0].value = Some(Bytes::from(hv));
+        t
+    };
+    assert!(testing::open(&v1.topic, &t, &dek, Some(&kc)).is_err());
+    // A clear byte of the value (the `3` of `"qty":3`, the last digit before `}`).
+    let mut t = json.clone();
+    let mut v = t.value.as_ref().unwrap().to_vec();
+    let at = v.len() - 2;
+    v[at] = b'4';
+    t.value = Some(Bytes::from(v));
+    assert!(testing::open(&g.topic, &t, &dek, Some(&kc)).is_err());
+    // Any byte of the descriptor (record id, nonce base, EDEK...).
+    let dlen = json.headers[desc_at].value.as_ref().unwrap().len() - 16;
+    for at in [2, 18, 30, dlen - 1] {
+        let mut t = json.clone();
+        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+        hv[at] ^= 1;
+        t.headers[desc_at].value = Some(Bytes::from(hv));
+        assert!(
+            testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
+            "descriptor byte {at} edited"
+        );
+    }
+    // Another topic.
+    assert!(testing::open("payments", &json, &dek, Some(&kc)).is_err());
+}
+
+/// Rebuilds the first revision 2 case (two JSON fields) from the byte layout in
+/// docs/wire-format.md alone, with the raw AES-GCM primitive.
+#[test]
+fn golden_v2_case_matches_the_documented_layout() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use base64::Engine as _;
+    let g = read_golden(GOLDEN_V2_PATH);
+    let c = &g.cases[0];
+    let lp = |v: &mut Vec<u8>, b: &[u8]| {
+        v.extend((b.len() as u32).to_be_bytes());
+        v.extend(b);
+    };
+    let lp16 = |v: &mut Vec<u8>, b: &[u8]| {
+        v.extend((b.len() as u16).to_be_bytes());
+        v.extend(b);
+    };
+    let record_id = hex::decode(&c.record_id).unwrap();
+    let nonce_base = hex::decode(&c.nonce_base).unwrap();
+    let mut desc = vec![1u8, 0x02 | 0x20];
+    desc.extend(&record_id);
+    desc.extend(&nonce_base);
+    desc.extend(0u32.to_be_bytes());
+    desc.push(g.kek_id.len() as u8);
+    desc.extend(g.kek_id.as_bytes());
+    lp16(&mut desc, &hex::decode(&g.edek).unwrap());
+    desc.extend((c.fields.len() as u16).to_be_bytes());
+    for f in &c.fields {
+        lp16(&mut desc, f.as_bytes());
+    }
+    desc.extend(0u16.to_be_bytes());
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
+    let nonce = |i: u8| {
+        let mut n = nonce_base.clone();
+        n[11] += i;
+        n
+    };
+    // Part i: the field's exact bytes, AAD with the record id instead of the descriptor.
+    let mut value = c.input.value.clone().unwrap();
+    for (i, (pointer, original)) in [
+        ("/card/number", "\"4111111111111111\""),
+        ("/name", "\"Ada\""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(c.fields[i], pointer);
+        let mut aad = b"kapsule/v2/part".to_vec();
+        aad.push(2);
+        aad.extend((i as u32).to_be_bytes());
+        lp(&mut aad, g.topic.as_bytes());
+        lp(&mut aad, pointer.as_bytes());
+        aad.push(0);
+        lp(&mut aad, b"");
+        aad.extend(&record_id);
+        let ct = cipher
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&nonce(i as u8)),
+                Payload {
+                    msg: original.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let stored = format!(
+            "\"kapsule:v1:{}\"",
+            base64::engine::general_purpose::STANDARD.encode(ct)
+        );
+        value = value.replacen(original, &stored, 1);
+    }
+    assert_eq!(hex::encode(&value), *c.output.value.as_ref().unwrap());
+    // Record tag: the stored value sealed as plaintext, nonce index 2, descriptor in the AAD.
+    let mut raad = b"kapsule/v2/record".to_vec();
+    lp(&mut raad, g.topic.as_bytes());
+    raad.push(0);
+    lp(&mut raad, b"");
+    raad.push(1);
+    lp(&mut raad, &desc);
+    let sealed = cipher
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&nonce(2)),
+            Payload {
+                msg: value.as_bytes(),
+                aad: &raad,
+            },
+        )
+        .unwrap();
+    let mut header = desc.clone();
+    header.extend(&sealed[value.len()..]);
+    assert_eq!(
+        c.output.headers,
+        vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
+    );
 }

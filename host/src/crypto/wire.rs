@@ -29,8 +29,31 @@ pub const FLAG_HEADERS: u8 = 0x08;
 /// Confluent wire format) are encrypted; their paths are in the pointer list and their spans in
 /// the trailing field-span list.
 pub const FLAG_VALUE_SCHEMA: u8 = 0x10;
+/// Descriptor flag: the record binds its parts and its tag by associated data revision 2
+/// ([`AadScheme::V2`]).
+pub const FLAG_AAD_V2: u8 = 0x20;
 const KNOWN_FLAGS: u8 =
-    FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA;
+    FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA | FLAG_AAD_V2;
+
+/// How a record's parts and its record tag bind their context (docs/wire-format.md, "Associated
+/// data"). Both revisions bind the same things; they differ in cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AadScheme {
+    /// Revision 1: every part's AAD holds the whole descriptor, and the record tag is the GCM tag
+    /// of an empty plaintext whose AAD holds the value. Still written for whole-value records (the
+    /// value is not in the tag there, so revision 2 would save nothing), so readers that predate
+    /// revision 2 read them.
+    #[default]
+    V1,
+    /// Revision 2: a part's AAD holds the record id instead of the descriptor, and the record tag
+    /// is the GCM tag of the value sealed as plaintext (that ciphertext is discarded) under an
+    /// AAD that holds the descriptor. The tag, verified before any part is opened, still covers
+    /// the descriptor, and the record id and nonce bind each part to its record; but the value
+    /// goes through AES-GCM's bulk path instead of GHASH one block at a time (a 1 KiB value with
+    /// encrypted fields cost several times its whole-value encryption under revision 1). Written
+    /// whenever the value is left wholly or partly in clear.
+    V2,
+}
 
 pub use crate::schema::FieldEncoding;
 
@@ -95,6 +118,8 @@ pub struct Descriptor {
     pub edek: Vec<u8>,
     /// Names of encrypted headers, one entry per encrypted occurrence, in wire order.
     pub headers: Vec<Vec<u8>>,
+    /// How the parts and the record tag bind their context.
+    pub aad: AadScheme,
 }
 
 /// Why a descriptor could not be decoded or encoded.
@@ -159,6 +184,9 @@ impl Descriptor {
         }
         if !self.headers.is_empty() {
             f |= FLAG_HEADERS;
+        }
+        if self.aad == AadScheme::V2 {
+            f |= FLAG_AAD_V2;
         }
         f
     }
@@ -317,6 +345,11 @@ impl Descriptor {
             kek_id,
             edek,
             headers,
+            aad: if flags & FLAG_AAD_V2 != 0 {
+                AadScheme::V2
+            } else {
+                AadScheme::V1
+            },
         })
     }
 }
@@ -340,38 +373,85 @@ fn put32(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// AAD of AES-GCM part `index`:
-/// `"kapsule/v1/part" | kind u8 | index u32 | lp(topic) | lp(name) | key-present u8 | lp(key) |
-/// lp(descriptor)`, where lp = u32 big-endian length then bytes, `name` is empty (value), the
-/// JSON pointer or the header name, and `key` the record key exactly as sent to the broker.
-pub fn part_aad(
-    topic: &str,
-    kind: PartKind,
-    index: u32,
-    name: &[u8],
-    wire_key: Option<&[u8]>,
-    descriptor: &[u8],
-) -> Vec<u8> {
-    let mut a = Vec::with_capacity(
-        40 + topic.len() + name.len() + wire_key.map_or(0, <[u8]>::len) + descriptor.len(),
-    );
-    a.extend_from_slice(b"kapsule/v1/part");
-    a.push(kind as u8);
-    a.extend_from_slice(&index.to_be_bytes());
-    put32(&mut a, topic.as_bytes());
-    put32(&mut a, name);
-    match wire_key {
-        Some(k) => {
-            a.push(1);
-            put32(&mut a, k);
-        }
-        None => {
-            a.push(0);
-            put32(&mut a, b"");
+/// What every associated data of one record binds: the topic, the record key exactly as sent to
+/// the broker, and the record's descriptor, under the record's [`AadScheme`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordContext<'a> {
+    /// The revision the descriptor names.
+    pub scheme: AadScheme,
+    /// Topic name.
+    pub topic: &'a str,
+    /// The record key as sent to the broker (ciphertext if encrypted).
+    pub wire_key: Option<&'a [u8]>,
+    /// The descriptor bytes (the `kapsule.enc` header value without the tag).
+    pub descriptor: &'a [u8],
+    /// The descriptor's record id.
+    pub record_id: &'a [u8; 16],
+}
+
+impl RecordContext<'_> {
+    /// Writes the AAD of AES-GCM part `index` into `out` (cleared first):
+    /// `prefix | kind u8 | index u32 | lp(topic) | lp(name) | key-present u8 | lp(key) | binding`,
+    /// where lp = u32 big-endian length then bytes, `name` is empty (value), the JSON pointer,
+    /// the schema field path or the header name; revision 1: prefix `"kapsule/v1/part"`, binding
+    /// `lp(descriptor)`; revision 2: prefix `"kapsule/v2/part"`, binding the 16-byte record id.
+    pub fn part_aad(&self, kind: PartKind, index: u32, name: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(match self.scheme {
+            AadScheme::V1 => b"kapsule/v1/part",
+            AadScheme::V2 => b"kapsule/v2/part",
+        });
+        out.push(kind as u8);
+        out.extend_from_slice(&index.to_be_bytes());
+        put32(out, self.topic.as_bytes());
+        put32(out, name);
+        self.put_key(out);
+        match self.scheme {
+            AadScheme::V1 => put32(out, self.descriptor),
+            AadScheme::V2 => out.extend_from_slice(self.record_id),
         }
     }
-    put32(&mut a, descriptor);
-    a
+
+    /// Writes the record tag's AAD into `out` (cleared first) and returns the bytes the tag seals
+    /// as plaintext (nonce index = number of parts).
+    ///
+    /// Revision 1: AAD `"kapsule/v1/record" | lp(topic) | key-present u8 | lp(key) | value marker
+    /// u8 | lp(value) | lp(descriptor)`, empty plaintext. Revision 2: AAD `"kapsule/v2/record" |
+    /// lp(topic) | key-present u8 | lp(key) | value marker u8 | lp(descriptor)`, plaintext the
+    /// value. The value is exactly as sent to the broker, and empty for markers 0 and 2. The tag
+    /// authenticates the whole record body, including parts left in clear, so a descriptor cannot
+    /// be copied onto a forged record.
+    pub fn record_tag_input<'v>(&self, value: TagValue<'v>, out: &mut Vec<u8>) -> &'v [u8] {
+        let (marker, bytes): (u8, &'v [u8]) = match value {
+            TagValue::Null => (0, b""),
+            TagValue::Bytes(b) => (1, b),
+            TagValue::Encrypted => (2, b""),
+        };
+        out.clear();
+        out.extend_from_slice(match self.scheme {
+            AadScheme::V1 => b"kapsule/v1/record",
+            AadScheme::V2 => b"kapsule/v2/record",
+        });
+        put32(out, self.topic.as_bytes());
+        self.put_key(out);
+        out.push(marker);
+        match self.scheme {
+            AadScheme::V1 => {
+                put32(out, bytes);
+                put32(out, self.descriptor);
+                b""
+            }
+            AadScheme::V2 => {
+                put32(out, self.descriptor);
+                bytes
+            }
+        }
+    }
+
+    fn put_key(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(self.wire_key.is_some()));
+        put32(out, self.wire_key.unwrap_or_default());
+    }
 }
 
 /// Length of the record tag that follows the descriptor in the `kapsule.enc` header value.
@@ -386,7 +466,7 @@ pub fn split_header(value: &[u8]) -> Result<(&[u8], &[u8; RECORD_TAG_LEN]), Wire
     Ok((d, t.try_into().expect("16 bytes")))
 }
 
-/// How the record value enters the record tag's AAD.
+/// How the record value enters the record tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagValue<'a> {
     /// Null value: marker 0.
@@ -395,35 +475,6 @@ pub enum TagValue<'a> {
     Bytes(&'a [u8]),
     /// Whole value encrypted, hence already authenticated by part 0: marker 2, no bytes.
     Encrypted,
-}
-
-/// AAD of the record tag (an AES-GCM tag over an empty plaintext, nonce index = number of
-/// parts): `"kapsule/v1/record" | lp(topic) | key-present u8 | lp(key) | value marker u8 |
-/// lp(value) | lp(descriptor)`, key and value exactly as sent to the broker (value bytes empty
-/// for markers 0 and 2). It authenticates the whole record body, including parts left in
-/// clear, so a descriptor cannot be copied onto a forged record.
-pub fn record_aad(
-    topic: &str,
-    wire_key: Option<&[u8]>,
-    value: TagValue<'_>,
-    descriptor: &[u8],
-) -> Vec<u8> {
-    let (marker, vb): (u8, &[u8]) = match value {
-        TagValue::Null => (0, b""),
-        TagValue::Bytes(b) => (1, b),
-        TagValue::Encrypted => (2, b""),
-    };
-    let mut a = Vec::with_capacity(
-        40 + topic.len() + wire_key.map_or(0, <[u8]>::len) + vb.len() + descriptor.len(),
-    );
-    a.extend_from_slice(b"kapsule/v1/record");
-    put32(&mut a, topic.as_bytes());
-    a.push(u8::from(wire_key.is_some()));
-    put32(&mut a, wire_key.unwrap_or_default());
-    a.push(marker);
-    put32(&mut a, vb);
-    put32(&mut a, descriptor);
-    a
 }
 
 /// AAD of the deterministic record-key ciphertext:
@@ -451,6 +502,7 @@ mod tests {
             kek_id: "orders".into(),
             edek: b"vault:v1:abc".to_vec(),
             headers: vec![b"h1".to_vec(), b"h1".to_vec()],
+            aad: AadScheme::V2,
         }
     }
 

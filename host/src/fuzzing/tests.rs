@@ -10,7 +10,7 @@ use proptest::test_runner::{Config, TestRunner};
 use super::fetch::TOPIC;
 use super::kms::{block_on, encryptor};
 use crate::crypto::record::DecryptError;
-use crate::crypto::wire::{Descriptor, ValueEncryption};
+use crate::crypto::wire::{AadScheme, Descriptor, ValueEncryption};
 use crate::kafka::records::tests::props::arb_batch;
 use crate::kafka::records::tests::{edge_batch, encode, mixed_record_set};
 use crate::kafka::records::{split_record_set, Compression, RecordBatch};
@@ -139,9 +139,10 @@ fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
         proptest::collection::vec(any::<u8>(), 0..64),
         proptest::collection::vec(name, 0..4),
         1u32..5,
+        any::<bool>(),
     )
         .prop_map(
-            |(value, key_encrypted, record_id, nonce_base, kek_id, edek, headers, version)| {
+            |(value, key_encrypted, record_id, nonce_base, kek_id, edek, headers, version, v2)| {
                 Descriptor {
                     value,
                     key_encrypted,
@@ -151,6 +152,7 @@ fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
                     kek_id,
                     edek,
                     headers,
+                    aad: if v2 { AadScheme::V2 } else { AadScheme::V1 },
                 }
             },
         )
@@ -398,9 +400,11 @@ fn write_descriptor_seeds() {
         kek_id: "orders".into(),
         edek: vec![0xee; 64],
         headers: vec![b"h1".to_vec(), b"trace".to_vec()],
+        aad: AadScheme::V1,
     };
     let json = Descriptor {
         value: ValueEncryption::Json(vec!["/card/number".into(), "/a".into()]),
+        aad: AadScheme::V2,
         key_encrypted: false,
         key_kek_version: 0,
         headers: Vec::new(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::crypto::wire::{Descriptor, ValueEncryption, HEADER_KEY};
+use crate::crypto::wire::{AadScheme, Descriptor, ValueEncryption, HEADER_KEY};
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
 use crate::tools::client::{decode_batches, Cluster};
 use crate::tools::inspect::{self, decode_header_base64, inspect_record, InspectOptions};
@@ -345,6 +345,7 @@ fn sample_descriptor() -> Descriptor {
         kek_id: "payments-kek".into(),
         edek: vec![0xAB; 61],
         headers: vec![b"x-secret".to_vec()],
+        aad: AadScheme::V2,
     }
 }
 

@@ -39,30 +39,28 @@ pub(super) fn stored_len(encoding: FieldEncoding, pt_len: usize) -> usize {
     prefix_len(encoding, c) + c
 }
 
-/// The stored field for ciphertext `ct`.
-pub(super) fn encode(encoding: FieldEncoding, ct: &[u8]) -> Vec<u8> {
+/// Appends the stored field for ciphertext `ct` to `out`.
+pub(super) fn encode_into(encoding: FieldEncoding, ct: &[u8], out: &mut Vec<u8>) {
     let c = content_len(encoding, ct.len());
-    let mut out = Vec::with_capacity(prefix_len(encoding, c) + c);
+    out.reserve(prefix_len(encoding, c) + c);
     match encoding {
-        FieldEncoding::AvroText | FieldEncoding::AvroRaw => {
-            varint::write_zigzag(&mut out, c as i64)
-        }
-        FieldEncoding::ProtoText | FieldEncoding::ProtoRaw => {
-            varint::write_unsigned(&mut out, c as u64)
-        }
+        FieldEncoding::AvroText | FieldEncoding::AvroRaw => varint::write_zigzag(out, c as i64),
+        FieldEncoding::ProtoText | FieldEncoding::ProtoRaw => varint::write_unsigned(out, c as u64),
         FieldEncoding::JsonText => out.push(b'"'),
     }
     match encoding {
         FieldEncoding::AvroRaw | FieldEncoding::ProtoRaw => out.extend_from_slice(ct),
         _ => {
             out.extend_from_slice(JSON_PREFIX.as_bytes());
-            out.extend_from_slice(B64.encode(ct).as_bytes());
+            let start = out.len();
+            out.resize(start + b64_len(ct.len()), 0);
+            B64.encode_slice(ct, &mut out[start..])
+                .expect("the buffer is sized for the base64 of `ct`");
         }
     }
     if encoding == FieldEncoding::JsonText {
         out.push(b'"');
     }
-    out
 }
 
 /// The ciphertext of a stored field; `Err` says why the bytes are not in `encoding`'s form.
@@ -113,7 +111,9 @@ mod tests {
         ] {
             for pt_len in [0usize, 1, 2, 3, 40, 47, 48, 100, 5000] {
                 let ct = vec![0xa5; pt_len + GCM_TAG_LEN];
-                let stored = encode(enc, &ct);
+                let mut stored = vec![0xAA];
+                encode_into(enc, &ct, &mut stored);
+                let stored = stored.split_off(1);
                 assert_eq!(stored.len(), stored_len(enc, pt_len), "{enc:?} {pt_len}");
                 assert_eq!(decode(enc, &stored).unwrap(), ct);
                 let mut cut = stored.clone();

@@ -14,7 +14,8 @@ mod seal;
 
 use std::ops::Range;
 
-use crate::crypto::wire::{KeyIdError, TagValue, ValueEncryption, HEADER_KEY};
+use crate::crypto::primitives::{Dek, NONCE_LEN, TAG_LEN};
+use crate::crypto::wire::{KeyIdError, RecordContext, TagValue, ValueEncryption, HEADER_KEY};
 use crate::kafka::records::RecordBatch;
 use crate::kms::KmsError;
 use crate::plan::RevealParts;
@@ -312,6 +313,19 @@ fn tag_value<'a>(mode: &ValueEncryption, wire_value: Option<&'a [u8]>) -> TagVal
         (_, None) => TagValue::Null,
         (_, Some(v)) => TagValue::Bytes(v),
     }
+}
+
+/// The record tag of a record bound by `ctx` (docs/wire-format.md, "Record tag"), `nonce` the
+/// one after its last part.
+fn record_tag(
+    dek: &Dek,
+    nonce: &[u8; NONCE_LEN],
+    ctx: &RecordContext<'_>,
+    value: TagValue<'_>,
+) -> [u8; TAG_LEN] {
+    let mut aad = Vec::with_capacity(96 + ctx.topic.len() + ctx.descriptor.len());
+    let sealed = ctx.record_tag_input(value, &mut aad);
+    dek.tag(nonce, &aad, sealed)
 }
 
 /// Replaces non-overlapping `spans` of `doc`.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::crypto::primitives::{nonce_at, siv_open, Dek};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, split_header, Descriptor, PartKind, ValueEncryption, WireError,
+    key_aad, split_header, Descriptor, PartKind, RecordContext, ValueEncryption, WireError,
     HEADER_KEY, JSON_PREFIX,
 };
 use crate::json::{find_spans, parse_pointer};
@@ -207,7 +207,13 @@ pub(super) fn open_record(
         .ok_or_else(|| OpenFail::Malformed("null kapsule.enc header".into()))?;
     let (desc_bytes, tag) =
         split_header(header_value).map_err(|e| OpenFail::Malformed(e.to_string()))?;
-    let wk = rec.key.as_deref();
+    let ctx = RecordContext {
+        scheme: desc.aad,
+        topic,
+        wire_key: rec.key.as_deref(),
+        descriptor: desc_bytes,
+        record_id: &desc.record_id,
+    };
     // The record tag first: it covers the whole record body and the descriptor.
     let tag_index = desc
         .value_parts()
@@ -215,16 +221,13 @@ pub(super) fn open_record(
         .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
     let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
         .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
-    if !dek.verify_tag(
+    let expected_tag = record_tag(
+        dek,
         &tag_nonce,
-        &record_aad(
-            topic,
-            wk,
-            tag_value(&desc.value, rec.value.as_deref()),
-            desc_bytes,
-        ),
-        tag,
-    ) {
+        &ctx,
+        tag_value(&desc.value, rec.value.as_deref()),
+    );
+    if !crate::constant_time::eq(&expected_tag, tag) {
         return Err(OpenFail::Integrity(
             "record tag does not authenticate (record body or descriptor altered, moved or forged)"
                 .into(),
@@ -232,25 +235,31 @@ pub(super) fn open_record(
     }
     let mut bytes = 0u64;
     let mut withheld = Withheld::default();
-    let open = |kind: PartKind, index: u32, name: &[u8], ct: &[u8]| -> Result<Vec<u8>, OpenFail> {
+    // One AAD buffer for every part of the record.
+    let mut aad = Vec::with_capacity(64 + topic.len() + desc_bytes.len());
+    let mut open = |kind: PartKind,
+                    index: u32,
+                    name: &[u8],
+                    ct: &[u8]|
+     -> Result<Vec<u8>, OpenFail> {
         let nonce = nonce_at(&desc.nonce_base, index)
             .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
-        dek.open(&nonce, &part_aad(topic, kind, index, name, wk, desc_bytes), ct)
-            .ok_or_else(|| {
-                let what = match kind {
-                    PartKind::Value => "value".to_owned(),
-                    PartKind::JsonField => {
-                        format!("JSON field {}", String::from_utf8_lossy(name))
-                    }
-                    PartKind::Header => format!("header {}", String::from_utf8_lossy(name)),
-                    PartKind::SchemaField => {
-                        format!("schema field {}", String::from_utf8_lossy(name))
-                    }
-                };
-                OpenFail::Integrity(format!(
-                    "{what} does not authenticate (moved from another topic, record or part, or altered)"
-                ))
-            })
+        ctx.part_aad(kind, index, name, &mut aad);
+        dek.open(&nonce, &aad, ct).ok_or_else(|| {
+            let what = match kind {
+                PartKind::Value => "value".to_owned(),
+                PartKind::JsonField => {
+                    format!("JSON field {}", String::from_utf8_lossy(name))
+                }
+                PartKind::Header => format!("header {}", String::from_utf8_lossy(name)),
+                PartKind::SchemaField => {
+                    format!("schema field {}", String::from_utf8_lossy(name))
+                }
+            };
+            OpenFail::Integrity(format!(
+                "{what} does not authenticate (moved from another topic, record or part, or altered)"
+            ))
+        })
     };
     let new_key = if desc.key_encrypted && scope.reveals_key() {
         let (Some(k), Some(siv)) = (&rec.key, key_cipher) else {

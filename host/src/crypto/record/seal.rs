@@ -5,14 +5,12 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use aes_siv::siv::Aes256Siv;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use bytes::Bytes;
 
-use crate::crypto::primitives::{nonce_at, siv_seal, Dek, NONCE_LEN};
+use crate::crypto::primitives::{nonce_at, siv_seal, Dek, NONCE_LEN, TAG_LEN};
 use crate::crypto::wire::{
-    key_aad, part_aad, record_aad, Descriptor, PartKind, SchemaFieldPart, ValueEncryption,
-    WireError, HEADER_KEY, JSON_PREFIX,
+    key_aad, AadScheme, Descriptor, FieldEncoding, PartKind, RecordContext, SchemaFieldPart,
+    ValueEncryption, WireError, HEADER_KEY,
 };
 use crate::json::{find_spans, parse_pointer, JsonError};
 use crate::kafka::records::{Record, RecordHeader};
@@ -189,49 +187,89 @@ pub(super) fn seal_record(
             .iter()
             .map(|&i| rec.headers[i].key.to_vec())
             .collect(),
+        // Revision 2 only where the record tag covers value bytes (a value wholly or partly in
+        // clear), the case it makes cheaper; whole-value records and tombstones stay revision 1,
+        // so readers that predate revision 2 read them.
+        aad: if rec.value.is_some() && !prep.value_whole {
+            AadScheme::V2
+        } else {
+            AadScheme::V1
+        },
     };
     let desc_bytes = desc.encode()?;
-    let wk = new_key.as_deref();
-    let seal = |kind: PartKind, index: u32, name: &[u8], pt: &[u8]| -> Result<Vec<u8>, SealFail> {
+    let ctx = RecordContext {
+        scheme: desc.aad,
+        topic: p.topic,
+        wire_key: new_key.as_deref(),
+        descriptor: &desc_bytes,
+        record_id: &p.record_id,
+    };
+    // One AAD buffer for every part of the record.
+    let mut aad = Vec::with_capacity(64 + p.topic.len() + desc_bytes.len());
+    let mut seal_into = |kind: PartKind,
+                         index: u32,
+                         name: &[u8],
+                         pt: &[u8],
+                         out: &mut Vec<u8>|
+     -> Result<(), SealFail> {
         let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
-        Ok(p.dek.seal(
-            &nonce,
-            &part_aad(p.topic, kind, index, name, wk, &desc_bytes),
-            pt,
-        ))
+        ctx.part_aad(kind, index, name, &mut aad);
+        p.dek.seal_into(&nonce, &aad, pt, out);
+        Ok(())
     };
     let new_value = match &rec.value {
-        Some(v) if prep.value_whole => Some(Bytes::from(seal(PartKind::Value, 0, b"", v)?)),
-        Some(v) if !prep.fields.is_empty() => {
-            let mut repl: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(prep.fields.len());
-            for (i, (name, span)) in prep.fields.iter().enumerate() {
-                let ct = seal(
-                    PartKind::JsonField,
-                    i as u32,
-                    name.as_bytes(),
-                    &v[span.clone()],
-                )?;
-                let mut s = Vec::with_capacity(JSON_PREFIX.len() + ct.len() * 4 / 3 + 6);
-                s.push(b'"');
-                s.extend_from_slice(JSON_PREFIX.as_bytes());
-                s.extend_from_slice(B64.encode(&ct).as_bytes());
-                s.push(b'"');
-                repl.push((span.clone(), s));
-            }
-            Some(Bytes::from(splice(v, repl)))
+        Some(v) if prep.value_whole => {
+            let mut out = Vec::with_capacity(v.len() + TAG_LEN);
+            seal_into(PartKind::Value, 0, b"", v, &mut out)?;
+            Some(Bytes::from(out))
         }
-        Some(v) if !prep.schema_fields.is_empty() => {
-            let mut repl = Vec::with_capacity(prep.schema_fields.len());
-            for (i, f) in prep.schema_fields.iter().enumerate() {
-                let ct = seal(
-                    PartKind::SchemaField,
-                    i as u32,
-                    f.path.as_bytes(),
-                    &v[f.range.clone()],
-                )?;
-                repl.push((f.range.clone(), fields::encode(f.encoding, &ct)));
+        Some(v) if !prep.fields.is_empty() || !prep.schema_fields.is_empty() => {
+            // (part index, span, name, stored form), sealed in span order straight into the
+            // new value; part indices follow the descriptor's order.
+            let mut parts: Vec<(u32, Range<usize>, &[u8], FieldEncoding)> =
+                if prep.schema_fields.is_empty() {
+                    prep.fields
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (name, span))| {
+                            (
+                                i as u32,
+                                span.clone(),
+                                name.as_bytes(),
+                                FieldEncoding::JsonText,
+                            )
+                        })
+                        .collect()
+                } else {
+                    prep.schema_fields
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| (i as u32, f.range.clone(), f.path.as_bytes(), f.encoding))
+                        .collect()
+                };
+            parts.sort_unstable_by_key(|(_, span, _, _)| span.start);
+            let grown: usize = parts
+                .iter()
+                .map(|(_, span, _, encoding)| fields::stored_len(*encoding, span.len()))
+                .sum();
+            let mut out = Vec::with_capacity(v.len() + grown);
+            let mut ct =
+                Vec::with_capacity(parts.iter().map(|p| p.1.len()).max().unwrap_or(0) + TAG_LEN);
+            let kind = if prep.schema_fields.is_empty() {
+                PartKind::JsonField
+            } else {
+                PartKind::SchemaField
+            };
+            let mut pos = 0;
+            for (index, span, name, encoding) in parts {
+                out.extend_from_slice(&v[pos..span.start]);
+                ct.clear();
+                seal_into(kind, index, name, &v[span.clone()], &mut ct)?;
+                fields::encode_into(encoding, &ct, &mut out);
+                pos = span.end;
             }
-            Some(Bytes::from(splice(v, repl)))
+            out.extend_from_slice(&v[pos..]);
+            Some(Bytes::from(out))
         }
         other => other.clone(),
     };
@@ -242,19 +280,17 @@ pub(super) fn seal_record(
     for (j, &i) in prep.headers.iter().enumerate() {
         let h = &mut headers[i];
         let pt = h.value.as_ref().expect("prepared headers are non-null");
-        let ct = seal(PartKind::Header, base + j as u32, &h.key, pt)?;
+        let mut ct = Vec::with_capacity(pt.len() + TAG_LEN);
+        seal_into(PartKind::Header, base + j as u32, &h.key, pt, &mut ct)?;
         h.value = Some(Bytes::from(ct));
     }
     let tag_index = base + prep.headers.len() as u32;
     let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
-    let tag = p.dek.tag(
+    let tag = record_tag(
+        p.dek,
         &tag_nonce,
-        &record_aad(
-            p.topic,
-            wk,
-            tag_value(&desc.value, new_value.as_deref()),
-            &desc_bytes,
-        ),
+        &ctx,
+        tag_value(&desc.value, new_value.as_deref()),
     );
     let mut header_value = desc_bytes;
     header_value.extend_from_slice(&tag);
