@@ -49,17 +49,6 @@ impl Dek {
         out
     }
 
-    /// AES-256-GCM encryption appending `ciphertext || tag` to `out` (no intermediate buffer).
-    pub fn seal_into(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
-        out: &mut Vec<u8>,
-    ) {
-        self.cipher.seal_into(nonce, aad, plaintext, out);
-    }
-
     /// The GCM tag of an empty plaintext under `aad` (the record tag), without allocating.
     pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8]) -> [u8; TAG_LEN] {
         self.cipher.tag(nonce, aad)
