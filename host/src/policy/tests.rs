@@ -47,6 +47,17 @@ fn relaxed_registry(bindings: Vec<BindingConfig>) -> PolicyRegistry {
     PolicyRegistry::new(&config(bindings, relaxed_limits())).unwrap()
 }
 
+/// A registry of one binding (see [`binding`]) under [`relaxed_limits`].
+fn one_binding(module: PathBuf, topics: &str, config: &str, allowed: &[&str]) -> PolicyRegistry {
+    relaxed_registry(vec![binding(module, topics, config, allowed)])
+}
+
+/// A registry of one binding of the `hostile-misbehave` module in `mode` on every topic, allowed
+/// every `kek-*` key, under [`relaxed_limits`].
+fn misbehaving_everywhere(mode: &str) -> PolicyRegistry {
+    one_binding(artifacts().path("hostile-misbehave"), "*", mode, &["kek-*"])
+}
+
 /// The plan of a policy that decides per record from headers only.
 fn headers_only_plan() -> TopicPlan {
     TopicPlan::PerRecord(Needs {
@@ -184,12 +195,7 @@ fn bindings_come_before_rules_and_plans_are_cached() {
 #[test]
 fn tenant_keys_decides_per_record_from_headers() {
     let a = artifacts();
-    let reg = relaxed_registry(vec![binding(
-        a.path("tenant-keys"),
-        "events",
-        "",
-        &["tenant-*"],
-    )]);
+    let reg = one_binding(a.path("tenant-keys"), "events", "", &["tenant-*"]);
     assert_eq!(reg.topic_plan("events", None).unwrap(), headers_only_plan());
     let recs = vec![
         record("a", &[("tenant", "acme")]),
@@ -208,12 +214,12 @@ fn tenant_keys_decides_per_record_from_headers() {
 #[test]
 fn pii_fields_finds_nested_fields_and_fails_closed_on_non_json() {
     let a = artifacts();
-    let reg = relaxed_registry(vec![binding(
+    let reg = one_binding(
         a.path("pii-fields"),
         "users",
         r#"{"key_id": "pii-${topic}", "fields": ["email", "ssn", "a/b"]}"#,
         &["pii-*"],
-    )]);
+    );
     let recs = vec![
         record(
             r#"{"name":"x","Email":"e@x","kids":[{"ssn":"1"}],"a/b":1}"#,
@@ -250,6 +256,14 @@ fn with_hostile(mode: &str, limits: LimitsConfig) -> PolicyRegistry {
         limits,
     );
     PolicyRegistry::new(&c).unwrap()
+}
+
+/// The message of `e`, which must be a trap.
+fn trap_message(e: PolicyError) -> String {
+    match e {
+        PolicyError::Trap { message, .. } => message,
+        other => panic!("expected a trap, got {other:?}"),
+    }
 }
 
 fn good_still_serves(reg: &PolicyRegistry) {
@@ -328,13 +342,8 @@ fn panic_traps_and_stack_overflow_traps() {
     good_still_serves(&reg);
 
     let reg = with_hostile("stack-overflow", relaxed_limits());
-    let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
-    match e {
-        PolicyError::Trap { message, .. } => {
-            assert!(message.contains("call stack exhausted"), "{message}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let message = trap_message(reg.decide("bad", None, 0, &records(1)).unwrap_err());
+    assert!(message.contains("call stack exhausted"), "{message}");
     good_still_serves(&reg);
 }
 
@@ -473,7 +482,7 @@ fn reload_swaps_good_versions_and_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("policy.wasm");
     copy(&a.path("encrypt-all"), &module);
-    let reg = relaxed_registry(vec![binding(module.clone(), "t", "", &["kek-*"])]);
+    let reg = one_binding(module.clone(), "t", "", &["kek-*"]);
     assert!(matches!(
         reg.topic_plan("t", None).unwrap(),
         TopicPlan::EncryptAll(_)
@@ -515,12 +524,7 @@ fn init_failure_on_reload_keeps_the_old_version() {
     let module = dir.path().join("policy.wasm");
     // passthrough ignores its config; encrypt-all refuses this one in `init`.
     copy(&a.path("passthrough"), &module);
-    let reg = relaxed_registry(vec![binding(
-        module.clone(),
-        "t",
-        "kek with space",
-        &["kek-*"],
-    )]);
+    let reg = one_binding(module.clone(), "t", "kek with space", &["kek-*"]);
     copy(&a.path("encrypt-all"), &module);
     let out = reg.reload();
     assert!(
@@ -536,7 +540,7 @@ fn watcher_reloads_changed_modules() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("policy.wasm");
     copy(&a.path("passthrough"), &module);
-    let reg = relaxed_registry(vec![binding(module.clone(), "t", "", &["kek-*"])]);
+    let reg = one_binding(module.clone(), "t", "", &["kek-*"]);
     reg.watch().unwrap();
     assert_eq!(reg.topic_plan("t", None).unwrap(), TopicPlan::PassAll);
     let started = Instant::now();
@@ -612,7 +616,7 @@ fn json_pointer_validation() {
 fn c_policy_header_gate() {
     let module = super::fixtures::build_c_policy()
         .expect("C policy builds (run scripts/install-policy-toolchains.sh)");
-    let reg = relaxed_registry(vec![binding(module, "gated.*", "kek-", &["kek-${topic}"])]);
+    let reg = one_binding(module, "gated.*", "kek-", &["kek-${topic}"]);
     assert_eq!(
         reg.topic_plan("gated.a", None).unwrap(),
         headers_only_plan()
@@ -664,12 +668,8 @@ fn sleeping_guest_is_stopped_at_once_not_after_the_sleep() {
     let e = reg.decide("bad", None, 0, &records(1)).unwrap_err();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "call held for {took:?}");
-    match &e {
-        PolicyError::Trap { message, .. } => {
-            assert!(message.contains("may not wait"), "{message}")
-        }
-        other => panic!("expected a trap naming the wait, got {other:?}"),
-    }
+    let message = trap_message(e);
+    assert!(message.contains("may not wait"), "{message}");
     good_still_serves(&reg);
 }
 
@@ -720,7 +720,7 @@ fn reload_to_a_module_that_sleeps_in_init_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("p.wasm");
     copy(&a.path("passthrough"), &module);
-    let reg = relaxed_registry(vec![binding(module.clone(), "t", "sleep-init", &[])]);
+    let reg = one_binding(module.clone(), "t", "sleep-init", &[]);
     copy(&a.path("hostile-misbehave"), &module);
     let started = Instant::now();
     let out = reg.reload();
@@ -738,13 +738,8 @@ fn reload_to_a_module_that_sleeps_in_init_is_refused_at_once() {
 #[test]
 fn sockets_and_other_io_imports_trap_instead_of_reaching_out() {
     let reg = with_hostile("net", relaxed_limits());
-    let e = reg.topic_plan("bad", None).unwrap_err();
-    match &e {
-        PolicyError::Trap { message, .. } => {
-            assert!(message.contains("wasi:sockets"), "{message}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let message = trap_message(reg.topic_plan("bad", None).unwrap_err());
+    assert!(message.contains("wasi:sockets"), "{message}");
     good_still_serves(&reg);
 }
 
@@ -775,12 +770,12 @@ async fn printing_in_init_goes_to_the_policy_log_even_on_a_runtime_thread() {
 #[tokio::test(flavor = "current_thread")]
 async fn printing_in_init_works_on_a_current_thread_runtime_too() {
     let a = artifacts();
-    let reg = relaxed_registry(vec![binding(
+    let reg = one_binding(
         a.path("hostile-misbehave"),
         "bad",
         "print-init",
         &["kek-ok"],
-    )]);
+    );
     assert!(reg.status().bindings[0].log_emitted >= 2);
 }
 
@@ -1091,11 +1086,7 @@ fn a_module_failing_to_load_in_the_background_refuses_its_topics_until_reloaded(
 #[test]
 fn a_current_sdk_module_loads_and_reports_contract_0_3() {
     let a = artifacts();
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(a.path("encrypt-all"), "t", "{}", &["*"])],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = one_binding(a.path("encrypt-all"), "t", "{}", &["*"]);
     assert!(matches!(
         reg.topic_plan("t", None).unwrap(),
         TopicPlan::EncryptAll(_)
@@ -1173,12 +1164,12 @@ fn schema_pii(tags: &[&str]) -> RecordDecision {
 #[test]
 fn v0_3_schema_policy_decides_schema_fields_with_a_two_header_memo() {
     let a = artifacts();
-    let reg = relaxed_registry(vec![binding(
+    let reg = one_binding(
         a.path("schema-pii"),
         "*",
         r#"{"whole_value_tenants": ["x"]}"#,
         &["kek-*"],
-    )]);
+    );
     assert_eq!(reg.status().bindings[0].wit_version, "0.3.0");
     reg.topic_plan("t", None).unwrap();
     assert_eq!(
@@ -1217,13 +1208,7 @@ fn v0_3_schema_policy_decides_schema_fields_with_a_two_header_memo() {
 /// depends on more than the headers it names is caught and the memo turned off.
 #[test]
 fn a_lying_two_header_memo_is_caught_by_the_audit() {
-    let a = artifacts();
-    let reg = relaxed_registry(vec![binding(
-        a.path("hostile-misbehave"),
-        "*",
-        "lying-two-header-memo",
-        &["kek-*"],
-    )]);
+    let reg = misbehaving_everywhere("lying-two-header-memo");
     let recs = vec![
         record("x", &[("tenant", "a"), ("classification", "c")]),
         record("y", &[("tenant", "a"), ("classification", "c")]),
@@ -1234,12 +1219,7 @@ fn a_lying_two_header_memo_is_caught_by_the_audit() {
     let s = &reg.status().bindings[0];
     assert!(s.memo_disabled && s.memo_mismatches == 1, "{s:?}");
     // Unaudited (what `policy check` compares), the memo alone answers `y` from `x`.
-    let unaudited = relaxed_registry(vec![binding(
-        a.path("hostile-misbehave"),
-        "*",
-        "lying-two-header-memo",
-        &["kek-*"],
-    )]);
+    let unaudited = misbehaving_everywhere("lying-two-header-memo");
     let d = unaudited
         .decide_using("t", None, 0, &recs, MemoUse::Unaudited)
         .unwrap();
@@ -1249,16 +1229,7 @@ fn a_lying_two_header_memo_is_caught_by_the_audit() {
 #[test]
 fn v0_1_module_still_loads_and_encrypts() {
     let a = artifacts();
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(
-            a.path("legacy-v0_1"),
-            "*",
-            "",
-            &["kek-legacy", "legacy-*"],
-        )],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = one_binding(a.path("legacy-v0_1"), "*", "", &["kek-legacy", "legacy-*"]);
     assert_eq!(reg.status().bindings[0].wit_version, "0.1.0");
     match reg.topic_plan("orders", None).unwrap() {
         TopicPlan::EncryptAll(p) => assert_eq!(p.key_id, "kek-legacy"),
@@ -1291,11 +1262,7 @@ fn sasl(name: &str) -> Principal {
 #[test]
 fn plan_is_asked_and_cached_per_topic_and_principal() {
     let a = artifacts();
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(a.path("reveal-by-principal"), "*", "", &["kek-*"])],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = one_binding(a.path("reveal-by-principal"), "*", "", &["kek-*"]);
     let (alice, bob) = (sasl("alice"), sasl("bob"));
     let key = |p: TopicPlan| match p {
         TopicPlan::EncryptAll(e) => e.key_id.clone(),
@@ -1343,17 +1310,7 @@ fn whole_fields(key: &str) -> RecordDecision {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decide_sees_the_client_principal() {
-    let a = artifacts();
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(
-            a.path("hostile-misbehave"),
-            "*",
-            "echo-client",
-            &["kek-*"],
-        )],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = misbehaving_everywhere("echo-client");
     let carol = sasl("carol");
     assert_eq!(
         reg.decide_async("t", Some(&carol), 0, &records(2))
@@ -1391,14 +1348,10 @@ fn mixed_tenant_batch() -> Vec<Record> {
 fn memo_registry(on_missing: &str) -> PolicyRegistry {
     let a = artifacts();
     let cfg = |memo: bool| format!(r#"{{"on_missing": "{on_missing}", "memo": {memo}}}"#);
-    PolicyRegistry::new(&config(
-        vec![
-            binding(a.path("tenant-keys"), "m.*", &cfg(true), &["tenant-*"]),
-            binding(a.path("tenant-keys"), "u.*", &cfg(false), &["tenant-*"]),
-        ],
-        relaxed_limits(),
-    ))
-    .unwrap()
+    relaxed_registry(vec![
+        binding(a.path("tenant-keys"), "m.*", &cfg(true), &["tenant-*"]),
+        binding(a.path("tenant-keys"), "u.*", &cfg(false), &["tenant-*"]),
+    ])
 }
 
 fn module_of(reg: &PolicyRegistry, i: usize) -> Arc<LoadedModule> {
@@ -1587,11 +1540,7 @@ fn a_module_swap_drops_memoized_decisions() {
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("policy.wasm");
     copy(&a.path("tenant-keys"), &module);
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(module.clone(), "*", "", &["*"])],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = one_binding(module.clone(), "*", "", &["*"]);
     let recs = vec![record("v", &[("tenant", "acme")]); 3];
     assert_eq!(
         reg.decide("t", None, 0, &recs).unwrap()[0],
@@ -1611,16 +1560,7 @@ fn a_module_swap_drops_memoized_decisions() {
 #[test]
 fn a_module_lying_about_its_memo_key_is_caught_by_the_audit_and_breaks_nothing() {
     let a = artifacts();
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(
-            a.path("hostile-misbehave"),
-            "*",
-            "lying-memo",
-            &["kek-*"],
-        )],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = misbehaving_everywhere("lying-memo");
     // Same tenant, different values: the policy decides from the value, but promised the
     // tenant header decides. Shown one record per tenant plus, this early after the load, every
     // record the memo answers: the audit sees the lie, turns the memo off and the batch is
@@ -1633,32 +1573,14 @@ fn a_module_lying_about_its_memo_key_is_caught_by_the_audit_and_breaks_nothing()
     let d = reg.decide("t", None, 0, &recs).unwrap();
     assert_eq!(d, vec![whole("kek-x"), whole("kek-y"), whole("kek-z")]);
     // Without audits the memo alone answers for `y` from `x` (what `policy check` compares).
-    let reg_unaudited = PolicyRegistry::new(&config(
-        vec![binding(
-            a.path("hostile-misbehave"),
-            "*",
-            "lying-memo",
-            &["kek-*"],
-        )],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg_unaudited = misbehaving_everywhere("lying-memo");
     let d = reg_unaudited
         .decide_using("t", None, 0, &recs, MemoUse::Unaudited)
         .unwrap();
     assert_eq!(d, vec![whole("kek-x"), whole("kek-x"), whole("kek-z")]);
     // A lie that names a key outside allowed_key_ids is still refused, as unmemoized.
     let bad = vec![record("../escape", &[("tenant", "c")])];
-    let reg2 = PolicyRegistry::new(&config(
-        vec![binding(
-            a.path("hostile-misbehave"),
-            "*",
-            "lying-memo",
-            &["kek-x"],
-        )],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg2 = one_binding(a.path("hostile-misbehave"), "*", "lying-memo", &["kek-x"]);
     let e = reg2.decide("t", None, 0, &bad).unwrap_err();
     assert!(matches!(e, PolicyError::KeyNotAllowed { .. }), "{e}");
 }
@@ -1666,11 +1588,7 @@ fn a_module_lying_about_its_memo_key_is_caught_by_the_audit_and_breaks_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reveal_is_asked_per_principal_validated_and_cached() {
     let a = artifacts();
-    let reg = PolicyRegistry::new(&config(
-        vec![binding(a.path("reveal-by-principal"), "*", "", &["kek-*"])],
-        relaxed_limits(),
-    ))
-    .unwrap();
+    let reg = one_binding(a.path("reveal-by-principal"), "*", "", &["kek-*"]);
     let r = |name: &str| reg.reveal("orders", Some(&sasl(name)));
     assert_eq!(r("alice").unwrap(), Reveal::All);
     assert_eq!(
@@ -1725,13 +1643,7 @@ async fn reveal_is_asked_per_principal_validated_and_cached() {
 /// decides — the audited record included.
 #[test]
 fn an_audit_turns_a_broken_memo_off_and_every_record_gets_the_modules_decision() {
-    let a = artifacts();
-    let reg = relaxed_registry(vec![binding(
-        a.path("hostile-misbehave"),
-        "*",
-        "tenant-memo-public-passes",
-        &["kek-*"],
-    )]);
+    let reg = misbehaving_everywhere("tenant-memo-public-passes");
     let own = |recs: &[Record]| {
         recs.iter()
             .map(|r| {
@@ -1779,7 +1691,7 @@ fn an_audit_turns_a_broken_memo_off_and_every_record_gets_the_modules_decision()
 #[test]
 fn audits_of_a_correct_memo_are_few_and_leave_it_on() {
     let a = artifacts();
-    let reg = relaxed_registry(vec![binding(a.path("tenant-keys"), "*", "", &["tenant-*"])]);
+    let reg = one_binding(a.path("tenant-keys"), "*", "", &["tenant-*"]);
     let recs = vec![record("v", &[("tenant", "acme")]); 100];
     for _ in 0..10 {
         assert_eq!(

@@ -410,32 +410,19 @@ async fn unknown_node_look_ups_are_coalesced() {
     for a in attempts {
         assert!(a.await.unwrap().is_err(), "no broker 500..502 exists");
     }
-    assert_eq!(
-        lookups.load(Ordering::SeqCst),
-        1,
-        "20 connections, one look-up"
-    );
+    let lookups = || lookups.load(Ordering::SeqCst);
+    assert_eq!(lookups(), 1, "20 connections, one look-up");
+    let node_777_is_refused = || async {
+        let refused = shared.resolve_upstream(&super::Route::Node(777)).await;
+        assert!(refused.is_err(), "no broker 777 exists");
+    };
     for _ in 0..5 {
-        assert!(shared
-            .resolve_upstream(&super::Route::Node(777))
-            .await
-            .is_err());
+        node_777_is_refused().await;
     }
-    assert_eq!(
-        lookups.load(Ordering::SeqCst),
-        1,
-        "refused from the last look-up"
-    );
+    assert_eq!(lookups(), 1, "refused from the last look-up");
     tokio::time::sleep(super::DISCOVERY_INTERVAL).await;
-    assert!(shared
-        .resolve_upstream(&super::Route::Node(777))
-        .await
-        .is_err());
-    assert_eq!(
-        lookups.load(Ordering::SeqCst),
-        2,
-        "a later interval looks again"
-    );
+    node_777_is_refused().await;
+    assert_eq!(lookups(), 2, "a later interval looks again");
 }
 
 /// A broker that closes every connection on its first request, as a SASL-only listener does

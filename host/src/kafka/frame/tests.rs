@@ -1,6 +1,8 @@
 //! Frame reading, request/response header parsing and encoding round trips.
 
 use super::*;
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::messages::{ProduceRequest, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::types::{
-    be_i16, be_i32, be_i64, ATTRIBUTES_OFFSET, CRC_OFFSET, LOG_OVERHEAD, MAGIC_OFFSET,
+    be_i16, be_i32, be_i64, declared_size, ATTRIBUTES_OFFSET, CRC_OFFSET, MAGIC_OFFSET,
     MIN_HEADER_LEN, MIN_RECORD_LEN, RECORD_COUNT_OFFSET, V2_HEADER_LEN, V2_MIN_BATCH_LENGTH,
 };
 use super::{
@@ -48,49 +48,52 @@ fn decode_record(src: &Bytes, r: &mut ByteReader<'_>) -> Result<Record, CodecErr
     let body = r.take_range(len as usize, "record")?;
     // A reader limited to this record, so no field can run into the next one.
     let mut rr = r.limited(body.clone());
-    let attributes = rr.i8("record attributes")?;
-    let timestamp_delta = rr.varlong("record timestamp delta")?;
-    let offset_delta = rr.varint("record offset delta")?;
-    let key = nullable_bytes(&mut rr, src, "record key")?;
-    let value = nullable_bytes(&mut rr, src, "record value")?;
-    let count = rr.varint("header count")?;
-    if count < 0 || count as usize > rr.remaining() / MIN_HEADER_LEN {
-        return Err(CodecError::InvalidCount {
-            what: "header",
-            count: i64::from(count),
-            remaining: rr.remaining(),
-        });
-    }
-    let mut headers = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let klen = rr.varint("header key length")?;
-        if klen < 0 {
-            return Err(CodecError::InvalidLength {
-                what: "header key",
-                length: i64::from(klen),
-            });
-        }
-        let k = rr.take_range(klen as usize, "header key")?;
-        let value = nullable_bytes(&mut rr, src, "header value")?;
-        headers.push(RecordHeader {
-            key: src.slice(k),
-            value,
-        });
-    }
+    let record = Record {
+        // Read in wire order: struct fields are evaluated as written.
+        attributes: rr.i8("record attributes")?,
+        timestamp_delta: rr.varlong("record timestamp delta")?,
+        offset_delta: rr.varint("record offset delta")?,
+        key: nullable_bytes(&mut rr, src, "record key")?,
+        value: nullable_bytes(&mut rr, src, "record value")?,
+        headers: decode_headers(src, &mut rr)?,
+    };
     if rr.position() != body.end {
         return Err(CodecError::RecordSizeMismatch {
             declared: body.len(),
             consumed: rr.position() - body.start,
         });
     }
-    Ok(Record {
-        attributes,
-        timestamp_delta,
-        offset_delta,
-        key,
-        value,
-        headers,
-    })
+    Ok(record)
+}
+
+/// Decodes a record's header count and headers; `src` is the buffer `r` reads.
+#[inline]
+fn decode_headers(src: &Bytes, r: &mut ByteReader<'_>) -> Result<Vec<RecordHeader>, CodecError> {
+    let count = r.varint("header count")?;
+    if count < 0 || count as usize > r.remaining() / MIN_HEADER_LEN {
+        return Err(CodecError::InvalidCount {
+            what: "header",
+            count: i64::from(count),
+            remaining: r.remaining(),
+        });
+    }
+    let mut headers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let klen = r.varint("header key length")?;
+        if klen < 0 {
+            return Err(CodecError::InvalidLength {
+                what: "header key",
+                length: i64::from(klen),
+            });
+        }
+        let k = r.take_range(klen as usize, "header key")?;
+        let value = nullable_bytes(r, src, "header value")?;
+        headers.push(RecordHeader {
+            key: src.slice(k),
+            value,
+        });
+    }
+    Ok(headers)
 }
 
 /// Decodes exactly `count` records filling all of `src`.
@@ -143,14 +146,7 @@ impl RecordBatch {
                 available: b.len(),
             });
         }
-        let length = be_i32(&b[8..]);
-        if length < V2_MIN_BATCH_LENGTH {
-            return Err(CodecError::InvalidBatchLength {
-                length,
-                minimum: V2_MIN_BATCH_LENGTH,
-            });
-        }
-        let total = LOG_OVERHEAD + length as usize;
+        let total = declared_size(b, V2_MIN_BATCH_LENGTH)?;
         if b.len() < total {
             return Err(CodecError::Truncated {
                 what: "batch",

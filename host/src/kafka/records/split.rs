@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::types::{
-    be_i16, be_i32, be_i64, ATTRIBUTES_OFFSET, ATTR_CONTROL, ATTR_TRANSACTIONAL,
+    be_i16, be_i32, be_i64, declared_size, ATTRIBUTES_OFFSET, ATTR_CONTROL, ATTR_TRANSACTIONAL,
     LEGACY_MIN_MESSAGE_SIZE, LOG_OVERHEAD, MAGIC_OFFSET, RECORD_COUNT_OFFSET, V2_MIN_BATCH_LENGTH,
 };
 use super::{CodecError, Compression, RecordBatch};
@@ -164,14 +164,7 @@ impl RecordSetIter {
             self.pos = self.records.len();
             return Ok(RecordSetEntry::Partial(self.records.slice(start..)));
         }
-        let length = be_i32(&rest[8..]);
-        if length < LEGACY_MIN_MESSAGE_SIZE {
-            return Err(CodecError::InvalidBatchLength {
-                length,
-                minimum: LEGACY_MIN_MESSAGE_SIZE,
-            });
-        }
-        let total = LOG_OVERHEAD + length as usize;
+        let total = declared_size(rest, LEGACY_MIN_MESSAGE_SIZE)?;
         if rest.len() < total {
             self.pos = self.records.len();
             return Ok(RecordSetEntry::Partial(self.records.slice(start..)));
@@ -179,13 +172,10 @@ impl RecordSetIter {
         let magic = rest[MAGIC_OFFSET] as i8;
         match magic {
             0 | 1 => {}
-            2 if length < V2_MIN_BATCH_LENGTH => {
-                return Err(CodecError::InvalidBatchLength {
-                    length,
-                    minimum: V2_MIN_BATCH_LENGTH,
-                })
+            // A v2 batch is at least as long as its header.
+            2 => {
+                declared_size(rest, V2_MIN_BATCH_LENGTH)?;
             }
-            2 => {}
             other => return Err(CodecError::UnsupportedMagic(other)),
         }
         self.pos = start + total;

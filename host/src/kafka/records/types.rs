@@ -120,3 +120,14 @@ pub(super) fn be_i32(b: &[u8]) -> i32 {
 pub(super) fn be_i64(b: &[u8]) -> i64 {
     i64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
+
+/// The total size (log overhead included) that the batch or legacy message at the start of `b`
+/// declares in its length field; [`CodecError::InvalidBatchLength`] when that length is below
+/// `minimum`. `b` holds at least [`LOG_OVERHEAD`] bytes.
+pub(super) fn declared_size(b: &[u8], minimum: i32) -> Result<usize, CodecError> {
+    let length = be_i32(&b[8..]);
+    if length < minimum {
+        return Err(CodecError::InvalidBatchLength { length, minimum });
+    }
+    Ok(LOG_OVERHEAD + length as usize)
+}

@@ -9,6 +9,20 @@ fn parse(yaml: &str) -> Result<PolicyConfig, String> {
     })
 }
 
+/// The problems `validate` reports for `c`, one a line.
+fn problems(c: &PolicyConfig) -> String {
+    let mut problems = Vec::new();
+    c.validate("policy", &mut problems);
+    problems.join("\n")
+}
+
+/// Asserts that `all` (from [`problems`]) names every one of `needles`.
+fn assert_reports_each(all: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
 #[test]
 fn parses_the_documented_example() {
     let c = parse(
@@ -38,9 +52,8 @@ limits: {memory_mib: 32, call_timeout_ms: 20}
     assert_eq!(c.rules[1].on_decrypt_failure, DecryptFailure::Ciphertext);
     assert_eq!(c.limits.memory_mib, 32);
     assert_eq!(c.limits.stack_kib, 512);
-    let mut problems = Vec::new();
-    c.validate("policy", &mut problems);
-    assert!(problems.is_empty(), "{problems:?}");
+    let all = problems(&c);
+    assert!(all.is_empty(), "{all}");
 }
 
 #[test]
@@ -114,25 +127,24 @@ limits: {memory_mib: 0, max_instances: 0, answer_cache_kib: 32, answer_cache_ent
 "#,
     )
     .unwrap();
-    let mut problems = Vec::new();
-    c.validate("policy", &mut problems);
-    let all = problems.join("\n");
-    for needle in [
-        "policy.rules[0].topics",
-        "policy.rules[0].key_id: unknown placeholder `${tenant}`",
-        "policy.rules[0].value.json_fields[0]",
-        "policy.rules[0].value.json_fields[2]",
-        "policy.rules[0].headers[0]",
-        "policy.bindings[0].module",
-        "policy.bindings[0].allowed_key_ids[0]: invalid glob",
-        "policy.bindings[0].allowed_key_ids[1]: key id is empty",
-        "policy.limits.memory_mib",
-        "policy.limits.max_instances",
-        "policy.limits.answer_cache_kib: 32 is outside 64..=1048576",
-        "policy.limits.answer_cache_entry_max_kib: 64 is outside 1..=answer_cache_kib (32)",
-    ] {
-        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-    }
+    let all = problems(&c);
+    assert_reports_each(
+        &all,
+        &[
+            "policy.rules[0].topics",
+            "policy.rules[0].key_id: unknown placeholder `${tenant}`",
+            "policy.rules[0].value.json_fields[0]",
+            "policy.rules[0].value.json_fields[2]",
+            "policy.rules[0].headers[0]",
+            "policy.bindings[0].module",
+            "policy.bindings[0].allowed_key_ids[0]: invalid glob",
+            "policy.bindings[0].allowed_key_ids[1]: key id is empty",
+            "policy.limits.memory_mib",
+            "policy.limits.max_instances",
+            "policy.limits.answer_cache_kib: 32 is outside 64..=1048576",
+            "policy.limits.answer_cache_entry_max_kib: 64 is outside 1..=answer_cache_kib (32)",
+        ],
+    );
     assert!(!all.contains("json_fields[1]"), "{all}");
 }
 
@@ -153,21 +165,20 @@ rules:
 "#,
     )
     .unwrap();
-    let mut problems = Vec::new();
-    c.validate("policy", &mut problems);
-    let all = problems.join("\n");
-    for needle in [
-        "policy.rules[0].reveal_default: required with reveal_to",
-        "policy.rules[0].reveal_to[0].principal: empty",
-        "policy.rules[0].reveal_to[1].principal: invalid glob",
-        "policy.rules[0].reveal_to[1].mechanism: unknown `kerberos`",
-        "policy.rules[0].reveal_to[1].reveal: reveals no part",
-        "policy.rules[0].reveal_to[2].reveal.json_fields: `value: true` already",
-        "policy.rules[0].reveal_to[2].reveal.json_fields[0]",
-        "policy.rules[0].reveal_to[2].reveal.headers[0]",
-    ] {
-        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-    }
+    let all = problems(&c);
+    assert_reports_each(
+        &all,
+        &[
+            "policy.rules[0].reveal_default: required with reveal_to",
+            "policy.rules[0].reveal_to[0].principal: empty",
+            "policy.rules[0].reveal_to[1].principal: invalid glob",
+            "policy.rules[0].reveal_to[1].mechanism: unknown `kerberos`",
+            "policy.rules[0].reveal_to[1].reveal: reveals no part",
+            "policy.rules[0].reveal_to[2].reveal.json_fields: `value: true` already",
+            "policy.rules[0].reveal_to[2].reveal.json_fields[0]",
+            "policy.rules[0].reveal_to[2].reveal.headers[0]",
+        ],
+    );
     assert!(!all.contains("rules[1]"), "{all}");
     let e = parse("rules: [{topics: a, key_id: k, reveal_default: everything}]").unwrap_err();
     assert!(

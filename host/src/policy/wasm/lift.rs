@@ -160,47 +160,115 @@ unsafe impl<E: Lift> Lift for BList<E> {
     }
 }
 
-/// `decisions` as a view into guest memory.
+/// Declares two versions of a WIT variant whose newer version adds cases at the end: `$old`
+/// with the `shared` cases, `$new` with them followed by the `added` ones (WIT names, in WIT
+/// order), and `From` each for the 0.3 type `$wit`, every case converted as its arm says.
+macro_rules! variant_versions {
+    (
+        $wit:path;
+        $(#[$new_attr:meta])* $new:ident;
+        $(#[$old_attr:meta])* $old:ident;
+        shared { $($case:tt $variant:ident $(($bind:ident: $ty:ty))? => $conv:expr,)* }
+        added { $($a_case:tt $a_variant:ident $(($a_bind:ident: $a_ty:ty))? => $a_conv:expr,)* }
+    ) => {
+        variant_versions!(@one $wit; $(#[$new_attr])* $new;
+            $($case $variant $(($bind: $ty))? => $conv,)*
+            $($a_case $a_variant $(($a_bind: $a_ty))? => $a_conv,)*);
+        variant_versions!(@one $wit; $(#[$old_attr])* $old;
+            $($case $variant $(($bind: $ty))? => $conv,)*);
+    };
+    (
+        @one $wit:path; $(#[$attr:meta])* $name:ident;
+        $($case:tt $variant:ident $(($bind:ident: $ty:ty))? => $conv:expr,)*
+    ) => {
+        $(#[$attr])*
+        #[derive(ComponentType, Lift)]
+        #[component(variant)]
+        pub(super) enum $name {
+            $(#[component(name = $case)] $variant $(($ty))?,)*
+        }
+
+        impl From<$name> for $wit {
+            fn from(raw: $name) -> Self {
+                match raw {
+                    $($name::$variant $(($bind))? => $conv,)*
+                }
+            }
+        }
+    };
+}
+
+variant_versions! {
+    wit::ValuePart;
+    /// `value-part` of 0.3.
+    RawValuePart;
+    /// `value-part` of 0.2 and 0.1: no `schema-fields`.
+    RawValuePartV0_2;
+    shared {
+        "none" None => wit::ValuePart::None,
+        "whole" Whole => wit::ValuePart::Whole,
+        "json-fields" JsonFields(f: BList<BString>) => wit::ValuePart::JsonFields(strings(f)),
+    }
+    added {
+        "schema-fields" SchemaFields(s: RawSchemaSelection) => {
+            wit::ValuePart::SchemaFields(wit::SchemaSelection {
+                fields: strings(s.fields),
+                tags: strings(s.tags),
+            })
+        },
+    }
+}
+
+variant_versions! {
+    wit::MemoKey;
+    /// `memo-key` of 0.3.
+    RawMemoKey;
+    /// `memo-key` of 0.2: no `headers`.
+    RawMemoKeyV0_2;
+    shared {
+        "none" None => wit::MemoKey::None,
+        "header" Header(h: BString) => wit::MemoKey::Header(h.0),
+        "record-key" RecordKey => wit::MemoKey::RecordKey,
+        "key-prefix" KeyPrefix(n: u32) => wit::MemoKey::KeyPrefix(n),
+    }
+    added {
+        "headers" Headers(h: BList<BString>) => wit::MemoKey::Headers(strings(h)),
+    }
+}
+
+/// `decisions` as a view into guest memory. `V` is the `value-part` of the interface version:
+/// [`RawValuePart`] for 0.3, [`RawValuePartV0_2`] for 0.2 and 0.1.
 #[derive(ComponentType, Lift)]
 #[component(record)]
-pub(super) struct RawDecisions {
-    distinct: BList<RawDecision>,
+pub(super) struct RawDecisions<V = RawValuePart> {
+    distinct: BList<RawDecision<V>>,
     choices: BList<u32>,
 }
 
+/// `decisions` of `kapsule:policy@0.2.0` (and 0.1.0), whose `value-part` has no
+/// `schema-fields`.
+pub(super) type RawDecisionsV0_2 = RawDecisions<RawValuePartV0_2>;
+
 #[derive(ComponentType, Lift)]
 #[component(variant)]
-pub(super) enum RawDecision {
+pub(super) enum RawDecision<V> {
     #[component(name = "pass")]
     Pass,
     #[component(name = "encrypt")]
-    Encrypt(RawEncrypt),
+    Encrypt(RawEncrypt<V>),
     #[component(name = "reject")]
     Reject(BString),
 }
 
 #[derive(ComponentType, Lift)]
 #[component(record)]
-pub(super) struct RawEncrypt {
+pub(super) struct RawEncrypt<V> {
     #[component(name = "key-id")]
     key_id: BString,
-    value: RawValuePart,
+    value: V,
     #[component(name = "record-key")]
     record_key: bool,
     headers: BList<BString>,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawValuePart {
-    #[component(name = "none")]
-    None,
-    #[component(name = "whole")]
-    Whole,
-    #[component(name = "json-fields")]
-    JsonFields(BList<BString>),
-    #[component(name = "schema-fields")]
-    SchemaFields(RawSchemaSelection),
 }
 
 #[derive(ComponentType, Lift)]
@@ -210,130 +278,32 @@ pub(super) struct RawSchemaSelection {
     tags: BList<BString>,
 }
 
-/// `topic-plan` (0.3) as a view into guest memory.
+/// `topic-plan` as a view into guest memory. `V` is the version's `value-part`, `P` what its
+/// `per-record` case carries: the defaults are 0.3's.
 #[derive(ComponentType, Lift)]
 #[component(variant)]
-pub(super) enum RawTopicPlan {
+pub(super) enum RawTopicPlan<V = RawValuePart, P = RawPerRecordPlan<RawMemoKey>> {
     #[component(name = "pass-all")]
     PassAll,
     #[component(name = "encrypt-all")]
-    EncryptAll(RawEncrypt),
+    EncryptAll(RawEncrypt<V>),
     #[component(name = "per-record")]
-    PerRecord(RawPerRecordPlan),
+    PerRecord(P),
     #[component(name = "reject-all")]
     RejectAll(BString),
-}
-
-#[derive(ComponentType, Lift)]
-#[component(record)]
-pub(super) struct RawPerRecordPlan {
-    needs: wit::Needs,
-    memo: RawMemoKey,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawMemoKey {
-    #[component(name = "none")]
-    None,
-    #[component(name = "header")]
-    Header(BString),
-    #[component(name = "record-key")]
-    RecordKey,
-    #[component(name = "key-prefix")]
-    KeyPrefix(u32),
-    #[component(name = "headers")]
-    Headers(BList<BString>),
-}
-
-/// `decisions` of `kapsule:policy@0.2.0` (and 0.1.0), whose `value-part` has no
-/// `schema-fields`.
-#[derive(ComponentType, Lift)]
-#[component(record)]
-pub(super) struct RawDecisionsV0_2 {
-    distinct: BList<RawDecisionV0_2>,
-    choices: BList<u32>,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawDecisionV0_2 {
-    #[component(name = "pass")]
-    Pass,
-    #[component(name = "encrypt")]
-    Encrypt(RawEncryptV0_2),
-    #[component(name = "reject")]
-    Reject(BString),
-}
-
-#[derive(ComponentType, Lift)]
-#[component(record)]
-pub(super) struct RawEncryptV0_2 {
-    #[component(name = "key-id")]
-    key_id: BString,
-    value: RawValuePartV0_2,
-    #[component(name = "record-key")]
-    record_key: bool,
-    headers: BList<BString>,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawValuePartV0_2 {
-    #[component(name = "none")]
-    None,
-    #[component(name = "whole")]
-    Whole,
-    #[component(name = "json-fields")]
-    JsonFields(BList<BString>),
 }
 
 /// `topic-plan` of `kapsule:policy@0.2.0`: no `memo-key::headers`, no `schema-fields`.
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawTopicPlanV0_2 {
-    #[component(name = "pass-all")]
-    PassAll,
-    #[component(name = "encrypt-all")]
-    EncryptAll(RawEncryptV0_2),
-    #[component(name = "per-record")]
-    PerRecord(RawPerRecordPlanV0_2),
-    #[component(name = "reject-all")]
-    RejectAll(BString),
-}
+pub(super) type RawTopicPlanV0_2 = RawTopicPlan<RawValuePartV0_2, RawPerRecordPlan<RawMemoKeyV0_2>>;
+
+/// `topic-plan` of `kapsule:policy@0.1.0`, whose `per-record` carries only `needs`.
+pub(super) type RawTopicPlanV0_1 = RawTopicPlan<RawValuePartV0_2, wit::Needs>;
 
 #[derive(ComponentType, Lift)]
 #[component(record)]
-pub(super) struct RawPerRecordPlanV0_2 {
+pub(super) struct RawPerRecordPlan<M> {
     needs: wit::Needs,
-    memo: RawMemoKeyV0_2,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawMemoKeyV0_2 {
-    #[component(name = "none")]
-    None,
-    #[component(name = "header")]
-    Header(BString),
-    #[component(name = "record-key")]
-    RecordKey,
-    #[component(name = "key-prefix")]
-    KeyPrefix(u32),
-}
-
-/// `topic-plan` of `kapsule:policy@0.1.0`, whose `per-record` carries only `needs`.
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-pub(super) enum RawTopicPlanV0_1 {
-    #[component(name = "pass-all")]
-    PassAll,
-    #[component(name = "encrypt-all")]
-    EncryptAll(RawEncryptV0_2),
-    #[component(name = "per-record")]
-    PerRecord(wit::Needs),
-    #[component(name = "reject-all")]
-    RejectAll(BString),
+    memo: M,
 }
 
 /// `reveal` as a view into guest memory.
@@ -365,76 +335,19 @@ fn strings(l: BList<BString>) -> Vec<String> {
     l.0.into_iter().map(|s| s.0).collect()
 }
 
-fn encrypt(e: RawEncrypt) -> wit::Encrypt {
-    wit::Encrypt {
-        key_id: e.key_id.0,
-        value: match e.value {
-            RawValuePart::None => wit::ValuePart::None,
-            RawValuePart::Whole => wit::ValuePart::Whole,
-            RawValuePart::JsonFields(f) => wit::ValuePart::JsonFields(strings(f)),
-            RawValuePart::SchemaFields(s) => wit::ValuePart::SchemaFields(wit::SchemaSelection {
-                fields: strings(s.fields),
-                tags: strings(s.tags),
-            }),
-        },
-        record_key: e.record_key,
-        headers: strings(e.headers),
-    }
-}
-
-/// A 0.2 (or 0.1) `encrypt` in the 0.3 types: the same, its value part a subset.
-fn encrypt_v0_2(e: RawEncryptV0_2) -> wit::Encrypt {
-    wit::Encrypt {
-        key_id: e.key_id.0,
-        value: match e.value {
-            RawValuePartV0_2::None => wit::ValuePart::None,
-            RawValuePartV0_2::Whole => wit::ValuePart::Whole,
-            RawValuePartV0_2::JsonFields(f) => wit::ValuePart::JsonFields(strings(f)),
-        },
-        record_key: e.record_key,
-        headers: strings(e.headers),
-    }
-}
-
-impl From<RawDecisionsV0_2> for wit::Decisions {
-    fn from(raw: RawDecisionsV0_2) -> Self {
-        wit::Decisions {
-            distinct: raw
-                .distinct
-                .0
-                .into_iter()
-                .map(|d| match d {
-                    RawDecisionV0_2::Pass => wit::Decision::Pass,
-                    RawDecisionV0_2::Reject(m) => wit::Decision::Reject(m.0),
-                    RawDecisionV0_2::Encrypt(e) => wit::Decision::Encrypt(encrypt_v0_2(e)),
-                })
-                .collect(),
-            choices: raw.choices.0,
+impl<V: Into<wit::ValuePart>> From<RawEncrypt<V>> for wit::Encrypt {
+    fn from(raw: RawEncrypt<V>) -> Self {
+        wit::Encrypt {
+            key_id: raw.key_id.0,
+            value: raw.value.into(),
+            record_key: raw.record_key,
+            headers: strings(raw.headers),
         }
     }
 }
 
-impl From<RawTopicPlanV0_2> for wit::TopicPlan {
-    fn from(raw: RawTopicPlanV0_2) -> Self {
-        match raw {
-            RawTopicPlanV0_2::PassAll => wit::TopicPlan::PassAll,
-            RawTopicPlanV0_2::PerRecord(p) => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
-                needs: p.needs,
-                memo: match p.memo {
-                    RawMemoKeyV0_2::None => wit::MemoKey::None,
-                    RawMemoKeyV0_2::Header(h) => wit::MemoKey::Header(h.0),
-                    RawMemoKeyV0_2::RecordKey => wit::MemoKey::RecordKey,
-                    RawMemoKeyV0_2::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
-                },
-            }),
-            RawTopicPlanV0_2::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
-            RawTopicPlanV0_2::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt_v0_2(e)),
-        }
-    }
-}
-
-impl From<RawDecisions> for wit::Decisions {
-    fn from(raw: RawDecisions) -> Self {
+impl<V: Into<wit::ValuePart>> From<RawDecisions<V>> for wit::Decisions {
+    fn from(raw: RawDecisions<V>) -> Self {
         wit::Decisions {
             distinct: raw
                 .distinct
@@ -443,7 +356,7 @@ impl From<RawDecisions> for wit::Decisions {
                 .map(|d| match d {
                     RawDecision::Pass => wit::Decision::Pass,
                     RawDecision::Reject(m) => wit::Decision::Reject(m.0),
-                    RawDecision::Encrypt(e) => wit::Decision::Encrypt(encrypt(e)),
+                    RawDecision::Encrypt(e) => wit::Decision::Encrypt(e.into()),
                 })
                 .collect(),
             choices: raw.choices.0,
@@ -451,37 +364,38 @@ impl From<RawDecisions> for wit::Decisions {
     }
 }
 
-impl From<RawTopicPlan> for wit::TopicPlan {
-    fn from(raw: RawTopicPlan) -> Self {
-        match raw {
-            RawTopicPlan::PassAll => wit::TopicPlan::PassAll,
-            RawTopicPlan::PerRecord(p) => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
-                needs: p.needs,
-                memo: match p.memo {
-                    RawMemoKey::None => wit::MemoKey::None,
-                    RawMemoKey::Header(h) => wit::MemoKey::Header(h.0),
-                    RawMemoKey::RecordKey => wit::MemoKey::RecordKey,
-                    RawMemoKey::KeyPrefix(n) => wit::MemoKey::KeyPrefix(n),
-                    RawMemoKey::Headers(h) => wit::MemoKey::Headers(strings(h)),
-                },
-            }),
-            RawTopicPlan::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
-            RawTopicPlan::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt(e)),
+/// What a version's `per-record` topic plan carries, in the 0.3 types.
+pub(super) trait PerRecordPayload {
+    /// The 0.3 per-record plan.
+    fn into_plan(self) -> wit::PerRecordPlan;
+}
+
+impl<M: Into<wit::MemoKey>> PerRecordPayload for RawPerRecordPlan<M> {
+    fn into_plan(self) -> wit::PerRecordPlan {
+        wit::PerRecordPlan {
+            needs: self.needs,
+            memo: self.memo.into(),
         }
     }
 }
 
-impl From<RawTopicPlanV0_1> for wit::TopicPlan {
-    /// A 0.1 `per-record` plan declares no memo key: every record is decided.
-    fn from(raw: RawTopicPlanV0_1) -> Self {
+/// A 0.1 `per-record` plan declares no memo key: every record is decided.
+impl PerRecordPayload for wit::Needs {
+    fn into_plan(self) -> wit::PerRecordPlan {
+        wit::PerRecordPlan {
+            needs: self,
+            memo: wit::MemoKey::None,
+        }
+    }
+}
+
+impl<V: Into<wit::ValuePart>, P: PerRecordPayload> From<RawTopicPlan<V, P>> for wit::TopicPlan {
+    fn from(raw: RawTopicPlan<V, P>) -> Self {
         match raw {
-            RawTopicPlanV0_1::PassAll => wit::TopicPlan::PassAll,
-            RawTopicPlanV0_1::PerRecord(needs) => wit::TopicPlan::PerRecord(wit::PerRecordPlan {
-                needs,
-                memo: wit::MemoKey::None,
-            }),
-            RawTopicPlanV0_1::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
-            RawTopicPlanV0_1::EncryptAll(e) => wit::TopicPlan::EncryptAll(encrypt_v0_2(e)),
+            RawTopicPlan::PassAll => wit::TopicPlan::PassAll,
+            RawTopicPlan::PerRecord(p) => wit::TopicPlan::PerRecord(p.into_plan()),
+            RawTopicPlan::RejectAll(m) => wit::TopicPlan::RejectAll(m.0),
+            RawTopicPlan::EncryptAll(e) => wit::TopicPlan::EncryptAll(e.into()),
         }
     }
 }

@@ -468,17 +468,21 @@ async fn a_batch_over_the_per_batch_limit_is_refused_before_it_is_decompressed_i
     assert_eq!(s.memory().in_use(), 0, "every charge is given back");
 }
 
+/// A passthrough stage under [`RULES`] (KMS key `k1`) charging a process-wide memory budget of
+/// `limit` bytes whose charges wait at most `wait` (1 MiB of unwritten responses per connection).
+fn stage_with_budget(limit: usize, wait: std::time::Duration) -> RecordStage {
+    use crate::proxy::budget::MemoryBudget;
+    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
+    let memory = MemoryBudget::new(limit, wait, 1 << 20);
+    stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(Arc::new(memory))
+}
+
 #[tokio::test]
 async fn a_busy_memory_budget_refuses_produce_retriably_and_ends_fetch_early() {
-    use crate::proxy::budget::{MemoryBudget, Use};
+    use crate::proxy::budget::Use;
     use std::time::Duration;
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(
-        16 << 20,
-        Duration::from_millis(50),
-        1 << 20,
-    ));
-    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let s = stage_with_budget(16 << 20, Duration::from_millis(50));
+    let memory = s.memory().clone();
     let stored = produce(&s, "enc-a", zero_batch(1 << 20)).await.unwrap();
     // Another request holds almost all of the budget for longer than the wait.
     let held = memory.charge(15 << 20, Use::Response).await.unwrap();
@@ -497,14 +501,11 @@ async fn a_busy_memory_budget_refuses_produce_retriably_and_ends_fetch_early() {
 
 #[tokio::test]
 async fn a_bomb_larger_than_the_whole_budget_is_stopped_at_its_charge() {
-    use crate::proxy::budget::MemoryBudget;
     use std::time::Duration;
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(16 << 20, Duration::from_secs(5), 1 << 20));
     // The per-batch limit would allow 64 MiB; the budget (16 MiB, charged 3x) never can.
-    let s = stage(RULES, kms, RecordsMode::Passthrough)
-        .with_batch_decompression_limit(64 << 20)
-        .with_memory_budget(memory.clone());
+    let s = stage_with_budget(16 << 20, Duration::from_secs(5))
+        .with_batch_decompression_limit(64 << 20);
+    let memory = s.memory().clone();
     let (code, message) = produce(&s, "enc-a", zero_batch(40 << 20))
         .await
         .unwrap_err();
@@ -515,11 +516,9 @@ async fn a_bomb_larger_than_the_whole_budget_is_stopped_at_its_charge() {
 
 #[tokio::test]
 async fn encrypted_records_stay_charged_until_their_frame_is_written() {
-    use crate::proxy::budget::MemoryBudget;
     use std::time::Duration;
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(64 << 20, Duration::from_secs(5), 1 << 20));
-    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let s = stage_with_budget(64 << 20, Duration::from_secs(5));
+    let memory = s.memory().clone();
     let header = kafka_protocol::messages::RequestHeader::default()
         .with_request_api_key(kafka_protocol::messages::ApiKey::Produce as i16)
         .with_request_api_version(7);
@@ -540,11 +539,9 @@ async fn encrypted_records_stay_charged_until_their_frame_is_written() {
 
 #[tokio::test]
 async fn a_request_whose_records_and_next_batch_cannot_fit_together_is_refused_at_once() {
-    use crate::proxy::budget::MemoryBudget;
     use std::time::{Duration, Instant};
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(32 << 20, Duration::from_secs(5), 1 << 20));
-    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let s = stage_with_budget(32 << 20, Duration::from_secs(5));
+    let memory = s.memory().clone();
     // Each batch is charged 3 x 7 MiB while encrypted; the first one's encrypted records stay
     // charged (2 x 7 MiB) beside the second: 35 MiB, more than the whole budget.
     let one = zero_batch(7 << 20);
@@ -565,15 +562,9 @@ async fn a_request_whose_records_and_next_batch_cannot_fit_together_is_refused_a
 
 #[tokio::test]
 async fn uncompressed_batches_are_charged_while_they_are_encrypted() {
-    use crate::proxy::budget::MemoryBudget;
     use std::time::Duration;
-    let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
-    let memory = Arc::new(MemoryBudget::new(
-        16 << 20,
-        Duration::from_millis(50),
-        1 << 20,
-    ));
-    let s = stage(RULES, kms, RecordsMode::Passthrough).with_memory_budget(memory.clone());
+    let s = stage_with_budget(16 << 20, Duration::from_millis(50));
+    let memory = s.memory().clone();
     let mut b = batch_of(1, Compression::None);
     b.records[0].value = Some(Bytes::from(vec![7u8; 6 << 20]));
     // 3 x 6 MiB while encrypted: more than the 16 MiB budget.

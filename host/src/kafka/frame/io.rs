@@ -1,0 +1,265 @@
+//! Size-prefixed frames on a socket: reading one frame with memory bounded by what arrived,
+//! and writing frames with small ones coalesced.
+//!
+//! Every frame is a big-endian `i32` size followed by that many bytes; a negative size or one
+//! over the configured maximum ends the connection ([`FrameError`]).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::pool;
+
+/// Default maximum frame size, as Kafka's `socket.request.max.bytes` (100 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+/// Why reading a frame stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame larger than the configured maximum; the connection must close.
+    #[error("frame of {size} bytes exceeds the maximum of {max} bytes (raise max_frame_bytes if this is legitimate)")]
+    TooLarge {
+        /// Announced size.
+        size: i64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The peer announced a negative frame size: the stream is not Kafka protocol.
+    #[error("negative frame size {0}: peer is not speaking the Kafka protocol")]
+    Negative(i32),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame after {read} of {size} bytes")]
+    Truncated {
+        /// Bytes received.
+        read: usize,
+        /// Bytes announced.
+        size: usize,
+    },
+    /// I/O error on the socket.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one size-prefixed frame. Returns `Ok(None)` on a clean end of stream between frames.
+///
+/// Memory grows with the bytes actually received (at most 1 MiB, or as much again as has
+/// arrived, beyond it), never with the announced size alone, so a lying length prefix cannot
+/// make the proxy allocate `max` bytes up front. The body is read into a pooled buffer
+/// ([`read_frame_body`]).
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let Some(size) = read_frame_len(reader, max).await? else {
+        return Ok(None);
+    };
+    read_frame_body(reader, size).await.map(Some)
+}
+
+/// Reads the 4-byte size prefix of the next frame and checks it against `max`. Returns
+/// `Ok(None)` on a clean end of stream between frames. Cancel-safe only before the first byte
+/// arrives.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<usize>, FrameError> {
+    let mut len_buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = reader.read(&mut len_buf[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(FrameError::Truncated { read: got, size: 4 });
+        }
+        got += n;
+    }
+    let size = i32::from_be_bytes(len_buf);
+    if size < 0 {
+        return Err(FrameError::Negative(size));
+    }
+    let size = size as usize;
+    if size > max {
+        return Err(FrameError::TooLarge {
+            size: size as i64,
+            max,
+        });
+    }
+    Ok(Some(size))
+}
+
+/// Reads a frame body of `size` bytes (after [`read_frame_len`]).
+///
+/// Bodies of up to [`pool::MAX_POOLED`] bytes go into a buffer from the process-wide frame
+/// pool, given back to it when the last [`Bytes`] pointing into it is dropped: steady traffic
+/// reuses the same warm pages instead of faulting in (and the kernel zeroing) fresh ones for
+/// every request. When the pool has no buffer of the size, a fresh one of the class's capacity
+/// joins the pool afterwards; its pages become resident only as bytes arrive, so a lying prefix
+/// costs address space, not memory. Buffers are filled through `read_buf` (no zeroing). Larger
+/// bodies are not pooled (see [`read_frame`]).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> Result<Bytes, FrameError> {
+    if size < pool::MIN_POOLED {
+        let mut body = Vec::with_capacity(size);
+        fill(reader, &mut body, size, |body| {
+            body.reserve_exact(size - body.len())
+        })
+        .await?;
+        return Ok(Bytes::from(body));
+    }
+    if let Some(class) = pool::class_of(size) {
+        // Capacity is reserved, not touched: resident memory grows only with what arrives.
+        let mut body = pool::take(class).unwrap_or_else(|| Vec::with_capacity(class));
+        fill(reader, &mut body, size, |body| {
+            let doubled = body.capacity().saturating_mul(2);
+            let target = if doubled >= size { class } else { doubled };
+            body.reserve_exact(target - body.len());
+        })
+        .await?;
+        return Ok(pool::frame(body, class));
+    }
+    // Start with up to 1 MiB and at least double after that, so a large frame is copied O(1)
+    // times while a lying prefix still cannot reserve more than 1 MiB beyond what arrived.
+    const FIRST: usize = 1024 * 1024;
+    let mut body = Vec::with_capacity(size.min(FIRST));
+    fill(reader, &mut body, size, |body| {
+        body.reserve((size - body.len()).min(body.len().max(FIRST)))
+    })
+    .await?;
+    Ok(Bytes::from(body))
+}
+
+/// Reads from `reader` into `body` until it holds `size` bytes, without zeroing. Whenever `body`
+/// is full before that, `grow` reserves more capacity: how much is the caller's bound on what a
+/// lying size prefix can make the proxy reserve. Fails with [`FrameError::Truncated`] when the
+/// stream ends first.
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    body: &mut Vec<u8>,
+    size: usize,
+    grow: impl Fn(&mut Vec<u8>),
+) -> Result<(), FrameError> {
+    while body.len() < size {
+        if body.capacity() == body.len() {
+            grow(body);
+        }
+        let want = size - body.len();
+        let n = (&mut *reader).take(want as u64).read_buf(body).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                read: body.len(),
+                size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes one frame (size prefix + body). The caller flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(&(body.len() as i32).to_be_bytes()).await?;
+    writer.write_all(body).await
+}
+
+/// Writes frames to one socket, coalescing small ones, without a large per-connection buffer.
+///
+/// A frame of up to [`FrameWriter::COALESCE`] bytes is copied into a small buffer written on
+/// [`FrameWriter::flush`] (or when it fills); a larger one is written straight from its own
+/// bytes together with its size prefix (one vectored write where the stream supports it), so
+/// big Fetch and Produce frames are not copied at all. After a flush the buffer keeps at most
+/// [`FrameWriter::RETAIN`] bytes of capacity: an idle connection holds almost nothing.
+pub struct FrameWriter<W> {
+    // Visible to the frame tests, which check what was written and what stays allocated.
+    pub(super) inner: W,
+    pub(super) buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Frames up to this size are coalesced.
+    pub const COALESCE: usize = 16 * 1024;
+    /// Capacity the coalescing buffer keeps across flushes.
+    pub const RETAIN: usize = 4 * 1024;
+
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Queues or writes one frame (size prefix + body). Call [`FrameWriter::flush`] when no
+    /// more frames follow right away.
+    pub async fn write_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let prefix = (body.len() as i32).to_be_bytes();
+        if body.len() <= Self::COALESCE {
+            if self.buf.len() + 4 + body.len() > 2 * Self::COALESCE {
+                self.write_buffered().await?;
+            }
+            self.buf.extend_from_slice(&prefix);
+            self.buf.extend_from_slice(body);
+            return Ok(());
+        }
+        if self.inner.is_write_vectored() {
+            self.write_buffered().await?;
+            return write_two(&mut self.inner, &prefix, body).await;
+        }
+        // One write for the prefix and the body's start: no 4-byte packet on its own.
+        let head = body.len().min(Self::COALESCE);
+        self.buf.extend_from_slice(&prefix);
+        self.buf.extend_from_slice(&body[..head]);
+        self.write_buffered().await?;
+        self.inner.write_all(&body[head..]).await
+    }
+
+    /// Writes what is buffered and flushes the stream.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buffered().await?;
+        self.inner.flush().await
+    }
+
+    async fn write_buffered(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        if self.buf.capacity() > Self::RETAIN {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `a` then `b` with vectored writes until both are out.
+async fn write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
+    while !a.is_empty() {
+        let n = w
+            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    w.write_all(b).await
+}
+
+/// Appends a big-endian i32 size prefix and body to `out` (for building frames in memory).
+pub fn put_frame(out: &mut BytesMut, body: &[u8]) {
+    out.put_i32(body.len() as i32);
+    out.put_slice(body);
+}
