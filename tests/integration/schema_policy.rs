@@ -1,6 +1,6 @@
 //! A `kapsule:policy@0.3.0` policy choosing schema fields: the `schema-pii` example in Rust
-//! (`policies/schema-pii/rust`) and in Python (`policies/schema-pii/python`, on the Python SDK's
-//! 0.3.0 helpers) behind Kapsule, with the real registry (Apicurio) and Apache Kafka, records
+//! (`policies/schema-pii/rust`), Python and JavaScript (`policies/schema-pii/{python,js}`, on
+//! their SDKs' 0.3.0 helpers) behind Kapsule, with the real registry (Apicurio) and Apache Kafka, records
 //! produced by confluent-kafka's Avro serializer. The policy encrypts every field tagged `PII`,
 //! the whole value of tenant `x`'s records, and passes `class: public` ones, from a memo on
 //! those two headers. One case per language, the same assertions.
@@ -38,13 +38,24 @@ async fn a_policy_encrypts_pii_tagged_fields_and_whole_values_of_one_tenant() {
     schema_pii_through_kapsule(&art.path("schema-pii"), "").await;
 }
 
-/// The same with the Python twin, built by componentize-py through the Python SDK; the limits
-/// of the other interpreted-language tests (calls share two cores with the whole suite).
-/// `kapsule policy check` first shows the three decisions from the two-header memo (and
-/// compiles the module into the cache Kapsule loads from, as an operator's check would).
+/// The same with the Python twin, built by componentize-py through the Python SDK.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_policy_encrypts_pii_tagged_fields_and_whole_values_of_one_tenant() {
-    let module = built(Lang::Python, "schema-pii").await;
+    interpreted_schema_pii(Lang::Python).await;
+}
+
+/// The same with the JavaScript twin, built by componentize-js through the JS SDK.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_js_policy_encrypts_pii_tagged_fields_and_whole_values_of_one_tenant() {
+    interpreted_schema_pii(Lang::Js).await;
+}
+
+/// The schema-pii example of `lang` built, shown by `kapsule policy check` to make the three
+/// decisions from the two-header memo (which also compiles it into the cache Kapsule loads from,
+/// as an operator's check would), then run through Kapsule under the limits of the other
+/// interpreted-language tests (calls share two cores with the whole suite).
+async fn interpreted_schema_pii(lang: Lang) {
+    let module = built(lang, "schema-pii").await;
     let dir = tempfile::tempdir().unwrap();
     let samples = dir.path().join("samples.jsonl");
     let lines: Vec<String> = (0..3)
@@ -87,10 +98,7 @@ async fn a_python_policy_encrypts_pii_tagged_fields_and_whole_values_of_one_tena
             .lines()
             .find(|l| l.contains(&format!("record {i} (key \"k{i}\"")))
             .unwrap_or_else(|| panic!("no line for record {i} in:\n{out}"));
-        assert!(
-            line.ends_with(&format!("): {decided}")),
-            "record {i}: {line}"
-        );
+        assert!(line.ends_with(&format!("): {decided}")), "record {i}: {line}");
     }
     schema_pii_through_kapsule(&module, LIMITS).await;
 }

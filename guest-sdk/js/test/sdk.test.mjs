@@ -313,6 +313,30 @@ test('pii-fields keeps PII ciphertext for analytics', async () => {
   assert.equal(m.reveal('t', { principal: { name: 'bi', mechanism: 'sasl-plain' } }).tag, 'parts');
 });
 
+test('schema-pii mirrors the Rust example', async () => {
+  const m = await example('schema-pii');
+  m.init('{"whole_value_tenants": ["x"]}');
+  assert.deepEqual(m.plan('orders', ANON).val, { needs: { key: false, value: false, headers: true }, memo: { tag: 'headers', val: ['tenant', 'class'] } });
+  const d = m.decide('orders', ANON, batch([
+    [null, null, [['tenant', 'x']]],
+    [null, null, [['tenant', 'y']]],
+    [null, null, [['tenant', 'y'], ['class', 'public']]],
+    [null, null, [['tenant', 'x'], ['class', 'public']]], // tenant x wins
+    [null, null, []],
+  ]));
+  const whole = { tag: 'encrypt', val: { keyId: 'kek-orders', value: { tag: 'whole' }, recordKey: false, headers: [] } };
+  const pii = { tag: 'encrypt', val: { keyId: 'kek-orders', value: { tag: 'schema-fields', val: { fields: [], tags: ['PII'] } }, recordKey: false, headers: [] } };
+  assert.deepEqual(chosen(d), [whole, pii, { tag: 'pass' }, whole, pii]);
+  assert.equal(d.distinct.length, 3);
+  m.init('{"key_id": "k", "tags": ["PII", "SECRET"], "tenant_header": "org"}');
+  assert.deepEqual(m.plan('t', ANON).val.memo, { tag: 'headers', val: ['org', 'class'] });
+  assert.deepEqual(chosen(m.decide('t', ANON, batch([[null, null, [['org', 'x']]]])))[0].val.value,
+    { tag: 'schema-fields', val: { fields: [], tags: ['PII', 'SECRET'] } });
+  for (const bad of ['{"tags": []}', '{"tags": "PII"}', '{"tenant_header": "class"}', '{"public_header": ""}', '{"nope": 1}', '[]']) {
+    assert.throws(() => m.init(bad), (e) => typeof e === 'string' && e.includes('schema-pii config'), bad);
+  }
+});
+
 test('types/ is what gen-types.mjs generates from wit/policy.wit', async () => {
   const { worldTypes } = await import('../gen-types.mjs');
   for (const [name, text] of await worldTypes()) {
