@@ -98,7 +98,10 @@ async fn interpreted_schema_pii(lang: Lang) {
             .lines()
             .find(|l| l.contains(&format!("record {i} (key \"k{i}\"")))
             .unwrap_or_else(|| panic!("no line for record {i} in:\n{out}"));
-        assert!(line.ends_with(&format!("): {decided}")), "record {i}: {line}");
+        assert!(
+            line.ends_with(&format!("): {decided}")),
+            "record {i}: {line}"
+        );
     }
     schema_pii_through_kapsule(&module, LIMITS).await;
 }
