@@ -143,8 +143,9 @@ const MAX_MEMO_HEADERS = 16;
 
 /**
  * What a per-record decision depends on: Memo.NONE, Memo.header(name), Memo.headers([names]),
- * Memo.RECORD_KEY or Memo.keyPrefix(n). A promise: two records with the same value get the same decision, so Kapsule
- * asks `decide` once per distinct value and caches the answer (per topic and client principal).
+ * Memo.RECORD_KEY or Memo.keyPrefix(n). A promise: two records with the same value get the same
+ * decision, so Kapsule asks `decide` once per distinct value and caches the answer (per topic and
+ * client principal).
  */
 class Memo {
   constructor(tag, val) {
