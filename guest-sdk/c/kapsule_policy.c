@@ -61,6 +61,33 @@ kp_encrypt kp_encrypt_whole(const char *key_id) {
   return e;
 }
 
+kp_encrypt kp_encrypt_schema_fields(const char *key_id, const char *const *fields, size_t fields_len,
+                                    const char *const *tags, size_t tags_len) {
+  kp_encrypt e;
+  memset(&e, 0, sizeof e);
+  e.key_id = key_id;
+  e.value = KP_VALUE_SCHEMA_FIELDS;
+  e.schema_fields = fields;
+  e.schema_fields_len = fields ? fields_len : 0;
+  e.schema_tags = tags;
+  e.schema_tags_len = tags ? tags_len : 0;
+  return e;
+}
+
+static bool schema_id(uint32_t id, uint32_t *out) {
+  if (id == KP_NO_SCHEMA_ID) return false;
+  if (out) *out = id;
+  return true;
+}
+
+bool kp_value_schema_id(const kp_record *r, uint32_t *id) {
+  return schema_id(r->value_schema_id, id);
+}
+
+bool kp_key_schema_id(const kp_record *r, uint32_t *id) {
+  return schema_id(r->key_schema_id, id);
+}
+
 kp_decision kp_decide_encrypt(kp_encrypt e) {
   kp_decision d;
   memset(&d, 0, sizeof d);
@@ -83,6 +110,11 @@ bool kp_client_is(const kp_client *client, const char *name) {
 
 kp_memo kp_memo_header(const char *name) {
   kp_memo m = {.kind = KP_MEMO_HEADER, .header = name};
+  return m;
+}
+
+kp_memo kp_memo_headers(const char *const *names, size_t n) {
+  kp_memo m = {.kind = KP_MEMO_HEADERS, .header_names = names, .header_names_len = names ? n : 0};
   return m;
 }
 
@@ -129,6 +161,9 @@ static bool encrypt_eq(const kp_encrypt *a, const kp_encrypt *b) {
   return cstr_eq(a->key_id, b->key_id) && a->value == b->value && a->record_key == b->record_key &&
          (a->value != KP_VALUE_JSON_FIELDS ||
           list_eq(a->json_fields, a->json_fields_len, b->json_fields, b->json_fields_len)) &&
+         (a->value != KP_VALUE_SCHEMA_FIELDS ||
+          (list_eq(a->schema_fields, a->schema_fields_len, b->schema_fields, b->schema_fields_len) &&
+           list_eq(a->schema_tags, a->schema_tags_len, b->schema_tags, b->schema_tags_len))) &&
          list_eq(a->headers, a->headers_len, b->headers, b->headers_len);
 }
 
@@ -154,6 +189,11 @@ static void encrypt_to_wit(wit_encrypt *w, const kp_encrypt *e) {
     case KP_VALUE_JSON_FIELDS:
       w->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_JSON_FIELDS;
       strings_to_wit(&w->value.val.json_fields, e->json_fields, e->json_fields_len);
+      break;
+    case KP_VALUE_SCHEMA_FIELDS:
+      w->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_SCHEMA_FIELDS;
+      strings_to_wit(&w->value.val.schema_fields.fields, e->schema_fields, e->schema_fields_len);
+      strings_to_wit(&w->value.val.schema_fields.tags, e->schema_tags, e->schema_tags_len);
       break;
     default:
       w->value.tag = KAPSULE_POLICY_TYPES_VALUE_PART_NONE;
@@ -187,6 +227,21 @@ static kp_client client_from_wit(const policy_client_t *c) {
     out.name.ptr = "";
   }
   return out;
+}
+
+// Why a KP_MEMO_HEADERS memo cannot be honoured (as Kapsule checks it), or NULL.
+static const char *memo_headers_problem(const kp_memo *m) {
+  size_t n = m->header_names_len;
+  if (m->header_names == NULL || n == 0 || n > KP_MAX_MEMO_HEADERS)
+    return "policy plan: kp_memo_headers needs 1 to 16 header names";
+  for (size_t i = 0; i < n; i++) {
+    const char *name = m->header_names[i];
+    if (name == NULL || name[0] == 0) return "policy plan: kp_memo_headers: empty header name";
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(m->header_names[j], name) == 0)
+        return "policy plan: kp_memo_headers lists a header twice";
+  }
+  return NULL;
 }
 
 static bool g_ready = false;
@@ -242,6 +297,21 @@ void exports_policy_plan(policy_string_t *topic, policy_client_t *client,
           set_str(&pr->memo.val.header, p.memo.header);
           needs |= KP_NEEDS_HEADERS;
           break;
+        case KP_MEMO_HEADERS: {
+          const char *bad = memo_headers_problem(&p.memo);
+          if (bad != NULL) {
+            // A memo Kapsule would refuse: refuse the topic here, saying why (fail closed).
+            ret->tag = KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL;
+            set_str(&ret->val.reject_all, bad);
+            policy_client_free(client);
+            policy_string_free(topic);
+            return;
+          }
+          pr->memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_HEADERS;
+          strings_to_wit(&pr->memo.val.headers, p.memo.header_names, p.memo.header_names_len);
+          needs |= KP_NEEDS_HEADERS;
+          break;
+        }
         case KP_MEMO_RECORD_KEY:
           pr->memo.tag = KAPSULE_POLICY_TYPES_MEMO_KEY_RECORD_KEY;
           needs |= KP_NEEDS_KEY;
@@ -307,11 +377,13 @@ void exports_policy_reveal(policy_string_t *topic, policy_client_t *client, poli
 }
 
 // Layout of batch-view (wit/policy.wit): a 32-byte descriptor per record (key offset and length,
-// value offset and length, first header index, header count, timestamp s64) and a 16-byte one per
-// header (key offset and length, value offset and length), all little-endian. A length of
-// KP_ABSENT is a null or not-asked-for part.
+// value offset and length, first header index, header count, timestamp s64), a 16-byte one per
+// header (key offset and length, value offset and length) and an 8-byte one per record in
+// schema-ids (value schema id, key schema id), all little-endian. A length of KP_ABSENT is a null
+// or not-asked-for part; a schema id of KP_ABSENT (= KP_NO_SCHEMA_ID) is not in the wire format.
 #define KP_RECORD_DESCRIPTOR 32
 #define KP_HEADER_DESCRIPTOR 16
+#define KP_SCHEMA_IDS_DESCRIPTOR 8
 #define KP_ABSENT 0xFFFFFFFFu
 
 static uint32_t le32(const uint8_t *p) {
@@ -350,6 +422,13 @@ void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
     records[i].headers = ok ? headers + headers_start : NULL;
     records[i].headers_len = ok ? headers_len : 0;
     records[i].timestamp = (int64_t)((uint64_t)le32(r + 24) | (uint64_t)le32(r + 28) << 32);
+    // Kapsule sends one entry per record; a shorter list reads as "not in the wire format".
+    records[i].value_schema_id = records[i].key_schema_id = KP_NO_SCHEMA_ID;
+    if ((uint64_t)(i + 1) * KP_SCHEMA_IDS_DESCRIPTOR <= batch->schema_ids.len) {
+      const uint8_t *ids = batch->schema_ids.ptr + i * KP_SCHEMA_IDS_DESCRIPTOR;
+      records[i].value_schema_id = le32(ids);
+      records[i].key_schema_id = le32(ids + 4);
+    }
   }
   kp_decision *out = calloc(n ? n : 1, sizeof(kp_decision));
   if (out == NULL) abort();

@@ -14,7 +14,10 @@
 //
 // `client` is who produced or fetches (`authenticated` false on a connection without
 // authentication). A per-record plan may declare what its decision depends on
-// (`.memo = kp_memo_header("tenant")`): Kapsule then asks once per distinct value and caches.
+// (`.memo = kp_memo_header("tenant")`, or kp_memo_headers for several): Kapsule then asks once
+// per distinct value and caches. Schema-encoded records (contract 0.3.0): kp_value_schema_id /
+// kp_key_schema_id read a record's Confluent wire-format schema id, and kp_encrypt_schema_fields
+// encrypts fields of such a value by dotted path and by schema tag (e.g. "PII").
 //
 // `decide` sees one kp_record per record (spans of the flat batch resolved to pointers) and writes
 // one kp_decision per record into `out`; the SDK packs equal decisions into one entry and copies
@@ -64,10 +67,30 @@ typedef struct {
   size_t headers_len;
   /// Milliseconds since the Unix epoch, as the producer set it.
   int64_t timestamp;
+  /// Schema id of the value when it is in the Confluent Schema Registry wire format (magic byte
+  /// 0, 4-byte id, body), whatever the plan's needs asked for; KP_NO_SCHEMA_ID otherwise. Read it
+  /// with kp_value_schema_id.
+  uint32_t value_schema_id;
+  /// Schema id of the key when it is in the wire format; KP_NO_SCHEMA_ID otherwise.
+  uint32_t key_schema_id;
 } kp_record;
 
+/// The schema id of a value or key that is not in the wire format (null, shorter than 5 bytes,
+/// or a first byte other than 0).
+#define KP_NO_SCHEMA_ID 0xFFFFFFFFu
+
 /// Which part of the value to encrypt.
-typedef enum { KP_VALUE_NONE = 0, KP_VALUE_WHOLE, KP_VALUE_JSON_FIELDS } kp_value_kind;
+typedef enum {
+  KP_VALUE_NONE = 0,
+  KP_VALUE_WHOLE,
+  KP_VALUE_JSON_FIELDS,
+  /// Fields of a schema-encoded value (Avro, Protobuf, JSON Schema in the Confluent wire format):
+  /// the union of `schema_fields` (dotted paths, e.g. `customer.email`) and of every field the
+  /// writer schema tags with one of `schema_tags` (e.g. `PII`). The value stays valid under its
+  /// schema id; a value not in the wire format is refused by Kapsule, never passed in clear.
+  /// Names at least one field or tag (Kapsule refuses an empty selection as a malformed answer).
+  KP_VALUE_SCHEMA_FIELDS
+} kp_value_kind;
 
 /// How to encrypt a record. Strings are NUL-terminated and borrowed.
 typedef struct {
@@ -82,6 +105,12 @@ typedef struct {
   /// Names of headers whose values are encrypted.
   const char *const *headers;
   size_t headers_len;
+  /// Dotted field paths, for KP_VALUE_SCHEMA_FIELDS.
+  const char *const *schema_fields;
+  size_t schema_fields_len;
+  /// Schema tags, for KP_VALUE_SCHEMA_FIELDS.
+  const char *const *schema_tags;
+  size_t schema_tags_len;
 } kp_encrypt;
 
 typedef enum { KP_PASS = 0, KP_ENCRYPT, KP_REJECT } kp_decision_kind;
@@ -117,7 +146,16 @@ typedef struct {
 /// What a per-record decision depends on. A promise: two records with the same value get the same
 /// decision, so Kapsule calls decide once per distinct value and caches the answer. A zeroed
 /// kp_memo is KP_MEMO_NONE (every record is decided).
-typedef enum { KP_MEMO_NONE = 0, KP_MEMO_HEADER, KP_MEMO_RECORD_KEY, KP_MEMO_KEY_PREFIX } kp_memo_kind;
+typedef enum {
+  KP_MEMO_NONE = 0,
+  KP_MEMO_HEADER,
+  KP_MEMO_RECORD_KEY,
+  KP_MEMO_KEY_PREFIX,
+  KP_MEMO_HEADERS
+} kp_memo_kind;
+
+/// Most header names one KP_MEMO_HEADERS memo may list.
+#define KP_MAX_MEMO_HEADERS 16
 
 typedef struct {
   kp_memo_kind kind;
@@ -125,6 +163,11 @@ typedef struct {
   const char *header;
   /// For KP_MEMO_KEY_PREFIX: number of leading key bytes.
   uint32_t prefix_len;
+  /// For KP_MEMO_HEADERS: the header names (first header with each, together; absent and null are
+  /// values too). 1 to KP_MAX_MEMO_HEADERS distinct, non-empty names; otherwise the SDK refuses
+  /// the topic (reject-all) with a message saying why.
+  const char *const *header_names;
+  size_t header_names_len;
 } kp_memo;
 
 /// Parts of each record `decide` needs (bit flags; asking for less is faster).
@@ -192,6 +235,16 @@ bool kp_header_is(const kp_record *r, const char *name, const char *value);
 bool kp_str_eq(kp_str s, const char *text);
 /// Encrypt the whole value under `key_id`.
 kp_encrypt kp_encrypt_whole(const char *key_id);
+/// Encrypt fields of a schema-encoded value under `key_id`: the `fields_len` dotted paths in
+/// `fields` and every field tagged with one of the `tags_len` tags in `tags` (either list may be
+/// NULL with length 0, not both). The arrays are borrowed, as every string of a decision.
+kp_encrypt kp_encrypt_schema_fields(const char *key_id, const char *const *fields, size_t fields_len,
+                                    const char *const *tags, size_t tags_len);
+/// Sets `*id` to the schema id of the record's value and returns true when the value is in the
+/// Confluent wire format; returns false otherwise (null, short, another first byte).
+bool kp_value_schema_id(const kp_record *r, uint32_t *id);
+/// As kp_value_schema_id, for the record key.
+bool kp_key_schema_id(const kp_record *r, uint32_t *id);
 /// A decision to encrypt as `e` says.
 kp_decision kp_decide_encrypt(kp_encrypt e);
 /// A decision to refuse the record with `message`.
@@ -200,6 +253,8 @@ kp_decision kp_decide_reject(const char *message);
 bool kp_client_is(const kp_client *client, const char *name);
 /// Memo on the first header named `name` (a static or long-lived string).
 kp_memo kp_memo_header(const char *name);
+/// Memo on the first header with each of the `n` names in `names` (static or long-lived).
+kp_memo kp_memo_headers(const char *const *names, size_t n);
 /// Memo on the whole record key.
 kp_memo kp_memo_record_key(void);
 /// Memo on the first `n` bytes of the record key.

@@ -14,11 +14,19 @@ export class Needs {
   readonly headers: boolean;
 }
 
+/**
+ * Which fields of a schema-encoded value (Avro, Protobuf or JSON Schema in the Confluent wire
+ * format) to encrypt: the union of dotted `fields` (`customer.email`) and of every field the writer
+ * schema tags with one of `tags` (e.g. `PII`). The generated `schema-selection` record.
+ */
+export type SchemaSelection = Wit.SchemaSelection;
+
 /** Which part of a record value to encrypt (the generated `value-part` variant). */
 export type ValuePart =
   | { tag: 'none' }
   | { tag: 'whole' }
-  | { tag: 'json-fields'; val: readonly string[] };
+  | { tag: 'json-fields'; val: readonly string[] }
+  | { tag: 'schema-fields'; val: { readonly fields: readonly string[]; readonly tags: readonly string[] } };
 
 /** How to encrypt a record. Immutable; setters return a new value. */
 export class Encrypt {
@@ -32,6 +40,12 @@ export class Encrypt {
   wholeValue(): Encrypt;
   /** Encrypt these RFC 6901 JSON pointers of the value. */
   jsonFields(pointers: Iterable<string>): Encrypt;
+  /**
+   * Encrypt fields of a schema-encoded value by dotted path and by schema tag (at least one of
+   * them); the value stays valid under its schema id. A value not in the wire format is refused
+   * by Kapsule, never passed in clear: `new Encrypt('kek-orders').schemaFields({ tags: ['PII'] })`.
+   */
+  schemaFields(selection: { readonly [K in keyof SchemaSelection]?: Iterable<string> }): Encrypt;
   /** Also encrypt the record key, deterministically. */
   withRecordKey(): Encrypt;
   /** Also encrypt every header named `name`. */
@@ -57,13 +71,18 @@ export class Decision {
  */
 export class Memo {
   private constructor();
-  readonly tag: 'none' | 'header' | 'record-key' | 'key-prefix';
+  readonly tag: Wit.MemoKey['tag'];
   /** Every record is decided. */
   static readonly NONE: Memo;
   /** Only the whole record key (a null key is a value too). */
   static readonly RECORD_KEY: Memo;
   /** Only the first header named `name` (absent and null are values too). */
   static header(name: string): Memo;
+  /**
+   * Only the first header with each of these names, together (absent and null are values too);
+   * 1 to 16 distinct, non-empty names, e.g. `Memo.headers(['tenant', 'class'])`.
+   */
+  static headers(names: Iterable<string>): Memo;
   /** Only the first `n` bytes of the record key (shorter keys: the whole key). */
   static keyPrefix(n: number): Memo;
 }
@@ -143,6 +162,13 @@ export class RecordView {
   readonly value: Uint8Array | null;
   /** Milliseconds since the Unix epoch, as the producer set it. */
   readonly timestamp: number;
+  /**
+   * Schema id of the value when it is in the Confluent Schema Registry wire format (magic byte 0,
+   * 4-byte id), whatever the plan's needs asked for; null otherwise.
+   */
+  readonly valueSchemaId: number | null;
+  /** Schema id of the key when it is in the wire format; null otherwise. */
+  readonly keySchemaId: number | null;
   readonly headers: { key: string; value: Uint8Array | null }[];
   header(name: string): Uint8Array | null;
   headerStr(name: string): string | null;

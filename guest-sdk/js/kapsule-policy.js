@@ -11,7 +11,10 @@
 // `client.name` is the authenticated principal (or null). `decide` gets one RecordView per record,
 // read lazily from the flat batch Kapsule passes, and returns one Decision per record; the SDK
 // packs them into distinct decisions plus indices. A plan may declare what its decision depends on
-// (`memo: Memo.header('tenant')`) so Kapsule asks once per distinct value. An exception in plan,
+// (`memo: Memo.header('tenant')`, or `Memo.headers([...])` for several) so Kapsule asks once per
+// distinct value. Schema-encoded records (contract 0.3.0): `record.valueSchemaId` / `keySchemaId`
+// read a record's Confluent wire-format schema id, `new Encrypt(k).schemaFields({ fields, tags })`
+// encrypts fields by dotted path and by schema tag. An exception in plan,
 // decide or reveal fails closed (records refused, fetch denied) naming only the error's type; its
 // message and stack go to Kapsule's log at trace level only (they may quote record contents),
 // where `kapsule policy check` shows them for its sample records.
@@ -44,6 +47,33 @@ class Needs {
   }
 }
 
+/** `names` as a frozen array of non-empty strings (a lone string, an easy slip, is refused). */
+function nameList(what, names) {
+  if (typeof names === 'string' || names === null || typeof names !== 'object' || !(Symbol.iterator in names)) {
+    throw new TypeError(`${what}: pass an array of strings`);
+  }
+  const out = [...names];
+  for (const n of out) {
+    if (typeof n !== 'string' || n === '') throw new TypeError(`${what}: every entry must be a non-empty string, got ${JSON.stringify(n)}`);
+  }
+  return Object.freeze(out);
+}
+
+/**
+ * Which fields of a schema-encoded value (Avro, Protobuf or JSON Schema in the Confluent wire
+ * format) to encrypt: the union of dotted `fields` (`customer.email`; arrays, maps, unions/oneof
+ * and optional wrappers are stepped through) and of every field the writer schema tags with one of
+ * `tags` (`confluent:tags`, `(confluent.field_meta).tags`; e.g. `PII`). The generated
+ * `schema-selection` record. Names at least one field or tag.
+ */
+function schemaSelection({ fields = [], tags = [] } = {}) {
+  const sel = Object.freeze({ fields: nameList('schema selection fields', fields), tags: nameList('schema selection tags', tags) });
+  if (sel.fields.length === 0 && sel.tags.length === 0) {
+    throw new TypeError('schema selection names no field and no tag; leave the value out to keep it in clear');
+  }
+  return sel;
+}
+
 const VALUE_NONE = Object.freeze({ tag: 'none' });
 const VALUE_WHOLE = Object.freeze({ tag: 'whole' });
 
@@ -69,6 +99,15 @@ class Encrypt {
   jsonFields(pointers) {
     const val = Object.freeze([...pointers].map(String));
     return new Encrypt(this.keyId, Object.freeze({ tag: 'json-fields', val }), this.recordKey, this.headers);
+  }
+  /**
+   * Encrypt fields of a schema-encoded value by dotted path and by schema tag; the value stays
+   * valid under its schema id (a value not in the wire format is refused, never passed in clear):
+   *   new Encrypt('kek-orders').schemaFields({ tags: ['PII'] })
+   */
+  schemaFields({ fields = [], tags = [] } = {}) {
+    const val = schemaSelection({ fields, tags });
+    return new Encrypt(this.keyId, Object.freeze({ tag: 'schema-fields', val }), this.recordKey, this.headers);
   }
   /** Also encrypt the record key, deterministically. */
   withRecordKey() {
@@ -99,10 +138,14 @@ class Decision {
 }
 Decision.PASS = new Decision('pass', undefined, undefined);
 
+/** Most header names one Memo.headers may list (Kapsule refuses more). */
+const MAX_MEMO_HEADERS = 16;
+
 /**
- * What a per-record decision depends on: Memo.NONE, Memo.header(name), Memo.RECORD_KEY or
- * Memo.keyPrefix(n). A promise: two records with the same value get the same decision, so Kapsule
- * asks `decide` once per distinct value and caches the answer (per topic and client principal).
+ * What a per-record decision depends on: Memo.NONE, Memo.header(name), Memo.headers([names]),
+ * Memo.RECORD_KEY or Memo.keyPrefix(n). A promise: two records with the same value get the same
+ * decision, so Kapsule asks `decide` once per distinct value and caches the answer (per topic and
+ * client principal).
  */
 class Memo {
   constructor(tag, val) {
@@ -114,6 +157,19 @@ class Memo {
   static header(name) {
     if (typeof name !== 'string' || name === '') throw new TypeError('Memo.header needs a non-empty header name');
     return new Memo('header', name);
+  }
+  /**
+   * Only the first header with each of these names, together (absent and null are values too):
+   * the memo of "tenant + exception" policies, e.g. Memo.headers(['tenant', 'class']). 1 to 16
+   * distinct, non-empty names.
+   */
+  static headers(names) {
+    const list = nameList('Memo.headers', names);
+    if (list.length === 0 || list.length > MAX_MEMO_HEADERS) {
+      throw new RangeError(`Memo.headers needs 1 to ${MAX_MEMO_HEADERS} header names, got ${list.length}`);
+    }
+    if (new Set(list).size !== list.length) throw new TypeError(`Memo.headers lists a header twice: ${JSON.stringify(list)}`);
+    return new Memo('headers', list);
   }
   /** Only the first `n` bytes of the record key. */
   static keyPrefix(n) {
@@ -147,7 +203,7 @@ class TopicPlan {
     if (!(needs instanceof Needs)) needs = new Needs(needs);
     if (memo === undefined || memo === null) memo = Memo.NONE;
     if (!(memo instanceof Memo)) throw new TypeError('TopicPlan.perRecord: memo must be a Memo (Memo.header(name), ...)');
-    if (memo.tag === 'header' && !needs.headers) needs = new Needs({ ...needs, headers: true });
+    if ((memo.tag === 'header' || memo.tag === 'headers') && !needs.headers) needs = new Needs({ ...needs, headers: true });
     if ((memo.tag === 'record-key' || memo.tag === 'key-prefix') && !needs.key) needs = new Needs({ ...needs, key: true });
     return new TopicPlan('per-record', undefined, needs, undefined, memo);
   }
@@ -160,8 +216,9 @@ TopicPlan.PASS_ALL = new TopicPlan('pass-all');
 
 // Layout of `batch-view` (wit/policy.wit): per record eight little-endian u32 words (key offset
 // and length, value offset and length, first header index, header count, timestamp as an s64),
-// per header four (key offset and length, value offset and length). A length of ABSENT is a null
-// or not-asked-for part.
+// per header four (key offset and length, value offset and length), per record in `schemaIds`
+// two (schema id of the value, of the key). A length of ABSENT is a null or not-asked-for part; a
+// schema id of ABSENT says the value or key is not in the Confluent wire format.
 const ABSENT = 0xffffffff;
 
 /** `bytes` (a Uint8Array of little-endian u32 words) as a Uint32Array, copied only if unaligned. */
@@ -178,6 +235,11 @@ class Batch {
     this.count = batch.records.byteLength >>> 5;
     this.records = words(batch.records);
     this.headers = words(batch.headers);
+    this.schemaIds = words(batch.schemaIds);
+  }
+  schemaId(at) {
+    const id = this.schemaIds[at];
+    return id === undefined || id === ABSENT ? null : id;
   }
   part(w, at) {
     const n = w[at + 1];
@@ -202,6 +264,14 @@ class RecordView {
     const at = this._i * 8;
     return (w[at + 7] | 0) * 4294967296 + w[at + 6];
   }
+  /**
+   * Schema id of the value when it is in the Confluent Schema Registry wire format (magic byte 0,
+   * 4-byte id, body), whatever `needs` asked for; null otherwise. It says only what the bytes
+   * claim: Kapsule refuses a value that does not decode under it when its fields are encrypted.
+   */
+  get valueSchemaId() { return this._b.schemaId(this._i * 2); }
+  /** Schema id of the key when it is in the wire format, whatever `needs` asked for; null otherwise. */
+  get keySchemaId() { return this._b.schemaId(this._i * 2 + 1); }
   /** Headers in wire order as {key: string, value: Uint8Array|null}; empty when not asked for. */
   get headers() {
     const b = this._b;
@@ -345,8 +415,13 @@ const log = Object.freeze({
   error: (m) => host('error', m),
 });
 
+function valueToWit(v) {
+  if (v.tag === 'json-fields') return { tag: 'json-fields', val: [...v.val] };
+  if (v.tag === 'schema-fields') return { tag: 'schema-fields', val: { fields: [...v.val.fields], tags: [...v.val.tags] } };
+  return { tag: v.tag };
+}
 function encryptToWit(e) {
-  return { keyId: e.keyId, value: e.value, recordKey: e.recordKey, headers: [...e.headers] };
+  return { keyId: e.keyId, value: valueToWit(e.value), recordKey: e.recordKey, headers: [...e.headers] };
 }
 function decisionToWit(d) {
   if (d.kind === 'encrypt') return { tag: 'encrypt', val: encryptToWit(d.encryption) };
@@ -363,7 +438,8 @@ function planToWit(p) {
       tag: 'per-record',
       val: {
         needs: { key: p.needs.key, value: p.needs.value, headers: p.needs.headers },
-        memo: p.memo.val === undefined ? { tag: p.memo.tag } : { tag: p.memo.tag, val: p.memo.val },
+        memo: p.memo.val === undefined ? { tag: p.memo.tag }
+          : { tag: p.memo.tag, val: Array.isArray(p.memo.val) ? [...p.memo.val] : p.memo.val },
       },
     };
     case 'reject-all': return { tag: 'reject-all', val: p.message };

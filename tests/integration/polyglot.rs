@@ -34,7 +34,7 @@ use crate::reveal::{mtls_principal_config, refs};
 
 /// Generous limits while guest calls of interpreted languages share 2 cores with the whole test
 /// suite (the production defaults are checked by `policy check`, not here).
-const LIMITS: &str =
+pub(crate) const LIMITS: &str =
     "  limits:\n    call_timeout_ms: 5000\n    init_timeout_ms: 20000\n    memory_mib: 256\n";
 
 /// Language of a guest built by [`built`].

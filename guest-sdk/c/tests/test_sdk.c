@@ -1,4 +1,4 @@
-// Native unit tests of the C SDK (kapsule_policy.c) with the C examples, over the bindings
+// Native unit tests of the C SDK (kapsule_policy.c) with the C examples and with sdk_policy.c, over the bindings
 // `wit-bindgen c` generates, compiled for the build machine (no Wasm): guest-sdk/c/tests/run.sh.
 // The exports are called exactly as the component's canonical-ABI glue calls them.
 #include <stdio.h>
@@ -183,10 +183,154 @@ static void test_pii_fields(void) {
   }
 }
 
+#ifdef KP_TEST_SDK_POLICY
+// The 0.3.0 helpers, driven through sdk_policy.c.
+#include "kapsule_policy.h"
+
+extern kp_plan kp_test_plan;
+extern void (*kp_test_decide)(const kp_record *records, size_t n, kp_decision *out);
+
+// `n` records without key, value or headers, and a schema-ids list of `ids_len` entries from
+// `ids` (value id, key id per record).
+static policy_batch_view_t batch_ids(size_t n, const uint32_t (*ids)[2], size_t ids_len) {
+  policy_batch_view_t b;
+  memset(&b, 0, sizeof b);
+  b.records.len = 32 * n;
+  b.records.ptr = calloc(n, 32);
+  for (size_t i = 0; i < n; i++) {
+    put32(b.records.ptr + 32 * i + 4, 0xFFFFFFFFu);
+    put32(b.records.ptr + 32 * i + 12, 0xFFFFFFFFu);
+  }
+  b.schema_ids.len = 8 * ids_len;
+  b.schema_ids.ptr = ids_len ? calloc(ids_len, 8) : NULL;
+  for (size_t i = 0; i < ids_len; i++) {
+    put32(b.schema_ids.ptr + 8 * i, ids[i][0]);
+    put32(b.schema_ids.ptr + 8 * i + 4, ids[i][1]);
+  }
+  return b;
+}
+
+static policy_decisions_t decide(policy_batch_view_t b) {
+  policy_string_t topic = str("orders");
+  policy_client_t c = client(NULL);
+  policy_decisions_t d;
+  exports_policy_decide(&topic, &c, &b, &d);
+  return d;
+}
+
+static int64_t g_seen[8][2];  // per record: value id, key id (-1: not in the wire format)
+
+static void record_ids(const kp_record *records, size_t n, kp_decision *out) {
+  for (size_t i = 0; i < n && i < 8; i++) {
+    uint32_t id;
+    g_seen[i][0] = kp_value_schema_id(&records[i], &id) ? (int64_t)id : -1;
+    g_seen[i][1] = kp_key_schema_id(&records[i], &id) ? (int64_t)id : -1;
+  }
+}
+
+static void test_schema_ids(void) {
+  kp_test_decide = record_ids;
+  const uint32_t ids[3][2] = {{42, 256}, {0xFFFFFFFFu, 0xFFFFFFFFu}, {0xFFFFFFFEu, 0xFFFFFFFFu}};
+  policy_decisions_t d = decide(batch_ids(3, ids, 3));
+  CHECK(g_seen[0][0] == 42 && g_seen[0][1] == 256);
+  CHECK(g_seen[1][0] == -1 && g_seen[1][1] == -1);
+  CHECK(g_seen[2][0] == 0xFFFFFFFEll && g_seen[2][1] == -1);
+  CHECK(d.choices.len == 3 && d.distinct.len == 1);
+  policy_decisions_free(&d);
+  // A list shorter than the batch (Kapsule never sends one) reads as "not in the wire format".
+  d = decide(batch_ids(2, ids, 1));
+  CHECK(g_seen[0][0] == 42 && g_seen[1][0] == -1 && g_seen[1][1] == -1);
+  policy_decisions_free(&d);
+}
+
+static void pii_or_email(const kp_record *records, size_t n, kp_decision *out) {
+  // Equal lists in different arrays, as a policy building them per record would have.
+  static const char *const pii_a[] = {"PII"}, *const pii_b[] = {"PII"};
+  static const char *const email[] = {"customer.email"};
+  for (size_t i = 0; i < n; i++) {
+    kp_encrypt e = i == 1 ? kp_encrypt_schema_fields("kek-orders", email, 1, pii_a, 1)
+                          : kp_encrypt_schema_fields("kek-orders", NULL, 0, i ? pii_b : pii_a, 1);
+    out[i] = kp_decide_encrypt(e);
+  }
+}
+
+static void test_schema_fields(void) {
+  kp_test_decide = pii_or_email;
+  const uint32_t ids[3][2] = {{1, 0xFFFFFFFFu}, {1, 0xFFFFFFFFu}, {1, 0xFFFFFFFFu}};
+  policy_decisions_t d = decide(batch_ids(3, ids, 3));
+  CHECK(d.choices.len == 3 && d.distinct.len == 2);
+  CHECK(d.choices.ptr[0] == 0 && d.choices.ptr[1] == 1 && d.choices.ptr[2] == 0);
+  for (size_t j = 0; j < d.distinct.len; j++) {
+    CHECK(d.distinct.ptr[j].tag == KAPSULE_POLICY_TYPES_DECISION_ENCRYPT);
+    kapsule_policy_types_encrypt_t *e = &d.distinct.ptr[j].val.encrypt;
+    CHECK(str_is(&e->key_id, "kek-orders"));
+    CHECK(e->value.tag == KAPSULE_POLICY_TYPES_VALUE_PART_SCHEMA_FIELDS);
+    kapsule_policy_types_schema_selection_t *sel = &e->value.val.schema_fields;
+    CHECK(sel->tags.len == 1 && str_is(&sel->tags.ptr[0], "PII"));
+    CHECK(sel->fields.len == j);
+    if (j == 1) CHECK(str_is(&sel->fields.ptr[0], "customer.email"));
+  }
+  policy_decisions_free(&d);
+}
+
+static policy_topic_plan_t plan_with(kp_memo memo) {
+  kp_plan p = {.kind = KP_PLAN_PER_RECORD, .needs = KP_NEEDS_VALUE, .memo = memo};
+  kp_test_plan = p;
+  policy_string_t topic = str("orders");
+  policy_client_t c = client(NULL);
+  policy_topic_plan_t out;
+  exports_policy_plan(&topic, &c, &out);
+  return out;
+}
+
+static void test_memo_headers(void) {
+  static const char *const two[] = {"tenant", "class"};
+  policy_topic_plan_t p = plan_with(kp_memo_headers(two, 2));
+  CHECK(p.tag == KAPSULE_POLICY_TYPES_TOPIC_PLAN_PER_RECORD);
+  CHECK(p.val.per_record.memo.tag == KAPSULE_POLICY_TYPES_MEMO_KEY_HEADERS);
+  CHECK(p.val.per_record.memo.val.headers.len == 2);
+  CHECK(str_is(&p.val.per_record.memo.val.headers.ptr[1], "class"));
+  // The memo's headers are shown to decide even though needs left them out.
+  CHECK(p.val.per_record.needs == (KAPSULE_POLICY_TYPES_NEEDS_VALUE | KAPSULE_POLICY_TYPES_NEEDS_HEADERS));
+  policy_topic_plan_free(&p);
+
+  static const char *const twice[] = {"tenant", "tenant"}, *const empty[] = {"tenant", ""};
+  static const char *const seventeen[17] = {"a", "b", "c", "d", "e", "f", "g", "h", "i",
+                                            "j", "k", "l", "m", "n", "o", "p", "q"};
+  const kp_memo bad[] = {kp_memo_headers(twice, 2), kp_memo_headers(empty, 2),
+                         kp_memo_headers(seventeen, 17), kp_memo_headers(NULL, 2),
+                         kp_memo_headers(two, 0)};
+  const char *why[] = {"twice", "empty header name", "1 to 16", "1 to 16", "1 to 16"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    p = plan_with(bad[i]);
+    CHECK(p.tag == KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL);
+    if (p.tag == KAPSULE_POLICY_TYPES_TOPIC_PLAN_REJECT_ALL) {
+      char msg[256] = {0};
+      memcpy(msg, p.val.reject_all.ptr, p.val.reject_all.len < 255 ? p.val.reject_all.len : 255);
+      CHECK(strstr(msg, why[i]) != NULL);
+    }
+    policy_topic_plan_free(&p);
+  }
+  p = plan_with(kp_memo_headers(seventeen, 16));
+  CHECK(p.tag == KAPSULE_POLICY_TYPES_TOPIC_PLAN_PER_RECORD);
+  policy_topic_plan_free(&p);
+}
+
+static void test_sdk(void) {
+  CHECK(init(""));
+  test_schema_ids();
+  test_schema_fields();
+  test_memo_headers();
+}
+#endif
+
 int main(int argc, char **argv) {
   if (argc != 2) return 2;
   if (strcmp(argv[1], "tenant_keys") == 0) test_tenant_keys();
   else if (strcmp(argv[1], "pii_fields") == 0) test_pii_fields();
+#ifdef KP_TEST_SDK_POLICY
+  else if (strcmp(argv[1], "sdk") == 0) test_sdk();
+#endif
   else return 2;
   if (failures) {
     fprintf(stderr, "%s: %d check(s) failed\n", argv[1], failures);

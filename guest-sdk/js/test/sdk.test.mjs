@@ -35,24 +35,34 @@ const example = async (name) => loadFile(join(repo, 'policies', name, 'js', 'pol
 
 /**
  * A batch as componentize-js passes it, in Kapsule's flat layout (wit/policy.wit), from
- * [[key, value, [[hkey, hvalue], ...]], ...] (strings, or null). Record i has timestamp
- * `timestamps[i]` (default 1000 + i). With `unaligned`, the descriptor bytes start at an odd
- * offset of their buffer, as a guest's lifted list may.
+ * [[key, value, [[hkey, hvalue], ...]], ...] (strings, Uint8Arrays, or null). Record i has
+ * timestamp `timestamps[i]` (default 1000 + i). The schema ids are read from values and keys in
+ * the Confluent wire format as Kapsule reads them, unless `schemaIds` gives them ([value id, key
+ * id] per record, null for absent). With `unaligned`, the descriptor bytes start at an odd offset
+ * of their buffer, as a guest's lifted list may.
  */
-function batch(records, { timestamps = [], unaligned = false } = {}) {
+function batch(records, { timestamps = [], unaligned = false, schemaIds } = {}) {
   const bytes = [];
   const enc = new TextEncoder();
   const desc = [];
   const hdrs = [];
+  const ids = [];
   const u32 = (out, v) => out.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff);
   const span = (out, s) => {
     if (s === null) { u32(out, 0); u32(out, 0xffffffff); return; }
-    const b = enc.encode(s);
+    const b = typeof s === 'string' ? enc.encode(s) : s;
     u32(out, bytes.length);
     u32(out, b.length);
     bytes.push(...b);
   };
+  const wireId = (s) => {
+    if (s === null || typeof s === 'string' || s.length < 5 || s[0] !== 0) return 0xffffffff;
+    return ((s[1] << 24) | (s[2] << 16) | (s[3] << 8) | s[4]) >>> 0;
+  };
   records.forEach(([k, v, hs], i) => {
+    const [vid, kid] = schemaIds ? schemaIds[i] : [wireId(v), wireId(k)];
+    u32(ids, vid ?? 0xffffffff);
+    u32(ids, kid ?? 0xffffffff);
     span(desc, k);
     span(desc, v);
     u32(desc, hdrs.length / 16);
@@ -68,7 +78,7 @@ function batch(records, { timestamps = [], unaligned = false } = {}) {
     buf.set(arr, 1);
     return buf.subarray(1);
   };
-  return { data: new Uint8Array(bytes), records: lifted(desc), headers: lifted(hdrs) };
+  return { data: new Uint8Array(bytes), records: lifted(desc), headers: lifted(hdrs), schemaIds: lifted(ids) };
 }
 const ANON = { principal: undefined };
 const ANALYTICS = { principal: { name: 'analytics', mechanism: 'sasl-scram-sha512' } };
@@ -109,6 +119,84 @@ for (const unaligned of [false, true]) {
     ]);
   });
 }
+
+for (const unaligned of [false, true]) {
+  test(`schema ids per record (unaligned descriptors: ${unaligned})`, async () => {
+    const m = await load(SDK_IMPORT + `
+      globalThis.__ids = [];
+      class P {
+        constructor(config) {}
+        plan() { return TopicPlan.perRecord(new Needs({ key: true, value: true })); }
+        decide(topic, client, records) {
+          for (const r of records) globalThis.__ids.push([r.valueSchemaId, r.keySchemaId]);
+          return records.map(() => Decision.PASS);
+        }
+      }
+      export const { init, plan, decide, reveal } = exportPolicy(P);`);
+    m.init('');
+    const u8 = (...b) => new Uint8Array(b);
+    m.decide('t', ANON, batch([
+      [u8(0, 0, 0, 1, 0, 7), u8(0, 0, 0, 0, 42, 0x61, 0x62), []],
+      [null, u8(0, 0, 0, 0), []], // 4 bytes: too short for the wire format
+      [u8(1, 0, 0, 0, 42), null, []], // another magic byte; a tombstone
+      [null, u8(0, 0xff, 0xff, 0xff, 0xfe), []], // the largest id that is not absent
+    ], { unaligned }));
+    assert.deepEqual(globalThis.__ids, [[42, 256], [null, null], [null, null], [0xfffffffe, null]]);
+    // The ids come with every batch, whatever needs asked for: values not shown, ids read.
+    globalThis.__ids = [];
+    m.decide('t', ANON, batch([[null, null, []], [null, null, []]], { unaligned, schemaIds: [[7, null], [null, 9]] }));
+    assert.deepEqual(globalThis.__ids, [[7, null], [null, 9]]);
+  });
+}
+
+test('schema-fields decisions by path and tag', async () => {
+  const m = await load(SDK_IMPORT + `
+    class P {
+      constructor(config) {}
+      plan(topic) {
+        if (topic === 'all') return TopicPlan.encryptAll(new Encrypt('k').withRecordKey().schemaFields({ fields: ['a.b'] }).withHeader('h'));
+        return TopicPlan.perRecord({ headers: true });
+      }
+      decide(topic, client, records) {
+        return records.map((r) => Decision.encrypt(new Encrypt('kek-' + topic)
+          .schemaFields({ fields: r.hasHeader('email') ? ['customer.email'] : [], tags: new Set(['PII']) })));
+      }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);
+    export { Encrypt };`);
+  m.init('');
+  const d = m.decide('orders', ANON, batch([[null, 'v', []], [null, 'v', [['email', '1']]], [null, 'v', []]]));
+  // Equal selections built per record are sent once.
+  assert.deepEqual([...d.choices], [0, 1, 0]);
+  assert.deepEqual(d.distinct[0], { tag: 'encrypt', val: { keyId: 'kek-orders', value: { tag: 'schema-fields', val: { fields: [], tags: ['PII'] } }, recordKey: false, headers: [] } });
+  assert.deepEqual(d.distinct[1].val.value, { tag: 'schema-fields', val: { fields: ['customer.email'], tags: ['PII'] } });
+  assert.deepEqual(m.plan('all', ANON), { tag: 'encrypt-all', val: { keyId: 'k', value: { tag: 'schema-fields', val: { fields: ['a.b'], tags: [] } }, recordKey: true, headers: ['h'] } });
+  // Mistakes are caught where they are written, not as a refused module at run time.
+  const e = new m.Encrypt('k');
+  assert.throws(() => e.schemaFields({}), /names no field and no tag/);
+  assert.throws(() => e.schemaFields({ tags: 'PII' }), TypeError);
+  assert.throws(() => e.schemaFields({ tags: [''] }), TypeError);
+  assert.throws(() => e.schemaFields({ fields: [3] }), TypeError);
+});
+
+test('memo on several headers', async () => {
+  const m = await load(SDK_IMPORT + `
+    class P {
+      constructor(config) {}
+      plan() { return TopicPlan.perRecord({ value: true }, Memo.headers(['tenant', 'class'])); }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);
+    export { Memo };`);
+  m.init('');
+  // The memo's headers are shown to decide even though needs left them out.
+  assert.deepEqual(m.plan('t', ANON).val, { needs: { key: false, value: true, headers: true }, memo: { tag: 'headers', val: ['tenant', 'class'] } });
+  assert.equal(m.Memo.headers(Array.from({ length: 16 }, (_, i) => 'h' + i)).val.length, 16);
+  assert.throws(() => m.Memo.headers([]), RangeError);
+  assert.throws(() => m.Memo.headers(Array.from({ length: 17 }, (_, i) => 'h' + i)), RangeError);
+  assert.throws(() => m.Memo.headers(['tenant', 'tenant']), /twice/);
+  assert.throws(() => m.Memo.headers(['tenant', '']), TypeError);
+  assert.throws(() => m.Memo.headers('tenant'), TypeError);
+});
 
 test('client, memo and the default reveal', async () => {
   const m = await load(SDK_IMPORT + `
@@ -223,6 +311,30 @@ test('pii-fields keeps PII ciphertext for analytics', async () => {
   m.init('{"pii_hidden_from": ["bi"]}');
   assert.deepEqual(m.reveal('t', ANALYTICS), { tag: 'all' });
   assert.equal(m.reveal('t', { principal: { name: 'bi', mechanism: 'sasl-plain' } }).tag, 'parts');
+});
+
+test('schema-pii mirrors the Rust example', async () => {
+  const m = await example('schema-pii');
+  m.init('{"whole_value_tenants": ["x"]}');
+  assert.deepEqual(m.plan('orders', ANON).val, { needs: { key: false, value: false, headers: true }, memo: { tag: 'headers', val: ['tenant', 'class'] } });
+  const d = m.decide('orders', ANON, batch([
+    [null, null, [['tenant', 'x']]],
+    [null, null, [['tenant', 'y']]],
+    [null, null, [['tenant', 'y'], ['class', 'public']]],
+    [null, null, [['tenant', 'x'], ['class', 'public']]], // tenant x wins
+    [null, null, []],
+  ]));
+  const whole = { tag: 'encrypt', val: { keyId: 'kek-orders', value: { tag: 'whole' }, recordKey: false, headers: [] } };
+  const pii = { tag: 'encrypt', val: { keyId: 'kek-orders', value: { tag: 'schema-fields', val: { fields: [], tags: ['PII'] } }, recordKey: false, headers: [] } };
+  assert.deepEqual(chosen(d), [whole, pii, { tag: 'pass' }, whole, pii]);
+  assert.equal(d.distinct.length, 3);
+  m.init('{"key_id": "k", "tags": ["PII", "SECRET"], "tenant_header": "org"}');
+  assert.deepEqual(m.plan('t', ANON).val.memo, { tag: 'headers', val: ['org', 'class'] });
+  assert.deepEqual(chosen(m.decide('t', ANON, batch([[null, null, [['org', 'x']]]])))[0].val.value,
+    { tag: 'schema-fields', val: { fields: [], tags: ['PII', 'SECRET'] } });
+  for (const bad of ['{"tags": []}', '{"tags": "PII"}', '{"tenant_header": "class"}', '{"public_header": ""}', '{"nope": 1}', '[]']) {
+    assert.throws(() => m.init(bad), (e) => typeof e === 'string' && e.includes('schema-pii config'), bad);
+  }
 });
 
 test('types/ is what gen-types.mjs generates from wit/policy.wit', async () => {

@@ -10,12 +10,16 @@ class Typed {
     this.prefix = config || 'tenant-';
   }
   plan(_topic: string, _client: Client): TopicPlan {
-    return TopicPlan.perRecord(new Needs({ headers: true }), Memo.header('tenant'));
+    return TopicPlan.perRecord(new Needs({ headers: true }), Memo.headers(['tenant', 'class']));
   }
   decide(_topic: string, client: Client, records: RecordView[]): Decision[] {
     if (client.principal?.mechanism === 'mtls') log.debug('mtls client');
     return records.map((r) => {
       const t = r.headerStr('tenant');
+      const schemaId: number | null = r.valueSchemaId ?? r.keySchemaId;
+      if (schemaId !== null && t === null) {
+        return Decision.encrypt(new Encrypt('kek-schema').schemaFields({ tags: ['PII'], fields: new Set(['customer.email']) }));
+      }
       return t ? Decision.encrypt(new Encrypt(this.prefix + t).wholeValue()) : Decision.reject('no tenant');
     });
   }

@@ -18,6 +18,10 @@ def _value_part(v: ValuePart) -> Any:
         return wit.ValuePart_Whole()
     if v.kind == "json-fields":
         return wit.ValuePart_JsonFields(list(v.pointers))
+    if v.kind == "schema-fields":
+        sel = v.selection
+        return wit.ValuePart_SchemaFields(wit.SchemaSelection(fields=list(sel.fields),
+                                                              tags=list(sel.tags)))
     return wit.ValuePart_None_()
 
 
@@ -40,6 +44,8 @@ def _needs(n: Needs) -> Any:
 def _memo(m: Memo) -> Any:
     if m.kind == "header":
         return wit.MemoKey_Header(m.header_name)
+    if m.kind == "headers":
+        return wit.MemoKey_Headers(list(m.header_names))
     if m.kind == "record-key":
         return wit.MemoKey_RecordKey()
     if m.kind == "key-prefix":

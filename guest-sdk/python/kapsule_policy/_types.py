@@ -30,25 +30,80 @@ class Needs:
         return f"Needs(key={self.key}, value={self.value}, headers={self.headers})"
 
 
-class ValuePart:
-    """Which part of a record value to encrypt: ``ValuePart.NONE``, ``ValuePart.WHOLE`` or
-    ``ValuePart.json_fields([...RFC 6901 pointers...])``."""
+def _names(what: str, names: Iterable[str]) -> Tuple[str, ...]:
+    """``names`` as a tuple of non-empty strings; a lone string (an easy slip for a list of one)
+    or anything else raises ``TypeError``/``ValueError`` naming ``what``."""
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"{what}: pass a list of strings, not one string")
+    out = tuple(names)
+    for n in out:
+        if not isinstance(n, str) or not n:
+            raise ValueError(f"{what}: every entry must be a non-empty string, got {n!r}")
+    return out
 
-    __slots__ = ("kind", "pointers")
+
+class SchemaSelection:
+    """Which fields of a schema-encoded value (Avro, Protobuf or JSON Schema in the Confluent
+    wire format) to encrypt: the union of explicit dotted ``fields`` (``customer.email``; arrays,
+    maps, unions/oneof and optional wrappers are stepped through) and of every field the writer
+    schema tags with one of ``tags`` (``confluent:tags``, ``(confluent.field_meta).tags``; e.g.
+    ``PII``). Kapsule reads the schema from its registry. Names at least one field or tag::
+
+        SchemaSelection(tags=["PII"])
+        SchemaSelection(fields=["customer.email"], tags=["PII"])
+    """
+
+    __slots__ = ("fields", "tags")
+
+    def __init__(self, fields: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
+        self.fields = _names("SchemaSelection fields", fields)
+        self.tags = _names("SchemaSelection tags", tags)
+        if not self.fields and not self.tags:
+            raise ValueError("SchemaSelection names no field and no tag; use ValuePart.NONE "
+                             "to leave values in clear")
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SchemaSelection)
+                and (self.fields, self.tags) == (other.fields, other.tags))
+
+    def __hash__(self) -> int:
+        return hash((self.fields, self.tags))
+
+    def __repr__(self) -> str:
+        return f"SchemaSelection(fields={list(self.fields)!r}, tags={list(self.tags)!r})"
+
+
+class ValuePart:
+    """Which part of a record value to encrypt: ``ValuePart.NONE``, ``ValuePart.WHOLE``,
+    ``ValuePart.json_fields([...RFC 6901 pointers...])`` or
+    ``ValuePart.schema_fields(SchemaSelection(...))``."""
+
+    __slots__ = ("kind", "pointers", "selection")
     NONE: "ValuePart"
     WHOLE: "ValuePart"
 
-    def __init__(self, kind: str, pointers: Tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, pointers: Tuple[str, ...] = (),
+                 selection: Optional[SchemaSelection] = None) -> None:
         self.kind = kind
         self.pointers = tuple(pointers)
+        self.selection = selection
 
     @staticmethod
     def json_fields(pointers: Iterable[str]) -> "ValuePart":
         """Encrypt the JSON members at these pointers (each starts with ``/``)."""
         return ValuePart("json-fields", tuple(pointers))
 
+    @staticmethod
+    def schema_fields(selection: SchemaSelection) -> "ValuePart":
+        """Encrypt these fields of a schema-encoded value; it stays valid under its schema id."""
+        if not isinstance(selection, SchemaSelection):
+            raise TypeError("ValuePart.schema_fields needs a SchemaSelection, not "
+                            f"{type(selection).__name__}")
+        return ValuePart("schema-fields", selection=selection)
+
     def _key(self) -> tuple:
-        return (self.kind, self.pointers)
+        sel = self.selection
+        return (self.kind, self.pointers, None if sel is None else (sel.fields, sel.tags))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ValuePart) and self._key() == other._key()
@@ -57,6 +112,8 @@ class ValuePart:
         return hash(self._key())
 
     def __repr__(self) -> str:
+        if self.kind == "schema-fields":
+            return f"ValuePart.schema_fields({self.selection!r})"
         return f"ValuePart({self.kind!r}, {list(self.pointers)!r})"
 
 
@@ -96,6 +153,17 @@ class Encrypt:
     def json_fields(self, pointers: Iterable[str]) -> "Encrypt":
         """Encrypt these JSON pointers of the value (the value stays JSON)."""
         return Encrypt(self.key_id, ValuePart.json_fields(pointers), self.record_key, self.headers)
+
+    def schema_fields(self, fields: Iterable[str] = (), tags: Iterable[str] = ()) -> "Encrypt":
+        """Encrypt fields of a schema-encoded value (Avro, Protobuf, JSON Schema in the Confluent
+        wire format) by dotted path and by schema tag (see :class:`SchemaSelection`); the value
+        stays valid under its schema id. A value not in the wire format is refused by Kapsule,
+        never passed in clear::
+
+            Encrypt("kek-orders").schema_fields(tags=["PII"])
+        """
+        return Encrypt(self.key_id, ValuePart.schema_fields(SchemaSelection(fields, tags)),
+                       self.record_key, self.headers)
 
     def with_record_key(self) -> "Encrypt":
         """Also encrypt the record key, deterministically (partitioning keeps working)."""
@@ -158,9 +226,14 @@ class Decision:
 Decision.PASS = Decision("pass")
 
 
+MAX_MEMO_HEADERS = 16
+"""Most header names one :meth:`Memo.headers` may list (Kapsule refuses more)."""
+
+
 class Memo:
     """What a per-record decision depends on (the plan's ``memo``): ``Memo.NONE``,
-    ``Memo.header("tenant")``, ``Memo.RECORD_KEY`` or ``Memo.key_prefix(n)``.
+    ``Memo.header("tenant")``, ``Memo.headers(["tenant", "class"])``, ``Memo.RECORD_KEY`` or
+    ``Memo.key_prefix(n)``.
 
     Declaring it lets Kapsule call ``decide`` once per distinct value instead of once per record
     and cache the answers (per topic and client principal, bounded, dropped when the module is
@@ -168,14 +241,16 @@ class Memo:
     Kapsule reuses one answer for both. ``decide`` then sees one record per value not cached yet.
     """
 
-    __slots__ = ("kind", "header_name", "prefix_len")
+    __slots__ = ("kind", "header_name", "prefix_len", "header_names")
     NONE: "Memo"
     RECORD_KEY: "Memo"
 
-    def __init__(self, kind: str, header_name: str = "", prefix_len: int = 0) -> None:
+    def __init__(self, kind: str, header_name: str = "", prefix_len: int = 0,
+                 header_names: Tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.header_name = header_name
         self.prefix_len = prefix_len
+        self.header_names = tuple(header_names)
 
     @staticmethod
     def header(name: str) -> "Memo":
@@ -186,22 +261,39 @@ class Memo:
         return Memo("header", header_name=name)
 
     @staticmethod
+    def headers(names: Iterable[str]) -> "Memo":
+        """The decision depends only on the first header with each of these names, together
+        (absent and null are values too): the memo of "tenant + exception" policies, e.g.
+        ``Memo.headers(["tenant", "class"])``. 1 to 16 distinct, non-empty names."""
+        got = _names("Memo.headers", names)
+        if not 0 < len(got) <= MAX_MEMO_HEADERS:
+            raise ValueError(f"Memo.headers needs 1 to {MAX_MEMO_HEADERS} header names, "
+                             f"got {len(got)}")
+        if len(set(got)) != len(got):
+            raise ValueError(f"Memo.headers lists a header twice: {list(got)!r}")
+        return Memo("headers", header_names=got)
+
+    @staticmethod
     def key_prefix(n: int) -> "Memo":
         """The decision depends only on the first ``n`` bytes of the record key."""
         if not isinstance(n, int) or not 0 < n < 2**32:
             raise ValueError("Memo.key_prefix needs a byte count between 1 and 2^32-1")
         return Memo("key-prefix", prefix_len=n)
 
+    def _key(self) -> tuple:
+        return (self.kind, self.header_name, self.prefix_len, self.header_names)
+
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Memo) and (self.kind, self.header_name, self.prefix_len)
-                == (other.kind, other.header_name, other.prefix_len))
+        return isinstance(other, Memo) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.header_name, self.prefix_len))
+        return hash(self._key())
 
     def __repr__(self) -> str:
         if self.kind == "header":
             return f"Memo.header({self.header_name!r})"
+        if self.kind == "headers":
+            return f"Memo.headers({list(self.header_names)!r})"
         if self.kind == "key-prefix":
             return f"Memo.key_prefix({self.prefix_len})"
         return "Memo.RECORD_KEY" if self.kind == "record-key" else "Memo.NONE"
@@ -241,7 +333,8 @@ class TopicPlan:
 
         ``memo`` (default ``Memo.NONE``: every record is decided) declares what the decision
         depends on. The part it names is shown to ``decide`` even if ``needs`` leaves it out
-        (``Memo.header`` adds headers, ``Memo.RECORD_KEY`` and ``Memo.key_prefix`` add the key).
+        (``Memo.header`` and ``Memo.headers`` add headers, ``Memo.RECORD_KEY`` and
+        ``Memo.key_prefix`` add the key).
         """
         if not isinstance(needs, Needs):
             raise TypeError(f"TopicPlan.per_record needs a Needs, not {type(needs).__name__}")
@@ -249,7 +342,7 @@ class TopicPlan:
             memo = Memo.NONE
         if not isinstance(memo, Memo):
             raise TypeError(f"TopicPlan.per_record memo must be a Memo, not {type(memo).__name__}")
-        if memo.kind == "header" and not needs.headers:
+        if memo.kind in ("header", "headers") and not needs.headers:
             needs = Needs(key=needs.key, value=needs.value, headers=True)
         if memo.kind in ("record-key", "key-prefix") and not needs.key:
             needs = Needs(key=True, value=needs.value, headers=needs.headers)
@@ -388,8 +481,9 @@ def _encoded(name: str) -> bytes:
 
 # Layout of ``batch-view`` (wit/policy.wit): per record eight little-endian u32 words (key offset
 # and length, value offset and length, first header index, header count, timestamp as an s64),
-# per header four (key offset and length, value offset and length). A length of _ABSENT is a
-# null or not-asked-for part.
+# per header four (key offset and length, value offset and length), per record in ``schema-ids``
+# two (schema id of the value, of the key). A length of _ABSENT is a null or not-asked-for part;
+# a schema id of _ABSENT says the value or key is not in the Confluent wire format.
 _ABSENT = 0xFFFFFFFF
 
 
@@ -397,7 +491,7 @@ class _Batch:
     """The descriptors of one batch as u32 (and s64) views over the bytes Kapsule passed: no
     per-record object exists until a policy asks for one."""
 
-    __slots__ = ("data", "records", "timestamps", "headers", "count")
+    __slots__ = ("data", "records", "timestamps", "headers", "schema_ids", "count")
 
     def __init__(self, batch: Any) -> None:
         self.data = batch.data
@@ -408,6 +502,15 @@ class _Batch:
         self.timestamps = raw.cast("q")
         hraw = memoryview(batch.headers)
         self.headers = hraw[:len(hraw) // 16 * 16].cast("I")
+        sraw = memoryview(batch.schema_ids)
+        self.schema_ids = sraw[:len(sraw) // 8 * 8].cast("I")
+
+    def schema_id(self, at: int) -> Optional[int]:
+        ids = self.schema_ids
+        if at >= len(ids):
+            return None
+        i = ids[at]
+        return None if i == _ABSENT else i
 
     def part(self, w: Any, at: int) -> Optional[bytes]:
         n = w[at + 1]
@@ -450,6 +553,20 @@ class RecordView:
     def timestamp(self) -> int:
         """Timestamp in milliseconds since the Unix epoch, as the producer set it."""
         return self._b.timestamps[(self._i << 2) + 3]
+
+    @property
+    def value_schema_id(self) -> Optional[int]:
+        """Schema id of the value when it is in the Confluent Schema Registry wire format
+        (magic byte 0, 4-byte id, body), whatever ``Needs`` asked for; ``None`` otherwise. It
+        says only what the bytes claim: Kapsule refuses a value that does not decode under it
+        when its schema fields are encrypted."""
+        return self._b.schema_id(self._i << 1)
+
+    @property
+    def key_schema_id(self) -> Optional[int]:
+        """Schema id of the key when it is in the wire format, whatever ``Needs`` asked for;
+        ``None`` otherwise."""
+        return self._b.schema_id((self._i << 1) + 1)
 
     def _header_words(self) -> range:
         """Indexes (into the header words) of this record's header descriptors."""

@@ -41,9 +41,11 @@ def load_example(name):
         sys.path.remove(path)
 
 
-def batch(records):
+def batch(records, schema_ids=None):
     """A generated ``BatchView`` in Kapsule's flat layout (wit/policy.wit) from
-    ``[(key, value, [(hkey, hvalue), ...]), ...]``; timestamps are 1000 + the record's index."""
+    ``[(key, value, [(hkey, hvalue), ...]), ...]``; timestamps are 1000 + the record's index.
+    ``schema_ids`` (one ``(value id, key id)`` per record, ``None`` for absent) replaces the ids
+    read from the values and keys, as when the plan did not ask for them."""
     data = bytearray()
     absent = 0xFFFFFFFF
 
@@ -60,14 +62,17 @@ def batch(records):
             return absent
         return struct.unpack(">I", b[1:5])[0]
 
-    descriptors, headers, schema_ids = bytearray(), bytearray(), bytearray()
+    descriptors, headers, ids = bytearray(), bytearray(), bytearray()
     for i, (key, value, hdrs) in enumerate(records):
         descriptors += span(key) + span(value)
         descriptors += struct.pack("<IIq", len(headers) // 16, len(hdrs), 1000 + i)
-        schema_ids += struct.pack("<II", schema_id(value), schema_id(key))
+        if schema_ids is None:
+            ids += struct.pack("<II", schema_id(value), schema_id(key))
+        else:
+            ids += struct.pack("<II", *(absent if x is None else x for x in schema_ids[i]))
         for hk, hv in hdrs:
             headers += span(hk) + span(hv)
-    return wit.BatchView(bytes(data), bytes(descriptors), bytes(headers), bytes(schema_ids))
+    return wit.BatchView(bytes(data), bytes(descriptors), bytes(headers), bytes(ids))
 
 
 ANON = wit.Client(None)
@@ -160,6 +165,97 @@ class Sdk(unittest.TestCase):
         self.assertEqual(p.value.memo, wit.MemoKey_None_())
         self.assertRaises(ValueError, Memo.header, "")
         self.assertRaises(ValueError, Memo.key_prefix, 0)
+
+    def test_schema_ids_per_record(self):
+        from kapsule_policy import Decision, Needs, Policy, TopicPlan
+        seen = []
+
+        class P(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic, client):
+                return TopicPlan.per_record(Needs(key=True, value=True))
+
+            def decide(self, topic, client, records):
+                seen.extend((r.value_schema_id, r.key_schema_id) for r in records)
+                return [Decision.PASS] * len(records)
+
+        w = self.world(P)
+        w.decide("t", ANON, batch([
+            (b"\x00\x00\x00\x01\x00\x07", b"\x00\x00\x00\x00\x2aavro body", []),
+            (None, b"\x00\x00\x00\x2a", []),       # 4 bytes: too short for the wire format
+            (b"\x01\x00\x00\x00\x2a", None, []),  # another magic byte; a tombstone
+            (None, b"\x00\xff\xff\xff\xfe", []),  # the largest id that is not absent
+        ]))
+        self.assertEqual(seen, [(42, 256), (None, None), (None, None), (0xFFFFFFFE, None)])
+        # The ids come with every batch, whatever `needs` asked for: values not shown, ids read.
+        seen.clear()
+        w.decide("t", ANON, batch([(None, None, []), (None, None, [])],
+                                  schema_ids=[(7, None), (None, 9)]))
+        self.assertEqual(seen, [(7, None), (None, 9)])
+        # A short ids list (Kapsule never sends one) reads as "not in the wire format".
+        seen.clear()
+        b = batch([(None, b"\x00\x00\x00\x00\x01x", [])])
+        w.decide("t", ANON, wit.BatchView(b.data, b.records, b.headers, b""))
+        self.assertEqual(seen, [(None, None)])
+
+    def test_schema_fields_decision(self):
+        from kapsule_policy import (Decision, Encrypt, Needs, Policy, SchemaSelection, TopicPlan,
+                                    ValuePart)
+        from kapsule_policy._bindings import plan_to_wit
+
+        class P(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic, client):
+                return TopicPlan.per_record(Needs(headers=True))
+
+            def decide(self, topic, client, records):
+                return [Decision.encrypt(Encrypt("kek-" + topic).schema_fields(
+                    fields=["customer.email"] if r.has_header("email") else [], tags=["PII"]))
+                    for r in records]
+
+        w = self.world(P)
+        d = w.decide("orders", ANON, batch([(None, b"v", []), (None, b"v", [(b"email", b"1")]),
+                                            (None, b"v", [])]))
+        # Equal selections built per record are sent once.
+        self.assertEqual(d.choices, [0, 1, 0])
+        self.assertEqual(d.distinct[0].value, wit.Encrypt(
+            "kek-orders", wit.ValuePart_SchemaFields(wit.SchemaSelection([], ["PII"])), False, []))
+        self.assertEqual(d.distinct[1].value.value, wit.ValuePart_SchemaFields(
+            wit.SchemaSelection(["customer.email"], ["PII"])))
+        # In a topic plan too, and with the other setters.
+        e = Encrypt("k").with_record_key().schema_fields(fields=["a.b"]).with_header("h")
+        p = plan_to_wit(TopicPlan.encrypt_all(e))
+        self.assertEqual(p.value, wit.Encrypt(
+            "k", wit.ValuePart_SchemaFields(wit.SchemaSelection(["a.b"], [])), True, ["h"]))
+        self.assertEqual(ValuePart.schema_fields(SchemaSelection(tags=["PII"])),
+                         Encrypt("k").schema_fields(tags=["PII"]).value)
+        # Mistakes are caught where they are written, not as a refused module at run time.
+        self.assertRaises(ValueError, SchemaSelection)
+        self.assertRaises(TypeError, SchemaSelection, tags="PII")
+        self.assertRaises(ValueError, SchemaSelection, tags=[""])
+        self.assertRaises(ValueError, Encrypt("k").schema_fields, fields=[None])
+        self.assertRaises(TypeError, ValuePart.schema_fields, ["PII"])
+
+    def test_memo_on_several_headers(self):
+        from kapsule_policy import Memo, Needs, TopicPlan
+        from kapsule_policy._bindings import plan_to_wit
+        p = plan_to_wit(TopicPlan.per_record(Needs(value=True),
+                                             memo=Memo.headers(["tenant", "class"])))
+        self.assertEqual(p.value.memo, wit.MemoKey_Headers(["tenant", "class"]))
+        # The memo's headers are shown to decide even though needs left them out.
+        self.assertEqual(p.value.needs, wit.Needs.VALUE | wit.Needs.HEADERS)
+        self.assertEqual(Memo.headers(("a", "b")), Memo.headers(["a", "b"]))
+        self.assertNotEqual(Memo.headers(["a"]), Memo.header("a"))
+        self.assertEqual(len(Memo.headers([f"h{i}" for i in range(16)]).header_names), 16)
+        self.assertRaises(ValueError, Memo.headers, [])
+        self.assertRaises(ValueError, Memo.headers, [f"h{i}" for i in range(17)])
+        self.assertRaises(ValueError, Memo.headers, ["tenant", "tenant"])
+        self.assertRaises(ValueError, Memo.headers, ["tenant", ""])
+        self.assertRaises(TypeError, Memo.headers, "tenant")
 
     def test_exceptions_fail_closed_without_their_message(self):
         from kapsule_policy import Policy, Needs, TopicPlan
@@ -273,6 +369,37 @@ class Examples(unittest.TestCase):
         self.assertIsInstance(w.reveal("t", wit.Client(wit.Principal("bi", wit.AuthMechanism.SASL_PLAIN))),
                               wit.Reveal_Parts)
 
+
+    def test_schema_pii_mirrors_the_rust_example(self):
+        w = load_example("schema_pii")
+        w.init('{"whole_value_tenants": ["x"]}')
+        p = w.plan("orders", ANON)
+        self.assertEqual(p.value.memo, wit.MemoKey_Headers(["tenant", "class"]))
+        self.assertEqual(p.value.needs, wit.Needs.HEADERS)
+        d = w.decide("orders", ANON, batch([
+            (None, None, [(b"tenant", b"x")]),
+            (None, None, [(b"tenant", b"y")]),
+            (None, None, [(b"tenant", b"y"), (b"class", b"public")]),
+            (None, None, [(b"tenant", b"x"), (b"class", b"public")]),  # tenant x wins
+            (None, None, []),
+        ]))
+        whole = wit.Decision_Encrypt(wit.Encrypt("kek-orders", wit.ValuePart_Whole(), False, []))
+        pii = wit.Decision_Encrypt(wit.Encrypt(
+            "kek-orders", wit.ValuePart_SchemaFields(wit.SchemaSelection([], ["PII"])), False, []))
+        self.assertEqual(choices(d), [whole, pii, wit.Decision_Pass(), whole, pii])
+        self.assertEqual(len(d.distinct), 3)
+        w = load_example("schema_pii")
+        w.init('{"key_id": "k", "tags": ["PII", "SECRET"], "tenant_header": "org"}')
+        self.assertEqual(w.plan("t", ANON).value.memo, wit.MemoKey_Headers(["org", "class"]))
+        d = w.decide("t", ANON, batch([(None, None, [(b"org", b"x")])]))
+        self.assertEqual(d.distinct[0].value.value,
+                         wit.ValuePart_SchemaFields(wit.SchemaSelection([], ["PII", "SECRET"])))
+        for bad in ('{"tags": []}', '{"tags": "PII"}', '{"tenant_header": "class"}',
+                    '{"public_header": ""}', '{"nope": 1}', '[]'):
+            w = load_example("schema_pii")
+            with self.assertRaises(Exception, msg=bad) as e:
+                w.init(bad)
+            self.assertIn("schema-pii config", str(e.exception), bad)
 
 if __name__ == "__main__":
     unittest.main()
