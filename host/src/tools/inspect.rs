@@ -8,7 +8,9 @@
 use base64::Engine;
 use serde::Serialize;
 
-use crate::crypto::wire::{split_header, Descriptor, ValueEncryption, FORMAT_V1, HEADER_KEY};
+use crate::crypto::wire::{
+    split_header, AadScheme, Descriptor, ValueEncryption, FORMAT_V1, HEADER_KEY,
+};
 use crate::kafka::records::Record;
 use crate::tools::client::Cluster;
 
@@ -33,6 +35,8 @@ pub struct DescriptorSummary {
     pub edek_len: usize,
     /// True if the header value carried a record tag after the descriptor.
     pub has_record_tag: bool,
+    /// Associated data revision (1 or 2; docs/wire-format.md, "Associated data").
+    pub aad_revision: u8,
 }
 
 impl DescriptorSummary {
@@ -57,6 +61,10 @@ impl DescriptorSummary {
                 .collect(),
             edek_len: d.edek.len(),
             has_record_tag,
+            aad_revision: match d.aad {
+                AadScheme::V1 => 1,
+                AadScheme::V2 => 2,
+            },
         }
     }
 }

@@ -364,6 +364,7 @@ fn descriptor_summary_shows_parts_never_key_material() {
     assert_eq!(s.encrypted_headers, vec!["x-secret"]);
     assert_eq!(s.edek_len, 61);
     assert!(s.has_record_tag);
+    assert_eq!(s.aad_revision, 2);
     let json = serde_json::to_string(&s).unwrap();
     assert!(!json.to_lowercase().contains("abab"), "{json}");
     assert!(!json.contains("171"), "EDEK bytes leaked: {json}");
@@ -374,13 +375,14 @@ fn descriptor_summary_shows_parts_never_key_material() {
         key_encrypted: false,
         key_kek_version: 0,
         headers: vec![],
+        aad: AadScheme::V1,
         ..sample_descriptor()
     };
     let bare = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.encode().unwrap());
     let s = decode_header_base64(&bare).unwrap();
     assert_eq!(
-        (s.value, s.key_kek_version, s.has_record_tag),
-        ("whole", None, false)
+        (s.value, s.key_kek_version, s.has_record_tag, s.aad_revision),
+        ("whole", None, false, 1)
     );
     assert!(decode_header_base64("%%%").is_err());
     let junk = base64::engine::general_purpose::STANDARD.encode([2u8; 40]);
