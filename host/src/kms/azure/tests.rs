@@ -433,3 +433,78 @@ fn a_client_certificate_file_without_its_own_key_fails_at_start_up() {
     no_ids.validate("kms.credential", &mut problems);
     assert_eq!(problems.len(), 2, "{problems:?}");
 }
+
+/// `kapsule keys list` with Azure: the vault's keys whose name `key_template` makes, across
+/// `nextLink` pages, with enabled/disabled and their current version; keys of a type RSA-OAEP-256
+/// cannot wrap with (EC) and keys outside the template left out; the `keys` map always listed (a
+/// missing key as `unknown_key`). A next page outside the vault is refused, not followed.
+#[tokio::test]
+async fn listing_follows_pages_within_the_vault_and_shows_state_and_version() {
+    use std::sync::atomic::AtomicBool;
+    let foreign_next_page = Arc::new(AtomicBool::new(false));
+    let foreign = foreign_next_page.clone();
+    let current = Arc::new(parking_lot::Mutex::new("0a1b2c3d".to_owned()));
+    let (addr, seen) = scripted_server(key_vault(current, move |_, req| {
+        let host = req.header("host").to_owned();
+        let listed = |name: &str| json!({"kid": format!("http://{host}/keys/{name}"), "attributes": {"enabled": true}});
+        let key = |name: &str, version: &str, kty: &str, enabled: bool| {
+            let key = json!({"key": {"kid": format!("http://{host}/keys/{name}/{version}"), "kty": kty}, "attributes": {"enabled": enabled}});
+            Some((200, key.to_string()))
+        };
+        match req.target() {
+            "/keys?api-version=7.4" => {
+                let next = if foreign.load(Ordering::Relaxed) {
+                    "https://elsewhere.example/keys?api-version=7.4&$skiptoken=2".to_owned()
+                } else {
+                    format!("http://{host}/keys?api-version=7.4&$skiptoken=2")
+                };
+                let page = [listed("kapsule-orders"), listed("other-key")];
+                Some((200, json!({"value": page, "nextLink": next}).to_string()))
+            }
+            "/keys?api-version=7.4&$skiptoken=2" => {
+                let page = [listed("kapsule-off"), listed("kapsule-ec")];
+                Some((200, json!({"value": page, "nextLink": null}).to_string()))
+            }
+            "/keys/kapsule-off?api-version=7.4" => key("kapsule-off", "77aa", "RSA-HSM", false),
+            "/keys/kapsule-ec?api-version=7.4" => key("kapsule-ec", "88bb", "EC", true),
+            "/keys/kapsule-never-created?api-version=7.4" => Some((
+                404,
+                json!({"error": {"code": "KeyNotFound", "message": "no such key"}}).to_string(),
+            )),
+            _ => None,
+        }
+    }))
+    .await;
+    let mut c = config(&addr, &client_secret(&addr));
+    c.keys
+        .insert("gone".into(), format!("{addr}/keys/kapsule-never-created"));
+    let kms = AzureKms::new(&c).unwrap();
+    let lines: Vec<String> = kms
+        .list_keys()
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.line())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            format!("gone\tv1\t{addr}/keys/kapsule-never-created\tunknown_key"),
+            format!("off\tv1\t{addr}/keys/kapsule-off\tdisabled (version 77aa)"),
+            format!("orders\tv1\t{addr}/keys/kapsule-orders\tenabled (version v1)"),
+            format!("orders-copy\tv1\t{addr}/keys/kapsule-orders\tenabled (version v1)"),
+        ]
+    );
+
+    foreign_next_page.store(true, Ordering::Relaxed);
+    let before = seen.lock().len();
+    let err = kms.list_keys().await.unwrap_err();
+    assert_eq!(err.kind, KmsErrorKind::Other, "{err:?}");
+    assert!(err.message.contains("not followed"), "{}", err.message);
+    // Only the first page was asked for, from the vault itself.
+    let after: Vec<String> = seen.lock()[before..]
+        .iter()
+        .map(|s| s.target().to_owned())
+        .collect();
+    assert_eq!(after, ["/keys?api-version=7.4"]);
+}

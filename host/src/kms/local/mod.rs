@@ -42,108 +42,16 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+pub use config::{parse_master_key, LocalKmsConfig, DEFAULT_MASTER_KEY_ENV};
+use config::{default_max_auto_created_keys, default_max_auto_created_keys_per_principal};
+
 use super::keyfile::{read_no_follow, write_atomic, FileLock};
-use super::secret::SecretSource;
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
 
-/// Default environment variable holding the master key.
-pub const DEFAULT_MASTER_KEY_ENV: &str = "KAPSULE_MASTER_KEY";
 const FILE_FORMAT: &str = "kapsule-local-kms/v2";
 /// The pre-MAC format: still read, upgraded to [`FILE_FORMAT`] on open.
 const LEGACY_FORMAT: &str = "kapsule-local-kms/v1";
 const EDEK_PREFIX: &str = "local:v";
-
-/// `kms: { type: local, ... }` configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalKmsConfig {
-    /// Path of the KEK file (created when missing).
-    pub key_file: PathBuf,
-    /// Environment variable holding the master key (base64 or hex of 32 bytes). Default
-    /// `KAPSULE_MASTER_KEY` when `master_key_file` is not set either.
-    #[serde(default)]
-    pub master_key_env: Option<String>,
-    /// File holding the master key (base64 or hex of 32 bytes). Exclusive with `master_key_env`.
-    #[serde(default)]
-    pub master_key_file: Option<PathBuf>,
-    /// Create a KEK the first time a DEK is requested for an unknown key id (default false: keys
-    /// must be created with `kapsule keys create`).
-    #[serde(default)]
-    pub auto_create_keys: bool,
-    /// With `auto_create_keys`, the most KEKs the file may hold before auto-creation stops and
-    /// unknown key ids fail as `unknown_key` (default 1000). Bounds what clients that pick topic
-    /// names can make the proxy create; `kapsule keys create` is not limited.
-    #[serde(default = "default_max_auto_created_keys")]
-    pub max_auto_created_keys: usize,
-    /// With `auto_create_keys`, the most KEKs one principal's requests may auto-create while
-    /// this process runs (default 10); unauthenticated connections share one budget. Keeps one
-    /// principal from using up `max_auto_created_keys` for everyone.
-    #[serde(default = "default_max_auto_created_keys_per_principal")]
-    pub max_auto_created_keys_per_principal: usize,
-}
-
-fn default_max_auto_created_keys() -> usize {
-    1000
-}
-
-fn default_max_auto_created_keys_per_principal() -> usize {
-    10
-}
-
-impl LocalKmsConfig {
-    /// Appends one message per problem to `problems`.
-    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
-        if self.key_file.as_os_str().is_empty() {
-            problems.push(format!("{path}.key_file: must not be empty"));
-        }
-        self.master_key().validate(path, problems);
-        if self.max_auto_created_keys == 0 {
-            problems.push(format!("{path}.max_auto_created_keys: must be at least 1"));
-        }
-        if self.max_auto_created_keys_per_principal == 0 {
-            problems.push(format!(
-                "{path}.max_auto_created_keys_per_principal: must be at least 1"
-            ));
-        }
-    }
-
-    /// Where the master key comes from.
-    fn master_key(&self) -> SecretSource<'_> {
-        SecretSource {
-            what: "master key",
-            key: "master_key",
-            env: self.master_key_env.as_deref(),
-            file: self.master_key_file.as_deref(),
-            default_env: Some(DEFAULT_MASTER_KEY_ENV),
-            hint: "; set it to 32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
-        }
-    }
-
-    fn load_master_key(&self) -> anyhow::Result<SecretKey> {
-        parse_master_key(&self.master_key().read()?)
-    }
-}
-
-/// Parses a 32-byte key written as base64 (standard alphabet) or 64 hex digits.
-pub fn parse_master_key(text: &str) -> anyhow::Result<SecretKey> {
-    let bytes = Zeroizing::new(
-        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(text).context("master key: invalid hex")?
-        } else {
-            B64.decode(text)
-                .context("master key: neither 64 hex digits nor valid base64")?
-        },
-    );
-    if bytes.len() != DEK_LEN {
-        bail!(
-            "master key must be 32 bytes, got {} (generate one with `openssl rand -base64 32`)",
-            bytes.len()
-        );
-    }
-    let mut key = Zeroizing::new([0u8; DEK_LEN]);
-    key.copy_from_slice(&bytes);
-    Ok(key)
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -554,10 +462,7 @@ impl LocalKms {
         let keys = self.keys.lock();
         let mut out: Vec<KeyInfo> = keys
             .iter()
-            .map(|(id, v)| KeyInfo {
-                key_id: id.clone(),
-                latest_version: v.last().map(|(n, _)| *n).unwrap_or(0),
-            })
+            .map(|(id, v)| KeyInfo::new(id, v.last().map(|(n, _)| *n).unwrap_or(0)))
             .collect();
         out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         out
@@ -691,8 +596,7 @@ impl Kms for LocalKms {
     }
 
     async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
-        let mut dek = Zeroizing::new([0u8; DEK_LEN]);
-        rand::rngs::OsRng.fill_bytes(dek.as_mut());
+        let dek = super::random_dek();
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let (version, ct) = self.with_version(key_id, None, true, |n, k| {
@@ -749,10 +653,7 @@ impl Kms for LocalKms {
     }
 
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
-        self.with_version(key_id, None, false, |n, _| KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: n,
-        })
+        self.with_version(key_id, None, false, |n, _| KeyInfo::new(key_id, n))
     }
 
     async fn derive_key(
@@ -768,5 +669,6 @@ impl Kms for LocalKms {
     }
 }
 
+mod config;
 #[cfg(test)]
 mod tests;
