@@ -18,7 +18,7 @@ use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::probe::end_offset;
 use kapsule_integration::{Kapsule, KapsuleConfig, RecordsMode, Tansu, TestRecord};
 
-use crate::common::{assert_records_match, ck_consume, ck_produce};
+use crate::common::{assert_records_match, ck_consume, ck_produce, kapsule_keys};
 use crate::encryption::{marked_records, produce_report, read_direct, topic};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -307,34 +307,14 @@ async fn aws_keys_describe_finds_existing_keys_and_names_missing_ones() {
     let kms = KmsServer::start("aws").await.unwrap();
     kms.create_key("described-kek").await.unwrap();
     let config = kms.kapsule_config(KapsuleConfig::new(RecordsMode::Reencode), 2_000, 0);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
-    )
-    .unwrap();
-    let bin = kapsule_integration::kapsule::kapsule_bin().unwrap();
-    let describe = |key: &str| {
-        std::process::Command::new(&bin)
-            .args(["keys", "describe", "-c"])
-            .arg(file.path())
-            .arg(key)
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap()
-    };
-    let found = describe("described-kek");
-    assert!(found.status.success(), "{found:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&found.stdout).trim(),
-        "described-kek\taws\tv1"
-    );
-    let missing = describe("missing-kek");
-    assert!(!missing.status.success());
-    let err = String::from_utf8_lossy(&missing.stderr);
+    let (ok, stdout, stderr) = kapsule_keys(&config, &["describe", "described-kek"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "described-kek\taws\tv1");
+    let (ok, _, stderr) = kapsule_keys(&config, &["describe", "missing-kek"]);
+    assert!(!ok);
     assert!(
-        err.contains("unknown_key") && err.contains("NotFoundException"),
-        "{err}"
+        stderr.contains("unknown_key") && stderr.contains("NotFoundException"),
+        "{stderr}"
     );
 }
 
@@ -359,20 +339,8 @@ async fn aws_keys_list_shows_template_aliases_and_mapped_keys_with_their_state()
         KapsuleConfig::new(RecordsMode::Reencode).with_yaml(&yaml),
         |c, (k, v)| c.with_env(k, v),
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(kapsule_integration::kapsule::kapsule_bin().unwrap())
-        .args(["keys", "list", "-c"])
-        .arg(file.path())
-        .envs(config.env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (ok, stdout, stderr) = kapsule_keys(&config, &["list"]);
+    assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,

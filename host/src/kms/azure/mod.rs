@@ -317,7 +317,7 @@ impl AzureKms {
         while let Some(url) = next.take() {
             let call = RestCall {
                 service: "Key Vault",
-                key_id: "",
+                key_id: "*",
                 what: "list keys",
                 url: &url,
                 // A nextLink carries its own api-version and skip token.

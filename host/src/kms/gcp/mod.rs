@@ -261,7 +261,7 @@ impl GcpKms {
                 let query = [("pageToken", page_token.as_str())];
                 let call = RestCall {
                     service: "Cloud KMS",
-                    key_id: "",
+                    key_id: "*",
                     what: "list cryptoKeys",
                     url: &url,
                     query: if page_token.is_empty() { &[] } else { &query },

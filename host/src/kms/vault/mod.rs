@@ -451,7 +451,7 @@ impl VaultKms {
     pub async fn list_keys(&self) -> Result<Vec<ListedKey>, KmsError> {
         let mount = &self.config.mount;
         let names = match self
-            .call("transit list keys", "", |c| async move {
+            .call("transit list keys", "*", |c| async move {
                 vaultrs::transit::key::list(c.as_ref(), mount).await
             })
             .await
