@@ -295,7 +295,8 @@ async fn vault_keys_list_and_describe_show_every_transit_key_as_an_operator_sees
     let (ok, _, stderr) = kapsule_keys(&root, &["describe", "never-created"]);
     assert!(!ok);
     assert!(
-        stderr.contains("unknown_key") && stderr.contains("vault write -f transit/keys/never-created"),
+        stderr.contains("unknown_key")
+            && stderr.contains("vault write -f transit/keys/never-created"),
         "{stderr}"
     );
 

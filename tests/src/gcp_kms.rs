@@ -110,9 +110,12 @@ impl GcpKmsEmulator {
     /// Kapsule cannot wrap DEKs with.
     pub async fn create_key_with_purpose(&self, name: &str, purpose: &str) -> Result<()> {
         let body = serde_json::json!({ "purpose": purpose }).to_string();
-        self.post_json(&format!("/v1/{KEY_RING}/cryptoKeys?cryptoKeyId={name}"), &body)
-            .await
-            .map(|_| ())
+        self.post_json(
+            &format!("/v1/{KEY_RING}/cryptoKeys?cryptoKeyId={name}"),
+            &body,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The `kms:` section of a Kapsule config using this server: key id `X` is

@@ -243,6 +243,29 @@ impl TokenCache {
     }
 }
 
+/// The bytes of the string `field` of the JSON answer `v`, decoded by `decode` (the service's
+/// base64 flavour) into zeroized storage; a missing or undecodable field is an `other` error
+/// naming `what` and the field.
+pub(crate) fn base64_field(
+    key_id: &str,
+    v: &Value,
+    field: &str,
+    what: &str,
+    decode: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    v[field]
+        .as_str()
+        .and_then(decode)
+        .map(Zeroizing::new)
+        .ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                format!("{what}: no base64 '{field}' in the answer"),
+            )
+        })
+}
+
 /// One call of a REST back end, for [`RestBackend::call`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RestCall<'a> {

@@ -146,8 +146,14 @@ mod tests {
             key_id_in_template("alias/{key_id}-kek", "alias/orders-kek"),
             Some("orders")
         );
-        assert_eq!(key_id_in_template("alias/kapsule-{key_id}", "alias/other"), None);
-        assert_eq!(key_id_in_template("alias/kapsule-{key_id}", "alias/kapsule-"), None);
+        assert_eq!(
+            key_id_in_template("alias/kapsule-{key_id}", "alias/other"),
+            None
+        );
+        assert_eq!(
+            key_id_in_template("alias/kapsule-{key_id}", "alias/kapsule-"),
+            None
+        );
         assert_eq!(key_id_in_template("no placeholder", "no placeholder"), None);
     }
 
@@ -189,9 +195,10 @@ mod tests {
             ]
         );
         // A found key that cannot be described fails the listing (the KMS is down, say).
-        let err = describe_all(candidates(&BTreeMap::new(), [("x".into(), "y".into())]), |_| async {
-            Err::<Described, _>(KmsError::new(KmsErrorKind::Transient, "x", "down"))
-        })
+        let err = describe_all(
+            candidates(&BTreeMap::new(), [("x".into(), "y".into())]),
+            |_| async { Err::<Described, _>(KmsError::new(KmsErrorKind::Transient, "x", "down")) },
+        )
         .await
         .unwrap_err();
         assert_eq!(err.kind, KmsErrorKind::Transient);

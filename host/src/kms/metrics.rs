@@ -25,8 +25,8 @@ use crate::metrics::{counter_family, encode_source, histogram_family, Labels, Me
 /// KMS (well under 1 ms) and a cloud KMS in the same region (a few ms) answer, so quantiles read
 /// from the buckets tell them apart.
 const KMS_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
 ];
 
 /// Outcome counts and latency of KMS calls (see the module docs for names).

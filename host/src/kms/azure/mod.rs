@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 pub use credential::{AzureCredentialConfig, AzureCredentialType};
 
-use super::cloud::{RestBackend, RestCall};
+use super::cloud::{base64_field, RestBackend, RestCall};
 use super::key_id::validate_key_map;
 use super::listing::{candidates, describe_all, key_id_in_template, Described, ListedKey};
 use super::retry::{ensure_valid, validate_policy, Failure};
@@ -321,7 +321,11 @@ impl AzureKms {
                 what: "list keys",
                 url: &url,
                 // A nextLink carries its own api-version and skip token.
-                query: if first { &[("api-version", API_VERSION)] } else { &[] },
+                query: if first {
+                    &[("api-version", API_VERSION)]
+                } else {
+                    &[]
+                },
                 body: None,
             };
             let page = self.rest.call(call, hint, |f| f).await?;
@@ -404,23 +408,9 @@ fn hint(kind: KmsErrorKind) -> String {
     }
 }
 
-fn b64_field(
-    key_id: &str,
-    v: &Value,
-    field: &str,
-    what: &str,
-) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    v[field]
-        .as_str()
-        .and_then(|s| B64URL.decode(s.trim_end_matches('=')).ok())
-        .map(Zeroizing::new)
-        .ok_or_else(|| {
-            KmsError::new(
-                KmsErrorKind::Other,
-                key_id,
-                format!("{what}: no base64url '{field}' in the answer"),
-            )
-        })
+/// Key Vault's base64url (padding tolerated), for [`base64_field`].
+fn b64url(s: &str) -> Option<Vec<u8>> {
+    B64URL.decode(s.trim_end_matches('=')).ok()
 }
 
 /// The version at the end of a `kid` (`.../keys/NAME/VERSION`).
@@ -443,7 +433,7 @@ impl Kms for AzureKms {
         let body =
             json!({"alg": self.config.algorithm.name(), "value": B64URL.encode(&wrapped_input)});
         let v = self.key_op(key_id, &key, "wrapkey", body).await?;
-        let wrapped = b64_field(key_id, &v, "value", "wrapkey")?;
+        let wrapped = base64_field(key_id, &v, "value", "wrapkey", b64url)?;
         let version = v["kid"].as_str().and_then(kid_version).ok_or_else(|| {
             KmsError::new(
                 KmsErrorKind::Other,
@@ -476,7 +466,7 @@ impl Kms for AzureKms {
         key.version = Some(version.to_owned());
         let body = json!({"alg": self.config.algorithm.name(), "value": wrapped});
         let v = self.key_op(key_id, &key, "unwrapkey", body).await?;
-        let plain = b64_field(key_id, &v, "value", "unwrapkey")?;
+        let plain = base64_field(key_id, &v, "value", "unwrapkey", b64url)?;
         if plain.len() != DEK_LEN + 32 || plain[DEK_LEN..] != key_id_binding(key_id) {
             return Err(KmsError::new(
                 KmsErrorKind::InvalidCiphertext,
@@ -540,7 +530,7 @@ impl Kms for AzureKms {
                 json!({"alg": "RS256", "value": B64URL.encode(digest)}),
             )
             .await?;
-        let signature = b64_field(key_id, &v, "value", "sign")?;
+        let signature = base64_field(key_id, &v, "value", "sign", b64url)?;
         let material: [u8; 32] = Sha256::digest(&*signature).into();
         Ok(DerivedKey {
             material: Zeroizing::new(material),

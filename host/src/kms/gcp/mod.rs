@@ -24,11 +24,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
 pub use credential::{GcpCredentialConfig, GcpCredentialType, CLOUD_KMS_SCOPE};
 
-use super::cloud::{RestBackend, RestCall};
+use super::cloud::{base64_field, RestBackend, RestCall};
 use super::key_id::validate_key_map;
 use super::listing::{
     candidates, describe_all, key_id_in_template, Described, ListedKey, KEY_ID_PLACEHOLDER,
@@ -140,7 +139,12 @@ impl GcpKmsConfig {
                 problems.push(format!("{path}.{field}: {why}"));
             }
         }
-        validate_key_map(path, &self.keys, |name| check_resource(name, false), problems);
+        validate_key_map(
+            path,
+            &self.keys,
+            |name| check_resource(name, false),
+            problems,
+        );
         match url::Url::parse(&self.endpoint) {
             Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && u.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost")) => {}
             _ => problems.push(format!(
@@ -350,23 +354,9 @@ fn classify_400(method: &str, f: Failure) -> Failure {
     }
 }
 
-fn b64_field(
-    key_id: &str,
-    v: &Value,
-    field: &str,
-    what: &str,
-) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    v[field]
-        .as_str()
-        .and_then(|s| B64.decode(s).ok())
-        .map(Zeroizing::new)
-        .ok_or_else(|| {
-            KmsError::new(
-                KmsErrorKind::Other,
-                key_id,
-                format!("{what}: no base64 '{field}' in the answer"),
-            )
-        })
+/// Cloud KMS's base64, for [`base64_field`].
+fn b64(s: &str) -> Option<Vec<u8>> {
+    B64.decode(s).ok()
 }
 
 #[async_trait]
@@ -380,7 +370,7 @@ impl Kms for GcpKms {
         let dek = random_dek();
         let body = json!({"plaintext": B64.encode(dek.as_ref()), "additionalAuthenticatedData": aad(key_id)});
         let v = self.call(key_id, &name, "encrypt", body).await?;
-        let ciphertext = b64_field(key_id, &v, "ciphertext", "encrypt")?;
+        let ciphertext = base64_field(key_id, &v, "ciphertext", "encrypt", b64)?;
         Ok(DataKey {
             plaintext: dek,
             edek: ciphertext.to_vec(),
@@ -400,7 +390,7 @@ impl Kms for GcpKms {
         let body =
             json!({"ciphertext": B64.encode(edek), "additionalAuthenticatedData": aad(key_id)});
         let v = self.call(key_id, &name, "decrypt", body).await?;
-        let plain = b64_field(key_id, &v, "plaintext", "decrypt")?;
+        let plain = base64_field(key_id, &v, "plaintext", "decrypt", b64)?;
         secret_key(key_id, &plain, "decrypted DEK")
     }
 
@@ -446,7 +436,7 @@ impl Kms for GcpKms {
                 json!({"data": B64.encode(context)}),
             )
             .await?;
-        let mac = b64_field(key_id, &v, "mac", "macSign")?;
+        let mac = base64_field(key_id, &v, "mac", "macSign", b64)?;
         Ok(DerivedKey {
             material: secret_key(key_id, &mac, "MAC")?,
             kek_version: pinned,

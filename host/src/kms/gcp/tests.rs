@@ -328,7 +328,10 @@ async fn listing_follows_pages_and_leaves_out_keys_of_another_purpose() {
                 key("kapsule-orders", "ENCRYPT_DECRYPT", 3, "ENABLED"),
                 key("kapsule-orders-mac", "MAC", 1, ""),
             ];
-            (200, json!({"cryptoKeys": page, "nextPageToken": "page-2"}).to_string())
+            (
+                200,
+                json!({"cryptoKeys": page, "nextPageToken": "page-2"}).to_string(),
+            )
         } else if target == format!("/v1/{RING}/cryptoKeys?pageToken=page-2") {
             let page = [
                 key("kapsule-off", "ENCRYPT_DECRYPT", 1, "DISABLED"),
@@ -345,7 +348,10 @@ async fn listing_follows_pages_and_leaves_out_keys_of_another_purpose() {
     std::fs::write(&token, "gcp-test-token").unwrap();
     let mut c = config(
         &addr,
-        &format!("{{ type: access_token_file, file: \"{}\" }}", token.display()),
+        &format!(
+            "{{ type: access_token_file, file: \"{}\" }}",
+            token.display()
+        ),
     );
     c.keys
         .insert("gone".into(), format!("{RING}/cryptoKeys/never-created"));

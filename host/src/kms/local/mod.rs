@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-pub use config::{parse_master_key, LocalKmsConfig, DEFAULT_MASTER_KEY_ENV};
 use config::{default_max_auto_created_keys, default_max_auto_created_keys_per_principal};
+pub use config::{parse_master_key, LocalKmsConfig, DEFAULT_MASTER_KEY_ENV};
 
 use super::keyfile::{read_no_follow, write_atomic, FileLock};
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
