@@ -134,3 +134,51 @@ fn local_kms(config: &KmsConfig) -> anyhow::Result<LocalKms> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local KMS config over a fresh key file in `dir`, its master key in a file.
+    fn local_config(dir: &Path) -> KmsConfig {
+        let master = dir.join("master.key");
+        std::fs::write(&master, "11".repeat(32)).unwrap();
+        serde_norway::from_str(&format!(
+            "type: local\nkey_file: \"{}\"\nmaster_key_file: \"{}\"\n",
+            dir.join("keys.json").display(),
+            master.display()
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn list_of_a_local_kms_shows_every_kek_with_its_latest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = local_config(dir.path());
+        assert!(list_lines(&config).await.unwrap().is_empty());
+        let kms = local_kms(&config).unwrap();
+        kms.create_key("payments").unwrap();
+        kms.create_key("orders").unwrap();
+        kms.rotate_key("orders").unwrap();
+        assert_eq!(
+            list_lines(&config).await.unwrap(),
+            ["orders\tv2", "payments\tv1"]
+        );
+    }
+
+    #[test]
+    fn create_and_rotate_name_the_tool_of_every_other_kms() {
+        for (yaml, tool) in [
+            ("type: vault\naddress: https://v:8200\n", "transit/keys/NAME"),
+            ("type: aws\nregion: eu-west-1\n", "aws kms create-key"),
+            (
+                "type: gcp\nkey_template: projects/p/locations/l/keyRings/r/cryptoKeys/{key_id}\ncredential: { type: metadata_server }\n",
+                "gcloud kms keys create",
+            ),
+        ] {
+            let config: KmsConfig = serde_norway::from_str(yaml).unwrap();
+            let err = local_kms(&config).unwrap_err().to_string();
+            assert!(err.contains(tool), "{err}");
+        }
+    }
+}
