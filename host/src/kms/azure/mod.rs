@@ -328,7 +328,7 @@ impl AzureKms {
                 },
                 body: None,
             };
-            let page = self.rest.call(call, hint, |f| f).await?;
+            let page = self.rest.call(call, list_hint, |f| f).await?;
             for kid in page["value"].as_array().into_iter().flatten() {
                 let name = kid["kid"].as_str().and_then(|k| k.rsplit('/').next());
                 let Some(name) = name else { continue };
@@ -394,6 +394,16 @@ impl AzureKms {
                 version.unwrap_or("unknown")
             ),
         }
+    }
+}
+
+/// What to do about a final failure of class `kind` to list the vault's keys.
+fn list_hint(kind: KmsErrorKind) -> String {
+    match kind {
+        KmsErrorKind::PermissionDenied => "; listing needs the keys list permission (Key Vault \
+            Reader or Crypto User on the vault, docs/kms.md), which the proxy's role lacks"
+            .into(),
+        other => hint(other),
     }
 }
 

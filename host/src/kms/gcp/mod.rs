@@ -271,7 +271,7 @@ impl GcpKms {
                     query: if page_token.is_empty() { &[] } else { &query },
                     body: None,
                 };
-                let page = self.rest.call(call, hint, |f| f).await?;
+                let page = self.rest.call(call, list_hint, |f| f).await?;
                 for key in page["cryptoKeys"].as_array().into_iter().flatten() {
                     if let Some(name) = key["name"].as_str() {
                         listed.insert(name.to_owned(), key.clone());
@@ -321,6 +321,17 @@ fn describe_crypto_key(key: &Value) -> Described {
                 .to_owned(),
         },
         None => Described::Unsuitable("the key has no primary version".to_owned()),
+    }
+}
+
+/// What to do about a final failure of class `kind` to list a key ring's keys.
+fn list_hint(kind: KmsErrorKind) -> String {
+    match kind {
+        KmsErrorKind::PermissionDenied => "; listing needs cloudkms.cryptoKeys.list on the key \
+            ring (roles/cloudkms.viewer, docs/kms.md), which the proxy's role lacks"
+            .into(),
+        KmsErrorKind::UnknownKey => "; the key ring of kms.key_template does not exist".into(),
+        other => hint(other),
     }
 }
 
