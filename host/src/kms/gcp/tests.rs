@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use super::credential::testing::service_account_file;
@@ -124,31 +123,12 @@ async fn service_account_jwt_is_signed_and_data_keys_round_trip_across_a_rotatio
         .body
         .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"));
     let jwt = token.body.split("assertion=").nth(1).unwrap();
-    let parts: Vec<&str> = jwt.split('.').collect();
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    // The signature verifies with the service account's public key.
+    let (_, claims) =
+        crate::kms::jwt::verified_rs256(jwt, include_str!("test-service-account.pem"));
     assert_eq!(claims["iss"], "kapsule@p.iam.gserviceaccount.com");
     assert_eq!(claims["scope"], CLOUD_KMS_SCOPE);
     assert_eq!(claims["aud"], format!("{addr}/token"));
-    // The signature verifies with the service account's public key.
-    let pem = include_str!("test-service-account.pem");
-    let der = B64
-        .decode(
-            pem.lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect::<String>(),
-        )
-        .unwrap();
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
-    use ring::signature::KeyPair;
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        pair.public_key().as_ref(),
-    )
-    .verify(
-        format!("{}.{}", parts[0], parts[1]).as_bytes(),
-        &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
-    )
-    .expect("JWT signature");
     let encrypt = &seen[1];
     assert_eq!(encrypt.target(), format!("/v1/{KEY}:encrypt"));
     assert_eq!(encrypt.header("authorization"), "Bearer tok-0");
