@@ -8,8 +8,6 @@ use clap::{Args, Parser, Subcommand};
 use tracing::error;
 
 use crate::config::Config;
-use crate::kms::local::LocalKms;
-use crate::kms::KmsConfig;
 
 /// Kapsule: a Kafka proxy that encrypts records at rest, per topic, with keys from a KMS.
 #[derive(Debug, Parser)]
@@ -33,51 +31,13 @@ pub enum Command {
     /// Write and check Wasm policies: `policy new NAME`, `policy check FILE --topic T`.
     #[command(subcommand)]
     Policy(crate::tools::policy::PolicyCommand),
-    /// Manage KEKs of the local KMS (`kms: { type: local }`) named in a config file.
+    /// Create and rotate KEKs of the local KMS; list and describe KEKs of any KMS (docs/kms.md).
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(crate::tools::keys::KeysCommand),
     /// Copy a topic into another through Kapsule (re-encrypting under the destination's key).
     Reencrypt(crate::tools::ReencryptArgs),
     /// Decode the `kapsule.enc` descriptors of stored records, read directly from a broker.
     Inspect(crate::tools::InspectArgs),
-}
-
-/// `kapsule keys` subcommands: create/rotate on the local KMS (other KMSs have their own tools),
-/// list on the local KMS and AWS KMS, describe on every KMS.
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Create a KEK (no-op if it exists).
-    Create {
-        /// Config file whose `kms:` section is a local KMS.
-        #[arg(long, short = 'c')]
-        config: PathBuf,
-        /// KEK id.
-        key_id: String,
-    },
-    /// Add a new version to a KEK: new DEKs use it, old records stay readable.
-    Rotate {
-        /// Config file whose `kms:` section is a local KMS.
-        #[arg(long, short = 'c')]
-        config: PathBuf,
-        /// KEK id.
-        key_id: String,
-    },
-    /// List KEKs: with a local KMS every KEK and its latest version; with AWS KMS the keys the
-    /// config reaches (its `keys` map and the aliases `key_template` produces) and their state.
-    List {
-        /// Config file whose `kms:` section is a local KMS or AWS KMS.
-        #[arg(long, short = 'c')]
-        config: PathBuf,
-    },
-    /// Look a KEK up in the configured KMS, whatever its type (local, Vault, AWS, Azure, Google):
-    /// prints its latest version, or what is wrong (unknown key, no permission, ...).
-    Describe {
-        /// Config file with a `kms:` section.
-        #[arg(long, short = 'c')]
-        config: PathBuf,
-        /// KEK id as rules name it.
-        key_id: String,
-    },
 }
 
 /// Flags of `kapsule run`.
@@ -153,7 +113,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Keys(cmd) => match run_keys_command(cmd) {
+        Command::Keys(cmd) => match crate::tools::keys::run_keys_command(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kapsule keys: {e:#}");
@@ -169,79 +129,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }),
     }
-}
-
-fn local_kms_from(config: &std::path::Path) -> anyhow::Result<LocalKms> {
-    let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    match config.kms {
-        Some(KmsConfig::Local(local)) => LocalKms::open(&local),
-        Some(KmsConfig::Vault(_)) => anyhow::bail!(
-            "the config's KMS is Vault: manage its keys with `bao`/`vault write -f transit/keys/NAME`"
-        ),
-        Some(KmsConfig::Azure(_)) => anyhow::bail!(
-            "the config's KMS is Azure Key Vault: manage its keys with `az keyvault key create/rotate` (see docs/kms.md)"
-        ),
-        Some(KmsConfig::Gcp(_)) => anyhow::bail!(
-            "the config's KMS is Google Cloud KMS: manage its keys with `gcloud kms keys create/versions create` (see docs/kms.md)"
-        ),
-        Some(KmsConfig::Aws(_)) => anyhow::bail!(
-            "the config's KMS is AWS KMS: manage its keys with `aws kms create-key` / `aws kms create-alias` (see docs/kms.md)"
-        ),
-        None => anyhow::bail!("the config has no `kms:` section"),
-    }
-}
-
-fn run_keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
-    match cmd {
-        KeysCommand::Create { config, key_id } => {
-            let created = local_kms_from(&config)?.create_key(&key_id)?;
-            println!(
-                "{key_id}: {}",
-                if created { "created" } else { "already exists" }
-            );
-        }
-        KeysCommand::Rotate { config, key_id } => {
-            let version = local_kms_from(&config)?.rotate_key(&key_id)?;
-            println!("{key_id}: now at version {version}");
-        }
-        KeysCommand::Describe { config, key_id } => {
-            crate::crypto::wire::validate_key_id(&key_id)
-                .map_err(|e| anyhow::anyhow!("key id {key_id:?}: {e}"))?;
-            let config = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let kms = config
-                .kms
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("the config has no `kms:` section"))?
-                .build()?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let info = runtime
-                .block_on(kms.key_info(&key_id))
-                .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
-            println!("{key_id}\t{}\tv{}", kms.backend(), info.latest_version);
-        }
-        KeysCommand::List { config: path } => {
-            let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(KmsConfig::Aws(aws)) = &config.kms {
-                let kms = crate::kms::aws::AwsKms::new(aws)?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let keys = runtime
-                    .block_on(kms.list_keys())
-                    .map_err(|e| anyhow::anyhow!("{}", e.detail()))?;
-                for k in keys {
-                    println!("{}\tv1\t{}\t{}", k.key_id, k.reference, k.state);
-                }
-                return Ok(());
-            }
-            for k in local_kms_from(&path)?.list_keys() {
-                println!("{}\tv{}", k.key_id, k.latest_version);
-            }
-        }
-    }
-    Ok(())
 }
 
 fn init_logging(filter: &str) {

@@ -166,3 +166,28 @@ pub fn assert_group_read_all(acked: &[String], read: Vec<String>) {
         &lost[..lost.len().min(5)]
     );
 }
+
+/// Runs `kapsule keys <args> -c FILE` as an operator would, FILE holding `config` (its `kms:`
+/// section; listener addresses unused) and the process given `config`'s environment; returns
+/// the exit status and what it printed (stdout, stderr).
+pub fn kapsule_keys(config: &KapsuleConfig, args: &[&str]) -> (bool, String, String) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
+    )
+    .unwrap();
+    let (command, rest) = args.split_first().expect("a keys subcommand");
+    let out = std::process::Command::new(kapsule_integration::kapsule::kapsule_bin().unwrap())
+        .args(["keys", command, "-c"])
+        .arg(file.path())
+        .args(rest)
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

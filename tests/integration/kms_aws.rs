@@ -18,7 +18,7 @@ use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::probe::end_offset;
 use kapsule_integration::{Kapsule, KapsuleConfig, RecordsMode, Tansu, TestRecord};
 
-use crate::common::{assert_records_match, ck_consume, ck_produce};
+use crate::common::{assert_records_match, ck_consume, ck_produce, kapsule_keys};
 use crate::encryption::{marked_records, produce_report, read_direct, topic};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -300,104 +300,6 @@ async fn aws_kms_down_fails_closed_and_kapsule_recovers_when_it_returns() {
     assert_records_match(&records, &back);
 }
 
-/// The figure for the note (not a pass/fail test): KMS calls per 1 000 records and KMS latency
-/// from Kapsule's `/metrics`, under a steady confluent-kafka produce of 3 000 records (300/s, 4
-/// topics under one KEK, value and record key encrypted) against local-kms, then a consume of all
-/// of them through a second Kapsule with empty caches. Run with
-/// `cargo test -p kapsule-integration --test integration -- --ignored --nocapture aws_kms_figure`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "measurement for the note; prints a table"]
-async fn aws_kms_figure_calls_and_latency_per_thousand_records() {
-    use kapsule_integration::run_python;
-    const SECONDS: u32 = 10;
-    const RATE: u32 = 75; // per topic and second: 4 topics x 75/s x 10 s = 3 000 records
-    let kms = KmsServer::start("aws").await.unwrap();
-    kms.create_key("figure-kek").await.unwrap();
-    let tansu = Tansu::start().await.expect("start tansu");
-    let policy = "policy:\n  rules:\n    - topics: {prefix: \"awsfig-\"}\n      key_id: figure-kek\n      record_key: true\n";
-    let writer = start_with(&kms, &tansu, 5_000, 3, policy).await;
-    let mut topics = Vec::new();
-    for _ in 0..4 {
-        topics.push(topic(&tansu, "awsfig-").await);
-    }
-    let runs = topics.iter().map(|t| {
-        let args: Vec<String> = [
-            "--bootstrap",
-            &writer.bootstrap(),
-            "--topic",
-            t,
-            "--seconds",
-            &SECONDS.to_string(),
-            "--rate",
-            &RATE.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        async move {
-            run_python("ck_steady.py", &args, Duration::from_secs(120))
-                .await
-                .unwrap()
-                .json
-        }
-    });
-    let outs = futures_join_all(runs).await;
-    let delivered: u64 = outs
-        .iter()
-        .map(|o| o["delivered"].as_u64().unwrap_or(0))
-        .sum();
-    assert!(outs.iter().all(|o| o["failed"] == 0), "{outs:?}");
-    let reader = start_with(&kms, &tansu, 5_000, 3, policy).await;
-    for t in &topics {
-        let n = end_offset(&tansu.bootstrap(), t, WAIT).await.unwrap() as usize;
-        let back = ck_consume(&reader.bootstrap(), t, n, &[]).await;
-        assert_eq!(back.len(), n);
-    }
-    for (who, k) in [
-        ("producing Kapsule", &writer),
-        ("consuming Kapsule (fresh)", &reader),
-    ] {
-        let (_, metrics) = k.admin_get("/metrics").await.unwrap();
-        println!("\n{who}: {delivered} records");
-        println!("| op | calls | per 1 000 records | mean latency (ms) |");
-        println!("|---|---|---|---|");
-        for op in ["generate", "decrypt", "derive"] {
-            let sum = |name: &str| -> f64 {
-                metrics
-                    .lines()
-                    .filter(|l| l.starts_with(name) && l.contains(&format!("op=\"{op}\"")))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .fold(0.0, |a, b| a + b)
-            };
-            let calls = sum("kapsule_kms_calls_total");
-            let seconds = sum("kapsule_kms_call_duration_seconds_sum");
-            let mean = if calls > 0.0 {
-                seconds * 1000.0 / calls
-            } else {
-                0.0
-            };
-            println!(
-                "| {op} | {calls} | {:.2} | {mean:.1} |",
-                calls * 1000.0 / delivered as f64
-            );
-        }
-    }
-}
-
-/// Awaits every future (the integration crate has no `futures` dependency).
-async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
-}
-
 /// `kapsule keys describe` looks a KEK up in AWS KMS with the config's mapping and credentials,
 /// and names the problem when the key does not exist.
 #[tokio::test(flavor = "multi_thread")]
@@ -405,34 +307,14 @@ async fn aws_keys_describe_finds_existing_keys_and_names_missing_ones() {
     let kms = KmsServer::start("aws").await.unwrap();
     kms.create_key("described-kek").await.unwrap();
     let config = kms.kapsule_config(KapsuleConfig::new(RecordsMode::Reencode), 2_000, 0);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
-    )
-    .unwrap();
-    let bin = kapsule_integration::kapsule::kapsule_bin().unwrap();
-    let describe = |key: &str| {
-        std::process::Command::new(&bin)
-            .args(["keys", "describe", "-c"])
-            .arg(file.path())
-            .arg(key)
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap()
-    };
-    let found = describe("described-kek");
-    assert!(found.status.success(), "{found:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&found.stdout).trim(),
-        "described-kek\taws\tv1"
-    );
-    let missing = describe("missing-kek");
-    assert!(!missing.status.success());
-    let err = String::from_utf8_lossy(&missing.stderr);
+    let (ok, stdout, stderr) = kapsule_keys(&config, &["describe", "described-kek"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "described-kek\taws\tv1");
+    let (ok, _, stderr) = kapsule_keys(&config, &["describe", "missing-kek"]);
+    assert!(!ok);
     assert!(
-        err.contains("unknown_key") && err.contains("NotFoundException"),
-        "{err}"
+        stderr.contains("unknown_key") && stderr.contains("NotFoundException"),
+        "{stderr}"
     );
 }
 
@@ -457,20 +339,8 @@ async fn aws_keys_list_shows_template_aliases_and_mapped_keys_with_their_state()
         KapsuleConfig::new(RecordsMode::Reencode).with_yaml(&yaml),
         |c, (k, v)| c.with_env(k, v),
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        config.to_yaml("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(kapsule_integration::kapsule::kapsule_bin().unwrap())
-        .args(["keys", "list", "-c"])
-        .arg(file.path())
-        .envs(config.env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (ok, stdout, stderr) = kapsule_keys(&config, &["list"]);
+    assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,

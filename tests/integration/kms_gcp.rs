@@ -14,7 +14,7 @@ use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::probe::end_offset;
 use kapsule_integration::{Kapsule, KapsuleConfig, RecordsMode, Tansu, TestRecord};
 
-use crate::common::{assert_records_match, ck_consume, ck_produce};
+use crate::common::{assert_records_match, ck_consume, ck_produce, kapsule_keys};
 use crate::encryption::{marked_records, produce_report, read_direct, topic};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -132,4 +132,50 @@ async fn gcp_two_kapsules_sharing_one_key_read_each_others_records() {
         !log.contains("kapsule-rig-access-token"),
         "token in the log"
     );
+}
+
+/// `kapsule keys list` and `describe` against drongo, as an operator runs them: the key ring's
+/// keys whose name `key_template` makes, with their primary version and its state; a key of
+/// another purpose (MAC) and keys outside the template left out; every `keys` entry listed, a
+/// missing one as `unknown_key`; `describe` names a missing key.
+#[tokio::test(flavor = "multi_thread")]
+async fn gcp_keys_list_and_describe_show_template_and_mapped_keys() {
+    let server = GcpKmsEmulator::start().await.unwrap();
+    server.create_key("kapsule-orders").await.unwrap();
+    server.create_key("kapsule-payments").await.unwrap();
+    server
+        .create_key_with_purpose("kapsule-orders-mac", "MAC")
+        .await
+        .unwrap();
+    server.create_key("unrelated").await.unwrap();
+    let yaml = server.kapsule_yaml(2_000, 0).replace(
+        "/cryptoKeys/{key_id}",
+        "/cryptoKeys/kapsule-{key_id}",
+    ) + &format!(
+        "  keys: {{ legacy: \"{KEY_RING}/cryptoKeys/unrelated\", gone: \"{KEY_RING}/cryptoKeys/never-created\" }}\n"
+    );
+    let config = KapsuleConfig::new(RecordsMode::Reencode).with_yaml(&yaml);
+    let (ok, stdout, stderr) = kapsule_keys(&config, &["list"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("gone\tv1\t{KEY_RING}/cryptoKeys/never-created\tunknown_key"),
+            format!("legacy\tv1\t{KEY_RING}/cryptoKeys/unrelated\tENABLED"),
+            format!("orders\tv1\t{KEY_RING}/cryptoKeys/kapsule-orders\tENABLED"),
+            format!("payments\tv1\t{KEY_RING}/cryptoKeys/kapsule-payments\tENABLED"),
+        ],
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = kapsule_keys(&config, &["describe", "orders"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "orders\tgcp\tv1");
+    let (ok, _, stderr) = kapsule_keys(&config, &["describe", "never-created"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown_key"), "{stderr}");
+    // A key of another purpose is named as such.
+    let (ok, _, stderr) = kapsule_keys(&config, &["describe", "orders-mac"]);
+    assert!(!ok);
+    assert!(stderr.contains("ENCRYPT_DECRYPT"), "{stderr}");
 }

@@ -9,7 +9,10 @@ use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::vault::{VaultKms, VaultKmsConfig};
 use kapsule::kms::{Kms, KmsErrorKind};
 use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
-use kapsule_integration::openbao::OpenBao;
+use kapsule_integration::openbao::{OpenBao, ROOT_TOKEN};
+use kapsule_integration::{KapsuleConfig, RecordsMode};
+
+use crate::common::kapsule_keys;
 
 fn kms_for(
     bao: &OpenBao,
@@ -225,4 +228,101 @@ async fn vault_outage_is_transient_and_recovers() {
         *kms.decrypt_data_key("k", &dk2.edek).await.unwrap(),
         *dk2.plaintext
     );
+}
+
+/// The grant `kapsule keys list` needs besides the proxy's least privilege (docs/kms.md, second
+/// ```hcl block).
+fn documented_list_grant() -> String {
+    let doc = include_str!("../../docs/kms.md");
+    let first = doc.find("```hcl\n").expect("docs/kms.md has an hcl block") + 7;
+    let start = first + doc[first..].find("```hcl\n").expect("a second hcl block") + 7;
+    let end = start + doc[start..].find("```").unwrap();
+    doc[start..end].to_owned()
+}
+
+/// A Kapsule config whose `kms:` section is `bao` with `token` (in a file kept by the guard).
+fn vault_config(bao: &OpenBao, token: &str) -> (KapsuleConfig, tempfile::NamedTempFile) {
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), token).unwrap();
+    let yaml = format!(
+        "kms:\n  type: vault\n  address: \"{}\"\n  token_file: \"{}\"\n  timeout_ms: 2000\n  retries: 0\n",
+        bao.address(),
+        token_file.path().display()
+    );
+    (
+        KapsuleConfig::new(RecordsMode::Reencode).with_yaml(&yaml),
+        token_file,
+    )
+}
+
+/// `kapsule keys list` and `describe` against OpenBao transit, as an operator runs them: every
+/// transit key of the mount with its latest version and type; versions trimmed below
+/// `min_decryption_version` and keys Kapsule cannot use (RSA) are named. The proxy's
+/// least-privilege token may not list (a permission problem, said so); with the documented
+/// `list` grant added it may.
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_keys_list_and_describe_show_every_transit_key_as_an_operator_sees_it() {
+    let bao = OpenBao::start().unwrap();
+    let (root, _root_file) = vault_config(&bao, ROOT_TOKEN);
+    // An empty mount lists nothing (Vault answers 404), and is no error.
+    let (ok, stdout, stderr) = kapsule_keys(&root, &["list"]);
+    assert!(ok && stdout.is_empty(), "{stdout}{stderr}");
+
+    bao.create_key("orders").unwrap();
+    bao.rotate_key("orders").unwrap();
+    bao.rotate_key("orders").unwrap();
+    bao.cli(&[
+        "write",
+        "transit/keys/orders/config",
+        "min_decryption_version=2",
+    ])
+    .unwrap();
+    bao.create_key("payments").unwrap();
+    bao.cli(&["write", "-f", "transit/keys/signing", "type=rsa-2048"])
+        .unwrap();
+    let expected = [
+        "orders\tv3\ttransit/keys/orders\taes256-gcm96, decrypts v2..v3",
+        "payments\tv1\ttransit/keys/payments\taes256-gcm96",
+        "signing\tv1\ttransit/keys/signing\trsa-2048: Kapsule needs aes256-gcm96",
+    ];
+    let (ok, stdout, stderr) = kapsule_keys(&root, &["list"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
+
+    let (ok, stdout, stderr) = kapsule_keys(&root, &["describe", "orders"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "orders\tvault\tv3");
+    let (ok, _, stderr) = kapsule_keys(&root, &["describe", "never-created"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown_key")
+            && stderr.contains("vault write -f transit/keys/never-created"),
+        "{stderr}"
+    );
+
+    let least = bao
+        .token_with_policy("kapsule", &documented_policy())
+        .unwrap();
+    let (least, _least_file) = vault_config(&bao, &least);
+    let (ok, stdout, stderr) = kapsule_keys(&least, &["list"]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("permission_denied") && stderr.contains("docs/kms.md"),
+        "{stderr}"
+    );
+    // `describe` needs no more than the proxy itself.
+    let (ok, stdout, stderr) = kapsule_keys(&least, &["describe", "orders"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "orders\tvault\tv3");
+
+    let lister = bao
+        .token_with_policy(
+            "kapsule-lister",
+            &(documented_policy() + &documented_list_grant()),
+        )
+        .unwrap();
+    let (lister, _lister_file) = vault_config(&bao, &lister);
+    let (ok, stdout, stderr) = kapsule_keys(&lister, &["list"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
 }

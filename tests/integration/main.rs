@@ -23,6 +23,7 @@ mod kafka_security;
 mod kafkajs;
 mod kcat;
 mod kms_aws;
+mod kms_figure;
 mod kms_gcp;
 mod kms_vault;
 mod lifecycle;

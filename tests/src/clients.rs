@@ -38,6 +38,15 @@ pub async fn run_python(script: &str, args: &[String], timeout: Duration) -> Res
     run(cmd, &format!("python {script}"), timeout).await
 }
 
+/// Runs `python3 bench/load.py <args>` (the benchmark's confluent-kafka load generator) with a
+/// timeout, like [`run_python`].
+pub async fn run_bench_load(args: &[String], timeout: Duration) -> Result<ClientOutput> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/load.py");
+    let mut cmd = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    cmd.arg(&path).args(args);
+    run(cmd, "python bench/load.py", timeout).await
+}
+
 /// [`run_python`] inside the network namespace `netns` (`ip netns exec NETNS python3 ...`), so
 /// the script sees `/etc/netns/NETNS/hosts` as its `/etc/hosts`.
 pub async fn run_python_in_netns(

@@ -79,7 +79,12 @@ impl GcpKmsEmulator {
     }
 
     async fn post(&self, path: &str) -> Result<String> {
-        let (status, body) = probe::http_post(&self.addr(), path, Duration::from_secs(10)).await?;
+        self.post_json(path, "").await
+    }
+
+    async fn post_json(&self, path: &str, json: &str) -> Result<String> {
+        let (status, body) =
+            probe::http_post_json(&self.addr(), path, json, Duration::from_secs(10)).await?;
         anyhow::ensure!(status == 200, "POST {path}: {status} {body}");
         Ok(body)
     }
@@ -99,6 +104,18 @@ impl GcpKmsEmulator {
         self.post(&format!("/v1/{KEY_RING}/cryptoKeys?cryptoKeyId={name}"))
             .await
             .map(|_| ())
+    }
+
+    /// Creates key `name` of `purpose` (`MAC`, `ASYMMETRIC_SIGN`, ...) in [`KEY_RING`]: a key
+    /// Kapsule cannot wrap DEKs with.
+    pub async fn create_key_with_purpose(&self, name: &str, purpose: &str) -> Result<()> {
+        let body = serde_json::json!({ "purpose": purpose }).to_string();
+        self.post_json(
+            &format!("/v1/{KEY_RING}/cryptoKeys?cryptoKeyId={name}"),
+            &body,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The `kms:` section of a Kapsule config using this server: key id `X` is

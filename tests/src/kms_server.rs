@@ -2,11 +2,14 @@
 //! closed) run once per back end: `vault` (an OpenBao dev server), `aws` (local-kms, the AWS
 //! KMS API) and `gcp` (drongo, the Cloud KMS REST API). Parameterise a test with
 //! `#[values("vault", "aws", "gcp")] backend: &str` and [`KmsServer::start`]. No Azure Key Vault
-//! emulator can be installed here (docs/kms.md), so `azure` is not among them.
+//! emulator can be installed here (docs/kms.md), so `azure` is not among them. `local` (Kapsule's
+//! file-based KMS, no server) is there for measurements that compare every back end; it cannot
+//! be paused, so outage tests leave it out.
 
 use anyhow::{bail, Context, Result};
 
 use crate::aws_kms::{LocalAwsKms, TEST_CREDENTIALS};
+use crate::encryption::LocalKms;
 use crate::gcp_kms::GcpKmsEmulator;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
 use crate::KapsuleConfig;
@@ -20,10 +23,12 @@ pub enum KmsServer {
     Aws(LocalAwsKms),
     /// drongo (Cloud KMS REST API).
     Gcp(GcpKmsEmulator),
+    /// Kapsule's local KMS (a key file; KEKs created on first use).
+    Local(LocalKms),
 }
 
 impl KmsServer {
-    /// Starts the server of `backend` (`vault`, `aws` or `gcp`).
+    /// Starts the server of `backend` (`vault`, `aws`, `gcp`, or `local` for a fresh key file).
     pub async fn start(backend: &str) -> Result<Self> {
         match backend {
             "vault" => {
@@ -37,16 +42,18 @@ impl KmsServer {
             }
             "aws" => Ok(Self::Aws(LocalAwsKms::start().await?)),
             "gcp" => Ok(Self::Gcp(GcpKmsEmulator::start().await?)),
-            other => bail!("unknown KMS back end {other:?} (vault, aws or gcp)"),
+            "local" => Ok(Self::Local(LocalKms::new()?)),
+            other => bail!("unknown KMS back end {other:?} (vault, aws, gcp or local)"),
         }
     }
 
-    /// Creates KEK `name` (and, for AWS, its HMAC key).
+    /// Creates KEK `name` (and, for AWS, its HMAC key); the local KMS creates it on first use.
     pub async fn create_key(&self, name: &str) -> Result<()> {
         match self {
             Self::Vault(bao, _) => bao.create_key(name),
             Self::Aws(kms) => kms.create_key(name).await.map(|_| ()),
             Self::Gcp(kms) => kms.create_key(name).await,
+            Self::Local(_) => Ok(()),
         }
     }
 
@@ -62,6 +69,7 @@ impl KmsServer {
             Self::Vault(bao, _) => bao.pause(),
             Self::Aws(kms) => kms.pause(),
             Self::Gcp(kms) => kms.pause(),
+            Self::Local(_) => bail!("the local KMS is a file: there is no server to pause"),
         }
     }
 
@@ -71,6 +79,7 @@ impl KmsServer {
             Self::Vault(bao, _) => bao.resume(),
             Self::Aws(kms) => kms.resume(),
             Self::Gcp(kms) => kms.resume(),
+            Self::Local(_) => bail!("the local KMS is a file: there is no server to resume"),
         }
     }
 
@@ -93,6 +102,8 @@ impl KmsServer {
                 |c, (k, v)| c.with_env(k, v),
             ),
             Self::Gcp(kms) => config.with_yaml(&kms.kapsule_yaml(timeout_ms, retries)),
+            // Local calls need neither a timeout nor retries.
+            Self::Local(kms) => config.with_yaml(&kms.yaml()),
         }
     }
 }

@@ -44,7 +44,8 @@ pub mod wait;
 
 pub use broker::{Broker, TestBroker};
 pub use clients::{
-    run_franz, run_java, run_java_serde, run_node, run_python, ClientOutput, InteractiveClient,
+    run_bench_load, run_franz, run_java, run_java_serde, run_node, run_python, ClientOutput,
+    InteractiveClient,
 };
 pub use kafka::{AclOperation, KafkaCluster, KafkaOptions, Listener};
 pub use kapsule::{Kapsule, KapsuleConfig, RecordsMode};

@@ -431,33 +431,47 @@ impl Reader<'_> {
 
 /// Minimal HTTP/1.0 GET: returns status code and body. Used for Kapsule's admin endpoints.
 pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    http_request("GET", addr, path, timeout).await
+    http_request("GET", addr, path, "", timeout).await
 }
 
 /// Minimal HTTP/1.0 POST with an empty body: returns status code and body (admin endpoint).
 pub async fn http_post(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    http_request("POST", addr, path, timeout).await
+    http_request("POST", addr, path, "", timeout).await
 }
 
-/// One HTTP/1.0 request without a body; the response is read to the end (at most
-/// `MAX_RESPONSE` bytes).
+/// Minimal HTTP/1.0 POST of a JSON body: returns status code and body.
+pub async fn http_post_json(
+    addr: &str,
+    path: &str,
+    json: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    http_request("POST", addr, path, json, timeout).await
+}
+
+/// One HTTP/1.0 request with `body` (JSON when not empty); the response is read to the end (at
+/// most `MAX_RESPONSE` bytes).
 async fn http_request(
     method: &str,
     addr: &str,
     path: &str,
+    body: &str,
     timeout: Duration,
 ) -> Result<(u16, String)> {
     tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        let body_len = if method == "GET" {
-            ""
-        } else {
-            "Content-Length: 0\r\n"
+        let body_headers = match (method, body.is_empty()) {
+            ("GET", true) => String::new(),
+            (_, true) => "Content-Length: 0\r\n".to_owned(),
+            (_, false) => format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ),
         };
         let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{body_len}Connection: close\r\n\r\n"
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{body_headers}Connection: close\r\n\r\n{body}"
         );
         stream.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();

@@ -1,6 +1,7 @@
 //! What the REST back ends (Azure Key Vault, Google Cloud KMS) share: one HTTPS client (reqwest on
 //! rustls, the stack the Vault client already uses), JSON calls whose failures are classified for
-//! [`super::retry`], and OAuth2 bearer tokens cached until shortly before they expire.
+//! [`super::retry`], OAuth2 bearer tokens cached until shortly before they expire, and
+//! [`RestBackend`], which makes one authorised call of either under the shared retries.
 //!
 //! Tokens and secrets are held in [`Zeroizing`] strings, never logged and never put into an error
 //! message; error messages carry the HTTP status and the service's error text only.
@@ -14,8 +15,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::retry::Failure;
-use super::KmsErrorKind;
+use super::retry::{call_with_retries, Failure, RetryPolicy};
+use super::{KmsError, KmsErrorKind};
 
 /// A token is renewed when less than this is left of its lifetime.
 pub(crate) const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(120);
@@ -239,6 +240,119 @@ impl TokenCache {
     /// Forgets the cached token (after the KMS answered 401 with it).
     pub(crate) async fn invalidate(&self) {
         *self.current.lock().await = None;
+    }
+}
+
+/// The bytes of the string `field` of the JSON answer `v`, decoded by `decode` (the service's
+/// base64 flavour) into zeroized storage; a missing or undecodable field is an `other` error
+/// naming `what` and the field.
+pub(crate) fn base64_field(
+    key_id: &str,
+    v: &Value,
+    field: &str,
+    what: &str,
+    decode: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    v[field]
+        .as_str()
+        .and_then(decode)
+        .map(Zeroizing::new)
+        .ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                key_id,
+                format!("{what}: no base64 '{field}' in the answer"),
+            )
+        })
+}
+
+/// One call of a REST back end, for [`RestBackend::call`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RestCall<'a> {
+    /// The service, for the final error (`Key Vault`, `Cloud KMS`).
+    pub service: &'a str,
+    /// The Kapsule key id the call is for (empty when it is for none, as a listing).
+    pub key_id: &'a str,
+    /// The operation, for messages (`wrapkey`, `encrypt`, `get key`).
+    pub what: &'a str,
+    /// The full URL.
+    pub url: &'a str,
+    /// Query parameters added to the URL.
+    pub query: &'a [(&'a str, &'a str)],
+    /// The JSON body of a `POST`; `None` sends a `GET`.
+    pub body: Option<&'a serde_json::Value>,
+}
+
+/// The connection of a REST back end: its HTTPS client, its cached bearer token and its retry
+/// policy.
+pub(crate) struct RestBackend {
+    http: RestClient,
+    tokens: TokenCache,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for RestBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestBackend")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestBackend {
+    /// A client trusting `ca_cert` besides the web PKI roots, with the back end's `timeout_ms`
+    /// and `retries`, getting its tokens from `tokens`. Reads `ca_cert`; makes no network call.
+    pub(crate) fn new(
+        ca_cert: Option<&Path>,
+        timeout_ms: u64,
+        retries: u32,
+        tokens: Box<dyn TokenSource>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: RestClient::new(ca_cert, Duration::from_millis(timeout_ms))?,
+            tokens: TokenCache::new(tokens),
+            policy: RetryPolicy::from_config(timeout_ms, retries),
+        })
+    }
+
+    /// Makes `call` with a bearer token under the shared timeouts and retries
+    /// ([`call_with_retries`]) and returns the JSON answer. A 401 drops the cached token (it may
+    /// have been revoked or have expired early) and is retried with a fresh one; `refine` may
+    /// reclassify any other failure (such as a 400 that means a bad ciphertext); `hint` is
+    /// appended to the final error's message, as [`call_with_retries`] does.
+    pub(crate) async fn call(
+        &self,
+        call: RestCall<'_>,
+        hint: impl Fn(KmsErrorKind) -> String,
+        refine: impl Fn(Failure) -> Failure,
+    ) -> Result<Value, KmsError> {
+        let body = call.body.map(Value::to_string);
+        call_with_retries(call.service, call.key_id, self.policy, hint, || {
+            let (refine, body) = (&refine, &body);
+            async move {
+                let token = self.tokens.bearer(&self.http).await?;
+                let request = match body {
+                    None => self.http.http().get(call.url),
+                    Some(body) => self
+                        .http
+                        .http()
+                        .post(call.url)
+                        .header("content-type", "application/json")
+                        .body(body.clone()),
+                };
+                let request = request.query(call.query).bearer_auth(token.as_str());
+                match self.http.send_json(call.what, request).await {
+                    Err(mut f) if f.status == Some(401) => {
+                        self.tokens.invalidate().await;
+                        f.retry = true;
+                        Err(f)
+                    }
+                    Err(f) => Err(refine(f)),
+                    ok => ok,
+                }
+            }
+        })
+        .await
     }
 }
 

@@ -86,6 +86,36 @@ pub(crate) fn sign_rs256(
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
+/// Test support: the header and claims of `jwt` once its RS256 signature verifies with the
+/// public half of the PKCS#8 `PRIVATE KEY` block of `pem`, read here without
+/// [`rsa_key_from_pem`] so that a bug there cannot hide one in signing.
+#[cfg(test)]
+pub(crate) fn verified_rs256(jwt: &str, pem: &str) -> (Value, Value) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT: {jwt}");
+    let key_b64: String = pem
+        .split("-----BEGIN PRIVATE KEY-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END").next())
+        .expect("a PRIVATE KEY block")
+        .split_whitespace()
+        .collect();
+    let pair = RsaKeyPair::from_pkcs8(&STANDARD.decode(key_b64).unwrap()).unwrap();
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        pair.public_key().as_ref(),
+    )
+    .verify(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+    )
+    .expect("the JWT's RS256 signature verifies");
+    let part = |i: usize| -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[i]).unwrap()).unwrap()
+    };
+    (part(0), part(1))
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -2,6 +2,8 @@
 //! boundary is never the only defence against path tricks. Used by the encryption stage (policy
 //! answers, stored descriptors) and by the KMS configurations (key ids named in the config).
 
+use std::collections::BTreeMap;
+
 /// Longest KEK id accepted, in bytes (the descriptor's length field is one byte).
 pub const MAX_KEY_ID_LEN: usize = 255;
 
@@ -46,4 +48,26 @@ pub fn validate_key_id(id: &str) -> Result<(), KeyIdError> {
         return Err(KeyIdError::Control);
     }
     Ok(())
+}
+
+/// Appends the problems of a back end's `keys` map (Kapsule key id → the KMS's name for the key)
+/// to `problems`, naming them under `path`: every id must pass [`validate_key_id`], every name
+/// `check_name` (which says what is wrong with it).
+pub(crate) fn validate_key_map<T>(
+    path: &str,
+    keys: &BTreeMap<String, String>,
+    check_name: impl Fn(&str) -> Result<T, String>,
+    problems: &mut Vec<String>,
+) {
+    for (id, name) in keys {
+        if let Err(why) = validate_key_id(id) {
+            problems.push(format!(
+                "{path}.keys: Kapsule key id '{}' is invalid: {why}",
+                id.escape_debug()
+            ));
+        }
+        if let Err(why) = check_name(name) {
+            problems.push(format!("{path}.keys.{id}: {why}"));
+        }
+    }
 }

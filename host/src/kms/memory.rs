@@ -129,8 +129,7 @@ impl Kms for MemoryKms {
     async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
         self.enter(key_id, &self.generate_calls).await?;
         let (v, kek) = self.version(key_id, None)?;
-        let mut dek = Zeroizing::new([0u8; DEK_LEN]);
-        rand::rngs::OsRng.fill_bytes(dek.as_mut());
+        let dek = super::random_dek();
         let mut edek = vec![0u8; 16];
         edek[..4].copy_from_slice(&v.to_be_bytes());
         rand::rngs::OsRng.fill_bytes(&mut edek[4..16]);
@@ -179,10 +178,7 @@ impl Kms for MemoryKms {
 
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
         let (v, _) = self.version(key_id, None)?;
-        Ok(KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: v,
-        })
+        Ok(KeyInfo::new(key_id, v))
     }
 
     async fn derive_key(

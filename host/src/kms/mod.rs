@@ -27,6 +27,7 @@ pub mod gcp;
 mod jwt;
 pub mod key_id;
 mod keyfile;
+pub mod listing;
 pub mod local;
 pub mod memory;
 pub mod metrics;
@@ -64,6 +65,14 @@ pub(crate) fn secret_key(key_id: &str, raw: &[u8], what: &str) -> Result<SecretK
         )
     })?;
     Ok(Zeroizing::new(key))
+}
+
+/// A fresh random DEK from the operating system's generator (the back ends that wrap a DEK they
+/// make themselves: Azure, Google, local).
+pub(crate) fn random_dek() -> SecretKey {
+    let mut dek = Zeroizing::new([0u8; DEK_LEN]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, dek.as_mut());
+    dek
 }
 
 /// A freshly generated data key: the plaintext DEK and its wrapped form.
@@ -108,6 +117,16 @@ pub struct KeyInfo {
     pub key_id: String,
     /// Latest version (new DEKs are wrapped with it).
     pub latest_version: u32,
+}
+
+impl KeyInfo {
+    /// KEK `key_id` at `latest_version`.
+    pub fn new(key_id: &str, latest_version: u32) -> Self {
+        Self {
+            key_id: key_id.to_owned(),
+            latest_version,
+        }
+    }
 }
 
 /// How a KMS failure should be handled.

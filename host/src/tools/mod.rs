@@ -1,11 +1,13 @@
 //! Operator and author tools, apart from the proxy's runtime: `kapsule reencrypt` (copy a topic
 //! into another through Kapsule, i.e. under the destination's key), `kapsule inspect` (decode the
 //! `kapsule.enc` descriptors of stored records without any key), see docs/tools.md; and the
+//! KEKs' `kapsule keys` ([`keys`]: create/rotate on the local KMS, list/describe on every KMS); the
 //! policy author's `kapsule policy new` (a template with its SDK package, [`scaffold`]) and
 //! `kapsule policy check` (run a module as production would, [`policy`]).
 
 pub mod client;
 pub mod inspect;
+pub mod keys;
 pub mod policy;
 pub mod reencrypt;
 pub mod scaffold;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::kms::key_id::validate_key_map;
+use crate::kms::listing::key_id_in_template;
 use crate::kms::retry::validate_policy;
 use crate::kms::{KmsError, KmsErrorKind};
 
@@ -13,8 +15,7 @@ fn default_key_template() -> String {
     "alias/{key_id}".to_owned()
 }
 
-/// The placeholder of [`AwsKmsConfig::key_template`] and [`AwsKmsConfig::mac_key_template`].
-pub const KEY_ID_PLACEHOLDER: &str = "{key_id}";
+pub use crate::kms::listing::KEY_ID_PLACEHOLDER;
 
 /// `kms: { type: aws, ... }` configuration.
 ///
@@ -82,17 +83,12 @@ impl AwsKmsConfig {
                 }
             }
         }
-        for (id, reference) in &self.keys {
-            if let Err(why) = crate::kms::key_id::validate_key_id(id) {
-                problems.push(format!(
-                    "{path}.keys: Kapsule key id '{}' is invalid: {why}",
-                    id.escape_debug()
-                ));
-            }
-            if let Err(why) = check_key_reference(reference, &self.region) {
-                problems.push(format!("{path}.keys.{id}: {why}"));
-            }
-        }
+        validate_key_map(
+            path,
+            &self.keys,
+            |reference| check_key_reference(reference, &self.region),
+            problems,
+        );
         if let Some(endpoint) = &self.endpoint {
             match url::Url::parse(endpoint) {
                 Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.has_host() => {}
@@ -127,8 +123,7 @@ impl AwsKmsConfig {
             Some((_, name)) => format!("alias/{name}"),
             None => self.key_template.clone(),
         };
-        let (prefix, suffix) = template.split_once(KEY_ID_PLACEHOLDER)?;
-        let id = alias_name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        let id = key_id_in_template(&template, alias_name)?;
         let fits = fill_template(&self.key_template, id, "key_template").is_ok();
         (fits && !self.keys.contains_key(id)).then(|| id.to_owned())
     }

@@ -38,6 +38,7 @@ use zeroize::Zeroizing;
 
 pub use config::AwsKmsConfig;
 
+use super::listing::{candidates, describe_all, Described, ListedKey};
 use super::retry::{call_with_retries, ensure_valid, Failure, RetryPolicy};
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
 
@@ -140,12 +141,7 @@ impl AwsKms {
     /// (such as the HMAC keys of `mac_key_template`) are left out; a `keys` entry is always
     /// listed, with what is wrong with it as its state. Sorted by key id.
     pub async fn list_keys(&self) -> Result<Vec<ListedKey>, KmsError> {
-        let mut found: Vec<(String, String, bool)> = self
-            .config
-            .keys
-            .iter()
-            .map(|(id, reference)| (id.clone(), reference.clone(), true))
-            .collect();
+        let mut found = Vec::new();
         let mut marker: Option<String> = None;
         loop {
             let page = self
@@ -158,7 +154,7 @@ impl AwsKms {
                     continue;
                 };
                 if let Some(id) = self.config.key_id_of_alias(name) {
-                    found.push((id, name.to_owned(), false));
+                    found.push((id, name.to_owned()));
                 }
             }
             match page.next_marker {
@@ -166,32 +162,23 @@ impl AwsKms {
                 _ => break,
             }
         }
-        found.sort();
-        let mut listed = Vec::with_capacity(found.len());
-        for (key_id, reference, mapped) in found {
-            let state = match self
-                .call("DescribeKey", &key_id, || {
-                    self.client.describe_key().key_id(&reference).send()
+        describe_all(candidates(&self.config.keys, found), |c| async move {
+            let out = self
+                .call("DescribeKey", &c.key_id, || {
+                    self.client.describe_key().key_id(&c.reference).send()
                 })
-                .await
-            {
-                Ok(out) => match out.key_metadata {
-                    Some(meta) if is_symmetric(&meta) => meta
+                .await?;
+            Ok(match out.key_metadata {
+                Some(meta) if is_symmetric(&meta) => Described::Usable {
+                    latest_version: AWS_KEK_VERSION,
+                    state: meta
                         .key_state
                         .map_or("unknown state".to_owned(), |s| s.as_str().to_owned()),
-                    _ if !mapped => continue,
-                    _ => "not a symmetric encryption key".to_owned(),
                 },
-                Err(e) if mapped => e.kind.label().to_owned(),
-                Err(e) => return Err(e),
-            };
-            listed.push(ListedKey {
-                key_id,
-                reference,
-                state,
-            });
-        }
-        Ok(listed)
+                _ => Described::Unsuitable("not a symmetric encryption key".to_owned()),
+            })
+        })
+        .await
     }
 
     /// What to do about a final failure of class `kind`.
@@ -314,18 +301,6 @@ where
     }
 }
 
-/// One KEK found by [`AwsKms::list_keys`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedKey {
-    /// Kapsule key id (as rules name it).
-    pub key_id: String,
-    /// The AWS key reference it maps to (`keys` entry or alias name).
-    pub reference: String,
-    /// AWS `KeyState` (`Enabled`, `Disabled`, `PendingDeletion`, ...), or what is wrong with a
-    /// `keys` entry.
-    pub state: String,
-}
-
 fn is_symmetric(meta: &aws_sdk_kms::types::KeyMetadata) -> bool {
     meta.key_usage == Some(KeyUsageType::EncryptDecrypt)
         && meta.key_spec == Some(KeySpec::SymmetricDefault)
@@ -418,10 +393,7 @@ impl Kms for AwsKms {
                 ),
             ));
         }
-        Ok(KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: AWS_KEK_VERSION,
-        })
+        Ok(KeyInfo::new(key_id, AWS_KEK_VERSION))
     }
 
     async fn derive_key(

@@ -152,6 +152,22 @@ impl AzureCredentialConfig {
         }
     }
 
+    /// The Entra ID token of the configured application (tenant, client id, authority) for
+    /// `scope`, proven by `proof` (a client secret or certificate).
+    fn app_token(&self, scope: &str, proof: Proof) -> EntraToken {
+        EntraToken {
+            token_url: token_url(
+                self.authority_host
+                    .as_deref()
+                    .unwrap_or(&default_authority()),
+                self.tenant_id.as_deref().unwrap_or_default(),
+            ),
+            client_id: self.client_id.clone().unwrap_or_default(),
+            scope: scope.to_owned(),
+            proof,
+        }
+    }
+
     /// The token source for `scope` (e.g. `https://vault.azure.net/.default`); reads what must
     /// exist at start-up (environment defaults, the secret's presence) and fails naming it.
     pub(crate) fn source(&self, scope: &str) -> anyhow::Result<Box<dyn TokenSource>> {
@@ -164,20 +180,13 @@ impl AzureCredentialConfig {
                     self.client_secret_env.as_deref(),
                     "kms.credential client secret",
                 )?;
-                Box::new(EntraToken {
-                    token_url: token_url(
-                        self.authority_host
-                            .as_deref()
-                            .unwrap_or(&default_authority()),
-                        self.tenant_id.as_deref().unwrap_or_default(),
-                    ),
-                    client_id: self.client_id.clone().unwrap_or_default(),
-                    scope: scope.to_owned(),
-                    proof: Proof::Secret(
+                Box::new(self.app_token(
+                    scope,
+                    Proof::Secret(
                         self.client_secret_file.clone(),
                         self.client_secret_env.clone(),
                     ),
-                })
+                ))
             }
             AzureCredentialType::ClientCertificate => {
                 let file = self
@@ -187,17 +196,7 @@ impl AzureCredentialConfig {
                     .context("kms.credential: client_certificate needs client_certificate_file (or AZURE_CLIENT_CERTIFICATE_PATH)")?;
                 // Checked now so a broken file is a start-up error; read again per fetch.
                 ClientCertificate::load(&file)?;
-                Box::new(EntraToken {
-                    token_url: token_url(
-                        self.authority_host
-                            .as_deref()
-                            .unwrap_or(&default_authority()),
-                        self.tenant_id.as_deref().unwrap_or_default(),
-                    ),
-                    client_id: self.client_id.clone().unwrap_or_default(),
-                    scope: scope.to_owned(),
-                    proof: Proof::Certificate(file),
-                })
+                Box::new(self.app_token(scope, Proof::Certificate(file)))
             }
             AzureCredentialType::WorkloadIdentity => {
                 let pick = |v: &Option<String>, var: &str| {

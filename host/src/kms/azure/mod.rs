@@ -7,6 +7,8 @@
 //! - [`Kms::decrypt_data_key`]: `POST {key}/{version}/unwrapkey` with the version recorded in the
 //!   EDEK, so records wrapped before a rotation still decrypt.
 //! - [`Kms::key_info`]: `GET {key}`.
+//! - [`AzureKms::list_keys`] (`kapsule keys list`): `GET {vault}/keys` filtered by
+//!   `key_template`, plus the `keys` map.
 //! - [`Kms::derive_key`]: `POST {derive key}/sign` (`RS256`, deterministic) over SHA-256 of the
 //!   context, with the versioned RSA key of `derive_key_url`; the signature is hashed to 32 bytes.
 //!
@@ -17,7 +19,6 @@ mod credential;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -29,8 +30,10 @@ use zeroize::Zeroizing;
 
 pub use credential::{AzureCredentialConfig, AzureCredentialType};
 
-use super::cloud::{RestClient, TokenCache};
-use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
+use super::cloud::{base64_field, RestBackend, RestCall};
+use super::key_id::validate_key_map;
+use super::listing::{candidates, describe_all, key_id_in_template, Described, ListedKey};
+use super::retry::{ensure_valid, validate_policy, Failure};
 use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
 
 /// Key Vault REST API version used.
@@ -132,17 +135,7 @@ impl AzureKmsConfig {
                 self.key_template
             ));
         }
-        for (id, url) in &self.keys {
-            if let Err(why) = crate::kms::key_id::validate_key_id(id) {
-                problems.push(format!(
-                    "{path}.keys: '{}' is invalid: {why}",
-                    id.escape_debug()
-                ));
-            }
-            if let Err(why) = self.parse_key_url(url) {
-                problems.push(format!("{path}.keys.{id}: {why}"));
-            }
-        }
+        validate_key_map(path, &self.keys, |url| self.parse_key_url(url), problems);
         if let Some(url) = &self.derive_key_url {
             match self.parse_key_url(url) {
                 Ok(KeyRef { version: None, .. }) => problems.push(format!(
@@ -238,9 +231,7 @@ fn key_id_binding(key_id: &str) -> [u8; 32] {
 /// Azure Key Vault (see the module docs).
 pub struct AzureKms {
     config: AzureKmsConfig,
-    http: RestClient,
-    tokens: TokenCache,
-    policy: RetryPolicy,
+    rest: RestBackend,
 }
 
 impl std::fmt::Debug for AzureKms {
@@ -256,17 +247,20 @@ impl AzureKms {
     /// credential's inputs. Makes no network call.
     pub fn new(config: &AzureKmsConfig) -> anyhow::Result<Self> {
         ensure_valid("Azure Key Vault", |p| config.validate("kms", p))?;
-        let timeout = Duration::from_millis(config.timeout_ms);
+        let tokens = config.credential.source(&config.token_scope())?;
         Ok(Self {
-            http: RestClient::new(config.ca_cert.as_deref(), timeout)?,
-            tokens: TokenCache::new(config.credential.source(&config.token_scope())?),
+            rest: RestBackend::new(
+                config.ca_cert.as_deref(),
+                config.timeout_ms,
+                config.retries,
+                tokens,
+            )?,
             config: config.clone(),
-            policy: RetryPolicy::from_config(config.timeout_ms, config.retries),
         })
     }
 
-    /// POSTs `body` to `{vault}/keys/{name}[/{version}]/{operation}` with a bearer token,
-    /// under the shared timeouts and retries.
+    /// POSTs `body` to `{vault}/keys/{name}[/{version}]/{operation}` (or GETs the key when
+    /// `operation` is empty) with a bearer token, under the shared timeouts and retries.
     async fn key_op(
         &self,
         key_id: &str,
@@ -283,74 +277,150 @@ impl AzureKms {
             url.push('/');
             url.push_str(operation);
         }
-        let what = if operation.is_empty() {
-            "get key"
-        } else {
-            operation
-        };
-        let body = body.to_string();
-        call_with_retries(
-            "Key Vault",
+        let call = RestCall {
+            service: "Key Vault",
             key_id,
-            self.policy,
-            |kind| match kind {
-                KmsErrorKind::PermissionDenied => "; the identity needs the Key Vault Crypto Service Encryption User role on the key (docs/kms.md)".into(),
-                KmsErrorKind::UnknownKey => "; create the key or map the key id under kms.keys".into(),
-                _ => String::new(),
+            what: if operation.is_empty() {
+                "get key"
+            } else {
+                operation
             },
-            || {
-                let (url, body) = (&url, &body);
-                async move {
-                let token = self.tokens.bearer(&self.http).await?;
-                let mut req = if operation.is_empty() {
-                    self.http.http().get(url.as_str())
-                } else {
-                    self.http
-                        .http()
-                        .post(url.as_str())
-                        .header("content-type", "application/json")
-                        .body(body.to_owned())
-                };
-                req = req
-                    .query(&[("api-version", API_VERSION)])
-                    .bearer_auth(token.as_str());
-                match self.http.send_json(what, req).await {
-                    Err(mut f) if f.status == Some(401) => {
-                        // The token may have been revoked or expired early: fetch a new one.
-                        self.tokens.invalidate().await;
-                        f.retry = true;
-                        Err(f)
-                    }
-                    Err(f) if f.status == Some(400) && !operation.is_empty() && operation.starts_with("unwrap") => Err(Failure {
-                        kind: KmsErrorKind::InvalidCiphertext,
-                        ..f
-                    }),
-                    other => other,
-                }
-                }
-            },
-        )
-        .await
+            url: &url,
+            query: &[("api-version", API_VERSION)],
+            body: (!operation.is_empty()).then_some(&body),
+        };
+        self.rest
+            .call(call, hint, |f| match f.status {
+                Some(400) if operation.starts_with("unwrap") => Failure {
+                    kind: KmsErrorKind::InvalidCiphertext,
+                    ..f
+                },
+                _ => f,
+            })
+            .await
     }
 }
 
-fn b64_field(
-    key_id: &str,
-    v: &Value,
-    field: &str,
-    what: &str,
-) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    v[field]
-        .as_str()
-        .and_then(|s| B64URL.decode(s.trim_end_matches('=')).ok())
-        .map(Zeroizing::new)
-        .ok_or_else(|| {
-            KmsError::new(
-                KmsErrorKind::Other,
-                key_id,
-                format!("{what}: no base64url '{field}' in the answer"),
-            )
+impl AzureKms {
+    /// The keys this configuration reaches, for `kapsule keys list`: every `keys` entry, and
+    /// every key of the vault (`GET {vault}/keys`, following `nextLink` within the vault only)
+    /// whose name `key_template` makes from a key id, each looked up (`GET {vault}/keys/{name}`)
+    /// for its state and current version. Keys whose type the configured algorithm cannot wrap
+    /// with are left out unless mapped. Key Vault versions are opaque ids, so every key is
+    /// `v1` (as `kapsule keys describe` shows it) and its current version id is in the state.
+    /// Sorted by key id.
+    pub async fn list_keys(&self) -> Result<Vec<ListedKey>, KmsError> {
+        let base = self.config.base();
+        let mut found = Vec::new();
+        let mut next = Some(format!("{base}/keys"));
+        let mut first = true;
+        while let Some(url) = next.take() {
+            let call = RestCall {
+                service: "Key Vault",
+                key_id: "*",
+                what: "list keys",
+                url: &url,
+                // A nextLink carries its own api-version and skip token.
+                query: if first {
+                    &[("api-version", API_VERSION)]
+                } else {
+                    &[]
+                },
+                body: None,
+            };
+            let page = self.rest.call(call, list_hint, |f| f).await?;
+            for kid in page["value"].as_array().into_iter().flatten() {
+                let name = kid["kid"].as_str().and_then(|k| k.rsplit('/').next());
+                let Some(name) = name else { continue };
+                let Some(id) = key_id_in_template(&self.config.key_template, name) else {
+                    continue;
+                };
+                if self.config.key_ref(id).is_ok() {
+                    found.push((id.to_owned(), format!("{base}/keys/{name}")));
+                }
+            }
+            next = match page["nextLink"].as_str().filter(|l| !l.is_empty()) {
+                None => None,
+                Some(link) if link.starts_with(&format!("{base}/keys?")) => Some(link.to_owned()),
+                Some(link) => {
+                    return Err(KmsError::new(
+                        KmsErrorKind::Other,
+                        "",
+                        format!(
+                            "list keys: the next page {link:?} is outside {base}; not followed \
+                             (the access token would go with it)"
+                        ),
+                    ))
+                }
+            };
+            first = false;
+        }
+        describe_all(candidates(&self.config.keys, found), |c| async move {
+            let key = self
+                .config
+                .parse_key_url(&c.reference)
+                .map_err(|why| KmsError::new(KmsErrorKind::Other, &c.key_id, why))?;
+            let v = self.key_op(&c.key_id, &key, "", Value::Null).await?;
+            Ok(self.describe_key(&v))
         })
+        .await
+    }
+
+    /// A key (a `GET` answer) as a KEK: enabled or disabled, with its current version, or why
+    /// the configured algorithm cannot wrap with it.
+    fn describe_key(&self, v: &Value) -> Described {
+        let kty = v["key"]["kty"].as_str().unwrap_or("unknown");
+        let fits = match self.config.algorithm {
+            WrapAlgorithm::RsaOaep256 => matches!(kty, "RSA" | "RSA-HSM"),
+            WrapAlgorithm::A256Kw => matches!(kty, "oct" | "oct-HSM"),
+        };
+        if !fits {
+            return Described::Unsuitable(format!(
+                "a {kty} key: {} needs {}",
+                self.config.algorithm.name(),
+                match self.config.algorithm {
+                    WrapAlgorithm::RsaOaep256 => "RSA or RSA-HSM",
+                    WrapAlgorithm::A256Kw => "oct or oct-HSM",
+                }
+            ));
+        }
+        let enabled = v["attributes"]["enabled"] != Value::Bool(false);
+        let version = v["key"]["kid"].as_str().and_then(kid_version);
+        Described::Usable {
+            latest_version: 1,
+            state: format!(
+                "{} (version {})",
+                if enabled { "enabled" } else { "disabled" },
+                version.unwrap_or("unknown")
+            ),
+        }
+    }
+}
+
+/// What to do about a final failure of class `kind` to list the vault's keys.
+fn list_hint(kind: KmsErrorKind) -> String {
+    match kind {
+        KmsErrorKind::PermissionDenied => "; listing needs the keys list permission (Key Vault \
+            Reader or Crypto User on the vault, docs/kms.md), which the proxy's role lacks"
+            .into(),
+        other => hint(other),
+    }
+}
+
+/// What to do about a final Key Vault failure of class `kind`.
+fn hint(kind: KmsErrorKind) -> String {
+    match kind {
+        KmsErrorKind::PermissionDenied => "; the identity needs the Key Vault Crypto Service \
+            Encryption User role on the key (docs/kms.md)"
+            .into(),
+        KmsErrorKind::UnknownKey => "; create the key or map the key id under kms.keys".into(),
+        _ => String::new(),
+    }
+}
+
+/// Key Vault's base64url (padding tolerated), for [`base64_field`].
+fn b64url(s: &str) -> Option<Vec<u8>> {
+    B64URL.decode(s.trim_end_matches('=')).ok()
 }
 
 /// The version at the end of a `kid` (`.../keys/NAME/VERSION`).
@@ -366,15 +436,14 @@ impl Kms for AzureKms {
 
     async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
         let key = self.config.key_ref(key_id)?;
-        let mut dek: SecretKey = Zeroizing::new([0u8; DEK_LEN]);
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, dek.as_mut());
+        let dek = super::random_dek();
         let mut wrapped_input = Zeroizing::new(Vec::with_capacity(DEK_LEN + 32));
         wrapped_input.extend_from_slice(dek.as_ref());
         wrapped_input.extend_from_slice(&key_id_binding(key_id));
         let body =
             json!({"alg": self.config.algorithm.name(), "value": B64URL.encode(&wrapped_input)});
         let v = self.key_op(key_id, &key, "wrapkey", body).await?;
-        let wrapped = b64_field(key_id, &v, "value", "wrapkey")?;
+        let wrapped = base64_field(key_id, &v, "value", "wrapkey", b64url)?;
         let version = v["kid"].as_str().and_then(kid_version).ok_or_else(|| {
             KmsError::new(
                 KmsErrorKind::Other,
@@ -407,7 +476,7 @@ impl Kms for AzureKms {
         key.version = Some(version.to_owned());
         let body = json!({"alg": self.config.algorithm.name(), "value": wrapped});
         let v = self.key_op(key_id, &key, "unwrapkey", body).await?;
-        let plain = b64_field(key_id, &v, "value", "unwrapkey")?;
+        let plain = base64_field(key_id, &v, "value", "unwrapkey", b64url)?;
         if plain.len() != DEK_LEN + 32 || plain[DEK_LEN..] != key_id_binding(key_id) {
             return Err(KmsError::new(
                 KmsErrorKind::InvalidCiphertext,
@@ -428,10 +497,7 @@ impl Kms for AzureKms {
                 "the key is disabled",
             ));
         }
-        Ok(KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: 1,
-        })
+        Ok(KeyInfo::new(key_id, 1))
     }
 
     async fn derive_key(
@@ -474,7 +540,7 @@ impl Kms for AzureKms {
                 json!({"alg": "RS256", "value": B64URL.encode(digest)}),
             )
             .await?;
-        let signature = b64_field(key_id, &v, "value", "sign")?;
+        let signature = base64_field(key_id, &v, "value", "sign", b64url)?;
         let material: [u8; 32] = Sha256::digest(&*signature).into();
         Ok(DerivedKey {
             material: Zeroizing::new(material),

@@ -329,8 +329,6 @@ const TEST_CERT_SHA256: &str = "caac95c8de167239e8c01214ec751119f71de4cdfed11606
 
 #[tokio::test]
 async fn a_client_certificate_signs_an_rs256_assertion_entra_id_can_match_and_verify() {
-    use base64::engine::general_purpose::STANDARD;
-    use ring::signature::KeyPair;
     let current = Arc::new(parking_lot::Mutex::new("0a1b2c3d".to_owned()));
     let (addr, seen) = scripted_server(key_vault(current, |_, _| None)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -357,15 +355,13 @@ async fn a_client_certificate_signs_an_rs256_assertion_entra_id_can_match_and_ve
         .split('&')
         .find_map(|f| f.strip_prefix("client_assertion="))
         .unwrap();
-    let parts: Vec<&str> = jwt.split('.').collect();
-    assert_eq!(parts.len(), 3);
-    let header: Value = serde_json::from_slice(&B64URL.decode(parts[0]).unwrap()).unwrap();
+    // The signature verifies with the certificate's key.
+    let (header, claims) = crate::kms::jwt::verified_rs256(jwt, pem);
     assert_eq!(header["alg"], "RS256");
     assert_eq!(
         header["x5t#S256"],
         B64URL.encode(hex::decode(TEST_CERT_SHA256).unwrap())
     );
-    let claims: Value = serde_json::from_slice(&B64URL.decode(parts[1]).unwrap()).unwrap();
     assert_eq!(claims["aud"], format!("{addr}/t-4/oauth2/v2.0/token"));
     assert_eq!(claims["iss"], "c-4");
     assert_eq!(claims["sub"], "c-4");
@@ -374,26 +370,6 @@ async fn a_client_certificate_signs_an_rs256_assertion_entra_id_can_match_and_ve
         600
     );
     assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
-    // The signature verifies with the certificate's key (read here without Kapsule's PEM code).
-    let key_b64: String = pem
-        .split("-----BEGIN PRIVATE KEY-----")
-        .nth(1)
-        .unwrap()
-        .split("-----END")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(&STANDARD.decode(key_b64).unwrap()).unwrap();
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        pair.public_key().as_ref(),
-    )
-    .verify(
-        format!("{}.{}", parts[0], parts[1]).as_bytes(),
-        &B64URL.decode(parts[2]).unwrap(),
-    )
-    .expect("client assertion signature");
     assert_eq!(seen[1].header("authorization"), "Bearer tok-0");
 }
 
@@ -432,4 +408,79 @@ fn a_client_certificate_file_without_its_own_key_fails_at_start_up() {
     let mut problems = Vec::new();
     no_ids.validate("kms.credential", &mut problems);
     assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+/// `kapsule keys list` with Azure: the vault's keys whose name `key_template` makes, across
+/// `nextLink` pages, with enabled/disabled and their current version; keys of a type RSA-OAEP-256
+/// cannot wrap with (EC) and keys outside the template left out; the `keys` map always listed (a
+/// missing key as `unknown_key`). A next page outside the vault is refused, not followed.
+#[tokio::test]
+async fn listing_follows_pages_within_the_vault_and_shows_state_and_version() {
+    use std::sync::atomic::AtomicBool;
+    let foreign_next_page = Arc::new(AtomicBool::new(false));
+    let foreign = foreign_next_page.clone();
+    let current = Arc::new(parking_lot::Mutex::new("0a1b2c3d".to_owned()));
+    let (addr, seen) = scripted_server(key_vault(current, move |_, req| {
+        let host = req.header("host").to_owned();
+        let listed = |name: &str| json!({"kid": format!("http://{host}/keys/{name}"), "attributes": {"enabled": true}});
+        let key = |name: &str, version: &str, kty: &str, enabled: bool| {
+            let key = json!({"key": {"kid": format!("http://{host}/keys/{name}/{version}"), "kty": kty}, "attributes": {"enabled": enabled}});
+            Some((200, key.to_string()))
+        };
+        match req.target() {
+            "/keys?api-version=7.4" => {
+                let next = if foreign.load(Ordering::Relaxed) {
+                    "https://elsewhere.example/keys?api-version=7.4&$skiptoken=2".to_owned()
+                } else {
+                    format!("http://{host}/keys?api-version=7.4&$skiptoken=2")
+                };
+                let page = [listed("kapsule-orders"), listed("other-key")];
+                Some((200, json!({"value": page, "nextLink": next}).to_string()))
+            }
+            "/keys?api-version=7.4&$skiptoken=2" => {
+                let page = [listed("kapsule-off"), listed("kapsule-ec")];
+                Some((200, json!({"value": page, "nextLink": null}).to_string()))
+            }
+            "/keys/kapsule-off?api-version=7.4" => key("kapsule-off", "77aa", "RSA-HSM", false),
+            "/keys/kapsule-ec?api-version=7.4" => key("kapsule-ec", "88bb", "EC", true),
+            "/keys/kapsule-never-created?api-version=7.4" => Some((
+                404,
+                json!({"error": {"code": "KeyNotFound", "message": "no such key"}}).to_string(),
+            )),
+            _ => None,
+        }
+    }))
+    .await;
+    let mut c = config(&addr, &client_secret(&addr));
+    c.keys
+        .insert("gone".into(), format!("{addr}/keys/kapsule-never-created"));
+    let kms = AzureKms::new(&c).unwrap();
+    let lines: Vec<String> = kms
+        .list_keys()
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.line())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            format!("gone\tv1\t{addr}/keys/kapsule-never-created\tunknown_key"),
+            format!("off\tv1\t{addr}/keys/kapsule-off\tdisabled (version 77aa)"),
+            format!("orders\tv1\t{addr}/keys/kapsule-orders\tenabled (version v1)"),
+            format!("orders-copy\tv1\t{addr}/keys/kapsule-orders\tenabled (version v1)"),
+        ]
+    );
+
+    foreign_next_page.store(true, Ordering::Relaxed);
+    let before = seen.lock().len();
+    let err = kms.list_keys().await.unwrap_err();
+    assert_eq!(err.kind, KmsErrorKind::Other, "{err:?}");
+    assert!(err.message.contains("not followed"), "{}", err.message);
+    // Only the first page was asked for, from the vault itself.
+    let after: Vec<String> = seen.lock()[before..]
+        .iter()
+        .map(|s| s.target().to_owned())
+        .collect();
+    assert_eq!(after, ["/keys?api-version=7.4"]);
 }

@@ -7,6 +7,8 @@
 //! - [`Kms::decrypt_data_key`]: `POST {cryptoKey}:decrypt` with the same AAD: records under older
 //!   versions decrypt while those versions are enabled.
 //! - [`Kms::key_info`]: `GET {cryptoKey}` (primary version number).
+//! - [`GcpKms::list_keys`] (`kapsule keys list`): `GET {keyRing}/cryptoKeys` filtered by
+//!   `key_template`, plus the `keys` map.
 //! - [`Kms::derive_key`]: `POST {cryptoKeyVersion}:macSign` (HMAC-SHA256 key version named by
 //!   `mac_key_template`).
 //!
@@ -16,21 +18,23 @@ mod credential;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
 pub use credential::{GcpCredentialConfig, GcpCredentialType, CLOUD_KMS_SCOPE};
 
-use super::cloud::{RestClient, TokenCache};
-use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
+use super::cloud::{base64_field, RestBackend, RestCall};
+use super::key_id::validate_key_map;
+use super::listing::{
+    candidates, describe_all, key_id_in_template, Described, ListedKey, KEY_ID_PLACEHOLDER,
+};
+use super::retry::{ensure_valid, validate_policy, Failure};
 use super::{
-    secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+    random_dek, secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey,
 };
 
 fn default_endpoint() -> String {
@@ -135,17 +139,12 @@ impl GcpKmsConfig {
                 problems.push(format!("{path}.{field}: {why}"));
             }
         }
-        for (id, name) in &self.keys {
-            if let Err(why) = crate::kms::key_id::validate_key_id(id) {
-                problems.push(format!(
-                    "{path}.keys: '{}' is invalid: {why}",
-                    id.escape_debug()
-                ));
-            }
-            if let Err(why) = check_resource(name, false) {
-                problems.push(format!("{path}.keys.{id}: {why}"));
-            }
-        }
+        validate_key_map(
+            path,
+            &self.keys,
+            |name| check_resource(name, false),
+            problems,
+        );
         match url::Url::parse(&self.endpoint) {
             Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && u.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost")) => {}
             _ => problems.push(format!(
@@ -179,9 +178,7 @@ fn version_of(name: &str) -> Option<u32> {
 /// Google Cloud KMS (see the module docs).
 pub struct GcpKms {
     config: GcpKmsConfig,
-    http: RestClient,
-    tokens: TokenCache,
-    policy: RetryPolicy,
+    rest: RestBackend,
 }
 
 impl std::fmt::Debug for GcpKms {
@@ -197,12 +194,14 @@ impl GcpKms {
     /// Makes no network call.
     pub fn new(config: &GcpKmsConfig) -> anyhow::Result<Self> {
         ensure_valid("Google Cloud KMS", |p| config.validate("kms", p))?;
-        let timeout = Duration::from_millis(config.timeout_ms);
         Ok(Self {
-            http: RestClient::new(config.ca_cert.as_deref(), timeout)?,
-            tokens: TokenCache::new(config.credential.source()?),
+            rest: RestBackend::new(
+                config.ca_cert.as_deref(),
+                config.timeout_ms,
+                config.retries,
+                config.credential.source()?,
+            )?,
             config: config.clone(),
-            policy: RetryPolicy::from_config(config.timeout_ms, config.retries),
         })
     }
 
@@ -214,58 +213,136 @@ impl GcpKms {
         method: &str,
         body: Value,
     ) -> Result<Value, KmsError> {
-        let base = self.config.endpoint.trim_end_matches('/');
         let url = if method.is_empty() {
-            format!("{base}/v1/{resource}")
+            self.url(resource)
         } else {
-            format!("{base}/v1/{resource}:{method}")
+            format!("{}:{method}", self.url(resource))
         };
-        let what = if method.is_empty() { "get" } else { method };
-        let body = body.to_string();
-        call_with_retries(
-            "Cloud KMS",
+        let call = RestCall {
+            service: "Cloud KMS",
             key_id,
-            self.policy,
-            |kind| match kind {
-                KmsErrorKind::PermissionDenied => {
-                    "; grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (docs/kms.md)"
-                        .into()
-                }
-                KmsErrorKind::UnknownKey => {
-                    "; create the key or map the key id under kms.keys".into()
-                }
-                _ => String::new(),
-            },
-            || {
-                let (url, body) = (&url, &body);
-                async move {
-                    let token = self.tokens.bearer(&self.http).await?;
-                    let req = if method.is_empty() {
-                        self.http.http().get(url)
-                    } else {
-                        self.http
-                            .http()
-                            .post(url)
-                            .header("content-type", "application/json")
-                            .body(body.to_owned())
-                    };
-                    match self
-                        .http
-                        .send_json(what, req.bearer_auth(token.as_str()))
-                        .await
-                    {
-                        Err(mut f) if f.status == Some(401) => {
-                            self.tokens.invalidate().await;
-                            f.retry = true;
-                            Err(f)
-                        }
-                        Err(f) if f.status == Some(400) => Err(classify_400(method, f)),
-                        other => other,
+            what: if method.is_empty() { "get" } else { method },
+            url: &url,
+            query: &[],
+            body: (!method.is_empty()).then_some(&body),
+        };
+        self.rest
+            .call(call, hint, |f| match f.status {
+                Some(400) => classify_400(method, f),
+                _ => f,
+            })
+            .await
+    }
+
+    /// `{endpoint}/v1/{resource}`.
+    fn url(&self, resource: &str) -> String {
+        format!(
+            "{}/v1/{resource}",
+            self.config.endpoint.trim_end_matches('/')
+        )
+    }
+}
+
+impl GcpKms {
+    /// The CryptoKeys this configuration reaches, for `kapsule keys list`: every `keys` entry,
+    /// and every key of the key ring of `key_template` (`GET {keyRing}/cryptoKeys`, all pages)
+    /// whose name the template makes from a key id, each with its primary version and that
+    /// version's state (`ENABLED`, `DISABLED`, `DESTROY_SCHEDULED`, ...). Keys of another
+    /// purpose (such as the HMAC keys of `mac_key_template`) are left out unless mapped. When
+    /// `{key_id}` stands outside the CryptoKey name (in the key ring, say) only the `keys`
+    /// entries are listed. Sorted by key id.
+    pub async fn list_keys(&self) -> Result<Vec<ListedKey>, KmsError> {
+        let template = &self.config.key_template;
+        let mut listed: BTreeMap<String, Value> = BTreeMap::new();
+        let ring = template
+            .rsplit_once("/cryptoKeys/")
+            .map(|(ring, _)| ring)
+            .filter(|ring| !ring.contains(KEY_ID_PLACEHOLDER));
+        if let Some(ring) = ring {
+            let url = self.url(&format!("{ring}/cryptoKeys"));
+            let mut page_token = String::new();
+            loop {
+                let query = [("pageToken", page_token.as_str())];
+                let call = RestCall {
+                    service: "Cloud KMS",
+                    key_id: "*",
+                    what: "list cryptoKeys",
+                    url: &url,
+                    query: if page_token.is_empty() { &[] } else { &query },
+                    body: None,
+                };
+                let page = self.rest.call(call, list_hint, |f| f).await?;
+                for key in page["cryptoKeys"].as_array().into_iter().flatten() {
+                    if let Some(name) = key["name"].as_str() {
+                        listed.insert(name.to_owned(), key.clone());
                     }
                 }
-            },
-        )
+                match page["nextPageToken"].as_str() {
+                    Some(next) if !next.is_empty() => page_token = next.to_owned(),
+                    _ => break,
+                }
+            }
+        }
+        let found = listed.keys().filter_map(|name| {
+            let id = key_id_in_template(template, name)?;
+            fill(template, id).ok()?;
+            Some((id.to_owned(), name.clone()))
+        });
+        let candidates = candidates(&self.config.keys, found.collect::<Vec<_>>());
+        describe_all(candidates, |c| {
+            let listed = &listed;
+            async move {
+                let key = match listed.get(&c.reference) {
+                    Some(key) => key.clone(),
+                    None => self.call(&c.key_id, &c.reference, "", Value::Null).await?,
+                };
+                Ok(describe_crypto_key(&key))
+            }
+        })
         .await
+    }
+}
+
+/// A CryptoKey resource as a KEK: its primary version and that version's state, or why Kapsule
+/// cannot wrap DEKs with it.
+fn describe_crypto_key(key: &Value) -> Described {
+    if key["purpose"] != "ENCRYPT_DECRYPT" {
+        return Described::Unsuitable(format!(
+            "purpose {}: Kapsule needs ENCRYPT_DECRYPT",
+            key["purpose"].as_str().unwrap_or("unknown")
+        ));
+    }
+    match key["primary"]["name"].as_str().and_then(version_of) {
+        Some(latest_version) => Described::Usable {
+            latest_version,
+            state: key["primary"]["state"]
+                .as_str()
+                .unwrap_or("unknown state")
+                .to_owned(),
+        },
+        None => Described::Unsuitable("the key has no primary version".to_owned()),
+    }
+}
+
+/// What to do about a final failure of class `kind` to list a key ring's keys.
+fn list_hint(kind: KmsErrorKind) -> String {
+    match kind {
+        KmsErrorKind::PermissionDenied => "; listing needs cloudkms.cryptoKeys.list on the key \
+            ring (roles/cloudkms.viewer, docs/kms.md), which the proxy's role lacks"
+            .into(),
+        KmsErrorKind::UnknownKey => "; the key ring of kms.key_template does not exist".into(),
+        other => hint(other),
+    }
+}
+
+/// What to do about a final Cloud KMS failure of class `kind`.
+fn hint(kind: KmsErrorKind) -> String {
+    match kind {
+        KmsErrorKind::PermissionDenied => {
+            "; grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (docs/kms.md)".into()
+        }
+        KmsErrorKind::UnknownKey => "; create the key or map the key id under kms.keys".into(),
+        _ => String::new(),
     }
 }
 
@@ -288,23 +365,9 @@ fn classify_400(method: &str, f: Failure) -> Failure {
     }
 }
 
-fn b64_field(
-    key_id: &str,
-    v: &Value,
-    field: &str,
-    what: &str,
-) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    v[field]
-        .as_str()
-        .and_then(|s| B64.decode(s).ok())
-        .map(Zeroizing::new)
-        .ok_or_else(|| {
-            KmsError::new(
-                KmsErrorKind::Other,
-                key_id,
-                format!("{what}: no base64 '{field}' in the answer"),
-            )
-        })
+/// Cloud KMS's base64, for [`base64_field`].
+fn b64(s: &str) -> Option<Vec<u8>> {
+    B64.decode(s).ok()
 }
 
 #[async_trait]
@@ -315,11 +378,10 @@ impl Kms for GcpKms {
 
     async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
         let name = self.config.key_name(key_id)?;
-        let mut dek: SecretKey = Zeroizing::new([0u8; DEK_LEN]);
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, dek.as_mut());
+        let dek = random_dek();
         let body = json!({"plaintext": B64.encode(dek.as_ref()), "additionalAuthenticatedData": aad(key_id)});
         let v = self.call(key_id, &name, "encrypt", body).await?;
-        let ciphertext = b64_field(key_id, &v, "ciphertext", "encrypt")?;
+        let ciphertext = base64_field(key_id, &v, "ciphertext", "encrypt", b64)?;
         Ok(DataKey {
             plaintext: dek,
             edek: ciphertext.to_vec(),
@@ -339,37 +401,20 @@ impl Kms for GcpKms {
         let body =
             json!({"ciphertext": B64.encode(edek), "additionalAuthenticatedData": aad(key_id)});
         let v = self.call(key_id, &name, "decrypt", body).await?;
-        let plain = b64_field(key_id, &v, "plaintext", "decrypt")?;
+        let plain = base64_field(key_id, &v, "plaintext", "decrypt", b64)?;
         secret_key(key_id, &plain, "decrypted DEK")
     }
 
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
         let name = self.config.key_name(key_id)?;
-        let v = self.call(key_id, &name, "", Value::Null).await?;
-        if v["purpose"] != "ENCRYPT_DECRYPT" {
-            return Err(KmsError::new(
+        match describe_crypto_key(&self.call(key_id, &name, "", Value::Null).await?) {
+            Described::Usable { latest_version, .. } => Ok(KeyInfo::new(key_id, latest_version)),
+            Described::Unsuitable(why) => Err(KmsError::new(
                 KmsErrorKind::Other,
                 key_id,
-                format!(
-                    "{name} has purpose {}, Kapsule needs ENCRYPT_DECRYPT",
-                    v["purpose"]
-                ),
-            ));
+                format!("{name}: {why}"),
+            )),
         }
-        let latest = v["primary"]["name"]
-            .as_str()
-            .and_then(version_of)
-            .ok_or_else(|| {
-                KmsError::new(
-                    KmsErrorKind::Other,
-                    key_id,
-                    "the key has no primary version",
-                )
-            })?;
-        Ok(KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: latest,
-        })
     }
 
     async fn derive_key(
@@ -402,7 +447,7 @@ impl Kms for GcpKms {
                 json!({"data": B64.encode(context)}),
             )
             .await?;
-        let mac = b64_field(key_id, &v, "mac", "macSign")?;
+        let mac = base64_field(key_id, &v, "mac", "macSign", b64)?;
         Ok(DerivedKey {
             material: secret_key(key_id, &mac, "MAC")?,
             kek_version: pinned,

@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use super::credential::testing::service_account_file;
@@ -124,31 +123,12 @@ async fn service_account_jwt_is_signed_and_data_keys_round_trip_across_a_rotatio
         .body
         .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"));
     let jwt = token.body.split("assertion=").nth(1).unwrap();
-    let parts: Vec<&str> = jwt.split('.').collect();
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    // The signature verifies with the service account's public key.
+    let (_, claims) =
+        crate::kms::jwt::verified_rs256(jwt, include_str!("test-service-account.pem"));
     assert_eq!(claims["iss"], "kapsule@p.iam.gserviceaccount.com");
     assert_eq!(claims["scope"], CLOUD_KMS_SCOPE);
     assert_eq!(claims["aud"], format!("{addr}/token"));
-    // The signature verifies with the service account's public key.
-    let pem = include_str!("test-service-account.pem");
-    let der = B64
-        .decode(
-            pem.lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect::<String>(),
-        )
-        .unwrap();
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
-    use ring::signature::KeyPair;
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        pair.public_key().as_ref(),
-    )
-    .verify(
-        format!("{}.{}", parts[0], parts[1]).as_bytes(),
-        &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
-    )
-    .expect("JWT signature");
     let encrypt = &seen[1];
     assert_eq!(encrypt.target(), format!("/v1/{KEY}:encrypt"));
     assert_eq!(encrypt.header("authorization"), "Bearer tok-0");
@@ -305,4 +285,78 @@ async fn an_access_token_file_is_sent_as_is_and_must_exist_at_start_up() {
     c.credential.file = Some(dir.path().join("missing"));
     let e = GcpKms::new(&c).unwrap_err();
     assert!(format!("{e:#}").contains("missing"), "{e:#}");
+}
+
+/// `kapsule keys list` with Cloud KMS: it follows `nextPageToken`, lists the key ring's keys whose
+/// name `key_template` makes with their primary version and its state, leaves out keys of another
+/// purpose (the `-mac` HMAC keys) and keys outside the template, and always lists the `keys` map
+/// (a missing key as `unknown_key`), looking up with a `GET` only what the listing did not show.
+#[tokio::test]
+async fn listing_follows_pages_and_leaves_out_keys_of_another_purpose() {
+    const RING: &str = "projects/p/locations/europe-west1/keyRings/kapsule";
+    let key = |name: &str, purpose: &str, version: u32, state: &str| {
+        let mut k = json!({"name": format!("{RING}/cryptoKeys/{name}"), "purpose": purpose});
+        if purpose == "ENCRYPT_DECRYPT" {
+            k["primary"] = json!({"name": format!("{RING}/cryptoKeys/{name}/cryptoKeyVersions/{version}"), "state": state});
+        }
+        k
+    };
+    let (addr, seen) = scripted_server(Box::new(move |_, req: &Seen| {
+        let target = req.target();
+        if target == format!("/v1/{RING}/cryptoKeys") {
+            let page = [
+                key("kapsule-orders", "ENCRYPT_DECRYPT", 3, "ENABLED"),
+                key("kapsule-orders-mac", "MAC", 1, ""),
+            ];
+            (
+                200,
+                json!({"cryptoKeys": page, "nextPageToken": "page-2"}).to_string(),
+            )
+        } else if target == format!("/v1/{RING}/cryptoKeys?pageToken=page-2") {
+            let page = [
+                key("kapsule-off", "ENCRYPT_DECRYPT", 1, "DISABLED"),
+                key("unrelated", "ENCRYPT_DECRYPT", 1, "ENABLED"),
+            ];
+            (200, json!({"cryptoKeys": page}).to_string())
+        } else {
+            error(404, "NOT_FOUND", "CryptoKey not found.")
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "gcp-test-token").unwrap();
+    let mut c = config(
+        &addr,
+        &format!(
+            "{{ type: access_token_file, file: \"{}\" }}",
+            token.display()
+        ),
+    );
+    c.keys
+        .insert("gone".into(), format!("{RING}/cryptoKeys/never-created"));
+    let listed = GcpKms::new(&c).unwrap().list_keys().await.unwrap();
+    let lines: Vec<String> = listed.iter().map(|k| k.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("gone\tv1\t{RING}/cryptoKeys/never-created\tunknown_key"),
+            format!("off\tv1\t{RING}/cryptoKeys/kapsule-off\tDISABLED"),
+            format!("orders\tv3\t{RING}/cryptoKeys/kapsule-orders\tENABLED"),
+            format!("orders-copy\tv3\t{KEY}\tENABLED"),
+        ]
+    );
+    let targets: Vec<String> = seen.lock().iter().map(|s| s.target().to_owned()).collect();
+    assert_eq!(
+        targets,
+        [
+            format!("/v1/{RING}/cryptoKeys"),
+            format!("/v1/{RING}/cryptoKeys?pageToken=page-2"),
+            format!("/v1/{RING}/cryptoKeys/never-created"),
+        ]
+    );
+    assert!(seen
+        .lock()
+        .iter()
+        .all(|s| s.header("authorization") == "Bearer gcp-test-token"));
 }

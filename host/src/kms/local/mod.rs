@@ -180,10 +180,7 @@ impl LocalKms {
         let keys = self.keys.lock();
         let mut out: Vec<KeyInfo> = keys
             .iter()
-            .map(|(id, v)| KeyInfo {
-                key_id: id.clone(),
-                latest_version: v.last().map(|(n, _)| *n).unwrap_or(0),
-            })
+            .map(|(id, v)| KeyInfo::new(id, v.last().map(|(n, _)| *n).unwrap_or(0)))
             .collect();
         out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         out
@@ -317,8 +314,7 @@ impl Kms for LocalKms {
     }
 
     async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
-        let mut dek = Zeroizing::new([0u8; DEK_LEN]);
-        rand::rngs::OsRng.fill_bytes(dek.as_mut());
+        let dek = super::random_dek();
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let (version, ct) = self.with_version(key_id, None, true, |n, k| {
@@ -375,10 +371,7 @@ impl Kms for LocalKms {
     }
 
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
-        self.with_version(key_id, None, false, |n, _| KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: n,
-        })
+        self.with_version(key_id, None, false, |n, _| KeyInfo::new(key_id, n))
     }
 
     async fn derive_key(

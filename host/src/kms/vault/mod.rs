@@ -33,10 +33,13 @@ use base64::Engine;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use tokio::time::Instant;
+use vaultrs::api::transit::responses::{ReadKeyData, ReadKeyResponse};
+use vaultrs::api::transit::KeyType;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
+use super::listing::{candidates, describe_all, Candidate, Described, ListedKey};
 use super::retry::{call_with_retries, ensure_valid, validate_policy, Failure, RetryPolicy};
 use super::secret::SecretSource;
 
@@ -213,25 +216,13 @@ fn classify(e: &ClientError) -> (KmsErrorKind, String) {
                 }
                 R::RequestError { .. } | R::ResponseError { .. } => (
                     KmsErrorKind::Transient,
-                    format!("cannot reach Vault: {:#}", clone_msg(source)),
+                    format!("cannot reach Vault: {}", super::cloud::error_chain(source)),
                 ),
                 other => (KmsErrorKind::Other, format!("{other}")),
             }
         }
         other => (KmsErrorKind::Other, other.to_string()),
     }
-}
-
-/// Flattens an error chain into one message.
-fn clone_msg(e: &dyn std::error::Error) -> anyhow::Error {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    anyhow::anyhow!(msg)
 }
 
 /// Parses the version out of a `vault:vN:...` string.
@@ -451,6 +442,83 @@ impl VaultKms {
     }
 }
 
+impl VaultKms {
+    /// The transit keys of the mount, for `kapsule keys list` (`LIST {mount}/keys`, then `GET
+    /// {mount}/keys/{name}` of each): every key, with its latest version and its type as state,
+    /// or what keeps Kapsule from using it (a type other than `aes256-gcm96`, a derived key,
+    /// versions trimmed below `min_decryption_version`). The token needs `list` on
+    /// `{mount}/keys` besides the paths Kapsule uses (docs/kms.md). Sorted by key id.
+    pub async fn list_keys(&self) -> Result<Vec<ListedKey>, KmsError> {
+        let mount = &self.config.mount;
+        let names = match self
+            .call("transit list keys", "*", |c| async move {
+                vaultrs::transit::key::list(c.as_ref(), mount).await
+            })
+            .await
+        {
+            Ok(list) => list.keys,
+            // Vault answers an empty mount with 404.
+            Err(e) if e.kind == KmsErrorKind::UnknownKey => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let found = names
+            .into_iter()
+            .map(|name| (name.clone(), format!("{mount}/keys/{name}")));
+        // Every transit key of the mount is a KEK by its name: list each, usable or not.
+        let all = candidates(&Default::default(), found)
+            .into_iter()
+            .map(|c| Candidate { mapped: true, ..c })
+            .collect();
+        describe_all(all, |c| async move {
+            let name = c.key_id.as_str();
+            let key = self
+                .call("transit read key", name, |client| async move {
+                    vaultrs::transit::key::read(client.as_ref(), mount, name).await
+                })
+                .await?;
+            Ok(describe_transit_key(&key))
+        })
+        .await
+    }
+}
+
+/// The highest version of a transit key.
+fn latest_version(keys: &ReadKeyData) -> Option<u32> {
+    let versions: Vec<&String> = match keys {
+        ReadKeyData::Symmetric(m) => m.keys().collect(),
+        ReadKeyData::Asymmetric(m) => m.keys().collect(),
+    };
+    versions.into_iter().filter_map(|k| k.parse().ok()).max()
+}
+
+/// How `kapsule keys list` shows a transit key: usable (its type, and the oldest version it
+/// still decrypts when versions were trimmed) or why Kapsule cannot use it.
+fn describe_transit_key(key: &ReadKeyResponse) -> Described {
+    let key_type = serde_json::to_value(key.key_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", key.key_type));
+    if !matches!(key.key_type, KeyType::Aes256Gcm96) {
+        return Described::Unsuitable(format!("{key_type}: Kapsule needs aes256-gcm96"));
+    }
+    if key.derived {
+        return Described::Unsuitable(format!(
+            "{key_type} with derivation: Kapsule needs a key without derived: true"
+        ));
+    }
+    let Some(latest_version) = latest_version(&key.keys) else {
+        return Described::Unsuitable(format!("{key_type} without versions"));
+    };
+    let state = match key.min_decryption_version {
+        0 | 1 => key_type,
+        oldest => format!("{key_type}, decrypts v{oldest}..v{latest_version}"),
+    };
+    Described::Usable {
+        latest_version,
+        state,
+    }
+}
+
 #[async_trait]
 impl Kms for VaultKms {
     fn backend(&self) -> &'static str {
@@ -515,19 +583,9 @@ impl Kms for VaultKms {
                 vaultrs::transit::key::read(c.as_ref(), mount, key_id).await
             })
             .await?;
-        let latest = match &resp.keys {
-            vaultrs::api::transit::responses::ReadKeyData::Symmetric(m) => {
-                m.keys().filter_map(|k| k.parse::<u32>().ok()).max()
-            }
-            vaultrs::api::transit::responses::ReadKeyData::Asymmetric(m) => {
-                m.keys().filter_map(|k| k.parse::<u32>().ok()).max()
-            }
-        };
-        Ok(KeyInfo {
-            key_id: key_id.to_owned(),
-            latest_version: latest
-                .ok_or_else(|| KmsError::new(KmsErrorKind::Other, key_id, "key has no versions"))?,
-        })
+        let latest = latest_version(&resp.keys)
+            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, key_id, "key has no versions"))?;
+        Ok(KeyInfo::new(key_id, latest))
     }
 
     async fn derive_key(
@@ -566,105 +624,4 @@ impl Kms for VaultKms {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> VaultKmsConfig {
-        serde_norway::from_str("address: http://127.0.0.1:1\ntoken_env: KAPSULE_TEST_UNSET_TOKEN\n")
-            .unwrap()
-    }
-
-    #[test]
-    fn validation_reports_every_problem() {
-        let mut c = cfg();
-        c.address = "not a url".into();
-        c.token_file = Some("/t".into());
-        c.mount = "/transit".into();
-        c.timeout_ms = 1;
-        c.retries = 99;
-        let mut p = Vec::new();
-        c.validate("kms", &mut p);
-        assert_eq!(p.len(), 5, "{p:?}");
-        let mut p = Vec::new();
-        cfg().validate("kms", &mut p);
-        assert!(p.is_empty(), "{p:?}");
-    }
-
-    #[test]
-    fn classification_of_api_errors() {
-        let e = |code, msg: &str| ClientError::APIError {
-            code,
-            errors: vec![msg.to_owned()],
-        };
-        assert_eq!(
-            classify(&e(503, "Vault is sealed")).0,
-            KmsErrorKind::Transient
-        );
-        assert_eq!(classify(&e(429, "rate")).0, KmsErrorKind::Transient);
-        assert_eq!(
-            classify(&e(403, "permission denied")).0,
-            KmsErrorKind::PermissionDenied
-        );
-        assert_eq!(
-            classify(&e(400, "encryption key not found")).0,
-            KmsErrorKind::UnknownKey
-        );
-        assert_eq!(
-            classify(&e(400, "cipher: message authentication failed")).0,
-            KmsErrorKind::InvalidCiphertext
-        );
-        assert_eq!(vault_version("vault:v12:abc"), Some(12));
-        assert_eq!(vault_version("vault:x:abc"), None);
-    }
-
-    /// A Vault that accepts connections and never answers, as a paused server does.
-    pub(super) async fn silent_vault() -> (String, tokio::task::JoinHandle<()>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", l.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = l.accept().await {
-                held.push(s);
-            }
-        });
-        (addr, task)
-    }
-
-    #[tokio::test]
-    async fn retries_stop_at_the_request_deadline() {
-        std::env::set_var("KAPSULE_TEST_VAULT_TOKEN_D", "root");
-        let (addr, server) = silent_vault().await;
-        let mut c = cfg();
-        c.address = addr;
-        c.token_env = Some("KAPSULE_TEST_VAULT_TOKEN_D".into());
-        c.retries = 5;
-        c.timeout_ms = 2_000;
-        let kms = VaultKms::new(&c).unwrap();
-        let start = Instant::now();
-        let d = start + Duration::from_millis(700);
-        let err = super::super::deadline::scope(Some(d), kms.generate_data_key("k"))
-            .await
-            .unwrap_err();
-        let took = start.elapsed();
-        assert_eq!(err.kind, KmsErrorKind::Transient, "{err}");
-        assert!(
-            took < Duration::from_millis(1_200),
-            "6 attempts of 2 s were not cut to the 700 ms deadline: {took:?} ({err})"
-        );
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn unreachable_vault_is_transient_after_retries() {
-        std::env::set_var("KAPSULE_TEST_VAULT_TOKEN_X", "root");
-        let mut c = cfg();
-        c.token_env = Some("KAPSULE_TEST_VAULT_TOKEN_X".into());
-        c.retries = 1;
-        c.timeout_ms = 500;
-        let kms = VaultKms::new(&c).unwrap();
-        let err = kms.generate_data_key("k").await.unwrap_err();
-        assert_eq!(err.kind, KmsErrorKind::Transient, "{err}");
-        assert!(err.message.contains("after 2 attempts"), "{err}");
-        assert!(VaultKms::new(&cfg()).is_err());
-    }
-}
+mod tests;
