@@ -15,6 +15,10 @@ use kapsule::plan::{EncryptionPlan, FieldSelection, RecordDecision, ValuePart};
 use kapsule::schema::registry::SchemaRegistryConfig;
 use kapsule::schema::{varint, RegisteredSchema, SchemaRegistry};
 
+/// The allocator the `kapsule` binary ships with, so allocation costs are the ones it pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORDS: usize = 100;
 
 fn batch(values: Vec<Bytes>) -> RecordBatch {

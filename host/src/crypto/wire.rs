@@ -158,7 +158,11 @@ fn read_list<'a>(r: &mut ByteReader<'a>, what: &'static str) -> Result<Vec<&'a [
         .collect()
 }
 
-fn put_list(out: &mut Vec<u8>, items: &[&[u8]], what: &'static str) -> Result<(), WireError> {
+fn put_list<'a>(
+    out: &mut Vec<u8>,
+    items: impl ExactSizeIterator<Item = &'a [u8]>,
+    what: &'static str,
+) -> Result<(), WireError> {
     let n = u16::try_from(items.len()).map_err(|_| WireError::TooLong(what))?;
     out.extend_from_slice(&n.to_be_bytes());
     for i in items {
@@ -214,7 +218,17 @@ impl Descriptor {
                 "JSON and schema modes need at least one field",
             ));
         }
-        let mut out = Vec::with_capacity(64 + kek.len() + self.edek.len());
+        let mut out = Vec::with_capacity(
+            64 + kek.len()
+                + self.edek.len()
+                + match &self.value {
+                    ValueEncryption::Json(p) => p.iter().map(|p| 2 + p.len()).sum(),
+                    ValueEncryption::Schema(f) => f.iter().map(|f| 11 + f.path.len()).sum(),
+                    _ => 0,
+                }
+                + self.headers.iter().map(|h| 2 + h.len()).sum::<usize>()
+                + RECORD_TAG_LEN,
+        );
         out.push(FORMAT_V1);
         out.push(self.flags());
         out.extend_from_slice(&self.record_id);
@@ -225,14 +239,22 @@ impl Descriptor {
         let el = u16::try_from(self.edek.len()).map_err(|_| WireError::TooLong("EDEK"))?;
         out.extend_from_slice(&el.to_be_bytes());
         out.extend_from_slice(&self.edek);
-        let ptrs: Vec<&[u8]> = match &self.value {
-            ValueEncryption::Json(p) => p.iter().map(|s| s.as_bytes()).collect(),
-            ValueEncryption::Schema(f) => f.iter().map(|f| f.path.as_bytes()).collect(),
-            _ => Vec::new(),
-        };
-        put_list(&mut out, &ptrs, "JSON pointers")?;
-        let hs: Vec<&[u8]> = self.headers.iter().map(Vec::as_slice).collect();
-        put_list(&mut out, &hs, "header names")?;
+        match &self.value {
+            ValueEncryption::Json(p) => {
+                put_list(&mut out, p.iter().map(|s| s.as_bytes()), "JSON pointers")?
+            }
+            ValueEncryption::Schema(f) => put_list(
+                &mut out,
+                f.iter().map(|f| f.path.as_bytes()),
+                "JSON pointers",
+            )?,
+            _ => put_list(&mut out, std::iter::empty(), "JSON pointers")?,
+        }
+        put_list(
+            &mut out,
+            self.headers.iter().map(Vec::as_slice),
+            "header names",
+        )?;
         if let ValueEncryption::Schema(fields) = &self.value {
             for f in fields {
                 out.push(f.encoding as u8);
