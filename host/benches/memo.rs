@@ -8,9 +8,6 @@
 //! call counter against that bound), so the memoized figure is nearly the same whatever language
 //! the policy is written in.
 
-#[path = "../test-support/policy_fixtures.rs"]
-mod fixtures;
-
 use std::path::Path;
 use std::time::Instant;
 
@@ -61,7 +58,7 @@ fn binding(module: &Path, topics: &str, config: &str) -> BindingConfig {
 }
 
 fn memo(c: &mut Criterion) {
-    let a = fixtures::build_policies().expect("policies build");
+    let a = kapsule_test_fixtures::policy_artifacts().expect("the guest components");
     let tenant_keys = a.path("tenant-keys");
     let mut cfg = PolicyConfig {
         bindings: vec![

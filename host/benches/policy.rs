@@ -3,10 +3,6 @@
 //!
 //! Run: `cargo bench -p kapsule --bench policy`. Policies are built from source first.
 
-#[path = "../test-support/policy_fixtures.rs"]
-mod fixtures;
-use fixtures::build_policies;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,6 +13,7 @@ use kapsule::plan::TopicPlan;
 use kapsule::policy::config::{BindingConfig, DecryptFailure, PolicyConfig};
 use kapsule::policy::rules::TopicSelector;
 use kapsule::policy::PolicyRegistry;
+use kapsule_test_fixtures::policy_artifacts;
 
 const BATCH: usize = 100;
 
@@ -58,7 +55,7 @@ fn binding(module: &Path, topics: &str, config: &str, allowed: &str) -> BindingC
 }
 
 fn registry() -> PolicyRegistry {
-    let a = build_policies().expect("policies build");
+    let a = policy_artifacts().expect("the guest components");
     let mut c = PolicyConfig {
         bindings: vec![
             binding(&a.path("encrypt-all"), "all", "kek-${topic}", "kek-*"),
@@ -103,7 +100,7 @@ fn copy(src: &Path, dst: &Path) {
 /// Time from replacing the module file to the new version answering, via `reload()` (warm compile
 /// cache), via `reload()` with a cold cache, and via the file watcher.
 fn hot_swap(c: &mut Criterion) {
-    let a = build_policies().expect("policies build");
+    let a = policy_artifacts().expect("the guest components");
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("swap.wasm");
     copy(&a.path("passthrough"), &module);

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
 use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::kapsule::direct_mode;
-use kapsule_integration::policy_fixtures::{build_policies, repo_root};
 use kapsule_integration::probe::{produce_request, RawConnection};
 use kapsule_integration::{Tansu, TestRecord};
+use kapsule_test_fixtures::{policy_artifacts, repo_root};
 
 use crate::encryption::{consume_report, produce_report, start_kapsule, topic};
 use crate::hardening::http;
@@ -116,10 +116,7 @@ async fn a_binding_added_to_the_yaml_refuses_the_reload_and_asks_for_a_restart()
     if direct_mode() {
         return;
     }
-    let art = tokio::task::spawn_blocking(build_policies)
-        .await
-        .unwrap()
-        .expect("build the example policies");
+    let art = policy_artifacts().expect("the guest components kapsule-test-fixtures built");
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
     let policy = format!(
@@ -217,10 +214,7 @@ async fn a_refused_record_is_named_in_the_produce_response() {
     if direct_mode() {
         return;
     }
-    let art = tokio::task::spawn_blocking(build_policies)
-        .await
-        .unwrap()
-        .expect("build the example policies");
+    let art = policy_artifacts().expect("the guest components kapsule-test-fixtures built");
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
     let policy = format!(

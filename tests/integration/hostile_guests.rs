@@ -1,8 +1,8 @@
 //! Hostile Python, JavaScript and C guests through Kapsule with a real client (confluent-kafka) on
 //! a real tansu broker.
 //!
-//! One test module per language (`policies/hostile/python`, `policies/hostile/js`,
-//! `policies/hostile/c`, built once per test run and cached by `polyglot::built`) misbehaves as
+//! One test module per language (`tests/fixtures/guests/hostile/{python,js,c}`, built by
+//! `polyglot::built` when its sources changed) misbehaves as
 //! each binding's config says: an infinite loop, an allocation bomb, an exception (caught by the
 //! SDK, and one thrown past it; in C a refusal and an `abort()`), answers with the wrong number of
 //! choices or a choice out of range (Python and JS, past their SDKs), a key id outside

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kapsule_integration::encryption::{assert_no_plaintext, http_post, replace_file, LocalKms};
-use kapsule_integration::policy_fixtures::{build_policies, PolicyArtifacts};
 use kapsule_integration::{run_python, Kapsule, Tansu, TestRecord};
+use kapsule_test_fixtures::{build_guest, policy_artifacts, Lang, PolicyArtifacts};
 use serde_json::Value;
 
 use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
@@ -15,11 +15,8 @@ use crate::encryption::{produce_report, read_direct, start_kapsule, topic};
 /// Kafka error code POLICY_VIOLATION.
 pub(crate) const POLICY_VIOLATION: i64 = 44;
 
-async fn artifacts() -> PolicyArtifacts {
-    tokio::task::spawn_blocking(build_policies)
-        .await
-        .unwrap()
-        .expect("build the example policies (needs `rustup target add wasm32-wasip2`)")
+fn artifacts() -> PolicyArtifacts {
+    policy_artifacts().expect("the guest components kapsule-test-fixtures built")
 }
 
 /// Copies the built component `name` into `dir` (so a test can replace it) and returns the copy.
@@ -52,7 +49,7 @@ pub(crate) fn errors_of(out: &Value) -> Vec<Value> {
 /// module (infinite loop in `decide`) on one topic that must not disturb the others.
 #[tokio::test(flavor = "multi_thread")]
 async fn example_policies_and_hostile_module_through_kapsule() {
-    let art = artifacts().await;
+    let art = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
@@ -207,7 +204,7 @@ async fn example_policies_and_hostile_module_through_kapsule() {
 /// is refused while the previous version keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_swap_under_load_and_bad_module_refused() {
-    let art = artifacts().await;
+    let art = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
@@ -308,7 +305,7 @@ async fn hot_swap_under_load_and_bad_module_refused() {
 /// and the previous version keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_modules_are_contained_through_kapsule() {
-    let art = artifacts().await;
+    let art = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
@@ -433,7 +430,7 @@ async fn binding_status(kapsule: &Kapsule, prefix: &str) -> Value {
 /// seconds, without SIGHUP or a reload call.
 #[tokio::test(flavor = "multi_thread")]
 async fn file_watch_swaps_the_module_without_a_reload_call() {
-    let art = artifacts().await;
+    let art = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
@@ -485,10 +482,10 @@ async fn file_watch_swaps_the_module_without_a_reload_call() {
 /// refused, anything else is encrypted with its `pii` header — the contract is language-neutral.
 #[tokio::test(flavor = "multi_thread")]
 async fn c_policy_through_kapsule() {
-    let module = tokio::task::spawn_blocking(kapsule_integration::policy_fixtures::build_c_policy)
+    let module = tokio::task::spawn_blocking(|| build_guest(Lang::C, "header-gate"))
         .await
         .unwrap()
-        .expect("build the C policy (scripts/install-policy-toolchains.sh installs the tools)");
+        .expect("the C header gate builds");
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
     let policy = format!(
@@ -553,7 +550,7 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn huge_policy_answers_over_many_topic_names_stay_inside_the_cache_budget() {
     use kafka_protocol::messages::{ApiKey, ProduceResponse};
     use kapsule_integration::probe::{produce_request, record_batch, RawConnection};
-    let art = artifacts().await;
+    let art = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();

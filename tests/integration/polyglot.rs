@@ -10,21 +10,20 @@
 //! Kapsule that takes the principal from the client certificate (mTLS, `principal_from: cn`), shows
 //! the PII members as ciphertext to `analytics` and everything to `app` and to anonymous readers
 //! (confluent-kafka and kafka-python); for Python also with SCRAM users over SASL_SSL. Each
-//! component is built once per test process, and not at all when it is newer than its sources,
-//! the SDK and the WIT (CI builds each example once). The templates of `kapsule policy new` are
-//! tested in `templates.rs`.
+//! component is built by `kapsule_test_fixtures::build_guest`, and not at all when it is newer
+//! than its sources, the SDK and the WIT (CI builds each example once). The templates of
+//! `kapsule policy new` are tested in `templates.rs`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
-use kapsule_integration::policy_fixtures::repo_root;
 use kapsule_integration::records::ConsumedRecord;
 use kapsule_integration::sasl::{SaslTansu, SaslUser, Scram};
 use kapsule_integration::tls::{ck_ssl, kp_consume_tls, KeyKind, Pki, RawKapsule};
 use kapsule_integration::{kapsule::kapsule_bin, unique_name, Tansu, TestRecord};
+pub(crate) use kapsule_test_fixtures::Lang;
+use kapsule_test_fixtures::{build_guest, repo_root};
 use serde_json::Value;
 
 use crate::common::{assert_records_match, ck_consume, ck_produce};
@@ -37,125 +36,14 @@ use crate::reveal::{mtls_principal_config, refs};
 pub(crate) const LIMITS: &str =
     "  limits:\n    call_timeout_ms: 5000\n    init_timeout_ms: 20000\n    memory_mib: 256\n";
 
-/// Language of a guest built by [`built`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lang {
-    Python,
-    Js,
-    C,
-}
-
-impl Lang {
-    fn dir(self) -> &'static str {
-        match self {
-            Lang::Python => "python",
-            Lang::Js => "js",
-            Lang::C => "c",
-        }
-    }
-
-    /// Source directory of example `name`, `policies/<name>/<lang>`.
-    fn example_dir(self, name: &str) -> PathBuf {
-        repo_root().join("policies").join(name).join(self.dir())
-    }
-}
-
-/// Newest modification time of the files under `dir` (skipping dependencies and build output).
-fn newest(dir: &Path) -> SystemTime {
-    let mut t = SystemTime::UNIX_EPOCH;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return std::fs::metadata(dir)
-            .and_then(|m| m.modified())
-            .unwrap_or(t);
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if ["node_modules", "target", "__pycache__", "wit"]
-            .contains(&name.to_string_lossy().as_ref())
-        {
-            continue;
-        }
-        let p = e.path();
-        let m = if p.is_dir() {
-            newest(&p)
-        } else {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        t = t.max(m);
-    }
-    t
-}
-
-/// Builds example `name` of `lang` into `policies/target/<lang>/<name>.wasm`, unless that file is
-/// newer than the example, the SDK and `wit/policy.wit`. Builds are serialized (two cores).
-fn build_example(lang: Lang, name: &str) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let root = repo_root();
-    let src = lang.example_dir(name);
-    let out = root
-        .join("policies/target")
-        .join(lang.dir())
-        .join(format!("{name}.wasm"));
-    let sources = newest(&src)
-        .max(newest(&root.join("guest-sdk").join(lang.dir())))
-        .max(newest(&root.join("wit")));
-    if std::fs::metadata(&out)
-        .and_then(|m| m.modified())
-        .is_ok_and(|m| m > sources)
-    {
-        return out;
-    }
-    let mut cmd = match lang {
-        // The SDK's build command, run from the checkout (no pip install needed).
-        Lang::Python => {
-            let mut c = Command::new("python3");
-            c.args(["-m", "kapsule_policy._build"])
-                .arg(src.join("app.py"))
-                .arg(&out)
-                .env("PYTHONPATH", root.join("guest-sdk/python"));
-            c
-        }
-        Lang::Js => {
-            let mut c = Command::new("node");
-            c.arg(root.join("guest-sdk/js/build.mjs"))
-                .arg(src.join("policy.js"))
-                .arg("-o")
-                .arg(&out);
-            c
-        }
-        // The C header gate is written on the generated bindings, without the SDK.
-        Lang::C if name == "header-gate" => {
-            let mut c = Command::new(root.join("guest-sdk/c/build.sh"));
-            c.arg("--no-sdk").arg(src.join("header_gate.c")).arg(&out);
-            c
-        }
-        Lang::C => {
-            let mut c = Command::new(root.join("guest-sdk/c/build.sh"));
-            c.arg(src.join(format!("{}.c", name.replace('-', "_"))))
-                .arg(&out);
-            c
-        }
-    };
-    let res = cmd.output().expect("run the policy build");
-    assert!(
-        res.status.success(),
-        "building {} failed (scripts/install-policy-toolchains.sh installs the toolchains):\n{}{}",
-        src.display(),
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    out
-}
-
-/// `policies/<lang>/<name>` built into a component (once per test run; reused while newer than
-/// its sources, the SDK and the WIT).
+/// Guest `name` in `lang` (an example of `policies/` or a test-only guest of
+/// `tests/fixtures/guests`) built into a component by [`build_guest`] (once per change of its
+/// sources, the SDK or the WIT).
 pub(crate) async fn built(lang: Lang, name: &'static str) -> PathBuf {
-    tokio::task::spawn_blocking(move || build_example(lang, name))
+    tokio::task::spawn_blocking(move || build_guest(lang, name))
         .await
         .unwrap()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs `kapsule policy check` with `args`; returns (success, stdout + stderr).

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
-use kapsule_integration::policy_fixtures::build_policies;
 use kapsule_integration::{Tansu, TestRecord};
+use kapsule_test_fixtures::policy_artifacts;
 use serde_json::Value;
 
 use crate::common::{assert_records_match, ck_consume, ck_produce};
@@ -23,11 +23,9 @@ fn binding(prefix: &str, module: &Path, config: &str) -> String {
     )
 }
 
-async fn hostile_module(dir: &Path) -> PathBuf {
-    let art = tokio::task::spawn_blocking(build_policies)
-        .await
-        .unwrap()
-        .expect("build the example policies (needs `rustup target add wasm32-wasip2`)");
+/// A copy of the hostile module in `dir`.
+fn hostile_module(dir: &Path) -> PathBuf {
+    let art = policy_artifacts().expect("the guest components kapsule-test-fixtures built");
     let dst = dir.join("hostile.wasm");
     std::fs::copy(art.path("hostile-misbehave"), &dst).unwrap();
     dst
@@ -36,7 +34,7 @@ async fn hostile_module(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn printing_and_sleeping_policies_through_kapsule() {
     let dir = tempfile::tempdir().unwrap();
-    let module = hostile_module(dir.path()).await;
+    let module = hostile_module(dir.path());
     let tansu = Tansu::start().await.expect("start tansu");
     let kms = LocalKms::new().unwrap();
     let mut policy =

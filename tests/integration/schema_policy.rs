@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use kapsule_integration::policy_fixtures::build_policies;
 use kapsule_integration::tls::ck_ssl;
 use kapsule_integration::unique_name;
+use kapsule_test_fixtures::policy_artifacts;
 use serde_json::{json, Value};
 
 use crate::policies::binding;
@@ -31,10 +31,7 @@ fn headers(i: usize) -> Vec<(&'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policy_encrypts_pii_tagged_fields_and_whole_values_of_one_tenant() {
-    let art = tokio::task::spawn_blocking(build_policies)
-        .await
-        .unwrap()
-        .expect("build the example policies");
+    let art = policy_artifacts().expect("the guest components kapsule-test-fixtures built");
     schema_pii_through_kapsule(&art.path("schema-pii"), "").await;
 }
 

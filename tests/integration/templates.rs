@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kapsule_integration::kapsule::kapsule_bin;
-use kapsule_integration::policy_fixtures::repo_root;
+use kapsule_test_fixtures::repo_root;
 
 use crate::polyglot::policy_check;
 

@@ -29,9 +29,6 @@ pub mod kapsule;
 pub mod kms_server;
 pub mod netns;
 pub mod openbao;
-/// Builds the policies in `policies/` from source (shared with the host crate's unit tests).
-#[path = "../../host/test-support/policy_fixtures.rs"]
-pub mod policy_fixtures;
 pub mod ports;
 pub mod probe;
 pub mod process;

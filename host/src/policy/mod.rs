@@ -22,9 +22,6 @@
 
 pub mod config;
 mod error;
-#[cfg(test)]
-#[path = "../../test-support/policy_fixtures.rs"]
-pub(crate) mod fixtures;
 mod loading;
 pub mod metrics;
 mod reload;

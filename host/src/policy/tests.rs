@@ -1,20 +1,20 @@
 //! In-process tests of the policy registry and the Wasm runtime, with every policy built from
-//! source (see [`super::fixtures`]). No broker needed.
+//! source by the dev-dependency `kapsule-test-fixtures`. No broker needed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kapsule_test_fixtures::{build_guest, policy_artifacts, Lang, PolicyArtifacts};
 
 use super::config::{BindingConfig, DecryptFailure, LimitsConfig, PolicyConfig};
-use super::fixtures::{build_policies, PolicyArtifacts};
 use super::rules::TopicSelector;
 use super::*;
 use crate::kafka::records::RecordHeader;
 use crate::plan::{EncryptionPlan, Needs, RevealParts, ValuePart};
 
 fn artifacts() -> PolicyArtifacts {
-    build_policies().expect("policies build from source")
+    policy_artifacts().expect("the guest components kapsule-test-fixtures built")
 }
 
 /// Shared across test runs so each module is compiled by wasmtime once.
@@ -610,12 +610,11 @@ fn json_pointer_validation() {
     assert!(validate_json_pointer("/a~2").is_err());
 }
 
-/// The C policy (policies/c, built with wit-bindgen c + clang + wasm-component-ld) runs under
-/// the same sandbox. Needs the toolchains from scripts/install-policy-toolchains.sh.
+/// The C policy (policies/header-gate/c, built with wit-bindgen c + clang + wasm-component-ld)
+/// runs under the same sandbox. Needs the toolchains from scripts/install-policy-toolchains.sh.
 #[test]
 fn c_policy_header_gate() {
-    let module = super::fixtures::build_c_policy()
-        .expect("C policy builds (run scripts/install-policy-toolchains.sh)");
+    let module = build_guest(Lang::C, "header-gate").expect("the C header gate builds");
     let reg = one_binding(module, "gated.*", "kek-", &["kek-${topic}"]);
     assert_eq!(
         reg.topic_plan("gated.a", None).unwrap(),

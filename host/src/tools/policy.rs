@@ -578,7 +578,7 @@ mod tests {
 
     #[test]
     fn check_reports_plans_and_refusals() {
-        let a = crate::policy::fixtures::build_policies().unwrap();
+        let a = kapsule_test_fixtures::policy_artifacts().unwrap();
         let r = check_policy(
             &a.path("encrypt-all"),
             &opts("kek-${topic}", &["orders"], &[]),
@@ -607,7 +607,7 @@ mod tests {
 
     #[test]
     fn check_decides_samples_and_times_a_full_batch() {
-        let a = crate::policy::fixtures::build_policies().unwrap();
+        let a = kapsule_test_fixtures::policy_artifacts().unwrap();
         let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
         assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
         assert!(
@@ -631,7 +631,7 @@ mod tests {
 
     #[test]
     fn check_shows_the_principal_the_memo_key_and_the_reveal() {
-        let a = crate::policy::fixtures::build_policies().unwrap();
+        let a = kapsule_test_fixtures::policy_artifacts().unwrap();
         let r = check_policy(&a.path("tenant-keys"), &opts("", &["events"], &[])).unwrap();
         assert!(r.passed(), "{}\n{:?}", r.text, r.failures);
         assert!(r.text.contains("kapsule:policy/policy@0.3.0"), "{}", r.text);
@@ -661,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_judged_against_the_budget_production_gives_its_size() {
-        let a = crate::policy::fixtures::build_policies().unwrap();
+        let a = kapsule_test_fixtures::policy_artifacts().unwrap();
         let mut o = opts("", &["events"], &[]);
         o.limits.call_timeout_ms = 10;
         o.limits.call_timeout_per_record_us = 200;

@@ -513,7 +513,7 @@ exec ./vendor/kapsule-policy/build.sh "$@" policy.c {name}.wasm
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::fixtures::repo_root;
+    use kapsule_test_fixtures::repo_root;
 
     #[test]
     fn refuses_bad_names_and_existing_dirs() {

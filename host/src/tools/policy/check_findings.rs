@@ -116,7 +116,7 @@ mod tests {
     /// check decides every sample again without the memo and fails, naming the record and key.
     #[test]
     fn policy_check_fails_when_the_memo_decides_for_records_it_must_not() {
-        let a = crate::policy::fixtures::build_policies().unwrap();
+        let a = kapsule_test_fixtures::policy_artifacts().unwrap();
         let opts = CheckOptions {
             config: "tenant-memo-public-passes".into(),
             topics: vec!["events".into()],

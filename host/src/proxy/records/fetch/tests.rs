@@ -19,11 +19,11 @@ use crate::crypto::{RecordEncryptor, HEADER_KEY};
 use crate::kafka::records::{split_record_set, Record, RecordBatch, RecordHeader, RecordSetEntry};
 use crate::kms::memory::MemoryKms;
 use crate::policy::config::PolicyConfig;
-use crate::policy::fixtures::build_policies;
 use crate::policy::PolicyRegistry;
 use crate::principal::{AuthMechanism, Principal};
 use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
+use kapsule_test_fixtures::policy_artifacts;
 
 const RULES: &str = r#"
 rules:
@@ -184,8 +184,8 @@ async fn each_principal_gets_what_its_rule_reveals() {
 /// every connection of that thread); then the topic's partitions fail, nothing is delivered.
 #[tokio::test(flavor = "current_thread")]
 async fn a_guest_reveal_runs_off_the_async_runtime() {
-    let module = build_policies()
-        .expect("policies build from source")
+    let module = policy_artifacts()
+        .expect("the guest components kapsule-test-fixtures built")
         .path("hostile-misbehave");
     let cache = std::env::temp_dir().join("kapsule-policy-test-cache");
     let s = Arc::new(stage_from(&format!(
