@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{avro, json_schema, protobuf, SchemaError};
+use super::{avro, json_schema, protobuf, SchemaError, SchemaListing};
 use crate::plan::FieldSelection;
 
 fn default_timeout_ms() -> u64 {
@@ -209,9 +209,16 @@ pub struct RegisteredSchema {
     pub id: u32,
     /// Schema language.
     pub format: SchemaFormat,
+    /// Subject and version the schema is registered under, when the registry said
+    /// (`GET /schemas/ids/{id}/versions`, first entry); `None` for a schema parsed without one.
+    pub registered_as: Option<(String, u32)>,
+    /// Bytes of schema text (references included) and of the field listing: what the schema
+    /// counts against `cache_bytes`.
     text_len: usize,
     parsed: Parsed,
     compiled: Mutex<Vec<(FieldSelection, Resolution)>>,
+    /// Every field with its tags ([`RegisteredSchema::fields`]).
+    listing: Arc<SchemaListing>,
 }
 
 /// A selection resolved against a schema, or why it does not fit.
@@ -299,13 +306,29 @@ impl RegisteredSchema {
             }
             other => return Err(unusable(format!("unknown schemaType `{other}`"))),
         };
+        // Listed now, once per schema id, so its size counts against the cache's budget.
+        let listing = Arc::new(match &parsed {
+            Parsed::Avro(s) => s.list_fields(),
+            Parsed::Json(s) => s.list_fields(),
+            Parsed::Protobuf(s) => s.list_fields(),
+        });
         Ok(Self {
             id,
             format,
-            text_len: text.len() + references.iter().map(|r| r.text.len()).sum::<usize>(),
+            registered_as: None,
+            text_len: text.len()
+                + references.iter().map(|r| r.text.len()).sum::<usize>()
+                + listing.bytes(),
             parsed,
             compiled: Mutex::new(Vec::new()),
+            listing,
         })
+    }
+
+    /// Every field path of the schema with its tags and kind (bounded, see
+    /// [`SchemaListing`]), listed when the schema was parsed.
+    pub fn fields(&self) -> &Arc<SchemaListing> {
+        &self.listing
     }
 
     /// `selection` resolved against this schema, once per selection: a path that is not in the
