@@ -473,6 +473,11 @@ impl SchemaRegistry {
         Ok(s)
     }
 
+    /// The writer schema with this id if it is cached (never fetches).
+    pub fn cached_schema(&self, id: u32) -> Option<Arc<RegisteredSchema>> {
+        self.cache.lock().entries.get(&id).cloned()
+    }
+
     /// Number of schemas cached (diagnostics and tests).
     pub fn cached(&self) -> usize {
         self.cache.lock().entries.len()
@@ -490,16 +495,44 @@ impl SchemaRegistry {
     }
 
     async fn fetch(&self, id: u32) -> Result<RegisteredSchema, RegistryError> {
-        let r = self
-            .get_schema(id, &["schemas", "ids", &id.to_string()], None)
+        let id_text = id.to_string();
+        let r: SchemaResponse = self
+            .get_json(id, &["schemas", "ids", &id_text], None)
             .await?;
-        let references = self.references(id, &r.references).await?;
-        RegisteredSchema::parse_with_references(
+        // Where the schema is registered, asked alongside its references: only for policies
+        // (`describe-schema`), so a failure leaves it unknown rather than failing the fetch.
+        let (references, registered_as) = tokio::join!(
+            self.references(id, &r.references),
+            self.registered_as(id, &id_text)
+        );
+        let mut schema = RegisteredSchema::parse_with_references(
             id,
             r.schema_type.as_deref(),
             &r.schema,
-            &references,
-        )
+            &references?,
+        )?;
+        schema.registered_as = registered_as;
+        Ok(schema)
+    }
+
+    /// The first subject and version schema `id` is registered under
+    /// (`GET {url}/schemas/ids/{id}/versions`); `None` when the registry does not say.
+    async fn registered_as(&self, id: u32, id_text: &str) -> Option<(String, u32)> {
+        #[derive(Deserialize)]
+        struct SubjectVersion {
+            subject: String,
+            version: u32,
+        }
+        match self
+            .get_json::<Vec<SubjectVersion>>(id, &["schemas", "ids", id_text, "versions"], None)
+            .await
+        {
+            Ok(v) => v.into_iter().next().map(|sv| (sv.subject, sv.version)),
+            Err(e) => {
+                tracing::debug!(schema_id = id, error = %e, "subject and version of a schema unknown");
+                None
+            }
+        }
     }
 
     /// The schemas `refs` name, and theirs, depth-first with dependencies first, each subject
@@ -532,8 +565,8 @@ impl SchemaRegistry {
                     }
                     seen.insert((r.subject.clone(), r.version));
                     let version = r.version.to_string();
-                    let resp = self
-                        .get_schema(
+                    let resp: SchemaResponse = self
+                        .get_json(
                             id,
                             &["subjects", &r.subject, "versions", &version],
                             Some(&r),
@@ -565,15 +598,15 @@ impl SchemaRegistry {
         Ok(out)
     }
 
-    /// `GET {base}/{segments...}` (each segment percent-encoded) for a schema object; `id` names
-    /// the schema being fetched in errors, `reference` the referenced subject version when that
-    /// is what is read.
-    async fn get_schema(
+    /// `GET {base}/{segments...}` (each segment percent-encoded) for a JSON answer (a schema
+    /// object, a list of subject versions); `id` names the schema being fetched in errors,
+    /// `reference` the referenced subject version when that is what is read.
+    async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         id: u32,
         segments: &[&str],
         reference: Option<&Reference>,
-    ) -> Result<SchemaResponse, RegistryError> {
+    ) -> Result<T, RegistryError> {
         let what = reference.map_or_else(String::new, |r| {
             format!(
                 " (its reference `{}`: subject `{}` version {})",
@@ -634,7 +667,10 @@ impl SchemaRegistry {
         }
         serde_json::from_slice(&body).map_err(|e| RegistryError::Unusable {
             id,
-            message: format!("registry answer is not a schema object{what}: {e}"),
+            message: format!(
+                "registry answer to `{}` is not as the Confluent API defines it{what}: {e}",
+                segments.join("/")
+            ),
         })
     }
 }

@@ -28,6 +28,7 @@ mod lift;
 mod memo;
 pub use memo::MemoUse;
 mod module;
+pub(crate) mod schemas;
 mod wasi;
 pub(crate) mod worker;
 
@@ -497,6 +498,10 @@ impl WasmRuntime {
                 },
             },
         };
+        let describes_schemas = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name == "describe-schema");
         LoadedModule::new(
             self.clone(),
             pre,
@@ -506,6 +511,7 @@ impl WasmRuntime {
             config,
             log,
         )
+        .map(|m| m.describing_schemas(describes_schemas))
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("initializing policy module {}", path.display()))
     }
