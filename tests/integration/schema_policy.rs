@@ -4,6 +4,10 @@
 //! produced by confluent-kafka's Avro serializer. The policy encrypts every field tagged `PII`,
 //! the whole value of tenant `x`'s records, and passes `class: public` ones, from a memo on
 //! those two headers. One case per language, the same assertions.
+//!
+//! And the `schema-by-name` fixture (`policies/schema-by-name/rust`), which chooses fields
+//! itself from the schema Kapsule describes (`describe-schema`): every string or bytes field
+//! whose path contains `email`.
 
 use std::path::Path;
 
@@ -175,6 +179,85 @@ async fn schema_pii_through_kapsule(module: &Path, limits: &str) {
             }
             _ => assert_eq!(value, sent[i], "class public passes in clear"),
         }
+    }
+
+    // The producer's principal reads every record back byte-exact.
+    let seen = consume(&kapsule.listen, &url, &topic, "avro", n, &app).await;
+    for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
+        assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
+        assert_eq!(s["object"], o.clone());
+    }
+}
+
+/// A policy that reads the writer schema through `describe-schema` and encrypts the fields
+/// whose path contains `email` (here only `customer.email`, a nullable string), refusing
+/// records whose schema the registry does not name under `<topic>-value` (so the subject Kapsule
+/// reports is checked against Apicurio's answer): at rest exactly
+/// that field is ciphertext, the rest (tagged `PII` or not) stays in clear, and the producer's
+/// principal reads every record back byte-exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_chooses_schema_fields_by_name_from_the_described_schema() {
+    let art = tokio::task::spawn_blocking(build_policies)
+        .await
+        .unwrap()
+        .expect("build the example policies");
+    let module = art.path("schema-by-name");
+    let rig = SchemaRig::start(|url| {
+        format!(
+            "policy:\n  watch: false\n  bindings:\n{}schema_registry:\n  url: \"{url}\"\n",
+            binding(
+                "orders-byname-",
+                &module,
+                r#"{"subject": "${topic}-value"}"#,
+                &["kek-*"]
+            )
+        )
+    })
+    .await;
+    let SchemaRig {
+        registry,
+        kafka,
+        who,
+        ca,
+        kapsule,
+        ..
+    } = &rig;
+    let topic = unique_name("orders-byname");
+    kafka.create_topic(&topic, 1).await.unwrap();
+    let url = registry.url();
+    let app = ck_ssl(ca, Some(&who.app));
+
+    let objects = orders(6, false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--schema".to_string(),
+        write_json(&dir, "schema.json", ORDER_AVRO),
+        "--input".to_string(),
+        write_json(
+            &dir,
+            "input.json",
+            &json!({ "objects": objects }).to_string(),
+        ),
+    ];
+    args.extend(app.iter().cloned());
+    let out = ck_schema("produce", &kapsule.listen, &url, &topic, "avro", &args).await;
+    let sent = delivered(&out);
+    let n = sent.len();
+    assert_eq!(n, objects.len(), "{out}");
+
+    // At rest, straight from the broker: a valid record under the same schema id whose only
+    // ciphertext is `customer.email`.
+    let stored = consume(&kafka.bootstrap(), &url, &topic, "avro", n, &[]).await;
+    for (i, (s, o)) in stored.iter().zip(&objects).enumerate() {
+        let value = s["value"].as_str().unwrap();
+        assert_eq!(value[..10], sent[i][..10], "wire prefix kept");
+        assert_protected(s, o, &["customer.email"]);
+        let raw = String::from_utf8_lossy(&hex::decode(value).unwrap()).into_owned();
+        assert!(!raw.contains("EMAILMARK"), "email in clear at rest: {raw}");
+        assert!(
+            raw.contains("SSNMARK") && raw.contains("CARDMARK"),
+            "fields without `email` in their path stay in clear: {raw}"
+        );
     }
 
     // The producer's principal reads every record back byte-exact.

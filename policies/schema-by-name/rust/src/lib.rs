@@ -3,9 +3,10 @@
 //! fields itself from the writer schema Kapsule describes (`describe-schema`).
 //!
 //! Config (JSON, every field optional): `{"key_id": "kek-${topic}", "words": ["email"],
-//! "fallback_tags": ["PII"]}`.
+//! "fallback_tags": ["PII"], "subject": "${topic}-value"}`.
 //!
-//! Per record:
+//! Per record (with `subject` set, a described schema registered under another subject, or
+//! under none the registry names, is refused first):
 //! 1. a value in the wire format whose schema Kapsule describes: encrypt the text and bytes
 //!    fields whose path contains a word (none matching: the record passes);
 //! 2. a value in the wire format whose schema Kapsule could not describe (registry down, id
@@ -33,6 +34,10 @@ struct Config {
     words: Vec<String>,
     #[serde(default = "default_fallback_tags")]
     fallback_tags: Vec<String>,
+    /// The subject every described value schema must be registered under (`${topic}` is the
+    /// topic).
+    #[serde(default)]
+    subject: Option<String>,
 }
 
 fn default_key_id() -> String {
@@ -72,6 +77,7 @@ impl Policy for SchemaByName {
 
     fn decide(&self, topic: &str, _client: &Client, records: &[RecordView]) -> Vec<Decision> {
         let key = expand_topic(&self.0.key_id, topic);
+        let subject = self.0.subject.as_deref().map(|s| expand_topic(s, topic));
         let mut schemas = Schemas::new();
         records
             .iter()
@@ -80,6 +86,12 @@ impl Policy for SchemaByName {
                     return Decision::Encrypt(Encrypt::new(key.clone()).whole_value());
                 };
                 match schemas.describe(id) {
+                    Ok(schema) if subject.is_some() && schema.subject != subject => {
+                        Decision::Reject(format!(
+                            "schema id {id} is registered under subject {:?}, not {:?}",
+                            schema.subject, subject
+                        ))
+                    }
                     Ok(schema) => {
                         let chosen =
                             schema.select(|f| self.0.words.iter().any(|w| f.path.contains(w)));
