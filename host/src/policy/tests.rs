@@ -1791,7 +1791,10 @@ async fn describe_schema_lets_a_policy_choose_fields_by_name() {
     let d = reg.decide_async("t", None, 0, &recs).await.unwrap();
     assert_eq!(d[0], schema_fields(&[], &["PII"]));
     reg.attach_schema_registry(schemas);
-    assert_eq!(reg.decide_async("t", None, 0, &recs).await.unwrap(), expected);
+    assert_eq!(
+        reg.decide_async("t", None, 0, &recs).await.unwrap(),
+        expected
+    );
     // The synchronous path (`policy check`) reads the registry's cache only.
     assert_eq!(reg.decide("t", None, 0, &recs).unwrap(), expected);
 }

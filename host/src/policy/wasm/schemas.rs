@@ -19,10 +19,12 @@ pub(crate) const MAX_BATCH_SCHEMAS: usize = 64;
 /// A schema id in `batch-view.schema-ids` that marks a value or key not in the wire format.
 const ABSENT: u32 = u32::MAX;
 
-/// The schemas of one batch, each with its schema or why it could not be had. Empty outside
-/// `decide` (every id is then an error).
+/// A schema id with its schema, or why it could not be had.
+type Fetched = (u32, Result<Arc<RegisteredSchema>, String>);
+
+/// The schemas of one batch. Empty outside `decide` (every id is then an error).
 #[derive(Clone, Default)]
-pub(crate) struct BatchSchemas(Arc<Vec<(u32, Result<Arc<RegisteredSchema>, String>)>>);
+pub(crate) struct BatchSchemas(Arc<Vec<Fetched>>);
 
 impl BatchSchemas {
     /// The answer of `describe-schema(id)`.
@@ -152,7 +154,8 @@ mod tests {
             )
             .unwrap(),
         );
-        registry.preload(RegisteredSchema::parse(9, Some("JSON"), r#"{"type": "object"}"#).unwrap());
+        registry
+            .preload(RegisteredSchema::parse(9, Some("JSON"), r#"{"type": "object"}"#).unwrap());
         let schemas = prefetch(Some(&registry), &ids).await;
         let info = schemas.describe(7).unwrap();
         assert_eq!(info.format, wit::SchemaFormat::Avro);
@@ -175,9 +178,15 @@ mod tests {
         assert!(!info.fields_truncated);
         assert_eq!(schemas.describe(9).unwrap().format, wit::SchemaFormat::Json);
         let e = schemas.describe(8).unwrap_err();
-        assert!(e.contains("schema registry unavailable fetching schema id 8"), "{e}");
+        assert!(
+            e.contains("schema registry unavailable fetching schema id 8"),
+            "{e}"
+        );
         let e = schemas.describe(5).unwrap_err();
-        assert!(e.contains("not a value or key schema id of the batch"), "{e}");
+        assert!(
+            e.contains("not a value or key schema id of the batch"),
+            "{e}"
+        );
         let e = BatchSchemas::default().describe(7).unwrap_err();
         assert!(e.contains("answers only during decide"), "{e}");
         let e = prefetch(None, &[7]).await.describe(7).unwrap_err();

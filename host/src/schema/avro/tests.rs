@@ -390,7 +390,11 @@ fn list_fields_merges_union_branches_and_is_bounded() {
         listed(&l),
         vec![
             ("body".to_owned(), String::new(), ListedKind::Other),
-            ("body.who".to_owned(), "PII,EMAIL".to_owned(), ListedKind::Text),
+            (
+                "body.who".to_owned(),
+                "PII,EMAIL".to_owned(),
+                ListedKind::Text
+            ),
             ("body.n".to_owned(), String::new(), ListedKind::Other),
         ]
     );
