@@ -1738,19 +1738,7 @@ fn schema_fields(fields: &[&str], tags: &[&str]) -> RecordDecision {
 async fn describe_schema_lets_a_policy_choose_fields_by_name() {
     let a = artifacts();
     let reg = one_binding(a.path("schema-by-name"), "*", "", &["kek-*"]);
-    let schemas = Arc::new(
-        crate::schema::SchemaRegistry::new(&crate::schema::registry::SchemaRegistryConfig {
-            // Nothing listens there: an id not preloaded fails as the registry being down.
-            url: "http://127.0.0.1:9".into(),
-            username: None,
-            password_env: None,
-            token_env: None,
-            ca_cert: None,
-            timeout_ms: 500,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap(),
-    );
+    let schemas = Arc::new(crate::schema::SchemaRegistry::unreachable_for_tests());
     schemas.preload(
         crate::schema::RegisteredSchema::parse(
             7,

@@ -478,6 +478,22 @@ impl SchemaRegistry {
         self.cache.lock().entries.get(&id).cloned()
     }
 
+    /// A client of a registry that never answers (`127.0.0.1:9`, 500 ms deadline): tests
+    /// preload the schemas they need, and any other id fails as the registry being down.
+    #[cfg(test)]
+    pub(crate) fn unreachable_for_tests() -> Self {
+        Self::new(&SchemaRegistryConfig {
+            url: "http://127.0.0.1:9".into(),
+            username: None,
+            password_env: None,
+            token_env: None,
+            ca_cert: None,
+            timeout_ms: 500,
+            cache_bytes: 1 << 20,
+        })
+        .expect("a plain http URL")
+    }
+
     /// Number of schemas cached (diagnostics and tests).
     pub fn cached(&self) -> usize {
         self.cache.lock().entries.len()

@@ -133,17 +133,7 @@ mod tests {
     async fn describes_the_prefetched_schemas_of_the_batch_only() {
         let ids = distinct_ids(&batch(&[7, ABSENT, 7, 9, ABSENT, 8]));
         assert_eq!(ids, vec![7, 9, 8]);
-        let registry = SchemaRegistry::new(&crate::schema::registry::SchemaRegistryConfig {
-            // Nothing listens there: an id not preloaded fails as the registry being down.
-            url: "http://127.0.0.1:9".into(),
-            username: None,
-            password_env: None,
-            token_env: None,
-            ca_cert: None,
-            timeout_ms: 500,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap();
+        let registry = SchemaRegistry::unreachable_for_tests();
         registry.preload(
             RegisteredSchema::parse(
                 7,
