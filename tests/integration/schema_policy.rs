@@ -126,35 +126,16 @@ async fn schema_pii_through_kapsule(module: &Path, limits: &str) {
         )
     })
     .await;
-    let SchemaRig {
-        registry,
-        kafka,
-        who,
-        ca,
-        kapsule,
-        ..
-    } = &rig;
-    let topic = unique_name("orders-pol");
-    kafka.create_topic(&topic, 1).await.unwrap();
-    let url = registry.url();
-    let app = ck_ssl(ca, Some(&who.app));
-
     let objects = orders(9, false);
-    let dir = tempfile::tempdir().unwrap();
     let header_lists: Vec<Value> = (0..objects.len()).map(|i| json!(headers(i))).collect();
-    let mut args = vec![
-        "--schema".to_string(),
-        write_json(&dir, "schema.json", ORDER_AVRO),
-        "--input".to_string(),
-        write_json(
-            &dir,
-            "input.json",
-            &json!({"objects": objects, "headers": header_lists}).to_string(),
-        ),
-    ];
-    args.extend(app.iter().cloned());
-    let out = ck_schema("produce", &kapsule.listen, &url, &topic, "avro", &args).await;
-    let sent = delivered(&out);
+    let input = json!({"objects": objects, "headers": header_lists});
+    let Produced {
+        topic,
+        url,
+        app,
+        sent,
+    } = produce_orders(&rig, "orders-pol", &input).await;
+    let (kafka, kapsule) = (rig.kafka, &rig.kapsule);
     let n = sent.len();
 
     // At rest, straight from the broker.
@@ -214,36 +195,16 @@ async fn a_policy_chooses_schema_fields_by_name_from_the_described_schema() {
         )
     })
     .await;
-    let SchemaRig {
-        registry,
-        kafka,
-        who,
-        ca,
-        kapsule,
-        ..
-    } = &rig;
-    let topic = unique_name("orders-byname");
-    kafka.create_topic(&topic, 1).await.unwrap();
-    let url = registry.url();
-    let app = ck_ssl(ca, Some(&who.app));
-
     let objects = orders(6, false);
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "--schema".to_string(),
-        write_json(&dir, "schema.json", ORDER_AVRO),
-        "--input".to_string(),
-        write_json(
-            &dir,
-            "input.json",
-            &json!({ "objects": objects }).to_string(),
-        ),
-    ];
-    args.extend(app.iter().cloned());
-    let out = ck_schema("produce", &kapsule.listen, &url, &topic, "avro", &args).await;
-    let sent = delivered(&out);
+    let Produced {
+        topic,
+        url,
+        app,
+        sent,
+    } = produce_orders(&rig, "orders-byname", &json!({ "objects": objects })).await;
+    let (kafka, kapsule) = (rig.kafka, &rig.kapsule);
     let n = sent.len();
-    assert_eq!(n, objects.len(), "{out}");
+    assert_eq!(n, objects.len(), "every record delivered");
 
     // At rest, straight from the broker: a valid record under the same schema id whose only
     // ciphertext is `customer.email`.
@@ -265,5 +226,38 @@ async fn a_policy_chooses_schema_fields_by_name_from_the_described_schema() {
     for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
         assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
         assert_eq!(s["object"], o.clone());
+    }
+}
+
+/// What [`produce_orders`] produced: the topic, the registry URL, the producer's client
+/// settings and the delivered values (hex).
+struct Produced {
+    topic: String,
+    url: String,
+    app: Vec<String>,
+    sent: Vec<String>,
+}
+
+/// Creates a topic named after `prefix` and produces `input` (`{"objects": [..], "headers":
+/// [..]}`, Avro under [`ORDER_AVRO`]) to it through the rig's Kapsule as principal `app`.
+async fn produce_orders(rig: &SchemaRig, prefix: &str, input: &Value) -> Produced {
+    let topic = unique_name(prefix);
+    rig.kafka.create_topic(&topic, 1).await.unwrap();
+    let url = rig.registry.url();
+    let app = ck_ssl(&rig.ca, Some(&rig.who.app));
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--schema".to_string(),
+        write_json(&dir, "schema.json", ORDER_AVRO),
+        "--input".to_string(),
+        write_json(&dir, "input.json", &input.to_string()),
+    ];
+    args.extend(app.iter().cloned());
+    let out = ck_schema("produce", &rig.kapsule.listen, &url, &topic, "avro", &args).await;
+    Produced {
+        topic,
+        url,
+        app,
+        sent: delivered(&out),
     }
 }
