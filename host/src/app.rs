@@ -91,16 +91,24 @@ fn build_encryption(
         None => anyhow::bail!("a `policy:` section needs a `kms:` section"),
     };
     let mut encryptor = RecordEncryptor::new(kms, config.deks.clone());
-    if let Some(r) = &config.schema_registry {
-        encryptor = encryptor.with_schema_registry(Arc::new(
+    let schema_registry = match &config.schema_registry {
+        Some(r) => Some(Arc::new(
             crate::schema::SchemaRegistry::new(r).context("starting the schema registry client")?,
-        ));
+        )),
+        None => None,
+    };
+    if let Some(r) = &schema_registry {
+        encryptor = encryptor.with_schema_registry(r.clone());
     }
     let encryptor = Arc::new(encryptor);
     registry.register(encryptor.metrics().clone());
     registry.register(encryptor.deks().kms_metrics().clone());
     // Modules compile in the background; their topics get a retriable error until ready.
     let policy = PolicyRegistry::start(policy_config).context("loading policies")?;
+    // Policies describe schemas from the same client and cache the record stage uses.
+    if let Some(r) = schema_registry {
+        policy.attach_schema_registry(r);
+    }
     registry.register(Arc::new(crate::policy::metrics::PolicyMetrics(
         policy.clone(),
     )));

@@ -4,6 +4,10 @@
 //! produced by confluent-kafka's Avro serializer. The policy encrypts every field tagged `PII`,
 //! the whole value of tenant `x`'s records, and passes `class: public` ones, from a memo on
 //! those two headers. One case per language, the same assertions.
+//!
+//! And the `schema-by-name` fixture (`policies/schema-by-name/rust`), which chooses fields
+//! itself from the schema Kapsule describes (`describe-schema`): every string or bytes field
+//! whose path contains `email`.
 
 use std::path::Path;
 
@@ -119,35 +123,16 @@ async fn schema_pii_through_kapsule(module: &Path, limits: &str) {
         )
     })
     .await;
-    let SchemaRig {
-        registry,
-        kafka,
-        who,
-        ca,
-        kapsule,
-        ..
-    } = &rig;
-    let topic = unique_name("orders-pol");
-    kafka.create_topic(&topic, 1).await.unwrap();
-    let url = registry.url();
-    let app = ck_ssl(ca, Some(&who.app));
-
     let objects = orders(9, false);
-    let dir = tempfile::tempdir().unwrap();
     let header_lists: Vec<Value> = (0..objects.len()).map(|i| json!(headers(i))).collect();
-    let mut args = vec![
-        "--schema".to_string(),
-        write_json(&dir, "schema.json", ORDER_AVRO),
-        "--input".to_string(),
-        write_json(
-            &dir,
-            "input.json",
-            &json!({"objects": objects, "headers": header_lists}).to_string(),
-        ),
-    ];
-    args.extend(app.iter().cloned());
-    let out = ck_schema("produce", &kapsule.listen, &url, &topic, "avro", &args).await;
-    let sent = delivered(&out);
+    let input = json!({"objects": objects, "headers": header_lists});
+    let Produced {
+        topic,
+        url,
+        app,
+        sent,
+    } = produce_orders(&rig, "orders-pol", &input).await;
+    let (kafka, kapsule) = (rig.kafka, &rig.kapsule);
     let n = sent.len();
 
     // At rest, straight from the broker.
@@ -179,5 +164,97 @@ async fn schema_pii_through_kapsule(module: &Path, limits: &str) {
     for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
         assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
         assert_eq!(s["object"], o.clone());
+    }
+}
+
+/// A policy that reads the writer schema through `describe-schema` and encrypts the fields
+/// whose path contains `email` (here only `customer.email`, a nullable string), refusing
+/// records whose schema the registry does not name under `<topic>-value` (so the subject Kapsule
+/// reports is checked against Apicurio's answer): at rest exactly
+/// that field is ciphertext, the rest (tagged `PII` or not) stays in clear, and the producer's
+/// principal reads every record back byte-exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_chooses_schema_fields_by_name_from_the_described_schema() {
+    let art = tokio::task::spawn_blocking(build_policies)
+        .await
+        .unwrap()
+        .expect("build the example policies");
+    let module = art.path("schema-by-name");
+    let rig = SchemaRig::start(|url| {
+        format!(
+            "policy:\n  watch: false\n  bindings:\n{}schema_registry:\n  url: \"{url}\"\n",
+            binding(
+                "orders-byname-",
+                &module,
+                r#"{"subject": "${topic}-value"}"#,
+                &["kek-*"]
+            )
+        )
+    })
+    .await;
+    let objects = orders(6, false);
+    let Produced {
+        topic,
+        url,
+        app,
+        sent,
+    } = produce_orders(&rig, "orders-byname", &json!({ "objects": objects })).await;
+    let (kafka, kapsule) = (rig.kafka, &rig.kapsule);
+    let n = sent.len();
+    assert_eq!(n, objects.len(), "every record delivered");
+
+    // At rest, straight from the broker: a valid record under the same schema id whose only
+    // ciphertext is `customer.email`.
+    let stored = consume(&kafka.bootstrap(), &url, &topic, "avro", n, &[]).await;
+    for (i, (s, o)) in stored.iter().zip(&objects).enumerate() {
+        let value = s["value"].as_str().unwrap();
+        assert_eq!(value[..10], sent[i][..10], "wire prefix kept");
+        assert_protected(s, o, &["customer.email"]);
+        let raw = String::from_utf8_lossy(&hex::decode(value).unwrap()).into_owned();
+        assert!(!raw.contains("EMAILMARK"), "email in clear at rest: {raw}");
+        assert!(
+            raw.contains("SSNMARK") && raw.contains("CARDMARK"),
+            "fields without `email` in their path stay in clear: {raw}"
+        );
+    }
+
+    // The producer's principal reads every record back byte-exact.
+    let seen = consume(&kapsule.listen, &url, &topic, "avro", n, &app).await;
+    for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
+        assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
+        assert_eq!(s["object"], o.clone());
+    }
+}
+
+/// What [`produce_orders`] produced: the topic, the registry URL, the producer's client
+/// settings and the delivered values (hex).
+struct Produced {
+    topic: String,
+    url: String,
+    app: Vec<String>,
+    sent: Vec<String>,
+}
+
+/// Creates a topic named after `prefix` and produces `input` (`{"objects": [..], "headers":
+/// [..]}`, Avro under [`ORDER_AVRO`]) to it through the rig's Kapsule as principal `app`.
+async fn produce_orders(rig: &SchemaRig, prefix: &str, input: &Value) -> Produced {
+    let topic = unique_name(prefix);
+    rig.kafka.create_topic(&topic, 1).await.unwrap();
+    let url = rig.registry.url();
+    let app = ck_ssl(&rig.ca, Some(&rig.who.app));
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--schema".to_string(),
+        write_json(&dir, "schema.json", ORDER_AVRO),
+        "--input".to_string(),
+        write_json(&dir, "input.json", &input.to_string()),
+    ];
+    args.extend(app.iter().cloned());
+    let out = ck_schema("produce", &rig.kapsule.listen, &url, &topic, "avro", &args).await;
+    Produced {
+        topic,
+        url,
+        app,
+        sent: delivered(&out),
     }
 }

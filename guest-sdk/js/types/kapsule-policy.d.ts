@@ -7,6 +7,7 @@ declare module 'kapsule:policy/policy@0.3.0' {
   export type TopicPlan = import('kapsule:policy/types@0.3.0').TopicPlan;
   export type Client = import('kapsule:policy/types@0.3.0').Client;
   export type Reveal = import('kapsule:policy/types@0.3.0').Reveal;
+  export type SchemaInfo = import('kapsule:policy/types@0.3.0').SchemaInfo;
   export type * as KapsulePolicyTypes030 from 'kapsule:policy/types@0.3.0'; // import kapsule:policy/types@0.3.0
   /**
   * Prepare the policy with its binding's config string (any format the policy chooses,

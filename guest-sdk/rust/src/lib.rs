@@ -91,6 +91,7 @@ pub use types::{
 
 pub mod json_pointer;
 pub mod log;
+pub mod schema;
 
 /// A policy: created once per instance by `init`, then asked for topic plans, decisions and
 /// reveals.

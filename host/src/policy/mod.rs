@@ -96,6 +96,8 @@ struct Inner {
     /// The `policy:` section this registry was built from: bindings, rules and limits are read
     /// at start-up only (see [`PolicyRegistry::reload_from`]).
     started_with: PolicyConfig,
+    /// Where `describe-schema` gets schemas ([`PolicyRegistry::attach_schema_registry`]).
+    schema_registry: std::sync::OnceLock<Arc<crate::schema::SchemaRegistry>>,
 }
 
 /// The single entry point of the proxy into policies. Cheap to clone (shared state).
@@ -178,8 +180,20 @@ impl PolicyRegistry {
                 resolved: RwLock::new(HashMap::new()),
                 watcher: Mutex::new(None),
                 started_with: config.clone(),
+                schema_registry: Default::default(),
             }),
         })
+    }
+
+    /// Lets policies describe the schemas of the batches they decide (`describe-schema`)
+    /// from `registry` (the one the record stage uses). Call once, before serving; without it
+    /// `describe-schema` answers that no registry is configured.
+    pub fn attach_schema_registry(&self, registry: Arc<crate::schema::SchemaRegistry>) {
+        let _ = self.inner.schema_registry.set(registry);
+    }
+
+    fn schema_registry(&self) -> Option<&crate::schema::SchemaRegistry> {
+        self.inner.schema_registry.get().map(|r| &**r)
     }
 
     fn resolve(&self, topic: &str) -> Target {
@@ -312,10 +326,19 @@ impl PolicyRegistry {
                     )?;
                     match prepared {
                         Decide::Done(d) => return Ok(d),
-                        Decide::Call(call) => match call.run(&c)? {
-                            Decided::Records(d) => return Ok(d),
-                            Decided::MemoBroken => continue,
-                        },
+                        Decide::Call(mut call) => {
+                            let ids = call.schema_ids();
+                            if !ids.is_empty() {
+                                call.with_schemas(wasm::schemas::from_cache(
+                                    self.schema_registry(),
+                                    &ids,
+                                ));
+                            }
+                            match call.run(&c)? {
+                                Decided::Records(d) => return Ok(d),
+                                Decided::MemoBroken => continue,
+                            }
+                        }
                     }
                 }
                 Err(b.memo_not_settled())
@@ -386,7 +409,13 @@ impl PolicyRegistry {
             )?;
             match prepared {
                 Decide::Done(d) => return Ok(d),
-                Decide::Call(call) => {
+                Decide::Call(mut call) => {
+                    let ids = call.schema_ids();
+                    if !ids.is_empty() {
+                        call.with_schemas(
+                            wasm::schemas::prefetch(self.schema_registry(), &ids).await,
+                        );
+                    }
                     match self.blocking(i, move |b| call.run(&b.caller())).await? {
                         Decided::Records(d) => return Ok(d),
                         Decided::MemoBroken => continue,

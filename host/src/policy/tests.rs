@@ -1704,3 +1704,84 @@ fn audits_of_a_correct_memo_are_few_and_leave_it_on() {
     // rest one in 1024 (none more in 1000 records).
     assert_eq!(s.calls, 4, "{s:?}");
 }
+
+/// A record whose value is in the Confluent wire format under schema `id` (body irrelevant:
+/// the policy sees only the id).
+fn wire_record(id: u32) -> Record {
+    let mut value = vec![0];
+    value.extend_from_slice(&id.to_be_bytes());
+    value.extend_from_slice(b"\x02");
+    Record {
+        value: Some(Bytes::from(value)),
+        ..record("", &[])
+    }
+}
+
+fn schema_fields(fields: &[&str], tags: &[&str]) -> RecordDecision {
+    RecordDecision::encrypt(EncryptionPlan {
+        key_id: "kek-t".into(),
+        value: ValuePart::SchemaFields(crate::plan::FieldSelection {
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }),
+        record_key: false,
+        headers: vec![],
+    })
+}
+
+/// A policy that imports `describe-schema` chooses fields from the schemas of its batch:
+/// Kapsule fetched them before `decide` (here: preloaded into the registry's cache; id 8 is
+/// not there and the registry does not answer, so the policy falls back to tags, which the
+/// record stage then enforces fail-closed).
+#[tokio::test(flavor = "multi_thread")]
+async fn describe_schema_lets_a_policy_choose_fields_by_name() {
+    let a = artifacts();
+    let reg = one_binding(a.path("schema-by-name"), "*", "", &["kek-*"]);
+    let schemas = Arc::new(crate::schema::SchemaRegistry::unreachable_for_tests());
+    schemas.preload(
+        crate::schema::RegisteredSchema::parse(
+            7,
+            None,
+            r#"{"type": "record", "name": "Order", "fields": [
+                {"name": "email", "type": "string"},
+                {"name": "email_count", "type": "long"},
+                {"name": "customer", "type": {"type": "record", "name": "C", "fields": [
+                    {"name": "work_email", "type": ["null", "bytes"]},
+                    {"name": "name", "type": "string"}]}}]}"#,
+        )
+        .unwrap(),
+    );
+    schemas.preload(
+        crate::schema::RegisteredSchema::parse(
+            9,
+            Some("JSON"),
+            r#"{"type": "object", "properties": {"n": {"type": "integer"}}}"#,
+        )
+        .unwrap(),
+    );
+    let recs = vec![
+        wire_record(7),
+        wire_record(8),
+        record("{}", &[]),
+        wire_record(9),
+        wire_record(7),
+    ];
+    let by_name = schema_fields(&["email", "customer.work_email"], &[]);
+    let expected = vec![
+        by_name.clone(),
+        schema_fields(&[], &["PII"]),
+        whole("kek-t"),
+        RecordDecision::Pass,
+        by_name,
+    ];
+    // Without a registry attached every schema is an error: the policy falls back to tags.
+    let d = reg.decide_async("t", None, 0, &recs).await.unwrap();
+    assert_eq!(d[0], schema_fields(&[], &["PII"]));
+    reg.attach_schema_registry(schemas);
+    assert_eq!(
+        reg.decide_async("t", None, 0, &recs).await.unwrap(),
+        expected
+    );
+    // The synchronous path (`policy check`) reads the registry's cache only.
+    assert_eq!(reg.decide("t", None, 0, &recs).unwrap(), expected);
+}

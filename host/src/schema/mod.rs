@@ -30,6 +30,117 @@ pub const WIRE_PREFIX_LEN: usize = 5;
 /// are refused, not recursed into.
 pub const MAX_DEPTH: usize = 64;
 
+/// Most fields a schema listing ([`SchemaListing`]) holds; a larger schema is listed up to
+/// this many fields and marked truncated.
+pub const MAX_LISTED_FIELDS: usize = 1024;
+
+/// Most bytes of paths and tags a schema listing holds (it is cached with its schema and
+/// counted against `schema_registry.cache_bytes`).
+pub const MAX_LISTED_BYTES: usize = 256 << 10;
+
+/// Most fields a lister visits (a named type used in many places is walked once per place):
+/// a bound on the work a registry-supplied schema can cause.
+const MAX_VISITED_FIELDS: usize = 16 * MAX_LISTED_FIELDS;
+
+/// What a listed field can hold, as far as field encryption is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListedKind {
+    /// Text (Avro or Protobuf `string`, JSON Schema `type: string`): selectable, the
+    /// ciphertext is written as text.
+    Text,
+    /// Raw bytes (Avro or Protobuf `bytes`): selectable, the ciphertext is written raw.
+    Bytes,
+    /// Anything else (numbers, enums, records, fixed, a union of several types, ...): not
+    /// selectable; its own fields, if any, are listed under its path.
+    Other,
+}
+
+/// One field of a schema as a policy sees it (`describe-schema` in wit/policy.wit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedField {
+    /// Dotted path as a rule or a `schema-fields` decision writes it (arrays, maps, unions and
+    /// optional wrappers stepped through).
+    pub path: String,
+    /// Confluent tags of the field (`confluent:tags`, `(confluent.field_meta).tags`).
+    pub tags: Vec<String>,
+    /// What the field can hold.
+    pub kind: ListedKind,
+}
+
+/// Every field of a schema, depth-first in declaration order, bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaListing {
+    /// The fields, at most [`MAX_LISTED_FIELDS`].
+    pub fields: Vec<ListedField>,
+    /// True when fields were left out: more than [`MAX_LISTED_FIELDS`] or [`MAX_LISTED_BYTES`],
+    /// nesting deeper than [`MAX_DEPTH`], or more than the visit budget.
+    pub truncated: bool,
+    visited: usize,
+    bytes: usize,
+    /// Position of each path in `fields`.
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl SchemaListing {
+    /// Counts one visited field; false (and marks the listing truncated) once the budgets are
+    /// spent or `depth` is past [`MAX_DEPTH`]: the lister then stops descending.
+    fn visit(&mut self, depth: usize) -> bool {
+        self.visited += 1;
+        if depth > MAX_DEPTH
+            || self.visited > MAX_VISITED_FIELDS
+            || self.fields.len() >= MAX_LISTED_FIELDS
+        {
+            self.truncated = true;
+            return false;
+        }
+        true
+    }
+
+    /// Bytes of paths and tags held (what the listing adds to its schema's cache footprint).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds a field. A path seen before (the same name in two union branches or two Protobuf
+    /// top-level messages) is listed once, with the union of the tags, and as
+    /// [`ListedKind::Other`] when the kinds differ (a selection must fit every branch).
+    fn push(&mut self, path: String, tags: &[String], kind: ListedKind) {
+        if let Some(f) = self.index.get(&path).map(|&i| &mut self.fields[i]) {
+            for t in tags {
+                if !f.tags.contains(t) && self.bytes + t.len() <= MAX_LISTED_BYTES {
+                    self.bytes += t.len();
+                    f.tags.push(t.clone());
+                }
+            }
+            if f.kind != kind {
+                f.kind = ListedKind::Other;
+            }
+            return;
+        }
+        let size = path.len() + tags.iter().map(String::len).sum::<usize>();
+        if self.fields.len() >= MAX_LISTED_FIELDS || self.bytes + size > MAX_LISTED_BYTES {
+            self.truncated = true;
+            return;
+        }
+        self.bytes += size;
+        self.index.insert(path.clone(), self.fields.len());
+        self.fields.push(ListedField {
+            path,
+            tags: tags.to_vec(),
+            kind,
+        });
+    }
+}
+
+/// `prefix.name`, or `name` at the top.
+fn child_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 /// A selected field found in a value: where its bytes are and how to write its ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocatedField {

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{avro, json_schema, protobuf, SchemaError};
+use super::{avro, json_schema, protobuf, SchemaError, SchemaListing};
 use crate::plan::FieldSelection;
 
 fn default_timeout_ms() -> u64 {
@@ -209,9 +209,16 @@ pub struct RegisteredSchema {
     pub id: u32,
     /// Schema language.
     pub format: SchemaFormat,
+    /// Subject and version the schema is registered under, when the registry said
+    /// (`GET /schemas/ids/{id}/versions`, first entry); `None` for a schema parsed without one.
+    pub registered_as: Option<(String, u32)>,
+    /// Bytes of schema text (references included) and of the field listing: what the schema
+    /// counts against `cache_bytes`.
     text_len: usize,
     parsed: Parsed,
     compiled: Mutex<Vec<(FieldSelection, Resolution)>>,
+    /// Every field with its tags ([`RegisteredSchema::fields`]).
+    listing: Arc<SchemaListing>,
 }
 
 /// A selection resolved against a schema, or why it does not fit.
@@ -299,13 +306,29 @@ impl RegisteredSchema {
             }
             other => return Err(unusable(format!("unknown schemaType `{other}`"))),
         };
+        // Listed now, once per schema id, so its size counts against the cache's budget.
+        let listing = Arc::new(match &parsed {
+            Parsed::Avro(s) => s.list_fields(),
+            Parsed::Json(s) => s.list_fields(),
+            Parsed::Protobuf(s) => s.list_fields(),
+        });
         Ok(Self {
             id,
             format,
-            text_len: text.len() + references.iter().map(|r| r.text.len()).sum::<usize>(),
+            registered_as: None,
+            text_len: text.len()
+                + references.iter().map(|r| r.text.len()).sum::<usize>()
+                + listing.bytes(),
             parsed,
             compiled: Mutex::new(Vec::new()),
+            listing,
         })
+    }
+
+    /// Every field path of the schema with its tags and kind (bounded, see
+    /// [`SchemaListing`]), listed when the schema was parsed.
+    pub fn fields(&self) -> &Arc<SchemaListing> {
+        &self.listing
     }
 
     /// `selection` resolved against this schema, once per selection: a path that is not in the
@@ -450,6 +473,27 @@ impl SchemaRegistry {
         Ok(s)
     }
 
+    /// The writer schema with this id if it is cached (never fetches).
+    pub fn cached_schema(&self, id: u32) -> Option<Arc<RegisteredSchema>> {
+        self.cache.lock().entries.get(&id).cloned()
+    }
+
+    /// A client of a registry that never answers (`127.0.0.1:9`, 500 ms deadline): tests
+    /// preload the schemas they need, and any other id fails as the registry being down.
+    #[cfg(test)]
+    pub(crate) fn unreachable_for_tests() -> Self {
+        Self::new(&SchemaRegistryConfig {
+            url: "http://127.0.0.1:9".into(),
+            username: None,
+            password_env: None,
+            token_env: None,
+            ca_cert: None,
+            timeout_ms: 500,
+            cache_bytes: 1 << 20,
+        })
+        .expect("a plain http URL")
+    }
+
     /// Number of schemas cached (diagnostics and tests).
     pub fn cached(&self) -> usize {
         self.cache.lock().entries.len()
@@ -467,16 +511,44 @@ impl SchemaRegistry {
     }
 
     async fn fetch(&self, id: u32) -> Result<RegisteredSchema, RegistryError> {
-        let r = self
-            .get_schema(id, &["schemas", "ids", &id.to_string()], None)
+        let id_text = id.to_string();
+        let r: SchemaResponse = self
+            .get_json(id, &["schemas", "ids", &id_text], None)
             .await?;
-        let references = self.references(id, &r.references).await?;
-        RegisteredSchema::parse_with_references(
+        // Where the schema is registered, asked alongside its references: only for policies
+        // (`describe-schema`), so a failure leaves it unknown rather than failing the fetch.
+        let (references, registered_as) = tokio::join!(
+            self.references(id, &r.references),
+            self.registered_as(id, &id_text)
+        );
+        let mut schema = RegisteredSchema::parse_with_references(
             id,
             r.schema_type.as_deref(),
             &r.schema,
-            &references,
-        )
+            &references?,
+        )?;
+        schema.registered_as = registered_as;
+        Ok(schema)
+    }
+
+    /// The first subject and version schema `id` is registered under
+    /// (`GET {url}/schemas/ids/{id}/versions`); `None` when the registry does not say.
+    async fn registered_as(&self, id: u32, id_text: &str) -> Option<(String, u32)> {
+        #[derive(Deserialize)]
+        struct SubjectVersion {
+            subject: String,
+            version: u32,
+        }
+        match self
+            .get_json::<Vec<SubjectVersion>>(id, &["schemas", "ids", id_text, "versions"], None)
+            .await
+        {
+            Ok(v) => v.into_iter().next().map(|sv| (sv.subject, sv.version)),
+            Err(e) => {
+                tracing::debug!(schema_id = id, error = %e, "subject and version of a schema unknown");
+                None
+            }
+        }
     }
 
     /// The schemas `refs` name, and theirs, depth-first with dependencies first, each subject
@@ -509,8 +581,8 @@ impl SchemaRegistry {
                     }
                     seen.insert((r.subject.clone(), r.version));
                     let version = r.version.to_string();
-                    let resp = self
-                        .get_schema(
+                    let resp: SchemaResponse = self
+                        .get_json(
                             id,
                             &["subjects", &r.subject, "versions", &version],
                             Some(&r),
@@ -542,15 +614,15 @@ impl SchemaRegistry {
         Ok(out)
     }
 
-    /// `GET {base}/{segments...}` (each segment percent-encoded) for a schema object; `id` names
-    /// the schema being fetched in errors, `reference` the referenced subject version when that
-    /// is what is read.
-    async fn get_schema(
+    /// `GET {base}/{segments...}` (each segment percent-encoded) for a JSON answer (a schema
+    /// object, a list of subject versions); `id` names the schema being fetched in errors,
+    /// `reference` the referenced subject version when that is what is read.
+    async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         id: u32,
         segments: &[&str],
         reference: Option<&Reference>,
-    ) -> Result<SchemaResponse, RegistryError> {
+    ) -> Result<T, RegistryError> {
         let what = reference.map_or_else(String::new, |r| {
             format!(
                 " (its reference `{}`: subject `{}` version {})",
@@ -611,7 +683,10 @@ impl SchemaRegistry {
         }
         serde_json::from_slice(&body).map_err(|e| RegistryError::Unusable {
             id,
-            message: format!("registry answer is not a schema object{what}: {e}"),
+            message: format!(
+                "registry answer to `{}` is not as the Confluent API defines it{what}: {e}",
+                segments.join("/")
+            ),
         })
     }
 }

@@ -109,7 +109,7 @@ macro_rules! sdk_files {
 // The files of each SDK package (what `cargo package`, the wheel and `npm pack` hold). The unit
 // test `embedded_sdks_are_the_packages_of_the_tree` fails when a package file is missing here.
 const RUST_SDK: &[SdkFile] = sdk_files!("rust":
-    "Cargo.toml", "src/lib.rs", "src/types.rs", "src/log.rs", "src/json_pointer.rs",
+    "Cargo.toml", "src/lib.rs", "src/types.rs", "src/log.rs", "src/json_pointer.rs", "src/schema.rs",
     "wit/policy.wit");
 const PYTHON_SDK: &[SdkFile] = sdk_files!("python":
     "pyproject.toml", "README.md", "kapsule_policy/__init__.py", "kapsule_policy/_types.py",

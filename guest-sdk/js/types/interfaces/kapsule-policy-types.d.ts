@@ -86,6 +86,96 @@ declare module 'kapsule:policy/types@0.3.0' {
     tags: Array<string>,
   }
   /**
+   * The schema language of a registered schema.
+   * # Variants
+   * 
+   * ## `"avro"`
+   * 
+   * Apache Avro.
+   * ## `"protobuf"`
+   * 
+   * Protocol Buffers.
+   * ## `"json"`
+   * 
+   * JSON Schema.
+   */
+  export type SchemaFormat = 'avro' | 'protobuf' | 'json';
+  /**
+   * What a schema field can hold, as far as `schema-fields` is concerned.
+   * # Variants
+   * 
+   * ## `"text"`
+   * 
+   * Text: an Avro or Protobuf `string`, a JSON Schema `type: string` (also nullable, an
+   * array or map of strings). Selectable; the ciphertext is written as text.
+   * ## `"bytes"`
+   * 
+   * Raw bytes: an Avro or Protobuf `bytes` (also nullable, an array or map of bytes).
+   * Selectable; the ciphertext is written raw.
+   * ## `"other"`
+   * 
+   * Anything else: numbers, booleans, enums, fixed, records and messages, a union of
+   * several types. Selecting it refuses the record; its own fields, if any, are listed
+   * under its path.
+   */
+  export type FieldKind = 'text' | 'bytes' | 'other';
+  /**
+   * One field of a schema.
+   */
+  export interface SchemaField {
+    /**
+     * Dotted path exactly as `schema-selection.fields` takes it, e.g. `customer.email`;
+     * arrays, maps, unions/oneof and optional wrappers are stepped through
+     * (`orders.card` is the `card` of every element of `orders`).
+     */
+    path: string,
+    /**
+     * The field's Confluent tags (Avro and JSON Schema `confluent:tags`, Protobuf
+     * `(confluent.field_meta).tags`), e.g. `PII`.
+     */
+    tags: Array<string>,
+    /**
+     * What the field can hold.
+     */
+    kind: FieldKind,
+  }
+  /**
+   * A registered schema as `describe-schema` shows it.
+   */
+  export interface SchemaInfo {
+    /**
+     * The schema language.
+     */
+    format: SchemaFormat,
+    /**
+     * The subject the schema is registered under and its version there (the first the
+     * registry lists for the id: one schema can be registered under several subjects).
+     * `none` when the registry did not say (`GET /schemas/ids/{id}/versions` failed or
+     * is not served).
+     */
+    subject?: string,
+    /**
+     * Version under `subject`.
+     */
+    version?: number,
+    /**
+     * Every field, depth-first from the top-level record or message (every top-level
+     * message for Protobuf): records and messages are listed with their fields below them;
+     * a record inside itself is not entered again. A path reached twice (the same name in
+     * two union branches) is listed once with the tags of both, and as `other` when their
+     * kinds differ. JSON Schema lists properties through `properties` and `$ref`s only:
+     * properties under `items`, `oneOf`/`anyOf`/`allOf`, `additionalProperties` or
+     * `patternProperties` are not listed (no path selects them). JSON Schema properties
+     * come in name order; Avro and Protobuf fields in declaration order.
+     */
+    fields: Array<SchemaField>,
+    /**
+     * True when the schema has more fields than were listed: at most 1024 fields, 256 KiB
+     * of paths and tags, 64 levels deep.
+     */
+    fieldsTruncated: boolean,
+  }
+  /**
    * Which part of a record value to encrypt.
    */
   export type ValuePart = ValuePartNone | ValuePartWhole | ValuePartJsonFields | ValuePartSchemaFields;

@@ -1,4 +1,5 @@
-//! Per-instance host state: the empty WASI context, the memory limiter and the `log` import.
+//! Per-instance host state: the empty WASI context, the memory limiter, the `log` and
+//! `describe-schema` imports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub(crate) struct HostState {
     /// The time budget of the call running now.
     pub(crate) clock: super::deadline::CallClock,
     log: Arc<LogSink>,
+    /// What `describe-schema` answers during the `decide` call running now (empty otherwise).
+    pub(crate) schemas: super::schemas::BatchSchemas,
 }
 
 impl HostState {
@@ -32,6 +35,7 @@ impl HostState {
             limiter: MemoryLimiter::new(max_memory_bytes),
             clock: Default::default(),
             log,
+            schemas: Default::default(),
         }
     }
 }
@@ -275,6 +279,13 @@ impl super::bindings::kapsule::policy::types::Host for HostState {}
 impl PolicyImports for HostState {
     fn log(&mut self, level: Level, message: String) {
         self.log.log(level, &message);
+    }
+
+    fn describe_schema(
+        &mut self,
+        id: u32,
+    ) -> Result<super::bindings::kapsule::policy::types::SchemaInfo, String> {
+        self.schemas.describe(id)
     }
 }
 

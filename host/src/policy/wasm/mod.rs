@@ -1,7 +1,8 @@
 //! The Wasm policy runtime: the only module that touches wasmtime.
 //!
 //! - One [`WasmRuntime`] per process: one [`wasmtime::Engine`] (epoch interruption on, a 1 ms
-//!   ticker thread), one linker with the `log` import and a WASI context that grants nothing.
+//!   ticker thread), one linker with the `log` and `describe-schema` imports and a WASI context
+//!   that grants nothing.
 //! - [`WasmRuntime::load`] compiles a component (or reuses the compiled artifact cached on disk
 //!   under its content hash, produced earlier by this same engine), pre-instantiates it, creates a
 //!   first instance and runs `init`; any failure refuses the module. This is slow (milliseconds
@@ -28,6 +29,7 @@ mod lift;
 mod memo;
 pub use memo::MemoUse;
 mod module;
+pub(crate) mod schemas;
 mod wasi;
 pub(crate) mod worker;
 
@@ -476,7 +478,7 @@ impl WasmRuntime {
             .with_context(|| {
                 format!(
                     "linking policy module {}: it imports something the sandbox does not \
-                     provide (only `log` and deny-all WASI are available)",
+                     provide (only `log`, `describe-schema` and deny-all WASI are available)",
                     path.display()
                 )
             })?;
@@ -497,6 +499,10 @@ impl WasmRuntime {
                 },
             },
         };
+        let describes_schemas = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name == "describe-schema");
         LoadedModule::new(
             self.clone(),
             pre,
@@ -506,6 +512,7 @@ impl WasmRuntime {
             config,
             log,
         )
+        .map(|m| m.describing_schemas(describes_schemas))
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("initializing policy module {}", path.display()))
     }

@@ -17,6 +17,7 @@ use super::bindings_v0_1::kapsule::policy::types::BatchView as V0_1BatchView;
 use super::deadline::CallClock;
 use super::host::{HostState, LogSink};
 use super::memo::{self, Grouped, MemoAudit, MemoUse, Pending};
+use super::schemas::BatchSchemas;
 use super::{lift, wasi, Caller, WasmRuntime, WitVersion};
 use crate::kafka::records::Record;
 use crate::plan::{MemoKey, RecordDecision, Reveal, TopicPlan};
@@ -67,6 +68,9 @@ pub struct LoadedModule {
     answers: AnswerCache,
     /// Audits of this version's memo answers; a mismatch turns its memo off.
     memo_audit: MemoAudit,
+    /// The component imports `describe-schema`: its batches' schemas are fetched before
+    /// `decide` ([`DecideCall::schema_ids`]).
+    describes_schemas: bool,
 }
 
 /// What a [`DecideCall`] gave.
@@ -95,6 +99,8 @@ pub(crate) struct DecideCall {
     batch: wit::BatchView,
     /// With a memo key: how to spread the answers for the representatives over the batch.
     memo: Option<Pending>,
+    /// What `describe-schema` answers during the call ([`DecideCall::with_schemas`]).
+    schemas: BatchSchemas,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -183,6 +189,7 @@ impl LoadedModule {
             },
             answers: AnswerCache::new(cache_budget, cache_entry_max),
             memo_audit: MemoAudit::default(),
+            describes_schemas: false,
         };
         let inst = module.new_instance()?;
         {
@@ -191,6 +198,12 @@ impl LoadedModule {
             st.idle.push(inst);
         }
         Ok(module)
+    }
+
+    /// Marks a module whose component imports `describe-schema`.
+    pub(super) fn describing_schemas(mut self, yes: bool) -> Self {
+        self.describes_schemas = yes;
+        self
     }
 
     /// The validated plan of `topic` for `principal` if this version has computed it.
@@ -334,6 +347,7 @@ impl LoadedModule {
             principal: principal.cloned(),
             batch: batch.map_err(|reason| c.unavailable(reason))?,
             memo,
+            schemas: BatchSchemas::default(),
         })))
     }
 
@@ -534,13 +548,16 @@ impl LoadedModule {
         topic: &str,
         principal: Option<&Principal>,
         batch: &wit::BatchView,
+        schemas: &BatchSchemas,
     ) -> Result<wit::Decisions, CallError> {
         let budget = self
             .runtime
             .limits
             .decide_budget(answer::record_count(batch));
         self.with_instance(budget, |store, ex| {
-            Ok(match self.version {
+            // Answered for this call only: cleared again before the instance is pooled.
+            store.data_mut().schemas = schemas.clone();
+            let decided = Ok(match self.version {
                 WitVersion::V0_1 => ex
                     .decide
                     .typed::<(&str, &V0_1BatchView), (lift::RawDecisionsV0_2,)>(&*store)?
@@ -564,7 +581,9 @@ impl LoadedModule {
                     .call(&mut *store, (topic, &client(principal), batch))?
                     .0
                     .into(),
-            })
+            });
+            store.data_mut().schemas = BatchSchemas::default();
+            decided
         })
     }
 
@@ -603,6 +622,22 @@ fn client(principal: Option<&Principal>) -> wit::Client {
 }
 
 impl DecideCall {
+    /// The distinct schema ids of the batch the guest will see, when the module imports
+    /// `describe-schema` (else none): fetch them ([`super::schemas::prefetch`]) and hand them to
+    /// [`DecideCall::with_schemas`] before [`DecideCall::run`].
+    pub(crate) fn schema_ids(&self) -> Vec<u32> {
+        if self.module.describes_schemas {
+            super::schemas::distinct_ids(&self.batch)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Sets what `describe-schema` answers during [`DecideCall::run`].
+    pub(crate) fn with_schemas(&mut self, schemas: BatchSchemas) {
+        self.schemas = schemas;
+    }
+
     /// Runs the guest's `decide` (blocking, bounded by the batch's deadline) and validates its
     /// answer: one decision per record, in order. Failures are accounted to `c`. When an audit
     /// finds the memo wrong, the memo is turned off for this module version (reported to `c`)
@@ -610,9 +645,12 @@ impl DecideCall {
     pub(crate) fn run(self: Box<Self>, c: &Caller<'_>) -> Result<Decided, PolicyError> {
         let n = answer::record_count(&self.batch);
         let started = Instant::now();
-        let raw = self
-            .module
-            .call_decide(&self.topic, self.principal.as_ref(), &self.batch);
+        let raw = self.module.call_decide(
+            &self.topic,
+            self.principal.as_ref(),
+            &self.batch,
+            &self.schemas,
+        );
         c.stats.record_call(started.elapsed());
         let raw = raw.map_err(|e| c.call_failed(e))?;
         let (distinct, choices) = answer::decisions(c, raw, n, &self.plan.0, &self.topic)?;

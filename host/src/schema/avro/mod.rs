@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::varint::read_zigzag;
 use super::FieldEncoding;
-use super::{split_path, LocatedField, MAX_DEPTH};
+use super::{child_path, split_path, ListedKind, LocatedField, SchemaListing, MAX_DEPTH};
 use crate::plan::FieldSelection;
 
 /// The Avro attribute Confluent writes field tags under.
@@ -340,6 +340,68 @@ impl AvroSchema {
                  whole value",
                 self.describe(n)
             ))
+        }
+    }
+}
+
+impl AvroSchema {
+    /// Every field path of the schema with its tags and kind, as [`Targets::resolve`] reads
+    /// paths: records found through arrays, maps and unions, a record inside itself (recursion)
+    /// not entered again.
+    pub fn list_fields(&self) -> SchemaListing {
+        let mut out = SchemaListing::default();
+        self.list_under(&self.root, "", 0, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn list_under(
+        &self,
+        n: &Node,
+        prefix: &str,
+        depth: usize,
+        open: &mut Vec<usize>,
+        out: &mut SchemaListing,
+    ) {
+        let mut records = Vec::new();
+        self.records_under(n, &mut records);
+        for r in records {
+            let Named::Record { fields, .. } = &self.named[r] else {
+                continue;
+            };
+            if open.contains(&r) {
+                continue;
+            }
+            open.push(r);
+            for f in fields {
+                if !out.visit(depth) {
+                    break;
+                }
+                let path = child_path(prefix, &f.name);
+                out.push(path.clone(), &f.tags, self.listed_kind(&f.ty));
+                self.list_under(&f.ty, &path, depth + 1, open, out);
+            }
+            open.pop();
+        }
+    }
+
+    /// The kind of a field of type `n`: text or bytes when [`AvroSchema::check_selectable`]
+    /// accepts it (text when any string can occur).
+    fn listed_kind(&self, n: &Node) -> ListedKind {
+        if self.check_selectable(n, "").is_err() {
+            return ListedKind::Other;
+        }
+        fn has_string(n: &Node) -> bool {
+            match n {
+                Node::String => true,
+                Node::Array(x) | Node::Map(x) => has_string(x),
+                Node::Union(b) => b.iter().any(has_string),
+                _ => false,
+            }
+        }
+        if has_string(n) {
+            ListedKind::Text
+        } else {
+            ListedKind::Bytes
         }
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::schema::varint::write_zigzag;
+use crate::schema::MAX_LISTED_FIELDS;
 
 fn sel(fields: &[&str], tags: &[&str]) -> FieldSelection {
     FieldSelection {
@@ -318,4 +319,94 @@ fn constructs_table_selected_types() {
             ("note".to_owned(), s("n"), FieldEncoding::AvroText),
         ]
     );
+}
+
+/// `(path, tags, kind)` of a listing, for compact assertions.
+fn listed(l: &SchemaListing) -> Vec<(String, String, ListedKind)> {
+    l.fields
+        .iter()
+        .map(|f| (f.path.clone(), f.tags.join(","), f.kind))
+        .collect()
+}
+
+#[test]
+fn list_fields_walks_records_arrays_maps_unions_and_stops_at_recursion() {
+    use ListedKind::{Bytes, Other, Text};
+    let schema = AvroSchema::parse(SCHEMA).unwrap();
+    let l = schema.list_fields();
+    assert!(!l.truncated);
+    let want: Vec<(&str, &str, ListedKind)> = vec![
+        ("id", "", Other),
+        ("ok", "", Other),
+        ("price", "", Other),
+        ("ratio", "", Other),
+        ("ssn", "PII", Text),
+        ("customer", "", Other),
+        ("customer.email", "PII", Text),
+        ("customer.photo", "", Bytes),
+        ("customer.uid", "", Text),
+        ("status", "", Other),
+        ("hash", "", Other),
+        ("lines", "", Other),
+        ("lines.card", "", Text),
+        ("lines.qty", "", Other),
+        ("attrs", "", Text),
+        ("referrer", "", Other),
+        ("referrer.email", "PII", Text),
+        ("referrer.photo", "", Bytes),
+        ("referrer.uid", "", Text),
+        // `Order` inside itself is not entered again.
+        ("next", "", Other),
+    ];
+    let want: Vec<(String, String, ListedKind)> = want
+        .into_iter()
+        .map(|(p, t, k)| (p.to_owned(), t.to_owned(), k))
+        .collect();
+    assert_eq!(listed(&l), want);
+    // Every listed text or bytes path resolves as a selection; every other one is refused.
+    let schema = Arc::new(schema);
+    for f in &l.fields {
+        let r = Targets::resolve(&schema, &sel(&[&f.path], &[]));
+        assert_eq!(r.is_ok(), f.kind != Other, "{}: {:?}", f.path, r.err());
+    }
+}
+
+#[test]
+fn list_fields_merges_union_branches_and_is_bounded() {
+    // Two record branches with a field of the same name: listed once, tags merged, and
+    // `other` when the branches disagree on what it holds.
+    let schema = AvroSchema::parse(
+        r#"{"type": "record", "name": "E", "fields": [{"name": "body", "type": [
+            {"type": "record", "name": "A", "fields": [
+                {"name": "who", "type": "string", "confluent:tags": ["PII"]},
+                {"name": "n", "type": "string"}]},
+            {"type": "record", "name": "B", "fields": [
+                {"name": "who", "type": "string", "confluent:tags": ["EMAIL"]},
+                {"name": "n", "type": "long"}]}]}]}"#,
+    )
+    .unwrap();
+    let l = schema.list_fields();
+    assert_eq!(
+        listed(&l),
+        vec![
+            ("body".to_owned(), String::new(), ListedKind::Other),
+            (
+                "body.who".to_owned(),
+                "PII,EMAIL".to_owned(),
+                ListedKind::Text
+            ),
+            ("body.n".to_owned(), String::new(), ListedKind::Other),
+        ]
+    );
+    // More fields than the cap: listed up to it, marked truncated.
+    let fields: Vec<String> = (0..MAX_LISTED_FIELDS + 5)
+        .map(|i| format!(r#"{{"name": "f{i}", "type": "string"}}"#))
+        .collect();
+    let big = format!(
+        r#"{{"type": "record", "name": "Big", "fields": [{}]}}"#,
+        fields.join(",")
+    );
+    let l = AvroSchema::parse(&big).unwrap().list_fields();
+    assert!(l.truncated);
+    assert_eq!(l.fields.len(), MAX_LISTED_FIELDS);
 }

@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use super::FieldEncoding;
-use super::{split_path, LocatedField, MAX_DEPTH};
+use super::{child_path, split_path, ListedKind, LocatedField, SchemaListing, MAX_DEPTH};
 use crate::json::find_spans;
 use crate::plan::FieldSelection;
 
@@ -254,6 +254,66 @@ impl TagSearch<'_> {
         }
         self.expanding.pop();
         Ok(())
+    }
+}
+
+impl JsonSchema {
+    /// Every property path of the schema with its tags and kind, as [`Targets::resolve`] reads
+    /// paths: through nested `properties` and `$ref`s (local and to references), tags from the
+    /// property and from its `$ref` target; an object inside itself (recursive `$ref`) is not
+    /// entered again, and a `$ref` that names nothing lists the property as `other`. Properties
+    /// under array `items`, `oneOf`/`anyOf`/`allOf`, `additionalProperties` or
+    /// `patternProperties` are not listed: no path selects them.
+    pub fn list_fields(&self) -> SchemaListing {
+        let mut out = SchemaListing::default();
+        self.list_under(self.root(), "", 0, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn list_under(
+        &self,
+        node: Node<'_>,
+        prefix: &str,
+        depth: usize,
+        open: &mut Vec<String>,
+        out: &mut SchemaListing,
+    ) {
+        let Ok((doc, resolved, location)) = self.deref(node) else {
+            return;
+        };
+        let Some(props) = resolved.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        if open.contains(&location) {
+            return;
+        }
+        open.push(location.clone());
+        for (name, p) in props {
+            if !out.visit(depth) {
+                break;
+            }
+            let path = child_path(prefix, name);
+            let property_location = format!("{location}/properties/{name}");
+            let target = self.deref((doc, p, property_location.clone())).ok();
+            let mut tags: Vec<String> = Vec::new();
+            for t in tags_of(p)
+                .into_iter()
+                .chain(target.iter().flat_map(|t| tags_of(t.1)))
+            {
+                if !tags.iter().any(|x| x == t) {
+                    tags.push(t.to_owned());
+                }
+            }
+            let kind = match &target {
+                Some((_, v, _)) if is_string_type(v) => ListedKind::Text,
+                _ => ListedKind::Other,
+            };
+            out.push(path.clone(), &tags, kind);
+            if target.is_some() {
+                self.list_under((doc, p, property_location), &path, depth + 1, open, out);
+            }
+        }
+        open.pop();
     }
 }
 

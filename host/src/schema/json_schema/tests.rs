@@ -243,3 +243,61 @@ fn recursion_and_unsupported_constructs_fail_closed() {
         "properties": {"x": {"type": "string"}}});
     assert_eq!(names(&parse(&schema, &[]), &sel(&["x"], &[])), vec!["x"]);
 }
+
+#[test]
+fn list_fields_follows_properties_and_refs_and_stops_at_recursion() {
+    use crate::schema::ListedKind::{Other, Text};
+    let customer: Value = serde_json::json!({
+        "$id": "https://example.com/customer.json",
+        "type": "object",
+        "properties": {"email": {"type": "string", "confluent:tags": ["PII"]}}
+    });
+    let schema: Value = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "ssn": {"type": ["string", "null"], "confluent:tags": ["PII"]},
+            "buyer": {"$ref": "customer.json"},
+            "node": {"$ref": "#/$defs/Node", "confluent:tags": ["TREE"]},
+            "items": {"type": "array", "items": {"type": "object", "properties": {
+                "card": {"type": "string", "confluent:tags": ["PII"]}}}},
+            "broken": {"$ref": "#/$defs/Missing"}
+        },
+        "$defs": {"Node": {"type": "object", "properties": {
+            "label": {"type": "string"},
+            "next": {"$ref": "#/$defs/Node"}
+        }}}
+    });
+    let schema = parse(&schema, &[("customer.json", &customer)]);
+    let l = schema.list_fields();
+    assert!(!l.truncated);
+    let mut got: Vec<(String, String, crate::schema::ListedKind)> = l
+        .fields
+        .iter()
+        .map(|f| (f.path.clone(), f.tags.join(","), f.kind))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let want = [
+        ("broken", "", Other),
+        ("buyer", "", Other),
+        ("buyer.email", "PII", Text),
+        ("id", "", Other),
+        // Array items are not listed: no path selects them.
+        ("items", "", Other),
+        ("node", "TREE", Other),
+        ("node.label", "", Text),
+        // `Node` inside itself is not entered again.
+        ("node.next", "", Other),
+        ("ssn", "PII", Text),
+    ];
+    let want: Vec<(String, String, crate::schema::ListedKind)> = want
+        .iter()
+        .map(|(p, t, k)| (p.to_string(), t.to_string(), *k))
+        .collect();
+    assert_eq!(got, want);
+    // Every listed text path resolves as a selection; every other one is refused.
+    for f in &l.fields {
+        let r = Targets::resolve(&schema, &sel(&[&f.path], &[]));
+        assert_eq!(r.is_ok(), f.kind != Other, "{}: {:?}", f.path, r.err());
+    }
+}

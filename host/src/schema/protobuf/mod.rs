@@ -27,7 +27,7 @@ use self::parse::resolve;
 
 use super::varint::{read_unsigned, read_zigzag};
 use super::FieldEncoding;
-use super::{split_path, LocatedField, MAX_DEPTH};
+use super::{child_path, split_path, ListedKind, LocatedField, SchemaListing, MAX_DEPTH};
 use crate::plan::FieldSelection;
 
 /// A field type as the walker needs it.
@@ -213,6 +213,54 @@ impl ProtoSchema {
             }
         }
         Ok(Self { messages, top })
+    }
+}
+
+impl ProtoSchema {
+    /// Every field path of the schema with its tags and kind, as [`Targets::resolve`] reads
+    /// paths: from every top-level message (a record's message indexes choose one; a path in
+    /// several is listed once), through message fields and map values (`oneof` members are
+    /// fields of their message), a message inside itself (recursion) not entered again.
+    pub fn list_fields(&self) -> SchemaListing {
+        let mut out = SchemaListing::default();
+        for &m in &self.top {
+            self.list_under(m, "", 0, &mut Vec::new(), &mut out);
+        }
+        out
+    }
+
+    fn list_under(
+        &self,
+        msg: usize,
+        prefix: &str,
+        depth: usize,
+        open: &mut Vec<usize>,
+        out: &mut SchemaListing,
+    ) {
+        if open.contains(&msg) {
+            return;
+        }
+        open.push(msg);
+        for f in &self.messages[msg].fields {
+            if !out.visit(depth) {
+                break;
+            }
+            let path = child_path(prefix, &f.name);
+            let ty = match &f.ty {
+                FieldType::Map(v) => v.as_ref(),
+                t => t,
+            };
+            let kind = match ty {
+                FieldType::String => ListedKind::Text,
+                FieldType::Bytes => ListedKind::Bytes,
+                _ => ListedKind::Other,
+            };
+            out.push(path.clone(), &f.tags, kind);
+            if let FieldType::Message(n) = ty {
+                self.list_under(*n, &path, depth + 1, open, out);
+            }
+        }
+        open.pop();
     }
 }
 

@@ -421,3 +421,54 @@ message Shop {
         assert!(e.contains(want), "{p}: {e}");
     }
 }
+
+#[test]
+fn list_fields_walks_messages_maps_oneof_and_every_top_level_message() {
+    use crate::schema::ListedKind::{Bytes, Other, Text};
+    let schema = Arc::new(
+        ProtoSchema::parse(&format!(
+            "{PROTO}\nmessage Tree {{ string label = 1 [(confluent.field_meta).tags = \"PII\"]; \
+             repeated Tree children = 2; map<string, Order.Line> by_id = 3; }}"
+        ))
+        .unwrap(),
+    );
+    let l = schema.list_fields();
+    assert!(!l.truncated);
+    let got: Vec<(&str, String, crate::schema::ListedKind)> = l
+        .fields
+        .iter()
+        .map(|f| (f.path.as_str(), f.tags.join(","), f.kind))
+        .collect();
+    let want = [
+        ("x", "", Text),
+        ("id", "", Other),
+        ("ssn", "PII", Text),
+        ("customer", "", Other),
+        ("customer.email", "", Text),
+        ("customer.photo", "", Bytes),
+        ("lines", "", Other),
+        ("lines.card", "", Text),
+        ("lines.qty", "", Other),
+        ("attrs", "", Text),
+        ("phone", "", Text),
+        ("token", "", Bytes),
+        ("at", "", Other),
+        ("status", "", Other),
+        ("label", "PII", Text),
+        // `Tree` inside itself is not entered again.
+        ("children", "", Other),
+        ("by_id", "", Other),
+        ("by_id.card", "", Text),
+        ("by_id.qty", "", Other),
+    ];
+    let want: Vec<(&str, String, crate::schema::ListedKind)> = want
+        .iter()
+        .map(|(p, t, k)| (*p, t.to_string(), *k))
+        .collect();
+    assert_eq!(got, want);
+    // Every listed text or bytes path resolves as a selection; every other one is refused.
+    for f in &l.fields {
+        let r = Targets::resolve(&schema, &sel(&[&f.path]));
+        assert_eq!(r.is_ok(), f.kind != Other, "{}: {:?}", f.path, r.err());
+    }
+}
