@@ -175,10 +175,7 @@ async fn schema_pii_through_kapsule(module: &Path, limits: &str) {
 /// principal reads every record back byte-exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policy_chooses_schema_fields_by_name_from_the_described_schema() {
-    let art = tokio::task::spawn_blocking(build_policies)
-        .await
-        .unwrap()
-        .expect("build the example policies");
+    let art = policy_artifacts().expect("the guest components kapsule-test-fixtures built");
     let module = art.path("schema-by-name");
     let rig = SchemaRig::start(|url| {
         format!(
