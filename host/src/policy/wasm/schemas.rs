@@ -104,13 +104,12 @@ pub(crate) async fn prefetch(registry: Option<&SchemaRegistry>, ids: &[u32]) -> 
 /// synchronous callers (`policy check`, tests) that cannot wait on the registry.
 pub(crate) fn from_cache(registry: Option<&SchemaRegistry>, ids: &[u32]) -> BatchSchemas {
     let found = ids.iter().take(MAX_BATCH_SCHEMAS).map(|&id| {
-        let got = registry
-            .and_then(|r| r.cached_schema(id))
-            .ok_or_else(|| {
-                format!(
-                    "schema id {id} is not cached and this synchronous decide does not fetch                      schemas (the proxy does)"
-                )
-            });
+        let got = registry.and_then(|r| r.cached_schema(id)).ok_or_else(|| {
+            format!(
+                "schema id {id} is not cached and this synchronous decide does not fetch \
+                     schemas (the proxy does)"
+            )
+        });
         (id, got)
     });
     BatchSchemas(Arc::new(found.collect()))

@@ -14,101 +14,19 @@
 //! [`MAX_REFERENCES`] of them, all within `cache_bytes`; they are cached with the schema that
 //! needs them (their text counts towards its size), so they are fetched once per schema id.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{avro, json_schema, protobuf, SchemaError, SchemaListing};
-use crate::plan::FieldSelection;
+mod config;
+mod registered;
 
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_cache_bytes() -> usize {
-    16 << 20
-}
-
-/// The `schema_registry:` section: where writer schemas come from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchemaRegistryConfig {
-    /// Base URL of the Confluent-compatible API, e.g. `http://registry:8081` or
-    /// `http://apicurio:8080/apis/ccompat/v7`.
-    pub url: String,
-    /// User name for HTTP basic authentication (with `password_env`).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Environment variable holding the basic-authentication password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// Environment variable holding a bearer token (exclusive with `username`).
-    #[serde(default)]
-    pub token_env: Option<String>,
-    /// PEM file of the CA that signed the registry's certificate (default: the web PKI roots).
-    #[serde(default)]
-    pub ca_cert: Option<PathBuf>,
-    /// Deadline of one schema fetch in milliseconds (default 5000, 100..=60000).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Most bytes of schema text kept parsed in memory (default 16 MiB); least recently used
-    /// schemas are dropped beyond it, and a single larger schema is refused.
-    #[serde(default = "default_cache_bytes")]
-    pub cache_bytes: usize,
-}
-
-impl SchemaRegistryConfig {
-    /// Pushes every problem of this section into `problems`, under `path`.
-    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
-        match url::Url::parse(&self.url) {
-            Ok(u) if !u.username().is_empty() || u.password().is_some() => problems.push(format!(
-                "{path}.url: credentials in the URL; use `username` + `password_env` or `token_env`"
-            )),
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            Ok(u) => problems.push(format!(
-                "{path}.url: scheme `{}` is not http or https",
-                u.scheme()
-            )),
-            Err(e) => problems.push(format!("{path}.url: `{}` is not a URL: {e}", self.url)),
-        }
-        if self.username.is_some() != self.password_env.is_some() {
-            problems.push(format!(
-                "{path}: basic authentication needs both `username` and `password_env`"
-            ));
-        }
-        if self.username.is_some() && self.token_env.is_some() {
-            problems.push(format!(
-                "{path}: choose basic authentication (`username`) or a bearer token (`token_env`), not both"
-            ));
-        }
-        for var in [&self.password_env, &self.token_env].into_iter().flatten() {
-            if std::env::var_os(var).is_none() {
-                problems.push(format!("{path}: environment variable `{var}` is not set"));
-            }
-        }
-        if let Some(ca) = &self.ca_cert {
-            if !ca.is_file() {
-                problems.push(format!("{path}.ca_cert: `{}` is not a file", ca.display()));
-            }
-        }
-        if !(100..=60_000).contains(&self.timeout_ms) {
-            problems.push(format!(
-                "{path}.timeout_ms: {} is outside 100..=60000",
-                self.timeout_ms
-            ));
-        }
-        if self.cache_bytes < 64 << 10 {
-            problems.push(format!(
-                "{path}.cache_bytes: {} is below 65536",
-                self.cache_bytes
-            ));
-        }
-    }
-}
+pub use config::SchemaRegistryConfig;
+pub use registered::{Compiled, ReferencedSchema, RegisteredSchema, SchemaFormat, MAX_REFERENCES};
 
 /// Why a schema could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,210 +70,6 @@ impl RegistryError {
         matches!(self, Self::Unavailable { .. })
     }
 }
-
-/// The schema language of a registered schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchemaFormat {
-    /// Apache Avro (`schemaType` absent or `AVRO`).
-    Avro,
-    /// Protocol Buffers (`PROTOBUF`).
-    Protobuf,
-    /// JSON Schema (`JSON`).
-    Json,
-}
-
-/// A writer schema parsed for walking.
-enum Parsed {
-    Avro(Arc<avro::AvroSchema>),
-    Json(json_schema::JsonSchema),
-    Protobuf(Arc<protobuf::ProtoSchema>),
-}
-
-/// A selection resolved against one schema: what the walker looks for.
-pub enum Compiled {
-    /// Avro targets.
-    Avro(avro::Targets),
-    /// JSON pointers and names.
-    Json(json_schema::Targets),
-    /// Protobuf targets.
-    Protobuf(protobuf::Targets),
-}
-
-/// Most schemas a schema may reference, directly and through their own references.
-pub const MAX_REFERENCES: usize = 32;
-
-/// A schema another one references, as fetched (dependencies before their dependents).
-#[derive(Debug, Clone)]
-pub struct ReferencedSchema {
-    /// The reference's `name`: an Avro full type name, a Protobuf import path, the URI a JSON
-    /// Schema `$ref` names it by.
-    pub name: String,
-    /// Subject and version it was registered under (for messages).
-    pub subject: String,
-    /// Version under `subject`.
-    pub version: i64,
-    /// `schemaType` as the registry returned it (`None` for Avro).
-    pub schema_type: Option<String>,
-    /// Schema text.
-    pub text: String,
-}
-
-/// Selections resolved per schema: a handful of rules at most.
-const MAX_COMPILED_PER_SCHEMA: usize = 16;
-
-/// One registered schema, parsed, with its resolved selections.
-pub struct RegisteredSchema {
-    /// Schema id.
-    pub id: u32,
-    /// Schema language.
-    pub format: SchemaFormat,
-    /// Subject and version the schema is registered under, when the registry said
-    /// (`GET /schemas/ids/{id}/versions`, first entry); `None` for a schema parsed without one.
-    pub registered_as: Option<(String, u32)>,
-    /// Bytes of schema text (references included) and of the field listing: what the schema
-    /// counts against `cache_bytes`.
-    text_len: usize,
-    parsed: Parsed,
-    compiled: Mutex<Vec<(FieldSelection, Resolution)>>,
-    /// Every field with its tags ([`RegisteredSchema::fields`]).
-    listing: Arc<SchemaListing>,
-}
-
-/// A selection resolved against a schema, or why it does not fit.
-type Resolution = Result<Arc<Compiled>, String>;
-
-impl std::fmt::Debug for RegisteredSchema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisteredSchema")
-            .field("id", &self.id)
-            .field("format", &self.format)
-            .field("text_len", &self.text_len)
-            .finish()
-    }
-}
-
-impl RegisteredSchema {
-    /// Parses a schema as the registry returned it (`schemaType` as sent, `None` for Avro).
-    pub fn parse(id: u32, schema_type: Option<&str>, text: &str) -> Result<Self, RegistryError> {
-        Self::parse_with_references(id, schema_type, text, &[])
-    }
-
-    /// Parses a schema with the schemas it references (`references`, dependencies before their
-    /// dependents, as [`SchemaRegistry`] fetches them): Avro named types and Protobuf messages
-    /// and enums they define are known to `text`; a JSON Schema's `$ref`s may name them.
-    pub fn parse_with_references(
-        id: u32,
-        schema_type: Option<&str>,
-        text: &str,
-        references: &[ReferencedSchema],
-    ) -> Result<Self, RegistryError> {
-        let unusable = |message: String| RegistryError::Unusable { id, message };
-        let kind = schema_type.unwrap_or("AVRO");
-        for r in references {
-            let rk = r.schema_type.as_deref().unwrap_or("AVRO");
-            if rk != kind {
-                return Err(unusable(format!(
-                    "a {kind} schema references `{}` (subject `{}` version {}), which is {rk}",
-                    r.name, r.subject, r.version
-                )));
-            }
-        }
-        fn in_reference(id: u32, r: &ReferencedSchema) -> impl Fn(String) -> RegistryError + '_ {
-            move |e: String| RegistryError::Unusable {
-                id,
-                message: format!(
-                    "referenced schema `{}` (subject `{}` version {}): {e}",
-                    r.name, r.subject, r.version
-                ),
-            }
-        }
-        let (format, parsed) = match kind {
-            "AVRO" => {
-                let mut parser = avro::Parser::default();
-                for r in references {
-                    parser.definitions(&r.text).map_err(in_reference(id, r))?;
-                }
-                (
-                    SchemaFormat::Avro,
-                    Parsed::Avro(Arc::new(parser.finish(text).map_err(unusable)?)),
-                )
-            }
-            "JSON" => {
-                let named: Vec<(&str, &str)> = references
-                    .iter()
-                    .map(|r| (r.name.as_str(), r.text.as_str()))
-                    .collect();
-                (
-                    SchemaFormat::Json,
-                    Parsed::Json(json_schema::JsonSchema::parse(text, &named).map_err(unusable)?),
-                )
-            }
-            "PROTOBUF" => {
-                let mut imports = Vec::with_capacity(references.len());
-                for r in references {
-                    imports
-                        .push(protobuf::ProtoSchema::read(&r.text).map_err(in_reference(id, r))?);
-                }
-                (
-                    SchemaFormat::Protobuf,
-                    Parsed::Protobuf(Arc::new(
-                        protobuf::ProtoSchema::parse_with_imports(text, imports)
-                            .map_err(unusable)?,
-                    )),
-                )
-            }
-            other => return Err(unusable(format!("unknown schemaType `{other}`"))),
-        };
-        // Listed now, once per schema id, so its size counts against the cache's budget.
-        let listing = Arc::new(match &parsed {
-            Parsed::Avro(s) => s.list_fields(),
-            Parsed::Json(s) => s.list_fields(),
-            Parsed::Protobuf(s) => s.list_fields(),
-        });
-        Ok(Self {
-            id,
-            format,
-            registered_as: None,
-            text_len: text.len()
-                + references.iter().map(|r| r.text.len()).sum::<usize>()
-                + listing.bytes(),
-            parsed,
-            compiled: Mutex::new(Vec::new()),
-            listing,
-        })
-    }
-
-    /// Every field path of the schema with its tags and kind (bounded, see
-    /// [`SchemaListing`]), listed when the schema was parsed.
-    pub fn fields(&self) -> &Arc<SchemaListing> {
-        &self.listing
-    }
-
-    /// `selection` resolved against this schema, once per selection: a path that is not in the
-    /// schema or a selected field that is not a string or bytes is an error naming the field.
-    pub fn compiled(&self, selection: &FieldSelection) -> Result<Arc<Compiled>, SchemaError> {
-        let selection_err = |message: String| SchemaError::Selection {
-            id: self.id,
-            message,
-        };
-        if let Some((_, r)) = self.compiled.lock().iter().find(|(s, _)| s == selection) {
-            return r.clone().map_err(selection_err);
-        }
-        let r = match &self.parsed {
-            Parsed::Avro(s) => avro::Targets::resolve(s, selection).map(Compiled::Avro),
-            Parsed::Json(s) => json_schema::Targets::resolve(s, selection).map(Compiled::Json),
-            Parsed::Protobuf(s) => protobuf::Targets::resolve(s, selection).map(Compiled::Protobuf),
-        }
-        .map(Arc::new);
-        let mut cache = self.compiled.lock();
-        if cache.len() >= MAX_COMPILED_PER_SCHEMA {
-            cache.clear();
-        }
-        cache.push((selection.clone(), r.clone()));
-        r.map_err(selection_err)
-    }
-}
-
 enum Auth {
     None,
     Basic {
@@ -368,7 +82,17 @@ enum Auth {
 struct Cache {
     entries: lru::LruCache<u32, Arc<RegisteredSchema>>,
     bytes: usize,
+    /// Ids whose fetch failed, with when and why ([`FAILURE_MEMORY`]).
+    failures: HashMap<u32, (Instant, RegistryError)>,
 }
+
+/// How long a failed fetch is remembered: asking for that id again meanwhile fails at once with
+/// the same error, instead of every batch (and the policy's `describe-schema` prefetch before
+/// it) waiting `timeout_ms` again on a registry that is down. Recovery is seen within this long.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+
+/// Most failed ids remembered at once (a burst of unknown ids cannot grow the map).
+const MAX_REMEMBERED_FAILURES: usize = 1024;
 
 /// A Schema Registry client with a cache of parsed schemas (one per process).
 pub struct SchemaRegistry {
@@ -448,6 +172,7 @@ impl SchemaRegistry {
             cache: Mutex::new(Cache {
                 entries: lru::LruCache::unbounded(),
                 bytes: 0,
+                failures: HashMap::new(),
             }),
         })
     }
@@ -455,11 +180,36 @@ impl SchemaRegistry {
     /// The writer schema with this id: from the cache, else fetched (within `timeout_ms`),
     /// parsed and cached.
     pub async fn schema(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
-        if let Some(s) = self.cache.lock().entries.get(&id) {
-            return Ok(s.clone());
+        {
+            let mut cache = self.cache.lock();
+            if let Some(s) = cache.entries.get(&id) {
+                return Ok(s.clone());
+            }
+            if let Some((at, e)) = cache.failures.get(&id) {
+                if at.elapsed() < FAILURE_MEMORY {
+                    return Err(e.clone());
+                }
+                cache.failures.remove(&id);
+            }
         }
-        let s = Arc::new(self.fetch(id).await?);
+        let fetched = self.fetch(id).await;
         let mut cache = self.cache.lock();
+        let s = match fetched {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                if cache.failures.len() >= MAX_REMEMBERED_FAILURES {
+                    cache
+                        .failures
+                        .retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
+                    if cache.failures.len() >= MAX_REMEMBERED_FAILURES {
+                        cache.failures.clear();
+                    }
+                }
+                cache.failures.insert(id, (Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
+        cache.failures.remove(&id);
         if let Some(old) = cache.entries.put(id, s.clone()) {
             cache.bytes -= old.text_len;
         }
@@ -723,3 +473,6 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests;
