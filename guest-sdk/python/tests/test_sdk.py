@@ -527,5 +527,47 @@ class Examples(unittest.TestCase):
                 w.init(bad)
             self.assertIn("schema-pii config", str(e.exception), bad)
 
+    def test_schema_by_name_mirrors_the_rust_example(self):
+        _schemas.clear()
+        _described.clear()
+        _schemas[7] = wit.SchemaInfo(
+            wit.SchemaFormat.AVRO, "orders-value", 1,
+            [wit.SchemaField("id", [], wit.FieldKind.OTHER),
+             wit.SchemaField("email", [], wit.FieldKind.TEXT),
+             wit.SchemaField("customer", [], wit.FieldKind.OTHER),
+             wit.SchemaField("customer.email", [], wit.FieldKind.TEXT),
+             wit.SchemaField("customer.email_verified", [], wit.FieldKind.OTHER)], False)
+        _schemas[8] = wit.SchemaInfo(wit.SchemaFormat.JSON, "payments-value", 2,
+                                     [wit.SchemaField("amount", [], wit.FieldKind.OTHER)], False)
+        _schemas[9] = "schema registry unavailable"
+        w = load_example("schema_by_name")
+        w.init("")
+        p = w.plan("orders", ANON)
+        self.assertEqual(p.value.memo, wit.MemoKey_None_())
+        ids = [(7, None), (8, None), (9, None), (None, None), (7, None)]
+        d = w.decide("orders", ANON, batch([(None, None, [])] * 5, schema_ids=ids))
+        self.assertEqual(_described, [7, 8, 9])
+        enc = lambda part: wit.Decision_Encrypt(wit.Encrypt("kek-orders", part, False, []))
+        by_name = enc(wit.ValuePart_SchemaFields(
+            wit.SchemaSelection(["email", "customer.email"], [])))
+        self.assertEqual(choices(d), [
+            by_name, wit.Decision_Pass(),
+            enc(wit.ValuePart_SchemaFields(wit.SchemaSelection([], ["PII"]))),
+            enc(wit.ValuePart_Whole()), by_name])
+        # With `subject`, a schema registered under another subject is refused.
+        w = load_example("schema_by_name")
+        w.init('{"subject": "${topic}-value", "words": ["amount", "mail"], "key_id": "k"}')
+        d = w.decide("payments", ANON, batch([(None, None, [])] * 2, schema_ids=[(8, None), (7, None)]))
+        got = choices(d)
+        self.assertEqual(got[0], wit.Decision_Pass())  # `amount` is not text or bytes
+        self.assertIsInstance(got[1], wit.Decision_Reject)
+        self.assertIn("orders-value", got[1].value)
+        for bad in ('{"words": []}', '{"words": "email"}', '{"fallback_tags": [""]}',
+                    '{"subject": 3}', '{"nope": 1}', '[]'):
+            w = load_example("schema_by_name")
+            with self.assertRaises(Exception, msg=bad) as e:
+                w.init(bad)
+            self.assertIn("schema-by-name config", str(e.exception), bad)
+
 if __name__ == "__main__":
     unittest.main()
