@@ -6,9 +6,7 @@
 // `{ init, plan, decide, reveal }` (see kapsule-policy.js). componentize-js takes one source file,
 // so the policy is first bundled with rolldown: its imports (relative files and npm packages) are
 // resolved as Node resolves them, 'kapsule-policy' is this SDK (the copy that runs the build), and
-// the component's host imports (`log`, `describe-schema`) stay imports; one the policy never
-// uses is dropped, so the component does not import it (Kapsule fetches schemas before `decide`
-// only for modules that import `describe-schema`). The build disables the `http` and
+// the component's host imports (`log`, `describe-schema`) stay imports. The build disables the `http` and
 // `fetch-event` features: Kapsule grants no network, and a module importing wasi:http is refused.
 import { realpathSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
@@ -41,8 +39,6 @@ export async function bundlePolicy(entry, { hostLog, hostDescribeSchema } = {}) 
     external: (id) =>
       (HOST_IMPORTS.includes(id) && !(id in alias)) || /^(wasi|kapsule):/.test(id),
     resolve: { alias },
-    // Host imports have no side effects: an import whose bindings are unused goes.
-    treeshake: { moduleSideEffects: (id, external) => !(external && HOST_IMPORTS.includes(id)) },
     logLevel: 'warn',
   });
   try {

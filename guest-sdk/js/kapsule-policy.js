@@ -23,8 +23,8 @@
 // Types: kapsule-policy.d.ts. The generated bindings ({tag, val} variants, flags objects, spans)
 // stay underneath.
 import __kapsuleHostLog from 'log';
-// Bundled (and so imported by the component) only when the policy uses describeSchema/Schemas:
-// build.mjs drops unused host imports, and Kapsule fetches schemas only for modules importing it.
+// Called only when the policy describes a schema (describeSchema, Schemas). componentize-js
+// imports every world import into the component whatever the source uses.
 import __kapsuleHostDescribeSchema from 'describe-schema';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -472,7 +472,7 @@ function describeSchema(id) {
 
 /**
  * The schemas described during one `decide` call, each asked of Kapsule once (a failure too:
- * it is thrown again as a SchemaError). Create one per call: answers are valid for the batch they
+ * the same SchemaError is thrown again). Create one per call: answers are valid for the batch they
  * were asked for. Creating one calls nothing.
  */
 class Schemas {
@@ -490,7 +490,9 @@ class Schemas {
       }
       this.#described.set(id, answer);
     }
-    if (answer instanceof SchemaError) throw new SchemaError(answer.message);
+    // The same error object each time: a batch of one failing schema id throws once per record,
+    // and a fresh Error (with its stack) per record costs memory the call may not have.
+    if (answer instanceof SchemaError) throw answer;
     return answer;
   }
 }
