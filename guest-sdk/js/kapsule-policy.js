@@ -464,9 +464,6 @@ function describeSchema(id) {
   } catch (e) {
     throw new SchemaError(hostErrorText(e));
   }
-  // A result lifted as a variant rather than thrown.
-  if (answer && answer.tag === 'err') throw new SchemaError(String(answer.val));
-  if (answer && answer.tag === 'ok') answer = answer.val;
   return new SchemaInfo(answer);
 }
 
