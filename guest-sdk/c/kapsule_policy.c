@@ -144,6 +144,133 @@ void kp_log(int level, const char *message) {
   policy_log((kapsule_policy_types_level_t)level, &m);
 }
 
+// ---- schemas (`describe-schema`) ---------------------------------------------------------------
+
+// Memory that lives until the running decide call returns (kp_describe_schema's answers and
+// kp_schema_select's arrays), freed by end_decide after the decisions are copied.
+static void **g_batch_mem = NULL;
+static size_t g_batch_mem_len = 0, g_batch_mem_cap = 0;
+
+static void *batch_alloc(size_t n) {
+  if (g_batch_mem_len == g_batch_mem_cap) {
+    size_t cap = g_batch_mem_cap ? 2 * g_batch_mem_cap : 16;
+    void **grown = realloc(g_batch_mem, cap * sizeof(void *));
+    if (grown == NULL) abort();
+    g_batch_mem = grown;
+    g_batch_mem_cap = cap;
+  }
+  void *p = xmalloc(n);
+  g_batch_mem[g_batch_mem_len++] = p;
+  return p;
+}
+
+static const char *batch_cstr(const policy_string_t *s) {
+  char *p = batch_alloc(s->len + 1);
+  if (s->len) memcpy(p, s->ptr, s->len);
+  p[s->len] = '\0';
+  return p;
+}
+
+// The schemas described during the running decide call, one entry per id asked.
+typedef struct {
+  uint32_t id;
+  const kp_schema_info *info;  // NULL when `error` says why
+  const char *error;
+} described_schema;
+
+static bool g_in_decide = false;
+static described_schema *g_described = NULL;
+static size_t g_described_len = 0, g_described_cap = 0;
+
+static const kp_schema_info *schema_from_wit(const policy_schema_info_t *w) {
+  kp_schema_info *info = batch_alloc(sizeof *info);
+  memset(info, 0, sizeof *info);
+  info->format = (kp_schema_format)w->format;
+  info->subject = w->subject.is_some ? batch_cstr(&w->subject.val) : NULL;
+  info->has_version = w->version.is_some;
+  info->version = w->version.is_some ? w->version.val : 0;
+  kp_schema_field *fields = batch_alloc(w->fields.len * sizeof *fields);
+  for (size_t i = 0; i < w->fields.len; i++) {
+    const kapsule_policy_types_schema_field_t *f = &w->fields.ptr[i];
+    const char **tags = batch_alloc(f->tags.len * sizeof *tags);
+    for (size_t j = 0; j < f->tags.len; j++) tags[j] = batch_cstr(&f->tags.ptr[j]);
+    fields[i].path = batch_cstr(&f->path);
+    fields[i].tags = tags;
+    fields[i].tags_len = f->tags.len;
+    // An unknown kind (a newer host) is never encryptable.
+    fields[i].kind = f->kind <= KAPSULE_POLICY_TYPES_FIELD_KIND_OTHER ? (kp_field_kind)f->kind
+                                                                     : KP_FIELD_OTHER;
+  }
+  info->fields = fields;
+  info->fields_len = w->fields.len;
+  info->fields_truncated = w->fields_truncated;
+  return info;
+}
+
+const kp_schema_info *kp_describe_schema(uint32_t id, const char **error) {
+  static const char outside[] = "kp_describe_schema answers only during kp_policy_decide";
+  if (!g_in_decide) {
+    if (error) *error = outside;
+    return NULL;
+  }
+  size_t i;
+  for (i = 0; i < g_described_len; i++)
+    if (g_described[i].id == id) break;
+  if (i == g_described_len) {
+    if (g_described_len == g_described_cap) {
+      size_t cap = g_described_cap ? 2 * g_described_cap : 8;
+      described_schema *grown = realloc(g_described, cap * sizeof *grown);
+      if (grown == NULL) abort();
+      g_described = grown;
+      g_described_cap = cap;
+    }
+    described_schema d = {id, NULL, NULL};
+    policy_schema_info_t w;
+    policy_string_t err;
+    if (policy_describe_schema(id, &w, &err)) {
+      d.info = schema_from_wit(&w);
+      policy_schema_info_free(&w);
+    } else {
+      d.error = batch_cstr(&err);
+      policy_string_free(&err);
+    }
+    g_described[g_described_len++] = d;
+  }
+  if (g_described[i].info == NULL && error) *error = g_described[i].error;
+  return g_described[i].info;
+}
+
+const char *const *kp_schema_select(const kp_schema_info *schema,
+                                    bool (*choose)(const kp_schema_field *field, void *ctx),
+                                    void *ctx, size_t *n) {
+  const char **paths = batch_alloc(schema->fields_len * sizeof *paths);
+  size_t chosen = 0;
+  for (size_t i = 0; i < schema->fields_len; i++) {
+    const kp_schema_field *f = &schema->fields[i];
+    if (f->kind != KP_FIELD_OTHER && choose(f, ctx)) paths[chosen++] = f->path;
+  }
+  *n = chosen;
+  return paths;
+}
+
+bool kp_field_path_contains(const kp_schema_field *field, void *ctx) {
+  return strstr(field->path, (const char *)ctx) != NULL;
+}
+
+bool kp_field_has_tag(const kp_schema_field *field, void *ctx) {
+  for (size_t i = 0; i < field->tags_len; i++)
+    if (strcmp(field->tags[i], (const char *)ctx) == 0) return true;
+  return false;
+}
+
+// Forgets the schemas described and frees the memory of the decide call that returned.
+static void end_decide(void) {
+  for (size_t i = 0; i < g_batch_mem_len; i++) free(g_batch_mem[i]);
+  g_batch_mem_len = 0;
+  g_described_len = 0;
+  g_in_decide = false;
+}
+
 static bool cstr_eq(const char *a, const char *b) {
   if (a == b) return true;
   if (a == NULL || b == NULL) return false;
@@ -435,6 +562,7 @@ void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
   kp_str t = {(const char *)topic->ptr, topic->len};
   if (g_ready) {
     kp_client c = client_from_wit(client);
+    g_in_decide = true;
     kp_policy_decide(t, &c, records, n, out);
   } else {
     for (size_t i = 0; i < n; i++) out[i] = kp_decide_reject("policy used before init");
@@ -460,6 +588,7 @@ void exports_policy_decide(policy_string_t *topic, policy_client_t *client,
   ret->distinct.ptr = result_alloc(nd * sizeof(wit_decision));
   for (size_t j = 0; j < nd; j++) decision_to_wit(&ret->distinct.ptr[j], &out[first[j]]);
 
+  end_decide();  // after the decisions, which may point at described paths, were copied
   free(first);
   free(out);
   free(records);

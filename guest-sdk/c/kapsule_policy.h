@@ -17,7 +17,10 @@
 // (`.memo = kp_memo_header("tenant")`, or kp_memo_headers for several): Kapsule then asks once
 // per distinct value and caches. Schema-encoded records (contract 0.3.0): kp_value_schema_id /
 // kp_key_schema_id read a record's Confluent wire-format schema id, and kp_encrypt_schema_fields
-// encrypts fields of such a value by dotted path and by schema tag (e.g. "PII").
+// encrypts fields of such a value by dotted path and by schema tag (e.g. "PII"); during decide,
+// kp_describe_schema describes a record's writer schema (`describe-schema`: format, subject, every
+// field path with its tags and kind) and kp_schema_select picks the text and bytes fields to pass
+// to kp_encrypt_schema_fields.
 //
 // `decide` sees one kp_record per record (spans of the flat batch resolved to pointers) and writes
 // one kp_decision per record into `out`; the SDK packs equal decisions into one entry and copies
@@ -259,6 +262,72 @@ kp_memo kp_memo_headers(const char *const *names, size_t n);
 kp_memo kp_memo_record_key(void);
 /// Memo on the first `n` bytes of the record key.
 kp_memo kp_memo_key_prefix(uint32_t n);
+// ---- schemas (`describe-schema`) ---------------------------------------------------------------
+
+/// The schema language of a registered schema (the WIT `schema-format`, same order).
+typedef enum { KP_SCHEMA_AVRO = 0, KP_SCHEMA_PROTOBUF, KP_SCHEMA_JSON } kp_schema_format;
+
+/// What a schema field can hold (the WIT `field-kind`, same order).
+typedef enum {
+  /// Text (a string; also nullable, or an array or map of strings): encryptable, the ciphertext
+  /// is written as text.
+  KP_FIELD_TEXT = 0,
+  /// Raw bytes (also nullable, or an array or map of bytes): encryptable, written raw.
+  KP_FIELD_BYTES,
+  /// Anything else (numbers, enums, records, messages, unions of several types): selecting it
+  /// refuses the record. Its own fields are listed under its path.
+  KP_FIELD_OTHER
+} kp_field_kind;
+
+/// One field of a schema. Strings are NUL-terminated.
+typedef struct {
+  /// Dotted path exactly as kp_encrypt_schema_fields takes it, e.g. "customer.email".
+  const char *path;
+  /// The field's Confluent tags, e.g. "PII".
+  const char *const *tags;
+  size_t tags_len;
+  kp_field_kind kind;
+} kp_schema_field;
+
+/// A registered schema as Kapsule describes it. Strings are NUL-terminated.
+typedef struct {
+  kp_schema_format format;
+  /// The subject it is registered under (the first the registry lists); NULL when the registry
+  /// did not say.
+  const char *subject;
+  /// Version under `subject`, when `has_version`.
+  bool has_version;
+  uint32_t version;
+  /// Every field, depth-first: records and messages are listed, then their fields below them.
+  const kp_schema_field *fields;
+  size_t fields_len;
+  /// True when the schema has more fields than were listed (over 1024 fields, 256 KiB of paths
+  /// and tags, or 64 levels deep).
+  bool fields_truncated;
+} kp_schema_info;
+
+/// The schema with this id (a value or key schema id of the records being decided), or NULL with
+/// `*error` (if `error` is not NULL) set to why Kapsule could not describe it: an id not in this
+/// batch, no registry configured, the registry unavailable or not knowing the id. Call it from
+/// kp_policy_decide only (elsewhere it answers an error without asking Kapsule). Each id is asked
+/// of Kapsule once per decide call, its answer (or error) kept: the schema and the error message
+/// stay valid until kp_policy_decide returns, so decisions may point at its paths. A policy that
+/// never calls it never calls the import.
+const kp_schema_info *kp_describe_schema(uint32_t id, const char **error);
+/// The paths of the text and bytes fields of `schema` for which `choose(field, ctx)` is true, in
+/// schema order, as an array of `*n` paths for kp_encrypt_schema_fields (valid until
+/// kp_policy_decide returns). KP_FIELD_OTHER fields are never chosen, so the selection never
+/// refuses a record for its type. `*n` may be 0: kp_encrypt_schema_fields needs a field or a tag,
+/// so decide what such a record gets.
+const char *const *kp_schema_select(const kp_schema_info *schema,
+                                    bool (*choose)(const kp_schema_field *field, void *ctx),
+                                    void *ctx, size_t *n);
+/// A `choose` for kp_schema_select: true when the field's path contains the NUL-terminated text
+/// `ctx` (e.g. kp_schema_select(s, kp_field_path_contains, "email", &n)).
+bool kp_field_path_contains(const kp_schema_field *field, void *ctx);
+/// A `choose` for kp_schema_select: true when the field carries the NUL-terminated tag `ctx`.
+bool kp_field_has_tag(const kp_schema_field *field, void *ctx);
+
 /// Sends a message to Kapsule's log (levels 0 trace .. 4 error; rate-limited, truncated).
 void kp_log(int level, const char *message);
 

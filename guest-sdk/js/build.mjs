@@ -6,7 +6,7 @@
 // `{ init, plan, decide, reveal }` (see kapsule-policy.js). componentize-js takes one source file,
 // so the policy is first bundled with rolldown: its imports (relative files and npm packages) are
 // resolved as Node resolves them, 'kapsule-policy' is this SDK (the copy that runs the build), and
-// the component's host import (`log`) stays an import. The build disables the `http` and
+// the component's host imports (`log`, `describe-schema`) stay imports. The build disables the `http` and
 // `fetch-event` features: Kapsule grants no network, and a module importing wasi:http is refused.
 import { realpathSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 const sdk = dirname(fileURLToPath(import.meta.url));
 
 /** The world's imports, provided by the host: never bundled. */
-const HOST_IMPORTS = ['log'];
+const HOST_IMPORTS = ['log', 'describe-schema'];
 
 function die(msg) {
   console.error(`kapsule js build: ${msg}`);
@@ -24,13 +24,15 @@ function die(msg) {
 }
 
 /**
- * Bundles policy module `entry` with this SDK into one ES module's source. `hostLog`, the path of
- * a module, stands in for the host's `log` import (the SDK's tests record calls with it).
+ * Bundles policy module `entry` with this SDK into one ES module's source. `hostLog` and
+ * `hostDescribeSchema`, paths of modules, stand in for the host's `log` and `describe-schema`
+ * imports (the SDK's tests fake the host with them).
  */
-export async function bundlePolicy(entry, { hostLog } = {}) {
+export async function bundlePolicy(entry, { hostLog, hostDescribeSchema } = {}) {
   const { rolldown } = await import('rolldown');
   const alias = { 'kapsule-policy': join(sdk, 'kapsule-policy.js') };
   if (hostLog) alias.log = resolve(hostLog);
+  if (hostDescribeSchema) alias['describe-schema'] = resolve(hostDescribeSchema);
   const bundle = await rolldown({
     input: resolve(entry),
     platform: 'neutral',

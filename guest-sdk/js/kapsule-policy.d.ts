@@ -179,6 +179,67 @@ export class RecordView {
   valueJson(): unknown;
 }
 
+/** One field of a schema (the generated `schema-field` record, read-only). */
+export interface SchemaField {
+  /** Dotted path exactly as `schemaFields({ fields })` takes it, e.g. `customer.email`. */
+  readonly path: Wit.SchemaField['path'];
+  /** The field's Confluent tags, e.g. `PII`. */
+  readonly tags: readonly string[];
+  /**
+   * What the field can hold: 'text' and 'bytes' are encryptable; 'other' (numbers, enums, records,
+   * messages, unions of several types) refuses the record when selected.
+   */
+  readonly kind: Wit.FieldKind;
+}
+
+/** A registered schema as Kapsule describes it (the generated `schema-info` record). */
+export class SchemaInfo {
+  constructor(info: Wit.SchemaInfo | {
+    format: Wit.SchemaFormat; subject?: string | null; version?: number | null;
+    fields?: readonly SchemaField[]; fieldsTruncated?: boolean;
+  });
+  /** The schema language. */
+  readonly format: Wit.SchemaFormat;
+  /** The subject it is registered under (the first the registry lists); null if the registry did not say. */
+  readonly subject: string | null;
+  /** Version under `subject`; null if the registry did not say. */
+  readonly version: number | null;
+  /** Every field, depth-first: records and messages are listed, then their fields below them. */
+  readonly fields: readonly SchemaField[];
+  /** True when the schema has more fields than were listed (over 1024, 256 KiB, 64 levels). */
+  readonly fieldsTruncated: boolean;
+  /**
+   * The paths of the text and bytes fields for which `choose` is true, for
+   * `new Encrypt(k).schemaFields({ fields })`; 'other' fields are never chosen. May be empty.
+   */
+  select(choose: (field: SchemaField) => boolean): string[];
+}
+
+/**
+ * Kapsule could not describe a schema (id not in the batch, call outside `decide`, no registry,
+ * registry unavailable or not knowing the id, unparsable schema); `message` says which.
+ */
+export class SchemaError extends Error {
+  constructor(message: string);
+  readonly name: 'SchemaError';
+}
+
+/**
+ * The schema with this id (a `valueSchemaId` / `keySchemaId` of the batch being decided), through
+ * the `describe-schema` import; throws SchemaError when Kapsule cannot describe it. Prefer Schemas.
+ */
+export function describeSchema(id: number): SchemaInfo;
+
+/**
+ * The schemas described during one `decide` call, each asked of Kapsule once (failures too).
+ * Create one per call; creating one calls nothing.
+ */
+export class Schemas {
+  constructor();
+  /** describeSchema(id), asked once per id; throws SchemaError when it cannot be described. */
+  describe(id: number): SchemaInfo;
+}
+
 /**
  * A policy class: built once per instance from the binding's config string (throwing refuses the
  * module). An exception in plan, decide or reveal fails closed: the topic's records or the batch

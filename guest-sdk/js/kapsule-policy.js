@@ -14,13 +14,18 @@
 // (`memo: Memo.header('tenant')`, or `Memo.headers([...])` for several) so Kapsule asks once per
 // distinct value. Schema-encoded records (contract 0.3.0): `record.valueSchemaId` / `keySchemaId`
 // read a record's Confluent wire-format schema id, `new Encrypt(k).schemaFields({ fields, tags })`
-// encrypts fields by dotted path and by schema tag. An exception in plan,
+// encrypts fields by dotted path and by schema tag, and `new Schemas().describe(id)` describes a
+// record's writer schema (`describe-schema`) so `schema.select(f => ...)` can choose the text and
+// bytes fields to encrypt. An exception in plan,
 // decide or reveal fails closed (records refused, fetch denied) naming only the error's type; its
 // message and stack go to Kapsule's log at trace level only (they may quote record contents),
 // where `kapsule policy check` shows them for its sample records.
 // Types: kapsule-policy.d.ts. The generated bindings ({tag, val} variants, flags objects, spans)
 // stay underneath.
 import __kapsuleHostLog from 'log';
+// Called only when the policy describes a schema (describeSchema, Schemas). componentize-js
+// imports every world import into the component whatever the source uses.
+import __kapsuleHostDescribeSchema from 'describe-schema';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const utf8Encoder = new TextEncoder();
@@ -400,6 +405,95 @@ function decodeLossy(bytes) {
   return new TextDecoder().decode(bytes);
 }
 
+/**
+ * Kapsule could not describe a schema: an id not in the batch being decided, a call outside
+ * `decide`, no registry configured, the registry unavailable or not knowing the id, a schema
+ * Kapsule cannot parse. `message` is Kapsule's explanation (it quotes no record contents).
+ * Uncaught in `decide`, it refuses the batch like any exception.
+ */
+class SchemaError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'SchemaError';
+  }
+}
+
+/**
+ * A registered schema as Kapsule describes it: `format` ('avro' | 'protobuf' | 'json'), `subject`
+ * and `version` (null when the registry did not say), `fields` (every field depth-first:
+ * `{ path, tags, kind }`, kind 'text' | 'bytes' | 'other'), `fieldsTruncated`.
+ */
+class SchemaInfo {
+  constructor({ format, subject = null, version = null, fields = [], fieldsTruncated = false }) {
+    this.format = format;
+    this.subject = subject ?? null;
+    this.version = version ?? null;
+    this.fields = Object.freeze(fields.map((f) => Object.freeze({ path: f.path, tags: Object.freeze([...f.tags]), kind: f.kind })));
+    this.fieldsTruncated = !!fieldsTruncated;
+    Object.freeze(this);
+  }
+
+  /**
+   * The paths of the text and bytes fields for which `choose(field)` is true, in schema order,
+   * for `new Encrypt(k).schemaFields({ fields })`. Fields of kind 'other' are never chosen, so the
+   * selection never refuses a record for its type. Empty when nothing is chosen (schemaFields
+   * refuses an empty selection: decide what such a record gets).
+   */
+  select(choose) {
+    return this.fields.filter((f) => f.kind !== 'other' && choose(f)).map((f) => f.path);
+  }
+}
+
+/** The text of an error the `describe-schema` binding threw (jco: a ComponentError whose payload is the err string). */
+function hostErrorText(e) {
+  if (e && typeof e.payload === 'string') return e.payload;
+  if (e && typeof e.message === 'string') return e.message;
+  return String(e);
+}
+
+/**
+ * The schema with this id (a value or key schema id of the batch being decided, `valueSchemaId`
+ * or `keySchemaId`); throws SchemaError when Kapsule cannot describe it. Answers during `decide`
+ * only and never waits on the network (Kapsule fetched the batch's schemas before the call). Each
+ * call copies the whole field list: prefer `Schemas`, which asks once per id.
+ */
+function describeSchema(id) {
+  let answer;
+  try {
+    answer = __kapsuleHostDescribeSchema(id);
+  } catch (e) {
+    throw new SchemaError(hostErrorText(e));
+  }
+  return new SchemaInfo(answer);
+}
+
+/**
+ * The schemas described during one `decide` call, each asked of Kapsule once (a failure too:
+ * the same SchemaError is thrown again). Create one per call: answers are valid for the batch they
+ * were asked for. Creating one calls nothing.
+ */
+class Schemas {
+  #described = new Map();
+
+  /** describeSchema(id), asked once per id. */
+  describe(id) {
+    let answer = this.#described.get(id);
+    if (answer === undefined) {
+      try {
+        answer = describeSchema(id);
+      } catch (e) {
+        if (!(e instanceof SchemaError)) throw e;
+        answer = e;
+      }
+      this.#described.set(id, answer);
+    }
+    // The same error object each time: a batch of one failing schema id throws once per record,
+    // and a fresh Error (with its stack) per record costs memory the call may not have.
+    if (answer instanceof SchemaError) throw answer;
+    return answer;
+  }
+}
+
 function host(level, message) {
   __kapsuleHostLog(level, String(message));
 }
@@ -582,6 +676,6 @@ function exportPolicy(PolicyClass) {
 }
 
 export {
-  Client, Decision, Encrypt, MECHANISMS, Memo, Needs, RecordView, Reveal, TopicPlan, exportPolicy, expandTopic,
-  jsonPointer, log,
+  Client, Decision, Encrypt, MECHANISMS, Memo, Needs, RecordView, Reveal, SchemaError, SchemaInfo, Schemas, TopicPlan,
+  describeSchema, exportPolicy, expandTopic, jsonPointer, log,
 };

@@ -17,7 +17,8 @@ for example in tenant_keys pii_fields; do
     "$repo/policies/${example//_/-}/c/$example.c" -o "$work/$example"
   "$work/$example" "$example"
 done
-# The SDK's own helpers (schema ids, schema-fields decisions, memo on several headers).
+# The SDK's own helpers (schema ids, schema-fields decisions, describe-schema over a faked import,
+# memo on several headers).
 clang "${cflags[@]}" -DKP_TEST_SDK_POLICY "$here/test_sdk.c" "$work/policy.c" "$sdk/kapsule_policy.c" \
   "$here/sdk_policy.c" -o "$work/sdk"
 "$work/sdk" sdk

@@ -17,6 +17,38 @@ void __wasm_import_policy_describe_schema(int32_t id, uint8_t *ret) {
   (void)id, (void)ret;
 }
 
+// The component's `describe-schema` import, faked: answers g_fake_schema(id) (fills `info` and
+// returns true, or returns an error message), lowered into the return area exactly as the
+// canonical-ABI glue does, and records every id asked in g_asked.
+static bool (*g_fake_schema)(uint32_t id, policy_schema_info_t *info, const char **error) = NULL;
+static uint32_t g_asked[64];
+static size_t g_asked_len = 0;
+void __wasm_import_policy_describe_schema(int32_t id, uint8_t *ret) {
+  if (g_asked_len < sizeof g_asked / sizeof g_asked[0]) g_asked[g_asked_len++] = (uint32_t)id;
+  policy_schema_info_t info;
+  memset(&info, 0, sizeof info);
+  const char *error = "no registry in this test";
+  if (g_fake_schema && g_fake_schema((uint32_t)id, &info, &error)) {
+    const size_t P = sizeof(void *);
+    *(uint8_t *)ret = 0;
+    *(uint8_t *)(ret + P) = info.format;
+    *(uint8_t *)(ret + 2 * P) = info.subject.is_some;
+    *(uint8_t **)(ret + 3 * P) = info.subject.val.ptr;
+    *(size_t *)(ret + 4 * P) = info.subject.val.len;
+    *(uint8_t *)(ret + 5 * P) = info.version.is_some;
+    *(int32_t *)(ret + 4 + 5 * P) = (int32_t)info.version.val;
+    *(void **)(ret + 8 + 5 * P) = info.fields.ptr;
+    *(size_t *)(ret + 8 + 6 * P) = info.fields.len;
+    *(uint8_t *)(ret + 8 + 7 * P) = info.fields_truncated;
+  } else {
+    policy_string_t e;
+    policy_string_dup(&e, error);
+    *(uint8_t *)ret = 1;
+    *(uint8_t **)(ret + sizeof(void *)) = e.ptr;
+    *(size_t *)(ret + 2 * sizeof(void *)) = e.len;
+  }
+}
+
 static int failures = 0;
 #define CHECK(cond)                                                 \
   do {                                                              \
@@ -277,6 +309,125 @@ static void test_schema_fields(void) {
   policy_decisions_free(&d);
 }
 
+// The fake registry: 7 an Avro schema with text, bytes and other fields, 8 a truncated Protobuf
+// schema without subject, any other id an error.
+static void fake_field(kapsule_policy_types_schema_field_t *f, const char *path, const char *tag,
+                       kapsule_policy_types_field_kind_t kind) {
+  policy_string_dup(&f->path, path);
+  f->tags.len = tag ? 1 : 0;
+  f->tags.ptr = tag ? malloc(sizeof(policy_string_t)) : NULL;
+  if (tag) policy_string_dup(&f->tags.ptr[0], tag);
+  f->kind = kind;
+}
+
+static bool fake_registry(uint32_t id, policy_schema_info_t *info, const char **error) {
+  if (id == 7) {
+    info->format = KAPSULE_POLICY_TYPES_SCHEMA_FORMAT_AVRO;
+    info->subject.is_some = true;
+    policy_string_dup(&info->subject.val, "orders-value");
+    info->version.is_some = true;
+    info->version.val = 3;
+    info->fields.len = 5;
+    info->fields.ptr = calloc(5, sizeof(kapsule_policy_types_schema_field_t));
+    fake_field(&info->fields.ptr[0], "email", NULL, KAPSULE_POLICY_TYPES_FIELD_KIND_TEXT);
+    fake_field(&info->fields.ptr[1], "customer", NULL, KAPSULE_POLICY_TYPES_FIELD_KIND_OTHER);
+    fake_field(&info->fields.ptr[2], "customer.email", "PII", KAPSULE_POLICY_TYPES_FIELD_KIND_TEXT);
+    fake_field(&info->fields.ptr[3], "customer.email_count", NULL, KAPSULE_POLICY_TYPES_FIELD_KIND_OTHER);
+    fake_field(&info->fields.ptr[4], "photo", "PII", KAPSULE_POLICY_TYPES_FIELD_KIND_BYTES);
+    return true;
+  }
+  if (id == 8) {
+    info->format = KAPSULE_POLICY_TYPES_SCHEMA_FORMAT_PROTOBUF;
+    info->fields.len = 1;
+    info->fields.ptr = calloc(1, sizeof(kapsule_policy_types_schema_field_t));
+    fake_field(&info->fields.ptr[0], "id", NULL, KAPSULE_POLICY_TYPES_FIELD_KIND_OTHER);
+    info->fields_truncated = true;
+    return true;
+  }
+  *error = "schema registry unavailable: connection refused";
+  return false;
+}
+
+// Copied: the error message lives only until kp_policy_decide returns.
+static char g_schema_error[128];
+static const kp_schema_info *g_orders = NULL, *g_proto = NULL;
+
+static void by_email(const kp_record *records, size_t n, kp_decision *out) {
+  static const char *const pii[] = {"PII"};
+  for (size_t i = 0; i < n; i++) {
+    uint32_t id;
+    if (!kp_value_schema_id(&records[i], &id)) {
+      out[i] = kp_decide_encrypt(kp_encrypt_whole("k"));
+      continue;
+    }
+    const char *error = NULL;
+    const kp_schema_info *s = kp_describe_schema(id, &error);
+    if (s == NULL) {
+      snprintf(g_schema_error, sizeof g_schema_error, "%s", error);
+      out[i] = kp_decide_encrypt(kp_encrypt_schema_fields("k", NULL, 0, pii, 1));
+      continue;
+    }
+    if (id == 7) {
+      g_orders = s;
+      CHECK(s->format == KP_SCHEMA_AVRO && strcmp(s->subject, "orders-value") == 0);
+      CHECK(s->has_version && s->version == 3 && !s->fields_truncated && s->fields_len == 5);
+      CHECK(s->fields[2].tags_len == 1 && strcmp(s->fields[2].tags[0], "PII") == 0);
+      CHECK(s->fields[4].kind == KP_FIELD_BYTES && s->fields[1].kind == KP_FIELD_OTHER);
+      size_t m;
+      const char *const *tagged = kp_schema_select(s, kp_field_has_tag, "PII", &m);
+      CHECK(m == 2 && strcmp(tagged[0], "customer.email") == 0 && strcmp(tagged[1], "photo") == 0);
+      kp_schema_select(s, kp_field_path_contains, "customer", &m);
+      CHECK(m == 1);  // customer and customer.email_count are not encryptable
+    } else {
+      g_proto = s;
+      CHECK(s->format == KP_SCHEMA_PROTOBUF && s->subject == NULL && !s->has_version);
+      CHECK(s->fields_truncated);
+    }
+    size_t m;
+    const char *const *paths = kp_schema_select(s, kp_field_path_contains, "email", &m);
+    out[i] = m ? kp_decide_encrypt(kp_encrypt_schema_fields("k", paths, m, NULL, 0))
+               : (kp_decision){.kind = KP_PASS};
+  }
+}
+
+static void test_describe_schema(void) {
+  // The helpers above decided schema-encoded records without describing: nothing was asked.
+  CHECK(g_asked_len == 0);
+  g_fake_schema = fake_registry;
+  kp_test_decide = by_email;
+  const uint32_t N = 0xFFFFFFFFu;
+  const uint32_t ids[6][2] = {{7, N}, {9, N}, {7, N}, {N, N}, {9, N}, {8, N}};
+  policy_decisions_t d = decide(batch_ids(6, ids, 6));
+  CHECK(g_asked_len == 3 && g_asked[0] == 7 && g_asked[1] == 9 && g_asked[2] == 8);
+  CHECK(g_orders != NULL && g_proto != NULL);
+  CHECK(strcmp(g_schema_error, "schema registry unavailable: connection refused") == 0);
+  // by name, by tag, by name, whole, by tag, pass
+  const uint32_t want[6] = {0, 1, 0, 2, 1, 3};
+  CHECK(d.choices.len == 6 && d.distinct.len == 4);
+  for (size_t i = 0; i < 6 && i < d.choices.len; i++) CHECK(d.choices.ptr[i] == want[i]);
+  if (d.distinct.len == 4) {
+    kapsule_policy_types_schema_selection_t *sel = &d.distinct.ptr[0].val.encrypt.value.val.schema_fields;
+    CHECK(d.distinct.ptr[0].val.encrypt.value.tag == KAPSULE_POLICY_TYPES_VALUE_PART_SCHEMA_FIELDS);
+    CHECK(sel->fields.len == 2 && sel->tags.len == 0);
+    CHECK(str_is(&sel->fields.ptr[0], "email") && str_is(&sel->fields.ptr[1], "customer.email"));
+    sel = &d.distinct.ptr[1].val.encrypt.value.val.schema_fields;
+    CHECK(sel->fields.len == 0 && sel->tags.len == 1 && str_is(&sel->tags.ptr[0], "PII"));
+    CHECK(d.distinct.ptr[2].val.encrypt.value.tag == KAPSULE_POLICY_TYPES_VALUE_PART_WHOLE);
+    CHECK(d.distinct.ptr[3].tag == KAPSULE_POLICY_TYPES_DECISION_PASS);
+  }
+  policy_decisions_free(&d);
+  // The next batch asks again: answers are valid for one decide call.
+  const uint32_t again[1][2] = {{7, N}};
+  d = decide(batch_ids(1, again, 1));
+  CHECK(g_asked_len == 4 && g_asked[3] == 7);
+  policy_decisions_free(&d);
+  // Outside decide it answers an error without asking Kapsule.
+  const char *error = NULL;
+  CHECK(kp_describe_schema(7, &error) == NULL && error && strstr(error, "only during"));
+  CHECK(g_asked_len == 4);
+  kp_test_decide = NULL;
+}
+
 static policy_topic_plan_t plan_with(kp_memo memo) {
   kp_plan p = {.kind = KP_PLAN_PER_RECORD, .needs = KP_NEEDS_VALUE, .memo = memo};
   kp_test_plan = p;
@@ -324,6 +475,7 @@ static void test_sdk(void) {
   CHECK(init(""));
   test_schema_ids();
   test_schema_fields();
+  test_describe_schema();
   test_memo_headers();
 }
 #endif

@@ -17,11 +17,17 @@ let n = 0;
 
 const hostLog = join(work, 'host-log.mjs');
 await writeFile(hostLog, 'export default (l, m) => globalThis.__logged.push([l, m]);\n');
+// The host's `describe-schema`, faked by `globalThis.__describeSchema` (a test sets it).
+const hostDescribeSchema = join(work, 'host-describe-schema.mjs');
+await writeFile(hostDescribeSchema, 'export default (id) => globalThis.__describeSchema(id);\n');
 
-/** The module built from policy file `entry` (bundled as build.mjs does), with `log` recorded. */
+/**
+ * The module built from policy file `entry` (bundled as build.mjs does), with `log` recorded and
+ * `describe-schema` answered by `globalThis.__describeSchema`.
+ */
 async function loadFile(entry) {
   const f = join(work, `m${n++}.mjs`);
-  await writeFile(f, await bundlePolicy(entry, { hostLog }));
+  await writeFile(f, await bundlePolicy(entry, { hostLog, hostDescribeSchema }));
   globalThis.__logged = [];
   return import(pathToFileURL(f).href);
 }
@@ -177,6 +183,107 @@ test('schema-fields decisions by path and tag', async () => {
   assert.throws(() => e.schemaFields({ tags: 'PII' }), TypeError);
   assert.throws(() => e.schemaFields({ tags: [''] }), TypeError);
   assert.throws(() => e.schemaFields({ fields: [3] }), TypeError);
+});
+
+/** A ComponentError as jco's bindings throw it for an import's `err`: the payload is the string. */
+class ComponentError extends Error {
+  constructor(payload) { super(payload); this.payload = payload; }
+}
+const ORDERS_SCHEMA = {
+  format: 'avro', subject: 'orders-value', version: 3, fieldsTruncated: false,
+  fields: [
+    { path: 'email', tags: [], kind: 'text' },
+    { path: 'customer', tags: [], kind: 'other' },
+    { path: 'customer.email', tags: ['PII'], kind: 'text' },
+    { path: 'customer.email_count', tags: [], kind: 'other' },
+    { path: 'photo', tags: ['PII'], kind: 'bytes' },
+  ],
+};
+
+test('describe-schema: once per id and batch, typed answers, errors as SchemaError', async () => {
+  const m = await load(`
+    import { Decision, Encrypt, Needs, SchemaError, Schemas, TopicPlan, exportPolicy } from 'kapsule-policy';
+    globalThis.__seen = [];
+    class P {
+      constructor(config) {}
+      plan() { return TopicPlan.perRecord(new Needs()); }
+      decide(topic, client, records) {
+        const schemas = new Schemas();
+        return records.map((r) => {
+          if (r.valueSchemaId === null) return Decision.encrypt(new Encrypt('k').wholeValue());
+          let s;
+          try {
+            s = schemas.describe(r.valueSchemaId);
+          } catch (e) {
+            if (!(e instanceof SchemaError)) throw e;
+            globalThis.__seen.push(e.message);
+            return Decision.encrypt(new Encrypt('k').schemaFields({ tags: ['PII'] }));
+          }
+          globalThis.__seen.push(s);
+          const fields = s.select((f) => f.path.includes('email'));
+          return fields.length ? Decision.encrypt(new Encrypt('k').schemaFields({ fields })) : Decision.PASS;
+        });
+      }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);`);
+  const asked = [];
+  globalThis.__describeSchema = (id) => {
+    asked.push(id);
+    if (id === 7) return ORDERS_SCHEMA;
+    // jco lifts `option` none as undefined.
+    if (id === 8) return { format: 'protobuf', subject: undefined, version: undefined, fields: [{ path: 'id', tags: [], kind: 'other' }], fieldsTruncated: true };
+    throw new ComponentError('schema registry unavailable: connection refused');
+  };
+  m.init('');
+  const ids = [[7, null], [9, null], [7, null], [null, null], [9, null], [8, null]];
+  const d = m.decide('t', ANON, batch(ids.map(() => [null, null, []]), { schemaIds: ids }));
+  assert.deepEqual(asked, [7, 9, 8]);
+  const byName = { tag: 'encrypt', val: { keyId: 'k', value: { tag: 'schema-fields', val: { fields: ['email', 'customer.email'], tags: [] } }, recordKey: false, headers: [] } };
+  const byTag = { tag: 'encrypt', val: { keyId: 'k', value: { tag: 'schema-fields', val: { fields: [], tags: ['PII'] } }, recordKey: false, headers: [] } };
+  const whole = { tag: 'encrypt', val: { keyId: 'k', value: { tag: 'whole' }, recordKey: false, headers: [] } };
+  assert.deepEqual(chosen(d), [byName, byTag, byName, whole, byTag, { tag: 'pass' }]);
+  const [orders, failure] = globalThis.__seen;
+  assert.equal(orders.format, 'avro');
+  assert.equal(orders.subject, 'orders-value');
+  assert.equal(orders.version, 3);
+  assert.deepEqual(orders.fields.map((f) => [f.path, [...f.tags], f.kind]), ORDERS_SCHEMA.fields.map((f) => [f.path, f.tags, f.kind]));
+  assert.equal(failure, 'schema registry unavailable: connection refused');
+  const proto = globalThis.__seen.at(-1);
+  assert.deepEqual([proto.format, proto.subject, proto.version, proto.fieldsTruncated], ['protobuf', null, null, true]);
+  // The next batch asks again: answers are valid for one batch.
+  m.decide('t', ANON, batch([[null, null, []]], { schemaIds: [[7, null]] }));
+  assert.deepEqual(asked, [7, 9, 8, 7]);
+});
+
+test('SchemaInfo.select keeps only text and bytes fields', async () => {
+  const m = await load(`export { SchemaInfo, SchemaError, describeSchema } from 'kapsule-policy';`);
+  const info = new m.SchemaInfo(ORDERS_SCHEMA);
+  assert.deepEqual(info.select((f) => f.path.includes('email')), ['email', 'customer.email']);
+  assert.deepEqual(info.select((f) => f.tags.includes('PII')), ['customer.email', 'photo']);
+  assert.deepEqual(info.select((f) => f.path === 'customer'), []);
+  assert.ok(Object.isFrozen(info.fields) && Object.isFrozen(info.fields[0].tags));
+  globalThis.__describeSchema = () => { throw new ComponentError('schema id 5 is not in the batch being decided'); };
+  assert.throws(() => m.describeSchema(5), (e) => e instanceof m.SchemaError && e.message === 'schema id 5 is not in the batch being decided');
+});
+
+test('a policy that does not describe schemas never calls describe-schema', async () => {
+  const app = SDK_IMPORT + `
+    class P {
+      constructor(config) {}
+      plan() { return TopicPlan.perRecord(new Needs({ value: true })); }
+      decide(topic, client, records) {
+        return records.map((r) => (r.valueSchemaId === null ? Decision.PASS : Decision.encrypt(new Encrypt('k').schemaFields({ tags: ['PII'] }))));
+      }
+    }
+    export const { init, plan, decide, reveal } = exportPolicy(P);`;
+  const m = await load(app);
+  const asked = [];
+  globalThis.__describeSchema = (id) => { asked.push(id); throw new ComponentError('unexpected'); };
+  m.init('');
+  m.plan('t', ANON);
+  m.decide('t', ANON, batch([[null, new Uint8Array([0, 0, 0, 0, 7, 1]), []]]));
+  m.reveal('t', ANON);
+  assert.deepEqual(asked, []);
 });
 
 test('memo on several headers', async () => {

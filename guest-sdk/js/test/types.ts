@@ -1,8 +1,21 @@
 // Type-checks a TypeScript policy against kapsule-policy.d.ts:
 //   node_modules/.bin/tsc --noEmit --strict --target es2022 --module es2022 --moduleResolution bundler test/types.ts
 import {
-  Client, Decision, Encrypt, Memo, Needs, RecordView, Reveal, TopicPlan, exportPolicy, log,
+  Client, Decision, Encrypt, Memo, Needs, RecordView, Reveal, SchemaError, SchemaInfo, Schemas, TopicPlan, exportPolicy, log,
 } from '../kapsule-policy';
+
+/** Every text or bytes field named like `email`, or null when the schema cannot be had. */
+function emailFields(schemas: Schemas, id: number): string[] | null {
+  try {
+    const info: SchemaInfo = schemas.describe(id);
+    const format: 'avro' | 'protobuf' | 'json' = info.format;
+    if (info.subject !== null && format === 'json' && info.version === null) return [];
+    return info.select((f) => f.path.includes('email') || (f.kind === 'bytes' && f.tags.includes('PII')));
+  } catch (e) {
+    if (e instanceof SchemaError) return null;
+    throw e;
+  }
+}
 
 class Typed {
   private readonly prefix: string;
@@ -14,7 +27,12 @@ class Typed {
   }
   decide(_topic: string, client: Client, records: RecordView[]): Decision[] {
     if (client.principal?.mechanism === 'mtls') log.debug('mtls client');
+    const schemas = new Schemas();
     return records.map((r) => {
+      const chosen = r.valueSchemaId === null ? null : emailFields(schemas, r.valueSchemaId);
+      if (chosen !== null && chosen.length > 0) {
+        return Decision.encrypt(new Encrypt('kek-schema').schemaFields({ fields: chosen }));
+      }
       const t = r.headerStr('tenant');
       const schemaId: number | null = r.valueSchemaId ?? r.keySchemaId;
       if (schemaId !== null && t === null) {

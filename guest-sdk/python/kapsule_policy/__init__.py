@@ -43,6 +43,11 @@ records or the batch are refused (or the fetch denied) with a message naming the
 the exception's message and traceback go to Kapsule's log at trace level only (they may quote
 record contents), where ``kapsule policy check`` shows them for its sample records.
 
+Schema-encoded records: :class:`Schemas` (module :mod:`kapsule_policy.schema`) describes a
+record's writer schema during ``decide`` (format, subject, every field path with its tags and
+kind) and ``SchemaInfo.select(choose)`` turns the text and bytes fields you choose into paths for
+``Encrypt(k).schema_fields(fields=...)``.
+
 What works in the sandbox: pure computation, the standard library's parsing modules (``json``,
 ``re``, ``base64``...). What does not: files, sockets, environment variables, clocks (time is
 frozen at 0), randomness seeded from the host. ``print`` output goes to Kapsule's rate-limited
@@ -73,6 +78,7 @@ from ._types import (
     expand_topic,
     json_pointer,
 )
+from .schema import SchemaError, SchemaField, SchemaInfo, Schemas, describe_schema
 
 __all__ = [
     "Policy",
@@ -86,9 +92,14 @@ __all__ = [
     "Principal",
     "RecordView",
     "Reveal",
+    "SchemaError",
+    "SchemaField",
+    "SchemaInfo",
     "SchemaSelection",
+    "Schemas",
     "TopicPlan",
     "ValuePart",
+    "describe_schema",
     "export",
     "expand_topic",
     "json_pointer",

@@ -29,6 +29,23 @@ from wit_world.imports import types as wit  # noqa: E402
 _logged = []
 wit_world.log = lambda level, message: _logged.append((level, message))
 
+# The host's `describe-schema`, faked: answers from `_schemas` (a generated SchemaInfo, or a
+# string for an error) and records every id asked in `_described`.
+_schemas = {}
+_described = []
+
+
+def _describe_schema(id):
+    from componentize_py_types import Err
+    _described.append(id)
+    answer = _schemas.get(id, f"schema id {id} is not in the batch being decided")
+    if isinstance(answer, str):
+        raise Err(answer)
+    return answer
+
+
+wit_world.describe_schema = _describe_schema
+
 
 def load_example(name):
     """The ``WitWorld`` of ``policies/<name with - for _>/python/app.py``, freshly imported."""
@@ -240,6 +257,115 @@ class Sdk(unittest.TestCase):
         self.assertRaises(ValueError, Encrypt("k").schema_fields, fields=[None])
         self.assertRaises(TypeError, ValuePart.schema_fields, ["PII"])
 
+    def test_describe_schema_once_per_id_and_batch(self):
+        from kapsule_policy import (Decision, Encrypt, Needs, Policy, SchemaError, SchemaField,
+                                    SchemaInfo, Schemas, TopicPlan)
+        _schemas.clear()
+        _described.clear()
+        _schemas[7] = wit.SchemaInfo(
+            wit.SchemaFormat.AVRO, "orders-value", 3,
+            [wit.SchemaField("email", [], wit.FieldKind.TEXT),
+             wit.SchemaField("customer", [], wit.FieldKind.OTHER),
+             wit.SchemaField("customer.email", ["PII"], wit.FieldKind.TEXT),
+             wit.SchemaField("customer.email_count", [], wit.FieldKind.OTHER),
+             wit.SchemaField("photo", ["PII"], wit.FieldKind.BYTES)],
+            False)
+        _schemas[8] = wit.SchemaInfo(wit.SchemaFormat.PROTOBUF, None, None,
+                                     [wit.SchemaField("id", [], wit.FieldKind.OTHER)], True)
+        _schemas[9] = "schema registry unavailable: connection refused"
+        seen = []
+
+        class P(Policy):
+            def __init__(self, config):
+                pass
+
+            def plan(self, topic, client):
+                return TopicPlan.per_record(Needs())
+
+            def decide(self, topic, client, records):
+                schemas = Schemas()
+                out = []
+                for r in records:
+                    if r.value_schema_id is None:
+                        out.append(Decision.encrypt(Encrypt("k").whole_value()))
+                        continue
+                    try:
+                        s = schemas.describe(r.value_schema_id)
+                    except SchemaError as e:
+                        seen.append(e.message)
+                        out.append(Decision.encrypt(Encrypt("k").schema_fields(tags=["PII"])))
+                        continue
+                    seen.append(s)
+                    fields = s.select(lambda f: "email" in f.path)
+                    out.append(Decision.encrypt(Encrypt("k").schema_fields(fields=fields))
+                               if fields else Decision.PASS)
+                return out
+
+        w = self.world(P)
+        ids = [(7, None), (9, None), (7, None), (None, None), (9, None), (8, None)]
+        d = w.decide("t", ANON, batch([(None, None, [])] * 6, schema_ids=ids))
+        self.assertEqual(_described, [7, 9, 8])
+        by_name = wit.Decision_Encrypt(wit.Encrypt(
+            "k", wit.ValuePart_SchemaFields(wit.SchemaSelection(["email", "customer.email"], [])),
+            False, []))
+        by_tag = wit.Decision_Encrypt(wit.Encrypt(
+            "k", wit.ValuePart_SchemaFields(wit.SchemaSelection([], ["PII"])), False, []))
+        whole = wit.Decision_Encrypt(wit.Encrypt("k", wit.ValuePart_Whole(), False, []))
+        self.assertEqual(choices(d), [by_name, by_tag, by_name, whole, by_tag, wit.Decision_Pass()])
+        # The generated types became the SDK's, the error its message.
+        orders = SchemaInfo("avro", "orders-value", 3, (
+            SchemaField("email", (), "text"), SchemaField("customer", (), "other"),
+            SchemaField("customer.email", ("PII",), "text"),
+            SchemaField("customer.email_count", (), "other"),
+            SchemaField("photo", ("PII",), "bytes")))
+        self.assertEqual(seen[0], orders)
+        self.assertEqual(seen[1], "schema registry unavailable: connection refused")
+        self.assertEqual(seen[-1], SchemaInfo("protobuf", None, None,
+                                              (SchemaField("id", (), "other"),), True))
+        # The next batch asks again: answers are valid for one batch.
+        w.decide("t", ANON, batch([(None, None, [])], schema_ids=[(7, None)]))
+        self.assertEqual(_described, [7, 9, 8, 7])
+
+    def test_select_keeps_only_text_and_bytes_fields(self):
+        from kapsule_policy import SchemaField, SchemaInfo, describe_schema, SchemaError
+        info = SchemaInfo("avro", "orders-value", 3, (
+            SchemaField("email", (), "text"), SchemaField("customer", (), "other"),
+            SchemaField("customer.email", ("PII",), "text"),
+            SchemaField("customer.email_count", (), "other"),
+            SchemaField("photo", ("PII",), "bytes")))
+        self.assertEqual(info.select(lambda f: "email" in f.path), ["email", "customer.email"])
+        self.assertEqual(info.select(lambda f: f.has_tag("PII")), ["customer.email", "photo"])
+        self.assertEqual(info.select(lambda f: f.path == "customer"), [])
+        self.assertEqual([f.is_encryptable for f in info.fields], [True, False, True, False, True])
+        self.assertRaises(ValueError, SchemaField, "a", (), "string")
+        self.assertRaises(ValueError, SchemaInfo, "xml")
+        _schemas.clear()
+        with self.assertRaises(SchemaError) as e:
+            describe_schema(5)
+        self.assertEqual(str(e.exception), "schema id 5 is not in the batch being decided")
+
+    def test_policies_that_do_not_describe_never_call_the_import(self):
+        from kapsule_policy import Decision, Encrypt, Needs, Policy, Schemas, TopicPlan
+        _described.clear()
+
+        class P(Policy):
+            def __init__(self, config):
+                self.schemas = Schemas()  # created, never asked
+
+            def plan(self, topic, client):
+                return TopicPlan.per_record(Needs(value=True))
+
+            def decide(self, topic, client, records):
+                Schemas()
+                return [Decision.encrypt(Encrypt("k").schema_fields(tags=["PII"]))
+                        if r.value_schema_id is not None else Decision.PASS for r in records]
+
+        w = self.world(P)
+        w.plan("t", ANON)
+        w.decide("t", ANON, batch([(None, b"\x00\x00\x00\x00\x07x", []), (None, b"v", [])]))
+        w.reveal("t", ANON)
+        self.assertEqual(_described, [])
+
     def test_memo_on_several_headers(self):
         from kapsule_policy import Memo, Needs, TopicPlan
         from kapsule_policy._bindings import plan_to_wit
@@ -400,6 +526,48 @@ class Examples(unittest.TestCase):
             with self.assertRaises(Exception, msg=bad) as e:
                 w.init(bad)
             self.assertIn("schema-pii config", str(e.exception), bad)
+
+    def test_schema_by_name_mirrors_the_rust_example(self):
+        _schemas.clear()
+        _described.clear()
+        _schemas[7] = wit.SchemaInfo(
+            wit.SchemaFormat.AVRO, "orders-value", 1,
+            [wit.SchemaField("id", [], wit.FieldKind.OTHER),
+             wit.SchemaField("email", [], wit.FieldKind.TEXT),
+             wit.SchemaField("customer", [], wit.FieldKind.OTHER),
+             wit.SchemaField("customer.email", [], wit.FieldKind.TEXT),
+             wit.SchemaField("customer.email_verified", [], wit.FieldKind.OTHER)], False)
+        _schemas[8] = wit.SchemaInfo(wit.SchemaFormat.JSON, "payments-value", 2,
+                                     [wit.SchemaField("amount", [], wit.FieldKind.OTHER)], False)
+        _schemas[9] = "schema registry unavailable"
+        w = load_example("schema_by_name")
+        w.init("")
+        p = w.plan("orders", ANON)
+        self.assertEqual(p.value.memo, wit.MemoKey_None_())
+        ids = [(7, None), (8, None), (9, None), (None, None), (7, None)]
+        d = w.decide("orders", ANON, batch([(None, None, [])] * 5, schema_ids=ids))
+        self.assertEqual(_described, [7, 8, 9])
+        enc = lambda part: wit.Decision_Encrypt(wit.Encrypt("kek-orders", part, False, []))
+        by_name = enc(wit.ValuePart_SchemaFields(
+            wit.SchemaSelection(["email", "customer.email"], [])))
+        self.assertEqual(choices(d), [
+            by_name, wit.Decision_Pass(),
+            enc(wit.ValuePart_SchemaFields(wit.SchemaSelection([], ["PII"]))),
+            enc(wit.ValuePart_Whole()), by_name])
+        # With `subject`, a schema registered under another subject is refused.
+        w = load_example("schema_by_name")
+        w.init('{"subject": "${topic}-value", "words": ["amount", "mail"], "key_id": "k"}')
+        d = w.decide("payments", ANON, batch([(None, None, [])] * 2, schema_ids=[(8, None), (7, None)]))
+        got = choices(d)
+        self.assertEqual(got[0], wit.Decision_Pass())  # `amount` is not text or bytes
+        self.assertIsInstance(got[1], wit.Decision_Reject)
+        self.assertIn("orders-value", got[1].value)
+        for bad in ('{"words": []}', '{"words": "email"}', '{"fallback_tags": [""]}',
+                    '{"subject": 3}', '{"nope": 1}', '[]'):
+            w = load_example("schema_by_name")
+            with self.assertRaises(Exception, msg=bad) as e:
+                w.init(bad)
+            self.assertIn("schema-by-name config", str(e.exception), bad)
 
 if __name__ == "__main__":
     unittest.main()
