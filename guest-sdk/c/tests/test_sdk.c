@@ -12,10 +12,6 @@ void __wasm_import_policy_log(int32_t level, uint8_t *ptr, size_t len) {
   (void)level, (void)ptr, (void)len;
 }
 char __component_type_object_force_link_policy;
-// `describe-schema` (0.3.0): no test here calls it; a stub so the native build links.
-void __wasm_import_policy_describe_schema(int32_t id, uint8_t *ret) {
-  (void)id, (void)ret;
-}
 
 // The component's `describe-schema` import, faked: answers g_fake_schema(id) (fills `info` and
 // returns true, or returns an error message), lowered into the return area exactly as the
