@@ -22,14 +22,34 @@ const ABSENT: u32 = u32::MAX;
 /// A schema id with its schema, or why it could not be had.
 type Fetched = (u32, Result<Arc<RegisteredSchema>, String>);
 
-/// The schemas of one batch. Empty outside `decide` (every id is then an error).
+/// The schemas of one batch, and the topic it goes to. Empty outside `decide` (every id is then
+/// an error).
 #[derive(Clone, Default)]
-pub(crate) struct BatchSchemas(Arc<Vec<Fetched>>);
+pub(crate) struct BatchSchemas {
+    fetched: Arc<Vec<Fetched>>,
+    topic: Arc<str>,
+}
 
 impl BatchSchemas {
+    fn new(fetched: Vec<Fetched>) -> Self {
+        Self {
+            fetched: Arc::new(fetched),
+            topic: Arc::from(""),
+        }
+    }
+
+    /// The same schemas described for a batch of `topic`: `subject` is then the topic's own
+    /// subject (`<topic>-value`, `<topic>-key`, Confluent's default naming) when the schema is
+    /// registered under it, since one schema text registered under several subjects has one
+    /// id; else the first subject the registry lists.
+    pub(crate) fn for_topic(mut self, topic: &str) -> Self {
+        self.topic = Arc::from(topic);
+        self
+    }
+
     /// The answer of `describe-schema(id)`.
     pub(crate) fn describe(&self, id: u32) -> Result<wit::SchemaInfo, String> {
-        let Some((_, found)) = self.0.iter().find(|(i, _)| *i == id) else {
+        let Some((_, found)) = self.fetched.iter().find(|(i, _)| *i == id) else {
             return Err(format!(
                 "schema id {id} is not a value or key schema id of the batch being decided \
                  (describe-schema answers only during decide, for the ids in \
@@ -38,7 +58,16 @@ impl BatchSchemas {
         };
         let schema = found.as_ref().map_err(Clone::clone)?;
         let listing = schema.fields();
-        let (subject, version) = match &schema.registered_as {
+        let registered_as = |subject: String| {
+            schema
+                .registered_as
+                .iter()
+                .find(move |(s, _)| !self.topic.is_empty() && *s == subject)
+        };
+        let (subject, version) = match registered_as(format!("{}-value", self.topic))
+            .or_else(|| registered_as(format!("{}-key", self.topic)))
+            .or(schema.registered_as.first())
+        {
             Some((s, v)) => (Some(s.clone()), Some(*v)),
             None => (None, None),
         };
@@ -97,7 +126,7 @@ pub(crate) async fn prefetch(registry: Option<&SchemaRegistry>, ids: &[u32]) -> 
         };
         (id, got)
     });
-    BatchSchemas(Arc::new(futures::future::join_all(fetches).await))
+    BatchSchemas::new(futures::future::join_all(fetches).await)
 }
 
 /// [`prefetch`] without waiting: the schemas of `ids` that `registry` has cached, for
@@ -112,7 +141,7 @@ pub(crate) fn from_cache(registry: Option<&SchemaRegistry>, ids: &[u32]) -> Batc
         });
         (id, got)
     });
-    BatchSchemas(Arc::new(found.collect()))
+    BatchSchemas::new(found.collect())
 }
 
 #[cfg(test)]
@@ -186,5 +215,33 @@ mod tests {
             .describe(MAX_BATCH_SCHEMAS as u32)
             .unwrap_err();
         assert!(e.contains("more than 64 distinct schema ids"), "{e}");
+    }
+
+    /// One schema text registered under several subjects has one id: the subject described is
+    /// the batch's topic's own (`<topic>-value`, else `<topic>-key`), whatever order the
+    /// registry lists them in; the first listed for another topic.
+    #[tokio::test]
+    async fn the_subject_described_is_the_topics_own_when_the_schema_has_several() {
+        let registry = SchemaRegistry::unreachable_for_tests();
+        let mut schema = RegisteredSchema::parse(
+            4,
+            None,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}"#,
+        )
+        .unwrap();
+        schema.registered_as = vec![
+            ("payments-value".into(), 3),
+            ("orders-key".into(), 2),
+            ("orders-value".into(), 1),
+        ];
+        registry.preload(schema);
+        let fetched = prefetch(Some(&registry), &[4]).await;
+        let subject = |topic: &str| {
+            let info = fetched.clone().for_topic(topic).describe(4).unwrap();
+            (info.subject.unwrap(), info.version.unwrap())
+        };
+        assert_eq!(subject("orders"), ("orders-value".into(), 1));
+        assert_eq!(subject("payments"), ("payments-value".into(), 3));
+        assert_eq!(subject("audit"), ("payments-value".into(), 3));
     }
 }

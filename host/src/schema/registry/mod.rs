@@ -26,7 +26,9 @@ mod config;
 mod registered;
 
 pub use config::SchemaRegistryConfig;
-pub use registered::{Compiled, ReferencedSchema, RegisteredSchema, SchemaFormat, MAX_REFERENCES};
+pub use registered::{
+    Compiled, ReferencedSchema, RegisteredSchema, SchemaFormat, MAX_REFERENCES, MAX_SUBJECTS,
+};
 
 /// Why a schema could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -265,8 +267,10 @@ impl SchemaRegistry {
         let r: SchemaResponse = self
             .get_json(id, &["schemas", "ids", &id_text], None)
             .await?;
-        // Where the schema is registered, asked alongside its references: only for policies
-        // (`describe-schema`), so a failure leaves it unknown rather than failing the fetch.
+        // Where the schema is registered, asked alongside its references, for policies
+        // (`describe-schema`). A registry that does not answer this fails the fetch like any
+        // other outage (retriable, not cached), so a transient error is never cached with the
+        // schema as "unknown subject"; one that does not know the endpoint leaves it unknown.
         let (references, registered_as) = tokio::join!(
             self.references(id, &r.references),
             self.registered_as(id, &id_text)
@@ -277,13 +281,19 @@ impl SchemaRegistry {
             &r.schema,
             &references?,
         )?;
-        schema.registered_as = registered_as;
+        schema.registered_as = registered_as?;
         Ok(schema)
     }
 
-    /// The first subject and version schema `id` is registered under
-    /// (`GET {url}/schemas/ids/{id}/versions`); `None` when the registry does not say.
-    async fn registered_as(&self, id: u32, id_text: &str) -> Option<(String, u32)> {
+    /// The subjects and versions schema `id` is registered under
+    /// (`GET {url}/schemas/ids/{id}/versions`, at most [`MAX_SUBJECTS`]); none when the
+    /// registry does not say (no such endpoint, refused, unreadable answer); an error only when
+    /// it is unavailable (retriable).
+    async fn registered_as(
+        &self,
+        id: u32,
+        id_text: &str,
+    ) -> Result<Vec<(String, u32)>, RegistryError> {
         #[derive(Deserialize)]
         struct SubjectVersion {
             subject: String,
@@ -293,10 +303,15 @@ impl SchemaRegistry {
             .get_json::<Vec<SubjectVersion>>(id, &["schemas", "ids", id_text, "versions"], None)
             .await
         {
-            Ok(v) => v.into_iter().next().map(|sv| (sv.subject, sv.version)),
+            Ok(v) => Ok(v
+                .into_iter()
+                .take(MAX_SUBJECTS)
+                .map(|sv| (sv.subject, sv.version))
+                .collect()),
+            Err(e) if e.is_retriable() => Err(e),
             Err(e) => {
                 tracing::debug!(schema_id = id, error = %e, "subject and version of a schema unknown");
-                None
+                Ok(Vec::new())
             }
         }
     }

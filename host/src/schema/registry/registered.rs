@@ -37,6 +37,9 @@ pub enum Compiled {
     Protobuf(protobuf::Targets),
 }
 
+/// Most subject versions kept per schema id (`registered_as`).
+pub const MAX_SUBJECTS: usize = 64;
+
 /// Most schemas a schema may reference, directly and through their own references.
 pub const MAX_REFERENCES: usize = 32;
 
@@ -65,9 +68,10 @@ pub struct RegisteredSchema {
     pub id: u32,
     /// Schema language.
     pub format: SchemaFormat,
-    /// Subject and version the schema is registered under, when the registry said
-    /// (`GET /schemas/ids/{id}/versions`, first entry); `None` for a schema parsed without one.
-    pub registered_as: Option<(String, u32)>,
+    /// Every subject and version the schema is registered under, as the registry said
+    /// (`GET /schemas/ids/{id}/versions`, at most [`MAX_SUBJECTS`]): one schema text registered
+    /// under several subjects has one id. Empty when the registry did not say.
+    pub registered_as: Vec<(String, u32)>,
     /// Bytes of schema text (references included) and of the field listing: what the schema
     /// counts against `cache_bytes`.
     pub(super) text_len: usize,
@@ -171,7 +175,7 @@ impl RegisteredSchema {
         Ok(Self {
             id,
             format,
-            registered_as: None,
+            registered_as: Vec::new(),
             text_len: text.len()
                 + references.iter().map(|r| r.text.len()).sum::<usize>()
                 + listing.bytes(),

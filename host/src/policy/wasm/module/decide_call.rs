@@ -46,9 +46,9 @@ impl DecideCall {
         }
     }
 
-    /// Sets what `describe-schema` answers during [`DecideCall::run`].
+    /// Sets what `describe-schema` answers during [`DecideCall::run`] (for this call's topic).
     pub(crate) fn with_schemas(&mut self, schemas: BatchSchemas) {
-        self.schemas = schemas;
+        self.schemas = schemas.for_topic(&self.topic);
     }
 
     /// Runs the guest's `decide` (blocking, bounded by the batch's deadline) and validates its
