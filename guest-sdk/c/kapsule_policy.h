@@ -292,7 +292,7 @@ typedef struct {
 /// A registered schema as Kapsule describes it. Strings are NUL-terminated.
 typedef struct {
   kp_schema_format format;
-  /// The subject it is registered under (the first the registry lists); NULL when the registry
+  /// The subject it is registered under (the batch topic's own subject when the schema is registered under it, else the first the registry lists); NULL when the registry
   /// did not say.
   const char *subject;
   /// Version under `subject`, when `has_version`.

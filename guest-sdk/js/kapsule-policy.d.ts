@@ -200,7 +200,7 @@ export class SchemaInfo {
   });
   /** The schema language. */
   readonly format: Wit.SchemaFormat;
-  /** The subject it is registered under (the first the registry lists); null if the registry did not say. */
+  /** The subject it is registered under (the batch topic's own, `<topic>-value` else `<topic>-key`, when it is one; else the first the registry lists); null if the registry did not say. */
   readonly subject: string | null;
   /** Version under `subject`; null if the registry did not say. */
   readonly version: number | null;

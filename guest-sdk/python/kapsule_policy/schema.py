@@ -92,7 +92,7 @@ class SchemaInfo:
     """A registered schema as Kapsule describes it.
 
     ``format`` is ``"avro"``, ``"protobuf"`` or ``"json"``; ``subject`` the subject it is
-    registered under (the first the registry lists) and ``version`` its version there, both
+    registered under (the batch topic's own subject when the schema is registered under it, else the first the registry lists) and ``version`` its version there, both
     ``None`` when the registry did not say; ``fields`` every field, depth-first (records and
     messages listed, then their fields below them); ``fields_truncated`` is True when the schema
     has more fields than were listed (over 1024 fields, 256 KiB of paths and tags, or 64 levels).

@@ -85,7 +85,7 @@ impl SchemaField {
 pub struct SchemaInfo {
     /// The schema language.
     pub format: SchemaFormat,
-    /// The subject the schema is registered under (the first the registry lists), if the
+    /// The subject the schema is registered under (the batch topic's own subject when the schema is registered under it, else the first the registry lists), if the
     /// registry said.
     pub subject: Option<String>,
     /// Version under `subject`.

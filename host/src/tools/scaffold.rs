@@ -114,6 +114,7 @@ const RUST_SDK: &[SdkFile] = sdk_files!("rust":
 const PYTHON_SDK: &[SdkFile] = sdk_files!("python":
     "pyproject.toml", "README.md", "kapsule_policy/__init__.py", "kapsule_policy/_types.py",
     "kapsule_policy/_bindings.py", "kapsule_policy/_build.py", "kapsule_policy/log.py",
+    "kapsule_policy/schema.py",
     "kapsule_policy/componentize-py.toml", "kapsule_policy/wit/policy.wit");
 const JS_SDK: &[SdkFile] = sdk_files!("js":
     "package.json", "README.md", "kapsule-policy.js", "kapsule-policy.d.ts", "build.mjs",

@@ -148,10 +148,12 @@ declare module 'kapsule:policy/types@0.3.0' {
      */
     format: SchemaFormat,
     /**
-     * The subject the schema is registered under and its version there (the first the
-     * registry lists for the id: one schema can be registered under several subjects).
-     * `none` when the registry did not say (`GET /schemas/ids/{id}/versions` failed or
-     * is not served).
+     * The subject the schema is registered under and its version there: one schema text
+     * registered under several subjects has one id, so the batch's topic's own subject
+     * (`<topic>-value`, else `<topic>-key`) when it is one of them, else the first the
+     * registry lists.
+     * `none` when the registry does not serve `GET /schemas/ids/{id}/versions` or refuses
+     * it (a registry unavailable for it fails the whole description, retriably).
      */
     subject?: string,
     /**
