@@ -52,12 +52,23 @@ async fn template_builds_and_passes_check(lang: &str) {
     let work = tempfile::tempdir().unwrap();
     let bin = lone_binary(bin_dir.path());
     let name = format!("tpl-{lang}");
-    let out = tokio::process::Command::new(&bin)
-        .args(["policy", "new", &name, "--lang", lang])
-        .current_dir(work.path())
-        .output()
-        .await
-        .unwrap();
+    // A just-copied binary can be "busy" for a moment: a process another test forks meanwhile
+    // holds the copy's write descriptor until it execs. Retry that, nothing else.
+    let mut tries = 0;
+    let out = loop {
+        match tokio::process::Command::new(&bin)
+            .args(["policy", "new", &name, "--lang", lang])
+            .current_dir(work.path())
+            .output()
+            .await
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => break other.expect("run the lone kapsule binary"),
+        }
+    };
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
