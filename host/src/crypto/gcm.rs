@@ -55,15 +55,19 @@ impl GcmKey {
         let start = out.len();
         out.reserve(plaintext.len() + TAG_LEN);
         out.extend_from_slice(plaintext);
+        let tag = self.seal_in_place(nonce, aad, &mut out[start..]);
+        out.extend_from_slice(&tag);
+    }
+
+    /// Encrypts `buf` in place and returns the tag.
+    fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                &mut out[start..],
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
             .expect("AES-GCM sealing only fails for inputs beyond 64 GiB");
-        out.extend_from_slice(tag.as_ref());
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// The tag of sealing `plaintext` under `aad` (a MAC of both), discarding the ciphertext.
@@ -71,19 +75,7 @@ impl GcmKey {
     /// buffer (kept up to [`TAG_SCRATCH_KEEP`] bytes), which takes AES-GCM's bulk path: for more
     /// than a few blocks, far cheaper than passing the same bytes as `aad`.
     pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> [u8; TAG_LEN] {
-        let seal = |buf: &mut [u8]| {
-            let tag = self
-                .key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(*nonce),
-                    Aad::from(aad),
-                    buf,
-                )
-                .expect("AES-GCM sealing only fails for inputs beyond 64 GiB");
-            let mut out = [0u8; TAG_LEN];
-            out.copy_from_slice(tag.as_ref());
-            out
-        };
+        let seal = |buf: &mut [u8]| self.seal_in_place(nonce, aad, buf);
         if plaintext.is_empty() {
             return seal(&mut []);
         }

@@ -248,11 +248,10 @@ pub(super) fn seal_record(
                         .collect()
                 };
             parts.sort_unstable_by_key(|(_, span, _, _)| span.start);
-            let grown: usize = parts
-                .iter()
-                .map(|(_, span, _, encoding)| fields::stored_len(*encoding, span.len()))
-                .sum();
-            let mut out = Vec::with_capacity(v.len() + grown);
+            let stored_len = parts.iter().fold(v.len(), |len, (_, span, _, encoding)| {
+                len - span.len() + fields::stored_len(*encoding, span.len())
+            });
+            let mut out = Vec::with_capacity(stored_len);
             let mut ct =
                 Vec::with_capacity(parts.iter().map(|p| p.1.len()).max().unwrap_or(0) + TAG_LEN);
             let kind = if prep.schema_fields.is_empty() {
