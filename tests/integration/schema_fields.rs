@@ -625,8 +625,30 @@ const ORDER_WITH_REFERENCE_AVRO: &str = r#"{
 /// rest; `app` gets the exact bytes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn avro_schema_references_to_other_subjects_are_resolved() {
+    references_to_other_subjects_are_resolved(
+        "avro",
+        "orders-ref",
+        "shop.party.Customer",
+        CUSTOMER_AVRO,
+        ORDER_WITH_REFERENCE_AVRO,
+    )
+    .await;
+}
+
+/// Produces four orders in `format` whose writer schema `order` references `customer` (registered
+/// under `<topic>-customer` by the serializer, named `reference`) through Kapsule with a `PII`
+/// tag rule: the registry holds the reference, the tagged fields of both schemas are ciphertext
+/// at rest while the clear ones stay readable, and `app` reads the exact bytes back.
+async fn references_to_other_subjects_are_resolved(
+    format: &str,
+    prefix: &str,
+    reference: &str,
+    customer: &str,
+    order: &str,
+) {
     let rig =
-        SchemaRig::start(|url| policy_selecting("orders-ref-", "{tags: [PII]}", url, "")).await;
+        SchemaRig::start(|url| policy_selecting(&format!("{prefix}-"), "{tags: [PII]}", url, ""))
+            .await;
     let SchemaRig {
         registry,
         kafka,
@@ -635,7 +657,7 @@ async fn avro_schema_references_to_other_subjects_are_resolved() {
         kapsule,
         ..
     } = &rig;
-    let topic = unique_name("orders-ref");
+    let topic = unique_name(prefix);
     kafka.create_topic(&topic, 1).await.unwrap();
     let url = registry.url();
     let app = ck_ssl(ca, Some(&who.app));
@@ -649,8 +671,8 @@ async fn avro_schema_references_to_other_subjects_are_resolved() {
     let mut extra = vec![
         "--reference".to_string(),
         format!(
-            "shop.party.Customer={topic}-customer={}",
-            write_json(&dir, "customer.json", CUSTOMER_AVRO)
+            "{reference}={topic}-customer={}",
+            write_json(&dir, "customer.json", customer)
         ),
     ];
     extra.extend(app.iter().cloned());
@@ -659,8 +681,8 @@ async fn avro_schema_references_to_other_subjects_are_resolved() {
             &kapsule.listen,
             &url,
             &topic,
-            "avro",
-            ORDER_WITH_REFERENCE_AVRO,
+            format,
+            order,
             &objects,
             &extra,
         )
@@ -674,7 +696,7 @@ async fn avro_schema_references_to_other_subjects_are_resolved() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&format!("{topic}-customer")), "{body}");
 
-    let stored = consume(&kafka.bootstrap(), &url, &topic, "avro", objects.len(), &[]).await;
+    let stored = consume(&kafka.bootstrap(), &url, &topic, format, objects.len(), &[]).await;
     for (s, o) in stored.iter().zip(&objects) {
         assert_protected(s, o, &["ssn", "customer.email"]);
         let raw = String::from_utf8_lossy(&hex::decode(s["value"].as_str().unwrap()).unwrap())
@@ -682,7 +704,7 @@ async fn avro_schema_references_to_other_subjects_are_resolved() {
         assert!(!raw.contains("MARK"), "plaintext at rest: {raw}");
         assert!(raw.contains("Name "), "clear fields stay readable at rest");
     }
-    let seen = consume(&kapsule.listen, &url, &topic, "avro", objects.len(), &app).await;
+    let seen = consume(&kapsule.listen, &url, &topic, format, objects.len(), &app).await;
     for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
         assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
         assert_eq!(&s["object"], o);
@@ -717,65 +739,12 @@ const ORDER_WITH_REFERENCE_JSON: &str = r##"{
 /// the record stays valid at rest for JSONDeserializer; `app` gets the exact bytes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_schema_references_to_other_subjects_are_resolved() {
-    let rig =
-        SchemaRig::start(|url| policy_selecting("orders-jref-", "{tags: [PII]}", url, "")).await;
-    let SchemaRig {
-        registry,
-        kafka,
-        who,
-        ca,
-        kapsule,
-        ..
-    } = &rig;
-    let topic = unique_name("orders-jref");
-    kafka.create_topic(&topic, 1).await.unwrap();
-    let url = registry.url();
-    let app = ck_ssl(ca, Some(&who.app));
-    let objects: Vec<Value> = (0..4)
-        .map(|i| {
-            json!({"id": i, "customer": {"name": format!("Name {i}"), "email": format!("EMAILMARK-{i}@example.com")},
-                   "ssn": format!("SSNMARK-{i}")})
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let mut extra = vec![
-        "--reference".to_string(),
-        format!(
-            "customer.schema.json={topic}-customer={}",
-            write_json(&dir, "customer.json", CUSTOMER_JSON)
-        ),
-    ];
-    extra.extend(app.iter().cloned());
-    let sent = delivered(
-        &produce(
-            &kapsule.listen,
-            &url,
-            &topic,
-            "json",
-            ORDER_WITH_REFERENCE_JSON,
-            &objects,
-            &extra,
-        )
-        .await,
-    );
-    let (status, body) = registry
-        .get(&format!("/subjects/{topic}-value/versions/latest"))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains(&format!("{topic}-customer")), "{body}");
-
-    let stored = consume(&kafka.bootstrap(), &url, &topic, "json", objects.len(), &[]).await;
-    for (s, o) in stored.iter().zip(&objects) {
-        assert_protected(s, o, &["ssn", "customer.email"]);
-        let raw = String::from_utf8_lossy(&hex::decode(s["value"].as_str().unwrap()).unwrap())
-            .into_owned();
-        assert!(!raw.contains("MARK"), "plaintext at rest: {raw}");
-        assert!(raw.contains("Name "), "clear fields stay readable at rest");
-    }
-    let seen = consume(&kapsule.listen, &url, &topic, "json", objects.len(), &app).await;
-    for ((s, want), o) in seen.iter().zip(&sent).zip(&objects) {
-        assert_eq!(s["value"].as_str().unwrap(), want, "byte-exact for app");
-        assert_eq!(&s["object"], o);
-    }
+    references_to_other_subjects_are_resolved(
+        "json",
+        "orders-jref",
+        "customer.schema.json",
+        CUSTOMER_JSON,
+        ORDER_WITH_REFERENCE_JSON,
+    )
+    .await;
 }
