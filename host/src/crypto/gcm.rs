@@ -8,7 +8,9 @@
 use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use std::ops::Range;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 /// GCM nonce length in bytes.
 pub const NONCE_LEN: usize = 12;
@@ -88,6 +90,45 @@ impl GcmKey {
             scratch.extend_from_slice(plaintext);
             seal(&mut scratch)
         })
+    }
+
+    /// Seals `stream` in place under no AAD and returns the tag: a stream of which the caller
+    /// keeps some ciphertext and discards the rest (associated data revision 3).
+    pub fn seal_stream(&self, nonce: &[u8; NONCE_LEN], stream: &mut [u8]) -> [u8; TAG_LEN] {
+        self.seal_in_place(nonce, b"", stream)
+    }
+
+    /// Verifies and decrypts a stream sealed by [`seal_stream`](Self::seal_stream) of which
+    /// only the bytes in `stored` were kept as ciphertext: `stream` holds those ciphertext bytes
+    /// at `stored` and the plaintext everywhere else. On success `stream` holds the whole
+    /// plaintext and `true` is returned; otherwise `stream` is zeroed and `false` returned.
+    ///
+    /// GCM authenticates ciphertext, so the discarded ciphertext is first recomputed: one pass
+    /// seals the stream (turning the known plaintext into its ciphertext and the stored
+    /// ciphertext into unverified plaintext, which is then overwritten with the stored bytes
+    /// again), a second opens it against `tag`. Nothing unverified leaves this function.
+    pub fn open_partly_stored(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        stream: &mut [u8],
+        stored: Range<usize>,
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        let Some(stored_ciphertext) = stream.get(stored.clone()).map(<[u8]>::to_vec) else {
+            stream.fill(0);
+            return false;
+        };
+        self.seal_in_place(nonce, b"", stream);
+        stream[stored].copy_from_slice(&stored_ciphertext);
+        self.key
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::empty(),
+                Tag::from(*tag),
+                stream,
+                0..,
+            )
+            .is_ok()
     }
 
     /// Decrypts `ciphertext || tag`; `None` when authentication fails.
@@ -175,8 +216,46 @@ mod tests {
             assert_eq!(gcm.tag(&nonce, b"ctx", &pt), sealed[len..], "len {len}");
         }
         let long = gcm.tag(&nonce, b"", &[1u8; 100]);
+        assert_ne!(long, gcm.tag(&nonce, b"", &[1u8; 99]));
         let short = gcm.tag(&nonce, b"", &[1u8; 10]);
         assert_ne!(long, short);
         assert_eq!(gcm.tag(&nonce, b"", &[1u8; 100]), long);
+    }
+
+    /// A stream of which only a middle range is kept opens back to its plaintext with the
+    /// seal's tag, and fails (leaving zeros) when any byte, inside or outside that range, or
+    /// the tag differs.
+    #[test]
+    fn a_partly_stored_stream_opens_only_when_every_byte_is_as_sealed() {
+        let gcm = GcmKey::new(&[4u8; 32]);
+        let nonce = [8u8; 12];
+        for (len, kept) in [(0usize, 0..0), (40, 10..20), (1200, 300..700), (33, 0..33)] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let mut sealed = plaintext.clone();
+            let tag = gcm.seal_stream(&nonce, &mut sealed);
+            let stored = |plaintext: &[u8]| {
+                let mut s = plaintext.to_vec();
+                s[kept.clone()].copy_from_slice(&sealed[kept.clone()]);
+                s
+            };
+            let mut stream = stored(&plaintext);
+            assert!(gcm.open_partly_stored(&nonce, &mut stream, kept.clone(), &tag));
+            assert_eq!(stream, plaintext, "len {len}");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len == 0 {
+                    break;
+                }
+                let mut stream = stored(&plaintext);
+                stream[at] ^= 1;
+                assert!(!gcm.open_partly_stored(&nonce, &mut stream, kept.clone(), &tag));
+                assert!(stream.iter().all(|&b| b == 0), "len {len}: not zeroed");
+            }
+            let mut bad_tag = tag;
+            bad_tag[0] ^= 1;
+            let mut stream = stored(&plaintext);
+            assert!(!gcm.open_partly_stored(&nonce, &mut stream, kept.clone(), &bad_tag));
+        }
+        let mut short = vec![0u8; 4];
+        assert!(!gcm.open_partly_stored(&nonce, &mut short, 2..9, &[0; 16]));
     }
 }

@@ -70,6 +70,12 @@ impl Dek {
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         self.cipher.open(nonce, aad, ciphertext)
     }
+
+    /// The AES-256-GCM key itself, for the stream operations ([`GcmKey::seal_stream`],
+    /// [`GcmKey::open_partly_stored`]).
+    pub fn gcm(&self) -> &GcmKey {
+        &self.cipher
+    }
 }
 
 /// Deterministic AES-SIV (RFC 5297, AES-256-SIV: 512-bit key) for record keys.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::primitives::{Dek, RecordKeyCipher};
 use super::record::testing;
+use super::wire::AadScheme;
 use super::*;
 use crate::crypto::keys::DekConfig;
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
@@ -747,7 +748,8 @@ fn cheap_checks_and_send_futures() {
 
 // ---------------------------------------------------------------------------------------------
 // Golden vectors: host/src/crypto/testdata/golden_v1.json (associated data revision 1, frozen:
-// written before revision 2 existed) and golden_aad_v2.json (revision 2).
+// written before revision 2 existed), golden_aad_v2.json (revision 2) and golden_aad_v3.json
+// (revision 3).
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 struct GoldenRecord {
@@ -793,6 +795,11 @@ const GOLDEN_PATH: &str = concat!(
 const GOLDEN_V2_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/src/crypto/testdata/golden_aad_v2.json"
+);
+/// Revision 3 vectors (values with encrypted fields).
+const GOLDEN_V3_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/crypto/testdata/golden_aad_v3.json"
 );
 
 fn golden_keys(g: &GoldenFile) -> (Dek, RecordKeyCipher) {
@@ -845,7 +852,7 @@ fn golden_plan(c: &GoldenCase, kek: &str) -> EncryptionPlan {
     }
 }
 
-fn seal_case(g: &GoldenFile, c: &GoldenCase) -> Record {
+fn seal_case(g: &GoldenFile, c: &GoldenCase, fields_scheme: AadScheme) -> Record {
     let (dek, kc) = golden_keys(g);
     testing::seal(
         &g.topic,
@@ -855,6 +862,7 @@ fn seal_case(g: &GoldenFile, c: &GoldenCase) -> Record {
         hex::decode(&c.nonce_base).unwrap().try_into().unwrap(),
         hex::decode(&c.record_id).unwrap().try_into().unwrap(),
         Some(&kc),
+        fields_scheme,
     )
     .unwrap()
 }
@@ -905,15 +913,16 @@ fn read_golden(path: &str) -> GoldenFile {
 }
 
 /// Checks every case of `g`: the checked-in bytes decrypt to the input, a flipped bit in the
-/// value is detected, and (when `reencode` says so for the case) the writer reproduces the bytes.
-fn check_golden(g: &GoldenFile, reencode: impl Fn(&GoldenCase) -> bool) {
+/// value is detected, and (when `reencode` says so for the case) the writer reproduces the bytes,
+/// writing `fields_scheme` for values with encrypted fields.
+fn check_golden(g: &GoldenFile, fields_scheme: AadScheme, reencode: impl Fn(&GoldenCase) -> bool) {
     let (dek, kc) = golden_keys(g);
     for c in &g.cases {
         let expected = to_record(&c.output, true);
         let opened = testing::open(&g.topic, &expected, &dek, Some(&kc)).unwrap();
         assert_eq!(opened, to_record(&c.input, false), "case {}", c.name);
         if reencode(c) {
-            assert_eq!(seal_case(g, c), expected, "case {}", c.name);
+            assert_eq!(seal_case(g, c, fields_scheme), expected, "case {}", c.name);
         }
         if let Some(v) = &expected.value {
             let mut t = expected.clone();
@@ -936,54 +945,115 @@ fn check_golden(g: &GoldenFile, reencode: impl Fn(&GoldenCase) -> bool) {
 fn golden_v1_vectors_still_decrypt_and_whole_values_reencode_exactly() {
     let g = read_golden(GOLDEN_PATH);
     assert_eq!(g.cases.len(), 4);
-    check_golden(&g, |c| c.value == "whole");
-    // The frozen JSON case is revision 1; the writer now writes revision 2 for it.
+    check_golden(&g, AadScheme::V3, |c| c.value == "whole");
+    // The frozen JSON case is revision 1; the writer now writes revision 3 for it.
     let json = g.cases.iter().find(|c| c.value == "json").unwrap();
-    let written = seal_case(&g, json);
+    let written = seal_case(&g, json, AadScheme::V3);
     assert_ne!(written, to_record(&json.output, true));
+}
+
+/// Writes `cases` sealed by today's writer (fields in `fields_scheme`) to `path`, when
+/// `KAPSULE_REGEN_GOLDEN` is set: only when the format changes on purpose (add a new revision
+/// then, and keep the old vectors).
+fn regenerate_golden(
+    path: &str,
+    description: &str,
+    cases: Vec<GoldenCase>,
+    fields_scheme: AadScheme,
+) {
+    if std::env::var_os("KAPSULE_REGEN_GOLDEN").is_none() {
+        return;
+    }
+    let mut g = GoldenFile {
+        description: description.into(),
+        topic: "orders".into(),
+        kek_id: "orders-kek".into(),
+        dek: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into(),
+        edek: hex::encode("vault:v1:RklYRUQtRURFSy1GT1ItVEVTVFM="),
+        record_key_material: "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f"
+            .into(),
+        record_key_kek_version: 1,
+        cases,
+    };
+    let outs: Vec<Record> = g
+        .cases
+        .iter()
+        .map(|c| seal_case(&g, c, fields_scheme))
+        .collect();
+    for (c, r) in g.cases.iter_mut().zip(outs) {
+        c.output = GoldenRecord {
+            key: r.key.map(hex::encode),
+            value: r.value.map(hex::encode),
+            headers: r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        String::from_utf8(h.key.to_vec()).unwrap(),
+                        h.value.as_ref().map(hex::encode),
+                    )
+                })
+                .collect(),
+        };
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&g).unwrap() + "\n").unwrap();
 }
 
 /// Regenerate with `KAPSULE_REGEN_GOLDEN=1 cargo test -p kapsule --lib golden` (only when the
 /// format changes on purpose: add a new revision then, and keep the old vectors).
 #[test]
 fn golden_v2_vectors_decrypt_and_reencode_exactly() {
-    if std::env::var_os("KAPSULE_REGEN_GOLDEN").is_some() {
-        let mut g = GoldenFile {
-            description: "Kapsule wire format v1, associated data revision 2 (flag 0x20) test vectors; see docs/wire-format.md. Inputs are UTF-8, outputs hex.".into(),
-            topic: "orders".into(),
-            kek_id: "orders-kek".into(),
-            dek: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into(),
-            edek: hex::encode("vault:v1:RklYRUQtRURFSy1GT1ItVEVTVFM="),
-            record_key_material: "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f".into(),
-            record_key_kek_version: 1,
-            cases: golden_v2_cases(),
-        };
-        let outs: Vec<Record> = g.cases.iter().map(|c| seal_case(&g, c)).collect();
-        for (c, r) in g.cases.iter_mut().zip(outs) {
-            c.output = GoldenRecord {
-                key: r.key.map(hex::encode),
-                value: r.value.map(hex::encode),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            String::from_utf8(h.key.to_vec()).unwrap(),
-                            h.value.as_ref().map(hex::encode),
-                        )
-                    })
-                    .collect(),
-            };
-        }
-        std::fs::write(
-            GOLDEN_V2_PATH,
-            serde_json::to_string_pretty(&g).unwrap() + "\n",
-        )
-        .unwrap();
-    }
+    regenerate_golden(
+        GOLDEN_V2_PATH,
+        "Kapsule wire format v1, associated data revision 2 (flag 0x20) test vectors; see docs/wire-format.md. Inputs are UTF-8, outputs hex.",
+        golden_v2_cases(),
+        AadScheme::V2,
+    );
     let g = read_golden(GOLDEN_V2_PATH);
     assert_eq!(g.cases.len(), 2);
-    check_golden(&g, |_| true);
+    check_golden(&g, AadScheme::V2, |_| true);
+}
+
+/// The revision 3 cases: values with encrypted fields, alone and beside an encrypted key and
+/// header (whose part takes nonce index 0, the stream index 1).
+fn golden_v3_cases() -> Vec<GoldenCase> {
+    vec![
+        golden_case("json fields", "json", &["/card/number", "/name"], false, &[], GoldenRecord {
+            key: None,
+            value: Some("{\"name\":\"Ada\",\"card\":{\"number\":\"4111111111111111\",\"exp\":\"12/29\"},\"qty\":3}".into()),
+            headers: vec![],
+        }),
+        golden_case("json fields, encrypted key and header", "json", &["/ssn"], true, &["trace"], GoldenRecord {
+            key: Some("customer-7".into()),
+            value: Some("{\"ssn\":\"078-05-1120\",\"plan\":\"gold\"}".into()),
+            headers: vec![("trace".into(), Some("abc".into())), ("content-type".into(), Some("json".into()))],
+        }),
+    ]
+}
+
+/// Revision 3 vectors: today's writer reproduces them and today's reader reads them.
+/// Regenerate as the revision 2 ones (`KAPSULE_REGEN_GOLDEN=1`), only on purpose.
+#[test]
+fn golden_v3_vectors_decrypt_and_reencode_exactly() {
+    regenerate_golden(
+        GOLDEN_V3_PATH,
+        "Kapsule wire format v1, associated data revision 3 (flag 0x40) test vectors; see docs/wire-format.md. Inputs are UTF-8, outputs hex.",
+        golden_v3_cases(),
+        AadScheme::V3,
+    );
+    let g = read_golden(GOLDEN_V3_PATH);
+    assert_eq!(g.cases.len(), 2);
+    check_golden(&g, AadScheme::V3, |_| true);
+    for c in &g.cases {
+        let desc = &to_record(&c.output, true)
+            .headers
+            .last()
+            .unwrap()
+            .value
+            .clone()
+            .unwrap();
+        assert_eq!(desc[1] & 0x60, 0x40, "case {}: revision 3 flag", c.name);
+    }
 }
 
 /// Rebuilds the first golden case from the byte layout in docs/wire-format.md alone, with the
@@ -1279,4 +1349,176 @@ fn golden_v2_case_matches_the_documented_layout() {
         c.output.headers,
         vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
     );
+}
+
+/// Rebuilds the first revision 3 case (two JSON fields) from the byte layout in
+/// docs/wire-format.md alone, with the raw AES-GCM primitive: one stream of prefix, field
+/// plaintexts and the value outside the fields, whose tag is the record tag.
+#[test]
+fn golden_v3_case_matches_the_documented_layout() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use base64::Engine as _;
+    let g = read_golden(GOLDEN_V3_PATH);
+    let c = &g.cases[0];
+    let lp = |v: &mut Vec<u8>, b: &[u8]| {
+        v.extend((b.len() as u32).to_be_bytes());
+        v.extend(b);
+    };
+    let lp16 = |v: &mut Vec<u8>, b: &[u8]| {
+        v.extend((b.len() as u16).to_be_bytes());
+        v.extend(b);
+    };
+    let mut desc = vec![1u8, 0x02 | 0x40];
+    desc.extend(hex::decode(&c.record_id).unwrap());
+    desc.extend(hex::decode(&c.nonce_base).unwrap());
+    desc.extend(0u32.to_be_bytes());
+    desc.push(g.kek_id.len() as u8);
+    desc.extend(g.kek_id.as_bytes());
+    lp16(&mut desc, &hex::decode(&g.edek).unwrap());
+    desc.extend((c.fields.len() as u16).to_be_bytes());
+    for f in &c.fields {
+        lp16(&mut desc, f.as_bytes());
+    }
+    desc.extend(0u16.to_be_bytes());
+    // Descriptor order: /card/number, then /name.
+    let fields = ["\"4111111111111111\"", "\"Ada\""];
+    let value = c.input.value.clone().unwrap();
+    let mut stream = b"kapsule/v3/value".to_vec();
+    lp(&mut stream, g.topic.as_bytes());
+    stream.push(0);
+    lp(&mut stream, b"");
+    lp(&mut stream, &desc);
+    stream.extend(2u32.to_be_bytes());
+    for f in fields {
+        stream.extend((f.len() as u32).to_be_bytes());
+    }
+    let fields_at = stream.len();
+    for f in fields {
+        stream.extend(f.as_bytes());
+    }
+    let outside = value.replacen(fields[0], "", 1).replacen(fields[1], "", 1);
+    stream.extend(outside.as_bytes());
+    // No header parts: the stream takes nonce index 0, with no AAD.
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
+    let sealed = cipher
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&hex::decode(&c.nonce_base).unwrap()),
+            Payload {
+                msg: &stream,
+                aad: b"",
+            },
+        )
+        .unwrap();
+    let mut stored = value.clone();
+    let mut at = fields_at;
+    for f in fields {
+        let ct = &sealed[at..at + f.len()];
+        at += f.len();
+        let field = format!(
+            "\"kapsule:v1:{}\"",
+            base64::engine::general_purpose::STANDARD.encode(ct)
+        );
+        stored = stored.replacen(f, &field, 1);
+    }
+    assert_eq!(hex::encode(&stored), *c.output.value.as_ref().unwrap());
+    let mut header = desc.clone();
+    header.extend(&sealed[stream.len()..]);
+    assert_eq!(
+        c.output.headers,
+        vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
+    );
+}
+
+/// A revision 3 record cannot be relabelled as revision 2 or 1 (nor carry both flags), and an
+/// edited clear byte, field ciphertext or descriptor byte, fields swapped between records of
+/// the same key, or another topic all fail; the withheld path leaves the fields as stored.
+#[test]
+fn revision_3_records_resist_downgrade_and_edits() {
+    let g = read_golden(GOLDEN_V3_PATH);
+    let (dek, kc) = golden_keys(&g);
+    let json = to_record(&g.cases[0].output, true);
+    let plain = to_record(&g.cases[0].input, false);
+    assert_eq!(
+        testing::open(&g.topic, &json, &dek, Some(&kc)).unwrap(),
+        plain
+    );
+    let desc_at = json.headers.len() - 1;
+    let with_flags = |rec: &Record, f: fn(u8) -> u8| {
+        let mut t = rec.clone();
+        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+        hv[1] = f(hv[1]);
+        t.headers[desc_at].value = Some(Bytes::from(hv));
+        t
+    };
+    for (what, f) in [
+        ("revision 1", (|b| b & !0x40) as fn(u8) -> u8),
+        ("revision 2", |b| (b & !0x40) | 0x20),
+        ("both flags", |b| b | 0x20),
+    ] {
+        assert!(
+            testing::open(&g.topic, &with_flags(&json, f), &dek, Some(&kc)).is_err(),
+            "{what}"
+        );
+    }
+    let stored = json.value.as_ref().unwrap().to_vec();
+    let text = String::from_utf8(stored.clone()).unwrap();
+    // A clear byte (the `3` of `"qty":3`), and one base64 character of each field's ciphertext.
+    let mut edits = vec![stored.len() - 2];
+    for (i, _) in text.match_indices("kapsule:v1:") {
+        edits.push(i + "kapsule:v1:".len() + 2);
+    }
+    assert_eq!(edits.len(), 3);
+    for at in edits {
+        let mut t = json.clone();
+        let mut v = stored.clone();
+        v[at] = match v[at] {
+            b'3' => b'4',
+            b'A' => b'B',
+            _ => b'A',
+        };
+        t.value = Some(Bytes::from(v));
+        let e = testing::open(&g.topic, &t, &dek, Some(&kc)).unwrap_err();
+        assert!(e.contains("altered"), "byte {at}: {e}");
+    }
+    // The two fields' stored strings swapped.
+    let mut doc: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    let name = doc["name"].clone();
+    doc["name"] = doc["card"]["number"].clone();
+    doc["card"]["number"] = name;
+    let mut t = json.clone();
+    t.value = Some(Bytes::from(serde_json::to_vec(&doc).unwrap()));
+    assert!(testing::open(&g.topic, &t, &dek, Some(&kc)).is_err());
+    // Any byte of the descriptor.
+    let dlen = json.headers[desc_at].value.as_ref().unwrap().len() - 16;
+    for at in [2, 18, 30, dlen - 1] {
+        let mut t = json.clone();
+        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+        hv[at] ^= 1;
+        t.headers[desc_at].value = Some(Bytes::from(hv));
+        assert!(
+            testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
+            "descriptor byte {at} edited"
+        );
+    }
+    assert!(testing::open("payments", &json, &dek, Some(&kc)).is_err());
+    // Revealing one field: it is opened, the other stays as stored.
+    let parts = crate::plan::RevealParts {
+        json_fields: vec!["/name".into()],
+        ..Default::default()
+    };
+    let partly = testing::open_revealing(
+        &g.topic,
+        &json,
+        &dek,
+        Some(&kc),
+        super::record::RevealScope::Parts(&parts),
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(partly.value.as_ref().unwrap()).unwrap();
+    assert_eq!(doc["name"], "Ada");
+    assert!(doc["card"]["number"]
+        .as_str()
+        .unwrap()
+        .starts_with("kapsule:v1:"));
+    assert_eq!(doc["qty"], 3);
 }

@@ -32,8 +32,16 @@ pub const FLAG_VALUE_SCHEMA: u8 = 0x10;
 /// Descriptor flag: the record binds its parts and its tag by associated data revision 2
 /// ([`AadScheme::V2`]).
 pub const FLAG_AAD_V2: u8 = 0x20;
-const KNOWN_FLAGS: u8 =
-    FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_KEY | FLAG_HEADERS | FLAG_VALUE_SCHEMA | FLAG_AAD_V2;
+/// Descriptor flag: the record seals its value fields and its record tag in one AES-GCM stream,
+/// associated data revision 3 ([`AadScheme::V3`]); only with the JSON or schema flag.
+pub const FLAG_AAD_V3: u8 = 0x40;
+const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE
+    | FLAG_VALUE_JSON
+    | FLAG_KEY
+    | FLAG_HEADERS
+    | FLAG_VALUE_SCHEMA
+    | FLAG_AAD_V2
+    | FLAG_AAD_V3;
 
 /// How a record's parts and its record tag bind their context (docs/wire-format.md, "Associated
 /// data"). Both revisions bind the same things; they differ in cost.
@@ -51,8 +59,17 @@ pub enum AadScheme {
     /// the descriptor, and the record id and nonce bind each part to its record; but the value
     /// goes through AES-GCM's bulk path instead of GHASH one block at a time (a 1 KiB value with
     /// encrypted fields cost several times its whole-value encryption under revision 1). Written
-    /// whenever the value is left wholly or partly in clear.
+    /// whenever the value is left wholly in clear (key-only or header-only plans).
     V2,
+    /// Revision 3, for a value with encrypted fields (JSON or schema): the fields and the record
+    /// tag are one AES-GCM stream, `value prefix | field plaintexts | the stored value outside
+    /// the field spans` ([`RecordContext::value_stream_prefix`]). The fields' ciphertexts are
+    /// stored (without a tag of their own), the rest of that ciphertext is discarded, and its tag
+    /// is the record tag. Header parts bind as in revision 2. One AES-GCM call instead of one
+    /// per field plus one for the tag, whose fixed cost (and the block-at-a-time GHASH of each
+    /// AAD) made a 1 KiB record with three encrypted fields cost 2.7 times its whole-value
+    /// encryption under revision 2.
+    V3,
 }
 
 pub use crate::schema::FieldEncoding;
@@ -189,17 +206,21 @@ impl Descriptor {
         if !self.headers.is_empty() {
             f |= FLAG_HEADERS;
         }
-        if self.aad == AadScheme::V2 {
-            f |= FLAG_AAD_V2;
+        match self.aad {
+            AadScheme::V1 => {}
+            AadScheme::V2 => f |= FLAG_AAD_V2,
+            AadScheme::V3 => f |= FLAG_AAD_V3,
         }
         f
     }
 
-    /// Number of value parts (AES-GCM encryptions of the value).
+    /// Number of value parts (AES-GCM encryptions of the value on their own nonce). Revision 3
+    /// fields are none: they are sealed in the record tag's stream.
     pub fn value_parts(&self) -> u32 {
         match &self.value {
             ValueEncryption::None => 0,
             ValueEncryption::Whole => 1,
+            _ if self.aad == AadScheme::V3 => 0,
             ValueEncryption::Json(p) => p.len() as u32,
             ValueEncryption::Schema(p) => p.len() as u32,
         }
@@ -286,6 +307,16 @@ impl Descriptor {
                 "more than one of the whole-value, JSON and schema flags set",
             ));
         }
+        if flags & FLAG_AAD_V2 != 0 && flags & FLAG_AAD_V3 != 0 {
+            return Err(WireError::Malformed(
+                "both associated data revision flags set",
+            ));
+        }
+        if flags & FLAG_AAD_V3 != 0 && flags & (FLAG_VALUE_JSON | FLAG_VALUE_SCHEMA) == 0 {
+            return Err(WireError::Malformed(
+                "associated data revision 3 without encrypted value fields",
+            ));
+        }
         let record_id: [u8; 16] = r.take(16, "record id")?.try_into().expect("16");
         let nonce_base: [u8; NONCE_LEN] = r.take(NONCE_LEN, "nonce base")?.try_into().expect("12");
         let key_kek_version = r.u32("key KEK version")?;
@@ -367,7 +398,9 @@ impl Descriptor {
             kek_id,
             edek,
             headers,
-            aad: if flags & FLAG_AAD_V2 != 0 {
+            aad: if flags & FLAG_AAD_V3 != 0 {
+                AadScheme::V3
+            } else if flags & FLAG_AAD_V2 != 0 {
                 AadScheme::V2
             } else {
                 AadScheme::V1
@@ -416,12 +449,14 @@ impl RecordContext<'_> {
     /// `prefix | kind u8 | index u32 | lp(topic) | lp(name) | key-present u8 | lp(key) | binding`,
     /// where lp = u32 big-endian length then bytes, `name` is empty (value), the JSON pointer,
     /// the schema field path or the header name; revision 1: prefix `"kapsule/v1/part"`, binding
-    /// `lp(descriptor)`; revision 2: prefix `"kapsule/v2/part"`, binding the 16-byte record id.
+    /// `lp(descriptor)`; revisions 2 and 3: prefix `"kapsule/v2/part"` or `"kapsule/v3/part"`,
+    /// binding the 16-byte record id.
     pub fn part_aad(&self, kind: PartKind, index: u32, name: &[u8], out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(match self.scheme {
             AadScheme::V1 => b"kapsule/v1/part",
             AadScheme::V2 => b"kapsule/v2/part",
+            AadScheme::V3 => b"kapsule/v3/part",
         });
         out.push(kind as u8);
         out.extend_from_slice(&index.to_be_bytes());
@@ -430,7 +465,28 @@ impl RecordContext<'_> {
         self.put_key(out);
         match self.scheme {
             AadScheme::V1 => put32(out, self.descriptor),
-            AadScheme::V2 => out.extend_from_slice(self.record_id),
+            AadScheme::V2 | AadScheme::V3 => out.extend_from_slice(self.record_id),
+        }
+    }
+
+    /// Writes the start of a revision 3 value stream into `out` (cleared first): `"kapsule/v3/value"
+    /// | lp(topic) | key-present u8 | lp(key) | lp(descriptor) | field count u32 | each field's
+    /// plaintext length u32`, in descriptor order. The stream continues with the field
+    /// plaintexts in that order, then the stored value without its field spans; it is sealed
+    /// with no AAD at nonce index = number of header parts, and its tag is the record tag.
+    pub fn value_stream_prefix(
+        &self,
+        field_lens: impl ExactSizeIterator<Item = usize>,
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        out.extend_from_slice(b"kapsule/v3/value");
+        put32(out, self.topic.as_bytes());
+        self.put_key(out);
+        put32(out, self.descriptor);
+        out.extend_from_slice(&(field_lens.len() as u32).to_be_bytes());
+        for len in field_lens {
+            out.extend_from_slice(&(len as u32).to_be_bytes());
         }
     }
 
@@ -452,7 +508,9 @@ impl RecordContext<'_> {
         out.clear();
         out.extend_from_slice(match self.scheme {
             AadScheme::V1 => b"kapsule/v1/record",
-            AadScheme::V2 => b"kapsule/v2/record",
+            // Revision 3 records carry fields, whose tag is the value stream's; a descriptor
+            // that says otherwise does not decode. Bound like revision 2 all the same.
+            AadScheme::V2 | AadScheme::V3 => b"kapsule/v2/record",
         });
         put32(out, self.topic.as_bytes());
         self.put_key(out);
@@ -463,7 +521,7 @@ impl RecordContext<'_> {
                 put32(out, self.descriptor);
                 b""
             }
-            AadScheme::V2 => {
+            AadScheme::V2 | AadScheme::V3 => {
                 put32(out, self.descriptor);
                 bytes
             }

@@ -64,6 +64,7 @@ impl DescriptorSummary {
             aad_revision: match d.aad {
                 AadScheme::V1 => 1,
                 AadScheme::V2 => 2,
+                AadScheme::V3 => 3,
             },
         }
     }

@@ -10,7 +10,7 @@ use rand::RngCore;
 use crate::crypto::keys::{DekConfig, DekManager, Reservation};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, Dek, RecordKeyCipher};
-use crate::crypto::wire::{validate_key_id, Descriptor};
+use crate::crypto::wire::{validate_key_id, AadScheme, Descriptor};
 use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
@@ -200,6 +200,7 @@ impl RecordEncryptor {
                     nonce_base: res.nonce_base,
                     record_id,
                     key_cipher,
+                    fields_scheme: AadScheme::V3,
                 },
             )
             .map_err(|f| seal_error(index, f))?;

@@ -7,9 +7,6 @@ use base64::Engine;
 use crate::crypto::wire::{FieldEncoding, JSON_PREFIX};
 use crate::schema::varint;
 
-/// AES-GCM tag length: a part's ciphertext is its plaintext plus this.
-const GCM_TAG_LEN: usize = 16;
-
 fn b64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
@@ -32,10 +29,10 @@ fn content_len(encoding: FieldEncoding, ct_len: usize) -> usize {
     }
 }
 
-/// Length of the stored field for a plaintext of `pt_len` bytes (known before sealing, so the
-/// descriptor can carry the stored spans it authenticates).
-pub(super) fn stored_len(encoding: FieldEncoding, pt_len: usize) -> usize {
-    let c = content_len(encoding, pt_len + GCM_TAG_LEN);
+/// Length of the stored field for a ciphertext of `ct_len` bytes (known from the plaintext's
+/// length before sealing, so the descriptor can carry the stored spans it authenticates).
+pub(super) fn stored_len(encoding: FieldEncoding, ct_len: usize) -> usize {
+    let c = content_len(encoding, ct_len);
     prefix_len(encoding, c) + c
 }
 
@@ -65,6 +62,18 @@ pub(super) fn encode_into(encoding: FieldEncoding, ct: &[u8], out: &mut Vec<u8>)
 
 /// The ciphertext of a stored field; `Err` says why the bytes are not in `encoding`'s form.
 pub(super) fn decode(encoding: FieldEncoding, stored: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::new();
+    decode_into(encoding, stored, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the ciphertext of a stored field to `out`; `Err` says why the bytes are not in
+/// `encoding`'s form (`out` may then hold part of it).
+pub(super) fn decode_into(
+    encoding: FieldEncoding,
+    stored: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
     let content = match encoding {
         FieldEncoding::AvroText | FieldEncoding::AvroRaw => {
             let mut pos = 0;
@@ -86,14 +95,15 @@ pub(super) fn decode(encoding: FieldEncoding, stored: &[u8]) -> Result<Vec<u8>, 
             .ok_or("not a JSON string")?,
     };
     match encoding {
-        FieldEncoding::AvroRaw | FieldEncoding::ProtoRaw => Ok(content.to_vec()),
+        FieldEncoding::AvroRaw | FieldEncoding::ProtoRaw => out.extend_from_slice(content),
         _ => {
             let b = content
                 .strip_prefix(JSON_PREFIX.as_bytes())
                 .ok_or("not a kapsule:v1 string")?;
-            B64.decode(b).map_err(|_| "invalid base64")
+            B64.decode_vec(b, out).map_err(|_| "invalid base64")?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -109,12 +119,12 @@ mod tests {
             FieldEncoding::ProtoText,
             FieldEncoding::ProtoRaw,
         ] {
-            for pt_len in [0usize, 1, 2, 3, 40, 47, 48, 100, 5000] {
-                let ct = vec![0xa5; pt_len + GCM_TAG_LEN];
+            for ct_len in [0usize, 1, 2, 3, 16, 40, 47, 48, 100, 5016] {
+                let ct = vec![0xa5; ct_len];
                 let mut stored = vec![0xAA];
                 encode_into(enc, &ct, &mut stored);
                 let stored = stored.split_off(1);
-                assert_eq!(stored.len(), stored_len(enc, pt_len), "{enc:?} {pt_len}");
+                assert_eq!(stored.len(), stored_len(enc, ct_len), "{enc:?} {ct_len}");
                 assert_eq!(decode(enc, &stored).unwrap(), ct);
                 let mut cut = stored.clone();
                 cut.pop();

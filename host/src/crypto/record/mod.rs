@@ -4,6 +4,8 @@
 //!   `decrypt_batch`) with its key collection and metrics.
 //! - `seal`: the encrypt side of one record (what to encrypt, then the sealed record).
 //! - `open`: the decrypt side of one record (find the descriptor, verify and open).
+//! - `stream`: a value's encrypted fields and its record tag as one AES-GCM stream (associated
+//!   data revision 3), both ways.
 //!
 //! This file holds the vocabulary the three share: errors, options, statistics.
 
@@ -11,6 +13,7 @@ pub mod batch;
 mod fields;
 mod open;
 mod seal;
+mod stream;
 
 use std::ops::Range;
 
@@ -350,6 +353,7 @@ pub(crate) mod testing {
     use super::seal::{prepare, seal_record, SealParams};
     use super::RevealScope;
     use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
+    use crate::crypto::wire::AadScheme;
     use crate::kafka::records::Record;
     use crate::plan::EncryptionPlan;
 
@@ -362,6 +366,7 @@ pub(crate) mod testing {
         nonce_base: [u8; NONCE_LEN],
         record_id: [u8; 16],
         key_cipher: Option<&RecordKeyCipher>,
+        fields_scheme: AadScheme,
     ) -> Result<Record, String> {
         let prep = prepare(rec, plan, None).map_err(|e| e.to_string())?;
         let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
@@ -374,6 +379,7 @@ pub(crate) mod testing {
                 nonce_base,
                 record_id,
                 key_cipher: siv.as_mut().map(|(s, v)| (s, *v)),
+                fields_scheme,
             },
         )
         .map_err(|e| e.to_string())

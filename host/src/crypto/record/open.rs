@@ -3,19 +3,18 @@
 //! none); pure given the keys.
 
 use aes_siv::siv::Aes256Siv;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use bytes::Bytes;
 
 use crate::crypto::primitives::{nonce_at, siv_open, Dek};
 use crate::crypto::wire::{
-    key_aad, split_header, Descriptor, PartKind, RecordContext, ValueEncryption, WireError,
-    HEADER_KEY, JSON_PREFIX,
+    key_aad, split_header, AadScheme, Descriptor, FieldEncoding, PartKind, RecordContext,
+    ValueEncryption, WireError, HEADER_KEY,
 };
 use crate::json::{find_spans, parse_pointer};
 use crate::kafka::records::{Record, RecordHeader};
 
 use super::fields;
+use super::stream::{self, OpenedFields, StreamField};
 
 use super::*;
 
@@ -221,18 +220,32 @@ pub(super) fn open_record(
         .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
     let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
         .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
-    let expected_tag = record_tag(
-        dek,
-        &tag_nonce,
-        &ctx,
-        tag_value(&desc.value, rec.value.as_deref()),
-    );
-    if !crate::constant_time::eq(&expected_tag, tag) {
-        return Err(OpenFail::Integrity(
-            "record tag does not authenticate (record body or descriptor altered, moved or forged)"
-                .into(),
-        ));
-    }
+    // Revision 3: the fields' plaintexts come with the tag's verification (one stream).
+    let stream_fields = if desc.aad == AadScheme::V3 {
+        Some(open_stream_fields(
+            desc,
+            &ctx,
+            rec.value.as_deref(),
+            dek,
+            &tag_nonce,
+            tag,
+        )?)
+    } else {
+        let expected_tag = record_tag(
+            dek,
+            &tag_nonce,
+            &ctx,
+            tag_value(&desc.value, rec.value.as_deref()),
+        );
+        if !crate::constant_time::eq(&expected_tag, tag) {
+            return Err(OpenFail::Integrity(
+                "record tag does not authenticate (record body or descriptor altered, moved or \
+                 forged)"
+                    .into(),
+            ));
+        }
+        None
+    };
     let mut bytes = 0u64;
     let mut withheld = Withheld::default();
     // One AAD buffer for every part of the record.
@@ -309,17 +322,14 @@ pub(super) fn open_record(
                     withheld.json_fields.push(name.clone());
                     continue;
                 }
-                let raw = &v[span.clone()];
-                let inner = raw
-                    .strip_prefix(b"\"")
-                    .and_then(|r| r.strip_suffix(b"\""))
-                    .and_then(|r| r.strip_prefix(JSON_PREFIX.as_bytes()))
-                    .ok_or_else(|| {
-                        OpenFail::Malformed(format!("JSON field {name} is not a kapsule:v1 string"))
-                    })?;
-                let ct = B64.decode(inner).map_err(|_| {
-                    OpenFail::Malformed(format!("JSON field {name}: invalid base64"))
-                })?;
+                if let Some(opened) = &stream_fields {
+                    let pt = opened.field(i);
+                    bytes += pt.len() as u64;
+                    repl.push((span, pt.to_vec()));
+                    continue;
+                }
+                let ct = fields::decode(FieldEncoding::JsonText, &v[span.clone()])
+                    .map_err(|e| OpenFail::Malformed(format!("JSON field {name}: {e}")))?;
                 let pt = open(PartKind::JsonField, i as u32, name.as_bytes(), &ct)?;
                 bytes += pt.len() as u64;
                 repl.push((span, pt));
@@ -340,6 +350,12 @@ pub(super) fn open_record(
                 if !scope.reveals_schema_field(&f.path) {
                     // Left as stored (authenticated by the record tag).
                     withheld.add_schema_field(&f.path);
+                    continue;
+                }
+                if let Some(opened) = &stream_fields {
+                    let pt = opened.field(i);
+                    bytes += pt.len() as u64;
+                    repl.push((span, pt.to_vec()));
                     continue;
                 }
                 let ct = fields::decode(f.encoding, stored)
@@ -400,6 +416,60 @@ pub(super) fn open_record(
         },
         bytes,
     ))
+}
+
+/// Verifies a revision 3 record's tag and returns its fields' plaintexts: the fields lie at the
+/// descriptor's spans (schema) or where its JSON pointers point in the stored value.
+fn open_stream_fields(
+    desc: &Descriptor,
+    ctx: &RecordContext<'_>,
+    value: Option<&[u8]>,
+    dek: &Dek,
+    nonce: &[u8; crate::crypto::primitives::NONCE_LEN],
+    tag: &[u8; crate::crypto::primitives::TAG_LEN],
+) -> Result<OpenedFields, OpenFail> {
+    let value =
+        value.ok_or_else(|| OpenFail::Integrity("encrypted value was replaced by null".into()))?;
+    let fields: Vec<StreamField> = match &desc.value {
+        ValueEncryption::Schema(parts) => parts
+            .iter()
+            .map(|f| StreamField {
+                span: f.start as usize..f.start as usize + f.len as usize,
+                encoding: f.encoding,
+            })
+            .collect(),
+        ValueEncryption::Json(ptrs) => {
+            let targets = ptrs
+                .iter()
+                .map(|p| parse_pointer(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| OpenFail::Malformed(e.to_string()))?;
+            // The writer stored valid JSON: a value that no longer is was altered.
+            find_spans(value, &targets, ptrs)
+                .map_err(|e| OpenFail::Integrity(format!("value altered: {e}")))?
+                .into_iter()
+                .zip(ptrs)
+                .map(|(span, name)| {
+                    span.map(|span| StreamField {
+                        span,
+                        encoding: FieldEncoding::JsonText,
+                    })
+                    .ok_or_else(|| {
+                        OpenFail::Integrity(format!("encrypted JSON field {name} was removed"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        // The descriptor does not decode with revision 3 and no fields.
+        ValueEncryption::None | ValueEncryption::Whole => {
+            return Err(OpenFail::Malformed(
+                "associated data revision 3 without encrypted value fields".into(),
+            ))
+        }
+    };
+    // The writer stored every field in its form at its span: anything else was altered.
+    stream::open_fields(dek, nonce, ctx, value, &fields, tag)
+        .map_err(|e| OpenFail::Integrity(e.to_string()))
 }
 
 /// Why a record's `kapsule.enc` header cannot be read (the record is malformed).

@@ -18,6 +18,7 @@ use crate::plan::{EncryptionPlan, ValuePart};
 use crate::schema::LocatedField;
 
 use super::fields;
+use super::stream::{self, StreamField};
 
 use super::*;
 
@@ -35,13 +36,10 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-    /// AES-GCM invocations: value parts, header parts, and the record tag.
+    /// AES-GCM invocations as written today: the whole value, header parts, and the record tag
+    /// (encrypted fields are sealed in the record tag's stream, revision 3).
     pub(super) fn parts(&self) -> u64 {
-        u64::from(self.value_whole)
-            + self.fields.len() as u64
-            + self.schema_fields.len() as u64
-            + self.headers.len() as u64
-            + 1
+        u64::from(self.value_whole) + self.headers.len() as u64 + 1
     }
 }
 
@@ -63,6 +61,9 @@ pub(super) enum SealFail {
     /// The plan encrypts the key but no record-key cipher was given (a bug in the caller).
     #[error("record-key cipher missing")]
     KeyCipherMissing,
+    /// The fields' spans cannot form a revision 3 stream (overlapping spans: a bug in the caller).
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
     /// The plan encrypts schema fields but they were not located (a bug in the caller).
     #[error("internal error: schema fields were not located before sealing")]
     SchemaFieldsMissing,
@@ -145,6 +146,9 @@ pub(super) struct SealParams<'a> {
     pub record_id: [u8; 16],
     /// AES-SIV cipher and KEK version for the record key, when the plan encrypts it.
     pub key_cipher: Option<(&'a mut Aes256Siv, u32)>,
+    /// The associated data revision written for a value with encrypted fields:
+    /// [`AadScheme::V3`] ([`AadScheme::V2`] only to reproduce older test vectors).
+    pub fields_scheme: AadScheme,
 }
 
 /// Encrypts `rec` as `prep` says; pure given `p`.
@@ -166,11 +170,21 @@ pub(super) fn seal_record(
         (true, _, _) => return Err(SealFail::KeyCipherMissing),
         (false, _, k) => (k.clone(), 0),
     };
+    let has_fields = !prep.fields.is_empty() || !prep.schema_fields.is_empty();
+    // Revision 1 for whole values and tombstones, so readers that predate revision 2 read them
+    // (the value is not in the tag there: nothing to save); revision 3 for a value with
+    // encrypted fields; revision 2 for a value wholly in clear (the tag seals it in bulk).
+    let scheme = match &rec.value {
+        Some(_) if has_fields => p.fields_scheme,
+        Some(_) if !prep.value_whole => AadScheme::V2,
+        _ => AadScheme::V1,
+    };
+    let field_tag_len = if scheme == AadScheme::V3 { 0 } else { TAG_LEN };
     let desc = Descriptor {
         value: if prep.value_whole {
             ValueEncryption::Whole
         } else if !prep.schema_fields.is_empty() {
-            ValueEncryption::Schema(stored_spans(&prep.schema_fields)?)
+            ValueEncryption::Schema(stored_spans(&prep.schema_fields, field_tag_len)?)
         } else if !prep.fields.is_empty() {
             ValueEncryption::Json(prep.fields.iter().map(|(n, _)| n.clone()).collect())
         } else {
@@ -187,14 +201,7 @@ pub(super) fn seal_record(
             .iter()
             .map(|&i| rec.headers[i].key.to_vec())
             .collect(),
-        // Revision 2 only where the record tag covers value bytes (a value wholly or partly in
-        // clear), the case it makes cheaper; whole-value records and tombstones stay revision 1,
-        // so readers that predate revision 2 read them.
-        aad: if rec.value.is_some() && !prep.value_whole {
-            AadScheme::V2
-        } else {
-            AadScheme::V1
-        },
+        aad: scheme,
     };
     let desc_bytes = desc.encode()?;
     let ctx = RecordContext {
@@ -206,6 +213,8 @@ pub(super) fn seal_record(
     };
     // One AAD buffer for every part of the record.
     let mut aad = Vec::with_capacity(64 + p.topic.len() + desc_bytes.len());
+    // The record tag, when a revision 3 stream gave it with the fields.
+    let mut stream_tag = None;
     let mut seal_into = |kind: PartKind,
                          index: u32,
                          name: &[u8],
@@ -223,7 +232,7 @@ pub(super) fn seal_record(
             seal_into(PartKind::Value, 0, b"", v, &mut out)?;
             Some(Bytes::from(out))
         }
-        Some(v) if !prep.fields.is_empty() || !prep.schema_fields.is_empty() => {
+        Some(v) if has_fields => {
             // (part index, span, name, stored form), sealed in span order straight into the
             // new value; part indices follow the descriptor's order.
             let mut parts: Vec<(u32, Range<usize>, &[u8], FieldEncoding)> =
@@ -247,28 +256,46 @@ pub(super) fn seal_record(
                         .map(|(i, f)| (i as u32, f.range.clone(), f.path.as_bytes(), f.encoding))
                         .collect()
                 };
-            parts.sort_unstable_by_key(|(_, span, _, _)| span.start);
             let stored_len = parts.iter().fold(v.len(), |len, (_, span, _, encoding)| {
-                len - span.len() + fields::stored_len(*encoding, span.len())
+                len - span.len() + fields::stored_len(*encoding, span.len() + field_tag_len)
             });
-            let mut out = Vec::with_capacity(stored_len);
-            let mut ct =
-                Vec::with_capacity(parts.iter().map(|p| p.1.len()).max().unwrap_or(0) + TAG_LEN);
-            let kind = if prep.schema_fields.is_empty() {
-                PartKind::JsonField
+            if scheme == AadScheme::V3 {
+                // Fields and record tag in one stream, at the nonce after the header parts.
+                let fields: Vec<StreamField> = parts
+                    .iter()
+                    .map(|(_, span, _, encoding)| StreamField {
+                        span: span.clone(),
+                        encoding: *encoding,
+                    })
+                    .collect();
+                let nonce = nonce_at(&p.nonce_base, prep.headers.len() as u32)
+                    .ok_or(SealFail::NonceOverflow)?;
+                let (stored, tag) =
+                    stream::seal_fields(p.dek, &nonce, &ctx, v, &fields, stored_len)?;
+                stream_tag = Some(tag);
+                Some(Bytes::from(stored))
             } else {
-                PartKind::SchemaField
-            };
-            let mut pos = 0;
-            for (index, span, name, encoding) in parts {
-                out.extend_from_slice(&v[pos..span.start]);
-                ct.clear();
-                seal_into(kind, index, name, &v[span.clone()], &mut ct)?;
-                fields::encode_into(encoding, &ct, &mut out);
-                pos = span.end;
+                parts.sort_unstable_by_key(|(_, span, _, _)| span.start);
+                let mut out = Vec::with_capacity(stored_len);
+                let mut ct = Vec::with_capacity(
+                    parts.iter().map(|p| p.1.len()).max().unwrap_or(0) + TAG_LEN,
+                );
+                let kind = if prep.schema_fields.is_empty() {
+                    PartKind::JsonField
+                } else {
+                    PartKind::SchemaField
+                };
+                let mut pos = 0;
+                for (index, span, name, encoding) in parts {
+                    out.extend_from_slice(&v[pos..span.start]);
+                    ct.clear();
+                    seal_into(kind, index, name, &v[span.clone()], &mut ct)?;
+                    fields::encode_into(encoding, &ct, &mut out);
+                    pos = span.end;
+                }
+                out.extend_from_slice(&v[pos..]);
+                Some(Bytes::from(out))
             }
-            out.extend_from_slice(&v[pos..]);
-            Some(Bytes::from(out))
         }
         other => other.clone(),
     };
@@ -283,14 +310,19 @@ pub(super) fn seal_record(
         seal_into(PartKind::Header, base + j as u32, &h.key, pt, &mut ct)?;
         h.value = Some(Bytes::from(ct));
     }
-    let tag_index = base + prep.headers.len() as u32;
-    let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
-    let tag = record_tag(
-        p.dek,
-        &tag_nonce,
-        &ctx,
-        tag_value(&desc.value, new_value.as_deref()),
-    );
+    let tag = match stream_tag {
+        Some(tag) => tag,
+        None => {
+            let tag_index = base + prep.headers.len() as u32;
+            let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
+            record_tag(
+                p.dek,
+                &tag_nonce,
+                &ctx,
+                tag_value(&desc.value, new_value.as_deref()),
+            )
+        }
+    };
     let mut header_value = desc_bytes;
     header_value.extend_from_slice(&tag);
     headers.push(RecordHeader {
@@ -309,12 +341,16 @@ pub(super) fn seal_record(
 
 /// Where each located field will sit in the stored value once its ciphertext replaces it
 /// (ciphertext lengths are known from plaintext lengths, so the descriptor can carry them).
-fn stored_spans(located: &[LocatedField]) -> Result<Vec<SchemaFieldPart>, SealFail> {
+/// `tag_len` is the length of a field's own tag (none in revision 3).
+fn stored_spans(
+    located: &[LocatedField],
+    tag_len: usize,
+) -> Result<Vec<SchemaFieldPart>, SealFail> {
     let mut shift: i64 = 0;
     located
         .iter()
         .map(|f| {
-            let len = fields::stored_len(f.encoding, f.range.len());
+            let len = fields::stored_len(f.encoding, f.range.len() + tag_len);
             let start = f.range.start as i64 + shift;
             shift += len as i64 - f.range.len() as i64;
             Ok(SchemaFieldPart {

@@ -1,0 +1,174 @@
+//! Associated data revision 3: the encrypted fields of a value and its record tag as one AES-GCM
+//! stream (docs/wire-format.md, "Revision 3").
+//!
+//! The stream is `value prefix | field plaintexts in descriptor order | the stored value without
+//! its field spans`, sealed with no AAD at the nonce after the record's header parts. The
+//! fields' ciphertexts are written in place of the fields; the rest of that ciphertext is
+//! discarded and its tag is the record tag. One AES-GCM call per record, whatever the number of
+//! fields: per call, `ring` pays a fixed cost and runs AAD through GHASH a block at a time, which
+//! made a 1 KiB record with three fields cost 2.7 times its whole-value encryption when every
+//! field and the tag were calls of their own (revision 2).
+
+use std::ops::Range;
+
+use crate::crypto::primitives::{Dek, NONCE_LEN, TAG_LEN};
+use crate::crypto::wire::{FieldEncoding, RecordContext};
+
+use super::fields;
+
+/// One encrypted field of a value, in descriptor order: where it lies in the value at hand (the
+/// plaintext value when sealing, the stored value when opening) and how its ciphertext is
+/// written.
+#[derive(Debug, Clone)]
+pub(super) struct StreamField {
+    pub(super) span: Range<usize>,
+    pub(super) encoding: FieldEncoding,
+}
+
+/// Why a value's fields cannot be sealed or opened as a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum StreamError {
+    /// Two field spans overlap, or one lies outside the value.
+    #[error("encrypted field spans overlap or lie outside the value (record altered)")]
+    BadSpans,
+    /// A stored field is not in its encoding's form.
+    #[error("encrypted field {index} is not in its stored form ({reason}): record altered")]
+    BadField { index: usize, reason: &'static str },
+    /// The record tag does not authenticate the stream.
+    #[error(
+        "record tag does not authenticate (record body, a field's ciphertext or the descriptor \
+         altered, moved or forged)"
+    )]
+    Integrity,
+}
+
+/// The fields' spans in ascending order, as (descriptor index, span); `Err` when two overlap or
+/// one lies outside a value of `len` bytes.
+fn ascending(
+    fields: &[StreamField],
+    len: usize,
+) -> Result<Vec<(usize, Range<usize>)>, StreamError> {
+    let mut order: Vec<(usize, Range<usize>)> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i, f.span.clone()))
+        .collect();
+    order.sort_unstable_by_key(|(_, span)| span.start);
+    let mut end = 0;
+    for (_, span) in &order {
+        if span.start < end || span.end < span.start || span.end > len {
+            return Err(StreamError::BadSpans);
+        }
+        end = span.end;
+    }
+    Ok(order)
+}
+
+/// Appends `value` without the bytes at `ascending` spans to `out`.
+fn push_outside(value: &[u8], ascending: &[(usize, Range<usize>)], out: &mut Vec<u8>) {
+    let mut pos = 0;
+    for (_, span) in ascending {
+        out.extend_from_slice(&value[pos..span.start]);
+        pos = span.end;
+    }
+    out.extend_from_slice(&value[pos..]);
+}
+
+/// Seals the `fields` of the plaintext `value` with the record tag at `nonce`; returns the
+/// stored value (each field replaced by its ciphertext in its encoding) and the record tag.
+/// `stored_len` is the stored value's length (for its allocation).
+pub(super) fn seal_fields(
+    dek: &Dek,
+    nonce: &[u8; NONCE_LEN],
+    ctx: &RecordContext<'_>,
+    value: &[u8],
+    fields: &[StreamField],
+    stored_len: usize,
+) -> Result<(Vec<u8>, [u8; TAG_LEN]), StreamError> {
+    let ascending = ascending(fields, value.len())?;
+    let mut stream =
+        Vec::with_capacity(128 + ctx.descriptor.len() + 4 * fields.len() + value.len());
+    ctx.value_stream_prefix(fields.iter().map(|f| f.span.len()), &mut stream);
+    // Where each field's bytes start in the stream, by descriptor index.
+    let mut at = Vec::with_capacity(fields.len());
+    for f in fields {
+        at.push(stream.len());
+        stream.extend_from_slice(&value[f.span.clone()]);
+    }
+    push_outside(value, &ascending, &mut stream);
+    let tag = dek.gcm().seal_stream(nonce, &mut stream);
+    let mut out = Vec::with_capacity(stored_len);
+    let mut pos = 0;
+    for (index, span) in &ascending {
+        out.extend_from_slice(&value[pos..span.start]);
+        let ciphertext = &stream[at[*index]..at[*index] + span.len()];
+        fields::encode_into(fields[*index].encoding, ciphertext, &mut out);
+        pos = span.end;
+    }
+    out.extend_from_slice(&value[pos..]);
+    Ok((out, tag))
+}
+
+/// The plaintexts of a revision 3 value's fields, verified.
+pub(super) struct OpenedFields {
+    plaintext: Vec<u8>,
+    /// Each field's range in `plaintext`, in descriptor order.
+    ranges: Vec<Range<usize>>,
+}
+
+impl OpenedFields {
+    /// The plaintext of field `index` (descriptor order).
+    pub(super) fn field(&self, index: usize) -> &[u8] {
+        &self.plaintext[self.ranges[index].clone()]
+    }
+}
+
+impl Drop for OpenedFields {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.plaintext);
+    }
+}
+
+/// Verifies the record tag of the stored `value` whose encrypted `fields` lie at their stored
+/// spans, and returns the fields' plaintexts. Nothing unverified is returned.
+pub(super) fn open_fields(
+    dek: &Dek,
+    nonce: &[u8; NONCE_LEN],
+    ctx: &RecordContext<'_>,
+    value: &[u8],
+    fields: &[StreamField],
+    tag: &[u8; TAG_LEN],
+) -> Result<OpenedFields, StreamError> {
+    let ascending = ascending(fields, value.len())?;
+    let mut ciphertexts = Vec::with_capacity(value.len());
+    let mut lens = Vec::with_capacity(fields.len());
+    for (index, f) in fields.iter().enumerate() {
+        let before = ciphertexts.len();
+        fields::decode_into(f.encoding, &value[f.span.clone()], &mut ciphertexts)
+            .map_err(|reason| StreamError::BadField { index, reason })?;
+        lens.push(ciphertexts.len() - before);
+    }
+    let mut stream =
+        Vec::with_capacity(128 + ctx.descriptor.len() + 4 * fields.len() + value.len());
+    ctx.value_stream_prefix(lens.iter().copied(), &mut stream);
+    let fields_at = stream.len();
+    stream.extend_from_slice(&ciphertexts);
+    let fields_end = stream.len();
+    push_outside(value, &ascending, &mut stream);
+    if !dek
+        .gcm()
+        .open_partly_stored(nonce, &mut stream, fields_at..fields_end, tag)
+    {
+        return Err(StreamError::Integrity);
+    }
+    let mut ranges = Vec::with_capacity(lens.len());
+    let mut pos = fields_at;
+    for len in lens {
+        ranges.push(pos..pos + len);
+        pos += len;
+    }
+    Ok(OpenedFields {
+        plaintext: stream,
+        ranges,
+    })
+}
