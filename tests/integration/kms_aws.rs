@@ -10,7 +10,7 @@ use kapsule::crypto::keys::DekConfig;
 use kapsule::crypto::{DecryptOptions, RecordEncryptor};
 use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::aws::{AwsKms, AwsKmsConfig};
-use kapsule::kms::{Kms, KmsErrorKind};
+use kapsule::kms::{DeriveRequest, Kms, KmsErrorKind};
 use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
 use kapsule_integration::aws_kms::{LocalAwsKms, REGION, TEST_CREDENTIALS};
 use kapsule_integration::encryption::assert_no_plaintext;
@@ -100,11 +100,17 @@ async fn aws_data_keys_and_records_round_trip_and_edeks_are_bound_to_their_key_i
     let again = kms.decrypt_data_key("orders", &dk.edek).await.unwrap();
     assert_eq!(*again, *dk.plaintext);
     assert_eq!(kms.key_info("orders").await.unwrap().latest_version, 1);
-    let d1 = kms.derive_key("orders", b"ctx", None).await.unwrap();
-    let d2 = kms.derive_key("orders", b"ctx", Some(1)).await.unwrap();
+    let d1 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
+    let d2 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", Some(1)))
+        .await
+        .unwrap();
     assert_eq!(*d1.material, *d2.material);
     assert_ne!(
-        *kms.derive_key("orders", b"other ctx", None)
+        *kms.derive_key(DeriveRequest::new("orders", b"other ctx", None))
             .await
             .unwrap()
             .material,

@@ -7,7 +7,7 @@ use kapsule::crypto::keys::{DekConfig, DekManager};
 use kapsule::crypto::{DecryptOptions, RecordEncryptor};
 use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::vault::{VaultKms, VaultKmsConfig};
-use kapsule::kms::{Kms, KmsErrorKind};
+use kapsule::kms::{DeriveRequest, Kms, KmsErrorKind};
 use kapsule::plan::{EncryptionPlan, RecordDecision, ValuePart};
 use kapsule_integration::openbao::{OpenBao, ROOT_TOKEN};
 use kapsule_integration::{KapsuleConfig, RecordsMode};
@@ -73,8 +73,14 @@ async fn vault_datakey_round_trip_and_kek_rotation() {
     let pt = kms.decrypt_data_key("orders", &dk.edek).await.unwrap();
     assert_eq!(*pt, *dk.plaintext);
     assert_eq!(kms.key_info("orders").await.unwrap().latest_version, 1);
-    let d1 = kms.derive_key("orders", b"ctx", None).await.unwrap();
-    let d1b = kms.derive_key("orders", b"ctx", Some(1)).await.unwrap();
+    let d1 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
+    let d1b = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", Some(1)))
+        .await
+        .unwrap();
     assert_eq!(*d1.material, *d1b.material);
 
     // Whole records through the encryptor.
@@ -129,7 +135,10 @@ async fn vault_datakey_round_trip_and_kek_rotation() {
     enc.encrypt_batch("orders", &mut new, std::slice::from_ref(&plan))
         .await
         .unwrap();
-    let d2 = kms.derive_key("orders", b"ctx", None).await.unwrap();
+    let d2 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
     assert_eq!(d2.kek_version, 2);
     assert_ne!(*d2.material, *d1.material);
 

@@ -48,27 +48,16 @@ impl Dek {
         self.cipher.seal_into(nonce, aad, plaintext, &mut out);
         out
     }
+}
 
-    /// AES-256-GCM encryption appending `ciphertext || tag` to `out` (no intermediate buffer).
-    pub fn seal_into(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
-        out: &mut Vec<u8>,
-    ) {
-        self.cipher.seal_into(nonce, aad, plaintext, out);
-    }
+/// A DEK encrypts as its AES-256-GCM key: [`GcmKey::seal_into`], [`GcmKey::tag`] and
+/// [`GcmKey::open`] are called on the `Dek` directly.
+impl std::ops::Deref for Dek {
+    type Target = GcmKey;
 
-    /// The GCM tag of sealing `plaintext` under `aad`, the ciphertext discarded (the record tag;
-    /// see [`GcmKey::tag`]).
-    pub fn tag(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> [u8; TAG_LEN] {
-        self.cipher.tag(nonce, aad, plaintext)
-    }
-
-    /// AES-256-GCM decryption of `ciphertext || tag`; `None` when authentication fails.
-    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        self.cipher.open(nonce, aad, ciphertext)
+    #[inline]
+    fn deref(&self) -> &GcmKey {
+        &self.cipher
     }
 
     /// The AES-256-GCM key itself, for the stream operations ([`GcmKey::seal_stream`],

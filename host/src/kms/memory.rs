@@ -14,7 +14,9 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::{
+    DataKey, DeriveRequest, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+};
 
 /// In-memory KMS (see the module docs).
 #[derive(Default)]
@@ -181,17 +183,12 @@ impl Kms for MemoryKms {
         Ok(KeyInfo::new(key_id, v))
     }
 
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError> {
-        self.enter(key_id, &self.derive_calls).await?;
-        let (v, kek) = self.version(key_id, version)?;
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError> {
+        self.enter(request.key_id, &self.derive_calls).await?;
+        let (v, kek) = self.version(request.key_id, request.version)?;
         let mut material = Zeroizing::new([0u8; DEK_LEN]);
         Hkdf::<Sha256>::new(Some(b"memory kms derive"), kek.as_ref())
-            .expand(context, material.as_mut())
+            .expand(request.context, material.as_mut())
             .expect("32-byte output");
         Ok(DerivedKey {
             material,

@@ -110,6 +110,43 @@ impl fmt::Debug for DerivedKey {
     }
 }
 
+/// What [`Kms::derive_key`] is asked for: 32 bytes derived from KEK `key_id` at `version`
+/// (latest when `None`) over `context`.
+#[derive(Clone, Copy)]
+pub struct DeriveRequest<'a> {
+    /// KEK id as given.
+    pub key_id: &'a str,
+    /// The input the derived key is bound to (same context, same key).
+    pub context: &'a [u8],
+    /// KEK version to derive with (a [`DerivedKey::kek_version`] from before); `None`: latest.
+    pub version: Option<u32>,
+}
+
+impl<'a> DeriveRequest<'a> {
+    /// A request for KEK `key_id` at `version` (latest when `None`) over `context`.
+    pub fn new(key_id: &'a str, context: &'a [u8], version: Option<u32>) -> Self {
+        Self {
+            key_id,
+            context,
+            version,
+        }
+    }
+
+    /// For back ends whose derive key has the one version `pinned`: an
+    /// [`KmsErrorKind::InvalidCiphertext`] error when another version is asked for, its message
+    /// `derived-key version <asked> <why>`.
+    pub(crate) fn require_version(&self, pinned: u32, why: &str) -> Result<(), KmsError> {
+        match self.version {
+            Some(v) if v != pinned => Err(KmsError::new(
+                KmsErrorKind::InvalidCiphertext,
+                self.key_id,
+                format!("derived-key version {:?} {why}", self.version),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What the KMS knows about a KEK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -227,14 +264,10 @@ pub trait Kms: Send + Sync + fmt::Debug {
     /// Looks up a KEK: [`KmsErrorKind::UnknownKey`] if it does not exist.
     async fn key_info(&self, key_id: &str) -> Result<KeyInfo, KmsError>;
 
-    /// Derives 32 bytes deterministically from KEK `key_id` at `version` (latest when `None`)
-    /// and `context`. Used for the deterministic record-key encryption key.
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError>;
+    /// Derives 32 bytes deterministically from KEK `request.key_id` at `request.version`
+    /// (latest when `None`) and `request.context`. Used for the deterministic record-key
+    /// encryption key.
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError>;
 }
 
 /// The `kms:` section of the configuration.

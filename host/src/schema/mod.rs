@@ -152,6 +152,20 @@ pub struct LocatedField {
     pub encoding: FieldEncoding,
 }
 
+/// For the format walkers' tests: what a `locate` of `value` found, as each field's path, the
+/// bytes of `value` it spans and its encoding. Panics when `located` is an error.
+#[cfg(test)]
+pub(crate) fn found_spans(
+    value: &[u8],
+    located: Result<Vec<LocatedField>, String>,
+) -> Vec<(String, Vec<u8>, FieldEncoding)> {
+    located
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, value[f.range].to_vec(), f.encoding))
+        .collect()
+}
+
 /// Why a schema-encoded value cannot be field-encrypted (the record is then refused).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SchemaError {

@@ -53,6 +53,28 @@ const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
 /// Client id sent with every request.
 const CLIENT_ID: &str = "kapsule-tools";
 
+/// One partition of a topic, as the tools address it; shown as `topic/partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPartition<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition id.
+    pub partition: i32,
+}
+
+impl<'a> TopicPartition<'a> {
+    /// Partition `partition` of `topic`.
+    pub fn new(topic: &'a str, partition: i32) -> Self {
+        Self { topic, partition }
+    }
+}
+
+impl std::fmt::Display for TopicPartition<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
 /// What the tools need from a Kafka cluster. [`KafkaClient`] implements it over TCP; unit tests
 /// use in-process fakes.
 #[async_trait]
@@ -61,23 +83,18 @@ pub trait Cluster: Send {
     async fn partitions(&mut self, topic: &str) -> anyhow::Result<Vec<i32>>;
     /// `(earliest, latest)` offsets of a partition; `latest` is the high watermark (the offset
     /// the next record will get).
-    async fn offsets(&mut self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)>;
+    async fn offsets(&mut self, tp: TopicPartition<'_>) -> anyhow::Result<(i64, i64)>;
     /// Fetches complete v2 batches starting at or before `offset` (a batch may begin earlier;
     /// callers skip records below `offset`). An empty result means nothing is available yet.
     async fn fetch(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         offset: i64,
         max_bytes: i32,
     ) -> anyhow::Result<Vec<RecordBatch>>;
     /// Produces one batch with `acks = -1`; returns the base offset the broker assigned.
-    async fn produce(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        batch: &RecordBatch,
-    ) -> anyhow::Result<i64>;
+    async fn produce(&mut self, tp: TopicPartition<'_>, batch: &RecordBatch)
+        -> anyhow::Result<i64>;
 }
 
 /// One broker connection: a framed TCP stream and the next correlation id.
@@ -271,8 +288,13 @@ impl KafkaClient {
     }
 
     /// Connection to the leader of a partition (the bootstrap when the leader is unknown).
-    async fn leader(&mut self, topic: &str, partition: i32) -> anyhow::Result<&mut Conn> {
-        let leader = self.metadata(topic).await?.leaders.get(&partition).copied();
+    async fn leader(&mut self, tp: TopicPartition<'_>) -> anyhow::Result<&mut Conn> {
+        let leader = self
+            .metadata(tp.topic)
+            .await?
+            .leaders
+            .get(&tp.partition)
+            .copied();
         let addr = match leader.and_then(|id| self.brokers.get(&id)) {
             Some(a) => a.clone(),
             None => self.bootstrap.clone(),
@@ -280,42 +302,35 @@ impl KafkaClient {
         self.conn(&addr).await
     }
 
-    /// Sends `req` to the leader of `topic`/`partition` and decodes the answer.
+    /// Sends `req` to the leader of `tp` and decodes the answer.
     async fn leader_request<Req: Encodable, Resp: Decodable>(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         api: ApiKey,
         req: &Req,
     ) -> anyhow::Result<Resp> {
         let timeout = self.timeout;
-        self.leader(topic, partition)
-            .await?
-            .request(api, req, timeout)
-            .await
+        self.leader(tp).await?.request(api, req, timeout).await
     }
 
-    async fn list_offset(&mut self, topic: &str, partition: i32, ts: i64) -> anyhow::Result<i64> {
+    async fn list_offset(&mut self, tp: TopicPartition<'_>, ts: i64) -> anyhow::Result<i64> {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_name(TopicName(StrBytes::from_string(tp.topic.to_owned())))
                 .with_partitions(vec![ListOffsetsPartition::default()
-                    .with_partition_index(partition)
+                    .with_partition_index(tp.partition)
                     .with_current_leader_epoch(-1)
                     .with_timestamp(ts)])]);
-        let resp: ListOffsetsResponse = self
-            .leader_request(topic, partition, ApiKey::ListOffsets, &req)
-            .await?;
+        let resp: ListOffsetsResponse = self.leader_request(tp, ApiKey::ListOffsets, &req).await?;
         let p = partition_answer(
             resp.topics.iter().flat_map(|t| t.partitions.iter()),
             |p| p.partition_index,
             "ListOffsets",
-            topic,
-            partition,
+            tp,
         )?;
         if let Some(e) = p.error_code.err() {
-            bail!("ListOffsets {topic}/{partition}: {e}");
+            bail!("ListOffsets {tp}: {e}");
         }
         Ok(p.offset)
     }
@@ -327,62 +342,54 @@ impl Cluster for KafkaClient {
         Ok(self.metadata(topic).await?.partitions.clone())
     }
 
-    async fn offsets(&mut self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
-        let earliest = self.list_offset(topic, partition, -2).await?;
-        let listed = self.list_offset(topic, partition, -1).await?;
+    async fn offsets(&mut self, tp: TopicPartition<'_>) -> anyhow::Result<(i64, i64)> {
+        let earliest = self.list_offset(tp, -2).await?;
+        let listed = self.list_offset(tp, -1).await?;
         // Some brokers answer ListOffsets(latest) wrongly: tansu 0.6 reports 1 after a single
         // 23-record batch. The high watermark of a Fetch is what consumers go by, so take the
         // larger of the two; a bounded 1-byte fetch costs one round trip.
-        let (high_watermark, _) = self.fetch_partition(topic, partition, earliest, 1).await?;
+        let (high_watermark, _) = self.fetch_partition(tp, earliest, 1).await?;
         Ok((earliest, listed.max(high_watermark)))
     }
 
     async fn fetch(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         offset: i64,
         max_bytes: i32,
     ) -> anyhow::Result<Vec<RecordBatch>> {
-        let (_, records) = self
-            .fetch_partition(topic, partition, offset, max_bytes)
-            .await?;
-        decode_batches(records)
-            .with_context(|| format!("decoding records of {topic}/{partition}@{offset}"))
+        let (_, records) = self.fetch_partition(tp, offset, max_bytes).await?;
+        decode_batches(records).with_context(|| format!("decoding records of {tp}@{offset}"))
     }
 
     async fn produce(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         batch: &RecordBatch,
     ) -> anyhow::Result<i64> {
         let records = batch
             .to_bytes()
-            .with_context(|| format!("encoding a batch for {topic}/{partition}"))?;
+            .with_context(|| format!("encoding a batch for {tp}"))?;
         let req = ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(30_000)
             .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_name(TopicName(StrBytes::from_string(tp.topic.to_owned())))
                 .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
+                    .with_index(tp.partition)
                     .with_records(Some(records))])]);
-        let resp: ProduceResponse = self
-            .leader_request(topic, partition, ApiKey::Produce, &req)
-            .await?;
+        let resp: ProduceResponse = self.leader_request(tp, ApiKey::Produce, &req).await?;
         let p = partition_answer(
             resp.responses
                 .iter()
                 .flat_map(|t| t.partition_responses.iter()),
             |p| p.index,
             "Produce",
-            topic,
-            partition,
+            tp,
         )?;
         if let Some(e) = p.error_code.err() {
             let msg = p.error_message.as_ref().map(|m| m.as_str()).unwrap_or("");
-            bail!("Produce to {topic}/{partition} failed: {e} {msg}");
+            bail!("Produce to {tp} failed: {e} {msg}");
         }
         Ok(p.base_offset)
     }
@@ -392,8 +399,7 @@ impl KafkaClient {
     /// One Fetch of a partition from `offset`: `(high watermark, raw record set)`.
     async fn fetch_partition(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         offset: i64,
         max_bytes: i32,
     ) -> anyhow::Result<(i64, Bytes)> {
@@ -406,29 +412,26 @@ impl KafkaClient {
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_topic(TopicName(StrBytes::from_string(tp.topic.to_owned())))
                 .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
+                    .with_partition(tp.partition)
                     .with_current_leader_epoch(-1)
                     .with_fetch_offset(offset)
                     .with_last_fetched_epoch(-1)
                     .with_log_start_offset(-1)
                     .with_partition_max_bytes(max_bytes)])]);
-        let resp: FetchResponse = self
-            .leader_request(topic, partition, ApiKey::Fetch, &req)
-            .await?;
+        let resp: FetchResponse = self.leader_request(tp, ApiKey::Fetch, &req).await?;
         if let Some(e) = resp.error_code.err() {
-            bail!("Fetch {topic}/{partition}@{offset}: {e}");
+            bail!("Fetch {tp}@{offset}: {e}");
         }
         let p = partition_answer(
             resp.responses.iter().flat_map(|t| t.partitions.iter()),
             |p| p.partition_index,
             "Fetch",
-            topic,
-            partition,
+            tp,
         )?;
         if let Some(e) = p.error_code.err() {
-            bail!("Fetch {topic}/{partition}@{offset}: {e}");
+            bail!("Fetch {tp}@{offset}: {e}");
         }
         Ok((p.high_watermark, p.records.clone().unwrap_or_default()))
     }
@@ -457,17 +460,16 @@ pub fn decode_batches(records: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
-/// The answer for `partition` among a response's partitions (`index` reads a partition's
+/// The answer for `tp` among a response's partitions (`index` reads a partition's
 /// index), or an error naming the API and what its answer lacks.
 fn partition_answer<'a, P: 'a>(
     partitions: impl IntoIterator<Item = &'a P>,
     index: impl Fn(&P) -> i32,
     api: &str,
-    topic: &str,
-    partition: i32,
+    tp: TopicPartition<'_>,
 ) -> anyhow::Result<&'a P> {
     partitions
         .into_iter()
-        .find(|p| index(p) == partition)
-        .ok_or_else(|| anyhow!("{api} answer lacks {topic}/{partition}"))
+        .find(|p| index(p) == tp.partition)
+        .ok_or_else(|| anyhow!("{api} answer lacks {tp}"))
 }

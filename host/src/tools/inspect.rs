@@ -12,7 +12,7 @@ use crate::crypto::wire::{
     split_header, AadScheme, Descriptor, ValueEncryption, FORMAT_V1, HEADER_KEY,
 };
 use crate::kafka::records::Record;
-use crate::tools::client::Cluster;
+use crate::tools::client::{Cluster, TopicPartition};
 
 /// The printable summary of one descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -190,12 +190,13 @@ pub async fn inspect<C: Cluster>(
     };
     let mut total = 0;
     for p in parts {
-        let (earliest, end) = cluster.offsets(&opts.topic, p).await?;
+        let tp = TopicPartition::new(&opts.topic, p);
+        let (earliest, end) = cluster.offsets(tp).await?;
         let mut next = opts.offset.unwrap_or(earliest).max(earliest);
         let mut seen = 0;
         let mut empty = 0;
         while next < end && seen < opts.limit {
-            let batches = cluster.fetch(&opts.topic, p, next, 1024 * 1024).await?;
+            let batches = cluster.fetch(tp, next, 1024 * 1024).await?;
             let mut reached = next;
             for b in batches {
                 reached = reached.max(b.base_offset + i64::from(b.last_offset_delta) + 1);

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::wire::HEADER_KEY;
 use crate::kafka::records::{Record, RecordBatch};
-use crate::tools::client::Cluster;
+use crate::tools::client::{Cluster, TopicPartition};
 
 /// Timestamp-type attribute bit of a v2 batch (set: LogAppendTime).
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
@@ -241,8 +241,9 @@ async fn copy_partition<C: Cluster>(
     checkpoint: &mut Checkpoint,
     mapping: &mut dyn Write,
 ) -> anyhow::Result<PartitionReport> {
-    let (from, to) = (opts.from.as_str(), opts.to.as_str());
-    let (earliest, end) = cluster.offsets(from, p).await?;
+    let from = TopicPartition::new(&opts.from, p);
+    let to = TopicPartition::new(&opts.to, p);
+    let (earliest, end) = cluster.offsets(from).await?;
     let mut next = match (checkpoint.next.get(&p), opts.start) {
         (Some(&o), _) => o,
         (None, StartAt::Earliest) => earliest,
@@ -250,7 +251,7 @@ async fn copy_partition<C: Cluster>(
     };
     if next < earliest {
         bail!(
-            "{from}/{p}: records from offset {next} were deleted (earliest is now {earliest}); copying from {next} is impossible, pass --start-offset {earliest} or a new checkpoint to accept the loss"
+            "{from}: records from offset {next} were deleted (earliest is now {earliest}); copying from {next} is impossible, pass --start-offset {earliest} or a new checkpoint to accept the loss"
         );
     }
     let mut report = PartitionReport {
@@ -263,9 +264,9 @@ async fn copy_partition<C: Cluster>(
     let mut empty = 0;
     while next < end {
         let batches = cluster
-            .fetch(from, p, next, opts.fetch_max_bytes)
+            .fetch(from, next, opts.fetch_max_bytes)
             .await
-            .with_context(|| format!("fetching {from}/{p} at offset {next}"))?;
+            .with_context(|| format!("fetching {from} at offset {next}"))?;
         // Records to copy, with absolute offsets and timestamps, and how far the fetch reached.
         let mut pending: Vec<(i64, i64, Record)> = Vec::new();
         let mut reached = next;
@@ -288,7 +289,8 @@ async fn copy_partition<C: Cluster>(
                     .any(|h| h.key.as_ref() == HEADER_KEY.as_bytes())
                 {
                     bail!(
-                        "{from}/{p}@{offset} still carries a {HEADER_KEY} header: records are read encrypted. --bootstrap must be Kapsule's listener (with a key for {from:?}), not the broker"
+                        "{from}@{offset} still carries a {HEADER_KEY} header: records are read encrypted. --bootstrap must be Kapsule's listener (with a key for {:?}), not the broker",
+                        from.topic
                     );
                 }
                 let ts = if log_append {
@@ -303,7 +305,7 @@ async fn copy_partition<C: Cluster>(
             empty += 1;
             if empty >= MAX_EMPTY_FETCHES {
                 bail!(
-                    "{from}/{p}: {empty} fetches at offset {next} returned nothing although the end offset is {end} (records larger than --fetch-max-bytes {}?)",
+                    "{from}: {empty} fetches at offset {next} returned nothing although the end offset is {end} (records larger than --fetch-max-bytes {}?)",
                     opts.fetch_max_bytes
                 );
             }
@@ -314,9 +316,9 @@ async fn copy_partition<C: Cluster>(
         for chunk in pending.chunks(opts.batch_records) {
             let batch = produce_batch(chunk);
             let base = cluster
-                .produce(to, p, &batch)
+                .produce(to, &batch)
                 .await
-                .with_context(|| format!("producing {} records to {to}/{p}", chunk.len()))?;
+                .with_context(|| format!("producing {} records to {to}", chunk.len()))?;
             for (i, (offset, _, _)) in chunk.iter().enumerate() {
                 let m = OffsetMapping {
                     partition: p,

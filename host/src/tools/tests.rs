@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::crypto::wire::{AadScheme, Descriptor, ValueEncryption, HEADER_KEY};
 use crate::kafka::records::{Record, RecordBatch, RecordHeader};
-use crate::tools::client::{decode_batches, Cluster};
+use crate::tools::client::{decode_batches, Cluster, TopicPartition};
 use crate::tools::inspect::{self, decode_header_base64, inspect_record, InspectOptions};
 use crate::tools::reencrypt::{reencrypt, Checkpoint, OffsetMapping, ReencryptOptions, StartAt};
 
@@ -77,21 +77,20 @@ impl Cluster for FakeCluster {
         Ok((0..t.len() as i32).collect())
     }
 
-    async fn offsets(&mut self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
-        let first = self.topics[topic][partition as usize]
+    async fn offsets(&mut self, tp: TopicPartition<'_>) -> anyhow::Result<(i64, i64)> {
+        let first = self.topics[tp.topic][tp.partition as usize]
             .first()
             .map_or(0, |b| b.base_offset);
-        Ok((first, self.end(topic, partition)))
+        Ok((first, self.end(tp.topic, tp.partition)))
     }
 
     async fn fetch(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         offset: i64,
         _max_bytes: i32,
     ) -> anyhow::Result<Vec<RecordBatch>> {
-        Ok(self.topics[topic][partition as usize]
+        Ok(self.topics[tp.topic][tp.partition as usize]
             .iter()
             .filter(|b| b.base_offset + i64::from(b.last_offset_delta) >= offset)
             .take(self.batches_per_fetch)
@@ -101,8 +100,7 @@ impl Cluster for FakeCluster {
 
     async fn produce(
         &mut self,
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition<'_>,
         batch: &RecordBatch,
     ) -> anyhow::Result<i64> {
         if let Some(n) = &mut self.produces_left {
@@ -113,7 +111,7 @@ impl Cluster for FakeCluster {
         }
         // Round-trip through the codec, as the wire would.
         let decoded = RecordBatch::decode(&batch.to_bytes()?)?;
-        Ok(self.append(topic, partition, decoded))
+        Ok(self.append(tp.topic, tp.partition, decoded))
     }
 }
 

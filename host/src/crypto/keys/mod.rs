@@ -49,7 +49,7 @@ use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
 use crate::kafka::names::validate_topic_name;
 use crate::kms::metrics::KmsMetrics;
-use crate::kms::{Kms, KmsError, KmsErrorKind, KmsGate};
+use crate::kms::{DeriveRequest, Kms, KmsError, KmsErrorKind, KmsGate};
 
 /// Hard cap on GCM encryptions per DEK, whatever the configuration says.
 pub const MAX_ENCRYPTIONS_HARD_LIMIT: u64 = 1 << 32;
@@ -418,7 +418,11 @@ impl DekManager {
                     async move {
                         let ctx = record_key_context(&t);
                         let d = gate
-                            .call("derive", &kek, kms.derive_key(&kek, &ctx, version))
+                            .call(
+                                "derive",
+                                &kek,
+                                kms.derive_key(DeriveRequest::new(&kek, &ctx, version)),
+                            )
                             .await?;
                         Ok(Arc::new(RecordKeyCipher::from_material(
                             &d.material,

@@ -315,11 +315,9 @@ impl Kms for Peak {
     }
     async fn derive_key(
         &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
+        request: crate::kms::DeriveRequest<'_>,
     ) -> Result<crate::kms::DerivedKey, KmsError> {
-        self.inner.derive_key(key_id, context, version).await
+        self.inner.derive_key(request).await
     }
 }
 

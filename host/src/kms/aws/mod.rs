@@ -40,7 +40,7 @@ pub use config::AwsKmsConfig;
 
 use super::listing::{candidates, describe_all, Described, ListedKey};
 use super::retry::{call_with_retries, ensure_valid, Failure, RetryPolicy};
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
+use super::{DataKey, DeriveRequest, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
 
 /// Name of the encryption-context entry that binds an EDEK to its Kapsule key id.
 pub const ENCRYPTION_CONTEXT_KEY: &str = "kapsule-kek";
@@ -396,19 +396,12 @@ impl Kms for AwsKms {
         Ok(KeyInfo::new(key_id, AWS_KEK_VERSION))
     }
 
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError> {
-        if version.is_some_and(|v| v != AWS_KEK_VERSION) {
-            return Err(KmsError::new(
-                KmsErrorKind::InvalidCiphertext,
-                key_id,
-                format!("derived-key version {version:?} does not exist: AWS HMAC keys have one version"),
-            ));
-        }
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError> {
+        request.require_version(
+            AWS_KEK_VERSION,
+            "does not exist: AWS HMAC keys have one version",
+        )?;
+        let key_id = request.key_id;
         let mac_key = self.config.mac_key_reference(key_id)?;
         let out = self
             .call("GenerateMac", key_id, || {
@@ -416,7 +409,7 @@ impl Kms for AwsKms {
                     .generate_mac()
                     .key_id(&mac_key)
                     .mac_algorithm(MacAlgorithmSpec::HmacSha256)
-                    .message(Blob::new(context))
+                    .message(Blob::new(request.context))
                     .send()
             })
             .await?;

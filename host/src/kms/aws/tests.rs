@@ -190,14 +190,20 @@ async fn derive_key_uses_the_hmac_key_and_has_one_version() {
     }))
     .await;
     let kms = kms(&addr, 0, 2_000);
-    let d = kms.derive_key("orders", b"ctx", None).await.unwrap();
+    let d = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
     assert_eq!(*d.material, [9u8; 32]);
     assert_eq!(d.kek_version, 1);
     let seen = seen.lock().clone();
     assert_eq!(seen[0].operation(), "GenerateMac");
     assert_eq!(seen[0].json()["KeyId"], "alias/kapsule-orders-mac");
     assert_eq!(seen[0].json()["Message"], b64.encode(b"ctx"));
-    let e = kms.derive_key("orders", b"ctx", Some(2)).await.unwrap_err();
+    let e = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", Some(2)))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, KmsErrorKind::InvalidCiphertext);
 }
 

@@ -34,7 +34,9 @@ use super::cloud::{base64_field, RestBackend, RestCall};
 use super::key_id::validate_key_map;
 use super::listing::{candidates, describe_all, key_id_in_template, Described, ListedKey};
 use super::retry::{ensure_valid, validate_policy, Failure};
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::{
+    DataKey, DeriveRequest, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+};
 
 /// Key Vault REST API version used.
 pub const API_VERSION: &str = "7.4";
@@ -500,21 +502,9 @@ impl Kms for AzureKms {
         Ok(KeyInfo::new(key_id, 1))
     }
 
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError> {
-        if version.is_some_and(|v| v != 1) {
-            return Err(KmsError::new(
-                KmsErrorKind::InvalidCiphertext,
-                key_id,
-                format!(
-                    "derived-key version {version:?} does not exist (derive_key_url is pinned)"
-                ),
-            ));
-        }
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError> {
+        request.require_version(1, "does not exist (derive_key_url is pinned)")?;
+        let key_id = request.key_id;
         let url = self.config.derive_key_url.as_deref().ok_or_else(|| {
             KmsError::new(
                 KmsErrorKind::Other,
@@ -530,7 +520,7 @@ impl Kms for AzureKms {
         h.update(b"kapsule-derive\0");
         h.update(key_id.as_bytes());
         h.update([0]);
-        h.update(context);
+        h.update(request.context);
         let digest: [u8; 32] = h.finalize().into();
         let v = self
             .key_op(

@@ -275,9 +275,18 @@ async fn derived_keys_are_deterministic_signatures_of_the_pinned_key() {
     let current = Arc::new(parking_lot::Mutex::new("0a1b2c3d".to_owned()));
     let (addr, seen) = scripted_server(key_vault(current, |_, _| None)).await;
     let kms = AzureKms::new(&config(&addr, &client_secret(&addr))).unwrap();
-    let a = kms.derive_key("orders", b"ctx", None).await.unwrap();
-    let b = kms.derive_key("orders", b"ctx", Some(1)).await.unwrap();
-    let c = kms.derive_key("orders", b"other", None).await.unwrap();
+    let a = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
+    let b = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", Some(1)))
+        .await
+        .unwrap();
+    let c = kms
+        .derive_key(DeriveRequest::new("orders", b"other", None))
+        .await
+        .unwrap();
     assert_eq!(*a.material, *b.material);
     assert_ne!(*a.material, *c.material);
     let seen = seen.lock().clone();

@@ -34,7 +34,8 @@ use super::listing::{
 };
 use super::retry::{ensure_valid, validate_policy, Failure};
 use super::{
-    random_dek, secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey,
+    random_dek, secret_key, DataKey, DeriveRequest, DerivedKey, KeyInfo, Kms, KmsError,
+    KmsErrorKind, SecretKey,
 };
 
 fn default_endpoint() -> String {
@@ -417,12 +418,8 @@ impl Kms for GcpKms {
         }
     }
 
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError> {
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError> {
+        let key_id = request.key_id;
         let template = self.config.mac_key_template.as_deref().ok_or_else(|| {
             KmsError::new(
                 KmsErrorKind::Other,
@@ -432,19 +429,16 @@ impl Kms for GcpKms {
         })?;
         let name = fill(template, key_id)?;
         let pinned = version_of(&name).unwrap_or(1);
-        if version.is_some_and(|v| v != pinned) {
-            return Err(KmsError::new(
-                KmsErrorKind::InvalidCiphertext,
-                key_id,
-                format!("derived-key version {version:?} is not the configured MAC key version {pinned}"),
-            ));
-        }
+        request.require_version(
+            pinned,
+            &format!("is not the configured MAC key version {pinned}"),
+        )?;
         let v = self
             .call(
                 key_id,
                 &name,
                 "macSign",
-                json!({"data": B64.encode(context)}),
+                json!({"data": B64.encode(request.context)}),
             )
             .await?;
         let mac = base64_field(key_id, &v, "mac", "macSign", b64)?;

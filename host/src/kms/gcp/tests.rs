@@ -166,11 +166,17 @@ async fn disabled_versions_fail_retriably_unknown_keys_and_bad_ids_do_not_retry(
         KmsErrorKind::UnknownKey
     );
     assert_eq!(seen.lock().len(), before);
-    let d1 = kms.derive_key("orders", b"ctx", None).await.unwrap();
-    let d2 = kms.derive_key("orders", b"ctx", Some(1)).await.unwrap();
+    let d1 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
+    let d2 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", Some(1)))
+        .await
+        .unwrap();
     assert_eq!(*d1.material, *d2.material);
     assert_eq!(
-        kms.derive_key("orders", b"ctx", Some(2))
+        kms.derive_key(DeriveRequest::new("orders", b"ctx", Some(2)))
             .await
             .unwrap_err()
             .kind,

@@ -45,7 +45,9 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN};
+use super::{
+    DataKey, DeriveRequest, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey, DEK_LEN,
+};
 
 mod config;
 mod file;
@@ -374,14 +376,14 @@ impl Kms for LocalKms {
         self.with_version(key_id, None, false, |n, _| KeyInfo::new(key_id, n))
     }
 
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError> {
-        self.with_version(key_id, version, version.is_none(), |n, k| DerivedKey {
-            material: hkdf32(k.prf_key.as_ref(), b"kapsule local derive", &[context]),
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError> {
+        let latest = request.version.is_none();
+        self.with_version(request.key_id, request.version, latest, |n, k| DerivedKey {
+            material: hkdf32(
+                k.prf_key.as_ref(),
+                b"kapsule local derive",
+                &[request.context],
+            ),
             kek_version: n,
         })
     }

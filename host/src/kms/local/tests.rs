@@ -17,7 +17,10 @@ async fn round_trip_across_fresh_instances_and_rotation() {
     assert!(!kms.create_key("orders").unwrap());
     let dk1 = kms.generate_data_key("orders").await.unwrap();
     assert_eq!(dk1.kek_version, 1);
-    let d1 = kms.derive_key("orders", b"ctx", None).await.unwrap();
+    let d1 = kms
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
 
     // The file never holds KEK material or DEKs in clear.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -37,9 +40,15 @@ async fn round_trip_across_fresh_instances_and_rotation() {
         *fresh.decrypt_data_key("orders", &dk2.edek).await.unwrap(),
         *dk2.plaintext
     );
-    let again = fresh.derive_key("orders", b"ctx", Some(1)).await.unwrap();
+    let again = fresh
+        .derive_key(DeriveRequest::new("orders", b"ctx", Some(1)))
+        .await
+        .unwrap();
     assert_eq!(*again.material, *d1.material);
-    let latest = fresh.derive_key("orders", b"ctx", None).await.unwrap();
+    let latest = fresh
+        .derive_key(DeriveRequest::new("orders", b"ctx", None))
+        .await
+        .unwrap();
     assert_eq!(latest.kek_version, 2);
     assert_ne!(*latest.material, *d1.material);
     assert_eq!(fresh.key_info("orders").await.unwrap().latest_version, 2);

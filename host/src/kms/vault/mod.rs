@@ -50,7 +50,9 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use super::{secret_key, DataKey, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey};
+use super::{
+    secret_key, DataKey, DeriveRequest, DerivedKey, KeyInfo, Kms, KmsError, KmsErrorKind, SecretKey,
+};
 
 fn default_mount() -> String {
     "transit".to_owned()
@@ -588,12 +590,12 @@ impl Kms for VaultKms {
         Ok(KeyInfo::new(key_id, latest))
     }
 
-    async fn derive_key(
-        &self,
-        key_id: &str,
-        context: &[u8],
-        version: Option<u32>,
-    ) -> Result<DerivedKey, KmsError> {
+    async fn derive_key(&self, request: DeriveRequest<'_>) -> Result<DerivedKey, KmsError> {
+        let DeriveRequest {
+            key_id,
+            context,
+            version,
+        } = request;
         let mount = &self.config.mount;
         let input = B64.encode(context);
         let input = &input;

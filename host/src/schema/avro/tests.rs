@@ -1,6 +1,6 @@
 use super::*;
 use crate::schema::varint::write_zigzag;
-use crate::schema::MAX_LISTED_FIELDS;
+use crate::schema::{found_spans, MAX_LISTED_FIELDS};
 
 fn sel(fields: &[&str], tags: &[&str]) -> FieldSelection {
     FieldSelection {
@@ -88,11 +88,7 @@ fn order(next: bool) -> Vec<u8> {
 fn found(t: &Targets, body: &[u8]) -> Vec<(String, Vec<u8>, FieldEncoding)> {
     let mut v = vec![0, 0, 0, 0, 1];
     v.extend_from_slice(body);
-    locate(t, &v, 5)
-        .unwrap()
-        .into_iter()
-        .map(|f| (f.path, v[f.range].to_vec(), f.encoding))
-        .collect()
+    found_spans(&v, locate(t, &v, 5))
 }
 
 fn s(x: &str) -> Vec<u8> {

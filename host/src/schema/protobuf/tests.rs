@@ -1,4 +1,5 @@
 use super::*;
+use crate::schema::found_spans;
 use crate::schema::varint::{write_unsigned, write_zigzag};
 
 const PROTO: &str = r#"
@@ -92,11 +93,7 @@ fn found(t: &Targets, indexes: &[i64], body: &[u8]) -> Vec<(String, Vec<u8>, Fie
         }
     }
     v.extend_from_slice(body);
-    locate(t, &v, 5)
-        .unwrap()
-        .into_iter()
-        .map(|f| (f.path, v[f.range].to_vec(), f.encoding))
-        .collect()
+    found_spans(&v, locate(t, &v, 5))
 }
 
 fn lp(b: &[u8]) -> Vec<u8> {
