@@ -50,19 +50,13 @@ impl Dek {
     }
 }
 
-/// A DEK encrypts as its AES-256-GCM key: [`GcmKey::seal_into`], [`GcmKey::tag`] and
-/// [`GcmKey::open`] are called on the `Dek` directly.
+/// A DEK encrypts as its AES-256-GCM key: [`GcmKey::seal_into`], [`GcmKey::tag`],
+/// [`GcmKey::open`] and the stream operations are called on the `Dek` directly.
 impl std::ops::Deref for Dek {
     type Target = GcmKey;
 
     #[inline]
     fn deref(&self) -> &GcmKey {
-        &self.cipher
-    }
-
-    /// The AES-256-GCM key itself, for the stream operations ([`GcmKey::seal_stream`],
-    /// [`GcmKey::open_partly_stored`]).
-    pub fn gcm(&self) -> &GcmKey {
         &self.cipher
     }
 }

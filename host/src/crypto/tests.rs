@@ -859,10 +859,12 @@ fn seal_case(g: &GoldenFile, c: &GoldenCase, fields_scheme: AadScheme) -> Record
         &to_record(&c.input, false),
         &golden_plan(c, &g.kek_id),
         &dek,
-        hex::decode(&c.nonce_base).unwrap().try_into().unwrap(),
-        hex::decode(&c.record_id).unwrap().try_into().unwrap(),
         Some(&kc),
-        fields_scheme,
+        testing::Fixed {
+            nonce_base: hex::decode(&c.nonce_base).unwrap().try_into().unwrap(),
+            record_id: hex::decode(&c.record_id).unwrap().try_into().unwrap(),
+            fields_scheme,
+        },
     )
     .unwrap()
 }

@@ -357,16 +357,22 @@ pub(crate) mod testing {
     use crate::kafka::records::Record;
     use crate::plan::EncryptionPlan;
 
+    /// What a golden vector fixes besides the keys.
+    pub struct Fixed {
+        pub nonce_base: [u8; NONCE_LEN],
+        pub record_id: [u8; 16],
+        /// The revision written for a value with encrypted fields.
+        pub fields_scheme: AadScheme,
+    }
+
     /// Encrypts one record with fixed keys, nonce base and record id.
     pub fn seal(
         topic: &str,
         rec: &Record,
         plan: &EncryptionPlan,
         dek: &Dek,
-        nonce_base: [u8; NONCE_LEN],
-        record_id: [u8; 16],
         key_cipher: Option<&RecordKeyCipher>,
-        fields_scheme: AadScheme,
+        fixed: Fixed,
     ) -> Result<Record, String> {
         let prep = prepare(rec, plan, None).map_err(|e| e.to_string())?;
         let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
@@ -376,10 +382,10 @@ pub(crate) mod testing {
             SealParams {
                 topic,
                 dek,
-                nonce_base,
-                record_id,
+                nonce_base: fixed.nonce_base,
+                record_id: fixed.record_id,
                 key_cipher: siv.as_mut().map(|(s, v)| (s, *v)),
-                fields_scheme,
+                fields_scheme: fixed.fields_scheme,
             },
         )
         .map_err(|e| e.to_string())

@@ -96,7 +96,7 @@ pub(super) fn seal_fields(
         stream.extend_from_slice(&value[f.span.clone()]);
     }
     push_outside(value, &ascending, &mut stream);
-    let tag = dek.gcm().seal_stream(nonce, &mut stream);
+    let tag = dek.seal_stream(nonce, &mut stream);
     let mut out = Vec::with_capacity(stored_len);
     let mut pos = 0;
     for (index, span) in &ascending {
@@ -155,10 +155,7 @@ pub(super) fn open_fields(
     stream.extend_from_slice(&ciphertexts);
     let fields_end = stream.len();
     push_outside(value, &ascending, &mut stream);
-    if !dek
-        .gcm()
-        .open_partly_stored(nonce, &mut stream, fields_at..fields_end, tag)
-    {
+    if !dek.open_partly_stored(nonce, &mut stream, fields_at..fields_end, tag) {
         return Err(StreamError::Integrity);
     }
     let mut ranges = Vec::with_capacity(lens.len());
