@@ -1058,6 +1058,74 @@ fn golden_v3_vectors_decrypt_and_reencode_exactly() {
     }
 }
 
+/// `lp32(b)`: u32 big-endian length, then the bytes (docs/wire-format.md).
+fn lp32(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend((b.len() as u32).to_be_bytes());
+    v.extend(b);
+}
+
+/// `lp16(b)`: u16 big-endian length, then the bytes.
+fn lp16(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend((b.len() as u16).to_be_bytes());
+    v.extend(b);
+}
+
+/// The descriptor of golden case `c` without encrypted headers or key, assembled by hand from
+/// the documented layout with flags byte `flags`.
+fn documented_descriptor(g: &GoldenFile, c: &GoldenCase, flags: u8) -> Vec<u8> {
+    let mut desc = vec![1u8, flags];
+    desc.extend(hex::decode(&c.record_id).unwrap());
+    desc.extend(hex::decode(&c.nonce_base).unwrap());
+    desc.extend(0u32.to_be_bytes());
+    desc.push(g.kek_id.len() as u8);
+    desc.extend(g.kek_id.as_bytes());
+    lp16(&mut desc, &hex::decode(&g.edek).unwrap());
+    desc.extend((c.fields.len() as u16).to_be_bytes());
+    for f in &c.fields {
+        lp16(&mut desc, f.as_bytes());
+    }
+    desc.extend(0u16.to_be_bytes());
+    desc
+}
+
+/// Asserts that `rec` (sealed by golden file `g`, descriptor last) fails to open once any byte
+/// of its descriptor (record id, nonce base, EDEK...) is edited, and under another topic.
+fn assert_descriptor_edits_and_other_topics_fail(g: &GoldenFile, rec: &Record) {
+    let (dek, kc) = golden_keys(g);
+    let desc_at = rec.headers.len() - 1;
+    let dlen = rec.headers[desc_at].value.as_ref().unwrap().len() - 16;
+    for at in [2, 18, 30, dlen - 1] {
+        let mut t = rec.clone();
+        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+        hv[at] ^= 1;
+        t.headers[desc_at].value = Some(Bytes::from(hv));
+        assert!(
+            testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
+            "descriptor byte {at} edited"
+        );
+    }
+    assert!(testing::open("payments", rec, &dek, Some(&kc)).is_err());
+}
+
+/// Asserts golden case `c` has exactly one header, `kapsule.enc` = `desc ‖ tag`.
+fn assert_documented_header(c: &GoldenCase, desc: &[u8], tag: &[u8]) {
+    let mut header = desc.to_vec();
+    header.extend(tag);
+    assert_eq!(
+        c.output.headers,
+        vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
+    );
+}
+
+/// A JSON field's stored form for ciphertext `ct`: `"kapsule:v1:" + base64(ct)` as a JSON string.
+fn stored_json_field(ct: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "\"kapsule:v1:{}\"",
+        base64::engine::general_purpose::STANDARD.encode(ct)
+    )
+}
+
 /// Rebuilds the first golden case from the byte layout in docs/wire-format.md alone, with the
 /// raw AES-GCM primitive, to check the document and the code agree.
 #[test]
@@ -1066,22 +1134,9 @@ fn golden_case_matches_the_documented_layout() {
     let g: GoldenFile =
         serde_json::from_str(&std::fs::read_to_string(GOLDEN_PATH).unwrap()).unwrap();
     let c = &g.cases[0];
-    let edek = hex::decode(&g.edek).unwrap();
-    let mut desc = vec![1u8, 0x01];
-    desc.extend(hex::decode(&c.record_id).unwrap());
-    desc.extend(hex::decode(&c.nonce_base).unwrap());
-    desc.extend(0u32.to_be_bytes());
-    desc.push(g.kek_id.len() as u8);
-    desc.extend(g.kek_id.as_bytes());
-    desc.extend((edek.len() as u16).to_be_bytes());
-    desc.extend(&edek);
-    desc.extend(0u16.to_be_bytes());
-    desc.extend(0u16.to_be_bytes());
+    let desc = documented_descriptor(&g, c, 0x01);
     let key = c.input.key.as_ref().unwrap().as_bytes();
-    let lp = |v: &mut Vec<u8>, b: &[u8]| {
-        v.extend((b.len() as u32).to_be_bytes());
-        v.extend(b);
-    };
+    let lp = lp32;
     let mut aad = b"kapsule/v1/part".to_vec();
     aad.push(1);
     aad.extend(0u32.to_be_bytes());
@@ -1243,20 +1298,7 @@ fn revision_2_records_resist_downgrade_and_edits() {
     v[at] = b'4';
     t.value = Some(Bytes::from(v));
     assert!(testing::open(&g.topic, &t, &dek, Some(&kc)).is_err());
-    // Any byte of the descriptor (record id, nonce base, EDEK...).
-    let dlen = json.headers[desc_at].value.as_ref().unwrap().len() - 16;
-    for at in [2, 18, 30, dlen - 1] {
-        let mut t = json.clone();
-        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
-        hv[at] ^= 1;
-        t.headers[desc_at].value = Some(Bytes::from(hv));
-        assert!(
-            testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
-            "descriptor byte {at} edited"
-        );
-    }
-    // Another topic.
-    assert!(testing::open("payments", &json, &dek, Some(&kc)).is_err());
+    assert_descriptor_edits_and_other_topics_fail(&g, &json);
 }
 
 /// Rebuilds the first revision 2 case (two JSON fields) from the byte layout in
@@ -1264,31 +1306,12 @@ fn revision_2_records_resist_downgrade_and_edits() {
 #[test]
 fn golden_v2_case_matches_the_documented_layout() {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
-    use base64::Engine as _;
     let g = read_golden(GOLDEN_V2_PATH);
     let c = &g.cases[0];
-    let lp = |v: &mut Vec<u8>, b: &[u8]| {
-        v.extend((b.len() as u32).to_be_bytes());
-        v.extend(b);
-    };
-    let lp16 = |v: &mut Vec<u8>, b: &[u8]| {
-        v.extend((b.len() as u16).to_be_bytes());
-        v.extend(b);
-    };
+    let lp = lp32;
     let record_id = hex::decode(&c.record_id).unwrap();
     let nonce_base = hex::decode(&c.nonce_base).unwrap();
-    let mut desc = vec![1u8, 0x02 | 0x20];
-    desc.extend(&record_id);
-    desc.extend(&nonce_base);
-    desc.extend(0u32.to_be_bytes());
-    desc.push(g.kek_id.len() as u8);
-    desc.extend(g.kek_id.as_bytes());
-    lp16(&mut desc, &hex::decode(&g.edek).unwrap());
-    desc.extend((c.fields.len() as u16).to_be_bytes());
-    for f in &c.fields {
-        lp16(&mut desc, f.as_bytes());
-    }
-    desc.extend(0u16.to_be_bytes());
+    let desc = documented_descriptor(&g, c, 0x02 | 0x20);
     let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
     let nonce = |i: u8| {
         let mut n = nonce_base.clone();
@@ -1322,10 +1345,7 @@ fn golden_v2_case_matches_the_documented_layout() {
                 },
             )
             .unwrap();
-        let stored = format!(
-            "\"kapsule:v1:{}\"",
-            base64::engine::general_purpose::STANDARD.encode(ct)
-        );
+        let stored = stored_json_field(&ct);
         value = value.replacen(original, &stored, 1);
     }
     assert_eq!(hex::encode(&value), *c.output.value.as_ref().unwrap());
@@ -1345,12 +1365,7 @@ fn golden_v2_case_matches_the_documented_layout() {
             },
         )
         .unwrap();
-    let mut header = desc.clone();
-    header.extend(&sealed[value.len()..]);
-    assert_eq!(
-        c.output.headers,
-        vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
-    );
+    assert_documented_header(c, &desc, &sealed[value.len()..]);
 }
 
 /// Rebuilds the first revision 3 case (two JSON fields) from the byte layout in
@@ -1359,29 +1374,10 @@ fn golden_v2_case_matches_the_documented_layout() {
 #[test]
 fn golden_v3_case_matches_the_documented_layout() {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
-    use base64::Engine as _;
     let g = read_golden(GOLDEN_V3_PATH);
     let c = &g.cases[0];
-    let lp = |v: &mut Vec<u8>, b: &[u8]| {
-        v.extend((b.len() as u32).to_be_bytes());
-        v.extend(b);
-    };
-    let lp16 = |v: &mut Vec<u8>, b: &[u8]| {
-        v.extend((b.len() as u16).to_be_bytes());
-        v.extend(b);
-    };
-    let mut desc = vec![1u8, 0x02 | 0x40];
-    desc.extend(hex::decode(&c.record_id).unwrap());
-    desc.extend(hex::decode(&c.nonce_base).unwrap());
-    desc.extend(0u32.to_be_bytes());
-    desc.push(g.kek_id.len() as u8);
-    desc.extend(g.kek_id.as_bytes());
-    lp16(&mut desc, &hex::decode(&g.edek).unwrap());
-    desc.extend((c.fields.len() as u16).to_be_bytes());
-    for f in &c.fields {
-        lp16(&mut desc, f.as_bytes());
-    }
-    desc.extend(0u16.to_be_bytes());
+    let lp = lp32;
+    let desc = documented_descriptor(&g, c, 0x02 | 0x40);
     // Descriptor order: /card/number, then /name.
     let fields = ["\"4111111111111111\"", "\"Ada\""];
     let value = c.input.value.clone().unwrap();
@@ -1416,19 +1412,10 @@ fn golden_v3_case_matches_the_documented_layout() {
     for f in fields {
         let ct = &sealed[at..at + f.len()];
         at += f.len();
-        let field = format!(
-            "\"kapsule:v1:{}\"",
-            base64::engine::general_purpose::STANDARD.encode(ct)
-        );
-        stored = stored.replacen(f, &field, 1);
+        stored = stored.replacen(f, &stored_json_field(ct), 1);
     }
     assert_eq!(hex::encode(&stored), *c.output.value.as_ref().unwrap());
-    let mut header = desc.clone();
-    header.extend(&sealed[stream.len()..]);
-    assert_eq!(
-        c.output.headers,
-        vec![("kapsule.enc".to_owned(), Some(hex::encode(&header)))]
-    );
+    assert_documented_header(c, &desc, &sealed[stream.len()..]);
 }
 
 /// A revision 3 record cannot be relabelled as revision 2 or 1 (nor carry both flags), and an
@@ -1490,19 +1477,7 @@ fn revision_3_records_resist_downgrade_and_edits() {
     let mut t = json.clone();
     t.value = Some(Bytes::from(serde_json::to_vec(&doc).unwrap()));
     assert!(testing::open(&g.topic, &t, &dek, Some(&kc)).is_err());
-    // Any byte of the descriptor.
-    let dlen = json.headers[desc_at].value.as_ref().unwrap().len() - 16;
-    for at in [2, 18, 30, dlen - 1] {
-        let mut t = json.clone();
-        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
-        hv[at] ^= 1;
-        t.headers[desc_at].value = Some(Bytes::from(hv));
-        assert!(
-            testing::open(&g.topic, &t, &dek, Some(&kc)).is_err(),
-            "descriptor byte {at} edited"
-        );
-    }
-    assert!(testing::open("payments", &json, &dek, Some(&kc)).is_err());
+    assert_descriptor_edits_and_other_topics_fail(&g, &json);
     // Revealing one field: it is opened, the other stays as stored.
     let parts = crate::plan::RevealParts {
         json_fields: vec!["/name".into()],

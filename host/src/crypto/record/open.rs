@@ -304,65 +304,34 @@ pub(super) fn open_record(
             withheld.value = true;
             Some(v.clone())
         }
-        (ValueEncryption::Json(ptrs), Some(v)) => {
-            let targets = ptrs
-                .iter()
-                .map(|p| parse_pointer(p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| OpenFail::Malformed(e.to_string()))?;
-            let spans =
-                find_spans(v, &targets, ptrs).map_err(|e| OpenFail::Malformed(e.to_string()))?;
-            let mut repl = Vec::with_capacity(ptrs.len());
-            for (i, (name, span)) in ptrs.iter().zip(spans).enumerate() {
-                let span = span.ok_or_else(|| {
-                    OpenFail::Integrity(format!("encrypted JSON field {name} was removed"))
-                })?;
-                if !scope.reveals_json_field(name) {
+        (ValueEncryption::Json(_) | ValueEncryption::Schema(_), Some(v)) => {
+            let located = match &stream_fields {
+                Some((located, _)) => located,
+                None => &locate_fields(desc, v).map_err(OpenFail::Malformed)?,
+            };
+            let mut repl = Vec::with_capacity(located.len());
+            for (i, f) in located.iter().enumerate() {
+                let json = f.kind == PartKind::JsonField;
+                if json && !scope.reveals_json_field(f.name) {
                     // Left as its stored `"kapsule:v1:..."` string (authenticated by the tag).
-                    withheld.json_fields.push(name.clone());
+                    withheld.json_fields.push(f.name.to_owned());
                     continue;
                 }
-                if let Some(opened) = &stream_fields {
-                    let pt = opened.field(i);
-                    bytes += pt.len() as u64;
-                    repl.push((span, pt.to_vec()));
-                    continue;
-                }
-                let ct = fields::decode(FieldEncoding::JsonText, &v[span.clone()])
-                    .map_err(|e| OpenFail::Malformed(format!("JSON field {name}: {e}")))?;
-                let pt = open(PartKind::JsonField, i as u32, name.as_bytes(), &ct)?;
-                bytes += pt.len() as u64;
-                repl.push((span, pt));
-            }
-            if repl.is_empty() {
-                Some(v.clone())
-            } else {
-                Some(Bytes::from(splice(v, repl)))
-            }
-        }
-        (ValueEncryption::Schema(parts), Some(v)) => {
-            let mut repl = Vec::with_capacity(parts.len());
-            for (i, f) in parts.iter().enumerate() {
-                let span = f.start as usize..f.start as usize + f.len as usize;
-                let stored = v.get(span.clone()).ok_or_else(|| {
-                    OpenFail::Malformed(format!("schema field {} lies outside the value", f.path))
-                })?;
-                if !scope.reveals_schema_field(&f.path) {
+                if !json && !scope.reveals_schema_field(f.name) {
                     // Left as stored (authenticated by the record tag).
-                    withheld.add_schema_field(&f.path);
+                    withheld.add_schema_field(f.name);
                     continue;
                 }
-                if let Some(opened) = &stream_fields {
-                    let pt = opened.field(i);
-                    bytes += pt.len() as u64;
-                    repl.push((span, pt.to_vec()));
-                    continue;
-                }
-                let ct = fields::decode(f.encoding, stored)
-                    .map_err(|e| OpenFail::Malformed(format!("schema field {}: {e}", f.path)))?;
-                let pt = open(PartKind::SchemaField, i as u32, f.path.as_bytes(), &ct)?;
+                let pt = match &stream_fields {
+                    Some((_, opened)) => opened.field(i).to_vec(),
+                    None => {
+                        let ct = fields::decode(f.stream.encoding, &v[f.stream.span.clone()])
+                            .map_err(|e| OpenFail::Malformed(format!("{}: {e}", f.what())))?;
+                        open(f.kind, i as u32, f.name.as_bytes(), &ct)?
+                    }
+                };
                 bytes += pt.len() as u64;
-                repl.push((span, pt));
+                repl.push((f.stream.span.clone(), pt));
             }
             if repl.is_empty() {
                 Some(v.clone())
@@ -418,24 +387,44 @@ pub(super) fn open_record(
     ))
 }
 
-/// Verifies a revision 3 record's tag and returns its fields' plaintexts: the fields lie at the
-/// descriptor's spans (schema) or where its JSON pointers point in the stored value.
-fn open_stream_fields(
-    desc: &Descriptor,
-    ctx: &RecordContext<'_>,
-    value: Option<&[u8]>,
-    dek: &Dek,
-    nonce: &[u8; crate::crypto::primitives::NONCE_LEN],
-    tag: &[u8; crate::crypto::primitives::TAG_LEN],
-) -> Result<OpenedFields, OpenFail> {
-    let value =
-        value.ok_or_else(|| OpenFail::Integrity("encrypted value was replaced by null".into()))?;
-    let fields: Vec<StreamField> = match &desc.value {
+/// One encrypted field of a stored value, in descriptor order.
+struct LocatedPart<'d> {
+    /// The JSON pointer or schema field path.
+    name: &'d str,
+    kind: PartKind,
+    /// Where it lies in the stored value, and in which form.
+    stream: StreamField,
+}
+
+impl LocatedPart<'_> {
+    /// The field as error messages name it.
+    fn what(&self) -> String {
+        match self.kind {
+            PartKind::JsonField => format!("JSON field {}", self.name),
+            _ => format!("schema field {}", self.name),
+        }
+    }
+}
+
+/// The encrypted fields of the stored `value` a JSON or schema descriptor lists: at the
+/// descriptor's spans (schema) or where its pointers point (JSON). `Err` says what is missing.
+fn locate_fields<'d>(desc: &'d Descriptor, value: &[u8]) -> Result<Vec<LocatedPart<'d>>, String> {
+    match &desc.value {
         ValueEncryption::Schema(parts) => parts
             .iter()
-            .map(|f| StreamField {
-                span: f.start as usize..f.start as usize + f.len as usize,
-                encoding: f.encoding,
+            .map(|f| {
+                let span = f.start as usize..f.start as usize + f.len as usize;
+                if span.end > value.len() {
+                    return Err(format!("schema field {} lies outside the value", f.path));
+                }
+                Ok(LocatedPart {
+                    name: &f.path,
+                    kind: PartKind::SchemaField,
+                    stream: StreamField {
+                        span,
+                        encoding: f.encoding,
+                    },
+                })
             })
             .collect(),
         ValueEncryption::Json(ptrs) => {
@@ -443,33 +432,48 @@ fn open_stream_fields(
                 .iter()
                 .map(|p| parse_pointer(p))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| OpenFail::Malformed(e.to_string()))?;
-            // The writer stored valid JSON: a value that no longer is was altered.
+                .map_err(|e| e.to_string())?;
             find_spans(value, &targets, ptrs)
-                .map_err(|e| OpenFail::Integrity(format!("value altered: {e}")))?
+                .map_err(|e| e.to_string())?
                 .into_iter()
                 .zip(ptrs)
                 .map(|(span, name)| {
-                    span.map(|span| StreamField {
-                        span,
-                        encoding: FieldEncoding::JsonText,
-                    })
-                    .ok_or_else(|| {
-                        OpenFail::Integrity(format!("encrypted JSON field {name} was removed"))
+                    let span =
+                        span.ok_or_else(|| format!("encrypted JSON field {name} was removed"))?;
+                    Ok(LocatedPart {
+                        name,
+                        kind: PartKind::JsonField,
+                        stream: StreamField {
+                            span,
+                            encoding: FieldEncoding::JsonText,
+                        },
                     })
                 })
-                .collect::<Result<_, _>>()?
+                .collect()
         }
-        // The descriptor does not decode with revision 3 and no fields.
-        ValueEncryption::None | ValueEncryption::Whole => {
-            return Err(OpenFail::Malformed(
-                "associated data revision 3 without encrypted value fields".into(),
-            ))
-        }
-    };
-    // The writer stored every field in its form at its span: anything else was altered.
-    stream::open_fields(dek, nonce, ctx, value, &fields, tag)
-        .map_err(|e| OpenFail::Integrity(e.to_string()))
+        ValueEncryption::None | ValueEncryption::Whole => Ok(Vec::new()),
+    }
+}
+
+/// Verifies a revision 3 record's tag and returns its fields, located, with their plaintexts.
+/// Every failure is an integrity failure: the writer stored each field in its form at its place
+/// in valid JSON or at the descriptor's spans, so anything else was altered.
+fn open_stream_fields<'d>(
+    desc: &'d Descriptor,
+    ctx: &RecordContext<'_>,
+    value: Option<&[u8]>,
+    dek: &Dek,
+    nonce: &[u8; crate::crypto::primitives::NONCE_LEN],
+    tag: &[u8; crate::crypto::primitives::TAG_LEN],
+) -> Result<(Vec<LocatedPart<'d>>, OpenedFields), OpenFail> {
+    let value =
+        value.ok_or_else(|| OpenFail::Integrity("encrypted value was replaced by null".into()))?;
+    let located = locate_fields(desc, value)
+        .map_err(|e| OpenFail::Integrity(format!("value altered: {e}")))?;
+    let fields: Vec<StreamField> = located.iter().map(|f| f.stream.clone()).collect();
+    let opened = stream::open_fields(dek, nonce, ctx, value, &fields, tag)
+        .map_err(|e| OpenFail::Integrity(e.to_string()))?;
+    Ok((located, opened))
 }
 
 /// Why a record's `kapsule.enc` header cannot be read (the record is malformed).
