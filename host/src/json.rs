@@ -54,6 +54,8 @@ pub fn parse_pointer(p: &str) -> Result<Vec<String>, JsonError> {
 
 struct Scanner<'a> {
     b: &'a [u8],
+    /// `b`, validated as UTF-8 once (strings are sliced from it without validating again).
+    text: &'a str,
     i: usize,
     targets: &'a [Vec<String>],
     names: &'a [String],
@@ -68,9 +70,11 @@ pub fn find_spans(
     targets: &[Vec<String>],
     names: &[String],
 ) -> Result<Vec<Option<Range<usize>>>, JsonError> {
-    std::str::from_utf8(doc).map_err(|e| JsonError::Invalid(format!("not UTF-8 ({e})")))?;
+    let text =
+        std::str::from_utf8(doc).map_err(|e| JsonError::Invalid(format!("not UTF-8 ({e})")))?;
     let mut s = Scanner {
         b: doc,
+        text,
         i: 0,
         targets,
         names,
@@ -84,6 +88,13 @@ pub fn find_spans(
         return Err(s.err("trailing characters after the JSON value"));
     }
     Ok(s.found)
+}
+
+/// `a == b` for the short strings object keys usually are: an inlined loop instead of a call to
+/// `memcmp` (keys of equal length, like `field0`..`field9`, reach the byte comparison every time).
+#[inline]
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 impl<'a> Scanner<'a> {
@@ -130,11 +141,15 @@ impl<'a> Scanner<'a> {
         depth: usize,
         matches: impl Fn(&str) -> bool,
     ) -> Result<(), JsonError> {
+        // Allocated only when a target matches (most keys match none).
         let next: Vec<usize> = active
             .iter()
             .copied()
             .filter(|&t| self.targets[t].get(depth).is_some_and(|tok| matches(tok)))
             .collect();
+        if next.is_empty() {
+            return self.value(&[], depth + 1);
+        }
         let start = self.i;
         let hit: Vec<usize> = next
             .iter()
@@ -176,7 +191,7 @@ impl<'a> Scanner<'a> {
             if active.is_empty() {
                 self.value(&[], depth + 1)?;
             } else {
-                self.child(active, depth, |tok| tok == key)?;
+                self.child(active, depth, |tok| same_token(tok, &key))?;
             }
             self.ws();
             match self.peek() {
@@ -226,10 +241,20 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         let mut escaped = false;
         loop {
+            // Runs of plain characters are skipped in bulk: the next quote or backslash, and
+            // no control character before it.
+            let rest = &b[self.i..];
+            let run = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+            if rest[..run].iter().fold(false, |any, &c| any | (c < 0x20)) {
+                self.i += rest[..run].iter().position(|&c| c < 0x20).unwrap_or(0);
+                return Err(self.err("control character in string"));
+            }
+            self.i += run;
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => break,
-                Some(b'\\') => {
+                _ => {
+                    // A backslash.
                     escaped = true;
                     self.i += 1;
                     match self.peek() {
@@ -244,21 +269,16 @@ impl<'a> Scanner<'a> {
                         _ => return Err(self.err("bad escape")),
                     }
                 }
-                Some(c) if c < 0x20 => return Err(self.err("control character in string")),
-                Some(_) => self.i += 1,
             }
         }
         self.i += 1;
-        let raw = &b[start..self.i];
         if escaped {
-            serde_json::from_slice::<String>(raw)
+            serde_json::from_slice::<String>(&b[start..self.i])
                 .map(Cow::Owned)
                 .map_err(|e| JsonError::Invalid(format!("bad string at byte {start}: {e}")))
         } else {
-            // Validated as UTF-8 up front; quotes are ASCII.
-            Ok(Cow::Borrowed(
-                std::str::from_utf8(&raw[1..raw.len() - 1]).expect("validated UTF-8"),
-            ))
+            // Quotes are ASCII, so both ends are character boundaries of the validated text.
+            Ok(Cow::Borrowed(&self.text[start + 1..self.i - 1]))
         }
     }
 

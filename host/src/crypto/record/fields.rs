@@ -1,8 +1,7 @@
 //! How an encrypted schema field's ciphertext is written in place of the field
 //! ([`FieldEncoding`]), and read back: the one place the record stage knows these forms.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use base64_simd::STANDARD as B64;
 
 use crate::crypto::wire::{FieldEncoding, JSON_PREFIX};
 use crate::schema::varint;
@@ -51,8 +50,8 @@ pub(super) fn encode_into(encoding: FieldEncoding, ct: &[u8], out: &mut Vec<u8>)
             out.extend_from_slice(JSON_PREFIX.as_bytes());
             let start = out.len();
             out.resize(start + b64_len(ct.len()), 0);
-            B64.encode_slice(ct, &mut out[start..])
-                .expect("the buffer is sized for the base64 of `ct`");
+            let written = B64.encode(ct, base64_simd::Out::from_slice(&mut out[start..]));
+            debug_assert_eq!(written.len(), b64_len(ct.len()));
         }
     }
     if encoding == FieldEncoding::JsonText {
@@ -100,7 +99,14 @@ pub(super) fn decode_into(
             let b = content
                 .strip_prefix(JSON_PREFIX.as_bytes())
                 .ok_or("not a kapsule:v1 string")?;
-            B64.decode_vec(b, out).map_err(|_| "invalid base64")?;
+            let start = out.len();
+            let len = B64.decoded_length(b).map_err(|_| "invalid base64")?;
+            out.resize(start + len, 0);
+            let decoded = B64
+                .decode(b, base64_simd::Out::from_slice(&mut out[start..]))
+                .map_err(|_| "invalid base64")?
+                .len();
+            out.truncate(start + decoded);
         }
     }
     Ok(())

@@ -211,8 +211,10 @@ pub(super) fn seal_record(
         descriptor: &desc_bytes,
         record_id: &p.record_id,
     };
-    // One AAD buffer for every part of the record.
-    let mut aad = Vec::with_capacity(64 + p.topic.len() + desc_bytes.len());
+    // One AAD buffer for every part of the record, allocated at the first part (a record with
+    // encrypted fields and no headers has none).
+    let aad_capacity = 64 + p.topic.len() + desc_bytes.len();
+    let mut aad = Vec::new();
     // The record tag, when a revision 3 stream gave it with the fields.
     let mut stream_tag = None;
     let mut seal_into = |kind: PartKind,
@@ -222,6 +224,7 @@ pub(super) fn seal_record(
                          out: &mut Vec<u8>|
      -> Result<(), SealFail> {
         let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
+        aad.reserve(aad_capacity);
         ctx.part_aad(kind, index, name, &mut aad);
         p.dek.seal_into(&nonce, &aad, pt, out);
         Ok(())

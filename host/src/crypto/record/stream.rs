@@ -53,7 +53,10 @@ fn ascending(
         .enumerate()
         .map(|(i, f)| (i, f.span.clone()))
         .collect();
-    order.sort_unstable_by_key(|(_, span)| span.start);
+    // Schema fields come ascending already; JSON fields in the rule's order.
+    if !order.is_sorted_by_key(|(_, span)| span.start) {
+        order.sort_unstable_by_key(|(_, span)| span.start);
+    }
     let mut end = 0;
     for (_, span) in &order {
         if span.start < end || span.end < span.start || span.end > len {
