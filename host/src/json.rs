@@ -134,19 +134,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans a child value whose path token is `tok`, recording spans of matching targets.
-    fn child(
-        &mut self,
-        active: &[usize],
-        depth: usize,
-        matches: impl Fn(&str) -> bool,
-    ) -> Result<(), JsonError> {
-        // Allocated only when a target matches (most keys match none).
-        let next: Vec<usize> = active
+    /// The active targets that go deeper than `depth`, with their token at `depth`: what a
+    /// child's key or index is matched against (computed once per object or array).
+    fn candidates(&self, active: &[usize], depth: usize) -> Vec<(usize, &'a str)> {
+        let targets: &'a [Vec<String>] = self.targets;
+        active
             .iter()
-            .copied()
-            .filter(|&t| self.targets[t].get(depth).is_some_and(|tok| matches(tok)))
-            .collect();
+            .filter_map(|&t| targets[t].get(depth).map(|tok| (t, tok.as_str())))
+            .collect()
+    }
+
+    /// Scans a child value whose path token matched the targets `next`, recording their spans
+    /// where they end at this child.
+    fn child(&mut self, next: Vec<usize>, depth: usize) -> Result<(), JsonError> {
         if next.is_empty() {
             return self.value(&[], depth + 1);
         }
@@ -176,6 +176,7 @@ impl<'a> Scanner<'a> {
             self.i += 1;
             return Ok(());
         }
+        let candidates = self.candidates(active, depth);
         loop {
             self.ws();
             if self.peek() != Some(b'"') {
@@ -188,11 +189,12 @@ impl<'a> Scanner<'a> {
             }
             self.i += 1;
             self.ws();
-            if active.is_empty() {
-                self.value(&[], depth + 1)?;
-            } else {
-                self.child(active, depth, |tok| same_token(tok, &key))?;
-            }
+            let next = candidates
+                .iter()
+                .filter(|(_, tok)| same_token(tok, &key))
+                .map(|&(t, _)| t)
+                .collect();
+            self.child(next, depth)?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -212,15 +214,21 @@ impl<'a> Scanner<'a> {
             self.i += 1;
             return Ok(());
         }
+        let candidates = self.candidates(active, depth);
         let mut index = 0usize;
         loop {
             self.ws();
-            if active.is_empty() {
-                self.value(&[], depth + 1)?;
+            let next = if candidates.is_empty() {
+                Vec::new()
             } else {
                 let idx = index.to_string();
-                self.child(active, depth, |tok| tok == idx)?;
-            }
+                candidates
+                    .iter()
+                    .filter(|(_, tok)| *tok == idx)
+                    .map(|&(t, _)| t)
+                    .collect()
+            };
+            self.child(next, depth)?;
             index += 1;
             self.ws();
             match self.peek() {

@@ -191,9 +191,10 @@ impl RecordEncryptor {
             } else {
                 None
             };
+            let plaintext_bytes = prep.bytes;
             let sealed = seal_record(
                 rec,
-                &prep,
+                prep,
                 SealParams {
                     topic,
                     dek: &res.dek,
@@ -205,7 +206,7 @@ impl RecordEncryptor {
             )
             .map_err(|f| seal_error(index, f))?;
             stats.records_encrypted += 1;
-            stats.plaintext_bytes += prep.bytes;
+            stats.plaintext_bytes += plaintext_bytes;
             out.push(sealed);
         }
         batch.records = out;

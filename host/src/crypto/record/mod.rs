@@ -378,7 +378,7 @@ pub(crate) mod testing {
         let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
         seal_record(
             rec,
-            &prep,
+            prep,
             SealParams {
                 topic,
                 dek,

@@ -151,10 +151,10 @@ pub(super) struct SealParams<'a> {
     pub fields_scheme: AadScheme,
 }
 
-/// Encrypts `rec` as `prep` says; pure given `p`.
+/// Encrypts `rec` as `prep` says (its field names move into the descriptor); pure given `p`.
 pub(super) fn seal_record(
     rec: &Record,
-    prep: &Prepared,
+    mut prep: Prepared,
     p: SealParams<'_>,
 ) -> Result<Record, SealFail> {
     let kek_id: &str = &p.dek.kek_id;
@@ -184,9 +184,14 @@ pub(super) fn seal_record(
         value: if prep.value_whole {
             ValueEncryption::Whole
         } else if !prep.schema_fields.is_empty() {
-            ValueEncryption::Schema(stored_spans(&prep.schema_fields, field_tag_len)?)
+            ValueEncryption::Schema(stored_spans(&mut prep.schema_fields, field_tag_len)?)
         } else if !prep.fields.is_empty() {
-            ValueEncryption::Json(prep.fields.iter().map(|(n, _)| n.clone()).collect())
+            ValueEncryption::Json(
+                prep.fields
+                    .iter_mut()
+                    .map(|(n, _)| std::mem::take(n))
+                    .collect(),
+            )
         } else {
             ValueEncryption::None
         },
@@ -238,27 +243,33 @@ pub(super) fn seal_record(
         Some(v) if has_fields => {
             // (part index, span, name, stored form), sealed in span order straight into the
             // new value; part indices follow the descriptor's order.
-            let mut parts: Vec<(u32, Range<usize>, &[u8], FieldEncoding)> =
-                if prep.schema_fields.is_empty() {
-                    prep.fields
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (name, span))| {
-                            (
-                                i as u32,
-                                span.clone(),
-                                name.as_bytes(),
-                                FieldEncoding::JsonText,
-                            )
-                        })
-                        .collect()
-                } else {
-                    prep.schema_fields
-                        .iter()
-                        .enumerate()
-                        .map(|(i, f)| (i as u32, f.range.clone(), f.path.as_bytes(), f.encoding))
-                        .collect()
-                };
+            // Names as the descriptor holds them (moved there from `prep`).
+            let mut parts: Vec<(u32, Range<usize>, &[u8], FieldEncoding)> = match &desc.value {
+                ValueEncryption::Json(names) => prep
+                    .fields
+                    .iter()
+                    .zip(names)
+                    .enumerate()
+                    .map(|(i, ((_, span), name))| {
+                        (
+                            i as u32,
+                            span.clone(),
+                            name.as_bytes(),
+                            FieldEncoding::JsonText,
+                        )
+                    })
+                    .collect(),
+                ValueEncryption::Schema(stored) => prep
+                    .schema_fields
+                    .iter()
+                    .zip(stored)
+                    .enumerate()
+                    .map(|(i, (f, part))| {
+                        (i as u32, f.range.clone(), part.path.as_bytes(), f.encoding)
+                    })
+                    .collect(),
+                ValueEncryption::None | ValueEncryption::Whole => Vec::new(),
+            };
             let stored_len = parts.iter().fold(v.len(), |len, (_, span, _, encoding)| {
                 len - span.len() + fields::stored_len(*encoding, span.len() + field_tag_len)
             });
@@ -344,20 +355,21 @@ pub(super) fn seal_record(
 
 /// Where each located field will sit in the stored value once its ciphertext replaces it
 /// (ciphertext lengths are known from plaintext lengths, so the descriptor can carry them).
-/// `tag_len` is the length of a field's own tag (none in revision 3).
+/// `tag_len` is the length of a field's own tag (none in revision 3). The paths move out of
+/// `located`.
 fn stored_spans(
-    located: &[LocatedField],
+    located: &mut [LocatedField],
     tag_len: usize,
 ) -> Result<Vec<SchemaFieldPart>, SealFail> {
     let mut shift: i64 = 0;
     located
-        .iter()
+        .iter_mut()
         .map(|f| {
             let len = fields::stored_len(f.encoding, f.range.len() + tag_len);
             let start = f.range.start as i64 + shift;
             shift += len as i64 - f.range.len() as i64;
             Ok(SchemaFieldPart {
-                path: f.path.clone(),
+                path: std::mem::take(&mut f.path),
                 encoding: f.encoding,
                 start: u32::try_from(start).map_err(|_| SealFail::ValueTooLarge)?,
                 len: u32::try_from(len).map_err(|_| SealFail::ValueTooLarge)?,
