@@ -62,22 +62,32 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
     let t = topic(kafka, "ver-").await;
     let id = topic_id(kafka, &t).await;
 
-    // Plaintext written straight to the broker: only a bypass could hand it to a consumer.
+    // Plaintext written straight to the broker: only a bypass could hand it to a consumer. A
+    // partition the controller just assigned can still answer NOT_LEADER_OR_FOLLOWER (6) for a
+    // moment after Metadata names its leader; retried as Kafka's clients retry it.
     let mut direct = RawConnection::connect(&kafka.bootstrap()).await.unwrap();
     let plain = record_batch(&[(b"k", b"PLAINTEXT-DIRECT")]);
-    direct
-        .send(
-            ApiKey::Produce,
-            3,
-            1,
-            &produce_request(&t, None, 5000, plain),
-        )
-        .await
-        .unwrap();
-    let (_, r) = direct
-        .recv_as::<ProduceResponse>(ApiKey::Produce, 3, WAIT)
-        .await
-        .unwrap();
+    let mut attempts = 0;
+    let r = loop {
+        attempts += 1;
+        direct
+            .send(
+                ApiKey::Produce,
+                3,
+                attempts,
+                &produce_request(&t, None, 5000, plain.clone()),
+            )
+            .await
+            .unwrap();
+        let (_, r) = direct
+            .recv_as::<ProduceResponse>(ApiKey::Produce, 3, WAIT)
+            .await
+            .unwrap();
+        if partition_errors(&r)[0].0 != 6 || attempts == 20 {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
     assert_eq!(partition_errors(&r)[0].0, 0, "direct write failed: {r:?}");
     assert_eq!(end_offset(&kafka.bootstrap(), &t, WAIT).await.unwrap(), 1);
 
