@@ -139,10 +139,16 @@ fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
         proptest::collection::vec(any::<u8>(), 0..64),
         proptest::collection::vec(name, 0..4),
         1u32..5,
-        any::<bool>(),
+        0u8..3,
     )
         .prop_map(
-            |(value, key_encrypted, record_id, nonce_base, kek_id, edek, headers, version, v2)| {
+            |(value, key_encrypted, record_id, nonce_base, kek_id, edek, headers, version, rev)| {
+                // Revision 3 only names a value with encrypted fields (else it does not decode).
+                let aad = match (rev, &value) {
+                    (2, ValueEncryption::Json(_) | ValueEncryption::Schema(_)) => AadScheme::V3,
+                    (1 | 2, _) => AadScheme::V2,
+                    _ => AadScheme::V1,
+                };
                 Descriptor {
                     value,
                     key_encrypted,
@@ -152,7 +158,7 @@ fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
                     kek_id,
                     edek,
                     headers,
-                    aad: if v2 { AadScheme::V2 } else { AadScheme::V1 },
+                    aad,
                 }
             },
         )
