@@ -8,8 +8,6 @@
 use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 
-use std::ops::Range;
-
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 /// GCM nonce length in bytes.
@@ -99,27 +97,30 @@ impl GcmKey {
     }
 
     /// Verifies and decrypts a stream sealed by [`seal_stream`](Self::seal_stream) of which
-    /// only the bytes in `stored` were kept as ciphertext: `stream` holds those ciphertext bytes
-    /// at `stored` and the plaintext everywhere else. On success `stream` holds the whole
-    /// plaintext and `true` is returned; otherwise `stream` is zeroed and `false` returned.
+    /// only `stored_ciphertext` was kept, the ciphertext of the bytes at `stored_at..`: `stream`
+    /// holds the plaintext everywhere else (what it holds in that range is ignored). On success
+    /// `stream` holds the whole plaintext and `true` is returned; otherwise `stream` is zeroed
+    /// and `false` returned.
     ///
     /// GCM authenticates ciphertext, so the discarded ciphertext is first recomputed: one pass
-    /// seals the stream (turning the known plaintext into its ciphertext and the stored
-    /// ciphertext into unverified plaintext, which is then overwritten with the stored bytes
-    /// again), a second opens it against `tag`. Nothing unverified leaves this function.
+    /// seals the stream (turning the known plaintext into its ciphertext; the range becomes
+    /// garbage and is then filled with the stored ciphertext), a second opens it against `tag`.
+    /// Nothing unverified leaves this function.
     pub fn open_partly_stored(
         &self,
         nonce: &[u8; NONCE_LEN],
         stream: &mut [u8],
-        stored: Range<usize>,
+        stored_at: usize,
+        stored_ciphertext: &[u8],
         tag: &[u8; TAG_LEN],
     ) -> bool {
-        let Some(stored_ciphertext) = stream.get(stored.clone()).map(<[u8]>::to_vec) else {
+        let stored = stored_at..stored_at.saturating_add(stored_ciphertext.len());
+        if stored.end > stream.len() {
             stream.fill(0);
             return false;
-        };
+        }
         self.seal_in_place(nonce, b"", stream);
-        stream[stored].copy_from_slice(&stored_ciphertext);
+        stream[stored].copy_from_slice(stored_ciphertext);
         self.key
             .open_in_place_separate_tag(
                 Nonce::assume_unique_for_key(*nonce),
@@ -222,9 +223,9 @@ mod tests {
         assert_eq!(gcm.tag(&nonce, b"", &[1u8; 100]), long);
     }
 
-    /// A stream of which only a middle range is kept opens back to its plaintext with the
-    /// seal's tag, and fails (leaving zeros) when any byte, inside or outside that range, or
-    /// the tag differs.
+    /// A stream of which only a range's ciphertext is kept opens back to its plaintext with the
+    /// seal's tag, and fails (leaving zeros) when a byte of that ciphertext or of the plaintext
+    /// around it, or the tag, differs, or the range does not fit the stream.
     #[test]
     fn a_partly_stored_stream_opens_only_when_every_byte_is_as_sealed() {
         let gcm = GcmKey::new(&[4u8; 32]);
@@ -233,29 +234,49 @@ mod tests {
             let plaintext: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
             let mut sealed = plaintext.clone();
             let tag = gcm.seal_stream(&nonce, &mut sealed);
-            let stored = |plaintext: &[u8]| {
-                let mut s = plaintext.to_vec();
-                s[kept.clone()].copy_from_slice(&sealed[kept.clone()]);
+            let kept_ciphertext = &sealed[kept.clone()];
+            // The stream as a reader rebuilds it: plaintext around the kept range, junk in it.
+            let rebuilt = || {
+                let mut s = plaintext.clone();
+                s[kept.clone()].fill(0xA5);
                 s
             };
-            let mut stream = stored(&plaintext);
-            assert!(gcm.open_partly_stored(&nonce, &mut stream, kept.clone(), &tag));
+            let mut stream = rebuilt();
+            assert!(gcm.open_partly_stored(&nonce, &mut stream, kept.start, kept_ciphertext, &tag));
             assert_eq!(stream, plaintext, "len {len}");
             for at in [0, len / 2, len.saturating_sub(1)] {
                 if len == 0 {
                     break;
                 }
-                let mut stream = stored(&plaintext);
-                stream[at] ^= 1;
-                assert!(!gcm.open_partly_stored(&nonce, &mut stream, kept.clone(), &tag));
+                // A byte of the kept ciphertext, or of the plaintext around it, altered.
+                let mut stream = rebuilt();
+                let mut ciphertext = kept_ciphertext.to_vec();
+                if kept.contains(&at) {
+                    ciphertext[at - kept.start] ^= 1;
+                } else {
+                    stream[at] ^= 1;
+                }
+                assert!(!gcm.open_partly_stored(
+                    &nonce,
+                    &mut stream,
+                    kept.start,
+                    &ciphertext,
+                    &tag
+                ));
                 assert!(stream.iter().all(|&b| b == 0), "len {len}: not zeroed");
             }
             let mut bad_tag = tag;
             bad_tag[0] ^= 1;
-            let mut stream = stored(&plaintext);
-            assert!(!gcm.open_partly_stored(&nonce, &mut stream, kept.clone(), &bad_tag));
+            let mut stream = rebuilt();
+            assert!(!gcm.open_partly_stored(
+                &nonce,
+                &mut stream,
+                kept.start,
+                kept_ciphertext,
+                &bad_tag
+            ));
         }
         let mut short = vec![0u8; 4];
-        assert!(!gcm.open_partly_stored(&nonce, &mut short, 2..9, &[0; 16]));
+        assert!(!gcm.open_partly_stored(&nonce, &mut short, 2, &[0; 7], &[0; 16]));
     }
 }

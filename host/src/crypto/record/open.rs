@@ -396,6 +396,12 @@ struct LocatedPart<'d> {
     stream: StreamField,
 }
 
+impl AsRef<StreamField> for LocatedPart<'_> {
+    fn as_ref(&self) -> &StreamField {
+        &self.stream
+    }
+}
+
 impl LocatedPart<'_> {
     /// The field as error messages name it.
     fn what(&self) -> String {
@@ -470,8 +476,7 @@ fn open_stream_fields<'d>(
         value.ok_or_else(|| OpenFail::Integrity("encrypted value was replaced by null".into()))?;
     let located = locate_fields(desc, value)
         .map_err(|e| OpenFail::Integrity(format!("value altered: {e}")))?;
-    let fields: Vec<StreamField> = located.iter().map(|f| f.stream.clone()).collect();
-    let opened = stream::open_fields(dek, nonce, ctx, value, &fields, tag)
+    let opened = stream::open_fields(dek, nonce, ctx, value, &located, tag)
         .map_err(|e| OpenFail::Integrity(e.to_string()))?;
     Ok((located, opened))
 }

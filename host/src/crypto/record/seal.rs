@@ -209,6 +209,10 @@ pub(super) fn seal_record(
         aad: scheme,
     };
     let desc_bytes = desc.encode()?;
+    // Header parts follow the value parts; the record tag (revision 3: the fields' stream)
+    // follows them.
+    let base = desc.value_parts();
+    let tag_index = base + prep.headers.len() as u32;
     let ctx = RecordContext {
         scheme: desc.aad,
         topic: p.topic,
@@ -229,6 +233,7 @@ pub(super) fn seal_record(
                          out: &mut Vec<u8>|
      -> Result<(), SealFail> {
         let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
+        aad.clear();
         aad.reserve(aad_capacity);
         ctx.part_aad(kind, index, name, &mut aad);
         p.dek.seal_into(&nonce, &aad, pt, out);
@@ -241,58 +246,53 @@ pub(super) fn seal_record(
             Some(Bytes::from(out))
         }
         Some(v) if has_fields => {
-            // (part index, span, name, stored form), sealed in span order straight into the
-            // new value; part indices follow the descriptor's order.
-            // Names as the descriptor holds them (moved there from `prep`).
-            let mut parts: Vec<(u32, Range<usize>, &[u8], FieldEncoding)> = match &desc.value {
+            // Names as the descriptor holds them (moved there from `prep`), in descriptor order.
+            let parts: Vec<SealPart<'_>> = match &desc.value {
                 ValueEncryption::Json(names) => prep
                     .fields
                     .iter()
                     .zip(names)
-                    .enumerate()
-                    .map(|(i, ((_, span), name))| {
-                        (
-                            i as u32,
-                            span.clone(),
-                            name.as_bytes(),
-                            FieldEncoding::JsonText,
-                        )
+                    .map(|((_, span), name)| SealPart {
+                        name: name.as_bytes(),
+                        field: StreamField {
+                            span: span.clone(),
+                            encoding: FieldEncoding::JsonText,
+                        },
                     })
                     .collect(),
                 ValueEncryption::Schema(stored) => prep
                     .schema_fields
                     .iter()
                     .zip(stored)
-                    .enumerate()
-                    .map(|(i, (f, part))| {
-                        (i as u32, f.range.clone(), part.path.as_bytes(), f.encoding)
+                    .map(|(f, part)| SealPart {
+                        name: part.path.as_bytes(),
+                        field: StreamField {
+                            span: f.range.clone(),
+                            encoding: f.encoding,
+                        },
                     })
                     .collect(),
                 ValueEncryption::None | ValueEncryption::Whole => Vec::new(),
             };
-            let stored_len = parts.iter().fold(v.len(), |len, (_, span, _, encoding)| {
-                len - span.len() + fields::stored_len(*encoding, span.len() + field_tag_len)
+            let stored_len = parts.iter().fold(v.len(), |len, part| {
+                let f = &part.field;
+                len - f.span.len() + fields::stored_len(f.encoding, f.span.len() + field_tag_len)
             });
             if scheme == AadScheme::V3 {
-                // Fields and record tag in one stream, at the nonce after the header parts.
-                let fields: Vec<StreamField> = parts
-                    .iter()
-                    .map(|(_, span, _, encoding)| StreamField {
-                        span: span.clone(),
-                        encoding: *encoding,
-                    })
-                    .collect();
-                let nonce = nonce_at(&p.nonce_base, prep.headers.len() as u32)
-                    .ok_or(SealFail::NonceOverflow)?;
+                // Fields and record tag in one stream, at the record tag's nonce.
+                let nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
                 let (stored, tag) =
-                    stream::seal_fields(p.dek, &nonce, &ctx, v, &fields, stored_len)?;
+                    stream::seal_fields(p.dek, &nonce, &ctx, v, &parts, stored_len)?;
                 stream_tag = Some(tag);
                 Some(Bytes::from(stored))
             } else {
-                parts.sort_unstable_by_key(|(_, span, _, _)| span.start);
+                // One part per field (part index = descriptor index), sealed in span order
+                // straight into the new value.
+                let mut order: Vec<usize> = (0..parts.len()).collect();
+                order.sort_unstable_by_key(|&i| parts[i].field.span.start);
                 let mut out = Vec::with_capacity(stored_len);
                 let mut ct = Vec::with_capacity(
-                    parts.iter().map(|p| p.1.len()).max().unwrap_or(0) + TAG_LEN,
+                    parts.iter().map(|p| p.field.span.len()).max().unwrap_or(0) + TAG_LEN,
                 );
                 let kind = if prep.schema_fields.is_empty() {
                     PartKind::JsonField
@@ -300,11 +300,13 @@ pub(super) fn seal_record(
                     PartKind::SchemaField
                 };
                 let mut pos = 0;
-                for (index, span, name, encoding) in parts {
+                for index in order {
+                    let part = &parts[index];
+                    let span = part.field.span.clone();
                     out.extend_from_slice(&v[pos..span.start]);
                     ct.clear();
-                    seal_into(kind, index, name, &v[span.clone()], &mut ct)?;
-                    fields::encode_into(encoding, &ct, &mut out);
+                    seal_into(kind, index as u32, part.name, &v[span.clone()], &mut ct)?;
+                    fields::encode_into(part.field.encoding, &ct, &mut out);
                     pos = span.end;
                 }
                 out.extend_from_slice(&v[pos..]);
@@ -313,7 +315,6 @@ pub(super) fn seal_record(
         }
         other => other.clone(),
     };
-    let base = desc.value_parts();
     // Room for the descriptor header pushed below.
     let mut headers = Vec::with_capacity(rec.headers.len() + 1);
     headers.extend(rec.headers.iter().cloned());
@@ -327,7 +328,6 @@ pub(super) fn seal_record(
     let tag = match stream_tag {
         Some(tag) => tag,
         None => {
-            let tag_index = base + prep.headers.len() as u32;
             let tag_nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
             record_tag(
                 p.dek,
@@ -351,6 +351,19 @@ pub(super) fn seal_record(
         value: new_value,
         headers,
     })
+}
+
+/// One encrypted field of the value being sealed, in descriptor order.
+struct SealPart<'n> {
+    /// The JSON pointer or schema field path (bound in the part's AAD before revision 3).
+    name: &'n [u8],
+    field: StreamField,
+}
+
+impl AsRef<StreamField> for SealPart<'_> {
+    fn as_ref(&self) -> &StreamField {
+        &self.field
+    }
 }
 
 /// Where each located field will sit in the stored value once its ciphertext replaces it

@@ -25,6 +25,13 @@ pub(super) struct StreamField {
     pub(super) encoding: FieldEncoding,
 }
 
+/// The stream functions take the callers' own per-field records, which carry a [`StreamField`].
+impl AsRef<StreamField> for StreamField {
+    fn as_ref(&self) -> &StreamField {
+        self
+    }
+}
+
 /// Why a value's fields cannot be sealed or opened as a stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(super) enum StreamError {
@@ -44,14 +51,14 @@ pub(super) enum StreamError {
 
 /// The fields' spans in ascending order, as (descriptor index, span); `Err` when two overlap or
 /// one lies outside a value of `len` bytes.
-fn ascending(
-    fields: &[StreamField],
+fn ascending<F: AsRef<StreamField>>(
+    fields: &[F],
     len: usize,
 ) -> Result<Vec<(usize, Range<usize>)>, StreamError> {
     let mut order: Vec<(usize, Range<usize>)> = fields
         .iter()
         .enumerate()
-        .map(|(i, f)| (i, f.span.clone()))
+        .map(|(i, f)| (i, f.as_ref().span.clone()))
         .collect();
     // Schema fields come ascending already; JSON fields in the rule's order.
     if !order.is_sorted_by_key(|(_, span)| span.start) {
@@ -67,6 +74,15 @@ fn ascending(
     Ok(order)
 }
 
+/// Room for the whole stream of a value of `value_len` bytes with `fields` fields.
+fn stream_capacity(ctx: &RecordContext<'_>, fields: usize, value_len: usize) -> usize {
+    128 + ctx.topic.len()
+        + ctx.wire_key.map_or(0, <[u8]>::len)
+        + ctx.descriptor.len()
+        + 4 * fields
+        + value_len
+}
+
 /// Appends `value` without the bytes at `ascending` spans to `out`.
 fn push_outside(value: &[u8], ascending: &[(usize, Range<usize>)], out: &mut Vec<u8>) {
     let mut pos = 0;
@@ -80,23 +96,22 @@ fn push_outside(value: &[u8], ascending: &[(usize, Range<usize>)], out: &mut Vec
 /// Seals the `fields` of the plaintext `value` with the record tag at `nonce`; returns the
 /// stored value (each field replaced by its ciphertext in its encoding) and the record tag.
 /// `stored_len` is the stored value's length (for its allocation).
-pub(super) fn seal_fields(
+pub(super) fn seal_fields<F: AsRef<StreamField>>(
     dek: &Dek,
     nonce: &[u8; NONCE_LEN],
     ctx: &RecordContext<'_>,
     value: &[u8],
-    fields: &[StreamField],
+    fields: &[F],
     stored_len: usize,
 ) -> Result<(Vec<u8>, [u8; TAG_LEN]), StreamError> {
     let ascending = ascending(fields, value.len())?;
-    let mut stream =
-        Vec::with_capacity(128 + ctx.descriptor.len() + 4 * fields.len() + value.len());
-    ctx.value_stream_prefix(fields.iter().map(|f| f.span.len()), &mut stream);
+    let mut stream = Vec::with_capacity(stream_capacity(ctx, fields.len(), value.len()));
+    ctx.value_stream_prefix(fields.iter().map(|f| f.as_ref().span.len()), &mut stream);
     // Where each field's bytes start in the stream, by descriptor index.
     let mut at = Vec::with_capacity(fields.len());
     for f in fields {
         at.push(stream.len());
-        stream.extend_from_slice(&value[f.span.clone()]);
+        stream.extend_from_slice(&value[f.as_ref().span.clone()]);
     }
     push_outside(value, &ascending, &mut stream);
     let tag = dek.seal_stream(nonce, &mut stream);
@@ -105,7 +120,7 @@ pub(super) fn seal_fields(
     for (index, span) in &ascending {
         out.extend_from_slice(&value[pos..span.start]);
         let ciphertext = &stream[at[*index]..at[*index] + span.len()];
-        fields::encode_into(fields[*index].encoding, ciphertext, &mut out);
+        fields::encode_into(fields[*index].as_ref().encoding, ciphertext, &mut out);
         pos = span.end;
     }
     out.extend_from_slice(&value[pos..]);
@@ -134,31 +149,31 @@ impl Drop for OpenedFields {
 
 /// Verifies the record tag of the stored `value` whose encrypted `fields` lie at their stored
 /// spans, and returns the fields' plaintexts. Nothing unverified is returned.
-pub(super) fn open_fields(
+pub(super) fn open_fields<F: AsRef<StreamField>>(
     dek: &Dek,
     nonce: &[u8; NONCE_LEN],
     ctx: &RecordContext<'_>,
     value: &[u8],
-    fields: &[StreamField],
+    fields: &[F],
     tag: &[u8; TAG_LEN],
 ) -> Result<OpenedFields, StreamError> {
     let ascending = ascending(fields, value.len())?;
     let mut ciphertexts = Vec::with_capacity(value.len());
     let mut lens = Vec::with_capacity(fields.len());
     for (index, f) in fields.iter().enumerate() {
+        let f = f.as_ref();
         let before = ciphertexts.len();
         fields::decode_into(f.encoding, &value[f.span.clone()], &mut ciphertexts)
             .map_err(|reason| StreamError::BadField { index, reason })?;
         lens.push(ciphertexts.len() - before);
     }
-    let mut stream =
-        Vec::with_capacity(128 + ctx.descriptor.len() + 4 * fields.len() + value.len());
+    let mut stream = Vec::with_capacity(stream_capacity(ctx, fields.len(), value.len()));
     ctx.value_stream_prefix(lens.iter().copied(), &mut stream);
+    // The fields' range holds their ciphertext once opened: reserve it here.
     let fields_at = stream.len();
-    stream.extend_from_slice(&ciphertexts);
-    let fields_end = stream.len();
+    stream.resize(fields_at + ciphertexts.len(), 0);
     push_outside(value, &ascending, &mut stream);
-    if !dek.open_partly_stored(nonce, &mut stream, fields_at..fields_end, tag) {
+    if !dek.open_partly_stored(nonce, &mut stream, fields_at, &ciphertexts, tag) {
         return Err(StreamError::Integrity);
     }
     let mut ranges = Vec::with_capacity(lens.len());
