@@ -97,6 +97,15 @@ fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
+/// The targets among `candidates` (target, token at this depth) whose token is `token`.
+fn matching(candidates: &[(usize, &str)], token: &str) -> Vec<usize> {
+    candidates
+        .iter()
+        .filter(|(_, tok)| same_token(tok, token))
+        .map(|&(t, _)| t)
+        .collect()
+}
+
 impl<'a> Scanner<'a> {
     fn err(&self, what: &str) -> JsonError {
         JsonError::Invalid(format!("{what} at byte {}", self.i))
@@ -189,12 +198,7 @@ impl<'a> Scanner<'a> {
             }
             self.i += 1;
             self.ws();
-            let next = candidates
-                .iter()
-                .filter(|(_, tok)| same_token(tok, &key))
-                .map(|&(t, _)| t)
-                .collect();
-            self.child(next, depth)?;
+            self.child(matching(&candidates, &key), depth)?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -221,12 +225,7 @@ impl<'a> Scanner<'a> {
             let next = if candidates.is_empty() {
                 Vec::new()
             } else {
-                let idx = index.to_string();
-                candidates
-                    .iter()
-                    .filter(|(_, tok)| *tok == idx)
-                    .map(|&(t, _)| t)
-                    .collect()
+                matching(&candidates, &index.to_string())
             };
             self.child(next, depth)?;
             index += 1;
