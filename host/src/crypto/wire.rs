@@ -44,7 +44,7 @@ const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE
     | FLAG_AAD_V3;
 
 /// How a record's parts and its record tag bind their context (docs/wire-format.md, "Associated
-/// data"). Both revisions bind the same things; they differ in cost.
+/// data"). The three revisions bind the same things; they differ in cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AadScheme {
     /// Revision 1: every part's AAD holds the whole descriptor, and the record tag is the GCM tag
