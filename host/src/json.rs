@@ -54,12 +54,14 @@ pub fn parse_pointer(p: &str) -> Result<Vec<String>, JsonError> {
 
 struct Scanner<'a> {
     b: &'a [u8],
-    /// `b`, validated as UTF-8 once (strings are sliced from it without validating again).
-    text: &'a str,
     i: usize,
     targets: &'a [Vec<String>],
     names: &'a [String],
     found: Vec<Option<Range<usize>>>,
+    /// The active target sets of the values being scanned, as one stack: a value's set is a
+    /// range of it (no allocation per object key or array element). Each entry is a target and
+    /// its token at the depth of the value whose set it is in.
+    active: Vec<(usize, &'a [u8])>,
 }
 
 /// Finds the span of each target (parsed pointer) in `doc`; `None` where a pointer matches
@@ -70,19 +72,25 @@ pub fn find_spans(
     targets: &[Vec<String>],
     names: &[String],
 ) -> Result<Vec<Option<Range<usize>>>, JsonError> {
-    let text =
-        std::str::from_utf8(doc).map_err(|e| JsonError::Invalid(format!("not UTF-8 ({e})")))?;
+    // Room for the targets at the top and, without growing, for them again at each of a few
+    // levels below.
+    let mut active = Vec::with_capacity(targets.len() * 4);
+    active.extend(
+        targets
+            .iter()
+            .enumerate()
+            .map(|(t, path)| (t, path.first().map_or(&b""[..], |token| token.as_bytes()))),
+    );
     let mut s = Scanner {
         b: doc,
-        text,
         i: 0,
         targets,
         names,
         found: vec![None; targets.len()],
+        active,
     };
-    let all: Vec<usize> = (0..targets.len()).collect();
     s.ws();
-    s.value(&all, 0)?;
+    s.value(0..targets.len(), 0)?;
     s.ws();
     if s.i != s.b.len() {
         return Err(s.err("trailing characters after the JSON value"));
@@ -90,20 +98,81 @@ pub fn find_spans(
     Ok(s.found)
 }
 
-/// `a == b` for the short strings object keys usually are: an inlined loop instead of a call to
-/// `memcmp` (keys of equal length, like `field0`..`field9`, reach the byte comparison every time).
+/// `a == b` for the short strings object keys usually are: lengths, then last bytes (where keys
+/// like `field0`..`field9` differ), then an inlined byte loop instead of a call to `memcmp`.
 #[inline]
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.last() == b.last() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-/// The targets among `candidates` (target, token at this depth) whose token is `token`.
-fn matching(candidates: &[(usize, &str)], token: &str) -> Vec<usize> {
-    candidates
+/// `index` in decimal, as an RFC 6901 array token is written, in `buf`.
+fn index_token(index: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = index;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Whether `c` ends a run of plain ASCII string characters: a quote, a backslash, a control
+/// character (below 0x20) or a non-ASCII byte.
+#[inline]
+fn ends_plain_run(c: u8) -> bool {
+    c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c)
+}
+
+/// The length of the run of plain ASCII string characters that `b` starts with (up to the first
+/// byte that [`ends_plain_run`]): sixteen bytes at a time with SSE2, which every x86-64 has.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[allow(unsafe_code)]
+fn plain_ascii_run(b: &[u8]) -> usize {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    let stops = |chunk: &[u8]| -> u32 {
+        assert!(chunk.len() >= 16);
+        // SAFETY: SSE2 is part of the x86-64 baseline, and the unaligned load reads the first 16
+        // bytes of `chunk`.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            let below_space = _mm_set1_epi8(0x1f);
+            let control = _mm_cmpeq_epi8(_mm_max_epu8(v, below_space), below_space);
+            // The high bit of each byte: set for non-ASCII, and for every comparison that held.
+            _mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(quote, backslash),
+                _mm_or_si128(control, v),
+            )) as u32
+        }
+    };
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 16) {
+        let found = stops(chunk);
+        if found != 0 {
+            return i + found.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    i + b[i..]
         .iter()
-        .filter(|(_, tok)| same_token(tok, token))
-        .map(|&(t, _)| t)
-        .collect()
+        .position(|&c| ends_plain_run(c))
+        .unwrap_or(b.len() - i)
+}
+
+/// The length of the run of plain ASCII string characters that `b` starts with (up to the first
+/// byte that [`ends_plain_run`]).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn plain_ascii_run(b: &[u8]) -> usize {
+    b.iter().position(|&c| ends_plain_run(c)).unwrap_or(b.len())
 }
 
 impl<'a> Scanner<'a> {
@@ -125,8 +194,9 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
-    /// Scans one value; `active` are targets whose first `depth` tokens match the current path.
-    fn value(&mut self, active: &[usize], depth: usize) -> Result<(), JsonError> {
+    /// Scans one value; `active` (a range of `self.active`) are the targets whose first `depth`
+    /// tokens match the current path, each with more than `depth` tokens.
+    fn value(&mut self, active: Range<usize>, depth: usize) -> Result<(), JsonError> {
         if depth > MAX_DEPTH {
             return Err(self.err("nesting deeper than 128 levels"));
         }
@@ -143,49 +213,54 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// The active targets that go deeper than `depth`, with their token at `depth`: what a
-    /// child's key or index is matched against (computed once per object or array).
-    fn candidates(&self, active: &[usize], depth: usize) -> Vec<(usize, &'a str)> {
+    /// Scans the child of an object or array whose key or index is `token`, at `depth` of the
+    /// path: the `active` targets whose token at `depth` it is go on with it, and those that end
+    /// there have their spans recorded (their value is then scanned with no target inside).
+    fn child(&mut self, active: Range<usize>, token: &[u8], depth: usize) -> Result<(), JsonError> {
+        let base = self.active.len();
+        let mut hit = false;
         let targets: &'a [Vec<String>] = self.targets;
-        active
-            .iter()
-            .filter_map(|&t| targets[t].get(depth).map(|tok| (t, tok.as_str())))
-            .collect()
+        for k in active {
+            let (t, target_token) = self.active[k];
+            if same_token(target_token, token) {
+                let next_token = targets[t].get(depth + 1);
+                hit |= next_token.is_none();
+                self.active
+                    .push((t, next_token.map_or(&b""[..], |next| next.as_bytes())));
+            }
+        }
+        let matched = base..self.active.len();
+        let result = if hit {
+            self.scan_hit(matched, depth)
+        } else {
+            self.value(matched, depth + 1)
+        };
+        self.active.truncate(base);
+        result
     }
 
-    /// Scans a child value whose path token matched the targets `next`, recording their spans
-    /// where they end at this child.
-    fn child(&mut self, next: Vec<usize>, depth: usize) -> Result<(), JsonError> {
-        if next.is_empty() {
-            return self.value(&[], depth + 1);
-        }
+    /// Scans a child that some of the `matched` targets end at (its value is scanned with no
+    /// target inside: the outer span covers the deeper ones) and records their spans.
+    fn scan_hit(&mut self, matched: Range<usize>, depth: usize) -> Result<(), JsonError> {
         let start = self.i;
-        let hit: Vec<usize> = next
-            .iter()
-            .copied()
-            .filter(|&t| self.targets[t].len() == depth + 1)
-            .collect();
-        if hit.is_empty() {
-            return self.value(&next, depth + 1);
-        }
-        self.value(&[], depth + 1)?;
-        for t in hit {
-            if self.found[t].is_some() {
+        self.value(matched.end..matched.end, depth + 1)?;
+        for k in matched {
+            let (t, _) = self.active[k];
+            if self.targets[t].len() == depth + 1 && self.found[t].replace(start..self.i).is_some()
+            {
                 return Err(JsonError::Duplicate(self.names[t].clone()));
             }
-            self.found[t] = Some(start..self.i);
         }
         Ok(())
     }
 
-    fn object(&mut self, active: &[usize], depth: usize) -> Result<(), JsonError> {
+    fn object(&mut self, active: Range<usize>, depth: usize) -> Result<(), JsonError> {
         self.i += 1;
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
         }
-        let candidates = self.candidates(active, depth);
         loop {
             self.ws();
             if self.peek() != Some(b'"') {
@@ -198,7 +273,11 @@ impl<'a> Scanner<'a> {
             }
             self.i += 1;
             self.ws();
-            self.child(matching(&candidates, &key), depth)?;
+            if active.is_empty() {
+                self.value(active.clone(), depth + 1)?;
+            } else {
+                self.child(active.clone(), &key, depth)?;
+            }
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -211,23 +290,22 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn array(&mut self, active: &[usize], depth: usize) -> Result<(), JsonError> {
+    fn array(&mut self, active: Range<usize>, depth: usize) -> Result<(), JsonError> {
         self.i += 1;
         self.ws();
         if self.peek() == Some(b']') {
             self.i += 1;
             return Ok(());
         }
-        let candidates = self.candidates(active, depth);
         let mut index = 0usize;
+        let mut digits = [0u8; 20];
         loop {
             self.ws();
-            let next = if candidates.is_empty() {
-                Vec::new()
+            if active.is_empty() {
+                self.value(active.clone(), depth + 1)?;
             } else {
-                matching(&candidates, &index.to_string())
-            };
-            self.child(next, depth)?;
+                self.child(active.clone(), index_token(index, &mut digits), depth)?;
+            }
             index += 1;
             self.ws();
             match self.peek() {
@@ -241,27 +319,21 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans a string starting at the opening quote; returns its decoded content.
-    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+    /// Scans a string starting at the opening quote; returns its decoded content. Its UTF-8 is
+    /// validated here (bytes outside strings can only be ASCII grammar, so this validates the
+    /// document's UTF-8).
+    fn string(&mut self) -> Result<Cow<'a, [u8]>, JsonError> {
         let b: &'a [u8] = self.b;
         let start = self.i;
         self.i += 1;
         let mut escaped = false;
+        let mut non_ascii = false;
         loop {
-            // Runs of plain characters are skipped in bulk: the next quote or backslash, and
-            // no control character before it.
-            let rest = &b[self.i..];
-            let run = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-            if rest[..run].iter().fold(false, |any, &c| any | (c < 0x20)) {
-                self.i += rest[..run].iter().position(|&c| c < 0x20).unwrap_or(0);
-                return Err(self.err("control character in string"));
-            }
-            self.i += run;
+            self.i += plain_ascii_run(&b[self.i..]);
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => break,
-                _ => {
-                    // A backslash.
+                Some(b'\\') => {
                     escaped = true;
                     self.i += 1;
                     match self.peek() {
@@ -276,16 +348,31 @@ impl<'a> Scanner<'a> {
                         _ => return Err(self.err("bad escape")),
                     }
                 }
+                Some(c) if c < 0x20 => return Err(self.err("control character in string")),
+                Some(_) => {
+                    // Non-ASCII: validated with the whole string below.
+                    non_ascii = true;
+                    while self.peek().is_some_and(|c| c >= 0x80) {
+                        self.i += 1;
+                    }
+                }
             }
         }
         self.i += 1;
+        let content = &b[start + 1..self.i - 1];
+        if non_ascii {
+            if let Err(e) = std::str::from_utf8(content) {
+                return Err(JsonError::Invalid(format!(
+                    "string at byte {start} is not UTF-8 ({e})"
+                )));
+            }
+        }
         if escaped {
             serde_json::from_slice::<String>(&b[start..self.i])
-                .map(Cow::Owned)
+                .map(|decoded| Cow::Owned(decoded.into_bytes()))
                 .map_err(|e| JsonError::Invalid(format!("bad string at byte {start}: {e}")))
         } else {
-            // Quotes are ASCII, so both ends are character boundaries of the validated text.
-            Ok(Cow::Borrowed(&self.text[start + 1..self.i - 1]))
+            Ok(Cow::Borrowed(content))
         }
     }
 
@@ -375,6 +462,74 @@ mod tests {
         let r = spans(doc, &["/a", "/a/b"]).unwrap();
         assert_eq!(r[0].as_deref(), Some(r#"{"b": [1, {"c": "x"}, 3.5e-2]}"#));
         assert_eq!(r[1], None);
+    }
+
+    /// The scanner accepts exactly the documents serde_json accepts, whatever byte sits at
+    /// whatever offset of a key or value string (the SIMD run scan's chunk edges included), and
+    /// finds the value's span.
+    #[test]
+    fn string_scanning_agrees_with_serde_json_at_every_offset() {
+        let specials: [&[u8]; 14] = [
+            b"\0",
+            b"\x1f",
+            b"\t",
+            b" ",
+            b"\"",
+            b"\\\\",
+            b"\\u00e9",
+            b"\\ud800",
+            b"\x7f",
+            b"\x80",
+            b"\xc3\xa9",
+            b"\xe2\x82",
+            b"\xf0\x9f\x98\x80",
+            b"\xff",
+        ];
+        let names = vec!["/k".to_owned()];
+        let targets = vec![parse_pointer("/k").unwrap()];
+        for len in 0..40 {
+            for at in 0..=len {
+                for special in specials {
+                    let mut text = vec![b'a'; len];
+                    text.splice(at..at, special.iter().copied());
+                    for in_key in [false, true] {
+                        let mut doc = b"{\"k\": 1, \"".to_vec();
+                        doc.extend_from_slice(if in_key { &text } else { b"x" });
+                        doc.extend_from_slice(b"\": \"");
+                        doc.extend_from_slice(if in_key { b"x" } else { &text });
+                        doc.extend_from_slice(b"\"}");
+                        let expected = serde_json::from_slice::<serde_json::Value>(&doc).is_ok();
+                        let found = find_spans(&doc, &targets, &names);
+                        assert_eq!(
+                            found.is_ok(),
+                            expected,
+                            "{:?}: {found:?}",
+                            String::from_utf8_lossy(&doc)
+                        );
+                        if let Ok(found) = found {
+                            assert_eq!(found, vec![Some(6..7)]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes that are not ASCII are refused outside strings, and keys are matched after their
+    /// escapes are decoded, also when they are not ASCII.
+    #[test]
+    fn non_ascii_outside_strings_is_refused_and_escaped_keys_match() {
+        assert!(spans("{\"a\": 1}\u{e9}", &["/a"]).is_err());
+        assert!(find_spans(b"{\"a\":\xc3\xa9}", &[vec!["a".into()]], &["/a".into()]).is_err());
+        let doc = r#"{"caf\u00e9": "x", "b": ["p", {"é": "y"}]}"#;
+        assert_eq!(
+            spans(doc, &["/café", "/b/1/é", "/b/0"]).unwrap(),
+            vec![
+                Some("\"x\"".into()),
+                Some("\"y\"".into()),
+                Some("\"p\"".into())
+            ]
+        );
     }
 
     #[test]
