@@ -239,14 +239,24 @@ impl Descriptor {
                 "JSON and schema modes need at least one field",
             ));
         }
+        // Exactly the encoded size plus the record tag the writer appends, so the header value
+        // becomes `Bytes` without another allocation.
+        let pointers: usize = match &self.value {
+            ValueEncryption::Json(p) => p.iter().map(|p| 2 + p.len()).sum(),
+            ValueEncryption::Schema(f) => f.iter().map(|f| 2 + f.path.len() + 9).sum(),
+            _ => 0,
+        };
         let mut out = Vec::with_capacity(
-            64 + kek.len()
+            2 + 16
+                + NONCE_LEN
+                + 4
+                + 1
+                + kek.len()
+                + 2
                 + self.edek.len()
-                + match &self.value {
-                    ValueEncryption::Json(p) => p.iter().map(|p| 2 + p.len()).sum(),
-                    ValueEncryption::Schema(f) => f.iter().map(|f| 11 + f.path.len()).sum(),
-                    _ => 0,
-                }
+                + 2
+                + pointers
+                + 2
                 + self.headers.iter().map(|h| 2 + h.len()).sum::<usize>()
                 + RECORD_TAG_LEN,
         );

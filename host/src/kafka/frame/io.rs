@@ -7,6 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::body::FrameBody;
 use super::pool;
 
 /// Default maximum frame size, as Kafka's `socket.request.max.bytes` (100 MiB).
@@ -217,6 +218,38 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.write_all(&body[head..]).await
     }
 
+    /// [`FrameWriter::write_frame`] for a body in pieces ([`FrameBody`]): the pieces are
+    /// written in order, in vectored writes where the stream supports them, never joined.
+    pub async fn write_body(&mut self, body: &FrameBody) -> std::io::Result<()> {
+        self.write_parts(body.parts()).await
+    }
+
+    /// [`FrameWriter::write_body`] for a body given as its pieces.
+    pub async fn write_parts(&mut self, parts: &[Bytes]) -> std::io::Result<()> {
+        if let [one] = parts {
+            return self.write_frame(one).await;
+        }
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let prefix = (len as i32).to_be_bytes();
+        if len <= Self::COALESCE || !self.inner.is_write_vectored() {
+            if self.buf.len() + 4 + len > 2 * Self::COALESCE {
+                self.write_buffered().await?;
+            }
+            self.buf.extend_from_slice(&prefix);
+            for p in parts {
+                if self.buf.len() + p.len() > 2 * Self::COALESCE {
+                    self.write_buffered().await?;
+                    self.inner.write_all(p).await?;
+                } else {
+                    self.buf.extend_from_slice(p);
+                }
+            }
+            return Ok(());
+        }
+        self.write_buffered().await?;
+        write_all_vectored(&mut self.inner, &prefix, parts).await
+    }
+
     /// Writes what is buffered and flushes the stream.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.write_buffered().await?;
@@ -256,6 +289,42 @@ async fn write_two<W: AsyncWrite + Unpin>(
         }
     }
     w.write_all(b).await
+}
+
+/// Writes `prefix` then every piece of `parts`, in vectored writes until all are out.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    prefix: &[u8],
+    parts: &[Bytes],
+) -> std::io::Result<()> {
+    /// Pieces passed to one write (Linux takes up to 1024; a frame has a few).
+    const MAX_SLICES: usize = 64;
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    pieces.push(prefix);
+    pieces.extend(parts.iter().map(|p| &p[..]).filter(|p| !p.is_empty()));
+    let mut first = 0;
+    while first < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[first..]
+            .iter()
+            .take(MAX_SLICES)
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let p = pieces[first];
+            if n >= p.len() {
+                n -= p.len();
+                first += 1;
+            } else {
+                pieces[first] = &p[n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Appends a big-endian i32 size prefix and body to `out` (for building frames in memory).
