@@ -596,6 +596,28 @@ mod tests {
         }
     }
 
+    /// The encoding's buffer has exactly the room of the record tag left (appending it never
+    /// reallocates, and the header value becomes `Bytes` without another allocation).
+    #[test]
+    fn encoding_leaves_exactly_the_record_tags_room() {
+        let mut schema = sample();
+        schema.value = ValueEncryption::Schema(vec![SchemaFieldPart {
+            path: "customer.email".into(),
+            encoding: FieldEncoding::AvroRaw,
+            start: 4,
+            len: 30,
+        }]);
+        schema.aad = AadScheme::V3;
+        let mut whole = sample();
+        whole.value = ValueEncryption::Whole;
+        whole.headers.clear();
+        whole.aad = AadScheme::V1;
+        for d in [sample(), schema, whole] {
+            let out = d.encode().unwrap();
+            assert_eq!(out.capacity(), out.len() + RECORD_TAG_LEN, "{d:?}");
+        }
+    }
+
     #[test]
     fn round_trip_and_strict_decoding() {
         let d = sample();
