@@ -208,7 +208,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         if self.inner.is_write_vectored() {
             self.write_buffered().await?;
-            return write_two(&mut self.inner, &prefix, body).await;
+            return write_all_vectored(&mut self.inner, vec![&prefix, body]).await;
         }
         // One write for the prefix and the body's start: no 4-byte packet on its own.
         let head = body.len().min(Self::COALESCE);
@@ -247,7 +247,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             return Ok(());
         }
         self.write_buffered().await?;
-        write_all_vectored(&mut self.inner, &prefix, parts).await
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        pieces.push(&prefix);
+        pieces.extend(parts.iter().map(|p| &p[..]));
+        write_all_vectored(&mut self.inner, pieces).await
     }
 
     /// Writes what is buffered and flushes the stream.
@@ -268,40 +271,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-/// Writes `a` then `b` with vectored writes until both are out.
-async fn write_two<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    mut a: &[u8],
-    mut b: &[u8],
-) -> std::io::Result<()> {
-    while !a.is_empty() {
-        let n = w
-            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
-            .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        if n < a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
-        }
-    }
-    w.write_all(b).await
-}
-
-/// Writes `prefix` then every piece of `parts`, in vectored writes until all are out.
+/// Writes every piece of `pieces`, in order, in vectored writes until all are out.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
-    prefix: &[u8],
-    parts: &[Bytes],
+    mut pieces: Vec<&[u8]>,
 ) -> std::io::Result<()> {
     /// Pieces passed to one write (Linux takes up to 1024; a frame has a few).
     const MAX_SLICES: usize = 64;
-    let mut pieces: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    pieces.push(prefix);
-    pieces.extend(parts.iter().map(|p| &p[..]).filter(|p| !p.is_empty()));
+    pieces.retain(|p| !p.is_empty());
     let mut first = 0;
     while first < pieces.len() {
         let slices: Vec<std::io::IoSlice<'_>> = pieces[first..]

@@ -246,7 +246,12 @@ async fn frame_writer_writes_bodies_in_pieces_as_whole_frames() {
     let piece = |n: usize, b: u8| Bytes::from(vec![b; n]);
     let bodies: Vec<Vec<Bytes>> = vec![
         vec![piece(3, 1), piece(0, 0), piece(40, 2)],
-        vec![piece(10, 3), piece(300_000, 4), piece(7, 5), piece(20_000, 6)],
+        vec![
+            piece(10, 3),
+            piece(300_000, 4),
+            piece(7, 5),
+            piece(20_000, 6),
+        ],
         vec![piece(5, 7)],
         vec![piece(40_000, 8), piece(1, 9)],
     ];
