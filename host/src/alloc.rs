@@ -13,6 +13,12 @@
 //!   time that worker goes idle: a forced `mi_collect` (its own pages with blocks other threads
 //!   freed, then a purge of every free range, returned to the OS at once). Parking is frequent;
 //!   the hook costs one atomic load unless a release was asked for since that thread's last.
+//!
+//! And [`disable_transparent_huge_pages`] at start-up: mimalloc asks for transparent huge pages
+//! on its arenas, so every purge of a freed 2 MiB range followed by a new allocation there
+//! faulted in a fresh huge page that the kernel zeroed in full, whatever the allocation used of
+//! it. Under whole-value encryption that zeroing was 44-48 % of Kapsule's CPU (BENCHMARKS.md,
+//! "Encryption path without frame copies"); with 4 KiB pages only the bytes touched are zeroed.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,6 +40,24 @@ mod ffi {
         // SAFETY: no arguments besides a bool; mimalloc initialises itself on first use.
         unsafe { mi_collect(true) }
     }
+}
+
+/// Turns transparent huge pages off for the whole process (Linux `PR_SET_THP_DISABLE`, inherited
+/// by every mapping, present or future): see the module docs. Call once at start-up; elsewhere
+/// than Linux, or when the kernel refuses, nothing changes (a performance setting, not a
+/// correctness one), and the error is returned for the caller to log.
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory this
+        // process holds, only how future page faults are served.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Releases asked for so far.
@@ -78,6 +102,16 @@ pub fn on_worker_park() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_pages_are_off_once_disabled() {
+        disable_transparent_huge_pages().unwrap();
+        // SAFETY: PR_GET_THP_DISABLE takes and returns integers only.
+        #[allow(unsafe_code)]
+        let state = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(state, 1);
+    }
 
     #[test]
     fn a_release_runs_once_per_thread_and_request() {

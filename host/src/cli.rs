@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::config::Config;
 
@@ -66,6 +66,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             init_logging(&args.log);
+            if let Err(e) = crate::alloc::disable_transparent_huge_pages() {
+                warn!(error = %e, "cannot turn transparent huge pages off; memory use and page zeroing may be higher");
+            }
             let config = match load_config(&args) {
                 Ok(c) => c,
                 Err(e) => {

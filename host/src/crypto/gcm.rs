@@ -132,22 +132,27 @@ impl GcmKey {
             .is_ok()
     }
 
-    /// Decrypts `ciphertext || tag`; `None` when authentication fails.
+    /// Decrypts `ciphertext || tag`; `None` when authentication fails. The plaintext's `Vec`
+    /// has exactly its length as capacity (it becomes [`bytes::Bytes`] without another
+    /// allocation).
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        if ciphertext.len() < TAG_LEN {
+        let body_len = ciphertext.len().checked_sub(TAG_LEN)?;
+        let (body, tag) = ciphertext.split_at(body_len);
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("TAG_LEN bytes");
+        let mut buf = Vec::with_capacity(body_len);
+        buf.extend_from_slice(body);
+        let opened = self.key.open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            Tag::from(tag),
+            &mut buf,
+            0..,
+        );
+        if opened.is_err() {
+            // Unauthenticated: never handed out.
+            buf.fill(0);
             return None;
         }
-        let mut buf = ciphertext.to_vec();
-        let len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .ok()?
-            .len();
-        buf.truncate(len);
         Some(buf)
     }
 }

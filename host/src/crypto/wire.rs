@@ -239,14 +239,24 @@ impl Descriptor {
                 "JSON and schema modes need at least one field",
             ));
         }
+        // Exactly the encoded size plus the record tag the writer appends, so the header value
+        // becomes `Bytes` without another allocation.
+        let pointers: usize = match &self.value {
+            ValueEncryption::Json(p) => p.iter().map(|p| 2 + p.len()).sum(),
+            ValueEncryption::Schema(f) => f.iter().map(|f| 2 + f.path.len() + 9).sum(),
+            _ => 0,
+        };
         let mut out = Vec::with_capacity(
-            64 + kek.len()
+            2 + 16
+                + NONCE_LEN
+                + 4
+                + 1
+                + kek.len()
+                + 2
                 + self.edek.len()
-                + match &self.value {
-                    ValueEncryption::Json(p) => p.iter().map(|p| 2 + p.len()).sum(),
-                    ValueEncryption::Schema(f) => f.iter().map(|f| 11 + f.path.len()).sum(),
-                    _ => 0,
-                }
+                + 2
+                + pointers
+                + 2
                 + self.headers.iter().map(|h| 2 + h.len()).sum::<usize>()
                 + RECORD_TAG_LEN,
         );
@@ -583,6 +593,28 @@ mod tests {
             edek: b"vault:v1:abc".to_vec(),
             headers: vec![b"h1".to_vec(), b"h1".to_vec()],
             aad: AadScheme::V2,
+        }
+    }
+
+    /// The encoding's buffer has exactly the room of the record tag left (appending it never
+    /// reallocates, and the header value becomes `Bytes` without another allocation).
+    #[test]
+    fn encoding_leaves_exactly_the_record_tags_room() {
+        let mut schema = sample();
+        schema.value = ValueEncryption::Schema(vec![SchemaFieldPart {
+            path: "customer.email".into(),
+            encoding: FieldEncoding::AvroRaw,
+            start: 4,
+            len: 30,
+        }]);
+        schema.aad = AadScheme::V3;
+        let mut whole = sample();
+        whole.value = ValueEncryption::Whole;
+        whole.headers.clear();
+        whole.aad = AadScheme::V1;
+        for d in [sample(), schema, whole] {
+            let out = d.encode().unwrap();
+            assert_eq!(out.capacity(), out.len() + RECORD_TAG_LEN, "{d:?}");
         }
     }
 

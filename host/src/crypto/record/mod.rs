@@ -319,16 +319,23 @@ fn tag_value<'a>(mode: &ValueEncryption, wire_value: Option<&'a [u8]>) -> TagVal
 }
 
 /// The record tag of a record bound by `ctx` (docs/wire-format.md, "Record tag"), `nonce` the
-/// one after its last part.
+/// one after its last part. `aad` is scratch space for its associated data (the record's parts
+/// reuse one buffer).
 fn record_tag(
     dek: &Dek,
     nonce: &[u8; NONCE_LEN],
     ctx: &RecordContext<'_>,
     value: TagValue<'_>,
+    aad: &mut Vec<u8>,
 ) -> [u8; TAG_LEN] {
-    let mut aad = Vec::with_capacity(96 + ctx.topic.len() + ctx.descriptor.len());
-    let sealed = ctx.record_tag_input(value, &mut aad);
-    dek.tag(nonce, &aad, sealed)
+    let sealed = ctx.record_tag_input(value, aad);
+    dek.tag(nonce, aad, sealed)
+}
+
+/// Room for the associated data of any part or record tag of a record bound by `ctx` (besides
+/// a revision 1 record tag's value bytes): prefix, lengths, markers, topic, key, descriptor.
+fn aad_capacity(ctx: &RecordContext<'_>) -> usize {
+    96 + ctx.topic.len() + ctx.wire_key.map_or(0, <[u8]>::len) + ctx.descriptor.len()
 }
 
 /// Replaces non-overlapping `spans` of `doc`.

@@ -220,6 +220,8 @@ pub(super) fn open_record(
         .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
     let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
         .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
+    // One AAD buffer for the record tag and every part of the record.
+    let mut aad = Vec::with_capacity(aad_capacity(&ctx));
     // Revision 3: the fields' plaintexts come with the tag's verification (one stream).
     let stream_fields = if desc.aad == AadScheme::V3 {
         Some(open_stream_fields(
@@ -236,6 +238,7 @@ pub(super) fn open_record(
             &tag_nonce,
             &ctx,
             tag_value(&desc.value, rec.value.as_deref()),
+            &mut aad,
         );
         if !crate::constant_time::eq(&expected_tag, tag) {
             return Err(OpenFail::Integrity(
@@ -248,8 +251,6 @@ pub(super) fn open_record(
     };
     let mut bytes = 0u64;
     let mut withheld = Withheld::default();
-    // One AAD buffer for every part of the record.
-    let mut aad = Vec::with_capacity(64 + topic.len() + desc_bytes.len());
     let mut open = |kind: PartKind,
                     index: u32,
                     name: &[u8],

@@ -220,10 +220,8 @@ pub(super) fn seal_record(
         descriptor: &desc_bytes,
         record_id: &p.record_id,
     };
-    // One AAD buffer for every part of the record, allocated at the first part (a record with
-    // encrypted fields and no headers has none).
-    let aad_capacity = 64 + p.topic.len() + desc_bytes.len();
-    let mut aad = Vec::new();
+    // One AAD buffer for every part of the record and its tag.
+    let mut aad = Vec::with_capacity(aad_capacity(&ctx));
     // The record tag, when a revision 3 stream gave it with the fields.
     let mut stream_tag = None;
     let mut seal_into = |kind: PartKind,
@@ -233,8 +231,6 @@ pub(super) fn seal_record(
                          out: &mut Vec<u8>|
      -> Result<(), SealFail> {
         let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
-        aad.clear();
-        aad.reserve(aad_capacity);
         ctx.part_aad(kind, index, name, &mut aad);
         p.dek.seal_into(&nonce, &aad, pt, out);
         Ok(())
@@ -334,6 +330,7 @@ pub(super) fn seal_record(
                 &tag_nonce,
                 &ctx,
                 tag_value(&desc.value, new_value.as_deref()),
+                &mut aad,
             )
         }
     };

@@ -8,6 +8,7 @@ use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
 use kafka_protocol::messages::{ApiKey, FetchResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use super::body::{encode_spliced, FrameBody, SPLICE_MIN};
 use super::pool;
 
 /// Decodes a request whose API kafka-protocol knows: header and body.
@@ -35,6 +36,54 @@ pub fn encode_request<T: Encodable>(
     encode_frame(header, header_version, body, version, || {
         format!("{api:?} v{version} request")
     })
+}
+
+/// [`encode_request`] for a request carrying `record_sets` (its partitions' records, in order):
+/// those of at least [`SPLICE_MIN`] bytes stay where they are, pieces of the returned body, and
+/// are not copied into a frame buffer.
+pub fn encode_request_spliced<'r, T: Encodable>(
+    api: ApiKey,
+    header: &RequestHeader,
+    body: &T,
+    record_sets: impl IntoIterator<Item = &'r Bytes>,
+) -> anyhow::Result<FrameBody> {
+    let version = header.request_api_version;
+    let header_version = api.request_header_version(version);
+    encode_spliced(
+        header,
+        header_version,
+        body,
+        version,
+        large(record_sets),
+        || format!("{api:?} v{version} request"),
+    )
+}
+
+/// [`encode_response`] for a response carrying `record_sets`, as [`encode_request_spliced`].
+pub fn encode_response_spliced<'r, T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    header: &ResponseHeader,
+    body: &T,
+    record_sets: impl IntoIterator<Item = &'r Bytes>,
+) -> anyhow::Result<FrameBody> {
+    let header_version = api.response_header_version(version);
+    encode_spliced(
+        header,
+        header_version,
+        body,
+        version,
+        large(record_sets),
+        || format!("{api:?} v{version} response"),
+    )
+}
+
+fn large<'r>(record_sets: impl IntoIterator<Item = &'r Bytes>) -> Vec<Bytes> {
+    record_sets
+        .into_iter()
+        .filter(|b| b.len() >= SPLICE_MIN)
+        .cloned()
+        .collect()
 }
 
 /// Decodes a response body of a known API at the version of its request.

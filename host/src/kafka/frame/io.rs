@@ -7,6 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::body::FrameBody;
 use super::pool;
 
 /// Default maximum frame size, as Kafka's `socket.request.max.bytes` (100 MiB).
@@ -207,7 +208,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         if self.inner.is_write_vectored() {
             self.write_buffered().await?;
-            return write_two(&mut self.inner, &prefix, body).await;
+            return write_all_vectored(&mut self.inner, vec![&prefix, body]).await;
         }
         // One write for the prefix and the body's start: no 4-byte packet on its own.
         let head = body.len().min(Self::COALESCE);
@@ -215,6 +216,41 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.extend_from_slice(&body[..head]);
         self.write_buffered().await?;
         self.inner.write_all(&body[head..]).await
+    }
+
+    /// [`FrameWriter::write_frame`] for a body in pieces ([`FrameBody`]): the pieces are
+    /// written in order, in vectored writes where the stream supports them, never joined.
+    pub async fn write_body(&mut self, body: &FrameBody) -> std::io::Result<()> {
+        self.write_parts(body.parts()).await
+    }
+
+    /// [`FrameWriter::write_body`] for a body given as its pieces.
+    pub async fn write_parts(&mut self, parts: &[Bytes]) -> std::io::Result<()> {
+        if let [one] = parts {
+            return self.write_frame(one).await;
+        }
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let prefix = (len as i32).to_be_bytes();
+        if len <= Self::COALESCE || !self.inner.is_write_vectored() {
+            if self.buf.len() + 4 + len > 2 * Self::COALESCE {
+                self.write_buffered().await?;
+            }
+            self.buf.extend_from_slice(&prefix);
+            for p in parts {
+                if self.buf.len() + p.len() > 2 * Self::COALESCE {
+                    self.write_buffered().await?;
+                    self.inner.write_all(p).await?;
+                } else {
+                    self.buf.extend_from_slice(p);
+                }
+            }
+            return Ok(());
+        }
+        self.write_buffered().await?;
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        pieces.push(&prefix);
+        pieces.extend(parts.iter().map(|p| &p[..]));
+        write_all_vectored(&mut self.inner, pieces).await
     }
 
     /// Writes what is buffered and flushes the stream.
@@ -235,27 +271,37 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-/// Writes `a` then `b` with vectored writes until both are out.
-async fn write_two<W: AsyncWrite + Unpin>(
+/// Writes every piece of `pieces`, in order, in vectored writes until all are out.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
-    mut a: &[u8],
-    mut b: &[u8],
+    mut pieces: Vec<&[u8]>,
 ) -> std::io::Result<()> {
-    while !a.is_empty() {
-        let n = w
-            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
-            .await?;
+    /// Pieces passed to one write (Linux takes up to 1024; a frame has a few).
+    const MAX_SLICES: usize = 64;
+    pieces.retain(|p| !p.is_empty());
+    let mut first = 0;
+    while first < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[first..]
+            .iter()
+            .take(MAX_SLICES)
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        if n < a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
+        while n > 0 {
+            let p = pieces[first];
+            if n >= p.len() {
+                n -= p.len();
+                first += 1;
+            } else {
+                pieces[first] = &p[n..];
+                n = 0;
+            }
         }
     }
-    w.write_all(b).await
+    Ok(())
 }
 
 /// Appends a big-endian i32 size prefix and body to `out` (for building frames in memory).

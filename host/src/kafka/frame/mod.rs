@@ -6,15 +6,18 @@
 //!
 //! One submodule per concern: [`io`] reads and writes frames on a socket, [`pool`] recycles their
 //! buffers, [`header`] reads the few header fields the relay needs, and [`codec`] decodes and
-//! encodes whole messages.
+//! encodes whole messages ([`body`]: bodies written in pieces, record sets not copied).
 
+mod body;
 mod codec;
 mod header;
 mod io;
 pub mod pool;
 
+pub use body::{FrameBody, SPLICE_MIN};
 pub use codec::{
-    decode_fetch_response, decode_request, decode_response, encode_request, encode_response,
+    decode_fetch_response, decode_request, decode_response, encode_request, encode_request_spliced,
+    encode_response, encode_response_spliced,
 };
 pub use header::{
     produce_acks, produce_header, response_correlation_id, ProduceHeader, RequestMeta,

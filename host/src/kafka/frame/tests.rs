@@ -208,3 +208,70 @@ fn encoded_frames_use_pooled_buffers_and_decode_back() {
     let again = encode_request(ApiKey::Produce, &header, &body).unwrap();
     assert_eq!(again, frame);
 }
+
+/// A sink that takes at most `max` bytes per write and has no vectored writes (as a TLS stream).
+struct Trickle {
+    out: Vec<u8>,
+    max: usize,
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(self.max);
+        self.out.extend_from_slice(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Bodies in pieces (small, large, with empty pieces) come out as the same frames as their
+/// joined bytes, through vectored and non-vectored streams that take a few bytes at a time.
+#[tokio::test]
+async fn frame_writer_writes_bodies_in_pieces_as_whole_frames() {
+    let piece = |n: usize, b: u8| Bytes::from(vec![b; n]);
+    let bodies: Vec<Vec<Bytes>> = vec![
+        vec![piece(3, 1), piece(0, 0), piece(40, 2)],
+        vec![
+            piece(10, 3),
+            piece(300_000, 4),
+            piece(7, 5),
+            piece(20_000, 6),
+        ],
+        vec![piece(5, 7)],
+        vec![piece(40_000, 8), piece(1, 9)],
+    ];
+    let joined: Vec<Vec<u8>> = bodies.iter().map(|b| b.concat()).collect();
+    let mut vectored = FrameWriter::new(Vec::new());
+    let mut plain = FrameWriter::new(Trickle {
+        out: Vec::new(),
+        max: 1000,
+    });
+    for b in &bodies {
+        vectored.write_parts(b).await.unwrap();
+        plain.write_parts(b).await.unwrap();
+    }
+    vectored.flush().await.unwrap();
+    plain.flush().await.unwrap();
+    for wire in [vectored.inner, plain.inner.out] {
+        let mut r = wire.as_slice();
+        for b in &joined {
+            assert_eq!(read_frame(&mut r, 1 << 20).await.unwrap().unwrap(), b[..]);
+        }
+        assert!(read_frame(&mut r, 1 << 20).await.unwrap().is_none());
+    }
+}

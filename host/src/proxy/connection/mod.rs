@@ -344,13 +344,13 @@ async fn forward_requests(
         } = prepared;
         if let (Some(Forward::Produce(staged)), Some(d)) = (&forward, deadline) {
             if Instant::now() >= d {
-                expect = answer_late(conn, meta, staged.frame(), expect)?;
+                expect = answer_late(conn, meta, &staged.frame().to_bytes(), expect)?;
                 forward = None;
             }
         }
         if let Some(forward) = forward {
             upstream
-                .write_frame(forward.frame())
+                .write_parts(forward.parts())
                 .await
                 .map_err(ConnectionError::broker_frame)?;
             if queue.is_empty() {
@@ -502,7 +502,7 @@ async fn write_responses(
             c.response(frame.len());
         }
         client
-            .write_frame(&frame)
+            .write_body(&frame)
             .await
             .map_err(ConnectionError::client_frame)?;
         if queue.is_empty() {

@@ -10,7 +10,7 @@ use kafka_protocol::messages::ApiKey;
 use tokio::time::Instant;
 
 use super::error::ConnectionError;
-use crate::kafka::frame::RequestMeta;
+use crate::kafka::frame::{FrameBody, RequestMeta};
 use crate::proxy::records::{ProducePatch, StagedFetch, StagedProduce};
 use crate::proxy::rewrite;
 use crate::proxy::sasl::SaslExpect;
@@ -39,10 +39,11 @@ pub(super) enum Forward {
 }
 
 impl Forward {
-    pub(super) fn frame(&self) -> &Bytes {
+    /// The frame body's pieces, written in order.
+    pub(super) fn parts(&self) -> &[Bytes] {
         match self {
-            Forward::Relay(r) => &r.0,
-            Forward::Produce(p) => p.frame(),
+            Forward::Relay(r) => std::slice::from_ref(&r.0),
+            Forward::Produce(p) => p.frame().parts(),
         }
     }
 }
@@ -74,9 +75,9 @@ pub(super) enum ToClient {
 }
 
 impl ToClient {
-    pub(super) fn into_frame(self) -> Bytes {
+    pub(super) fn into_frame(self) -> FrameBody {
         match self {
-            ToClient::Relay(r) => r.0,
+            ToClient::Relay(r) => r.0.into(),
             ToClient::Fetch(f) => f.into_frame(),
         }
     }

@@ -41,7 +41,10 @@ use uuid::Uuid;
 use crate::crypto::record::RecordEncryptor;
 use crate::error::{ErrorSource, ProxyError, Reason};
 use crate::kafka::compression::Compression;
-use crate::kafka::frame::{encode_request, encode_response, DEFAULT_MAX_FRAME_BYTES};
+use crate::kafka::frame::{
+    encode_request_spliced, encode_response, encode_response_spliced, FrameBody,
+    DEFAULT_MAX_FRAME_BYTES,
+};
 use crate::kafka::records::{split_record_set, CodecError, RawBatch, RecordBatch, RecordSetEntry};
 use crate::policy::PolicyRegistry;
 use crate::proxy::budget::{
@@ -162,14 +165,15 @@ impl ProducePatch {
 /// with produced records), so no Produce can leave Kapsule without having passed it.
 #[derive(Debug)]
 pub struct StagedProduce {
-    frame: Bytes,
+    frame: FrameBody,
     /// The memory budget's bytes for the frame's re-encoded records, held until it is written.
     _memory: Charge,
 }
 
 impl StagedProduce {
-    /// The request frame body to write to the broker.
-    pub fn frame(&self) -> &Bytes {
+    /// The request frame body to write to the broker (its large record sets are pieces of their
+    /// own, not copied into one buffer).
+    pub fn frame(&self) -> &FrameBody {
         &self.frame
     }
 }
@@ -189,12 +193,13 @@ pub struct ProduceStaged {
 /// fetched records), so no fetched record reaches a client without having passed it.
 #[derive(Debug)]
 pub struct StagedFetch {
-    frame: Bytes,
+    frame: FrameBody,
 }
 
 impl StagedFetch {
-    /// The response frame body to write to the client.
-    pub fn into_frame(self) -> Bytes {
+    /// The response frame body to write to the client (its large record sets are pieces of
+    /// their own, not copied into one buffer).
+    pub fn into_frame(self) -> FrameBody {
         self.frame
     }
 }
@@ -328,7 +333,12 @@ impl RecordStage {
         let forward = if request.topic_data.is_empty() {
             None
         } else {
-            let frame = encode_request(ApiKey::Produce, header, &request)?;
+            let records = request
+                .topic_data
+                .iter()
+                .flat_map(|t| &t.partition_data)
+                .filter_map(|p| p.records.as_ref());
+            let frame = encode_request_spliced(ApiKey::Produce, header, &request, records)?;
             // The records are in the frame now: only the frame's share stays charged.
             drop(request);
             let memory = output.split_off(frame.len());
@@ -347,7 +357,7 @@ impl RecordStage {
             return Err(BypassRefused("produced"));
         }
         Ok(StagedProduce {
-            frame,
+            frame: frame.into(),
             _memory: Charge::default(),
         })
     }
@@ -368,8 +378,13 @@ impl RecordStage {
         } else {
             Charge::default()
         };
+        let records = response
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter_map(|p| p.records.as_ref());
         Ok(StagedFetch {
-            frame: encode_response(ApiKey::Fetch, version, header, &response)?,
+            frame: encode_response_spliced(ApiKey::Fetch, version, header, &response, records)?,
         })
     }
 
@@ -385,7 +400,7 @@ impl RecordStage {
             "internal error: a refusal must not carry partitions"
         );
         Ok(StagedFetch {
-            frame: encode_response(ApiKey::Fetch, version, header, &response)?,
+            frame: encode_response(ApiKey::Fetch, version, header, &response)?.into(),
         })
     }
 
@@ -395,7 +410,9 @@ impl RecordStage {
         if self.transforms_fetch() {
             return Err(BypassRefused("fetched"));
         }
-        Ok(StagedFetch { frame })
+        Ok(StagedFetch {
+            frame: frame.into(),
+        })
     }
 }
 
