@@ -76,6 +76,21 @@ impl From<Bytes> for FrameBody {
     }
 }
 
+/// The encoded length of `header` and `body` (a frame body without its size prefix); `what`
+/// names the frame in errors.
+pub(super) fn frame_size<H: Encodable, T: Encodable>(
+    header: &H,
+    header_version: i16,
+    body: &T,
+    version: i16,
+    what: impl Fn() -> String,
+) -> anyhow::Result<usize> {
+    header
+        .compute_size(header_version)
+        .and_then(|h| Ok(h + body.compute_size(version)?))
+        .with_context(|| format!("sizing {}", what()))
+}
+
 /// Encodes `header` and `body` with kafka-protocol, passing each of `spliced` (record sets the
 /// body holds, at least [`SPLICE_MIN`] bytes each, in encoding order) by reference instead of
 /// copying it. `what` names the frame in errors.
@@ -87,10 +102,7 @@ pub(super) fn encode_spliced<H: Encodable, T: Encodable>(
     spliced: Vec<Bytes>,
     what: impl Fn() -> String,
 ) -> anyhow::Result<FrameBody> {
-    let size = header
-        .compute_size(header_version)
-        .and_then(|h| Ok(h + body.compute_size(version)?))
-        .with_context(|| format!("sizing {}", what()))?;
+    let size = frame_size(header, header_version, body, version, &what)?;
     let spliced_len: usize = spliced.iter().map(Bytes::len).sum();
     let mut out = Splicer {
         copied: BytesMut::with_capacity(size.saturating_sub(spliced_len)),

@@ -8,7 +8,7 @@ use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
 use kafka_protocol::messages::{ApiKey, FetchResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::body::{encode_spliced, FrameBody, SPLICE_MIN};
+use super::body::{encode_spliced, frame_size, FrameBody, SPLICE_MIN};
 use super::pool;
 
 /// Decodes a request whose API kafka-protocol knows: header and body.
@@ -199,10 +199,7 @@ fn encode_frame<H: Encodable, T: Encodable>(
     version: i16,
     what: impl Fn() -> String,
 ) -> anyhow::Result<Bytes> {
-    let size = header
-        .compute_size(header_version)
-        .and_then(|h| Ok(h + body.compute_size(version)?))
-        .with_context(|| format!("sizing {}", what()))?;
+    let size = frame_size(header, header_version, body, version, &what)?;
     let mut out = pool::Buffer::for_size(size);
     header
         .encode(out.vec(), header_version)
