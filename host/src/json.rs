@@ -161,19 +161,19 @@ fn plain_ascii_run(b: &[u8]) -> usize {
         }
         i += 16;
     }
-    i + b[i..]
-        .iter()
-        .position(|&c| ends_plain_run(c))
-        .unwrap_or(b.len() - i)
+    i + plain_ascii_run_bytewise(&b[i..])
 }
 
 /// The length of the run of plain ASCII string characters that `b` starts with (up to the first
-/// byte that [`ends_plain_run`]).
-#[cfg(not(target_arch = "x86_64"))]
+/// byte that [`ends_plain_run`]), a byte at a time: the tail of the SIMD scan, and the scan
+/// itself elsewhere.
 #[inline]
-fn plain_ascii_run(b: &[u8]) -> usize {
+fn plain_ascii_run_bytewise(b: &[u8]) -> usize {
     b.iter().position(|&c| ends_plain_run(c)).unwrap_or(b.len())
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+use plain_ascii_run_bytewise as plain_ascii_run;
 
 impl<'a> Scanner<'a> {
     fn err(&self, what: &str) -> JsonError {
