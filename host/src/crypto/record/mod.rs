@@ -328,14 +328,21 @@ fn record_tag(
     value: TagValue<'_>,
     aad: &mut Vec<u8>,
 ) -> [u8; TAG_LEN] {
+    reserve_aad(aad, ctx);
     let sealed = ctx.record_tag_input(value, aad);
     dek.tag(nonce, aad, sealed)
 }
 
-/// Room for the associated data of any part or record tag of a record bound by `ctx` (besides
-/// a revision 1 record tag's value bytes): prefix, lengths, markers, topic, key, descriptor.
-fn aad_capacity(ctx: &RecordContext<'_>) -> usize {
-    96 + ctx.topic.len() + ctx.wire_key.map_or(0, <[u8]>::len) + ctx.descriptor.len()
+/// Gives the record's one AAD buffer, the first time it is needed, room for the associated
+/// data of any part or record tag of a record bound by `ctx` (besides a revision 1 record tag's
+/// value bytes): prefix, lengths, markers, topic, key, descriptor. A record that needs no AAD
+/// (revision 3 fields without encrypted headers) allocates none.
+fn reserve_aad(aad: &mut Vec<u8>, ctx: &RecordContext<'_>) {
+    if aad.capacity() == 0 {
+        aad.reserve_exact(
+            96 + ctx.topic.len() + ctx.wire_key.map_or(0, <[u8]>::len) + ctx.descriptor.len(),
+        );
+    }
 }
 
 /// Replaces non-overlapping `spans` of `doc`.

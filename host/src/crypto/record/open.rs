@@ -220,8 +220,9 @@ pub(super) fn open_record(
         .ok_or_else(|| OpenFail::Malformed("too many parts".into()))?;
     let tag_nonce = nonce_at(&desc.nonce_base, tag_index)
         .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
-    // One AAD buffer for the record tag and every part of the record.
-    let mut aad = Vec::with_capacity(aad_capacity(&ctx));
+    // One AAD buffer for the record tag and every part of the record, allocated when first
+    // needed.
+    let mut aad = Vec::new();
     // Revision 3: the fields' plaintexts come with the tag's verification (one stream).
     let stream_fields = if desc.aad == AadScheme::V3 {
         Some(open_stream_fields(
@@ -258,6 +259,7 @@ pub(super) fn open_record(
      -> Result<Vec<u8>, OpenFail> {
         let nonce = nonce_at(&desc.nonce_base, index)
             .ok_or_else(|| OpenFail::Malformed("nonce counter overflow".into()))?;
+        reserve_aad(&mut aad, &ctx);
         ctx.part_aad(kind, index, name, &mut aad);
         dek.open(&nonce, &aad, ct).ok_or_else(|| {
             let what = match kind {

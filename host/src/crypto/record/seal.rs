@@ -220,8 +220,8 @@ pub(super) fn seal_record(
         descriptor: &desc_bytes,
         record_id: &p.record_id,
     };
-    // One AAD buffer for every part of the record and its tag.
-    let mut aad = Vec::with_capacity(aad_capacity(&ctx));
+    // One AAD buffer for every part of the record and its tag, allocated when first needed.
+    let mut aad = Vec::new();
     // The record tag, when a revision 3 stream gave it with the fields.
     let mut stream_tag = None;
     let mut seal_into = |kind: PartKind,
@@ -231,6 +231,7 @@ pub(super) fn seal_record(
                          out: &mut Vec<u8>|
      -> Result<(), SealFail> {
         let nonce = nonce_at(&p.nonce_base, index).ok_or(SealFail::NonceOverflow)?;
+        reserve_aad(&mut aad, &ctx);
         ctx.part_aad(kind, index, name, &mut aad);
         p.dek.seal_into(&nonce, &aad, pt, out);
         Ok(())
