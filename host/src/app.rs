@@ -90,7 +90,8 @@ fn build_encryption(
         // passes or rejects still needs a KMS to decrypt what is already stored.
         None => anyhow::bail!("a `policy:` section needs a `kms:` section"),
     };
-    let mut encryptor = RecordEncryptor::new(kms, config.deks.clone());
+    let mut encryptor =
+        RecordEncryptor::new(kms, config.deks.clone()).with_record_format(config.record_format);
     let schema_registry = match &config.schema_registry {
         Some(r) => Some(Arc::new(
             crate::schema::SchemaRegistry::new(r).context("starting the schema registry client")?,

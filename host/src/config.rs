@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::admin::config::AdminConfig;
 use crate::crypto::keys::DekConfig;
+use crate::crypto::record::RecordFormat;
 use crate::kms::KmsConfig;
 use crate::policy::config::PolicyConfig;
 use crate::proxy::config::{ProxyConfig, RecordsMode};
@@ -35,6 +36,9 @@ pub struct Config {
     /// Data-key lifecycle: rotation limits and caches.
     #[serde(default)]
     pub deks: DekConfig,
+    /// How encrypted records are written (`whole_value_revision`).
+    #[serde(default)]
+    pub record_format: RecordFormat,
     /// Which topics are encrypted, how, and under which key: built-in rules and Wasm bindings.
     /// Without this section Kapsule encrypts nothing.
     #[serde(default)]
@@ -121,6 +125,7 @@ impl Config {
             records: RecordsMode::default(),
             kms: None,
             deks: DekConfig::default(),
+            record_format: RecordFormat::default(),
             policy: None,
             schema_registry: None,
         }
@@ -195,6 +200,7 @@ impl Config {
             kms.validate("kms", problems);
         }
         self.deks.validate("deks", problems);
+        self.record_format.validate("record_format", problems);
         if let Some(policy) = &self.policy {
             policy.validate("policy", problems);
             let may_encrypt = !policy.rules.is_empty() || !policy.bindings.is_empty();
@@ -340,6 +346,31 @@ mod tests {
         let all = err.unwrap_err().to_string();
         assert!(all.contains("kms: missing"), "{all}");
         assert!(all.contains("deks.refresh_ahead_fraction"), "{all}");
+    }
+
+    #[test]
+    fn the_whole_value_revision_defaults_to_3_and_only_1_or_3_is_accepted() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: a:1\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.record_format.whole_value_revision, 3);
+        let c = Config::parse(&format!(
+            "{base}record_format:\n  whole_value_revision: 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.record_format.whole_value_revision, 1);
+        for bad in ["2", "4", "0"] {
+            let err = Config::parse(&format!(
+                "{base}record_format:\n  whole_value_revision: {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("record_format.whole_value_revision") && err.contains("use 3"),
+                "{err}"
+            );
+        }
+        let err = Config::parse(&format!("{base}record_format:\n  revision: 1\n")).unwrap_err();
+        assert!(err.to_string().contains("revision"), "{err}");
     }
 
     #[test]

@@ -121,6 +121,33 @@ impl GcmKey {
         }
         self.seal_in_place(nonce, b"", stream);
         stream[stored].copy_from_slice(stored_ciphertext);
+        self.open_stream(nonce, stream, tag)
+    }
+
+    /// [`open_partly_stored`](Self::open_partly_stored) for a stream whose kept ciphertext runs
+    /// from `stored_at` to its end and is already in place: `stream` holds the known plaintext
+    /// before `stored_at` and the stored ciphertext after it. Only the bytes before `stored_at`
+    /// are sealed first (CTR's keystream at a position does not depend on what follows), so the
+    /// stored bytes go through AES once, not twice. On success `stream` holds the whole
+    /// plaintext and `true` is returned; otherwise `stream` is zeroed and `false` returned.
+    pub fn open_stored_tail(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        stream: &mut [u8],
+        stored_at: usize,
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        if stored_at > stream.len() {
+            stream.fill(0);
+            return false;
+        }
+        self.seal_in_place(nonce, b"", &mut stream[..stored_at]);
+        self.open_stream(nonce, stream, tag)
+    }
+
+    /// Opens a stream sealed by [`seal_stream`](Self::seal_stream), now all ciphertext, in
+    /// place; `ring` zeroes it when `tag` does not authenticate it.
+    fn open_stream(&self, nonce: &[u8; NONCE_LEN], stream: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
         self.key
             .open_in_place_separate_tag(
                 Nonce::assume_unique_for_key(*nonce),
@@ -283,5 +310,45 @@ mod tests {
         }
         let mut short = vec![0u8; 4];
         assert!(!gcm.open_partly_stored(&nonce, &mut short, 2, &[0; 7], &[0; 16]));
+    }
+
+    /// A stream of which the ciphertext from some point to its end was kept opens back to its
+    /// plaintext with the seal's tag, and fails (leaving zeros) when a byte of the known
+    /// plaintext or of the kept ciphertext, or the tag, differs, or the split lies past the end.
+    #[test]
+    fn a_stream_with_its_stored_tail_opens_only_when_every_byte_is_as_sealed() {
+        let gcm = GcmKey::new(&[6u8; 32]);
+        let nonce = [2u8; 12];
+        for (len, at) in [
+            (0usize, 0usize),
+            (40, 17),
+            (1200, 150),
+            (1200, 1200),
+            (33, 0),
+        ] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 11 % 251) as u8).collect();
+            let mut sealed = plaintext.clone();
+            let tag = gcm.seal_stream(&nonce, &mut sealed);
+            // As a reader rebuilds it: the known plaintext, then the kept ciphertext.
+            let rebuilt = || [&plaintext[..at], &sealed[at..]].concat();
+            let mut stream = rebuilt();
+            assert!(gcm.open_stored_tail(&nonce, &mut stream, at, &tag));
+            assert_eq!(stream, plaintext, "len {len}");
+            for flip in [0, at.saturating_sub(1), at, len.saturating_sub(1)] {
+                if flip >= len {
+                    continue;
+                }
+                let mut stream = rebuilt();
+                stream[flip] ^= 1;
+                assert!(!gcm.open_stored_tail(&nonce, &mut stream, at, &tag));
+                assert!(stream.iter().all(|&b| b == 0), "len {len}: not zeroed");
+            }
+            let mut bad_tag = tag;
+            bad_tag[15] ^= 1;
+            assert!(!gcm.open_stored_tail(&nonce, &mut rebuilt(), at, &bad_tag));
+        }
+        let mut short = vec![1u8; 4];
+        assert!(!gcm.open_stored_tail(&nonce, &mut short, 5, &[0; 16]));
+        assert_eq!(short, [0; 4]);
     }
 }

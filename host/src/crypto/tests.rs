@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::primitives::{Dek, RecordKeyCipher};
-use super::record::testing;
+use super::record::{testing, RecordFormat};
 use super::wire::AadScheme;
 use super::*;
 use crate::crypto::keys::DekConfig;
@@ -224,7 +224,23 @@ async fn record_keys_are_deterministic_per_topic_across_dek_rotation() {
 
 /// Encrypts two records and returns (encryptor, encrypted batch).
 async fn two_records(decision: RecordDecision) -> (RecordEncryptor, RecordBatch) {
+    two_records_in(RecordFormat::default(), decision).await
+}
+
+/// The whole-value revisions a writer can be configured to write (revision 3 is the default).
+fn whole_value_formats() -> [RecordFormat; 2] {
+    [3, 1].map(|whole_value_revision| RecordFormat {
+        whole_value_revision,
+    })
+}
+
+/// [`two_records`] written in `format`.
+async fn two_records_in(
+    format: RecordFormat,
+    decision: RecordDecision,
+) -> (RecordEncryptor, RecordBatch) {
     let (_, enc) = setup();
+    let enc = enc.with_record_format(format);
     let mut bt = batch(vec![
         rec(
             Some("k-a"),
@@ -305,7 +321,13 @@ async fn values_swapped_between_records_fail() {
 
 #[tokio::test]
 async fn edited_descriptor_fails() {
-    let (enc, bt) = two_records(whole()).await;
+    for format in whole_value_formats() {
+        edited_descriptor_fails_in(format).await;
+    }
+}
+
+async fn edited_descriptor_fails_in(format: RecordFormat) {
+    let (enc, bt) = two_records_in(format, whole()).await;
     let di = bt.records[0].headers.len() - 1;
     let desc = bt.records[0].headers[di].value.clone().unwrap();
     // Flip one bit in the record id and in the nonce base.
@@ -324,11 +346,20 @@ async fn edited_descriptor_fails() {
     let e = decrypt_error(&enc, "orders", t).await;
     assert!(!e.is_retriable(), "{e}");
     // Remove the whole-value flag: the value would be delivered as ciphertext-as-plaintext.
+    // Revision 1: the record tag fails; revision 3: the descriptor no longer decodes (the
+    // revision 3 flag needs an encrypted value). Refused either way.
     let mut t = bt.clone();
     let mut d = desc.to_vec();
     d[1] &= !super::wire::FLAG_VALUE_WHOLE;
     t.records[0].headers[di].value = Some(Bytes::from(d));
-    expect_integrity(&enc, "orders", t, "value flag cleared").await;
+    let e = decrypt_error(&enc, "orders", t).await;
+    assert!(
+        matches!(
+            e,
+            DecryptError::Integrity { .. } | DecryptError::Malformed { .. }
+        ),
+        "value flag cleared ({format:?}): {e}"
+    );
     // Swap the descriptors of the two records.
     let mut t = bt.clone();
     t.records[0].headers[di].value = bt.records[1].headers[di].value.clone();
@@ -852,7 +883,9 @@ fn golden_plan(c: &GoldenCase, kek: &str) -> EncryptionPlan {
     }
 }
 
-fn seal_case(g: &GoldenFile, c: &GoldenCase, fields_scheme: AadScheme) -> Record {
+/// Seals case `c` writing revision `scheme` for an encrypted value (whole values: revision 3
+/// when `scheme` is, revision 1 otherwise).
+fn seal_case(g: &GoldenFile, c: &GoldenCase, scheme: AadScheme) -> Record {
     let (dek, kc) = golden_keys(g);
     testing::seal(
         &g.topic,
@@ -863,7 +896,12 @@ fn seal_case(g: &GoldenFile, c: &GoldenCase, fields_scheme: AadScheme) -> Record
         testing::Fixed {
             nonce_base: hex::decode(&c.nonce_base).unwrap().try_into().unwrap(),
             record_id: hex::decode(&c.record_id).unwrap().try_into().unwrap(),
-            fields_scheme,
+            fields_scheme: scheme,
+            whole_scheme: if scheme == AadScheme::V3 {
+                AadScheme::V3
+            } else {
+                AadScheme::V1
+            },
         },
     )
     .unwrap()
@@ -942,12 +980,24 @@ fn check_golden(g: &GoldenFile, fields_scheme: AadScheme, reencode: impl Fn(&Gol
 }
 
 /// Revision 1 records written before revision 2 existed still decrypt, and whole-value records
-/// are still written in revision 1 byte for byte (so readers that predate revision 2 read them).
+/// written with `record_format.whole_value_revision: 1` are revision 1 byte for byte (so readers
+/// that predate revision 3 for whole values read them).
 #[test]
 fn golden_v1_vectors_still_decrypt_and_whole_values_reencode_exactly() {
     let g = read_golden(GOLDEN_PATH);
     assert_eq!(g.cases.len(), 4);
-    check_golden(&g, AadScheme::V3, |c| c.value == "whole");
+    check_golden(&g, AadScheme::V1, |c| c.value == "whole");
+    // By default the writer now writes revision 3 for them.
+    for whole in g
+        .cases
+        .iter()
+        .filter(|c| c.value == "whole" && c.input.value.is_some())
+    {
+        assert_ne!(
+            seal_case(&g, whole, AadScheme::V3),
+            to_record(&whole.output, true)
+        );
+    }
     // The frozen JSON case is revision 1; the writer now writes revision 3 for it.
     let json = g.cases.iter().find(|c| c.value == "json").unwrap();
     let written = seal_case(&g, json, AadScheme::V3);
@@ -1016,8 +1066,8 @@ fn golden_v2_vectors_decrypt_and_reencode_exactly() {
     check_golden(&g, AadScheme::V2, |_| true);
 }
 
-/// The revision 3 cases: values with encrypted fields, alone and beside an encrypted key and
-/// header (whose part takes nonce index 0, the stream index 1).
+/// The revision 3 cases: values with encrypted fields and whole values, alone and beside an
+/// encrypted key and header (whose part takes nonce index 0, the stream index 1).
 fn golden_v3_cases() -> Vec<GoldenCase> {
     vec![
         golden_case("json fields", "json", &["/card/number", "/name"], false, &[], GoldenRecord {
@@ -1026,6 +1076,16 @@ fn golden_v3_cases() -> Vec<GoldenCase> {
             headers: vec![],
         }),
         golden_case("json fields, encrypted key and header", "json", &["/ssn"], true, &["trace"], GoldenRecord {
+            key: Some("customer-7".into()),
+            value: Some("{\"ssn\":\"078-05-1120\",\"plan\":\"gold\"}".into()),
+            headers: vec![("trace".into(), Some("abc".into())), ("content-type".into(), Some("json".into()))],
+        }),
+        golden_case("whole value", "whole", &[], false, &[], GoldenRecord {
+            key: Some("order-42".into()),
+            value: Some("{\"amount\":12.5,\"card\":\"4111111111111111\"}".into()),
+            headers: vec![("content-type".into(), Some("json".into()))],
+        }),
+        golden_case("whole value, encrypted key and header", "whole", &[], true, &["trace"], GoldenRecord {
             key: Some("customer-7".into()),
             value: Some("{\"ssn\":\"078-05-1120\",\"plan\":\"gold\"}".into()),
             headers: vec![("trace".into(), Some("abc".into())), ("content-type".into(), Some("json".into()))],
@@ -1044,7 +1104,7 @@ fn golden_v3_vectors_decrypt_and_reencode_exactly() {
         AadScheme::V3,
     );
     let g = read_golden(GOLDEN_V3_PATH);
-    assert_eq!(g.cases.len(), 2);
+    assert_eq!(g.cases.len(), 4);
     check_golden(&g, AadScheme::V3, |_| true);
     for c in &g.cases {
         let desc = &to_record(&c.output, true)
@@ -1201,7 +1261,20 @@ fn nonces_and_edeks(bt: &RecordBatch) -> Vec<([u8; 12], Vec<u8>)> {
 
 #[tokio::test]
 async fn a_batch_under_one_kek_takes_disjoint_nonce_ranges_of_one_dek() {
+    for format in whole_value_formats() {
+        disjoint_nonce_ranges_in(format).await;
+    }
+}
+
+async fn disjoint_nonce_ranges_in(format: RecordFormat) {
     let (kms, enc) = setup();
+    let enc = enc.with_record_format(format);
+    // Revision 1: value part and record tag; revision 3: one stream.
+    let parts: u64 = if format.whole_value_revision == 3 {
+        1
+    } else {
+        2
+    };
     let mut bt = batch(
         (0..50)
             .map(|i| rec(Some("k"), Some(&format!("value {i}")), vec![]))
@@ -1214,17 +1287,21 @@ async fn a_batch_under_one_kek_takes_disjoint_nonce_ranges_of_one_dek() {
     let seen = nonces_and_edeks(&bt);
     let edeks: std::collections::HashSet<_> = seen.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(edeks.len(), 1, "one DEK for the whole batch");
-    // Whole value: 2 GCM parts per record (value, record tag); every part's nonce is unique.
+    // Every part's nonce is unique.
     let mut counters: Vec<u64> = seen
         .iter()
         .flat_map(|(n, _)| {
             let c = u64::from_be_bytes(n[4..].try_into().unwrap());
-            [c, c + 1]
+            (c..c + parts).collect::<Vec<_>>()
         })
         .collect();
     counters.sort_unstable();
     counters.dedup();
-    assert_eq!(counters.len(), 100, "nonces reused within the batch");
+    assert_eq!(
+        counters.len() as u64,
+        50 * parts,
+        "nonces reused within the batch"
+    );
     let reader = RecordEncryptor::new(kms, DekConfig::default());
     reader.decrypt_batch("t", &mut bt, &STRICT).await.unwrap();
     assert_eq!(bt.records, original.records);
@@ -1232,6 +1309,12 @@ async fn a_batch_under_one_kek_takes_disjoint_nonce_ranges_of_one_dek() {
 
 #[tokio::test]
 async fn a_batch_over_a_deks_encryption_limit_spreads_over_several_deks() {
+    for format in whole_value_formats() {
+        spread_over_several_deks_in(format).await;
+    }
+}
+
+async fn spread_over_several_deks_in(format: RecordFormat) {
     let kms = Arc::new(MemoryKms::with_keys(&["k1"]));
     let enc = RecordEncryptor::new(
         kms.clone(),
@@ -1239,7 +1322,14 @@ async fn a_batch_over_a_deks_encryption_limit_spreads_over_several_deks() {
             max_encryptions: 6,
             ..Default::default()
         },
-    );
+    )
+    .with_record_format(format);
+    // Revision 1: 2 encryptions per record (value, record tag); revision 3: one stream.
+    let per_record = if format.whole_value_revision == 3 {
+        1
+    } else {
+        2
+    };
     let mut bt = batch(
         (0..9)
             .map(|i| rec(None, Some(&format!("v{i}")), vec![]))
@@ -1254,9 +1344,15 @@ async fn a_batch_over_a_deks_encryption_limit_spreads_over_several_deks() {
     for (_, e) in &seen {
         *per_dek.entry(e.clone()).or_default() += 1;
     }
-    // 2 parts per record: at most 3 records (6 encryptions) per DEK.
-    assert!(per_dek.values().all(|&n| n <= 3), "{per_dek:?}");
-    assert_eq!(per_dek.len(), 3);
+    // At most 6 encryptions per DEK.
+    assert!(
+        per_dek.values().all(|&n| n * per_record <= 6),
+        "{per_dek:?}"
+    );
+    assert_eq!(
+        per_dek.len(),
+        9 * per_record / 6 + usize::from(9 * per_record % 6 != 0)
+    );
     let reader = RecordEncryptor::new(kms, DekConfig::default());
     reader.decrypt_batch("t", &mut bt, &STRICT).await.unwrap();
     assert_eq!(bt.records, original.records);
@@ -1416,6 +1512,109 @@ fn golden_v3_case_matches_the_documented_layout() {
     }
     assert_eq!(hex::encode(&stored), *c.output.value.as_ref().unwrap());
     assert_documented_header(c, &desc, &sealed[stream.len()..]);
+}
+
+/// The revision 3 whole-value case rebuilt from docs/wire-format.md alone with the raw AES-GCM
+/// primitive: the value is the stream's one field, nothing is outside it, and the stored value
+/// is its ciphertext without a tag.
+#[test]
+fn golden_v3_whole_value_matches_the_documented_layout() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let g = read_golden(GOLDEN_V3_PATH);
+    let c = &g.cases[2];
+    assert_eq!(c.value, "whole");
+    let desc = documented_descriptor(&g, c, 0x01 | 0x40);
+    let value = c.input.value.clone().unwrap();
+    let key = c.input.key.clone().unwrap();
+    let mut stream = b"kapsule/v3/value".to_vec();
+    lp32(&mut stream, g.topic.as_bytes());
+    stream.push(1);
+    lp32(&mut stream, key.as_bytes());
+    lp32(&mut stream, &desc);
+    stream.extend(1u32.to_be_bytes());
+    stream.extend((value.len() as u32).to_be_bytes());
+    let value_at = stream.len();
+    stream.extend(value.as_bytes());
+    // No header parts: the stream takes nonce index 0, with no AAD.
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
+    let sealed = cipher
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&hex::decode(&c.nonce_base).unwrap()),
+            Payload {
+                msg: &stream,
+                aad: b"",
+            },
+        )
+        .unwrap();
+    let out = to_record(&c.output, true);
+    assert_eq!(
+        out.value.as_deref(),
+        Some(&sealed[value_at..stream.len()]),
+        "stored value = the value's ciphertext, no tag"
+    );
+    let mut header = desc.clone();
+    header.extend(&sealed[stream.len()..]);
+    let last = out.headers.last().unwrap();
+    assert_eq!(&last.key[..], b"kapsule.enc");
+    assert_eq!(last.value.as_deref(), Some(&header[..]));
+    assert_eq!(out.headers[0], to_record(&c.input, false).headers[0]);
+}
+
+/// A revision 3 whole value fails to open when relabelled as revision 1 or 2, when a byte of
+/// it is flipped, when it is cut, extended or nulled, when its key or descriptor is edited, or
+/// under another topic; it opens with the reveal scope's rules (withheld: left as stored).
+#[test]
+fn revision_3_whole_values_resist_downgrade_and_edits() {
+    let g = read_golden(GOLDEN_V3_PATH);
+    let (dek, kc) = golden_keys(&g);
+    for c in &g.cases[2..] {
+        let rec = to_record(&c.output, true);
+        let plain = to_record(&c.input, false);
+        assert_eq!(
+            testing::open(&g.topic, &rec, &dek, Some(&kc)).unwrap(),
+            plain
+        );
+        let desc_at = rec.headers.len() - 1;
+        let fails = |t: &Record, what: &str| {
+            assert!(
+                testing::open(&g.topic, t, &dek, Some(&kc)).is_err(),
+                "case {}: {what} opened",
+                c.name
+            );
+        };
+        for (what, f) in [
+            ("revision 1", (|b| b & !0x40) as fn(u8) -> u8),
+            ("revision 2", |b| (b & !0x40) | 0x20),
+            ("both flags", |b| b | 0x20),
+        ] {
+            let mut t = rec.clone();
+            let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+            hv[1] = f(hv[1]);
+            t.headers[desc_at].value = Some(Bytes::from(hv));
+            fails(&t, what);
+        }
+        let v = rec.value.clone().unwrap();
+        for (what, edited) in [
+            ("first byte flipped", {
+                let mut b = v.to_vec();
+                b[0] ^= 1;
+                Some(b)
+            }),
+            ("cut by one byte", Some(v[..v.len() - 1].to_vec())),
+            ("extended by one byte", Some([&v[..], &[0u8]].concat())),
+            ("nulled", None),
+        ] {
+            let mut t = rec.clone();
+            t.value = edited.map(Bytes::from);
+            fails(&t, what);
+        }
+        let mut t = rec.clone();
+        let mut k = t.key.clone().unwrap().to_vec();
+        k[0] ^= 1;
+        t.key = Some(Bytes::from(k));
+        fails(&t, "key edited");
+        assert_descriptor_edits_and_other_topics_fail(&g, &rec);
+    }
 }
 
 /// A revision 3 record cannot be relabelled as revision 2 or 1 (nor carry both flags), and an

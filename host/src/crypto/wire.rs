@@ -33,7 +33,8 @@ pub const FLAG_VALUE_SCHEMA: u8 = 0x10;
 /// ([`AadScheme::V2`]).
 pub const FLAG_AAD_V2: u8 = 0x20;
 /// Descriptor flag: the record seals its value fields and its record tag in one AES-GCM stream,
-/// associated data revision 3 ([`AadScheme::V3`]); only with the JSON or schema flag.
+/// associated data revision 3 ([`AadScheme::V3`]); only with an encrypted value (whole, JSON or
+/// schema flag).
 pub const FLAG_AAD_V3: u8 = 0x40;
 const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE
     | FLAG_VALUE_JSON
@@ -48,9 +49,9 @@ const KNOWN_FLAGS: u8 = FLAG_VALUE_WHOLE
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AadScheme {
     /// Revision 1: every part's AAD holds the whole descriptor, and the record tag is the GCM tag
-    /// of an empty plaintext whose AAD holds the value. Still written for whole-value records (the
-    /// value is not in the tag there, so revision 2 would save nothing), so readers that predate
-    /// revision 2 read them.
+    /// of an empty plaintext whose AAD holds the value. Written for tombstones, and for
+    /// whole-value records when `record_format.whole_value_revision` is 1 (readers that predate
+    /// revision 3 for whole values read them).
     #[default]
     V1,
     /// Revision 2: a part's AAD holds the record id instead of the descriptor, and the record tag
@@ -61,14 +62,16 @@ pub enum AadScheme {
     /// encrypted fields cost several times its whole-value encryption under revision 1). Written
     /// whenever the value is left wholly in clear (key-only or header-only plans).
     V2,
-    /// Revision 3, for a value with encrypted fields (JSON or schema): the fields and the record
-    /// tag are one AES-GCM stream, `value prefix | field plaintexts | the stored value outside
-    /// the field spans` ([`RecordContext::value_stream_prefix`]). The fields' ciphertexts are
-    /// stored (without a tag of their own), the rest of that ciphertext is discarded, and its tag
-    /// is the record tag. Header parts bind as in revision 2. One AES-GCM call instead of one
-    /// per field plus one for the tag, whose fixed cost (and the block-at-a-time GHASH of each
-    /// AAD) made a 1 KiB record with three encrypted fields cost 2.7 times its whole-value
-    /// encryption under revision 2.
+    /// Revision 3, for an encrypted value (whole, or JSON or schema fields): the value's
+    /// encrypted bytes and the record tag are one AES-GCM stream, `value prefix | field
+    /// plaintexts | the stored value outside the field spans`
+    /// ([`RecordContext::value_stream_prefix`]; a whole value is one field spanning it, with
+    /// nothing outside). The fields' ciphertexts are stored (without a tag of their own), the
+    /// rest of that ciphertext is discarded, and its tag is the record tag. Header parts bind as
+    /// in revision 2. One AES-GCM call instead of one per field plus one for the tag, whose fixed
+    /// cost (and the block-at-a-time GHASH of each AAD) made a 1 KiB record with three encrypted
+    /// fields cost 2.7 times its whole-value encryption under revision 2, and spent more time in
+    /// GHASH over the two AADs of a revision 1 whole value than in encrypting it.
     V3,
 }
 
@@ -214,13 +217,14 @@ impl Descriptor {
         f
     }
 
-    /// Number of value parts (AES-GCM encryptions of the value on their own nonce). Revision 3
-    /// fields are none: they are sealed in the record tag's stream.
+    /// Number of value parts (AES-GCM encryptions of the value on their own nonce). Under
+    /// revision 3 there are none: the whole value or its fields are sealed in the record tag's
+    /// stream.
     pub fn value_parts(&self) -> u32 {
         match &self.value {
             ValueEncryption::None => 0,
-            ValueEncryption::Whole => 1,
             _ if self.aad == AadScheme::V3 => 0,
+            ValueEncryption::Whole => 1,
             ValueEncryption::Json(p) => p.len() as u32,
             ValueEncryption::Schema(p) => p.len() as u32,
         }
@@ -322,9 +326,11 @@ impl Descriptor {
                 "both associated data revision flags set",
             ));
         }
-        if flags & FLAG_AAD_V3 != 0 && flags & (FLAG_VALUE_JSON | FLAG_VALUE_SCHEMA) == 0 {
+        if flags & FLAG_AAD_V3 != 0
+            && flags & (FLAG_VALUE_WHOLE | FLAG_VALUE_JSON | FLAG_VALUE_SCHEMA) == 0
+        {
             return Err(WireError::Malformed(
-                "associated data revision 3 without encrypted value fields",
+                "associated data revision 3 without an encrypted value",
             ));
         }
         let record_id: [u8; 16] = r.take(16, "record id")?.try_into().expect("16");
@@ -481,8 +487,9 @@ impl RecordContext<'_> {
 
     /// Writes the start of a revision 3 value stream into `out` (cleared first): `"kapsule/v3/value"
     /// | lp(topic) | key-present u8 | lp(key) | lp(descriptor) | field count u32 | each field's
-    /// plaintext length u32`, in descriptor order. The stream continues with the field
-    /// plaintexts in that order, then the stored value without its field spans; it is sealed
+    /// plaintext length u32`, in descriptor order (a whole value: one field, the value). The
+    /// stream continues with the field plaintexts in that order, then the stored value without
+    /// its field spans (nothing, for a whole value); it is sealed
     /// with no AAD at nonce index = number of header parts, and its tag is the record tag.
     pub fn value_stream_prefix(
         &self,
@@ -518,8 +525,8 @@ impl RecordContext<'_> {
         out.clear();
         out.extend_from_slice(match self.scheme {
             AadScheme::V1 => b"kapsule/v1/record",
-            // Revision 3 records carry fields, whose tag is the value stream's; a descriptor
-            // that says otherwise does not decode. Bound like revision 2 all the same.
+            // A revision 3 record's tag is its value stream's; a descriptor without an encrypted
+            // value does not decode. Bound like revision 2 all the same.
             AadScheme::V2 | AadScheme::V3 => b"kapsule/v2/record",
         });
         put32(out, self.topic.as_bytes());

@@ -26,6 +26,8 @@ pub struct RecordEncryptor {
     deks: Arc<DekManager>,
     metrics: Arc<CryptoMetrics>,
     schemas: Option<Arc<SchemaRegistry>>,
+    /// The associated data revision written for whole values (`record_format`).
+    whole_value_scheme: AadScheme,
 }
 
 impl RecordEncryptor {
@@ -36,7 +38,15 @@ impl RecordEncryptor {
             deks: Arc::new(DekManager::new(kms, cfg, metrics.clone())),
             metrics,
             schemas: None,
+            whole_value_scheme: AadScheme::V3,
         }
+    }
+
+    /// Writes whole values under associated data revision 1 instead of 3 when `format` says so
+    /// (for a fleet whose readers predate revision 3 for whole values).
+    pub fn with_record_format(mut self, format: RecordFormat) -> Self {
+        self.whole_value_scheme = format.whole_value_scheme();
+        self
     }
 
     /// Reads writer schemas from `registry` for plans that encrypt schema fields (without one,
@@ -171,7 +181,7 @@ impl RecordEncryptor {
                         .ok()
                         .and_then(|o| nonce_at(&res.nonce_base, o))
                         .ok_or_else(|| seal_error(index, SealFail::NonceOverflow))?;
-                    shared_offset += prep.parts();
+                    shared_offset += prep.parts(self.whole_value_scheme);
                     Reservation {
                         dek: res.dek.clone(),
                         nonce_base,
@@ -179,7 +189,12 @@ impl RecordEncryptor {
                 }
                 None => self
                     .deks
-                    .reserve(&plan.key_id, topic, prep.parts(), prep.bytes)
+                    .reserve(
+                        &plan.key_id,
+                        topic,
+                        prep.parts(self.whole_value_scheme),
+                        prep.bytes,
+                    )
                     .await
                     .map_err(EncryptError::Kms)?,
             };
@@ -202,6 +217,7 @@ impl RecordEncryptor {
                     record_id,
                     key_cipher,
                     fields_scheme: AadScheme::V3,
+                    whole_scheme: self.whole_value_scheme,
                 },
             )
             .map_err(|f| seal_error(index, f))?;
@@ -232,7 +248,7 @@ impl RecordEncryptor {
             .iter()
             .flatten()
             .fold((0u64, 0u64), |(p, b), (_, prep)| {
-                (p + prep.parts(), b + prep.bytes)
+                (p + prep.parts(self.whole_value_scheme), b + prep.bytes)
             });
         if !self.deks.fits_one_reservation(parts, bytes) {
             return Ok(None);

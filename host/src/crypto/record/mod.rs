@@ -18,13 +18,61 @@ mod stream;
 use std::ops::Range;
 
 use crate::crypto::primitives::{Dek, NONCE_LEN, TAG_LEN};
-use crate::crypto::wire::{KeyIdError, RecordContext, TagValue, ValueEncryption, HEADER_KEY};
+use crate::crypto::wire::{
+    AadScheme, KeyIdError, RecordContext, TagValue, ValueEncryption, HEADER_KEY,
+};
 use crate::kafka::records::RecordBatch;
 use crate::kms::KmsError;
 use crate::plan::RevealParts;
 use crate::schema::SchemaError;
 
 pub use batch::RecordEncryptor;
+
+/// How encrypted records are written (`record_format:` in the config): choices that trade
+/// readability by older releases for speed. Readers read every form whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFormat {
+    /// Associated data revision of wholly encrypted values (docs/wire-format.md, "Associated
+    /// data"): `3` (default) seals value and record tag in one AES-GCM call; `1` writes what
+    /// releases before revision 3 for whole values (2026-12-07) can read, for a rolling upgrade
+    /// until every reader runs this release or later.
+    #[serde(default = "RecordFormat::latest_whole_value_revision")]
+    pub whole_value_revision: u8,
+}
+
+impl Default for RecordFormat {
+    fn default() -> Self {
+        Self {
+            whole_value_revision: Self::latest_whole_value_revision(),
+        }
+    }
+}
+
+impl RecordFormat {
+    fn latest_whole_value_revision() -> u8 {
+        3
+    }
+
+    /// Pushes a problem when a setting is out of range (`path` is this section's YAML path).
+    pub fn validate(&self, path: &str, problems: &mut Vec<String>) {
+        if !matches!(self.whole_value_revision, 1 | 3) {
+            problems.push(format!(
+                "{path}.whole_value_revision: {} is not a revision Kapsule writes for whole \
+                 values; use 3 (default) or 1 (readable by releases before 2026-12-07)",
+                self.whole_value_revision
+            ));
+        }
+    }
+
+    /// The revision whole values are sealed under (a validated config gives 1 or 3).
+    pub(crate) fn whole_value_scheme(&self) -> AadScheme {
+        match self.whole_value_revision {
+            1 => AadScheme::V1,
+            _ => AadScheme::V3,
+        }
+    }
+}
 
 /// Why a produce batch was refused. The batch must then not be forwarded at all.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -377,6 +425,8 @@ pub(crate) mod testing {
         pub record_id: [u8; 16],
         /// The revision written for a value with encrypted fields.
         pub fields_scheme: AadScheme,
+        /// The revision written for a wholly encrypted value.
+        pub whole_scheme: AadScheme,
     }
 
     /// Encrypts one record with fixed keys, nonce base and record id.
@@ -400,6 +450,7 @@ pub(crate) mod testing {
                 record_id: fixed.record_id,
                 key_cipher: siv.as_mut().map(|(s, v)| (s, *v)),
                 fields_scheme: fixed.fields_scheme,
+                whole_scheme: fixed.whole_scheme,
             },
         )
         .map_err(|e| e.to_string())

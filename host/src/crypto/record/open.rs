@@ -223,8 +223,19 @@ pub(super) fn open_record(
     // One AAD buffer for the record tag and every part of the record, allocated when first
     // needed.
     let mut aad = Vec::new();
-    // Revision 3: the fields' plaintexts come with the tag's verification (one stream).
-    let stream_fields = if desc.aad == AadScheme::V3 {
+    // Revision 3: the whole value's or the fields' plaintexts come with the tag's verification
+    // (one stream).
+    let mut stream_whole = None;
+    let stream_fields = if desc.aad == AadScheme::V3 && desc.value == ValueEncryption::Whole {
+        let stored = rec
+            .value
+            .as_deref()
+            .ok_or_else(|| OpenFail::Integrity("encrypted value was replaced by null".into()))?;
+        let opened = stream::open_whole(dek, &tag_nonce, &ctx, stored, tag)
+            .map_err(|e| OpenFail::Integrity(e.to_string()))?;
+        stream_whole = Some(opened);
+        None
+    } else if desc.aad == AadScheme::V3 {
         Some(open_stream_fields(
             desc,
             &ctx,
@@ -299,11 +310,18 @@ pub(super) fn open_record(
             ));
         }
         (ValueEncryption::Whole, Some(v)) if scope.reveals_value() => {
-            let pt = open(PartKind::Value, 0, b"", v)?;
+            let pt = match stream_whole.take() {
+                Some(opened) => opened,
+                None => Bytes::from(open(PartKind::Value, 0, b"", v)?),
+            };
             bytes += pt.len() as u64;
-            Some(Bytes::from(pt))
+            Some(pt)
         }
         (ValueEncryption::Whole, Some(v)) => {
+            // A revision 3 plaintext opened only to verify the tag: wiped, never delivered.
+            if let Some(opened) = stream_whole.take() {
+                wipe(opened);
+            }
             withheld.value = true;
             Some(v.clone())
         }
@@ -388,6 +406,14 @@ pub(super) fn open_record(
         },
         bytes,
     ))
+}
+
+/// Zeroes a plaintext the reader may not see, when nothing else holds it (a fresh
+/// [`Bytes::from`] of a `Vec` is unique).
+fn wipe(plaintext: Bytes) {
+    if let Ok(mut unique) = plaintext.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut unique[..]);
+    }
 }
 
 /// One encrypted field of a stored value, in descriptor order.

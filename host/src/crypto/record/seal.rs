@@ -36,10 +36,12 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-    /// AES-GCM invocations as written today: the whole value, header parts, and the record tag
-    /// (encrypted fields are sealed in the record tag's stream, revision 3).
-    pub(super) fn parts(&self) -> u64 {
-        u64::from(self.value_whole) + self.headers.len() as u64 + 1
+    /// AES-GCM invocations (and nonces) sealing the record takes when a whole value is written
+    /// under `whole_scheme`: the whole value under revision 1, header parts, and the record tag
+    /// (encrypted fields, and a whole value under revision 3, are sealed in the record tag's
+    /// stream).
+    pub(super) fn parts(&self, whole_scheme: AadScheme) -> u64 {
+        u64::from(self.value_whole && whole_scheme != AadScheme::V3) + self.headers.len() as u64 + 1
     }
 }
 
@@ -149,6 +151,10 @@ pub(super) struct SealParams<'a> {
     /// The associated data revision written for a value with encrypted fields:
     /// [`AadScheme::V3`] ([`AadScheme::V2`] only to reproduce older test vectors).
     pub fields_scheme: AadScheme,
+    /// The associated data revision written for a wholly encrypted value: [`AadScheme::V3`]
+    /// (one AES-GCM call for value and record tag) or [`AadScheme::V1`] (readable by releases
+    /// that predate revision 3 for whole values; `record_format.whole_value_revision: 1`).
+    pub whole_scheme: AadScheme,
 }
 
 /// Encrypts `rec` as `prep` says (its field names move into the descriptor); pure given `p`.
@@ -171,13 +177,14 @@ pub(super) fn seal_record(
         (false, _, k) => (k.clone(), 0),
     };
     let has_fields = !prep.fields.is_empty() || !prep.schema_fields.is_empty();
-    // Revision 1 for whole values and tombstones, so readers that predate revision 2 read them
-    // (the value is not in the tag there: nothing to save); revision 3 for a value with
-    // encrypted fields; revision 2 for a value wholly in clear (the tag seals it in bulk).
+    // Revision 3 for a value with encrypted fields, and (as configured) for a whole value;
+    // revision 2 for a value wholly in clear (the tag seals it in bulk); revision 1 for
+    // tombstones, so readers that predate revision 2 read them (no value: nothing to save).
     let scheme = match &rec.value {
         Some(_) if has_fields => p.fields_scheme,
-        Some(_) if !prep.value_whole => AadScheme::V2,
-        _ => AadScheme::V1,
+        Some(_) if prep.value_whole => p.whole_scheme,
+        Some(_) => AadScheme::V2,
+        None => AadScheme::V1,
     };
     let field_tag_len = if scheme == AadScheme::V3 { 0 } else { TAG_LEN };
     let desc = Descriptor {
@@ -237,6 +244,13 @@ pub(super) fn seal_record(
         Ok(())
     };
     let new_value = match &rec.value {
+        Some(v) if prep.value_whole && scheme == AadScheme::V3 => {
+            // Value and record tag in one stream, at the record tag's nonce.
+            let nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
+            let (stored, tag) = stream::seal_whole(p.dek, &nonce, &ctx, v);
+            stream_tag = Some(tag);
+            Some(stored)
+        }
         Some(v) if prep.value_whole => {
             let mut out = Vec::with_capacity(v.len() + TAG_LEN);
             seal_into(PartKind::Value, 0, b"", v, &mut out)?;

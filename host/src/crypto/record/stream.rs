@@ -11,6 +11,8 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
+
 use crate::crypto::primitives::{Dek, NONCE_LEN, TAG_LEN};
 use crate::crypto::wire::{FieldEncoding, RecordContext};
 
@@ -125,6 +127,43 @@ pub(super) fn seal_fields<F: AsRef<StreamField>>(
     }
     out.extend_from_slice(&value[pos..]);
     Ok((out, tag))
+}
+
+/// Seals a whole value with the record tag at `nonce` (revision 3: the value is the stream's one
+/// field, with nothing outside it); returns the stored value, its ciphertext without a tag of
+/// its own, and the record tag. The stored value shares the stream's allocation (its prefix's
+/// ciphertext is discarded unseen), so the value is copied once.
+pub(super) fn seal_whole(
+    dek: &Dek,
+    nonce: &[u8; NONCE_LEN],
+    ctx: &RecordContext<'_>,
+    value: &[u8],
+) -> (Bytes, [u8; TAG_LEN]) {
+    let mut stream = Vec::with_capacity(stream_capacity(ctx, 1, value.len()));
+    ctx.value_stream_prefix(std::iter::once(value.len()), &mut stream);
+    let at = stream.len();
+    stream.extend_from_slice(value);
+    let tag = dek.seal_stream(nonce, &mut stream);
+    (Bytes::from(stream).slice(at..), tag)
+}
+
+/// Verifies the record tag of a revision 3 whole value as stored, and returns its plaintext
+/// (sharing the stream's allocation). Nothing unverified is returned.
+pub(super) fn open_whole(
+    dek: &Dek,
+    nonce: &[u8; NONCE_LEN],
+    ctx: &RecordContext<'_>,
+    stored: &[u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<Bytes, StreamError> {
+    let mut stream = Vec::with_capacity(stream_capacity(ctx, 1, stored.len()));
+    ctx.value_stream_prefix(std::iter::once(stored.len()), &mut stream);
+    let at = stream.len();
+    stream.extend_from_slice(stored);
+    if !dek.open_stored_tail(nonce, &mut stream, at, tag) {
+        return Err(StreamError::Integrity);
+    }
+    Ok(Bytes::from(stream).slice(at..))
 }
 
 /// The plaintexts of a revision 3 value's fields, verified.
