@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kapsule::crypto::primitives::Dek;
+use kapsule::crypto::record::RecordFormat;
 use kapsule::crypto::{DecryptOptions, DekConfig, RecordEncryptor};
 use kapsule::kafka::records::{Record, RecordBatch};
 use kapsule::kms::memory::MemoryKms;
@@ -182,7 +183,11 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let kms = Arc::new(MemoryKms::with_keys(&["k"]));
-    let enc = RecordEncryptor::new(kms, DekConfig::default());
+    let enc = RecordEncryptor::new(kms.clone(), DekConfig::default());
+    // Whole values as releases before revision 3 for whole values wrote them (two AES-GCM calls).
+    let enc_rev1 = RecordEncryptor::new(kms, DekConfig::default()).with_record_format(RecordFormat {
+        whole_value_revision: 1,
+    });
     let whole = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::Whole,
@@ -233,10 +238,11 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("record");
     g.throughput(Throughput::Elements(RECORDS as u64));
-    for (name, b0, d) in [
-        ("encrypt_whole_1KiB", &values, &d_whole),
-        ("encrypt_whole_1KiB_and_key", &values, &d_keyed),
-        ("encrypt_json_10_fields", &jsons, &d_fields),
+    for (name, enc, b0, d) in [
+        ("encrypt_whole_1KiB", &enc, &values, &d_whole),
+        ("encrypt_whole_1KiB_revision_1", &enc_rev1, &values, &d_whole),
+        ("encrypt_whole_1KiB_and_key", &enc, &values, &d_keyed),
+        ("encrypt_json_10_fields", &enc, &jsons, &d_fields),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
@@ -246,9 +252,10 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
-    for (name, b0, d) in [
-        ("decrypt_whole_1KiB", &values, &d_whole),
-        ("decrypt_json_10_fields", &jsons, &d_fields),
+    for (name, enc, b0, d) in [
+        ("decrypt_whole_1KiB", &enc, &values, &d_whole),
+        ("decrypt_whole_1KiB_revision_1", &enc_rev1, &values, &d_whole),
+        ("decrypt_json_10_fields", &enc, &jsons, &d_fields),
     ] {
         let mut encrypted = b0.clone();
         rt.block_on(enc.encrypt_batch("bench", &mut encrypted, d))
