@@ -18,33 +18,8 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 wait_port() { for _ in $(seq ${2:-100}); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 kafka_pid=
 if [ "${CPU_AB_BROKER:-tansu}" = kafka ]; then
-  libs=$("$here/../scripts/install-kafka.sh")
-  kafka_dir=$(mktemp -d /tmp/kapsule-ab-kafka-XXXXXX)
-  kafka_port=$(free_port); controller=$(free_port)
-  cat > $kafka_dir/server.properties <<EOK
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$kafka_dir/data
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
-message.max.bytes=2097152
-EOK
-  java -cp "$libs/*" kafka.tools.StorageTool format -t "$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')" \
-    -c $kafka_dir/server.properties > $kafka_dir/format.log 2>&1
-  java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -cp "$libs/*" kafka.Kafka \
-    $kafka_dir/server.properties > $kafka_dir/kafka.log 2>&1 &
-  kafka_pid=$!
-  trap 'kill $kafka_pid 2>/dev/null; wait $kafka_pid 2>/dev/null; rm -rf $kafka_dir' EXIT
-  wait_port $kafka_port 600 || { tail -20 $kafka_dir/kafka.log; exit 1; }
-  sleep 2
+  . "$here/kafka_node.sh"
+  start_kafka_node
 fi
 one_run() { # bin label run
   local bin=$1 label=$2 run=$3 work bp kp ap tpid kpid ticks0 ticks1 topic

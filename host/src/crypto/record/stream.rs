@@ -1,5 +1,5 @@
-//! Associated data revision 3: the encrypted fields of a value and its record tag as one AES-GCM
-//! stream (docs/wire-format.md, "Revision 3").
+//! Associated data revision 3: the encrypted fields of a value, or a whole encrypted value, and
+//! its record tag as one AES-GCM stream (docs/wire-format.md, "Revision 3").
 //!
 //! The stream is `value prefix | field plaintexts in descriptor order | the stored value without
 //! its field spans`, sealed with no AAD at the nonce after the record's header parts. The
@@ -148,7 +148,9 @@ pub(super) fn seal_whole(
 }
 
 /// Verifies the record tag of a revision 3 whole value as stored, and returns its plaintext
-/// (sharing the stream's allocation). Nothing unverified is returned.
+/// (sharing the stream's allocation). One AES-GCM call: the prefix's ciphertext comes from the
+/// CTR keystream alone ([`crate::crypto::gcm::GcmKey::open_stored_tail`]). Nothing unverified
+/// is returned.
 pub(super) fn open_whole(
     dek: &Dek,
     nonce: &[u8; NONCE_LEN],

@@ -1,0 +1,35 @@
+# Sourced by the bench scripts: `start_kafka_node` starts one Apache Kafka KRaft node
+# (scripts/install-kafka.sh's jars, kafka-server-start.sh's JVM options) on free loopback ports,
+# sets kafka_port, kafka_pid and kafka_dir, and stops it and removes its data on exit.
+# Needs free_port and wait_port from the caller.
+start_kafka_node() {
+  local libs controller
+  libs=$("$here/../scripts/install-kafka.sh")
+  kafka_dir=$(mktemp -d /tmp/kapsule-bench-kafka-XXXXXX)
+  kafka_port=$(free_port); controller=$(free_port)
+  cat > "$kafka_dir/server.properties" <<EOK
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$kafka_dir/data
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+message.max.bytes=2097152
+EOK
+  java -cp "$libs/*" kafka.tools.StorageTool format \
+    -t "$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')" \
+    -c "$kafka_dir/server.properties" > "$kafka_dir/format.log" 2>&1
+  java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -cp "$libs/*" kafka.Kafka \
+    "$kafka_dir/server.properties" > "$kafka_dir/kafka.log" 2>&1 &
+  kafka_pid=$!
+  trap 'kill $kafka_pid 2>/dev/null; wait $kafka_pid 2>/dev/null; rm -rf "$kafka_dir"' EXIT
+  wait_port $kafka_port 600 || { tail -20 "$kafka_dir/kafka.log"; return 1; }
+  sleep 2
+}
