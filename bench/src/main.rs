@@ -638,8 +638,10 @@ async fn prepare_topic(
     Ok(())
 }
 
-/// Fails unless the first record the broker stores for `topic` differs in size from the
-/// `size`-byte values produced (an encrypting path must store ciphertext, never the plaintext).
+/// Fails unless the first record the broker stores for `topic` is encrypted: it carries
+/// Kapsule's `kapsule.enc` descriptor (a revision 3 whole value keeps its plaintext's size), or
+/// its value differs in size from the `size`-byte values produced (Kroxylicious, and Kapsule's
+/// revision 1). An encrypting path must store ciphertext, never the plaintext.
 async fn ensure_stored_encrypted(broker: &Broker, topic: &str, size: usize) -> Result<()> {
     let peek = load(
         "peek",
@@ -651,8 +653,11 @@ async fn ensure_stored_encrypted(broker: &Broker, topic: &str, size: usize) -> R
     )
     .await?;
     let stored = peek["value_len"].as_u64().context("peek lacks value_len")?;
+    let descriptor = peek["headers"]
+        .as_array()
+        .is_some_and(|h| h.iter().any(|name| name == "kapsule.enc"));
     anyhow::ensure!(
-        stored != size as u64,
+        descriptor || stored != size as u64,
         "the broker stores {size}-byte values on {topic}: the path did not encrypt ({peek})"
     );
     Ok(())
