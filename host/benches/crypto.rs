@@ -185,9 +185,10 @@ fn benches(c: &mut Criterion) {
     let kms = Arc::new(MemoryKms::with_keys(&["k"]));
     let enc = RecordEncryptor::new(kms.clone(), DekConfig::default());
     // Whole values as releases before revision 3 for whole values wrote them (two AES-GCM calls).
-    let enc_rev1 = RecordEncryptor::new(kms, DekConfig::default()).with_record_format(RecordFormat {
-        whole_value_revision: 1,
-    });
+    let enc_rev1 =
+        RecordEncryptor::new(kms, DekConfig::default()).with_record_format(RecordFormat {
+            whole_value_revision: 1,
+        });
     let whole = RecordDecision::encrypt(EncryptionPlan {
         key_id: "k".into(),
         value: ValuePart::Whole,
@@ -240,7 +241,12 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(RECORDS as u64));
     for (name, enc, b0, d) in [
         ("encrypt_whole_1KiB", &enc, &values, &d_whole),
-        ("encrypt_whole_1KiB_revision_1", &enc_rev1, &values, &d_whole),
+        (
+            "encrypt_whole_1KiB_revision_1",
+            &enc_rev1,
+            &values,
+            &d_whole,
+        ),
         ("encrypt_whole_1KiB_and_key", &enc, &values, &d_keyed),
         ("encrypt_json_10_fields", &enc, &jsons, &d_fields),
     ] {
@@ -254,7 +260,12 @@ fn benches(c: &mut Criterion) {
     }
     for (name, enc, b0, d) in [
         ("decrypt_whole_1KiB", &enc, &values, &d_whole),
-        ("decrypt_whole_1KiB_revision_1", &enc_rev1, &values, &d_whole),
+        (
+            "decrypt_whole_1KiB_revision_1",
+            &enc_rev1,
+            &values,
+            &d_whole,
+        ),
         ("decrypt_json_10_fields", &enc, &jsons, &d_fields),
     ] {
         let mut encrypted = b0.clone();
