@@ -10,12 +10,14 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 pom="$here/deps/kafka/pom.xml"
 version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")"
 home="${KAPSULE_KAFKA_HOME:-$HOME/.cache/kapsule/kafka-$version}"
-if [ ! -f "$home/.complete" ] || [ "$pom" -nt "$home/.complete" ]; then
+# The marker holds the pom's checksum: a fresh clone (new mtimes) of the same pom skips the fetch.
+stamp="$(sha256sum < "$pom" | cut -d' ' -f1)"
+if [ "$(cat "$home/.complete" 2>/dev/null)" != "$stamp" ]; then
   command -v mvn >/dev/null || { log "mvn not found: install Maven (apt-get install maven)"; exit 1; }
   log "fetching Apache Kafka $version and its dependencies from Maven Central into $home/libs"
   rm -rf "$home/libs.tmp"
   mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$home/libs.tmp" >&2
   rm -rf "$home/libs" && mv "$home/libs.tmp" "$home/libs"
-  touch "$home/.complete"
+  echo "$stamp" > "$home/.complete"
 fi
 echo "$home/libs"

@@ -30,11 +30,10 @@ find_jdk() {
   return 1
 }
 
-stale=0
-for f in "$pom" "$deps/KroxyliciousMain.java" "$deps/log4j2.yaml" "$0"; do
-  [ -f "$home/.complete" ] && [ ! "$f" -nt "$home/.complete" ] || stale=1
-done
-if [ "$stale" = 1 ]; then
+# The marker holds a checksum of what the install is made from: a fresh clone (new mtimes) of the
+# same files skips it.
+stamp="$(cat "$pom" "$deps/KroxyliciousMain.java" "$deps/log4j2.yaml" "$0" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$home/.complete" 2>/dev/null)" != "$stamp" ]; then
   command -v mvn >/dev/null || { log "mvn not found: install Maven (apt-get install maven)"; exit 1; }
   jdk="$(find_jdk)" || { log "no Java 21+ JDK found (Kroxylicious needs one): install e.g. temurin-25-jdk or set KROXYLICIOUS_JAVA_HOME"; exit 1; }
   log "fetching Kroxylicious $version (runtime, record encryption, Vault KMS) from Maven Central into $home/libs"
@@ -59,6 +58,6 @@ EOS
   chmod +x "$home.tmp/bin/kroxylicious"
   echo "$version" > "$home.tmp/VERSION"
   rm -rf "$home" && mv "$home.tmp" "$home"
-  touch "$home/.complete"
+  echo "$stamp" > "$home/.complete"
 fi
 echo "$home"

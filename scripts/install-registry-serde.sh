@@ -10,7 +10,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 pom="$here/deps/apicurio-serde/pom.xml"
 version="$(sed -n 's:.*<apicurio.serde.version>\(.*\)</apicurio.serde.version>.*:\1:p' "$pom")"
 home="${KAPSULE_APICURIO_SERDE_HOME:-$HOME/.cache/kapsule/apicurio-serde-$version}"
-if [ ! -f "$home/.complete" ] || [ "$pom" -nt "$home/.complete" ]; then
+# The marker holds the pom's checksum: a fresh clone (new mtimes) of the same pom skips the fetch.
+stamp="$(sha256sum < "$pom" | cut -d' ' -f1)"
+if [ "$(cat "$home/.complete" 2>/dev/null)" != "$stamp" ]; then
   command -v mvn >/dev/null || { log "mvn not found: install Maven (apt-get install maven)"; exit 1; }
   log "fetching Apicurio Registry Avro serde $version from Maven Central into $home (about 14 MB)"
   rm -rf "$home.tmp"
@@ -18,6 +20,6 @@ if [ ! -f "$home/.complete" ] || [ "$pom" -nt "$home/.complete" ]; then
   ls "$home.tmp"/apicurio-registry-avro-serde-kafka-*.jar >/dev/null \
     || { log "no apicurio-registry-avro-serde-kafka jar was copied"; exit 1; }
   rm -rf "$home" && mv "$home.tmp" "$home"
-  touch "$home/.complete"
+  echo "$stamp" > "$home/.complete"
 fi
 echo "$home"

@@ -10,13 +10,15 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 pom="$here/deps/apicurio/pom.xml"
 version="$(sed -n 's:.*<apicurio.version>\(.*\)</apicurio.version>.*:\1:p' "$pom")"
 home="${KAPSULE_APICURIO_HOME:-$HOME/.cache/kapsule/apicurio-registry-$version}"
-if [ ! -f "$home/.complete" ] || [ "$pom" -nt "$home/.complete" ]; then
+# The marker holds the pom's checksum: a fresh clone (new mtimes) of the same pom skips the fetch.
+stamp="$(sha256sum < "$pom" | cut -d' ' -f1)"
+if [ "$(cat "$home/.complete" 2>/dev/null)" != "$stamp" ]; then
   command -v mvn >/dev/null || { log "mvn not found: install Maven (apt-get install maven)"; exit 1; }
   log "fetching Apicurio Registry $version from Maven Central into $home (about 160 MB)"
   rm -rf "$home.tmp"
   mvn -q -B -f "$pom" dependency:unpack-dependencies -DoutputDirectory="$home.tmp" >&2
   [ -f "$home.tmp/quarkus-run.jar" ] || { log "the archive holds no quarkus-run.jar"; exit 1; }
   rm -rf "$home" && mv "$home.tmp" "$home"
-  touch "$home/.complete"
+  echo "$stamp" > "$home/.complete"
 fi
 echo "$home"
