@@ -16,7 +16,11 @@ if [ "$(cat "$home/.complete" 2>/dev/null)" != "$stamp" ]; then
   command -v mvn >/dev/null || { log "mvn not found: install Maven (apt-get install maven)"; exit 1; }
   log "fetching Apicurio Registry $version from Maven Central into $home (about 160 MB)"
   rm -rf "$home.tmp"
-  mvn -q -B -f "$pom" dependency:unpack-dependencies -DoutputDirectory="$home.tmp" >&2
+  # Markers in the fresh directory: with the plugin's default (deps/apicurio/target) a second
+  # install from the same checkout unpacks nothing.
+  mvn -q -B -f "$pom" dependency:unpack-dependencies -DoutputDirectory="$home.tmp" \
+    -DmarkersDirectory="$home.tmp.markers" >&2
+  rm -rf "$home.tmp.markers"
   [ -f "$home.tmp/quarkus-run.jar" ] || { log "the archive holds no quarkus-run.jar"; exit 1; }
   rm -rf "$home" && mv "$home.tmp" "$home"
   echo "$stamp" > "$home/.complete"
