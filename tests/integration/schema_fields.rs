@@ -172,8 +172,11 @@ pub(crate) async fn ck_schema(
         topic,
         "--format",
         format,
+        // The client's own deadline (delivery and consume), inside CLIENT_TIMEOUT: generous,
+        // because a run that succeeds returns as soon as its records arrive, and a loaded
+        // machine (JVM tests starting beside it) once took more than 30 s.
         "--timeout",
-        "30",
+        "60",
     ]
     .iter()
     .map(|s| s.to_string())
