@@ -139,12 +139,19 @@ pub(super) fn seal_whole(
     ctx: &RecordContext<'_>,
     value: &[u8],
 ) -> (Bytes, [u8; TAG_LEN]) {
-    let mut stream = Vec::with_capacity(stream_capacity(ctx, 1, value.len()));
-    ctx.value_stream_prefix(std::iter::once(value.len()), &mut stream);
-    let at = stream.len();
-    stream.extend_from_slice(value);
+    let (mut stream, at) = whole_value_stream(ctx, value);
     let tag = dek.seal_stream(nonce, &mut stream);
     (Bytes::from(stream).slice(at..), tag)
+}
+
+/// The revision 3 stream of a whole value, `bytes` in the value's place (its plaintext when
+/// sealing, its stored ciphertext when opening), and where they start in it.
+fn whole_value_stream(ctx: &RecordContext<'_>, bytes: &[u8]) -> (Vec<u8>, usize) {
+    let mut stream = Vec::with_capacity(stream_capacity(ctx, 1, bytes.len()));
+    ctx.value_stream_prefix(std::iter::once(bytes.len()), &mut stream);
+    let at = stream.len();
+    stream.extend_from_slice(bytes);
+    (stream, at)
 }
 
 /// Verifies the record tag of a revision 3 whole value as stored, and returns its plaintext
@@ -158,10 +165,7 @@ pub(super) fn open_whole(
     stored: &[u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<Bytes, StreamError> {
-    let mut stream = Vec::with_capacity(stream_capacity(ctx, 1, stored.len()));
-    ctx.value_stream_prefix(std::iter::once(stored.len()), &mut stream);
-    let at = stream.len();
-    stream.extend_from_slice(stored);
+    let (mut stream, at) = whole_value_stream(ctx, stored);
     if !dek.open_stored_tail(nonce, &mut stream, at, tag) {
         return Err(StreamError::Integrity);
     }
