@@ -1469,7 +1469,6 @@ fn golden_v2_case_matches_the_documented_layout() {
 /// plaintexts and the value outside the fields, whose tag is the record tag.
 #[test]
 fn golden_v3_case_matches_the_documented_layout() {
-    use aes_gcm::aead::{Aead, KeyInit, Payload};
     let g = read_golden(GOLDEN_V3_PATH);
     let c = &g.cases[0];
     let lp = lp32;
@@ -1493,16 +1492,7 @@ fn golden_v3_case_matches_the_documented_layout() {
     let outside = value.replacen(fields[0], "", 1).replacen(fields[1], "", 1);
     stream.extend(outside.as_bytes());
     // No header parts: the stream takes nonce index 0, with no AAD.
-    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
-    let sealed = cipher
-        .encrypt(
-            aes_gcm::Nonce::from_slice(&hex::decode(&c.nonce_base).unwrap()),
-            Payload {
-                msg: &stream,
-                aad: b"",
-            },
-        )
-        .unwrap();
+    let sealed = reference_seal_stream(&g, c, &stream);
     let mut stored = value.clone();
     let mut at = fields_at;
     for f in fields {
@@ -1519,7 +1509,6 @@ fn golden_v3_case_matches_the_documented_layout() {
 /// is its ciphertext without a tag.
 #[test]
 fn golden_v3_whole_value_matches_the_documented_layout() {
-    use aes_gcm::aead::{Aead, KeyInit, Payload};
     let g = read_golden(GOLDEN_V3_PATH);
     let c = &g.cases[2];
     assert_eq!(c.value, "whole");
@@ -1536,16 +1525,7 @@ fn golden_v3_whole_value_matches_the_documented_layout() {
     let value_at = stream.len();
     stream.extend(value.as_bytes());
     // No header parts: the stream takes nonce index 0, with no AAD.
-    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
-    let sealed = cipher
-        .encrypt(
-            aes_gcm::Nonce::from_slice(&hex::decode(&c.nonce_base).unwrap()),
-            Payload {
-                msg: &stream,
-                aad: b"",
-            },
-        )
-        .unwrap();
+    let sealed = reference_seal_stream(&g, c, &stream);
     let out = to_record(&c.output, true);
     assert_eq!(
         out.value.as_deref(),
@@ -1558,6 +1538,43 @@ fn golden_v3_whole_value_matches_the_documented_layout() {
     assert_eq!(&last.key[..], b"kapsule.enc");
     assert_eq!(last.value.as_deref(), Some(&header[..]));
     assert_eq!(out.headers[0], to_record(&c.input, false).headers[0]);
+}
+
+/// An edit of a descriptor's flags byte.
+type FlagsEdit = fn(u8) -> u8;
+
+/// The flag edits that relabel a revision 3 descriptor: as revision 1, as revision 2, and with
+/// both revision flags.
+const REVISION_3_RELABELS: [(&str, FlagsEdit); 3] = [
+    ("revision 1", |b| b & !0x40),
+    ("revision 2", |b| (b & !0x40) | 0x20),
+    ("both flags", |b| b | 0x20),
+];
+
+/// `rec` with the flags byte of its descriptor (the last header) changed by `f`.
+fn with_descriptor_flags(rec: &Record, f: FlagsEdit) -> Record {
+    let desc_at = rec.headers.len() - 1;
+    let mut t = rec.clone();
+    let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
+    hv[1] = f(hv[1]);
+    t.headers[desc_at].value = Some(Bytes::from(hv));
+    t
+}
+
+/// The ciphertext and tag the independent RustCrypto AES-GCM gives `stream` under golden file
+/// `g`'s DEK at case `c`'s nonce base, with no AAD (a revision 3 stream with no header parts).
+fn reference_seal_stream(g: &GoldenFile, c: &GoldenCase, stream: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(&g.dek).unwrap()).unwrap();
+    cipher
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&hex::decode(&c.nonce_base).unwrap()),
+            Payload {
+                msg: stream,
+                aad: b"",
+            },
+        )
+        .unwrap()
 }
 
 /// A revision 3 whole value fails to open when relabelled as revision 1 or 2, when a byte of
@@ -1574,7 +1591,6 @@ fn revision_3_whole_values_resist_downgrade_and_edits() {
             testing::open(&g.topic, &rec, &dek, Some(&kc)).unwrap(),
             plain
         );
-        let desc_at = rec.headers.len() - 1;
         let fails = |t: &Record, what: &str| {
             assert!(
                 testing::open(&g.topic, t, &dek, Some(&kc)).is_err(),
@@ -1582,16 +1598,8 @@ fn revision_3_whole_values_resist_downgrade_and_edits() {
                 c.name
             );
         };
-        for (what, f) in [
-            ("revision 1", (|b| b & !0x40) as fn(u8) -> u8),
-            ("revision 2", |b| (b & !0x40) | 0x20),
-            ("both flags", |b| b | 0x20),
-        ] {
-            let mut t = rec.clone();
-            let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
-            hv[1] = f(hv[1]);
-            t.headers[desc_at].value = Some(Bytes::from(hv));
-            fails(&t, what);
+        for (what, f) in REVISION_3_RELABELS {
+            fails(&with_descriptor_flags(&rec, f), what);
         }
         let v = rec.value.clone().unwrap();
         for (what, edited) in [
@@ -1630,21 +1638,9 @@ fn revision_3_records_resist_downgrade_and_edits() {
         testing::open(&g.topic, &json, &dek, Some(&kc)).unwrap(),
         plain
     );
-    let desc_at = json.headers.len() - 1;
-    let with_flags = |rec: &Record, f: fn(u8) -> u8| {
-        let mut t = rec.clone();
-        let mut hv = t.headers[desc_at].value.as_ref().unwrap().to_vec();
-        hv[1] = f(hv[1]);
-        t.headers[desc_at].value = Some(Bytes::from(hv));
-        t
-    };
-    for (what, f) in [
-        ("revision 1", (|b| b & !0x40) as fn(u8) -> u8),
-        ("revision 2", |b| (b & !0x40) | 0x20),
-        ("both flags", |b| b | 0x20),
-    ] {
+    for (what, f) in REVISION_3_RELABELS {
         assert!(
-            testing::open(&g.topic, &with_flags(&json, f), &dek, Some(&kc)).is_err(),
+            testing::open(&g.topic, &with_descriptor_flags(&json, f), &dek, Some(&kc)).is_err(),
             "{what}"
         );
     }
