@@ -4,7 +4,7 @@
 # the cores, every cycle the proxy spends is taken from the other two).
 # Usage: bench/consume_headroom.sh RUNS RECORDS KAPSULE_BIN [CONFIG...]
 # CONFIG: `passthrough` or a file appended to the proxy config (e.g. bench/configs/encrypt.yaml).
-# One Kafka node (bench/kafka_node.sh); per run and path a fresh topic: RECORDS 1 KiB records
+# One Kafka node (bench/common.sh); per run and path a fresh topic: RECORDS 1 KiB records
 # produced (bench/load.py, through the path), then consumed back through the same path while
 # /proc/stat is sampled. Prints per path: consume MB/s, machine CPU busy (of all cores) during the
 # consume, and Kapsule's share (its utime+stime over the same interval); then medians.
@@ -13,27 +13,19 @@ runs=$1; records=$2; bin=$3; shift 3
 configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(passthrough)
 here=$(cd "$(dirname "$0")" && pwd)
 export KAPSULE_BENCH_MASTER_KEY=${KAPSULE_BENCH_MASTER_KEY:-$(openssl rand -base64 32)}
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq ${2:-100}); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-. "$here/kafka_node.sh"
+. "$here/common.sh"
 start_kafka_node
 cpu_ticks() { awk '/^cpu / {busy=$2+$3+$4+$7+$8; print busy, busy+$5+$6}' /proc/stat; }
 out=$(mktemp)
 one_path() { # label config run
-  local label=$1 config=$2 run=$3 work kp ap kpid="" boot topic t0 t1 k0 k1 c
+  local label=$1 config=$2 run=$3 work kpid="" boot topic t0 t1 k0 k1 c kapsule_port kapsule_pid
   work=$(mktemp -d /tmp/kapsule-headroom-XXXXXX)
   topic=headroom-$run-$label-$$
   python3 $here/load.py create --bootstrap 127.0.0.1:$kafka_port --topic $topic --count 1 > /dev/null
   boot=127.0.0.1:$kafka_port
   if [ "$label" != direct ]; then
-    kp=$(free_port); ap=$(free_port)
-    { echo "proxy: { listen: \"127.0.0.1:$kp\", upstream: \"127.0.0.1:$kafka_port\" }"
-      echo "admin: { listen: \"127.0.0.1:$ap\" }"
-      echo "records: passthrough"
-      if [ "$config" != passthrough ]; then sed "s#/tmp/kapsule-bench-keks.json#$work/keks.json#" "$config"; fi
-    } > $work/config.yaml
-    "$bin" run --config $work/config.yaml > $work/kapsule.log 2>&1 &
-    kpid=$!; wait_port $kp; sleep 0.5; boot=127.0.0.1:$kp
+    start_kapsule "$bin" "$config" $work $kafka_port
+    kpid=$kapsule_pid; boot=127.0.0.1:$kapsule_port
   fi
   python3 $here/load.py produce --bootstrap $boot --topic $topic --count $records --size 1024 > /dev/null
   t0=$(cpu_ticks); k0=0; [ -n "$kpid" ] && k0=$(awk '{print $14+$15}' /proc/$kpid/stat)

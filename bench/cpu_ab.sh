@@ -14,17 +14,14 @@ set -eu
 runs=$1; records=$2; config=$3; bins=("$4" "$5"); perfdir=${6:-}
 here=$(cd "$(dirname "$0")" && pwd)
 export KAPSULE_BENCH_MASTER_KEY=${KAPSULE_BENCH_MASTER_KEY:-$(openssl rand -base64 32)}
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq ${2:-100}); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+. "$here/common.sh"
 kafka_pid=
 if [ "${CPU_AB_BROKER:-tansu}" = kafka ]; then
-  . "$here/kafka_node.sh"
   start_kafka_node
 fi
 one_run() { # bin label run
-  local bin=$1 label=$2 run=$3 work bp kp ap tpid kpid ticks0 ticks1 topic
+  local bin=$1 label=$2 run=$3 work bp kp tpid kpid ticks0 ticks1 topic kapsule_port kapsule_pid
   work=$(mktemp -d /tmp/kapsule-ab-XXXXXX)
-  kp=$(free_port); ap=$(free_port)
   topic=ab-$run-$label-$$
   if [ -n "$kafka_pid" ]; then
     bp=$kafka_port; tpid=
@@ -36,13 +33,8 @@ one_run() { # bin label run
     tpid=$!; wait_port $bp; sleep 0.5
     ~/.cargo/bin/tansu topic create $topic --partitions 1 --broker tcp://127.0.0.1:$bp > /dev/null
   fi
-  { echo "proxy: { listen: \"127.0.0.1:$kp\", upstream: \"127.0.0.1:$bp\" }"
-    echo "admin: { listen: \"127.0.0.1:$ap\" }"
-    echo "records: passthrough"
-    if [ "$config" != passthrough ]; then sed "s#/tmp/kapsule-bench-keks.json#$work/keks.json#" "$config"; fi
-  } > $work/config.yaml
-  "$bin" run --config $work/config.yaml > $work/kapsule.log 2>&1 &
-  kpid=$!; wait_port $kp; sleep 0.5
+  start_kapsule "$bin" "$config" $work $bp
+  kp=$kapsule_port; kpid=$kapsule_pid
   if [ -n "$perfdir" ]; then
     perf record -q -e cpu-clock --call-graph ${PERF_CALLGRAPH:-fp} -p $kpid -o $perfdir/$label-$run.data > /dev/null 2>&1 & ppid=$!
   fi

@@ -11,14 +11,15 @@ work=$(mktemp -d /tmp/kapsule-idle-XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/common.sh"
 if [ -z "$upstream" ]; then
   bp=$(free_port)
   ~/.cargo/bin/tansu broker --listener-url "tcp://127.0.0.1:$bp" --advertised-listener-url "tcp://127.0.0.1:$bp" \
     --storage-engine "memory://tansu/" > "$work/tansu.log" 2>&1 &
   pids+=($!)
   upstream=127.0.0.1:$bp
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bp) 2>/dev/null && break; sleep 0.2; done
+  wait_port $bp 100 || true
 fi
 port=$(free_port); admin=$(free_port)
 cat > "$work/config.yaml" <<EOC
@@ -28,7 +29,7 @@ records: passthrough
 EOC
 "$bin" run --config "$work/config.yaml" > "$work/kapsule.log" 2>&1 &
 kpid=$!; pids+=($kpid)
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
+wait_port $port 100 || true
 sleep 1
 rss() { awk '/^VmRSS:/ {print $2}' /proc/$kpid/status; }
 python3 - "$port" "$n" "$kpid" <<'EOP'
