@@ -215,6 +215,17 @@ impl MemoryBudget {
         charge
     }
 
+    /// Takes `bytes` from the budget if they are free now; `None` (not counted as a refusal)
+    /// otherwise. For work that is worth doing only when memory is plentiful.
+    pub fn try_charge(&self, bytes: usize) -> Option<Charge> {
+        let n = u32::try_from(units(bytes)).ok()?;
+        let permit = self.semaphore.clone().try_acquire_many_owned(n).ok()?;
+        self.peak.fetch_max(self.in_use(), Relaxed);
+        Some(Charge {
+            permit: Some(permit),
+        })
+    }
+
     async fn charge_inner(&self, bytes: usize, what: Use) -> Result<Charge, BudgetRefusal> {
         let n = units(bytes);
         if n * UNIT > self.limit {
@@ -314,7 +325,7 @@ pub struct ResponseGate {
 /// A response's bytes, held until it is written to the client.
 #[derive(Debug)]
 pub struct ResponseCharge {
-    _local: OwnedSemaphorePermit,
+    _local: Option<OwnedSemaphorePermit>,
     _global: Charge,
 }
 
@@ -332,8 +343,19 @@ impl ResponseGate {
             .expect("the gate's semaphore is never closed");
         let global = self.budget.charge(bytes, Use::Response).await?;
         Ok(ResponseCharge {
-            _local: local,
+            _local: Some(local),
             _global: global,
+        })
+    }
+
+    /// A charge for a response the proxy fetched ahead of its client and holds until the
+    /// client asks for it: taken from the global budget only if it is free now, and not from
+    /// the connection's allowance — a held response must never stop the proxy reading the very
+    /// request that would claim it.
+    pub fn try_admit_held(&self, bytes: usize) -> Option<ResponseCharge> {
+        Some(ResponseCharge {
+            _local: None,
+            _global: self.budget.try_charge(bytes)?,
         })
     }
 

@@ -86,6 +86,12 @@ pub struct ProxyConfig {
     /// from it (default 64).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Read Fetch responses ahead (default true): when Kapsule decrypts fetched records, it
+    /// sends a consumer's predicted next Fetch as soon as a response arrives and decrypts the
+    /// answer while the consumer works, answering the consumer's Fetch with it when it matches
+    /// exactly (sessionless fetches only). See docs/architecture.md, "Fetch read-ahead".
+    #[serde(default = "default_fetch_read_ahead")]
+    pub fetch_read_ahead: bool,
     /// Timeout for connecting to a broker, in milliseconds (default 10000).
     #[serde(default = "default_connect_timeout_ms")]
     pub upstream_connect_timeout_ms: u64,
@@ -146,6 +152,7 @@ impl ProxyConfig {
             memory_wait_ms: default_memory_wait_ms(),
             max_response_bytes_per_connection: default_max_response_bytes_per_connection(),
             max_in_flight: default_max_in_flight(),
+            fetch_read_ahead: default_fetch_read_ahead(),
             upstream_connect_timeout_ms: default_connect_timeout_ms(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             tls: None,
@@ -343,6 +350,9 @@ fn default_max_response_bytes_per_connection() -> usize {
 }
 fn default_max_in_flight() -> usize {
     64
+}
+fn default_fetch_read_ahead() -> bool {
+    true
 }
 fn default_connect_timeout_ms() -> u64 {
     10_000

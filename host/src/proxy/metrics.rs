@@ -50,6 +50,8 @@ struct ProxyCounters {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [[AtomicU64; LATENCY_BUCKETS.len() + 1]; API_KEYS],
     latency_sum_micros: [AtomicU64; API_KEYS],
+    read_ahead_sent: AtomicU64,
+    read_ahead_served: AtomicU64,
 }
 
 impl Default for ProxyCounters {
@@ -62,6 +64,8 @@ impl Default for ProxyCounters {
             errors: Mutex::new(BTreeMap::new()),
             latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_micros: std::array::from_fn(|_| AtomicU64::new(0)),
+            read_ahead_sent: AtomicU64::new(0),
+            read_ahead_served: AtomicU64::new(0),
         }
     }
 }
@@ -103,6 +107,24 @@ impl Metrics {
             .unwrap_or(LATENCY_BUCKETS.len());
         self.inner.latency_buckets[slot(api_key)][i].fetch_add(1, Relaxed);
         self.inner.latency_sum_micros[slot(api_key)].fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// A Fetch was sent ahead of a client (see `proxy::connection::read_ahead`).
+    pub fn read_ahead_sent(&self) {
+        self.inner.read_ahead_sent.fetch_add(1, Relaxed);
+    }
+
+    /// A client's Fetch was answered with a response read ahead.
+    pub fn read_ahead_served(&self) {
+        self.inner.read_ahead_served.fetch_add(1, Relaxed);
+    }
+
+    /// Fetches sent ahead of clients and client Fetches answered with them, so far.
+    pub fn read_ahead_counts(&self) -> (u64, u64) {
+        (
+            self.inner.read_ahead_sent.load(Relaxed),
+            self.inner.read_ahead_served.load(Relaxed),
+        )
     }
 
     /// Number of currently open client connections.
@@ -189,6 +211,21 @@ impl MetricsSource for ProxyCounters {
                 });
             counter_family(e, name, help, samples)?;
         }
+        counter_family(
+            e,
+            "kapsule_fetch_read_ahead",
+            "Fetches Kapsule sent ahead of consumers (outcome=sent) and consumer Fetches answered with them (outcome=served).",
+            [
+                (
+                    vec![("outcome", "sent".to_string())],
+                    self.read_ahead_sent.load(Relaxed),
+                ),
+                (
+                    vec![("outcome", "served".to_string())],
+                    self.read_ahead_served.load(Relaxed),
+                ),
+            ],
+        )?;
         let errors: Vec<(Labels, u64)> = self
             .errors
             .lock()

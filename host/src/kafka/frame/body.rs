@@ -54,6 +54,37 @@ impl FrameBody {
         }
     }
 
+    /// The body with its first four bytes (a response's correlation id) replaced by
+    /// `correlation_id`; the rest is shared, not copied. A body shorter than four bytes is
+    /// returned as it is.
+    pub fn with_correlation_id(self, correlation_id: i32) -> FrameBody {
+        let id = Bytes::copy_from_slice(&correlation_id.to_be_bytes());
+        let (first, rest, len) = match self.0 {
+            Pieces::One(b) => (b, Vec::new(), None),
+            Pieces::Many(parts, len) => {
+                let mut parts = parts.into_iter();
+                let Some(first) = parts.next() else {
+                    return FrameBody(Pieces::Many(Vec::new(), len));
+                };
+                (first, parts.collect(), Some(len))
+            }
+        };
+        if first.len() < 4 {
+            let mut parts = vec![first];
+            parts.extend(rest);
+            let len = parts.iter().map(Bytes::len).sum();
+            return FrameBody(Pieces::Many(parts, len));
+        }
+        let total = len.unwrap_or(first.len());
+        let mut parts = Vec::with_capacity(rest.len() + 2);
+        parts.push(id);
+        if first.len() > 4 {
+            parts.push(first.slice(4..));
+        }
+        parts.extend(rest);
+        FrameBody(Pieces::Many(parts, total))
+    }
+
     /// The body as one contiguous buffer: the piece itself when there is one, else a copy (for
     /// the rare paths that decode a frame again).
     pub fn to_bytes(&self) -> Bytes {

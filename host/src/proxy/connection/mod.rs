@@ -39,7 +39,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, FetchResponse, ProduceRequest, ProduceResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::Message;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -48,6 +48,7 @@ use tracing::{debug, warn};
 mod error;
 mod path;
 mod produce;
+mod read_ahead;
 mod responses;
 mod state;
 
@@ -56,6 +57,9 @@ use self::path::{
     Expect, Forward, Pending, Prepared, RelayRequest, RelayResponse, ResponseStage, ToClient,
 };
 use self::produce::{answer_late, prepare_produce, prepare_untransformed_produce};
+use self::read_ahead::{
+    Candidate, ClientFetch, FetchDecision, PredictionSink, ReadAhead, ReadAheadRequest,
+};
 use self::responses::{fetch_needs_decode, fetch_response, rewrite_response};
 use self::state::Connection;
 use super::budget::ResponseCharge;
@@ -118,7 +122,7 @@ struct Queued {
 struct Outgoing {
     api_key: i16,
     step: Step<ToClient>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     /// A broker response's bytes, charged until it is written.
     _memory: Option<ResponseCharge>,
 }
@@ -303,7 +307,12 @@ async fn read_requests(
                 Step::Ready(prepare_untransformed_produce(conn, frame, received))
             }
         } else {
-            Step::Ready(prepare_relay(meta, frame, &conn.session))
+            Step::Ready(prepare_relay(
+                meta,
+                frame,
+                &conn.session,
+                conn.read_ahead_enabled(),
+            ))
         };
         if queue.send(Queued { meta, step, permit }).is_err() {
             return Ok(());
@@ -316,10 +325,27 @@ async fn forward_requests(
     conn: &Connection,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     upstream: OwnedWriteHalf,
-    pending: mpsc::UnboundedSender<(Pending, OwnedSemaphorePermit)>,
+    pending: mpsc::UnboundedSender<(Pending, Option<OwnedSemaphorePermit>)>,
 ) -> Result<(), ConnectionError> {
     let mut upstream = FrameWriter::new(upstream);
-    while let Some(Queued { meta, step, permit }) = queue.recv().await {
+    let (candidates_tx, mut candidates) = mpsc::unbounded_channel::<Candidate>();
+    let mut read_ahead = ReadAhead::new(conn.read_ahead_enabled(), candidates_tx);
+    loop {
+        let queued = tokio::select! {
+            biased;
+            queued = queue.recv() => queued,
+            Some(candidate) = candidates.recv() => {
+                if let Some(request) = read_ahead.on_candidate(candidate) {
+                    if !send_read_ahead(conn, &mut upstream, &pending, request).await? {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(Queued { meta, step, permit }) = queued else {
+            break;
+        };
         if !step.is_ready() {
             // Do not hold written requests back while waiting for a slow one.
             upstream
@@ -348,6 +374,26 @@ async fn forward_requests(
                 forward = None;
             }
         }
+        let seq = read_ahead.on_request();
+        let mut prediction = None;
+        if let Expect::Upstream(ResponseStage::Fetch(session, fetch)) = &expect {
+            match read_ahead.on_fetch(seq, fetch.as_ref(), session) {
+                FetchDecision::Forward(sink) => prediction = sink,
+                FetchDecision::Answer(id) => {
+                    conn.metrics().read_ahead_served();
+                    let entry = Pending::FromReadAhead { meta, id };
+                    if pending.send((entry, Some(permit))).is_err() {
+                        return Ok(());
+                    }
+                    if let Some(request) = read_ahead.after_claim() {
+                        if !send_read_ahead(conn, &mut upstream, &pending, request).await? {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
         if let Some(forward) = forward {
             upstream
                 .write_parts(forward.parts())
@@ -370,9 +416,10 @@ async fn forward_requests(
                 meta,
                 sent_at: Instant::now(),
                 stage,
+                read_ahead: prediction,
             },
         };
-        if pending.send((entry, permit)).is_err() {
+        if pending.send((entry, Some(permit))).is_err() {
             return Ok(());
         }
     }
@@ -383,49 +430,207 @@ async fn forward_requests(
     Ok(())
 }
 
+/// Writes a read-ahead Fetch to the broker and queues its response to be held; false when the
+/// response stage has ended.
+async fn send_read_ahead(
+    conn: &Connection,
+    upstream: &mut FrameWriter<OwnedWriteHalf>,
+    pending: &mpsc::UnboundedSender<(Pending, Option<OwnedSemaphorePermit>)>,
+    request: ReadAheadRequest,
+) -> Result<bool, ConnectionError> {
+    upstream
+        .write_frame(&request.frame)
+        .await
+        .map_err(ConnectionError::broker_frame)?;
+    upstream
+        .flush()
+        .await
+        .map_err(ConnectionError::broker_frame)?;
+    conn.metrics().read_ahead_sent();
+    Ok(pending.send((Pending::ReadAhead(request), None)).is_ok())
+}
+
+/// Reads the broker's response to `meta`, charged to the connection's memory before it is
+/// read, and checks its correlation id.
+async fn read_response(
+    conn: &Connection,
+    upstream: &mut OwnedReadHalf,
+    meta: RequestMeta,
+) -> Result<(Bytes, ResponseCharge), ConnectionError> {
+    let max = conn.shared.config.max_frame_bytes;
+    let size = read_frame_len(upstream, max)
+        .await
+        .map_err(ConnectionError::broker_frame)?
+        .ok_or_else(|| {
+            ConnectionError::broker_frame(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        })?;
+    // Not read from the broker until the connection and the process may hold it.
+    let memory = conn.gate.admit(size).await.map_err(|e| {
+        conn.metrics().error(Reason::MemoryBusy);
+        ConnectionError::broker(e)
+    })?;
+    let frame = read_frame_body(upstream, size)
+        .await
+        .map_err(ConnectionError::broker_frame)?;
+    check_correlation_id(&frame, meta)?;
+    Ok((frame, memory))
+}
+
+/// Reads the broker's response to a read-ahead: held (charged to the global memory budget only)
+/// when the budget has room now, otherwise read past and dropped (`None`), so a read-ahead never
+/// waits for memory or takes the connection's allowance.
+async fn read_held_response(
+    conn: &Connection,
+    upstream: &mut OwnedReadHalf,
+    meta: RequestMeta,
+) -> Result<Option<(Bytes, ResponseCharge)>, ConnectionError> {
+    let max = conn.shared.config.max_frame_bytes;
+    let size = read_frame_len(upstream, max)
+        .await
+        .map_err(ConnectionError::broker_frame)?
+        .ok_or_else(|| {
+            ConnectionError::broker_frame(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        })?;
+    let Some(memory) = conn.gate.try_admit_held(size) else {
+        let skipped = tokio::io::copy(
+            &mut (&mut *upstream).take(size as u64),
+            &mut tokio::io::sink(),
+        )
+        .await
+        .map_err(ConnectionError::broker_frame)?;
+        if skipped != size as u64 {
+            return Err(ConnectionError::broker_frame(std::io::Error::from(
+                std::io::ErrorKind::UnexpectedEof,
+            )));
+        }
+        return Ok(None);
+    };
+    let frame = read_frame_body(upstream, size)
+        .await
+        .map_err(ConnectionError::broker_frame)?;
+    check_correlation_id(&frame, meta)?;
+    Ok(Some((frame, memory)))
+}
+
+fn check_correlation_id(frame: &[u8], meta: RequestMeta) -> Result<(), ConnectionError> {
+    let got = response_correlation_id(frame).map_err(ConnectionError::broker)?;
+    if got != meta.correlation_id {
+        return Err(ConnectionError::broker(anyhow!(
+            "broker answered correlation id {got} where {} was expected: responses out of order",
+            meta.correlation_id
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes and decrypts a Fetch response on its own task; the prediction made from it (if any)
+/// goes to `read_ahead` as soon as it is decoded.
+fn spawn_fetch_stage(
+    shared: &Arc<ProxyShared>,
+    meta: RequestMeta,
+    frame: Bytes,
+    session: Arc<ClientSession>,
+    read_ahead: Option<PredictionSink>,
+) -> Step<ToClient> {
+    let shared = shared.clone();
+    let context = move || {
+        format!(
+            "response to {} v{}",
+            api_name(meta.api_key),
+            meta.api_version
+        )
+    };
+    Step::spawn(async move {
+        fetch_response(&shared, meta, frame, &session, read_ahead)
+            .await
+            .map(ToClient::Fetch)
+            .map_err(|e| ConnectionError::broker(e).context(context))
+    })
+}
+
+/// A read-ahead's response, decrypting or decrypted, held until the client's Fetch claims it.
+struct HeldResponse {
+    id: u64,
+    step: Step<ToClient>,
+    memory: ResponseCharge,
+}
+
 /// Stage 3: reads broker responses in order and starts their stages (see the module docs).
 async fn read_responses(
     conn: &Arc<Connection>,
     mut upstream: OwnedReadHalf,
-    mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
+    mut pending: mpsc::UnboundedReceiver<(Pending, Option<OwnedSemaphorePermit>)>,
     out: mpsc::UnboundedSender<Outgoing>,
 ) -> Result<(), ConnectionError> {
     let shared = &conn.shared;
-    let max = shared.config.max_frame_bytes;
+    let mut held: Option<HeldResponse> = None;
     while let Some((entry, permit)) = pending.recv().await {
         let mut memory = None;
         let (api_key, step) = match entry {
             Pending::Local { api_key, response } => (api_key, Step::Ready(Ok(response))),
+            Pending::ReadAhead(request) => {
+                // Not counted in the upstream latency: it waits 0 ms where clients wait up to
+                // their max_wait_ms.
+                held = None;
+                let Some((frame, charge)) =
+                    read_held_response(conn, &mut upstream, request.meta).await?
+                else {
+                    continue;
+                };
+                let step = spawn_fetch_stage(
+                    shared,
+                    request.meta,
+                    frame,
+                    request.session,
+                    Some(request.sink),
+                );
+                // A read-ahead still held was not claimed: dropping it ends its task.
+                held = Some(HeldResponse {
+                    id: request.id,
+                    step,
+                    memory: charge,
+                });
+                continue;
+            }
+            Pending::FromReadAhead { meta, id } => match held.take().filter(|h| h.id == id) {
+                Some(answer) => {
+                    memory = Some(answer.memory);
+                    let correlation_id = meta.correlation_id;
+                    let step = match answer.step {
+                        Step::Ready(r) => Step::Ready(r.map(|a| a.answering(correlation_id))),
+                        running => Step::spawn(async move {
+                            running.get().await.map(|a| a.answering(correlation_id))
+                        }),
+                    };
+                    (meta.api_key, step)
+                }
+                None => {
+                    // Its response was read past (the memory budget was busy): an answer with
+                    // no partitions, so the client asks again and that Fetch is forwarded.
+                    let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+                    let empty = shared
+                        .records
+                        .fetch_refusal(meta.api_version, &header, FetchResponse::default())
+                        .map(ToClient::Fetch)
+                        .map_err(ConnectionError::internal);
+                    (meta.api_key, Step::Ready(empty))
+                }
+            },
             Pending::Upstream {
                 meta,
                 sent_at,
                 stage,
+                read_ahead,
             } => {
-                let size = read_frame_len(&mut upstream, max)
-                    .await
-                    .map_err(ConnectionError::broker_frame)?
-                    .ok_or_else(|| {
-                        ConnectionError::broker_frame(std::io::Error::from(
-                            std::io::ErrorKind::UnexpectedEof,
-                        ))
-                    })?;
-                // Not read from the broker until the connection and the process may hold it.
-                memory = Some(conn.gate.admit(size).await.map_err(|e| {
-                    conn.metrics().error(Reason::MemoryBusy);
-                    ConnectionError::broker(e)
-                })?);
-                let frame = read_frame_body(&mut upstream, size)
-                    .await
-                    .map_err(ConnectionError::broker_frame)?;
+                if let ResponseStage::Fetch(..) = stage {
+                    // The client's Fetch was forwarded: a held read-ahead was not what it
+                    // asked for, and its memory is given back before this response is read.
+                    held = None;
+                }
+                let (frame, charge) = read_response(conn, &mut upstream, meta).await?;
+                memory = Some(charge);
                 conn.metrics()
                     .upstream_latency(meta.api_key, sent_at.elapsed());
-                let got = response_correlation_id(&frame).map_err(ConnectionError::broker)?;
-                if got != meta.correlation_id {
-                    return Err(ConnectionError::broker(anyhow!(
-                        "broker answered correlation id {got} where {} was expected: responses out of order",
-                        meta.correlation_id
-                    )));
-                }
                 let context = move || {
                     format!(
                         "response to {} v{}",
@@ -434,16 +639,10 @@ async fn read_responses(
                     )
                 };
                 let step = match stage {
-                    ResponseStage::Fetch(session) if fetch_needs_decode(shared, meta) => {
-                        let shared = shared.clone();
-                        Step::spawn(async move {
-                            fetch_response(&shared, meta, frame, &session)
-                                .await
-                                .map(ToClient::Fetch)
-                                .map_err(|e| ConnectionError::broker(e).context(context))
-                        })
+                    ResponseStage::Fetch(session, _) if fetch_needs_decode(shared, meta) => {
+                        spawn_fetch_stage(shared, meta, frame, session, read_ahead)
                     }
-                    ResponseStage::Fetch(_) => Step::Ready(
+                    ResponseStage::Fetch(..) => Step::Ready(
                         shared
                             .records
                             .pass_fetch(frame)
@@ -590,11 +789,12 @@ fn in_range(range: kafka_protocol::protocol::VersionRange, v: i16) -> bool {
 /// Prepares a request of an API that carries no records, relayed as bytes (a Produce is
 /// refused here: it goes through the record stage, see [`RelayRequest`]). A Fetch keeps a
 /// snapshot of `session`: its response is decrypted for the principal the connection had when
-/// the request was read.
+/// the request was read; with `read_ahead`, it also keeps the decoded request.
 fn prepare_relay(
     meta: RequestMeta,
     frame: Bytes,
     session: &ClientSession,
+    read_ahead: bool,
 ) -> Result<Prepared, ConnectionError> {
     let relay = |frame, stage| -> Result<Prepared, ConnectionError> {
         Ok(Prepared {
@@ -619,7 +819,12 @@ fn prepare_relay(
         Some(ApiKey::Metadata) => ResponseStage::Metadata,
         Some(ApiKey::FindCoordinator) => ResponseStage::FindCoordinator,
         Some(ApiKey::DescribeCluster) => ResponseStage::DescribeCluster,
-        Some(ApiKey::Fetch) => ResponseStage::Fetch(Arc::new(session.snapshot())),
+        Some(ApiKey::Fetch) => {
+            let request = read_ahead
+                .then(|| ClientFetch::decode(frame.clone()))
+                .flatten();
+            ResponseStage::Fetch(Arc::new(session.snapshot()), request)
+        }
         // Unknown APIs are unreachable after check_request; relayed like any API Kapsule does
         // not decode.
         _ => ResponseStage::Relay,

@@ -10,6 +10,7 @@ use kafka_protocol::messages::ApiKey;
 use tokio::time::Instant;
 
 use super::error::ConnectionError;
+use super::read_ahead::{ClientFetch, PredictionSink, ReadAheadRequest};
 use crate::kafka::frame::{FrameBody, RequestMeta};
 use crate::proxy::records::{ProducePatch, StagedFetch, StagedProduce};
 use crate::proxy::rewrite;
@@ -23,9 +24,16 @@ pub(super) enum Pending {
         meta: RequestMeta,
         sent_at: Instant,
         stage: ResponseStage,
+        /// A Fetch's: where the prediction made from its response goes.
+        read_ahead: Option<PredictionSink>,
     },
     /// The proxy answers this request itself with this response.
     Local { api_key: i16, response: ToClient },
+    /// A Fetch Kapsule sent ahead of the client ([`super::read_ahead`]): its response is
+    /// decrypted and held, not written to the client.
+    ReadAhead(ReadAheadRequest),
+    /// The client's Fetch `meta`, answered with read-ahead `id`'s held response.
+    FromReadAhead { meta: RequestMeta, id: u64 },
 }
 
 /// A request frame that leaves for the broker, typed by the path it took: a Produce can only
@@ -75,12 +83,29 @@ pub(super) enum ToClient {
 }
 
 impl ToClient {
+    /// This response as the answer to the request with `correlation_id` (a read-ahead's
+    /// response given to the client's Fetch it matched).
+    pub(super) fn answering(self, correlation_id: i32) -> Self {
+        match self {
+            ToClient::Relay(r) => ToClient::Relay(RelayResponse(answering(r.0, correlation_id))),
+            ToClient::Fetch(f) => ToClient::Fetch(f.answering(correlation_id)),
+        }
+    }
+
     pub(super) fn into_frame(self) -> FrameBody {
         match self {
             ToClient::Relay(r) => r.0.into(),
             ToClient::Fetch(f) => f.into_frame(),
         }
     }
+}
+
+fn answering(frame: Bytes, correlation_id: i32) -> Bytes {
+    let mut copy = bytes::BytesMut::from(&frame[..]);
+    if copy.len() >= 4 {
+        copy[..4].copy_from_slice(&correlation_id.to_be_bytes());
+    }
+    copy.freeze()
 }
 
 /// A response of an API that carries no records. Made only by [`RelayResponse::new`], which
@@ -113,8 +138,9 @@ pub(super) enum ResponseStage {
     /// Rewrite node endpoints; merge partitions the proxy refused.
     Produce(ProducePatch),
     /// Rewrite node endpoints; decrypt / re-encode records for the client as it was when the
-    /// request was read (a principal set by a later SASL answer does not apply to it).
-    Fetch(Arc<ClientSession>),
+    /// request was read (a principal set by a later SASL answer does not apply to it). Holds
+    /// the decoded request when it may be read ahead.
+    Fetch(Arc<ClientSession>, Option<Arc<ClientFetch>>),
     /// Follow the SASL exchange (may set the session's principal); relay the bytes.
     Sasl(SaslExpect),
 }

@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
 };
 
 use super::path::ResponseStage;
+use super::read_ahead::PredictionSink;
 use crate::kafka::frame::{decode_fetch_response, decode_response, encode_response, RequestMeta};
 use crate::proxy::records::StagedFetch;
 use crate::proxy::rewrite;
@@ -22,16 +23,22 @@ pub(super) fn fetch_needs_decode(shared: &ProxyShared, meta: RequestMeta) -> boo
     meta.api_version >= 16 || shared.records.transforms_fetch()
 }
 
-/// Decodes a Fetch response, rewrites its endpoints and runs the record stage over it.
+/// Decodes a Fetch response, rewrites its endpoints and runs the record stage over it. Once it
+/// is decoded, and before its records are decrypted, the client's next request is predicted
+/// from it for `read_ahead`.
 pub(super) async fn fetch_response(
     shared: &Arc<ProxyShared>,
     meta: RequestMeta,
     frame: Bytes,
     session: &ClientSession,
+    read_ahead: Option<PredictionSink>,
 ) -> anyhow::Result<StagedFetch> {
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     let (header, mut body) = decode_fetch_response(v, frame)?;
+    if let Some(sink) = read_ahead {
+        sink.offer(&body);
+    }
     rewrite::rewrite_fetch_endpoints(&mut body, adv)?;
     shared.records.stage_fetch(v, &header, body, session).await
 }
@@ -46,7 +53,7 @@ pub(super) fn rewrite_response(
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay | ResponseStage::Fetch(_) | ResponseStage::Sasl(_) => frame,
+        ResponseStage::Relay | ResponseStage::Fetch(..) | ResponseStage::Sasl(_) => frame,
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;

@@ -35,6 +35,12 @@ impl Connection {
         self.session.peer()
     }
 
+    /// True when this connection reads Fetch responses ahead ([`super::read_ahead`]): the
+    /// proxy decrypts fetched records and `proxy.fetch_read_ahead` is on.
+    pub(super) fn read_ahead_enabled(&self) -> bool {
+        self.shared.config.fetch_read_ahead && self.shared.records.transforms_fetch()
+    }
+
     /// The proxy's counters.
     pub(super) fn metrics(&self) -> &Metrics {
         &self.shared.metrics

@@ -23,11 +23,11 @@ fn fetch_frame() -> (RequestMeta, Bytes) {
 fn a_fetch_keeps_the_principal_it_was_read_under() {
     let session = ClientSession::new("127.0.0.1:40000".parse().unwrap());
     let (meta, frame) = fetch_frame();
-    let prepared = prepare_relay(meta, frame, &session).unwrap();
+    let prepared = prepare_relay(meta, frame, &session, false).unwrap();
     session
         .set_principal(Principal::new("analytics", AuthMechanism::SaslPlain))
         .unwrap();
-    let Expect::Upstream(ResponseStage::Fetch(snapshot)) = prepared.expect else {
+    let Expect::Upstream(ResponseStage::Fetch(snapshot, _)) = prepared.expect else {
         panic!("a Fetch is relayed through the Fetch stage");
     };
     assert!(
@@ -38,8 +38,8 @@ fn a_fetch_keeps_the_principal_it_was_read_under() {
 
     // Read after authentication: the principal is carried.
     let (meta, frame) = fetch_frame();
-    let prepared = prepare_relay(meta, frame, &session).unwrap();
-    let Expect::Upstream(ResponseStage::Fetch(snapshot)) = prepared.expect else {
+    let prepared = prepare_relay(meta, frame, &session, false).unwrap();
+    let Expect::Upstream(ResponseStage::Fetch(snapshot, _)) = prepared.expect else {
         panic!("a Fetch is relayed through the Fetch stage");
     };
     assert_eq!(snapshot.principal().unwrap().name(), "analytics");

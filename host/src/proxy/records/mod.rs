@@ -202,6 +202,14 @@ impl StagedFetch {
     pub fn into_frame(self) -> FrameBody {
         self.frame
     }
+
+    /// The same response answering the request with `correlation_id` (its header's first
+    /// field), the records untouched.
+    pub fn answering(self, correlation_id: i32) -> Self {
+        Self {
+            frame: self.frame.with_correlation_id(correlation_id),
+        }
+    }
 }
 
 /// The record stage was asked to pass records untouched while it is configured to transform
