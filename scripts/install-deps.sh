@@ -48,6 +48,9 @@ python3 -c 'import fastavro' 2>/dev/null || py_missing+=(fastavro)
 python3 -c 'import httpx, attrs, cachetools, authlib' 2>/dev/null || py_missing+=(httpx attrs cachetools authlib)
 python3 -c 'import jsonschema, referencing' 2>/dev/null || py_missing+=(jsonschema referencing)
 python3 -c 'import google.protobuf' 2>/dev/null || py_missing+=(protobuf)
+# The Protobuf serdes also import google.type (from googleapis-common-protos), which
+# confluent-kafka does not declare: without it a fresh machine cannot load ProtobufSerializer.
+python3 -c 'import google.type' 2>/dev/null || py_missing+=(googleapis-common-protos)
 if [ ${#py_missing[@]} -gt 0 ]; then
   log "pip installing ${py_missing[*]}"
   python3 -m pip install --quiet "${py_missing[@]}"
