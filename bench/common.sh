@@ -11,9 +11,13 @@ wait_port() { for _ in $(seq ${2:-100}); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/d
 # is `passthrough`, its key file kept in WORK) in front of 127.0.0.1:UPSTREAM_PORT; sets
 # kapsule_port and kapsule_pid once it accepts connections. Its log is WORK/kapsule.log.
 start_kapsule() {
-  local bin=$1 config=$2 work=$3 upstream=$4 admin
+  local bin=$1 config=$2 work=$3 upstream=$4 admin proxy_settings=""
   kapsule_port=$(free_port); admin=$(free_port)
-  { echo "proxy: { listen: \"127.0.0.1:$kapsule_port\", upstream: \"127.0.0.1:$upstream\" }"
+  # A config's `# proxy-setting: key: value` lines go under `proxy:`, beside listen and upstream.
+  if [ "$config" != passthrough ]; then
+    proxy_settings=$(sed -n 's/^# proxy-setting: \(.*\)$/, \1/p' "$config" | tr -d '\n')
+  fi
+  { echo "proxy: { listen: \"127.0.0.1:$kapsule_port\", upstream: \"127.0.0.1:$upstream\"$proxy_settings }"
     echo "admin: { listen: \"127.0.0.1:$admin\" }"
     echo "records: passthrough"
     if [ "$config" != passthrough ]; then sed "s#/tmp/kapsule-bench-keks.json#$work/keks.json#" "$config"; fi

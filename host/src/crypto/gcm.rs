@@ -71,8 +71,20 @@ impl GcmKey {
                 counter = counter.wrapping_add(1);
             }
             self.blocks.encrypt_blocks(&mut blocks[..n]);
-            for (byte, key) in chunk.iter_mut().zip(blocks.iter().flatten()) {
-                *byte ^= key;
+            for (piece, key) in chunk.chunks_mut(16).zip(&blocks) {
+                match <&mut [u8; 16]>::try_from(&mut *piece) {
+                    // A whole block: one 128-bit XOR, not sixteen byte ones.
+                    Ok(piece) => {
+                        let key: [u8; 16] = key.as_slice().try_into().expect("16-byte block");
+                        *piece =
+                            (u128::from_ne_bytes(*piece) ^ u128::from_ne_bytes(key)).to_ne_bytes();
+                    }
+                    Err(_) => {
+                        for (byte, k) in piece.iter_mut().zip(key.iter()) {
+                            *byte ^= k;
+                        }
+                    }
+                }
             }
         }
         for block in &mut blocks {

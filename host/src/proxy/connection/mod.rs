@@ -29,6 +29,7 @@
 //! refused or timed out before reaching the broker) is queued as [`Pending::Local`] so ordering
 //! still holds.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -548,6 +549,15 @@ fn spawn_fetch_stage(
     })
 }
 
+/// Takes read-ahead `id`'s response from the front of `held`, dropping any older one (read-aheads
+/// are claimed in the order they were sent); `None` when it was read past for lack of memory.
+fn take_held(held: &mut VecDeque<HeldResponse>, id: u64) -> Option<HeldResponse> {
+    while held.front().is_some_and(|h| h.id < id) {
+        held.pop_front();
+    }
+    held.pop_front_if(|h| h.id == id)
+}
+
 /// A read-ahead's response, decrypting or decrypted, held until the client's Fetch claims it.
 struct HeldResponse {
     id: u64,
@@ -563,7 +573,8 @@ async fn read_responses(
     out: mpsc::UnboundedSender<Outgoing>,
 ) -> Result<(), ConnectionError> {
     let shared = &conn.shared;
-    let mut held: Option<HeldResponse> = None;
+    // Read-aheads' responses, oldest first (the order the forward stage sent them).
+    let mut held: VecDeque<HeldResponse> = VecDeque::new();
     while let Some((entry, permit)) = pending.recv().await {
         let mut memory = None;
         let (api_key, step) = match entry {
@@ -571,7 +582,6 @@ async fn read_responses(
             Pending::ReadAhead(request) => {
                 // Not counted in the upstream latency: it waits 0 ms where clients wait up to
                 // their max_wait_ms.
-                held = None;
                 let Some((frame, charge)) =
                     read_held_response(conn, &mut upstream, request.meta).await?
                 else {
@@ -584,15 +594,14 @@ async fn read_responses(
                     request.session,
                     Some(request.sink),
                 );
-                // A read-ahead still held was not claimed: dropping it ends its task.
-                held = Some(HeldResponse {
+                held.push_back(HeldResponse {
                     id: request.id,
                     step,
                     memory: charge,
                 });
                 continue;
             }
-            Pending::FromReadAhead { meta, id } => match held.take().filter(|h| h.id == id) {
+            Pending::FromReadAhead { meta, id } => match take_held(&mut held, id) {
                 Some(answer) => {
                     memory = Some(answer.memory);
                     let correlation_id = meta.correlation_id;
@@ -623,9 +632,10 @@ async fn read_responses(
                 read_ahead,
             } => {
                 if let ResponseStage::Fetch(..) = stage {
-                    // The client's Fetch was forwarded: a held read-ahead was not what it
-                    // asked for, and its memory is given back before this response is read.
-                    held = None;
+                    // The client's Fetch was forwarded: no held read-ahead was what it asked
+                    // for; dropping them ends their tasks and gives their memory back before
+                    // this response is read.
+                    held.clear();
                 }
                 let (frame, charge) = read_response(conn, &mut upstream, meta).await?;
                 memory = Some(charge);

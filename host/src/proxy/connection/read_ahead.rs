@@ -12,20 +12,22 @@
 //!
 //! When the client's next Fetch is exactly the predicted request (same client id, same fields;
 //! the order of partitions may differ), it is answered from the held response with the client's
-//! correlation id and not forwarded; anything else is forwarded as usual and the held response
+//! correlation id and not forwarded; anything else is forwarded as usual and the held responses
 //! dropped. Either way the client reads what the broker answered to exactly its request: served
 //! early, as if the client had asked a few milliseconds sooner (`max_wait_ms = 0` only lets the
 //! broker answer below `min_bytes`, which a broker also does when the wait runs out).
 //!
 //! Only sessionless fetches are read ahead (`session_id = 0`, `session_epoch = -1`: librdkafka
 //! and every client without KIP-227 sessions); a fetch-session request is always forwarded, as
-//! answering it here would leave the broker's session epoch behind the client's. At most one
-//! read-ahead is outstanding per connection; a prediction is used only if no other request of
-//! the client came between the Fetch it was made from and its sending (so it never lands inside
-//! a SASL re-authentication); after a miss, read-ahead pauses for a growing number of fetches.
-//! The held response is charged to the connection's memory like any broker response.
+//! answering it here would leave the broker's session epoch behind the client's. Read-aheads
+//! form a chain, each predicted from the response to the one before, with at most [`DEPTH`]
+//! outstanding per connection; one is sent only while the client's last request was a Fetch (so
+//! it never lands inside a SASL re-authentication); after a miss, read-ahead pauses for a
+//! growing number of fetches. Held responses are charged to the global memory budget, only while
+//! it has room, and never to the connection's allowance.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -250,17 +252,26 @@ pub(super) enum FetchDecision {
 /// The longest pause after misses, in fetches.
 const MAX_PAUSE: u32 = 64;
 
+/// Read-aheads one connection may have outstanding (sent, not yet claimed): two keep a response
+/// decrypting while the client reads the one before, and let two decrypt at once.
+pub(super) const DEPTH: usize = 2;
+
 /// The forward stage's read-ahead state for one connection.
 pub(super) struct ReadAhead {
     enabled: bool,
     to_forward: mpsc::UnboundedSender<Candidate>,
     /// Sequence number of the last client request the forward stage handled.
     last_request: u64,
-    /// The read-ahead sent and not yet claimed or dropped, and the request it answers.
-    outstanding: Option<(u64, ClientFetch)>,
-    /// The last read-ahead a client Fetch claimed, and that Fetch's sequence number.
-    claimed: Option<(u64, u64)>,
-    /// A prediction made from an outstanding read-ahead, kept until the client claims it.
+    /// Whether that request was a Fetch: read-aheads are sent only right after a Fetch, never
+    /// while the client is in another exchange (a SASL re-authentication).
+    last_was_fetch: bool,
+    /// Read-aheads sent and not yet claimed, oldest first, and the requests they answer.
+    outstanding: VecDeque<(u64, ClientFetch)>,
+    /// The newest read-ahead of the current chain (sent from a prediction made from the one
+    /// before, or from the client's forwarded Fetch); `None` once the chain is broken.
+    newest: Option<u64>,
+    /// A prediction made from the newest read-ahead while `DEPTH` were outstanding, kept until
+    /// the client claims one.
     deferred: Option<Candidate>,
     next_id: u64,
     next_correlation_id: i32,
@@ -287,8 +298,9 @@ impl ReadAhead {
             enabled,
             to_forward,
             last_request: 0,
-            outstanding: None,
-            claimed: None,
+            last_was_fetch: false,
+            outstanding: VecDeque::new(),
+            newest: None,
             deferred: None,
             next_id: 0,
             // Kapsule's own correlation ids count down from -1, away from the ones clients use.
@@ -299,34 +311,39 @@ impl ReadAhead {
         }
     }
 
-    /// Numbers the next client request the forward stage handles (any API): a prediction
-    /// made before it is no longer sent.
+    /// Numbers the next client request the forward stage handles (any API).
     pub(super) fn on_request(&mut self) -> u64 {
         self.last_request += 1;
+        self.last_was_fetch = false;
         self.last_request
     }
 
     /// Decides what happens to the client's Fetch `seq` (`fetch` is `None` when it cannot be
-    /// read ahead); the outstanding read-ahead is claimed by it or dropped.
+    /// read ahead): answered with the oldest outstanding read-ahead when it matches it;
+    /// otherwise forwarded, and every outstanding read-ahead dropped.
     pub(super) fn on_fetch(
         &mut self,
         seq: u64,
         fetch: Option<&Arc<ClientFetch>>,
         session: &Arc<ClientSession>,
     ) -> FetchDecision {
-        if let Some((id, predicted)) = self.outstanding.take() {
+        self.last_was_fetch = true;
+        if let Some((id, predicted)) = self.outstanding.front() {
             if fetch.is_some_and(|f| predicted.same_as(f)) {
+                let id = *id;
+                self.outstanding.pop_front();
                 self.counts.served += 1;
                 self.misses_in_a_row = 0;
-                self.claimed = Some((id, seq));
                 return FetchDecision::Answer(id);
             }
-            self.counts.dropped += 1;
+            self.counts.dropped += self.outstanding.len() as u64;
+            self.outstanding.clear();
             self.misses_in_a_row = (self.misses_in_a_row + 1).min(6);
             self.paused_for = (1 << self.misses_in_a_row).min(MAX_PAUSE);
         }
+        // Forwarded: whatever chain there was ends here.
+        self.newest = None;
         self.deferred = None;
-        self.claimed = None;
         let Some(fetch) = fetch.filter(|_| self.enabled) else {
             return FetchDecision::Forward(None);
         };
@@ -342,35 +359,33 @@ impl ReadAhead {
         }))
     }
 
-    /// A prediction arrived: the read-ahead to send now, if it is still current.
+    /// A prediction arrived: the read-ahead to send now, if it continues the current chain,
+    /// the client's last request was a Fetch and fewer than [`DEPTH`] are outstanding.
     pub(super) fn on_candidate(&mut self, candidate: Candidate) -> Option<ReadAheadRequest> {
         match candidate.origin {
-            Origin::Client(seq) if seq == self.last_request && self.outstanding.is_none() => {
-                self.send(candidate)
-            }
-            Origin::ReadAhead(id) => match self.claimed {
-                Some((claimed, seq)) if claimed == id => (seq == self.last_request
-                    && self.outstanding.is_none())
-                .then(|| self.send(candidate))
-                .flatten(),
-                _ if self.outstanding.as_ref().is_some_and(|(o, _)| *o == id) => {
+            Origin::Client(seq) => (seq == self.last_request
+                && self.last_was_fetch
+                && self.outstanding.is_empty()
+                && self.newest.is_none())
+            .then(|| self.send(candidate))
+            .flatten(),
+            Origin::ReadAhead(id) if self.newest == Some(id) => {
+                if self.last_was_fetch && self.outstanding.len() < DEPTH {
+                    self.send(candidate)
+                } else {
                     self.deferred = Some(candidate);
                     None
                 }
-                _ => None,
-            },
-            Origin::Client(_) => None,
+            }
+            Origin::ReadAhead(_) => None,
         }
     }
 
-    /// After the client's Fetch claimed a read-ahead: the next read-ahead, when the prediction
-    /// made from the claimed one's response is already here.
+    /// After the client's Fetch claimed a read-ahead: the next read-ahead, when a prediction
+    /// was kept waiting for room.
     pub(super) fn after_claim(&mut self) -> Option<ReadAheadRequest> {
-        let (claimed, _) = self.claimed?;
         let candidate = self.deferred.take()?;
-        (candidate.origin == Origin::ReadAhead(claimed))
-            .then(|| self.send(candidate))
-            .flatten()
+        self.on_candidate(candidate)
     }
 
     fn send(&mut self, candidate: Candidate) -> Option<ReadAheadRequest> {
@@ -390,7 +405,8 @@ impl ReadAhead {
             correlation_id,
         };
         let predicted = Arc::new(predicted);
-        self.outstanding = Some((id, (*predicted).clone()));
+        self.outstanding.push_back((id, (*predicted).clone()));
+        self.newest = Some(id);
         self.counts.sent += 1;
         Some(ReadAheadRequest {
             id,

@@ -280,8 +280,13 @@ fn forwarded(decision: FetchDecision) -> Option<PredictionSink> {
     }
 }
 
+fn fetched_offsets(request: &ReadAheadRequest) -> Vec<(String, i32, i64, i32)> {
+    let (_, body) = decode_request::<FetchRequest>(ApiKey::Fetch, request.frame.clone()).unwrap();
+    offsets(&body)
+}
+
 #[test]
-fn a_matching_fetch_is_answered_ahead_and_the_chain_goes_on() {
+fn matching_fetches_are_answered_ahead_with_two_read_aheads_in_flight() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut ra = ReadAhead::new(true, tx);
     let s = session();
@@ -290,58 +295,78 @@ fn a_matching_fetch_is_answered_ahead_and_the_chain_goes_on() {
     // The client's first Fetch is forwarded; its response predicts offset 10.
     let seq = ra.on_request();
     let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).expect("read ahead");
-    let sent = ra
+    let ra0 = ra
         .on_candidate(predicted_by(sink, 9))
         .expect("sent at once");
-    assert_eq!(sent.id, 0);
-    assert!(sent.meta.correlation_id < 0, "Kapsule's own correlation id");
-    let (header, body) = decode_request::<FetchRequest>(ApiKey::Fetch, sent.frame.clone()).unwrap();
-    assert_eq!(header.correlation_id, sent.meta.correlation_id);
+    assert_eq!(ra0.id, 0);
+    assert!(ra0.meta.correlation_id < 0, "Kapsule's own correlation id");
+    let (header, body) = decode_request::<FetchRequest>(ApiKey::Fetch, ra0.frame.clone()).unwrap();
+    assert_eq!(header.correlation_id, ra0.meta.correlation_id);
     assert_eq!(header.client_id, first.header.client_id);
     assert_eq!(body.max_wait_ms, 0, "never parks in the broker's purgatory");
     assert_eq!(offsets(&body), vec![("orders".into(), 0, 10, -1)]);
 
-    // The read-ahead's own response predicts offset 20 before the client asks for 10: kept.
-    let early = predicted_by(sent.sink, 19);
-    assert!(
-        ra.on_candidate(early).is_none(),
-        "not sent before the client claims read-ahead 0"
-    );
+    // Read-ahead 0's response predicts offset 20: a second read-ahead goes out at once; the
+    // prediction from that one's response waits, as two are outstanding.
+    let ra1 = ra
+        .on_candidate(predicted_by(ra0.sink, 19))
+        .expect("depth 2");
+    assert_eq!(fetched_offsets(&ra1), vec![("orders".into(), 0, 20, -1)]);
+    assert!(ra.on_candidate(predicted_by(ra1.sink, 29)).is_none());
 
-    // The client asks for offset 10: answered with read-ahead 0; read-ahead 1 goes out.
+    // The client asks for offset 10: answered with read-ahead 0; the kept prediction goes out.
     let second = Arc::new(client_fetch(request(&[("orders", 0, 10)]), "c"));
     let seq = ra.on_request();
     assert!(matches!(
         ra.on_fetch(seq, Some(&second), &s),
         FetchDecision::Answer(0)
     ));
-    let next = ra.after_claim().expect("the kept prediction is sent");
-    assert_eq!(next.id, 1);
-    let (_, body) = decode_request::<FetchRequest>(ApiKey::Fetch, next.frame.clone()).unwrap();
-    assert_eq!(offsets(&body), vec![("orders".into(), 0, 20, -1)]);
+    let ra2 = ra.after_claim().expect("the kept prediction is sent");
+    assert_eq!(ra2.id, 2);
+    assert_eq!(fetched_offsets(&ra2), vec![("orders".into(), 0, 30, -1)]);
 
-    // A prediction arriving after the claim is sent too.
+    // Offset 20: read-ahead 1. Read-ahead 2's prediction, arriving after, is sent on arrival.
     let third = Arc::new(client_fetch(request(&[("orders", 0, 20)]), "c"));
     let seq = ra.on_request();
     assert!(matches!(
         ra.on_fetch(seq, Some(&third), &s),
         FetchDecision::Answer(1)
     ));
-    assert!(
-        ra.after_claim().is_none(),
-        "read-ahead 1's response has not arrived"
-    );
-    let late = ra
-        .on_candidate(predicted_by(next.sink, 29))
+    assert!(ra.after_claim().is_none());
+    let ra3 = ra
+        .on_candidate(predicted_by(ra2.sink, 39))
         .expect("sent on arrival");
-    assert_eq!(late.id, 2);
+    assert_eq!(ra3.id, 3);
+
+    // A prediction from a read-ahead that is not the newest is stale.
+    let stale = Arc::new(client_fetch(request(&[("orders", 0, 20)]), "c"));
+    let stale_sink = PredictionSink {
+        origin: Origin::ReadAhead(1),
+        request: stale,
+        session: s.clone(),
+        to_forward: mpsc::unbounded_channel().0,
+    };
+    assert!(ra.on_candidate(predicted_by(stale_sink, 25)).is_none());
     assert_eq!(
         ra.counts,
         ReadAheadCounts {
-            sent: 3,
+            sent: 4,
             served: 2,
             dropped: 0
         }
+    );
+
+    // A seek drops both outstanding read-aheads and is forwarded.
+    let seek = Arc::new(client_fetch(request(&[("orders", 0, 5)]), "c"));
+    let seq = ra.on_request();
+    assert!(
+        forwarded(ra.on_fetch(seq, Some(&seek), &s)).is_none(),
+        "paused after a miss"
+    );
+    assert_eq!(ra.counts.dropped, 2);
+    assert!(
+        ra.on_candidate(predicted_by(ra3.sink, 49)).is_none(),
+        "the broken chain's predictions are not sent"
     );
 }
 
@@ -387,6 +412,14 @@ fn a_prediction_is_not_sent_after_another_request_or_beside_an_outstanding_one()
     ra.on_request();
     assert!(ra.on_candidate(predicted_by(sink, 9)).is_none());
     assert_eq!(ra.counts.sent, 0);
+
+    // Nor is a chain continued while the client's last request was not a Fetch.
+    let seq = ra.on_request();
+    let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).unwrap();
+    let ra0 = ra.on_candidate(predicted_by(sink, 9)).unwrap();
+    ra.on_request();
+    assert!(ra.on_candidate(predicted_by(ra0.sink, 19)).is_none());
+    assert_eq!(ra.counts.sent, 1);
 
     // Disabled: nothing is read ahead.
     let (tx, _rx) = mpsc::unbounded_channel();
