@@ -914,10 +914,18 @@ async fn bench(args: Args) -> Result<()> {
             // The configs' local KMS key file is scratch: one per invocation, so a file left by
             // an earlier run under another master key cannot stop Kapsule from starting.
             let yaml = yaml.replace(SHARED_BENCH_KEY_FILE, &bench_key_file.to_string_lossy());
+            // The file adds top-level sections (kms, policy, deks); proxy/admin are the rig's,
+            // plus the file's `# proxy-setting: key: value` lines (as bench/common.sh reads them).
+            let config = yaml
+                .lines()
+                .filter_map(|l| l.strip_prefix("# proxy-setting: "))
+                .fold(
+                    KapsuleConfig::new(RecordsMode::Passthrough).with_yaml(&yaml),
+                    KapsuleConfig::with_proxy_setting,
+                );
             paths.push(Path::Kapsule {
                 name: name.into(),
-                // The file adds top-level sections (kms, policy, deks); proxy/admin are the rig's.
-                config: KapsuleConfig::new(RecordsMode::Passthrough).with_yaml(&yaml),
+                config,
                 tls: Tls::Off,
             });
         }

@@ -819,14 +819,10 @@ async fn read_ahead_fetches_give_every_record_once_and_in_order() {
 
     let off = Kapsule::start(
         &broker.bootstrap(),
-        // Listen, upstream and admin come from the flags the rig passes.
-        KapsuleConfig::from_raw(
-            RecordsMode::Reencode,
-            format!(
-                "proxy:\n  listen: 127.0.0.1:1\n  upstream: 127.0.0.1:1\n  fetch_read_ahead: false\nadmin:\n  listen: 127.0.0.1:1\nrecords: reencode\n{}{RULES}",
-                kms.yaml()
-            ),
-        ),
+        KapsuleConfig::new(RecordsMode::Reencode)
+            .with_yaml(&kms.yaml())
+            .with_yaml(RULES)
+            .with_proxy_setting("fetch_read_ahead: false"),
     )
     .await
     .expect("start kapsule without read-ahead");
