@@ -451,6 +451,22 @@ async fn send_read_ahead(
     Ok(pending.send((Pending::ReadAhead(request), None)).is_ok())
 }
 
+/// The broker closed its connection where a response was due.
+fn broker_eof() -> ConnectionError {
+    ConnectionError::broker_frame(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+}
+
+/// Reads the size prefix of the broker's next response.
+async fn read_response_len(
+    conn: &Connection,
+    upstream: &mut OwnedReadHalf,
+) -> Result<usize, ConnectionError> {
+    read_frame_len(upstream, conn.shared.config.max_frame_bytes)
+        .await
+        .map_err(ConnectionError::broker_frame)?
+        .ok_or_else(broker_eof)
+}
+
 /// Reads the broker's response to `meta`, charged to the connection's memory before it is
 /// read, and checks its correlation id.
 async fn read_response(
@@ -458,13 +474,7 @@ async fn read_response(
     upstream: &mut OwnedReadHalf,
     meta: RequestMeta,
 ) -> Result<(Bytes, ResponseCharge), ConnectionError> {
-    let max = conn.shared.config.max_frame_bytes;
-    let size = read_frame_len(upstream, max)
-        .await
-        .map_err(ConnectionError::broker_frame)?
-        .ok_or_else(|| {
-            ConnectionError::broker_frame(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-        })?;
+    let size = read_response_len(conn, upstream).await?;
     // Not read from the broker until the connection and the process may hold it.
     let memory = conn.gate.admit(size).await.map_err(|e| {
         conn.metrics().error(Reason::MemoryBusy);
@@ -485,13 +495,7 @@ async fn read_held_response(
     upstream: &mut OwnedReadHalf,
     meta: RequestMeta,
 ) -> Result<Option<(Bytes, ResponseCharge)>, ConnectionError> {
-    let max = conn.shared.config.max_frame_bytes;
-    let size = read_frame_len(upstream, max)
-        .await
-        .map_err(ConnectionError::broker_frame)?
-        .ok_or_else(|| {
-            ConnectionError::broker_frame(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-        })?;
+    let size = read_response_len(conn, upstream).await?;
     let Some(memory) = conn.gate.try_admit_held(size) else {
         let skipped = tokio::io::copy(
             &mut (&mut *upstream).take(size as u64),
@@ -500,9 +504,7 @@ async fn read_held_response(
         .await
         .map_err(ConnectionError::broker_frame)?;
         if skipped != size as u64 {
-            return Err(ConnectionError::broker_frame(std::io::Error::from(
-                std::io::ErrorKind::UnexpectedEof,
-            )));
+            return Err(broker_eof());
         }
         return Ok(None);
     };
@@ -524,6 +526,17 @@ fn check_correlation_id(frame: &[u8], meta: RequestMeta) -> Result<(), Connectio
     Ok(())
 }
 
+/// What an error in the response to `meta` is reported as coming from.
+fn response_context(meta: RequestMeta) -> impl FnOnce() -> String + Send + 'static {
+    move || {
+        format!(
+            "response to {} v{}",
+            api_name(meta.api_key),
+            meta.api_version
+        )
+    }
+}
+
 /// Decodes and decrypts a Fetch response on its own task; the prediction made from it (if any)
 /// goes to `read_ahead` as soon as it is decoded.
 fn spawn_fetch_stage(
@@ -534,13 +547,7 @@ fn spawn_fetch_stage(
     read_ahead: Option<PredictionSink>,
 ) -> Step<ToClient> {
     let shared = shared.clone();
-    let context = move || {
-        format!(
-            "response to {} v{}",
-            api_name(meta.api_key),
-            meta.api_version
-        )
-    };
+    let context = response_context(meta);
     Step::spawn(async move {
         fetch_response(&shared, meta, frame, &session, read_ahead)
             .await
@@ -641,13 +648,7 @@ async fn read_responses(
                 memory = Some(charge);
                 conn.metrics()
                     .upstream_latency(meta.api_key, sent_at.elapsed());
-                let context = move || {
-                    format!(
-                        "response to {} v{}",
-                        api_name(meta.api_key),
-                        meta.api_version
-                    )
-                };
+                let context = response_context(meta);
                 let step = match stage {
                     ResponseStage::Fetch(session, _) if fetch_needs_decode(shared, meta) => {
                         spawn_fetch_stage(shared, meta, frame, session, read_ahead)
