@@ -281,7 +281,8 @@ pub(super) struct ReadAhead {
     pub(super) counts: ReadAheadCounts,
 }
 
-/// What read-ahead did on one connection (reported to the proxy's metrics as it happens).
+/// What read-ahead did on one connection. The proxy-wide counters
+/// (`kapsule_fetch_read_ahead_total`) are counted by the forward stage when it sends and answers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ReadAheadCounts {
     pub(super) sent: u64,

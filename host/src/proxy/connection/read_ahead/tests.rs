@@ -273,6 +273,21 @@ fn predicted_by(sink: PredictionSink, last_offset: i64) -> Candidate {
     rx.try_recv().expect("a prediction")
 }
 
+fn read_ahead(enabled: bool) -> ReadAhead {
+    ReadAhead::new(enabled, mpsc::unbounded_channel().0)
+}
+
+/// The client's next request is a Fetch (`None`: one that cannot be read ahead): numbered and
+/// decided as the forward stage does.
+fn client_fetches(
+    ra: &mut ReadAhead,
+    fetch: Option<&Arc<ClientFetch>>,
+    session: &Arc<ClientSession>,
+) -> FetchDecision {
+    let seq = ra.on_request();
+    ra.on_fetch(seq, fetch, session)
+}
+
 fn forwarded(decision: FetchDecision) -> Option<PredictionSink> {
     match decision {
         FetchDecision::Forward(sink) => sink,
@@ -287,14 +302,12 @@ fn fetched_offsets(request: &ReadAheadRequest) -> Vec<(String, i32, i64, i32)> {
 
 #[test]
 fn matching_fetches_are_answered_ahead_with_two_read_aheads_in_flight() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut ra = ReadAhead::new(true, tx);
+    let mut ra = read_ahead(true);
     let s = session();
     let first = Arc::new(client_fetch(request(&[("orders", 0, 0)]), "c"));
 
     // The client's first Fetch is forwarded; its response predicts offset 10.
-    let seq = ra.on_request();
-    let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).expect("read ahead");
+    let sink = forwarded(client_fetches(&mut ra, Some(&first), &s)).expect("read ahead");
     let ra0 = ra
         .on_candidate(predicted_by(sink, 9))
         .expect("sent at once");
@@ -316,9 +329,8 @@ fn matching_fetches_are_answered_ahead_with_two_read_aheads_in_flight() {
 
     // The client asks for offset 10: answered with read-ahead 0; the kept prediction goes out.
     let second = Arc::new(client_fetch(request(&[("orders", 0, 10)]), "c"));
-    let seq = ra.on_request();
     assert!(matches!(
-        ra.on_fetch(seq, Some(&second), &s),
+        client_fetches(&mut ra, Some(&second), &s),
         FetchDecision::Answer(0)
     ));
     let ra2 = ra.after_claim().expect("the kept prediction is sent");
@@ -327,9 +339,8 @@ fn matching_fetches_are_answered_ahead_with_two_read_aheads_in_flight() {
 
     // Offset 20: read-ahead 1. Read-ahead 2's prediction, arriving after, is sent on arrival.
     let third = Arc::new(client_fetch(request(&[("orders", 0, 20)]), "c"));
-    let seq = ra.on_request();
     assert!(matches!(
-        ra.on_fetch(seq, Some(&third), &s),
+        client_fetches(&mut ra, Some(&third), &s),
         FetchDecision::Answer(1)
     ));
     assert!(ra.after_claim().is_none());
@@ -358,9 +369,8 @@ fn matching_fetches_are_answered_ahead_with_two_read_aheads_in_flight() {
 
     // A seek drops both outstanding read-aheads and is forwarded.
     let seek = Arc::new(client_fetch(request(&[("orders", 0, 5)]), "c"));
-    let seq = ra.on_request();
     assert!(
-        forwarded(ra.on_fetch(seq, Some(&seek), &s)).is_none(),
+        forwarded(client_fetches(&mut ra, Some(&seek), &s)).is_none(),
         "paused after a miss"
     );
     assert_eq!(ra.counts.dropped, 2);
@@ -372,68 +382,55 @@ fn matching_fetches_are_answered_ahead_with_two_read_aheads_in_flight() {
 
 #[test]
 fn a_fetch_that_does_not_match_is_forwarded_and_read_ahead_pauses() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut ra = ReadAhead::new(true, tx);
+    let mut ra = read_ahead(true);
     let s = session();
     let first = Arc::new(client_fetch(request(&[("orders", 0, 0)]), "c"));
-    let seq = ra.on_request();
-    let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).unwrap();
+    let sink = forwarded(client_fetches(&mut ra, Some(&first), &s)).unwrap();
     ra.on_candidate(predicted_by(sink, 9)).unwrap();
 
     // The client seeks back instead.
     let seek = Arc::new(client_fetch(request(&[("orders", 0, 3)]), "c"));
-    let seq = ra.on_request();
     assert!(
-        forwarded(ra.on_fetch(seq, Some(&seek), &s)).is_none(),
+        forwarded(client_fetches(&mut ra, Some(&seek), &s)).is_none(),
         "paused after a miss"
     );
     assert_eq!(ra.counts.dropped, 1);
-    let seq = ra.on_request();
     assert!(
-        forwarded(ra.on_fetch(seq, Some(&seek), &s)).is_none(),
+        forwarded(client_fetches(&mut ra, Some(&seek), &s)).is_none(),
         "still paused"
     );
-    let seq = ra.on_request();
     assert!(
-        forwarded(ra.on_fetch(seq, Some(&seek), &s)).is_some(),
+        forwarded(client_fetches(&mut ra, Some(&seek), &s)).is_some(),
         "resumed"
     );
 }
 
 #[test]
 fn a_prediction_is_not_sent_after_another_request_or_beside_an_outstanding_one() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut ra = ReadAhead::new(true, tx);
+    let mut ra = read_ahead(true);
     let s = session();
     let first = Arc::new(client_fetch(request(&[("orders", 0, 0)]), "c"));
-    let seq = ra.on_request();
-    let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).unwrap();
+    let sink = forwarded(client_fetches(&mut ra, Some(&first), &s)).unwrap();
     // A SaslHandshake (re-authentication) or any other request came in between.
     ra.on_request();
     assert!(ra.on_candidate(predicted_by(sink, 9)).is_none());
     assert_eq!(ra.counts.sent, 0);
 
     // Nor is a chain continued while the client's last request was not a Fetch.
-    let seq = ra.on_request();
-    let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).unwrap();
+    let sink = forwarded(client_fetches(&mut ra, Some(&first), &s)).unwrap();
     let ra0 = ra.on_candidate(predicted_by(sink, 9)).unwrap();
     ra.on_request();
     assert!(ra.on_candidate(predicted_by(ra0.sink, 19)).is_none());
     assert_eq!(ra.counts.sent, 1);
 
     // Disabled: nothing is read ahead.
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut off = ReadAhead::new(false, tx);
-    let seq = off.on_request();
-    assert!(forwarded(off.on_fetch(seq, Some(&first), &s)).is_none());
+    let mut off = read_ahead(false);
+    assert!(forwarded(client_fetches(&mut off, Some(&first), &s)).is_none());
 
     // A fetch that cannot be read ahead (a session) drops the outstanding read-ahead.
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut ra = ReadAhead::new(true, tx);
-    let seq = ra.on_request();
-    let sink = forwarded(ra.on_fetch(seq, Some(&first), &s)).unwrap();
+    let mut ra = read_ahead(true);
+    let sink = forwarded(client_fetches(&mut ra, Some(&first), &s)).unwrap();
     ra.on_candidate(predicted_by(sink, 9)).unwrap();
-    let seq = ra.on_request();
-    assert!(forwarded(ra.on_fetch(seq, None, &s)).is_none());
+    assert!(forwarded(client_fetches(&mut ra, None, &s)).is_none());
     assert_eq!(ra.counts.dropped, 1);
 }
