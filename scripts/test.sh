@@ -10,6 +10,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+# A clean clone's run needs room for its build (target/) and the brokers' data in /tmp; short of
+# it, builds fail and brokers stop mid-test ("No space left on device", or clients that hang).
+need_gb=12
+free_gb=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
+if (( free_gb < need_gb )); then
+  printf 'warning: %s GB free on this file system; a run from a clean clone needs about %s GB\n' \
+    "$free_gb" "$need_gb" >&2
+fi
+
 step "installing dependencies (idempotent)"
 scripts/install-deps.sh
 

@@ -200,22 +200,28 @@ async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<ClientOu
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
     let pid = child.id();
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(out) => out.with_context(|| format!("waiting for {what}"))?,
+    // Read as the client writes, so a client that hangs still shows what it said before.
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.with_context(|| format!("waiting for {what}"))?,
         Err(_) => {
             kill_group(pid);
-            bail!("{what} did not finish within {timeout:?} (killed)");
+            let said = stderr.finish().await;
+            bail!(
+                "{what} did not finish within {timeout:?} (killed)\nstderr (tail): {}",
+                tail(&said, 8000)
+            );
         }
     };
     kill_group(pid);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
+    let stdout = stdout.finish().await;
+    let stderr = stderr.finish().await;
+    if !status.success() {
         bail!(
-            "{what} failed with {}\nstdout (tail): {}\nstderr (tail): {}",
-            out.status,
+            "{what} failed with {status}\nstdout (tail): {}\nstderr (tail): {}",
             tail(&stdout, 4000),
             tail(&stderr, 8000)
         );
@@ -231,6 +237,39 @@ async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<ClientOu
         stderr,
         elapsed: started.elapsed(),
     })
+}
+
+/// What a child wrote to one of its pipes, read on a task of its own.
+struct Collected {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn collect(pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>) -> Collected {
+    let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = pipe.map(|mut pipe| {
+        let bytes = bytes.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                bytes.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    });
+    Collected { bytes, reader }
+}
+
+impl Collected {
+    /// Everything read once the pipe closes, or what was read 5 s after the child ended (a
+    /// process outside its group may still hold the pipe open).
+    async fn finish(self) -> String {
+        if let Some(reader) = self.reader {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        let bytes = self.bytes.lock().unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 fn kill_group(pid: Option<u32>) {
@@ -366,5 +405,65 @@ impl InteractiveClient {
 impl Drop for InteractiveClient {
     fn drop(&mut self) {
         kill_group(self.child.id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        cmd
+    }
+
+    /// A client that hangs is killed at its deadline, and the error shows what it had said.
+    #[tokio::test]
+    async fn a_hung_client_is_killed_and_its_stderr_reported() {
+        let started = Instant::now();
+        let err = run(
+            sh("echo 'assigned t[0]' >&2; sleep 30"),
+            "hanging client",
+            Duration::from_millis(500),
+        )
+        .await
+        .expect_err("the client outlives its deadline");
+        let message = format!("{err:#}");
+        assert!(message.contains("did not finish within"), "{message}");
+        assert!(message.contains("assigned t[0]"), "{message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "killed at the deadline"
+        );
+    }
+
+    /// A client that finishes gives its last JSON line and all of its stderr.
+    #[tokio::test]
+    async fn a_finished_client_gives_its_json_and_stderr() {
+        let out = run(
+            sh("echo progress >&2; echo '{\"records\": 3}'"),
+            "client",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.json["records"], 3);
+        assert_eq!(out.stderr, "progress\n");
+    }
+
+    /// A client that fails shows its exit status and stderr.
+    #[tokio::test]
+    async fn a_failed_client_reports_status_and_stderr() {
+        let err = run(
+            sh("echo broken >&2; exit 3"),
+            "client",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("exit 3 fails");
+        let message = format!("{err:#}");
+        assert!(message.contains("exit status: 3"), "{message}");
+        assert!(message.contains("broken"), "{message}");
     }
 }

@@ -47,6 +47,11 @@ registry = SchemaRegistryClient({"url": args.registry})
 ctx = SerializationContext(args.topic, MessageField.VALUE)
 
 
+def say(message):
+    """A stderr line with the wall-clock time, to line up with the proxy's log."""
+    log(time.strftime("%H:%M:%S ", time.gmtime()) + message)
+
+
 def to_dict(obj, _ctx):
     return obj
 
@@ -170,11 +175,14 @@ else:
         cls = protobuf_class(open(args.schema).read())
         pde = ProtobufDeserializer(cls, {"use.deprecated.format": False})
         de = lambda v, c: MessageToDict(pde(v, c), preserving_proto_field_name=True)  # noqa: E731
+    # Milestones and client errors go to stderr, so a consumer that stalls says where.
     conf = {"bootstrap.servers": args.bootstrap, "group.id": f"ck-schema-{time.time_ns()}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False}
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "error_cb": lambda e: say(f"client error: {e}")}
     conf.update(parse_config(args.config))
     consumer = Consumer(conf)
-    consumer.subscribe([args.topic])
+    consumer.subscribe([args.topic], on_assign=lambda _c, ps: say(
+        "assigned " + ", ".join(f"{p.topic}[{p.partition}]" for p in ps)))
     records, errors = [], []
     deadline = time.time() + args.timeout
     while len(records) < args.count and time.time() < deadline:
@@ -191,9 +199,11 @@ else:
             obj = de(msg.value(), ctx)
         except Exception as e:  # the test asserts on what failed
             derr = f"{type(e).__name__}: {e}"
+        say(f"record at {msg.topic()}[{msg.partition()}]@{msg.offset()}")
         records.append({"value": tohex(msg.value()),
                         "headers": [[k, tohex(v)] for k, v in (msg.headers() or [])],
                         "object": jsonable(obj), "deserialize_error": derr})
+    say(f"closing the consumer after {len(records)} records")
     consumer.close()
     log(f"consumed {len(records)} records, {len(errors)} errors")
     emit({"records": records, "errors": errors})
