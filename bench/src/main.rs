@@ -111,6 +111,10 @@ struct Args {
     /// the Vault KMS (`kapsule vault-whole`).
     #[arg(long)]
     vault: bool,
+    /// A `key: value` line added under `proxy:` of every Kapsule path (repeatable), e.g.
+    /// `--proxy-setting "worker_threads: 1"`; the report's header lists them.
+    #[arg(long = "proxy-setting")]
+    proxy_settings: Vec<String>,
     /// Records produced on a separate topic before each run's measured loads (connections,
     /// metadata, allocator, and a JIT for the JVM proxies).
     #[arg(long, default_value_t = 2000)]
@@ -929,6 +933,13 @@ async fn bench(args: Args) -> Result<()> {
                 tls: Tls::Off,
             });
         }
+        for path in &mut paths {
+            if let Path::Kapsule { config, .. } = path {
+                for setting in &args.proxy_settings {
+                    *config = config.clone().with_proxy_setting(setting);
+                }
+            }
+        }
         if !args.tls.is_empty() {
             let plain = std::mem::take(&mut paths);
             for p in plain {
@@ -1025,6 +1036,13 @@ fn render(
         args.warmup_records,
         args.latency_records
     );
+    if !args.proxy_settings.is_empty() {
+        let _ = writeln!(
+            md,
+            "Every Kapsule path runs with `proxy: {{ {} }}`.",
+            args.proxy_settings.join(", ")
+        );
+    }
     let broker = match (&shared.kafka, args.broker) {
         (Some(k), _) => format!(
             "Apache Kafka ({}, one KRaft broker+controller node)",

@@ -76,11 +76,14 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime
                 .enable_all()
-                .on_thread_park(crate::alloc::on_worker_park)
-                .build()
-            {
+                .on_thread_park(crate::alloc::on_worker_park);
+            if let Some(threads) = config.proxy.worker_threads {
+                runtime.worker_threads(threads);
+            }
+            let runtime = match runtime.build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("kapsule: cannot start the async runtime: {e}");

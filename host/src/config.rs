@@ -328,6 +328,21 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_default_to_the_runtime_and_zero_is_refused() {
+        let base = "proxy:\n  listen: 127.0.0.1:9192\n  upstream: localhost:9092\n";
+        assert_eq!(Config::parse(base).unwrap().proxy.worker_threads, None);
+        let one = Config::parse(&format!("{base}  worker_threads: 1\n")).unwrap();
+        assert_eq!(one.proxy.worker_threads, Some(1));
+        for bad in ["0", "1025"] {
+            let err = Config::parse(&format!("{base}  worker_threads: {bad}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("proxy.worker_threads"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn env_references_expand_and_missing_ones_are_reported() {
         let (out, problems) = expand_env("a: ${A}\nb: ${MISSING}\nc: $${LITERAL}\nd: $5", |n| {
             (n == "A").then(|| "one".to_string())

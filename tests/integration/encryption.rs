@@ -831,3 +831,58 @@ async fn read_ahead_fetches_give_every_record_once_and_in_order() {
     let (_, metrics) = off.admin_get("/metrics").await.unwrap();
     assert_eq!(read_ahead_count(&metrics, "sent"), 0);
 }
+
+/// `proxy.worker_threads: 1` (the setting docs/deployment.md suggests where Kapsule shares its
+/// cores): encryption, decryption on tasks of their own and read-ahead all run on the one worker
+/// thread, records are ciphertext at rest and come back byte-exact, and a second client keeps
+/// being served while the first consumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_thread_encrypts_decrypts_and_reads_ahead() {
+    let broker = Broker::start_default().await.expect("start the broker");
+    let kms = LocalKms::new().unwrap();
+    let kapsule = Kapsule::start(
+        &broker.bootstrap(),
+        KapsuleConfig::new(RecordsMode::Reencode)
+            .with_yaml(&kms.yaml())
+            .with_yaml(RULES)
+            .with_proxy_setting("worker_threads: 1"),
+    )
+    .await
+    .expect("start kapsule with one worker thread");
+    let (t, u) = (
+        unique_name("whole-one-worker"),
+        unique_name("whole-one-worker"),
+    );
+    for topic in [&t, &u] {
+        broker.create_topic(topic, 3).await.expect("create topic");
+    }
+    let (records, markers) = marked_records("ow", 600);
+    let bootstrap = kapsule.bootstrap();
+    let small_batches = [
+        "--config",
+        "batch.num.messages=10",
+        "--config",
+        "linger.ms=0",
+    ];
+    // Each call asserts that every record was acknowledged.
+    tokio::join!(
+        ck_produce(&bootstrap, &t, &records, &small_batches),
+        ck_produce(&bootstrap, &u, &records, &small_batches),
+    );
+    for topic in [&t, &u] {
+        assert_no_plaintext(&read_direct(&broker, topic, records.len()).await, &markers);
+    }
+
+    let small_fetches = ["--config", "max.partition.fetch.bytes=4096"];
+    let (back_t, back_u) = tokio::join!(
+        ck_consume(&bootstrap, &t, records.len(), &small_fetches),
+        ck_consume(&bootstrap, &u, records.len(), &small_fetches),
+    );
+    assert_records_match(&records, &back_t);
+    assert_records_match(&records, &back_u);
+    let (_, metrics) = kapsule.admin_get("/metrics").await.unwrap();
+    assert!(
+        read_ahead_count(&metrics, "served") > 0,
+        "read-ahead answered none of the consumers' fetches with one worker thread"
+    );
+}
