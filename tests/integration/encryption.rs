@@ -849,6 +849,20 @@ async fn one_worker_thread_encrypts_decrypts_and_reads_ahead() {
     )
     .await
     .expect("start kapsule with one worker thread");
+    // The log may be coloured: compare its text without the escape sequences.
+    let logs = kapsule.logs();
+    let plain: String = logs
+        .split('\x1b')
+        .enumerate()
+        .map(|(i, piece)| match piece.find('m') {
+            Some(end) if i > 0 => &piece[end + 1..],
+            _ => piece,
+        })
+        .collect();
+    assert!(
+        plain.contains("worker_threads=1"),
+        "the start-up line reports one worker thread: {plain}"
+    );
     let (t, u) = (
         unique_name("whole-one-worker"),
         unique_name("whole-one-worker"),

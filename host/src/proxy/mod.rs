@@ -430,7 +430,8 @@ impl Proxy {
     /// Serves until `stop` resolves, then stops accepting and waits for in-flight requests up to
     /// `shutdown_timeout_secs`.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        info!(listen = %self.local_addr()?, upstream = %self.shared.config.upstream, "kapsule proxy listening");
+        let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+        info!(listen = %self.local_addr()?, upstream = %self.shared.config.upstream, worker_threads, "kapsule proxy listening");
         spawn_accept_loop(self.shared.clone(), self.bootstrap, Route::Bootstrap);
         stop.await;
         info!("shutting down: no new connections, waiting for in-flight requests");
