@@ -69,10 +69,20 @@ pub async fn produce_report(
     let mut a = args(&["--bootstrap", bootstrap, "--topic", topic, "--input"]);
     a.push(file.path().display().to_string());
     a.extend(args(extra));
-    run_python("ck_produce_report.py", &a, CLIENT_TIMEOUT)
+    let out = run_python("ck_produce_report.py", &a, CLIENT_TIMEOUT)
         .await
-        .expect("ck_produce_report.py")
-        .json
+        .expect("ck_produce_report.py");
+    let mut json = out.json;
+    // A record with no delivery report at all: keep what the client said (its librdkafka log,
+    // with `--config debug=...`), so the failing assertion shows where the answer went.
+    let undelivered = json["results"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["error"] == "no delivery report"));
+    if undelivered {
+        let tail: String = out.stderr.chars().rev().take(12_000).collect();
+        json["client_stderr"] = Value::String(tail.chars().rev().collect());
+    }
+    json
 }
 
 /// Output of `ck_consume_report.py` (reads from the beginning, collects errors).

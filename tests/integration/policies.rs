@@ -149,7 +149,15 @@ async fn example_policies_and_hostile_module_through_kapsule() {
         assert!(enc.contains(want), "record {i} not under {want}");
     }
     let orphan = vec![TestRecord::kv("no-tenant", "ORPHAN-DATA")];
-    let out = produce_report(&b, &t, &orphan, &["--timeout", "15"]).await;
+    // librdkafka's protocol log is kept only if the refusal never reaches the client (see
+    // produce_report): this once failed with no delivery report under a loaded suite.
+    let out = produce_report(
+        &b,
+        &t,
+        &orphan,
+        &["--timeout", "15", "--config", "debug=broker,protocol,msg"],
+    )
+    .await;
     let errs = errors_of(&out);
     assert_eq!(errs.len(), 1, "{out}");
     assert_eq!(errs[0]["code"], POLICY_VIOLATION, "{out}");
