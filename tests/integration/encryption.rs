@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use rstest::rstest;
 
+use kapsule_integration::clients::tail;
 use kapsule_integration::encryption::{
     assert_no_plaintext, contains_bytes, vault_kms_yaml, LocalKms,
 };
 use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::openbao::OpenBao;
 use kapsule_integration::records::{write_records_file, ConsumedRecord};
+use kapsule_integration::tls::strip_ansi;
 use kapsule_integration::{
     run_python, unique_name, Broker, Kapsule, KapsuleConfig, RecordsMode, TestBroker, TestRecord,
 };
@@ -40,13 +42,18 @@ const RULES: &str = r#"policy:
       on_decrypt_failure: skip
 "#;
 
+/// The config of a Kapsule that re-encodes records and encrypts them per `policy` with the KMS
+/// section `kms`; listen, upstream and admin come from the rig.
+pub fn encrypting(kms: &str, policy: &str) -> KapsuleConfig {
+    KapsuleConfig::new(RecordsMode::Reencode)
+        .with_yaml(kms)
+        .with_yaml(policy)
+}
+
 /// Starts Kapsule (reencode mode, so non-encrypted batches also go through the codec) with `kms`
 /// and `policy` YAML sections in front of `broker`.
 pub async fn start_kapsule(broker: &impl TestBroker, kms: &str, policy: &str) -> Kapsule {
-    let config = KapsuleConfig::new(RecordsMode::Reencode)
-        .with_yaml(kms)
-        .with_yaml(policy);
-    Kapsule::start(&broker.bootstrap(), config)
+    Kapsule::start(&broker.bootstrap(), encrypting(kms, policy))
         .await
         .expect("start kapsule")
 }
@@ -79,8 +86,7 @@ pub async fn produce_report(
         .as_array()
         .is_some_and(|r| r.iter().any(|r| r["error"] == "no delivery report"));
     if undelivered {
-        let tail: String = out.stderr.chars().rev().take(12_000).collect();
-        json["client_stderr"] = Value::String(tail.chars().rev().collect());
+        json["client_stderr"] = Value::String(tail(&out.stderr, 12_000).to_owned());
     }
     json
 }
@@ -279,10 +285,7 @@ async fn whole_value_revisions_1_and_3_are_written_as_configured_and_both_read()
     let current = start_kapsule(&broker, &kms.yaml(), RULES).await;
     let pinned = Kapsule::start(
         &broker.bootstrap(),
-        KapsuleConfig::new(RecordsMode::Reencode)
-            .with_yaml(&kms.yaml())
-            .with_yaml(RULES)
-            .with_yaml("record_format:\n  whole_value_revision: 1\n"),
+        encrypting(&kms.yaml(), RULES).with_yaml("record_format:\n  whole_value_revision: 1\n"),
     )
     .await
     .expect("start kapsule pinned to revision 1");
@@ -829,10 +832,7 @@ async fn read_ahead_fetches_give_every_record_once_and_in_order() {
 
     let off = Kapsule::start(
         &broker.bootstrap(),
-        KapsuleConfig::new(RecordsMode::Reencode)
-            .with_yaml(&kms.yaml())
-            .with_yaml(RULES)
-            .with_proxy_setting("fetch_read_ahead: false"),
+        encrypting(&kms.yaml(), RULES).with_proxy_setting("fetch_read_ahead: false"),
     )
     .await
     .expect("start kapsule without read-ahead");
@@ -852,23 +852,12 @@ async fn one_worker_thread_encrypts_decrypts_and_reads_ahead() {
     let kms = LocalKms::new().unwrap();
     let kapsule = Kapsule::start(
         &broker.bootstrap(),
-        KapsuleConfig::new(RecordsMode::Reencode)
-            .with_yaml(&kms.yaml())
-            .with_yaml(RULES)
-            .with_proxy_setting("worker_threads: 1"),
+        encrypting(&kms.yaml(), RULES).with_proxy_setting("worker_threads: 1"),
     )
     .await
     .expect("start kapsule with one worker thread");
     // The log may be coloured: compare its text without the escape sequences.
-    let logs = kapsule.logs();
-    let plain: String = logs
-        .split('\x1b')
-        .enumerate()
-        .map(|(i, piece)| match piece.find('m') {
-            Some(end) if i > 0 => &piece[end + 1..],
-            _ => piece,
-        })
-        .collect();
+    let plain = strip_ansi(&kapsule.logs());
     assert!(
         plain.contains("worker_threads=1"),
         "the start-up line reports one worker thread: {plain}"

@@ -281,7 +281,8 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
-fn tail(s: &str, n: usize) -> &str {
+/// The last `n` bytes of `s` (fewer, to start on a character boundary).
+pub fn tail(s: &str, n: usize) -> &str {
     let mut start = s.len().saturating_sub(n);
     while !s.is_char_boundary(start) {
         start += 1;
