@@ -680,3 +680,56 @@ async fn admin_describe_cluster_names_only_kapsule() {
         );
     }
 }
+
+/// A KIP-932 share consumer (the Java `KafkaShareConsumer`, share groups enabled by default on
+/// Kafka 4.4) cannot read through Kapsule, which does not decrypt ShareFetch: it fails at once
+/// with an error naming the share-group API, instead of joining its group and polling nothing
+/// until it gives up. The same Kapsule keeps serving an ordinary consumer of the same topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn share_consumer_is_refused_at_once_and_kapsule_keeps_serving() {
+    let rig = KafkaRig::start().await;
+    let topic = rig.topic("whole-share", 1).await;
+    let (records, _) = marked_records("share", 3);
+    produce(RefClient::Java, &rig.bootstrap(), &topic, &records, &[]).await;
+
+    let share = run_java(
+        &args(&[
+            "share-consume",
+            "--bootstrap",
+            &rig.bootstrap(),
+            "--topic",
+            &topic,
+            "--count",
+            "3",
+            "--group",
+            &unique_name("share-group"),
+            "--timeout",
+            "60",
+        ]),
+        CLIENT_TIMEOUT,
+    )
+    .await;
+    let error = format!(
+        "{:#}",
+        share.expect_err("a share consumer read through Kapsule")
+    );
+    assert!(
+        error.contains("UnsupportedVersionException") && error.contains("ShareGroupHeartbeat"),
+        "the share consumer did not fail with the unsupported share-group API: {error}"
+    );
+    assert!(
+        !error.contains("timed out with"),
+        "the share consumer idled until its timeout instead of failing: {error}"
+    );
+
+    let back = consume(
+        RefClient::Java,
+        &rig.bootstrap(),
+        &topic,
+        records.len(),
+        Some(&unique_name("share-fallback")),
+        &[],
+    )
+    .await;
+    assert_records_match(&records, &back);
+}

@@ -48,8 +48,16 @@ pub const UNTRANSFORMED_APIS: [ApiKey; 4] = [
     ApiKey::Envelope,
 ];
 
+/// Joining a share group (KIP-932), refused like the [`UNTRANSFORMED_APIS`] although it carries
+/// no records: a share consumer can never fetch through Kapsule (ShareFetch is not offered), and
+/// with the heartbeat relayed it joined its group and then polled nothing, silently, for ever.
+/// Without it the Java `KafkaShareConsumer` fails at once with an UnsupportedVersionException that
+/// names the API. Describing share groups and their offsets (admin APIs) is still relayed.
+pub const REFUSED_SHARE_GROUP_APIS: [ApiKey; 1] = [ApiKey::ShareGroupHeartbeat];
+
 /// The version range Kapsule can handle for an API, or `None` if Kapsule does not offer it
-/// (unknown to kafka-protocol, or one of [`UNTRANSFORMED_APIS`]).
+/// (unknown to kafka-protocol, or one of [`UNTRANSFORMED_APIS`] and
+/// [`REFUSED_SHARE_GROUP_APIS`]).
 ///
 /// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes: for Produce and
 /// Fetch every version, flexible and topic-id ones included (topic ids are resolved to names, see
@@ -59,7 +67,7 @@ pub const UNTRANSFORMED_APIS: [ApiKey; 4] = [
 /// brokers are never capped for another broker's quirk.
 pub fn supported_range(api_key: i16) -> Option<VersionRange> {
     let api = ApiKey::try_from(api_key).ok()?;
-    if UNTRANSFORMED_APIS.contains(&api) {
+    if UNTRANSFORMED_APIS.contains(&api) || REFUSED_SHARE_GROUP_APIS.contains(&api) {
         return None;
     }
     let range = match api {
@@ -395,7 +403,7 @@ mod tests {
     #[test]
     fn untransformed_record_apis_are_dropped_from_api_versions() {
         let mut resp = ApiVersionsResponse::default().with_api_keys(
-            [0i16, 1, 58, 59, 76, 78, 79]
+            [0i16, 1, 58, 59, 76, 77, 78, 79, 90]
                 .into_iter()
                 .map(|k| {
                     ApiVersion::default()
@@ -407,7 +415,13 @@ mod tests {
         );
         rewrite_api_versions(&mut resp);
         let keys: Vec<i16> = resp.api_keys.iter().map(|v| v.api_key).collect();
-        assert_eq!(keys, vec![0, 1, 76], "ShareFetch & co. must not be offered");
+        // 76 ShareGroupHeartbeat is refused, 77 ShareGroupDescribe and 90
+        // DescribeShareGroupOffsets (admin) are relayed.
+        assert_eq!(
+            keys,
+            vec![0, 1, 77, 90],
+            "ShareFetch & co. must not be offered"
+        );
     }
 
     #[test]
@@ -428,6 +442,7 @@ mod tests {
             (1, MAX_FETCH_VERSION + 1),
             (3, 99),
             (78, 0),
+            (76, 0),
             (58, 0),
             (9999, 0),
         ] {

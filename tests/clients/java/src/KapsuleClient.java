@@ -17,6 +17,9 @@
 //           [--isolation read_committed|read_uncommitted] [--assign] [--commit]
 //           [--config k=v ...] [--timeout S]
 //     -> {"records": [...], "timed_out": bool}   (stops after N records or the timeout)
+//   share-consume --bootstrap B --topic T --count N --group G [--config k=v ...] [--timeout S]
+//     a KIP-932 share consumer (KafkaShareConsumer, records acknowledged as accepted on each poll)
+//     -> {"records": [...], "timed_out": bool}
 //   admin --bootstrap B --op OP [--topic T] [--partitions N] [--replication-factor R]
 //         [--topic-config k=v ...] [--config k=v ...] [--timeout S]
 //     OP: create-topic, describe-topic, delete-topic, list-topics, list-groups, describe-cluster,
@@ -56,6 +59,7 @@ import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.KafkaShareConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
@@ -126,6 +130,7 @@ public final class KapsuleClient {
             ObjectNode out = switch (argv[0]) {
                 case "produce" -> produce(args);
                 case "consume" -> consume(args);
+                case "share-consume" -> shareConsume(args);
                 case "admin" -> admin(args);
                 default -> throw new IllegalArgumentException("unknown command " + argv[0]);
             };
@@ -244,6 +249,34 @@ public final class KapsuleClient {
                 ConsumerRecords<byte[], byte[]> batch = consumer.poll(Duration.ofMillis(500));
                 for (ConsumerRecord<byte[], byte[]> r : batch) records.add(recordJson(r));
                 if (commit && !batch.isEmpty()) consumer.commitSync();
+            }
+        }
+        boolean timedOut = records.size() < count;
+        if (timedOut) System.err.printf("timed out with %d of %d records%n", records.size(), count);
+        out.put("timed_out", timedOut);
+        return out;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    private static ObjectNode shareConsume(Args args) {
+        String topic = args.required("topic");
+        int count = Integer.parseInt(args.required("count"));
+        Properties p = baseProps(args);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        p.put(ConsumerConfig.GROUP_ID_CONFIG, args.required("group"));
+        p.putAll(args.pairs("config"));
+        long deadline = System.nanoTime() + args.timeout().toNanos();
+
+        ObjectNode out = JSON.createObjectNode();
+        ArrayNode records = out.putArray("records");
+        try (KafkaShareConsumer<byte[], byte[]> consumer = new KafkaShareConsumer<>(p)) {
+            consumer.subscribe(List.of(topic));
+            while (records.size() < count && System.nanoTime() < deadline) {
+                for (ConsumerRecord<byte[], byte[]> r : consumer.poll(Duration.ofMillis(500))) {
+                    records.add(recordJson(r));
+                }
+                consumer.commitSync();
             }
         }
         boolean timedOut = records.size() < count;
