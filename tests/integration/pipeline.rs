@@ -13,8 +13,8 @@ use kapsule_integration::encryption::{vault_kms_yaml, LocalKms};
 use kapsule_integration::kms_server::KmsServer;
 use kapsule_integration::openbao::OpenBao;
 use kapsule_integration::probe::kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ProduceRequest,
-    ProduceResponse, ShareFetchRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, FetchSnapshotRequest,
+    ProduceRequest, ProduceResponse,
 };
 use kapsule_integration::probe::{
     end_offset, fetch_request, fetched_values, partition_errors, produce_request, record_batch,
@@ -70,11 +70,7 @@ async fn offered(addr: &str, proxied: bool) -> (Option<i16>, Option<i16>) {
             .find(|v| v.api_key == k as i16)
             .map(|v| v.max_version)
     };
-    for k in [
-        ApiKey::ShareFetch,
-        ApiKey::ShareAcknowledge,
-        ApiKey::Envelope,
-    ] {
+    for k in [ApiKey::FetchSnapshot, ApiKey::Envelope] {
         if proxied {
             assert_eq!(max_of(k), None, "{k:?} is advertised: {versions:?}");
         }
@@ -85,7 +81,7 @@ async fn offered(addr: &str, proxied: bool) -> (Option<i16>, Option<i16>) {
 /// Kapsule offers the flexible Produce and Fetch versions as far as the broker offers them (no
 /// cap for another broker's quirk); on tansu, whose Fetch v12 responses carry a tagged field v12
 /// does not define, records produced with Produce v9 are stored encrypted and read back through
-/// Fetch v12 decrypted. APIs Kapsule does not transform (ShareFetch) close the connection.
+/// Fetch v12 decrypted. APIs Kapsule does not transform (FetchSnapshot) close the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn flexible_versions_are_offered_as_far_as_the_broker_offers_them() {
     let tansu = Tansu::start().await.expect("start tansu");
@@ -142,17 +138,22 @@ async fn flexible_versions_are_offered_as_far_as_the_broker_offers_them() {
     assert_eq!(code, 0, "{f:?}");
     assert_eq!(values, vec![b"SECRET-V9".to_vec()]);
 
-    // ShareFetch carries records Kapsule does not transform: the connection is closed.
-    c.send(ApiKey::ShareFetch, 1, 4, &ShareFetchRequest::default())
-        .await
-        .unwrap();
+    // FetchSnapshot returns raw log bytes Kapsule does not transform: the connection is closed.
+    c.send(
+        ApiKey::FetchSnapshot,
+        1,
+        4,
+        &FetchSnapshotRequest::default(),
+    )
+    .await
+    .unwrap();
     let closed = c.recv(WAIT).await.unwrap();
-    assert!(closed.is_none(), "ShareFetch was answered: {closed:?}");
+    assert!(closed.is_none(), "FetchSnapshot was answered: {closed:?}");
     let log = kapsule.logs();
     assert!(
         log.lines()
-            .any(|l| l.contains("ShareFetch") && l.contains("closing the connection")),
-        "no log line names the refused ShareFetch:\n{log}"
+            .any(|l| l.contains("FetchSnapshot") && l.contains("closing the connection")),
+        "no log line names the refused FetchSnapshot:\n{log}"
     );
 }
 

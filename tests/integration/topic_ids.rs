@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use kapsule_integration::encryption::LocalKms;
 use kapsule_integration::probe::kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ProduceRequest,
-    ProduceResponse, ShareFetchRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, FetchSnapshotRequest,
+    ProduceRequest, ProduceResponse,
 };
 use kapsule_integration::probe::{
     end_offset, fetch_request, fetched_values, partition_errors, produce_request, record_batch,
@@ -51,7 +51,7 @@ async fn topic(kafka: &KafkaCluster, prefix: &str) -> String {
 /// Kapsule has named is refused with UNKNOWN_TOPIC_ID and never reaches the broker; once a
 /// Metadata response has named it, records produced by id are encrypted under the topic's name
 /// and read back by id decrypted, while `require_encrypted` still refuses plaintext injected on
-/// the broker. APIs Kapsule does not transform (ShareFetch) close the connection.
+/// the broker. APIs Kapsule does not transform (FetchSnapshot) close the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_encryption() {
     use kapsule_integration::probe::kafka_protocol::messages::{MetadataRequest, MetadataResponse};
@@ -109,13 +109,11 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
     // Apache Kafka 4.4 offers Produce v13 and Fetch v18: Kapsule offers them too.
     assert_eq!(max_of(ApiKey::Produce), Some(13), "{versions:?}");
     assert_eq!(max_of(ApiKey::Fetch), Some(18), "{versions:?}");
-    for k in [
-        ApiKey::ShareFetch,
-        ApiKey::ShareAcknowledge,
-        ApiKey::Envelope,
-    ] {
+    for k in [ApiKey::FetchSnapshot, ApiKey::Envelope] {
         assert_eq!(max_of(k), None, "{k:?} is advertised: {versions:?}");
     }
+    // Share groups are offered at what kafka-protocol decodes (ShareFetch v1).
+    assert_eq!(max_of(ApiKey::ShareFetch), Some(1), "{versions:?}");
 
     // Produce v13 by an id no Metadata through Kapsule has named: refused, never forwarded.
     let v13 = produce_request("", Some(id), 5000, record_batch(&[(b"k", b"SECRET-V13")]));
@@ -216,17 +214,22 @@ async fn topic_id_versions_are_resolved_from_broker_metadata_and_never_bypass_en
     );
     assert!(values.is_empty(), "records delivered with an error: {f:?}");
 
-    // ShareFetch carries records Kapsule does not transform: the connection is closed.
-    c.send(ApiKey::ShareFetch, 1, 9, &ShareFetchRequest::default())
-        .await
-        .unwrap();
+    // FetchSnapshot returns raw log bytes Kapsule does not transform: the connection is closed.
+    c.send(
+        ApiKey::FetchSnapshot,
+        1,
+        9,
+        &FetchSnapshotRequest::default(),
+    )
+    .await
+    .unwrap();
     let closed = c.recv(WAIT).await.unwrap();
-    assert!(closed.is_none(), "ShareFetch was answered: {closed:?}");
+    assert!(closed.is_none(), "FetchSnapshot was answered: {closed:?}");
     let log = kapsule.logs();
     assert!(
         log.lines()
-            .any(|l| l.contains("ShareFetch") && l.contains("closing the connection")),
-        "no log line names the refused ShareFetch:\n{log}"
+            .any(|l| l.contains("FetchSnapshot") && l.contains("closing the connection")),
+        "no log line names the refused FetchSnapshot:\n{log}"
     );
 }
 

@@ -7,6 +7,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
     MetadataResponse, ProduceRequest, ProduceResponse, SaslHandshakeRequest,
+    ShareAcknowledgeResponse, ShareFetchResponse,
 };
 use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
 
@@ -39,35 +40,24 @@ const TRANSACTION_VERSION_FEATURE: &str = "transaction.version";
 /// APIs that carry records (or whole other requests) past the record stage: never offered in
 /// ApiVersions and refused when a client sends them anyway.
 ///
-/// ShareFetch returns records and ShareAcknowledge belongs to the same share-group read path;
 /// FetchSnapshot returns raw log bytes; Envelope wraps any request (a Produce included).
-pub const UNTRANSFORMED_APIS: [ApiKey; 4] = [
-    ApiKey::ShareFetch,
-    ApiKey::ShareAcknowledge,
-    ApiKey::FetchSnapshot,
-    ApiKey::Envelope,
-];
-
-/// Joining a share group (KIP-932), refused like the [`UNTRANSFORMED_APIS`] although it carries
-/// no records: a share consumer can never fetch through Kapsule (ShareFetch is not offered), and
-/// with the heartbeat relayed it joined its group and then polled nothing, silently, for ever.
-/// Without it the Java `KafkaShareConsumer` fails at once with an UnsupportedVersionException that
-/// names the API. Describing share groups and their offsets (admin APIs) is still relayed.
-pub const REFUSED_SHARE_GROUP_APIS: [ApiKey; 1] = [ApiKey::ShareGroupHeartbeat];
+/// ShareFetch (KIP-932 share groups) is not among them: its records go through the record stage
+/// like a Fetch's ([`crate::proxy::records::RecordStage::stage_share_fetch`]).
+pub const UNTRANSFORMED_APIS: [ApiKey; 2] = [ApiKey::FetchSnapshot, ApiKey::Envelope];
 
 /// The version range Kapsule can handle for an API, or `None` if Kapsule does not offer it
-/// (unknown to kafka-protocol, or one of [`UNTRANSFORMED_APIS`] and
-/// [`REFUSED_SHARE_GROUP_APIS`]).
+/// (unknown to kafka-protocol, or one of [`UNTRANSFORMED_APIS`]).
 ///
 /// APIs whose bodies Kapsule decodes are limited to what kafka-protocol decodes: for Produce and
 /// Fetch every version, flexible and topic-id ones included (topic ids are resolved to names, see
-/// [`PRODUCE_TOPIC_ID_VERSION`]). Brokers that put tagged fields into responses of versions whose
+/// [`PRODUCE_TOPIC_ID_VERSION`]); ShareFetch and ShareAcknowledge (records decrypted, node
+/// endpoints rewritten) likewise. Brokers that put tagged fields into responses of versions whose
 /// schema does not define them (tansu 0.6 sends `node_endpoints`, tag 0, in Fetch v12) are
 /// tolerated where the response is decoded (`kafka::frame::decode_fetch_response`), so real
 /// brokers are never capped for another broker's quirk.
 pub fn supported_range(api_key: i16) -> Option<VersionRange> {
     let api = ApiKey::try_from(api_key).ok()?;
-    if UNTRANSFORMED_APIS.contains(&api) || REFUSED_SHARE_GROUP_APIS.contains(&api) {
+    if UNTRANSFORMED_APIS.contains(&api) {
         return None;
     }
     let range = match api {
@@ -76,6 +66,8 @@ pub fn supported_range(api_key: i16) -> Option<VersionRange> {
         ApiKey::Metadata => MetadataResponse::VERSIONS,
         ApiKey::FindCoordinator => FindCoordinatorResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
+        ApiKey::ShareFetch => ShareFetchResponse::VERSIONS,
+        ApiKey::ShareAcknowledge => ShareAcknowledgeResponse::VERSIONS,
         ApiKey::ApiVersions => ApiVersionsResponse::VERSIONS,
         // v0 is followed by unframed SASL tokens the proxy cannot follow (see `sasl`).
         ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS.intersect(&VersionRange {
@@ -290,6 +282,28 @@ pub fn rewrite_fetch_endpoints(
     Ok(())
 }
 
+/// Rewrites the `node_endpoints` of a ShareFetch response (leaders a share consumer moves to).
+pub fn rewrite_share_fetch_endpoints(
+    resp: &mut ShareFetchResponse,
+    adv: &dyn Advertiser,
+) -> anyhow::Result<()> {
+    for e in &mut resp.node_endpoints {
+        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
+    }
+    Ok(())
+}
+
+/// Rewrites the `node_endpoints` of a ShareAcknowledge response.
+pub fn rewrite_share_acknowledge_endpoints(
+    resp: &mut ShareAcknowledgeResponse,
+    adv: &dyn Advertiser,
+) -> anyhow::Result<()> {
+    for e in &mut resp.node_endpoints {
+        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn untransformed_record_apis_are_dropped_from_api_versions() {
+    fn untransformed_apis_are_dropped_from_api_versions_and_share_groups_offered() {
         let mut resp = ApiVersionsResponse::default().with_api_keys(
             [0i16, 1, 58, 59, 76, 77, 78, 79, 90]
                 .into_iter()
@@ -415,13 +429,8 @@ mod tests {
         );
         rewrite_api_versions(&mut resp);
         let keys: Vec<i16> = resp.api_keys.iter().map(|v| v.api_key).collect();
-        // 76 ShareGroupHeartbeat is refused, 77 ShareGroupDescribe and 90
-        // DescribeShareGroupOffsets (admin) are relayed.
-        assert_eq!(
-            keys,
-            vec![0, 1, 77, 90],
-            "ShareFetch & co. must not be offered"
-        );
+        // 58 Envelope and 59 FetchSnapshot are not offered; the share-group APIs (76-79, 90) are.
+        assert_eq!(keys, vec![0, 1, 76, 77, 78, 79, 90], "{keys:?}");
     }
 
     #[test]
@@ -441,9 +450,8 @@ mod tests {
             (0, MAX_PRODUCE_VERSION + 1),
             (1, MAX_FETCH_VERSION + 1),
             (3, 99),
-            (78, 0),
-            (76, 0),
             (58, 0),
+            (59, 0),
             (9999, 0),
         ] {
             let e = check_request(api, v).unwrap_err();
@@ -455,9 +463,13 @@ mod tests {
             format!("Produce v2 is not offered by Kapsule (it offers v3-v{MAX_PRODUCE_VERSION})")
         );
         assert_eq!(
-            check_request(78, 1).unwrap_err().to_string(),
-            "ShareFetch v1 is not offered by Kapsule (the API is not offered)"
+            check_request(59, 1).unwrap_err().to_string(),
+            "FetchSnapshot v1 is not offered by Kapsule (the API is not offered)"
         );
+        // Share groups: ShareFetch at the versions kafka-protocol decodes.
+        assert!(check_request(78, ShareFetchResponse::VERSIONS.max).is_ok());
+        assert!(check_request(78, ShareFetchResponse::VERSIONS.max + 1).is_err());
+        assert!(check_request(76, 1).is_ok());
         // KIP-511: a newer ApiVersions is answered, not refused.
         assert!(check_request(18, 99).is_ok());
     }

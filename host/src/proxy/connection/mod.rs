@@ -61,7 +61,7 @@ use self::produce::{answer_late, prepare_produce, prepare_untransformed_produce}
 use self::read_ahead::{
     Candidate, ClientFetch, FetchDecision, PredictionSink, ReadAhead, ReadAheadRequest,
 };
-use self::responses::{fetch_needs_decode, fetch_response, rewrite_response};
+use self::responses::{fetch_needs_decode, fetch_response, rewrite_response, share_fetch_response};
 use self::state::Connection;
 use super::budget::ResponseCharge;
 use super::rewrite::{self, UnsupportedRequest};
@@ -653,6 +653,15 @@ async fn read_responses(
                     ResponseStage::Fetch(session, _) if fetch_needs_decode(shared, meta) => {
                         spawn_fetch_stage(shared, meta, frame, session, read_ahead)
                     }
+                    ResponseStage::ShareFetch(session) => {
+                        let shared = shared.clone();
+                        Step::spawn(async move {
+                            share_fetch_response(&shared, meta, frame, &session)
+                                .await
+                                .map(ToClient::Fetch)
+                                .map_err(|e| ConnectionError::broker(e).context(context))
+                        })
+                    }
                     ResponseStage::Fetch(..) => Step::Ready(
                         shared
                             .records
@@ -836,6 +845,8 @@ fn prepare_relay(
                 .flatten();
             ResponseStage::Fetch(Arc::new(session.snapshot()), request)
         }
+        Some(ApiKey::ShareFetch) => ResponseStage::ShareFetch(Arc::new(session.snapshot())),
+        Some(ApiKey::ShareAcknowledge) => ResponseStage::ShareAcknowledge,
         // Unknown APIs are unreachable after check_request; relayed like any API Kapsule does
         // not decode.
         _ => ResponseStage::Relay,

@@ -1,6 +1,7 @@
 //! The frames a connection passes on, typed by the path they took: a Produce request leaves for
-//! the broker only as the record stage's [`StagedProduce`], a Fetch response reaches the client
-//! only as its [`StagedFetch`]; every other API as a relay type that refuses those two.
+//! the broker only as the record stage's [`StagedProduce`], a Fetch or ShareFetch response
+//! reaches the client only as its [`StagedFetch`]; every other API as a relay type that refuses
+//! those.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use super::error::ConnectionError;
 use super::read_ahead::{ClientFetch, PredictionSink, ReadAheadRequest};
 use crate::kafka::frame::{FrameBody, RequestMeta};
+use crate::metrics::api_name;
 use crate::proxy::records::{ProducePatch, StagedFetch, StagedProduce};
 use crate::proxy::rewrite;
 use crate::proxy::sasl::SaslExpect;
@@ -73,12 +75,13 @@ impl RelayRequest {
     }
 }
 
-/// A response frame that leaves for the client, typed by the path it took: a Fetch response
-/// only as the record stage's [`StagedFetch`], every other API only as a [`RelayResponse`].
+/// A response frame that leaves for the client, typed by the path it took: a Fetch or
+/// ShareFetch response only as the record stage's [`StagedFetch`], every other API only as a
+/// [`RelayResponse`].
 pub(super) enum ToClient {
     /// A response of an API that carries no records (relayed, rewritten or made by Kapsule).
     Relay(RelayResponse),
-    /// A Fetch response, as the record stage let it go.
+    /// A Fetch or ShareFetch response, as the record stage let it go.
     Fetch(StagedFetch),
 }
 
@@ -109,14 +112,15 @@ fn answering(frame: Bytes, correlation_id: i32) -> Bytes {
 }
 
 /// A response of an API that carries no records. Made only by [`RelayResponse::new`], which
-/// refuses Fetch.
+/// refuses Fetch and ShareFetch.
 pub(super) struct RelayResponse(Bytes);
 
 impl RelayResponse {
     pub(super) fn new(api_key: i16, frame: Bytes) -> Result<Self, ConnectionError> {
-        if api_key == ApiKey::Fetch as i16 {
+        if api_key == ApiKey::Fetch as i16 || api_key == ApiKey::ShareFetch as i16 {
+            let api = api_name(api_key);
             return Err(ConnectionError::internal(anyhow!(
-                "a Fetch response was about to reach the client without the record stage; refused"
+                "a {api} response was about to reach the client without the record stage; refused"
             )));
         }
         Ok(Self(frame))
@@ -141,6 +145,11 @@ pub(super) enum ResponseStage {
     /// request was read (a principal set by a later SASL answer does not apply to it). Holds
     /// the decoded request when it may be read ahead.
     Fetch(Arc<ClientSession>, Option<Arc<ClientFetch>>),
+    /// Rewrite node endpoints; decrypt / re-encode a share consumer's acquired records for the
+    /// client as it was when the request was read.
+    ShareFetch(Arc<ClientSession>),
+    /// Rewrite node endpoints.
+    ShareAcknowledge,
     /// Follow the SASL exchange (may set the session's principal); relay the bytes.
     Sasl(SaslExpect),
 }

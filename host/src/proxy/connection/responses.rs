@@ -1,13 +1,13 @@
 //! Broker responses that need work before they reach the client: address rewriting (Metadata,
-//! FindCoordinator, DescribeCluster, Produce and Fetch node endpoints), API version
-//! intersection, and the Fetch record stage.
+//! FindCoordinator, DescribeCluster, and the node endpoints of Produce, Fetch, ShareFetch and
+//! ShareAcknowledge), API version intersection, and the record stage of Fetch and ShareFetch.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse,
-    MetadataResponse, ProduceResponse,
+    MetadataResponse, ProduceResponse, ShareAcknowledgeResponse, ShareFetchResponse,
 };
 
 use super::path::ResponseStage;
@@ -43,6 +43,24 @@ pub(super) async fn fetch_response(
     shared.records.stage_fetch(v, &header, body, session).await
 }
 
+/// Decodes a ShareFetch response (KIP-932 share groups), rewrites its endpoints and runs the
+/// record stage over the acquired records.
+pub(super) async fn share_fetch_response(
+    shared: &Arc<ProxyShared>,
+    meta: RequestMeta,
+    frame: Bytes,
+    session: &ClientSession,
+) -> anyhow::Result<StagedFetch> {
+    let v = meta.api_version;
+    let adv: &dyn rewrite::Advertiser = shared;
+    let (header, mut body) = decode_response::<ShareFetchResponse>(ApiKey::ShareFetch, v, frame)?;
+    rewrite::rewrite_share_fetch_endpoints(&mut body, adv)?;
+    shared
+        .records
+        .stage_share_fetch(v, &header, body, session)
+        .await
+}
+
 /// Applies a response stage that needs no record work.
 pub(super) fn rewrite_response(
     shared: &Arc<ProxyShared>,
@@ -53,7 +71,17 @@ pub(super) fn rewrite_response(
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     Ok(match stage {
-        ResponseStage::Relay | ResponseStage::Fetch(..) | ResponseStage::Sasl(_) => frame,
+        // Fetch and ShareFetch never come here: `RelayResponse::new` refuses their frames.
+        ResponseStage::Relay
+        | ResponseStage::Fetch(..)
+        | ResponseStage::ShareFetch(_)
+        | ResponseStage::Sasl(_) => frame,
+        ResponseStage::ShareAcknowledge => {
+            let api = ApiKey::ShareAcknowledge;
+            let (header, mut body) = decode_response::<ShareAcknowledgeResponse>(api, v, frame)?;
+            rewrite::rewrite_share_acknowledge_endpoints(&mut body, adv)?;
+            encode_response(api, v, &header, &body)?
+        }
         ResponseStage::ApiVersions => {
             let api = ApiKey::ApiVersions;
             let (header, mut body) = decode_response::<ApiVersionsResponse>(api, v, frame)?;

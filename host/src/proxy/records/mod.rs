@@ -33,7 +33,7 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{
     ApiKey, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-    TopicName,
+    ShareFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -316,17 +316,22 @@ impl RecordStage {
         if !name.is_empty() || id.is_nil() {
             return Ok(name.clone());
         }
-        self.topic_ids.name(id).ok_or_else(|| {
-            ProxyError::new(
-                ErrorSource::Client,
-                ResponseError::UnknownTopicId,
-                Reason::UnknownTopicId,
-                format!(
-                    "topic id {id} is not known to Kapsule yet; refresh metadata (through \
-                     Kapsule) and retry"
-                ),
-            )
-        })
+        self.topic_ids
+            .name(id)
+            .ok_or_else(|| self.unknown_topic_id(id))
+    }
+
+    /// The error for a topic id Kapsule cannot name (UNKNOWN_TOPIC_ID, retriable).
+    pub fn unknown_topic_id(&self, id: Uuid) -> ProxyError {
+        ProxyError::new(
+            ErrorSource::Client,
+            ResponseError::UnknownTopicId,
+            Reason::UnknownTopicId,
+            format!(
+                "topic id {id} is not known to Kapsule yet; refresh metadata (through Kapsule) \
+                 and retry"
+            ),
+        )
     }
 
     /// Runs a decoded Produce request through the stage ([`RecordStage::on_produce`]) and
@@ -393,6 +398,37 @@ impl RecordStage {
             .filter_map(|p| p.records.as_ref());
         Ok(StagedFetch {
             frame: encode_response_spliced(ApiKey::Fetch, version, header, &response, records)?,
+        })
+    }
+
+    /// Runs a decoded ShareFetch response (KIP-932 share groups) through the stage
+    /// ([`RecordStage::on_share_fetch_charged`]) when it transforms fetched records, and encodes
+    /// it for the client.
+    pub async fn stage_share_fetch(
+        &self,
+        version: i16,
+        header: &ResponseHeader,
+        mut response: ShareFetchResponse,
+        session: &ClientSession,
+    ) -> anyhow::Result<StagedFetch> {
+        let _output = if self.transforms_fetch() {
+            self.on_share_fetch_charged(&mut response, session).await?
+        } else {
+            Charge::default()
+        };
+        let records = response
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter_map(|p| p.records.as_ref());
+        Ok(StagedFetch {
+            frame: encode_response_spliced(
+                ApiKey::ShareFetch,
+                version,
+                header,
+                &response,
+                records,
+            )?,
         })
     }
 

@@ -1,5 +1,6 @@
 // The Apache Kafka Java client (kafka-clients 4.x) as a test client for Kapsule's rig: producer,
-// consumer (classic or KIP-848 group, either isolation level), transactional producer, AdminClient.
+// consumer (classic or KIP-848 group, either isolation level), KIP-932 share consumer,
+// transactional producer, AdminClient.
 //
 // Same contract as the Python and Node clients in tests/clients: records are JSON with bytes in hex,
 //   {"key": hex|null, "value": hex|null, "headers": [[name, hex|null], ...], "timestamp": ms|null,
@@ -18,7 +19,9 @@
 //           [--config k=v ...] [--timeout S]
 //     -> {"records": [...], "timed_out": bool}   (stops after N records or the timeout)
 //   share-consume --bootstrap B --topic T --count N --group G [--config k=v ...] [--timeout S]
-//     a KIP-932 share consumer (KafkaShareConsumer, records acknowledged as accepted on each poll)
+//     a KIP-932 share consumer (KafkaShareConsumer, records acknowledged as accepted on each poll);
+//     first sets the share group's share.auto.offset.reset to earliest (AdminClient, same
+//     bootstrap) so records produced before it joined are delivered
 //     -> {"records": [...], "timed_out": bool}
 //   admin --bootstrap B --op OP [--topic T] [--partitions N] [--replication-factor R]
 //         [--topic-config k=v ...] [--config k=v ...] [--timeout S]
@@ -47,6 +50,7 @@ import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
 import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AlterConfigOp;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.Config;
 import org.apache.kafka.clients.admin.ConfigEntry;
@@ -258,7 +262,7 @@ public final class KapsuleClient {
     }
 
     // ---------------------------------------------------------------------------------------------
-    private static ObjectNode shareConsume(Args args) {
+    private static ObjectNode shareConsume(Args args) throws Exception {
         String topic = args.required("topic");
         int count = Integer.parseInt(args.required("count"));
         Properties p = baseProps(args);
@@ -267,6 +271,15 @@ public final class KapsuleClient {
         p.put(ConsumerConfig.GROUP_ID_CONFIG, args.required("group"));
         p.putAll(args.pairs("config"));
         long deadline = System.nanoTime() + args.timeout().toNanos();
+        Properties adminProps = baseProps(args);
+        adminProps.putAll(args.pairs("config"));
+        try (Admin admin = Admin.create(adminProps)) {
+            ConfigResource group = new ConfigResource(ConfigResource.Type.GROUP, args.required("group"));
+            AlterConfigOp earliest = new AlterConfigOp(
+                new ConfigEntry("share.auto.offset.reset", "earliest"), AlterConfigOp.OpType.SET);
+            admin.incrementalAlterConfigs(Map.of(group, List.of(earliest))).all()
+                .get(args.timeout().toMillis(), TimeUnit.MILLISECONDS);
+        }
 
         ObjectNode out = JSON.createObjectNode();
         ArrayNode records = out.putArray("records");

@@ -24,13 +24,22 @@
 //! - The process-wide memory budget (`proxy::budget`): when it stays busy for the whole wait, the
 //!   record set ends at the last batch processed, possibly empty, with no error: the client
 //!   fetches from there again, as after a broker's empty answer.
+//! - ShareFetch (KIP-932 share groups, [`RecordStage::on_share_fetch_charged`]): the same per
+//!   partition, the topic named by its id, except that a record set is never cut short. The
+//!   broker acquired every record in it for this consumer; a record that does not arrive is
+//!   redelivered only once its acquisition lock expires, and a client may take its offset for a
+//!   gap (compacted away) and acknowledge it as one. So where a Fetch's set would end early the
+//!   partition fails with a retriable error and no records, and the broker hands the records
+//!   out again.
 
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::FetchResponse;
+use kafka_protocol::messages::share_fetch_response::PartitionData as SharePartitionData;
+use kafka_protocol::messages::{FetchResponse, ShareFetchResponse};
+use kafka_protocol::protocol::StrBytes;
 
 use super::log::{escape, Direction};
 use super::{Budget, Encryption, Outcome, RecordStage};
@@ -87,7 +96,8 @@ impl RecordStage {
                         message.clone(),
                     )),
                     (Ok(reveal), Some(records)) if !records.is_empty() => {
-                        self.fetch_records(name.as_str(), records, &mut budget, peer, reveal)
+                        let (topic, cut) = (name.as_str(), CutShort::Deliver);
+                        self.fetch_records(topic, records, &mut budget, peer, reveal, cut)
                             .await
                     }
                     _ => Outcome::Unchanged,
@@ -96,6 +106,75 @@ impl RecordStage {
             }
         }
         Ok(budget.into_output())
+    }
+
+    /// [`RecordStage::on_fetch_charged`] for a ShareFetch response: each topic named by its id
+    /// (from Metadata Kapsule has seen; an unknown id fails its partitions with
+    /// UNKNOWN_TOPIC_ID), the same reveal and decryption per partition, and no record set cut
+    /// short (see the module docs). A failed partition also loses its acquired-records list: the
+    /// client gets none of them, and the broker redelivers them when their lock expires.
+    pub(super) async fn on_share_fetch_charged(
+        &self,
+        response: &mut ShareFetchResponse,
+        session: &ClientSession,
+    ) -> anyhow::Result<Charge> {
+        let peer = session.peer();
+        let mut budget = self.request_budget(Use::FetchDecompression);
+        for topic in &mut response.responses {
+            // Every ShareFetch topic has an id; a nil one resolves to no name, like an unknown one.
+            let resolved = match self.topic_name(&Default::default(), topic.topic_id) {
+                Ok(name) if name.is_empty() => Err(self.unknown_topic_id(topic.topic_id)),
+                other => other,
+            };
+            let reveal = match &resolved {
+                Ok(name) => self.reveal_for(name.as_str(), session).await,
+                // Without a name nothing can be decrypted or checked: never deliver the records.
+                Err(unknown) if self.encryption.is_some() => Err(unknown.clone()),
+                Err(_) => Ok(Reveal::All),
+            };
+            let name = resolved.map_or_else(|_| topic.topic_id.to_string(), |n| n.to_string());
+            for p in &mut topic.partitions {
+                let outcome = match (&reveal, &p.records) {
+                    (Err(e), _) => Outcome::Refused(e.clone()),
+                    (Ok(Reveal::Deny(message)), _) => Outcome::Refused(ProxyError::new(
+                        ErrorSource::Policy,
+                        ResponseError::TopicAuthorizationFailed,
+                        Reason::PolicyRejected,
+                        message.clone(),
+                    )),
+                    (Ok(reveal), Some(records)) if !records.is_empty() => {
+                        let cut = CutShort::Fail;
+                        self.fetch_records(&name, records, &mut budget, peer, reveal, cut)
+                            .await
+                    }
+                    _ => Outcome::Unchanged,
+                };
+                self.apply_share_fetch_outcome(outcome, p, &name, peer);
+            }
+        }
+        Ok(budget.into_output())
+    }
+
+    /// The one exit of a ShareFetch partition, as [`RecordStage::apply_fetch_outcome`].
+    fn apply_share_fetch_outcome(
+        &self,
+        outcome: Outcome,
+        p: &mut SharePartitionData,
+        topic: &str,
+        peer: SocketAddr,
+    ) {
+        match outcome {
+            Outcome::Unchanged => {}
+            Outcome::Rewritten(records) => p.records = Some(records),
+            Outcome::Refused(error) => {
+                self.log
+                    .refused(Direction::Fetch, peer, topic, p.partition_index, &error);
+                p.error_code = error.code();
+                p.error_message = Some(StrBytes::from_string(error.message().to_owned()));
+                p.records = Some(Bytes::new());
+                p.acquired_records.clear();
+            }
+        }
     }
 
     /// What the connection's principal may read of `topic`: [`Reveal::All`] without encryption
@@ -142,6 +221,7 @@ impl RecordStage {
         budget: &mut Budget,
         peer: SocketAddr,
         reveal: &Reveal,
+        cut: CutShort,
     ) -> Outcome {
         let covered = self
             .encryption
@@ -163,10 +243,11 @@ impl RecordStage {
                 Ok(None)
             }
             Some((enc, settings)) => {
-                decrypt_record_set(enc, settings, self.mode, topic, records, budget, scope).await
+                let mode = self.mode;
+                decrypt_record_set(enc, settings, mode, topic, records, budget, scope, cut).await
             }
             None if self.mode == RecordsMode::Reencode => {
-                match reencode_fetched(records, budget).await {
+                match reencode_fetched(records, budget, cut).await {
                     Ok(out) => Ok(Some(out)),
                     Err(e) if e.reason() == Reason::TooLarge => Err(e),
                     Err(e) => {
@@ -189,7 +270,11 @@ impl RecordStage {
 }
 
 /// Re-encodes a record set of an uncovered topic, batch by batch under the budget.
-async fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes, ProxyError> {
+async fn reencode_fetched(
+    records: &Bytes,
+    budget: &mut Budget,
+    cut: CutShort,
+) -> Result<Bytes, ProxyError> {
     let mut out = pool::bytes_mut_for(records.len() + 64);
     let fresh = budget.used() == 0;
     let mut first = true;
@@ -207,12 +292,12 @@ async fn reencode_fetched(records: &Bytes, budget: &mut Budget) -> Result<Bytes,
                 };
                 if let Err(e) = kept {
                     out.truncate(start);
-                    return cut_short(out, first && fresh, e);
+                    return cut_short(out, first && fresh, e, cut);
                 }
             }
             other => {
                 if let Err(e) = budget.hold_copy(other.bytes().len()).await {
-                    return cut_short(out, first && fresh, e);
+                    return cut_short(out, first && fresh, e, cut);
                 }
                 out.extend_from_slice(other.bytes());
             }
@@ -241,10 +326,32 @@ fn truncate_or_fail(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, 
     }
 }
 
+/// Whether a partition's record set may end early when the budget refuses its next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutShort {
+    /// Fetch: deliver the batches done so far; the client fetches the rest from there.
+    Deliver,
+    /// ShareFetch: fail the partition (see the module docs).
+    Fail,
+}
+
 /// What a record set delivers when the budget refuses its next batch: the batches done so far
 /// when memory stays busy (the client fetches the rest once memory is free) or the batch is too
-/// large ([`truncate_or_fail`]); any other error fails the partition.
-fn cut_short(out: BytesMut, alone: bool, e: ProxyError) -> Result<Bytes, ProxyError> {
+/// large ([`truncate_or_fail`]); any other error, or any error at all with [`CutShort::Fail`],
+/// fails the partition.
+fn cut_short(
+    out: BytesMut,
+    alone: bool,
+    e: ProxyError,
+    cut: CutShort,
+) -> Result<Bytes, ProxyError> {
+    if cut == CutShort::Fail {
+        return match e.reason() {
+            Reason::MemoryBusy => Err(e),
+            Reason::TooLarge => truncate_or_fail(out, true, e),
+            _ => Err(retag_broker(e)),
+        };
+    }
     match e.reason() {
         Reason::MemoryBusy => Ok(pool::freeze_bytes_mut(out)),
         Reason::TooLarge => truncate_or_fail(out, alone, e),
@@ -262,6 +369,7 @@ fn retag_broker(e: ProxyError) -> ProxyError {
 }
 
 /// Decrypts one partition's record set of a covered topic. `Ok(None)`: forward as stored.
+#[allow(clippy::too_many_arguments)] // the stage's settings, the set, and how it may end
 async fn decrypt_record_set(
     enc: &Encryption,
     settings: DecryptSettings,
@@ -270,6 +378,7 @@ async fn decrypt_record_set(
     records: &Bytes,
     budget: &mut Budget,
     scope: RevealScope<'_>,
+    cut: CutShort,
 ) -> Result<Option<Bytes>, ProxyError> {
     let allowance = settings
         .require_encrypted
@@ -293,7 +402,7 @@ async fn decrypt_record_set(
             RecordSetEntry::Batch(raw) if !raw.is_legacy() && !raw.is_control() => raw,
             other => {
                 if let Err(e) = budget.hold_copy(other.bytes().len()).await {
-                    return cut_short(out, first && fresh, e).map(Some);
+                    return cut_short(out, first && fresh, e, cut).map(Some);
                 }
                 out.extend_from_slice(other.bytes());
                 first = false;
@@ -307,7 +416,7 @@ async fn decrypt_record_set(
             || may_contain_encrypted(raw.bytes());
         if !needs_look {
             if let Err(e) = budget.hold_copy(raw.bytes().len()).await {
-                return cut_short(out, first && fresh, e).map(Some);
+                return cut_short(out, first && fresh, e, cut).map(Some);
             }
             out.extend_from_slice(raw.bytes());
             first = false;
@@ -316,7 +425,7 @@ async fn decrypt_record_set(
         let mut batch = match budget.decode(raw).await {
             Ok(b) => b,
             // The client fetches the rest (from where this set ends) once memory is free.
-            Err(e) => return cut_short(out, first && fresh, e).map(Some),
+            Err(e) => return cut_short(out, first && fresh, e, cut).map(Some),
         };
         let alone = first && fresh;
         first = false;
@@ -326,7 +435,7 @@ async fn decrypt_record_set(
         {
             drop(batch);
             if let Err(e) = budget.hold_copy(raw.bytes().len()).await {
-                return cut_short(out, alone, e).map(Some);
+                return cut_short(out, alone, e, cut).map(Some);
             }
             out.extend_from_slice(raw.bytes());
             continue;
@@ -345,7 +454,7 @@ async fn decrypt_record_set(
         })?;
         if let Err(e) = budget.keep_output(batch, out.len() - start).await {
             out.truncate(start);
-            return cut_short(out, alone, e).map(Some);
+            return cut_short(out, alone, e, cut).map(Some);
         }
         changed = true;
     }

@@ -1,5 +1,6 @@
 //! The Fetch stage per principal: Deny fails every partition of the topic, Ciphertext forwards
-//! stored bytes, Parts and All decrypt what they reveal; the producer is unaffected.
+//! stored bytes, Parts and All decrypt what they reveal; the producer is unaffected. ShareFetch
+//! goes through the same stage, its topics named by id.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,14 +9,21 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{FetchResponse, ProduceRequest, TopicName};
+use kafka_protocol::messages::share_fetch_response::{
+    AcquiredRecords, PartitionData as SharePartitionData, ShareFetchableTopicResponse,
+};
+use kafka_protocol::messages::{
+    FetchResponse, MetadataResponse, ProduceRequest, ShareFetchResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use super::super::{Encryption, RecordStage};
 use crate::crypto::keys::DekConfig;
 use crate::crypto::record::WITHHELD_HEADER;
 use crate::crypto::{RecordEncryptor, HEADER_KEY};
+use crate::kafka::compression::Compression;
 use crate::kafka::records::{split_record_set, Record, RecordBatch, RecordHeader, RecordSetEntry};
 use crate::kms::memory::MemoryKms;
 use crate::policy::config::PolicyConfig;
@@ -94,8 +102,13 @@ fn plain() -> RecordBatch {
 }
 
 async fn stored(stage: &RecordStage, who: Option<&str>) -> Bytes {
+    stored_batch(stage, who, plain()).await
+}
+
+/// `batch` produced to `cust-a` partition 0 through `stage` by `who`, as stored.
+async fn stored_batch(stage: &RecordStage, who: Option<&str>, batch: RecordBatch) -> Bytes {
     let mut records = BytesMut::new();
-    plain().encode(&mut records).unwrap();
+    batch.encode(&mut records).unwrap();
     let mut req = ProduceRequest::default().with_topic_data(vec![TopicProduceData::default()
         .with_name(TopicName(StrBytes::from_static_str("cust-a")))
         .with_partition_data(vec![PartitionProduceData::default()
@@ -215,4 +228,112 @@ async fn a_guest_reveal_runs_off_the_async_runtime() {
         assert_ne!(code, 0, "the topic's partitions fail");
         assert!(records.is_empty(), "nothing delivered");
     }
+}
+
+/// A ShareFetch response for topic id `id`: partition 0 with `records` acquired (offsets 0-1).
+fn share_response(id: uuid::Uuid, records: Bytes) -> ShareFetchResponse {
+    ShareFetchResponse::default().with_responses(vec![ShareFetchableTopicResponse::default()
+        .with_topic_id(id)
+        .with_partitions(vec![SharePartitionData::default()
+            .with_partition_index(0)
+            .with_records(Some(records))
+            .with_acquired_records(vec![AcquiredRecords::default()
+                .with_first_offset(0)
+                .with_last_offset(1)
+                .with_delivery_count(1)])])])
+}
+
+/// Teaches the stage that `id` names `cust-a`, as a Metadata response through Kapsule does.
+fn learn_cust_a(stage: &RecordStage, id: uuid::Uuid) {
+    stage
+        .topic_ids()
+        .learn_metadata(&MetadataResponse::default().with_topics(
+            vec![MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("cust-a"))))
+            .with_topic_id(id)],
+        ));
+}
+
+/// KIP-932 share groups: a ShareFetch response's records are decrypted per principal like a
+/// Fetch's, the topic named by the id Metadata taught; an id Kapsule cannot name (or a nil one)
+/// fails the partition with UNKNOWN_TOPIC_ID, no records and no acquired records.
+#[tokio::test]
+async fn share_fetch_records_are_decrypted_by_topic_id_and_unknown_ids_deliver_nothing() {
+    let s = stage();
+    let stored = stored(&s, None).await;
+    let id = uuid::Uuid::from_u128(0x5eed);
+    learn_cust_a(&s, id);
+
+    let mut resp = share_response(id, stored.clone());
+    s.on_share_fetch_charged(&mut resp, &session(Some("app")))
+        .await
+        .unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(decode(p.records.as_ref().unwrap()), plain());
+    assert_eq!(p.acquired_records.len(), 1, "acquired records kept");
+
+    let mut resp = share_response(id, stored.clone());
+    s.on_share_fetch_charged(&mut resp, &session(Some("mallory")))
+        .await
+        .unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, ResponseError::TopicAuthorizationFailed.code());
+    assert!(p.records.as_ref().unwrap().is_empty());
+    assert!(p.acquired_records.is_empty());
+
+    for unknown in [uuid::Uuid::from_u128(0xbad), uuid::Uuid::nil()] {
+        let mut resp = share_response(unknown, stored.clone());
+        s.on_share_fetch_charged(&mut resp, &session(Some("app")))
+            .await
+            .unwrap();
+        let p = &resp.responses[0].partitions[0];
+        assert_eq!(
+            p.error_code,
+            ResponseError::UnknownTopicId.code(),
+            "{unknown}"
+        );
+        assert!(p.records.as_ref().unwrap().is_empty(), "{unknown}");
+        assert!(p.acquired_records.is_empty(), "{unknown}");
+        let message = p.error_message.as_deref().unwrap_or_default();
+        assert!(message.contains("not known to Kapsule"), "{message}");
+    }
+}
+
+/// A ShareFetch record set is never cut short: where a Fetch delivers the batches that fit the
+/// decompression budget (the client fetches the rest), a share consumer's partition fails with
+/// an error and no records, so no acquired record goes missing.
+#[tokio::test]
+async fn a_share_fetch_record_set_is_failed_not_cut_short() {
+    let budget = "rules:\n  - topics: {glob: \"cust-*\"}\n    key_id: k1\n";
+    // The decompression budget counts compressed batches: room for one of two.
+    let mut gzip = plain();
+    gzip.attributes = Compression::Gzip.apply_to_attributes(0);
+    let s = stage_from(budget);
+    let stored = stored_batch(&s, None, gzip).await;
+    let mut uncompressed = decode(&stored);
+    uncompressed.attributes = 0;
+    let mut one = BytesMut::new();
+    uncompressed.encode(&mut one).unwrap();
+    let s = s.with_decompression_budget(one.len() * 3 / 2);
+    let id = uuid::Uuid::from_u128(0x5eed);
+    learn_cust_a(&s, id);
+    let mut two = BytesMut::from(&stored[..]);
+    two.extend_from_slice(&stored);
+    let two = two.freeze();
+
+    // A Fetch of the same two batches delivers the first.
+    let out = fetch(&s, None, two.clone()).await;
+    assert_eq!(out[0].0, 0);
+    assert_eq!(decode(&out[0].1).records, plain().records);
+    assert!(out[0].1.len() < two.len(), "the Fetch's set was cut short");
+
+    let mut resp = share_response(id, two.clone());
+    s.on_share_fetch_charged(&mut resp, &session(None))
+        .await
+        .unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_ne!(p.error_code, 0, "a partial set was delivered");
+    assert!(p.records.as_ref().unwrap().is_empty());
+    assert!(p.acquired_records.is_empty());
 }
