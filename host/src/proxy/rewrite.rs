@@ -335,6 +335,63 @@ mod tests {
             .with_port(port)
     }
 
+    /// KIP-951: a response that names a partition's new leader carries its endpoint, and a
+    /// client connects there next. Every such endpoint (Produce, Fetch, and the share-group
+    /// ShareFetch and ShareAcknowledge) points at Kapsule, so no client is ever sent around it.
+    #[test]
+    fn leader_endpoints_in_produce_fetch_and_share_responses_point_at_kapsule() {
+        use kafka_protocol::messages::{
+            fetch_response, produce_response, share_acknowledge_response, share_fetch_response,
+        };
+        let adv = FakeAdvertiser::default();
+        let (host, port) = (StrBytes::from_static_str("kafka-2"), 9093);
+        let mut produce = ProduceResponse::default().with_node_endpoints(vec![
+            produce_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(host.clone())
+                .with_port(port),
+        ]);
+        rewrite_produce_endpoints(&mut produce, &adv).unwrap();
+        let mut fetch = FetchResponse::default().with_node_endpoints(vec![
+            fetch_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(host.clone())
+                .with_port(port),
+        ]);
+        rewrite_fetch_endpoints(&mut fetch, &adv).unwrap();
+        let mut share = ShareFetchResponse::default().with_node_endpoints(vec![
+            share_fetch_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(host.clone())
+                .with_port(port),
+        ]);
+        rewrite_share_fetch_endpoints(&mut share, &adv).unwrap();
+        let mut ack = ShareAcknowledgeResponse::default().with_node_endpoints(vec![
+            share_acknowledge_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(host.clone())
+                .with_port(port),
+        ]);
+        rewrite_share_acknowledge_endpoints(&mut ack, &adv).unwrap();
+        let rewritten = [
+            (
+                &produce.node_endpoints[0].host,
+                produce.node_endpoints[0].port,
+            ),
+            (&fetch.node_endpoints[0].host, fetch.node_endpoints[0].port),
+            (&share.node_endpoints[0].host, share.node_endpoints[0].port),
+            (&ack.node_endpoints[0].host, ack.node_endpoints[0].port),
+        ];
+        for (i, (h, p)) in rewritten.into_iter().enumerate() {
+            assert_eq!((h.as_str(), p), ("proxy", 20002), "response {i}");
+        }
+        assert_eq!(
+            adv.0.lock().get(&2),
+            Some(&("kafka-2".to_owned(), 9093)),
+            "the real endpoint is what Kapsule binds a listener for"
+        );
+    }
+
     #[test]
     fn multi_node_metadata_points_every_broker_at_kapsule() {
         let adv = FakeAdvertiser::default();
