@@ -48,6 +48,8 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 message.max.bytes=2097152
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
 EOK
   java -cp "$libs/*" kafka.tools.StorageTool format \
     -t "$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')" \
