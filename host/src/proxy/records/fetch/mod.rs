@@ -29,8 +29,9 @@
 //!   broker acquired every record in it for this consumer; a record that does not arrive is
 //!   redelivered only once its acquisition lock expires, and a client may take its offset for a
 //!   gap (compacted away) and acknowledge it as one. So where a Fetch's set would end early the
-//!   partition fails with a retriable error and no records, and the broker hands the records
-//!   out again.
+//!   partition fails with no records (REQUEST_TIMED_OUT while memory stays busy, CORRUPT_MESSAGE
+//!   with a message when the set exceeds the decompression budget), and the broker hands the
+//!   records out again.
 
 use std::net::SocketAddr;
 
@@ -87,21 +88,10 @@ impl RecordStage {
                 _ => self.reveal_for(name.as_str(), session).await,
             };
             for p in &mut topic.partitions {
-                let outcome = match (&reveal, &p.records) {
-                    (Err(e), _) => Outcome::Refused(e.clone()),
-                    (Ok(Reveal::Deny(message)), _) => Outcome::Refused(ProxyError::new(
-                        ErrorSource::Policy,
-                        ResponseError::TopicAuthorizationFailed,
-                        Reason::PolicyRejected,
-                        message.clone(),
-                    )),
-                    (Ok(reveal), Some(records)) if !records.is_empty() => {
-                        let (topic, cut) = (name.as_str(), CutShort::Deliver);
-                        self.fetch_records(topic, records, &mut budget, peer, reveal, cut)
-                            .await
-                    }
-                    _ => Outcome::Unchanged,
-                };
+                let (records, cut) = (&p.records, CutShort::Deliver);
+                let outcome = self
+                    .partition_outcome(name.as_str(), &reveal, records, &mut budget, peer, cut)
+                    .await;
                 self.apply_fetch_outcome(outcome, p, name.as_str(), peer);
             }
         }
@@ -134,25 +124,41 @@ impl RecordStage {
             };
             let name = resolved.map_or_else(|_| topic.topic_id.to_string(), |n| n.to_string());
             for p in &mut topic.partitions {
-                let outcome = match (&reveal, &p.records) {
-                    (Err(e), _) => Outcome::Refused(e.clone()),
-                    (Ok(Reveal::Deny(message)), _) => Outcome::Refused(ProxyError::new(
-                        ErrorSource::Policy,
-                        ResponseError::TopicAuthorizationFailed,
-                        Reason::PolicyRejected,
-                        message.clone(),
-                    )),
-                    (Ok(reveal), Some(records)) if !records.is_empty() => {
-                        let cut = CutShort::Fail;
-                        self.fetch_records(&name, records, &mut budget, peer, reveal, cut)
-                            .await
-                    }
-                    _ => Outcome::Unchanged,
-                };
+                let (records, cut) = (&p.records, CutShort::Fail);
+                let outcome = self
+                    .partition_outcome(&name, &reveal, records, &mut budget, peer, cut)
+                    .await;
                 self.apply_share_fetch_outcome(outcome, p, &name, peer);
             }
         }
         Ok(budget.into_output())
+    }
+
+    /// What one partition's `records` become under the topic's `reveal` (or the error that
+    /// named no topic or reveal): refused, as stored, or the stage's bytes.
+    async fn partition_outcome(
+        &self,
+        topic: &str,
+        reveal: &Result<Reveal, ProxyError>,
+        records: &Option<Bytes>,
+        budget: &mut Budget,
+        peer: SocketAddr,
+        cut: CutShort,
+    ) -> Outcome {
+        match (reveal, records) {
+            (Err(e), _) => Outcome::Refused(e.clone()),
+            (Ok(Reveal::Deny(message)), _) => Outcome::Refused(ProxyError::new(
+                ErrorSource::Policy,
+                ResponseError::TopicAuthorizationFailed,
+                Reason::PolicyRejected,
+                message.clone(),
+            )),
+            (Ok(reveal), Some(records)) if !records.is_empty() => {
+                self.fetch_records(topic, records, budget, peer, reveal, cut)
+                    .await
+            }
+            _ => Outcome::Unchanged,
+        }
     }
 
     /// The one exit of a ShareFetch partition, as [`RecordStage::apply_fetch_outcome`].
