@@ -57,6 +57,49 @@ use crate::proxy::budget::{Charge, Use};
 use crate::proxy::config::RecordsMode;
 use crate::proxy::session::ClientSession;
 
+/// A partition of a Fetch or ShareFetch response, as the record stage changes it.
+trait FetchedPartition {
+    fn index(&self) -> i32;
+    /// Replaces the partition's records with the stage's bytes.
+    fn deliver(&mut self, records: Bytes);
+    /// Fails the partition: the error's code, no records.
+    fn refuse(&mut self, error: &ProxyError);
+}
+
+impl FetchedPartition for PartitionData {
+    fn index(&self) -> i32 {
+        self.partition_index
+    }
+
+    fn deliver(&mut self, records: Bytes) {
+        self.records = Some(records);
+    }
+
+    fn refuse(&mut self, error: &ProxyError) {
+        self.error_code = error.code();
+        self.records = Some(Bytes::new());
+    }
+}
+
+/// A share partition also carries the error's message, and loses its acquired-records list: the
+/// client gets none of them, and the broker redelivers them when their lock expires.
+impl FetchedPartition for SharePartitionData {
+    fn index(&self) -> i32 {
+        self.partition_index
+    }
+
+    fn deliver(&mut self, records: Bytes) {
+        self.records = Some(records);
+    }
+
+    fn refuse(&mut self, error: &ProxyError) {
+        self.error_code = error.code();
+        self.error_message = Some(StrBytes::from_string(error.message().to_owned()));
+        self.records = Some(Bytes::new());
+        self.acquired_records.clear();
+    }
+}
+
 impl RecordStage {
     /// Transforms every partition's records in a Fetch response: decrypts encrypted records and,
     /// with `records: reencode`, re-encodes the rest. Batches with no encrypted record are
@@ -128,7 +171,7 @@ impl RecordStage {
                 let outcome = self
                     .partition_outcome(&name, &reveal, records, &mut budget, peer, cut)
                     .await;
-                self.apply_share_fetch_outcome(outcome, p, &name, peer);
+                self.apply_fetch_outcome(outcome, p, &name, peer);
             }
         }
         Ok(budget.into_output())
@@ -161,28 +204,6 @@ impl RecordStage {
         }
     }
 
-    /// The one exit of a ShareFetch partition, as [`RecordStage::apply_fetch_outcome`].
-    fn apply_share_fetch_outcome(
-        &self,
-        outcome: Outcome,
-        p: &mut SharePartitionData,
-        topic: &str,
-        peer: SocketAddr,
-    ) {
-        match outcome {
-            Outcome::Unchanged => {}
-            Outcome::Rewritten(records) => p.records = Some(records),
-            Outcome::Refused(error) => {
-                self.log
-                    .refused(Direction::Fetch, peer, topic, p.partition_index, &error);
-                p.error_code = error.code();
-                p.error_message = Some(StrBytes::from_string(error.message().to_owned()));
-                p.records = Some(Bytes::new());
-                p.acquired_records.clear();
-            }
-        }
-    }
-
     /// What the connection's principal may read of `topic`: [`Reveal::All`] without encryption
     /// or for topics no rule or binding covers, else the rule's `reveal_to` or the module's
     /// `reveal` answer (cached per topic and principal by the policy layer; a guest call runs
@@ -199,23 +220,22 @@ impl RecordStage {
         }
     }
 
-    /// The one exit of a fetch partition: delivered as stored, delivered with the stage's bytes,
-    /// or failed with an error code and no records.
+    /// The one exit of a Fetch or ShareFetch partition: delivered as stored, delivered with the
+    /// stage's bytes, or failed with an error code and no records.
     fn apply_fetch_outcome(
         &self,
         outcome: Outcome,
-        p: &mut PartitionData,
+        p: &mut impl FetchedPartition,
         topic: &str,
         peer: SocketAddr,
     ) {
         match outcome {
             Outcome::Unchanged => {}
-            Outcome::Rewritten(records) => p.records = Some(records),
+            Outcome::Rewritten(records) => p.deliver(records),
             Outcome::Refused(error) => {
                 self.log
-                    .refused(Direction::Fetch, peer, topic, p.partition_index, &error);
-                p.error_code = error.code();
-                p.records = Some(Bytes::new());
+                    .refused(Direction::Fetch, peer, topic, p.index(), &error);
+                p.refuse(&error);
             }
         }
     }
