@@ -37,7 +37,8 @@ fi
 
 # --- Python: OpenBao (Vault API KMS) and real Kafka clients --------------------------------------
 py_missing=()
-python3 -c 'import confluent_kafka' 2>/dev/null || py_missing+=(confluent-kafka)
+# 2.16 has the KIP-932 ShareConsumer (share-group tests); pip upgrades an older one.
+python3 -c 'from confluent_kafka import ShareConsumer' 2>/dev/null || py_missing+=('confluent-kafka>=2.16')
 python3 -c 'import kafka' 2>/dev/null || py_missing+=(kafka-python)
 python3 -c 'import lz4' 2>/dev/null || py_missing+=(lz4)
 python3 -c 'import zstandard' 2>/dev/null || py_missing+=(zstandard)

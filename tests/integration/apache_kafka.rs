@@ -16,8 +16,8 @@ use serde_json::Value;
 use kapsule_integration::encryption::{assert_no_plaintext, LocalKms};
 use kapsule_integration::records::{write_records_file, ConsumedRecord};
 use kapsule_integration::{
-    run_franz, run_java, unique_name, KafkaCluster, KafkaOptions, Kapsule, KapsuleConfig, Listener,
-    RecordsMode, TestRecord,
+    run_franz, run_java, run_python, unique_name, KafkaCluster, KafkaOptions, Kapsule,
+    KapsuleConfig, Listener, RecordsMode, TestRecord,
 };
 
 use crate::common::{args, assert_records_match};
@@ -685,7 +685,8 @@ async fn admin_describe_cluster_names_only_kapsule() {
 /// Kapsule: the share consumer's ShareFetch responses are decrypted like a Fetch's (topics named
 /// by id from the Metadata Kapsule saw), its acknowledgements (ShareAcknowledge) are relayed, and
 /// it reads every record of an encrypted topic byte for byte while the broker holds ciphertext.
-/// Records of a topic that is not encrypted come through as produced.
+/// Records of a topic that is not encrypted come through as produced. librdkafka's share consumer
+/// (confluent-kafka) reads the encrypted topic byte for byte as well.
 #[tokio::test(flavor = "multi_thread")]
 async fn share_consumer_reads_decrypted_records() {
     let rig = KafkaRig::start().await;
@@ -702,6 +703,29 @@ async fn share_consumer_reads_decrypted_records() {
     produce(RefClient::Java, &rig.bootstrap(), &plain, &varied, &[]).await;
     let back = share_consume(&rig.bootstrap(), &plain, varied.len()).await;
     assert_records_match(&varied, &back);
+
+    // librdkafka's share consumer (confluent-kafka `ShareConsumer`) reads the encrypted topic too.
+    let out = run_python(
+        "ck_share_consume.py",
+        &args(&[
+            "--bootstrap",
+            &rig.bootstrap(),
+            "--topic",
+            &whole,
+            "--count",
+            &records.len().to_string(),
+            "--group",
+            &unique_name("share-group-ck"),
+            "--timeout",
+            "90",
+        ]),
+        CLIENT_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("librdkafka share consumer: {e:#}"));
+    assert_eq!(out.json["timed_out"], false, "{}", out.stderr);
+    let back = ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records");
+    assert_records_match(&records, &back);
 }
 
 /// Reads `count` records of `topic` with a Java share consumer in a new share group.
