@@ -685,8 +685,8 @@ async fn admin_describe_cluster_names_only_kapsule() {
 /// Kapsule: the share consumer's ShareFetch responses are decrypted like a Fetch's (topics named
 /// by id from the Metadata Kapsule saw), its acknowledgements (ShareAcknowledge) are relayed, and
 /// it reads every record of an encrypted topic byte for byte while the broker holds ciphertext.
-/// Records of a topic that is not encrypted come through as produced. librdkafka's share consumer
-/// (confluent-kafka) reads the encrypted topic byte for byte as well.
+/// Records of a topic that is not encrypted come through as produced. The share consumers of
+/// librdkafka (confluent-kafka) and franz-go read the encrypted topic byte for byte as well.
 #[tokio::test(flavor = "multi_thread")]
 async fn share_consumer_reads_decrypted_records() {
     let rig = KafkaRig::start().await;
@@ -723,6 +723,29 @@ async fn share_consumer_reads_decrypted_records() {
     )
     .await
     .unwrap_or_else(|e| panic!("librdkafka share consumer: {e:#}"));
+    assert_eq!(out.json["timed_out"], false, "{}", out.stderr);
+    let back = ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records");
+    assert_records_match(&records, &back);
+
+    // So does franz-go's (kgo.ShareGroup).
+    let out = run_franz(
+        &args(&[
+            "share-consume",
+            "--bootstrap",
+            &rig.bootstrap(),
+            "--topic",
+            &whole,
+            "--count",
+            &records.len().to_string(),
+            "--group",
+            &unique_name("share-group-franz"),
+            "--timeout",
+            "90",
+        ]),
+        CLIENT_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("franz-go share consumer: {e:#}"));
     assert_eq!(out.json["timed_out"], false, "{}", out.stderr);
     let back = ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records");
     assert_records_match(&records, &back);

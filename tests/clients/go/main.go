@@ -1,5 +1,6 @@
 // franz-go (github.com/twmb/franz-go) as a test client for Kapsule's rig: producer (optionally
-// idempotent or transactional) and consumer (group member, or direct without a group).
+// idempotent or transactional), consumer (group member, or direct without a group) and KIP-932
+// share-group consumer.
 //
 // Same contract as the Python, Node and Java clients in tests/clients: records are JSON with bytes
 // in hex,
@@ -20,6 +21,10 @@
 //	kapsule-franz consume --bootstrap B --topic T --count N [--group G] [--read-committed]
 //	       [security flags] [--timeout S]
 //	  -> {"records": [...], "timed_out": bool}
+//	kapsule-franz share-consume --bootstrap B --topic T --count N --group G [security flags]
+//	       [--timeout S]
+//	  -> {"records": [...], "timed_out": bool}   (each record accepted; the group's
+//	     share.auto.offset.reset is set to earliest first)
 //
 // Security flags: --sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512|OAUTHBEARER --sasl-user U
 // --sasl-password P (OAUTHBEARER: --sasl-password is the token), --tls (TLS with the system roots),
@@ -39,7 +44,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -367,23 +374,7 @@ func consume(argv []string) {
 			die("consume error: %v", fatal)
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
-			hs := make([][2]any, 0, len(r.Headers))
-			for _, h := range r.Headers {
-				var v any
-				if h.Value != nil {
-					v = hex.EncodeToString(h.Value)
-				}
-				hs = append(hs, [2]any{h.Key, v})
-			}
-			tsType := "create"
-			if r.Attrs.TimestampType() == 1 {
-				tsType = "log_append"
-			}
-			records = append(records, outRecord{
-				Partition: r.Partition, Offset: r.Offset,
-				Key: hexOrNil(r.Key), Value: hexOrNil(r.Value), Headers: hs,
-				Timestamp: r.Timestamp.UnixMilli(), TimestampType: tsType,
-			})
+			records = append(records, recordOut(r))
 		})
 	}
 	timedOut := len(records) < *count
@@ -391,6 +382,105 @@ func consume(argv []string) {
 		fmt.Fprintf(os.Stderr, "timed out with %d of %d records\n", len(records), *count)
 	}
 	emit(map[string]any{"records": records, "timed_out": timedOut})
+}
+
+// shareConsume reads records as a KIP-932 share-group member (kgo.ShareGroup), accepting each
+// record it reads. It first sets the group's share.auto.offset.reset to earliest
+// (IncrementalAlterConfigs, GROUP resource) so records produced before it joined are delivered.
+func shareConsume(argv []string) {
+	fs := flag.NewFlagSet("share-consume", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	count := fs.Int("count", 0, "records to read")
+	group := fs.String("group", "", "share group")
+	fs.Parse(argv)
+	if *group == "" {
+		die("--group is required")
+	}
+	ctx, cancel := c.deadline()
+	defer cancel()
+
+	admin, err := kgo.NewClient(c.opts()...)
+	if err != nil {
+		die("creating the admin client: %v", err)
+	}
+	alter := kmsg.NewPtrIncrementalAlterConfigsRequest()
+	resource := kmsg.NewIncrementalAlterConfigsRequestResource()
+	resource.ResourceType = kmsg.ConfigResourceTypeGroupConfig
+	resource.ResourceName = *group
+	config := kmsg.NewIncrementalAlterConfigsRequestResourceConfig()
+	config.Name = "share.auto.offset.reset"
+	earliest := "earliest"
+	config.Value = &earliest
+	config.Op = kmsg.IncrementalAlterConfigOpSet
+	resource.Configs = append(resource.Configs, config)
+	alter.Resources = append(alter.Resources, resource)
+	resp, err := alter.RequestWith(ctx, admin)
+	admin.Close()
+	if err != nil {
+		die("setting share.auto.offset.reset: %v", err)
+	}
+	for _, r := range resp.Resources {
+		if err := kerr.ErrorForCode(r.ErrorCode); err != nil {
+			die("setting share.auto.offset.reset: %v", err)
+		}
+	}
+
+	client, err := kgo.NewClient(append(c.opts(), kgo.ConsumeTopics(c.topic), kgo.ShareGroup(*group))...)
+	if err != nil {
+		die("creating the client: %v", err)
+	}
+	defer client.Close()
+	records := []outRecord{}
+	for len(records) < *count {
+		fetches := client.PollRecords(ctx, *count-len(records))
+		if ctx.Err() != nil {
+			break
+		}
+		var fatal error
+		fetches.EachError(func(t string, p int32, err error) {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				return
+			}
+			fmt.Fprintf(os.Stderr, "share fetch error on %s/%d: %v\n", t, p, err)
+			if !isRetriable(err) {
+				fatal = err
+			}
+		})
+		if fatal != nil {
+			die("share consume error: %v", fatal)
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			records = append(records, recordOut(r))
+			r.Ack(kgo.AckAccept)
+		})
+	}
+	timedOut := len(records) < *count
+	if timedOut {
+		fmt.Fprintf(os.Stderr, "timed out with %d of %d records\n", len(records), *count)
+	}
+	emit(map[string]any{"records": records, "timed_out": timedOut})
+}
+
+// recordOut is a consumed record in the clients' JSON form.
+func recordOut(r *kgo.Record) outRecord {
+	hs := make([][2]any, 0, len(r.Headers))
+	for _, h := range r.Headers {
+		var v any
+		if h.Value != nil {
+			v = hex.EncodeToString(h.Value)
+		}
+		hs = append(hs, [2]any{h.Key, v})
+	}
+	tsType := "create"
+	if r.Attrs.TimestampType() == 1 {
+		tsType = "log_append"
+	}
+	return outRecord{
+		Partition: r.Partition, Offset: r.Offset,
+		Key: hexOrNil(r.Key), Value: hexOrNil(r.Value), Headers: hs,
+		Timestamp: r.Timestamp.UnixMilli(), TimestampType: tsType,
+	}
 }
 
 // hexOrNil keeps the difference between a null (nil) and an empty (non-nil, zero length) field.
@@ -411,13 +501,15 @@ func isRetriable(err error) bool {
 
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: kapsule-franz produce|consume --bootstrap B --topic T ...")
+		die("usage: kapsule-franz produce|consume|share-consume --bootstrap B --topic T ...")
 	}
 	switch os.Args[1] {
 	case "produce":
 		produce(os.Args[2:])
 	case "consume":
 		consume(os.Args[2:])
+	case "share-consume":
+		shareConsume(os.Args[2:])
 	default:
 		die("unknown command %q", os.Args[1])
 	}
