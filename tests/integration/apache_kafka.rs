@@ -693,7 +693,7 @@ async fn share_consumer_reads_decrypted_records() {
     let whole = rig.topic("whole-share", 2).await;
     let (records, markers) = marked_records("share", 20);
     produce(RefClient::Java, &rig.bootstrap(), &whole, &records, &[]).await;
-    let back = share_consume(&rig.bootstrap(), &whole, records.len()).await;
+    let back = share_consume(&rig.bootstrap(), &whole, records.len(), &[]).await;
     assert_records_match(&records, &back);
     let stored = read_at_rest(rig.kafka, &whole, records.len()).await;
     assert_encrypted_at_rest(&back, &stored, &markers);
@@ -701,7 +701,7 @@ async fn share_consumer_reads_decrypted_records() {
     let plain = rig.topic("plain-share", 1).await;
     let varied = TestRecord::varied("share", 10);
     produce(RefClient::Java, &rig.bootstrap(), &plain, &varied, &[]).await;
-    let back = share_consume(&rig.bootstrap(), &plain, varied.len()).await;
+    let back = share_consume(&rig.bootstrap(), &plain, varied.len(), &[]).await;
     assert_records_match(&varied, &back);
 
     // librdkafka's share consumer (confluent-kafka `ShareConsumer`) reads the encrypted topic too.
@@ -751,26 +751,31 @@ async fn share_consumer_reads_decrypted_records() {
     assert_records_match(&records, &back);
 }
 
-/// Reads `count` records of `topic` with a Java share consumer in a new share group.
-async fn share_consume(bootstrap: &str, topic: &str, count: usize) -> Vec<ConsumedRecord> {
-    let out = run_java(
-        &args(&[
-            "share-consume",
-            "--bootstrap",
-            bootstrap,
-            "--topic",
-            topic,
-            "--count",
-            &count.to_string(),
-            "--group",
-            &unique_name("share-group"),
-            "--timeout",
-            "90",
-        ]),
-        CLIENT_TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("share consumer of {topic}: {e:#}"));
+/// Reads `count` records of `topic` with a Java share consumer in a new share group; `extra` are
+/// client arguments (`--config k=v` pairs).
+pub async fn share_consume(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    extra: &[&str],
+) -> Vec<ConsumedRecord> {
+    let mut a = args(&[
+        "share-consume",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--group",
+        &unique_name("share-group"),
+        "--timeout",
+        "90",
+    ]);
+    a.extend(args(extra));
+    let out = run_java(&a, CLIENT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("share consumer of {topic}: {e:#}"));
     assert_eq!(out.json["timed_out"], false, "{}", out.stderr);
     ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records")
 }

@@ -35,7 +35,7 @@ use kapsule_integration::{
     run_python, unique_name, AclOperation, KafkaCluster, KafkaOptions, Listener, TestRecord,
 };
 
-use crate::apache_kafka::{consume, RefClient};
+use crate::apache_kafka::{consume, share_consume, RefClient};
 use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
 use crate::reveal::refs;
 use crate::sasl::marked;
@@ -196,7 +196,8 @@ async fn assert_learned(kapsule: &RawKapsule, user: &str, mechanism: &str) {
 /// Per mechanism, with real clients: a wrong credential is an authentication error and Kapsule
 /// stays up; alice (allowed by `reveal_to` for this mechanism) produces with confluent-kafka and
 /// reads her records back in clear with the Java client; bob reads exactly the stored
-/// ciphertext with confluent-kafka; the broker holds only ciphertext.
+/// ciphertext with confluent-kafka; the broker holds only ciphertext. With PLAIN, their Java share
+/// consumers (KIP-932) get the same: alice plaintext, bob the stored ciphertext.
 #[rstest]
 #[case::plain(Mechanism::Plain)]
 #[case::scram_sha_256(Mechanism::Scram256)]
@@ -260,6 +261,26 @@ async fn sasl_principal_learned_on_kafka_drives_reveal_to(#[case] mechanism: Mec
             (b.offset, &b.record.value, &b.record.headers),
             (s.offset, &s.record.value, &s.record.headers),
             "bob gets the stored ciphertext"
+        );
+    }
+
+    if mechanism == Mechanism::Plain {
+        // Share consumers (KIP-932) get what Fetch consumers get: alice her records in clear,
+        // bob the stored ciphertext. One mechanism is enough: the principal is the same.
+        let seen = share_consume(&kapsule.listen, &topic, records.len(), &refs(&java_alice)).await;
+        assert_records_match(&records, &seen);
+        let java_bob = mechanism.java_config("bob", &password("bob"));
+        let bob_shared =
+            share_consume(&kapsule.listen, &topic, records.len(), &refs(&java_bob)).await;
+        let mut bob_shared: Vec<_> = bob_shared
+            .iter()
+            .map(|c| (c.offset, &c.record.value))
+            .collect();
+        bob_shared.sort();
+        let stored: Vec<_> = stored.iter().map(|c| (c.offset, &c.record.value)).collect();
+        assert_eq!(
+            bob_shared, stored,
+            "bob's share consumer gets the stored ciphertext"
         );
     }
 
