@@ -704,51 +704,34 @@ async fn share_consumer_reads_decrypted_records() {
     let back = share_consume(&rig.bootstrap(), &plain, varied.len(), &[]).await;
     assert_records_match(&varied, &back);
 
-    // librdkafka's share consumer (confluent-kafka `ShareConsumer`) reads the encrypted topic too.
-    let out = run_python(
-        "ck_share_consume.py",
-        &args(&[
+    // So do the share consumers of librdkafka (confluent-kafka `ShareConsumer`) and franz-go
+    // (`kgo.ShareGroup`).
+    for client in ["librdkafka", "franz-go"] {
+        let count = records.len().to_string();
+        let group = unique_name("share-group");
+        let a = args(&[
             "--bootstrap",
             &rig.bootstrap(),
             "--topic",
             &whole,
             "--count",
-            &records.len().to_string(),
+            &count,
             "--group",
-            &unique_name("share-group-ck"),
+            &group,
             "--timeout",
             "90",
-        ]),
-        CLIENT_TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("librdkafka share consumer: {e:#}"));
-    assert_eq!(out.json["timed_out"], false, "{}", out.stderr);
-    let back = ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records");
-    assert_records_match(&records, &back);
-
-    // So does franz-go's (kgo.ShareGroup).
-    let out = run_franz(
-        &args(&[
-            "share-consume",
-            "--bootstrap",
-            &rig.bootstrap(),
-            "--topic",
-            &whole,
-            "--count",
-            &records.len().to_string(),
-            "--group",
-            &unique_name("share-group-franz"),
-            "--timeout",
-            "90",
-        ]),
-        CLIENT_TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("franz-go share consumer: {e:#}"));
-    assert_eq!(out.json["timed_out"], false, "{}", out.stderr);
-    let back = ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records");
-    assert_records_match(&records, &back);
+        ]);
+        let out = if client == "librdkafka" {
+            run_python("ck_share_consume.py", &a, CLIENT_TIMEOUT).await
+        } else {
+            run_franz(&[args(&["share-consume"]), a].concat(), CLIENT_TIMEOUT).await
+        }
+        .unwrap_or_else(|e| panic!("{client} share consumer: {e:#}"));
+        assert_eq!(out.json["timed_out"], false, "{client}: {}", out.stderr);
+        let back =
+            ConsumedRecord::list_from_output(&out.json).expect("parse share-consumed records");
+        assert_records_match(&records, &back);
+    }
 }
 
 /// Reads `count` records of `topic` with a Java share consumer in a new share group; `extra` are

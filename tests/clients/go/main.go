@@ -360,17 +360,7 @@ func consume(argv []string) {
 		if ctx.Err() != nil {
 			break
 		}
-		var fatal error
-		fetches.EachError(func(t string, p int32, err error) {
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-				return
-			}
-			fmt.Fprintf(os.Stderr, "fetch error on %s/%d: %v\n", t, p, err)
-			if !isRetriable(err) {
-				fatal = err
-			}
-		})
-		if fatal != nil {
+		if fatal := fatalFetchError(fetches); fatal != nil {
 			die("consume error: %v", fatal)
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
@@ -437,17 +427,7 @@ func shareConsume(argv []string) {
 		if ctx.Err() != nil {
 			break
 		}
-		var fatal error
-		fetches.EachError(func(t string, p int32, err error) {
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-				return
-			}
-			fmt.Fprintf(os.Stderr, "share fetch error on %s/%d: %v\n", t, p, err)
-			if !isRetriable(err) {
-				fatal = err
-			}
-		})
-		if fatal != nil {
+		if fatal := fatalFetchError(fetches); fatal != nil {
 			die("share consume error: %v", fatal)
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
@@ -460,6 +440,22 @@ func shareConsume(argv []string) {
 		fmt.Fprintf(os.Stderr, "timed out with %d of %d records\n", len(records), *count)
 	}
 	emit(map[string]any{"records": records, "timed_out": timedOut})
+}
+
+// fatalFetchError logs a poll's fetch errors to stderr and returns the last one that is not
+// retriable (nil when every error is retriable or the poll's context ended).
+func fatalFetchError(fetches kgo.Fetches) error {
+	var fatal error
+	fetches.EachError(func(t string, p int32, err error) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "fetch error on %s/%d: %v\n", t, p, err)
+		if !isRetriable(err) {
+			fatal = err
+		}
+	})
+	return fatal
 }
 
 // recordOut is a consumed record in the clients' JSON form.

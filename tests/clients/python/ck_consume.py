@@ -11,7 +11,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from common import die, emit, log, parse_config, tohex
+from common import die, emit, log, msg_json, parse_config
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bootstrap", required=True)
@@ -22,22 +22,6 @@ ap.add_argument("--assign", action="store_true")
 ap.add_argument("--config", action="append", default=[])
 ap.add_argument("--timeout", type=float, default=60.0)
 args = ap.parse_args()
-
-TS_TYPES = {0: "none", 1: "create", 2: "log_append"}
-
-
-def msg_json(m):
-    ts_type, ts = m.timestamp()
-    return {
-        "partition": m.partition(),
-        "offset": m.offset(),
-        "key": tohex(m.key()),
-        "value": tohex(m.value()),
-        "headers": [[k, tohex(v)] for k, v in (m.headers() or [])],
-        "timestamp": ts if ts_type != 0 else None,
-        "timestamp_type": TS_TYPES.get(ts_type, str(ts_type)),
-    }
-
 
 conf = {
     "bootstrap.servers": args.bootstrap,

@@ -21,7 +21,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from common import die, emit, log, parse_config, tohex
+from common import die, emit, log, msg_json, parse_config
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bootstrap", required=True)
@@ -31,22 +31,6 @@ ap.add_argument("--group", required=True)
 ap.add_argument("--config", action="append", default=[])
 ap.add_argument("--timeout", type=float, default=60.0)
 args = ap.parse_args()
-
-TS_TYPES = {0: "none", 1: "create", 2: "log_append"}
-
-
-def msg_json(m):
-    ts_type, ts = m.timestamp()
-    return {
-        "partition": m.partition(),
-        "offset": m.offset(),
-        "key": tohex(m.key()),
-        "value": tohex(m.value()),
-        "headers": [[k, tohex(v)] for k, v in (m.headers() or [])],
-        "timestamp": ts if ts_type != 0 else None,
-        "timestamp_type": TS_TYPES.get(ts_type, str(ts_type)),
-    }
-
 
 extra = parse_config(args.config)
 admin = AdminClient({"bootstrap.servers": args.bootstrap, **extra})

@@ -37,6 +37,23 @@ def load_records(path):
     return out
 
 
+TS_TYPES = {0: "none", 1: "create", 2: "log_append"}
+
+
+def msg_json(m):
+    """A consumed confluent-kafka Message as a record dict (exact bytes in hex)."""
+    ts_type, ts = m.timestamp()
+    return {
+        "partition": m.partition(),
+        "offset": m.offset(),
+        "key": tohex(m.key()),
+        "value": tohex(m.value()),
+        "headers": [[k, tohex(v)] for k, v in (m.headers() or [])],
+        "timestamp": ts if ts_type != 0 else None,
+        "timestamp_type": TS_TYPES.get(ts_type, str(ts_type)),
+    }
+
+
 def parse_config(pairs):
     """Turns ["k=v", ...] into a dict; integer-looking values become ints."""
     conf = {}
