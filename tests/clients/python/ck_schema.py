@@ -43,7 +43,11 @@ ap.add_argument("--reference", action="append", default=[])
 ap.add_argument("--timeout", type=float, default=30.0)
 args = ap.parse_args()
 
-registry = SchemaRegistryClient({"url": args.registry})
+# The client's default is no timeout at all: one registry request that is never answered hung
+# a produce until the harness killed it (twice in CI, both in the schema-references tests). With
+# a timeout, a stalled request is retried (max.retries, 2 by default) and otherwise fails with a
+# message.
+registry = SchemaRegistryClient({"url": args.registry, "timeout": 10})
 ctx = SerializationContext(args.topic, MessageField.VALUE)
 
 
@@ -119,6 +123,8 @@ if args.mode == "produce":
     from confluent_kafka.schema_registry import Schema, SchemaReference
     schema_type = {"avro": "AVRO", "json": "JSON", "protobuf": "PROTOBUF"}[args.format]
     refs = []
+    if args.reference:
+        say(f"registering {len(args.reference)} referenced schemas")
     for ref in args.reference:
         name, subject, path = ref.split("=", 2)
         with open(path) as f:
@@ -140,7 +146,9 @@ if args.mode == "produce":
         cls = protobuf_class(schema)
         pser = ProtobufSerializer(cls, registry, {"use.deprecated.format": False})
         ser = lambda o, c: pser(cls(**o), c)  # noqa: E731
+    say(f"serializing {len(objects)} objects (registry lookups)")
     serialized = [ser(o, ctx) for o in objects]
+    say("serialized; producing")
     conf = {"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": int(args.timeout * 1000)}
     conf.update(parse_config(args.config))
@@ -157,7 +165,8 @@ if args.mode == "produce":
     for i, v in enumerate(serialized):
         producer.produce(args.topic, value=v, headers=[(k, h.encode()) for k, h in headers[i]],
                          on_delivery=cb(i))
-    producer.flush(args.timeout + 5)
+    left = producer.flush(args.timeout + 5)
+    say(f"flushed, {left} undelivered")
     schema_id = int.from_bytes(serialized[0][1:5], "big") if serialized else None
     emit({"serialized": [tohex(v) for v in serialized], "results": results,
           "schema_id": schema_id})
