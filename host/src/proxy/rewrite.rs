@@ -260,15 +260,28 @@ pub fn rewrite_describe_cluster(
     Ok(())
 }
 
+/// Points every KIP-951 leader endpoint in `endpoints` at Kapsule; `fields` gives an endpoint's
+/// node id, host and port (each response type has its own endpoint struct).
+fn point_endpoints_at_kapsule<E>(
+    endpoints: &mut [E],
+    adv: &dyn Advertiser,
+    fields: impl Fn(&mut E) -> (i32, &mut StrBytes, &mut i32),
+) -> anyhow::Result<()> {
+    for e in endpoints {
+        let (node_id, host, port) = fields(e);
+        point_at_kapsule(adv, node_id, host, port)?;
+    }
+    Ok(())
+}
+
 /// Rewrites the KIP-951 `node_endpoints` of a Produce response.
 pub fn rewrite_produce_endpoints(
     resp: &mut ProduceResponse,
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
-    for e in &mut resp.node_endpoints {
-        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
-    }
-    Ok(())
+    point_endpoints_at_kapsule(&mut resp.node_endpoints, adv, |e| {
+        (e.node_id.0, &mut e.host, &mut e.port)
+    })
 }
 
 /// Rewrites the KIP-951 `node_endpoints` of a Fetch response.
@@ -276,10 +289,9 @@ pub fn rewrite_fetch_endpoints(
     resp: &mut FetchResponse,
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
-    for e in &mut resp.node_endpoints {
-        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
-    }
-    Ok(())
+    point_endpoints_at_kapsule(&mut resp.node_endpoints, adv, |e| {
+        (e.node_id.0, &mut e.host, &mut e.port)
+    })
 }
 
 /// Rewrites the `node_endpoints` of a ShareFetch response (leaders a share consumer moves to).
@@ -287,10 +299,9 @@ pub fn rewrite_share_fetch_endpoints(
     resp: &mut ShareFetchResponse,
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
-    for e in &mut resp.node_endpoints {
-        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
-    }
-    Ok(())
+    point_endpoints_at_kapsule(&mut resp.node_endpoints, adv, |e| {
+        (e.node_id.0, &mut e.host, &mut e.port)
+    })
 }
 
 /// Rewrites the `node_endpoints` of a ShareAcknowledge response.
@@ -298,10 +309,9 @@ pub fn rewrite_share_acknowledge_endpoints(
     resp: &mut ShareAcknowledgeResponse,
     adv: &dyn Advertiser,
 ) -> anyhow::Result<()> {
-    for e in &mut resp.node_endpoints {
-        point_at_kapsule(adv, e.node_id.0, &mut e.host, &mut e.port)?;
-    }
-    Ok(())
+    point_endpoints_at_kapsule(&mut resp.node_endpoints, adv, |e| {
+        (e.node_id.0, &mut e.host, &mut e.port)
+    })
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ impl RecordStage {
     }
 
     /// The error for a topic id Kapsule cannot name (UNKNOWN_TOPIC_ID, retriable).
-    pub fn unknown_topic_id(&self, id: Uuid) -> ProxyError {
+    fn unknown_topic_id(&self, id: Uuid) -> ProxyError {
         ProxyError::new(
             ErrorSource::Client,
             ResponseError::UnknownTopicId,

@@ -154,11 +154,12 @@ impl RecordStage {
         let peer = session.peer();
         let mut budget = self.request_budget(Use::FetchDecompression);
         for topic in &mut response.responses {
-            // Every ShareFetch topic has an id; a nil one resolves to no name, like an unknown one.
-            let resolved = match self.topic_name(&Default::default(), topic.topic_id) {
-                Ok(name) if name.is_empty() => Err(self.unknown_topic_id(topic.topic_id)),
-                other => other,
-            };
+            // ShareFetch names topics by id only; a nil id is never learned, so it is unknown too.
+            let id = topic.topic_id;
+            let resolved = self
+                .topic_ids
+                .name(id)
+                .ok_or_else(|| self.unknown_topic_id(id));
             let reveal = match &resolved {
                 Ok(name) => self.reveal_for(name.as_str(), session).await,
                 // Without a name nothing can be decrypted or checked: never deliver the records.
