@@ -4,6 +4,12 @@
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
+# pinned CPUS CMD...: CMD on the CPUs listed in CPUS (taskset's list, e.g. `0` or `0,1`), or
+# anywhere when CPUS is empty; CMD replaces the function's process, so `pinned ... &` leaves CMD's
+# pid in $!. The rig's processes take their CPUs from BENCH_BROKER_CPUS (the Kafka node),
+# BENCH_KAPSULE_CPUS (Kapsule) and BENCH_CLIENT_CPUS (the scripts' clients); all empty by default.
+pinned() { local cpus=$1; shift; if [ -n "$cpus" ]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi; }
+
 # Waits until 127.0.0.1:$1 accepts connections, at most ${2:-100} tenths of a second.
 wait_port() { for _ in $(seq ${2:-100}); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
@@ -22,7 +28,7 @@ start_kapsule() {
     echo "records: passthrough"
     if [ "$config" != passthrough ]; then sed "s#/tmp/kapsule-bench-keks.json#$work/keks.json#" "$config"; fi
   } > "$work/config.yaml"
-  "$bin" run --config "$work/config.yaml" > "$work/kapsule.log" 2>&1 &
+  (pinned "${BENCH_KAPSULE_CPUS:-}" "$bin" run --config "$work/config.yaml" > "$work/kapsule.log" 2>&1) &
   kapsule_pid=$!; wait_port $kapsule_port; sleep 0.5
 }
 
@@ -54,9 +60,9 @@ EOK
   java -cp "$libs/*" kafka.tools.StorageTool format \
     -t "$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')" \
     -c "$kafka_dir/server.properties" > "$kafka_dir/format.log" 2>&1
-  java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+  (pinned "${BENCH_BROKER_CPUS:-}" java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -cp "$libs/*" kafka.Kafka \
-    "$kafka_dir/server.properties" > "$kafka_dir/kafka.log" 2>&1 &
+    "$kafka_dir/server.properties" > "$kafka_dir/kafka.log" 2>&1) &
   kafka_pid=$!
   trap 'kill $kafka_pid 2>/dev/null; wait $kafka_pid 2>/dev/null; rm -rf "$kafka_dir"' EXIT
   wait_port $kafka_port 600 || { tail -20 "$kafka_dir/kafka.log"; return 1; }

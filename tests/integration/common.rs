@@ -191,3 +191,14 @@ pub fn kapsule_keys(config: &KapsuleConfig, args: &[&str]) -> (bool, String, Str
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The value of `kapsule_fetch_read_ahead_total{outcome="..."}` on a metrics page.
+pub(crate) fn read_ahead_count(metrics: &str, outcome: &str) -> u64 {
+    let label = format!("outcome=\"{outcome}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("kapsule_fetch_read_ahead_total") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no read-ahead {outcome} count in\n{metrics}"))
+}

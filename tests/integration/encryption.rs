@@ -19,7 +19,9 @@ use kapsule_integration::{
 };
 use serde_json::Value;
 
-use crate::common::{args, assert_records_match, ck_consume, ck_produce, CLIENT_TIMEOUT};
+use crate::common::{
+    args, assert_records_match, ck_consume, ck_produce, read_ahead_count, CLIENT_TIMEOUT,
+};
 
 /// Rules used by most tests: topic prefixes select what is encrypted and how.
 const RULES: &str = r#"policy:
@@ -757,17 +759,6 @@ async fn a_record_that_outgrows_max_message_bytes_once_encrypted_is_refused_with
     assert_no_plaintext(&stored, &[b"SMALLMARK".to_vec()]);
     let back = ck_consume(&kapsule.bootstrap(), &name, 1, &[]).await;
     assert_records_match(&[small], &back);
-}
-
-/// The value of `kapsule_fetch_read_ahead_total{outcome="..."}` on a metrics page.
-fn read_ahead_count(metrics: &str, outcome: &str) -> u64 {
-    let label = format!("outcome=\"{outcome}\"");
-    metrics
-        .lines()
-        .find(|l| l.starts_with("kapsule_fetch_read_ahead_total") && l.contains(&label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no read-ahead {outcome} count in\n{metrics}"))
 }
 
 /// Fetch read-ahead (on by default) on Apache Kafka with librdkafka, whose fetches are

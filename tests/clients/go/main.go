@@ -334,12 +334,16 @@ func consume(argv []string) {
 	count := fs.Int("count", 0, "records to read")
 	group := fs.String("group", "", "consumer group (none: read every partition directly)")
 	readCommitted := fs.Bool("read-committed", false, "isolation level read_committed")
+	fetchMaxBytes := fs.Int("fetch-max-bytes", 0, "max bytes per fetch and per partition (0: franz-go's defaults)")
 	fs.Parse(argv)
 
 	opts := append(c.opts(),
 		kgo.ConsumeTopics(c.topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	)
+	if *fetchMaxBytes > 0 {
+		opts = append(opts, kgo.FetchMaxBytes(int32(*fetchMaxBytes)), kgo.FetchMaxPartitionBytes(int32(*fetchMaxBytes)))
+	}
 	if *group != "" {
 		opts = append(opts, kgo.ConsumerGroup(*group), kgo.DisableAutoCommit())
 	}

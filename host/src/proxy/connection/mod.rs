@@ -37,7 +37,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, FetchResponse, ProduceRequest, ProduceResponse, ResponseHeader,
+    ApiKey, ApiVersionsResponse, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::Message;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
@@ -47,6 +48,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 mod error;
+mod fetch_sessions;
 mod path;
 mod produce;
 mod read_ahead;
@@ -54,6 +56,7 @@ mod responses;
 mod state;
 
 use self::error::ConnectionError;
+use self::fetch_sessions::{FetchSessions, Served};
 use self::path::{
     Expect, Forward, Pending, Prepared, RelayRequest, RelayResponse, ResponseStage, ToClient,
 };
@@ -64,6 +67,7 @@ use self::read_ahead::{
 use self::responses::{fetch_needs_decode, fetch_response, rewrite_response, share_fetch_response};
 use self::state::Connection;
 use super::budget::ResponseCharge;
+use super::records::StagedFetch;
 use super::rewrite::{self, UnsupportedRequest};
 use super::sasl::{RequestAction, SaslTracker};
 use super::session::ClientSession;
@@ -71,7 +75,7 @@ use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::error::Reason;
 use crate::kafka::frame::{
-    decode_request, encode_response, read_frame, read_frame_body, read_frame_len,
+    decode_request, encode_request, encode_response, read_frame, read_frame_body, read_frame_len,
     response_correlation_id, FrameWriter, RequestMeta,
 };
 use crate::metrics::api_name;
@@ -245,6 +249,8 @@ async fn read_requests(
     let max = shared.config.max_frame_bytes;
     // Per-principal counters, looked up once the connection has a principal.
     let mut by_principal = None;
+    // The client's fetch sessions, kept here where read-ahead needs them (see fetch_sessions).
+    let mut fetch_sessions = conn.read_ahead_enabled().then(FetchSessions::new);
     loop {
         let frame = tokio::select! {
             // While the client leaves its responses unread, its requests are not read either.
@@ -312,7 +318,7 @@ async fn read_requests(
                 meta,
                 frame,
                 &conn.session,
-                conn.read_ahead_enabled(),
+                fetch_sessions.as_mut(),
             ))
         };
         if queue.send(Queued { meta, step, permit }).is_err() {
@@ -538,18 +544,20 @@ fn response_context(meta: RequestMeta) -> impl FnOnce() -> String + Send + 'stat
 }
 
 /// Decodes and decrypts a Fetch response on its own task; the prediction made from it (if any)
-/// goes to `read_ahead` as soon as it is decoded.
+/// goes to `read_ahead` as soon as it is decoded. With `reply_session`, the response carries that
+/// fetch-session id (Kapsule's, for a request it served from the client's session).
 fn spawn_fetch_stage(
     shared: &Arc<ProxyShared>,
     meta: RequestMeta,
     frame: Bytes,
     session: Arc<ClientSession>,
+    reply_session: Option<i32>,
     read_ahead: Option<PredictionSink>,
 ) -> Step<ToClient> {
     let shared = shared.clone();
     let context = response_context(meta);
     Step::spawn(async move {
-        fetch_response(&shared, meta, frame, &session, read_ahead)
+        fetch_response(&shared, meta, frame, &session, reply_session, read_ahead)
             .await
             .map(ToClient::Fetch)
             .map_err(|e| ConnectionError::broker(e).context(context))
@@ -594,11 +602,13 @@ async fn read_responses(
                 else {
                     continue;
                 };
+                let reply_session = Some(request.sink.session_id());
                 let step = spawn_fetch_stage(
                     shared,
                     request.meta,
                     frame,
                     request.session,
+                    reply_session,
                     Some(request.sink),
                 );
                 held.push_back(HeldResponse {
@@ -650,8 +660,9 @@ async fn read_responses(
                     .upstream_latency(meta.api_key, sent_at.elapsed());
                 let context = response_context(meta);
                 let step = match stage {
-                    ResponseStage::Fetch(session, _) if fetch_needs_decode(shared, meta) => {
-                        spawn_fetch_stage(shared, meta, frame, session, read_ahead)
+                    ResponseStage::Fetch(session, fetch) if fetch_needs_decode(shared, meta) => {
+                        let reply_session = fetch.map(|f| f.session_id());
+                        spawn_fetch_stage(shared, meta, frame, session, reply_session, read_ahead)
                     }
                     ResponseStage::ShareFetch(session) => {
                         let shared = shared.clone();
@@ -809,12 +820,13 @@ fn in_range(range: kafka_protocol::protocol::VersionRange, v: i16) -> bool {
 /// Prepares a request of an API that carries no records, relayed as bytes (a Produce is
 /// refused here: it goes through the record stage, see [`RelayRequest`]). A Fetch keeps a
 /// snapshot of `session`: its response is decrypted for the principal the connection had when
-/// the request was read; with `read_ahead`, it also keeps the decoded request.
+/// the request was read. With `fetch_sessions` (read-ahead is on), a Fetch is served against the
+/// client's fetch sessions ([`fetch_sessions`]) and keeps its decoded (sessionless) request.
 fn prepare_relay(
     meta: RequestMeta,
     frame: Bytes,
     session: &ClientSession,
-    read_ahead: bool,
+    fetch_sessions: Option<&mut FetchSessions>,
 ) -> Result<Prepared, ConnectionError> {
     let relay = |frame, stage| -> Result<Prepared, ConnectionError> {
         Ok(Prepared {
@@ -823,6 +835,22 @@ fn prepare_relay(
             deadline: None,
         })
     };
+    if meta.known_api() == Some(ApiKey::Fetch) {
+        let snapshot = Arc::new(session.snapshot());
+        let Some(sessions) = fetch_sessions else {
+            return relay(frame, ResponseStage::Fetch(snapshot, None));
+        };
+        return match serve_fetch(meta, frame, sessions)? {
+            ServedFetch::Forward(frame, fetch) => {
+                relay(frame, ResponseStage::Fetch(snapshot, fetch))
+            }
+            ServedFetch::Answer(staged) => Ok(Prepared {
+                forward: None,
+                expect: Expect::Local(ToClient::Fetch(staged)),
+                deadline: None,
+            }),
+        };
+    }
     let stage = match meta.known_api() {
         Some(api @ ApiKey::ApiVersions) if meta.api_version > ApiVersionsResponse::VERSIONS.max => {
             let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
@@ -839,12 +867,6 @@ fn prepare_relay(
         Some(ApiKey::Metadata) => ResponseStage::Metadata,
         Some(ApiKey::FindCoordinator) => ResponseStage::FindCoordinator,
         Some(ApiKey::DescribeCluster) => ResponseStage::DescribeCluster,
-        Some(ApiKey::Fetch) => {
-            let request = read_ahead
-                .then(|| ClientFetch::decode(frame.clone()))
-                .flatten();
-            ResponseStage::Fetch(Arc::new(session.snapshot()), request)
-        }
         Some(ApiKey::ShareFetch) => ResponseStage::ShareFetch(Arc::new(session.snapshot())),
         Some(ApiKey::ShareAcknowledge) => ResponseStage::ShareAcknowledge,
         // Unknown APIs are unreachable after check_request; relayed like any API Kapsule does
@@ -852,6 +874,50 @@ fn prepare_relay(
         _ => ResponseStage::Relay,
     };
     relay(frame, stage)
+}
+
+/// A client's Fetch, served against its fetch sessions.
+enum ServedFetch {
+    /// Forward this frame; keep the request when it can be read ahead.
+    Forward(Bytes, Option<Arc<ClientFetch>>),
+    /// Answer the client with this (a session error), forward nothing.
+    Answer(StagedFetch),
+}
+
+/// Serves a client's Fetch `frame` against `sessions`: a request in a fetch session becomes the
+/// sessionless request Kapsule sends for it, or a session error answered here; any other is
+/// forwarded as it came. A frame that does not decode is forwarded as it came (the broker
+/// answers it as it sees fit; Kapsule's session ids mean nothing to the broker).
+fn serve_fetch(
+    meta: RequestMeta,
+    frame: Bytes,
+    sessions: &mut FetchSessions,
+) -> Result<ServedFetch, ConnectionError> {
+    let Ok((header, body)) = decode_request::<FetchRequest>(ApiKey::Fetch, frame.clone()) else {
+        return Ok(ServedFetch::Forward(frame, None));
+    };
+    match sessions.serve(meta.api_version, &body) {
+        Served::Unchanged => Ok(ServedFetch::Forward(
+            frame,
+            ClientFetch::new(header, body, 0).map(Arc::new),
+        )),
+        Served::Sessionless {
+            request,
+            session_id,
+        } => {
+            let sent = encode_request(ApiKey::Fetch, &header, &*request)
+                .map_err(ConnectionError::internal)?;
+            Ok(ServedFetch::Forward(
+                sent,
+                ClientFetch::new(header, *request, session_id).map(Arc::new),
+            ))
+        }
+        Served::Refused(error_code) => {
+            StagedFetch::session_error(meta.api_version, meta.correlation_id, error_code)
+                .map(ServedFetch::Answer)
+                .map_err(ConnectionError::internal)
+        }
+    }
 }
 
 /// A response of an API that carries no records, on its way to the client.

@@ -17,9 +17,11 @@
 //! early, as if the client had asked a few milliseconds sooner (`max_wait_ms = 0` only lets the
 //! broker answer below `min_bytes`, which a broker also does when the wait runs out).
 //!
-//! Only sessionless fetches are read ahead (`session_id = 0`, `session_epoch = -1`: librdkafka
-//! and every client without KIP-227 sessions); a fetch-session request is always forwarded, as
-//! answering it here would leave the broker's session epoch behind the client's. Read-aheads
+//! Only sessionless fetches are read ahead (`session_id = 0`, `session_epoch = -1`): a request in
+//! a broker's fetch session cannot be answered here, as that would leave the broker's session
+//! epoch behind the client's. Clients that use KIP-227 sessions (the Java client, franz-go) get
+//! their sessions from Kapsule instead ([`super::fetch_sessions`]), which asks the broker
+//! sessionlessly, so their fetches are read ahead too. Read-aheads
 //! form a chain, each predicted from the response to the one before, with at most [`DEPTH`]
 //! outstanding per connection; one is sent only while the client's last request was a Fetch (so
 //! it never lands inside a SASL re-authentication); after a miss, read-ahead pauses for a
@@ -35,30 +37,52 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader};
 use tokio::sync::mpsc;
 
-use crate::kafka::frame::{decode_request, encode_request, RequestMeta};
+use crate::kafka::frame::{encode_request, RequestMeta};
 use crate::proxy::session::ClientSession;
 
-/// A client's Fetch request, decoded: what a read-ahead must match.
+/// A client's Fetch request, decoded: what a read-ahead must match. Sessionless: a request in
+/// a fetch session is served by [`super::fetch_sessions`] and stands here as the sessionless
+/// request Kapsule sends for it, with the id of the client's session.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ClientFetch {
     header: RequestHeader,
     body: FetchRequest,
+    /// The id of the client's fetch session, which the response carries (0: none).
+    session_id: i32,
 }
 
 impl ClientFetch {
-    /// Decodes a Fetch request frame when it can be read ahead (sessionless); `None` otherwise,
-    /// or when it does not decode (the broker then answers it as it sees fit).
-    pub(crate) fn decode(frame: Bytes) -> Option<Arc<Self>> {
-        let (header, body) = decode_request::<FetchRequest>(ApiKey::Fetch, frame).ok()?;
+    /// A sessionless consumer's request that can be read ahead, answered with `session_id`;
+    /// `None` for a follower's or one in a fetch session at the broker.
+    pub(crate) fn new(header: RequestHeader, body: FetchRequest, session_id: i32) -> Option<Self> {
         let sessionless = body.session_id == 0 && body.session_epoch == -1;
-        (sessionless && body.replica_id.0 < 0).then(|| Arc::new(Self { header, body }))
+        (sessionless && body.replica_id.0 < 0).then_some(Self {
+            header,
+            body,
+            session_id,
+        })
+    }
+
+    /// Decodes a sessionless Fetch request frame when it can be read ahead; `None` otherwise,
+    /// or when it does not decode (the broker then answers it as it sees fit).
+    #[cfg(test)]
+    pub(crate) fn decode(frame: Bytes) -> Option<Arc<Self>> {
+        let (header, body) =
+            crate::kafka::frame::decode_request::<FetchRequest>(ApiKey::Fetch, frame).ok()?;
+        Self::new(header, body, 0).map(Arc::new)
+    }
+
+    /// The id of the client's fetch session its response carries (0: none).
+    pub(crate) fn session_id(&self) -> i32 {
+        self.session_id
     }
 
     /// True when `other` asks for exactly what this request asks for: same client id and
     /// version, same fields, and the same partitions in the same state, in any order.
     fn same_as(&self, other: &ClientFetch) -> bool {
         let header_matches = self.header.client_id == other.header.client_id
-            && self.header.request_api_version == other.header.request_api_version;
+            && self.header.request_api_version == other.header.request_api_version
+            && self.session_id == other.session_id;
         if !header_matches {
             return false;
         }
@@ -211,12 +235,18 @@ pub(super) struct PredictionSink {
 }
 
 impl PredictionSink {
+    /// The fetch-session id the response to the request predicted from carries.
+    pub(super) fn session_id(&self) -> i32 {
+        self.request.session_id
+    }
+
     /// Predicts the client's next request from the response to this one and hands it on.
     pub(super) fn offer(self, response: &FetchResponse) {
         if let Some(body) = predict_next(&self.request.body, response) {
             let predicted = ClientFetch {
                 header: self.request.header.clone(),
                 body,
+                session_id: self.request.session_id,
             };
             let _ = self.to_forward.send(Candidate {
                 origin: self.origin,

@@ -31,11 +31,15 @@ pub(super) async fn fetch_response(
     meta: RequestMeta,
     frame: Bytes,
     session: &ClientSession,
+    reply_session: Option<i32>,
     read_ahead: Option<PredictionSink>,
 ) -> anyhow::Result<StagedFetch> {
     let v = meta.api_version;
     let adv: &dyn rewrite::Advertiser = shared;
     let (header, mut body) = decode_fetch_response(v, frame)?;
+    if let Some(id) = reply_session {
+        body.session_id = id;
+    }
     if let Some(sink) = read_ahead {
         sink.offer(&body);
     }

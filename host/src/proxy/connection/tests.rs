@@ -23,7 +23,7 @@ fn fetch_frame() -> (RequestMeta, Bytes) {
 fn a_fetch_keeps_the_principal_it_was_read_under() {
     let session = ClientSession::new("127.0.0.1:40000".parse().unwrap());
     let (meta, frame) = fetch_frame();
-    let prepared = prepare_relay(meta, frame, &session, false).unwrap();
+    let prepared = prepare_relay(meta, frame, &session, None).unwrap();
     session
         .set_principal(Principal::new("analytics", AuthMechanism::SaslPlain))
         .unwrap();
@@ -38,7 +38,7 @@ fn a_fetch_keeps_the_principal_it_was_read_under() {
 
     // Read after authentication: the principal is carried.
     let (meta, frame) = fetch_frame();
-    let prepared = prepare_relay(meta, frame, &session, false).unwrap();
+    let prepared = prepare_relay(meta, frame, &session, None).unwrap();
     let Expect::Upstream(ResponseStage::Fetch(snapshot, _)) = prepared.expect else {
         panic!("a Fetch is relayed through the Fetch stage");
     };
@@ -64,7 +64,7 @@ fn a_share_fetch_takes_the_record_stage_and_never_the_relay() {
     )
     .unwrap();
     let meta = RequestMeta::parse(&frame).unwrap();
-    let prepared = prepare_relay(meta, frame.clone(), &session, false).unwrap();
+    let prepared = prepare_relay(meta, frame.clone(), &session, None).unwrap();
     let Expect::Upstream(ResponseStage::ShareFetch(snapshot)) = prepared.expect else {
         panic!("a ShareFetch is relayed through the ShareFetch stage");
     };
@@ -75,4 +75,61 @@ fn a_share_fetch_takes_the_record_stage_and_never_the_relay() {
             "a {api:?} response was accepted as a relayed frame"
         );
     }
+}
+
+fn fetch_in_session(correlation_id: i32, session_id: i32, epoch: i32) -> (RequestMeta, Bytes) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(12)
+        .with_correlation_id(correlation_id);
+    let body = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_session_id(session_id)
+        .with_session_epoch(epoch)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(kafka_protocol::messages::TopicName(
+                kafka_protocol::protocol::StrBytes::from_static_str("t"),
+            ))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(7)])]);
+    let frame = encode_request(ApiKey::Fetch, &header, &body).unwrap();
+    (RequestMeta::parse(&frame).unwrap(), frame)
+}
+
+/// With read-ahead on, a Fetch in a KIP-227 session reaches the broker sessionless, keeping the
+/// client's correlation id, and its response will carry Kapsule's session id; a request naming
+/// a session this connection does not hold is answered here with FETCH_SESSION_ID_NOT_FOUND and
+/// no partitions, and nothing is forwarded.
+#[test]
+fn a_session_fetch_goes_to_the_broker_sessionless_and_an_unknown_session_is_answered_here() {
+    let session = ClientSession::new("127.0.0.1:40000".parse().unwrap());
+    let mut sessions = FetchSessions::new();
+    let (meta, frame) = fetch_in_session(5, 0, 0);
+    let prepared = prepare_relay(meta, frame, &session, Some(&mut sessions)).unwrap();
+    let sent = prepared.forward.expect("a full fetch is forwarded").parts()[0].clone();
+    let (header, body) = decode_request::<FetchRequest>(ApiKey::Fetch, sent).unwrap();
+    assert_eq!(header.correlation_id, 5);
+    assert_eq!((body.session_id, body.session_epoch), (0, -1));
+    assert_eq!(body.topics[0].partitions[0].fetch_offset, 7);
+    let Expect::Upstream(ResponseStage::Fetch(_, Some(fetch))) = prepared.expect else {
+        panic!("a session fetch keeps its request for read-ahead");
+    };
+    assert_ne!(fetch.session_id(), 0, "the response names the new session");
+
+    let (meta, frame) = fetch_in_session(6, fetch.session_id().wrapping_add(1), 1);
+    let prepared = prepare_relay(meta, frame, &session, Some(&mut sessions)).unwrap();
+    assert!(
+        prepared.forward.is_none(),
+        "an unknown session is not forwarded"
+    );
+    let Expect::Local(ToClient::Fetch(staged)) = prepared.expect else {
+        panic!("an unknown session is answered here");
+    };
+    let (header, body) =
+        crate::kafka::frame::decode_fetch_response(12, staged.into_frame().to_bytes()).unwrap();
+    assert_eq!(header.correlation_id, 6);
+    assert_eq!(body.error_code, fetch_sessions::FETCH_SESSION_ID_NOT_FOUND);
+    assert!(body.responses.is_empty());
 }

@@ -203,6 +203,20 @@ impl StagedFetch {
         self.frame
     }
 
+    /// A Fetch response with a top-level `error_code` and no partitions (a fetch-session error
+    /// Kapsule answers itself): no records, so it needs no stage.
+    pub fn session_error(
+        version: i16,
+        correlation_id: i32,
+        error_code: i16,
+    ) -> anyhow::Result<Self> {
+        let header = ResponseHeader::default().with_correlation_id(correlation_id);
+        let body = FetchResponse::default().with_error_code(error_code);
+        Ok(Self {
+            frame: encode_response(ApiKey::Fetch, version, &header, &body)?.into(),
+        })
+    }
+
     /// The same response answering the request with `correlation_id` (its header's first
     /// field), the records untouched.
     pub fn answering(self, correlation_id: i32) -> Self {

@@ -198,6 +198,7 @@ fn client_fetch(body: FetchRequest, client_id: &str) -> ClientFetch {
             .with_request_api_version(12)
             .with_client_id(Some(StrBytes::from_string(client_id.to_owned()))),
         body,
+        session_id: 0,
     }
 }
 
