@@ -20,7 +20,9 @@ use kapsule_integration::{
     KapsuleConfig, Listener, RecordsMode, TestRecord,
 };
 
-use crate::common::{args, assert_records_match, read_ahead_count};
+use crate::common::{
+    args, assert_fetches_read_ahead, assert_in_offset_order, assert_records_match,
+};
 
 /// Time one reference-client run may take (a JVM start included).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -820,25 +822,8 @@ async fn clients_with_fetch_sessions_are_read_ahead() {
         )
         .await;
         assert_records_match(&records, &back);
-        for partition in 0..3 {
-            let offsets: Vec<i64> = back
-                .iter()
-                .filter(|c| c.record.partition == Some(partition))
-                .map(|c| c.offset)
-                .collect();
-            assert!(
-                offsets.windows(2).all(|w| w[0] < w[1]),
-                "{client:?}: partition {partition} delivered out of order: {offsets:?}"
-            );
-        }
-        let (_, metrics) = kapsule.admin_get("/metrics").await.unwrap();
-        let (sent, served) = (
-            read_ahead_count(&metrics, "sent"),
-            read_ahead_count(&metrics, "served"),
-        );
-        assert!(
-            served >= 20 && served <= sent,
-            "{client:?}: expected most fetches answered ahead: sent {sent}, served {served}"
-        );
+        let who = format!("{client:?}");
+        assert_in_offset_order(&back, 3, &who);
+        assert_fetches_read_ahead(&kapsule, &who).await;
     }
 }

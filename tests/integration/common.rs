@@ -202,3 +202,33 @@ pub(crate) fn read_ahead_count(metrics: &str, outcome: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no read-ahead {outcome} count in\n{metrics}"))
 }
+
+/// Asserts that `consumed` delivered each of `partitions` partitions in increasing offset order
+/// (so no record twice); `who` names the consumer in the message.
+pub(crate) fn assert_in_offset_order(consumed: &[ConsumedRecord], partitions: i32, who: &str) {
+    for partition in 0..partitions {
+        let offsets: Vec<i64> = consumed
+            .iter()
+            .filter(|c| c.record.partition == Some(partition))
+            .map(|c| c.offset)
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "{who}: partition {partition} delivered out of order: {offsets:?}"
+        );
+    }
+}
+
+/// Asserts that `kapsule` answered most of a consumer's fetches with read-aheads: at least 20
+/// served, and never more than it sent.
+pub(crate) async fn assert_fetches_read_ahead(kapsule: &Kapsule, who: &str) {
+    let (_, metrics) = kapsule.admin_get("/metrics").await.unwrap();
+    let (sent, served) = (
+        read_ahead_count(&metrics, "sent"),
+        read_ahead_count(&metrics, "served"),
+    );
+    assert!(
+        served >= 20 && served <= sent,
+        "{who}: expected most fetches answered ahead: sent {sent}, served {served}"
+    );
+}
