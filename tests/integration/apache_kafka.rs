@@ -532,6 +532,9 @@ async fn admin_client_through_kapsule() {
 /// The 3-node cluster (3 combined controller/broker nodes): a topic replicated to all three has a
 /// leader; stopping that node moves leadership to another, and records produced and consumed
 /// through one Kapsule before, during and after the outage all come back decrypted exactly once.
+/// A KIP-932 share consumer that runs through Kapsule across the stop and the restart (its
+/// ShareFetch follows the leader to another of Kapsule's broker listeners) reads every record
+/// decrypted too.
 #[tokio::test(flavor = "multi_thread")]
 async fn three_node_cluster_survives_leader_stop_through_kapsule() {
     use kapsule_integration::kafka::wait_for_new_leader;
@@ -568,6 +571,11 @@ async fn three_node_cluster_survives_leader_stop_through_kapsule() {
         &["--idempotent", "true"],
     )
     .await;
+    // Started before the stop, it reads all three sets as they arrive.
+    let share_consumer = {
+        let (bootstrap, topic) = (kapsule.bootstrap(), topic.clone());
+        tokio::spawn(async move { share_consume_within(&bootstrap, &topic, 90, &[], 240).await })
+    };
 
     cluster.stop_node(leader).unwrap();
     let new_leader = wait_for_new_leader(&upstream, &topic, leader)
@@ -614,6 +622,8 @@ async fn three_node_cluster_survives_leader_stop_through_kapsule() {
     )
     .await;
     assert_records_match(&all, &back);
+    let shared = share_consumer.await.expect("share consumer task");
+    assert_records_match(&all, &shared);
     let stored = consume(
         RefClient::Java,
         &cluster.bootstrap(),
@@ -744,6 +754,18 @@ pub async fn share_consume(
     count: usize,
     extra: &[&str],
 ) -> Vec<ConsumedRecord> {
+    share_consume_within(bootstrap, topic, count, extra, 90).await
+}
+
+/// [`share_consume`], giving up after `secs` seconds. Each offset is listed once (a share group
+/// may deliver a record again).
+pub async fn share_consume_within(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    extra: &[&str],
+    secs: u64,
+) -> Vec<ConsumedRecord> {
     let mut a = args(&[
         "share-consume",
         "--bootstrap",
@@ -755,10 +777,10 @@ pub async fn share_consume(
         "--group",
         &unique_name("share-group"),
         "--timeout",
-        "90",
+        &secs.to_string(),
     ]);
     a.extend(args(extra));
-    let out = run_java(&a, CLIENT_TIMEOUT)
+    let out = run_java(&a, Duration::from_secs(secs + 30))
         .await
         .unwrap_or_else(|e| panic!("share consumer of {topic}: {e:#}"));
     assert_eq!(out.json["timed_out"], false, "{}", out.stderr);

@@ -19,7 +19,8 @@
 //           [--config k=v ...] [--timeout S]
 //     -> {"records": [...], "timed_out": bool}   (stops after N records or the timeout)
 //   share-consume --bootstrap B --topic T --count N --group G [--config k=v ...] [--timeout S]
-//     a KIP-932 share consumer (KafkaShareConsumer, records acknowledged as accepted on each poll);
+//     a KIP-932 share consumer (KafkaShareConsumer, records acknowledged as accepted on each poll;
+//     each offset listed once, repeats counted in "redelivered");
 //     first sets the share group's share.auto.offset.reset to earliest (AdminClient, same
 //     bootstrap) so records produced before it joined are delivered
 //     -> {"records": [...], "timed_out": bool}
@@ -283,11 +284,16 @@ public final class KapsuleClient {
 
         ObjectNode out = JSON.createObjectNode();
         ArrayNode records = out.putArray("records");
+        // Share groups deliver at least once: a record whose acknowledgement was lost (a leader
+        // change) comes again. Each offset is listed once; `redelivered` counts the repeats.
+        java.util.Set<String> seen = new java.util.HashSet<>();
+        int redelivered = 0;
         try (KafkaShareConsumer<byte[], byte[]> consumer = new KafkaShareConsumer<>(p)) {
             consumer.subscribe(List.of(topic));
             while (records.size() < count && System.nanoTime() < deadline) {
                 for (ConsumerRecord<byte[], byte[]> r : consumer.poll(Duration.ofMillis(500))) {
-                    records.add(recordJson(r));
+                    if (seen.add(r.partition() + ":" + r.offset())) records.add(recordJson(r));
+                    else redelivered++;
                 }
                 consumer.commitSync();
             }
@@ -295,6 +301,7 @@ public final class KapsuleClient {
         boolean timedOut = records.size() < count;
         if (timedOut) System.err.printf("timed out with %d of %d records%n", records.size(), count);
         out.put("timed_out", timedOut);
+        out.put("redelivered", redelivered);
         return out;
     }
 
