@@ -235,6 +235,11 @@ fn a_request_matches_in_any_partition_order_and_in_nothing_else() {
     let mut other_version = a.clone();
     other_version.header.request_api_version = 11;
     assert!(!a.same_as(&other_version));
+    // The same partitions asked for in another of the client's fetch sessions (one it opened
+    // since): the held response names the old session, so it is not the answer.
+    let mut other_session = a.clone();
+    other_session.session_id = 7;
+    assert!(!a.same_as(&other_session));
 }
 
 #[test]
