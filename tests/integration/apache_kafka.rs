@@ -21,7 +21,7 @@ use kapsule_integration::{
 };
 
 use crate::common::{
-    args, assert_fetches_read_ahead, assert_in_offset_order, assert_records_match,
+    args, assert_fetches_read_ahead, assert_in_offset_order, assert_records_match, read_ahead_count,
 };
 
 /// Time one reference-client run may take (a JVM start included).
@@ -848,4 +848,76 @@ async fn clients_with_fetch_sessions_are_read_ahead() {
         assert_in_offset_order(&back, 3, &who);
         assert_fetches_read_ahead(&kapsule, &who).await;
     }
+}
+
+/// Kapsule restarted (SIGKILL) under a Java consumer (partitions assigned) whose fetch session
+/// Kapsule was serving:
+/// every connection drops, and with them the sessions the old process kept. The consumer finds
+/// Kapsule's new broker listener through Metadata; its next Fetch names a session the new process
+/// does not hold (closing it, or continuing it, which is answered FETCH_SESSION_ID_NOT_FOUND, as a
+/// restarted broker answers); the consumer opens a new session and reads every record once,
+/// decrypted: those produced before the restart and those produced after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_recovers_its_fetch_session_when_kapsule_restarts() {
+    let mut rig = KafkaRig::start().await;
+    let whole = rig.topic("whole-restart", 3).await;
+    let small_batches = ["--config", "batch.size=2048", "--config", "linger.ms=0"];
+    let (first, _) = marked_records("before-restart", 300);
+    produce(
+        RefClient::Java,
+        &rig.bootstrap(),
+        &whole,
+        &first,
+        &small_batches,
+    )
+    .await;
+    let (second, _) = marked_records("after-restart", 300);
+    let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
+
+    let consumer = {
+        let (bootstrap, topic, count) = (rig.bootstrap(), whole.clone(), all.len());
+        tokio::spawn(async move {
+            let small_fetches = [
+                "--config",
+                "max.partition.fetch.bytes=4096",
+                "--config",
+                "fetch.max.bytes=8192",
+            ];
+            // Partitions assigned, no group: a rebalance would send a consumer without committed
+            // offsets back to the start; what is tested here is the fetch session alone.
+            consume(
+                RefClient::Java,
+                &bootstrap,
+                &topic,
+                count,
+                None,
+                &small_fetches,
+            )
+            .await
+        })
+    };
+    // Restart only once the consumer's session fetches are being answered ahead.
+    let mut served = 0;
+    for _ in 0..600 {
+        let (_, metrics) = rig.kapsule.admin_get("/metrics").await.unwrap();
+        served = read_ahead_count(&metrics, "served");
+        if served >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 3, "the consumer's fetches were never read ahead");
+    rig.kapsule.restart().await.expect("restart kapsule");
+
+    produce(
+        RefClient::Java,
+        &rig.bootstrap(),
+        &whole,
+        &second,
+        &small_batches,
+    )
+    .await;
+    let back = consumer.await.expect("consumer task");
+    assert_records_match(&all, &back);
+    assert_in_offset_order(&back, 3, "Java consumer across the restart");
 }

@@ -219,18 +219,26 @@ impl Kapsule {
             .context("creating the config file")?;
         file.write_all(config.to_yaml(&listen, upstream, &admin).as_bytes())?;
         file.flush()?;
+        let process =
+            Self::spawn_ready(bin, upstream, config, &listen, &admin, file.path()).await?;
+        Ok((process, listen, admin, file))
+    }
+
+    /// Runs Kapsule on `listen` and `admin` with the config file at `path` and waits until it is
+    /// ready (`/readyz`, then a Kafka ApiVersions on `listen`).
+    async fn spawn_ready(
+        bin: &Path,
+        upstream: &str,
+        config: &KapsuleConfig,
+        listen: &str,
+        admin: &str,
+        path: &Path,
+    ) -> Result<ProcessGuard> {
         let mut cmd = Command::new(bin);
         cmd.arg("run")
-            .args([
-                "--listen",
-                &listen,
-                "--upstream",
-                upstream,
-                "--admin",
-                &admin,
-            ])
+            .args(["--listen", listen, "--upstream", upstream, "--admin", admin])
             .arg("--config")
-            .arg(file.path())
+            .arg(path)
             .envs(config.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
@@ -242,7 +250,7 @@ impl Kapsule {
             READY_TIMEOUT,
             || {
                 let running = process.ensure_running();
-                let (listen, admin) = (listen.clone(), admin.clone());
+                let (listen, admin) = (listen.to_owned(), admin.to_owned());
                 async move {
                     running?;
                     let (status, body) =
@@ -257,7 +265,7 @@ impl Kapsule {
         )
         .await;
         match ready {
-            Ok(()) => Ok((process, listen, admin, file)),
+            Ok(()) => Ok(process),
             Err(e) => Err(e.context(format!("kapsule log:\n{}", process.logs()))),
         }
     }
@@ -319,6 +327,27 @@ impl Kapsule {
             .admin()
             .ok_or_else(|| anyhow!("no admin endpoint: KAPSULE_RIG_DIRECT=1 bypasses Kapsule"))?;
         probe::http_get(admin, path, Duration::from_secs(5)).await
+    }
+
+    /// Kills Kapsule (SIGKILL: every client connection drops, with whatever it held) and starts
+    /// it again with the same config on the same bootstrap and admin ports; its per-broker
+    /// listeners get new ports, which clients learn from Metadata. No-op in direct mode.
+    pub async fn restart(&mut self) -> Result<()> {
+        let Self { inner, config } = self;
+        let Inner::Proxy {
+            process,
+            listen,
+            admin,
+            upstream,
+            config: file,
+        } = inner
+        else {
+            return Ok(());
+        };
+        process.kill();
+        let bin = kapsule_bin()?;
+        *process = Self::spawn_ready(&bin, upstream, config, listen, admin, file.path()).await?;
+        Ok(())
     }
 
     /// Asserts that Kapsule is still running and `/livez` answers 200. No-op in direct mode.

@@ -126,8 +126,11 @@ fn same_topic(a: &FetchTopic, b: &FetchTopic) -> bool {
 /// The request a client sends after reading `response` to `request`, as far as it can be
 /// predicted: each partition's `fetch_offset` moved past the last complete batch the response
 /// carried for it (and `last_fetched_epoch`, when the client sends one, to that batch's leader
-/// epoch). `None` when nothing can be predicted: a fetch session, an error anywhere (the client
-/// reacts to it), a legacy (magic 0/1) or malformed record set, or no partition that advanced.
+/// epoch). The partitions that advanced move behind the others, as a broker rotates a session's
+/// partitions and librdkafka its own, so that under `max_bytes` a read-ahead chain cannot starve
+/// the partitions at the end of the list (a client's request matches in any order). `None` when
+/// nothing can be predicted: a fetch session, an error anywhere (the client reacts to it), a
+/// legacy (magic 0/1) or malformed record set, or no partition that advanced.
 pub(crate) fn predict_next(
     request: &FetchRequest,
     response: &FetchResponse,
@@ -169,7 +172,30 @@ pub(crate) fn predict_next(
             advanced = true;
         }
     }
-    advanced.then_some(next)
+    advanced.then(|| rotated(next, request))
+}
+
+/// `next` with the partitions whose fetch offset moved since `previous` behind the others (each
+/// topic listed once, where its first partition now comes).
+fn rotated(next: FetchRequest, previous: &FetchRequest) -> FetchRequest {
+    let moved = |t: &FetchTopic, p: &FetchPartition| {
+        partitions(previous).iter().any(|(u, q)| {
+            same_topic(t, u) && q.partition == p.partition && q.fetch_offset != p.fetch_offset
+        })
+    };
+    let mut order: Vec<(bool, &FetchTopic, &FetchPartition)> = partitions(&next)
+        .into_iter()
+        .map(|(t, p)| (moved(t, p), t, p))
+        .collect();
+    order.sort_by_key(|(moved, ..)| *moved);
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (_, t, p) in order {
+        match topics.iter_mut().find(|u| same_topic(u, t)) {
+            Some(u) => u.partitions.push(p.clone()),
+            None => topics.push(t.clone().with_partitions(vec![p.clone()])),
+        }
+    }
+    next.with_topics(topics)
 }
 
 /// Where the last complete batch of a record set ends.
