@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{FetchRequest, TopicName};
 use uuid::Uuid;
@@ -39,11 +40,6 @@ pub(crate) const MAX_SESSIONS: usize = 4;
 
 /// Partitions one session may hold.
 pub(crate) const MAX_SESSION_PARTITIONS: usize = 10_000;
-
-/// FETCH_SESSION_ID_NOT_FOUND.
-pub(crate) const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
-/// INVALID_FETCH_SESSION_EPOCH.
-pub(crate) const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 
 /// What becomes of a client's Fetch request.
 #[derive(Debug, PartialEq)]
@@ -58,7 +54,7 @@ pub(crate) enum Served {
         session_id: i32,
     },
     /// Answer the client with this top-level error, forward nothing.
-    Refused(i16),
+    Refused(ResponseError),
 }
 
 /// A partition of a session: its topic (name before v13, id from v13) and fetch state.
@@ -88,12 +84,6 @@ struct Session {
 pub(crate) struct FetchSessions {
     sessions: VecDeque<Session>,
     next_id: i32,
-}
-
-impl Default for FetchSessions {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl FetchSessions {
@@ -136,11 +126,11 @@ impl FetchSessions {
             }
             epoch => {
                 let Some(at) = self.position(request.session_id) else {
-                    return Served::Refused(FETCH_SESSION_ID_NOT_FOUND);
+                    return Served::Refused(ResponseError::FetchSessionIdNotFound);
                 };
                 let session = &mut self.sessions[at];
                 if epoch != session.next_epoch {
-                    return Served::Refused(INVALID_FETCH_SESSION_EPOCH);
+                    return Served::Refused(ResponseError::InvalidFetchSessionEpoch);
                 }
                 let partitions = merged(
                     std::mem::take(&mut session.partitions),
@@ -149,7 +139,7 @@ impl FetchSessions {
                 );
                 if partitions.len() > MAX_SESSION_PARTITIONS {
                     self.sessions.remove(at);
-                    return Served::Refused(FETCH_SESSION_ID_NOT_FOUND);
+                    return Served::Refused(ResponseError::FetchSessionIdNotFound);
                 }
                 session.next_epoch = epoch.checked_add(1).unwrap_or(1);
                 let topics = grouped(&partitions);

@@ -634,11 +634,10 @@ async fn read_responses(
                     // Its response was read past (the memory budget was busy): an answer with
                     // no partitions, so the client asks again and that Fetch is forwarded.
                     let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
-                    let empty = shared
-                        .records
-                        .fetch_refusal(meta.api_version, &header, FetchResponse::default())
-                        .map(ToClient::Fetch)
-                        .map_err(ConnectionError::internal);
+                    let empty =
+                        StagedFetch::refusal(meta.api_version, &header, FetchResponse::default())
+                            .map(ToClient::Fetch)
+                            .map_err(ConnectionError::internal);
                     (meta.api_key, Step::Ready(empty))
                 }
             },
@@ -783,7 +782,7 @@ fn refuse_request(
         // Fetch has a top-level error code from v7.
         Some(ApiKey::Fetch) if v >= 7 && in_range(FetchResponse::VERSIONS, v) => {
             let response = rewrite::fetch_unsupported_response();
-            let refusal = conn.shared.records.fetch_refusal(v, &header, response);
+            let refusal = StagedFetch::refusal(v, &header, response);
             Some(Expect::Local(ToClient::Fetch(
                 refusal.map_err(ConnectionError::internal)?,
             )))
@@ -912,8 +911,10 @@ fn serve_fetch(
                 ClientFetch::new(header, *request, session_id).map(Arc::new),
             ))
         }
-        Served::Refused(error_code) => {
-            StagedFetch::session_error(meta.api_version, meta.correlation_id, error_code)
+        Served::Refused(error) => {
+            let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+            let response = FetchResponse::default().with_error_code(error.code());
+            StagedFetch::refusal(meta.api_version, &header, response)
                 .map(ServedFetch::Answer)
                 .map_err(ConnectionError::internal)
         }

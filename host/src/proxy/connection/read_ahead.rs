@@ -63,15 +63,6 @@ impl ClientFetch {
         })
     }
 
-    /// Decodes a sessionless Fetch request frame when it can be read ahead; `None` otherwise,
-    /// or when it does not decode (the broker then answers it as it sees fit).
-    #[cfg(test)]
-    pub(crate) fn decode(frame: Bytes) -> Option<Arc<Self>> {
-        let (header, body) =
-            crate::kafka::frame::decode_request::<FetchRequest>(ApiKey::Fetch, frame).ok()?;
-        Self::new(header, body, 0).map(Arc::new)
-    }
-
     /// The id of the client's fetch session its response carries (0: none).
     pub(crate) fn session_id(&self) -> i32 {
         self.session_id

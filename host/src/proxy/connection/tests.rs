@@ -130,6 +130,30 @@ fn a_session_fetch_goes_to_the_broker_sessionless_and_an_unknown_session_is_answ
     let (header, body) =
         crate::kafka::frame::decode_fetch_response(12, staged.into_frame().to_bytes()).unwrap();
     assert_eq!(header.correlation_id, 6);
-    assert_eq!(body.error_code, fetch_sessions::FETCH_SESSION_ID_NOT_FOUND);
+    assert_eq!(
+        body.error_code,
+        kafka_protocol::error::ResponseError::FetchSessionIdNotFound.code()
+    );
     assert!(body.responses.is_empty());
+}
+
+/// A Fetch frame that does not decode is forwarded as it came (the broker answers it as it sees
+/// fit) and kept as nothing to read ahead from.
+#[test]
+fn a_fetch_that_does_not_decode_is_forwarded_as_it_came() {
+    let session = ClientSession::new("127.0.0.1:40000".parse().unwrap());
+    let mut sessions = FetchSessions::new();
+    let (_, frame) = fetch_in_session(8, 0, 0);
+    let cut = frame.slice(..frame.len() - 3);
+    let meta = RequestMeta::parse(&cut).unwrap();
+    let prepared = prepare_relay(meta, cut.clone(), &session, Some(&mut sessions)).unwrap();
+    let sent = prepared.forward.expect("forwarded").parts()[0].clone();
+    assert_eq!(sent, cut);
+    assert!(
+        matches!(
+            prepared.expect,
+            Expect::Upstream(ResponseStage::Fetch(_, None))
+        ),
+        "nothing to read ahead from"
+    );
 }

@@ -203,17 +203,19 @@ impl StagedFetch {
         self.frame
     }
 
-    /// A Fetch response with a top-level `error_code` and no partitions (a fetch-session error
-    /// Kapsule answers itself): no records, so it needs no stage.
-    pub fn session_error(
+    /// A Fetch response Kapsule makes itself to refuse a request (a version, a fetch-session
+    /// error): no partition, so no records, and no stage to pass.
+    pub fn refusal(
         version: i16,
-        correlation_id: i32,
-        error_code: i16,
+        header: &ResponseHeader,
+        response: FetchResponse,
     ) -> anyhow::Result<Self> {
-        let header = ResponseHeader::default().with_correlation_id(correlation_id);
-        let body = FetchResponse::default().with_error_code(error_code);
+        anyhow::ensure!(
+            response.responses.is_empty(),
+            "internal error: a refusal must not carry partitions"
+        );
         Ok(Self {
-            frame: encode_response(ApiKey::Fetch, version, &header, &body)?.into(),
+            frame: encode_response(ApiKey::Fetch, version, header, &response)?.into(),
         })
     }
 
@@ -443,22 +445,6 @@ impl RecordStage {
                 &response,
                 records,
             )?,
-        })
-    }
-
-    /// A Fetch response Kapsule makes itself to refuse a request: no partition, no records.
-    pub fn fetch_refusal(
-        &self,
-        version: i16,
-        header: &ResponseHeader,
-        response: FetchResponse,
-    ) -> anyhow::Result<StagedFetch> {
-        anyhow::ensure!(
-            response.responses.is_empty(),
-            "internal error: a refusal must not carry partitions"
-        );
-        Ok(StagedFetch {
-            frame: encode_response(ApiKey::Fetch, version, header, &response)?.into(),
         })
     }
 

@@ -116,18 +116,18 @@ fn unknown_sessions_and_wrong_epochs_are_refused_as_a_broker_refuses_them() {
         forwarded(sessions.serve(12, &request(0, 0, vec![topic("a", vec![partition(0, 0)])])));
     assert_eq!(
         sessions.serve(12, &request(id.wrapping_add(7), 1, vec![])),
-        Served::Refused(FETCH_SESSION_ID_NOT_FOUND)
+        Served::Refused(ResponseError::FetchSessionIdNotFound)
     );
     assert_eq!(
         sessions.serve(12, &request(id, 2, vec![])),
-        Served::Refused(INVALID_FETCH_SESSION_EPOCH)
+        Served::Refused(ResponseError::InvalidFetchSessionEpoch)
     );
     // The session is still there at its epoch.
     assert_eq!(forwarded(sessions.serve(12, &request(id, 1, vec![]))).1, id);
     // A retry of an epoch already used is refused too.
     assert_eq!(
         sessions.serve(12, &request(id, 1, vec![])),
-        Served::Refused(INVALID_FETCH_SESSION_EPOCH)
+        Served::Refused(ResponseError::InvalidFetchSessionEpoch)
     );
 
     // A full fetch naming the session closes it and opens another.
@@ -136,7 +136,7 @@ fn unknown_sessions_and_wrong_epochs_are_refused_as_a_broker_refuses_them() {
     assert_ne!(new_id, id);
     assert_eq!(
         sessions.serve(12, &request(id, 2, vec![])),
-        Served::Refused(FETCH_SESSION_ID_NOT_FOUND)
+        Served::Refused(ResponseError::FetchSessionIdNotFound)
     );
     // Epoch -1 with an id closes it; that request itself goes sessionless, without a session.
     let (sent, none) = forwarded(sessions.serve(
@@ -146,7 +146,7 @@ fn unknown_sessions_and_wrong_epochs_are_refused_as_a_broker_refuses_them() {
     assert_eq!((none, asked(&sent)), (0, vec![("a".into(), 0, 3)]));
     assert_eq!(
         sessions.serve(12, &request(new_id, 1, vec![])),
-        Served::Refused(FETCH_SESSION_ID_NOT_FOUND)
+        Served::Refused(ResponseError::FetchSessionIdNotFound)
     );
 }
 
@@ -176,7 +176,7 @@ fn sessions_are_bounded_in_number_and_size() {
     // The oldest was closed to make room for the newest.
     assert_eq!(
         sessions.serve(12, &request(ids[0], 1, vec![])),
-        Served::Refused(FETCH_SESSION_ID_NOT_FOUND)
+        Served::Refused(ResponseError::FetchSessionIdNotFound)
     );
     assert_eq!(
         forwarded(sessions.serve(12, &request(ids[MAX_SESSIONS], 1, vec![]))).1,
@@ -198,11 +198,11 @@ fn sessions_are_bounded_in_number_and_size() {
     assert_ne!(id, 0);
     assert_eq!(
         sessions.serve(12, &request(id, 1, many(limit, 1))),
-        Served::Refused(FETCH_SESSION_ID_NOT_FOUND)
+        Served::Refused(ResponseError::FetchSessionIdNotFound)
     );
     assert_eq!(
         sessions.serve(12, &request(id, 1, vec![])),
-        Served::Refused(FETCH_SESSION_ID_NOT_FOUND)
+        Served::Refused(ResponseError::FetchSessionIdNotFound)
     );
 }
 
