@@ -75,7 +75,12 @@ pub async fn read_frame_len<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let size = i32::from_be_bytes(len_buf);
+    checked_size(len_buf, max).map(Some)
+}
+
+/// The frame size a size prefix announces, refused when negative or over `max`.
+fn checked_size(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
+    let size = i32::from_be_bytes(prefix);
     if size < 0 {
         return Err(FrameError::Negative(size));
     }
@@ -86,7 +91,7 @@ pub async fn read_frame_len<R: AsyncRead + Unpin>(
             max,
         });
     }
-    Ok(Some(size))
+    Ok(size)
 }
 
 /// Reads a frame body of `size` bytes (after [`read_frame_len`]).
@@ -102,51 +107,200 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     size: usize,
 ) -> Result<Bytes, FrameError> {
-    if size < pool::MIN_POOLED {
-        let mut body = Vec::with_capacity(size);
-        fill(reader, &mut body, size, |body| {
-            body.reserve_exact(size - body.len())
-        })
-        .await?;
-        return Ok(Bytes::from(body));
+    read_body(reader, size, None).await
+}
+
+/// Reads frames from one stream with fewer system calls than [`read_frame`]: each read may take
+/// up to [`FrameReader::READ_PAST`] bytes beyond the frame it is for, kept for the next frame.
+///
+/// So a small frame (a Produce acknowledgement, most requests but Produce) usually arrives, size
+/// prefix and body, in one read, and pipelined small frames share one. A read that returns less
+/// than it asked for also tells the runtime that the socket is drained, so waiting for the next
+/// frame costs no extra read that would only find nothing there. Memory per reader is the
+/// fixed carry buffer; bodies are allocated (and pooled) as by [`read_frame_body`].
+///
+/// One reader must own the stream for the rest of its life: the bytes it carries belong to the
+/// next frame.
+pub struct FrameReader<R> {
+    pub(super) inner: R,
+    carry: Carry,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Bytes a read may take past the end of the frame it is for.
+    pub const READ_PAST: usize = Carry::CAPACITY;
+
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            carry: Carry::default(),
+        }
     }
-    if let Some(class) = pool::class_of(size) {
-        // Capacity is reserved, not touched: resident memory grows only with what arrives.
-        let mut body = pool::take(class).unwrap_or_else(|| Vec::with_capacity(class));
-        fill(reader, &mut body, size, |body| {
-            let doubled = body.capacity().saturating_mul(2);
-            let target = if doubled >= size { class } else { doubled };
-            body.reserve_exact(target - body.len());
-        })
-        .await?;
-        return Ok(pool::frame(body, class));
+
+    /// Reads one frame, as [`read_frame`] does.
+    pub async fn read_frame(&mut self, max: usize) -> Result<Option<Bytes>, FrameError> {
+        let Some(size) = self.read_len(max).await? else {
+            return Ok(None);
+        };
+        self.read_body(size).await.map(Some)
     }
+
+    /// Reads the size prefix of the next frame, as [`read_frame_len`] does.
+    pub async fn read_len(&mut self, max: usize) -> Result<Option<usize>, FrameError> {
+        while self.carry.len() < 4 {
+            let got = self.carry.len();
+            if self.carry.read_more(&mut self.inner).await? == 0 {
+                if got == 0 {
+                    return Ok(None);
+                }
+                return Err(FrameError::Truncated { read: got, size: 4 });
+            }
+        }
+        let prefix: [u8; 4] = self.carry.take(4).try_into().expect("4 bytes");
+        checked_size(prefix, max).map(Some)
+    }
+
+    /// Reads the body of the frame whose size [`FrameReader::read_len`] returned.
+    pub async fn read_body(&mut self, size: usize) -> Result<Bytes, FrameError> {
+        read_body(&mut self.inner, size, Some(&mut self.carry)).await
+    }
+
+    /// Reads past the body of the frame whose size [`FrameReader::read_len`] returned, keeping
+    /// none of it.
+    pub async fn skip_body(&mut self, size: usize) -> Result<(), FrameError> {
+        let carried = self.carry.len().min(size);
+        self.carry.take(carried);
+        let rest = (size - carried) as u64;
+        let skipped =
+            tokio::io::copy(&mut (&mut self.inner).take(rest), &mut tokio::io::sink()).await?;
+        if skipped != rest {
+            return Err(FrameError::Truncated {
+                read: carried + skipped as usize,
+                size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes read from a stream beyond the frame they were read for: `buf[start..end]`.
+struct Carry {
+    buf: [u8; Carry::CAPACITY],
+    start: usize,
+    end: usize,
+}
+
+impl Default for Carry {
+    fn default() -> Self {
+        Self {
+            buf: [0; Carry::CAPACITY],
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Carry {
+    /// Bytes carried at most (per connection and direction: kept small for idle connections).
+    const CAPACITY: usize = 512;
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// The next `n` carried bytes (`n` at most [`Carry::len`]), no longer carried.
+    fn take(&mut self, n: usize) -> &[u8] {
+        let start = self.start;
+        self.start += n;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        &self.buf[start..start + n]
+    }
+
+    /// One read from `reader` into the free space after what is carried; 0 at end of stream.
+    async fn read_more<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        let n = reader.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Carries `bytes` (at most [`Carry::CAPACITY`]); nothing may be carried already.
+    fn put(&mut self, bytes: &[u8]) {
+        debug_assert_eq!(self.len(), 0, "carried bytes would be overwritten");
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+        (self.start, self.end) = (0, bytes.len());
+    }
+}
+
+/// Reads a frame body of `size` bytes: first what `carry` holds of it, then from `reader`, up to
+/// [`Carry::CAPACITY`] bytes past the body when there is a carry to keep them in.
+async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+    mut carry: Option<&mut Carry>,
+) -> Result<Bytes, FrameError> {
+    let carried = carry.as_deref().map_or(0, |c| c.len().min(size));
+    let read_past = match carry {
+        Some(_) if carried < size => Carry::CAPACITY,
+        _ => 0,
+    };
     // Start with up to 1 MiB and at least double after that, so a large frame is copied O(1)
     // times while a lying prefix still cannot reserve more than 1 MiB beyond what arrived.
     const FIRST: usize = 1024 * 1024;
-    let mut body = Vec::with_capacity(size.min(FIRST));
-    fill(reader, &mut body, size, |body| {
-        body.reserve((size - body.len()).min(body.len().max(FIRST)))
+    let class = pool::class_of(size);
+    let mut body = match class {
+        // Capacity is reserved, not touched: resident memory grows only with what arrives.
+        Some(class) => pool::take(class).unwrap_or_else(|| Vec::with_capacity(class)),
+        None if size < pool::MIN_POOLED => Vec::with_capacity(size + read_past),
+        None => Vec::with_capacity(size.min(FIRST)),
+    };
+    if let Some(carry) = carry.as_deref_mut() {
+        body.extend_from_slice(carry.take(carried));
+    }
+    fill(reader, &mut body, size, read_past, |body| match class {
+        Some(class) => {
+            let doubled = body.capacity().saturating_mul(2);
+            let target = if doubled >= size { class } else { doubled };
+            body.reserve_exact(target - body.len());
+        }
+        None if size < pool::MIN_POOLED => body.reserve_exact(size - body.len()),
+        None => body.reserve((size - body.len()).min(body.len().max(FIRST))),
     })
     .await?;
-    Ok(Bytes::from(body))
+    if body.len() > size {
+        let carry = carry.expect("only read past the body into a carry");
+        carry.put(&body[size..]);
+        body.truncate(size);
+    }
+    Ok(match class {
+        Some(class) => pool::frame(body, class),
+        None => Bytes::from(body),
+    })
 }
 
-/// Reads from `reader` into `body` until it holds `size` bytes, without zeroing. Whenever `body`
-/// is full before that, `grow` reserves more capacity: how much is the caller's bound on what a
-/// lying size prefix can make the proxy reserve. Fails with [`FrameError::Truncated`] when the
-/// stream ends first.
+/// Reads from `reader` into `body` until it holds `size` bytes, without zeroing, each read
+/// taking up to `read_past` bytes beyond them where `body` has the room. Whenever `body` is full
+/// before `size`, `grow` reserves more capacity: how much is the caller's bound on what a lying
+/// size prefix can make the proxy reserve. Fails with [`FrameError::Truncated`] when the stream
+/// ends first.
 async fn fill<R: AsyncRead + Unpin>(
     reader: &mut R,
     body: &mut Vec<u8>,
     size: usize,
+    read_past: usize,
     grow: impl Fn(&mut Vec<u8>),
 ) -> Result<(), FrameError> {
     while body.len() < size {
         if body.capacity() == body.len() {
             grow(body);
         }
-        let want = size - body.len();
+        let want = size - body.len() + read_past;
         let n = (&mut *reader).take(want as u64).read_buf(body).await?;
         if n == 0 {
             return Err(FrameError::Truncated {

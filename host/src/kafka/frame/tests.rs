@@ -275,3 +275,155 @@ async fn frame_writer_writes_bodies_in_pieces_as_whole_frames() {
         assert!(read_frame(&mut r, 1 << 20).await.unwrap().is_none());
     }
 }
+
+/// Hands out `wire` in reads of at most `chunk` bytes, counting the reads.
+struct ChunkedReader<'a> {
+    wire: &'a [u8],
+    chunk: usize,
+    reads: usize,
+}
+
+impl tokio::io::AsyncRead for ChunkedReader<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = self.chunk.min(buf.remaining()).min(self.wire.len());
+        buf.put_slice(&self.wire[..n]);
+        self.wire = &self.wire[n..];
+        self.reads += 1;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Frames of `sizes`, each body filled with its index.
+async fn wire_of(sizes: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let bodies: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| vec![i as u8; *n])
+        .collect();
+    let mut wire = Vec::new();
+    for b in &bodies {
+        write_frame(&mut wire, b).await.unwrap();
+    }
+    (bodies, wire)
+}
+
+#[tokio::test]
+async fn a_frame_reader_returns_every_frame_however_the_bytes_arrive() {
+    let past = FrameReader::<&[u8]>::READ_PAST;
+    let sizes = [
+        0,
+        1,
+        3,
+        past - 4,
+        past - 3,
+        past,
+        past + 1,
+        4095,
+        4096,
+        5000,
+        70_000,
+        2 << 20,
+        7,
+    ];
+    let (bodies, wire) = wire_of(&sizes).await;
+    for chunk in [1, 3, 4, 5, 511, 512, 513, 4096, 65_536, usize::MAX] {
+        let mut r = FrameReader::new(ChunkedReader {
+            wire: &wire,
+            chunk,
+            reads: 0,
+        });
+        for b in &bodies {
+            let frame = r.read_frame(4 << 20).await.unwrap().unwrap();
+            assert!(
+                frame == b[..],
+                "a {}-byte frame in reads of {chunk}",
+                b.len()
+            );
+        }
+        assert!(r.read_frame(4 << 20).await.unwrap().is_none(), "{chunk}");
+    }
+}
+
+#[tokio::test]
+async fn a_frame_reader_reads_small_pipelined_frames_together() {
+    // Ten 20-byte requests sent at once: one read for all, one to see the end of the stream.
+    let (bodies, wire) = wire_of(&[20; 10]).await;
+    let mut r = FrameReader::new(ChunkedReader {
+        wire: &wire,
+        chunk: usize::MAX,
+        reads: 0,
+    });
+    for b in &bodies {
+        assert_eq!(r.read_frame(1 << 20).await.unwrap().unwrap(), b[..]);
+    }
+    assert!(r.read_frame(1 << 20).await.unwrap().is_none());
+    assert_eq!(r.inner.reads, 2);
+
+    // A Produce of a 16 KiB batch, then a small request: the big body's read also takes what
+    // follows it (up to READ_PAST bytes), so the small frame needs no read of its own.
+    let (bodies, wire) = wire_of(&[(16 << 10) + 200, 100]).await;
+    let mut r = FrameReader::new(ChunkedReader {
+        wire: &wire,
+        chunk: usize::MAX,
+        reads: 0,
+    });
+    for b in &bodies {
+        assert_eq!(r.read_frame(1 << 20).await.unwrap().unwrap(), b[..]);
+    }
+    assert_eq!(
+        r.inner.reads, 2,
+        "prefix and head, then the rest and the next frame"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_reader_skips_a_body_and_reads_on() {
+    let (bodies, wire) = wire_of(&[10, 100_000, 30]).await;
+    let mut r = FrameReader::new(ChunkedReader {
+        wire: &wire,
+        chunk: 700,
+        reads: 0,
+    });
+    // The first read carries the whole 10-byte frame and part of the next.
+    let size = r.read_len(1 << 20).await.unwrap().unwrap();
+    r.skip_body(size).await.unwrap();
+    let size = r.read_len(1 << 20).await.unwrap().unwrap();
+    assert_eq!(size, 100_000);
+    r.skip_body(size).await.unwrap();
+    assert_eq!(r.read_frame(1 << 20).await.unwrap().unwrap(), bodies[2][..]);
+    assert!(r.read_frame(1 << 20).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_frame_reader_reports_a_stream_cut_mid_frame() {
+    let (_, wire) = wire_of(&[10, 2000]).await;
+    for (cut, read) in [(16, 2), (14 + 4 + 100, 100)] {
+        let mut r = FrameReader::new(&wire[..cut]);
+        let first = r.read_frame(1 << 20).await.unwrap().unwrap();
+        assert_eq!(first.len(), 10);
+        let err = r.read_frame(1 << 20).await.unwrap_err();
+        let expected_size = if read == 2 { 4 } else { 2000 };
+        assert!(
+            matches!(err, FrameError::Truncated { read: r, size } if r == read && size == expected_size),
+            "cut at {cut}: {err}"
+        );
+    }
+    let mut r = FrameReader::new(&wire[..14 + 4 + 100]);
+    r.read_frame(1 << 20).await.unwrap().unwrap();
+    let size = r.read_len(1 << 20).await.unwrap().unwrap();
+    let err = r.skip_body(size).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrameError::Truncated {
+                read: 100,
+                size: 2000
+            }
+        ),
+        "{err}"
+    );
+}

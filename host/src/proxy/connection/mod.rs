@@ -41,7 +41,7 @@ use kafka_protocol::messages::{
     ResponseHeader,
 };
 use kafka_protocol::protocol::Message;
-use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -75,14 +75,14 @@ use super::tls::BoxStream;
 use super::{ProxyShared, Route};
 use crate::error::Reason;
 use crate::kafka::frame::{
-    decode_request, encode_request, encode_response, read_frame, read_frame_body, read_frame_len,
-    response_correlation_id, FrameWriter, RequestMeta,
+    decode_request, encode_request, encode_response, response_correlation_id, FrameReader,
+    FrameWriter, RequestMeta,
 };
 use crate::metrics::api_name;
 use crate::proxy::metrics::Direction;
 use kafka_protocol::error::ResponseError;
 
-type OwnedReadHalf = ReadHalf<BoxStream>;
+type OwnedReadHalf = FrameReader<ReadHalf<BoxStream>>;
 type OwnedWriteHalf = WriteHalf<BoxStream>;
 
 /// Work that is done, or running on its own task (aborted when the connection closes).
@@ -192,7 +192,7 @@ async fn serve_inner(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
 
-    let requests = read_requests(&conn, client_read, queued_tx, in_flight);
+    let requests = read_requests(&conn, FrameReader::new(client_read), queued_tx, in_flight);
     let forward = async {
         if let Err(e) = forward_requests(&conn, queued_rx, upstream_write, pending_tx).await {
             e.log(conn.metrics(), peer);
@@ -200,7 +200,7 @@ async fn serve_inner(
     };
     let respond = async {
         let r = tokio::try_join!(
-            read_responses(&conn, upstream_read, pending_rx, out_tx),
+            read_responses(&conn, FrameReader::new(upstream_read), pending_rx, out_tx),
             write_responses(&conn, client_write, out_rx),
         );
         if let Err(e) = r {
@@ -254,7 +254,7 @@ async fn read_requests(
     loop {
         let frame = tokio::select! {
             // While the client leaves its responses unread, its requests are not read either.
-            f = async { conn.gate.room().await; read_frame(&mut client, max).await } => {
+            f = async { conn.gate.room().await; client.read_frame(max).await } => {
                 f.map_err(ConnectionError::client_frame)?
             }
             _ = shutdown.changed() => return Ok(()),
@@ -467,7 +467,8 @@ async fn read_response_len(
     conn: &Connection,
     upstream: &mut OwnedReadHalf,
 ) -> Result<usize, ConnectionError> {
-    read_frame_len(upstream, conn.shared.config.max_frame_bytes)
+    upstream
+        .read_len(conn.shared.config.max_frame_bytes)
         .await
         .map_err(ConnectionError::broker_frame)?
         .ok_or_else(broker_eof)
@@ -486,7 +487,8 @@ async fn read_response(
         conn.metrics().error(Reason::MemoryBusy);
         ConnectionError::broker(e)
     })?;
-    let frame = read_frame_body(upstream, size)
+    let frame = upstream
+        .read_body(size)
         .await
         .map_err(ConnectionError::broker_frame)?;
     check_correlation_id(&frame, meta)?;
@@ -503,18 +505,14 @@ async fn read_held_response(
 ) -> Result<Option<(Bytes, ResponseCharge)>, ConnectionError> {
     let size = read_response_len(conn, upstream).await?;
     let Some(memory) = conn.gate.try_admit_held(size) else {
-        let skipped = tokio::io::copy(
-            &mut (&mut *upstream).take(size as u64),
-            &mut tokio::io::sink(),
-        )
-        .await
-        .map_err(ConnectionError::broker_frame)?;
-        if skipped != size as u64 {
-            return Err(broker_eof());
-        }
+        upstream
+            .skip_body(size)
+            .await
+            .map_err(ConnectionError::broker_frame)?;
         return Ok(None);
     };
-    let frame = read_frame_body(upstream, size)
+    let frame = upstream
+        .read_body(size)
         .await
         .map_err(ConnectionError::broker_frame)?;
     check_correlation_id(&frame, meta)?;
