@@ -7,6 +7,9 @@
 # Kapsule's CPU (utime+stime from /proc/<pid>/stat, 100 Hz ticks) over GB moved (produced +
 # consumed value bytes) = millicores per MB/s, as kapsule-bench computes it. Prints one line per
 # run and the medians. With PERF_DIR, each run is also sampled with `perf record -e cpu-clock -g`.
+# CPU_AB_LOAD=java (needs CPU_AB_BROKER=kafka): Kafka's own ProducerPerformance (acks=all, its
+# other defaults: 16 KiB batches) and ConsumerPerformance instead of bench/load.py, as
+# kapsule-bench's `--load java` runs them: many small requests, so per-request costs weigh more.
 # CPU_AB_BROKER=kafka: one Apache Kafka node (scripts/install-kafka.sh, kafka-server-start.sh's JVM
 # options) for the whole invocation instead, a fresh topic per run (tansu's fetch path is slow:
 # ~15 MB/s consumed even directly, so its per-MB figures weigh per-request costs heavily).
@@ -19,6 +22,31 @@ kafka_pid=
 if [ "${CPU_AB_BROKER:-tansu}" = kafka ]; then
   start_kafka_node
 fi
+load=${CPU_AB_LOAD:-python}
+if [ "$load" = java ]; then
+  [ -n "$kafka_pid" ] || { echo "CPU_AB_LOAD=java needs CPU_AB_BROKER=kafka" >&2; exit 2; }
+  kafka_libs=$("$here/../scripts/install-kafka.sh")
+fi
+# produce BOOTSTRAP TOPIC / consume BOOTSTRAP TOPIC: RECORDS records of 1 KiB; print {"mb_s": ...}.
+produce() {
+  if [ "$load" = java ]; then
+    java -Xmx512M -cp "$kafka_libs/*" org.apache.kafka.tools.ProducerPerformance --topic $2 \
+      --num-records $records --record-size 1024 --throughput -1 \
+      --producer-props bootstrap.servers=$1 acks=all |
+      awk -F', *' '/records sent/ && /50th/ { split($2, r, " "); printf "{\"mb_s\": %f}\n", r[1] * 1024 / 1e6 }'
+  else
+    python3 $here/load.py produce --bootstrap $1 --topic $2 --count $records --size 1024
+  fi
+}
+consume() {
+  if [ "$load" = java ]; then
+    java -Xmx512M -cp "$kafka_libs/*" org.apache.kafka.tools.ConsumerPerformance \
+      --bootstrap-server $1 --topic $2 --num-records $records --timeout 120000 |
+      awk -F', *' 'NF == 10 && $1 != "start.time" { printf "{\"mb_s\": %f}\n", $3 * 1.048576 / ($8 / 1000) }'
+  else
+    python3 $here/load.py consume --bootstrap $1 --topic $2 --count $records --size 1024
+  fi
+}
 one_run() { # bin label run
   local bin=$1 label=$2 run=$3 work bp kp tpid kpid ticks0 ticks1 topic kapsule_port kapsule_pid
   work=$(mktemp -d /tmp/kapsule-ab-XXXXXX)
@@ -39,8 +67,8 @@ one_run() { # bin label run
     perf record -q -e cpu-clock --call-graph ${PERF_CALLGRAPH:-fp} -p $kpid -o $perfdir/$label-$run.data > /dev/null 2>&1 & ppid=$!
   fi
   ticks0=$(awk '{print $14+$15}' /proc/$kpid/stat)
-  p=$(python3 $here/load.py produce --bootstrap 127.0.0.1:$kp --topic $topic --count $records --size 1024)
-  c=$(python3 $here/load.py consume --bootstrap 127.0.0.1:$kp --topic $topic --count $records --size 1024)
+  p=$(produce 127.0.0.1:$kp $topic)
+  c=$(consume 127.0.0.1:$kp $topic)
   ticks1=$(awk '{print $14+$15}' /proc/$kpid/stat)
   rss=$(awk '/^VmRSS:/ {print $2}' /proc/$kpid/status)
   if [ -n "$perfdir" ]; then kill -INT $ppid; wait $ppid 2>/dev/null || true; fi
