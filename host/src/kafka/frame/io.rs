@@ -186,7 +186,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// Bytes read from a stream beyond the frame they were read for: `buf[start..end]`.
 struct Carry {
-    buf: [u8; Carry::CAPACITY],
+    // Boxed: a reader lives inside a connection's futures, which would otherwise lay it out
+    // more than once.
+    buf: Box<[u8; Carry::CAPACITY]>,
     start: usize,
     end: usize,
 }
@@ -194,7 +196,7 @@ struct Carry {
 impl Default for Carry {
     fn default() -> Self {
         Self {
-            buf: [0; Carry::CAPACITY],
+            buf: Box::new([0; Carry::CAPACITY]),
             start: 0,
             end: 0,
         }
