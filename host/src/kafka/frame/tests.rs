@@ -297,6 +297,15 @@ impl tokio::io::AsyncRead for ChunkedReader<'_> {
     }
 }
 
+/// A frame reader over `wire`, fed in reads of at most `chunk` bytes.
+fn chunked(wire: &[u8], chunk: usize) -> FrameReader<ChunkedReader<'_>> {
+    FrameReader::new(ChunkedReader {
+        wire,
+        chunk,
+        reads: 0,
+    })
+}
+
 /// Frames of `sizes`, each body filled with its index.
 async fn wire_of(sizes: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
     let bodies: Vec<Vec<u8>> = sizes
@@ -331,11 +340,7 @@ async fn a_frame_reader_returns_every_frame_however_the_bytes_arrive() {
     ];
     let (bodies, wire) = wire_of(&sizes).await;
     for chunk in [1, 3, 4, 5, 511, 512, 513, 4096, 65_536, usize::MAX] {
-        let mut r = FrameReader::new(ChunkedReader {
-            wire: &wire,
-            chunk,
-            reads: 0,
-        });
+        let mut r = chunked(&wire, chunk);
         for b in &bodies {
             let frame = r.read_frame(4 << 20).await.unwrap().unwrap();
             assert!(
@@ -352,11 +357,7 @@ async fn a_frame_reader_returns_every_frame_however_the_bytes_arrive() {
 async fn a_frame_reader_reads_small_pipelined_frames_together() {
     // Ten 20-byte requests sent at once: one read for all, one to see the end of the stream.
     let (bodies, wire) = wire_of(&[20; 10]).await;
-    let mut r = FrameReader::new(ChunkedReader {
-        wire: &wire,
-        chunk: usize::MAX,
-        reads: 0,
-    });
+    let mut r = chunked(&wire, usize::MAX);
     for b in &bodies {
         assert_eq!(r.read_frame(1 << 20).await.unwrap().unwrap(), b[..]);
     }
@@ -366,11 +367,7 @@ async fn a_frame_reader_reads_small_pipelined_frames_together() {
     // A Produce of a 16 KiB batch, then a small request: the big body's read also takes what
     // follows it (up to READ_PAST bytes), so the small frame needs no read of its own.
     let (bodies, wire) = wire_of(&[(16 << 10) + 200, 100]).await;
-    let mut r = FrameReader::new(ChunkedReader {
-        wire: &wire,
-        chunk: usize::MAX,
-        reads: 0,
-    });
+    let mut r = chunked(&wire, usize::MAX);
     for b in &bodies {
         assert_eq!(r.read_frame(1 << 20).await.unwrap().unwrap(), b[..]);
     }
@@ -383,11 +380,7 @@ async fn a_frame_reader_reads_small_pipelined_frames_together() {
 #[tokio::test]
 async fn a_frame_reader_skips_a_body_and_reads_on() {
     let (bodies, wire) = wire_of(&[10, 100_000, 30]).await;
-    let mut r = FrameReader::new(ChunkedReader {
-        wire: &wire,
-        chunk: 700,
-        reads: 0,
-    });
+    let mut r = chunked(&wire, 700);
     // The first read carries the whole 10-byte frame and part of the next.
     let size = r.read_len(1 << 20).await.unwrap().unwrap();
     r.skip_body(size).await.unwrap();
