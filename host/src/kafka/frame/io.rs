@@ -45,7 +45,7 @@ pub enum FrameError {
 /// Memory grows with the bytes actually received (at most 1 MiB, or as much again as has
 /// arrived, beyond it), never with the announced size alone, so a lying length prefix cannot
 /// make the proxy allocate `max` bytes up front. The body is read into a pooled buffer
-/// ([`read_frame_body`]).
+/// (`read_frame_body`, below).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
@@ -59,7 +59,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// Reads the 4-byte size prefix of the next frame and checks it against `max`. Returns
 /// `Ok(None)` on a clean end of stream between frames. Cancel-safe only before the first byte
 /// arrives.
-pub async fn read_frame_len<R: AsyncRead + Unpin>(
+async fn read_frame_len<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<usize>, FrameError> {
@@ -103,7 +103,7 @@ fn checked_size(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
 /// joins the pool afterwards; its pages become resident only as bytes arrive, so a lying prefix
 /// costs address space, not memory. Buffers are filled through `read_buf` (no zeroing). Larger
 /// bodies are not pooled (see [`read_frame`]).
-pub async fn read_frame_body<R: AsyncRead + Unpin>(
+async fn read_frame_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     size: usize,
 ) -> Result<Bytes, FrameError> {
@@ -117,7 +117,7 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
 /// prefix and body, in one read, and pipelined small frames share one. A read that returns less
 /// than it asked for also tells the runtime that the socket is drained, so waiting for the next
 /// frame costs no extra read that would only find nothing there. Memory per reader is the
-/// fixed carry buffer; bodies are allocated (and pooled) as by [`read_frame_body`].
+/// fixed carry buffer; bodies are allocated (and pooled) as by [`read_frame`].
 ///
 /// One reader must own the stream for the rest of its life: the bytes it carries belong to the
 /// next frame.
@@ -146,7 +146,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.read_body(size).await.map(Some)
     }
 
-    /// Reads the size prefix of the next frame, as [`read_frame_len`] does.
+    /// Reads the size prefix of the next frame and checks it against `max`. Returns `Ok(None)`
+    /// on a clean end of stream between frames.
     pub async fn read_len(&mut self, max: usize) -> Result<Option<usize>, FrameError> {
         while self.carry.len() < 4 {
             let got = self.carry.len();

@@ -23,8 +23,8 @@ pub use header::{
     produce_acks, produce_header, response_correlation_id, ProduceHeader, RequestMeta,
 };
 pub use io::{
-    put_frame, read_frame, read_frame_body, read_frame_len, write_frame, FrameError, FrameReader,
-    FrameWriter, DEFAULT_MAX_FRAME_BYTES,
+    put_frame, read_frame, write_frame, FrameError, FrameReader, FrameWriter,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 
 #[cfg(test)]

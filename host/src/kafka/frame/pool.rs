@@ -1,4 +1,5 @@
-//! The process-wide pool of frame buffers ([`super::read_frame_body`]).
+//! The process-wide pool of frame buffers (the bodies [`super::FrameReader`] and
+//! [`super::read_frame`] read).
 //!
 //! Buffers come in power-of-two classes from [`MIN_POOLED`] to [`MAX_POOLED`]; each class keeps
 //! at most [`CLASS_BYTES`] bytes of idle buffers and the pool at most [`POOL_BYTES`] in all. A
