@@ -68,3 +68,12 @@ EOK
   wait_port $kafka_port 600 || { tail -20 "$kafka_dir/kafka.log"; return 1; }
   sleep 2
 }
+
+# java_consume_perf BOOTSTRAP TOPIC RECORDS [CPUS]: Kafka's ConsumerPerformance (jars in
+# $kafka_libs, from scripts/install-kafka.sh) reads RECORDS records of TOPIC, on CPUS if given
+# (see `pinned`); prints {"mb_s": ...} over its fetch time, its MiB recomputed as MB.
+java_consume_perf() {
+  (pinned "${4:-}" java -cp "$kafka_libs/*" org.apache.kafka.tools.ConsumerPerformance \
+    --bootstrap-server $1 --topic $2 --num-records $3 --timeout 120000) |
+    awk -F', *' 'NF == 10 && $1 != "start.time" { printf "{\"mb_s\": %f}\n", $3 * 1.048576 / ($8 / 1000) }'
+}

@@ -24,9 +24,7 @@ start_kafka_node
 # Kafka's ConsumerPerformance with BENCH_CONSUMER=java: its fetch MB/s, MiB recomputed as MB).
 consume() {
   if [ "${BENCH_CONSUMER:-python}" = java ]; then
-    (pinned "${BENCH_CLIENT_CPUS:-}" java -cp "$kafka_libs/*" org.apache.kafka.tools.ConsumerPerformance \
-      --bootstrap-server $1 --topic $2 --num-records $records --timeout 120000) |
-      awk -F', *' 'NF == 10 && $1 != "start.time" { printf "{\"mb_s\": %f}\n", $3 * 1.048576 / ($8 / 1000) }'
+    java_consume_perf $1 $2 $records "${BENCH_CLIENT_CPUS:-}"
   else
     pinned "${BENCH_CLIENT_CPUS:-}" python3 $here/load.py consume --bootstrap $1 --topic $2 --count $records --size 1024
   fi

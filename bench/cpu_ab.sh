@@ -40,9 +40,7 @@ produce() {
 }
 consume() {
   if [ "$load" = java ]; then
-    java -Xmx512M -cp "$kafka_libs/*" org.apache.kafka.tools.ConsumerPerformance \
-      --bootstrap-server $1 --topic $2 --num-records $records --timeout 120000 |
-      awk -F', *' 'NF == 10 && $1 != "start.time" { printf "{\"mb_s\": %f}\n", $3 * 1.048576 / ($8 / 1000) }'
+    java_consume_perf $1 $2 $records
   else
     python3 $here/load.py consume --bootstrap $1 --topic $2 --count $records --size 1024
   fi
