@@ -46,7 +46,6 @@ if [ "${KAPSULE_SKIP_BENCH_SMOKE:-0}" != 1 ]; then
   KAPSULE_KROXYLICIOUS_HOME="$(scripts/install-kroxylicious.sh)"
   export KAPSULE_KROXYLICIOUS_HOME
   KAPSULE_BIN="${KAPSULE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/kapsule}" \
-    KAPSULE_BENCH_MASTER_KEY="$(python3 -c 'import os,base64; print(base64.b64encode(os.urandom(32)).decode())')" \
     cargo run -q -p kapsule-bench -- --broker kafka --load python,java --vault \
     --kroxylicious passthrough,record-encryption --builtin passthrough --no-tansu-proxy \
     --runs 1 --records 3000 --warmup-records 300 --latency-records 20
