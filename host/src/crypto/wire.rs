@@ -497,6 +497,16 @@ impl RecordContext<'_> {
         out: &mut Vec<u8>,
     ) {
         out.clear();
+        self.append_value_stream_prefix(field_lens, out);
+    }
+
+    /// [`Self::value_stream_prefix`] appended to `out` as it is (several records' streams in
+    /// one buffer).
+    pub fn append_value_stream_prefix(
+        &self,
+        field_lens: impl ExactSizeIterator<Item = usize>,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(b"kapsule/v3/value");
         put32(out, self.topic.as_bytes());
         self.put_key(out);

@@ -10,7 +10,7 @@ use rand::RngCore;
 use crate::crypto::keys::{DekConfig, DekManager, Reservation};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, Dek, RecordKeyCipher};
-use crate::crypto::wire::{validate_key_id, AadScheme, Descriptor};
+use crate::crypto::wire::{validate_key_id, AadScheme, Descriptor, ValueEncryption};
 use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
@@ -18,6 +18,7 @@ use crate::schema::{self, LocatedField, SchemaError, SchemaRegistry};
 
 use super::open::{find_descriptor, open_record, withhold_all, DescriptorProblem, OpenFail};
 use super::seal::{prepare, seal_error, seal_record, Prepared, SealFail, SealParams};
+use super::stream::{PendingRecord, ValueArena};
 use super::*;
 
 /// Encrypts and decrypts record batches for the proxy. Cheap to share (`Arc`); one per process.
@@ -158,11 +159,24 @@ impl RecordEncryptor {
         let shared = self.one_reservation_for(topic, &prepared).await?;
         let mut shared_offset = 0u64;
         let mut sivs: HashMap<String, (Arc<RecordKeyCipher>, Aes256Siv)> = HashMap::new();
+        // Whole values (revision 3) are sealed in one buffer for the batch.
+        let edek_len = shared.as_ref().map_or(256, |r| r.dek.edek.len());
+        let mut arena = ValueArena::with_capacity(
+            batch
+                .records
+                .iter()
+                .zip(&prepared)
+                .filter_map(|(rec, p)| p.as_ref().map(|(plan, prep)| (rec, plan, prep)))
+                .map(|(rec, plan, prep)| {
+                    prep.stream_bytes_estimate(rec, plan, topic, edek_len, self.whole_value_scheme)
+                })
+                .sum(),
+        );
         let mut out = Vec::with_capacity(batch.records.len());
         for (index, (rec, prepared)) in batch.records.iter().zip(prepared).enumerate() {
             let Some((plan, prep)) = prepared else {
                 stats.records_passed += 1;
-                out.push(rec.clone());
+                out.push(PendingRecord::ready(rec.clone()));
                 continue;
             };
             if prep.key && !sivs.contains_key(&plan.key_id) {
@@ -219,13 +233,15 @@ impl RecordEncryptor {
                     fields_scheme: AadScheme::V3,
                     whole_scheme: self.whole_value_scheme,
                 },
+                &mut arena,
             )
             .map_err(|f| seal_error(index, f))?;
             stats.records_encrypted += 1;
             stats.plaintext_bytes += plaintext_bytes;
             out.push(sealed);
         }
-        batch.records = out;
+        let arena = arena.freeze();
+        batch.records = out.into_iter().map(|r| r.complete(&arena)).collect();
         Ok(stats)
     }
 
@@ -347,15 +363,33 @@ impl RecordEncryptor {
         let mut sivs: Vec<Result<Aes256Siv, KmsError>> =
             siv_res.into_iter().map(|r| r.map(|c| c.siv())).collect();
 
+        // Whole values (revision 3) are opened in one buffer for the batch.
+        let mut arena = ValueArena::with_capacity(
+            batch
+                .records
+                .iter()
+                .zip(&descs)
+                .map(|(rec, desc)| match desc {
+                    Ok(Some((di, d)))
+                        if d.aad == AadScheme::V3
+                            && d.value == ValueEncryption::Whole
+                            && needs_keys(d) =>
+                    {
+                        whole_stream_len(topic, rec, *di)
+                    }
+                    _ => 0,
+                })
+                .sum(),
+        );
         let mut out = Vec::with_capacity(batch.records.len());
         let mut failures = 0u64;
         for (index, ((rec, desc), slot)) in batch.records.iter().zip(&descs).zip(slots).enumerate()
         {
-            let result: Result<(Record, u64), DecryptError> = match desc {
+            let result: Result<(PendingRecord, u64), DecryptError> = match desc {
                 Ok(None) if options.require_encrypted => Err(DecryptError::NotEncrypted { index }),
                 Ok(None) => {
                     stats.records_plain += 1;
-                    out.push(rec.clone());
+                    out.push(PendingRecord::ready(rec.clone()));
                     continue;
                 }
                 Err(problem) => Err(DecryptError::Malformed {
@@ -370,10 +404,10 @@ impl RecordEncryptor {
                 }
                 Ok(Some((di, d))) if !needs_keys(d) => {
                     stats.records_withheld += 1;
-                    out.push(match scope {
+                    out.push(PendingRecord::ready(match scope {
                         RevealScope::Ciphertext => rec.clone(),
                         _ => withhold_all(rec, *di, d),
-                    });
+                    }));
                     continue;
                 }
                 Ok(Some((di, d))) => {
@@ -396,16 +430,15 @@ impl RecordEncryptor {
                                 Ok(None)
                             };
                             siv.and_then(|siv| {
-                                open_record(topic, rec, *di, d, dek, siv, scope).map_err(
-                                    |f| match f {
+                                open_record(topic, rec, *di, d, dek, siv, scope, &mut arena)
+                                    .map_err(|f| match f {
                                         OpenFail::Integrity(message) => {
                                             DecryptError::Integrity { index, message }
                                         }
                                         OpenFail::Malformed(message) => {
                                             DecryptError::Malformed { index, message }
                                         }
-                                    },
-                                )
+                                    })
                             })
                         }
                     }
@@ -432,15 +465,33 @@ impl RecordEncryptor {
                         }
                         _ => {
                             stats.records_left_encrypted += 1;
-                            out.push(rec.clone());
+                            out.push(PendingRecord::ready(rec.clone()));
                         }
                     }
                 }
             }
         }
-        batch.records = out;
+        let arena = arena.freeze();
+        batch.records = out.into_iter().map(|r| r.complete(&arena)).collect();
         Ok(stats)
     }
+}
+
+/// The length of the revision 3 stream of `rec`'s whole value as stored, its descriptor in
+/// header `desc_idx`: what opening it takes in a batch's [`ValueArena`].
+fn whole_stream_len(topic: &str, rec: &Record, desc_idx: usize) -> usize {
+    let len = |b: Option<&bytes::Bytes>| b.map_or(0, bytes::Bytes::len);
+    // The prefix's label and its lengths (topic, key flag and length, descriptor, field count
+    // and the one field's length), then the topic, key, descriptor (the header holds it and the
+    // record tag) and the value.
+    16 + 4
+        + 5
+        + 4
+        + 8
+        + topic.len()
+        + len(rec.key.as_ref())
+        + len(rec.headers[desc_idx].value.as_ref())
+        + len(rec.value.as_ref())
 }
 
 /// The distinct keys a set of descriptors needs: the one key-collection step of

@@ -413,6 +413,7 @@ fn splice(doc: &[u8], mut repl: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
 pub(crate) mod testing {
     use super::open::{find_descriptor, open_record, OpenFail};
     use super::seal::{prepare, seal_record, SealParams};
+    use super::stream::ValueArena;
     use super::RevealScope;
     use crate::crypto::primitives::{Dek, RecordKeyCipher, NONCE_LEN};
     use crate::crypto::wire::AadScheme;
@@ -440,7 +441,8 @@ pub(crate) mod testing {
     ) -> Result<Record, String> {
         let prep = prepare(rec, plan, None).map_err(|e| e.to_string())?;
         let mut siv = key_cipher.map(|c| (c.siv(), c.kek_version));
-        seal_record(
+        let mut arena = ValueArena::empty();
+        let sealed = seal_record(
             rec,
             prep,
             SealParams {
@@ -452,8 +454,10 @@ pub(crate) mod testing {
                 fields_scheme: fixed.fields_scheme,
                 whole_scheme: fixed.whole_scheme,
             },
+            &mut arena,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok(sealed.complete(&arena.freeze()))
     }
 
     /// Decrypts one record with fixed keys.
@@ -478,11 +482,12 @@ pub(crate) mod testing {
             .map_err(|e| e.to_string())?
             .ok_or("no descriptor")?;
         let mut siv = key_cipher.map(|c| c.siv());
-        open_record(topic, rec, i, &d, dek, siv.as_mut(), scope)
-            .map(|(r, _)| r)
+        let mut arena = ValueArena::empty();
+        let (opened, _) = open_record(topic, rec, i, &d, dek, siv.as_mut(), scope, &mut arena)
             .map_err(|f| match f {
                 OpenFail::Integrity(m) | OpenFail::Malformed(m) => m,
-            })
+            })?;
+        Ok(opened.complete(&arena.freeze()))
     }
 }
 

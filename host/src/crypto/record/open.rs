@@ -14,7 +14,7 @@ use crate::json::{find_spans, parse_pointer};
 use crate::kafka::records::{Record, RecordHeader};
 
 use super::fields;
-use super::stream::{self, OpenedFields, StreamField};
+use super::stream::{self, OpenedFields, PendingRecord, StreamField, ValueArena};
 
 use super::*;
 
@@ -191,6 +191,10 @@ fn push_withheld(headers: &mut Vec<RecordHeader>, withheld: &Withheld) {
 /// revealed part is then authenticated as it is opened; withheld parts are left as stored. The
 /// descriptor header and any stored [`WITHHELD_HEADER`] are dropped; a record with parts
 /// withheld gets a fresh [`WITHHELD_HEADER`].
+///
+/// A whole value under revision 3 is opened in `arena` (the record is complete once the arena is
+/// frozen). On error nothing of the record is left in `arena`.
+#[allow(clippy::too_many_arguments)] // the record, its keys, what to reveal, where to open
 pub(super) fn open_record(
     topic: &str,
     rec: &Record,
@@ -199,7 +203,29 @@ pub(super) fn open_record(
     dek: &Dek,
     key_cipher: Option<&mut Aes256Siv>,
     scope: RevealScope<'_>,
-) -> Result<(Record, u64), OpenFail> {
+    arena: &mut ValueArena,
+) -> Result<(PendingRecord, u64), OpenFail> {
+    let mark = arena.mark();
+    let opened = open_in_arena(topic, rec, desc_idx, desc, dek, key_cipher, scope, arena);
+    if opened.is_err() {
+        // A value opened before a later part failed: the record is not delivered.
+        arena.discard_from(mark);
+    }
+    opened
+}
+
+/// [`open_record`], which undoes what this leaves in `arena` when it fails.
+#[allow(clippy::too_many_arguments)]
+fn open_in_arena(
+    topic: &str,
+    rec: &Record,
+    desc_idx: usize,
+    desc: &Descriptor,
+    dek: &Dek,
+    key_cipher: Option<&mut Aes256Siv>,
+    scope: RevealScope<'_>,
+    arena: &mut ValueArena,
+) -> Result<(PendingRecord, u64), OpenFail> {
     let header_value = rec.headers[desc_idx]
         .value
         .as_deref()
@@ -231,7 +257,7 @@ pub(super) fn open_record(
             .value
             .as_deref()
             .ok_or_else(|| OpenFail::Integrity("encrypted value was replaced by null".into()))?;
-        let opened = stream::open_whole(dek, &tag_nonce, &ctx, stored, tag)
+        let opened = stream::open_whole(dek, &tag_nonce, &ctx, stored, tag, arena)
             .map_err(|e| OpenFail::Integrity(e.to_string()))?;
         stream_whole = Some(opened);
         None
@@ -302,6 +328,8 @@ pub(super) fn open_record(
         withheld.key = desc.key_encrypted;
         rec.key.clone()
     };
+    // Where a whole value opened in the arena lies there (`new_value` is then `None`).
+    let mut value_slot = None;
     let new_value = match (&desc.value, &rec.value) {
         (ValueEncryption::None, v) => v.clone(),
         (_, None) => {
@@ -310,17 +338,24 @@ pub(super) fn open_record(
             ));
         }
         (ValueEncryption::Whole, Some(v)) if scope.reveals_value() => {
-            let pt = match stream_whole.take() {
-                Some(opened) => opened,
-                None => Bytes::from(open(PartKind::Value, 0, b"", v)?),
-            };
-            bytes += pt.len() as u64;
-            Some(pt)
+            match stream_whole.take() {
+                Some(opened) => {
+                    // Revision 3: the plaintext is as long as the stored value (no tag of its own).
+                    bytes += v.len() as u64;
+                    value_slot = Some(opened);
+                    None
+                }
+                None => {
+                    let pt = Bytes::from(open(PartKind::Value, 0, b"", v)?);
+                    bytes += pt.len() as u64;
+                    Some(pt)
+                }
+            }
         }
         (ValueEncryption::Whole, Some(v)) => {
             // A revision 3 plaintext opened only to verify the tag: wiped, never delivered.
             if let Some(opened) = stream_whole.take() {
-                wipe(opened);
+                arena.discard(opened);
             }
             withheld.value = true;
             Some(v.clone())
@@ -395,25 +430,19 @@ pub(super) fn open_record(
         ));
     }
     push_withheld(&mut headers, &withheld);
-    Ok((
-        Record {
-            attributes: rec.attributes,
-            timestamp_delta: rec.timestamp_delta,
-            offset_delta: rec.offset_delta,
-            key: new_key,
-            value: new_value,
-            headers,
-        },
-        bytes,
-    ))
-}
-
-/// Zeroes a plaintext the reader may not see, when nothing else holds it (a fresh
-/// [`Bytes::from`] of a `Vec` is unique).
-fn wipe(plaintext: Bytes) {
-    if let Ok(mut unique) = plaintext.try_into_mut() {
-        zeroize::Zeroize::zeroize(&mut unique[..]);
-    }
+    let opened = Record {
+        attributes: rec.attributes,
+        timestamp_delta: rec.timestamp_delta,
+        offset_delta: rec.offset_delta,
+        key: new_key,
+        value: new_value,
+        headers,
+    };
+    let opened = match value_slot {
+        Some(slot) => PendingRecord::in_arena(opened, slot),
+        None => PendingRecord::ready(opened),
+    };
+    Ok((opened, bytes))
 }
 
 /// One encrypted field of a stored value, in descriptor order.

@@ -18,7 +18,7 @@ use crate::plan::{EncryptionPlan, ValuePart};
 use crate::schema::LocatedField;
 
 use super::fields;
-use super::stream::{self, StreamField};
+use super::stream::{self, PendingRecord, StreamField, ValueArena};
 
 use super::*;
 
@@ -42,6 +42,37 @@ impl Prepared {
     /// stream).
     pub(super) fn parts(&self, whole_scheme: AadScheme) -> u64 {
         u64::from(self.value_whole && whole_scheme != AadScheme::V3) + self.headers.len() as u64 + 1
+    }
+}
+
+impl Prepared {
+    /// About how many bytes sealing `rec` takes in a batch's [`ValueArena`]: its whole value's
+    /// revision 3 stream (prefix and value), or nothing. `edek_len` is the length of the
+    /// encrypted DEK its descriptor carries. An estimate for the arena's first allocation,
+    /// generous rather than short (the arena grows if it must).
+    pub(super) fn stream_bytes_estimate(
+        &self,
+        rec: &Record,
+        plan: &EncryptionPlan,
+        topic: &str,
+        edek_len: usize,
+        whole_scheme: AadScheme,
+    ) -> usize {
+        if !self.value_whole || whole_scheme != AadScheme::V3 {
+            return 0;
+        }
+        let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+        // The prefix: its label and lengths, the topic, the key (AES-SIV adds its tag), and the
+        // descriptor (fixed fields, KEK id, EDEK, the encrypted headers' names).
+        let descriptor = 96
+            + plan.key_id.len()
+            + edek_len
+            + self
+                .headers
+                .iter()
+                .map(|&i| rec.headers[i].key.len() + 4)
+                .sum::<usize>();
+        64 + topic.len() + len(&rec.key) + TAG_LEN + descriptor + len(&rec.value)
     }
 }
 
@@ -157,12 +188,15 @@ pub(super) struct SealParams<'a> {
     pub whole_scheme: AadScheme,
 }
 
-/// Encrypts `rec` as `prep` says (its field names move into the descriptor); pure given `p`.
+/// Encrypts `rec` as `prep` says (its field names move into the descriptor); pure given `p`. A
+/// whole value under revision 3 is sealed in `arena` (the record is complete once the arena is
+/// frozen); on error `arena` may hold a sealed value no record refers to.
 pub(super) fn seal_record(
     rec: &Record,
     mut prep: Prepared,
     p: SealParams<'_>,
-) -> Result<Record, SealFail> {
+    arena: &mut ValueArena,
+) -> Result<PendingRecord, SealFail> {
     let kek_id: &str = &p.dek.kek_id;
     let (new_key, key_version) = match (prep.key, p.key_cipher, &rec.key) {
         (true, Some((siv, ver)), Some(k)) => (
@@ -243,13 +277,16 @@ pub(super) fn seal_record(
         p.dek.seal_into(&nonce, &aad, pt, out);
         Ok(())
     };
+    // Where a whole value sealed in the arena lies there (`new_value` is then `None`).
+    let mut value_slot = None;
     let new_value = match &rec.value {
         Some(v) if prep.value_whole && scheme == AadScheme::V3 => {
             // Value and record tag in one stream, at the record tag's nonce.
             let nonce = nonce_at(&p.nonce_base, tag_index).ok_or(SealFail::NonceOverflow)?;
-            let (stored, tag) = stream::seal_whole(p.dek, &nonce, &ctx, v);
+            let (slot, tag) = stream::seal_whole(p.dek, &nonce, &ctx, v, arena);
             stream_tag = Some(tag);
-            Some(stored)
+            value_slot = Some(slot);
+            None
         }
         Some(v) if prep.value_whole => {
             let mut out = Vec::with_capacity(v.len() + TAG_LEN);
@@ -355,13 +392,17 @@ pub(super) fn seal_record(
         key: Bytes::from_static(HEADER_KEY.as_bytes()),
         value: Some(Bytes::from(header_value)),
     });
-    Ok(Record {
+    let sealed = Record {
         attributes: rec.attributes,
         timestamp_delta: rec.timestamp_delta,
         offset_delta: rec.offset_delta,
         key: new_key,
         value: new_value,
         headers,
+    };
+    Ok(match value_slot {
+        Some(slot) => PendingRecord::in_arena(sealed, slot),
+        None => PendingRecord::ready(sealed),
     })
 }
 

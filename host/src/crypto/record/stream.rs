@@ -15,6 +15,8 @@ use bytes::Bytes;
 
 use crate::crypto::primitives::{Dek, NONCE_LEN, TAG_LEN};
 use crate::crypto::wire::{FieldEncoding, RecordContext};
+use crate::kafka::frame::pool::Buffer;
+use crate::kafka::records::Record;
 
 use super::fields;
 
@@ -129,47 +131,159 @@ pub(super) fn seal_fields<F: AsRef<StreamField>>(
     Ok((out, tag))
 }
 
+/// Where the whole values of one batch are sealed or opened: each value's revision 3 stream is
+/// appended to one buffer (pooled, sized for the batch) and sealed or opened there in place, so a
+/// record costs no allocation of its own. Once every record is done, [`ValueArena::freeze`] turns
+/// the buffer into one [`Bytes`] of which each value is a slice ([`FrozenArena::value`]); the
+/// discarded stream prefixes stay in it unseen.
+pub(super) struct ValueArena {
+    buf: Buffer,
+}
+
+/// Where one value lies in a [`ValueArena`]: the record's value once the arena is frozen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "the record's value is in the arena: set it from the frozen arena"]
+pub(super) struct ArenaSlot(Range<usize>);
+
+/// The values of a [`ValueArena`], frozen.
+pub(super) struct FrozenArena(Bytes);
+
+impl ValueArena {
+    /// An arena with room for about `bytes` bytes of streams (it grows past them if it must).
+    pub(super) fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Buffer::for_size(bytes),
+        }
+    }
+
+    /// An arena that allocates nothing until a value is sealed or opened in it.
+    #[cfg(test)]
+    pub(super) fn empty() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// Appends the revision 3 stream of a whole value of `len` bytes (its prefix, then `bytes`,
+    /// the plaintext when sealing and the stored ciphertext when opening); returns where the
+    /// stream starts and where `bytes` start.
+    fn push_stream(&mut self, ctx: &RecordContext<'_>, bytes: &[u8]) -> (usize, usize) {
+        let buf = self.buf.vec();
+        let start = buf.len();
+        ctx.append_value_stream_prefix(std::iter::once(bytes.len()), buf);
+        let at = buf.len();
+        buf.extend_from_slice(bytes);
+        (start, at)
+    }
+
+    /// Where the next stream will start: give it to [`ValueArena::discard_from`] to undo what
+    /// follows.
+    pub(super) fn mark(&mut self) -> usize {
+        self.buf.vec().len()
+    }
+
+    /// Zeroes everything from `start` (a [`ValueArena::mark`]) on and drops it from the arena
+    /// (a stream that failed, or plaintext the reader may not see).
+    pub(super) fn discard_from(&mut self, start: usize) {
+        let buf = self.buf.vec();
+        zeroize::Zeroize::zeroize(&mut buf[start..]);
+        buf.truncate(start);
+    }
+
+    /// Zeroes and drops the value at `slot`, the last thing opened in the arena.
+    pub(super) fn discard(&mut self, slot: ArenaSlot) {
+        debug_assert_eq!(
+            slot.0.end,
+            self.buf.vec().len(),
+            "only the last value is discarded"
+        );
+        self.discard_from(slot.0.start);
+    }
+
+    /// The arena's bytes, shared by the values sliced from them.
+    pub(super) fn freeze(self) -> FrozenArena {
+        FrozenArena(self.buf.freeze())
+    }
+}
+
+impl FrozenArena {
+    /// The value at `slot`.
+    pub(super) fn value(&self, slot: ArenaSlot) -> Bytes {
+        self.0.slice(slot.0)
+    }
+}
+
+/// A record whose value may lie in a [`ValueArena`] not yet frozen: the record is complete once
+/// [`PendingRecord::complete`] sets that value from the frozen arena.
+#[must_use = "a record whose value is in the arena is incomplete until completed"]
+pub(super) struct PendingRecord {
+    record: Record,
+    /// Where the value lies in the arena (the record's `value` is `None` until then).
+    value: Option<ArenaSlot>,
+}
+
+impl PendingRecord {
+    /// A record complete as it is.
+    pub(super) fn ready(record: Record) -> Self {
+        Self {
+            record,
+            value: None,
+        }
+    }
+
+    /// `record` with the value at `slot` of the arena.
+    pub(super) fn in_arena(mut record: Record, slot: ArenaSlot) -> Self {
+        record.value = None;
+        Self {
+            record,
+            value: Some(slot),
+        }
+    }
+
+    /// The record, its value set from `arena` when it lies there.
+    pub(super) fn complete(self, arena: &FrozenArena) -> Record {
+        let mut record = self.record;
+        if let Some(slot) = self.value {
+            record.value = Some(arena.value(slot));
+        }
+        record
+    }
+}
+
 /// Seals a whole value with the record tag at `nonce` (revision 3: the value is the stream's one
-/// field, with nothing outside it); returns the stored value, its ciphertext without a tag of
-/// its own, and the record tag. The stored value shares the stream's allocation (its prefix's
-/// ciphertext is discarded unseen), so the value is copied once.
+/// field, with nothing outside it) in `arena`; returns where its ciphertext (without a tag of
+/// its own) lies there, and the record tag. The stream's prefix is sealed with it and its
+/// ciphertext discarded, so the value is copied once.
 pub(super) fn seal_whole(
     dek: &Dek,
     nonce: &[u8; NONCE_LEN],
     ctx: &RecordContext<'_>,
     value: &[u8],
-) -> (Bytes, [u8; TAG_LEN]) {
-    let (mut stream, at) = whole_value_stream(ctx, value);
-    let tag = dek.seal_stream(nonce, &mut stream);
-    (Bytes::from(stream).slice(at..), tag)
+    arena: &mut ValueArena,
+) -> (ArenaSlot, [u8; TAG_LEN]) {
+    let (start, at) = arena.push_stream(ctx, value);
+    let stream = &mut arena.buf.vec()[start..];
+    let tag = dek.seal_stream(nonce, stream);
+    (ArenaSlot(at..at + value.len()), tag)
 }
 
-/// The revision 3 stream of a whole value, `bytes` in the value's place (its plaintext when
-/// sealing, its stored ciphertext when opening), and where they start in it.
-fn whole_value_stream(ctx: &RecordContext<'_>, bytes: &[u8]) -> (Vec<u8>, usize) {
-    let mut stream = Vec::with_capacity(stream_capacity(ctx, 1, bytes.len()));
-    ctx.value_stream_prefix(std::iter::once(bytes.len()), &mut stream);
-    let at = stream.len();
-    stream.extend_from_slice(bytes);
-    (stream, at)
-}
-
-/// Verifies the record tag of a revision 3 whole value as stored, and returns its plaintext
-/// (sharing the stream's allocation). One AES-GCM call: the prefix's ciphertext comes from the
-/// CTR keystream alone ([`crate::crypto::gcm::GcmKey::open_stored_tail`]). Nothing unverified
-/// is returned.
+/// Verifies the record tag of a revision 3 whole value as stored, and opens it in `arena`;
+/// returns where its plaintext lies there. One AES-GCM call: the prefix's ciphertext comes from
+/// the CTR keystream alone ([`crate::crypto::gcm::GcmKey::open_stored_tail`]). Nothing
+/// unverified is left in the arena.
 pub(super) fn open_whole(
     dek: &Dek,
     nonce: &[u8; NONCE_LEN],
     ctx: &RecordContext<'_>,
     stored: &[u8],
     tag: &[u8; TAG_LEN],
-) -> Result<Bytes, StreamError> {
-    let (mut stream, at) = whole_value_stream(ctx, stored);
-    if !dek.open_stored_tail(nonce, &mut stream, at, tag) {
+    arena: &mut ValueArena,
+) -> Result<ArenaSlot, StreamError> {
+    let (start, at) = arena.push_stream(ctx, stored);
+    let stream = &mut arena.buf.vec()[start..];
+    if !dek.open_stored_tail(nonce, stream, at - start, tag) {
+        arena.discard_from(start);
         return Err(StreamError::Integrity);
     }
-    Ok(Bytes::from(stream).slice(at..))
+    Ok(ArenaSlot(at..at + stored.len()))
 }
 
 /// The plaintexts of a revision 3 value's fields, verified.

@@ -21,8 +21,11 @@ impl RecordBatch {
             size: self.records.len(),
         })?;
         let mut records_len = 0usize;
+        // Each record's body length, found once (each fits an i32 once checked).
+        let mut body_lens = Vec::with_capacity(self.records.len());
         for r in &self.records {
             let body = checked_record_body_len(r)?;
+            body_lens.push(body as u32);
             records_len = records_len
                 .checked_add(varint_len(body as i32) + body)
                 .ok_or(CodecError::TooLarge {
@@ -55,7 +58,7 @@ impl RecordBatch {
         out.put_i32(count);
         match compression {
             Compression::None => self
-                .write_records(&mut Direct(out))
+                .write_records(&body_lens, &mut Direct(out))
                 .expect("writing to a buffer cannot fail"),
             c => {
                 // Records go into the compressor as they are written (small fields through a
@@ -64,7 +67,7 @@ impl RecordBatch {
                     stage: BytesMut::with_capacity(records_len.min(Staged::STAGE_BYTES)),
                     compressor: c.compressor(out, records_len)?,
                 };
-                self.write_records(&mut sink)
+                self.write_records(&body_lens, &mut sink)
                     .map_err(|e| sink.compressor.error(e))?;
                 sink.flush()?;
                 sink.compressor.finish()?;
@@ -88,11 +91,11 @@ impl RecordBatch {
         Ok(out.freeze())
     }
 
-    /// Writes all records (lengths already validated by `checked_record_body_len`).
-    fn write_records(&self, out: &mut impl RecordsOut) -> std::io::Result<()> {
-        for r in &self.records {
+    /// Writes all records, whose body lengths `checked_record_body_len` gave as `body_lens`.
+    fn write_records(&self, body_lens: &[u32], out: &mut impl RecordsOut) -> std::io::Result<()> {
+        for (r, &body_len) in self.records.iter().zip(body_lens) {
             let small = out.small();
-            put_varint(small, record_body_len(r) as i32);
+            put_varint(small, body_len as i32);
             small.put_i8(r.attributes);
             put_varlong(small, r.timestamp_delta);
             put_varint(small, r.offset_delta);
