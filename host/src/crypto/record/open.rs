@@ -438,11 +438,7 @@ fn open_in_arena(
         value: new_value,
         headers,
     };
-    let opened = match value_slot {
-        Some(slot) => PendingRecord::in_arena(opened, slot),
-        None => PendingRecord::ready(opened),
-    };
-    Ok((opened, bytes))
+    Ok((PendingRecord::new(opened, value_slot), bytes))
 }
 
 /// One encrypted field of a stored value, in descriptor order.

@@ -400,10 +400,7 @@ pub(super) fn seal_record(
         value: new_value,
         headers,
     };
-    Ok(match value_slot {
-        Some(slot) => PendingRecord::in_arena(sealed, slot),
-        None => PendingRecord::ready(sealed),
-    })
+    Ok(PendingRecord::new(sealed, value_slot))
 }
 
 /// One encrypted field of the value being sealed, in descriptor order.

@@ -229,12 +229,15 @@ impl PendingRecord {
         }
     }
 
-    /// `record` with the value at `slot` of the arena.
-    pub(super) fn in_arena(mut record: Record, slot: ArenaSlot) -> Self {
-        record.value = None;
+    /// `record`, with the value at `slot` of the arena when there is one (its own `value` is
+    /// then ignored).
+    pub(super) fn new(mut record: Record, slot: Option<ArenaSlot>) -> Self {
+        if slot.is_some() {
+            record.value = None;
+        }
         Self {
             record,
-            value: Some(slot),
+            value: slot,
         }
     }
 

@@ -215,19 +215,22 @@ async fn a_record_failing_after_its_value_was_opened_leaves_nothing_in_the_arena
     let (desc_idx, desc) = super::super::open::find_descriptor(&rec).unwrap().unwrap();
     let dek = enc.deks().decrypt(&desc.kek_id, &desc.edek).await.unwrap();
 
+    let open = |rec: &Record, arena: &mut ValueArena| {
+        super::super::open::open_record(
+            TOPIC,
+            rec,
+            desc_idx,
+            &desc,
+            &dek,
+            None,
+            RevealScope::All,
+            arena,
+        )
+    };
     let mut arena = ValueArena::with_capacity(8192);
-    let (opened, _) = super::super::open::open_record(
-        TOPIC,
-        &rec,
-        desc_idx,
-        &desc,
-        &dek,
-        None,
-        RevealScope::All,
-        &mut arena,
-    )
-    .ok()
-    .expect("the record as stored opens");
+    let (opened, _) = open(&rec, &mut arena)
+        .ok()
+        .expect("the record as stored opens");
     let after_one = arena.mark();
     assert!(after_one > 3000, "the value was opened in the arena");
     drop(opened);
@@ -236,16 +239,7 @@ async fn a_record_failing_after_its_value_was_opened_leaves_nothing_in_the_arena
     let mut altered = header.to_vec();
     altered[2] ^= 1;
     *header = Bytes::from(altered);
-    let failed = super::super::open::open_record(
-        TOPIC,
-        &rec,
-        desc_idx,
-        &desc,
-        &dek,
-        None,
-        RevealScope::All,
-        &mut arena,
-    );
+    let failed = open(&rec, &mut arena);
     assert!(failed.is_err(), "the altered header does not authenticate");
     assert_eq!(
         arena.mark(),
