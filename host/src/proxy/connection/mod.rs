@@ -335,14 +335,14 @@ async fn forward_requests(
     pending: mpsc::UnboundedSender<(Pending, Option<OwnedSemaphorePermit>)>,
 ) -> Result<(), ConnectionError> {
     let mut upstream = FrameWriter::new(upstream);
-    let (candidates_tx, mut candidates) = mpsc::unbounded_channel::<Candidate>();
+    let (candidates_tx, mut candidates) = mpsc::unbounded_channel::<Box<Candidate>>();
     let mut read_ahead = ReadAhead::new(conn.read_ahead_enabled(), candidates_tx);
     loop {
         let queued = tokio::select! {
             biased;
             queued = queue.recv() => queued,
             Some(candidate) = candidates.recv() => {
-                if let Some(request) = read_ahead.on_candidate(candidate) {
+                if let Some(request) = read_ahead.on_candidate(*candidate) {
                     if !send_read_ahead(conn, &mut upstream, &pending, request).await? {
                         return Ok(());
                     }

@@ -284,7 +284,7 @@ fn predicted_by(sink: PredictionSink, last_offset: i64) -> Candidate {
         Some(records(&[batch(from, (last_offset - from) as i32, 1, 0)])),
     )]);
     sink.offer(&resp);
-    rx.try_recv().expect("a prediction")
+    *rx.try_recv().expect("a prediction")
 }
 
 fn read_ahead(enabled: bool) -> ReadAhead {
