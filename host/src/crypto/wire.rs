@@ -439,6 +439,22 @@ pub enum PartKind {
     SchemaField = 4,
 }
 
+/// The label a revision 3 value stream starts with.
+const VALUE_STREAM_LABEL: &[u8] = b"kapsule/v3/value";
+
+/// The length of the revision 3 value stream prefix
+/// ([`RecordContext::append_value_stream_prefix`]) for a topic, wire key and descriptor of these
+/// lengths and `fields` encrypted fields (a null key counts as empty).
+pub fn value_stream_prefix_len(
+    topic: usize,
+    key: usize,
+    descriptor: usize,
+    fields: usize,
+) -> usize {
+    // label | lp(topic) | key-present u8 | lp(key) | lp(descriptor) | field count | field lengths
+    VALUE_STREAM_LABEL.len() + 4 + topic + 1 + 4 + key + 4 + descriptor + 4 + 4 * fields
+}
+
 fn put32(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
     out.extend_from_slice(b);
@@ -507,7 +523,7 @@ impl RecordContext<'_> {
         field_lens: impl ExactSizeIterator<Item = usize>,
         out: &mut Vec<u8>,
     ) {
-        out.extend_from_slice(b"kapsule/v3/value");
+        out.extend_from_slice(VALUE_STREAM_LABEL);
         put32(out, self.topic.as_bytes());
         self.put_key(out);
         put32(out, self.descriptor);
@@ -598,6 +614,26 @@ pub fn key_aad(topic: &str, kek_id: &str, kek_version: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `value_stream_prefix_len` is the length the prefix writer writes, with and without a key.
+    #[test]
+    fn value_stream_prefix_len_is_what_the_prefix_takes() {
+        for (key, fields) in [(Some(&b"user-7"[..]), 1usize), (None, 3)] {
+            let ctx = RecordContext {
+                scheme: AadScheme::V3,
+                topic: "orders",
+                wire_key: key,
+                descriptor: b"descriptor bytes",
+                record_id: &[0; 16],
+            };
+            let mut out = b"earlier stream".to_vec();
+            ctx.append_value_stream_prefix(std::iter::repeat_n(10, fields), &mut out);
+            assert_eq!(
+                out.len() - b"earlier stream".len(),
+                value_stream_prefix_len(6, key.map_or(0, <[u8]>::len), 16, fields)
+            );
+        }
+    }
 
     fn sample() -> Descriptor {
         Descriptor {

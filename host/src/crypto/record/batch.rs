@@ -10,7 +10,9 @@ use rand::RngCore;
 use crate::crypto::keys::{DekConfig, DekManager, Reservation};
 use crate::crypto::metrics::CryptoMetrics;
 use crate::crypto::primitives::{nonce_at, Dek, RecordKeyCipher};
-use crate::crypto::wire::{validate_key_id, AadScheme, Descriptor, ValueEncryption};
+use crate::crypto::wire::{
+    validate_key_id, value_stream_prefix_len, AadScheme, Descriptor, ValueEncryption,
+};
 use crate::kafka::records::{Record, RecordBatch};
 use crate::kms::{Kms, KmsError};
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
@@ -478,20 +480,16 @@ impl RecordEncryptor {
 }
 
 /// The length of the revision 3 stream of `rec`'s whole value as stored, its descriptor in
-/// header `desc_idx`: what opening it takes in a batch's [`ValueArena`].
+/// header `desc_idx`: what opening it takes in a batch's [`ValueArena`] (over by the record tag,
+/// which the header holds after the descriptor).
 fn whole_stream_len(topic: &str, rec: &Record, desc_idx: usize) -> usize {
     let len = |b: Option<&bytes::Bytes>| b.map_or(0, bytes::Bytes::len);
-    // The prefix's label and its lengths (topic, key flag and length, descriptor, field count
-    // and the one field's length), then the topic, key, descriptor (the header holds it and the
-    // record tag) and the value.
-    16 + 4
-        + 5
-        + 4
-        + 8
-        + topic.len()
-        + len(rec.key.as_ref())
-        + len(rec.headers[desc_idx].value.as_ref())
-        + len(rec.value.as_ref())
+    value_stream_prefix_len(
+        topic.len(),
+        len(rec.key.as_ref()),
+        len(rec.headers[desc_idx].value.as_ref()),
+        1,
+    ) + len(rec.value.as_ref())
 }
 
 /// The distinct keys a set of descriptors needs: the one key-collection step of

@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use crate::crypto::primitives::{nonce_at, siv_seal, Dek, NONCE_LEN, TAG_LEN};
 use crate::crypto::wire::{
-    key_aad, AadScheme, Descriptor, FieldEncoding, PartKind, RecordContext, SchemaFieldPart,
-    ValueEncryption, WireError, HEADER_KEY,
+    key_aad, value_stream_prefix_len, AadScheme, Descriptor, FieldEncoding, PartKind,
+    RecordContext, SchemaFieldPart, ValueEncryption, WireError, HEADER_KEY,
 };
 use crate::json::{find_spans, parse_pointer, JsonError};
 use crate::kafka::records::{Record, RecordHeader};
@@ -43,9 +43,7 @@ impl Prepared {
     pub(super) fn parts(&self, whole_scheme: AadScheme) -> u64 {
         u64::from(self.value_whole && whole_scheme != AadScheme::V3) + self.headers.len() as u64 + 1
     }
-}
 
-impl Prepared {
     /// About how many bytes sealing `rec` takes in a batch's [`ValueArena`]: its whole value's
     /// revision 3 stream (prefix and value), or nothing. `edek_len` is the length of the
     /// encrypted DEK its descriptor carries. An estimate for the arena's first allocation,
@@ -62,8 +60,7 @@ impl Prepared {
             return 0;
         }
         let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
-        // The prefix: its label and lengths, the topic, the key (AES-SIV adds its tag), and the
-        // descriptor (fixed fields, KEK id, EDEK, the encrypted headers' names).
+        // The descriptor, generously: fixed fields, KEK id, EDEK, the encrypted headers' names.
         let descriptor = 96
             + plan.key_id.len()
             + edek_len
@@ -72,7 +69,9 @@ impl Prepared {
                 .iter()
                 .map(|&i| rec.headers[i].key.len() + 4)
                 .sum::<usize>();
-        64 + topic.len() + len(&rec.key) + TAG_LEN + descriptor + len(&rec.value)
+        // The key as sent (AES-SIV adds its tag when the key is encrypted).
+        let key = len(&rec.key) + TAG_LEN;
+        value_stream_prefix_len(topic.len(), key, descriptor, 1) + len(&rec.value)
     }
 }
 

@@ -14,7 +14,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use crate::crypto::primitives::{Dek, NONCE_LEN, TAG_LEN};
-use crate::crypto::wire::{FieldEncoding, RecordContext};
+use crate::crypto::wire::{value_stream_prefix_len, FieldEncoding, RecordContext};
 use crate::kafka::frame::pool::Buffer;
 use crate::kafka::records::Record;
 
@@ -78,13 +78,15 @@ fn ascending<F: AsRef<StreamField>>(
     Ok(order)
 }
 
-/// Room for the whole stream of a value of `value_len` bytes with `fields` fields.
+/// Room for the whole stream of a value of `value_len` bytes with `fields` fields: its prefix,
+/// then at most the value's bytes.
 fn stream_capacity(ctx: &RecordContext<'_>, fields: usize, value_len: usize) -> usize {
-    128 + ctx.topic.len()
-        + ctx.wire_key.map_or(0, <[u8]>::len)
-        + ctx.descriptor.len()
-        + 4 * fields
-        + value_len
+    value_stream_prefix_len(
+        ctx.topic.len(),
+        ctx.wire_key.map_or(0, <[u8]>::len),
+        ctx.descriptor.len(),
+        fields,
+    ) + value_len
 }
 
 /// Appends `value` without the bytes at `ascending` spans to `out`.
