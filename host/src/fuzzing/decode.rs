@@ -41,7 +41,7 @@ pub fn check(data: &[u8]) {
             continue;
         }
         let mut fixed = BytesMut::from(raw.bytes().as_ref());
-        let crc = crc32c::crc32c(&fixed[ATTRIBUTES_OFFSET..]);
+        let crc = crate::kafka::records::crc32c(&fixed[ATTRIBUTES_OFFSET..]);
         fixed[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
         for candidate in [raw.bytes().clone(), fixed.freeze()] {
             let Ok(batch) = RecordBatch::decode_with_limit(&candidate, LIMIT) else {

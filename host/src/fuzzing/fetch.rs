@@ -65,7 +65,7 @@ pub fn check(data: &[u8]) {
 /// `batch` with its CRC-32C recomputed.
 pub fn with_valid_crc(batch: &Bytes) -> Bytes {
     let mut fixed = BytesMut::from(batch.as_ref());
-    let crc = crc32c::crc32c(&fixed[ATTRIBUTES_OFFSET..]);
+    let crc = crate::kafka::records::crc32c(&fixed[ATTRIBUTES_OFFSET..]);
     fixed[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
     fixed.freeze()
 }

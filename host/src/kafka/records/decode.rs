@@ -161,7 +161,7 @@ impl RecordBatch {
             });
         }
         let stored = u32::from_be_bytes(b[CRC_OFFSET..ATTRIBUTES_OFFSET].try_into().expect("4"));
-        let computed = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        let computed = super::checksum::crc32c(&b[ATTRIBUTES_OFFSET..]);
         if stored != computed {
             return Err(CodecError::CrcMismatch { stored, computed });
         }

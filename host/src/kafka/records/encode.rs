@@ -79,7 +79,7 @@ impl RecordBatch {
             size: length,
         })?;
         out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32c::crc32c(&out[start + ATTRIBUTES_OFFSET..]);
+        let crc = super::checksum::crc32c(&out[start + ATTRIBUTES_OFFSET..]);
         out[start + CRC_OFFSET..start + ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
         Ok(())
     }

@@ -16,10 +16,11 @@
 //! every count is checked against the bytes that remain before anything is reserved.
 //!
 //! Files, one job each: `types` (the data types and the fixed v2 header layout), `split`
-//! (record set → batches), `decode`, `encode`, `errors` ([`CodecError`]); the tests live in
-//! `tests/`. Reads go through the shared [`crate::kafka::reader::ByteReader`]. The fuzz oracle is
+//! (record set → batches), `decode`, `encode`, `checksum` (the batch CRC-32C), `errors`
+//! ([`CodecError`]); the tests live in `tests/`. Reads go through the shared [`crate::kafka::reader::ByteReader`]. The fuzz oracle is
 //! in [`crate::fuzzing`] (feature `fuzzing`, never in the shipped library).
 
+mod checksum;
 mod decode;
 mod encode;
 pub(in crate::kafka) mod errors;
@@ -27,6 +28,7 @@ mod split;
 mod types;
 
 pub use super::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_SIZE};
+pub use checksum::crc32c;
 pub use errors::CodecError;
 pub use split::{split_record_set, RawBatch, RecordSetEntry, RecordSetIter};
 pub use types::{
