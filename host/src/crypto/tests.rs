@@ -661,7 +661,9 @@ async fn kek_rotation_new_deks_use_new_version_and_old_records_decrypt() {
     enc.encrypt_batch("t", &mut new, &[whole()]).await.unwrap();
     let desc = |bt: &RecordBatch| {
         let v = bt.records[0].headers[0].value.as_ref().unwrap();
-        super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0).unwrap()
+        super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0)
+            .unwrap()
+            .into_owned()
     };
     assert_eq!(desc(&old).edek[..4], 1u32.to_be_bytes());
     assert_eq!(desc(&new).edek[..4], 2u32.to_be_bytes());
@@ -708,6 +710,7 @@ async fn prefetch_resolves_each_key_once() {
             super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0)
                 .unwrap()
                 .edek
+                .into_owned()
         })
         .collect();
     let reader = RecordEncryptor::new(kms.clone(), DekConfig::default());
@@ -1254,7 +1257,7 @@ fn nonces_and_edeks(bt: &RecordBatch) -> Vec<([u8; 12], Vec<u8>)> {
             let v = r.headers.last().unwrap().value.as_ref().unwrap();
             let d =
                 super::wire::Descriptor::decode(super::wire::split_header(v).unwrap().0).unwrap();
-            (d.nonce_base, d.edek)
+            (d.nonce_base, d.edek.into_owned())
         })
         .collect()
 }

@@ -7,6 +7,8 @@
 //! on the wire and the whole descriptor ([`part_aad`]); the deterministic record-key ciphertext
 //! with the topic, KEK id and KEK version ([`key_aad`]).
 
+use std::borrow::Cow;
+
 use crate::crypto::primitives::NONCE_LEN;
 use crate::kafka::reader::{ByteReader, ReadError};
 
@@ -120,8 +122,13 @@ pub enum ValueEncryption {
 }
 
 /// The content of the `kapsule.enc` header.
+///
+/// The KEK id and the EDEK borrow from the header value a descriptor was decoded from (or from
+/// the DEK a record is sealed with): the records of a batch nearly always share them, and
+/// copying them for every record was most of the cost of decoding one.
+/// [`into_owned`](Self::into_owned) detaches a descriptor that must outlive its source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
+pub struct Descriptor<'a> {
     /// Which part of the value is encrypted.
     pub value: ValueEncryption,
     /// The record key is encrypted deterministically.
@@ -133,9 +140,9 @@ pub struct Descriptor {
     /// KEK version of the record-key encryption key (0 when the key is not encrypted).
     pub key_kek_version: u32,
     /// KEK id (1..=255 bytes of UTF-8).
-    pub kek_id: String,
+    pub kek_id: Cow<'a, str>,
     /// The wrapped DEK (opaque KMS ciphertext, at most 65535 bytes).
-    pub edek: Vec<u8>,
+    pub edek: Cow<'a, [u8]>,
     /// Names of encrypted headers, one entry per encrypted occurrence, in wire order.
     pub headers: Vec<Vec<u8>>,
     /// How the parts and the record tag bind their context.
@@ -193,7 +200,7 @@ fn put_list<'a>(
     Ok(())
 }
 
-impl Descriptor {
+impl<'a> Descriptor<'a> {
     /// Flags byte derived from the content.
     pub fn flags(&self) -> u8 {
         let mut f = 0;
@@ -227,6 +234,15 @@ impl Descriptor {
             ValueEncryption::Whole => 1,
             ValueEncryption::Json(p) => p.len() as u32,
             ValueEncryption::Schema(p) => p.len() as u32,
+        }
+    }
+
+    /// The same descriptor, owning its KEK id and EDEK.
+    pub fn into_owned(self) -> Descriptor<'static> {
+        Descriptor {
+            kek_id: Cow::Owned(self.kek_id.into_owned()),
+            edek: Cow::Owned(self.edek.into_owned()),
+            ..self
         }
     }
 
@@ -302,7 +318,7 @@ impl Descriptor {
 
     /// Decodes a header value; rejects unknown versions and flags, inconsistent flags and
     /// trailing bytes.
-    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+    pub fn decode(b: &'a [u8]) -> Result<Self, WireError> {
         let mut r = ByteReader::new(b);
         let version = r.u8("version")?;
         if version != FORMAT_V1 {
@@ -341,11 +357,10 @@ impl Descriptor {
             return Err(WireError::Malformed("empty KEK id"));
         }
         let kek_id = std::str::from_utf8(r.take(kl, "KEK id")?)
-            .map_err(|_| WireError::Malformed("KEK id is not UTF-8"))?
-            .to_owned();
-        validate_key_id(&kek_id).map_err(WireError::InvalidKeyId)?;
+            .map_err(|_| WireError::Malformed("KEK id is not UTF-8"))?;
+        validate_key_id(kek_id).map_err(WireError::InvalidKeyId)?;
         let el = r.u16("EDEK length")? as usize;
-        let edek = r.take(el, "EDEK")?.to_vec();
+        let edek = r.take(el, "EDEK")?;
         let ptrs = read_list(&mut r, "JSON pointers")?
             .into_iter()
             .map(|p| {
@@ -411,8 +426,8 @@ impl Descriptor {
             record_id,
             nonce_base,
             key_kek_version,
-            kek_id,
-            edek,
+            kek_id: Cow::Borrowed(kek_id),
+            edek: Cow::Borrowed(edek),
             headers,
             aad: if flags & FLAG_AAD_V3 != 0 {
                 AadScheme::V3
@@ -635,7 +650,7 @@ mod tests {
         }
     }
 
-    fn sample() -> Descriptor {
+    fn sample() -> Descriptor<'static> {
         Descriptor {
             value: ValueEncryption::Json(vec!["/a".into(), "/b/0".into()]),
             key_encrypted: true,
@@ -643,7 +658,7 @@ mod tests {
             nonce_base: [2; 12],
             key_kek_version: 3,
             kek_id: "orders".into(),
-            edek: b"vault:v1:abc".to_vec(),
+            edek: b"vault:v1:abc".to_vec().into(),
             headers: vec![b"h1".to_vec(), b"h1".to_vec()],
             aad: AadScheme::V2,
         }
@@ -696,7 +711,7 @@ mod tests {
         f[1] |= FLAG_VALUE_WHOLE;
         assert!(Descriptor::decode(&f).is_err());
         let mut d2 = sample();
-        d2.kek_id = String::new();
+        d2.kek_id = String::new().into();
         assert!(d2.encode().is_err());
     }
 

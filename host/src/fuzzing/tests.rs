@@ -123,7 +123,7 @@ fn fuzz_fallback_decode() {
 
 // ---- descriptor -----------------------------------------------------------------------------
 
-fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
+fn arb_descriptor() -> impl Strategy<Value = Descriptor<'static>> {
     let name = proptest::collection::vec(any::<u8>(), 0..12);
     (
         prop_oneof![
@@ -155,8 +155,8 @@ fn arb_descriptor() -> impl Strategy<Value = Descriptor> {
                     record_id,
                     nonce_base,
                     key_kek_version: if key_encrypted { version } else { 0 },
-                    kek_id,
-                    edek,
+                    kek_id: kek_id.into(),
+                    edek: edek.into(),
                     headers,
                     aad,
                 }
@@ -404,7 +404,7 @@ fn write_descriptor_seeds() {
         nonce_base: [9; 12],
         key_kek_version: 1,
         kek_id: "orders".into(),
-        edek: vec![0xee; 64],
+        edek: vec![0xee; 64].into(),
         headers: vec![b"h1".to_vec(), b"trace".to_vec()],
         aad: AadScheme::V1,
     };

@@ -49,7 +49,7 @@ impl DescriptorSummary {
         };
         Self {
             version: FORMAT_V1,
-            kek_id: d.kek_id.clone(),
+            kek_id: d.kek_id.to_string(),
             key_kek_version: d.key_encrypted.then_some(d.key_kek_version),
             value,
             json_pointers,

@@ -333,7 +333,7 @@ async fn refuses_records_still_encrypted() {
     assert!(c.records("dst", 0).is_empty());
 }
 
-fn sample_descriptor() -> Descriptor {
+fn sample_descriptor() -> Descriptor<'static> {
     Descriptor {
         value: ValueEncryption::Json(vec!["/card".into(), "/ssn".into()]),
         key_encrypted: true,
@@ -341,7 +341,7 @@ fn sample_descriptor() -> Descriptor {
         nonce_base: [8; 12],
         key_kek_version: 4,
         kek_id: "payments-kek".into(),
-        edek: vec![0xAB; 61],
+        edek: vec![0xAB; 61].into(),
         headers: vec![b"x-secret".to_vec()],
         aad: AadScheme::V2,
     }

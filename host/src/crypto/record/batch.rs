@@ -401,7 +401,7 @@ impl RecordEncryptor {
                 Ok(Some((_, d))) if !options.kek_allowed(&d.kek_id) => {
                     Err(DecryptError::KeyNotAllowed {
                         index,
-                        kek_id: d.kek_id.clone(),
+                        kek_id: d.kek_id.to_string(),
                     })
                 }
                 Ok(Some((di, d))) if !needs_keys(d) => {
@@ -511,7 +511,7 @@ impl<'a> KeyNeeds<'a> {
     /// encrypted, into the record-key ciphers. Records of a batch nearly always share one DEK,
     /// so each descriptor is compared with the previous one before anything is hashed.
     fn add(&mut self, d: &'a Descriptor) -> (usize, Option<usize>) {
-        let dk = (d.kek_id.as_str(), d.edek.as_slice());
+        let dk = (&*d.kek_id, &*d.edek);
         let di = match self.last {
             Some((i, _)) if self.deks[i] == dk => i,
             _ => *self.dek_seen.entry(dk).or_insert_with(|| {
@@ -520,7 +520,7 @@ impl<'a> KeyNeeds<'a> {
             }),
         };
         let si = d.key_encrypted.then(|| {
-            let sk = (d.kek_id.as_str(), d.key_kek_version);
+            let sk = (&*d.kek_id, d.key_kek_version);
             match self.last {
                 Some((_, Some(i))) if self.sivs[i] == sk => i,
                 _ => *self.siv_seen.entry(sk).or_insert_with(|| {

@@ -552,7 +552,7 @@ pub(super) enum DescriptorProblem {
 /// Finds the one descriptor header of `rec`: `Ok(None)` when absent.
 pub(super) fn find_descriptor(
     rec: &Record,
-) -> Result<Option<(usize, Descriptor)>, DescriptorProblem> {
+) -> Result<Option<(usize, Descriptor<'_>)>, DescriptorProblem> {
     let mut found = None;
     for (i, h) in rec.headers.iter().enumerate() {
         if h.key == HEADER_KEY.as_bytes() {

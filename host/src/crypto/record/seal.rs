@@ -1,6 +1,7 @@
 //! The encrypt side of one record: what to encrypt ([`prepare`]), then the sealed record
 //! ([`seal_record`]); pure given the keys.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -239,8 +240,8 @@ pub(super) fn seal_record(
         record_id: p.record_id,
         nonce_base: p.nonce_base,
         key_kek_version: key_version,
-        kek_id: kek_id.to_owned(),
-        edek: p.dek.edek.to_vec(),
+        kek_id: Cow::Borrowed(kek_id),
+        edek: Cow::Borrowed(&p.dek.edek),
         headers: prep
             .headers
             .iter()

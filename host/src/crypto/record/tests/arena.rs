@@ -213,6 +213,7 @@ async fn a_record_failing_after_its_value_was_opened_leaves_nothing_in_the_arena
         .unwrap();
     let mut rec = stored.records.remove(0);
     let (desc_idx, desc) = super::super::open::find_descriptor(&rec).unwrap().unwrap();
+    let desc = desc.into_owned();
     let dek = enc.deks().decrypt(&desc.kek_id, &desc.edek).await.unwrap();
 
     let open = |rec: &Record, arena: &mut ValueArena| {
