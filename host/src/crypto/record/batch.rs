@@ -190,7 +190,8 @@ impl RecordEncryptor {
                 let siv = c.siv();
                 sivs.insert(plan.key_id.clone(), (c, siv));
             }
-            let res = match &shared {
+            let own_reservation: Reservation;
+            let (dek, nonce_base) = match &shared {
                 Some(res) => {
                     // Consecutive sub-ranges of the batch's one reservation.
                     let nonce_base = u32::try_from(shared_offset)
@@ -198,21 +199,21 @@ impl RecordEncryptor {
                         .and_then(|o| nonce_at(&res.nonce_base, o))
                         .ok_or_else(|| seal_error(index, SealFail::NonceOverflow))?;
                     shared_offset += prep.parts(self.whole_value_scheme);
-                    Reservation {
-                        dek: res.dek.clone(),
-                        nonce_base,
-                    }
+                    (&res.dek, nonce_base)
                 }
-                None => self
-                    .deks
-                    .reserve(
-                        &plan.key_id,
-                        topic,
-                        prep.parts(self.whole_value_scheme),
-                        prep.bytes,
-                    )
-                    .await
-                    .map_err(EncryptError::Kms)?,
+                None => {
+                    own_reservation = self
+                        .deks
+                        .reserve(
+                            &plan.key_id,
+                            topic,
+                            prep.parts(self.whole_value_scheme),
+                            prep.bytes,
+                        )
+                        .await
+                        .map_err(EncryptError::Kms)?;
+                    (&own_reservation.dek, own_reservation.nonce_base)
+                }
             };
             let mut record_id = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut record_id);
@@ -228,8 +229,8 @@ impl RecordEncryptor {
                 prep,
                 SealParams {
                     topic,
-                    dek: &res.dek,
-                    nonce_base: res.nonce_base,
+                    dek,
+                    nonce_base,
                     record_id,
                     key_cipher,
                     fields_scheme: AadScheme::V3,

@@ -397,7 +397,8 @@ fn open_in_arena(
         }
     };
     let base = desc.value_parts();
-    let mut headers = Vec::with_capacity(rec.headers.len());
+    // Every header but the descriptor (a withheld-parts header, when one is added, grows it).
+    let mut headers = Vec::with_capacity(rec.headers.len() - 1);
     let mut j = 0usize;
     for (i, h) in rec.headers.iter().enumerate() {
         if i == desc_idx || h.key == WITHHELD_HEADER.as_bytes() {

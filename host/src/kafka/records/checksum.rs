@@ -10,13 +10,33 @@
 #[inline]
 pub fn crc32c(bytes: &[u8]) -> u32 {
     // CRC-32/ISCSI is CRC-32C: polynomial 0x1EDC6F41, reflected, init and xor-out 0xFFFFFFFF.
-    // crc-fast returns every width as a u64; a 32-bit CRC fits in its low half.
-    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
+    crc_fast::crc32_iscsi(bytes)
+}
+
+/// A CRC-32C over bytes given in pieces: [`crc32c`] of their concatenation.
+pub(super) struct Crc32cStream(crc_fast::Digest);
+
+impl Crc32cStream {
+    pub(super) fn new() -> Self {
+        Self(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi))
+    }
+
+    /// Adds the next piece.
+    #[inline]
+    pub(super) fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// The CRC of every piece so far.
+    pub(super) fn finish(&self) -> u32 {
+        // Every width comes back as a u64; a 32-bit CRC fills its low half.
+        self.0.finalize() as u32
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::crc32c;
+    use super::{crc32c, Crc32cStream};
 
     /// The published check value of CRC-32C: the CRC of the ASCII digits "123456789".
     #[test]
@@ -48,5 +68,25 @@ mod tests {
             let slice = &data[1..1 + len];
             assert_eq!(crc32c(slice), crc32c::crc32c(slice), "length {len}");
         }
+    }
+
+    /// Pieces of any sizes, empty ones included, give the CRC of their concatenation.
+    #[test]
+    fn a_stream_of_pieces_gives_the_crc_of_the_whole() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for piece_len in [0, 1, 3, 63, 64, 65, 1000, 8192, 8193, 70_000] {
+            let mut stream = Crc32cStream::new();
+            if piece_len == 0 {
+                stream.update(&[]);
+                stream.update(&data);
+                stream.update(&[]);
+            } else {
+                for piece in data.chunks(piece_len) {
+                    stream.update(piece);
+                }
+            }
+            assert_eq!(stream.finish(), crc32c::crc32c(&data), "pieces of {piece_len}");
+        }
+        assert_eq!(Crc32cStream::new().finish(), 0);
     }
 }
