@@ -24,7 +24,10 @@ fn stored_edek(r: &TestRecord) -> Vec<u8> {
         .header("kapsule.enc")
         .expect("stored record carries a non-null kapsule.enc");
     let (desc, _tag) = split_header(value).expect("descriptor + record tag");
-    Descriptor::decode(desc).expect("valid descriptor").edek
+    Descriptor::decode(desc)
+        .expect("valid descriptor")
+        .edek
+        .into_owned()
 }
 
 /// Groups stored records by the DEK that encrypted them: EDEK → (records, plaintext bytes).

@@ -85,7 +85,11 @@ mod tests {
                     stream.update(piece);
                 }
             }
-            assert_eq!(stream.finish(), crc32c::crc32c(&data), "pieces of {piece_len}");
+            assert_eq!(
+                stream.finish(),
+                crc32c::crc32c(&data),
+                "pieces of {piece_len}"
+            );
         }
         assert_eq!(Crc32cStream::new().finish(), 0);
     }

@@ -3,8 +3,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::types::{ATTRIBUTES_OFFSET, CRC_OFFSET, LOG_OVERHEAD, V2_HEADER_LEN};
 use super::checksum::{crc32c, Crc32cStream};
+use super::types::{ATTRIBUTES_OFFSET, CRC_OFFSET, LOG_OVERHEAD, V2_HEADER_LEN};
 use super::{CodecError, Compression, Record, RecordBatch};
 
 impl RecordBatch {

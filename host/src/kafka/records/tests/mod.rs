@@ -623,7 +623,11 @@ fn a_large_batch_gets_the_crc_of_its_whole_body() {
         let out = out.freeze().slice(13..);
         assert!(out.len() > 10_000 || compression != Compression::None);
         let stored = u32::from_be_bytes(out[CRC_OFFSET..ATTRIBUTES_OFFSET].try_into().unwrap());
-        assert_eq!(stored, crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]), "{compression:?}");
+        assert_eq!(
+            stored,
+            crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]),
+            "{compression:?}"
+        );
         assert_eq!(RecordBatch::decode(&out).unwrap(), batch, "{compression:?}");
     }
 }
