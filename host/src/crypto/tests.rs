@@ -40,7 +40,8 @@ fn rec(key: Option<&str>, value: Option<&str>, headers: Vec<RecordHeader>) -> Re
     }
 }
 
-fn batch(records: Vec<Record>) -> RecordBatch {
+/// A batch of `records` with offset deltas 0, 1, ...; shared by the record-path tests.
+pub(in crate::crypto) fn batch(records: Vec<Record>) -> RecordBatch {
     let mut records = records;
     for (i, r) in records.iter_mut().enumerate() {
         r.offset_delta = i as i32;

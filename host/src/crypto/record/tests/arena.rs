@@ -10,8 +10,9 @@ use super::super::stream::{open_whole, seal_whole, ValueArena};
 use super::super::*;
 use crate::crypto::keys::DekConfig;
 use crate::crypto::primitives::{nonce_at, Dek, NONCE_LEN};
+use crate::crypto::tests::batch;
 use crate::crypto::wire::{AadScheme, RecordContext};
-use crate::kafka::records::{Record, RecordBatch, RecordHeader};
+use crate::kafka::records::{Record, RecordHeader};
 use crate::kms::memory::MemoryKms;
 use crate::plan::{EncryptionPlan, RecordDecision, ValuePart};
 
@@ -121,21 +122,6 @@ fn record(i: usize, len: usize) -> Record {
             key: Bytes::from_static(b"card"),
             value: Some(Bytes::from(format!("4111-{i}"))),
         }],
-    }
-}
-
-fn batch(records: Vec<Record>) -> RecordBatch {
-    RecordBatch {
-        base_offset: 0,
-        partition_leader_epoch: 0,
-        attributes: 0,
-        last_offset_delta: records.len() as i32 - 1,
-        base_timestamp: 0,
-        max_timestamp: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        records,
     }
 }
 
